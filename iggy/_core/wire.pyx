@@ -1,0 +1,487 @@
+# cython: language_level=3
+"""The Iggy 0.9.0 binary protocol codec: frames, headers, body fields, checksums.
+
+Every frame, in both directions, is a fixed 256-byte header followed by a body. All integers
+are little-endian.
+
+Request header (client to server)::
+
+    off len field
+      0  16 checksum            (0 from clients)
+     16  16 checksum_body       (0)
+     32  16 cluster             (0)
+     48   4 size                u32, header + body
+     52   4 view                (0)
+     56   4 release             (0)
+     60   1 command             5 = Request
+     61  67 replica, reserved
+    128  16 client              u128, random per session, non-zero
+    144  16 request_checksum    XXH3-64 of the body (zero-extended) for ops 1, 3, 128..149; else 0
+    160   8 timestamp           (0)
+    168   8 request             u64 sequence number
+    176   1 operation           1 Register, 2 read, 3 Logout, 128..149 metadata, 160..162 data
+    184   8 session             u64 (0 before login)
+    192   4 user_id             (0)
+    196   4 code                u32 command code, only for operation 2
+    200  56 reserved
+
+Reply header (server to client)::
+
+     48   4 size                u32, header + body
+     60   1 command             8 = Reply (13 = Eviction)
+    128  16 request_checksum    echo
+    160  16 client              echo
+    176   8 op                  the session number
+    184   8 commit              commit number
+    200   8 request             echo
+    208   1 operation           echo of the request's operation
+    216   4 status              0 = ok, else an Iggy error code with an empty body
+
+Eviction header: size 256, command 13, client at 128, protocol versions at 144/148 (reason 14
+only), reason at 255.
+
+Body fields: Identifier = u8 kind (1 numeric, 2 string) + u8 length + value; WireName = u8
+length 1..255 + UTF-8; options and user headers = TLV entries `[u8 kind][u32 len][bytes]`.
+"""
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+from iggy._core.includes.le cimport le_u16, le_u32, le_u64, put_u16, put_u32, put_u64
+from iggy._core.includes.xxh cimport XXH3_64bits, XXH32
+
+from iggy.errors import ErrorCode, IggyError
+
+DEF _HEADER = 256
+
+HEADER_SIZE = _HEADER
+COMMAND_REQUEST = 5
+COMMAND_REPLY = 8
+COMMAND_EVICTION = 13
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
+PROTOCOL_VERSION = 0x00002C00  # 0.11.0 packed as major << 20 | minor << 10 | patch
+
+_E_COMMAND = ErrorCode.INVALID_COMMAND
+_E_FORMAT = ErrorCode.INVALID_FORMAT
+_E_IDENTIFIER = ErrorCode.INVALID_IDENTIFIER
+
+
+class FrameError(ValueError):
+    """The byte stream cannot be framed (size field out of range, not a request)."""
+
+
+# --------------------------------------------------------------------------- checksums
+
+def xxh3_64(const unsigned char[:] data not None):
+    """XXH3-64 with seed 0 (message, batch and request checksums)."""
+    cdef Py_ssize_t n = data.shape[0]
+    if n == 0:
+        return XXH3_64bits(NULL, 0)
+    return XXH3_64bits(&data[0], n)
+
+
+def xxh32(const unsigned char[:] data not None, uint32_t seed=0):
+    """XXH32 (partition by message key, named consumer keys)."""
+    cdef Py_ssize_t n = data.shape[0]
+    if n == 0:
+        return XXH32(NULL, 0, seed)
+    return XXH32(&data[0], n, seed)
+
+
+# --------------------------------------------------------------------------- headers
+
+cdef class RequestHeader:
+    """The fields of a request header that the server acts on; `raw` is the 256 bytes."""
+
+    def __cinit__(self, bytes raw):
+        cdef const unsigned char *p
+        if PyBytes_GET_SIZE(raw) != _HEADER:
+            raise FrameError("a header is exactly 256 bytes")
+        self.raw = raw
+        p = <const unsigned char *>PyBytes_AS_STRING(raw)
+        self.size = le_u32(p + 48)
+        self.command = p[60]
+        self.request = le_u64(p + 168)
+        self.operation = p[176]
+        self.session = le_u64(p + 184)
+        self.code = le_u32(p + 196)
+
+    @property
+    def client(self):
+        """The u128 client id as a Python int."""
+        return int.from_bytes(self.raw[128:144], "little")
+
+    @property
+    def client_bytes(self):
+        return self.raw[128:144]
+
+    @property
+    def request_checksum(self):
+        return int.from_bytes(self.raw[144:160], "little")
+
+    def __repr__(self):
+        return (f"RequestHeader(size={self.size}, command={self.command}, operation={self.operation}, "
+                f"code={self.code}, session={self.session}, request={self.request})")
+
+
+def parse_header(data):
+    """Parse the first 256 bytes of `data` as a request header."""
+    return RequestHeader(bytes(data[:_HEADER]))
+
+
+cdef inline void _fill_reply_header(unsigned char *p, RequestHeader req, uint32_t status,
+                                    Py_ssize_t body_len, uint64_t session, uint64_t commit):
+    cdef const unsigned char *r = <const unsigned char *>PyBytes_AS_STRING(req.raw)
+    memset(p, 0, _HEADER)
+    put_u32(p + 48, <uint32_t>(_HEADER + body_len))
+    p[60] = 8
+    memcpy(p + 128, r + 144, 16)
+    memcpy(p + 160, r + 128, 16)
+    put_u64(p + 176, session)
+    put_u64(p + 184, commit)
+    put_u64(p + 200, req.request)
+    p[208] = req.operation
+    put_u32(p + 216, status)
+
+
+def build_reply_header(RequestHeader req not None, uint32_t status, Py_ssize_t body_len,
+                       uint64_t session=0, uint64_t commit=0):
+    """The 256-byte reply header for `req`; the body is written after it separately."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, _HEADER)
+    _fill_reply_header(<unsigned char *>PyBytes_AS_STRING(out), req, status, body_len, session, commit)
+    return out
+
+
+def build_reply(RequestHeader req not None, uint32_t status, body=b"", uint64_t session=0,
+                uint64_t commit=0):
+    """A whole reply frame: header + body (the body must be empty when status != 0)."""
+    cdef const unsigned char[:] view = body
+    cdef Py_ssize_t n = view.shape[0]
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, _HEADER + n)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    _fill_reply_header(p, req, status, n, session, commit)
+    if n:
+        memcpy(p + _HEADER, &view[0], n)
+    return out
+
+
+def build_eviction(bytes client not None, uint8_t reason, uint32_t version=0, uint32_t version_min=0):
+    """A body-less Eviction frame (login refused or session killed)."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, _HEADER)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    memset(p, 0, _HEADER)
+    put_u32(p + 48, _HEADER)
+    p[60] = 13
+    if PyBytes_GET_SIZE(client) == 16:
+        memcpy(p + 128, PyBytes_AS_STRING(client), 16)
+    put_u32(p + 144, version)
+    put_u32(p + 148, version_min)
+    p[255] = reason
+    return out
+
+
+def build_request(uint8_t operation, uint32_t code=0, body=b"", uint64_t session=0,
+                  uint64_t request=0, client=1, bint with_checksum=False):
+    """A request frame as the SDK builds it (used by tests, the bench tool and the CLI)."""
+    cdef const unsigned char[:] view = body
+    cdef Py_ssize_t n = view.shape[0]
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, _HEADER + n)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    cdef bytes client_raw = int(client).to_bytes(16, "little")
+    memset(p, 0, _HEADER)
+    put_u32(p + 48, <uint32_t>(_HEADER + n))
+    p[60] = 5
+    memcpy(p + 128, PyBytes_AS_STRING(client_raw), 16)
+    if with_checksum:
+        put_u64(p + 144, XXH3_64bits(&view[0] if n else NULL, n))
+    put_u64(p + 168, request)
+    p[176] = operation
+    put_u64(p + 184, session)
+    if operation == 2:
+        put_u32(p + 196, code)
+    if n:
+        memcpy(p + _HEADER, &view[0], n)
+    return out
+
+
+def parse_reply_header(data):
+    """(size, command, operation, status, session_op) of a reply or eviction header."""
+    cdef const unsigned char[:] v = data
+    if v.shape[0] < _HEADER:
+        raise FrameError("a header is exactly 256 bytes")
+    return le_u32(&v[48]), v[60], v[208], le_u32(&v[216]), v[255]
+
+
+# --------------------------------------------------------------------------- framing
+
+cdef class FrameReader:
+    """Splits a byte stream into frames.
+
+    `feed()` appends what the socket delivered; `next_frame()` returns `(header, body)` for
+    each complete frame, or None when more bytes are needed. A size field below 256 or above
+    `max_frame_size`, or a header that is not a request, raises FrameError: the stream can't
+    be resynchronised, so the connection must end.
+    """
+    cdef bytearray _buf
+    cdef Py_ssize_t _start
+    cdef readonly uint32_t max_frame_size
+
+    def __cinit__(self, uint32_t max_frame_size=DEFAULT_MAX_FRAME_SIZE):
+        self._buf = bytearray()
+        self._start = 0
+        self.max_frame_size = max_frame_size
+
+    def feed(self, data):
+        if self._start and self._start * 2 >= PyByteArray_GET_SIZE(self._buf):
+            del self._buf[:self._start]
+            self._start = 0
+        self._buf += data
+
+    @property
+    def buffered(self):
+        return PyByteArray_GET_SIZE(self._buf) - self._start
+
+    def next_frame(self):
+        cdef Py_ssize_t avail = PyByteArray_GET_SIZE(self._buf) - self._start
+        cdef const unsigned char *p
+        cdef uint32_t size
+        cdef RequestHeader hdr
+        if avail < _HEADER:
+            return None
+        p = <const unsigned char *>PyByteArray_AS_STRING(self._buf) + self._start
+        size = le_u32(p + 48)
+        if size < _HEADER or size > self.max_frame_size:
+            raise FrameError(f"frame size {size} outside 256..{self.max_frame_size}")
+        if p[60] != 5:
+            raise FrameError(f"header command {p[60]} is not a request")
+        if avail < size:
+            return None
+        hdr = RequestHeader(PyBytes_FromStringAndSize(<const char *>p, _HEADER))
+        body = PyBytes_FromStringAndSize(<const char *>p + _HEADER, size - _HEADER)
+        self._start += size
+        if self._start == PyByteArray_GET_SIZE(self._buf):
+            self._buf.clear()
+            self._start = 0
+        return hdr, body
+
+
+# --------------------------------------------------------------------------- body reader
+
+cdef class Reader:
+    """A bounds-checked cursor over a request body.
+
+    Running past the end or finding a malformed field raises IggyError(InvalidCommand), the
+    code the reference server gives an undecodable body.
+    """
+
+    def __cinit__(self, data, Py_ssize_t start=0):
+        self._data = bytes(data)
+        self._p = <const unsigned char *>PyBytes_AS_STRING(self._data)
+        self._end = PyBytes_GET_SIZE(self._data)
+        if start < 0 or start > self._end:
+            raise IggyError(_E_COMMAND)
+        self._pos = start
+
+    cdef const unsigned char *_need(self, Py_ssize_t n) except NULL:
+        cdef const unsigned char *p
+        if n < 0 or self._end - self._pos < n:
+            raise IggyError(_E_COMMAND, "request body is too short")
+        p = self._p + self._pos
+        self._pos += n
+        return p
+
+    @property
+    def position(self):
+        return self._pos
+
+    @property
+    def data(self):
+        return self._data
+
+    cpdef Py_ssize_t remaining(self):
+        return self._end - self._pos
+
+    cpdef uint8_t u8(self) except? 255:
+        return self._need(1)[0]
+
+    cpdef bint bool(self) except -1:
+        return self._need(1)[0] != 0
+
+    cpdef uint16_t u16(self) except? 65535:
+        return le_u16(self._need(2))
+
+    cpdef uint32_t u32(self) except? 0xFFFFFFFF:
+        return le_u32(self._need(4))
+
+    cpdef uint64_t u64(self) except? 0xFFFFFFFFFFFFFFFF:
+        return le_u64(self._need(8))
+
+    def u128(self):
+        cdef const unsigned char *p = self._need(16)
+        return le_u64(p) | (<object>le_u64(p + 8) << 64)
+
+    def take(self, Py_ssize_t n):
+        cdef const unsigned char *p = self._need(n)
+        return PyBytes_FromStringAndSize(<const char *>p, n)
+
+    def rest(self):
+        return self.take(self._end - self._pos)
+
+    def bytes8(self):
+        """u8 length (0..255) + raw bytes."""
+        return self.take(self.u8())
+
+    def bytes32(self):
+        """u32 length + raw bytes."""
+        return self.take(self.u32())
+
+    def name(self):
+        """WireName: u8 length 1..255 + UTF-8."""
+        cdef uint8_t n = self.u8()
+        if n == 0:
+            raise IggyError(_E_COMMAND, "empty name")
+        raw = self.take(n)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise IggyError(_E_COMMAND, "name is not UTF-8") from None
+
+    def string8(self):
+        """u8 length (0..255) + UTF-8 (passwords, tokens)."""
+        raw = self.bytes8()
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise IggyError(_E_COMMAND, "string is not UTF-8") from None
+
+    def identifier(self):
+        """Identifier: numeric -> int, string -> str (a string of digits is numeric)."""
+        cdef uint8_t kind = self.u8()
+        cdef uint8_t n = self.u8()
+        if kind == 1:
+            if n != 4:
+                raise IggyError(_E_IDENTIFIER, "numeric identifier must be 4 bytes")
+            return self.u32()
+        if kind == 2:
+            if n == 0:
+                raise IggyError(_E_IDENTIFIER, "empty identifier")
+            raw = self.take(n)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise IggyError(_E_IDENTIFIER, "identifier is not UTF-8") from None
+            if text.isdigit() and text.isascii() and int(text) <= 0xFFFFFFFF:
+                return int(text)
+            return text
+        raise IggyError(_E_IDENTIFIER, f"unknown identifier kind {kind}")
+
+    def done(self):
+        """Refuse trailing bytes."""
+        if self._pos != self._end:
+            raise IggyError(_E_COMMAND, "unexpected trailing bytes in request body")
+
+    def tlv(self, Py_ssize_t max_entries=2048, Py_ssize_t max_bytes=100000):
+        """TLV entries `[u8 kind][u32 len][bytes]` up to the end of the body, as a list of
+        (kind, bytes). Used for the options block of requests (it has no length prefix)."""
+        cdef Py_ssize_t start = self._pos
+        cdef uint8_t kind
+        cdef uint32_t n
+        out = []
+        if self._end - start > max_bytes:
+            raise IggyError(ErrorCode.OPTIONS_BLOCK_TOO_LARGE)
+        while self._pos < self._end:
+            if len(out) >= max_entries:
+                raise IggyError(ErrorCode.OPTIONS_BLOCK_TOO_LARGE)
+            kind = self.u8()
+            n = self.u32()
+            out.append((kind, self.take(n)))
+        return out
+
+
+# --------------------------------------------------------------------------- body writer
+
+cdef class Writer:
+    """Appends little-endian fields to a growing buffer (response bodies)."""
+    cdef bytearray _buf
+
+    def __cinit__(self):
+        self._buf = bytearray()
+
+    cdef inline unsigned char *_grow(self, Py_ssize_t n) except NULL:
+        cdef Py_ssize_t old = PyByteArray_GET_SIZE(self._buf)
+        PyByteArray_Resize(self._buf, old + n)
+        return <unsigned char *>PyByteArray_AS_STRING(self._buf) + old
+
+    def u8(self, uint8_t v):
+        self._grow(1)[0] = v
+        return self
+
+    def bool(self, v):
+        self._grow(1)[0] = 1 if v else 0
+        return self
+
+    def u16(self, uint16_t v):
+        put_u16(self._grow(2), v)
+        return self
+
+    def u32(self, uint32_t v):
+        put_u32(self._grow(4), v)
+        return self
+
+    def u64(self, uint64_t v):
+        put_u64(self._grow(8), v)
+        return self
+
+    def u128(self, v):
+        self._buf += int(v).to_bytes(16, "little")
+        return self
+
+    def f32(self, double v):
+        cdef float f = <float>v
+        memcpy(self._grow(4), &f, 4)
+        return self
+
+    def raw(self, data):
+        self._buf += data
+        return self
+
+    def name(self, str text):
+        """WireName: u8 length + UTF-8 (1..255 bytes)."""
+        raw = text.encode("utf-8")
+        if not 0 < len(raw) <= 255:
+            raise ValueError("a wire name is 1..255 bytes")
+        self.u8(len(raw))
+        self._buf += raw
+        return self
+
+    def bytes8(self, data):
+        if len(data) > 255:
+            raise ValueError("at most 255 bytes")
+        self.u8(len(data))
+        self._buf += data
+        return self
+
+    def str32(self, str text):
+        """u32 length + UTF-8."""
+        raw = text.encode("utf-8")
+        self.u32(len(raw))
+        self._buf += raw
+        return self
+
+    def options(self, entries):
+        """A response options block: u32 byte length, then TLV entries [(kind, bytes)]."""
+        block = bytearray()
+        for kind, value in entries:
+            block.append(kind)
+            block += len(value).to_bytes(4, "little")
+            block += value
+        self.u32(len(block))
+        self._buf += block
+        return self
+
+    def __len__(self):
+        return PyByteArray_GET_SIZE(self._buf)
+
+    def getvalue(self):
+        return bytes(self._buf)

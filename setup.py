@@ -1,0 +1,66 @@
+"""Build of the Cython core (`iggy/_core/*.pyx`).
+
+Every `.pyx` under `iggy/_core` becomes an extension module. XXH3/XXH32 come from the
+header-only libxxhash (Debian `libxxhash-dev`, inlined, nothing to link). liburing is linked
+for the modules that declare it, found with pkg-config; `IGGY_URING_STATIC=1` links the static
+archive so wheels carry no liburing.so dependency.
+"""
+import glob
+import os
+import subprocess
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+
+def _pkg_config(*args):
+    try:
+        return subprocess.check_output(["pkg-config", *args], text=True).split()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _uring_link_args():
+    if os.environ.get("IGGY_URING_STATIC") == "1":
+        libdir = _pkg_config("--variable=libdir", "liburing")
+        if libdir:
+            return [], [os.path.join(libdir[0], "liburing.a")]
+    libs = _pkg_config("--libs", "liburing")
+    return (libs if libs is not None else ["-luring"]), []
+
+
+URING_MODULES = {"shard"}  # modules that cimport liburing
+
+
+def _extensions():
+    exts = []
+    for path in sorted(glob.glob("iggy/_core/*.pyx")):
+        name = os.path.splitext(os.path.basename(path))[0]
+        link_args, extra_objects = ([], [])
+        if name in URING_MODULES:
+            link_args, extra_objects = _uring_link_args()
+        exts.append(
+            Extension(
+                f"iggy._core.{name}",
+                [path],
+                include_dirs=["iggy/_core/includes"],
+                extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-unreachable-code"],
+                extra_link_args=link_args,
+                extra_objects=extra_objects,
+            )
+        )
+    return exts
+
+
+setup(
+    ext_modules=cythonize(
+        _extensions(),
+        language_level=3,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+    )
+)

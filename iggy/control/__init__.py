@@ -1,0 +1,6 @@
+"""The control plane: one module per area, each registering its commands in `plane.COMMANDS`."""
+
+
+def load_commands() -> None:
+    """Import every command module once, so that their handlers are registered."""
+    from iggy.control import streams, system, tokens, topics, users  # noqa: F401

@@ -1,0 +1,179 @@
+"""User permissions: their wire layout, their stored form, and the checks of every command.
+
+Wire layout (TCP.md 5.9)::
+
+    10 x u8  global: manage_servers, read_servers, manage_users, read_users, manage_streams,
+             read_streams, manage_topics, read_topics, poll_messages, send_messages
+    u8       has_streams
+    stream entry (repeated while has_next_stream):
+        u32 stream_id, 6 x u8 (manage_stream, read_stream, manage_topics, read_topics,
+        poll_messages, send_messages), u8 has_topics,
+        topic entries (u32 topic_id, 4 x u8 (manage_topic, read_topic, poll_messages,
+        send_messages), u8 has_next_topic) if has_topics,
+        u8 has_next_stream
+
+Stored form (msgpack-friendly)::
+
+    {"global": [10 bools], "streams": {stream_id: {"flags": [6 bools], "topics": {topic_id: [4 bools]}}}}
+
+A user passes a check if ANY of the listed flags is set at the listed level (SEMANTICS 7.1);
+root (user 0) passes every check.
+"""
+from __future__ import annotations
+
+from iggy._core.wire import Reader, Writer
+from iggy.errors import ErrorCode, IggyError
+
+ROOT_USER_ID = 0
+
+GLOBAL_FLAGS = ("manage_servers", "read_servers", "manage_users", "read_users", "manage_streams",
+                "read_streams", "manage_topics", "read_topics", "poll_messages", "send_messages")
+STREAM_FLAGS = ("manage_stream", "read_stream", "manage_topics", "read_topics", "poll_messages",
+                "send_messages")
+TOPIC_FLAGS = ("manage_topic", "read_topic", "poll_messages", "send_messages")
+
+_G = {name: i for i, name in enumerate(GLOBAL_FLAGS)}
+_S = {name: i for i, name in enumerate(STREAM_FLAGS)}
+_T = {name: i for i, name in enumerate(TOPIC_FLAGS)}
+
+
+def all_permissions() -> dict:
+    return {"global": [True] * 10, "streams": {}}
+
+
+def decode(r: Reader) -> dict:
+    """Read a Permissions structure."""
+    glob = [r.bool() for _ in range(10)]
+    streams = {}
+    more = r.bool()
+    while more:
+        sid = r.u32()
+        flags = [r.bool() for _ in range(6)]
+        topics = {}
+        more_topics = r.bool()
+        while more_topics:
+            tid = r.u32()
+            topics[tid] = [r.bool() for _ in range(4)]
+            more_topics = r.bool()
+        streams[sid] = {"flags": flags, "topics": topics}
+        more = r.bool()
+    return {"global": glob, "streams": streams}
+
+
+def encode(perms: dict) -> bytes:
+    w = Writer()
+    for v in perms["global"]:
+        w.bool(v)
+    streams = list(perms["streams"].items())
+    w.bool(bool(streams))
+    for i, (sid, sp) in enumerate(streams):
+        w.u32(sid)
+        for v in sp["flags"]:
+            w.bool(v)
+        topics = list(sp["topics"].items())
+        w.bool(bool(topics))
+        for j, (tid, flags) in enumerate(topics):
+            w.u32(tid)
+            for v in flags:
+                w.bool(v)
+            w.bool(j + 1 < len(topics))
+        w.bool(i + 1 < len(streams))
+    return w.getvalue()
+
+
+def read_optional(r: Reader) -> dict | None:
+    """`[u8 has_permissions][u32 length][Permissions]` as in create_user / update_permissions."""
+    if not r.bool():
+        return None
+    length = r.u32()
+    inner = Reader(r.take(length))
+    perms = decode(inner)
+    inner.done()
+    return perms
+
+
+def allowed(user, global_flags=(), stream_id=None, stream_flags=(), topic_id=None, topic_flags=()) -> bool:
+    """True if `user` holds any of the flags at the given levels (root always)."""
+    if user is None:
+        return False
+    if user.id == ROOT_USER_ID:
+        return True
+    perms = user.permissions
+    if not perms:
+        return False
+    g = perms["global"]
+    if any(g[_G[f]] for f in global_flags):
+        return True
+    if stream_id is None:
+        return False
+    sp = perms["streams"].get(stream_id)
+    if sp is None:
+        return False
+    if any(sp["flags"][_S[f]] for f in stream_flags):
+        return True
+    if topic_id is None:
+        return False
+    tp = sp["topics"].get(topic_id)
+    return tp is not None and any(tp[_T[f]] for f in topic_flags)
+
+
+def require(ok: bool) -> None:
+    if not ok:
+        raise IggyError(ErrorCode.UNAUTHORIZED)
+
+
+# The rules of SEMANTICS 7.1, one function per kind of operation.
+
+def can_read_servers(user) -> bool:
+    return allowed(user, ("manage_servers", "read_servers"))
+
+
+def can_read_users(user) -> bool:
+    return allowed(user, ("manage_users", "read_users"))
+
+
+def can_manage_users(user) -> bool:
+    return allowed(user, ("manage_users",))
+
+
+def can_list_streams(user) -> bool:
+    return allowed(user, ("manage_streams", "read_streams"))
+
+
+def can_read_stream(user, stream_id) -> bool:
+    return allowed(user, ("manage_streams", "read_streams"), stream_id, ("manage_stream", "read_stream"))
+
+
+def can_create_stream(user) -> bool:
+    return allowed(user, ("manage_streams",))
+
+
+def can_manage_stream(user, stream_id) -> bool:
+    return allowed(user, ("manage_streams",), stream_id, ("manage_stream",))
+
+
+def can_read_topic(user, stream_id, topic_id=None) -> bool:
+    return allowed(user, ("read_streams", "manage_streams", "manage_topics", "read_topics"),
+                   stream_id, ("manage_stream", "read_stream", "manage_topics", "read_topics"),
+                   topic_id, ("manage_topic", "read_topic"))
+
+
+def can_create_topic(user, stream_id) -> bool:
+    return allowed(user, ("manage_streams", "manage_topics"), stream_id, ("manage_stream", "manage_topics"))
+
+
+def can_manage_topic(user, stream_id, topic_id) -> bool:
+    return allowed(user, ("manage_streams", "manage_topics"), stream_id, ("manage_stream", "manage_topics"),
+                   topic_id, ("manage_topic",))
+
+
+def can_poll(user, stream_id, topic_id) -> bool:
+    return allowed(user, ("poll_messages", "read_topics", "manage_topics", "read_streams", "manage_streams"),
+                   stream_id, ("poll_messages", "manage_stream", "read_stream", "manage_topics", "read_topics"),
+                   topic_id, ("manage_topic", "read_topic", "poll_messages"))
+
+
+def can_send(user, stream_id, topic_id) -> bool:
+    return allowed(user, ("send_messages", "manage_streams", "manage_topics"),
+                   stream_id, ("send_messages", "manage_stream", "manage_topics"),
+                   topic_id, ("manage_topic", "send_messages"))

@@ -1,0 +1,196 @@
+"""The control plane: sessions, the command table and request dispatch.
+
+Every transport hands a request here as `(session, header, body)` and gets the whole reply
+frame back as bytes. Commands are registered by the modules of `iggy.control` with the
+`command` decorator; a handler takes `(plane, session, reader)` and returns the reply body
+(bytes, or None for an empty body), or raises `IggyError`. Handlers that must wait (password
+hashing) are coroutines; everything else runs synchronously on the event loop, which also
+serialises every metadata change.
+
+Error channels (TCP.md 4.2): refusals before a command runs (not logged in, no permission,
+undecodable body) go in the reply status; a write that is refused when applied goes in the
+result section `[u32 1][u32 0][u32 code]`; a refused login is an Eviction frame.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from iggy import codes
+from iggy._core.wire import Reader, RequestHeader, build_eviction, build_reply, xxh3_64
+from iggy.errors import ErrorCode, IggyError
+
+log = logging.getLogger(__name__)
+
+TRANSPORT_TCP = 1
+TRANSPORT_QUIC = 2
+TRANSPORT_HTTP = 3
+TRANSPORT_WEBSOCKET = 4
+
+_STATUS_CHANNEL = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_COMMAND,
+                             ErrorCode.INVALID_FORMAT})
+
+
+class Evict(Exception):
+    """Answer with an Eviction frame (login refused, session dead)."""
+
+    def __init__(self, reason: int, version: int = 0, version_min: int = 0):
+        super().__init__(reason)
+        self.reason = reason
+        self.version = version
+        self.version_min = version_min
+
+
+@dataclass(frozen=True)
+class Command:
+    code: int
+    name: str
+    handler: Callable
+    auth: bool
+    is_async: bool
+
+
+COMMANDS: dict[int, Command] = {}
+
+
+def command(code: int, auth: bool = True):
+    """Register the decorated function as the handler of command `code`."""
+    def deco(fn):
+        COMMANDS[code] = Command(code, fn.__name__, fn, auth, inspect.iscoroutinefunction(fn))
+        return fn
+    return deco
+
+
+@dataclass(eq=False)
+class Session:
+    """One client connection (TCP, QUIC or WebSocket), or one HTTP caller."""
+    client_id: int
+    address: str
+    transport: int
+    user_id: int | None = None
+    session: int = 0
+    client_uuid: int = 0
+    groups: set = field(default_factory=set)      # {(stream_id, topic_id, group_id)}
+    last_seen: float = field(default_factory=time.monotonic)
+    close: Callable | None = None                 # ends the connection (heartbeat eviction)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class ControlPlane:
+    def __init__(self, config, meta, storage):
+        self.config = config
+        self.meta = meta
+        self.storage = storage
+        self.sessions: dict[int, Session] = {}
+        self._client_ids = itertools.count(1)
+        self._session_numbers = itertools.count(1)
+        self.started_at = now_us()
+        self.bound: dict[str, tuple[str, int]] = {}       # transport -> bound (host, port)
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iggy-hash")
+        self.groups = None                                 # consumer-group coordinator (messages issue)
+        from iggy.control import load_commands
+        load_commands()
+
+    # ---------------------------------------------------------------- sessions
+
+    def open_session(self, address: str, transport: int, close: Callable | None = None) -> Session:
+        s = Session(next(self._client_ids), address, transport, close=close)
+        self.sessions[s.client_id] = s
+        return s
+
+    def close_session(self, session: Session) -> None:
+        self.sessions.pop(session.client_id, None)
+        self.logout(session)
+
+    def logout(self, session: Session) -> None:
+        if self.groups is not None:
+            self.groups.leave_all(session)
+        session.user_id = None
+        session.session = 0
+
+    def bind_login(self, session: Session, user_id: int, client_uuid: int) -> int:
+        session.user_id = user_id
+        session.session = next(self._session_numbers)
+        session.client_uuid = client_uuid
+        return session.session
+
+    def user_of(self, session: Session):
+        if session.user_id is None:
+            return None
+        return self.meta.state.users.get(session.user_id)
+
+    async def run_blocking(self, fn, *args):
+        """Run CPU-heavy work (Argon2) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # ---------------------------------------------------------------- dispatch
+
+    def handle(self, session: Session, header: RequestHeader, body: bytes):
+        """Reply frame for one request: bytes, or an awaitable of bytes for async commands."""
+        session.last_seen = time.monotonic()
+        op = header.operation
+        if op == codes.OP_READ:
+            code = header.code
+        elif op == codes.OP_REGISTER:
+            code = codes.LOGIN_REGISTER
+            session.client_uuid = header.client
+        elif op == codes.OP_LOGOUT:
+            code = codes.LOGOUT_USER
+        else:
+            code = codes.OPERATION_CODES.get(op)
+            if code is None:
+                return build_reply(header, ErrorCode.INVALID_COMMAND)
+        if op in codes.CHECKSUMMED_OPS:
+            checksum = header.request_checksum
+            if checksum and checksum != xxh3_64(body):
+                return build_reply(header, ErrorCode.INVALID_FORMAT)
+        cmd = COMMANDS.get(code)
+        if cmd is None:
+            return build_reply(header, ErrorCode.INVALID_COMMAND)
+        if cmd.auth and session.user_id is None:
+            return build_reply(header, ErrorCode.UNAUTHENTICATED)
+        if session.user_id is not None and self.user_of(session) is None and cmd.auth:
+            # the user was deleted while logged in: nothing is allowed any more
+            return build_reply(header, ErrorCode.UNAUTHENTICATED)
+        if cmd.is_async:
+            return self._finish_async(cmd, session, header, body)
+        try:
+            result = cmd.handler(self, session, Reader(body))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
+            return self._error_reply(header, exc, cmd)
+        return self._ok_reply(header, result)
+
+    async def _finish_async(self, cmd, session, header, body):
+        try:
+            result = await cmd.handler(self, session, Reader(body))
+        except Exception as exc:  # noqa: BLE001
+            return self._error_reply(header, exc, cmd)
+        return self._ok_reply(header, result)
+
+    def _ok_reply(self, header: RequestHeader, result) -> bytes:
+        body = result or b""
+        if header.operation in codes.RESULT_FRAMED_OPS or (header.operation == codes.OP_REGISTER):
+            body = b"\x00\x00\x00\x00" + body
+        return build_reply(header, 0, body, session=0)
+
+    def _error_reply(self, header: RequestHeader, exc: Exception, cmd: Command) -> bytes:
+        if isinstance(exc, Evict):
+            return build_eviction(header.client_bytes, exc.reason, exc.version, exc.version_min)
+        if not isinstance(exc, IggyError):
+            log.exception("command %s failed", cmd.name)
+            exc = IggyError(ErrorCode.ERROR)
+        if header.operation in codes.RESULT_FRAMED_OPS and exc.code not in _STATUS_CHANNEL:
+            return build_reply(header, 0, b"\x01\x00\x00\x00\x00\x00\x00\x00" + exc.code.to_bytes(4, "little"))
+        return build_reply(header, exc.code)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,207 @@
+"""System commands: ping, stats, cluster metadata, option catalog, clients.
+
+Wire bodies (TCP.md 9.10, 9.13, 9.14, 9.15)::
+
+    ClusterMetadata  u32 len + cluster name, u32 node count, per node: u32 len + name,
+                     u32 len + ip, u16 tcp, u16 quic, u16 http, u16 websocket, u8 role, u8 status
+    DescribeOptions  u32 count, per entry: WireName key, u8 kind, u32 len + default bytes,
+                     u32 len + description
+    Client           u32 client_id, u32 user_id (u32::MAX = none), u8 transport,
+                     u32 len + address, u32 consumer_groups_count
+    ClientDetails    Client + consumer_groups_count x (u32 stream, u32 topic, u32 group)
+    Stats            see encode_stats
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import threading
+
+import psutil
+
+from iggy import SERVER_VERSION, codes
+from iggy._core.wire import Reader, Writer
+from iggy.control import permissions as perm
+from iggy.control.plane import command, now_us
+from iggy.control.topics import TOPIC_OPTIONS, encode_value
+from iggy.errors import ErrorCode, IggyError
+
+_PROCESS = psutil.Process()
+_PROCESS.cpu_percent(None)  # the first sample primes the counter
+
+
+def server_semver() -> int:
+    major, minor, patch = (int(x) for x in SERVER_VERSION.split("-")[0].split("."))
+    return major * 1_000_000 + minor * 1_000 + patch
+
+
+@command(codes.PING, auth=False)
+def ping(plane, session, r: Reader):
+    return None
+
+
+def collect_stats(plane) -> dict:
+    """Everything GET_STATS reports, as a dict (shared with the HTTP API)."""
+    st = plane.meta.state
+    totals = plane.storage.totals()
+    mem = psutil.virtual_memory()
+    try:
+        io = _PROCESS.io_counters()
+        read_bytes, written_bytes = io.read_bytes, io.write_bytes
+    except (AttributeError, psutil.Error):
+        read_bytes = written_bytes = 0
+    try:
+        disk = shutil.disk_usage(plane.config.system.path)
+        free_disk, total_disk = disk.free, disk.total
+    except OSError:
+        free_disk = total_disk = 0
+    uname = platform.uname()
+    return {
+        "process_id": os.getpid(),
+        "cpu_usage": _PROCESS.cpu_percent(None),
+        "total_cpu_usage": psutil.cpu_percent(None),
+        "memory_usage": _PROCESS.memory_info().rss,
+        "total_memory": mem.total,
+        "available_memory": mem.available,
+        "run_time": now_us() - plane.started_at,
+        "start_time": plane.started_at,
+        "read_bytes": read_bytes,
+        "written_bytes": written_bytes,
+        "messages_size_bytes": totals["size_bytes"],
+        "streams_count": len(st.streams),
+        "topics_count": sum(len(s.topics) for s in st.streams.values()),
+        "partitions_count": sum(len(t.partitions) for s in st.streams.values() for t in s.topics.values()),
+        "segments_count": totals["segments_count"],
+        "messages_count": totals["messages_count"],
+        "clients_count": len(plane.sessions),
+        "consumer_groups_count": sum(len(t.groups) for s in st.streams.values() for t in s.topics.values()),
+        "hostname": socket.gethostname(),
+        "os_name": uname.system,
+        "os_version": uname.version,
+        "kernel_version": uname.release,
+        "iggy_server_version": SERVER_VERSION,
+        "iggy_server_semver": server_semver(),
+        "threads_count": threading.active_count(),
+        "free_disk_space": free_disk,
+        "total_disk_space": total_disk,
+    }
+
+
+@command(codes.GET_STATS)
+def get_stats(plane, session, r: Reader):
+    r.done()
+    perm.require(perm.can_read_servers(plane.user_of(session)))
+    s = collect_stats(plane)
+    w = Writer()
+    w.u32(s["process_id"]).f32(s["cpu_usage"]).f32(s["total_cpu_usage"]).u64(s["memory_usage"])
+    w.u64(s["total_memory"]).u64(s["available_memory"]).u64(s["run_time"]).u64(s["start_time"])
+    w.u64(s["read_bytes"]).u64(s["written_bytes"]).u64(s["messages_size_bytes"])
+    w.u32(s["streams_count"]).u32(s["topics_count"]).u32(s["partitions_count"]).u32(s["segments_count"])
+    w.u64(s["messages_count"]).u32(s["clients_count"]).u32(s["consumer_groups_count"])
+    for key in ("hostname", "os_name", "os_version", "kernel_version", "iggy_server_version"):
+        w.str32(s[key])
+    w.u32(s["iggy_server_semver"]).u32(0)  # no cache metrics
+    w.u32(s["threads_count"]).u64(s["free_disk_space"]).u64(s["total_disk_space"])
+    return w.getvalue()
+
+
+def cluster_metadata(plane) -> dict:
+    """The single-node roster the SDK reads after login (SEMANTICS 9.5)."""
+    def port(name):
+        addr = plane.bound.get(name)
+        return addr[1] if addr else 0
+    tcp = plane.bound.get("tcp")
+    return {
+        "name": "single-node",
+        "nodes": [{
+            "name": "iggy-node", "ip": tcp[0] if tcp else "127.0.0.1",
+            "tcp_port": port("tcp"), "quic_port": port("quic"), "http_port": port("http"),
+            "websocket_port": port("websocket"), "role": "leader", "status": "healthy",
+        }],
+    }
+
+
+@command(codes.GET_CLUSTER_METADATA)
+def get_cluster_metadata(plane, session, r: Reader):
+    r.done()
+    meta = cluster_metadata(plane)
+    w = Writer().str32(meta["name"]).u32(len(meta["nodes"]))
+    for n in meta["nodes"]:
+        w.str32(n["name"]).str32(n["ip"])
+        w.u16(n["tcp_port"]).u16(n["quic_port"]).u16(n["http_port"]).u16(n["websocket_port"])
+        w.u8(0).u8(0)
+    return w.getvalue()
+
+
+OPTION_SCOPES = {1: "topic", 2: "stream", 3: "user"}
+
+
+def described_options(scope: str) -> list:
+    if scope != "topic":
+        return []
+    return [o for o in TOPIC_OPTIONS.values() if o.described]
+
+
+@command(codes.DESCRIBE_OPTIONS)
+def describe_options(plane, session, r: Reader):
+    scope = r.u8()
+    r.done()
+    if scope not in OPTION_SCOPES:
+        raise IggyError(ErrorCode.INVALID_COMMAND)
+    opts = described_options(OPTION_SCOPES[scope])
+    w = Writer().u32(len(opts))
+    for o in opts:
+        default = encode_value(o.kind, o.default)
+        w.name(o.key).u8(o.kind).u32(len(default)).raw(default).str32(o.description)
+    return w.getvalue()
+
+
+def encode_client(w: Writer, s) -> None:
+    w.u32(s.client_id).u32(0xFFFFFFFF if s.user_id is None else s.user_id).u8(s.transport)
+    w.str32(s.address).u32(len(s.groups))
+
+
+def encode_client_details(s) -> bytes:
+    w = Writer()
+    encode_client(w, s)
+    for stream_id, topic_id, group_id in sorted(s.groups):
+        w.u32(stream_id).u32(topic_id).u32(group_id)
+    return w.getvalue()
+
+
+@command(codes.GET_ME)
+def get_me(plane, session, r: Reader):
+    r.done()
+    return encode_client_details(session)
+
+
+@command(codes.GET_CLIENT)
+def get_client(plane, session, r: Reader):
+    client_id = r.u32()
+    r.done()
+    perm.require(perm.can_read_servers(plane.user_of(session)))
+    s = plane.sessions.get(client_id)
+    return encode_client_details(s) if s is not None else None
+
+
+@command(codes.GET_CLIENTS)
+def get_clients(plane, session, r: Reader):
+    r.done()
+    perm.require(perm.can_read_servers(plane.user_of(session)))
+    w = Writer()
+    for s in sorted(plane.sessions.values(), key=lambda s: s.client_id):
+        encode_client(w, s)
+    return w.getvalue()
+
+
+def _unavailable(plane, session, r: Reader):
+    raise IggyError(ErrorCode.FEATURE_UNAVAILABLE)
+
+
+# Cluster routing (single node never needs it), snapshot archives and explicit flushes are
+# not offered: answer FeatureUnavailable as the reference server does for a single node.
+for _code in (codes.GET_SNAPSHOT_FILE, codes.ATTACH_CONSUMER_SESSION, codes.FLUSH_UNSAVED_BUFFER,
+              codes.GET_POLL_ROUTING, codes.POLL_MESSAGES_ON_PRIMARY, codes.GET_CONSUMER_OFFSET_ROUTING):
+    command(_code)(_unavailable)

@@ -1,0 +1,277 @@
+"""Users: login (Register), logout, and user management commands.
+
+Passwords are stored only as Argon2id PHC strings (m=19456 KiB, t=2, p=1: the parameters of
+Apache Iggy's `Argon2::default()`), hashed off the event loop because one hash takes ~30 ms.
+
+Wire bodies (TCP.md 5.3, 7.2, 9.6, 9.7)::
+
+    login      u32 protocol_version, WireName sdk_name, WireName sdk_version,
+               WireName username, u8 len + password, u32 len + client_context
+    PAT login  same version prefix, u8 len + token, u32 len + client_context
+    User       u32 id, u64 created_at, u8 status, WireName username, u32 options length (0)
+    UserDetails  User, then u32 0 (no permissions) or u8 1 + u32 length + Permissions
+"""
+from __future__ import annotations
+
+import argon2
+import blake3
+
+from iggy import SERVER_VERSION, codes
+from iggy._core.wire import PROTOCOL_VERSION, Reader, Writer
+from iggy.control import permissions as perm
+from iggy.control.plane import Evict, command, now_us
+from iggy.errors import ErrorCode, IggyError
+
+STATUS_ACTIVE = 1
+STATUS_INACTIVE = 2
+
+EVICT_INVALID_CREDENTIALS = 9
+EVICT_INVALID_TOKEN = 10
+EVICT_USER_INACTIVE = 11
+EVICT_INCOMPATIBLE_PROTOCOL = 14
+EVICT_MALFORMED_LOGIN = 15
+
+_hasher = argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1, hash_len=32, salt_len=16,
+                                type=argon2.Type.ID)
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return False
+
+
+def hash_token(token: str) -> str:
+    return blake3.blake3(token.encode("utf-8")).hexdigest()
+
+
+def validate_username(name: str) -> None:
+    if not 3 <= len(name.encode("utf-8")) <= 50:
+        raise IggyError(ErrorCode.INVALID_USERNAME)
+
+
+def validate_password(password: str) -> None:
+    if not 3 <= len(password.encode("utf-8")) <= 100:
+        raise IggyError(ErrorCode.INVALID_PASSWORD)
+
+
+def find_user(plane, ident):
+    st = plane.meta.state
+    if isinstance(ident, int):
+        return st.users.get(ident)
+    return st.user_by_name(ident)
+
+
+def encode_user(w: Writer, u) -> None:
+    w.u32(u.id).u64(u.created_at).u8(u.status).name(u.username).u32(0)
+
+
+def encode_user_details(u) -> bytes:
+    w = Writer()
+    encode_user(w, u)
+    if u.permissions is None:
+        w.u32(0)
+    else:
+        raw = perm.encode(u.permissions)
+        w.u8(1).u32(len(raw)).raw(raw)
+    return w.getvalue()
+
+
+def _refuse_options(r: Reader) -> None:
+    """No user option keys exist: any key is unsupported (4041)."""
+    if r.remaining():
+        entries = r.tlv()
+        if entries:
+            raise IggyError(ErrorCode.UNSUPPORTED_OPTION_KEY)
+
+
+# ------------------------------------------------------------------- login / logout
+
+def _parse_login(r: Reader):
+    """('password', username, password) or ('token', token); Evict(15) if neither shape fits."""
+    try:
+        version = r.u32()
+        r.name()
+        r.name()
+    except IggyError:
+        raise Evict(EVICT_MALFORMED_LOGIN) from None
+    if version >> 10 != PROTOCOL_VERSION >> 10:
+        raise Evict(EVICT_INCOMPATIBLE_PROTOCOL, PROTOCOL_VERSION, PROTOCOL_VERSION)
+    start = r.position
+    try:
+        username = r.name()
+        password = r.string8()
+        r.bytes32()
+        r.done()
+        return ("password", username, password)
+    except IggyError:
+        pass
+    r2 = Reader(r.data, start)
+    try:
+        token = r2.string8()
+        r2.bytes32()
+        r2.done()
+        return ("token", token, None)
+    except IggyError:
+        raise Evict(EVICT_MALFORMED_LOGIN) from None
+
+
+def _login_reply(user_id: int, session: int) -> bytes:
+    return Writer().u32(user_id).u64(session).u32(PROTOCOL_VERSION).name(SERVER_VERSION).getvalue()
+
+
+@command(codes.LOGIN_REGISTER, auth=False)
+async def login(plane, session, r: Reader):
+    kind, secret, password = _parse_login(r)
+    client_uuid = session.client_uuid
+    if kind == "password":
+        user = plane.meta.state.user_by_name(secret)
+        ok = user is not None and await plane.run_blocking(verify_password, user.password_hash, password)
+        # look again: the user may have changed while the hash ran off the loop
+        user = plane.meta.state.user_by_name(secret)
+        if not ok or user is None or user.status != STATUS_ACTIVE:
+            raise Evict(EVICT_INVALID_CREDENTIALS)
+    else:
+        token = plane.meta.state.tokens.get(hash_token(secret))
+        if token is None or (token.expiry_at and token.expiry_at <= now_us()):
+            raise Evict(EVICT_INVALID_TOKEN)
+        user = plane.meta.state.users.get(token.user_id)
+        if user is None or user.status != STATUS_ACTIVE:
+            raise Evict(EVICT_USER_INACTIVE)
+    number = plane.bind_login(session, user.id, client_uuid)
+    return _login_reply(user.id, number)
+
+
+@command(codes.LOGOUT_USER)
+def logout(plane, session, r: Reader):
+    r.done()
+    plane.logout(session)
+
+
+# ------------------------------------------------------------------- reads
+
+@command(codes.GET_USER)
+def get_user(plane, session, r: Reader):
+    ident = r.identifier()
+    r.done()
+    user = find_user(plane, ident)
+    if user is None:
+        return None
+    if user.id != session.user_id:
+        perm.require(perm.can_read_users(plane.user_of(session)))
+    return encode_user_details(user)
+
+
+@command(codes.GET_USERS)
+def get_users(plane, session, r: Reader):
+    r.done()
+    perm.require(perm.can_read_users(plane.user_of(session)))
+    w = Writer()
+    for u in sorted(plane.meta.state.users.values(), key=lambda u: u.id):
+        encode_user(w, u)
+    return w.getvalue()
+
+
+# ------------------------------------------------------------------- writes
+
+def create_user_record(plane, username: str, password_hash: str, status: int, permissions) -> dict:
+    """Validate uniqueness and commit a new user (also used for the root user at first start)."""
+    st = plane.meta.state
+    if st.user_by_name(username) is not None:
+        raise IggyError(ErrorCode.USER_ALREADY_EXISTS)
+    from iggy.metadata.state import lowest_free_id
+    return plane.meta.commit({
+        "op": "user.create", "id": lowest_free_id(st.users), "username": username,
+        "password_hash": password_hash, "status": status, "permissions": permissions,
+        "created_at": now_us(),
+    })
+
+
+@command(codes.CREATE_USER)
+async def create_user(plane, session, r: Reader):
+    perm.require(perm.can_manage_users(plane.user_of(session)))
+    username = r.name()
+    password = r.string8()
+    status = r.u8()
+    permissions = perm.read_optional(r)
+    _refuse_options(r)
+    validate_username(username)
+    validate_password(password)
+    if status not in (STATUS_ACTIVE, STATUS_INACTIVE):
+        raise IggyError(ErrorCode.INVALID_USER_STATUS)
+    if plane.meta.state.user_by_name(username) is not None:
+        raise IggyError(ErrorCode.USER_ALREADY_EXISTS)
+    password_hash = await plane.run_blocking(hash_password, password)
+    rec = create_user_record(plane, username, password_hash, status, permissions)
+    return encode_user_details(plane.meta.state.users[rec["id"]])
+
+
+def _target(plane, ident):
+    user = find_user(plane, ident)
+    if user is None:
+        raise IggyError(ErrorCode.RESOURCE_NOT_FOUND)
+    return user
+
+
+@command(codes.DELETE_USER)
+def delete_user(plane, session, r: Reader):
+    ident = r.identifier()
+    r.done()
+    perm.require(perm.can_manage_users(plane.user_of(session)))
+    user = _target(plane, ident)
+    if user.id == perm.ROOT_USER_ID:
+        raise IggyError(ErrorCode.CANNOT_DELETE_USER)
+    plane.meta.commit({"op": "user.delete", "id": user.id})
+
+
+@command(codes.UPDATE_USER)
+def update_user(plane, session, r: Reader):
+    ident = r.identifier()
+    username = r.name() if r.bool() else None
+    status = r.u8() if r.bool() else None
+    _refuse_options(r)
+    perm.require(perm.can_manage_users(plane.user_of(session)))
+    user = _target(plane, ident)
+    if username is not None:
+        validate_username(username)
+        other = plane.meta.state.user_by_name(username)
+        if other is not None and other.id != user.id:
+            raise IggyError(ErrorCode.USER_ALREADY_EXISTS)
+    if status is not None and status not in (STATUS_ACTIVE, STATUS_INACTIVE):
+        raise IggyError(ErrorCode.INVALID_USER_STATUS)
+    plane.meta.commit({"op": "user.update", "id": user.id, "username": username, "status": status})
+
+
+@command(codes.UPDATE_PERMISSIONS)
+def update_permissions(plane, session, r: Reader):
+    ident = r.identifier()
+    permissions = perm.read_optional(r)
+    r.done()
+    perm.require(perm.can_manage_users(plane.user_of(session)))
+    user = _target(plane, ident)
+    if user.id == perm.ROOT_USER_ID:
+        raise IggyError(ErrorCode.CANNOT_CHANGE_PERMISSIONS)
+    plane.meta.commit({"op": "user.permissions", "id": user.id, "permissions": permissions})
+
+
+@command(codes.CHANGE_PASSWORD)
+async def change_password(plane, session, r: Reader):
+    ident = r.identifier()
+    current = r.string8()
+    new = r.string8()
+    r.done()
+    user = _target(plane, ident)
+    if user.id != session.user_id:
+        perm.require(perm.can_manage_users(plane.user_of(session)))
+    validate_password(new)
+    if not await plane.run_blocking(verify_password, user.password_hash, current):
+        raise IggyError(ErrorCode.INVALID_CREDENTIALS)
+    new_hash = await plane.run_blocking(hash_password, new)
+    if plane.meta.state.users.get(user.id) is None:
+        raise IggyError(ErrorCode.RESOURCE_NOT_FOUND)
+    plane.meta.commit({"op": "user.password", "id": user.id, "password_hash": new_hash})

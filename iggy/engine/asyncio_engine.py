@@ -1,0 +1,107 @@
+"""The portable engine: asyncio (uvloop when installed) serving the binary protocol over TCP.
+
+One `Connection` per socket. Bytes go through the Cython `FrameReader`; each complete frame
+is handed to the control plane's `handle()` in arrival order. Synchronous commands answer
+inside `data_received`; a command that must wait (Argon2 hashing at login) holds later frames
+of the same connection until it is done, so replies always leave in request order.
+
+Backpressure: when the socket's write buffer is full the engine stops reading from it, and
+it never buffers more than one maximum frame of unread input.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from iggy._core.wire import FrameError, FrameReader
+from iggy.control.plane import TRANSPORT_TCP
+
+log = logging.getLogger(__name__)
+
+
+class Connection(asyncio.Protocol):
+    """A binary-protocol connection; `transport_kind` is what GET_CLIENTS reports."""
+
+    def __init__(self, plane, max_frame_size: int, transport_kind: int = TRANSPORT_TCP):
+        self.plane = plane
+        self.max_frame_size = max_frame_size
+        self.transport_kind = transport_kind
+        self.transport = None
+        self.session = None
+        self.frames = FrameReader(max_frame_size)
+        self._busy = False
+        self._closed = False
+        self._write_paused = False
+
+    # ---------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.session = self.plane.open_session(address, self.transport_kind, close=self.close)
+
+    def data_received(self, data):
+        self.frames.feed(data)
+        self._drain()
+
+    def connection_lost(self, exc):
+        self._closed = True
+        if self.session is not None:
+            self.plane.close_session(self.session)
+
+    def pause_writing(self):
+        self._write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self):
+        self._write_paused = False
+        self.transport.resume_reading()
+        self._drain()
+
+    # ---------------------------------------------------------------- frames
+
+    def close(self):
+        if not self._closed and self.transport is not None:
+            self.transport.close()
+
+    def _drain(self):
+        while not self._busy and not self._closed and not self._write_paused:
+            try:
+                frame = self.frames.next_frame()
+            except FrameError as exc:
+                log.info("closing %s: %s", self.session.address, exc)
+                self.transport.close()
+                return
+            if frame is None:
+                break
+            header, body = frame
+            reply = self.plane.handle(self.session, header, body)
+            if isinstance(reply, bytes):
+                self.transport.write(reply)
+            else:
+                self._busy = True
+                asyncio.ensure_future(self._finish(reply))
+        if self.frames.buffered > self.max_frame_size + 256 and not self._busy:
+            self.transport.pause_reading()
+
+    async def _finish(self, pending):
+        try:
+            reply = await pending
+            if not self._closed:
+                self.transport.write(reply)
+        except Exception:  # noqa: BLE001 - a failed request must not kill the connection silently
+            log.exception("request failed on %s", self.session.address)
+            self.close()
+        finally:
+            self._busy = False
+        if not self._closed:
+            self.transport.resume_reading()
+            self._drain()
+
+
+async def start_tcp(plane, host: str, port: int, max_frame_size: int):
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Connection(plane, max_frame_size), host, port,
+                                      reuse_address=True, backlog=1024)
+    return server

@@ -1,0 +1,219 @@
+"""The metadata registry: streams, topics, partitions, consumer groups, users and tokens.
+
+This is the single source of truth of the control plane. It changes only through `apply()`,
+which takes a record (a plain dict with an `op` and every value the change needs, ids and
+timestamps included) so that replaying the journal after a restart rebuilds exactly the same
+state. Validation happens before a record is built (in `iggy.control`); `apply()` never fails
+on a record that was valid when it was written.
+
+Ids follow the reference server: streams, topics and users take the lowest free id (0-based,
+reused after delete); partitions continue after the highest id; consumer-group ids increase
+per topic and are never reused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+U64_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+@dataclass
+class PartitionMeta:
+    id: int
+    created_at: int
+
+
+@dataclass
+class GroupMeta:
+    id: int
+    name: str
+
+
+@dataclass
+class TopicMeta:
+    id: int
+    name: str
+    created_at: int
+    settings: dict            # resolved option values, see control.topics.TOPIC_OPTIONS
+    explicit: list            # option keys the client set
+    partitions: dict = field(default_factory=dict)   # id -> PartitionMeta
+    groups: dict = field(default_factory=dict)       # id -> GroupMeta
+    next_group_id: int = 0
+
+
+@dataclass
+class StreamMeta:
+    id: int
+    name: str
+    created_at: int
+    topics: dict = field(default_factory=dict)       # id -> TopicMeta
+
+
+@dataclass
+class UserMeta:
+    id: int
+    username: str
+    password_hash: str
+    status: int               # 1 active, 2 inactive
+    permissions: dict | None  # see control.permissions
+    created_at: int
+
+
+@dataclass
+class TokenMeta:
+    user_id: int
+    name: str
+    token_hash: str
+    expiry_at: int            # microseconds, 0 = never
+
+
+def lowest_free_id(used) -> int:
+    i = 0
+    while i in used:
+        i += 1
+    return i
+
+
+class State:
+    def __init__(self):
+        self.streams: dict[int, StreamMeta] = {}
+        self.users: dict[int, UserMeta] = {}
+        self.tokens: dict[str, TokenMeta] = {}   # token_hash -> token
+
+    # ---------------------------------------------------------------- lookups
+
+    def stream_by_name(self, name: str) -> StreamMeta | None:
+        for s in self.streams.values():
+            if s.name == name:
+                return s
+        return None
+
+    def user_by_name(self, name: str) -> UserMeta | None:
+        for u in self.users.values():
+            if u.username == name:
+                return u
+        return None
+
+    def tokens_of(self, user_id: int) -> list[TokenMeta]:
+        return [t for t in self.tokens.values() if t.user_id == user_id]
+
+    # ---------------------------------------------------------------- apply
+
+    def apply(self, rec: dict) -> None:
+        getattr(self, "_apply_" + rec["op"].replace(".", "_"))(rec)
+
+    def _apply_stream_create(self, r):
+        self.streams[r["id"]] = StreamMeta(r["id"], r["name"], r["created_at"])
+
+    def _apply_stream_update(self, r):
+        self.streams[r["id"]].name = r["name"]
+
+    def _apply_stream_delete(self, r):
+        del self.streams[r["id"]]
+
+    def _apply_topic_create(self, r):
+        s = self.streams[r["stream"]]
+        t = TopicMeta(r["id"], r["name"], r["created_at"], dict(r["settings"]), list(r["explicit"]))
+        for pid in range(r["partitions"]):
+            t.partitions[pid] = PartitionMeta(pid, r["created_at"])
+        s.topics[t.id] = t
+
+    def _apply_topic_update(self, r):
+        t = self.streams[r["stream"]].topics[r["id"]]
+        t.name = r["name"]
+        t.settings.update(r["settings"])
+        t.explicit = sorted(set(t.explicit) | set(r["settings"]))
+
+    def _apply_topic_delete(self, r):
+        del self.streams[r["stream"]].topics[r["id"]]
+
+    def _apply_partitions_create(self, r):
+        t = self.streams[r["stream"]].topics[r["topic"]]
+        for pid in r["ids"]:
+            t.partitions[pid] = PartitionMeta(pid, r["created_at"])
+
+    def _apply_partitions_delete(self, r):
+        t = self.streams[r["stream"]].topics[r["topic"]]
+        for pid in r["ids"]:
+            t.partitions.pop(pid, None)
+
+    def _apply_group_create(self, r):
+        t = self.streams[r["stream"]].topics[r["topic"]]
+        t.groups[r["id"]] = GroupMeta(r["id"], r["name"])
+        t.next_group_id = max(t.next_group_id, r["id"] + 1)
+
+    def _apply_group_delete(self, r):
+        del self.streams[r["stream"]].topics[r["topic"]].groups[r["id"]]
+
+    def _apply_user_create(self, r):
+        self.users[r["id"]] = UserMeta(r["id"], r["username"], r["password_hash"], r["status"],
+                                       r["permissions"], r["created_at"])
+
+    def _apply_user_update(self, r):
+        u = self.users[r["id"]]
+        if r.get("username") is not None:
+            u.username = r["username"]
+        if r.get("status") is not None:
+            u.status = r["status"]
+
+    def _apply_user_permissions(self, r):
+        self.users[r["id"]].permissions = r["permissions"]
+
+    def _apply_user_password(self, r):
+        self.users[r["id"]].password_hash = r["password_hash"]
+
+    def _apply_user_delete(self, r):
+        del self.users[r["id"]]
+        for h in [h for h, t in self.tokens.items() if t.user_id == r["id"]]:
+            del self.tokens[h]
+
+    def _apply_token_create(self, r):
+        self.tokens[r["token_hash"]] = TokenMeta(r["user_id"], r["name"], r["token_hash"], r["expiry_at"])
+
+    def _apply_token_delete(self, r):
+        self.tokens.pop(r["token_hash"], None)
+
+    # ---------------------------------------------------------------- snapshot
+
+    def to_dict(self) -> dict:
+        return {
+            "streams": [
+                {
+                    "id": s.id, "name": s.name, "created_at": s.created_at,
+                    "topics": [
+                        {
+                            "id": t.id, "name": t.name, "created_at": t.created_at,
+                            "settings": t.settings, "explicit": t.explicit,
+                            "partitions": [[p.id, p.created_at] for p in t.partitions.values()],
+                            "groups": [[g.id, g.name] for g in t.groups.values()],
+                            "next_group_id": t.next_group_id,
+                        }
+                        for t in s.topics.values()
+                    ],
+                }
+                for s in self.streams.values()
+            ],
+            "users": [
+                [u.id, u.username, u.password_hash, u.status, u.permissions, u.created_at]
+                for u in self.users.values()
+            ],
+            "tokens": [[t.user_id, t.name, t.token_hash, t.expiry_at] for t in self.tokens.values()],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "State":
+        st = cls()
+        for sd in d["streams"]:
+            s = StreamMeta(sd["id"], sd["name"], sd["created_at"])
+            for td in sd["topics"]:
+                t = TopicMeta(td["id"], td["name"], td["created_at"], td["settings"], td["explicit"],
+                              next_group_id=td["next_group_id"])
+                t.partitions = {pid: PartitionMeta(pid, c) for pid, c in td["partitions"]}
+                t.groups = {gid: GroupMeta(gid, n) for gid, n in td["groups"]}
+                s.topics[t.id] = t
+            st.streams[s.id] = s
+        for uid, name, ph, status, perms, created in d["users"]:
+            st.users[uid] = UserMeta(uid, name, ph, status, perms, created)
+        for uid, name, th, exp in d["tokens"]:
+            st.tokens[th] = TokenMeta(uid, name, th, exp)
+        return st

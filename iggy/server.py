@@ -1,0 +1,112 @@
+"""Server bootstrap and shutdown order: storage -> control plane -> engines -> listeners.
+
+`run_server(config)` is what `iggy-server` runs. Start-up opens the metadata (snapshot +
+journal), creates the root user on an empty user table (SEMANTICS 1.3), opens every
+partition, then binds the listeners and logs one line per bound address. SIGTERM/SIGINT close
+the listeners first, then the partitions and the journal, so a graceful stop loses nothing.
+The bound addresses are also written to `<system.path>/runtime/current_config.toml`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from iggy import SERVER_VERSION
+from iggy.control import permissions as perm
+from iggy.control.plane import ControlPlane
+from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
+from iggy.metadata.store import MetadataStore
+from iggy.storage import Storage
+
+log = logging.getLogger("iggy.server")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class Server:
+    def __init__(self, config, env=None):
+        self.config = config
+        self.env = os.environ if env is None else env
+        self.plane: ControlPlane | None = None
+        self.listeners = []
+
+    async def start(self) -> None:
+        from iggy.config import root_credentials
+        cfg = self.config
+        path = cfg.system.path
+        os.makedirs(path, exist_ok=True)
+        meta = MetadataStore(path, cfg.system.metadata.snapshot_every)
+        meta.open()
+        storage = Storage(path)
+        storage.open_all(meta.state)
+        self.plane = plane = ControlPlane(cfg, meta, storage)
+        if not meta.state.users:
+            username, password, generated = root_credentials(self.env)
+            create_user_record(plane, username, hash_password(password), STATUS_ACTIVE, perm.all_permissions())
+            if generated:
+                log.warning("Generated root user password: %s", password)
+            log.info("created root user %r", username)
+        if cfg.tcp.enabled:
+            from iggy.engine.asyncio_engine import start_tcp
+            host, port = split_address(cfg.tcp.address)
+            srv = await start_tcp(plane, host, port, cfg.max_frame_size_bytes())
+            self.listeners.append(srv)
+            bound = srv.sockets[0].getsockname()
+            plane.bound["tcp"] = (bound[0], bound[1])
+            log.info("TCP server listening on %s:%d", bound[0], bound[1])
+        self._write_runtime_config()
+        log.info("iggy server %s started (engine: asyncio, data: %s)", SERVER_VERSION, os.path.abspath(path))
+
+    def _write_runtime_config(self) -> None:
+        runtime = os.path.join(self.config.system.path, "runtime")
+        os.makedirs(runtime, exist_ok=True)
+        lines = []
+        for name, (host, port) in sorted(self.plane.bound.items()):
+            lines += [f"[{name}]", f'address = "{host}:{port}"', ""]
+        tmp = os.path.join(runtime, "current_config.toml.tmp")
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines))
+        os.replace(tmp, os.path.join(runtime, "current_config.toml"))
+
+    async def stop(self) -> None:
+        for srv in self.listeners:
+            srv.close()
+        for session in list(self.plane.sessions.values()):
+            if session.close is not None:
+                session.close()
+        for srv in self.listeners:
+            try:
+                await asyncio.wait_for(srv.wait_closed(), 2)
+            except asyncio.TimeoutError:
+                pass
+        self.plane.storage.close()
+        self.plane.meta.close()
+        self.plane.close()
+        log.info("iggy server stopped")
+
+
+async def serve(config) -> None:
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def run_server(config) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if uvloop is not None:
+        uvloop.run(serve(config))
+    else:
+        asyncio.run(serve(config))

@@ -3,6 +3,14 @@
 Layout under `<system.path>`::
 
     streams/<stream id>/topics/<topic id>/partitions/<partition id>/
+        <20-digit base offset>.log / .index     segments (iggy._core.log.PartitionLog)
+        offsets/consumers/<key>, offsets/groups/<id>   stored offsets (iggy.offsets)
+
+Durability per topic: `replicated` acknowledges once the batch is written to the page cache
+and fsyncs in the background when the topic's thresholds (messages_required_to_save,
+size_of_messages_required_to_save) are crossed; `persisted` (or `enforce_fsync`) acknowledges
+only after fdatasync, and one fsync covers every batch that arrived in the same event-loop
+turn (group commit: the sync runs in a callback scheduled after the pending reads).
 
 The control plane calls this module after committing a metadata change; at start every
 partition named by the metadata is opened and directories the metadata no longer names
@@ -10,18 +18,87 @@ partition named by the metadata is opened and directories the metadata no longer
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
 
+from iggy._core.log import PartitionLog
+from iggy.offsets import OffsetStore
+
 log = logging.getLogger(__name__)
+
+
+class Partition:
+    """One partition: its log, its stored offsets and its flush/fsync policy."""
+
+    def __init__(self, directory: str, partition_id: int, settings: dict, validate_checksum: bool):
+        self.id = partition_id
+        self.directory = directory
+        self.log = PartitionLog(directory, partition_id, settings["segment_size"],
+                                settings["preallocate_segments"], validate_checksum)
+        self.offsets = OffsetStore(directory, fsync=settings["consumer_offset_durability"] == "persisted")
+        self.offsets.load(None if self.log.is_empty else self.log.current_offset)
+        self.persisted = settings["durability"] == "persisted" or settings["enforce_fsync"]
+        self.flush_messages = settings["messages_required_to_save"]
+        self.flush_bytes = settings["size_of_messages_required_to_save"]
+        self._unsynced_messages = 0
+        self._unsynced_bytes = 0
+        self._waiters: list[asyncio.Future] = []
+        self._sync_scheduled = False
+
+    def after_append(self, messages: int, size: int):
+        """None when the append may be acknowledged now, else a future resolved after fsync."""
+        self._unsynced_messages += messages
+        self._unsynced_bytes += size
+        if self.persisted:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            self._schedule_sync()
+            return fut
+        if self._unsynced_messages >= self.flush_messages or self._unsynced_bytes >= self.flush_bytes:
+            self._schedule_sync()
+        return None
+
+    def _schedule_sync(self) -> None:
+        if not self._sync_scheduled:
+            self._sync_scheduled = True
+            asyncio.get_running_loop().call_soon(self._sync)
+
+    def _sync(self) -> None:
+        self._sync_scheduled = False
+        waiters, self._waiters = self._waiters, []
+        self._unsynced_messages = self._unsynced_bytes = 0
+        try:
+            self.log.fsync()
+        except OSError as exc:
+            log.error("fsync of partition %s failed: %s", self.directory, exc)
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def purge(self) -> None:
+        self.log.purge()
+        self.offsets.clear()
+
+    def close(self) -> None:
+        try:
+            self.log.fsync()
+        finally:
+            self.log.close()
 
 
 class Storage:
     def __init__(self, system_path: str):
         self.root = os.path.join(system_path, "streams")
         os.makedirs(self.root, exist_ok=True)
-        self.partitions: dict[tuple[int, int, int], object] = {}
+        self.partitions: dict[tuple[int, int, int], Partition] = {}
+        self.round_robin: dict[tuple[int, int], int] = {}
+        self.validate_checksum = True
 
     # ---------------------------------------------------------------- paths
 
@@ -66,35 +143,62 @@ class Storage:
 
     def create_partitions(self, sid: int, topic, pids) -> None:
         for pid in pids:
-            os.makedirs(self.partition_dir(sid, topic.id, pid), exist_ok=True)
-            self.partitions[(sid, topic.id, pid)] = None
+            directory = self.partition_dir(sid, topic.id, pid)
+            os.makedirs(directory, exist_ok=True)
+            self.partitions[(sid, topic.id, pid)] = Partition(directory, pid, topic.settings,
+                                                              self.validate_checksum)
+
+    def _drop(self, keys) -> None:
+        for key in list(keys):
+            p = self.partitions.pop(key, None)
+            if p is not None:
+                p.log.close()
 
     def delete_partitions(self, sid: int, tid: int, pids) -> None:
+        self._drop((sid, tid, pid) for pid in pids)
         for pid in pids:
-            self.partitions.pop((sid, tid, pid), None)
             shutil.rmtree(self.partition_dir(sid, tid, pid), ignore_errors=True)
 
     def delete_topic(self, sid: int, tid: int) -> None:
-        for key in [k for k in self.partitions if k[0] == sid and k[1] == tid]:
-            self.partitions.pop(key)
+        self._drop(k for k in self.partitions if k[0] == sid and k[1] == tid)
+        self.round_robin.pop((sid, tid), None)
         shutil.rmtree(self.topic_dir(sid, tid), ignore_errors=True)
 
     def delete_stream(self, sid: int) -> None:
-        for key in [k for k in self.partitions if k[0] == sid]:
-            self.partitions.pop(key)
+        self._drop(k for k in self.partitions if k[0] == sid)
+        for key in [k for k in self.round_robin if k[0] == sid]:
+            del self.round_robin[key]
         shutil.rmtree(self.stream_dir(sid), ignore_errors=True)
 
     def purge_topic(self, sid: int, topic) -> None:
-        pass
+        for pid in topic.partitions:
+            self.partitions[(sid, topic.id, pid)].purge()
+
+    def forget_group_offsets(self, sid: int, topic, group_id: int) -> None:
+        from iggy.offsets import GROUP
+        for pid in topic.partitions:
+            self.partitions[(sid, topic.id, pid)].offsets.delete(GROUP, group_id)
+
+    def partition(self, sid: int, tid: int, pid: int) -> Partition | None:
+        return self.partitions.get((sid, tid, pid))
 
     def close(self) -> None:
-        pass
+        for p in self.partitions.values():
+            try:
+                p.close()
+            except OSError as exc:
+                log.error("closing partition %s: %s", p.directory, exc)
+        self.partitions.clear()
 
     # ---------------------------------------------------------------- stats
 
     def partition_stats(self, sid: int, tid: int, pid: int):
         """(segments_count, current_offset, size_bytes, messages_count)."""
-        return (1, 0, 0, 0)
+        p = self.partitions.get((sid, tid, pid))
+        if p is None:
+            return (1, 0, 0, 0)
+        lg = p.log
+        return (max(1, lg.segments_count), lg.current_offset, lg.size_bytes, lg.messages_count)
 
     def topic_stats(self, sid: int, topic):
         size = messages = 0

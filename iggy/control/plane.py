@@ -96,9 +96,10 @@ class ControlPlane:
         self.started_at = now_us()
         self.bound: dict[str, tuple[str, int]] = {}       # transport -> bound (host, port)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iggy-hash")
-        self.groups = None                                 # consumer-group coordinator (messages issue)
         from iggy.control import load_commands
+        from iggy.control.groups import GroupCoordinator
         load_commands()
+        self.groups = GroupCoordinator(self)
 
     # ---------------------------------------------------------------- sessions
 
@@ -112,8 +113,7 @@ class ControlPlane:
         self.logout(session)
 
     def logout(self, session: Session) -> None:
-        if self.groups is not None:
-            self.groups.leave_all(session)
+        self.groups.leave_all(session)
         session.user_id = None
         session.session = 0
 
@@ -167,11 +167,16 @@ class ControlPlane:
             result = cmd.handler(self, session, Reader(body))
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             return self._error_reply(header, exc, cmd)
+        if inspect.isawaitable(result):  # e.g. a persisted append waiting for its fsync
+            return self._finish_awaitable(cmd, header, result)
         return self._ok_reply(header, result)
 
     async def _finish_async(self, cmd, session, header, body):
+        return await self._finish_awaitable(cmd, header, cmd.handler(self, session, Reader(body)))
+
+    async def _finish_awaitable(self, cmd, header, pending):
         try:
-            result = await cmd.handler(self, session, Reader(body))
+            result = await pending
         except Exception as exc:  # noqa: BLE001
             return self._error_reply(header, exc, cmd)
         return self._ok_reply(header, result)

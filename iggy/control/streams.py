@@ -110,8 +110,7 @@ def update_stream(plane, session, r: Reader):
 
 def delete_stream_by(plane, s) -> None:
     plane.meta.commit({"op": "stream.delete", "id": s.id})
-    if plane.groups is not None:
-        plane.groups.forget_stream(s.id)
+    plane.groups.forget_stream(s.id)
     plane.storage.delete_stream(s.id)
 
 

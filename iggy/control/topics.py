@@ -310,8 +310,7 @@ def update_topic_by(plane, s, t, name: str, options: dict) -> None:
 
 def delete_topic_by(plane, s, t) -> None:
     plane.meta.commit({"op": "topic.delete", "stream": s.id, "id": t.id})
-    if plane.groups is not None:
-        plane.groups.forget_topic(s.id, t.id)
+    plane.groups.forget_topic(s.id, t.id)
     plane.storage.delete_topic(s.id, t.id)
 
 
@@ -341,8 +340,7 @@ def create_partitions_by(plane, s, t, count: int) -> None:
     plane.meta.commit({"op": "partitions.create", "stream": s.id, "topic": t.id, "ids": ids,
                        "created_at": now_us()})
     plane.storage.create_partitions(s.id, t, ids)
-    if plane.groups is not None:
-        plane.groups.partitions_changed(s.id, t)
+    plane.groups.partitions_changed(s.id, t)
 
 
 def delete_partitions_by(plane, s, t, count: int) -> None:
@@ -351,8 +349,7 @@ def delete_partitions_by(plane, s, t, count: int) -> None:
     ids = sorted(t.partitions)[-count:]
     plane.meta.commit({"op": "partitions.delete", "stream": s.id, "topic": t.id, "ids": ids})
     plane.storage.delete_partitions(s.id, t.id, ids)
-    if plane.groups is not None:
-        plane.groups.partitions_changed(s.id, t)
+    plane.groups.partitions_changed(s.id, t)
 
 
 @command(codes.CREATE_PARTITIONS)

@@ -1,0 +1,230 @@
+"""Messages on the portable engine: send, poll, and consumer offsets.
+
+The per-message work (checksums, stamping, index seek, slicing batches) is done by the
+Cython core (`iggy._core.batch`, `iggy._core.log`) without the GIL; this module only routes
+one batch or one poll at a time, so no Python object is made per message.
+
+Wire bodies (TCP.md 7.4, 8.1, 8.5, 8.6, 9.9, 9.12)::
+
+    send     u32 metadata_length, Identifier stream, Identifier topic,
+             Partitioning (u8 kind, u8 len, value), u32 messages_count, batch (256 + frames)
+             -> u32 1, u32 stream, u32 topic, u32 partition, u64 base_offset
+    poll     Consumer (u8 kind, Identifier), Identifier stream, Identifier topic,
+             u8 has_partition, u32 partition, u8 strategy, u64 value, u32 count, u8 auto_commit
+             -> u32 partition, u64 current_offset, u32 count, batches
+    offsets  Consumer, Identifier stream, Identifier topic, u8 has_partition, u32 partition,
+             [u64 offset (store)], [u8 ack (store, delete)]
+             get -> u32 partition, u64 current_offset, u64 stored_offset (empty: none stored)
+"""
+from __future__ import annotations
+
+import struct
+
+from iggy import codes
+from iggy._core.batch import validate_batch
+from iggy._core.wire import Reader, Writer, xxh32
+from iggy.control import permissions as perm
+from iggy.control.groups import get_group_or_fail
+from iggy.control.plane import command, now_us
+from iggy.control.topics import resolve_topic
+from iggy.errors import ErrorCode, IggyError
+from iggy.offsets import CONSUMER, GROUP, consumer_key
+
+CONSUMER_SINGLE = 1
+CONSUMER_GROUP = 2
+
+PARTITION_BALANCED = 1
+PARTITION_ID = 2
+PARTITION_KEY = 3
+
+STRATEGY_OFFSET = 1
+STRATEGY_TIMESTAMP = 2
+STRATEGY_FIRST = 3
+STRATEGY_LAST = 4
+STRATEGY_NEXT = 5
+
+_SEND_REPLY = struct.Struct("<IIIIQ")
+_POLL_HEAD = struct.Struct("<IQI")
+
+
+def choose_partition(plane, s, t, kind: int, value: bytes) -> int:
+    """The partition a batch goes to, by the SDK's partitioning kinds (SEMANTICS 4.3)."""
+    if not t.partitions:
+        raise IggyError(ErrorCode.NO_PARTITIONS)
+    if kind == PARTITION_ID:
+        if len(value) != 4:
+            raise IggyError(ErrorCode.INVALID_KEY_VALUE_LENGTH)
+        pid = struct.unpack("<I", value)[0]
+        if pid not in t.partitions:
+            raise IggyError(ErrorCode.PARTITION_NOT_FOUND)
+        return pid
+    ids = sorted(t.partitions)
+    if kind == PARTITION_BALANCED:
+        key = (s.id, t.id)
+        counter = plane.storage.round_robin.get(key, 0)
+        plane.storage.round_robin[key] = counter + 1
+        return ids[counter % len(ids)]
+    if kind == PARTITION_KEY:
+        if not 1 <= len(value) <= 255:
+            raise IggyError(ErrorCode.INVALID_KEY_VALUE_LENGTH)
+        return ids[xxh32(value) % len(ids)]
+    raise IggyError(ErrorCode.INVALID_COMMAND)
+
+
+def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int):
+    """Validate and append one batch; returns (base_offset, fsync future or None)."""
+    validate_batch(body, start, end, count)
+    partition = plane.storage.partition(s.id, t.id, pid)
+    base_offset, appended = partition.log.append(body, start, end, now_us())
+    return base_offset, partition.after_append(appended, end - start)
+
+
+@command(codes.SEND_MESSAGES)
+def send_messages(plane, session, r: Reader):
+    metadata_length = r.u32()
+    sid, tid = r.identifier(), r.identifier()
+    kind = r.u8()
+    value = r.take(r.u8())
+    count = r.u32()
+    if r.position != 4 + metadata_length:
+        raise IggyError(ErrorCode.INVALID_FORMAT)
+    s, t = resolve_topic(plane, sid, tid)
+    perm.require(perm.can_send(plane.user_of(session), s.id, t.id))
+    pid = choose_partition(plane, s, t, kind, value)
+    base_offset, synced = append_batch(plane, s, t, pid, r.data, r.position, len(r.data), count)
+    reply = _SEND_REPLY.pack(1, s.id, t.id, pid, base_offset)
+    if synced is None:
+        return reply
+    return _after(synced, reply)
+
+
+async def _after(fut, reply: bytes) -> bytes:
+    await fut
+    return reply
+
+
+def _read_consumer(r: Reader):
+    kind = r.u8()
+    if kind not in (CONSUMER_SINGLE, CONSUMER_GROUP):
+        raise IggyError(ErrorCode.INVALID_COMMAND)
+    return kind, r.identifier()
+
+
+def _resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, fence: bool):
+    """(stream, topic, partition, offsets kind, offsets key) with permission and ownership checks."""
+    s, t = resolve_topic(plane, sid, tid)
+    perm.require(perm.can_poll(plane.user_of(session), s.id, t.id))
+    if kind == CONSUMER_GROUP:
+        g = get_group_or_fail(t, consumer_id)
+        if not has_partition:
+            raise IggyError(ErrorCode.INVALID_IDENTIFIER)
+        if fence and not plane.groups.owns((s.id, t.id, g.id), session, partition_id):
+            if plane.groups.member_of((s.id, t.id, g.id), session) is None:
+                raise IggyError(ErrorCode.CONSUMER_GROUP_MEMBER_NOT_FOUND)
+            raise IggyError(ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED)
+        store_kind, key = GROUP, g.id
+    else:
+        store_kind, key = CONSUMER, consumer_key(consumer_id)
+    pid = partition_id if has_partition else 0
+    partition = plane.storage.partition(s.id, t.id, pid)
+    if partition is None:
+        raise IggyError(ErrorCode.PARTITION_NOT_FOUND)
+    return s, t, partition, store_kind, key
+
+
+def start_offset(partition, strategy: int, value: int, count: int, stored: int | None) -> int | None:
+    """Where a poll starts (SEMANTICS 5.1); None when nothing can match."""
+    lg = partition.log
+    if strategy == STRATEGY_OFFSET:
+        return value
+    if strategy == STRATEGY_TIMESTAMP:
+        return lg.offset_for_timestamp(value)
+    if strategy == STRATEGY_FIRST:
+        return lg.first_offset
+    if strategy == STRATEGY_LAST:
+        return max(lg.first_offset, lg.current_offset - count + 1) if not lg.is_empty else 0
+    if strategy == STRATEGY_NEXT:
+        return lg.first_offset if stored is None else max(stored + 1, lg.first_offset)
+    raise IggyError(ErrorCode.INVALID_COMMAND)
+
+
+def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, strategy, value, count,
+         auto_commit):
+    """(partition id, current offset, message count, batches bytes); shared with HTTP."""
+    if count == 0:
+        raise IggyError(ErrorCode.INVALID_MESSAGES_COUNT)
+    s, t, partition, store_kind, key = _resolve_target(plane, session, kind, consumer_id, sid, tid,
+                                                       has_partition, partition_id, fence=True)
+    lg = partition.log
+    stored = partition.offsets.get(store_kind, key)
+    start = start_offset(partition, strategy, value, count, stored)
+    data, n = b"", 0
+    if start is not None and not lg.is_empty and start <= lg.current_offset:
+        first = max(start, lg.first_offset)
+        data, n = lg.read(first, count)
+        if n and auto_commit:
+            last = first + n - 1
+            if stored is None or last > stored:
+                partition.offsets.store(store_kind, key, last)
+    return partition.id, lg.current_offset, n, data
+
+
+@command(codes.POLL_MESSAGES)
+def poll_messages(plane, session, r: Reader):
+    kind, consumer_id = _read_consumer(r)
+    sid, tid = r.identifier(), r.identifier()
+    has_partition = r.bool()
+    partition_id = r.u32()
+    strategy = r.u8()
+    value = r.u64()
+    count = r.u32()
+    auto_commit = r.bool()
+    r.done()
+    pid, current, n, data = poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id,
+                                 strategy, value, count, auto_commit)
+    return _POLL_HEAD.pack(pid, current, n) + data
+
+
+def _offset_request(plane, session, r: Reader):
+    kind, consumer_id = _read_consumer(r)
+    sid, tid = r.identifier(), r.identifier()
+    has_partition = r.bool()
+    partition_id = r.u32()
+    return _resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, fence=False)
+
+
+def store_offset(partition, store_kind, key, offset: int) -> None:
+    lg = partition.log
+    if lg.is_empty or offset > lg.current_offset:
+        raise IggyError(ErrorCode.INVALID_OFFSET)
+    partition.offsets.store(store_kind, key, offset)
+
+
+@command(codes.STORE_CONSUMER_OFFSET)
+def store_consumer_offset(plane, session, r: Reader):
+    s, t, partition, store_kind, key = _offset_request(plane, session, r)
+    offset = r.u64()
+    if r.remaining():
+        r.u8()  # ack level: a single node always acknowledges after the write
+    r.done()
+    store_offset(partition, store_kind, key, offset)
+
+
+@command(codes.DELETE_CONSUMER_OFFSET)
+def delete_consumer_offset(plane, session, r: Reader):
+    s, t, partition, store_kind, key = _offset_request(plane, session, r)
+    if r.remaining():
+        r.u8()
+    r.done()
+    if not partition.offsets.delete(store_kind, key):
+        raise IggyError(ErrorCode.CONSUMER_OFFSET_NOT_FOUND)
+
+
+@command(codes.GET_CONSUMER_OFFSET)
+def get_consumer_offset(plane, session, r: Reader):
+    s, t, partition, store_kind, key = _offset_request(plane, session, r)
+    r.done()
+    stored = partition.offsets.get(store_kind, key)
+    if stored is None:
+        return None
+    return Writer().u32(partition.id).u64(partition.log.current_offset).u64(stored).getvalue()

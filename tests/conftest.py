@@ -1,0 +1,156 @@
+"""Shared fixtures: a real `iggy-server` process on free loopback ports, and clients for it.
+
+`server` starts `python -m iggy --with-default-root-credentials` with a temporary data
+directory (root is iggy/iggy) and stops it after the test; `ServerProcess.restart()`,
+`.kill()` (SIGKILL) and `.stop()` let tests exercise recovery. `client` is the official SDK
+connected and logged in as root. `raw` is a `RawClient` speaking frames over a plain socket.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT_USER = "iggy"
+ROOT_PASSWORD = "iggy"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """One server process; can be restarted on the same data directory and ports."""
+
+    def __init__(self, data_dir: Path, extra_env: dict | None = None, args: tuple = ()):
+        self.data_dir = Path(data_dir)
+        self.tcp_port = free_port()
+        self.http_port = free_port()
+        self.quic_port = free_port(socket.SOCK_DGRAM)
+        self.ws_port = free_port()
+        self.extra_env = dict(extra_env or {})
+        self.args = tuple(args)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.data_dir.parent / f"server-{self.tcp_port}.log"
+
+    @property
+    def tcp_address(self) -> str:
+        return f"127.0.0.1:{self.tcp_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IGGY_")}
+        env.update({
+            "IGGY_SYSTEM_PATH": str(self.data_dir),
+            "IGGY_TCP_ADDRESS": self.tcp_address,
+            "IGGY_HTTP_ADDRESS": f"127.0.0.1:{self.http_port}",
+            "IGGY_QUIC_ADDRESS": f"127.0.0.1:{self.quic_port}",
+            "IGGY_WEBSOCKET_ADDRESS": f"127.0.0.1:{self.ws_port}",
+            "IGGY_ROOT_USERNAME": ROOT_USER,
+            "IGGY_ROOT_PASSWORD": ROOT_PASSWORD,
+            "PYTHONPATH": str(REPO),
+        })
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 20.0) -> "ServerProcess":
+        runtime = self.data_dir / "runtime" / "current_config.toml"
+        if runtime.exists():
+            runtime.unlink()
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "iggy", *self.args], env=self.env(), cwd=str(REPO),
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if runtime.exists():
+                try:
+                    with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=1):
+                        return self
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"server did not start in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """Graceful stop (SIGTERM); returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or close anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        if self.proc is not None:
+            self.proc = None
+            self._log.close()
+
+    def restart(self, graceful: bool = True) -> "ServerProcess":
+        if graceful:
+            self.stop()
+        else:
+            self.kill()
+        return self.start()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = ServerProcess(tmp_path / "data").start()
+    yield srv
+    srv.stop()
+
+
+async def connect_root(address: str):
+    from apache_iggy import IggyClient
+    client = IggyClient(address)
+    await client.connect()
+    await client.login_user(ROOT_USER, ROOT_PASSWORD)
+    return client
+
+
+@pytest.fixture
+async def client(server):
+    return await connect_root(server.tcp_address)
+
+
+@pytest.fixture
+def raw(server):
+    from tests.rawclient import RawClient
+    c = RawClient(server.tcp_address)
+    yield c
+    c.close()

@@ -1,0 +1,135 @@
+"""A minimal blocking client that speaks frames over a plain socket, for raw-protocol tests.
+
+It builds requests with the same Cython codec the server uses (`build_request`), and hands
+back `(status, operation, body)` of each reply, or the eviction reason.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+
+from iggy._core.wire import build_request, parse_reply_header, xxh3_64
+
+OP_READ = 2
+
+
+class Reply:
+    def __init__(self, command: int, operation: int, status: int, body: bytes, reason: int):
+        self.command = command
+        self.operation = operation
+        self.status = status
+        self.body = body
+        self.eviction_reason = reason if command == 13 else None
+
+    @property
+    def result_code(self) -> int | None:
+        """The error code of a result-framed write reply, 0 on success."""
+        if len(self.body) >= 4 and struct.unpack_from("<I", self.body)[0] == 0:
+            return 0
+        if len(self.body) >= 12:
+            return struct.unpack_from("<I", self.body, 8)[0]
+        return None
+
+    @property
+    def code(self) -> int:
+        """Whichever channel carried the outcome: status first, then result section."""
+        if self.status:
+            return self.status
+        if self.operation >= 128 and self.operation not in (138, 160):
+            return self.result_code
+        return 0
+
+    def __repr__(self):
+        return (f"Reply(command={self.command}, op={self.operation}, status={self.status}, "
+                f"body={self.body[:32]!r}, evict={self.eviction_reason})")
+
+
+def login_body(username: str, password: str, version: int = 0x2C00) -> bytes:
+    def wname(s: bytes) -> bytes:
+        return bytes([len(s)]) + s
+    return (struct.pack("<I", version) + wname(b"rust-sdk") + wname(b"0.11.0") + wname(username.encode())
+            + wname(password.encode()) + struct.pack("<I", 0))
+
+
+def pat_login_body(token: str) -> bytes:
+    def wname(s: bytes) -> bytes:
+        return bytes([len(s)]) + s
+    return struct.pack("<I", 0x2C00) + wname(b"rust-sdk") + wname(b"0.11.0") + wname(token.encode()) + b"\0\0\0\0"
+
+
+class RawClient:
+    def __init__(self, address: str, timeout: float = 10.0):
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.session = 0
+        self.request = 0
+        self.client = 0x1234_5678_9ABC_DEF0_1122_3344_5566_7788
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv_exact(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError("connection closed by server")
+            out += chunk
+        return bytes(out)
+
+    def read_reply(self) -> Reply:
+        head = self.recv_exact(256)
+        size, command, operation, status, reason = parse_reply_header(head)
+        body = self.recv_exact(size - 256)
+        return Reply(command, operation, status, body, reason)
+
+    def call(self, operation: int, code: int = 0, body: bytes = b"") -> Reply:
+        """Send one request with the numbering the SDK uses and read its reply."""
+        if operation == 1:
+            request, session = 0, 0
+        elif operation == OP_READ:
+            request, session = self.request + 1, self.session
+        else:
+            self.request += 1
+            request, session = self.request, self.session
+        checksummed = operation in (1, 3) or 128 <= operation <= 149
+        frame = build_request(operation, code, body, session=session, request=request, client=self.client,
+                              with_checksum=checksummed)
+        self.send_raw(frame)
+        return self.read_reply()
+
+    def read(self, code: int, body: bytes = b"") -> Reply:
+        return self.call(OP_READ, code, body)
+
+    def login(self, username: str = "iggy", password: str = "iggy") -> Reply:
+        reply = self.call(1, 0, login_body(username, password))
+        if reply.command == 8 and reply.status == 0:
+            self.session = struct.unpack_from("<Q", reply.body, 8)[0]
+            self.request = 0
+        return reply
+
+    def login_token(self, token: str) -> Reply:
+        reply = self.call(1, 0, pat_login_body(token))
+        if reply.command == 8 and reply.status == 0:
+            self.session = struct.unpack_from("<Q", reply.body, 8)[0]
+            self.request = 0
+        return reply
+
+
+def ident(value) -> bytes:
+    """Identifier encoding: int -> numeric, str -> name."""
+    if isinstance(value, int):
+        return b"\x01\x04" + struct.pack("<I", value)
+    raw = value.encode()
+    return b"\x02" + bytes([len(raw)]) + raw
+
+
+def wire_name(text: str) -> bytes:
+    raw = text.encode()
+    return bytes([len(raw)]) + raw
+
+
+__all__ = ["RawClient", "Reply", "ident", "wire_name", "login_body", "pat_login_body", "xxh3_64"]

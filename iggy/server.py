@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 
 from iggy import SERVER_VERSION
 from iggy.control import permissions as perm
@@ -34,6 +35,7 @@ class Server:
         self.env = os.environ if env is None else env
         self.plane: ControlPlane | None = None
         self.listeners = []
+        self.tasks: list[asyncio.Future] = []
 
     async def start(self) -> None:
         from iggy.config import root_credentials
@@ -42,7 +44,7 @@ class Server:
         os.makedirs(path, exist_ok=True)
         meta = MetadataStore(path, cfg.system.metadata.snapshot_every)
         meta.open()
-        storage = Storage(path)
+        storage = Storage(path, cfg.system.partition.validate_checksum)
         storage.open_all(meta.state)
         self.plane = plane = ControlPlane(cfg, meta, storage)
         if not meta.state.users:
@@ -60,6 +62,9 @@ class Server:
             plane.bound["tcp"] = (bound[0], bound[1])
             log.info("TCP server listening on %s:%d", bound[0], bound[1])
         self._write_runtime_config()
+        self.tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
+        if cfg.data_maintenance.messages.cleaner_enabled:
+            self.tasks.append(asyncio.ensure_future(self._retention_loop()))
         log.info("iggy server %s started (engine: asyncio, data: %s)", SERVER_VERSION, os.path.abspath(path))
 
     def _write_runtime_config(self) -> None:
@@ -73,7 +78,39 @@ class Server:
             f.write("\n".join(lines))
         os.replace(tmp, os.path.join(runtime, "current_config.toml"))
 
+    async def _heartbeat_loop(self) -> None:
+        """Evict consumer-group members silent for 1.2 x the heartbeat interval (SEMANTICS 9.3)."""
+        from iggy.config import parse_duration
+        cfg = self.config.heartbeat
+        if not cfg.enabled:
+            return
+        limit = 1.2 * parse_duration(cfg.interval) / 1e6
+        while True:
+            await asyncio.sleep(max(0.2, limit / 6))
+            now = time.monotonic()
+            for session in list(self.plane.sessions.values()):
+                if session.groups and now - session.last_seen > limit:
+                    log.info("evicting client %d (%s): no heartbeat for %.1f s", session.client_id,
+                             session.address, now - session.last_seen)
+                    self.plane.groups.leave_all(session)
+                    if session.close is not None:
+                        session.close()
+
+    async def _retention_loop(self) -> None:
+        from iggy import retention
+        from iggy.config import parse_duration
+        from iggy.control.plane import now_us
+        interval = parse_duration(self.config.data_maintenance.messages.interval) / 1e6
+        while True:
+            await asyncio.sleep(max(0.1, interval))
+            try:
+                retention.run_once(self.plane, now_us())
+            except Exception:  # noqa: BLE001 - a failed pass must not stop later passes
+                log.exception("retention pass failed")
+
     async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
         for srv in self.listeners:
             srv.close()
         for session in list(self.plane.sessions.values()):

@@ -93,12 +93,12 @@ class Partition:
 
 
 class Storage:
-    def __init__(self, system_path: str):
+    def __init__(self, system_path: str, validate_checksum: bool = True):
         self.root = os.path.join(system_path, "streams")
         os.makedirs(self.root, exist_ok=True)
         self.partitions: dict[tuple[int, int, int], Partition] = {}
         self.round_robin: dict[tuple[int, int], int] = {}
-        self.validate_checksum = True
+        self.validate_checksum = validate_checksum
 
     # ---------------------------------------------------------------- paths
 

@@ -1,0 +1,475 @@
+# cython: language_level=3
+"""One io_uring shard: a thread that owns a ring, a listening socket and its connections.
+
+The `uring` engine runs one shard per core. Every shard binds the same address with
+SO_REUSEPORT, so the kernel spreads connections over the shards. Accept (multishot), recv
+and send are all submitted to the shard's ring and the loop runs without the GIL; frames are
+cut out of each connection's receive buffer in C.
+
+For each complete frame the shard takes the GIL once and calls
+`handler.on_frame(shard, token, header_bytes, body_bytes)`, which returns the reply frame
+(bytes), or None when the reply will come later from another thread through
+`post_reply(token, reply)` (control-plane commands run on the main event loop). While a
+reply is pending the connection parses no further frames, so replies leave in request
+order. Malformed framing (size outside 256..max, a header that is not a request) closes the
+connection.
+
+Tokens name a connection as `generation << 32 | slot`; a reply for a slot that was closed
+and reused meanwhile is dropped because the generation no longer matches.
+
+user_data of every SQE: `kind << 56 | generation << 32 | slot`.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy, memmove
+from posix.unistd cimport close, read, write
+
+from iggy._core.includes.le cimport le_u32
+from iggy._core.includes.uring cimport *
+
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_CLOEXEC
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, void *attr)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    int shutdown(int fd, int how)
+    enum:
+        SHUT_RDWR
+
+
+DEF K_ACCEPT = 1
+DEF K_RECV = 2
+DEF K_SEND = 3
+DEF K_WAKE = 4
+DEF HEADER = 256
+DEF RECV_CHUNK = 65536
+DEF MAX_CQES = 128
+
+
+cdef uint64_t MASK32 = 0xFFFFFFFFu
+
+
+cdef struct Conn:
+    int fd
+    uint32_t gen
+    bint live
+    bint recv_armed
+    bint send_armed
+    bint waiting          # a reply is pending from another thread
+    bint closing
+    unsigned char *rbuf
+    size_t rcap
+    size_t rstart
+    size_t rend
+    unsigned char *wbuf
+    size_t wcap
+    size_t wstart
+    size_t wend
+
+
+cdef struct Posted:
+    uint64_t token
+    PyObject *reply       # a new reference, or NULL: close the connection
+
+
+cdef inline uint64_t _tag(int kind, uint32_t gen, uint32_t slot) nogil:
+    return (<uint64_t>kind << 56) | (<uint64_t>(gen & 0xFFFFFF) << 32) | slot
+
+
+cdef class Shard:
+    """A ring and its connections. `run()` blocks: call it in a dedicated thread."""
+    cdef io_uring ring
+    cdef bint ring_ready
+    cdef int listen_fd
+    cdef int wake_fd
+    cdef uint64_t wake_value
+    cdef Conn *conns
+    cdef uint32_t max_conns
+    cdef uint32_t max_frame
+    cdef object handler
+    cdef object listen_sock
+    cdef volatile bint stopping
+    cdef pthread_mutex_t lock
+    cdef Posted *posted
+    cdef size_t posted_len
+    cdef size_t posted_cap
+    cdef readonly uint64_t frames
+    cdef readonly uint64_t accepted
+
+    def __cinit__(self):
+        self.ring_ready = False
+        self.conns = NULL
+        self.posted = NULL
+        self.wake_fd = -1
+        pthread_mutex_init(&self.lock, NULL)
+
+    def __init__(self, listen_sock, handler, uint32_t max_frame_size, uint32_t max_connections=4096,
+                 unsigned ring_entries=512):
+        cdef int rc
+        self.listen_sock = listen_sock
+        self.listen_fd = listen_sock.fileno()
+        self.handler = handler
+        self.max_frame = max_frame_size
+        self.max_conns = max_connections
+        self.conns = <Conn *>calloc(max_connections, sizeof(Conn))
+        self.posted_cap = 64
+        self.posted = <Posted *>malloc(self.posted_cap * sizeof(Posted))
+        if self.conns == NULL or self.posted == NULL:
+            raise MemoryError()
+        self.wake_fd = eventfd(0, EFD_CLOEXEC)
+        if self.wake_fd < 0:
+            raise OSError("eventfd failed")
+        rc = io_uring_queue_init(ring_entries, &self.ring, 0)
+        if rc < 0:
+            raise OSError(-rc, "io_uring_queue_init failed")
+        self.ring_ready = True
+
+    def __dealloc__(self):
+        cdef uint32_t i
+        if self.conns != NULL:
+            for i in range(self.max_conns):
+                if self.conns[i].live:
+                    close(self.conns[i].fd)
+                free(self.conns[i].rbuf)
+                free(self.conns[i].wbuf)
+            free(self.conns)
+        if self.posted != NULL:
+            for i in range(self.posted_len):
+                if self.posted[i].reply != NULL:
+                    Py_DECREF(<object>self.posted[i].reply)
+            free(self.posted)
+        if self.ring_ready:
+            io_uring_queue_exit(&self.ring)
+        if self.wake_fd >= 0:
+            close(self.wake_fd)
+        pthread_mutex_destroy(&self.lock)
+
+    # ------------------------------------------------------------------ other threads
+
+    def post_reply(self, uint64_t token, reply):
+        """Deliver a reply (bytes) for `token`, or None to close that connection. Thread-safe."""
+        cdef PyObject *obj = NULL
+        cdef Posted *grown
+        cdef uint64_t one = 1
+        if reply is not None:
+            if not isinstance(reply, bytes):
+                raise TypeError("reply must be bytes")
+            Py_INCREF(reply)
+            obj = <PyObject *>reply
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            if self.posted_len == self.posted_cap:
+                grown = <Posted *>realloc(self.posted, 2 * self.posted_cap * sizeof(Posted))
+                if grown != NULL:
+                    self.posted = grown
+                    self.posted_cap *= 2
+            if self.posted_len < self.posted_cap:
+                self.posted[self.posted_len].token = token
+                self.posted[self.posted_len].reply = obj
+                self.posted_len += 1
+                obj = NULL
+            pthread_mutex_unlock(&self.lock)
+            write(self.wake_fd, &one, 8)
+        if obj != NULL:
+            Py_DECREF(<object>obj)
+            raise MemoryError()
+
+    def stop(self):
+        cdef uint64_t one = 1
+        self.stopping = True
+        with nogil:
+            write(self.wake_fd, &one, 8)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self):
+        cdef io_uring_cqe *cqes[MAX_CQES]
+        cdef unsigned n, i
+        cdef io_uring_sqe *sqe
+        with nogil:
+            sqe = io_uring_get_sqe(&self.ring)
+            io_uring_prep_multishot_accept(sqe, self.listen_fd, NULL, NULL, 0)
+            io_uring_sqe_set_data64(sqe, _tag(K_ACCEPT, 0, 0))
+            self._arm_wake()
+            while not self.stopping:
+                io_uring_submit_and_wait(&self.ring, 1)
+                n = io_uring_peek_batch_cqe(&self.ring, cqes, MAX_CQES)
+                for i in range(n):
+                    self._on_cqe(cqes[i].user_data, cqes[i].res, cqes[i].flags)
+                io_uring_cq_advance(&self.ring, n)
+            self._close_all()
+
+    cdef io_uring_sqe *_sqe(self) noexcept nogil:
+        cdef io_uring_sqe *sqe = io_uring_get_sqe(&self.ring)
+        if sqe == NULL:
+            io_uring_submit(&self.ring)
+            sqe = io_uring_get_sqe(&self.ring)
+        return sqe
+
+    cdef void _arm_wake(self) noexcept nogil:
+        cdef io_uring_sqe *sqe = self._sqe()
+        io_uring_prep_read(sqe, self.wake_fd, &self.wake_value, 8, 0)
+        io_uring_sqe_set_data64(sqe, _tag(K_WAKE, 0, 0))
+
+    cdef void _on_cqe(self, uint64_t data, int res, uint32_t flags) noexcept nogil:
+        cdef int kind = <int>(data >> 56)
+        cdef uint32_t gen = <uint32_t>((data >> 32) & 0xFFFFFF)
+        cdef uint32_t slot = <uint32_t>(data & MASK32)
+        cdef io_uring_sqe *sqe
+        if kind == K_ACCEPT:
+            if res >= 0:
+                self._on_accept(res)
+            if not (flags & IORING_CQE_F_MORE) and not self.stopping:
+                sqe = self._sqe()
+                io_uring_prep_multishot_accept(sqe, self.listen_fd, NULL, NULL, 0)
+                io_uring_sqe_set_data64(sqe, _tag(K_ACCEPT, 0, 0))
+        elif kind == K_WAKE:
+            self._drain_posted()
+            if not self.stopping:
+                self._arm_wake()
+        elif slot < self.max_conns and (self.conns[slot].gen & 0xFFFFFF) == gen:
+            if kind == K_RECV:
+                self._on_recv(slot, res)
+            elif kind == K_SEND:
+                self._on_send(slot, res)
+
+    cdef void _on_accept(self, int fd) noexcept nogil:
+        cdef uint32_t slot
+        cdef Conn *c
+        for slot in range(self.max_conns):
+            if not self.conns[slot].live and not self.conns[slot].recv_armed and not self.conns[slot].send_armed:
+                break
+        else:
+            close(fd)   # connection limit reached
+            return
+        c = &self.conns[slot]
+        c.fd = fd
+        c.gen += 1
+        c.live = True
+        c.waiting = False
+        c.closing = False
+        c.rstart = c.rend = 0
+        c.wstart = c.wend = 0
+        self.accepted += 1
+        if not self._notify_open(slot):
+            self._close(slot)
+            return
+        self._arm_recv(slot)
+
+    cdef bint _notify_open(self, uint32_t slot) noexcept with gil:
+        try:
+            self.handler.on_open(self, (<uint64_t>self.conns[slot].gen << 32) | slot, self.conns[slot].fd)
+            return True
+        except BaseException:
+            return False
+
+    cdef void _notify_close(self, uint32_t slot) noexcept with gil:
+        try:
+            self.handler.on_close(self, (<uint64_t>self.conns[slot].gen << 32) | slot)
+        except BaseException:
+            pass
+
+    cdef bint _reserve(self, unsigned char **buf, size_t *cap, size_t need) noexcept nogil:
+        cdef size_t new_cap
+        cdef unsigned char *grown
+        if need <= cap[0]:
+            return True
+        new_cap = cap[0] * 2 if cap[0] else RECV_CHUNK
+        while new_cap < need:
+            new_cap *= 2
+        grown = <unsigned char *>realloc(buf[0], new_cap)
+        if grown == NULL:
+            return False
+        buf[0] = grown
+        cap[0] = new_cap
+        return True
+
+    cdef void _arm_recv(self, uint32_t slot) noexcept nogil:
+        cdef Conn *c = &self.conns[slot]
+        cdef io_uring_sqe *sqe
+        cdef size_t want
+        if c.recv_armed or not c.live or c.closing:
+            return
+        if c.rstart and c.rstart == c.rend:
+            c.rstart = c.rend = 0
+        elif c.rstart > c.rcap // 2:
+            memmove(c.rbuf, c.rbuf + c.rstart, c.rend - c.rstart)
+            c.rend -= c.rstart
+            c.rstart = 0
+        # never hold more than one maximum frame of unread input
+        if c.rend - c.rstart >= <size_t>self.max_frame + HEADER:
+            return
+        want = c.rend + RECV_CHUNK
+        if not self._reserve(&c.rbuf, &c.rcap, want):
+            self._close(slot)
+            return
+        sqe = self._sqe()
+        io_uring_prep_recv(sqe, c.fd, c.rbuf + c.rend, c.rcap - c.rend, 0)
+        io_uring_sqe_set_data64(sqe, _tag(K_RECV, c.gen, slot))
+        c.recv_armed = True
+
+    cdef void _arm_send(self, uint32_t slot) noexcept nogil:
+        cdef Conn *c = &self.conns[slot]
+        cdef io_uring_sqe *sqe
+        if c.send_armed or c.wstart == c.wend or not c.live:
+            return
+        sqe = self._sqe()
+        io_uring_prep_send(sqe, c.fd, c.wbuf + c.wstart, c.wend - c.wstart, 0)
+        io_uring_sqe_set_data64(sqe, _tag(K_SEND, c.gen, slot))
+        c.send_armed = True
+
+    cdef void _on_recv(self, uint32_t slot, int res) noexcept nogil:
+        cdef Conn *c = &self.conns[slot]
+        c.recv_armed = False
+        if res <= 0 or not c.live:
+            self._close(slot)
+            return
+        c.rend += res
+        self._process(slot)
+        self._arm_recv(slot)
+        self._arm_send(slot)
+
+    cdef void _on_send(self, uint32_t slot, int res) noexcept nogil:
+        cdef Conn *c = &self.conns[slot]
+        c.send_armed = False
+        if res < 0:
+            self._close(slot)
+            return
+        c.wstart += res
+        if c.wstart == c.wend:
+            c.wstart = c.wend = 0
+            if c.closing:
+                self._close(slot)
+                return
+        self._arm_send(slot)
+        # a full send buffer paused reading; resume once it drains
+        self._arm_recv(slot)
+
+    cdef bint _queue(self, uint32_t slot, const unsigned char *data, size_t n) noexcept nogil:
+        cdef Conn *c = &self.conns[slot]
+        if c.wstart and c.wstart == c.wend:
+            c.wstart = c.wend = 0
+        if not self._reserve(&c.wbuf, &c.wcap, c.wend + n):
+            return False
+        memcpy(c.wbuf + c.wend, data, n)
+        c.wend += n
+        return True
+
+    cdef void _process(self, uint32_t slot) noexcept nogil:
+        cdef Conn *c = &self.conns[slot]
+        cdef const unsigned char *p
+        cdef uint32_t size
+        cdef int outcome
+        while c.live and not c.waiting and not c.closing and c.rend - c.rstart >= HEADER:
+            p = c.rbuf + c.rstart
+            size = le_u32(p + 48)
+            if size < HEADER or size > self.max_frame or p[60] != 5:
+                self._close(slot)
+                return
+            if c.rend - c.rstart < size:
+                if not self._reserve(&c.rbuf, &c.rcap, c.rstart + size):
+                    self._close(slot)
+                return
+            self.frames += 1
+            outcome = self._dispatch(slot, p, size)
+            c.rstart += size
+            if outcome < 0:
+                self._close(slot)
+                return
+            if outcome == 1:
+                c.waiting = True
+
+    cdef int _dispatch(self, uint32_t slot, const unsigned char *p, uint32_t size) noexcept with gil:
+        """Hand one frame to the handler. 0: replied, 1: reply pending, -1: close."""
+        cdef Conn *c = &self.conns[slot]
+        cdef bytes reply
+        try:
+            header = PyBytes_FromStringAndSize(<const char *>p, HEADER)
+            body = PyBytes_FromStringAndSize(<const char *>p + HEADER, size - HEADER)
+            result = self.handler.on_frame(self, (<uint64_t>c.gen << 32) | slot, header, body)
+            if result is None:
+                return 1
+            reply = result
+            if not self._queue(slot, <const unsigned char *>PyBytes_AS_STRING(reply), PyBytes_GET_SIZE(reply)):
+                return -1
+            return 0
+        except BaseException:
+            return -1
+
+    cdef bint _queue_object(self, uint32_t slot, PyObject *obj) noexcept with gil:
+        cdef bytes reply = <bytes>obj
+        return self._queue(slot, <const unsigned char *>PyBytes_AS_STRING(reply), PyBytes_GET_SIZE(reply))
+
+    cdef void _release(self, PyObject *obj) noexcept with gil:
+        Py_DECREF(<object>obj)
+
+    cdef void _drain_posted(self) noexcept nogil:
+        cdef Posted *items
+        cdef size_t n, i
+        cdef uint32_t slot, gen
+        cdef Conn *c
+        pthread_mutex_lock(&self.lock)
+        n = self.posted_len
+        items = <Posted *>malloc(n * sizeof(Posted)) if n else NULL
+        if items != NULL:
+            memcpy(items, self.posted, n * sizeof(Posted))
+            self.posted_len = 0
+        else:
+            n = 0
+        pthread_mutex_unlock(&self.lock)
+        for i in range(n):
+            slot = <uint32_t>(items[i].token & MASK32)
+            gen = <uint32_t>(items[i].token >> 32)
+            if slot < self.max_conns and self.conns[slot].live and self.conns[slot].gen == gen:
+                c = &self.conns[slot]
+                c.waiting = False
+                if items[i].reply == NULL:
+                    c.closing = True
+                elif not self._queue_object(slot, items[i].reply):
+                    c.closing = True
+                if c.closing and c.wstart == c.wend:
+                    self._close(slot)
+                else:
+                    self._process(slot)
+                    self._arm_send(slot)
+                    self._arm_recv(slot)
+            if items[i].reply != NULL:
+                self._release(items[i].reply)
+        free(items)
+
+    cdef void _close(self, uint32_t slot) noexcept nogil:
+        cdef Conn *c = &self.conns[slot]
+        if not c.live:
+            return
+        c.live = False
+        c.waiting = False
+        # wake pending recv/send on this socket; their completions then find the slot closed
+        shutdown(c.fd, SHUT_RDWR)
+        close(c.fd)
+        self._notify_close(slot)
+
+    cdef void _close_all(self) noexcept nogil:
+        cdef uint32_t slot
+        for slot in range(self.max_conns):
+            if self.conns[slot].live:
+                self._close(slot)
+
+    # ------------------------------------------------------------------ info
+
+    def close_connection(self, uint64_t token):
+        """Close a connection from another thread (heartbeat eviction, shutdown)."""
+        self.post_reply(token, None)

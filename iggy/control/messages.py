@@ -79,6 +79,18 @@ def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int):
     return base_offset, partition.after_append(appended, end - start)
 
 
+def send(plane, session, sid, tid, kind: int, value: bytes, body, start: int, end: int, count: int):
+    """Route and append one batch (shared with HTTP).
+
+    Returns (stream, topic, partition id, base offset, fsync future or None).
+    """
+    s, t = resolve_topic(plane, sid, tid)
+    perm.require(perm.can_send(plane.user_of(session), s.id, t.id))
+    pid = choose_partition(plane, s, t, kind, value)
+    base_offset, synced = append_batch(plane, s, t, pid, body, start, end, count)
+    return s, t, pid, base_offset, synced
+
+
 @command(codes.SEND_MESSAGES)
 def send_messages(plane, session, r: Reader):
     metadata_length = r.u32()
@@ -88,10 +100,8 @@ def send_messages(plane, session, r: Reader):
     count = r.u32()
     if r.position != 4 + metadata_length:
         raise IggyError(ErrorCode.INVALID_FORMAT)
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_send(plane.user_of(session), s.id, t.id))
-    pid = choose_partition(plane, s, t, kind, value)
-    base_offset, synced = append_batch(plane, s, t, pid, r.data, r.position, len(r.data), count)
+    s, t, pid, base_offset, synced = send(plane, session, sid, tid, kind, value, r.data, r.position,
+                                          len(r.data), count)
     reply = _SEND_REPLY.pack(1, s.id, t.id, pid, base_offset)
     if synced is None:
         return reply
@@ -110,8 +120,9 @@ def _read_consumer(r: Reader):
     return kind, r.identifier()
 
 
-def _resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, fence: bool):
-    """(stream, topic, partition, offsets kind, offsets key) with permission and ownership checks."""
+def resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, fence: bool):
+    """(stream, topic, partition, offsets kind, offsets key) with permission and ownership checks
+    (shared with HTTP, which always acts as a plain consumer)."""
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_poll(plane.user_of(session), s.id, t.id))
     if kind == CONSUMER_GROUP:
@@ -153,8 +164,8 @@ def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_i
     """(partition id, current offset, message count, batches bytes); shared with HTTP."""
     if count == 0:
         raise IggyError(ErrorCode.INVALID_MESSAGES_COUNT)
-    s, t, partition, store_kind, key = _resolve_target(plane, session, kind, consumer_id, sid, tid,
-                                                       has_partition, partition_id, fence=True)
+    s, t, partition, store_kind, key = resolve_target(plane, session, kind, consumer_id, sid, tid,
+                                                      has_partition, partition_id, fence=True)
     lg = partition.log
     stored = partition.offsets.get(store_kind, key)
     start = start_offset(partition, strategy, value, count, stored)
@@ -190,7 +201,7 @@ def _offset_request(plane, session, r: Reader):
     sid, tid = r.identifier(), r.identifier()
     has_partition = r.bool()
     partition_id = r.u32()
-    return _resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, fence=False)
+    return resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, fence=False)
 
 
 def store_offset(partition, store_kind, key, offset: int) -> None:
@@ -216,6 +227,10 @@ def delete_consumer_offset(plane, session, r: Reader):
     if r.remaining():
         r.u8()
     r.done()
+    delete_offset(partition, store_kind, key)
+
+
+def delete_offset(partition, store_kind, key) -> None:
     if not partition.offsets.delete(store_kind, key):
         raise IggyError(ErrorCode.CONSUMER_OFFSET_NOT_FOUND)
 

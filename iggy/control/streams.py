@@ -102,6 +102,10 @@ def update_stream(plane, session, r: Reader):
     refuse_options(r)
     s = get_stream_or_fail(plane, ident)
     perm.require(perm.can_manage_stream(plane.user_of(session), s.id))
+    update_stream_by(plane, s, name)
+
+
+def update_stream_by(plane, s, name: str) -> None:
     other = plane.meta.state.stream_by_name(name)
     if other is not None and other.id != s.id:
         raise IggyError(ErrorCode.STREAM_NAME_ALREADY_EXISTS)
@@ -129,5 +133,9 @@ def purge_stream(plane, session, r: Reader):
     r.done()
     s = get_stream_or_fail(plane, ident)
     perm.require(perm.can_manage_stream(plane.user_of(session), s.id))
+    purge_stream_by(plane, s)
+
+
+def purge_stream_by(plane, s) -> None:
     for t in s.topics.values():
         plane.storage.purge_topic(s.id, t)

@@ -135,6 +135,16 @@ def read_options(r: Reader) -> dict:
     return out
 
 
+def options_from_text(pairs: dict) -> dict:
+    """{key: value} from string pairs (the REST API's `options` map), parsed as read_options does."""
+    out = {}
+    for key, text in pairs.items():
+        if key not in TOPIC_OPTIONS:
+            raise IggyError(ErrorCode.UNSUPPORTED_OPTION_KEY, f"unsupported option key {key}", field=key)
+        out[key] = parse_option(key, KIND_STRING, str(text).encode("utf-8"))
+    return out
+
+
 def validate_settings(settings: dict, partitions_count: int) -> None:
     """The range rules of SEMANTICS 3.2 on a fully resolved settings dict."""
     if settings["compression_algorithm"] not in ("none", "gzip"):
@@ -329,6 +339,10 @@ def purge_topic(plane, session, r: Reader):
     r.done()
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
+    purge_topic_by(plane, s, t)
+
+
+def purge_topic_by(plane, s, t) -> None:
     plane.storage.purge_topic(s.id, t)
 
 
@@ -350,6 +364,26 @@ def delete_partitions_by(plane, s, t, count: int) -> None:
     plane.meta.commit({"op": "partitions.delete", "stream": s.id, "topic": t.id, "ids": ids})
     plane.storage.delete_partitions(s.id, t.id, ids)
     plane.groups.partitions_changed(s.id, t)
+
+
+def delete_segments_by(plane, s, t, partition_id: int, count: int) -> int:
+    """Delete the oldest `count` sealed segments of one partition; returns how many went.
+
+    The active segment is never deleted, and deletion stops at the consumer barrier (a
+    segment holding offsets above the lowest stored consumer offset stays), as retention
+    does (SEMANTICS 3.4, 8.6).
+    """
+    p = plane.storage.partition(s.id, t.id, partition_id)
+    if p is None:
+        raise IggyError(ErrorCode.PARTITION_NOT_FOUND)
+    barrier = p.offsets.lowest()
+    deleted = 0
+    for base, last, _size, _max_ts, active in p.log.segments():
+        if deleted >= count or active or (barrier is not None and last > barrier):
+            break
+        p.log.delete_segment(base)
+        deleted += 1
+    return deleted
 
 
 @command(codes.CREATE_PARTITIONS)

@@ -125,24 +125,46 @@ def _login_reply(user_id: int, session: int) -> bytes:
     return Writer().u32(user_id).u64(session).u32(PROTOCOL_VERSION).name(SERVER_VERSION).getvalue()
 
 
+async def authenticate(plane, username: str, password: str):
+    """The active user with these credentials, else IggyError 42 (shared with the HTTP API)."""
+    user = plane.meta.state.user_by_name(username)
+    ok = user is not None and await plane.run_blocking(verify_password, user.password_hash, password)
+    # look again: the user may have changed while the hash ran off the loop
+    user = plane.meta.state.user_by_name(username)
+    if not ok or user is None or user.status != STATUS_ACTIVE:
+        raise IggyError(ErrorCode.INVALID_CREDENTIALS)
+    return user
+
+
+def user_for_token(plane, raw_token: str):
+    """The user a personal access token belongs to (shared with the HTTP API).
+
+    Unknown or expired token -> IggyError 53; the owner is gone or inactive -> IggyError 47.
+    """
+    token = plane.meta.state.tokens.get(hash_token(raw_token))
+    if token is None or (token.expiry_at and token.expiry_at <= now_us()):
+        raise IggyError(ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN)
+    user = plane.meta.state.users.get(token.user_id)
+    if user is None or user.status != STATUS_ACTIVE:
+        raise IggyError(ErrorCode.USER_INACTIVE)
+    return user
+
+
 @command(codes.LOGIN_REGISTER, auth=False)
 async def login(plane, session, r: Reader):
     kind, secret, password = _parse_login(r)
     client_uuid = session.client_uuid
     if kind == "password":
-        user = plane.meta.state.user_by_name(secret)
-        ok = user is not None and await plane.run_blocking(verify_password, user.password_hash, password)
-        # look again: the user may have changed while the hash ran off the loop
-        user = plane.meta.state.user_by_name(secret)
-        if not ok or user is None or user.status != STATUS_ACTIVE:
-            raise Evict(EVICT_INVALID_CREDENTIALS)
+        try:
+            user = await authenticate(plane, secret, password)
+        except IggyError:
+            raise Evict(EVICT_INVALID_CREDENTIALS) from None
     else:
-        token = plane.meta.state.tokens.get(hash_token(secret))
-        if token is None or (token.expiry_at and token.expiry_at <= now_us()):
-            raise Evict(EVICT_INVALID_TOKEN)
-        user = plane.meta.state.users.get(token.user_id)
-        if user is None or user.status != STATUS_ACTIVE:
-            raise Evict(EVICT_USER_INACTIVE)
+        try:
+            user = user_for_token(plane, secret)
+        except IggyError as exc:
+            reason = EVICT_USER_INACTIVE if exc.code == ErrorCode.USER_INACTIVE else EVICT_INVALID_TOKEN
+            raise Evict(reason) from None
     number = plane.bind_login(session, user.id, client_uuid)
     return _login_reply(user.id, number)
 
@@ -192,14 +214,8 @@ def create_user_record(plane, username: str, password_hash: str, status: int, pe
     })
 
 
-@command(codes.CREATE_USER)
-async def create_user(plane, session, r: Reader):
-    perm.require(perm.can_manage_users(plane.user_of(session)))
-    username = r.name()
-    password = r.string8()
-    status = r.u8()
-    permissions = perm.read_optional(r)
-    _refuse_options(r)
+async def create_user_by(plane, username: str, password: str, status: int, permissions):
+    """Validate, hash the password off the loop and commit a new user (shared with HTTP)."""
     validate_username(username)
     validate_password(password)
     if status not in (STATUS_ACTIVE, STATUS_INACTIVE):
@@ -208,10 +224,21 @@ async def create_user(plane, session, r: Reader):
         raise IggyError(ErrorCode.USER_ALREADY_EXISTS)
     password_hash = await plane.run_blocking(hash_password, password)
     rec = create_user_record(plane, username, password_hash, status, permissions)
-    return encode_user_details(plane.meta.state.users[rec["id"]])
+    return plane.meta.state.users[rec["id"]]
 
 
-def _target(plane, ident):
+@command(codes.CREATE_USER)
+async def create_user(plane, session, r: Reader):
+    perm.require(perm.can_manage_users(plane.user_of(session)))
+    username = r.name()
+    password = r.string8()
+    status = r.u8()
+    permissions = perm.read_optional(r)
+    _refuse_options(r)
+    return encode_user_details(await create_user_by(plane, username, password, status, permissions))
+
+
+def get_user_or_fail(plane, ident):
     user = find_user(plane, ident)
     if user is None:
         raise IggyError(ErrorCode.RESOURCE_NOT_FOUND)
@@ -223,7 +250,10 @@ def delete_user(plane, session, r: Reader):
     ident = r.identifier()
     r.done()
     perm.require(perm.can_manage_users(plane.user_of(session)))
-    user = _target(plane, ident)
+    delete_user_by(plane, get_user_or_fail(plane, ident))
+
+
+def delete_user_by(plane, user) -> None:
     if user.id == perm.ROOT_USER_ID:
         raise IggyError(ErrorCode.CANNOT_DELETE_USER)
     plane.meta.commit({"op": "user.delete", "id": user.id})
@@ -236,7 +266,11 @@ def update_user(plane, session, r: Reader):
     status = r.u8() if r.bool() else None
     _refuse_options(r)
     perm.require(perm.can_manage_users(plane.user_of(session)))
-    user = _target(plane, ident)
+    update_user_by(plane, get_user_or_fail(plane, ident), username, status)
+
+
+def update_user_by(plane, user, username: str | None, status: int | None) -> None:
+    """Rename and/or change the status of `user` (None leaves a field as it is)."""
     if username is not None:
         validate_username(username)
         other = plane.meta.state.user_by_name(username)
@@ -253,7 +287,10 @@ def update_permissions(plane, session, r: Reader):
     permissions = perm.read_optional(r)
     r.done()
     perm.require(perm.can_manage_users(plane.user_of(session)))
-    user = _target(plane, ident)
+    update_permissions_by(plane, get_user_or_fail(plane, ident), permissions)
+
+
+def update_permissions_by(plane, user, permissions) -> None:
     if user.id == perm.ROOT_USER_ID:
         raise IggyError(ErrorCode.CANNOT_CHANGE_PERMISSIONS)
     plane.meta.commit({"op": "user.permissions", "id": user.id, "permissions": permissions})
@@ -265,9 +302,14 @@ async def change_password(plane, session, r: Reader):
     current = r.string8()
     new = r.string8()
     r.done()
-    user = _target(plane, ident)
+    user = get_user_or_fail(plane, ident)
     if user.id != session.user_id:
         perm.require(perm.can_manage_users(plane.user_of(session)))
+    await change_password_by(plane, user, current, new)
+
+
+async def change_password_by(plane, user, current: str, new: str) -> None:
+    """Check the current password of `user` (always required) and store the new one."""
     validate_password(new)
     if not await plane.run_blocking(verify_password, user.password_hash, current):
         raise IggyError(ErrorCode.INVALID_CREDENTIALS)

@@ -36,6 +36,7 @@ class Server:
         self.plane: ControlPlane | None = None
         self.listeners = []
         self.tasks: list[asyncio.Future] = []
+        self.http = None
 
     async def start(self) -> None:
         from iggy.config import root_credentials
@@ -61,6 +62,10 @@ class Server:
             bound = srv.sockets[0].getsockname()
             plane.bound["tcp"] = (bound[0], bound[1])
             log.info("TCP server listening on %s:%d", bound[0], bound[1])
+        if cfg.http.enabled:
+            from iggy.http import HttpServer, from_config
+            self.http = HttpServer(plane, from_config(cfg))   # own thread + loop, bound before returning
+            plane.bound["http"] = await self.http.start()
         self._write_runtime_config()
         self.tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
         if cfg.data_maintenance.messages.cleaner_enabled:
@@ -109,6 +114,8 @@ class Server:
                 log.exception("retention pass failed")
 
     async def stop(self) -> None:
+        if self.http is not None:   # first: its requests still need the control plane
+            await self.http.stop()
         for task in self.tasks:
             task.cancel()
         for srv in self.listeners:

@@ -1,0 +1,93 @@
+"""JWT access tokens of the REST API: issue, verify, revoke.
+
+Tokens are HS256/384/512 JWTs (PyJWT) with the claims of Apache Iggy (HTTP.md 4)::
+
+    {"jti": "<uuid v7>", "iss": "iggy.apache.org", "aud": "iggy.apache.org",
+     "sub": "<user id as a decimal string>", "iat": <s>, "nbf": <s>, "exp": <s>}
+
+The Web UI decodes the payload itself and reads `sub` as the user id, so these must stay
+real JWTs. Unlike the reference server, logout revokes the token: its `jti` is kept in a
+revocation table until the token would have expired anyway (clients cannot tell the
+difference, and a leaked token stops working at logout). The table lives only in memory;
+a restart forgets it, which is harmless when the secret is generated per start.
+
+`JwtIssuer` is used only from the HTTP thread, so it needs no locking.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import jwt
+
+from iggy.errors import ErrorCode, IggyError
+from iggy.http.settings import JwtSettings, random_secret
+
+
+def uuid7() -> str:
+    """A time-ordered UUID (RFC 9562 version 7), the `jti` format of the reference server."""
+    ms = time.time_ns() // 1_000_000
+    value = (ms & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)          # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)          # RFC 4122 variant
+    return str(uuid.UUID(int=value))
+
+
+class JwtIssuer:
+    def __init__(self, settings: JwtSettings):
+        self.settings = settings
+        self.secret = settings.secret or random_secret()
+        self.revoked: dict[str, int] = {}   # jti -> exp (Unix seconds)
+
+    def issue(self, user_id: int) -> dict:
+        """A new token for `user_id` as the `access_token` object of IdentityInfo."""
+        s = self.settings
+        now = int(time.time())
+        exp = now + s.access_token_expiry
+        claims = {"jti": uuid7(), "iss": s.issuer, "aud": s.audience, "sub": str(user_id),
+                  "iat": now, "nbf": now + s.not_before, "exp": exp}
+        return {"token": jwt.encode(claims, self.secret, algorithm=s.algorithm), "expiry": exp}
+
+    def decode(self, token: str) -> dict | None:
+        """The verified claims, or None if the token is not one of ours, expired or revoked."""
+        s = self.settings
+        try:
+            claims = jwt.decode(token, self.secret, algorithms=[s.algorithm], audience=list(s.valid_audiences),
+                                issuer=list(s.valid_issuers), leeway=s.clock_skew,
+                                options={"require": ["exp", "sub", "jti"]})
+        except jwt.PyJWTError:
+            return None
+        if claims["jti"] in self.revoked:
+            return None
+        return claims
+
+    def user_id(self, token: str) -> int | None:
+        claims = self.decode(token)
+        if claims is None:
+            return None
+        try:
+            user_id = int(claims["sub"])
+        except (TypeError, ValueError):
+            return None
+        return user_id if 0 <= user_id <= 0xFFFFFFFF else None
+
+    def revoke(self, token: str) -> None:
+        claims = self.decode(token)
+        if claims is None:
+            return
+        self.revoked[claims["jti"]] = int(claims["exp"]) + self.settings.clock_skew
+        self._prune()
+
+    def _prune(self) -> None:
+        now = int(time.time())
+        for jti in [j for j, exp in self.revoked.items() if exp < now]:
+            del self.revoked[jti]
+
+
+def bearer(headers) -> str:
+    """The credential of `Authorization: Bearer <credential>`; 401 access_token_missing if absent."""
+    value = headers.get("authorization", "")
+    if not value.startswith("Bearer ") or not value[7:].strip():
+        raise IggyError(ErrorCode.ACCESS_TOKEN_MISSING, "Access token is missing")
+    return value[7:].strip()

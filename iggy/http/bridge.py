@@ -1,0 +1,52 @@
+"""Calls from the HTTP thread into the control plane, which lives on the main event loop.
+
+The control plane is single-threaded: every read and write of its state must happen on the
+main loop, where the TCP engine also runs it, so that commands from both transports are
+serialised in one place. A route handler therefore never touches `plane` itself; it hands a
+function to `Bridge.call`, which runs it on the main loop with
+`asyncio.run_coroutine_threadsafe` and awaits the result from the HTTP loop.
+
+Functions passed in take the plane first and may be plain functions or coroutines (those
+that hash a password off the loop, or wait for an fsync). Whatever they return must be plain
+data (dicts, lists, ints, bytes): built on the main loop, read on the HTTP thread.
+
+If the HTTP request is cancelled (the client went away) the call on the main loop still
+runs to completion: a command is applied or refused as a whole, never cut in half.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+from iggy.errors import ErrorCode, IggyError
+
+
+class Bridge:
+    def __init__(self, plane, loop: asyncio.AbstractEventLoop):
+        self.plane = plane
+        self.loop = loop
+
+    async def call(self, fn, *args):
+        """Run `fn(plane, *args)` on the main loop and return its result here."""
+        async def run():
+            result = fn(self.plane, *args)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        future = asyncio.run_coroutine_threadsafe(run(), self.loop)
+        return await asyncio.shield(asyncio.wrap_future(future))
+
+    async def call_as(self, user_id: int, fn, *args):
+        """Run `fn(plane, user, *args)` on the main loop for the authenticated `user_id`.
+
+        A token whose user has been deleted since it was issued authenticates nobody (401),
+        as a TCP session of a deleted user does.
+        """
+        return await self.call(_as_user, user_id, fn, args)
+
+
+def _as_user(plane, user_id: int, fn, args):
+    user = plane.meta.state.users.get(user_id)
+    if user is None:
+        raise IggyError(ErrorCode.UNAUTHENTICATED)
+    return fn(plane, user, *args)

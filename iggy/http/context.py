@@ -1,0 +1,107 @@
+"""What every route handler shares: the bridge to the control plane, the JWT issuer, the
+settings and the metrics; plus the authentication guard and the small parsers of path values.
+
+Authentication runs as a Litestar guard, which Litestar calls before it parses the path,
+query and body, so a bad credential answers 401 even when the body is malformed, as in the
+reference server (HTTP.md 1.2). The credential is a JWT issued by this server or a raw
+personal access token; a JWT is checked here on the HTTP thread, a PAT is looked up on the
+main loop. The guard stores the caller's user id in ``scope["user"]``; handlers receive it
+as the `caller` dependency and hand it to `Bridge.call_as`.
+"""
+from __future__ import annotations
+
+import threading
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException
+from litestar.handlers import BaseRouteHandler
+
+from iggy.errors import ErrorCode, IggyError
+from iggy.http.auth import JwtIssuer, bearer
+from iggy.http.bridge import Bridge
+from iggy.http.settings import HttpSettings
+
+U32_MAX = 0xFFFFFFFF
+
+
+class HttpContext:
+    """Shared by every request of one listener (a plain class: Litestar passes it as is)."""
+
+    def __init__(self, bridge: Bridge, jwt: JwtIssuer, settings: HttpSettings, metrics=None):
+        self.bridge = bridge
+        self.jwt = jwt
+        self.settings = settings
+        self.metrics = metrics                  # iggy.http.metrics.Metrics
+        self.snapshot_lock = threading.Lock()   # one snapshot at a time (error 9000)
+
+
+Ctx = NamedDependency[HttpContext]     # handler parameter `ctx`
+Caller = NamedDependency[int]          # handler parameter `caller`: the authenticated user id
+
+
+def ctx_of(connection: ASGIConnection) -> HttpContext:
+    return connection.app.state.ctx
+
+
+def provide_ctx(request: Request) -> HttpContext:   # Litestar dependency `ctx`
+    return ctx_of(request)
+
+
+def provide_caller(request: Request) -> int:        # Litestar dependency `caller` (set by the guard)
+    return request.scope["user"]
+
+
+def _pat_user(plane, credential: str) -> int:
+    from iggy.control.users import user_for_token
+    try:
+        return user_for_token(plane, credential).id
+    except IggyError as exc:
+        if exc.code == ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN:
+            raise IggyError(ErrorCode.UNAUTHENTICATED) from None
+        raise
+
+
+async def auth_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Authenticate every route not marked ``opt={"public": True}``."""
+    if handler.opt.get("public"):
+        return
+    ctx = ctx_of(connection)
+    credential = bearer(connection.headers)
+    user_id = ctx.jwt.user_id(credential)
+    if user_id is None:
+        if "." in credential:          # a JWT (ours but expired or revoked, or not ours)
+            raise IggyError(ErrorCode.UNAUTHENTICATED)
+        user_id = await ctx.bridge.call(_pat_user, credential)
+    connection.scope["user"] = user_id
+    connection.scope["auth"] = credential
+
+
+async def require_json(request: Request) -> None:
+    """Refuse a body route without ``Content-Type: application/json`` (415), as axum's Json does."""
+    if "data" not in request.route_handler.parsed_fn_signature.parameters:
+        return None
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise HTTPException(status_code=415,
+                            detail="Expected request with `Content-Type: application/json`")
+    return None
+
+
+# ------------------------------------------------------------------- path values
+
+def ident(text: str):
+    """An id-or-name path segment: digits that fit a u32 are an id, anything else a name."""
+    raw = text.encode("utf-8")
+    if not 1 <= len(raw) <= 255:
+        raise IggyError(ErrorCode.INVALID_IDENTIFIER, "an identifier is 1..255 bytes")
+    if text.isascii() and text.isdigit() and int(text) <= U32_MAX:
+        return int(text)
+    return text
+
+
+def check_name(name: str, code: ErrorCode) -> str:
+    """Stream, topic and group names are 1..255 bytes of UTF-8 (the wire's WireName)."""
+    if not 1 <= len(name.encode("utf-8")) <= 255:
+        raise IggyError(code, field="name")
+    return name

@@ -1,0 +1,126 @@
+"""Every error of the REST API becomes one response here (HTTP.md 1.5).
+
+Iggy errors answer with a JSON body ``{"id": <code>, "code": "<snake_case>", "reason": "...",
+"field": <name or null>}`` and a status chosen by code: 401 for authentication, 403 for
+permission, 404 for the not-found family, 503 (+ ``Retry-After: 1``) for transient errors,
+400 for every other refusal. A read of a missing entity answers the generic
+``{"id": 404, "code": "not_found", "reason": "Resource not found", "field": null}``.
+
+Refusals of the framework itself are plain text, as in the reference server (axum): invalid
+JSON 400, JSON of the wrong shape 422, missing ``Content-Type: application/json`` 415, body
+too large 413, bad path or query 400; an unknown path is 404 with an empty body and a known
+path with the wrong method is 405.
+"""
+from __future__ import annotations
+
+import logging
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from iggy.errors import ErrorCode, IggyError, error_id
+
+log = logging.getLogger("iggy.http")
+
+UNAUTHENTICATED_CODES = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.ACCESS_TOKEN_MISSING,
+                                   ErrorCode.INVALID_ACCESS_TOKEN, ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN})
+NOT_FOUND_CODES = frozenset({
+    ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.STREAM_NAME_NOT_FOUND, ErrorCode.TOPIC_ID_NOT_FOUND,
+    ErrorCode.TOPIC_NAME_NOT_FOUND, ErrorCode.PARTITION_NOT_FOUND, ErrorCode.SEGMENT_NOT_FOUND,
+    ErrorCode.CLIENT_NOT_FOUND, ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND, ErrorCode.CONSUMER_GROUP_NAME_NOT_FOUND,
+    ErrorCode.CONSUMER_GROUP_MEMBER_NOT_FOUND, ErrorCode.CONSUMER_OFFSET_NOT_FOUND, ErrorCode.RESOURCE_NOT_FOUND,
+})
+TRANSIENT_CODES = frozenset({57, 58})
+
+# the `field` the reference server names for these codes (HTTP.md 1.5)
+FIELDS = {
+    ErrorCode.STREAM_ID_NOT_FOUND: "stream_id", ErrorCode.INVALID_STREAM_ID: "stream_id",
+    ErrorCode.TOPIC_ID_NOT_FOUND: "topic_id", ErrorCode.INVALID_TOPIC_ID: "topic_id",
+    ErrorCode.PARTITION_NOT_FOUND: "partition_id", ErrorCode.SEGMENT_NOT_FOUND: "segment_id",
+    ErrorCode.CLIENT_NOT_FOUND: "client_id", ErrorCode.INVALID_STREAM_NAME: "name",
+    ErrorCode.STREAM_NAME_ALREADY_EXISTS: "name", ErrorCode.INVALID_TOPIC_NAME: "name",
+    ErrorCode.TOPIC_NAME_ALREADY_EXISTS: "name", ErrorCode.CONSUMER_GROUP_NAME_ALREADY_EXISTS: "name",
+    ErrorCode.PERSONAL_ACCESS_TOKEN_ALREADY_EXISTS: "name", ErrorCode.INVALID_OFFSET: "offset",
+    ErrorCode.INVALID_CONSUMER_GROUP_ID: "consumer_group_id", ErrorCode.USER_ALREADY_EXISTS: "username",
+}
+
+
+class NotFound(Exception):
+    """A read of an entity that does not exist: the generic 404 body."""
+
+
+class Unprocessable(Exception):
+    """A body that parsed as JSON but does not fit (bad base64, empty payload): 422 text."""
+
+
+def status_of(code: int) -> int:
+    if code in UNAUTHENTICATED_CODES:
+        return 401
+    if code == ErrorCode.UNAUTHORIZED:
+        return 403
+    if code in NOT_FOUND_CODES:
+        return 404
+    if code in TRANSIENT_CODES:
+        return 503
+    return 400
+
+
+def iggy_error_response(exc: IggyError) -> Response:
+    status = status_of(exc.code)
+    body = {"id": exc.code, "code": error_id(exc.code), "reason": exc.reason,
+            "field": exc.field or FIELDS.get(exc.code)}
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def text(status: int, message: str = "") -> Response:
+    return Response(message, status_code=status, media_type="text/plain")
+
+
+def _on_iggy_error(request: Request, exc: IggyError) -> Response:
+    return iggy_error_response(exc)
+
+
+def _on_not_found(request: Request, exc: NotFound) -> Response:
+    return Response({"id": 404, "code": "not_found", "reason": "Resource not found", "field": None},
+                    status_code=404, media_type="application/json")
+
+
+def _on_unprocessable(request: Request, exc: Unprocessable) -> Response:
+    return text(422, str(exc))
+
+
+def _on_validation(request: Request, exc: ValidationException) -> Response:
+    """Body that does not fit its schema -> 422; bad path or query values -> 400."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    if any(isinstance(e, dict) and e.get("source") == "body" for e in extra):
+        details = "; ".join(f"{e.get('key', '')}: {e.get('message', '')}" for e in extra if isinstance(e, dict))
+        return text(422, f"Failed to deserialize the JSON body into the target type: {details}")
+    details = "; ".join(f"{e.get('key', '')}: {e.get('message', '')}" for e in extra if isinstance(e, dict))
+    return text(400, f"{exc.detail}{': ' + details if details else ''}")
+
+
+def _on_http_exception(request: Request, exc: HTTPException) -> Response:
+    if isinstance(exc, NotFoundException):
+        return Response(b"", status_code=404)       # no route: empty body, as the reference server
+    if exc.status_code == 405:
+        return Response(b"", status_code=405, headers=exc.headers)
+    if exc.status_code >= 500:
+        log.error("HTTP %s %s failed: %s", request.method, request.url.path, exc.detail)
+    return text(exc.status_code, str(exc.detail))
+
+
+def _on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("HTTP %s %s failed", request.method, request.url.path)
+    return text(HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error")
+
+
+EXCEPTION_HANDLERS = {
+    IggyError: _on_iggy_error,
+    NotFound: _on_not_found,
+    Unprocessable: _on_unprocessable,
+    ValidationException: _on_validation,
+    HTTPException: _on_http_exception,
+    Exception: _on_unexpected,
+}

@@ -1,0 +1,171 @@
+"""The `[http]` configuration, resolved once into plain values the REST app can use.
+
+The server's typed config (`iggy.config`) keeps Apache Iggy's key names and keeps sizes and
+durations as the strings the user wrote ("2 MB", "1 h"). This module turns them into bytes and
+seconds, fills the reference defaults for anything the config does not carry, and generates
+the JWT secret when none is configured (a random secret per start, so every token dies with
+the process, as in Apache Iggy).
+
+Keys read (all optional; defaults are the reference server's)::
+
+    http.address                     "127.0.0.1:3000"
+    http.max_request_size            "2 MB"
+    http.web_ui_dir                  ""  (a folder served under /ui; ours, not upstream's)
+    http.cors.enabled / allowed_origins / allowed_methods / allowed_headers /
+             exposed_headers / allow_credentials / allow_private_network
+    http.jwt.algorithm / issuer / audience / valid_issuers / valid_audiences /
+             access_token_expiry / clock_skew / not_before / encoding_secret /
+             decoding_secret / use_base64_secret
+    http.metrics.enabled / endpoint  true, "/metrics"
+    http.tls.enabled / cert_file / key_file
+"""
+from __future__ import annotations
+
+import base64
+import secrets
+import string
+from dataclasses import dataclass, field
+
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
+NEVER_SECONDS = 1_000_000_000  # "never" expiring tokens live this long (HTTP.md 4)
+
+
+@dataclass(frozen=True)
+class CorsSettings:
+    enabled: bool = True
+    allowed_origins: tuple = ("*",)
+    allowed_methods: tuple = ("GET", "POST", "PUT", "DELETE")
+    allowed_headers: tuple = ("content-type", "authorization")
+    exposed_headers: tuple = ("iggy-view",)
+    allow_credentials: bool = False
+    allow_private_network: bool = False
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    algorithm: str = "HS256"
+    issuer: str = "iggy.apache.org"
+    audience: str = "iggy.apache.org"
+    valid_issuers: tuple = ("iggy.apache.org",)
+    valid_audiences: tuple = ("iggy.apache.org",)
+    access_token_expiry: int = 3600   # seconds
+    clock_skew: int = 5               # seconds
+    not_before: int = 0               # seconds
+    secret: bytes = b""               # empty: generate one per start (see resolve_secret)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 3000
+    max_request_size: int = 2_000_000
+    web_ui_dir: str = ""
+    metrics_enabled: bool = True
+    metrics_endpoint: str = "/metrics"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    cors: CorsSettings = field(default_factory=CorsSettings)
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+
+
+def random_secret() -> bytes:
+    """A 32..63-character alphanumeric secret, as the reference server generates."""
+    alphabet = string.ascii_letters + string.digits
+    length = 32 + secrets.randbelow(32)
+    return "".join(secrets.choice(alphabet) for _ in range(length)).encode("ascii")
+
+
+def _get(section, name: str, default):
+    value = getattr(section, name, None) if section is not None else None
+    return default if value is None else value
+
+
+def _seconds(value, default: int) -> int:
+    """A duration from config ("1 h", "5 s", "never", or a number of seconds) in seconds."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, (int, float)):
+        return int(value)
+    text = str(value).strip().lower()
+    if text in ("never", "unlimited", "none"):
+        return NEVER_SECONDS
+    if text.isdigit():
+        return int(text)
+    from iggy.config import parse_duration  # microseconds
+    return parse_duration(text) // 1_000_000
+
+
+def _bytes(value, default: int) -> int:
+    if value is None or value == "":
+        return default
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    from iggy.config import parse_size
+    return parse_size(text)
+
+
+def _secret(jwt) -> bytes:
+    encoding = _get(jwt, "encoding_secret", "")
+    decoding = _get(jwt, "decoding_secret", "")
+    if encoding and decoding and encoding != decoding:
+        raise ValueError("http.jwt.encoding_secret and decoding_secret must be equal for HMAC algorithms")
+    text = encoding or decoding
+    if not text:
+        return b""
+    if _get(jwt, "use_base64_secret", False):
+        return base64.b64decode(text)
+    return text.encode("utf-8")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def from_config(cfg) -> HttpSettings:
+    """Resolve `cfg.http` into HttpSettings (the JWT secret stays empty if not configured)."""
+    http = getattr(cfg, "http", None)
+    host, port = split_address(_get(http, "address", "127.0.0.1:3000"))
+    cors = _get(http, "cors", None)
+    jwt = _get(http, "jwt", None)
+    metrics = _get(http, "metrics", None)
+    tls = _get(http, "tls", None)
+    algorithm = str(_get(jwt, "algorithm", "HS256")).upper()
+    if algorithm not in JWT_ALGORITHMS:
+        raise ValueError(f"http.jwt.algorithm must be one of {', '.join(JWT_ALGORITHMS)}, not {algorithm!r}")
+    issuer = _get(jwt, "issuer", "iggy.apache.org")
+    audience = _get(jwt, "audience", "iggy.apache.org")
+    tls_on = bool(_get(tls, "enabled", False))
+    return HttpSettings(
+        host=host,
+        port=port,
+        max_request_size=_bytes(_get(http, "max_request_size", None), 2_000_000),
+        web_ui_dir=str(_get(http, "web_ui_dir", "")),
+        metrics_enabled=bool(_get(metrics, "enabled", True)),
+        metrics_endpoint=str(_get(metrics, "endpoint", "/metrics")) or "/metrics",
+        tls_cert_file=str(_get(tls, "cert_file", "")) if tls_on else "",
+        tls_key_file=str(_get(tls, "key_file", "")) if tls_on else "",
+        cors=CorsSettings(
+            enabled=bool(_get(cors, "enabled", True)),
+            allowed_origins=tuple(_get(cors, "allowed_origins", ["*"])),
+            allowed_methods=tuple(m.upper() for m in _get(cors, "allowed_methods", ["GET", "POST", "PUT", "DELETE"])),
+            allowed_headers=tuple(_get(cors, "allowed_headers", ["content-type", "authorization"])),
+            exposed_headers=tuple(_get(cors, "exposed_headers", ["iggy-view"])),
+            allow_credentials=bool(_get(cors, "allow_credentials", False)),
+            allow_private_network=bool(_get(cors, "allow_private_network", False)),
+        ),
+        jwt=JwtSettings(
+            algorithm=algorithm,
+            issuer=issuer,
+            audience=audience,
+            valid_issuers=tuple(_get(jwt, "valid_issuers", None) or [issuer]),
+            valid_audiences=tuple(_get(jwt, "valid_audiences", None) or [audience]),
+            access_token_expiry=_seconds(_get(jwt, "access_token_expiry", None), 3600),
+            clock_skew=_seconds(_get(jwt, "clock_skew", None), 5),
+            not_before=_seconds(_get(jwt, "not_before", None), 0),
+            secret=_secret(jwt),
+        ),
+    )

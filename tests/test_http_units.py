@@ -1,0 +1,244 @@
+"""Unit tests of the REST API's pure parts: sizes, JWT, settings, user headers, errors, /ui.
+
+These need no server; the routes themselves are tested against a real server process in
+test_http_api.py.
+"""
+from __future__ import annotations
+
+import base64
+import struct
+import time
+import types
+import uuid
+
+import jwt as pyjwt
+import pytest
+
+from iggy.errors import ErrorCode, IggyError
+from iggy.http import errors as http_errors
+from iggy.http import messages_json as mj
+from iggy.http import schemas, settings as http_settings
+from iggy.http.auth import JwtIssuer, bearer, uuid7
+from iggy.http.context import check_name, ident
+from iggy.http.settings import JwtSettings
+from iggy.http.views import permissions_json, size_text
+
+
+@pytest.mark.parametrize("n, text", [
+    (0, "0 B"), (999, "999 B"), (1000, "1 KB"), (1024, "1 KiB"), (1536, "1.5 KiB"),
+    (52904123, "52904.123 KB"), (1073741824, "1 GiB"), (2_000_000, "2 MB"), (1001, "1.001 KB"),
+    (1025, "1.025 KB"), (1023, "1.023 KB"), (3 * 1024 ** 6, "3 EiB"),
+])
+def test_size_text(n, text):
+    assert size_text(n) == text
+
+
+# ------------------------------------------------------------------- JWT
+
+def test_jwt_claims_and_round_trip():
+    issuer = JwtIssuer(JwtSettings(access_token_expiry=3600))
+    token = issuer.issue(7)
+    claims = pyjwt.decode(token["token"], options={"verify_signature": False})
+    assert claims["sub"] == "7" and claims["iss"] == "iggy.apache.org" and claims["aud"] == "iggy.apache.org"
+    assert claims["exp"] == token["expiry"] == claims["iat"] + 3600
+    assert uuid.UUID(claims["jti"]).version == 7
+    assert issuer.user_id(token["token"]) == 7
+
+
+def test_jwt_random_secret_per_issuer():
+    a, b = JwtIssuer(JwtSettings()), JwtIssuer(JwtSettings())
+    assert a.secret != b.secret and 32 <= len(a.secret) <= 63
+    assert b.user_id(a.issue(1)["token"]) is None   # a restart invalidates every token
+
+
+def test_jwt_configured_secret_and_algorithm():
+    s = JwtSettings(algorithm="HS512", secret=b"s3cret")
+    token = JwtIssuer(s).issue(3)["token"]
+    assert pyjwt.get_unverified_header(token)["alg"] == "HS512"
+    assert JwtIssuer(s).user_id(token) == 3
+
+
+def test_jwt_refuses_foreign_expired_and_wrong_audience():
+    s = JwtSettings(secret=b"k", clock_skew=0)
+    issuer = JwtIssuer(s)
+    now = int(time.time())
+    base = {"jti": uuid7(), "iss": s.issuer, "aud": s.audience, "sub": "1", "iat": now, "nbf": now}
+    assert issuer.user_id(pyjwt.encode(dict(base, exp=now - 10), b"k", algorithm="HS256")) is None
+    assert issuer.user_id(pyjwt.encode(dict(base, exp=now + 60, aud="other"), b"k", algorithm="HS256")) is None
+    assert issuer.user_id(pyjwt.encode(dict(base, exp=now + 60), b"other", algorithm="HS256")) is None
+    assert issuer.user_id(pyjwt.encode(dict(base, exp=now + 60), b"k", algorithm="HS256")) == 1
+    assert issuer.user_id("not-a-jwt") is None
+
+
+def test_jwt_revocation_is_per_token():
+    issuer = JwtIssuer(JwtSettings())
+    first, second = issuer.issue(1)["token"], issuer.issue(1)["token"]
+    issuer.revoke(first)
+    assert issuer.user_id(first) is None
+    assert issuer.user_id(second) == 1
+
+
+def test_bearer_header():
+    assert bearer({"authorization": "Bearer abc"}) == "abc"
+    for headers in ({}, {"authorization": "Basic abc"}, {"authorization": "Bearer "}):
+        with pytest.raises(IggyError) as err:
+            bearer(headers)
+        assert err.value.code == ErrorCode.ACCESS_TOKEN_MISSING
+
+
+# ------------------------------------------------------------------- settings
+
+def test_settings_from_config_defaults_and_overrides():
+    jwt_cfg = types.SimpleNamespace(algorithm="hs384", access_token_expiry=120, encoding_secret="abc",
+                                    decoding_secret="", use_base64_secret=False)
+    cfg = types.SimpleNamespace(http=types.SimpleNamespace(address="0.0.0.0:3999", jwt=jwt_cfg,
+                                                           cors=types.SimpleNamespace(allowed_origins=["http://x"])))
+    s = http_settings.from_config(cfg)
+    assert (s.host, s.port, s.max_request_size) == ("0.0.0.0", 3999, 2_000_000)
+    assert s.jwt.algorithm == "HS384" and s.jwt.access_token_expiry == 120 and s.jwt.secret == b"abc"
+    assert s.cors.allowed_origins == ("http://x",) and s.cors.allowed_methods == ("GET", "POST", "PUT", "DELETE")
+    assert s.metrics_enabled and s.metrics_endpoint == "/metrics"
+
+
+def test_settings_refuse_bad_jwt_configuration():
+    bad_alg = types.SimpleNamespace(http=types.SimpleNamespace(jwt=types.SimpleNamespace(algorithm="RS256")))
+    with pytest.raises(ValueError):
+        http_settings.from_config(bad_alg)
+    mismatch = types.SimpleNamespace(http=types.SimpleNamespace(
+        jwt=types.SimpleNamespace(encoding_secret="a", decoding_secret="b")))
+    with pytest.raises(ValueError):
+        http_settings.from_config(mismatch)
+    b64 = types.SimpleNamespace(http=types.SimpleNamespace(
+        jwt=types.SimpleNamespace(encoding_secret=base64.b64encode(b"raw").decode(), use_base64_secret=True)))
+    assert http_settings.from_config(b64).jwt.secret == b"raw"
+
+
+# ------------------------------------------------------------------- messages
+
+def _entry(kind_k, key, kind_v, value):
+    return schemas.HeaderEntry(key=schemas.HeaderField(kind=kind_k, value=base64.b64encode(key).decode()),
+                               value=schemas.HeaderField(kind=kind_v, value=base64.b64encode(value).decode()))
+
+
+def test_user_headers_round_trip():
+    block = mj.headers_block([_entry("string", b"k", "uint32", struct.pack("<I", 7)),
+                              _entry("raw", b"\x01\x02", "bool", b"\x01")])
+    assert block == b"\x02\x01\x00\x00\x00k" + b"\x0b\x04\x00\x00\x00\x07\x00\x00\x00" \
+        + b"\x01\x02\x00\x00\x00\x01\x02" + b"\x03\x01\x00\x00\x00\x01"
+    as_json = mj.headers_json(block)
+    assert as_json[0] == {"key": {"kind": "string", "value": "aw=="}, "value": {"kind": "uint32", "value": "BwAAAA=="}}
+    assert mj.headers_block(base64.b64encode(block).decode()) == block
+    assert mj.headers_json(b"") == []
+    assert mj.headers_json(b"\x02\x09") == base64.b64encode(b"\x02\x09").decode()   # unparsable -> base64
+
+
+@pytest.mark.parametrize("entry, code", [
+    (("uint32", b"k", "uint32", b"\x01\x02"), ErrorCode.INVALID_HEADER_KEY),      # key of the wrong size
+    (("string", b"k", "uint64", b"\x01"), ErrorCode.INVALID_HEADER_VALUE),
+    (("string", b"k", "string", b"x" * 256), ErrorCode.INVALID_HEADER_VALUE),
+])
+def test_user_headers_invalid(entry, code):
+    with pytest.raises(IggyError) as err:
+        mj.headers_block([_entry(*entry)])
+    assert err.value.code == code
+
+
+def test_message_ids():
+    assert mj.message_id(42) == 42
+    assert mj.message_id("340282366920938463463374607431768211455") == (1 << 128) - 1
+    u = uuid.uuid4()
+    assert mj.message_id(str(u)) == u.int
+    assert mj.message_id(0) != 0 and mj.message_id(None) != 0
+    with pytest.raises(http_errors.Unprocessable):
+        mj.message_id("not-an-id")
+
+
+def test_batch_input_and_partitioning():
+    body = schemas.SendMessages(partitioning=schemas.Partitioning(kind="partition_id", value="AgAAAA=="),
+                                messages=[schemas.SendMessage(payload="aGVsbG8=", id=5)])
+    assert mj.partitioning(body) == (2, b"\x02\x00\x00\x00")
+    assert mj.batch_input(body) == [(5, b"hello", b"")]
+    empty = schemas.SendMessages(partitioning=schemas.Partitioning(kind="balanced"), messages=[])
+    with pytest.raises(IggyError) as err:
+        mj.batch_input(empty)
+    assert err.value.code == ErrorCode.INVALID_MESSAGES_COUNT
+    with pytest.raises(http_errors.Unprocessable):
+        mj.batch_input(schemas.SendMessages(partitioning=body.partitioning, messages=[schemas.SendMessage(payload="")]))
+    keyless = schemas.SendMessages(partitioning=schemas.Partitioning(kind="messages_key", value=""), messages=[])
+    with pytest.raises(IggyError) as err:
+        mj.partitioning(keyless)
+    assert err.value.code == ErrorCode.INVALID_KEY_VALUE_LENGTH
+
+
+def test_polled_json_shape():
+    out = mj.polled_json(1, 9, [{"offset": 9, "id": 1 << 100, "checksum": 5, "timestamp": 2, "origin_timestamp": 1,
+                                 "payload": b"hi", "user_headers": b""}])
+    assert out["count"] == 1 and out["current_offset"] == 9 and out["partition_id"] == 1
+    msg = out["messages"][0]
+    assert msg["payload"] == "aGk=" and msg["user_headers"] == []
+    assert msg["header"] == {"checksum": 5, "id": 1 << 100, "offset": 9, "timestamp": 2, "origin_timestamp": 1,
+                             "user_headers_length": 0, "payload_length": 2, "reserved": 0}
+
+
+# ------------------------------------------------------------------- errors, ids, permissions
+
+@pytest.mark.parametrize("code, status", [
+    (ErrorCode.UNAUTHENTICATED, 401), (ErrorCode.ACCESS_TOKEN_MISSING, 401),
+    (ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN, 401), (ErrorCode.UNAUTHORIZED, 403),
+    (ErrorCode.STREAM_ID_NOT_FOUND, 404), (ErrorCode.CONSUMER_OFFSET_NOT_FOUND, 404),
+    (ErrorCode.RESOURCE_NOT_FOUND, 404), (57, 503), (ErrorCode.INVALID_STREAM_NAME, 400),
+    (ErrorCode.INVALID_CREDENTIALS, 400), (ErrorCode.CANNOT_DELETE_USER, 400),
+])
+def test_status_mapping(code, status):
+    assert http_errors.status_of(code) == status
+
+
+def test_identifiers_and_names():
+    assert ident("0") == 0 and ident("4294967295") == 4294967295
+    assert ident("4294967296") == "4294967296" and ident("orders") == "orders"
+    with pytest.raises(IggyError):
+        ident("x" * 256)
+    assert check_name("a", ErrorCode.INVALID_STREAM_NAME) == "a"
+    with pytest.raises(IggyError) as err:
+        check_name("", ErrorCode.INVALID_TOPIC_NAME)
+    assert err.value.code == ErrorCode.INVALID_TOPIC_NAME and err.value.field == "name"
+
+
+def test_permissions_json_round_trip():
+    import json
+
+    import msgspec
+    body = {"global": {"manage_servers": False, "read_servers": True, "manage_users": False, "read_users": False,
+                       "manage_streams": False, "read_streams": True, "manage_topics": False, "read_topics": False,
+                       "poll_messages": False, "send_messages": False},
+            "streams": {"1": {"manage_stream": False, "read_stream": True, "manage_topics": False,
+                              "read_topics": False, "poll_messages": False, "send_messages": False,
+                              "topics": {"2": {"manage_topic": False, "read_topic": False, "poll_messages": True,
+                                               "send_messages": False}}}}}
+    parsed = msgspec.json.decode(json.dumps(body), type=schemas.Permissions)
+    stored = schemas.stored_permissions(parsed)
+    assert stored["streams"][1]["topics"][2] == [False, False, True, False]
+    assert permissions_json(stored) == body
+    assert permissions_json({"global": [True] * 10, "streams": {}})["streams"] is None
+
+
+# ------------------------------------------------------------------- /ui
+
+def test_web_ui_routing(tmp_path):
+    from litestar import Litestar
+    from litestar.testing import TestClient
+
+    from iggy.http.webui import ui_route
+    (tmp_path / "index.html").write_text("<html>index</html>")
+    (tmp_path / "_app").mkdir()
+    (tmp_path / "_app" / "env.js").write_text("export const env = {}")
+    (tmp_path.parent / "secret.txt").write_text("no")
+    with TestClient(Litestar([ui_route(str(tmp_path))])) as client:
+        for path in ("/ui", "/ui/", "/ui/streams/1/topics"):
+            r = client.get(path)
+            assert r.status_code == 200 and "index" in r.text, path
+        r = client.get("/ui/_app/env.js")
+        assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+        assert client.get("/ui/nope.js").status_code == 404
+        assert client.get("/ui/../secret.txt").text != "no"
+        assert client.get("/ui/%2e%2e/secret.txt").text != "no"

@@ -1,0 +1,5 @@
+import sys
+
+from iggy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,71 @@
+"""`iggy-server` / `python -m iggy`: flags, configuration, logging, then the server.
+
+Flags as Apache Iggy's server has them: `--fresh` deletes the data directory before start,
+`--with-default-root-credentials` makes the root user iggy/iggy unless IGGY_ROOT_* are set.
+A `.env` file (cwd, or IGGY_ENV_PATH) is read first without overriding the environment.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+
+from iggy import __version__
+from iggy.config import ConfigError, load_config, root_credentials
+
+
+def load_dotenv(path: str) -> None:
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip().strip("'\"")
+        os.environ.setdefault(key, value)
+
+
+def _fresh(path: str) -> None:
+    target = os.path.realpath(path)
+    if target in ("/", os.path.realpath(os.getcwd())):
+        raise ConfigError(f"system.path: refusing to delete {target} for --fresh")
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="iggy-server", description="Apache Iggy-compatible streaming server")
+    parser.add_argument("-f", "--fresh", action="store_true", help="delete the data directory before starting")
+    parser.add_argument("--with-default-root-credentials", action="store_true",
+                        help="root user iggy/iggy unless IGGY_ROOT_USERNAME/PASSWORD are set")
+    parser.add_argument("--config", metavar="PATH", help="TOML configuration file (as IGGY_CONFIG_PATH)")
+    parser.add_argument("--version", action="version", version=f"iggy-server {__version__}")
+    args = parser.parse_args(argv)
+
+    load_dotenv(os.environ.get("IGGY_ENV_PATH", ".env"))
+    if args.with_default_root_credentials and not (os.environ.get("IGGY_ROOT_USERNAME")
+                                                   or os.environ.get("IGGY_ROOT_PASSWORD")):
+        os.environ["IGGY_ROOT_USERNAME"] = "iggy"
+        os.environ["IGGY_ROOT_PASSWORD"] = "iggy"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(path=args.config)
+        root_credentials()
+        if args.fresh:
+            _fresh(cfg.system.path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    level = cfg.system.logging.level.upper()
+    logging.getLogger().setLevel({"TRACE": "DEBUG", "WARN": "WARNING"}.get(level, level))
+
+    from iggy.server import run_server
+    run_server(cfg)
+    return 0

@@ -1,0 +1,283 @@
+"""Server configuration, named and layered as Apache Iggy does it.
+
+Layers, later ones win: the built-in defaults (`iggy/defaults.toml`), an optional TOML file
+(`IGGY_CONFIG_PATH` or `--config`), then `IGGY_*` environment variables named `IGGY_` + the
+key path in upper case with `_` between the parts (`[http.jwt] access_token_expiry` ->
+`IGGY_HTTP_JWT_ACCESS_TOKEN_EXPIRY`). Because key names contain underscores themselves, the
+environment names are generated from the defaults tree once (a fixed table, as the Rust
+server does) instead of being split at run time; pydantic-settings was tried and maps such
+names to the wrong keys.
+
+Values are typed by the default they replace; durations ("30 s", "1 h") and sizes
+("64 MiB") stay strings in the tree and are checked when loading. Anything wrong -> a
+`ConfigError` that names the key (and the variable), and the server refuses to start.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import string
+import tomllib
+from importlib import resources
+from typing import Mapping
+
+log = logging.getLogger(__name__)
+
+# keys Apache Iggy removed or moved to per-topic options: present -> refuse to boot
+REMOVED_KEYS = (
+    "system.topic.max_size", "system.topic.message_expiry", "system.partition.enforce_fsync",
+    "system.partition.messages_required_to_save", "system.partition.size_of_messages_required_to_save",
+    "system.segment.size", "system.segment.preallocate", "system.message_deduplication", "extra",
+)
+# IGGY_* variables that are not configuration keys
+NON_CONFIG_ENV = {"IGGY_ROOT_USERNAME", "IGGY_ROOT_PASSWORD", "IGGY_CONFIG_PATH", "IGGY_ENV_PATH"}
+DURATION_KEYS = {
+    "http.jwt.access_token_expiry", "http.jwt.clock_skew", "http.jwt.not_before", "quic.max_idle_timeout",
+    "quic.keep_alive_interval", "heartbeat.interval", "consumer_group.rebalancing_timeout",
+    "data_maintenance.messages.interval", "personal_access_token.cleaner.interval", "limits.idle_timeout",
+}
+SIZE_KEYS = {"http.max_request_size", "message_bus.max_message_size"}
+ADDRESS_KEYS = {"tcp.address", "http.address", "quic.address", "websocket.address"}
+ENGINES = ("auto", "uring", "asyncio")
+
+
+class ConfigError(ValueError):
+    """A configuration value that can't be used; the message names the key."""
+
+
+# --------------------------------------------------------------------------- units
+
+_DURATION_UNITS = {
+    "us": 1, "µs": 1, "usec": 1, "ms": 1_000, "msec": 1_000, "s": 1_000_000, "sec": 1_000_000,
+    "secs": 1_000_000, "second": 1_000_000, "seconds": 1_000_000, "m": 60_000_000, "min": 60_000_000,
+    "mins": 60_000_000, "minute": 60_000_000, "minutes": 60_000_000, "h": 3_600_000_000,
+    "hr": 3_600_000_000, "hour": 3_600_000_000, "hours": 3_600_000_000, "d": 86_400_000_000,
+    "day": 86_400_000_000, "days": 86_400_000_000, "w": 604_800_000_000, "week": 604_800_000_000,
+    "weeks": 604_800_000_000,
+}
+_SIZE_UNITS = {
+    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Zµ]*)")
+
+
+def parse_duration(text: str) -> int:
+    """Human-readable duration ("1 h", "500 ms", "1m 30s", "7 days") -> microseconds."""
+    text = str(text).strip()
+    if not text:
+        raise ValueError("empty duration")
+    total, pos = 0, 0
+    while pos < len(text):
+        m = _PART.match(text, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"invalid duration {text!r}")
+        number, unit = m.group(1), m.group(2).lower() or "s"
+        if unit not in _DURATION_UNITS:
+            raise ValueError(f"invalid duration unit {unit!r} in {text!r}")
+        total += int(float(number) * _DURATION_UNITS[unit])
+        pos = m.end()
+    return total
+
+
+def parse_size(text: str) -> int:
+    """Human-readable size ("64 MiB", "2 MB", "1024") -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m:
+        raise ValueError(f"invalid size {text!r}")
+    unit = m.group(2).lower() or "b"
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"invalid size unit {unit!r} in {text!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+# --------------------------------------------------------------------------- the tree
+
+class Section:
+    """Attribute access over one table of the validated tree."""
+
+    def __init__(self, data: dict):
+        for key, value in data.items():
+            setattr(self, key, Section(value) if isinstance(value, dict) else value)
+
+    def to_dict(self) -> dict:
+        return {k: v.to_dict() if isinstance(v, Section) else v for k, v in vars(self).items()}
+
+
+class Config(Section):
+    def max_frame_size_bytes(self) -> int:
+        return parse_size(self.message_bus.max_message_size)
+
+    def env_names(self) -> dict:
+        return env_table(self.to_dict())
+
+
+def _defaults() -> dict:
+    return tomllib.loads(resources.files("iggy").joinpath("defaults.toml").read_text())
+
+
+def _leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _leaves(value, path + ".")
+        else:
+            yield path, value
+
+
+def env_table(tree: dict) -> dict:
+    """IGGY_* name -> dotted key, for every leaf of the tree."""
+    return {"IGGY_" + path.replace(".", "_").upper(): path for path, _ in _leaves(tree)}
+
+
+def _get(tree: dict, path: str):
+    node = tree
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def _set(tree: dict, path: str, value) -> None:
+    parts = path.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _has(tree: dict, path: str) -> bool:
+    node = tree
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _merge_file(tree: dict, data: dict, prefix: str = "") -> None:
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if path in REMOVED_KEYS:
+            raise ConfigError(f"{path}: this key was removed from Apache Iggy's configuration "
+                              f"(topic settings are per topic now); delete it")
+        if key not in tree:
+            raise ConfigError(f"{path}: unknown configuration key")
+        if isinstance(tree[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a table")
+            _merge_file(tree[key], value, path + ".")
+        else:
+            tree[key] = _coerce(path, tree[key], value, path)
+
+
+def _coerce(path: str, default, value, source: str):
+    """Type `value` (from TOML or an env string) by the type of `default`."""
+    text = value if isinstance(value, str) else None
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if text is not None and text.strip().lower() in ("true", "false"):
+            return text.strip().lower() == "true"
+        raise ConfigError(f"{source}: expected true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text is not None and re.fullmatch(r"\s*-?\d+\s*", text):
+            return int(text)
+        raise ConfigError(f"{source}: expected an integer, got {value!r}")
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: expected a number, got {value!r}") from None
+    if isinstance(default, list):
+        if isinstance(value, list):
+            return value
+        if text is not None:
+            inner = text.strip()
+            if inner.startswith("[") and inner.endswith("]"):
+                inner = inner[1:-1]
+            return [part.strip().strip("'\"") for part in inner.split(",") if part.strip()]
+        raise ConfigError(f"{source}: expected a list, got {value!r}")
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: expected a string, got {value!r}")
+    return value
+
+
+def _validate(tree: dict, names: dict) -> None:
+    def where(path):
+        return f"{path} ({names[path]})"
+    for path in DURATION_KEYS:
+        try:
+            parse_duration(_get(tree, path))
+        except ValueError as exc:
+            raise ConfigError(f"{where(path)}: {exc}") from None
+    for path in SIZE_KEYS:
+        try:
+            parse_size(_get(tree, path))
+        except ValueError as exc:
+            raise ConfigError(f"{where(path)}: {exc}") from None
+    for path in ADDRESS_KEYS:
+        address = _get(tree, path)
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{where(path)}: expected host:port, got {address!r}")
+    if tree["system"]["engine"] not in ENGINES:
+        raise ConfigError(f"{where('system.engine')}: expected one of {', '.join(ENGINES)}, "
+                          f"got {tree['system']['engine']!r}")
+    level = tree["system"]["logging"]["level"].lower()
+    if level not in ("trace", "debug", "info", "warn", "warning", "error"):
+        raise ConfigError(f"{where('system.logging.level')}: unknown level {level!r}")
+
+
+def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -> Config:
+    """Defaults, then the TOML file, then IGGY_* variables; validated."""
+    env = os.environ if env is None else env
+    tree = _defaults()
+    names = {p: n for n, p in env_table(tree).items()}
+    path = path or env.get("IGGY_CONFIG_PATH") or None
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"IGGY_CONFIG_PATH: configuration file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        _merge_file(tree, data)
+    table = env_table(tree)
+    removed = {"IGGY_" + k.replace(".", "_").upper(): k for k in REMOVED_KEYS}
+    for name, value in env.items():
+        if not name.startswith("IGGY_") or name in NON_CONFIG_ENV:
+            continue
+        if name in removed:
+            raise ConfigError(f"{name}: {removed[name]} was removed from Apache Iggy's configuration")
+        key = table.get(name)
+        if key is None:
+            log.warning("unknown environment variable %s ignored", name)
+            continue
+        if value == "":
+            continue
+        _set(tree, key, _coerce(key, _get(tree, key), value, name))
+    _validate(tree, names)
+    return Config(tree)
+
+
+def root_credentials(env: Mapping[str, str] | None = None) -> tuple[str, str, bool]:
+    """(username, password, generated) for the root user created on an empty data directory."""
+    env = os.environ if env is None else env
+    username = env.get("IGGY_ROOT_USERNAME") or None
+    password = env.get("IGGY_ROOT_PASSWORD") or None
+    if (username is None) != (password is None):
+        raise ConfigError("set both IGGY_ROOT_USERNAME and IGGY_ROOT_PASSWORD or neither")
+    if username is None:
+        alphabet = string.ascii_letters + string.digits
+        length = 20 + secrets.randbelow(20)
+        return "iggy", "".join(secrets.choice(alphabet) for _ in range(length)), True
+    if not 3 <= len(username.encode()) <= 50:
+        raise ConfigError("IGGY_ROOT_USERNAME: must be 3..50 bytes")
+    if not 3 <= len(password.encode()) <= 100:
+        raise ConfigError("IGGY_ROOT_PASSWORD: must be 3..100 bytes")
+    return username, password, False

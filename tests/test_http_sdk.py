@@ -1,6 +1,7 @@
 """The official Python SDK over its HTTP transport (`apache_iggy.HttpConfig`) against a real server."""
 from __future__ import annotations
 
+import pytest
 from apache_iggy import Consumer, HttpConfig, IggyClient, PollingStrategy, SendMessage
 
 from tests.conftest import ROOT_PASSWORD, ROOT_USER
@@ -57,6 +58,9 @@ async def test_sdk_over_http_management(server):
     await client.delete_topic("s1", "t1")
     await client.delete_stream("s1")
     assert await client.get_stream("s1") is None
+    await client.logout_user()
+    with pytest.raises(Exception):
+        await client.get_streams()
 
 
 async def test_sdk_over_http_and_tcp_share_one_state(server, client):

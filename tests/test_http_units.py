@@ -47,26 +47,27 @@ def test_jwt_claims_and_round_trip():
 
 def test_jwt_random_secret_per_issuer():
     a, b = JwtIssuer(JwtSettings()), JwtIssuer(JwtSettings())
-    assert a.secret != b.secret and 32 <= len(a.secret) <= 63
+    assert a.secret != b.secret and 64 <= len(a.secret) <= 95
     assert b.user_id(a.issue(1)["token"]) is None   # a restart invalidates every token
 
 
 def test_jwt_configured_secret_and_algorithm():
-    s = JwtSettings(algorithm="HS512", secret=b"s3cret")
+    s = JwtSettings(algorithm="HS512", secret=b"s3cret" * 11)
     token = JwtIssuer(s).issue(3)["token"]
     assert pyjwt.get_unverified_header(token)["alg"] == "HS512"
     assert JwtIssuer(s).user_id(token) == 3
 
 
 def test_jwt_refuses_foreign_expired_and_wrong_audience():
-    s = JwtSettings(secret=b"k", clock_skew=0)
+    key, other = b"k" * 32, b"o" * 32
+    s = JwtSettings(secret=key, clock_skew=0)
     issuer = JwtIssuer(s)
     now = int(time.time())
     base = {"jti": uuid7(), "iss": s.issuer, "aud": s.audience, "sub": "1", "iat": now, "nbf": now}
-    assert issuer.user_id(pyjwt.encode(dict(base, exp=now - 10), b"k", algorithm="HS256")) is None
-    assert issuer.user_id(pyjwt.encode(dict(base, exp=now + 60, aud="other"), b"k", algorithm="HS256")) is None
-    assert issuer.user_id(pyjwt.encode(dict(base, exp=now + 60), b"other", algorithm="HS256")) is None
-    assert issuer.user_id(pyjwt.encode(dict(base, exp=now + 60), b"k", algorithm="HS256")) == 1
+    assert issuer.user_id(pyjwt.encode(dict(base, exp=now - 10), key, algorithm="HS256")) is None
+    assert issuer.user_id(pyjwt.encode(dict(base, exp=now + 60, aud="other"), key, algorithm="HS256")) is None
+    assert issuer.user_id(pyjwt.encode(dict(base, exp=now + 60), other, algorithm="HS256")) is None
+    assert issuer.user_id(pyjwt.encode(dict(base, exp=now + 60), key, algorithm="HS256")) == 1
     assert issuer.user_id("not-a-jwt") is None
 
 

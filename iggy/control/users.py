@@ -125,10 +125,28 @@ def _login_reply(user_id: int, session: int) -> bytes:
     return Writer().u32(user_id).u64(session).u32(PROTOCOL_VERSION).name(SERVER_VERSION).getvalue()
 
 
+_dummy_hash: str | None = None
+
+
+def _verify_dummy(password: str) -> bool:
+    """Spend one password check for nothing (runs in the hashing pool, like the real one)."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = hash_password("iggy-dummy-password")
+    return verify_password(_dummy_hash, password)
+
+
 async def authenticate(plane, username: str, password: str):
-    """The active user with these credentials, else IggyError 42 (shared with the HTTP API)."""
+    """The active user with these credentials, else IggyError 42 (shared with the HTTP API).
+
+    An unknown username is checked against a dummy hash of the same cost, so the answer
+    takes as long as for a wrong password and doesn't tell which usernames exist.
+    """
     user = plane.meta.state.user_by_name(username)
-    ok = user is not None and await plane.run_blocking(verify_password, user.password_hash, password)
+    if user is None:
+        await plane.run_blocking(_verify_dummy, password)
+        raise IggyError(ErrorCode.INVALID_CREDENTIALS)
+    ok = await plane.run_blocking(verify_password, user.password_hash, password)
     # look again: the user may have changed while the hash ran off the loop
     user = plane.meta.state.user_by_name(username)
     if not ok or user is None or user.status != STATUS_ACTIVE:

@@ -18,7 +18,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from iggy import SERVER_VERSION
 from iggy.http.context import HttpContext, auth_guard, provide_caller, provide_ctx, require_json
-from iggy.http.errors import EXCEPTION_HANDLERS
+from iggy.http.errors import ERROR_RESPONSES, EXCEPTION_HANDLERS
 from iggy.http.routes import messages, streams, system, users
 from iggy.http.webui import ui_route
 
@@ -30,6 +30,8 @@ def create_app(ctx: HttpContext) -> Litestar:
     handlers = [*system.ROUTES, *users.ROUTES, *streams.ROUTES, *messages.ROUTES]
     if settings.metrics_enabled:
         handlers.append(system.metrics_route(settings.metrics_endpoint))
+    for handler in handlers:   # document the error answers once, for every operation
+        handler.responses = {**ERROR_RESPONSES, **(handler.responses or {})}
     api = Router(path="/", route_handlers=handlers, guards=[auth_guard], before_request=require_json,
                  security=[{"bearer": []}])
     route_handlers = [api]

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from iggy.errors import ErrorCode, IggyError, error_id
@@ -43,6 +45,31 @@ FIELDS = {
     ErrorCode.TOPIC_NAME_ALREADY_EXISTS: "name", ErrorCode.CONSUMER_GROUP_NAME_ALREADY_EXISTS: "name",
     ErrorCode.PERSONAL_ACCESS_TOKEN_ALREADY_EXISTS: "name", ErrorCode.INVALID_OFFSET: "offset",
     ErrorCode.INVALID_CONSUMER_GROUP_ID: "consumer_group_id", ErrorCode.USER_ALREADY_EXISTS: "username",
+}
+
+
+class ErrorBody(msgspec.Struct):
+    """The JSON body of every Iggy error (documented in the OpenAPI document)."""
+    id: int
+    code: str
+    reason: str
+    field: str | None
+
+
+def _spec(description: str, body=ErrorBody) -> ResponseSpec:
+    media = "application/json" if body is not None else "text/plain"
+    return ResponseSpec(data_container=body, description=description, media_type=media, generate_examples=False)
+
+
+# documented on every API operation (added by app.create_app)
+ERROR_RESPONSES = {
+    400: _spec("Refused by the server (an Iggy error), or a malformed path, query or JSON (plain text)"),
+    401: _spec("Missing, invalid, expired or revoked credential"),
+    403: _spec("The caller lacks the permission"),
+    404: _spec("No such entity"),
+    413: _spec("Body larger than http.max_request_size", None),
+    415: _spec("Body without Content-Type: application/json", None),
+    422: _spec("JSON that does not fit the expected shape", None),
 }
 
 

@@ -18,7 +18,8 @@ GAUGES = ("streams", "topics", "partitions", "segments", "messages", "users", "c
 
 
 class Metrics:
-    content_type = CONTENT_TYPE_LATEST
+    # Litestar appends "; charset=utf-8" to text types itself
+    content_type = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)

@@ -69,9 +69,13 @@ class HttpSettings:
 
 
 def random_secret() -> bytes:
-    """A 32..63-character alphanumeric secret, as the reference server generates."""
+    """A random alphanumeric secret of 64..95 characters.
+
+    The reference server generates 32..63 characters; HS384/HS512 want keys of at least 48/64
+    bytes (RFC 7518 3.2, and PyJWT warns on every token otherwise), so this one is longer.
+    """
     alphabet = string.ascii_letters + string.digits
-    length = 32 + secrets.randbelow(32)
+    length = 64 + secrets.randbelow(32)
     return "".join(secrets.choice(alphabet) for _ in range(length)).encode("ascii")
 
 

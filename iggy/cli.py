@@ -17,6 +17,7 @@ from iggy.config import ConfigError, load_config, root_credentials
 
 
 def load_dotenv(path: str) -> None:
+    """KEY=VALUE lines (# comments, optional `export`, optional quotes); the environment wins."""
     try:
         with open(path) as f:
             lines = f.read().splitlines()
@@ -28,7 +29,9 @@ def load_dotenv(path: str) -> None:
             continue
         key, _, value = line.partition("=")
         key = key.strip().removeprefix("export ").strip()
-        value = value.strip().strip("'\"")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
         os.environ.setdefault(key, value)
 
 

@@ -20,6 +20,7 @@ import re
 import secrets
 import string
 import tomllib
+from fractions import Fraction
 from importlib import resources
 from typing import Mapping
 
@@ -49,13 +50,16 @@ class ConfigError(ValueError):
 
 # --------------------------------------------------------------------------- units
 
-_DURATION_UNITS = {
-    "us": 1, "µs": 1, "usec": 1, "ms": 1_000, "msec": 1_000, "s": 1_000_000, "sec": 1_000_000,
-    "secs": 1_000_000, "second": 1_000_000, "seconds": 1_000_000, "m": 60_000_000, "min": 60_000_000,
-    "mins": 60_000_000, "minute": 60_000_000, "minutes": 60_000_000, "h": 3_600_000_000,
-    "hr": 3_600_000_000, "hour": 3_600_000_000, "hours": 3_600_000_000, "d": 86_400_000_000,
-    "day": 86_400_000_000, "days": 86_400_000_000, "w": 604_800_000_000, "week": 604_800_000_000,
-    "weeks": 604_800_000_000,
+_SECOND = 1_000_000
+_DURATION_UNITS = {  # humantime's unit names, lower case; values in microseconds
+    "ns": Fraction(1, 1000), "nsec": Fraction(1, 1000), "us": 1, "µs": 1, "usec": 1, "ms": 1_000, "msec": 1_000,
+    "s": _SECOND, "sec": _SECOND, "secs": _SECOND, "second": _SECOND, "seconds": _SECOND,
+    "m": 60 * _SECOND, "min": 60 * _SECOND, "mins": 60 * _SECOND, "minute": 60 * _SECOND,
+    "minutes": 60 * _SECOND, "h": 3600 * _SECOND, "hr": 3600 * _SECOND, "hrs": 3600 * _SECOND,
+    "hour": 3600 * _SECOND, "hours": 3600 * _SECOND, "d": 86_400 * _SECOND, "day": 86_400 * _SECOND,
+    "days": 86_400 * _SECOND, "w": 604_800 * _SECOND, "week": 604_800 * _SECOND,
+    "weeks": 604_800 * _SECOND, "month": 2_630_016 * _SECOND, "months": 2_630_016 * _SECOND,
+    "y": 31_557_600 * _SECOND, "year": 31_557_600 * _SECOND, "years": 31_557_600 * _SECOND,
 }
 _SIZE_UNITS = {
     "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
@@ -65,32 +69,37 @@ _PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Zµ]*)")
 
 
 def parse_duration(text: str) -> int:
-    """Human-readable duration ("1 h", "500 ms", "1m 30s", "7 days") -> microseconds."""
+    """Human-readable duration ("1 h", "500 ms", "1m 30s", "7 days") -> microseconds.
+
+    Units as humantime (Rust) names them; "M" (capital) is a month as there, every other unit
+    is case-insensitive. A bare number is seconds. Arithmetic is exact ("0.1 s" -> 100000).
+    """
     text = str(text).strip()
     if not text:
         raise ValueError("empty duration")
-    total, pos = 0, 0
+    total, pos = Fraction(0), 0
     while pos < len(text):
         m = _PART.match(text, pos)
         if not m or m.end() == pos:
             raise ValueError(f"invalid duration {text!r}")
-        number, unit = m.group(1), m.group(2).lower() or "s"
+        number, unit = m.group(1), m.group(2)
+        unit = "month" if unit == "M" else unit.lower() or "s"
         if unit not in _DURATION_UNITS:
             raise ValueError(f"invalid duration unit {unit!r} in {text!r}")
-        total += int(float(number) * _DURATION_UNITS[unit])
+        total += Fraction(number) * _DURATION_UNITS[unit]
         pos = m.end()
-    return total
+    return int(total)
 
 
 def parse_size(text: str) -> int:
-    """Human-readable size ("64 MiB", "2 MB", "1024") -> bytes."""
+    """Human-readable size ("64 MiB", "2 MB", "1.5 KB", "1024") -> bytes (KB = 1000, KiB = 1024)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not m:
         raise ValueError(f"invalid size {text!r}")
     unit = m.group(2).lower() or "b"
     if unit not in _SIZE_UNITS:
         raise ValueError(f"invalid size unit {unit!r} in {text!r}")
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    return int(Fraction(m.group(1)) * _SIZE_UNITS[unit])
 
 
 # --------------------------------------------------------------------------- the tree
@@ -107,6 +116,8 @@ class Section:
 
 
 class Config(Section):
+    """The whole validated configuration: `cfg.tcp.address`, `cfg.http.jwt.algorithm`, ..."""
+
     def max_frame_size_bytes(self) -> int:
         return parse_size(self.message_bus.max_message_size)
 
@@ -157,11 +168,14 @@ def _has(tree: dict, path: str) -> bool:
 
 
 def _merge_file(tree: dict, data: dict, prefix: str = "") -> None:
+    if not prefix:
+        # checked first: their parent tables ([system.topic], [system.segment]) are unknown too
+        for path in REMOVED_KEYS:
+            if _has(data, path):
+                raise ConfigError(f"{path}: this key was removed from Apache Iggy's configuration "
+                                  f"(topic settings are per topic now); delete it")
     for key, value in data.items():
         path = f"{prefix}{key}"
-        if path in REMOVED_KEYS:
-            raise ConfigError(f"{path}: this key was removed from Apache Iggy's configuration "
-                              f"(topic settings are per topic now); delete it")
         if key not in tree:
             raise ConfigError(f"{path}: unknown configuration key")
         if isinstance(tree[key], dict):
@@ -243,22 +257,23 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
             with open(path, "rb") as f:
                 data = tomllib.load(f)
         except FileNotFoundError:
-            raise ConfigError(f"IGGY_CONFIG_PATH: configuration file {path} not found") from None
+            raise ConfigError(f"configuration file {path} (IGGY_CONFIG_PATH / --config) not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
         _merge_file(tree, data)
     table = env_table(tree)
     removed = {"IGGY_" + k.replace(".", "_").upper(): k for k in REMOVED_KEYS}
     for name, value in env.items():
-        if not name.startswith("IGGY_") or name in NON_CONFIG_ENV:
+        if not name.startswith("IGGY_") or name in NON_CONFIG_ENV or value == "":
             continue
-        if name in removed:
-            raise ConfigError(f"{name}: {removed[name]} was removed from Apache Iggy's configuration")
         key = table.get(name)
         if key is None:
+            # a removed key, or a key inside a removed table (IGGY_SYSTEM_MESSAGE_DEDUPLICATION_ENABLED)
+            for prefix, removed_key in removed.items():
+                if name == prefix or name.startswith(prefix + "_"):
+                    raise ConfigError(f"{name}: {removed_key} was removed from Apache Iggy's configuration "
+                                      f"(topic settings are per topic now); unset it")
             log.warning("unknown environment variable %s ignored", name)
-            continue
-        if value == "":
             continue
         _set(tree, key, _coerce(key, _get(tree, key), value, name))
     _validate(tree, names)

@@ -1,0 +1,433 @@
+"""Configuration: defaults, TOML file, IGGY_* overrides, value parsing, root credentials, CLI errors.
+
+The env names must match Apache Iggy's (IGGY_ + dotted path upper-cased), so existing deployments'
+variables keep working; these tests pin that and the error messages that name the bad key.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from iggy.config import ConfigError, load_config, parse_duration, parse_size, root_credentials
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- defaults
+
+def test_defaults():
+    cfg = load_config(env={})
+    assert cfg.system.path == "local_data"
+    assert cfg.system.engine == "auto"
+    assert cfg.system.logging.level == "info"
+    assert cfg.system.partition.validate_checksum is True
+    assert cfg.system.metadata.snapshot_every == 1000
+    assert (cfg.tcp.enabled, cfg.tcp.address) == (True, "127.0.0.1:8090")
+    assert (cfg.tcp.tls.enabled, cfg.tcp.tls.cert_file, cfg.tcp.tls.key_file, cfg.tcp.tls.self_signed) == (
+        False, "", "", True)
+    assert (cfg.http.enabled, cfg.http.address, cfg.http.max_request_size) == (True, "127.0.0.1:3000", "2 MB")
+    assert cfg.http.cors.enabled is True and cfg.http.cors.allowed_origins == ["*"]
+    jwt = cfg.http.jwt
+    assert (jwt.algorithm, jwt.issuer, jwt.audience) == ("HS256", "iggy.apache.org", "iggy.apache.org")
+    assert (jwt.access_token_expiry, jwt.clock_skew, jwt.not_before) == ("1 h", "5 s", "0 s")
+    assert (jwt.encoding_secret, jwt.decoding_secret) == ("", "")
+    assert (cfg.http.metrics.enabled, cfg.http.metrics.endpoint) == (True, "/metrics")
+    assert (cfg.http.web_ui, cfg.http.web_ui_dir) == (False, "")
+    assert (cfg.quic.enabled, cfg.quic.address) == (True, "127.0.0.1:8080")
+    assert (cfg.quic.max_idle_timeout, cfg.quic.keep_alive_interval) == ("30 s", "10 s")
+    assert cfg.quic.certificate.self_signed is True
+    assert cfg.quic.certificate.cert_file == "" and cfg.quic.certificate.key_file == ""
+    assert (cfg.websocket.enabled, cfg.websocket.address) == (True, "127.0.0.1:8092")
+    assert cfg.websocket.tls.enabled is False
+    assert cfg.websocket.tls.cert_file == "" and cfg.websocket.tls.key_file == ""
+    assert cfg.message_bus.max_message_size == "64 MiB"
+    assert cfg.max_frame_size_bytes() == 64 * 1024 * 1024
+    assert (cfg.heartbeat.enabled, cfg.heartbeat.interval) == (True, "30 s")
+    assert cfg.consumer_group.rebalancing_timeout == "30 s"
+    assert cfg.data_maintenance.messages.cleaner_enabled is True
+    assert cfg.data_maintenance.messages.interval == "1 m"
+    assert cfg.personal_access_token.max_tokens_per_user == 100
+    assert cfg.personal_access_token.cleaner.enabled is True
+    assert cfg.personal_access_token.cleaner.interval == "1 m"
+    assert (cfg.limits.max_connections, cfg.limits.idle_timeout) == (10000, "0 s")
+
+
+def test_to_dict_and_env_names():
+    cfg = load_config(env={})
+    tree = cfg.to_dict()
+    assert tree["http"]["jwt"]["algorithm"] == "HS256"
+    assert isinstance(tree["system"]["logging"], dict)
+    names = cfg.env_names()
+    assert names["IGGY_TCP_ADDRESS"] == "tcp.address"
+    assert names["IGGY_HTTP_JWT_ACCESS_TOKEN_EXPIRY"] == "http.jwt.access_token_expiry"
+    assert names["IGGY_SYSTEM_PATH"] == "system.path"
+    assert names["IGGY_SYSTEM_LOGGING_LEVEL"] == "system.logging.level"
+
+
+def test_env_table_has_no_collisions():
+    cfg = load_config(env={})
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    keys = list(leaves(cfg.to_dict()))
+    names = cfg.env_names()
+    assert len(set(names)) == len(keys)
+    assert sorted(names.values()) == sorted(keys)
+
+
+# --------------------------------------------------------------------------- TOML file
+
+def test_toml_file_overrides_defaults(tmp_path):
+    path = write(tmp_path, """
+[system]
+path = "/data/iggy"
+engine = "asyncio"
+
+[tcp]
+address = "0.0.0.0:9000"
+
+[http.jwt]
+access_token_expiry = "2 h"
+
+[http.cors]
+allowed_origins = ["http://a", "http://b"]
+""")
+    cfg = load_config(env={}, path=path)
+    assert cfg.system.path == "/data/iggy"
+    assert cfg.system.engine == "asyncio"
+    assert cfg.tcp.address == "0.0.0.0:9000"
+    assert cfg.tcp.enabled is True  # untouched keys keep their default
+    assert cfg.http.jwt.access_token_expiry == "2 h"
+    assert cfg.http.jwt.algorithm == "HS256"
+    assert cfg.http.cors.allowed_origins == ["http://a", "http://b"]
+
+
+def test_config_path_from_env(tmp_path):
+    path = write(tmp_path, '[http]\naddress = "0.0.0.0:3001"\n')
+    assert load_config(env={"IGGY_CONFIG_PATH": path}).http.address == "0.0.0.0:3001"
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(env={"IGGY_CONFIG_PATH": str(tmp_path / "nope.toml")})
+
+
+def test_env_wins_over_file(tmp_path):
+    path = write(tmp_path, '[tcp]\naddress = "0.0.0.0:9000"\n')
+    cfg = load_config(env={"IGGY_TCP_ADDRESS": "10.0.0.1:9001"}, path=path)
+    assert cfg.tcp.address == "10.0.0.1:9001"
+
+
+def test_unknown_toml_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"tcp\.adress"):
+        load_config(env={}, path=write(tmp_path, '[tcp]\nadress = "x"\n'))
+    with pytest.raises(ConfigError, match="nosuchsection"):
+        load_config(env={}, path=write(tmp_path, '[nosuchsection]\na = 1\n'))
+
+
+def test_toml_wrong_type(tmp_path):
+    with pytest.raises(ConfigError, match=r"tcp\.enabled"):
+        load_config(env={}, path=write(tmp_path, '[tcp]\nenabled = "yes"\n'))
+    with pytest.raises(ConfigError, match=r"limits\.max_connections"):
+        load_config(env={}, path=write(tmp_path, '[limits]\nmax_connections = "many"\n'))
+
+
+@pytest.mark.parametrize("toml, key", [
+    ('[system.topic]\nmax_size = "1 GiB"\n', "system.topic.max_size"),
+    ('[system.topic]\nmessage_expiry = "none"\n', "system.topic.message_expiry"),
+    ("[system.partition]\nenforce_fsync = true\n", "system.partition.enforce_fsync"),
+    ("[system.partition]\nmessages_required_to_save = 10\n", "system.partition.messages_required_to_save"),
+    ('[system.partition]\nsize_of_messages_required_to_save = "1 MiB"\n',
+     "system.partition.size_of_messages_required_to_save"),
+    ('[system.segment]\nsize = "1 GiB"\n', "system.segment.size"),
+    ("[system.segment]\npreallocate = false\n", "system.segment.preallocate"),
+    ("[system.message_deduplication]\nenabled = false\n", "system.message_deduplication"),
+    ("[extra]\nfoo = 1\n", "extra"),
+])
+def test_removed_keys_in_file(tmp_path, toml, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(env={}, path=write(tmp_path, toml))
+
+
+def test_removed_keys_in_env():
+    with pytest.raises(ConfigError, match="IGGY_SYSTEM_PARTITION_ENFORCE_FSYNC"):
+        load_config(env={"IGGY_SYSTEM_PARTITION_ENFORCE_FSYNC": "true"})
+    with pytest.raises(ConfigError, match="system.message_deduplication"):
+        load_config(env={"IGGY_SYSTEM_MESSAGE_DEDUPLICATION_ENABLED": "true"})
+
+
+# --------------------------------------------------------------------------- environment
+
+def test_env_overrides_nested_keys():
+    cfg = load_config(env={
+        "IGGY_TCP_ADDRESS": "0.0.0.0:8090",
+        "IGGY_HTTP_JWT_ACCESS_TOKEN_EXPIRY": "15 m",
+        "IGGY_SYSTEM_PATH": "/var/lib/iggy",
+        "IGGY_SYSTEM_LOGGING_LEVEL": "debug",
+        "IGGY_PERSONAL_ACCESS_TOKEN_CLEANER_INTERVAL": "5 m",
+    })
+    assert cfg.tcp.address == "0.0.0.0:8090"
+    assert cfg.http.jwt.access_token_expiry == "15 m"
+    assert cfg.system.path == "/var/lib/iggy"
+    assert cfg.system.logging.level == "debug"
+    assert cfg.personal_access_token.cleaner.interval == "5 m"
+
+
+def test_env_typed_parsing():
+    cfg = load_config(env={
+        "IGGY_TCP_ENABLED": "FALSE",
+        "IGGY_HTTP_WEB_UI": "True",
+        "IGGY_LIMITS_MAX_CONNECTIONS": "42",
+        "IGGY_SYSTEM_METADATA_SNAPSHOT_EVERY": " 7 ",
+        "IGGY_HTTP_CORS_ALLOWED_ORIGINS": "[http://a, 'http://b']",
+    })
+    assert cfg.tcp.enabled is False
+    assert cfg.http.web_ui is True
+    assert cfg.limits.max_connections == 42
+    assert cfg.system.metadata.snapshot_every == 7
+    assert cfg.http.cors.allowed_origins == ["http://a", "http://b"]
+    single = load_config(env={"IGGY_HTTP_CORS_ALLOWED_ORIGINS": "http://only"})
+    assert single.http.cors.allowed_origins == ["http://only"]
+
+
+def test_empty_env_values_are_ignored():
+    cfg = load_config(env={"IGGY_TCP_ADDRESS": "", "IGGY_TCP_ENABLED": "", "IGGY_SYSTEM_PATH": ""})
+    assert cfg.tcp.address == "127.0.0.1:8090"
+    assert cfg.tcp.enabled is True
+    assert cfg.system.path == "local_data"
+
+
+def test_invalid_bool_names_env_var():
+    with pytest.raises(ConfigError) as exc:
+        load_config(env={"IGGY_TCP_ENABLED": "maybe"})
+    assert str(exc.value) == "IGGY_TCP_ENABLED: expected true or false, got 'maybe'"
+
+
+def test_invalid_int_names_env_var():
+    with pytest.raises(ConfigError, match="IGGY_LIMITS_MAX_CONNECTIONS"):
+        load_config(env={"IGGY_LIMITS_MAX_CONNECTIONS": "ten"})
+
+
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1", ":8090", "127.0.0.1:", "127.0.0.1:65536",
+                                     "127.0.0.1:port"])
+def test_invalid_address_names_key_and_env_var(address):
+    with pytest.raises(ConfigError) as exc:
+        load_config(env={"IGGY_TCP_ADDRESS": address})
+    assert "tcp.address" in str(exc.value) and "IGGY_TCP_ADDRESS" in str(exc.value)
+
+
+def test_valid_addresses():
+    cfg = load_config(env={"IGGY_TCP_ADDRESS": "[::1]:0", "IGGY_HTTP_ADDRESS": "localhost:65535"})
+    assert cfg.tcp.address == "[::1]:0" and cfg.http.address == "localhost:65535"
+
+
+def test_invalid_duration_and_size_name_key():
+    with pytest.raises(ConfigError, match=r"heartbeat\.interval.*IGGY_HEARTBEAT_INTERVAL"):
+        load_config(env={"IGGY_HEARTBEAT_INTERVAL": "soon"})
+    with pytest.raises(ConfigError, match=r"message_bus\.max_message_size"):
+        load_config(env={"IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE": "big"})
+
+
+def test_engine_must_be_known():
+    assert load_config(env={"IGGY_SYSTEM_ENGINE": "uring"}).system.engine == "uring"
+    with pytest.raises(ConfigError, match=r"system\.engine"):
+        load_config(env={"IGGY_SYSTEM_ENGINE": "epoll"})
+
+
+def test_unknown_iggy_env_only_warns(caplog):
+    env = {"IGGY_NO_SUCH_THING": "1", "IGGY_ROOT_USERNAME": "admin", "IGGY_ROOT_PASSWORD": "secret",
+           "IGGY_ENV_PATH": "x.env", "OTHER_VAR": "1"}
+    with caplog.at_level(logging.WARNING, logger="iggy.config"):
+        cfg = load_config(env=env)
+    assert cfg.tcp.address == "127.0.0.1:8090"
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "IGGY_NO_SUCH_THING" in warned
+    for quiet in ("IGGY_ROOT_USERNAME", "IGGY_ROOT_PASSWORD", "IGGY_ENV_PATH", "OTHER_VAR"):
+        assert quiet not in warned
+
+
+def test_max_frame_size_follows_config():
+    assert load_config(env={"IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE": "1 MiB"}).max_frame_size_bytes() == 1 << 20
+
+
+# --------------------------------------------------------------------------- units
+
+@pytest.mark.parametrize("text, micros", [
+    ("1 h", 3_600_000_000),
+    ("5 s", 5_000_000),
+    ("500 ms", 500_000),
+    ("7 days", 7 * 86_400_000_000),
+    ("1m 30s", 90_000_000),
+    ("1 m", 60_000_000),
+    ("0 s", 0),
+    ("250us", 250),
+    ("0.1 s", 100_000),
+    ("1h 1m 1s", 3_661_000_000),
+    ("2 weeks", 14 * 86_400_000_000),
+    ("15", 15_000_000),
+])
+def test_parse_duration(text, micros):
+    assert parse_duration(text) == micros
+
+
+@pytest.mark.parametrize("text", ["", "   ", "soon", "5 parsecs", "-1 s", "1 h x", "s"])
+def test_parse_duration_errors(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text, size", [
+    ("16 MiB", 16 * 1024 * 1024),
+    ("2 MB", 2_000_000),
+    ("1 GiB", 1024 ** 3),
+    ("1024", 1024),
+    ("1.5 KB", 1500),
+    ("64MiB", 64 << 20),
+    ("10 B", 10),
+    ("1 kib", 1024),
+])
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "big", "1 XB", "-1 MB", "1 MB extra", "MB"])
+def test_parse_size_errors(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+# --------------------------------------------------------------------------- root user
+
+def test_root_credentials_from_env():
+    assert root_credentials({"IGGY_ROOT_USERNAME": "admin", "IGGY_ROOT_PASSWORD": "secret"}) == (
+        "admin", "secret", False)
+
+
+@pytest.mark.parametrize("env", [{"IGGY_ROOT_USERNAME": "admin"}, {"IGGY_ROOT_PASSWORD": "secret"}])
+def test_root_credentials_need_both(env):
+    with pytest.raises(ConfigError, match="set both IGGY_ROOT_USERNAME and IGGY_ROOT_PASSWORD or neither"):
+        root_credentials(env)
+
+
+@pytest.mark.parametrize("username, password, bad", [
+    ("ab", "secret", "IGGY_ROOT_USERNAME"),
+    ("a" * 51, "secret", "IGGY_ROOT_USERNAME"),
+    ("admin", "ab", "IGGY_ROOT_PASSWORD"),
+    ("admin", "p" * 101, "IGGY_ROOT_PASSWORD"),
+])
+def test_root_credentials_lengths(username, password, bad):
+    with pytest.raises(ConfigError, match=bad):
+        root_credentials({"IGGY_ROOT_USERNAME": username, "IGGY_ROOT_PASSWORD": password})
+
+
+def test_root_credentials_length_bounds_accepted():
+    assert root_credentials({"IGGY_ROOT_USERNAME": "abc", "IGGY_ROOT_PASSWORD": "p" * 100})[2] is False
+    assert root_credentials({"IGGY_ROOT_USERNAME": "a" * 50, "IGGY_ROOT_PASSWORD": "abc"})[2] is False
+
+
+def test_root_credentials_generated():
+    passwords = set()
+    for _ in range(50):
+        username, password, generated = root_credentials({})
+        assert username == "iggy" and generated is True
+        assert 20 <= len(password) <= 39 and password.isalnum() and password.isascii()
+        passwords.add(password)
+    assert len(passwords) == 50
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _run_cli(tmp_path, extra_env, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IGGY_")}
+    env.update(extra_env)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "iggy", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_invalid_address_exits_2_before_server_import(tmp_path):
+    proc = _run_cli(tmp_path, {"IGGY_TCP_ADDRESS": "not-an-address",
+                               "PYTHONVERBOSE": "1"})  # -v import trace shows what was imported
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors and "tcp.address" in errors[0] and "IGGY_TCP_ADDRESS" in errors[0]
+    assert "import 'iggy.config'" in proc.stderr  # the trace works...
+    assert "import 'iggy.server'" not in proc.stderr  # ...and the server was never imported
+    assert not (tmp_path / "local_data").exists()
+
+
+def test_cli_dotenv_is_loaded(tmp_path):
+    (tmp_path / ".env").write_text("# settings\nIGGY_HTTP_ADDRESS='bad address'\n")
+    proc = _run_cli(tmp_path, {})
+    assert proc.returncode == 2
+    assert "http.address" in proc.stderr and "bad address" in proc.stderr
+
+
+def test_cli_environment_wins_over_dotenv(tmp_path):
+    (tmp_path / ".env").write_text("IGGY_TCP_ADDRESS=fine:1\n")
+    proc = _run_cli(tmp_path, {"IGGY_TCP_ADDRESS": "broken"})
+    assert proc.returncode == 2 and "'broken'" in proc.stderr
+
+
+def test_cli_missing_config_file(tmp_path):
+    proc = _run_cli(tmp_path, {}, "--config", str(tmp_path / "missing.toml"))
+    assert proc.returncode == 2 and "missing.toml" in proc.stderr
+
+
+def test_cli_one_root_credential_is_an_error(tmp_path):
+    proc = _run_cli(tmp_path, {"IGGY_ROOT_USERNAME": "admin"})
+    assert proc.returncode == 2 and "IGGY_ROOT_PASSWORD" in proc.stderr
+
+
+def test_cli_version(tmp_path):
+    proc = _run_cli(tmp_path, {}, "--version")
+    assert proc.returncode == 0 and "iggy-server" in proc.stdout
+
+
+def test_cli_fresh_deletes_data_dir_then_runs_server(tmp_path, monkeypatch):
+    """In-process: --fresh removes the data directory, then run_server gets the config."""
+    import types
+
+    from iggy import cli
+
+    data = tmp_path / "data"
+    (data / "streams").mkdir(parents=True)
+    seen = {}
+    fake = types.ModuleType("iggy.server")
+    fake.run_server = lambda cfg: seen.setdefault("cfg", cfg)
+    monkeypatch.setitem(sys.modules, "iggy.server", fake)
+    for name in [n for n in os.environ if n.startswith("IGGY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("IGGY_SYSTEM_PATH", str(data))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--fresh", "--with-default-root-credentials"]) == 0
+    assert not data.exists()
+    assert seen["cfg"].system.path == str(data)
+    assert os.environ["IGGY_ROOT_USERNAME"] == "iggy" and os.environ["IGGY_ROOT_PASSWORD"] == "iggy"
+
+
+def test_cli_fresh_refuses_cwd(tmp_path, monkeypatch):
+    from iggy import cli
+
+    for name in [n for n in os.environ if n.startswith("IGGY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("IGGY_SYSTEM_PATH", ".")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--fresh"]) == 2
+    assert tmp_path.exists()

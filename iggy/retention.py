@@ -62,10 +62,11 @@ def run_once(plane, now_us: int) -> int:
                 p = plane.storage.partition(s.id, t.id, pid)
                 if p is None:
                     continue
-                for base in segments_to_delete(p.log.segments(), st, len(t.partitions), p.offsets.lowest(),
-                                               now_us):
-                    p.log.delete_segment(base)
-                    deleted += 1
+                with p.lock:
+                    for base in segments_to_delete(p.log.segments(), st, len(t.partitions), p.offsets.lowest(),
+                                                   now_us):
+                        p.log.delete_segment(base)
+                        deleted += 1
     if deleted:
         log.info("retention deleted %d segments", deleted)
     return deleted

@@ -36,6 +36,8 @@ class Server:
         self.plane: ControlPlane | None = None
         self.listeners = []
         self.tasks: list[asyncio.Future] = []
+        self.engine = "none"
+        self.uring = None
         self.http = None
 
     async def start(self) -> None:
@@ -55,13 +57,7 @@ class Server:
                 log.warning("Generated root user password: %s", password)
             log.info("created root user %r", username)
         if cfg.tcp.enabled:
-            from iggy.engine.asyncio_engine import start_tcp
-            host, port = split_address(cfg.tcp.address)
-            srv = await start_tcp(plane, host, port, cfg.max_frame_size_bytes())
-            self.listeners.append(srv)
-            bound = srv.sockets[0].getsockname()
-            plane.bound["tcp"] = (bound[0], bound[1])
-            log.info("TCP server listening on %s:%d", bound[0], bound[1])
+            await self._start_tcp()
         if cfg.http.enabled:
             from iggy.http import HttpServer, from_config
             self.http = HttpServer(plane, from_config(cfg))   # own thread + loop, bound before returning
@@ -70,7 +66,40 @@ class Server:
         self.tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
         if cfg.data_maintenance.messages.cleaner_enabled:
             self.tasks.append(asyncio.ensure_future(self._retention_loop()))
-        log.info("iggy server %s started (engine: asyncio, data: %s)", SERVER_VERSION, os.path.abspath(path))
+        log.info("iggy server %s started (engine: %s, data: %s)", SERVER_VERSION, self.engine,
+                 os.path.abspath(path))
+
+    def _choose_engine(self) -> str:
+        """`system.engine`: auto takes uring when io_uring works here, with one line saying why not."""
+        wanted = self.config.system.engine
+        if wanted == "asyncio":
+            return "asyncio"
+        tls = getattr(getattr(self.config.tcp, "tls", None), "enabled", False)
+        from iggy.engine.uring_engine import probe
+        reason = "TLS on the TCP listener is served by the asyncio engine" if tls else probe()
+        if reason is None:
+            return "uring"
+        if wanted == "uring":
+            raise RuntimeError(f"system.engine = uring, but io_uring can't be used: {reason}")
+        log.warning("io_uring engine unavailable (%s): falling back to the asyncio engine", reason)
+        return "asyncio"
+
+    async def _start_tcp(self) -> None:
+        cfg = self.config
+        host, port = split_address(cfg.tcp.address)
+        self.engine = self._choose_engine()
+        if self.engine == "uring":
+            from iggy.engine.uring_engine import UringEngine
+            self.uring = UringEngine(self.plane, host, port, cfg.max_frame_size_bytes(),
+                                     shards=cfg.system.shards or None)
+            bound = self.uring.address
+        else:
+            from iggy.engine.asyncio_engine import start_tcp
+            srv = await start_tcp(self.plane, host, port, cfg.max_frame_size_bytes())
+            self.listeners.append(srv)
+            bound = srv.sockets[0].getsockname()
+        self.plane.bound["tcp"] = (bound[0], bound[1])
+        log.info("TCP server listening on %s:%d (%s engine)", bound[0], bound[1], self.engine)
 
     def _write_runtime_config(self) -> None:
         runtime = os.path.join(self.config.system.path, "runtime")
@@ -120,6 +149,8 @@ class Server:
             task.cancel()
         for srv in self.listeners:
             srv.close()
+        if self.uring is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.uring.close)
         for session in list(self.plane.sessions.values()):
             if session.close is not None:
                 session.close()

@@ -22,8 +22,10 @@ import asyncio
 import logging
 import os
 import shutil
+import threading
 
 from iggy._core.log import PartitionLog
+from iggy.errors import IggyError
 from iggy.offsets import OffsetStore
 
 log = logging.getLogger(__name__)
@@ -46,13 +48,32 @@ class Partition:
         self._unsynced_bytes = 0
         self._waiters: list[asyncio.Future] = []
         self._sync_scheduled = False
+        # shard threads, the event loop and the HTTP thread all reach a partition: every use
+        # of its log and offsets holds this lock (the I/O inside releases the GIL, not the lock)
+        self.lock = threading.Lock()
 
     def after_append(self, messages: int, size: int):
-        """None when the append may be acknowledged now, else a future resolved after fsync."""
+        """None when the append may be acknowledged now, else a future resolved after fsync.
+
+        Called with the lock held. On a shard thread (no event loop) a persisted append is
+        fsynced right here, before the reply is written.
+        """
         self._unsynced_messages += messages
         self._unsynced_bytes += size
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            if self.persisted:
+                self._unsynced_messages = self._unsynced_bytes = 0
+                self.log.fsync()
+            elif self._unsynced_messages >= self.flush_messages or self._unsynced_bytes >= self.flush_bytes:
+                self._unsynced_messages = self._unsynced_bytes = 0
+                self.log.fsync()
+            return None
         if self.persisted:
-            fut = asyncio.get_running_loop().create_future()
+            fut = loop.create_future()
             self._waiters.append(fut)
             self._schedule_sync()
             return fut
@@ -70,8 +91,9 @@ class Partition:
         waiters, self._waiters = self._waiters, []
         self._unsynced_messages = self._unsynced_bytes = 0
         try:
-            self.log.fsync()
-        except OSError as exc:
+            with self.lock:
+                self.log.fsync()
+        except (OSError, IggyError) as exc:
             log.error("fsync of partition %s failed: %s", self.directory, exc)
             for fut in waiters:
                 if not fut.done():
@@ -82,14 +104,18 @@ class Partition:
                 fut.set_result(None)
 
     def purge(self) -> None:
-        self.log.purge()
-        self.offsets.clear()
+        with self.lock:
+            self.log.purge()
+            self.offsets.clear()
 
     def close(self) -> None:
-        try:
-            self.log.fsync()
-        finally:
-            self.log.close()
+        with self.lock:
+            if self.log.closed:
+                return
+            try:
+                self.log.fsync()
+            finally:
+                self.log.close()
 
 
 class Storage:
@@ -152,7 +178,8 @@ class Storage:
         for key in list(keys):
             p = self.partitions.pop(key, None)
             if p is not None:
-                p.log.close()
+                with p.lock:
+                    p.log.close()
 
     def delete_partitions(self, sid: int, tid: int, pids) -> None:
         self._drop((sid, tid, pid) for pid in pids)

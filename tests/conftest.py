@@ -61,6 +61,8 @@ class ServerProcess:
             "IGGY_ROOT_USERNAME": ROOT_USER,
             "IGGY_ROOT_PASSWORD": ROOT_PASSWORD,
             "PYTHONPATH": str(REPO),
+            # the protocol suite runs against each engine: IGGY_TEST_ENGINE=asyncio|uring|auto
+            "IGGY_SYSTEM_ENGINE": os.environ.get("IGGY_TEST_ENGINE", "auto"),
         })
         env.update(self.extra_env)
         return env

@@ -3,4 +3,4 @@
 
 def load_commands() -> None:
     """Import every command module once, so that their handlers are registered."""
-    from iggy.control import groups, streams, system, tokens, topics, users  # noqa: F401
+    from iggy.control import groups, messages, streams, system, tokens, topics, users  # noqa: F401

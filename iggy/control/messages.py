@@ -75,8 +75,9 @@ def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int):
     """Validate and append one batch; returns (base_offset, fsync future or None)."""
     validate_batch(body, start, end, count)
     partition = plane.storage.partition(s.id, t.id, pid)
-    base_offset, appended = partition.log.append(body, start, end, now_us())
-    return base_offset, partition.after_append(appended, end - start)
+    with partition.lock:
+        base_offset, appended = partition.log.append(body, start, end, now_us())
+        return base_offset, partition.after_append(appended, end - start)
 
 
 def send(plane, session, sid, tid, kind: int, value: bytes, body, start: int, end: int, count: int):
@@ -166,18 +167,19 @@ def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_i
         raise IggyError(ErrorCode.INVALID_MESSAGES_COUNT)
     s, t, partition, store_kind, key = resolve_target(plane, session, kind, consumer_id, sid, tid,
                                                       has_partition, partition_id, fence=True)
-    lg = partition.log
-    stored = partition.offsets.get(store_kind, key)
-    start = start_offset(partition, strategy, value, count, stored)
-    data, n = b"", 0
-    if start is not None and not lg.is_empty and start <= lg.current_offset:
-        first = max(start, lg.first_offset)
-        data, n = lg.read(first, count)
-        if n and auto_commit:
-            last = first + n - 1
-            if stored is None or last > stored:
-                partition.offsets.store(store_kind, key, last)
-    return partition.id, lg.current_offset, n, data
+    with partition.lock:
+        lg = partition.log
+        stored = partition.offsets.get(store_kind, key)
+        start = start_offset(partition, strategy, value, count, stored)
+        data, n = b"", 0
+        if start is not None and not lg.is_empty and start <= lg.current_offset:
+            first = max(start, lg.first_offset)
+            data, n = lg.read(first, count)
+            if n and auto_commit:
+                last = first + n - 1
+                if stored is None or last > stored:
+                    partition.offsets.store(store_kind, key, last)
+        return partition.id, lg.current_offset, n, data
 
 
 @command(codes.POLL_MESSAGES)
@@ -205,10 +207,11 @@ def _offset_request(plane, session, r: Reader):
 
 
 def store_offset(partition, store_kind, key, offset: int) -> None:
-    lg = partition.log
-    if lg.is_empty or offset > lg.current_offset:
-        raise IggyError(ErrorCode.INVALID_OFFSET)
-    partition.offsets.store(store_kind, key, offset)
+    with partition.lock:
+        lg = partition.log
+        if lg.is_empty or offset > lg.current_offset:
+            raise IggyError(ErrorCode.INVALID_OFFSET)
+        partition.offsets.store(store_kind, key, offset)
 
 
 @command(codes.STORE_CONSUMER_OFFSET)
@@ -231,8 +234,9 @@ def delete_consumer_offset(plane, session, r: Reader):
 
 
 def delete_offset(partition, store_kind, key) -> None:
-    if not partition.offsets.delete(store_kind, key):
-        raise IggyError(ErrorCode.CONSUMER_OFFSET_NOT_FOUND)
+    with partition.lock:
+        if not partition.offsets.delete(store_kind, key):
+            raise IggyError(ErrorCode.CONSUMER_OFFSET_NOT_FOUND)
 
 
 @command(codes.GET_CONSUMER_OFFSET)

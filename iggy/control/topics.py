@@ -376,13 +376,14 @@ def delete_segments_by(plane, s, t, partition_id: int, count: int) -> int:
     p = plane.storage.partition(s.id, t.id, partition_id)
     if p is None:
         raise IggyError(ErrorCode.PARTITION_NOT_FOUND)
-    barrier = p.offsets.lowest()
     deleted = 0
-    for base, last, _size, _max_ts, active in p.log.segments():
-        if deleted >= count or active or (barrier is not None and last > barrier):
-            break
-        p.log.delete_segment(base)
-        deleted += 1
+    with p.lock:
+        barrier = p.offsets.lowest()
+        for base, last, _size, _max_ts, active in p.log.segments():
+            if deleted >= count or active or (barrier is not None and last > barrier):
+                break
+            p.log.delete_segment(base)
+            deleted += 1
     return deleted
 
 

@@ -1,0 +1,148 @@
+"""The production engine: one io_uring shard thread per core (`iggy._core.shard`).
+
+Each shard binds the TCP address with SO_REUSEPORT and runs its ring without the GIL. For
+each frame it calls `on_frame` here, in the shard's thread:
+
+* data-plane commands (ping, send messages, poll messages, store consumer offset) are handled
+  right there, by the same functions the portable engine uses (`iggy.control.messages`);
+  the per-message work in them (batch validation, append, index seek, read) runs in Cython
+  without the GIL, so two shards validate and write in parallel. A partition is guarded by
+  its own lock, so shards and the control plane never interleave on one log;
+* everything else is posted to the control plane on the main event loop, which is the only
+  writer of metadata; its reply comes back with `Shard.post_reply`.
+
+`persisted` topics: a shard appends, then fsyncs before it answers; batches appended by
+other connections while that fsync runs are covered by the next one.
+
+`probe()` tells whether io_uring can be used here (Docker's default seccomp profile and
+`kernel.io_uring_disabled` forbid it); `system.engine = "auto"` falls back to asyncio.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+
+from iggy import codes
+from iggy._core.wire import RequestHeader, build_reply
+from iggy.control.plane import TRANSPORT_TCP
+
+log = logging.getLogger(__name__)
+
+# commands served in the shard thread; the rest go to the main loop
+DATA_PLANE_CODES = frozenset({codes.PING, codes.POLL_MESSAGES})
+DATA_PLANE_OPS = frozenset({160, 161})
+
+
+def probe() -> str | None:
+    """None when io_uring works here, else why not."""
+    try:
+        from iggy._core.shard import Shard
+    except ImportError as exc:
+        return f"the shard module is not built ({exc})"
+    try:
+        with open("/proc/sys/kernel/io_uring_disabled") as f:
+            if f.read().strip() not in ("", "0"):
+                return "kernel.io_uring_disabled is set"
+    except OSError:
+        pass
+    sock = socket.socket()
+    try:
+        Shard(sock, None, 4096, max_connections=1, ring_entries=4)
+    except OSError as exc:
+        return f"io_uring_setup failed: {exc.strerror or exc}"
+    finally:
+        sock.close()
+    return None
+
+
+class ShardHandler:
+    """Callbacks of every shard: sessions, data plane in place, control plane posted."""
+
+    def __init__(self, plane, loop: asyncio.AbstractEventLoop):
+        self.plane = plane
+        self.loop = loop
+        self.sessions: dict[tuple[int, int], object] = {}
+
+    def on_open(self, shard, token: int, fd: int) -> None:
+        try:
+            peer = socket.socket(fileno=os.dup(fd))
+            try:
+                host, port = peer.getpeername()[:2]
+            finally:
+                peer.close()
+            address = f"{host}:{port}"
+        except OSError:
+            address = "unknown"
+        session = self.plane.open_session(address, TRANSPORT_TCP, close=lambda: shard.close_connection(token))
+        self.sessions[(id(shard), token)] = session
+
+    def on_close(self, shard, token: int) -> None:
+        session = self.sessions.pop((id(shard), token), None)
+        if session is not None:
+            self.loop.call_soon_threadsafe(self.plane.close_session, session)
+
+    def on_frame(self, shard, token: int, header: bytes, body: bytes):
+        session = self.sessions[(id(shard), token)]
+        h = RequestHeader(header)
+        if (h.operation == codes.OP_READ and h.code in DATA_PLANE_CODES) or h.operation in DATA_PLANE_OPS:
+            return self.plane.handle(session, h, body)
+        self.loop.call_soon_threadsafe(self._control, shard, token, session, h, body)
+        return None
+
+    def _control(self, shard, token: int, session, header: RequestHeader, body: bytes) -> None:
+        """On the main loop: run a control-plane command and post its reply to the shard."""
+        try:
+            reply = self.plane.handle(session, header, body)
+        except Exception:  # noqa: BLE001
+            log.exception("control-plane request failed")
+            reply = build_reply(header, 1)
+        if isinstance(reply, bytes):
+            shard.post_reply(token, reply)
+            return
+
+        async def finish():
+            try:
+                done = await reply
+            except Exception:  # noqa: BLE001
+                log.exception("control-plane request failed")
+                done = build_reply(header, 1)
+            shard.post_reply(token, done)
+        asyncio.ensure_future(finish())
+
+
+class UringEngine:
+    def __init__(self, plane, host: str, port: int, max_frame_size: int, shards: int | None = None,
+                 max_connections: int = 4096):
+        from iggy._core.shard import Shard
+        self.loop = asyncio.get_running_loop()
+        self.handler = ShardHandler(plane, self.loop)
+        count = shards or os.cpu_count() or 1
+        self.sockets = []
+        self.shards = []
+        self.threads = []
+        for i in range(count):
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+            port = sock.getsockname()[1]          # port 0: every shard takes the first one's port
+            self.sockets.append(sock)
+            self.shards.append(Shard(sock, self.handler, max_frame_size, max_connections))
+        self.address = self.sockets[0].getsockname()[:2]
+        for i, shard in enumerate(self.shards):
+            t = threading.Thread(target=shard.run, name=f"iggy-shard-{i}", daemon=True)
+            t.start()
+            self.threads.append(t)
+        log.info("uring engine: %d shards", count)
+
+    def close(self) -> None:
+        for shard in self.shards:
+            shard.stop()
+        for t in self.threads:
+            t.join(5)
+        for sock in self.sockets:
+            sock.close()

@@ -7,10 +7,10 @@ Layout under `<system.path>`::
         offsets/consumers/<key>, offsets/groups/<id>   stored offsets (iggy.offsets)
 
 Durability per topic: `replicated` acknowledges once the batch is written to the page cache
-and fsyncs in the background when the topic's thresholds (messages_required_to_save,
-size_of_messages_required_to_save) are crossed; `persisted` (or `enforce_fsync`) acknowledges
-only after fdatasync, and one fsync covers every batch that arrived in the same event-loop
-turn (group commit: the sync runs in a callback scheduled after the pending reads).
+(every append is written straight to the segment, so a crash of the process loses nothing
+acknowledged; sealed segments and shutdown are fsynced); `persisted` (or `enforce_fsync`)
+acknowledges only after fdatasync, and one fsync covers every batch that arrived in the same
+event-loop turn (group commit: the sync runs in a callback scheduled after the pending reads).
 
 The control plane calls this module after committing a metadata change; at start every
 partition named by the metadata is opened and directories the metadata no longer names
@@ -42,10 +42,6 @@ class Partition:
         self.offsets = OffsetStore(directory, fsync=settings["consumer_offset_durability"] == "persisted")
         self.offsets.load(None if self.log.is_empty else self.log.current_offset)
         self.persisted = settings["durability"] == "persisted" or settings["enforce_fsync"]
-        self.flush_messages = settings["messages_required_to_save"]
-        self.flush_bytes = settings["size_of_messages_required_to_save"]
-        self._unsynced_messages = 0
-        self._unsynced_bytes = 0
         self._waiters: list[asyncio.Future] = []
         self._sync_scheduled = False
         # shard threads, the event loop and the HTTP thread all reach a partition: every use
@@ -55,31 +51,23 @@ class Partition:
     def after_append(self, messages: int, size: int):
         """None when the append may be acknowledged now, else a future resolved after fsync.
 
-        Called with the lock held. On a shard thread (no event loop) a persisted append is
-        fsynced right here, before the reply is written.
+        Called with the lock held. `replicated` acknowledges at once: the batch is already in
+        the page cache (writes go straight to the segment, there is no journal to flush), so
+        it survives a crash of the process; segments are fsynced when sealed and at shutdown.
+        `persisted` waits for fdatasync: on the event loop every append of one loop turn shares
+        one fsync; on a shard thread (no event loop) the shard fsyncs before it answers.
         """
-        self._unsynced_messages += messages
-        self._unsynced_bytes += size
+        if not self.persisted:
+            return None
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            loop = None
-        if loop is None:
-            if self.persisted:
-                self._unsynced_messages = self._unsynced_bytes = 0
-                self.log.fsync()
-            elif self._unsynced_messages >= self.flush_messages or self._unsynced_bytes >= self.flush_bytes:
-                self._unsynced_messages = self._unsynced_bytes = 0
-                self.log.fsync()
+            self.log.fsync()
             return None
-        if self.persisted:
-            fut = loop.create_future()
-            self._waiters.append(fut)
-            self._schedule_sync()
-            return fut
-        if self._unsynced_messages >= self.flush_messages or self._unsynced_bytes >= self.flush_bytes:
-            self._schedule_sync()
-        return None
+        fut = loop.create_future()
+        self._waiters.append(fut)
+        self._schedule_sync()
+        return fut
 
     def _schedule_sync(self) -> None:
         if not self._sync_scheduled:
@@ -89,7 +77,6 @@ class Partition:
     def _sync(self) -> None:
         self._sync_scheduled = False
         waiters, self._waiters = self._waiters, []
-        self._unsynced_messages = self._unsynced_bytes = 0
         try:
             with self.lock:
                 self.log.fsync()

@@ -66,6 +66,8 @@ class Server:
         self.tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
         if cfg.data_maintenance.messages.cleaner_enabled:
             self.tasks.append(asyncio.ensure_future(self._retention_loop()))
+        if cfg.personal_access_token.cleaner.enabled:
+            self.tasks.append(asyncio.ensure_future(self._token_cleaner_loop()))
         log.info("iggy server %s started (engine: %s, data: %s)", SERVER_VERSION, self.engine,
                  os.path.abspath(path))
 
@@ -129,6 +131,18 @@ class Server:
                     self.plane.groups.leave_all(session)
                     if session.close is not None:
                         session.close()
+
+    async def _token_cleaner_loop(self) -> None:
+        """Remove expired personal access tokens (they are refused at login anyway)."""
+        from iggy.config import parse_duration
+        from iggy.control.plane import now_us
+        interval = parse_duration(self.config.personal_access_token.cleaner.interval) / 1e6
+        while True:
+            await asyncio.sleep(max(0.1, interval))
+            now = now_us()
+            for token in [t for t in self.plane.meta.state.tokens.values() if t.expiry_at and t.expiry_at <= now]:
+                self.plane.meta.commit({"op": "token.delete", "token_hash": token.token_hash})
+                log.info("removed expired personal access token %r of user %d", token.name, token.user_id)
 
     async def _retention_loop(self) -> None:
         from iggy import retention

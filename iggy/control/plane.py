@@ -37,6 +37,10 @@ _STATUS_CHANNEL = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.UNAUTHORIZED, 
                              ErrorCode.INVALID_FORMAT})
 
 
+class ConnectionLimit(Exception):
+    """`limits.max_connections` connections are open already: the new one is closed."""
+
+
 class Evict(Exception):
     """Answer with an Eviction frame (login refused, session dead)."""
 
@@ -104,6 +108,11 @@ class ControlPlane:
     # ---------------------------------------------------------------- sessions
 
     def open_session(self, address: str, transport: int, close: Callable | None = None) -> Session:
+        limit = self.config.limits.max_connections
+        if limit and len(self.sessions) >= limit:
+            log.warning("refusing connection from %s: %d connections open (limits.max_connections)",
+                        address, len(self.sessions))
+            raise ConnectionLimit(address)
         s = Session(next(self._client_ids), address, transport, close=close)
         self.sessions[s.client_id] = s
         return s

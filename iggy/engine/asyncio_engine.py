@@ -14,7 +14,7 @@ import asyncio
 import logging
 
 from iggy._core.wire import FrameError, FrameReader
-from iggy.control.plane import TRANSPORT_TCP
+from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,15 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.session = self.plane.open_session(address, self.transport_kind, close=self.close)
+        try:
+            self.session = self.plane.open_session(address, self.transport_kind, close=self.close)
+        except ConnectionLimit:
+            self._closed = True
+            transport.close()
 
     def data_received(self, data):
+        if self._closed:
+            return
         self.frames.feed(data)
         self._drain()
 

@@ -1,0 +1,60 @@
+"""Connection limit and token expiry cleanup, against a real server on each engine."""
+import socket
+import struct
+import time
+
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.rawclient import RawClient
+
+
+@pytest.fixture
+def limited(tmp_path):
+    srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_LIMITS_MAX_CONNECTIONS": "3"}).start()
+    yield srv
+    srv.stop()
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_connections_above_the_limit_are_closed_and_the_rest_keep_working(limited):
+    # the readiness probe of the fixture used one connection and closed it; wait until it is gone
+    time.sleep(0.3)
+    clients = [RawClient(limited.tcp_address) for _ in range(3)]
+    for c in clients:
+        assert c.read(1).status == 0          # ping answered
+    extra = socket.create_connection(("127.0.0.1", limited.tcp_port))
+    assert _closed_by_server(extra)
+    assert clients[0].login().status == 0
+    clients[2].close()
+    time.sleep(0.3)
+    again = RawClient(limited.tcp_address)
+    assert again.read(1).status == 0          # a slot was freed
+    for c in clients[:2] + [again]:
+        c.close()
+
+
+def test_expired_personal_access_token_is_removed(tmp_path):
+    srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_PERSONAL_ACCESS_TOKEN_CLEANER_INTERVAL": "200 ms"}).start()
+    try:
+        c = RawClient(srv.tcp_address)
+        assert c.login().status == 0
+        # expiry 1 s (in microseconds)
+        reply = c.call(146, 0, b"\x04tok1" + struct.pack("<Q", 1_000_000))
+        assert reply.code == 0
+        assert b"tok1" in c.read(41).body
+        deadline = time.monotonic() + 10
+        while b"tok1" in c.read(41).body:
+            assert time.monotonic() < deadline, "expired token was never removed"
+            time.sleep(0.2)
+        assert "removed expired personal access token 'tok1'" in srv.log()
+        c.close()
+    finally:
+        srv.stop()

@@ -1,0 +1,187 @@
+"""The io_uring shard on its own: framing over partial sends, many connections, pending
+replies, disconnects mid-request, garbage, and the engine choice when io_uring is missing."""
+import logging
+import socket
+import threading
+import time
+import types
+
+import pytest
+
+from iggy._core.wire import RequestHeader, build_reply, build_request, parse_reply_header
+from iggy.engine import uring_engine
+
+pytestmark = pytest.mark.skipif(uring_engine.probe() is not None,
+                                reason=f"io_uring unavailable here: {uring_engine.probe()}")
+
+
+class EchoHandler:
+    """Answers every request with its body; code 99 answers later from another thread."""
+
+    def __init__(self):
+        self.opened = 0
+        self.closed = 0
+        self.frames = []
+        self.lock = threading.Lock()
+
+    def on_open(self, shard, token, fd):
+        with self.lock:
+            self.opened += 1
+
+    def on_close(self, shard, token):
+        with self.lock:
+            self.closed += 1
+
+    def on_frame(self, shard, token, header, body):
+        h = RequestHeader(header)
+        with self.lock:
+            self.frames.append((h.code, len(body)))
+        if h.code == 99:
+            threading.Timer(0.05, lambda: shard.post_reply(token, build_reply(h, 0, b"late:" + body))).start()
+            return None
+        if h.code == 98:
+            raise RuntimeError("handler failure closes only this connection")
+        return build_reply(h, 0, body)
+
+
+@pytest.fixture
+def shard():
+    from iggy._core.shard import Shard
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(256)
+    handler = EchoHandler()
+    sh = Shard(listener, handler, 1 << 20, max_connections=64)
+    thread = threading.Thread(target=sh.run, daemon=True)
+    thread.start()
+    yield sh, handler, listener.getsockname()
+    sh.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    listener.close()
+
+
+def _read_reply(sock):
+    head = b""
+    while len(head) < 256:
+        chunk = sock.recv(256 - len(head))
+        if not chunk:
+            raise ConnectionError("closed")
+        head += chunk
+    size = parse_reply_header(head)[0]
+    body = b""
+    while len(body) < size - 256:
+        chunk = sock.recv(size - 256 - len(body))
+        if not chunk:
+            raise ConnectionError("closed")
+        body += chunk
+    return body
+
+
+def test_frames_split_byte_by_byte(shard):
+    sh, handler, addr = shard
+    c = socket.create_connection(addr)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    frame = build_request(2, 1, b"hello shard", client=1)
+    for i in range(len(frame)):
+        c.sendall(frame[i:i + 1])
+        time.sleep(0.0005)
+    assert _read_reply(c) == b"hello shard"
+    c.close()
+
+
+def test_large_frame_and_pipelined_frames_answer_in_order(shard):
+    sh, handler, addr = shard
+    c = socket.create_connection(addr)
+    big = bytes(range(256)) * 3000
+    c.sendall(build_request(2, 1, big, client=1) + build_request(2, 99, b"a", client=1)
+              + build_request(2, 1, b"b", client=1))
+    assert _read_reply(c) == big
+    assert _read_reply(c) == b"late:a"       # answered later from another thread...
+    assert _read_reply(c) == b"b"            # ...and the next reply still comes after it
+    c.close()
+
+
+def test_many_connections(shard):
+    sh, handler, addr = shard
+    socks = [socket.create_connection(addr) for _ in range(50)]
+    for i, s in enumerate(socks):
+        s.sendall(build_request(2, 1, str(i).encode(), client=1))
+    for i, s in enumerate(socks):
+        assert _read_reply(s) == str(i).encode()
+    for s in socks:
+        s.close()
+    deadline = time.monotonic() + 5
+    while handler.closed < 50 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert handler.opened == 50 and handler.closed == 50
+
+
+def test_connections_beyond_capacity_are_closed(shard):
+    sh, handler, addr = shard
+    socks = [socket.create_connection(addr) for _ in range(64)]
+    for s in socks:
+        s.sendall(build_request(2, 1, b"x", client=1))
+        assert _read_reply(s) == b"x"
+    extra = socket.create_connection(addr)
+    extra.settimeout(5)
+    assert extra.recv(1) == b""
+    for s in socks:
+        s.close()
+
+
+def test_disconnect_mid_request_and_garbage_leave_others_working(shard):
+    sh, handler, addr = shard
+    good = socket.create_connection(addr)
+    half = socket.create_connection(addr)
+    frame = build_request(2, 1, b"z" * 1000, client=1)
+    half.sendall(frame[:700])
+    half.close()
+    junk = socket.create_connection(addr)
+    junk.sendall(b"\xff" * 300)
+    junk.settimeout(5)
+    assert junk.recv(1) == b""               # malformed framing closes that connection
+    failing = socket.create_connection(addr)
+    failing.sendall(build_request(2, 98, b"", client=1))
+    failing.settimeout(5)
+    assert failing.recv(1) == b""            # a handler exception closes only that one
+    good.sendall(build_request(2, 1, b"still here", client=1))
+    assert _read_reply(good) == b"still here"
+    good.close()
+
+
+def test_reply_for_a_closed_connection_is_dropped(shard):
+    sh, handler, addr = shard
+    c = socket.create_connection(addr)
+    c.sendall(build_request(2, 99, b"gone", client=1))
+    time.sleep(0.01)
+    c.close()
+    time.sleep(0.2)                           # the late reply arrives for a closed slot
+    d = socket.create_connection(addr)       # the slot may be reused: it must not get it
+    d.sendall(build_request(2, 1, b"fresh", client=1))
+    assert _read_reply(d) == b"fresh"
+    d.close()
+
+
+def _server_with(engine, reason):
+    from iggy.server import Server
+    cfg = types.SimpleNamespace(system=types.SimpleNamespace(engine=engine),
+                                tcp=types.SimpleNamespace(tls=types.SimpleNamespace(enabled=False)))
+    server = Server(cfg)
+    return server
+
+
+def test_auto_falls_back_to_asyncio_when_io_uring_is_unavailable(monkeypatch, caplog):
+    monkeypatch.setattr(uring_engine, "probe", lambda: "io_uring_setup failed: Operation not permitted")
+    with caplog.at_level(logging.WARNING):
+        assert _server_with("auto", None)._choose_engine() == "asyncio"
+    assert "falling back to the asyncio engine" in caplog.text
+    assert "Operation not permitted" in caplog.text
+    with pytest.raises(RuntimeError, match="io_uring can't be used"):
+        _server_with("uring", None)._choose_engine()
+    assert _server_with("asyncio", None)._choose_engine() == "asyncio"
+
+
+def test_auto_picks_uring_when_available():
+    assert _server_with("auto", None)._choose_engine() == "uring"

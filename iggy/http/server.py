@@ -79,6 +79,7 @@ class HttpServer:
         self.sock = bind(s.host, s.port)
         host, port = self.sock.getsockname()[:2]
         self.address = (host, port)
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)   # no "Started server process" lines
         config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, server_header=False,
                                 ws="none", loop="none", timeout_graceful_shutdown=SHUTDOWN_GRACE,
                                 ssl_certfile=s.tls_cert_file or None, ssl_keyfile=s.tls_key_file or None)

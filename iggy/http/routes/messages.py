@@ -61,7 +61,8 @@ def _poll(plane, user, sid: str, tid: str, consumer, partition_id: int, strategy
     if count == 0:   # nothing to read, but the target must exist and be readable
         _, _, partition, _, _ = messages.resolve_target(plane, session, messages.CONSUMER_SINGLE, consumer, sid,
                                                         tid, True, partition_id, fence=False)
-        return partition.id, partition.log.current_offset, 0, b""
+        with partition.lock:   # shard threads append concurrently
+            return partition.id, partition.log.current_offset, 0, b""
     return messages.poll(plane, session, messages.CONSUMER_SINGLE, consumer, sid, tid, True, partition_id,
                          strategy, value, count, auto_commit)
 
@@ -104,10 +105,12 @@ def _offset_target(plane, user, sid: str, tid: str, consumer, partition_id: int)
 def _get_offset(plane, user, sid: str, tid: str, consumer, partition_id: int) -> dict:
     _require_topic(plane, ident(sid), ident(tid))
     partition, kind, key = _offset_target(plane, user, sid, tid, consumer, partition_id)
-    stored = partition.offsets.get(kind, key)
+    with partition.lock:
+        stored = partition.offsets.get(kind, key)
+        current = partition.log.current_offset
     if stored is None:
         raise NotFound()
-    return {"partition_id": partition.id, "current_offset": partition.log.current_offset, "stored_offset": stored}
+    return {"partition_id": partition.id, "current_offset": current, "stored_offset": stored}
 
 
 def _store_offset(plane, user, sid: str, tid: str, consumer, partition_id: int, offset: int) -> None:

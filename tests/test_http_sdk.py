@@ -72,3 +72,19 @@ async def test_sdk_over_http_and_tcp_share_one_state(server, client):
     assert (await client.get_stream("shared")) is not None
     await client.create_stream("from-tcp")
     assert (await http.get_stream("from-tcp")) is not None
+
+
+async def test_pat_made_over_http_logs_in_over_tcp(server):
+    """One token store for both transports: a PAT created over HTTP auto-logs-in a TCP client."""
+    import httpx
+    from apache_iggy import AutoLogin, TcpConfig
+    token = httpx.post(server.http_url + "/users/login",
+                       json={"username": ROOT_USER, "password": ROOT_PASSWORD}).json()["access_token"]["token"]
+    r = httpx.post(server.http_url + "/personal-access-tokens", json={"name": "tcp-login", "expiry": 0},
+                   headers={"Authorization": f"Bearer {token}"})
+    raw = r.json()["token"]
+    tcp = IggyClient(TcpConfig(server_address=server.tcp_address, auto_login=AutoLogin.personal_access_token(raw)))
+    await tcp.connect()
+    await tcp.create_stream("made-over-tcp")
+    http = await http_client(server)
+    assert (await http.get_stream("made-over-tcp")) is not None

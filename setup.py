@@ -44,7 +44,7 @@ def _extensions():
                 f"iggy._core.{name}",
                 [path],
                 include_dirs=["iggy/_core/includes"],
-                extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-unreachable-code"],
+                extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-unreachable-code", "-Wno-sign-compare"],
                 extra_link_args=link_args,
                 extra_objects=extra_objects,
             )

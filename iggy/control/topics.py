@@ -405,3 +405,18 @@ def delete_partitions(plane, session, r: Reader):
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
     delete_partitions_by(plane, s, t, count)
+
+
+@command(codes.DELETE_SEGMENTS)
+def delete_segments(plane, session, r: Reader):
+    sid, tid = r.identifier(), r.identifier()
+    partition_id = r.u32()
+    count = r.u32()
+    r.done()
+    s, t = resolve_topic(plane, sid, tid)
+    perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
+    if partition_id not in t.partitions:
+        raise IggyError(ErrorCode.PARTITION_NOT_FOUND)
+    if count == 0:
+        raise IggyError(ErrorCode.INVALID_SEGMENTS_COUNT)
+    delete_segments_by(plane, s, t, partition_id, count)

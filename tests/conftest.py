@@ -156,3 +156,22 @@ def raw(server):
     c = RawClient(server.tcp_address)
     yield c
     c.close()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "engine: talks to a real server process (run on each network engine)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that starts or uses a server, so scripts/test.sh can rerun them on the
+    other engine (`-m engine` with IGGY_TEST_ENGINE=asyncio)."""
+    uses_process = {}
+    for item in items:
+        module = item.module
+        if module not in uses_process:
+            try:
+                uses_process[module] = "ServerProcess(" in Path(module.__file__).read_text()
+            except OSError:
+                uses_process[module] = False
+        if uses_process[module] or {"server", "client", "raw"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)

@@ -46,7 +46,10 @@ length 1..255 + UTF-8; options and user headers = TLV entries `[u8 kind][u32 len
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from cpython.buffer cimport PyBUF_WRITE
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy, memmove, memset
 
 from iggy._core.includes.le cimport le_u16, le_u32, le_u64, put_u16, put_u32, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits, XXH32
@@ -218,38 +221,87 @@ def parse_reply_header(data):
 cdef class FrameReader:
     """Splits a byte stream into frames.
 
-    `feed()` appends what the socket delivered; `next_frame()` returns `(header, body)` for
-    each complete frame, or None when more bytes are needed. A size field below 256 or above
-    `max_frame_size`, or a header that is not a request, raises FrameError: the stream can't
-    be resynchronised, so the connection must end.
+    Bytes arrive either by `feed(data)` (a copy), or straight from the socket through
+    `get_buffer()` / `buffer_updated(n)` (asyncio's BufferedProtocol: no copy). The buffer is a
+    private C allocation that only grows (doubling) and is compacted in place, so a 1 MB frame
+    costs one copy into it whatever the chunk size. `next_frame()` returns `(header, body)`
+    for each complete frame, or None when more bytes are needed. A size field below 256 or
+    above `max_frame_size`, or a header that is not a request, raises FrameError: the stream
+    can't be resynchronised, so the connection must end.
     """
-    cdef bytearray _buf
+    cdef unsigned char *_buf
+    cdef Py_ssize_t _cap
     cdef Py_ssize_t _start
+    cdef Py_ssize_t _end
     cdef readonly uint32_t max_frame_size
 
     def __cinit__(self, uint32_t max_frame_size=DEFAULT_MAX_FRAME_SIZE):
-        self._buf = bytearray()
-        self._start = 0
+        self._buf = NULL
+        self._cap = self._start = self._end = 0
         self.max_frame_size = max_frame_size
 
-    def feed(self, data):
-        if self._start and self._start * 2 >= PyByteArray_GET_SIZE(self._buf):
-            del self._buf[:self._start]
+    def __dealloc__(self):
+        free(self._buf)
+
+    cdef int _reserve(self, Py_ssize_t extra) except -1:
+        """Make room for `extra` more bytes after the buffered ones."""
+        cdef Py_ssize_t cap
+        cdef unsigned char *grown
+        if self._start == self._end:
+            self._start = self._end = 0
+        if self._cap - self._end >= extra:
+            return 0
+        if self._start:
+            memmove(self._buf, self._buf + self._start, self._end - self._start)
+            self._end -= self._start
             self._start = 0
-        self._buf += data
+            if self._cap - self._end >= extra:
+                return 0
+        cap = self._cap * 2 if self._cap else 65536
+        while cap - self._end < extra:
+            cap *= 2
+        grown = <unsigned char *>realloc(self._buf, cap)
+        if grown == NULL:
+            raise MemoryError()
+        self._buf = grown
+        self._cap = cap
+        return 0
+
+    def feed(self, const unsigned char[:] data not None):
+        cdef Py_ssize_t n = data.shape[0]
+        if n:
+            self._reserve(n)
+            memcpy(self._buf + self._end, &data[0], n)
+            self._end += n
+
+    def get_buffer(self, Py_ssize_t sizehint=-1):
+        """A writable view of free space (at least the rest of the frame being received)."""
+        cdef Py_ssize_t want = 65536, avail = self._end - self._start
+        cdef uint32_t size
+        if avail >= _HEADER:
+            size = le_u32(self._buf + self._start + 48)
+            if _HEADER <= size <= self.max_frame_size and size - avail > want:
+                want = size - avail
+        self._reserve(want)
+        return PyMemoryView_FromMemory(<char *>self._buf + self._end, self._cap - self._end, PyBUF_WRITE)
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        if nbytes < 0 or nbytes > self._cap - self._end:
+            raise ValueError("buffer_updated beyond the buffer")
+        self._end += nbytes
 
     @property
     def buffered(self):
-        return PyByteArray_GET_SIZE(self._buf) - self._start
+        return self._end - self._start
 
     def next_frame(self):
-        cdef Py_ssize_t avail = PyByteArray_GET_SIZE(self._buf) - self._start
+        cdef Py_ssize_t avail = self._end - self._start
         cdef const unsigned char *p
         cdef uint32_t size
         cdef RequestHeader hdr
         if avail < _HEADER:
             return None
-        p = <const unsigned char *>PyByteArray_AS_STRING(self._buf) + self._start
+        p = self._buf + self._start
         size = le_u32(p + 48)
         if size < _HEADER or size > self.max_frame_size:
             raise FrameError(f"frame size {size} outside 256..{self.max_frame_size}")
@@ -260,9 +312,12 @@ cdef class FrameReader:
         hdr = RequestHeader(PyBytes_FromStringAndSize(<const char *>p, _HEADER))
         body = PyBytes_FromStringAndSize(<const char *>p + _HEADER, size - _HEADER)
         self._start += size
-        if self._start == PyByteArray_GET_SIZE(self._buf):
-            self._buf.clear()
-            self._start = 0
+        if self._start == self._end:
+            self._start = self._end = 0
+            if self._cap > (16 << 20):        # give back what a rare huge frame took
+                free(self._buf)
+                self._buf = NULL
+                self._cap = 0
         return hdr, body
 
 

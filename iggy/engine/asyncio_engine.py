@@ -1,6 +1,7 @@
 """The portable engine: asyncio (uvloop when installed) serving the binary protocol over TCP.
 
-One `Connection` per socket. Bytes go through the Cython `FrameReader`; each complete frame
+One `Connection` per socket, an asyncio BufferedProtocol: the socket reads straight into the
+Cython `FrameReader`'s buffer (no intermediate bytes object); each complete frame
 is handed to the control plane's `handle()` in arrival order. Synchronous commands answer
 inside `data_received`; a command that must wait (Argon2 hashing at login) holds later frames
 of the same connection until it is done, so replies always leave in request order.
@@ -19,7 +20,7 @@ from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
 log = logging.getLogger(__name__)
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """A binary-protocol connection; `transport_kind` is what GET_CLIENTS reports."""
 
     def __init__(self, plane, max_frame_size: int, transport_kind: int = TRANSPORT_TCP):
@@ -45,7 +46,16 @@ class Connection(asyncio.Protocol):
             self._closed = True
             transport.close()
 
+    def get_buffer(self, sizehint):
+        return self.frames.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes):
+        self.frames.buffer_updated(nbytes)
+        if not self._closed:
+            self._drain()
+
     def data_received(self, data):
+        """For transports that deliver bytes objects (TLS, WebSocket, QUIC adapters)."""
         if self._closed:
             return
         self.frames.feed(data)

@@ -403,12 +403,23 @@ cdef class Shard:
             result = self.handler.on_frame(self, (<uint64_t>c.gen << 32) | slot, header, body)
             if result is None:
                 return 1
+            if type(result) is list:      # header + body parts, queued one after the other
+                for part in result:
+                    if not self._queue_buffer(slot, part):
+                        return -1
+                return 0
             reply = result
             if not self._queue(slot, <const unsigned char *>PyBytes_AS_STRING(reply), PyBytes_GET_SIZE(reply)):
                 return -1
             return 0
         except BaseException:
             return -1
+
+    cdef bint _queue_buffer(self, uint32_t slot, object part) except -1:
+        cdef const unsigned char[:] view = part
+        if view.shape[0] == 0:
+            return True
+        return self._queue(slot, &view[0], view.shape[0])
 
     cdef bint _queue_object(self, uint32_t slot, PyObject *obj) noexcept with gil:
         cdef bytes reply = <bytes>obj

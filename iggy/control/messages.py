@@ -195,7 +195,7 @@ def poll_messages(plane, session, r: Reader):
     r.done()
     pid, current, n, data = poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id,
                                  strategy, value, count, auto_commit)
-    return _POLL_HEAD.pack(pid, current, n) + data
+    return _POLL_HEAD.pack(pid, current, n), data
 
 
 def _offset_request(plane, session, r: Reader):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from iggy import codes
-from iggy._core.wire import Reader, RequestHeader, build_eviction, build_reply, xxh3_64
+from iggy._core.wire import Reader, RequestHeader, build_eviction, build_reply, build_reply_header, xxh3_64
 from iggy.errors import ErrorCode, IggyError
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,13 @@ class ControlPlane:
 
     # ---------------------------------------------------------------- dispatch
 
-    def handle(self, session: Session, header: RequestHeader, body: bytes):
-        """Reply frame for one request: bytes, or an awaitable of bytes for async commands."""
+    def handle(self, session: Session, header: RequestHeader, body: bytes, parts: bool = False):
+        """Reply frame for one request: bytes, or an awaitable of bytes for async commands.
+
+        A handler may return its body as a tuple of buffers (a poll: 16-byte head + the
+        batches read from disk); with `parts=True` the engine gets `[header, *buffers]` to
+        write as they are instead of one joined copy.
+        """
         session.last_seen = time.monotonic()
         op = header.operation
         if op == codes.OP_READ:
@@ -178,6 +183,8 @@ class ControlPlane:
             return self._error_reply(header, exc, cmd)
         if inspect.isawaitable(result):  # e.g. a persisted append waiting for its fsync
             return self._finish_awaitable(cmd, header, result)
+        if parts and type(result) is tuple:
+            return [build_reply_header(header, 0, sum(len(p) for p in result)), *result]
         return self._ok_reply(header, result)
 
     async def _finish_async(self, cmd, session, header, body):
@@ -191,7 +198,7 @@ class ControlPlane:
         return self._ok_reply(header, result)
 
     def _ok_reply(self, header: RequestHeader, result) -> bytes:
-        body = result or b""
+        body = b"".join(result) if type(result) is tuple else (result or b"")
         if header.operation in codes.RESULT_FRAMED_OPS or (header.operation == codes.OP_REGISTER):
             body = b"\x00\x00\x00\x00" + body
         return build_reply(header, 0, body, session=0)

@@ -92,9 +92,11 @@ class Connection(asyncio.BufferedProtocol):
             if frame is None:
                 break
             header, body = frame
-            reply = self.plane.handle(self.session, header, body)
+            reply = self.plane.handle(self.session, header, body, parts=True)
             if isinstance(reply, bytes):
                 self.transport.write(reply)
+            elif isinstance(reply, list):
+                self.transport.writelines(reply)
             else:
                 self._busy = True
                 asyncio.ensure_future(self._finish(reply))

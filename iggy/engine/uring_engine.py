@@ -88,7 +88,7 @@ class ShardHandler:
         session = self.sessions[(id(shard), token)]
         h = RequestHeader(header)
         if (h.operation == codes.OP_READ and h.code in DATA_PLANE_CODES) or h.operation in DATA_PLANE_OPS:
-            return self.plane.handle(session, h, body)
+            return self.plane.handle(session, h, body, parts=True)
         self.loop.call_soon_threadsafe(self._control, shard, token, session, h, body)
         return None
 

@@ -29,7 +29,10 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
 
 
 class ServerProcess:
-    """One server process; can be restarted on the same data directory and ports."""
+    """One server process; can be restarted on the same data directory and ports.
+
+    `extra_env` is applied over the fixture's environment; a value of None drops the variable.
+    """
 
     def __init__(self, data_dir: Path, extra_env: dict | None = None, args: tuple = ()):
         self.data_dir = Path(data_dir)
@@ -65,7 +68,8 @@ class ServerProcess:
             "IGGY_SYSTEM_ENGINE": os.environ.get("IGGY_TEST_ENGINE", "auto"),
         })
         env.update(self.extra_env)
-        return env
+        # an extra_env value of None removes that variable (e.g. start without IGGY_ROOT_*)
+        return {k: v for k, v in env.items() if v is not None}
 
     def start(self, timeout: float = 20.0) -> "ServerProcess":
         runtime = self.data_dir / "runtime" / "current_config.toml"

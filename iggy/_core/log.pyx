@@ -1,48 +1,75 @@
-# cython: language_level=3
-"""The partition log: segments of stamped batches, an index per segment, recovery.
+# cython: language_level=3, embedsignature=True
+"""The partition log: segments of stamped batches, a batch index per segment, recovery.
 
-Files in the partition directory::
+Files in the partition directory (all integers little-endian)::
 
-    <base offset, 20 digits>.log     stamped batches back to back, exactly the wire layout
-                                     (iggy._core.batch); with preallocation the file is
-                                     reserved at segment_size and zero past the last batch
-    <base offset, 20 digits>.index   24 bytes per batch: u64 offset (the batch's base
-                                     offset), u64 timestamp (its base_timestamp), u64 position
-                                     (byte offset of the batch in the .log)
+    <base offset, 20 digits>.log     stamped batches back to back, byte for byte the wire
+                                     layout (iggy._core.batch: 256-byte header + frames). With
+                                     preallocation the active file is reserved at segment_size
+                                     and reads as zeros past the last batch: the logical end is
+                                     tracked in memory and the file size is never trusted.
+    <base offset, 20 digits>.index   24 bytes per batch:
+                                         0  u64 offset      the batch's base_offset
+                                         8  u64 timestamp   its base_timestamp (µs)
+                                        16  u64 position    byte offset of the batch in .log
 
-The index is dense per batch (upstream writes one entry per flush): a batch is the unit of
-every write, so one entry per batch makes a poll one binary search and one pread, and there
-is no in-memory journal to lose. Every segment's entries are also kept in memory.
+The index is dense per batch, where upstream writes one entry per flush (SEMANTICS 8.4): the
+batch is the unit of every write here, so one entry per batch costs one 24-byte pwrite and
+turns a poll into one binary search plus one pread, with no header walk. The active
+segment's entries are kept in a malloc'd copy of its .index; a sealed segment's .index is
+mmapped read-only (the page cache holds it, not the heap).
 
-append: the 256-byte header is stamped in a private copy (partition id, base offset,
-base timestamp strictly increasing, batch checksum) and written with the caller's frames by
-one pwritev at the segment's logical end, then the index entry; no copy of the frames and
-no GIL. A segment is sealed and a new one opened when its size reaches segment_size.
+append: the 256-byte header is stamped in a private copy (partition id, base offset, base
+timestamp = max(now, last + 1), batch checksum) and written together with the caller's
+frames by ONE pwritev at the segment's logical end, then the index entry; the caller's buffer
+is never modified or copied, and the GIL is released. When the segment's logical size
+reaches segment_size after an append, it is fdatasync'ed, sealed (preallocation trimmed)
+and a new segment named after the next offset is created.
 
-read: binary search in the index, one pread of the covering byte range into a reused
-buffer, then the first and last batch are cut to the requested messages (new header with
-batch_length, message_count and batch checksum; offset deltas kept, which the SDK adds to
-base_offset). With validate_checksum every served message is verified; serving stops before
-a corrupt message.
+read: binary search in the index of each segment touched, ONE pread per segment of the
+byte range that covers the wanted batches into a reused per-thread buffer, then an in-place
+pass in C without the GIL: whole batches stay where they are, a batch cut at either end gets
+a new header (batch_length, message_count and batch checksum rewritten; base_offset,
+base_timestamp, origin_timestamp and the frames' offset deltas kept, which the SDK adds up,
+TCP.md 8.6) written right before its first kept frame, and data moves down only when
+something was cut out in front of it. The result is copied once into an exactly sized bytes
+object. With validate_checksum every served message is verified and the read stops before a
+corrupt one.
 
-recovery (open): per segment, the index is checked against the log and the log is walked
-from the last trusted entry (from 0 when the index is missing or short); a batch whose
-header does not decode, that runs past the end, or whose checksums fail (validate_checksum)
-is a torn tail: the log is cut there and the index rewritten. So no corrupt message is ever
-served and the next append continues at the right offset.
+recovery (open), per segment in offset order: the index is loaded and its entries checked
+(first entry = segment base at position 0, increasing offsets and positions inside the file:
+all entries for the active segment, the first and the trailing ones for sealed segments),
+then the log is walked from the last trusted entry (from position 0 when the index is
+missing, short or corrupt). A batch header that does not decode, a batch that runs past the
+end of the file or breaks the offset sequence, or a batch that fails its layout checks or
+(validate_checksum) its checksums ends the readable range: when the newest indexed batch is
+itself bad the walk falls back one entry at a time. Non-zero bytes past that end are a torn
+tail: they are cut (`recovered_truncated_bytes`), zeros are preallocated space. The index is
+rewritten when it was short, long or rebuilt. An I/O error refuses the open instead of
+cutting anything.
 
-Not thread-safe: the caller serialises calls per partition (iggy.storage.Partition.lock).
+Not thread-safe: the caller serialises all calls on one partition (iggy.storage.Partition.lock);
+the GIL is released inside the calls, not the partition.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.errno cimport errno
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.errno cimport EINTR, EIO, ENOMEM, ENOSPC, errno
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
+from posix.fcntl cimport posix_fallocate
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
+from posix.types cimport off_t
+from posix.uio cimport iovec, pwritev
+from posix.unistd cimport close, fdatasync, ftruncate, pread
 
-from iggy._core.batch cimport batch_checksum, check_batch, stamp_header
+from iggy._core.batch cimport (B_BASE_OFFSET, B_BASE_TIMESTAMP, B_CHECKSUM, B_COUNT, B_LENGTH, B_RESERVED,
+                               BATCH_HEADER_LEN,
+                               CHECK_ALL, E_INVALID_MESSAGES_COUNT, E_INVALID_MESSAGES_SIZE, F_CHECKSUM,
+                               F_HEADERS_LEN, F_OFFSET_DELTA, F_PAYLOAD_LEN, FRAME_HEADER_LEN, batch_checksum,
+                               check_batch, stamp_header)
 from iggy._core.includes.le cimport le_u32, le_u64, put_u32, put_u64
-from iggy._core.includes.xxh cimport XXH3_64bits, XXH3_64bits_digest, XXH3_64bits_reset, XXH3_64bits_update, XXH3_state_t
+from iggy._core.includes.xxh cimport XXH3_64bits
 
 import logging
 import os
@@ -51,165 +78,596 @@ from iggy.errors import ErrorCode, IggyError
 
 log = logging.getLogger(__name__)
 
-
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    ssize_t pwritev(int fd, const iovec *iov, int iovcnt, long offset)
+INDEX_ENTRY_SIZE = INDEX_ENTRY_LEN
+DEFAULT_SEGMENT_SIZE = 1 << 30
 
 
-cdef extern from "<unistd.h>" nogil:
-    ssize_t pread(int fd, void *buf, size_t count, long offset)
-    ssize_t pwrite(int fd, const void *buf, size_t count, long offset)
-    int fdatasync(int fd)
-    int ftruncate(int fd, long length)
-    int close(int fd)
+cdef extern from *:
+    """
+    /* The read buffer: one per thread, shared by every partition that thread reads (shard
+       threads read many partitions, each partition is read by one thread at a time). Fresh
+       anonymous memory costs a page fault per 4 KiB on first touch, several times the cost
+       of the copy out of a warm buffer, so reads pread into this buffer, cut in place and
+       copy the result once into an exactly sized bytes object. */
+    static __thread unsigned char *iggy_read_buf = NULL;
+    static __thread size_t iggy_read_cap = 0;
+
+    static unsigned char *iggy_read_buffer(size_t n) {
+        if (n > iggy_read_cap) {
+            size_t cap = (n + 65535) & ~(size_t)65535;
+            unsigned char *p = (unsigned char *)malloc(cap);
+            if (p == NULL) return NULL;
+            free(iggy_read_buf);
+            iggy_read_buf = p;
+            iggy_read_cap = cap;
+        }
+        return iggy_read_buf;
+    }
+
+    static void iggy_read_buffer_trim(size_t keep) {
+        if (iggy_read_cap > keep) {
+            free(iggy_read_buf);
+            iggy_read_buf = NULL;
+            iggy_read_cap = 0;
+        }
+    }
+    """
+    unsigned char *iggy_read_buffer(size_t n) nogil
+    void iggy_read_buffer_trim(size_t keep) nogil
 
 
-cdef extern from "<fcntl.h>" nogil:
-    int posix_fallocate(int fd, long offset, long length)
+cdef enum:
+    WINDOW_LEN = 1 << 20        # recovery read-ahead
+    READ_BUFFER_KEEP = 64 << 20 # a thread's read buffer is freed after a read bigger than this
+    MIN_FRAME_LEN = 49          # 48-byte header + at least one payload byte
+    CUT_OK = 0
+    CUT_CORRUPT = 1
 
 
-DEF HEADER = 256
-DEF FRAME = 48
-DEF ENTRY = 24
-U64_MAX = 0xFFFFFFFFFFFFFFFF
+# --------------------------------------------------------------------------- small I/O helpers (nogil)
+
+cdef ssize_t _pread_full(int fd, unsigned char *buf, uint64_t n, uint64_t off) noexcept nogil:
+    """Read n bytes at off, retrying short reads. Bytes read (< n only at end of file) or -errno."""
+    cdef uint64_t done = 0
+    cdef ssize_t got
+    while done < n:
+        got = pread(fd, buf + done, n - done, <off_t>(off + done))
+        if got < 0:
+            if errno == EINTR:
+                continue
+            return -errno
+        if got == 0:
+            break
+        done += <uint64_t>got
+    return <ssize_t>done
 
 
-cdef struct Segment:
-    uint64_t base              # first offset of the segment (its file name)
-    uint64_t next              # offset after the last message (== base when empty)
-    uint64_t size              # logical bytes of the .log
-    uint64_t max_ts            # newest base_timestamp (0 when empty)
-    int log_fd
-    int idx_fd
-    uint64_t *entries          # 3 x u64 per batch: offset, timestamp, position
-    uint64_t n_entries
-    uint64_t cap_entries
+cdef int _pwritev_all(int fd, iovec *iov, int cnt, uint64_t off) noexcept nogil:
+    """Write every iovec at off (one syscall unless the kernel writes short). 0 or -errno.
+
+    iov is consumed. A short write (disk full, or Linux's 2 GiB cap per call) continues where
+    it stopped; the error, if any, comes from the next call.
+    """
+    cdef ssize_t put
+    while True:
+        while cnt > 0 and iov[0].iov_len == 0:      # nothing to write there (a 0 return means full disk)
+            iov += 1
+            cnt -= 1
+        if cnt == 0:
+            return 0
+        put = pwritev(fd, iov, cnt, <off_t>off)
+        if put < 0:
+            if errno == EINTR:
+                continue
+            return -errno
+        if put == 0:
+            return -ENOSPC
+        off += <uint64_t>put
+        while cnt > 0 and <size_t>put >= iov[0].iov_len:
+            put -= <ssize_t>iov[0].iov_len
+            iov += 1
+            cnt -= 1
+        if cnt > 0:
+            iov[0].iov_base = <unsigned char *>iov[0].iov_base + put
+            iov[0].iov_len -= <size_t>put
 
 
-cdef bint _push_entry(Segment *s, uint64_t offset, uint64_t ts, uint64_t pos) noexcept nogil:
-    cdef uint64_t *grown
-    cdef uint64_t cap
-    if s.n_entries == s.cap_entries:
-        cap = s.cap_entries * 2 if s.cap_entries else 64
-        grown = <uint64_t *>realloc(s.entries, cap * 3 * sizeof(uint64_t))
+cdef bint _all_zero(const unsigned char *p, uint64_t n) noexcept nogil:
+    cdef uint64_t acc = 0, i = 0
+    while i + 8 <= n:        # word loads, vectorised by the compiler
+        acc |= le_u64(p + i)
+        i += 8
+    while i < n:
+        acc |= p[i]
+        i += 1
+    return acc == 0
+
+
+# --------------------------------------------------------------------------- index entries
+
+cdef inline uint64_t _e_off(const Segment *s, uint64_t i) noexcept nogil:
+    return le_u64(s.idx + i * INDEX_ENTRY_LEN)
+
+
+cdef inline uint64_t _e_ts(const Segment *s, uint64_t i) noexcept nogil:
+    return le_u64(s.idx + i * INDEX_ENTRY_LEN + 8)
+
+
+cdef inline uint64_t _e_pos(const Segment *s, uint64_t i) noexcept nogil:
+    return le_u64(s.idx + i * INDEX_ENTRY_LEN + 16)
+
+
+cdef inline uint64_t _e_end(const Segment *s, uint64_t i) noexcept nogil:
+    """Byte position where batch i ends (the next batch's position, or the logical end)."""
+    return _e_pos(s, i + 1) if i + 1 < s.n_entries else s.size
+
+
+cdef int _entries_push(unsigned char **p, uint64_t *n, uint64_t *cap, uint64_t offset, uint64_t ts,
+                       uint64_t pos) noexcept nogil:
+    """Append an entry to a malloc'd entry array. 0 or -ENOMEM."""
+    cdef unsigned char *grown
+    cdef uint64_t new_cap
+    if n[0] == cap[0]:
+        new_cap = cap[0] * 2 if cap[0] else 256
+        grown = <unsigned char *>realloc(p[0], new_cap * INDEX_ENTRY_LEN)
         if grown == NULL:
-            return False
-        s.entries = grown
-        s.cap_entries = cap
-    s.entries[3 * s.n_entries] = offset
-    s.entries[3 * s.n_entries + 1] = ts
-    s.entries[3 * s.n_entries + 2] = pos
-    s.n_entries += 1
-    return True
+            return -ENOMEM
+        p[0] = grown
+        cap[0] = new_cap
+    put_u64(p[0] + n[0] * INDEX_ENTRY_LEN, offset)
+    put_u64(p[0] + n[0] * INDEX_ENTRY_LEN + 8, ts)
+    put_u64(p[0] + n[0] * INDEX_ENTRY_LEN + 16, pos)
+    n[0] += 1
+    return 0
 
 
-cdef uint64_t _entry_for_offset(Segment *s, uint64_t offset) noexcept nogil:
-    """Index of the last entry whose offset <= `offset` (entries are sorted)."""
+cdef uint64_t _entry_at_or_before(const Segment *s, uint64_t offset) noexcept nogil:
+    """Index of the last entry whose offset <= offset (0 when none; s.n_entries > 0)."""
     cdef uint64_t lo = 0, hi = s.n_entries, mid
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if s.entries[3 * mid] <= offset:
+    while hi - lo > 1:       # the answer is in [lo, hi)
+        mid = lo + (hi - lo) // 2
+        if _e_off(s, mid) <= offset:
             lo = mid
         else:
             hi = mid
     return lo
 
 
-cdef uint64_t _entry_end(Segment *s, uint64_t i) noexcept nogil:
-    return s.entries[3 * (i + 1) + 2] if i + 1 < s.n_entries else s.size
+cdef uint64_t _first_entry_at_or_after_ts(const Segment *s, uint64_t ts) noexcept nogil:
+    """Index of the first entry whose timestamp >= ts (s.n_entries when none)."""
+    cdef uint64_t lo = 0, hi = s.n_entries, mid
+    while lo < hi:
+        mid = lo + (hi - lo) // 2
+        if _e_ts(s, mid) >= ts:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
-cdef int _verify_messages(const unsigned char *b, uint64_t n) noexcept nogil:
-    """1 when every message checksum of the batch at b (n bytes, well framed) is right."""
-    cdef uint32_t count = le_u32(b + 48), i
-    cdef uint64_t pos = HEADER, flen
-    for i in range(count):
-        flen = FRAME + <uint64_t>le_u32(b + pos + 36) + le_u32(b + pos + 32)
-        if pos + flen > n or XXH3_64bits(b + pos + 8, flen - 8) != le_u64(b + pos):
-            return 0
-        pos += flen
-    return 1
+cdef uint64_t _last_entry_ending_by(const Segment *s, uint64_t i0, uint64_t i1, uint64_t limit) noexcept nogil:
+    """The largest i in [i0, i1] whose batch ends at or before byte `limit` (i0 when none)."""
+    cdef uint64_t lo = i0, hi = i1, mid
+    while lo < hi:
+        mid = lo + (hi - lo + 1) // 2
+        if _e_end(s, mid) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
+
+cdef uint64_t _valid_entries(const Segment *s, uint64_t file_end, bint full) noexcept nogil:
+    """How many leading index entries look right for a log of file_end bytes.
+
+    full: every entry (offsets and positions strictly increasing, timestamps not decreasing,
+    positions inside the file); else only the first entry and the trailing ones (sealed
+    segments: the walk re-reads the last trusted batch and a read checks each batch it
+    serves against its entry, so a bad middle entry can never serve wrong data).
+    """
+    cdef uint64_t n = s.n_entries, i
+    if n == 0 or file_end == 0 or _e_off(s, 0) != s.base or _e_pos(s, 0) != 0:
+        return 0
+    if full:
+        for i in range(1, n):
+            if (_e_off(s, i) <= _e_off(s, i - 1) or _e_pos(s, i) <= _e_pos(s, i - 1)
+                    or _e_ts(s, i) < _e_ts(s, i - 1) or _e_pos(s, i) >= file_end):
+                return i
+        return n
+    while n > 1 and (_e_pos(s, n - 1) >= file_end or _e_pos(s, n - 1) <= _e_pos(s, n - 2)
+                     or _e_off(s, n - 1) <= _e_off(s, n - 2)):
+        n -= 1
+    return n
+
+
+# --------------------------------------------------------------------------- recovery walk (nogil)
+
+cdef struct Window:
+    int fd
+    unsigned char *buf
+    uint64_t cap
+    uint64_t start              # file position of buf[0]
+    uint64_t len                # valid bytes in buf
+    int err                     # -errno of an I/O or allocation failure, else 0
+
+
+cdef const unsigned char *_win_get(Window *w, uint64_t pos, uint64_t n, uint64_t file_end) noexcept nogil:
+    """Pointer to the file bytes [pos, pos + n) (n <= file_end - pos); NULL on failure or EOF."""
+    cdef uint64_t want
+    cdef unsigned char *grown
+    cdef ssize_t got
+    if pos >= w.start and pos - w.start <= w.len and n <= w.len - (pos - w.start):
+        return w.buf + (pos - w.start)
+    want = n if n > WINDOW_LEN else WINDOW_LEN
+    if want > file_end - pos:
+        want = file_end - pos
+    if want > w.cap:
+        grown = <unsigned char *>realloc(w.buf, want)
+        if grown == NULL:
+            w.err = -ENOMEM
+            return NULL
+        w.buf = grown
+        w.cap = want
+    w.len = 0
+    got = _pread_full(w.fd, w.buf, want, pos)
+    if got < 0:
+        w.err = <int>got
+        return NULL
+    w.start = pos
+    w.len = <uint64_t>got
+    if <uint64_t>got < n:       # the file is shorter than its size said: nothing more to walk
+        return NULL
+    return w.buf
+
+
+cdef struct Walk:
+    uint64_t pos                # end of the last good batch
+    uint64_t next               # offset after the last good batch
+    uint64_t max_ts             # base_timestamp of the last good batch
+    uint64_t batches            # good batches walked
+    unsigned char *extra        # index entries of the batches walked past the trusted index
+    uint64_t n_extra
+    uint64_t cap_extra
+
+
+cdef int _walk(Window *w, uint64_t pos, uint64_t expected, uint64_t file_end, int flags, bint record_first,
+               Walk *out) noexcept nogil:
+    """Walk whole, valid batches from `pos`, whose first must have base_offset `expected`.
+
+    Stops at the first batch that does not decode, runs past file_end, breaks the offset
+    sequence or fails check_batch(flags). Every batch walked but the first (unless
+    record_first) gets an entry in out.extra. Returns 0, or -errno for I/O or memory failure.
+    """
+    cdef const unsigned char *b
+    cdef uint64_t blen, base, ts, payload
+    cdef uint32_t count
+    out.pos = pos
+    out.next = expected
+    out.batches = 0
+    out.max_ts = 0
+    while file_end - pos >= BATCH_HEADER_LEN:
+        b = _win_get(w, pos, BATCH_HEADER_LEN, file_end)
+        if b == NULL:
+            break
+        blen = le_u64(b + B_LENGTH)
+        count = le_u32(b + B_COUNT)
+        base = le_u64(b + B_BASE_OFFSET)
+        if (base != expected or count == 0 or blen > file_end - pos
+                or blen < BATCH_HEADER_LEN + <uint64_t>count * MIN_FRAME_LEN):
+            break
+        b = _win_get(w, pos, blen, file_end)
+        if b == NULL or check_batch(b, blen, count, flags, &payload):
+            break
+        ts = le_u64(b + B_BASE_TIMESTAMP)
+        if record_first or out.batches:
+            if _entries_push(&out.extra, &out.n_extra, &out.cap_extra, base, ts, pos):
+                return -ENOMEM
+        out.batches += 1
+        out.max_ts = ts
+        expected += count
+        pos += blen
+        out.pos = pos
+        out.next = expected
+    return w.err
+
+
+cdef int _nonzero_end(Window *w, uint64_t pos, uint64_t file_end, uint64_t *out) noexcept nogil:
+    """out = the position after the last non-zero byte of [pos, file_end), pos if all zero."""
+    cdef const unsigned char *p
+    cdef uint64_t n, i
+    out[0] = pos
+    while pos < file_end:
+        n = file_end - pos if file_end - pos < WINDOW_LEN else WINDOW_LEN
+        p = _win_get(w, pos, n, file_end)
+        if p == NULL:
+            return w.err if w.err else -EIO
+        if not _all_zero(p, n):
+            i = n
+            while p[i - 1] == 0:
+                i -= 1
+            out[0] = pos + i
+        pos += n
+    return 0
+
+
+# --------------------------------------------------------------------------- append and read (nogil)
+
+cdef int _append(Segment *s, uint32_t partition_id, const unsigned char *p, uint64_t n, uint64_t base,
+                 uint64_t ts, uint32_t *count) noexcept nogil:
+    """Stamp and write one batch at the segment's logical end, then its index entry.
+
+    Returns 0, an Iggy error code (> 0) for a batch that does not even frame, or -errno.
+    Nothing in `s` changes unless everything succeeded; bytes written past the logical end
+    by a failed append are overwritten by the next one (and cut by recovery after a crash).
+    """
+    cdef unsigned char head[BATCH_HEADER_LEN]
+    cdef unsigned char entry[INDEX_ENTRY_LEN]
+    cdef iovec iov[2]
+    cdef int rc
+    if le_u64(p + B_LENGTH) != n:
+        return E_INVALID_MESSAGES_SIZE
+    count[0] = le_u32(p + B_COUNT)
+    if count[0] == 0:
+        return E_INVALID_MESSAGES_COUNT
+    memcpy(head, p, BATCH_HEADER_LEN)
+    rc = stamp_header(head, p + BATCH_HEADER_LEN, n - BATCH_HEADER_LEN, partition_id, base, ts)
+    if rc:
+        return rc
+    iov[0].iov_base = head
+    iov[0].iov_len = BATCH_HEADER_LEN
+    iov[1].iov_base = <void *>(p + BATCH_HEADER_LEN)
+    iov[1].iov_len = n - BATCH_HEADER_LEN
+    rc = _pwritev_all(s.log_fd, iov, 2, s.size)
+    if rc:
+        return rc
+    put_u64(entry, base)
+    put_u64(entry + 8, ts)
+    put_u64(entry + 16, s.size)
+    iov[0].iov_base = entry
+    iov[0].iov_len = INDEX_ENTRY_LEN
+    rc = _pwritev_all(s.idx_fd, iov, 1, s.n_entries * INDEX_ENTRY_LEN)
+    if rc:
+        return rc
+    rc = _entries_push(&s.idx, &s.n_entries, &s.cap_entries, base, ts, s.size)
+    if rc:
+        return rc
+    s.size += n
+    s.next = base + count[0]
+    s.max_ts = ts
+    return 0
+
+
+cdef int _cut(unsigned char *out, uint64_t r, uint64_t r_end, uint64_t *wc, uint64_t start, uint64_t end,
+              uint64_t *expected, bint validate, uint64_t *served, uint64_t *bad) noexcept nogil:
+    """Keep the messages [start, end) of the batches in out[r:r_end], compacted to out[wc:].
+
+    The batches were just read from one segment; the first must have base_offset
+    `*expected`. A whole batch is kept as is (moved only when something before it was cut);
+    a cut batch gets its rewritten header right before its first kept frame, over bytes that
+    are dropped anyway. Returns CUT_CORRUPT with *bad = the offset of the first message that
+    cannot be served (bad framing, broken offset sequence, or when validate a batch or
+    message checksum mismatch), else CUT_OK.
+    """
+    cdef unsigned char head[BATCH_HEADER_LEN]
+    cdef unsigned char *b
+    cdef uint64_t blen, base, fpos, flen, first_pos, last_pos, msg, sum_, kept
+    cdef uint32_t count, i, taken
+    cdef int status = CUT_OK
+    while r_end - r >= BATCH_HEADER_LEN and expected[0] < end:
+        b = out + r
+        blen = le_u64(b + B_LENGTH)
+        base = le_u64(b + B_BASE_OFFSET)
+        count = le_u32(b + B_COUNT)
+        if (base != expected[0] or count == 0 or blen < BATCH_HEADER_LEN or blen > r_end - r
+                or not _all_zero(b + B_RESERVED, BATCH_HEADER_LEN - B_RESERVED)):
+            # (the SDK refuses a batch whose reserved bytes are not zero: never serve one)
+            bad[0] = start if start > expected[0] else expected[0]
+            return CUT_CORRUPT
+        if validate:
+            # the header fields served as they are (partition id, timestamps) are only covered
+            # by the batch checksum: 44 + 8 x count bytes, next to the messages' own hashing
+            if (batch_checksum(b, b + BATCH_HEADER_LEN, blen - BATCH_HEADER_LEN, &sum_)
+                    or sum_ != le_u64(b + B_CHECKSUM)):
+                bad[0] = start if start > base else base
+                return CUT_CORRUPT
+        fpos = BATCH_HEADER_LEN
+        first_pos = 0
+        last_pos = 0
+        taken = 0
+        for i in range(count):
+            msg = base + i
+            if msg >= end:
+                break
+            if blen - fpos < FRAME_HEADER_LEN or le_u32(b + fpos + F_OFFSET_DELTA) != i:
+                status = CUT_CORRUPT
+                break
+            flen = (<uint64_t>FRAME_HEADER_LEN + le_u32(b + fpos + F_PAYLOAD_LEN)
+                    + le_u32(b + fpos + F_HEADERS_LEN))
+            if flen > blen - fpos:
+                status = CUT_CORRUPT
+                break
+            if msg >= start:
+                if validate and XXH3_64bits(b + fpos + 8, flen - 8) != le_u64(b + fpos + F_CHECKSUM):
+                    status = CUT_CORRUPT
+                    break
+                if taken == 0:
+                    first_pos = fpos
+                taken += 1
+                last_pos = fpos + flen
+            fpos += flen
+        if taken:
+            if taken == count and last_pos == blen:
+                if wc[0] != r:
+                    memmove(out + wc[0], b, blen)
+                wc[0] += blen
+            else:
+                memcpy(head, b, BATCH_HEADER_LEN)
+                put_u64(head + B_LENGTH, BATCH_HEADER_LEN + last_pos - first_pos)
+                put_u32(head + B_COUNT, taken)
+                batch_checksum(head, b + first_pos, last_pos - first_pos, &sum_)
+                put_u64(head + B_CHECKSUM, sum_)
+                # b + first_pos - 256 >= b: the old header and the skipped frames make room
+                memcpy(b + first_pos - BATCH_HEADER_LEN, head, BATCH_HEADER_LEN)
+                kept = BATCH_HEADER_LEN + last_pos - first_pos
+                if wc[0] != r + first_pos - BATCH_HEADER_LEN:
+                    memmove(out + wc[0], b + first_pos - BATCH_HEADER_LEN, kept)
+                wc[0] += kept
+            served[0] += taken
+        if status != CUT_OK:
+            bad[0] = base + i
+            return status
+        expected[0] = base + count
+        r += blen
+    return CUT_OK
+
+
+cdef struct ReadPlan:
+    Py_ssize_t seg
+    uint64_t lo                 # byte range of the segment's .log to read
+    uint64_t hi
+    uint64_t first_offset       # base_offset of the batch at lo (from the index)
+
+
+# --------------------------------------------------------------------------- the log
 
 cdef class PartitionLog:
-    cdef Segment *segs
-    cdef Py_ssize_t n_segs
-    cdef Py_ssize_t cap_segs
-    cdef readonly str directory
-    cdef readonly uint32_t partition_id
-    cdef readonly uint64_t segment_size
-    cdef readonly bint preallocate
-    cdef readonly bint validate_checksum
-    cdef readonly uint64_t recovered_truncated_bytes
-    cdef uint64_t last_ts
-    cdef unsigned char *rbuf
-    cdef uint64_t rcap
-    cdef bint closed
+    """One partition's messages: a directory of segments (see the module docstring).
+
+    `recovered_truncated_bytes` counts the torn data cut by recovery at open: bytes after
+    the last valid batch of a segment up to its last non-zero byte (zeros after it are
+    unwritten or preallocated space, not data).
+
+    Invariants: segs[0 .. n_segs) are sorted by base offset and n_segs >= 1 while open; only
+    segs[n_segs - 1] (the active segment) is appended to and has idx_fd open and a malloc'd
+    index; for every segment size/next/n_entries describe exactly the batches that recovery
+    or append validated; last_ts >= every stored base_timestamp.
+    """
 
     def __cinit__(self):
         self.segs = NULL
         self.n_segs = 0
-        self.rbuf = NULL
-        self.closed = False
+        self.cap_segs = 0
+        self._closed = True
 
-    def __init__(self, str directory, uint32_t partition_id, uint64_t segment_size=1 << 30,
+    def __init__(self, str directory, uint32_t partition_id, uint64_t segment_size=DEFAULT_SEGMENT_SIZE,
                  bint preallocate=False, bint validate_checksum=True):
+        cdef Py_ssize_t k
+        if self.segs != NULL:
+            raise RuntimeError("PartitionLog is already open")
+        if segment_size == 0:
+            raise IggyError(ErrorCode.INVALID_SEGMENT_SIZE)
         self.directory = directory
         self.partition_id = partition_id
         self.segment_size = segment_size
         self.preallocate = preallocate
         self.validate_checksum = validate_checksum
+        self.recovered_truncated_bytes = 0
+        self.last_ts = 0
         os.makedirs(directory, exist_ok=True)
-        files = [os.path.splitext(name) for name in os.listdir(directory)]
-        bases = sorted(int(stem) for stem, ext in files if ext == ".log" and stem.isdigit())
-        for stem, ext in files:   # an index without its log is an orphan
-            if ext == ".index" and stem.isdigit() and int(stem) not in bases:
-                os.unlink(os.path.join(directory, stem + ext))
-        for base in bases:
-            self._open_segment(base, False)
-            self._recover(self.n_segs - 1)
-        if self.n_segs == 0:
-            self._open_segment(0, True)
-        for i in range(self.n_segs):
-            if self.segs[i].max_ts > self.last_ts:
-                self.last_ts = self.segs[i].max_ts
+        logs, indexes = set(), set()
+        for name in os.listdir(directory):
+            stem, ext = os.path.splitext(name)
+            if len(stem) == 20 and stem.isdigit():      # <base offset, 20 digits>.<ext>
+                if ext == ".log":
+                    logs.add(int(stem))
+                elif ext == ".index":
+                    indexes.add(int(stem))
+        for base in indexes - logs:      # an index without its log is an orphan
+            os.unlink(self._path(base, "index"))
+        self._closed = False
+        try:
+            for base in sorted(logs):
+                self._open_segment(base, False)
+            for k in range(self.n_segs):
+                self._recover(k)
+            # the newest sealed segment lost its tail: the empty active segment after it would
+            # leave a gap in the offsets, so it goes and the cut segment is reopened as the
+            # active one (the next append continues right after the last intact message; this
+            # repeats when the cut left that segment empty too)
+            while (self.n_segs > 1 and self.segs[self.n_segs - 1].next == self.segs[self.n_segs - 1].base
+                   and self.segs[self.n_segs - 1].base != self.segs[self.n_segs - 2].next):
+                self._drop_segment(self.n_segs - 1, True)
+                base = self.segs[self.n_segs - 1].base
+                self._drop_segment(self.n_segs - 1, False)
+                self._recover(self._open_segment(base, False))
+            k = 0
+            while k < self.n_segs - 1:   # a sealed segment left without messages holds nothing
+                if self.segs[k].next == self.segs[k].base:
+                    log.warning("partition %s: removing empty sealed segment %d", directory, self.segs[k].base)
+                    self._drop_segment(k, True)
+                else:
+                    k += 1
+            for k in range(1, self.n_segs):
+                if self.segs[k].base != self.segs[k - 1].next:
+                    log.warning("partition %s: offsets %d..%d are missing between segments %d and %d",
+                                directory, self.segs[k - 1].next, self.segs[k].base - 1,
+                                self.segs[k - 1].base, self.segs[k].base)
+            if self.n_segs == 0:
+                self._open_segment(0, True)
+            for k in range(self.n_segs):
+                if self.segs[k].max_ts > self.last_ts:
+                    self.last_ts = self.segs[k].max_ts
+            if self.segs[self.n_segs - 1].size >= self.segment_size:
+                self._roll()
+        except BaseException:
+            self._release()
+            self._closed = True
+            raise
 
     def __dealloc__(self):
         self._release()
 
     cdef void _release(self) noexcept:
         cdef Py_ssize_t i
+        cdef Segment *s
         if self.segs != NULL:
             for i in range(self.n_segs):
-                close(self.segs[i].log_fd)
-                close(self.segs[i].idx_fd)
-                free(self.segs[i].entries)
+                s = &self.segs[i]
+                if s.log_fd >= 0:
+                    close(s.log_fd)
+                if s.idx_fd >= 0:
+                    close(s.idx_fd)
+                if s.map_len:
+                    munmap(s.idx, s.map_len)
+                else:
+                    free(s.idx)
             free(self.segs)
-            self.segs = NULL
-            self.n_segs = 0
-        free(self.rbuf)
-        self.rbuf = NULL
-        self.rcap = 0
+        self.segs = NULL
+        self.n_segs = 0
+        self.cap_segs = 0
 
     # ------------------------------------------------------------------ segments
 
     def _path(self, uint64_t base, str ext):
         return os.path.join(self.directory, f"{base:020d}.{ext}")
 
-    cdef Segment *_open_segment(self, uint64_t base, bint create) except NULL:
+    def _fsync_directory(self):
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    cdef Py_ssize_t _open_segment(self, uint64_t base, bint create) except -1:
+        """Open (create=False) or create a segment and append it to segs; returns its slot."""
         cdef Segment *grown
         cdef Segment *s
+        cdef int log_fd, idx_fd, rc
+        cdef Py_ssize_t cap
         if self.n_segs == self.cap_segs:
-            self.cap_segs = self.cap_segs * 2 if self.cap_segs else 8
-            grown = <Segment *>realloc(self.segs, self.cap_segs * sizeof(Segment))
+            cap = self.cap_segs * 2 if self.cap_segs else 8
+            grown = <Segment *>realloc(self.segs, cap * sizeof(Segment))
             if grown == NULL:
                 raise MemoryError()
             self.segs = grown
-        log_fd = os.open(self._path(base, "log"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        idx_fd = os.open(self._path(base, "index"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self.cap_segs = cap
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if create else 0)
+        log_fd = os.open(self._path(base, "log"), flags, 0o644)
+        try:
+            idx_fd = os.open(self._path(base, "index"), flags, 0o644)
+        except BaseException:
+            os.close(log_fd)
+            raise
         s = &self.segs[self.n_segs]
         memset(s, 0, sizeof(Segment))
         s.base = base
@@ -219,117 +677,201 @@ cdef class PartitionLog:
         self.n_segs += 1
         if create:
             if self.preallocate:
-                posix_fallocate(log_fd, 0, <long>self.segment_size)
-            _fsync_dir(self.directory)
-        return s
+                with nogil:
+                    rc = posix_fallocate(log_fd, 0, <off_t>self.segment_size)
+                if rc:
+                    log.warning("partition %s: cannot preallocate segment %d: %s", self.directory, base,
+                                os.strerror(rc))
+            self._fsync_directory()
+        return self.n_segs - 1
 
-    cdef void _recover(self, Py_ssize_t k) except *:
-        """Check the index against the log, walk the tail, cut what does not validate."""
+    cdef int _recover(self, Py_ssize_t k) except -1:
+        """Validate segment k against its index, cut a torn tail, rebuild a bad index."""
         cdef Segment *s = &self.segs[k]
-        cdef uint64_t file_size = os.fstat(s.log_fd).st_size
-        cdef bytes raw_index = _read_all(s.idx_fd)
-        cdef const unsigned char *ip = <const unsigned char *>PyBytes_AS_STRING(raw_index)
-        cdef uint64_t n_idx = len(raw_index) // ENTRY, i, pos = 0, expected = s.base, off, ts, ipos
-        cdef bint rewrite = len(raw_index) % ENTRY != 0
-        cdef unsigned char head[HEADER]
-        cdef uint64_t blen, count
-        cdef unsigned char *buf = NULL
-        # trust index entries while they chain; the last trusted one is re-validated below
-        for i in range(n_idx):
-            off = le_u64(ip + i * ENTRY)
-            ts = le_u64(ip + i * ENTRY + 8)
-            ipos = le_u64(ip + i * ENTRY + 16)
-            if off != expected or ipos != pos or ipos + HEADER > file_size:
-                rewrite = True
-                break
-            if pread(s.log_fd, head, HEADER, ipos) != HEADER:
-                rewrite = True
-                break
-            blen = le_u64(head + 32)
-            count = le_u32(head + 48)
-            if le_u64(head + 8) != off or count == 0 or blen < HEADER + FRAME or ipos + blen > file_size:
-                rewrite = True
-                break
-            if not _push_entry(s, off, ts, ipos):
-                raise MemoryError()
-            expected = off + count
-            pos = ipos + blen
-            s.max_ts = ts
-        # the last entry taken from the index is checked fully, then walk on from there
-        if s.n_entries and self.validate_checksum:
-            s.n_entries -= 1
-            pos = s.entries[3 * s.n_entries + 2]
-            expected = s.entries[3 * s.n_entries]
-            s.max_ts = s.entries[3 * (s.n_entries - 1) + 1] if s.n_entries else 0
-        try:
-            while pos + HEADER <= file_size:
-                if pread(s.log_fd, head, HEADER, pos) != HEADER:
-                    break
-                blen = le_u64(head + 32)
-                count = le_u32(head + 48)
-                if count == 0 or blen < HEADER + FRAME or pos + blen > file_size or le_u64(head + 8) != expected:
-                    break
-                if self.validate_checksum:
-                    buf = <unsigned char *>realloc(buf, blen)
-                    if buf == NULL:
-                        raise MemoryError()
-                    if pread(s.log_fd, buf, blen, pos) != <ssize_t>blen:
-                        break
-                    if batch_checksum(buf) != le_u64(buf + 40) or not _verify_messages(buf, blen):
-                        break
-                if s.n_entries == 0 or s.entries[3 * (s.n_entries - 1)] < expected:
-                    if not _push_entry(s, expected, le_u64(head + 16), pos):
-                        raise MemoryError()
+        cdef bint active = k == self.n_segs - 1
+        cdef uint64_t file_end = os.fstat(s.log_fd).st_size
+        cdef uint64_t idx_size = os.fstat(s.idx_fd).st_size
+        cdef uint64_t n_idx = idx_size // INDEX_ENTRY_LEN, valid, dirty_end = 0, torn = 0, n
+        cdef void *mapped
+        cdef ssize_t got
+        cdef int rc = 0, flags = CHECK_ALL if self.validate_checksum else 0
+        cdef Window w
+        cdef Walk walk
+        cdef iovec iov[1]
+        cdef unsigned char *rebuilt
+        memset(&w, 0, sizeof(Window))
+        memset(&walk, 0, sizeof(Walk))
+        w.fd = s.log_fd
+        # load the index: sealed segments map it, the active one needs a growable copy
+        if n_idx:
+            if not active:
+                mapped = mmap(NULL, n_idx * INDEX_ENTRY_LEN, PROT_READ, MAP_SHARED, s.idx_fd, 0)
+                if mapped != MAP_FAILED:
+                    s.idx = <unsigned char *>mapped
+                    s.map_len = n_idx * INDEX_ENTRY_LEN
+            if s.idx == NULL:
+                s.idx = <unsigned char *>malloc(n_idx * INDEX_ENTRY_LEN)
+                if s.idx == NULL:
+                    raise MemoryError()
+                s.cap_entries = n_idx
+                with nogil:
+                    got = _pread_full(s.idx_fd, s.idx, n_idx * INDEX_ENTRY_LEN, 0)
+                if got < 0:
+                    raise OSError(-got, f"reading {self._path(s.base, 'index')}: {os.strerror(-got)}")
+                n_idx = <uint64_t>got // INDEX_ENTRY_LEN
+        s.n_entries = n_idx
+        valid = _valid_entries(s, file_end, active)
+        with nogil:
+            while True:
+                if valid:
+                    rc = _walk(&w, _e_pos(s, valid - 1), _e_off(s, valid - 1), file_end, flags, False, &walk)
                 else:
-                    rewrite = True
-                s.max_ts = le_u64(head + 16)
-                expected += count
-                pos += blen
+                    rc = _walk(&w, 0, s.base, file_end, flags, True, &walk)
+                if rc or walk.batches or valid == 0:
+                    break
+                valid -= 1          # the newest indexed batch did not survive: one entry back
+            if rc == 0 and walk.pos < file_end:
+                rc = _nonzero_end(&w, walk.pos, file_end, &dirty_end)
+        free(w.buf)
+        try:
+            if rc:
+                raise OSError(-rc, f"recovering {self._path(s.base, 'log')}: {os.strerror(-rc)}")
+            s.size = walk.pos
+            s.next = walk.next
+            s.max_ts = walk.max_ts
+            # the log: cut a torn tail; sealed segments also lose any zero reservation
+            if dirty_end > walk.pos:
+                torn = dirty_end - walk.pos
+                self.recovered_truncated_bytes += torn
+                log.warning("partition %s: cut a torn tail of %d bytes at byte %d of segment %d (offsets from %d)",
+                            self.directory, torn, walk.pos, s.base, walk.next)
+            if active and self.preallocate:
+                if torn:
+                    os.ftruncate(s.log_fd, walk.pos)
+                if torn or file_end < self.segment_size:
+                    rc = posix_fallocate(s.log_fd, 0, <off_t>self.segment_size)
+                    if rc:
+                        log.warning("partition %s: cannot preallocate segment %d: %s", self.directory, s.base,
+                                    os.strerror(rc))
+                    rc = 0
+            elif file_end != walk.pos:
+                os.ftruncate(s.log_fd, walk.pos)
+            if file_end != walk.pos:
+                os.fsync(s.log_fd)
+            # the index: rewrite it when entries were dropped, found past it, or it was torn
+            n = valid + walk.n_extra
+            if walk.n_extra or valid != n_idx or idx_size != n_idx * INDEX_ENTRY_LEN:
+                if valid == 0 and walk.n_extra:
+                    log.warning("partition %s: rebuilt the index of segment %d from its log (%d batches)",
+                                self.directory, s.base, walk.n_extra)
+                rebuilt = NULL
+                if n:
+                    rebuilt = <unsigned char *>malloc(n * INDEX_ENTRY_LEN)
+                    if rebuilt == NULL:
+                        raise MemoryError()
+                if valid:
+                    memcpy(rebuilt, s.idx, valid * INDEX_ENTRY_LEN)
+                if walk.n_extra:
+                    memcpy(rebuilt + valid * INDEX_ENTRY_LEN, walk.extra, walk.n_extra * INDEX_ENTRY_LEN)
+                if s.map_len:
+                    munmap(s.idx, s.map_len)
+                    s.map_len = 0
+                else:
+                    free(s.idx)
+                s.idx = rebuilt
+                s.n_entries = n
+                s.cap_entries = n
+                iov[0].iov_base = rebuilt
+                iov[0].iov_len = n * INDEX_ENTRY_LEN
+                with nogil:
+                    rc = _pwritev_all(s.idx_fd, iov, 1, 0)
+                if rc:
+                    raise OSError(-rc, f"rewriting {self._path(s.base, 'index')}: {os.strerror(-rc)}")
+                os.ftruncate(s.idx_fd, n * INDEX_ENTRY_LEN)
+                os.fsync(s.idx_fd)
+            else:
+                s.n_entries = valid
         finally:
-            free(buf)
-        s.next = expected
-        s.size = pos
-        if pos < file_size:
-            tail_is_zero = _is_zero_tail(s.log_fd, pos, file_size)
-            if not tail_is_zero:
-                self.recovered_truncated_bytes += file_size - pos
-                log.warning("partition %s: cut a torn tail of %d bytes from segment %d",
-                            self.directory, file_size - pos, s.base)
-                os.ftruncate(s.log_fd, pos)
-                if self.preallocate:
-                    posix_fallocate(s.log_fd, 0, <long>self.segment_size)
-        if rewrite or n_idx != s.n_entries:
-            self._rewrite_index(s)
+            free(walk.extra)
+        if not active:
+            # sealed: the index is never written again (mapped, or kept in memory if rewritten)
+            os.close(s.idx_fd)
+            s.idx_fd = -1
+        return 0
 
-    cdef void _rewrite_index(self, Segment *s) except *:
-        cdef bytearray out = bytearray(s.n_entries * ENTRY)
-        cdef uint64_t i
-        for i in range(s.n_entries):
-            out[i * ENTRY:(i + 1) * ENTRY] = (s.entries[3 * i].to_bytes(8, "little")
-                                              + s.entries[3 * i + 1].to_bytes(8, "little")
-                                              + s.entries[3 * i + 2].to_bytes(8, "little"))
-        os.ftruncate(s.idx_fd, 0)
-        os.pwrite(s.idx_fd, bytes(out), 0)
-        os.fsync(s.idx_fd)
+    cdef int _roll(self) except -1:
+        """Seal the active segment and start a new one at its next offset."""
+        cdef Py_ssize_t k = self.n_segs - 1
+        cdef Segment *s = &self.segs[k]
+        cdef int rc1, rc2, rc3 = 0
+        cdef void *mapped
+        cdef uint64_t next_base = s.next
+        with nogil:
+            # sealed data must be durable before the next segment can hold later offsets:
+            # recovery then never sees a newer segment next to a torn older one
+            rc1 = fdatasync(s.log_fd)
+            rc2 = fdatasync(s.idx_fd)
+            if self.preallocate:
+                rc3 = ftruncate(s.log_fd, <off_t>s.size)    # give the unused reservation back
+        if rc1 or rc2 or rc3:
+            raise OSError(errno, f"sealing segment {s.base}: {os.strerror(errno)}")
+        self._open_segment(next_base, True)      # may move segs: s is stale after this
+        s = &self.segs[k]
+        if s.n_entries:
+            mapped = mmap(NULL, s.n_entries * INDEX_ENTRY_LEN, PROT_READ, MAP_SHARED, s.idx_fd, 0)
+            if mapped != MAP_FAILED:
+                free(s.idx)
+                s.idx = <unsigned char *>mapped
+                s.map_len = s.n_entries * INDEX_ENTRY_LEN
+                s.cap_entries = 0
+        close(s.idx_fd)
+        s.idx_fd = -1
+        return 0
+
+    cdef int _drop_segment(self, Py_ssize_t k, bint unlink) except -1:
+        """Close segment k, remove it from segs and (unlink) delete its files."""
+        cdef Segment *s = &self.segs[k]
+        cdef uint64_t base = s.base
+        if s.log_fd >= 0:
+            close(s.log_fd)
+        if s.idx_fd >= 0:
+            close(s.idx_fd)
+        if s.map_len:
+            munmap(s.idx, s.map_len)
+        else:
+            free(s.idx)
+        memmove(&self.segs[k], &self.segs[k + 1], (self.n_segs - k - 1) * sizeof(Segment))
+        self.n_segs -= 1
+        if unlink:
+            for ext in ("log", "index"):
+                try:
+                    os.unlink(self._path(base, ext))
+                except FileNotFoundError:
+                    pass
+        return 0
+
+    cdef Segment *_active(self) except NULL:
+        if self._closed or self.n_segs == 0:
+            raise IggyError(ErrorCode.PARTITION_NOT_FOUND, "the partition log is closed")
+        return &self.segs[self.n_segs - 1]
+
+    cdef uint64_t _first_offset(self) noexcept:
+        cdef Py_ssize_t k
+        for k in range(self.n_segs):
+            if self.segs[k].next > self.segs[k].base:
+                return self.segs[k].base
+        return self.segs[self.n_segs - 1].next if self.n_segs else 0
 
     # ------------------------------------------------------------------ state
 
-    cdef Segment *_active(self) except NULL:
-        if self.closed or self.n_segs == 0:
-            raise IggyError(ErrorCode.PARTITION_NOT_FOUND)
-        return &self.segs[self.n_segs - 1]
-
     @property
     def closed(self):
-        return self.closed
+        return self._closed
 
     @property
     def next_offset(self):
+        """Offset the next appended message gets."""
         return self._active().next
-
-    @property
-    def is_empty(self):
-        return self.messages_count == 0
 
     @property
     def current_offset(self):
@@ -339,323 +881,286 @@ cdef class PartitionLog:
 
     @property
     def first_offset(self):
-        cdef Py_ssize_t i
-        for i in range(self.n_segs):
-            if self.segs[i].next > self.segs[i].base:
-                return self.segs[i].base
-        return self.segs[self.n_segs - 1].next
+        """Offset of the oldest retained message (next_offset when nothing is retained)."""
+        self._active()
+        return self._first_offset()
 
     @property
     def messages_count(self):
-        cdef Py_ssize_t i
+        """Messages retained (all segments)."""
+        cdef Py_ssize_t k
         cdef uint64_t n = 0
-        for i in range(self.n_segs):
-            n += self.segs[i].next - self.segs[i].base
+        self._active()
+        for k in range(self.n_segs):
+            n += self.segs[k].next - self.segs[k].base
         return n
 
     @property
+    def is_empty(self):
+        """No message was ever appended (or the log was purged): next_offset == 0.
+
+        Retention can leave messages_count == 0 on a log that is not empty: its offsets go
+        on from next_offset, and consumer offsets stored below it stay meaningful.
+        """
+        return self._active().next == 0
+
+    @property
     def size_bytes(self):
-        cdef Py_ssize_t i
+        """Sum of the segments' logical sizes (batches only, never preallocated space)."""
+        cdef Py_ssize_t k
         cdef uint64_t n = 0
-        for i in range(self.n_segs):
-            n += self.segs[i].size
+        self._active()
+        for k in range(self.n_segs):
+            n += self.segs[k].size
         return n
 
     @property
     def segments_count(self):
+        self._active()
         return self.n_segs
 
     def segments(self):
-        """[(base_offset, last_offset, size_bytes, max_timestamp, is_active)] oldest first."""
-        return [(self.segs[i].base, self.segs[i].next - 1 if self.segs[i].next > self.segs[i].base else self.segs[i].base,
-                 self.segs[i].size, self.segs[i].max_ts, i == self.n_segs - 1) for i in range(self.n_segs)]
+        """[(base_offset, last_offset, size_bytes, max_timestamp, is_active)], oldest first.
+
+        last_offset is base_offset for a segment without messages; max_timestamp is the
+        newest batch's base_timestamp, 0 when empty (retention keeps those).
+        """
+        cdef Py_ssize_t k
+        cdef Segment *s
+        self._active()
+        rows = []
+        for k in range(self.n_segs):
+            s = &self.segs[k]
+            rows.append((s.base, s.next - 1 if s.next > s.base else s.base, s.size, s.max_ts,
+                         k == self.n_segs - 1))
+        return rows
 
     # ------------------------------------------------------------------ append
 
     def append(self, buf, Py_ssize_t start, Py_ssize_t end, uint64_t now_us):
-        """Stamp and write the (validated) batch buf[start:end]; returns (base_offset, count)."""
+        """Append the batch buf[start:end]; returns (base_offset, message_count).
+
+        The batch must have passed batch.validate_batch (only its framing is re-checked
+        here). It gets base_offset = next_offset, base_timestamp = max(now_us, previous + 1),
+        this partition's id and a new batch checksum in a private copy of its header; `buf`
+        (any buffer: bytes, bytearray, memoryview) is not modified. One pwritev writes it at
+        the active segment's logical end, without the GIL.
+
+        Raises IggyError(CANNOT_SAVE_MESSAGES_TO_SEGMENT) when the write fails (nothing is
+        appended then), IggyError(INVALID_MESSAGES_SIZE/COUNT) for a batch that does not frame.
+        """
         cdef Py_buffer view
-        cdef unsigned char head[HEADER]
-        cdef iovec iov[2]
-        cdef Segment *s
-        cdef uint64_t base, ts, n, count
-        cdef unsigned char entry[ENTRY]
-        cdef ssize_t written
-        cdef int err = 0
-        s = self._active()
+        cdef Segment *s = self._active()
+        cdef uint64_t base = s.next
+        cdef uint64_t ts = now_us if now_us > self.last_ts else self.last_ts + 1
+        cdef uint32_t count = 0
+        cdef int rc
         PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
         try:
-            n = end - start
-            if start < 0 or end > view.len or n < HEADER:
+            if start < 0 or end > view.len or start > end or end - start < BATCH_HEADER_LEN:
                 raise IggyError(ErrorCode.INVALID_MESSAGES_SIZE)
-            base = s.next
-            ts = now_us if now_us > self.last_ts else self.last_ts + 1
             with nogil:
-                count = le_u32(<const unsigned char *>view.buf + start + 48)
-                # the checksum needs the frames right after the header: hash in place, then copy
-                memcpy(head, <const unsigned char *>view.buf + start, HEADER)
-                put_u64(head, self.partition_id)
-                put_u64(head + 8, base)
-                put_u64(head + 16, ts)
-                put_u64(head + 40, _batch_checksum_split(head, <const unsigned char *>view.buf + start + HEADER))
-                iov[0].iov_base = head
-                iov[0].iov_len = HEADER
-                iov[1].iov_base = <void *>(<const unsigned char *>view.buf + start + HEADER)
-                iov[1].iov_len = n - HEADER
-                written = pwritev(s.log_fd, iov, 2, <long>s.size)
-                if written != <ssize_t>n:
-                    err = errno if written < 0 else 28  # a short write means the disk is full
-                else:
-                    put_u64(entry, base)
-                    put_u64(entry + 8, ts)
-                    put_u64(entry + 16, s.size)
-                    if pwrite(s.idx_fd, entry, ENTRY, <long>(s.n_entries * ENTRY)) != ENTRY:
-                        err = errno or 28
+                rc = _append(s, self.partition_id, <const unsigned char *>view.buf + start, <uint64_t>(end - start),
+                             base, ts, &count)
         finally:
             PyBuffer_Release(&view)
-        if err:
-            # nothing is acknowledged: the logical end stays where it was, the bytes are overwritten later
-            raise IggyError(ErrorCode.CANNOT_SAVE_MESSAGES_TO_SEGMENT, f"write failed: {os.strerror(err)}")
-        if not _push_entry(s, base, ts, s.size):
-            raise MemoryError()
-        s.size += n
-        s.next = base + count
-        s.max_ts = ts
+        if rc > 0:
+            raise IggyError(rc)
+        if rc < 0:
+            raise IggyError(ErrorCode.CANNOT_SAVE_MESSAGES_TO_SEGMENT,
+                            f"writing segment {s.base} of {self.directory}: {os.strerror(-rc)}")
         self.last_ts = ts
         if s.size >= self.segment_size:
-            self._roll()
+            seg_base = s.base
+            try:
+                self._roll()
+            except OSError as exc:
+                # the batch is written and will be acknowledged; the roll is retried after the
+                # next append
+                log.error("partition %s: cannot roll segment %d: %s", self.directory, seg_base, exc)
         return base, count
 
-    cdef void _roll(self) except *:
-        cdef Segment *old = &self.segs[self.n_segs - 1]
-        cdef uint64_t next_base = old.next
-        with nogil:
-            fdatasync(old.log_fd)
-            fdatasync(old.idx_fd)
-            if self.preallocate:
-                ftruncate(old.log_fd, <long>old.size)   # give back the unused reservation
-        self._open_segment(next_base, True)
-
     def fsync(self):
-        """fdatasync the active segment's log and index."""
+        """fdatasync the active segment's log and index (sealed ones were synced when sealed)."""
         cdef Segment *s = self._active()
         cdef int rc1, rc2
         with nogil:
             rc1 = fdatasync(s.log_fd)
             rc2 = fdatasync(s.idx_fd)
         if rc1 or rc2:
-            raise OSError(errno, os.strerror(errno))
+            raise IggyError(ErrorCode.CANNOT_SYNC_FILE, f"fdatasync {self.directory}: {os.strerror(errno)}")
 
     def flush(self):
-        """Writes go straight to the file: nothing is buffered here."""
+        """No-op: appends go straight to the file (durability is fsync)."""
 
     # ------------------------------------------------------------------ read
 
-    def read(self, uint64_t start, uint32_t count):
-        """(batches, message_count) for offsets [start, start + count), cut at both ends."""
-        cdef Py_ssize_t k
-        cdef Segment *s
-        cdef uint64_t remaining = count, first, last_i, i, lo, hi, want_end
-        out = bytearray()
-        served = 0
-        self._active()
-        if count == 0:
-            return b"", 0
-        for k in range(self.n_segs):
-            s = &self.segs[k]
-            if remaining == 0:
-                break
-            if s.next <= start or s.n_entries == 0:
-                continue
-            if start < s.base:
-                start = s.base
-            first = _entry_for_offset(s, start)
-            want_end = start + remaining          # exclusive
-            last_i = _entry_for_offset(s, want_end - 1) if want_end - 1 < s.next else s.n_entries - 1
-            lo = s.entries[3 * first + 2]
-            hi = _entry_end(s, last_i)
-            n_read = self._read_range(s, lo, hi)
-            got = self._cut(out, lo, hi, start, want_end)
-            served += got
-            remaining -= got
-            if got == 0 or (start + got < s.next and remaining):
-                break   # a corrupt message stopped the read: serve nothing past it
-            start += got
-        return bytes(out), served
+    def read(self, uint64_t start_offset, uint32_t count, uint64_t max_bytes=0):
+        """The messages [start_offset, start_offset + count) as stored batches.
 
-    cdef uint64_t _read_range(self, Segment *s, uint64_t lo, uint64_t hi) except? 0:
-        cdef uint64_t n = hi - lo
-        cdef unsigned char *grown
+        Returns (data, message_count): data is batches in offset order, across segments,
+        the first and last cut to the requested messages (see the module docstring). A
+        start below the oldest retained offset starts at the oldest one; a start at or past
+        next_offset gives (b"", 0). max_bytes (0 = no limit) stops at the last whole batch
+        that fits, but always serves at least one batch.
+
+        With validate_checksum a corrupt message is never served: the result ends before it
+        (logged); IggyError(CANNOT_READ_MESSAGE) when not even the first message can be.
+        """
+        cdef Segment *s = self._active()
+        cdef uint64_t nxt = s.next, start, end, total = 0, lo, hi, i0, i1, w = 0, wc, got_u
+        cdef uint64_t served = 0, bad = 0, expected
+        cdef Py_ssize_t k, n_plan = 0, j
+        cdef ReadPlan *plan
+        cdef unsigned char *out
         cdef ssize_t got
-        if n > self.rcap:
-            grown = <unsigned char *>realloc(self.rbuf, n)
-            if grown == NULL:
-                raise MemoryError()
-            self.rbuf = grown
-            self.rcap = n
-        with nogil:
-            got = pread(s.log_fd, self.rbuf, n, <long>lo)
-        if got != <ssize_t>n:
-            raise IggyError(ErrorCode.CANNOT_READ_MESSAGE)
-        return n
-
-    cdef uint64_t _cut(self, bytearray out, uint64_t lo, uint64_t hi, uint64_t start, uint64_t end) except? 0:
-        """Append the messages [start, end) of the batches in rbuf[0:hi-lo] to `out`."""
-        cdef const unsigned char *b
-        cdef uint64_t pos = 0, n = hi - lo, blen, base, fpos, flen, first_pos, last_pos, msg
-        cdef uint32_t count, i, taken
-        cdef uint64_t served = 0
-        cdef unsigned char head[HEADER]
-        cdef bint corrupt = False
-        while pos + HEADER <= n and not corrupt:
-            b = self.rbuf + pos
-            blen = le_u64(b + 32)
-            base = le_u64(b + 8)
-            count = le_u32(b + 48)
-            if blen < HEADER or pos + blen > n:
-                break
-            fpos = HEADER
-            first_pos = 0
-            last_pos = 0
-            taken = 0
-            for i in range(count):
-                flen = FRAME + <uint64_t>le_u32(b + fpos + 36) + le_u32(b + fpos + 32)
-                if fpos + flen > blen:
-                    corrupt = True
-                    break
-                msg = base + le_u32(b + fpos + 24)
-                if msg >= start and msg < end:
-                    if self.validate_checksum and XXH3_64bits(b + fpos + 8, flen - 8) != le_u64(b + fpos):
-                        log.error("partition %s: corrupt message at offset %d not served", self.directory, msg)
-                        corrupt = True
+        cdef int status = CUT_OK, io_err = 0
+        cdef bint short_read = False, validate = self.validate_checksum
+        if count == 0 or start_offset >= nxt:
+            return b"", 0
+        start = start_offset
+        if start < self._first_offset():
+            start = self._first_offset()
+        end = start + count if nxt - start > count else nxt
+        plan = <ReadPlan *>malloc(self.n_segs * sizeof(ReadPlan))
+        if plan == NULL:
+            raise MemoryError()
+        try:
+            for k in range(self.n_segs):
+                s = &self.segs[k]
+                if s.n_entries == 0 or s.next <= start or s.base >= end:
+                    continue
+                i0 = _entry_at_or_before(s, start if start > s.base else s.base)
+                i1 = _entry_at_or_before(s, (end if end < s.next else s.next) - 1)
+                lo = _e_pos(s, i0)
+                hi = _e_end(s, i1)
+                if max_bytes and total + (hi - lo) > max_bytes:
+                    if total and (total >= max_bytes or _e_end(s, i0) - lo > max_bytes - total):
                         break
-                    if taken == 0:
-                        first_pos = fpos
-                    last_pos = fpos + flen
-                    taken += 1
-                fpos += flen
-            if taken:
-                if taken == count:
-                    out += (<const char *>b)[:blen]
-                else:
-                    memcpy(head, b, HEADER)
-                    put_u64(head + 32, HEADER + last_pos - first_pos)
-                    put_u32(head + 48, taken)
-                    put_u64(head + 40, _batch_checksum_split(head, b + first_pos))
-                    out += (<const char *>head)[:HEADER]
-                    out += (<const char *>(b + first_pos))[:last_pos - first_pos]
-                served += taken
-            pos += blen
-        return served
+                    i1 = _last_entry_ending_by(s, i0, i1, lo + (max_bytes - total))
+                    hi = _e_end(s, i1)
+                    plan[n_plan].seg = k
+                    plan[n_plan].lo = lo
+                    plan[n_plan].hi = hi
+                    plan[n_plan].first_offset = _e_off(s, i0)
+                    n_plan += 1
+                    total += hi - lo
+                    break
+                plan[n_plan].seg = k
+                plan[n_plan].lo = lo
+                plan[n_plan].hi = hi
+                plan[n_plan].first_offset = _e_off(s, i0)
+                n_plan += 1
+                total += hi - lo
+            if total == 0:
+                return b"", 0
+            out = iggy_read_buffer(total)
+            if out == NULL:
+                raise MemoryError()
+            with nogil:
+                for j in range(n_plan):
+                    s = &self.segs[plan[j].seg]
+                    got = _pread_full(s.log_fd, out + w, plan[j].hi - plan[j].lo, plan[j].lo)
+                    if got < 0:
+                        io_err = <int>-got
+                        break
+                    got_u = <uint64_t>got
+                    expected = plan[j].first_offset
+                    wc = w
+                    status = _cut(out, w, w + got_u, &wc, start, end, &expected, validate, &served, &bad)
+                    w = wc
+                    if status != CUT_OK:
+                        break
+                    if got_u < plan[j].hi - plan[j].lo:
+                        short_read = True
+                        bad = expected
+                        break
+            data = PyBytes_FromStringAndSize(<char *>out, <Py_ssize_t>w)
+        finally:
+            free(plan)
+            iggy_read_buffer_trim(READ_BUFFER_KEEP)
+        if status != CUT_OK or short_read or io_err:
+            reason = (os.strerror(io_err) if io_err else "the segment is shorter than its index" if short_read
+                      else "corrupt message")
+            log.error("partition %s: cannot serve offset %d: %s; %d messages served before it",
+                      self.directory, bad if not io_err else start + served, reason, served)
+            if served == 0:
+                raise IggyError(ErrorCode.CANNOT_READ_MESSAGE, f"cannot read offset {start}: {reason}")
+        return data, served
 
     # ------------------------------------------------------------------ seek by time
 
     def offset_for_timestamp(self, uint64_t ts):
-        """First offset whose batch timestamp >= ts, or None."""
+        """The base offset of the first batch whose base_timestamp >= ts, or None."""
         cdef Py_ssize_t k
         cdef Segment *s
-        cdef uint64_t lo, hi, mid
+        cdef uint64_t i
+        self._active()
         for k in range(self.n_segs):
             s = &self.segs[k]
             if s.n_entries == 0 or s.max_ts < ts:
                 continue
-            lo = 0
-            hi = s.n_entries - 1
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if s.entries[3 * mid + 1] >= ts:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            return s.entries[3 * lo]
+            i = _first_entry_at_or_after_ts(s, ts)
+            if i < s.n_entries:
+                return _e_off(s, i)
         return None
 
     # ------------------------------------------------------------------ deletion
 
-    def delete_segment(self, uint64_t base):
-        """Delete a sealed segment (never the active one); returns True if it existed."""
-        cdef Py_ssize_t i, k = -1
-        for i in range(self.n_segs - 1):
-            if self.segs[i].base == base:
-                k = i
-                break
-        if k < 0:
-            return False
-        close(self.segs[k].log_fd)
-        close(self.segs[k].idx_fd)
-        free(self.segs[k].entries)
-        for i in range(k, self.n_segs - 1):
-            self.segs[i] = self.segs[i + 1]
-        self.n_segs -= 1
-        for ext in ("log", "index"):
-            try:
-                os.unlink(self._path(base, ext))
-            except FileNotFoundError:
-                pass
-        return True
+    def delete_segment(self, uint64_t base_offset):
+        """Delete the sealed segment starting at base_offset; False if there is none.
+
+        The active segment is never deleted (False). Retention policy and the consumer
+        barrier are the caller's (iggy.retention).
+        """
+        cdef Py_ssize_t k
+        self._active()
+        for k in range(self.n_segs - 1):
+            if self.segs[k].base == base_offset:
+                self._drop_segment(k, True)
+                return True
+        return False
 
     def delete_oldest_segments(self, Py_ssize_t n):
-        deleted = 0
+        """Delete up to n of the oldest sealed segments; returns how many were deleted."""
+        cdef Py_ssize_t deleted = 0
+        self._active()
         while deleted < n and self.n_segs > 1:
-            self.delete_segment(self.segs[0].base)
+            self._drop_segment(0, True)
             deleted += 1
         return deleted
 
     def purge(self):
-        """Delete every message: one empty segment at offset 0 remains."""
-        cdef Py_ssize_t i
-        bases = [self.segs[i].base for i in range(self.n_segs)]
-        self._release()
-        self.cap_segs = 0
-        for base in bases:
-            for ext in ("log", "index"):
-                try:
-                    os.unlink(self._path(base, ext))
-                except FileNotFoundError:
-                    pass
+        """Delete every segment; the log starts again with one empty segment at offset 0."""
+        self._active()
+        while self.n_segs:
+            self._drop_segment(self.n_segs - 1, True)
         self.last_ts = 0
-        self._open_segment(0, True)
+        try:
+            self._open_segment(0, True)
+        except BaseException:
+            self._closed = True
+            raise
 
     def close(self):
+        """Close every file (idempotent). A preallocated active segment is trimmed to its data."""
         cdef Segment *s
-        if self.closed:
+        if self._closed:
             return
-        self.closed = True
+        self._closed = True
+        if self.n_segs and self.preallocate:
+            s = &self.segs[self.n_segs - 1]
+            ftruncate(s.log_fd, <off_t>s.size)
         self._release()
 
+    def __enter__(self):
+        return self
 
-cdef uint64_t _batch_checksum_split(const unsigned char *head, const unsigned char *frames) noexcept nogil:
-    """batch_checksum for a header kept apart from its frames."""
-    cdef XXH3_state_t state
-    cdef uint32_t count = le_u32(head + 48), i
-    cdef uint64_t pos = 0
-    XXH3_64bits_reset(&state)
-    XXH3_64bits_update(&state, head, 40)
-    XXH3_64bits_update(&state, head + 48, 4)
-    for i in range(count):
-        XXH3_64bits_update(&state, frames + pos, 8)
-        pos += FRAME + <uint64_t>le_u32(frames + pos + 36) + le_u32(frames + pos + 32)
-    return XXH3_64bits_digest(&state)
+    def __exit__(self, *exc):
+        self.close()
 
-
-cdef bytes _read_all(int fd):
-    size = os.fstat(fd).st_size
-    return os.pread(fd, size, 0) if size else b""
-
-
-cdef bint _is_zero_tail(int fd, uint64_t start, uint64_t end) except -1:
-    cdef uint64_t pos = start
-    while pos < end:
-        chunk = os.pread(fd, min(1 << 20, end - pos), pos)
-        if not chunk or chunk.count(0) != len(chunk):
-            return False
-        pos += len(chunk)
-    return True
-
-
-cdef void _fsync_dir(str path) except *:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def __repr__(self):
+        if self._closed:
+            return f"<PartitionLog {self.directory!r} closed>"
+        return (f"<PartitionLog {self.directory!r} partition={self.partition_id} segments={self.n_segs} "
+                f"offsets={self._first_offset()}..{self.segs[self.n_segs - 1].next}>")

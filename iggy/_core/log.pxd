@@ -1,0 +1,44 @@
+# cython: language_level=3
+# The partition log (layout and invariants in the docstring of log.pyx). Declared here so
+# another extension (the io_uring shard) can cimport PartitionLog and reach its state.
+cimport cython
+from libc.stdint cimport uint32_t, uint64_t
+
+cdef enum:
+    INDEX_ENTRY_LEN = 24        # u64 offset, u64 timestamp, u64 position
+
+
+cdef struct Segment:
+    uint64_t base               # offset of its first message; the file names
+    uint64_t next               # offset after its last message (== base when empty)
+    uint64_t size               # logical bytes of the .log (the file may be longer: preallocation)
+    uint64_t max_ts             # base_timestamp of its newest batch (0 when empty)
+    int log_fd
+    int idx_fd                  # -1 once sealed (the index is then mmapped)
+    unsigned char *idx          # n_entries x 24 bytes, the .index file image
+    uint64_t n_entries
+    uint64_t cap_entries        # capacity when idx is malloc'd (the active segment)
+    size_t map_len              # > 0 when idx is an mmap of the .index (sealed segments)
+
+
+@cython.final
+cdef class PartitionLog:
+    cdef Segment *segs          # oldest first; segs[n_segs - 1] is the active segment
+    cdef Py_ssize_t n_segs
+    cdef Py_ssize_t cap_segs
+    cdef readonly str directory
+    cdef readonly uint32_t partition_id
+    cdef readonly uint64_t segment_size
+    cdef readonly bint preallocate
+    cdef readonly bint validate_checksum
+    cdef readonly uint64_t recovered_truncated_bytes
+    cdef uint64_t last_ts       # newest base_timestamp handed out (timestamps strictly increase)
+    cdef bint _closed
+
+    cdef Segment *_active(self) except NULL
+    cdef Py_ssize_t _open_segment(self, uint64_t base, bint create) except -1
+    cdef int _recover(self, Py_ssize_t k) except -1
+    cdef int _roll(self) except -1
+    cdef int _drop_segment(self, Py_ssize_t k, bint unlink) except -1
+    cdef void _release(self) noexcept
+    cdef uint64_t _first_offset(self) noexcept

@@ -650,3 +650,74 @@ async def test_create_and_delete_partitions_on_a_topic_with_data(client):
     assert await get_offset(client, 1, 1, 3) is None
     r = await client.send_messages(S, T, 3, [SendMessage("new")])
     assert r.confirmations[0].base_offset == 0
+
+
+# ------------------------------------------------------------------------- retention
+
+@pytest.fixture
+def retention_server(tmp_path):
+    from tests.conftest import ServerProcess
+    srv = ServerProcess(tmp_path / "data",
+                        extra_env={"IGGY_DATA_MAINTENANCE_MESSAGES_INTERVAL": "200ms"}).start()
+    yield srv
+    srv.stop()
+
+
+async def segments_of(client, partition=0):
+    return (await client.get_topic(S, T)).partitions[partition].segments_count
+
+
+async def test_message_expiry_deletes_sealed_segments(retention_server):
+    from apache_iggy import IggyExpiry
+    client = await connect_root(retention_server.tcp_address)
+    await make_topic(client, partitions=2, segment_size=1 << 20,
+                     message_expiry=IggyExpiry.ExpireDuration(datetime.timedelta(seconds=1)))
+    for p in (0, 1):
+        for b in range(3):                                   # every batch seals a segment
+            await client.send_messages(S, T, p, [SendMessage(f"{b * 1000 + i:06d}".encode() + b"e" * 1094)
+                                                 for i in range(1000)])
+        await client.send_messages(S, T, p, [SendMessage("active")])
+    assert await segments_of(client, 0) == 4 and await segments_of(client, 1) == 4
+    # on partition 1 a consumer has only processed up to 1500: segments after that are kept
+    await store_single_offset(client, 1, 1500, partition=1)
+    deadline = asyncio.get_running_loop().time() + 8
+    while await segments_of(client, 0) > 1 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+    assert await segments_of(client, 0) == 1                 # the active segment always stays
+    assert offsets(await poll(client, PollingStrategy.First())) == [3000]
+    assert offsets(await poll(client, PollingStrategy.Offset(0), count=5)) == [3000]
+    assert offsets(await poll(client, PollingStrategy.Next(), consumer=Consumer.Single(5))) == [3000]
+    part = (await client.get_topic(S, T)).partitions[0]
+    assert part.messages_count == 1 and part.current_offset == 3000
+    r = await client.send_messages(S, T, 0, [SendMessage("next")])
+    assert r.confirmations[0].base_offset == 3001
+    await asyncio.sleep(0.5)
+    assert await segments_of(client, 1) == 3                 # only 0..999 went (barrier at 1500)
+    msgs = await poll(client, PollingStrategy.First(), count=2, partition_id=1)
+    assert offsets(msgs) == [1000, 1001] and msgs[0].payload().startswith(b"001000")
+
+
+async def test_max_topic_size_deletes_oldest_sealed_segments(retention_server):
+    """The per-partition budget is at least segment_size + 64 MiB: fill ~80 MiB of 1 MiB segments."""
+    from apache_iggy import MaxTopicSize
+    client = await connect_root(retention_server.tcp_address)
+    await make_topic(client, segment_size=1 << 20, max_topic_size=MaxTopicSize.Custom(2 << 20))
+    from tests.rawclient import RawClient
+    raw = RawClient(retention_server.tcp_address)
+    raw.login()
+    batch = build_batch([(i + 1, b"s" * 1100, b"") for i in range(1000)])
+    body = raw_send_body(S, T, 2, struct.pack("<I", 0), batch, 1000)
+    for _ in range(80):
+        assert raw.call(160, 0, body).status == 0
+    budget = (1 << 20) + (64 << 20)
+    deadline = asyncio.get_running_loop().time() + 8
+    while ((await client.get_topic(S, T)).size > budget + len(batch)
+           and asyncio.get_running_loop().time() < deadline):
+        await asyncio.sleep(0.1)
+    topic = await client.get_topic(S, T)
+    assert budget - len(batch) <= topic.size <= budget + len(batch)
+    first = (await poll(client, PollingStrategy.First(), count=1))[0].offset()
+    assert first > 0 and first % 1000 == 0                   # whole segments, oldest first
+    assert topic.partitions[0].current_offset == 79_999
+    assert offsets(await poll(client, PollingStrategy.Last(), count=2)) == [79_998, 79_999]
+    raw.close()

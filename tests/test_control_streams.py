@@ -167,9 +167,28 @@ async def test_stream_errors(root, raw):
     bad = raw.call(OP_CREATE_STREAM, 0, b"\x00")
     assert bad.code == 3
     # there are no stream option keys: any key is unsupported
+    with sdk_error("Unsupported option key: "):
+        await root.update_stream(other, uniq("x"), options={"x_custom": "y"})
     assert raw.call(OP_CREATE_STREAM, 0, wire_name(uniq("opt")) + option("x_custom", 2, b"y")).code == 4041
     # both streams are still intact
     assert (await root.get_stream(name)).name == name and (await root.get_stream(other)).name == other
+
+
+async def test_names_are_verbatim_and_case_sensitive(root):
+    base = uniq("Case")
+    await root.create_stream(base)
+    await root.create_stream(base.lower())                          # another name: no conflict
+    assert (await root.get_stream(base)).id != (await root.get_stream(base.lower())).id
+    fancy = "strumień-ü-" + uuid.uuid4().hex[:8] + " with spaces/and:colons"
+    await root.create_stream(fancy)
+    assert (await root.get_stream(fancy)).name == fancy
+    longest = "n" * 245 + uuid.uuid4().hex[:10]                      # 255 bytes, the WireName limit
+    await root.create_stream(longest)
+    assert (await root.get_stream(longest)).name == longest
+    await root.create_topic(longest, longest, 1)
+    assert (await root.get_topic(longest, longest)).name == longest
+    for name in (base, base.lower(), fancy, longest):
+        await root.delete_stream(name)
 
 
 async def test_numeric_name_is_an_id_when_addressed(root):
@@ -252,6 +271,14 @@ async def test_topic_create_with_every_option(root):
     d = await root.get_topic(s, "defaults")
     assert isinstance(d.message_expiry, IggyExpiry.NeverExpire)
     assert isinstance(d.max_topic_size, MaxTopicSize.Unlimited)
+    # options given as text (the SDK's `options` map) are parsed by the key's type
+    await root.create_topic(s, "text", 1, options={"message_expiry": "1h", "max_topic_size": "2 GiB",
+                                                   "enforce_fsync": "true"})
+    x = await root.get_topic(s, "text")
+    assert x.message_expiry.duration == timedelta(hours=1)
+    assert x.max_topic_size.bytes == 2 * GiB
+    assert x.options.to_scalar_dict()["enforce_fsync"] is True
+    await root.delete_topic(s, "text")
     # a topic may have no partitions at all
     await root.create_topic(s, "empty", 0)
     assert (await root.get_topic(s, "empty")).partitions == []

@@ -98,7 +98,8 @@ async def test_get_stats_counts_what_exists(srv, root):
     assert after.segments_count >= before.segments_count + 5
     assert after.consumer_groups_count == before.consumer_groups_count + 1
     assert after.process_id == srv.proc.pid
-    assert after.iggy_server_version and after.iggy_server_semver and after.iggy_server_semver > 0
+    major, minor, patch = (int(x) for x in after.iggy_server_version.split("-")[0].split("."))
+    assert after.iggy_server_semver == major * 1_000_000 + minor * 1_000 + patch     # 0.9.0 -> 9000
     assert after.run_time.total_seconds() > 0 and after.start_time > 1_600_000_000_000_000
     assert after.memory_usage > 0 and after.total_memory >= after.available_memory > 0
     assert after.threads_count >= 1 and after.total_disk_space >= after.free_disk_space > 0
@@ -225,11 +226,12 @@ async def test_cluster_metadata_is_one_healthy_leader(srv, raw):
     assert reply.status == 0
     body = reply.body
     name, pos = str32(body, 0)
-    assert name
+    assert name == "single-node"
     (nodes,) = struct.unpack_from("<I", body, pos)
     assert nodes == 1
     node_name, pos = str32(body, pos + 4)
     ip, pos = str32(body, pos)
+    assert node_name == "iggy-node"
     tcp, quic, http, ws, role, status = struct.unpack_from("<HHHHBB", body, pos)
     assert pos + 10 == len(body)
     assert ip == "127.0.0.1" and tcp == srv.tcp_port and http == srv.http_port

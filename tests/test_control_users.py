@@ -263,6 +263,8 @@ async def test_user_errors_through_the_sdk(root):
         await root.delete_user("iggy")
     with sdk_error("Cannot change permissions for user with ID: 0"):
         await root.update_permissions(0, None)
+    with sdk_error("Unsupported option key: "):
+        await root.update_user(other, options={"x_custom": "y"})          # no user option keys exist
     missing = 999_999
     assert await root.get_user(missing) is None
     assert await root.get_user(uniq("ghost")) is None

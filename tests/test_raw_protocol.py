@@ -310,6 +310,20 @@ async def test_frames_byte_by_byte_and_pipelined(srv):
     await assert_healthy(srv)
 
 
+async def test_requests_pipelined_behind_a_login_wait_for_it(srv):
+    """Login hashes off the loop; frames behind it must still be answered after it, in order."""
+    with connect(srv) as s:
+        login = build_request(1, 0, login_body("iggy", "iggy"), client=CLIENT, with_checksum=True)
+        streams = build_request(2, GET_STREAMS, b"", session=0, request=1, client=CLIENT)
+        stream = build_request(2, GET_STREAM, ident("sentinel"), session=0, request=1, client=CLIENT)
+        s.sendall(login + bytes(header(HEADER)) + streams + stream)
+        replies = [read_reply(s) for _ in range(4)]
+        assert [(r[0], r[1], r[2]) for r in replies] == [(8, 1, 0), (8, 2, 0), (8, 2, 0), (8, 2, 0)]
+        assert wire_name("sentinel") in replies[2][3]                # logged in by then
+        assert replies[3][3][32:32 + len("sentinel") + 1] == wire_name("sentinel")
+    await assert_healthy(srv)
+
+
 # ------------------------------------------------------------------ many bad clients at once
 
 

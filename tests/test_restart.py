@@ -314,6 +314,23 @@ async def test_a_cut_last_record_loses_only_that_record(server):
     assert "cut a torn tail" in server.log() or "torn" in server.log()
 
 
+async def test_corrupt_snapshot_refuses_to_boot(tmp_path):
+    """A snapshot that fails its checksum is not half-trusted: the server says so and stops."""
+    env = {**NO_HTTP, "IGGY_SYSTEM_METADATA_SNAPSHOT_EVERY": "2"}
+    srv = ServerProcess(tmp_path / "data", extra_env=env).start()
+    c = await connect_root(srv.tcp_address)
+    for name in ("one", "two", "three"):
+        await c.create_stream(name)
+    srv.stop()
+    snapshot = tmp_path / "data" / "metadata" / "snapshot.bin"
+    raw = bytearray(snapshot.read_bytes())
+    raw[-1] ^= 0xFF
+    snapshot.write_bytes(bytes(raw))
+    with pytest.raises(RuntimeError, match="server exited"):
+        srv.start()
+    assert "snapshot" in srv.log().lower()
+
+
 # ------------------------------------------------------------------ root credentials
 
 

@@ -385,3 +385,22 @@ async def test_no_message_lost_or_duplicated_across_rebalances(client, server):
         offs = [o for _, q, o, _ in got if q == p]
         assert sorted(offs) == list(range(len(offs)))
     assert {name for name, *_ in got} >= {"b", "c"}
+
+
+async def test_logout_leaves_groups_and_non_member_group_poll_fails(client, server):
+    await make_topic(client, 3)
+    await client.create_consumer_group(S, T, "g")
+    raw = raw_member(server.tcp_address, "g")
+    assert len(await members(client, "g")) == 1
+    assert raw.call(3).status == 0                                         # logout
+    assert await members(client, "g") == []
+    raw.close()
+    # the SDK polls a group it has not joined: SYNC says "not a member", the poll fails
+    with pytest.raises(RuntimeError):
+        await client.poll_messages(S, T, consumer=Consumer.Group("g"), polling_strategy=PollingStrategy.First(),
+                                   count=1, auto_commit=False)
+    # deleting the topic ends the group and its memberships
+    await client.join_consumer_group(S, T, "g")
+    await client.delete_topic(S, T)
+    await client.create_topic(S, T, 1)
+    assert await client.get_consumer_groups(S, T) == []

@@ -58,3 +58,28 @@ def test_expired_personal_access_token_is_removed(tmp_path):
         c.close()
     finally:
         srv.stop()
+
+
+def test_a_poll_reply_never_exceeds_the_largest_frame(tmp_path):
+    from iggy._core.batch import build_batch, iter_messages
+    from tests.rawclient import ident, wire_name
+    srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE": "2 MiB"}).start()
+    try:
+        c = RawClient(srv.tcp_address)
+        assert c.login().status == 0
+        assert c.call(128, 0, wire_name("big")).code == 0
+        assert c.call(132, 0, ident("big") + struct.pack("<I", 1) + wire_name("t")).code == 0
+        batch = build_batch([(i + 1, b"m" * 1000, b"") for i in range(900)])
+        meta = ident("big") + ident("t") + b"\x02\x04" + struct.pack("<I", 0) + struct.pack("<I", 900)
+        for _ in range(4):
+            assert c.call(160, 0, struct.pack("<I", len(meta)) + meta + batch).status == 0
+        poll = b"\x01\x01\x04" + struct.pack("<I", 1) + ident("big") + ident("t") + b"\x01" + struct.pack("<I", 0)
+        poll += b"\x01" + struct.pack("<Q", 0) + struct.pack("<I", 1_000_000) + b"\x00"
+        reply = c.read(100, poll)
+        assert reply.status == 0
+        assert 256 + len(reply.body) <= 2 * 1024 * 1024
+        served = [m["offset"] for m in iter_messages(reply.body[16:])]
+        assert served == list(range(len(served))) and 900 <= len(served) < 3600
+        c.close()
+    finally:
+        srv.stop()

@@ -174,7 +174,8 @@ def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_i
         data, n = b"", 0
         if start is not None and not lg.is_empty and start <= lg.current_offset:
             first = max(start, lg.first_offset)
-            data, n = lg.read(first, count)
+            # a reply never exceeds the largest frame: the rest comes with the next poll
+            data, n = lg.read(first, count, plane.max_poll_bytes)
             if n and auto_commit:
                 last = first + n - 1
                 if stored is None or last > stored:

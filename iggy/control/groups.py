@@ -132,7 +132,7 @@ class GroupCoordinator:
 def find_group(topic, ident):
     if isinstance(ident, int):
         return topic.groups.get(ident)
-    for g in topic.groups.values():
+    for g in list(topic.groups.values()):   # a snapshot: shard threads read while the loop writes
         if g.name == ident:
             return g
     return None

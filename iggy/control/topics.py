@@ -217,7 +217,7 @@ def encode_topic_details(plane, stream_id: int, t) -> bytes:
 def find_topic(stream, ident):
     if isinstance(ident, int):
         return stream.topics.get(ident)
-    for t in stream.topics.values():
+    for t in list(stream.topics.values()):   # a snapshot: shard threads read while the loop writes
         if t.name == ident:
             return t
     return None

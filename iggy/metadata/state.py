@@ -83,7 +83,7 @@ class State:
     # ---------------------------------------------------------------- lookups
 
     def stream_by_name(self, name: str) -> StreamMeta | None:
-        for s in self.streams.values():
+        for s in list(self.streams.values()):   # a snapshot: shard threads read while the loop writes
             if s.name == name:
                 return s
         return None

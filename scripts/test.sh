@@ -3,7 +3,7 @@
 # then every test that talks to a server again on the portable asyncio engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
+PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 "$PY" -m pytest -q "$@"
 # the HTTP API does not go through the TCP engine: it runs once

@@ -8,11 +8,13 @@ connected and logged in as root. `raw` is a `RawClient` speaking frames over a p
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -152,6 +154,37 @@ async def connect_root(address: str):
 @pytest.fixture
 async def client(server):
     return await connect_root(server.tcp_address)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory, request):
+    """One server shared by the tests of a module (they use unique names: see `uniq`)."""
+    server = ServerProcess(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]) / "data").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def root(srv):
+    """The official SDK logged in as root on the module's shared server."""
+    return await connect_root(srv.tcp_address)
+
+
+async def login_as(srv, username: str, password: str):
+    from apache_iggy import IggyClient
+    c = IggyClient(srv.tcp_address)
+    await c.connect()
+    await c.login_user(username, password)
+    return c
+
+
+def uniq(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def sdk_error(message: str):
+    """The SDK raises RuntimeError with the text of the code (TCP.md 4.2)."""
+    return pytest.raises(RuntimeError, match=f"^{re.escape(message)}$")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ the raw client checks the numeric code of the same refusal.
 """
 from __future__ import annotations
 
-import re
 import struct
 import uuid
 from datetime import timedelta
@@ -16,7 +15,7 @@ import pytest
 from apache_iggy import (Consumer, Durability, GlobalPermissions, IggyClient, IggyExpiry, MaxTopicSize,
                          Permissions, PollingStrategy, SendMessage, StreamPermissions, TopicPermissions)
 
-from tests.conftest import ServerProcess, connect_root
+from tests.conftest import connect_root, login_as, sdk_error, uniq
 from tests.rawclient import RawClient, ident, wire_name
 
 MiB = 1024 * 1024
@@ -28,15 +27,6 @@ OP_CREATE_STREAM, OP_UPDATE_STREAM, OP_DELETE_STREAM, OP_PURGE_STREAM = 128, 129
 OP_CREATE_TOPIC, OP_UPDATE_TOPIC, OP_DELETE_TOPIC, OP_PURGE_TOPIC = 132, 133, 134, 135
 OP_CREATE_PARTITIONS, OP_DELETE_PARTITIONS = 136, 137
 GET_STREAM, GET_STREAMS, GET_TOPIC, GET_TOPICS = 200, 201, 300, 301
-
-
-def uniq(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def sdk_error(message: str):
-    """pytest.raises for the SDK's RuntimeError with exactly this message."""
-    return pytest.raises(RuntimeError, match=f"^{re.escape(message)}$")
 
 
 def tlv(kind: int, raw: bytes) -> bytes:
@@ -60,31 +50,12 @@ def stream_perms(stream_id: int, **flags) -> Permissions:
     return Permissions(streams={stream_id: StreamPermissions(**flags)})
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = ServerProcess(tmp_path_factory.mktemp("streams") / "data").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def root(srv):
-    return await connect_root(srv.tcp_address)
-
-
 @pytest.fixture
 def raw(srv):
     c = RawClient(srv.tcp_address)
     assert c.login().status == 0
     yield c
     c.close()
-
-
-async def login_as(srv, username: str, password: str) -> IggyClient:
-    c = IggyClient(srv.tcp_address)
-    await c.connect()
-    await c.login_user(username, password)
-    return c
 
 
 # ------------------------------------------------------------------ streams

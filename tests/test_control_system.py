@@ -1,41 +1,19 @@
 """System commands: ping, stats, option catalog, clients, cluster metadata, unknown codes."""
 from __future__ import annotations
 
-import re
 import socket
 import struct
 import time
-import uuid
 
 import pytest
 from apache_iggy import GlobalPermissions, IggyClient, Permissions
 
-from tests.conftest import ServerProcess, connect_root
+from tests.conftest import login_as, sdk_error, uniq
 from tests.rawclient import RawClient, ident
 
 PING, GET_STATS, GET_SNAPSHOT, GET_CLUSTER_METADATA, DESCRIBE_OPTIONS = 1, 10, 11, 12, 13
 GET_ME, GET_CLIENT, GET_CLIENTS = 20, 21, 22
 U64_MAX = 2**64 - 1
-
-
-def uniq(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def sdk_error(message: str):
-    return pytest.raises(RuntimeError, match=f"^{re.escape(message)}$")
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = ServerProcess(tmp_path_factory.mktemp("system") / "data").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def root(srv):
-    return await connect_root(srv.tcp_address)
 
 
 @pytest.fixture
@@ -44,13 +22,6 @@ def raw(srv):
     assert c.login().status == 0
     yield c
     c.close()
-
-
-async def login_as(srv, username: str, password: str) -> IggyClient:
-    c = IggyClient(srv.tcp_address)
-    await c.connect()
-    await c.login_user(username, password)
-    return c
 
 
 def str32(body: bytes, pos: int) -> tuple[str, int]:

@@ -7,16 +7,14 @@ and a `iggy://<token>@host:port` connection string.
 from __future__ import annotations
 
 import asyncio
-import re
 import struct
 import time
-import uuid
 
 import pytest
 from apache_iggy import (AutoLogin, GlobalPermissions, IggyClient, Permissions, StreamPermissions, TcpConfig,
                          TcpReconnectionConfig, TopicPermissions, UserStatus)
 
-from tests.conftest import ServerProcess, connect_root
+from tests.conftest import connect_root, login_as, sdk_error, uniq
 from tests.rawclient import RawClient, ident, login_body, pat_login_body, wire_name
 
 OP_CREATE_USER, OP_UPDATE_USER, OP_DELETE_USER = 141, 142, 143
@@ -28,39 +26,12 @@ GET_STREAMS = 201
 U64_MAX = 2**64 - 1
 
 
-def uniq(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def sdk_error(message: str):
-    return pytest.raises(RuntimeError, match=f"^{re.escape(message)}$")
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = ServerProcess(tmp_path_factory.mktemp("users") / "data").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def root(srv):
-    return await connect_root(srv.tcp_address)
-
-
 @pytest.fixture
 def raw(srv):
     c = RawClient(srv.tcp_address)
     assert c.login().status == 0
     yield c
     c.close()
-
-
-async def login_as(srv, username: str, password: str) -> IggyClient:
-    c = IggyClient(srv.tcp_address)
-    await c.connect()
-    await c.login_user(username, password)
-    return c
 
 
 async def refused_login(srv, username: str, password: str) -> None:

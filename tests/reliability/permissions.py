@@ -1,0 +1,364 @@
+"""Permission matrix: every command over TCP (raw frames) and every route over HTTP (JWT), tried
+unauthenticated, as a user without the permission and as a user with exactly the needed one.
+
+For each command of tests/reliability/commands.py:
+
+* unauthenticated -> refused with 40 (TCP) / 401 (HTTP), except the public ones;
+* the actor with no permissions, and with EVERY flag except the granting ones (at all three
+  levels) -> refused with 41 / 403;
+* the actor with exactly one granting flag at its level (global, stream or topic, each flag of
+  the rule in turn) -> succeeds;
+* a refused command changes nothing: the metadata journal does not grow and what root reads
+  (streams, topics with partition offsets, groups with members, users, consumer offsets,
+  messages) is byte-identical before and after; a successful destructive command does change
+  it (so the comparison is known to see changes), and the world is rebuilt after it.
+
+Then every file under the data directory (journal and snapshot decoded with msgpack) and the
+server log are searched: passwords only ever appear as Argon2id PHC strings, personal access
+tokens only as their BLAKE3 hex digest.
+
+Long form: `python -m tests.reliability.permissions [--engine asyncio]` (the whole matrix is
+already the short form; the long form prints the counts).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import time
+from pathlib import Path
+
+import blake3
+import httpx
+import msgpack
+
+from tests.reliability import commands as C
+from tests.reliability.common import Client, Launcher
+from tests.rawclient import ident, wire_name
+
+U32 = struct.Struct("<I")
+PASSWORDS = (C.ACTOR_PASSWORD, C.VICTIM_PASSWORD, "victim-new", "secret1")
+
+
+class Failure(AssertionError):
+    pass
+
+
+def _ok(reply, what: str) -> bytes:
+    if reply.command != 8 or reply.code:
+        raise Failure(f"{what}: {reply}")
+    return reply.body
+
+
+class Matrix:
+    def __init__(self, server):
+        self.server = server
+        self.root = Client(server.tcp_address)
+        self.world = C.World()
+        self.tokens: list[str] = []          # raw tokens handed out
+        self.counts = {"tcp_calls": 0, "http_calls": 0, "refused_unchanged": 0, "granted": 0}
+        self._ensure_actor()
+        self.actor = Client(server.tcp_address, login=False)
+        _ok_login(self.actor)
+        self.build_world()
+
+    # ------------------------------------------------------------------ world
+
+    def _users(self) -> dict[str, int]:
+        body = _ok(self.root.read(32), "get users")
+        out, pos = {}, 0
+        while pos < len(body):
+            uid = U32.unpack_from(body, pos)[0]
+            pos += 4 + 8 + 1
+            n = body[pos]
+            out[body[pos + 1:pos + 1 + n].decode()] = uid
+            pos += 1 + n
+            pos += 4 + U32.unpack_from(body, pos)[0]
+        return out
+
+    def _create_user(self, name: str, password: str, perms=None) -> int:
+        body = wire_name(name) + bytes([len(password)]) + password.encode() + b"\x01" + C.permissions_body(perms)
+        return U32.unpack_from(_ok(self.root.call(141, 0, body), f"create user {name}"), 4)[0]
+
+    def _ensure_actor(self) -> None:
+        users = self._users()
+        self.world.actor = users.get(C.ACTOR)
+        if self.world.actor is None:
+            self.world.actor = self._create_user(C.ACTOR, C.ACTOR_PASSWORD)
+
+    def build_world(self) -> None:
+        root, w = self.root, self.world
+        for name in self.root.stream_names():
+            if name.startswith("pm-"):
+                _ok(root.delete_stream(name), f"delete stream {name}")
+        for name, uid in self._users().items():
+            if uid not in (0, w.actor):
+                _ok(root.call(143, 0, ident(uid)), f"delete user {name}")
+        w.victim = self._create_user(C.VICTIM, C.VICTIM_PASSWORD, C.flags_dict(("read_streams",)))
+        w.stream = U32.unpack_from(_ok(root.create_stream("pm-s"), "create stream"), 4)[0]
+        w.topic = U32.unpack_from(_ok(root.create_topic(w.stream, "pm-t", 2), "create topic"), 4)[0]
+        reply, _ = root.send(w.stream, w.topic, 0, [b"one", b"two", b"three"])
+        _ok(reply, "send")
+        _ok(root.call(161, 0, b"\x01" + ident(C.CONSUMER) + ident(w.stream) + ident(w.topic) + b"\x01"
+                      + U32.pack(0) + struct.pack("<Q", 1)), "store offset")
+        body = ident(w.stream) + ident(w.topic) + wire_name("pm-g")
+        w.group = U32.unpack_from(_ok(root.call(139, 0, body), "create group"), 4)[0]
+        w.root_client = U32.unpack_from(_ok(root.read(20), "get me"), 0)[0]
+        # the actor's own leftovers: its token and group membership
+        self.set_actor(None)
+        self.actor.call(147, 0, wire_name("pm-tok"))
+
+    def set_actor(self, perms) -> None:
+        _ok(self.root.call(145, 0, ident(self.world.actor) + C.permissions_body(perms)), "update permissions")
+
+    def state(self):
+        """What a refused command must not change."""
+        meta = Path(self.server.data_dir) / "metadata"
+        sizes = tuple(os.path.getsize(meta / f) if (meta / f).exists() else -1 for f in ("journal.log", "snapshot.bin"))
+        w, root = self.world, self.root
+        st = ident(w.stream) + ident(w.topic)
+        reads = [(201, b""), (200, ident(w.stream)), (300, st), (601, st), (600, st + ident(w.group)), (32, b"")]
+        reads += [(31, ident(uid)) for uid in sorted(self._users().values())]
+        for p in (0, 1, 2):
+            reads.append((120, b"\x01" + ident(C.CONSUMER) + st + b"\x01" + U32.pack(p)))
+        out = [sizes]
+        for code, body in reads:
+            r = root.read(code, body)
+            out.append((code, r.status, r.body))
+        r = root.poll(w.stream, w.topic, 0, 0, 100)
+        out.append(("poll", r.status, r.body[:4] + r.body[12:]))
+        return out
+
+    # ------------------------------------------------------------------ TCP
+
+    def prepare_tcp(self, what: str) -> None:
+        w = self.world
+        if what == "create_token":
+            r = self.actor.call(146, 0, wire_name("pm-tok") + struct.pack("<Q", 0))
+            self.tokens.append(_ok(r, "create token")[5:].decode())
+        elif what == "join_group":
+            _ok(self.actor.call(148, 0, ident(w.stream) + ident(w.topic) + ident(w.group)), "join")
+
+    def run_tcp(self, log=None) -> None:
+        for cmd in C.COMMANDS:
+            w = self.world
+            # unauthenticated, on a fresh connection
+            anon = Client(self.server.tcp_address, login=False)
+            before = self.state()
+            reply = anon.call(cmd.op, cmd.code, cmd.body(w))
+            anon.close()
+            self.counts["tcp_calls"] += 1
+            if cmd.rule == "public":
+                if reply.code:
+                    raise Failure(f"TCP {cmd.name} unauthenticated: {reply}")
+            else:
+                if reply.status != 40:
+                    raise Failure(f"TCP {cmd.name} unauthenticated: expected status 40, got {reply}")
+                self._unchanged(before, f"TCP {cmd.name} unauthenticated")
+            for label, perms, should_pass in C.permission_cases(cmd.rule, w):
+                self.set_actor(perms)
+                if should_pass and cmd.prepare:
+                    self.prepare_tcp(cmd.prepare)
+                before = self.state()
+                reply = self.actor.call(cmd.op, cmd.code, cmd.body(w))
+                self.counts["tcp_calls"] += 1
+                where = f"TCP {cmd.name} as actor with {label}"
+                if not should_pass:
+                    if reply.code != 41:
+                        raise Failure(f"{where}: expected 41, got {reply}")
+                    self._unchanged(before, where)
+                    continue
+                expected = 5 if cmd.rule == "unavailable" else 0
+                if reply.command != 8 or reply.code != expected:
+                    raise Failure(f"{where}: expected {expected}, got {reply}")
+                self.counts["granted"] += 1
+                if cmd.name == "create_personal_access_token":
+                    self.tokens.append(reply.body[5:].decode())
+                if cmd.after == "relogin":
+                    _ok_login(self.actor)
+                if cmd.destructive:
+                    if cmd.name != "delete_segments" and self.state() == before:
+                        raise Failure(f"{where}: succeeded but the state comparison saw no change")
+                    self.build_world()
+            if log:
+                log(f"TCP {cmd.name}: ok")
+
+    def _unchanged(self, before, where: str) -> None:
+        after = self.state()
+        if after != before:
+            diff = [b for b, a in zip(before, after) if a != b]
+            raise Failure(f"{where}: refused, but the state changed: {diff[:2]}")
+        self.counts["refused_unchanged"] += 1
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _http_login(self, http: httpx.Client) -> dict:
+        r = http.post("/users/login", json={"username": C.ACTOR, "password": C.ACTOR_PASSWORD})
+        if r.status_code != 200:
+            raise Failure(f"HTTP login: {r.status_code} {r.text}")
+        return {"Authorization": f"Bearer {r.json()['access_token']['token']}"}
+
+    def run_http(self, log=None) -> None:
+        with httpx.Client(base_url=self.server.http_url, timeout=30) as http:
+            auth = self._http_login(http)
+            for route in C.ROUTES:
+                w = self.world
+
+                def call(headers):
+                    body = route.json(w) if route.json else None
+                    return http.request(route.method, route.path(w), json=body, params=route.params,
+                                        headers=headers)
+                before = self.state()
+                r = call({})
+                self.counts["http_calls"] += 1
+                if route.rule == "public":
+                    if r.status_code != route.ok:
+                        raise Failure(f"HTTP {route.name} unauthenticated: {r.status_code} {r.text}")
+                else:
+                    if r.status_code != 401:
+                        raise Failure(f"HTTP {route.name} unauthenticated: expected 401, got {r.status_code}")
+                    self._unchanged(before, f"HTTP {route.name} unauthenticated")
+                for label, perms, should_pass in C.permission_cases(route.rule, w):
+                    self.set_actor(perms)
+                    if should_pass and route.prepare == "create_token":
+                        t = http.post("/personal-access-tokens", json={"name": "pm-tok", "expiry": 0}, headers=auth)
+                        self.tokens.append(t.json()["token"])
+                    before = self.state()
+                    r = call(auth)
+                    self.counts["http_calls"] += 1
+                    where = f"HTTP {route.method} {route.name} as actor with {label}"
+                    if not should_pass:
+                        if r.status_code != 403:
+                            raise Failure(f"{where}: expected 403, got {r.status_code} {r.text[:200]}")
+                        self._unchanged(before, where)
+                        continue
+                    if r.status_code != route.ok:
+                        raise Failure(f"{where}: expected {route.ok}, got {r.status_code} {r.text[:300]}")
+                    self.counts["granted"] += 1
+                    if route.name == "create_token":
+                        self.tokens.append(r.json()["token"])
+                    if route.after == "relogin":
+                        auth = self._http_login(http)
+                    if route.destructive:
+                        if route.name != "delete_segments" and self.state() == before:
+                            raise Failure(f"{where}: succeeded but the state comparison saw no change")
+                        self.build_world()
+                if log:
+                    log(f"HTTP {route.name}: ok")
+
+    def close(self) -> None:
+        self.actor.close()
+        self.root.close()
+
+
+def _ok_login(client: Client) -> None:
+    r = client.login(C.ACTOR, C.ACTOR_PASSWORD)
+    if r.command != 8 or r.status:
+        raise Failure(f"actor login: {r}")
+
+
+# --------------------------------------------------------------------------- secrets at rest
+
+def stored_secrets(data_dir) -> tuple[list, list, int]:
+    """(password hashes, token hashes, records read) from snapshot.bin and journal.log.
+
+    The snapshot holds users as [id, username, password_hash, ...] and tokens as
+    [user_id, name, token_hash, expiry]; journal records are dicts with those keys.
+    """
+    meta = Path(data_dir) / "metadata"
+    passwords, tokens, records = [], [], 0
+    snap = meta / "snapshot.bin"
+    if snap.exists():
+        state = msgpack.unpackb(snap.read_bytes()[24:], raw=False, strict_map_key=False)
+        passwords += [u[2] for u in state["users"]]
+        tokens += [t[2] for t in state["tokens"]]
+        records += 1
+    journal = meta / "journal.log"
+    if journal.exists():
+        raw, pos = journal.read_bytes(), 0
+        while pos + 12 <= len(raw):
+            n = U32.unpack_from(raw, pos)[0]
+            rec = msgpack.unpackb(raw[pos + 12:pos + 12 + n], raw=False, strict_map_key=False)
+            records += 1
+            if "password_hash" in rec:
+                passwords.append(rec["password_hash"])
+            if "token_hash" in rec:
+                tokens.append(rec["token_hash"])
+            pos += 12 + n
+    return passwords, tokens, records
+
+
+def check_secrets_at_rest(data_dir, log_text: str, tokens: list[str], passwords=PASSWORDS) -> dict:
+    """Passwords only as Argon2id PHC strings, tokens only as BLAKE3 hex; nothing in clear anywhere."""
+    hashes, token_hashes, records = stored_secrets(data_dir)
+    if not hashes:
+        raise Failure("no password hashes found in the metadata")
+    for h in hashes:
+        if not (isinstance(h, str) and h.startswith("$argon2id$v=19$m=19456,t=2,p=1$")):
+            raise Failure(f"a password is stored as {str(h)[:40]!r}, not an Argon2id PHC string")
+    known = {blake3.blake3(t.encode()).hexdigest() for t in tokens}
+    for h in token_hashes:
+        if not (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)):
+            raise Failure(f"a token is stored as {str(h)[:40]!r}, not a BLAKE3 hex digest")
+    if tokens and not (set(token_hashes) & known):
+        raise Failure("none of the tokens handed out is stored as its BLAKE3 digest")
+    secrets = [s.encode() for s in passwords] + [t.encode() for t in tokens]
+    files = 0
+    for path in Path(data_dir).rglob("*"):
+        if path.is_file():
+            files += 1
+            raw = path.read_bytes()
+            for s in secrets:
+                if s in raw:
+                    raise Failure(f"{path} holds a secret in clear ({s[:6]!r}...)")
+    for s in secrets:
+        if s.decode() in log_text:
+            raise Failure(f"the server log holds a secret in clear ({s[:6]!r}...)")
+    return {"metadata_records": records, "password_hashes": len(hashes), "token_hashes": len(token_hashes),
+            "files_scanned": files, "tokens_checked": len(tokens)}
+
+
+def run(server, log=None) -> dict:
+    m = Matrix(server)
+    try:
+        m.run_tcp(log)
+        if server.http_port:
+            m.run_http(log)
+        stats = dict(m.counts)
+        # one token that stays, so the snapshot below holds a token digest too
+        reply = m.actor.call(146, 0, wire_name("pm-keep") + struct.pack("<Q", 0))
+        m.tokens.append(_ok(reply, "create token")[5:].decode())
+    finally:
+        m.close()
+    journal = check_secrets_at_rest(server.data_dir, server.log(), m.tokens)
+    stats["journal_records"] = journal["metadata_records"]
+    # a restart with a snapshot after every record puts the whole state in snapshot.bin too
+    server.extra_env["IGGY_SYSTEM_METADATA_SNAPSHOT_EVERY"] = "1"
+    server.restart()
+    c = Client(server.tcp_address)
+    try:
+        _ok(c.create_stream("pm-snapshot"), "create stream")
+    finally:
+        c.close()
+    if not (Path(server.data_dir) / "metadata" / "snapshot.bin").exists():
+        raise Failure("no metadata snapshot was written")
+    stats.update(check_secrets_at_rest(server.data_dir, server.log(), m.tokens))
+    stats["tcp_commands"] = len(C.COMMANDS)
+    stats["http_routes"] = len(C.ROUTES)
+    return stats
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
+    args = ap.parse_args(argv)
+    started = time.monotonic()
+    with Launcher(args.engine, {"IGGY_SYSTEM_METADATA_SNAPSHOT_EVERY": "1000000"}) as server:
+        stats = run(server, log=print)
+    stats["seconds"] = round(time.monotonic() - started, 1)
+    print(json.dumps(stats, indent=2))
+
+
+if __name__ == "__main__":
+    main()

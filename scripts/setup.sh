@@ -6,8 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+pkgs="liburing-dev libxxhash-dev pkg-config gcc python3-dev python3-venv"
+# the tests also count the data path's syscalls with strace and run the README's curl flow
+[ "${1:-}" = "--test" ] && pkgs="$pkgs strace curl"
 need=()
-for pkg in liburing-dev libxxhash-dev pkg-config gcc python3-dev python3-venv; do
+for pkg in $pkgs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -29,6 +29,17 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _bind_error(exc: BaseException) -> str:
+    """'Address already in use (...)' whichever loop raised it (uvloop hides errno in __cause__)."""
+    text = str(exc) or type(exc).__name__
+    for err in (exc, exc.__cause__):
+        if isinstance(err, OSError) and err.errno:
+            name = os.strerror(err.errno)
+            text = text.removeprefix(f"[Errno {err.errno}] ")
+            return name if text == name else f"{name} ({text})"
+    return text
+
+
 class Server:
     def __init__(self, config, env=None):
         self.config = config
@@ -39,6 +50,9 @@ class Server:
         self.engine = "none"
         self.uring = None
         self.http = None
+        self.quic = None            # aioquic QuicServer
+        self.websocket = None       # websockets Server
+        self.certificates = None    # iggy.transports.tls.Certificates, made when a listener needs one
 
     async def start(self) -> None:
         from iggy.config import root_credentials
@@ -58,6 +72,10 @@ class Server:
             log.info("created root user %r", username)
         if cfg.tcp.enabled:
             await self._start_tcp()
+        if cfg.quic.enabled:
+            await self._start_optional("quic", "QUIC", self._start_quic)
+        if cfg.websocket.enabled:
+            await self._start_optional("websocket", "WebSocket", self._start_websocket)
         if cfg.http.enabled:
             from iggy.http import HttpServer, from_config
             self.http = HttpServer(plane, from_config(cfg))   # own thread + loop, bound before returning
@@ -95,13 +113,75 @@ class Server:
             self.uring = UringEngine(self.plane, host, port, cfg.max_frame_size_bytes(),
                                      shards=cfg.system.shards or None)
             bound = self.uring.address
+        elif cfg.tcp.tls.enabled:
+            from iggy.transports.tls import CertificateError, start_tls_tcp
+            try:
+                ctx = self._tls_context("tcp.tls", cfg.tcp.tls)
+            except CertificateError as exc:
+                log.error("%s", exc)
+                raise
+            srv = await start_tls_tcp(self.plane, host, port, cfg.max_frame_size_bytes(), ctx)
+            self.listeners.append(srv)
+            bound = srv.sockets[0].getsockname()
         else:
             from iggy.engine.asyncio_engine import start_tcp
             srv = await start_tcp(self.plane, host, port, cfg.max_frame_size_bytes())
             self.listeners.append(srv)
             bound = srv.sockets[0].getsockname()
         self.plane.bound["tcp"] = (bound[0], bound[1])
-        log.info("TCP server listening on %s:%d (%s engine)", bound[0], bound[1], self.engine)
+        log.info("TCP server listening on %s:%d (%s engine%s)", bound[0], bound[1], self.engine,
+                 ", TLS" if cfg.tcp.tls.enabled else "")
+
+    def _tls_context(self, section: str, tls):
+        """SSL context for `[tcp.tls]` / `[websocket.tls]` (iggy.transports.tls)."""
+        from iggy.transports.tls import Certificates, server_context
+        if self.certificates is None:
+            self.certificates = Certificates(self.config)
+        cert, key = self.certificates.for_listener(section, tls.self_signed, tls.cert_file, tls.key_file)
+        return server_context(cert, key, section)
+
+    async def _start_optional(self, key: str, name: str, start) -> None:
+        """Start the QUIC or WebSocket listener; a failure is logged and the server runs without it."""
+        from iggy.transports.tls import CertificateError
+        address = getattr(self.config, key).address
+        try:
+            await start()
+        except CertificateError as exc:     # a configuration mistake, not a busy port: refuse to start
+            log.error("%s", exc)
+            raise
+        except Exception as exc:  # noqa: BLE001 - the other transports keep serving
+            reason = _bind_error(exc)
+            env = "IGGY_" + key.upper()
+            log.error("%s listener NOT started on %s: %s. The server runs without %s; choose another "
+                      "%s.address (%s_ADDRESS) or set %s.enabled = false (%s_ENABLED=false)", name, address,
+                      reason, name, key, env, key, env, exc_info=not isinstance(exc, OSError))
+
+    async def _start_quic(self) -> None:
+        from iggy.config import parse_duration
+        from iggy.transports.quic import quic_configuration, start_quic
+        from iggy.transports.tls import Certificates
+        cfg = self.config
+        if self.certificates is None:
+            self.certificates = Certificates(cfg)
+        c = cfg.quic.certificate
+        cert, key = self.certificates.for_listener("quic.certificate", c.self_signed, c.cert_file, c.key_file,
+                                                   files_win=False)
+        host, port = split_address(cfg.quic.address)
+        self.quic, bound = await start_quic(self.plane, host, port, cfg.max_frame_size_bytes(),
+                                            quic_configuration(cfg, cert, key),
+                                            parse_duration(cfg.quic.keep_alive_interval) / 1e6)
+        self.plane.bound["quic"] = bound
+        log.info("QUIC server listening on %s:%d (UDP)", bound[0], bound[1])
+
+    async def _start_websocket(self) -> None:
+        from iggy.transports.websocket import start_websocket
+        cfg = self.config
+        ctx = self._tls_context("websocket.tls", cfg.websocket.tls) if cfg.websocket.tls.enabled else None
+        host, port = split_address(cfg.websocket.address)
+        self.websocket = await start_websocket(self.plane, host, port, cfg.max_frame_size_bytes(), ctx)
+        bound = next(iter(self.websocket.sockets)).getsockname()
+        self.plane.bound["websocket"] = (bound[0], bound[1])
+        log.info("WebSocket server listening on %s:%d%s", bound[0], bound[1], " (TLS)" if ctx else "")
 
     def _write_runtime_config(self) -> None:
         runtime = os.path.join(self.config.system.path, "runtime")
@@ -163,6 +243,10 @@ class Server:
             task.cancel()
         for srv in self.listeners:
             srv.close()
+        if self.websocket is not None:
+            self.websocket.close()      # also closes its connections (1001 going away)
+        if self.quic is not None:
+            self.quic.close()           # CONNECTION_CLOSE to every client, then the UDP socket
         if self.uring is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.uring.close)
         for session in list(self.plane.sessions.values()):
@@ -171,6 +255,11 @@ class Server:
         for srv in self.listeners:
             try:
                 await asyncio.wait_for(srv.wait_closed(), 2)
+            except asyncio.TimeoutError:
+                pass
+        if self.websocket is not None:
+            try:
+                await asyncio.wait_for(self.websocket.wait_closed(), 2)
             except asyncio.TimeoutError:
                 pass
         self.plane.storage.close()

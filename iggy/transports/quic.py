@@ -1,0 +1,242 @@
+"""The QUIC listener (`[quic]`, default 127.0.0.1:8080/UDP) on aioquic.
+
+What the SDK does (core/sdk/src/quic/quic_client.rs): one QUIC connection per client, no
+ALPN; for every request it opens a new bidirectional stream, writes the frame (TCP.md 2),
+finishes its sending side and reads the reply until the server finishes the stream
+(`read_to_end`, capped at the client's `response_buffer_size`, 10 MB by default). So here:
+
+- one `Session` per QUIC connection (opened when the handshake completes, transport kind
+  QUIC), closed when the connection ends;
+- each bidirectional stream has its own `FrameReader`; complete frames join one queue per
+  connection, handled one at a time in arrival order (`ControlPlane.handle`, awaited when
+  asynchronous), and the reply is written on the stream that carried the request;
+- the server finishes a stream once the client has finished its side and every frame that
+  arrived on it is answered. A stream that ends inside a frame is reset.
+
+`[quic]` settings: `max_idle_timeout` (0 = no idle limit of our own; the client's still
+applies), `keep_alive_interval` (the server PINGs each connection that often; 0 = never),
+`receive_window` / `stream_receive_window` (flow-control budget per connection / stream).
+`[quic.certificate]`: see `iggy.transports.tls`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from iggy._core.wire import FrameError, FrameReader
+from iggy.control.plane import TRANSPORT_QUIC, ConnectionLimit
+
+log = logging.getLogger(__name__)
+
+_NO_IDLE_LIMIT = 10 * 365 * 86400.0       # seconds; "0 s" turns our idle limit off
+_APP_ERROR_INVALID_FRAME = 1
+_APP_ERROR_STREAM_TRUNCATED = 2
+
+
+class _Stream:
+    __slots__ = ("frames", "outstanding", "finished")
+
+    def __init__(self, max_frame_size: int):
+        self.frames = FrameReader(max_frame_size)
+        self.outstanding = 0          # frames received and not answered yet
+        self.finished = False         # the client finished its sending side
+
+
+def make_protocol_class():
+    from aioquic.asyncio import QuicConnectionProtocol
+    from aioquic.quic import events
+
+    class IggyQuicProtocol(QuicConnectionProtocol):
+        """One QUIC connection: a Session plus the per-connection request queue."""
+
+        def __init__(self, quic, stream_handler=None, *, plane, max_frame_size: int, keep_alive: float):
+            super().__init__(quic, stream_handler)
+            self.plane = plane
+            self.max_frame_size = max_frame_size
+            self.keep_alive = keep_alive
+            self.session = None
+            self.peer = None
+            self._streams: dict[int, _Stream] = {}
+            self._queue: deque = deque()            # (stream_id, header, body)
+            self._busy = False
+            self._ended = False
+            self._ping_timer = None
+
+        # ------------------------------------------------------------ connection
+
+        def datagram_received(self, data, addr):
+            if self.peer is None:
+                self.peer = addr
+            super().datagram_received(data, addr)
+
+        def _open_session(self) -> bool:
+            if self.session is not None:
+                return True
+            if self._ended:
+                return False
+            peer = self.peer
+            address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+            try:
+                self.session = self.plane.open_session(address, TRANSPORT_QUIC, close=self._close_by_server)
+            except ConnectionLimit:
+                self._ended = True
+                self.close(error_code=0, reason_phrase="too many connections")
+                return False
+            if self.keep_alive > 0:
+                self._ping_timer = self._loop.call_later(self.keep_alive, self._ping)
+            return True
+
+        def _close_by_server(self) -> None:
+            """Session.close (heartbeat eviction, shutdown): CONNECTION_CLOSE, session gone at once."""
+            self.close(error_code=0, reason_phrase="closed by the server")
+            self._terminated()
+
+        def _ping(self) -> None:
+            self._ping_timer = None
+            if self._ended:
+                return
+            self._quic.send_ping(0)
+            self.transmit()
+            self._ping_timer = self._loop.call_later(self.keep_alive, self._ping)
+
+        def _terminated(self) -> None:
+            if self._ended and self.session is None:
+                return
+            self._ended = True
+            if self._ping_timer is not None:
+                self._ping_timer.cancel()
+                self._ping_timer = None
+            self._queue.clear()
+            self._streams.clear()
+            if self.session is not None:
+                self.plane.close_session(self.session)
+                self.session = None
+
+        # ------------------------------------------------------------ events
+
+        def quic_event_received(self, event) -> None:
+            if isinstance(event, events.StreamDataReceived):
+                self._on_stream_data(event.stream_id, event.data, event.end_stream)
+            elif isinstance(event, events.HandshakeCompleted):
+                self._open_session()
+            elif isinstance(event, events.StreamReset):
+                self._streams.pop(event.stream_id, None)
+            elif isinstance(event, events.ConnectionTerminated):
+                self._terminated()
+
+        def _on_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+            if stream_id & 0x2:         # unidirectional: the protocol has no use for them
+                return
+            if not self._open_session():
+                return
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                stream = self._streams[stream_id] = _Stream(self.max_frame_size)
+            if data:
+                stream.frames.feed(data)
+                while True:
+                    try:
+                        frame = stream.frames.next_frame()
+                    except FrameError as exc:
+                        log.info("closing QUIC connection %s: %s", self.session.address, exc)
+                        self.close(error_code=_APP_ERROR_INVALID_FRAME, reason_phrase="invalid frame")
+                        self._terminated()
+                        return
+                    if frame is None:
+                        break
+                    stream.outstanding += 1
+                    self._queue.append((stream_id, frame[0], frame[1]))
+            if end_stream:
+                stream.finished = True
+                if stream.frames.buffered:
+                    log.info("QUIC client %s finished stream %d inside a frame", self.session.address,
+                             stream_id)
+                    self._send(stream_id, b"", reset=True)
+                elif stream.outstanding == 0:
+                    self._send(stream_id, b"", end=True)
+            self._drain()
+
+        # ------------------------------------------------------------ requests
+
+        def _drain(self) -> None:
+            while not self._busy and self._queue and not self._ended:
+                stream_id, header, body = self._queue.popleft()
+                reply = self.plane.handle(self.session, header, body, parts=True)
+                if isinstance(reply, (bytes, list)):
+                    self._reply(stream_id, reply)
+                else:
+                    self._busy = True
+                    asyncio.ensure_future(self._finish(stream_id, reply))
+            self.transmit()
+
+        async def _finish(self, stream_id: int, pending) -> None:
+            try:
+                reply = await pending
+            except Exception:  # noqa: BLE001 - a failed request must not kill the connection silently
+                log.exception("request failed on QUIC connection %s",
+                              self.session.address if self.session else self.peer)
+                self._busy = False
+                self.close(error_code=0, reason_phrase="internal error")
+                self._terminated()
+                return
+            self._busy = False
+            if not self._ended:
+                self._reply(stream_id, reply)
+                self._drain()
+
+        def _reply(self, stream_id: int, reply) -> None:
+            stream = self._streams.get(stream_id)
+            if stream is None:                  # reset by the client meanwhile
+                return
+            stream.outstanding -= 1
+            last = stream.finished and stream.outstanding == 0
+            parts = reply if isinstance(reply, list) else (reply,)
+            for i, part in enumerate(parts):
+                self._send(stream_id, part, end=last and i == len(parts) - 1)
+
+        def _send(self, stream_id: int, data, end: bool = False, reset: bool = False) -> None:
+            try:
+                if reset:
+                    self._quic.reset_stream(stream_id, _APP_ERROR_STREAM_TRUNCATED)
+                else:
+                    self._quic.send_stream_data(stream_id, data, end_stream=end)
+            except Exception as exc:  # noqa: BLE001 - the stream is gone (reset or connection closing)
+                log.debug("QUIC stream %d: reply dropped: %s", stream_id, exc)
+            if end or reset:
+                self._streams.pop(stream_id, None)
+
+    return IggyQuicProtocol
+
+
+def quic_configuration(cfg, cert_file: str, key_file: str):
+    """aioquic server configuration from `[quic]` (no ALPN, as upstream's client listener)."""
+    from aioquic.quic.configuration import QuicConfiguration
+    from iggy.config import parse_duration, parse_size
+    idle = parse_duration(cfg.quic.max_idle_timeout) / 1e6
+    conf = QuicConfiguration(
+        is_client=False,
+        alpn_protocols=None,
+        idle_timeout=idle if idle > 0 else _NO_IDLE_LIMIT,
+        max_data=parse_size(cfg.quic.receive_window),
+        max_stream_data=parse_size(cfg.quic.stream_receive_window),
+    )
+    conf.load_cert_chain(cert_file, key_file)
+    return conf
+
+
+async def start_quic(plane, host: str, port: int, max_frame_size: int, configuration, keep_alive: float):
+    """Bind the UDP listener; returns (QuicServer, bound (host, port))."""
+    from aioquic.asyncio import serve
+    protocol_class = make_protocol_class()
+    quiet = logging.getLogger("quic")       # aioquic logs 3 INFO lines per connection
+    if quiet.level == logging.NOTSET and logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        quiet.setLevel(logging.WARNING)
+
+    def create_protocol(quic, stream_handler=None):
+        return protocol_class(quic, stream_handler, plane=plane, max_frame_size=max_frame_size,
+                              keep_alive=keep_alive)
+
+    server = await serve(host, port, configuration=configuration, create_protocol=create_protocol)
+    bound = server._transport.get_extra_info("sockname")
+    return server, (bound[0], bound[1])

@@ -39,7 +39,7 @@ DURATION_KEYS = {
     "quic.keep_alive_interval", "heartbeat.interval", "consumer_group.rebalancing_timeout",
     "data_maintenance.messages.interval", "personal_access_token.cleaner.interval", "limits.idle_timeout",
 }
-SIZE_KEYS = {"http.max_request_size", "message_bus.max_message_size", "quic.receive_window",
+SIZE_KEYS = {"http.max_request_size", "message_bus.max_message_size", "limits.max_write_buffer", "quic.receive_window",
              "quic.stream_receive_window"}
 ADDRESS_KEYS = {"tcp.address", "http.address", "quic.address", "websocket.address"}
 ENGINES = ("auto", "uring", "asyncio")

@@ -1,0 +1,450 @@
+# cython: language_level=3, embedsignature=True
+"""Client-side hot paths of `iggy-bench` and `perf/compare_peers.py`.
+
+The load tool must measure the server, not itself, so everything it does per request is one
+call into this module:
+
+* `SendFrame`: a SEND_MESSAGES request (TCP.md 8.1) built once, re-stamped per send. Only
+  the request number (header offset 168), the target partition (in the metadata), the batch
+  origin_timestamp (batch offset 24) and the batch checksum change; message checksums do not
+  cover any of them (TCP.md 8.4), so a re-stamp hashes 44 + 8 x count bytes. Layout::
+
+      0    256  request header: size, command 5, client, request, operation 160, session
+      256    4  u32 metadata length (22)
+      260    6  stream Identifier (numeric: 01 04 u32)
+      266    6  topic Identifier
+      272    2  partitioning kind 2, length 4
+      274    4  u32 partition id                       <- re-stamped
+      278    4  u32 message count
+      282  ...  batch: 256-byte header + frames         origin_timestamp, checksum re-stamped
+
+* `PollFrame`: a POLL_MESSAGES request (TCP.md 8.5), body of 38 bytes::
+
+      256  u8 consumer kind (1 single, 2 group)   257  consumer Identifier (6)
+      263  stream Identifier (6)                  269  topic Identifier (6)
+      275  u8 has_partition                       276  u32 partition id   <- re-stamped
+      280  u8 strategy (1 offset, 5 next)          281  u64 value          <- re-stamped
+      289  u32 count                               293  u8 auto_commit
+
+* `scan_poll`: walks a poll reply body (TCP.md 8.6) in C: message count, payload bytes, the
+  first batch's origin_timestamp (end-to-end latency) and the offset after the last message.
+
+* `resp_skip` / `resp_xread`: RESP2 scanners for the Redis Streams side of the comparison, so
+  the Redis client does no per-message Python work either.
+"""
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memchr, memcpy, memset
+
+from iggy._core.batch cimport batch_checksum
+from iggy._core.includes.le cimport le_u32, le_u64, put_u32, put_u64
+
+cdef enum:
+    HEADER_LEN = 256
+    BATCH_HEADER = 256
+    FRAME_HEADER = 48
+    OP_READ = 2
+    OP_SEND = 160
+    POLL_MESSAGES = 100
+    SEND_META_LEN = 22
+    SEND_PARTITION_POS = 274
+    SEND_BATCH_POS = 282
+    POLL_BODY_LEN = 38
+    POLL_PARTITION_POS = 276
+    POLL_STRATEGY_POS = 280
+    POLL_VALUE_POS = 281
+
+
+cdef void _request_header(unsigned char *p, uint32_t size, uint8_t operation, uint32_t code,
+                          uint64_t session, const unsigned char *client) noexcept nogil:
+    """A request header as the 0.9.0 SDK sends it (TCP.md 2.2); `request` is stamped later."""
+    memset(p, 0, HEADER_LEN)
+    put_u32(p + 48, size)
+    p[60] = 5
+    memcpy(p + 128, client, 16)
+    p[176] = operation
+    put_u64(p + 184, session)
+    if operation == OP_READ:
+        put_u32(p + 196, code)
+
+
+cdef inline void _numeric_id(unsigned char *p, uint32_t value) noexcept nogil:
+    p[0] = 1
+    p[1] = 4
+    put_u32(p + 2, value)
+
+
+cdef class SendFrame:
+    """One pre-built SEND_MESSAGES request (layout in the module docstring).
+
+    Invariants: `data` never changes size, so views handed to a transport stay valid; the
+    batch in it passed `build_batch`, so its frames fit and the checksum walk is bounded.
+    """
+    cdef bytearray _buf
+    cdef readonly Py_ssize_t size
+    cdef readonly uint32_t message_count
+    cdef readonly uint64_t batch_length
+
+    def __init__(self, batch, uint64_t session, client, uint32_t stream_id, uint32_t topic_id,
+                 uint32_t partition_id=0):
+        cdef Py_buffer view
+        cdef unsigned char *p
+        cdef bytes client_raw = int(client).to_bytes(16, "little")
+        PyObject_GetBuffer(batch, &view, PyBUF_SIMPLE)
+        try:
+            if view.len < BATCH_HEADER:
+                raise ValueError("a batch is at least 256 bytes")
+            self.size = SEND_BATCH_POS + view.len
+            self._buf = bytearray(self.size)
+            p = <unsigned char *>PyByteArray_AS_STRING(self._buf)
+            _request_header(p, <uint32_t>self.size, OP_SEND, 0, session, <const unsigned char *>client_raw)
+            put_u32(p + 256, SEND_META_LEN)
+            _numeric_id(p + 260, stream_id)
+            _numeric_id(p + 266, topic_id)
+            p[272] = 2
+            p[273] = 4
+            put_u32(p + SEND_PARTITION_POS, partition_id)
+            memcpy(p + SEND_BATCH_POS, view.buf, view.len)
+            self.message_count = le_u32(p + SEND_BATCH_POS + 48)
+            self.batch_length = le_u64(p + SEND_BATCH_POS + 32)
+            put_u32(p + 278, self.message_count)
+            if self.batch_length != <uint64_t>view.len:
+                raise ValueError("batch_length does not match the batch")
+        finally:
+            PyBuffer_Release(&view)
+
+    @property
+    def data(self):
+        """The frame (a bytearray of fixed size; write it to the socket as is)."""
+        return self._buf
+
+    def stamp(self, uint64_t request, uint64_t origin_timestamp, uint32_t partition_id):
+        """Set the request number, the partition and the origin timestamp; redo the checksum."""
+        cdef unsigned char *p = <unsigned char *>PyByteArray_AS_STRING(self._buf)
+        cdef unsigned char *b = p + SEND_BATCH_POS
+        cdef uint64_t sum_ = 0
+        with nogil:
+            put_u64(p + 168, request)
+            put_u32(p + SEND_PARTITION_POS, partition_id)
+            put_u64(b + 24, origin_timestamp)
+            batch_checksum(b, b + BATCH_HEADER, self.batch_length - BATCH_HEADER, &sum_)
+            put_u64(b + 40, sum_)
+        return self._buf
+
+
+cdef class PollFrame:
+    """One pre-built POLL_MESSAGES request (layout in the module docstring)."""
+    cdef bytearray _buf
+
+    def __init__(self, uint64_t session, client, uint8_t consumer_kind, uint32_t consumer_id,
+                 uint32_t stream_id, uint32_t topic_id, uint32_t partition_id, uint8_t strategy,
+                 uint32_t count, bint auto_commit=False, bint has_partition=True):
+        cdef unsigned char *p
+        cdef bytes client_raw = int(client).to_bytes(16, "little")
+        self._buf = bytearray(HEADER_LEN + POLL_BODY_LEN)
+        p = <unsigned char *>PyByteArray_AS_STRING(self._buf)
+        _request_header(p, HEADER_LEN + POLL_BODY_LEN, OP_READ, POLL_MESSAGES, session,
+                        <const unsigned char *>client_raw)
+        p[256] = consumer_kind
+        _numeric_id(p + 257, consumer_id)
+        _numeric_id(p + 263, stream_id)
+        _numeric_id(p + 269, topic_id)
+        p[275] = 1 if has_partition else 0
+        put_u32(p + POLL_PARTITION_POS, partition_id)
+        p[POLL_STRATEGY_POS] = strategy
+        put_u32(p + 289, count)
+        p[293] = 1 if auto_commit else 0
+
+    @property
+    def data(self):
+        return self._buf
+
+    def stamp(self, uint64_t request, uint32_t partition_id, uint64_t value):
+        """Set the request number (reads carry the next write's number), partition and value."""
+        cdef unsigned char *p = <unsigned char *>PyByteArray_AS_STRING(self._buf)
+        put_u64(p + 168, request)
+        put_u32(p + POLL_PARTITION_POS, partition_id)
+        put_u64(p + POLL_VALUE_POS, value)
+        return self._buf
+
+
+def scan_poll(body):
+    """Walk a poll reply body: (partition_id, current_offset, count, payload_bytes,
+    first_origin_timestamp, next_offset).
+
+    `next_offset` is the offset after the last message served (0 when none); payload bytes
+    sum the frames' payload lengths. Raises ValueError when the batches do not frame.
+    """
+    cdef Py_buffer view
+    cdef const unsigned char *p
+    cdef const unsigned char *b
+    cdef uint64_t n, pos, blen, fpos, flen, payload = 0, first_origin = 0, next_offset = 0
+    cdef uint32_t count, bcount, i, last_delta = 0
+    cdef uint32_t partition_id
+    cdef uint64_t current
+    cdef bint bad = False
+    PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+    try:
+        if view.len < 16:
+            raise ValueError(f"poll reply of {view.len} bytes")
+        p = <const unsigned char *>view.buf
+        n = <uint64_t>view.len
+        partition_id = le_u32(p)
+        current = le_u64(p + 4)
+        count = le_u32(p + 12)
+        pos = 16
+        with nogil:
+            while n - pos >= BATCH_HEADER:
+                b = p + pos
+                blen = le_u64(b + 32)
+                bcount = le_u32(b + 48)
+                if blen < BATCH_HEADER or blen > n - pos:
+                    bad = True
+                    break
+                if first_origin == 0:
+                    first_origin = le_u64(b + 24)
+                fpos = BATCH_HEADER
+                for i in range(bcount):
+                    if blen - fpos < FRAME_HEADER:
+                        bad = True
+                        break
+                    flen = <uint64_t>FRAME_HEADER + le_u32(b + fpos + 36) + le_u32(b + fpos + 32)
+                    if flen > blen - fpos:
+                        bad = True
+                        break
+                    payload += le_u32(b + fpos + 36)
+                    last_delta = le_u32(b + fpos + 24)
+                    fpos += flen
+                if bad:
+                    break
+                if bcount:
+                    next_offset = le_u64(b + 8) + last_delta + 1
+                pos += blen
+            if pos != n:
+                bad = True
+    finally:
+        PyBuffer_Release(&view)
+    if bad:
+        raise ValueError("poll reply batches do not frame")
+    return partition_id, current, count, payload, first_origin, next_offset
+
+
+# --------------------------------------------------------------------------- RESP2 (Redis)
+
+cdef enum:
+    RESP_INCOMPLETE = -1
+    RESP_PROTOCOL = -2
+    RESP_ERROR_REPLY = -3
+
+
+cdef int64_t _resp_line(const unsigned char *p, int64_t pos, int64_t end, int64_t *value) noexcept nogil:
+    """Parse the integer of the line starting at p[pos] (after the type byte); returns the
+    position after its CRLF, or RESP_INCOMPLETE / RESP_PROTOCOL."""
+    cdef const unsigned char *cr
+    cdef int64_t v = 0, i
+    cdef bint neg = False
+    if pos >= end:
+        return RESP_INCOMPLETE
+    cr = <const unsigned char *>memchr(p + pos, 13, <size_t>(end - pos))
+    if cr == NULL or cr - p + 1 >= end:
+        return RESP_INCOMPLETE
+    i = pos
+    if p[i] == 45:   # '-'
+        neg = True
+        i += 1
+    while p + i < cr:
+        if p[i] < 48 or p[i] > 57:
+            return RESP_PROTOCOL
+        v = v * 10 + (p[i] - 48)
+        i += 1
+    value[0] = -v if neg else v
+    return (cr - p) + 2
+
+
+cdef int64_t _resp_skip(const unsigned char *p, int64_t pos, int64_t end, int depth) noexcept nogil:
+    """Position after one complete RESP2 value at p[pos], or a negative RESP_* status."""
+    cdef int64_t n = 0, nxt, i
+    cdef const unsigned char *cr
+    cdef unsigned char t
+    if depth > 32:
+        return RESP_PROTOCOL
+    if pos >= end:
+        return RESP_INCOMPLETE
+    t = p[pos]
+    if t == 43 or t == 45:          # '+' simple string, '-' error
+        cr = <const unsigned char *>memchr(p + pos, 13, <size_t>(end - pos))
+        if cr == NULL or cr - p + 1 >= end:
+            return RESP_INCOMPLETE
+        return RESP_ERROR_REPLY if t == 45 else (cr - p) + 2
+    nxt = _resp_line(p, pos + 1, end, &n)
+    if nxt < 0:
+        return nxt
+    if t == 58:                      # ':' integer
+        return nxt
+    if t == 36:                      # '$' bulk string
+        if n < 0:
+            return nxt
+        if nxt + n + 2 > end:
+            return RESP_INCOMPLETE
+        return nxt + n + 2
+    if t == 42:                      # '*' array
+        for i in range(n):
+            nxt = _resp_skip(p, nxt, end, depth + 1)
+            if nxt < 0:
+                return nxt
+        return nxt
+    return RESP_PROTOCOL
+
+
+class RespError(Exception):
+    """An error reply (`-ERR ...`) or bytes that are not RESP2."""
+
+
+cdef _resp_raise(const unsigned char *p, int64_t end, int64_t status):
+    if status == RESP_ERROR_REPLY:
+        raise RespError(bytes(p[:min(end, 200)]).split(b"\r\n", 1)[0].decode(errors="replace"))
+    raise RespError("malformed RESP reply")
+
+
+def resp_skip(buf, Py_ssize_t end, Py_ssize_t values):
+    """Position after `values` complete RESP2 values at the start of buf[:end], or -1 when
+    more bytes are needed. Raises RespError on an error reply (pipelined XADD acks)."""
+    cdef Py_buffer view
+    cdef int64_t pos = 0, i
+    cdef const unsigned char *p
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        if end > view.len:
+            end = view.len
+        p = <const unsigned char *>view.buf
+        with nogil:
+            for i in range(values):
+                pos = _resp_skip(p, pos, end, 0)
+                if pos < 0:
+                    break
+        if pos == RESP_INCOMPLETE:
+            return -1
+        if pos < 0:
+            _resp_raise(p, end, pos)
+        return pos
+    finally:
+        PyBuffer_Release(&view)
+
+
+def resp_xread(buf, Py_ssize_t end):
+    """Scan one XREAD reply (RESP2) at the start of buf[:end].
+
+    Returns None when more bytes are needed, else (consumed, entries, last_id, value_bytes):
+    the number of stream entries, the id of the last one (bytes, None when the reply is nil)
+    and the summed length of every field value (the message payloads).
+    """
+    cdef Py_buffer view
+    cdef const unsigned char *p
+    cdef int64_t pos = 0, n_streams = 0, n_entries = 0, n_fields = 0, blen = 0
+    cdef int64_t s, e, f, entries = 0, values = 0, id_pos = -1, id_len = 0
+    cdef int64_t status = 0
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        if end > view.len:
+            end = view.len
+        p = <const unsigned char *>view.buf
+        with nogil:
+            while True:
+                if pos >= end:
+                    status = RESP_INCOMPLETE
+                    break
+                if p[0] != 42:               # not an array: an error or something unexpected
+                    status = _resp_skip(p, 0, end, 0)
+                    if status >= 0:
+                        status = RESP_PROTOCOL
+                    break
+                pos = _resp_line(p, 1, end, &n_streams)
+                if pos < 0:
+                    status = pos
+                    break
+                for s in range(n_streams if n_streams > 0 else 0):
+                    # *2 [$name, *N entries]
+                    if pos >= end:
+                        status = RESP_INCOMPLETE
+                        break
+                    if p[pos] != 42:
+                        status = RESP_PROTOCOL
+                        break
+                    pos = _resp_line(p, pos + 1, end, &n_entries)
+                    if pos < 0:
+                        status = pos
+                        break
+                    pos = _resp_skip(p, pos, end, 0)          # stream name
+                    if pos < 0:
+                        status = pos
+                        break
+                    if pos >= end:
+                        status = RESP_INCOMPLETE
+                        break
+                    if p[pos] != 42:
+                        status = RESP_PROTOCOL
+                        break
+                    pos = _resp_line(p, pos + 1, end, &n_entries)
+                    if pos < 0:
+                        status = pos
+                        break
+                    for e in range(n_entries if n_entries > 0 else 0):
+                        # *2 [$id, *2k fields]
+                        if pos >= end:
+                            status = RESP_INCOMPLETE
+                            break
+                        pos = _resp_line(p, pos + 1, end, &n_fields)
+                        if pos < 0:
+                            status = pos
+                            break
+                        if pos >= end:
+                            status = RESP_INCOMPLETE
+                            break
+                        if p[pos] != 36:
+                            status = RESP_PROTOCOL
+                            break
+                        id_pos = _resp_line(p, pos + 1, end, &blen)
+                        if id_pos < 0:
+                            status = id_pos
+                            break
+                        id_len = blen
+                        pos = _resp_skip(p, pos, end, 0)
+                        if pos < 0:
+                            status = pos
+                            break
+                        if pos >= end:
+                            status = RESP_INCOMPLETE
+                            break
+                        if p[pos] != 42:
+                            status = RESP_PROTOCOL
+                            break
+                        pos = _resp_line(p, pos + 1, end, &n_fields)
+                        if pos < 0:
+                            status = pos
+                            break
+                        for f in range(n_fields if n_fields > 0 else 0):
+                            if pos >= end:
+                                status = RESP_INCOMPLETE
+                                break
+                            if f % 2 == 1 and p[pos] == 36:
+                                if _resp_line(p, pos + 1, end, &blen) >= 0 and blen > 0:
+                                    values += blen
+                            pos = _resp_skip(p, pos, end, 0)
+                            if pos < 0:
+                                status = pos
+                                break
+                        if status < 0:
+                            break
+                        entries += 1
+                    if status < 0:
+                        break
+                break
+        if status == RESP_INCOMPLETE:
+            return None
+        if status < 0:
+            _resp_raise(p, end, status)
+        last_id = bytes(p[id_pos:id_pos + id_len]) if id_pos >= 0 else None
+        return pos, entries, last_id, values
+    finally:
+        PyBuffer_Release(&view)

@@ -1,0 +1,3 @@
+from iggy.bench.cli import main
+
+raise SystemExit(main())

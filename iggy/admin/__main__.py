@@ -1,0 +1,5 @@
+import sys
+
+from iggy.admin.cli import main
+
+sys.exit(main())

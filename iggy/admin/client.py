@@ -1,0 +1,670 @@
+"""A blocking TCP client for administration, speaking the Iggy 0.9.0 binary protocol.
+
+Frames are built with the server's own codec (`iggy._core.wire.build_request`) and the
+numbering the official SDK uses (TCP.md 3.3): login is operation 1 with request 0, reads
+(operation 2) carry the number the next write will use without consuming it, writes consume
+one. Replies of writes start with a result section `[u32 count]`; a refusal arrives either as
+a header status, as a result entry `[u32 1][u32 index][u32 code]`, or (for logins) as an
+eviction header. Every refusal is raised as `CommandError`.
+
+Every method returns plain data (dicts, lists, ints, strings), ready for a table or JSON.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import ssl
+import struct
+import time
+
+from iggy import codes
+from iggy._core.batch import build_batch, decode_headers, iter_messages, random_id
+from iggy._core.wire import PROTOCOL_VERSION, Reader, Writer, build_request, parse_reply_header
+from iggy.control import permissions as perm
+from iggy.errors import ErrorCode, IggyError, error_id
+
+HEADER = 256
+COMMAND_EVICTION = 13
+U64_MAX = 0xFFFFFFFFFFFFFFFF
+SDK_NAME = "iggy-cli-py"
+
+# eviction reason (header byte 255) -> the error code it stands for (TCP.md 2.4)
+EVICTION_CODES = {
+    1: ErrorCode.UNAUTHENTICATED, 2: ErrorCode.INVALID_COMMAND, 3: ErrorCode.INVALID_COMMAND,
+    4: ErrorCode.INVALID_COMMAND, 5: ErrorCode.INVALID_COMMAND, 6: ErrorCode.INVALID_COMMAND,
+    7: ErrorCode.UNAUTHENTICATED, 8: ErrorCode.UNAUTHENTICATED, 9: ErrorCode.INVALID_CREDENTIALS,
+    10: ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN, 11: ErrorCode.USER_INACTIVE, 12: ErrorCode.UNAUTHENTICATED,
+    13: ErrorCode.STALE_CLIENT, 14: ErrorCode.INCOMPATIBLE_PROTOCOL_VERSION, 15: ErrorCode.INVALID_FORMAT,
+}
+
+# user header / option value kinds (TCP.md 5.8)
+HEADER_KINDS = {
+    "raw": 1, "string": 2, "bool": 3, "int8": 4, "int16": 5, "int32": 6, "int64": 7, "int128": 8,
+    "uint8": 9, "uint16": 10, "uint32": 11, "uint64": 12, "uint128": 13, "float32": 14, "float64": 15,
+}
+HEADER_KIND_NAMES = {v: k for k, v in HEADER_KINDS.items()}
+_INT_KINDS = {4: (1, True), 5: (2, True), 6: (4, True), 7: (8, True), 8: (16, True),
+              9: (1, False), 10: (2, False), 11: (4, False), 12: (8, False), 13: (16, False)}
+
+TRANSPORTS = {1: "tcp", 2: "quic", 3: "http", 4: "websocket"}
+USER_STATUSES = {1: "active", 2: "inactive"}
+COMPRESSION = {1: "none", 2: "gzip"}
+STRATEGIES = {"offset": 1, "timestamp": 2, "first": 3, "last": 4, "next": 5}
+CONSUMER_KINDS = {"consumer": 1, "consumer_group": 2, "consumer-group": 2}
+
+
+class CommandError(Exception):
+    """The server refused a request (or could not be reached)."""
+
+    def __init__(self, code: int, reason: str | None = None):
+        self.code = int(code)
+        self.id = error_id(self.code)
+        self.reason = reason or IggyError(self.code).reason
+        super().__init__(f"[{self.code}] {self.reason}")
+
+
+# --------------------------------------------------------------------------- encoding
+
+def parse_identifier(text):
+    """A CLI identifier: digits -> numeric id, anything else -> name (as the SDK does)."""
+    if isinstance(text, int):
+        return text
+    text = str(text)
+    if text.isascii() and text.isdigit() and int(text) <= 0xFFFFFFFF:
+        return int(text)
+    return text
+
+
+def identifier(value) -> bytes:
+    value = parse_identifier(value)
+    if isinstance(value, int):
+        return b"\x01\x04" + struct.pack("<I", value)
+    raw = value.encode("utf-8")
+    if not 0 < len(raw) <= 255:
+        raise ValueError(f"an identifier is 1..255 bytes: {value!r}")
+    return b"\x02" + bytes([len(raw)]) + raw
+
+
+def encode_value(kind: int, text: str) -> bytes:
+    """A header value of `kind` from its text form (`-H key:kind:value`)."""
+    if kind == 1:
+        return text.encode("utf-8")
+    if kind == 2:
+        return text.encode("utf-8")
+    if kind == 3:
+        lowered = text.lower()
+        if lowered not in ("true", "false"):
+            raise ValueError(f"not a bool: {text!r}")
+        return b"\x01" if lowered == "true" else b"\x00"
+    if kind in _INT_KINDS:
+        size, signed = _INT_KINDS[kind]
+        return int(text, 0).to_bytes(size, "little", signed=signed)
+    if kind == 14:
+        return struct.pack("<f", float(text))
+    if kind == 15:
+        return struct.pack("<d", float(text))
+    raise ValueError(f"unknown header kind {kind}")
+
+
+def decode_value(kind: int, raw: bytes):
+    """A header or option value as a JSON-friendly Python value."""
+    if kind == 2:
+        return raw.decode("utf-8", "replace")
+    if kind == 3 and len(raw) == 1:
+        return raw != b"\x00"
+    if kind in _INT_KINDS and len(raw) == _INT_KINDS[kind][0]:
+        return int.from_bytes(raw, "little", signed=_INT_KINDS[kind][1])
+    if kind == 14 and len(raw) == 4:
+        return struct.unpack("<f", raw)[0]
+    if kind == 15 and len(raw) == 8:
+        return struct.unpack("<d", raw)[0]
+    return raw.hex()
+
+
+def options_block(pairs) -> bytes:
+    """A request options block (no length prefix): string key, then the value's TLV."""
+    out = bytearray()
+    for key, kind, value in pairs:
+        raw_key = key.encode("utf-8")
+        out += bytes([2]) + len(raw_key).to_bytes(4, "little") + raw_key
+        out += bytes([kind]) + len(value).to_bytes(4, "little") + value
+    return bytes(out)
+
+
+def encode_headers(headers) -> bytes:
+    """[(key, kind, value bytes)] -> the user-headers TLV block of a message."""
+    out = bytearray()
+    for key, kind, value in headers:
+        raw_key = key.encode("utf-8")
+        if not 0 < len(raw_key) <= 255 or not 0 < len(value) <= 255:
+            raise ValueError(f"header key and value must be 1..255 bytes: {key!r}")
+        out += bytes([2]) + len(raw_key).to_bytes(4, "little") + raw_key
+        out += bytes([kind]) + len(value).to_bytes(4, "little") + value
+    return bytes(out)
+
+
+def encode_permissions(perms: dict | None) -> bytes:
+    """`[u8 has_permissions][u32 length][Permissions]`, or `00` for none."""
+    if perms is None:
+        return b"\x00"
+    raw = perm.encode(perms)
+    return b"\x01" + struct.pack("<I", len(raw)) + raw
+
+
+# --------------------------------------------------------------------------- decoding
+
+def _str32(r: Reader) -> str:
+    return r.bytes32().decode("utf-8", "replace")
+
+
+def _options(r: Reader) -> dict:
+    raw = r.bytes32()
+    if not raw:
+        return {}
+    entries = Reader(raw).tlv()
+    out = {}
+    for i in range(0, len(entries) - 1, 2):
+        key = entries[i][1].decode("utf-8", "replace")
+        out[key] = decode_value(*entries[i + 1])
+    return out
+
+
+def _stream(r: Reader) -> dict:
+    return {"id": r.u32(), "created_at": r.u64(), "topics_count": r.u32(), "size_bytes": r.u64(),
+            "messages_count": r.u64(), "name": r.name(), "options": _options(r)}
+
+
+def _topic_header(r: Reader) -> dict:
+    t = {"id": r.u32(), "created_at": r.u64(), "partitions_count": r.u32(), "message_expiry": r.u64()}
+    t["compression_algorithm"] = COMPRESSION.get(r.u8(), "unknown")
+    t["max_topic_size"] = r.u64()
+    t["size_bytes"] = r.u64()
+    t["messages_count"] = r.u64()
+    t["name"] = r.name()
+    t["options"] = _options(r)
+    t["derived_options"] = _options(r)
+    return t
+
+
+def _partition(r: Reader) -> dict:
+    return {"id": r.u32(), "created_at": r.u64(), "segments_count": r.u32(), "current_offset": r.u64(),
+            "size_bytes": r.u64(), "messages_count": r.u64()}
+
+
+def _user(r: Reader) -> dict:
+    u = {"id": r.u32(), "created_at": r.u64()}
+    u["status"] = USER_STATUSES.get(r.u8(), "unknown")
+    u["username"] = r.name()
+    u["options"] = _options(r)
+    return u
+
+
+def permissions_to_json(perms: dict | None) -> dict | None:
+    """The stored permission form -> named flags."""
+    if perms is None:
+        return None
+    return {
+        "global": {name: bool(v) for name, v in zip(perm.GLOBAL_FLAGS, perms["global"])},
+        "streams": {
+            str(sid): {
+                **{name: bool(v) for name, v in zip(perm.STREAM_FLAGS, sp["flags"])},
+                "topics": {str(tid): {name: bool(v) for name, v in zip(perm.TOPIC_FLAGS, flags)}
+                           for tid, flags in sp["topics"].items()},
+            }
+            for sid, sp in perms["streams"].items()
+        },
+    }
+
+
+def _group(r: Reader) -> dict:
+    return {"id": r.u32(), "partitions_count": r.u32(), "members_count": r.u32(), "name": r.name()}
+
+
+def _client(r: Reader) -> dict:
+    c = {"client_id": r.u32()}
+    user_id = r.u32()
+    c["user_id"] = None if user_id == 0xFFFFFFFF else user_id
+    c["transport"] = TRANSPORTS.get(r.u8(), "unknown")
+    c["address"] = _str32(r)
+    c["consumer_groups_count"] = r.u32()
+    return c
+
+
+def _message_json(m: dict, partition_id: int) -> dict:
+    payload = m["payload"]
+    out = {"offset": m["offset"], "id": m["id"], "partition_id": partition_id, "timestamp": m["timestamp"],
+           "origin_timestamp": m["origin_timestamp"], "checksum": m["checksum"], "length": len(payload)}
+    try:
+        out["payload"], out["payload_encoding"] = payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        out["payload"], out["payload_encoding"] = base64.b64encode(payload).decode("ascii"), "base64"
+    headers = {}
+    for _, key, vkind, value in decode_headers(m["user_headers"]):
+        headers[key.decode("utf-8", "replace")] = {"kind": HEADER_KIND_NAMES.get(vkind, str(vkind)),
+                                                   "value": decode_value(vkind, value)}
+    out["headers"] = headers
+    return out
+
+
+# --------------------------------------------------------------------------- the client
+
+class AdminClient:
+    """One TCP connection, one request at a time."""
+
+    def __init__(self, address: str, *, tls: bool = False, tls_domain: str | None = None,
+                 tls_ca_file: str | None = None, timeout: float = 30.0):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"invalid server address {address!r} (expected HOST:PORT)")
+        host = host.strip("[]")
+        try:
+            sock = socket.create_connection((host, int(port)), timeout=timeout)
+        except OSError as exc:
+            raise CommandError(ErrorCode.ERROR, f"cannot connect to {address}: {exc.strerror or exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:
+            ctx = ssl.create_default_context(cafile=tls_ca_file)
+            sock = ctx.wrap_socket(sock, server_hostname=tls_domain or host)
+        self.address = address
+        self.sock = sock
+        self.session = 0
+        self.request = 0
+        self.client = int.from_bytes(os.urandom(16), "little") or 1
+        self.user_id: int | None = None
+        self.server_version: str | None = None
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ----------------------------------------------------------------- framing
+
+    def _recv_exact(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            try:
+                chunk = self.sock.recv(n - len(out))
+            except TimeoutError:
+                raise CommandError(ErrorCode.ERROR, "no reply from the server (timeout)") from None
+            if not chunk:
+                raise CommandError(ErrorCode.DISCONNECTED, "the server closed the connection")
+            out += chunk
+        return bytes(out)
+
+    def _call(self, operation: int, code: int = 0, body: bytes = b"") -> bytes:
+        if operation == codes.OP_REGISTER:
+            request, session = 0, 0
+        elif operation == codes.OP_READ:
+            request, session = self.request + 1, self.session
+        else:
+            self.request += 1
+            request, session = self.request, self.session
+        frame = build_request(operation, code, body, session=session, request=request, client=self.client,
+                              with_checksum=operation in codes.CHECKSUMMED_OPS)
+        self.sock.sendall(frame)
+        head = self._recv_exact(HEADER)
+        size, command, _operation, status, reason = parse_reply_header(head)
+        if command == COMMAND_EVICTION:
+            raise CommandError(EVICTION_CODES.get(reason, ErrorCode.UNAUTHENTICATED))
+        payload = self._recv_exact(size - HEADER) if size > HEADER else b""
+        if status:
+            raise CommandError(status)
+        if operation in codes.RESULT_FRAMED_OPS or (operation == codes.OP_REGISTER and payload):
+            if len(payload) < 4:
+                raise CommandError(ErrorCode.INVALID_COMMAND, "malformed reply from the server")
+            count = struct.unpack_from("<I", payload)[0]
+            if count:
+                failed = struct.unpack_from("<I", payload, 8)[0] if len(payload) >= 12 else ErrorCode.ERROR
+                raise CommandError(failed)
+            payload = payload[4:]
+        return payload
+
+    def read(self, code: int, body: bytes = b"") -> bytes:
+        return self._call(codes.OP_READ, code, body)
+
+    def write(self, code: int, body: bytes = b"") -> bytes:
+        return self._call(codes.CODE_OPERATIONS[code], 0, body)
+
+    # ----------------------------------------------------------------- session
+
+    def _version_prefix(self) -> bytes:
+        from iggy import __version__
+        return (Writer().u32(PROTOCOL_VERSION).name(SDK_NAME).name(__version__).getvalue())
+
+    def _register(self, body: bytes) -> dict:
+        reply = Reader(self._call(codes.OP_REGISTER, 0, body))
+        self.user_id = reply.u32()
+        self.session = reply.u64()
+        reply.u32()
+        self.server_version = reply.name() if reply.remaining() else None
+        self.request = 0
+        return {"user_id": self.user_id, "server_version": self.server_version}
+
+    def login(self, username: str, password: str) -> dict:
+        raw = password.encode("utf-8")
+        if len(raw) > 255:
+            raise CommandError(ErrorCode.INVALID_PASSWORD)
+        body = self._version_prefix() + Writer().name(username).bytes8(raw).u32(0).getvalue()
+        return self._register(body)
+
+    def login_with_token(self, token: str) -> dict:
+        raw = token.encode("utf-8")
+        if len(raw) > 255:
+            raise CommandError(ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN)
+        return self._register(self._version_prefix() + Writer().bytes8(raw).u32(0).getvalue())
+
+    def logout(self) -> None:
+        self._call(codes.OP_LOGOUT)
+        self.session = 0
+
+    # ----------------------------------------------------------------- system
+
+    def ping(self) -> float:
+        """Round trip of one PING, in milliseconds."""
+        start = time.perf_counter()
+        self.read(codes.PING)
+        return (time.perf_counter() - start) * 1000.0
+
+    def me(self) -> dict:
+        r = Reader(self.read(codes.GET_ME))
+        c = _client(r)
+        c["consumer_groups"] = [{"stream_id": r.u32(), "topic_id": r.u32(), "group_id": r.u32()}
+                                for _ in range(c["consumer_groups_count"])]
+        return c
+
+    def get_clients(self) -> list:
+        r = Reader(self.read(codes.GET_CLIENTS))
+        out = []
+        while r.remaining():
+            out.append(_client(r))
+        return out
+
+    def get_client(self, client_id: int) -> dict | None:
+        raw = self.read(codes.GET_CLIENT, struct.pack("<I", client_id))
+        if not raw:
+            return None
+        r = Reader(raw)
+        c = _client(r)
+        c["consumer_groups"] = [{"stream_id": r.u32(), "topic_id": r.u32(), "group_id": r.u32()}
+                                for _ in range(c["consumer_groups_count"])]
+        return c
+
+    def stats(self) -> dict:
+        r = Reader(self.read(codes.GET_STATS))
+        s = {"process_id": r.u32()}
+        s["cpu_usage"], s["total_cpu_usage"] = struct.unpack("<ff", r.take(8))
+        for key in ("memory_usage", "total_memory", "available_memory", "run_time", "start_time",
+                    "read_bytes", "written_bytes", "messages_size_bytes"):
+            s[key] = r.u64()
+        for key in ("streams_count", "topics_count", "partitions_count", "segments_count"):
+            s[key] = r.u32()
+        s["messages_count"] = r.u64()
+        s["clients_count"] = r.u32()
+        s["consumer_groups_count"] = r.u32()
+        for key in ("hostname", "os_name", "os_version", "kernel_version", "iggy_server_version"):
+            s[key] = _str32(r)
+        semver = r.u32()
+        s["iggy_server_semver"] = semver or None
+        s["cache_metrics"] = []
+        for _ in range(r.u32()):
+            stream_id, topic_id, partition_id, hits, misses = r.u32(), r.u32(), r.u32(), r.u64(), r.u64()
+            ratio = struct.unpack("<f", r.take(4))[0]
+            s["cache_metrics"].append({"stream_id": stream_id, "topic_id": topic_id,
+                                       "partition_id": partition_id, "hits": hits, "misses": misses,
+                                       "hit_ratio": ratio})
+        s["threads_count"] = r.u32()
+        s["free_disk_space"] = r.u64()
+        s["total_disk_space"] = r.u64()
+        return s
+
+    def describe_options(self, scope: str) -> list:
+        scopes = {"topic": 1, "stream": 2, "user": 3}
+        r = Reader(self.read(codes.DESCRIBE_OPTIONS, bytes([scopes[scope]])))
+        out = []
+        for _ in range(r.u32()):
+            key = r.name()
+            kind = r.u8()
+            default = r.bytes32()
+            out.append({"key": key, "kind": HEADER_KIND_NAMES.get(kind, str(kind)),
+                        "default": decode_value(kind, default), "description": _str32(r)})
+        return out
+
+    # ----------------------------------------------------------------- streams
+
+    def get_streams(self) -> list:
+        r = Reader(self.read(codes.GET_STREAMS))
+        out = []
+        while r.remaining():
+            out.append(_stream(r))
+        return out
+
+    def get_stream(self, stream) -> dict | None:
+        raw = self.read(codes.GET_STREAM, identifier(stream))
+        if not raw:
+            return None
+        r = Reader(raw)
+        s = _stream(r)
+        s["topics"] = [_topic_header(r) for _ in range(s["topics_count"])]
+        return s
+
+    def create_stream(self, name: str) -> dict:
+        r = Reader(self.write(codes.CREATE_STREAM, Writer().name(name).getvalue()))
+        s = _stream(r)
+        s["topics"] = [_topic_header(r) for _ in range(s["topics_count"])]
+        return s
+
+    def update_stream(self, stream, name: str) -> None:
+        self.write(codes.UPDATE_STREAM, identifier(stream) + Writer().name(name).getvalue())
+
+    def delete_stream(self, stream) -> None:
+        self.write(codes.DELETE_STREAM, identifier(stream))
+
+    def purge_stream(self, stream) -> None:
+        self.write(codes.PURGE_STREAM, identifier(stream))
+
+    # ----------------------------------------------------------------- topics
+
+    def get_topics(self, stream) -> list:
+        r = Reader(self.read(codes.GET_TOPICS, identifier(stream)))
+        if not r.remaining():
+            return []
+        return [_topic_header(r) for _ in range(r.u32())]
+
+    def get_topic(self, stream, topic) -> dict | None:
+        raw = self.read(codes.GET_TOPIC, identifier(stream) + identifier(topic))
+        if not raw:
+            return None
+        r = Reader(raw)
+        t = _topic_header(r)
+        t["partitions"] = [_partition(r) for _ in range(t["partitions_count"])]
+        return t
+
+    def create_topic(self, stream, name: str, partitions_count: int, options=()) -> dict:
+        body = identifier(stream) + struct.pack("<I", partitions_count) + Writer().name(name).getvalue()
+        r = Reader(self.write(codes.CREATE_TOPIC, body + options_block(options)))
+        t = _topic_header(r)
+        t["partitions"] = [_partition(r) for _ in range(t["partitions_count"])]
+        return t
+
+    def update_topic(self, stream, topic, name: str, options=()) -> None:
+        body = identifier(stream) + identifier(topic) + Writer().name(name).getvalue()
+        self.write(codes.UPDATE_TOPIC, body + options_block(options))
+
+    def delete_topic(self, stream, topic) -> None:
+        self.write(codes.DELETE_TOPIC, identifier(stream) + identifier(topic))
+
+    def purge_topic(self, stream, topic) -> None:
+        self.write(codes.PURGE_TOPIC, identifier(stream) + identifier(topic))
+
+    # ----------------------------------------------------------------- partitions, segments
+
+    def create_partitions(self, stream, topic, count: int) -> None:
+        self.write(codes.CREATE_PARTITIONS, identifier(stream) + identifier(topic) + struct.pack("<I", count))
+
+    def delete_partitions(self, stream, topic, count: int) -> None:
+        self.write(codes.DELETE_PARTITIONS, identifier(stream) + identifier(topic) + struct.pack("<I", count))
+
+    def delete_segments(self, stream, topic, partition_id: int, count: int) -> None:
+        self.write(codes.DELETE_SEGMENTS,
+                   identifier(stream) + identifier(topic) + struct.pack("<II", partition_id, count))
+
+    # ----------------------------------------------------------------- users
+
+    def get_users(self) -> list:
+        r = Reader(self.read(codes.GET_USERS))
+        out = []
+        while r.remaining():
+            out.append(_user(r))
+        return out
+
+    def _user_details(self, raw: bytes) -> dict:
+        r = Reader(raw)
+        u = _user(r)
+        u["permissions"] = None
+        if r.remaining():
+            if r.u8():
+                u["permissions"] = permissions_to_json(perm.decode(Reader(r.bytes32())))
+        return u
+
+    def get_user(self, user) -> dict | None:
+        raw = self.read(codes.GET_USER, identifier(user))
+        return self._user_details(raw) if raw else None
+
+    def create_user(self, username: str, password: str, status: str = "active", permissions=None) -> dict:
+        w = Writer().name(username).bytes8(password.encode("utf-8")).u8(1 if status == "active" else 2)
+        return self._user_details(self.write(codes.CREATE_USER, w.getvalue() + encode_permissions(permissions)))
+
+    def update_user(self, user, username: str | None = None, status: str | None = None) -> None:
+        w = Writer().raw(identifier(user))
+        if username is None:
+            w.u8(0)
+        else:
+            w.u8(1).name(username)
+        if status is None:
+            w.u8(0)
+        else:
+            w.u8(1).u8(1 if status == "active" else 2)
+        self.write(codes.UPDATE_USER, w.getvalue())
+
+    def update_permissions(self, user, permissions) -> None:
+        self.write(codes.UPDATE_PERMISSIONS, identifier(user) + encode_permissions(permissions))
+
+    def change_password(self, user, current: str, new: str) -> None:
+        w = Writer().raw(identifier(user)).bytes8(current.encode("utf-8")).bytes8(new.encode("utf-8"))
+        self.write(codes.CHANGE_PASSWORD, w.getvalue())
+
+    def delete_user(self, user) -> None:
+        self.write(codes.DELETE_USER, identifier(user))
+
+    # ----------------------------------------------------------------- personal access tokens
+
+    def get_tokens(self) -> list:
+        r = Reader(self.read(codes.GET_PERSONAL_ACCESS_TOKENS))
+        out = []
+        while r.remaining():
+            name = r.name()
+            expiry = r.u64()
+            out.append({"name": name, "expiry_at": expiry or None})
+        return out
+
+    def create_token(self, name: str, expiry_us: int = 0) -> str:
+        r = Reader(self.write(codes.CREATE_PERSONAL_ACCESS_TOKEN, Writer().name(name).u64(expiry_us).getvalue()))
+        return r.name()
+
+    def delete_token(self, name: str) -> None:
+        self.write(codes.DELETE_PERSONAL_ACCESS_TOKEN, Writer().name(name).getvalue())
+
+    # ----------------------------------------------------------------- consumer groups
+
+    def get_consumer_groups(self, stream, topic) -> list:
+        r = Reader(self.read(codes.GET_CONSUMER_GROUPS, identifier(stream) + identifier(topic)))
+        out = []
+        while r.remaining():
+            out.append(_group(r))
+        return out
+
+    def _group_details(self, raw: bytes) -> dict:
+        r = Reader(raw)
+        g = _group(r)
+        g["members"] = []
+        for _ in range(g["members_count"]):
+            member_id, count = r.u32(), r.u32()
+            g["members"].append({"id": member_id, "partitions_count": count,
+                                 "partitions": [r.u32() for _ in range(count)]})
+        return g
+
+    def get_consumer_group(self, stream, topic, group) -> dict | None:
+        raw = self.read(codes.GET_CONSUMER_GROUP, identifier(stream) + identifier(topic) + identifier(group))
+        return self._group_details(raw) if raw else None
+
+    def create_consumer_group(self, stream, topic, name: str) -> dict:
+        body = identifier(stream) + identifier(topic) + Writer().name(name).getvalue()
+        return self._group_details(self.write(codes.CREATE_CONSUMER_GROUP, body))
+
+    def delete_consumer_group(self, stream, topic, group) -> None:
+        self.write(codes.DELETE_CONSUMER_GROUP, identifier(stream) + identifier(topic) + identifier(group))
+
+    # ----------------------------------------------------------------- consumer offsets
+
+    @staticmethod
+    def _offset_target(kind: str, consumer, stream, topic, partition_id: int | None) -> bytes:
+        return (bytes([CONSUMER_KINDS[kind]]) + identifier(consumer) + identifier(stream) + identifier(topic)
+                + (b"\x00\x00\x00\x00\x00" if partition_id is None else b"\x01" + struct.pack("<I", partition_id)))
+
+    def get_consumer_offset(self, consumer, stream, topic, partition_id: int | None,
+                            kind: str = "consumer") -> dict | None:
+        raw = self.read(codes.GET_CONSUMER_OFFSET, self._offset_target(kind, consumer, stream, topic, partition_id))
+        if not raw:
+            return None
+        r = Reader(raw)
+        return {"partition_id": r.u32(), "current_offset": r.u64(), "stored_offset": r.u64()}
+
+    def store_consumer_offset(self, consumer, stream, topic, partition_id: int | None, offset: int,
+                              kind: str = "consumer") -> None:
+        body = self._offset_target(kind, consumer, stream, topic, partition_id) + struct.pack("<QB", offset, 1)
+        self.write(codes.STORE_CONSUMER_OFFSET, body)
+
+    # ----------------------------------------------------------------- messages
+
+    def send_messages(self, stream, topic, messages, *, partition_id: int | None = None,
+                      key: bytes | None = None) -> list:
+        """`messages`: [(payload bytes, headers TLV bytes)]; the partition by id, by key or balanced."""
+        if partition_id is not None:
+            partitioning = b"\x02\x04" + struct.pack("<I", partition_id)
+        elif key is not None:
+            if not 0 < len(key) <= 255:
+                raise ValueError("a message key is 1..255 bytes")
+            partitioning = b"\x03" + bytes([len(key)]) + key
+        else:
+            partitioning = b"\x01\x00"
+        metadata = identifier(stream) + identifier(topic) + partitioning + struct.pack("<I", len(messages))
+        batch = build_batch([(random_id(), payload, headers) for payload, headers in messages])
+        raw = self.write(codes.SEND_MESSAGES, struct.pack("<I", len(metadata)) + metadata + batch)
+        if len(raw) < 4:
+            return []
+        r = Reader(raw)
+        return [{"stream_id": r.u32(), "topic_id": r.u32(), "partition_id": r.u32(), "base_offset": r.u64()}
+                for _ in range(r.u32())]
+
+    def poll_messages(self, stream, topic, partition_id: int | None, *, strategy: str = "next", value: int = 0,
+                      count: int = 1, consumer="0", consumer_kind: str = "consumer",
+                      auto_commit: bool = False) -> dict:
+        body = (bytes([CONSUMER_KINDS[consumer_kind]]) + identifier(consumer) + identifier(stream)
+                + identifier(topic)
+                + (b"\x00\x00\x00\x00\x00" if partition_id is None else b"\x01" + struct.pack("<I", partition_id))
+                + struct.pack("<BQIB", STRATEGIES[strategy], value, count, 1 if auto_commit else 0))
+        raw = self.read(codes.POLL_MESSAGES, body)
+        if len(raw) < 16:
+            return {"partition_id": partition_id, "current_offset": None, "count": 0, "messages": []}
+        pid, current, n = struct.unpack_from("<IQI", raw)
+        messages = [_message_json(m, pid) for m in iter_messages(raw[16:])]
+        return {"partition_id": pid, "current_offset": current, "count": n, "messages": messages}

@@ -62,7 +62,7 @@ class Partition:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.log.fsync()
+            self.log.fsync(index=False)
             return None
         fut = loop.create_future()
         self._waiters.append(fut)
@@ -79,7 +79,7 @@ class Partition:
         waiters, self._waiters = self._waiters, []
         try:
             with self.lock:
-                self.log.fsync()
+                self.log.fsync(index=False)
         except (OSError, IggyError) as exc:
             log.error("fsync of partition %s failed: %s", self.directory, exc)
             for fut in waiters:

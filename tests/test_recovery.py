@@ -307,9 +307,9 @@ class CountingLog:
         self._log = log
         self.fsyncs = 0
 
-    def fsync(self):
+    def fsync(self, index=True):
         self.fsyncs += 1
-        self._log.fsync()
+        self._log.fsync(index)
 
     def __getattr__(self, name):
         return getattr(self._log, name)

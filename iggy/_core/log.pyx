@@ -980,13 +980,16 @@ cdef class PartitionLog:
                 log.error("partition %s: cannot roll segment %d: %s", self.directory, seg_base, exc)
         return base, count
 
-    def fsync(self):
-        """fdatasync the active segment's log and index (sealed ones were synced when sealed)."""
+    def fsync(self, bint index=True):
+        """fdatasync the active segment's log, and its index unless index=False (sealed
+        segments were synced when sealed). An acknowledgement needs only the log: recovery
+        rebuilds index entries missing after a crash from the log itself."""
         cdef Segment *s = self._active()
-        cdef int rc1, rc2
+        cdef int rc1, rc2 = 0
         with nogil:
             rc1 = fdatasync(s.log_fd)
-            rc2 = fdatasync(s.idx_fd)
+            if index:
+                rc2 = fdatasync(s.idx_fd)
         if rc1 or rc2:
             raise IggyError(ErrorCode.CANNOT_SYNC_FILE, f"fdatasync {self.directory}: {os.strerror(errno)}")
 

@@ -33,7 +33,8 @@ REMOVED_KEYS = (
     "system.segment.size", "system.segment.preallocate", "system.message_deduplication", "extra",
 )
 # IGGY_* variables that are not configuration keys
-NON_CONFIG_ENV = {"IGGY_ROOT_USERNAME", "IGGY_ROOT_PASSWORD", "IGGY_CONFIG_PATH", "IGGY_ENV_PATH"}
+NON_CONFIG_ENV = {"IGGY_ROOT_USERNAME", "IGGY_ROOT_PASSWORD", "IGGY_CONFIG_PATH", "IGGY_ENV_PATH",
+                  "IGGY_USERNAME", "IGGY_PASSWORD"}  # the last two: credentials of the `iggy` CLI
 DURATION_KEYS = {
     "http.jwt.access_token_expiry", "http.jwt.clock_skew", "http.jwt.not_before", "quic.max_idle_timeout",
     "quic.keep_alive_interval", "heartbeat.interval", "consumer_group.rebalancing_timeout",

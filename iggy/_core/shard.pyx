@@ -12,7 +12,12 @@ For each complete frame the shard takes the GIL once and calls
 `post_reply(token, reply)` (control-plane commands run on the main event loop). While a
 reply is pending the connection parses no further frames, so replies leave in request
 order. Malformed framing (size outside 256..max, a header that is not a request) closes the
-connection.
+connection (the handler's `on_bad_frame` logs why).
+
+Backpressure: a connection holds at most one maximum frame of unread input, and while more
+than `max_write_buffer` bytes of its replies are unsent (a client that does not read) the
+shard neither parses its buffered frames nor reads more from it; it resumes as the client
+reads. A reply posted as None closes the connection at once, unsent replies dropped.
 
 Tokens name a connection as `generation << 32 | slot`; a reply for a slot that was closed
 and reused meanwhile is dropped because the generation no longer matches.
@@ -100,6 +105,7 @@ cdef class Shard:
     cdef Conn *conns
     cdef uint32_t max_conns
     cdef uint32_t max_frame
+    cdef size_t max_wbuf
     cdef object handler
     cdef object listen_sock
     cdef volatile bint stopping
@@ -118,12 +124,13 @@ cdef class Shard:
         pthread_mutex_init(&self.lock, NULL)
 
     def __init__(self, listen_sock, handler, uint32_t max_frame_size, uint32_t max_connections=4096,
-                 unsigned ring_entries=512):
+                 unsigned ring_entries=512, size_t max_write_buffer=1 << 20):
         cdef int rc
         self.listen_sock = listen_sock
         self.listen_fd = listen_sock.fileno()
         self.handler = handler
         self.max_frame = max_frame_size
+        self.max_wbuf = max_write_buffer if max_write_buffer else 1
         self.max_conns = max_connections
         self.conns = <Conn *>calloc(max_connections, sizeof(Conn))
         self.posted_cap = 64
@@ -283,6 +290,16 @@ cdef class Shard:
         except BaseException:
             pass
 
+    cdef void _notify_bad_frame(self, uint32_t slot, uint32_t size, int command) noexcept with gil:
+        try:
+            if size < HEADER or size > self.max_frame:
+                reason = f"frame size {size} outside 256..{self.max_frame}"
+            else:
+                reason = f"header command {command} is not a request"
+            self.handler.on_bad_frame(self, (<uint64_t>self.conns[slot].gen << 32) | slot, reason)
+        except BaseException:
+            pass
+
     cdef bint _reserve(self, unsigned char **buf, size_t *cap, size_t need) noexcept nogil:
         cdef size_t new_cap
         cdef unsigned char *grown
@@ -310,8 +327,9 @@ cdef class Shard:
             memmove(c.rbuf, c.rbuf + c.rstart, c.rend - c.rstart)
             c.rend -= c.rstart
             c.rstart = 0
-        # never hold more than one maximum frame of unread input
-        if c.rend - c.rstart >= <size_t>self.max_frame + HEADER:
+        # never hold more than one maximum frame of unread input, and read nothing more while
+        # the client leaves more than max_wbuf bytes of replies unread
+        if c.rend - c.rstart >= <size_t>self.max_frame + HEADER or c.wend - c.wstart >= self.max_wbuf:
             return
         want = c.rend + RECV_CHUNK
         if not self._reserve(&c.rbuf, &c.rcap, want):
@@ -355,8 +373,10 @@ cdef class Shard:
             if c.closing:
                 self._close(slot)
                 return
+        # a full send buffer paused parsing and reading; resume once it drains
+        if c.wend - c.wstart < self.max_wbuf:
+            self._process(slot)
         self._arm_send(slot)
-        # a full send buffer paused reading; resume once it drains
         self._arm_recv(slot)
 
     cdef bint _queue(self, uint32_t slot, const unsigned char *data, size_t n) noexcept nogil:
@@ -374,10 +394,12 @@ cdef class Shard:
         cdef const unsigned char *p
         cdef uint32_t size
         cdef int outcome
-        while c.live and not c.waiting and not c.closing and c.rend - c.rstart >= HEADER:
+        while (c.live and not c.waiting and not c.closing and c.rend - c.rstart >= HEADER
+               and c.wend - c.wstart < self.max_wbuf):
             p = c.rbuf + c.rstart
             size = le_u32(p + 48)
             if size < HEADER or size > self.max_frame or p[60] != 5:
+                self._notify_bad_frame(slot, size, p[60])
                 self._close(slot)
                 return
             if c.rend - c.rstart < size:
@@ -449,15 +471,16 @@ cdef class Shard:
                 c = &self.conns[slot]
                 c.waiting = False
                 if items[i].reply == NULL:
-                    c.closing = True
-                elif not self._queue_object(slot, items[i].reply):
-                    c.closing = True
-                if c.closing and c.wstart == c.wend:
-                    self._close(slot)
+                    self._close(slot)        # eviction or idle timeout: now, unsent replies dropped
                 else:
-                    self._process(slot)
-                    self._arm_send(slot)
-                    self._arm_recv(slot)
+                    if not self._queue_object(slot, items[i].reply):
+                        c.closing = True
+                    if c.closing and c.wstart == c.wend:
+                        self._close(slot)
+                    else:
+                        self._process(slot)
+                        self._arm_send(slot)
+                        self._arm_recv(slot)
             if items[i].reply != NULL:
                 self._release(items[i].reply)
         free(items)

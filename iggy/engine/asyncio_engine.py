@@ -6,13 +6,17 @@ is handed to the control plane's `handle()` in arrival order. Synchronous comman
 inside `data_received`; a command that must wait (Argon2 hashing at login) holds later frames
 of the same connection until it is done, so replies always leave in request order.
 
-Backpressure: when the socket's write buffer is full the engine stops reading from it, and
-it never buffers more than one maximum frame of unread input.
+Limits: when more than `limits.max_write_buffer` bytes of replies are unsent (a client that
+does not read) the engine stops parsing and reading that connection until it drains, and it
+never buffers more than one maximum frame of unread input. With `limits.idle_timeout` set, a
+connection that completes no request for that long (idle, or too slow to send or to read) is
+aborted with a log line.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from iggy._core.wire import FrameError, FrameReader
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
@@ -33,6 +37,10 @@ class Connection(asyncio.BufferedProtocol):
         self._busy = False
         self._closed = False
         self._write_paused = False
+        self._idle_timer = None
+        limits = plane.config.limits
+        self.max_write_buffer = limit_bytes(limits.max_write_buffer)
+        self.idle_timeout = limit_seconds(limits.idle_timeout)
 
     # ---------------------------------------------------------------- asyncio callbacks
 
@@ -45,6 +53,11 @@ class Connection(asyncio.BufferedProtocol):
         except ConnectionLimit:
             self._closed = True
             transport.close()
+            return
+        if hasattr(transport, "set_write_buffer_limits"):
+            transport.set_write_buffer_limits(high=self.max_write_buffer)
+        if self.idle_timeout:
+            self._idle_timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._check_idle)
 
     def get_buffer(self, sizehint):
         return self.frames.get_buffer(sizehint)
@@ -63,6 +76,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc):
         self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         if self.session is not None:
             self.plane.close_session(self.session)
 
@@ -80,6 +95,20 @@ class Connection(asyncio.BufferedProtocol):
     def close(self):
         if not self._closed and self.transport is not None:
             self.transport.close()
+
+    def _check_idle(self):
+        """limits.idle_timeout: abort (unsent replies dropped) a connection with no recent request."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        idle = time.monotonic() - self.session.last_seen
+        if self._busy:       # a request still running (login hashing): look again later
+            self._idle_timer = loop.call_later(self.idle_timeout, self._check_idle)
+        elif idle < self.idle_timeout:
+            self._idle_timer = loop.call_later(self.idle_timeout - idle, self._check_idle)
+        else:
+            log.info("closing %s: no complete request for %.1f s (limits.idle_timeout)", self.session.address, idle)
+            self.transport.abort()
 
     def _drain(self):
         while not self._busy and not self._closed and not self._write_paused:
@@ -116,6 +145,17 @@ class Connection(asyncio.BufferedProtocol):
         if not self._closed:
             self.transport.resume_reading()
             self._drain()
+
+
+def limit_bytes(text) -> int:
+    from iggy.config import parse_size
+    return parse_size(text)
+
+
+def limit_seconds(text) -> float:
+    """A limits.* duration in seconds; 0 = off."""
+    from iggy.config import parse_duration
+    return parse_duration(text) / 1e6
 
 
 async def start_tcp(plane, host: str, port: int, max_frame_size: int):

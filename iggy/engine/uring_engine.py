@@ -14,6 +14,11 @@ each frame it calls `on_frame` here, in the shard's thread:
 `persisted` topics: a shard appends, then fsyncs before it answers; batches appended by
 other connections while that fsync runs are covered by the next one.
 
+Limits: a shard stops parsing and reading a connection whose unsent replies exceed
+`limits.max_write_buffer`; with `limits.idle_timeout` set, a sweep on the main loop closes
+connections that completed no request for that long (a log line each); malformed framing
+closes the connection with a log line (`on_bad_frame`).
+
 `probe()` tells whether io_uring can be used here (Docker's default seccomp profile and
 `kernel.io_uring_disabled` forbid it); `system.engine = "auto"` falls back to asyncio.
 """
@@ -24,6 +29,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from iggy import codes
 from iggy._core.wire import RequestHeader, build_reply
@@ -79,6 +85,10 @@ class ShardHandler:
         session = self.plane.open_session(address, TRANSPORT_TCP, close=lambda: shard.close_connection(token))
         self.sessions[(id(shard), token)] = session
 
+    def on_bad_frame(self, shard, token: int, reason: str) -> None:
+        session = self.sessions.get((id(shard), token))
+        log.info("closing %s: %s", session.address if session else "a connection", reason)
+
     def on_close(self, shard, token: int) -> None:
         session = self.sessions.pop((id(shard), token), None)
         if session is not None:
@@ -117,7 +127,11 @@ class UringEngine:
     def __init__(self, plane, host: str, port: int, max_frame_size: int, shards: int | None = None,
                  max_connections: int = 4096):
         from iggy._core.shard import Shard
+        from iggy.engine.asyncio_engine import limit_bytes, limit_seconds
         self.loop = asyncio.get_running_loop()
+        limits = plane.config.limits
+        max_write_buffer = limit_bytes(limits.max_write_buffer)
+        self.idle_timeout = limit_seconds(limits.idle_timeout)
         self.handler = ShardHandler(plane, self.loop)
         count = shards or os.cpu_count() or 1
         self.sockets = []
@@ -131,15 +145,32 @@ class UringEngine:
             sock.listen(1024)
             port = sock.getsockname()[1]          # port 0: every shard takes the first one's port
             self.sockets.append(sock)
-            self.shards.append(Shard(sock, self.handler, max_frame_size, max_connections))
+            self.shards.append(Shard(sock, self.handler, max_frame_size, max_connections,
+                                     max_write_buffer=max_write_buffer))
         self.address = self.sockets[0].getsockname()[:2]
         for i, shard in enumerate(self.shards):
             t = threading.Thread(target=shard.run, name=f"iggy-shard-{i}", daemon=True)
             t.start()
             self.threads.append(t)
         log.info("uring engine: %d shards", count)
+        self._idle_task = asyncio.ensure_future(self._idle_sweep()) if self.idle_timeout else None
+
+    async def _idle_sweep(self) -> None:
+        """limits.idle_timeout: close connections that completed no request for that long."""
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_timeout / 4))
+            now = time.monotonic()
+            for session in list(self.handler.sessions.values()):
+                idle = now - session.last_seen
+                if idle >= self.idle_timeout and session.close is not None:
+                    log.info("closing %s: no complete request for %.1f s (limits.idle_timeout)", session.address,
+                             idle)
+                    session.last_seen = now          # closing: don't report it twice
+                    session.close()
 
     def close(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
         for shard in self.shards:
             shard.stop()
         for t in self.threads:

@@ -19,6 +19,7 @@ bytes compactly and fast; metadata is never on the data path.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -66,6 +67,7 @@ class Journal:
         self.seq = 0
         self._records_since_snapshot = 0
         self._fd: int | None = None
+        self._end = 0                 # end of the last whole record in journal.log
         self.truncated_bytes = 0
 
     # ---------------------------------------------------------------- loading
@@ -116,17 +118,36 @@ class Journal:
         os.ftruncate(self._fd, good_end)
         os.lseek(self._fd, good_end, os.SEEK_SET)
         os.fsync(self._fd)
+        self._end = good_end
         self._records_since_snapshot = len(records)
         return state, records
 
     # ---------------------------------------------------------------- writing
 
     def append(self, record: dict) -> dict:
-        """Stamp `record` with the next seq, write and fsync it. Returns the record."""
+        """Stamp `record` with the next seq, write and fsync it. Returns the record.
+
+        Raises OSError when the record can't be written whole and synced (disk full, I/O
+        error); whatever part of it reached the file is cut off again, so the next record
+        follows the last whole one (a torn record in the middle would end the replay there
+        and lose every record after it).
+        """
         record["seq"] = self.seq + 1
         body = _pack(record)
-        os.write(self._fd, _REC_HEAD.pack(len(body), xxhash.xxh3_64_intdigest(body)) + body)
-        os.fdatasync(self._fd)
+        data = _REC_HEAD.pack(len(body), xxhash.xxh3_64_intdigest(body)) + body
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"short write of a journal record ({written} of {len(data)} bytes)")
+            os.fdatasync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, self._end)
+                os.lseek(self._fd, self._end, os.SEEK_SET)
+            except OSError as exc:
+                log.error("metadata journal: cannot cut a failed record: %s", exc)
+            raise
+        self._end += len(data)
         self.seq += 1
         self._records_since_snapshot += 1
         return record
@@ -147,6 +168,7 @@ class Journal:
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
         os.fsync(self._fd)
+        self._end = 0
         self._records_since_snapshot = 0
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
+from iggy.errors import ErrorCode, IggyError
 from iggy.metadata.journal import Journal
 from iggy.metadata.state import State
 
@@ -28,10 +29,21 @@ class MetadataStore:
                  len(self.state.streams), len(self.state.users), self.journal.seq, len(records))
 
     def commit(self, record: dict) -> dict:
-        self.journal.append(record)
+        """Append (fsynced), then apply. A record that can't be written is refused with
+        CANNOT_WRITE_TO_FILE and changes nothing; a failed snapshot is retried later (the
+        journal still holds every record)."""
+        try:
+            self.journal.append(record)
+        except OSError as exc:
+            log.error("metadata change %s refused: the journal can't be written: %s", record.get("op"),
+                      exc.strerror or exc)
+            raise IggyError(ErrorCode.CANNOT_WRITE_TO_FILE, f"metadata journal: {exc.strerror or exc}") from None
         self.state.apply(record)
         if self.journal.should_snapshot():
-            self.journal.write_snapshot(self.state.to_dict())
+            try:
+                self.journal.write_snapshot(self.state.to_dict())
+            except OSError as exc:
+                log.error("metadata snapshot failed (retried after the next change): %s", exc.strerror or exc)
         return record
 
     def close(self) -> None:

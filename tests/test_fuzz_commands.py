@@ -53,6 +53,7 @@ class Harness:
         handler.emit = lambda record: self.errors.append(record.getMessage() + "\n" + (
             logging.Formatter().formatException(record.exc_info) if record.exc_info else ""))
         logging.getLogger("iggy").addHandler(handler)
+        self.handler = handler
         self.world = self.build_world()
         nobody = self.plane.meta.state.user_by_name(C.ACTOR)
         self.nobody = self.plane.open_session("fuzz-nobody", 1)
@@ -89,6 +90,7 @@ class Harness:
         return w
 
     def close(self):
+        logging.getLogger("iggy").removeHandler(self.handler)
         self.storage.close()
         self.meta.close()
         self.plane.close()

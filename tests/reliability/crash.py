@@ -203,8 +203,11 @@ def check(address: str, history: History) -> None:
                 unknown = [pl for pl in extra if pl not in maybe]
                 if unknown:
                     raise AssertionError(f"{where}: {len(unknown)} messages were never sent ({unknown[0][:30]!r})")
-                # an in-flight batch is whole or absent
+                # an in-flight batch (one per partition: one producer each) is whole or absent
                 present = set(extra)
+                if present and present != maybe:
+                    raise AssertionError(f"{where}: {len(present)} of the {len(maybe)} messages of the batch in "
+                                         f"flight at the kill were recovered: a partial batch")
                 history.stats["inflight_present"] += len(present)
                 history.stats["inflight_absent"] += len(maybe - present)
                 if present:

@@ -530,6 +530,18 @@ cdef struct ReadPlan:
 
 # --------------------------------------------------------------------------- the log
 
+cdef void _close_segment(Segment *s) noexcept nogil:
+    """Close a segment's files and free or unmap its index entries."""
+    if s.log_fd >= 0:
+        close(s.log_fd)
+    if s.idx_fd >= 0:
+        close(s.idx_fd)
+    if s.map_len:
+        munmap(s.idx, s.map_len)
+    else:
+        free(s.idx)
+
+
 cdef class PartitionLog:
     """One partition's messages: a directory of segments (see the module docstring).
 
@@ -619,18 +631,9 @@ cdef class PartitionLog:
 
     cdef void _release(self) noexcept:
         cdef Py_ssize_t i
-        cdef Segment *s
         if self.segs != NULL:
             for i in range(self.n_segs):
-                s = &self.segs[i]
-                if s.log_fd >= 0:
-                    close(s.log_fd)
-                if s.idx_fd >= 0:
-                    close(s.idx_fd)
-                if s.map_len:
-                    munmap(s.idx, s.map_len)
-                else:
-                    free(s.idx)
+                _close_segment(&self.segs[i])
             free(self.segs)
         self.segs = NULL
         self.n_segs = 0
@@ -832,14 +835,7 @@ cdef class PartitionLog:
         """Close segment k, remove it from segs and (unlink) delete its files."""
         cdef Segment *s = &self.segs[k]
         cdef uint64_t base = s.base
-        if s.log_fd >= 0:
-            close(s.log_fd)
-        if s.idx_fd >= 0:
-            close(s.idx_fd)
-        if s.map_len:
-            munmap(s.idx, s.map_len)
-        else:
-            free(s.idx)
+        _close_segment(s)
         memmove(&self.segs[k], &self.segs[k + 1], (self.n_segs - k - 1) * sizeof(Segment))
         self.n_segs -= 1
         if unlink:

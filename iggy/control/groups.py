@@ -29,6 +29,7 @@ from iggy.control import permissions as perm
 from iggy.control.plane import command
 from iggy.control.topics import resolve_topic
 from iggy.errors import ErrorCode, IggyError
+from iggy.metadata.state import find_by_ident
 
 
 @dataclass
@@ -130,12 +131,7 @@ class GroupCoordinator:
 
 
 def find_group(topic, ident):
-    if isinstance(ident, int):
-        return topic.groups.get(ident)
-    for g in list(topic.groups.values()):   # a snapshot: shard threads read while the loop writes
-        if g.name == ident:
-            return g
-    return None
+    return find_by_ident(topic.groups, ident)
 
 
 def get_group_or_fail(topic, ident):

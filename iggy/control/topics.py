@@ -28,7 +28,7 @@ from iggy.control import permissions as perm
 from iggy.control.plane import command, now_us
 from iggy.control.streams import get_stream_or_fail
 from iggy.errors import ErrorCode, IggyError
-from iggy.metadata.state import lowest_free_id
+from iggy.metadata.state import find_by_ident, lowest_free_id
 
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 MAX_TOPICS_PER_STREAM = 4096
@@ -215,12 +215,7 @@ def encode_topic_details(plane, stream_id: int, t) -> bytes:
 
 
 def find_topic(stream, ident):
-    if isinstance(ident, int):
-        return stream.topics.get(ident)
-    for t in list(stream.topics.values()):   # a snapshot: shard threads read while the loop writes
-        if t.name == ident:
-            return t
-    return None
+    return find_by_ident(stream.topics, ident)
 
 
 def get_topic_or_fail(stream, ident):

@@ -67,6 +67,18 @@ class TokenMeta:
     expiry_at: int            # microseconds, 0 = never
 
 
+def find_by_ident(entities: dict, ident):
+    """The entity with that numeric id, or the one with that name (streams, topics, groups).
+
+    Iterates over a snapshot: shard threads read while the event loop writes."""
+    if isinstance(ident, int):
+        return entities.get(ident)
+    for e in list(entities.values()):
+        if e.name == ident:
+            return e
+    return None
+
+
 def lowest_free_id(used) -> int:
     i = 0
     while i in used:
@@ -83,10 +95,7 @@ class State:
     # ---------------------------------------------------------------- lookups
 
     def stream_by_name(self, name: str) -> StreamMeta | None:
-        for s in list(self.streams.values()):   # a snapshot: shard threads read while the loop writes
-            if s.name == name:
-                return s
-        return None
+        return find_by_ident(self.streams, name)
 
     def user_by_name(self, name: str) -> UserMeta | None:
         for u in self.users.values():

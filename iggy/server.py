@@ -57,6 +57,7 @@ class Server:
     async def start(self) -> None:
         from iggy.config import root_credentials
         cfg = self.config
+        _raise_open_file_limit()
         path = cfg.system.path
         os.makedirs(path, exist_ok=True)
         meta = MetadataStore(path, cfg.system.metadata.snapshot_every)
@@ -205,9 +206,9 @@ class Server:
             await asyncio.sleep(max(0.2, limit / 6))
             now = time.monotonic()
             for session in list(self.plane.sessions.values()):
-                if session.groups and now - session.last_seen > limit:
+                if session.groups and now - session.idle_since() > limit:
                     log.info("evicting client %d (%s): no heartbeat for %.1f s", session.client_id,
-                             session.address, now - session.last_seen)
+                             session.address, now - session.idle_since())
                     self.plane.groups.leave_all(session)
                     if session.close is not None:
                         session.close()
@@ -277,6 +278,19 @@ async def serve(config) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop()
+
+
+def _raise_open_file_limit() -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard limit: every partition keeps its segment files
+    and every stored consumer offset its file open, and every client is a socket."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard      # fs.nr_open's default
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
 
 
 def run_server(config) -> None:

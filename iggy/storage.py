@@ -22,9 +22,9 @@ import asyncio
 import logging
 import os
 import shutil
-import threading
-
 from iggy._core.log import PartitionLog
+from iggy._core.mutex import Mutex
+from iggy._core.router import Counter
 from iggy.errors import IggyError
 from iggy.offsets import OffsetStore
 
@@ -44,9 +44,10 @@ class Partition:
         self.persisted = settings["durability"] == "persisted" or settings["enforce_fsync"]
         self._waiters: list[asyncio.Future] = []
         self._sync_scheduled = False
-        # shard threads, the event loop and the HTTP thread all reach a partition: every use
-        # of its log and offsets holds this lock (the I/O inside releases the GIL, not the lock)
-        self.lock = threading.Lock()
+        # shard threads (also from C without the GIL), the event loop and the HTTP thread all
+        # reach a partition: every use of its log and offsets holds this lock (the I/O inside
+        # releases the GIL, not the lock)
+        self.lock = Mutex()
 
     def after_append(self, messages: int, size: int):
         """None when the append may be acknowledged now, else a future resolved after fsync.
@@ -103,6 +104,7 @@ class Partition:
                 self.log.fsync()
             finally:
                 self.log.close()
+                self.offsets.close()
 
 
 class Storage:
@@ -110,8 +112,22 @@ class Storage:
         self.root = os.path.join(system_path, "streams")
         os.makedirs(self.root, exist_ok=True)
         self.partitions: dict[tuple[int, int, int], Partition] = {}
-        self.round_robin: dict[tuple[int, int], int] = {}
+        self.round_robin: dict[tuple[int, int], Counter] = {}
         self.validate_checksum = validate_checksum
+        self.version = 0                  # bumped when partitions are opened or dropped
+        self.listeners: list = []         # called after each such change
+
+    def _changed(self) -> None:
+        self.version += 1
+        for listener in self.listeners:
+            listener()
+
+    def balanced_counter(self, sid: int, tid: int) -> Counter:
+        """The topic's round-robin position (shared with the shards' C data plane)."""
+        counter = self.round_robin.get((sid, tid))
+        if counter is None:
+            counter = self.round_robin[(sid, tid)] = Counter()
+        return counter
 
     # ---------------------------------------------------------------- paths
 
@@ -160,6 +176,7 @@ class Storage:
             os.makedirs(directory, exist_ok=True)
             self.partitions[(sid, topic.id, pid)] = Partition(directory, pid, topic.settings,
                                                               self.validate_checksum)
+        self._changed()
 
     def _drop(self, keys) -> None:
         for key in list(keys):
@@ -167,6 +184,8 @@ class Storage:
             if p is not None:
                 with p.lock:
                     p.log.close()
+                    p.offsets.close()
+        self._changed()
 
     def delete_partitions(self, sid: int, tid: int, pids) -> None:
         self._drop((sid, tid, pid) for pid in pids)

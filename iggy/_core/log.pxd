@@ -6,6 +6,24 @@ from libc.stdint cimport uint32_t, uint64_t
 
 cdef enum:
     INDEX_ENTRY_LEN = 24        # u64 offset, u64 timestamp, u64 position
+    # ReadResult.status
+    READ_OK = 0
+    READ_CORRUPT = 1            # a batch or message failed its checks: the result ends before it
+    READ_SHORT = 2              # the segment file is shorter than its index says
+    READ_IO_ERROR = 3
+
+
+# where c_read puts its result: memory for n bytes, or NULL (out of memory)
+ctypedef unsigned char *(*reserve_fn)(void *ctx, uint64_t n) noexcept nogil
+
+
+cdef struct ReadResult:
+    uint64_t start              # the first offset read (the request clamped to the oldest retained)
+    uint64_t written            # bytes of batches at the reserved memory
+    uint64_t served             # messages in them
+    uint64_t bad                # status != READ_OK: the first offset that could not be served
+    int status
+    int io_err                  # errno when READ_IO_ERROR
 
 
 cdef struct Segment:
@@ -41,4 +59,15 @@ cdef class PartitionLog:
     cdef int _roll(self) except -1
     cdef int _drop_segment(self, Py_ssize_t k, bint unlink) except -1
     cdef void _release(self) noexcept
-    cdef uint64_t _first_offset(self) noexcept
+    cdef uint64_t _first_offset(self) noexcept nogil
+    cdef int _roll_or_log(self) except -1
+
+    # for the shard, without the GIL; the caller holds the partition lock
+    cdef int c_state(self, uint64_t *first, uint64_t *next_offset) noexcept nogil
+    cdef int c_append(self, const unsigned char *p, uint64_t n, uint64_t now_us, uint64_t *base_offset,
+                      uint32_t *count) noexcept nogil
+    cdef int c_read(self, uint64_t start_offset, uint32_t count, uint64_t max_bytes, reserve_fn reserve,
+                    void *ctx, ReadResult *res) noexcept nogil
+    cdef int c_offset_for_timestamp(self, uint64_t ts, uint64_t *out) noexcept nogil
+    cdef int c_sync_fd(self) noexcept nogil
+    cdef int report_read_failure(self, const ReadResult *res) except -1

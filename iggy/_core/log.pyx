@@ -116,6 +116,11 @@ cdef extern from *:
     void iggy_read_buffer_trim(size_t keep) nogil
 
 
+cdef unsigned char *_thread_buffer(void *ctx, uint64_t n) noexcept nogil:
+    """reserve_fn of `PartitionLog.read`: the calling thread's reused read buffer."""
+    return iggy_read_buffer(n)
+
+
 cdef enum:
     WINDOW_LEN = 1 << 20        # recovery read-ahead
     READ_BUFFER_KEEP = 64 << 20 # a thread's read buffer is freed after a read bigger than this
@@ -851,7 +856,7 @@ cdef class PartitionLog:
             raise IggyError(ErrorCode.PARTITION_NOT_FOUND, "the partition log is closed")
         return &self.segs[self.n_segs - 1]
 
-    cdef uint64_t _first_offset(self) noexcept:
+    cdef uint64_t _first_offset(self) noexcept nogil:
         cdef Py_ssize_t k
         for k in range(self.n_segs):
             if self.segs[k].next > self.segs[k].base:
@@ -933,6 +938,69 @@ cdef class PartitionLog:
 
     # ------------------------------------------------------------------ append
 
+    cdef int c_state(self, uint64_t *first, uint64_t *next_offset) noexcept nogil:
+        """The retained range [first, next_offset) for the shard; -1 when closed, else 0."""
+        if self._closed or self.n_segs == 0:
+            return -1
+        first[0] = self._first_offset()
+        next_offset[0] = self.segs[self.n_segs - 1].next
+        return 0
+
+    cdef int c_append(self, const unsigned char *p, uint64_t n, uint64_t now_us, uint64_t *base_offset,
+                      uint32_t *count) noexcept nogil:
+        """`append` for callers without the GIL (the shard). Returns 0, an Iggy error code
+        (> 0), -errno, or -1 when the log is closed (errno values are > 1). A roll due after
+        the append takes the GIL (once per segment_size bytes)."""
+        cdef Segment *s
+        cdef uint64_t ts
+        cdef int rc
+        if self._closed or self.n_segs == 0:
+            return -1
+        if n < BATCH_HEADER_LEN:
+            return E_INVALID_MESSAGES_SIZE
+        s = &self.segs[self.n_segs - 1]
+        base_offset[0] = s.next
+        ts = now_us if now_us > self.last_ts else self.last_ts + 1
+        rc = _append(s, self.partition_id, p, n, s.next, ts, count)
+        if rc:
+            return rc
+        self.last_ts = ts
+        if s.size >= self.segment_size:
+            with gil:
+                self._roll_or_log()
+        return 0
+
+    cdef int c_offset_for_timestamp(self, uint64_t ts, uint64_t *out) noexcept nogil:
+        """1 and *out = base offset of the first batch with base_timestamp >= ts; 0 if none."""
+        cdef Py_ssize_t k
+        cdef Segment *s
+        cdef uint64_t i
+        for k in range(self.n_segs):
+            s = &self.segs[k]
+            if s.n_entries == 0 or s.max_ts < ts:
+                continue
+            i = _first_entry_at_or_after_ts(s, ts)
+            if i < s.n_entries:
+                out[0] = _e_off(s, i)
+                return 1
+        return 0
+
+    cdef int c_sync_fd(self) noexcept nogil:
+        """The active segment's .log descriptor (to fdatasync an acknowledgement), -1 if closed."""
+        if self._closed or self.n_segs == 0:
+            return -1
+        return self.segs[self.n_segs - 1].log_fd
+
+    cdef int _roll_or_log(self) except -1:
+        seg_base = self.segs[self.n_segs - 1].base
+        try:
+            self._roll()
+        except OSError as exc:
+            # the batch is written and will be acknowledged; the roll is retried after the
+            # next append
+            log.error("partition %s: cannot roll segment %d: %s", self.directory, seg_base, exc)
+        return 0
+
     def append(self, buf, Py_ssize_t start, Py_ssize_t end, uint64_t now_us):
         """Append the batch buf[start:end]; returns (base_offset, message_count).
 
@@ -967,13 +1035,7 @@ cdef class PartitionLog:
                             f"writing segment {s.base} of {self.directory}: {os.strerror(-rc)}")
         self.last_ts = ts
         if s.size >= self.segment_size:
-            seg_base = s.base
-            try:
-                self._roll()
-            except OSError as exc:
-                # the batch is written and will be acknowledged; the roll is retried after the
-                # next append
-                log.error("partition %s: cannot roll segment %d: %s", self.directory, seg_base, exc)
+            self._roll_or_log()
         return base, count
 
     def fsync(self, bint index=True):
@@ -994,6 +1056,98 @@ cdef class PartitionLog:
 
     # ------------------------------------------------------------------ read
 
+    cdef int c_read(self, uint64_t start_offset, uint32_t count, uint64_t max_bytes, reserve_fn reserve,
+                    void *ctx, ReadResult *res) noexcept nogil:
+        """Read [start_offset, start_offset + count) into memory handed out by `reserve`.
+
+        The byte range to read is planned from the indexes first; then `reserve(ctx, total)`
+        is called once for the destination (NULL: -ENOMEM) and each segment's range is
+        pread into it and cut in place. res.written bytes of it hold the result. Returns 0
+        (res filled; res.status != READ_OK means it stopped early: corrupt data, a short
+        segment or an I/O error), -1 when the log is closed, -ENOMEM. The caller holds the
+        partition lock. Used by `read` and by the shard's poll without the GIL.
+        """
+        cdef Segment *s
+        cdef uint64_t nxt, start, end, total = 0, lo, hi, i0, i1, w = 0, wc, got_u, expected
+        cdef Py_ssize_t k, n_plan = 0, j
+        cdef ReadPlan *plan
+        cdef unsigned char *out
+        cdef ssize_t got
+        cdef int status = CUT_OK
+        memset(res, 0, sizeof(ReadResult))
+        if self._closed or self.n_segs == 0:
+            return -1
+        nxt = self.segs[self.n_segs - 1].next
+        if count == 0 or start_offset >= nxt:
+            res.start = start_offset
+            return 0
+        start = start_offset
+        if start < self._first_offset():
+            start = self._first_offset()
+        res.start = start
+        end = start + count if nxt - start > count else nxt
+        plan = <ReadPlan *>malloc(self.n_segs * sizeof(ReadPlan))
+        if plan == NULL:
+            return -ENOMEM
+        for k in range(self.n_segs):
+            s = &self.segs[k]
+            if s.n_entries == 0 or s.next <= start or s.base >= end:
+                continue
+            i0 = _entry_at_or_before(s, start if start > s.base else s.base)
+            i1 = _entry_at_or_before(s, (end if end < s.next else s.next) - 1)
+            lo = _e_pos(s, i0)
+            hi = _e_end(s, i1)
+            if max_bytes and total + (hi - lo) > max_bytes:
+                # the reply never exceeds max_bytes, but always carries at least one batch
+                if total and (total >= max_bytes or _e_end(s, i0) - lo > max_bytes - total):
+                    break
+                i1 = _last_entry_ending_by(s, i0, i1, lo + (max_bytes - total))
+                hi = _e_end(s, i1)
+                plan[n_plan].seg = k
+                plan[n_plan].lo = lo
+                plan[n_plan].hi = hi
+                plan[n_plan].first_offset = _e_off(s, i0)
+                n_plan += 1
+                total += hi - lo
+                break
+            plan[n_plan].seg = k
+            plan[n_plan].lo = lo
+            plan[n_plan].hi = hi
+            plan[n_plan].first_offset = _e_off(s, i0)
+            n_plan += 1
+            total += hi - lo
+        if total == 0:
+            free(plan)
+            return 0
+        out = reserve(ctx, total)
+        if out == NULL:
+            free(plan)
+            return -ENOMEM
+        for j in range(n_plan):
+            s = &self.segs[plan[j].seg]
+            got = _pread_full(s.log_fd, out + w, plan[j].hi - plan[j].lo, plan[j].lo)
+            if got < 0:
+                res.io_err = <int>-got
+                res.status = READ_IO_ERROR
+                res.bad = start + res.served
+                break
+            got_u = <uint64_t>got
+            expected = plan[j].first_offset
+            wc = w
+            status = _cut(out, w, w + got_u, &wc, start, end, &expected, self.validate_checksum, &res.served,
+                          &res.bad)
+            w = wc
+            if status != CUT_OK:
+                res.status = READ_CORRUPT
+                break
+            if got_u < plan[j].hi - plan[j].lo:
+                res.status = READ_SHORT
+                res.bad = expected
+                break
+        free(plan)
+        res.written = w
+        return 0
+
     def read(self, uint64_t start_offset, uint32_t count, uint64_t max_bytes=0):
         """The messages [start_offset, start_offset + count) as stored batches.
 
@@ -1006,102 +1160,41 @@ cdef class PartitionLog:
         With validate_checksum a corrupt message is never served: the result ends before it
         (logged); IggyError(CANNOT_READ_MESSAGE) when not even the first message can be.
         """
-        cdef Segment *s = self._active()
-        cdef uint64_t nxt = s.next, start, end, total = 0, lo, hi, i0, i1, w = 0, wc, got_u
-        cdef uint64_t served = 0, bad = 0, expected
-        cdef Py_ssize_t k, n_plan = 0, j
-        cdef ReadPlan *plan
-        cdef unsigned char *out
-        cdef ssize_t got
-        cdef int status = CUT_OK, io_err = 0
-        cdef bint short_read = False, validate = self.validate_checksum
-        if count == 0 or start_offset >= nxt:
-            return b"", 0
-        start = start_offset
-        if start < self._first_offset():
-            start = self._first_offset()
-        end = start + count if nxt - start > count else nxt
-        plan = <ReadPlan *>malloc(self.n_segs * sizeof(ReadPlan))
-        if plan == NULL:
-            raise MemoryError()
+        cdef ReadResult res
+        cdef int rc
+        self._active()
+        with nogil:
+            rc = self.c_read(start_offset, count, max_bytes, _thread_buffer, NULL, &res)
         try:
-            for k in range(self.n_segs):
-                s = &self.segs[k]
-                if s.n_entries == 0 or s.next <= start or s.base >= end:
-                    continue
-                i0 = _entry_at_or_before(s, start if start > s.base else s.base)
-                i1 = _entry_at_or_before(s, (end if end < s.next else s.next) - 1)
-                lo = _e_pos(s, i0)
-                hi = _e_end(s, i1)
-                if max_bytes and total + (hi - lo) > max_bytes:
-                    if total and (total >= max_bytes or _e_end(s, i0) - lo > max_bytes - total):
-                        break
-                    i1 = _last_entry_ending_by(s, i0, i1, lo + (max_bytes - total))
-                    hi = _e_end(s, i1)
-                    plan[n_plan].seg = k
-                    plan[n_plan].lo = lo
-                    plan[n_plan].hi = hi
-                    plan[n_plan].first_offset = _e_off(s, i0)
-                    n_plan += 1
-                    total += hi - lo
-                    break
-                plan[n_plan].seg = k
-                plan[n_plan].lo = lo
-                plan[n_plan].hi = hi
-                plan[n_plan].first_offset = _e_off(s, i0)
-                n_plan += 1
-                total += hi - lo
-            if total == 0:
-                return b"", 0
-            out = iggy_read_buffer(total)
-            if out == NULL:
+            if rc == -ENOMEM:
                 raise MemoryError()
-            with nogil:
-                for j in range(n_plan):
-                    s = &self.segs[plan[j].seg]
-                    got = _pread_full(s.log_fd, out + w, plan[j].hi - plan[j].lo, plan[j].lo)
-                    if got < 0:
-                        io_err = <int>-got
-                        break
-                    got_u = <uint64_t>got
-                    expected = plan[j].first_offset
-                    wc = w
-                    status = _cut(out, w, w + got_u, &wc, start, end, &expected, validate, &served, &bad)
-                    w = wc
-                    if status != CUT_OK:
-                        break
-                    if got_u < plan[j].hi - plan[j].lo:
-                        short_read = True
-                        bad = expected
-                        break
-            data = PyBytes_FromStringAndSize(<char *>out, <Py_ssize_t>w)
+            data = PyBytes_FromStringAndSize(<char *>iggy_read_buffer(0), <Py_ssize_t>res.written) \
+                if res.written else b""
         finally:
-            free(plan)
             iggy_read_buffer_trim(READ_BUFFER_KEEP)
-        if status != CUT_OK or short_read or io_err:
-            reason = (os.strerror(io_err) if io_err else "the segment is shorter than its index" if short_read
-                      else "corrupt message")
-            log.error("partition %s: cannot serve offset %d: %s; %d messages served before it",
-                      self.directory, bad if not io_err else start + served, reason, served)
-            if served == 0:
-                raise IggyError(ErrorCode.CANNOT_READ_MESSAGE, f"cannot read offset {start}: {reason}")
-        return data, served
+        if res.status != READ_OK:
+            self.report_read_failure(&res)
+        return data, res.served
+
+    cdef int report_read_failure(self, const ReadResult *res) except -1:
+        """Log why a read stopped early; raise CANNOT_READ_MESSAGE when nothing was served."""
+        reason = (os.strerror(res.io_err) if res.status == READ_IO_ERROR
+                  else "the segment is shorter than its index" if res.status == READ_SHORT
+                  else "corrupt message")
+        log.error("partition %s: cannot serve offset %d: %s; %d messages served before it",
+                  self.directory, res.bad, reason, res.served)
+        if res.served == 0:
+            raise IggyError(ErrorCode.CANNOT_READ_MESSAGE, f"cannot read offset {res.start}: {reason}")
+        return 0
 
     # ------------------------------------------------------------------ seek by time
 
     def offset_for_timestamp(self, uint64_t ts):
         """The base offset of the first batch whose base_timestamp >= ts, or None."""
-        cdef Py_ssize_t k
-        cdef Segment *s
-        cdef uint64_t i
+        cdef uint64_t found
         self._active()
-        for k in range(self.n_segs):
-            s = &self.segs[k]
-            if s.n_entries == 0 or s.max_ts < ts:
-                continue
-            i = _first_entry_at_or_after_ts(s, ts)
-            if i < s.n_entries:
-                return _e_off(s, i)
+        if self.c_offset_for_timestamp(ts, &found):
+            return found
         return None
 
     # ------------------------------------------------------------------ deletion

@@ -6,13 +6,20 @@ SO_REUSEPORT, so the kernel spreads connections over the shards. Accept (multish
 and send are all submitted to the shard's ring and the loop runs without the GIL; frames are
 cut out of each connection's receive buffer in C.
 
-For each complete frame the shard takes the GIL once and calls
-`handler.on_frame(shard, token, header_bytes, body_bytes)`, which returns the reply frame
-(bytes), or None when the reply will come later from another thread through
-`post_reply(token, reply)` (control-plane commands run on the main event loop). While a
-reply is pending the connection parses no further frames, so replies leave in request
-order. Malformed framing (size outside 256..max, a header that is not a request) closes the
+Each complete frame is first offered to the C data plane (`iggy._core.dataplane.dp_serve`):
+ping, send, poll and store-offset of a logged-in session are served there, without the GIL,
+against the routing table (`iggy._core.router`), their replies written straight into the
+connection's output. Anything else takes the GIL once: `handler.on_frame(shard, token,
+header_bytes, body_bytes)` returns the reply frame (bytes, or a list of buffers), or None
+when the reply will come later from another thread through `post_reply(token, reply,
+user_id)` (control-plane commands run on the main event loop; user_id tells the shard who
+the session is logged in as afterwards, -1 for nobody). While a reply is pending the
+connection parses no further frames, so replies leave in request order. Malformed framing (size outside 256..max, a header that is not a request) closes the
 connection (the handler's `on_bad_frame` logs why).
+
+Output is double-buffered: replies are appended to the pending buffer while the in-flight
+buffer is owned by the kernel's send; when that send completes the two are swapped. The
+in-flight buffer is never written or moved while a send is armed.
 
 Backpressure: a connection holds at most one maximum frame of unread input, and while more
 than `max_write_buffer` bytes of its replies are unsent (a client that does not read) the
@@ -31,8 +38,13 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove
 from posix.unistd cimport close, read, write
 
+from libc.stdint cimport int64_t
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+from iggy._core.dataplane cimport DP_DONE, Sink, dp_serve
 from iggy._core.includes.le cimport le_u32
 from iggy._core.includes.uring cimport *
+from iggy._core.router cimport Router
 
 
 cdef extern from "<sys/eventfd.h>" nogil:
@@ -76,19 +88,67 @@ cdef struct Conn:
     bint send_armed
     bint waiting          # a reply is pending from another thread
     bint closing
+    int64_t user_id       # the session's user for the C data plane, -1 before login
+    uint64_t last_active  # CLOCK_MONOTONIC ns of the last complete request
     unsigned char *rbuf
     size_t rcap
     size_t rstart
     size_t rend
-    unsigned char *wbuf
+    unsigned char *wbuf   # pending output: replies are appended here
     size_t wcap
     size_t wstart
     size_t wend
+    unsigned char *sbuf   # in flight: owned by the armed send, never written or moved then
+    size_t scap
+    size_t sstart
+    size_t send_end
 
 
 cdef struct Posted:
     uint64_t token
     PyObject *reply       # a new reference, or NULL: close the connection
+    int64_t user_id       # the session's user after the command (-1: not logged in)
+
+
+cdef inline size_t _unsent(const Conn *c) noexcept nogil:
+    return (c.wend - c.wstart) + (c.send_end - c.sstart)
+
+
+cdef inline uint64_t _monotonic_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+
+
+cdef bint _grow(unsigned char **buf, size_t *cap, size_t need) noexcept nogil:
+    """Make buf hold at least need bytes (contents kept); False when out of memory."""
+    cdef size_t new_cap
+    cdef unsigned char *grown
+    if need <= cap[0]:
+        return True
+    new_cap = cap[0] * 2 if cap[0] else RECV_CHUNK
+    while new_cap < need:
+        new_cap *= 2
+    grown = <unsigned char *>realloc(buf[0], new_cap)
+    if grown == NULL:
+        return False
+    buf[0] = grown
+    cap[0] = new_cap
+    return True
+
+
+cdef unsigned char *_sink_reserve(void *ctx, uint64_t n) noexcept nogil:
+    """Sink.reserve for the data plane: room for n bytes at the end of the pending output."""
+    cdef Conn *c = <Conn *>ctx
+    if c.wstart and c.wstart == c.wend:
+        c.wstart = c.wend = 0
+    if not _grow(&c.wbuf, &c.wcap, c.wend + n):
+        return NULL
+    return c.wbuf + c.wend
+
+
+cdef void _sink_commit(void *ctx, uint64_t n) noexcept nogil:
+    (<Conn *>ctx).wend += n
 
 
 cdef inline uint64_t _tag(int kind, uint32_t gen, uint32_t slot) nogil:
@@ -107,6 +167,9 @@ cdef class Shard:
     cdef uint32_t max_frame
     cdef size_t max_wbuf
     cdef object handler
+    cdef object router            # iggy._core.router.Router, or None: everything goes to Python
+    cdef void *router_ptr
+    cdef uint64_t max_poll_bytes
     cdef object listen_sock
     cdef volatile bint stopping
     cdef pthread_mutex_t lock
@@ -114,6 +177,7 @@ cdef class Shard:
     cdef size_t posted_len
     cdef size_t posted_cap
     cdef readonly uint64_t frames
+    cdef readonly uint64_t fast_frames    # served by the C data plane
     cdef readonly uint64_t accepted
 
     def __cinit__(self):
@@ -121,11 +185,16 @@ cdef class Shard:
         self.conns = NULL
         self.posted = NULL
         self.wake_fd = -1
+        self.router_ptr = NULL
         pthread_mutex_init(&self.lock, NULL)
 
     def __init__(self, listen_sock, handler, uint32_t max_frame_size, uint32_t max_connections=4096,
-                 unsigned ring_entries=512, size_t max_write_buffer=1 << 20):
+                 unsigned ring_entries=512, size_t max_write_buffer=1 << 20, Router router=None,
+                 uint64_t max_poll_bytes=0):
         cdef int rc
+        self.router = router
+        self.router_ptr = <void *>router if router is not None else NULL
+        self.max_poll_bytes = max_poll_bytes if max_poll_bytes else max_frame_size - HEADER - 16
         self.listen_sock = listen_sock
         self.listen_fd = listen_sock.fileno()
         self.handler = handler
@@ -153,6 +222,7 @@ cdef class Shard:
                     close(self.conns[i].fd)
                 free(self.conns[i].rbuf)
                 free(self.conns[i].wbuf)
+                free(self.conns[i].sbuf)
             free(self.conns)
         if self.posted != NULL:
             for i in range(self.posted_len):
@@ -167,8 +237,11 @@ cdef class Shard:
 
     # ------------------------------------------------------------------ other threads
 
-    def post_reply(self, uint64_t token, reply):
-        """Deliver a reply (bytes) for `token`, or None to close that connection. Thread-safe."""
+    def post_reply(self, uint64_t token, reply, int64_t user_id=-1):
+        """Deliver a reply (bytes) for `token`, or None to close that connection. Thread-safe.
+
+        user_id: who the session is logged in as after that command (-1: nobody); the C data
+        plane serves the connection's next requests as that user."""
         cdef PyObject *obj = NULL
         cdef Posted *grown
         cdef uint64_t one = 1
@@ -187,6 +260,7 @@ cdef class Shard:
             if self.posted_len < self.posted_cap:
                 self.posted[self.posted_len].token = token
                 self.posted[self.posted_len].reply = obj
+                self.posted[self.posted_len].user_id = user_id
                 self.posted_len += 1
                 obj = NULL
             pthread_mutex_unlock(&self.lock)
@@ -269,8 +343,11 @@ cdef class Shard:
         c.live = True
         c.waiting = False
         c.closing = False
+        c.user_id = -1
+        c.last_active = _monotonic_ns()
         c.rstart = c.rend = 0
         c.wstart = c.wend = 0
+        c.sstart = c.send_end = 0
         self.accepted += 1
         if not self._notify_open(slot):
             self._close(slot)
@@ -300,21 +377,6 @@ cdef class Shard:
         except BaseException:
             pass
 
-    cdef bint _reserve(self, unsigned char **buf, size_t *cap, size_t need) noexcept nogil:
-        cdef size_t new_cap
-        cdef unsigned char *grown
-        if need <= cap[0]:
-            return True
-        new_cap = cap[0] * 2 if cap[0] else RECV_CHUNK
-        while new_cap < need:
-            new_cap *= 2
-        grown = <unsigned char *>realloc(buf[0], new_cap)
-        if grown == NULL:
-            return False
-        buf[0] = grown
-        cap[0] = new_cap
-        return True
-
     cdef void _arm_recv(self, uint32_t slot) noexcept nogil:
         cdef Conn *c = &self.conns[slot]
         cdef io_uring_sqe *sqe
@@ -329,10 +391,10 @@ cdef class Shard:
             c.rstart = 0
         # never hold more than one maximum frame of unread input, and read nothing more while
         # the client leaves more than max_wbuf bytes of replies unread
-        if c.rend - c.rstart >= <size_t>self.max_frame + HEADER or c.wend - c.wstart >= self.max_wbuf:
+        if c.rend - c.rstart >= <size_t>self.max_frame + HEADER or _unsent(c) >= self.max_wbuf:
             return
         want = c.rend + RECV_CHUNK
-        if not self._reserve(&c.rbuf, &c.rcap, want):
+        if not _grow(&c.rbuf, &c.rcap, want):
             self._close(slot)
             return
         sqe = self._sqe()
@@ -343,10 +405,25 @@ cdef class Shard:
     cdef void _arm_send(self, uint32_t slot) noexcept nogil:
         cdef Conn *c = &self.conns[slot]
         cdef io_uring_sqe *sqe
-        if c.send_armed or c.wstart == c.wend or not c.live:
+        cdef unsigned char *tmp
+        cdef size_t tcap
+        if c.send_armed or not c.live:
             return
+        if c.sstart == c.send_end:
+            # the in-flight buffer is drained: the pending output becomes the one in flight
+            if c.wstart == c.wend:
+                return
+            tmp = c.sbuf
+            tcap = c.scap
+            c.sbuf = c.wbuf
+            c.scap = c.wcap
+            c.sstart = c.wstart
+            c.send_end = c.wend
+            c.wbuf = tmp
+            c.wcap = tcap
+            c.wstart = c.wend = 0
         sqe = self._sqe()
-        io_uring_prep_send(sqe, c.fd, c.wbuf + c.wstart, c.wend - c.wstart, 0)
+        io_uring_prep_send(sqe, c.fd, c.sbuf + c.sstart, c.send_end - c.sstart, 0)
         io_uring_sqe_set_data64(sqe, _tag(K_SEND, c.gen, slot))
         c.send_armed = True
 
@@ -367,14 +444,14 @@ cdef class Shard:
         if res < 0:
             self._close(slot)
             return
-        c.wstart += res
-        if c.wstart == c.wend:
-            c.wstart = c.wend = 0
-            if c.closing:
+        c.sstart += res
+        if c.sstart == c.send_end:
+            c.sstart = c.send_end = 0
+            if c.closing and c.wstart == c.wend:
                 self._close(slot)
                 return
         # a full send buffer paused parsing and reading; resume once it drains
-        if c.wend - c.wstart < self.max_wbuf:
+        if _unsent(c) < self.max_wbuf:
             self._process(slot)
         self._arm_send(slot)
         self._arm_recv(slot)
@@ -383,7 +460,7 @@ cdef class Shard:
         cdef Conn *c = &self.conns[slot]
         if c.wstart and c.wstart == c.wend:
             c.wstart = c.wend = 0
-        if not self._reserve(&c.wbuf, &c.wcap, c.wend + n):
+        if not _grow(&c.wbuf, &c.wcap, c.wend + n):
             return False
         memcpy(c.wbuf + c.wend, data, n)
         c.wend += n
@@ -394,8 +471,12 @@ cdef class Shard:
         cdef const unsigned char *p
         cdef uint32_t size
         cdef int outcome
+        cdef Sink sink
+        sink.ctx = c
+        sink.reserve = _sink_reserve
+        sink.commit = _sink_commit
         while (c.live and not c.waiting and not c.closing and c.rend - c.rstart >= HEADER
-               and c.wend - c.wstart < self.max_wbuf):
+               and _unsent(c) < self.max_wbuf):
             p = c.rbuf + c.rstart
             size = le_u32(p + 48)
             if size < HEADER or size > self.max_frame or p[60] != 5:
@@ -403,11 +484,16 @@ cdef class Shard:
                 self._close(slot)
                 return
             if c.rend - c.rstart < size:
-                if not self._reserve(&c.rbuf, &c.rcap, c.rstart + size):
+                if not _grow(&c.rbuf, &c.rcap, c.rstart + size):
                     self._close(slot)
                 return
             self.frames += 1
-            outcome = self._dispatch(slot, p, size)
+            c.last_active = _monotonic_ns()
+            if dp_serve(self.router_ptr, c.user_id, p, size, self.max_poll_bytes, &sink) == DP_DONE:
+                self.fast_frames += 1
+                outcome = 0
+            else:
+                outcome = self._dispatch(slot, p, size)
             c.rstart += size
             if outcome < 0:
                 self._close(slot)
@@ -470,12 +556,13 @@ cdef class Shard:
             if slot < self.max_conns and self.conns[slot].live and self.conns[slot].gen == gen:
                 c = &self.conns[slot]
                 c.waiting = False
+                c.user_id = items[i].user_id
                 if items[i].reply == NULL:
                     self._close(slot)        # eviction or idle timeout: now, unsent replies dropped
                 else:
                     if not self._queue_object(slot, items[i].reply):
                         c.closing = True
-                    if c.closing and c.wstart == c.wend:
+                    if c.closing and _unsent(c) == 0:
                         self._close(slot)
                     else:
                         self._process(slot)
@@ -503,6 +590,13 @@ cdef class Shard:
                 self._close(slot)
 
     # ------------------------------------------------------------------ info
+
+    def last_active(self, uint64_t token):
+        """time.monotonic() of the connection's last complete request (0.0 if it is gone)."""
+        cdef uint32_t slot = <uint32_t>(token & MASK32)
+        if slot >= self.max_conns or not self.conns[slot].live or self.conns[slot].gen != <uint32_t>(token >> 32):
+            return 0.0
+        return self.conns[slot].last_active / 1e9
 
     def close_connection(self, uint64_t token):
         """Close a connection from another thread (heartbeat eviction, shutdown)."""

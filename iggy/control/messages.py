@@ -60,10 +60,7 @@ def choose_partition(plane, s, t, kind: int, value: bytes) -> int:
         return pid
     ids = sorted(t.partitions)
     if kind == PARTITION_BALANCED:
-        key = (s.id, t.id)
-        counter = plane.storage.round_robin.get(key, 0)
-        plane.storage.round_robin[key] = counter + 1
-        return ids[counter % len(ids)]
+        return ids[plane.storage.balanced_counter(s.id, t.id).next() % len(ids)]
     if kind == PARTITION_KEY:
         if not 1 <= len(value) <= 255:
             raise IggyError(ErrorCode.INVALID_KEY_VALUE_LENGTH)

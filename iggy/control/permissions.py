@@ -167,13 +167,42 @@ def can_manage_topic(user, stream_id, topic_id) -> bool:
                    topic_id, ("manage_topic",))
 
 
+# The data-plane rules as (global flags, stream flags, topic flags): used by the checks below
+# and by `snapshot`, which hands them to the shards' C routing table.
+POLL_RULE = (("poll_messages", "read_topics", "manage_topics", "read_streams", "manage_streams"),
+             ("poll_messages", "manage_stream", "read_stream", "manage_topics", "read_topics"),
+             ("manage_topic", "read_topic", "poll_messages"))
+SEND_RULE = (("send_messages", "manage_streams", "manage_topics"),
+             ("send_messages", "manage_stream", "manage_topics"),
+             ("manage_topic", "send_messages"))
+ALLOW_SEND = 1      # iggy._core.router ALLOW_* bits
+ALLOW_POLL = 2
+
+
 def can_poll(user, stream_id, topic_id) -> bool:
-    return allowed(user, ("poll_messages", "read_topics", "manage_topics", "read_streams", "manage_streams"),
-                   stream_id, ("poll_messages", "manage_stream", "read_stream", "manage_topics", "read_topics"),
-                   topic_id, ("manage_topic", "read_topic", "poll_messages"))
+    return allowed(user, POLL_RULE[0], stream_id, POLL_RULE[1], topic_id, POLL_RULE[2])
 
 
 def can_send(user, stream_id, topic_id) -> bool:
-    return allowed(user, ("send_messages", "manage_streams", "manage_topics"),
-                   stream_id, ("send_messages", "manage_stream", "manage_topics"),
-                   topic_id, ("manage_topic", "send_messages"))
+    return allowed(user, SEND_RULE[0], stream_id, SEND_RULE[1], topic_id, SEND_RULE[2])
+
+
+def snapshot(user) -> tuple[int, list]:
+    """The send/poll grants of `user` for the C routing table (iggy._core.router).
+
+    Returns (allow_all, grants): ALLOW_* bits granted on every topic (root, global flags) and
+    [(stream_id, topic_id or None for the whole stream, ALLOW_* bits)]. Computed with
+    `allowed`, so the shards apply exactly the rules of can_send/can_poll.
+    """
+    rules = ((ALLOW_SEND, SEND_RULE), (ALLOW_POLL, POLL_RULE))
+    allow_all = sum(bit for bit, rule in rules if allowed(user, rule[0]))
+    grants = []
+    for sid, sp in ((user.permissions or {}).get("streams") or {}).items():
+        bits = sum(bit for bit, rule in rules if allowed(user, (), sid, rule[1]))
+        if bits & ~allow_all:
+            grants.append((sid, None, bits))
+        for tid in sp["topics"]:
+            tbits = sum(bit for bit, rule in rules if allowed(user, (), sid, (), tid, rule[2]))
+            if tbits & ~(allow_all | bits):
+                grants.append((sid, tid, tbits))
+    return allow_all, grants

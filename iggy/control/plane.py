@@ -83,6 +83,15 @@ class Session:
     groups: set = field(default_factory=set)      # {(stream_id, topic_id, group_id)}
     last_seen: float = field(default_factory=time.monotonic)
     close: Callable | None = None                 # ends the connection (heartbeat eviction)
+    # the engine's own clock of the connection's last complete request (time.monotonic()
+    # seconds), for requests it served without this module (the shards' C data plane)
+    activity: Callable | None = None
+
+    def idle_since(self) -> float:
+        """time.monotonic() of the last complete request, whoever served it."""
+        if self.activity is None:
+            return self.last_seen
+        return max(self.last_seen, self.activity())
 
 
 def now_us() -> int:
@@ -103,8 +112,13 @@ class ControlPlane:
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iggy-hash")
         from iggy.control import load_commands
         from iggy.control.groups import GroupCoordinator
+        from iggy.control.routes import Routes
         load_commands()
         self.groups = GroupCoordinator(self)
+        self.routes = Routes(meta, storage)
+        self.routes.sync()
+        # {"shard_requests": n, "shard_requests_native": n} from the uring engine (metrics)
+        self.engine_counters: Callable[[], dict] = dict
 
     # ---------------------------------------------------------------- sessions
 

@@ -1,18 +1,22 @@
 """The production engine: one io_uring shard thread per core (`iggy._core.shard`).
 
-Each shard binds the TCP address with SO_REUSEPORT and runs its ring without the GIL. For
-each frame it calls `on_frame` here, in the shard's thread:
+Each shard binds the TCP address with SO_REUSEPORT and runs its ring without the GIL.
+Ordinary data-plane requests (ping, send messages, poll messages and store offset of a single
+consumer, by a logged-in user allowed to) are served inside the shard in C without the GIL
+(`iggy._core.dataplane`), against the routing table the control plane publishes
+(`plane.routes`, `iggy._core.router`). For every other frame the shard calls `on_frame`
+here, in the shard's thread, with the GIL:
 
-* data-plane commands (ping, send messages, poll messages, store consumer offset) are handled
-  right there, by the same functions the portable engine uses (`iggy.control.messages`);
-  the per-message work in them (batch validation, append, index seek, read) runs in Cython
-  without the GIL, so two shards validate and write in parallel. A partition is guarded by
-  its own lock, so shards and the control plane never interleave on one log;
+* data-plane commands the C path left alone (consumer groups, errors of every kind) are
+  handled right there by the same functions the portable engine uses
+  (`iggy.control.messages`), which produce the exact reply or error. A partition is guarded
+  by its own mutex (`iggy._core.mutex`), taken by C and Python alike, so shards and the
+  control plane never interleave on one log;
 * everything else is posted to the control plane on the main event loop, which is the only
-  writer of metadata; its reply comes back with `Shard.post_reply`.
+  writer of metadata; its reply comes back with `Shard.post_reply`, together with the
+  session's user so that the C path knows who is logged in on that connection.
 
-`persisted` topics: a shard appends, then fsyncs before it answers; batches appended by
-other connections while that fsync runs are covered by the next one.
+`persisted` topics: a shard appends, then fsyncs before it answers.
 
 Limits: a shard stops parsing and reading a connection whose unsent replies exceed
 `limits.max_write_buffer`; with `limits.idle_timeout` set, a sweep on the main loop closes
@@ -83,6 +87,7 @@ class ShardHandler:
         except OSError:
             address = "unknown"
         session = self.plane.open_session(address, TRANSPORT_TCP, close=lambda: shard.close_connection(token))
+        session.activity = lambda: shard.last_active(token)
         self.sessions[(id(shard), token)] = session
 
     def on_bad_frame(self, shard, token: int, reason: str) -> None:
@@ -110,7 +115,7 @@ class ShardHandler:
             log.exception("control-plane request failed")
             reply = build_reply(header, 1)
         if isinstance(reply, bytes):
-            shard.post_reply(token, reply)
+            self._post(shard, token, session, reply)
             return
 
         async def finish():
@@ -119,8 +124,13 @@ class ShardHandler:
             except Exception:  # noqa: BLE001
                 log.exception("control-plane request failed")
                 done = build_reply(header, 1)
-            shard.post_reply(token, done)
+            self._post(shard, token, session, done)
         asyncio.ensure_future(finish())
+
+    @staticmethod
+    def _post(shard, token: int, session, reply: bytes) -> None:
+        user = session.user_id
+        shard.post_reply(token, reply, -1 if user is None else user)
 
 
 class UringEngine:
@@ -146,8 +156,10 @@ class UringEngine:
             port = sock.getsockname()[1]          # port 0: every shard takes the first one's port
             self.sockets.append(sock)
             self.shards.append(Shard(sock, self.handler, max_frame_size, max_connections,
-                                     max_write_buffer=max_write_buffer))
+                                     max_write_buffer=max_write_buffer, router=plane.routes.router,
+                                     max_poll_bytes=plane.max_poll_bytes))
         self.address = self.sockets[0].getsockname()[:2]
+        plane.engine_counters = self.counters
         for i, shard in enumerate(self.shards):
             t = threading.Thread(target=shard.run, name=f"iggy-shard-{i}", daemon=True)
             t.start()
@@ -161,12 +173,17 @@ class UringEngine:
             await asyncio.sleep(min(1.0, self.idle_timeout / 4))
             now = time.monotonic()
             for session in list(self.handler.sessions.values()):
-                idle = now - session.last_seen
+                idle = now - session.idle_since()
                 if idle >= self.idle_timeout and session.close is not None:
                     log.info("closing %s: no complete request for %.1f s (limits.idle_timeout)", session.address,
                              idle)
                     session.last_seen = now          # closing: don't report it twice
                     session.close()
+
+    def counters(self) -> dict:
+        """Requests the shards took and how many the C data plane served (GET /metrics)."""
+        return {"shard_requests": sum(s.frames for s in self.shards),
+                "shard_requests_native": sum(s.fast_frames for s in self.shards)}
 
     def close(self) -> None:
         if self._idle_task is not None:

@@ -4,6 +4,8 @@ Series (the reference server's names)::
 
     http_requests_total     counter: every HTTP request this listener received
     streams, topics, partitions, segments, messages, users, clients    gauges
+    shard_requests, shard_requests_native    gauges (uring engine): TCP requests the shards
+                            took, and how many of them the C data plane served without the GIL
 
 The gauges are read from the control plane when scraped (one call on the main loop), so they
 are exact at scrape time and cost nothing between scrapes. The counter is bumped by
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-GAUGES = ("streams", "topics", "partitions", "segments", "messages", "users", "clients")
+GAUGES = ("streams", "topics", "partitions", "segments", "messages", "users", "clients", "shard_requests",
+          "shard_requests_native")
 
 
 class Metrics:
@@ -42,6 +45,7 @@ def counts(plane) -> dict:
         "partitions": sum(len(t.partitions) for t in topic_list),
         "segments": totals["segments_count"], "messages": totals["messages_count"],
         "users": len(st.users), "clients": len(plane.sessions),
+        **plane.engine_counters(),
     }
 
 

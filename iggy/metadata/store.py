@@ -19,6 +19,8 @@ class MetadataStore:
     def __init__(self, system_path: str, snapshot_every: int = 1000):
         self.journal = Journal(os.path.join(system_path, "metadata"), snapshot_every)
         self.state = State()
+        self.version = 0                  # bumped by every applied change
+        self.listeners: list = []         # called after every applied change
 
     def open(self) -> None:
         snapshot, records = self.journal.load()
@@ -39,6 +41,9 @@ class MetadataStore:
                       exc.strerror or exc)
             raise IggyError(ErrorCode.CANNOT_WRITE_TO_FILE, f"metadata journal: {exc.strerror or exc}") from None
         self.state.apply(record)
+        self.version += 1
+        for listener in self.listeners:
+            listener()
         if self.journal.should_snapshot():
             try:
                 self.journal.write_snapshot(self.state.to_dict())

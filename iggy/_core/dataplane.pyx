@@ -1,0 +1,409 @@
+# cython: language_level=3
+"""Send, poll, store offset and ping, served by the io_uring shards in C without the GIL.
+
+`dp_serve` takes one whole request frame. It serves the commands of the data plane when
+everything about the request is ordinary — the session is logged in, the identifiers name a
+topic in the routing table (iggy._core.router), the user may send/poll there, the body is
+well formed — and writes the reply frame straight into the connection's output. In every
+other case it writes nothing and returns DP_FALLBACK: the shard then hands the frame to the
+Python control plane (iggy.control.messages), which produces the exact same success reply or
+the right error. Only the success path lives here, so the error semantics exist once, in
+Python. Once a batch is appended there is no fallback (that would append it twice): a failed
+fsync is answered from here.
+
+Served here (bodies in iggy/control/messages.py and TCP.md 7.4, 8.1, 8.5, 9.12):
+
+    op 2 code 1      ping                    -> empty body
+    op 160           send messages           -> u32 1, u32 stream, u32 topic, u32 partition, u64 base
+    op 2 code 100    poll messages, a single consumer (groups go to Python: membership and
+                     partition ownership live there), every strategy, auto_commit
+                                             -> u32 partition, u64 current_offset, u32 count, batches
+    op 161           store consumer offset, a single consumer -> u32 0 (result section)
+
+A poll's batches are read from the segment straight into the output behind the reply's
+header, cut there in place (PartitionLog.c_read): one copy from the page cache, no
+intermediate buffer. A send is validated (every message checksum, the batch layout) and
+appended from the receive buffer without copying it.
+
+The routing table's read lock is held for the whole request, so the partition objects it
+points at stay alive; the partition's mutex is held for the log and offset work, as the
+Python path holds it.
+"""
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
+from posix.unistd cimport fdatasync
+from libc.errno cimport errno
+
+from iggy._core.batch cimport CHECK_ALL, check_batch
+from iggy._core.includes.le cimport le_u32, le_u64, put_u32, put_u64
+from iggy._core.includes.xxh cimport XXH3_64bits, XXH32
+from iggy._core.log cimport PartitionLog, READ_OK, ReadResult
+from iggy._core.mutex cimport Mutex
+from iggy._core.offsets cimport OFFSET_CONSUMER, OffsetStore
+from iggy._core.router cimport (ALLOW_POLL, ALLOW_SEND, MAX_ROUTE_KEY, PartRoute, Router, Table, TopicRoute,
+                                allowed, find_partition, find_topic, next_balanced, normalise_identifier)
+
+
+cdef enum:
+    HEADER = 256
+    OP_READ = 2
+    OP_SEND = 160
+    OP_STORE_OFFSET = 161
+    CODE_PING = 1
+    CODE_POLL = 100
+    CONSUMER_SINGLE = 1
+    PARTITION_BALANCED = 1
+    PARTITION_ID = 2
+    PARTITION_KEY = 3
+    STRATEGY_OFFSET = 1
+    STRATEGY_TIMESTAMP = 2
+    STRATEGY_FIRST = 3
+    STRATEGY_LAST = 4
+    STRATEGY_NEXT = 5
+    E_CANNOT_SYNC_FILE = 10009
+    POLL_HEAD = 16
+
+
+cdef struct Cursor:
+    const unsigned char *p
+    uint64_t n
+    uint64_t pos
+    bint bad
+
+
+cdef inline const unsigned char *_take(Cursor *c, uint64_t k) noexcept nogil:
+    cdef const unsigned char *at
+    if c.bad or c.n - c.pos < k:
+        c.bad = True
+        return NULL
+    at = c.p + c.pos
+    c.pos += k
+    return at
+
+
+cdef inline uint8_t _u8(Cursor *c) noexcept nogil:
+    cdef const unsigned char *at = _take(c, 1)
+    return at[0] if at != NULL else 0
+
+
+cdef inline uint8_t _flag(Cursor *c) noexcept nogil:
+    """A bool byte: 0 or 1 (anything else is for Python to refuse)."""
+    cdef uint8_t v = _u8(c)
+    if v > 1:
+        c.bad = True
+    return v
+
+
+cdef inline uint32_t _u32(Cursor *c) noexcept nogil:
+    cdef const unsigned char *at = _take(c, 4)
+    return le_u32(at) if at != NULL else 0
+
+
+cdef inline uint64_t _u64(Cursor *c) noexcept nogil:
+    cdef const unsigned char *at = _take(c, 8)
+    return le_u64(at) if at != NULL else 0
+
+
+cdef inline uint32_t _ident(Cursor *c, unsigned char *key) noexcept nogil:
+    """Normalise an Identifier into key; its length there, 0 when malformed."""
+    cdef uint32_t klen = 0
+    cdef int used
+    if c.bad:
+        return 0
+    used = normalise_identifier(c.p + c.pos, c.n - c.pos, key, &klen)
+    if used == 0:
+        c.bad = True
+        return 0
+    c.pos += used
+    return klen
+
+
+cdef inline bint _consumer(Cursor *c, uint64_t *key) noexcept nogil:
+    """A single consumer's offsets key (its id, or XXH32 of its name); False for anything else
+    (consumer groups, non-ASCII names: Python checks their UTF-8)."""
+    cdef unsigned char norm[2 + 255]
+    cdef uint32_t klen, i
+    if _u8(c) != CONSUMER_SINGLE:
+        return False
+    klen = _ident(c, norm)
+    if klen == 0:
+        return False
+    if norm[0] == 1:
+        key[0] = le_u32(norm + 2)
+        return True
+    for i in range(2, klen):
+        if norm[i] >= 0x80:
+            return False
+    key[0] = XXH32(norm + 2, klen - 2, 0)
+    return True
+
+
+cdef inline uint64_t _now_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <uint64_t>ts.tv_sec * 1000000 + <uint64_t>ts.tv_nsec // 1000
+
+
+cdef inline void _reply_header(unsigned char *o, const unsigned char *req, uint32_t status,
+                               uint64_t body_len) noexcept nogil:
+    """The 256-byte reply header (layout in wire.pyx)."""
+    memset(o, 0, HEADER)
+    put_u32(o + 48, <uint32_t>(HEADER + body_len))
+    o[60] = 8
+    memcpy(o + 128, req + 144, 16)
+    memcpy(o + 160, req + 128, 16)
+    put_u64(o + 200, le_u64(req + 168))
+    o[208] = req[176]
+    put_u32(o + 216, status)
+
+
+cdef int _reply(Sink *out, const unsigned char *req, uint32_t status, const unsigned char *body,
+                uint64_t n) noexcept nogil:
+    cdef unsigned char *o = out.reserve(out.ctx, HEADER + n)
+    if o == NULL:
+        return DP_FALLBACK
+    _reply_header(o, req, status, n)
+    if n:
+        memcpy(o + HEADER, body, n)
+    out.commit(out.ctx, HEADER + n)
+    return DP_DONE
+
+
+cdef const TopicRoute *_route(const Table *t, Cursor *c) noexcept nogil:
+    """Read the stream and topic identifiers and find their topic (NULL: not in the table)."""
+    cdef unsigned char key[MAX_ROUTE_KEY]
+    cdef uint32_t a = _ident(c, key), b
+    if a == 0:
+        return NULL
+    b = _ident(c, key + a)
+    if b == 0 or t == NULL:
+        return NULL
+    return find_topic(t, key, a + b)
+
+
+# --------------------------------------------------------------------------- send
+
+cdef int _send(const Table *t, int64_t user_id, const unsigned char *req, Cursor *c, Sink *out) noexcept nogil:
+    cdef uint32_t metadata_length = _u32(c), count, vlen, pid
+    cdef const TopicRoute *topic = _route(t, c)
+    cdef const PartRoute *part = NULL
+    cdef const unsigned char *value
+    cdef uint8_t kind
+    cdef uint64_t base = 0, payload = 0
+    cdef uint32_t appended = 0
+    cdef int rc, sync_rc = 0
+    cdef unsigned char body[24]
+    kind = _u8(c)
+    vlen = _u8(c)
+    value = _take(c, vlen)
+    count = _u32(c)
+    if c.bad or topic == NULL or c.pos != 4 + <uint64_t>metadata_length or topic.n_parts == 0:
+        return DP_FALLBACK
+    if not allowed(t, user_id, topic, ALLOW_SEND):
+        return DP_FALLBACK
+    if kind == PARTITION_BALANCED:
+        part = &topic.parts[next_balanced(topic) % topic.n_parts]
+    elif kind == PARTITION_ID:
+        if vlen != 4:
+            return DP_FALLBACK
+        part = find_partition(topic, le_u32(value))
+    elif kind == PARTITION_KEY:
+        if vlen == 0:
+            return DP_FALLBACK
+        part = &topic.parts[XXH32(value, vlen, 0) % topic.n_parts]
+    if part == NULL:
+        return DP_FALLBACK
+    if check_batch(c.p + c.pos, c.n - c.pos, count, CHECK_ALL, &payload):
+        return DP_FALLBACK
+    (<Mutex>part.lock).lock()
+    rc = (<PartitionLog>part.log).c_append(c.p + c.pos, c.n - c.pos, _now_us(), &base, &appended)
+    if rc == 0 and topic.persisted:
+        if fdatasync((<PartitionLog>part.log).c_sync_fd()):
+            sync_rc = errno if errno else 5
+    (<Mutex>part.lock).unlock()
+    if rc != 0:
+        return DP_FALLBACK          # nothing was appended: Python retries and reports why
+    if sync_rc:
+        return _reply(out, req, E_CANNOT_SYNC_FILE, NULL, 0)
+    put_u32(body, 1)
+    put_u32(body + 4, topic.stream_id)
+    put_u32(body + 8, topic.topic_id)
+    put_u32(body + 12, part.id)
+    put_u64(body + 16, base)
+    return _reply(out, req, 0, body, 24)
+
+
+# --------------------------------------------------------------------------- poll
+
+cdef struct PollOut:
+    Sink *sink
+    unsigned char *frame        # where the reply frame starts once reserved
+
+
+cdef unsigned char *_poll_reserve(void *ctx, uint64_t n) noexcept nogil:
+    """reserve_fn of c_read: the batches go right behind the reply header and poll head."""
+    cdef PollOut *po = <PollOut *>ctx
+    po.frame = po.sink.reserve(po.sink.ctx, HEADER + POLL_HEAD + n)
+    if po.frame == NULL:
+        return NULL
+    return po.frame + HEADER + POLL_HEAD
+
+
+cdef int _poll(const Table *t, int64_t user_id, const unsigned char *req, Cursor *c, uint64_t max_poll_bytes,
+               Sink *out) noexcept nogil:
+    cdef uint64_t key = 0, value, first = 0, nxt = 0, stored = 0, start = 0, last, current
+    cdef uint32_t partition_id, count
+    cdef uint8_t has_partition, strategy, auto_commit
+    cdef const TopicRoute *topic
+    cdef const PartRoute *part
+    cdef bint has_stored, has_start = True, ok = True
+    cdef ReadResult res
+    cdef PollOut po
+    if not _consumer(c, &key):
+        return DP_FALLBACK
+    topic = _route(t, c)
+    has_partition = _flag(c)
+    partition_id = _u32(c)
+    strategy = _u8(c)
+    value = _u64(c)
+    count = _u32(c)
+    auto_commit = _flag(c)
+    if c.bad or c.pos != c.n or topic == NULL or count == 0 or strategy < STRATEGY_OFFSET or strategy > STRATEGY_NEXT:
+        return DP_FALLBACK
+    if not allowed(t, user_id, topic, ALLOW_POLL):
+        return DP_FALLBACK
+    part = find_partition(topic, partition_id if has_partition else 0)
+    if part == NULL:
+        return DP_FALLBACK
+    memset(&res, 0, sizeof(ReadResult))
+    po.sink = out
+    po.frame = NULL
+    (<Mutex>part.lock).lock()
+    if (<PartitionLog>part.log).c_state(&first, &nxt) != 0:
+        (<Mutex>part.lock).unlock()
+        return DP_FALLBACK
+    has_stored = (<OffsetStore>part.offsets).c_get(OFFSET_CONSUMER, key, &stored) == 1
+    # where the poll starts (SEMANTICS 5.1, as iggy.control.messages.start_offset)
+    if strategy == STRATEGY_OFFSET:
+        start = value
+    elif strategy == STRATEGY_TIMESTAMP:
+        has_start = (<PartitionLog>part.log).c_offset_for_timestamp(value, &start) == 1
+    elif strategy == STRATEGY_FIRST:
+        start = first
+    elif strategy == STRATEGY_LAST:
+        start = nxt - count if nxt >= count else 0
+        if start < first:
+            start = first
+    else:
+        start = first if not has_stored else (stored + 1 if stored + 1 > first else first)
+    current = nxt - 1 if nxt else 0
+    if has_start and nxt != 0 and start <= current:
+        if start < first:
+            start = first
+        if (<PartitionLog>part.log).c_read(start, count, max_poll_bytes, _poll_reserve, &po, &res) != 0 \
+                or res.status != READ_OK:
+            ok = False               # Python reads again and reports the corrupt or missing data
+        elif res.served and auto_commit:
+            last = start + res.served - 1
+            if (not has_stored or last > stored) and \
+                    (<OffsetStore>part.offsets).c_store(OFFSET_CONSUMER, key, last) != 0:
+                ok = False
+    (<Mutex>part.lock).unlock()
+    if not ok:
+        return DP_FALLBACK
+    if po.frame == NULL:             # nothing read: reserve the header and the poll head only
+        po.frame = out.reserve(out.ctx, HEADER + POLL_HEAD)
+        if po.frame == NULL:
+            return DP_FALLBACK
+    _reply_header(po.frame, req, 0, POLL_HEAD + res.written)
+    put_u32(po.frame + HEADER, part.id)
+    put_u64(po.frame + HEADER + 4, current)
+    put_u32(po.frame + HEADER + 12, <uint32_t>res.served)
+    out.commit(out.ctx, HEADER + POLL_HEAD + res.written)
+    return DP_DONE
+
+
+# --------------------------------------------------------------------------- store offset
+
+cdef int _store_offset(const Table *t, int64_t user_id, const unsigned char *req, Cursor *c,
+                       Sink *out) noexcept nogil:
+    cdef uint64_t key = 0, offset, first = 0, nxt = 0
+    cdef uint32_t partition_id
+    cdef uint8_t has_partition
+    cdef const TopicRoute *topic
+    cdef const PartRoute *part
+    cdef int rc
+    cdef unsigned char result[4]
+    if not _consumer(c, &key):
+        return DP_FALLBACK
+    topic = _route(t, c)
+    has_partition = _flag(c)
+    partition_id = _u32(c)
+    offset = _u64(c)
+    if c.n - c.pos == 1:
+        _u8(c)                      # ack level: a single node acknowledges after the write
+    if c.bad or c.pos != c.n or topic == NULL or not allowed(t, user_id, topic, ALLOW_POLL):
+        return DP_FALLBACK
+    part = find_partition(topic, partition_id if has_partition else 0)
+    if part == NULL:
+        return DP_FALLBACK
+    (<Mutex>part.lock).lock()
+    rc = (<PartitionLog>part.log).c_state(&first, &nxt)
+    if rc == 0 and (nxt == 0 or offset > nxt - 1):
+        rc = -1                     # INVALID_OFFSET, from Python
+    if rc == 0:
+        rc = (<OffsetStore>part.offsets).c_store(OFFSET_CONSUMER, key, offset)
+    (<Mutex>part.lock).unlock()
+    if rc != 0:
+        return DP_FALLBACK
+    memset(result, 0, 4)
+    return _reply(out, req, 0, result, 4)
+
+
+# --------------------------------------------------------------------------- entry
+
+cdef bint _checksum_ok(const unsigned char *req, const unsigned char *body, uint64_t n) noexcept nogil:
+    """The request checksum of checksummed operations: zero (not sent) or XXH3-64 of the body."""
+    cdef uint64_t lo = le_u64(req + 144), hi = le_u64(req + 152)
+    if lo == 0 and hi == 0:
+        return True
+    return hi == 0 and lo == XXH3_64bits(body, n)
+
+
+cdef int dp_serve(void *router, int64_t user_id, const unsigned char *frame, uint32_t size,
+                  uint64_t max_poll_bytes, Sink *out) noexcept nogil:
+    """Serve one request frame if it is an ordinary data-plane request (see the docstring).
+
+    router: the Router (NULL: serve nothing). user_id: the connection's logged-in user, -1
+    before login. Returns DP_DONE with the reply
+    committed to `out`, or DP_FALLBACK with nothing written.
+    """
+    cdef uint8_t op = frame[176]
+    cdef uint32_t code = le_u32(frame + 196)
+    cdef Cursor c
+    cdef const Table *t
+    cdef int rc
+    if router == NULL:
+        return DP_FALLBACK          # no data plane on this shard (engine unit tests)
+    if op == OP_READ and code == CODE_PING:
+        return _reply(out, frame, 0, NULL, 0)
+    if user_id < 0:
+        return DP_FALLBACK
+    if not ((op == OP_READ and code == CODE_POLL) or op == OP_SEND or op == OP_STORE_OFFSET):
+        return DP_FALLBACK
+    c.p = frame + HEADER
+    c.n = size - HEADER
+    c.pos = 0
+    c.bad = False
+    if op == OP_STORE_OFFSET and not _checksum_ok(frame, c.p, c.n):
+        return DP_FALLBACK
+    t = (<Router>router).acquire()
+    if op == OP_SEND:
+        rc = _send(t, user_id, frame, &c, out)
+    elif op == OP_STORE_OFFSET:
+        rc = _store_offset(t, user_id, frame, &c, out)
+    else:
+        rc = _poll(t, user_id, frame, &c, max_poll_bytes, out)
+    (<Router>router).release()
+    return rc

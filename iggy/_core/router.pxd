@@ -1,0 +1,85 @@
+# cython: language_level=3
+# The routing table of the data plane, readable from C without the GIL (layout and the
+# publication protocol in the docstring of router.pyx).
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_rwlock_t:
+        pass
+
+
+cdef enum:
+    ALLOW_SEND = 1
+    ALLOW_POLL = 2
+    MAX_ROUTE_KEY = 2 * (2 + 255)   # two normalised identifiers
+
+
+cdef struct PartRoute:
+    uint32_t id
+    void *log                   # iggy._core.log.PartitionLog
+    void *lock                  # iggy._core.mutex.Mutex guarding the log and the offsets
+    void *offsets               # iggy._core.offsets.OffsetStore
+
+
+cdef struct TopicRoute:
+    uint32_t stream_id
+    uint32_t topic_id
+    uint8_t persisted           # acknowledge after fdatasync
+    uint32_t n_parts
+    PartRoute *parts            # sorted by id
+    uint64_t *balanced          # the topic's round-robin counter (a Counter's value)
+
+
+cdef struct RouteSlot:
+    uint64_t hash
+    uint32_t len
+    uint32_t topic              # index + 1 into Table.topics; 0 = empty slot
+    const unsigned char *key
+
+
+cdef struct PermEntry:
+    uint32_t stream_id
+    uint32_t topic_id
+    uint8_t whole_stream        # 1: stream-level grant, topic_id unused
+    uint8_t allow               # ALLOW_* bits
+
+
+cdef struct UserPerms:
+    uint8_t exists
+    uint8_t allow_all           # ALLOW_* bits granted everywhere (root, global flags)
+    uint32_t n
+    PermEntry *entries
+
+
+cdef struct Table:
+    TopicRoute *topics
+    uint32_t n_topics
+    PartRoute *parts
+    RouteSlot *slots
+    uint64_t mask
+    unsigned char *keys
+    UserPerms *users
+    uint32_t n_users
+    PermEntry *perms
+
+
+cdef class Counter:
+    cdef uint64_t value
+
+
+cdef class Router:
+    cdef pthread_rwlock_t rwlock
+    cdef Table *table
+    cdef object refs
+    cdef readonly uint64_t generation
+    cdef const Table *acquire(self) noexcept nogil
+    cdef void release(self) noexcept nogil
+
+
+cdef int normalise_identifier(const unsigned char *p, uint64_t avail, unsigned char *out,
+                              uint32_t *out_len) noexcept nogil
+cdef const TopicRoute *find_topic(const Table *t, const unsigned char *key, uint32_t len) noexcept nogil
+cdef const PartRoute *find_partition(const TopicRoute *t, uint32_t partition_id) noexcept nogil
+cdef bint allowed(const Table *t, int64_t user_id, const TopicRoute *topic, int what) noexcept nogil
+cdef uint64_t next_balanced(const TopicRoute *t) noexcept nogil

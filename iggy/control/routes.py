@@ -1,0 +1,52 @@
+"""Keeps the shards' C routing table (`iggy._core.router.Router`) in step with the metadata.
+
+The io_uring shards serve send, poll and store-offset from C without the GIL; everything
+they look up comes from the table published here. `sync()` runs after every metadata
+commit and every partition open/drop (the store's and the storage's listeners), on the
+thread that made the change, so a client that was told "done" never meets the old routing
+afterwards. A topic whose partitions are not all open yet (between the metadata commit and
+the storage step of a create) is left out; the next sync adds it. A request the table cannot
+serve (unknown names, no permission, anything malformed) goes to the Python control plane,
+which answers it with the right error, so the table only ever has to be right, never complete.
+"""
+from __future__ import annotations
+
+from iggy._core.router import Router
+from iggy.control import permissions as perm
+
+
+class Routes:
+    def __init__(self, meta, storage):
+        self.meta = meta
+        self.storage = storage
+        self.router = Router()
+        self._published = None
+        meta.listeners.append(self.sync)
+        storage.listeners.append(self.sync)
+
+    def sync(self) -> None:
+        """Publish a new table if the metadata or the open partitions changed since the last."""
+        version = (self.meta.version, self.storage.version, id(self.meta.state))
+        if version == self._published:
+            return
+        state = self.meta.state
+        topics = []
+        for s in list(state.streams.values()):
+            for t in list(s.topics.values()):
+                parts = []
+                persisted = False
+                for pid in list(t.partitions):
+                    p = self.storage.partition(s.id, t.id, pid)
+                    if p is None:
+                        break
+                    parts.append((pid, p.log, p.lock, p.offsets))
+                    persisted = p.persisted
+                else:
+                    topics.append((s.id, s.name, t.id, t.name, persisted,
+                                   self.storage.balanced_counter(s.id, t.id), parts))
+        users = []
+        for u in list(state.users.values()):
+            allow_all, grants = perm.snapshot(u)
+            users.append((u.id, allow_all, grants))
+        self.router.publish(topics, users)
+        self._published = version

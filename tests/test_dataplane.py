@@ -16,7 +16,7 @@ import struct
 import httpx
 import pytest
 import xxhash
-from apache_iggy import (Consumer, GlobalPermissions, Partitioning, Permissions, PollingStrategy, SendMessage,
+from apache_iggy import (Consumer, Durability, GlobalPermissions, Partitioning, Permissions, PollingStrategy, SendMessage,
                          StreamPermissions, TopicPermissions)
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -59,8 +59,8 @@ def _name(s: str) -> bytes:
 def test_router_finds_topics_by_id_name_and_digit_string():
     lg, lock, offsets = _route_objects()
     r = Router()
-    r.publish([(3, "orders", 7, "eu", False, Counter(), [(2, lg, lock, offsets), (0, lg, lock, offsets)]),
-               (4, "naïve", 0, "x", True, Counter(), [])], [])
+    r.publish([(3, "orders", 7, "eu", False, Counter(), [(2, lg, lock, offsets), (0, lg, lock, offsets)], []),
+               (4, "naïve", 0, "x", True, Counter(), [], [])], [])
     for s in (_num(3), _name("orders"), _name("3"), _name("0003")):
         for t in (_num(7), _name("eu"), _name("7")):
             assert r.lookup(s, t) == (3, 7, [0, 2])             # partitions sorted by id
@@ -77,17 +77,31 @@ def test_router_finds_topics_by_id_name_and_digit_string():
 def test_router_holds_many_topics():
     lg, lock, offsets = _route_objects()
     r = Router()
-    topics = [(s, f"s{s}", t, f"t{t}", False, Counter(), [(0, lg, lock, offsets)]) for s in range(40) for t in range(50)]
+    topics = [(s, f"s{s}", t, f"t{t}", False, Counter(), [(0, lg, lock, offsets)], [])
+              for s in range(40) for t in range(50)]
     r.publish(topics, [])
     for s, sname, t, tname, *_ in topics[::37]:
         assert r.lookup(_name(sname), _num(t)) == (s, t, [0])
         assert r.lookup(_num(s), _name(tname)) == (s, t, [0])
 
 
+def test_router_group_owners():
+    lg, lock, offsets = _route_objects()
+    r = Router()
+    parts = [(1, lg, lock, offsets), (0, lg, lock, offsets), (2, lg, lock, offsets)]
+    r.publish([(0, "s", 0, "t", False, Counter(), parts, [(5, "readers", {0: 11, 2: 12}), (6, "idle", {})])], [])
+    assert r.group_owner(_num(0), _num(0), _name("readers"), 0) == 11
+    assert r.group_owner(_num(0), _num(0), _num(5), 2) == 12
+    assert r.group_owner(_num(0), _name("t"), _name("5"), 1) == 0     # nobody owns partition 1
+    assert r.group_owner(_num(0), _num(0), _name("idle"), 0) == 0
+    assert r.group_owner(_num(0), _num(0), _name("missing"), 0) is None
+    assert r.group_owner(_num(0), _num(0), _num(7), 0) is None
+
+
 def test_router_refuses_wrong_objects():
     r = Router()
     with pytest.raises(TypeError):
-        r.publish([(0, "s", 0, "t", False, Counter(), [(0, _Log(), None, None)])], [])
+        r.publish([(0, "s", 0, "t", False, Counter(), [(0, _Log(), None, None)], [])], [])
 
 
 class _User:
@@ -160,22 +174,52 @@ async def test_producer_and_consumer_are_served_by_the_c_path(root, srv):
     assert total - native <= 2           # nothing else of those went through Python
 
 
+def _python_requests(m: dict) -> float:
+    return m["shard_requests"] - m["shard_requests_native"]
+
+
 @uring_only
-async def test_errors_and_groups_go_to_python(root, srv):
+async def test_errors_go_to_python(root, srv):
     s, t = await _topic(root)
-    await root.send_messages(s, t, 0, [SendMessage("x")])
     before = _metrics(srv)
     with pytest.raises(RuntimeError, match="was not found"):
         await root.send_messages(s, "missing", 0, [SendMessage("x")])
+    with pytest.raises(RuntimeError, match="not found"):
+        await root.poll_messages(s, t, consumer=Consumer.Single(1), polling_strategy=PollingStrategy.First(),
+                                 count=1, auto_commit=False, partition_id=9)
+    after = _metrics(srv)
+    assert _python_requests(after) - _python_requests(before) >= 2
+    assert after["shard_requests_native"] == before["shard_requests_native"]
+
+
+@uring_only
+async def test_consumer_group_polls_are_served_by_the_c_path(root, srv):
+    s, t = await _topic(root, partitions=2)
+    for pid in range(2):
+        await root.send_messages(s, t, pid, [SendMessage(f"p{pid}-{i}") for i in range(3)])
     await root.create_consumer_group(s, t, "g")
     await root.join_consumer_group(s, t, "g")
-    polled = await root.poll_messages(s, t, consumer=Consumer.Group("g"), polling_strategy=PollingStrategy.First(),
-                                      count=10, auto_commit=False, partition_id=0)
+    other = await login_as(srv, ROOT_USER, ROOT_PASSWORD)
+    await other.join_consumer_group(s, t, "g")        # two members: one partition each
+    before = _metrics(srv)
+    got = {}
+    for client in (root, other):
+        for pid in range(2):
+            try:
+                msgs = await client.poll_messages(s, t, consumer=Consumer.Group("g"),
+                                                  polling_strategy=PollingStrategy.Next(), count=10,
+                                                  auto_commit=True, partition_id=pid)
+            except RuntimeError as exc:                 # the other member's partition: 5009
+                assert "not" in str(exc).lower()
+                continue
+            got[(id(client), pid)] = [m.payload() for m in msgs]
     after = _metrics(srv)
-    assert [m.payload() for m in polled] == [b"x"]
-    python = (after["shard_requests"] - after["shard_requests_native"]) - (
-        before["shard_requests"] - before["shard_requests_native"])
-    assert python >= 4                   # the refused send, create, join, the group poll
+    # each partition was served to exactly one member, whole, once
+    served = sorted(p for payloads in got.values() for p in payloads)
+    assert served == sorted(f"p{pid}-{i}".encode() for pid in range(2) for i in range(3))
+    assert len(got) == 2 and {pid for _, pid in got} == {0, 1}
+    assert after["shard_requests_native"] - before["shard_requests_native"] >= 2
+    assert _python_requests(after) - _python_requests(before) >= 2     # the two refusals
 
 
 async def test_named_consumer_offsets_agree_between_paths(root, srv):
@@ -254,3 +298,35 @@ async def test_topic_deleted_and_recreated(root):
     assert [(m.offset(), m.payload()) for m in msgs] == [(0, b"new")]
     assert await root.poll_messages(s, t, consumer=Consumer.Single(1), polling_strategy=PollingStrategy.First(),
                                     count=10, auto_commit=False, partition_id=0) == []
+
+
+@uring_only
+async def test_persisted_topic_acknowledges_after_fsyncs_on_the_ring(root, srv):
+    """Every acknowledged batch of a persisted topic waited for an fsync submitted by the shard;
+    concurrent producers share them (group commit); a replicated topic submits none."""
+    import asyncio
+    s = uniq("dp")
+    await root.create_stream(s)
+    await root.create_topic(s, "p", 1, durability=Durability.PERSISTED)
+    await root.create_topic(s, "r", 1)
+    before = _metrics(srv)
+    for i in range(10):
+        await root.send_messages(s, "p", 0, [SendMessage(f"one-{i}")])
+    middle = _metrics(srv)
+    assert middle["shard_fsyncs"] - before["shard_fsyncs"] >= 10        # one each: nothing to share
+    producers = [root] + [await login_as(srv, ROOT_USER, ROOT_PASSWORD) for _ in range(3)]
+
+    async def produce(k, client):
+        for i in range(25):
+            await client.send_messages(s, "p", 0, [SendMessage(f"c{k}-{i}")])
+    await asyncio.gather(*(produce(k, c) for k, c in enumerate(producers)))
+    after = _metrics(srv)
+    assert 1 <= after["shard_fsyncs"] - middle["shard_fsyncs"] <= 100
+    for i in range(10):
+        await root.send_messages(s, "r", 0, [SendMessage(f"r-{i}")])
+    assert _metrics(srv)["shard_fsyncs"] == after["shard_fsyncs"]     # replicated: none
+    got = await root.poll_messages(s, "p", consumer=Consumer.Single(1), polling_strategy=PollingStrategy.First(),
+                                   count=1000, auto_commit=False, partition_id=0)
+    payloads = [m.payload().decode() for m in got]
+    assert payloads[:10] == [f"one-{i}" for i in range(10)]
+    assert sorted(payloads[10:]) == sorted(f"c{k}-{i}" for k in range(4) for i in range(25))

@@ -13,12 +13,20 @@ cdef struct Sink:
     void *ctx
     sink_reserve reserve
     sink_commit commit
+    # DP_SYNC: the reply is held here, not committed, until fdatasync(sync_fd) completes
+    unsigned char held[256 + 24]
+    uint32_t held_len
+    int sync_fd                 # a dup of the segment's descriptor: the caller closes it
+    uint64_t sync_log           # (sync_log, sync_segment) name the file: one fsync serves
+    uint64_t sync_segment       # every batch appended to it before the fsync was submitted
 
 
 cdef enum:
     DP_FALLBACK = 0             # not served here, nothing written: hand the frame to Python
     DP_DONE = 1                 # the whole reply was committed to the sink
+    DP_SYNC = 2                 # appended to a persisted topic: the reply waits in Sink.held
+                                # for the caller's fdatasync of Sink.sync_fd
 
 
-cdef int dp_serve(void *router, int64_t user_id, const unsigned char *frame, uint32_t size,
+cdef int dp_serve(void *router, int64_t user_id, uint64_t client_id, const unsigned char *frame, uint32_t size,
                   uint64_t max_poll_bytes, Sink *out) noexcept nogil

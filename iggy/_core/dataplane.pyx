@@ -8,17 +8,22 @@ well formed — and writes the reply frame straight into the connection's output
 other case it writes nothing and returns DP_FALLBACK: the shard then hands the frame to the
 Python control plane (iggy.control.messages), which produces the exact same success reply or
 the right error. Only the success path lives here, so the error semantics exist once, in
-Python. Once a batch is appended there is no fallback (that would append it twice): a failed
-fsync is answered from here.
+Python. Once a batch is appended there is no fallback (that would append it twice).
+
+`persisted` topics: the batch is appended, and instead of waiting for fdatasync here (which
+would stall every other connection of the shard) the reply is held in the sink with a dup of
+the segment's descriptor (DP_SYNC); the shard submits one IORING_OP_FSYNC per segment file
+for all batches appended to it in one turn of its loop (group commit) and sends the held
+replies when it completes — or answers CANNOT_SYNC_FILE when it fails.
 
 Served here (bodies in iggy/control/messages.py and TCP.md 7.4, 8.1, 8.5, 9.12):
 
     op 2 code 1      ping                    -> empty body
     op 160           send messages           -> u32 1, u32 stream, u32 topic, u32 partition, u64 base
-    op 2 code 100    poll messages, a single consumer (groups go to Python: membership and
-                     partition ownership live there), every strategy, auto_commit
-                                             -> u32 partition, u64 current_offset, u32 count, batches
-    op 161           store consumer offset, a single consumer -> u32 0 (result section)
+    op 2 code 100    poll messages, a single consumer or a consumer group polling a partition
+                     it owns (the assignment is in the routing table), every strategy,
+                     auto_commit     -> u32 partition, u64 current_offset, u32 count, batches
+    op 161           store consumer offset     -> u32 0 (result section)
 
 A poll's batches are read from the segment straight into the output behind the reply's
 header, cut there in place (PartitionLog.c_read): one copy from the page cache, no
@@ -32,7 +37,7 @@ Python path holds it.
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
-from posix.unistd cimport fdatasync
+from posix.unistd cimport dup
 from libc.errno cimport errno
 
 from iggy._core.batch cimport CHECK_ALL, check_batch
@@ -40,9 +45,10 @@ from iggy._core.includes.le cimport le_u32, le_u64, put_u32, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits, XXH32
 from iggy._core.log cimport PartitionLog, READ_OK, ReadResult
 from iggy._core.mutex cimport Mutex
-from iggy._core.offsets cimport OFFSET_CONSUMER, OffsetStore
-from iggy._core.router cimport (ALLOW_POLL, ALLOW_SEND, MAX_ROUTE_KEY, PartRoute, Router, Table, TopicRoute,
-                                allowed, find_partition, find_topic, next_balanced, normalise_identifier)
+from iggy._core.offsets cimport OFFSET_CONSUMER, OFFSET_GROUP, OffsetStore
+from iggy._core.router cimport (ALLOW_POLL, ALLOW_SEND, MAX_ROUTE_KEY, GroupRoute, PartRoute, Router, Table,
+                                TopicRoute, allowed, find_group, find_partition, find_topic, next_balanced,
+                                normalise_identifier)
 
 
 cdef enum:
@@ -53,6 +59,7 @@ cdef enum:
     CODE_PING = 1
     CODE_POLL = 100
     CONSUMER_SINGLE = 1
+    CONSUMER_GROUP = 2
     PARTITION_BALANCED = 1
     PARTITION_ID = 2
     PARTITION_KEY = 3
@@ -119,23 +126,56 @@ cdef inline uint32_t _ident(Cursor *c, unsigned char *key) noexcept nogil:
     return klen
 
 
-cdef inline bint _consumer(Cursor *c, uint64_t *key) noexcept nogil:
-    """A single consumer's offsets key (its id, or XXH32 of its name); False for anything else
-    (consumer groups, non-ASCII names: Python checks their UTF-8)."""
+cdef struct ConsumerRef:
+    int kind                    # CONSUMER_SINGLE or CONSUMER_GROUP
+    uint64_t key                # a single consumer's offsets key: its id, or XXH32 of its name
+    uint32_t group_len          # a group: its identifier, normalised
+    unsigned char group[2 + 255]
+
+
+cdef inline bint _consumer(Cursor *c, ConsumerRef *ref) noexcept nogil:
+    """Read a Consumer; False for anything Python must look at (unknown kinds, non-ASCII
+    consumer names: Python checks their UTF-8)."""
     cdef unsigned char norm[2 + 255]
     cdef uint32_t klen, i
-    if _u8(c) != CONSUMER_SINGLE:
+    ref.kind = _u8(c)
+    if ref.kind == CONSUMER_GROUP:
+        ref.group_len = _ident(c, ref.group)
+        return ref.group_len != 0
+    if ref.kind != CONSUMER_SINGLE:
         return False
     klen = _ident(c, norm)
     if klen == 0:
         return False
     if norm[0] == 1:
-        key[0] = le_u32(norm + 2)
+        ref.key = le_u32(norm + 2)
         return True
     for i in range(2, klen):
         if norm[i] >= 0x80:
             return False
-    key[0] = XXH32(norm + 2, klen - 2, 0)
+    ref.key = XXH32(norm + 2, klen - 2, 0)
+    return True
+
+
+cdef inline bint _offsets_key(const TopicRoute *topic, const PartRoute *part, ConsumerRef *ref,
+                              bint has_partition, uint64_t client_id, bint fence, int *kind,
+                              uint64_t *key) noexcept nogil:
+    """The offsets (kind, key) of the consumer on that partition; False when Python must
+    answer (an unknown group, no partition given, fence: a partition the client does not own)."""
+    cdef const GroupRoute *g
+    if ref.kind == CONSUMER_SINGLE:
+        kind[0] = OFFSET_CONSUMER
+        key[0] = ref.key
+        return True
+    if not has_partition:
+        return False
+    g = find_group(topic, ref.group, ref.group_len)
+    if g == NULL:
+        return False
+    if fence and (client_id == 0 or g.owners[part - topic.parts] != client_id):
+        return False
+    kind[0] = OFFSET_GROUP
+    key[0] = g.id
     return True
 
 
@@ -192,7 +232,7 @@ cdef int _send(const Table *t, int64_t user_id, const unsigned char *req, Cursor
     cdef uint8_t kind
     cdef uint64_t base = 0, payload = 0
     cdef uint32_t appended = 0
-    cdef int rc, sync_rc = 0
+    cdef int rc, sync_fd = -1
     cdef unsigned char body[24]
     kind = _u8(c)
     vlen = _u8(c)
@@ -219,19 +259,27 @@ cdef int _send(const Table *t, int64_t user_id, const unsigned char *req, Cursor
     (<Mutex>part.lock).lock()
     rc = (<PartitionLog>part.log).c_append(c.p + c.pos, c.n - c.pos, _now_us(), &base, &appended)
     if rc == 0 and topic.persisted:
-        if fdatasync((<PartitionLog>part.log).c_sync_fd()):
-            sync_rc = errno if errno else 5
+        # the file the batch went to (a roll right after the append syncs the sealed one itself)
+        sync_fd = dup((<PartitionLog>part.log).c_sync_fd())
+        out.sync_log = (<PartitionLog>part.log).uid
+        out.sync_segment = (<PartitionLog>part.log).c_active_base()
     (<Mutex>part.lock).unlock()
     if rc != 0:
         return DP_FALLBACK          # nothing was appended: Python retries and reports why
-    if sync_rc:
-        return _reply(out, req, E_CANNOT_SYNC_FILE, NULL, 0)
     put_u32(body, 1)
     put_u32(body + 4, topic.stream_id)
     put_u32(body + 8, topic.topic_id)
     put_u32(body + 12, part.id)
     put_u64(body + 16, base)
-    return _reply(out, req, 0, body, 24)
+    if not topic.persisted:
+        return _reply(out, req, 0, body, 24)
+    if sync_fd < 0:
+        return _reply(out, req, E_CANNOT_SYNC_FILE, NULL, 0)
+    _reply_header(out.held, req, 0, 24)
+    memcpy(out.held + HEADER, body, 24)
+    out.held_len = HEADER + 24
+    out.sync_fd = sync_fd
+    return DP_SYNC
 
 
 # --------------------------------------------------------------------------- poll
@@ -250,8 +298,8 @@ cdef unsigned char *_poll_reserve(void *ctx, uint64_t n) noexcept nogil:
     return po.frame + HEADER + POLL_HEAD
 
 
-cdef int _poll(const Table *t, int64_t user_id, const unsigned char *req, Cursor *c, uint64_t max_poll_bytes,
-               Sink *out) noexcept nogil:
+cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsigned char *req, Cursor *c,
+               uint64_t max_poll_bytes, Sink *out) noexcept nogil:
     cdef uint64_t key = 0, value, first = 0, nxt = 0, stored = 0, start = 0, last, current
     cdef uint32_t partition_id, count
     cdef uint8_t has_partition, strategy, auto_commit
@@ -260,7 +308,9 @@ cdef int _poll(const Table *t, int64_t user_id, const unsigned char *req, Cursor
     cdef bint has_stored, has_start = True, ok = True
     cdef ReadResult res
     cdef PollOut po
-    if not _consumer(c, &key):
+    cdef ConsumerRef ref
+    cdef int kind = 0
+    if not _consumer(c, &ref):
         return DP_FALLBACK
     topic = _route(t, c)
     has_partition = _flag(c)
@@ -274,7 +324,7 @@ cdef int _poll(const Table *t, int64_t user_id, const unsigned char *req, Cursor
     if not allowed(t, user_id, topic, ALLOW_POLL):
         return DP_FALLBACK
     part = find_partition(topic, partition_id if has_partition else 0)
-    if part == NULL:
+    if part == NULL or not _offsets_key(topic, part, &ref, has_partition, client_id, True, &kind, &key):
         return DP_FALLBACK
     memset(&res, 0, sizeof(ReadResult))
     po.sink = out
@@ -283,7 +333,7 @@ cdef int _poll(const Table *t, int64_t user_id, const unsigned char *req, Cursor
     if (<PartitionLog>part.log).c_state(&first, &nxt) != 0:
         (<Mutex>part.lock).unlock()
         return DP_FALLBACK
-    has_stored = (<OffsetStore>part.offsets).c_get(OFFSET_CONSUMER, key, &stored) == 1
+    has_stored = (<OffsetStore>part.offsets).c_get(kind, key, &stored) == 1
     # where the poll starts (SEMANTICS 5.1, as iggy.control.messages.start_offset)
     if strategy == STRATEGY_OFFSET:
         start = value
@@ -307,7 +357,7 @@ cdef int _poll(const Table *t, int64_t user_id, const unsigned char *req, Cursor
         elif res.served and auto_commit:
             last = start + res.served - 1
             if (not has_stored or last > stored) and \
-                    (<OffsetStore>part.offsets).c_store(OFFSET_CONSUMER, key, last) != 0:
+                    (<OffsetStore>part.offsets).c_store(kind, key, last) != 0:
                 ok = False
     (<Mutex>part.lock).unlock()
     if not ok:
@@ -326,16 +376,18 @@ cdef int _poll(const Table *t, int64_t user_id, const unsigned char *req, Cursor
 
 # --------------------------------------------------------------------------- store offset
 
-cdef int _store_offset(const Table *t, int64_t user_id, const unsigned char *req, Cursor *c,
+cdef int _store_offset(const Table *t, int64_t user_id, uint64_t client_id, const unsigned char *req, Cursor *c,
                        Sink *out) noexcept nogil:
     cdef uint64_t key = 0, offset, first = 0, nxt = 0
+    cdef ConsumerRef ref
+    cdef int kind = 0
     cdef uint32_t partition_id
     cdef uint8_t has_partition
     cdef const TopicRoute *topic
     cdef const PartRoute *part
     cdef int rc
     cdef unsigned char result[4]
-    if not _consumer(c, &key):
+    if not _consumer(c, &ref):
         return DP_FALLBACK
     topic = _route(t, c)
     has_partition = _flag(c)
@@ -346,14 +398,15 @@ cdef int _store_offset(const Table *t, int64_t user_id, const unsigned char *req
     if c.bad or c.pos != c.n or topic == NULL or not allowed(t, user_id, topic, ALLOW_POLL):
         return DP_FALLBACK
     part = find_partition(topic, partition_id if has_partition else 0)
-    if part == NULL:
+    # a group stores offsets for any of its partitions (no ownership check, as in Python)
+    if part == NULL or not _offsets_key(topic, part, &ref, has_partition, client_id, False, &kind, &key):
         return DP_FALLBACK
     (<Mutex>part.lock).lock()
     rc = (<PartitionLog>part.log).c_state(&first, &nxt)
     if rc == 0 and (nxt == 0 or offset > nxt - 1):
         rc = -1                     # INVALID_OFFSET, from Python
     if rc == 0:
-        rc = (<OffsetStore>part.offsets).c_store(OFFSET_CONSUMER, key, offset)
+        rc = (<OffsetStore>part.offsets).c_store(kind, key, offset)
     (<Mutex>part.lock).unlock()
     if rc != 0:
         return DP_FALLBACK
@@ -371,12 +424,12 @@ cdef bint _checksum_ok(const unsigned char *req, const unsigned char *body, uint
     return hi == 0 and lo == XXH3_64bits(body, n)
 
 
-cdef int dp_serve(void *router, int64_t user_id, const unsigned char *frame, uint32_t size,
+cdef int dp_serve(void *router, int64_t user_id, uint64_t client_id, const unsigned char *frame, uint32_t size,
                   uint64_t max_poll_bytes, Sink *out) noexcept nogil:
     """Serve one request frame if it is an ordinary data-plane request (see the docstring).
 
     router: the Router (NULL: serve nothing). user_id: the connection's logged-in user, -1
-    before login. Returns DP_DONE with the reply
+    before login. client_id: the session's client id (consumer-group ownership). Returns DP_DONE with the reply
     committed to `out`, or DP_FALLBACK with nothing written.
     """
     cdef uint8_t op = frame[176]
@@ -402,8 +455,8 @@ cdef int dp_serve(void *router, int64_t user_id, const unsigned char *frame, uin
     if op == OP_SEND:
         rc = _send(t, user_id, frame, &c, out)
     elif op == OP_STORE_OFFSET:
-        rc = _store_offset(t, user_id, frame, &c, out)
+        rc = _store_offset(t, user_id, client_id, frame, &c, out)
     else:
-        rc = _poll(t, user_id, frame, &c, max_poll_bytes, out)
+        rc = _poll(t, user_id, client_id, frame, &c, max_poll_bytes, out)
     (<Router>router).release()
     return rc

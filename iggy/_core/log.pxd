@@ -52,6 +52,7 @@ cdef class PartitionLog:
     cdef readonly uint64_t recovered_truncated_bytes
     cdef uint64_t last_ts       # newest base_timestamp handed out (timestamps strictly increase)
     cdef bint _closed
+    cdef readonly uint64_t uid  # unique in the process: tells logs apart after one is freed
 
     cdef Segment *_active(self) except NULL
     cdef Py_ssize_t _open_segment(self, uint64_t base, bint create) except -1
@@ -70,4 +71,5 @@ cdef class PartitionLog:
                     void *ctx, ReadResult *res) noexcept nogil
     cdef int c_offset_for_timestamp(self, uint64_t ts, uint64_t *out) noexcept nogil
     cdef int c_sync_fd(self) noexcept nogil
+    cdef uint64_t c_active_base(self) noexcept nogil
     cdef int report_read_failure(self, const ReadResult *res) except -1

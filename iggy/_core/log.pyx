@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 
 INDEX_ENTRY_SIZE = INDEX_ENTRY_LEN
 DEFAULT_SEGMENT_SIZE = 1 << 30
+cdef uint64_t _next_uid = 0
 
 
 cdef extern from *:
@@ -580,6 +581,9 @@ cdef class PartitionLog:
         self.validate_checksum = validate_checksum
         self.recovered_truncated_bytes = 0
         self.last_ts = 0
+        global _next_uid
+        _next_uid += 1            # under the GIL
+        self.uid = _next_uid
         os.makedirs(directory, exist_ok=True)
         logs, indexes = set(), set()
         for name in os.listdir(directory):
@@ -990,6 +994,12 @@ cdef class PartitionLog:
         if self._closed or self.n_segs == 0:
             return -1
         return self.segs[self.n_segs - 1].log_fd
+
+    cdef uint64_t c_active_base(self) noexcept nogil:
+        """Base offset of the active segment (0 when closed)."""
+        if self._closed or self.n_segs == 0:
+            return 0
+        return self.segs[self.n_segs - 1].base
 
     cdef int _roll_or_log(self) except -1:
         seg_base = self.segs[self.n_segs - 1].base

@@ -22,6 +22,13 @@ cdef struct PartRoute:
     void *offsets               # iggy._core.offsets.OffsetStore
 
 
+cdef struct GroupRoute:
+    uint32_t id
+    uint32_t name_len           # the name as a normalised identifier: [2][len][UTF-8]
+    const unsigned char *name
+    uint64_t *owners            # per partition, in TopicRoute.parts order: the owning client id, 0 = none
+
+
 cdef struct TopicRoute:
     uint32_t stream_id
     uint32_t topic_id
@@ -29,6 +36,8 @@ cdef struct TopicRoute:
     uint32_t n_parts
     PartRoute *parts            # sorted by id
     uint64_t *balanced          # the topic's round-robin counter (a Counter's value)
+    uint32_t n_groups
+    GroupRoute *groups
 
 
 cdef struct RouteSlot:
@@ -62,6 +71,8 @@ cdef struct Table:
     UserPerms *users
     uint32_t n_users
     PermEntry *perms
+    GroupRoute *groups
+    uint64_t *owners
 
 
 cdef class Counter:
@@ -81,5 +92,6 @@ cdef int normalise_identifier(const unsigned char *p, uint64_t avail, unsigned c
                               uint32_t *out_len) noexcept nogil
 cdef const TopicRoute *find_topic(const Table *t, const unsigned char *key, uint32_t len) noexcept nogil
 cdef const PartRoute *find_partition(const TopicRoute *t, uint32_t partition_id) noexcept nogil
+cdef const GroupRoute *find_group(const TopicRoute *t, const unsigned char *key, uint32_t len) noexcept nogil
 cdef bint allowed(const Table *t, int64_t user_id, const TopicRoute *topic, int what) noexcept nogil
 cdef uint64_t next_balanced(const TopicRoute *t) noexcept nogil

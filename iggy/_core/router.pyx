@@ -11,11 +11,15 @@ prefers writers, so a stream of requests cannot starve a metadata change.
 
 Table layout (one malloc'd block per array, all owned by the table)::
 
-    topics[n_topics]   TopicRoute {stream_id, topic_id, persisted, n_parts, parts*, balanced*}
+    topics[n_topics]   TopicRoute {stream_id, topic_id, persisted, n_parts, parts*, balanced*,
+                                   n_groups, groups*}
     parts[]            PartRoute {id, log*, lock*, offsets*}, each topic's run sorted by id
+    groups[]           GroupRoute {id, name_len, name*, owners*}, each topic's run
+    owners[]           per group, per partition (in the topic's parts order): the client id of
+                       the member that owns it, 0 = nobody (consumer-group assignment)
     slots[mask + 1]    open addressing (linear probing) by XXH3-64 of the route key; 4 keys
                        per topic: (stream id | name) x (topic id | name)
-    keys[]             the route keys back to back
+    keys[]             the route keys back to back, then the group names
     users[n_users]     UserPerms indexed by user id {exists, allow_all, n, entries*}
     perms[]            PermEntry {stream_id, topic_id, whole_stream, allow}, per user
 
@@ -129,6 +133,23 @@ cdef const PartRoute *find_partition(const TopicRoute *t, uint32_t partition_id)
     return NULL
 
 
+cdef const GroupRoute *find_group(const TopicRoute *t, const unsigned char *key, uint32_t len) noexcept nogil:
+    """The topic's group named by a normalised identifier (numeric: by id), or NULL."""
+    cdef uint32_t i, gid
+    cdef const GroupRoute *g
+    if len == 6 and key[0] == 1:
+        gid = le_u32(key + 2)
+        for i in range(t.n_groups):
+            if t.groups[i].id == gid:
+                return &t.groups[i]
+        return NULL
+    for i in range(t.n_groups):
+        g = &t.groups[i]
+        if g.name_len == len and memcmp(g.name, key, len) == 0:
+            return g
+    return NULL
+
+
 cdef bint allowed(const Table *t, int64_t user_id, const TopicRoute *topic, int what) noexcept nogil:
     cdef const UserPerms *u
     cdef uint32_t i
@@ -167,6 +188,8 @@ cdef void _free_table(Table *t) noexcept nogil:
     free(t.keys)
     free(t.users)
     free(t.perms)
+    free(t.groups)
+    free(t.owners)
     free(t)
 
 
@@ -212,12 +235,15 @@ cdef class Router:
         """Replace the table.
 
         topics: [(stream_id, stream_name, topic_id, topic_name, persisted, counter,
-                  [(partition_id, PartitionLog, Mutex, OffsetStore), ...]), ...]
+                  [(partition_id, PartitionLog, Mutex, OffsetStore), ...],
+                  [(group_id, group_name, {partition_id: owner client id}), ...]), ...]
         users:  [(user_id, allow_all, [(stream_id, topic_id or None, allow), ...]), ...]
         """
         cdef Table *t = <Table *>calloc(1, sizeof(Table))
         cdef Table *old
-        cdef Py_ssize_t n_parts = 0, n_perms = 0, i, j, k = 0, pk = 0
+        cdef Py_ssize_t n_parts = 0, n_perms = 0, n_groups = 0, n_owners = 0, name_bytes = 0, i, j, k = 0, pk = 0
+        cdef Py_ssize_t gk = 0, ok = 0
+        cdef GroupRoute *gr
         cdef uint64_t cap, h, slot_i
         cdef uint32_t n_users = 0, klen, slen, tlen, sn, tn, la, lb
         cdef int a, b
@@ -234,6 +260,10 @@ cdef class Router:
         try:
             for entry in topics:
                 n_parts += len(entry[6])
+                n_groups += len(entry[7])
+                n_owners += len(entry[6]) * len(entry[7])
+                for g in entry[7]:
+                    name_bytes += 2 + len(g[1].encode("utf-8"))
             for uid, allow_all, grants in users:
                 n_perms += len(grants)
                 if uid + 1 > n_users:
@@ -246,15 +276,17 @@ cdef class Router:
                 cap *= 2
             t.slots = <RouteSlot *>calloc(cap, sizeof(RouteSlot))
             t.mask = cap - 1
-            t.keys = <unsigned char *>malloc(4 * MAX_ROUTE_KEY * (t.n_topics + 1))
+            t.keys = <unsigned char *>malloc(4 * MAX_ROUTE_KEY * (t.n_topics + 1) + name_bytes)
+            t.groups = <GroupRoute *>calloc(n_groups + 1, sizeof(GroupRoute))
+            t.owners = <uint64_t *>calloc(n_owners + 1, sizeof(uint64_t))
             t.n_users = n_users
             t.users = <UserPerms *>calloc(n_users + 1, sizeof(UserPerms))
             t.perms = <PermEntry *>calloc(n_perms + 1, sizeof(PermEntry))
             if (t.topics == NULL or t.parts == NULL or t.slots == NULL or t.keys == NULL or t.users == NULL
-                    or t.perms == NULL):
+                    or t.perms == NULL or t.groups == NULL or t.owners == NULL):
                 raise MemoryError()
             kp = t.keys
-            for i, (sid, sname, tid, tname, persisted, counter, parts) in enumerate(topics):
+            for i, (sid, sname, tid, tname, persisted, counter, parts, groups) in enumerate(topics):
                 tr = &t.topics[i]
                 tr.stream_id = sid
                 tr.topic_id = tid
@@ -263,7 +295,8 @@ cdef class Router:
                 refs.append(counter)
                 tr.parts = &t.parts[pk]
                 tr.n_parts = len(parts)
-                for j, (pid, lg, lock, offsets) in enumerate(sorted(parts, key=lambda p: p[0])):
+                parts = sorted(parts, key=lambda p: p[0])
+                for j, (pid, lg, lock, offsets) in enumerate(parts):
                     if not isinstance(lg, PartitionLog) or not isinstance(lock, Mutex) \
                             or not isinstance(offsets, OffsetStore):
                         raise TypeError("partition routes need a PartitionLog, a Mutex and an OffsetStore")
@@ -294,6 +327,19 @@ cdef class Router:
                         t.slots[slot_i].topic = i + 1
                         t.slots[slot_i].key = kp
                         kp += klen
+                tr.groups = &t.groups[gk]
+                tr.n_groups = len(groups)
+                for gid, gname, owners in groups:
+                    gr = &t.groups[gk]
+                    gk += 1
+                    gr.id = gid
+                    gr.name_len = _put_key(kp, gname)
+                    gr.name = kp
+                    kp += gr.name_len
+                    gr.owners = &t.owners[ok]
+                    for j in range(len(parts)):
+                        t.owners[ok + j] = owners.get(parts[j][0], 0)
+                    ok += len(parts)
             for uid, allow_all, grants in users:
                 up = &t.users[uid]
                 up.exists = 1
@@ -336,6 +382,36 @@ cdef class Router:
             if tr == NULL:
                 return None
             return tr.stream_id, tr.topic_id, [tr.parts[i].id for i in range(tr.n_parts)]
+        finally:
+            self.release()
+
+    def group_owner(self, bytes stream_ident, bytes topic_ident, bytes group_ident, uint32_t partition_id):
+        """The client id owning a group's partition (0: nobody), None if unknown (tests)."""
+        cdef unsigned char key[MAX_ROUTE_KEY]
+        cdef unsigned char gkey[2 + 255]
+        cdef uint32_t a = 0, b = 0, c = 0
+        cdef const Table *t
+        cdef const TopicRoute *tr
+        cdef const GroupRoute *g
+        if not (normalise_identifier(<const unsigned char *>PyBytes_AS_STRING(stream_ident),
+                                     PyBytes_GET_SIZE(stream_ident), key, &a)
+                and normalise_identifier(<const unsigned char *>PyBytes_AS_STRING(topic_ident),
+                                         PyBytes_GET_SIZE(topic_ident), key + a, &b)
+                and normalise_identifier(<const unsigned char *>PyBytes_AS_STRING(group_ident),
+                                         PyBytes_GET_SIZE(group_ident), gkey, &c)):
+            return None
+        t = self.acquire()
+        try:
+            tr = find_topic(t, key, a + b)
+            if tr == NULL:
+                return None
+            g = find_group(tr, gkey, c)
+            if g == NULL:
+                return None
+            for i in range(tr.n_parts):
+                if tr.parts[i].id == partition_id:
+                    return g.owners[i]
+            return None
         finally:
             self.release()
 

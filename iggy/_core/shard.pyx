@@ -9,13 +9,21 @@ cut out of each connection's receive buffer in C.
 Each complete frame is first offered to the C data plane (`iggy._core.dataplane.dp_serve`):
 ping, send, poll and store-offset of a logged-in session are served there, without the GIL,
 against the routing table (`iggy._core.router`), their replies written straight into the
-connection's output. Anything else takes the GIL once: `handler.on_frame(shard, token,
+connection's output (`handler.on_open` returns the session's client id, which the data
+plane needs for consumer-group ownership). Anything else takes the GIL once: `handler.on_frame(shard, token,
 header_bytes, body_bytes)` returns the reply frame (bytes, or a list of buffers), or None
 when the reply will come later from another thread through `post_reply(token, reply,
 user_id)` (control-plane commands run on the main event loop; user_id tells the shard who
 the session is logged in as afterwards, -1 for nobody). While a reply is pending the
 connection parses no further frames, so replies leave in request order. Malformed framing (size outside 256..max, a header that is not a request) closes the
 connection (the handler's `on_bad_frame` logs why).
+
+`persisted` topics: the data plane appends and hands back the reply with the segment file
+to sync (DP_SYNC); the connection waits while the shard submits IORING_OP_FSYNC
+(datasync) for it at the start of the next loop turn — one per segment file for every batch
+appended to it during the turn, whichever connection sent it (group commit) — and the held
+replies go out when the fsync completes (CANNOT_SYNC_FILE if it failed). The shard serves
+its other connections meanwhile.
 
 Output is double-buffered: replies are appended to the pending buffer while the in-flight
 buffer is owned by the kernel's send; when that send completes the two are swapped. The
@@ -36,13 +44,13 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove
-from posix.unistd cimport close, read, write
+from posix.unistd cimport close, fdatasync, read, write
 
 from libc.stdint cimport int64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-from iggy._core.dataplane cimport DP_DONE, Sink, dp_serve
-from iggy._core.includes.le cimport le_u32
+from iggy._core.dataplane cimport DP_DONE, DP_SYNC, Sink, dp_serve
+from iggy._core.includes.le cimport le_u32, put_u32
 from iggy._core.includes.uring cimport *
 from iggy._core.router cimport Router
 
@@ -72,12 +80,19 @@ DEF K_ACCEPT = 1
 DEF K_RECV = 2
 DEF K_SEND = 3
 DEF K_WAKE = 4
+DEF K_FSYNC = 5
+DEF E_CANNOT_SYNC_FILE = 10009
 DEF HEADER = 256
 DEF RECV_CHUNK = 65536
 DEF MAX_CQES = 128
 
 
 cdef uint64_t MASK32 = 0xFFFFFFFFu
+
+cdef enum:
+    SYNC_FREE = 0
+    SYNC_COLLECTING = 1
+    SYNC_SUBMITTED = 2
 
 
 cdef struct Conn:
@@ -89,6 +104,7 @@ cdef struct Conn:
     bint waiting          # a reply is pending from another thread
     bint closing
     int64_t user_id       # the session's user for the C data plane, -1 before login
+    uint64_t client_id    # the session's client id (consumer-group ownership), from on_open
     uint64_t last_active  # CLOCK_MONOTONIC ns of the last complete request
     unsigned char *rbuf
     size_t rcap
@@ -102,6 +118,16 @@ cdef struct Conn:
     size_t scap
     size_t sstart
     size_t send_end
+    uint32_t sync_op      # 1 + index of the SyncOp its held reply waits for, 0 = none
+    uint32_t held_len
+    unsigned char held[256 + 24]
+
+
+cdef struct SyncOp:
+    uint64_t log          # PartitionLog.uid and active segment base: the file
+    uint64_t segment
+    int fd                # a dup of the segment's descriptor, closed on completion
+    int state             # SYNC_FREE, SYNC_COLLECTING (not submitted yet), SYNC_SUBMITTED
 
 
 cdef struct Posted:
@@ -176,8 +202,12 @@ cdef class Shard:
     cdef Posted *posted
     cdef size_t posted_len
     cdef size_t posted_cap
+    cdef SyncOp *syncs
+    cdef uint32_t n_syncs
+    cdef bint syncs_collecting
     cdef readonly uint64_t frames
     cdef readonly uint64_t fast_frames    # served by the C data plane
+    cdef readonly uint64_t fsyncs         # fsyncs submitted for persisted appends
     cdef readonly uint64_t accepted
 
     def __cinit__(self):
@@ -186,6 +216,8 @@ cdef class Shard:
         self.posted = NULL
         self.wake_fd = -1
         self.router_ptr = NULL
+        self.syncs = NULL
+        self.n_syncs = 0
         pthread_mutex_init(&self.lock, NULL)
 
     def __init__(self, listen_sock, handler, uint32_t max_frame_size, uint32_t max_connections=4096,
@@ -224,6 +256,11 @@ cdef class Shard:
                 free(self.conns[i].wbuf)
                 free(self.conns[i].sbuf)
             free(self.conns)
+        if self.syncs != NULL:
+            for i in range(self.n_syncs):
+                if self.syncs[i].state != SYNC_FREE:
+                    close(self.syncs[i].fd)
+            free(self.syncs)
         if self.posted != NULL:
             for i in range(self.posted_len):
                 if self.posted[i].reply != NULL:
@@ -287,6 +324,8 @@ cdef class Shard:
             io_uring_sqe_set_data64(sqe, _tag(K_ACCEPT, 0, 0))
             self._arm_wake()
             while not self.stopping:
+                if self.syncs_collecting:
+                    self._submit_syncs()
                 io_uring_submit_and_wait(&self.ring, 1)
                 n = io_uring_peek_batch_cqe(&self.ring, cqes, MAX_CQES)
                 for i in range(n):
@@ -322,6 +361,8 @@ cdef class Shard:
             self._drain_posted()
             if not self.stopping:
                 self._arm_wake()
+        elif kind == K_FSYNC:
+            self._sync_done(slot, res)
         elif slot < self.max_conns and (self.conns[slot].gen & 0xFFFFFF) == gen:
             if kind == K_RECV:
                 self._on_recv(slot, res)
@@ -348,6 +389,7 @@ cdef class Shard:
         c.rstart = c.rend = 0
         c.wstart = c.wend = 0
         c.sstart = c.send_end = 0
+        c.sync_op = 0
         self.accepted += 1
         if not self._notify_open(slot):
             self._close(slot)
@@ -356,7 +398,9 @@ cdef class Shard:
 
     cdef bint _notify_open(self, uint32_t slot) noexcept with gil:
         try:
-            self.handler.on_open(self, (<uint64_t>self.conns[slot].gen << 32) | slot, self.conns[slot].fd)
+            client_id = self.handler.on_open(self, (<uint64_t>self.conns[slot].gen << 32) | slot,
+                                             self.conns[slot].fd)
+            self.conns[slot].client_id = client_id if isinstance(client_id, int) and client_id > 0 else 0
             return True
         except BaseException:
             return False
@@ -489,9 +533,13 @@ cdef class Shard:
                 return
             self.frames += 1
             c.last_active = _monotonic_ns()
-            if dp_serve(self.router_ptr, c.user_id, p, size, self.max_poll_bytes, &sink) == DP_DONE:
+            outcome = dp_serve(self.router_ptr, c.user_id, c.client_id, p, size, self.max_poll_bytes, &sink)
+            if outcome == DP_DONE:
                 self.fast_frames += 1
                 outcome = 0
+            elif outcome == DP_SYNC:
+                self.fast_frames += 1
+                outcome = self._hold_for_sync(slot, &sink)
             else:
                 outcome = self._dispatch(slot, p, size)
             c.rstart += size
@@ -500,6 +548,88 @@ cdef class Shard:
                 return
             if outcome == 1:
                 c.waiting = True
+
+    # ------------------------------------------------------------------ persisted: fsync on the ring
+
+    cdef int _hold_for_sync(self, uint32_t slot, Sink *sink) noexcept nogil:
+        """Keep the reply until the segment file is synced. 1: held (the connection waits),
+        0: synced right here instead (no memory for another SyncOp), -1: close."""
+        cdef Conn *c = &self.conns[slot]
+        cdef uint32_t i, free_i = self.n_syncs
+        cdef SyncOp *grown
+        cdef int rc
+        for i in range(self.n_syncs):
+            if (self.syncs[i].state == SYNC_COLLECTING and self.syncs[i].log == sink.sync_log
+                    and self.syncs[i].segment == sink.sync_segment):
+                close(sink.sync_fd)          # that file's fsync is not submitted yet: it covers this batch
+                return self._held(c, sink, i)
+            if self.syncs[i].state == SYNC_FREE and free_i == self.n_syncs:
+                free_i = i
+        if free_i == self.n_syncs:
+            grown = <SyncOp *>realloc(self.syncs, (self.n_syncs + 8) * sizeof(SyncOp))
+            if grown == NULL:
+                rc = fdatasync(sink.sync_fd)
+                close(sink.sync_fd)
+                if rc:
+                    put_u32(sink.held + 48, HEADER)
+                    put_u32(sink.held + 216, E_CANNOT_SYNC_FILE)
+                    sink.held_len = HEADER
+                return 0 if self._queue(slot, sink.held, sink.held_len) else -1
+            self.syncs = grown
+            for i in range(self.n_syncs, self.n_syncs + 8):
+                self.syncs[i].state = SYNC_FREE
+            self.n_syncs += 8
+        self.syncs[free_i].log = sink.sync_log
+        self.syncs[free_i].segment = sink.sync_segment
+        self.syncs[free_i].fd = sink.sync_fd
+        self.syncs[free_i].state = SYNC_COLLECTING
+        self.syncs_collecting = True
+        return self._held(c, sink, free_i)
+
+    cdef int _held(self, Conn *c, Sink *sink, uint32_t op) noexcept nogil:
+        memcpy(c.held, sink.held, sink.held_len)
+        c.held_len = sink.held_len
+        c.sync_op = op + 1
+        return 1
+
+    cdef void _submit_syncs(self) noexcept nogil:
+        cdef uint32_t i
+        cdef io_uring_sqe *sqe
+        self.syncs_collecting = False
+        for i in range(self.n_syncs):
+            if self.syncs[i].state == SYNC_COLLECTING:
+                sqe = self._sqe()
+                io_uring_prep_fsync(sqe, self.syncs[i].fd, IORING_FSYNC_DATASYNC)
+                io_uring_sqe_set_data64(sqe, _tag(K_FSYNC, 0, i))
+                self.syncs[i].state = SYNC_SUBMITTED
+                self.fsyncs += 1
+
+    cdef void _sync_done(self, uint32_t op, int res) noexcept nogil:
+        """An fsync completed: send the replies that waited for it (an error reply if it failed)."""
+        cdef uint32_t slot
+        cdef Conn *c
+        if op >= self.n_syncs or self.syncs[op].state != SYNC_SUBMITTED:
+            return
+        close(self.syncs[op].fd)
+        self.syncs[op].state = SYNC_FREE
+        for slot in range(self.max_conns):
+            c = &self.conns[slot]
+            if c.sync_op != op + 1:
+                continue
+            c.sync_op = 0
+            if not c.live:
+                continue
+            c.waiting = False
+            if res < 0:
+                put_u32(c.held + 48, HEADER)
+                put_u32(c.held + 216, E_CANNOT_SYNC_FILE)
+                c.held_len = HEADER
+            if not self._queue(slot, c.held, c.held_len):
+                self._close(slot)
+                continue
+            self._process(slot)
+            self._arm_send(slot)
+            self._arm_recv(slot)
 
     cdef int _dispatch(self, uint32_t slot, const unsigned char *p, uint32_t size) noexcept with gil:
         """Hand one frame to the handler. 0: replied, 1: reply pending, -1: close."""

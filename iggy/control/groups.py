@@ -51,6 +51,20 @@ class GroupCoordinator:
     def __init__(self, plane):
         self.plane = plane
         self.groups: dict[tuple[int, int, int], Membership] = {}
+        self.version = 0          # bumped by every assignment change
+        self.listeners: list = []  # called after each (the shards' routing table follows)
+
+    def _changed(self) -> None:
+        self.version += 1
+        for listener in self.listeners:
+            listener()
+
+    def owners(self, key) -> dict:
+        """{partition id: client id of the member that owns it} of one group."""
+        m = self.groups.get(key)
+        if m is None:
+            return {}
+        return {pid: member.session.client_id for member in m.members for pid in member.partitions}
 
     def membership(self, key) -> Membership:
         m = self.groups.get(key)
@@ -79,6 +93,7 @@ class GroupCoordinator:
             for i, pid in enumerate(sorted(topic.partitions)):
                 m.members[i % len(m.members)].partitions.append(pid)
         m.generation += 1
+        self._changed()
 
     def join(self, key, session) -> None:
         if self.member_of(key, session) is not None:
@@ -119,6 +134,7 @@ class GroupCoordinator:
             for member in self.groups[key].members:
                 member.session.groups.discard(key)
             del self.groups[key]
+        self._changed()
 
     def forget_group(self, stream_id, topic_id, group_id) -> None:
         self.forget(lambda k: k == (stream_id, topic_id, group_id))

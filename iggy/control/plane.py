@@ -115,7 +115,7 @@ class ControlPlane:
         from iggy.control.routes import Routes
         load_commands()
         self.groups = GroupCoordinator(self)
-        self.routes = Routes(meta, storage)
+        self.routes = Routes(meta, storage, self.groups)
         self.routes.sync()
         # {"shard_requests": n, "shard_requests_native": n} from the uring engine (metrics)
         self.engine_counters: Callable[[], dict] = dict

@@ -76,7 +76,7 @@ class ShardHandler:
         self.loop = loop
         self.sessions: dict[tuple[int, int], object] = {}
 
-    def on_open(self, shard, token: int, fd: int) -> None:
+    def on_open(self, shard, token: int, fd: int) -> int:
         try:
             peer = socket.socket(fileno=os.dup(fd))
             try:
@@ -89,6 +89,7 @@ class ShardHandler:
         session = self.plane.open_session(address, TRANSPORT_TCP, close=lambda: shard.close_connection(token))
         session.activity = lambda: shard.last_active(token)
         self.sessions[(id(shard), token)] = session
+        return session.client_id          # the shard's C data plane checks group ownership by it
 
     def on_bad_frame(self, shard, token: int, reason: str) -> None:
         session = self.sessions.get((id(shard), token))
@@ -183,7 +184,8 @@ class UringEngine:
     def counters(self) -> dict:
         """Requests the shards took and how many the C data plane served (GET /metrics)."""
         return {"shard_requests": sum(s.frames for s in self.shards),
-                "shard_requests_native": sum(s.fast_frames for s in self.shards)}
+                "shard_requests_native": sum(s.fast_frames for s in self.shards),
+                "shard_fsyncs": sum(s.fsyncs for s in self.shards)}
 
     def close(self) -> None:
         if self._idle_task is not None:

@@ -4,8 +4,9 @@ Series (the reference server's names)::
 
     http_requests_total     counter: every HTTP request this listener received
     streams, topics, partitions, segments, messages, users, clients    gauges
-    shard_requests, shard_requests_native    gauges (uring engine): TCP requests the shards
-                            took, and how many of them the C data plane served without the GIL
+    shard_requests, shard_requests_native, shard_fsyncs    gauges (uring engine): TCP requests
+                            the shards took, how many of them the C data plane served without
+                            the GIL, and the fsyncs they submitted for persisted topics
 
 The gauges are read from the control plane when scraped (one call on the main loop), so they
 are exact at scrape time and cost nothing between scrapes. The counter is bumped by
@@ -17,7 +18,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 GAUGES = ("streams", "topics", "partitions", "segments", "messages", "users", "clients", "shard_requests",
-          "shard_requests_native")
+          "shard_requests_native", "shard_fsyncs")
 
 
 class Metrics:

@@ -24,6 +24,7 @@ cdef extern from "liburing.h" nogil:
 
     enum:
         IORING_CQE_F_MORE
+        IORING_FSYNC_DATASYNC
         IORING_SETUP_SINGLE_ISSUER
         IORING_SETUP_COOP_TASKRUN
 
@@ -41,3 +42,4 @@ cdef extern from "liburing.h" nogil:
     void io_uring_prep_send(io_uring_sqe *sqe, int sockfd, const void *buf, size_t length, int flags)
     void io_uring_prep_read(io_uring_sqe *sqe, int fd, void *buf, unsigned nbytes, uint64_t offset)
     void io_uring_prep_nop(io_uring_sqe *sqe)
+    void io_uring_prep_fsync(io_uring_sqe *sqe, int fd, unsigned fsync_flags)

@@ -103,6 +103,28 @@ def test_large_frame_and_pipelined_frames_answer_in_order(shard):
     c.close()
 
 
+def test_slow_reader_gets_every_reply_whole_and_in_order(shard):
+    """Replies bigger than the socket buffer, pipelined, read in small slow pieces: the kernel
+    sends each in several parts while new replies are appended to the other output buffer."""
+    sh, handler, addr = shard
+    c = socket.create_connection(addr)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    bodies = [bytes([i]) * (300_000 + i) for i in range(8)]
+    c.sendall(b"".join(build_request(2, 1, body, client=1) for body in bodies))
+    expected = b"".join(build_reply(RequestHeader(build_request(2, 1, body, client=1)[:256]), 0, body)
+                        for body in bodies)
+    got = bytearray()
+    while len(got) < len(expected):
+        chunk = c.recv(7919)
+        if not chunk:
+            raise ConnectionError("closed")
+        got += chunk
+        if len(got) < 200_000:
+            time.sleep(0.001)          # slow at first: sends complete partially, output piles up
+    assert bytes(got) == expected
+    c.close()
+
+
 def test_many_connections(shard):
     sh, handler, addr = shard
     socks = [socket.create_connection(addr) for _ in range(50)]

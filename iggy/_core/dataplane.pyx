@@ -242,6 +242,12 @@ cdef int _send(const Table *t, int64_t user_id, const unsigned char *req, Cursor
         return DP_FALLBACK
     if not allowed(t, user_id, topic, ALLOW_SEND):
         return DP_FALLBACK
+    if kind != PARTITION_BALANCED and kind != PARTITION_ID and kind != PARTITION_KEY:
+        return DP_FALLBACK
+    if check_batch(c.p + c.pos, c.n - c.pos, count, CHECK_ALL, &payload):
+        return DP_FALLBACK
+    # balanced: the round-robin position moves only here, after every check that could hand
+    # the request to Python (which would move it again)
     if kind == PARTITION_BALANCED:
         part = &topic.parts[next_balanced(topic) % topic.n_parts]
     elif kind == PARTITION_ID:
@@ -253,8 +259,6 @@ cdef int _send(const Table *t, int64_t user_id, const unsigned char *req, Cursor
             return DP_FALLBACK
         part = &topic.parts[XXH32(value, vlen, 0) % topic.n_parts]
     if part == NULL:
-        return DP_FALLBACK
-    if check_batch(c.p + c.pos, c.n - c.pos, count, CHECK_ALL, &payload):
         return DP_FALLBACK
     (<Mutex>part.lock).lock()
     rc = (<PartitionLog>part.log).c_append(c.p + c.pos, c.n - c.pos, _now_us(), &base, &appended)

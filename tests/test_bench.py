@@ -311,20 +311,23 @@ def test_persisted_topic_and_rate_limit(bench_server, tmp_path):
 # --------------------------------------------------------------------------- pyperf gate
 
 
-def _suite(path, means: dict[str, float], spread: float = 0.01):
+def _suite(path, means: dict[str, float], spread: float = 0.01, clock: str | None = None, bursts=(), runs=4):
+    """A pyperf suite file: `runs` runs x 5 values per benchmark around `means`, +-spread. Benchmarks in
+    `bursts` get 3 of their 5 values per run 3x slower (another process stealing the core)."""
     import pyperf
 
     benchmarks = []
     for name, mean in means.items():
-        runs = []
-        for r in range(4):
+        run_list = []
+        for r in range(runs):
             values = [mean * (1 + spread * ((r * 5 + i) % 7 - 3) / 3) for i in range(5)]
-            runs.append(
-                pyperf.Run(
-                    values, metadata={"name": name, "loops": 1, "unit": "second"}, collect_metadata=False
-                )
-            )
-        benchmarks.append(pyperf.Benchmark(runs))
+            if name in bursts:
+                values = [v * 3 if i in (0, 2, 4) else v for i, v in enumerate(values)]
+            metadata = {"name": name, "loops": 1, "unit": "second"}
+            if clock:
+                metadata["iggy_clock"] = clock
+            run_list.append(pyperf.Run(values, metadata=metadata, collect_metadata=False))
+        benchmarks.append(pyperf.Benchmark(run_list))
     pyperf.BenchmarkSuite(benchmarks).dump(str(path))
     return str(path)
 
@@ -368,3 +371,143 @@ def test_compare_local_t_test_matches_pyperf():
         ([5.0, 5.1, 5.2, 4.9, 5.0, 5.05], [5.3, 5.4, 5.2, 5.5, 5.35, 5.3]),
     ):
         assert compare._t_test(a, b)[0] == is_significant(a, b)[0]
+    # unequal sizes (a 3-run baseline against a 1-run CI result): pyperf refuses them, the gate not
+    with pytest.raises(ValueError):
+        is_significant([1.0, 1.01, 0.99, 1.0, 1.0, 1.02], [1.5, 1.51, 1.49])
+    assert compare.is_significant([1.0, 1.01, 0.99, 1.0, 1.0, 1.02], [1.5, 1.51, 1.49])[0]
+    assert not compare.is_significant([1.0, 2.0, 0.5, 1.5, 1.2, 0.8], [1.1, 0.6, 2.1])[0]
+
+
+# the calibration of a run: fixed stdlib workloads (bench_core.py), the machine's speed
+CAL = {"calibration_hash_copy": 400e-6, "calibration_py_loop": 500e-6, "calibration_file_io": 90e-6}
+CORE = {"batch_validate": 55e-6, "poll_read": 140e-6, "frame_parse_small": 85e-6}
+
+
+def _scaled(factor: float, **relative: float) -> dict[str, float]:
+    """Every time of a run on a machine `factor` times slower, with some benchmarks also
+    `relative` times slower than the calibration (our code got slower)."""
+    return {name: t * factor * relative.get(name, 1.0) for name, t in {**CAL, **CORE}.items()}
+
+
+def test_normalised_gate_passes_on_a_slower_machine(tmp_path, capsys):
+    compare = _load_perf("compare")
+    base = _suite(tmp_path / "base.json", _scaled(1.0), clock="cpu")
+    slower_box = _suite(tmp_path / "slow_box.json", _scaled(2.0), clock="cpu")
+    faster_box = _suite(tmp_path / "fast_box.json", _scaled(0.5), clock="cpu")
+    assert compare.main([base, slower_box]) == 0
+    out = capsys.readouterr().out
+    assert "took 2.00x the baseline's time" in out and "REGRESSION" not in out
+    # the three calibration rows are shown, not judged
+    assert "calibration_py_loop" in out and out.count("same (not significant)") == len(CORE)
+    assert compare.main([base, faster_box]) == 0
+    assert "took 0.50x the baseline's time" in capsys.readouterr().out
+    # the same files compared raw: every benchmark "regressed" by 100 %, which the calibration explains
+    assert compare.main([base, slower_box, "--raw"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("raw times") and "(raw) than perf/baseline.json" in out
+    assert sum(line.endswith("REGRESSION") for line in out.splitlines()) == len(CORE)  # not the calibration
+
+
+def test_normalised_gate_fails_on_a_relative_slowdown(tmp_path, capsys):
+    compare = _load_perf("compare")
+    base = _suite(tmp_path / "base.json", _scaled(1.0), clock="cpu", runs=12)  # 3 merged runs, as CI's
+    # 2x slower machine, poll_read 3x slower than that: 6x in raw time
+    slow = _suite(tmp_path / "slow.json", _scaled(2.0, poll_read=3.0), clock="cpu")
+    assert compare.main([base, slow]) == 1
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in CORE}
+    assert rows["poll_read"].endswith("REGRESSION") and "+200.0%" in rows["poll_read"]
+    assert not rows["batch_validate"].endswith("REGRESSION") and "+0.0%" in rows["batch_validate"]
+    assert "PERF REGRESSION: 1 benchmark(s) more than 60 % slower" in out and "poll_read +200 %" in out
+    assert compare.REBASELINE in out  # how to re-baseline when the slowdown is intended
+    # a 2x faster machine on which our code kept its old raw time: 2x slower relative to it
+    same_raw = _suite(tmp_path / "same_raw.json", _scaled(0.5, batch_validate=2.0), clock="cpu")
+    assert compare.main([base, same_raw]) == 1
+    assert "batch_validate +100 %" in capsys.readouterr().out
+    # 1.3x relative is inside the default threshold, not inside a tighter one
+    mild = _suite(tmp_path / "mild.json", _scaled(2.0, frame_parse_small=1.3), clock="cpu")
+    assert compare.main([base, mild]) == 0
+    assert compare.main([base, mild, "--threshold", "0.2"]) == 1
+
+
+def test_normalised_gate_uses_min_of_cpu_time(tmp_path):
+    """CPU time only grows under contention: 3x values in a run (most of them) are ignored by the
+    min of the cpu clock; the median used for the wall clock is pulled up by them."""
+    compare = _load_perf("compare")
+    base = _suite(tmp_path / "base.json", _scaled(1.0), clock="cpu")
+    bursty = _suite(tmp_path / "bursty.json", _scaled(1.0), clock="cpu", bursts=("poll_read",))
+    assert compare.main([base, bursty]) == 0
+    wall_base = _suite(tmp_path / "wall_base.json", _scaled(1.0), clock="wall")
+    wall_bursty = _suite(tmp_path / "wall_bursty.json", _scaled(1.0), clock="wall", bursts=("poll_read",))
+    assert compare.main([wall_base, wall_bursty]) == 1
+    assert compare.estimator("cpu") is min and compare.estimator("wall") is not min
+
+    class Bench:
+        def __init__(self, *values):
+            self.values = values
+
+        def get_values(self):
+            return self.values
+
+    suite = {"a": Bench(1.0, 5.0), "b": Bench(4.0, 4.5)}
+    assert compare.calibration_scale(suite, ["a", "b"], min) == pytest.approx(2.0)  # geometric mean
+
+
+def test_gate_refuses_mixed_clocks(tmp_path, capsys):
+    compare = _load_perf("compare")
+    base = _suite(tmp_path / "base.json", _scaled(1.0), clock="cpu")
+    wall = _suite(tmp_path / "wall.json", _scaled(1.0), clock="wall")
+    assert compare.main([base, wall]) == 2
+    assert "different clocks" in capsys.readouterr().out
+
+
+def test_bench_core_time_functions_run(monkeypatch):
+    """Every benchmark and calibration function of the real suite times two loops (the suite
+    itself runs in scripts/test.sh, after pytest)."""
+    monkeypatch.setattr(sys, "argv", ["bench_core.py"])
+    bench = _load_perf("bench_core")
+    import time
+
+    assert bench.CLOCK is time.process_time
+    funcs = [getattr(bench, n) for n in dir(bench) if n.startswith("time_")]
+    assert {f.__name__ for f in funcs} >= {
+        "time_calibration_hash_copy",
+        "time_calibration_py_loop",
+        "time_calibration_file_io",
+        "time_poll_read",
+        "time_log_append",
+    }
+    for func in funcs:
+        assert 0 < func(2) < 5, func.__name__
+    # what pyperf runs: every function once, each with its fixed operations per loop
+    assert {f for _, f in bench.SUITE} == set(funcs)
+    assert [n for n, _ in bench.SUITE] == list(bench.OPS_PER_LOOP)
+    assert sum(n.startswith("calibration_") for n, _ in bench.SUITE) == 3
+
+
+def test_bench_core_quick_runs_passes_appended(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["bench_core.py"])
+    bench = _load_perf("bench_core")
+    calls = []
+    monkeypatch.setattr(bench.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    out = tmp_path / "new.json"
+    assert bench.main(["--quick", "-q", "-o", str(out)]) == 0
+    assert len(calls) == bench.QUICK_PASSES == 2
+    for cmd in calls:
+        assert cmd[:2] == [sys.executable, str(REPO / "perf" / "bench_core.py")]
+        assert "--quick" not in cmd and "-o" not in cmd and cmd[-2:] == ["--append", str(out)]
+        assert cmd[2 : 2 + len(bench.QUICK_ARGS)] == bench.QUICK_ARGS and "-q" in cmd
+    # 2 passes x 2 worker processes x 6 values: 24 values per benchmark and run; fixed loops, so
+    # pyperf spawns no loop-calibration process
+    args = dict(zip(bench.QUICK_ARGS[::2], bench.QUICK_ARGS[1::2]))
+    assert bench.QUICK_PASSES * int(args["--processes"]) * int(args["--values"]) == 24
+    assert args["--loops"] == "1"
+    calls.clear()
+    assert bench.main(["--quick", "--append=" + str(out), "--clock", "wall"]) == 0
+    assert all(cmd[-2:] == ["--append", str(out)] and "wall" in cmd for cmd in calls)
+    # -o refuses an existing file, as pyperf does; a failing pass stops the rest
+    out.write_text("{}")
+    calls.clear()
+    assert bench.main(["--quick", "-o", str(out)]) == 2 and calls == []
+    monkeypatch.setattr(bench.subprocess, "call", lambda cmd: calls.append(cmd) or 1)
+    assert bench.main(["--quick", "--append", str(out)]) == 1 and len(calls) == 1

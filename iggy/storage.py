@@ -56,7 +56,8 @@ class Partition:
         the page cache (writes go straight to the segment, there is no journal to flush), so
         it survives a crash of the process; segments are fsynced when sealed and at shutdown.
         `persisted` waits for fdatasync: on the event loop every append of one loop turn shares
-        one fsync; on a shard thread (no event loop) the shard fsyncs before it answers.
+        one fsync; on a shard thread (no event loop: the Python fallback of the uring engine)
+        it fsyncs here before it answers (the shards' C path syncs on the ring instead).
         """
         if not self.persisted:
             return None

@@ -37,7 +37,9 @@ Python path holds it.
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
-from posix.unistd cimport dup
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdlib cimport free, realloc
+from posix.unistd cimport close, dup, fdatasync
 from libc.errno cimport errno
 
 from iggy._core.batch cimport CHECK_ALL, check_batch
@@ -464,3 +466,67 @@ cdef int dp_serve(void *router, int64_t user_id, uint64_t client_id, const unsig
         rc = _poll(t, user_id, client_id, frame, &c, max_poll_bytes, out)
     (<Router>router).release()
     return rc
+
+
+# --------------------------------------------------------------------------- in-process entry (tests, fuzzing)
+
+cdef struct OutBuffer:
+    unsigned char *data
+    uint64_t len
+    uint64_t cap
+
+
+cdef unsigned char *_bytes_reserve(void *ctx, uint64_t n) noexcept nogil:
+    cdef OutBuffer *o = <OutBuffer *>ctx
+    cdef unsigned char *grown
+    if o.len + n > o.cap:
+        grown = <unsigned char *>realloc(o.data, o.len + n)
+        if grown == NULL:
+            return NULL
+        o.data = grown
+        o.cap = o.len + n
+    return o.data + o.len
+
+
+cdef void _bytes_commit(void *ctx, uint64_t n) noexcept nogil:
+    (<OutBuffer *>ctx).len += n
+
+
+def serve(Router router not None, int64_t user_id, uint64_t client_id, const unsigned char[:] frame not None,
+          uint64_t max_poll_bytes=64 * 1024 * 1024):
+    """Run `dp_serve` on one whole frame in this thread (tests and fuzzing, not the server).
+
+    Returns (outcome, reply): ("fallback", None) when Python must answer, ("done", reply
+    frame bytes), or ("sync", reply frame bytes) for a persisted append (the fdatasync the
+    shard would submit to its ring is done here before returning).
+    """
+    cdef Sink sink
+    cdef OutBuffer o
+    cdef int rc
+    cdef Py_ssize_t n = frame.shape[0]
+    cdef int fsync_rc
+    if n < HEADER or le_u32(&frame[0] + 48) != n:
+        raise ValueError("a whole frame: 256-byte header whose size field is the frame's length")
+    o.data = NULL
+    o.len = 0
+    o.cap = 0
+    memset(&sink, 0, sizeof(Sink))
+    sink.ctx = &o
+    sink.reserve = _bytes_reserve
+    sink.commit = _bytes_commit
+    sink.sync_fd = -1
+    try:
+        with nogil:
+            rc = dp_serve(<void *>router, user_id, client_id, &frame[0], <uint32_t>n, max_poll_bytes, &sink)
+        if rc == DP_FALLBACK:
+            return "fallback", None
+        if rc == DP_SYNC:
+            with nogil:
+                fsync_rc = fdatasync(sink.sync_fd)
+                close(sink.sync_fd)
+            if fsync_rc:
+                raise OSError(errno, "fdatasync failed")
+            return "sync", PyBytes_FromStringAndSize(<char *>sink.held, sink.held_len)
+        return "done", PyBytes_FromStringAndSize(<char *>o.data, o.len)
+    finally:
+        free(o.data)

@@ -16,7 +16,10 @@ here, in the shard's thread, with the GIL:
   writer of metadata; its reply comes back with `Shard.post_reply`, together with the
   session's user so that the C path knows who is logged in on that connection.
 
-`persisted` topics: a shard appends, then fsyncs before it answers.
+`persisted` topics: the C path appends, then the shard submits an fdatasync to its ring —
+one per segment file for every batch appended to it in one loop turn (group commit) — and
+answers when it completes, serving its other connections meanwhile; the Python fallback
+path fsyncs in place before it answers.
 
 Limits: a shard stops parsing and reading a connection whose unsent replies exceed
 `limits.max_write_buffer`; with `limits.idle_timeout` set, a sweep on the main loop closes

@@ -31,6 +31,9 @@ every reply has arrived; a poll = `XREAD COUNT <messages per batch> STREAMS key 
 Replies are scanned in C (`iggy._core.benchclient.resp_skip` / `resp_xread`), so neither
 client builds per-message Python objects. Latency = one batch (send or poll round trip).
 
+Before every run the page cache is synced to disk (`os.sync()`, `--no-settle` skips it), so
+no run pays for the writeback of the data an earlier one wrote.
+
 The table gives each figure, issue 4's target, and ours/redis ratios (throughput: higher is
 better; latency: lower is better).
 """
@@ -534,6 +537,14 @@ def _median_run(runs: list[dict]) -> dict:
     return out
 
 
+def _settle() -> None:
+    """Start each run on a quiet disk: the writeback of what earlier runs wrote (gigabytes of
+    dirty page cache) otherwise competes for the two CPUs and the disk with the next run, and
+    hits whichever peer happens to come next."""
+    os.sync()
+    time.sleep(0.5)
+
+
 async def run_all(args, peers: dict) -> dict:
     results: dict = {}
     for shape in args.shapes:
@@ -542,6 +553,8 @@ async def run_all(args, peers: dict) -> dict:
         for name in args.peers:
             runs = []
             for _ in range(args.repeat):
+                if args.settle:
+                    _settle()
                 t0 = time.perf_counter()
                 if name.startswith("iggy"):
                     runs.append(await run_iggy(peers[name].address, shape, p))
@@ -569,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         "--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS)
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per shape and peer; the median is kept")
+    parser.add_argument("--no-settle", dest="settle", action="store_false",
+                        help="do not sync the page cache to disk before each run")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--data-dir", help="parent of the temp directories (default: the system temp dir)")
     args = parser.parse_args(argv)

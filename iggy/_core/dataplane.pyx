@@ -53,6 +53,7 @@ from iggy._core.router cimport (ALLOW_POLL, ALLOW_SEND, MAX_ROUTE_KEY, GroupRout
                                 normalise_identifier)
 
 
+# the wire values (the same names as in iggy.control.messages and iggy.codes)
 cdef enum:
     HEADER = 256
     OP_READ = 2

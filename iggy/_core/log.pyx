@@ -1084,6 +1084,7 @@ cdef class PartitionLog:
         cdef unsigned char *out
         cdef ssize_t got
         cdef int status = CUT_OK
+        cdef bint last
         memset(res, 0, sizeof(ReadResult))
         if self._closed or self.n_segs == 0:
             return -1
@@ -1107,25 +1108,22 @@ cdef class PartitionLog:
             i1 = _entry_at_or_before(s, (end if end < s.next else s.next) - 1)
             lo = _e_pos(s, i0)
             hi = _e_end(s, i1)
+            last = False
             if max_bytes and total + (hi - lo) > max_bytes:
                 # the reply never exceeds max_bytes, but always carries at least one batch
                 if total and (total >= max_bytes or _e_end(s, i0) - lo > max_bytes - total):
                     break
                 i1 = _last_entry_ending_by(s, i0, i1, lo + (max_bytes - total))
                 hi = _e_end(s, i1)
-                plan[n_plan].seg = k
-                plan[n_plan].lo = lo
-                plan[n_plan].hi = hi
-                plan[n_plan].first_offset = _e_off(s, i0)
-                n_plan += 1
-                total += hi - lo
-                break
+                last = True
             plan[n_plan].seg = k
             plan[n_plan].lo = lo
             plan[n_plan].hi = hi
             plan[n_plan].first_offset = _e_off(s, i0)
             n_plan += 1
             total += hi - lo
+            if last:
+                break
         if total == 0:
             free(plan)
             return 0

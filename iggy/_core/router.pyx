@@ -208,6 +208,18 @@ cdef uint32_t _put_key(unsigned char *out, object ident):
     return 2 + <uint32_t>PyBytes_GET_SIZE(raw)
 
 
+cdef uint32_t _route_key(bytes stream_ident, bytes topic_ident, unsigned char *key):
+    """The route key of two wire identifiers into key; 0 when either is malformed."""
+    cdef uint32_t a = 0, b = 0
+    if not normalise_identifier(<const unsigned char *>PyBytes_AS_STRING(stream_ident),
+                                PyBytes_GET_SIZE(stream_ident), key, &a):
+        return 0
+    if not normalise_identifier(<const unsigned char *>PyBytes_AS_STRING(topic_ident),
+                                PyBytes_GET_SIZE(topic_ident), key + a, &b):
+        return 0
+    return a + b
+
+
 cdef class Router:
     """Holds the current Table; `publish` replaces it (see the module docstring)."""
 
@@ -367,18 +379,13 @@ cdef class Router:
     def lookup(self, bytes stream_ident, bytes topic_ident):
         """(stream_id, topic_id, [partition ids]) for wire identifiers, or None (tests, tools)."""
         cdef unsigned char key[MAX_ROUTE_KEY]
-        cdef uint32_t a = 0, b = 0
-        cdef const Table *t
+        cdef uint32_t klen = _route_key(stream_ident, topic_ident, key)
         cdef const TopicRoute *tr
-        if not normalise_identifier(<const unsigned char *>PyBytes_AS_STRING(stream_ident),
-                                    PyBytes_GET_SIZE(stream_ident), key, &a):
+        if klen == 0:
             return None
-        if not normalise_identifier(<const unsigned char *>PyBytes_AS_STRING(topic_ident),
-                                    PyBytes_GET_SIZE(topic_ident), key + a, &b):
-            return None
-        t = self.acquire()
+        self.acquire()
         try:
-            tr = find_topic(t, key, a + b)
+            tr = find_topic(self.table, key, klen)
             if tr == NULL:
                 return None
             return tr.stream_id, tr.topic_id, [tr.parts[i].id for i in range(tr.n_parts)]
@@ -389,23 +396,16 @@ cdef class Router:
         """The client id owning a group's partition (0: nobody), None if unknown (tests)."""
         cdef unsigned char key[MAX_ROUTE_KEY]
         cdef unsigned char gkey[2 + 255]
-        cdef uint32_t a = 0, b = 0, c = 0
-        cdef const Table *t
+        cdef uint32_t klen = _route_key(stream_ident, topic_ident, key), glen = 0
         cdef const TopicRoute *tr
         cdef const GroupRoute *g
-        if not (normalise_identifier(<const unsigned char *>PyBytes_AS_STRING(stream_ident),
-                                     PyBytes_GET_SIZE(stream_ident), key, &a)
-                and normalise_identifier(<const unsigned char *>PyBytes_AS_STRING(topic_ident),
-                                         PyBytes_GET_SIZE(topic_ident), key + a, &b)
-                and normalise_identifier(<const unsigned char *>PyBytes_AS_STRING(group_ident),
-                                         PyBytes_GET_SIZE(group_ident), gkey, &c)):
+        if klen == 0 or not normalise_identifier(<const unsigned char *>PyBytes_AS_STRING(group_ident),
+                                                 PyBytes_GET_SIZE(group_ident), gkey, &glen):
             return None
-        t = self.acquire()
+        self.acquire()
         try:
-            tr = find_topic(t, key, a + b)
-            if tr == NULL:
-                return None
-            g = find_group(tr, gkey, c)
+            tr = find_topic(self.table, key, klen)
+            g = find_group(tr, gkey, glen) if tr != NULL else NULL
             if g == NULL:
                 return None
             for i in range(tr.n_parts):

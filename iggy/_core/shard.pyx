@@ -52,6 +52,8 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from iggy._core.dataplane cimport DP_DONE, DP_SYNC, Sink, dp_serve
 from iggy._core.includes.le cimport le_u32, put_u32
 from iggy._core.includes.uring cimport *
+from iggy._core.mutex cimport (pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t,
+                               pthread_mutex_unlock)
 from iggy._core.router cimport Router
 
 
@@ -60,14 +62,6 @@ cdef extern from "<sys/eventfd.h>" nogil:
     enum:
         EFD_CLOEXEC
 
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_mutex_t:
-        pass
-    int pthread_mutex_init(pthread_mutex_t *m, void *attr)
-    int pthread_mutex_lock(pthread_mutex_t *m)
-    int pthread_mutex_unlock(pthread_mutex_t *m)
-    int pthread_mutex_destroy(pthread_mutex_t *m)
 
 
 cdef extern from "<sys/socket.h>" nogil:

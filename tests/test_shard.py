@@ -207,3 +207,52 @@ def test_auto_falls_back_to_asyncio_when_io_uring_is_unavailable(monkeypatch, ca
 
 def test_auto_picks_uring_when_available():
     assert _server_with("auto", None)._choose_engine() == "uring"
+
+
+def test_connections_are_spread_over_the_shards():
+    """Two shards on one port: whichever listener the kernel picks, each ends up with half."""
+    from iggy._core.shard import Shard
+    listeners, shards, threads = [], [], []
+    handler = EchoHandler()
+    port = 0
+    for _ in range(2):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(64)
+        port = sock.getsockname()[1]
+        listeners.append(sock)
+        shards.append(Shard(sock, handler, 1 << 20, max_connections=64))
+    for sh in shards:
+        sh.set_peers(shards)
+    for sh in shards:
+        threads.append(threading.Thread(target=sh.run, daemon=True))
+        threads[-1].start()
+    clients = []
+    try:
+        for i in range(10):
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(build_request(2, 1, b"c%d" % i, client=1))
+            assert _read_reply(c) == b"c%d" % i       # served wherever it landed
+            clients.append(c)
+        assert sorted(sh.connections for sh in shards) == [5, 5]
+        for c in clients[:4]:
+            c.close()
+        deadline = time.monotonic() + 5
+        while sum(sh.connections for sh in shards) != 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sum(sh.connections for sh in shards) == 6
+        c = socket.create_connection(("127.0.0.1", port))   # goes to whichever holds fewer now
+        c.sendall(build_request(2, 1, b"late", client=1))
+        assert _read_reply(c) == b"late"
+        clients.append(c)
+        assert max(sh.connections for sh in shards) - min(sh.connections for sh in shards) <= 2
+    finally:
+        for c in clients:
+            c.close()
+        for sh in shards:
+            sh.stop()
+        for t in threads:
+            t.join(5)
+        for sock in listeners:
+            sock.close()

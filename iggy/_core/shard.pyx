@@ -34,6 +34,11 @@ than `max_write_buffer` bytes of its replies are unsent (a client that does not 
 shard neither parses its buffered frames nor reads more from it; it resumes as the client
 reads. A reply posted as None closes the connection at once, unsent replies dropped.
 
+Connections are spread evenly: SO_REUSEPORT hashes each new connection to one shard's
+listener, and a shard that accepts one while another shard holds fewer connections hands it
+over (the fd is posted to that shard, which adopts it), so two producers never share a
+shard while another one idles.
+
 Tokens name a connection as `generation << 32 | slot`; a reply for a slot that was closed
 and reused meanwhile is dropped because the generation no longer matches.
 
@@ -62,6 +67,13 @@ cdef extern from "<sys/eventfd.h>" nogil:
     enum:
         EFD_CLOEXEC
 
+
+
+cdef extern from *:
+    # GCC builtins: the connection counts are read by the other shards
+    uint32_t __atomic_fetch_add(uint32_t *p, uint32_t v, int order) nogil
+    uint32_t __atomic_fetch_sub(uint32_t *p, uint32_t v, int order) nogil
+    int __ATOMIC_RELAXED
 
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -128,6 +140,7 @@ cdef struct Posted:
     uint64_t token
     PyObject *reply       # a new reference, or NULL: close the connection
     int64_t user_id       # the session's user after the command (-1: not logged in)
+    int adopt_fd          # >= 0: not a reply but a connection handed over by another shard
 
 
 cdef inline size_t _unsent(const Conn *c) noexcept nogil:
@@ -203,6 +216,10 @@ cdef class Shard:
     cdef readonly uint64_t fast_frames    # served by the C data plane
     cdef readonly uint64_t fsyncs         # fsyncs submitted for persisted appends
     cdef readonly uint64_t accepted
+    cdef readonly uint32_t connections    # open now
+    cdef object peers                     # the other shards of the engine (connection balancing)
+    cdef void **peer_ptrs
+    cdef uint32_t n_peers
 
     def __cinit__(self):
         self.ring_ready = False
@@ -212,6 +229,8 @@ cdef class Shard:
         self.router_ptr = NULL
         self.syncs = NULL
         self.n_syncs = 0
+        self.peer_ptrs = NULL
+        self.n_peers = 0
         pthread_mutex_init(&self.lock, NULL)
 
     def __init__(self, listen_sock, handler, uint32_t max_frame_size, uint32_t max_connections=4096,
@@ -259,7 +278,10 @@ cdef class Shard:
             for i in range(self.posted_len):
                 if self.posted[i].reply != NULL:
                     Py_DECREF(<object>self.posted[i].reply)
+                if self.posted[i].adopt_fd >= 0:
+                    close(self.posted[i].adopt_fd)
             free(self.posted)
+        free(self.peer_ptrs)
         if self.ring_ready:
             io_uring_queue_exit(&self.ring)
         if self.wake_fd >= 0:
@@ -274,31 +296,53 @@ cdef class Shard:
         user_id: who the session is logged in as after that command (-1: nobody); the C data
         plane serves the connection's next requests as that user."""
         cdef PyObject *obj = NULL
-        cdef Posted *grown
-        cdef uint64_t one = 1
+        cdef bint queued
         if reply is not None:
             if not isinstance(reply, bytes):
                 raise TypeError("reply must be bytes")
             Py_INCREF(reply)
             obj = <PyObject *>reply
         with nogil:
-            pthread_mutex_lock(&self.lock)
-            if self.posted_len == self.posted_cap:
-                grown = <Posted *>realloc(self.posted, 2 * self.posted_cap * sizeof(Posted))
-                if grown != NULL:
-                    self.posted = grown
-                    self.posted_cap *= 2
-            if self.posted_len < self.posted_cap:
-                self.posted[self.posted_len].token = token
-                self.posted[self.posted_len].reply = obj
-                self.posted[self.posted_len].user_id = user_id
-                self.posted_len += 1
-                obj = NULL
-            pthread_mutex_unlock(&self.lock)
-            write(self.wake_fd, &one, 8)
-        if obj != NULL:
-            Py_DECREF(<object>obj)
+            queued = self._post(token, obj, user_id, -1)
+        if not queued:
+            if obj != NULL:
+                Py_DECREF(<object>obj)
             raise MemoryError()
+
+    cdef bint _post(self, uint64_t token, PyObject *reply, int64_t user_id, int adopt_fd) noexcept nogil:
+        """Queue an item for this shard's thread and wake it; False when out of memory."""
+        cdef Posted *grown
+        cdef uint64_t one = 1
+        cdef bint queued = False
+        pthread_mutex_lock(&self.lock)
+        if self.posted_len == self.posted_cap:
+            grown = <Posted *>realloc(self.posted, 2 * self.posted_cap * sizeof(Posted))
+            if grown != NULL:
+                self.posted = grown
+                self.posted_cap *= 2
+        if self.posted_len < self.posted_cap:
+            self.posted[self.posted_len].token = token
+            self.posted[self.posted_len].reply = reply
+            self.posted[self.posted_len].user_id = user_id
+            self.posted[self.posted_len].adopt_fd = adopt_fd
+            self.posted_len += 1
+            queued = True
+        pthread_mutex_unlock(&self.lock)
+        write(self.wake_fd, &one, 8)
+        return queued
+
+    def set_peers(self, peers):
+        """The engine's other shards, to hand new connections to the least loaded (call
+        before run)."""
+        cdef Shard peer
+        self.peers = [p for p in peers if p is not self]
+        free(self.peer_ptrs)
+        self.peer_ptrs = <void **>malloc((len(self.peers) + 1) * sizeof(void *))
+        if self.peer_ptrs == NULL:
+            raise MemoryError()
+        for i, peer in enumerate(self.peers):
+            self.peer_ptrs[i] = <void *>peer
+        self.n_peers = len(self.peers)
 
     def stop(self):
         cdef uint64_t one = 1
@@ -364,6 +408,24 @@ cdef class Shard:
                 self._on_send(slot, res)
 
     cdef void _on_accept(self, int fd) noexcept nogil:
+        """A new connection: keep it, or hand it to a shard that holds fewer."""
+        cdef uint32_t i, fewest = self.connections
+        cdef void *target = NULL
+        for i in range(self.n_peers):
+            if (<Shard>self.peer_ptrs[i]).connections < fewest and not (<Shard>self.peer_ptrs[i]).stopping:
+                fewest = (<Shard>self.peer_ptrs[i]).connections
+                target = self.peer_ptrs[i]
+        if target != NULL:
+            # counted there at once, so a burst of accepts spreads instead of piling on it
+            __atomic_fetch_add(&(<Shard>target).connections, 1, __ATOMIC_RELAXED)
+            if (<Shard>target)._post(0, NULL, -1, fd):
+                return
+            __atomic_fetch_sub(&(<Shard>target).connections, 1, __ATOMIC_RELAXED)
+        __atomic_fetch_add(&self.connections, 1, __ATOMIC_RELAXED)
+        self._adopt(fd)
+
+    cdef void _adopt(self, int fd) noexcept nogil:
+        """Serve a connection here (already counted in `connections`)."""
         cdef uint32_t slot
         cdef Conn *c
         for slot in range(self.max_conns):
@@ -371,6 +433,7 @@ cdef class Shard:
                 break
         else:
             close(fd)   # connection limit reached
+            __atomic_fetch_sub(&self.connections, 1, __ATOMIC_RELAXED)
             return
         c = &self.conns[slot]
         c.fd = fd
@@ -675,6 +738,13 @@ cdef class Shard:
             n = 0
         pthread_mutex_unlock(&self.lock)
         for i in range(n):
+            if items[i].adopt_fd >= 0:
+                if self.stopping:
+                    close(items[i].adopt_fd)
+                    __atomic_fetch_sub(&self.connections, 1, __ATOMIC_RELAXED)
+                else:
+                    self._adopt(items[i].adopt_fd)     # handed over by another shard
+                continue
             slot = <uint32_t>(items[i].token & MASK32)
             gen = <uint32_t>(items[i].token >> 32)
             if slot < self.max_conns and self.conns[slot].live and self.conns[slot].gen == gen:
@@ -702,6 +772,7 @@ cdef class Shard:
             return
         c.live = False
         c.waiting = False
+        __atomic_fetch_sub(&self.connections, 1, __ATOMIC_RELAXED)
         # wake pending recv/send on this socket; their completions then find the slot closed
         shutdown(c.fd, SHUT_RDWR)
         close(c.fd)

@@ -162,6 +162,8 @@ class UringEngine:
             self.shards.append(Shard(sock, self.handler, max_frame_size, max_connections,
                                      max_write_buffer=max_write_buffer, router=plane.routes.router,
                                      max_poll_bytes=plane.max_poll_bytes))
+        for shard in self.shards:
+            shard.set_peers(self.shards)       # new connections go to the shard holding fewest
         self.address = self.sockets[0].getsockname()[:2]
         plane.engine_counters = self.counters
         for i, shard in enumerate(self.shards):

@@ -262,6 +262,17 @@ cdef int64_t _resp_line(const unsigned char *p, int64_t pos, int64_t end, int64_
     return (cr - p) + 2
 
 
+cdef int64_t _resp_header(const unsigned char *p, int64_t pos, int64_t end, unsigned char kind,
+                          int64_t *value) noexcept nogil:
+    """The `<kind><integer>CRLF` that opens an array (`*`) or bulk string (`$`) at p[pos]: the
+    position after it with *value set, or a negative RESP_* status."""
+    if pos >= end:
+        return RESP_INCOMPLETE
+    if p[pos] != kind:
+        return RESP_PROTOCOL
+    return _resp_line(p, pos + 1, end, value)
+
+
 cdef int64_t _resp_skip(const unsigned char *p, int64_t pos, int64_t end, int depth) noexcept nogil:
     """Position after one complete RESP2 value at p[pos], or a negative RESP_* status."""
     cdef int64_t n = 0, nxt, i
@@ -365,61 +376,23 @@ def resp_xread(buf, Py_ssize_t end):
                     break
                 for s in range(n_streams if n_streams > 0 else 0):
                     # *2 [$name, *N entries]
-                    if pos >= end:
-                        status = RESP_INCOMPLETE
-                        break
-                    if p[pos] != 42:
-                        status = RESP_PROTOCOL
-                        break
-                    pos = _resp_line(p, pos + 1, end, &n_entries)
-                    if pos < 0:
-                        status = pos
-                        break
-                    pos = _resp_skip(p, pos, end, 0)          # stream name
-                    if pos < 0:
-                        status = pos
-                        break
-                    if pos >= end:
-                        status = RESP_INCOMPLETE
-                        break
-                    if p[pos] != 42:
-                        status = RESP_PROTOCOL
-                        break
-                    pos = _resp_line(p, pos + 1, end, &n_entries)
+                    pos = _resp_header(p, pos, end, 42, &n_entries)
+                    if pos >= 0:
+                        pos = _resp_skip(p, pos, end, 0)          # stream name
+                    if pos >= 0:
+                        pos = _resp_header(p, pos, end, 42, &n_entries)
                     if pos < 0:
                         status = pos
                         break
                     for e in range(n_entries if n_entries > 0 else 0):
                         # *2 [$id, *2k fields]
-                        if pos >= end:
-                            status = RESP_INCOMPLETE
-                            break
-                        pos = _resp_line(p, pos + 1, end, &n_fields)
-                        if pos < 0:
-                            status = pos
-                            break
-                        if pos >= end:
-                            status = RESP_INCOMPLETE
-                            break
-                        if p[pos] != 36:
-                            status = RESP_PROTOCOL
-                            break
-                        id_pos = _resp_line(p, pos + 1, end, &blen)
-                        if id_pos < 0:
-                            status = id_pos
-                            break
-                        id_len = blen
-                        pos = _resp_skip(p, pos, end, 0)
-                        if pos < 0:
-                            status = pos
-                            break
-                        if pos >= end:
-                            status = RESP_INCOMPLETE
-                            break
-                        if p[pos] != 42:
-                            status = RESP_PROTOCOL
-                            break
-                        pos = _resp_line(p, pos + 1, end, &n_fields)
+                        pos = _resp_header(p, pos, end, 42, &n_fields)
+                        if pos >= 0:
+                            id_pos = _resp_header(p, pos, end, 36, &blen)
+                            id_len = blen
+                            pos = id_pos if id_pos < 0 else _resp_skip(p, pos, end, 0)
+                        if pos >= 0:
+                            pos = _resp_header(p, pos, end, 42, &n_fields)
                         if pos < 0:
                             status = pos
                             break

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from iggy.testing.server import IggyTestServer
 
 ROOT_USER = "iggy"
 ROOT_PASSWORD = "iggy"
@@ -30,21 +28,29 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    """One server process; can be restarted on the same data directory and ports.
+class ServerProcess(IggyTestServer):
+    """One server process (iggy.testing.server.IggyTestServer) on ports chosen up front, so a
+    test knows them before the start; restartable on the same data directory and ports.
 
     `extra_env` is applied over the fixture's environment; a value of None drops the variable.
+    IGGY_TEST_ENGINE picks the network engine: the protocol suite runs against each.
     """
 
     def __init__(self, data_dir: Path, extra_env: dict | None = None, args: tuple = ()):
-        self.data_dir = Path(data_dir)
         self.tcp_port = free_port()
         self.http_port = free_port()
         self.quic_port = free_port(socket.SOCK_DGRAM)
         self.ws_port = free_port()
-        self.extra_env = dict(extra_env or {})
-        self.args = tuple(args)
-        self.proc: subprocess.Popen | None = None
+        env = {
+            "IGGY_TCP_ADDRESS": f"127.0.0.1:{self.tcp_port}",
+            "IGGY_HTTP_ADDRESS": f"127.0.0.1:{self.http_port}",
+            "IGGY_QUIC_ADDRESS": f"127.0.0.1:{self.quic_port}",
+            "IGGY_WEBSOCKET_ADDRESS": f"127.0.0.1:{self.ws_port}",
+            "IGGY_SYSTEM_ENGINE": os.environ.get("IGGY_TEST_ENGINE", "auto"),
+            **(extra_env or {}),
+        }
+        super().__init__(data_dir, username=ROOT_USER, password=ROOT_PASSWORD, env=env, args=args,
+                         startup_timeout=20.0)
         self.log_path = self.data_dir.parent / f"server-{self.tcp_port}.log"
 
     @property
@@ -55,75 +61,15 @@ class ServerProcess:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def env(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IGGY_")}
-        env.update({
-            "IGGY_SYSTEM_PATH": str(self.data_dir),
-            "IGGY_TCP_ADDRESS": self.tcp_address,
-            "IGGY_HTTP_ADDRESS": f"127.0.0.1:{self.http_port}",
-            "IGGY_QUIC_ADDRESS": f"127.0.0.1:{self.quic_port}",
-            "IGGY_WEBSOCKET_ADDRESS": f"127.0.0.1:{self.ws_port}",
-            "IGGY_ROOT_USERNAME": ROOT_USER,
-            "IGGY_ROOT_PASSWORD": ROOT_PASSWORD,
-            "PYTHONPATH": str(REPO),
-            # the protocol suite runs against each engine: IGGY_TEST_ENGINE=asyncio|uring|auto
-            "IGGY_SYSTEM_ENGINE": os.environ.get("IGGY_TEST_ENGINE", "auto"),
-        })
-        env.update(self.extra_env)
-        # an extra_env value of None removes that variable (e.g. start without IGGY_ROOT_*)
-        return {k: v for k, v in env.items() if v is not None}
-
-    def start(self, timeout: float = 20.0) -> "ServerProcess":
-        runtime = self.data_dir / "runtime" / "current_config.toml"
-        if runtime.exists():
-            runtime.unlink()
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "iggy", *self.args], env=self.env(), cwd=str(REPO),
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if runtime.exists():
-                try:
-                    with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=1):
-                        return self
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"server did not start in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+    def start(self, timeout: float | None = None) -> "ServerProcess":
+        if timeout is not None:
+            self.startup_timeout = timeout
+        return super().start()
 
     def stop(self, timeout: float = 15.0) -> int:
-        """Graceful stop (SIGTERM); returns the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
-        self.proc = None
-        self._log.close()
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to flush or close anything."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-        if self.proc is not None:
-            self.proc = None
-            self._log.close()
+        """Graceful stop (SIGTERM); returns the exit code (0 when it was not running)."""
+        code = super().stop(timeout)
+        return 0 if code is None else code
 
     def restart(self, graceful: bool = True) -> "ServerProcess":
         if graceful:
@@ -131,9 +77,6 @@ class ServerProcess:
         else:
             self.kill()
         return self.start()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 @pytest.fixture
@@ -185,6 +128,16 @@ def uniq(prefix: str) -> str:
 def sdk_error(message: str):
     """The SDK raises RuntimeError with the text of the code (TCP.md 4.2)."""
     return pytest.raises(RuntimeError, match=f"^{re.escape(message)}$")
+
+
+@pytest.fixture
+def raw_root(srv):
+    """A RawClient logged in as root on the module's shared server."""
+    from tests.rawclient import RawClient
+    c = RawClient(srv.tcp_address)
+    assert c.login().status == 0
+    yield c
+    c.close()
 
 
 @pytest.fixture

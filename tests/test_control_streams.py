@@ -1,9 +1,9 @@
-"""Streams, topics and partitions through the official SDK, with the raw codes of each refusal.
+"""Streams, topics and partitions through the official SDK, with the raw_root codes of each refusal.
 
 One server serves the whole module (entities get unique names so tests don't interfere); the
 id tests start their own server because ids depend on everything created before.
 Error messages are the SDK's text for the numeric code (TCP.md 4.2: only the code travels);
-the raw client checks the numeric code of the same refusal.
+the raw_root client checks the numeric code of the same refusal.
 """
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ OP_CREATE_PARTITIONS, OP_DELETE_PARTITIONS = 136, 137
 GET_STREAM, GET_STREAMS, GET_TOPIC, GET_TOPICS = 200, 201, 300, 301
 
 
-def tlv(kind: int, raw: bytes) -> bytes:
-    return bytes([kind]) + struct.pack("<I", len(raw)) + raw
+def tlv(kind: int, raw_root: bytes) -> bytes:
+    return bytes([kind]) + struct.pack("<I", len(raw_root)) + raw_root
 
 
-def option(key: str, kind: int, raw: bytes) -> bytes:
-    return tlv(2, key.encode()) + tlv(kind, raw)
+def option(key: str, kind: int, raw_root: bytes) -> bytes:
+    return tlv(2, key.encode()) + tlv(kind, raw_root)
 
 
 def topic_body(stream, partitions: int, name: str) -> bytes:
@@ -48,14 +48,6 @@ def global_perms(**flags) -> Permissions:
 
 def stream_perms(stream_id: int, **flags) -> Permissions:
     return Permissions(streams={stream_id: StreamPermissions(**flags)})
-
-
-@pytest.fixture
-def raw(srv):
-    c = RawClient(srv.tcp_address)
-    assert c.login().status == 0
-    yield c
-    c.close()
 
 
 # ------------------------------------------------------------------ streams
@@ -90,35 +82,35 @@ async def test_stream_create_get_list_update_delete(root):
     assert renamed not in {s.name for s in await root.get_streams()}
 
 
-async def test_stream_create_reply_carries_the_new_stream(raw):
-    name = uniq("raw")
-    reply = raw.call(OP_CREATE_STREAM, 0, wire_name(name))
+async def test_stream_create_reply_carries_the_new_stream(raw_root):
+    name = uniq("raw_root")
+    reply = raw_root.call(OP_CREATE_STREAM, 0, wire_name(name))
     assert reply.status == 0 and reply.code == 0
     body = reply.body[4:]                                       # after the result section [u32 0]
     stream_id, created_at, topics = struct.unpack_from("<IQI", body)
     assert topics == 0 and created_at > 0
     assert body[32] == len(name) and body[33:33 + len(name)] == name.encode()
-    got = raw.read(GET_STREAM, ident(name))
+    got = raw_root.read(GET_STREAM, ident(name))
     assert got.status == 0 and struct.unpack_from("<I", got.body)[0] == stream_id
 
 
-async def test_stream_errors(root, raw):
+async def test_stream_errors(root, raw_root):
     name = uniq("dup")
     await root.create_stream(name)
     with sdk_error("Stream with name:  already exists."):
         await root.create_stream(name)
-    assert raw.call(OP_CREATE_STREAM, 0, wire_name(name)).code == 1012
+    assert raw_root.call(OP_CREATE_STREAM, 0, wire_name(name)).code == 1012
 
     other = uniq("other")
     await root.create_stream(other)
     with sdk_error("Stream with name:  already exists."):
         await root.update_stream(other, name)                   # rename onto an existing name
-    assert raw.call(OP_UPDATE_STREAM, 0, ident(other) + wire_name(name)).code == 1012
+    assert raw_root.call(OP_UPDATE_STREAM, 0, ident(other) + wire_name(name)).code == 1012
 
     missing_id, missing_name = 999_999, uniq("missing")
     assert await root.get_stream(missing_id) is None
     assert await root.get_stream(missing_name) is None
-    empty = raw.read(GET_STREAM, ident(missing_name))
+    empty = raw_root.read(GET_STREAM, ident(missing_name))
     assert empty.status == 0 and empty.body == b""
     with sdk_error("Stream with ID: 0 was not found."):
         await root.delete_stream(missing_id)
@@ -128,19 +120,19 @@ async def test_stream_errors(root, raw):
         await root.update_stream(missing_id, uniq("x"))
     with sdk_error("Stream with name:  was not found."):
         await root.purge_stream(missing_name)
-    assert raw.call(OP_DELETE_STREAM, 0, ident(missing_id)).code == 1009
-    assert raw.call(OP_DELETE_STREAM, 0, ident(missing_name)).code == 1010
-    assert raw.call(OP_UPDATE_STREAM, 0, ident(missing_id) + wire_name("x")).code == 1009
-    assert raw.call(OP_PURGE_STREAM, 0, ident(missing_name)).code == 1010
-    assert raw.call(OP_PURGE_STREAM, 0, ident(missing_id)).code == 1009
+    assert raw_root.call(OP_DELETE_STREAM, 0, ident(missing_id)).code == 1009
+    assert raw_root.call(OP_DELETE_STREAM, 0, ident(missing_name)).code == 1010
+    assert raw_root.call(OP_UPDATE_STREAM, 0, ident(missing_id) + wire_name("x")).code == 1009
+    assert raw_root.call(OP_PURGE_STREAM, 0, ident(missing_name)).code == 1010
+    assert raw_root.call(OP_PURGE_STREAM, 0, ident(missing_id)).code == 1009
 
     # an empty name can't be decoded (WireName is 1..255 bytes): the request is refused
-    bad = raw.call(OP_CREATE_STREAM, 0, b"\x00")
+    bad = raw_root.call(OP_CREATE_STREAM, 0, b"\x00")
     assert bad.code == 3
     # there are no stream option keys: any key is unsupported
     with sdk_error("Unsupported option key: "):
         await root.update_stream(other, uniq("x"), options={"x_custom": "y"})
-    assert raw.call(OP_CREATE_STREAM, 0, wire_name(uniq("opt")) + option("x_custom", 2, b"y")).code == 4041
+    assert raw_root.call(OP_CREATE_STREAM, 0, wire_name(uniq("opt")) + option("x_custom", 2, b"y")).code == 4041
     # both streams are still intact
     assert (await root.get_stream(name)).name == name and (await root.get_stream(other)).name == other
 
@@ -287,7 +279,7 @@ async def test_topic_update_is_a_patch(root):
     assert (await root.get_topic(s, "t2")).id == t.id
 
 
-async def test_topic_errors(root, raw):
+async def test_topic_errors(root, raw_root):
     s = uniq("terr")
     await root.create_stream(s)
     sid = (await root.get_stream(s)).id
@@ -296,18 +288,18 @@ async def test_topic_errors(root, raw):
 
     with sdk_error("Topic with name:  for stream with ID: 0 already exists."):
         await root.create_topic(s, "t", 1)
-    assert raw.call(OP_CREATE_TOPIC, 0, topic_body(sid, 1, "t")).code == 2013
+    assert raw_root.call(OP_CREATE_TOPIC, 0, topic_body(sid, 1, "t")).code == 2013
     with sdk_error("Topic with name:  for stream with ID: 0 already exists."):
         await root.update_topic(s, "u", "t")
-    assert raw.call(OP_UPDATE_TOPIC, 0, ident(sid) + ident("u") + wire_name("t")).code == 2013
+    assert raw_root.call(OP_UPDATE_TOPIC, 0, ident(sid) + ident("u") + wire_name("t")).code == 2013
 
     # missing stream / topic on writes
     with sdk_error("Stream with name:  was not found."):
         await root.create_topic(uniq("nostream"), "t", 1)
     with sdk_error("Stream with ID: 0 was not found."):
         await root.create_topic(999_999, "t", 1)
-    assert raw.call(OP_CREATE_TOPIC, 0, topic_body(999_999, 1, "t")).code == 1009
-    assert raw.call(OP_CREATE_TOPIC, 0, topic_body("nostream-x", 1, "t")).code == 1010
+    assert raw_root.call(OP_CREATE_TOPIC, 0, topic_body(999_999, 1, "t")).code == 1009
+    assert raw_root.call(OP_CREATE_TOPIC, 0, topic_body("nostream-x", 1, "t")).code == 1010
     with sdk_error("Topic with ID: 0 for stream with ID: 0 was not found."):
         await root.delete_topic(s, 77)
     with sdk_error("Topic with name:  for stream with ID:  was not found."):
@@ -316,21 +308,21 @@ async def test_topic_errors(root, raw):
         await root.update_topic(s, "nope", "x")
     with sdk_error("Topic with ID: 0 for stream with ID: 0 was not found."):
         await root.purge_topic(s, 77)
-    assert raw.call(OP_DELETE_TOPIC, 0, ident(sid) + ident(77)).code == 2010
-    assert raw.call(OP_DELETE_TOPIC, 0, ident(sid) + ident("nope")).code == 2011
-    assert raw.call(OP_PURGE_TOPIC, 0, ident(sid) + ident("nope")).code == 2011
-    assert raw.call(OP_DELETE_TOPIC, 0, ident(999_999) + ident(0)).code == 1009
-    assert raw.call(OP_CREATE_PARTITIONS, 0, ident(sid) + ident(77) + struct.pack("<I", 1)).code == 2010
+    assert raw_root.call(OP_DELETE_TOPIC, 0, ident(sid) + ident(77)).code == 2010
+    assert raw_root.call(OP_DELETE_TOPIC, 0, ident(sid) + ident("nope")).code == 2011
+    assert raw_root.call(OP_PURGE_TOPIC, 0, ident(sid) + ident("nope")).code == 2011
+    assert raw_root.call(OP_DELETE_TOPIC, 0, ident(999_999) + ident(0)).code == 1009
+    assert raw_root.call(OP_CREATE_PARTITIONS, 0, ident(sid) + ident(77) + struct.pack("<I", 1)).code == 2010
 
     # missing entities on reads: the SDK gets None, the wire an empty body
     assert await root.get_topic(s, "nope") is None
     assert await root.get_topic(s, 77) is None
     assert await root.get_topic(uniq("nostream"), "t") is None
-    empty = raw.read(GET_TOPIC, ident(sid) + ident(77))
+    empty = raw_root.read(GET_TOPIC, ident(sid) + ident(77))
     assert empty.status == 0 and empty.body == b""
     with sdk_error("Stream with name:  was not found."):
         await root.get_topics(uniq("nostream"))
-    assert raw.read(GET_TOPICS, ident(999_999)).code == 1009
+    assert raw_root.read(GET_TOPICS, ident(999_999)).code == 1009
 
     # options: unknown key 4041, bad value 4042, max size below segment size 1019
     with sdk_error("Unsupported option key: "):
@@ -338,7 +330,7 @@ async def test_topic_errors(root, raw):
     body = topic_body(sid, 1, "v")
 
     def refused(key: str, kind: int, raw_value: bytes) -> int:
-        return raw.call(OP_CREATE_TOPIC, 0, body + option(key, kind, raw_value)).code
+        return raw_root.call(OP_CREATE_TOPIC, 0, body + option(key, kind, raw_value)).code
 
     assert refused("bogus", 2, b"1") == 4041
     with sdk_error("Invalid option value for key: "):
@@ -366,19 +358,19 @@ async def test_topic_errors(root, raw):
     # create-only keys can't be changed later
     with sdk_error("Unsupported option key: "):
         await root.update_topic(s, "t", "t", options={"segment_size": "4194304"})
-    assert raw.call(OP_UPDATE_TOPIC, 0, ident(sid) + ident("t") + wire_name("t")
+    assert raw_root.call(OP_UPDATE_TOPIC, 0, ident(sid) + ident("t") + wire_name("t")
                     + option("segment_size", 12, struct.pack("<Q", 4 * MiB))).code == 4041
 
     # partition counts
     with sdk_error("Too many partitions"):
         await root.create_topic(s, "v", 1001)
-    assert raw.call(OP_CREATE_TOPIC, 0, topic_body(sid, 1001, "v")).code == 2015
+    assert raw_root.call(OP_CREATE_TOPIC, 0, topic_body(sid, 1001, "v")).code == 2015
     with sdk_error("Invalid partitions count"):
         await root.create_partitions(s, "t", 1001)
-    assert raw.call(OP_CREATE_PARTITIONS, 0, ident(sid) + ident("t") + struct.pack("<I", 0)).code == 2019
+    assert raw_root.call(OP_CREATE_PARTITIONS, 0, ident(sid) + ident("t") + struct.pack("<I", 0)).code == 2019
     with sdk_error("Invalid partitions count"):
         await root.delete_partitions(s, "t", 3)                               # only 2 exist
-    assert raw.call(OP_DELETE_PARTITIONS, 0, ident(sid) + ident("t") + struct.pack("<I", 3)).code == 2019
+    assert raw_root.call(OP_DELETE_PARTITIONS, 0, ident(sid) + ident("t") + struct.pack("<I", 3)).code == 2019
 
     # none of the refused requests left anything behind
     topics = await root.get_topics(s)
@@ -406,7 +398,7 @@ async def test_topic_delete_and_purge(root):
     assert (await root.get_stream(s)).topics_count == 1
 
 
-async def test_partitions_create_and_delete(root, raw):
+async def test_partitions_create_and_delete(root, raw_root):
     s = uniq("parts")
     await root.create_stream(s)
     await root.create_topic(s, "t", 2)
@@ -423,7 +415,7 @@ async def test_partitions_create_and_delete(root, raw):
     assert [p.id for p in t.partitions] == [0, 1, 2]
     assert t.partitions[2].messages_count == 0 and t.messages_count == 0
     sid = (await root.get_stream(s)).id
-    reply = raw.call(OP_CREATE_PARTITIONS, 0, ident(sid) + ident("t") + struct.pack("<I", 2))
+    reply = raw_root.call(OP_CREATE_PARTITIONS, 0, ident(sid) + ident("t") + struct.pack("<I", 2))
     assert reply.status == 0 and reply.body == b"\x00\x00\x00\x00"
     assert (await root.get_topic(s, "t")).partitions_count == 5
     await root.delete_partitions(s, "t", 5)
@@ -509,7 +501,7 @@ async def user_with(srv, root, permissions) -> IggyClient:
 UNAUTHORIZED = "Unauthorized"
 
 
-async def test_user_without_permissions_is_refused_everything(srv, world, raw):
+async def test_user_without_permissions_is_refused_everything(srv, world, raw_root):
     u = await user_with(srv, world.root, None)
     for call in (lambda: u.create_stream(uniq("x")), lambda: u.get_streams(), lambda: u.get_stream(world.a),
                  lambda: u.update_stream(world.a, uniq("x")), lambda: u.delete_stream(world.c),
@@ -522,7 +514,7 @@ async def test_user_without_permissions_is_refused_everything(srv, world, raw):
             await call()
     # reads of a missing entity say "not found" before any permission check
     assert await u.get_stream(uniq("missing")) is None
-    # the raw code is 41 on both channels (reads and writes)
+    # the raw_root code is 41 on both channels (reads and writes)
     name = uniq("lowly")
     await world.root.create_user(name, "secret")
     low = RawClient(srv.tcp_address)

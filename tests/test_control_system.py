@@ -16,14 +16,6 @@ GET_ME, GET_CLIENT, GET_CLIENTS = 20, 21, 22
 U64_MAX = 2**64 - 1
 
 
-@pytest.fixture
-def raw(srv):
-    c = RawClient(srv.tcp_address)
-    assert c.login().status == 0
-    yield c
-    c.close()
-
-
 def str32(body: bytes, pos: int) -> tuple[str, int]:
     (n,) = struct.unpack_from("<I", body, pos)
     return body[pos + 4:pos + 4 + n].decode(), pos + 4 + n
@@ -83,7 +75,7 @@ async def test_get_stats_counts_what_exists(srv, root):
         (before.streams_count, before.topics_count, before.partitions_count)
 
 
-async def test_get_stats_counts_clients(srv, root, raw):
+async def test_get_stats_counts_clients(srv, root, raw_root):
     extra = [RawClient(srv.tcp_address) for _ in range(3)]
     try:
         for c in extra:
@@ -91,12 +83,12 @@ async def test_get_stats_counts_clients(srv, root, raw):
         ports = {f"127.0.0.1:{c.sock.getsockname()[1]}" for c in extra}
         # clients of earlier tests may still be going away: compare within a quiet moment
         for _ in range(50):
-            first = parse_clients(raw.read(GET_CLIENTS).body)
+            first = parse_clients(raw_root.read(GET_CLIENTS).body)
             count = (await root.get_stats()).clients_count
-            second = parse_clients(raw.read(GET_CLIENTS).body)
+            second = parse_clients(raw_root.read(GET_CLIENTS).body)
             if first.keys() == second.keys():
                 break
-        assert count == len(first) and count >= 5           # root, raw and the three extra
+        assert count == len(first) and count >= 5           # root, raw_root and the three extra
         assert ports <= {addr for _, _, addr, _ in first.values()}
     finally:
         for c in extra:
@@ -125,7 +117,7 @@ async def test_stats_needs_a_server_permission(srv, root):
         c.close()
 
 
-async def test_describe_options(root, raw):
+async def test_describe_options(root, raw_root):
     topic = await root.describe_options("topic")
     by_key = {o.key: o for o in topic}
     assert list(by_key) == ["compression_algorithm", "message_expiry", "max_topic_size", "segment_size",
@@ -142,24 +134,24 @@ async def test_describe_options(root, raw):
     assert await root.describe_options("user") == []
     with pytest.raises(ValueError):
         root.describe_options("partition")                  # refused by the SDK itself
-    empty = raw.read(DESCRIBE_OPTIONS, b"\x02")
+    empty = raw_root.read(DESCRIBE_OPTIONS, b"\x02")
     assert empty.status == 0 and empty.body == b"\x00\x00\x00\x00"
-    assert raw.read(DESCRIBE_OPTIONS, b"\x09").code == 3     # unknown scope
-    assert raw.read(DESCRIBE_OPTIONS, b"").code == 3         # no scope at all
+    assert raw_root.read(DESCRIBE_OPTIONS, b"\x09").code == 3     # unknown scope
+    assert raw_root.read(DESCRIBE_OPTIONS, b"").code == 3         # no scope at all
 
 
-async def test_clients(srv, raw):
-    me = raw.read(GET_ME)
+async def test_clients(srv, raw_root):
+    me = raw_root.read(GET_ME)
     assert me.status == 0
     my_id, my_user, transport = struct.unpack_from("<IIB", me.body)
     address, _ = str32(me.body, 9)
     assert (my_user, transport) == (0, 1)
-    assert int(address.rsplit(":", 1)[1]) == raw.sock.getsockname()[1]
+    assert int(address.rsplit(":", 1)[1]) == raw_root.sock.getsockname()[1]
 
     anon = RawClient(srv.tcp_address)
     try:
         assert anon.read(PING).status == 0
-        clients = parse_clients(raw.read(GET_CLIENTS).body)
+        clients = parse_clients(raw_root.read(GET_CLIENTS).body)
         assert clients[my_id] == (0, 1, address, 0)
         anon_port = anon.sock.getsockname()[1]
         anon_entries = [cid for cid, (user, _, addr, _) in clients.items()
@@ -167,22 +159,22 @@ async def test_clients(srv, raw):
         assert len(anon_entries) == 1
         anon_id = anon_entries[0]
         assert clients[anon_id][0] == 0xFFFFFFFF                # not logged in
-        one = raw.read(GET_CLIENT, struct.pack("<I", anon_id))
+        one = raw_root.read(GET_CLIENT, struct.pack("<I", anon_id))
         assert one.status == 0
         assert struct.unpack_from("<IIB", one.body) == (anon_id, 0xFFFFFFFF, 1)
         assert anon.login().status == 0
-        one = raw.read(GET_CLIENT, struct.pack("<I", anon_id))
+        one = raw_root.read(GET_CLIENT, struct.pack("<I", anon_id))
         assert struct.unpack_from("<I", one.body, 4)[0] == 0       # now logged in as root
     finally:
         anon.close()
-    missing = raw.read(GET_CLIENT, struct.pack("<I", 0xFFFFFFF0))
+    missing = raw_root.read(GET_CLIENT, struct.pack("<I", 0xFFFFFFF0))
     assert missing.status == 0 and missing.body == b""
     # a closed connection disappears from the list
     for _ in range(100):
-        if anon_id not in parse_clients(raw.read(GET_CLIENTS).body):
+        if anon_id not in parse_clients(raw_root.read(GET_CLIENTS).body):
             break
         time.sleep(0.02)
-    assert anon_id not in parse_clients(raw.read(GET_CLIENTS).body)
+    assert anon_id not in parse_clients(raw_root.read(GET_CLIENTS).body)
 
 
 async def test_clients_through_send_binary_request(root):
@@ -192,8 +184,8 @@ async def test_clients_through_send_binary_request(root):
     assert my_user == 0 and my_id in listed
 
 
-async def test_cluster_metadata_is_one_healthy_leader(srv, raw):
-    reply = raw.read(GET_CLUSTER_METADATA)
+async def test_cluster_metadata_is_one_healthy_leader(srv, raw_root):
+    reply = raw_root.read(GET_CLUSTER_METADATA)
     assert reply.status == 0
     body = reply.body
     name, pos = str32(body, 0)
@@ -209,19 +201,19 @@ async def test_cluster_metadata_is_one_healthy_leader(srv, raw):
     assert (role, status) == (0, 0)
 
 
-async def test_unknown_and_unavailable_commands(srv, root, raw):
+async def test_unknown_and_unavailable_commands(srv, root, raw_root):
     with sdk_error("Invalid command"):
         await root.send_binary_request(9999, b"abc")
-    assert raw.read(9999, b"abc").code == 3
-    assert raw.read(0).code == 3
+    assert raw_root.read(9999, b"abc").code == 3
+    assert raw_root.read(0).code == 3
     with pytest.raises(RuntimeError):
         await root.send_binary_request(40, b"")              # session codes are refused client-side
     # the connection survives an unknown code
-    assert raw.read(PING).status == 0
+    assert raw_root.read(PING).status == 0
     await root.ping()
     # single node: cluster routing and snapshots are not offered
-    assert raw.read(GET_SNAPSHOT, b"\x01\x01\x06").code == 5
-    assert raw.read(102, ident(0) + ident(0) + struct.pack("<I", 0) + b"\x00").code == 5
+    assert raw_root.read(GET_SNAPSHOT, b"\x01\x01\x06").code == 5
+    assert raw_root.read(102, ident(0) + ident(0) + struct.pack("<I", 0) + b"\x00").code == 5
 
 
 async def test_unknown_command_before_login(srv):

@@ -1,7 +1,7 @@
-"""Users, logins, sessions and personal access tokens, through the SDK and raw frames.
+"""Users, logins, sessions and personal access tokens, through the SDK and raw_root frames.
 
 The SDK has no PAT methods: tokens are created, listed and deleted with
-`send_binary_request(42/41/43)`, and used through the raw client's PAT login, `AutoLogin`
+`send_binary_request(42/41/43)`, and used through the raw_root client's PAT login, `AutoLogin`
 and a `iggy://<token>@host:port` connection string.
 """
 from __future__ import annotations
@@ -10,7 +10,6 @@ import asyncio
 import struct
 import time
 
-import pytest
 from apache_iggy import (AutoLogin, GlobalPermissions, IggyClient, Permissions, StreamPermissions, TcpConfig,
                          TcpReconnectionConfig, TopicPermissions, UserStatus)
 
@@ -24,14 +23,6 @@ OP_LOGOUT = 3
 GET_ME, GET_USER, GET_USERS, GET_PATS = 20, 31, 32, 41
 GET_STREAMS = 201
 U64_MAX = 2**64 - 1
-
-
-@pytest.fixture
-def raw(srv):
-    c = RawClient(srv.tcp_address)
-    assert c.login().status == 0
-    yield c
-    c.close()
 
 
 async def refused_login(srv, username: str, password: str) -> None:
@@ -65,7 +56,7 @@ def parse_pats(body: bytes) -> dict:
 
 
 async def create_pat(client: IggyClient, name: str, expiry: int = 0) -> str:
-    """CREATE_PERSONAL_ACCESS_TOKEN through the SDK's raw request; returns the token."""
+    """CREATE_PERSONAL_ACCESS_TOKEN through the SDK's raw_root request; returns the token."""
     reply = await client.send_binary_request(42, pat_body(name, expiry))
     assert reply[0] == len(reply) - 1                 # a WireName carrying the token
     return reply[1:].decode()
@@ -173,15 +164,15 @@ async def test_change_password(root, srv):
     await login_as(srv, other, "secret")
 
 
-async def test_change_password_raw_codes(srv, raw, root):
+async def test_change_password_raw_codes(srv, raw_root, root):
     name = uniq("pwraw")
     created = await root.create_user(name, "secret")
     body = ident(created.id) + wire_name("wrong") + wire_name("newpass")
-    assert raw.call(OP_CHANGE_PASSWORD, 0, body).code == 42
-    assert raw.call(OP_CHANGE_PASSWORD, 0, ident(created.id) + wire_name("secret") + b"\x02ab").code == 44
+    assert raw_root.call(OP_CHANGE_PASSWORD, 0, body).code == 42
+    assert raw_root.call(OP_CHANGE_PASSWORD, 0, ident(created.id) + wire_name("secret") + b"\x02ab").code == 44
     good = wire_name("secret") + wire_name("newpass")
-    assert raw.call(OP_CHANGE_PASSWORD, 0, ident(999_999) + good).code == 20
-    assert raw.call(OP_CHANGE_PASSWORD, 0, ident(created.id) + good).code == 0
+    assert raw_root.call(OP_CHANGE_PASSWORD, 0, ident(999_999) + good).code == 20
+    assert raw_root.call(OP_CHANGE_PASSWORD, 0, ident(created.id) + good).code == 0
     c = RawClient(srv.tcp_address)
     try:
         assert c.login(name, "secret").eviction_reason == 9
@@ -249,32 +240,32 @@ async def test_user_errors_through_the_sdk(root):
     assert me.username == "iggy" and me.permissions.global_permissions.manage_servers
 
 
-async def test_user_errors_raw_codes(raw, root):
+async def test_user_errors_raw_codes(raw_root, root):
     name = uniq("rdup")
-    reply = raw.call(OP_CREATE_USER, 0, create_user_body(name, "secret"))
+    reply = raw_root.call(OP_CREATE_USER, 0, create_user_body(name, "secret"))
     assert reply.code == 0
     (uid,) = struct.unpack_from("<I", reply.body, 4)
     assert (await root.get_user(uid)).username == name
-    assert raw.call(OP_CREATE_USER, 0, create_user_body(name, "secret")).code == 46
-    assert raw.call(OP_CREATE_USER, 0, create_user_body("ab", "secret")).code == 43
-    assert raw.call(OP_CREATE_USER, 0, create_user_body("u" * 51, "secret")).code == 43
-    assert raw.call(OP_CREATE_USER, 0, create_user_body(uniq("p"), "")).code == 44
-    assert raw.call(OP_CREATE_USER, 0, create_user_body(uniq("p"), "ab")).code == 44
-    assert raw.call(OP_CREATE_USER, 0, create_user_body(uniq("p"), "p" * 101)).code == 44
+    assert raw_root.call(OP_CREATE_USER, 0, create_user_body(name, "secret")).code == 46
+    assert raw_root.call(OP_CREATE_USER, 0, create_user_body("ab", "secret")).code == 43
+    assert raw_root.call(OP_CREATE_USER, 0, create_user_body("u" * 51, "secret")).code == 43
+    assert raw_root.call(OP_CREATE_USER, 0, create_user_body(uniq("p"), "")).code == 44
+    assert raw_root.call(OP_CREATE_USER, 0, create_user_body(uniq("p"), "ab")).code == 44
+    assert raw_root.call(OP_CREATE_USER, 0, create_user_body(uniq("p"), "p" * 101)).code == 44
     # an empty username can't even be decoded (WireName is 1..255 bytes)
-    assert raw.call(OP_CREATE_USER, 0, create_user_body("", "secret")).code == 3
-    assert raw.call(OP_DELETE_USER, 0, ident(0)).code == 48
-    assert raw.call(OP_UPDATE_PERMISSIONS, 0, ident(0) + b"\x00").code == 49
-    assert raw.call(OP_DELETE_USER, 0, ident(999_999)).code == 20
-    assert raw.call(OP_UPDATE_USER, 0, ident(999_999) + b"\x01" + wire_name("abcd") + b"\x00").code == 20
-    assert raw.call(OP_UPDATE_PERMISSIONS, 0, ident(uniq("ghost")) + b"\x00").code == 20
-    assert raw.call(OP_UPDATE_USER, 0, ident(uid) + b"\x01" + wire_name("iggy") + b"\x00").code == 46
-    assert raw.call(OP_UPDATE_USER, 0, ident(uid) + b"\x00" + b"\x01\x07").code == 45     # invalid status
-    assert raw.call(OP_UPDATE_USER, 0, ident(uid) + b"\x01" + wire_name("ab") + b"\x00").code == 43
-    assert raw.call(OP_CREATE_USER, 0, create_user_body(uniq("st"), "secret", status=9)).code == 45
-    missing = raw.read(GET_USER, ident(999_999))
+    assert raw_root.call(OP_CREATE_USER, 0, create_user_body("", "secret")).code == 3
+    assert raw_root.call(OP_DELETE_USER, 0, ident(0)).code == 48
+    assert raw_root.call(OP_UPDATE_PERMISSIONS, 0, ident(0) + b"\x00").code == 49
+    assert raw_root.call(OP_DELETE_USER, 0, ident(999_999)).code == 20
+    assert raw_root.call(OP_UPDATE_USER, 0, ident(999_999) + b"\x01" + wire_name("abcd") + b"\x00").code == 20
+    assert raw_root.call(OP_UPDATE_PERMISSIONS, 0, ident(uniq("ghost")) + b"\x00").code == 20
+    assert raw_root.call(OP_UPDATE_USER, 0, ident(uid) + b"\x01" + wire_name("iggy") + b"\x00").code == 46
+    assert raw_root.call(OP_UPDATE_USER, 0, ident(uid) + b"\x00" + b"\x01\x07").code == 45     # invalid status
+    assert raw_root.call(OP_UPDATE_USER, 0, ident(uid) + b"\x01" + wire_name("ab") + b"\x00").code == 43
+    assert raw_root.call(OP_CREATE_USER, 0, create_user_body(uniq("st"), "secret", status=9)).code == 45
+    missing = raw_root.read(GET_USER, ident(999_999))
     assert missing.status == 0 and missing.body == b""
-    assert raw.call(OP_DELETE_USER, 0, ident(uid)).code == 0
+    assert raw_root.call(OP_DELETE_USER, 0, ident(uid)).code == 0
     assert await root.get_user(uid) is None
 
 
@@ -447,7 +438,7 @@ async def test_pat_create_list_login_delete(srv, root):
     # tokens are per user
     assert parse_pats(await root.send_binary_request(41, b"")).keys().isdisjoint({"ci-token", "short-lived"})
 
-    # raw PAT login (code 45 shape) logs in as the token's owner
+    # raw_root PAT login (code 45 shape) logs in as the token's owner
     c = RawClient(srv.tcp_address)
     try:
         reply = c.login_token(token)
@@ -484,19 +475,19 @@ async def test_pat_create_list_login_delete(srv, root):
         c.close()
 
 
-async def test_pat_errors(srv, root, raw):
+async def test_pat_errors(srv, root, raw_root):
     await create_pat(root, "dup-token")
     with sdk_error("Personal access token:  for user with ID: 0 already exists"):
         await root.send_binary_request(42, pat_body("dup-token"))
-    assert raw.call(OP_CREATE_PAT, 0, pat_body("dup-token")).code == 51
+    assert raw_root.call(OP_CREATE_PAT, 0, pat_body("dup-token")).code == 51
     for bad in ("ab", "t" * 31):
         with sdk_error("Invalid personal access token name"):
             await root.send_binary_request(42, pat_body(bad))
-        assert raw.call(OP_CREATE_PAT, 0, pat_body(bad)).code == 50
+        assert raw_root.call(OP_CREATE_PAT, 0, pat_body(bad)).code == 50
     await create_pat(root, "t" * 30)                                       # 30 bytes is fine
     with sdk_error("Resource with key:  was not found."):
         await root.send_binary_request(43, wire_name("no-such-token"))
-    assert raw.call(OP_DELETE_PAT, 0, wire_name("no-such-token")).code == 20
+    assert raw_root.call(OP_DELETE_PAT, 0, wire_name("no-such-token")).code == 20
     # someone else's token can't be deleted (it is not theirs to see)
     name = uniq("thief")
     await root.create_user(name, "secret")

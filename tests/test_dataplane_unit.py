@@ -16,7 +16,7 @@ from iggy._core.log import PartitionLog
 from iggy._core.mutex import Mutex
 from iggy._core.offsets import OffsetStore
 from iggy._core.router import Counter, Router
-from iggy._core.wire import build_request, parse_reply_header, xxh3_64
+from iggy._core.wire import build_request, parse_reply_header
 from iggy.control.permissions import ALLOW_POLL, ALLOW_SEND
 from tests.rawclient import ident
 

@@ -13,7 +13,6 @@ import os
 import random
 import struct
 
-import pytest
 import xxhash
 from apache_iggy import Consumer, Durability, PollingStrategy, SendMessage
 

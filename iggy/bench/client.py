@@ -226,15 +226,20 @@ class Connection:
     async def ping(self) -> None:
         await self.call(OP_READ, CODE_PING)
 
-    async def get_stream(self, name: str) -> dict | None:
-        """{id, name, topics_count, messages_count, size_bytes} or None when it does not exist."""
+    async def _read_if_found(self, code: int, body: bytes) -> bytes | None:
+        """The reply body of a read, None when the thing does not exist (or the body is empty)."""
         try:
-            reply = await self.call(OP_READ, CODE_GET_STREAM, name_id(name))
+            reply = await self.call(OP_READ, code, body)
         except BenchError as exc:
             if exc.code in _NOT_FOUND:
                 return None
             raise
-        if not reply:
+        return reply or None
+
+    async def get_stream(self, name: str) -> dict | None:
+        """{id, name, topics_count, messages_count, size_bytes} or None when it does not exist."""
+        reply = await self._read_if_found(CODE_GET_STREAM, name_id(name))
+        if reply is None:
             return None
         sid, _, topics, size, messages = struct.unpack_from("<IQIQQ", reply)
         return {
@@ -269,13 +274,8 @@ class Connection:
     async def get_topic(self, stream_id: int, topic: int | str) -> dict | None:
         """{id, partitions: [(id, current_offset, messages_count)]} or None."""
         tid = numeric_id(topic) if isinstance(topic, int) else name_id(topic)
-        try:
-            reply = await self.call(OP_READ, CODE_GET_TOPIC, numeric_id(stream_id) + tid)
-        except BenchError as exc:
-            if exc.code in _NOT_FOUND:
-                return None
-            raise
-        if not reply:
+        reply = await self._read_if_found(CODE_GET_TOPIC, numeric_id(stream_id) + tid)
+        if reply is None:
             return None
         topic_id, _, n_parts = struct.unpack_from("<IQI", reply)
         pos = 49

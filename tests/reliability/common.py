@@ -15,15 +15,16 @@ import time
 from pathlib import Path
 
 from iggy._core.batch import build_batch, compute_batch_checksum, xxh3_64
+from iggy import codes
 from tests.conftest import ServerProcess
 from tests.rawclient import RawClient, ident, wire_name
 
-OP_CREATE_STREAM = 128
-OP_DELETE_STREAM = 130
-OP_CREATE_TOPIC = 132
-OP_SEND = 160
-CODE_POLL = 100
-CODE_GET_STREAMS = 201
+OP_CREATE_STREAM = codes.CODE_OPERATIONS[codes.CREATE_STREAM]
+OP_DELETE_STREAM = codes.CODE_OPERATIONS[codes.DELETE_STREAM]
+OP_CREATE_TOPIC = codes.CODE_OPERATIONS[codes.CREATE_TOPIC]
+OP_SEND = codes.CODE_OPERATIONS[codes.SEND_MESSAGES]
+CODE_POLL = codes.POLL_MESSAGES
+CODE_GET_STREAMS = codes.GET_STREAMS
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")

@@ -163,5 +163,5 @@ def pytest_collection_modifyitems(config, items):
                 uses_process[module] = "ServerProcess(" in Path(module.__file__).read_text()
             except OSError:
                 uses_process[module] = False
-        if uses_process[module] or {"server", "client", "raw"} & set(getattr(item, "fixturenames", ())):
+        if uses_process[module] or {"server", "srv"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.engine)

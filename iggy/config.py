@@ -285,16 +285,16 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
 def root_credentials(env: Mapping[str, str] | None = None) -> tuple[str, str, bool]:
     """(username, password, generated) for the root user created on an empty data directory."""
     env = os.environ if env is None else env
-    username = env.get("IGGY_ROOT_USERNAME") or None
+    # As Apache Iggy: a missing username is `iggy`, a missing password is generated (and logged
+    # once by the caller), so `-e IGGY_ROOT_PASSWORD=...` alone is enough in a container.
+    username = env.get("IGGY_ROOT_USERNAME") or "iggy"
     password = env.get("IGGY_ROOT_PASSWORD") or None
-    if (username is None) != (password is None):
-        raise ConfigError("set both IGGY_ROOT_USERNAME and IGGY_ROOT_PASSWORD or neither")
-    if username is None:
-        alphabet = string.ascii_letters + string.digits
-        length = 20 + secrets.randbelow(20)
-        return "iggy", "".join(secrets.choice(alphabet) for _ in range(length)), True
     if not 3 <= len(username.encode()) <= 50:
         raise ConfigError("IGGY_ROOT_USERNAME: must be 3..50 bytes")
+    if password is None:
+        alphabet = string.ascii_letters + string.digits
+        length = 20 + secrets.randbelow(20)
+        return username, "".join(secrets.choice(alphabet) for _ in range(length)), True
     if not 3 <= len(password.encode()) <= 100:
         raise ConfigError("IGGY_ROOT_PASSWORD: must be 3..100 bytes")
     return username, password, False

@@ -319,10 +319,16 @@ def test_root_credentials_from_env():
         "admin", "secret", False)
 
 
-@pytest.mark.parametrize("env", [{"IGGY_ROOT_USERNAME": "admin"}, {"IGGY_ROOT_PASSWORD": "secret"}])
-def test_root_credentials_need_both(env):
-    with pytest.raises(ConfigError, match="set both IGGY_ROOT_USERNAME and IGGY_ROOT_PASSWORD or neither"):
-        root_credentials(env)
+def test_root_password_alone_takes_the_username_iggy():
+    """As upstream: `-e IGGY_ROOT_PASSWORD=...` alone is enough (a container's usual setting)."""
+    assert root_credentials({"IGGY_ROOT_PASSWORD": "secret"}) == ("iggy", "secret", False)
+
+
+def test_root_username_alone_gets_a_generated_password():
+    username, password, generated = root_credentials({"IGGY_ROOT_USERNAME": "admin"})
+    assert (username, generated) == ("admin", True) and len(password) >= 20
+    with pytest.raises(ConfigError, match="IGGY_ROOT_USERNAME"):
+        root_credentials({"IGGY_ROOT_USERNAME": "ab"})
 
 
 @pytest.mark.parametrize("username, password, bad", [
@@ -390,9 +396,28 @@ def test_cli_missing_config_file(tmp_path):
     assert proc.returncode == 2 and "missing.toml" in proc.stderr
 
 
-def test_cli_one_root_credential_is_an_error(tmp_path):
-    proc = _run_cli(tmp_path, {"IGGY_ROOT_USERNAME": "admin"})
-    assert proc.returncode == 2 and "IGGY_ROOT_PASSWORD" in proc.stderr
+def test_cli_bad_root_username_is_an_error(tmp_path):
+    proc = _run_cli(tmp_path, {"IGGY_ROOT_USERNAME": "ab"})
+    assert proc.returncode == 2 and "IGGY_ROOT_USERNAME" in proc.stderr
+
+
+def test_server_with_only_root_password_creates_root_iggy(tmp_path):
+    """`docker run -e IGGY_ROOT_PASSWORD=...` alone: the root user is `iggy` with that password."""
+    import asyncio
+
+    from apache_iggy import IggyClient
+
+    from iggy.testing.server import IggyTestServer
+
+    async def login(address):
+        client = IggyClient(address)
+        await client.connect()
+        await client.login_user("iggy", "only-the-password")
+        return await client.get_streams()
+
+    with IggyTestServer(tmp_path / "data", password="only-the-password",
+                        env={"IGGY_ROOT_USERNAME": None}) as server:
+        assert asyncio.run(login(server.tcp_address)) == []
 
 
 def test_cli_version(tmp_path):

@@ -135,12 +135,13 @@ def test_compose_runs_the_server_with_volume_ports_credentials_and_seccomp(compo
     assert "iggy-data" in compose["volumes"]
     assert "iggy-data:/iggy/data" in service["volumes"]
 
-    # 8090, 3000, 8080/udp and 8092 published on the same host ports
+    # 8090, 3000, 8080/udp and 8092 published on host ports named by variables, by default the same
     published = set()
     for spec in service["ports"]:
         mapping, _, proto = str(spec).partition("/")
-        host, container = mapping.split(":")[-2:]
-        assert host == container
+        host, container = mapping.rsplit(":", 1)
+        m = re.fullmatch(r"\$\{(IGGY_\w+_PORT):-(\d+)\}", host)
+        assert m and m.group(2) == container, spec
         published.add(f"{container}/{proto or 'tcp'}")
     assert published == set(PORTS)
 
@@ -151,10 +152,20 @@ def test_compose_runs_the_server_with_volume_ports_credentials_and_seccomp(compo
     assert compose_env(service, {}) == {"IGGY_ROOT_USERNAME": "iggy", "IGGY_ROOT_PASSWORD": "iggy"}
     assert compose_env(service, {"IGGY_ROOT_PASSWORD": "s3cret"})["IGGY_ROOT_PASSWORD"] == "s3cret"
 
-    # Docker's default seccomp profile plus io_uring (not unconfined), and unlimited memlock
+    # Docker's default seccomp profile plus io_uring (not unconfined); no memlock limit, which
+    # fails wherever the engine cannot raise the hard limit (rootless, nested VMs)
     assert service["security_opt"] == ["seccomp=./seccomp-iggy.json"]
     assert (COMPOSE.parent / "seccomp-iggy.json").resolve() == SECCOMP.resolve()
-    assert service["ulimits"]["memlock"] == {"soft": -1, "hard": -1}
+    assert "ulimits" not in service
+
+
+def test_compose_file_works_with_compose_v1():
+    """Debian's docker-compose 1.29 refuses a top-level `name:`; the project name comes from docker/.env."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    assert set(compose) <= {"version", "services", "volumes"}
+    env = dict(line.split("=", 1) for line in (DOCKER / ".env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    assert env == {"COMPOSE_PROJECT_NAME": "iggy"}
 
 
 def test_readme_describes_the_compose_setup(compose):
@@ -162,10 +173,12 @@ def test_readme_describes_the_compose_setup(compose):
     section = re.search(r"\n## Docker\n(.*?)(?=\n## )", text, re.S)
     assert section, "README has no '## Docker' section"
     section = section.group(1)
-    assert "docker compose -f docker/docker-compose.yml up" in section
+    assert "cd docker && IGGY_ROOT_PASSWORD=change-me docker compose up" in section
     assert "docker build -f docker/Dockerfile" in section
+    assert "scripts/docker-check.sh" in section
     for word in ("iggy-data", "/iggy/data", "IGGY_ROOT_USERNAME", "IGGY_ROOT_PASSWORD", "seccomp-iggy.json",
-                 "io_uring_setup", "8090", "3000", "8080/udp", "8092", "memlock"):
+                 "io_uring_setup", "8090", "3000", "8080/udp", "8092", "memlock", "IGGY_TCP_PORT",
+                 "docker-compose", "constraints.txt"):
         assert word in section, word
 
 
@@ -225,9 +238,17 @@ def test_dockerfile_stages():
     assert stage_env(builder)["IGGY_URING_STATIC"] == "1"
     assert "pip wheel" in build_runs and "ldd" in build_runs
 
+    # the runtime dependencies are installed pinned, into a virtualenv that the runtime stage copies
+    assert re.search(r"pip install .*-c constraints\.txt", build_runs)
     runtime_runs = " ".join(rest for instr, rest in runtime["instructions"] if instr == "RUN")
     assert "apt-get" not in runtime_runs and "liburing" not in runtime_runs   # static: nothing to install
-    assert any(instr == "COPY" and "--from=builder" in rest for instr, rest in runtime["instructions"])
+    assert "pip" not in runtime_runs            # the wheel never lands in a runtime layer
+    copies = [rest for instr, rest in runtime["instructions"] if instr == "COPY"]
+    assert copies == ["--from=builder /opt/iggy /opt/iggy"]
+    assert stage_env(runtime)["PATH"].startswith("/opt/iggy/bin:")
+    # an unprivileged user that owns the data directory
+    assert stage_value(runtime, "USER") == "iggy"
+    assert re.search(r"useradd .*\biggy\b", runtime_runs) and "chown -R iggy:iggy /iggy" in runtime_runs
 
     env = stage_env(runtime)
     assert env["IGGY_SYSTEM_PATH"] == "/iggy/data"
@@ -244,8 +265,23 @@ def test_dockerfile_stages():
 
 
 def test_dockerignore_keeps_build_leftovers_out():
-    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
-    assert "*" in ignore and "!iggy/" in ignore and "**/*.so" in ignore
+    """At the context root, so the classic builder (docker-compose v1) reads it as well as BuildKit."""
+    ignore = (REPO / ".dockerignore").read_text().split()
+    assert "*" in ignore and "!iggy/" in ignore and "**/*.so" in ignore and "!docker/constraints.txt" in ignore
+    assert not (DOCKER / "Dockerfile.dockerignore").exists()    # BuildKit would prefer it over the root one
+
+
+def test_constraints_pin_every_runtime_dependency():
+    pins = {}
+    for line in (DOCKER / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not pinned: {line}"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", dep).group(0)).lower()
+        assert name in pins, f"{name} is a runtime dependency but not pinned in docker/constraints.txt"
 
 
 def _free_port(kind) -> int:
@@ -264,7 +300,7 @@ class ImageProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IGGY_")}
         env["PYTHONPATH"] = str(REPO)
         for name, value in stage_env(runtime).items():
-            value = value.replace("/iggy/data", str(volume))
+            value = value.replace("/iggy/data", str(volume)).replace("$PATH", os.environ.get("PATH", ""))
             m = re.fullmatch(r"0\.0\.0\.0:(\d+)", value)
             if m:
                 proto = "udp" if f"{m.group(1)}/udp" in PORTS else "tcp"

@@ -32,6 +32,7 @@ closes the connection with a log line (`on_bad_frame`).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -65,10 +66,32 @@ def probe() -> str | None:
     try:
         Shard(sock, None, 4096, max_connections=1, ring_entries=4)
     except OSError as exc:
-        return f"io_uring_setup failed: {exc.strerror or exc}"
+        return _setup_failure(exc)
     finally:
         sock.close()
     return None
+
+
+# What each io_uring_setup(2) errno means on a machine where the kernel has io_uring, and the
+# change that lets the uring engine run. EPERM is what a seccomp filter answers (Docker's default
+# profile blocks io_uring since Docker 25), ENOSYS a kernel built without it or an older filter,
+# ENOMEM the RLIMIT_MEMLOCK charge that kernels before 5.12 make for the rings.
+_SETUP_HINTS = {
+    errno.EPERM: "blocked by a seccomp profile or kernel.io_uring_disabled; in Docker run with "
+                 "--security-opt seccomp=docker/seccomp-iggy.json (the default profile plus io_uring)",
+    errno.ENOSYS: "the kernel or a seccomp filter does not provide io_uring; in Docker use "
+                  "docker/seccomp-iggy.json, otherwise a kernel with CONFIG_IO_URING",
+    errno.ENOMEM: "the ring could not be locked in memory (kernels before 5.12 charge RLIMIT_MEMLOCK); "
+                  "raise it, e.g. docker run --ulimit memlock=-1",
+}
+
+
+def _setup_failure(exc: OSError) -> str:
+    """One line: the syscall, its errno by name and number, and what to change."""
+    code = exc.errno
+    name = errno.errorcode.get(code, "?") if code else "?"
+    hint = _SETUP_HINTS.get(code, "see the io_uring_setup(2) man page")
+    return f"io_uring_setup failed with errno {code} {name} ({os.strerror(code) if code else exc}): {hint}"
 
 
 class ShardHandler:

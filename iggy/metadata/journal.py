@@ -120,8 +120,19 @@ class Scan:
     reason: str = ""         # why it is corrupt
 
 
+def _decode(body: bytes):
+    """The record dict a checksummed body holds, or None when it is not one."""
+    try:
+        rec = _unpack(body)
+    except Exception:  # noqa: BLE001 - any decoding failure means "not a record"
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int) or not isinstance(rec.get("op"), str):
+        return None
+    return rec
+
+
 def _record_at(raw: bytes, pos: int):
-    """The record dict whose whole, checksummed bytes start at `pos`, or None."""
+    """(record dict, end) of the whole, checksummed record starting at `pos`, or None."""
     if pos + _REC_HEAD.size > len(raw):
         return None
     length, checksum = _REC_HEAD.unpack_from(raw, pos)
@@ -131,13 +142,8 @@ def _record_at(raw: bytes, pos: int):
     body = raw[pos + _REC_HEAD.size:end]
     if xxhash.xxh3_64_intdigest(body) != checksum:
         return None
-    try:
-        rec = _unpack(body)
-    except Exception:  # noqa: BLE001 - any decoding failure means "not a record"
-        return None
-    if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int) or not isinstance(rec.get("op"), str):
-        return None
-    return rec, end
+    rec = _decode(body)
+    return None if rec is None else (rec, end)
 
 
 def records_after(raw: bytes, start: int):
@@ -155,10 +161,9 @@ def records_after(raw: bytes, start: int):
     return found
 
 
-def _zero_tail(raw: bytes, pos: int, end: int) -> int | None:
-    """Where the zero-filled end of the file starts inside the record [pos, end), if its zeros
-    start on a sector boundary (or at pos) and run to the end of the file."""
-    zeros_from = len(raw.rstrip(b"\0"))
+def _zero_tail(zeros_from: int, pos: int, end: int) -> int | None:
+    """Where the zero-filled end of the file (it is all zeros from `zeros_from`) starts inside
+    the record [pos, end), if its zeros start at pos or on a sector boundary before end."""
     if zeros_from <= pos:
         return pos
     aligned = -(-zeros_from // SECTOR) * SECTOR
@@ -172,6 +177,7 @@ def scan(raw: bytes, snap_seq: int) -> Scan:
     pos = 0
     size = len(raw)
     head = _REC_HEAD.size
+    zeros_from = len(raw.rstrip(b"\0"))       # the file is all zeros from here to its end
 
     def corrupt(reason: str) -> Scan:
         out.bad, out.reason = pos, reason
@@ -179,7 +185,7 @@ def scan(raw: bytes, snap_seq: int) -> Scan:
 
     while pos < size:
         out.end = pos
-        if _zero_tail(raw, pos, size) == pos:
+        if zeros_from <= pos:
             out.torn = f"{size - pos} zero bytes (a zero-filled tail)"
             return out
         if size - pos < head:
@@ -187,7 +193,7 @@ def scan(raw: bytes, snap_seq: int) -> Scan:
             return out
         length, checksum = _REC_HEAD.unpack_from(raw, pos)
         if not 0 < length <= MAX_RECORD:
-            zeros = _zero_tail(raw, pos, pos + head)
+            zeros = _zero_tail(zeros_from, pos, pos + head)
             if zeros is not None:       # the header itself is cut by the zero-filled tail
                 out.torn = f"a record header zero-filled from offset {zeros} to the end of the file"
                 return out
@@ -203,16 +209,16 @@ def scan(raw: bytes, snap_seq: int) -> Scan:
                                f"offset {later[0][0]}")
             out.torn = f"a short record ({size - pos - head} of {length} body bytes)"
             return out
-        if xxhash.xxh3_64_intdigest(raw[pos + head:end]) != checksum:
-            zeros = _zero_tail(raw, pos, end)
+        body = raw[pos + head:end]
+        if xxhash.xxh3_64_intdigest(body) != checksum:
+            zeros = _zero_tail(zeros_from, pos, end)
             if zeros is not None:
                 out.torn = f"a record zero-filled from offset {zeros} to the end of the file"
                 return out
             return corrupt(f"checksum mismatch in a complete record of {length} bytes")
-        hit = _record_at(raw, pos)
-        if hit is None:
+        rec = _decode(body)
+        if rec is None:
             return corrupt("a checksummed body that is not a record")
-        rec = hit[0]
         seq = rec["seq"]
         if prev_seq is None and seq > snap_seq + 1:
             return corrupt(f"the first record has seq {seq} but the snapshot ends at seq {snap_seq}: "
@@ -383,6 +389,8 @@ class Journal:
             self._cut_back()
         record["seq"] = self.seq + 1
         body = _pack(record)
+        if len(body) > MAX_RECORD:            # load() would take its length for damage
+            raise OSError(errno.EFBIG, f"metadata record of {len(body)} bytes (at most {MAX_RECORD})")
         data = _REC_HEAD.pack(len(body), xxhash.xxh3_64_intdigest(body)) + body
         try:
             written = os.write(self._fd, data)

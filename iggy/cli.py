@@ -2,6 +2,11 @@
 
 Flags as Apache Iggy's server has them: `--fresh` deletes the data directory before start,
 `--with-default-root-credentials` makes the root user iggy/iggy unless IGGY_ROOT_* are set.
+Ours: `--repair-metadata` starts on a corrupt metadata journal by keeping the records before
+the damage (the operator accepts losing the rest; see iggy.metadata.journal): the journal is
+moved aside, the kept state written as a new snapshot, the dropped records logged, and the
+server then runs normally (later starts need no flag). Corrupt metadata or an orphan directory
+that can't be moved to quarantine stops the server with one error line and exit status 3.
 A `.env` file (cwd, or IGGY_ENV_PATH) is read first without overriding the environment.
 """
 from __future__ import annotations
@@ -48,6 +53,9 @@ def main(argv=None) -> int:
     parser.add_argument("-f", "--fresh", action="store_true", help="delete the data directory before starting")
     parser.add_argument("--with-default-root-credentials", action="store_true",
                         help="root user iggy/iggy unless IGGY_ROOT_USERNAME/PASSWORD are set")
+    parser.add_argument("--repair-metadata", action="store_true",
+                        help="start on a corrupt metadata journal, keeping the records before the damage and "
+                             "dropping the rest (the damaged journal is kept as journal.log.corrupt-<time>)")
     parser.add_argument("--config", metavar="PATH", help="TOML configuration file (as IGGY_CONFIG_PATH)")
     parser.add_argument("--version", action="version", version=f"iggy-server {__version__}")
     args = parser.parse_args(argv)
@@ -69,6 +77,12 @@ def main(argv=None) -> int:
     level = cfg.system.logging.level.upper()
     logging.getLogger().setLevel({"TRACE": "DEBUG", "WARN": "WARNING"}.get(level, level))
 
+    from iggy.metadata.journal import MetadataCorrupt
     from iggy.server import run_server
-    run_server(cfg)
+    from iggy.storage import QuarantineError
+    try:
+        run_server(cfg, repair_metadata=args.repair_metadata)
+    except (MetadataCorrupt, QuarantineError) as exc:
+        logging.getLogger("iggy.server").error("%s", exc)
+        return 3
     return 0

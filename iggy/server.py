@@ -1,8 +1,10 @@
 """Server bootstrap and shutdown order: storage -> control plane -> engines -> listeners.
 
 `run_server(config)` is what `iggy-server` runs. Start-up opens the metadata (snapshot +
-journal), creates the root user on an empty user table (SEMANTICS 1.3), opens every
-partition, then binds the listeners and logs one line per bound address. SIGTERM/SIGINT close
+journal; corrupt metadata stops it, see iggy.metadata.journal, unless `repair_metadata`),
+creates the root user on an empty user table (SEMANTICS 1.3), opens every partition (moving
+directories the metadata doesn't name to quarantine, see iggy.storage), then binds the
+listeners and logs one line per bound address. SIGTERM/SIGINT close
 the listeners first, then the partitions and the journal, so a graceful stop loses nothing.
 The bound addresses are also written to `<system.path>/runtime/current_config.toml`.
 """
@@ -41,8 +43,9 @@ def _bind_error(exc: BaseException) -> str:
 
 
 class Server:
-    def __init__(self, config, env=None):
+    def __init__(self, config, env=None, repair_metadata: bool = False):
         self.config = config
+        self.repair_metadata = repair_metadata   # --repair-metadata: accept dropping corrupt journal records
         self.env = os.environ if env is None else env
         self.plane: ControlPlane | None = None
         self.listeners = []
@@ -61,9 +64,9 @@ class Server:
         path = cfg.system.path
         os.makedirs(path, exist_ok=True)
         meta = MetadataStore(path, cfg.system.metadata.snapshot_every)
-        meta.open()
+        meta.open(repair=self.repair_metadata)
         storage = Storage(path, cfg.system.partition.validate_checksum)
-        storage.open_all(meta.state)
+        storage.open_all(meta.state, meta.orphan_notes)
         self.plane = plane = ControlPlane(cfg, meta, storage)
         if not meta.state.users:
             username, password, generated = root_credentials(self.env)
@@ -269,8 +272,8 @@ class Server:
         log.info("iggy server stopped")
 
 
-async def serve(config) -> None:
-    server = Server(config)
+async def serve(config, repair_metadata: bool = False) -> None:
+    server = Server(config, repair_metadata=repair_metadata)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -293,12 +296,12 @@ def _raise_open_file_limit() -> None:
             log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
 
 
-def run_server(config) -> None:
+def run_server(config, repair_metadata: bool = False) -> None:
     try:
         import uvloop
     except ImportError:
         uvloop = None
     if uvloop is not None:
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, repair_metadata))
     else:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, repair_metadata))

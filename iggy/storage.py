@@ -12,9 +12,11 @@ acknowledged; sealed segments and shutdown are fsynced); `persisted` (or `enforc
 acknowledges only after fdatasync, and one fsync covers every batch that arrived in the same
 event-loop turn (group commit: the sync runs in a callback scheduled after the pending reads).
 
-The control plane calls this module after committing a metadata change; at start every
-partition named by the metadata is opened and directories the metadata no longer names
-(a delete cut short by a crash) are removed, so a reused id never sees old data.
+The control plane calls this module after committing a metadata change (a client's delete
+removes its directory). At start every partition named by the metadata is opened; startup
+never deletes anything: a directory the metadata doesn't name (a delete cut short by a crash,
+or data whose metadata was lost) is moved to `<system.path>/quarantine/<UTC time>/` under
+the same relative path and reported, so a reused id never sees old data and nothing is lost.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from iggy._core.log import PartitionLog
 from iggy._core.mutex import Mutex
 from iggy._core.router import Counter
 from iggy.errors import IggyError
+from iggy.metadata.journal import utc_stamp
 from iggy.offsets import OffsetStore
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,48 @@ class Partition:
                 self.offsets.close()
 
 
+class QuarantineError(RuntimeError):
+    """A directory the metadata doesn't name can't be moved aside: refuse to start."""
+
+
+def _is_id(name: str) -> bool:
+    """A directory name the server writes for an id (`str(id)`: no sign, no leading zero)."""
+    return name.isdigit() and name == str(int(name))
+
+
+def _tree_size(path: str) -> tuple[int, int]:
+    """(files, bytes) under `path` (a file counts itself)."""
+    if not os.path.isdir(path):
+        return 1, os.path.getsize(path) if os.path.exists(path) else 0
+    files = size = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            files += 1
+            try:
+                size += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return files, size
+
+
+def _unique_dir(path: str) -> str:
+    """`path`, or `path-1`, `path-2`... when a start in the same second already used it."""
+    candidate, n = path, 0
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{path}-{n}"
+    os.makedirs(candidate)
+    return candidate
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Storage:
     def __init__(self, system_path: str, validate_checksum: bool = True):
         self.root = os.path.join(system_path, "streams")
@@ -143,33 +188,75 @@ class Storage:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def open_all(self, state) -> None:
+    def open_all(self, state, notes: dict | None = None) -> list:
+        """Open every partition the metadata names, after moving what it doesn't name to
+        quarantine (see `quarantine_orphans`). Returns the quarantined paths."""
+        moved = self.quarantine_orphans(state, notes or {})
         wanted = set()
         for s in state.streams.values():
             for t in s.topics.values():
                 for pid in t.partitions:
                     wanted.add((s.id, t.id, pid))
                 self.create_partitions(s.id, t, list(t.partitions))
-        self._remove_orphans(state)
         log.info("storage: %d partitions open", len(wanted))
+        return moved
 
-    def _remove_orphans(self, state) -> None:
-        for sname in os.listdir(self.root):
+    def quarantine_orphans(self, state, notes: dict) -> list:
+        """Move the stream, topic and partition directories the metadata doesn't name to
+        `<system.path>/quarantine/<UTC time>/` (same relative path), with one WARNING each.
+
+        Startup never deletes data: such a directory is either a client's delete cut short by
+        a crash after its journal record, or data whose metadata was lost or repaired away.
+        Moving it keeps a reused id from seeing old data either way. `notes` maps a key,
+        `("stream", sid)`, `("topic", sid, tid)` or `("partition", sid, tid, pid)`, to what the
+        metadata knows of it (MetadataStore.orphan_notes), said in the WARNING. Raises
+        QuarantineError when a directory can't be moved (the server must not start on top of it).
+        """
+        orphans = []        # (path, key)
+        for sname in sorted(os.listdir(self.root)):
             sdir = os.path.join(self.root, sname)
-            s = state.streams.get(int(sname)) if sname.isdigit() else None
+            s = state.streams.get(int(sname)) if _is_id(sname) else None
             if s is None:
-                shutil.rmtree(sdir, ignore_errors=True)
+                orphans.append((sdir, ("stream", sname)))
                 continue
             tdir_root = os.path.join(sdir, "topics")
-            for tname in os.listdir(tdir_root) if os.path.isdir(tdir_root) else []:
-                t = s.topics.get(int(tname)) if tname.isdigit() else None
+            for tname in sorted(os.listdir(tdir_root)) if os.path.isdir(tdir_root) else []:
+                t = s.topics.get(int(tname)) if _is_id(tname) else None
                 if t is None:
-                    shutil.rmtree(os.path.join(tdir_root, tname), ignore_errors=True)
+                    orphans.append((os.path.join(tdir_root, tname), ("topic", s.id, tname)))
                     continue
                 pdir_root = os.path.join(tdir_root, tname, "partitions")
-                for pname in os.listdir(pdir_root) if os.path.isdir(pdir_root) else []:
-                    if not (pname.isdigit() and int(pname) in t.partitions):
-                        shutil.rmtree(os.path.join(pdir_root, pname), ignore_errors=True)
+                for pname in sorted(os.listdir(pdir_root)) if os.path.isdir(pdir_root) else []:
+                    if not (_is_id(pname) and int(pname) in t.partitions):
+                        orphans.append((os.path.join(pdir_root, pname), ("partition", s.id, t.id, pname)))
+        if not orphans:
+            return []
+        system_path = os.path.dirname(self.root)
+        target_root = _unique_dir(os.path.join(system_path, "quarantine", utc_stamp()))
+        moved = []
+        for path, key in orphans:
+            rel = os.path.relpath(path, system_path)
+            target = os.path.join(target_root, rel)
+            files, size = _tree_size(path)
+            try:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.rename(path, target)
+                _fsync_dir(os.path.dirname(path))
+                _fsync_dir(os.path.dirname(target))
+            except OSError as exc:
+                raise QuarantineError(f"storage: {path} is not in the metadata and can't be moved to {target} "
+                                      f"({exc.strerror or exc}): refusing to start on top of it; move it away "
+                                      "by hand") from None
+            key = tuple(int(k) if isinstance(k, str) and _is_id(k) else k for k in key)
+            why = notes.get(key)
+            if why is None:
+                why = "it holds no data" if size == 0 else (
+                    "no metadata names it (lost, or dropped by --repair-metadata, or a delete whose record is "
+                    "already in a snapshot): its data is kept there for recovery")
+            log.warning("storage: %s (%d bytes in %d files) is not in the metadata: moved to %s, not deleted; %s",
+                        rel, size, files, target, why)
+            moved.append(target)
+        return moved
 
     def create_partitions(self, sid: int, topic, pids) -> None:
         for pid in pids:

@@ -435,7 +435,7 @@ def test_cli_fresh_deletes_data_dir_then_runs_server(tmp_path, monkeypatch):
     (data / "streams").mkdir(parents=True)
     seen = {}
     fake = types.ModuleType("iggy.server")
-    fake.run_server = lambda cfg: seen.setdefault("cfg", cfg)
+    fake.run_server = lambda cfg, **_: seen.setdefault("cfg", cfg)
     monkeypatch.setitem(sys.modules, "iggy.server", fake)
     for name in [n for n in os.environ if n.startswith("IGGY_")]:
         monkeypatch.delenv(name)

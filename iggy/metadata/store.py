@@ -5,11 +5,12 @@ then applied, so what a client was told has happened is on disk.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
 from iggy.errors import ErrorCode, IggyError
-from iggy.metadata.journal import Journal
+from iggy.metadata.journal import Journal, MetadataCorrupt
 from iggy.metadata.state import State
 
 log = logging.getLogger(__name__)
@@ -21,12 +22,36 @@ class MetadataStore:
         self.state = State()
         self.version = 0                  # bumped by every applied change
         self.listeners: list = []         # called after every applied change
+        self.orphan_notes: dict = {}      # why a directory may lack metadata, for Storage.quarantine_orphans
 
-    def open(self) -> None:
-        snapshot, records = self.journal.load()
+    def open(self, repair: bool = False) -> None:
+        """Load the snapshot and replay the journal. Corrupt metadata raises MetadataCorrupt
+        (iggy.metadata.journal says what counts as corrupt); under `repair` the state is
+        rebuilt from the records before the damage and made durable as a new snapshot."""
+        snapshot, records = self.journal.load(repair)
+        pristine = copy.deepcopy(snapshot) if repair else None   # from_dict shares its dicts with the state
         self.state = State.from_dict(snapshot) if snapshot is not None else State()
-        for rec in records:
-            self.state.apply(rec)
+        seq = self.journal.snapshot_seq
+        for index, rec in enumerate(records):
+            try:
+                self.state.apply(rec)
+            except Exception as exc:  # noqa: BLE001 - a valid record that doesn't apply: refuse, not half-apply
+                self.journal.reject_from(index, f"record seq {rec.get('seq')} {rec.get('op')} does not apply "
+                                                f"to the state before it ({type(exc).__name__}: {exc})")
+                if not repair:
+                    raise MetadataCorrupt(self.journal.corruption_message(*self.journal.damage, index)) from None
+                records = records[:index]
+                self.state = State.from_dict(pristine) if pristine is not None else State()
+                for kept in records:                  # without whatever the failed apply half did
+                    self.state.apply(kept)
+                break
+            seq = rec["seq"]
+        self.orphan_notes = _deletions(records)
+        if self.journal.damage is not None:
+            dropped = self.journal.repair(self.state.to_dict(), seq)
+            self.orphan_notes.update(_creations(dropped))
+        elif repair:
+            log.info("metadata repair: %s is consistent, nothing to repair", self.journal.log_path)
         log.info("metadata loaded: %d streams, %d users (seq %d, %d journal records replayed)",
                  len(self.state.streams), len(self.state.users), self.journal.seq, len(records))
 
@@ -53,3 +78,37 @@ class MetadataStore:
 
     def close(self) -> None:
         self.journal.close()
+
+
+def _deletions(records) -> dict:
+    """Notes for the directories of the delete records replayed: a crash right after such a
+    record leaves the directory behind."""
+    out = {}
+    for key, r in _keys(records, ("stream.delete", "topic.delete", "partitions.delete")):
+        out[key] = (f"a client deleted this {key[0]} (journal seq {r['seq']}) and the server stopped before its "
+                    "directory was removed: nothing acknowledged is lost, the copy can be deleted")
+    return out
+
+
+def _creations(dropped) -> dict:
+    """Notes for the directories whose create records --repair-metadata dropped."""
+    out = {}
+    for key, r in _keys(dropped, ("stream.create", "topic.create", "partitions.create")):
+        out[key] = (f"its record (seq {r['seq']} {r['op']}) was dropped by --repair-metadata: its data is kept "
+                    "there for recovery")
+    return out
+
+
+def _keys(records, ops):
+    """(directory key, record) for each record of `ops` (see Storage.quarantine_orphans)."""
+    for r in records:
+        op = r["op"]
+        if op not in ops:
+            continue
+        if op.startswith("stream."):
+            yield ("stream", r["id"]), r
+        elif op.startswith("topic."):
+            yield ("topic", r["stream"], r["id"]), r
+        else:
+            for pid in r["ids"]:
+                yield ("partition", r["stream"], r["topic"], pid), r

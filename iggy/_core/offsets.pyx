@@ -570,7 +570,7 @@ cdef class OffsetStore:
                     continue
                 key = int(name)
                 with open(path, "rb") as f:
-                    raw = f.read()
+                    raw = f.read(RECORD_LEN + 1)     # longer is torn: no need to read on
                 p = raw
                 if len(raw) == RECORD_LEN:
                     offset = le_u64(p)

@@ -283,3 +283,18 @@ def test_open_files_budget():
     assert open_files_budget(10000, 10500) == 125
     assert open_files_budget(10000, 1024) == 16          # never below the minimum
     assert open_files_budget(10000, resource.RLIM_INFINITY) == ((1 << 30) - 10000) // 4
+
+
+def test_configured_from_the_limits_keys(budget):
+    from iggy.config import ConfigError, load_config
+    from iggy.offsets import configure_from
+    cfg = load_config(env={"IGGY_LIMITS_MAX_OPEN_OFFSET_FILES": "5", "IGGY_LIMITS_MAX_CONSUMER_OFFSETS": "7"})
+    configure_from(cfg)
+    assert fd_cache_stats()["budget"] == 5 and fd_cache_stats()["max_offsets"] == 7
+    auto = load_config(env={"IGGY_LIMITS_MAX_CONNECTIONS": "100"})
+    assert auto.limits.max_open_offset_files == 0 and auto.limits.max_consumer_offsets == 4096
+    configure_from(auto)
+    assert fd_cache_stats()["budget"] == open_files_budget(100)
+    for env in ({"IGGY_LIMITS_MAX_CONSUMER_OFFSETS": "0"}, {"IGGY_LIMITS_MAX_OPEN_OFFSET_FILES": "-1"}):
+        with pytest.raises(ConfigError, match=list(env)[0]):
+            load_config(env=env)

@@ -243,6 +243,9 @@ def _validate(tree: dict, names: dict) -> None:
     if tree["system"]["engine"] not in ENGINES:
         raise ConfigError(f"{where('system.engine')}: expected one of {', '.join(ENGINES)}, "
                           f"got {tree['system']['engine']!r}")
+    for path, low in (("limits.max_consumer_offsets", 1), ("limits.max_open_offset_files", 0)):
+        if _get(tree, path) < low:
+            raise ConfigError(f"{where(path)}: must be at least {low}, got {_get(tree, path)}")
     level = tree["system"]["logging"]["level"].lower()
     if level not in ("trace", "debug", "info", "warn", "warning", "error"):
         raise ConfigError(f"{where('system.logging.level')}: unknown level {level!r}")

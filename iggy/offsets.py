@@ -8,17 +8,34 @@ and store offsets without the GIL); its docstring has the file layout::
 
 A consumer key is the numeric consumer id, or XXH32 of the name for a named consumer (as
 the reference server does, so offsets stored by name and by number don't mix).
+
+Two limits, set once at start-up by `configure_from(config)` before the partitions open:
+
+* `limits.max_open_offset_files` (0 = auto): descriptors of offset files kept open by the
+  process-wide cache (least recently used closed first). Auto is a quarter of what
+  RLIMIT_NOFILE leaves after `limits.max_connections` (at least 16), so offset files can
+  never take the descriptors that sockets and segment files need.
+* `limits.max_consumer_offsets`: keys of each kind (consumers, groups) one partition stores;
+  a new key beyond it is refused with 3024 too_many_consumer_offsets. It bounds the files a
+  user allowed to poll can create (one per consumer id).
 """
 from __future__ import annotations
 
+import logging
+import resource
+
 import xxhash
 
-from iggy._core.offsets import OffsetStore
+from iggy._core.offsets import OffsetStore, OffsetStoreError, configure, fd_cache_stats
 
 CONSUMER = "consumers"
 GROUP = "groups"
+MIN_OPEN_FILES = 16
 
-__all__ = ["CONSUMER", "GROUP", "OffsetStore", "consumer_key"]
+__all__ = ["CONSUMER", "GROUP", "OffsetStore", "OffsetStoreError", "configure", "configure_from",
+           "consumer_key", "fd_cache_stats", "open_files_budget"]
+
+log = logging.getLogger("iggy.offsets")
 
 
 def consumer_key(ident) -> int:
@@ -26,3 +43,23 @@ def consumer_key(ident) -> int:
     if isinstance(ident, int):
         return ident
     return xxhash.xxh32_intdigest(ident.encode("utf-8"))
+
+
+def open_files_budget(max_connections: int, nofile: int | None = None) -> int:
+    """A quarter of the descriptors RLIMIT_NOFILE (the soft limit, as raised by the server)
+    leaves after `max_connections` sockets; at least MIN_OPEN_FILES."""
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile == resource.RLIM_INFINITY or nofile > 1 << 30:
+        nofile = 1 << 30
+    return max(MIN_OPEN_FILES, (nofile - max_connections) // 4)
+
+
+def configure_from(config) -> None:
+    """Apply `limits.max_open_offset_files` and `limits.max_consumer_offsets` (call it after
+    raising RLIMIT_NOFILE and before opening the partitions)."""
+    limits = config.limits
+    budget = limits.max_open_offset_files or open_files_budget(limits.max_connections)
+    configure(max_open_files=budget, max_offsets=limits.max_consumer_offsets)
+    log.info("consumer offsets: at most %d files open, %d keys per kind and partition",
+             budget, limits.max_consumer_offsets)

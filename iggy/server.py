@@ -21,6 +21,7 @@ from iggy.control import permissions as perm
 from iggy.control.plane import ControlPlane
 from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
 from iggy.metadata.store import MetadataStore
+from iggy.offsets import configure_from as configure_offsets
 from iggy.storage import Storage
 
 log = logging.getLogger("iggy.server")
@@ -61,6 +62,7 @@ class Server:
         from iggy.config import root_credentials
         cfg = self.config
         _raise_open_file_limit()
+        configure_offsets(cfg)      # sized from the raised limit, before the partitions open
         path = cfg.system.path
         os.makedirs(path, exist_ok=True)
         meta = MetadataStore(path, cfg.system.metadata.snapshot_every)
@@ -285,7 +287,7 @@ async def serve(config, repair_metadata: bool = False) -> None:
 
 def _raise_open_file_limit() -> None:
     """Lift the soft RLIMIT_NOFILE to the hard limit: every partition keeps its segment files
-    and every stored consumer offset its file open, and every client is a socket."""
+    open, every client is a socket, and a quarter of the rest may be consumer-offset files."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = 1 << 20 if hard == resource.RLIM_INFINITY else hard      # fs.nr_open's default

@@ -7,6 +7,7 @@ at load, 8-byte legacy files accepted, recovered offsets clamped to the current 
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -16,7 +17,8 @@ import struct
 import pytest
 import xxhash
 
-from iggy.offsets import CONSUMER, GROUP, OffsetStore, consumer_key
+from iggy.errors import ErrorCode
+from iggy.offsets import CONSUMER, GROUP, OffsetStore, OffsetStoreError, consumer_key
 
 
 def record(offset: int) -> bytes:
@@ -274,13 +276,15 @@ def test_store_failure_changes_nothing(part):
     s.store(CONSUMER, 1, 10)
     s.store(GROUP, 1, 11)
     shutil.rmtree(part / "offsets" / CONSUMER)
-    with pytest.raises(FileNotFoundError) as exc:  # a new key must create its file
+    with pytest.raises(OffsetStoreError) as exc:  # a new key must create its file
         s.store(CONSUMER, 2, 20)
     assert exc.value.filename == path_of(part, CONSUMER, 2)
+    assert exc.value.errno == errno.ENOENT and exc.value.code == ErrorCode.CANNOT_OPEN_CONSUMER_OFFSETS_FILE
     assert s.get(CONSUMER, 2) is None and len(s) == 2 and s.lowest() == 10
     s.close()
-    with pytest.raises(OSError):  # a known key whose file must be reopened
+    with pytest.raises(OffsetStoreError) as exc:  # a known key whose file must be reopened
         s.store(CONSUMER, 1, 99)
+    assert exc.value.code == ErrorCode.CANNOT_OPEN_CONSUMER_OFFSETS_FILE
     assert s.get(CONSUMER, 1) == 10 and s.lowest() == 10
     assert s.offsets == {(CONSUMER, 1): 10, (GROUP, 1): 11}
     os.makedirs(part / "offsets" / CONSUMER)
@@ -295,8 +299,9 @@ def test_store_failure_read_only(part):
     d = part / "offsets" / GROUP
     os.chmod(d, 0o500)
     try:
-        with pytest.raises(PermissionError):
+        with pytest.raises(OffsetStoreError) as exc:
             s.store(GROUP, 1, 1)
+        assert exc.value.errno == errno.EACCES and exc.value.code == ErrorCode.CANNOT_OPEN_CONSUMER_OFFSETS_FILE
         assert s.get(GROUP, 1) is None and len(s) == 0
     finally:
         os.chmod(d, 0o700)
@@ -311,7 +316,7 @@ def test_store_failure_disk_full(part):
     os.unlink(path_of(part, CONSUMER, 1))
     os.symlink("/dev/full", path_of(part, CONSUMER, 1))  # every write fails with ENOSPC
     base = open_fds()
-    with pytest.raises(OSError) as exc:
+    with pytest.raises(OffsetStoreError) as exc:
         s.store(CONSUMER, 1, 11)
-    assert exc.value.errno == 28
+    assert exc.value.errno == errno.ENOSPC and exc.value.code == ErrorCode.CANNOT_WRITE_TO_FILE
     assert s.get(CONSUMER, 1) == 10 and open_fds() == base  # the fd opened for it was closed

@@ -174,6 +174,8 @@ def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_i
             # a reply never exceeds the largest frame: the rest comes with the next poll
             data, n = lg.read(first, count, plane.max_poll_bytes)
             if n and auto_commit:
+                # a failed auto-commit fails the poll with its code (3024 a new key beyond
+                # limits.max_consumer_offsets, 3023/10006/10009 I/O), as upstream does
                 last = first + n - 1
                 if stored is None or last > stored:
                     partition.offsets.store(store_kind, key, last)
@@ -205,6 +207,9 @@ def _offset_request(plane, session, r: Reader):
 
 
 def store_offset(partition, store_kind, key, offset: int) -> None:
+    """Store under the partition lock (shared with HTTP). The store raises OffsetStoreError, an
+    IggyError, with the code of what failed: 3024 too_many_consumer_offsets, 3023
+    cannot_open_consumer_offsets_file, 10006 cannot_write_to_file, 10009 cannot_sync_file."""
     with partition.lock:
         lg = partition.log
         if lg.is_empty or offset > lg.current_offset:

@@ -118,6 +118,10 @@ class Journal:
         os.ftruncate(self._fd, good_end)
         os.lseek(self._fd, good_end, os.SEEK_SET)
         os.fsync(self._fd)
+        # a new file (or directory) is on disk only once its directory is fsynced: without
+        # this a power cut loses journal.log, or metadata/ itself, with every record in it
+        _fsync_dir(self.directory)
+        _fsync_dir(os.path.dirname(os.path.abspath(self.directory)))
         self._end = good_end
         self._records_since_snapshot = len(records)
         return state, records

@@ -136,3 +136,21 @@ def test_acknowledged_stream_creation_survives_a_power_cut(pserver):
         assert "kept" in c.stream_names()
     finally:
         c.close()
+
+
+def test_acknowledged_persisted_batch_survives_a_power_cut(pserver):
+    # the partition directory chain (streams/1/topics/1/partitions/0) was created without an
+    # fsync of the parents: the fsynced segment was unreachable after the cut
+    fs, server = pserver
+    c = Client(server.tcp_address)
+    assert c.create_stream("s").code == 0
+    assert c.create_topic("s", "t", 1, "persisted").code == 0
+    reply, base = c.send("s", "t", 0, [b"one", b"two"])
+    assert reply.status == 0 and base == 0
+    c.close()
+    _cut_and_restart(fs, server)
+    c = Client(server.tcp_address)
+    try:
+        assert [m["payload"] for m in c.poll_all("s", "t", 0)] == [b"one", b"two"]
+    finally:
+        c.close()

@@ -154,3 +154,22 @@ def test_acknowledged_persisted_batch_survives_a_power_cut(pserver):
         assert [m["payload"] for m in c.poll_all("s", "t", 0)] == [b"one", b"two"]
     finally:
         c.close()
+
+
+def test_acknowledged_persisted_consumer_offset_survives_a_power_cut(pserver):
+    # an offset file was created and fdatasync'ed but its directory never fsynced
+    fs, server = pserver
+    c = powercut.PowerClient(server.tcp_address)
+    assert c.create_stream(powercut.STREAM).code == 0
+    opts = {"durability": "persisted", "consumer_offset_durability": "persisted"}
+    assert c.create_topic_options(powercut.STREAM, powercut.OFFSETS_TOPIC, 1, opts).code == 0
+    reply, _ = c.send(powercut.STREAM, powercut.OFFSETS_TOPIC, 0, [b"m%d" % i for i in range(5)])
+    assert reply.status == 0
+    assert c.store_offset(powercut.OFFSETS_TOPIC, 0, 3).code == 0
+    c.close()
+    _cut_and_restart(fs, server)
+    c = powercut.PowerClient(server.tcp_address)
+    try:
+        assert c.get_offset(powercut.OFFSETS_TOPIC, 0) == 3
+    finally:
+        c.close()

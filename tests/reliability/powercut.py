@@ -353,7 +353,7 @@ def setup(address: str) -> None:
         c.close()
 
 
-def run(fs: LazyMount, server: ServerProcess, rounds: int, seed: int, kill_after=(0.1, 1.0), log=print,
+def run(fs: LazyMount, server: ServerProcess, rounds: int, seed: int, kill_after=(0.5, 2.0), log=print,
         time_limit: float | None = None) -> dict:
     """`rounds` rounds of produce + SIGKILL + power cut + restart + check on a started server."""
     rng = random.Random(seed)
@@ -429,7 +429,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
     ap.add_argument("--torn", action="store_true", help="persist unsynced pages and directories at random at a cut")
-    ap.add_argument("--max-kill-delay", type=float, default=1.0, help="kill within this many seconds of a start")
+    ap.add_argument("--max-kill-delay", type=float, default=2.0, help="kill within this many seconds of a start")
     ap.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (server and lazyfs logs)")
     args = ap.parse_args(argv)
@@ -437,7 +437,7 @@ def main(argv=None) -> None:
     root = Path(tempfile.mkdtemp(prefix="iggy-powercut-"))
     try:
         with powercut_server(root, args.torn, args.seed, args.engine) as (fs, server):
-            stats = run(fs, server, args.rounds, args.seed, (0.1, args.max_kill_delay), time_limit=args.time_limit)
+            stats = run(fs, server, args.rounds, args.seed, (0.5, args.max_kill_delay), time_limit=args.time_limit)
             stats["lazyfs"] = fs.stats()
     finally:
         if not args.keep:

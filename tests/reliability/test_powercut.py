@@ -1,8 +1,10 @@
 """Power cuts on the LazyFS layer (tests/reliability/lazyfs.py, harness powercut.py).
 
-The layer's own model, checked with plain syscalls on the mount; then acknowledged changes
-through a power cut of a real server whose data directory is the mount. Skipped, with the reason,
-where FUSE cannot be mounted (no /dev/fuse, not root, pyfuse3 missing).
+The layer's own model, checked with plain syscalls on the mount; then one acknowledged change
+of each kind through a power cut of a real server whose data directory is the mount
+(metadata, a persisted batch, a persisted consumer offset); a recovery state only the torn
+mode produces, in-process; then a few rounds of the harness, strict and torn. Skipped, with
+the reason, where FUSE cannot be mounted (no /dev/fuse, not root, pyfuse3 missing).
 """
 import mmap
 import os
@@ -209,3 +211,15 @@ def test_recovery_cuts_the_active_segment_at_a_batch_the_cut_left_unwritten(tmp_
         assert lg.read(4, 100)[1] == 1
     finally:
         lg.close()
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["strict", "torn"])
+def test_power_cut_rounds_lose_nothing_acknowledged(tmp_path, torn):
+    try:
+        with powercut.powercut_server(tmp_path, torn=torn, seed=5) as (fs, server):
+            stats = powercut.run(fs, server, rounds=4, seed=11, kill_after=(0.5, 1.5), log=None, time_limit=25)
+    except powercut.FuseUnavailable as exc:
+        pytest.skip(f"FUSE cannot be mounted here: {exc}")
+    assert stats["rounds"] >= 3 and stats["cuts"] == stats["rounds"]
+    assert stats["persisted_acked_messages"] > 0 and stats["metadata_ops"] > 0 and stats["offset_stores"] > 0
+    assert stats["corrupt_served"] == 0

@@ -177,7 +177,8 @@ class History(crash.History):
         self.offset_maybe: dict[tuple[str, int], int] = {}
         del self.stats["replicated_acked_lost"]
         self.stats.update({"cuts": 0, "persisted_acked_messages": 0, "replicated_acked_lost_batches": 0,
-                           "replicated_acked_lost_messages": 0, "served_then_lost": 0, "offset_stores": 0,
+                           "replicated_acked_lost_messages": 0, "served_then_lost_persisted": 0,
+                           "served_then_lost_replicated": 0, "offset_stores": 0,
                            "dropped_at_cuts": {}})
 
 
@@ -317,7 +318,7 @@ def _check_partition(c: Client, history: History, topic: str, durability: str, p
             raise AssertionError(f"{where}: producer {producer!r} out of order at {seq!r}")
         last_seq[producer] = int(seq)
     if history.served.get(key, 0) > n:
-        history.stats["served_then_lost"] += history.served[key] - n
+        history.stats[f"served_then_lost_{durability}"] += history.served[key] - n
     history.served[key] = n
 
 

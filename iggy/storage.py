@@ -28,6 +28,7 @@ from iggy._core.log import PartitionLog
 from iggy._core.mutex import Mutex
 from iggy._core.router import Counter
 from iggy.errors import IggyError
+from iggy.fsutil import makedirs_durable
 from iggy.metadata.journal import utc_stamp
 from iggy.offsets import OffsetStore
 
@@ -156,7 +157,7 @@ def _fsync_dir(path: str) -> None:
 class Storage:
     def __init__(self, system_path: str, validate_checksum: bool = True):
         self.root = os.path.join(system_path, "streams")
-        os.makedirs(self.root, exist_ok=True)
+        makedirs_durable(self.root)
         self.partitions: dict[tuple[int, int, int], Partition] = {}
         self.round_robin: dict[tuple[int, int], Counter] = {}
         self.validate_checksum = validate_checksum
@@ -261,7 +262,9 @@ class Storage:
     def create_partitions(self, sid: int, topic, pids) -> None:
         for pid in pids:
             directory = self.partition_dir(sid, topic.id, pid)
-            os.makedirs(directory, exist_ok=True)
+            # the log fsyncs the partition directory for its segments; the chain above it
+            # (streams/<s>/topics/<t>/partitions/<p>) must be durable too
+            makedirs_durable(directory)
             self.partitions[(sid, topic.id, pid)] = Partition(directory, pid, topic.settings,
                                                               self.validate_checksum)
         self._changed()

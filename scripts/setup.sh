@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs="liburing-dev libxxhash-dev pkg-config gcc python3-dev python3-venv"
-# the tests also count the data path's syscalls with strace and run the README's curl flow
-[ "${1:-}" = "--test" ] && pkgs="$pkgs strace curl"
+# the tests also count the data path's syscalls with strace and run the README's curl flow;
+# the power-cut tests mount a FUSE file system (fusermount3, and libfuse3 to build pyfuse3)
+[ "${1:-}" = "--test" ] && pkgs="$pkgs strace curl fuse3 libfuse3-dev"
 need=()
 for pkg in $pkgs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -405,10 +405,10 @@ async def test_with_default_root_credentials_flag(tmp_path):
 
 
 @pytest.mark.parametrize("env", [
-    {"IGGY_ROOT_USERNAME": "admin", "IGGY_ROOT_PASSWORD": None},
+    {"IGGY_ROOT_USERNAME": "ab", "IGGY_ROOT_PASSWORD": None},
     {"IGGY_ROOT_USERNAME": "ab", "IGGY_ROOT_PASSWORD": "long-enough"},
     {"IGGY_ROOT_USERNAME": "admin", "IGGY_ROOT_PASSWORD": "pw"},
-], ids=["only-username", "short-username", "short-password"])
+], ids=["short-username-alone", "short-username", "short-password"])
 def test_bad_root_credentials_refuse_to_boot(tmp_path, env):
     srv = ServerProcess(tmp_path / "data", extra_env={**NO_HTTP, **env})
     with pytest.raises(RuntimeError, match="server exited"):

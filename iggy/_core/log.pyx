@@ -40,7 +40,15 @@ recovery (open), per segment in offset order: the index is loaded and its entrie
 (first entry = segment base at position 0, increasing offsets and positions inside the file:
 all entries for the active segment, the first and the trailing ones for sealed segments),
 then the log is walked from the last trusted entry (from position 0 when the index is
-missing, short or corrupt). A batch header that does not decode, a batch that runs past the
+missing, short or corrupt). In the active segment a walk from position 0 also checks every
+indexed batch: its appends since the last fsync may reach the disk in any order at a power
+cut, so a later batch and the index may be there without an earlier batch (a sealed segment
+was fdatasync'ed whole before the next one was created). An indexed batch that does not
+validate and holds a sector that was never written (a piece of at least 32 bytes of a 512-byte
+aligned sector inside the batch reads as zeros: appends go to space that reads as zeros) ends
+the readable range there, and everything after it is cut like a torn tail; without that mark
+it is corruption of written data (a flipped bit), and the index is trusted past it as before
+(reads stop at the bad message, nothing later is destroyed). A batch header that does not decode, a batch that runs past the
 end of the file or breaks the offset sequence, or a batch that fails its layout checks or
 (validate_checksum) its checksums ends the readable range: when the newest indexed batch is
 itself bad the walk falls back one entry at a time. Non-zero bytes past that end are a torn
@@ -375,6 +383,50 @@ cdef int _walk(Window *w, uint64_t pos, uint64_t expected, uint64_t file_end, in
         out.pos = pos
         out.next = expected
     return w.err
+
+
+cdef bint _unwritten_sector(Window *w, uint64_t pos, uint64_t end, uint64_t file_end) noexcept nogil:
+    """Whether [pos, end) has a piece (its intersection with a 512-byte aligned sector) of at
+    least 32 bytes that reads as zeros. A batch's header holds its non-zero timestamp within
+    its first 24 bytes, so only zero payload bytes can look like this in a written batch."""
+    cdef uint64_t sec, a, b
+    cdef const unsigned char *p
+    if end > file_end:
+        end = file_end
+    sec = pos - pos % 512
+    while sec < end:
+        a = sec if sec > pos else pos
+        b = sec + 512 if sec + 512 < end else end
+        if b - a >= 32:
+            p = _win_get(w, a, b - a, file_end)
+            if p != NULL and _all_zero(p, b - a):
+                return True
+        sec += 512
+    return False
+
+
+cdef int _verified_entries(Window *w, const Segment *s, uint64_t file_end, int flags,
+                           uint64_t *valid) noexcept nogil:
+    """Lower *valid to the leading index entries of the active segment whose batches a walk
+    from position 0 validates, when the first one that does not was never written (see the
+    module docstring). Reads the whole segment; 0 or -errno."""
+    cdef Walk full
+    cdef uint64_t k = 0, end
+    cdef int rc
+    memset(&full, 0, sizeof(Walk))
+    rc = _walk(w, 0, s.base, file_end, flags, True, &full)
+    if rc == 0:
+        while (k < valid[0] and k < full.n_extra
+               and le_u64(full.extra + k * INDEX_ENTRY_LEN) == _e_off(s, k)
+               and le_u64(full.extra + k * INDEX_ENTRY_LEN + 16) == _e_pos(s, k)):
+            k += 1
+        if k < valid[0]:
+            end = _e_pos(s, k + 1) if k + 1 < s.n_entries else file_end
+            if _unwritten_sector(w, _e_pos(s, k), end, file_end):
+                valid[0] = k
+            rc = w.err
+    free(full.extra)
+    return rc
 
 
 cdef int _nonzero_end(Window *w, uint64_t pos, uint64_t file_end, uint64_t *out) noexcept nogil:
@@ -734,7 +786,9 @@ cdef class PartitionLog:
         s.n_entries = n_idx
         valid = _valid_entries(s, file_end, active)
         with nogil:
-            while True:
+            if active and valid > 1:
+                rc = _verified_entries(&w, s, file_end, flags, &valid)
+            while rc == 0:
                 if valid:
                     rc = _walk(&w, _e_pos(s, valid - 1), _e_off(s, valid - 1), file_end, flags, False, &walk)
                 else:

@@ -14,7 +14,9 @@ the checksum tells a torn write from a good one. At load a torn (not 16 bytes) o
 a legacy record without checksum and is accepted; a recovered offset above the partition's
 current offset is clamped down to it (messages may have been lost from an unsynced tail), and
 nothing is loaded for an empty partition. With fsync (`persisted` consumer-offset durability)
-each store is fdatasync'ed before it returns.
+each store is fdatasync'ed before it returns, and the first store of a key after its file is
+opened also fsyncs the file's directory (the file may be new: its entry is durable only then).
+The offsets directories are created durably (iggy.fsutil.makedirs_durable).
 
 Why Cython: the io_uring shard stores and reads offsets without the GIL. The state lives in C,
 an open-addressing table of {kind, key, offset, fd_slot, fd_gen} (linear probing, at most half
@@ -69,12 +71,16 @@ from libc.errno cimport EDQUOT, EINTR, EINVAL, EIO, EMFILE, ENFILE, ENOMEM, errn
 from libc.stdint cimport uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy
-from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_WRONLY, open as c_open
-from posix.unistd cimport close, fdatasync, pwrite
+from libc.string cimport memcpy, strrchr
+from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDONLY, O_WRONLY, open as c_open
+from posix.unistd cimport close, fdatasync, fsync, pwrite
 
 from iggy._core.includes.le cimport le_u64, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits
+from iggy.fsutil import makedirs_durable
+
+cdef extern from "<fcntl.h>":
+    int O_DIRECTORY
 
 from iggy.errors import ErrorCode, IggyError
 
@@ -363,6 +369,25 @@ cdef int _write_record(int fd, uint64_t offset, bint sync, int *failed_at) noexc
     return 0
 
 
+cdef int _fsync_parent(char *path) noexcept nogil:
+    """fsync the directory holding `path` (a new file's entry is durable only then); 0 or -errno."""
+    cdef char *slash = strrchr(path, 47)        # '/'
+    cdef int fd, rc = 0
+    if slash == NULL:
+        return 0
+    slash[0] = 0
+    fd = c_open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    slash[0] = 47
+    if fd < 0:
+        return -errno
+    while fsync(fd) != 0:
+        if errno != EINTR:
+            rc = -errno
+            break
+    close(fd)
+    return rc
+
+
 cdef int _kind_of(kind) except 0:
     if kind == "consumers":
         return OFFSET_CONSUMER
@@ -401,7 +426,7 @@ cdef class OffsetStore:
         memcpy(self.path, <const char *>root, self.root_len)
         self.path[self.root_len] = 0
         for kind in _KIND_NAMES:
-            os.makedirs(os.path.join(self.root, kind), exist_ok=True)
+            makedirs_durable(os.path.join(self.root, kind))
 
     def __dealloc__(self):
         if self.table != NULL:
@@ -532,6 +557,12 @@ cdef class OffsetStore:
                 self.failed_at = STORE_FAILED_OPEN
                 return -err
             rc = _write_record(fd, offset, self.fsync, &self.failed_at)
+            # a new file's entry is durable only once its directory is fsynced (persisted
+            # offsets must survive a power cut); keys loaded at startup are on disk already
+            if rc == 0 and new_entry and self.fsync:
+                rc = _fsync_parent(self.path)
+                if rc != 0:
+                    self.failed_at = STORE_FAILED_SYNC
             if rc != 0:
                 close(fd)
                 return rc

@@ -14,6 +14,7 @@ path with the wrong method is 405.
 from __future__ import annotations
 
 import logging
+import math
 
 import msgspec
 from litestar import Request, Response
@@ -98,6 +99,9 @@ def iggy_error_response(exc: IggyError) -> Response:
     body = {"id": exc.code, "code": error_id(exc.code), "reason": exc.reason,
             "field": exc.field or FIELDS.get(exc.code)}
     headers = {"Retry-After": "1"} if status == 503 else None
+    retry_after = getattr(exc, "retry_after", None)     # a login refused while backed off
+    if retry_after:
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 

@@ -60,13 +60,14 @@ class LogLimiter:
     """At most one log line per key every `interval` seconds; the next line says how many
     were held back. Keys are fixed strings of the caller, so the table stays small."""
 
-    def __init__(self, logger: logging.Logger, interval: float = 60.0):
+    def __init__(self, logger: logging.Logger, interval: float = 60.0, clock=time.monotonic):
         self.logger = logger
         self.interval = interval
+        self.clock = clock
         self._last: dict[str, list] = {}      # key -> [monotonic of the last line, lines held back]
 
     def log(self, level: int, key: str, message: str, *args) -> None:
-        now = time.monotonic()
+        now = self.clock()
         entry = self._last.get(key)
         if entry is not None and now - entry[0] < self.interval:
             entry[1] += 1

@@ -166,8 +166,11 @@ async def password_login(plane, address: str, username: str, password: str):
     """`authenticate` behind the failed-login backoff (iggy.control.throttle): the login of
     every transport. `address` is the client's, as "host:port"."""
     throttle = plane.login_throttle
+    # a name no user can have (longer than a wire name; HTTP bodies allow megabytes) is not
+    # worth a slot in the per-username table, whose entries would then be unbounded in size
+    key = username if len(username.encode("utf-8", "surrogatepass")) <= 255 else None
     async with plane.login_gate(address):
-        wait = throttle.retry_after(address, username)
+        wait = throttle.retry_after(address, key)
         if wait:
             _log_limited.log(logging.WARNING, "backoff", "login refused without a check: %s is backed off "
                              "after failed logins (%.0f s left)", address, wait)
@@ -175,9 +178,9 @@ async def password_login(plane, address: str, username: str, password: str):
         try:
             user = await authenticate(plane, username, password)
         except IggyError:
-            throttle.failed(address, username)
+            throttle.failed(address, key)
             raise
-    throttle.succeeded(address, username)
+    throttle.succeeded(address, key)
     return user
 
 

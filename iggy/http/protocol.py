@@ -15,6 +15,11 @@ headers are buffered without a size limit. Per connection, `GuardedHttpProtocol`
                     read of the socket)
     connections     with `max_connections` open, a new one is answered 503 and closed
 
+Refusals close gracefully ("lingering close", as nginx does): the answer is written, the
+sending side shut down, and what the client still sends is read and dropped for up to
+`LINGER` seconds before the socket is closed. Closing at once with unread input would make
+the kernel send a reset, which destroys the answer before the client reads it.
+
 The time a handler takes (a slow control plane, a large poll) is not limited: the deadlines
 stop once the request has been received. One timer per connection at a time; closing lines
 are logged at most once a minute per kind (iggy.control.throttle.LogLimiter).
@@ -33,6 +38,7 @@ from iggy.http.settings import HttpSettings
 
 log = logging.getLogger("iggy.http")
 _log_limited = LogLimiter(log)
+LINGER = 2.0        # seconds a refused connection's input is drained before it is closed
 
 
 def _response(status: int, reason: str) -> bytes:
@@ -49,24 +55,24 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head = True          # receiving a request line and headers (or waiting for one)
         self._head_bytes = 0
         self._completed = False       # a request was completed during the current read
-        self._refused = False
+        self._refused = False         # answered with an error: input is dropped until closed
+        self._counted = False         # in server_state.connections (uvicorn's bookkeeping)
         limit = self.settings.max_connections
         if limit and len(self.server_state.connections) >= limit:
-            self._refused = True
             self.transport = transport
             _log_limited.log(logging.WARNING, "connections", "refusing an HTTP connection: %d open "
                              "(http.max_connections)", len(self.server_state.connections))
             transport.write(_response(503, "Service Unavailable"))
-            transport.close()
+            self._linger()
             return
+        self._counted = True
         super().connection_made(transport)
         self._arm(self.settings.header_read_timeout, "head")
 
     def connection_lost(self, exc) -> None:
         self._disarm()
-        if self._refused:
-            return
-        super().connection_lost(exc)
+        if self._counted:
+            super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -115,7 +121,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _expired(self, phase: str, seconds: float) -> None:
         self._timer = None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._refused:
             return
         if phase == "head":
             self._refuse(408, "Request Timeout", "head-timeout", "request headers not received within %.1f s "
@@ -129,7 +135,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         _log_limited.log(logging.INFO, key, "closing HTTP connection from %s: " + why, self._peer(), *args)
         if self.cycle is None or self.cycle.response_complete:     # no response under way
             self.transport.write(_response(status, reason))
-        self.transport.close()
+            self._linger()
+        else:
+            self.transport.close()
+
+    def _linger(self) -> None:
+        """Shut down our side once the answer is out, drop the client's input, close later."""
+        self._refused = True
+        self._disarm()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._timer = self.loop.call_later(LINGER, self.transport.close)
+        else:                          # TLS: no half-close
+            self.transport.close()
 
     def _peer(self) -> str:
         return "%s:%d" % self.client if self.client else "unknown"

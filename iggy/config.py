@@ -39,8 +39,9 @@ DURATION_KEYS = {
     "http.jwt.access_token_expiry", "http.jwt.clock_skew", "http.jwt.not_before", "quic.max_idle_timeout",
     "quic.keep_alive_interval", "heartbeat.interval", "consumer_group.rebalancing_timeout",
     "data_maintenance.messages.interval", "personal_access_token.cleaner.interval", "limits.idle_timeout",
+    "http.header_read_timeout", "http.body_read_timeout", "http.keep_alive_timeout",
 }
-SIZE_KEYS = {"http.max_request_size", "message_bus.max_message_size", "limits.max_write_buffer", "quic.receive_window",
+SIZE_KEYS = {"http.max_request_size", "http.max_header_size", "message_bus.max_message_size", "limits.max_write_buffer", "quic.receive_window",
              "quic.stream_receive_window"}
 ADDRESS_KEYS = {"tcp.address", "http.address", "quic.address", "websocket.address"}
 ENGINES = ("auto", "uring", "asyncio")

@@ -58,9 +58,11 @@ def pat_login_body(token: str) -> bytes:
 
 
 class RawClient:
-    def __init__(self, address: str, timeout: float = 10.0):
+    def __init__(self, address: str, timeout: float = 10.0, source: str | None = None):
+        """`source`: the local IP to connect from (any 127.x.y.z reaches a loopback server)."""
         host, port = address.rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.session = 0
         self.request = 0
         self.client = 0x1234_5678_9ABC_DEF0_1122_3344_5566_7788

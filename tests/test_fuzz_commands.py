@@ -46,7 +46,7 @@ class Harness:
         create_user_record(self.plane, "iggy", hash_password("iggy"), STATUS_ACTIVE, perm.all_permissions())
         self.loop = asyncio.new_event_loop()
         self.root = self.plane.open_session("fuzz-root", 1)
-        self.plane.bind_login(self.root, 0, 1)
+        self.plane.bind_login(self.root, self.meta.state.users[0], 1)
         self.request = 0
         self.errors: list[str] = []
         handler = logging.Handler(logging.ERROR)
@@ -57,7 +57,7 @@ class Harness:
         self.world = self.build_world()
         nobody = self.plane.meta.state.user_by_name(C.ACTOR)
         self.nobody = self.plane.open_session("fuzz-nobody", 1)
-        self.plane.bind_login(self.nobody, nobody.id, 2)
+        self.plane.bind_login(self.nobody, nobody, 2)
 
     def call(self, session, op: int, code: int, body: bytes):
         self.request += 1

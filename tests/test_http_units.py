@@ -18,7 +18,7 @@ from iggy.errors import ErrorCode, IggyError
 from iggy.http import errors as http_errors
 from iggy.http import messages_json as mj
 from iggy.http import schemas, settings as http_settings
-from iggy.http.auth import JwtIssuer, bearer, uuid7
+from iggy.http.auth import JwtIssuer, Principal, bearer, uuid7
 from iggy.http.context import check_name, ident
 from iggy.http.settings import JwtSettings
 from iggy.http.views import permissions_json, size_text
@@ -35,27 +35,33 @@ def test_size_text(n, text):
 
 # ------------------------------------------------------------------- JWT
 
+def who(issuer, token):
+    p = issuer.principal(token)
+    return None if p is None else (p.user_id, p.generation)
+
+
 def test_jwt_claims_and_round_trip():
     issuer = JwtIssuer(JwtSettings(access_token_expiry=3600))
-    token = issuer.issue(7)
+    token = issuer.issue(Principal(7, 9))
     claims = pyjwt.decode(token["token"], options={"verify_signature": False})
     assert claims["sub"] == "7" and claims["iss"] == "iggy.apache.org" and claims["aud"] == "iggy.apache.org"
     assert claims["exp"] == token["expiry"] == claims["iat"] + 3600
+    assert claims["gen"] == 9
     assert uuid.UUID(claims["jti"]).version == 7
-    assert issuer.user_id(token["token"]) == 7
+    assert who(issuer, token["token"]) == (7, 9)
 
 
 def test_jwt_random_secret_per_issuer():
     a, b = JwtIssuer(JwtSettings()), JwtIssuer(JwtSettings())
     assert a.secret != b.secret and 64 <= len(a.secret) <= 95
-    assert b.user_id(a.issue(1)["token"]) is None   # a restart invalidates every token
+    assert b.principal(a.issue(Principal(1, 1))["token"]) is None   # a restart invalidates every token
 
 
 def test_jwt_configured_secret_and_algorithm():
     s = JwtSettings(algorithm="HS512", secret=b"s3cret" * 11)
-    token = JwtIssuer(s).issue(3)["token"]
+    token = JwtIssuer(s).issue(Principal(3, 4))["token"]
     assert pyjwt.get_unverified_header(token)["alg"] == "HS512"
-    assert JwtIssuer(s).user_id(token) == 3
+    assert who(JwtIssuer(s), token) == (3, 4)
 
 
 def test_jwt_refuses_foreign_expired_and_wrong_audience():
@@ -63,20 +69,24 @@ def test_jwt_refuses_foreign_expired_and_wrong_audience():
     s = JwtSettings(secret=key, clock_skew=0)
     issuer = JwtIssuer(s)
     now = int(time.time())
-    base = {"jti": uuid7(), "iss": s.issuer, "aud": s.audience, "sub": "1", "iat": now, "nbf": now}
-    assert issuer.user_id(pyjwt.encode(dict(base, exp=now - 10), key, algorithm="HS256")) is None
-    assert issuer.user_id(pyjwt.encode(dict(base, exp=now + 60, aud="other"), key, algorithm="HS256")) is None
-    assert issuer.user_id(pyjwt.encode(dict(base, exp=now + 60), other, algorithm="HS256")) is None
-    assert issuer.user_id(pyjwt.encode(dict(base, exp=now + 60), key, algorithm="HS256")) == 1
-    assert issuer.user_id("not-a-jwt") is None
+    base = {"jti": uuid7(), "iss": s.issuer, "aud": s.audience, "sub": "1", "iat": now, "nbf": now, "gen": 2}
+    assert issuer.principal(pyjwt.encode(dict(base, exp=now - 10), key, algorithm="HS256")) is None
+    assert issuer.principal(pyjwt.encode(dict(base, exp=now + 60, aud="other"), key, algorithm="HS256")) is None
+    assert issuer.principal(pyjwt.encode(dict(base, exp=now + 60), other, algorithm="HS256")) is None
+    assert who(issuer, pyjwt.encode(dict(base, exp=now + 60), key, algorithm="HS256")) == (1, 2)
+    assert issuer.principal("not-a-jwt") is None
+    # a token that does not say which user (generation) it was issued for names nobody
+    no_gen = {k: v for k, v in base.items() if k != "gen"}
+    assert issuer.principal(pyjwt.encode(dict(no_gen, exp=now + 60), key, algorithm="HS256")) is None
+    assert issuer.principal(pyjwt.encode(dict(base, gen="2", exp=now + 60), key, algorithm="HS256")) is None
 
 
 def test_jwt_revocation_is_per_token():
     issuer = JwtIssuer(JwtSettings())
-    first, second = issuer.issue(1)["token"], issuer.issue(1)["token"]
+    first, second = issuer.issue(Principal(1, 1))["token"], issuer.issue(Principal(1, 1))["token"]
     issuer.revoke(first)
-    assert issuer.user_id(first) is None
-    assert issuer.user_id(second) == 1
+    assert issuer.principal(first) is None
+    assert who(issuer, second) == (1, 1)
 
 
 def test_bearer_header():

@@ -57,6 +57,7 @@ cdef struct PermEntry:
 cdef struct UserPerms:
     uint8_t exists
     uint8_t allow_all           # ALLOW_* bits granted everywhere (root, global flags)
+    uint32_t generation         # of the user holding the id now (see `principal` in router.pyx)
     uint32_t n
     PermEntry *entries
 

@@ -32,6 +32,12 @@ Permissions are precomputed by `iggy.control.permissions.snapshot` (one place fo
 rules): per user the ALLOW_* bits granted everywhere and the stream- and topic-level grants.
 A user missing from the table (deleted while logged in) is allowed nothing: the shard then
 hands the request to the Python control plane, which answers with the right error.
+
+Users are named by a principal, `generation << 32 | user id` (`principal()`; the generation
+is the user's, iggy.metadata.state, kept to 31 bits so the value stays positive): the table
+is still indexed by the id, and `allowed` also compares the generation, so a connection still
+carrying a deleted user's principal gets nothing from a newer user who took the same id. A
+principal with generation 0 is a bare user id (tests, tools).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
@@ -150,14 +156,23 @@ cdef const GroupRoute *find_group(const TopicRoute *t, const unsigned char *key,
     return NULL
 
 
+cdef uint64_t GENERATION_MASK = 0x7FFFFFFF
+
+
+def principal(uint32_t user_id, uint64_t generation):
+    """The int64 naming (user id, generation) in the table and on a shard's connection."""
+    return <int64_t>((generation & GENERATION_MASK) << 32 | user_id)
+
+
 cdef bint allowed(const Table *t, int64_t user_id, const TopicRoute *topic, int what) noexcept nogil:
     cdef const UserPerms *u
     cdef uint32_t i
     cdef const PermEntry *e
-    if user_id < 0 or user_id >= t.n_users:
+    cdef uint32_t uid = <uint32_t>user_id          # the low 32 bits: the user id
+    if user_id < 0 or uid >= t.n_users:
         return False
-    u = &t.users[user_id]
-    if not u.exists:
+    u = &t.users[uid]
+    if not u.exists or u.generation != <uint64_t>user_id >> 32:
         return False
     if u.allow_all & what:
         return True
@@ -249,7 +264,7 @@ cdef class Router:
         topics: [(stream_id, stream_name, topic_id, topic_name, persisted, counter,
                   [(partition_id, PartitionLog, Mutex, OffsetStore), ...],
                   [(group_id, group_name, {partition_id: owner client id}), ...]), ...]
-        users:  [(user_id, allow_all, [(stream_id, topic_id or None, allow), ...]), ...]
+        users:  [(principal, allow_all, [(stream_id, topic_id or None, allow), ...]), ...]
         """
         cdef Table *t = <Table *>calloc(1, sizeof(Table))
         cdef Table *old
@@ -278,8 +293,8 @@ cdef class Router:
                     name_bytes += 2 + len(g[1].encode("utf-8"))
             for uid, allow_all, grants in users:
                 n_perms += len(grants)
-                if uid + 1 > n_users:
-                    n_users = uid + 1
+                if (uid & 0xFFFFFFFF) + 1 > n_users:
+                    n_users = (uid & 0xFFFFFFFF) + 1
             t.n_topics = len(topics)
             t.topics = <TopicRoute *>calloc(t.n_topics + 1, sizeof(TopicRoute))
             t.parts = <PartRoute *>calloc(n_parts + 1, sizeof(PartRoute))
@@ -353,8 +368,9 @@ cdef class Router:
                         t.owners[ok + j] = owners.get(parts[j][0], 0)
                     ok += len(parts)
             for uid, allow_all, grants in users:
-                up = &t.users[uid]
+                up = &t.users[uid & 0xFFFFFFFF]
                 up.exists = 1
+                up.generation = uid >> 32
                 up.allow_all = allow_all
                 up.entries = &t.perms[k]
                 up.n = len(grants)

@@ -78,6 +78,7 @@ class Session:
     address: str
     transport: int
     user_id: int | None = None
+    user_generation: int = 0                      # of the user logged in (metadata.state)
     session: int = 0
     client_uuid: int = 0
     groups: set = field(default_factory=set)      # {(stream_id, topic_id, group_id)}
@@ -110,6 +111,9 @@ class ControlPlane:
         self.max_poll_bytes = max(1, config.max_frame_size_bytes() - 256 - 16)
         self.bound: dict[str, tuple[str, int]] = {}       # transport -> bound (host, port)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iggy-hash")
+        from iggy.control.throttle import Gate, LoginThrottle
+        self.login_throttle = LoginThrottle()     # failed-login backoff (control.throttle)
+        self.login_gate = Gate()                  # one password check at a time per address
         from iggy.control import load_commands
         from iggy.control.groups import GroupCoordinator
         from iggy.control.routes import Routes
@@ -141,16 +145,30 @@ class ControlPlane:
         session.user_id = None
         session.session = 0
 
-    def bind_login(self, session: Session, user_id: int, client_uuid: int) -> int:
-        session.user_id = user_id
+    def logout_user(self, user) -> None:
+        """Log out every session of `user` (deleted): they answer 40 from now on. A shard
+        connection keeps the old (id, generation) in C until its next control-plane reply,
+        which the routing table no longer grants anything."""
+        for session in list(self.sessions.values()):
+            if session.user_id == user.id and session.user_generation == user.generation:
+                self.logout(session)
+
+    def bind_login(self, session: Session, user, client_uuid: int) -> int:
+        session.user_id = user.id
+        session.user_generation = user.generation
         session.session = next(self._session_numbers)
         session.client_uuid = client_uuid
         return session.session
 
     def user_of(self, session: Session):
+        """The user the session is logged in as; None if nobody, or if that user was deleted
+        (even when a newer user has its id now)."""
         if session.user_id is None:
             return None
-        return self.meta.state.users.get(session.user_id)
+        user = self.meta.state.users.get(session.user_id)
+        if user is None or user.generation != session.user_generation:
+            return None
+        return user
 
     async def run_blocking(self, fn, *args):
         """Run CPU-heavy work (Argon2) off the event loop."""
@@ -188,7 +206,8 @@ class ControlPlane:
         if cmd.auth and session.user_id is None:
             return build_reply(header, ErrorCode.UNAUTHENTICATED)
         if session.user_id is not None and self.user_of(session) is None and cmd.auth:
-            # the user was deleted while logged in: nothing is allowed any more
+            # the user was deleted while logged in (its id may belong to a newer user by
+            # now): nothing is allowed any more
             return build_reply(header, ErrorCode.UNAUTHENTICATED)
         if cmd.is_async:
             return self._finish_async(cmd, session, header, body)

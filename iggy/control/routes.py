@@ -12,7 +12,7 @@ which answers it with the right error, so the table only ever has to be right, n
 """
 from __future__ import annotations
 
-from iggy._core.router import Router
+from iggy._core.router import Router, principal
 from iggy.control import permissions as perm
 
 
@@ -50,6 +50,6 @@ class Routes:
         users = []
         for u in list(state.users.values()):
             allow_all, grants = perm.snapshot(u)
-            users.append((u.id, allow_all, grants))
+            users.append((principal(u.id, u.generation), allow_all, grants))
         self.router.publish(topics, users)
         self._published = version

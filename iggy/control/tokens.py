@@ -40,7 +40,9 @@ def create_token(plane, user_id: int, name: str, expiry: int) -> str:
         raise IggyError(ErrorCode.PERSONAL_ACCESS_TOKENS_LIMIT_REACHED)
     now = now_us()
     expiry_at = 0 if expiry in (0, U64_MAX) else now + expiry
-    if expiry_at and expiry_at <= now:
+    # an expiry so long that the moment it ends does not fit the u64 the token is stored and
+    # listed with (2^64 - 2 µs, say) is refused like any other unusable expiry
+    if expiry_at and not now < expiry_at <= U64_MAX:
         raise IggyError(ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN_EXPIRY)
     raw = base64.b64encode(secrets.token_bytes(50)).decode("ascii")
     plane.meta.commit({"op": "token.create", "user_id": user_id, "name": name,

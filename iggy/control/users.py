@@ -2,6 +2,8 @@
 
 Passwords are stored only as Argon2id PHC strings (m=19456 KiB, t=2, p=1: the parameters of
 Apache Iggy's `Argon2::default()`), hashed off the event loop because one hash takes ~30 ms.
+Every login (here and over HTTP) goes through `password_login` / `token_login`, which apply
+the failed-login backoff of iggy.control.throttle.
 
 Wire bodies (TCP.md 5.3, 7.2, 9.6, 9.7)::
 
@@ -13,6 +15,8 @@ Wire bodies (TCP.md 5.3, 7.2, 9.6, 9.7)::
 """
 from __future__ import annotations
 
+import logging
+
 import argon2
 import blake3
 
@@ -20,7 +24,11 @@ from iggy import SERVER_VERSION, codes
 from iggy._core.wire import PROTOCOL_VERSION, Reader, Writer
 from iggy.control import permissions as perm
 from iggy.control.plane import Evict, command, now_us
+from iggy.control.throttle import LogLimiter, LoginBackoff
 from iggy.errors import ErrorCode, IggyError
+
+log = logging.getLogger(__name__)
+_log_limited = LogLimiter(log)
 
 STATUS_ACTIVE = 1
 STATUS_INACTIVE = 2
@@ -154,6 +162,46 @@ async def authenticate(plane, username: str, password: str):
     return user
 
 
+async def password_login(plane, address: str, username: str, password: str):
+    """`authenticate` behind the failed-login backoff (iggy.control.throttle): the login of
+    every transport. `address` is the client's, as "host:port"."""
+    throttle = plane.login_throttle
+    # a name no user can have (longer than a wire name; HTTP bodies allow megabytes) is not
+    # worth a slot in the per-username table, whose entries would then be unbounded in size
+    key = username if len(username.encode("utf-8", "surrogatepass")) <= 255 else None
+    async with plane.login_gate(address):
+        wait = throttle.retry_after(address, key)
+        if wait:
+            _log_limited.log(logging.WARNING, "backoff", "login refused without a check: %s is backed off "
+                             "after failed logins (%.0f s left)", address, wait)
+            raise LoginBackoff(ErrorCode.INVALID_CREDENTIALS, wait)
+        try:
+            user = await authenticate(plane, username, password)
+        except IggyError:
+            throttle.failed(address, key)
+            raise
+    throttle.succeeded(address, key)
+    return user
+
+
+def token_login(plane, address: str, raw_token: str):
+    """`user_for_token` behind the failed-login backoff of `address` (see password_login)."""
+    throttle = plane.login_throttle
+    wait = throttle.retry_after(address)
+    if wait:
+        _log_limited.log(logging.WARNING, "backoff", "login refused without a check: %s is backed off "
+                         "after failed logins (%.0f s left)", address, wait)
+        raise LoginBackoff(ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN, wait)
+    try:
+        user = user_for_token(plane, raw_token)
+    except IggyError as exc:
+        if exc.code == ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN:
+            throttle.failed(address)
+        raise
+    throttle.succeeded(address)
+    return user
+
+
 def user_for_token(plane, raw_token: str):
     """The user a personal access token belongs to (shared with the HTTP API).
 
@@ -174,16 +222,16 @@ async def login(plane, session, r: Reader):
     client_uuid = session.client_uuid
     if kind == "password":
         try:
-            user = await authenticate(plane, secret, password)
+            user = await password_login(plane, session.address, secret, password)
         except IggyError:
             raise Evict(EVICT_INVALID_CREDENTIALS) from None
     else:
         try:
-            user = user_for_token(plane, secret)
+            user = token_login(plane, session.address, secret)
         except IggyError as exc:
             reason = EVICT_USER_INACTIVE if exc.code == ErrorCode.USER_INACTIVE else EVICT_INVALID_TOKEN
             raise Evict(reason) from None
-    number = plane.bind_login(session, user.id, client_uuid)
+    number = plane.bind_login(session, user, client_uuid)
     return _login_reply(user.id, number)
 
 
@@ -228,7 +276,7 @@ def create_user_record(plane, username: str, password_hash: str, status: int, pe
     return plane.meta.commit({
         "op": "user.create", "id": lowest_free_id(st.users), "username": username,
         "password_hash": password_hash, "status": status, "permissions": permissions,
-        "created_at": now_us(),
+        "created_at": now_us(), "generation": st.next_user_generation,
     })
 
 
@@ -275,6 +323,7 @@ def delete_user_by(plane, user) -> None:
     if user.id == perm.ROOT_USER_ID:
         raise IggyError(ErrorCode.CANNOT_DELETE_USER)
     plane.meta.commit({"op": "user.delete", "id": user.id})
+    plane.logout_user(user)
 
 
 @command(codes.UPDATE_USER)

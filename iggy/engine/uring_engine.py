@@ -41,6 +41,7 @@ import time
 
 from iggy import codes
 from iggy._core.wire import RequestHeader, build_reply
+from iggy._core.router import principal
 from iggy.control.plane import TRANSPORT_TCP
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class ShardHandler:
     @staticmethod
     def _post(shard, token: int, session, reply: bytes) -> None:
         user = session.user_id
-        shard.post_reply(token, reply, -1 if user is None else user)
+        shard.post_reply(token, reply, -1 if user is None else principal(user, session.user_generation))
 
 
 class UringEngine:

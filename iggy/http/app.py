@@ -17,7 +17,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from iggy import SERVER_VERSION
-from iggy.http.context import HttpContext, auth_guard, provide_caller, provide_ctx, require_json
+from iggy.http.context import HttpContext, JsonRequest, auth_guard, provide_caller, provide_ctx, require_json
 from iggy.http.errors import ERROR_RESPONSES, EXCEPTION_HANDLERS
 from iggy.http.routes import messages, streams, system, users
 from iggy.http.webui import ui_route
@@ -57,6 +57,7 @@ def create_app(ctx: HttpContext) -> Litestar:
         cors_config=cors_config,
         openapi_config=openapi,
         request_max_body_size=settings.max_request_size,
+        request_class=JsonRequest,
         state=State({"ctx": ctx}),
         debug=False,
         logging_config=None,

@@ -3,7 +3,13 @@
 Tokens are HS256/384/512 JWTs (PyJWT) with the claims of Apache Iggy (HTTP.md 4)::
 
     {"jti": "<uuid v7>", "iss": "iggy.apache.org", "aud": "iggy.apache.org",
-     "sub": "<user id as a decimal string>", "iat": <s>, "nbf": <s>, "exp": <s>}
+     "sub": "<user id as a decimal string>", "iat": <s>, "nbf": <s>, "exp": <s>,
+     "gen": <the user's generation>}
+
+`gen` is ours: user ids are reused after a delete, so a token names the user it was issued
+for by (id, generation) (iggy.metadata.state), and a token of a deleted user never acts as
+the next user given its id. A token without `gen` (or with another user's) authenticates
+nobody.
 
 The Web UI decodes the payload itself and reads `sub` as the user id, so these must stay
 real JWTs. Unlike the reference server, logout revokes the token: its `jti` is kept in a
@@ -34,19 +40,31 @@ def uuid7() -> str:
     return str(uuid.UUID(int=value))
 
 
+class Principal:
+    """Who a request is authenticated as: a user id and that user's generation."""
+    __slots__ = ("user_id", "generation")
+
+    def __init__(self, user_id: int, generation: int):
+        self.user_id = user_id
+        self.generation = generation
+
+    def __repr__(self) -> str:
+        return f"Principal({self.user_id}, {self.generation})"
+
+
 class JwtIssuer:
     def __init__(self, settings: JwtSettings):
         self.settings = settings
         self.secret = settings.secret or random_secret()
         self.revoked: dict[str, int] = {}   # jti -> exp (Unix seconds)
 
-    def issue(self, user_id: int) -> dict:
-        """A new token for `user_id` as the `access_token` object of IdentityInfo."""
+    def issue(self, who: Principal) -> dict:
+        """A new token for `who` as the `access_token` object of IdentityInfo."""
         s = self.settings
         now = int(time.time())
         exp = now + s.access_token_expiry
-        claims = {"jti": uuid7(), "iss": s.issuer, "aud": s.audience, "sub": str(user_id),
-                  "iat": now, "nbf": now + s.not_before, "exp": exp}
+        claims = {"jti": uuid7(), "iss": s.issuer, "aud": s.audience, "sub": str(who.user_id),
+                  "iat": now, "nbf": now + s.not_before, "exp": exp, "gen": who.generation}
         return {"token": jwt.encode(claims, self.secret, algorithm=s.algorithm), "expiry": exp}
 
     def decode(self, token: str) -> dict | None:
@@ -55,14 +73,15 @@ class JwtIssuer:
         try:
             claims = jwt.decode(token, self.secret, algorithms=[s.algorithm], audience=list(s.valid_audiences),
                                 issuer=list(s.valid_issuers), leeway=s.clock_skew,
-                                options={"require": ["exp", "sub", "jti"]})
+                                options={"require": ["exp", "sub", "jti", "gen"]})
         except jwt.PyJWTError:
             return None
         if claims["jti"] in self.revoked:
             return None
         return claims
 
-    def user_id(self, token: str) -> int | None:
+    def principal(self, token: str) -> Principal | None:
+        """Who the token was issued for, or None if it is not a valid token of ours."""
         claims = self.decode(token)
         if claims is None:
             return None
@@ -70,7 +89,10 @@ class JwtIssuer:
             user_id = int(claims["sub"])
         except (TypeError, ValueError):
             return None
-        return user_id if 0 <= user_id <= 0xFFFFFFFF else None
+        generation = claims["gen"]
+        if not 0 <= user_id <= 0xFFFFFFFF or type(generation) is not int or generation < 0:
+            return None
+        return Principal(user_id, generation)
 
     def revoke(self, token: str) -> None:
         claims = self.decode(token)

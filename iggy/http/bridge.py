@@ -36,17 +36,22 @@ class Bridge:
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         return await asyncio.shield(asyncio.wrap_future(future))
 
-    async def call_as(self, user_id: int, fn, *args):
-        """Run `fn(plane, user, *args)` on the main loop for the authenticated `user_id`.
+    async def call_as(self, who, fn, *args):
+        """Run `fn(plane, user, *args)` on the main loop for the authenticated principal `who`.
 
         A token whose user has been deleted since it was issued authenticates nobody (401),
-        as a TCP session of a deleted user does.
+        as a TCP session of a deleted user does, even when a newer user has taken the id.
         """
-        return await self.call(_as_user, user_id, fn, args)
+        return await self.call(_as_user, who, fn, args)
 
 
-def _as_user(plane, user_id: int, fn, args):
-    user = plane.meta.state.users.get(user_id)
-    if user is None:
+def user_of(plane, who):
+    """The user `who` (an auth.Principal) names, if it still exists; else IggyError 40."""
+    user = plane.meta.state.users.get(who.user_id)
+    if user is None or user.generation != who.generation:
         raise IggyError(ErrorCode.UNAUTHENTICATED)
-    return fn(plane, user, *args)
+    return user
+
+
+def _as_user(plane, who, fn, args):
+    return fn(plane, user_of(plane, who), *args)

@@ -5,24 +5,29 @@ Authentication runs as a Litestar guard, which Litestar calls before it parses t
 query and body, so a bad credential answers 401 even when the body is malformed, as in the
 reference server (HTTP.md 1.2). The credential is a JWT issued by this server or a raw
 personal access token; a JWT is checked here on the HTTP thread, a PAT is looked up on the
-main loop. The guard stores the caller's user id in ``scope["user"]``; handlers receive it
-as the `caller` dependency and hand it to `Bridge.call_as`.
+main loop. The guard stores the caller (an `auth.Principal`: user id and generation) in
+``scope["user"]``; handlers receive it as the `caller` dependency and hand it to
+`Bridge.call_as`.
 """
 from __future__ import annotations
 
+import logging
 import threading
+
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, SerializationException
 from litestar.handlers import BaseRouteHandler
 
+from iggy.control.throttle import LogLimiter
 from iggy.errors import ErrorCode, IggyError
-from iggy.http.auth import JwtIssuer, bearer
+from iggy.http.auth import JwtIssuer, Principal, bearer
 from iggy.http.bridge import Bridge
 from iggy.http.settings import HttpSettings
 
 U32_MAX = 0xFFFFFFFF
+_log_limited = LogLimiter(logging.getLogger("iggy.http"))
 
 
 class HttpContext:
@@ -37,7 +42,7 @@ class HttpContext:
 
 
 Ctx = NamedDependency[HttpContext]     # handler parameter `ctx`
-Caller = NamedDependency[int]          # handler parameter `caller`: the authenticated user id
+Caller = NamedDependency[Principal]    # handler parameter `caller`: the authenticated user
 
 
 def ctx_of(connection: ASGIConnection) -> HttpContext:
@@ -48,14 +53,15 @@ def provide_ctx(request: Request) -> HttpContext:   # Litestar dependency `ctx`
     return ctx_of(request)
 
 
-def provide_caller(request: Request) -> int:        # Litestar dependency `caller` (set by the guard)
+def provide_caller(request: Request) -> Principal:  # Litestar dependency `caller` (set by the guard)
     return request.scope["user"]
 
 
-def _pat_user(plane, credential: str) -> int:
+def _pat_user(plane, credential: str) -> Principal:
     from iggy.control.users import user_for_token
     try:
-        return user_for_token(plane, credential).id
+        user = user_for_token(plane, credential)
+        return Principal(user.id, user.generation)
     except IggyError as exc:
         if exc.code == ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN:
             raise IggyError(ErrorCode.UNAUTHENTICATED) from None
@@ -68,13 +74,28 @@ async def auth_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> N
         return
     ctx = ctx_of(connection)
     credential = bearer(connection.headers)
-    user_id = ctx.jwt.user_id(credential)
-    if user_id is None:
+    who = ctx.jwt.principal(credential)
+    if who is None:
         if "." in credential:          # a JWT (ours but expired or revoked, or not ours)
             raise IggyError(ErrorCode.UNAUTHENTICATED)
-        user_id = await ctx.bridge.call(_pat_user, credential)
-    connection.scope["user"] = user_id
+        who = await ctx.bridge.call(_pat_user, credential)
+    connection.scope["user"] = who
     connection.scope["auth"] = credential
+
+
+class JsonRequest(Request):
+    """Litestar's Request, except that JSON nested too deeply for the decoder is a client
+    error (400, plain text, as any malformed JSON) instead of a RecursionError (500 and a
+    traceback per request). The refusal is logged at most once a minute."""
+
+    async def json(self):
+        try:
+            return await super().json()
+        except RecursionError:
+            _log_limited.log(logging.INFO, "json-depth", "HTTP %s %s from %s: JSON body nested too deeply, "
+                             "refused (400)", self.method, self.url.path,
+                             self.client.host if self.client else "unknown")
+            raise SerializationException("JSON is malformed: nested too deeply") from None
 
 
 async def require_json(request: Request) -> None:

@@ -14,6 +14,7 @@ path with the wrong method is 405.
 from __future__ import annotations
 
 import logging
+import math
 
 import msgspec
 from litestar import Request, Response
@@ -21,9 +22,11 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from iggy.control.throttle import LogLimiter
 from iggy.errors import ErrorCode, IggyError, error_id
 
 log = logging.getLogger("iggy.http")
+_log_limited = LogLimiter(log)
 
 UNAUTHENTICATED_CODES = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.ACCESS_TOKEN_MISSING,
                                    ErrorCode.INVALID_ACCESS_TOKEN, ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN})
@@ -34,6 +37,7 @@ NOT_FOUND_CODES = frozenset({
     ErrorCode.CONSUMER_GROUP_MEMBER_NOT_FOUND, ErrorCode.CONSUMER_OFFSET_NOT_FOUND, ErrorCode.RESOURCE_NOT_FOUND,
 })
 TRANSIENT_CODES = frozenset({57, 58})
+DISCONNECTED = "client disconnected prematurely"
 
 # the `field` the reference server names for these codes (HTTP.md 1.5)
 FIELDS = {
@@ -98,6 +102,9 @@ def iggy_error_response(exc: IggyError) -> Response:
     body = {"id": exc.code, "code": error_id(exc.code), "reason": exc.reason,
             "field": exc.field or FIELDS.get(exc.code)}
     headers = {"Retry-After": "1"} if status == 503 else None
+    retry_after = getattr(exc, "retry_after", None)     # a login refused while backed off
+    if retry_after:
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
@@ -134,6 +141,13 @@ def _on_http_exception(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 405:
         return Response(b"", status_code=405, headers=exc.headers)
     if exc.status_code >= 500:
+        if exc.detail == DISCONNECTED:
+            # the client went away while its body was read (a slow client cut off by
+            # http.body_read_timeout, or one that hung up): nothing failed here. Litestar
+            # says so only in this message (Request.stream on http.disconnect)
+            _log_limited.log(logging.INFO, "disconnected", "HTTP %s %s: the client disconnected before "
+                             "sending its body", request.method, request.url.path)
+            return text(400, "client disconnected")
         log.error("HTTP %s %s failed: %s", request.method, request.url.path, exc.detail)
     return text(exc.status_code, str(exc.detail))
 

@@ -8,6 +8,9 @@ accepts connections. Request handlers reach the control plane only through `Brid
 main loop (and the TCP engine on it) is never blocked by HTTP work and never shares state
 with this thread.
 
+Slow or hostile clients are bounded by `iggy.http.protocol` (request head/body deadlines,
+header size, open connections) and uvicorn's keep-alive timeout (`http.*` keys).
+
 uvicorn installs no signal handlers outside the main thread; the process's SIGTERM/SIGINT
 handling stays with `iggy.server`. `stop()` asks uvicorn to exit, waits for in-flight
 requests (at most `SHUTDOWN_GRACE` seconds) and joins the thread without blocking the main
@@ -24,6 +27,7 @@ from iggy.http.auth import JwtIssuer
 from iggy.http.bridge import Bridge
 from iggy.http.context import HttpContext
 from iggy.http.metrics import CountingApp, Metrics
+from iggy.http.protocol import protocol_class
 from iggy.http.settings import HttpSettings
 
 log = logging.getLogger("iggy.http")
@@ -80,8 +84,12 @@ class HttpServer:
         host, port = self.sock.getsockname()[:2]
         self.address = (host, port)
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)   # no "Started server process" lines
+        # slow clients: the guarded protocol adds head/body deadlines and bounds header size
+        # and connections (iggy.http.protocol); uvicorn's own keep-alive timeout closes idle
+        # connections between requests ("0 s" = never: a day, re-armed after every request)
         config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, server_header=False,
                                 ws="none", loop="none", timeout_graceful_shutdown=SHUTDOWN_GRACE,
+                                http=protocol_class(s), timeout_keep_alive=s.keep_alive_timeout or 86_400,
                                 ssl_certfile=s.tls_cert_file or None, ssl_keyfile=s.tls_key_file or None)
         self.uvicorn = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name="iggy-http", daemon=True)

@@ -10,6 +10,9 @@ Keys read (all optional; defaults are the reference server's)::
 
     http.address                     "127.0.0.1:3000"
     http.max_request_size            "2 MB"
+    http.header_read_timeout / body_read_timeout / keep_alive_timeout   "10 s", "30 s", "5 s"
+                                     (ours: slow clients are closed, see iggy.http.protocol)
+    http.max_header_size / max_connections   "32 KiB", 1024  (ours)
     http.web_ui_dir                  ""  (a folder served under /ui; ours, not upstream's)
     http.cors.enabled / allowed_origins / allowed_methods / allowed_headers /
              exposed_headers / allow_credentials / allow_private_network
@@ -59,6 +62,11 @@ class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 3000
     max_request_size: int = 2_000_000
+    header_read_timeout: float = 10.0   # seconds; 0 = no limit
+    body_read_timeout: float = 30.0
+    keep_alive_timeout: float = 5.0
+    max_header_size: int = 32 * 1024
+    max_connections: int = 1024
     web_ui_dir: str = ""
     metrics_enabled: bool = True
     metrics_endpoint: str = "/metrics"
@@ -97,6 +105,16 @@ def _seconds(value, default: int) -> int:
         return int(text)
     from iggy.config import parse_duration  # microseconds
     return parse_duration(text) // 1_000_000
+
+
+def _fine_seconds(value, default: float) -> float:
+    """A duration from config in seconds, keeping fractions ("500 ms" -> 0.5)."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, (int, float)):
+        return float(value)
+    from iggy.config import parse_duration  # microseconds
+    return parse_duration(str(value)) / 1_000_000
 
 
 def _bytes(value, default: int) -> int:
@@ -147,6 +165,11 @@ def from_config(cfg) -> HttpSettings:
         host=host,
         port=port,
         max_request_size=_bytes(_get(http, "max_request_size", None), 2_000_000),
+        header_read_timeout=_fine_seconds(_get(http, "header_read_timeout", None), 10.0),
+        body_read_timeout=_fine_seconds(_get(http, "body_read_timeout", None), 30.0),
+        keep_alive_timeout=_fine_seconds(_get(http, "keep_alive_timeout", None), 5.0),
+        max_header_size=_bytes(_get(http, "max_header_size", None), 32 * 1024),
+        max_connections=int(_get(http, "max_connections", 1024)),
         web_ui_dir=str(_get(http, "web_ui_dir", "")),
         metrics_enabled=bool(_get(metrics, "enabled", True)),
         metrics_endpoint=str(_get(metrics, "endpoint", "/metrics")) or "/metrics",

@@ -9,6 +9,16 @@ on a record that was valid when it was written.
 Ids follow the reference server: streams, topics and users take the lowest free id (0-based,
 reused after delete); partitions continue after the highest id; consumer-group ids increase
 per topic and are never reused.
+
+Because ids are reused, nothing that outlives an entity may refer to it by id alone:
+
+* every user also has a `generation`, a number no other user of this data directory ever had
+  (`next_user_generation` counts up, journaled with each `user.create`). Sessions, JWTs and
+  the shards' permission table carry (id, generation), so a token or a connection of a
+  deleted user never acts as the next user that gets the same id;
+* deleting a stream or a topic removes every user's permissions scoped to it (in `apply`,
+  so replaying the journal does the same), so grants on a deleted stream never apply to the
+  next stream that gets its id.
 """
 from __future__ import annotations
 
@@ -57,6 +67,7 @@ class UserMeta:
     status: int               # 1 active, 2 inactive
     permissions: dict | None  # see control.permissions
     created_at: int
+    generation: int = 0       # unique per user ever created here (see the module docstring)
 
 
 @dataclass
@@ -91,6 +102,7 @@ class State:
         self.streams: dict[int, StreamMeta] = {}
         self.users: dict[int, UserMeta] = {}
         self.tokens: dict[str, TokenMeta] = {}   # token_hash -> token
+        self.next_user_generation = 1            # generation of the next user created
 
     # ---------------------------------------------------------------- lookups
 
@@ -119,6 +131,7 @@ class State:
 
     def _apply_stream_delete(self, r):
         del self.streams[r["id"]]
+        self._drop_permissions(r["id"])
 
     def _apply_topic_create(self, r):
         s = self.streams[r["stream"]]
@@ -135,6 +148,25 @@ class State:
 
     def _apply_topic_delete(self, r):
         del self.streams[r["stream"]].topics[r["id"]]
+        self._drop_permissions(r["stream"], r["id"])
+
+    def _drop_permissions(self, stream_id: int, topic_id: int | None = None) -> None:
+        """Remove the grants scoped to a deleted stream (topic_id None) or topic from every user.
+
+        The permissions dict is replaced, never changed in place: it may be the very dict of a
+        journal record or of a snapshot being read by another thread."""
+        for u in self.users.values():
+            streams = (u.permissions or {}).get("streams") or {}
+            sp = streams.get(stream_id)
+            if sp is None or (topic_id is not None and topic_id not in sp["topics"]):
+                continue
+            streams = dict(streams)
+            if topic_id is None:
+                del streams[stream_id]
+            else:
+                streams[stream_id] = {"flags": sp["flags"],
+                                      "topics": {tid: f for tid, f in sp["topics"].items() if tid != topic_id}}
+            u.permissions = {**u.permissions, "streams": streams}
 
     def _apply_partitions_create(self, r):
         t = self.streams[r["stream"]].topics[r["topic"]]
@@ -155,8 +187,12 @@ class State:
         del self.streams[r["stream"]].topics[r["topic"]].groups[r["id"]]
 
     def _apply_user_create(self, r):
+        # records written before generations existed get the next one, in replay order (so
+        # every replay assigns the same numbers)
+        generation = r.get("generation") or self.next_user_generation
+        self.next_user_generation = max(self.next_user_generation, generation + 1)
         self.users[r["id"]] = UserMeta(r["id"], r["username"], r["password_hash"], r["status"],
-                                       r["permissions"], r["created_at"])
+                                       r["permissions"], r["created_at"], generation)
 
     def _apply_user_update(self, r):
         u = self.users[r["id"]]
@@ -203,9 +239,10 @@ class State:
                 for s in self.streams.values()
             ],
             "users": [
-                [u.id, u.username, u.password_hash, u.status, u.permissions, u.created_at]
+                [u.id, u.username, u.password_hash, u.status, u.permissions, u.created_at, u.generation]
                 for u in self.users.values()
             ],
+            "next_user_generation": self.next_user_generation,
             "tokens": [[t.user_id, t.name, t.token_hash, t.expiry_at] for t in self.tokens.values()],
         }
 
@@ -221,8 +258,13 @@ class State:
                 t.groups = {gid: GroupMeta(gid, n) for gid, n in td["groups"]}
                 s.topics[t.id] = t
             st.streams[s.id] = s
-        for uid, name, ph, status, perms, created in d["users"]:
-            st.users[uid] = UserMeta(uid, name, ph, status, perms, created)
+        for row in d["users"]:
+            uid, name, ph, status, perms, created = row[:6]
+            # snapshots written before generations existed: number the users in order
+            generation = row[6] if len(row) > 6 else st.next_user_generation
+            st.next_user_generation = max(st.next_user_generation, generation + 1)
+            st.users[uid] = UserMeta(uid, name, ph, status, perms, created, generation)
+        st.next_user_generation = max(st.next_user_generation, d.get("next_user_generation", 1))
         for uid, name, th, exp in d["tokens"]:
             st.tokens[th] = TokenMeta(uid, name, th, exp)
         return st

@@ -33,7 +33,7 @@ PollKind = Literal["offset", "timestamp", "first", "last", "next", "o", "t", "f"
 
 def http_session(user) -> Session:
     """A session standing for one HTTP request; never registered, so never listed as a client."""
-    return Session(client_id=0, address="", transport=TRANSPORT_HTTP, user_id=user.id)
+    return Session(client_id=0, address="", transport=TRANSPORT_HTTP, user_id=user.id, user_generation=user.generation)
 
 
 def _require_topic(plane, sid, tid) -> None:

@@ -14,6 +14,8 @@ from iggy.control import permissions as perm
 from iggy.control import tokens, users
 from iggy.errors import ErrorCode, IggyError
 from iggy.http import schemas, views
+from iggy.http.auth import Principal
+from iggy.http.bridge import user_of
 from iggy.http.context import Caller, Ctx, HttpContext, ident
 from iggy.http.errors import NotFound
 
@@ -21,31 +23,38 @@ PUBLIC = {"public": True}
 STATUS = {"active": users.STATUS_ACTIVE, "inactive": users.STATUS_INACTIVE}
 
 
-def identity(ctx: HttpContext, user_id: int) -> dict:
+def identity(ctx: HttpContext, who: Principal) -> dict:
     """IdentityInfo: the user id and a fresh access token (nested object, as every Iggy release)."""
-    return {"user_id": user_id, "access_token": ctx.jwt.issue(user_id)}
+    return {"user_id": who.user_id, "access_token": ctx.jwt.issue(who)}
 
 
 # ------------------------------------------------------------------- login / logout / refresh
 
-async def _login(plane, username: str, password: str) -> int:
-    return (await users.authenticate(plane, username, password)).id
+def client_address(request: Request) -> str:
+    """The peer's host, the key of the failed-login backoff (iggy.control.throttle)."""
+    client = request.client
+    return client.host if client is not None and client.host else "unknown"
 
 
-def _existing(plane, user_id: int) -> int:
-    if plane.meta.state.users.get(user_id) is None:
-        raise IggyError(ErrorCode.UNAUTHENTICATED)
-    return user_id
+async def _login(plane, address: str, username: str, password: str) -> Principal:
+    user = await users.password_login(plane, address, username, password)
+    return Principal(user.id, user.generation)
 
 
-def _pat_login(plane, token: str) -> int:
-    return users.user_for_token(plane, token).id
+def _existing(plane, who: Principal) -> Principal:
+    user_of(plane, who)
+    return who
+
+
+def _pat_login(plane, address: str, token: str) -> Principal:
+    user = users.token_login(plane, address, token)
+    return Principal(user.id, user.generation)
 
 
 @post("/users/login", opt=PUBLIC, status_code=200, summary="Log in with username and password")
-async def login(ctx: Ctx, data: JSONBody[schemas.Login]) -> dict:
-    user_id = await ctx.bridge.call(_login, data.username, data.password)
-    return identity(ctx, user_id)
+async def login(ctx: Ctx, request: Request, data: JSONBody[schemas.Login]) -> dict:
+    who = await ctx.bridge.call(_login, client_address(request), data.username, data.password)
+    return identity(ctx, who)
 
 
 @delete("/users/logout", status_code=204, summary="Log out (revokes the access token)")
@@ -55,15 +64,15 @@ async def logout(ctx: Ctx, request: Request) -> None:
 
 @post("/users/refresh-token", opt=PUBLIC, status_code=200, summary="Exchange a valid access token for a new one")
 async def refresh_token(ctx: Ctx, data: JSONBody[schemas.Token]) -> dict:
-    user_id = ctx.jwt.user_id(data.token)
-    if user_id is None:
+    who = ctx.jwt.principal(data.token)
+    if who is None:
         raise IggyError(ErrorCode.UNAUTHENTICATED)
-    return identity(ctx, await ctx.bridge.call(_existing, user_id))
+    return identity(ctx, await ctx.bridge.call(_existing, who))
 
 
 @post("/personal-access-tokens/login", opt=PUBLIC, status_code=200, summary="Log in with a personal access token")
-async def pat_login(ctx: Ctx, data: JSONBody[schemas.Token]) -> dict:
-    return identity(ctx, await ctx.bridge.call(_pat_login, data.token))
+async def pat_login(ctx: Ctx, request: Request, data: JSONBody[schemas.Token]) -> dict:
+    return identity(ctx, await ctx.bridge.call(_pat_login, client_address(request), data.token))
 
 
 # ------------------------------------------------------------------- personal access tokens

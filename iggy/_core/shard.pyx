@@ -982,8 +982,10 @@ cdef class Shard:
                 self._wake_budget_waiters()
 
     cdef void _free_buffers(self, Conn *c) noexcept nogil:
-        self._drop_buffer(&c.rbuf, &c.rcap)
-        # (the receive buffer is never counted: give back only output buffers)
+        # (the receive buffer is not counted in the reply budget: only output buffers are)
+        _free_buf(c.rbuf, c.rcap)
+        c.rbuf = NULL
+        c.rcap = 0
         self._drop_buffer(&c.wbuf, &c.wcap)
         self._drop_buffer(&c.sbuf, &c.scap)
         c.rstart = c.rend = c.wstart = c.wend = c.sstart = c.send_end = 0

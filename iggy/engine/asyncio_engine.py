@@ -93,6 +93,12 @@ def reply_budget(plane) -> ReplyBudget:
     return budget
 
 
+def budget_counters(plane) -> dict:
+    """The reply budget's gauges of GET /metrics."""
+    budget = reply_budget(plane)
+    return {"reply_buffers_bytes": budget.used, "reply_buffer_waiters": len(budget._waiting)}
+
+
 class Connection(asyncio.BufferedProtocol):
     """A binary-protocol connection; `transport_kind` is what GET_CLIENTS reports."""
 
@@ -281,6 +287,7 @@ def limit_seconds(text) -> float:
 
 async def start_tcp(plane, host: str, port: int, max_frame_size: int):
     loop = asyncio.get_running_loop()
+    plane.engine_counters = lambda: budget_counters(plane)
     server = await loop.create_server(lambda: Connection(plane, max_frame_size), host, port,
                                       reuse_address=True, backlog=1024)
     return server

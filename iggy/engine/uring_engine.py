@@ -194,10 +194,13 @@ class UringEngine:
                     session.close()
 
     def counters(self) -> dict:
-        """Requests the shards took and how many the C data plane served (GET /metrics)."""
+        """Requests the shards took, how many the C data plane served, the reply budget (GET /metrics)."""
+        from iggy._core.shard import Shard
+        used, _cap, waiters = Shard.reply_budget()
         return {"shard_requests": sum(s.frames for s in self.shards),
                 "shard_requests_native": sum(s.fast_frames for s in self.shards),
-                "shard_fsyncs": sum(s.fsyncs for s in self.shards)}
+                "shard_fsyncs": sum(s.fsyncs for s in self.shards),
+                "reply_buffers_bytes": used, "reply_buffer_waiters": waiters}
 
     def close(self) -> None:
         if self._idle_task is not None:

@@ -225,6 +225,48 @@ def check_reply_budget_waits(server, stream: str = "memb", topic: str = "t") -> 
             "reply_mib": _mib(256 + len(reply.body))}
 
 
+def budget_gauges(server, settle: float = 10.0) -> dict:
+    """reply_buffers_bytes and reply_buffer_waiters of GET /metrics, once they are back to 0 (or
+    what they are after `settle` seconds): replies are given back as the transport sends them."""
+    import httpx
+    token = httpx.post(server.http_url + "/users/login", json={"username": "iggy", "password": "iggy"}).json()
+    headers = {"Authorization": f"Bearer {token['access_token']['token']}"}
+    deadline = time.monotonic() + settle
+    while True:
+        text = httpx.get(server.http_url + "/metrics", headers=headers).text
+        gauges = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("reply_buffers_bytes", "reply_buffer_waiters"):
+                gauges[name] = float(value)
+        if not any(gauges.values()) or time.monotonic() > deadline:
+            return gauges
+        time.sleep(0.1)
+
+
+def check_budget_given_back_by_vanishing_clients(server, stream: str = "memb", topic: str = "t") -> dict:
+    """Clients that go away mid-transfer: one in the middle of sending a big frame, one right
+    after asking for a big poll, one in the middle of reading it. Nothing stays counted."""
+    body = _poll_body(stream, topic, 1_000_000)
+    sender = Client(server.tcp_address)
+    big = build_request(160, 0, b"\0" * (6 * MIB), session=sender.session, request=1, client=sender.client)
+    sender.send_raw(big[:3 * MIB])             # half a big frame (its receive buffer is big)
+    asker = Client(server.tcp_address)
+    asker.send_raw(build_request(2, 100, body, session=asker.session, request=1, client=asker.client))
+    reader = Client(server.tcp_address)
+    reader.send_raw(build_request(2, 100, body, session=reader.session, request=1, client=reader.client))
+    reader.recv_exact(MIB)
+    time.sleep(0.3)
+    for c in (sender, asker, reader):
+        c.close()
+    gauges = budget_gauges(server)
+    after = Client(server.tcp_address)       # and a big poll is still served in full
+    reply = after.read(100, body)
+    assert reply.status == 0 and len(reply.body) > MIB, reply
+    after.close()
+    return {**gauges, "big_poll_after": _mib(256 + len(reply.body))}
+
+
 # --------------------------------------------------------------------------- HTTP poll of everything
 
 def check_http_poll_all(server, messages: int = 1_000_000, payload: int = 10, per_batch: int = 10_000) -> dict:

@@ -62,11 +62,22 @@ def test_big_polls_are_bounded_by_the_reply_budget_and_given_back(make_server):
 
 
 def test_a_big_poll_waits_while_the_budget_is_held_and_runs_once_it_is_given_back(make_server):
-    server = make_server(IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE="8 MiB", IGGY_LIMITS_MAX_REPLY_BUFFERS="1 MiB")
+    server = make_server(IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE="8 MiB", IGGY_LIMITS_MAX_REPLY_BUFFERS="1 MiB",
+                         IGGY_HTTP_ENABLED="true")
     memory.fill_partition(server, "memb", "t", 12 * MIB, 1000, 1000)
     stats = memory.check_reply_budget_waits(server)
     assert stats["big_poll_waited_for_budget"], stats
     assert stats["reply_mib"] > 7, stats
+    assert memory.budget_gauges(server) == {"reply_buffers_bytes": 0, "reply_buffer_waiters": 0}
+
+
+def test_clients_vanishing_mid_transfer_leave_nothing_counted(make_server):
+    server = make_server(IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE="8 MiB", IGGY_LIMITS_MAX_REPLY_BUFFERS="32 MiB",
+                         IGGY_HTTP_ENABLED="true")
+    memory.fill_partition(server, "memb", "t", 12 * MIB, 1000, 1000)
+    stats = memory.check_budget_given_back_by_vanishing_clients(server)
+    assert (stats["reply_buffers_bytes"], stats["reply_buffer_waiters"]) == (0, 0), stats
+    assert stats["big_poll_after"] > 7, stats
 
 
 def test_an_http_poll_of_everything_is_capped_like_a_tcp_one(make_server, tmp_path):

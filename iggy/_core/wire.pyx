@@ -373,7 +373,8 @@ cdef class FrameReader:
         self._start += size
         if self._start == self._end:
             self._start = self._end = 0
-        self._shrink()
+        if self._cap > _BIG_BUFFER:
+            self._shrink()
         return hdr, body
 
 

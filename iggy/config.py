@@ -42,7 +42,9 @@ DURATION_KEYS = {
     "http.header_read_timeout", "http.body_read_timeout", "http.keep_alive_timeout",
 }
 SIZE_KEYS = {"http.max_request_size", "http.max_header_size", "message_bus.max_message_size", "limits.max_write_buffer", "quic.receive_window",
-             "quic.stream_receive_window"}
+             "quic.stream_receive_window", "limits.max_unauthenticated_frame", "limits.max_reply_buffers"}
+# a login frame (256-byte header, version, username, password, context) must always fit
+MIN_UNAUTHENTICATED_FRAME = 4096
 ADDRESS_KEYS = {"tcp.address", "http.address", "quic.address", "websocket.address"}
 ENGINES = ("auto", "uring", "asyncio")
 
@@ -236,6 +238,11 @@ def _validate(tree: dict, names: dict) -> None:
             parse_size(_get(tree, path))
         except ValueError as exc:
             raise ConfigError(f"{where(path)}: {exc}") from None
+    if parse_size(_get(tree, "limits.max_unauthenticated_frame")) < MIN_UNAUTHENTICATED_FRAME:
+        raise ConfigError(f"{where('limits.max_unauthenticated_frame')}: must be at least "
+                          f"{MIN_UNAUTHENTICATED_FRAME} bytes (a login frame must fit)")
+    if parse_size(_get(tree, "limits.max_reply_buffers")) < 1:
+        raise ConfigError(f"{where('limits.max_reply_buffers')}: must be at least 1 byte")
     for path in ADDRESS_KEYS:
         address = _get(tree, path)
         host, sep, port = address.rpartition(":")

@@ -244,6 +244,21 @@ def test_invalid_duration_and_size_name_key():
         load_config(env={"IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE": "big"})
 
 
+def test_memory_limits_have_defaults_and_bounds():
+    cfg = load_config(env={})
+    assert parse_size(cfg.limits.max_unauthenticated_frame) == 64 * 1024
+    assert parse_size(cfg.limits.max_reply_buffers) == 256 * 1024 * 1024
+    cfg = load_config(env={"IGGY_LIMITS_MAX_UNAUTHENTICATED_FRAME": "8 KiB", "IGGY_LIMITS_MAX_REPLY_BUFFERS": "1 GiB"})
+    assert (cfg.limits.max_unauthenticated_frame, cfg.limits.max_reply_buffers) == ("8 KiB", "1 GiB")
+    # a login frame must always fit
+    with pytest.raises(ConfigError, match=r"limits\.max_unauthenticated_frame.*at least 4096"):
+        load_config(env={"IGGY_LIMITS_MAX_UNAUTHENTICATED_FRAME": "1 KiB"})
+    with pytest.raises(ConfigError, match=r"limits\.max_reply_buffers"):
+        load_config(env={"IGGY_LIMITS_MAX_REPLY_BUFFERS": "0"})
+    with pytest.raises(ConfigError, match=r"limits\.max_reply_buffers"):
+        load_config(env={"IGGY_LIMITS_MAX_REPLY_BUFFERS": "lots"})
+
+
 def test_engine_must_be_known():
     assert load_config(env={"IGGY_SYSTEM_ENGINE": "uring"}).system.engine == "uring"
     with pytest.raises(ConfigError, match=r"system\.engine"):

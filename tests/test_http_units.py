@@ -253,3 +253,23 @@ def test_web_ui_routing(tmp_path):
         assert client.get("/ui/nope.js").status_code == 404
         assert client.get("/ui/../secret.txt").text != "no"
         assert client.get("/ui/%2e%2e/secret.txt").text != "no"
+
+
+@pytest.mark.parametrize("payload", [1, 100, 10_000, 200_000])
+def test_poll_caps_keep_the_json_reply_within_the_frame_limit(payload):
+    # the most JSON the caps allow: as many messages as the count cap, each as big as the
+    # byte cap lets them be, with the largest numbers JSON can hold
+    import json
+    from iggy._core.batch import build_batch, iter_messages
+    limit = 1 << 20
+    count, max_bytes = mj.poll_caps(limit, 0xFFFFFFFF)
+    assert (count, max_bytes) == (512, 655360)
+    n = max(1, min(count, max_bytes // (48 + payload)))
+    data = build_batch([((1 << 128) - 1 - i, b"\xff" * payload, b"") for i in range(n)])
+    messages = list(iter_messages(data))
+    for m in messages:
+        m.update(checksum=(1 << 64) - 1, offset=(1 << 64) - 1, timestamp=(1 << 64) - 1,
+                 origin_timestamp=(1 << 64) - 1)
+    body = json.dumps(mj.polled_json(0xFFFFFFFF, (1 << 64) - 1, messages)).encode()
+    assert len(body) <= limit, (n, len(body))
+    assert mj.poll_caps(limit, 7) == (7, 655360)

@@ -226,3 +226,50 @@ def test_writer_round_trips_through_reader():
         Writer().name("")
     with pytest.raises(ValueError):
         Writer().name("x" * 256)
+
+
+def test_frame_reader_refuses_a_big_frame_before_login_at_its_header():
+    r = FrameReader(4 << 20, 4096)
+    assert r.frame_limit == 4096 and not r.authenticated
+    small = build_request(1, 0, LOGIN_BODY, client=9)
+    r.feed(small)
+    assert r.next_frame()[1] == LOGIN_BODY
+    # only the header of a 2 MiB frame is in: refused already, and no room is made for it
+    frame = build_request(2, 1, b"\0" * ((2 << 20) - 256), client=9)
+    r.feed(frame[:256])
+    assert len(r.get_buffer()) < 1 << 20
+    with pytest.raises(FrameError, match=r"frame size 2097152 over limits.max_unauthenticated_frame \(4096\)"):
+        r.next_frame()
+    # logged in: the frame limit is the maximum frame again
+    r2 = FrameReader(4 << 20, 4096)
+    r2.authenticated = True
+    assert r2.frame_limit == 4 << 20
+    r2.feed(frame)
+    assert len(r2.next_frame()[1]) == (2 << 20) - 256
+
+
+def test_frame_reader_without_an_unauthenticated_limit_takes_any_frame():
+    r = FrameReader(1 << 20)
+    assert r.frame_limit == 1 << 20
+    r.feed(build_request(2, 1, b"\0" * 100_000, client=9))
+    assert len(r.next_frame()[1]) == 100_000
+
+
+def test_frame_reader_gives_a_big_buffer_back_after_the_frame():
+    r = FrameReader(64 << 20)
+    r.authenticated = True
+    big = build_request(2, 1, b"\0" * (8 << 20), client=9)
+    ping = build_request(2, 1, b"", client=9)
+    pos = 0
+    while pos < len(big):                      # as asyncio's BufferedProtocol fills it
+        view = r.get_buffer()
+        n = min(len(view), len(big) - pos)
+        view[:n] = big[pos:pos + n]
+        r.buffer_updated(n)
+        pos += n
+    assert r.capacity >= 8 << 20
+    r.feed(ping[:100])                         # a little of the next frame is in too
+    assert len(r.next_frame()[1]) == 8 << 20
+    assert r.capacity == 65536 and r.buffered == 100
+    r.feed(ping[100:])
+    assert r.next_frame()[1] == b""

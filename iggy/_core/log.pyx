@@ -132,7 +132,7 @@ cdef unsigned char *_thread_buffer(void *ctx, uint64_t n) noexcept nogil:
 
 cdef enum:
     WINDOW_LEN = 1 << 20        # recovery read-ahead
-    READ_BUFFER_KEEP = 64 << 20 # a thread's read buffer is freed after a read bigger than this
+    READ_BUFFER_KEEP = 4 << 20  # a thread's read buffer is freed after a read bigger than this
     MIN_FRAME_LEN = 49          # 48-byte header + at least one payload byte
     CUT_OK = 0
     CUT_CORRUPT = 1

@@ -34,6 +34,29 @@ than `max_write_buffer` bytes of its replies are unsent (a client that does not 
 shard neither parses its buffered frames nor reads more from it; it resumes as the client
 reads. A reply posted as None closes the connection at once, unsent replies dropped.
 
+Before login (the connection's user_id is -1) a frame may be at most
+`max_unauthenticated_frame` bytes and unread input is bounded by that instead of the maximum
+frame: a bigger size field closes the connection as soon as the header is in (the handler's
+`on_bad_frame` logs why), so a client that has not logged in costs at most about
+max_unauthenticated_frame + 64 KiB of buffer.
+
+Buffer memory: a connection's buffers are malloc'd up to BIG_BUFFER (1 MiB) and kept while
+it lives; a buffer that must grow past that (a big frame, a big reply) is an anonymous mmap
+of its own, sized to what it must hold, and is unmapped — its pages back to the kernel at
+once, no allocator in between — as soon as it is done: the receive buffer when the frame is
+consumed (back to 128 KiB), an output buffer when its bytes are sent. Every buffer is freed
+when the connection's slot is closed and the kernel no longer owns it.
+
+Reply budget: the bytes of big output buffers of all shards together are counted
+(process-wide, atomically) against `max_reply_buffers`. A data-plane poll whose reply needs a
+big buffer that would go over the budget (unless nothing is counted at all: one reply always
+proceeds) is not served yet: the C data plane stops before reading anything (its reserve is
+refused, it falls back, nothing was read or committed), the frame stays in the receive buffer
+and the connection waits (`budget_wait`) until a shard gives big buffers back; every shard
+with waiting connections is then woken and serves them again in slot order. Replies that
+exist already (from Python) are always queued and counted, even over the budget. Only big
+data-plane poll replies ever wait, so a spent budget never holds up pings, sends or commands.
+
 Connections are spread evenly: SO_REUSEPORT hashes each new connection to one shard's
 listener, and a shard that accepts one while another shard holds fewer connections hands it
 over (the fd is posted to that shard, which adopts it), so two producers never share a
@@ -49,12 +72,13 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, mremap, munmap
 from posix.unistd cimport close, fdatasync, read, write
 
 from libc.stdint cimport int64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-from iggy._core.dataplane cimport DP_DONE, DP_SYNC, Sink, dp_serve
+from iggy._core.dataplane cimport DP_DONE, DP_FALLBACK, DP_SYNC, Sink, dp_serve
 from iggy._core.includes.le cimport le_u32, put_u32
 from iggy._core.includes.uring cimport *
 from iggy._core.mutex cimport (pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t,
@@ -74,6 +98,18 @@ cdef extern from *:
     uint32_t __atomic_fetch_add(uint32_t *p, uint32_t v, int order) nogil
     uint32_t __atomic_fetch_sub(uint32_t *p, uint32_t v, int order) nogil
     int __ATOMIC_RELAXED
+    int __ATOMIC_SEQ_CST
+    # the same builtins on size_t (the reply budget, shared by all shards)
+    size_t _size_add "__atomic_add_fetch"(size_t *p, size_t v, int order) nogil
+    size_t _size_sub "__atomic_sub_fetch"(size_t *p, size_t v, int order) nogil
+    size_t _size_load "__atomic_load_n"(size_t *p, int order) nogil
+    bint _size_cas "__atomic_compare_exchange_n"(size_t *p, size_t *expected, size_t desired, bint weak,
+                                                 int success, int failure) nogil
+
+
+cdef extern from "<sys/mman.h>" nogil:
+    enum:
+        MREMAP_MAYMOVE
 
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -90,10 +126,17 @@ DEF K_FSYNC = 5
 DEF E_CANNOT_SYNC_FILE = 10009
 DEF HEADER = 256
 DEF RECV_CHUNK = 65536
+DEF BIG_BUFFER = 1 << 20      # buffers above this are mmapped and given back as soon as done
+DEF BUDGET_GATE = 65536       # a data-plane reservation above this may wait for the reply budget
 DEF MAX_CQES = 128
 
 
 cdef uint64_t MASK32 = 0xFFFFFFFFu
+
+# the reply budget (module docstring), shared by every shard of the process
+cdef size_t g_reply_used = 0          # bytes of big output buffers allocated now
+cdef size_t g_reply_cap = 0           # max_reply_buffers; 0: no budget
+cdef size_t g_reply_waiters = 0       # connections waiting for it, all shards
 
 cdef enum:
     SYNC_FREE = 0
@@ -125,6 +168,9 @@ cdef struct Conn:
     size_t sstart
     size_t send_end
     uint32_t sync_op      # 1 + index of the SyncOp its held reply waits for, 0 = none
+    bint budget_refused   # set by the sink: a big reply was refused for the reply budget
+    bint budget_wait      # the frame at rstart waits for the reply budget
+    size_t budget_need    # the big-buffer bytes it asked for
     uint32_t held_len
     unsigned char held[256 + 24]
 
@@ -153,16 +199,65 @@ cdef inline uint64_t _monotonic_ns() noexcept nogil:
     return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
 
 
-cdef bint _grow(unsigned char **buf, size_t *cap, size_t need) noexcept nogil:
-    """Make buf hold at least need bytes (contents kept); False when out of memory."""
+cdef inline size_t _round_big(size_t n) noexcept nogil:
+    return (n + 65535) & ~(<size_t>65535)
+
+
+cdef void _free_buf(unsigned char *buf, size_t cap) noexcept nogil:
+    if buf == NULL:
+        return
+    if cap > BIG_BUFFER:
+        munmap(buf, cap)
+    else:
+        free(buf)
+
+
+cdef unsigned char *_resize(unsigned char *buf, size_t cap, size_t new_cap, size_t keep) noexcept nogil:
+    """buf (cap bytes) as a buffer of new_cap bytes with its first keep bytes; NULL when out of
+    memory (buf untouched). Up to BIG_BUFFER it is malloc'd, above an anonymous mmap of its own:
+    unmapping it gives the pages back at once, where free() could leave them in glibc's heap
+    (its mmap threshold rises with every big block freed)."""
+    cdef void *p
+    if cap <= BIG_BUFFER and new_cap <= BIG_BUFFER:
+        return <unsigned char *>realloc(buf, new_cap)
+    if cap > BIG_BUFFER and new_cap > BIG_BUFFER:
+        p = mremap(buf, cap, new_cap, MREMAP_MAYMOVE)
+        return NULL if p == MAP_FAILED else <unsigned char *>p
+    if new_cap > BIG_BUFFER:
+        p = mmap(NULL, new_cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if p == MAP_FAILED:
+            return NULL
+    else:
+        p = malloc(new_cap)
+        if p == NULL:
+            return NULL
+    if keep:
+        memcpy(p, buf, keep)
+    _free_buf(buf, cap)
+    return <unsigned char *>p
+
+
+cdef inline size_t _new_cap(size_t cap, size_t need) noexcept nogil:
+    """Capacity for need bytes: doubling while small, then what is needed (+50 % when a big
+    buffer grows again, so appending is amortised)."""
+    cdef size_t new_cap = cap * 2 if cap else RECV_CHUNK
+    while new_cap < need:
+        new_cap *= 2
+    if new_cap <= BIG_BUFFER:
+        return new_cap
+    if cap > BIG_BUFFER and need < cap + cap // 2:
+        need = cap + cap // 2
+    return _round_big(need)
+
+
+cdef bint _grow(unsigned char **buf, size_t *cap, size_t need, size_t keep) noexcept nogil:
+    """Make buf hold at least need bytes (its first keep bytes kept); False when out of memory."""
     cdef size_t new_cap
     cdef unsigned char *grown
     if need <= cap[0]:
         return True
-    new_cap = cap[0] * 2 if cap[0] else RECV_CHUNK
-    while new_cap < need:
-        new_cap *= 2
-    grown = <unsigned char *>realloc(buf[0], new_cap)
+    new_cap = _new_cap(cap[0], need)
+    grown = _resize(buf[0], cap[0], new_cap, keep)
     if grown == NULL:
         return False
     buf[0] = grown
@@ -170,14 +265,60 @@ cdef bint _grow(unsigned char **buf, size_t *cap, size_t need) noexcept nogil:
     return True
 
 
-cdef unsigned char *_sink_reserve(void *ctx, uint64_t n) noexcept nogil:
-    """Sink.reserve for the data plane: room for n bytes at the end of the pending output."""
-    cdef Conn *c = <Conn *>ctx
+cdef inline size_t _big(size_t cap) noexcept nogil:
+    """The bytes of a buffer counted in the reply budget (only big buffers count)."""
+    return cap if cap > BIG_BUFFER else 0
+
+
+cdef bint _budget_take(size_t n, bint may_wait) noexcept nogil:
+    """Count n more bytes of big output buffers. may_wait: refuse (False) when that would go
+    over the budget, unless nothing is counted now; else always counted."""
+    cdef size_t cur
+    if not may_wait or g_reply_cap == 0:
+        _size_add(&g_reply_used, n, __ATOMIC_SEQ_CST)
+        return True
+    cur = _size_load(&g_reply_used, __ATOMIC_SEQ_CST)
+    while True:
+        if cur != 0 and cur + n > g_reply_cap:
+            return False
+        if _size_cas(&g_reply_used, &cur, cur + n, False, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST):
+            return True
+
+
+cdef inline bint _budget_room(size_t n) noexcept nogil:
+    cdef size_t cur = _size_load(&g_reply_used, __ATOMIC_SEQ_CST)
+    return g_reply_cap == 0 or cur == 0 or cur + n <= g_reply_cap
+
+
+cdef unsigned char *_out_reserve(Conn *c, size_t n, bint may_wait) noexcept nogil:
+    """Room for n bytes at the end of the pending output. NULL when out of memory, or (may_wait,
+    a big data-plane reply) when the reply budget is spent: then c.budget_refused is set."""
+    cdef size_t need, new_cap, extra
+    cdef unsigned char *grown
     if c.wstart and c.wstart == c.wend:
         c.wstart = c.wend = 0
-    if not _grow(&c.wbuf, &c.wcap, c.wend + n):
+    need = c.wend + n
+    if need <= c.wcap:
+        return c.wbuf + c.wend
+    new_cap = _new_cap(c.wcap, need)
+    extra = _big(new_cap) - _big(c.wcap)
+    if extra and not _budget_take(extra, may_wait and n > BUDGET_GATE):
+        c.budget_refused = True
+        c.budget_need = extra
         return NULL
+    grown = _resize(c.wbuf, c.wcap, new_cap, c.wend)
+    if grown == NULL:
+        if extra:
+            _size_sub(&g_reply_used, extra, __ATOMIC_SEQ_CST)
+        return NULL
+    c.wbuf = grown
+    c.wcap = new_cap
     return c.wbuf + c.wend
+
+
+cdef unsigned char *_sink_reserve(void *ctx, uint64_t n) noexcept nogil:
+    """Sink.reserve for the data plane: room for n bytes at the end of the pending output."""
+    return _out_reserve(<Conn *>ctx, n, True)
 
 
 cdef void _sink_commit(void *ctx, uint64_t n) noexcept nogil:
@@ -198,7 +339,10 @@ cdef class Shard:
     cdef Conn *conns
     cdef uint32_t max_conns
     cdef uint32_t max_frame
+    cdef uint32_t max_unauth          # the largest frame before login
     cdef size_t max_wbuf
+    cdef uint32_t n_waiting           # connections of this shard waiting for the reply budget
+    cdef volatile bint retry_budget   # look at them again at the top of the loop
     cdef object handler
     cdef object router            # iggy._core.router.Router, or None: everything goes to Python
     cdef void *router_ptr
@@ -235,8 +379,13 @@ cdef class Shard:
 
     def __init__(self, listen_sock, handler, uint32_t max_frame_size, uint32_t max_connections=4096,
                  unsigned ring_entries=512, size_t max_write_buffer=1 << 20, Router router=None,
-                 uint64_t max_poll_bytes=0):
+                 uint64_t max_poll_bytes=0, uint32_t max_unauthenticated_frame=0, size_t max_reply_buffers=0):
+        global g_reply_cap
         cdef int rc
+        self.max_unauth = max_unauthenticated_frame if 0 < max_unauthenticated_frame < max_frame_size \
+            else max_frame_size
+        if max_reply_buffers:
+            g_reply_cap = max_reply_buffers
         self.router = router
         self.router_ptr = <void *>router if router is not None else NULL
         self.max_poll_bytes = max_poll_bytes if max_poll_bytes else max_frame_size - HEADER - 16
@@ -265,9 +414,11 @@ cdef class Shard:
             for i in range(self.max_conns):
                 if self.conns[i].live:
                     close(self.conns[i].fd)
-                free(self.conns[i].rbuf)
-                free(self.conns[i].wbuf)
-                free(self.conns[i].sbuf)
+                # (no waking here: the other shards may be gone already)
+                _size_sub(&g_reply_used, _big(self.conns[i].wcap) + _big(self.conns[i].scap), __ATOMIC_SEQ_CST)
+                _free_buf(self.conns[i].rbuf, self.conns[i].rcap)
+                _free_buf(self.conns[i].wbuf, self.conns[i].wcap)
+                _free_buf(self.conns[i].sbuf, self.conns[i].scap)
             free(self.conns)
         if self.syncs != NULL:
             for i in range(self.n_syncs):
@@ -364,6 +515,8 @@ cdef class Shard:
             while not self.stopping:
                 if self.syncs_collecting:
                     self._submit_syncs()
+                if self.retry_budget:
+                    self._retry_budget()
                 io_uring_submit_and_wait(&self.ring, 1)
                 n = io_uring_peek_batch_cqe(&self.ring, cqes, MAX_CQES)
                 for i in range(n):
@@ -397,6 +550,8 @@ cdef class Shard:
                 io_uring_sqe_set_data64(sqe, _tag(K_ACCEPT, 0, 0))
         elif kind == K_WAKE:
             self._drain_posted()
+            if self.n_waiting:
+                self.retry_budget = True      # maybe woken because a shard gave big buffers back
             if not self.stopping:
                 self._arm_wake()
         elif kind == K_FSYNC:
@@ -447,6 +602,8 @@ cdef class Shard:
         c.wstart = c.wend = 0
         c.sstart = c.send_end = 0
         c.sync_op = 0
+        c.budget_refused = False
+        c.budget_wait = False
         self.accepted += 1
         if not self._notify_open(slot):
             self._close(slot)
@@ -472,8 +629,10 @@ cdef class Shard:
         try:
             if size < HEADER or size > self.max_frame:
                 reason = f"frame size {size} outside 256..{self.max_frame}"
-            else:
+            elif command != 5:
                 reason = f"header command {command} is not a request"
+            else:
+                reason = f"frame size {size} over limits.max_unauthenticated_frame ({self.max_unauth}) before login"
             self.handler.on_bad_frame(self, (<uint64_t>self.conns[slot].gen << 32) | slot, reason)
         except BaseException:
             pass
@@ -481,7 +640,8 @@ cdef class Shard:
     cdef void _arm_recv(self, uint32_t slot) noexcept nogil:
         cdef Conn *c = &self.conns[slot]
         cdef io_uring_sqe *sqe
-        cdef size_t want
+        cdef size_t want, avail
+        cdef unsigned char *small
         if c.recv_armed or not c.live or c.closing:
             return
         if c.rstart and c.rstart == c.rend:
@@ -490,12 +650,25 @@ cdef class Shard:
             memmove(c.rbuf, c.rbuf + c.rstart, c.rend - c.rstart)
             c.rend -= c.rstart
             c.rstart = 0
-        # never hold more than one maximum frame of unread input, and read nothing more while
-        # the client leaves more than max_wbuf bytes of replies unread
-        if c.rend - c.rstart >= <size_t>self.max_frame + HEADER or _unsent(c) >= self.max_wbuf:
+        # never hold more than one frame of unread input (before login: one unauthenticated
+        # frame), and read nothing more while the client leaves more than max_wbuf bytes of
+        # replies unread
+        if (c.rend - c.rstart >= <size_t>(self.max_frame if c.user_id >= 0 else self.max_unauth) + HEADER
+                or _unsent(c) >= self.max_wbuf):
             return
+        avail = c.rend - c.rstart
+        if c.rcap > BIG_BUFFER and avail <= RECV_CHUNK:
+            # the big frame it grew for is consumed: back to the base size, pages unmapped
+            small = <unsigned char *>malloc(2 * RECV_CHUNK)
+            if small != NULL:
+                memcpy(small, c.rbuf + c.rstart, avail)
+                _free_buf(c.rbuf, c.rcap)
+                c.rbuf = small
+                c.rcap = 2 * RECV_CHUNK
+                c.rstart = 0
+                c.rend = avail
         want = c.rend + RECV_CHUNK
-        if not _grow(&c.rbuf, &c.rcap, want):
+        if not _grow(&c.rbuf, &c.rcap, want, c.rend):
             self._close(slot)
             return
         sqe = self._sqe()
@@ -511,6 +684,10 @@ cdef class Shard:
         if c.send_armed or not c.live:
             return
         if c.sstart == c.send_end:
+            c.sstart = c.send_end = 0
+            if c.scap > BIG_BUFFER:
+                # a big reply has gone out: unmap it, give it back to the reply budget
+                self._drop_buffer(&c.sbuf, &c.scap)
             # the in-flight buffer is drained: the pending output becomes the one in flight
             if c.wstart == c.wend:
                 return
@@ -533,6 +710,7 @@ cdef class Shard:
         c.recv_armed = False
         if res <= 0 or not c.live:
             self._close(slot)
+            self._release_if_done(slot)
             return
         c.rend += res
         self._process(slot)
@@ -542,8 +720,9 @@ cdef class Shard:
     cdef void _on_send(self, uint32_t slot, int res) noexcept nogil:
         cdef Conn *c = &self.conns[slot]
         c.send_armed = False
-        if res < 0:
+        if res < 0 or not c.live:
             self._close(slot)
+            self._release_if_done(slot)
             return
         c.sstart += res
         if c.sstart == c.send_end:
@@ -558,12 +737,12 @@ cdef class Shard:
         self._arm_recv(slot)
 
     cdef bint _queue(self, uint32_t slot, const unsigned char *data, size_t n) noexcept nogil:
+        """Append a reply that exists already (never waits for the reply budget)."""
         cdef Conn *c = &self.conns[slot]
-        if c.wstart and c.wstart == c.wend:
-            c.wstart = c.wend = 0
-        if not _grow(&c.wbuf, &c.wcap, c.wend + n):
+        cdef unsigned char *at = _out_reserve(c, n, False)
+        if at == NULL:
             return False
-        memcpy(c.wbuf + c.wend, data, n)
+        memcpy(at, data, n)
         c.wend += n
         return True
 
@@ -576,21 +755,29 @@ cdef class Shard:
         sink.ctx = c
         sink.reserve = _sink_reserve
         sink.commit = _sink_commit
-        while (c.live and not c.waiting and not c.closing and c.rend - c.rstart >= HEADER
+        while (c.live and not c.waiting and not c.closing and not c.budget_wait and c.rend - c.rstart >= HEADER
                and _unsent(c) < self.max_wbuf):
             p = c.rbuf + c.rstart
             size = le_u32(p + 48)
-            if size < HEADER or size > self.max_frame or p[60] != 5:
+            if size < HEADER or size > self.max_frame or p[60] != 5 or (c.user_id < 0 and size > self.max_unauth):
                 self._notify_bad_frame(slot, size, p[60])
                 self._close(slot)
                 return
             if c.rend - c.rstart < size:
-                if not _grow(&c.rbuf, &c.rcap, c.rstart + size):
+                # (never resized under an armed recv: the kernel writes into it; the next
+                # completion comes back here)
+                if not c.recv_armed and not _grow(&c.rbuf, &c.rcap, c.rstart + size, c.rend):
                     self._close(slot)
                 return
-            self.frames += 1
             c.last_active = _monotonic_ns()
+            c.budget_refused = False
             outcome = dp_serve(self.router_ptr, c.user_id, c.client_id, p, size, self.max_poll_bytes, &sink)
+            if outcome == DP_FALLBACK and c.budget_refused:
+                # a big poll reply and the reply budget is spent: nothing was read or
+                # committed, the frame stays where it is until big buffers are given back
+                self._wait_budget(slot)
+                return
+            self.frames += 1
             if outcome == DP_DONE:
                 self.fast_frames += 1
                 outcome = 0
@@ -772,11 +959,81 @@ cdef class Shard:
             return
         c.live = False
         c.waiting = False
+        if c.budget_wait:
+            self._unwait(c)
         __atomic_fetch_sub(&self.connections, 1, __ATOMIC_RELAXED)
         # wake pending recv/send on this socket; their completions then find the slot closed
         shutdown(c.fd, SHUT_RDWR)
         close(c.fd)
         self._notify_close(slot)
+        self._release_if_done(slot)
+
+    # ------------------------------------------------------------------ buffers and the reply budget
+
+    cdef void _drop_buffer(self, unsigned char **buf, size_t *cap) noexcept nogil:
+        """Free a buffer; a big one is given back to the reply budget (waking who waits)."""
+        cdef size_t big = _big(cap[0])
+        _free_buf(buf[0], cap[0])
+        buf[0] = NULL
+        cap[0] = 0
+        if big:
+            _size_sub(&g_reply_used, big, __ATOMIC_SEQ_CST)
+            if _size_load(&g_reply_waiters, __ATOMIC_SEQ_CST):
+                self._wake_budget_waiters()
+
+    cdef void _free_buffers(self, Conn *c) noexcept nogil:
+        # (the receive buffer is not counted in the reply budget: only output buffers are)
+        _free_buf(c.rbuf, c.rcap)
+        c.rbuf = NULL
+        c.rcap = 0
+        self._drop_buffer(&c.wbuf, &c.wcap)
+        self._drop_buffer(&c.sbuf, &c.scap)
+        c.rstart = c.rend = c.wstart = c.wend = c.sstart = c.send_end = 0
+
+    cdef void _release_if_done(self, uint32_t slot) noexcept nogil:
+        """A closed slot whose buffers the kernel no longer owns: free them all."""
+        cdef Conn *c = &self.conns[slot]
+        if not c.live and not c.recv_armed and not c.send_armed:
+            self._free_buffers(c)
+
+    cdef void _wait_budget(self, uint32_t slot) noexcept nogil:
+        cdef Conn *c = &self.conns[slot]
+        c.budget_wait = True
+        self.n_waiting += 1
+        _size_add(&g_reply_waiters, 1, __ATOMIC_SEQ_CST)
+        # big buffers given back between the refusal and this registration woke nobody
+        if _budget_room(c.budget_need):
+            self.retry_budget = True
+
+    cdef void _unwait(self, Conn *c) noexcept nogil:
+        c.budget_wait = False
+        self.n_waiting -= 1
+        _size_sub(&g_reply_waiters, 1, __ATOMIC_SEQ_CST)
+
+    cdef void _wake_budget_waiters(self) noexcept nogil:
+        """Big buffers were given back: every shard with waiting connections serves them again."""
+        cdef uint64_t one = 1
+        cdef uint32_t i
+        if self.n_waiting:
+            self.retry_budget = True
+        for i in range(self.n_peers):
+            if (<Shard>self.peer_ptrs[i]).n_waiting:
+                write((<Shard>self.peer_ptrs[i]).wake_fd, &one, 8)
+
+    cdef void _retry_budget(self) noexcept nogil:
+        cdef uint32_t slot
+        cdef Conn *c
+        self.retry_budget = False
+        for slot in range(self.max_conns):
+            c = &self.conns[slot]
+            if not c.budget_wait:
+                continue
+            self._unwait(c)
+            if not c.live:
+                continue
+            self._process(slot)
+            self._arm_send(slot)
+            self._arm_recv(slot)
 
     cdef void _close_all(self) noexcept nogil:
         cdef uint32_t slot
@@ -792,6 +1049,12 @@ cdef class Shard:
         if slot >= self.max_conns or not self.conns[slot].live or self.conns[slot].gen != <uint32_t>(token >> 32):
             return 0.0
         return self.conns[slot].last_active / 1e9
+
+    @staticmethod
+    def reply_budget():
+        """(bytes of big output buffers counted now, the budget, connections waiting), all shards."""
+        return (_size_load(&g_reply_used, __ATOMIC_SEQ_CST), g_reply_cap,
+                _size_load(&g_reply_waiters, __ATOMIC_SEQ_CST))
 
     def close_connection(self, uint64_t token):
         """Close a connection from another thread (heartbeat eviction, shutdown)."""

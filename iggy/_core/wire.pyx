@@ -48,7 +48,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from cpython.buffer cimport PyBUF_WRITE
 from cpython.memoryview cimport PyMemoryView_FromMemory
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset
 
 from iggy._core.includes.le cimport le_u16, le_u32, le_u64, put_u16, put_u32, put_u64
@@ -57,6 +57,12 @@ from iggy._core.includes.xxh cimport XXH3_64bits, XXH32
 from iggy.errors import ErrorCode, IggyError
 
 DEF _HEADER = 256
+DEF _BASE_BUFFER = 65536
+DEF _BIG_BUFFER = 1 << 20
+
+
+cdef extern from "<malloc.h>" nogil:
+    int malloc_trim(size_t pad)
 
 HEADER_SIZE = _HEADER
 COMMAND_REQUEST = 5
@@ -223,25 +229,49 @@ cdef class FrameReader:
 
     Bytes arrive either by `feed(data)` (a copy), or straight from the socket through
     `get_buffer()` / `buffer_updated(n)` (asyncio's BufferedProtocol: no copy). The buffer is a
-    private C allocation that only grows (doubling) and is compacted in place, so a 1 MB frame
+    private C allocation that grows (doubling) and is compacted in place, so a 1 MB frame
     costs one copy into it whatever the chunk size. `next_frame()` returns `(header, body)`
     for each complete frame, or None when more bytes are needed. A size field below 256 or
     above `max_frame_size`, or a header that is not a request, raises FrameError: the stream
     can't be resynchronised, so the connection must end.
+
+    Before login (`authenticated` false, the connection's to set) a frame may be at most
+    `max_unauthenticated_frame` bytes (0: no such limit): a bigger size field raises
+    FrameError as soon as the header is in, so a client that has not logged in never makes
+    the reader hold more than that limit plus one read. `frame_limit` is the limit in force.
+
+    A buffer that grew past 1 MiB for a big frame goes back to 64 KiB once that frame has
+    been taken out (what stays buffered fits), so memory follows the current frame, not the
+    largest one ever seen.
     """
     cdef unsigned char *_buf
     cdef Py_ssize_t _cap
     cdef Py_ssize_t _start
     cdef Py_ssize_t _end
     cdef readonly uint32_t max_frame_size
+    cdef readonly uint32_t max_unauthenticated_frame
+    cdef public bint authenticated
 
-    def __cinit__(self, uint32_t max_frame_size=DEFAULT_MAX_FRAME_SIZE):
+    def __cinit__(self, uint32_t max_frame_size=DEFAULT_MAX_FRAME_SIZE, uint32_t max_unauthenticated_frame=0):
         self._buf = NULL
         self._cap = self._start = self._end = 0
         self.max_frame_size = max_frame_size
+        self.max_unauthenticated_frame = max_unauthenticated_frame
+        self.authenticated = False
 
     def __dealloc__(self):
         free(self._buf)
+
+    @property
+    def frame_limit(self):
+        """The largest frame accepted now."""
+        return self._limit()
+
+    cdef inline uint32_t _limit(self):
+        if self.authenticated or self.max_unauthenticated_frame == 0 \
+                or self.max_unauthenticated_frame > self.max_frame_size:
+            return self.max_frame_size
+        return self.max_unauthenticated_frame
 
     cdef int _reserve(self, Py_ssize_t extra) except -1:
         """Make room for `extra` more bytes after the buffered ones."""
@@ -257,7 +287,7 @@ cdef class FrameReader:
             self._start = 0
             if self._cap - self._end >= extra:
                 return 0
-        cap = self._cap * 2 if self._cap else 65536
+        cap = self._cap * 2 if self._cap else _BASE_BUFFER
         while cap - self._end < extra:
             cap *= 2
         grown = <unsigned char *>realloc(self._buf, cap)
@@ -266,6 +296,27 @@ cdef class FrameReader:
         self._buf = grown
         self._cap = cap
         return 0
+
+    cdef void _shrink(self) noexcept:
+        """Back to the base size after a big frame, keeping what is buffered (<= 64 KiB)."""
+        cdef Py_ssize_t avail = self._end - self._start
+        cdef unsigned char *small
+        if self._cap <= _BIG_BUFFER or avail > _BASE_BUFFER:
+            return
+        if avail == 0:
+            free(self._buf)
+            self._buf = NULL
+            self._cap = self._start = self._end = 0
+            return
+        small = <unsigned char *>malloc(_BASE_BUFFER)
+        if small == NULL:
+            return
+        memcpy(small, self._buf + self._start, avail)
+        free(self._buf)
+        self._buf = small
+        self._cap = _BASE_BUFFER
+        self._start = 0
+        self._end = avail
 
     def feed(self, const unsigned char[:] data not None):
         cdef Py_ssize_t n = data.shape[0]
@@ -276,11 +327,11 @@ cdef class FrameReader:
 
     def get_buffer(self, Py_ssize_t sizehint=-1):
         """A writable view of free space (at least the rest of the frame being received)."""
-        cdef Py_ssize_t want = 65536, avail = self._end - self._start
+        cdef Py_ssize_t want = _BASE_BUFFER, avail = self._end - self._start
         cdef uint32_t size
         if avail >= _HEADER:
             size = le_u32(self._buf + self._start + 48)
-            if _HEADER <= size <= self.max_frame_size and size - avail > want:
+            if _HEADER <= size <= self._limit() and size - avail > want:
                 want = size - avail
         self._reserve(want)
         return PyMemoryView_FromMemory(<char *>self._buf + self._end, self._cap - self._end, PyBUF_WRITE)
@@ -294,10 +345,15 @@ cdef class FrameReader:
     def buffered(self):
         return self._end - self._start
 
+    @property
+    def capacity(self):
+        """Bytes allocated for the buffer now (tests: it shrinks back after a big frame)."""
+        return self._cap
+
     def next_frame(self):
         cdef Py_ssize_t avail = self._end - self._start
         cdef const unsigned char *p
-        cdef uint32_t size
+        cdef uint32_t size, limit
         cdef RequestHeader hdr
         if avail < _HEADER:
             return None
@@ -307,6 +363,9 @@ cdef class FrameReader:
             raise FrameError(f"frame size {size} outside 256..{self.max_frame_size}")
         if p[60] != 5:
             raise FrameError(f"header command {p[60]} is not a request")
+        limit = self._limit()
+        if size > limit:
+            raise FrameError(f"frame size {size} over limits.max_unauthenticated_frame ({limit}) before login")
         if avail < size:
             return None
         hdr = RequestHeader(PyBytes_FromStringAndSize(<const char *>p, _HEADER))
@@ -314,11 +373,22 @@ cdef class FrameReader:
         self._start += size
         if self._start == self._end:
             self._start = self._end = 0
-            if self._cap > (16 << 20):        # give back what a rare huge frame took
-                free(self._buf)
-                self._buf = NULL
-                self._cap = 0
+        if self._cap > _BIG_BUFFER:
+            self._shrink()
         return hdr, body
+
+
+def release_free_memory():
+    """Hand the C heap's free pages back to the kernel (glibc malloc_trim(0)).
+
+    Big buffers are given back by free() only when glibc served them with their own mmap.
+    glibc raises its mmap threshold to the size of each mmapped block freed (up to 32 MiB),
+    so after one big reply later blocks of 1-32 MiB (Python bytes of polls and frame bodies)
+    come from the heap, and freeing them leaves those pages in the process: RSS stays at the
+    high-water mark. malloc_trim(0) returns every free page of every arena. The engines call
+    it after a burst of big buffers was released, not per request (it walks the heap).
+    """
+    malloc_trim(0)
 
 
 # --------------------------------------------------------------------------- body reader

@@ -158,8 +158,10 @@ def start_offset(partition, strategy: int, value: int, count: int, stored: int |
 
 
 def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, strategy, value, count,
-         auto_commit):
-    """(partition id, current offset, message count, batches bytes); shared with HTTP."""
+         auto_commit, max_bytes: int | None = None):
+    """(partition id, current offset, message count, batches bytes); shared with HTTP.
+
+    The batches are at most max_bytes (default: what fits in the largest frame), or one batch."""
     if count == 0:
         raise IggyError(ErrorCode.INVALID_MESSAGES_COUNT)
     s, t, partition, store_kind, key = resolve_target(plane, session, kind, consumer_id, sid, tid,
@@ -172,7 +174,7 @@ def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_i
         if start is not None and not lg.is_empty and start <= lg.current_offset:
             first = max(start, lg.first_offset)
             # a reply never exceeds the largest frame: the rest comes with the next poll
-            data, n = lg.read(first, count, plane.max_poll_bytes)
+            data, n = lg.read(first, count, max_bytes or plane.max_poll_bytes)
             if n and auto_commit:
                 # a failed auto-commit fails the poll with its code (3024 a new key beyond
                 # limits.max_consumer_offsets, 3023/10006/10009 I/O), as upstream does

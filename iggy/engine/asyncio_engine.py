@@ -8,20 +8,95 @@ of the same connection until it is done, so replies always leave in request orde
 
 Limits: when more than `limits.max_write_buffer` bytes of replies are unsent (a client that
 does not read) the engine stops parsing and reading that connection until it drains, and it
-never buffers more than one maximum frame of unread input. With `limits.idle_timeout` set, a
+never buffers more than one frame of unread input: one maximum frame once logged in, one
+`limits.max_unauthenticated_frame` before (a bigger frame before login closes the
+connection with a log line as soon as its header is in). With `limits.idle_timeout` set, a
 connection that completes no request for that long (idle, or too slow to send or to read) is
 aborted with a log line.
+
+Large replies (over 1 MiB: big polls) are counted in a process-wide `ReplyBudget` of
+`limits.max_reply_buffers` bytes from the moment they are built until the transport has sent
+them (its write buffer is back under 1 MiB). While the budget is spent, a connection's next
+poll waits (the frame is held, reading pauses) until replies of other connections have gone
+out; other commands go on. The budget is checked before a poll runs, so it is exceeded by at
+most one reply. When the budget empties after big replies, glibc's free heap pages are
+handed back (`release_free_memory`).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import weakref
 
-from iggy._core.wire import FrameError, FrameReader
+from iggy import codes
+from iggy._core.wire import FrameError, FrameReader, release_free_memory
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
 
 log = logging.getLogger(__name__)
+
+# a reply above this many bytes is a large reply: counted in the ReplyBudget until sent
+LARGE_REPLY = 1 << 20
+
+
+class ReplyBudget:
+    """Bytes of large replies built and not yet sent, for all connections of the process.
+
+    `full()` before a poll runs: at or over `cap` bytes, the connection `wait()`s and is woken
+    (its `_wake()`) in arrival order as `release()` brings the total back under the cap.
+    """
+
+    def __init__(self, cap: int):
+        self.cap = max(1, cap)
+        self.used = 0
+        self.peak = 0
+        self._waiting: list = []
+        self._trim = None
+
+    def full(self) -> bool:
+        return self.used >= self.cap
+
+    def take(self, n: int) -> None:
+        self.used += n
+        self.peak = max(self.peak, self.used)
+
+    def wait(self, conn) -> None:
+        self._waiting.append(conn)
+
+    def forget(self, conn) -> None:
+        if conn in self._waiting:
+            self._waiting.remove(conn)
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        while self._waiting and not self.full():
+            self._waiting.pop(0)._wake()
+        if self.used == 0 and self._trim is None:
+            # once the big replies of a burst are gone, give their heap pages back (see
+            # release_free_memory); debounced, it walks the whole heap
+            self._trim = asyncio.get_running_loop().call_later(0.2, self._release_memory)
+
+    def _release_memory(self) -> None:
+        self._trim = None
+        if self.used == 0:
+            release_free_memory()
+
+
+_budgets: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def reply_budget(plane) -> ReplyBudget:
+    """The budget of a control plane's connections (TCP and TLS alike), made on first use."""
+    budget = _budgets.get(plane)
+    if budget is None:
+        budget = _budgets[plane] = ReplyBudget(limit_bytes(plane.config.limits.max_reply_buffers))
+    return budget
+
+
+def budget_counters(plane) -> dict:
+    """The reply budget's gauges of GET /metrics."""
+    budget = reply_budget(plane)
+    return {"reply_buffers_bytes": budget.used, "reply_buffer_waiters": len(budget._waiting)}
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -33,14 +108,18 @@ class Connection(asyncio.BufferedProtocol):
         self.transport_kind = transport_kind
         self.transport = None
         self.session = None
-        self.frames = FrameReader(max_frame_size)
+        limits = plane.config.limits
+        self.frames = FrameReader(max_frame_size, min(max_frame_size, limit_bytes(limits.max_unauthenticated_frame)))
         self._busy = False
         self._closed = False
         self._write_paused = False
         self._idle_timer = None
-        limits = plane.config.limits
         self.max_write_buffer = limit_bytes(limits.max_write_buffer)
         self.idle_timeout = limit_seconds(limits.idle_timeout)
+        self.budget = reply_budget(plane)
+        self._held = 0              # bytes of this connection's large replies not yet sent
+        self._deferred = None       # a poll frame waiting for the reply budget
+        self._sent_check = None
 
     # ---------------------------------------------------------------- asyncio callbacks
 
@@ -78,6 +157,13 @@ class Connection(asyncio.BufferedProtocol):
         self._closed = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._sent_check is not None:
+            self._sent_check.cancel()
+        self._deferred = None
+        self.budget.forget(self)
+        if self._held:
+            held, self._held = self._held, 0
+            self.budget.release(held)
         if self.session is not None:
             self.plane.close_session(self.session)
 
@@ -87,6 +173,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self):
         self._write_paused = False
+        self._check_sent()
         self.transport.resume_reading()
         self._drain()
 
@@ -112,31 +199,71 @@ class Connection(asyncio.BufferedProtocol):
 
     def _drain(self):
         while not self._busy and not self._closed and not self._write_paused:
-            try:
-                frame = self.frames.next_frame()
-            except FrameError as exc:
-                log.info("closing %s: %s", self.session.address, exc)
-                self.transport.close()
-                return
-            if frame is None:
-                break
+            if self._deferred is not None:
+                frame, self._deferred = self._deferred, None
+            else:
+                try:
+                    frame = self.frames.next_frame()
+                except FrameError as exc:
+                    log.info("closing %s: %s", self.session.address, exc)
+                    self.transport.close()
+                    return
+                if frame is None:
+                    break
             header, body = frame
+            if header.operation == codes.OP_READ and header.code == codes.POLL_MESSAGES and self.budget.full():
+                self._deferred = frame          # the reply could be large: wait for room
+                self.budget.wait(self)
+                break
             reply = self.plane.handle(self.session, header, body, parts=True)
+            self.frames.authenticated = self.session.user_id is not None
             if isinstance(reply, bytes):
-                self.transport.write(reply)
+                self._write([reply], len(reply))
             elif isinstance(reply, list):
-                self.transport.writelines(reply)
+                self._write(reply, sum(len(part) for part in reply))
             else:
                 self._busy = True
                 asyncio.ensure_future(self._finish(reply))
-        if self.frames.buffered > self.max_frame_size + 256 and not self._busy:
+        # never more than one frame of unread input (the limit in force: before login it is
+        # limits.max_unauthenticated_frame); reading resumes when the frames can be taken
+        if self.frames.buffered > self.frames.frame_limit + 256 or self._deferred is not None:
             self.transport.pause_reading()
+
+    def _write(self, parts, size: int) -> None:
+        if size > LARGE_REPLY:
+            self.budget.take(size)
+            self._held += size
+        if len(parts) == 1:
+            self.transport.write(parts[0])
+        else:
+            self.transport.writelines(parts)
+        if self._held:
+            self._check_sent()
+
+    def _check_sent(self) -> None:
+        """Give the large replies back to the budget once the transport has (nearly) sent them."""
+        self._sent_check = None
+        if not self._held or self._closed:
+            return
+        if self.transport.get_write_buffer_size() <= LARGE_REPLY:
+            held, self._held = self._held, 0
+            self.budget.release(held)
+        elif not self._write_paused:
+            # under the write-buffer high mark there is no resume_writing to wait for
+            self._sent_check = asyncio.get_running_loop().call_later(0.05, self._check_sent)
+
+    def _wake(self) -> None:
+        """The reply budget has room again for the deferred poll."""
+        if not self._closed:
+            self.transport.resume_reading()
+            self._drain()
 
     async def _finish(self, pending):
         try:
             reply = await pending
+            self.frames.authenticated = self.session.user_id is not None
             if not self._closed:
-                self.transport.write(reply)
+                self._write([reply], len(reply))
         except Exception:  # noqa: BLE001 - a failed request must not kill the connection silently
             log.exception("request failed on %s", self.session.address)
             self.close()
@@ -160,6 +287,7 @@ def limit_seconds(text) -> float:
 
 async def start_tcp(plane, host: str, port: int, max_frame_size: int):
     loop = asyncio.get_running_loop()
+    plane.engine_counters = lambda: budget_counters(plane)
     server = await loop.create_server(lambda: Connection(plane, max_frame_size), host, port,
                                       reuse_address=True, backlog=1024)
     return server

@@ -23,8 +23,11 @@ path fsyncs in place before it answers.
 
 Limits: a shard stops parsing and reading a connection whose unsent replies exceed
 `limits.max_write_buffer`; with `limits.idle_timeout` set, a sweep on the main loop closes
-connections that completed no request for that long (a log line each); malformed framing
-closes the connection with a log line (`on_bad_frame`).
+connections that completed no request for that long (a log line each); malformed framing,
+and a frame over `limits.max_unauthenticated_frame` before login, close the connection with a
+log line (`on_bad_frame`). Big poll replies are built in buffers counted against
+`limits.max_reply_buffers` for all shards together and unmapped once sent; a poll that would
+go over it waits (iggy._core.shard).
 
 `probe()` tells whether io_uring can be used here (Docker's default seccomp profile and
 `kernel.io_uring_disabled` forbid it); `system.engine = "auto"` falls back to asyncio.
@@ -169,6 +172,8 @@ class UringEngine:
         self.loop = asyncio.get_running_loop()
         limits = plane.config.limits
         max_write_buffer = limit_bytes(limits.max_write_buffer)
+        max_unauthenticated_frame = limit_bytes(limits.max_unauthenticated_frame)
+        max_reply_buffers = limit_bytes(limits.max_reply_buffers)
         self.idle_timeout = limit_seconds(limits.idle_timeout)
         self.handler = ShardHandler(plane, self.loop)
         count = shards or os.cpu_count() or 1
@@ -185,7 +190,9 @@ class UringEngine:
             self.sockets.append(sock)
             self.shards.append(Shard(sock, self.handler, max_frame_size, max_connections,
                                      max_write_buffer=max_write_buffer, router=plane.routes.router,
-                                     max_poll_bytes=plane.max_poll_bytes))
+                                     max_poll_bytes=plane.max_poll_bytes,
+                                     max_unauthenticated_frame=min(max_frame_size, max_unauthenticated_frame),
+                                     max_reply_buffers=max_reply_buffers))
         for shard in self.shards:
             shard.set_peers(self.shards)       # new connections go to the shard holding fewest
         self.address = self.sockets[0].getsockname()[:2]
@@ -211,10 +218,13 @@ class UringEngine:
                     session.close()
 
     def counters(self) -> dict:
-        """Requests the shards took and how many the C data plane served (GET /metrics)."""
+        """Requests the shards took, how many the C data plane served, the reply budget (GET /metrics)."""
+        from iggy._core.shard import Shard
+        used, _cap, waiters = Shard.reply_budget()
         return {"shard_requests": sum(s.frames for s in self.shards),
                 "shard_requests_native": sum(s.fast_frames for s in self.shards),
-                "shard_fsyncs": sum(s.fsyncs for s in self.shards)}
+                "shard_fsyncs": sum(s.fsyncs for s in self.shards),
+                "reply_buffers_bytes": used, "reply_buffer_waiters": waiters}
 
     def close(self) -> None:
         if self._idle_task is not None:

@@ -163,6 +163,21 @@ def partitioning(body) -> tuple[int, bytes]:
     return kind, value
 
 
+# A poll reply in JSON stays within about the largest frame, as a TCP reply does. It is
+# bounded before anything is read, by caps on the messages and on the batch bytes read:
+# a message's JSON is at most ~300 bytes of fields (20-digit numbers, a 39-digit id) plus its
+# payload in base64 (4/3 of it) plus its user headers (up to ~7 times their TLV bytes when
+# every field is one byte; ~1.4 times for ordinary ones). With at most limit / JSON_MESSAGE_SHARE
+# messages and limit * 5 / 8 batch bytes: 300 * limit / 2048 + 4/3 * 5/8 * limit ~= 0.98 * limit.
+JSON_MESSAGE_SHARE = 2048
+
+
+def poll_caps(limit: int, count: int) -> tuple[int, int]:
+    """(count, max batch bytes) for an HTTP poll whose JSON must stay within `limit` bytes.
+    (A first batch larger than the byte cap is still served, cut to the count, as over TCP.)"""
+    return max(1, min(count, limit // JSON_MESSAGE_SHARE)), max(1, limit * 5 // 8)
+
+
 def polled_json(partition_id: int, current_offset: int, messages) -> dict:
     """The PolledMessages object from the dicts `iggy._core.batch.iter_messages` yields."""
     out = []

@@ -7,6 +7,9 @@ Series (the reference server's names)::
     shard_requests, shard_requests_native, shard_fsyncs    gauges (uring engine): TCP requests
                             the shards took, how many of them the C data plane served without
                             the GIL, and the fsyncs they submitted for persisted topics
+    reply_buffers_bytes, reply_buffer_waiters    gauges (both engines): bytes of big replies
+                            counted against limits.max_reply_buffers now, and the connections
+                            whose poll waits for room in it
 
 The gauges are read from the control plane when scraped (one call on the main loop), so they
 are exact at scrape time and cost nothing between scrapes. The counter is bumped by
@@ -18,7 +21,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 GAUGES = ("streams", "topics", "partitions", "segments", "messages", "users", "clients", "shard_requests",
-          "shard_requests_native", "shard_fsyncs")
+          "shard_requests_native", "shard_fsyncs", "reply_buffers_bytes", "reply_buffer_waiters")
 
 
 class Metrics:

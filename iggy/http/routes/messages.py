@@ -21,7 +21,7 @@ from iggy.control.plane import TRANSPORT_HTTP, Session
 from iggy.http import schemas
 from iggy.http.context import Caller, Ctx, ident
 from iggy.http.errors import NotFound
-from iggy.http.messages_json import batch_input, partitioning, polled_json
+from iggy.http.messages_json import batch_input, partitioning, poll_caps, polled_json
 
 U32 = Annotated[int, QueryParameter(ge=0, le=0xFFFFFFFF)]
 U64 = Annotated[int, QueryParameter(ge=0)]   # upper bound checked in the handler (msgspec stops at int64)
@@ -63,8 +63,10 @@ def _poll(plane, user, sid: str, tid: str, consumer, partition_id: int, strategy
                                                         tid, True, partition_id, fence=False)
         with partition.lock:   # shard threads append concurrently
             return partition.id, partition.log.current_offset, 0, b""
+    # the JSON reply is capped as a TCP reply is, at about the largest frame (messages_json)
+    count, max_bytes = poll_caps(plane.max_poll_bytes, count)
     return messages.poll(plane, session, messages.CONSUMER_SINGLE, consumer, sid, tid, True, partition_id,
-                         strategy, value, count, auto_commit)
+                         strategy, value, count, auto_commit, max_bytes=max_bytes)
 
 
 @post("/streams/{stream_id:str}/topics/{topic_id:str}/messages", status_code=201, summary="Send messages")

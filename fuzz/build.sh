@@ -13,7 +13,7 @@
 # Usage: fuzz/build.sh            (then fuzz/run.sh -runs=1000000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-/work/venv/bin/python}
+PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 
 if ! command -v clang-14 >/dev/null || [ ! -e "$(clang-14 -print-runtime-dir 2>/dev/null)/libclang_rt.fuzzer_no_main-x86_64.a" ]; then

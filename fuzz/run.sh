@@ -4,7 +4,7 @@
 # fuzz/corpus (seeded by the harness with valid frames and batches); crashes land in fuzz/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-/work/venv/bin/python}
+PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 mkdir -p fuzz/corpus
 LD_PRELOAD="$PWD/fuzz/build/libfuzzer_nomain.so" IGGY_FUZZ_INSTRUMENTED=fuzz/build \

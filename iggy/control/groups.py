@@ -161,7 +161,6 @@ def get_group_or_fail(topic, ident):
 def _resolve(plane, session, r: Reader, with_group: bool = True):
     sid, tid = r.identifier(), r.identifier()
     gid = r.identifier() if with_group else None
-    r.done()
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_read_topic(plane.user_of(session), s.id, t.id))
     g = get_group_or_fail(t, gid) if with_group else None
@@ -201,7 +200,6 @@ def delete_group_by(plane, s, t, g) -> None:
 @command(codes.GET_CONSUMER_GROUP)
 def get_consumer_group(plane, session, r: Reader):
     sid, tid, gid = r.identifier(), r.identifier(), r.identifier()
-    r.done()
     from iggy.control.streams import find_stream
     from iggy.control.topics import find_topic
     s = find_stream(plane, sid)
@@ -226,7 +224,6 @@ def get_consumer_groups(plane, session, r: Reader):
 def create_consumer_group(plane, session, r: Reader):
     sid, tid = r.identifier(), r.identifier()
     name = r.name()
-    r.done()
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_read_topic(plane.user_of(session), s.id, t.id))
     g = create_group_by(plane, s, t, name)

@@ -44,6 +44,8 @@ STRATEGY_LAST = 4
 STRATEGY_NEXT = 5
 
 _SEND_REPLY = struct.Struct("<IIIIQ")
+_NO_OFFSET_TARGET = (ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.TOPIC_ID_NOT_FOUND,
+                     ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND)
 _POLL_HEAD = struct.Struct("<IQI")
 _BATCH_LENGTH = struct.Struct("<Q")
 
@@ -247,7 +249,15 @@ def delete_offset(partition, store_kind, key) -> None:
 
 @command(codes.GET_CONSUMER_OFFSET)
 def get_consumer_offset(plane, session, r: Reader):
-    s, t, partition, store_kind, key = _offset_request(plane, session, r)
+    try:
+        s, t, partition, store_kind, key = _offset_request(plane, session, r)
+    except IggyError as exc:
+        # a stream, topic or group that does not resolve has no offset: an empty body, as
+        # upstream (core/server/src/dispatch.rs, handle_get_consumer_offset); a missing
+        # partition of a topic that exists stays 3007
+        if exc.code in _NO_OFFSET_TARGET:
+            return None
+        raise
     stored = partition.offsets.get(store_kind, key)
     if stored is None:
         return None

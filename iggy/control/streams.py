@@ -29,9 +29,11 @@ def find_stream(plane, ident):
 
 
 def get_stream_or_fail(plane, ident):
+    """The stream, else 1009 whether `ident` is an id or a name: upstream has no other
+    not-found code for a stream (core/metadata/src/stm/result.rs, core/server/src/responses.rs)."""
     s = find_stream(plane, ident)
     if s is None:
-        raise IggyError(ErrorCode.STREAM_ID_NOT_FOUND if isinstance(ident, int) else ErrorCode.STREAM_NAME_NOT_FOUND)
+        raise IggyError(ErrorCode.STREAM_ID_NOT_FOUND)
     return s
 
 

@@ -11,14 +11,15 @@ accepted (one log line without `http.web_ui_dir`; the folder is served under /ui
 from __future__ import annotations
 
 import struct
+import time
 
 import httpx
 import pytest
 
 from iggy import codes
-from tests.conftest import ROOT_PASSWORD, ROOT_USER, connect_root, uniq
+from tests.conftest import ROOT_PASSWORD, ROOT_USER, ServerProcess, connect_root, uniq
 from tests.test_trailing_bytes import (GROUP_ID_NOT_FOUND, OP, READ, STREAM_ID_NOT_FOUND, TOPIC_ID_NOT_FOUND,
-                                       World, offset_body, ok, poll_body, send_body)
+                                       World, offset_body, ok, poll_body, send_body, topic_partitions)
 from tests.rawclient import ident, wire_name
 
 # ------------------------------------------------------------------ not-found codes over TCP
@@ -136,3 +137,66 @@ def test_http_missing_things(srv, raw_root):
         # a missing entity itself: the generic 404 body
         r = api.get(f"/streams/{w.s}/topics/t/consumer-groups/{gone}")
         assert (r.status_code, r.json()["id"]) == (404, 404)
+
+
+def test_http_create_partitions_answers_an_empty_body(srv, raw_root):
+    w = World(raw_root)
+    with _http(srv) as api:
+        r = api.post(f"/streams/{w.s}/topics/t/partitions", json={"partitions_count": 2})
+        assert (r.status_code, r.content) == (200, b"")
+    assert topic_partitions(raw_root, w.s) == 4
+
+
+def test_http_view_header(srv, raw_root):
+    w = World(raw_root)
+    with _http(srv) as api:
+        for r in (api.get("/streams"), api.get(f"/streams/{w.s}"), api.get("/stats"),
+                  api.post(f"/streams/{w.s}/topics/t/partitions", json={"partitions_count": 1}),
+                  api.delete(f"/streams/{w.s}/purge"),
+                  httpx.post(srv.http_url + "/users/login", json=ROOT)):
+            assert r.status_code < 300 and r.headers.get("iggy-view") == "0", (r.request.url, r.headers)
+        assert "iggy-view" not in api.get("/ping").headers
+        assert "iggy-view" not in api.get(f"/streams/{uniq('gone')}").headers
+        assert "iggy-view" not in httpx.get(srv.http_url + "/streams").headers        # 401
+        r = api.get("/streams", headers={"Origin": "http://ui.example"})
+        assert "iggy-view" in r.headers.get("access-control-expose-headers", "")
+
+
+def _wait_log(server, text: str, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in server.log():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_http_web_ui_key(tmp_path):
+    """`http.web_ui = true` (upstream's key) is accepted; without a folder it logs how to serve
+    the official build, with `http.web_ui_dir` the folder is served under /ui."""
+    server = ServerProcess(tmp_path / "a" / "data", extra_env={"IGGY_HTTP_WEB_UI": "true"}).start()
+    try:
+        assert _wait_log(server, "http.web_ui_dir"), server.log()[-2000:]
+        lines = [line for line in server.log().splitlines() if "http.web_ui = true" in line]
+        assert len(lines) == 1, lines
+        assert httpx.get(server.http_url + "/ui").status_code == 404
+    finally:
+        server.stop()
+    ui = tmp_path / "ui"
+    (ui / "_app").mkdir(parents=True)
+    (ui / "index.html").write_text("<html>iggy web ui</html>")
+    (ui / "_app" / "env.js").write_text("export const env = {}")
+    server = ServerProcess(tmp_path / "b" / "data",
+                           extra_env={"IGGY_HTTP_WEB_UI": "true", "IGGY_HTTP_WEB_UI_DIR": str(ui)}).start()
+    try:
+        url = server.http_url
+        for path in ("/ui", "/ui/", "/ui/streams/1/topics"):
+            r = httpx.get(url + path)
+            assert r.status_code == 200 and "iggy web ui" in r.text, path
+            assert "iggy-view" not in r.headers
+        r = httpx.get(url + "/ui/_app/env.js")
+        assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+        assert httpx.get(url + "/ui/nope.js").status_code == 404
+        assert "http.web_ui = true" not in server.log()
+    finally:
+        server.stop()

@@ -10,6 +10,8 @@ Keys read (all optional; defaults are the reference server's)::
 
     http.address                     "127.0.0.1:3000"
     http.max_request_size            "2 MB"
+    http.web_ui                      false (upstream's switch for its built-in UI; none is built
+                                            in here, so true only logs how to use web_ui_dir)
     http.web_ui_dir                  ""  (a folder served under /ui; ours, not upstream's)
     http.cors.enabled / allowed_origins / allowed_methods / allowed_headers /
              exposed_headers / allow_credentials / allow_private_network
@@ -59,6 +61,7 @@ class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 3000
     max_request_size: int = 2_000_000
+    web_ui: bool = False
     web_ui_dir: str = ""
     metrics_enabled: bool = True
     metrics_endpoint: str = "/metrics"
@@ -147,6 +150,7 @@ def from_config(cfg) -> HttpSettings:
         host=host,
         port=port,
         max_request_size=_bytes(_get(http, "max_request_size", None), 2_000_000),
+        web_ui=bool(_get(http, "web_ui", False)),
         web_ui_dir=str(_get(http, "web_ui_dir", "")),
         metrics_enabled=bool(_get(metrics, "enabled", True)),
         metrics_endpoint=str(_get(metrics, "endpoint", "/metrics")) or "/metrics",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import delete, get, post, put
+from litestar import Response, delete, get, post, put
 from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 
 from iggy.control import permissions as perm
@@ -222,8 +222,10 @@ async def purge_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_
 @post("/streams/{stream_id:str}/topics/{topic_id:str}/partitions", status_code=200,
       summary="Add partitions to a topic")
 async def create_partitions(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                            data: JSONBody[schemas.PartitionsCount]) -> None:
+                            data: JSONBody[schemas.PartitionsCount]) -> Response:
     await ctx.bridge.call_as(caller, _create_partitions, stream_id, topic_id, data.partitions_count)
+    # 200 with an empty body (upstream's handler returns a bare StatusCode::OK), not JSON `null`
+    return Response(b"", status_code=200)
 
 
 @delete("/streams/{stream_id:str}/topics/{topic_id:str}/partitions", status_code=204,

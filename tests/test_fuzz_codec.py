@@ -66,11 +66,11 @@ def test_writer_reader_round_trip(items):
     for kind, value in items:
         assert read(r, kind) == value
     assert r.remaining() == 0
-    r.done()
+    r.end_of_block()
 
 
 READS = ("u8", "u16", "u32", "u64", "u128", "bool", "name", "string8", "bytes8", "bytes32", "identifier",
-         "rest", "tlv", "done")
+         "rest", "tlv", "end_of_block")
 
 
 @SETTINGS

@@ -175,7 +175,7 @@ def test_reader_fields_and_errors():
     assert r.u64() == 2**64 - 1
     assert r.u32() == 5
     assert r.bytes32() == b"x"
-    r.done()
+    r.end_of_block()
     with pytest.raises(IggyError) as e:
         r.u8()
     assert e.value.code == ErrorCode.INVALID_COMMAND
@@ -194,14 +194,15 @@ def test_reader_rejects_bad_identifiers(body, code):
     assert e.value.code == code
 
 
-def test_reader_trailing_bytes_and_empty_name():
+def test_reader_leftover_block_bytes_and_empty_name():
     r = Reader(b"\x00")
     with pytest.raises(IggyError):
         r.name()
     r = Reader(b"\x01\x02")
     r.u8()
-    with pytest.raises(IggyError):
-        r.done()
+    with pytest.raises(IggyError) as e:
+        r.end_of_block()                 # only for length-prefixed blocks; bodies ignore the rest
+    assert e.value.code == ErrorCode.INVALID_COMMAND
 
 
 def test_reader_tlv_options():

@@ -326,7 +326,8 @@ cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsign
     value = _u64(c)
     count = _u32(c)
     auto_commit = _flag(c)
-    if c.bad or c.pos != c.n or topic == NULL or count == 0 or strategy < STRATEGY_OFFSET or strategy > STRATEGY_NEXT:
+    # bytes after auto_commit are ignored, as by the Python handler (iggy._core.wire.Reader)
+    if c.bad or topic == NULL or count == 0 or strategy < STRATEGY_OFFSET or strategy > STRATEGY_NEXT:
         return DP_FALLBACK
     if not allowed(t, user_id, topic, ALLOW_POLL):
         return DP_FALLBACK
@@ -400,9 +401,10 @@ cdef int _store_offset(const Table *t, int64_t user_id, uint64_t client_id, cons
     has_partition = _flag(c)
     partition_id = _u32(c)
     offset = _u64(c)
-    if c.n - c.pos == 1:
+    if c.pos < c.n:
         _u8(c)                      # ack level: a single node acknowledges after the write
-    if c.bad or c.pos != c.n or topic == NULL or not allowed(t, user_id, topic, ALLOW_POLL):
+    # bytes after the ack level are ignored, as by the Python handler (iggy._core.wire.Reader)
+    if c.bad or topic == NULL or not allowed(t, user_id, topic, ALLOW_POLL):
         return DP_FALLBACK
     part = find_partition(topic, partition_id if has_partition else 0)
     # a group stores offsets for any of its partitions (no ownership check, as in Python)

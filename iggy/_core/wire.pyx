@@ -398,6 +398,13 @@ cdef class Reader:
 
     Running past the end or finding a malformed field raises IggyError(InvalidCommand), the
     code the reference server gives an undecodable body.
+
+    Bytes after the last field a command reads are ignored: Apache Iggy decodes every request
+    body with `WireDecode::decode_from`, which reads the fields it knows and drops the rest
+    (core/binary_protocol/src/codec.rs), and clients rely on it (the Node.js SDK sends
+    DeleteTopic with a trailing u32). So no handler checks for the end of its body; the
+    exceptions are decided here too: an options block runs to the end of the body (`tlv`),
+    and a length-prefixed block must be consumed exactly (`end_of_block`).
     """
 
     def __cinit__(self, data, Py_ssize_t start=0):
@@ -501,10 +508,16 @@ cdef class Reader:
             return text
         raise IggyError(_E_IDENTIFIER, f"unknown identifier kind {kind}")
 
-    def done(self):
-        """Refuse trailing bytes."""
+    def end_of_block(self):
+        """Refuse bytes left over in a length-prefixed block read by its own Reader.
+
+        Only for blocks whose length the body states (the permissions of CreateUser and
+        UpdatePermissions): upstream refuses a block whose decoded size differs from its
+        length field (core/binary_protocol/src/requests/users/create_user.rs). Never call it on
+        a whole request body: trailing bytes there are ignored (see the class docstring).
+        """
         if self._pos != self._end:
-            raise IggyError(_E_COMMAND, "unexpected trailing bytes in request body")
+            raise IggyError(_E_COMMAND, "length-prefixed block has bytes after its fields")
 
     def tlv(self, Py_ssize_t max_entries=2048, Py_ssize_t max_bytes=100000):
         """TLV entries `[u8 kind][u32 len][bytes]` up to the end of the body, as a list of

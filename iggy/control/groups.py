@@ -151,17 +151,16 @@ def find_group(topic, ident):
 
 
 def get_group_or_fail(topic, ident):
+    """The group, else 5000 for an id or a name alike (see streams.get_stream_or_fail)."""
     g = find_group(topic, ident)
     if g is None:
-        raise IggyError(ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND if isinstance(ident, int)
-                        else ErrorCode.CONSUMER_GROUP_NAME_NOT_FOUND)
+        raise IggyError(ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND)
     return g
 
 
 def _resolve(plane, session, r: Reader, with_group: bool = True):
     sid, tid = r.identifier(), r.identifier()
     gid = r.identifier() if with_group else None
-    r.done()
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_read_topic(plane.user_of(session), s.id, t.id))
     g = get_group_or_fail(t, gid) if with_group else None
@@ -200,16 +199,14 @@ def delete_group_by(plane, s, t, g) -> None:
 
 @command(codes.GET_CONSUMER_GROUP)
 def get_consumer_group(plane, session, r: Reader):
+    # a missing stream or topic is 1009/2010, a missing group an empty body, after the
+    # permission check (upstream core/server/src/responses.rs: ensure_topic_exists)
     sid, tid, gid = r.identifier(), r.identifier(), r.identifier()
-    r.done()
-    from iggy.control.streams import find_stream
-    from iggy.control.topics import find_topic
-    s = find_stream(plane, sid)
-    t = find_topic(s, tid) if s else None
-    g = find_group(t, gid) if t else None
+    s, t = resolve_topic(plane, sid, tid)
+    perm.require(perm.can_read_topic(plane.user_of(session), s.id, t.id))
+    g = find_group(t, gid)
     if g is None:
         return None
-    perm.require(perm.can_read_topic(plane.user_of(session), s.id, t.id))
     return encode_group_details(plane, s, t, g)
 
 
@@ -226,7 +223,6 @@ def get_consumer_groups(plane, session, r: Reader):
 def create_consumer_group(plane, session, r: Reader):
     sid, tid = r.identifier(), r.identifier()
     name = r.name()
-    r.done()
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_read_topic(plane.user_of(session), s.id, t.id))
     g = create_group_by(plane, s, t, name)
@@ -254,7 +250,17 @@ def leave_consumer_group(plane, session, r: Reader):
 
 @command(codes.SYNC_CONSUMER_GROUP)
 def sync_consumer_group(plane, session, r: Reader):
-    s, t, g = _resolve(plane, session, r)
+    # only the caller's own membership is read: a missing stream, topic or group, like a group
+    # the session is not in, answers an empty body (upstream core/server/src/dispatch.rs,
+    # handle_sync_consumer_group)
+    sid, tid, gid = r.identifier(), r.identifier(), r.identifier()
+    from iggy.control.streams import find_stream
+    from iggy.control.topics import find_topic
+    s = find_stream(plane, sid)
+    t = find_topic(s, tid) if s is not None else None
+    g = find_group(t, gid) if t is not None else None
+    if g is None:
+        return None
     key = (s.id, t.id, g.id)
     member = plane.groups.member_of(key, session)
     if member is None:

@@ -44,7 +44,10 @@ STRATEGY_LAST = 4
 STRATEGY_NEXT = 5
 
 _SEND_REPLY = struct.Struct("<IIIIQ")
+_NO_OFFSET_TARGET = (ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.TOPIC_ID_NOT_FOUND,
+                     ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND)
 _POLL_HEAD = struct.Struct("<IQI")
+_BATCH_LENGTH = struct.Struct("<Q")
 
 
 def choose_partition(plane, s, t, kind: int, value: bytes) -> int:
@@ -69,7 +72,16 @@ def choose_partition(plane, s, t, kind: int, value: bytes) -> int:
 
 
 def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int):
-    """Validate and append one batch; returns (base_offset, fsync future or None)."""
+    """Validate and append one batch; returns (base_offset, fsync future or None).
+
+    The batch must fill body[start:end]: bytes after a well-formed batch are refused with
+    InvalidCommand, as upstream does for SendMessages, the one command whose body has a
+    stated length (core/server_common/src/send_messages.rs, admit_wire_request).
+    """
+    declared = _BATCH_LENGTH.unpack_from(body, start + 32)[0] if end - start >= 256 else 0
+    if 256 <= declared < end - start:
+        validate_batch(body, start, start + declared, count)
+        raise IggyError(ErrorCode.INVALID_COMMAND, "bytes after the batch")
     validate_batch(body, start, end, count)
     partition = plane.storage.partition(s.id, t.id, pid)
     with partition.lock:
@@ -97,7 +109,8 @@ def send_messages(plane, session, r: Reader):
     value = r.take(r.u8())
     count = r.u32()
     if r.position != 4 + metadata_length:
-        raise IggyError(ErrorCode.INVALID_FORMAT)
+        # upstream: a metadata section longer or shorter than its fields is InvalidCommand
+        raise IggyError(ErrorCode.INVALID_COMMAND)
     s, t, pid, base_offset, synced = send(plane, session, sid, tid, kind, value, r.data, r.position,
                                           len(r.data), count)
     reply = _SEND_REPLY.pack(1, s.id, t.id, pid, base_offset)
@@ -194,7 +207,6 @@ def poll_messages(plane, session, r: Reader):
     value = r.u64()
     count = r.u32()
     auto_commit = r.bool()
-    r.done()
     pid, current, n, data = poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id,
                                  strategy, value, count, auto_commit)
     return _POLL_HEAD.pack(pid, current, n), data
@@ -225,7 +237,6 @@ def store_consumer_offset(plane, session, r: Reader):
     offset = r.u64()
     if r.remaining():
         r.u8()  # ack level: a single node always acknowledges after the write
-    r.done()
     store_offset(partition, store_kind, key, offset)
 
 
@@ -234,7 +245,6 @@ def delete_consumer_offset(plane, session, r: Reader):
     s, t, partition, store_kind, key = _offset_request(plane, session, r)
     if r.remaining():
         r.u8()
-    r.done()
     delete_offset(partition, store_kind, key)
 
 
@@ -246,8 +256,15 @@ def delete_offset(partition, store_kind, key) -> None:
 
 @command(codes.GET_CONSUMER_OFFSET)
 def get_consumer_offset(plane, session, r: Reader):
-    s, t, partition, store_kind, key = _offset_request(plane, session, r)
-    r.done()
+    try:
+        s, t, partition, store_kind, key = _offset_request(plane, session, r)
+    except IggyError as exc:
+        # a stream, topic or group that does not resolve has no offset: an empty body, as
+        # upstream (core/server/src/dispatch.rs, handle_get_consumer_offset); a missing
+        # partition of a topic that exists stays 3007
+        if exc.code in _NO_OFFSET_TARGET:
+            return None
+        raise
     stored = partition.offsets.get(store_kind, key)
     if stored is None:
         return None

@@ -88,7 +88,7 @@ def read_optional(r: Reader) -> dict | None:
     length = r.u32()
     inner = Reader(r.take(length))
     perms = decode(inner)
-    inner.done()
+    inner.end_of_block()
     return perms
 
 

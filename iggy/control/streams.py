@@ -29,9 +29,11 @@ def find_stream(plane, ident):
 
 
 def get_stream_or_fail(plane, ident):
+    """The stream, else 1009 whether `ident` is an id or a name: upstream has no other
+    not-found code for a stream (core/metadata/src/stm/result.rs, core/server/src/responses.rs)."""
     s = find_stream(plane, ident)
     if s is None:
-        raise IggyError(ErrorCode.STREAM_ID_NOT_FOUND if isinstance(ident, int) else ErrorCode.STREAM_NAME_NOT_FOUND)
+        raise IggyError(ErrorCode.STREAM_ID_NOT_FOUND)
     return s
 
 
@@ -57,7 +59,6 @@ def encode_stream_details(plane, s) -> bytes:
 @command(codes.GET_STREAM)
 def get_stream(plane, session, r: Reader):
     ident = r.identifier()
-    r.done()
     s = find_stream(plane, ident)
     if s is None:
         return None
@@ -67,7 +68,6 @@ def get_stream(plane, session, r: Reader):
 
 @command(codes.GET_STREAMS)
 def get_streams(plane, session, r: Reader):
-    r.done()
     perm.require(perm.can_list_streams(plane.user_of(session)))
     w = Writer()
     for s in sorted(plane.meta.state.streams.values(), key=lambda s: s.id):
@@ -121,7 +121,6 @@ def delete_stream_by(plane, s) -> None:
 @command(codes.DELETE_STREAM)
 def delete_stream(plane, session, r: Reader):
     ident = r.identifier()
-    r.done()
     s = get_stream_or_fail(plane, ident)
     perm.require(perm.can_manage_stream(plane.user_of(session), s.id))
     delete_stream_by(plane, s)
@@ -130,7 +129,6 @@ def delete_stream(plane, session, r: Reader):
 @command(codes.PURGE_STREAM)
 def purge_stream(plane, session, r: Reader):
     ident = r.identifier()
-    r.done()
     s = get_stream_or_fail(plane, ident)
     perm.require(perm.can_manage_stream(plane.user_of(session), s.id))
     purge_stream_by(plane, s)

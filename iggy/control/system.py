@@ -91,7 +91,6 @@ def collect_stats(plane) -> dict:
 
 @command(codes.GET_STATS)
 def get_stats(plane, session, r: Reader):
-    r.done()
     perm.require(perm.can_read_servers(plane.user_of(session)))
     s = collect_stats(plane)
     w = Writer()
@@ -125,7 +124,6 @@ def cluster_metadata(plane) -> dict:
 
 @command(codes.GET_CLUSTER_METADATA)
 def get_cluster_metadata(plane, session, r: Reader):
-    r.done()
     meta = cluster_metadata(plane)
     w = Writer().str32(meta["name"]).u32(len(meta["nodes"]))
     for n in meta["nodes"]:
@@ -147,7 +145,6 @@ def described_options(scope: str) -> list:
 @command(codes.DESCRIBE_OPTIONS)
 def describe_options(plane, session, r: Reader):
     scope = r.u8()
-    r.done()
     if scope not in OPTION_SCOPES:
         raise IggyError(ErrorCode.INVALID_COMMAND)
     opts = described_options(OPTION_SCOPES[scope])
@@ -173,14 +170,12 @@ def encode_client_details(s) -> bytes:
 
 @command(codes.GET_ME)
 def get_me(plane, session, r: Reader):
-    r.done()
     return encode_client_details(session)
 
 
 @command(codes.GET_CLIENT)
 def get_client(plane, session, r: Reader):
     client_id = r.u32()
-    r.done()
     perm.require(perm.can_read_servers(plane.user_of(session)))
     s = plane.sessions.get(client_id)
     return encode_client_details(s) if s is not None else None
@@ -188,7 +183,6 @@ def get_client(plane, session, r: Reader):
 
 @command(codes.GET_CLIENTS)
 def get_clients(plane, session, r: Reader):
-    r.done()
     perm.require(perm.can_read_servers(plane.user_of(session)))
     w = Writer()
     for s in sorted(plane.sessions.values(), key=lambda s: s.client_id):

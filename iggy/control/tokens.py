@@ -60,7 +60,6 @@ def delete_token(plane, user_id: int, name: str) -> None:
 
 @command(codes.GET_PERSONAL_ACCESS_TOKENS)
 def get_tokens(plane, session, r: Reader):
-    r.done()
     w = Writer()
     for t in sorted(plane.meta.state.tokens_of(session.user_id), key=lambda t: t.name):
         w.name(t.name).u64(t.expiry_at)
@@ -71,12 +70,10 @@ def get_tokens(plane, session, r: Reader):
 def create(plane, session, r: Reader):
     name = r.name()
     expiry = r.u64()
-    r.done()
     return Writer().name(create_token(plane, session.user_id, name, expiry)).getvalue()
 
 
 @command(codes.DELETE_PERSONAL_ACCESS_TOKEN)
 def delete(plane, session, r: Reader):
     name = r.name()
-    r.done()
     delete_token(plane, session.user_id, name)

@@ -219,9 +219,10 @@ def find_topic(stream, ident):
 
 
 def get_topic_or_fail(stream, ident):
+    """The topic, else 2010 for an id or a name alike (see streams.get_stream_or_fail)."""
     t = find_topic(stream, ident)
     if t is None:
-        raise IggyError(ErrorCode.TOPIC_ID_NOT_FOUND if isinstance(ident, int) else ErrorCode.TOPIC_NAME_NOT_FOUND)
+        raise IggyError(ErrorCode.TOPIC_ID_NOT_FOUND)
     return t
 
 
@@ -236,7 +237,6 @@ def resolve_topic(plane, stream_ident, topic_ident):
 @command(codes.GET_TOPIC)
 def get_topic(plane, session, r: Reader):
     sid, tid = r.identifier(), r.identifier()
-    r.done()
     from iggy.control.streams import find_stream
     s = find_stream(plane, sid)
     t = find_topic(s, tid) if s is not None else None
@@ -249,8 +249,12 @@ def get_topic(plane, session, r: Reader):
 @command(codes.GET_TOPICS)
 def get_topics(plane, session, r: Reader):
     sid = r.identifier()
-    r.done()
-    s = get_stream_or_fail(plane, sid)
+    from iggy.control.streams import find_stream
+    s = find_stream(plane, sid)
+    if s is None:
+        # a missing stream lists as empty, not 1009 (upstream's "legacy parity" in
+        # core/server/src/responses.rs, build_get_topics_response); nothing to permit
+        return Writer().u32(0).getvalue()
     perm.require(perm.can_read_topic(plane.user_of(session), s.id))
     w = Writer().u32(len(s.topics))
     for t in sorted(s.topics.values(), key=lambda t: t.id):
@@ -322,7 +326,6 @@ def delete_topic_by(plane, s, t) -> None:
 @command(codes.DELETE_TOPIC)
 def delete_topic(plane, session, r: Reader):
     sid, tid = r.identifier(), r.identifier()
-    r.done()
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
     delete_topic_by(plane, s, t)
@@ -331,7 +334,6 @@ def delete_topic(plane, session, r: Reader):
 @command(codes.PURGE_TOPIC)
 def purge_topic(plane, session, r: Reader):
     sid, tid = r.identifier(), r.identifier()
-    r.done()
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
     purge_topic_by(plane, s, t)
@@ -386,7 +388,6 @@ def delete_segments_by(plane, s, t, partition_id: int, count: int) -> int:
 def create_partitions(plane, session, r: Reader):
     sid, tid = r.identifier(), r.identifier()
     count = r.u32()
-    r.done()
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
     create_partitions_by(plane, s, t, count)
@@ -396,7 +397,6 @@ def create_partitions(plane, session, r: Reader):
 def delete_partitions(plane, session, r: Reader):
     sid, tid = r.identifier(), r.identifier()
     count = r.u32()
-    r.done()
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
     delete_partitions_by(plane, s, t, count)
@@ -407,7 +407,6 @@ def delete_segments(plane, session, r: Reader):
     sid, tid = r.identifier(), r.identifier()
     partition_id = r.u32()
     count = r.u32()
-    r.done()
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
     if partition_id not in t.partitions:

@@ -101,7 +101,10 @@ def _refuse_options(r: Reader) -> None:
 # ------------------------------------------------------------------- login / logout
 
 def _parse_login(r: Reader):
-    """('password', username, password) or ('token', token); Evict(15) if neither shape fits."""
+    """The shapes the body parses as, in the order upstream tries them: ('password', username,
+    password) and/or ('token', token, None); Evict(15) if neither fits. Bytes after a shape's
+    fields are ignored, so a body may parse as both (core/server/src/dispatch.rs,
+    handle_login_register_request)."""
     try:
         version = r.u32()
         r.name()
@@ -111,22 +114,24 @@ def _parse_login(r: Reader):
     if version >> 10 != PROTOCOL_VERSION >> 10:
         raise Evict(EVICT_INCOMPATIBLE_PROTOCOL, PROTOCOL_VERSION, PROTOCOL_VERSION)
     start = r.position
+    shapes = []
     try:
         username = r.name()
         password = r.string8()
         r.bytes32()
-        r.done()
-        return ("password", username, password)
+        shapes.append(("password", username, password))
     except IggyError:
         pass
     r2 = Reader(r.data, start)
     try:
         token = r2.string8()
         r2.bytes32()
-        r2.done()
-        return ("token", token, None)
+        shapes.append(("token", token, None))
     except IggyError:
-        raise Evict(EVICT_MALFORMED_LOGIN) from None
+        pass
+    if not shapes:
+        raise Evict(EVICT_MALFORMED_LOGIN)
+    return shapes
 
 
 def _login_reply(user_id: int, session: int) -> bytes:
@@ -218,14 +223,18 @@ def user_for_token(plane, raw_token: str):
 
 @command(codes.LOGIN_REGISTER, auth=False)
 async def login(plane, session, r: Reader):
-    kind, secret, password = _parse_login(r)
+    shapes = _parse_login(r)
+    kind, secret, password = shapes[0]
     client_uuid = session.client_uuid
     if kind == "password":
         try:
             user = await password_login(plane, session.address, secret, password)
         except IggyError:
-            raise Evict(EVICT_INVALID_CREDENTIALS) from None
-    else:
+            # wrong credentials: a body that also parses as a token login gets that chance
+            if len(shapes) == 1:
+                raise Evict(EVICT_INVALID_CREDENTIALS) from None
+            kind, secret, password = shapes[1]
+    if kind == "token":
         try:
             user = token_login(plane, session.address, secret)
         except IggyError as exc:
@@ -237,7 +246,6 @@ async def login(plane, session, r: Reader):
 
 @command(codes.LOGOUT_USER)
 def logout(plane, session, r: Reader):
-    r.done()
     plane.logout(session)
 
 
@@ -246,7 +254,6 @@ def logout(plane, session, r: Reader):
 @command(codes.GET_USER)
 def get_user(plane, session, r: Reader):
     ident = r.identifier()
-    r.done()
     user = find_user(plane, ident)
     if user is None:
         return None
@@ -257,7 +264,6 @@ def get_user(plane, session, r: Reader):
 
 @command(codes.GET_USERS)
 def get_users(plane, session, r: Reader):
-    r.done()
     perm.require(perm.can_read_users(plane.user_of(session)))
     w = Writer()
     for u in sorted(plane.meta.state.users.values(), key=lambda u: u.id):
@@ -314,7 +320,6 @@ def get_user_or_fail(plane, ident):
 @command(codes.DELETE_USER)
 def delete_user(plane, session, r: Reader):
     ident = r.identifier()
-    r.done()
     perm.require(perm.can_manage_users(plane.user_of(session)))
     delete_user_by(plane, get_user_or_fail(plane, ident))
 
@@ -352,7 +357,6 @@ def update_user_by(plane, user, username: str | None, status: int | None) -> Non
 def update_permissions(plane, session, r: Reader):
     ident = r.identifier()
     permissions = perm.read_optional(r)
-    r.done()
     perm.require(perm.can_manage_users(plane.user_of(session)))
     update_permissions_by(plane, get_user_or_fail(plane, ident), permissions)
 
@@ -368,7 +372,6 @@ async def change_password(plane, session, r: Reader):
     ident = r.identifier()
     current = r.string8()
     new = r.string8()
-    r.done()
     user = get_user_or_fail(plane, ident)
     if user.id != session.user_id:
         perm.require(perm.can_manage_users(plane.user_of(session)))

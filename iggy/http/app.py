@@ -6,10 +6,18 @@ with an empty body) -> the auth guard and the Content-Type check of the API rout
 body/path/query parsing -> handler. Everything under the API router requires a bearer unless
 the handler is marked public; the OpenAPI document (`/schema`, `/schema/openapi.json`) and
 `/ui` are outside it.
+
+Every successful (2xx/3xx) answer of the API router carries `iggy-view: 0`, except `/ping`:
+upstream stamps the metadata group's consensus view number on those answers
+(core/server/src/http/state.rs, insert_view_header; core/server/src/http.rs, router), and a
+single node never leaves view 0. Errors, `/ping`, `/ui` and CORS preflights go without it,
+as upstream's layering does.
 """
 from __future__ import annotations
 
-from litestar import Litestar, Router
+import logging
+
+from litestar import Litestar, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -23,6 +31,26 @@ from iggy.http.routes import messages, streams, system, users
 from iggy.http.webui import ui_route
 
 OPENAPI_PATH = "/schema"
+VIEW_HEADER = "iggy-view"
+SINGLE_NODE_VIEW = "0"
+
+log = logging.getLogger("iggy.http")
+
+
+def stamp_view(response: Response) -> Response:
+    """after_request hook of the API router (see the module docstring)."""
+    if (response.status_code or 200) < 400:
+        response.headers[VIEW_HEADER] = SINGLE_NODE_VIEW
+    return response
+
+
+def _web_ui_notice(settings) -> None:
+    """`http.web_ui = true` is upstream's switch for the UI compiled into its binary; this
+    server has none built in, so it says once how to serve the official build instead."""
+    if settings.web_ui and not settings.web_ui_dir:
+        log.warning("http.web_ui = true, but no Web UI is built into this server: build the static "
+                    "Web UI from the Apache Iggy sources (web/, build:static -> web/build/static) and "
+                    "set http.web_ui_dir (IGGY_HTTP_WEB_UI_DIR) to that folder to serve it under /ui")
 
 
 def create_app(ctx: HttpContext) -> Litestar:
@@ -33,8 +61,9 @@ def create_app(ctx: HttpContext) -> Litestar:
     for handler in handlers:   # document the error answers once, for every operation
         handler.responses = {**ERROR_RESPONSES, **(handler.responses or {})}
     api = Router(path="/", route_handlers=handlers, guards=[auth_guard], before_request=require_json,
-                 security=[{"bearer": []}])
+                 after_request=stamp_view, security=[{"bearer": []}])
     route_handlers = [api]
+    _web_ui_notice(settings)
     if settings.web_ui_dir:
         route_handlers.append(ui_route(settings.web_ui_dir))
     cors = settings.cors

@@ -13,6 +13,8 @@ Keys read (all optional; defaults are the reference server's)::
     http.header_read_timeout / body_read_timeout / keep_alive_timeout   "10 s", "30 s", "5 s"
                                      (ours: slow clients are closed, see iggy.http.protocol)
     http.max_header_size / max_connections   "32 KiB", 1024  (ours)
+    http.web_ui                      false (upstream's switch for its built-in UI; none is built
+                                            in here, so true only logs how to use web_ui_dir)
     http.web_ui_dir                  ""  (a folder served under /ui; ours, not upstream's)
     http.cors.enabled / allowed_origins / allowed_methods / allowed_headers /
              exposed_headers / allow_credentials / allow_private_network
@@ -67,6 +69,7 @@ class HttpSettings:
     keep_alive_timeout: float = 5.0
     max_header_size: int = 32 * 1024
     max_connections: int = 1024
+    web_ui: bool = False
     web_ui_dir: str = ""
     metrics_enabled: bool = True
     metrics_endpoint: str = "/metrics"
@@ -170,6 +173,7 @@ def from_config(cfg) -> HttpSettings:
         keep_alive_timeout=_fine_seconds(_get(http, "keep_alive_timeout", None), 5.0),
         max_header_size=_bytes(_get(http, "max_header_size", None), 32 * 1024),
         max_connections=int(_get(http, "max_connections", 1024)),
+        web_ui=bool(_get(http, "web_ui", False)),
         web_ui_dir=str(_get(http, "web_ui_dir", "")),
         metrics_enabled=bool(_get(metrics, "enabled", True)),
         metrics_endpoint=str(_get(metrics, "endpoint", "/metrics")) or "/metrics",

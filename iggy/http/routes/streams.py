@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import delete, get, post, put
+from litestar import Response, delete, get, post, put
 from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 
 from iggy.control import permissions as perm
@@ -126,7 +126,7 @@ def topic_options(compression, message_expiry, max_topic_size, options: dict | N
 def _get_topics(plane, user, sid: str) -> list:
     s = streams.find_stream(plane, ident(sid))
     if s is None:
-        raise NotFound()
+        return []       # a missing stream lists as empty, as over TCP (control.topics.get_topics)
     perm.require(perm.can_read_topic(user, s.id))
     return [views.topic(plane, s.id, t) for t in sorted(s.topics.values(), key=lambda t: t.id)]
 
@@ -222,8 +222,10 @@ async def purge_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_
 @post("/streams/{stream_id:str}/topics/{topic_id:str}/partitions", status_code=200,
       summary="Add partitions to a topic")
 async def create_partitions(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                            data: JSONBody[schemas.PartitionsCount]) -> None:
+                            data: JSONBody[schemas.PartitionsCount]) -> Response:
     await ctx.bridge.call_as(caller, _create_partitions, stream_id, topic_id, data.partitions_count)
+    # 200 with an empty body (upstream's handler returns a bare StatusCode::OK), not JSON `null`
+    return Response(b"", status_code=200)
 
 
 @delete("/streams/{stream_id:str}/topics/{topic_id:str}/partitions", status_code=204,
@@ -243,17 +245,19 @@ async def delete_segments(ctx: Ctx, caller: Caller, stream_id: FromPath[str], to
 # ------------------------------------------------------------------- consumer groups
 
 def _get_groups(plane, user, sid: str, tid: str) -> list:
-    s, t = found_topic(plane, sid, tid)
+    # a missing stream or topic is the typed 404 (1009/2010), not the generic one: upstream's
+    # group reads check the parent first (core/server/src/responses.rs, ensure_topic_exists)
+    s, t = topics.resolve_topic(plane, ident(sid), ident(tid))
     perm.require(perm.can_read_topic(user, s.id, t.id))
     return [views.group(plane, s, t, g) for g in sorted(t.groups.values(), key=lambda g: g.id)]
 
 
 def _get_group(plane, user, sid: str, tid: str, gid: str) -> dict:
-    s, t = found_topic(plane, sid, tid)
+    s, t = topics.resolve_topic(plane, ident(sid), ident(tid))    # typed 404, as _get_groups
+    perm.require(perm.can_read_topic(user, s.id, t.id))
     g = groups.find_group(t, ident(gid))
     if g is None:
         raise NotFound()
-    perm.require(perm.can_read_topic(user, s.id, t.id))
     return views.group_details(plane, s, t, g)
 
 

@@ -98,6 +98,7 @@ def test_every_flipped_byte_of_a_sealed_batch(pristine, tmp_path, caplog, which)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="iggy._core.log"):
             lg = PartitionLog(directory, PARTITION, SEG)
+        startup = [r.getMessage() for r in caplog.records]
         try:
             errors = _check_reads(lg, damaged)
         finally:
@@ -107,15 +108,14 @@ def test_every_flipped_byte_of_a_sealed_batch(pristine, tmp_path, caplog, which)
         codes_seen |= set(errors.values())
         if which == 2:
             assert set(errors.values()) == {4039}
-            # header fields other than the two timestamps of the origin and the checksum are
-            # compared with the index at open: the warning names the file
-            if i < HEADER and not (24 <= i < 32 or 40 <= i < 48):
-                assert any(name in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records), i
+            # a batch in the middle is not read at open (only the index and the end batches
+            # are): the first read of it reports it
+            assert not startup, i
         else:
             # the newest batch of a sealed segment is kept when its header still fits (4039);
             # a header that does not is cut as a torn tail, and its offsets become a gap (4011)
             assert set(errors.values()) in ({4039}, {4011})
-            assert any(name in r.getMessage() for r in caplog.records), i
+            assert any(name in line for line in startup), i
         shutil.rmtree(directory)
     assert 4039 in codes_seen
 
@@ -137,6 +137,38 @@ def test_every_flipped_byte_of_an_index_entry(pristine, tmp_path):
             lg.close()
         shutil.rmtree(directory)
     assert damaged
+
+
+@pytest.mark.parametrize("field", [8, 16, 32, 48, 100], ids=["offset", "timestamp", "length", "count", "reserved"])
+def test_startup_check_reports_the_first_batch_of_a_segment(pristine, tmp_path, caplog, field):
+    name, pos, base, count, length = _batch(pristine, 1, 0)
+    directory = _copy(pristine, tmp_path, "first")
+    _flip(os.path.join(directory, name), pos + field)
+    with caplog.at_level(logging.WARNING, logger="iggy._core.log"):
+        lg = PartitionLog(directory, PARTITION, SEG)
+    try:
+        assert [r.getMessage() for r in caplog.records] == [
+            f"partition {directory}: segment {os.path.join(directory, name)}: 1 of 6 index entries do not match "
+            f"the segment (a damaged index or batch header), the first at offset {base}; polls there are "
+            f"answered with error 4039"]
+        assert _check_reads(lg, range(base, base + count)) == {o: 4039 for o in range(base, base + count)}
+    finally:
+        lg.close()
+
+
+@pytest.mark.parametrize("field", [0, 16], ids=["offset", "position"])
+def test_startup_check_reports_an_index_entry_out_of_order(pristine, tmp_path, caplog, field):
+    name, pos, base, count, length = _batch(pristine, 1, 2)
+    directory = _copy(pristine, tmp_path, "index")
+    _flip(os.path.join(directory, name[:-4] + ".index"), 2 * 24 + field + 7, 0x80)    # the top byte
+    with caplog.at_level(logging.WARNING, logger="iggy._core.log"):
+        lg = PartitionLog(directory, PARTITION, SEG)
+    try:
+        assert any(name in r.getMessage() and "index entries do not match" in r.getMessage()
+                   for r in caplog.records)
+        _check_reads(lg, range(0))
+    finally:
+        lg.close()
 
 
 def test_logged_once_per_batch(pristine, tmp_path, caplog):

@@ -5,8 +5,8 @@ One data directory is written (1 MiB segments, batches of 10 messages of ~3 KB: 
 segments) and damaged: a payload byte of a batch in the middle of the first segment (only
 the checksums can tell: the first poll of it reports it), the length field of the header of
 the second segment's first batch (the startup check sees it), and a payload byte of the
-newest batch of the second (recovery keeps it instead of cutting a sealed segment). A uring server and an asyncio server each start on a
-copy of it and get the same requests: polls before, at, inside and after each damaged batch,
+newest batch of the second (recovery keeps it instead of cutting a sealed segment). A uring
+server and an asyncio server each start on a copy of it and get the same requests: polls before, at, inside and after each damaged batch,
 a `next` consumer with auto-commit walking into one, and HTTP polls. The replies must be
 identical between the engines and follow the contract of docs/RELIABILITY.md: a poll that
 starts before a damaged batch gets the messages up to it (a shorter reply), one that starts
@@ -89,8 +89,8 @@ def damaged(tmp_path_factory):
 
 
 def _poll_body(consumer: int, strategy: int, value: int, count: int, auto_commit: bool = False) -> bytes:
-    return (b"\x01" + ident(consumer) + ident(S) + ident(T) + b"\x01" + struct.pack("<I", 0) + bytes([strategy])
-            + struct.pack("<Q", value) + struct.pack("<I", count) + bytes([auto_commit]))
+    return (b"\x01" + ident(consumer) + ident(S) + ident(T) + b"\x01" + struct.pack("<I", 0)
+            + bytes([strategy]) + struct.pack("<Q", value) + struct.pack("<I", count) + bytes([auto_commit]))
 
 
 def _result(reply):
@@ -142,7 +142,8 @@ def _session(srv, where) -> list:
     assert seen == list(range(bad.start))
     for _ in range(3):
         out.append(("next", poll(7, 5, 0, 30, True)))
-    body = b"\x01" + ident(7) + ident(S) + ident(T) + b"\x01" + struct.pack("<I", 0) + struct.pack("<Q", bad.stop - 1)
+    body = (b"\x01" + ident(7) + ident(S) + ident(T) + b"\x01" + struct.pack("<I", 0)
+            + struct.pack("<Q", bad.stop - 1))
     out.append(("store", c.call(161, 0, body).code))
     out.append(("next", poll(7, 5, 0, 30, True)))
     c.close()
@@ -151,7 +152,8 @@ def _session(srv, where) -> list:
     with urllib.request.urlopen(login) as resp:
         token = json.load(resp)["access_token"]["token"]
     for name, (bad, _path) in where.items():
-        out.append((name, "http", _http_poll(srv, token, bad.start - 5, 20), _http_poll(srv, token, bad.start, 20)))
+        out.append((name, "http", _http_poll(srv, token, bad.start - 5, 20),
+                    _http_poll(srv, token, bad.start, 20)))
     return out
 
 
@@ -188,7 +190,8 @@ def test_damaged_batches_answer_4039_at_the_batch(sessions, damaged, engine):
     assert nxt[-1][2] == list(range(110, 140))                 # after the offset was stored past it
     http = {r[0]: r[2:] for r in replies if r[1] == "http"}
     for name, (bad, _path) in where.items():
-        assert http[name] == ((200, list(range(bad.start - 5, bad.start))), (400, 4039, "invalid_batch_checksum"))
+        assert http[name] == ((200, list(range(bad.start - 5, bad.start))),
+                              (400, 4039, "invalid_batch_checksum"))
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -139,7 +139,8 @@ def test_every_flipped_byte_of_an_index_entry(pristine, tmp_path):
     assert damaged
 
 
-@pytest.mark.parametrize("field", [8, 16, 32, 48, 100], ids=["offset", "timestamp", "length", "count", "reserved"])
+@pytest.mark.parametrize("field", [8, 16, 32, 48, 100],
+                         ids=["offset", "timestamp", "length", "count", "reserved"])
 def test_startup_check_reports_the_first_batch_of_a_segment(pristine, tmp_path, caplog, field):
     name, pos, base, count, length = _batch(pristine, 1, 0)
     directory = _copy(pristine, tmp_path, "first")

@@ -476,8 +476,10 @@ cdef int _scan_headers(int fd, const Segment *s, uint32_t partition_id, uint64_t
             if got < 0:
                 return <int>got
             ok = (got == BATCH_HEADER_LEN and le_u64(h + B_PARTITION_ID) == partition_id
-                  and le_u64(h + B_BASE_OFFSET) == _e_off(s, i) and le_u64(h + B_BASE_TIMESTAMP) == _e_ts(s, i)
-                  and le_u64(h + B_LENGTH) == end - pos and <uint64_t>le_u32(h + B_COUNT) == next_off - _e_off(s, i)
+                  and le_u64(h + B_BASE_OFFSET) == _e_off(s, i)
+                  and le_u64(h + B_BASE_TIMESTAMP) == _e_ts(s, i)
+                  and le_u64(h + B_LENGTH) == end - pos
+                  and <uint64_t>le_u32(h + B_COUNT) == next_off - _e_off(s, i)
                   and end - pos >= BATCH_HEADER_LEN + (next_off - _e_off(s, i)) * MIN_FRAME_LEN
                   and _all_zero(h + B_RESERVED, BATCH_HEADER_LEN - B_RESERVED))
         if not ok:
@@ -942,8 +944,9 @@ cdef class PartitionLog:
             if rc:
                 raise OSError(-rc, f"checking {self._path(self.segs[k].base, 'log')}: {os.strerror(-rc)}")
             if n_bad:
-                log.warning("partition %s: segment %s: %d of %d index entries do not match the segment (a damaged "
-                            "index or batch header), the first at offset %d; polls there are answered with error %d",
+                log.warning("partition %s: segment %s: %d of %d index entries do not match the segment "
+                            "(a damaged index or batch header), the first at offset %d; polls there are "
+                            "answered with error %d",
                             self.label, self._path(self.segs[k].base, "log"), n_bad, self.segs[k].n_entries,
                             first_bad, ErrorCode.INVALID_BATCH_CHECKSUM)
         return 0
@@ -1378,7 +1381,8 @@ cdef class PartitionLog:
                     gap_end = self.segs[k].base
                     break
             key = (res.status, gap_start)       # one line per gap, wherever in it reads start
-            code, reason = ErrorCode.CANNOT_READ_MESSAGE, f"offsets {gap_start}..{gap_end - 1} are in no segment"
+            code = ErrorCode.CANNOT_READ_MESSAGE
+            reason = f"offsets {gap_start}..{gap_end - 1} are in no segment"
         elif res.status == READ_SHORT:
             code, reason = ErrorCode.CANNOT_READ_MESSAGE, "the segment is shorter than its index"
         else:
@@ -1387,16 +1391,17 @@ cdef class PartitionLog:
             self._reported.add(key)
             segment = self._segment_file(res.bad)
             if res.status == READ_CORRUPT:
-                log.error("partition %s: batch at offset %d in segment %s fails its checksum", self.label, res.bad,
-                          segment)
+                log.error("partition %s: batch at offset %d in segment %s fails its checksum", self.label,
+                          res.bad, segment)
             elif res.status == READ_MISSING:
                 log.error("partition %s: cannot serve offset %d: %s", self.label, res.bad, reason)
             else:
-                log.error("partition %s: cannot serve offset %d in segment %s: %s", self.label, res.bad, segment,
-                          reason)
+                log.error("partition %s: cannot serve offset %d in segment %s: %s", self.label, res.bad,
+                          segment, reason)
         if res.served == 0:
-            raise IggyError(code, f"batch at offset {res.bad} fails its checksum" if res.status == READ_CORRUPT
-                            else f"cannot read offset {res.start}: {reason}")
+            if res.status == READ_CORRUPT:
+                raise IggyError(code, f"batch at offset {res.bad} fails its checksum")
+            raise IggyError(code, f"cannot read offset {res.start}: {reason}")
         return 0
 
     def _segment_file(self, uint64_t offset):

@@ -324,7 +324,9 @@ def test_flipped_byte_in_last_batch_is_never_served(log_dir):
     lg.close()
 
 
-def test_corrupt_message_in_a_middle_batch_stops_reads(log_dir):
+def test_corrupt_message_in_a_middle_batch_stops_reads_before_its_batch(log_dir):
+    """The batch is the unit of damage: none of its messages is served, reads before it stop
+    there, reads in it fail every time with 4039, reads after it are unaffected."""
     lg = open_log(log_dir, segment_size=1 << 20)
     fill(lg, [4, 4, 4])
     lg.close()
@@ -339,11 +341,14 @@ def test_corrupt_message_in_a_middle_batch_stops_reads(log_dir):
     lg = open_log(log_dir)
     msgs, data = read_all(lg)
     check_batches(data)
-    assert [m["offset"] for m in msgs] == [0, 1, 2, 3, 4]     # served up to the corrupt message only
-    try:                                                     # nothing from the corrupt one on:
-        assert lg.read(5, 3)[1] == 0                         # an empty read or an error
-    except IggyError as exc:
-        assert exc.code == 4011
+    assert [m["offset"] for m in msgs] == [0, 1, 2, 3]        # up to the damaged batch only
+    for start in (4, 5, 6, 7, 4, 5):                         # in it: the error, every time
+        with pytest.raises(IggyError) as exc:
+            lg.read(start, 3)
+        assert exc.value.code == 4039
+    msgs, data = read_all(lg, 8)
+    check_batches(data)
+    assert [m["offset"] for m in msgs] == [8, 9, 10, 11]
     lg.close()
 
 
@@ -443,9 +448,16 @@ def test_delete_segments(log_dir):
     assert not os.path.exists(os.path.join(log_dir, f"{segs[1][0]:020d}.log"))
     assert not os.path.exists(os.path.join(log_dir, f"{segs[1][0]:020d}.index"))
     gone = range(segs[1][0], segs[1][1] + 1)
+    # a read never steps over offsets no segment holds: it stops before them, and one that
+    # starts there fails (a consumer must not skip them unknowingly)
     msgs, data = read_all(lg)
     check_batches(data)
-    assert [m["offset"] for m in msgs] == [o for o in range(total) if o not in gone]
+    assert [m["offset"] for m in msgs] == list(range(gone[0]))
+    with pytest.raises(IggyError) as exc:
+        lg.read(gone[1], 3)
+    assert exc.value.code == 4011
+    msgs, data = read_all(lg, gone[-1] + 1)
+    assert [m["offset"] for m in msgs] == list(range(gone[-1] + 1, total))
     assert lg.delete_oldest_segments(1) == 1
     assert lg.first_offset == segs[2][0]
     msgs, _ = read_all(lg, 0, 5)                             # before the oldest kept: starts there
@@ -584,7 +596,13 @@ def test_emptied_sealed_segment_is_dropped(log_dir):
     msgs, data = read_all(lg)
     check_batches(data)
     lost = range(segs[1][0], segs[1][1] + 1)
-    assert [m["offset"] for m in msgs] == [o for o in range(segs[-1][1] + 1) if o not in lost]
+    assert [m["offset"] for m in msgs] == list(range(lost[0]))     # up to the gap
+    for start in (lost[0], lost[-1]):
+        with pytest.raises(IggyError) as exc:
+            lg.read(start, 1)
+        assert exc.value.code == 4011
+    msgs, data = read_all(lg, lost[-1] + 1)
+    assert [m["offset"] for m in msgs] == list(range(lost[-1] + 1, segs[-1][1] + 1))
     lg.close()
 
 
@@ -616,11 +634,12 @@ def test_corrupt_first_message_raises(log_dir):
         b = f.read(1)
         f.seek(pos + HEADER + FRAME)
         f.write(bytes([b[0] ^ 1]))
-    with pytest.raises(IggyError) as exc:
-        lg.read(4, 2)
-    assert exc.value.code == 4011
+    for start in (4, 5):                                 # the whole batch 4..7 is refused
+        with pytest.raises(IggyError) as exc:
+            lg.read(start, 2)
+        assert exc.value.code == 4039
     assert [m["offset"] for m in read_all(lg, 2, 10)[0]] == [2, 3]
-    assert [m["offset"] for m in read_all(lg, 5, 10)[0]] == list(range(5, 12))
+    assert [m["offset"] for m in read_all(lg, 8, 10)[0]] == list(range(8, 12))
     lg.close()
 
 
@@ -826,12 +845,12 @@ def test_recovery_keeps_an_exact_prefix(tmp_path_factory, sizes, cut, damage, da
     if damage in ("garbage", "drop_index"):
         assert n == total
     if n:
-        # a flip inside an older batch is bit rot, not a torn tail: recovery (which walks from
-        # the newest index entry) keeps the batch and reads stop before it instead
+        # a flip inside an older batch (or the newest of a sealed segment) is bit rot, not a
+        # torn tail: recovery keeps the batch and reads stop before it instead
         try:
             msgs, raw = read_all(lg)
         except IggyError as exc:
-            assert damage == "flip" and exc.code == 4011
+            assert damage == "flip" and exc.code == 4039
             msgs, raw = [], b""
         check_batches(raw)
         served = len(msgs) if damage == "flip" else n

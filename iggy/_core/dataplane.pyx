@@ -27,7 +27,11 @@ Served here (bodies in iggy/control/messages.py and TCP.md 7.4, 8.1, 8.5, 9.12):
 
 A poll's batches are read from the segment straight into the output behind the reply's
 header, cut there in place (PartitionLog.c_read): one copy from the page cache, no
-intermediate buffer. A send is validated (every message checksum, the batch layout) and
+intermediate buffer. A read that stops early — a stored batch that fails its checksum or
+checks, offsets no segment holds, an I/O error — is never answered here, not even with the
+messages before that place: the request goes to Python, which reads again and answers the
+same shorter reply or the error (4039 / 4011), and logs the damaged place once (the log
+needs the GIL). So both engines give byte-identical replies over damaged data. A send is validated (every message checksum, the batch layout) and
 appended from the receive buffer without copying it.
 
 The routing table's read lock is held for the whole request, so the partition objects it

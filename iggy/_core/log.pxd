@@ -11,6 +11,7 @@ cdef enum:
     READ_CORRUPT = 1            # a batch or message failed its checks: the result ends before it
     READ_SHORT = 2              # the segment file is shorter than its index says
     READ_IO_ERROR = 3
+    READ_MISSING = 4            # the read starts at offsets no segment holds (a gap left by damage)
 
 
 # where c_read puts its result: memory for n bytes, or NULL (out of memory)
@@ -53,10 +54,13 @@ cdef class PartitionLog:
     cdef uint64_t last_ts       # newest base_timestamp handed out (timestamps strictly increase)
     cdef bint _closed
     cdef readonly uint64_t uid  # unique in the process: tells logs apart after one is freed
+    cdef readonly str label     # "stream/topic/partition" ids for log lines (the directory otherwise)
+    cdef object _reported       # {(read status, offset)} already logged: each damaged place once
 
     cdef Segment *_active(self) except NULL
     cdef Py_ssize_t _open_segment(self, uint64_t base, bint create) except -1
     cdef int _recover(self, Py_ssize_t k) except -1
+    cdef int _check_segments(self) except -1
     cdef int _roll(self) except -1
     cdef int _drop_segment(self, Py_ssize_t k, bint unlink) except -1
     cdef void _release(self) noexcept

@@ -33,8 +33,18 @@ a new header (batch_length, message_count and batch checksum rewritten; base_off
 base_timestamp, origin_timestamp and the frames' offset deltas kept, which the SDK adds up,
 TCP.md 8.6) written right before its first kept frame, and data moves down only when
 something was cut out in front of it. The result is copied once into an exactly sized bytes
-object. With validate_checksum every served message is verified and the read stops before a
-corrupt one.
+object.
+
+damage at read time: the batch is the unit. Every batch a read takes a message from is
+checked whole — header against the index (base offset), reserved bytes, frames tiling it,
+and with validate_checksum its batch checksum and every message checksum, also of the frames
+outside the requested range — and a batch that fails is served not at all. The read ends
+before it (a shorter reply); a read that starts in it fails with INVALID_BATCH_CHECKSUM
+(4039), every time, and the partition, offset and segment file are logged once per batch
+(not per poll). A read never steps over offsets no segment holds (a segment cut or lost
+while the server was stopped) either: it ends before them, and one that starts there fails
+with CANNOT_READ_MESSAGE (4011). So what a read serves is always contiguous from its start
+(auto-commit stays exact), and a consumer is never answered "nothing" while messages exist.
 
 recovery (open), per segment in offset order: the index is loaded and its entries checked
 (first entry = segment base at position 0, increasing offsets and positions inside the file:
@@ -56,6 +66,19 @@ tail: they are cut (`recovered_truncated_bytes`), zeros are preallocated space. 
 rewritten when it was short, long or rebuilt. An I/O error refuses the open instead of
 cutting anything.
 
+A sealed segment was fdatasync'ed before the next one was created, so a bad newest batch
+there is damage, not a torn write: when its header still fits (offset of its index entry,
+length inside the file, count ending it where the next segment begins) it is kept and
+reported, and reads refuse it as above; only a header that does not fit is cut as a torn
+tail. Then every segment gets the cheap startup check (`_check_segments`): each index entry
+against its neighbours and the segment's size, and the headers of its first and newest
+batch against their entries (two preads per segment, no checksums). A segment that fails is
+reported with a WARN naming its file; nothing is changed. Everything else — a flipped byte
+in a message, or in the header of a batch in the middle — is found by the reads, which
+verify each batch they serve: a walk of every byte at startup would read the whole data
+directory (seconds per GiB from disk) to find what the first poll of that place finds anyway,
+and one header read per batch was slower still from a cold cache (random reads).
+
 Not thread-safe: the caller serialises all calls on one partition (iggy.storage.Partition.lock);
 the GIL is released inside the calls, not the partition.
 """
@@ -71,7 +94,8 @@ from posix.types cimport off_t
 from posix.uio cimport iovec, pwritev
 from posix.unistd cimport close, fdatasync, ftruncate, pread
 
-from iggy._core.batch cimport (B_BASE_OFFSET, B_BASE_TIMESTAMP, B_CHECKSUM, B_COUNT, B_LENGTH, B_RESERVED,
+from iggy._core.batch cimport (B_BASE_OFFSET, B_BASE_TIMESTAMP, B_CHECKSUM, B_COUNT, B_LENGTH, B_PARTITION_ID,
+                               B_RESERVED,
                                BATCH_HEADER_LEN,
                                CHECK_ALL, E_INVALID_MESSAGES_COUNT, E_INVALID_MESSAGES_SIZE, F_CHECKSUM,
                                F_HEADERS_LEN, F_OFFSET_DELTA, F_PAYLOAD_LEN, FRAME_HEADER_LEN, batch_checksum,
@@ -448,6 +472,75 @@ cdef int _nonzero_end(Window *w, uint64_t pos, uint64_t file_end, uint64_t *out)
     return 0
 
 
+cdef bint _keep_damaged(Window *w, const Segment *s, uint64_t i, uint64_t file_end, uint64_t next_base,
+                        Walk *out) noexcept nogil:
+    """Recovery of a sealed segment whose newest indexed batch i fails its checks: True (and
+    `out` set as if the walk had passed it) when that batch is whole but damaged — its header
+    names the entry's offset, its length fits the file and its count ends it exactly where the
+    next segment begins. A sealed segment was fdatasync'ed before the next one was created, so
+    such a batch was written whole and changed later: it is kept for the reads to refuse
+    (INVALID_BATCH_CHECKSUM) instead of being cut, which would lose it and leave a gap. A
+    header that does not fit is a torn tail, cut as in the active segment."""
+    cdef uint64_t pos = _e_pos(s, i), blen
+    cdef uint32_t count
+    cdef const unsigned char *b
+    if file_end - pos < BATCH_HEADER_LEN:
+        return False
+    b = _win_get(w, pos, BATCH_HEADER_LEN, file_end)
+    if b == NULL:
+        return False
+    blen = le_u64(b + B_LENGTH)
+    count = le_u32(b + B_COUNT)
+    if (le_u64(b + B_BASE_OFFSET) != _e_off(s, i) or count == 0 or _e_off(s, i) + count != next_base
+            or blen > file_end - pos or blen < BATCH_HEADER_LEN + <uint64_t>count * MIN_FRAME_LEN):
+        return False
+    out.pos = pos + blen
+    out.next = next_base
+    out.max_ts = _e_ts(s, i)
+    out.batches = 1
+    return True
+
+
+cdef int _scan_headers(int fd, const Segment *s, uint32_t partition_id, uint64_t *n_bad,
+                       uint64_t *first_bad) noexcept nogil:
+    """The startup check of a recovered segment: every index entry against its neighbours
+    and the segment's size (in memory: the index is 24 bytes per batch), and the 256-byte
+    header of the first and the newest batch against their entries (partition id, base
+    offset, timestamp, length = the distance to the next entry, count = the offsets to the
+    next entry, reserved bytes zero). Two preads per segment. Headers in between are not
+    read: one pread per batch took 15 s per GiB of 10 KB batches with a cold page cache,
+    five times a sequential walk of every byte (see docs/RELIABILITY.md); reads check every
+    batch they serve anyway. *n_bad entries fail, the first at offset *first_bad. Returns 0
+    or -errno."""
+    cdef unsigned char h[BATCH_HEADER_LEN]
+    cdef uint64_t i, pos, end, next_off
+    cdef ssize_t got
+    cdef bint ok
+    n_bad[0] = 0
+    for i in range(s.n_entries):
+        pos = _e_pos(s, i)
+        end = _e_end(s, i)
+        next_off = _e_off(s, i + 1) if i + 1 < s.n_entries else s.next
+        ok = (end > pos and end <= s.size and end - pos >= BATCH_HEADER_LEN + MIN_FRAME_LEN
+              and next_off > _e_off(s, i) and (i == 0 or _e_ts(s, i) >= _e_ts(s, i - 1)))
+        if ok and (i == 0 or i + 1 == s.n_entries):
+            got = _pread_full(fd, h, BATCH_HEADER_LEN, pos)
+            if got < 0:
+                return <int>got
+            ok = (got == BATCH_HEADER_LEN and le_u64(h + B_PARTITION_ID) == partition_id
+                  and le_u64(h + B_BASE_OFFSET) == _e_off(s, i)
+                  and le_u64(h + B_BASE_TIMESTAMP) == _e_ts(s, i)
+                  and le_u64(h + B_LENGTH) == end - pos
+                  and <uint64_t>le_u32(h + B_COUNT) == next_off - _e_off(s, i)
+                  and end - pos >= BATCH_HEADER_LEN + (next_off - _e_off(s, i)) * MIN_FRAME_LEN
+                  and _all_zero(h + B_RESERVED, BATCH_HEADER_LEN - B_RESERVED))
+        if not ok:
+            if n_bad[0] == 0:
+                first_bad[0] = _e_off(s, i)
+            n_bad[0] += 1
+    return 0
+
+
 # --------------------------------------------------------------------------- append and read (nogil)
 
 cdef int _append(Segment *s, uint32_t partition_id, const unsigned char *p, uint64_t n, uint64_t base,
@@ -502,59 +595,60 @@ cdef int _cut(unsigned char *out, uint64_t r, uint64_t r_end, uint64_t *wc, uint
     The batches were just read from one segment; the first must have base_offset
     `*expected`. A whole batch is kept as is (moved only when something before it was cut);
     a cut batch gets its rewritten header right before its first kept frame, over bytes that
-    are dropped anyway. Returns CUT_CORRUPT with *bad = the offset of the first message that
-    cannot be served (bad framing, broken offset sequence, or when validate a batch or
-    message checksum mismatch), else CUT_OK.
+    are dropped anyway.
+
+    The batch is the unit of damage: every batch any message is taken from is checked whole
+    (header, its frames tiling it, and when validate the batch checksum and every message's
+    checksum, also of the frames outside [start, end)), and a batch that fails is served not
+    at all, whichever of its messages was asked for. So a read that starts before a damaged
+    batch serves what precedes it and one that starts inside it fails, every time. Returns
+    CUT_CORRUPT with *bad = the damaged batch's base offset (as the index names it), else
+    CUT_OK.
     """
     cdef unsigned char head[BATCH_HEADER_LEN]
     cdef unsigned char *b
     cdef uint64_t blen, base, fpos, flen, first_pos, last_pos, msg, sum_, kept
     cdef uint32_t count, i, taken
-    cdef int status = CUT_OK
     while r_end - r >= BATCH_HEADER_LEN and expected[0] < end:
         b = out + r
         blen = le_u64(b + B_LENGTH)
         base = le_u64(b + B_BASE_OFFSET)
         count = le_u32(b + B_COUNT)
+        bad[0] = expected[0]
         if (base != expected[0] or count == 0 or blen < BATCH_HEADER_LEN or blen > r_end - r
                 or not _all_zero(b + B_RESERVED, BATCH_HEADER_LEN - B_RESERVED)):
             # (the SDK refuses a batch whose reserved bytes are not zero: never serve one)
-            bad[0] = start if start > expected[0] else expected[0]
             return CUT_CORRUPT
         if validate:
             # the header fields served as they are (partition id, timestamps) are only covered
             # by the batch checksum: 44 + 8 x count bytes, next to the messages' own hashing
             if (batch_checksum(b, b + BATCH_HEADER_LEN, blen - BATCH_HEADER_LEN, &sum_)
                     or sum_ != le_u64(b + B_CHECKSUM)):
-                bad[0] = start if start > base else base
                 return CUT_CORRUPT
         fpos = BATCH_HEADER_LEN
         first_pos = 0
         last_pos = 0
         taken = 0
         for i in range(count):
-            msg = base + i
-            if msg >= end:
-                break
             if blen - fpos < FRAME_HEADER_LEN or le_u32(b + fpos + F_OFFSET_DELTA) != i:
-                status = CUT_CORRUPT
-                break
+                return CUT_CORRUPT
             flen = (<uint64_t>FRAME_HEADER_LEN + le_u32(b + fpos + F_PAYLOAD_LEN)
                     + le_u32(b + fpos + F_HEADERS_LEN))
             if flen > blen - fpos:
-                status = CUT_CORRUPT
-                break
-            if msg >= start:
-                if validate and XXH3_64bits(b + fpos + 8, flen - 8) != le_u64(b + fpos + F_CHECKSUM):
-                    status = CUT_CORRUPT
-                    break
+                return CUT_CORRUPT
+            if validate and XXH3_64bits(b + fpos + 8, flen - 8) != le_u64(b + fpos + F_CHECKSUM):
+                return CUT_CORRUPT
+            msg = base + i
+            if start <= msg < end:
                 if taken == 0:
                     first_pos = fpos
                 taken += 1
                 last_pos = fpos + flen
             fpos += flen
+        if fpos != blen:
+            return CUT_CORRUPT          # bytes after the last frame: the length or a count lies
         if taken:
-            if taken == count and last_pos == blen:
+            if taken == count:
                 if wc[0] != r:
                     memmove(out + wc[0], b, blen)
                 wc[0] += blen
@@ -571,11 +665,11 @@ cdef int _cut(unsigned char *out, uint64_t r, uint64_t r_end, uint64_t *wc, uint
                     memmove(out + wc[0], b + first_pos - BATCH_HEADER_LEN, kept)
                 wc[0] += kept
             served[0] += taken
-        if status != CUT_OK:
-            bad[0] = base + i
-            return status
         expected[0] = base + count
         r += blen
+    if expected[0] < end and r != r_end:
+        bad[0] = expected[0]
+        return CUT_CORRUPT              # bytes that are not a whole batch: the index lies about them
     return CUT_OK
 
 
@@ -587,6 +681,18 @@ cdef struct ReadPlan:
 
 
 # --------------------------------------------------------------------------- the log
+
+def _label(str directory):
+    """"S/T/P" for a partition directory laid out as iggy.storage does
+    (.../streams/S/topics/T/partitions/P), else the directory itself."""
+    # (no negative indices: the extensions are compiled with wraparound=False)
+    parts = os.path.normpath(directory).split(os.sep)
+    tail = parts[len(parts) - 6:] if len(parts) >= 6 else []
+    if (tail and tail[0] == "streams" and tail[2] == "topics" and tail[4] == "partitions"
+            and tail[1].isdigit() and tail[3].isdigit() and tail[5].isdigit()):
+        return f"{tail[1]}/{tail[3]}/{tail[5]}"
+    return directory
+
 
 cdef void _close_segment(Segment *s) noexcept nogil:
     """Close a segment's files and free or unmap its index entries."""
@@ -633,6 +739,8 @@ cdef class PartitionLog:
         self.validate_checksum = validate_checksum
         self.recovered_truncated_bytes = 0
         self.last_ts = 0
+        self.label = _label(directory)
+        self._reported = set()
         global _next_uid
         _next_uid += 1            # under the GIL
         self.uid = _next_uid
@@ -672,14 +780,16 @@ cdef class PartitionLog:
                     k += 1
             for k in range(1, self.n_segs):
                 if self.segs[k].base != self.segs[k - 1].next:
-                    log.warning("partition %s: offsets %d..%d are missing between segments %d and %d",
-                                directory, self.segs[k - 1].next, self.segs[k].base - 1,
-                                self.segs[k - 1].base, self.segs[k].base)
+                    log.warning("partition %s: offsets %d..%d are missing between segments %s and %s; "
+                                "polls of them are answered with error %d", self.label, self.segs[k - 1].next,
+                                self.segs[k].base - 1, self._path(self.segs[k - 1].base, "log"),
+                                self._path(self.segs[k].base, "log"), ErrorCode.CANNOT_READ_MESSAGE)
             if self.n_segs == 0:
                 self._open_segment(0, True)
             for k in range(self.n_segs):
                 if self.segs[k].max_ts > self.last_ts:
                     self.last_ts = self.segs[k].max_ts
+            self._check_segments()
             if self.segs[self.n_segs - 1].size >= self.segment_size:
                 self._roll()
         except BaseException:
@@ -759,6 +869,8 @@ cdef class PartitionLog:
         cdef void *mapped
         cdef ssize_t got
         cdef int rc = 0, flags = CHECK_ALL if self.validate_checksum else 0
+        cdef uint64_t next_base = self.segs[k + 1].base if not active else 0
+        cdef bint kept_damaged = False
         cdef Window w
         cdef Walk walk
         cdef iovec iov[1]
@@ -795,6 +907,9 @@ cdef class PartitionLog:
                     rc = _walk(&w, 0, s.base, file_end, flags, True, &walk)
                 if rc or walk.batches or valid == 0:
                     break
+                if not active and _keep_damaged(&w, s, valid - 1, file_end, next_base, &walk):
+                    kept_damaged = True
+                    break
                 valid -= 1          # the newest indexed batch did not survive: one entry back
             if rc == 0 and walk.pos < file_end:
                 rc = _nonzero_end(&w, walk.pos, file_end, &dirty_end)
@@ -805,12 +920,16 @@ cdef class PartitionLog:
             s.size = walk.pos
             s.next = walk.next
             s.max_ts = walk.max_ts
+            if kept_damaged:
+                log.warning("partition %s: batch at offset %d in sealed segment %s fails its checksum; kept, "
+                            "polls of it are answered with error %d", self.label, _e_off(s, valid - 1),
+                            self._path(s.base, "log"), ErrorCode.INVALID_BATCH_CHECKSUM)
             # the log: cut a torn tail; sealed segments also lose any zero reservation
             if dirty_end > walk.pos:
                 torn = dirty_end - walk.pos
                 self.recovered_truncated_bytes += torn
-                log.warning("partition %s: cut a torn tail of %d bytes at byte %d of segment %d (offsets from %d)",
-                            self.directory, torn, walk.pos, s.base, walk.next)
+                log.warning("partition %s: cut a torn tail of %d bytes at byte %d of segment %s (offsets from %d)",
+                            self.label, torn, walk.pos, self._path(s.base, "log"), walk.next)
             if active and self.preallocate:
                 if torn:
                     os.ftruncate(s.log_fd, walk.pos)
@@ -863,6 +982,27 @@ cdef class PartitionLog:
             # sealed: the index is never written again (mapped, or kept in memory if rewritten)
             os.close(s.idx_fd)
             s.idx_fd = -1
+        return 0
+
+    cdef int _check_segments(self) except -1:
+        """Warn about every segment whose index entries or end batches do not check out
+        (`_scan_headers`): a read of such a batch is refused, and the warning names the file
+        at startup instead of at the first poll. Cost: the index files and two headers per
+        segment, nothing per message."""
+        cdef Py_ssize_t k
+        cdef uint64_t n_bad = 0, first_bad = 0
+        cdef int rc
+        for k in range(self.n_segs):
+            with nogil:
+                rc = _scan_headers(self.segs[k].log_fd, &self.segs[k], self.partition_id, &n_bad, &first_bad)
+            if rc:
+                raise OSError(-rc, f"checking {self._path(self.segs[k].base, 'log')}: {os.strerror(-rc)}")
+            if n_bad:
+                log.warning("partition %s: segment %s: %d of %d index entries do not match the segment "
+                            "(a damaged index or batch header), the first at offset %d; polls there are "
+                            "answered with error %d",
+                            self.label, self._path(self.segs[k].base, "log"), n_bad, self.segs[k].n_entries,
+                            first_bad, ErrorCode.INVALID_BATCH_CHECKSUM)
         return 0
 
     cdef int _roll(self) except -1:
@@ -1127,12 +1267,18 @@ cdef class PartitionLog:
         The byte range to read is planned from the indexes first; then `reserve(ctx, total)`
         is called once for the destination (NULL: -ENOMEM) and each segment's range is
         pread into it and cut in place. res.written bytes of it hold the result. Returns 0
-        (res filled; res.status != READ_OK means it stopped early: corrupt data, a short
-        segment or an I/O error), -1 when the log is closed, -ENOMEM. The caller holds the
-        partition lock. Used by `read` and by the shard's poll without the GIL.
+        (res filled; res.status != READ_OK means it stopped early: a damaged batch or index
+        entry, offsets no segment holds, a short segment or an I/O error; res.bad is where),
+        -1 when the log is closed, -ENOMEM. The caller holds the partition lock. Used by
+        `read` and by the shard's poll without the GIL.
+
+        A read never steps over offsets it cannot serve: it ends before a damaged batch and
+        before a gap between segments (a segment cut or lost while the server was stopped),
+        so what it serves is always contiguous from its start, and a read that starts at
+        such a place serves nothing and says why.
         """
         cdef Segment *s
-        cdef uint64_t nxt, start, end, total = 0, lo, hi, i0, i1, w = 0, wc, got_u, expected
+        cdef uint64_t nxt, start, end, total = 0, lo, hi, i0, i1, w = 0, wc, got_u, expected, expect
         cdef Py_ssize_t k, n_plan = 0, j
         cdef ReadPlan *plan
         cdef unsigned char *out
@@ -1150,14 +1296,24 @@ cdef class PartitionLog:
         if start < self._first_offset():
             start = self._first_offset()
         res.start = start
+        if start >= nxt:                # retention left nothing: an empty log, not damage
+            return 0
         end = start + count if nxt - start > count else nxt
         plan = <ReadPlan *>malloc(self.n_segs * sizeof(ReadPlan))
         if plan == NULL:
             return -ENOMEM
+        expect = start                  # the offset the next planned range has to begin with
         for k in range(self.n_segs):
             s = &self.segs[k]
-            if s.n_entries == 0 or s.next <= start or s.base >= end:
+            if s.n_entries == 0 or s.next <= start:
                 continue
+            if s.base > expect:
+                if n_plan == 0:         # the read starts in the gap: nothing to serve
+                    res.status = READ_MISSING
+                    res.bad = expect
+                break
+            if s.base >= end:
+                break
             i0 = _entry_at_or_before(s, start if start > s.base else s.base)
             i1 = _entry_at_or_before(s, (end if end < s.next else s.next) - 1)
             lo = _e_pos(s, i0)
@@ -1170,16 +1326,26 @@ cdef class PartitionLog:
                 i1 = _last_entry_ending_by(s, i0, i1, lo + (max_bytes - total))
                 hi = _e_end(s, i1)
                 last = True
+            if hi <= lo or hi > s.size or hi - lo < BATCH_HEADER_LEN:
+                # an index entry that does not fit the segment (damaged while stopped)
+                if n_plan == 0:
+                    res.status = READ_CORRUPT
+                    res.bad = expect
+                break
             plan[n_plan].seg = k
             plan[n_plan].lo = lo
             plan[n_plan].hi = hi
             plan[n_plan].first_offset = _e_off(s, i0)
             n_plan += 1
             total += hi - lo
+            expect = s.next
             if last:
                 break
         if total == 0:
             free(plan)
+            if res.status == READ_OK:   # (cannot happen with a sound index: see below)
+                res.status = READ_CORRUPT
+                res.bad = start
             return 0
         out = reserve(ctx, total)
         if out == NULL:
@@ -1194,6 +1360,11 @@ cdef class PartitionLog:
                 res.bad = start + res.served
                 break
             got_u = <uint64_t>got
+            if j and expected != plan[j].first_offset:
+                # the previous segment's range ended early: its index is wrong there
+                res.status = READ_CORRUPT
+                res.bad = expected
+                break
             expected = plan[j].first_offset
             wc = w
             status = _cut(out, w, w + got_u, &wc, start, end, &expected, self.validate_checksum, &res.served,
@@ -1208,6 +1379,12 @@ cdef class PartitionLog:
                 break
         free(plan)
         res.written = w
+        if res.status == READ_OK and res.served == 0:
+            # start is a retained offset in a segment and every plan carries a batch, so only
+            # index entries that lie about their batches (damaged while stopped) lead here:
+            # an empty success would stall a consumer without a word
+            res.status = READ_CORRUPT
+            res.bad = start
         return 0
 
     def read(self, uint64_t start_offset, uint32_t count, uint64_t max_bytes=0):
@@ -1219,8 +1396,12 @@ cdef class PartitionLog:
         next_offset gives (b"", 0). max_bytes (0 = no limit) stops at the last whole batch
         that fits, but always serves at least one batch.
 
-        With validate_checksum a corrupt message is never served: the result ends before it
-        (logged); IggyError(CANNOT_READ_MESSAGE) when not even the first message can be.
+        A damaged batch (a failed checksum with validate_checksum, or a header or framing that
+        does not check out) is never served, not even in part: the result ends before it, and
+        a read that starts in it raises IggyError(INVALID_BATCH_CHECKSUM) — every time, and
+        logged once per batch. A read that starts at offsets no segment holds (a gap left by
+        damage) or in a segment shorter than its index, or that meets an I/O error, raises
+        IggyError(CANNOT_READ_MESSAGE) the same way.
         """
         cdef ReadResult res
         cdef int rc
@@ -1239,15 +1420,52 @@ cdef class PartitionLog:
         return data, res.served
 
     cdef int report_read_failure(self, const ReadResult *res) except -1:
-        """Log why a read stopped early; raise CANNOT_READ_MESSAGE when nothing was served."""
-        reason = (os.strerror(res.io_err) if res.status == READ_IO_ERROR
-                  else "the segment is shorter than its index" if res.status == READ_SHORT
-                  else "corrupt message")
-        log.error("partition %s: cannot serve offset %d: %s; %d messages served before it",
-                  self.directory, res.bad, reason, res.served)
+        """Log why a read stopped early (once per place: a consumer that retries must not fill
+        the log); raise the read's error when nothing was served before that place."""
+        cdef Py_ssize_t k
+        cdef uint64_t gap_start = res.bad, gap_end = res.bad
+        key = (res.status, res.bad)
+        if res.status == READ_CORRUPT:
+            code, reason = ErrorCode.INVALID_BATCH_CHECKSUM, "fails its checksum"
+        elif res.status == READ_MISSING:
+            for k in range(self.n_segs):
+                if self.segs[k].next <= res.bad and self.segs[k].next > self.segs[k].base:
+                    gap_start = self.segs[k].next
+                elif self.segs[k].base > res.bad and self.segs[k].next > self.segs[k].base:
+                    gap_end = self.segs[k].base
+                    break
+            key = (res.status, gap_start)       # one line per gap, wherever in it reads start
+            code = ErrorCode.CANNOT_READ_MESSAGE
+            reason = f"offsets {gap_start}..{gap_end - 1} are in no segment"
+        elif res.status == READ_SHORT:
+            code, reason = ErrorCode.CANNOT_READ_MESSAGE, "the segment is shorter than its index"
+        else:
+            code, reason = ErrorCode.CANNOT_READ_MESSAGE, os.strerror(res.io_err)
+        if key not in self._reported:
+            self._reported.add(key)
+            segment = self._segment_file(res.bad)
+            if res.status == READ_CORRUPT:
+                log.error("partition %s: batch at offset %d in segment %s fails its checksum", self.label,
+                          res.bad, segment)
+            elif res.status == READ_MISSING:
+                log.error("partition %s: cannot serve offset %d: %s", self.label, res.bad, reason)
+            else:
+                log.error("partition %s: cannot serve offset %d in segment %s: %s", self.label, res.bad,
+                          segment, reason)
         if res.served == 0:
-            raise IggyError(ErrorCode.CANNOT_READ_MESSAGE, f"cannot read offset {res.start}: {reason}")
+            if res.status == READ_CORRUPT:
+                raise IggyError(code, f"batch at offset {res.bad} fails its checksum")
+            raise IggyError(code, f"cannot read offset {res.start}: {reason}")
         return 0
+
+    def _segment_file(self, uint64_t offset):
+        """Path of the .log that holds (or would hold) `offset`."""
+        cdef Py_ssize_t k
+        base = self.segs[0].base if self.n_segs else 0
+        for k in range(self.n_segs):
+            if self.segs[k].base <= offset:
+                base = self.segs[k].base
+        return self._path(base, "log")
 
     # ------------------------------------------------------------------ seek by time
 

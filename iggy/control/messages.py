@@ -4,6 +4,14 @@ The per-message work (checksums, stamping, index seek, slicing batches) is done 
 Cython core (`iggy._core.batch`, `iggy._core.log`) without the GIL; this module only routes
 one batch or one poll at a time, so no Python object is made per message.
 
+On the uring engine these functions also run on the shard threads (the requests the C data
+plane hands to Python) while the event loop changes the metadata and opens and drops
+partitions. So a handler takes each piece of state once — the stream and topic objects, then
+the Partition object — and keeps using that reference; a partition dropped meanwhile is seen
+as its log being closed (checked under the partition's lock, which the drop takes to close
+it) and answered with the not-found code of whatever went away (`vanished`), never by
+reading the shared dictionaries again half-way.
+
 Wire bodies (TCP.md 7.4, 8.1, 8.5, 8.6, 9.9, 9.12)::
 
     send     u32 metadata_length, Identifier stream, Identifier topic,
@@ -71,7 +79,29 @@ def choose_partition(plane, s, t, kind: int, value: bytes) -> int:
     raise IggyError(ErrorCode.INVALID_COMMAND)
 
 
-def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int):
+def vanished(plane, s, t, stream_ident=None, topic_ident=None) -> IggyError:
+    """The error for a request whose partition went away after `s` and `t` were resolved:
+    the not-found code of the stream if it was deleted, else of the topic, else of the
+    partition. As upstream, a missing stream or topic is 1009/2010 whether it was named by id
+    or by name (the identifiers are kept in the signature for the callers' symmetry)."""
+    if plane.meta.state.streams.get(s.id) is not s:
+        return IggyError(ErrorCode.STREAM_ID_NOT_FOUND)
+    if s.topics.get(t.id) is not t:
+        return IggyError(ErrorCode.TOPIC_ID_NOT_FOUND)
+    return IggyError(ErrorCode.PARTITION_NOT_FOUND)
+
+
+def open_partition(plane, s, t, pid: int, stream_ident=None, topic_ident=None):
+    """The Partition (s, t, pid), looked up once; the not-found error when the storage does
+    not hold it (dropped, or not opened yet by a create that is still running)."""
+    partition = plane.storage.partition(s.id, t.id, pid)
+    if partition is None:
+        raise vanished(plane, s, t, stream_ident, topic_ident)
+    return partition
+
+
+def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int, stream_ident=None,
+                 topic_ident=None):
     """Validate and append one batch; returns (base_offset, fsync future or None).
 
     The batch must fill body[start:end]: bytes after a well-formed batch are refused with
@@ -83,8 +113,10 @@ def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int):
         validate_batch(body, start, start + declared, count)
         raise IggyError(ErrorCode.INVALID_COMMAND, "bytes after the batch")
     validate_batch(body, start, end, count)
-    partition = plane.storage.partition(s.id, t.id, pid)
+    partition = open_partition(plane, s, t, pid, stream_ident, topic_ident)
     with partition.lock:
+        if partition.log.closed:         # dropped after the lookup
+            raise vanished(plane, s, t, stream_ident, topic_ident)
         base_offset, appended = partition.log.append(body, start, end, now_us())
         return base_offset, partition.after_append(appended, end - start)
 
@@ -97,7 +129,7 @@ def send(plane, session, sid, tid, kind: int, value: bytes, body, start: int, en
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_send(plane.user_of(session), s.id, t.id))
     pid = choose_partition(plane, s, t, kind, value)
-    base_offset, synced = append_batch(plane, s, t, pid, body, start, end, count)
+    base_offset, synced = append_batch(plane, s, t, pid, body, start, end, count, sid, tid)
     return s, t, pid, base_offset, synced
 
 
@@ -133,7 +165,8 @@ def _read_consumer(r: Reader):
 
 def resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, fence: bool):
     """(stream, topic, partition, offsets kind, offsets key) with permission and ownership checks
-    (shared with HTTP, which always acts as a plain consumer)."""
+    (shared with HTTP, which always acts as a plain consumer). The partition may be dropped
+    after this returns: its users check `partition.log.closed` under its lock."""
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_poll(plane.user_of(session), s.id, t.id))
     if kind == CONSUMER_GROUP:
@@ -147,10 +180,7 @@ def resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, p
         store_kind, key = GROUP, g.id
     else:
         store_kind, key = CONSUMER, consumer_key(consumer_id)
-    pid = partition_id if has_partition else 0
-    partition = plane.storage.partition(s.id, t.id, pid)
-    if partition is None:
-        raise IggyError(ErrorCode.PARTITION_NOT_FOUND)
+    partition = open_partition(plane, s, t, partition_id if has_partition else 0, sid, tid)
     return s, t, partition, store_kind, key
 
 
@@ -181,6 +211,8 @@ def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_i
                                                       has_partition, partition_id, fence=True)
     with partition.lock:
         lg = partition.log
+        if lg.closed:
+            raise vanished(plane, s, t, sid, tid)
         stored = partition.offsets.get(store_kind, key)
         start = start_offset(partition, strategy, value, count, stored)
         data, n = b"", 0
@@ -213,19 +245,27 @@ def poll_messages(plane, session, r: Reader):
 
 
 def _offset_request(plane, session, r: Reader):
+    """(partition, offsets kind, offsets key, gone): gone() is the error for the partition
+    having been dropped since it was resolved."""
     kind, consumer_id = _read_consumer(r)
     sid, tid = r.identifier(), r.identifier()
     has_partition = r.bool()
     partition_id = r.u32()
-    return resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, fence=False)
+    s, t, partition, store_kind, key = resolve_target(plane, session, kind, consumer_id, sid, tid,
+                                                      has_partition, partition_id, fence=False)
+    return partition, store_kind, key, lambda: vanished(plane, s, t, sid, tid)
 
 
-def store_offset(partition, store_kind, key, offset: int) -> None:
+def store_offset(partition, store_kind, key, offset: int, gone=None) -> None:
     """Store under the partition lock (shared with HTTP). The store raises OffsetStoreError, an
     IggyError, with the code of what failed: 3024 too_many_consumer_offsets, 3023
-    cannot_open_consumer_offsets_file, 10006 cannot_write_to_file, 10009 cannot_sync_file."""
+    cannot_open_consumer_offsets_file, 10006 cannot_write_to_file, 10009 cannot_sync_file;
+    `gone()` is the error when the partition was dropped since it was resolved
+    (PARTITION_NOT_FOUND without it)."""
     with partition.lock:
         lg = partition.log
+        if lg.closed:
+            raise gone() if gone else IggyError(ErrorCode.PARTITION_NOT_FOUND)
         if lg.is_empty or offset > lg.current_offset:
             raise IggyError(ErrorCode.INVALID_OFFSET)
         partition.offsets.store(store_kind, key, offset)
@@ -233,23 +273,25 @@ def store_offset(partition, store_kind, key, offset: int) -> None:
 
 @command(codes.STORE_CONSUMER_OFFSET)
 def store_consumer_offset(plane, session, r: Reader):
-    s, t, partition, store_kind, key = _offset_request(plane, session, r)
+    partition, store_kind, key, gone = _offset_request(plane, session, r)
     offset = r.u64()
     if r.remaining():
         r.u8()  # ack level: a single node always acknowledges after the write
-    store_offset(partition, store_kind, key, offset)
+    store_offset(partition, store_kind, key, offset, gone)
 
 
 @command(codes.DELETE_CONSUMER_OFFSET)
 def delete_consumer_offset(plane, session, r: Reader):
-    s, t, partition, store_kind, key = _offset_request(plane, session, r)
+    partition, store_kind, key, gone = _offset_request(plane, session, r)
     if r.remaining():
         r.u8()
-    delete_offset(partition, store_kind, key)
+    delete_offset(partition, store_kind, key, gone)
 
 
-def delete_offset(partition, store_kind, key) -> None:
+def delete_offset(partition, store_kind, key, gone=None) -> None:
     with partition.lock:
+        if partition.log.closed:
+            raise gone() if gone else IggyError(ErrorCode.PARTITION_NOT_FOUND)
         if not partition.offsets.delete(store_kind, key):
             raise IggyError(ErrorCode.CONSUMER_OFFSET_NOT_FOUND)
 
@@ -257,7 +299,7 @@ def delete_offset(partition, store_kind, key) -> None:
 @command(codes.GET_CONSUMER_OFFSET)
 def get_consumer_offset(plane, session, r: Reader):
     try:
-        s, t, partition, store_kind, key = _offset_request(plane, session, r)
+        partition, store_kind, key, _gone = _offset_request(plane, session, r)   # on the event loop
     except IggyError as exc:
         # a stream, topic or group that does not resolve has no offset: an empty body, as
         # upstream (core/server/src/dispatch.rs, handle_get_consumer_offset); a missing

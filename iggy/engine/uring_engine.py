@@ -9,7 +9,9 @@ here, in the shard's thread, with the GIL:
 
 * data-plane commands the C path left alone (consumer groups, errors of every kind) are
   handled right there by the same functions the portable engine uses
-  (`iggy.control.messages`), which produce the exact reply or error. A partition is guarded
+  (`iggy.control.messages`), which produce the exact reply or error. They run while the
+  event loop deletes and creates streams, topics and partitions, so they take each object
+  once and answer one that went away meanwhile with its not-found code (see that module). A partition is guarded
   by its own mutex (`iggy._core.mutex`), taken by C and Python alike, so shards and the
   control plane never interleave on one log;
 * everything else is posted to the control plane on the main event loop, which is the only

@@ -12,9 +12,18 @@ acknowledged; sealed segments and shutdown are fsynced); `persisted` (or `enforc
 acknowledges only after fdatasync, and one fsync covers every batch that arrived in the same
 event-loop turn (group commit: the sync runs in a callback scheduled after the pending reads).
 
-The control plane calls this module after committing a metadata change; at start every
-partition named by the metadata is opened and directories the metadata no longer names
-(a delete cut short by a crash) are removed, so a reused id never sees old data.
+Creating partitions is two steps around the metadata commit: `prepare_partitions` makes the
+directories and opens the logs first (a failure — EMFILE, ENOSPC, EACCES — removes whatever it
+made and raises CANNOT_CREATE_PARTITION_DIRECTORY / CANNOT_CREATE_PARTITION, so the control
+plane commits nothing), then `install` adds them once the record is committed, or `discard`
+removes them when the commit fails. A crash between the two leaves directories the metadata
+does not name: at start every partition named by the metadata is opened and directories the
+metadata no longer names (also a delete cut short by a crash) are removed, so a reused id
+never sees old data. Deletes and other changes call this module after the commit.
+
+Open files: a partition holds no descriptor of its own; its segment files go through the
+process-wide LRU of iggy._core.log (budget set by iggy.server), so startup opens each
+partition with a bounded number of files open at any moment.
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ import shutil
 from iggy._core.log import PartitionLog
 from iggy._core.mutex import Mutex
 from iggy._core.router import Counter
-from iggy.errors import IggyError
+from iggy.errors import ErrorCode, IggyError
 from iggy.offsets import OffsetStore
 
 log = logging.getLogger(__name__)
@@ -108,6 +117,16 @@ class Partition:
                 self.offsets.close()
 
 
+class Prepared:
+    """Partitions opened by Storage.prepare_partitions, not yet served."""
+
+    def __init__(self, sid: int, tid: int):
+        self.sid = sid
+        self.tid = tid
+        self.partitions: dict[tuple[int, int, int], Partition] = {}
+        self.made: list[str] = []         # directories made, outermost first
+
+
 class Storage:
     def __init__(self, system_path: str, validate_checksum: bool = True):
         self.root = os.path.join(system_path, "streams")
@@ -170,6 +189,70 @@ class Storage:
                 for pname in os.listdir(pdir_root) if os.path.isdir(pdir_root) else []:
                     if not (pname.isdigit() and int(pname) in t.partitions):
                         shutil.rmtree(os.path.join(pdir_root, pname), ignore_errors=True)
+
+    def prepare_partitions(self, sid: int, tid: int, settings: dict, pids, new_topic: bool) -> "Prepared":
+        """Make and open partitions that the metadata does not name yet (see the docstring).
+
+        new_topic: the topic itself is new, so its whole directory is made here (and removed on
+        failure). Anything already at a partition's path is an orphan of an uncommitted create
+        or a cut-short delete, and goes first.
+        """
+        prep = Prepared(sid, tid)
+        topic_dir = self.topic_dir(sid, tid)
+        try:
+            if new_topic:
+                if os.path.isdir(topic_dir):
+                    shutil.rmtree(topic_dir, ignore_errors=True)
+                for d in (self.stream_dir(sid), os.path.dirname(topic_dir), topic_dir):
+                    if not os.path.isdir(d):
+                        self._mkdir(d, sid, tid, None)
+                        prep.made.append(d)
+            for pid in pids:
+                directory = self.partition_dir(sid, tid, pid)
+                if os.path.isdir(directory):
+                    shutil.rmtree(directory, ignore_errors=True)
+                self._mkdir(directory, sid, tid, pid)
+                prep.made.append(directory)
+                try:
+                    part = Partition(directory, pid, settings, self.validate_checksum)
+                except OSError as exc:
+                    log.error("cannot create partition %d of topic %d in stream %d: %s", pid, tid, sid, exc)
+                    raise IggyError(ErrorCode.CANNOT_CREATE_PARTITION,
+                                    f"cannot create partition {pid}: {exc.strerror or exc}") from None
+                prep.partitions[(sid, tid, pid)] = part
+        except BaseException:
+            self.discard(prep)
+            raise
+        return prep
+
+    @staticmethod
+    def _mkdir(directory: str, sid: int, tid: int, pid) -> None:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            what = f"partition {pid}" if pid is not None else "the directory"
+            log.error("cannot create %s of topic %d in stream %d (%s): %s", what, tid, sid, directory,
+                      exc.strerror or exc)
+            raise IggyError(ErrorCode.CANNOT_CREATE_PARTITION_DIRECTORY,
+                            f"cannot create {directory}: {exc.strerror or exc}") from None
+
+    def install(self, prep: "Prepared") -> None:
+        """Serve prepared partitions (their create is committed)."""
+        self.partitions.update(prep.partitions)
+        prep.partitions = {}
+        prep.made = []
+        self._changed()
+
+    def discard(self, prep: "Prepared") -> None:
+        """Close prepared partitions and remove every directory prepare made (newest first)."""
+        for p in prep.partitions.values():
+            with p.lock:
+                p.log.close()
+                p.offsets.close()
+        prep.partitions = {}
+        for d in reversed(prep.made):
+            shutil.rmtree(d, ignore_errors=True)
+        prep.made = []
 
     def create_partitions(self, sid: int, topic, pids) -> None:
         for pid in pids:

@@ -132,15 +132,17 @@ class Storage:
         self.root = os.path.join(system_path, "streams")
         os.makedirs(self.root, exist_ok=True)
         self.partitions: dict[tuple[int, int, int], Partition] = {}
+        self._by_topic: dict[tuple[int, int], set[int]] = {}     # open partition ids per topic
+        self._by_stream: dict[int, set[int]] = {}                # topics with open partitions
         self.round_robin: dict[tuple[int, int], Counter] = {}
         self.validate_checksum = validate_checksum
         self.version = 0                  # bumped when partitions are opened or dropped
-        self.listeners: list = []         # called after each such change
+        self.listeners: list = []         # listener({(stream id, topic id)}), after each such change
 
-    def _changed(self) -> None:
+    def _changed(self, topics) -> None:
         self.version += 1
         for listener in self.listeners:
-            listener()
+            listener(topics)
 
     def balanced_counter(self, sid: int, tid: int) -> Counter:
         """The topic's round-robin position (shared with the shards' C data plane)."""
@@ -238,10 +240,11 @@ class Storage:
 
     def install(self, prep: "Prepared") -> None:
         """Serve prepared partitions (their create is committed)."""
-        self.partitions.update(prep.partitions)
+        for key, p in prep.partitions.items():
+            self._add(key, p)
         prep.partitions = {}
         prep.made = []
-        self._changed()
+        self._changed({(prep.sid, prep.tid)})
 
     def discard(self, prep: "Prepared") -> None:
         """Close prepared partitions and remove every directory prepare made (newest first)."""
@@ -258,18 +261,37 @@ class Storage:
         for pid in pids:
             directory = self.partition_dir(sid, topic.id, pid)
             os.makedirs(directory, exist_ok=True)
-            self.partitions[(sid, topic.id, pid)] = Partition(directory, pid, topic.settings,
-                                                              self.validate_checksum)
-        self._changed()
+            self._add((sid, topic.id, pid), Partition(directory, pid, topic.settings, self.validate_checksum))
+        self._changed({(sid, topic.id)})
+
+    def _add(self, key, p: Partition) -> None:
+        self.partitions[key] = p
+        self._by_topic.setdefault(key[:2], set()).add(key[2])
+        self._by_stream.setdefault(key[0], set()).add(key[1])
+
+    def _topic_keys(self, sid: int, tid: int) -> list:
+        return [(sid, tid, pid) for pid in self._by_topic.get((sid, tid), ())]
 
     def _drop(self, keys) -> None:
+        topics = set()
         for key in list(keys):
+            topics.add(key[:2])
+            pids = self._by_topic.get(key[:2])
+            if pids is not None:
+                pids.discard(key[2])
+                if not pids:
+                    del self._by_topic[key[:2]]
+                    tids = self._by_stream.get(key[0])
+                    if tids is not None:
+                        tids.discard(key[1])
+                        if not tids:
+                            del self._by_stream[key[0]]
             p = self.partitions.pop(key, None)
             if p is not None:
                 with p.lock:
                     p.log.close()
                     p.offsets.close()
-        self._changed()
+        self._changed(topics)
 
     def delete_partitions(self, sid: int, tid: int, pids) -> None:
         self._drop((sid, tid, pid) for pid in pids)
@@ -277,14 +299,15 @@ class Storage:
             shutil.rmtree(self.partition_dir(sid, tid, pid), ignore_errors=True)
 
     def delete_topic(self, sid: int, tid: int) -> None:
-        self._drop(k for k in self.partitions if k[0] == sid and k[1] == tid)
+        self._drop(self._topic_keys(sid, tid))
         self.round_robin.pop((sid, tid), None)
         shutil.rmtree(self.topic_dir(sid, tid), ignore_errors=True)
 
     def delete_stream(self, sid: int) -> None:
-        self._drop(k for k in self.partitions if k[0] == sid)
-        for key in [k for k in self.round_robin if k[0] == sid]:
-            del self.round_robin[key]
+        tids = list(self._by_stream.get(sid, ()))
+        self._drop([k for tid in tids for k in self._topic_keys(sid, tid)])
+        for tid in tids:        # (a topic without partitions may keep its counter: harmless)
+            self.round_robin.pop((sid, tid), None)
         shutil.rmtree(self.stream_dir(sid), ignore_errors=True)
 
     def purge_topic(self, sid: int, topic) -> None:
@@ -306,6 +329,8 @@ class Storage:
             except OSError as exc:
                 log.error("closing partition %s: %s", p.directory, exc)
         self.partitions.clear()
+        self._by_topic.clear()
+        self._by_stream.clear()
 
     # ---------------------------------------------------------------- stats
 

@@ -20,7 +20,7 @@ class MetadataStore:
         self.journal = Journal(os.path.join(system_path, "metadata"), snapshot_every)
         self.state = State()
         self.version = 0                  # bumped by every applied change
-        self.listeners: list = []         # called after every applied change
+        self.listeners: list = []         # listener(record), after every applied change
 
     def open(self) -> None:
         snapshot, records = self.journal.load()
@@ -43,7 +43,7 @@ class MetadataStore:
         self.state.apply(record)
         self.version += 1
         for listener in self.listeners:
-            listener()
+            listener(record)
         if self.journal.should_snapshot():
             try:
                 self.journal.write_snapshot(self.state.to_dict())

@@ -259,8 +259,7 @@ class Storage:
 
     def create_partitions(self, sid: int, topic, pids) -> None:
         for pid in pids:
-            directory = self.partition_dir(sid, topic.id, pid)
-            os.makedirs(directory, exist_ok=True)
+            directory = self.partition_dir(sid, topic.id, pid)      # (the log makes it if it is missing)
             self._add((sid, topic.id, pid), Partition(directory, pid, topic.settings, self.validate_checksum))
         self._changed({(sid, topic.id)})
 

@@ -48,6 +48,21 @@ tail: they are cut (`recovered_truncated_bytes`), zeros are preallocated space. 
 rewritten when it was short, long or rebuilt. An I/O error refuses the open instead of
 cutting anything.
 
+open files: a segment holds no descriptor of its own. Its .log (and, while it is active or
+being recovered, its .index) are opened on demand through one process-wide LRU of open
+segment files, at most `set_open_files_budget(n)` of them (the server sizes n from its
+RLIMIT_NOFILE: iggy.server). Every use pins the segment's Handle for the length of one
+syscall sequence (an append's two pwritevs, one pread, an fsync, a recovery), and the least
+recently used unpinned handles of any partition are closed to make room, so a descriptor is
+never closed under a call that uses it; the budget is exceeded only by handles pinned at the
+same moment (at most one per thread). The LRU has its own pthread mutex: the shards pin
+without the GIL. An open that fails with EMFILE/ENFILE gives back half of the cache and is
+tried once more. A reopen never creates (a file removed behind the log is an I/O error), and
+an fsync on a reopened descriptor flushes what the closed one wrote (fsync is per inode). The
+shard's asynchronous fsync gets its own dup (`c_sync_dup`), taken while pinned. Recovery at
+open pins one segment at a time, so opening any number of partitions needs at most the
+budget.
+
 Not thread-safe: the caller serialises all calls on one partition (iggy.storage.Partition.lock);
 the GIL is released inside the calls, not the partition.
 """

@@ -149,3 +149,39 @@ def test_readers_serve_while_the_table_changes(tmp_path):
     assert keep[0].next_offset == sum(sent) and all(sent)
     for lg, _, _ in (keep, churn):
         lg.close()
+
+
+# --------------------------------------------------------------------------- end to end
+
+def test_stream_rename_and_partition_changes_reach_the_table(srv):
+    """Each change updates only its topics: after a stream rename the old name is refused (a
+    stale route would have served it from C), added partitions are served, removed ones are
+    refused, and a deleted stream's topics are gone."""
+    from iggy import codes
+    from iggy.errors import ErrorCode
+    from tests.conftest import uniq
+    from tests.reliability.common import Client
+    from tests.rawclient import wire_name
+    op = codes.CODE_OPERATIONS
+    c = Client(srv.tcp_address)
+    try:
+        old, new = uniq("rn"), uniq("rn")
+        assert c.create_stream(old).code == 0
+        assert c.create_topic(old, "t", 1).code == 0
+        assert c.create_topic(old, "u", 1).code == 0
+        assert c.send(old, "t", 0, [b"a"])[1] == 0
+        assert c.call(op[codes.UPDATE_STREAM], 0, ident(old) + wire_name(new)).code == 0
+        assert c.send(old, "t", 0, [b"b"])[0].status == ErrorCode.STREAM_NAME_NOT_FOUND
+        assert c.send(new, "t", 0, [b"b"])[1] == 1
+        assert c.send(new, "u", 0, [b"c"])[1] == 0
+        add = ident(new) + ident("t") + struct.pack("<I", 2)
+        assert c.call(op[codes.CREATE_PARTITIONS], 0, add).code == 0
+        assert c.send(new, "t", 2, [b"d"])[1] == 0
+        assert [m["payload"] for m in c.poll_all(new, "t", 2)] == [b"d"]
+        assert c.call(op[codes.DELETE_PARTITIONS], 0, ident(new) + ident("t") + struct.pack("<I", 1)).code == 0
+        assert c.send(new, "t", 2, [b"e"])[0].status == ErrorCode.PARTITION_NOT_FOUND
+        assert c.send(new, "t", 1, [b"e"])[1] == 0
+        assert c.delete_stream(new).code == 0
+        assert c.send(new, "u", 0, [b"f"])[0].status == ErrorCode.STREAM_NAME_NOT_FOUND
+    finally:
+        c.close()

@@ -185,12 +185,13 @@ def test_a_create_that_cannot_be_served_leaves_nothing(tmp_path):
         blocker.unlink()
         assert c.create_topic("s", "t", 1).code == 0        # the id the failed create did not keep
         assert topic_partitions(c, "s", 0) == 1
-        blocker = stream_dir / "topics" / "0" / "partitions" / "1"
+        # partitions 1 and 2: 1 is made and opened, 2 cannot be, so 1 goes again
+        blocker = stream_dir / "topics" / "0" / "partitions" / "2"
         blocker.write_bytes(b"not a directory")
         reply = c.call(OP_CREATE_PARTITIONS, 0, ident("s") + ident("t") + struct.pack("<I", 2))
         assert reply.code == ErrorCode.CANNOT_CREATE_PARTITION_DIRECTORY, reply
         assert topic_partitions(c, "s", "t") == 1
-        assert sorted(os.listdir(stream_dir / "topics" / "0" / "partitions")) == ["0", "1"]
+        assert sorted(os.listdir(stream_dir / "topics" / "0" / "partitions")) == ["0", "2"]
         assert blocker.is_file()
         c.close()
 

@@ -205,8 +205,10 @@ def test_threads_share_a_tiny_budget(tmp_path, budget):
     for th in threads:
         th.join()
     assert not errors, errors
-    # each thread pins at most one handle (2 files) at a time beyond the budget
-    assert logmod.open_files()["peak"] <= 4 + 4 * 2
+    # beyond the budget, each thread pins at most two handles (2 files each) at a time: one
+    # for a read or an append, two while a roll seals the full segment and creates the next
+    # (SEG is small, so rolls are frequent; the bound of one handle failed about 2 runs in 3)
+    assert logmod.open_files()["peak"] <= 4 + 4 * 2 * 2
 
 
 def test_budget_floor():

@@ -7,6 +7,24 @@ directories the metadata doesn't name to quarantine, see iggy.storage), then bin
 listeners and logs one line per bound address. SIGTERM/SIGINT close
 the listeners first, then the partitions and the journal, so a graceful stop loses nothing.
 The bound addresses are also written to `<system.path>/runtime/current_config.toml`.
+
+Open files. The soft RLIMIT_NOFILE is raised to the hard limit at start, and the partitions'
+segment files share a fixed budget of it (the LRU of open segment files in iggy._core.log:
+files open on demand and the least recently used ones are closed, so neither startup nor the
+number of partitions depends on holding every file open)::
+
+    L        = RLIMIT_NOFILE after raising it (the soft limit)
+    C        = limits.max_connections (0 = unlimited: counted as L / 2), capped at L / 2
+    R        = FD_RESERVE (listeners, journal, io_uring rings and eventfds, HTTP/QUIC/WebSocket,
+               logs, dups for in-flight fsyncs)
+    segments = max(MIN_SEGMENT_FILES, (L - C - R) / 2)
+
+The stored consumer-offset files have their own cache (iggy.offsets, `limits.max_open_offset_files`):
+a quarter of L - limits.max_connections, so segments and offsets together stay within three
+quarters of what the connections leave.
+`IGGY_PARTITION_FILES_BUDGET=N` sets the segment-file budget directly (tests, small hosts;
+at least 4). A file the budget has closed reopens on its next use; an fsync on the reopened
+file flushes what the closed descriptor wrote (fsync is per file, not per descriptor).
 """
 from __future__ import annotations
 
@@ -63,6 +81,7 @@ class Server:
         cfg = self.config
         _raise_open_file_limit()
         configure_offsets(cfg)      # sized from the raised limit, before the partitions open
+        _set_segment_files_budget(cfg, self.env)
         path = cfg.system.path
         os.makedirs(path, exist_ok=True)
         meta = MetadataStore(path, cfg.system.metadata.snapshot_every)
@@ -286,8 +305,8 @@ async def serve(config, repair_metadata: bool = False) -> None:
 
 
 def _raise_open_file_limit() -> None:
-    """Lift the soft RLIMIT_NOFILE to the hard limit: every partition keeps its segment files
-    open, every client is a socket, and a quarter of the rest may be consumer-offset files."""
+    """Lift the soft RLIMIT_NOFILE to the hard limit: every client is a socket, and the
+    segment-file budget and the stored consumer offsets' files are sized from it."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = 1 << 20 if hard == resource.RLIM_INFINITY else hard      # fs.nr_open's default
@@ -296,6 +315,32 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError) as exc:
             log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+
+
+FD_RESERVE = 256
+MIN_SEGMENT_FILES = 16
+
+
+def segment_files_budget(limit: int, max_connections: int) -> int:
+    """How many segment files the partitions may keep open (the formula in the module docstring)."""
+    connections = max_connections if 0 < max_connections < limit // 2 else limit // 2
+    return max(MIN_SEGMENT_FILES, (limit - connections - FD_RESERVE) // 2)
+
+
+def _set_segment_files_budget(cfg, env) -> None:
+    import resource
+    from iggy._core.log import set_open_files_budget
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY:
+        limit = 1 << 20
+    override = env.get("IGGY_PARTITION_FILES_BUDGET")
+    if override:
+        budget = max(4, int(override))
+    else:
+        budget = segment_files_budget(limit, cfg.limits.max_connections)
+    set_open_files_budget(budget)
+    log.info("open files: limit %d, at most %d segment files open at once%s", limit, budget,
+             " (IGGY_PARTITION_FILES_BUDGET)" if override else "")
 
 
 def run_server(config, repair_metadata: bool = False) -> None:

@@ -12,11 +12,25 @@ acknowledged; sealed segments and shutdown are fsynced); `persisted` (or `enforc
 acknowledges only after fdatasync, and one fsync covers every batch that arrived in the same
 event-loop turn (group commit: the sync runs in a callback scheduled after the pending reads).
 
-The control plane calls this module after committing a metadata change (a client's delete
-removes its directory). At start every partition named by the metadata is opened; startup
-never deletes anything: a directory the metadata doesn't name (a delete cut short by a crash,
-or data whose metadata was lost) is moved to `<system.path>/quarantine/<UTC time>/` under
-the same relative path and reported, so a reused id never sees old data and nothing is lost.
+Creating partitions is two steps around the metadata commit: `prepare_partitions` makes the
+directories (durably: the parent of each new directory is fsynced, iggy.fsutil) and opens the
+logs first (a failure — EMFILE, ENOSPC, EACCES — removes whatever it made and raises
+CANNOT_CREATE_PARTITION_DIRECTORY / CANNOT_CREATE_PARTITION, so the control plane commits
+nothing), then `install` adds them once the record is committed, or `discard` removes them
+when the commit fails. Deletes and other changes call this module after the commit (a
+client's delete removes its directory).
+
+At start every partition named by the metadata is opened; startup never deletes anything: a
+directory the metadata doesn't name (a create whose commit never happened, a delete cut short
+by a crash, or data whose metadata was lost) is moved to `<system.path>/quarantine/<UTC time>/`
+under the same relative path and reported, so a reused id never sees old data and nothing is
+lost. While the server runs, whatever is found at the path of a partition being created can
+only be what this server was removing (a delete or a discarded create that stopped half-way),
+so it is removed.
+
+Open files: a partition holds no descriptor of its own; its segment files go through the
+process-wide LRU of iggy._core.log (budget set by iggy.server), so startup opens each
+partition with a bounded number of files open at any moment.
 """
 from __future__ import annotations
 
@@ -27,7 +41,7 @@ import shutil
 from iggy._core.log import PartitionLog
 from iggy._core.mutex import Mutex
 from iggy._core.router import Counter
-from iggy.errors import IggyError
+from iggy.errors import ErrorCode, IggyError
 from iggy.fsutil import makedirs_durable
 from iggy.metadata.journal import utc_stamp
 from iggy.offsets import OffsetStore
@@ -154,20 +168,32 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+class Prepared:
+    """Partitions opened by Storage.prepare_partitions, not yet served."""
+
+    def __init__(self, sid: int, tid: int):
+        self.sid = sid
+        self.tid = tid
+        self.partitions: dict[tuple[int, int, int], Partition] = {}
+        self.made: list[str] = []         # directories made, outermost first
+
+
 class Storage:
     def __init__(self, system_path: str, validate_checksum: bool = True):
         self.root = os.path.join(system_path, "streams")
         makedirs_durable(self.root)
         self.partitions: dict[tuple[int, int, int], Partition] = {}
+        self._by_topic: dict[tuple[int, int], set[int]] = {}     # open partition ids per topic
+        self._by_stream: dict[int, set[int]] = {}                # topics with open partitions
         self.round_robin: dict[tuple[int, int], Counter] = {}
         self.validate_checksum = validate_checksum
         self.version = 0                  # bumped when partitions are opened or dropped
-        self.listeners: list = []         # called after each such change
+        self.listeners: list = []         # listener({(stream id, topic id)}), after each such change
 
-    def _changed(self) -> None:
+    def _changed(self, topics) -> None:
         self.version += 1
         for listener in self.listeners:
-            listener()
+            listener(topics)
 
     def balanced_counter(self, sid: int, tid: int) -> Counter:
         """The topic's round-robin position (shared with the shards' C data plane)."""
@@ -259,24 +285,108 @@ class Storage:
             moved.append(target)
         return moved
 
+    def prepare_partitions(self, sid: int, tid: int, settings: dict, pids, new_topic: bool) -> "Prepared":
+        """Make and open partitions that the metadata does not name yet (see the docstring).
+
+        new_topic: the topic itself is new, so its whole directory is made here (and removed on
+        failure). Anything already at a partition's path is an orphan of an uncommitted create
+        or a cut-short delete, and goes first.
+        """
+        prep = Prepared(sid, tid)
+        topic_dir = self.topic_dir(sid, tid)
+        try:
+            if new_topic:
+                if os.path.isdir(topic_dir):
+                    shutil.rmtree(topic_dir, ignore_errors=True)
+                for d in (self.stream_dir(sid), os.path.dirname(topic_dir), topic_dir):
+                    if not os.path.isdir(d):
+                        self._mkdir(d, sid, tid, None)
+                        prep.made.append(d)
+            for pid in pids:
+                directory = self.partition_dir(sid, tid, pid)
+                if os.path.isdir(directory):
+                    shutil.rmtree(directory, ignore_errors=True)
+                self._mkdir(directory, sid, tid, pid)
+                prep.made.append(directory)
+                try:
+                    part = Partition(directory, pid, settings, self.validate_checksum)
+                except OSError as exc:
+                    log.error("cannot create partition %d of topic %d in stream %d: %s", pid, tid, sid, exc)
+                    raise IggyError(ErrorCode.CANNOT_CREATE_PARTITION,
+                                    f"cannot create partition {pid}: {exc.strerror or exc}") from None
+                prep.partitions[(sid, tid, pid)] = part
+        except BaseException:
+            self.discard(prep)
+            raise
+        return prep
+
+    @staticmethod
+    def _mkdir(directory: str, sid: int, tid: int, pid) -> None:
+        try:
+            makedirs_durable(directory)     # a power cut must not lose the new chain
+        except OSError as exc:
+            what = f"partition {pid}" if pid is not None else "the directory"
+            log.error("cannot create %s of topic %d in stream %d (%s): %s", what, tid, sid, directory,
+                      exc.strerror or exc)
+            raise IggyError(ErrorCode.CANNOT_CREATE_PARTITION_DIRECTORY,
+                            f"cannot create {directory}: {exc.strerror or exc}") from None
+
+    def install(self, prep: "Prepared") -> None:
+        """Serve prepared partitions (their create is committed)."""
+        for key, p in prep.partitions.items():
+            self._add(key, p)
+        prep.partitions = {}
+        prep.made = []
+        self._changed({(prep.sid, prep.tid)})
+
+    def discard(self, prep: "Prepared") -> None:
+        """Close prepared partitions and remove every directory prepare made (newest first)."""
+        for p in prep.partitions.values():
+            with p.lock:
+                p.log.close()
+                p.offsets.close()
+        prep.partitions = {}
+        for d in reversed(prep.made):
+            shutil.rmtree(d, ignore_errors=True)
+        prep.made = []
+
     def create_partitions(self, sid: int, topic, pids) -> None:
         for pid in pids:
             directory = self.partition_dir(sid, topic.id, pid)
             # the log fsyncs the partition directory for its segments; the chain above it
-            # (streams/<s>/topics/<t>/partitions/<p>) must be durable too
+            # (streams/<s>/topics/<t>/partitions/<p>) must be durable too (one stat when it exists)
             makedirs_durable(directory)
-            self.partitions[(sid, topic.id, pid)] = Partition(directory, pid, topic.settings,
-                                                              self.validate_checksum)
-        self._changed()
+            self._add((sid, topic.id, pid), Partition(directory, pid, topic.settings, self.validate_checksum))
+        self._changed({(sid, topic.id)})
+
+    def _add(self, key, p: Partition) -> None:
+        self.partitions[key] = p
+        self._by_topic.setdefault(key[:2], set()).add(key[2])
+        self._by_stream.setdefault(key[0], set()).add(key[1])
+
+    def _topic_keys(self, sid: int, tid: int) -> list:
+        return [(sid, tid, pid) for pid in self._by_topic.get((sid, tid), ())]
 
     def _drop(self, keys) -> None:
+        topics = set()
         for key in list(keys):
+            topics.add(key[:2])
+            pids = self._by_topic.get(key[:2])
+            if pids is not None:
+                pids.discard(key[2])
+                if not pids:
+                    del self._by_topic[key[:2]]
+                    tids = self._by_stream.get(key[0])
+                    if tids is not None:
+                        tids.discard(key[1])
+                        if not tids:
+                            del self._by_stream[key[0]]
             p = self.partitions.pop(key, None)
             if p is not None:
                 with p.lock:
                     p.log.close()
                     p.offsets.close()
-        self._changed()
+        self._changed(topics)
 
     def delete_partitions(self, sid: int, tid: int, pids) -> None:
         self._drop((sid, tid, pid) for pid in pids)
@@ -284,14 +394,15 @@ class Storage:
             shutil.rmtree(self.partition_dir(sid, tid, pid), ignore_errors=True)
 
     def delete_topic(self, sid: int, tid: int) -> None:
-        self._drop(k for k in self.partitions if k[0] == sid and k[1] == tid)
+        self._drop(self._topic_keys(sid, tid))
         self.round_robin.pop((sid, tid), None)
         shutil.rmtree(self.topic_dir(sid, tid), ignore_errors=True)
 
     def delete_stream(self, sid: int) -> None:
-        self._drop(k for k in self.partitions if k[0] == sid)
-        for key in [k for k in self.round_robin if k[0] == sid]:
-            del self.round_robin[key]
+        tids = list(self._by_stream.get(sid, ()))
+        self._drop([k for tid in tids for k in self._topic_keys(sid, tid)])
+        for tid in tids:        # (a topic without partitions may keep its counter: harmless)
+            self.round_robin.pop((sid, tid), None)
         shutil.rmtree(self.stream_dir(sid), ignore_errors=True)
 
     def purge_topic(self, sid: int, topic) -> None:
@@ -313,6 +424,8 @@ class Storage:
             except OSError as exc:
                 log.error("closing partition %s: %s", p.directory, exc)
         self.partitions.clear()
+        self._by_topic.clear()
+        self._by_stream.clear()
 
     # ---------------------------------------------------------------- stats
 

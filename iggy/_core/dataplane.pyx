@@ -271,7 +271,7 @@ cdef int _send(const Table *t, int64_t user_id, const unsigned char *req, Cursor
     rc = (<PartitionLog>part.log).c_append(c.p + c.pos, c.n - c.pos, _now_us(), &base, &appended)
     if rc == 0 and topic.persisted:
         # the file the batch went to (a roll right after the append syncs the sealed one itself)
-        sync_fd = dup((<PartitionLog>part.log).c_sync_fd())
+        sync_fd = (<PartitionLog>part.log).c_sync_dup()
         out.sync_log = (<PartitionLog>part.log).uid
         out.sync_segment = (<PartitionLog>part.log).c_active_base()
     (<Mutex>part.lock).unlock()

@@ -27,13 +27,25 @@ cdef struct ReadResult:
     int io_err                  # errno when READ_IO_ERROR
 
 
+# One segment's open files, in the process-wide LRU of open segment files (log.pyx docstring,
+# "open files"). Stable memory (a Segment in the segs array moves; its Handle does not).
+cdef struct Handle:
+    Handle *prev                # LRU links (newest at the front); linked while it holds an fd
+    Handle *next
+    char *path                  # "<directory>/<20-digit base>." (the extension is added at open)
+    int log_fd                  # -1 while not open
+    int idx_fd                  # -1 while not open or not wanted
+    int pins                    # users right now (the owner, under the partition lock)
+    int want_idx                # open the .index too (the active segment, and during recovery)
+    int linked
+
+
 cdef struct Segment:
     uint64_t base               # offset of its first message; the file names
     uint64_t next               # offset after its last message (== base when empty)
     uint64_t size               # logical bytes of the .log (the file may be longer: preallocation)
     uint64_t max_ts             # base_timestamp of its newest batch (0 when empty)
-    int log_fd
-    int idx_fd                  # -1 once sealed (the index is then mmapped)
+    Handle *h                   # its files, opened on demand (never cache an fd from it)
     unsigned char *idx          # n_entries x 24 bytes, the .index file image
     uint64_t n_entries
     uint64_t cap_entries        # capacity when idx is malloc'd (the active segment)
@@ -53,6 +65,7 @@ cdef class PartitionLog:
     cdef readonly uint64_t recovered_truncated_bytes
     cdef uint64_t last_ts       # newest base_timestamp handed out (timestamps strictly increase)
     cdef bint _closed
+    cdef bint _dirty            # appended to since the last fsync (shutdown syncs only these)
     cdef readonly uint64_t uid  # unique in the process: tells logs apart after one is freed
     cdef readonly str label     # "stream/topic/partition" ids for log lines (the directory otherwise)
     cdef object _reported       # {(read status, offset)} already logged: each damaged place once
@@ -61,6 +74,7 @@ cdef class PartitionLog:
     cdef Py_ssize_t _open_segment(self, uint64_t base, bint create) except -1
     cdef int _recover(self, Py_ssize_t k) except -1
     cdef int _check_segments(self) except -1
+    cdef int _recover_pinned(self, Py_ssize_t k, int log_fd, int idx_fd) except -1
     cdef int _roll(self) except -1
     cdef int _drop_segment(self, Py_ssize_t k, bint unlink) except -1
     cdef void _release(self) noexcept
@@ -74,6 +88,6 @@ cdef class PartitionLog:
     cdef int c_read(self, uint64_t start_offset, uint32_t count, uint64_t max_bytes, reserve_fn reserve,
                     void *ctx, ReadResult *res) noexcept nogil
     cdef int c_offset_for_timestamp(self, uint64_t ts, uint64_t *out) noexcept nogil
-    cdef int c_sync_fd(self) noexcept nogil
+    cdef int c_sync_dup(self) noexcept nogil
     cdef uint64_t c_active_base(self) noexcept nogil
     cdef int report_read_failure(self, const ReadResult *res) except -1

@@ -79,20 +79,37 @@ verify each batch they serve: a walk of every byte at startup would read the who
 directory (seconds per GiB from disk) to find what the first poll of that place finds anyway,
 and one header read per batch was slower still from a cold cache (random reads).
 
+open files: a segment holds no descriptor of its own. Its .log (and, while it is active or
+being recovered, its .index) are opened on demand through one process-wide LRU of open
+segment files, at most `set_open_files_budget(n)` of them (the server sizes n from its
+RLIMIT_NOFILE: iggy.server). Every use pins the segment's Handle for the length of one
+syscall sequence (an append's two pwritevs, one pread, an fsync, a recovery), and the least
+recently used unpinned handles of any partition are closed to make room, so a descriptor is
+never closed under a call that uses it; the budget is exceeded only by handles pinned at the
+same moment (at most one per thread). The LRU has its own pthread mutex: the shards pin
+without the GIL. An open that fails with EMFILE/ENFILE gives back half of the cache and is
+tried once more. A reopen never creates (a file removed behind the log is an I/O error), and
+an fsync on a reopened descriptor flushes what the closed one wrote (fsync is per inode). The
+shard's asynchronous fsync gets its own dup (`c_sync_dup`), taken while pinned. Recovery at
+open pins one segment at a time, so opening any number of partitions needs at most the
+budget.
+
 Not thread-safe: the caller serialises all calls on one partition (iggy.storage.Partition.lock);
 the GIL is released inside the calls, not the partition.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport EINTR, EIO, ENOMEM, ENOSPC, errno
+from libc.errno cimport EINTR, EIO, EMFILE, ENFILE, ENOMEM, ENOSPC, errno
 from libc.stdint cimport uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdio cimport snprintf
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset
-from posix.fcntl cimport posix_fallocate
+from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDWR, O_TRUNC, posix_fallocate, open as c_open
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
+from posix.stat cimport fstat, struct_stat
 from posix.types cimport off_t
 from posix.uio cimport iovec, pwritev
-from posix.unistd cimport close, fdatasync, ftruncate, pread
+from posix.unistd cimport close, dup, fdatasync, fsync, ftruncate, pread
 
 from iggy._core.batch cimport (B_BASE_OFFSET, B_BASE_TIMESTAMP, B_CHECKSUM, B_COUNT, B_LENGTH, B_PARTITION_ID,
                                B_RESERVED,
@@ -102,6 +119,7 @@ from iggy._core.batch cimport (B_BASE_OFFSET, B_BASE_TIMESTAMP, B_CHECKSUM, B_CO
                                check_batch, stamp_header)
 from iggy._core.includes.le cimport le_u32, le_u64, put_u32, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits
+from iggy._core.mutex cimport pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t, pthread_mutex_unlock
 
 import logging
 import os
@@ -160,6 +178,7 @@ cdef enum:
     MIN_FRAME_LEN = 49          # 48-byte header + at least one payload byte
     CUT_OK = 0
     CUT_CORRUPT = 1
+    DEFAULT_OPEN_FILES = 1024   # segment-file budget until set_open_files_budget (the server sets it)
 
 
 # --------------------------------------------------------------------------- small I/O helpers (nogil)
@@ -219,6 +238,235 @@ cdef bint _all_zero(const unsigned char *p, uint64_t n) noexcept nogil:
         acc |= p[i]
         i += 1
     return acc == 0
+
+
+# --------------------------------------------------------------------------- open files (nogil)
+#
+# Every segment's files are reached through its Handle, and every Handle that holds an fd is
+# in ONE process-wide LRU list under `_fd_lock` (a pthread mutex: the shards pin handles
+# without the GIL). `_h_pin` opens what is missing (closing the least recently used unpinned
+# handles first so the count stays within `_fd_budget`) and pins the handle; `_h_unpin` lets
+# it go. Only the owning partition pins its handles (under its partition lock); any thread
+# may close another partition's unpinned handle to make room, never a pinned one.
+
+cdef pthread_mutex_t _fd_lock
+pthread_mutex_init(&_fd_lock, NULL)
+cdef Handle _lru                 # sentinel: _lru.next is the most recently used
+_lru.prev = &_lru
+_lru.next = &_lru
+cdef Py_ssize_t _fd_open = 0     # fds held by handles
+cdef Py_ssize_t _fd_budget = DEFAULT_OPEN_FILES
+cdef Py_ssize_t _fd_peak = 0
+cdef uint64_t _fd_opens = 0
+cdef uint64_t _fd_evictions = 0
+
+
+cdef inline void _lru_unlink(Handle *h) noexcept nogil:
+    if h.linked:
+        h.prev.next = h.next
+        h.next.prev = h.prev
+        h.linked = 0
+
+
+cdef inline void _lru_front(Handle *h) noexcept nogil:
+    _lru_unlink(h)
+    h.next = _lru.next
+    h.prev = &_lru
+    _lru.next.prev = h
+    _lru.next = h
+    h.linked = 1
+
+
+cdef void _h_close_fds(Handle *h) noexcept nogil:
+    """Close what h holds and take it out of the LRU (under _fd_lock)."""
+    global _fd_open
+    if h.log_fd >= 0:
+        close(h.log_fd)
+        h.log_fd = -1
+        _fd_open -= 1
+    if h.idx_fd >= 0:
+        close(h.idx_fd)
+        h.idx_fd = -1
+        _fd_open -= 1
+    _lru_unlink(h)
+
+
+cdef void _evict_to(Py_ssize_t limit) noexcept nogil:
+    """Close least recently used unpinned handles until at most `limit` fds are held (under _fd_lock)."""
+    global _fd_evictions
+    cdef Handle *h = _lru.prev
+    cdef Handle *older
+    while _fd_open > limit and h != &_lru:
+        older = h.prev
+        if h.pins == 0:
+            _h_close_fds(h)
+            _fd_evictions += 1
+        h = older
+
+
+cdef int _open_at(const char *prefix, const char *ext, int flags) noexcept nogil:
+    cdef char path[4200]
+    cdef int fd
+    snprintf(path, sizeof(path), "%s%s", prefix, ext)
+    while True:
+        fd = c_open(path, O_RDWR | O_CLOEXEC | flags, 0o644)
+        if fd >= 0 or errno != EINTR:
+            return fd if fd >= 0 else -errno
+
+
+cdef int _h_open_missing(Handle *h, int flags) noexcept nogil:
+    """Open the files h lacks (under _fd_lock). 0 or -errno, with nothing new left open."""
+    global _fd_open, _fd_opens
+    cdef int log_fd = -1, idx_fd = -1
+    if h.log_fd < 0:
+        log_fd = _open_at(h.path, "log", flags)
+        if log_fd < 0:
+            return log_fd
+    if h.want_idx and h.idx_fd < 0:
+        idx_fd = _open_at(h.path, "index", flags)
+        if idx_fd < 0:
+            if log_fd >= 0:
+                close(log_fd)
+            return idx_fd
+    if log_fd >= 0:
+        h.log_fd = log_fd
+        _fd_open += 1
+        _fd_opens += 1
+    if idx_fd >= 0:
+        h.idx_fd = idx_fd
+        _fd_open += 1
+        _fd_opens += 1
+    return 0
+
+
+cdef int _h_pin(Handle *h, int flags) noexcept nogil:
+    """Make h's files open and pin them until _h_unpin: 0 or -errno (nothing pinned then).
+
+    flags: extra open(2) flags for files that must be opened now (O_CREAT | O_TRUNC when a
+    segment is created; 0 afterwards, so a file removed behind the server's back is an error,
+    not silently recreated empty). The owner holds the partition lock, so h.log_fd/idx_fd of
+    a pinned handle are stable without _fd_lock.
+    """
+    global _fd_peak
+    cdef int need, rc = 0
+    pthread_mutex_lock(&_fd_lock)
+    need = (h.log_fd < 0) + (h.want_idx != 0 and h.idx_fd < 0)
+    if need:
+        _evict_to(_fd_budget - need)
+        rc = _h_open_missing(h, flags)
+        if rc == -EMFILE or rc == -ENFILE:
+            # the process is at its limit for other reasons (connections, offsets): give back
+            # half of what the cache holds and try once more
+            _evict_to(_fd_open // 2)
+            rc = _h_open_missing(h, flags)
+        if _fd_open > _fd_peak:
+            _fd_peak = _fd_open
+    if rc == 0:
+        h.pins += 1
+        if h.log_fd >= 0 or h.idx_fd >= 0:
+            _lru_front(h)
+    pthread_mutex_unlock(&_fd_lock)
+    return rc
+
+
+cdef void _h_unpin(Handle *h) noexcept nogil:
+    pthread_mutex_lock(&_fd_lock)
+    h.pins -= 1
+    if _fd_open > _fd_budget:        # handles pinned by other threads made the cache overshoot
+        _evict_to(_fd_budget)
+    pthread_mutex_unlock(&_fd_lock)
+
+
+cdef void _h_seal(Handle *h) noexcept nogil:
+    """The segment is sealed: its .index is no longer written, so its fd goes."""
+    global _fd_open
+    pthread_mutex_lock(&_fd_lock)
+    h.want_idx = 0
+    if h.idx_fd >= 0:
+        close(h.idx_fd)
+        h.idx_fd = -1
+        _fd_open -= 1
+        if h.log_fd < 0:
+            _lru_unlink(h)
+    pthread_mutex_unlock(&_fd_lock)
+
+
+cdef void _h_free(Handle *h) noexcept nogil:
+    """Close h's files and free it (the owner's, unpinned)."""
+    if h == NULL:
+        return
+    pthread_mutex_lock(&_fd_lock)
+    _h_close_fds(h)
+    pthread_mutex_unlock(&_fd_lock)
+    free(h.path)
+    free(h)
+
+
+cdef Handle *_h_new(bytes prefix, bint want_idx) except NULL:
+    cdef Handle *h = <Handle *>calloc(1, sizeof(Handle))
+    if h == NULL:
+        raise MemoryError()
+    h.path = <char *>malloc(len(prefix) + 1)
+    if h.path == NULL:
+        free(h)
+        raise MemoryError()
+    memcpy(h.path, <const char *>prefix, len(prefix) + 1)
+    h.log_fd = -1
+    h.idx_fd = -1
+    h.want_idx = 1 if want_idx else 0
+    return h
+
+
+cdef ssize_t _seg_pread(Segment *s, unsigned char *buf, uint64_t n, uint64_t off) noexcept nogil:
+    """_pread_full on segment s's .log (opened if it was closed). Bytes read or -errno."""
+    cdef ssize_t got
+    cdef int rc = _h_pin(s.h, 0)
+    if rc:
+        return rc
+    got = _pread_full(s.h.log_fd, buf, n, off)
+    _h_unpin(s.h)
+    return got
+
+
+def set_open_files_budget(Py_ssize_t n):
+    """Set how many segment files the process keeps open at most (>= 4); returns the old value.
+
+    The server sizes it from its RLIMIT_NOFILE (iggy.server.partition_files_budget). Files
+    beyond the new budget are closed now (unless in use: then as soon as they are let go).
+    """
+    global _fd_budget
+    cdef Py_ssize_t old = _fd_budget
+    if n < 4:
+        raise ValueError("the open-files budget must be at least 4")
+    with nogil:
+        pthread_mutex_lock(&_fd_lock)
+        _fd_budget = n
+        _evict_to(n)
+        pthread_mutex_unlock(&_fd_lock)
+    return old
+
+
+def open_files():
+    """{"open", "budget", "peak", "opens", "evictions"} of the segment-file cache (tests, metrics)."""
+    cdef Py_ssize_t n, b, peak
+    cdef uint64_t opens, evictions
+    with nogil:
+        pthread_mutex_lock(&_fd_lock)
+        n = _fd_open
+        b = _fd_budget
+        peak = _fd_peak
+        opens = _fd_opens
+        evictions = _fd_evictions
+        pthread_mutex_unlock(&_fd_lock)
+    return {"open": n, "budget": b, "peak": peak, "opens": opens, "evictions": evictions}
+
+
+def reset_open_files_peak():
+    global _fd_peak
+    with nogil:
+        pthread_mutex_lock(&_fd_lock)
+        _fd_peak = _fd_open
+        pthread_mutex_unlock(&_fd_lock)
 
 
 # --------------------------------------------------------------------------- index entries
@@ -545,6 +793,17 @@ cdef int _scan_headers(int fd, const Segment *s, uint32_t partition_id, uint64_t
 
 cdef int _append(Segment *s, uint32_t partition_id, const unsigned char *p, uint64_t n, uint64_t base,
                  uint64_t ts, uint32_t *count) noexcept nogil:
+    """_append_to with the segment's files pinned (opened first when the cache had closed them)."""
+    cdef int rc = _h_pin(s.h, 0)
+    if rc:
+        return rc
+    rc = _append_to(s, s.h.log_fd, s.h.idx_fd, partition_id, p, n, base, ts, count)
+    _h_unpin(s.h)
+    return rc
+
+
+cdef int _append_to(Segment *s, int log_fd, int idx_fd, uint32_t partition_id, const unsigned char *p,
+                    uint64_t n, uint64_t base, uint64_t ts, uint32_t *count) noexcept nogil:
     """Stamp and write one batch at the segment's logical end, then its index entry.
 
     Returns 0, an Iggy error code (> 0) for a batch that does not even frame, or -errno.
@@ -568,7 +827,7 @@ cdef int _append(Segment *s, uint32_t partition_id, const unsigned char *p, uint
     iov[0].iov_len = BATCH_HEADER_LEN
     iov[1].iov_base = <void *>(p + BATCH_HEADER_LEN)
     iov[1].iov_len = n - BATCH_HEADER_LEN
-    rc = _pwritev_all(s.log_fd, iov, 2, s.size)
+    rc = _pwritev_all(log_fd, iov, 2, s.size)
     if rc:
         return rc
     put_u64(entry, base)
@@ -576,7 +835,7 @@ cdef int _append(Segment *s, uint32_t partition_id, const unsigned char *p, uint
     put_u64(entry + 16, s.size)
     iov[0].iov_base = entry
     iov[0].iov_len = INDEX_ENTRY_LEN
-    rc = _pwritev_all(s.idx_fd, iov, 1, s.n_entries * INDEX_ENTRY_LEN)
+    rc = _pwritev_all(idx_fd, iov, 1, s.n_entries * INDEX_ENTRY_LEN)
     if rc:
         return rc
     rc = _entries_push(&s.idx, &s.n_entries, &s.cap_entries, base, ts, s.size)
@@ -696,10 +955,8 @@ def _label(str directory):
 
 cdef void _close_segment(Segment *s) noexcept nogil:
     """Close a segment's files and free or unmap its index entries."""
-    if s.log_fd >= 0:
-        close(s.log_fd)
-    if s.idx_fd >= 0:
-        close(s.idx_fd)
+    _h_free(s.h)
+    s.h = NULL
     if s.map_len:
         munmap(s.idx, s.map_len)
     else:
@@ -714,8 +971,8 @@ cdef class PartitionLog:
     unwritten or preallocated space, not data).
 
     Invariants: segs[0 .. n_segs) are sorted by base offset and n_segs >= 1 while open; only
-    segs[n_segs - 1] (the active segment) is appended to and has idx_fd open and a malloc'd
-    index; for every segment size/next/n_entries describe exactly the batches that recovery
+    segs[n_segs - 1] (the active segment) is appended to, wants its .index open (Handle.want_idx)
+    and has a malloc'd index; for every segment size/next/n_entries describe exactly the batches that recovery
     or append validated; last_ts >= every stored base_timestamp.
     """
 
@@ -823,10 +1080,15 @@ cdef class PartitionLog:
             os.close(fd)
 
     cdef Py_ssize_t _open_segment(self, uint64_t base, bint create) except -1:
-        """Open (create=False) or create a segment and append it to segs; returns its slot."""
+        """Open (create=False) or create a segment and append it to segs; returns its slot.
+
+        Its files are opened through the segment-file cache (a missing .index is created) and
+        left unpinned: the cache may close them as soon as this returns; they reopen on use.
+        """
         cdef Segment *grown
         cdef Segment *s
-        cdef int log_fd, idx_fd, rc
+        cdef Handle *h
+        cdef int rc, flags = O_CREAT | (O_TRUNC if create else 0)
         cdef Py_ssize_t cap
         if self.n_segs == self.cap_segs:
             cap = self.cap_segs * 2 if self.cap_segs else 8
@@ -835,36 +1097,57 @@ cdef class PartitionLog:
                 raise MemoryError()
             self.segs = grown
             self.cap_segs = cap
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if create else 0)
-        log_fd = os.open(self._path(base, "log"), flags, 0o644)
-        try:
-            idx_fd = os.open(self._path(base, "index"), flags, 0o644)
-        except BaseException:
-            os.close(log_fd)
-            raise
+        h = _h_new(os.fsencode(self._path(base, "")), True)
+        with nogil:
+            rc = _h_pin(h, flags)
+        if rc:
+            _h_free(h)
+            raise OSError(-rc, os.strerror(-rc), self._path(base, "log"))
         s = &self.segs[self.n_segs]
         memset(s, 0, sizeof(Segment))
         s.base = base
         s.next = base
-        s.log_fd = log_fd
-        s.idx_fd = idx_fd
+        s.h = h
         self.n_segs += 1
-        if create:
-            if self.preallocate:
+        try:
+            if create and self.preallocate:
                 with nogil:
-                    rc = posix_fallocate(log_fd, 0, <off_t>self.segment_size)
+                    rc = posix_fallocate(h.log_fd, 0, <off_t>self.segment_size)
                 if rc:
                     log.warning("partition %s: cannot preallocate segment %d: %s", self.directory, base,
                                 os.strerror(rc))
+        finally:
+            _h_unpin(h)
+        if create:
             self._fsync_directory()
         return self.n_segs - 1
 
     cdef int _recover(self, Py_ssize_t k) except -1:
-        """Validate segment k against its index, cut a torn tail, rebuild a bad index."""
+        """Validate segment k against its index, cut a torn tail, rebuild a bad index.
+
+        Its files stay pinned meanwhile; a sealed segment's .index fd is let go afterwards.
+        """
+        cdef Segment *s = &self.segs[k]
+        cdef Handle *h = s.h
+        cdef int rc
+        h.want_idx = 1              # (before the pin: it opens the .index too)
+        with nogil:
+            rc = _h_pin(h, 0)
+        if rc:
+            raise OSError(-rc, os.strerror(-rc), self._path(s.base, "log"))
+        try:
+            self._recover_pinned(k, h.log_fd, h.idx_fd)
+        finally:
+            _h_unpin(h)
+        if k != self.n_segs - 1:
+            _h_seal(h)
+        return 0
+
+    cdef int _recover_pinned(self, Py_ssize_t k, int log_fd, int idx_fd) except -1:
         cdef Segment *s = &self.segs[k]
         cdef bint active = k == self.n_segs - 1
-        cdef uint64_t file_end = os.fstat(s.log_fd).st_size
-        cdef uint64_t idx_size = os.fstat(s.idx_fd).st_size
+        cdef uint64_t file_end = os.fstat(log_fd).st_size
+        cdef uint64_t idx_size = os.fstat(idx_fd).st_size
         cdef uint64_t n_idx = idx_size // INDEX_ENTRY_LEN, valid, dirty_end = 0, torn = 0, n
         cdef void *mapped
         cdef ssize_t got
@@ -877,11 +1160,11 @@ cdef class PartitionLog:
         cdef unsigned char *rebuilt
         memset(&w, 0, sizeof(Window))
         memset(&walk, 0, sizeof(Walk))
-        w.fd = s.log_fd
+        w.fd = log_fd
         # load the index: sealed segments map it, the active one needs a growable copy
         if n_idx:
             if not active:
-                mapped = mmap(NULL, n_idx * INDEX_ENTRY_LEN, PROT_READ, MAP_SHARED, s.idx_fd, 0)
+                mapped = mmap(NULL, n_idx * INDEX_ENTRY_LEN, PROT_READ, MAP_SHARED, idx_fd, 0)
                 if mapped != MAP_FAILED:
                     s.idx = <unsigned char *>mapped
                     s.map_len = n_idx * INDEX_ENTRY_LEN
@@ -891,7 +1174,7 @@ cdef class PartitionLog:
                     raise MemoryError()
                 s.cap_entries = n_idx
                 with nogil:
-                    got = _pread_full(s.idx_fd, s.idx, n_idx * INDEX_ENTRY_LEN, 0)
+                    got = _pread_full(idx_fd, s.idx, n_idx * INDEX_ENTRY_LEN, 0)
                 if got < 0:
                     raise OSError(-got, f"reading {self._path(s.base, 'index')}: {os.strerror(-got)}")
                 n_idx = <uint64_t>got // INDEX_ENTRY_LEN
@@ -932,17 +1215,17 @@ cdef class PartitionLog:
                             self.label, torn, walk.pos, self._path(s.base, "log"), walk.next)
             if active and self.preallocate:
                 if torn:
-                    os.ftruncate(s.log_fd, walk.pos)
+                    os.ftruncate(log_fd, walk.pos)
                 if torn or file_end < self.segment_size:
-                    rc = posix_fallocate(s.log_fd, 0, <off_t>self.segment_size)
+                    rc = posix_fallocate(log_fd, 0, <off_t>self.segment_size)
                     if rc:
                         log.warning("partition %s: cannot preallocate segment %d: %s", self.directory, s.base,
                                     os.strerror(rc))
                     rc = 0
             elif file_end != walk.pos:
-                os.ftruncate(s.log_fd, walk.pos)
+                os.ftruncate(log_fd, walk.pos)
             if file_end != walk.pos:
-                os.fsync(s.log_fd)
+                os.fsync(log_fd)
             # the index: rewrite it when entries were dropped, found past it, or it was torn
             n = valid + walk.n_extra
             if walk.n_extra or valid != n_idx or idx_size != n_idx * INDEX_ENTRY_LEN:
@@ -969,19 +1252,17 @@ cdef class PartitionLog:
                 iov[0].iov_base = rebuilt
                 iov[0].iov_len = n * INDEX_ENTRY_LEN
                 with nogil:
-                    rc = _pwritev_all(s.idx_fd, iov, 1, 0)
+                    rc = _pwritev_all(idx_fd, iov, 1, 0)
                 if rc:
                     raise OSError(-rc, f"rewriting {self._path(s.base, 'index')}: {os.strerror(-rc)}")
-                os.ftruncate(s.idx_fd, n * INDEX_ENTRY_LEN)
-                os.fsync(s.idx_fd)
+                os.ftruncate(idx_fd, n * INDEX_ENTRY_LEN)
+                os.fsync(idx_fd)
             else:
                 s.n_entries = valid
         finally:
             free(walk.extra)
-        if not active:
-            # sealed: the index is never written again (mapped, or kept in memory if rewritten)
-            os.close(s.idx_fd)
-            s.idx_fd = -1
+        # a sealed segment's index is never written again (mapped, or kept in memory if
+        # rewritten): _recover lets its fd go
         return 0
 
     cdef int _check_segments(self) except -1:
@@ -992,9 +1273,16 @@ cdef class PartitionLog:
         cdef Py_ssize_t k
         cdef uint64_t n_bad = 0, first_bad = 0
         cdef int rc
+        cdef Handle *h
         for k in range(self.n_segs):
+            if self.segs[k].n_entries == 0:
+                continue                    # nothing to check, no file to open
+            h = self.segs[k].h
             with nogil:
-                rc = _scan_headers(self.segs[k].log_fd, &self.segs[k], self.partition_id, &n_bad, &first_bad)
+                rc = _h_pin(h, 0)           # one segment's files at a time (the budget holds)
+                if rc == 0:
+                    rc = _scan_headers(h.log_fd, &self.segs[k], self.partition_id, &n_bad, &first_bad)
+                    _h_unpin(h)
             if rc:
                 raise OSError(-rc, f"checking {self._path(self.segs[k].base, 'log')}: {os.strerror(-rc)}")
             if n_bad:
@@ -1009,29 +1297,39 @@ cdef class PartitionLog:
         """Seal the active segment and start a new one at its next offset."""
         cdef Py_ssize_t k = self.n_segs - 1
         cdef Segment *s = &self.segs[k]
-        cdef int rc1, rc2, rc3 = 0
+        cdef Handle *h = s.h         # stable, unlike s
+        cdef int rc, rc1 = 0, rc2 = 0, rc3 = 0, err = 0
         cdef void *mapped
-        cdef uint64_t next_base = s.next
+        cdef uint64_t next_base = s.next, seg_base = s.base
         with nogil:
-            # sealed data must be durable before the next segment can hold later offsets:
-            # recovery then never sees a newer segment next to a torn older one
-            rc1 = fdatasync(s.log_fd)
-            rc2 = fdatasync(s.idx_fd)
-            if self.preallocate:
-                rc3 = ftruncate(s.log_fd, <off_t>s.size)    # give the unused reservation back
-        if rc1 or rc2 or rc3:
-            raise OSError(errno, f"sealing segment {s.base}: {os.strerror(errno)}")
-        self._open_segment(next_base, True)      # may move segs: s is stale after this
-        s = &self.segs[k]
-        if s.n_entries:
-            mapped = mmap(NULL, s.n_entries * INDEX_ENTRY_LEN, PROT_READ, MAP_SHARED, s.idx_fd, 0)
-            if mapped != MAP_FAILED:
-                free(s.idx)
-                s.idx = <unsigned char *>mapped
-                s.map_len = s.n_entries * INDEX_ENTRY_LEN
-                s.cap_entries = 0
-        close(s.idx_fd)
-        s.idx_fd = -1
+            rc = _h_pin(h, 0)
+        if rc:
+            raise OSError(-rc, f"sealing segment {seg_base}: {os.strerror(-rc)}")
+        try:
+            with nogil:
+                # sealed data must be durable before the next segment can hold later offsets:
+                # recovery then never sees a newer segment next to a torn older one
+                rc1 = fdatasync(h.log_fd)
+                if rc1 == 0:
+                    rc2 = fdatasync(h.idx_fd)
+                if rc1 == 0 and rc2 == 0 and self.preallocate:
+                    rc3 = ftruncate(h.log_fd, <off_t>s.size)    # give the unused reservation back
+                if rc1 or rc2 or rc3:
+                    err = errno
+            if err:
+                raise OSError(err, f"sealing segment {seg_base}: {os.strerror(err)}")
+            self._open_segment(next_base, True)      # may move segs: s is stale after this
+            s = &self.segs[k]
+            if s.n_entries:
+                mapped = mmap(NULL, s.n_entries * INDEX_ENTRY_LEN, PROT_READ, MAP_SHARED, h.idx_fd, 0)
+                if mapped != MAP_FAILED:
+                    free(s.idx)
+                    s.idx = <unsigned char *>mapped
+                    s.map_len = s.n_entries * INDEX_ENTRY_LEN
+                    s.cap_entries = 0
+        finally:
+            _h_unpin(h)
+        _h_seal(h)
         return 0
 
     cdef int _drop_segment(self, Py_ssize_t k, bint unlink) except -1:
@@ -1163,6 +1461,7 @@ cdef class PartitionLog:
         if rc:
             return rc
         self.last_ts = ts
+        self._dirty = True
         if s.size >= self.segment_size:
             with gil:
                 self._roll_or_log()
@@ -1183,11 +1482,20 @@ cdef class PartitionLog:
                 return 1
         return 0
 
-    cdef int c_sync_fd(self) noexcept nogil:
-        """The active segment's .log descriptor (to fdatasync an acknowledgement), -1 if closed."""
+    cdef int c_sync_dup(self) noexcept nogil:
+        """A new descriptor (dup) of the active segment's .log, to fdatasync an acknowledgement
+        asynchronously: the caller owns and closes it, so the cache may close the segment's
+        own fd meanwhile. -1 when closed or the file cannot be opened."""
+        cdef Handle *h
+        cdef int fd
         if self._closed or self.n_segs == 0:
             return -1
-        return self.segs[self.n_segs - 1].log_fd
+        h = self.segs[self.n_segs - 1].h
+        if _h_pin(h, 0):
+            return -1
+        fd = dup(h.log_fd)
+        _h_unpin(h)
+        return fd
 
     cdef uint64_t c_active_base(self) noexcept nogil:
         """Base offset of the active segment (0 when closed)."""
@@ -1238,6 +1546,7 @@ cdef class PartitionLog:
             raise IggyError(ErrorCode.CANNOT_SAVE_MESSAGES_TO_SEGMENT,
                             f"writing segment {s.base} of {self.directory}: {os.strerror(-rc)}")
         self.last_ts = ts
+        self._dirty = True
         if s.size >= self.segment_size:
             self._roll_or_log()
         return base, count
@@ -1245,15 +1554,30 @@ cdef class PartitionLog:
     def fsync(self, bint index=True):
         """fdatasync the active segment's log, and its index unless index=False (sealed
         segments were synced when sealed). An acknowledgement needs only the log: recovery
-        rebuilds index entries missing after a crash from the log itself."""
+        rebuilds index entries missing after a crash from the log itself. Nothing to do when
+        nothing was appended since the last fsync (shutdown then reopens no closed file)."""
         cdef Segment *s = self._active()
-        cdef int rc1, rc2 = 0
+        cdef Handle *h = s.h
+        cdef int rc, rc1 = 0, rc2 = 0, err = 0
+        if not self._dirty:
+            return
         with nogil:
-            rc1 = fdatasync(s.log_fd)
-            if index:
-                rc2 = fdatasync(s.idx_fd)
-        if rc1 or rc2:
-            raise IggyError(ErrorCode.CANNOT_SYNC_FILE, f"fdatasync {self.directory}: {os.strerror(errno)}")
+            rc = _h_pin(h, 0)
+            if rc == 0:
+                rc1 = fdatasync(h.log_fd)
+                if rc1:
+                    err = errno
+                elif index:
+                    rc2 = fdatasync(h.idx_fd)
+                    if rc2:
+                        err = errno
+                _h_unpin(h)
+            else:
+                err = -rc
+        if err:
+            raise IggyError(ErrorCode.CANNOT_SYNC_FILE, f"fdatasync {self.directory}: {os.strerror(err)}")
+        if index:
+            self._dirty = False
 
     def flush(self):
         """No-op: appends go straight to the file (durability is fsync)."""
@@ -1353,7 +1677,7 @@ cdef class PartitionLog:
             return -ENOMEM
         for j in range(n_plan):
             s = &self.segs[plan[j].seg]
-            got = _pread_full(s.log_fd, out + w, plan[j].hi - plan[j].lo, plan[j].lo)
+            got = _seg_pread(s, out + w, plan[j].hi - plan[j].lo, plan[j].lo)
             if got < 0:
                 res.io_err = <int>-got
                 res.status = READ_IO_ERROR
@@ -1522,7 +1846,9 @@ cdef class PartitionLog:
         self._closed = True
         if self.n_segs and self.preallocate:
             s = &self.segs[self.n_segs - 1]
-            ftruncate(s.log_fd, <off_t>s.size)
+            if _h_pin(s.h, 0) == 0:
+                ftruncate(s.h.log_fd, <off_t>s.size)
+                _h_unpin(s.h)
         self._release()
 
     def __enter__(self):

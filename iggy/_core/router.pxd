@@ -38,13 +38,18 @@ cdef struct TopicRoute:
     uint64_t *balanced          # the topic's round-robin counter (a Counter's value)
     uint32_t n_groups
     GroupRoute *groups
+    # owned by the entry (freed with it): the group owners, the 4 route keys back to back
+    # and the group names
+    uint64_t *owners
+    unsigned char *keys
+    uint32_t key_len[4]
 
 
 cdef struct RouteSlot:
     uint64_t hash
     uint32_t len
-    uint32_t topic              # index + 1 into Table.topics; 0 = empty slot
-    const unsigned char *key
+    TopicRoute *topic           # NULL = empty slot
+    const unsigned char *key    # inside topic.keys
 
 
 cdef struct PermEntry:
@@ -59,21 +64,16 @@ cdef struct UserPerms:
     uint8_t allow_all           # ALLOW_* bits granted everywhere (root, global flags)
     uint32_t generation         # of the user holding the id now (see `principal` in router.pyx)
     uint32_t n
-    PermEntry *entries
+    PermEntry *entries          # malloc'd per user
 
 
 cdef struct Table:
-    TopicRoute *topics
-    uint32_t n_topics
-    PartRoute *parts
-    RouteSlot *slots
+    RouteSlot *slots            # open addressing (linear probing), at most half full
     uint64_t mask
-    unsigned char *keys
-    UserPerms *users
+    uint64_t used               # occupied slots
+    uint64_t n_topics
+    UserPerms *users            # indexed by user id, n_users of them
     uint32_t n_users
-    PermEntry *perms
-    GroupRoute *groups
-    uint64_t *owners
 
 
 cdef class Counter:
@@ -83,7 +83,7 @@ cdef class Counter:
 cdef class Router:
     cdef pthread_rwlock_t rwlock
     cdef Table *table
-    cdef object refs
+    cdef dict entries           # (stream_id, topic_id) -> (address of its TopicRoute, objects it points at)
     cdef readonly uint64_t generation
     cdef const Table *acquire(self) noexcept nogil
     cdef void release(self) noexcept nogil

@@ -3,30 +3,36 @@
 
 The io_uring shards serve send/poll/store-offset without the GIL, so what those commands
 look up — which topic an identifier names, its partitions and their logs, whether a user may
-send or poll there — must be readable from C. The control plane (Python, the only writer of
-metadata) describes the whole state to `Router.publish()` after every change; publish builds
-a new immutable `Table` in C memory and swaps it in under a write lock. A shard takes the read
-lock for one request (`acquire`/`release`), so a table is never freed under a reader; the lock
-prefers writers, so a stream of requests cannot starve a metadata change.
+send or poll there — must be readable from C. The control plane (Python, the only writer)
+changes the table one entry at a time: `set_topic` / `remove_topic` for a topic (its stream's
+name, its partitions, groups and their owners), `set_user` / `remove_user` for a user's
+permissions, each O(1) (amortised: the slot array doubles when half full). A shard takes the
+read lock for one request (`acquire`/`release`); every change is made under the write lock,
+and what it replaces is freed only after the write lock is released, so a reader never sees
+a half-made change nor a freed entry. The lock prefers writers, so a stream of requests
+cannot starve a metadata change. Everything under the write lock is C without the GIL (a
+shard may need the GIL while it holds the read lock: a segment roll).
 
-Table layout (one malloc'd block per array, all owned by the table)::
+Layout (C memory; each topic entry and each user's grants are their own allocations)::
 
-    topics[n_topics]   TopicRoute {stream_id, topic_id, persisted, n_parts, parts*, balanced*,
-                                   n_groups, groups*}
-    parts[]            PartRoute {id, log*, lock*, offsets*}, each topic's run sorted by id
-    groups[]           GroupRoute {id, name_len, name*, owners*}, each topic's run
-    owners[]           per group, per partition (in the topic's parts order): the client id of
-                       the member that owns it, 0 = nobody (consumer-group assignment)
-    slots[mask + 1]    open addressing (linear probing) by XXH3-64 of the route key; 4 keys
-                       per topic: (stream id | name) x (topic id | name)
-    keys[]             the route keys back to back, then the group names
-    users[n_users]     UserPerms indexed by user id {exists, allow_all, n, entries*}
-    perms[]            PermEntry {stream_id, topic_id, whole_stream, allow}, per user
+    Table        {slots*, mask, used, n_topics, users*, n_users}
+    slots[mask + 1]  open addressing (linear probing, backward-shift deletion, at most half
+                     full) by XXH3-64 of the route key: {hash, len, topic*, key*};
+                     4 keys per topic: (stream id | name) x (topic id | name)
+    TopicRoute   {stream_id, topic_id, persisted, n_parts, parts*, balanced*, n_groups,
+                  groups*, owners*, keys*, key_len[4]}
+    parts[]      PartRoute {id, log*, lock*, offsets*}, sorted by id
+    groups[]     GroupRoute {id, name_len, name*, owners*}
+    owners[]     per group, per partition (in parts order): the client id of the member that
+                 owns it, 0 = nobody (consumer-group assignment)
+    keys[]       the topic's 4 route keys back to back, then its group names
+    users[n_users]  UserPerms indexed by user id {exists, allow_all, generation, n, entries*}
+    entries[]    PermEntry {stream_id, topic_id, whole_stream, allow}, per user
 
 Route key = the stream identifier then the topic identifier, each normalised: numeric
 (`[1][4][u32 LE]`, also for a string of ASCII digits, as the Python decoder reads it) or
-name (`[2][len][UTF-8 bytes]`). The Python objects a table points at (logs, locks, offset
-stores, counters) are kept alive by the `refs` list swapped in with it.
+name (`[2][len][UTF-8 bytes]`). The Python objects an entry points at (logs, locks, offset
+stores, counters) are kept alive by `Router.entries` until the entry is replaced or removed.
 
 Permissions are precomputed by `iggy.control.permissions.snapshot` (one place for the
 rules): per user the ALLOW_* bits granted everywhere and the stream- and topic-level grants.
@@ -113,16 +119,16 @@ cdef int normalise_identifier(const unsigned char *p, uint64_t avail, unsigned c
 cdef const TopicRoute *find_topic(const Table *t, const unsigned char *key, uint32_t len) noexcept nogil:
     cdef uint64_t h, i
     cdef const RouteSlot *s
-    if t == NULL or t.mask == 0:
+    if t == NULL or t.slots == NULL:
         return NULL
     h = XXH3_64bits(key, len)
     i = h & t.mask
     while True:
         s = &t.slots[i]
-        if s.topic == 0:
+        if s.topic == NULL:
             return NULL
         if s.hash == h and s.len == len and memcmp(s.key, key, len) == 0:
-            return &t.topics[s.topic - 1]
+            return s.topic
         i = (i + 1) & t.mask
 
 
@@ -194,18 +200,15 @@ cdef class Counter:
         return __atomic_fetch_add(&self.value, 1, __ATOMIC_RELAXED)
 
 
-cdef void _free_table(Table *t) noexcept nogil:
-    if t == NULL:
+
+cdef void _free_topic(TopicRoute *tr) noexcept nogil:
+    if tr == NULL:
         return
-    free(t.topics)
-    free(t.parts)
-    free(t.slots)
-    free(t.keys)
-    free(t.users)
-    free(t.perms)
-    free(t.groups)
-    free(t.owners)
-    free(t)
+    free(tr.parts)
+    free(tr.groups)
+    free(tr.owners)
+    free(tr.keys)
+    free(tr)
 
 
 cdef uint32_t _put_key(unsigned char *out, object ident):
@@ -235,20 +238,152 @@ cdef uint32_t _route_key(bytes stream_ident, bytes topic_ident, unsigned char *k
     return a + b
 
 
+# --------------------------------------------------------------------------- slots (writer only)
+
+cdef void _slot_insert(RouteSlot *slots, uint64_t mask, TopicRoute *tr, const unsigned char *key, uint32_t len,
+                       uint64_t h) noexcept nogil:
+    cdef uint64_t i = h & mask
+    while slots[i].topic != NULL:
+        i = (i + 1) & mask
+    slots[i].hash = h
+    slots[i].len = len
+    slots[i].topic = tr
+    slots[i].key = key
+
+
+cdef void _slot_delete(RouteSlot *slots, uint64_t mask, const TopicRoute *tr, uint64_t h) noexcept nogil:
+    """Remove tr's slot of hash h; backward-shift deletion keeps every other key reachable."""
+    cdef uint64_t i = h & mask, j, home
+    while slots[i].topic != NULL:
+        if slots[i].topic == tr and slots[i].hash == h:
+            break
+        i = (i + 1) & mask
+    if slots[i].topic == NULL:
+        return
+    j = i
+    while True:
+        j = (j + 1) & mask
+        if slots[j].topic == NULL:
+            break
+        home = slots[j].hash & mask
+        # slot j stays when its home lies cyclically in (i, j]
+        if (i < j and i < home <= j) or (i > j and (home > i or home <= j)):
+            continue
+        slots[i] = slots[j]
+        i = j
+    slots[i].topic = NULL
+    slots[i].key = NULL
+
+
+cdef inline const unsigned char *_key_at(const TopicRoute *tr, int k) noexcept nogil:
+    cdef const unsigned char *p = tr.keys
+    cdef int i
+    for i in range(k):
+        p += tr.key_len[i]
+    return p
+
+
+cdef TopicRoute *_build_topic(object entry, list refs) except NULL:
+    """A TopicRoute for (stream_id, stream_name, topic_id, topic_name, persisted, counter,
+    [(partition_id, PartitionLog, Mutex, OffsetStore)], [(group_id, group_name, {partition: owner})]);
+    the objects it points at are appended to refs."""
+    cdef TopicRoute *tr
+    cdef PartRoute *pr
+    cdef GroupRoute *gr
+    cdef Counter counter
+    cdef Py_ssize_t j, name_bytes = 0
+    cdef uint32_t la, lb, k
+    cdef unsigned char *kp
+    cdef unsigned char sbuf[2][259]
+    cdef unsigned char tbuf[2][259]
+    cdef uint32_t slen[2]
+    cdef uint32_t tlen[2]
+    cdef int a, b
+    sid, sname, tid, tname, persisted, counter, parts, groups = entry
+    parts = sorted(parts, key=lambda p: p[0])
+    for g in groups:
+        name_bytes += 2 + len(g[1].encode("utf-8"))
+    tr = <TopicRoute *>calloc(1, sizeof(TopicRoute))
+    if tr == NULL:
+        raise MemoryError()
+    try:
+        tr.parts = <PartRoute *>calloc(len(parts) + 1, sizeof(PartRoute))
+        tr.groups = <GroupRoute *>calloc(len(groups) + 1, sizeof(GroupRoute))
+        tr.owners = <uint64_t *>calloc(len(parts) * len(groups) + 1, sizeof(uint64_t))
+        tr.keys = <unsigned char *>malloc(4 * MAX_ROUTE_KEY + name_bytes)
+        if tr.parts == NULL or tr.groups == NULL or tr.owners == NULL or tr.keys == NULL:
+            raise MemoryError()
+        tr.stream_id = sid
+        tr.topic_id = tid
+        tr.persisted = 1 if persisted else 0
+        tr.balanced = &counter.value
+        refs.append(counter)
+        tr.n_parts = len(parts)
+        for j, (pid, lg, lock, offsets) in enumerate(parts):
+            if not isinstance(lg, PartitionLog) or not isinstance(lock, Mutex) or not isinstance(offsets, OffsetStore):
+                raise TypeError("partition routes need a PartitionLog, a Mutex and an OffsetStore")
+            pr = &tr.parts[j]
+            pr.id = pid
+            pr.log = <void *>lg
+            pr.lock = <void *>lock
+            pr.offsets = <void *>offsets
+            refs.append((lg, lock, offsets))
+        slen[0] = _put_key(sbuf[0], sid)
+        slen[1] = _put_key(sbuf[1], sname)
+        tlen[0] = _put_key(tbuf[0], tid)
+        tlen[1] = _put_key(tbuf[1], tname)
+        kp = tr.keys
+        k = 0
+        for a in range(2):
+            for b in range(2):
+                memcpy(kp, sbuf[a], slen[a])
+                memcpy(kp + slen[a], tbuf[b], tlen[b])
+                tr.key_len[k] = slen[a] + tlen[b]
+                kp += tr.key_len[k]
+                k += 1
+        tr.n_groups = len(groups)
+        for j, (gid, gname, owners) in enumerate(groups):
+            gr = &tr.groups[j]
+            gr.id = gid
+            gr.name_len = _put_key(kp, gname)
+            gr.name = kp
+            kp += gr.name_len
+            gr.owners = &tr.owners[j * len(parts)]
+            for k in range(len(parts)):
+                gr.owners[k] = owners.get(parts[k][0], 0)
+    except BaseException:
+        _free_topic(tr)
+        raise
+    return tr
+
+
 cdef class Router:
-    """Holds the current Table; `publish` replaces it (see the module docstring)."""
+    """Holds the Table; the control plane changes it entry by entry (see the module docstring)."""
 
     def __cinit__(self):
         cdef pthread_rwlockattr_t attr
         pthread_rwlockattr_init(&attr)
         pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP)
         pthread_rwlock_init(&self.rwlock, &attr)
-        self.table = NULL
-        self.refs = []
+        self.table = <Table *>calloc(1, sizeof(Table))
+        if self.table == NULL:
+            raise MemoryError()
+        self.entries = {}
         self.generation = 0
 
     def __dealloc__(self):
-        _free_table(self.table)
+        cdef uint64_t i
+        cdef uint32_t u
+        cdef Table *t = self.table
+        if t != NULL:
+            if self.entries:
+                for address, _refs in self.entries.values():
+                    _free_topic(<TopicRoute *><size_t>address)
+            for u in range(t.n_users):
+                free(t.users[u].entries)
+            free(t.users)
+            free(t.slots)
+            free(t)
         pthread_rwlock_destroy(&self.rwlock)
 
     cdef const Table *acquire(self) noexcept nogil:
@@ -258,139 +393,189 @@ cdef class Router:
     cdef void release(self) noexcept nogil:
         pthread_rwlock_unlock(&self.rwlock)
 
-    def publish(self, topics, users):
-        """Replace the table.
+    # ------------------------------------------------------------------ writers
 
-        topics: [(stream_id, stream_name, topic_id, topic_name, persisted, counter,
-                  [(partition_id, PartitionLog, Mutex, OffsetStore), ...],
-                  [(group_id, group_name, {partition_id: owner client id}), ...]), ...]
-        users:  [(principal, allow_all, [(stream_id, topic_id or None, allow), ...]), ...]
-        """
-        cdef Table *t = <Table *>calloc(1, sizeof(Table))
-        cdef Table *old
-        cdef Py_ssize_t n_parts = 0, n_perms = 0, n_groups = 0, n_owners = 0, name_bytes = 0, i, j, k = 0, pk = 0
-        cdef Py_ssize_t gk = 0, ok = 0
-        cdef GroupRoute *gr
-        cdef uint64_t cap, h, slot_i
-        cdef uint32_t n_users = 0, klen, slen, tlen, sn, tn, la, lb
-        cdef int a, b
-        cdef unsigned char *kp
-        cdef unsigned char sbuf[2][259]
-        cdef unsigned char tbuf[2][259]
-        cdef TopicRoute *tr
-        cdef PartRoute *pr
-        cdef UserPerms *up
-        cdef Counter counter
-        refs = []
-        if t == NULL:
-            raise MemoryError()
-        try:
-            for entry in topics:
-                n_parts += len(entry[6])
-                n_groups += len(entry[7])
-                n_owners += len(entry[6]) * len(entry[7])
-                for g in entry[7]:
-                    name_bytes += 2 + len(g[1].encode("utf-8"))
-            for uid, allow_all, grants in users:
-                n_perms += len(grants)
-                if (uid & 0xFFFFFFFF) + 1 > n_users:
-                    n_users = (uid & 0xFFFFFFFF) + 1
-            t.n_topics = len(topics)
-            t.topics = <TopicRoute *>calloc(t.n_topics + 1, sizeof(TopicRoute))
-            t.parts = <PartRoute *>calloc(n_parts + 1, sizeof(PartRoute))
-            cap = 8
-            while cap < 8 * (t.n_topics + 1):      # 4 keys per topic, at most half full
+    def set_topic(self, entry):
+        """Add or replace one topic: entry = (stream_id, stream_name, topic_id, topic_name,
+        persisted, counter, [(partition_id, PartitionLog, Mutex, OffsetStore), ...],
+        [(group_id, group_name, {partition_id: owner client id}), ...])."""
+        cdef list refs = []
+        cdef TopicRoute *tr = _build_topic(entry, refs)
+        cdef TopicRoute *old = NULL
+        cdef Table *t = self.table
+        cdef RouteSlot *grown = NULL
+        cdef RouteSlot *dropped = NULL
+        cdef uint64_t cap, i, need
+        cdef uint64_t h[4]
+        cdef uint64_t oh[4]
+        cdef int k
+        key = (entry[0], entry[2])
+        previous = self.entries.get(key)
+        if previous is not None:
+            old = <TopicRoute *><size_t>previous[0]
+        for k in range(4):
+            h[k] = XXH3_64bits(_key_at(tr, k), tr.key_len[k])
+            if old != NULL:
+                oh[k] = XXH3_64bits(_key_at(old, k), old.key_len[k])
+        need = t.used + (0 if old != NULL else 4)
+        if t.slots == NULL or 2 * need > t.mask + 1:
+            # a bigger slot array, filled here (this is the only writer) and swapped in below
+            cap = 64 if t.slots == NULL else 2 * (t.mask + 1)
+            while 2 * need > cap:
                 cap *= 2
-            t.slots = <RouteSlot *>calloc(cap, sizeof(RouteSlot))
-            t.mask = cap - 1
-            t.keys = <unsigned char *>malloc(4 * MAX_ROUTE_KEY * (t.n_topics + 1) + name_bytes)
-            t.groups = <GroupRoute *>calloc(n_groups + 1, sizeof(GroupRoute))
-            t.owners = <uint64_t *>calloc(n_owners + 1, sizeof(uint64_t))
-            t.n_users = n_users
-            t.users = <UserPerms *>calloc(n_users + 1, sizeof(UserPerms))
-            t.perms = <PermEntry *>calloc(n_perms + 1, sizeof(PermEntry))
-            if (t.topics == NULL or t.parts == NULL or t.slots == NULL or t.keys == NULL or t.users == NULL
-                    or t.perms == NULL or t.groups == NULL or t.owners == NULL):
+            grown = <RouteSlot *>calloc(cap, sizeof(RouteSlot))
+            if grown == NULL:
+                _free_topic(tr)
                 raise MemoryError()
-            kp = t.keys
-            for i, (sid, sname, tid, tname, persisted, counter, parts, groups) in enumerate(topics):
-                tr = &t.topics[i]
-                tr.stream_id = sid
-                tr.topic_id = tid
-                tr.persisted = 1 if persisted else 0
-                tr.balanced = &counter.value
-                refs.append(counter)
-                tr.parts = &t.parts[pk]
-                tr.n_parts = len(parts)
-                parts = sorted(parts, key=lambda p: p[0])
-                for j, (pid, lg, lock, offsets) in enumerate(parts):
-                    if not isinstance(lg, PartitionLog) or not isinstance(lock, Mutex) \
-                            or not isinstance(offsets, OffsetStore):
-                        raise TypeError("partition routes need a PartitionLog, a Mutex and an OffsetStore")
-                    pr = &t.parts[pk]
-                    pr.id = pid
-                    pr.log = <void *>lg
-                    pr.lock = <void *>lock
-                    pr.offsets = <void *>offsets
-                    refs.append((lg, lock, offsets))
-                    pk += 1
-                slen = _put_key(sbuf[0], sid)
-                tlen = _put_key(tbuf[0], tid)
-                sn = _put_key(sbuf[1], sname)
-                tn = _put_key(tbuf[1], tname)
-                for a in range(2):
-                    for b in range(2):
-                        la = slen if a == 0 else sn
-                        lb = tlen if b == 0 else tn
-                        memcpy(kp, sbuf[a], la)
-                        memcpy(kp + la, tbuf[b], lb)
-                        klen = la + lb
-                        h = XXH3_64bits(kp, klen)
-                        slot_i = h & t.mask
-                        while t.slots[slot_i].topic != 0:
-                            slot_i = (slot_i + 1) & t.mask
-                        t.slots[slot_i].hash = h
-                        t.slots[slot_i].len = klen
-                        t.slots[slot_i].topic = i + 1
-                        t.slots[slot_i].key = kp
-                        kp += klen
-                tr.groups = &t.groups[gk]
-                tr.n_groups = len(groups)
-                for gid, gname, owners in groups:
-                    gr = &t.groups[gk]
-                    gk += 1
-                    gr.id = gid
-                    gr.name_len = _put_key(kp, gname)
-                    gr.name = kp
-                    kp += gr.name_len
-                    gr.owners = &t.owners[ok]
-                    for j in range(len(parts)):
-                        t.owners[ok + j] = owners.get(parts[j][0], 0)
-                    ok += len(parts)
-            for uid, allow_all, grants in users:
-                up = &t.users[uid & 0xFFFFFFFF]
-                up.exists = 1
-                up.generation = uid >> 32
-                up.allow_all = allow_all
-                up.entries = &t.perms[k]
-                up.n = len(grants)
-                for sid, tid, allow in grants:
-                    t.perms[k].stream_id = sid
-                    t.perms[k].whole_stream = 1 if tid is None else 0
-                    t.perms[k].topic_id = 0 if tid is None else tid
-                    t.perms[k].allow = allow
-                    k += 1
-        except BaseException:
-            _free_table(t)
-            raise
+            if t.slots != NULL:
+                for i in range(t.mask + 1):
+                    if t.slots[i].topic != NULL:
+                        _slot_insert(grown, cap - 1, t.slots[i].topic, t.slots[i].key, t.slots[i].len,
+                                     t.slots[i].hash)
         with nogil:
             pthread_rwlock_wrlock(&self.rwlock)
-            old = self.table
-            self.table = t
+            if grown != NULL:
+                dropped = t.slots
+                t.slots = grown
+                t.mask = cap - 1
+            if old != NULL:
+                for k in range(4):
+                    _slot_delete(t.slots, t.mask, old, oh[k])
+            else:
+                t.used += 4
+                t.n_topics += 1
+            for k in range(4):
+                _slot_insert(t.slots, t.mask, tr, _key_at(tr, k), tr.key_len[k], h[k])
             self.generation += 1
             pthread_rwlock_unlock(&self.rwlock)
-            _free_table(old)
-        self.refs = refs          # the old table's objects are released only now
+            free(dropped)
+            _free_topic(old)
+        self.entries[key] = (<size_t>tr, refs)      # the old entry's objects are released only now
+
+    def remove_topic(self, uint32_t stream_id, uint32_t topic_id):
+        """Remove one topic; False when it was not in the table."""
+        cdef TopicRoute *old
+        cdef Table *t = self.table
+        cdef uint64_t oh[4]
+        cdef int k
+        previous = self.entries.get((stream_id, topic_id))
+        if previous is None:
+            return False
+        old = <TopicRoute *><size_t>previous[0]
+        for k in range(4):
+            oh[k] = XXH3_64bits(_key_at(old, k), old.key_len[k])
+        with nogil:
+            pthread_rwlock_wrlock(&self.rwlock)
+            for k in range(4):
+                _slot_delete(t.slots, t.mask, old, oh[k])
+            t.used -= 4
+            t.n_topics -= 1
+            self.generation += 1
+            pthread_rwlock_unlock(&self.rwlock)
+            _free_topic(old)
+        del self.entries[(stream_id, topic_id)]
+        return True
+
+    def set_user(self, int64_t user, int allow_all, grants):
+        """Add or replace one user's permissions: `user` is its principal (`principal()`: the
+        table slot is the id in the low 32 bits, the generation is kept with it), grants =
+        [(stream_id, topic_id or None, allow)]."""
+        cdef Table *t = self.table
+        cdef uint32_t user_id = <uint32_t>(user & 0xFFFFFFFF)
+        cdef uint32_t generation = <uint32_t>((<uint64_t>user >> 32) & GENERATION_MASK)
+        cdef PermEntry *entries = <PermEntry *>calloc(len(grants) + 1, sizeof(PermEntry))
+        cdef PermEntry *old
+        cdef UserPerms *grown = NULL
+        cdef UserPerms *dropped = NULL
+        cdef uint32_t n = 0, cap = 0
+        if entries == NULL:
+            raise MemoryError()
+        for sid, tid, allow in grants:
+            entries[n].stream_id = sid
+            entries[n].whole_stream = 1 if tid is None else 0
+            entries[n].topic_id = 0 if tid is None else tid
+            entries[n].allow = allow
+            n += 1
+        if user_id >= t.n_users:
+            cap = t.n_users * 2 if t.n_users else 16
+            while cap <= user_id:
+                cap *= 2
+            grown = <UserPerms *>calloc(cap, sizeof(UserPerms))
+            if grown == NULL:
+                free(entries)
+                raise MemoryError()
+            if t.n_users:
+                memcpy(grown, t.users, t.n_users * sizeof(UserPerms))
+        with nogil:
+            pthread_rwlock_wrlock(&self.rwlock)
+            if grown != NULL:
+                dropped = t.users
+                t.users = grown
+                t.n_users = cap
+            old = t.users[user_id].entries
+            t.users[user_id].entries = entries
+            t.users[user_id].n = n
+            t.users[user_id].allow_all = allow_all
+            t.users[user_id].generation = generation
+            t.users[user_id].exists = 1
+            self.generation += 1
+            pthread_rwlock_unlock(&self.rwlock)
+            free(dropped)
+            free(old)
+
+    def remove_user(self, uint32_t user_id):
+        """Remove the user holding `user_id` (the id, not a principal: whatever generation)."""
+        cdef Table *t = self.table
+        cdef PermEntry *old = NULL
+        if user_id >= t.n_users:
+            return
+        with nogil:
+            pthread_rwlock_wrlock(&self.rwlock)
+            old = t.users[user_id].entries
+            t.users[user_id].entries = NULL
+            t.users[user_id].n = 0
+            t.users[user_id].allow_all = 0
+            t.users[user_id].generation = 0
+            t.users[user_id].exists = 0
+            self.generation += 1
+            pthread_rwlock_unlock(&self.rwlock)
+            free(old)
+
+    def topic_keys(self):
+        """The (stream_id, topic_id) of every topic in the table."""
+        return set(self.entries)
+
+    def user_ids(self):
+        """The ids (not principals) of every user in the table."""
+        cdef uint32_t u
+        return {u for u in range(self.table.n_users) if self.table.users[u].exists}
+
+    def publish(self, topics, users):
+        """Make the table exactly `topics` and `users` (entries as for set_topic and
+        (principal, allow_all, grants) as for set_user): what is not named is removed."""
+        keep_topics = set()
+        for entry in topics:
+            self.set_topic(entry)
+            keep_topics.add((entry[0], entry[2]))
+        for key in self.topic_keys() - keep_topics:
+            self.remove_topic(*key)
+        keep_users = set()
+        for user, allow_all, grants in users:
+            self.set_user(user, allow_all, grants)
+            keep_users.add(user & 0xFFFFFFFF)
+        for uid in self.user_ids() - keep_users:
+            self.remove_user(uid)
+
+    # ------------------------------------------------------------------ readers (tests, tools)
+
+    def stats(self):
+        """{"topics", "slots", "used", "users"} of the table (tests)."""
+        self.acquire()
+        try:
+            return {"topics": self.table.n_topics, "slots": self.table.mask + 1 if self.table.slots else 0,
+                    "used": self.table.used, "users": len(self.user_ids())}
+        finally:
+            self.release()
 
     def lookup(self, bytes stream_ident, bytes topic_ident):
         """(stream_id, topic_id, [partition ids]) for wire identifiers, or None (tests, tools)."""

@@ -52,12 +52,12 @@ class GroupCoordinator:
         self.plane = plane
         self.groups: dict[tuple[int, int, int], Membership] = {}
         self.version = 0          # bumped by every assignment change
-        self.listeners: list = []  # called after each (the shards' routing table follows)
+        self.listeners: list = []  # listener(group keys), after each (the shards' routing table follows)
 
-    def _changed(self) -> None:
+    def _changed(self, keys) -> None:
         self.version += 1
         for listener in self.listeners:
-            listener()
+            listener(keys)
 
     def owners(self, key) -> dict:
         """{partition id: client id of the member that owns it} of one group."""
@@ -93,7 +93,7 @@ class GroupCoordinator:
             for i, pid in enumerate(sorted(topic.partitions)):
                 m.members[i % len(m.members)].partitions.append(pid)
         m.generation += 1
-        self._changed()
+        self._changed((key,))
 
     def join(self, key, session) -> None:
         if self.member_of(key, session) is not None:
@@ -130,11 +130,12 @@ class GroupCoordinator:
             self.rebalance(key)
 
     def forget(self, predicate) -> None:
-        for key in [k for k in self.groups if predicate(k)]:
+        keys = [k for k in self.groups if predicate(k)]
+        for key in keys:
             for member in self.groups[key].members:
                 member.session.groups.discard(key)
             del self.groups[key]
-        self._changed()
+        self._changed(keys)
 
     def forget_group(self, stream_id, topic_id, group_id) -> None:
         self.forget(lambda k: k == (stream_id, topic_id, group_id))

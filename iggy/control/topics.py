@@ -271,14 +271,20 @@ def create_topic_record(plane, s, name: str, partitions: int, options: dict):
         raise IggyError(ErrorCode.TOPIC_NAME_ALREADY_EXISTS)
     if len(s.topics) >= MAX_TOPICS_PER_STREAM:
         raise IggyError(ErrorCode.TOO_MANY_TOPICS)
-    rec = plane.meta.commit({
-        "op": "topic.create", "stream": s.id, "id": lowest_free_id(s.topics), "name": name,
-        "created_at": now_us(), "partitions": partitions, "settings": settings,
-        "explicit": sorted(options),
-    })
-    t = s.topics[rec["id"]]
-    plane.storage.create_partitions(s.id, t, list(t.partitions))
-    return t
+    tid = lowest_free_id(s.topics)
+    # the files first: a create the storage cannot serve is refused before it is committed
+    prepared = plane.storage.prepare_partitions(s.id, tid, settings, range(partitions), new_topic=True)
+    try:
+        rec = plane.meta.commit({
+            "op": "topic.create", "stream": s.id, "id": tid, "name": name,
+            "created_at": now_us(), "partitions": partitions, "settings": settings,
+            "explicit": sorted(options),
+        })
+    except BaseException:
+        plane.storage.discard(prepared)
+        raise
+    plane.storage.install(prepared)
+    return s.topics[rec["id"]]
 
 
 @command(codes.CREATE_TOPIC)
@@ -348,9 +354,14 @@ def create_partitions_by(plane, s, t, count: int) -> None:
         raise IggyError(ErrorCode.INVALID_PARTITIONS_COUNT)
     first = max(t.partitions) + 1 if t.partitions else 0
     ids = list(range(first, first + count))
-    plane.meta.commit({"op": "partitions.create", "stream": s.id, "topic": t.id, "ids": ids,
-                       "created_at": now_us()})
-    plane.storage.create_partitions(s.id, t, ids)
+    prepared = plane.storage.prepare_partitions(s.id, t.id, t.settings, ids, new_topic=False)
+    try:
+        plane.meta.commit({"op": "partitions.create", "stream": s.id, "topic": t.id, "ids": ids,
+                           "created_at": now_us()})
+    except BaseException:
+        plane.storage.discard(prepared)
+        raise
+    plane.storage.install(prepared)
     plane.groups.partitions_changed(s.id, t)
 
 

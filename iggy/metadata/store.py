@@ -21,7 +21,7 @@ class MetadataStore:
         self.journal = Journal(os.path.join(system_path, "metadata"), snapshot_every)
         self.state = State()
         self.version = 0                  # bumped by every applied change
-        self.listeners: list = []         # called after every applied change
+        self.listeners: list = []         # listener(record), after every applied change
         self.orphan_notes: dict = {}      # why a directory may lack metadata, for Storage.quarantine_orphans
 
     def open(self, repair: bool = False) -> None:
@@ -68,7 +68,7 @@ class MetadataStore:
         self.state.apply(record)
         self.version += 1
         for listener in self.listeners:
-            listener()
+            listener(record)
         if self.journal.should_snapshot():
             try:
                 self.journal.write_snapshot(self.state.to_dict())

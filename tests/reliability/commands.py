@@ -127,7 +127,9 @@ COMMANDS = [
     Command("get_topics", 2, codes.GET_TOPICS, lambda w: ident(w.stream), "list_topics"),
     Command("get_consumer_group", 2, codes.GET_CONSUMER_GROUP, lambda w: _st(w) + ident(w.group), "read_topic"),
     Command("get_consumer_groups", 2, codes.GET_CONSUMER_GROUPS, _st, "read_topic"),
-    Command("sync_consumer_group", 2, codes.SYNC_CONSUMER_GROUP, lambda w: _st(w) + ident(w.group), "read_topic"),
+    # reads only the caller's own membership (joining needs the permission): no permission
+    # gate, as upstream (core/server/src/dispatch.rs, handle_sync_consumer_group)
+    Command("sync_consumer_group", 2, codes.SYNC_CONSUMER_GROUP, lambda w: _st(w) + ident(w.group), "auth"),
     Command("logout_user", codes.OP_LOGOUT, codes.LOGOUT_USER, lambda w: b"", "auth", after="relogin"),
     Command("create_stream", *_w(128), lambda w: wire_name("pm-new"), "create_stream", destructive=True),
     Command("update_stream", *_w(129), lambda w: ident(w.stream) + wire_name("pm-s-renamed"), "manage_stream",

@@ -42,7 +42,7 @@ from iggy._core.log import PartitionLog
 from iggy._core.mutex import Mutex
 from iggy._core.router import Counter
 from iggy.errors import ErrorCode, IggyError
-from iggy.fsutil import makedirs_durable
+from iggy.fsutil import fsync_dir, makedirs_durable
 from iggy.metadata.journal import utc_stamp
 from iggy.offsets import OffsetStore
 
@@ -160,14 +160,6 @@ def _unique_dir(path: str) -> str:
     return candidate
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Prepared:
     """Partitions opened by Storage.prepare_partitions, not yet served."""
 
@@ -268,8 +260,8 @@ class Storage:
             try:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.rename(path, target)
-                _fsync_dir(os.path.dirname(path))
-                _fsync_dir(os.path.dirname(target))
+                fsync_dir(os.path.dirname(path))
+                fsync_dir(os.path.dirname(target))
             except OSError as exc:
                 raise QuarantineError(f"storage: {path} is not in the metadata and can't be moved to {target} "
                                       f"({exc.strerror or exc}): refusing to start on top of it; move it away "

@@ -72,6 +72,8 @@ from dataclasses import dataclass
 import msgpack
 import xxhash
 
+from iggy.fsutil import fsync_dir
+
 log = logging.getLogger(__name__)
 
 _SNAP_MAGIC = b"IGGYSNAP"
@@ -92,14 +94,6 @@ def _pack(obj) -> bytes:
 
 def _unpack(raw: bytes):
     return msgpack.unpackb(raw, raw=False, strict_map_key=False)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def utc_stamp() -> str:
@@ -357,7 +351,7 @@ class Journal:
         self._write_snapshot_file(state)
         os.replace(self._log_path, aside)
         self._open_for_append(0)           # a new, empty journal
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._records_since_snapshot = 0
         log.warning("metadata repair: the damaged journal was moved to %s", aside)
         self.damage = None
@@ -371,8 +365,8 @@ class Journal:
         os.fsync(self._fd)
         # a new file (or directory) is on disk only once its directory is fsynced: without
         # this a power cut loses journal.log, or metadata/ itself, with every record in it
-        _fsync_dir(self.directory)
-        _fsync_dir(os.path.dirname(os.path.abspath(self.directory)))
+        fsync_dir(self.directory)
+        fsync_dir(os.path.dirname(os.path.abspath(self.directory)))
         self._end = end
 
     # ---------------------------------------------------------------- writing
@@ -434,7 +428,7 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._snap_path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -1,6 +1,7 @@
-"""Build of the Cython core (`iggy/_core/*.pyx`).
+"""Build of the Cython modules.
 
-Every `.pyx` under `iggy/_core` becomes an extension module. XXH3/XXH32 come from the
+Every `.pyx` under `iggy/` becomes an extension module named after its path (the Cython code
+lives with its plane: iggy/protocol, iggy/storage, iggy/engine/uring, iggy/bench, iggy/_core). XXH3/XXH32 come from the
 header-only libxxhash (Debian `libxxhash-dev`, inlined, nothing to link). liburing is linked
 for the modules that declare it, found with pkg-config; `IGGY_URING_STATIC=1` links the static
 archive so wheels carry no liburing.so dependency.
@@ -29,19 +30,19 @@ def _uring_link_args():
     return (libs if libs is not None else ["-luring"]), []
 
 
-URING_MODULES = {"shard"}  # modules that cimport liburing
+URING_MODULES = {"iggy.engine.uring.shard"}  # modules that cimport liburing
 
 
 def _extensions():
     exts = []
-    for path in sorted(glob.glob("iggy/_core/*.pyx")):
-        name = os.path.splitext(os.path.basename(path))[0]
+    for path in sorted(glob.glob("iggy/**/*.pyx", recursive=True)):
+        name = os.path.splitext(path)[0].replace(os.sep, ".")
         link_args, extra_objects = ([], [])
         if name in URING_MODULES:
             link_args, extra_objects = _uring_link_args()
         exts.append(
             Extension(
-                f"iggy._core.{name}",
+                name,
                 [path],
                 include_dirs=["iggy/_core/includes"],
                 extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-unreachable-code", "-Wno-sign-compare"],

@@ -2,7 +2,7 @@
 validator (validate_batch, stamp_batch, compute_batch_checksum) on arbitrary bytes.
 
 Run through fuzz/run.sh after fuzz/build.sh: then `IGGY_FUZZ_INSTRUMENTED` names the directory
-of the clang-instrumented `iggy._core.wire` / `iggy._core.batch`, which are loaded in place of
+of the clang-instrumented `iggy.protocol.wire` / `iggy.protocol.batch`, which are loaded in place of
 the project's own build, and libFuzzer (LD_PRELOADed) sees their edge coverage. Run directly
 (`python fuzz/fuzz_frames.py -runs=N`) it uses the normal gcc build: atheris still runs every
 input, but without coverage of the C code (plain mode).
@@ -24,12 +24,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 
 def _load_instrumented(directory: str) -> None:
-    import iggy.errors  # noqa: F401 - the modules import it
+    import iggy.protocol.errors  # noqa: F401 - the modules import it
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     for name in ("wire", "batch"):
-        path = os.path.join(directory, "iggy", "_core", name + suffix)
-        loader = importlib.machinery.ExtensionFileLoader(f"iggy._core.{name}", path)
-        spec = importlib.util.spec_from_file_location(f"iggy._core.{name}", path, loader=loader)
+        path = os.path.join(directory, "iggy", "protocol", name + suffix)
+        loader = importlib.machinery.ExtensionFileLoader(f"iggy.protocol.{name}", path)
+        spec = importlib.util.spec_from_file_location(f"iggy.protocol.{name}", path, loader=loader)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         loader.exec_module(module)
@@ -42,10 +42,10 @@ if os.environ.get("IGGY_FUZZ_INSTRUMENTED"):
 
 import atheris  # noqa: E402
 
-from iggy._core.batch import (build_batch, compute_batch_checksum, encode_headers, iter_messages,  # noqa: E402
+from iggy.protocol.batch import (build_batch, compute_batch_checksum, encode_headers, iter_messages,  # noqa: E402
                               stamp_batch, validate_batch, xxh3_64)
-from iggy._core.wire import FrameError, FrameReader, Reader, build_request  # noqa: E402
-from iggy.errors import IggyError  # noqa: E402
+from iggy.protocol.wire import FrameError, FrameReader, Reader, build_request  # noqa: E402
+from iggy.protocol.errors import IggyError  # noqa: E402
 
 MAX_FRAME = 1 << 16
 READS = ("u8", "u16", "u32", "u64", "u128", "bool", "name", "string8", "bytes8", "bytes32", "identifier", "tlv")

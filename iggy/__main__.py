@@ -1,5 +1,5 @@
 import sys
 
-from iggy.cli import main
+from iggy.server.cli import main
 
 sys.exit(main())

@@ -62,9 +62,9 @@ import pyperf
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from iggy._core.batch import build_batch, validate_batch
-from iggy._core.log import PartitionLog
-from iggy._core.wire import FrameReader, build_request
+from iggy.protocol.batch import build_batch, validate_batch
+from iggy.storage.log import PartitionLog
+from iggy.protocol.wire import FrameReader, build_request
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 CLOCK = CLOCKS["cpu"]  # set from --clock in main(), in the parent and in every worker

@@ -3,8 +3,8 @@
 Starts `python -m iggy` on free loopback ports with a temporary data directory, creates a
 stream and a one-partition topic, then:
 
-* produce: sends pre-built SEND_MESSAGES requests (iggy._core.batch.build_batch +
-  iggy._core.wire.build_request) one at a time, as the SDK does (one outstanding request per
+* produce: sends pre-built SEND_MESSAGES requests (iggy.protocol.batch.build_batch +
+  iggy.protocol.wire.build_request) one at a time, as the SDK does (one outstanding request per
   connection), until `--total-mb` of payload is written;
 * consume: polls the partition from offset 0 with the offset strategy, `--batch` messages per
   poll, until every message was read back.
@@ -34,8 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from iggy._core.batch import build_batch, random_id  # noqa: E402
-from iggy._core.wire import build_request, parse_reply_header  # noqa: E402
+from iggy.protocol.batch import build_batch, random_id  # noqa: E402
+from iggy.protocol.wire import build_request, parse_reply_header  # noqa: E402
 
 OP_REGISTER, OP_READ, OP_CREATE_STREAM, OP_CREATE_TOPIC, OP_SEND = 1, 2, 128, 132, 160
 POLL_MESSAGES = 100

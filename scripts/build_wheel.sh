@@ -30,7 +30,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/src" "$work/raw" "$out"
 cp pyproject.toml setup.py setup.cfg README.md "$work/src/"
 tar -C "$repo" --exclude='__pycache__' --exclude='*.pyc' --exclude='*.so' \
-    --exclude='iggy/_core/*.c' --exclude='iggy/_core/*.html' -cf - iggy | tar -C "$work/src" -xf -
+    --exclude='iggy/*.c' --exclude='iggy/*.html' -cf - iggy | tar -C "$work/src" -xf -
 
 IGGY_URING_STATIC=1 "$PY" -m build --wheel --outdir "$work/raw" "$work/src" >&2
 "$PY" -m auditwheel show "$work/raw"/iggy-*.whl >&2

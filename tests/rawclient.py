@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from iggy._core.wire import build_request, parse_reply_header, xxh3_64
+from iggy.protocol.wire import build_request, parse_reply_header, xxh3_64
 
 OP_READ = 2
 

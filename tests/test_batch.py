@@ -1,4 +1,4 @@
-"""iggy._core.batch: validation, stamping and checksums of SEND_MESSAGES batches (TCP.md 8)."""
+"""iggy.protocol.batch: validation, stamping and checksums of SEND_MESSAGES batches (TCP.md 8)."""
 from __future__ import annotations
 
 import struct
@@ -8,9 +8,9 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iggy._core.batch import (BATCH_HEADER_SIZE, FRAME_HEADER_SIZE, build_batch, compute_batch_checksum,
+from iggy.protocol.batch import (BATCH_HEADER_SIZE, FRAME_HEADER_SIZE, build_batch, compute_batch_checksum,
                               decode_headers, encode_headers, iter_messages, stamp_batch, validate_batch)
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 
 
 # --------------------------------------------------------------------------- the TCP.md A.7 capture

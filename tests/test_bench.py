@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from iggy._core.batch import build_batch, compute_batch_checksum, iter_messages, random_id, validate_batch
-from iggy._core.benchclient import PollFrame, RespError, SendFrame, resp_skip, resp_xread, scan_poll
+from iggy.protocol.batch import build_batch, compute_batch_checksum, iter_messages, random_id, validate_batch
+from iggy.bench.fastclient import PollFrame, RespError, SendFrame, resp_skip, resp_xread, scan_poll
 
 from iggy.bench.cli import build_parser, config_from_args, parse_duration, parse_size
 from iggy.bench.metrics import ActorMetrics, group_summary, latency_stats, percentile

@@ -389,7 +389,7 @@ def test_cli_invalid_address_exits_2_before_server_import(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors and "tcp.address" in errors[0] and "IGGY_TCP_ADDRESS" in errors[0]
     assert "import 'iggy.config'" in proc.stderr  # the trace works...
-    assert "import 'iggy.server'" not in proc.stderr  # ...and the server was never imported
+    assert "import 'iggy.server.node'" not in proc.stderr  # ...and the server was never imported
     assert not (tmp_path / "local_data").exists()
 
 
@@ -444,14 +444,14 @@ def test_cli_fresh_deletes_data_dir_then_runs_server(tmp_path, monkeypatch):
     """In-process: --fresh removes the data directory, then run_server gets the config."""
     import types
 
-    from iggy import cli
+    from iggy.server import cli
 
     data = tmp_path / "data"
     (data / "streams").mkdir(parents=True)
     seen = {}
-    fake = types.ModuleType("iggy.server")
+    fake = types.ModuleType("iggy.server.node")
     fake.run_server = lambda cfg, **_: seen.setdefault("cfg", cfg)
-    monkeypatch.setitem(sys.modules, "iggy.server", fake)
+    monkeypatch.setitem(sys.modules, "iggy.server.node", fake)
     for name in [n for n in os.environ if n.startswith("IGGY_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("IGGY_SYSTEM_PATH", str(data))
@@ -463,7 +463,7 @@ def test_cli_fresh_deletes_data_dir_then_runs_server(tmp_path, monkeypatch):
 
 
 def test_cli_fresh_refuses_cwd(tmp_path, monkeypatch):
-    from iggy import cli
+    from iggy.server import cli
 
     for name in [n for n in os.environ if n.startswith("IGGY_")]:
         monkeypatch.delenv(name)

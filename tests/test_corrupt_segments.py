@@ -24,14 +24,14 @@ import urllib.request
 
 import pytest
 
-from iggy._core.batch import build_batch, iter_messages
+from iggy.protocol.batch import build_batch, iter_messages
 from tests.conftest import ServerProcess
 from tests.rawclient import RawClient, ident, wire_name
 from tests.reliability.common import option, verify_batches
 from tests.test_recovery import batches_in
 
 S, T = "cs", "ct"
-URING = __import__("iggy.engine.uring_engine", fromlist=["probe"]).probe() is None
+URING = __import__("iggy.engine.uring.engine", fromlist=["probe"]).probe() is None
 ENGINES = ["uring", "asyncio"]
 
 
@@ -207,7 +207,7 @@ def test_logged_once_per_batch_and_reported_at_startup(sessions, damaged, engine
         assert "partition 0/0/0:" in lines[0]
     # the startup check names the file of the damaged header and recovery the kept batch; the
     # payload damage of the first segment needs the checksums: it shows at the first poll
-    warnings = [line for line in text.splitlines() if " WARNING iggy._core.log: " in line]
+    warnings = [line for line in text.splitlines() if " WARNING iggy.storage.log: " in line]
     header_seg = os.path.basename(where["header"][1])          # (each server runs on a copy)
     assert any(header_seg in line and "do not match" in line and f"offset {where['header'][0].start}" in line
                for line in warnings)
@@ -243,4 +243,4 @@ def test_startup_check_finds_nothing_on_intact_data(tmp_path):
         c.close()
     finally:
         srv.stop()
-    assert "WARNING iggy._core.log" not in srv.log()
+    assert "WARNING iggy.storage.log" not in srv.log()

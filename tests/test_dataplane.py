@@ -1,4 +1,4 @@
-"""The shards' C data plane (iggy._core.dataplane, iggy._core.router).
+"""The shards' C data plane (iggy.engine.uring.dataplane, iggy.engine.uring.router).
 
 Unit: the routing table's lookups (ids, names, digit strings) and its permission snapshot
 checked against the Python rules for random permission sets. End to end on the uring engine:
@@ -21,7 +21,7 @@ from apache_iggy import (Consumer, Durability, GlobalPermissions, Partitioning, 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iggy._core.router import Counter, Router
+from iggy.engine.uring.router import Counter, Router
 from iggy.control import permissions as perm
 from tests.conftest import ROOT_PASSWORD, ROOT_USER, login_as, sdk_error, uniq
 from tests.rawclient import ident
@@ -40,9 +40,9 @@ def _route_objects():
     """A real PartitionLog, Mutex and OffsetStore per partition (the table type-checks them)."""
     import tempfile
 
-    from iggy._core.log import PartitionLog
+    from iggy.storage.log import PartitionLog
     from iggy._core.mutex import Mutex
-    from iggy._core.offsets import OffsetStore
+    from iggy.storage.offset_store import OffsetStore
     d = tempfile.mkdtemp()
     return PartitionLog(d, 0), Mutex(), OffsetStore(d)
 

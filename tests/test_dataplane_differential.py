@@ -1,7 +1,7 @@
 """Differential test of the shards' C data plane against the Python path.
 
 Two servers run side by side with the same metadata: one on the uring engine (ordinary
-send/poll/store-offset requests are served by C, `iggy._core.dataplane`), one on the asyncio
+send/poll/store-offset requests are served by C, `iggy.engine.uring.dataplane`), one on the asyncio
 engine (everything in Python, `iggy.control.messages`). The same requests go to both, in the
 same order: valid ones, every truncation of them (the body cut at every offset), and lying
 ones (lengths, counts, kinds, flags, identifiers and checksums changed byte by byte). The
@@ -17,13 +17,13 @@ import struct
 
 import pytest
 
-from iggy import codes
-from iggy._core.batch import build_batch, iter_messages
+from iggy.protocol import codes
+from iggy.protocol.batch import build_batch, iter_messages
 from tests.conftest import ServerProcess
 from tests.rawclient import RawClient, ident, wire_name
 
 pytestmark = pytest.mark.skipif(
-    __import__("iggy.engine.uring_engine", fromlist=["probe"]).probe() is not None,
+    __import__("iggy.engine.uring.engine", fromlist=["probe"]).probe() is not None,
     reason="needs io_uring for the uring side of the comparison")
 
 OP = codes.CODE_OPERATIONS

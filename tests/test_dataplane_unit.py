@@ -1,4 +1,4 @@
-"""The C data plane fed frames in-process (`iggy._core.dataplane.serve`): valid requests
+"""The C data plane fed frames in-process (`iggy.engine.uring.dataplane.serve`): valid requests
 served with the exact reply layout, every truncation and random corruption of them handed
 to Python (or served correctly) without ever touching the log wrongly, permissions and
 sessions honoured, consumer offsets and group ownership, persisted appends."""
@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iggy._core.batch import build_batch, iter_messages
-from iggy._core.dataplane import serve
-from iggy._core.log import PartitionLog
+from iggy.protocol.batch import build_batch, iter_messages
+from iggy.engine.uring.dataplane import serve
+from iggy.storage.log import PartitionLog
 from iggy._core.mutex import Mutex
-from iggy._core.offsets import OffsetStore
-from iggy._core.router import Counter, Router
-from iggy._core.wire import build_request, parse_reply_header
+from iggy.storage.offset_store import OffsetStore
+from iggy.engine.uring.router import Counter, Router
+from iggy.protocol.wire import build_request, parse_reply_header
 from iggy.control.permissions import ALLOW_POLL, ALLOW_SEND
 from tests.rawclient import ident
 

@@ -2,7 +2,7 @@
 active one stays, and polls then start at the oldest retained message."""
 import struct
 
-from iggy._core.batch import build_batch, iter_messages
+from iggy.protocol.batch import build_batch, iter_messages
 from tests.rawclient import ident, wire_name
 
 MiB = 1024 * 1024

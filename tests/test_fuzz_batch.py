@@ -1,4 +1,4 @@
-"""Property tests of batch validation (iggy._core.batch) under structured mutations.
+"""Property tests of batch validation (iggy.protocol.batch) under structured mutations.
 
 test_batch.py flips single bytes of one batch, which the checksums catch first. Here a valid
 batch is mutated field-aware (lengths, counts, deltas, reserved bytes, header TLVs, cuts and
@@ -17,10 +17,10 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iggy._core.batch import (build_batch, compute_batch_checksum, encode_headers, stamp_batch, validate_batch,
+from iggy.protocol.batch import (build_batch, compute_batch_checksum, encode_headers, stamp_batch, validate_batch,
                               xxh3_64)
-from iggy._core.log import PartitionLog
-from iggy.errors import IggyError
+from iggy.storage.log import PartitionLog
+from iggy.protocol.errors import IggyError
 from tests.reliability.common import Corrupt, verify_batches
 
 # IGGY_FUZZ_EXAMPLES raises the example count for a long run (docs/RELIABILITY.md)

@@ -1,4 +1,4 @@
-"""Property tests of the wire codec (iggy._core.wire) beyond the examples in test_wire.py.
+"""Property tests of the wire codec (iggy.protocol.wire) beyond the examples in test_wire.py.
 
 * Writer -> Reader round trips of random field sequences, every field kind;
 * Reader driven by a random sequence of reads over arbitrary bytes: values or IggyError only,
@@ -13,8 +13,8 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iggy._core.wire import FrameError, FrameReader, Reader, Writer, build_request, parse_reply_header
-from iggy.errors import IggyError
+from iggy.protocol.wire import FrameError, FrameReader, Reader, Writer, build_request, parse_reply_header
+from iggy.protocol.errors import IggyError
 
 # IGGY_FUZZ_EXAMPLES raises the example count for a long run (docs/RELIABILITY.md)
 EXAMPLES = int(os.environ.get("IGGY_FUZZ_EXAMPLES", "300"))

@@ -20,14 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iggy import codes
-from iggy._core.wire import build_request, parse_header, parse_reply_header
+from iggy.protocol import codes
+from iggy.protocol.wire import build_request, parse_header, parse_reply_header
 from iggy.config import load_config
 from iggy.control import permissions as perm
 from iggy.control.plane import ControlPlane
 from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
 from iggy.metadata.store import MetadataStore
-from iggy.storage import Storage
+from iggy.storage.partitions import Storage
 from tests.rawclient import ident, wire_name
 from tests.reliability import commands as C
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from apache_iggy import Consumer, PollingStrategy
 
-from iggy._core.batch import build_batch
+from iggy.protocol.batch import build_batch
 from tests.conftest import ROOT_PASSWORD, ROOT_USER, ServerProcess, connect_root, uniq
 from tests.rawclient import RawClient, ident, wire_name
 

@@ -14,7 +14,7 @@ import uuid
 import jwt as pyjwt
 import pytest
 
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.http import errors as http_errors
 from iggy.http import messages_json as mj
 from iggy.http import schemas, settings as http_settings
@@ -260,7 +260,7 @@ def test_poll_caps_keep_the_json_reply_within_the_frame_limit(payload):
     # the most JSON the caps allow: as many messages as the count cap, each as big as the
     # byte cap lets them be, with the largest numbers JSON can hold
     import json
-    from iggy._core.batch import build_batch, iter_messages
+    from iggy.protocol.batch import build_batch, iter_messages
     limit = 1 << 20
     count, max_bytes = mj.poll_caps(limit, 0xFFFFFFFF)
     assert (count, max_bytes) == (512, 655360)

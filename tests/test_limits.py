@@ -61,7 +61,7 @@ def test_expired_personal_access_token_is_removed(tmp_path):
 
 
 def test_a_poll_reply_never_exceeds_the_largest_frame(tmp_path):
-    from iggy._core.batch import build_batch, iter_messages
+    from iggy.protocol.batch import build_batch, iter_messages
     from tests.rawclient import ident, wire_name
     srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE": "2 MiB"}).start()
     try:

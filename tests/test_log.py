@@ -1,4 +1,4 @@
-"""Unit tests of the Cython partition log (iggy._core.log.PartitionLog).
+"""Unit tests of the Cython partition log (iggy.storage.log.PartitionLog).
 
 Small segments (4096 bytes) and ~100-byte messages, so a few dozen messages span several
 segment files; reads start and end in the middle of batches and cross segment boundaries;
@@ -15,9 +15,9 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iggy._core.batch import build_batch, compute_batch_checksum, iter_messages, validate_batch
-from iggy._core.log import PartitionLog
-from iggy.errors import IggyError
+from iggy.protocol.batch import build_batch, compute_batch_checksum, iter_messages, validate_batch
+from iggy.storage.log import PartitionLog
+from iggy.protocol.errors import IggyError
 
 SEG = 4096
 HEADER = 256
@@ -767,8 +767,8 @@ def test_append_is_one_pwritev_and_read_one_pread(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(
         "import sys\n"
-        "from iggy._core.batch import build_batch\n"
-        "from iggy._core.log import PartitionLog\n"
+        "from iggy.protocol.batch import build_batch\n"
+        "from iggy.storage.log import PartitionLog\n"
         f"lg = PartitionLog({str(tmp_path / 'p')!r}, 1, 1 << 30)\n"
         "b = build_batch([(i + 1, bytes([i % 251]) * 1000, b'') for i in range(1000)])\n"
         "sys.stderr.write('=== BEGIN\\n'); sys.stderr.flush()\n"

@@ -19,8 +19,8 @@ import shutil
 
 import pytest
 
-from iggy._core.log import PartitionLog
-from iggy.errors import IggyError
+from iggy.storage.log import PartitionLog
+from iggy.protocol.errors import IggyError
 from tests.test_log import HEADER, batch_positions, check_batches, fill, iter_messages, payload
 
 SEG = 4096
@@ -96,7 +96,7 @@ def test_every_flipped_byte_of_a_sealed_batch(pristine, tmp_path, caplog, which)
         directory = _copy(pristine, tmp_path, f"flip{i}")
         _flip(os.path.join(directory, name), pos + i)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="iggy._core.log"):
+        with caplog.at_level(logging.WARNING, logger="iggy.storage.log"):
             lg = PartitionLog(directory, PARTITION, SEG)
         startup = [r.getMessage() for r in caplog.records]
         try:
@@ -145,7 +145,7 @@ def test_startup_check_reports_the_first_batch_of_a_segment(pristine, tmp_path, 
     name, pos, base, count, length = _batch(pristine, 1, 0)
     directory = _copy(pristine, tmp_path, "first")
     _flip(os.path.join(directory, name), pos + field)
-    with caplog.at_level(logging.WARNING, logger="iggy._core.log"):
+    with caplog.at_level(logging.WARNING, logger="iggy.storage.log"):
         lg = PartitionLog(directory, PARTITION, SEG)
     try:
         assert [r.getMessage() for r in caplog.records] == [
@@ -162,7 +162,7 @@ def test_startup_check_reports_an_index_entry_out_of_order(pristine, tmp_path, c
     name, pos, base, count, length = _batch(pristine, 1, 2)
     directory = _copy(pristine, tmp_path, "index")
     _flip(os.path.join(directory, name[:-4] + ".index"), 2 * 24 + field + 7, 0x80)    # the top byte
-    with caplog.at_level(logging.WARNING, logger="iggy._core.log"):
+    with caplog.at_level(logging.WARNING, logger="iggy.storage.log"):
         lg = PartitionLog(directory, PARTITION, SEG)
     try:
         assert any(name in r.getMessage() and "index entries do not match" in r.getMessage()
@@ -176,7 +176,7 @@ def test_logged_once_per_batch(pristine, tmp_path, caplog):
     name, pos, base, count, length = _batch(pristine, 1, 2)
     directory = _copy(pristine, tmp_path, "once")
     _flip(os.path.join(directory, name), pos + length - 3)      # a payload byte: no startup warning
-    with caplog.at_level(logging.WARNING, logger="iggy._core.log"):
+    with caplog.at_level(logging.WARNING, logger="iggy.storage.log"):
         lg = PartitionLog(directory, PARTITION, SEG)
         assert not caplog.records
         for _ in range(5):

@@ -1,4 +1,4 @@
-"""Unit tests of the partition log's open-file cache (iggy._core.log: "open files").
+"""Unit tests of the partition log's open-file cache (iggy.storage.log: "open files").
 
 Every segment file is reached through one process-wide LRU of open handles whose size is
 `set_open_files_budget`: with a budget far below the number of segment files, appends, reads,
@@ -15,8 +15,8 @@ import threading
 
 import pytest
 
-from iggy._core import log as logmod
-from iggy._core.log import PartitionLog
+from iggy.storage import log as logmod
+from iggy.storage.log import PartitionLog
 from tests.test_log import batch_of, check_batches, fill, payload, read_all
 
 SEG = 4096

@@ -17,7 +17,7 @@ import xxhash
 from apache_iggy import (AutoCommit, AutoCommitAfter, AutoCommitWhen, Consumer, HeaderKey, HeaderValue,
                          IggyClient, Partitioning, PollingStrategy, SendMessage)
 
-from iggy._core.batch import build_batch
+from iggy.protocol.batch import build_batch
 from tests.conftest import connect_root
 from tests.rawclient import ident
 

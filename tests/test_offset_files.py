@@ -21,8 +21,8 @@ import httpx
 import pytest
 from apache_iggy import GlobalPermissions, Permissions, SendMessage
 
-from iggy._core.wire import build_request
-from iggy.codes import CHECKSUMMED_OPS
+from iggy.protocol.wire import build_request
+from iggy.protocol.codes import CHECKSUMMED_OPS
 from tests.conftest import ServerProcess, connect_root
 from tests.rawclient import OP_READ, RawClient, ident
 

@@ -1,4 +1,4 @@
-"""Unit tests of the Cython consumer-offset store (iggy._core.offsets.OffsetStore).
+"""Unit tests of the Cython consumer-offset store (iggy.storage.offset_store.OffsetStore).
 
 The Python methods go through the C entry points the io_uring shard uses (get -> c_get,
 store -> c_store), so these tests cover the nogil path. On disk: one 16-byte file per
@@ -17,8 +17,8 @@ import struct
 import pytest
 import xxhash
 
-from iggy.errors import ErrorCode
-from iggy.offsets import CONSUMER, GROUP, OffsetStore, OffsetStoreError, consumer_key
+from iggy.protocol.errors import ErrorCode
+from iggy.storage.consumer_offsets import CONSUMER, GROUP, OffsetStore, OffsetStoreError, consumer_key
 
 
 def record(offset: int) -> bytes:
@@ -124,7 +124,7 @@ def test_torn_and_corrupt_files_ignored(part, caplog):
     for junk in ("tmp", "12a", "\u00b2", "7.tmp"):
         with open(os.path.join(str(part), "offsets", CONSUMER, junk), "wb") as f:
             f.write(record(1))
-    with caplog.at_level(logging.WARNING, logger="iggy.offsets"):
+    with caplog.at_level(logging.WARNING, logger="iggy.storage.consumer_offsets"):
         t = reopen(part, 1000)
     assert t.offsets == {(CONSUMER, 1): 10, (CONSUMER, 5): 50}
     warned = " ".join(r.getMessage() for r in caplog.records)

@@ -1,5 +1,5 @@
 """Unit tests of the process-wide cache of open consumer-offset files and of the per-partition
-limit on stored keys (iggy._core.offsets; contract in its docstring).
+limit on stored keys (iggy.storage.offset_store; contract in its docstring).
 
 The cache keeps at most `budget` descriptors open across every OffsetStore, closes the least
 recently used first, never closes a descriptor a store is writing through (pinned), and
@@ -18,8 +18,8 @@ import threading
 import pytest
 import xxhash
 
-from iggy.errors import ErrorCode
-from iggy.offsets import (CONSUMER, GROUP, OffsetStore, OffsetStoreError, configure, fd_cache_stats,
+from iggy.protocol.errors import ErrorCode
+from iggy.storage.consumer_offsets import (CONSUMER, GROUP, OffsetStore, OffsetStoreError, configure, fd_cache_stats,
                           open_files_budget)
 
 
@@ -287,7 +287,7 @@ def test_open_files_budget():
 
 def test_configured_from_the_limits_keys(budget):
     from iggy.config import ConfigError, load_config
-    from iggy.offsets import configure_from
+    from iggy.storage.consumer_offsets import configure_from
     cfg = load_config(env={"IGGY_LIMITS_MAX_OPEN_OFFSET_FILES": "5", "IGGY_LIMITS_MAX_CONSUMER_OFFSETS": "7"})
     configure_from(cfg)
     assert fd_cache_stats()["budget"] == 5 and fd_cache_stats()["max_offsets"] == 7

@@ -1,5 +1,5 @@
 """Many partitions on few file descriptors: the server keeps a bounded number of segment files
-open (iggy._core.log's LRU, budget from iggy.server or IGGY_PARTITION_FILES_BUDGET), starts
+open (iggy.storage.log's LRU, budget from iggy.server.node or IGGY_PARTITION_FILES_BUDGET), starts
 with more partitions than its RLIMIT_NOFILE, and a create the storage cannot serve is refused
 with its Iggy error and leaves neither metadata nor a directory behind.
 
@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from iggy import codes
-from iggy.errors import ErrorCode
+from iggy.protocol import codes
+from iggy.protocol.errors import ErrorCode
 from tests.conftest import ServerProcess
 from tests.rawclient import ident
 from tests.reliability.common import Client

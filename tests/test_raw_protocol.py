@@ -20,7 +20,7 @@ from apache_iggy import IggyClient
 
 from tests.conftest import ServerProcess, connect_root
 from tests.rawclient import RawClient, ident, login_body, wire_name
-from iggy._core.wire import build_request, parse_reply_header, xxh3_64
+from iggy.protocol.wire import build_request, parse_reply_header, xxh3_64
 
 HEADER = 256
 MAX_FRAME = 64 * 1024 * 1024          # [message_bus] max_message_size default
@@ -36,7 +36,7 @@ def uniq(prefix: str) -> str:
 @pytest.fixture(scope="module", params=["asyncio", "uring"])
 def srv(request, tmp_path_factory):
     if request.param == "uring":
-        from iggy.engine.uring_engine import probe
+        from iggy.engine.uring.engine import probe
         reason = probe()
         if reason is not None:
             pytest.skip(f"io_uring engine unavailable: {reason}")

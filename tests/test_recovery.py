@@ -16,7 +16,7 @@ import struct
 import xxhash
 from apache_iggy import Consumer, Durability, PollingStrategy, SendMessage
 
-from iggy._core.batch import compute_batch_checksum
+from iggy.protocol.batch import compute_batch_checksum
 from tests.conftest import ServerProcess, connect_root
 from tests.rawclient import RawClient, ident
 
@@ -315,7 +315,7 @@ class CountingLog:
 
 
 def partition_with(tmp_path, durability: str, messages_required=1024, bytes_required=1 << 20):
-    from iggy.storage import Partition
+    from iggy.storage.partitions import Partition
     settings = {"segment_size": 1 << 20, "preallocate_segments": False, "durability": durability,
                 "consumer_offset_durability": "replicated", "enforce_fsync": False,
                 "messages_required_to_save": messages_required,
@@ -326,7 +326,7 @@ def partition_with(tmp_path, durability: str, messages_required=1024, bytes_requ
 
 
 async def test_persisted_acknowledges_after_one_group_fsync(tmp_path):
-    from iggy._core.batch import build_batch
+    from iggy.protocol.batch import build_batch
     p = partition_with(tmp_path, "persisted")
     batch = build_batch([(1, b"x" * 10, b"")])
     futures = []
@@ -349,7 +349,7 @@ async def test_persisted_acknowledges_after_one_group_fsync(tmp_path):
 async def test_replicated_acknowledges_at_once_without_fsync(tmp_path):
     """replicated: the batch is in the page cache when acknowledged (no journal to lose on a
     crash of the process); the append path never waits for, nor schedules, an fsync."""
-    from iggy._core.batch import build_batch
+    from iggy.protocol.batch import build_batch
     p = partition_with(tmp_path, "replicated", messages_required=10)
     batch = build_batch([(1, b"x", b"")] * 4)
     for _ in range(5):

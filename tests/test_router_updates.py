@@ -1,4 +1,4 @@
-"""The routing table changed entry by entry (iggy._core.router: set_topic / remove_topic /
+"""The routing table changed entry by entry (iggy.engine.uring.router: set_topic / remove_topic /
 set_user / remove_user), checked against a Python model after every step: thousands of
 random adds, renames and removals (slot growth, backward-shift deletion), and readers in
 other threads serving real requests through the C data plane (without the GIL) while the
@@ -10,13 +10,13 @@ import random
 import struct
 import threading
 
-from iggy._core.batch import build_batch
-from iggy._core.dataplane import serve
-from iggy._core.log import PartitionLog
+from iggy.protocol.batch import build_batch
+from iggy.engine.uring.dataplane import serve
+from iggy.storage.log import PartitionLog
 from iggy._core.mutex import Mutex
-from iggy._core.offsets import OffsetStore
-from iggy._core.router import Counter, Router
-from iggy._core.wire import build_request
+from iggy.storage.offset_store import OffsetStore
+from iggy.engine.uring.router import Counter, Router
+from iggy.protocol.wire import build_request
 from tests.rawclient import ident
 
 
@@ -157,8 +157,8 @@ def test_stream_rename_and_partition_changes_reach_the_table(srv):
     """Each change updates only its topics: after a stream rename the old name is refused (a
     stale route would have served it from C), added partitions are served, removed ones are
     refused, and a deleted stream's topics are gone."""
-    from iggy import codes
-    from iggy.errors import ErrorCode
+    from iggy.protocol import codes
+    from iggy.protocol.errors import ErrorCode
     from tests.conftest import uniq
     from tests.reliability.common import Client
     from tests.rawclient import wire_name

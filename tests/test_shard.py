@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from iggy._core.wire import RequestHeader, build_reply, build_request, parse_reply_header
-from iggy.engine import uring_engine
+from iggy.protocol.wire import RequestHeader, build_reply, build_request, parse_reply_header
+from iggy.engine.uring import engine as uring_engine
 
 pytestmark = pytest.mark.skipif(uring_engine.probe() is not None,
                                 reason=f"io_uring unavailable here: {uring_engine.probe()}")
@@ -46,7 +46,7 @@ class EchoHandler:
 
 @pytest.fixture
 def shard():
-    from iggy._core.shard import Shard
+    from iggy.engine.uring.shard import Shard
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.bind(("127.0.0.1", 0))
@@ -187,7 +187,7 @@ def test_reply_for_a_closed_connection_is_dropped(shard):
 
 
 def _server_with(engine, reason):
-    from iggy.server import Server
+    from iggy.server.node import Server
     cfg = types.SimpleNamespace(system=types.SimpleNamespace(engine=engine),
                                 tcp=types.SimpleNamespace(tls=types.SimpleNamespace(enabled=False)))
     server = Server(cfg)
@@ -211,7 +211,7 @@ def test_auto_picks_uring_when_available():
 
 def test_connections_are_spread_over_the_shards():
     """Two shards on one port: whichever listener the kernel picks, each ends up with half."""
-    from iggy._core.shard import Shard
+    from iggy.engine.uring.shard import Shard
     listeners, shards, threads = [], [], []
     handler = EchoHandler()
     port = 0

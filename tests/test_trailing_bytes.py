@@ -19,8 +19,8 @@ import struct
 
 import pytest
 
-from iggy import codes
-from iggy._core.batch import build_batch
+from iggy.protocol import codes
+from iggy.protocol.batch import build_batch
 from iggy.control import permissions as perm
 from tests.conftest import ROOT_PASSWORD, ROOT_USER, uniq
 from tests.rawclient import RawClient, ident, pat_login_body, login_body, wire_name
@@ -280,7 +280,7 @@ def test_c_data_plane_serves_requests_with_trailing_bytes(srv, raw_root):
     from tests.test_dataplane import _metrics
     if os.environ.get("IGGY_TEST_ENGINE", "auto") == "asyncio":
         pytest.skip("the C data plane serves requests only on the uring engine")
-    from iggy.engine.uring_engine import probe
+    from iggy.engine.uring.engine import probe
     if probe() is not None:
         pytest.skip(f"io_uring engine unavailable: {probe()}")
     w = World(raw_root)

@@ -10,9 +10,9 @@ import struct
 import tempfile
 import pytest
 
-from iggy._core.wire import build_request, parse_reply_header
+from iggy.protocol.wire import build_request, parse_reply_header
 from iggy.control.plane import TRANSPORT_QUIC, TRANSPORT_TCP, TRANSPORT_WEBSOCKET
-from iggy.transports import tls
+from iggy.engine.frontdoors import tls
 from tests.conftest import ROOT_PASSWORD, ROOT_USER, ServerProcess
 from tests.rawclient import RawClient, login_body
 
@@ -416,7 +416,7 @@ def test_transport_config_keys():
     assert cfg.websocket.tls.self_signed is True
     with pytest.raises(ConfigError, match="quic.receive_window"):
         load_config(env={"IGGY_QUIC_RECEIVE_WINDOW": "lots"})
-    from iggy.transports.quic import quic_configuration
+    from iggy.engine.frontdoors.quic import quic_configuration
     conf_env = {"IGGY_QUIC_MAX_IDLE_TIMEOUT": "0 s", "IGGY_QUIC_STREAM_RECEIVE_WINDOW": "1 MiB"}
     cfg = load_config(env=conf_env)
     pem, key = tls.generate_self_signed()

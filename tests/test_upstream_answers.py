@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from iggy import codes
+from iggy.protocol import codes
 from tests.conftest import ROOT_PASSWORD, ROOT_USER, ServerProcess, connect_root, uniq
 from tests.test_trailing_bytes import (GROUP_ID_NOT_FOUND, OP, READ, STREAM_ID_NOT_FOUND, TOPIC_ID_NOT_FOUND,
                                        World, offset_body, ok, poll_body, send_body, topic_partitions)

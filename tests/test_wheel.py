@@ -41,7 +41,7 @@ def _missing_tool() -> str | None:
 
 def _ping(address: str) -> tuple:
     """One raw PING frame (operation 2, code 1) -> (command, operation, status) of the reply."""
-    from iggy._core.wire import build_request, parse_reply_header
+    from iggy.protocol.wire import build_request, parse_reply_header
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(build_request(2, 1, b"", session=0, request=1, client=0x1234))
@@ -142,7 +142,7 @@ def test_server_from_the_wheel_serves_clients(venv, tmp_path):
         assert [s["name"] for s in listed] == ["from-wheel"]
         assert asyncio.run(_sdk(tcp)) == ["from-wheel"]
 
-        from iggy.engine.uring_engine import probe
+        from iggy.engine.uring.engine import probe
         if probe() is None:                             # io_uring usable here: the static liburing works
             assert "(uring engine" in log_path.read_text(), log_path.read_text()
     finally:

@@ -6,11 +6,11 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iggy._core.wire import (
+from iggy.protocol.wire import (
     FrameError, FrameReader, Reader, Writer, build_eviction, build_reply, build_request, parse_header,
     parse_reply_header, xxh3_64, xxh32,
 )
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 
 # A.1 of TCP.md: PING before login, full header
 PING_HEADER = bytes.fromhex(

@@ -24,7 +24,7 @@ from iggy.admin import output as out
 from iggy.admin.client import (HEADER_KINDS, U64_MAX, AdminClient, CommandError, encode_headers,
                                encode_value, parse_identifier)
 from iggy.control.permissions import GLOBAL_FLAGS, STREAM_FLAGS, TOPIC_FLAGS
-from iggy.errors import ErrorCode
+from iggy.protocol.errors import ErrorCode
 
 ENV_USERNAME = "IGGY_USERNAME"
 ENV_PASSWORD = "IGGY_PASSWORD"

@@ -1,6 +1,6 @@
 """A blocking TCP client for administration, speaking the Iggy 0.9.0 binary protocol.
 
-Frames are built with the server's own codec (`iggy._core.wire.build_request`) and the
+Frames are built with the server's own codec (`iggy.protocol.wire.build_request`) and the
 numbering the official SDK uses (TCP.md 3.3): login is operation 1 with request 0, reads
 (operation 2) carry the number the next write will use without consuming it, writes consume
 one. Replies of writes start with a result section `[u32 count]`; a refusal arrives either as
@@ -18,11 +18,11 @@ import ssl
 import struct
 import time
 
-from iggy import codes
-from iggy._core.batch import build_batch, decode_headers, iter_messages, random_id
-from iggy._core.wire import PROTOCOL_VERSION, Reader, Writer, build_request, parse_reply_header
+from iggy.protocol import codes
+from iggy.protocol.batch import build_batch, decode_headers, iter_messages, random_id
+from iggy.protocol.wire import PROTOCOL_VERSION, Reader, Writer, build_request, parse_reply_header
 from iggy.control import permissions as perm
-from iggy.errors import ErrorCode, IggyError, error_id
+from iggy.protocol.errors import ErrorCode, IggyError, error_id
 
 HEADER = 256
 COMMAND_EVICTION = 13

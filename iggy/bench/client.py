@@ -4,7 +4,7 @@ Frames are the 0.9.0 protocol's (TCP.md 2-3, 8): a 256-byte header + body both w
 outstanding request per connection. Replies are received straight into a reusable buffer
 (asyncio BufferedProtocol, `recv_into` under uvloop): the body handed back by `roundtrip` is a
 memoryview into it, valid until the next request on the same connection. Data-plane frames
-come pre-built from `iggy._core.benchclient`; control-plane requests (login, streams, topics,
+come pre-built from `iggy.bench.fastclient`; control-plane requests (login, streams, topics,
 groups) are built here with `build_request`, they are not on the measured path.
 """
 
@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 
-from iggy._core.wire import build_request
+from iggy.protocol.wire import build_request
 
 HEADER = 256
 COMMAND_REPLY, COMMAND_EVICTION = 8, 13
@@ -41,7 +41,7 @@ PROTOCOL_VERSION = 0x00002C00  # 0.11.0, what the 0.9.0 SDK reports (TCP.md 5.3)
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-# resource, stream id/name, topic id/name not found (iggy/errors.py)
+# resource, stream id/name, topic id/name not found (iggy/protocol/errors.py)
 _NOT_FOUND = {20, 1009, 1010, 2010, 2011}
 
 

@@ -29,8 +29,8 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from iggy._core.batch import build_batch, random_id
-from iggy._core.benchclient import PollFrame, SendFrame, scan_poll
+from iggy.protocol.batch import build_batch, random_id
+from iggy.bench.fastclient import PollFrame, SendFrame, scan_poll
 from iggy.bench.client import (
     COMMAND_REPLY,
     CONSUMER_GROUP,
@@ -67,7 +67,7 @@ PRODUCING_KINDS = {
 }
 DEFAULT_MESSAGE_BATCHES = 1000
 
-# group errors that call for a re-sync (iggy/errors.py): member not found, partition not owned
+# group errors that call for a re-sync (iggy/protocol/errors.py): member not found, partition not owned
 _RESYNC = {5006, 5009}
 
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from iggy import codes
-from iggy._core.wire import Reader, Writer
+from iggy.protocol import codes
+from iggy.protocol.wire import Reader, Writer
 from iggy.control import permissions as perm
 from iggy.control.plane import command
 from iggy.control.topics import resolve_topic
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.metadata.state import find_by_ident
 
 

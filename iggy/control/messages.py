@@ -1,7 +1,7 @@
 """Messages on the portable engine: send, poll, and consumer offsets.
 
 The per-message work (checksums, stamping, index seek, slicing batches) is done by the
-Cython core (`iggy._core.batch`, `iggy._core.log`) without the GIL; this module only routes
+Cython core (`iggy.protocol.batch`, `iggy.storage.log`) without the GIL; this module only routes
 one batch or one poll at a time, so no Python object is made per message.
 
 On the uring engine these functions also run on the shard threads (the requests the C data
@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import struct
 
-from iggy import codes
-from iggy._core.batch import validate_batch
-from iggy._core.wire import Reader, Writer, xxh32
+from iggy.protocol import codes
+from iggy.protocol.batch import validate_batch
+from iggy.protocol.wire import Reader, Writer, xxh32
 from iggy.control import permissions as perm
 from iggy.control.groups import get_group_or_fail
 from iggy.control.plane import command, now_us
 from iggy.control.topics import resolve_topic
-from iggy.errors import ErrorCode, IggyError
-from iggy.offsets import CONSUMER, GROUP, consumer_key
+from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.storage.consumer_offsets import CONSUMER, GROUP, consumer_key
 
 CONSUMER_SINGLE = 1
 CONSUMER_GROUP = 2

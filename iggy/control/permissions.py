@@ -21,8 +21,8 @@ root (user 0) passes every check.
 """
 from __future__ import annotations
 
-from iggy._core.wire import Reader, Writer
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.wire import Reader, Writer
+from iggy.protocol.errors import ErrorCode, IggyError
 
 ROOT_USER_ID = 0
 
@@ -175,7 +175,7 @@ POLL_RULE = (("poll_messages", "read_topics", "manage_topics", "read_streams", "
 SEND_RULE = (("send_messages", "manage_streams", "manage_topics"),
              ("send_messages", "manage_stream", "manage_topics"),
              ("manage_topic", "send_messages"))
-ALLOW_SEND = 1      # iggy._core.router ALLOW_* bits
+ALLOW_SEND = 1      # iggy.engine.uring.router ALLOW_* bits
 ALLOW_POLL = 2
 
 
@@ -188,7 +188,7 @@ def can_send(user, stream_id, topic_id) -> bool:
 
 
 def snapshot(user) -> tuple[int, list]:
-    """The send/poll grants of `user` for the C routing table (iggy._core.router).
+    """The send/poll grants of `user` for the C routing table (iggy.engine.uring.router).
 
     Returns (allow_all, grants): ALLOW_* bits granted on every topic (root, global flags) and
     [(stream_id, topic_id or None for the whole stream, ALLOW_* bits)]. Computed with

@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from iggy import codes
-from iggy._core.wire import Reader, RequestHeader, build_eviction, build_reply, build_reply_header, xxh3_64
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol import codes
+from iggy.protocol.wire import Reader, RequestHeader, build_eviction, build_reply, build_reply_header, xxh3_64
+from iggy.protocol.errors import ErrorCode, IggyError
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class ControlPlane:
         self.login_gate = Gate()                  # one password check at a time per address
         from iggy.control import load_commands
         from iggy.control.groups import GroupCoordinator
-        from iggy.control.routes import Routes
+        from iggy.engine.uring.routing import Routes
         load_commands()
         self.groups = GroupCoordinator(self)
         self.routes = Routes(meta, storage, self.groups)

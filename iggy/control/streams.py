@@ -11,11 +11,11 @@ Wire bodies (TCP.md 7.1, 9.2, 9.3)::
 """
 from __future__ import annotations
 
-from iggy import codes
-from iggy._core.wire import Reader, Writer
+from iggy.protocol import codes
+from iggy.protocol.wire import Reader, Writer
 from iggy.control import permissions as perm
 from iggy.control.plane import command, now_us
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.metadata.state import lowest_free_id
 
 MAX_STREAMS = 1_048_576

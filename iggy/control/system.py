@@ -21,12 +21,13 @@ import threading
 
 import psutil
 
-from iggy import SERVER_VERSION, codes
-from iggy._core.wire import Reader, Writer
+from iggy import SERVER_VERSION
+from iggy.protocol import codes
+from iggy.protocol.wire import Reader, Writer
 from iggy.control import permissions as perm
 from iggy.control.plane import command, now_us
 from iggy.control.topics import TOPIC_OPTIONS, encode_value
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 
 _PROCESS = psutil.Process()
 _PROCESS.cpu_percent(None)  # the first sample primes the counter

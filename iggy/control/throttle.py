@@ -44,7 +44,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 
 
 class LoginBackoff(IggyError):

@@ -15,11 +15,11 @@ from __future__ import annotations
 import base64
 import secrets
 
-from iggy import codes
-from iggy._core.wire import Reader, Writer
+from iggy.protocol import codes
+from iggy.protocol.wire import Reader, Writer
 from iggy.control.plane import command, now_us
 from iggy.control.users import hash_token
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 

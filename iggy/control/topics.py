@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iggy import codes
-from iggy._core.wire import Reader, Writer
+from iggy.protocol import codes
+from iggy.protocol.wire import Reader, Writer
 from iggy.control import permissions as perm
 from iggy.control.plane import command, now_us
 from iggy.control.streams import get_stream_or_fail
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.metadata.state import find_by_ident, lowest_free_id
 
 U64_MAX = 0xFFFFFFFFFFFFFFFF

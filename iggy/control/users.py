@@ -20,12 +20,13 @@ import logging
 import argon2
 import blake3
 
-from iggy import SERVER_VERSION, codes
-from iggy._core.wire import PROTOCOL_VERSION, Reader, Writer
+from iggy import SERVER_VERSION
+from iggy.protocol import codes
+from iggy.protocol.wire import PROTOCOL_VERSION, Reader, Writer
 from iggy.control import permissions as perm
 from iggy.control.plane import Evict, command, now_us
 from iggy.control.throttle import LogLimiter, LoginBackoff
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 
 log = logging.getLogger(__name__)
 _log_limited = LogLimiter(log)

@@ -29,8 +29,8 @@ import logging
 import time
 import weakref
 
-from iggy import codes
-from iggy._core.wire import FrameError, FrameReader, release_free_memory
+from iggy.protocol import codes
+from iggy.protocol.wire import FrameError, FrameReader, release_free_memory
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ import uuid
 
 import jwt
 
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.http.settings import JwtSettings, random_secret
 
 

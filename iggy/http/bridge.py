@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 
 
 class Bridge:

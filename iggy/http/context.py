@@ -21,7 +21,7 @@ from litestar.exceptions import HTTPException, SerializationException
 from litestar.handlers import BaseRouteHandler
 
 from iggy.control.throttle import LogLimiter
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.http.auth import JwtIssuer, Principal, bearer
 from iggy.http.bridge import Bridge
 from iggy.http.settings import HttpSettings

@@ -23,7 +23,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from iggy.control.throttle import LogLimiter
-from iggy.errors import ErrorCode, IggyError, error_id
+from iggy.protocol.errors import ErrorCode, IggyError, error_id
 
 log = logging.getLogger("iggy.http")
 _log_limited = LogLimiter(log)

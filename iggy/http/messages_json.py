@@ -11,7 +11,7 @@ with kinds 1 raw, 2 string, 3 bool, 4..8 int8..int128, 9..13 uint8..uint128, 14 
 15 float64 (numbers little-endian), each key and value 1..255 bytes, the block at most
 100,000 bytes. A message id of 0 or none gets a random UUID v4 (as u128), as the reference
 server's HTTP handler does. These functions are pure and run on the HTTP thread; building
-and reading batches is the Cython core's job (`iggy._core.batch`).
+and reading batches is the Cython core's job (`iggy.protocol.batch`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import binascii
 import struct
 import uuid
 
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.http.errors import Unprocessable
 from iggy.http.views import KIND_NAMES
 
@@ -179,7 +179,7 @@ def poll_caps(limit: int, count: int) -> tuple[int, int]:
 
 
 def polled_json(partition_id: int, current_offset: int, messages) -> dict:
-    """The PolledMessages object from the dicts `iggy._core.batch.iter_messages` yields."""
+    """The PolledMessages object from the dicts `iggy.protocol.batch.iter_messages` yields."""
     out = []
     for m in messages:
         payload, headers = m["payload"], m["user_headers"]

@@ -12,7 +12,7 @@ Slow or hostile clients are bounded by `iggy.http.protocol` (request head/body d
 header size, open connections) and uvicorn's keep-alive timeout (`http.*` keys).
 
 uvicorn installs no signal handlers outside the main thread; the process's SIGTERM/SIGINT
-handling stays with `iggy.server`. `stop()` asks uvicorn to exit, waits for in-flight
+handling stays with `iggy.server.node`. `stop()` asks uvicorn to exit, waits for in-flight
 requests (at most `SHUTDOWN_GRACE` seconds) and joins the thread without blocking the main
 loop, which must keep serving bridge calls while requests finish.
 """

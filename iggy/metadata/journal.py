@@ -72,7 +72,7 @@ from dataclasses import dataclass
 import msgpack
 import xxhash
 
-from iggy.fsutil import fsync_dir
+from iggy.storage.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import copy
 import logging
 import os
 
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.metadata.journal import Journal, MetadataCorrupt
 from iggy.metadata.state import State
 

@@ -28,8 +28,8 @@ import threading
 import time
 from collections import Counter
 
-from iggy import codes
-from iggy.errors import ErrorCode
+from iggy.protocol import codes
+from iggy.protocol.errors import ErrorCode
 from tests.rawclient import ident, wire_name
 from tests.reliability.common import Client, Launcher, verify_batches
 

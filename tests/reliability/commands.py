@@ -16,8 +16,8 @@ import base64
 import struct
 from dataclasses import dataclass, field
 
-from iggy import codes
-from iggy._core.batch import build_batch
+from iggy.protocol import codes
+from iggy.protocol.batch import build_batch
 from iggy.control import permissions as perm
 from tests.rawclient import ident, wire_name
 

@@ -28,7 +28,7 @@ import time
 
 import psutil
 
-from iggy._core.wire import build_request
+from iggy.protocol.wire import build_request
 from tests.rawclient import ident, login_body
 from tests.reliability.common import Client, Launcher
 

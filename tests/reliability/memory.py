@@ -25,8 +25,8 @@ import struct
 import threading
 import time
 
-from iggy._core.batch import build_batch
-from iggy._core.wire import build_request
+from iggy.protocol.batch import build_batch
+from iggy.protocol.wire import build_request
 from tests.reliability.common import Client, Launcher
 
 MIB = 1 << 20

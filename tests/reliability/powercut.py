@@ -45,7 +45,7 @@ import threading
 import time
 from pathlib import Path
 
-from iggy import codes
+from iggy.protocol import codes
 from tests.conftest import ServerProcess
 from tests.reliability import crash
 from tests.reliability.common import OP_CREATE_TOPIC, Client, Corrupt, check_contiguous, option, verify_batches

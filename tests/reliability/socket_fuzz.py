@@ -25,8 +25,8 @@ import socket
 import struct
 import time
 
-from iggy import codes
-from iggy._core.wire import build_request
+from iggy.protocol import codes
+from iggy.protocol.wire import build_request
 from tests.rawclient import login_body
 from tests.reliability import commands as C
 from tests.reliability.common import Launcher

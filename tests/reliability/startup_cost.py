@@ -23,7 +23,7 @@ import tempfile
 OPEN = r'''
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from iggy._core.log import PartitionLog
+from iggy.storage.log import PartitionLog
 t0 = time.perf_counter()
 lg = PartitionLog(sys.argv[2], 0, 128 << 20)
 print(f"{time.perf_counter() - t0:.4f}")
@@ -32,8 +32,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def write(directory: str, gib: float) -> dict:
-    from iggy._core.batch import build_batch
-    from iggy._core.log import PartitionLog
+    from iggy.protocol.batch import build_batch
+    from iggy.storage.log import PartitionLog
     lg = PartitionLog(directory, 0, 128 << 20)
     batch = build_batch([(i + 1, bytes([65 + i]) * 1000, b"") for i in range(10)])
     ts = 1_700_000_000_000_000

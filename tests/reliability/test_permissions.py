@@ -8,7 +8,7 @@ from tests.reliability import commands, permissions
 
 
 def test_the_table_covers_every_registered_command():
-    from iggy import codes
+    from iggy.protocol import codes
     from iggy.control import load_commands
     load_commands()
     covered = {c.code for c in commands.COMMANDS}

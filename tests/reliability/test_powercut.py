@@ -186,8 +186,8 @@ def test_recovery_cuts_the_active_segment_at_a_batch_the_cut_left_unwritten(tmp_
     # the batches before the hole, like a torn tail. (A flipped bit in a written batch, which
     # leaves no zero sector, keeps the old behaviour: tests/test_log.py,
     # test_corrupt_message_in_a_middle_batch_stops_reads.) Found by the torn mode.
-    from iggy._core.batch import build_batch
-    from iggy._core.log import PartitionLog
+    from iggy.protocol.batch import build_batch
+    from iggy.storage.log import PartitionLog
 
     directory = str(tmp_path / "p")
     lg = PartitionLog(directory, 1, 1 << 20)

@@ -1,6 +1,6 @@
 """Send and poll messages, and consumer offsets (HTTP.md 6, 7).
 
-The HTTP thread turns a JSON send body into one batch (`iggy._core.batch.build_batch`
+The HTTP thread turns a JSON send body into one batch (`iggy.protocol.batch.build_batch`
 computes the checksums) and hands the bytes to the same `messages.send` the TCP handler
 uses; a poll comes back as batch bytes from `messages.poll` and is decoded into JSON on the
 HTTP thread (`iter_messages`), so the main loop only routes, appends and reads.
@@ -72,7 +72,7 @@ def _poll(plane, user, sid: str, tid: str, consumer, partition_id: int, strategy
 @post("/streams/{stream_id:str}/topics/{topic_id:str}/messages", status_code=201, summary="Send messages")
 async def send_messages(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
                         data: JSONBody[schemas.SendMessages], ack: FromQuery[str | None] = None) -> Response:
-    from iggy._core.batch import build_batch
+    from iggy.protocol.batch import build_batch
     kind, value = partitioning(data)
     entries = batch_input(data)
     batch = build_batch(entries)
@@ -87,7 +87,7 @@ async def send_messages(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topi
 async def poll_messages(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
                         consumer_id: FromQuery[str] = "1", partition_id: U32 = 0, kind: FromQuery[PollKind] = "offset",
                         value: U64 = 0, count: U32 = 10, auto_commit: FromQuery[bool] = False) -> dict:
-    from iggy._core.batch import iter_messages
+    from iggy.protocol.batch import iter_messages
     if value > schemas.U64_MAX:
         raise HTTPException(status_code=400, detail="Failed to deserialize query string: value: number too large")
     pid, current, _n, data = await ctx.bridge.call_as(caller, _poll, stream_id, topic_id, ident(consumer_id),

@@ -12,7 +12,7 @@ from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 
 from iggy.control import permissions as perm
 from iggy.control import groups, streams, topics
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.http import schemas, views
 from iggy.http.context import Caller, Ctx, check_name, ident
 from iggy.http.errors import NotFound

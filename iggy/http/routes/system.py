@@ -13,7 +13,7 @@ from litestar.params import FromPath, JSONBody, PathParameter
 from iggy.control import permissions as perm
 from iggy.control import system
 from iggy.control.topics import encode_value
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.http import metrics, schemas, snapshot, views
 from iggy.http.context import Caller, Ctx
 from iggy.http.errors import NotFound

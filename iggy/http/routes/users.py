@@ -12,7 +12,7 @@ from litestar.params import FromPath, JSONBody
 
 from iggy.control import permissions as perm
 from iggy.control import tokens, users
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.http import schemas, views
 from iggy.http.auth import Principal
 from iggy.http.bridge import user_of

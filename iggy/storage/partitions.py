@@ -3,8 +3,8 @@
 Layout under `<system.path>`::
 
     streams/<stream id>/topics/<topic id>/partitions/<partition id>/
-        <20-digit base offset>.log / .index     segments (iggy._core.log.PartitionLog)
-        offsets/consumers/<key>, offsets/groups/<id>   stored offsets (iggy.offsets)
+        <20-digit base offset>.log / .index     segments (iggy.storage.log.PartitionLog)
+        offsets/consumers/<key>, offsets/groups/<id>   stored offsets (iggy.storage.consumer_offsets)
 
 Durability per topic: `replicated` acknowledges once the batch is written to the page cache
 (every append is written straight to the segment, so a crash of the process loses nothing
@@ -13,7 +13,7 @@ acknowledges only after fdatasync, and one fsync covers every batch that arrived
 event-loop turn (group commit: the sync runs in a callback scheduled after the pending reads).
 
 Creating partitions is two steps around the metadata commit: `prepare_partitions` makes the
-directories (durably: the parent of each new directory is fsynced, iggy.fsutil) and opens the
+directories (durably: the parent of each new directory is fsynced, iggy.storage.fsutil) and opens the
 logs first (a failure — EMFILE, ENOSPC, EACCES — removes whatever it made and raises
 CANNOT_CREATE_PARTITION_DIRECTORY / CANNOT_CREATE_PARTITION, so the control plane commits
 nothing), then `install` adds them once the record is committed, or `discard` removes them
@@ -29,7 +29,7 @@ only be what this server was removing (a delete or a discarded create that stopp
 so it is removed.
 
 Open files: a partition holds no descriptor of its own; its segment files go through the
-process-wide LRU of iggy._core.log (budget set by iggy.server), so startup opens each
+process-wide LRU of iggy.storage.log (budget set by iggy.server.node), so startup opens each
 partition with a bounded number of files open at any moment.
 """
 from __future__ import annotations
@@ -38,13 +38,13 @@ import asyncio
 import logging
 import os
 import shutil
-from iggy._core.log import PartitionLog
+from iggy.storage.log import PartitionLog
 from iggy._core.mutex import Mutex
-from iggy._core.router import Counter
-from iggy.errors import ErrorCode, IggyError
-from iggy.fsutil import fsync_dir, makedirs_durable
+from iggy.engine.uring.router import Counter
+from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.storage.fsutil import fsync_dir, makedirs_durable
 from iggy.metadata.journal import utc_stamp
-from iggy.offsets import OffsetStore
+from iggy.storage.consumer_offsets import OffsetStore
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ class Storage:
             self.partitions[(sid, topic.id, pid)].purge()
 
     def forget_group_offsets(self, sid: int, topic, group_id: int) -> None:
-        from iggy.offsets import GROUP
+        from iggy.storage.consumer_offsets import GROUP
         for pid in topic.partitions:
             self.partitions[(sid, topic.id, pid)].offsets.delete(GROUP, group_id)
 

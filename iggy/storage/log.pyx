@@ -4,7 +4,7 @@
 Files in the partition directory (all integers little-endian)::
 
     <base offset, 20 digits>.log     stamped batches back to back, byte for byte the wire
-                                     layout (iggy._core.batch: 256-byte header + frames). With
+                                     layout (iggy.protocol.batch: 256-byte header + frames). With
                                      preallocation the active file is reserved at segment_size
                                      and reads as zeros past the last batch: the logical end is
                                      tracked in memory and the file size is never trusted.
@@ -82,7 +82,7 @@ and one header read per batch was slower still from a cold cache (random reads).
 open files: a segment holds no descriptor of its own. Its .log (and, while it is active or
 being recovered, its .index) are opened on demand through one process-wide LRU of open
 segment files, at most `set_open_files_budget(n)` of them (the server sizes n from its
-RLIMIT_NOFILE: iggy.server). Every use pins the segment's Handle for the length of one
+RLIMIT_NOFILE: iggy.server.node). Every use pins the segment's Handle for the length of one
 syscall sequence (an append's two pwritevs, one pread, an fsync, a recovery), and the least
 recently used unpinned handles of any partition are closed to make room, so a descriptor is
 never closed under a call that uses it; the budget is exceeded only by handles pinned at the
@@ -94,7 +94,7 @@ shard's asynchronous fsync gets its own dup (`c_sync_dup`), taken while pinned. 
 open pins one segment at a time, so opening any number of partitions needs at most the
 budget.
 
-Not thread-safe: the caller serialises all calls on one partition (iggy.storage.Partition.lock);
+Not thread-safe: the caller serialises all calls on one partition (iggy.storage.partitions.Partition.lock);
 the GIL is released inside the calls, not the partition.
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -111,7 +111,7 @@ from posix.types cimport off_t
 from posix.uio cimport iovec, pwritev
 from posix.unistd cimport close, dup, fdatasync, fsync, ftruncate, pread
 
-from iggy._core.batch cimport (B_BASE_OFFSET, B_BASE_TIMESTAMP, B_CHECKSUM, B_COUNT, B_LENGTH, B_PARTITION_ID,
+from iggy.protocol.batch cimport (B_BASE_OFFSET, B_BASE_TIMESTAMP, B_CHECKSUM, B_COUNT, B_LENGTH, B_PARTITION_ID,
                                B_RESERVED,
                                BATCH_HEADER_LEN,
                                CHECK_ALL, E_INVALID_MESSAGES_COUNT, E_INVALID_MESSAGES_SIZE, F_CHECKSUM,
@@ -124,7 +124,7 @@ from iggy._core.mutex cimport pthread_mutex_init, pthread_mutex_lock, pthread_mu
 import logging
 import os
 
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +431,7 @@ cdef ssize_t _seg_pread(Segment *s, unsigned char *buf, uint64_t n, uint64_t off
 def set_open_files_budget(Py_ssize_t n):
     """Set how many segment files the process keeps open at most (>= 4); returns the old value.
 
-    The server sizes it from its RLIMIT_NOFILE (iggy.server.partition_files_budget). Files
+    The server sizes it from its RLIMIT_NOFILE (iggy.server.node.partition_files_budget). Files
     beyond the new budget are closed now (unless in use: then as soon as they are let go).
     """
     global _fd_budget
@@ -942,7 +942,7 @@ cdef struct ReadPlan:
 # --------------------------------------------------------------------------- the log
 
 def _label(str directory):
-    """"S/T/P" for a partition directory laid out as iggy.storage does
+    """"S/T/P" for a partition directory laid out as iggy.storage.partitions does
     (.../streams/S/topics/T/partitions/P), else the directory itself."""
     # (no negative indices: the extensions are compiled with wraparound=False)
     parts = os.path.normpath(directory).split(os.sep)
@@ -1807,7 +1807,7 @@ cdef class PartitionLog:
         """Delete the sealed segment starting at base_offset; False if there is none.
 
         The active segment is never deleted (False). Retention policy and the consumer
-        barrier are the caller's (iggy.retention).
+        barrier are the caller's (iggy.storage.retention).
         """
         cdef Py_ssize_t k
         self._active()

@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     logging.getLogger().setLevel({"TRACE": "DEBUG", "WARN": "WARNING"}.get(level, level))
 
     from iggy.metadata.journal import MetadataCorrupt
-    from iggy.server import run_server
-    from iggy.storage import QuarantineError
+    from iggy.server.node import run_server
+    from iggy.storage.partitions import QuarantineError
     try:
         run_server(cfg, repair_metadata=args.repair_metadata)
     except (MetadataCorrupt, QuarantineError) as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from iggy._core.wire import FrameError, FrameReader
+from iggy.protocol.wire import FrameError, FrameReader
 from iggy.control.plane import TRANSPORT_WEBSOCKET, ConnectionLimit
 
 log = logging.getLogger(__name__)

@@ -52,9 +52,9 @@ from libc.string cimport memcmp, memcpy
 
 from iggy._core.includes.le cimport le_u32, put_u32
 from iggy._core.includes.xxh cimport XXH3_64bits
-from iggy._core.log cimport PartitionLog
+from iggy.storage.log cimport PartitionLog
 from iggy._core.mutex cimport Mutex
-from iggy._core.offsets cimport OffsetStore
+from iggy.storage.offset_store cimport OffsetStore
 
 
 cdef extern from "<pthread.h>" nogil:

@@ -3,7 +3,7 @@
 
 `dp_serve` takes one whole request frame. It serves the commands of the data plane when
 everything about the request is ordinary — the session is logged in, the identifiers name a
-topic in the routing table (iggy._core.router), the user may send/poll there, the body is
+topic in the routing table (iggy.engine.uring.router), the user may send/poll there, the body is
 well formed — and writes the reply frame straight into the connection's output. In every
 other case it writes nothing and returns DP_FALLBACK: the shard then hands the frame to the
 Python control plane (iggy.control.messages), which produces the exact same success reply or
@@ -46,18 +46,18 @@ from libc.stdlib cimport free, realloc
 from posix.unistd cimport close, dup, fdatasync
 from libc.errno cimport errno
 
-from iggy._core.batch cimport CHECK_ALL, check_batch
+from iggy.protocol.batch cimport CHECK_ALL, check_batch
 from iggy._core.includes.le cimport le_u32, le_u64, put_u32, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits, XXH32
-from iggy._core.log cimport PartitionLog, READ_OK, ReadResult
+from iggy.storage.log cimport PartitionLog, READ_OK, ReadResult
 from iggy._core.mutex cimport Mutex
-from iggy._core.offsets cimport OFFSET_CONSUMER, OFFSET_GROUP, OffsetStore
-from iggy._core.router cimport (ALLOW_POLL, ALLOW_SEND, MAX_ROUTE_KEY, GroupRoute, PartRoute, Router, Table,
+from iggy.storage.offset_store cimport OFFSET_CONSUMER, OFFSET_GROUP, OffsetStore
+from iggy.engine.uring.router cimport (ALLOW_POLL, ALLOW_SEND, MAX_ROUTE_KEY, GroupRoute, PartRoute, Router, Table,
                                 TopicRoute, allowed, find_group, find_partition, find_topic, next_balanced,
                                 normalise_identifier)
 
 
-# the wire values (the same names as in iggy.control.messages and iggy.codes)
+# the wire values (the same names as in iggy.control.messages and iggy.protocol.codes)
 cdef enum:
     HEADER = 256
     OP_READ = 2
@@ -330,7 +330,7 @@ cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsign
     value = _u64(c)
     count = _u32(c)
     auto_commit = _flag(c)
-    # bytes after auto_commit are ignored, as by the Python handler (iggy._core.wire.Reader)
+    # bytes after auto_commit are ignored, as by the Python handler (iggy.protocol.wire.Reader)
     if c.bad or topic == NULL or count == 0 or strategy < STRATEGY_OFFSET or strategy > STRATEGY_NEXT:
         return DP_FALLBACK
     if not allowed(t, user_id, topic, ALLOW_POLL):
@@ -407,7 +407,7 @@ cdef int _store_offset(const Table *t, int64_t user_id, uint64_t client_id, cons
     offset = _u64(c)
     if c.pos < c.n:
         _u8(c)                      # ack level: a single node acknowledges after the write
-    # bytes after the ack level are ignored, as by the Python handler (iggy._core.wire.Reader)
+    # bytes after the ack level are ignored, as by the Python handler (iggy.protocol.wire.Reader)
     if c.bad or topic == NULL or not allowed(t, user_id, topic, ALLOW_POLL):
         return DP_FALLBACK
     part = find_partition(topic, partition_id if has_partition else 0)

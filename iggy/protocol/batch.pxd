@@ -34,7 +34,7 @@ cdef enum:
     CHECK_BATCH_CHECKSUM = 2
     CHECK_ALL = 3
 
-    # status codes returned by the nogil checks: the Iggy error code (iggy.errors.ErrorCode)
+    # status codes returned by the nogil checks: the Iggy error code (iggy.protocol.errors.ErrorCode)
     E_INVALID_FORMAT = 4
     E_INVALID_MESSAGES_COUNT = 4009
     E_TOO_BIG_USER_HEADERS = 4017

@@ -3,13 +3,13 @@
 `run_server(config)` is what `iggy-server` runs. Start-up opens the metadata (snapshot +
 journal; corrupt metadata stops it, see iggy.metadata.journal, unless `repair_metadata`),
 creates the root user on an empty user table (SEMANTICS 1.3), opens every partition (moving
-directories the metadata doesn't name to quarantine, see iggy.storage), then binds the
+directories the metadata doesn't name to quarantine, see iggy.storage.partitions), then binds the
 listeners and logs one line per bound address. SIGTERM/SIGINT close
 the listeners first, then the partitions and the journal, so a graceful stop loses nothing.
 The bound addresses are also written to `<system.path>/runtime/current_config.toml`.
 
 Open files. The soft RLIMIT_NOFILE is raised to the hard limit at start, and the partitions'
-segment files share a fixed budget of it (the LRU of open segment files in iggy._core.log:
+segment files share a fixed budget of it (the LRU of open segment files in iggy.storage.log:
 files open on demand and the least recently used ones are closed, so neither startup nor the
 number of partitions depends on holding every file open)::
 
@@ -19,7 +19,7 @@ number of partitions depends on holding every file open)::
                logs, dups for in-flight fsyncs)
     segments = max(MIN_SEGMENT_FILES, (L - C - R) / 2)
 
-The stored consumer-offset files have their own cache (iggy.offsets, `limits.max_open_offset_files`):
+The stored consumer-offset files have their own cache (iggy.storage.consumer_offsets, `limits.max_open_offset_files`):
 a quarter of L - limits.max_connections, so segments and offsets together stay within three
 quarters of what the connections leave.
 `IGGY_PARTITION_FILES_BUDGET=N` sets the segment-file budget directly (tests, small hosts;
@@ -39,8 +39,8 @@ from iggy.control import permissions as perm
 from iggy.control.plane import ControlPlane
 from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
 from iggy.metadata.store import MetadataStore
-from iggy.offsets import configure_from as configure_offsets
-from iggy.storage import Storage
+from iggy.storage.consumer_offsets import configure_from as configure_offsets
+from iggy.storage.partitions import Storage
 
 log = logging.getLogger("iggy.server")
 
@@ -74,7 +74,7 @@ class Server:
         self.http = None
         self.quic = None            # aioquic QuicServer
         self.websocket = None       # websockets Server
-        self.certificates = None    # iggy.transports.tls.Certificates, made when a listener needs one
+        self.certificates = None    # iggy.engine.frontdoors.tls.Certificates, made when a listener needs one
 
     async def start(self) -> None:
         from iggy.config import root_credentials
@@ -120,7 +120,7 @@ class Server:
         if wanted == "asyncio":
             return "asyncio"
         tls = getattr(getattr(self.config.tcp, "tls", None), "enabled", False)
-        from iggy.engine.uring_engine import probe
+        from iggy.engine.uring.engine import probe
         reason = "TLS on the TCP listener is served by the asyncio engine" if tls else probe()
         if reason is None:
             return "uring"
@@ -134,12 +134,12 @@ class Server:
         host, port = split_address(cfg.tcp.address)
         self.engine = self._choose_engine()
         if self.engine == "uring":
-            from iggy.engine.uring_engine import UringEngine
+            from iggy.engine.uring.engine import UringEngine
             self.uring = UringEngine(self.plane, host, port, cfg.max_frame_size_bytes(),
                                      shards=cfg.system.shards or None)
             bound = self.uring.address
         elif cfg.tcp.tls.enabled:
-            from iggy.transports.tls import CertificateError, start_tls_tcp
+            from iggy.engine.frontdoors.tls import CertificateError, start_tls_tcp
             try:
                 ctx = self._tls_context("tcp.tls", cfg.tcp.tls)
             except CertificateError as exc:
@@ -158,8 +158,8 @@ class Server:
                  ", TLS" if cfg.tcp.tls.enabled else "")
 
     def _tls_context(self, section: str, tls):
-        """SSL context for `[tcp.tls]` / `[websocket.tls]` (iggy.transports.tls)."""
-        from iggy.transports.tls import Certificates, server_context
+        """SSL context for `[tcp.tls]` / `[websocket.tls]` (iggy.engine.frontdoors.tls)."""
+        from iggy.engine.frontdoors.tls import Certificates, server_context
         if self.certificates is None:
             self.certificates = Certificates(self.config)
         cert, key = self.certificates.for_listener(section, tls.self_signed, tls.cert_file, tls.key_file)
@@ -167,7 +167,7 @@ class Server:
 
     async def _start_optional(self, key: str, name: str, start) -> None:
         """Start the QUIC or WebSocket listener; a failure is logged and the server runs without it."""
-        from iggy.transports.tls import CertificateError
+        from iggy.engine.frontdoors.tls import CertificateError
         address = getattr(self.config, key).address
         try:
             await start()
@@ -183,8 +183,8 @@ class Server:
 
     async def _start_quic(self) -> None:
         from iggy.config import parse_duration
-        from iggy.transports.quic import quic_configuration, start_quic
-        from iggy.transports.tls import Certificates
+        from iggy.engine.frontdoors.quic import quic_configuration, start_quic
+        from iggy.engine.frontdoors.tls import Certificates
         cfg = self.config
         if self.certificates is None:
             self.certificates = Certificates(cfg)
@@ -199,7 +199,7 @@ class Server:
         log.info("QUIC server listening on %s:%d (UDP)", bound[0], bound[1])
 
     async def _start_websocket(self) -> None:
-        from iggy.transports.websocket import start_websocket
+        from iggy.engine.frontdoors.websocket import start_websocket
         cfg = self.config
         ctx = self._tls_context("websocket.tls", cfg.websocket.tls) if cfg.websocket.tls.enabled else None
         host, port = split_address(cfg.websocket.address)
@@ -250,7 +250,7 @@ class Server:
                 log.info("removed expired personal access token %r of user %d", token.name, token.user_id)
 
     async def _retention_loop(self) -> None:
-        from iggy import retention
+        from iggy.storage import retention
         from iggy.config import parse_duration
         from iggy.control.plane import now_us
         interval = parse_duration(self.config.data_maintenance.messages.interval) / 1e6
@@ -329,7 +329,7 @@ def segment_files_budget(limit: int, max_connections: int) -> int:
 
 def _set_segment_files_budget(cfg, env) -> None:
     import resource
-    from iggy._core.log import set_open_files_budget
+    from iggy.storage.log import set_open_files_budget
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if limit == resource.RLIM_INFINITY:
         limit = 1 << 20

@@ -37,7 +37,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memchr, memcpy, memset
 
-from iggy._core.batch cimport batch_checksum
+from iggy.protocol.batch cimport batch_checksum
 from iggy._core.includes.le cimport le_u32, le_u64, put_u32, put_u64
 
 cdef enum:

@@ -6,9 +6,9 @@ SO_REUSEPORT, so the kernel spreads connections over the shards. Accept (multish
 and send are all submitted to the shard's ring and the loop runs without the GIL; frames are
 cut out of each connection's receive buffer in C.
 
-Each complete frame is first offered to the C data plane (`iggy._core.dataplane.dp_serve`):
+Each complete frame is first offered to the C data plane (`iggy.engine.uring.dataplane.dp_serve`):
 ping, send, poll and store-offset of a logged-in session are served there, without the GIL,
-against the routing table (`iggy._core.router`), their replies written straight into the
+against the routing table (`iggy.engine.uring.router`), their replies written straight into the
 connection's output (`handler.on_open` returns the session's client id, which the data
 plane needs for consumer-group ownership). Anything else takes the GIL once: `handler.on_frame(shard, token,
 header_bytes, body_bytes)` returns the reply frame (bytes, or a list of buffers), or None
@@ -78,12 +78,12 @@ from posix.unistd cimport close, fdatasync, read, write
 from libc.stdint cimport int64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-from iggy._core.dataplane cimport DP_DONE, DP_FALLBACK, DP_SYNC, Sink, dp_serve
+from iggy.engine.uring.dataplane cimport DP_DONE, DP_FALLBACK, DP_SYNC, Sink, dp_serve
 from iggy._core.includes.le cimport le_u32, put_u32
 from iggy._core.includes.uring cimport *
 from iggy._core.mutex cimport (pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t,
                                pthread_mutex_unlock)
-from iggy._core.router cimport Router
+from iggy.engine.uring.router cimport Router
 
 
 cdef extern from "<sys/eventfd.h>" nogil:
@@ -344,7 +344,7 @@ cdef class Shard:
     cdef uint32_t n_waiting           # connections of this shard waiting for the reply budget
     cdef volatile bint retry_budget   # look at them again at the top of the loop
     cdef object handler
-    cdef object router            # iggy._core.router.Router, or None: everything goes to Python
+    cdef object router            # iggy.engine.uring.router.Router, or None: everything goes to Python
     cdef void *router_ptr
     cdef uint64_t max_poll_bytes
     cdef object listen_sock

@@ -48,7 +48,7 @@ import os
 import struct
 import time
 
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 
 BATCH_HEADER_SIZE = BATCH_HEADER_LEN
 FRAME_HEADER_SIZE = FRAME_HEADER_LEN

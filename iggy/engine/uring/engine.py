@@ -1,10 +1,10 @@
-"""The production engine: one io_uring shard thread per core (`iggy._core.shard`).
+"""The production engine: one io_uring shard thread per core (`iggy.engine.uring.shard`).
 
 Each shard binds the TCP address with SO_REUSEPORT and runs its ring without the GIL.
 Ordinary data-plane requests (ping, send messages, poll messages and store offset of a single
 consumer, by a logged-in user allowed to) are served inside the shard in C without the GIL
-(`iggy._core.dataplane`), against the routing table the control plane publishes
-(`plane.routes`, `iggy._core.router`). For every other frame the shard calls `on_frame`
+(`iggy.engine.uring.dataplane`), against the routing table the control plane publishes
+(`plane.routes`, `iggy.engine.uring.router`). For every other frame the shard calls `on_frame`
 here, in the shard's thread, with the GIL:
 
 * data-plane commands the C path left alone (consumer groups, errors of every kind) are
@@ -29,7 +29,7 @@ connections that completed no request for that long (a log line each); malformed
 and a frame over `limits.max_unauthenticated_frame` before login, close the connection with a
 log line (`on_bad_frame`). Big poll replies are built in buffers counted against
 `limits.max_reply_buffers` for all shards together and unmapped once sent; a poll that would
-go over it waits (iggy._core.shard).
+go over it waits (iggy.engine.uring.shard).
 
 `probe()` tells whether io_uring can be used here (Docker's default seccomp profile and
 `kernel.io_uring_disabled` forbid it); `system.engine = "auto"` falls back to asyncio.
@@ -44,9 +44,9 @@ import socket
 import threading
 import time
 
-from iggy import codes
-from iggy._core.wire import RequestHeader, build_reply
-from iggy._core.router import principal
+from iggy.protocol import codes
+from iggy.protocol.wire import RequestHeader, build_reply
+from iggy.engine.uring.router import principal
 from iggy.control.plane import TRANSPORT_TCP
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ DATA_PLANE_OPS = frozenset({160, 161})
 def probe() -> str | None:
     """None when io_uring works here, else why not."""
     try:
-        from iggy._core.shard import Shard
+        from iggy.engine.uring.shard import Shard
     except ImportError as exc:
         return f"the shard module is not built ({exc})"
     try:
@@ -169,7 +169,7 @@ class ShardHandler:
 class UringEngine:
     def __init__(self, plane, host: str, port: int, max_frame_size: int, shards: int | None = None,
                  max_connections: int = 4096):
-        from iggy._core.shard import Shard
+        from iggy.engine.uring.shard import Shard
         from iggy.engine.asyncio_engine import limit_bytes, limit_seconds
         self.loop = asyncio.get_running_loop()
         limits = plane.config.limits
@@ -221,7 +221,7 @@ class UringEngine:
 
     def counters(self) -> dict:
         """Requests the shards took, how many the C data plane served, the reply budget (GET /metrics)."""
-        from iggy._core.shard import Shard
+        from iggy.engine.uring.shard import Shard
         used, _cap, waiters = Shard.reply_budget()
         return {"shard_requests": sum(s.frames for s in self.shards),
                 "shard_requests_native": sum(s.fast_frames for s in self.shards),

@@ -16,7 +16,7 @@ finishes its sending side and reads the reply until the server finishes the stre
 `[quic]` settings: `max_idle_timeout` (0 = no idle limit of our own; the client's still
 applies), `keep_alive_interval` (the server PINGs each connection that often; 0 = never),
 `receive_window` / `stream_receive_window` (flow-control budget per connection / stream).
-`[quic.certificate]`: see `iggy.transports.tls`.
+`[quic.certificate]`: see `iggy.engine.frontdoors.tls`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections import deque
 
-from iggy._core.wire import FrameError, FrameReader
+from iggy.protocol.wire import FrameError, FrameReader
 from iggy.control.plane import TRANSPORT_QUIC, ConnectionLimit
 
 log = logging.getLogger(__name__)

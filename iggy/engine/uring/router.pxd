@@ -17,9 +17,9 @@ cdef enum:
 
 cdef struct PartRoute:
     uint32_t id
-    void *log                   # iggy._core.log.PartitionLog
+    void *log                   # iggy.storage.log.PartitionLog
     void *lock                  # iggy._core.mutex.Mutex guarding the log and the offsets
-    void *offsets               # iggy._core.offsets.OffsetStore
+    void *offsets               # iggy.storage.offset_store.OffsetStore
 
 
 cdef struct GroupRoute:

@@ -7,7 +7,7 @@ Layout under the partition directory (integers little-endian)::
     offsets/consumers/<consumer key>    16 bytes: offset u64 | XXH3-64 of those 8 bytes
     offsets/groups/<group id>           same
 
-The file name is the key in decimal (iggy.offsets.consumer_key: the numeric consumer id, or
+The file name is the key in decimal (iggy.storage.consumer_offsets.consumer_key: the numeric consumer id, or
 XXH32 of the name for a named consumer). A store overwrites the 16 bytes in place at offset 0;
 the checksum tells a torn write from a good one. At load a torn (not 16 bytes) or corrupt
 (checksum mismatch) file is reported and ignored and the others are loaded; an 8-byte file is
@@ -16,7 +16,7 @@ current offset is clamped down to it (messages may have been lost from an unsync
 nothing is loaded for an empty partition. With fsync (`persisted` consumer-offset durability)
 each store is fdatasync'ed before it returns, and the first store of a key after its file is
 opened also fsyncs the file's directory (the file may be new: its entry is durable only then).
-The offsets directories are created durably (iggy.fsutil.makedirs_durable).
+The offsets directories are created durably (iggy.storage.fsutil.makedirs_durable).
 
 Why Cython: the io_uring shard stores and reads offsets without the GIL. The state lives in C,
 an open-addressing table of {kind, key, offset, fd_slot, fd_gen} (linear probing, at most half
@@ -27,7 +27,7 @@ is ONE pwrite of 16 bytes (plus fdatasync with fsync) and no open/close.
 
 Descriptor cache (one per process, shared by every partition's store): at most `budget`
 descriptors stay open (`configure(max_open_files=...)`; the server sizes it from
-RLIMIT_NOFILE, iggy.offsets.configure_from). Before, every key kept its file open forever,
+RLIMIT_NOFILE, iggy.storage.consumer_offsets.configure_from). Before, every key kept its file open forever,
 so one user allowed to poll could exhaust the process's descriptors by storing offsets for
 new consumer ids, and then no connection could be accepted. The cache is an array of slots
 {fd, gen, pins, LRU links} under a pthread mutex (taken without the GIL; it is held only for
@@ -60,7 +60,7 @@ C callers (declared in offsets.pxd): `c_get(kind, key, &out)` -> 1 found / 0 non
 "groups"); store() releases the GIL around the write.
 
 Not thread-safe per store: every call, from Python or from C, must hold the partition's lock
-(iggy.storage.Partition.lock). The GIL does not serialise callers: store() releases it, and
+(iggy.storage.partitions.Partition.lock). The GIL does not serialise callers: store() releases it, and
 the shard calls c_store without it. The descriptor cache is thread-safe (its own mutex), so
 stores of different partitions run concurrently.
 """
@@ -77,14 +77,14 @@ from posix.unistd cimport close, fdatasync, fsync, pwrite
 
 from iggy._core.includes.le cimport le_u64, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits
-from iggy.fsutil import makedirs_durable
+from iggy.storage.fsutil import makedirs_durable
 
 cdef extern from "<fcntl.h>":
     int O_DIRECTORY
 
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 
-log = logging.getLogger("iggy.offsets")
+log = logging.getLogger("iggy.storage.consumer_offsets")
 
 from iggy._core.mutex cimport pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t, pthread_mutex_unlock
 

@@ -1,4 +1,4 @@
-"""Keeps the shards' C routing table (`iggy._core.router.Router`) in step with the metadata.
+"""Keeps the shards' C routing table (`iggy.engine.uring.router.Router`) in step with the metadata.
 
 The io_uring shards serve send, poll and store-offset from C without the GIL; everything
 they look up comes from the table kept here. Each change updates only what it touches, in
@@ -19,7 +19,7 @@ answers it with the right error, so the table only ever has to be right, never c
 """
 from __future__ import annotations
 
-from iggy._core.router import Router, principal
+from iggy.engine.uring.router import Router, principal
 from iggy.control import permissions as perm
 
 # metadata records that change nothing the table holds

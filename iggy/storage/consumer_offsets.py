@@ -1,6 +1,6 @@
 """Stored consumer and consumer-group offsets of one partition.
 
-The store itself is `iggy._core.offsets.OffsetStore` (Cython, so the io_uring shard can read
+The store itself is `iggy.storage.offset_store.OffsetStore` (Cython, so the io_uring shard can read
 and store offsets without the GIL); its docstring has the file layout::
 
     offsets/consumers/<consumer key>    16 bytes: offset u64 LE | XXH3-64 of those 8 bytes
@@ -26,7 +26,7 @@ import resource
 
 import xxhash
 
-from iggy._core.offsets import OffsetStore, OffsetStoreError, configure, fd_cache_stats
+from iggy.storage.offset_store import OffsetStore, OffsetStoreError, configure, fd_cache_stats
 
 CONSUMER = "consumers"
 GROUP = "groups"
@@ -35,7 +35,7 @@ MIN_OPEN_FILES = 16
 __all__ = ["CONSUMER", "GROUP", "OffsetStore", "OffsetStoreError", "configure", "configure_from",
            "consumer_key", "fd_cache_stats", "open_files_budget"]
 
-log = logging.getLogger("iggy.offsets")
+log = logging.getLogger("iggy.storage.consumer_offsets")
 
 
 def consumer_key(ident) -> int:

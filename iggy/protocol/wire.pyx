@@ -54,7 +54,7 @@ from libc.string cimport memcpy, memmove, memset
 from iggy._core.includes.le cimport le_u16, le_u32, le_u64, put_u16, put_u32, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits, XXH32
 
-from iggy.errors import ErrorCode, IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 
 DEF _HEADER = 256
 DEF _BASE_BUFFER = 65536

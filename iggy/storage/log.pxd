@@ -4,52 +4,14 @@
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t
 
-cdef enum:
-    INDEX_ENTRY_LEN = 24        # u64 offset, u64 timestamp, u64 position
-    # ReadResult.status
-    READ_OK = 0
-    READ_CORRUPT = 1            # a batch or message failed its checks: the result ends before it
-    READ_SHORT = 2              # the segment file is shorter than its index says
-    READ_IO_ERROR = 3
-    READ_MISSING = 4            # the read starts at offsets no segment holds (a gap left by damage)
-
-
-# where c_read puts its result: memory for n bytes, or NULL (out of memory)
-ctypedef unsigned char *(*reserve_fn)(void *ctx, uint64_t n) noexcept nogil
-
-
-cdef struct ReadResult:
-    uint64_t start              # the first offset read (the request clamped to the oldest retained)
-    uint64_t written            # bytes of batches at the reserved memory
-    uint64_t served             # messages in them
-    uint64_t bad                # status != READ_OK: the first offset that could not be served
-    int status
-    int io_err                  # errno when READ_IO_ERROR
-
-
-# One segment's open files, in the process-wide LRU of open segment files (log.pyx docstring,
-# "open files"). Stable memory (a Segment in the segs array moves; its Handle does not).
-cdef struct Handle:
-    Handle *prev                # LRU links (newest at the front); linked while it holds an fd
-    Handle *next
-    char *path                  # "<directory>/<20-digit base>." (the extension is added at open)
-    int log_fd                  # -1 while not open
-    int idx_fd                  # -1 while not open or not wanted
-    int pins                    # users right now (the owner, under the partition lock)
-    int want_idx                # open the .index too (the active segment, and during recovery)
-    int linked
-
-
-cdef struct Segment:
-    uint64_t base               # offset of its first message; the file names
-    uint64_t next               # offset after its last message (== base when empty)
-    uint64_t size               # logical bytes of the .log (the file may be longer: preallocation)
-    uint64_t max_ts             # base_timestamp of its newest batch (0 when empty)
-    Handle *h                   # its files, opened on demand (never cache an fd from it)
-    unsigned char *idx          # n_entries x 24 bytes, the .index file image
-    uint64_t n_entries
-    uint64_t cap_entries        # capacity when idx is malloc'd (the active segment)
-    size_t map_len              # > 0 when idx is an mmap of the .index (sealed segments)
+# The parts (each module's docstring holds its layouts): the segment files and their LRU
+# (log_files), the batch index and the Segment in memory (log_index), the read path
+# (log_read), startup recovery (log_recovery). Cimported here, so `from iggy.storage.log
+# cimport ...` keeps reaching what the shard uses (ReadResult, READ_*, reserve_fn).
+from iggy.storage.log_files cimport Handle
+from iggy.storage.log_index cimport INDEX_ENTRY_LEN, Segment
+from iggy.storage.log_read cimport (READ_CORRUPT, READ_IO_ERROR, READ_MISSING, READ_OK, READ_SHORT, ReadResult,
+                                    reserve_fn)
 
 
 @cython.final
@@ -73,12 +35,11 @@ cdef class PartitionLog:
     cdef Segment *_active(self) except NULL
     cdef Py_ssize_t _open_segment(self, uint64_t base, bint create) except -1
     cdef int _recover(self, Py_ssize_t k) except -1
-    cdef int _check_segments(self) except -1
-    cdef int _recover_pinned(self, Py_ssize_t k, int log_fd, int idx_fd) except -1
     cdef int _roll(self) except -1
     cdef int _drop_segment(self, Py_ssize_t k, bint unlink) except -1
     cdef void _release(self) noexcept
     cdef uint64_t _first_offset(self) noexcept nogil
+    cdef void _totals(self, uint64_t *messages, uint64_t *size) noexcept
     cdef int _roll_or_log(self) except -1
 
     # for the shard, without the GIL; the caller holds the partition lock

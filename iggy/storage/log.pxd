@@ -39,7 +39,7 @@ cdef class PartitionLog:
     cdef int _drop_segment(self, Py_ssize_t k, bint unlink) except -1
     cdef void _release(self) noexcept
     cdef uint64_t _first_offset(self) noexcept nogil
-    cdef void _totals(self, uint64_t *messages, uint64_t *size) noexcept
+    cdef uint64_t _total(self, bint size) noexcept
     cdef int _roll_or_log(self) except -1
 
     # for the shard, without the GIL; the caller holds the partition lock

@@ -367,14 +367,13 @@ cdef class PartitionLog:
     cdef uint64_t _first_offset(self) noexcept nogil:
         return segs_first_offset(self.segs, self.n_segs)
 
-    cdef void _totals(self, uint64_t *messages, uint64_t *size) noexcept:
-        """Messages retained and logical bytes, summed over the segments."""
+    cdef uint64_t _total(self, bint size) noexcept:
+        """Summed over the segments: their logical bytes (size), else the messages retained."""
         cdef Py_ssize_t k
-        messages[0] = 0
-        size[0] = 0
+        cdef uint64_t n = 0
         for k in range(self.n_segs):
-            messages[0] += self.segs[k].next - self.segs[k].base
-            size[0] += self.segs[k].size
+            n += self.segs[k].size if size else self.segs[k].next - self.segs[k].base
+        return n
 
     # ------------------------------------------------------------------ state
 
@@ -402,10 +401,8 @@ cdef class PartitionLog:
     @property
     def messages_count(self):
         """Messages retained (all segments)."""
-        cdef uint64_t n, size
         self._active()
-        self._totals(&n, &size)
-        return n
+        return self._total(False)
 
     @property
     def is_empty(self):
@@ -419,10 +416,8 @@ cdef class PartitionLog:
     @property
     def size_bytes(self):
         """Sum of the segments' logical sizes (batches only, never preallocated space)."""
-        cdef uint64_t n, size
         self._active()
-        self._totals(&n, &size)
-        return size
+        return self._total(True)
 
     @property
     def segments_count(self):

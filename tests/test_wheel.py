@@ -95,7 +95,7 @@ def test_wheel_is_manylinux_with_static_liburing(wheel, venv):
                                          "import iggy, os; print(os.path.dirname(iggy.__file__))"], text=True,
                                         cwd=str(venv)).strip())
     assert site.is_relative_to(venv), site          # the installed copy, not this checkout
-    shards = list((site / "_core").glob("shard*.so"))
+    shards = list((site / "engine" / "uring").glob("shard*.so"))
     assert shards, "the uring engine's extension is missing"
     ldd = subprocess.run(["ldd", str(shards[0])], capture_output=True, text=True).stdout
     assert "liburing" not in ldd, ldd

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -70,6 +71,15 @@ class ServerProcess(IggyTestServer):
         """Graceful stop (SIGTERM); returns the exit code (0 when it was not running)."""
         code = super().stop(timeout)
         return 0 if code is None else code
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> bool:
+        """True as soon as the server's log holds `text`; False after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            time.sleep(0.05)
+        return False
 
     def restart(self, graceful: bool = True) -> "ServerProcess":
         if graceful:

@@ -44,6 +44,18 @@ def _payload(offset: int) -> bytes:
     return b"%08d" % offset + b"z" * 3000
 
 
+def _fill(c: RawClient, batches: int) -> None:
+    """Log in, create S/T with 1 MiB segments and send `batches` batches of 10 messages
+    (payload: the offset, then 3000 bytes; id: the offset + 1)."""
+    _ok(c.login())
+    _ok(c.call(128, 0, wire_name(S)))
+    _ok(c.call(132, 0, ident(S) + struct.pack("<I", 1) + wire_name(T) + option("segment_size", "1MiB")))
+    for b in range(batches):
+        batch = build_batch([(b * 10 + i + 1, _payload(b * 10 + i), b"") for i in range(10)])
+        md = ident(S) + ident(T) + b"\x02\x04" + struct.pack("<I", 0)
+        _ok(c.call(160, 0, struct.pack("<I", len(md) + 4) + md + struct.pack("<I", 10) + batch))
+
+
 def _flip(path: str, pos: int) -> None:
     with open(path, "r+b") as f:
         f.seek(pos)
@@ -59,13 +71,7 @@ def damaged(tmp_path_factory):
     srv = ServerProcess(root / "data").start()
     try:
         c = RawClient(srv.tcp_address)
-        _ok(c.login())
-        _ok(c.call(128, 0, wire_name(S)))
-        _ok(c.call(132, 0, ident(S) + struct.pack("<I", 1) + wire_name(T) + option("segment_size", "1MiB")))
-        for b in range(100):
-            batch = build_batch([(b * 10 + i + 1, _payload(b * 10 + i), b"") for i in range(10)])
-            md = ident(S) + ident(T) + b"\x02\x04" + struct.pack("<I", 0)
-            _ok(c.call(160, 0, struct.pack("<I", len(md) + 4) + md + struct.pack("<I", 10) + batch))
+        _fill(c, 100)
         c.close()
     finally:
         srv.stop()
@@ -227,13 +233,7 @@ def test_startup_check_finds_nothing_on_intact_data(tmp_path):
     srv = ServerProcess(tmp_path / "data").start()
     try:
         c = RawClient(srv.tcp_address)
-        _ok(c.login())
-        _ok(c.call(128, 0, wire_name(S)))
-        _ok(c.call(132, 0, ident(S) + struct.pack("<I", 1) + wire_name(T) + option("segment_size", "1MiB")))
-        for b in range(40):
-            batch = build_batch([(i + 1, _payload(b * 10 + i), b"") for i in range(10)])
-            md = ident(S) + ident(T) + b"\x02\x04" + struct.pack("<I", 0)
-            _ok(c.call(160, 0, struct.pack("<I", len(md) + 4) + md + struct.pack("<I", 10) + batch))
+        _fill(c, 40)
         c.close()
         srv.restart()
         c = RawClient(srv.tcp_address)

@@ -11,7 +11,6 @@ accepted (one log line without `http.web_ui_dir`; the folder is served under /ui
 from __future__ import annotations
 
 import struct
-import time
 
 import httpx
 import pytest
@@ -162,21 +161,12 @@ def test_http_view_header(srv, raw_root):
         assert "iggy-view" in r.headers.get("access-control-expose-headers", "")
 
 
-def _wait_log(server, text: str, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in server.log():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_http_web_ui_key(tmp_path):
     """`http.web_ui = true` (upstream's key) is accepted; without a folder it logs how to serve
     the official build, with `http.web_ui_dir` the folder is served under /ui."""
     server = ServerProcess(tmp_path / "a" / "data", extra_env={"IGGY_HTTP_WEB_UI": "true"}).start()
     try:
-        assert _wait_log(server, "http.web_ui_dir"), server.log()[-2000:]
+        assert server.wait_log("http.web_ui_dir"), server.log()[-2000:]
         lines = [line for line in server.log().splitlines() if "http.web_ui = true" in line]
         assert len(lines) == 1, lines
         assert httpx.get(server.http_url + "/ui").status_code == 404

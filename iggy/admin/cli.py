@@ -75,6 +75,19 @@ def _list_mode(args) -> str:
     return getattr(args, "list_mode", "table")
 
 
+def _emit_list(ctx, args, items: list, columns, rows: list, empty: str | None) -> None:
+    """A list command's answer: the items as JSON, or for people a table (or one line per row
+    with --list-mode list), or the `empty` sentence when there is nothing (None: an empty table)."""
+    def human():
+        if not items and empty is not None:
+            print(empty)
+        elif _list_mode(args) == "list":
+            out.list_lines(rows)
+        else:
+            out.table(columns, rows)
+    ctx.emit(items, human)
+
+
 # --------------------------------------------------------------------------- value parsing
 
 def parse_expiry(words, *, default_token: str = "server_default") -> int | None:
@@ -276,15 +289,7 @@ def cmd_stream_get(ctx, args):
 
 def cmd_stream_list(ctx, args):
     streams = ctx.client.get_streams()
-
-    def human():
-        if not streams:
-            print("No streams found!")
-        elif _list_mode(args) == "list":
-            out.list_lines(_stream_row(s) for s in streams)
-        else:
-            out.table(_STREAM_COLUMNS, (_stream_row(s) for s in streams))
-    ctx.emit(streams, human)
+    _emit_list(ctx, args, streams, _STREAM_COLUMNS, [_stream_row(s) for s in streams], "No streams found!")
 
 
 def cmd_stream_update(ctx, args):
@@ -378,15 +383,8 @@ def cmd_topic_get(ctx, args):
 
 def cmd_topic_list(ctx, args):
     topics = ctx.client.get_topics(parse_identifier(args.stream_id))
-
-    def human():
-        if not topics:
-            print(f"No topics found in stream {args.stream_id}!")
-        elif _list_mode(args) == "list":
-            out.list_lines(_topic_row(t) for t in topics)
-        else:
-            out.table(_TOPIC_COLUMNS, (_topic_row(t) for t in topics))
-    ctx.emit(topics, human)
+    _emit_list(ctx, args, topics, _TOPIC_COLUMNS, [_topic_row(t) for t in topics],
+               f"No topics found in stream {args.stream_id}!")
 
 
 def cmd_topic_delete(ctx, args):
@@ -460,15 +458,7 @@ def cmd_user_get(ctx, args):
 
 def cmd_user_list(ctx, args):
     users = ctx.client.get_users()
-
-    def human():
-        if not users:
-            print("No users found!")
-        elif _list_mode(args) == "list":
-            out.list_lines(_user_row(u) for u in users)
-        else:
-            out.table(_USER_COLUMNS, (_user_row(u) for u in users))
-    ctx.emit(users, human)
+    _emit_list(ctx, args, users, _USER_COLUMNS, [_user_row(u) for u in users], "No users found!")
 
 
 def cmd_user_delete(ctx, args):
@@ -517,15 +507,7 @@ def cmd_pat_create(ctx, args):
 def cmd_pat_list(ctx, args):
     tokens = ctx.client.get_tokens()
     rows = [(t["name"], out.timestamp(t["expiry_at"]) if t["expiry_at"] else "unlimited") for t in tokens]
-
-    def human():
-        if not tokens:
-            print("No personal access tokens found!")
-        elif _list_mode(args) == "list":
-            out.list_lines(rows)
-        else:
-            out.table(("Name", "Token Expiry Time"), rows)
-    ctx.emit(tokens, human)
+    _emit_list(ctx, args, tokens, ("Name", "Token Expiry Time"), rows, "No personal access tokens found!")
 
 
 def cmd_pat_delete(ctx, args):
@@ -551,13 +533,7 @@ def cmd_client_get(ctx, args):
 
 def cmd_client_list(ctx, args):
     clients = ctx.client.get_clients()
-
-    def human():
-        if _list_mode(args) == "list":
-            out.list_lines(_client_row(c) for c in clients)
-        else:
-            out.table(_CLIENT_COLUMNS, (_client_row(c) for c in clients))
-    ctx.emit(clients, human)
+    _emit_list(ctx, args, clients, _CLIENT_COLUMNS, [_client_row(c) for c in clients], None)
 
 
 # --------------------------------------------------------------------------- consumer groups
@@ -590,15 +566,8 @@ def cmd_group_get(ctx, args):
 def cmd_group_list(ctx, args):
     groups = ctx.client.get_consumer_groups(parse_identifier(args.stream_id), parse_identifier(args.topic_id))
     rows = [(g["id"], g["name"], g["partitions_count"], g["members_count"]) for g in groups]
-
-    def human():
-        if not groups:
-            print(f"No consumer groups found for topic {args.topic_id} and stream {args.stream_id}!")
-        elif _list_mode(args) == "list":
-            out.list_lines(rows)
-        else:
-            out.table(("ID", "Name", "Partitions Count", "Members Count"), rows)
-    ctx.emit(groups, human)
+    _emit_list(ctx, args, groups, ("ID", "Name", "Partitions Count", "Members Count"), rows,
+               f"No consumer groups found for topic {args.topic_id} and stream {args.stream_id}!")
 
 
 def cmd_group_delete(ctx, args):

@@ -40,8 +40,9 @@ PARTITIONS = 2
 class History:
     """Everything acknowledged (or seen served) so far, across rounds."""
 
-    def __init__(self):
+    def __init__(self, topics=TOPICS):
         self.lock = threading.Lock()
+        self.topics = list(topics)      # the topic names producers send to and the reader polls
         # (topic, partition) -> {base_offset: [payloads]} for acknowledged batches
         self.acked: dict[tuple[str, int], dict[int, list[bytes]]] = {}
         # (topic, partition) -> {payload} of batches in flight at a kill (may or may not exist)
@@ -97,30 +98,24 @@ def metadata_changes(address: str, round_no: int, history: History, stop: thread
         while not stop.is_set():
             with history.lock:
                 present = sorted(history.streams_present)
-            if present and rng.random() < 0.4:
+            deleting = bool(present) and rng.random() < 0.4
+            if deleting:
                 name = rng.choice(present)
-                with history.lock:
-                    history.streams_maybe.add(name)
-                reply = c.delete_stream(name)
-                if reply.code:
-                    raise AssertionError(f"delete stream {name} refused: {reply.code}")
-                with history.lock:
-                    history.streams_maybe.discard(name)
-                    history.streams_present.discard(name)
-                    history.streams_gone.add(name)
             else:
                 name = f"meta-{round_no}-{i}"
                 i += 1
-                with history.lock:
-                    history.streams_maybe.add(name)
-                reply = c.create_stream(name)
-                if reply.code:
-                    raise AssertionError(f"create stream {name} refused: {reply.code}")
-                with history.lock:
-                    history.streams_maybe.discard(name)
-                    history.streams_gone.discard(name)
-                    history.streams_present.add(name)
             with history.lock:
+                history.streams_maybe.add(name)
+            reply = c.delete_stream(name) if deleting else c.create_stream(name)
+            if reply.code:
+                raise AssertionError(f"{'delete' if deleting else 'create'} stream {name} refused: {reply.code}")
+            # acknowledged: the stream moves from one set to the other
+            leaves, joins = ((history.streams_present, history.streams_gone) if deleting
+                             else (history.streams_gone, history.streams_present))
+            with history.lock:
+                history.streams_maybe.discard(name)
+                leaves.discard(name)
+                joins.add(name)
                 history.stats["metadata_ops"] += 1
             time.sleep(rng.uniform(0, 0.01))
     except (OSError, ConnectionError):
@@ -129,19 +124,23 @@ def metadata_changes(address: str, round_no: int, history: History, stop: thread
         c.close()
 
 
-def read_while_running(address: str, history: History, stop: threading.Event, errors: list) -> None:
-    """Poll every partition from the start, over and over, verifying what is served."""
+def read_while_running(address: str, history: History, stop: threading.Event, errors: list,
+                       remember_served: bool = False) -> None:
+    """Poll every partition from the start, over and over, verifying what is served.
+
+    remember_served: also raise history.served to what was seen (the power-cut harness counts
+    messages served before a cut and gone after it)."""
     try:
         c = Client(address, timeout=5)
     except OSError:
         return
-    next_offset = {}
+    next_offset: dict[tuple[str, int], int] = {}
     try:
         while not stop.is_set():
-            for topic in TOPICS:
+            for topic in history.topics:
                 for p in range(PARTITIONS):
-                    off = next_offset.get((topic, p), 0)
-                    reply = c.poll(STREAM, topic, p, off, 500)
+                    key = (topic, p)
+                    reply = c.poll(STREAM, topic, p, next_offset.get(key, 0), 500)
                     if reply.status:
                         continue
                     try:
@@ -152,9 +151,11 @@ def read_while_running(address: str, history: History, stop: threading.Event, er
                             history.stats["corrupt_served"] += 1
                         continue
                     if messages:
-                        next_offset[(topic, p)] = messages[-1]["offset"] + 1
+                        next_offset[key] = messages[-1]["offset"] + 1
                         with history.lock:
                             history.stats["served_verified"] += len(messages)
+                            if remember_served:
+                                history.served[key] = max(history.served.get(key, 0), next_offset[key])
             time.sleep(0.005)
     except (OSError, ConnectionError, ValueError):
         pass
@@ -174,16 +175,12 @@ def check(address: str, history: History) -> None:
                 history.stats["served_verified"] += len(messages)
                 check_contiguous(messages, where)
                 payloads = [m["payload"] for m in messages]
-                seen = set()
-                for pl in payloads:
-                    if pl in seen:
-                        raise AssertionError(f"{where}: message {pl[:20]!r} served twice")
-                    seen.add(pl)
+                if len(set(payloads)) != len(payloads):
+                    raise AssertionError(f"{where}: a message is served twice")
                 if len(messages) < history.served.get(key, 0):
                     raise AssertionError(f"{where}: {history.served[key]} messages were served before the crash, "
                                          f"only {len(messages)} after it")
                 acked = history.acked.get(key, {})
-                maybe = history.maybe.get(key, set())
                 lost = 0
                 for base, batch in sorted(acked.items()):
                     got = payloads[base:base + len(batch)]
@@ -198,52 +195,61 @@ def check(address: str, history: History) -> None:
                     first_lost = min(b for b, batch in acked.items() if payloads[b:b + len(batch)] != batch)
                     if len(messages) > first_lost:
                         raise AssertionError(f"{where}: not a prefix: messages after the lost batch at {first_lost}")
-                acked_payloads = {pl for batch in acked.values() for pl in batch}
-                extra = [pl for pl in payloads if pl not in acked_payloads]
-                unknown = [pl for pl in extra if pl not in maybe]
-                if unknown:
-                    raise AssertionError(f"{where}: {len(unknown)} messages were never sent ({unknown[0][:30]!r})")
-                # an in-flight batch (one per partition: one producer each) is whole or absent
-                present = set(extra)
-                if present and present != maybe:
-                    raise AssertionError(f"{where}: {len(present)} of the {len(maybe)} messages of the batch in "
-                                         f"flight at the kill were recovered: a partial batch")
-                history.stats["inflight_present"] += len(present)
-                history.stats["inflight_absent"] += len(maybe - present)
-                if present:
-                    # served now: from here on it must stay, like an acknowledged batch
-                    first = payloads.index(extra[0])
-                    history.acked.setdefault(key, {})[first] = extra
-                history.maybe[key] = set()
-                # per producer, sequence numbers only grow with the offset
-                last_seq: dict[bytes, int] = {}
-                for pl in payloads:
-                    producer, seq, _ = pl.split(b":", 2)
-                    if int(seq) <= last_seq.get(producer, -1):
-                        raise AssertionError(f"{where}: producer {producer!r} out of order at {seq!r}")
-                    last_seq[producer] = int(seq)
+                settle_in_flight(history, key, where, payloads, "kill")
                 history.served[key] = len(messages)
-        names = c.stream_names()
-        missing = (history.streams_present - history.streams_maybe) - names
-        if missing:
-            raise AssertionError(f"acknowledged stream creations lost: {sorted(missing)[:5]}")
-        back = (history.streams_gone - history.streams_maybe) & names
-        if back:
-            raise AssertionError(f"acknowledged stream deletions undone: {sorted(back)[:5]}")
-        for name in history.streams_maybe:
-            # settle the in-flight operation by what the server says now
-            if name in names:
-                history.streams_present.add(name)
-                history.streams_gone.discard(name)
-            else:
-                history.streams_present.discard(name)
-                history.streams_gone.add(name)
-        history.streams_maybe.clear()
-        unexpected = names - history.streams_present - {STREAM}
-        if unexpected:
-            raise AssertionError(f"streams nobody created: {sorted(unexpected)[:5]}")
+        check_streams(c, history)
     finally:
         c.close()
+
+
+def settle_in_flight(history: History, key: tuple[str, int], where: str, payloads: list[bytes], moment: str) -> None:
+    """The messages beyond the acknowledged batches: only the batch each producer had in flight
+    at the kill or cut, whole or absent. A recovered one counts as acknowledged from here on.
+    Then, per producer, sequence numbers only grow with the offset."""
+    maybe = history.maybe.get(key, set())
+    acked_payloads = {pl for batch in history.acked.get(key, {}).values() for pl in batch}
+    extra = [pl for pl in payloads if pl not in acked_payloads]
+    unknown = [pl for pl in extra if pl not in maybe]
+    if unknown:
+        raise AssertionError(f"{where}: {len(unknown)} messages were never sent or acknowledged ({unknown[0][:30]!r})")
+    present = set(extra)
+    if present and present != maybe:
+        raise AssertionError(f"{where}: {len(present)} of the {len(maybe)} messages of the batch in flight "
+                             f"at the {moment} were recovered: a partial batch")
+    history.stats["inflight_present"] += len(present)
+    history.stats["inflight_absent"] += len(maybe - present)
+    if present:
+        history.acked.setdefault(key, {})[payloads.index(extra[0])] = extra
+    history.maybe[key] = set()
+    last_seq: dict[bytes, int] = {}
+    for pl in payloads:
+        producer, seq, _ = pl.split(b":", 2)
+        if int(seq) <= last_seq.get(producer, -1):
+            raise AssertionError(f"{where}: producer {producer!r} out of order at {seq!r}")
+        last_seq[producer] = int(seq)
+
+
+def check_streams(c: Client, history: History) -> None:
+    """Every acknowledged stream creation is there, every acknowledged deletion gone; the one
+    operation in flight is settled by what the server says now."""
+    names = c.stream_names()
+    missing = (history.streams_present - history.streams_maybe) - names
+    if missing:
+        raise AssertionError(f"acknowledged stream creations lost: {sorted(missing)[:5]}")
+    back = (history.streams_gone - history.streams_maybe) & names
+    if back:
+        raise AssertionError(f"acknowledged stream deletions undone: {sorted(back)[:5]}")
+    for name in history.streams_maybe:
+        if name in names:
+            history.streams_present.add(name)
+            history.streams_gone.discard(name)
+        else:
+            history.streams_present.discard(name)
+            history.streams_gone.add(name)
+    history.streams_maybe.clear()
+    unexpected = names - history.streams_present - {STREAM}
+    if unexpected:
+        raise AssertionError(f"streams nobody created: {sorted(unexpected)[:5]}")
 
 
 def setup(address: str) -> None:
@@ -257,26 +263,24 @@ def setup(address: str) -> None:
         c.close()
 
 
-def run(server, rounds: int, seed: int, kill_after=(0.05, 0.8), log=print, time_limit: float | None = None) -> dict:
-    """`rounds` rounds of produce + kill + restart + check against a started ServerProcess."""
-    rng = random.Random(seed)
-    history = History()
-    setup(server.tcp_address)
+def run_rounds(server, history: History, rng: random.Random, rounds: int, kill_after, time_limit: float | None,
+               check_after, extra_workers=(), after_kill=None, remember_served: bool = False, log=print) -> None:
+    """The round loop both harnesses share: start producers (one per partition), the metadata
+    thread, extra_workers(stop) and a reader; SIGKILL the server at a random moment; call
+    after_kill() (the power cut: returns a note for the log line); restart; check_after()."""
     started = time.monotonic()
     errors: list[str] = []
+    address = server.tcp_address
     for r in range(rounds):
         if time_limit is not None and time.monotonic() - started > time_limit:
             break
         stop = threading.Event()
-        threads = []
-        for ti, topic in enumerate(TOPICS):
-            for p in range(PARTITIONS):
-                producer = f"r{r}t{ti}p{p}"
-                threads.append(threading.Thread(target=produce, args=(server.tcp_address, topic, p, producer,
-                                                                      history, stop, random.Random(rng.random()))))
-        threads.append(threading.Thread(target=metadata_changes, args=(server.tcp_address, r, history, stop,
-                                                                         random.Random(rng.random()))))
-        threads.append(threading.Thread(target=read_while_running, args=(server.tcp_address, history, stop, errors)))
+        targets = [(produce, (address, topic, p, f"r{r}t{ti}p{p}", history, stop, random.Random(rng.random())))
+                   for ti, topic in enumerate(history.topics) for p in range(PARTITIONS)]
+        targets.append((metadata_changes, (address, r, history, stop, random.Random(rng.random()))))
+        targets += [(worker, (address, history, stop, random.Random(rng.random()))) for worker in extra_workers]
+        targets.append((read_while_running, (address, history, stop, errors, remember_served)))
+        threads = [threading.Thread(target=target, args=args) for target, args in targets]
         for t in threads:
             t.start()
         time.sleep(rng.uniform(*kill_after))
@@ -284,16 +288,25 @@ def run(server, rounds: int, seed: int, kill_after=(0.05, 0.8), log=print, time_
         stop.set()
         for t in threads:
             t.join(30)
-        server.start()
-        check(server.tcp_address, history)
+        note = after_kill() if after_kill else "all present"
+        server.start()      # raises IggyServerError (with the log) if the state is refused
+        check_after(address, history)
         if errors:
             raise AssertionError(errors[0])
         history.stats["rounds"] += 1
         if log:
             log(f"round {r + 1}: {history.stats['acked_messages']} messages acknowledged so far, "
-                f"{history.stats['metadata_ops']} metadata ops, all present")
+                f"{history.stats['metadata_ops']} metadata ops, {note}")
     if "Traceback" in server.log():
         raise AssertionError("the server log has a traceback:\n" + server.log()[-3000:])
+
+
+def run(server, rounds: int, seed: int, kill_after=(0.05, 0.8), log=print, time_limit: float | None = None) -> dict:
+    """`rounds` rounds of produce + kill + restart + check against a started ServerProcess."""
+    rng = random.Random(seed)
+    history = History()
+    setup(server.tcp_address)
+    run_rounds(server, history, rng, rounds, kill_after, time_limit, check, log=log)
     return history.stats
 
 

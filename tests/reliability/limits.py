@@ -39,15 +39,6 @@ def rss(server) -> int:
     return psutil.Process(server.proc.pid).memory_info().rss
 
 
-def wait_for_log(server, text: str, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in server.log():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def closed_by_server(sock: socket.socket, timeout: float) -> bool:
     """True when the server closes the connection within `timeout` (replies are read and dropped)."""
     sock.settimeout(0.2)
@@ -81,7 +72,7 @@ def check_frame_size(server, limit: int) -> dict:
     over.sendall(frame[4096:])
     assert closed_by_server(over, 5), "a frame over the limit did not close the connection"
     over.close()
-    assert wait_for_log(server, f"frame size {limit + 1} outside 256..{limit}"), "no log line for the big frame"
+    assert server.wait_log(f"frame size {limit + 1} outside 256..{limit}"), "no log line for the big frame"
     # exactly the limit: answered (a ping with a body is still a ping)
     exact = Client(server.tcp_address)
     reply = exact.call(2, 1, b"\0" * (limit - 256))
@@ -101,7 +92,7 @@ def check_max_connections(server, limit: int) -> dict:
         assert c.read(1).status == 0
     extra = socket.create_connection(("127.0.0.1", server.tcp_port))
     assert closed_by_server(extra, 5), "a connection over the limit stayed open"
-    assert wait_for_log(server, "(limits.max_connections)")
+    assert server.wait_log("(limits.max_connections)")
     for c in clients:
         c.close()
     return {"max_connections": limit, "over_limit": "closed + logged"}

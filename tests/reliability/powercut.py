@@ -48,7 +48,7 @@ from pathlib import Path
 from iggy.protocol import codes
 from tests.conftest import ServerProcess
 from tests.reliability import crash
-from tests.reliability.common import OP_CREATE_TOPIC, Client, Corrupt, check_contiguous, option, verify_batches
+from tests.reliability.common import OP_CREATE_TOPIC, Client, check_contiguous, option
 from tests.rawclient import ident, wire_name
 
 LAZYFS = Path(__file__).with_name("lazyfs.py")
@@ -171,7 +171,7 @@ class PowerClient(Client):
 
 class History(crash.History):
     def __init__(self):
-        super().__init__()
+        super().__init__(TOPICS)
         # (topic, partition) -> last acknowledged stored offset, and the store in flight
         self.offset_acked: dict[tuple[str, int], int] = {}
         self.offset_maybe: dict[tuple[str, int], int] = {}
@@ -215,41 +215,6 @@ def store_offsets(address: str, history: History, stop: threading.Event, rng: ra
         c.close()
 
 
-def read_while_running(address: str, history: History, stop: threading.Event, errors: list) -> None:
-    """Poll every partition over and over, verifying what is served; remembers the served count."""
-    try:
-        c = Client(address, timeout=5)
-    except OSError:
-        return
-    next_offset: dict[tuple[str, int], int] = {}
-    try:
-        while not stop.is_set():
-            for topic in TOPICS:
-                for p in range(PARTITIONS):
-                    off = next_offset.get((topic, p), 0)
-                    reply = c.poll(STREAM, topic, p, off, 500)
-                    if reply.status:
-                        continue
-                    try:
-                        messages = verify_batches(reply.body[16:])
-                    except Corrupt as exc:
-                        errors.append(f"served while running: {exc}")
-                        with history.lock:
-                            history.stats["corrupt_served"] += 1
-                        continue
-                    if messages:
-                        next_offset[(topic, p)] = messages[-1]["offset"] + 1
-                        with history.lock:
-                            history.stats["served_verified"] += len(messages)
-                            key = (topic, p)
-                            history.served[key] = max(history.served.get(key, 0), next_offset[key])
-            time.sleep(0.005)
-    except (OSError, ConnectionError, ValueError):
-        pass
-    finally:
-        c.close()
-
-
 def check(address: str, history: History) -> None:
     """After a cut and a restart: the rules of the module docstring, over the whole history."""
     c = PowerClient(address, timeout=30)
@@ -266,7 +231,7 @@ def check(address: str, history: History) -> None:
                                      f"store was {acked} (in flight: {maybe})")
             if got is not None:
                 history.offset_acked[(topic, p)] = got
-        crash_metadata_check(c, history)
+        crash.check_streams(c, history)
     finally:
         c.close()
 
@@ -282,7 +247,6 @@ def _check_partition(c: Client, history: History, topic: str, durability: str, p
     if len(set(payloads)) != n:
         raise AssertionError(f"{where}: a message is served twice")
     acked = history.acked.get(key, {})
-    maybe = history.maybe.get(key, set())
     lost_batches = lost_messages = 0
     for base, batch in sorted(acked.items()):
         if base >= n and durability != "persisted":
@@ -297,50 +261,10 @@ def _check_partition(c: Client, history: History, topic: str, durability: str, p
         history.acked[key] = {b: batch for b, batch in acked.items() if b < n}
         history.stats["replicated_acked_lost_batches"] += lost_batches
         history.stats["replicated_acked_lost_messages"] += lost_messages
-    acked_payloads = {pl for batch in history.acked.get(key, {}).values() for pl in batch}
-    extra = [pl for pl in payloads if pl not in acked_payloads]
-    unknown = [pl for pl in extra if pl not in maybe]
-    if unknown:
-        raise AssertionError(f"{where}: {len(unknown)} messages were never sent or acknowledged ({unknown[0][:30]!r})")
-    present = set(extra)
-    if present and present != maybe:
-        raise AssertionError(f"{where}: {len(present)} of the {len(maybe)} messages of the batch in flight "
-                             f"at the cut were recovered: a partial batch")
-    history.stats["inflight_present"] += len(present)
-    history.stats["inflight_absent"] += len(maybe - present)
-    if present:
-        history.acked.setdefault(key, {})[payloads.index(extra[0])] = extra
-    history.maybe[key] = set()
-    last_seq: dict[bytes, int] = {}
-    for pl in payloads:
-        producer, seq, _ = pl.split(b":", 2)
-        if int(seq) <= last_seq.get(producer, -1):
-            raise AssertionError(f"{where}: producer {producer!r} out of order at {seq!r}")
-        last_seq[producer] = int(seq)
+    crash.settle_in_flight(history, key, where, payloads, "cut")
     if history.served.get(key, 0) > n:
         history.stats[f"served_then_lost_{durability}"] += history.served[key] - n
     history.served[key] = n
-
-
-def crash_metadata_check(c: Client, history: History) -> None:
-    names = c.stream_names()
-    missing = (history.streams_present - history.streams_maybe) - names
-    if missing:
-        raise AssertionError(f"acknowledged stream creations lost: {sorted(missing)[:5]}")
-    back = (history.streams_gone - history.streams_maybe) & names
-    if back:
-        raise AssertionError(f"acknowledged stream deletions undone: {sorted(back)[:5]}")
-    for name in history.streams_maybe:
-        if name in names:
-            history.streams_present.add(name)
-            history.streams_gone.discard(name)
-        else:
-            history.streams_present.discard(name)
-            history.streams_gone.add(name)
-    history.streams_maybe.clear()
-    unexpected = names - history.streams_present - {STREAM}
-    if unexpected:
-        raise AssertionError(f"streams nobody created: {sorted(unexpected)[:5]}")
 
 
 def setup(address: str) -> None:
@@ -360,45 +284,16 @@ def run(fs: LazyMount, server: ServerProcess, rounds: int, seed: int, kill_after
     rng = random.Random(seed)
     history = History()
     setup(server.tcp_address)
-    started = time.monotonic()
-    errors: list[str] = []
-    for r in range(rounds):
-        if time_limit is not None and time.monotonic() - started > time_limit:
-            break
-        stop = threading.Event()
-        threads = []
-        for ti, topic in enumerate(TOPICS):
-            for p in range(PARTITIONS):
-                threads.append(threading.Thread(target=crash.produce, args=(
-                    server.tcp_address, topic, p, f"r{r}t{ti}p{p}", history, stop, random.Random(rng.random()))))
-        threads.append(threading.Thread(target=crash.metadata_changes, args=(
-            server.tcp_address, r, history, stop, random.Random(rng.random()))))
-        threads.append(threading.Thread(target=store_offsets, args=(
-            server.tcp_address, history, stop, random.Random(rng.random()))))
-        threads.append(threading.Thread(target=read_while_running, args=(
-            server.tcp_address, history, stop, errors)))
-        for t in threads:
-            t.start()
-        time.sleep(rng.uniform(*kill_after))
-        server.kill()
-        stop.set()
-        for t in threads:
-            t.join(30)
+
+    def cut() -> str:
         dropped = fs.cut()
         history.stats["cuts"] += 1
         for k, v in dropped.items():
             history.stats["dropped_at_cuts"][k] = history.stats["dropped_at_cuts"].get(k, 0) + v
-        server.start()      # raises IggyServerError (with the log) if the state is refused
-        check(server.tcp_address, history)
-        if errors:
-            raise AssertionError(errors[0])
-        history.stats["rounds"] += 1
-        if log:
-            log(f"round {r + 1}: {history.stats['acked_messages']} messages acknowledged so far, "
-                f"{history.stats['metadata_ops']} metadata ops, {history.stats['offset_stores']} offset "
-                f"stores; dropped at the cut: {dropped}")
-    if "Traceback" in server.log():
-        raise AssertionError("the server log has a traceback:\n" + server.log()[-3000:])
+        return f"{history.stats['offset_stores']} offset stores; dropped at the cut: {dropped}"
+
+    crash.run_rounds(server, history, rng, rounds, kill_after, time_limit, check, extra_workers=(store_offsets,),
+                     after_kill=cut, remember_served=True, log=log)
     # acknowledged (or recovered in flight) and present after the last cut
     history.stats["persisted_acked_messages"] = sum(
         len(batch) for (topic, _p), batches in history.acked.items() if TOPICS[topic][0] == "persisted"

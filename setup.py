@@ -5,10 +5,14 @@ lives with its plane: iggy/protocol, iggy/storage, iggy/engine/uring, iggy/bench
 header-only libxxhash (Debian `libxxhash-dev`, inlined, nothing to link). liburing is linked
 for the modules that declare it, found with pkg-config; `IGGY_URING_STATIC=1` links the static
 archive so wheels carry no liburing.so dependency.
+
+`perf/*.pyx` (benchmark tooling, e.g. the RESP scanners of perf/compare_peers.py) is compiled only
+by `build_ext --inplace` (scripts/setup.sh does it): it is not part of the server wheel.
 """
 import glob
 import os
 import subprocess
+import sys
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -35,7 +39,10 @@ URING_MODULES = {"iggy.engine.uring.shard"}  # modules that cimport liburing
 
 def _extensions():
     exts = []
-    for path in sorted(glob.glob("iggy/**/*.pyx", recursive=True)):
+    sources = sorted(glob.glob("iggy/**/*.pyx", recursive=True))
+    if "--inplace" in sys.argv:
+        sources += sorted(glob.glob("perf/*.pyx"))
+    for path in sources:
         name = os.path.splitext(path)[0].replace(os.sep, ".")
         link_args, extra_objects = ([], [])
         if name in URING_MODULES:

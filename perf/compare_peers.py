@@ -28,7 +28,7 @@ Our side is `iggy.bench` (raw frames, batches encoded once and re-stamped). The 
 uses the same discipline: one connection per actor, a batch = one pipelined write of
 `messages per batch` XADDs pre-encoded once (`XADD key * d <payload>`), acknowledged when
 every reply has arrived; a poll = `XREAD COUNT <messages per batch> STREAMS key <last id>`.
-Replies are scanned in C (`iggy.bench.fastclient.resp_skip` / `resp_xread`), so neither
+Replies are scanned in C (`perf.resp.resp_skip` / `resp_xread`, perf/resp.pyx), so neither
 client builds per-message Python objects. Latency = one batch (send or poll round trip).
 
 Before every run the page cache is synced to disk (`os.sync()`, `--no-settle` skips it), so
@@ -57,7 +57,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from iggy.bench.fastclient import RespError, resp_skip, resp_xread
+from perf.resp import RespError, resp_skip, resp_xread
 
 from iggy.bench.client import connect
 from iggy.bench.metrics import ActorMetrics, group_summary

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 from iggy.protocol.batch import build_batch, compute_batch_checksum, iter_messages, random_id, validate_batch
-from iggy.bench.fastclient import PollFrame, RespError, SendFrame, resp_skip, resp_xread, scan_poll
+from iggy.bench.fastclient import PollFrame, SendFrame, scan_poll
+from perf.resp import RespError, resp_skip, resp_xread
 
 from iggy.bench.cli import build_parser, config_from_args, parse_duration, parse_size
 from iggy.bench.metrics import ActorMetrics, group_summary, latency_stats, percentile

@@ -35,7 +35,8 @@ REMOVED_KEYS = (
 # IGGY_* variables that are not configuration keys
 NON_CONFIG_ENV = {"IGGY_ROOT_USERNAME", "IGGY_ROOT_PASSWORD", "IGGY_CONFIG_PATH", "IGGY_ENV_PATH",
                   "IGGY_USERNAME", "IGGY_PASSWORD",  # these two: credentials of the `iggy` CLI
-                  "IGGY_PARTITION_FILES_BUDGET"}     # iggy.server.node: open segment files (hidden)
+                  "IGGY_PARTITION_FILES_BUDGET",     # iggy.server.node: open segment files (hidden)
+                  "IGGY_TEST_FAULT_COMMAND"}         # iggy.engine.base: a command that fails (tests)
 DURATION_KEYS = {
     "http.jwt.access_token_expiry", "http.jwt.clock_skew", "http.jwt.not_before", "quic.max_idle_timeout",
     "quic.keep_alive_interval", "heartbeat.interval", "consumer_group.rebalancing_timeout",

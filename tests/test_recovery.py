@@ -346,6 +346,19 @@ async def test_persisted_acknowledges_after_one_group_fsync(tmp_path):
     p.close()
 
 
+async def test_persisted_inline_fsyncs_before_it_returns(tmp_path):
+    """inline=True (a shard thread: the caller says so, nothing probes for a loop) fsyncs in
+    place and acknowledges at once, even while an event loop runs on this thread."""
+    from iggy.protocol.batch import build_batch
+    p = partition_with(tmp_path, "persisted")
+    batch = build_batch([(1, b"x" * 10, b"")])
+    with p.lock:
+        p.log.append(batch, 0, len(batch), 1)
+        assert p.after_append(1, len(batch), inline=True) is None
+    assert p.log.fsyncs == 1
+    p.close()
+
+
 async def test_replicated_acknowledges_at_once_without_fsync(tmp_path):
     """replicated: the batch is in the page cache when acknowledged (no journal to lose on a
     crash of the process); the append path never waits for, nor schedules, an fsync."""

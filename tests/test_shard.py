@@ -16,26 +16,37 @@ pytestmark = pytest.mark.skipif(uring_engine.probe() is not None,
 
 
 class EchoHandler:
-    """Answers every request with its body; code 99 answers later from another thread."""
+    """Answers every request with its body; code 99 answers later from another thread, code 98
+    raises. Its sessions are plain objects with the two attributes the shard reads."""
 
     def __init__(self):
         self.opened = 0
         self.closed = 0
         self.frames = []
+        self.closed_sessions = []
+        self.fail_open = False
         self.lock = threading.Lock()
 
     def on_open(self, shard, token, fd):
+        if self.fail_open:
+            raise RuntimeError("on_open failure")
         with self.lock:
             self.opened += 1
+            return types.SimpleNamespace(address=f"echo-{self.opened}", client_id=self.opened, frames=0)
 
-    def on_close(self, shard, token):
+    def on_close(self, shard, token, session):
         with self.lock:
             self.closed += 1
+            self.closed_sessions.append(session)
 
-    def on_frame(self, shard, token, header, body):
+    def on_bad_frame(self, shard, token, session, reason):
+        pass
+
+    def on_frame(self, shard, token, session, header, body):
         h = RequestHeader(header)
         with self.lock:
             self.frames.append((h.code, len(body)))
+            session.frames += 1
         if h.code == 99:
             threading.Timer(0.05, lambda: shard.post_reply(token, build_reply(h, 0, b"late:" + body))).start()
             return None
@@ -171,6 +182,40 @@ def test_disconnect_mid_request_and_garbage_leave_others_working(shard):
     good.sendall(build_request(2, 1, b"still here", client=1))
     assert _read_reply(good) == b"still here"
     good.close()
+
+
+def test_a_failing_callback_is_logged_once_with_its_connection(shard, caplog):
+    """on_frame raising: one ERROR line naming that connection's session, with the traceback;
+    on_open raising: the connection is closed at once, also with one line."""
+    sh, handler, addr = shard
+    with caplog.at_level(logging.ERROR, logger="iggy.engine.uring.shard"):
+        failing = socket.create_connection(addr)
+        failing.sendall(build_request(2, 1, b"a", client=1))
+        assert _read_reply(failing) == b"a"
+        name = f"echo-{handler.opened}"
+        failing.sendall(build_request(2, 98, b"", client=1))
+        failing.settimeout(5)
+        assert failing.recv(1) == b""
+        _wait(lambda: handler.closed >= 1)
+        lines = [r for r in caplog.records if name in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+        assert "on_frame raised RuntimeError" in lines[0].getMessage()
+        assert "handler failure closes only this connection" in caplog.text      # the traceback
+        assert handler.closed_sessions[-1].address == name      # on_close got the session on_open made
+        assert handler.closed_sessions[-1].frames == 2
+        handler.fail_open = True
+        refused = socket.create_connection(addr)
+        refused.settimeout(5)
+        assert refused.recv(1) == b""
+        _wait(lambda: sum("on_open raised" in r.getMessage() for r in caplog.records) == 1)
+        handler.fail_open = False
+
+
+def _wait(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert condition()
 
 
 def test_reply_for_a_closed_connection_is_dropped(shard):

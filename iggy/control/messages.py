@@ -101,8 +101,11 @@ def open_partition(plane, s, t, pid: int, stream_ident=None, topic_ident=None):
 
 
 def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int, stream_ident=None,
-                 topic_ident=None):
+                 topic_ident=None, inline_fsync: bool = False):
     """Validate and append one batch; returns (base_offset, fsync future or None).
+
+    inline_fsync: the caller is a shard thread (no event loop): a persisted topic's append is
+    fsynced here, before this returns (Partition.after_append).
 
     The batch must fill body[start:end]: bytes after a well-formed batch are refused with
     InvalidCommand, as upstream does for SendMessages, the one command whose body has a
@@ -118,7 +121,7 @@ def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int, 
         if partition.log.closed:         # dropped after the lookup
             raise vanished(plane, s, t, stream_ident, topic_ident)
         base_offset, appended = partition.log.append(body, start, end, now_us())
-        return base_offset, partition.after_append(appended, end - start)
+        return base_offset, partition.after_append(appended, end - start, inline=inline_fsync)
 
 
 def send(plane, session, sid, tid, kind: int, value: bytes, body, start: int, end: int, count: int):
@@ -129,7 +132,8 @@ def send(plane, session, sid, tid, kind: int, value: bytes, body, start: int, en
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_send(plane.user_of(session), s.id, t.id))
     pid = choose_partition(plane, s, t, kind, value)
-    base_offset, synced = append_batch(plane, s, t, pid, body, start, end, count, sid, tid)
+    base_offset, synced = append_batch(plane, s, t, pid, body, start, end, count, sid, tid,
+                                       inline_fsync=session.inline_fsync)
     return s, t, pid, base_offset, synced
 
 

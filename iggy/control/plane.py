@@ -87,6 +87,10 @@ class Session:
     # the engine's own clock of the connection's last complete request (time.monotonic()
     # seconds), for requests it served without this module (the shards' C data plane)
     activity: Callable | None = None
+    # its data-plane commands run on a shard thread, where there is no event loop: a
+    # persisted append fsyncs before the command returns instead of joining the loop's group
+    # commit (iggy.storage.partitions.Partition.after_append)
+    inline_fsync: bool = False
 
     def idle_since(self) -> float:
         """time.monotonic() of the last complete request, whoever served it."""
@@ -125,18 +129,36 @@ class ControlPlane:
         self.engine_counters: Callable[[], dict] = dict
 
     # ---------------------------------------------------------------- sessions
+    #
+    # ControlPlane.sessions is owned by the main event loop: sessions are registered, closed,
+    # listed and evicted there, whichever engine serves the connection. An engine running on
+    # another thread (the uring shards) makes its Session with `new_session` (safe on any
+    # thread: it only takes the next client id) and posts `register_session` and
+    # `close_session` to the loop, in that order (docs/ARCHITECTURE.md, "Threads").
 
-    def open_session(self, address: str, transport: int, close: Callable | None = None) -> Session:
+    def new_session(self, address: str, transport: int, close: Callable | None = None) -> Session:
+        """A Session with a fresh client id, not registered yet. Any thread: `next()` on an
+        itertools.count is one step under the GIL."""
+        return Session(next(self._client_ids), address, transport, close=close)
+
+    def register_session(self, session: Session) -> None:
+        """Count the session in `sessions` (main loop); ConnectionLimit when
+        `limits.max_connections` are open already (the engine then closes the connection)."""
         limit = self.config.limits.max_connections
         if limit and len(self.sessions) >= limit:
             log.warning("refusing connection from %s: %d connections open (limits.max_connections)",
-                        address, len(self.sessions))
-            raise ConnectionLimit(address)
-        s = Session(next(self._client_ids), address, transport, close=close)
-        self.sessions[s.client_id] = s
-        return s
+                        session.address, len(self.sessions))
+            raise ConnectionLimit(session.address)
+        self.sessions[session.client_id] = session
+
+    def open_session(self, address: str, transport: int, close: Callable | None = None) -> Session:
+        """new_session + register_session, for engines that run on the main loop."""
+        session = self.new_session(address, transport, close)
+        self.register_session(session)
+        return session
 
     def close_session(self, session: Session) -> None:
+        """The connection is gone (main loop): forget the session, leave its groups."""
         self.sessions.pop(session.client_id, None)
         self.logout(session)
 

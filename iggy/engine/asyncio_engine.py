@@ -32,6 +32,7 @@ import weakref
 from iggy.protocol import codes
 from iggy.protocol.wire import FrameError, FrameReader, release_free_memory
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
+from iggy.engine.base import inject_fault
 
 log = logging.getLogger(__name__)
 
@@ -215,19 +216,30 @@ class Connection(asyncio.BufferedProtocol):
                 self._deferred = frame          # the reply could be large: wait for room
                 self.budget.wait(self)
                 break
-            reply = self.plane.handle(self.session, header, body, parts=True)
-            self.frames.authenticated = self.session.user_id is not None
-            if isinstance(reply, bytes):
-                self._write([reply], len(reply))
-            elif isinstance(reply, list):
-                self._write(reply, sum(len(part) for part in reply))
-            else:
-                self._busy = True
-                asyncio.ensure_future(self._finish(reply))
+            try:
+                inject_fault(header)
+                reply = self.plane.handle(self.session, header, body, parts=True)
+                self.frames.authenticated = self.session.user_id is not None
+                if isinstance(reply, bytes):
+                    self._write([reply], len(reply))
+                elif isinstance(reply, list):
+                    self._write(reply, sum(len(part) for part in reply))
+                else:
+                    self._busy = True
+                    asyncio.ensure_future(self._finish(reply))
+            except Exception as exc:  # noqa: BLE001 - a bug closes this connection only, with one log line
+                self._failed(exc)
+                return
         # never more than one frame of unread input (the limit in force: before login it is
         # limits.max_unauthenticated_frame); reading resumes when the frames can be taken
         if self.frames.buffered > self.frames.frame_limit + 256 or self._deferred is not None:
             self.transport.pause_reading()
+
+    def _failed(self, exc: Exception) -> None:
+        log.error("closing %s (client %d): the request raised %s", self.session.address, self.session.client_id,
+                  type(exc).__name__, exc_info=exc)
+        self._closed = True
+        self.transport.abort()
 
     def _write(self, parts, size: int) -> None:
         if size > LARGE_REPLY:

@@ -1,9 +1,10 @@
 """Calls from the HTTP thread into the control plane, which lives on the main event loop.
 
-The control plane is single-threaded: every read and write of its state must happen on the
-main loop, where the TCP engine also runs it, so that commands from both transports are
-serialised in one place. A route handler therefore never touches `plane` itself; it hands a
-function to `Bridge.call`, which runs it on the main loop with
+The control plane's state is owned by the main loop: every write of it happens there, so
+that commands from every transport are serialised in one place (the one exception is
+read-mostly: the uring shards run the data-plane commands the C path left to Python on their
+own threads; docs/ARCHITECTURE.md, "Threads"). A route handler therefore never touches
+`plane` itself; it hands a function to `Bridge.call`, which runs it on the main loop with
 `asyncio.run_coroutine_threadsafe` and awaits the result from the HTTP loop.
 
 Functions passed in take the plane first and may be plain functions or coroutines (those

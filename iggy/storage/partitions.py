@@ -67,24 +67,24 @@ class Partition:
         # releases the GIL, not the lock)
         self.lock = Mutex()
 
-    def after_append(self, messages: int, size: int):
+    def after_append(self, messages: int, size: int, inline: bool = False):
         """None when the append may be acknowledged now, else a future resolved after fsync.
 
         Called with the lock held. `replicated` acknowledges at once: the batch is already in
         the page cache (writes go straight to the segment, there is no journal to flush), so
         it survives a crash of the process; segments are fsynced when sealed and at shutdown.
-        `persisted` waits for fdatasync: on the event loop every append of one loop turn shares
-        one fsync; on a shard thread (no event loop: the Python fallback of the uring engine)
-        it fsyncs here before it answers (the shards' C path syncs on the ring instead).
+        `persisted` waits for fdatasync. The caller says where it runs: on the event loop
+        (`inline` False) every append of one loop turn shares one fsync, scheduled on the
+        running loop; on a shard thread (`inline` True: the Python fallback of the uring
+        engine, which has no loop) it fsyncs here before it answers (the shards' C path syncs
+        on the ring instead).
         """
         if not self.persisted:
             return None
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        if inline:
             self.log.fsync(index=False)
             return None
-        fut = loop.create_future()
+        fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self._schedule_sync()
         return fut

@@ -18,6 +18,12 @@ here, in the shard's thread, with the GIL:
   writer of metadata; its reply comes back with `Shard.post_reply`, together with the
   session's user so that the C path knows who is logged in on that connection.
 
+Sessions: `on_open` makes the connection's Session on the shard thread and the shard keeps it
+with the connection; registering it in `ControlPlane.sessions` (where
+`limits.max_connections` is counted) and closing it are posted to the main loop, which alone
+touches that table (ShardHandler). An exception in any callback closes that connection and
+is logged once by the shard, naming it.
+
 `persisted` topics: the C path appends, then the shard submits an fdatasync to its ring —
 one per segment file for every batch appended to it in one loop turn (group commit) — and
 answers when it completes, serving its other connections meanwhile; the Python fallback
@@ -47,13 +53,17 @@ import time
 from iggy.protocol import codes
 from iggy.protocol.wire import RequestHeader, build_reply
 from iggy.engine.uring.router import principal
-from iggy.control.plane import TRANSPORT_TCP
+from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
+from iggy.engine.base import inject_fault
 
 log = logging.getLogger(__name__)
 
-# commands served in the shard thread; the rest go to the main loop
-DATA_PLANE_CODES = frozenset({codes.PING, codes.POLL_MESSAGES})
-DATA_PLANE_OPS = frozenset({160, 161})
+# The one control-plane call a shard thread makes: `ControlPlane.handle` for these commands
+# (the data plane's, when the C path left them to Python). They read the metadata, the
+# storage's partitions and the group membership, taking each object once, and write only
+# under a partition's lock; everything else goes to the main loop (docs/ARCHITECTURE.md).
+SHARD_THREAD_COMMANDS = frozenset({codes.PING, codes.POLL_MESSAGES, codes.SEND_MESSAGES,
+                                   codes.STORE_CONSUMER_OFFSET})
 
 
 def probe() -> str | None:
@@ -100,52 +110,72 @@ def _setup_failure(exc: OSError) -> str:
     return f"io_uring_setup failed with errno {code} {name} ({os.strerror(code) if code else exc}): {hint}"
 
 
+def _peer_address(fd: int) -> str:
+    try:
+        peer = socket.socket(fileno=os.dup(fd))
+        try:
+            host, port = peer.getpeername()[:2]
+        finally:
+            peer.close()
+        return f"{host}:{port}"
+    except OSError:
+        return "unknown"
+
+
 class ShardHandler:
-    """Callbacks of every shard: sessions, data plane in place, control plane posted."""
+    """Callbacks of every shard (on the shard's thread): data plane in place, control plane posted.
+
+    The session of a connection is made here (`ControlPlane.new_session`) and the shard's C
+    connection keeps it, passing it to every later callback: there is no table of sessions
+    on this side. It is registered in `ControlPlane.sessions` (and counted against
+    `limits.max_connections`) on the main loop, and closed there, so the plane's sessions are
+    only ever touched by the loop; the registration is posted before any control-plane command
+    of the connection, and the close after them (call_soon_threadsafe keeps their order).
+    """
 
     def __init__(self, plane, loop: asyncio.AbstractEventLoop):
         self.plane = plane
         self.loop = loop
-        self.sessions: dict[tuple[int, int], object] = {}
 
-    def on_open(self, shard, token: int, fd: int) -> int:
-        try:
-            peer = socket.socket(fileno=os.dup(fd))
-            try:
-                host, port = peer.getpeername()[:2]
-            finally:
-                peer.close()
-            address = f"{host}:{port}"
-        except OSError:
-            address = "unknown"
-        session = self.plane.open_session(address, TRANSPORT_TCP, close=lambda: shard.close_connection(token))
+    def on_open(self, shard, token: int, fd: int):
+        session = self.plane.new_session(_peer_address(fd), TRANSPORT_TCP,
+                                         close=lambda: shard.close_connection(token))
         session.activity = lambda: shard.last_active(token)
-        self.sessions[(id(shard), token)] = session
-        return session.client_id          # the shard's C data plane checks group ownership by it
+        session.inline_fsync = True       # its data-plane commands run here, on the shard thread
+        self.loop.call_soon_threadsafe(self._register, shard, token, session)
+        return session                    # the C data plane checks group ownership by its client id
 
-    def on_bad_frame(self, shard, token: int, reason: str) -> None:
-        session = self.sessions.get((id(shard), token))
-        log.info("closing %s: %s", session.address if session else "a connection", reason)
+    def _register(self, shard, token: int, session) -> None:
+        """On the main loop: count the new connection, or close it over limits.max_connections."""
+        try:
+            self.plane.register_session(session)
+        except ConnectionLimit:
+            shard.close_connection(token)
 
-    def on_close(self, shard, token: int) -> None:
-        session = self.sessions.pop((id(shard), token), None)
+    def on_bad_frame(self, shard, token: int, session, reason: str) -> None:
+        log.info("closing %s: %s", session.address if session is not None else "a connection", reason)
+
+    def on_close(self, shard, token: int, session) -> None:
         if session is not None:
             self.loop.call_soon_threadsafe(self.plane.close_session, session)
 
-    def on_frame(self, shard, token: int, header: bytes, body: bytes):
-        session = self.sessions[(id(shard), token)]
+    def on_frame(self, shard, token: int, session, header: bytes, body: bytes):
         h = RequestHeader(header)
-        if (h.operation == codes.OP_READ and h.code in DATA_PLANE_CODES) or h.operation in DATA_PLANE_OPS:
+        inject_fault(h)
+        code = h.code if h.operation == codes.OP_READ else codes.OPERATION_CODES.get(h.operation)
+        if code in SHARD_THREAD_COMMANDS:
             return self.plane.handle(session, h, body, parts=True)
         self.loop.call_soon_threadsafe(self._control, shard, token, session, h, body)
         return None
 
     def _control(self, shard, token: int, session, header: RequestHeader, body: bytes) -> None:
         """On the main loop: run a control-plane command and post its reply to the shard."""
+        if session.client_id not in self.plane.sessions:
+            return          # refused over limits.max_connections: its close is on the way
         try:
             reply = self.plane.handle(session, header, body)
-        except Exception:  # noqa: BLE001
-            log.exception("control-plane request failed")
+        except Exception:  # noqa: BLE001 - answered with the generic error, the connection lives on
+            log.exception("control-plane request of %s failed", session.address)
             reply = build_reply(header, 1)
         if isinstance(reply, bytes):
             self._post(shard, token, session, reply)
@@ -155,7 +185,7 @@ class ShardHandler:
             try:
                 done = await reply
             except Exception:  # noqa: BLE001
-                log.exception("control-plane request failed")
+                log.exception("control-plane request of %s failed", session.address)
                 done = build_reply(header, 1)
             self._post(shard, token, session, done)
         asyncio.ensure_future(finish())
@@ -177,6 +207,7 @@ class UringEngine:
         max_unauthenticated_frame = limit_bytes(limits.max_unauthenticated_frame)
         max_reply_buffers = limit_bytes(limits.max_reply_buffers)
         self.idle_timeout = limit_seconds(limits.idle_timeout)
+        self.plane = plane
         self.handler = ShardHandler(plane, self.loop)
         count = shards or os.cpu_count() or 1
         self.sockets = []
@@ -211,7 +242,9 @@ class UringEngine:
         while True:
             await asyncio.sleep(min(1.0, self.idle_timeout / 4))
             now = time.monotonic()
-            for session in list(self.handler.sessions.values()):
+            for session in list(self.plane.sessions.values()):
+                if session.activity is None:
+                    continue                         # not a shard's connection (they set it)
                 idle = now - session.idle_since()
                 if idle >= self.idle_timeout and session.close is not None:
                     log.info("closing %s: no complete request for %.1f s (limits.idle_timeout)", session.address,

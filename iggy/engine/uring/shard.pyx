@@ -9,14 +9,20 @@ cut out of each connection's receive buffer in C.
 Each complete frame is first offered to the C data plane (`iggy.engine.uring.dataplane.dp_serve`):
 ping, send, poll and store-offset of a logged-in session are served there, without the GIL,
 against the routing table (`iggy.engine.uring.router`), their replies written straight into the
-connection's output (`handler.on_open` returns the session's client id, which the data
-plane needs for consumer-group ownership). Anything else takes the GIL once: `handler.on_frame(shard, token,
-header_bytes, body_bytes)` returns the reply frame (bytes, or a list of buffers), or None
-when the reply will come later from another thread through `post_reply(token, reply,
+connection's output. Anything else takes the GIL once: `handler.on_frame(shard, token,
+session, header_bytes, body_bytes)` returns the reply frame (bytes, or a list of buffers), or
+None when the reply will come later from another thread through `post_reply(token, reply,
 user_id)` (control-plane commands run on the main event loop; user_id tells the shard who
 the session is logged in as afterwards, -1 for nobody). While a reply is pending the
 connection parses no further frames, so replies leave in request order. Malformed framing (size outside 256..max, a header that is not a request) closes the
 connection (the handler's `on_bad_frame` logs why).
+
+The handler's callbacks, all on this shard's thread with the GIL: `on_open(shard, token, fd)`
+returns the connection's session object (its `client_id` is what the data plane needs for
+consumer-group ownership); the connection keeps a reference to it and passes it to
+`on_frame`, `on_bad_frame(shard, token, session, reason)` and `on_close(shard, token,
+session)`, then drops it. A callback that raises closes the connection (on_open, on_frame)
+and is logged once, naming the connection and with the traceback.
 
 `persisted` topics: the data plane appends and hands back the reply with the segment file
 to sync (DP_SYNC); the connection waits while the shard submits IORING_OP_FSYNC
@@ -84,6 +90,10 @@ from iggy._core.includes.uring cimport *
 from iggy._core.mutex cimport (pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t,
                                pthread_mutex_unlock)
 from iggy.engine.uring.router cimport Router
+
+import logging
+
+_log = logging.getLogger("iggy.engine.uring.shard")
 
 
 cdef extern from "<sys/eventfd.h>" nogil:
@@ -154,6 +164,7 @@ cdef struct Conn:
     bint closing
     int64_t user_id       # the session's user for the C data plane, -1 before login
     uint64_t client_id    # the session's client id (consumer-group ownership), from on_open
+    PyObject *session     # what on_open returned (a new reference, or NULL): handed to every callback
     uint64_t last_active  # CLOCK_MONOTONIC ns of the last complete request
     unsigned char *rbuf
     size_t rcap
@@ -414,6 +425,8 @@ cdef class Shard:
             for i in range(self.max_conns):
                 if self.conns[i].live:
                     close(self.conns[i].fd)
+                if self.conns[i].session != NULL:
+                    Py_DECREF(<object>self.conns[i].session)
                 # (no waking here: the other shards may be gone already)
                 _size_sub(&g_reply_used, _big(self.conns[i].wcap) + _big(self.conns[i].scap), __ATOMIC_SEQ_CST)
                 _free_buf(self.conns[i].rbuf, self.conns[i].rcap)
@@ -610,20 +623,33 @@ cdef class Shard:
             return
         self._arm_recv(slot)
 
+    # Every handler callback runs here with the GIL. An exception in one is logged once, with
+    # the connection it closed (`_failed`), never swallowed.
+
     cdef bint _notify_open(self, uint32_t slot) noexcept with gil:
+        cdef Conn *c = &self.conns[slot]
         try:
-            client_id = self.handler.on_open(self, (<uint64_t>self.conns[slot].gen << 32) | slot,
-                                             self.conns[slot].fd)
-            self.conns[slot].client_id = client_id if isinstance(client_id, int) and client_id > 0 else 0
+            session = self.handler.on_open(self, (<uint64_t>c.gen << 32) | slot, c.fd)
+            client_id = getattr(session, "client_id", 0)
+            c.client_id = client_id if isinstance(client_id, int) and client_id > 0 else 0
+            if session is not None:
+                Py_INCREF(session)
+                c.session = <PyObject *>session
             return True
-        except BaseException:
+        except BaseException as exc:
+            self._failed(slot, "on_open", exc)
             return False
 
     cdef void _notify_close(self, uint32_t slot) noexcept with gil:
+        cdef Conn *c = &self.conns[slot]
+        session = <object>c.session if c.session != NULL else None
+        if c.session != NULL:
+            Py_DECREF(session)          # `session` holds its own reference until the call ends
+            c.session = NULL
         try:
-            self.handler.on_close(self, (<uint64_t>self.conns[slot].gen << 32) | slot)
-        except BaseException:
-            pass
+            self.handler.on_close(self, (<uint64_t>c.gen << 32) | slot, session)
+        except BaseException as exc:
+            self._failed(slot, "on_close", exc, session)
 
     cdef void _notify_bad_frame(self, uint32_t slot, uint32_t size, int command) noexcept with gil:
         try:
@@ -633,9 +659,23 @@ cdef class Shard:
                 reason = f"header command {command} is not a request"
             else:
                 reason = f"frame size {size} over limits.max_unauthenticated_frame ({self.max_unauth}) before login"
-            self.handler.on_bad_frame(self, (<uint64_t>self.conns[slot].gen << 32) | slot, reason)
+            self.handler.on_bad_frame(self, (<uint64_t>self.conns[slot].gen << 32) | slot, self._session(slot),
+                                      reason)
+        except BaseException as exc:
+            self._failed(slot, "on_bad_frame", exc)
+
+    cdef object _session(self, uint32_t slot):
+        return <object>self.conns[slot].session if self.conns[slot].session != NULL else None
+
+    cdef void _failed(self, uint32_t slot, str callback, object exc, object session=None) noexcept with gil:
+        """One log line for a callback that raised: the connection it closed, and the traceback."""
+        if session is None:
+            session = self._session(slot)
+        try:
+            _log.error("closing %s (client %d): %s raised %s", getattr(session, "address", None) or f"slot {slot}",
+                       self.conns[slot].client_id, callback, type(exc).__name__, exc_info=exc)
         except BaseException:
-            pass
+            pass        # the logging itself failed: nothing is left to tell it to
 
     cdef void _arm_recv(self, uint32_t slot) noexcept nogil:
         cdef Conn *c = &self.conns[slot]
@@ -882,19 +922,20 @@ cdef class Shard:
         try:
             header = PyBytes_FromStringAndSize(<const char *>p, HEADER)
             body = PyBytes_FromStringAndSize(<const char *>p + HEADER, size - HEADER)
-            result = self.handler.on_frame(self, (<uint64_t>c.gen << 32) | slot, header, body)
+            result = self.handler.on_frame(self, (<uint64_t>c.gen << 32) | slot, self._session(slot), header, body)
             if result is None:
                 return 1
             if type(result) is list:      # header + body parts, queued one after the other
                 for part in result:
                     if not self._queue_buffer(slot, part):
-                        return -1
+                        raise MemoryError(f"no memory for a {len(part)}-byte reply part")
                 return 0
             reply = result
             if not self._queue(slot, <const unsigned char *>PyBytes_AS_STRING(reply), PyBytes_GET_SIZE(reply)):
-                return -1
+                raise MemoryError(f"no memory for a {len(reply)}-byte reply")
             return 0
-        except BaseException:
+        except BaseException as exc:
+            self._failed(slot, "on_frame", exc)
             return -1
 
     cdef bint _queue_buffer(self, uint32_t slot, object part) except -1:

@@ -42,8 +42,9 @@ if os.environ.get("IGGY_FUZZ_INSTRUMENTED"):
 
 import atheris  # noqa: E402
 
+from iggy._core.checksum import xxh3_64  # noqa: E402
 from iggy.protocol.batch import (build_batch, compute_batch_checksum, encode_headers, iter_messages,  # noqa: E402
-                              stamp_batch, validate_batch, xxh3_64)
+                              stamp_batch, validate_batch)
 from iggy.protocol.wire import FrameError, FrameReader, Reader, build_request  # noqa: E402
 from iggy.protocol.errors import IggyError  # noqa: E402
 

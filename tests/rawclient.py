@@ -8,7 +8,8 @@ from __future__ import annotations
 import socket
 import struct
 
-from iggy.protocol.wire import build_request, parse_reply_header, xxh3_64
+from iggy._core.checksum import xxh3_64
+from iggy.protocol.wire import build_request, parse_reply_header
 
 OP_READ = 2
 

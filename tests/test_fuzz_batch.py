@@ -17,8 +17,8 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iggy.protocol.batch import (build_batch, compute_batch_checksum, encode_headers, stamp_batch, validate_batch,
-                              xxh3_64)
+from iggy._core.checksum import xxh3_64
+from iggy.protocol.batch import build_batch, compute_batch_checksum, encode_headers, stamp_batch, validate_batch
 from iggy.storage.log import PartitionLog
 from iggy.protocol.errors import IggyError
 from tests.reliability.common import Corrupt, verify_batches

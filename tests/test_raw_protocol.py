@@ -20,7 +20,8 @@ from apache_iggy import IggyClient
 
 from tests.conftest import ServerProcess, connect_root
 from tests.rawclient import RawClient, ident, login_body, wire_name
-from iggy.protocol.wire import build_request, parse_reply_header, xxh3_64
+from iggy._core.checksum import xxh3_64
+from iggy.protocol.wire import build_request, parse_reply_header
 
 HEADER = 256
 MAX_FRAME = 64 * 1024 * 1024          # [message_bus] max_message_size default

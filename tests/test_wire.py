@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from iggy.protocol.wire import (
     FrameError, FrameReader, Reader, Writer, build_eviction, build_reply, build_request, parse_header,
-    parse_reply_header, xxh3_64, xxh32,
+    parse_reply_header,
 )
+from iggy._core.checksum import xxh3_64, xxh32
 from iggy.protocol.errors import ErrorCode, IggyError
 
 # A.1 of TCP.md: PING before login, full header

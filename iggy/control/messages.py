@@ -30,7 +30,8 @@ import struct
 
 from iggy.protocol import codes
 from iggy.protocol.batch import validate_batch
-from iggy.protocol.wire import Reader, Writer, xxh32
+from iggy._core.checksum import xxh32
+from iggy.protocol.wire import Reader, Writer
 from iggy.control import permissions as perm
 from iggy.control.groups import get_group_or_fail
 from iggy.control.plane import command, now_us

@@ -22,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from iggy._core.checksum import xxh3_64
 from iggy.protocol import codes
-from iggy.protocol.wire import Reader, RequestHeader, build_eviction, build_reply, build_reply_header, xxh3_64
+from iggy.protocol.wire import Reader, RequestHeader, build_eviction, build_reply, build_reply_header
 from iggy.protocol.errors import ErrorCode, IggyError
 
 log = logging.getLogger(__name__)

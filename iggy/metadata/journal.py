@@ -70,8 +70,8 @@ import time
 from dataclasses import dataclass
 
 import msgpack
-import xxhash
 
+from iggy._core.checksum import xxh3_64
 from iggy.storage.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def _record_at(raw: bytes, pos: int):
     if not 0 < length <= MAX_RECORD or end > len(raw):
         return None
     body = raw[pos + _REC_HEAD.size:end]
-    if xxhash.xxh3_64_intdigest(body) != checksum:
+    if xxh3_64(body) != checksum:
         return None
     rec = _decode(body)
     return None if rec is None else (rec, end)
@@ -194,7 +194,7 @@ def scan(raw: bytes, snap_seq: int) -> Scan:
             return corrupt(f"impossible record length {length}")
         end = pos + head + length
         if end > size:
-            if xxhash.xxh3_64_intdigest(raw[pos + head:]) == checksum:
+            if xxh3_64(raw[pos + head:]) == checksum:
                 return corrupt(f"the length field says {length} bytes but the {size - pos - head} bytes "
                                "to the end of the file are the record")
             later = records_after(raw, pos + 1)
@@ -204,7 +204,7 @@ def scan(raw: bytes, snap_seq: int) -> Scan:
             out.torn = f"a short record ({size - pos - head} of {length} body bytes)"
             return out
         body = raw[pos + head:end]
-        if xxhash.xxh3_64_intdigest(body) != checksum:
+        if xxh3_64(body) != checksum:
             zeros = _zero_tail(zeros_from, pos, end)
             if zeros is not None:
                 out.torn = f"a record zero-filled from offset {zeros} to the end of the file"
@@ -280,7 +280,7 @@ class Journal:
                                       "refusing to start; restore the data directory from a backup")
             magic, snap_seq, checksum = _SNAP_HEAD.unpack_from(raw)
             body = raw[_SNAP_HEAD.size:]
-            if magic != _SNAP_MAGIC or xxhash.xxh3_64_intdigest(body) != checksum:
+            if magic != _SNAP_MAGIC or xxh3_64(body) != checksum:
                 raise MetadataCorrupt(f"metadata snapshot {self._snap_path}: checksum mismatch (offset 0, "
                                       f"{len(raw)} bytes): refusing to start; restore the data directory "
                                       "from a backup")
@@ -385,7 +385,7 @@ class Journal:
         body = _pack(record)
         if len(body) > MAX_RECORD:            # load() would take its length for damage
             raise OSError(errno.EFBIG, f"metadata record of {len(body)} bytes (at most {MAX_RECORD})")
-        data = _REC_HEAD.pack(len(body), xxhash.xxh3_64_intdigest(body)) + body
+        data = _REC_HEAD.pack(len(body), xxh3_64(body)) + body
         try:
             written = os.write(self._fd, data)
             if written != len(data):
@@ -423,7 +423,7 @@ class Journal:
         body = _pack(state)
         tmp = self._snap_path + ".tmp"
         with open(tmp, "wb") as f:
-            f.write(_SNAP_HEAD.pack(_SNAP_MAGIC, self.seq, xxhash.xxh3_64_intdigest(body)))
+            f.write(_SNAP_HEAD.pack(_SNAP_MAGIC, self.seq, xxh3_64(body)))
             f.write(body)
             f.flush()
             os.fsync(f.fileno())

@@ -48,6 +48,7 @@ import os
 import struct
 import time
 
+from iggy._core.checksum import xxh3_64
 from iggy.protocol.errors import ErrorCode, IggyError
 
 BATCH_HEADER_SIZE = BATCH_HEADER_LEN
@@ -267,18 +268,6 @@ def compute_batch_checksum(batch):
     if rc:
         raise IggyError(rc)
     return sum_
-
-
-def xxh3_64(data):
-    """XXH3-64, seed 0, of a bytes-like object (message checksums)."""
-    cdef Py_buffer view
-    cdef uint64_t h
-    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-    try:
-        h = XXH3_64bits(view.buf, <size_t>view.len)
-    finally:
-        PyBuffer_Release(&view)
-    return h
 
 
 # --------------------------------------------------------------------------- helpers (not the data path)

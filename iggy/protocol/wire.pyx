@@ -52,7 +52,7 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset
 
 from iggy._core.includes.le cimport le_u16, le_u32, le_u64, put_u16, put_u32, put_u64
-from iggy._core.includes.xxh cimport XXH3_64bits, XXH32
+from iggy._core.includes.xxh cimport XXH3_64bits
 
 from iggy.protocol.errors import ErrorCode, IggyError
 
@@ -78,24 +78,6 @@ _E_IDENTIFIER = ErrorCode.INVALID_IDENTIFIER
 
 class FrameError(ValueError):
     """The byte stream cannot be framed (size field out of range, not a request)."""
-
-
-# --------------------------------------------------------------------------- checksums
-
-def xxh3_64(const unsigned char[:] data not None):
-    """XXH3-64 with seed 0 (message, batch and request checksums)."""
-    cdef Py_ssize_t n = data.shape[0]
-    if n == 0:
-        return XXH3_64bits(NULL, 0)
-    return XXH3_64bits(&data[0], n)
-
-
-def xxh32(const unsigned char[:] data not None, uint32_t seed=0):
-    """XXH32 (partition by message key, named consumer keys)."""
-    cdef Py_ssize_t n = data.shape[0]
-    if n == 0:
-        return XXH32(NULL, 0, seed)
-    return XXH32(&data[0], n, seed)
 
 
 # --------------------------------------------------------------------------- headers

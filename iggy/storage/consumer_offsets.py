@@ -24,8 +24,7 @@ from __future__ import annotations
 import logging
 import resource
 
-import xxhash
-
+from iggy._core.checksum import xxh32
 from iggy.storage.offset_store import OffsetStore, OffsetStoreError, configure, fd_cache_stats
 
 CONSUMER = "consumers"
@@ -42,7 +41,7 @@ def consumer_key(ident) -> int:
     """Numeric consumer ids are used as they are; names become XXH32(name)."""
     if isinstance(ident, int):
         return ident
-    return xxhash.xxh32_intdigest(ident.encode("utf-8"))
+    return xxh32(ident.encode("utf-8"))
 
 
 def open_files_budget(max_connections: int, nofile: int | None = None) -> int:

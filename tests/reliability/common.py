@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from iggy.protocol.batch import build_batch, compute_batch_checksum, xxh3_64
+from iggy._core.checksum import xxh3_64
+from iggy.protocol.batch import build_batch, compute_batch_checksum
 from iggy.protocol import codes
 from tests.conftest import ServerProcess
 from tests.rawclient import RawClient, ident, wire_name

@@ -2,7 +2,11 @@
 
 One `Connection` per socket, an asyncio BufferedProtocol: the socket reads straight into the
 Cython `FrameReader`'s buffer (no intermediate bytes object); each complete frame
-is handed to the control plane's `handle()` in arrival order. Synchronous commands answer
+is handed to the control plane's `handle()` in arrival order. The first 8 bytes of a
+connection tell whether it speaks the 0.9 protocol or the classic one of clients before 0.9
+(`FrameReader.detect`); classic frames go to `iggy.protocol.classic.handle` instead, with
+the same limits, ordering and reply budget. The uring engine hands its classic connections
+over to this class too (`adopt_classic`). Synchronous commands answer
 inside `data_received`; a command that must wait (Argon2 hashing at login) holds later frames
 of the same connection until it is done, so replies always leave in request order.
 
@@ -30,7 +34,7 @@ import time
 import weakref
 
 from iggy.protocol import codes
-from iggy.protocol.wire import FrameError, FrameReader, release_free_memory
+from iggy.protocol.wire import PROTOCOL_CLASSIC, PROTOCOL_UNKNOWN, FrameError, FrameReader, release_free_memory
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
 from iggy.engine.base import inject_fault
 
@@ -103,8 +107,9 @@ def budget_counters(plane) -> dict:
 class Connection(asyncio.BufferedProtocol):
     """A binary-protocol connection; `transport_kind` is what GET_CLIENTS reports."""
 
-    def __init__(self, plane, max_frame_size: int, transport_kind: int = TRANSPORT_TCP):
+    def __init__(self, plane, max_frame_size: int, transport_kind: int = TRANSPORT_TCP, received: bytes = b""):
         self.plane = plane
+        self._received = received   # bytes another engine read before handing the socket over
         self.max_frame_size = max_frame_size
         self.transport_kind = transport_kind
         self.transport = None
@@ -138,6 +143,9 @@ class Connection(asyncio.BufferedProtocol):
             transport.set_write_buffer_limits(high=self.max_write_buffer)
         if self.idle_timeout:
             self._idle_timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._check_idle)
+        if self._received:
+            received, self._received = self._received, b""
+            self.data_received(received)
 
     def get_buffer(self, sizehint):
         return self.frames.get_buffer(sizehint)
@@ -204,21 +212,29 @@ class Connection(asyncio.BufferedProtocol):
                 frame, self._deferred = self._deferred, None
             else:
                 try:
-                    frame = self.frames.next_frame()
+                    frame = self._next_frame()
                 except FrameError as exc:
                     log.info("closing %s: %s", self.session.address, exc)
                     self.transport.close()
                     return
                 if frame is None:
                     break
-            header, body = frame
-            if header.operation == codes.OP_READ and header.code == codes.POLL_MESSAGES and self.budget.full():
+            classic = self.frames.protocol == PROTOCOL_CLASSIC
+            if classic:
+                is_poll = frame[0] == codes.POLL_MESSAGES
+            else:
+                is_poll = frame[0].operation == codes.OP_READ and frame[0].code == codes.POLL_MESSAGES
+            if is_poll and self.budget.full():
                 self._deferred = frame          # the reply could be large: wait for room
                 self.budget.wait(self)
                 break
             try:
-                inject_fault(header)
-                reply = self.plane.handle(self.session, header, body, parts=True)
+                if classic:
+                    from iggy.protocol import classic as classic_protocol
+                    reply = classic_protocol.handle(self.plane, self.session, frame[0], frame[1])
+                else:
+                    inject_fault(frame[0])
+                    reply = self.plane.handle(self.session, frame[0], frame[1], parts=True)
                 self.frames.authenticated = self.session.user_id is not None
                 if isinstance(reply, bytes):
                     self._write([reply], len(reply))
@@ -234,6 +250,18 @@ class Connection(asyncio.BufferedProtocol):
         # limits.max_unauthenticated_frame); reading resumes when the frames can be taken
         if self.frames.buffered > self.frames.frame_limit + 256 or self._deferred is not None:
             self.transport.pause_reading()
+
+    def _next_frame(self):
+        """The next complete frame of whichever protocol the connection speaks: (header,
+        body) for 0.9, (code, body) for classic; None when more bytes are needed."""
+        protocol = self.frames.protocol
+        if protocol == PROTOCOL_UNKNOWN:
+            protocol = self.frames.detect()
+            if protocol == PROTOCOL_UNKNOWN:
+                return None
+        if protocol == PROTOCOL_CLASSIC:
+            return self.frames.next_classic_frame()
+        return self.frames.next_frame()
 
     def _failed(self, exc: Exception) -> None:
         log.error("closing %s (client %d): the request raised %s", self.session.address, self.session.client_id,
@@ -295,6 +323,21 @@ def limit_seconds(text) -> float:
     """A limits.* duration in seconds; 0 = off."""
     from iggy.config import parse_duration
     return parse_duration(text) / 1e6
+
+
+def adopt_classic(plane, sock, received: bytes, max_frame_size: int) -> None:
+    """Serve a connection another engine accepted and found not to speak 0.9 (the uring
+    engine: its shards parse only 0.9 frames). `sock` is a connected socket of its own (a
+    dup of the shard's descriptor); `received` the bytes the shard read already. Runs on the
+    event loop."""
+    async def start():
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: Connection(plane, max_frame_size, received=received), sock)
+        except OSError as exc:
+            log.info("classic connection handed over, then lost: %s", exc)
+            sock.close()
+    asyncio.ensure_future(start())
 
 
 async def start_tcp(plane, host: str, port: int, max_frame_size: int):

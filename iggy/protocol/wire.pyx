@@ -57,6 +57,10 @@ from iggy._core.includes.xxh cimport XXH3_64bits
 from iggy.protocol.errors import ErrorCode, IggyError
 
 DEF _HEADER = 256
+DEF _CLASSIC_HEADER = 8
+DEF _P_UNKNOWN = 0
+DEF _P_CURRENT = 1
+DEF _P_CLASSIC = 2
 DEF _BASE_BUFFER = 65536
 DEF _BIG_BUFFER = 1 << 20
 
@@ -78,6 +82,12 @@ _E_IDENTIFIER = ErrorCode.INVALID_IDENTIFIER
 
 class FrameError(ValueError):
     """The byte stream cannot be framed (size field out of range, not a request)."""
+
+
+# what the first bytes of a connection say it speaks (FrameReader.detect)
+PROTOCOL_UNKNOWN = _P_UNKNOWN    # fewer than 8 bytes so far
+PROTOCOL_CURRENT = _P_CURRENT    # 0.9: a 256-byte header whose first 48 bytes are zero from clients
+PROTOCOL_CLASSIC = _P_CLASSIC    # before 0.9: [u32 length][u32 code][payload] (iggy.protocol.classic)
 
 
 # --------------------------------------------------------------------------- headers
@@ -222,6 +232,11 @@ cdef class FrameReader:
     FrameError as soon as the header is in, so a client that has not logged in never makes
     the reader hold more than that limit plus one read. `frame_limit` is the limit in force.
 
+    The classic protocol (clients before 0.9) shares the reader: `detect()` looks at the
+    first 8 bytes of the connection, and once it has said PROTOCOL_CLASSIC the frames are
+    taken with `next_classic_frame()` instead, under the same limits (a classic frame's
+    size is its 4-byte length field plus the length).
+
     A buffer that grew past 1 MiB for a big frame goes back to 64 KiB once that frame has
     been taken out (what stays buffered fits), so memory follows the current frame, not the
     largest one ever seen.
@@ -233,6 +248,7 @@ cdef class FrameReader:
     cdef readonly uint32_t max_frame_size
     cdef readonly uint32_t max_unauthenticated_frame
     cdef public bint authenticated
+    cdef readonly int protocol
 
     def __cinit__(self, uint32_t max_frame_size=DEFAULT_MAX_FRAME_SIZE, uint32_t max_unauthenticated_frame=0):
         self._buf = NULL
@@ -240,6 +256,7 @@ cdef class FrameReader:
         self.max_frame_size = max_frame_size
         self.max_unauthenticated_frame = max_unauthenticated_frame
         self.authenticated = False
+        self.protocol = _P_UNKNOWN
 
     def __dealloc__(self):
         free(self._buf)
@@ -310,10 +327,15 @@ cdef class FrameReader:
     def get_buffer(self, Py_ssize_t sizehint=-1):
         """A writable view of free space (at least the rest of the frame being received)."""
         cdef Py_ssize_t want = _BASE_BUFFER, avail = self._end - self._start
-        cdef uint32_t size
-        if avail >= _HEADER:
+        cdef uint64_t size
+        if self.protocol == _P_CLASSIC:
+            if avail >= _CLASSIC_HEADER:
+                size = <uint64_t>le_u32(self._buf + self._start) + 4
+                if size <= self._limit() and <Py_ssize_t>size - avail > want:
+                    want = size - avail
+        elif avail >= _HEADER:
             size = le_u32(self._buf + self._start + 48)
-            if _HEADER <= size <= self._limit() and size - avail > want:
+            if _HEADER <= size <= self._limit() and <Py_ssize_t>size - avail > want:
                 want = size - avail
         self._reserve(want)
         return PyMemoryView_FromMemory(<char *>self._buf + self._end, self._cap - self._end, PyBUF_WRITE)
@@ -358,6 +380,65 @@ cdef class FrameReader:
         if self._cap > _BIG_BUFFER:
             self._shrink()
         return hdr, body
+
+    def detect(self):
+        """Which protocol the connection speaks, from its first 8 bytes (PROTOCOL_*).
+
+        A 0.9 client frame starts with 48 zero bytes (checksum, checksum_body and cluster are
+        0 in client traffic); a classic frame with a non-zero u32 length and a non-zero u32
+        command code. PROTOCOL_UNKNOWN until 8 bytes are in; anything else is FrameError.
+        The answer is kept in `protocol`.
+        """
+        cdef const unsigned char *p
+        cdef uint32_t length, code
+        if self.protocol != _P_UNKNOWN:
+            return self.protocol
+        if self._end - self._start < _CLASSIC_HEADER:
+            return _P_UNKNOWN
+        p = self._buf + self._start
+        length = le_u32(p)
+        code = le_u32(p + 4)
+        if length == 0 and code == 0:
+            self.protocol = _P_CURRENT
+        elif length != 0 and code != 0:
+            self.protocol = _P_CLASSIC
+        else:
+            raise FrameError(f"first bytes are neither a 0.9 header nor a classic frame (length {length}, code {code})")
+        return self.protocol
+
+    def next_classic_frame(self):
+        """(code, body) of the next complete classic frame, or None when more bytes are needed.
+
+        Classic frame: `[u32 length][u32 code][length - 4 bytes of body]`. A length below 4,
+        or a frame (4 + length bytes) above the limit in force, raises FrameError: the
+        stream cannot be resynchronised.
+        """
+        cdef Py_ssize_t avail = self._end - self._start
+        cdef const unsigned char *p
+        cdef uint64_t size
+        cdef uint32_t length, limit
+        if avail < _CLASSIC_HEADER:
+            return None
+        p = self._buf + self._start
+        length = le_u32(p)
+        size = <uint64_t>length + 4
+        if length < 4:
+            raise FrameError(f"classic frame length {length} below 4")
+        if size > self.max_frame_size:
+            raise FrameError(f"classic frame size {size} above {self.max_frame_size}")
+        limit = self._limit()
+        if size > limit:
+            raise FrameError(f"classic frame size {size} over limits.max_unauthenticated_frame ({limit}) before login")
+        if <uint64_t>avail < size:
+            return None
+        code = le_u32(p + 4)
+        body = PyBytes_FromStringAndSize(<const char *>p + _CLASSIC_HEADER, <Py_ssize_t>size - _CLASSIC_HEADER)
+        self._start += <Py_ssize_t>size
+        if self._start == self._end:
+            self._start = self._end = 0
+        if self._cap > _BIG_BUFFER:
+            self._shrink()
+        return code, body
 
 
 def release_free_memory():

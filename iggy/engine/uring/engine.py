@@ -37,6 +37,10 @@ log line (`on_bad_frame`). Big poll replies are built in buffers counted against
 `limits.max_reply_buffers` for all shards together and unmapped once sent; a poll that would
 go over it waits (iggy.engine.uring.shard).
 
+Clients before 0.9 (the classic protocol) share the port: a shard looks at the first 8 bytes
+of each connection and hands one that does not start like a 0.9 frame to the main loop
+(`ShardHandler.on_foreign`), where the asyncio engine's Connection serves it.
+
 `probe()` tells whether io_uring can be used here (Docker's default seccomp profile and
 `kernel.io_uring_disabled` forbid it); `system.engine = "auto"` falls back to asyncio.
 """
@@ -133,9 +137,10 @@ class ShardHandler:
     of the connection, and the close after them (call_soon_threadsafe keeps their order).
     """
 
-    def __init__(self, plane, loop: asyncio.AbstractEventLoop):
+    def __init__(self, plane, loop: asyncio.AbstractEventLoop, max_frame_size: int = 0):
         self.plane = plane
         self.loop = loop
+        self.max_frame_size = max_frame_size
 
     def on_open(self, shard, token: int, fd: int):
         session = self.plane.new_session(_peer_address(fd), TRANSPORT_TCP,
@@ -151,6 +156,16 @@ class ShardHandler:
             self.plane.register_session(session)
         except ConnectionLimit:
             shard.close_connection(token)
+
+    def on_foreign(self, shard, token: int, session, fd: int, received: bytes) -> None:
+        """The connection's first bytes are not a 0.9 header (the classic protocol of clients
+        before 0.9, or garbage): the asyncio engine's Connection serves it on the main loop
+        from a dup of its socket, starting with the bytes the shard read, under a session of
+        its own; the shard then closes its slot (and `on_close` this session). So the shards'
+        hot path only ever parses 0.9 frames."""
+        from iggy.engine.asyncio_engine import adopt_classic
+        sock = socket.socket(fileno=os.dup(fd))
+        self.loop.call_soon_threadsafe(adopt_classic, self.plane, sock, received, self.max_frame_size)
 
     def on_bad_frame(self, shard, token: int, session, reason: str) -> None:
         log.info("closing %s: %s", session.address if session is not None else "a connection", reason)
@@ -208,7 +223,7 @@ class UringEngine:
         max_reply_buffers = limit_bytes(limits.max_reply_buffers)
         self.idle_timeout = limit_seconds(limits.idle_timeout)
         self.plane = plane
-        self.handler = ShardHandler(plane, self.loop)
+        self.handler = ShardHandler(plane, self.loop, max_frame_size)
         count = shards or os.cpu_count() or 1
         self.sockets = []
         self.shards = []

@@ -63,6 +63,12 @@ with waiting connections is then woken and serves them again in slot order. Repl
 exist already (from Python) are always queued and counted, even over the budget. Only big
 data-plane poll replies ever wait, so a spent budget never holds up pings, sends or commands.
 
+Protocols: a connection whose first 8 bytes are not zero (a 0.9 client frame starts with 48
+zero bytes) is not served here: before any frame is parsed the shard gives it to the handler
+(`handler.on_foreign(shard, token, session, fd, bytes_read)`, which keeps a dup of the
+socket and serves the classic protocol of clients before 0.9 on the main loop) and closes
+its slot without shutting the socket down (`on_close` follows, as for any close).
+
 Connections are spread evenly: SO_REUSEPORT hashes each new connection to one shard's
 listener, and a shard that accepts one while another shard holds fewer connections hands it
 over (the fd is posted to that shard, which adopts it), so two producers never share a
@@ -162,6 +168,7 @@ cdef struct Conn:
     bint send_armed
     bint waiting          # a reply is pending from another thread
     bint closing
+    bint sniffed          # its first 8 bytes were those of a 0.9 frame (see _process)
     int64_t user_id       # the session's user for the C data plane, -1 before login
     uint64_t client_id    # the session's client id (consumer-group ownership), from on_open
     PyObject *session     # what on_open returned (a new reference, or NULL): handed to every callback
@@ -609,6 +616,7 @@ cdef class Shard:
         c.live = True
         c.waiting = False
         c.closing = False
+        c.sniffed = False
         c.user_id = -1
         c.last_active = _monotonic_ns()
         c.rstart = c.rend = 0
@@ -795,6 +803,16 @@ cdef class Shard:
         sink.ctx = c
         sink.reserve = _sink_reserve
         sink.commit = _sink_commit
+        if not c.sniffed:
+            # a 0.9 client frame starts with 48 zero bytes; anything else (the classic
+            # protocol of clients before 0.9, or garbage) is served by the asyncio-style
+            # path on the main loop, so this loop only ever parses 0.9 frames
+            if c.rend - c.rstart < 8 or c.recv_armed:
+                return
+            if le_u32(c.rbuf + c.rstart) != 0 or le_u32(c.rbuf + c.rstart + 4) != 0:
+                self._hand_over(slot)
+                return
+            c.sniffed = True
         while (c.live and not c.waiting and not c.closing and not c.budget_wait and c.rend - c.rstart >= HEADER
                and _unsent(c) < self.max_wbuf):
             p = c.rbuf + c.rstart
@@ -994,7 +1012,7 @@ cdef class Shard:
                 self._release(items[i].reply)
         free(items)
 
-    cdef void _close(self, uint32_t slot) noexcept nogil:
+    cdef void _close(self, uint32_t slot, bint shut=True) noexcept nogil:
         cdef Conn *c = &self.conns[slot]
         if not c.live:
             return
@@ -1004,10 +1022,33 @@ cdef class Shard:
             self._unwait(c)
         __atomic_fetch_sub(&self.connections, 1, __ATOMIC_RELAXED)
         # wake pending recv/send on this socket; their completions then find the slot closed
-        shutdown(c.fd, SHUT_RDWR)
+        # (not for a socket handed over: the shutdown would end it for its new owner too)
+        if shut:
+            shutdown(c.fd, SHUT_RDWR)
         close(c.fd)
         self._notify_close(slot)
         self._release_if_done(slot)
+
+    cdef void _hand_over(self, uint32_t slot) noexcept nogil:
+        """Give a connection that does not speak 0.9 to the handler (`on_foreign`, which
+        keeps a dup of the socket and the bytes read so far), then forget it here. Called
+        before any frame was served, with no recv or send armed on it."""
+        cdef Conn *c = &self.conns[slot]
+        if self._notify_foreign(slot):
+            c.rstart = c.rend = 0
+            self._close(slot, False)
+        else:
+            self._close(slot)
+
+    cdef bint _notify_foreign(self, uint32_t slot) noexcept with gil:
+        cdef Conn *c = &self.conns[slot]
+        try:
+            received = PyBytes_FromStringAndSize(<const char *>c.rbuf + c.rstart, c.rend - c.rstart)
+            self.handler.on_foreign(self, (<uint64_t>c.gen << 32) | slot, self._session(slot), c.fd, received)
+            return True
+        except BaseException as exc:
+            self._failed(slot, "on_foreign", exc)
+            return False
 
     # ------------------------------------------------------------------ buffers and the reply budget
 

@@ -8,6 +8,13 @@ archive so wheels carry no liburing.so dependency.
 
 `perf/*.pyx` (benchmark tooling, e.g. the RESP scanners of perf/compare_peers.py) is compiled only
 by `build_ext --inplace` (scripts/setup.sh does it): it is not part of the server wheel.
+
+`IGGY_DEBUG_BUILD=1` builds for debugging and coverage instead of speed: `-O0 -g`, and the
+Cython `linetrace`/`profile` directives with the CYTHON_TRACE and CYTHON_TRACE_NOGIL macros,
+so gdb steps through the generated C and coverage.py, profilers and `sys.settrace` see the
+lines of the .pyx files (GIL-free code included: a tracer takes the GIL to report them). The
+build mode is remembered in build/iggy-build-mode; switching it regenerates every .c file
+(cythonize alone only looks at timestamps, not at the directives).
 """
 import glob
 import os
@@ -36,6 +43,19 @@ def _uring_link_args():
 
 URING_MODULES = {"iggy.engine.uring.shard"}  # modules that cimport liburing
 
+DEBUG_BUILD = os.environ.get("IGGY_DEBUG_BUILD") == "1"
+MODE = "debug" if DEBUG_BUILD else "release"
+_MODE_FILE = os.path.join("build", "iggy-build-mode")
+
+
+def _previous_mode():
+    """The mode the .c files were generated for (builds before the switch were release ones)."""
+    try:
+        with open(_MODE_FILE) as f:
+            return f.read().strip()
+    except OSError:
+        return "release"
+
 
 def _extensions():
     exts = []
@@ -52,7 +72,13 @@ def _extensions():
                 name,
                 [path],
                 include_dirs=["iggy/_core/includes"],
-                extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-unreachable-code", "-Wno-sign-compare"],
+                extra_compile_args=[
+                    *(["-O0", "-g"] if DEBUG_BUILD else ["-O3"]),
+                    "-Wno-unused-function",
+                    "-Wno-unreachable-code",
+                    "-Wno-sign-compare",
+                ],
+                define_macros=[("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")] if DEBUG_BUILD else [],
                 extra_link_args=link_args,
                 extra_objects=extra_objects,
             )
@@ -64,11 +90,18 @@ setup(
     ext_modules=cythonize(
         _extensions(),
         language_level=3,
+        force=_previous_mode() != MODE,
         compiler_directives={
             "boundscheck": False,
             "wraparound": False,
             "cdivision": True,
             "embedsignature": True,
+            "linetrace": DEBUG_BUILD,
+            "profile": DEBUG_BUILD,
         },
     )
 )
+if _previous_mode() != MODE:  # only once the build succeeded: a failed one is redone in full
+    os.makedirs("build", exist_ok=True)
+    with open(_MODE_FILE, "w") as f:
+        f.write(MODE + "\n")

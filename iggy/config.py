@@ -12,6 +12,7 @@ Values are typed by the default they replace; durations ("30 s", "1 h") and size
 ("64 MiB") stay strings in the tree and are checked when loading. Anything wrong -> a
 `ConfigError` that names the key (and the variable), and the server refuses to start.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,31 +21,60 @@ import re
 import secrets
 import string
 import tomllib
+from collections.abc import Mapping
 from fractions import Fraction
 from importlib import resources
-from typing import Mapping
 
 log = logging.getLogger(__name__)
 
 # keys Apache Iggy removed or moved to per-topic options: present -> refuse to boot
 REMOVED_KEYS = (
-    "system.topic.max_size", "system.topic.message_expiry", "system.partition.enforce_fsync",
-    "system.partition.messages_required_to_save", "system.partition.size_of_messages_required_to_save",
-    "system.segment.size", "system.segment.preallocate", "system.message_deduplication", "extra",
+    "system.topic.max_size",
+    "system.topic.message_expiry",
+    "system.partition.enforce_fsync",
+    "system.partition.messages_required_to_save",
+    "system.partition.size_of_messages_required_to_save",
+    "system.segment.size",
+    "system.segment.preallocate",
+    "system.message_deduplication",
+    "extra",
 )
 # IGGY_* variables that are not configuration keys
-NON_CONFIG_ENV = {"IGGY_ROOT_USERNAME", "IGGY_ROOT_PASSWORD", "IGGY_CONFIG_PATH", "IGGY_ENV_PATH",
-                  "IGGY_USERNAME", "IGGY_PASSWORD",  # these two: credentials of the `iggy` CLI
-                  "IGGY_PARTITION_FILES_BUDGET",     # iggy.server.node: open segment files (hidden)
-                  "IGGY_TEST_FAULT_COMMAND"}         # iggy.engine.base: a command that fails (tests)
+NON_CONFIG_ENV = {
+    "IGGY_ROOT_USERNAME",
+    "IGGY_ROOT_PASSWORD",
+    "IGGY_CONFIG_PATH",
+    "IGGY_ENV_PATH",
+    "IGGY_USERNAME",
+    "IGGY_PASSWORD",  # these two: credentials of the `iggy` CLI
+    "IGGY_PARTITION_FILES_BUDGET",  # iggy.server.node: open segment files (hidden)
+    "IGGY_TEST_FAULT_COMMAND",
+}  # iggy.engine.base: a command that fails (tests)
 DURATION_KEYS = {
-    "http.jwt.access_token_expiry", "http.jwt.clock_skew", "http.jwt.not_before", "quic.max_idle_timeout",
-    "quic.keep_alive_interval", "heartbeat.interval", "consumer_group.rebalancing_timeout",
-    "data_maintenance.messages.interval", "personal_access_token.cleaner.interval", "limits.idle_timeout",
-    "http.header_read_timeout", "http.body_read_timeout", "http.keep_alive_timeout",
+    "http.jwt.access_token_expiry",
+    "http.jwt.clock_skew",
+    "http.jwt.not_before",
+    "quic.max_idle_timeout",
+    "quic.keep_alive_interval",
+    "heartbeat.interval",
+    "consumer_group.rebalancing_timeout",
+    "data_maintenance.messages.interval",
+    "personal_access_token.cleaner.interval",
+    "limits.idle_timeout",
+    "http.header_read_timeout",
+    "http.body_read_timeout",
+    "http.keep_alive_timeout",
 }
-SIZE_KEYS = {"http.max_request_size", "http.max_header_size", "message_bus.max_message_size", "limits.max_write_buffer", "quic.receive_window",
-             "quic.stream_receive_window", "limits.max_unauthenticated_frame", "limits.max_reply_buffers"}
+SIZE_KEYS = {
+    "http.max_request_size",
+    "http.max_header_size",
+    "message_bus.max_message_size",
+    "limits.max_write_buffer",
+    "quic.receive_window",
+    "quic.stream_receive_window",
+    "limits.max_unauthenticated_frame",
+    "limits.max_reply_buffers",
+}
 # a login frame (256-byte header, version, username, password, context) must always fit
 MIN_UNAUTHENTICATED_FRAME = 4096
 ADDRESS_KEYS = {"tcp.address", "http.address", "quic.address", "websocket.address"}
@@ -59,18 +89,50 @@ class ConfigError(ValueError):
 
 _SECOND = 1_000_000
 _DURATION_UNITS = {  # humantime's unit names, lower case; values in microseconds
-    "ns": Fraction(1, 1000), "nsec": Fraction(1, 1000), "us": 1, "µs": 1, "usec": 1, "ms": 1_000, "msec": 1_000,
-    "s": _SECOND, "sec": _SECOND, "secs": _SECOND, "second": _SECOND, "seconds": _SECOND,
-    "m": 60 * _SECOND, "min": 60 * _SECOND, "mins": 60 * _SECOND, "minute": 60 * _SECOND,
-    "minutes": 60 * _SECOND, "h": 3600 * _SECOND, "hr": 3600 * _SECOND, "hrs": 3600 * _SECOND,
-    "hour": 3600 * _SECOND, "hours": 3600 * _SECOND, "d": 86_400 * _SECOND, "day": 86_400 * _SECOND,
-    "days": 86_400 * _SECOND, "w": 604_800 * _SECOND, "week": 604_800 * _SECOND,
-    "weeks": 604_800 * _SECOND, "month": 2_630_016 * _SECOND, "months": 2_630_016 * _SECOND,
-    "y": 31_557_600 * _SECOND, "year": 31_557_600 * _SECOND, "years": 31_557_600 * _SECOND,
+    "ns": Fraction(1, 1000),
+    "nsec": Fraction(1, 1000),
+    "us": 1,
+    "µs": 1,
+    "usec": 1,
+    "ms": 1_000,
+    "msec": 1_000,
+    "s": _SECOND,
+    "sec": _SECOND,
+    "secs": _SECOND,
+    "second": _SECOND,
+    "seconds": _SECOND,
+    "m": 60 * _SECOND,
+    "min": 60 * _SECOND,
+    "mins": 60 * _SECOND,
+    "minute": 60 * _SECOND,
+    "minutes": 60 * _SECOND,
+    "h": 3600 * _SECOND,
+    "hr": 3600 * _SECOND,
+    "hrs": 3600 * _SECOND,
+    "hour": 3600 * _SECOND,
+    "hours": 3600 * _SECOND,
+    "d": 86_400 * _SECOND,
+    "day": 86_400 * _SECOND,
+    "days": 86_400 * _SECOND,
+    "w": 604_800 * _SECOND,
+    "week": 604_800 * _SECOND,
+    "weeks": 604_800 * _SECOND,
+    "month": 2_630_016 * _SECOND,
+    "months": 2_630_016 * _SECOND,
+    "y": 31_557_600 * _SECOND,
+    "year": 31_557_600 * _SECOND,
+    "years": 31_557_600 * _SECOND,
 }
 _SIZE_UNITS = {
-    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
 }
 _PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Zµ]*)")
 
@@ -110,6 +172,7 @@ def parse_size(text: str) -> int:
 
 
 # --------------------------------------------------------------------------- the tree
+
 
 class Section:
     """Attribute access over one table of the validated tree."""
@@ -179,8 +242,10 @@ def _merge_file(tree: dict, data: dict, prefix: str = "") -> None:
         # checked first: their parent tables ([system.topic], [system.segment]) are unknown too
         for path in REMOVED_KEYS:
             if _has(data, path):
-                raise ConfigError(f"{path}: this key was removed from Apache Iggy's configuration "
-                                  f"(topic settings are per topic now); delete it")
+                raise ConfigError(
+                    f"{path}: this key was removed from Apache Iggy's configuration "
+                    f"(topic settings are per topic now); delete it"
+                )
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in tree:
@@ -230,6 +295,7 @@ def _coerce(path: str, default, value, source: str):
 def _validate(tree: dict, names: dict) -> None:
     def where(path):
         return f"{path} ({names[path]})"
+
     for path in DURATION_KEYS:
         try:
             parse_duration(_get(tree, path))
@@ -241,8 +307,10 @@ def _validate(tree: dict, names: dict) -> None:
         except ValueError as exc:
             raise ConfigError(f"{where(path)}: {exc}") from None
     if parse_size(_get(tree, "limits.max_unauthenticated_frame")) < MIN_UNAUTHENTICATED_FRAME:
-        raise ConfigError(f"{where('limits.max_unauthenticated_frame')}: must be at least "
-                          f"{MIN_UNAUTHENTICATED_FRAME} bytes (a login frame must fit)")
+        raise ConfigError(
+            f"{where('limits.max_unauthenticated_frame')}: must be at least "
+            f"{MIN_UNAUTHENTICATED_FRAME} bytes (a login frame must fit)"
+        )
     if parse_size(_get(tree, "limits.max_reply_buffers")) < 1:
         raise ConfigError(f"{where('limits.max_reply_buffers')}: must be at least 1 byte")
     for path in ADDRESS_KEYS:
@@ -251,8 +319,9 @@ def _validate(tree: dict, names: dict) -> None:
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"{where(path)}: expected host:port, got {address!r}")
     if tree["system"]["engine"] not in ENGINES:
-        raise ConfigError(f"{where('system.engine')}: expected one of {', '.join(ENGINES)}, "
-                          f"got {tree['system']['engine']!r}")
+        raise ConfigError(
+            f"{where('system.engine')}: expected one of {', '.join(ENGINES)}, got {tree['system']['engine']!r}"
+        )
     for path, low in (("limits.max_consumer_offsets", 1), ("limits.max_open_offset_files", 0)):
         if _get(tree, path) < low:
             raise ConfigError(f"{where(path)}: must be at least {low}, got {_get(tree, path)}")
@@ -286,8 +355,10 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
             # a removed key, or a key inside a removed table (IGGY_SYSTEM_MESSAGE_DEDUPLICATION_ENABLED)
             for prefix, removed_key in removed.items():
                 if name == prefix or name.startswith(prefix + "_"):
-                    raise ConfigError(f"{name}: {removed_key} was removed from Apache Iggy's configuration "
-                                      f"(topic settings are per topic now); unset it")
+                    raise ConfigError(
+                        f"{name}: {removed_key} was removed from Apache Iggy's configuration "
+                        f"(topic settings are per topic now); unset it"
+                    )
             log.warning("unknown environment variable %s ignored", name)
             continue
         _set(tree, key, _coerce(key, _get(tree, key), value, name))

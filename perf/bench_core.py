@@ -63,8 +63,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from iggy.protocol.batch import build_batch, validate_batch
-from iggy.storage.log import PartitionLog
 from iggy.protocol.wire import FrameReader, build_request
+from iggy.storage.log import PartitionLog
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 CLOCK = CLOCKS["cpu"]  # set from --clock in main(), in the parent and in every worker
@@ -82,9 +82,7 @@ QUICK_ARGS = ["--processes", "2", "--values", "6", "--warmups", "1", "--loops", 
 
 def _batch(count: int, size: int) -> bytes:
     payload = os.urandom(size * count)
-    return build_batch(
-        [(i + 1, payload[i * size : (i + 1) * size], b"") for i in range(count)], origin_timestamp=1
-    )
+    return build_batch([(i + 1, payload[i * size : (i + 1) * size], b"") for i in range(count)], origin_timestamp=1)
 
 
 def _send_frame(batch: bytes, count: int) -> bytes:

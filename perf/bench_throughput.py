@@ -16,6 +16,7 @@ of one request (one batch), for each phase.
     python perf/bench_throughput.py                       # 200 MB, 1000 x 1000-byte messages
     python perf/bench_throughput.py --total-mb 500 --engine asyncio --durability persisted
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from iggy.protocol.batch import build_batch, random_id  # noqa: E402
-from iggy.protocol.wire import build_request, parse_reply_header  # noqa: E402
+from iggy.protocol.batch import build_batch, random_id
+from iggy.protocol.wire import build_request, parse_reply_header
 
 OP_REGISTER, OP_READ, OP_CREATE_STREAM, OP_CREATE_TOPIC, OP_SEND = 1, 2, 128, 132, 160
 POLL_MESSAGES = 100
@@ -64,25 +65,30 @@ def tlv(kind: int, value: bytes) -> bytes:
 
 # --------------------------------------------------------------------------- server process
 
+
 class Server:
     def __init__(self, engine: str, data_dir: str):
         self.data_dir = data_dir
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("IGGY_")}
-        env.update({
-            "IGGY_SYSTEM_PATH": data_dir,
-            "IGGY_SYSTEM_ENGINE": engine,
-            "IGGY_TCP_ADDRESS": f"127.0.0.1:{self.port}",
-            "IGGY_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
-            "IGGY_QUIC_ADDRESS": f"127.0.0.1:{free_port()}",
-            "IGGY_WEBSOCKET_ADDRESS": f"127.0.0.1:{free_port()}",
-            "IGGY_ROOT_USERNAME": "iggy",
-            "IGGY_ROOT_PASSWORD": "iggy",
-            "PYTHONPATH": str(REPO),
-        })
-        self.log = open(os.path.join(os.path.dirname(data_dir), "server.log"), "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "iggy"], env=env, cwd=str(REPO), stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        env.update(
+            {
+                "IGGY_SYSTEM_PATH": data_dir,
+                "IGGY_SYSTEM_ENGINE": engine,
+                "IGGY_TCP_ADDRESS": f"127.0.0.1:{self.port}",
+                "IGGY_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+                "IGGY_QUIC_ADDRESS": f"127.0.0.1:{free_port()}",
+                "IGGY_WEBSOCKET_ADDRESS": f"127.0.0.1:{free_port()}",
+                "IGGY_ROOT_USERNAME": "iggy",
+                "IGGY_ROOT_PASSWORD": "iggy",
+                "PYTHONPATH": str(REPO),
+            }
+        )
+        self.log_path = os.path.join(os.path.dirname(data_dir), "server.log")
+        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "iggy"], env=env, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT
+            )
         runtime = os.path.join(data_dir, "runtime", "current_config.toml")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -99,10 +105,10 @@ class Server:
         raise RuntimeError("server did not start")
 
     def engine_line(self) -> str:
-        self.log.flush()
-        for line in open(self.log.name, errors="replace"):
-            if "TCP server listening" in line:
-                return line.split("INFO", 1)[-1].strip()
+        with open(self.log_path, errors="replace") as log:
+            for line in log:
+                if "TCP server listening" in line:
+                    return line.split("INFO", 1)[-1].strip()
         return "?"
 
     def stop(self):
@@ -113,10 +119,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
 
 
 # --------------------------------------------------------------------------- raw client
+
 
 class Client:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
@@ -125,7 +131,7 @@ class Client:
         self.request = 0
 
     @classmethod
-    async def connect(cls, port: int) -> "Client":
+    async def connect(cls, port: int) -> Client:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -141,10 +147,16 @@ class Client:
             self.request += 1
             request = self.request
         if checksum_body is not None:
-            return build_request(operation, code, checksum_body, session=self.session, request=request,
-                                 client=CLIENT_ID, with_checksum=True)[:HEADER]
-        head = bytearray(build_request(operation, code, b"", session=self.session, request=request,
-                                       client=CLIENT_ID))
+            return build_request(
+                operation,
+                code,
+                checksum_body,
+                session=self.session,
+                request=request,
+                client=CLIENT_ID,
+                with_checksum=True,
+            )[:HEADER]
+        head = bytearray(build_request(operation, code, b"", session=self.session, request=request, client=CLIENT_ID))
         struct.pack_into("<I", head, 48, HEADER + body_len)
         return bytes(head)
 
@@ -159,8 +171,14 @@ class Client:
         return status, reply
 
     async def login(self):
-        body = (struct.pack("<I", 0x2C00) + wire_name("rust-sdk") + wire_name("0.11.0") + wire_name("iggy")
-                + wire_name("iggy") + struct.pack("<I", 0))
+        body = (
+            struct.pack("<I", 0x2C00)
+            + wire_name("rust-sdk")
+            + wire_name("0.11.0")
+            + wire_name("iggy")
+            + wire_name("iggy")
+            + struct.pack("<I", 0)
+        )
         status, reply = await self.call(OP_REGISTER, 0, body, checksummed=True)
         if status or struct.unpack_from("<I", reply)[0] != 0:
             raise RuntimeError(f"login failed: {status} {reply[:16]!r}")
@@ -181,18 +199,24 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def report(name: str, elapsed: float, messages: int, payload: int, latencies: list[float]):
-    print(f"{name:8s} {messages:>10,} msgs  {payload / 1e6:>8.1f} MB  {elapsed:>7.2f} s  "
-          f"{payload / 1e6 / elapsed:>8.1f} MB/s  {messages / elapsed:>11,.0f} msgs/s  "
-          f"p50 {percentile(latencies, 50) * 1e3:>7.2f} ms  p99 {percentile(latencies, 99) * 1e3:>7.2f} ms  "
-          f"(per batch, mean {statistics.fmean(latencies) * 1e3:.2f} ms)")
+    print(
+        f"{name:8s} {messages:>10,} msgs  {payload / 1e6:>8.1f} MB  {elapsed:>7.2f} s  "
+        f"{payload / 1e6 / elapsed:>8.1f} MB/s  {messages / elapsed:>11,.0f} msgs/s  "
+        f"p50 {percentile(latencies, 50) * 1e3:>7.2f} ms  p99 {percentile(latencies, 99) * 1e3:>7.2f} ms  "
+        f"(per batch, mean {statistics.fmean(latencies) * 1e3:.2f} ms)"
+    )
 
 
 async def bench(args, port: int):
     client = await Client.connect(port)
     await client.login()
     await client.write_ok(OP_CREATE_STREAM, wire_name("bench"))
-    options = (tlv(2, b"consumer_offset_durability") + tlv(2, b"replicated")
-               + tlv(2, b"durability") + tlv(2, args.durability.encode()))
+    options = (
+        tlv(2, b"consumer_offset_durability")
+        + tlv(2, b"replicated")
+        + tlv(2, b"durability")
+        + tlv(2, args.durability.encode())
+    )
     await client.write_ok(OP_CREATE_TOPIC, numeric_id(0) + struct.pack("<I", 1) + wire_name("throughput") + options)
 
     # pre-built batches: a few distinct ones, reused round robin (the server re-stamps each)
@@ -200,15 +224,19 @@ async def bench(args, port: int):
     batches_total = max(1, round(args.total_mb * 1e6 / (payload_size * per_batch)))
     distinct = []
     for k in range(min(4, batches_total)):
-        messages = [(random_id(), (f"{k}:{i}:".encode() + os.urandom(payload_size))[:payload_size], b"")
-                    for i in range(per_batch)]
+        messages = [
+            (random_id(), (f"{k}:{i}:".encode() + os.urandom(payload_size))[:payload_size], b"")
+            for i in range(per_batch)
+        ]
         batch = build_batch(messages)
         meta = numeric_id(0) + numeric_id(0) + b"\x02\x04" + struct.pack("<I", 0) + struct.pack("<I", per_batch)
         distinct.append(struct.pack("<I", len(meta)) + meta + batch)
     wire_mb = len(distinct[0]) * batches_total / 1e6
-    print(f"{batches_total} batches x {per_batch} messages x {payload_size} bytes "
-          f"({batches_total * per_batch * payload_size / 1e6:.0f} MB payload, {wire_mb:.0f} MB on the wire), "
-          f"durability {args.durability}")
+    print(
+        f"{batches_total} batches x {per_batch} messages x {payload_size} bytes "
+        f"({batches_total * per_batch * payload_size / 1e6:.0f} MB payload, {wire_mb:.0f} MB on the wire), "
+        f"durability {args.durability}"
+    )
 
     # produce
     latencies = []
@@ -230,8 +258,18 @@ async def bench(args, port: int):
     latencies, offset = [], 0
     start = time.perf_counter()
     while offset < total_messages:
-        body = (b"\x01" + numeric_id(1) + numeric_id(0) + numeric_id(0) + b"\x01" + struct.pack("<I", 0)
-                + b"\x01" + struct.pack("<Q", offset) + struct.pack("<I", per_batch) + b"\x00")
+        body = (
+            b"\x01"
+            + numeric_id(1)
+            + numeric_id(0)
+            + numeric_id(0)
+            + b"\x01"
+            + struct.pack("<I", 0)
+            + b"\x01"
+            + struct.pack("<Q", offset)
+            + struct.pack("<I", per_batch)
+            + b"\x00"
+        )
         t0 = time.perf_counter()
         status, reply = await client.call(OP_READ, POLL_MESSAGES, body)
         latencies.append(time.perf_counter() - t0)

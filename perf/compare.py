@@ -30,9 +30,9 @@ t-test at 95 % on the normalised values says the difference is significant. The 
 from the spread measured on the shared 2-vCPU box (perf/README.md, "Noise and threshold"): 21 runs
 of the CI step as committed (idle, beside 1-2 busy loops or a disk writer) gave -17 % .. +44 %
 (18 of them within -6 % .. +19 %); single-pass runs saw slow phases of one benchmark up to +71 %,
-which the two passes of --quick, the minimum and CI's confirmation run absorb. Injected regressions: per-message Python work +127 %,
-a read done twice +91 %, both flagged; an extra 1 MB copy per append +43..50 %, not flagged. So
-2x and more is caught, below ~1.6x is not.
+which the two passes of --quick, the minimum and CI's confirmation run absorb. Injected
+regressions: per-message Python work +127 %, a read done twice +91 %, both flagged; an extra
+1 MB copy per append +43..50 %, not flagged. So 2x and more is caught, below ~1.6x is not.
 
 Raw mode (`--raw`, or a file without calibration benchmarks): each benchmark's mean against the
 baseline's mean, regression when more than `threshold` (default 20 %) slower and significant;
@@ -136,9 +136,7 @@ def _clock(suite) -> str | None:
     return suite.get_metadata().get("iggy_clock")
 
 
-def compare(
-    base_path: str, new_path: str, threshold: float | None = None, out=sys.stdout, raw: bool = False
-) -> int:
+def compare(base_path: str, new_path: str, threshold: float | None = None, out=sys.stdout, raw: bool = False) -> int:
     """Print one row per benchmark; return the exit status (0 ok, 1 regression, 2 unusable)."""
     base = pyperf.BenchmarkSuite.load(base_path)
     new = pyperf.BenchmarkSuite.load(new_path)
@@ -172,10 +170,7 @@ def compare(
             cb, cn = base_by_name[name], new_by_name[name]
             bm, nm = est(cb.get_values()), est(cn.get_values())
             print(f"  {name:<26} {cb.format_value(bm):>12} {cn.format_value(nm):>12}", file=out)
-        header = (
-            f"{'benchmark':<28} {'base':>12} {'new':>12} {'norm base':>10} {'norm new':>10} {'change':>9}"
-            "  verdict"
-        )
+        header = f"{'benchmark':<28} {'base':>12} {'new':>12} {'norm base':>10} {'norm new':>10} {'change':>9}  verdict"
     else:
         base_scale = new_scale = 1.0
         print("raw times (no calibration in both files): meaningful only on the same quiet machine", file=out)

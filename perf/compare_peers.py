@@ -132,24 +132,22 @@ class IggyServer(Process):
                 "PYTHONPATH": str(REPO),
             }
         )
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "iggy", "--with-default-root-credentials"],
-            env=env,
-            cwd=str(REPO),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "iggy", "--with-default-root-credentials"],
+                env=env,
+                cwd=str(REPO),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         runtime = os.path.join(self.dir, "data", "runtime", "current_config.toml")
         wait_port(self.port, self.proc, ready=lambda: os.path.exists(runtime))
-        text = open(self.log_path, errors="replace").read()
+        text = Path(self.log_path).read_text(errors="replace")
         if f"engine: {self.engine}" not in text and f"({self.engine} engine)" not in text:
             time.sleep(1)
-            text = open(self.log_path, errors="replace").read()
+            text = Path(self.log_path).read_text(errors="replace")
             if f"({self.engine} engine)" not in text and f"engine: {self.engine}" not in text:
-                raise RuntimeError(
-                    f"{self.name}: the server did not start the {self.engine} engine:\n{text[-2000:]}"
-                )
+                raise RuntimeError(f"{self.name}: the server did not start the {self.engine} engine:\n{text[-2000:]}")
         return self
 
     @property
@@ -184,8 +182,8 @@ class RedisServer(Process):
             "1",
         ]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.fsync else ["--appendonly", "no"]
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.port, self.proc)
         return self
 
@@ -336,21 +334,13 @@ async def redis_consume(port: int, key: bytes, messages: int, per_batch: int, ac
 def shape_params(shape: str, scale: float) -> dict:
     volume = max(1, int(GB * scale))
     if shape == "W1":
-        return dict(
-            message_size=1000, per_batch=1000, total=volume, producers=1, consume=True, persisted=False
-        )
+        return dict(message_size=1000, per_batch=1000, total=volume, producers=1, consume=True, persisted=False)
     if shape == "W2":
-        return dict(
-            message_size=100, per_batch=1000, total=volume, producers=1, consume=True, persisted=False
-        )
+        return dict(message_size=100, per_batch=1000, total=volume, producers=1, consume=True, persisted=False)
     if shape == "W3":
-        return dict(
-            message_size=1000, per_batch=1000, total=volume, producers=1, consume=False, persisted=True
-        )
+        return dict(message_size=1000, per_batch=1000, total=volume, producers=1, consume=False, persisted=True)
     if shape == "W4":
-        return dict(
-            message_size=1000, per_batch=1000, total=volume, producers=2, consume=False, persisted=False
-        )
+        return dict(message_size=1000, per_batch=1000, total=volume, producers=2, consume=False, persisted=False)
     if shape == "W5":
         batches = max(10, int(100_000 * scale))
         return dict(
@@ -389,15 +379,11 @@ async def run_iggy(address: str, shape: str, p: dict) -> dict:
         durability="persisted" if p["persisted"] else "replicated",
     )
     out = {}
-    report = await run_benchmark(
-        BenchConfig(kind="pinned_producer", producers=p["producers"], keep=True, **common)
-    )
+    report = await run_benchmark(BenchConfig(kind="pinned_producer", producers=p["producers"], keep=True, **common))
     out["produce"] = _summary(report.actors, "producers")
     try:
         if p["consume"]:
-            report = await run_benchmark(
-                BenchConfig(kind="pinned_consumer", consumers=p["producers"], **common)
-            )
+            report = await run_benchmark(BenchConfig(kind="pinned_consumer", consumers=p["producers"], **common))
             out["consume"] = _summary(report.actors, "consumers")
     finally:
         admin = await connect(address, "iggy", "iggy")
@@ -414,14 +400,12 @@ async def run_iggy(address: str, shape: str, p: dict) -> dict:
 async def run_redis(port: int, shape: str, p: dict) -> dict:
     keys = [f"peer-{shape.lower()}-{i}".encode() for i in range(1, p["producers"] + 1)]
     batches_total = max(1, -(-p["total"] // (p["message_size"] * p["per_batch"])))
-    shares = [
-        batches_total // len(keys) + (1 if i < batches_total % len(keys) else 0) for i in range(len(keys))
-    ]
+    shares = [batches_total // len(keys) + (1 if i < batches_total % len(keys) else 0) for i in range(len(keys))]
     out = {}
     produced = await asyncio.gather(
         *(
             redis_produce(port, k, n, p["message_size"], p["per_batch"], i + 1)
-            for i, (k, n) in enumerate(zip(keys, shares))
+            for i, (k, n) in enumerate(zip(keys, shares, strict=True))
         )
     )
     out["produce"] = _summary(list(produced), "producers")
@@ -429,7 +413,7 @@ async def run_redis(port: int, shape: str, p: dict) -> dict:
         consumed = await asyncio.gather(
             *(
                 redis_consume(port, k, n * p["per_batch"], p["per_batch"], i + 1)
-                for i, (k, n) in enumerate(zip(keys, shares))
+                for i, (k, n) in enumerate(zip(keys, shares, strict=True))
             )
         )
         out["consume"] = _summary(list(consumed), "consumers")
@@ -505,7 +489,7 @@ def _met(results: dict, peer: str, shape: str, phase: str, metric: str) -> str:
 
 def render_table(results: dict, peers: list[str]) -> str:
     ours = [p for p in peers if p.startswith("iggy")]
-    head = ["shape", "phase", "metric", "target"] + peers
+    head = ["shape", "phase", "metric", "target", *peers]
     head += [f"{p.removeprefix('iggy-')}/redis" for p in ours if "redis" in peers]
     head += [f"met ({p.removeprefix('iggy-')})" for p in ours]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -578,12 +562,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=0.1, help="fraction of issue 4's 1 GB volumes (0.1)")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of W1..W5")
-    parser.add_argument(
-        "--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS)
-    )
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     parser.add_argument("--repeat", type=int, default=1, help="runs per shape and peer; the median is kept")
-    parser.add_argument("--no-settle", dest="settle", action="store_false",
-                        help="do not sync the page cache to disk before each run")
+    parser.add_argument(
+        "--no-settle", dest="settle", action="store_false", help="do not sync the page cache to disk before each run"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--data-dir", help="parent of the temp directories (default: the system temp dir)")
     args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ a prompt), else the environment variables IGGY_USERNAME and IGGY_PASSWORD.
 Output is a table by default and JSON with `--json` (before or after the command); errors go
 to stderr (as JSON `{"error": {...}}` under `--json`) with exit status 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,15 @@ import sys
 
 from iggy import __version__
 from iggy.admin import output as out
-from iggy.admin.client import (HEADER_KINDS, U64_MAX, AdminClient, CommandError, encode_headers,
-                               encode_value, parse_identifier)
+from iggy.admin.client import (
+    HEADER_KINDS,
+    U64_MAX,
+    AdminClient,
+    CommandError,
+    encode_headers,
+    encode_value,
+    parse_identifier,
+)
 from iggy.control.permissions import GLOBAL_FLAGS, STREAM_FLAGS, TOPIC_FLAGS
 from iggy.protocol.errors import ErrorCode
 
@@ -38,6 +46,7 @@ class UsageError(Exception):
 
 
 # --------------------------------------------------------------------------- the context
+
 
 class Context:
     def __init__(self, args):
@@ -78,6 +87,7 @@ def _list_mode(args) -> str:
 def _emit_list(ctx, args, items: list, columns, rows: list, empty: str | None) -> None:
     """A list command's answer: the items as JSON, or for people a table (or one line per row
     with --list-mode list), or the `empty` sentence when there is nothing (None: an empty table)."""
+
     def human():
         if not items and empty is not None:
             print(empty)
@@ -85,14 +95,17 @@ def _emit_list(ctx, args, items: list, columns, rows: list, empty: str | None) -
             out.list_lines(rows)
         else:
             out.table(columns, rows)
+
     ctx.emit(items, human)
 
 
 # --------------------------------------------------------------------------- value parsing
 
+
 def parse_expiry(words, *, default_token: str = "server_default") -> int | None:
     """Expiry words ("1day 2h", "unlimited", "server_default") -> µs; None = leave to the server."""
     from iggy.config import parse_duration
+
     text = " ".join(words or []).strip() or default_token
     lowered = text.lower()
     if lowered in ("server_default", "default"):
@@ -107,6 +120,7 @@ def parse_expiry(words, *, default_token: str = "server_default") -> int | None:
 
 def parse_max_size(text: str | None) -> int | None:
     from iggy.config import parse_size
+
     if text is None or text.lower() in ("server_default", "default"):
         return None
     if text.lower() == "unlimited":
@@ -141,14 +155,27 @@ def parse_header(raw: str):
         raise argparse.ArgumentTypeError(f"invalid {kind_name} value {value!r}: {exc}") from None
 
 
-_GLOBAL_SHORT = {"m_srv": "manage_servers", "r_srv": "read_servers", "m_usr": "manage_users",
-                 "r_usr": "read_users", "m_str": "manage_streams", "r_str": "read_streams",
-                 "m_top": "manage_topics", "r_top": "read_topics", "p_msg": "poll_messages",
-                 "s_msg": "send_messages"}
-_STREAM_SHORT = {"m_str": "manage_stream", "r_str": "read_stream", "m_top": "manage_topics",
-                 "r_top": "read_topics", "p_msg": "poll_messages", "s_msg": "send_messages"}
-_TOPIC_SHORT = {"m_top": "manage_topic", "r_top": "read_topic", "p_msg": "poll_messages",
-                "s_msg": "send_messages"}
+_GLOBAL_SHORT = {
+    "m_srv": "manage_servers",
+    "r_srv": "read_servers",
+    "m_usr": "manage_users",
+    "r_usr": "read_users",
+    "m_str": "manage_streams",
+    "r_str": "read_streams",
+    "m_top": "manage_topics",
+    "r_top": "read_topics",
+    "p_msg": "poll_messages",
+    "s_msg": "send_messages",
+}
+_STREAM_SHORT = {
+    "m_str": "manage_stream",
+    "r_str": "read_stream",
+    "m_top": "manage_topics",
+    "r_top": "read_topics",
+    "p_msg": "poll_messages",
+    "s_msg": "send_messages",
+}
+_TOPIC_SHORT = {"m_top": "manage_topic", "r_top": "read_topic", "p_msg": "poll_messages", "s_msg": "send_messages"}
 
 
 def _flags(text: str, names, short: dict, what: str) -> list:
@@ -195,6 +222,7 @@ def _read_secret(prompt: str) -> str:
 
 # --------------------------------------------------------------------------- commands: system
 
+
 def cmd_ping(ctx: Context, args) -> None:
     times = []
     for i in range(args.count):
@@ -202,38 +230,64 @@ def cmd_ping(ctx: Context, args) -> None:
         times.append(ms)
         if not ctx.json:
             ctx.say(f"Ping sequence id: {i + 1} time: {ms:.2f} ms")
-    summary = {"count": len(times), "min_ms": min(times), "avg_ms": statistics.fmean(times), "max_ms": max(times),
-               "times_ms": times}
+    summary = {
+        "count": len(times),
+        "min_ms": min(times),
+        "avg_ms": statistics.fmean(times),
+        "max_ms": max(times),
+        "times_ms": times,
+    }
     if ctx.json:
         out.emit_json(summary)
     else:
-        ctx.say(f"Ping statistics for {len(times)} ping commands: min/avg/max = "
-                f"{summary['min_ms']:.2f}/{summary['avg_ms']:.2f}/{summary['max_ms']:.2f} ms")
+        ctx.say(
+            f"Ping statistics for {len(times)} ping commands: min/avg/max = "
+            f"{summary['min_ms']:.2f}/{summary['avg_ms']:.2f}/{summary['max_ms']:.2f} ms"
+        )
 
 
 def cmd_me(ctx: Context, args) -> None:
     me = ctx.client.me()
-    ctx.emit(me, lambda: out.properties([
-        ("Client ID", me["client_id"]), ("User ID", me["user_id"]), ("Address", me["address"]),
-        ("Transport", me["transport"]), ("Consumer groups", me["consumer_groups_count"]),
-    ]))
+    ctx.emit(
+        me,
+        lambda: out.properties(
+            [
+                ("Client ID", me["client_id"]),
+                ("User ID", me["user_id"]),
+                ("Address", me["address"]),
+                ("Transport", me["transport"]),
+                ("Consumer groups", me["consumer_groups_count"]),
+            ]
+        ),
+    )
 
 
 _STAT_LABELS = (
-    ("process_id", "Iggy Server PID", str), ("cpu_usage", "Iggy Server CPU Usage", lambda v: f"{v:.4f} %"),
+    ("process_id", "Iggy Server PID", str),
+    ("cpu_usage", "Iggy Server CPU Usage", lambda v: f"{v:.4f} %"),
     ("total_cpu_usage", "Total CPU Usage", lambda v: f"{v:.4f} %"),
-    ("memory_usage", "Iggy Server Memory Usage", out.size), ("total_memory", "Total Memory (RAM)", out.size),
+    ("memory_usage", "Iggy Server Memory Usage", out.size),
+    ("total_memory", "Total Memory (RAM)", out.size),
     ("available_memory", "Available Memory (RAM)", out.size),
     ("run_time", "Iggy Server Run Time", lambda v: out.duration(v - v % 1_000_000) if v >= 1_000_000 else "0s"),
     ("start_time", "Start Time (UTC)", out.timestamp),
-    ("read_bytes", "Read Bytes", out.size), ("written_bytes", "Written Bytes", out.size),
-    ("messages_size_bytes", "Messages Size Bytes", out.size), ("streams_count", "Streams Count", str),
-    ("topics_count", "Topics Count", str), ("partitions_count", "Partitions Count", str),
-    ("segments_count", "Segments Count", str), ("messages_count", "Message Count", str),
-    ("clients_count", "Clients Count", str), ("consumer_groups_count", "Consumer Groups Count", str),
-    ("threads_count", "Threads Count", str), ("free_disk_space", "Free Disk Space", out.size),
-    ("total_disk_space", "Total Disk Space", out.size), ("hostname", "Hostname", str),
-    ("os_name", "OS Name", str), ("os_version", "OS Version", str), ("kernel_version", "Kernel Version", str),
+    ("read_bytes", "Read Bytes", out.size),
+    ("written_bytes", "Written Bytes", out.size),
+    ("messages_size_bytes", "Messages Size Bytes", out.size),
+    ("streams_count", "Streams Count", str),
+    ("topics_count", "Topics Count", str),
+    ("partitions_count", "Partitions Count", str),
+    ("segments_count", "Segments Count", str),
+    ("messages_count", "Message Count", str),
+    ("clients_count", "Clients Count", str),
+    ("consumer_groups_count", "Consumer Groups Count", str),
+    ("threads_count", "Threads Count", str),
+    ("free_disk_space", "Free Disk Space", out.size),
+    ("total_disk_space", "Total Disk Space", out.size),
+    ("hostname", "Hostname", str),
+    ("os_name", "OS Name", str),
+    ("os_version", "OS Version", str),
+    ("kernel_version", "Kernel Version", str),
     ("iggy_server_version", "Iggy Server Version", str),
 )
 
@@ -255,16 +309,24 @@ def cmd_stats(ctx: Context, args) -> None:
 
 def cmd_options(ctx: Context, args) -> None:
     opts = ctx.client.describe_options(args.scope)
-    ctx.emit(opts, lambda: out.table(("Key", "Kind", "Default", "Description"),
-                                     [(o["key"], o["kind"], o["default"], o["description"]) for o in opts])
-             if opts else ctx.say(f"No options for scope {args.scope}."))
+    ctx.emit(
+        opts,
+        lambda: (
+            out.table(
+                ("Key", "Kind", "Default", "Description"),
+                [(o["key"], o["kind"], o["default"], o["description"]) for o in opts],
+            )
+            if opts
+            else ctx.say(f"No options for scope {args.scope}.")
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- streams
 
+
 def _stream_row(s):
-    return (s["id"], out.timestamp(s["created_at"]), s["name"], s["size_bytes"], s["messages_count"],
-            s["topics_count"])
+    return (s["id"], out.timestamp(s["created_at"]), s["name"], s["size_bytes"], s["messages_count"], s["topics_count"])
 
 
 _STREAM_COLUMNS = ("ID", "Created", "Name", "Size (B)", "Messages", "Topics")
@@ -278,13 +340,25 @@ def cmd_stream_create(ctx, args):
 def cmd_stream_get(ctx, args):
     s = ctx.client.get_stream(parse_identifier(args.stream_id))
     if s is None:
-        raise _not_found(args.stream_id, ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.STREAM_NAME_NOT_FOUND,
-                         f"Stream with ID: {args.stream_id} was not found.")
-    ctx.emit(s, lambda: out.properties([
-        ("Stream ID", s["id"]), ("Created", out.timestamp(s["created_at"])), ("Stream name", s["name"]),
-        ("Stream size", s["size_bytes"]), ("Stream message count", s["messages_count"]),
-        ("Stream topics count", s["topics_count"]),
-    ]))
+        raise _not_found(
+            args.stream_id,
+            ErrorCode.STREAM_ID_NOT_FOUND,
+            ErrorCode.STREAM_NAME_NOT_FOUND,
+            f"Stream with ID: {args.stream_id} was not found.",
+        )
+    ctx.emit(
+        s,
+        lambda: out.properties(
+            [
+                ("Stream ID", s["id"]),
+                ("Created", out.timestamp(s["created_at"])),
+                ("Stream name", s["name"]),
+                ("Stream size", s["size_bytes"]),
+                ("Stream message count", s["messages_count"]),
+                ("Stream topics count", s["topics_count"]),
+            ]
+        ),
+    )
 
 
 def cmd_stream_list(ctx, args):
@@ -309,14 +383,31 @@ def cmd_stream_purge(ctx, args):
 
 # --------------------------------------------------------------------------- topics
 
-_TOPIC_COLUMNS = ("ID", "Created", "Name", "Size (B)", "Max Topic Size", "Message Expiry", "Compression",
-                  "Messages Count", "Partitions Count")
+_TOPIC_COLUMNS = (
+    "ID",
+    "Created",
+    "Name",
+    "Size (B)",
+    "Max Topic Size",
+    "Message Expiry",
+    "Compression",
+    "Messages Count",
+    "Partitions Count",
+)
 
 
 def _topic_row(t):
-    return (t["id"], out.timestamp(t["created_at"]), t["name"], t["size_bytes"], out.size(t["max_topic_size"]),
-            out.duration(t["message_expiry"]), t["compression_algorithm"], t["messages_count"],
-            t["partitions_count"])
+    return (
+        t["id"],
+        out.timestamp(t["created_at"]),
+        t["name"],
+        t["size_bytes"],
+        out.size(t["max_topic_size"]),
+        out.duration(t["message_expiry"]),
+        t["compression_algorithm"],
+        t["messages_count"],
+        t["partitions_count"],
+    )
 
 
 def _topic_options(compression, expiry_words, max_size, extra=()):
@@ -347,10 +438,13 @@ def cmd_topic_create(ctx, args):
     compression, expiry = _split_compression(args)
     options = _topic_options(compression or "none", expiry, args.max_topic_size, args.set or ())
     t = ctx.client.create_topic(parse_identifier(args.stream_id), args.name, args.partitions_count, options)
-    ctx.done(f"Topic with name: {t['name']}, ID: {t['id']}, partitions count: {t['partitions_count']}, "
-             f"compression algorithm: {t['compression_algorithm']}, message expiry: "
-             f"{out.duration(t['message_expiry'])}, max topic size: {out.size(t['max_topic_size'])} "
-             f"created in stream with ID: {args.stream_id}", t)
+    ctx.done(
+        f"Topic with name: {t['name']}, ID: {t['id']}, partitions count: {t['partitions_count']}, "
+        f"compression algorithm: {t['compression_algorithm']}, message expiry: "
+        f"{out.duration(t['message_expiry'])}, max topic size: {out.size(t['max_topic_size'])} "
+        f"created in stream with ID: {args.stream_id}",
+        t,
+    )
 
 
 def cmd_topic_update(ctx, args):
@@ -363,28 +457,57 @@ def cmd_topic_update(ctx, args):
 def cmd_topic_get(ctx, args):
     t = ctx.client.get_topic(parse_identifier(args.stream_id), parse_identifier(args.topic_id))
     if t is None:
-        raise _not_found(args.topic_id, ErrorCode.TOPIC_ID_NOT_FOUND, ErrorCode.TOPIC_NAME_NOT_FOUND,
-                         f"Topic with ID: {args.topic_id} for stream with ID: {args.stream_id} was not found.")
+        raise _not_found(
+            args.topic_id,
+            ErrorCode.TOPIC_ID_NOT_FOUND,
+            ErrorCode.TOPIC_NAME_NOT_FOUND,
+            f"Topic with ID: {args.topic_id} for stream with ID: {args.stream_id} was not found.",
+        )
 
     def human():
-        out.properties([
-            ("Topic ID", t["id"]), ("Created", out.timestamp(t["created_at"])), ("Topic name", t["name"]),
-            ("Topic size", t["size_bytes"]), ("Max topic size", out.size(t["max_topic_size"])),
-            ("Message expiry", out.duration(t["message_expiry"])),
-            ("Compression", t["compression_algorithm"]), ("Topic message count", t["messages_count"]),
-            ("Partitions count", t["partitions_count"]),
-        ] + [(f"Option {k}", v) for k, v in sorted({**t["derived_options"], **t["options"]}.items())])
+        out.properties(
+            [
+                ("Topic ID", t["id"]),
+                ("Created", out.timestamp(t["created_at"])),
+                ("Topic name", t["name"]),
+                ("Topic size", t["size_bytes"]),
+                ("Max topic size", out.size(t["max_topic_size"])),
+                ("Message expiry", out.duration(t["message_expiry"])),
+                ("Compression", t["compression_algorithm"]),
+                ("Topic message count", t["messages_count"]),
+                ("Partitions count", t["partitions_count"]),
+            ]
+            + [(f"Option {k}", v) for k, v in sorted({**t["derived_options"], **t["options"]}.items())]
+        )
         if t["partitions"]:
-            out.table(("Partition ID", "Created", "Segments", "Current Offset", "Size (B)", "Messages"),
-                      [(p["id"], out.timestamp(p["created_at"]), p["segments_count"], p["current_offset"],
-                        p["size_bytes"], p["messages_count"]) for p in t["partitions"]])
+            out.table(
+                ("Partition ID", "Created", "Segments", "Current Offset", "Size (B)", "Messages"),
+                [
+                    (
+                        p["id"],
+                        out.timestamp(p["created_at"]),
+                        p["segments_count"],
+                        p["current_offset"],
+                        p["size_bytes"],
+                        p["messages_count"],
+                    )
+                    for p in t["partitions"]
+                ],
+            )
+
     ctx.emit(t, human)
 
 
 def cmd_topic_list(ctx, args):
     topics = ctx.client.get_topics(parse_identifier(args.stream_id))
-    _emit_list(ctx, args, topics, _TOPIC_COLUMNS, [_topic_row(t) for t in topics],
-               f"No topics found in stream {args.stream_id}!")
+    _emit_list(
+        ctx,
+        args,
+        topics,
+        _TOPIC_COLUMNS,
+        [_topic_row(t) for t in topics],
+        f"No topics found in stream {args.stream_id}!",
+    )
 
 
 def cmd_topic_delete(ctx, args):
@@ -399,25 +522,35 @@ def cmd_topic_purge(ctx, args):
 
 # --------------------------------------------------------------------------- partitions, segments
 
+
 def cmd_partition_create(ctx, args):
-    ctx.client.create_partitions(parse_identifier(args.stream_id), parse_identifier(args.topic_id),
-                                 args.partitions_count)
-    ctx.done(f"Created {args.partitions_count} partitions for topic with ID: {args.topic_id} "
-             f"and stream with ID: {args.stream_id}")
+    ctx.client.create_partitions(
+        parse_identifier(args.stream_id), parse_identifier(args.topic_id), args.partitions_count
+    )
+    ctx.done(
+        f"Created {args.partitions_count} partitions for topic with ID: {args.topic_id} "
+        f"and stream with ID: {args.stream_id}"
+    )
 
 
 def cmd_partition_delete(ctx, args):
-    ctx.client.delete_partitions(parse_identifier(args.stream_id), parse_identifier(args.topic_id),
-                                 args.partitions_count)
-    ctx.done(f"Deleted {args.partitions_count} partitions for topic with ID: {args.topic_id} "
-             f"and stream with ID: {args.stream_id}")
+    ctx.client.delete_partitions(
+        parse_identifier(args.stream_id), parse_identifier(args.topic_id), args.partitions_count
+    )
+    ctx.done(
+        f"Deleted {args.partitions_count} partitions for topic with ID: {args.topic_id} "
+        f"and stream with ID: {args.stream_id}"
+    )
 
 
 def cmd_segment_delete(ctx, args):
-    ctx.client.delete_segments(parse_identifier(args.stream_id), parse_identifier(args.topic_id),
-                               args.partition_id, args.segments_count)
-    ctx.done(f"Deleted {args.segments_count} segments of partition {args.partition_id} of topic with ID: "
-             f"{args.topic_id} and stream with ID: {args.stream_id}")
+    ctx.client.delete_segments(
+        parse_identifier(args.stream_id), parse_identifier(args.topic_id), args.partition_id, args.segments_count
+    )
+    ctx.done(
+        f"Deleted {args.segments_count} segments of partition {args.partition_id} of topic with ID: "
+        f"{args.topic_id} and stream with ID: {args.stream_id}"
+    )
 
 
 # --------------------------------------------------------------------------- users
@@ -450,10 +583,18 @@ def cmd_user_get(ctx, args):
     u = ctx.client.get_user(parse_identifier(args.user_id))
     if u is None:
         raise CommandError(ErrorCode.RESOURCE_NOT_FOUND, f"User with ID: {args.user_id} was not found.")
-    ctx.emit(u, lambda: out.properties([
-        ("User ID", u["id"]), ("Created", out.timestamp(u["created_at"])), ("Status", u["status"]),
-        ("Username", u["username"]),
-    ] + _permission_rows(u["permissions"])))
+    ctx.emit(
+        u,
+        lambda: out.properties(
+            [
+                ("User ID", u["id"]),
+                ("Created", out.timestamp(u["created_at"])),
+                ("Status", u["status"]),
+                ("Username", u["username"]),
+                *_permission_rows(u["permissions"]),
+            ]
+        ),
+    )
 
 
 def cmd_user_list(ctx, args):
@@ -491,6 +632,7 @@ def cmd_user_permissions(ctx, args):
 
 # --------------------------------------------------------------------------- personal access tokens
 
+
 def cmd_pat_create(ctx, args):
     expiry = parse_expiry(args.expiry, default_token="none")
     token = ctx.client.create_token(args.name, 0 if expiry in (None, U64_MAX) else expiry)
@@ -499,8 +641,10 @@ def cmd_pat_create(ctx, args):
     elif ctx.quiet:
         print(token)
     else:
-        print(f"Personal access token with name: {args.name} and "
-              f"{'no expiry' if expiry in (None, U64_MAX) else 'expiry: ' + out.duration(expiry)} created")
+        print(
+            f"Personal access token with name: {args.name} and "
+            f"{'no expiry' if expiry in (None, U64_MAX) else 'expiry: ' + out.duration(expiry)} created"
+        )
         print(f"Token: {token}")
 
 
@@ -528,7 +672,7 @@ def cmd_client_get(ctx, args):
     c = ctx.client.get_client(args.client_id)
     if c is None:
         raise CommandError(ErrorCode.CLIENT_NOT_FOUND, f"Client with ID: {args.client_id} was not found.")
-    ctx.emit(c, lambda: out.properties(list(zip(_CLIENT_COLUMNS, _client_row(c)))))
+    ctx.emit(c, lambda: out.properties(list(zip(_CLIENT_COLUMNS, _client_row(c), strict=True))))
 
 
 def cmd_client_list(ctx, args):
@@ -538,67 +682,117 @@ def cmd_client_list(ctx, args):
 
 # --------------------------------------------------------------------------- consumer groups
 
+
 def cmd_group_create(ctx, args):
-    g = ctx.client.create_consumer_group(parse_identifier(args.stream_id), parse_identifier(args.topic_id),
-                                         args.name)
-    ctx.done(f"Consumer group with ID: {g['id']} and name: {g['name']} created for topic with ID: "
-             f"{args.topic_id} and stream with ID: {args.stream_id}", g)
+    g = ctx.client.create_consumer_group(parse_identifier(args.stream_id), parse_identifier(args.topic_id), args.name)
+    ctx.done(
+        f"Consumer group with ID: {g['id']} and name: {g['name']} created for topic with ID: "
+        f"{args.topic_id} and stream with ID: {args.stream_id}",
+        g,
+    )
 
 
 def cmd_group_get(ctx, args):
-    g = ctx.client.get_consumer_group(parse_identifier(args.stream_id), parse_identifier(args.topic_id),
-                                      parse_identifier(args.group_id))
+    g = ctx.client.get_consumer_group(
+        parse_identifier(args.stream_id), parse_identifier(args.topic_id), parse_identifier(args.group_id)
+    )
     if g is None:
-        raise _not_found(args.group_id, ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND,
-                         ErrorCode.CONSUMER_GROUP_NAME_NOT_FOUND,
-                         f"Consumer group with ID: {args.group_id} for topic with ID: {args.topic_id} "
-                         f"and stream with ID: {args.stream_id} was not found.")
+        raise _not_found(
+            args.group_id,
+            ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND,
+            ErrorCode.CONSUMER_GROUP_NAME_NOT_FOUND,
+            f"Consumer group with ID: {args.group_id} for topic with ID: {args.topic_id} "
+            f"and stream with ID: {args.stream_id} was not found.",
+        )
 
     def human():
-        out.properties([("Consumer group ID", g["id"]), ("Consumer group name", g["name"]),
-                        ("Partitions count", g["partitions_count"]), ("Members count", g["members_count"])])
+        out.properties(
+            [
+                ("Consumer group ID", g["id"]),
+                ("Consumer group name", g["name"]),
+                ("Partitions count", g["partitions_count"]),
+                ("Members count", g["members_count"]),
+            ]
+        )
         if g["members"]:
-            out.table(("Member ID", "Partitions Count", "Partitions"),
-                      [(m["id"], m["partitions_count"], ", ".join(map(str, m["partitions"]))) for m in g["members"]])
+            out.table(
+                ("Member ID", "Partitions Count", "Partitions"),
+                [(m["id"], m["partitions_count"], ", ".join(map(str, m["partitions"]))) for m in g["members"]],
+            )
+
     ctx.emit(g, human)
 
 
 def cmd_group_list(ctx, args):
     groups = ctx.client.get_consumer_groups(parse_identifier(args.stream_id), parse_identifier(args.topic_id))
     rows = [(g["id"], g["name"], g["partitions_count"], g["members_count"]) for g in groups]
-    _emit_list(ctx, args, groups, ("ID", "Name", "Partitions Count", "Members Count"), rows,
-               f"No consumer groups found for topic {args.topic_id} and stream {args.stream_id}!")
+    _emit_list(
+        ctx,
+        args,
+        groups,
+        ("ID", "Name", "Partitions Count", "Members Count"),
+        rows,
+        f"No consumer groups found for topic {args.topic_id} and stream {args.stream_id}!",
+    )
 
 
 def cmd_group_delete(ctx, args):
-    ctx.client.delete_consumer_group(parse_identifier(args.stream_id), parse_identifier(args.topic_id),
-                                     parse_identifier(args.group_id))
-    ctx.done(f"Consumer group with ID: {args.group_id} deleted for topic with ID: {args.topic_id} "
-             f"and stream with ID: {args.stream_id}")
+    ctx.client.delete_consumer_group(
+        parse_identifier(args.stream_id), parse_identifier(args.topic_id), parse_identifier(args.group_id)
+    )
+    ctx.done(
+        f"Consumer group with ID: {args.group_id} deleted for topic with ID: {args.topic_id} "
+        f"and stream with ID: {args.stream_id}"
+    )
 
 
 # --------------------------------------------------------------------------- consumer offsets
 
+
 def cmd_offset_get(ctx, args):
-    o = ctx.client.get_consumer_offset(parse_identifier(args.consumer_id), parse_identifier(args.stream_id),
-                                       parse_identifier(args.topic_id), args.partition_id, args.kind)
+    o = ctx.client.get_consumer_offset(
+        parse_identifier(args.consumer_id),
+        parse_identifier(args.stream_id),
+        parse_identifier(args.topic_id),
+        args.partition_id,
+        args.kind,
+    )
     if o is None:
-        raise CommandError(ErrorCode.CONSUMER_OFFSET_NOT_FOUND,
-                           f"Consumer offset for {args.kind} {args.consumer_id} not found")
-    ctx.emit(o, lambda: out.properties([("Consumer ID", args.consumer_id), ("Stream ID", args.stream_id),
-                                        ("Topic ID", args.topic_id), ("Partition ID", o["partition_id"]),
-                                        ("Current offset", o["current_offset"]),
-                                        ("Stored offset", o["stored_offset"])]))
+        raise CommandError(
+            ErrorCode.CONSUMER_OFFSET_NOT_FOUND, f"Consumer offset for {args.kind} {args.consumer_id} not found"
+        )
+    ctx.emit(
+        o,
+        lambda: out.properties(
+            [
+                ("Consumer ID", args.consumer_id),
+                ("Stream ID", args.stream_id),
+                ("Topic ID", args.topic_id),
+                ("Partition ID", o["partition_id"]),
+                ("Current offset", o["current_offset"]),
+                ("Stored offset", o["stored_offset"]),
+            ]
+        ),
+    )
 
 
 def cmd_offset_set(ctx, args):
-    ctx.client.store_consumer_offset(parse_identifier(args.consumer_id), parse_identifier(args.stream_id),
-                                     parse_identifier(args.topic_id), args.partition_id, args.offset, args.kind)
-    ctx.done(f"Consumer offset for {args.kind} with ID: {args.consumer_id} and partition with ID: "
-             f"{args.partition_id} set to {args.offset}")
+    ctx.client.store_consumer_offset(
+        parse_identifier(args.consumer_id),
+        parse_identifier(args.stream_id),
+        parse_identifier(args.topic_id),
+        args.partition_id,
+        args.offset,
+        args.kind,
+    )
+    ctx.done(
+        f"Consumer offset for {args.kind} with ID: {args.consumer_id} and partition with ID: "
+        f"{args.partition_id} set to {args.offset}"
+    )
 
 
 # --------------------------------------------------------------------------- messages
+
 
 def cmd_message_send(ctx, args):
     texts = args.messages
@@ -608,16 +802,22 @@ def cmd_message_send(ctx, args):
         raise UsageError("no messages to send (give them as arguments or one per line on stdin)")
     headers = encode_headers(args.headers) if args.headers else b""
     key = args.message_key.encode("utf-8") if args.message_key is not None else None
-    confirmations = ctx.client.send_messages(parse_identifier(args.stream_id), parse_identifier(args.topic_id),
-                                             [(t.encode("utf-8"), headers) for t in texts],
-                                             partition_id=args.partition_id, key=key)
+    confirmations = ctx.client.send_messages(
+        parse_identifier(args.stream_id),
+        parse_identifier(args.topic_id),
+        [(t.encode("utf-8"), headers) for t in texts],
+        partition_id=args.partition_id,
+        key=key,
+    )
     data = {"messages_count": len(texts), "confirmations": confirmations}
     where = ""
     if confirmations:
         c = confirmations[0]
         where = f" (partition {c['partition_id']}, base offset {c['base_offset']})"
-    ctx.done(f"Sent {len(texts)} message(s) to topic with ID: {args.topic_id} and stream with ID: "
-             f"{args.stream_id}{where}", data)
+    ctx.done(
+        f"Sent {len(texts)} message(s) to topic with ID: {args.topic_id} and stream with ID: {args.stream_id}{where}",
+        data,
+    )
 
 
 def cmd_message_poll(ctx, args):
@@ -629,14 +829,23 @@ def cmd_message_poll(ctx, args):
         strategy, value = "last", 0
     else:
         strategy, value = "next", 0
-    polled = ctx.client.poll_messages(parse_identifier(args.stream_id), parse_identifier(args.topic_id),
-                                      args.partition_id, strategy=strategy, value=value, count=args.message_count,
-                                      consumer=parse_identifier(args.consumer), auto_commit=args.auto_commit)
+    polled = ctx.client.poll_messages(
+        parse_identifier(args.stream_id),
+        parse_identifier(args.topic_id),
+        args.partition_id,
+        strategy=strategy,
+        value=value,
+        count=args.message_count,
+        consumer=parse_identifier(args.consumer),
+        auto_commit=args.auto_commit,
+    )
 
     def human():
         messages = polled["messages"]
-        print(f"Polled {len(messages)} message{'s' if len(messages) != 1 else ''} from partition "
-              f"{polled['partition_id']} (current offset {polled['current_offset']})")
+        print(
+            f"Polled {len(messages)} message{'s' if len(messages) != 1 else ''} from partition "
+            f"{polled['partition_id']} (current offset {polled['current_offset']})"
+        )
         if not messages:
             return
         columns = ["Offset", "Timestamp", "ID", "Length", "Payload"]
@@ -649,19 +858,27 @@ def cmd_message_poll(ctx, args):
                 row.append("\n".join(f"{k} ({h['kind']}) = {h['value']}" for k, h in m["headers"].items()))
             rows.append(row)
         out.table(columns, rows)
+
     ctx.emit(polled, human)
 
 
 # --------------------------------------------------------------------------- the parser
 
+
 def _sub(parent, name, help_text, func=None, aliases=(), login=True, list_mode=False, json_flag=None):
-    p = parent.add_parser(name, help=help_text, description=help_text, aliases=list(aliases),
-                          parents=[json_flag] if json_flag is not None else [])
+    p = parent.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        aliases=list(aliases),
+        parents=[json_flag] if json_flag is not None else [],
+    )
     if func is not None:
         p.set_defaults(func=func, needs_login=login)
     if list_mode:
-        p.add_argument("-l", "--list-mode", choices=("table", "list"), default="table",
-                       help="list mode (table or list)")
+        p.add_argument(
+            "-l", "--list-mode", choices=("table", "list"), default="table", help="list mode (table or list)"
+        )
     return p
 
 
@@ -674,16 +891,28 @@ def _group(sub, name, help_text, aliases=()):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="iggy", description="Administer an Iggy server over TCP (Apache Iggy CLI style).",
+        prog="iggy",
+        description="Administer an Iggy server over TCP (Apache Iggy CLI style).",
         epilog="Run 'iggy COMMAND --help' for the actions of a command. Output is a table by default; "
-               "--json prints JSON. Tables use rich when installed (IGGY_CLI_TABLES=plain for plain text).")
+        "--json prints JSON. Tables use rich when installed (IGGY_CLI_TABLES=plain for plain text).",
+    )
     parser.add_argument("--version", action="version", version=f"iggy {__version__}")
     conn = parser.add_argument_group("connection")
     conn.add_argument("--transport", default="tcp", help="the transport; only tcp is supported [default: tcp]")
-    conn.add_argument("--tcp-server-address", default=DEFAULT_TCP_ADDRESS, metavar="HOST:PORT",
-                      help=f"server address for the TCP transport [default: {DEFAULT_TCP_ADDRESS}]")
-    conn.add_argument("--tcp-tls-enabled", nargs="?", const="true", default="false", metavar="BOOL",
-                      help="use TLS for the TCP transport")
+    conn.add_argument(
+        "--tcp-server-address",
+        default=DEFAULT_TCP_ADDRESS,
+        metavar="HOST:PORT",
+        help=f"server address for the TCP transport [default: {DEFAULT_TCP_ADDRESS}]",
+    )
+    conn.add_argument(
+        "--tcp-tls-enabled",
+        nargs="?",
+        const="true",
+        default="false",
+        metavar="BOOL",
+        help="use TLS for the TCP transport",
+    )
     conn.add_argument("--tcp-tls-domain", metavar="DOMAIN", help="TLS server name [default: the host]")
     conn.add_argument("--tcp-tls-ca-file", metavar="PATH", help="CA certificate to verify the server with")
     creds = parser.add_argument_group("credentials")
@@ -703,6 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
 
         def action(aname, ahelp, func, aaliases=(), **kw):
             return _sub(actions, aname, ahelp, func, aaliases, json_flag=json_flag, **kw)
+
         return action
 
     # streams
@@ -727,11 +957,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="name of the topic")
     p.add_argument("partitions_count", type=int, help="number of partitions")
     p.add_argument("compression_algorithm", nargs="?", default=None, help="none (default) or gzip")
-    p.add_argument("message_expiry", nargs="*", help='message expiry like "1day 2h", "unlimited" or '
-                                                     '"server_default" (the default)')
+    p.add_argument(
+        "message_expiry", nargs="*", help='message expiry like "1day 2h", "unlimited" or "server_default" (the default)'
+    )
     p.add_argument("-m", "--max-topic-size", help='max topic size like "15GB", "unlimited" or "server_default"')
-    p.add_argument("--set", action="append", type=parse_key_value, metavar="KEY=VALUE",
-                   help="additional topic option, repeatable (see 'iggy options topic')")
+    p.add_argument(
+        "--set",
+        action="append",
+        type=parse_key_value,
+        metavar="KEY=VALUE",
+        help="additional topic option, repeatable (see 'iggy options topic')",
+    )
     p = a("delete", "delete a topic", cmd_topic_delete, ["d"])
     p.add_argument("stream_id")
     p.add_argument("topic_id")
@@ -753,8 +989,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # partitions
     a = group("partition", "partition operations", ["p"])
-    for name, func, aliases, verb in (("create", cmd_partition_create, ["c"], "add"),
-                                      ("delete", cmd_partition_delete, ["d"], "remove")):
+    for name, func, aliases, verb in (
+        ("create", cmd_partition_create, ["c"], "add"),
+        ("delete", cmd_partition_delete, ["d"], "remove"),
+    ):
         p = a(name, f"{verb} partitions of a topic", func, aliases)
         p.add_argument("stream_id")
         p.add_argument("topic_id")
@@ -769,15 +1007,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("segments_count", type=int)
 
     # system
-    p = _sub(sub, "ping", "check that the server is up and measure the round trip", cmd_ping, login=False,
-             json_flag=json_flag)
+    p = _sub(
+        sub,
+        "ping",
+        "check that the server is up and measure the round trip",
+        cmd_ping,
+        login=False,
+        json_flag=json_flag,
+    )
     p.add_argument("-c", "--count", type=int, default=1, help="number of pings [default: 1]")
     _sub(sub, "me", "show this client's session", cmd_me, json_flag=json_flag)
     p = _sub(sub, "stats", "show server statistics", cmd_stats, json_flag=json_flag)
-    p.add_argument("-o", "--output", choices=("table", "list", "json"), default="table",
-                   help="output mode [default: table]")
-    p = _sub(sub, "options", "list the options a resource's create command accepts", cmd_options,
-             json_flag=json_flag)
+    p.add_argument(
+        "-o", "--output", choices=("table", "list", "json"), default="table", help="output mode [default: table]"
+    )
+    p = _sub(sub, "options", "list the options a resource's create command accepts", cmd_options, json_flag=json_flag)
     p.add_argument("scope", choices=("topic", "stream", "user"))
 
     # personal access tokens
@@ -793,10 +1037,21 @@ def build_parser() -> argparse.ArgumentParser:
     a = group("user", "user operations", ["u"])
 
     def permission_options(p):
-        p.add_argument("-g", "--global-permissions", type=parse_global_permissions, metavar="PERMS",
-                       help="comma-separated global permissions, e.g. m_srv,r_srv,p_msg,s_msg")
-        p.add_argument("-s", "--stream-permissions", type=parse_stream_permissions, action="append",
-                       metavar="STREAM[:PERMS][#TOPIC[:PERMS]]", help="stream (and topic) permissions, repeatable")
+        p.add_argument(
+            "-g",
+            "--global-permissions",
+            type=parse_global_permissions,
+            metavar="PERMS",
+            help="comma-separated global permissions, e.g. m_srv,r_srv,p_msg,s_msg",
+        )
+        p.add_argument(
+            "-s",
+            "--stream-permissions",
+            type=parse_stream_permissions,
+            action="append",
+            metavar="STREAM[:PERMS][#TOPIC[:PERMS]]",
+            help="stream (and topic) permissions, repeatable",
+        )
 
     p = a("create", "create a user", cmd_user_create, ["c"])
     p.add_argument("new_username", metavar="username", help="3..50 characters")
@@ -834,8 +1089,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stream_id")
     p.add_argument("topic_id")
     p.add_argument("name")
-    for name, func, aliases, text in (("delete", cmd_group_delete, ["d"], "delete a consumer group"),
-                                      ("get", cmd_group_get, ["g"], "show a consumer group and its members")):
+    for name, func, aliases, text in (
+        ("delete", cmd_group_delete, ["d"], "delete a consumer group"),
+        ("get", cmd_group_get, ["g"], "show a consumer group and its members"),
+    ):
         p = a(name, text, func, aliases)
         p.add_argument("stream_id")
         p.add_argument("topic_id")
@@ -846,8 +1103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # consumer offsets
     a = group("consumer-offset", "consumer offset operations", ["o"])
-    for name, func, aliases, text in (("get", cmd_offset_get, ["g"], "show a stored consumer offset"),
-                                      ("set", cmd_offset_set, ["s"], "store a consumer offset")):
+    for name, func, aliases, text in (
+        ("get", cmd_offset_get, ["g"], "show a stored consumer offset"),
+        ("set", cmd_offset_set, ["s"], "store a consumer offset"),
+    ):
         p = a(name, text, func, aliases)
         p.add_argument("consumer_id", help="consumer ID or name")
         p.add_argument("stream_id")
@@ -866,8 +1125,14 @@ def build_parser() -> argparse.ArgumentParser:
     part = p.add_mutually_exclusive_group()
     part.add_argument("-p", "--partition-id", type=int, help="partition to send to [default: balanced]")
     part.add_argument("-m", "--message-key", help="messages key: the partition is chosen by its hash")
-    p.add_argument("-H", "--headers", type=parse_header, action="append", metavar="KEY:KIND:VALUE",
-                   help=f"user header, repeatable; kinds: {', '.join(HEADER_KINDS)}")
+    p.add_argument(
+        "-H",
+        "--headers",
+        type=parse_header,
+        action="append",
+        metavar="KEY:KIND:VALUE",
+        help=f"user header, repeatable; kinds: {', '.join(HEADER_KINDS)}",
+    )
     p = a("poll", "poll messages from a partition", cmd_message_poll, ["p"])
     p.add_argument("stream_id")
     p.add_argument("topic_id")
@@ -928,9 +1193,11 @@ def _login(ctx: Context, args) -> None:
     if username is None and os.environ.get(ENV_USERNAME) is not None and os.environ.get(ENV_PASSWORD) is not None:
         username, password = os.environ[ENV_USERNAME], os.environ[ENV_PASSWORD]
     if username is None:
-        raise CommandError(ErrorCode.UNAUTHENTICATED,
-                           "Missing iggy server credentials: use --username and --password, --token, "
-                           f"or set {ENV_USERNAME} and {ENV_PASSWORD}")
+        raise CommandError(
+            ErrorCode.UNAUTHENTICATED,
+            "Missing iggy server credentials: use --username and --password, --token, "
+            f"or set {ENV_USERNAME} and {ENV_PASSWORD}",
+        )
     if password is None:
         password = _read_secret("Password: ")
     try:
@@ -960,8 +1227,9 @@ def main(argv=None) -> int:
     ctx = Context(args)
     tls = str(args.tcp_tls_enabled).lower() in ("1", "true", "yes", "on")
     try:
-        ctx.client = AdminClient(args.tcp_server_address, tls=tls, tls_domain=args.tcp_tls_domain,
-                                 tls_ca_file=args.tcp_tls_ca_file)
+        ctx.client = AdminClient(
+            args.tcp_server_address, tls=tls, tls_domain=args.tcp_tls_domain, tls_ca_file=args.tcp_tls_ca_file
+        )
     except ValueError as exc:
         parser.error(str(exc))
     except CommandError as exc:

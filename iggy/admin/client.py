@@ -9,6 +9,7 @@ eviction header. Every refusal is raised as `CommandError`.
 
 Every method returns plain data (dicts, lists, ints, strings), ready for a table or JSON.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,11 +19,11 @@ import ssl
 import struct
 import time
 
+from iggy.control import permissions as perm
 from iggy.protocol import codes
 from iggy.protocol.batch import build_batch, decode_headers, iter_messages, random_id
-from iggy.protocol.wire import PROTOCOL_VERSION, Reader, Writer, build_request, parse_reply_header
-from iggy.control import permissions as perm
 from iggy.protocol.errors import ErrorCode, IggyError, error_id
+from iggy.protocol.wire import PROTOCOL_VERSION, Reader, Writer, build_request, parse_reply_header
 
 HEADER = 256
 COMMAND_EVICTION = 13
@@ -31,21 +32,54 @@ SDK_NAME = "iggy-cli-py"
 
 # eviction reason (header byte 255) -> the error code it stands for (TCP.md 2.4)
 EVICTION_CODES = {
-    1: ErrorCode.UNAUTHENTICATED, 2: ErrorCode.INVALID_COMMAND, 3: ErrorCode.INVALID_COMMAND,
-    4: ErrorCode.INVALID_COMMAND, 5: ErrorCode.INVALID_COMMAND, 6: ErrorCode.INVALID_COMMAND,
-    7: ErrorCode.UNAUTHENTICATED, 8: ErrorCode.UNAUTHENTICATED, 9: ErrorCode.INVALID_CREDENTIALS,
-    10: ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN, 11: ErrorCode.USER_INACTIVE, 12: ErrorCode.UNAUTHENTICATED,
-    13: ErrorCode.STALE_CLIENT, 14: ErrorCode.INCOMPATIBLE_PROTOCOL_VERSION, 15: ErrorCode.INVALID_FORMAT,
+    1: ErrorCode.UNAUTHENTICATED,
+    2: ErrorCode.INVALID_COMMAND,
+    3: ErrorCode.INVALID_COMMAND,
+    4: ErrorCode.INVALID_COMMAND,
+    5: ErrorCode.INVALID_COMMAND,
+    6: ErrorCode.INVALID_COMMAND,
+    7: ErrorCode.UNAUTHENTICATED,
+    8: ErrorCode.UNAUTHENTICATED,
+    9: ErrorCode.INVALID_CREDENTIALS,
+    10: ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN,
+    11: ErrorCode.USER_INACTIVE,
+    12: ErrorCode.UNAUTHENTICATED,
+    13: ErrorCode.STALE_CLIENT,
+    14: ErrorCode.INCOMPATIBLE_PROTOCOL_VERSION,
+    15: ErrorCode.INVALID_FORMAT,
 }
 
 # user header / option value kinds (TCP.md 5.8)
 HEADER_KINDS = {
-    "raw": 1, "string": 2, "bool": 3, "int8": 4, "int16": 5, "int32": 6, "int64": 7, "int128": 8,
-    "uint8": 9, "uint16": 10, "uint32": 11, "uint64": 12, "uint128": 13, "float32": 14, "float64": 15,
+    "raw": 1,
+    "string": 2,
+    "bool": 3,
+    "int8": 4,
+    "int16": 5,
+    "int32": 6,
+    "int64": 7,
+    "int128": 8,
+    "uint8": 9,
+    "uint16": 10,
+    "uint32": 11,
+    "uint64": 12,
+    "uint128": 13,
+    "float32": 14,
+    "float64": 15,
 }
 HEADER_KIND_NAMES = {v: k for k, v in HEADER_KINDS.items()}
-_INT_KINDS = {4: (1, True), 5: (2, True), 6: (4, True), 7: (8, True), 8: (16, True),
-              9: (1, False), 10: (2, False), 11: (4, False), 12: (8, False), 13: (16, False)}
+_INT_KINDS = {
+    4: (1, True),
+    5: (2, True),
+    6: (4, True),
+    7: (8, True),
+    8: (16, True),
+    9: (1, False),
+    10: (2, False),
+    11: (4, False),
+    12: (8, False),
+    13: (16, False),
+}
 
 TRANSPORTS = {1: "tcp", 2: "quic", 3: "http", 4: "websocket"}
 USER_STATUSES = {1: "active", 2: "inactive"}
@@ -65,6 +99,7 @@ class CommandError(Exception):
 
 
 # --------------------------------------------------------------------------- encoding
+
 
 def parse_identifier(text):
     """A CLI identifier: digits -> numeric id, anything else -> name (as the SDK does)."""
@@ -154,6 +189,7 @@ def encode_permissions(perms: dict | None) -> bytes:
 
 # --------------------------------------------------------------------------- decoding
 
+
 def _str32(r: Reader) -> str:
     return r.bytes32().decode("utf-8", "replace")
 
@@ -171,8 +207,15 @@ def _options(r: Reader) -> dict:
 
 
 def _stream(r: Reader) -> dict:
-    return {"id": r.u32(), "created_at": r.u64(), "topics_count": r.u32(), "size_bytes": r.u64(),
-            "messages_count": r.u64(), "name": r.name(), "options": _options(r)}
+    return {
+        "id": r.u32(),
+        "created_at": r.u64(),
+        "topics_count": r.u32(),
+        "size_bytes": r.u64(),
+        "messages_count": r.u64(),
+        "name": r.name(),
+        "options": _options(r),
+    }
 
 
 def _topic_header(r: Reader) -> dict:
@@ -188,8 +231,14 @@ def _topic_header(r: Reader) -> dict:
 
 
 def _partition(r: Reader) -> dict:
-    return {"id": r.u32(), "created_at": r.u64(), "segments_count": r.u32(), "current_offset": r.u64(),
-            "size_bytes": r.u64(), "messages_count": r.u64()}
+    return {
+        "id": r.u32(),
+        "created_at": r.u64(),
+        "segments_count": r.u32(),
+        "current_offset": r.u64(),
+        "size_bytes": r.u64(),
+        "messages_count": r.u64(),
+    }
 
 
 def _user(r: Reader) -> dict:
@@ -205,12 +254,14 @@ def permissions_to_json(perms: dict | None) -> dict | None:
     if perms is None:
         return None
     return {
-        "global": {name: bool(v) for name, v in zip(perm.GLOBAL_FLAGS, perms["global"])},
+        "global": {name: bool(v) for name, v in zip(perm.GLOBAL_FLAGS, perms["global"], strict=True)},
         "streams": {
             str(sid): {
-                **{name: bool(v) for name, v in zip(perm.STREAM_FLAGS, sp["flags"])},
-                "topics": {str(tid): {name: bool(v) for name, v in zip(perm.TOPIC_FLAGS, flags)}
-                           for tid, flags in sp["topics"].items()},
+                **{name: bool(v) for name, v in zip(perm.STREAM_FLAGS, sp["flags"], strict=True)},
+                "topics": {
+                    str(tid): {name: bool(v) for name, v in zip(perm.TOPIC_FLAGS, flags, strict=True)}
+                    for tid, flags in sp["topics"].items()
+                },
             }
             for sid, sp in perms["streams"].items()
         },
@@ -233,27 +284,44 @@ def _client(r: Reader) -> dict:
 
 def _message_json(m: dict, partition_id: int) -> dict:
     payload = m["payload"]
-    out = {"offset": m["offset"], "id": m["id"], "partition_id": partition_id, "timestamp": m["timestamp"],
-           "origin_timestamp": m["origin_timestamp"], "checksum": m["checksum"], "length": len(payload)}
+    out = {
+        "offset": m["offset"],
+        "id": m["id"],
+        "partition_id": partition_id,
+        "timestamp": m["timestamp"],
+        "origin_timestamp": m["origin_timestamp"],
+        "checksum": m["checksum"],
+        "length": len(payload),
+    }
     try:
         out["payload"], out["payload_encoding"] = payload.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         out["payload"], out["payload_encoding"] = base64.b64encode(payload).decode("ascii"), "base64"
     headers = {}
     for _, key, vkind, value in decode_headers(m["user_headers"]):
-        headers[key.decode("utf-8", "replace")] = {"kind": HEADER_KIND_NAMES.get(vkind, str(vkind)),
-                                                   "value": decode_value(vkind, value)}
+        headers[key.decode("utf-8", "replace")] = {
+            "kind": HEADER_KIND_NAMES.get(vkind, str(vkind)),
+            "value": decode_value(vkind, value),
+        }
     out["headers"] = headers
     return out
 
 
 # --------------------------------------------------------------------------- the client
 
+
 class AdminClient:
     """One TCP connection, one request at a time."""
 
-    def __init__(self, address: str, *, tls: bool = False, tls_domain: str | None = None,
-                 tls_ca_file: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls: bool = False,
+        tls_domain: str | None = None,
+        tls_ca_file: str | None = None,
+        timeout: float = 30.0,
+    ):
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"invalid server address {address!r} (expected HOST:PORT)")
@@ -308,8 +376,15 @@ class AdminClient:
         else:
             self.request += 1
             request, session = self.request, self.session
-        frame = build_request(operation, code, body, session=session, request=request, client=self.client,
-                              with_checksum=operation in codes.CHECKSUMMED_OPS)
+        frame = build_request(
+            operation,
+            code,
+            body,
+            session=session,
+            request=request,
+            client=self.client,
+            with_checksum=operation in codes.CHECKSUMMED_OPS,
+        )
         self.sock.sendall(frame)
         head = self._recv_exact(HEADER)
         size, command, _operation, status, reason = parse_reply_header(head)
@@ -338,7 +413,8 @@ class AdminClient:
 
     def _version_prefix(self) -> bytes:
         from iggy import __version__
-        return (Writer().u32(PROTOCOL_VERSION).name(SDK_NAME).name(__version__).getvalue())
+
+        return Writer().u32(PROTOCOL_VERSION).name(SDK_NAME).name(__version__).getvalue()
 
     def _register(self, body: bytes) -> dict:
         reply = Reader(self._call(codes.OP_REGISTER, 0, body))
@@ -377,8 +453,9 @@ class AdminClient:
     def me(self) -> dict:
         r = Reader(self.read(codes.GET_ME))
         c = _client(r)
-        c["consumer_groups"] = [{"stream_id": r.u32(), "topic_id": r.u32(), "group_id": r.u32()}
-                                for _ in range(c["consumer_groups_count"])]
+        c["consumer_groups"] = [
+            {"stream_id": r.u32(), "topic_id": r.u32(), "group_id": r.u32()} for _ in range(c["consumer_groups_count"])
+        ]
         return c
 
     def get_clients(self) -> list:
@@ -394,16 +471,25 @@ class AdminClient:
             return None
         r = Reader(raw)
         c = _client(r)
-        c["consumer_groups"] = [{"stream_id": r.u32(), "topic_id": r.u32(), "group_id": r.u32()}
-                                for _ in range(c["consumer_groups_count"])]
+        c["consumer_groups"] = [
+            {"stream_id": r.u32(), "topic_id": r.u32(), "group_id": r.u32()} for _ in range(c["consumer_groups_count"])
+        ]
         return c
 
     def stats(self) -> dict:
         r = Reader(self.read(codes.GET_STATS))
         s = {"process_id": r.u32()}
         s["cpu_usage"], s["total_cpu_usage"] = struct.unpack("<ff", r.take(8))
-        for key in ("memory_usage", "total_memory", "available_memory", "run_time", "start_time",
-                    "read_bytes", "written_bytes", "messages_size_bytes"):
+        for key in (
+            "memory_usage",
+            "total_memory",
+            "available_memory",
+            "run_time",
+            "start_time",
+            "read_bytes",
+            "written_bytes",
+            "messages_size_bytes",
+        ):
             s[key] = r.u64()
         for key in ("streams_count", "topics_count", "partitions_count", "segments_count"):
             s[key] = r.u32()
@@ -418,9 +504,16 @@ class AdminClient:
         for _ in range(r.u32()):
             stream_id, topic_id, partition_id, hits, misses = r.u32(), r.u32(), r.u32(), r.u64(), r.u64()
             ratio = struct.unpack("<f", r.take(4))[0]
-            s["cache_metrics"].append({"stream_id": stream_id, "topic_id": topic_id,
-                                       "partition_id": partition_id, "hits": hits, "misses": misses,
-                                       "hit_ratio": ratio})
+            s["cache_metrics"].append(
+                {
+                    "stream_id": stream_id,
+                    "topic_id": topic_id,
+                    "partition_id": partition_id,
+                    "hits": hits,
+                    "misses": misses,
+                    "hit_ratio": ratio,
+                }
+            )
         s["threads_count"] = r.u32()
         s["free_disk_space"] = r.u64()
         s["total_disk_space"] = r.u64()
@@ -434,8 +527,14 @@ class AdminClient:
             key = r.name()
             kind = r.u8()
             default = r.bytes32()
-            out.append({"key": key, "kind": HEADER_KIND_NAMES.get(kind, str(kind)),
-                        "default": decode_value(kind, default), "description": _str32(r)})
+            out.append(
+                {
+                    "key": key,
+                    "kind": HEADER_KIND_NAMES.get(kind, str(kind)),
+                    "default": decode_value(kind, default),
+                    "description": _str32(r),
+                }
+            )
         return out
 
     # ----------------------------------------------------------------- streams
@@ -514,8 +613,9 @@ class AdminClient:
         self.write(codes.DELETE_PARTITIONS, identifier(stream) + identifier(topic) + struct.pack("<I", count))
 
     def delete_segments(self, stream, topic, partition_id: int, count: int) -> None:
-        self.write(codes.DELETE_SEGMENTS,
-                   identifier(stream) + identifier(topic) + struct.pack("<II", partition_id, count))
+        self.write(
+            codes.DELETE_SEGMENTS, identifier(stream) + identifier(topic) + struct.pack("<II", partition_id, count)
+        )
 
     # ----------------------------------------------------------------- users
 
@@ -530,9 +630,8 @@ class AdminClient:
         r = Reader(raw)
         u = _user(r)
         u["permissions"] = None
-        if r.remaining():
-            if r.u8():
-                u["permissions"] = permissions_to_json(perm.decode(Reader(r.bytes32())))
+        if r.remaining() and r.u8():
+            u["permissions"] = permissions_to_json(perm.decode(Reader(r.bytes32())))
         return u
 
     def get_user(self, user) -> dict | None:
@@ -598,8 +697,9 @@ class AdminClient:
         g["members"] = []
         for _ in range(g["members_count"]):
             member_id, count = r.u32(), r.u32()
-            g["members"].append({"id": member_id, "partitions_count": count,
-                                 "partitions": [r.u32() for _ in range(count)]})
+            g["members"].append(
+                {"id": member_id, "partitions_count": count, "partitions": [r.u32() for _ in range(count)]}
+            )
         return g
 
     def get_consumer_group(self, stream, topic, group) -> dict | None:
@@ -617,26 +717,34 @@ class AdminClient:
 
     @staticmethod
     def _offset_target(kind: str, consumer, stream, topic, partition_id: int | None) -> bytes:
-        return (bytes([CONSUMER_KINDS[kind]]) + identifier(consumer) + identifier(stream) + identifier(topic)
-                + (b"\x00\x00\x00\x00\x00" if partition_id is None else b"\x01" + struct.pack("<I", partition_id)))
+        return (
+            bytes([CONSUMER_KINDS[kind]])
+            + identifier(consumer)
+            + identifier(stream)
+            + identifier(topic)
+            + (b"\x00\x00\x00\x00\x00" if partition_id is None else b"\x01" + struct.pack("<I", partition_id))
+        )
 
-    def get_consumer_offset(self, consumer, stream, topic, partition_id: int | None,
-                            kind: str = "consumer") -> dict | None:
+    def get_consumer_offset(
+        self, consumer, stream, topic, partition_id: int | None, kind: str = "consumer"
+    ) -> dict | None:
         raw = self.read(codes.GET_CONSUMER_OFFSET, self._offset_target(kind, consumer, stream, topic, partition_id))
         if not raw:
             return None
         r = Reader(raw)
         return {"partition_id": r.u32(), "current_offset": r.u64(), "stored_offset": r.u64()}
 
-    def store_consumer_offset(self, consumer, stream, topic, partition_id: int | None, offset: int,
-                              kind: str = "consumer") -> None:
+    def store_consumer_offset(
+        self, consumer, stream, topic, partition_id: int | None, offset: int, kind: str = "consumer"
+    ) -> None:
         body = self._offset_target(kind, consumer, stream, topic, partition_id) + struct.pack("<QB", offset, 1)
         self.write(codes.STORE_CONSUMER_OFFSET, body)
 
     # ----------------------------------------------------------------- messages
 
-    def send_messages(self, stream, topic, messages, *, partition_id: int | None = None,
-                      key: bytes | None = None) -> list:
+    def send_messages(
+        self, stream, topic, messages, *, partition_id: int | None = None, key: bytes | None = None
+    ) -> list:
         """`messages`: [(payload bytes, headers TLV bytes)]; the partition by id, by key or balanced."""
         if partition_id is not None:
             partitioning = b"\x02\x04" + struct.pack("<I", partition_id)
@@ -652,16 +760,32 @@ class AdminClient:
         if len(raw) < 4:
             return []
         r = Reader(raw)
-        return [{"stream_id": r.u32(), "topic_id": r.u32(), "partition_id": r.u32(), "base_offset": r.u64()}
-                for _ in range(r.u32())]
+        return [
+            {"stream_id": r.u32(), "topic_id": r.u32(), "partition_id": r.u32(), "base_offset": r.u64()}
+            for _ in range(r.u32())
+        ]
 
-    def poll_messages(self, stream, topic, partition_id: int | None, *, strategy: str = "next", value: int = 0,
-                      count: int = 1, consumer="0", consumer_kind: str = "consumer",
-                      auto_commit: bool = False) -> dict:
-        body = (bytes([CONSUMER_KINDS[consumer_kind]]) + identifier(consumer) + identifier(stream)
-                + identifier(topic)
-                + (b"\x00\x00\x00\x00\x00" if partition_id is None else b"\x01" + struct.pack("<I", partition_id))
-                + struct.pack("<BQIB", STRATEGIES[strategy], value, count, 1 if auto_commit else 0))
+    def poll_messages(
+        self,
+        stream,
+        topic,
+        partition_id: int | None,
+        *,
+        strategy: str = "next",
+        value: int = 0,
+        count: int = 1,
+        consumer="0",
+        consumer_kind: str = "consumer",
+        auto_commit: bool = False,
+    ) -> dict:
+        body = (
+            bytes([CONSUMER_KINDS[consumer_kind]])
+            + identifier(consumer)
+            + identifier(stream)
+            + identifier(topic)
+            + (b"\x00\x00\x00\x00\x00" if partition_id is None else b"\x01" + struct.pack("<I", partition_id))
+            + struct.pack("<BQIB", STRATEGIES[strategy], value, count, 1 if auto_commit else 0)
+        )
         raw = self.read(codes.POLL_MESSAGES, body)
         if len(raw) < 16:
             return {"partition_id": partition_id, "current_offset": None, "count": 0, "messages": []}

@@ -3,6 +3,7 @@
 Tables are drawn with rich when it is installed (and `IGGY_CLI_TABLES` is not `plain`),
 otherwise as plain ASCII boxes, so the CLI needs no dependency beyond the server package.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -17,6 +18,7 @@ def _use_rich() -> bool:
     if os.environ.get("IGGY_CLI_TABLES", "").lower() == "plain":
         return False
     import importlib.util
+
     return importlib.util.find_spec("rich") is not None
 
 
@@ -39,8 +41,11 @@ def _plain_table(columns, rows) -> str:
     for n, row in enumerate(split):
         height = max(len(c) for c in row)
         for k in range(height):
-            out.append("| " + " | ".join((c[k] if k < len(c) else "").ljust(w)
-                                         for c, w in zip(row, widths)) + " |")
+            out.append(
+                "| "
+                + " | ".join((c[k] if k < len(c) else "").ljust(w) for c, w in zip(row, widths, strict=False))
+                + " |"
+            )
         if n == 0:
             out.append(rule.replace("-", "="))
     out.append(rule)
@@ -55,6 +60,7 @@ def table(columns, rows, stream=None) -> None:
         from rich import box
         from rich.console import Console
         from rich.table import Table
+
         t = Table(box=box.SQUARE, show_lines=False)
         for c in columns:
             t.add_column(str(c), overflow="fold")
@@ -87,11 +93,12 @@ def emit_json(data, stream=None) -> None:
 
 # --------------------------------------------------------------------------- formatting
 
+
 def timestamp(us: int | None) -> str:
     """Microseconds since the epoch -> `YYYY-MM-DD HH:MM:SS` (UTC)."""
     if not us:
         return "-"
-    dt = datetime.datetime.fromtimestamp(us / 1e6, tz=datetime.timezone.utc)
+    dt = datetime.datetime.fromtimestamp(us / 1e6, tz=datetime.UTC)
     return dt.strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -118,8 +125,16 @@ def size(n: int) -> str:
         return "unlimited"
     if n == 0:
         return "0 B"
-    units = (("TiB", 1 << 40), ("TB", 10**12), ("GiB", 1 << 30), ("GB", 10**9), ("MiB", 1 << 20),
-             ("MB", 10**6), ("KiB", 1 << 10), ("KB", 10**3))
+    units = (
+        ("TiB", 1 << 40),
+        ("TB", 10**12),
+        ("GiB", 1 << 30),
+        ("GB", 10**9),
+        ("MiB", 1 << 20),
+        ("MB", 10**6),
+        ("KiB", 1 << 10),
+        ("KB", 10**3),
+    )
     for unit, factor in units:
         if n >= factor and n % factor == 0:
             return f"{n // factor} {unit}"

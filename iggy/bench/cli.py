@@ -68,9 +68,7 @@ def _add_transport(kind_parser: argparse.ArgumentParser) -> None:
     sub = kind_parser.add_subparsers(dest="transport", metavar="TRANSPORT")
     tcp = sub.add_parser("tcp", help="the binary TCP protocol (the only transport here)")
     tcp.add_argument("--server-address", dest="tcp_server_address", help="HOST:PORT of the server")
-    tcp.add_argument(
-        "--nodelay", action="store_true", help="accepted for compatibility: TCP_NODELAY is always on"
-    )
+    tcp.add_argument("--nodelay", action="store_true", help="accepted for compatibility: TCP_NODELAY is always on")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-address 127.0.0.1:8090",
     )
     g = parser.add_argument_group("workload")
-    g.add_argument(
-        "-m", "--message-size", type=_positive, default=1000, help="payload bytes per message (1000)"
-    )
+    g.add_argument("-m", "--message-size", type=_positive, default=1000, help="payload bytes per message (1000)")
     g.add_argument(
         "-P",
         "--messages-per-batch",
@@ -94,15 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     volume = g.add_mutually_exclusive_group()
     volume.add_argument("-b", "--message-batches", type=_positive, help="batches per actor (default 1000)")
-    volume.add_argument(
-        "-T", "--total-data", type=parse_size, help="payload of all actors together, e.g. 1GB"
-    )
-    g.add_argument(
-        "-r", "--rate-limit", type=parse_size, help="total payload rate limit per second, e.g. 100MB"
-    )
-    g.add_argument(
-        "-w", "--warmup-time", type=parse_duration, default=0.0, help="unmeasured warmup, e.g. 5s (0)"
-    )
+    volume.add_argument("-T", "--total-data", type=parse_size, help="payload of all actors together, e.g. 1GB")
+    g.add_argument("-r", "--rate-limit", type=parse_size, help="total payload rate limit per second, e.g. 100MB")
+    g.add_argument("-w", "--warmup-time", type=parse_duration, default=0.0, help="unmeasured warmup, e.g. 5s (0)")
     g.add_argument(
         "--durability",
         choices=("replicated", "persisted"),
@@ -115,9 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-u", "--username", default="iggy", help="(iggy)")
     c.add_argument("-p", "--password", default="iggy", help="(iggy)")
     c.add_argument("--json", metavar="PATH", help="write the full report as JSON to PATH ('-' = stdout)")
-    c.add_argument(
-        "--keep", action="store_true", help="keep the bench streams (default: delete what was created)"
-    )
+    c.add_argument("--keep", action="store_true", help="keep the bench streams (default: delete what was created)")
     c.add_argument(
         "--reuse-streams",
         action="store_true",
@@ -132,9 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("pinned-producer", "pinned-producer-and-consumer", "balanced-producer"):
             k.add_argument("-p", "--producers", type=_positive, default=8, help="(8)")
         if name == "end-to-end-producing-consumer":
-            k.add_argument(
-                "-p", "--producing-consumers", dest="producers", type=_positive, default=8, help="(8)"
-            )
+            k.add_argument("-p", "--producing-consumers", dest="producers", type=_positive, default=8, help="(8)")
         if name in ("pinned-consumer", "pinned-producer-and-consumer", "balanced-consumer-group"):
             k.add_argument("-c", "--consumers", type=_positive, default=8, help="(8)")
         if name in ("balanced-producer", "balanced-consumer-group"):

@@ -257,9 +257,7 @@ class Connection:
     async def delete_stream(self, stream_id: int) -> None:
         await self.call(OP_DELETE_STREAM, 0, numeric_id(stream_id))
 
-    async def create_topic(
-        self, stream_id: int, name: str, partitions: int, durability: str = "replicated"
-    ) -> int:
+    async def create_topic(self, stream_id: int, name: str, partitions: int, durability: str = "replicated") -> int:
         options = (
             tlv(2, b"consumer_offset_durability")
             + tlv(2, b"replicated")
@@ -290,9 +288,7 @@ class Connection:
         return {"id": topic_id, "partitions": parts}
 
     async def create_group(self, stream_id: int, topic_id: int, name: str) -> int:
-        reply = await self.call(
-            OP_CREATE_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + wire_name(name)
-        )
+        reply = await self.call(OP_CREATE_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + wire_name(name))
         return _U32.unpack_from(reply)[0]
 
     async def get_group_id(self, stream_id: int, topic_id: int, name: str) -> int | None:
@@ -310,9 +306,7 @@ class Connection:
         await self.call(OP_JOIN_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id))
 
     async def leave_group(self, stream_id: int, topic_id: int, group_id: int) -> None:
-        await self.call(
-            OP_LEAVE_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id)
-        )
+        await self.call(OP_LEAVE_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id))
 
     async def sync_group(self, stream_id: int, topic_id: int, group_id: int) -> list[int]:
         """The partitions this member owns now (empty when it owns none)."""

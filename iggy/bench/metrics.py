@@ -135,8 +135,7 @@ def group_summary(kind: str, actors: list[ActorMetrics]) -> dict:
         "total_throughput_megabytes_per_second": user_bytes / 1e6 / wall,
         "total_throughput_messages_per_second": messages / wall,
         "sum_of_actor_throughput_megabytes_per_second": sum(a.user_bytes / 1e6 / a.elapsed for a in actors),
-        "average_throughput_megabytes_per_second": sum(a.user_bytes / 1e6 / a.elapsed for a in actors)
-        / len(actors),
+        "average_throughput_megabytes_per_second": sum(a.user_bytes / 1e6 / a.elapsed for a in actors) / len(actors),
         "average_throughput_messages_per_second": sum(a.messages / a.elapsed for a in actors) / len(actors),
     }
     out.update(latency_stats(pooled))

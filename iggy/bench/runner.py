@@ -29,8 +29,6 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from iggy.protocol.batch import build_batch, random_id
-from iggy.bench.fastclient import PollFrame, SendFrame, scan_poll
 from iggy.bench.client import (
     COMMAND_REPLY,
     CONSUMER_GROUP,
@@ -41,6 +39,7 @@ from iggy.bench.client import (
     Connection,
     connect,
 )
+from iggy.bench.fastclient import PollFrame, SendFrame, scan_poll
 from iggy.bench.metrics import (
     CONSUMER,
     PRODUCER,
@@ -50,6 +49,7 @@ from iggy.bench.metrics import (
     group_metrics,
     now_iso,
 )
+from iggy.protocol.batch import build_batch, random_id
 
 KINDS = (
     "pinned_producer",
@@ -110,13 +110,9 @@ class BenchConfig:
             raise ValueError("durability is replicated or persisted")
         k = self.kind
         if k == "pinned_producer" and self.streams != self.producers:
-            raise ValueError(
-                f"pinned producer: streams ({self.streams}) must equal producers ({self.producers})"
-            )
+            raise ValueError(f"pinned producer: streams ({self.streams}) must equal producers ({self.producers})")
         if k == "pinned_consumer" and self.streams != self.consumers:
-            raise ValueError(
-                f"pinned consumer: streams ({self.streams}) must equal consumers ({self.consumers})"
-            )
+            raise ValueError(f"pinned consumer: streams ({self.streams}) must equal consumers ({self.consumers})")
         if k == "pinned_producer_and_consumer" and not (self.streams == self.producers == self.consumers):
             raise ValueError("pinned producer and consumer: streams, producers and consumers must be equal")
         if k == "balanced_consumer_group" and self.consumer_groups != self.streams:
@@ -289,9 +285,7 @@ class Producer:
             self.partitions[0],
         )
 
-    async def run(
-        self, batches: int | None = None, deadline: float | None = None, record: bool = True
-    ) -> int:
+    async def run(self, batches: int | None = None, deadline: float | None = None, record: bool = True) -> int:
         """Send `batches` (default: the actor's share) or until `deadline`; returns batches sent."""
         conn, frame, m = self.conn, self.frame, self.metrics
         parts, nparts = self.partitions, len(self.partitions)
@@ -374,9 +368,7 @@ class Consumer:
         """Poll the first `stop_at` messages over and over until `deadline` (nothing recorded)."""
         conn, frame, offset = self.conn, self.frame, 0
         while time.perf_counter() < deadline and stop_at > 0:
-            command, _, status, body = await conn.roundtrip(
-                frame.stamp(conn.read_request(), self.partition, offset)
-            )
+            command, _, status, body = await conn.roundtrip(frame.stamp(conn.read_request(), self.partition, offset))
             _check_reply(command, status, "poll messages")
             count, nxt = scan_poll(body)[2::3]
             offset = nxt if count and nxt < stop_at else 0
@@ -548,9 +540,7 @@ class ProducingConsumer:
             cfg.messages_per_batch,
         )
 
-    async def run(
-        self, batches: int | None = None, deadline: float | None = None, record: bool = True
-    ) -> None:
+    async def run(self, batches: int | None = None, deadline: float | None = None, record: bool = True) -> None:
         conn, m = self.conn, self.metrics
         per_batch = self.send.message_count
         user_bytes = self.cfg.message_size * per_batch
@@ -641,14 +631,12 @@ async def _gather(coros) -> list:
         raise
 
 
-async def _fill(
-    cfg: BenchConfig, targets: list[Target], per_stream_batches: list[int], progress: Progress | None
-):
+async def _fill(cfg: BenchConfig, targets: list[Target], per_stream_batches: list[int], progress: Progress | None):
     """Write the data consumers will read (not measured): one producer per stream, batches
     spread round robin over the stream's partitions."""
     producers = [
         Producer(cfg, 10000 + i, t, t.partitions, n, progress, None)
-        for i, (t, n) in enumerate(zip(targets, per_stream_batches))
+        for i, (t, n) in enumerate(zip(targets, per_stream_batches, strict=False))
         if n
     ]
     if progress is not None:
@@ -677,24 +665,18 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> B
 
         if kind == "pinned_consumer":
             batches = cfg.batches_for(cfg.consumers)
-            targets = await _ensure_streams(
-                admin, cfg, 1, fresh=False, need_messages=max(batches) * per_batch
-            )
-            to_fill = [n if t.created else 0 for t, n in zip(targets, batches)]
+            targets = await _ensure_streams(admin, cfg, 1, fresh=False, need_messages=max(batches) * per_batch)
+            to_fill = [n if t.created else 0 for t, n in zip(targets, batches, strict=False)]
             if any(to_fill):
                 await _fill(cfg, targets, to_fill, progress)
             actors = [
-                Consumer(
-                    cfg, i + 1, targets[i], targets[i].partitions[0], batches[i] * per_batch, progress, rate
-                )
+                Consumer(cfg, i + 1, targets[i], targets[i].partitions[0], batches[i] * per_batch, progress, rate)
                 for i in range(cfg.consumers)
             ]
         elif kind == "balanced_consumer_group":
             batches = cfg.batches_for(cfg.consumers)
             total = sum(batches)
-            per_stream = [
-                total // cfg.streams + (1 if i < total % cfg.streams else 0) for i in range(cfg.streams)
-            ]
+            per_stream = [total // cfg.streams + (1 if i < total % cfg.streams else 0) for i in range(cfg.streams)]
             targets = await _ensure_streams(admin, cfg, cfg.partitions, fresh=True)
             await _fill(cfg, targets, per_stream, progress)
             remaining = []
@@ -702,9 +684,7 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> B
                 t.group_id = await _ensure_group(admin, t, f"cg-{i + 1}")
                 remaining.append({"messages": per_stream[i] * per_batch})
             actors = [
-                GroupConsumer(
-                    cfg, i + 1, targets[i % cfg.streams], remaining[i % cfg.streams], progress, rate
-                )
+                GroupConsumer(cfg, i + 1, targets[i % cfg.streams], remaining[i % cfg.streams], progress, rate)
                 for i in range(cfg.consumers)
             ]
         elif kind == "end_to_end_producing_consumer":
@@ -741,9 +721,7 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> B
             ]
             if kind == "pinned_producer_and_consumer":
                 actors += [
-                    Consumer(
-                        cfg, i + 1, targets[i], 0, batches[i] * per_batch, progress, rate, end_to_end=True
-                    )
+                    Consumer(cfg, i + 1, targets[i], 0, batches[i] * per_batch, progress, rate, end_to_end=True)
                     for i in range(cfg.consumers)
                 ]
 
@@ -796,7 +774,7 @@ async def _warmup(cfg: BenchConfig, actors: list, progress: Progress | None) -> 
         a.warmup(deadline, a.messages) if isinstance(a, Consumer) else a.run(deadline=deadline, record=False)
         for a in warming
     )
-    for a, sent in zip(warming, results):
+    for a, sent in zip(warming, results, strict=True):
         if isinstance(a, Producer):
             for c in actors:
                 if isinstance(c, Consumer) and c.end_to_end and c.target is a.target:

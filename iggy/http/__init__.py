@@ -6,6 +6,7 @@ shared state), `auth` (JWT), `schemas` (request bodies), `views` (response shape
 `messages_json` (message bodies and user headers), `errors` (status mapping), `metrics`,
 `snapshot`, `webui`, `settings`.
 """
+
 from iggy.http.server import HttpServer
 from iggy.http.settings import from_config
 

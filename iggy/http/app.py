@@ -13,6 +13,7 @@ upstream stamps the metadata group's consensus view number on those answers
 single node never leaves view 0. Errors, `/ping`, `/ui` and CORS preflights go without it,
 as upstream's layering does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,9 +49,11 @@ def _web_ui_notice(settings) -> None:
     """`http.web_ui = true` is upstream's switch for the UI compiled into its binary; this
     server has none built in, so it says once how to serve the official build instead."""
     if settings.web_ui and not settings.web_ui_dir:
-        log.warning("http.web_ui = true, but no Web UI is built into this server: build the static "
-                    "Web UI from the Apache Iggy sources (web/, build:static -> web/build/static) and "
-                    "set http.web_ui_dir (IGGY_HTTP_WEB_UI_DIR) to that folder to serve it under /ui")
+        log.warning(
+            "http.web_ui = true, but no Web UI is built into this server: build the static "
+            "Web UI from the Apache Iggy sources (web/, build:static -> web/build/static) and "
+            "set http.web_ui_dir (IGGY_HTTP_WEB_UI_DIR) to that folder to serve it under /ui"
+        )
 
 
 def create_app(ctx: HttpContext) -> Litestar:
@@ -58,10 +61,16 @@ def create_app(ctx: HttpContext) -> Litestar:
     handlers = [*system.ROUTES, *users.ROUTES, *streams.ROUTES, *messages.ROUTES]
     if settings.metrics_enabled:
         handlers.append(system.metrics_route(settings.metrics_endpoint))
-    for handler in handlers:   # document the error answers once, for every operation
+    for handler in handlers:  # document the error answers once, for every operation
         handler.responses = {**ERROR_RESPONSES, **(handler.responses or {})}
-    api = Router(path="/", route_handlers=handlers, guards=[auth_guard], before_request=require_json,
-                 after_request=stamp_view, security=[{"bearer": []}])
+    api = Router(
+        path="/",
+        route_handlers=handlers,
+        guards=[auth_guard],
+        before_request=require_json,
+        after_request=stamp_view,
+        security=[{"bearer": []}],
+    )
     route_handlers = [api]
     _web_ui_notice(settings)
     if settings.web_ui_dir:
@@ -69,19 +78,30 @@ def create_app(ctx: HttpContext) -> Litestar:
     cors = settings.cors
     cors_config = None
     if cors.enabled:
-        cors_config = CORSConfig(allow_origins=list(cors.allowed_origins), allow_methods=list(cors.allowed_methods),
-                                 allow_headers=list(cors.allowed_headers), expose_headers=list(cors.exposed_headers),
-                                 allow_credentials=cors.allow_credentials)
+        cors_config = CORSConfig(
+            allow_origins=list(cors.allowed_origins),
+            allow_methods=list(cors.allowed_methods),
+            allow_headers=list(cors.allowed_headers),
+            expose_headers=list(cors.exposed_headers),
+            allow_credentials=cors.allow_credentials,
+        )
     openapi = OpenAPIConfig(
-        title="Iggy HTTP API", version=SERVER_VERSION, path=OPENAPI_PATH,
+        title="Iggy HTTP API",
+        version=SERVER_VERSION,
+        path=OPENAPI_PATH,
         description="REST API of the iggy server (compatible with Apache Iggy 0.9).",
-        components=Components(security_schemes={
-            "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT or personal access token")}),
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT or personal access token")
+            }
+        ),
     )
     return Litestar(
         route_handlers=route_handlers,
-        dependencies={"ctx": Provide(provide_ctx, sync_to_thread=False),
-                      "caller": Provide(provide_caller, sync_to_thread=False)},
+        dependencies={
+            "ctx": Provide(provide_ctx, sync_to_thread=False),
+            "caller": Provide(provide_caller, sync_to_thread=False),
+        },
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=cors_config,
         openapi_config=openapi,

@@ -19,6 +19,7 @@ a restart forgets it, which is harmless when the secret is generated per start.
 
 `JwtIssuer` is used only from the HTTP thread, so it needs no locking.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,22 +28,23 @@ import uuid
 
 import jwt
 
-from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.http.settings import JwtSettings, random_secret
+from iggy.protocol.errors import ErrorCode, IggyError
 
 
 def uuid7() -> str:
     """A time-ordered UUID (RFC 9562 version 7), the `jti` format of the reference server."""
     ms = time.time_ns() // 1_000_000
     value = (ms & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)          # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)          # RFC 4122 variant
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
     return str(uuid.UUID(int=value))
 
 
 class Principal:
     """Who a request is authenticated as: a user id and that user's generation."""
-    __slots__ = ("user_id", "generation")
+
+    __slots__ = ("generation", "user_id")
 
     def __init__(self, user_id: int, generation: int):
         self.user_id = user_id
@@ -56,24 +58,38 @@ class JwtIssuer:
     def __init__(self, settings: JwtSettings):
         self.settings = settings
         self.secret = settings.secret or random_secret()
-        self.revoked: dict[str, int] = {}   # jti -> exp (Unix seconds)
+        self.revoked: dict[str, int] = {}  # jti -> exp (Unix seconds)
 
     def issue(self, who: Principal) -> dict:
         """A new token for `who` as the `access_token` object of IdentityInfo."""
         s = self.settings
         now = int(time.time())
         exp = now + s.access_token_expiry
-        claims = {"jti": uuid7(), "iss": s.issuer, "aud": s.audience, "sub": str(who.user_id),
-                  "iat": now, "nbf": now + s.not_before, "exp": exp, "gen": who.generation}
+        claims = {
+            "jti": uuid7(),
+            "iss": s.issuer,
+            "aud": s.audience,
+            "sub": str(who.user_id),
+            "iat": now,
+            "nbf": now + s.not_before,
+            "exp": exp,
+            "gen": who.generation,
+        }
         return {"token": jwt.encode(claims, self.secret, algorithm=s.algorithm), "expiry": exp}
 
     def decode(self, token: str) -> dict | None:
         """The verified claims, or None if the token is not one of ours, expired or revoked."""
         s = self.settings
         try:
-            claims = jwt.decode(token, self.secret, algorithms=[s.algorithm], audience=list(s.valid_audiences),
-                                issuer=list(s.valid_issuers), leeway=s.clock_skew,
-                                options={"require": ["exp", "sub", "jti", "gen"]})
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[s.algorithm],
+                audience=list(s.valid_audiences),
+                issuer=list(s.valid_issuers),
+                leeway=s.clock_skew,
+                options={"require": ["exp", "sub", "jti", "gen"]},
+            )
         except jwt.PyJWTError:
             return None
         if claims["jti"] in self.revoked:

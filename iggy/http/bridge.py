@@ -14,6 +14,7 @@ data (dicts, lists, ints, bytes): built on the main loop, read on the HTTP threa
 If the HTTP request is cancelled (the client went away) the call on the main loop still
 runs to completion: a command is applied or refused as a whole, never cut in half.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,11 +30,13 @@ class Bridge:
 
     async def call(self, fn, *args):
         """Run `fn(plane, *args)` on the main loop and return its result here."""
+
         async def run():
             result = fn(self.plane, *args)
             if inspect.isawaitable(result):
                 result = await result
             return result
+
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         return await asyncio.shield(asyncio.wrap_future(future))
 

@@ -9,6 +9,7 @@ main loop. The guard stores the caller (an `auth.Principal`: user id and generat
 ``scope["user"]``; handlers receive it as the `caller` dependency and hand it to
 `Bridge.call_as`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,10 +22,10 @@ from litestar.exceptions import HTTPException, SerializationException
 from litestar.handlers import BaseRouteHandler
 
 from iggy.control.throttle import LogLimiter
-from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.http.auth import JwtIssuer, Principal, bearer
 from iggy.http.bridge import Bridge
 from iggy.http.settings import HttpSettings
+from iggy.protocol.errors import ErrorCode, IggyError
 
 U32_MAX = 0xFFFFFFFF
 _log_limited = LogLimiter(logging.getLogger("iggy.http"))
@@ -37,19 +38,19 @@ class HttpContext:
         self.bridge = bridge
         self.jwt = jwt
         self.settings = settings
-        self.metrics = metrics                  # iggy.http.metrics.Metrics
-        self.snapshot_lock = threading.Lock()   # one snapshot at a time (error 9000)
+        self.metrics = metrics  # iggy.http.metrics.Metrics
+        self.snapshot_lock = threading.Lock()  # one snapshot at a time (error 9000)
 
 
-Ctx = NamedDependency[HttpContext]     # handler parameter `ctx`
-Caller = NamedDependency[Principal]    # handler parameter `caller`: the authenticated user
+Ctx = NamedDependency[HttpContext]  # handler parameter `ctx`
+Caller = NamedDependency[Principal]  # handler parameter `caller`: the authenticated user
 
 
 def ctx_of(connection: ASGIConnection) -> HttpContext:
     return connection.app.state.ctx
 
 
-def provide_ctx(request: Request) -> HttpContext:   # Litestar dependency `ctx`
+def provide_ctx(request: Request) -> HttpContext:  # Litestar dependency `ctx`
     return ctx_of(request)
 
 
@@ -59,6 +60,7 @@ def provide_caller(request: Request) -> Principal:  # Litestar dependency `calle
 
 def _pat_user(plane, credential: str) -> Principal:
     from iggy.control.users import user_for_token
+
     try:
         user = user_for_token(plane, credential)
         return Principal(user.id, user.generation)
@@ -76,7 +78,7 @@ async def auth_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> N
     credential = bearer(connection.headers)
     who = ctx.jwt.principal(credential)
     if who is None:
-        if "." in credential:          # a JWT (ours but expired or revoked, or not ours)
+        if "." in credential:  # a JWT (ours but expired or revoked, or not ours)
             raise IggyError(ErrorCode.UNAUTHENTICATED)
         who = await ctx.bridge.call(_pat_user, credential)
     connection.scope["user"] = who
@@ -92,9 +94,14 @@ class JsonRequest(Request):
         try:
             return await super().json()
         except RecursionError:
-            _log_limited.log(logging.INFO, "json-depth", "HTTP %s %s from %s: JSON body nested too deeply, "
-                             "refused (400)", self.method, self.url.path,
-                             self.client.host if self.client else "unknown")
+            _log_limited.log(
+                logging.INFO,
+                "json-depth",
+                "HTTP %s %s from %s: JSON body nested too deeply, refused (400)",
+                self.method,
+                self.url.path,
+                self.client.host if self.client else "unknown",
+            )
             raise SerializationException("JSON is malformed: nested too deeply") from None
 
 
@@ -104,12 +111,12 @@ async def require_json(request: Request) -> None:
         return None
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
-        raise HTTPException(status_code=415,
-                            detail="Expected request with `Content-Type: application/json`")
+        raise HTTPException(status_code=415, detail="Expected request with `Content-Type: application/json`")
     return None
 
 
 # ------------------------------------------------------------------- path values
+
 
 def ident(text: str):
     """An id-or-name path segment: digits that fit a u32 are an id, anything else a name."""

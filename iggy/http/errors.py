@@ -11,6 +11,7 @@ JSON 400, JSON of the wrong shape 422, missing ``Content-Type: application/json`
 too large 413, bad path or query 400; an unknown path is 404 with an empty body and a known
 path with the wrong method is 405.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,32 +29,57 @@ from iggy.protocol.errors import ErrorCode, IggyError, error_id
 log = logging.getLogger("iggy.http")
 _log_limited = LogLimiter(log)
 
-UNAUTHENTICATED_CODES = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.ACCESS_TOKEN_MISSING,
-                                   ErrorCode.INVALID_ACCESS_TOKEN, ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN})
-NOT_FOUND_CODES = frozenset({
-    ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.STREAM_NAME_NOT_FOUND, ErrorCode.TOPIC_ID_NOT_FOUND,
-    ErrorCode.TOPIC_NAME_NOT_FOUND, ErrorCode.PARTITION_NOT_FOUND, ErrorCode.SEGMENT_NOT_FOUND,
-    ErrorCode.CLIENT_NOT_FOUND, ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND, ErrorCode.CONSUMER_GROUP_NAME_NOT_FOUND,
-    ErrorCode.CONSUMER_GROUP_MEMBER_NOT_FOUND, ErrorCode.CONSUMER_OFFSET_NOT_FOUND, ErrorCode.RESOURCE_NOT_FOUND,
-})
+UNAUTHENTICATED_CODES = frozenset(
+    {
+        ErrorCode.UNAUTHENTICATED,
+        ErrorCode.ACCESS_TOKEN_MISSING,
+        ErrorCode.INVALID_ACCESS_TOKEN,
+        ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN,
+    }
+)
+NOT_FOUND_CODES = frozenset(
+    {
+        ErrorCode.STREAM_ID_NOT_FOUND,
+        ErrorCode.STREAM_NAME_NOT_FOUND,
+        ErrorCode.TOPIC_ID_NOT_FOUND,
+        ErrorCode.TOPIC_NAME_NOT_FOUND,
+        ErrorCode.PARTITION_NOT_FOUND,
+        ErrorCode.SEGMENT_NOT_FOUND,
+        ErrorCode.CLIENT_NOT_FOUND,
+        ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND,
+        ErrorCode.CONSUMER_GROUP_NAME_NOT_FOUND,
+        ErrorCode.CONSUMER_GROUP_MEMBER_NOT_FOUND,
+        ErrorCode.CONSUMER_OFFSET_NOT_FOUND,
+        ErrorCode.RESOURCE_NOT_FOUND,
+    }
+)
 TRANSIENT_CODES = frozenset({57, 58})
 DISCONNECTED = "client disconnected prematurely"
 
 # the `field` the reference server names for these codes (HTTP.md 1.5)
 FIELDS = {
-    ErrorCode.STREAM_ID_NOT_FOUND: "stream_id", ErrorCode.INVALID_STREAM_ID: "stream_id",
-    ErrorCode.TOPIC_ID_NOT_FOUND: "topic_id", ErrorCode.INVALID_TOPIC_ID: "topic_id",
-    ErrorCode.PARTITION_NOT_FOUND: "partition_id", ErrorCode.SEGMENT_NOT_FOUND: "segment_id",
-    ErrorCode.CLIENT_NOT_FOUND: "client_id", ErrorCode.INVALID_STREAM_NAME: "name",
-    ErrorCode.STREAM_NAME_ALREADY_EXISTS: "name", ErrorCode.INVALID_TOPIC_NAME: "name",
-    ErrorCode.TOPIC_NAME_ALREADY_EXISTS: "name", ErrorCode.CONSUMER_GROUP_NAME_ALREADY_EXISTS: "name",
-    ErrorCode.PERSONAL_ACCESS_TOKEN_ALREADY_EXISTS: "name", ErrorCode.INVALID_OFFSET: "offset",
-    ErrorCode.INVALID_CONSUMER_GROUP_ID: "consumer_group_id", ErrorCode.USER_ALREADY_EXISTS: "username",
+    ErrorCode.STREAM_ID_NOT_FOUND: "stream_id",
+    ErrorCode.INVALID_STREAM_ID: "stream_id",
+    ErrorCode.TOPIC_ID_NOT_FOUND: "topic_id",
+    ErrorCode.INVALID_TOPIC_ID: "topic_id",
+    ErrorCode.PARTITION_NOT_FOUND: "partition_id",
+    ErrorCode.SEGMENT_NOT_FOUND: "segment_id",
+    ErrorCode.CLIENT_NOT_FOUND: "client_id",
+    ErrorCode.INVALID_STREAM_NAME: "name",
+    ErrorCode.STREAM_NAME_ALREADY_EXISTS: "name",
+    ErrorCode.INVALID_TOPIC_NAME: "name",
+    ErrorCode.TOPIC_NAME_ALREADY_EXISTS: "name",
+    ErrorCode.CONSUMER_GROUP_NAME_ALREADY_EXISTS: "name",
+    ErrorCode.PERSONAL_ACCESS_TOKEN_ALREADY_EXISTS: "name",
+    ErrorCode.INVALID_OFFSET: "offset",
+    ErrorCode.INVALID_CONSUMER_GROUP_ID: "consumer_group_id",
+    ErrorCode.USER_ALREADY_EXISTS: "username",
 }
 
 
 class ErrorBody(msgspec.Struct):
     """The JSON body of every Iggy error (documented in the OpenAPI document)."""
+
     id: int
     code: str
     reason: str
@@ -99,10 +125,14 @@ def status_of(code: int) -> int:
 
 def iggy_error_response(exc: IggyError) -> Response:
     status = status_of(exc.code)
-    body = {"id": exc.code, "code": error_id(exc.code), "reason": exc.reason,
-            "field": exc.field or FIELDS.get(exc.code)}
+    body = {
+        "id": exc.code,
+        "code": error_id(exc.code),
+        "reason": exc.reason,
+        "field": exc.field or FIELDS.get(exc.code),
+    }
     headers = {"Retry-After": "1"} if status == 503 else None
-    retry_after = getattr(exc, "retry_after", None)     # a login refused while backed off
+    retry_after = getattr(exc, "retry_after", None)  # a login refused while backed off
     if retry_after:
         headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
     return Response(body, status_code=status, headers=headers, media_type="application/json")
@@ -117,8 +147,11 @@ def _on_iggy_error(request: Request, exc: IggyError) -> Response:
 
 
 def _on_not_found(request: Request, exc: NotFound) -> Response:
-    return Response({"id": 404, "code": "not_found", "reason": "Resource not found", "field": None},
-                    status_code=404, media_type="application/json")
+    return Response(
+        {"id": 404, "code": "not_found", "reason": "Resource not found", "field": None},
+        status_code=404,
+        media_type="application/json",
+    )
 
 
 def _on_unprocessable(request: Request, exc: Unprocessable) -> Response:
@@ -137,7 +170,7 @@ def _on_validation(request: Request, exc: ValidationException) -> Response:
 
 def _on_http_exception(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, NotFoundException):
-        return Response(b"", status_code=404)       # no route: empty body, as the reference server
+        return Response(b"", status_code=404)  # no route: empty body, as the reference server
     if exc.status_code == 405:
         return Response(b"", status_code=405, headers=exc.headers)
     if exc.status_code >= 500:
@@ -145,15 +178,21 @@ def _on_http_exception(request: Request, exc: HTTPException) -> Response:
             # the client went away while its body was read (a slow client cut off by
             # http.body_read_timeout, or one that hung up): nothing failed here. Litestar
             # says so only in this message (Request.stream on http.disconnect)
-            _log_limited.log(logging.INFO, "disconnected", "HTTP %s %s: the client disconnected before "
-                             "sending its body", request.method, request.url.path)
+            _log_limited.log(
+                logging.INFO,
+                "disconnected",
+                "HTTP %s %s: the client disconnected before sending its body",
+                request.method,
+                request.url.path,
+            )
             return text(400, "client disconnected")
         log.error("HTTP %s %s failed: %s", request.method, request.url.path, exc.detail)
     return text(exc.status_code, str(exc.detail))
 
 
 def _on_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("HTTP %s %s failed", request.method, request.url.path)
+    # litestar calls this handler with the exception, outside any `except` block
+    log.error("HTTP %s %s failed", request.method, request.url.path, exc_info=exc)
     return text(HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error")
 
 

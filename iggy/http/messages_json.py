@@ -13,6 +13,7 @@ with kinds 1 raw, 2 string, 3 bool, 4..8 int8..int128, 9..13 uint8..uint128, 14 
 server's HTTP handler does. These functions are pure and run on the HTTP thread; building
 and reading batches is the Cython core's job (`iggy.protocol.batch`).
 """
+
 from __future__ import annotations
 
 import base64
@@ -20,9 +21,9 @@ import binascii
 import struct
 import uuid
 
-from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.http.errors import Unprocessable
 from iggy.http.views import KIND_NAMES
+from iggy.protocol.errors import ErrorCode, IggyError
 
 KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 # fixed value sizes per kind (raw and string have any size)
@@ -96,7 +97,7 @@ def parse_headers(block: bytes) -> list[tuple[int, bytes]]:
         pos += 5
         if pos + n > len(block):
             raise ValueError("truncated header value")
-        fields.append((kind, bytes(block[pos:pos + n])))
+        fields.append((kind, bytes(block[pos : pos + n])))
         pos += n
     if len(fields) % 2:
         raise ValueError("a header key without a value")
@@ -134,8 +135,9 @@ def headers_json(block: bytes):
         (kk, kv), (vk, vv) = fields[i], fields[i + 1]
         if kk not in KIND_NAMES or vk not in KIND_NAMES:
             return b64(block)
-        out.append({"key": {"kind": KIND_NAMES[kk], "value": b64(kv)},
-                    "value": {"kind": KIND_NAMES[vk], "value": b64(vv)}})
+        out.append(
+            {"key": {"kind": KIND_NAMES[kk], "value": b64(kv)}, "value": {"kind": KIND_NAMES[vk], "value": b64(vv)}}
+        )
     return out
 
 
@@ -183,11 +185,20 @@ def polled_json(partition_id: int, current_offset: int, messages) -> dict:
     out = []
     for m in messages:
         payload, headers = m["payload"], m["user_headers"]
-        out.append({
-            "header": {"checksum": m["checksum"], "id": m["id"], "offset": m["offset"],
-                       "timestamp": m["timestamp"], "origin_timestamp": m["origin_timestamp"],
-                       "user_headers_length": len(headers), "payload_length": len(payload), "reserved": 0},
-            "payload": b64(payload),
-            "user_headers": headers_json(headers),
-        })
+        out.append(
+            {
+                "header": {
+                    "checksum": m["checksum"],
+                    "id": m["id"],
+                    "offset": m["offset"],
+                    "timestamp": m["timestamp"],
+                    "origin_timestamp": m["origin_timestamp"],
+                    "user_headers_length": len(headers),
+                    "payload_length": len(payload),
+                    "reserved": 0,
+                },
+                "payload": b64(payload),
+                "user_headers": headers_json(headers),
+            }
+        )
     return {"partition_id": partition_id, "current_offset": current_offset, "count": len(out), "messages": out}

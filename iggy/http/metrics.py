@@ -16,12 +16,25 @@ are exact at scrape time and cost nothing between scrapes. The counter is bumped
 `CountingApp`, a thin ASGI wrapper around the whole app that also sees requests no route
 matched.
 """
+
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-GAUGES = ("streams", "topics", "partitions", "segments", "messages", "users", "clients", "shard_requests",
-          "shard_requests_native", "shard_fsyncs", "reply_buffers_bytes", "reply_buffer_waiters")
+GAUGES = (
+    "streams",
+    "topics",
+    "partitions",
+    "segments",
+    "messages",
+    "users",
+    "clients",
+    "shard_requests",
+    "shard_requests_native",
+    "shard_fsyncs",
+    "reply_buffers_bytes",
+    "reply_buffer_waiters",
+)
 
 
 class Metrics:
@@ -45,10 +58,13 @@ def counts(plane) -> dict:
     totals = plane.storage.totals()
     topic_list = [t for s in st.streams.values() for t in s.topics.values()]
     return {
-        "streams": len(st.streams), "topics": len(topic_list),
+        "streams": len(st.streams),
+        "topics": len(topic_list),
         "partitions": sum(len(t.partitions) for t in topic_list),
-        "segments": totals["segments_count"], "messages": totals["messages_count"],
-        "users": len(st.users), "clients": len(plane.sessions),
+        "segments": totals["segments_count"],
+        "messages": totals["messages_count"],
+        "users": len(st.users),
+        "clients": len(plane.sessions),
         **plane.engine_counters(),
     }
 

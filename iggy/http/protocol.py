@@ -27,6 +27,7 @@ are logged at most once a minute per kind (iggy.control.throttle.LogLimiter).
 `protocol_class(settings)` returns the class for `uvicorn.Config(http=...)`, bound to one
 listener's settings.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,30 +39,36 @@ from iggy.http.settings import HttpSettings
 
 log = logging.getLogger("iggy.http")
 _log_limited = LogLimiter(log)
-LINGER = 2.0        # seconds a refused connection's input is drained before it is closed
+LINGER = 2.0  # seconds a refused connection's input is drained before it is closed
 
 
 def _response(status: int, reason: str) -> bytes:
     body = reason.encode("ascii")
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode("ascii") + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode("ascii") + body
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
-    settings: HttpSettings = HttpSettings()      # replaced per listener by protocol_class()
+    settings: HttpSettings = HttpSettings()  # replaced per listener by protocol_class()
 
     def connection_made(self, transport) -> None:
         self._timer = None
-        self._in_head = True          # receiving a request line and headers (or waiting for one)
+        self._in_head = True  # receiving a request line and headers (or waiting for one)
         self._head_bytes = 0
-        self._completed = False       # a request was completed during the current read
-        self._refused = False         # answered with an error: input is dropped until closed
-        self._counted = False         # in server_state.connections (uvicorn's bookkeeping)
+        self._completed = False  # a request was completed during the current read
+        self._refused = False  # answered with an error: input is dropped until closed
+        self._counted = False  # in server_state.connections (uvicorn's bookkeeping)
         limit = self.settings.max_connections
         if limit and len(self.server_state.connections) >= limit:
             self.transport = transport
-            _log_limited.log(logging.WARNING, "connections", "refusing an HTTP connection: %d open "
-                             "(http.max_connections)", len(self.server_state.connections))
+            _log_limited.log(
+                logging.WARNING,
+                "connections",
+                "refusing an HTTP connection: %d open (http.max_connections)",
+                len(self.server_state.connections),
+            )
             transport.write(_response(503, "Service Unavailable"))
             self._linger()
             return
@@ -84,15 +91,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         self._head_bytes += len(data)
         if self.settings.max_header_size and self._head_bytes > self.settings.max_header_size:
-            self._refuse(431, "Request Header Fields Too Large", "head-size",
-                         "request headers over %d bytes (http.max_header_size)", self.settings.max_header_size)
+            self._refuse(
+                431,
+                "Request Header Fields Too Large",
+                "head-size",
+                "request headers over %d bytes (http.max_header_size)",
+                self.settings.max_header_size,
+            )
 
     # ------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        if self._timer is None:       # a keep-alive connection's next request starts its clock
+        if self._timer is None:  # a keep-alive connection's next request starts its clock
             self._arm(self.settings.header_read_timeout, "head")
 
     def on_headers_complete(self) -> None:
@@ -124,16 +136,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._refused:
             return
         if phase == "head":
-            self._refuse(408, "Request Timeout", "head-timeout", "request headers not received within %.1f s "
-                         "(http.header_read_timeout)", seconds)
+            self._refuse(
+                408,
+                "Request Timeout",
+                "head-timeout",
+                "request headers not received within %.1f s (http.header_read_timeout)",
+                seconds,
+            )
         else:
-            _log_limited.log(logging.INFO, "body-timeout", "closing HTTP connection from %s: request body not "
-                             "received within %.1f s (http.body_read_timeout)", self._peer(), seconds)
+            _log_limited.log(
+                logging.INFO,
+                "body-timeout",
+                "closing HTTP connection from %s: request body not received within %.1f s (http.body_read_timeout)",
+                self._peer(),
+                seconds,
+            )
             self.transport.close()
 
     def _refuse(self, status: int, reason: str, key: str, why: str, *args) -> None:
         _log_limited.log(logging.INFO, key, "closing HTTP connection from %s: " + why, self._peer(), *args)
-        if self.cycle is None or self.cycle.response_complete:     # no response under way
+        if self.cycle is None or self.cycle.response_complete:  # no response under way
             self.transport.write(_response(status, reason))
             self._linger()
         else:
@@ -146,11 +168,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self._timer = self.loop.call_later(LINGER, self.transport.close)
-        else:                          # TLS: no half-close
+        else:  # TLS: no half-close
             self.transport.close()
 
     def _peer(self) -> str:
-        return "%s:%d" % self.client if self.client else "unknown"
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
 
 
 def protocol_class(settings: HttpSettings) -> type:

@@ -7,9 +7,10 @@ except at the top level of a send-messages body, which the reference server refu
 Numeric bounds are the wire types' (u32, u64) so nothing reaches the control plane that the
 binary protocol could not carry either.
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -24,8 +25,10 @@ def check_u64(*values) -> None:
     for value in values:
         if isinstance(value, int) and value > U64_MAX:
             raise ValueError("number too large to fit in target type u64")
+
+
 # an id or name in a body (consumer ids): a number, or a string (digits count as a number)
-IdOrName = Union[U32, Annotated[str, msgspec.Meta(min_length=1, max_length=255)]]
+IdOrName = U32 | Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
 class Login(msgspec.Struct):
@@ -123,7 +126,7 @@ class CreateTopic(msgspec.Struct):
     message_expiry: U64
     max_topic_size: U64
     options: dict[str, str] | None = None
-    replication_factor: int | None = None   # legacy field, ignored
+    replication_factor: int | None = None  # legacy field, ignored
 
     def __post_init__(self):
         check_u64(self.message_expiry, self.max_topic_size)
@@ -158,9 +161,24 @@ class StoreOffset(msgspec.Struct):
 
 
 class HeaderField(msgspec.Struct):
-    kind: Literal["raw", "string", "bool", "int8", "int16", "int32", "int64", "int128", "uint8", "uint16",
-                  "uint32", "uint64", "uint128", "float32", "float64"]
-    value: str   # base64
+    kind: Literal[
+        "raw",
+        "string",
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "int128",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "uint128",
+        "float32",
+        "float64",
+    ]
+    value: str  # base64
 
 
 class HeaderEntry(msgspec.Struct):
@@ -170,12 +188,12 @@ class HeaderEntry(msgspec.Struct):
 
 class Partitioning(msgspec.Struct):
     kind: Literal["balanced", "partition_id", "messages_key"]
-    value: str = ""   # base64
+    value: str = ""  # base64
 
 
 class SendMessage(msgspec.Struct):
-    payload: str                                   # base64, 1 .. 64,000,000 bytes once decoded
-    id: U64 | str | None = None                    # a number up to u64, or a decimal / UUID string
+    payload: str  # base64, 1 .. 64,000,000 bytes once decoded
+    id: U64 | str | None = None  # a number up to u64, or a decimal / UUID string
     user_headers: list[HeaderEntry] | str | None = None
 
     def __post_init__(self):
@@ -189,13 +207,15 @@ class SendMessages(msgspec.Struct, forbid_unknown_fields=True):
 
 class Snapshot(msgspec.Struct):
     compression: Literal["Stored", "Deflated", "Bzip2", "Zstd", "Lzma", "Xz"] = "Deflated"
-    snapshot_types: list[Literal["FilesystemOverview", "ProcessList", "ResourceUsage", "Test", "ServerLogs",
-                                 "ServerConfig", "All"]] = msgspec.field(default_factory=lambda: ["All"])
+    snapshot_types: list[
+        Literal["FilesystemOverview", "ProcessList", "ResourceUsage", "Test", "ServerLogs", "ServerConfig", "All"]
+    ] = msgspec.field(default_factory=lambda: ["All"])
 
 
 def stored_permissions(p: Permissions | None) -> dict | None:
     """Permissions of a request body in the stored form of `iggy.control.permissions`."""
     from iggy.control import permissions as perm
+
     if p is None:
         return None
     streams = {}

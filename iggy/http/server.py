@@ -16,6 +16,7 @@ handling stays with `iggy.server.node`. `stop()` asks uvicorn to exit, waits for
 requests (at most `SHUTDOWN_GRACE` seconds) and joins the thread without blocking the main
 loop, which must keep serving bridge calls while requests finish.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -69,28 +70,43 @@ class HttpServer:
         self._failed: BaseException | None = None
 
     def build_context(self, main_loop) -> HttpContext:
-        return HttpContext(bridge=Bridge(self.plane, main_loop), jwt=JwtIssuer(self.settings.jwt),
-                           settings=self.settings, metrics=Metrics())
+        return HttpContext(
+            bridge=Bridge(self.plane, main_loop),
+            jwt=JwtIssuer(self.settings.jwt),
+            settings=self.settings,
+            metrics=Metrics(),
+        )
 
     async def start(self) -> tuple[str, int]:
         """Bind, start the thread and return the bound (host, port) once it accepts requests."""
         import uvicorn
 
         from iggy.http.app import create_app
+
         ctx = self.build_context(asyncio.get_running_loop())
         app = CountingApp(create_app(ctx), ctx.metrics)
         s = self.settings
         self.sock = bind(s.host, s.port)
         host, port = self.sock.getsockname()[:2]
         self.address = (host, port)
-        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)   # no "Started server process" lines
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # no "Started server process" lines
         # slow clients: the guarded protocol adds head/body deadlines and bounds header size
         # and connections (iggy.http.protocol); uvicorn's own keep-alive timeout closes idle
         # connections between requests ("0 s" = never: a day, re-armed after every request)
-        config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, server_header=False,
-                                ws="none", loop="none", timeout_graceful_shutdown=SHUTDOWN_GRACE,
-                                http=protocol_class(s), timeout_keep_alive=s.keep_alive_timeout or 86_400,
-                                ssl_certfile=s.tls_cert_file or None, ssl_keyfile=s.tls_key_file or None)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            ws="none",
+            loop="none",
+            timeout_graceful_shutdown=SHUTDOWN_GRACE,
+            http=protocol_class(s),
+            timeout_keep_alive=s.keep_alive_timeout or 86_400,
+            ssl_certfile=s.tls_cert_file or None,
+            ssl_keyfile=s.tls_key_file or None,
+        )
         self.uvicorn = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name="iggy-http", daemon=True)
         self.thread.start()
@@ -110,7 +126,7 @@ class HttpServer:
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self.uvicorn.serve(sockets=[self.sock]))
-        except BaseException as exc:  # noqa: BLE001 - reported to start() / logged, thread ends
+        except BaseException as exc:
             self._failed = exc
             log.exception("HTTP server thread failed")
         finally:

@@ -24,6 +24,7 @@ Keys read (all optional; defaults are the reference server's)::
     http.metrics.enabled / endpoint  true, "/metrics"
     http.tls.enabled / cert_file / key_file
 """
+
 from __future__ import annotations
 
 import base64
@@ -53,10 +54,10 @@ class JwtSettings:
     audience: str = "iggy.apache.org"
     valid_issuers: tuple = ("iggy.apache.org",)
     valid_audiences: tuple = ("iggy.apache.org",)
-    access_token_expiry: int = 3600   # seconds
-    clock_skew: int = 5               # seconds
-    not_before: int = 0               # seconds
-    secret: bytes = b""               # empty: generate one per start (see resolve_secret)
+    access_token_expiry: int = 3600  # seconds
+    clock_skew: int = 5  # seconds
+    not_before: int = 0  # seconds
+    secret: bytes = b""  # empty: generate one per start (see resolve_secret)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 3000
     max_request_size: int = 2_000_000
-    header_read_timeout: float = 10.0   # seconds; 0 = no limit
+    header_read_timeout: float = 10.0  # seconds; 0 = no limit
     body_read_timeout: float = 30.0
     keep_alive_timeout: float = 5.0
     max_header_size: int = 32 * 1024
@@ -107,6 +108,7 @@ def _seconds(value, default: int) -> int:
     if text.isdigit():
         return int(text)
     from iggy.config import parse_duration  # microseconds
+
     return parse_duration(text) // 1_000_000
 
 
@@ -117,6 +119,7 @@ def _fine_seconds(value, default: float) -> float:
     if isinstance(value, (int, float)):
         return float(value)
     from iggy.config import parse_duration  # microseconds
+
     return parse_duration(str(value)) / 1_000_000
 
 
@@ -129,6 +132,7 @@ def _bytes(value, default: int) -> int:
     if text.isdigit():
         return int(text)
     from iggy.config import parse_size
+
     return parse_size(text)
 
 

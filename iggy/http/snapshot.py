@@ -14,6 +14,7 @@ psutil and the standard library, so it works in a container without those tools.
 reads only files and process tables, never control-plane state, so it runs in a worker
 thread off both event loops.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,11 +25,22 @@ import zipfile
 import psutil
 
 TYPES = ("FilesystemOverview", "ProcessList", "ResourceUsage", "Test", "ServerLogs", "ServerConfig")
-COMPRESSION = {"Stored": zipfile.ZIP_STORED, "Deflated": zipfile.ZIP_DEFLATED, "Bzip2": zipfile.ZIP_BZIP2,
-               "Lzma": zipfile.ZIP_LZMA, "Xz": zipfile.ZIP_LZMA, "Zstd": zipfile.ZIP_DEFLATED}
-ENTRY_NAMES = {"FilesystemOverview": "filesystem_overview.txt", "ProcessList": "process_list.txt",
-               "ResourceUsage": "resource_usage.txt", "Test": "test.txt", "ServerLogs": "server_logs.txt",
-               "ServerConfig": "server_config.txt"}
+COMPRESSION = {
+    "Stored": zipfile.ZIP_STORED,
+    "Deflated": zipfile.ZIP_DEFLATED,
+    "Bzip2": zipfile.ZIP_BZIP2,
+    "Lzma": zipfile.ZIP_LZMA,
+    "Xz": zipfile.ZIP_LZMA,
+    "Zstd": zipfile.ZIP_DEFLATED,
+}
+ENTRY_NAMES = {
+    "FilesystemOverview": "filesystem_overview.txt",
+    "ProcessList": "process_list.txt",
+    "ResourceUsage": "resource_usage.txt",
+    "Test": "test.txt",
+    "ServerLogs": "server_logs.txt",
+    "ServerConfig": "server_config.txt",
+}
 MAX_LOG_BYTES = 16 * 1024 * 1024
 
 
@@ -59,15 +71,17 @@ def _resources(data_dir: str) -> str:
     me = psutil.Process()
     mem = psutil.virtual_memory()
     disk = psutil.disk_usage(data_dir)
-    return "".join([
-        f"cpu_percent: {psutil.cpu_percent(None)}\n",
-        f"cpu_count: {psutil.cpu_count()}\n",
-        f"load_average: {os.getloadavg()}\n",
-        f"memory_total: {mem.total}\nmemory_available: {mem.available}\n",
-        f"disk_total: {disk.total}\ndisk_free: {disk.free}\n",
-        f"process_rss: {me.memory_info().rss}\nprocess_threads: {me.num_threads()}\n",
-        f"process_open_files: {len(me.open_files())}\n",
-    ])
+    return "".join(
+        [
+            f"cpu_percent: {psutil.cpu_percent(None)}\n",
+            f"cpu_count: {psutil.cpu_count()}\n",
+            f"load_average: {os.getloadavg()}\n",
+            f"memory_total: {mem.total}\nmemory_available: {mem.available}\n",
+            f"disk_total: {disk.total}\ndisk_free: {disk.free}\n",
+            f"process_rss: {me.memory_info().rss}\nprocess_threads: {me.num_threads()}\n",
+            f"process_open_files: {len(me.open_files())}\n",
+        ]
+    )
 
 
 def _logs(data_dir: str) -> str:
@@ -96,9 +110,14 @@ def _config(data_dir: str) -> str:
 def build(data_dir: str, types: list[str], compression: str) -> tuple[bytes, str]:
     """(ZIP bytes, file name) for the requested types ("All" alone means every type)."""
     wanted = list(TYPES) if "All" in types else [t for t in TYPES if t in types]
-    producers = {"FilesystemOverview": lambda: _filesystem(data_dir), "ProcessList": _processes,
-                 "ResourceUsage": lambda: _resources(data_dir), "Test": lambda: "test\n",
-                 "ServerLogs": lambda: _logs(data_dir), "ServerConfig": lambda: _config(data_dir)}
+    producers = {
+        "FilesystemOverview": lambda: _filesystem(data_dir),
+        "ProcessList": _processes,
+        "ResourceUsage": lambda: _resources(data_dir),
+        "Test": lambda: "test\n",
+        "ServerLogs": lambda: _logs(data_dir),
+        "ServerConfig": lambda: _config(data_dir),
+    }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", COMPRESSION.get(compression, zipfile.ZIP_DEFLATED)) as zf:
         for kind in wanted:

@@ -6,15 +6,25 @@ and returns plain dicts that the HTTP thread serialises. Encodings shared by all
 such as "1.5 KiB" (the Web UI shows them verbatim); map keys of permissions are ids as
 strings; `options` maps are ``{key: {"value": <string>, "explicit": <bool>}}``.
 """
+
 from __future__ import annotations
 
 from iggy.control import permissions as perm
 from iggy.control.topics import TOPIC_OPTIONS
 from iggy.control.users import STATUS_ACTIVE
 
-_UNITS = [(name, base ** power) for power, names in ((6, ("EiB", "EB")), (5, ("PiB", "PB")), (4, ("TiB", "TB")),
-                                                       (3, ("GiB", "GB")), (2, ("MiB", "MB")), (1, ("KiB", "KB")))
-          for name, base in zip(names, (1024, 1000))]
+_UNITS = [
+    (name, base**power)
+    for power, names in (
+        (6, ("EiB", "EB")),
+        (5, ("PiB", "PB")),
+        (4, ("TiB", "TB")),
+        (3, ("GiB", "GB")),
+        (2, ("MiB", "MB")),
+        (1, ("KiB", "KB")),
+    )
+    for name, base in zip(names, (1024, 1000), strict=True)
+]
 
 TRANSPORTS = {1: "TCP", 2: "QUIC", 3: "HTTP", 4: "WebSocket"}
 
@@ -36,10 +46,18 @@ def size_text(n: int) -> str:
 
 # ------------------------------------------------------------------- streams and topics
 
+
 def stream(plane, s) -> dict:
     size, messages = plane.storage.stream_stats(s)
-    return {"id": s.id, "created_at": s.created_at, "name": s.name, "size": size_text(size),
-            "messages_count": messages, "topics_count": len(s.topics), "options": {}}
+    return {
+        "id": s.id,
+        "created_at": s.created_at,
+        "name": s.name,
+        "size": size_text(size),
+        "messages_count": messages,
+        "topics_count": len(s.topics),
+        "options": {},
+    }
 
 
 def stream_details(plane, s) -> dict:
@@ -59,11 +77,18 @@ def topic(plane, stream_id: int, t) -> dict:
     s = t.settings
     explicit = set(t.explicit)
     return {
-        "id": t.id, "created_at": t.created_at, "name": t.name, "size": size_text(size),
-        "message_expiry": s["message_expiry"], "compression_algorithm": s["compression_algorithm"],
-        "max_topic_size": s["max_topic_size"], "messages_count": messages, "partitions_count": len(t.partitions),
-        "options": {key: {"value": option_text(s[key]), "explicit": key in explicit}
-                    for key in TOPIC_OPTIONS if key in s},
+        "id": t.id,
+        "created_at": t.created_at,
+        "name": t.name,
+        "size": size_text(size),
+        "message_expiry": s["message_expiry"],
+        "compression_algorithm": s["compression_algorithm"],
+        "max_topic_size": s["max_topic_size"],
+        "messages_count": messages,
+        "partitions_count": len(t.partitions),
+        "options": {
+            key: {"value": option_text(s[key]), "explicit": key in explicit} for key in TOPIC_OPTIONS if key in s
+        },
     }
 
 
@@ -72,28 +97,44 @@ def topic_details(plane, stream_id: int, t) -> dict:
     out["partitions"] = []
     for p in sorted(t.partitions.values(), key=lambda p: p.id):
         segments, current, size, messages = plane.storage.partition_stats(stream_id, t.id, p.id)
-        out["partitions"].append({"id": p.id, "created_at": p.created_at, "segments_count": segments,
-                                  "current_offset": current, "size": size_text(size), "messages_count": messages})
+        out["partitions"].append(
+            {
+                "id": p.id,
+                "created_at": p.created_at,
+                "segments_count": segments,
+                "current_offset": current,
+                "size": size_text(size),
+                "messages_count": messages,
+            }
+        )
     return out
 
 
 # ------------------------------------------------------------------- consumer groups
 
+
 def group(plane, s, t, g) -> dict:
     m = plane.groups.groups.get((s.id, t.id, g.id))
-    return {"id": g.id, "name": g.name, "partitions_count": len(t.partitions),
-            "members_count": len(m.members) if m else 0}
+    return {
+        "id": g.id,
+        "name": g.name,
+        "partitions_count": len(t.partitions),
+        "members_count": len(m.members) if m else 0,
+    }
 
 
 def group_details(plane, s, t, g) -> dict:
     out = group(plane, s, t, g)
     m = plane.groups.groups.get((s.id, t.id, g.id))
-    out["members"] = [{"id": member.id, "partitions_count": len(member.partitions),
-                       "partitions": list(member.partitions)} for member in (m.members if m else [])]
+    out["members"] = [
+        {"id": member.id, "partitions_count": len(member.partitions), "partitions": list(member.partitions)}
+        for member in (m.members if m else [])
+    ]
     return out
 
 
 # ------------------------------------------------------------------- users and permissions
+
 
 def permissions_json(stored: dict | None) -> dict | None:
     """Stored permissions (see control.permissions) as the reference server's JSON."""
@@ -101,16 +142,23 @@ def permissions_json(stored: dict | None) -> dict | None:
         return None
     streams = {}
     for sid, sp in sorted(stored["streams"].items()):
-        topics = {str(tid): dict(zip(perm.TOPIC_FLAGS, flags)) for tid, flags in sorted(sp["topics"].items())}
-        entry = dict(zip(perm.STREAM_FLAGS, sp["flags"]))
+        topics = {
+            str(tid): dict(zip(perm.TOPIC_FLAGS, flags, strict=True)) for tid, flags in sorted(sp["topics"].items())
+        }
+        entry = dict(zip(perm.STREAM_FLAGS, sp["flags"], strict=True))
         entry["topics"] = topics or None
         streams[str(sid)] = entry
-    return {"global": dict(zip(perm.GLOBAL_FLAGS, stored["global"])), "streams": streams or None}
+    return {"global": dict(zip(perm.GLOBAL_FLAGS, stored["global"], strict=True)), "streams": streams or None}
 
 
 def user(u) -> dict:
-    return {"id": u.id, "created_at": u.created_at, "status": "active" if u.status == STATUS_ACTIVE else "inactive",
-            "username": u.username, "options": {}}
+    return {
+        "id": u.id,
+        "created_at": u.created_at,
+        "status": "active" if u.status == STATUS_ACTIVE else "inactive",
+        "username": u.username,
+        "options": {},
+    }
 
 
 def user_details(u) -> dict:
@@ -121,8 +169,16 @@ def user_details(u) -> dict:
 
 # ------------------------------------------------------------------- system
 
-SIZE_STATS = ("memory_usage", "total_memory", "available_memory", "read_bytes", "written_bytes",
-              "messages_size_bytes", "free_disk_space", "total_disk_space")
+SIZE_STATS = (
+    "memory_usage",
+    "total_memory",
+    "available_memory",
+    "read_bytes",
+    "written_bytes",
+    "messages_size_bytes",
+    "free_disk_space",
+    "total_disk_space",
+)
 
 
 def stats(raw: dict) -> dict:
@@ -135,8 +191,13 @@ def stats(raw: dict) -> dict:
 
 
 def client(session) -> dict:
-    return {"client_id": session.client_id, "user_id": session.user_id, "address": session.address,
-            "transport": TRANSPORTS.get(session.transport, "TCP"), "consumer_groups_count": len(session.groups)}
+    return {
+        "client_id": session.client_id,
+        "user_id": session.user_id,
+        "address": session.address,
+        "transport": TRANSPORTS.get(session.transport, "TCP"),
+        "consumer_groups_count": len(session.groups),
+    }
 
 
 def client_details(session) -> dict:
@@ -149,17 +210,46 @@ def cluster(meta: dict, http_host: str | None) -> dict:
     """control.system.cluster_metadata() in the REST shape (ports grouped under `endpoints`)."""
     nodes = []
     for n in meta["nodes"]:
-        nodes.append({"name": n["name"], "ip": http_host or n["ip"],
-                      "endpoints": {"tcp": n["tcp_port"], "quic": n["quic_port"], "http": n["http_port"],
-                                    "websocket": n["websocket_port"]},
-                      "role": n["role"], "status": n["status"]})
+        nodes.append(
+            {
+                "name": n["name"],
+                "ip": http_host or n["ip"],
+                "endpoints": {
+                    "tcp": n["tcp_port"],
+                    "quic": n["quic_port"],
+                    "http": n["http_port"],
+                    "websocket": n["websocket_port"],
+                },
+                "role": n["role"],
+                "status": n["status"],
+            }
+        )
     return {"name": meta["name"], "nodes": nodes}
 
 
-KIND_NAMES = {1: "raw", 2: "string", 3: "bool", 4: "int8", 5: "int16", 6: "int32", 7: "int64", 8: "int128",
-              9: "uint8", 10: "uint16", 11: "uint32", 12: "uint64", 13: "uint128", 14: "float32", 15: "float64"}
+KIND_NAMES = {
+    1: "raw",
+    2: "string",
+    3: "bool",
+    4: "int8",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    8: "int128",
+    9: "uint8",
+    10: "uint16",
+    11: "uint32",
+    12: "uint64",
+    13: "uint128",
+    14: "float32",
+    15: "float64",
+}
 
 
 def option_spec(opt, default_bytes: bytes) -> dict:
-    return {"key": opt.key, "kind": KIND_NAMES.get(opt.kind, "raw"), "default_value": list(default_bytes),
-            "description": opt.description}
+    return {
+        "key": opt.key,
+        "kind": KIND_NAMES.get(opt.kind, "raw"),
+        "default_value": list(default_bytes),
+        "description": opt.description,
+    }

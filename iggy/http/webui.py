@@ -6,6 +6,7 @@ path whose last segment has no `.` is a client-side route and gets `index.html` 
 fallback), and anything else is `404 Not Found`. No authentication: the UI logs in through
 the REST API at the root of the same origin. Paths are resolved inside the folder only.
 """
+
 from __future__ import annotations
 
 import mimetypes
@@ -26,8 +27,11 @@ def ui_route(directory: str):
         target = os.path.realpath(os.path.join(root, rel))
         inside = target == root or target.startswith(root + os.sep)
         if inside and rel and os.path.isfile(target):
-            return File(target, media_type=mimetypes.guess_type(target)[0] or "application/octet-stream",
-                        content_disposition_type="inline")
+            return File(
+                target,
+                media_type=mimetypes.guess_type(target)[0] or "application/octet-stream",
+                content_disposition_type="inline",
+            )
         if "." not in rel.rsplit("/", 1)[-1] and os.path.isfile(index):
             return File(index, media_type="text/html", content_disposition_type="inline")
         return Response("Not Found", status_code=404, media_type="text/plain")

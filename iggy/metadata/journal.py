@@ -60,6 +60,7 @@ rename and the journal reset is harmless: replay skips records the snapshot alre
 msgpack (C extension) is the encoding because it round-trips nested dicts with int keys and
 bytes compactly and fast; metadata is never on the data path.
 """
+
 from __future__ import annotations
 
 import errno
@@ -103,22 +104,24 @@ def utc_stamp() -> str:
 
 # ---------------------------------------------------------------- scanning
 
+
 @dataclass
 class Scan:
     """What a pass over journal.log found (offsets are byte offsets in the file)."""
-    records: list            # (offset, record dict) of the whole valid records, in order
-    end: int                 # end of the last valid record (where appends continue)
-    size: int                # file size
+
+    records: list  # (offset, record dict) of the whole valid records, in order
+    end: int  # end of the last valid record (where appends continue)
+    size: int  # file size
     torn: str | None = None  # the tail from `end` was never completely written: why
-    bad: int | None = None   # offset of the first corrupt record
-    reason: str = ""         # why it is corrupt
+    bad: int | None = None  # offset of the first corrupt record
+    reason: str = ""  # why it is corrupt
 
 
 def _decode(body: bytes):
     """The record dict a checksummed body holds, or None when it is not one."""
     try:
         rec = _unpack(body)
-    except Exception:  # noqa: BLE001 - any decoding failure means "not a record"
+    except Exception:
         return None
     if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int) or not isinstance(rec.get("op"), str):
         return None
@@ -133,7 +136,7 @@ def _record_at(raw: bytes, pos: int):
     end = pos + _REC_HEAD.size + length
     if not 0 < length <= MAX_RECORD or end > len(raw):
         return None
-    body = raw[pos + _REC_HEAD.size:end]
+    body = raw[pos + _REC_HEAD.size : end]
     if xxh3_64(body) != checksum:
         return None
     rec = _decode(body)
@@ -171,7 +174,7 @@ def scan(raw: bytes, snap_seq: int) -> Scan:
     pos = 0
     size = len(raw)
     head = _REC_HEAD.size
-    zeros_from = len(raw.rstrip(b"\0"))       # the file is all zeros from here to its end
+    zeros_from = len(raw.rstrip(b"\0"))  # the file is all zeros from here to its end
 
     def corrupt(reason: str) -> Scan:
         out.bad, out.reason = pos, reason
@@ -188,22 +191,25 @@ def scan(raw: bytes, snap_seq: int) -> Scan:
         length, checksum = _REC_HEAD.unpack_from(raw, pos)
         if not 0 < length <= MAX_RECORD:
             zeros = _zero_tail(zeros_from, pos, pos + head)
-            if zeros is not None:       # the header itself is cut by the zero-filled tail
+            if zeros is not None:  # the header itself is cut by the zero-filled tail
                 out.torn = f"a record header zero-filled from offset {zeros} to the end of the file"
                 return out
             return corrupt(f"impossible record length {length}")
         end = pos + head + length
         if end > size:
-            if xxh3_64(raw[pos + head:]) == checksum:
-                return corrupt(f"the length field says {length} bytes but the {size - pos - head} bytes "
-                               "to the end of the file are the record")
+            if xxh3_64(raw[pos + head :]) == checksum:
+                return corrupt(
+                    f"the length field says {length} bytes but the {size - pos - head} bytes "
+                    "to the end of the file are the record"
+                )
             later = records_after(raw, pos + 1)
             if later:
-                return corrupt(f"a record header claiming {length} bytes, followed by a valid record at "
-                               f"offset {later[0][0]}")
+                return corrupt(
+                    f"a record header claiming {length} bytes, followed by a valid record at offset {later[0][0]}"
+                )
             out.torn = f"a short record ({size - pos - head} of {length} body bytes)"
             return out
-        body = raw[pos + head:end]
+        body = raw[pos + head : end]
         if xxh3_64(body) != checksum:
             zeros = _zero_tail(zeros_from, pos, end)
             if zeros is not None:
@@ -215,8 +221,10 @@ def scan(raw: bytes, snap_seq: int) -> Scan:
             return corrupt("a checksummed body that is not a record")
         seq = rec["seq"]
         if prev_seq is None and seq > snap_seq + 1:
-            return corrupt(f"the first record has seq {seq} but the snapshot ends at seq {snap_seq}: "
-                           f"records {snap_seq + 1}..{seq - 1} are missing")
+            return corrupt(
+                f"the first record has seq {seq} but the snapshot ends at seq {snap_seq}: "
+                f"records {snap_seq + 1}..{seq - 1} are missing"
+            )
         if prev_seq is not None and seq != prev_seq + 1:
             return corrupt(f"record seq {seq} follows seq {prev_seq}")
         prev_seq = seq
@@ -244,13 +252,13 @@ class Journal:
         self.seq = 0
         self._records_since_snapshot = 0
         self._fd: int | None = None
-        self._end = 0                 # end of the last whole record in journal.log
-        self._cut_failed = False      # a failed append could not be cut off again
+        self._end = 0  # end of the last whole record in journal.log
+        self._cut_failed = False  # a failed append could not be cut off again
         self.truncated_bytes = 0
-        self._raw = b""               # journal.log as read by load(), kept for a repair
+        self._raw = b""  # journal.log as read by load(), kept for a repair
         self._offsets: list[int] = []  # file offset of each record load() returned
         self._snap_seq = 0
-        self.damage: tuple[int, str] | None = None   # (offset, reason) being repaired
+        self.damage: tuple[int, str] | None = None  # (offset, reason) being repaired
 
     @property
     def log_path(self) -> str:
@@ -276,19 +284,25 @@ class Journal:
             with open(self._snap_path, "rb") as f:
                 raw = f.read()
             if len(raw) < _SNAP_HEAD.size:
-                raise MetadataCorrupt(f"metadata snapshot {self._snap_path} is truncated ({len(raw)} bytes): "
-                                      "refusing to start; restore the data directory from a backup")
+                raise MetadataCorrupt(
+                    f"metadata snapshot {self._snap_path} is truncated ({len(raw)} bytes): "
+                    "refusing to start; restore the data directory from a backup"
+                )
             magic, snap_seq, checksum = _SNAP_HEAD.unpack_from(raw)
-            body = raw[_SNAP_HEAD.size:]
+            body = raw[_SNAP_HEAD.size :]
             if magic != _SNAP_MAGIC or xxh3_64(body) != checksum:
-                raise MetadataCorrupt(f"metadata snapshot {self._snap_path}: checksum mismatch (offset 0, "
-                                      f"{len(raw)} bytes): refusing to start; restore the data directory "
-                                      "from a backup")
+                raise MetadataCorrupt(
+                    f"metadata snapshot {self._snap_path}: checksum mismatch (offset 0, "
+                    f"{len(raw)} bytes): refusing to start; restore the data directory "
+                    "from a backup"
+                )
             try:
                 state = _unpack(body)
-            except Exception as exc:  # noqa: BLE001 - checksummed but undecodable: a bug, refuse
-                raise MetadataCorrupt(f"metadata snapshot {self._snap_path} does not decode ({exc}): refusing "
-                                      "to start; restore the data directory from a backup") from None
+            except Exception as exc:
+                raise MetadataCorrupt(
+                    f"metadata snapshot {self._snap_path} does not decode ({exc}): refusing "
+                    "to start; restore the data directory from a backup"
+                ) from None
         self.seq = self._snap_seq = snap_seq
         raw = b""
         if os.path.exists(self._log_path):
@@ -310,17 +324,24 @@ class Journal:
             return state, records
         if found.torn is not None:
             self.truncated_bytes = found.size - found.end
-            log.warning("metadata journal %s: cut a torn tail at offset %d: %s, %d bytes (the last write "
-                        "before a crash, never acknowledged)", self._log_path, found.end, found.torn,
-                        self.truncated_bytes)
+            log.warning(
+                "metadata journal %s: cut a torn tail at offset %d: %s, %d bytes (the last write "
+                "before a crash, never acknowledged)",
+                self._log_path,
+                found.end,
+                found.torn,
+                self.truncated_bytes,
+            )
         self._open_for_append(found.end)
         return state, records
 
     def corruption_message(self, offset: int, reason: str, kept: int) -> str:
-        return (f"metadata journal {self._log_path} is corrupt at byte offset {offset} ({reason}): refusing "
-                f"to start, acknowledged metadata would be lost. Restore the data directory from a backup, "
-                f"or run `{REPAIR_HINT}` to keep the {kept} records before offset {offset} and drop the rest "
-                "(the journal is kept as journal.log.corrupt-<time>)")
+        return (
+            f"metadata journal {self._log_path} is corrupt at byte offset {offset} ({reason}): refusing "
+            f"to start, acknowledged metadata would be lost. Restore the data directory from a backup, "
+            f"or run `{REPAIR_HINT}` to keep the {kept} records before offset {offset} and drop the rest "
+            "(the journal is kept as journal.log.corrupt-<time>)"
+        )
 
     def reject_from(self, index: int, reason: str) -> None:
         """Records[index:] of load() can't be applied: corruption at that record's offset
@@ -340,9 +361,16 @@ class Journal:
         aside = f"{self._log_path}.corrupt-{utc_stamp()}"
         # records the snapshot already holds (left by a crash before a journal reset) are not lost
         dropped = [(pos, rec) for pos, rec in records_after(self._raw, offset) if rec["seq"] > seq]
-        log.warning("metadata repair: %s is damaged at byte offset %d (%s); keeping the state up to seq %d, "
-                    "dropping %d bytes from that offset, which hold %d readable records", self._log_path, offset,
-                    reason, seq, len(self._raw) - offset, len(dropped))
+        log.warning(
+            "metadata repair: %s is damaged at byte offset %d (%s); keeping the state up to seq %d, "
+            "dropping %d bytes from that offset, which hold %d readable records",
+            self._log_path,
+            offset,
+            reason,
+            seq,
+            len(self._raw) - offset,
+            len(dropped),
+        )
         for pos, rec in dropped:
             log.warning("metadata repair: dropped record at offset %d: %s", pos, describe(rec))
         # the kept state is made durable first: a crash before the journal is moved aside
@@ -350,7 +378,7 @@ class Journal:
         self.seq = seq
         self._write_snapshot_file(state)
         os.replace(self._log_path, aside)
-        self._open_for_append(0)           # a new, empty journal
+        self._open_for_append(0)  # a new, empty journal
         fsync_dir(self.directory)
         self._records_since_snapshot = 0
         log.warning("metadata repair: the damaged journal was moved to %s", aside)
@@ -383,7 +411,7 @@ class Journal:
             self._cut_back()
         record["seq"] = self.seq + 1
         body = _pack(record)
-        if len(body) > MAX_RECORD:            # load() would take its length for damage
+        if len(body) > MAX_RECORD:  # load() would take its length for damage
             raise OSError(errno.EFBIG, f"metadata record of {len(body)} bytes (at most {MAX_RECORD})")
         data = _REC_HEAD.pack(len(body), xxh3_64(body)) + body
         try:

@@ -20,6 +20,7 @@ Because ids are reused, nothing that outlives an entity may refer to it by id al
   so replaying the journal does the same), so grants on a deleted stream never apply to the
   next stream that gets its id.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,10 +45,10 @@ class TopicMeta:
     id: int
     name: str
     created_at: int
-    settings: dict            # resolved option values, see control.topics.TOPIC_OPTIONS
-    explicit: list            # option keys the client set
-    partitions: dict = field(default_factory=dict)   # id -> PartitionMeta
-    groups: dict = field(default_factory=dict)       # id -> GroupMeta
+    settings: dict  # resolved option values, see control.topics.TOPIC_OPTIONS
+    explicit: list  # option keys the client set
+    partitions: dict = field(default_factory=dict)  # id -> PartitionMeta
+    groups: dict = field(default_factory=dict)  # id -> GroupMeta
     next_group_id: int = 0
 
 
@@ -56,7 +57,7 @@ class StreamMeta:
     id: int
     name: str
     created_at: int
-    topics: dict = field(default_factory=dict)       # id -> TopicMeta
+    topics: dict = field(default_factory=dict)  # id -> TopicMeta
 
 
 @dataclass
@@ -64,10 +65,10 @@ class UserMeta:
     id: int
     username: str
     password_hash: str
-    status: int               # 1 active, 2 inactive
+    status: int  # 1 active, 2 inactive
     permissions: dict | None  # see control.permissions
     created_at: int
-    generation: int = 0       # unique per user ever created here (see the module docstring)
+    generation: int = 0  # unique per user ever created here (see the module docstring)
 
 
 @dataclass
@@ -75,7 +76,7 @@ class TokenMeta:
     user_id: int
     name: str
     token_hash: str
-    expiry_at: int            # microseconds, 0 = never
+    expiry_at: int  # microseconds, 0 = never
 
 
 def find_by_ident(entities: dict, ident):
@@ -101,8 +102,8 @@ class State:
     def __init__(self):
         self.streams: dict[int, StreamMeta] = {}
         self.users: dict[int, UserMeta] = {}
-        self.tokens: dict[str, TokenMeta] = {}   # token_hash -> token
-        self.next_user_generation = 1            # generation of the next user created
+        self.tokens: dict[str, TokenMeta] = {}  # token_hash -> token
+        self.next_user_generation = 1  # generation of the next user created
 
     # ---------------------------------------------------------------- lookups
 
@@ -164,8 +165,10 @@ class State:
             if topic_id is None:
                 del streams[stream_id]
             else:
-                streams[stream_id] = {"flags": sp["flags"],
-                                      "topics": {tid: f for tid, f in sp["topics"].items() if tid != topic_id}}
+                streams[stream_id] = {
+                    "flags": sp["flags"],
+                    "topics": {tid: f for tid, f in sp["topics"].items() if tid != topic_id},
+                }
             u.permissions = {**u.permissions, "streams": streams}
 
     def _apply_partitions_create(self, r):
@@ -191,8 +194,9 @@ class State:
         # every replay assigns the same numbers)
         generation = r.get("generation") or self.next_user_generation
         self.next_user_generation = max(self.next_user_generation, generation + 1)
-        self.users[r["id"]] = UserMeta(r["id"], r["username"], r["password_hash"], r["status"],
-                                       r["permissions"], r["created_at"], generation)
+        self.users[r["id"]] = UserMeta(
+            r["id"], r["username"], r["password_hash"], r["status"], r["permissions"], r["created_at"], generation
+        )
 
     def _apply_user_update(self, r):
         u = self.users[r["id"]]
@@ -224,11 +228,16 @@ class State:
         return {
             "streams": [
                 {
-                    "id": s.id, "name": s.name, "created_at": s.created_at,
+                    "id": s.id,
+                    "name": s.name,
+                    "created_at": s.created_at,
                     "topics": [
                         {
-                            "id": t.id, "name": t.name, "created_at": t.created_at,
-                            "settings": t.settings, "explicit": t.explicit,
+                            "id": t.id,
+                            "name": t.name,
+                            "created_at": t.created_at,
+                            "settings": t.settings,
+                            "explicit": t.explicit,
                             "partitions": [[p.id, p.created_at] for p in t.partitions.values()],
                             "groups": [[g.id, g.name] for g in t.groups.values()],
                             "next_group_id": t.next_group_id,
@@ -247,13 +256,19 @@ class State:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "State":
+    def from_dict(cls, d: dict) -> State:
         st = cls()
         for sd in d["streams"]:
             s = StreamMeta(sd["id"], sd["name"], sd["created_at"])
             for td in sd["topics"]:
-                t = TopicMeta(td["id"], td["name"], td["created_at"], td["settings"], td["explicit"],
-                              next_group_id=td["next_group_id"])
+                t = TopicMeta(
+                    td["id"],
+                    td["name"],
+                    td["created_at"],
+                    td["settings"],
+                    td["explicit"],
+                    next_group_id=td["next_group_id"],
+                )
                 t.partitions = {pid: PartitionMeta(pid, c) for pid, c in td["partitions"]}
                 t.groups = {gid: GroupMeta(gid, n) for gid, n in td["groups"]}
                 s.topics[t.id] = t

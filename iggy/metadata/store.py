@@ -3,15 +3,16 @@
 `commit(record)` is the only way metadata changes: the record is appended and fsynced first,
 then applied, so what a client was told has happened is on disk.
 """
+
 from __future__ import annotations
 
 import copy
 import logging
 import os
 
-from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.metadata.journal import Journal, MetadataCorrupt
 from iggy.metadata.state import State
+from iggy.protocol.errors import ErrorCode, IggyError
 
 log = logging.getLogger(__name__)
 
@@ -20,29 +21,32 @@ class MetadataStore:
     def __init__(self, system_path: str, snapshot_every: int = 1000):
         self.journal = Journal(os.path.join(system_path, "metadata"), snapshot_every)
         self.state = State()
-        self.version = 0                  # bumped by every applied change
-        self.listeners: list = []         # listener(record), after every applied change
-        self.orphan_notes: dict = {}      # why a directory may lack metadata, for Storage.quarantine_orphans
+        self.version = 0  # bumped by every applied change
+        self.listeners: list = []  # listener(record), after every applied change
+        self.orphan_notes: dict = {}  # why a directory may lack metadata, for Storage.quarantine_orphans
 
     def open(self, repair: bool = False) -> None:
         """Load the snapshot and replay the journal. Corrupt metadata raises MetadataCorrupt
         (iggy.metadata.journal says what counts as corrupt); under `repair` the state is
         rebuilt from the records before the damage and made durable as a new snapshot."""
         snapshot, records = self.journal.load(repair)
-        pristine = copy.deepcopy(snapshot) if repair else None   # from_dict shares its dicts with the state
+        pristine = copy.deepcopy(snapshot) if repair else None  # from_dict shares its dicts with the state
         self.state = State.from_dict(snapshot) if snapshot is not None else State()
         seq = self.journal.snapshot_seq
         for index, rec in enumerate(records):
             try:
                 self.state.apply(rec)
-            except Exception as exc:  # noqa: BLE001 - a valid record that doesn't apply: refuse, not half-apply
-                self.journal.reject_from(index, f"record seq {rec.get('seq')} {rec.get('op')} does not apply "
-                                                f"to the state before it ({type(exc).__name__}: {exc})")
+            except Exception as exc:
+                self.journal.reject_from(
+                    index,
+                    f"record seq {rec.get('seq')} {rec.get('op')} does not apply "
+                    f"to the state before it ({type(exc).__name__}: {exc})",
+                )
                 if not repair:
                     raise MetadataCorrupt(self.journal.corruption_message(*self.journal.damage, index)) from None
                 records = records[:index]
                 self.state = State.from_dict(pristine) if pristine is not None else State()
-                for kept in records:                  # without whatever the failed apply half did
+                for kept in records:  # without whatever the failed apply half did
                     self.state.apply(kept)
                 break
             seq = rec["seq"]
@@ -52,8 +56,13 @@ class MetadataStore:
             self.orphan_notes.update(_creations(dropped))
         elif repair:
             log.info("metadata repair: %s is consistent, nothing to repair", self.journal.log_path)
-        log.info("metadata loaded: %d streams, %d users (seq %d, %d journal records replayed)",
-                 len(self.state.streams), len(self.state.users), self.journal.seq, len(records))
+        log.info(
+            "metadata loaded: %d streams, %d users (seq %d, %d journal records replayed)",
+            len(self.state.streams),
+            len(self.state.users),
+            self.journal.seq,
+            len(records),
+        )
 
     def commit(self, record: dict) -> dict:
         """Append (fsynced), then apply. A record that can't be written is refused with
@@ -62,8 +71,9 @@ class MetadataStore:
         try:
             self.journal.append(record)
         except OSError as exc:
-            log.error("metadata change %s refused: the journal can't be written: %s", record.get("op"),
-                      exc.strerror or exc)
+            log.error(
+                "metadata change %s refused: the journal can't be written: %s", record.get("op"), exc.strerror or exc
+            )
             raise IggyError(ErrorCode.CANNOT_WRITE_TO_FILE, f"metadata journal: {exc.strerror or exc}") from None
         self.state.apply(record)
         self.version += 1
@@ -85,8 +95,10 @@ def _deletions(records) -> dict:
     record leaves the directory behind."""
     out = {}
     for key, r in _keys(records, ("stream.delete", "topic.delete", "partitions.delete")):
-        out[key] = (f"a client deleted this {key[0]} (journal seq {r['seq']}) and the server stopped before its "
-                    "directory was removed: nothing acknowledged is lost, the copy can be deleted")
+        out[key] = (
+            f"a client deleted this {key[0]} (journal seq {r['seq']}) and the server stopped before its "
+            "directory was removed: nothing acknowledged is lost, the copy can be deleted"
+        )
     return out
 
 
@@ -94,8 +106,10 @@ def _creations(dropped) -> dict:
     """Notes for the directories whose create records --repair-metadata dropped."""
     out = {}
     for key, r in _keys(dropped, ("stream.create", "topic.create", "partitions.create")):
-        out[key] = (f"its record (seq {r['seq']} {r['op']}) was dropped by --repair-metadata: its data is kept "
-                    "there for recovery")
+        out[key] = (
+            f"its record (seq {r['seq']} {r['op']}) was dropped by --repair-metadata: its data is kept "
+            "there for recovery"
+        )
     return out
 
 

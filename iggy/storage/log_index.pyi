@@ -1,0 +1,1 @@
+"""iggy/storage/log_index.pyx has no Python-visible API (cimported by iggy.storage.log only)."""

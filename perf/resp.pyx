@@ -56,7 +56,7 @@ cdef int64_t _resp_header(const unsigned char *p, int64_t pos, int64_t end, unsi
 
 cdef int64_t _resp_skip(const unsigned char *p, int64_t pos, int64_t end, int depth) noexcept nogil:
     """Position after one complete RESP2 value at p[pos], or a negative RESP_* status."""
-    cdef int64_t n = 0, nxt, i
+    cdef int64_t n = 0, nxt, _i
     cdef const unsigned char *cr
     cdef unsigned char t
     if depth > 32:
@@ -81,7 +81,7 @@ cdef int64_t _resp_skip(const unsigned char *p, int64_t pos, int64_t end, int de
             return RESP_INCOMPLETE
         return nxt + n + 2
     if t == 42:                      # '*' array
-        for i in range(n):
+        for _i in range(n):
             nxt = _resp_skip(p, nxt, end, depth + 1)
             if nxt < 0:
                 return nxt
@@ -103,7 +103,7 @@ def resp_skip(buf, Py_ssize_t end, Py_ssize_t values):
     """Position after `values` complete RESP2 values at the start of buf[:end], or -1 when
     more bytes are needed. Raises RespError on an error reply (pipelined XADD acks)."""
     cdef Py_buffer view
-    cdef int64_t pos = 0, i
+    cdef int64_t pos = 0, _i
     cdef const unsigned char *p
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
@@ -111,7 +111,7 @@ def resp_skip(buf, Py_ssize_t end, Py_ssize_t values):
             end = view.len
         p = <const unsigned char *>view.buf
         with nogil:
-            for i in range(values):
+            for _i in range(values):
                 pos = _resp_skip(p, pos, end, 0)
                 if pos < 0:
                     break
@@ -134,7 +134,7 @@ def resp_xread(buf, Py_ssize_t end):
     cdef Py_buffer view
     cdef const unsigned char *p
     cdef int64_t pos = 0, n_streams = 0, n_entries = 0, n_fields = 0, blen = 0
-    cdef int64_t s, e, f, entries = 0, values = 0, id_pos = -1, id_len = 0
+    cdef int64_t _s, _e, f, entries = 0, values = 0, id_pos = -1, id_len = 0
     cdef int64_t status = 0
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
@@ -155,7 +155,7 @@ def resp_xread(buf, Py_ssize_t end):
                 if pos < 0:
                     status = pos
                     break
-                for s in range(n_streams if n_streams > 0 else 0):
+                for _s in range(n_streams if n_streams > 0 else 0):
                     # *2 [$name, *N entries]
                     pos = _resp_header(p, pos, end, 42, &n_entries)
                     if pos >= 0:
@@ -165,7 +165,7 @@ def resp_xread(buf, Py_ssize_t end):
                     if pos < 0:
                         status = pos
                         break
-                    for e in range(n_entries if n_entries > 0 else 0):
+                    for _e in range(n_entries if n_entries > 0 else 0):
                         # *2 [$id, *2k fields]
                         pos = _resp_header(p, pos, end, 42, &n_fields)
                         if pos >= 0:

@@ -57,11 +57,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from perf.resp import RespError, resp_skip, resp_xread
-
 from iggy.bench.client import connect
 from iggy.bench.metrics import ActorMetrics, group_summary
 from iggy.bench.runner import BenchConfig, run_benchmark
+from perf.resp import RespError, resp_skip, resp_xread
 
 GB = 10**9
 SHAPES = ("W1", "W2", "W3", "W4", "W5")

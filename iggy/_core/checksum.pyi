@@ -1,0 +1,6 @@
+"""Types of iggy/_core/checksum.pyx (XXH3-64 and XXH32 from the inlined libxxhash)."""
+
+from _typeshed import ReadableBuffer
+
+def xxh3_64(data: ReadableBuffer) -> int: ...
+def xxh32(data: ReadableBuffer, seed: int = 0) -> int: ...

@@ -8,9 +8,11 @@ environment names are generated from the defaults tree once (a fixed table, as t
 server does) instead of being split at run time; pydantic-settings was tried and maps such
 names to the wrong keys.
 
-Values are typed by the default they replace; durations ("30 s", "1 h") and sizes
-("64 MiB") stay strings in the tree and are checked when loading. Anything wrong -> a
-`ConfigError` that names the key (and the variable), and the server refuses to start.
+Values are typed by the default they replace. Durations ("30 s", "1 h") and sizes ("64 MiB")
+are written as text, as upstream writes them, and converted once, when the configuration is
+loaded: in the loaded Config every key of DURATION_KEYS is a float of seconds and every key of
+SIZE_KEYS an int of bytes, so no caller parses units (iggy.units does the parsing). Anything
+wrong -> a `ConfigError` that names the key (and the variable), and the server refuses to start.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import re
 import secrets
 import string
 import tomllib
-from collections.abc import Mapping
-from fractions import Fraction
 from importlib import resources
+
+from iggy.units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -85,92 +87,6 @@ class ConfigError(ValueError):
     """A configuration value that can't be used; the message names the key."""
 
 
-# --------------------------------------------------------------------------- units
-
-_SECOND = 1_000_000
-_DURATION_UNITS = {  # humantime's unit names, lower case; values in microseconds
-    "ns": Fraction(1, 1000),
-    "nsec": Fraction(1, 1000),
-    "us": 1,
-    "µs": 1,
-    "usec": 1,
-    "ms": 1_000,
-    "msec": 1_000,
-    "s": _SECOND,
-    "sec": _SECOND,
-    "secs": _SECOND,
-    "second": _SECOND,
-    "seconds": _SECOND,
-    "m": 60 * _SECOND,
-    "min": 60 * _SECOND,
-    "mins": 60 * _SECOND,
-    "minute": 60 * _SECOND,
-    "minutes": 60 * _SECOND,
-    "h": 3600 * _SECOND,
-    "hr": 3600 * _SECOND,
-    "hrs": 3600 * _SECOND,
-    "hour": 3600 * _SECOND,
-    "hours": 3600 * _SECOND,
-    "d": 86_400 * _SECOND,
-    "day": 86_400 * _SECOND,
-    "days": 86_400 * _SECOND,
-    "w": 604_800 * _SECOND,
-    "week": 604_800 * _SECOND,
-    "weeks": 604_800 * _SECOND,
-    "month": 2_630_016 * _SECOND,
-    "months": 2_630_016 * _SECOND,
-    "y": 31_557_600 * _SECOND,
-    "year": 31_557_600 * _SECOND,
-    "years": 31_557_600 * _SECOND,
-}
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Zµ]*)")
-
-
-def parse_duration(text: str) -> int:
-    """Human-readable duration ("1 h", "500 ms", "1m 30s", "7 days") -> microseconds.
-
-    Units as humantime (Rust) names them; "M" (capital) is a month as there, every other unit
-    is case-insensitive. A bare number is seconds. Arithmetic is exact ("0.1 s" -> 100000).
-    """
-    text = str(text).strip()
-    if not text:
-        raise ValueError("empty duration")
-    total, pos = Fraction(0), 0
-    while pos < len(text):
-        m = _PART.match(text, pos)
-        if not m or m.end() == pos:
-            raise ValueError(f"invalid duration {text!r}")
-        number, unit = m.group(1), m.group(2)
-        unit = "month" if unit == "M" else unit.lower() or "s"
-        if unit not in _DURATION_UNITS:
-            raise ValueError(f"invalid duration unit {unit!r} in {text!r}")
-        total += Fraction(number) * _DURATION_UNITS[unit]
-        pos = m.end()
-    return int(total)
-
-
-def parse_size(text: str) -> int:
-    """Human-readable size ("64 MiB", "2 MB", "1.5 KB", "1024") -> bytes (KB = 1000, KiB = 1024)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not m:
-        raise ValueError(f"invalid size {text!r}")
-    unit = m.group(2).lower() or "b"
-    if unit not in _SIZE_UNITS:
-        raise ValueError(f"invalid size unit {unit!r} in {text!r}")
-    return int(Fraction(m.group(1)) * _SIZE_UNITS[unit])
-
-
 # --------------------------------------------------------------------------- the tree
 
 
@@ -187,9 +103,6 @@ class Section:
 
 class Config(Section):
     """The whole validated configuration: `cfg.tcp.address`, `cfg.http.jwt.algorithm`, ..."""
-
-    def max_frame_size_bytes(self) -> int:
-        return parse_size(self.message_bus.max_message_size)
 
     def env_names(self) -> dict:
         return env_table(self.to_dict())
@@ -293,25 +206,24 @@ def _coerce(path: str, default, value, source: str):
 
 
 def _validate(tree: dict, names: dict) -> None:
+    """Check every value; durations and sizes are converted in place (seconds, bytes)."""
     def where(path):
         return f"{path} ({names[path]})"
 
     for path in DURATION_KEYS:
         try:
-            parse_duration(_get(tree, path))
+            _set(tree, path, parse_duration(_get(tree, path)) / 1_000_000)     # seconds
         except ValueError as exc:
             raise ConfigError(f"{where(path)}: {exc}") from None
     for path in SIZE_KEYS:
         try:
-            parse_size(_get(tree, path))
+            _set(tree, path, parse_size(_get(tree, path)))                     # bytes
         except ValueError as exc:
             raise ConfigError(f"{where(path)}: {exc}") from None
-    if parse_size(_get(tree, "limits.max_unauthenticated_frame")) < MIN_UNAUTHENTICATED_FRAME:
-        raise ConfigError(
-            f"{where('limits.max_unauthenticated_frame')}: must be at least "
-            f"{MIN_UNAUTHENTICATED_FRAME} bytes (a login frame must fit)"
-        )
-    if parse_size(_get(tree, "limits.max_reply_buffers")) < 1:
+    if _get(tree, "limits.max_unauthenticated_frame") < MIN_UNAUTHENTICATED_FRAME:
+        raise ConfigError(f"{where('limits.max_unauthenticated_frame')}: must be at least "
+                          f"{MIN_UNAUTHENTICATED_FRAME} bytes (a login frame must fit)")
+    if _get(tree, "limits.max_reply_buffers") < 1:
         raise ConfigError(f"{where('limits.max_reply_buffers')}: must be at least 1 byte")
     for path in ADDRESS_KEYS:
         address = _get(tree, path)

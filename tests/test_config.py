@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from iggy.config import ConfigError, load_config, parse_duration, parse_size, root_credentials
+from iggy.config import ConfigError, load_config, root_credentials
+from iggy.units import parse_duration, parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,31 +37,31 @@ def test_defaults():
     assert (cfg.tcp.enabled, cfg.tcp.address) == (True, "127.0.0.1:8090")
     assert (cfg.tcp.tls.enabled, cfg.tcp.tls.cert_file, cfg.tcp.tls.key_file, cfg.tcp.tls.self_signed) == (
         False, "", "", True)
-    assert (cfg.http.enabled, cfg.http.address, cfg.http.max_request_size) == (True, "127.0.0.1:3000", "2 MB")
+    assert (cfg.http.enabled, cfg.http.address, cfg.http.max_request_size) == (True, "127.0.0.1:3000", 2_000_000)
     assert cfg.http.cors.enabled is True and cfg.http.cors.allowed_origins == ["*"]
     jwt = cfg.http.jwt
     assert (jwt.algorithm, jwt.issuer, jwt.audience) == ("HS256", "iggy.apache.org", "iggy.apache.org")
-    assert (jwt.access_token_expiry, jwt.clock_skew, jwt.not_before) == ("1 h", "5 s", "0 s")
+    assert (jwt.access_token_expiry, jwt.clock_skew, jwt.not_before) == (3600.0, 5.0, 0.0)
     assert (jwt.encoding_secret, jwt.decoding_secret) == ("", "")
     assert (cfg.http.metrics.enabled, cfg.http.metrics.endpoint) == (True, "/metrics")
     assert (cfg.http.web_ui, cfg.http.web_ui_dir) == (False, "")
     assert (cfg.quic.enabled, cfg.quic.address) == (True, "127.0.0.1:8080")
-    assert (cfg.quic.max_idle_timeout, cfg.quic.keep_alive_interval) == ("30 s", "10 s")
+    assert (cfg.quic.max_idle_timeout, cfg.quic.keep_alive_interval) == (30.0, 10.0)
     assert cfg.quic.certificate.self_signed is True
     assert cfg.quic.certificate.cert_file == "" and cfg.quic.certificate.key_file == ""
     assert (cfg.websocket.enabled, cfg.websocket.address) == (True, "127.0.0.1:8092")
     assert cfg.websocket.tls.enabled is False
     assert cfg.websocket.tls.cert_file == "" and cfg.websocket.tls.key_file == ""
-    assert cfg.message_bus.max_message_size == "64 MiB"
-    assert cfg.max_frame_size_bytes() == 64 * 1024 * 1024
-    assert (cfg.heartbeat.enabled, cfg.heartbeat.interval) == (True, "30 s")
-    assert cfg.consumer_group.rebalancing_timeout == "30 s"
+    assert cfg.message_bus.max_message_size == 64 << 20
+    assert cfg.message_bus.max_message_size == 64 * 1024 * 1024
+    assert (cfg.heartbeat.enabled, cfg.heartbeat.interval) == (True, 30.0)
+    assert cfg.consumer_group.rebalancing_timeout == 30.0
     assert cfg.data_maintenance.messages.cleaner_enabled is True
-    assert cfg.data_maintenance.messages.interval == "1 m"
+    assert cfg.data_maintenance.messages.interval == 60.0
     assert cfg.personal_access_token.max_tokens_per_user == 100
     assert cfg.personal_access_token.cleaner.enabled is True
-    assert cfg.personal_access_token.cleaner.interval == "1 m"
-    assert (cfg.limits.max_connections, cfg.limits.idle_timeout) == (10000, "0 s")
+    assert cfg.personal_access_token.cleaner.interval == 60.0
+    assert (cfg.limits.max_connections, cfg.limits.idle_timeout) == (10000, 0.0)
 
 
 def test_to_dict_and_env_names():
@@ -113,7 +114,7 @@ allowed_origins = ["http://a", "http://b"]
     assert cfg.system.engine == "asyncio"
     assert cfg.tcp.address == "0.0.0.0:9000"
     assert cfg.tcp.enabled is True  # untouched keys keep their default
-    assert cfg.http.jwt.access_token_expiry == "2 h"
+    assert cfg.http.jwt.access_token_expiry == 7200.0
     assert cfg.http.jwt.algorithm == "HS256"
     assert cfg.http.cors.allowed_origins == ["http://a", "http://b"]
 
@@ -183,10 +184,10 @@ def test_env_overrides_nested_keys():
         "IGGY_PERSONAL_ACCESS_TOKEN_CLEANER_INTERVAL": "5 m",
     })
     assert cfg.tcp.address == "0.0.0.0:8090"
-    assert cfg.http.jwt.access_token_expiry == "15 m"
+    assert cfg.http.jwt.access_token_expiry == 900.0
     assert cfg.system.path == "/var/lib/iggy"
     assert cfg.system.logging.level == "debug"
-    assert cfg.personal_access_token.cleaner.interval == "5 m"
+    assert cfg.personal_access_token.cleaner.interval == 300.0
 
 
 def test_env_typed_parsing():
@@ -246,10 +247,10 @@ def test_invalid_duration_and_size_name_key():
 
 def test_memory_limits_have_defaults_and_bounds():
     cfg = load_config(env={})
-    assert parse_size(cfg.limits.max_unauthenticated_frame) == 64 * 1024
-    assert parse_size(cfg.limits.max_reply_buffers) == 256 * 1024 * 1024
+    assert cfg.limits.max_unauthenticated_frame == 64 * 1024
+    assert cfg.limits.max_reply_buffers == 256 * 1024 * 1024
     cfg = load_config(env={"IGGY_LIMITS_MAX_UNAUTHENTICATED_FRAME": "8 KiB", "IGGY_LIMITS_MAX_REPLY_BUFFERS": "1 GiB"})
-    assert (cfg.limits.max_unauthenticated_frame, cfg.limits.max_reply_buffers) == ("8 KiB", "1 GiB")
+    assert (cfg.limits.max_unauthenticated_frame, cfg.limits.max_reply_buffers) == (8 * 1024, 1 << 30)
     # a login frame must always fit
     with pytest.raises(ConfigError, match=r"limits\.max_unauthenticated_frame.*at least 4096"):
         load_config(env={"IGGY_LIMITS_MAX_UNAUTHENTICATED_FRAME": "1 KiB"})
@@ -278,7 +279,7 @@ def test_unknown_iggy_env_only_warns(caplog):
 
 
 def test_max_frame_size_follows_config():
-    assert load_config(env={"IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE": "1 MiB"}).max_frame_size_bytes() == 1 << 20
+    assert load_config(env={"IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE": "1 MiB"}).message_bus.max_message_size == 1 << 20
 
 
 # --------------------------------------------------------------------------- units

@@ -412,7 +412,7 @@ def test_certificate_precedence(tmp_path, caplog):
 def test_transport_config_keys():
     from iggy.config import ConfigError, load_config
     cfg = load_config(env={})
-    assert (cfg.quic.receive_window, cfg.quic.stream_receive_window) == ("64 MiB", "64 MiB")
+    assert (cfg.quic.receive_window, cfg.quic.stream_receive_window) == (64 << 20, 64 << 20)
     assert cfg.websocket.tls.self_signed is True
     with pytest.raises(ConfigError, match="quic.receive_window"):
         load_config(env={"IGGY_QUIC_RECEIVE_WINDOW": "lots"})

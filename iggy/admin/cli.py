@@ -21,6 +21,7 @@ import statistics
 import sys
 
 from iggy import __version__
+from iggy.units import parse_duration, parse_size
 from iggy.admin import output as out
 from iggy.admin.client import (
     HEADER_KINDS,
@@ -104,8 +105,6 @@ def _emit_list(ctx, args, items: list, columns, rows: list, empty: str | None) -
 
 def parse_expiry(words, *, default_token: str = "server_default") -> int | None:
     """Expiry words ("1day 2h", "unlimited", "server_default") -> µs; None = leave to the server."""
-    from iggy.config import parse_duration
-
     text = " ".join(words or []).strip() or default_token
     lowered = text.lower()
     if lowered in ("server_default", "default"):
@@ -119,8 +118,6 @@ def parse_expiry(words, *, default_token: str = "server_default") -> int | None:
 
 
 def parse_max_size(text: str | None) -> int | None:
-    from iggy.config import parse_size
-
     if text is None or text.lower() in ("server_default", "default"):
         return None
     if text.lower() == "unlimited":

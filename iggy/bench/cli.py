@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 
+from iggy import units
 from iggy.bench.client import BenchError
 from iggy.bench.runner import BenchConfig, Progress, run_benchmark
 
@@ -26,35 +26,20 @@ KIND_COMMANDS = {
     "end-to-end-producing-consumer": ("end_to_end_producing_consumer", ["e2e", "end-to-end"]),
 }
 
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
 def parse_size(text: str) -> int:
     """'1GB' (10^9), '1GiB' (2^30), '500MB', '4096' (bytes) -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500MB, 1GiB, 4096)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    try:
+        return units.parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500MB, 1GiB, 4096)") from None
 
 
 def parse_duration(text: str) -> float:
     """'10s', '500ms', '2m', '0' -> seconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _TIME_UNITS:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 10s, 500ms, 1m)")
-    return float(m.group(1)) * _TIME_UNITS[m.group(2).lower()]
+    try:
+        return units.parse_duration(text) / 1_000_000
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 10s, 500ms, 1m)") from None
 
 
 def _positive(text: str) -> int:

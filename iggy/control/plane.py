@@ -113,7 +113,7 @@ class ControlPlane:
         self._client_ids = itertools.count(1)
         self._session_numbers = itertools.count(1)
         self.started_at = now_us()
-        self.max_poll_bytes = max(1, config.max_frame_size_bytes() - 256 - 16)
+        self.max_poll_bytes = max(1, config.message_bus.max_message_size - 256 - 16)
         self.bound: dict[str, tuple[str, int]] = {}       # transport -> bound (host, port)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iggy-hash")
         from iggy.control.throttle import Gate, LoginThrottle

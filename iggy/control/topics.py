@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from iggy.units import parse_duration, parse_size
 from iggy.protocol import codes
 from iggy.protocol.wire import Reader, Writer
 from iggy.control import permissions as perm
@@ -100,7 +101,6 @@ def _as_int(key: str, kind: int, raw: bytes, text_parser) -> int:
 
 def parse_option(key: str, kind: int, raw: bytes):
     """Decode one option value from its TLV kind and bytes, by the key's type."""
-    from iggy.config import parse_duration, parse_size
     opt = TOPIC_OPTIONS[key]
     if opt.kind == KIND_BOOL:
         if kind == KIND_BOOL and len(raw) == 1:

@@ -94,7 +94,7 @@ def reply_budget(plane) -> ReplyBudget:
     """The budget of a control plane's connections (TCP and TLS alike), made on first use."""
     budget = _budgets.get(plane)
     if budget is None:
-        budget = _budgets[plane] = ReplyBudget(limit_bytes(plane.config.limits.max_reply_buffers))
+        budget = _budgets[plane] = ReplyBudget(plane.config.limits.max_reply_buffers)
     return budget
 
 
@@ -115,13 +115,13 @@ class Connection(asyncio.BufferedProtocol):
         self.transport = None
         self.session = None
         limits = plane.config.limits
-        self.frames = FrameReader(max_frame_size, min(max_frame_size, limit_bytes(limits.max_unauthenticated_frame)))
+        self.frames = FrameReader(max_frame_size, min(max_frame_size, limits.max_unauthenticated_frame))
         self._busy = False
         self._closed = False
         self._write_paused = False
         self._idle_timer = None
-        self.max_write_buffer = limit_bytes(limits.max_write_buffer)
-        self.idle_timeout = limit_seconds(limits.idle_timeout)
+        self.max_write_buffer = limits.max_write_buffer
+        self.idle_timeout = limits.idle_timeout
         self.budget = reply_budget(plane)
         self._held = 0              # bytes of this connection's large replies not yet sent
         self._deferred = None       # a poll frame waiting for the reply budget
@@ -312,17 +312,6 @@ class Connection(asyncio.BufferedProtocol):
         if not self._closed:
             self.transport.resume_reading()
             self._drain()
-
-
-def limit_bytes(text) -> int:
-    from iggy.config import parse_size
-    return parse_size(text)
-
-
-def limit_seconds(text) -> float:
-    """A limits.* duration in seconds; 0 = off."""
-    from iggy.config import parse_duration
-    return parse_duration(text) / 1e6
 
 
 def adopt_classic(plane, sock, received: bytes, max_frame_size: int) -> None:

@@ -1,9 +1,9 @@
 """The `[http]` configuration, resolved once into plain values the REST app can use.
 
-The server's typed config (`iggy.config`) keeps Apache Iggy's key names and keeps sizes and
-durations as the strings the user wrote ("2 MB", "1 h"). This module turns them into bytes and
-seconds, fills the reference defaults for anything the config does not carry, and generates
-the JWT secret when none is configured (a random secret per start, so every token dies with
+The server's typed config (`iggy.config`) keeps Apache Iggy's key names and has already turned
+sizes and durations into bytes and seconds; text ("2 MB", "1 h") is still accepted here for
+settings built from a plain mapping. This module fills the reference defaults for anything the
+config does not carry, and generates the JWT secret when none is configured (a random secret per start, so every token dies with
 the process, as in Apache Iggy).
 
 Keys read (all optional; defaults are the reference server's)::
@@ -31,6 +31,8 @@ import base64
 import secrets
 import string
 from dataclasses import dataclass, field
+
+from iggy.units import parse_duration, parse_size
 
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
 NEVER_SECONDS = 1_000_000_000  # "never" expiring tokens live this long (HTTP.md 4)
@@ -107,9 +109,7 @@ def _seconds(value, default: int) -> int:
         return NEVER_SECONDS
     if text.isdigit():
         return int(text)
-    from iggy.config import parse_duration  # microseconds
-
-    return parse_duration(text) // 1_000_000
+    return parse_duration(text) // 1_000_000       # microseconds -> whole seconds
 
 
 def _fine_seconds(value, default: float) -> float:
@@ -118,8 +118,6 @@ def _fine_seconds(value, default: float) -> float:
         return default
     if isinstance(value, (int, float)):
         return float(value)
-    from iggy.config import parse_duration  # microseconds
-
     return parse_duration(str(value)) / 1_000_000
 
 
@@ -131,8 +129,6 @@ def _bytes(value, default: int) -> int:
     text = str(value).strip()
     if text.isdigit():
         return int(text)
-    from iggy.config import parse_size
-
     return parse_size(text)
 
 

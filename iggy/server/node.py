@@ -135,7 +135,7 @@ class Server:
         self.engine = self._choose_engine()
         if self.engine == "uring":
             from iggy.engine.uring.engine import UringEngine
-            self.uring = UringEngine(self.plane, host, port, cfg.max_frame_size_bytes(),
+            self.uring = UringEngine(self.plane, host, port, cfg.message_bus.max_message_size,
                                      shards=cfg.system.shards or None)
             bound = self.uring.address
         elif cfg.tcp.tls.enabled:
@@ -145,12 +145,12 @@ class Server:
             except CertificateError as exc:
                 log.error("%s", exc)
                 raise
-            srv = await start_tls_tcp(self.plane, host, port, cfg.max_frame_size_bytes(), ctx)
+            srv = await start_tls_tcp(self.plane, host, port, cfg.message_bus.max_message_size, ctx)
             self.listeners.append(srv)
             bound = srv.sockets[0].getsockname()
         else:
             from iggy.engine.asyncio_engine import start_tcp
-            srv = await start_tcp(self.plane, host, port, cfg.max_frame_size_bytes())
+            srv = await start_tcp(self.plane, host, port, cfg.message_bus.max_message_size)
             self.listeners.append(srv)
             bound = srv.sockets[0].getsockname()
         self.plane.bound["tcp"] = (bound[0], bound[1])
@@ -182,7 +182,6 @@ class Server:
                       reason, name, key, env, key, env, exc_info=not isinstance(exc, OSError))
 
     async def _start_quic(self) -> None:
-        from iggy.config import parse_duration
         from iggy.engine.frontdoors.quic import quic_configuration, start_quic
         from iggy.engine.frontdoors.tls import Certificates
         cfg = self.config
@@ -192,9 +191,9 @@ class Server:
         cert, key = self.certificates.for_listener("quic.certificate", c.self_signed, c.cert_file, c.key_file,
                                                    files_win=False)
         host, port = split_address(cfg.quic.address)
-        self.quic, bound = await start_quic(self.plane, host, port, cfg.max_frame_size_bytes(),
+        self.quic, bound = await start_quic(self.plane, host, port, cfg.message_bus.max_message_size,
                                             quic_configuration(cfg, cert, key),
-                                            parse_duration(cfg.quic.keep_alive_interval) / 1e6)
+                                            cfg.quic.keep_alive_interval)
         self.plane.bound["quic"] = bound
         log.info("QUIC server listening on %s:%d (UDP)", bound[0], bound[1])
 
@@ -203,7 +202,7 @@ class Server:
         cfg = self.config
         ctx = self._tls_context("websocket.tls", cfg.websocket.tls) if cfg.websocket.tls.enabled else None
         host, port = split_address(cfg.websocket.address)
-        self.websocket = await start_websocket(self.plane, host, port, cfg.max_frame_size_bytes(), ctx)
+        self.websocket = await start_websocket(self.plane, host, port, cfg.message_bus.max_message_size, ctx)
         bound = next(iter(self.websocket.sockets)).getsockname()
         self.plane.bound["websocket"] = (bound[0], bound[1])
         log.info("WebSocket server listening on %s:%d%s", bound[0], bound[1], " (TLS)" if ctx else "")
@@ -221,11 +220,10 @@ class Server:
 
     async def _heartbeat_loop(self) -> None:
         """Evict consumer-group members silent for 1.2 x the heartbeat interval (SEMANTICS 9.3)."""
-        from iggy.config import parse_duration
         cfg = self.config.heartbeat
         if not cfg.enabled:
             return
-        limit = 1.2 * parse_duration(cfg.interval) / 1e6
+        limit = 1.2 * cfg.interval
         while True:
             await asyncio.sleep(max(0.2, limit / 6))
             now = time.monotonic()
@@ -239,9 +237,8 @@ class Server:
 
     async def _token_cleaner_loop(self) -> None:
         """Remove expired personal access tokens (they are refused at login anyway)."""
-        from iggy.config import parse_duration
         from iggy.control.plane import now_us
-        interval = parse_duration(self.config.personal_access_token.cleaner.interval) / 1e6
+        interval = self.config.personal_access_token.cleaner.interval
         while True:
             await asyncio.sleep(max(0.1, interval))
             now = now_us()
@@ -251,9 +248,8 @@ class Server:
 
     async def _retention_loop(self) -> None:
         from iggy.storage import retention
-        from iggy.config import parse_duration
         from iggy.control.plane import now_us
-        interval = parse_duration(self.config.data_maintenance.messages.interval) / 1e6
+        interval = self.config.data_maintenance.messages.interval
         while True:
             await asyncio.sleep(max(0.1, interval))
             try:

@@ -212,14 +212,13 @@ def make_protocol_class():
 def quic_configuration(cfg, cert_file: str, key_file: str):
     """aioquic server configuration from `[quic]` (no ALPN, as upstream's client listener)."""
     from aioquic.quic.configuration import QuicConfiguration
-    from iggy.config import parse_duration, parse_size
-    idle = parse_duration(cfg.quic.max_idle_timeout) / 1e6
+    idle = cfg.quic.max_idle_timeout
     conf = QuicConfiguration(
         is_client=False,
         alpn_protocols=None,
         idle_timeout=idle if idle > 0 else _NO_IDLE_LIMIT,
-        max_data=parse_size(cfg.quic.receive_window),
-        max_stream_data=parse_size(cfg.quic.stream_receive_window),
+        max_data=cfg.quic.receive_window,
+        max_stream_data=cfg.quic.stream_receive_window,
     )
     conf.load_cert_chain(cert_file, key_file)
     return conf

@@ -215,13 +215,12 @@ class UringEngine:
     def __init__(self, plane, host: str, port: int, max_frame_size: int, shards: int | None = None,
                  max_connections: int = 4096):
         from iggy.engine.uring.shard import Shard
-        from iggy.engine.asyncio_engine import limit_bytes, limit_seconds
         self.loop = asyncio.get_running_loop()
         limits = plane.config.limits
-        max_write_buffer = limit_bytes(limits.max_write_buffer)
-        max_unauthenticated_frame = limit_bytes(limits.max_unauthenticated_frame)
-        max_reply_buffers = limit_bytes(limits.max_reply_buffers)
-        self.idle_timeout = limit_seconds(limits.idle_timeout)
+        max_write_buffer = limits.max_write_buffer
+        max_unauthenticated_frame = limits.max_unauthenticated_frame
+        max_reply_buffers = limits.max_reply_buffers
+        self.idle_timeout = limits.idle_timeout
         self.plane = plane
         self.handler = ShardHandler(plane, self.loop, max_frame_size)
         count = shards or os.cpu_count() or 1

@@ -23,6 +23,7 @@ import re
 import secrets
 import string
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 
 from iggy.units import parse_duration, parse_size
@@ -207,22 +208,25 @@ def _coerce(path: str, default, value, source: str):
 
 def _validate(tree: dict, names: dict) -> None:
     """Check every value; durations and sizes are converted in place (seconds, bytes)."""
+
     def where(path):
         return f"{path} ({names[path]})"
 
     for path in DURATION_KEYS:
         try:
-            _set(tree, path, parse_duration(_get(tree, path)) / 1_000_000)     # seconds
+            _set(tree, path, parse_duration(_get(tree, path)) / 1_000_000)  # seconds
         except ValueError as exc:
             raise ConfigError(f"{where(path)}: {exc}") from None
     for path in SIZE_KEYS:
         try:
-            _set(tree, path, parse_size(_get(tree, path)))                     # bytes
+            _set(tree, path, parse_size(_get(tree, path)))  # bytes
         except ValueError as exc:
             raise ConfigError(f"{where(path)}: {exc}") from None
     if _get(tree, "limits.max_unauthenticated_frame") < MIN_UNAUTHENTICATED_FRAME:
-        raise ConfigError(f"{where('limits.max_unauthenticated_frame')}: must be at least "
-                          f"{MIN_UNAUTHENTICATED_FRAME} bytes (a login frame must fit)")
+        raise ConfigError(
+            f"{where('limits.max_unauthenticated_frame')}: must be at least "
+            f"{MIN_UNAUTHENTICATED_FRAME} bytes (a login frame must fit)"
+        )
     if _get(tree, "limits.max_reply_buffers") < 1:
         raise ConfigError(f"{where('limits.max_reply_buffers')}: must be at least 1 byte")
     for path in ADDRESS_KEYS:

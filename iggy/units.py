@@ -6,25 +6,58 @@
 The configuration converts its duration and size keys once, at load (iggy.config); these are
 also used for text that arrives at run time: topic options, the admin CLI's arguments.
 """
+
 from __future__ import annotations
 
 import re
 from fractions import Fraction
 
 _SECOND = 1_000_000
-_DURATION_UNITS = {  # humantime's unit names, lower case; values in microseconds
-    "ns": Fraction(1, 1000), "nsec": Fraction(1, 1000), "us": 1, "µs": 1, "usec": 1, "ms": 1_000, "msec": 1_000,
-    "s": _SECOND, "sec": _SECOND, "secs": _SECOND, "second": _SECOND, "seconds": _SECOND,
-    "m": 60 * _SECOND, "min": 60 * _SECOND, "mins": 60 * _SECOND, "minute": 60 * _SECOND,
-    "minutes": 60 * _SECOND, "h": 3600 * _SECOND, "hr": 3600 * _SECOND, "hrs": 3600 * _SECOND,
-    "hour": 3600 * _SECOND, "hours": 3600 * _SECOND, "d": 86_400 * _SECOND, "day": 86_400 * _SECOND,
-    "days": 86_400 * _SECOND, "w": 604_800 * _SECOND, "week": 604_800 * _SECOND,
-    "weeks": 604_800 * _SECOND, "month": 2_630_016 * _SECOND, "months": 2_630_016 * _SECOND,
-    "y": 31_557_600 * _SECOND, "year": 31_557_600 * _SECOND, "years": 31_557_600 * _SECOND,
+_DURATION_UNITS: dict[str, int | Fraction] = {  # humantime's unit names, lower case; values in microseconds
+    "ns": Fraction(1, 1000),
+    "nsec": Fraction(1, 1000),
+    "us": 1,
+    "µs": 1,
+    "usec": 1,
+    "ms": 1_000,
+    "msec": 1_000,
+    "s": _SECOND,
+    "sec": _SECOND,
+    "secs": _SECOND,
+    "second": _SECOND,
+    "seconds": _SECOND,
+    "m": 60 * _SECOND,
+    "min": 60 * _SECOND,
+    "mins": 60 * _SECOND,
+    "minute": 60 * _SECOND,
+    "minutes": 60 * _SECOND,
+    "h": 3600 * _SECOND,
+    "hr": 3600 * _SECOND,
+    "hrs": 3600 * _SECOND,
+    "hour": 3600 * _SECOND,
+    "hours": 3600 * _SECOND,
+    "d": 86_400 * _SECOND,
+    "day": 86_400 * _SECOND,
+    "days": 86_400 * _SECOND,
+    "w": 604_800 * _SECOND,
+    "week": 604_800 * _SECOND,
+    "weeks": 604_800 * _SECOND,
+    "month": 2_630_016 * _SECOND,
+    "months": 2_630_016 * _SECOND,
+    "y": 31_557_600 * _SECOND,
+    "year": 31_557_600 * _SECOND,
+    "years": 31_557_600 * _SECOND,
 }
 _SIZE_UNITS = {
-    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
 }
 _PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Zµ]*)")
 

@@ -21,7 +21,6 @@ import statistics
 import sys
 
 from iggy import __version__
-from iggy.units import parse_duration, parse_size
 from iggy.admin import output as out
 from iggy.admin.client import (
     HEADER_KINDS,
@@ -34,6 +33,7 @@ from iggy.admin.client import (
 )
 from iggy.control.permissions import GLOBAL_FLAGS, STREAM_FLAGS, TOPIC_FLAGS
 from iggy.protocol.errors import ErrorCode
+from iggy.units import parse_duration, parse_size
 
 ENV_USERNAME = "IGGY_USERNAME"
 ENV_PASSWORD = "IGGY_PASSWORD"

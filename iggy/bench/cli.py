@@ -26,6 +26,7 @@ KIND_COMMANDS = {
     "end-to-end-producing-consumer": ("end_to_end_producing_consumer", ["e2e", "end-to-end"]),
 }
 
+
 def parse_size(text: str) -> int:
     """'1GB' (10^9), '1GiB' (2^30), '500MB', '4096' (bytes) -> bytes."""
     try:

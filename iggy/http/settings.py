@@ -3,8 +3,8 @@
 The server's typed config (`iggy.config`) keeps Apache Iggy's key names and has already turned
 sizes and durations into bytes and seconds; text ("2 MB", "1 h") is still accepted here for
 settings built from a plain mapping. This module fills the reference defaults for anything the
-config does not carry, and generates the JWT secret when none is configured (a random secret per start, so every token dies with
-the process, as in Apache Iggy).
+config does not carry, and generates the JWT secret when none is configured (a random secret
+per start, so every token dies with the process, as in Apache Iggy).
 
 Keys read (all optional; defaults are the reference server's)::
 
@@ -109,7 +109,7 @@ def _seconds(value, default: int) -> int:
         return NEVER_SECONDS
     if text.isdigit():
         return int(text)
-    return parse_duration(text) // 1_000_000       # microseconds -> whole seconds
+    return parse_duration(text) // 1_000_000  # microseconds -> whole seconds
 
 
 def _fine_seconds(value, default: float) -> float:

@@ -123,7 +123,7 @@ permission_sets = st.one_of(st.none(), st.fixed_dictionaries({
 @given(uid=st.integers(0, 5), permissions=permission_sets)
 def test_permission_snapshot_matches_the_python_rules(uid, permissions):
     user = _User(uid, permissions)
-    allow_all, grants = perm.snapshot(user)
+    allow_all, grants = perm.data_plane_grants(user)
     r = Router()
     r.publish([], [(uid, allow_all, grants)])
     for sid in range(4):

@@ -168,7 +168,7 @@ def can_manage_topic(user, stream_id, topic_id) -> bool:
 
 
 # The data-plane rules as (global flags, stream flags, topic flags): used by the checks below
-# and by `snapshot`, which hands them to the shards' C routing table.
+# and by `data_plane_grants`, which hands them to the shards' C routing table.
 POLL_RULE = (("poll_messages", "read_topics", "manage_topics", "read_streams", "manage_streams"),
              ("poll_messages", "manage_stream", "read_stream", "manage_topics", "read_topics"),
              ("manage_topic", "read_topic", "poll_messages"))
@@ -187,7 +187,7 @@ def can_send(user, stream_id, topic_id) -> bool:
     return allowed(user, SEND_RULE[0], stream_id, SEND_RULE[1], topic_id, SEND_RULE[2])
 
 
-def snapshot(user) -> tuple[int, list]:
+def data_plane_grants(user) -> tuple[int, list]:
     """The send/poll grants of `user` for the C routing table (iggy.engine.uring.router).
 
     Returns (allow_all, grants): ALLOW_* bits granted on every topic (root, global flags) and

@@ -4,7 +4,7 @@ Modules: `server` (thread + uvicorn lifecycle), `app` (assembly), `routes/*` (ha
 area), `bridge` (calls into the control plane on the main loop), `context` (auth guard and
 shared state), `auth` (JWT), `schemas` (request bodies), `views` (response shapes),
 `messages_json` (message bodies and user headers), `errors` (status mapping), `metrics`,
-`snapshot`, `webui`, `settings`.
+`diagnostics`, `webui`, `settings`.
 """
 
 from iggy.http.server import HttpServer

@@ -39,7 +39,7 @@ class HttpContext:
         self.jwt = jwt
         self.settings = settings
         self.metrics = metrics  # iggy.http.metrics.Metrics
-        self.snapshot_lock = threading.Lock()  # one snapshot at a time (error 9000)
+        self.diagnostics_lock = threading.Lock()  # one diagnostics archive at a time (error 9000)
 
 
 Ctx = NamedDependency[HttpContext]  # handler parameter `ctx`

@@ -34,7 +34,7 @@ Route key = the stream identifier then the topic identifier, each normalised: nu
 name (`[2][len][UTF-8 bytes]`). The Python objects an entry points at (logs, locks, offset
 stores, counters) are kept alive by `Router.entries` until the entry is replaced or removed.
 
-Permissions are precomputed by `iggy.control.permissions.snapshot` (one place for the
+Permissions are precomputed by `iggy.control.permissions.data_plane_grants` (one place for the
 rules): per user the ALLOW_* bits granted everywhere and the stream- and topic-level grants.
 A user missing from the table (deleted while logged in) is allowed nothing: the shard then
 hands the request to the Python control plane, which answers with the right error.

@@ -103,7 +103,7 @@ class Routes:
         if u is None:
             self.router.remove_user(uid)
             return
-        allow_all, grants = perm.snapshot(u)
+        allow_all, grants = perm.data_plane_grants(u)
         self.router.set_user(principal(u.id, u.generation), allow_all, grants)
         sids = set(((u.permissions or {}).get("streams") or {}))
         if sids:

@@ -14,7 +14,7 @@ from iggy.control import permissions as perm
 from iggy.control import system
 from iggy.control.topics import encode_value
 from iggy.protocol.errors import ErrorCode, IggyError
-from iggy.http import metrics, schemas, snapshot, views
+from iggy.http import diagnostics, metrics, schemas, views
 from iggy.http.context import Caller, Ctx
 from iggy.http.errors import NotFound
 
@@ -96,12 +96,12 @@ async def take_snapshot(ctx: Ctx, caller: Caller, data: JSONBody[schemas.Snapsho
     if "All" in data.snapshot_types and len(data.snapshot_types) > 1:
         raise IggyError(ErrorCode.INVALID_COMMAND, "All must be the only snapshot type")
     data_dir = await ctx.bridge.call_as(caller, _snapshot_allowed)
-    if not ctx.snapshot_lock.acquire(blocking=False):
+    if not ctx.diagnostics_lock.acquire(blocking=False):
         raise IggyError(ErrorCode.SNAPSHOT_FILE_COMPLETION_FAILED, "a snapshot is already being taken")
     try:
-        body, name = await asyncio.to_thread(snapshot.build, data_dir, data.snapshot_types, data.compression)
+        body, name = await asyncio.to_thread(diagnostics.build, data_dir, data.snapshot_types, data.compression)
     finally:
-        ctx.snapshot_lock.release()
+        ctx.diagnostics_lock.release()
     return Response(body, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
 

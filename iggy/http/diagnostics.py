@@ -1,4 +1,5 @@
-"""The diagnostics snapshot of `POST /snapshot`: a ZIP with one text file per requested type.
+"""The diagnostics archive of `POST /snapshot` (upstream calls it a snapshot; here "snapshot"
+means only the metadata snapshot): a ZIP with one text file per requested type.
 
 Entries (snake_case names, as the reference server writes them)::
 

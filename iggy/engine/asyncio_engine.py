@@ -36,7 +36,7 @@ import weakref
 from iggy.protocol import codes
 from iggy.protocol.wire import PROTOCOL_CLASSIC, PROTOCOL_UNKNOWN, FrameError, FrameReader, release_free_memory
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
-from iggy.engine.base import inject_fault
+from iggy.engine.base import Engine, inject_fault, wait_bounded
 
 log = logging.getLogger(__name__)
 
@@ -329,9 +329,40 @@ def adopt_classic(plane, sock, received: bytes, max_frame_size: int) -> None:
     asyncio.ensure_future(start())
 
 
-async def start_tcp(plane, host: str, port: int, max_frame_size: int):
-    loop = asyncio.get_running_loop()
-    plane.engine_counters = lambda: budget_counters(plane)
-    server = await loop.create_server(lambda: Connection(plane, max_frame_size), host, port,
-                                      reuse_address=True, backlog=1024)
-    return server
+class AsyncioEngine(Engine):
+    """The TCP listener of the asyncio engine, plain or behind TLS (`ssl_context`).
+
+    With TLS, a client that does not speak it fails the handshake, and asyncio closes that
+    socket before a session exists (connection_made runs only after a completed handshake).
+    """
+
+    kind = "tcp"
+
+    def __init__(self, plane, host: str, port: int, max_frame_size: int, ssl_context=None):
+        self.plane = plane
+        self.host = host
+        self.port = port
+        self.max_frame_size = max_frame_size
+        self.ssl_context = ssl_context
+        self.server = None
+
+    async def start(self) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        tls = {"ssl": self.ssl_context, "ssl_handshake_timeout": 10.0} if self.ssl_context is not None else {}
+        self.server = await loop.create_server(lambda: Connection(self.plane, self.max_frame_size),
+                                               self.host, self.port, reuse_address=True, backlog=1024, **tls)
+        bound = self.server.sockets[0].getsockname()
+        return bound[0], bound[1]
+
+    def listening(self, bound) -> str:
+        return "TCP server listening on %s:%d (asyncio engine%s)" % (bound[0], bound[1],
+                                                                     ", TLS" if self.ssl_context else "")
+
+    async def stop(self) -> None:
+        self.server.close()         # the open connections end with their sessions (iggy.server.node)
+
+    async def wait_closed(self) -> None:
+        await wait_bounded(self.server.wait_closed())
+
+    def counters(self) -> dict:
+        return budget_counters(self.plane)

@@ -1,4 +1,22 @@
-"""What every engine shares: the fault switch of the tests.
+"""What every engine shares: the `Engine` interface, and the fault switch of the tests.
+
+An engine is one front door of the binary protocol: a listener and the connections it
+accepts, each served through `ControlPlane.handle` with a `Session` of its own. The server
+(iggy.server.node) builds one per enabled listener and drives them all the same way, on the
+main event loop:
+
+    bound = await engine.start()     bind, serve; the bound (host, port) -> plane.bound[kind]
+    await engine.stop()              accept nothing more; end the connections it runs itself
+                                     (the uring shards are stopped and joined, WebSocket and
+                                     QUIC close theirs); the others end when the server closes
+                                     their sessions
+    await engine.wait_closed()       until those are gone (bounded)
+
+    engine                      kind        module
+    UringEngine                 tcp         iggy.engine.uring.engine (io_uring shards)
+    AsyncioEngine               tcp         iggy.engine.asyncio_engine (TLS when given a context)
+    WebSocketEngine             websocket   iggy.engine.frontdoors.websocket
+    QuicEngine                  quic        iggy.engine.frontdoors.quic
 
 `IGGY_TEST_FAULT_COMMAND=<command code>` (tests only; unset, it costs one comparison per
 frame on the Python path) makes the engine's frame callback raise `InjectedFault` for every
@@ -9,6 +27,8 @@ matched by the code they stand for (iggy.protocol.codes.OPERATION_CODES).
 """
 from __future__ import annotations
 
+import abc
+import asyncio
 import os
 
 from iggy.protocol import codes
@@ -35,3 +55,36 @@ def inject_fault(header) -> None:
         code = header.code if op == codes.OP_READ else codes.OPERATION_CODES.get(op, 0)
         if code == FAULT_COMMAND:
             raise InjectedFault(f"{FAULT_ENV}={FAULT_COMMAND}: command {code} fails on purpose")
+
+
+class Engine(abc.ABC):
+    """One listener of the binary protocol and its connections (see the module docstring)."""
+
+    kind: str = "tcp"                 # its config section and key of plane.bound
+
+    @abc.abstractmethod
+    async def start(self) -> tuple[str, int]:
+        """Bind and start serving; the bound (host, port)."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Accept no more connections and end those this engine runs itself."""
+
+    async def wait_closed(self) -> None:
+        """Wait (at most a few seconds) for the connections ended by closing their sessions."""
+
+    @abc.abstractmethod
+    def listening(self, bound: tuple[str, int]) -> str:
+        """The log line saying where it listens."""
+
+    def counters(self) -> dict:
+        """Gauges of GET /metrics (the TCP engine's are published)."""
+        return {}
+
+
+async def wait_bounded(waiter, seconds: float = 2.0) -> None:
+    """Await `waiter` (a server's wait_closed()) for at most `seconds`."""
+    try:
+        await asyncio.wait_for(waiter, seconds)
+    except asyncio.TimeoutError:
+        pass

@@ -67,13 +67,10 @@ class Server:
         self.repair_metadata = repair_metadata   # --repair-metadata: accept dropping corrupt journal records
         self.env = os.environ if env is None else env
         self.plane: ControlPlane | None = None
-        self.listeners = []
+        self.engines: list = []     # iggy.engine.base.Engine, one per listener serving
         self.tasks: list[asyncio.Future] = []
-        self.engine = "none"
-        self.uring = None
+        self.engine = "none"        # the TCP engine's name: uring or asyncio
         self.http = None
-        self.quic = None            # aioquic QuicServer
-        self.websocket = None       # websockets Server
         self.certificates = None    # iggy.engine.frontdoors.tls.Certificates, made when a listener needs one
 
     async def start(self) -> None:
@@ -96,11 +93,13 @@ class Server:
                 log.warning("Generated root user password: %s", password)
             log.info("created root user %r", username)
         if cfg.tcp.enabled:
-            await self._start_tcp()
+            tcp = self._tcp_engine()
+            await self._serve(tcp)
+            plane.engine_counters = tcp.counters
         if cfg.quic.enabled:
-            await self._start_optional("quic", "QUIC", self._start_quic)
+            await self._serve_optional("quic", "QUIC", self._quic_engine)
         if cfg.websocket.enabled:
-            await self._start_optional("websocket", "WebSocket", self._start_websocket)
+            await self._serve_optional("websocket", "WebSocket", self._websocket_engine)
         if cfg.http.enabled:
             from iggy.http import HttpServer, from_config
             self.http = HttpServer(plane, from_config(cfg))   # own thread + loop, bound before returning
@@ -129,33 +128,32 @@ class Server:
         log.warning("io_uring engine unavailable (%s): falling back to the asyncio engine", reason)
         return "asyncio"
 
-    async def _start_tcp(self) -> None:
+    def _tcp_engine(self):
+        """The TCP listener's engine: uring, or asyncio (plain, or TLS with `[tcp.tls]`)."""
         cfg = self.config
         host, port = split_address(cfg.tcp.address)
         self.engine = self._choose_engine()
         if self.engine == "uring":
             from iggy.engine.uring.engine import UringEngine
-            self.uring = UringEngine(self.plane, host, port, cfg.message_bus.max_message_size,
-                                     shards=cfg.system.shards or None)
-            bound = self.uring.address
-        elif cfg.tcp.tls.enabled:
-            from iggy.engine.frontdoors.tls import CertificateError, start_tls_tcp
+            return UringEngine(self.plane, host, port, cfg.message_bus.max_message_size,
+                               shards=cfg.system.shards or None)
+        from iggy.engine.asyncio_engine import AsyncioEngine
+        ctx = None
+        if cfg.tcp.tls.enabled:
+            from iggy.engine.frontdoors.tls import CertificateError
             try:
                 ctx = self._tls_context("tcp.tls", cfg.tcp.tls)
             except CertificateError as exc:
                 log.error("%s", exc)
                 raise
-            srv = await start_tls_tcp(self.plane, host, port, cfg.message_bus.max_message_size, ctx)
-            self.listeners.append(srv)
-            bound = srv.sockets[0].getsockname()
-        else:
-            from iggy.engine.asyncio_engine import start_tcp
-            srv = await start_tcp(self.plane, host, port, cfg.message_bus.max_message_size)
-            self.listeners.append(srv)
-            bound = srv.sockets[0].getsockname()
-        self.plane.bound["tcp"] = (bound[0], bound[1])
-        log.info("TCP server listening on %s:%d (%s engine%s)", bound[0], bound[1], self.engine,
-                 ", TLS" if cfg.tcp.tls.enabled else "")
+        return AsyncioEngine(self.plane, host, port, cfg.message_bus.max_message_size, ssl_context=ctx)
+
+    async def _serve(self, engine) -> None:
+        """Start an engine; its bound address goes to plane.bound and the log."""
+        bound = await engine.start()
+        self.engines.append(engine)
+        self.plane.bound[engine.kind] = (bound[0], bound[1])
+        log.info("%s", engine.listening(bound))
 
     def _tls_context(self, section: str, tls):
         """SSL context for `[tcp.tls]` / `[websocket.tls]` (iggy.engine.frontdoors.tls)."""
@@ -165,12 +163,12 @@ class Server:
         cert, key = self.certificates.for_listener(section, tls.self_signed, tls.cert_file, tls.key_file)
         return server_context(cert, key, section)
 
-    async def _start_optional(self, key: str, name: str, start) -> None:
+    async def _serve_optional(self, key: str, name: str, make_engine) -> None:
         """Start the QUIC or WebSocket listener; a failure is logged and the server runs without it."""
         from iggy.engine.frontdoors.tls import CertificateError
         address = getattr(self.config, key).address
         try:
-            await start()
+            await self._serve(make_engine())
         except CertificateError as exc:     # a configuration mistake, not a busy port: refuse to start
             log.error("%s", exc)
             raise
@@ -181,8 +179,8 @@ class Server:
                       "%s.address (%s_ADDRESS) or set %s.enabled = false (%s_ENABLED=false)", name, address,
                       reason, name, key, env, key, env, exc_info=not isinstance(exc, OSError))
 
-    async def _start_quic(self) -> None:
-        from iggy.engine.frontdoors.quic import quic_configuration, start_quic
+    def _quic_engine(self):
+        from iggy.engine.frontdoors.quic import QuicEngine, quic_configuration
         from iggy.engine.frontdoors.tls import Certificates
         cfg = self.config
         if self.certificates is None:
@@ -191,21 +189,15 @@ class Server:
         cert, key = self.certificates.for_listener("quic.certificate", c.self_signed, c.cert_file, c.key_file,
                                                    files_win=False)
         host, port = split_address(cfg.quic.address)
-        self.quic, bound = await start_quic(self.plane, host, port, cfg.message_bus.max_message_size,
-                                            quic_configuration(cfg, cert, key),
-                                            cfg.quic.keep_alive_interval)
-        self.plane.bound["quic"] = bound
-        log.info("QUIC server listening on %s:%d (UDP)", bound[0], bound[1])
+        return QuicEngine(self.plane, host, port, cfg.message_bus.max_message_size,
+                          quic_configuration(cfg, cert, key), cfg.quic.keep_alive_interval)
 
-    async def _start_websocket(self) -> None:
-        from iggy.engine.frontdoors.websocket import start_websocket
+    def _websocket_engine(self):
+        from iggy.engine.frontdoors.websocket import WebSocketEngine
         cfg = self.config
         ctx = self._tls_context("websocket.tls", cfg.websocket.tls) if cfg.websocket.tls.enabled else None
         host, port = split_address(cfg.websocket.address)
-        self.websocket = await start_websocket(self.plane, host, port, cfg.message_bus.max_message_size, ctx)
-        bound = next(iter(self.websocket.sockets)).getsockname()
-        self.plane.bound["websocket"] = (bound[0], bound[1])
-        log.info("WebSocket server listening on %s:%d%s", bound[0], bound[1], " (TLS)" if ctx else "")
+        return WebSocketEngine(self.plane, host, port, cfg.message_bus.max_message_size, ctx)
 
     def _write_runtime_config(self) -> None:
         runtime = os.path.join(self.config.system.path, "runtime")
@@ -262,27 +254,13 @@ class Server:
             await self.http.stop()
         for task in self.tasks:
             task.cancel()
-        for srv in self.listeners:
-            srv.close()
-        if self.websocket is not None:
-            self.websocket.close()      # also closes its connections (1001 going away)
-        if self.quic is not None:
-            self.quic.close()           # CONNECTION_CLOSE to every client, then the UDP socket
-        if self.uring is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.uring.close)
+        for engine in self.engines:     # no new connections; the uring shards, WebSocket and QUIC end theirs
+            await engine.stop()
         for session in list(self.plane.sessions.values()):
             if session.close is not None:
                 session.close()
-        for srv in self.listeners:
-            try:
-                await asyncio.wait_for(srv.wait_closed(), 2)
-            except asyncio.TimeoutError:
-                pass
-        if self.websocket is not None:
-            try:
-                await asyncio.wait_for(self.websocket.wait_closed(), 2)
-            except asyncio.TimeoutError:
-                pass
+        for engine in self.engines:
+            await engine.wait_closed()
         self.plane.storage.close()
         self.plane.meta.close()
         self.plane.close()

@@ -7,7 +7,10 @@ it when the command is asynchronous), one request at a time and in order per con
 No command logic lives here.
 
 - `tls`: server certificates (files from the config, or a generated self-signed one) and
-  `ssl.SSLContext`s; `start_tls_tcp` serves the asyncio engine's `Connection` over TLS.
-- `websocket`: the `websockets` server; each binary message carries frames (or parts of one).
-- `quic`: the `aioquic` server; the SDK opens one bidirectional stream per request.
+  `ssl.SSLContext`s; TCP+TLS is the asyncio engine (`AsyncioEngine`) given a context.
+- `websocket`: `WebSocketEngine`, the `websockets` server; each binary message carries frames
+  (or parts of one).
+- `quic`: `QuicEngine`, the `aioquic` server; the SDK opens one bidirectional stream per request.
+
+WebSocketEngine and QuicEngine implement iggy.engine.base.Engine, as the TCP engines do.
 """

@@ -26,6 +26,7 @@ from collections import deque
 
 from iggy.protocol.wire import FrameError, FrameReader
 from iggy.control.plane import TRANSPORT_QUIC, ConnectionLimit
+from iggy.engine.base import Engine
 
 log = logging.getLogger(__name__)
 
@@ -239,3 +240,29 @@ async def start_quic(plane, host: str, port: int, max_frame_size: int, configura
     server = await serve(host, port, configuration=configuration, create_protocol=create_protocol)
     bound = server._transport.get_extra_info("sockname")
     return server, (bound[0], bound[1])
+
+
+class QuicEngine(Engine):
+    """`[quic]`: the UDP listener and its connections."""
+
+    kind = "quic"
+
+    def __init__(self, plane, host: str, port: int, max_frame_size: int, configuration, keep_alive: float):
+        self.plane = plane
+        self.host = host
+        self.port = port
+        self.max_frame_size = max_frame_size
+        self.configuration = configuration
+        self.keep_alive = keep_alive
+        self.server = None
+
+    async def start(self) -> tuple[str, int]:
+        self.server, bound = await start_quic(self.plane, self.host, self.port, self.max_frame_size,
+                                              self.configuration, self.keep_alive)
+        return bound
+
+    def listening(self, bound) -> str:
+        return "QUIC server listening on %s:%d (UDP)" % (bound[0], bound[1])
+
+    async def stop(self) -> None:
+        self.server.close()         # CONNECTION_CLOSE to every client, then the UDP socket

@@ -16,7 +16,6 @@ for `localhost`, `127.0.0.1`, `::1` and the listeners' configured hosts.
 """
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 import logging
@@ -161,18 +160,6 @@ def server_context(cert_file: str, key_file: str, section: str) -> ssl.SSLContex
         raise CertificateError(f"{section}: can't load certificate {cert_file} / key {key_file}: "
                                f"{exc}") from None
     return ctx
-
-
-async def start_tls_tcp(plane, host: str, port: int, max_frame_size: int, ctx: ssl.SSLContext):
-    """The asyncio engine's TCP listener, behind TLS: same `Connection`, same request path.
-
-    A client that does not speak TLS fails the handshake; asyncio closes that socket before a
-    session exists (connection_made runs only after a completed handshake).
-    """
-    from iggy.engine.asyncio_engine import Connection
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: Connection(plane, max_frame_size), host, port, ssl=ctx,
-                                    ssl_handshake_timeout=10.0, reuse_address=True, backlog=1024)
 
 
 def _write_atomic(path: str, data: bytes, mode: int) -> None:

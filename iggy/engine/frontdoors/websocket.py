@@ -19,6 +19,7 @@ import logging
 
 from iggy.protocol.wire import FrameError, FrameReader
 from iggy.control.plane import TRANSPORT_WEBSOCKET, ConnectionLimit
+from iggy.engine.base import Engine, wait_bounded
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +86,31 @@ async def start_websocket(plane, host: str, port: int, max_frame_size: int, ssl_
         reuse_address=True,
         backlog=1024,
     )
+
+
+class WebSocketEngine(Engine):
+    """`[websocket]`: the listener (WSS when given an SSL context) and its connections."""
+
+    kind = "websocket"
+
+    def __init__(self, plane, host: str, port: int, max_frame_size: int, ssl_context=None):
+        self.plane = plane
+        self.host = host
+        self.port = port
+        self.max_frame_size = max_frame_size
+        self.ssl_context = ssl_context
+        self.server = None
+
+    async def start(self) -> tuple[str, int]:
+        self.server = await start_websocket(self.plane, self.host, self.port, self.max_frame_size, self.ssl_context)
+        bound = next(iter(self.server.sockets)).getsockname()
+        return bound[0], bound[1]
+
+    def listening(self, bound) -> str:
+        return "WebSocket server listening on %s:%d%s" % (bound[0], bound[1], " (TLS)" if self.ssl_context else "")
+
+    async def stop(self) -> None:
+        self.server.close()         # also closes its connections (1001 going away)
+
+    async def wait_closed(self) -> None:
+        await wait_bounded(self.server.wait_closed())

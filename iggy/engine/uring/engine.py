@@ -58,7 +58,7 @@ from iggy.protocol import codes
 from iggy.protocol.wire import RequestHeader, build_reply
 from iggy.engine.uring.router import principal
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
-from iggy.engine.base import inject_fault
+from iggy.engine.base import Engine, inject_fault
 
 log = logging.getLogger(__name__)
 
@@ -211,45 +211,60 @@ class ShardHandler:
         shard.post_reply(token, reply, -1 if user is None else principal(user, session.user_generation))
 
 
-class UringEngine:
+class UringEngine(Engine):
+    """The shards, their listening sockets (one per shard, SO_REUSEPORT) and threads."""
+
+    kind = "tcp"
+
     def __init__(self, plane, host: str, port: int, max_frame_size: int, shards: int | None = None,
                  max_connections: int = 4096):
-        from iggy.engine.uring.shard import Shard
-        self.loop = asyncio.get_running_loop()
-        limits = plane.config.limits
-        max_write_buffer = limits.max_write_buffer
-        max_unauthenticated_frame = limits.max_unauthenticated_frame
-        max_reply_buffers = limits.max_reply_buffers
-        self.idle_timeout = limits.idle_timeout
         self.plane = plane
-        self.handler = ShardHandler(plane, self.loop, max_frame_size)
-        count = shards or os.cpu_count() or 1
+        self.host = host
+        self.port = port
+        self.max_frame_size = max_frame_size
+        self.count = shards or os.cpu_count() or 1
+        self.max_connections = max_connections
         self.sockets = []
         self.shards = []
         self.threads = []
-        for i in range(count):
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self._idle_task = None
+
+    async def start(self) -> tuple[str, int]:
+        from iggy.engine.uring.shard import Shard
+        plane, port, max_frame_size = self.plane, self.port, self.max_frame_size
+        limits = plane.config.limits          # bytes and seconds (converted at load)
+        self.idle_timeout = limits.idle_timeout
+        self.handler = ShardHandler(plane, asyncio.get_running_loop(), max_frame_size)
+        for i in range(self.count):
+            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
+            sock.bind((self.host, port))
             sock.listen(1024)
             port = sock.getsockname()[1]          # port 0: every shard takes the first one's port
             self.sockets.append(sock)
-            self.shards.append(Shard(sock, self.handler, max_frame_size, max_connections,
-                                     max_write_buffer=max_write_buffer, router=plane.routes.router,
+            self.shards.append(Shard(sock, self.handler, max_frame_size, self.max_connections,
+                                     max_write_buffer=limits.max_write_buffer, router=plane.routes.router,
                                      max_poll_bytes=plane.max_poll_bytes,
-                                     max_unauthenticated_frame=min(max_frame_size, max_unauthenticated_frame),
-                                     max_reply_buffers=max_reply_buffers))
+                                     max_unauthenticated_frame=min(max_frame_size, limits.max_unauthenticated_frame),
+                                     max_reply_buffers=limits.max_reply_buffers))
         for shard in self.shards:
             shard.set_peers(self.shards)       # new connections go to the shard holding fewest
-        self.address = self.sockets[0].getsockname()[:2]
-        plane.engine_counters = self.counters
         for i, shard in enumerate(self.shards):
             t = threading.Thread(target=shard.run, name=f"iggy-shard-{i}", daemon=True)
             t.start()
             self.threads.append(t)
-        log.info("uring engine: %d shards", count)
+        log.info("uring engine: %d shards", self.count)
         self._idle_task = asyncio.ensure_future(self._idle_sweep()) if self.idle_timeout else None
+        bound = self.sockets[0].getsockname()
+        return bound[0], bound[1]
+
+    def listening(self, bound) -> str:
+        return "TCP server listening on %s:%d (uring engine)" % (bound[0], bound[1])
+
+    async def stop(self) -> None:
+        """Stop the shards (each closes its connections) and join their threads, off the loop."""
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     async def _idle_sweep(self) -> None:
         """limits.idle_timeout: close connections that completed no request for that long."""

@@ -355,8 +355,8 @@ class AsyncioEngine(Engine):
         return bound[0], bound[1]
 
     def listening(self, bound) -> str:
-        return "TCP server listening on %s:%d (asyncio engine%s)" % (bound[0], bound[1],
-                                                                     ", TLS" if self.ssl_context else "")
+        tls = ", TLS" if self.ssl_context else ""
+        return f"TCP server listening on {bound[0]}:{bound[1]} (asyncio engine{tls})"
 
     async def stop(self) -> None:
         self.server.close()         # the open connections end with their sessions (iggy.server.node)

@@ -70,7 +70,7 @@ class Engine(abc.ABC):
     async def stop(self) -> None:
         """Accept no more connections and end those this engine runs itself."""
 
-    async def wait_closed(self) -> None:
+    async def wait_closed(self) -> None:  # noqa: B027 - optional: nothing to wait for by default
         """Wait (at most a few seconds) for the connections ended by closing their sessions."""
 
     @abc.abstractmethod
@@ -86,5 +86,5 @@ async def wait_bounded(waiter, seconds: float = 2.0) -> None:
     """Await `waiter` (a server's wait_closed()) for at most `seconds`."""
     try:
         await asyncio.wait_for(waiter, seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass

@@ -262,7 +262,7 @@ class QuicEngine(Engine):
         return bound
 
     def listening(self, bound) -> str:
-        return "QUIC server listening on %s:%d (UDP)" % (bound[0], bound[1])
+        return f"QUIC server listening on {bound[0]}:{bound[1]} (UDP)"
 
     async def stop(self) -> None:
         self.server.close()         # CONNECTION_CLOSE to every client, then the UDP socket

@@ -107,7 +107,8 @@ class WebSocketEngine(Engine):
         return bound[0], bound[1]
 
     def listening(self, bound) -> str:
-        return "WebSocket server listening on %s:%d%s" % (bound[0], bound[1], " (TLS)" if self.ssl_context else "")
+        tls = " (TLS)" if self.ssl_context else ""
+        return f"WebSocket server listening on {bound[0]}:{bound[1]}{tls}"
 
     async def stop(self) -> None:
         self.server.close()         # also closes its connections (1001 going away)

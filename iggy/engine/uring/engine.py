@@ -260,7 +260,7 @@ class UringEngine(Engine):
         return bound[0], bound[1]
 
     def listening(self, bound) -> str:
-        return "TCP server listening on %s:%d (uring engine)" % (bound[0], bound[1])
+        return f"TCP server listening on {bound[0]}:{bound[1]} (uring engine)"
 
     async def stop(self) -> None:
         """Stop the shards (each closes its connections) and join their threads, off the loop."""

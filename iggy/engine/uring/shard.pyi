@@ -2,19 +2,24 @@
 
 import socket
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from typing_extensions import disjoint_base
 
 from iggy.engine.uring.router import Router
 
 class _Handler(Protocol):
-    """What a shard calls back, with the GIL, for what the C data plane does not serve."""
+    """What a shard calls back, with the GIL, on its own thread. `session` is whatever
+    on_open returned (the shard keeps it with the connection; its `client_id`, when it has
+    one, is the connection's for the C data plane)."""
 
-    def on_open(self, shard: Shard, token: int, fd: int) -> int | None: ...
-    def on_close(self, shard: Shard, token: int) -> None: ...
-    def on_bad_frame(self, shard: Shard, token: int, reason: str) -> None: ...
-    def on_frame(self, shard: Shard, token: int, header: bytes, body: bytes) -> bytes | list[bytes] | None: ...
+    def on_open(self, shard: Shard, token: int, fd: int) -> Any: ...
+    def on_close(self, shard: Shard, token: int, session: Any) -> None: ...
+    def on_bad_frame(self, shard: Shard, token: int, session: Any, reason: str) -> None: ...
+    def on_frame(
+        self, shard: Shard, token: int, session: Any, header: bytes, body: bytes
+    ) -> bytes | list[bytes] | None: ...
+    def on_foreign(self, shard: Shard, token: int, session: Any, fd: int, received: bytes) -> None: ...
 
 @disjoint_base
 class Shard:

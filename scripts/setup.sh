@@ -2,7 +2,9 @@
 # Prepare a fresh Debian/Ubuntu machine: system packages, a virtualenv in .venv, and iggy
 # installed from this checkout in editable mode (the Cython core is compiled in place).
 #   scripts/setup.sh          the server and its runtime dependencies
-#   scripts/setup.sh --test   also the test dependencies (official SDK, pytest, hypothesis)
+#   scripts/setup.sh --test   also the test dependencies (official SDK, pytest, hypothesis), and
+#                             the pre-0.9 SDK apache-iggy 0.8 in .venv-classic (its own virtualenv:
+#                             both SDKs are the module apache_iggy) for tests/test_classic_sdk.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,3 +31,10 @@ extra=""
 # editable installs compile the extensions into the build tree; tests and `python -m iggy`
 # from the checkout import the package in place, so build them here too
 .venv/bin/python setup.py -q build_ext --inplace
+if [ "${1:-}" = "--test" ]; then
+    # without it (no wheel for this Python, say) that test module skips and says why
+    { [ -x .venv-classic/bin/python ] || "$PY" -m venv .venv-classic; } &&
+        .venv-classic/bin/python -m pip install -q "apache-iggy==0.8.*" ||
+        { echo "setup: apache-iggy 0.8 not installed in .venv-classic: tests/test_classic_sdk.py will skip" >&2
+          rm -rf .venv-classic; }
+fi

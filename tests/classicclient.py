@@ -5,6 +5,7 @@ Frames: request `[u32 length][u32 code][payload]` (length = 4 + payload), reply
 (docs/PROTOCOL.md section 11); they are written out here on purpose, not shared with the
 server's code, so a test fails when the two disagree.
 """
+
 from __future__ import annotations
 
 import socket
@@ -79,9 +80,13 @@ def message(payload: bytes, id_: int = 0, headers: bytes = b"", origin: int | No
     """One classic message: 64-byte header (checksum, offset, timestamp 0 from clients)."""
     if origin is None:
         origin = time.time_ns() // 1000
-    return (struct.pack("<Q", 0) + id_.to_bytes(16, "little") + struct.pack("<QQQIIQ", 0, 0, origin, len(headers),
-                                                                            len(payload), 0)
-            + payload + headers)
+    return (
+        struct.pack("<Q", 0)
+        + id_.to_bytes(16, "little")
+        + struct.pack("<QQQIIQ", 0, 0, origin, len(headers), len(payload), 0)
+        + payload
+        + headers
+    )
 
 
 def send_body(stream, topic, part: bytes, messages: list[bytes], count: int | None = None) -> bytes:
@@ -93,11 +98,13 @@ def send_body(stream, topic, part: bytes, messages: list[bytes], count: int | No
     return struct.pack("<I", len(meta)) + meta + index + b"".join(messages)
 
 
-def poll_body(cons: bytes, stream, topic, partition: int | None, strategy: int, value: int, count: int,
-              auto_commit: bool = False) -> bytes:
+def poll_body(
+    cons: bytes, stream, topic, partition: int | None, strategy: int, value: int, count: int, auto_commit: bool = False
+) -> bytes:
     part = struct.pack("<BI", 1, partition) if partition is not None else struct.pack("<BI", 0, 0)
-    return (cons + ident(stream) + ident(topic) + part + struct.pack("<BQI", strategy, value, count)
-            + bytes([auto_commit]))
+    return (
+        cons + ident(stream) + ident(topic) + part + struct.pack("<BQI", strategy, value, count) + bytes([auto_commit])
+    )
 
 
 def offset_body(cons: bytes, stream, topic, partition: int | None, offset: int | None = None) -> bytes:
@@ -106,10 +113,10 @@ def offset_body(cons: bytes, stream, topic, partition: int | None, offset: int |
     return body if offset is None else body + struct.pack("<Q", offset)
 
 
-def create_topic_body(stream, name_: str, partitions: int, compression: int = 1, expiry: int = 0,
-                      max_size: int = 0, replication: int = 0) -> bytes:
-    return (ident(stream) + struct.pack("<IBQQB", partitions, compression, expiry, max_size, replication)
-            + name(name_))
+def create_topic_body(
+    stream, name_: str, partitions: int, compression: int = 1, expiry: int = 0, max_size: int = 0, replication: int = 0
+) -> bytes:
+    return ident(stream) + struct.pack("<IBQQB", partitions, compression, expiry, max_size, replication) + name(name_)
 
 
 def parse_poll(payload: bytes):
@@ -117,13 +124,23 @@ def parse_poll(payload: bytes):
     pid, current, count = struct.unpack_from("<IQI", payload)
     pos, out = 16, []
     while pos < len(payload):
-        checksum, = struct.unpack_from("<Q", payload, pos)
-        id_ = int.from_bytes(payload[pos + 8:pos + 24], "little")
+        (checksum,) = struct.unpack_from("<Q", payload, pos)
+        id_ = int.from_bytes(payload[pos + 8 : pos + 24], "little")
         offset, ts, origin, hlen, plen, reserved = struct.unpack_from("<QQQIIQ", payload, pos + 24)
-        body = payload[pos + 64:pos + 64 + plen + hlen]
-        out.append({"checksum": checksum, "id": id_, "offset": offset, "timestamp": ts, "origin": origin,
-                    "payload": body[:plen], "headers": body[plen:], "reserved": reserved,
-                    "raw": payload[pos:pos + 64 + plen + hlen]})
+        body = payload[pos + 64 : pos + 64 + plen + hlen]
+        out.append(
+            {
+                "checksum": checksum,
+                "id": id_,
+                "offset": offset,
+                "timestamp": ts,
+                "origin": origin,
+                "payload": body[:plen],
+                "headers": body[plen:],
+                "reserved": reserved,
+                "raw": payload[pos : pos + 64 + plen + hlen],
+            }
+        )
         pos += 64 + plen + hlen
     return pid, current, count, out
 

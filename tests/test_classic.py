@@ -5,6 +5,7 @@ lying lengths, limits before login), every body that differs from 0.9, and the m
 a classic client sends a 0.9 client polls (the official SDK 0.9.0), and back, with the same
 offsets, consumer offsets, users and groups. The real 0.8 SDK is in test_classic_sdk.py.
 """
+
 from __future__ import annotations
 
 import socket
@@ -44,8 +45,10 @@ def send(c: ClassicClient, s, t, messages, partition: int = 0) -> int:
 
 
 def poll(c: ClassicClient, s, t, partition=0, strategy=cc.FIRST, value=0, count=100, cons=None, auto_commit=False):
-    status, payload = c.request(cc.POLL_MESSAGES, cc.poll_body(cons or cc.consumer(cc.CONSUMER, 1), s, t, partition,
-                                                                strategy, value, count, auto_commit))
+    status, payload = c.request(
+        cc.POLL_MESSAGES,
+        cc.poll_body(cons or cc.consumer(cc.CONSUMER, 1), s, t, partition, strategy, value, count, auto_commit),
+    )
     assert status == 0, status
     return cc.parse_poll(payload)
 
@@ -60,16 +63,18 @@ def server_alive(srv) -> bool:
 
 # ------------------------------------------------------------------------- framing and sniffing
 
+
 def test_ping_and_login(srv):
     c = ClassicClient(srv.tcp_address)
     try:
         assert c.request(cc.PING) == (0, b"")
-        assert c.request(cc.GET_STREAMS)[0] == 40                 # not logged in
+        assert c.request(cc.GET_STREAMS)[0] == 40  # not logged in
         assert c.login("iggy", "wrong")[0] == 42
         assert c.login("nobody", "iggy")[0] == 42
-        assert c.login() == (0, struct.pack("<I", 0))              # root is user 0
+        assert c.login() == (0, struct.pack("<I", 0))  # root is user 0
         assert c.request(cc.GET_STREAMS)[0] == 0
-        assert c.request(9999)[0] == 3                             # unknown code: status, connection stays
+        assert c.request(9999)[0] == 3  # unknown code: status, connection stays
+        assert c.request(606, cc.ident(0) + cc.ident(0) + cc.ident(0))[0] == 3  # SYNC is 0.9 only
         assert c.request(cc.PING) == (0, b"")
         assert c.request(cc.LOGOUT_USER) == (0, b"")
         assert c.request(cc.GET_STREAMS)[0] == 40
@@ -84,13 +89,17 @@ def test_frames_split_at_every_offset(srv):
     assert stream.login()[0] == 0
     assert stream.request(cc.CREATE_STREAM, cc.name(s))[0] == 0
     stream.close()
-    data = (cc.frame(cc.PING) + cc.frame(cc.LOGIN_USER, cc.login_body("iggy", "iggy"))
-            + cc.frame(cc.GET_STREAM, cc.ident(s)) + cc.frame(cc.PING))
+    data = (
+        cc.frame(cc.PING)
+        + cc.frame(cc.LOGIN_USER, cc.login_body("iggy", "iggy"))
+        + cc.frame(cc.GET_STREAM, cc.ident(s))
+        + cc.frame(cc.PING)
+    )
     for cut in range(1, len(data)):
         c = ClassicClient(srv.tcp_address)
         try:
             c.sendall(data[:cut])
-            time.sleep(0.002)            # let the first part arrive on its own
+            time.sleep(0.002)  # let the first part arrive on its own
             c.sendall(data[cut:])
             assert c.reply() == (0, b"")
             assert c.reply() == (0, struct.pack("<I", 0))
@@ -119,13 +128,16 @@ def test_many_frames_in_one_write(classic):
     assert [classic.reply() for _ in range(50)] == [(0, b"")] * 50
 
 
-@pytest.mark.parametrize("first", [
-    struct.pack("<II", 0, 1),               # length 0, code 1: neither protocol
-    struct.pack("<II", 8, 0),               # code 0: neither protocol
-    struct.pack("<II", 3, 1),               # length below 4 (the code alone is 4)
-    struct.pack("<II", 0xFFFFFFFF, 1),      # far above the largest frame
-    struct.pack("<II", 1 << 20, 1),         # above limits.max_unauthenticated_frame before login
-])
+@pytest.mark.parametrize(
+    "first",
+    [
+        struct.pack("<II", 0, 1),  # length 0, code 1: neither protocol
+        struct.pack("<II", 8, 0),  # code 0: neither protocol
+        struct.pack("<II", 3, 1),  # length below 4 (the code alone is 4)
+        struct.pack("<II", 0xFFFFFFFF, 1),  # far above the largest frame
+        struct.pack("<II", 1 << 20, 1),  # above limits.max_unauthenticated_frame before login
+    ],
+)
 def test_bad_first_frame_closes_and_server_stays_up(srv, first):
     c = ClassicClient(srv.tcp_address)
     try:
@@ -138,7 +150,7 @@ def test_bad_first_frame_closes_and_server_stays_up(srv, first):
 
 def test_big_frame_after_login_is_read(classic):
     s, t = make_topic(classic)
-    payload = bytes(range(256)) * 4096            # 1 MiB, above the unauthenticated limit
+    payload = bytes(range(256)) * 4096  # 1 MiB, above the unauthenticated limit
     assert send(classic, s, t, [cc.message(payload)]) == 0
     _, _, count, msgs = poll(classic, s, t)
     assert count == 1 and msgs[0]["payload"] == payload
@@ -146,7 +158,7 @@ def test_big_frame_after_login_is_read(classic):
 
 def test_truncated_frame_then_close(srv):
     c = ClassicClient(srv.tcp_address)
-    c.sendall(struct.pack("<II", 100, cc.PING) + b"abc")        # 96 bytes promised, 3 sent
+    c.sendall(struct.pack("<II", 100, cc.PING) + b"abc")  # 96 bytes promised, 3 sent
     c.close()
     assert server_alive(srv)
 
@@ -157,7 +169,7 @@ def test_lying_lengths_are_answered_or_close(srv, classic):
     body = cc.login_body("iggy", "iggy")
     classic.sendall(struct.pack("<II", 4 + 3, cc.GET_STREAM) + b"\x01\x04\x00" + b"\xff" * 4 + b"\x01\x00\x00\x00")
     status, _ = classic.reply()
-    assert status == 3                             # the 3-byte identifier does not decode
+    assert status == 3  # the 3-byte identifier does not decode
     assert classic.closed()
     # a length longer than the body: the next frame is swallowed into this body, which a
     # handler that ignores trailing bytes accepts; the connection then waits for more bytes
@@ -174,6 +186,7 @@ def test_lying_lengths_are_answered_or_close(srv, classic):
 def test_classic_and_current_clients_side_by_side(srv, classic):
     """A 0.9 raw client on the same port is unaffected by classic connections."""
     from tests.rawclient import RawClient
+
     raw = RawClient(srv.tcp_address)
     try:
         assert raw.login().status == 0
@@ -185,24 +198,27 @@ def test_classic_and_current_clients_side_by_side(srv, classic):
 
 # ------------------------------------------------------------------------- streams, topics, users
 
+
 def test_stream_and_topic_layouts(classic):
     s, t = uniq("ls"), uniq("lt")
     status, body = classic.request(cc.CREATE_STREAM, cc.name(s))
     assert status == 0
     sid, created, topics, size, count = struct.unpack_from("<IQIQQ", body)
-    assert (topics, size, count) == (0, 0, 0) and body[32:] == cc.name(s)     # no options block
+    assert (topics, size, count) == (0, 0, 0) and body[32:] == cc.name(s)  # no options block
     assert classic.request(cc.CREATE_STREAM, cc.name(s))[0] == 1012
-    status, body = classic.request(cc.CREATE_TOPIC, cc.create_topic_body(sid, t, 3, compression=2,
-                                                                         expiry=60_000_000, max_size=0))
+    status, body = classic.request(
+        cc.CREATE_TOPIC, cc.create_topic_body(sid, t, 3, compression=2, expiry=60_000_000, max_size=0)
+    )
     assert status == 0
     tid, _created, parts, expiry, compression, max_size, replication, size, count = struct.unpack_from(
-        "<IQIQBQBQQ", body)
+        "<IQIQBQBQQ", body
+    )
     assert (parts, expiry, compression, max_size, replication) == (3, 60_000_000, 2, U64_MAX, 1)
     header_len = 50 + 1 + len(t)
     assert body[50:header_len] == cc.name(t) and len(body) == header_len + 3 * 40
     assert [struct.unpack_from("<I", body, header_len + 40 * i)[0] for i in range(3)] == [0, 1, 2]
     status, listed = classic.request(cc.GET_TOPICS, cc.ident(sid))
-    assert status == 0 and listed == body[:header_len]                        # no count, no options
+    assert status == 0 and listed == body[:header_len]  # no count, no options
     status, details = classic.request(cc.GET_STREAM, cc.ident(s))
     assert status == 0 and details == struct.pack("<IQIQQ", sid, created, 1, 0, 0) + cc.name(s) + listed
     assert classic.request(cc.GET_STREAM, cc.ident("missing-" + s)) == (0, b"")
@@ -235,7 +251,7 @@ async def test_created_by_one_protocol_seen_by_the_other(classic, root):
 def test_users(srv, classic):
     name, password = uniq("u")[:20], "secret-pass"
     pw = password.encode()
-    body = cc.name(name) + bytes([len(pw)]) + pw + b"\x01" + b"\x00"          # active, no permissions
+    body = cc.name(name) + bytes([len(pw)]) + pw + b"\x01" + b"\x00"  # active, no permissions
     status, details = classic.request(cc.CREATE_USER, body)
     assert status == 0
     uid, _created, user_status = struct.unpack_from("<IQB", details)
@@ -249,11 +265,11 @@ def test_users(srv, classic):
     try:
         assert other.login(name, "wrong-pass")[0] == 42
         assert other.login(name, password) == (0, struct.pack("<I", uid))
-        assert other.request(cc.CREATE_STREAM, cc.name(uniq("no")))[0] == 41   # no permissions
-        assert other.request(cc.GET_USER, cc.ident(name))[0] == 0                 # itself
+        assert other.request(cc.CREATE_STREAM, cc.name(uniq("no")))[0] == 41  # no permissions
+        assert other.request(cc.GET_USER, cc.ident(name))[0] == 0  # itself
         assert classic.request(cc.DELETE_USER, cc.ident(name)) == (0, b"")
         assert other.request(cc.PING) == (0, b"")
-        assert other.request(cc.GET_STREAMS)[0] == 40                              # deleted meanwhile
+        assert other.request(cc.GET_STREAMS)[0] == 40  # deleted meanwhile
     finally:
         other.close()
 
@@ -261,7 +277,7 @@ def test_users(srv, classic):
 async def test_personal_access_token_login(srv, classic):
     status, body = classic.request(cc.CREATE_PAT, cc.name(uniq("tok")[:20]) + struct.pack("<Q", 0))
     assert status == 0
-    token = body[1:1 + body[0]].decode()
+    token = body[1 : 1 + body[0]].decode()
     c = ClassicClient(srv.tcp_address)
     try:
         assert c.request(cc.LOGIN_WITH_PAT, cc.name("not-a-token"))[0] == 53
@@ -273,13 +289,16 @@ async def test_personal_access_token_login(srv, classic):
 
 # ------------------------------------------------------------------------- messages
 
+
 def test_send_and_poll_layout(classic):
     s, t = make_topic(classic)
     headers = encode_headers([(2, b"k", 2, b"v")])
     origin = 1_700_000_000_000_000
-    msgs = [cc.message(b"one", id_=7, headers=headers, origin=origin),
-            cc.message(b"two", origin=origin + 5),
-            cc.message(b"three", id_=2**128 - 1, origin=origin + 9)]
+    msgs = [
+        cc.message(b"one", id_=7, headers=headers, origin=origin),
+        cc.message(b"two", origin=origin + 5),
+        cc.message(b"three", id_=2**128 - 1, origin=origin + 9),
+    ]
     assert send(classic, s, t, msgs) == 0
     before = time.time_ns() // 1000
     assert send(classic, s, t, [cc.message(b"four", id_=4)]) == 0
@@ -290,7 +309,7 @@ def test_send_and_poll_layout(classic):
     assert [m["origin"] for m in got[:3]] == [origin, origin + 5, origin + 9]
     assert got[0]["id"] == 7 and got[1]["id"] != 0 and got[2]["id"] == 2**128 - 1
     assert got[0]["headers"] == headers and got[1]["headers"] == b""
-    assert got[0]["timestamp"] == got[2]["timestamp"] < got[3]["timestamp"]       # one time per batch
+    assert got[0]["timestamp"] == got[2]["timestamp"] < got[3]["timestamp"]  # one time per batch
     assert got[3]["timestamp"] >= before - 1_000_000
     for m in got:
         assert m["reserved"] == 0
@@ -314,16 +333,17 @@ def test_send_refusals(classic):
     assert send(classic, s, t, [cc.message(b"a", headers=b"\x00\x01\x00\x00\x00k")]) == 4040
     assert send(classic, s, t, [one], partition=5) == 3007
     body = cc.send_body(s, t, part, [one])
-    assert classic.request(cc.SEND_MESSAGES, struct.pack("<I", 99) + body[4:])[0] == 3     # metadata length
+    assert classic.request(cc.SEND_MESSAGES, struct.pack("<I", 99) + body[4:])[0] == 3  # metadata length
     assert classic.request(cc.SEND_MESSAGES, cc.send_body("nope-" + s, t, part, [one]))[0] == 1009
-    assert poll(classic, s, t)[2] == 0                 # nothing was appended
+    assert poll(classic, s, t)[2] == 0  # nothing was appended
 
 
 def test_partitioning_kinds(classic):
     s, t = make_topic(classic, partitions=3)
     for i in range(3):
-        status = classic.request(cc.SEND_MESSAGES, cc.send_body(s, t, cc.partitioning(cc.BALANCED),
-                                                                [cc.message(b"b%d" % i)]))[0]
+        status = classic.request(
+            cc.SEND_MESSAGES, cc.send_body(s, t, cc.partitioning(cc.BALANCED), [cc.message(b"b%d" % i)])
+        )[0]
         assert status == 0
     assert sorted(poll(classic, s, t, partition=p)[2] for p in range(3)) == [1, 1, 1]
     key = cc.partitioning(cc.MESSAGES_KEY, b"user-1")
@@ -338,15 +358,21 @@ async def test_classic_send_current_poll_and_back(classic, root):
     headers = encode_headers([(2, b"k", 2, b"v")])
     assert send(classic, s, t, [cc.message(b"from-classic", id_=42, headers=headers, origin=123_456)]) == 0
     await root.send_messages(s, t, 0, [SendMessage("from-current", id=43)])
-    got = await root.poll_messages(s, t, consumer=Consumer.Single(1), polling_strategy=PollingStrategy.First(),
-                                   count=10, auto_commit=False, partition_id=0)
+    got = await root.poll_messages(
+        s,
+        t,
+        consumer=Consumer.Single(1),
+        polling_strategy=PollingStrategy.First(),
+        count=10,
+        auto_commit=False,
+        partition_id=0,
+    )
     assert [(m.offset(), m.payload(), m.id()) for m in got] == [(0, b"from-classic", 42), (1, b"from-current", 43)]
     assert got[0].origin_timestamp() == 123_456
     assert got[0].user_headers() == {HeaderKey.String("k"): HeaderValue.String("v")}
     _, current, _, back = poll(classic, s, t)
     assert current == 1
-    assert [(m["offset"], m["payload"], m["id"]) for m in back] == [(0, b"from-classic", 42),
-                                                                     (1, b"from-current", 43)]
+    assert [(m["offset"], m["payload"], m["id"]) for m in back] == [(0, b"from-classic", 42), (1, b"from-current", 43)]
     assert back[0]["timestamp"] == got[0].timestamp() and back[1]["timestamp"] == got[1].timestamp()
     assert back[1]["origin"] == got[1].origin_timestamp()
 
@@ -360,14 +386,24 @@ async def test_consumer_offsets_shared(classic, root):
     assert classic.request(cc.GET_CONSUMER_OFFSET, cc.offset_body(me, s, t, 0)) == (0, struct.pack("<IQQ", 0, 4, 2))
     assert classic.request(cc.STORE_CONSUMER_OFFSET, cc.offset_body(me, s, t, 0, 9))[0] == 4100
     # the 0.9 client reads the same offset and continues after it
-    got = await root.poll_messages(s, t, consumer=Consumer.Single(9), polling_strategy=PollingStrategy.Next(),
-                                   count=10, auto_commit=True, partition_id=0)
+    got = await root.poll_messages(
+        s,
+        t,
+        consumer=Consumer.Single(9),
+        polling_strategy=PollingStrategy.Next(),
+        count=10,
+        auto_commit=True,
+        partition_id=0,
+    )
     assert [m.offset() for m in got] == [3, 4]
     assert classic.request(cc.GET_CONSUMER_OFFSET, cc.offset_body(me, s, t, 0)) == (0, struct.pack("<IQQ", 0, 4, 4))
     # auto-commit from the classic side, seen by the 0.9 side
     other = cc.consumer(cc.CONSUMER, 10)
-    assert [m["offset"] for m in poll(classic, s, t, cons=other, strategy=cc.NEXT, count=3, auto_commit=True)[3]] \
-        == [0, 1, 2]
+    assert [m["offset"] for m in poll(classic, s, t, cons=other, strategy=cc.NEXT, count=3, auto_commit=True)[3]] == [
+        0,
+        1,
+        2,
+    ]
     assert (await root.send_binary_request(120, cc.offset_body(other, s, t, 0))) == struct.pack("<IQQ", 0, 4, 2)
     assert classic.request(cc.DELETE_CONSUMER_OFFSET, cc.offset_body(me, s, t, 0)) == (0, b"")
     assert classic.request(cc.DELETE_CONSUMER_OFFSET, cc.offset_body(me, s, t, 0))[0] == 3021
@@ -385,15 +421,17 @@ def test_group_members_poll_their_partitions_in_turn(srv, classic):
     assert classic.request(cc.POLL_MESSAGES, cc.poll_body(group, s, t, None, cc.NEXT, 0, 10))[0] == 5006
     assert classic.request(cc.JOIN_CONSUMER_GROUP, cc.ident(s) + cc.ident(t) + cc.ident(gid)) == (0, b"")
     seen = {}
-    for _ in range(3):       # the only member owns every partition and is served each in turn
+    for _ in range(3):  # the only member owns every partition and is served each in turn
         pid, _, count, msgs = poll(classic, s, t, partition=None, strategy=cc.NEXT, cons=group, auto_commit=True)
         seen[pid] = [m["payload"] for m in msgs]
     assert seen == {p: [b"p%d-0" % p, b"p%d-1" % p] for p in range(3)}
     # a store without a partition is for the partition polled last
     last = pid
     assert classic.request(cc.STORE_CONSUMER_OFFSET, cc.offset_body(group, s, t, None, 0)) == (0, b"")
-    assert classic.request(cc.GET_CONSUMER_OFFSET, cc.offset_body(group, s, t, last)) == \
-        (0, struct.pack("<IQQ", last, 1, 0))
+    assert classic.request(cc.GET_CONSUMER_OFFSET, cc.offset_body(group, s, t, last)) == (
+        0,
+        struct.pack("<IQQ", last, 1, 0),
+    )
     # a second member takes partitions over: each member is served only its own
     other = ClassicClient(srv.tcp_address)
     try:
@@ -431,6 +469,7 @@ def test_get_me_reports_tcp_client(classic):
 def test_classic_connection_counts_as_one_client(srv, classic):
     """The uring engine hands the socket over: the client list holds it once, logged in."""
     from tests.rawclient import RawClient
+
     raw = RawClient(srv.tcp_address)
     try:
         assert raw.login().status == 0

@@ -6,6 +6,7 @@ below is a small script that prints one JSON line of what it saw. The test proce
 0.9.0 through the official SDK of the main environment, so every test checks that what one
 protocol writes the other reads: messages, offsets, consumer groups, users.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,8 @@ CLASSIC_PYTHON = REPO / ".venv-classic" / "bin" / "python"
 
 pytestmark = pytest.mark.skipif(
     not CLASSIC_PYTHON.exists(),
-    reason="the 0.8 SDK's virtualenv .venv-classic is missing (scripts/setup.sh --test creates it)")
+    reason="the 0.8 SDK's virtualenv .venv-classic is missing (scripts/setup.sh --test creates it)",
+)
 
 PRELUDE = """
 import asyncio, datetime, json, sys
@@ -42,29 +44,46 @@ def run_classic(script: str, **args) -> dict:
     """Run a scenario with the 0.8 SDK; its last stdout line is the JSON result."""
     # os._exit: the 0.8 SDK's Rust runtime sometimes aborts (SIGABRT) while the interpreter
     # tears it down after the result is out; the result is what the test is about
-    code = (PRELUDE + textwrap.dedent(script)
-            + "\nprint(json.dumps(asyncio.run(main())), flush=True)\nimport os\nos._exit(0)\n")
-    proc = subprocess.run([str(CLASSIC_PYTHON), "-c", code, json.dumps(args)], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        PRELUDE
+        + textwrap.dedent(script)
+        + "\nprint(json.dumps(asyncio.run(main())), flush=True)\nimport os\nos._exit(0)\n"
+    )
+    proc = subprocess.run(
+        [str(CLASSIC_PYTHON), "-c", code, json.dumps(args)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def group_offset_request(group_id: int, stream: str, topic: str, partition: int) -> bytes:
     """The consumer-offset request body (0.9 codes 120/121) of a group on one partition."""
-    return (bytes([2, 1, 4]) + struct.pack("<I", group_id) + bytes([2, len(stream)]) + stream.encode()
-            + bytes([2, len(topic)]) + topic.encode() + b"\x01" + struct.pack("<I", partition))
+    return (
+        bytes([2, 1, 4])
+        + struct.pack("<I", group_id)
+        + bytes([2, len(stream)])
+        + stream.encode()
+        + bytes([2, len(topic)])
+        + topic.encode()
+        + b"\x01"
+        + struct.pack("<I", partition)
+    )
 
 
 def test_the_virtualenv_holds_the_08_sdk():
-    out = subprocess.run([str(CLASSIC_PYTHON), "-c", "import importlib.metadata as m; print(m.version('apache-iggy'))"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [str(CLASSIC_PYTHON), "-c", "import importlib.metadata as m; print(m.version('apache-iggy'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out.startswith("0.8."), out
 
 
 async def test_send_and_poll(srv, root):
     s, t = uniq("s08"), uniq("t08")
-    seen = run_classic("""
+    seen = run_classic(
+        """
         async def main():
             c = await connect()
             await c.ping()
@@ -82,7 +101,11 @@ async def test_send_and_poll(srv, root):
                 "last": msgs(await c.poll_messages(ARGS["s"], ARGS["t"], 1, PollingStrategy.Last(), 1, False)),
                 "missing": str(await c.get_stream("no-such-" + ARGS["s"])),
             }
-    """, address=srv.tcp_address, s=s, t=t)
+    """,
+        address=srv.tcp_address,
+        s=s,
+        t=t,
+    )
     assert seen["stream"] == [s, 1, 7]
     assert seen["topic"] == [t, 2, 7]
     assert [(m[0], m[1], m[2]) for m in seen["first"]] == [(0, i, f"a{i}") for i in range(5)]
@@ -90,17 +113,30 @@ async def test_send_and_poll(srv, root):
     assert [(m[0], m[1], m[2]) for m in seen["last"]] == [(1, 1, "b1")]
     assert seen["missing"] == "None"
     # what the 0.8 SDK sent, the 0.9 SDK reads: same offsets, ids and timestamps
-    got = await root.poll_messages(s, t, consumer=Consumer.Single(1), polling_strategy=PollingStrategy.First(),
-                                   count=10, auto_commit=False, partition_id=0)
-    assert [(m.offset(), m.payload(), m.id(), m.timestamp()) for m in got] == \
-        [(m[1], m[2].encode(), m[3], m[4]) for m in seen["first"]]
+    got = await root.poll_messages(
+        s,
+        t,
+        consumer=Consumer.Single(1),
+        polling_strategy=PollingStrategy.First(),
+        count=10,
+        auto_commit=False,
+        partition_id=0,
+    )
+    assert [(m.offset(), m.payload(), m.id(), m.timestamp()) for m in got] == [
+        (m[1], m[2].encode(), m[3], m[4]) for m in seen["first"]
+    ]
     # and back: the 0.9 SDK appends, the 0.8 SDK reads everything in order
     await root.send_messages(s, t, 0, [SendMessage("c0", id=77), SendMessage("c1")])
-    after = run_classic("""
+    after = run_classic(
+        """
         async def main():
             c = await connect()
             return msgs(await c.poll_messages(ARGS["s"], ARGS["t"], 0, PollingStrategy.First(), 100, False))
-    """, address=srv.tcp_address, s=s, t=t)
+    """,
+        address=srv.tcp_address,
+        s=s,
+        t=t,
+    )
     assert [(m[1], m[2]) for m in after] == [(i, f"a{i}") for i in range(5)] + [(5, "c0"), (6, "c1")]
     assert after[5][3] == 77
 
@@ -111,7 +147,8 @@ async def test_consumer_group_members_split_the_partitions(srv, root):
     await root.create_topic(s, t, 3)
     for p in range(3):
         await root.send_messages(s, t, p, [SendMessage(f"p{p}-{i}") for i in range(4)])
-    seen = run_classic("""
+    seen = run_classic(
+        """
         async def main():
             clients = [await connect(), await connect()]
             consumers = []
@@ -133,16 +170,22 @@ async def test_consumer_group_members_split_the_partitions(srv, root):
             for task in tasks:
                 task.cancel()
             return got
-    """, address=srv.tcp_address, s=s, t=t, g=g)
+    """,
+        address=srv.tcp_address,
+        s=s,
+        t=t,
+        g=g,
+    )
     everything = sorted(tuple(m) for member in seen for m in member)
-    assert everything == sorted((p, i, f"p{p}-{i}") for p in range(3) for i in range(4))   # each once
+    assert everything == sorted((p, i, f"p{p}-{i}") for p in range(3) for i in range(4))  # each once
     partitions = [{m[0] for m in member} for member in seen]
     assert all(partitions) and not partitions[0] & partitions[1]
     # the group's offsets, committed by the 0.8 SDK's polls, read over 0.9
     group = await root.get_consumer_group(s, t, g)
     for p in range(3):
-        assert await root.send_binary_request(120, group_offset_request(group.id, s, t, p)) == \
-            struct.pack("<IQQ", p, 3, 3)
+        assert await root.send_binary_request(120, group_offset_request(group.id, s, t, p)) == struct.pack(
+            "<IQQ", p, 3, 3
+        )
 
 
 async def test_group_resumes_after_an_offset_stored_over_09(srv, root):
@@ -153,7 +196,8 @@ async def test_group_resumes_after_an_offset_stored_over_09(srv, root):
     await root.create_consumer_group(s, t, g)
     group = await root.get_consumer_group(s, t, g)
     assert await root.send_binary_request(121, group_offset_request(group.id, s, t, 0) + struct.pack("<Q", 2)) == b""
-    seen = run_classic("""
+    seen = run_classic(
+        """
         async def main():
             c = await connect()
             consumer = await c.consumer_group(
@@ -168,15 +212,21 @@ async def test_group_resumes_after_an_offset_stored_over_09(srv, root):
             await asyncio.wait_for(consume(), 30)
             await consumer.store_offset(4, 0)
             return got
-    """, address=srv.tcp_address, s=s, t=t, g=g)
+    """,
+        address=srv.tcp_address,
+        s=s,
+        t=t,
+        g=g,
+    )
     assert seen == [3, 4, 5]
     assert await root.send_binary_request(120, group_offset_request(group.id, s, t, 0)) == struct.pack("<IQQ", 0, 5, 4)
 
 
 async def test_users_created_over_09_log_in_with_08(srv, root):
     name, password = uniq("u08")[:20], "pass-08-word"
-    await root.create_user(name, password)            # active, no permissions
-    seen = run_classic("""
+    await root.create_user(name, password)  # active, no permissions
+    seen = run_classic(
+        """
         async def main():
             out = {}
             c = await connect(ARGS["name"], ARGS["password"])
@@ -196,6 +246,10 @@ async def test_users_created_over_09_log_in_with_08(srv, root):
             await by_url.connect()
             out["by_url"] = str(await by_url.get_stream("anything"))
             return out
-    """, address=srv.tcp_address, name=name, password=password)
+    """,
+        address=srv.tcp_address,
+        name=name,
+        password=password,
+    )
     assert seen == {"create": "Unauthorized", "wrong": "InvalidCredentials", "by_url": "None"}
     assert await root.get_stream("not-allowed-" + name) is None

@@ -43,28 +43,33 @@ naming a partition and the server chose one of the member's partitions in turn; 
 get of a group offset without a partition means the partition polled last. The other
 commands have the 0.9 bodies and replies and run the 0.9 handlers unchanged.
 """
+
 from __future__ import annotations
 
 import inspect
+import logging
 import struct
 import time
 import weakref
 
-from iggy.control import messages, permissions as perm
+from iggy.control import messages
+from iggy.control import permissions as perm
 from iggy.control.plane import COMMANDS
 from iggy.protocol import codes
 from iggy.protocol.classic_messages import batches_to_classic, classic_to_batch
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.protocol.wire import Reader, Writer
 
+log = logging.getLogger(__name__)
+
 LOGIN_USER = 38
 LOGIN_WITH_PERSONAL_ACCESS_TOKEN = 44
 
 _REPLY_HEAD = struct.Struct("<II")
-_POLL_HEAD = struct.Struct("<IIIQI")        # status, length, partition_id, current_offset, count
+_POLL_HEAD = struct.Struct("<IIIQI")  # status, length, partition_id, current_offset, count
 _EMPTY_OK = _REPLY_HEAD.pack(0, 0)
 _COMPRESSION = {1: "none", 2: "gzip"}
-_REPLICATION_FACTOR = 1                     # a single node
+_REPLICATION_FACTOR = 1  # a single node
 
 # code -> (handler(plane, session, reader), needs login); the 0.9 handlers for the commands
 # whose bodies did not change (added at the first request), the functions below for those
@@ -74,30 +79,53 @@ _unchanged_registered = False
 
 # the commands before 0.9 whose request and reply bodies are those of 0.9
 _SAME_AS_CURRENT = (
-    codes.PING, codes.GET_STATS, codes.GET_SNAPSHOT_FILE, codes.GET_CLUSTER_METADATA, codes.GET_ME,
-    codes.GET_CLIENT, codes.GET_CLIENTS, codes.DELETE_USER, codes.UPDATE_USER, codes.UPDATE_PERMISSIONS,
-    codes.CHANGE_PASSWORD, codes.LOGOUT_USER, codes.GET_PERSONAL_ACCESS_TOKENS,
-    codes.CREATE_PERSONAL_ACCESS_TOKEN, codes.DELETE_PERSONAL_ACCESS_TOKEN, codes.DELETE_STREAM,
-    codes.UPDATE_STREAM, codes.PURGE_STREAM, codes.DELETE_TOPIC, codes.PURGE_TOPIC, codes.CREATE_PARTITIONS,
-    codes.DELETE_PARTITIONS, codes.DELETE_SEGMENTS, codes.GET_CONSUMER_GROUP, codes.GET_CONSUMER_GROUPS,
-    codes.CREATE_CONSUMER_GROUP, codes.DELETE_CONSUMER_GROUP, codes.JOIN_CONSUMER_GROUP,
+    codes.PING,
+    codes.GET_STATS,
+    codes.GET_SNAPSHOT_FILE,
+    codes.GET_CLUSTER_METADATA,
+    codes.GET_ME,
+    codes.GET_CLIENT,
+    codes.GET_CLIENTS,
+    codes.DELETE_USER,
+    codes.UPDATE_USER,
+    codes.UPDATE_PERMISSIONS,
+    codes.CHANGE_PASSWORD,
+    codes.LOGOUT_USER,
+    codes.GET_PERSONAL_ACCESS_TOKENS,
+    codes.CREATE_PERSONAL_ACCESS_TOKEN,
+    codes.DELETE_PERSONAL_ACCESS_TOKEN,
+    codes.DELETE_STREAM,
+    codes.UPDATE_STREAM,
+    codes.PURGE_STREAM,
+    codes.DELETE_TOPIC,
+    codes.PURGE_TOPIC,
+    codes.CREATE_PARTITIONS,
+    codes.DELETE_PARTITIONS,
+    codes.DELETE_SEGMENTS,
+    codes.GET_CONSUMER_GROUP,
+    codes.GET_CONSUMER_GROUPS,
+    codes.CREATE_CONSUMER_GROUP,
+    codes.DELETE_CONSUMER_GROUP,
+    codes.JOIN_CONSUMER_GROUP,
     codes.LEAVE_CONSUMER_GROUP,
 )
 
 # per session, {(stream, topic, group): polls served}: which of its partitions a member polls next
-_group_cursors: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_group_cursors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def classic(code: int, auth: bool = True):
     def deco(fn):
         _HANDLERS[code] = (fn, auth)
         return fn
+
     return deco
 
 
 def _register_unchanged() -> None:
     global _unchanged_registered
     from iggy.control import load_commands
+
     load_commands()
     for code in _SAME_AS_CURRENT:
         cmd = COMMANDS[code]
@@ -106,6 +134,7 @@ def _register_unchanged() -> None:
 
 
 # ------------------------------------------------------------------------- dispatch
+
 
 def error_reply(code: int) -> bytes:
     return _REPLY_HEAD.pack(int(code), 0)
@@ -132,7 +161,7 @@ def handle(plane, session, code: int, body: bytes):
         return error_reply(ErrorCode.UNAUTHENTICATED)
     try:
         result = fn(plane, session, Reader(body))
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+    except Exception as exc:
         return _failure(exc, code)
     if inspect.isawaitable(result):
         return _finish(result, code)
@@ -140,7 +169,7 @@ def handle(plane, session, code: int, body: bytes):
 
 
 def _success(result):
-    if type(result) is list:      # already framed parts (poll)
+    if type(result) is list:  # already framed parts (poll)
         return result
     if type(result) is tuple:
         result = b"".join(result)
@@ -150,19 +179,19 @@ def _success(result):
 def _failure(exc: Exception, code: int) -> bytes:
     if isinstance(exc, IggyError):
         return error_reply(exc.code)
-    import logging
-    logging.getLogger(__name__).exception("classic command %d failed", code)
+    log.error("classic command %d failed", code, exc_info=exc)
     return error_reply(ErrorCode.ERROR)
 
 
 async def _finish(pending, code: int):
     try:
         return _success(await pending)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return _failure(exc, code)
 
 
 # ------------------------------------------------------------------------- users and logins
+
 
 def _encode_user(w: Writer, u) -> None:
     w.u32(u.id).u64(u.created_at).u8(u.status).name(u.username)
@@ -182,6 +211,7 @@ def _encode_user_details(u) -> bytes:
 @classic(LOGIN_USER, auth=False)
 async def login_user(plane, session, r: Reader):
     from iggy.control.users import password_login
+
     username = r.name()
     password = r.string8()
     # version and context follow (u32-length strings) from newer classic clients: not needed
@@ -193,6 +223,7 @@ async def login_user(plane, session, r: Reader):
 @classic(LOGIN_WITH_PERSONAL_ACCESS_TOKEN, auth=False)
 def login_with_token(plane, session, r: Reader):
     from iggy.control.users import token_login
+
     token = r.string8()
     user = token_login(plane, session.address, token)
     plane.bind_login(session, user, 0)
@@ -202,6 +233,7 @@ def login_with_token(plane, session, r: Reader):
 @classic(codes.GET_USER)
 def get_user(plane, session, r: Reader):
     from iggy.control.users import find_user
+
     user = find_user(plane, r.identifier())
     if user is None:
         return None
@@ -222,6 +254,7 @@ def get_users(plane, session, r: Reader):
 @classic(codes.CREATE_USER)
 async def create_user(plane, session, r: Reader):
     from iggy.control.users import create_user_by
+
     perm.require(perm.can_manage_users(plane.user_of(session)))
     username = r.name()
     password = r.string8()
@@ -231,6 +264,7 @@ async def create_user(plane, session, r: Reader):
 
 
 # ------------------------------------------------------------------------- streams and topics
+
 
 def _encode_stream(plane, w: Writer, s) -> None:
     size, count = plane.storage.stream_stats(s)
@@ -265,6 +299,7 @@ def _topic_details(plane, stream_id: int, t) -> bytes:
 @classic(codes.GET_STREAM)
 def get_stream(plane, session, r: Reader):
     from iggy.control.streams import find_stream
+
     s = find_stream(plane, r.identifier())
     if s is None:
         return None
@@ -284,6 +319,7 @@ def get_streams(plane, session, r: Reader):
 @classic(codes.CREATE_STREAM)
 def create_stream(plane, session, r: Reader):
     from iggy.control.streams import create_stream_record
+
     name = r.name()
     perm.require(perm.can_create_stream(plane.user_of(session)))
     return _stream_details(plane, create_stream_record(plane, name))
@@ -293,6 +329,7 @@ def create_stream(plane, session, r: Reader):
 def get_topic(plane, session, r: Reader):
     from iggy.control.streams import find_stream
     from iggy.control.topics import find_topic
+
     sid, tid = r.identifier(), r.identifier()
     s = find_stream(plane, sid)
     t = find_topic(s, tid) if s is not None else None
@@ -305,9 +342,10 @@ def get_topic(plane, session, r: Reader):
 @classic(codes.GET_TOPICS)
 def get_topics(plane, session, r: Reader):
     from iggy.control.streams import find_stream
+
     s = find_stream(plane, r.identifier())
     if s is None:
-        return None            # a missing stream lists as empty, as on the 0.9 path
+        return None  # a missing stream lists as empty, as on the 0.9 path
     perm.require(perm.can_read_topic(plane.user_of(session), s.id))
     w = Writer()
     for t in sorted(s.topics.values(), key=lambda t: t.id):
@@ -324,19 +362,22 @@ def _topic_settings(r: Reader) -> tuple[dict, str]:
     compression = r.u8()
     expiry = r.u64()
     max_size = r.u64()
-    r.u8()                      # replication factor: a single node keeps one copy
+    r.u8()  # replication factor: a single node keeps one copy
     name = r.name()
     if compression not in _COMPRESSION:
-        raise IggyError(ErrorCode.INVALID_OPTION_VALUE, "invalid compression algorithm",
-                        field="compression_algorithm")
-    return {"compression_algorithm": _COMPRESSION[compression], "message_expiry": expiry,
-            "max_topic_size": max_size}, name
+        raise IggyError(ErrorCode.INVALID_OPTION_VALUE, "invalid compression algorithm", field="compression_algorithm")
+    return {
+        "compression_algorithm": _COMPRESSION[compression],
+        "message_expiry": expiry,
+        "max_topic_size": max_size,
+    }, name
 
 
 @classic(codes.CREATE_TOPIC)
 def create_topic(plane, session, r: Reader):
     from iggy.control.streams import get_stream_or_fail
     from iggy.control.topics import create_topic_record
+
     sid = r.identifier()
     partitions = r.u32()
     options, name = _topic_settings(r)
@@ -351,6 +392,7 @@ def create_topic(plane, session, r: Reader):
 @classic(codes.UPDATE_TOPIC)
 def update_topic(plane, session, r: Reader):
     from iggy.control.topics import resolve_topic, update_topic_by
+
     sid, tid = r.identifier(), r.identifier()
     options, name = _topic_settings(r)
     s, t = resolve_topic(plane, sid, tid)
@@ -359,6 +401,7 @@ def update_topic(plane, session, r: Reader):
 
 
 # ------------------------------------------------------------------------- messages and offsets
+
 
 @classic(codes.SEND_MESSAGES)
 def send_messages(plane, session, r: Reader):
@@ -371,7 +414,7 @@ def send_messages(plane, session, r: Reader):
         raise IggyError(ErrorCode.INVALID_COMMAND)
     batch = classic_to_batch(r.data, r.position, count)
     _s, _t, _pid, _base, synced = messages.send(plane, session, sid, tid, kind, value, batch, 0, len(batch), count)
-    return synced         # None, or a future done after fsync; the reply is empty either way
+    return synced  # None, or a future done after fsync; the reply is empty either way
 
 
 def _group_partition(plane, session, consumer_id, sid, tid, advance: bool):
@@ -379,6 +422,7 @@ def _group_partition(plane, session, consumer_id, sid, tid, advance: bool):
     turn when polling (`advance`), else the one it polled last; None when it owns none."""
     from iggy.control.groups import get_group_or_fail
     from iggy.control.topics import resolve_topic
+
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_poll(plane.user_of(session), s.id, t.id))
     g = get_group_or_fail(t, consumer_id)
@@ -418,14 +462,26 @@ def poll_messages(plane, session, r: Reader):
     if kind == messages.CONSUMER_GROUP and not has_partition:
         chosen = _group_partition(plane, session, consumer_id, sid, tid, advance=True)
         if chosen is None:
-            return _empty_poll()           # a member without partitions gets nothing
+            return _empty_poll()  # a member without partitions gets nothing
         has_partition, partition_id = True, chosen
     try:
-        pid, current, n, data = messages.poll(plane, session, kind, consumer_id, sid, tid, has_partition,
-                                              partition_id, strategy, value, count, auto_commit)
+        pid, current, n, data = messages.poll(
+            plane,
+            session,
+            kind,
+            consumer_id,
+            sid,
+            tid,
+            has_partition,
+            partition_id,
+            strategy,
+            value,
+            count,
+            auto_commit,
+        )
     except IggyError as exc:
         if exc.code == ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED:
-            return _empty_poll()           # before 0.9: nothing to read there, not an error
+            return _empty_poll()  # before 0.9: nothing to read there, not an error
         raise
     body, served = batches_to_classic(data) if n else (b"", 0)
     return [_POLL_HEAD.pack(0, 16 + len(body), pid, current, served), body]
@@ -446,7 +502,7 @@ def _with_group_partition(plane, session, r: Reader):
     chosen = _group_partition(plane, session, consumer_id, sid, tid, advance=False)
     if chosen is None:
         raise IggyError(ErrorCode.INVALID_IDENTIFIER)
-    return Reader(body[:at] + b"\x01" + struct.pack("<I", chosen) + body[at + 5:])
+    return Reader(body[:at] + b"\x01" + struct.pack("<I", chosen) + body[at + 5 :])
 
 
 @classic(codes.GET_CONSUMER_OFFSET)
@@ -475,6 +531,7 @@ def flush_unsaved_buffer(plane, session, r: Reader):
     """Nothing is ever unsaved here (an acknowledged batch is in the segment file); with
     fsync the partition's segment is synced to disk."""
     from iggy.control.topics import resolve_topic
+
     sid, tid = r.identifier(), r.identifier()
     partition_id = r.u32()
     fsync = r.bool()

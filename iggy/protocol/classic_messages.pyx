@@ -37,7 +37,7 @@ origin_timestamp = batch origin_timestamp + timestamp_delta; the checksum is com
 the classic message as sent (Apache Iggy stamped it the same way before 0.9).
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
@@ -75,10 +75,10 @@ cdef int _scan_send(const unsigned char *p, uint64_t n, uint32_t count, uint64_t
                     uint64_t *origin, uint32_t *zero_ids) noexcept nogil:
     """Walk `count` classic messages filling p[0:n] exactly. 0 or an Iggy error code."""
     cdef uint64_t pos = 0, size, lo = 0xFFFFFFFFFFFFFFFF, hi = 0, ts
-    cdef uint32_t i
+    cdef uint32_t _i
     frames_len[0] = 0
     zero_ids[0] = 0
-    for i in range(count):
+    for _i in range(count):
         if n - pos < CLASSIC_HEADER:
             return E_INVALID_COMMAND
         size = <uint64_t>CLASSIC_HEADER + le_u32(p + pos + C_PAYLOAD_LEN) + le_u32(p + pos + C_HEADERS_LEN)
@@ -180,7 +180,7 @@ cdef int _scan_poll(const unsigned char *p, uint64_t n, uint64_t *out_len, uint6
     """Size of the classic messages of the stored batches in p[0:n]. 0, or -1 when a batch
     does not fit (never for what the log serves; checked so nothing is read past the end)."""
     cdef uint64_t pos = 0, blen, fpos, flen
-    cdef uint32_t count, i
+    cdef uint32_t count, _i
     out_len[0] = 0
     messages[0] = 0
     while pos < n:
@@ -191,7 +191,7 @@ cdef int _scan_poll(const unsigned char *p, uint64_t n, uint64_t *out_len, uint6
         if blen < BATCH_HEADER_LEN or blen > n - pos:
             return -1
         fpos = pos + BATCH_HEADER_LEN
-        for i in range(count):
+        for _i in range(count):
             if pos + blen - fpos < FRAME_HEADER_LEN:
                 return -1
             flen = <uint64_t>FRAME_HEADER_LEN + le_u32(p + fpos + F_PAYLOAD_LEN) + le_u32(p + fpos + F_HEADERS_LEN)
@@ -206,7 +206,7 @@ cdef int _scan_poll(const unsigned char *p, uint64_t n, uint64_t *out_len, uint6
 
 cdef void _fill_classic(const unsigned char *p, uint64_t n, unsigned char *out) noexcept nogil:
     cdef uint64_t pos = 0, blen, fpos, base_offset, base_ts, origin, body
-    cdef uint32_t count, i, payload, headers
+    cdef uint32_t count, _i, payload, headers
     while pos < n:
         blen = le_u64(p + pos + B_LENGTH)
         count = le_u32(p + pos + B_COUNT)
@@ -214,7 +214,7 @@ cdef void _fill_classic(const unsigned char *p, uint64_t n, unsigned char *out) 
         base_ts = le_u64(p + pos + B_BASE_TIMESTAMP)
         origin = le_u64(p + pos + B_ORIGIN_TIMESTAMP)
         fpos = pos + BATCH_HEADER_LEN
-        for i in range(count):
+        for _i in range(count):
             payload = le_u32(p + fpos + F_PAYLOAD_LEN)
             headers = le_u32(p + fpos + F_HEADERS_LEN)
             body = <uint64_t>payload + headers

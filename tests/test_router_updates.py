@@ -2,7 +2,8 @@
 set_user / remove_user), checked against a Python model after every step: thousands of
 random adds, renames and removals (slot growth, backward-shift deletion), and readers in
 other threads serving real requests through the C data plane (without the GIL) while the
-table changes under them.
+table changes under them. Its publisher (iggy.engine.uring.routing) changes one entry per
+topic or user a metadata change touches, and never the whole table.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import random
 import struct
 import threading
 
+from iggy.protocol import codes
 from iggy.protocol.batch import build_batch
 from iggy.engine.uring.dataplane import serve
 from iggy.storage.log import PartitionLog
@@ -17,7 +19,7 @@ from iggy._core.mutex import Mutex
 from iggy.storage.offset_store import OffsetStore
 from iggy.engine.uring.router import Counter, Router
 from iggy.protocol.wire import build_request
-from tests.rawclient import ident
+from tests.rawclient import ident, wire_name
 
 
 def _num(i: int) -> bytes:
@@ -157,11 +159,9 @@ def test_stream_rename_and_partition_changes_reach_the_table(srv):
     """Each change updates only its topics: after a stream rename the old name is refused (a
     stale route would have served it from C), added partitions are served, removed ones are
     refused, and a deleted stream's topics are gone."""
-    from iggy.protocol import codes
     from iggy.protocol.errors import ErrorCode
     from tests.conftest import uniq
     from tests.reliability.common import Client
-    from tests.rawclient import wire_name
     op = codes.CODE_OPERATIONS
     # (a missing stream named by name: 1010 here, 1009 as upstream answers it)
     missing_stream = (ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.STREAM_NAME_NOT_FOUND)
@@ -187,3 +187,164 @@ def test_stream_rename_and_partition_changes_reach_the_table(srv):
         assert c.send(new, "u", 0, [b"f"])[0].status in missing_stream
     finally:
         c.close()
+
+
+# --------------------------------------------------------------------------- one change, one entry
+
+
+class SpyRouter:
+    """Forwards to the real Router and records the entry each writer call changes."""
+
+    def __init__(self, real):
+        self.real = real
+        self.calls: list[tuple] = []
+
+    def set_topic(self, entry):
+        self.calls.append(("topic", entry[0], entry[2]))
+        return self.real.set_topic(entry)
+
+    def remove_topic(self, sid, tid):
+        self.calls.append(("topic", sid, tid))
+        return self.real.remove_topic(sid, tid)
+
+    def set_user(self, user, allow_all, grants):
+        self.calls.append(("user", user & 0xFFFFFFFF))
+        return self.real.set_user(user, allow_all, grants)
+
+    def remove_user(self, user_id):
+        self.calls.append(("user", user_id))
+        return self.real.remove_user(user_id)
+
+    def publish(self, topics, users):
+        self.calls.append(("everything",))
+        return self.real.publish(topics, users)
+
+    def __getattr__(self, name):            # readers (topic_keys, user_ids, lookup...)
+        return getattr(self.real, name)
+
+    def take(self) -> set:
+        calls, self.calls = self.calls, []
+        return set(calls)
+
+
+class InProcessPlane:
+    """A ControlPlane on a scratch directory, driven with request frames as root."""
+
+    def __init__(self, path: str):
+        import asyncio
+
+        from iggy.config import load_config
+        from iggy.control import permissions as perm
+        from iggy.control.plane import ControlPlane
+        from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
+        from iggy.metadata.store import MetadataStore
+        from iggy.storage.partitions import Storage
+        cfg = load_config(env={"IGGY_SYSTEM_PATH": path})
+        self.meta = MetadataStore(path, 1000)
+        self.meta.open()
+        self.storage = Storage(path)
+        self.storage.open_all(self.meta.state)
+        self.plane = ControlPlane(cfg, self.meta, self.storage)
+        self.hash = hash_password("pw")
+
+        def make_user(name: str, perms):
+            create_user_record(self.plane, name, self.hash, STATUS_ACTIVE, perms)
+            return self.meta.state.user_by_name(name)
+        self.make_user = make_user
+        root = self.make_user("iggy", perm.all_permissions())
+        self.root = self.plane.open_session("test", 1)
+        self.plane.bind_login(self.root, root, 1)
+        self.loop = asyncio.new_event_loop()
+        self.request = 0
+        self.spy = SpyRouter(self.plane.routes.router)
+        self.plane.routes.router = self.spy
+
+    def write(self, op: int, body: bytes, session=None) -> bytes:
+        """A write command; the reply body after its result section (fails the test on an error)."""
+        import inspect
+
+        from iggy.protocol.wire import parse_header, parse_reply_header
+        self.request += 1
+        session = session or self.root
+        frame = build_request(op, 0, body, session=session.session, request=self.request, client=5,
+                              with_checksum=op in codes.CHECKSUMMED_OPS)
+        reply = self.plane.handle(session, parse_header(frame[:256]), body)
+        if inspect.isawaitable(reply):
+            reply = self.loop.run_until_complete(reply)
+        status = parse_reply_header(reply)[3]
+        assert status == 0 and reply[256:260] == b"\0\0\0\0", (op, status, reply[256:272])
+        return reply[260:]
+
+    def close(self):
+        self.storage.close()
+        self.meta.close()
+        self.plane.close()
+        self.loop.close()
+
+
+OP = codes.CODE_OPERATIONS
+
+
+def test_each_change_republishes_only_what_it_touches(tmp_path):
+    """Routes (iggy.engine.uring.routing) after every kind of metadata change: a topic's
+    change rewrites that topic's entry, a stream's rename the entries of its topics, a user's
+    change that user's entry; a delete also republishes exactly the users that had grants in
+    the stream. Nothing ever rebuilds the whole table."""
+    from iggy.control import permissions as perm
+    h = InProcessPlane(str(tmp_path))
+    try:
+        u32 = struct.Struct("<I")
+        a = u32.unpack_from(h.write(OP[codes.CREATE_STREAM], wire_name("a")))[0]
+        b = u32.unpack_from(h.write(OP[codes.CREATE_STREAM], wire_name("b")))[0]
+        topics = {}
+        for name in ("t1", "t2", "t3"):
+            body = h.write(OP[codes.CREATE_TOPIC], _num(a) + u32.pack(2) + wire_name(name))
+            topics[name] = u32.unpack_from(body)[0]
+        u = u32.unpack_from(h.write(OP[codes.CREATE_TOPIC], _num(b) + u32.pack(1) + wire_name("u")))[0]
+        grants = perm.all_permissions()
+        grants["global"] = [False] * len(grants["global"])
+        grants["streams"] = {a: {"flags": [False, True, False, True, True, True], "topics": {}}}
+        alice = h.make_user("alice", grants).id
+        bob = h.make_user("bob", None).id
+        t1, t2, t3 = topics["t1"], topics["t2"], topics["t3"]
+        assert h.spy.take() >= {("topic", a, t1), ("topic", b, u), ("user", alice), ("user", bob)}
+
+        h.write(OP[codes.UPDATE_TOPIC], _num(a) + _num(t1) + wire_name("t1-renamed"))
+        assert h.spy.take() == {("topic", a, t1)}
+        assert h.spy.lookup(_num(a), _name("t1-renamed")) == (a, t1, [0, 1])
+        assert h.spy.lookup(_num(a), _name("t1")) is None
+        h.write(OP[codes.CREATE_PARTITIONS], _num(a) + _num(t2) + u32.pack(1))
+        assert h.spy.take() == {("topic", a, t2)}
+        assert h.spy.lookup(_num(a), _num(t2)) == (a, t2, [0, 1, 2])
+
+        h.write(OP[codes.CREATE_CONSUMER_GROUP], _num(a) + _num(t3) + wire_name("g"))
+        assert h.spy.take() == {("topic", a, t3)}
+        h.write(OP[codes.JOIN_CONSUMER_GROUP], _num(a) + _num(t3) + _name("g"))
+        assert h.spy.take() == {("topic", a, t3)}
+
+        h.write(OP[codes.UPDATE_STREAM], _num(a) + wire_name("a2"))
+        assert h.spy.take() == {("topic", a, t1), ("topic", a, t2), ("topic", a, t3)}
+        assert h.spy.lookup(_name("a2"), _name("t1-renamed")) == (a, t1, [0, 1])
+        assert h.spy.lookup(_name("a"), _name("t1-renamed")) is None
+
+        h.write(OP[codes.CREATE_STREAM], wire_name("c"))
+        assert h.spy.take() == set()
+
+        carol = h.make_user("carol", None).id
+        assert h.spy.take() == {("user", carol)}
+        h.write(OP[codes.UPDATE_PERMISSIONS], _num(bob) + b"\x00")
+        assert h.spy.take() == {("user", bob)}
+
+        h.write(OP[codes.DELETE_TOPIC], _num(a) + _num(t2))
+        assert h.spy.take() == {("topic", a, t2), ("user", alice)}     # alice's grants in `a` went with it
+        assert (a, t2) not in h.spy.topic_keys()
+
+        h.write(OP[codes.DELETE_USER], _num(carol))
+        assert h.spy.take() == {("user", carol)}
+        assert carol not in h.spy.user_ids()
+
+        h.write(OP[codes.DELETE_STREAM], _num(b))
+        assert h.spy.take() == {("topic", b, u)}
+        assert h.spy.topic_keys() == {(a, t1), (a, t3)}
+    finally:
+        h.close()

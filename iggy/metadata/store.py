@@ -93,24 +93,26 @@ class MetadataStore:
 def _deletions(records) -> dict:
     """Notes for the directories of the delete records replayed: a crash right after such a
     record leaves the directory behind."""
-    out = {}
-    for key, r in _keys(records, ("stream.delete", "topic.delete", "partitions.delete")):
-        out[key] = (
-            f"a client deleted this {key[0]} (journal seq {r['seq']}) and the server stopped before its "
-            "directory was removed: nothing acknowledged is lost, the copy can be deleted"
-        )
-    return out
+    return _notes(
+        records,
+        ("stream.delete", "topic.delete", "partitions.delete"),
+        "a client deleted this {kind} (journal seq {seq}) and the server stopped before its directory was "
+        "removed: nothing acknowledged is lost, the copy can be deleted",
+    )
 
 
 def _creations(dropped) -> dict:
     """Notes for the directories whose create records --repair-metadata dropped."""
-    out = {}
-    for key, r in _keys(dropped, ("stream.create", "topic.create", "partitions.create")):
-        out[key] = (
-            f"its record (seq {r['seq']} {r['op']}) was dropped by --repair-metadata: its data is kept "
-            "there for recovery"
-        )
-    return out
+    return _notes(
+        dropped,
+        ("stream.create", "topic.create", "partitions.create"),
+        "its record (seq {seq} {op}) was dropped by --repair-metadata: its data is kept there for recovery",
+    )
+
+
+def _notes(records, ops, text: str) -> dict:
+    """{directory key: text} for the records of `ops`; text takes {kind}, {seq} and {op}."""
+    return {key: text.format(kind=key[0], seq=r["seq"], op=r["op"]) for key, r in _keys(records, ops)}
 
 
 def _keys(records, ops):

@@ -7,6 +7,7 @@ frame bytes 8..end): a served message that does not verify raises `Corrupt`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -184,3 +185,24 @@ def wait_port_closed(port: int, timeout: float = 5.0) -> None:
         except OSError:
             return
         time.sleep(0.05)
+
+
+def connect_or_none(address: str, client_cls=None):
+    """A client for a harness worker thread, or None when the server is already down (killed
+    before the worker got to connect)."""
+    try:
+        return (client_cls or Client)(address, timeout=5)
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def until_killed(c, also=()):
+    """A worker's loop over its client `c`: the connection error of the kill (or one of `also`)
+    ends it quietly; `c` is closed either way."""
+    try:
+        yield c
+    except (OSError, ConnectionError, *also):
+        pass
+    finally:
+        c.close()

@@ -30,7 +30,15 @@ import random
 import threading
 import time
 
-from tests.reliability.common import Client, Corrupt, Launcher, check_contiguous, verify_batches
+from tests.reliability.common import (
+    Client,
+    Corrupt,
+    Launcher,
+    check_contiguous,
+    connect_or_none,
+    until_killed,
+    verify_batches,
+)
 
 STREAM = "crash"
 TOPICS = {"persisted": "persisted", "replicated": None}   # topic name -> durability option
@@ -60,12 +68,11 @@ class History:
 def produce(address: str, topic: str, partition: int, producer: str, history: History, stop: threading.Event,
             rng: random.Random) -> None:
     key = (topic, partition)
-    try:
-        c = Client(address, timeout=5)
-    except OSError:
+    c = connect_or_none(address)
+    if c is None:
         return
     seq = 0
-    try:
+    with until_killed(c):
         while not stop.is_set():
             n = rng.randint(1, 20)
             payloads = [f"{producer}:{seq + i}:".encode() + os.urandom(rng.randint(0, 200)).hex().encode()
@@ -81,20 +88,15 @@ def produce(address: str, topic: str, partition: int, producer: str, history: Hi
                 history.stats["acked_batches"] += 1
                 history.stats["acked_messages"] += n
             seq += n
-    except (OSError, ConnectionError):
-        pass        # the kill
-    finally:
-        c.close()
 
 
 def metadata_changes(address: str, round_no: int, history: History, stop: threading.Event,
                      rng: random.Random) -> None:
-    try:
-        c = Client(address, timeout=5)
-    except OSError:
+    c = connect_or_none(address)
+    if c is None:
         return
     i = 0
-    try:
+    with until_killed(c):
         while not stop.is_set():
             with history.lock:
                 present = sorted(history.streams_present)
@@ -118,10 +120,6 @@ def metadata_changes(address: str, round_no: int, history: History, stop: thread
                 joins.add(name)
                 history.stats["metadata_ops"] += 1
             time.sleep(rng.uniform(0, 0.01))
-    except (OSError, ConnectionError):
-        pass
-    finally:
-        c.close()
 
 
 def read_while_running(address: str, history: History, stop: threading.Event, errors: list,
@@ -130,12 +128,11 @@ def read_while_running(address: str, history: History, stop: threading.Event, er
 
     remember_served: also raise history.served to what was seen (the power-cut harness counts
     messages served before a cut and gone after it)."""
-    try:
-        c = Client(address, timeout=5)
-    except OSError:
+    c = connect_or_none(address)
+    if c is None:
         return
     next_offset: dict[tuple[str, int], int] = {}
-    try:
+    with until_killed(c, also=(ValueError,)):
         while not stop.is_set():
             for topic in history.topics:
                 for p in range(PARTITIONS):
@@ -157,10 +154,6 @@ def read_while_running(address: str, history: History, stop: threading.Event, er
                             if remember_served:
                                 history.served[key] = max(history.served.get(key, 0), next_offset[key])
             time.sleep(0.005)
-    except (OSError, ConnectionError, ValueError):
-        pass
-    finally:
-        c.close()
 
 
 def check(address: str, history: History) -> None:

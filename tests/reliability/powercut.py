@@ -48,7 +48,7 @@ from pathlib import Path
 from iggy.protocol import codes
 from tests.conftest import ServerProcess
 from tests.reliability import crash
-from tests.reliability.common import OP_CREATE_TOPIC, Client, check_contiguous, option
+from tests.reliability.common import OP_CREATE_TOPIC, Client, check_contiguous, connect_or_none, option, until_killed
 from tests.rawclient import ident, wire_name
 
 LAZYFS = Path(__file__).with_name("lazyfs.py")
@@ -184,11 +184,10 @@ class History(crash.History):
 
 def store_offsets(address: str, history: History, stop: threading.Event, rng: random.Random) -> None:
     """Store CONSUMER's offset on the persisted topic: the newest acknowledged offset, growing."""
-    try:
-        c = PowerClient(address, timeout=5)
-    except OSError:
+    c = connect_or_none(address, PowerClient)
+    if c is None:
         return
-    try:
+    with until_killed(c):
         while not stop.is_set():
             p = rng.randrange(PARTITIONS)
             key = (OFFSETS_TOPIC, p)
@@ -209,10 +208,6 @@ def store_offsets(address: str, history: History, stop: threading.Event, rng: ra
                 history.offset_acked[key] = top
                 history.stats["offset_stores"] += 1
             time.sleep(rng.uniform(0, 0.02))
-    except (OSError, ConnectionError):
-        pass
-    finally:
-        c.close()
 
 
 def check(address: str, history: History) -> None:

@@ -13,6 +13,17 @@ are written as text, as upstream writes them, and converted once, when the confi
 loaded: in the loaded Config every key of DURATION_KEYS is a float of seconds and every key of
 SIZE_KEYS an int of bytes, so no caller parses units (iggy.units does the parsing). Anything
 wrong -> a `ConfigError` that names the key (and the variable), and the server refuses to start.
+
+The cluster roster `cluster.nodes` is the one array of tables (`[[cluster.nodes]]`, as upstream);
+its environment form is `IGGY_CLUSTER_NODES_<i>_<FIELD>` (`_NAME`, `_IP`, `_REPLICA_ID`,
+`_PORTS_TCP`, `_PORTS_QUIC`, `_PORTS_HTTP`, `_PORTS_WEBSOCKET`, `_PORTS_TCP_REPLICA`), where a
+variable overrides that field of entry i of the file's roster or creates the entry. In the
+loaded Config every entry is a dict `{name, ip, replica_id, ports: {tcp, quic, http, websocket,
+tcp_replica}}` (a port left out is 0). With `cluster.enabled`, `load_config(replica_id=N)`
+(`iggy-server --replica-id N`) picks this node's entry: `cluster.replica_id` = N and
+`cluster.node` = the entry are added to the tree, and every listener's port is the entry's
+(the host part stays that of `tcp.address` etc.). `cluster.etcd.prefix` "" becomes
+`/iggy/<cluster.name>/`.
 """
 
 from __future__ import annotations
@@ -67,6 +78,7 @@ DURATION_KEYS = {
     "http.header_read_timeout",
     "http.body_read_timeout",
     "http.keep_alive_timeout",
+    "cluster.heartbeat_timeout",
 }
 SIZE_KEYS = {
     "http.max_request_size",
@@ -82,6 +94,13 @@ SIZE_KEYS = {
 MIN_UNAUTHENTICATED_FRAME = 4096
 ADDRESS_KEYS = {"tcp.address", "http.address", "quic.address", "websocket.address"}
 ENGINES = ("auto", "uring", "asyncio")
+MIN_CLUSTER_HEARTBEAT_TIMEOUT = 2.0  # seconds, as upstream
+MIN_CLUSTER_SECRET = 32  # bytes of cluster.auth.shared_secret, as upstream
+NODE_FIELDS = ("name", "ip", "replica_id", "ports")
+PORT_NAMES = ("tcp", "quic", "http", "websocket", "tcp_replica")
+# the roster port that replaces each listener's port in cluster mode
+LISTENER_PORTS = {"tcp": "tcp", "quic": "quic", "http": "http", "websocket": "websocket"}
+_NODE_ENV = re.compile(r"IGGY_CLUSTER_NODES_(\d+)_(NAME|IP|REPLICA_ID|PORTS_(?:TCP_REPLICA|TCP|QUIC|HTTP|WEBSOCKET))")
 
 
 class ConfigError(ValueError):
@@ -246,7 +265,155 @@ def _validate(tree: dict, names: dict) -> None:
         raise ConfigError(f"{where('system.logging.level')}: unknown level {level!r}")
 
 
-def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -> Config:
+# --------------------------------------------------------------------------- the cluster roster
+
+
+def _node_env(tree: dict, name: str, value: str) -> bool:
+    """Apply one IGGY_CLUSTER_NODES_<i>_<FIELD> variable; False if the name is not one."""
+    m = _NODE_ENV.fullmatch(name)
+    if m is None:
+        return False
+    index, field = int(m.group(1)), m.group(2).lower()
+    nodes = tree["cluster"]["nodes"]
+    if not isinstance(nodes, list):
+        raise ConfigError(f"{name}: cluster.nodes must be an array of tables")
+    if index > len(nodes):
+        raise ConfigError(
+            f"{name}: roster entry {index} comes after entry {len(nodes) - 1}; "
+            f"number the entries 0, 1, 2, ... without a gap"
+        )
+    if index == len(nodes):
+        nodes.append({})
+    node = nodes[index]
+    if not isinstance(node, dict):
+        raise ConfigError(f"{name}: cluster.nodes[{index}] must be a table")
+    if field.startswith("ports_"):
+        node.setdefault("ports", {})[field.removeprefix("ports_")] = value
+    else:
+        node[field] = value
+    return True
+
+
+def _port(where: str, value) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise ConfigError(f"{where}: expected a port 1..65535, got {value!r}")
+    return value
+
+
+def _roster(nodes) -> list[dict]:
+    """cluster.nodes checked and normalised: {name, ip, replica_id, ports{all five, 0 = none}}."""
+    if not isinstance(nodes, list) or not nodes:
+        raise ConfigError(
+            "cluster.nodes: cluster.enabled needs the roster, at least one [[cluster.nodes]] "
+            "entry (or IGGY_CLUSTER_NODES_0_NAME, ...)"
+        )
+    if len(nodes) > 255:
+        raise ConfigError("cluster.nodes: at most 255 nodes")
+    out, names, ids, endpoints = [], set(), set(), set()
+    for i, node in enumerate(nodes):
+        where = f"cluster.nodes[{i}]"
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: expected a table with {', '.join(NODE_FIELDS)}")
+        unknown = set(node) - set(NODE_FIELDS)
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown configuration key")
+        name, ip = node.get("name"), node.get("ip")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{where}.name: a non-empty name is required")
+        if not isinstance(ip, str) or not ip.strip():
+            raise ConfigError(f"{where}.ip: an address is required (node {name!r})")
+        if name in names:
+            raise ConfigError(f"{where}.name: duplicate node name {name!r}")
+        rid = node.get("replica_id")
+        if isinstance(rid, str) and re.fullmatch(r"\s*\d+\s*", rid):
+            rid = int(rid)
+        if not isinstance(rid, int) or isinstance(rid, bool) or not 0 <= rid < len(nodes):
+            raise ConfigError(
+                f"{where}.replica_id: expected 0..{len(nodes) - 1} (below the number of "
+                f"nodes), got {node.get('replica_id')!r}"
+            )
+        if rid in ids:
+            raise ConfigError(f"{where}.replica_id: duplicate replica_id {rid}")
+        ports = node.get("ports")
+        if not isinstance(ports, dict):
+            raise ConfigError(f"{where}.ports: expected a table {{ tcp, quic, http, websocket, tcp_replica }}")
+        unknown = set(ports) - set(PORT_NAMES)
+        if unknown:
+            raise ConfigError(f"{where}.ports.{sorted(unknown)[0]}: unknown configuration key")
+        clean = {}
+        for key in PORT_NAMES:
+            clean[key] = _port(f"{where}.ports.{key}", ports[key]) if key in ports else 0
+            if clean[key]:
+                endpoint = (ip.strip(), key == "quic", clean[key])  # QUIC is UDP
+                if endpoint in endpoints:
+                    raise ConfigError(f"{where}.ports.{key}: {ip}:{clean[key]} is used twice in the roster")
+                endpoints.add(endpoint)
+        for key in ("tcp", "tcp_replica"):
+            if not clean[key]:
+                raise ConfigError(f"{where}.ports.{key}: required in cluster mode")
+        names.add(name)
+        ids.add(rid)
+        out.append({"name": name, "ip": ip.strip(), "replica_id": rid, "ports": clean})
+    return out
+
+
+def _validate_cluster(tree: dict, where, replica_id: int | None) -> None:
+    cluster = tree["cluster"]
+    if not cluster["name"].strip():
+        raise ConfigError(f"{where('cluster.name')}: must not be empty")
+    if cluster["heartbeat_timeout"] < MIN_CLUSTER_HEARTBEAT_TIMEOUT:
+        raise ConfigError(
+            f"{where('cluster.heartbeat_timeout')}: must be at least 2 s "
+            f"(the leader renews its etcd lease within two thirds of it)"
+        )
+    if not cluster["etcd"]["prefix"]:
+        cluster["etcd"]["prefix"] = f"/iggy/{cluster['name']}/"
+    elif not cluster["etcd"]["prefix"].endswith("/"):
+        cluster["etcd"]["prefix"] += "/"
+    cluster["replica_id"] = None
+    cluster["node"] = None
+    if not cluster["enabled"]:
+        # a roster without cluster.enabled is kept as written and not used
+        return
+    cluster["nodes"] = _roster(cluster["nodes"])
+    endpoints = cluster["etcd"]["endpoints"]
+    if not endpoints:
+        raise ConfigError(f"{where('cluster.etcd.endpoints')}: at least one etcd URL is needed")
+    for url in endpoints:
+        if not re.fullmatch(r"https?://[^/\s:]+(:\d+)?/?", url):
+            raise ConfigError(f"{where('cluster.etcd.endpoints')}: expected http://host:port, got {url!r}")
+    auth = cluster["auth"]
+    if auth["enabled"] and len(auth["shared_secret"].encode()) < MIN_CLUSTER_SECRET:
+        raise ConfigError(
+            f"{where('cluster.auth.shared_secret')}: cluster.auth.enabled needs a shared secret "
+            f"of at least {MIN_CLUSTER_SECRET} bytes"
+        )
+    if replica_id is None:
+        raise ConfigError("cluster.enabled: start each node with --replica-id N, N = its roster entry's replica_id")
+    node = next((n for n in cluster["nodes"] if n["replica_id"] == replica_id), None)
+    if node is None:
+        raise ConfigError(
+            f"--replica-id {replica_id}: no cluster.nodes entry has this replica_id "
+            f"(the roster has {sorted(n['replica_id'] for n in cluster['nodes'])})"
+        )
+    cluster["replica_id"] = replica_id
+    cluster["node"] = node
+    for section, port_name in LISTENER_PORTS.items():
+        port = node["ports"][port_name]
+        if not port:
+            if tree[section]["enabled"]:
+                raise ConfigError(
+                    f"cluster.nodes entry {node['name']!r}: ports.{port_name} is required while "
+                    f"{section}.enabled is true (the roster gives every listener's port)"
+                )
+            continue
+        host = tree[section]["address"].rpartition(":")[0]
+        tree[section]["address"] = f"{host}:{port}"
+
+
+def load_config(env: Mapping[str, str] | None = None, path: str | None = None, replica_id: int | None = None) -> Config:
     """Defaults, then the TOML file, then IGGY_* variables; validated."""
     env = os.environ if env is None else env
     tree = _defaults()
@@ -267,6 +434,8 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
         if not name.startswith("IGGY_") or name in NON_CONFIG_ENV or value == "":
             continue
         key = table.get(name)
+        if key is None and _node_env(tree, name, value):
+            continue
         if key is None:
             # a removed key, or a key inside a removed table (IGGY_SYSTEM_MESSAGE_DEDUPLICATION_ENABLED)
             for prefix, removed_key in removed.items():
@@ -279,6 +448,7 @@ def load_config(env: Mapping[str, str] | None = None, path: str | None = None) -
             continue
         _set(tree, key, _coerce(key, _get(tree, key), value, name))
     _validate(tree, names)
+    _validate_cluster(tree, lambda p: f"{p} ({names[p]})", replica_id)
     return Config(tree)
 
 

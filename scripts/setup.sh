@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 
 pkgs="liburing-dev libxxhash-dev pkg-config gcc python3-dev python3-venv"
 # the tests also count the data path's syscalls with strace and run the README's curl flow;
-# the power-cut tests mount a FUSE file system (fusermount3, and libfuse3 to build pyfuse3)
-[ "${1:-}" = "--test" ] && pkgs="$pkgs strace curl fuse3 libfuse3-dev"
+# the power-cut tests mount a FUSE file system (fusermount3, and libfuse3 to build pyfuse3);
+# the cluster tests start Debian's etcd (v3 API) on loopback ports (tests/cluster/)
+[ "${1:-}" = "--test" ] && pkgs="$pkgs strace curl fuse3 libfuse3-dev etcd-server"
 need=()
 for pkg in $pkgs; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -2,6 +2,7 @@
 
 Flags as Apache Iggy's server has them: `--fresh` deletes the data directory before start,
 `--with-default-root-credentials` makes the root user iggy/iggy unless IGGY_ROOT_* are set.
+`--replica-id N` picks this node's entry of the cluster roster (cluster.nodes), as upstream.
 Ours: `--repair-metadata` starts on a corrupt metadata journal by keeping the records before
 the damage (the operator accepts losing the rest; see iggy.metadata.journal): the journal is
 moved aside, the kept state written as a new snapshot, the dropped records logged, and the
@@ -57,6 +58,9 @@ def main(argv=None) -> int:
                         help="start on a corrupt metadata journal, keeping the records before the damage and "
                              "dropping the rest (the damaged journal is kept as journal.log.corrupt-<time>)")
     parser.add_argument("--config", metavar="PATH", help="TOML configuration file (as IGGY_CONFIG_PATH)")
+    parser.add_argument("--replica-id", type=int, metavar="N",
+                        help="with cluster.enabled: this node is the cluster.nodes entry whose replica_id is N "
+                             "(its ports are the listeners' ports; docs/CLUSTER.md)")
     parser.add_argument("--version", action="version", version=f"iggy-server {__version__}")
     args = parser.parse_args(argv)
 
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
         os.environ["IGGY_ROOT_PASSWORD"] = "iggy"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(path=args.config)
+        cfg = load_config(path=args.config, replica_id=args.replica_id)
         root_credentials()
         if args.fresh:
             _fresh(cfg.system.path)

@@ -1,0 +1,20 @@
+"""Fixtures of the cluster tests: a real etcd on free loopback ports in the test's temp dir.
+
+The tests skip (with the reason) only when etcd itself is not installed; `scripts/setup.sh
+--test` installs it, so on a prepared machine they always run.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cluster.etcd import ETCD, MISSING, EtcdServer
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    if ETCD is None:
+        pytest.skip(MISSING)
+    server = EtcdServer(tmp_path / "etcd").start()
+    yield server
+    server.stop()

@@ -32,42 +32,40 @@ call into this module:
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 
-from iggy.protocol.batch cimport batch_checksum
+from iggy.protocol.batch cimport (B_COUNT, B_LENGTH, B_BASE_OFFSET, B_CHECKSUM, B_ORIGIN_TIMESTAMP,
+                                   BATCH_HEADER_LEN, F_HEADERS_LEN, F_OFFSET_DELTA, F_PAYLOAD_LEN,
+                                   FRAME_HEADER_LEN, batch_checksum)
+from iggy.protocol.ccodes cimport CMD_POLL_MESSAGES, IDENTIFIER_NUMERIC, OP_READ, OP_SEND_MESSAGES, PARTITION_ID
+from iggy.protocol.cursor cimport Cursor, cur_init, cur_u32, cur_u64
+from iggy.protocol.header cimport HEADER_SIZE, RQ_REQUEST, U128_LEN, put_request_header
 from iggy._core.includes.le cimport le_u32, le_u64, put_u32, put_u64
 
 cdef enum:
-    HEADER_LEN = 256
-    BATCH_HEADER = 256
-    FRAME_HEADER = 48
-    OP_READ = 2
-    OP_SEND = 160
-    POLL_MESSAGES = 100
+    # SEND_MESSAGES body (module docstring), offsets from the frame's start
     SEND_META_LEN = 22
-    SEND_PARTITION_POS = 274
-    SEND_BATCH_POS = 282
+    SEND_STREAM_POS = HEADER_SIZE + 4
+    SEND_TOPIC_POS = HEADER_SIZE + 10
+    SEND_KIND_POS = HEADER_SIZE + 16
+    SEND_PARTITION_POS = HEADER_SIZE + 18
+    SEND_COUNT_POS = HEADER_SIZE + 22
+    SEND_BATCH_POS = HEADER_SIZE + 26
+    # POLL_MESSAGES body
     POLL_BODY_LEN = 38
-    POLL_PARTITION_POS = 276
-    POLL_STRATEGY_POS = 280
-    POLL_VALUE_POS = 281
-
-
-cdef void _request_header(unsigned char *p, uint32_t size, uint8_t operation, uint32_t code,
-                          uint64_t session, const unsigned char *client) noexcept nogil:
-    """A request header as the 0.9.0 SDK sends it (TCP.md 2.2); `request` is stamped later."""
-    memset(p, 0, HEADER_LEN)
-    put_u32(p + 48, size)
-    p[60] = 5
-    memcpy(p + 128, client, 16)
-    p[176] = operation
-    put_u64(p + 184, session)
-    if operation == OP_READ:
-        put_u32(p + 196, code)
+    POLL_CONSUMER_POS = HEADER_SIZE + 1
+    POLL_STREAM_POS = HEADER_SIZE + 7
+    POLL_TOPIC_POS = HEADER_SIZE + 13
+    POLL_HAS_PARTITION_POS = HEADER_SIZE + 19
+    POLL_PARTITION_POS = HEADER_SIZE + 20
+    POLL_STRATEGY_POS = HEADER_SIZE + 24
+    POLL_VALUE_POS = HEADER_SIZE + 25
+    POLL_COUNT_POS = HEADER_SIZE + 33
+    POLL_AUTO_COMMIT_POS = HEADER_SIZE + 37
 
 
 cdef inline void _numeric_id(unsigned char *p, uint32_t value) noexcept nogil:
-    p[0] = 1
+    p[0] = IDENTIFIER_NUMERIC
     p[1] = 4
     put_u32(p + 2, value)
 
@@ -87,25 +85,26 @@ cdef class SendFrame:
                  uint32_t partition_id=0):
         cdef Py_buffer view
         cdef unsigned char *p
-        cdef bytes client_raw = int(client).to_bytes(16, "little")
+        cdef bytes client_raw = int(client).to_bytes(U128_LEN, "little")
         PyObject_GetBuffer(batch, &view, PyBUF_SIMPLE)
         try:
-            if view.len < BATCH_HEADER:
-                raise ValueError("a batch is at least 256 bytes")
+            if view.len < BATCH_HEADER_LEN:
+                raise ValueError(f"a batch is at least {BATCH_HEADER_LEN} bytes")
             self.size = SEND_BATCH_POS + view.len
             self._buf = bytearray(self.size)
             p = <unsigned char *>PyByteArray_AS_STRING(self._buf)
-            _request_header(p, <uint32_t>self.size, OP_SEND, 0, session, <const unsigned char *>client_raw)
-            put_u32(p + 256, SEND_META_LEN)
-            _numeric_id(p + 260, stream_id)
-            _numeric_id(p + 266, topic_id)
-            p[272] = 2
-            p[273] = 4
+            put_request_header(p, <uint32_t>self.size, OP_SEND_MESSAGES, 0, session, 0,
+                               <const unsigned char *>client_raw)
+            put_u32(p + HEADER_SIZE, SEND_META_LEN)
+            _numeric_id(p + SEND_STREAM_POS, stream_id)
+            _numeric_id(p + SEND_TOPIC_POS, topic_id)
+            p[SEND_KIND_POS] = PARTITION_ID
+            p[SEND_KIND_POS + 1] = 4
             put_u32(p + SEND_PARTITION_POS, partition_id)
             memcpy(p + SEND_BATCH_POS, view.buf, view.len)
-            self.message_count = le_u32(p + SEND_BATCH_POS + 48)
-            self.batch_length = le_u64(p + SEND_BATCH_POS + 32)
-            put_u32(p + 278, self.message_count)
+            self.message_count = le_u32(p + SEND_BATCH_POS + B_COUNT)
+            self.batch_length = le_u64(p + SEND_BATCH_POS + B_LENGTH)
+            put_u32(p + SEND_COUNT_POS, self.message_count)
             if self.batch_length != <uint64_t>view.len:
                 raise ValueError("batch_length does not match the batch")
         finally:
@@ -122,11 +121,11 @@ cdef class SendFrame:
         cdef unsigned char *b = p + SEND_BATCH_POS
         cdef uint64_t sum_ = 0
         with nogil:
-            put_u64(p + 168, request)
+            put_u64(p + RQ_REQUEST, request)
             put_u32(p + SEND_PARTITION_POS, partition_id)
-            put_u64(b + 24, origin_timestamp)
-            batch_checksum(b, b + BATCH_HEADER, self.batch_length - BATCH_HEADER, &sum_)
-            put_u64(b + 40, sum_)
+            put_u64(b + B_ORIGIN_TIMESTAMP, origin_timestamp)
+            batch_checksum(b, b + BATCH_HEADER_LEN, self.batch_length - BATCH_HEADER_LEN, &sum_)
+            put_u64(b + B_CHECKSUM, sum_)
         return self._buf
 
 
@@ -138,20 +137,20 @@ cdef class PollFrame:
                  uint32_t stream_id, uint32_t topic_id, uint32_t partition_id, uint8_t strategy,
                  uint32_t count, bint auto_commit=False, bint has_partition=True):
         cdef unsigned char *p
-        cdef bytes client_raw = int(client).to_bytes(16, "little")
-        self._buf = bytearray(HEADER_LEN + POLL_BODY_LEN)
+        cdef bytes client_raw = int(client).to_bytes(U128_LEN, "little")
+        self._buf = bytearray(HEADER_SIZE + POLL_BODY_LEN)
         p = <unsigned char *>PyByteArray_AS_STRING(self._buf)
-        _request_header(p, HEADER_LEN + POLL_BODY_LEN, OP_READ, POLL_MESSAGES, session,
-                        <const unsigned char *>client_raw)
-        p[256] = consumer_kind
-        _numeric_id(p + 257, consumer_id)
-        _numeric_id(p + 263, stream_id)
-        _numeric_id(p + 269, topic_id)
-        p[275] = 1 if has_partition else 0
+        put_request_header(p, HEADER_SIZE + POLL_BODY_LEN, OP_READ, CMD_POLL_MESSAGES, session, 0,
+                           <const unsigned char *>client_raw)
+        p[HEADER_SIZE] = consumer_kind
+        _numeric_id(p + POLL_CONSUMER_POS, consumer_id)
+        _numeric_id(p + POLL_STREAM_POS, stream_id)
+        _numeric_id(p + POLL_TOPIC_POS, topic_id)
+        p[POLL_HAS_PARTITION_POS] = 1 if has_partition else 0
         put_u32(p + POLL_PARTITION_POS, partition_id)
         p[POLL_STRATEGY_POS] = strategy
-        put_u32(p + 289, count)
-        p[293] = 1 if auto_commit else 0
+        put_u32(p + POLL_COUNT_POS, count)
+        p[POLL_AUTO_COMMIT_POS] = 1 if auto_commit else 0
 
     @property
     def data(self):
@@ -160,7 +159,7 @@ cdef class PollFrame:
     def stamp(self, uint64_t request, uint32_t partition_id, uint64_t value):
         """Set the request number (reads carry the next write's number), partition and value."""
         cdef unsigned char *p = <unsigned char *>PyByteArray_AS_STRING(self._buf)
-        put_u64(p + 168, request)
+        put_u64(p + RQ_REQUEST, request)
         put_u32(p + POLL_PARTITION_POS, partition_id)
         put_u64(p + POLL_VALUE_POS, value)
         return self._buf
@@ -181,42 +180,45 @@ def scan_poll(body):
     cdef uint32_t partition_id
     cdef uint64_t current
     cdef bint bad = False
+    cdef Cursor head
     PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
     try:
-        if view.len < 16:
-            raise ValueError(f"poll reply of {view.len} bytes")
         p = <const unsigned char *>view.buf
         n = <uint64_t>view.len
-        partition_id = le_u32(p)
-        current = le_u64(p + 4)
-        count = le_u32(p + 12)
-        pos = 16
+        cur_init(&head, p, n)
+        partition_id = cur_u32(&head)
+        current = cur_u64(&head)
+        count = cur_u32(&head)
+        if head.bad:
+            raise ValueError(f"poll reply of {view.len} bytes")
+        pos = head.pos
         with nogil:
-            while n - pos >= BATCH_HEADER:
+            while n - pos >= BATCH_HEADER_LEN:
                 b = p + pos
-                blen = le_u64(b + 32)
-                bcount = le_u32(b + 48)
-                if blen < BATCH_HEADER or blen > n - pos:
+                blen = le_u64(b + B_LENGTH)
+                bcount = le_u32(b + B_COUNT)
+                if blen < BATCH_HEADER_LEN or blen > n - pos:
                     bad = True
                     break
                 if first_origin == 0:
-                    first_origin = le_u64(b + 24)
-                fpos = BATCH_HEADER
+                    first_origin = le_u64(b + B_ORIGIN_TIMESTAMP)
+                fpos = BATCH_HEADER_LEN
                 for i in range(bcount):
-                    if blen - fpos < FRAME_HEADER:
+                    if blen - fpos < FRAME_HEADER_LEN:
                         bad = True
                         break
-                    flen = <uint64_t>FRAME_HEADER + le_u32(b + fpos + 36) + le_u32(b + fpos + 32)
+                    flen = (<uint64_t>FRAME_HEADER_LEN + le_u32(b + fpos + F_PAYLOAD_LEN)
+                            + le_u32(b + fpos + F_HEADERS_LEN))
                     if flen > blen - fpos:
                         bad = True
                         break
-                    payload += le_u32(b + fpos + 36)
-                    last_delta = le_u32(b + fpos + 24)
+                    payload += le_u32(b + fpos + F_PAYLOAD_LEN)
+                    last_delta = le_u32(b + fpos + F_OFFSET_DELTA)
                     fpos += flen
                 if bad:
                     break
                 if bcount:
-                    next_offset = le_u64(b + 8) + last_delta + 1
+                    next_offset = le_u64(b + B_BASE_OFFSET) + last_delta + 1
                 pos += blen
             if pos != n:
                 bad = True

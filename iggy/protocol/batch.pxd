@@ -1,6 +1,7 @@
 # cython: language_level=3
 # Batch layout constants and the nogil batch checks shared by `batch.pyx` and `log.pyx`.
-# The byte layout is written out in the docstring of `batch.pyx` (TCP.md 8.2-8.4).
+# The byte layout is written out in the docstring of `batch.pyx` (TCP.md 8.2-8.4). The checks
+# return 0 or an Iggy error code (the E_* of iggy.protocol.ccodes).
 from libc.stdint cimport uint32_t, uint64_t
 
 cdef enum:
@@ -33,20 +34,6 @@ cdef enum:
     CHECK_MESSAGE_CHECKSUMS = 1
     CHECK_BATCH_CHECKSUM = 2
     CHECK_ALL = 3
-
-    # status codes returned by the nogil checks: the Iggy error code (iggy.protocol.errors.ErrorCode)
-    E_INVALID_FORMAT = 4
-    E_INVALID_MESSAGES_COUNT = 4009
-    E_TOO_BIG_USER_HEADERS = 4017
-    E_INVALID_HEADER_KEY = 4018
-    E_INVALID_HEADER_VALUE = 4019
-    E_TOO_BIG_MESSAGE_PAYLOAD = 4022
-    E_EMPTY_MESSAGE_PAYLOAD = 4024
-    E_INVALID_MESSAGE_CHECKSUM = 4027
-    E_INVALID_MESSAGES_SIZE = 4036
-    E_INVALID_BATCH_CHECKSUM = 4039
-    E_INVALID_HEADER_KIND = 4040
-    E_INVALID_RESERVED_FIELD = 4101
 
 
 cdef int batch_checksum(const unsigned char *head, const unsigned char *frames, uint64_t frames_len,

@@ -41,6 +41,12 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyOb
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 from iggy._core.includes.le cimport le_u32, le_u64, put_u64
+from iggy.protocol.ccodes cimport (E_EMPTY_MESSAGE_PAYLOAD, E_INVALID_BATCH_CHECKSUM,
+                                   E_INVALID_FORMAT, E_INVALID_HEADER_KEY, E_INVALID_HEADER_KIND,
+                                   E_INVALID_HEADER_VALUE, E_INVALID_MESSAGES_COUNT,
+                                   E_INVALID_MESSAGES_SIZE, E_INVALID_MESSAGE_CHECKSUM,
+                                   E_INVALID_RESERVED_FIELD, E_TOO_BIG_MESSAGE_PAYLOAD,
+                                   E_TOO_BIG_USER_HEADERS)
 from iggy._core.includes.xxh cimport (XXH3_64bits, XXH3_64bits_digest, XXH3_64bits_reset,
                                       XXH3_64bits_update, XXH3_state_t)
 
@@ -274,6 +280,7 @@ def compute_batch_checksum(batch):
 
 _FRAME_TAIL = struct.Struct("<16sIIIIQ")   # frame bytes 8..48: id, deltas, lengths, reserved
 _U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 
 
 def encode_headers(headers):
@@ -320,11 +327,11 @@ def build_batch(messages, origin_timestamp=None):
         parts.append(tail)
     frames = b"".join(parts)
     header = bytearray(BATCH_HEADER_LEN)
-    header[24:32] = _U64.pack(int(origin_timestamp))
-    header[32:40] = _U64.pack(BATCH_HEADER_LEN + len(frames))
-    header[48:52] = len(checksums).to_bytes(4, "little")
+    _U64.pack_into(header, B_ORIGIN_TIMESTAMP, int(origin_timestamp))
+    _U64.pack_into(header, B_LENGTH, BATCH_HEADER_LEN + len(frames))
+    _U32.pack_into(header, B_COUNT, len(checksums))
     batch = header + frames
-    batch[40:48] = _U64.pack(compute_batch_checksum(batch))
+    _U64.pack_into(batch, B_CHECKSUM, compute_batch_checksum(batch))
     return bytes(batch)
 
 
@@ -343,8 +350,8 @@ def iter_messages(batches):
     n = len(data)
     pos = 0
     while n - pos >= BATCH_HEADER_LEN:
-        base_offset, base_ts, origin, length = struct.unpack_from("<QQQQ", data, pos + 8)
-        count = int.from_bytes(data[pos + 48:pos + 52], "little")
+        base_offset, base_ts, origin, length = struct.unpack_from("<QQQQ", data, pos + B_BASE_OFFSET)
+        count = _U32.unpack_from(data, pos + B_COUNT)[0]
         if length < BATCH_HEADER_LEN or pos + length > n:
             return
         f = pos + BATCH_HEADER_LEN

@@ -1,12 +1,64 @@
-"""Command codes and header operations of the 0.9.0 protocol (one source of truth).
+"""Command codes, header operations and body kinds of the 0.9.0 protocol (their one home).
 
-Reads travel as operation 2 with the command code in the header; every write travels as its
-own operation byte and carries no code, so the server maps the operation back to the code.
+Reads travel as operation OP_READ with the command code in the header; every write travels as
+its own operation byte and carries no code, so the server maps the operation back to the code.
+
+C code reads the same numbers from `iggy/protocol/ccodes.pxd`, which scripts/gen_ccodes.py
+writes from this module: `OP_*` -> `Operation`, `CONSUMER_*` -> `ConsumerKind`,
+`PARTITION_*` -> `Partitioning`, `STRATEGY_*` -> `PollingStrategy`, `IDENTIFIER_*` ->
+`IdentifierKind`, and every other integer constant is a command code (`Command`, `CMD_` +
+its name). tests/test_protocol_homes.py checks that the compiled enums equal these tables
+and that no other file writes one of these numbers as a literal.
 """
 
+# operations (header byte 176)
 OP_REGISTER = 1
 OP_READ = 2
 OP_LOGOUT = 3
+OP_CREATE_STREAM = 128
+OP_UPDATE_STREAM = 129
+OP_DELETE_STREAM = 130
+OP_PURGE_STREAM = 131
+OP_CREATE_TOPIC = 132
+OP_UPDATE_TOPIC = 133
+OP_DELETE_TOPIC = 134
+OP_PURGE_TOPIC = 135
+OP_CREATE_PARTITIONS = 136
+OP_DELETE_PARTITIONS = 137
+OP_DELETE_SEGMENTS = 138
+OP_CREATE_CONSUMER_GROUP = 139
+OP_DELETE_CONSUMER_GROUP = 140
+OP_CREATE_USER = 141
+OP_UPDATE_USER = 142
+OP_DELETE_USER = 143
+OP_CHANGE_PASSWORD = 144
+OP_UPDATE_PERMISSIONS = 145
+OP_CREATE_PERSONAL_ACCESS_TOKEN = 146
+OP_DELETE_PERSONAL_ACCESS_TOKEN = 147
+OP_JOIN_CONSUMER_GROUP = 148
+OP_LEAVE_CONSUMER_GROUP = 149
+OP_SEND_MESSAGES = 160
+OP_STORE_CONSUMER_OFFSET = 161
+OP_DELETE_CONSUMER_OFFSET = 162
+
+# body kinds: Identifier, Consumer, Partitioning, PollingStrategy (TCP.md 5, 8.1, 8.5)
+IDENTIFIER_NUMERIC = 1
+IDENTIFIER_STRING = 2
+
+CONSUMER_SINGLE = 1
+CONSUMER_GROUP = 2
+
+PARTITION_BALANCED = 1
+PARTITION_ID = 2
+PARTITION_KEY = 3
+
+STRATEGY_OFFSET = 1
+STRATEGY_TIMESTAMP = 2
+STRATEGY_FIRST = 3
+STRATEGY_LAST = 4
+STRATEGY_NEXT = 5
+
+# command codes (header u32 at 196 for OP_READ; the code a write operation stands for)
 
 PING = 1
 GET_STATS = 10
@@ -66,19 +118,25 @@ SYNC_CONSUMER_GROUP = 606
 
 # write operation byte -> command code
 OPERATION_CODES = {
-    128: CREATE_STREAM, 129: UPDATE_STREAM, 130: DELETE_STREAM, 131: PURGE_STREAM,
-    132: CREATE_TOPIC, 133: UPDATE_TOPIC, 134: DELETE_TOPIC, 135: PURGE_TOPIC,
-    136: CREATE_PARTITIONS, 137: DELETE_PARTITIONS, 138: DELETE_SEGMENTS,
-    139: CREATE_CONSUMER_GROUP, 140: DELETE_CONSUMER_GROUP,
-    141: CREATE_USER, 142: UPDATE_USER, 143: DELETE_USER, 144: CHANGE_PASSWORD,
-    145: UPDATE_PERMISSIONS, 146: CREATE_PERSONAL_ACCESS_TOKEN, 147: DELETE_PERSONAL_ACCESS_TOKEN,
-    148: JOIN_CONSUMER_GROUP, 149: LEAVE_CONSUMER_GROUP,
-    160: SEND_MESSAGES, 161: STORE_CONSUMER_OFFSET, 162: DELETE_CONSUMER_OFFSET,
+    OP_CREATE_STREAM: CREATE_STREAM, OP_UPDATE_STREAM: UPDATE_STREAM, OP_DELETE_STREAM: DELETE_STREAM,
+    OP_PURGE_STREAM: PURGE_STREAM, OP_CREATE_TOPIC: CREATE_TOPIC, OP_UPDATE_TOPIC: UPDATE_TOPIC,
+    OP_DELETE_TOPIC: DELETE_TOPIC, OP_PURGE_TOPIC: PURGE_TOPIC, OP_CREATE_PARTITIONS: CREATE_PARTITIONS,
+    OP_DELETE_PARTITIONS: DELETE_PARTITIONS, OP_DELETE_SEGMENTS: DELETE_SEGMENTS,
+    OP_CREATE_CONSUMER_GROUP: CREATE_CONSUMER_GROUP, OP_DELETE_CONSUMER_GROUP: DELETE_CONSUMER_GROUP,
+    OP_CREATE_USER: CREATE_USER, OP_UPDATE_USER: UPDATE_USER, OP_DELETE_USER: DELETE_USER,
+    OP_CHANGE_PASSWORD: CHANGE_PASSWORD, OP_UPDATE_PERMISSIONS: UPDATE_PERMISSIONS,
+    OP_CREATE_PERSONAL_ACCESS_TOKEN: CREATE_PERSONAL_ACCESS_TOKEN,
+    OP_DELETE_PERSONAL_ACCESS_TOKEN: DELETE_PERSONAL_ACCESS_TOKEN,
+    OP_JOIN_CONSUMER_GROUP: JOIN_CONSUMER_GROUP, OP_LEAVE_CONSUMER_GROUP: LEAVE_CONSUMER_GROUP,
+    OP_SEND_MESSAGES: SEND_MESSAGES, OP_STORE_CONSUMER_OFFSET: STORE_CONSUMER_OFFSET,
+    OP_DELETE_CONSUMER_OFFSET: DELETE_CONSUMER_OFFSET,
 }
 CODE_OPERATIONS = {code: op for op, code in OPERATION_CODES.items()}
 
+# the metadata writes: one contiguous range of operations
+METADATA_OPS = frozenset(range(OP_CREATE_STREAM, OP_LEAVE_CONSUMER_GROUP + 1))
 # operations whose success body starts with a result section `[u32 0]`, and whose refusals
 # travel as `[u32 1][u32 0][u32 code]`
-RESULT_FRAMED_OPS = frozenset(range(128, 150)) - {138} | {161, 162}
+RESULT_FRAMED_OPS = METADATA_OPS - {OP_DELETE_SEGMENTS} | {OP_STORE_CONSUMER_OFFSET, OP_DELETE_CONSUMER_OFFSET}
 # operations whose request_checksum the client fills in
-CHECKSUMMED_OPS = frozenset({1, 3}) | frozenset(range(128, 150))
+CHECKSUMMED_OPS = frozenset({OP_REGISTER, OP_LOGOUT}) | METADATA_OPS

@@ -1,5 +1,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
+from iggy.protocol.cursor cimport Cursor
+
 
 cdef class RequestHeader:
     cdef readonly bytes raw
@@ -13,9 +15,7 @@ cdef class RequestHeader:
 
 cdef class Reader:
     cdef bytes _data
-    cdef const unsigned char *_p
-    cdef Py_ssize_t _pos
-    cdef Py_ssize_t _end
+    cdef Cursor _c              # over _data
     cdef const unsigned char *_need(self, Py_ssize_t n) except NULL
     cpdef Py_ssize_t remaining(self)
     cpdef uint8_t u8(self) except? 255

@@ -2,43 +2,9 @@
 """The Iggy 0.9.0 binary protocol codec: frames, headers, body fields, checksums.
 
 Every frame, in both directions, is a fixed 256-byte header followed by a body. All integers
-are little-endian.
-
-Request header (client to server)::
-
-    off len field
-      0  16 checksum            (0 from clients)
-     16  16 checksum_body       (0)
-     32  16 cluster             (0)
-     48   4 size                u32, header + body
-     52   4 view                (0)
-     56   4 release             (0)
-     60   1 command             5 = Request
-     61  67 replica, reserved
-    128  16 client              u128, random per session, non-zero
-    144  16 request_checksum    XXH3-64 of the body (zero-extended) for ops 1, 3, 128..149; else 0
-    160   8 timestamp           (0)
-    168   8 request             u64 sequence number
-    176   1 operation           1 Register, 2 read, 3 Logout, 128..149 metadata, 160..162 data
-    184   8 session             u64 (0 before login)
-    192   4 user_id             (0)
-    196   4 code                u32 command code, only for operation 2
-    200  56 reserved
-
-Reply header (server to client)::
-
-     48   4 size                u32, header + body
-     60   1 command             8 = Reply (13 = Eviction)
-    128  16 request_checksum    echo
-    160  16 client              echo
-    176   8 op                  the session number
-    184   8 commit              commit number
-    200   8 request             echo
-    208   1 operation           echo of the request's operation
-    216   4 status              0 = ok, else an Iggy error code with an empty body
-
-Eviction header: size 256, command 13, client at 128, protocol versions at 144/148 (reason 14
-only), reason at 255.
+are little-endian. The header's layout, its offsets and the frame check live in
+`iggy.protocol.header` (header.pxd, cimported here); this module builds and parses whole
+frames with them.
 
 Body fields: Identifier = u8 kind (1 numeric, 2 string) + u8 length + value; WireName = u8
 length 1..255 + UTF-8; options and user headers = TLV entries `[u8 kind][u32 len][bytes]`.
@@ -53,25 +19,33 @@ from libc.string cimport memcpy, memmove, memset
 
 from iggy._core.includes.le cimport le_u16, le_u32, le_u64, put_u16, put_u32, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits
+from iggy.protocol.ccodes cimport IDENTIFIER_NUMERIC, IDENTIFIER_STRING, OP_READ
+from iggy.protocol.cursor cimport Cursor, cur_init, cur_take
+from iggy.protocol.header cimport (COMMAND_EVICTION as _EVICTION, COMMAND_REPLY as _REPLY,
+                                   COMMAND_REQUEST as _REQUEST, EV_CLIENT, EV_REASON, EV_VERSION,
+                                   EV_VERSION_MIN, FRAME_BAD_SIZE, FRAME_NOT_REQUEST, FRAME_OK, H_COMMAND,
+                                   H_SIZE, HEADER_SIZE as _HEADER, RP_OPERATION, RP_STATUS, RQ_CHECKSUM,
+                                   RQ_CLIENT, RQ_CODE, RQ_OPERATION, RQ_REQUEST, RQ_SESSION, U128_LEN,
+                                   check_frame, frame_size, put_reply_header, put_request_header)
 
 from iggy.protocol.errors import ErrorCode, IggyError
 
-DEF _HEADER = 256
-DEF _CLASSIC_HEADER = 8
-DEF _P_UNKNOWN = 0
-DEF _P_CURRENT = 1
-DEF _P_CLASSIC = 2
-DEF _BASE_BUFFER = 65536
-DEF _BIG_BUFFER = 1 << 20
+cdef enum:
+    _CLASSIC_HEADER = 8         # what detect() needs to tell the two protocols apart
+    _P_UNKNOWN = 0
+    _P_CURRENT = 1
+    _P_CLASSIC = 2
+    _BASE_BUFFER = 65536        # a FrameReader's buffer, and what it shrinks back to
+    _BIG_BUFFER = 1 << 20       # above this it shrinks once the big frame is taken out
 
 
 cdef extern from "<malloc.h>" nogil:
     int malloc_trim(size_t pad)
 
 HEADER_SIZE = _HEADER
-COMMAND_REQUEST = 5
-COMMAND_REPLY = 8
-COMMAND_EVICTION = 13
+COMMAND_REQUEST = _REQUEST
+COMMAND_REPLY = _REPLY
+COMMAND_EVICTION = _EVICTION
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
 PROTOCOL_VERSION = 0x00002C00  # 0.11.0 packed as major << 20 | minor << 10 | patch
 
@@ -101,25 +75,25 @@ cdef class RequestHeader:
             raise FrameError("a header is exactly 256 bytes")
         self.raw = raw
         p = <const unsigned char *>PyBytes_AS_STRING(raw)
-        self.size = le_u32(p + 48)
-        self.command = p[60]
-        self.request = le_u64(p + 168)
-        self.operation = p[176]
-        self.session = le_u64(p + 184)
-        self.code = le_u32(p + 196)
+        self.size = frame_size(p)
+        self.command = p[H_COMMAND]
+        self.request = le_u64(p + RQ_REQUEST)
+        self.operation = p[RQ_OPERATION]
+        self.session = le_u64(p + RQ_SESSION)
+        self.code = le_u32(p + RQ_CODE)
 
     @property
     def client(self):
         """The u128 client id as a Python int."""
-        return int.from_bytes(self.raw[128:144], "little")
+        return int.from_bytes(self.client_bytes, "little")
 
     @property
     def client_bytes(self):
-        return self.raw[128:144]
+        return self.raw[RQ_CLIENT:RQ_CLIENT + U128_LEN]
 
     @property
     def request_checksum(self):
-        return int.from_bytes(self.raw[144:160], "little")
+        return int.from_bytes(self.raw[RQ_CHECKSUM:RQ_CHECKSUM + U128_LEN], "little")
 
     def __repr__(self):
         return (f"RequestHeader(size={self.size}, command={self.command}, operation={self.operation}, "
@@ -133,17 +107,7 @@ def parse_header(data):
 
 cdef inline void _fill_reply_header(unsigned char *p, RequestHeader req, uint32_t status,
                                     Py_ssize_t body_len, uint64_t session, uint64_t commit):
-    cdef const unsigned char *r = <const unsigned char *>PyBytes_AS_STRING(req.raw)
-    memset(p, 0, _HEADER)
-    put_u32(p + 48, <uint32_t>(_HEADER + body_len))
-    p[60] = 8
-    memcpy(p + 128, r + 144, 16)
-    memcpy(p + 160, r + 128, 16)
-    put_u64(p + 176, session)
-    put_u64(p + 184, commit)
-    put_u64(p + 200, req.request)
-    p[208] = req.operation
-    put_u32(p + 216, status)
+    put_reply_header(p, <const unsigned char *>PyBytes_AS_STRING(req.raw), status, body_len, session, commit)
 
 
 def build_reply_header(RequestHeader req not None, uint32_t status, Py_ssize_t body_len,
@@ -172,13 +136,13 @@ def build_eviction(bytes client not None, uint8_t reason, uint32_t version=0, ui
     cdef bytes out = PyBytes_FromStringAndSize(NULL, _HEADER)
     cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
     memset(p, 0, _HEADER)
-    put_u32(p + 48, _HEADER)
-    p[60] = 13
-    if PyBytes_GET_SIZE(client) == 16:
-        memcpy(p + 128, PyBytes_AS_STRING(client), 16)
-    put_u32(p + 144, version)
-    put_u32(p + 148, version_min)
-    p[255] = reason
+    put_u32(p + H_SIZE, _HEADER)
+    p[H_COMMAND] = _EVICTION
+    if PyBytes_GET_SIZE(client) == U128_LEN:
+        memcpy(p + EV_CLIENT, PyBytes_AS_STRING(client), U128_LEN)
+    put_u32(p + EV_VERSION, version)
+    put_u32(p + EV_VERSION_MIN, version_min)
+    p[EV_REASON] = reason
     return out
 
 
@@ -189,18 +153,11 @@ def build_request(uint8_t operation, uint32_t code=0, body=b"", uint64_t session
     cdef Py_ssize_t n = view.shape[0]
     cdef bytes out = PyBytes_FromStringAndSize(NULL, _HEADER + n)
     cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
-    cdef bytes client_raw = int(client).to_bytes(16, "little")
-    memset(p, 0, _HEADER)
-    put_u32(p + 48, <uint32_t>(_HEADER + n))
-    p[60] = 5
-    memcpy(p + 128, PyBytes_AS_STRING(client_raw), 16)
+    cdef bytes client_raw = int(client).to_bytes(U128_LEN, "little")
+    put_request_header(p, <uint32_t>(_HEADER + n), operation, code if operation == OP_READ else 0, session,
+                       request, <const unsigned char *>PyBytes_AS_STRING(client_raw))
     if with_checksum:
-        put_u64(p + 144, XXH3_64bits(&view[0] if n else NULL, n))
-    put_u64(p + 168, request)
-    p[176] = operation
-    put_u64(p + 184, session)
-    if operation == 2:
-        put_u32(p + 196, code)
+        put_u64(p + RQ_CHECKSUM, XXH3_64bits(&view[0] if n else NULL, n))
     if n:
         memcpy(p + _HEADER, &view[0], n)
     return out
@@ -211,7 +168,7 @@ def parse_reply_header(data):
     cdef const unsigned char[:] v = data
     if v.shape[0] < _HEADER:
         raise FrameError("a header is exactly 256 bytes")
-    return le_u32(&v[48]), v[60], v[208], le_u32(&v[216]), v[255]
+    return frame_size(&v[0]), v[H_COMMAND], v[RP_OPERATION], le_u32(&v[RP_STATUS]), v[EV_REASON]
 
 
 # --------------------------------------------------------------------------- framing
@@ -334,7 +291,7 @@ cdef class FrameReader:
                 if size <= self._limit() and <Py_ssize_t>size - avail > want:
                     want = size - avail
         elif avail >= _HEADER:
-            size = le_u32(self._buf + self._start + 48)
+            size = frame_size(self._buf + self._start)
             if _HEADER <= size <= self._limit() and <Py_ssize_t>size - avail > want:
                 want = size - avail
         self._reserve(want)
@@ -358,17 +315,19 @@ cdef class FrameReader:
         cdef Py_ssize_t avail = self._end - self._start
         cdef const unsigned char *p
         cdef uint32_t size, limit
+        cdef int check
         cdef RequestHeader hdr
         if avail < _HEADER:
             return None
         p = self._buf + self._start
-        size = le_u32(p + 48)
-        if size < _HEADER or size > self.max_frame_size:
-            raise FrameError(f"frame size {size} outside 256..{self.max_frame_size}")
-        if p[60] != 5:
-            raise FrameError(f"header command {p[60]} is not a request")
+        size = frame_size(p)
         limit = self._limit()
-        if size > limit:
+        check = check_frame(p, self.max_frame_size, limit)
+        if check == FRAME_BAD_SIZE:
+            raise FrameError(f"frame size {size} outside {_HEADER}..{self.max_frame_size}")
+        if check == FRAME_NOT_REQUEST:
+            raise FrameError(f"header command {p[H_COMMAND]} is not a request")
+        if check != FRAME_OK:
             raise FrameError(f"frame size {size} over limits.max_unauthenticated_frame ({limit}) before login")
         if avail < size:
             return None
@@ -472,30 +431,28 @@ cdef class Reader:
 
     def __cinit__(self, data, Py_ssize_t start=0):
         self._data = bytes(data)
-        self._p = <const unsigned char *>PyBytes_AS_STRING(self._data)
-        self._end = PyBytes_GET_SIZE(self._data)
-        if start < 0 or start > self._end:
+        cur_init(&self._c, <const unsigned char *>PyBytes_AS_STRING(self._data), PyBytes_GET_SIZE(self._data))
+        if start < 0 or <uint64_t>start > self._c.n:
             raise IggyError(_E_COMMAND)
-        self._pos = start
+        self._c.pos = start
 
     cdef const unsigned char *_need(self, Py_ssize_t n) except NULL:
-        cdef const unsigned char *p
-        if n < 0 or self._end - self._pos < n:
+        cdef const unsigned char *p = cur_take(&self._c, n) if n >= 0 else NULL
+        if p == NULL:
+            self._c.bad = False         # the caller may catch the error and read on
             raise IggyError(_E_COMMAND, "request body is too short")
-        p = self._p + self._pos
-        self._pos += n
         return p
 
     @property
     def position(self):
-        return self._pos
+        return self._c.pos
 
     @property
     def data(self):
         return self._data
 
     cpdef Py_ssize_t remaining(self):
-        return self._end - self._pos
+        return self._c.n - self._c.pos
 
     cpdef uint8_t u8(self) except? 255:
         return self._need(1)[0]
@@ -521,7 +478,7 @@ cdef class Reader:
         return PyBytes_FromStringAndSize(<const char *>p, n)
 
     def rest(self):
-        return self.take(self._end - self._pos)
+        return self.take(self._c.n - self._c.pos)
 
     def bytes8(self):
         """u8 length (0..255) + raw bytes."""
@@ -554,11 +511,11 @@ cdef class Reader:
         """Identifier: numeric -> int, string -> str (a string of digits is numeric)."""
         cdef uint8_t kind = self.u8()
         cdef uint8_t n = self.u8()
-        if kind == 1:
+        if kind == IDENTIFIER_NUMERIC:
             if n != 4:
                 raise IggyError(_E_IDENTIFIER, "numeric identifier must be 4 bytes")
             return self.u32()
-        if kind == 2:
+        if kind == IDENTIFIER_STRING:
             if n == 0:
                 raise IggyError(_E_IDENTIFIER, "empty identifier")
             raw = self.take(n)
@@ -579,19 +536,19 @@ cdef class Reader:
         length field (core/binary_protocol/src/requests/users/create_user.rs). Never call it on
         a whole request body: trailing bytes there are ignored (see the class docstring).
         """
-        if self._pos != self._end:
+        if self._c.pos != self._c.n:
             raise IggyError(_E_COMMAND, "length-prefixed block has bytes after its fields")
 
     def tlv(self, Py_ssize_t max_entries=2048, Py_ssize_t max_bytes=100000):
         """TLV entries `[u8 kind][u32 len][bytes]` up to the end of the body, as a list of
         (kind, bytes). Used for the options block of requests (it has no length prefix)."""
-        cdef Py_ssize_t start = self._pos
+        cdef Py_ssize_t start = self._c.pos
         cdef uint8_t kind
         cdef uint32_t n
         out = []
-        if self._end - start > max_bytes:
+        if <Py_ssize_t>self._c.n - start > max_bytes:
             raise IggyError(ErrorCode.OPTIONS_BLOCK_TOO_LARGE)
-        while self._pos < self._end:
+        while self._c.pos < self._c.n:
             if len(out) >= max_entries:
                 raise IggyError(ErrorCode.OPTIONS_BLOCK_TOO_LARGE)
             kind = self.u8()

@@ -49,8 +49,8 @@ from posix.types cimport off_t
 from posix.uio cimport iovec
 from posix.unistd cimport dup, fdatasync, ftruncate
 
-from iggy.protocol.batch cimport (B_COUNT, B_LENGTH, BATCH_HEADER_LEN, E_INVALID_MESSAGES_COUNT,
-                               E_INVALID_MESSAGES_SIZE, stamp_header)
+from iggy.protocol.batch cimport B_COUNT, B_LENGTH, BATCH_HEADER_LEN, stamp_header
+from iggy.protocol.ccodes cimport E_INVALID_MESSAGES_COUNT, E_INVALID_MESSAGES_SIZE
 from iggy._core.includes.le cimport le_u32, le_u64
 from iggy.storage.log_files cimport h_free, h_new, h_pin, h_seal, h_unpin, pwritev_all, segment_path
 from iggy.storage.log_index cimport (INDEX_ENTRY_LEN, close_segment, e_off, entries_push, first_entry_at_or_after_ts,

@@ -47,6 +47,13 @@ from posix.unistd cimport close, dup, fdatasync
 from libc.errno cimport errno
 
 from iggy.protocol.batch cimport CHECK_ALL, check_batch
+from iggy.protocol.ccodes cimport (CMD_PING, CMD_POLL_MESSAGES, CONSUMER_GROUP, CONSUMER_SINGLE, E_CANNOT_SYNC_FILE,
+                                   IDENTIFIER_NUMERIC, OP_READ, OP_SEND_MESSAGES, OP_STORE_CONSUMER_OFFSET,
+                                   PARTITION_BALANCED, PARTITION_ID, PARTITION_KEY, STRATEGY_FIRST, STRATEGY_LAST,
+                                   STRATEGY_NEXT, STRATEGY_OFFSET, STRATEGY_TIMESTAMP)
+from iggy.protocol.cursor cimport Cursor, cur_bool, cur_init, cur_take, cur_u8, cur_u32, cur_u64
+from iggy.protocol.header cimport (HEADER_SIZE, RQ_CHECKSUM, frame_size, put_reply_header, request_code,
+                                   request_operation)
 from iggy._core.includes.le cimport le_u32, le_u64, put_u32, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits, XXH32
 from iggy.storage.log cimport PartitionLog, READ_OK, ReadResult
@@ -57,66 +64,8 @@ from iggy.engine.uring.router cimport (ALLOW_POLL, ALLOW_SEND, MAX_ROUTE_KEY, Gr
                                 normalise_identifier)
 
 
-# the wire values (the same names as in iggy.control.messages and iggy.protocol.codes)
 cdef enum:
-    HEADER = 256
-    OP_READ = 2
-    OP_SEND = 160
-    OP_STORE_OFFSET = 161
-    CODE_PING = 1
-    CODE_POLL = 100
-    CONSUMER_SINGLE = 1
-    CONSUMER_GROUP = 2
-    PARTITION_BALANCED = 1
-    PARTITION_ID = 2
-    PARTITION_KEY = 3
-    STRATEGY_OFFSET = 1
-    STRATEGY_TIMESTAMP = 2
-    STRATEGY_FIRST = 3
-    STRATEGY_LAST = 4
-    STRATEGY_NEXT = 5
-    E_CANNOT_SYNC_FILE = 10009
-    POLL_HEAD = 16
-
-
-cdef struct Cursor:
-    const unsigned char *p
-    uint64_t n
-    uint64_t pos
-    bint bad
-
-
-cdef inline const unsigned char *_take(Cursor *c, uint64_t k) noexcept nogil:
-    cdef const unsigned char *at
-    if c.bad or c.n - c.pos < k:
-        c.bad = True
-        return NULL
-    at = c.p + c.pos
-    c.pos += k
-    return at
-
-
-cdef inline uint8_t _u8(Cursor *c) noexcept nogil:
-    cdef const unsigned char *at = _take(c, 1)
-    return at[0] if at != NULL else 0
-
-
-cdef inline uint8_t _flag(Cursor *c) noexcept nogil:
-    """A bool byte: 0 or 1 (anything else is for Python to refuse)."""
-    cdef uint8_t v = _u8(c)
-    if v > 1:
-        c.bad = True
-    return v
-
-
-cdef inline uint32_t _u32(Cursor *c) noexcept nogil:
-    cdef const unsigned char *at = _take(c, 4)
-    return le_u32(at) if at != NULL else 0
-
-
-cdef inline uint64_t _u64(Cursor *c) noexcept nogil:
-    cdef const unsigned char *at = _take(c, 8)
-    return le_u64(at) if at != NULL else 0
+    POLL_HEAD = 16              # a poll reply's body before its batches: u32 partition, u64 current, u32 count
 
 
 cdef inline uint32_t _ident(Cursor *c, unsigned char *key) noexcept nogil:
@@ -145,7 +94,7 @@ cdef inline bint _consumer(Cursor *c, ConsumerRef *ref) noexcept nogil:
     consumer names: Python checks their UTF-8)."""
     cdef unsigned char norm[2 + 255]
     cdef uint32_t klen, i
-    ref.kind = _u8(c)
+    ref.kind = cur_u8(c)
     if ref.kind == CONSUMER_GROUP:
         ref.group_len = _ident(c, ref.group)
         return ref.group_len != 0
@@ -154,7 +103,7 @@ cdef inline bint _consumer(Cursor *c, ConsumerRef *ref) noexcept nogil:
     klen = _ident(c, norm)
     if klen == 0:
         return False
-    if norm[0] == 1:
+    if norm[0] == IDENTIFIER_NUMERIC:
         ref.key = le_u32(norm + 2)
         return True
     for i in range(2, klen):
@@ -192,28 +141,15 @@ cdef inline uint64_t _now_us() noexcept nogil:
     return <uint64_t>ts.tv_sec * 1000000 + <uint64_t>ts.tv_nsec // 1000
 
 
-cdef inline void _reply_header(unsigned char *o, const unsigned char *req, uint32_t status,
-                               uint64_t body_len) noexcept nogil:
-    """The 256-byte reply header (layout in wire.pyx)."""
-    memset(o, 0, HEADER)
-    put_u32(o + 48, <uint32_t>(HEADER + body_len))
-    o[60] = 8
-    memcpy(o + 128, req + 144, 16)
-    memcpy(o + 160, req + 128, 16)
-    put_u64(o + 200, le_u64(req + 168))
-    o[208] = req[176]
-    put_u32(o + 216, status)
-
-
 cdef int _reply(Sink *out, const unsigned char *req, uint32_t status, const unsigned char *body,
                 uint64_t n) noexcept nogil:
-    cdef unsigned char *o = out.reserve(out.ctx, HEADER + n)
+    cdef unsigned char *o = out.reserve(out.ctx, HEADER_SIZE + n)
     if o == NULL:
         return DP_FALLBACK
-    _reply_header(o, req, status, n)
+    put_reply_header(o, req, status, n, 0, 0)
     if n:
-        memcpy(o + HEADER, body, n)
-    out.commit(out.ctx, HEADER + n)
+        memcpy(o + HEADER_SIZE, body, n)
+    out.commit(out.ctx, HEADER_SIZE + n)
     return DP_DONE
 
 
@@ -232,7 +168,7 @@ cdef const TopicRoute *_route(const Table *t, Cursor *c) noexcept nogil:
 # --------------------------------------------------------------------------- send
 
 cdef int _send(const Table *t, int64_t user_id, const unsigned char *req, Cursor *c, Sink *out) noexcept nogil:
-    cdef uint32_t metadata_length = _u32(c), count, vlen, pid
+    cdef uint32_t metadata_length = cur_u32(c), count, vlen, pid
     cdef const TopicRoute *topic = _route(t, c)
     cdef const PartRoute *part = NULL
     cdef const unsigned char *value
@@ -241,10 +177,10 @@ cdef int _send(const Table *t, int64_t user_id, const unsigned char *req, Cursor
     cdef uint32_t appended = 0
     cdef int rc, sync_fd = -1
     cdef unsigned char body[24]
-    kind = _u8(c)
-    vlen = _u8(c)
-    value = _take(c, vlen)
-    count = _u32(c)
+    kind = cur_u8(c)
+    vlen = cur_u8(c)
+    value = cur_take(c, vlen)
+    count = cur_u32(c)
     if c.bad or topic == NULL or c.pos != 4 + <uint64_t>metadata_length or topic.n_parts == 0:
         return DP_FALLBACK
     if not allowed(t, user_id, topic, ALLOW_SEND):
@@ -286,9 +222,9 @@ cdef int _send(const Table *t, int64_t user_id, const unsigned char *req, Cursor
         return _reply(out, req, 0, body, 24)
     if sync_fd < 0:
         return _reply(out, req, E_CANNOT_SYNC_FILE, NULL, 0)
-    _reply_header(out.held, req, 0, 24)
-    memcpy(out.held + HEADER, body, 24)
-    out.held_len = HEADER + 24
+    put_reply_header(out.held, req, 0, 24, 0, 0)
+    memcpy(out.held + HEADER_SIZE, body, 24)
+    out.held_len = HEADER_SIZE + 24
     out.sync_fd = sync_fd
     return DP_SYNC
 
@@ -303,10 +239,10 @@ cdef struct PollOut:
 cdef unsigned char *_poll_reserve(void *ctx, uint64_t n) noexcept nogil:
     """reserve_fn of c_read: the batches go right behind the reply header and poll head."""
     cdef PollOut *po = <PollOut *>ctx
-    po.frame = po.sink.reserve(po.sink.ctx, HEADER + POLL_HEAD + n)
+    po.frame = po.sink.reserve(po.sink.ctx, HEADER_SIZE + POLL_HEAD + n)
     if po.frame == NULL:
         return NULL
-    return po.frame + HEADER + POLL_HEAD
+    return po.frame + HEADER_SIZE + POLL_HEAD
 
 
 cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsigned char *req, Cursor *c,
@@ -324,12 +260,12 @@ cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsign
     if not _consumer(c, &ref):
         return DP_FALLBACK
     topic = _route(t, c)
-    has_partition = _flag(c)
-    partition_id = _u32(c)
-    strategy = _u8(c)
-    value = _u64(c)
-    count = _u32(c)
-    auto_commit = _flag(c)
+    has_partition = cur_bool(c)
+    partition_id = cur_u32(c)
+    strategy = cur_u8(c)
+    value = cur_u64(c)
+    count = cur_u32(c)
+    auto_commit = cur_bool(c)
     # bytes after auto_commit are ignored, as by the Python handler (iggy.protocol.wire.Reader)
     if c.bad or topic == NULL or count == 0 or strategy < STRATEGY_OFFSET or strategy > STRATEGY_NEXT:
         return DP_FALLBACK
@@ -375,14 +311,14 @@ cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsign
     if not ok:
         return DP_FALLBACK
     if po.frame == NULL:             # nothing read: reserve the header and the poll head only
-        po.frame = out.reserve(out.ctx, HEADER + POLL_HEAD)
+        po.frame = out.reserve(out.ctx, HEADER_SIZE + POLL_HEAD)
         if po.frame == NULL:
             return DP_FALLBACK
-    _reply_header(po.frame, req, 0, POLL_HEAD + res.written)
-    put_u32(po.frame + HEADER, part.id)
-    put_u64(po.frame + HEADER + 4, current)
-    put_u32(po.frame + HEADER + 12, <uint32_t>res.served)
-    out.commit(out.ctx, HEADER + POLL_HEAD + res.written)
+    put_reply_header(po.frame, req, 0, POLL_HEAD + res.written, 0, 0)
+    put_u32(po.frame + HEADER_SIZE, part.id)
+    put_u64(po.frame + HEADER_SIZE + 4, current)
+    put_u32(po.frame + HEADER_SIZE + 12, <uint32_t>res.served)
+    out.commit(out.ctx, HEADER_SIZE + POLL_HEAD + res.written)
     return DP_DONE
 
 
@@ -402,11 +338,11 @@ cdef int _store_offset(const Table *t, int64_t user_id, uint64_t client_id, cons
     if not _consumer(c, &ref):
         return DP_FALLBACK
     topic = _route(t, c)
-    has_partition = _flag(c)
-    partition_id = _u32(c)
-    offset = _u64(c)
+    has_partition = cur_bool(c)
+    partition_id = cur_u32(c)
+    offset = cur_u64(c)
     if c.pos < c.n:
-        _u8(c)                      # ack level: a single node acknowledges after the write
+        cur_u8(c)                   # ack level: a single node acknowledges after the write
     # bytes after the ack level are ignored, as by the Python handler (iggy.protocol.wire.Reader)
     if c.bad or topic == NULL or not allowed(t, user_id, topic, ALLOW_POLL):
         return DP_FALLBACK
@@ -430,8 +366,9 @@ cdef int _store_offset(const Table *t, int64_t user_id, uint64_t client_id, cons
 # --------------------------------------------------------------------------- entry
 
 cdef bint _checksum_ok(const unsigned char *req, const unsigned char *body, uint64_t n) noexcept nogil:
-    """The request checksum of checksummed operations: zero (not sent) or XXH3-64 of the body."""
-    cdef uint64_t lo = le_u64(req + 144), hi = le_u64(req + 152)
+    """The request checksum of checksummed operations: zero (not sent) or XXH3-64 of the body
+    (a u128 field: its high half is zero)."""
+    cdef uint64_t lo = le_u64(req + RQ_CHECKSUM), hi = le_u64(req + RQ_CHECKSUM + 8)
     if lo == 0 and hi == 0:
         return True
     return hi == 0 and lo == XXH3_64bits(body, n)
@@ -445,29 +382,26 @@ cdef int dp_serve(void *router, int64_t user_id, uint64_t client_id, const unsig
     before login. client_id: the session's client id (consumer-group ownership). Returns DP_DONE with the reply
     committed to `out`, or DP_FALLBACK with nothing written.
     """
-    cdef uint8_t op = frame[176]
-    cdef uint32_t code = le_u32(frame + 196)
+    cdef uint8_t op = request_operation(frame)
+    cdef uint32_t code = request_code(frame)
     cdef Cursor c
     cdef const Table *t
     cdef int rc
     if router == NULL:
         return DP_FALLBACK          # no data plane on this shard (engine unit tests)
-    if op == OP_READ and code == CODE_PING:
+    if op == OP_READ and code == CMD_PING:
         return _reply(out, frame, 0, NULL, 0)
     if user_id < 0:
         return DP_FALLBACK
-    if not ((op == OP_READ and code == CODE_POLL) or op == OP_SEND or op == OP_STORE_OFFSET):
+    if not ((op == OP_READ and code == CMD_POLL_MESSAGES) or op == OP_SEND_MESSAGES or op == OP_STORE_CONSUMER_OFFSET):
         return DP_FALLBACK
-    c.p = frame + HEADER
-    c.n = size - HEADER
-    c.pos = 0
-    c.bad = False
-    if op == OP_STORE_OFFSET and not _checksum_ok(frame, c.p, c.n):
+    cur_init(&c, frame + HEADER_SIZE, size - HEADER_SIZE)
+    if op == OP_STORE_CONSUMER_OFFSET and not _checksum_ok(frame, c.p, c.n):
         return DP_FALLBACK
     t = (<Router>router).acquire()
-    if op == OP_SEND:
+    if op == OP_SEND_MESSAGES:
         rc = _send(t, user_id, frame, &c, out)
-    elif op == OP_STORE_OFFSET:
+    elif op == OP_STORE_CONSUMER_OFFSET:
         rc = _store_offset(t, user_id, client_id, frame, &c, out)
     else:
         rc = _poll(t, user_id, client_id, frame, &c, max_poll_bytes, out)
@@ -512,7 +446,7 @@ def serve(Router router not None, int64_t user_id, uint64_t client_id, const uns
     cdef int rc
     cdef Py_ssize_t n = frame.shape[0]
     cdef int fsync_rc
-    if n < HEADER or le_u32(&frame[0] + 48) != n:
+    if n < HEADER_SIZE or frame_size(&frame[0]) != n:
         raise ValueError("a whole frame: 256-byte header whose size field is the frame's length")
     o.data = NULL
     o.len = 0

@@ -90,12 +90,14 @@ from posix.unistd cimport close, fdatasync, read, write
 from libc.stdint cimport int64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-from iggy.engine.uring.dataplane cimport DP_DONE, DP_FALLBACK, DP_SYNC, Sink, dp_serve
-from iggy._core.includes.le cimport le_u32, put_u32
+from iggy.engine.uring.dataplane cimport DP_DONE, DP_FALLBACK, DP_SYNC, HELD_MAX, Sink, dp_serve
 from iggy._core.includes.uring cimport *
 from iggy._core.mutex cimport (pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t,
                                pthread_mutex_unlock)
 from iggy.engine.uring.router cimport Router
+from iggy.protocol.ccodes cimport E_CANNOT_SYNC_FILE
+from iggy.protocol.header cimport (COMMAND_REQUEST, FRAME_OK, H_COMMAND, HEADER_SIZE as HEADER, check_frame,
+                                   frame_size, reply_to_error)
 
 import logging
 
@@ -134,17 +136,17 @@ cdef extern from "<sys/socket.h>" nogil:
         SHUT_RDWR
 
 
-DEF K_ACCEPT = 1
-DEF K_RECV = 2
-DEF K_SEND = 3
-DEF K_WAKE = 4
-DEF K_FSYNC = 5
-DEF E_CANNOT_SYNC_FILE = 10009
-DEF HEADER = 256
-DEF RECV_CHUNK = 65536
-DEF BIG_BUFFER = 1 << 20      # buffers above this are mmapped and given back as soon as done
-DEF BUDGET_GATE = 65536       # a data-plane reservation above this may wait for the reply budget
-DEF MAX_CQES = 128
+cdef enum:
+    # the kind of an SQE (the top byte of its user_data)
+    K_ACCEPT = 1
+    K_RECV = 2
+    K_SEND = 3
+    K_WAKE = 4
+    K_FSYNC = 5
+    RECV_CHUNK = 65536
+    BIG_BUFFER = 1 << 20        # buffers above this are mmapped and given back as soon as done
+    BUDGET_GATE = 65536         # a data-plane reservation above this may wait for the reply budget
+    MAX_CQES = 128
 
 
 cdef uint64_t MASK32 = 0xFFFFFFFFu
@@ -190,7 +192,7 @@ cdef struct Conn:
     bint budget_wait      # the frame at rstart waits for the reply budget
     size_t budget_need    # the big-buffer bytes it asked for
     uint32_t held_len
-    unsigned char held[256 + 24]
+    unsigned char held[HELD_MAX]
 
 
 cdef struct SyncOp:
@@ -662,8 +664,8 @@ cdef class Shard:
     cdef void _notify_bad_frame(self, uint32_t slot, uint32_t size, int command) noexcept with gil:
         try:
             if size < HEADER or size > self.max_frame:
-                reason = f"frame size {size} outside 256..{self.max_frame}"
-            elif command != 5:
+                reason = f"frame size {size} outside {HEADER}..{self.max_frame}"
+            elif command != COMMAND_REQUEST:
                 reason = f"header command {command} is not a request"
             else:
                 reason = f"frame size {size} over limits.max_unauthenticated_frame ({self.max_unauth}) before login"
@@ -816,9 +818,9 @@ cdef class Shard:
         while (c.live and not c.waiting and not c.closing and not c.budget_wait and c.rend - c.rstart >= HEADER
                and _unsent(c) < self.max_wbuf):
             p = c.rbuf + c.rstart
-            size = le_u32(p + 48)
-            if size < HEADER or size > self.max_frame or p[60] != 5 or (c.user_id < 0 and size > self.max_unauth):
-                self._notify_bad_frame(slot, size, p[60])
+            size = frame_size(p)
+            if check_frame(p, self.max_frame, self.max_unauth if c.user_id < 0 else self.max_frame) != FRAME_OK:
+                self._notify_bad_frame(slot, size, p[H_COMMAND])
                 self._close(slot)
                 return
             if c.rend - c.rstart < size:
@@ -873,8 +875,7 @@ cdef class Shard:
                 rc = fdatasync(sink.sync_fd)
                 close(sink.sync_fd)
                 if rc:
-                    put_u32(sink.held + 48, HEADER)
-                    put_u32(sink.held + 216, E_CANNOT_SYNC_FILE)
+                    reply_to_error(sink.held, E_CANNOT_SYNC_FILE)
                     sink.held_len = HEADER
                 return 0 if self._queue(slot, sink.held, sink.held_len) else -1
             self.syncs = grown
@@ -923,8 +924,7 @@ cdef class Shard:
                 continue
             c.waiting = False
             if res < 0:
-                put_u32(c.held + 48, HEADER)
-                put_u32(c.held + 216, E_CANNOT_SYNC_FILE)
+                reply_to_error(c.held, E_CANNOT_SYNC_FILE)
                 c.held_len = HEADER
             if not self._queue(slot, c.held, c.held_len):
                 self._close(slot)

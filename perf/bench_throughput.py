@@ -36,11 +36,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from iggy.protocol.batch import build_batch, random_id
-from iggy.protocol.wire import build_request, parse_reply_header
-
-OP_REGISTER, OP_READ, OP_CREATE_STREAM, OP_CREATE_TOPIC, OP_SEND = 1, 2, 128, 132, 160
-POLL_MESSAGES = 100
-HEADER = 256
+from iggy.protocol.codes import OP_CREATE_STREAM, OP_CREATE_TOPIC, OP_READ, OP_REGISTER, POLL_MESSAGES
+from iggy.protocol.codes import OP_SEND_MESSAGES as OP_SEND
+from iggy.protocol.header import EV_REASON, H_SIZE
+from iggy.protocol.wire import COMMAND_REPLY, build_request, parse_reply_header
+from iggy.protocol.wire import HEADER_SIZE as HEADER
 CLIENT_ID = int.from_bytes(os.urandom(16), "little") | 1
 
 
@@ -157,7 +157,7 @@ class Client:
                 with_checksum=True,
             )[:HEADER]
         head = bytearray(build_request(operation, code, b"", session=self.session, request=request, client=CLIENT_ID))
-        struct.pack_into("<I", head, 48, HEADER + body_len)
+        struct.pack_into("<I", head, H_SIZE, HEADER + body_len)
         return bytes(head)
 
     async def call(self, operation: int, code: int, body: bytes, checksummed: bool = False) -> tuple[int, bytes]:
@@ -166,8 +166,8 @@ class Client:
         head = await self.reader.readexactly(HEADER)
         size, command, _, status, _ = parse_reply_header(head)
         reply = await self.reader.readexactly(size - HEADER) if size > HEADER else b""
-        if command != 8:
-            raise RuntimeError(f"evicted (reason {head[255]})")
+        if command != COMMAND_REPLY:
+            raise RuntimeError(f"evicted (reason {head[EV_REASON]})")
         return status, reply
 
     async def login(self):

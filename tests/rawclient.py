@@ -9,9 +9,9 @@ import socket
 import struct
 
 from iggy._core.checksum import xxh3_64
-from iggy.protocol.wire import build_request, parse_reply_header
-
-OP_READ = 2
+from iggy.protocol import codes
+from iggy.protocol.codes import OP_READ, OP_REGISTER
+from iggy.protocol.wire import COMMAND_EVICTION, COMMAND_REPLY, HEADER_SIZE, build_request, parse_reply_header
 
 
 class Reply:
@@ -20,7 +20,7 @@ class Reply:
         self.operation = operation
         self.status = status
         self.body = body
-        self.eviction_reason = reason if command == 13 else None
+        self.eviction_reason = reason if command == COMMAND_EVICTION else None
 
     @property
     def result_code(self) -> int | None:
@@ -36,7 +36,7 @@ class Reply:
         """Whichever channel carried the outcome: status first, then result section."""
         if self.status:
             return self.status
-        if self.operation >= 128 and self.operation not in (138, 160):
+        if self.operation in codes.RESULT_FRAMED_OPS:
             return self.result_code
         return 0
 
@@ -84,21 +84,21 @@ class RawClient:
         return bytes(out)
 
     def read_reply(self) -> Reply:
-        head = self.recv_exact(256)
+        head = self.recv_exact(HEADER_SIZE)
         size, command, operation, status, reason = parse_reply_header(head)
-        body = self.recv_exact(size - 256)
+        body = self.recv_exact(size - HEADER_SIZE)
         return Reply(command, operation, status, body, reason)
 
     def call(self, operation: int, code: int = 0, body: bytes = b"") -> Reply:
         """Send one request with the numbering the SDK uses and read its reply."""
-        if operation == 1:
+        if operation == OP_REGISTER:
             request, session = 0, 0
         elif operation == OP_READ:
             request, session = self.request + 1, self.session
         else:
             self.request += 1
             request, session = self.request, self.session
-        checksummed = operation in (1, 3) or 128 <= operation <= 149
+        checksummed = operation in codes.CHECKSUMMED_OPS
         frame = build_request(operation, code, body, session=session, request=request, client=self.client,
                               with_checksum=checksummed)
         self.send_raw(frame)
@@ -108,15 +108,15 @@ class RawClient:
         return self.call(OP_READ, code, body)
 
     def login(self, username: str = "iggy", password: str = "iggy") -> Reply:
-        reply = self.call(1, 0, login_body(username, password))
-        if reply.command == 8 and reply.status == 0:
+        reply = self.call(OP_REGISTER, 0, login_body(username, password))
+        if reply.command == COMMAND_REPLY and reply.status == 0:
             self.session = struct.unpack_from("<Q", reply.body, 8)[0]
             self.request = 0
         return reply
 
     def login_token(self, token: str) -> Reply:
-        reply = self.call(1, 0, pat_login_body(token))
-        if reply.command == 8 and reply.status == 0:
+        reply = self.call(OP_REGISTER, 0, pat_login_body(token))
+        if reply.command == COMMAND_REPLY and reply.status == 0:
             self.session = struct.unpack_from("<Q", reply.body, 8)[0]
             self.request = 0
         return reply

@@ -128,10 +128,10 @@ def test_permission_snapshot_matches_the_python_rules(uid, permissions):
     r.publish([], [(uid, allow_all, grants)])
     for sid in range(4):
         for tid in range(4):
-            assert r.allows(uid, sid, tid, perm.ALLOW_SEND) == perm.can_send(user, sid, tid)
-            assert r.allows(uid, sid, tid, perm.ALLOW_POLL) == perm.can_poll(user, sid, tid)
-    assert not r.allows(uid + 1, 0, 0, perm.ALLOW_POLL)        # a user not in the table: nothing
-    assert not r.allows(-1, 0, 0, perm.ALLOW_POLL)
+            assert r.allows(uid, sid, tid, perm.Allow.ALLOW_SEND) == perm.can_send(user, sid, tid)
+            assert r.allows(uid, sid, tid, perm.Allow.ALLOW_POLL) == perm.can_poll(user, sid, tid)
+    assert not r.allows(uid + 1, 0, 0, perm.Allow.ALLOW_POLL)        # a user not in the table: nothing
+    assert not r.allows(-1, 0, 0, perm.Allow.ALLOW_POLL)
 
 
 # --------------------------------------------------------------------------- end to end

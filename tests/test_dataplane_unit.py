@@ -15,10 +15,11 @@ from iggy.engine.uring.dataplane import serve
 from iggy.storage.log import PartitionLog
 from iggy._core.mutex import Mutex
 from iggy.storage.offset_store import OffsetStore
-from iggy.engine.uring.router import Counter, Router
+from iggy.engine.uring.router import Allow, Counter, Router
 from iggy.protocol.wire import build_request, parse_reply_header
-from iggy.control.permissions import ALLOW_POLL, ALLOW_SEND
 from tests.rawclient import ident
+
+ALLOW_SEND, ALLOW_POLL = Allow.ALLOW_SEND, Allow.ALLOW_POLL
 
 WRITER, READER, NOBODY = 5, 6, 7
 OWNER = 42

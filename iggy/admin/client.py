@@ -23,10 +23,9 @@ from iggy.control import permissions as perm
 from iggy.protocol import codes
 from iggy.protocol.batch import build_batch, decode_headers, iter_messages, random_id
 from iggy.protocol.errors import ErrorCode, IggyError, error_id
-from iggy.protocol.wire import PROTOCOL_VERSION, Reader, Writer, build_request, parse_reply_header
+from iggy.protocol.wire import COMMAND_EVICTION, PROTOCOL_VERSION, Reader, Writer, build_request, parse_reply_header
+from iggy.protocol.wire import HEADER_SIZE as HEADER
 
-HEADER = 256
-COMMAND_EVICTION = 13
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 SDK_NAME = "iggy-cli-py"
 

@@ -15,34 +15,22 @@ import os
 import socket
 import struct
 
-from iggy.protocol.wire import build_request
+from iggy.protocol import codes
+from iggy.protocol.codes import (CONSUMER_GROUP, CONSUMER_SINGLE, OP_CREATE_CONSUMER_GROUP, OP_CREATE_STREAM,
+                                 OP_CREATE_TOPIC, OP_DELETE_STREAM, OP_JOIN_CONSUMER_GROUP, OP_LEAVE_CONSUMER_GROUP,
+                                 OP_READ, OP_REGISTER, STRATEGY_NEXT, STRATEGY_OFFSET)
+from iggy.protocol.errors import ErrorCode
+from iggy.protocol.header import EV_REASON, H_COMMAND, H_SIZE, RP_OPERATION, RP_STATUS
+from iggy.protocol.wire import COMMAND_EVICTION, COMMAND_REPLY, HEADER_SIZE as HEADER, PROTOCOL_VERSION, build_request
 
-HEADER = 256
-COMMAND_REPLY, COMMAND_EVICTION = 8, 13
-
-OP_REGISTER, OP_READ = 1, 2
-OP_CREATE_STREAM, OP_DELETE_STREAM = 128, 130
-OP_CREATE_TOPIC = 132
-OP_CREATE_GROUP, OP_DELETE_GROUP = 139, 140
-OP_JOIN_GROUP, OP_LEAVE_GROUP = 148, 149
-OP_SEND = 160
-
-CODE_PING = 1
-CODE_POLL = 100
-CODE_GET_STREAM = 200
-CODE_GET_TOPIC = 300
-CODE_GET_GROUP = 600
-CODE_SYNC_GROUP = 606
-
-CONSUMER_SINGLE, CONSUMER_GROUP = 1, 2
-STRATEGY_OFFSET, STRATEGY_NEXT = 1, 5
-
-PROTOCOL_VERSION = 0x00002C00  # 0.11.0, what the 0.9.0 SDK reports (TCP.md 5.3)
+__all__ = ["COMMAND_REPLY", "CONSUMER_GROUP", "CONSUMER_SINGLE", "STRATEGY_NEXT", "STRATEGY_OFFSET",
+           "BenchError", "Connection", "connect"]
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-# resource, stream id/name, topic id/name not found (iggy/protocol/errors.py)
-_NOT_FOUND = {20, 1009, 1010, 2010, 2011}
+_NOT_FOUND = {ErrorCode.RESOURCE_NOT_FOUND, ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.STREAM_NAME_NOT_FOUND,
+              ErrorCode.TOPIC_ID_NOT_FOUND, ErrorCode.TOPIC_NAME_NOT_FOUND}
+_GROUP_NOT_FOUND = {ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND, ErrorCode.CONSUMER_GROUP_NAME_NOT_FOUND}
 
 
 class BenchError(RuntimeError):
@@ -106,7 +94,7 @@ class _ReplyProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.filled += nbytes
         if not self.size and self.filled >= HEADER:
-            self.size = _U32.unpack_from(self.buf, 48)[0]
+            self.size = _U32.unpack_from(self.buf, H_SIZE)[0]
             if self.size < HEADER:
                 self.transport.close()
                 return
@@ -171,7 +159,7 @@ class Connection:
         if p.filled != p.size:
             raise BenchError(f"{p.filled - p.size} unexpected bytes after a reply")
         buf = p.buf
-        return buf[60], buf[208], _U32.unpack_from(buf, 216)[0], p.view[HEADER : p.size]
+        return buf[H_COMMAND], buf[RP_OPERATION], _U32.unpack_from(buf, RP_STATUS)[0], p.view[HEADER : p.size]
 
     async def call(self, operation: int, code: int = 0, body: bytes = b"") -> bytes:
         """A control-plane request; returns the reply body (result section stripped for
@@ -182,7 +170,7 @@ class Connection:
             request, session = self.read_request(), self.session
         else:
             request, session = self.write_request(), self.session
-        checksummed = operation in (1, 3) or 128 <= operation <= 149
+        checksummed = operation in codes.CHECKSUMMED_OPS
         frame = build_request(
             operation,
             code,
@@ -194,12 +182,12 @@ class Connection:
         )
         command, _, status, reply = await self.roundtrip(frame)
         if command == COMMAND_EVICTION:
-            reason = self.protocol.buf[255]
+            reason = self.protocol.buf[EV_REASON]
             raise BenchError(f"evicted by the server (reason {reason})", 100000 + reason)
         if status:
             raise BenchError(f"operation {operation}/{code} failed with error {status}", status)
         reply = bytes(reply)
-        if operation == OP_REGISTER or 128 <= operation <= 149:
+        if operation == OP_REGISTER or operation in codes.METADATA_OPS:
             if len(reply) >= 4 and _U32.unpack_from(reply)[0] == 0:
                 return reply[4:]
             if len(reply) >= 12:
@@ -224,7 +212,7 @@ class Connection:
         self.request = 0
 
     async def ping(self) -> None:
-        await self.call(OP_READ, CODE_PING)
+        await self.call(OP_READ, codes.PING)
 
     async def _read_if_found(self, code: int, body: bytes) -> bytes | None:
         """The reply body of a read, None when the thing does not exist (or the body is empty)."""
@@ -238,7 +226,7 @@ class Connection:
 
     async def get_stream(self, name: str) -> dict | None:
         """{id, name, topics_count, messages_count, size_bytes} or None when it does not exist."""
-        reply = await self._read_if_found(CODE_GET_STREAM, name_id(name))
+        reply = await self._read_if_found(codes.GET_STREAM, name_id(name))
         if reply is None:
             return None
         sid, _, topics, size, messages = struct.unpack_from("<IQIQQ", reply)
@@ -272,7 +260,7 @@ class Connection:
     async def get_topic(self, stream_id: int, topic: int | str) -> dict | None:
         """{id, partitions: [(id, current_offset, messages_count)]} or None."""
         tid = numeric_id(topic) if isinstance(topic, int) else name_id(topic)
-        reply = await self._read_if_found(CODE_GET_TOPIC, numeric_id(stream_id) + tid)
+        reply = await self._read_if_found(codes.GET_TOPIC, numeric_id(stream_id) + tid)
         if reply is None:
             return None
         topic_id, _, n_parts = struct.unpack_from("<IQI", reply)
@@ -288,30 +276,34 @@ class Connection:
         return {"id": topic_id, "partitions": parts}
 
     async def create_group(self, stream_id: int, topic_id: int, name: str) -> int:
-        reply = await self.call(OP_CREATE_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + wire_name(name))
+        reply = await self.call(
+            OP_CREATE_CONSUMER_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + wire_name(name)
+        )
         return _U32.unpack_from(reply)[0]
 
     async def get_group_id(self, stream_id: int, topic_id: int, name: str) -> int | None:
         try:
             reply = await self.call(
-                OP_READ, CODE_GET_GROUP, numeric_id(stream_id) + numeric_id(topic_id) + name_id(name)
+                OP_READ, codes.GET_CONSUMER_GROUP, numeric_id(stream_id) + numeric_id(topic_id) + name_id(name)
             )
         except BenchError as exc:
-            if exc.code in _NOT_FOUND or exc.code in (5000, 5003):
+            if exc.code in _NOT_FOUND or exc.code in _GROUP_NOT_FOUND:
                 return None
             raise
         return _U32.unpack_from(reply)[0] if len(reply) >= 4 else None
 
     async def join_group(self, stream_id: int, topic_id: int, group_id: int) -> None:
-        await self.call(OP_JOIN_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id))
+        await self.call(OP_JOIN_CONSUMER_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id))
 
     async def leave_group(self, stream_id: int, topic_id: int, group_id: int) -> None:
-        await self.call(OP_LEAVE_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id))
+        await self.call(
+            OP_LEAVE_CONSUMER_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id)
+        )
 
     async def sync_group(self, stream_id: int, topic_id: int, group_id: int) -> list[int]:
         """The partitions this member owns now (empty when it owns none)."""
         reply = await self.call(
-            OP_READ, CODE_SYNC_GROUP, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id)
+            OP_READ, codes.SYNC_CONSUMER_GROUP, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id)
         )
         if len(reply) < 12:
             return []

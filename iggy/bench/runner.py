@@ -50,6 +50,7 @@ from iggy.bench.metrics import (
     now_iso,
 )
 from iggy.protocol.batch import build_batch, random_id
+from iggy.protocol.errors import ErrorCode
 
 KINDS = (
     "pinned_producer",
@@ -67,8 +68,8 @@ PRODUCING_KINDS = {
 }
 DEFAULT_MESSAGE_BATCHES = 1000
 
-# group errors that call for a re-sync (iggy/protocol/errors.py): member not found, partition not owned
-_RESYNC = {5006, 5009}
+# group errors that call for a re-sync
+_RESYNC = {ErrorCode.CONSUMER_GROUP_MEMBER_NOT_FOUND, ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED}
 
 
 @dataclass

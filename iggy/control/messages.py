@@ -29,7 +29,9 @@ from __future__ import annotations
 import struct
 
 from iggy.protocol import codes
-from iggy.protocol.batch import validate_batch
+from iggy.protocol.codes import (CONSUMER_GROUP, CONSUMER_SINGLE, PARTITION_BALANCED, PARTITION_ID, PARTITION_KEY,
+                                 STRATEGY_FIRST, STRATEGY_LAST, STRATEGY_NEXT, STRATEGY_OFFSET, STRATEGY_TIMESTAMP)
+from iggy.protocol.batch import BATCH_HEADER_SIZE, validate_batch
 from iggy._core.checksum import xxh32
 from iggy.protocol.wire import Reader, Writer
 from iggy.control import permissions as perm
@@ -38,19 +40,6 @@ from iggy.control.plane import command, now_us
 from iggy.control.topics import resolve_topic
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.storage.consumer_offsets import CONSUMER, GROUP, consumer_key
-
-CONSUMER_SINGLE = 1
-CONSUMER_GROUP = 2
-
-PARTITION_BALANCED = 1
-PARTITION_ID = 2
-PARTITION_KEY = 3
-
-STRATEGY_OFFSET = 1
-STRATEGY_TIMESTAMP = 2
-STRATEGY_FIRST = 3
-STRATEGY_LAST = 4
-STRATEGY_NEXT = 5
 
 _SEND_REPLY = struct.Struct("<IIIIQ")
 _NO_OFFSET_TARGET = (ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.TOPIC_ID_NOT_FOUND,
@@ -112,8 +101,8 @@ def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int, 
     InvalidCommand, as upstream does for SendMessages, the one command whose body has a
     stated length (core/server_common/src/send_messages.rs, admit_wire_request).
     """
-    declared = _BATCH_LENGTH.unpack_from(body, start + 32)[0] if end - start >= 256 else 0
-    if 256 <= declared < end - start:
+    declared = _BATCH_LENGTH.unpack_from(body, start + 32)[0] if end - start >= BATCH_HEADER_SIZE else 0
+    if BATCH_HEADER_SIZE <= declared < end - start:
         validate_batch(body, start, start + declared, count)
         raise IggyError(ErrorCode.INVALID_COMMAND, "bytes after the batch")
     validate_batch(body, start, end, count)

@@ -21,6 +21,7 @@ root (user 0) passes every check.
 """
 from __future__ import annotations
 
+from iggy.engine.uring.router import Allow
 from iggy.protocol.wire import Reader, Writer
 from iggy.protocol.errors import ErrorCode, IggyError
 
@@ -175,8 +176,6 @@ POLL_RULE = (("poll_messages", "read_topics", "manage_topics", "read_streams", "
 SEND_RULE = (("send_messages", "manage_streams", "manage_topics"),
              ("send_messages", "manage_stream", "manage_topics"),
              ("manage_topic", "send_messages"))
-ALLOW_SEND = 1      # iggy.engine.uring.router ALLOW_* bits
-ALLOW_POLL = 2
 
 
 def can_poll(user, stream_id, topic_id) -> bool:
@@ -194,7 +193,7 @@ def data_plane_grants(user) -> tuple[int, list]:
     [(stream_id, topic_id or None for the whole stream, ALLOW_* bits)]. Computed with
     `allowed`, so the shards apply exactly the rules of can_send/can_poll.
     """
-    rules = ((ALLOW_SEND, SEND_RULE), (ALLOW_POLL, POLL_RULE))
+    rules = ((Allow.ALLOW_SEND, SEND_RULE), (Allow.ALLOW_POLL, POLL_RULE))
     allow_all = sum(bit for bit, rule in rules if allowed(user, rule[0]))
     grants = []
     for sid, sp in ((user.permissions or {}).get("streams") or {}).items():

@@ -24,7 +24,7 @@ from typing import Callable
 
 from iggy._core.checksum import xxh3_64
 from iggy.protocol import codes
-from iggy.protocol.wire import Reader, RequestHeader, build_eviction, build_reply, build_reply_header
+from iggy.protocol.wire import HEADER_SIZE, Reader, RequestHeader, build_eviction, build_reply, build_reply_header
 from iggy.protocol.errors import ErrorCode, IggyError
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class ControlPlane:
         self._client_ids = itertools.count(1)
         self._session_numbers = itertools.count(1)
         self.started_at = now_us()
-        self.max_poll_bytes = max(1, config.message_bus.max_message_size - 256 - 16)
+        self.max_poll_bytes = max(1, config.message_bus.max_message_size - HEADER_SIZE - 16)  # 16: the poll reply head
         self.bound: dict[str, tuple[str, int]] = {}       # transport -> bound (host, port)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iggy-hash")
         from iggy.control.throttle import Gate, LoginThrottle

@@ -34,7 +34,7 @@ import time
 import weakref
 
 from iggy.protocol import codes
-from iggy.protocol.wire import PROTOCOL_CLASSIC, PROTOCOL_UNKNOWN, FrameError, FrameReader, release_free_memory
+from iggy.protocol.wire import HEADER_SIZE, PROTOCOL_CLASSIC, PROTOCOL_UNKNOWN, FrameError, FrameReader, release_free_memory
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
 from iggy.engine.base import Engine, inject_fault, wait_bounded
 
@@ -248,7 +248,7 @@ class Connection(asyncio.BufferedProtocol):
                 return
         # never more than one frame of unread input (the limit in force: before login it is
         # limits.max_unauthenticated_frame); reading resumes when the frames can be taken
-        if self.frames.buffered > self.frames.frame_limit + 256 or self._deferred is not None:
+        if self.frames.buffered > self.frames.frame_limit + HEADER_SIZE or self._deferred is not None:
             self.transport.pause_reading()
 
     def _next_frame(self):

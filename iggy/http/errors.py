@@ -53,7 +53,7 @@ NOT_FOUND_CODES = frozenset(
         ErrorCode.RESOURCE_NOT_FOUND,
     }
 )
-TRANSIENT_CODES = frozenset({57, 58})
+TRANSIENT_CODES = frozenset({ErrorCode.TRANSIENT_NOT_COMMITTED, ErrorCode.TRANSIENT_NOT_ACCEPTED})
 DISCONNECTED = "client disconnected prematurely"
 
 # the `field` the reference server names for these codes (HTTP.md 1.5)

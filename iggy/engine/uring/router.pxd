@@ -9,9 +9,14 @@ cdef extern from "<pthread.h>" nogil:
         pass
 
 
-cdef enum:
+# the permission bits of PermEntry.allow and UserPerms.allow_all; Python (the permission
+# snapshot of iggy.control.permissions) uses the same enum as iggy.engine.uring.router.Allow
+cpdef enum Allow:
     ALLOW_SEND = 1
     ALLOW_POLL = 2
+
+
+cdef enum:
     MAX_ROUTE_KEY = 2 * (2 + 255)   # two normalised identifiers
 
 

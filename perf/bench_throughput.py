@@ -41,6 +41,7 @@ from iggy.protocol.codes import OP_SEND_MESSAGES as OP_SEND
 from iggy.protocol.header import EV_REASON, H_SIZE
 from iggy.protocol.wire import COMMAND_REPLY, build_request, parse_reply_header
 from iggy.protocol.wire import HEADER_SIZE as HEADER
+
 CLIENT_ID = int.from_bytes(os.urandom(16), "little") | 1
 
 

@@ -16,20 +16,45 @@ import socket
 import struct
 
 from iggy.protocol import codes
-from iggy.protocol.codes import (CONSUMER_GROUP, CONSUMER_SINGLE, OP_CREATE_CONSUMER_GROUP, OP_CREATE_STREAM,
-                                 OP_CREATE_TOPIC, OP_DELETE_STREAM, OP_JOIN_CONSUMER_GROUP, OP_LEAVE_CONSUMER_GROUP,
-                                 OP_READ, OP_REGISTER, STRATEGY_NEXT, STRATEGY_OFFSET)
+from iggy.protocol.codes import (
+    CONSUMER_GROUP,
+    CONSUMER_SINGLE,
+    OP_CREATE_CONSUMER_GROUP,
+    OP_CREATE_STREAM,
+    OP_CREATE_TOPIC,
+    OP_DELETE_STREAM,
+    OP_JOIN_CONSUMER_GROUP,
+    OP_LEAVE_CONSUMER_GROUP,
+    OP_READ,
+    OP_REGISTER,
+    STRATEGY_NEXT,
+    STRATEGY_OFFSET,
+)
 from iggy.protocol.errors import ErrorCode
 from iggy.protocol.header import EV_REASON, H_COMMAND, H_SIZE, RP_OPERATION, RP_STATUS
-from iggy.protocol.wire import COMMAND_EVICTION, COMMAND_REPLY, HEADER_SIZE as HEADER, PROTOCOL_VERSION, build_request
+from iggy.protocol.wire import COMMAND_EVICTION, COMMAND_REPLY, PROTOCOL_VERSION, build_request
+from iggy.protocol.wire import HEADER_SIZE as HEADER
 
-__all__ = ["COMMAND_REPLY", "CONSUMER_GROUP", "CONSUMER_SINGLE", "STRATEGY_NEXT", "STRATEGY_OFFSET",
-           "BenchError", "Connection", "connect"]
+__all__ = [
+    "COMMAND_REPLY",
+    "CONSUMER_GROUP",
+    "CONSUMER_SINGLE",
+    "STRATEGY_NEXT",
+    "STRATEGY_OFFSET",
+    "BenchError",
+    "Connection",
+    "connect",
+]
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_NOT_FOUND = {ErrorCode.RESOURCE_NOT_FOUND, ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.STREAM_NAME_NOT_FOUND,
-              ErrorCode.TOPIC_ID_NOT_FOUND, ErrorCode.TOPIC_NAME_NOT_FOUND}
+_NOT_FOUND = {
+    ErrorCode.RESOURCE_NOT_FOUND,
+    ErrorCode.STREAM_ID_NOT_FOUND,
+    ErrorCode.STREAM_NAME_NOT_FOUND,
+    ErrorCode.TOPIC_ID_NOT_FOUND,
+    ErrorCode.TOPIC_NAME_NOT_FOUND,
+}
 _GROUP_NOT_FOUND = {ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND, ErrorCode.CONSUMER_GROUP_NAME_NOT_FOUND}
 
 
@@ -296,9 +321,7 @@ class Connection:
         await self.call(OP_JOIN_CONSUMER_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id))
 
     async def leave_group(self, stream_id: int, topic_id: int, group_id: int) -> None:
-        await self.call(
-            OP_LEAVE_CONSUMER_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id)
-        )
+        await self.call(OP_LEAVE_CONSUMER_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id))
 
     async def sync_group(self, stream_id: int, topic_id: int, group_id: int) -> list[int]:
         """The partitions this member owns now (empty when it owns none)."""

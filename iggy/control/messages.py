@@ -29,8 +29,6 @@ from __future__ import annotations
 import struct
 
 from iggy.protocol import codes
-from iggy.protocol.codes import (CONSUMER_GROUP, CONSUMER_SINGLE, PARTITION_BALANCED, PARTITION_ID, PARTITION_KEY,
-                                 STRATEGY_FIRST, STRATEGY_LAST, STRATEGY_NEXT, STRATEGY_OFFSET, STRATEGY_TIMESTAMP)
 from iggy.protocol.batch import BATCH_HEADER_SIZE, validate_batch
 from iggy._core.checksum import xxh32
 from iggy.protocol.wire import Reader, Writer
@@ -40,6 +38,12 @@ from iggy.control.plane import command, now_us
 from iggy.control.topics import resolve_topic
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.storage.consumer_offsets import CONSUMER, GROUP, consumer_key
+
+# the body kinds (their home is iggy.protocol.codes), named here for the handlers and HTTP
+CONSUMER_SINGLE, CONSUMER_GROUP = codes.CONSUMER_SINGLE, codes.CONSUMER_GROUP
+PARTITION_BALANCED, PARTITION_ID, PARTITION_KEY = codes.PARTITION_BALANCED, codes.PARTITION_ID, codes.PARTITION_KEY
+STRATEGY_OFFSET, STRATEGY_TIMESTAMP = codes.STRATEGY_OFFSET, codes.STRATEGY_TIMESTAMP
+STRATEGY_FIRST, STRATEGY_LAST, STRATEGY_NEXT = codes.STRATEGY_FIRST, codes.STRATEGY_LAST, codes.STRATEGY_NEXT
 
 _SEND_REPLY = struct.Struct("<IIIIQ")
 _NO_OFFSET_TARGET = (ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.TOPIC_ID_NOT_FOUND,

@@ -34,7 +34,8 @@ import time
 import weakref
 
 from iggy.protocol import codes
-from iggy.protocol.wire import HEADER_SIZE, PROTOCOL_CLASSIC, PROTOCOL_UNKNOWN, FrameError, FrameReader, release_free_memory
+from iggy.protocol.wire import (HEADER_SIZE, PROTOCOL_CLASSIC, PROTOCOL_UNKNOWN, FrameError, FrameReader,
+                                release_free_memory)
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
 from iggy.engine.base import Engine, inject_fault, wait_bounded
 

@@ -47,24 +47,24 @@ from iggy.protocol.batch cimport (B_BASE_OFFSET, B_BASE_TIMESTAMP, B_CHECKSUM, B
                                   B_ORIGIN_TIMESTAMP, BATCH_HEADER_LEN, F_HEADERS_LEN, F_ID,
                                   F_OFFSET_DELTA, F_PAYLOAD_LEN, F_TIMESTAMP_DELTA, FRAME_HEADER_LEN,
                                   batch_checksum)
+from iggy.protocol.ccodes cimport E_INVALID_COMMAND, E_INVALID_MESSAGE_TIMESTAMP_DELTA as E_TIMESTAMP_DELTA
 
 import os
 
 from iggy.protocol.errors import ErrorCode, IggyError
 
-DEF CLASSIC_HEADER = 64
-DEF CLASSIC_INDEX = 16
-DEF C_CHECKSUM = 0
-DEF C_ID = 8
-DEF C_OFFSET = 24
-DEF C_TIMESTAMP = 32
-DEF C_ORIGIN = 40
-DEF C_HEADERS_LEN = 48
-DEF C_PAYLOAD_LEN = 52
+cdef enum:
+    CLASSIC_HEADER = 64         # the classic message header (module docstring)
+    CLASSIC_INDEX = 16          # one index entry of a classic SEND_MESSAGES
+    C_CHECKSUM = 0
+    C_ID = 8
+    C_OFFSET = 24
+    C_TIMESTAMP = 32
+    C_ORIGIN = 40
+    C_HEADERS_LEN = 48
+    C_PAYLOAD_LEN = 52
+    C_RESERVED = 56
 
-DEF E_INVALID_COMMAND = 3
-DEF E_INVALID_MESSAGES_COUNT = 4009
-DEF E_TIMESTAMP_DELTA = 4038
 cdef uint64_t MAX_DELTA = 0xFFFFFFFF   # the largest timestamp_delta of a frame (u32)
 
 CLASSIC_MESSAGE_HEADER_SIZE = CLASSIC_HEADER
@@ -224,7 +224,7 @@ cdef void _fill_classic(const unsigned char *p, uint64_t n, unsigned char *out) 
             put_u64(out + C_ORIGIN, origin + le_u32(p + fpos + F_TIMESTAMP_DELTA))
             put_u32(out + C_HEADERS_LEN, headers)
             put_u32(out + C_PAYLOAD_LEN, payload)
-            put_u64(out + 56, 0)
+            put_u64(out + C_RESERVED, 0)
             memcpy(out + CLASSIC_HEADER, p + fpos + FRAME_HEADER_LEN, body)
             put_u64(out + C_CHECKSUM, XXH3_64bits(out + 8, CLASSIC_HEADER - 8 + body))
             out += CLASSIC_HEADER + body

@@ -20,7 +20,7 @@ from libc.string cimport memcpy, memmove, memset
 from iggy._core.includes.le cimport le_u16, le_u32, le_u64, put_u16, put_u32, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits
 from iggy.protocol.ccodes cimport IDENTIFIER_NUMERIC, IDENTIFIER_STRING, OP_READ
-from iggy.protocol.cursor cimport Cursor, cur_init, cur_take
+from iggy.protocol.cursor cimport cur_init, cur_take
 from iggy.protocol.header cimport (COMMAND_EVICTION as _EVICTION, COMMAND_REPLY as _REPLY,
                                    COMMAND_REQUEST as _REQUEST, EV_CLIENT, EV_REASON, EV_VERSION,
                                    EV_VERSION_MIN, FRAME_BAD_SIZE, FRAME_NOT_REQUEST, FRAME_OK, H_COMMAND,

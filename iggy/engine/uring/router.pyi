@@ -1,6 +1,7 @@
 """Types of iggy/engine/uring/router.pyx (the routing table the C data plane reads)."""
 
 from collections.abc import Iterable
+from enum import IntEnum
 from typing import Any
 
 from typing_extensions import disjoint_base
@@ -11,6 +12,12 @@ from typing_extensions import disjoint_base
 _TopicEntry = tuple[Any, ...]
 # set_user's arguments as publish takes them: (principal, allow_all, grants)
 _UserEntry = tuple[int, int, Iterable[tuple[int, int | None, int]]]
+
+class Allow(IntEnum):
+    """The permission bits of the routing table (router.pxd)."""
+
+    ALLOW_SEND = ...
+    ALLOW_POLL = ...
 
 def principal(user_id: int, generation: int) -> int: ...
 

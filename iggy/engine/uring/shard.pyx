@@ -91,6 +91,7 @@ from libc.stdint cimport int64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from iggy.engine.uring.dataplane cimport DP_DONE, DP_FALLBACK, DP_SYNC, HELD_MAX, Sink, dp_serve
+from iggy._core.includes.le cimport le_u32
 from iggy._core.includes.uring cimport *
 from iggy._core.mutex cimport (pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t,
                                pthread_mutex_unlock)

@@ -158,13 +158,13 @@ class ClassicClient:
         self.sock.sendall(data)
 
     def _exact(self, n: int) -> bytes:
-        buf = b""
+        buf = bytearray()
         while len(buf) < n:
             chunk = self.sock.recv(n - len(buf))
             if not chunk:
                 raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
             buf += chunk
-        return buf
+        return bytes(buf)
 
     def reply(self) -> tuple[int, bytes]:
         status, length = struct.unpack("<II", self._exact(8))

@@ -241,6 +241,13 @@ def _validate(tree: dict, names: dict) -> None:
             _set(tree, path, parse_size(_get(tree, path)))  # bytes
         except ValueError as exc:
             raise ConfigError(f"{where(path)}: {exc}") from None
+    if _get(tree, "consumer_group.rebalancing_timeout") <= 0:
+        # as upstream: zero would force every hand-over at once, so a member that joins takes
+        # partitions with messages still in flight and they are delivered twice
+        raise ConfigError(
+            f"{where('consumer_group.rebalancing_timeout')}: must be more than zero (the longest a "
+            "partition waits for its owner to commit before it moves to a new member)"
+        )
     if _get(tree, "limits.max_unauthenticated_frame") < MIN_UNAUTHENTICATED_FRAME:
         raise ConfigError(
             f"{where('limits.max_unauthenticated_frame')}: must be at least "

@@ -1,9 +1,10 @@
 """Consumer groups with the official SDK and raw frames against a real server.
 
 Management (create/get/list/delete/join/leave), the assignment the SDK learns with SYNC (606):
-disjoint partitions covering the topic, full rebalance with a higher generation when a member
+disjoint partitions covering the topic, a rebalance with a higher generation when a member
 joins, leaves, disconnects or is evicted by the heartbeat check, or the partition count changes;
-fencing of group polls (5009); each message of a partition delivered to one member.
+fencing of group polls (5009); each message of a partition delivered to one member. How the
+partitions move (cooperatively) is tested in test_rebalance.py.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from iggy.engine.uring.dataplane import serve
 from iggy.storage.log import PartitionLog
 from iggy._core.mutex import Mutex
 from iggy.storage.offset_store import OffsetStore
+from iggy.storage.served_offsets import ServedOffsets
 from iggy.engine.uring.router import Allow, Counter, Router
 from iggy.protocol.wire import build_request, parse_reply_header
 from tests.rawclient import ident
@@ -30,7 +31,7 @@ def plane(tmp_path):
     parts = {}
     for pid in (0, 1):
         d = str(tmp_path / f"p{pid}")
-        parts[pid] = (pid, PartitionLog(d, pid), Mutex(), OffsetStore(d))
+        parts[pid] = (pid, PartitionLog(d, pid), Mutex(), OffsetStore(d), ServedOffsets())
     persisted = (0, PartitionLog(str(tmp_path / "q0"), 0), Mutex(), OffsetStore(str(tmp_path / "q0")))
     router = Router()
     router.publish(
@@ -210,8 +211,13 @@ def test_consumer_group_ownership(plane):
     assert serve(router, WRITER, OWNER + 1, poll_frame(consumer=group)) == ("fallback", None)   # not the owner
     assert serve(router, WRITER, OWNER, poll_frame(consumer=group, partition=(0, 0))) == ("fallback", None)
     assert serve(router, WRITER, OWNER, poll_frame(consumer=(2, "nope"))) == ("fallback", None)
-    # offsets of a group are stored for any of its partitions, no ownership needed
-    assert reply(serve(router, WRITER, 0, store_frame(0, consumer=(2, 3))))[0] == 0
+    # what the group poll served is recorded, with the client that polled (cooperative rebalancing)
+    assert parts[0][4].get(3) == (1, OWNER)
+    assert parts[1][4].get(3) is None
+    # a group member stores offsets only for the partitions it may poll; Python answers the rest
+    assert reply(serve(router, WRITER, OWNER, store_frame(0, consumer=(2, 3))))[0] == 0
+    assert serve(router, WRITER, OWNER + 1, store_frame(0, consumer=(2, 3))) == ("fallback", None)
+    assert serve(router, WRITER, 0, store_frame(0, consumer=(2, 3))) == ("fallback", None)
 
 
 def test_persisted_append_holds_its_reply_for_the_sync(plane):

@@ -4,12 +4,39 @@ Groups (id, name) are metadata; members are connections and live only in memory.
 is the session that joined; a session leaves every group when it logs out, disconnects or
 is evicted by the heartbeat check.
 
-Assignment: after every membership or partition-count change the group is rebalanced in
-full: partitions in id order are dealt round-robin over members in join order, and the
-group's generation goes up. The SDK learns its partitions with SYNC (606) and polls only
-those; a group poll or offset store for a partition the caller does not own is refused with
-5009, which makes the SDK re-sync. So every partition has exactly one owner at a time and
-each message of a partition goes to one member.
+Assignment is cooperative (as Apache Iggy's, SEMANTICS 6): a change moves as few partitions
+as it must, and never takes a partition from a member that still has messages in flight there.
+
+* Target: after every join, leave or partition-count change each member is due floor or ceil
+  of partitions / members; the members already holding the most keep the larger shares, and
+  every member keeps the partitions it has up to its share. Partitions beyond a member's share
+  (the highest ids, those it has nothing in flight on first) and partitions nobody holds are
+  dealt to the members below their share, fewest first.
+* Joining member: it gets a partition at once when the owner has nothing in flight on it
+  (never polled it, or committed everything it was served). Otherwise the partition is
+  *handed over*: the owner keeps it for offset commits but may no longer poll it (SYNC leaves
+  it out, a poll answers 5009), and it moves when the owner's commit reaches what it was served
+  (checked at that commit, at a refused poll, and every second) or, at the latest, after
+  `consumer_group.rebalancing_timeout` (30 s), when the move is forced.
+* Leaving or disconnected member: its partitions go to the others at once (it cannot commit
+  any more); the others keep theirs.
+* Every change, including each completed hand-over, raises the group's generation.
+
+"In flight" compares two offsets of the partition under its lock: the group's stored offset and
+what the group was last served there, by which client (iggy.storage.served_offsets, recorded by
+every group poll, on the C data plane too).
+
+Fencing: a group poll must name a partition the caller owns and is not handing over, a
+group offset store or delete one it owns; anything else, from a member or not, answers 5009
+(ConsumerGroupPartitionNotOwned, as upstream's consumer_group_fence), which makes the SDK
+re-sync. So a partition has one owner at a time, and each message goes to one member unless
+the owner gave it up uncommitted (left, or the timeout forced the move).
+
+Threads: membership changes run on the event loop. The fences are read by the io_uring shard
+threads too, so the state is guarded by a lock; a shard thread that may free a partition (a
+commit, a refused poll) posts the check to the loop. The routing table's owners
+(iggy.engine.uring.routing) hold for each partition the member that may poll it (none while it
+is handed over), so the C data plane serves only those and hands everything else to Python.
 
 Wire bodies (TCP.md 7.3, 9.8)::
 
@@ -17,10 +44,16 @@ Wire bodies (TCP.md 7.3, 9.8)::
     others   Identifier stream, Identifier topic, Identifier group
     ConsumerGroup  u32 id, u32 partitions_count, u32 members_count, WireName name
     details        ConsumerGroup + members x (u32 member id, u32 count, count x u32 partition)
+                   (a partition being handed over is listed under its current owner)
     sync           u64 generation, u32 count, count x u32 partition   (empty: not a member)
+                   (the partitions the caller may poll)
 """
 from __future__ import annotations
 
+import asyncio
+import bisect
+import threading
+import time
 from dataclasses import dataclass, field
 
 from iggy.protocol import codes
@@ -30,19 +63,35 @@ from iggy.control.plane import command
 from iggy.control.topics import resolve_topic
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.metadata.state import find_by_ident
+from iggy.storage.consumer_offsets import GROUP
+
+# how often pending hand-overs are checked for a drained owner or an expired timeout
+CHECK_INTERVAL = 1.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Member:
     id: int
     session: object
-    partitions: list = field(default_factory=list)
+    partitions: list = field(default_factory=list)   # owned (hand-overs included), sorted
+
+
+@dataclass(eq=False)
+class Handover:
+    """A partition on its way from `source` (still its owner) to `target`."""
+    source: Member
+    target: Member
+    deadline: float             # time.monotonic() after which the move is forced
 
 
 @dataclass
 class Membership:
     generation: int = 0
     members: list = field(default_factory=list)   # in join order
+    handovers: dict = field(default_factory=dict)  # partition id -> Handover
+
+    def pollable(self, member: Member) -> list:
+        return [pid for pid in member.partitions if pid not in self.handovers]
 
 
 class GroupCoordinator:
@@ -53,18 +102,37 @@ class GroupCoordinator:
         self.groups: dict[tuple[int, int, int], Membership] = {}
         self.version = 0          # bumped by every assignment change
         self.listeners: list = []  # listener(group keys), after each (the shards' routing table follows)
+        config = getattr(plane, "config", None)
+        # seconds (the configuration converts durations when it is loaded)
+        self.rebalancing_timeout = config.consumer_group.rebalancing_timeout if config is not None else 30.0
+        self._lock = threading.RLock()
+        # per group, published after each change and only ever replaced, so that the data
+        # path can read it under a partition's lock without taking ours:
+        # ({partition: client id that may poll it}, {partition: client id that owns it})
+        self._published: dict[tuple[int, int, int], tuple[dict, dict]] = {}
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:      # built outside a server (unit tests): everything runs inline
+            self._loop = None
+        self._loop_thread = threading.get_ident()
+        self._timer = None
 
-    def _changed(self, keys) -> None:
-        self.version += 1
-        for listener in self.listeners:
-            listener(keys)
+    # ---------------------------------------------------------------- reading
 
     def owners(self, key) -> dict:
-        """{partition id: client id of the member that owns it} of one group."""
-        m = self.groups.get(key)
-        if m is None:
-            return {}
-        return {pid: member.session.client_id for member in m.members for pid in member.partitions}
+        """{partition id: client id of the member that may poll it} of one group (a partition
+        being handed over has none): what the routing table holds for the C data plane."""
+        published = self._published.get(key)
+        return dict(published[0]) if published is not None else {}
+
+    def may_use(self, key, session, partition_id: int, poll: bool) -> bool:
+        """The fence as last published, for the data path to check again under the partition's
+        lock: a change made meanwhile (a hand-over starts, a partition moves) is published
+        before the coordinator looks at the partition under that lock, so no poll is served to
+        a member after it was found to have nothing in flight."""
+        published = self._published.get(key)
+        return published is not None and \
+            published[0 if poll else 1].get(partition_id) == session.client_id
 
     def membership(self, key) -> Membership:
         m = self.groups.get(key)
@@ -73,47 +141,242 @@ class GroupCoordinator:
         return m
 
     def member_of(self, key, session) -> Member | None:
-        m = self.groups.get(key)
-        if m is None:
+        with self._lock:
+            m = self.groups.get(key)
+            if m is None:
+                return None
+            for member in m.members:
+                if member.session is session:
+                    return member
             return None
-        for member in m.members:
-            if member.session is session:
-                return member
-        return None
+
+    def assignment(self, key, session):
+        """(generation, partitions the session may poll) or None if it is no member (SYNC)."""
+        with self._lock:
+            member = self.member_of(key, session)
+            if member is None:
+                return None
+            m = self.groups[key]
+            return m.generation, m.pollable(member)
+
+    def fence(self, key, session, partition_id: int, poll: bool) -> bool:
+        """May `session` poll (poll=True) or commit/delete the offset of (poll=False) this
+        partition of the group? A poll of a partition it is handing over is refused, and checks
+        whether the partition can move now."""
+        with self._lock:
+            member = self.member_of(key, session)
+            if member is None or partition_id not in member.partitions:
+                return False
+            if not poll or partition_id not in self.groups[key].handovers:
+                return True
+        self._on_loop(self._settle, key, partition_id)
+        return False
+
+    def committed(self, key, session, partition_id: int) -> None:
+        """The session stored the group's offset of the partition: if it is handing it over,
+        the partition may be free to move now."""
+        with self._lock:
+            m = self.groups.get(key)
+            h = m.handovers.get(partition_id) if m is not None else None
+            if h is None or h.source.session is not session:
+                return
+        self._on_loop(self._settle, key, partition_id)
+
+    def _in_flight(self, key, member: Member, partition_id: int) -> bool:
+        """Has `member` been served messages of the partition that the group has not committed?"""
+        sid, tid, gid = key
+        partition = self.plane.storage.partition(sid, tid, partition_id)
+        if partition is None:
+            return False
+        with partition.lock:
+            if partition.log.closed:
+                return False
+            served = partition.served.get(gid)
+            if served is None or served[1] != member.session.client_id:
+                return False
+            stored = partition.offsets.get(GROUP, gid)
+        return stored is None or stored < served[0]
+
+    # ---------------------------------------------------------------- changing
+
+    def _changed(self, keys) -> None:
+        """Publish the groups' fences, then tell the listeners (the routing table)."""
+        with self._lock:
+            for key in keys:
+                m = self.groups.get(key)
+                if m is None:
+                    self._published.pop(key, None)
+                    continue
+                pollable, owned = {}, {}
+                for member in m.members:
+                    for pid in member.partitions:
+                        owned[pid] = member.session.client_id
+                        if pid not in m.handovers:
+                            pollable[pid] = member.session.client_id
+                self._published[key] = (pollable, owned)
+            self.version += 1
+        for listener in self.listeners:
+            listener(keys)
+
+    def _on_loop(self, fn, *args) -> None:
+        """Run fn on the event loop: now if this is its thread, else posted."""
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            try:
+                self._loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:      # the loop closed: the server is stopping
+                pass
+
+    def _topic_partitions(self, key) -> list:
+        sid, tid, _ = key
+        s = self.plane.meta.state.streams.get(sid)
+        t = s.topics.get(tid) if s is not None else None
+        return sorted(t.partitions) if t is not None else []
 
     def rebalance(self, key) -> None:
-        m = self.groups.get(key)
-        if m is None:
-            return
-        sid, tid, _ = key
-        topic = self.plane.meta.state.streams[sid].topics[tid]
-        for member in m.members:
-            member.partitions = []
-        if m.members:
-            for i, pid in enumerate(sorted(topic.partitions)):
-                m.members[i % len(m.members)].partitions.append(pid)
-        m.generation += 1
+        """Bring the group's assignment to its target (see the module docstring): every
+        partition that must change hands starts as a hand-over, published (its owner can no
+        longer poll it) before `_settle` moves at once those the owner has nothing in flight on."""
+        with self._lock:
+            m = self.groups.get(key)
+            if m is None:
+                return
+            self._rebalance(key, m, self._topic_partitions(key))
         self._changed((key,))
+        self._settle(key)
+
+    def _rebalance(self, key, m: Membership, pids: list) -> None:
+        members = m.members
+        valid = set(pids)
+        for member in members:
+            member.partitions = [pid for pid in member.partitions if pid in valid]
+        for pid, h in list(m.handovers.items()):
+            if pid not in valid or h.source not in members or h.target not in members \
+                    or pid not in h.source.partitions:
+                del m.handovers[pid]
+        m.generation += 1
+        if not members:
+            m.handovers.clear()
+            return
+        owner = {pid: member for member in members for pid in member.partitions}
+        target = {pid: (m.handovers[pid].target if pid in m.handovers else owner.get(pid)) for pid in pids}
+        base, extra = divmod(len(pids), len(members))
+        count = {member: 0 for member in members}
+        for t in target.values():
+            if t is not None:
+                count[t] += 1
+        order = {member: i for i, member in enumerate(members)}
+        # the larger shares go to the members holding the most, so the fewest partitions move
+        ranked = sorted(members, key=lambda mb: (-count[mb], order[mb]))
+        quota = {member: base + (1 if rank < extra else 0) for rank, member in enumerate(ranked)}
+        pool = [pid for pid in pids if target[pid] is None]
+        for member in members:
+            surplus = count[member] - quota[member]
+            if surplus <= 0:
+                continue
+            # cheapest to give up first: a partition still on its way to this member (its owner
+            # keeps it), then one it holds with nothing in flight (moves at once); highest ids first
+            mine = [pid for pid in pids if target[pid] is member]
+            mine.sort(key=lambda pid: (owner.get(pid) is member,
+                                       owner.get(pid) is member and self._in_flight(key, member, pid), -pid))
+            for pid in mine[:surplus]:
+                target[pid] = None
+                pool.append(pid)
+                count[member] -= 1
+        rest = []
+        for pid in sorted(pool):          # back to its owner if that one has room: nothing moves
+            o = owner.get(pid)
+            if o is not None and count[o] < quota[o]:
+                target[pid] = o
+                count[o] += 1
+            else:
+                rest.append(pid)
+        for pid in rest:
+            t = min((mb for mb in members if count[mb] < quota[mb]), key=lambda mb: (count[mb], order[mb]))
+            target[pid] = t
+            count[t] += 1
+        now = time.monotonic()
+        for pid in pids:
+            t, o, h = target[pid], owner.get(pid), m.handovers.get(pid)
+            if o is t:
+                m.handovers.pop(pid, None)
+            elif o is None:
+                bisect.insort(t.partitions, pid)
+            else:
+                # a hand-over that only changes its target keeps its deadline
+                deadline = h.deadline if h is not None else now + self.rebalancing_timeout
+                m.handovers[pid] = Handover(o, t, deadline)
+
+    def _settle(self, key=None, partition_id=None) -> None:
+        """On the loop: move every hand-over (of one group / one partition, or all) whose owner
+        has nothing in flight any more or whose timeout passed."""
+        now = time.monotonic()
+        changed = []
+        with self._lock:
+            for k in ([key] if key is not None else list(self.groups)):
+                m = self.groups.get(k)
+                if m is None:
+                    continue
+                moved = False
+                for pid, h in list(m.handovers.items()):
+                    if partition_id is not None and pid != partition_id:
+                        continue
+                    if now >= h.deadline or not self._in_flight(k, h.source, pid):
+                        del m.handovers[pid]
+                        h.source.partitions.remove(pid)
+                        bisect.insort(h.target.partitions, pid)
+                        moved = True
+                if moved:
+                    m.generation += 1
+                    changed.append(k)
+        if changed:
+            self._changed(changed)
+        self._arm()
+
+    def _arm(self) -> None:
+        """Keep one timer on the loop while any hand-over is pending."""
+        if self._loop is None:
+            return
+        with self._lock:
+            deadlines = [h.deadline for m in self.groups.values() for h in m.handovers.values()]
+        if not deadlines:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
+        delay = max(0.0, min(CHECK_INTERVAL, min(deadlines) - time.monotonic()))
+        if self._timer is not None:
+            if self._timer.when() <= self._loop.time() + delay:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._settle()
 
     def join(self, key, session) -> None:
-        if self.member_of(key, session) is not None:
-            return
-        m = self.membership(key)
-        used = {member.id for member in m.members}
-        slot = 0
-        while slot in used:
-            slot += 1
-        m.members.append(Member(slot, session))
-        session.groups.add(key)
+        with self._lock:
+            if self.member_of(key, session) is not None:
+                return
+            m = self.membership(key)
+            used = {member.id for member in m.members}
+            slot = 0
+            while slot in used:
+                slot += 1
+            m.members = m.members + [Member(slot, session)]
+            session.groups.add(key)
         self.rebalance(key)
 
     def leave(self, key, session) -> bool:
-        m = self.groups.get(key)
-        member = self.member_of(key, session)
-        if member is None:
-            return False
-        m.members.remove(member)
-        session.groups.discard(key)
+        with self._lock:
+            m = self.groups.get(key)
+            member = self.member_of(key, session)
+            if member is None:
+                return False
+            m.members = [mb for mb in m.members if mb is not member]
+            session.groups.discard(key)
         self.rebalance(key)
         return True
 
@@ -121,21 +384,19 @@ class GroupCoordinator:
         for key in list(session.groups):
             self.leave(key, session)
 
-    def owns(self, key, session, partition_id: int) -> bool:
-        member = self.member_of(key, session)
-        return member is not None and partition_id in member.partitions
-
     def partitions_changed(self, stream_id: int, topic) -> None:
         for key in [k for k in self.groups if k[0] == stream_id and k[1] == topic.id]:
             self.rebalance(key)
 
     def forget(self, predicate) -> None:
-        keys = [k for k in self.groups if predicate(k)]
-        for key in keys:
-            for member in self.groups[key].members:
-                member.session.groups.discard(key)
-            del self.groups[key]
+        with self._lock:
+            keys = [k for k in self.groups if predicate(k)]
+            for key in keys:
+                for member in self.groups[key].members:
+                    member.session.groups.discard(key)
+                del self.groups[key]
         self._changed(keys)
+        self._arm()
 
     def forget_group(self, stream_id, topic_id, group_id) -> None:
         self.forget(lambda k: k == (stream_id, topic_id, group_id))
@@ -262,11 +523,11 @@ def sync_consumer_group(plane, session, r: Reader):
     g = find_group(t, gid) if t is not None else None
     if g is None:
         return None
-    key = (s.id, t.id, g.id)
-    member = plane.groups.member_of(key, session)
-    if member is None:
+    assignment = plane.groups.assignment((s.id, t.id, g.id), session)
+    if assignment is None:
         return None
-    w = Writer().u64(plane.groups.groups[key].generation).u32(len(member.partitions))
-    for pid in member.partitions:
+    generation, partitions = assignment
+    w = Writer().u64(generation).u32(len(partitions))
+    for pid in partitions:
         w.u32(pid)
     return w.getvalue()

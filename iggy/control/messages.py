@@ -161,19 +161,23 @@ def _read_consumer(r: Reader):
     return kind, r.identifier()
 
 
-def resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, fence: bool):
+FENCE_POLL = "poll"          # a group member may poll only a partition it owns and is not handing over
+FENCE_COMMIT = "commit"      # it may store or delete the offset of any partition it owns
+
+
+def resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, fence):
     """(stream, topic, partition, offsets kind, offsets key) with permission and ownership checks
-    (shared with HTTP, which always acts as a plain consumer). The partition may be dropped
-    after this returns: its users check `partition.log.closed` under its lock."""
+    (shared with HTTP, which always acts as a plain consumer). `fence` is FENCE_POLL,
+    FENCE_COMMIT or None (reads); a group partition the caller may not use that way, member or
+    not, is 5009 as upstream answers (the SDK re-syncs its assignment then). The partition may be
+    dropped after this returns: its users check `partition.log.closed` under its lock."""
     s, t = resolve_topic(plane, sid, tid)
     perm.require(perm.can_poll(plane.user_of(session), s.id, t.id))
     if kind == CONSUMER_GROUP:
         g = get_group_or_fail(t, consumer_id)
         if not has_partition:
             raise IggyError(ErrorCode.INVALID_IDENTIFIER)
-        if fence and not plane.groups.owns((s.id, t.id, g.id), session, partition_id):
-            if plane.groups.member_of((s.id, t.id, g.id), session) is None:
-                raise IggyError(ErrorCode.CONSUMER_GROUP_MEMBER_NOT_FOUND)
+        if fence and not plane.groups.fence((s.id, t.id, g.id), session, partition_id, fence == FENCE_POLL):
             raise IggyError(ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED)
         store_kind, key = GROUP, g.id
     else:
@@ -206,11 +210,14 @@ def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_i
     if count == 0:
         raise IggyError(ErrorCode.INVALID_MESSAGES_COUNT)
     s, t, partition, store_kind, key = resolve_target(plane, session, kind, consumer_id, sid, tid,
-                                                      has_partition, partition_id, fence=True)
+                                                      has_partition, partition_id, FENCE_POLL)
     with partition.lock:
         lg = partition.log
         if lg.closed:
             raise vanished(plane, s, t, sid, tid)
+        if store_kind == GROUP and not plane.groups.may_use((s.id, t.id, key), session, partition.id, True):
+            # handed over since the fence above (see GroupCoordinator.may_use)
+            raise IggyError(ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED)
         stored = partition.offsets.get(store_kind, key)
         start = start_offset(partition, strategy, value, count, stored)
         data, n = b"", 0
@@ -218,12 +225,16 @@ def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_i
             first = max(start, lg.first_offset)
             # a reply never exceeds the largest frame: the rest comes with the next poll
             data, n = lg.read(first, count, max_bytes or plane.max_poll_bytes)
+            last = first + n - 1
             if n and auto_commit:
                 # a failed auto-commit fails the poll with its code (3024 a new key beyond
                 # limits.max_consumer_offsets, 3023/10006/10009 I/O), as upstream does
-                last = first + n - 1
                 if stored is None or last > stored:
                     partition.offsets.store(store_kind, key, last)
+            if n and store_kind == GROUP:
+                # what this member now has in flight (iggy.control.groups hands a partition
+                # over only once its owner committed this far)
+                partition.served.mark(key, last, session.client_id)
         return partition.id, lg.current_offset, n, data
 
 
@@ -242,28 +253,41 @@ def poll_messages(plane, session, r: Reader):
     return _POLL_HEAD.pack(pid, current, n), data
 
 
-def _offset_request(plane, session, r: Reader):
-    """(partition, offsets kind, offsets key, gone): gone() is the error for the partition
-    having been dropped since it was resolved."""
+def _offset_request(plane, session, r: Reader, fence=None):
+    """(partition, offsets kind, offsets key, gone, still_owner, committed): gone() is the error
+    for the partition having been dropped since it was resolved; still_owner() repeats a group
+    member's fence under the partition lock; committed() tells the group coordinator that a
+    member stored its group's offset (a partition it hands over may move)."""
     kind, consumer_id = _read_consumer(r)
     sid, tid = r.identifier(), r.identifier()
     has_partition = r.bool()
     partition_id = r.u32()
     s, t, partition, store_kind, key = resolve_target(plane, session, kind, consumer_id, sid, tid,
-                                                      has_partition, partition_id, fence=False)
-    return partition, store_kind, key, lambda: vanished(plane, s, t, sid, tid)
+                                                      has_partition, partition_id, fence)
+
+    def still_owner():
+        # under the partition lock: a partition moved since the fence is no longer the caller's
+        return store_kind != GROUP or plane.groups.may_use((s.id, t.id, key), session, partition.id, False)
+
+    def committed():
+        if store_kind == GROUP:
+            plane.groups.committed((s.id, t.id, key), session, partition.id)
+    return partition, store_kind, key, lambda: vanished(plane, s, t, sid, tid), still_owner, committed
 
 
-def store_offset(partition, store_kind, key, offset: int, gone=None) -> None:
+def store_offset(partition, store_kind, key, offset: int, gone=None, still_owner=None) -> None:
     """Store under the partition lock (shared with HTTP). The store raises OffsetStoreError, an
     IggyError, with the code of what failed: 3024 too_many_consumer_offsets, 3023
     cannot_open_consumer_offsets_file, 10006 cannot_write_to_file, 10009 cannot_sync_file;
     `gone()` is the error when the partition was dropped since it was resolved
-    (PARTITION_NOT_FOUND without it)."""
+    (PARTITION_NOT_FOUND without it); `still_owner()`, for a group member, is False when the
+    partition moved away from it since its fence (5009)."""
     with partition.lock:
         lg = partition.log
         if lg.closed:
             raise gone() if gone else IggyError(ErrorCode.PARTITION_NOT_FOUND)
+        if still_owner is not None and not still_owner():
+            raise IggyError(ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED)
         if lg.is_empty or offset > lg.current_offset:
             raise IggyError(ErrorCode.INVALID_OFFSET)
         partition.offsets.store(store_kind, key, offset)
@@ -271,25 +295,28 @@ def store_offset(partition, store_kind, key, offset: int, gone=None) -> None:
 
 @command(codes.STORE_CONSUMER_OFFSET)
 def store_consumer_offset(plane, session, r: Reader):
-    partition, store_kind, key, gone = _offset_request(plane, session, r)
+    partition, store_kind, key, gone, still_owner, committed = _offset_request(plane, session, r, FENCE_COMMIT)
     offset = r.u64()
     if r.remaining():
         r.u8()  # ack level: a single node always acknowledges after the write
-    store_offset(partition, store_kind, key, offset, gone)
+    store_offset(partition, store_kind, key, offset, gone, still_owner)
+    committed()
 
 
 @command(codes.DELETE_CONSUMER_OFFSET)
 def delete_consumer_offset(plane, session, r: Reader):
-    partition, store_kind, key, gone = _offset_request(plane, session, r)
+    partition, store_kind, key, gone, still_owner, _committed = _offset_request(plane, session, r, FENCE_COMMIT)
     if r.remaining():
         r.u8()
-    delete_offset(partition, store_kind, key, gone)
+    delete_offset(partition, store_kind, key, gone, still_owner)
 
 
-def delete_offset(partition, store_kind, key, gone=None) -> None:
+def delete_offset(partition, store_kind, key, gone=None, still_owner=None) -> None:
     with partition.lock:
         if partition.log.closed:
             raise gone() if gone else IggyError(ErrorCode.PARTITION_NOT_FOUND)
+        if still_owner is not None and not still_owner():
+            raise IggyError(ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED)
         if not partition.offsets.delete(store_kind, key):
             raise IggyError(ErrorCode.CONSUMER_OFFSET_NOT_FOUND)
 
@@ -297,7 +324,7 @@ def delete_offset(partition, store_kind, key, gone=None) -> None:
 @command(codes.GET_CONSUMER_OFFSET)
 def get_consumer_offset(plane, session, r: Reader):
     try:
-        partition, store_kind, key, _gone = _offset_request(plane, session, r)   # on the event loop
+        partition, store_kind, key, _gone, _owner, _committed = _offset_request(plane, session, r)   # on the event loop
     except IggyError as exc:
         # a stream, topic or group that does not resolve has no offset: an empty body, as
         # upstream (core/server/src/dispatch.rs, handle_get_consumer_offset); a missing

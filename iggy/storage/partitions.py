@@ -45,6 +45,7 @@ from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.storage.fsutil import fsync_dir, makedirs_durable
 from iggy.metadata.journal import utc_stamp
 from iggy.storage.consumer_offsets import OffsetStore
+from iggy.storage.served_offsets import ServedOffsets
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class Partition:
                                 settings["preallocate_segments"], validate_checksum)
         self.offsets = OffsetStore(directory, fsync=settings["consumer_offset_durability"] == "persisted")
         self.offsets.load(None if self.log.is_empty else self.log.current_offset)
+        # what each consumer group was last served here (in memory; cooperative rebalancing
+        # moves a partition only once its owner committed what it polled, iggy.control.groups)
+        self.served = ServedOffsets()
         self.persisted = settings["durability"] == "persisted" or settings["enforce_fsync"]
         self._waiters: list[asyncio.Future] = []
         self._sync_scheduled = False
@@ -114,6 +118,7 @@ class Partition:
         with self.lock:
             self.log.purge()
             self.offsets.clear()
+            self.served.clear()
 
     def close(self) -> None:
         with self.lock:
@@ -404,7 +409,10 @@ class Storage:
     def forget_group_offsets(self, sid: int, topic, group_id: int) -> None:
         from iggy.storage.consumer_offsets import GROUP
         for pid in topic.partitions:
-            self.partitions[(sid, topic.id, pid)].offsets.delete(GROUP, group_id)
+            partition = self.partitions[(sid, topic.id, pid)]
+            with partition.lock:
+                partition.offsets.delete(GROUP, group_id)
+                partition.served.forget(group_id)
 
     def partition(self, sid: int, tid: int, pid: int) -> Partition | None:
         return self.partitions.get((sid, tid, pid))

@@ -21,9 +21,12 @@ Served here (bodies in iggy/control/messages.py and TCP.md 7.4, 8.1, 8.5, 9.12):
     op 2 code 1      ping                    -> empty body
     op 160           send messages           -> u32 1, u32 stream, u32 topic, u32 partition, u64 base
     op 2 code 100    poll messages, a single consumer or a consumer group polling a partition
-                     it owns (the assignment is in the routing table), every strategy,
-                     auto_commit     -> u32 partition, u64 current_offset, u32 count, batches
-    op 161           store consumer offset     -> u32 0 (result section)
+                     it owns (the assignment is in the routing table; a partition being handed
+                     over to another member has no owner there), every strategy,
+                     auto_commit     -> u32 partition, u64 current_offset, u32 count, batches;
+                     a group poll records what it served (iggy.storage.served_offsets)
+    op 161           store consumer offset, a single consumer or a group member for a
+                     partition it owns (as for poll)   -> u32 0 (result section)
 
 A poll's batches are read from the segment straight into the output behind the reply's
 header, cut there in place (PartitionLog.c_read): one copy from the page cache, no
@@ -59,6 +62,7 @@ from iggy._core.includes.xxh cimport XXH3_64bits, XXH32
 from iggy.storage.log cimport PartitionLog, READ_OK, ReadResult
 from iggy._core.mutex cimport Mutex
 from iggy.storage.offset_store cimport OFFSET_CONSUMER, OFFSET_GROUP, OffsetStore
+from iggy.storage.served_offsets cimport ServedOffsets
 from iggy.engine.uring.router cimport (ALLOW_POLL, ALLOW_SEND, MAX_ROUTE_KEY, GroupRoute, PartRoute, Router, Table,
                                 TopicRoute, allowed, find_group, find_partition, find_topic, next_balanced,
                                 normalise_identifier)
@@ -302,10 +306,16 @@ cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsign
         if (<PartitionLog>part.log).c_read(start, count, max_poll_bytes, _poll_reserve, &po, &res) != 0 \
                 or res.status != READ_OK:
             ok = False               # Python reads again and reports the corrupt or missing data
-        elif res.served and auto_commit:
+        elif res.served:
             last = start + res.served - 1
-            if (not has_stored or last > stored) and \
+            if auto_commit and (not has_stored or last > stored) and \
                     (<OffsetStore>part.offsets).c_store(kind, key, last) != 0:
+                ok = False
+            # a group poll: what this member now has in flight (iggy.control.groups moves a
+            # partition away only once its owner committed this far); out of memory: Python
+            # serves the poll again and records it
+            if ok and kind == OFFSET_GROUP and part.served != NULL and \
+                    (<ServedOffsets>part.served).c_mark(key, last, client_id) != 0:
                 ok = False
     (<Mutex>part.lock).unlock()
     if not ok:
@@ -347,8 +357,9 @@ cdef int _store_offset(const Table *t, int64_t user_id, uint64_t client_id, cons
     if c.bad or topic == NULL or not allowed(t, user_id, topic, ALLOW_POLL):
         return DP_FALLBACK
     part = find_partition(topic, partition_id if has_partition else 0)
-    # a group stores offsets for any of its partitions (no ownership check, as in Python)
-    if part == NULL or not _offsets_key(topic, part, &ref, has_partition, client_id, False, &kind, &key):
+    # a group member stores offsets only for a partition it owns and polls; one being handed
+    # over (no owner in the table), like every refusal, goes to Python (iggy.control.messages)
+    if part == NULL or not _offsets_key(topic, part, &ref, has_partition, client_id, True, &kind, &key):
         return DP_FALLBACK
     (<Mutex>part.lock).lock()
     rc = (<PartitionLog>part.log).c_state(&first, &nxt)

@@ -25,6 +25,7 @@ cdef struct PartRoute:
     void *log                   # iggy.storage.log.PartitionLog
     void *lock                  # iggy._core.mutex.Mutex guarding the log and the offsets
     void *offsets               # iggy.storage.offset_store.OffsetStore
+    void *served                # iggy.storage.served_offsets.ServedOffsets, NULL = not tracked
 
 
 cdef struct GroupRoute:

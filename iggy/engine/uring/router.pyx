@@ -21,7 +21,8 @@ Layout (C memory; each topic entry and each user's grants are their own allocati
                      4 keys per topic: (stream id | name) x (topic id | name)
     TopicRoute   {stream_id, topic_id, persisted, n_parts, parts*, balanced*, n_groups,
                   groups*, owners*, keys*, key_len[4]}
-    parts[]      PartRoute {id, log*, lock*, offsets*}, sorted by id
+    parts[]      PartRoute {id, log*, lock*, offsets*, served*}, sorted by id (served may be
+                 NULL: group polls are then not recorded)
     groups[]     GroupRoute {id, name_len, name*, owners*}
     owners[]     per group, per partition (in parts order): the client id of the member that
                  owns it, 0 = nobody (consumer-group assignment)
@@ -55,6 +56,7 @@ from iggy._core.includes.xxh cimport XXH3_64bits
 from iggy.storage.log cimport PartitionLog
 from iggy._core.mutex cimport Mutex
 from iggy.storage.offset_store cimport OffsetStore
+from iggy.storage.served_offsets cimport ServedOffsets
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -285,8 +287,8 @@ cdef inline const unsigned char *_key_at(const TopicRoute *tr, int k) noexcept n
 
 cdef TopicRoute *_build_topic(object entry, list refs) except NULL:
     """A TopicRoute for (stream_id, stream_name, topic_id, topic_name, persisted, counter,
-    [(partition_id, PartitionLog, Mutex, OffsetStore)], [(group_id, group_name, {partition: owner})]);
-    the objects it points at are appended to refs."""
+    [(partition_id, PartitionLog, Mutex, OffsetStore[, ServedOffsets])],
+    [(group_id, group_name, {partition: owner})]); the objects it points at are appended to refs."""
     cdef TopicRoute *tr
     cdef PartRoute *pr
     cdef GroupRoute *gr
@@ -319,15 +321,20 @@ cdef TopicRoute *_build_topic(object entry, list refs) except NULL:
         tr.balanced = &counter.value
         refs.append(counter)
         tr.n_parts = len(parts)
-        for j, (pid, lg, lock, offsets) in enumerate(parts):
+        for j, part in enumerate(parts):
+            pid, lg, lock, offsets = part[:4]
+            served = part[4] if len(part) > 4 else None
             if not isinstance(lg, PartitionLog) or not isinstance(lock, Mutex) or not isinstance(offsets, OffsetStore):
                 raise TypeError("partition routes need a PartitionLog, a Mutex and an OffsetStore")
+            if served is not None and not isinstance(served, ServedOffsets):
+                raise TypeError("a partition route's fifth item is a ServedOffsets")
             pr = &tr.parts[j]
             pr.id = pid
             pr.log = <void *>lg
             pr.lock = <void *>lock
             pr.offsets = <void *>offsets
-            refs.append((lg, lock, offsets))
+            pr.served = <void *>served if served is not None else NULL
+            refs.append((lg, lock, offsets, served))
         slen[0] = _put_key(sbuf[0], sid)
         slen[1] = _put_key(sbuf[1], sname)
         tlen[0] = _put_key(tbuf[0], tid)

@@ -76,7 +76,7 @@ class Routes:
             if p is None:                   # not open yet (or no more): served by Python meanwhile
                 self._remove(sid, tid)
                 return
-            parts.append((pid, p.log, p.lock, p.offsets))
+            parts.append((pid, p.log, p.lock, p.offsets, p.served))
             persisted = p.persisted
         groups = [(g.id, g.name, self.groups.owners((sid, tid, g.id))) for g in list(t.groups.values())]
         self.router.set_topic((sid, s.name, tid, t.name, persisted, self.storage.balanced_counter(sid, tid),

@@ -60,7 +60,7 @@ def _poll(plane, user, sid: str, tid: str, consumer, partition_id: int, strategy
     session = http_session(user)
     if count == 0:   # nothing to read, but the target must exist and be readable
         _, _, partition, _, _ = messages.resolve_target(plane, session, messages.CONSUMER_SINGLE, consumer, sid,
-                                                        tid, True, partition_id, fence=False)
+                                                        tid, True, partition_id, fence=None)
         with partition.lock:   # shard threads append concurrently
             return partition.id, partition.log.current_offset, 0, b""
     # the JSON reply is capped as a TCP reply is, at about the largest frame (messages_json)
@@ -100,7 +100,7 @@ async def poll_messages(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topi
 def _offset_target(plane, user, sid: str, tid: str, consumer, partition_id: int):
     sid, tid = ident(sid), ident(tid)
     _, _, partition, kind, key = messages.resolve_target(plane, http_session(user), messages.CONSUMER_SINGLE,
-                                                         consumer, sid, tid, True, partition_id, fence=False)
+                                                         consumer, sid, tid, True, partition_id, fence=None)
     return partition, kind, key
 
 

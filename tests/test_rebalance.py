@@ -9,6 +9,7 @@ others keep theirs. Group polls and group offset stores/deletes are fenced (5009
 not). Raw frames play the members, as the SDK does (SYNC 606, explicit partition, re-sync on
 5009); the official SDK's own group consumer checks the whole protocol end to end.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,7 @@ from apache_iggy import AutoCommit, AutoCommitWhen, PollingStrategy, SendMessage
 from tests.conftest import ServerProcess, connect_root
 from tests.rawclient import RawClient, ident
 from tests.reliability.common import verify_batches
-from tests.test_consumer_groups import eventually, group_body, members, raw_member, raw_poll, raw_sync, sync
+from tests.test_consumer_groups import eventually, group_body, members, raw_member, raw_poll, raw_sync
 
 S, T = "gs", "gt"
 NOT_OWNED = 5009
@@ -69,20 +70,20 @@ async def test_joining_member_waits_for_partitions_in_flight(client, server):
     a = raw_member(server.tcp_address, "g")
     gen0, parts = raw_sync(a, "g")
     assert parts == [0, 1, 2, 3]
-    for p in parts:                                   # a has messages in flight on every partition
+    for p in parts:  # a has messages in flight on every partition
         assert polled(raw_poll(a, "g", p, count=3)) == [0, 1, 2]
     b = raw_member(server.tcp_address, "g")
     gen1, theirs = raw_sync(b, "g")
-    assert gen1 > gen0 and theirs == []               # nothing taken from a in flight
+    assert gen1 > gen0 and theirs == []  # nothing taken from a in flight
     _, mine = raw_sync(a, "g")
-    assert len(mine) == 2                             # a polls only what it keeps...
+    assert len(mine) == 2  # a polls only what it keeps...
     moving = sorted(set(parts) - set(mine))
-    assert await members(client, "g") == [(0, [0, 1, 2, 3]), (1, [])]      # ...but still owns all four
+    assert await members(client, "g") == [(0, [0, 1, 2, 3]), (1, [])]  # ...but still owns all four
     for p in moving:
-        assert raw_poll(a, "g", p).status == NOT_OWNED                     # being handed over
-        assert raw_poll(b, "g", p).status == NOT_OWNED                     # not b's yet
+        assert raw_poll(a, "g", p).status == NOT_OWNED  # being handed over
+        assert raw_poll(b, "g", p).status == NOT_OWNED  # not b's yet
         assert raw_store(b, "g", p, 2) == NOT_OWNED
-    assert polled(raw_poll(a, "g", mine[0], count=1, strategy=5)) == [0]   # the kept ones poll as before
+    assert polled(raw_poll(a, "g", mine[0], count=1, strategy=5)) == [0]  # the kept ones poll as before
     # a commits one of them: it moves to b, and b goes on after what a processed
     assert raw_store(a, "g", moving[0], 2) == 0
 
@@ -92,15 +93,15 @@ async def test_joining_member_waits_for_partitions_in_flight(client, server):
 
     gen2, _ = await eventually(lambda: b_has([moving[0]]))
     assert gen2 > gen1
-    assert polled(raw_poll(b, "g", moving[0], strategy=5)) == [3, 4]       # nothing delivered twice
-    assert raw_store(a, "g", moving[0], 4) == NOT_OWNED                    # a's commits there are fenced now
+    assert polled(raw_poll(b, "g", moving[0], strategy=5)) == [3, 4]  # nothing delivered twice
+    assert raw_store(a, "g", moving[0], 4) == NOT_OWNED  # a's commits there are fenced now
     assert raw_get(a, "g", moving[0]) == 2
     # the other one waits for its own commit (the 30 s timeout is far)
     await asyncio.sleep(0.3)
     assert raw_sync(b, "g")[1] == [moving[0]]
     assert raw_store(a, "g", moving[1], 2) == 0
     await eventually(lambda: b_has(moving))
-    assert sorted(raw_sync(a, "g")[1]) == mine                             # a kept its two throughout
+    assert sorted(raw_sync(a, "g")[1]) == mine  # a kept its two throughout
     assert await members(client, "g") == [(0, mine), (1, moving)]
     for c in (a, b):
         c.close()
@@ -109,9 +110,9 @@ async def test_joining_member_waits_for_partitions_in_flight(client, server):
 async def test_partitions_without_messages_in_flight_move_at_once(client, server):
     await topic_with_messages(client, 4)
     a = raw_member(server.tcp_address, "g")
-    assert polled(raw_poll(a, "g", 0, count=5, auto_commit=True)) == [0, 1, 2, 3, 4]   # committed
+    assert polled(raw_poll(a, "g", 0, count=5, auto_commit=True)) == [0, 1, 2, 3, 4]  # committed
     assert polled(raw_poll(a, "g", 1, count=2)) == [0, 1]
-    assert raw_store(a, "g", 1, 1) == 0                                    # committed by hand
+    assert raw_store(a, "g", 1, 1) == 0  # committed by hand
     # partitions 2 and 3 were never polled: a has nothing in flight anywhere
     b = raw_member(server.tcp_address, "g")
     _, theirs = raw_sync(b, "g")
@@ -135,7 +136,7 @@ async def test_leaver_partitions_move_and_the_others_keep_theirs(client, server)
     await topic_with_messages(client, 7)
     clients = [raw_member(server.tcp_address, "g") for _ in range(3)]
     before = [raw_sync(c, "g")[1] for c in clients]
-    assert sorted(sum(before, [])) == list(range(7)) and sorted(map(len, before)) == [2, 2, 3]
+    assert sorted(p for b in before for p in b) == list(range(7)) and sorted(map(len, before)) == [2, 2, 3]
     # the middle one leaves with messages in flight: its partitions move at once all the same
     for p in before[1]:
         assert polled(raw_poll(clients[1], "g", p, count=2)) == [0, 1]
@@ -169,14 +170,14 @@ async def test_join_keeps_assignment_balanced(client, server):
         shares = sorted(len(raw_sync(c, "g")[1]) for c in clients)
         assert sum(shares) == 5 and shares[-1] - shares[0] <= 1, (n, shares)
     previous = {i: set(raw_sync(c, "g")[1]) for i, c in enumerate(clients)}
-    clients.pop(0).close()                                                 # a disconnect
+    clients.pop(0).close()  # a disconnect
 
     async def all_assigned():
         return sum(len(raw_sync(c, "g")[1]) for c in clients) == 5
 
     await eventually(all_assigned)
     now = {i + 1: set(raw_sync(c, "g")[1]) for i, c in enumerate(clients)}
-    assert all(previous[i] <= now[i] for i in now)                         # nobody lost a partition
+    assert all(previous[i] <= now[i] for i in now)  # nobody lost a partition
     assert sorted(len(v) for v in now.values()) == [1, 1, 1, 1, 1]
     for c in clients:
         c.close()
@@ -197,17 +198,17 @@ async def test_rebalancing_timeout_forces_the_move(fast_timeout_server):
     for p in (0, 1):
         assert polled(raw_poll(a, "g", p, count=2)) == [0, 1]
     b = raw_member(srv.tcp_address, "g")
-    assert raw_sync(b, "g")[1] == []                                       # in flight: handed over...
+    assert raw_sync(b, "g")[1] == []  # in flight: handed over...
     assert len(raw_sync(a, "g")[1]) == 1
 
     async def moved():
         got = raw_sync(b, "g")
         return got if len(got[1]) == 1 else None
 
-    _, theirs = await eventually(moved, timeout=15)                        # ...and moved without a commit
+    _, theirs = await eventually(moved, timeout=15)  # ...and moved without a commit
     p = theirs[0]
-    assert raw_store(a, "g", p, 1) == NOT_OWNED                            # the late commit is refused
-    assert polled(raw_poll(b, "g", p, strategy=5)) == [0, 1, 2, 3, 4]      # redelivered from the last commit
+    assert raw_store(a, "g", p, 1) == NOT_OWNED  # the late commit is refused
+    assert polled(raw_poll(b, "g", p, strategy=5)) == [0, 1, 2, 3, 4]  # redelivered from the last commit
     for c in (a, b):
         c.close()
 
@@ -244,8 +245,12 @@ async def test_sdk_consumers_joining_under_load_get_each_message_once(client, se
     partitions, total = 4, 400
     await client.create_stream(S)
     await client.create_topic(S, T, partitions)
-    kw = dict(polling_strategy=PollingStrategy.Next(), batch_length=5, poll_interval=MS * 5,
-              auto_commit=AutoCommit.When(AutoCommitWhen.ConsumingAllMessages()))
+    kw = dict(
+        polling_strategy=PollingStrategy.Next(),
+        batch_length=5,
+        poll_interval=MS * 5,
+        auto_commit=AutoCommit.When(AutoCommitWhen.ConsumingAllMessages()),
+    )
     got: dict[str, list] = {"1": [], "2": []}
     done = asyncio.Event()
 
@@ -268,6 +273,7 @@ async def test_sdk_consumers_joining_under_load_get_each_message_once(client, se
     consumer1 = await c1.consumer_group("g", S, T, **kw)
     tasks = [asyncio.ensure_future(run("1", consumer1)), asyncio.ensure_future(produce())]
     try:
+
         async def first_is_consuming():
             return len(got["1"]) > 40
 
@@ -275,7 +281,7 @@ async def test_sdk_consumers_joining_under_load_get_each_message_once(client, se
         consumer2 = await c2.consumer_group("g", S, T, **kw)
         tasks.append(asyncio.ensure_future(run("2", consumer2)))
         await asyncio.wait_for(done.wait(), 60)
-        await asyncio.sleep(0.3)                                           # would a duplicate still arrive?
+        await asyncio.sleep(0.3)  # would a duplicate still arrive?
     finally:
         for task in tasks:
             task.cancel()

@@ -262,7 +262,7 @@ class GroupCoordinator:
         owner = {pid: member for member in members for pid in member.partitions}
         target = {pid: (m.handovers[pid].target if pid in m.handovers else owner.get(pid)) for pid in pids}
         base, extra = divmod(len(pids), len(members))
-        count = {member: 0 for member in members}
+        count = dict.fromkeys(members, 0)
         for t in target.values():
             if t is not None:
                 count[t] += 1
@@ -365,7 +365,7 @@ class GroupCoordinator:
             slot = 0
             while slot in used:
                 slot += 1
-            m.members = m.members + [Member(slot, session)]
+            m.members = [*m.members, Member(slot, session)]
             session.groups.add(key)
         self.rebalance(key)
 

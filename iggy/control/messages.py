@@ -226,11 +226,10 @@ def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_i
             # a reply never exceeds the largest frame: the rest comes with the next poll
             data, n = lg.read(first, count, max_bytes or plane.max_poll_bytes)
             last = first + n - 1
-            if n and auto_commit:
+            if n and auto_commit and (stored is None or last > stored):
                 # a failed auto-commit fails the poll with its code (3024 a new key beyond
                 # limits.max_consumer_offsets, 3023/10006/10009 I/O), as upstream does
-                if stored is None or last > stored:
-                    partition.offsets.store(store_kind, key, last)
+                partition.offsets.store(store_kind, key, last)
             if n and store_kind == GROUP:
                 # what this member now has in flight (iggy.control.groups hands a partition
                 # over only once its owner committed this far)

@@ -110,7 +110,8 @@ _SAME_AS_CURRENT = (
     codes.LEAVE_CONSUMER_GROUP,
 )
 
-# per session, {(stream, topic, group): polls served}: which of its partitions a member polls next
+# per session, {(stream, topic, group): (polls served, partition polled last)}: which of its
+# partitions a member polls next, and which one an offset request without a partition means
 _group_cursors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -418,8 +419,10 @@ def send_messages(plane, session, r: Reader):
 
 
 def _group_partition(plane, session, consumer_id, sid, tid, advance: bool):
-    """The partition a group member means when it names none: the next of its partitions in
-    turn when polling (`advance`), else the one it polled last; None when it owns none."""
+    """The partition a group member means when it names none: the next of the partitions it
+    may poll in turn when polling (`advance`), else the one it polled last (a partition it is
+    handing over to a member that joined is still its to commit, iggy.control.groups); None
+    when it has none."""
     from iggy.control.groups import get_group_or_fail
     from iggy.control.topics import resolve_topic
 
@@ -427,19 +430,19 @@ def _group_partition(plane, session, consumer_id, sid, tid, advance: bool):
     perm.require(perm.can_poll(plane.user_of(session), s.id, t.id))
     g = get_group_or_fail(t, consumer_id)
     key = (s.id, t.id, g.id)
-    member = plane.groups.member_of(key, session)
-    if member is None:
+    assignment = plane.groups.assignment(key, session)
+    if assignment is None:
         raise IggyError(ErrorCode.CONSUMER_GROUP_MEMBER_NOT_FOUND)
-    owned = list(member.partitions)
-    if not owned:
-        return None
+    pollable = assignment[1]
     cursors = _group_cursors.setdefault(session, {})
-    turn = cursors.get(key, 0)
-    if advance:
-        cursors[key] = turn + 1
-    else:
-        turn = max(turn - 1, 0)
-    return owned[turn % len(owned)]
+    turn, last = cursors.get(key, (0, None))
+    if not advance:
+        return last if last is not None else (pollable[0] if pollable else None)
+    if not pollable:
+        return None
+    chosen = pollable[turn % len(pollable)]
+    cursors[key] = (turn + 1, chosen)
+    return chosen
 
 
 def _empty_poll() -> list:

@@ -20,6 +20,7 @@ partition over only after that commit, so with graceful leaves nothing is delive
 
 Long form: `python -m tests.reliability.rebalance --seconds 60` (and `--engine asyncio`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,18 @@ def offset_body(partition: int) -> bytes:
 
 
 class Rebalance:
-    def __init__(self, address: str, partitions: int = 8, members: int = 4, batch: int = 10, poll_count: int = 20,
-                 process_ms: float = 10.0, resync: float = 0.5, drop: float = 0.0, seed: int = 1):
+    def __init__(
+        self,
+        address: str,
+        partitions: int = 8,
+        members: int = 4,
+        batch: int = 10,
+        poll_count: int = 20,
+        process_ms: float = 10.0,
+        resync: float = 0.5,
+        drop: float = 0.0,
+        seed: int = 1,
+    ):
         self.address = address
         self.partitions, self.members, self.batch, self.poll_count = partitions, members, batch, poll_count
         self.process = process_ms / 1000
@@ -62,8 +73,8 @@ class Rebalance:
         self.drop = drop
         self.seed = seed
         self.lock = threading.Lock()
-        self.produced = [0] * partitions                  # next offset per partition
-        self.deliveries: dict[tuple[int, int], list[int]] = defaultdict(list)   # (partition, offset) -> members
+        self.produced = [0] * partitions  # next offset per partition
+        self.deliveries: dict[tuple[int, int], list[int]] = defaultdict(list)  # (partition, offset) -> members
         self.counts = defaultdict(int)
         self.errors: list[str] = []
         self.stop_producing = threading.Event()
@@ -91,7 +102,7 @@ class Rebalance:
                     self.produced[p] = base + self.batch
                 p = (p + 1) % self.partitions
                 time.sleep(0.002)
-        except Exception as exc:  # noqa: BLE001 - any failure is a finding
+        except Exception as exc:  # any failure is a finding
             self._error(f"producer: {exc!r}")
         finally:
             c.close()
@@ -120,13 +131,13 @@ class Rebalance:
             partitions, synced, turn = self._sync(c), time.monotonic(), 0
             while not self.stop_all.is_set() and (not self.churning.is_set() or time.monotonic() < until):
                 if time.monotonic() - synced > self.resync or not partitions:
-                    partitions, synced = self._sync(c), time.monotonic()   # the SDK re-syncs on heartbeat
+                    partitions, synced = self._sync(c), time.monotonic()  # the SDK re-syncs on heartbeat
                     if not partitions:
                         time.sleep(0.02)
                         continue
                 p = partitions[turn % len(partitions)]
                 turn += 1
-                body = (offset_body(p) + b"\x05" + _U64.pack(0) + _U32.pack(self.poll_count) + b"\x00")
+                body = offset_body(p) + b"\x05" + _U64.pack(0) + _U32.pack(self.poll_count) + b"\x00"
                 reply = c.read(codes.POLL_MESSAGES, body)
                 if reply.status == NOT_OWNED:
                     with self.lock:
@@ -143,7 +154,7 @@ class Rebalance:
                 with self.lock:
                     for o in offsets:
                         self.deliveries[(p, o)].append(member)
-                time.sleep(self.process)                                    # processing
+                time.sleep(self.process)  # processing
                 code = c.call(OP[codes.STORE_CONSUMER_OFFSET], 0, offset_body(p) + _U64.pack(offsets[-1])).code
                 if code == NOT_OWNED:
                     with self.lock:
@@ -153,7 +164,7 @@ class Rebalance:
             if self.churning.is_set() and rng.random() < self.drop:
                 with self.lock:
                     self.counts["drops"] += 1
-                return                                                      # just gone
+                return  # just gone
             if c.call(OP[codes.LEAVE_CONSUMER_GROUP], 0, group_body()).code != 0:
                 raise AssertionError("leave refused")
             with self.lock:
@@ -171,17 +182,21 @@ class Rebalance:
                     return
                 if self.churning.is_set():
                     time.sleep(rng.uniform(0.2, 1.5))
-        except Exception as exc:  # noqa: BLE001 - any failure is a finding
+        except Exception as exc:  # any failure is a finding
             self._error(f"member slot {i}: {exc!r}")
 
     # ------------------------------------------------------------------ run
 
     def run(self, seconds: float, drain: float = 30.0) -> dict:
         setup = Client(self.address)
-        for what, reply in (("create stream", setup.create_stream(STREAM)),
-                            ("create topic", setup.create_topic(STREAM, TOPIC, self.partitions)),
-                            ("create group", setup.call(OP[codes.CREATE_CONSUMER_GROUP], 0,
-                                                        ident(STREAM) + ident(TOPIC) + wire_name(GROUP)))):
+        for what, reply in (
+            ("create stream", setup.create_stream(STREAM)),
+            ("create topic", setup.create_topic(STREAM, TOPIC, self.partitions)),
+            (
+                "create group",
+                setup.call(OP[codes.CREATE_CONSUMER_GROUP], 0, ident(STREAM) + ident(TOPIC) + wire_name(GROUP)),
+            ),
+        ):
             if reply.code:
                 raise AssertionError(f"{what} refused with {reply.code}")
         setup.close()
@@ -192,7 +207,7 @@ class Rebalance:
             t.start()
         time.sleep(seconds)
         self.stop_producing.set()
-        self.churning.clear()              # members in place stay; those between memberships rejoin
+        self.churning.clear()  # members in place stay; those between memberships rejoin
         deadline = time.monotonic() + drain
         while time.monotonic() < deadline:
             with self.lock:
@@ -208,8 +223,9 @@ class Rebalance:
         with self.lock:
             produced = sum(self.produced)
             repeated = {k: v for k, v in self.deliveries.items() if len(v) > 1}
-            lost = sum(1 for p in range(self.partitions) for o in range(self.produced[p])
-                       if (p, o) not in self.deliveries)
+            lost = sum(
+                1 for p in range(self.partitions) for o in range(self.produced[p]) if (p, o) not in self.deliveries
+            )
             return {
                 "seconds": seconds,
                 "produced": produced,
@@ -235,8 +251,15 @@ def main(argv=None) -> None:
     ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
     args = ap.parse_args(argv)
     with Launcher(args.engine, {"IGGY_HTTP_ENABLED": "false"}) as server:
-        stats = Rebalance(server.tcp_address, args.partitions, args.members, process_ms=args.process_ms,
-                          resync=args.resync, drop=args.drop, seed=args.seed).run(args.seconds)
+        stats = Rebalance(
+            server.tcp_address,
+            args.partitions,
+            args.members,
+            process_ms=args.process_ms,
+            resync=args.resync,
+            drop=args.drop,
+            seed=args.seed,
+        ).run(args.seconds)
         stats["alive"] = server.alive()
     stats["engine"] = args.engine or os.environ.get("IGGY_TEST_ENGINE", "auto")
     print(json.dumps(stats, indent=2))

@@ -225,6 +225,14 @@ def test_invalid_int_names_env_var():
         load_config(env={"IGGY_LIMITS_MAX_CONNECTIONS": "ten"})
 
 
+def test_rebalancing_timeout_in_seconds_and_above_zero():
+    env = {"IGGY_CONSUMER_GROUP_REBALANCING_TIMEOUT": "1500 ms"}
+    assert load_config(env=env).consumer_group.rebalancing_timeout == 1.5
+    for zero in ("0", "0 s"):
+        with pytest.raises(ConfigError, match="IGGY_CONSUMER_GROUP_REBALANCING_TIMEOUT.*more than zero"):
+            load_config(env={"IGGY_CONSUMER_GROUP_REBALANCING_TIMEOUT": zero})
+
+
 @pytest.mark.parametrize("address", ["nonsense", "127.0.0.1", ":8090", "127.0.0.1:", "127.0.0.1:65536",
                                      "127.0.0.1:port"])
 def test_invalid_address_names_key_and_env_var(address):

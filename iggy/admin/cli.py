@@ -19,6 +19,8 @@ import getpass
 import os
 import statistics
 import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from iggy import __version__
 from iggy.admin import output as out
@@ -32,6 +34,7 @@ from iggy.admin.client import (
     parse_identifier,
 )
 from iggy.control.permissions import GLOBAL_FLAGS, STREAM_FLAGS, TOPIC_FLAGS
+from iggy.metadata.state import Permissions
 from iggy.protocol.errors import ErrorCode
 from iggy.units import parse_duration, parse_size
 
@@ -50,25 +53,25 @@ class UsageError(Exception):
 
 
 class Context:
-    def __init__(self, args):
+    def __init__(self, args: argparse.Namespace, client: AdminClient):
         self.args = args
-        self.json = bool(getattr(args, "json", False))
+        self.json = _json_output(args)
         self.quiet = bool(args.quiet)
-        self.client: AdminClient | None = None
+        self.client = client
 
     def say(self, text: str) -> None:
         """A human message (not under --json or --quiet)."""
         if not self.json and not self.quiet:
             print(text)
 
-    def emit(self, data, human) -> None:
+    def emit(self, data: object, human: Callable[[], object]) -> None:
         """JSON of `data` under --json, else call `human()` unless --quiet."""
         if self.json:
             out.emit_json(data)
         elif not self.quiet:
             human()
 
-    def done(self, message: str, data=None) -> None:
+    def done(self, message: str, data: object = None) -> None:
         """A mutation finished: a line for people, an object for scripts."""
         if self.json:
             out.emit_json(data if data is not None else {"status": "ok", "message": message})
@@ -76,20 +79,31 @@ class Context:
             self.say(message)
 
 
+def _json_output(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
+
+
 def _not_found(ident: str, by_id: int, by_name: int, reason: str) -> CommandError:
     """A get that found nothing (the server answers an empty body): the upstream not-found code."""
     return CommandError(by_id if isinstance(parse_identifier(ident), int) else by_name, reason)
 
 
-def _list_mode(args) -> str:
-    return getattr(args, "list_mode", "table")
+def _list_mode(args: argparse.Namespace) -> str:
+    return str(getattr(args, "list_mode", "table"))
 
 
-def _emit_list(ctx, args, items: list, columns, rows: list, empty: str | None) -> None:
+def _emit_list(
+    ctx: Context,
+    args: argparse.Namespace,
+    items: Sequence[object],
+    columns: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    empty: str | None,
+) -> None:
     """A list command's answer: the items as JSON, or for people a table (or one line per row
     with --list-mode list), or the `empty` sentence when there is nothing (None: an empty table)."""
 
-    def human():
+    def human() -> None:
         if not items and empty is not None:
             print(empty)
         elif _list_mode(args) == "list":
@@ -103,7 +117,7 @@ def _emit_list(ctx, args, items: list, columns, rows: list, empty: str | None) -
 # --------------------------------------------------------------------------- value parsing
 
 
-def parse_expiry(words, *, default_token: str = "server_default") -> int | None:
+def parse_expiry(words: Sequence[str] | None, *, default_token: str = "server_default") -> int | None:
     """Expiry words ("1day 2h", "unlimited", "server_default") -> µs; None = leave to the server."""
     text = " ".join(words or []).strip() or default_token
     lowered = text.lower()
@@ -128,7 +142,7 @@ def parse_max_size(text: str | None) -> int | None:
         raise UsageError(f"invalid max topic size {text!r}: {exc}") from None
 
 
-def parse_key_value(raw: str):
+def parse_key_value(raw: str) -> tuple[str, str]:
     key, sep, value = raw.partition("=")
     if not sep or not key or not value:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got: {raw}")
@@ -137,7 +151,7 @@ def parse_key_value(raw: str):
     return key, value
 
 
-def parse_header(raw: str):
+def parse_header(raw: str) -> tuple[str, int, bytes]:
     """`key:kind:value` -> (key, kind code, value bytes), as upstream's `-H`."""
     parts = raw.split(":", 2)
     if len(parts) != 3:
@@ -175,7 +189,7 @@ _STREAM_SHORT = {
 _TOPIC_SHORT = {"m_top": "manage_topic", "r_top": "read_topic", "p_msg": "poll_messages", "s_msg": "send_messages"}
 
 
-def _flags(text: str, names, short: dict, what: str) -> list:
+def _flags(text: str, names: Sequence[str], short: Mapping[str, str], what: str) -> list[bool]:
     chosen = set()
     for item in filter(None, (p.strip() for p in text.split(","))):
         name = short.get(item, item)
@@ -185,26 +199,29 @@ def _flags(text: str, names, short: dict, what: str) -> list:
     return [name in chosen for name in names]
 
 
-def parse_global_permissions(text: str) -> list:
+def parse_global_permissions(text: str) -> list[bool]:
     return _flags(text, GLOBAL_FLAGS, _GLOBAL_SHORT, "global")
 
 
-def parse_stream_permissions(text: str):
+def parse_stream_permissions(text: str) -> tuple[int, dict[str, Any]]:
     """`STREAM_ID[:perms][#TOPIC_ID[:perms]]...` -> (stream id, {"flags", "topics"})."""
     head, *topics = text.split("#")
     sid, _, flags = head.partition(":")
     if not sid.isdigit():
         raise argparse.ArgumentTypeError(f"stream permissions need a numeric stream id: {text!r}")
-    entry = {"flags": _flags(flags, STREAM_FLAGS, _STREAM_SHORT, "stream"), "topics": {}}
+    topic_flags: dict[int, list[bool]] = {}
+    entry: dict[str, Any] = {"flags": _flags(flags, STREAM_FLAGS, _STREAM_SHORT, "stream"), "topics": topic_flags}
     for t in topics:
         tid, _, tflags = t.partition(":")
         if not tid.isdigit():
             raise argparse.ArgumentTypeError(f"topic permissions need a numeric topic id: {t!r}")
-        entry["topics"][int(tid)] = _flags(tflags, TOPIC_FLAGS, _TOPIC_SHORT, "topic")
+        topic_flags[int(tid)] = _flags(tflags, TOPIC_FLAGS, _TOPIC_SHORT, "topic")
     return int(sid), entry
 
 
-def build_permissions(global_perms, stream_perms):
+def build_permissions(
+    global_perms: list[bool] | None, stream_perms: Iterable[tuple[int, dict[str, Any]]] | None
+) -> Permissions | None:
     """None (no permissions) unless -g or -s was given."""
     if global_perms is None and not stream_perms:
         return None
@@ -220,7 +237,7 @@ def _read_secret(prompt: str) -> str:
 # --------------------------------------------------------------------------- commands: system
 
 
-def cmd_ping(ctx: Context, args) -> None:
+def cmd_ping(ctx: Context, args: argparse.Namespace) -> None:
     times = []
     for i in range(args.count):
         ms = ctx.client.ping()
@@ -243,7 +260,7 @@ def cmd_ping(ctx: Context, args) -> None:
         )
 
 
-def cmd_me(ctx: Context, args) -> None:
+def cmd_me(ctx: Context, args: argparse.Namespace) -> None:
     me = ctx.client.me()
     ctx.emit(
         me,
@@ -289,7 +306,7 @@ _STAT_LABELS = (
 )
 
 
-def cmd_stats(ctx: Context, args) -> None:
+def cmd_stats(ctx: Context, args: argparse.Namespace) -> None:
     stats = ctx.client.stats()
     mode = "json" if ctx.json else args.output
     if mode == "json":
@@ -304,7 +321,7 @@ def cmd_stats(ctx: Context, args) -> None:
         out.table(("Server property", "Value"), rows)
 
 
-def cmd_options(ctx: Context, args) -> None:
+def cmd_options(ctx: Context, args: argparse.Namespace) -> None:
     opts = ctx.client.describe_options(args.scope)
     ctx.emit(
         opts,
@@ -322,19 +339,19 @@ def cmd_options(ctx: Context, args) -> None:
 # --------------------------------------------------------------------------- streams
 
 
-def _stream_row(s):
+def _stream_row(s: Mapping[str, Any]) -> tuple[object, ...]:
     return (s["id"], out.timestamp(s["created_at"]), s["name"], s["size_bytes"], s["messages_count"], s["topics_count"])
 
 
 _STREAM_COLUMNS = ("ID", "Created", "Name", "Size (B)", "Messages", "Topics")
 
 
-def cmd_stream_create(ctx, args):
+def cmd_stream_create(ctx: Context, args: argparse.Namespace) -> None:
     s = ctx.client.create_stream(args.name)
     ctx.done(f"Stream with name: {s['name']} and ID: {s['id']} created", s)
 
 
-def cmd_stream_get(ctx, args):
+def cmd_stream_get(ctx: Context, args: argparse.Namespace) -> None:
     s = ctx.client.get_stream(parse_identifier(args.stream_id))
     if s is None:
         raise _not_found(
@@ -358,22 +375,22 @@ def cmd_stream_get(ctx, args):
     )
 
 
-def cmd_stream_list(ctx, args):
+def cmd_stream_list(ctx: Context, args: argparse.Namespace) -> None:
     streams = ctx.client.get_streams()
     _emit_list(ctx, args, streams, _STREAM_COLUMNS, [_stream_row(s) for s in streams], "No streams found!")
 
 
-def cmd_stream_update(ctx, args):
+def cmd_stream_update(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.update_stream(parse_identifier(args.stream_id), args.name)
     ctx.done(f"Stream with ID: {args.stream_id} updated with name: {args.name}")
 
 
-def cmd_stream_delete(ctx, args):
+def cmd_stream_delete(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.delete_stream(parse_identifier(args.stream_id))
     ctx.done(f"Stream with ID: {args.stream_id} deleted")
 
 
-def cmd_stream_purge(ctx, args):
+def cmd_stream_purge(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.purge_stream(parse_identifier(args.stream_id))
     ctx.done(f"Stream with ID: {args.stream_id} purged")
 
@@ -393,7 +410,7 @@ _TOPIC_COLUMNS = (
 )
 
 
-def _topic_row(t):
+def _topic_row(t: Mapping[str, Any]) -> tuple[object, ...]:
     return (
         t["id"],
         out.timestamp(t["created_at"]),
@@ -407,8 +424,13 @@ def _topic_row(t):
     )
 
 
-def _topic_options(compression, expiry_words, max_size, extra=()):
-    options = []
+def _topic_options(
+    compression: str | None,
+    expiry_words: Sequence[str] | None,
+    max_size: str | None,
+    extra: Iterable[tuple[str, str]] = (),
+) -> list[tuple[str, int, bytes]]:
+    options: list[tuple[str, int, bytes]] = []
     if compression is not None:
         options.append(("compression_algorithm", KIND_STRING, compression.encode()))
     expiry = parse_expiry(expiry_words)
@@ -422,7 +444,7 @@ def _topic_options(compression, expiry_words, max_size, extra=()):
     return options
 
 
-def _split_compression(args):
+def _split_compression(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     """Upstream takes `COMPRESSION [EXPIRY...]`; a first word that is no algorithm starts the expiry."""
     compression, expiry = args.compression_algorithm, list(args.message_expiry or [])
     if compression is not None and compression.lower() not in ("none", "gzip"):
@@ -431,7 +453,7 @@ def _split_compression(args):
     return (compression.lower() if compression else None), expiry
 
 
-def cmd_topic_create(ctx, args):
+def cmd_topic_create(ctx: Context, args: argparse.Namespace) -> None:
     compression, expiry = _split_compression(args)
     options = _topic_options(compression or "none", expiry, args.max_topic_size, args.set or ())
     t = ctx.client.create_topic(parse_identifier(args.stream_id), args.name, args.partitions_count, options)
@@ -444,14 +466,14 @@ def cmd_topic_create(ctx, args):
     )
 
 
-def cmd_topic_update(ctx, args):
+def cmd_topic_update(ctx: Context, args: argparse.Namespace) -> None:
     compression, expiry = _split_compression(args)
     options = _topic_options(compression, expiry, args.max_topic_size)
     ctx.client.update_topic(parse_identifier(args.stream_id), parse_identifier(args.topic_id), args.name, options)
     ctx.done(f"Topic with ID: {args.topic_id} in stream with ID: {args.stream_id} updated")
 
 
-def cmd_topic_get(ctx, args):
+def cmd_topic_get(ctx: Context, args: argparse.Namespace) -> None:
     t = ctx.client.get_topic(parse_identifier(args.stream_id), parse_identifier(args.topic_id))
     if t is None:
         raise _not_found(
@@ -461,7 +483,7 @@ def cmd_topic_get(ctx, args):
             f"Topic with ID: {args.topic_id} for stream with ID: {args.stream_id} was not found.",
         )
 
-    def human():
+    def human() -> None:
         out.properties(
             [
                 ("Topic ID", t["id"]),
@@ -495,7 +517,7 @@ def cmd_topic_get(ctx, args):
     ctx.emit(t, human)
 
 
-def cmd_topic_list(ctx, args):
+def cmd_topic_list(ctx: Context, args: argparse.Namespace) -> None:
     topics = ctx.client.get_topics(parse_identifier(args.stream_id))
     _emit_list(
         ctx,
@@ -507,12 +529,12 @@ def cmd_topic_list(ctx, args):
     )
 
 
-def cmd_topic_delete(ctx, args):
+def cmd_topic_delete(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.delete_topic(parse_identifier(args.stream_id), parse_identifier(args.topic_id))
     ctx.done(f"Topic with ID: {args.topic_id} in stream with ID: {args.stream_id} deleted")
 
 
-def cmd_topic_purge(ctx, args):
+def cmd_topic_purge(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.purge_topic(parse_identifier(args.stream_id), parse_identifier(args.topic_id))
     ctx.done(f"Topic with ID: {args.topic_id} in stream with ID: {args.stream_id} purged")
 
@@ -520,7 +542,7 @@ def cmd_topic_purge(ctx, args):
 # --------------------------------------------------------------------------- partitions, segments
 
 
-def cmd_partition_create(ctx, args):
+def cmd_partition_create(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.create_partitions(
         parse_identifier(args.stream_id), parse_identifier(args.topic_id), args.partitions_count
     )
@@ -530,7 +552,7 @@ def cmd_partition_create(ctx, args):
     )
 
 
-def cmd_partition_delete(ctx, args):
+def cmd_partition_delete(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.delete_partitions(
         parse_identifier(args.stream_id), parse_identifier(args.topic_id), args.partitions_count
     )
@@ -540,7 +562,7 @@ def cmd_partition_delete(ctx, args):
     )
 
 
-def cmd_segment_delete(ctx, args):
+def cmd_segment_delete(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.delete_segments(
         parse_identifier(args.stream_id), parse_identifier(args.topic_id), args.partition_id, args.segments_count
     )
@@ -555,11 +577,11 @@ def cmd_segment_delete(ctx, args):
 _USER_COLUMNS = ("ID", "Created", "Status", "Username")
 
 
-def _user_row(u):
+def _user_row(u: Mapping[str, Any]) -> tuple[object, ...]:
     return (u["id"], out.timestamp(u["created_at"]), u["status"], u["username"])
 
 
-def _permission_rows(perms):
+def _permission_rows(perms: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     if perms is None:
         return [("Permissions", "none")]
     rows = [("Global", ", ".join(k for k, v in perms["global"].items() if v) or "-")]
@@ -570,13 +592,13 @@ def _permission_rows(perms):
     return rows
 
 
-def cmd_user_create(ctx, args):
+def cmd_user_create(ctx: Context, args: argparse.Namespace) -> None:
     perms = build_permissions(args.global_permissions, args.stream_permissions)
     u = ctx.client.create_user(args.new_username, args.new_password, args.user_status, perms)
     ctx.done(f"User with username: {u['username']} and ID: {u['id']} created", u)
 
 
-def cmd_user_get(ctx, args):
+def cmd_user_get(ctx: Context, args: argparse.Namespace) -> None:
     u = ctx.client.get_user(parse_identifier(args.user_id))
     if u is None:
         raise CommandError(ErrorCode.RESOURCE_NOT_FOUND, f"User with ID: {args.user_id} was not found.")
@@ -594,34 +616,34 @@ def cmd_user_get(ctx, args):
     )
 
 
-def cmd_user_list(ctx, args):
+def cmd_user_list(ctx: Context, args: argparse.Namespace) -> None:
     users = ctx.client.get_users()
     _emit_list(ctx, args, users, _USER_COLUMNS, [_user_row(u) for u in users], "No users found!")
 
 
-def cmd_user_delete(ctx, args):
+def cmd_user_delete(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.delete_user(parse_identifier(args.user_id))
     ctx.done(f"User with ID: {args.user_id} deleted")
 
 
-def cmd_user_name(ctx, args):
+def cmd_user_name(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.update_user(parse_identifier(args.user_id), username=args.new_username)
     ctx.done(f"User with ID: {args.user_id} updated with username: {args.new_username}")
 
 
-def cmd_user_status(ctx, args):
+def cmd_user_status(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.update_user(parse_identifier(args.user_id), status=args.status)
     ctx.done(f"User with ID: {args.user_id} updated with status: {args.status}")
 
 
-def cmd_user_password(ctx, args):
+def cmd_user_password(ctx: Context, args: argparse.Namespace) -> None:
     current = args.current_password if args.current_password is not None else _read_secret("Current password: ")
     new = args.new_password if args.new_password is not None else _read_secret("New password: ")
     ctx.client.change_password(parse_identifier(args.user_id), current, new)
     ctx.done(f"Password for user with ID: {args.user_id} changed")
 
 
-def cmd_user_permissions(ctx, args):
+def cmd_user_permissions(ctx: Context, args: argparse.Namespace) -> None:
     perms = build_permissions(args.global_permissions, args.stream_permissions)
     ctx.client.update_permissions(parse_identifier(args.user_id), perms)
     ctx.done(f"Permissions for user with ID: {args.user_id} updated")
@@ -630,7 +652,7 @@ def cmd_user_permissions(ctx, args):
 # --------------------------------------------------------------------------- personal access tokens
 
 
-def cmd_pat_create(ctx, args):
+def cmd_pat_create(ctx: Context, args: argparse.Namespace) -> None:
     expiry = parse_expiry(args.expiry, default_token="none")
     token = ctx.client.create_token(args.name, 0 if expiry in (None, U64_MAX) else expiry)
     if ctx.json:
@@ -645,13 +667,13 @@ def cmd_pat_create(ctx, args):
         print(f"Token: {token}")
 
 
-def cmd_pat_list(ctx, args):
+def cmd_pat_list(ctx: Context, args: argparse.Namespace) -> None:
     tokens = ctx.client.get_tokens()
     rows = [(t["name"], out.timestamp(t["expiry_at"]) if t["expiry_at"] else "unlimited") for t in tokens]
     _emit_list(ctx, args, tokens, ("Name", "Token Expiry Time"), rows, "No personal access tokens found!")
 
 
-def cmd_pat_delete(ctx, args):
+def cmd_pat_delete(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.delete_token(args.name)
     ctx.done(f"Personal access token with name: {args.name} deleted")
 
@@ -661,18 +683,18 @@ def cmd_pat_delete(ctx, args):
 _CLIENT_COLUMNS = ("Client ID", "User ID", "Address", "Transport", "Consumer Groups")
 
 
-def _client_row(c):
+def _client_row(c: Mapping[str, Any]) -> tuple[object, ...]:
     return (c["client_id"], c["user_id"], c["address"], c["transport"], c["consumer_groups_count"])
 
 
-def cmd_client_get(ctx, args):
+def cmd_client_get(ctx: Context, args: argparse.Namespace) -> None:
     c = ctx.client.get_client(args.client_id)
     if c is None:
         raise CommandError(ErrorCode.CLIENT_NOT_FOUND, f"Client with ID: {args.client_id} was not found.")
     ctx.emit(c, lambda: out.properties(list(zip(_CLIENT_COLUMNS, _client_row(c), strict=True))))
 
 
-def cmd_client_list(ctx, args):
+def cmd_client_list(ctx: Context, args: argparse.Namespace) -> None:
     clients = ctx.client.get_clients()
     _emit_list(ctx, args, clients, _CLIENT_COLUMNS, [_client_row(c) for c in clients], None)
 
@@ -680,7 +702,7 @@ def cmd_client_list(ctx, args):
 # --------------------------------------------------------------------------- consumer groups
 
 
-def cmd_group_create(ctx, args):
+def cmd_group_create(ctx: Context, args: argparse.Namespace) -> None:
     g = ctx.client.create_consumer_group(parse_identifier(args.stream_id), parse_identifier(args.topic_id), args.name)
     ctx.done(
         f"Consumer group with ID: {g['id']} and name: {g['name']} created for topic with ID: "
@@ -689,7 +711,7 @@ def cmd_group_create(ctx, args):
     )
 
 
-def cmd_group_get(ctx, args):
+def cmd_group_get(ctx: Context, args: argparse.Namespace) -> None:
     g = ctx.client.get_consumer_group(
         parse_identifier(args.stream_id), parse_identifier(args.topic_id), parse_identifier(args.group_id)
     )
@@ -702,7 +724,7 @@ def cmd_group_get(ctx, args):
             f"and stream with ID: {args.stream_id} was not found.",
         )
 
-    def human():
+    def human() -> None:
         out.properties(
             [
                 ("Consumer group ID", g["id"]),
@@ -720,7 +742,7 @@ def cmd_group_get(ctx, args):
     ctx.emit(g, human)
 
 
-def cmd_group_list(ctx, args):
+def cmd_group_list(ctx: Context, args: argparse.Namespace) -> None:
     groups = ctx.client.get_consumer_groups(parse_identifier(args.stream_id), parse_identifier(args.topic_id))
     rows = [(g["id"], g["name"], g["partitions_count"], g["members_count"]) for g in groups]
     _emit_list(
@@ -733,7 +755,7 @@ def cmd_group_list(ctx, args):
     )
 
 
-def cmd_group_delete(ctx, args):
+def cmd_group_delete(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.delete_consumer_group(
         parse_identifier(args.stream_id), parse_identifier(args.topic_id), parse_identifier(args.group_id)
     )
@@ -746,7 +768,7 @@ def cmd_group_delete(ctx, args):
 # --------------------------------------------------------------------------- consumer offsets
 
 
-def cmd_offset_get(ctx, args):
+def cmd_offset_get(ctx: Context, args: argparse.Namespace) -> None:
     o = ctx.client.get_consumer_offset(
         parse_identifier(args.consumer_id),
         parse_identifier(args.stream_id),
@@ -773,7 +795,7 @@ def cmd_offset_get(ctx, args):
     )
 
 
-def cmd_offset_set(ctx, args):
+def cmd_offset_set(ctx: Context, args: argparse.Namespace) -> None:
     ctx.client.store_consumer_offset(
         parse_identifier(args.consumer_id),
         parse_identifier(args.stream_id),
@@ -791,7 +813,7 @@ def cmd_offset_set(ctx, args):
 # --------------------------------------------------------------------------- messages
 
 
-def cmd_message_send(ctx, args):
+def cmd_message_send(ctx: Context, args: argparse.Namespace) -> None:
     texts = args.messages
     if not texts:
         texts = [line.rstrip("\r\n") for line in sys.stdin if line.rstrip("\r\n")]
@@ -817,7 +839,7 @@ def cmd_message_send(ctx, args):
     )
 
 
-def cmd_message_poll(ctx, args):
+def cmd_message_poll(ctx: Context, args: argparse.Namespace) -> None:
     if args.offset is not None:
         strategy, value = "offset", args.offset
     elif args.first:
@@ -837,7 +859,7 @@ def cmd_message_poll(ctx, args):
         auto_commit=args.auto_commit,
     )
 
-    def human():
+    def human() -> None:
         messages = polled["messages"]
         print(
             f"Polled {len(messages)} message{'s' if len(messages) != 1 else ''} from partition "
@@ -862,7 +884,19 @@ def cmd_message_poll(ctx, args):
 # --------------------------------------------------------------------------- the parser
 
 
-def _sub(parent, name, help_text, func=None, aliases=(), login=True, list_mode=False, json_flag=None):
+Command = Callable[[Context, argparse.Namespace], None]
+
+
+def _sub(
+    parent: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    func: Command | None = None,
+    aliases: Sequence[str] = (),
+    login: bool = True,
+    list_mode: bool = False,
+    json_flag: argparse.ArgumentParser | None = None,
+) -> argparse.ArgumentParser:
     p = parent.add_parser(
         name,
         help=help_text,
@@ -879,7 +913,9 @@ def _sub(parent, name, help_text, func=None, aliases=(), login=True, list_mode=F
     return p
 
 
-def _group(sub, name, help_text, aliases=()):
+def _group(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str, aliases: Sequence[str] = ()
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     p = sub.add_parser(name, help=help_text, description=help_text, aliases=list(aliases))
     actions = p.add_subparsers(title="actions", dest="action", metavar="ACTION")
     actions.required = True
@@ -924,10 +960,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
 
-    def group(name, help_text, aliases=()):
+    def group(name: str, help_text: str, aliases: Sequence[str] = ()) -> Callable[..., argparse.ArgumentParser]:
         actions = _group(sub, name, help_text, aliases)
 
-        def action(aname, ahelp, func, aaliases=(), **kw):
+        def action(
+            aname: str, ahelp: str, func: Command, aaliases: Sequence[str] = (), **kw: Any
+        ) -> argparse.ArgumentParser:
             return _sub(actions, aname, ahelp, func, aaliases, json_flag=json_flag, **kw)
 
         return action
@@ -1033,7 +1071,7 @@ def build_parser() -> argparse.ArgumentParser:
     # users
     a = group("user", "user operations", ["u"])
 
-    def permission_options(p):
+    def permission_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "-g",
             "--global-permissions",
@@ -1146,9 +1184,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _expand_header_lists(argv):
+def _expand_header_lists(argv: Sequence[str]) -> list[str]:
     """`-H a:string:x,b:uint8:1` -> one -H per header (upstream splits on commas)."""
-    out_args, i = [], 0
+    out_args: list[str] = []
+    i = 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("-H", "--headers") and i + 1 < len(argv):
@@ -1166,7 +1205,7 @@ def _expand_header_lists(argv):
 _TRAILING = ("messages", "compression_algorithm", "message_expiry", "expiry")
 
 
-def _take_trailing(parser, args, extras) -> None:
+def _take_trailing(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: Sequence[str]) -> None:
     unknown = [e for e in extras if e.startswith("-") and e != "-"]
     trailing = [name for name in _TRAILING if hasattr(args, name)]
     if unknown or not trailing:
@@ -1178,7 +1217,7 @@ def _take_trailing(parser, args, extras) -> None:
     setattr(args, target, list(getattr(args, target) or []) + words)
 
 
-def _login(ctx: Context, args) -> None:
+def _login(ctx: Context, args: argparse.Namespace) -> None:
     client = ctx.client
     if args.token:
         try:
@@ -1210,7 +1249,7 @@ def _report(args_json: bool, code: int, reason: str, error_id: str = "error") ->
         print(f"Error: {reason}" + (f" (code {code})" if code > 1 else ""), file=sys.stderr)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = _expand_header_lists(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -1221,17 +1260,17 @@ def main(argv=None) -> int:
         return 0 if args.command is None else 2
     if args.transport.lower() != "tcp":
         parser.error(f"transport {args.transport!r} is not supported by this CLI; use tcp")
-    ctx = Context(args)
     tls = str(args.tcp_tls_enabled).lower() in ("1", "true", "yes", "on")
     try:
-        ctx.client = AdminClient(
+        client = AdminClient(
             args.tcp_server_address, tls=tls, tls_domain=args.tcp_tls_domain, tls_ca_file=args.tcp_tls_ca_file
         )
     except ValueError as exc:
         parser.error(str(exc))
     except CommandError as exc:
-        _report(ctx.json, exc.code, exc.reason, exc.id)
+        _report(_json_output(args), exc.code, exc.reason, exc.id)
         return 1
+    ctx = Context(args, client)
     try:
         if args.needs_login:
             _login(ctx, args)

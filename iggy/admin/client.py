@@ -18,13 +18,18 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from iggy.control import permissions as perm
+from iggy.metadata.state import Permissions
 from iggy.protocol import codes
 from iggy.protocol.batch import build_batch, decode_headers, iter_messages, random_id
 from iggy.protocol.errors import ErrorCode, IggyError, error_id
 from iggy.protocol.wire import COMMAND_EVICTION, PROTOCOL_VERSION, Reader, Writer, build_request, parse_reply_header
 from iggy.protocol.wire import HEADER_SIZE as HEADER
+
+Ident = int | str  # a stream, topic, user, group or consumer: numeric id or name
 
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 SDK_NAME = "iggy-cli-py"
@@ -100,7 +105,7 @@ class CommandError(Exception):
 # --------------------------------------------------------------------------- encoding
 
 
-def parse_identifier(text):
+def parse_identifier(text: object) -> Ident:
     """A CLI identifier: digits -> numeric id, anything else -> name (as the SDK does)."""
     if isinstance(text, int):
         return text
@@ -110,7 +115,7 @@ def parse_identifier(text):
     return text
 
 
-def identifier(value) -> bytes:
+def identifier(value: object) -> bytes:
     value = parse_identifier(value)
     if isinstance(value, int):
         return b"\x01\x04" + struct.pack("<I", value)
@@ -141,7 +146,7 @@ def encode_value(kind: int, text: str) -> bytes:
     raise ValueError(f"unknown header kind {kind}")
 
 
-def decode_value(kind: int, raw: bytes):
+def decode_value(kind: int, raw: bytes) -> Any:
     """A header or option value as a JSON-friendly Python value."""
     if kind == 2:
         return raw.decode("utf-8", "replace")
@@ -156,7 +161,7 @@ def decode_value(kind: int, raw: bytes):
     return raw.hex()
 
 
-def options_block(pairs) -> bytes:
+def options_block(pairs: Iterable[tuple[str, int, bytes]]) -> bytes:
     """A request options block (no length prefix): string key, then the value's TLV."""
     out = bytearray()
     for key, kind, value in pairs:
@@ -166,7 +171,7 @@ def options_block(pairs) -> bytes:
     return bytes(out)
 
 
-def encode_headers(headers) -> bytes:
+def encode_headers(headers: Iterable[tuple[str, int, bytes]]) -> bytes:
     """[(key, kind, value bytes)] -> the user-headers TLV block of a message."""
     out = bytearray()
     for key, kind, value in headers:
@@ -178,7 +183,7 @@ def encode_headers(headers) -> bytes:
     return bytes(out)
 
 
-def encode_permissions(perms: dict | None) -> bytes:
+def encode_permissions(perms: Permissions | None) -> bytes:
     """`[u8 has_permissions][u32 length][Permissions]`, or `00` for none."""
     if perms is None:
         return b"\x00"
@@ -193,7 +198,7 @@ def _str32(r: Reader) -> str:
     return r.bytes32().decode("utf-8", "replace")
 
 
-def _options(r: Reader) -> dict:
+def _options(r: Reader) -> dict[str, Any]:
     raw = r.bytes32()
     if not raw:
         return {}
@@ -205,7 +210,7 @@ def _options(r: Reader) -> dict:
     return out
 
 
-def _stream(r: Reader) -> dict:
+def _stream(r: Reader) -> dict[str, Any]:
     return {
         "id": r.u32(),
         "created_at": r.u64(),
@@ -217,8 +222,8 @@ def _stream(r: Reader) -> dict:
     }
 
 
-def _topic_header(r: Reader) -> dict:
-    t = {"id": r.u32(), "created_at": r.u64(), "partitions_count": r.u32(), "message_expiry": r.u64()}
+def _topic_header(r: Reader) -> dict[str, Any]:
+    t: dict[str, Any] = {"id": r.u32(), "created_at": r.u64(), "partitions_count": r.u32(), "message_expiry": r.u64()}
     t["compression_algorithm"] = COMPRESSION.get(r.u8(), "unknown")
     t["max_topic_size"] = r.u64()
     t["size_bytes"] = r.u64()
@@ -229,7 +234,7 @@ def _topic_header(r: Reader) -> dict:
     return t
 
 
-def _partition(r: Reader) -> dict:
+def _partition(r: Reader) -> dict[str, Any]:
     return {
         "id": r.u32(),
         "created_at": r.u64(),
@@ -240,15 +245,15 @@ def _partition(r: Reader) -> dict:
     }
 
 
-def _user(r: Reader) -> dict:
-    u = {"id": r.u32(), "created_at": r.u64()}
+def _user(r: Reader) -> dict[str, Any]:
+    u: dict[str, Any] = {"id": r.u32(), "created_at": r.u64()}
     u["status"] = USER_STATUSES.get(r.u8(), "unknown")
     u["username"] = r.name()
     u["options"] = _options(r)
     return u
 
 
-def permissions_to_json(perms: dict | None) -> dict | None:
+def permissions_to_json(perms: Permissions | None) -> dict[str, Any] | None:
     """The stored permission form -> named flags."""
     if perms is None:
         return None
@@ -267,12 +272,12 @@ def permissions_to_json(perms: dict | None) -> dict | None:
     }
 
 
-def _group(r: Reader) -> dict:
+def _group(r: Reader) -> dict[str, Any]:
     return {"id": r.u32(), "partitions_count": r.u32(), "members_count": r.u32(), "name": r.name()}
 
 
-def _client(r: Reader) -> dict:
-    c = {"client_id": r.u32()}
+def _client(r: Reader) -> dict[str, Any]:
+    c: dict[str, Any] = {"client_id": r.u32()}
     user_id = r.u32()
     c["user_id"] = None if user_id == 0xFFFFFFFF else user_id
     c["transport"] = TRANSPORTS.get(r.u8(), "unknown")
@@ -281,7 +286,7 @@ def _client(r: Reader) -> dict:
     return c
 
 
-def _message_json(m: dict, partition_id: int) -> dict:
+def _message_json(m: dict[str, Any], partition_id: int) -> dict[str, Any]:
     payload = m["payload"]
     out = {
         "offset": m["offset"],
@@ -347,10 +352,10 @@ class AdminClient:
         except OSError:
             pass
 
-    def __enter__(self):
+    def __enter__(self) -> AdminClient:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ----------------------------------------------------------------- framing
@@ -415,7 +420,7 @@ class AdminClient:
 
         return Writer().u32(PROTOCOL_VERSION).name(SDK_NAME).name(__version__).getvalue()
 
-    def _register(self, body: bytes) -> dict:
+    def _register(self, body: bytes) -> dict[str, Any]:
         reply = Reader(self._call(codes.OP_REGISTER, 0, body))
         self.user_id = reply.u32()
         self.session = reply.u64()
@@ -424,14 +429,14 @@ class AdminClient:
         self.request = 0
         return {"user_id": self.user_id, "server_version": self.server_version}
 
-    def login(self, username: str, password: str) -> dict:
+    def login(self, username: str, password: str) -> dict[str, Any]:
         raw = password.encode("utf-8")
         if len(raw) > 255:
             raise CommandError(ErrorCode.INVALID_PASSWORD)
         body = self._version_prefix() + Writer().name(username).bytes8(raw).u32(0).getvalue()
         return self._register(body)
 
-    def login_with_token(self, token: str) -> dict:
+    def login_with_token(self, token: str) -> dict[str, Any]:
         raw = token.encode("utf-8")
         if len(raw) > 255:
             raise CommandError(ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN)
@@ -449,7 +454,7 @@ class AdminClient:
         self.read(codes.PING)
         return (time.perf_counter() - start) * 1000.0
 
-    def me(self) -> dict:
+    def me(self) -> dict[str, Any]:
         r = Reader(self.read(codes.GET_ME))
         c = _client(r)
         c["consumer_groups"] = [
@@ -457,14 +462,14 @@ class AdminClient:
         ]
         return c
 
-    def get_clients(self) -> list:
+    def get_clients(self) -> list[dict[str, Any]]:
         r = Reader(self.read(codes.GET_CLIENTS))
         out = []
         while r.remaining():
             out.append(_client(r))
         return out
 
-    def get_client(self, client_id: int) -> dict | None:
+    def get_client(self, client_id: int) -> dict[str, Any] | None:
         raw = self.read(codes.GET_CLIENT, struct.pack("<I", client_id))
         if not raw:
             return None
@@ -475,9 +480,9 @@ class AdminClient:
         ]
         return c
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         r = Reader(self.read(codes.GET_STATS))
-        s = {"process_id": r.u32()}
+        s: dict[str, Any] = {"process_id": r.u32()}
         s["cpu_usage"], s["total_cpu_usage"] = struct.unpack("<ff", r.take(8))
         for key in (
             "memory_usage",
@@ -518,7 +523,7 @@ class AdminClient:
         s["total_disk_space"] = r.u64()
         return s
 
-    def describe_options(self, scope: str) -> list:
+    def describe_options(self, scope: str) -> list[dict[str, Any]]:
         scopes = {"topic": 1, "stream": 2, "user": 3}
         r = Reader(self.read(codes.DESCRIBE_OPTIONS, bytes([scopes[scope]])))
         out = []
@@ -538,14 +543,14 @@ class AdminClient:
 
     # ----------------------------------------------------------------- streams
 
-    def get_streams(self) -> list:
+    def get_streams(self) -> list[dict[str, Any]]:
         r = Reader(self.read(codes.GET_STREAMS))
         out = []
         while r.remaining():
             out.append(_stream(r))
         return out
 
-    def get_stream(self, stream) -> dict | None:
+    def get_stream(self, stream: Ident) -> dict[str, Any] | None:
         raw = self.read(codes.GET_STREAM, identifier(stream))
         if not raw:
             return None
@@ -554,30 +559,30 @@ class AdminClient:
         s["topics"] = [_topic_header(r) for _ in range(s["topics_count"])]
         return s
 
-    def create_stream(self, name: str) -> dict:
+    def create_stream(self, name: str) -> dict[str, Any]:
         r = Reader(self.write(codes.CREATE_STREAM, Writer().name(name).getvalue()))
         s = _stream(r)
         s["topics"] = [_topic_header(r) for _ in range(s["topics_count"])]
         return s
 
-    def update_stream(self, stream, name: str) -> None:
+    def update_stream(self, stream: Ident, name: str) -> None:
         self.write(codes.UPDATE_STREAM, identifier(stream) + Writer().name(name).getvalue())
 
-    def delete_stream(self, stream) -> None:
+    def delete_stream(self, stream: Ident) -> None:
         self.write(codes.DELETE_STREAM, identifier(stream))
 
-    def purge_stream(self, stream) -> None:
+    def purge_stream(self, stream: Ident) -> None:
         self.write(codes.PURGE_STREAM, identifier(stream))
 
     # ----------------------------------------------------------------- topics
 
-    def get_topics(self, stream) -> list:
+    def get_topics(self, stream: Ident) -> list[dict[str, Any]]:
         r = Reader(self.read(codes.GET_TOPICS, identifier(stream)))
         if not r.remaining():
             return []
         return [_topic_header(r) for _ in range(r.u32())]
 
-    def get_topic(self, stream, topic) -> dict | None:
+    def get_topic(self, stream: Ident, topic: Ident) -> dict[str, Any] | None:
         raw = self.read(codes.GET_TOPIC, identifier(stream) + identifier(topic))
         if not raw:
             return None
@@ -586,46 +591,50 @@ class AdminClient:
         t["partitions"] = [_partition(r) for _ in range(t["partitions_count"])]
         return t
 
-    def create_topic(self, stream, name: str, partitions_count: int, options=()) -> dict:
+    def create_topic(
+        self, stream: Ident, name: str, partitions_count: int, options: Sequence[tuple[str, int, bytes]] = ()
+    ) -> dict[str, Any]:
         body = identifier(stream) + struct.pack("<I", partitions_count) + Writer().name(name).getvalue()
         r = Reader(self.write(codes.CREATE_TOPIC, body + options_block(options)))
         t = _topic_header(r)
         t["partitions"] = [_partition(r) for _ in range(t["partitions_count"])]
         return t
 
-    def update_topic(self, stream, topic, name: str, options=()) -> None:
+    def update_topic(
+        self, stream: Ident, topic: Ident, name: str, options: Sequence[tuple[str, int, bytes]] = ()
+    ) -> None:
         body = identifier(stream) + identifier(topic) + Writer().name(name).getvalue()
         self.write(codes.UPDATE_TOPIC, body + options_block(options))
 
-    def delete_topic(self, stream, topic) -> None:
+    def delete_topic(self, stream: Ident, topic: Ident) -> None:
         self.write(codes.DELETE_TOPIC, identifier(stream) + identifier(topic))
 
-    def purge_topic(self, stream, topic) -> None:
+    def purge_topic(self, stream: Ident, topic: Ident) -> None:
         self.write(codes.PURGE_TOPIC, identifier(stream) + identifier(topic))
 
     # ----------------------------------------------------------------- partitions, segments
 
-    def create_partitions(self, stream, topic, count: int) -> None:
+    def create_partitions(self, stream: Ident, topic: Ident, count: int) -> None:
         self.write(codes.CREATE_PARTITIONS, identifier(stream) + identifier(topic) + struct.pack("<I", count))
 
-    def delete_partitions(self, stream, topic, count: int) -> None:
+    def delete_partitions(self, stream: Ident, topic: Ident, count: int) -> None:
         self.write(codes.DELETE_PARTITIONS, identifier(stream) + identifier(topic) + struct.pack("<I", count))
 
-    def delete_segments(self, stream, topic, partition_id: int, count: int) -> None:
+    def delete_segments(self, stream: Ident, topic: Ident, partition_id: int, count: int) -> None:
         self.write(
             codes.DELETE_SEGMENTS, identifier(stream) + identifier(topic) + struct.pack("<II", partition_id, count)
         )
 
     # ----------------------------------------------------------------- users
 
-    def get_users(self) -> list:
+    def get_users(self) -> list[dict[str, Any]]:
         r = Reader(self.read(codes.GET_USERS))
         out = []
         while r.remaining():
             out.append(_user(r))
         return out
 
-    def _user_details(self, raw: bytes) -> dict:
+    def _user_details(self, raw: bytes) -> dict[str, Any]:
         r = Reader(raw)
         u = _user(r)
         u["permissions"] = None
@@ -633,15 +642,17 @@ class AdminClient:
             u["permissions"] = permissions_to_json(perm.decode(Reader(r.bytes32())))
         return u
 
-    def get_user(self, user) -> dict | None:
+    def get_user(self, user: Ident) -> dict[str, Any] | None:
         raw = self.read(codes.GET_USER, identifier(user))
         return self._user_details(raw) if raw else None
 
-    def create_user(self, username: str, password: str, status: str = "active", permissions=None) -> dict:
+    def create_user(
+        self, username: str, password: str, status: str = "active", permissions: Permissions | None = None
+    ) -> dict[str, Any]:
         w = Writer().name(username).bytes8(password.encode("utf-8")).u8(1 if status == "active" else 2)
         return self._user_details(self.write(codes.CREATE_USER, w.getvalue() + encode_permissions(permissions)))
 
-    def update_user(self, user, username: str | None = None, status: str | None = None) -> None:
+    def update_user(self, user: Ident, username: str | None = None, status: str | None = None) -> None:
         w = Writer().raw(identifier(user))
         if username is None:
             w.u8(0)
@@ -653,19 +664,19 @@ class AdminClient:
             w.u8(1).u8(1 if status == "active" else 2)
         self.write(codes.UPDATE_USER, w.getvalue())
 
-    def update_permissions(self, user, permissions) -> None:
+    def update_permissions(self, user: Ident, permissions: Permissions | None) -> None:
         self.write(codes.UPDATE_PERMISSIONS, identifier(user) + encode_permissions(permissions))
 
-    def change_password(self, user, current: str, new: str) -> None:
+    def change_password(self, user: Ident, current: str, new: str) -> None:
         w = Writer().raw(identifier(user)).bytes8(current.encode("utf-8")).bytes8(new.encode("utf-8"))
         self.write(codes.CHANGE_PASSWORD, w.getvalue())
 
-    def delete_user(self, user) -> None:
+    def delete_user(self, user: Ident) -> None:
         self.write(codes.DELETE_USER, identifier(user))
 
     # ----------------------------------------------------------------- personal access tokens
 
-    def get_tokens(self) -> list:
+    def get_tokens(self) -> list[dict[str, Any]]:
         r = Reader(self.read(codes.GET_PERSONAL_ACCESS_TOKENS))
         out = []
         while r.remaining():
@@ -683,14 +694,14 @@ class AdminClient:
 
     # ----------------------------------------------------------------- consumer groups
 
-    def get_consumer_groups(self, stream, topic) -> list:
+    def get_consumer_groups(self, stream: Ident, topic: Ident) -> list[dict[str, Any]]:
         r = Reader(self.read(codes.GET_CONSUMER_GROUPS, identifier(stream) + identifier(topic)))
         out = []
         while r.remaining():
             out.append(_group(r))
         return out
 
-    def _group_details(self, raw: bytes) -> dict:
+    def _group_details(self, raw: bytes) -> dict[str, Any]:
         r = Reader(raw)
         g = _group(r)
         g["members"] = []
@@ -701,21 +712,21 @@ class AdminClient:
             )
         return g
 
-    def get_consumer_group(self, stream, topic, group) -> dict | None:
+    def get_consumer_group(self, stream: Ident, topic: Ident, group: Ident) -> dict[str, Any] | None:
         raw = self.read(codes.GET_CONSUMER_GROUP, identifier(stream) + identifier(topic) + identifier(group))
         return self._group_details(raw) if raw else None
 
-    def create_consumer_group(self, stream, topic, name: str) -> dict:
+    def create_consumer_group(self, stream: Ident, topic: Ident, name: str) -> dict[str, Any]:
         body = identifier(stream) + identifier(topic) + Writer().name(name).getvalue()
         return self._group_details(self.write(codes.CREATE_CONSUMER_GROUP, body))
 
-    def delete_consumer_group(self, stream, topic, group) -> None:
+    def delete_consumer_group(self, stream: Ident, topic: Ident, group: Ident) -> None:
         self.write(codes.DELETE_CONSUMER_GROUP, identifier(stream) + identifier(topic) + identifier(group))
 
     # ----------------------------------------------------------------- consumer offsets
 
     @staticmethod
-    def _offset_target(kind: str, consumer, stream, topic, partition_id: int | None) -> bytes:
+    def _offset_target(kind: str, consumer: Ident, stream: Ident, topic: Ident, partition_id: int | None) -> bytes:
         return (
             bytes([CONSUMER_KINDS[kind]])
             + identifier(consumer)
@@ -725,8 +736,8 @@ class AdminClient:
         )
 
     def get_consumer_offset(
-        self, consumer, stream, topic, partition_id: int | None, kind: str = "consumer"
-    ) -> dict | None:
+        self, consumer: Ident, stream: Ident, topic: Ident, partition_id: int | None, kind: str = "consumer"
+    ) -> dict[str, Any] | None:
         raw = self.read(codes.GET_CONSUMER_OFFSET, self._offset_target(kind, consumer, stream, topic, partition_id))
         if not raw:
             return None
@@ -734,7 +745,13 @@ class AdminClient:
         return {"partition_id": r.u32(), "current_offset": r.u64(), "stored_offset": r.u64()}
 
     def store_consumer_offset(
-        self, consumer, stream, topic, partition_id: int | None, offset: int, kind: str = "consumer"
+        self,
+        consumer: Ident,
+        stream: Ident,
+        topic: Ident,
+        partition_id: int | None,
+        offset: int,
+        kind: str = "consumer",
     ) -> None:
         body = self._offset_target(kind, consumer, stream, topic, partition_id) + struct.pack("<QB", offset, 1)
         self.write(codes.STORE_CONSUMER_OFFSET, body)
@@ -742,8 +759,14 @@ class AdminClient:
     # ----------------------------------------------------------------- messages
 
     def send_messages(
-        self, stream, topic, messages, *, partition_id: int | None = None, key: bytes | None = None
-    ) -> list:
+        self,
+        stream: Ident,
+        topic: Ident,
+        messages: Sequence[tuple[bytes, bytes]],
+        *,
+        partition_id: int | None = None,
+        key: bytes | None = None,
+    ) -> list[dict[str, Any]]:
         """`messages`: [(payload bytes, headers TLV bytes)]; the partition by id, by key or balanced."""
         if partition_id is not None:
             partitioning = b"\x02\x04" + struct.pack("<I", partition_id)
@@ -766,17 +789,17 @@ class AdminClient:
 
     def poll_messages(
         self,
-        stream,
-        topic,
+        stream: Ident,
+        topic: Ident,
         partition_id: int | None,
         *,
         strategy: str = "next",
         value: int = 0,
         count: int = 1,
-        consumer="0",
+        consumer: Ident = "0",
         consumer_kind: str = "consumer",
         auto_commit: bool = False,
-    ) -> dict:
+    ) -> dict[str, Any]:
         body = (
             bytes([CONSUMER_KINDS[consumer_kind]])
             + identifier(consumer)

@@ -10,6 +10,8 @@ import datetime
 import json
 import os
 import sys
+from collections.abc import Iterable, Sequence
+from typing import TextIO
 
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -22,7 +24,7 @@ def _use_rich() -> bool:
     return importlib.util.find_spec("rich") is not None
 
 
-def _cell(value) -> str:
+def _cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -32,7 +34,7 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _plain_table(columns, rows) -> str:
+def _plain_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     cells = [[_cell(c) for c in columns]] + [[_cell(v) for v in row] for row in rows]
     split = [[c.split("\n") for c in row] for row in cells]
     widths = [max(len(line) for row in split for line in row[i]) for i in range(len(columns))]
@@ -52,7 +54,7 @@ def _plain_table(columns, rows) -> str:
     return "\n".join(out)
 
 
-def table(columns, rows, stream=None) -> None:
+def table(columns: Sequence[str], rows: Iterable[Sequence[object]], stream: TextIO | None = None) -> None:
     """Print one table (columns: header names; rows: sequences of values)."""
     stream = stream or sys.stdout
     rows = list(rows)
@@ -73,19 +75,19 @@ def table(columns, rows, stream=None) -> None:
         print(_plain_table(columns, rows), file=stream)
 
 
-def properties(pairs, stream=None) -> None:
+def properties(pairs: Iterable[tuple[str, object]], stream: TextIO | None = None) -> None:
     """Print a two-column Property / Value table."""
     table(("Property", "Value"), pairs, stream)
 
 
-def list_lines(rows, stream=None) -> None:
+def list_lines(rows: Iterable[Sequence[object]], stream: TextIO | None = None) -> None:
     """Upstream's `--list-mode list`: one `a|b|c` line per row."""
     stream = stream or sys.stdout
     for row in rows:
         print("|".join(_cell(v) for v in row), file=stream)
 
 
-def emit_json(data, stream=None) -> None:
+def emit_json(data: object, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     json.dump(data, stream, indent=2, sort_keys=False, ensure_ascii=False)
     stream.write("\n")

@@ -11,10 +11,12 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from iggy import units
 from iggy.bench.client import BenchError
-from iggy.bench.runner import BenchConfig, Progress, run_benchmark
+from iggy.bench.runner import BenchConfig, BenchReport, Progress, run_benchmark
 
 # kind name -> (canonical kind, aliases, defaults)
 KIND_COMMANDS = {
@@ -152,7 +154,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
-async def _run(cfg: BenchConfig, show_progress: bool):
+async def _run(cfg: BenchConfig, show_progress: bool) -> BenchReport:
     from rich.console import Console
 
     from iggy.bench.report import progress_bar
@@ -162,7 +164,7 @@ async def _run(cfg: BenchConfig, show_progress: bool):
         return await run_benchmark(cfg, progress)
 
 
-def _run_loop(coro):
+def _run_loop(coro: Coroutine[Any, Any, BenchReport]) -> BenchReport:
     try:
         import uvloop
     except ImportError:

@@ -14,6 +14,7 @@ import asyncio
 import os
 import socket
 import struct
+from typing import Any, cast
 
 from iggy.protocol import codes
 from iggy.protocol.codes import (
@@ -92,14 +93,14 @@ class _ReplyProtocol(asyncio.BufferedProtocol):
         self.view = memoryview(self.buf)
         self.filled = 0
         self.size = 0
-        self.waiter: asyncio.Future | None = None
+        self.waiter: asyncio.Future[None] | None = None
         self.transport: asyncio.Transport | None = None
         self.closed_exc: BaseException | None = None
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.closed_exc = exc or ConnectionResetError("connection closed by the server")
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(self.closed_exc)
@@ -111,7 +112,7 @@ class _ReplyProtocol(asyncio.BufferedProtocol):
         self.buf = grown
         self.view = memoryview(grown)
 
-    def get_buffer(self, sizehint: int):
+    def get_buffer(self, sizehint: int) -> memoryview:
         if self.filled >= len(self.buf):
             self._grow(len(self.buf) * 2)
         return self.view[self.filled :]
@@ -121,7 +122,8 @@ class _ReplyProtocol(asyncio.BufferedProtocol):
         if not self.size and self.filled >= HEADER:
             self.size = _U32.unpack_from(self.buf, H_SIZE)[0]
             if self.size < HEADER:
-                self.transport.close()
+                if self.transport is not None:
+                    self.transport.close()
                 return
             if self.size > len(self.buf):
                 self._grow(self.size)
@@ -130,7 +132,7 @@ class _ReplyProtocol(asyncio.BufferedProtocol):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         return False
 
 
@@ -171,7 +173,7 @@ class Connection:
 
     # ------------------------------------------------------------------ frames
 
-    async def roundtrip(self, data) -> tuple[int, int, int, memoryview]:
+    async def roundtrip(self, data: bytes | bytearray | memoryview) -> tuple[int, int, int, memoryview]:
         """Send one frame, wait for its reply: (command, operation, status, body view)."""
         p = self.protocol
         if p.closed_exc is not None:
@@ -205,13 +207,13 @@ class Connection:
             client=self.client_id,
             with_checksum=checksummed,
         )
-        command, _, status, reply = await self.roundtrip(frame)
+        command, _, status, view = await self.roundtrip(frame)
         if command == COMMAND_EVICTION:
             reason = self.protocol.buf[EV_REASON]
             raise BenchError(f"evicted by the server (reason {reason})", 100000 + reason)
         if status:
             raise BenchError(f"operation {operation}/{code} failed with error {status}", status)
-        reply = bytes(reply)
+        reply = bytes(view)
         if operation == OP_REGISTER or operation in codes.METADATA_OPS:
             if len(reply) >= 4 and _U32.unpack_from(reply)[0] == 0:
                 return reply[4:]
@@ -249,7 +251,7 @@ class Connection:
             raise
         return reply or None
 
-    async def get_stream(self, name: str) -> dict | None:
+    async def get_stream(self, name: str) -> dict[str, Any] | None:
         """{id, name, topics_count, messages_count, size_bytes} or None when it does not exist."""
         reply = await self._read_if_found(codes.GET_STREAM, name_id(name))
         if reply is None:
@@ -265,7 +267,7 @@ class Connection:
 
     async def create_stream(self, name: str) -> int:
         reply = await self.call(OP_CREATE_STREAM, 0, wire_name(name))
-        return _U32.unpack_from(reply)[0]
+        return int(_U32.unpack_from(reply)[0])
 
     async def delete_stream(self, stream_id: int) -> None:
         await self.call(OP_DELETE_STREAM, 0, numeric_id(stream_id))
@@ -280,9 +282,9 @@ class Connection:
         reply = await self.call(
             OP_CREATE_TOPIC, 0, numeric_id(stream_id) + _U32.pack(partitions) + wire_name(name) + options
         )
-        return _U32.unpack_from(reply)[0]
+        return int(_U32.unpack_from(reply)[0])
 
-    async def get_topic(self, stream_id: int, topic: int | str) -> dict | None:
+    async def get_topic(self, stream_id: int, topic: int | str) -> dict[str, Any] | None:
         """{id, partitions: [(id, current_offset, messages_count)]} or None."""
         tid = numeric_id(topic) if isinstance(topic, int) else name_id(topic)
         reply = await self._read_if_found(codes.GET_TOPIC, numeric_id(stream_id) + tid)
@@ -304,7 +306,7 @@ class Connection:
         reply = await self.call(
             OP_CREATE_CONSUMER_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + wire_name(name)
         )
-        return _U32.unpack_from(reply)[0]
+        return int(_U32.unpack_from(reply)[0])
 
     async def get_group_id(self, stream_id: int, topic_id: int, name: str) -> int | None:
         try:
@@ -315,7 +317,7 @@ class Connection:
             if exc.code in _NOT_FOUND or exc.code in _GROUP_NOT_FOUND:
                 return None
             raise
-        return _U32.unpack_from(reply)[0] if len(reply) >= 4 else None
+        return int(_U32.unpack_from(reply)[0]) if len(reply) >= 4 else None
 
     async def join_group(self, stream_id: int, topic_id: int, group_id: int) -> None:
         await self.call(OP_JOIN_CONSUMER_GROUP, 0, numeric_id(stream_id) + numeric_id(topic_id) + numeric_id(group_id))

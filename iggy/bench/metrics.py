@@ -18,7 +18,9 @@ from __future__ import annotations
 import math
 import time
 from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p999", 99.9), ("p9999", 99.99))
 
@@ -38,7 +40,7 @@ class ActorMetrics:
     user_bytes: int = 0
     total_bytes: int = 0
     batches: int = 0
-    latencies: array = field(default_factory=lambda: array("d"))
+    latencies: array[float] = field(default_factory=lambda: array("d"))
 
     def record(self, latency: float, messages: int, user_bytes: int, total_bytes: int) -> None:
         self.latencies.append(latency)
@@ -52,7 +54,7 @@ class ActorMetrics:
         return max(self.end - self.start, 1e-9)
 
 
-def percentile(ordered, p: float) -> float:
+def percentile(ordered: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of an ascending sequence (0.0 when empty)."""
     n = len(ordered)
     if not n:
@@ -61,7 +63,7 @@ def percentile(ordered, p: float) -> float:
     return ordered[min(n - 1, max(0, rank - 1))]
 
 
-def latency_stats(values) -> dict:
+def latency_stats(values: Iterable[float]) -> dict[str, float]:
     """Percentiles, mean, median, min, max and standard deviation, in ms."""
     ordered = sorted(values)
     n = len(ordered)
@@ -87,11 +89,11 @@ def latency_stats(values) -> dict:
     return out
 
 
-def _round(d: dict) -> dict:
+def _round(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
 
 
-def actor_summary(m: ActorMetrics, benchmark_kind: str) -> dict:
+def actor_summary(m: ActorMetrics, benchmark_kind: str) -> dict[str, Any]:
     secs = m.elapsed
     out = {
         "benchmark_kind": benchmark_kind,
@@ -113,7 +115,7 @@ def actor_summary(m: ActorMetrics, benchmark_kind: str) -> dict:
 GROUP_KINDS = {PRODUCER: "producers", CONSUMER: "consumers", PRODUCING_CONSUMER: "producing_consumers"}
 
 
-def group_summary(kind: str, actors: list[ActorMetrics]) -> dict:
+def group_summary(kind: str, actors: list[ActorMetrics]) -> dict[str, Any]:
     """Totals over a group of actors (see the module docstring for the two rates)."""
     if not actors:
         raise ValueError("an empty group")
@@ -147,7 +149,7 @@ def group_summary(kind: str, actors: list[ActorMetrics]) -> dict:
     return _round(out)
 
 
-def group_metrics(actors: list[ActorMetrics]) -> list[dict]:
+def group_metrics(actors: list[ActorMetrics]) -> list[dict[str, Any]]:
     """One summary per actor kind present, plus an aggregate when producers and consumers
     both ran."""
     groups = []

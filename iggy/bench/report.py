@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -30,7 +32,7 @@ _GROUP_TITLES = {
 
 
 @contextlib.asynccontextmanager
-async def progress_bar(progress: Progress, console: Console, enabled: bool = True):
+async def progress_bar(progress: Progress, console: Console, enabled: bool = True) -> AsyncIterator[None]:
     """Show `progress` (messages done of total, MB/s) while the body runs; sampled 10x/s."""
     if not enabled:
         yield
@@ -46,7 +48,7 @@ async def progress_bar(progress: Progress, console: Console, enabled: bool = Tru
         transient=True,
         refresh_per_second=10,
     )
-    task_ids: dict[str, int] = {}
+    task_ids: dict[str, TaskID] = {}
 
     def on_phase(phase: str, total: int) -> None:
         for tid in task_ids.values():

@@ -27,7 +27,9 @@ import asyncio
 import math
 import os
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 from iggy.bench.client import (
     COMMAND_REPLY,
@@ -137,7 +139,7 @@ class BenchConfig:
         base, extra = divmod(total, actors)
         return [base + (1 if i < extra else 0) for i in range(actors)]
 
-    def params(self) -> dict:
+    def params(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("password")
         out["benchmark_kind"] = out.pop("kind")
@@ -154,7 +156,7 @@ class Progress:
         self.done = 0
         self.bytes = 0
         self.started = time.perf_counter()
-        self.listener = None  # called with (phase, total) when a phase starts
+        self.listener: Callable[[str, int], None] | None = None  # called with (phase, total) when a phase starts
 
     def start(self, phase: str, total: int) -> None:
         self.phase, self.total, self.done, self.bytes = phase, total, 0, 0
@@ -185,15 +187,15 @@ class BenchReport:
     actors: list[ActorMetrics]
     started_at: str
     finished_at: str
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def group(self, kind: str) -> dict | None:
+    def group(self, kind: str) -> dict[str, Any] | None:
         for g in group_metrics(self.actors):
             if g["kind"] == kind:
                 return g
         return None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         import platform
         import socket as _socket
 
@@ -244,6 +246,17 @@ def _actor_batch(cfg: BenchConfig, seed: int) -> bytes:
     return build_batch(messages)
 
 
+_T = TypeVar("_T")
+
+
+def _prepared(value: _T | None) -> _T:
+    """What an actor's prepare() sets (its connection and frames, a group's id): running an
+    actor that was not prepared is a bug of the runner."""
+    if value is None:
+        raise RuntimeError("bench actor used before prepare()")
+    return value
+
+
 def _check_reply(command: int, status: int, what: str) -> None:
     if command != COMMAND_REPLY:
         raise BenchError(f"{what}: evicted by the server", 100000)
@@ -288,7 +301,7 @@ class Producer:
 
     async def run(self, batches: int | None = None, deadline: float | None = None, record: bool = True) -> int:
         """Send `batches` (default: the actor's share) or until `deadline`; returns batches sent."""
-        conn, frame, m = self.conn, self.frame, self.metrics
+        conn, frame, m = _prepared(self.conn), _prepared(self.frame), self.metrics
         parts, nparts = self.partitions, len(self.partitions)
         per_batch = frame.message_count
         user_bytes = self.cfg.message_size * per_batch
@@ -367,7 +380,7 @@ class Consumer:
 
     async def warmup(self, deadline: float, stop_at: int) -> None:
         """Poll the first `stop_at` messages over and over until `deadline` (nothing recorded)."""
-        conn, frame, offset = self.conn, self.frame, 0
+        conn, frame, offset = _prepared(self.conn), _prepared(self.frame), 0
         while time.perf_counter() < deadline and stop_at > 0:
             command, _, status, body = await conn.roundtrip(frame.stamp(conn.read_request(), self.partition, offset))
             _check_reply(command, status, "poll messages")
@@ -375,7 +388,7 @@ class Consumer:
             offset = nxt if count and nxt < stop_at else 0
 
     async def run(self) -> None:
-        conn, frame, m = self.conn, self.frame, self.metrics
+        conn, frame, m = _prepared(self.conn), _prepared(self.frame), self.metrics
         progress, partition = self.progress, self.partition
         pacer = _Pacer(self.rate)
         perf = time.perf_counter
@@ -419,7 +432,7 @@ class GroupConsumer:
         cfg: BenchConfig,
         actor_id: int,
         target: Target,
-        remaining: dict,
+        remaining: dict[str, int],
         progress: Progress | None,
         rate: float | None,
     ):
@@ -432,12 +445,12 @@ class GroupConsumer:
     async def prepare(self) -> None:
         cfg, t = self.cfg, self.target
         self.conn = await connect(cfg.server_address, cfg.username, cfg.password, cfg.nodelay)
-        await self.conn.join_group(t.stream_id, t.topic_id, t.group_id)
+        await self.conn.join_group(t.stream_id, t.topic_id, _prepared(t.group_id))
         self.frame = PollFrame(
             self.conn.session,
             self.conn.client_id,
             CONSUMER_GROUP,
-            t.group_id,
+            _prepared(t.group_id),
             t.stream_id,
             t.topic_id,
             0,
@@ -447,17 +460,18 @@ class GroupConsumer:
         )
 
     async def run(self) -> None:
-        conn, frame, m, t = self.conn, self.frame, self.metrics, self.target
+        conn, frame, m, t = _prepared(self.conn), _prepared(self.frame), self.metrics, self.target
+        group_id = _prepared(t.group_id)
         progress, remaining = self.progress, self.remaining
         pacer = _Pacer(self.rate)
         perf = time.perf_counter
-        owned = await conn.sync_group(t.stream_id, t.topic_id, t.group_id)
+        owned = await conn.sync_group(t.stream_id, t.topic_id, group_id)
         turn = empty_in_row = 0
         m.start = perf()
         while remaining["messages"] > 0:
             if not owned:
                 await asyncio.sleep(0.005)
-                owned = await conn.sync_group(t.stream_id, t.topic_id, t.group_id)
+                owned = await conn.sync_group(t.stream_id, t.topic_id, group_id)
                 continue
             partition = owned[turn % len(owned)]
             turn += 1
@@ -465,7 +479,7 @@ class GroupConsumer:
             command, _, status, body = await conn.roundtrip(frame.stamp(conn.read_request(), partition, 0))
             t1 = perf()
             if status in _RESYNC:
-                owned = await conn.sync_group(t.stream_id, t.topic_id, t.group_id)
+                owned = await conn.sync_group(t.stream_id, t.topic_id, group_id)
                 continue
             if command != COMMAND_REPLY or status:
                 _check_reply(command, status, "poll messages (group)")
@@ -475,7 +489,7 @@ class GroupConsumer:
                 if empty_in_row >= len(owned):
                     empty_in_row = 0
                     await asyncio.sleep(0.001)
-                    owned = await conn.sync_group(t.stream_id, t.topic_id, t.group_id)
+                    owned = await conn.sync_group(t.stream_id, t.topic_id, group_id)
                 continue
             empty_in_row = 0
             m.record(t1 - t0, count, payload, len(body) - 16)
@@ -488,7 +502,7 @@ class GroupConsumer:
     async def leave(self) -> None:
         t = self.target
         try:
-            await self.conn.leave_group(t.stream_id, t.topic_id, t.group_id)
+            await _prepared(self.conn).leave_group(t.stream_id, t.topic_id, _prepared(t.group_id))
         except (BenchError, OSError):
             pass
 
@@ -542,10 +556,10 @@ class ProducingConsumer:
         )
 
     async def run(self, batches: int | None = None, deadline: float | None = None, record: bool = True) -> None:
-        conn, m = self.conn, self.metrics
-        per_batch = self.send.message_count
+        conn, send, poll, m = _prepared(self.conn), _prepared(self.send), _prepared(self.poll), self.metrics
+        per_batch = send.message_count
         user_bytes = self.cfg.message_size * per_batch
-        wire_bytes = self.send.batch_length
+        wire_bytes = send.batch_length
         progress = self.progress if record else None
         pacer = _Pacer(self.rate)
         perf = time.perf_counter
@@ -555,15 +569,13 @@ class ProducingConsumer:
             m.start = perf()
         while done < limit if deadline is None else perf() < deadline:
             t0 = perf()
-            command, _, status, _ = await conn.roundtrip(
-                self.send.stamp(conn.write_request(), _now_us(), self.partition)
-            )
+            command, _, status, _ = await conn.roundtrip(send.stamp(conn.write_request(), _now_us(), self.partition))
             if command != COMMAND_REPLY or status:
                 _check_reply(command, status, "send messages")
             got = 0
             while got < per_batch:
                 command, _, status, body = await conn.roundtrip(
-                    self.poll.stamp(conn.read_request(), self.partition, self.offset)
+                    poll.stamp(conn.read_request(), self.partition, self.offset)
                 )
                 if command != COMMAND_REPLY or status:
                     _check_reply(command, status, "poll messages")
@@ -586,6 +598,9 @@ class ProducingConsumer:
             self.conn.close()
 
 
+Actor = Producer | Consumer | GroupConsumer | ProducingConsumer
+
+
 # --------------------------------------------------------------------------- setup and teardown
 
 
@@ -600,10 +615,8 @@ async def _ensure_streams(
         existing = await admin.get_stream(name)
         if existing is not None:
             topic = await admin.get_topic(existing["id"], cfg.topic_name)
-            usable = topic is not None and (
-                cfg.reuse_streams or (not fresh and existing["messages_count"] >= need_messages)
-            )
-            if usable:
+            usable = cfg.reuse_streams or (not fresh and existing["messages_count"] >= need_messages)
+            if topic is not None and usable:
                 targets.append(Target(name, existing["id"], topic["id"], [p[0] for p in topic["partitions"]]))
                 continue
             await admin.delete_stream(existing["id"])
@@ -620,7 +633,7 @@ async def _ensure_group(admin: Connection, target: Target, name: str) -> int:
     return group_id
 
 
-async def _gather(coros) -> list:
+async def _gather(coros: Iterable[Awaitable[_T]]) -> list[_T]:
     """gather that cancels the rest when one fails."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
@@ -632,7 +645,9 @@ async def _gather(coros) -> list:
         raise
 
 
-async def _fill(cfg: BenchConfig, targets: list[Target], per_stream_batches: list[int], progress: Progress | None):
+async def _fill(
+    cfg: BenchConfig, targets: list[Target], per_stream_batches: list[int], progress: Progress | None
+) -> None:
     """Write the data consumers will read (not measured): one producer per stream, batches
     spread round robin over the stream's partitions."""
     producers = [
@@ -656,8 +671,8 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> B
     started_at = now_iso()
     admin = await connect(cfg.server_address, cfg.username, cfg.password, cfg.nodelay)
     targets: list[Target] = []
-    actors: list = []
-    extra: dict = {}
+    actors: list[Actor] = []
+    extra: dict[str, Any] = {}
     try:
         kind = cfg.kind
         per_batch = cfg.messages_per_batch
@@ -752,7 +767,7 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> B
     return BenchReport(cfg, [a.metrics for a in actors], started_at, now_iso(), extra)
 
 
-def _expected(actor) -> int:
+def _expected(actor: Actor) -> int:
     if isinstance(actor, (Producer, ProducingConsumer)):
         return actor.batches * actor.cfg.messages_per_batch
     if isinstance(actor, Consumer):
@@ -760,7 +775,7 @@ def _expected(actor) -> int:
     return 0  # group consumers share their group's total
 
 
-async def _warmup(cfg: BenchConfig, actors: list, progress: Progress | None) -> None:
+async def _warmup(cfg: BenchConfig, actors: list[Actor], progress: Progress | None) -> None:
     """Run the actors unmeasured for warmup_secs. Producers' warmup data shifts where the
     consumers of the same stream start."""
     if progress is not None:
@@ -776,7 +791,7 @@ async def _warmup(cfg: BenchConfig, actors: list, progress: Progress | None) -> 
         for a in warming
     )
     for a, sent in zip(warming, results, strict=True):
-        if isinstance(a, Producer):
+        if isinstance(a, Producer) and sent is not None:  # a producer returns how many it sent
             for c in actors:
                 if isinstance(c, Consumer) and c.end_to_end and c.target is a.target:
                     c.offset += sent * cfg.messages_per_batch

@@ -17,6 +17,7 @@ as upstream's layering does.
 from __future__ import annotations
 
 import logging
+from typing import Any, Literal, cast
 
 from litestar import Litestar, Response, Router
 from litestar.config.cors import CORSConfig
@@ -24,11 +25,13 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ControllerRouterHandler, Method
 
 from iggy import SERVER_VERSION
 from iggy.http.context import HttpContext, JsonRequest, auth_guard, provide_caller, provide_ctx, require_json
 from iggy.http.errors import ERROR_RESPONSES, EXCEPTION_HANDLERS
 from iggy.http.routes import messages, streams, system, users
+from iggy.http.settings import HttpSettings
 from iggy.http.webui import ui_route
 
 OPENAPI_PATH = "/schema"
@@ -38,14 +41,14 @@ SINGLE_NODE_VIEW = "0"
 log = logging.getLogger("iggy.http")
 
 
-def stamp_view(response: Response) -> Response:
+def stamp_view(response: Response[Any]) -> Response[Any]:
     """after_request hook of the API router (see the module docstring)."""
     if (response.status_code or 200) < 400:
         response.headers[VIEW_HEADER] = SINGLE_NODE_VIEW
     return response
 
 
-def _web_ui_notice(settings) -> None:
+def _web_ui_notice(settings: HttpSettings) -> None:
     """`http.web_ui = true` is upstream's switch for the UI compiled into its binary; this
     server has none built in, so it says once how to serve the official build instead."""
     if settings.web_ui and not settings.web_ui_dir:
@@ -71,7 +74,7 @@ def create_app(ctx: HttpContext) -> Litestar:
         after_request=stamp_view,
         security=[{"bearer": []}],
     )
-    route_handlers = [api]
+    route_handlers: list[ControllerRouterHandler] = [api]
     _web_ui_notice(settings)
     if settings.web_ui_dir:
         route_handlers.append(ui_route(settings.web_ui_dir))
@@ -80,7 +83,8 @@ def create_app(ctx: HttpContext) -> Litestar:
     if cors.enabled:
         cors_config = CORSConfig(
             allow_origins=list(cors.allowed_origins),
-            allow_methods=list(cors.allowed_methods),
+            # method names from the config, upper-cased by HttpSettings
+            allow_methods=cast("list[Method | Literal['*']]", list(cors.allowed_methods)),
             allow_headers=list(cors.allowed_headers),
             expose_headers=list(cors.exposed_headers),
             allow_credentials=cors.allow_credentials,

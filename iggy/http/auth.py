@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import jwt
 
@@ -60,7 +62,7 @@ class JwtIssuer:
         self.secret = settings.secret or random_secret()
         self.revoked: dict[str, int] = {}  # jti -> exp (Unix seconds)
 
-    def issue(self, who: Principal) -> dict:
+    def issue(self, who: Principal) -> dict[str, Any]:
         """A new token for `who` as the `access_token` object of IdentityInfo."""
         s = self.settings
         now = int(time.time())
@@ -77,7 +79,7 @@ class JwtIssuer:
         }
         return {"token": jwt.encode(claims, self.secret, algorithm=s.algorithm), "expiry": exp}
 
-    def decode(self, token: str) -> dict | None:
+    def decode(self, token: str) -> dict[str, Any] | None:
         """The verified claims, or None if the token is not one of ours, expired or revoked."""
         s = self.settings
         try:
@@ -123,9 +125,9 @@ class JwtIssuer:
             del self.revoked[jti]
 
 
-def bearer(headers) -> str:
+def bearer(headers: Mapping[str, str]) -> str:
     """The credential of `Authorization: Bearer <credential>`; 401 access_token_missing if absent."""
-    value = headers.get("authorization", "")
+    value: str = headers.get("authorization", "")
     if not value.startswith("Bearer ") or not value[7:].strip():
         raise IggyError(ErrorCode.ACCESS_TOKEN_MISSING, "Access token is missing")
     return value[7:].strip()

@@ -19,19 +19,26 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from iggy.protocol.errors import ErrorCode, IggyError
 
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane
+    from iggy.http.auth import Principal
+    from iggy.metadata.state import UserMeta
+
 
 class Bridge:
-    def __init__(self, plane, loop: asyncio.AbstractEventLoop):
+    def __init__(self, plane: ControlPlane, loop: asyncio.AbstractEventLoop):
         self.plane = plane
         self.loop = loop
 
-    async def call(self, fn, *args):
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(plane, *args)` on the main loop and return its result here."""
 
-        async def run():
+        async def run() -> Any:
             result = fn(self.plane, *args)
             if inspect.isawaitable(result):
                 result = await result
@@ -40,7 +47,7 @@ class Bridge:
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         return await asyncio.shield(asyncio.wrap_future(future))
 
-    async def call_as(self, who, fn, *args):
+    async def call_as(self, who: Principal, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(plane, user, *args)` on the main loop for the authenticated principal `who`.
 
         A token whose user has been deleted since it was issued authenticates nobody (401),
@@ -49,13 +56,13 @@ class Bridge:
         return await self.call(_as_user, who, fn, args)
 
 
-def user_of(plane, who):
+def user_of(plane: ControlPlane, who: Principal) -> UserMeta:
     """The user `who` (an auth.Principal) names, if it still exists; else IggyError 40."""
-    user = plane.meta.state.users.get(who.user_id)
+    user: UserMeta | None = plane.meta.state.users.get(who.user_id)
     if user is None or user.generation != who.generation:
         raise IggyError(ErrorCode.UNAUTHENTICATED)
     return user
 
 
-def _as_user(plane, who, fn, args):
+def _as_user(plane: ControlPlane, who: Principal, fn: Callable[..., Any], args: Sequence[Any]) -> Any:
     return fn(plane, user_of(plane, who), *args)

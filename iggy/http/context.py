@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING, Any, cast
 
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -27,6 +28,10 @@ from iggy.http.bridge import Bridge
 from iggy.http.settings import HttpSettings
 from iggy.protocol.errors import ErrorCode, IggyError
 
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane
+    from iggy.http.metrics import Metrics
+
 U32_MAX = 0xFFFFFFFF
 _log_limited = LogLimiter(logging.getLogger("iggy.http"))
 
@@ -34,7 +39,7 @@ _log_limited = LogLimiter(logging.getLogger("iggy.http"))
 class HttpContext:
     """Shared by every request of one listener (a plain class: Litestar passes it as is)."""
 
-    def __init__(self, bridge: Bridge, jwt: JwtIssuer, settings: HttpSettings, metrics=None):
+    def __init__(self, bridge: Bridge, jwt: JwtIssuer, settings: HttpSettings, metrics: Metrics | None = None):
         self.bridge = bridge
         self.jwt = jwt
         self.settings = settings
@@ -46,19 +51,19 @@ Ctx = NamedDependency[HttpContext]  # handler parameter `ctx`
 Caller = NamedDependency[Principal]  # handler parameter `caller`: the authenticated user
 
 
-def ctx_of(connection: ASGIConnection) -> HttpContext:
-    return connection.app.state.ctx
+def ctx_of(connection: ASGIConnection[Any, Any, Any, Any]) -> HttpContext:
+    return cast(HttpContext, connection.app.state.ctx)
 
 
-def provide_ctx(request: Request) -> HttpContext:  # Litestar dependency `ctx`
+def provide_ctx(request: Request[Any, Any, Any]) -> HttpContext:  # Litestar dependency `ctx`
     return ctx_of(request)
 
 
-def provide_caller(request: Request) -> Principal:  # Litestar dependency `caller` (set by the guard)
-    return request.scope["user"]
+def provide_caller(request: Request[Any, Any, Any]) -> Principal:  # dependency `caller` (set by the guard)
+    return cast(Principal, request.scope["user"])
 
 
-def _pat_user(plane, credential: str) -> Principal:
+def _pat_user(plane: ControlPlane, credential: str) -> Principal:
     from iggy.control.users import user_for_token
 
     try:
@@ -70,7 +75,7 @@ def _pat_user(plane, credential: str) -> Principal:
         raise
 
 
-async def auth_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Authenticate every route not marked ``opt={"public": True}``."""
     if handler.opt.get("public"):
         return
@@ -85,12 +90,12 @@ async def auth_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> N
     connection.scope["auth"] = credential
 
 
-class JsonRequest(Request):
+class JsonRequest(Request[Any, Any, Any]):
     """Litestar's Request, except that JSON nested too deeply for the decoder is a client
     error (400, plain text, as any malformed JSON) instead of a RecursionError (500 and a
     traceback per request). The refusal is logged at most once a minute."""
 
-    async def json(self):
+    async def json(self) -> Any:
         try:
             return await super().json()
         except RecursionError:
@@ -105,7 +110,7 @@ class JsonRequest(Request):
             raise SerializationException("JSON is malformed: nested too deeply") from None
 
 
-async def require_json(request: Request) -> None:
+async def require_json(request: Request[Any, Any, Any]) -> None:
     """Refuse a body route without ``Content-Type: application/json`` (415), as axum's Json does."""
     if "data" not in request.route_handler.parsed_fn_signature.parameters:
         return None
@@ -118,7 +123,7 @@ async def require_json(request: Request) -> None:
 # ------------------------------------------------------------------- path values
 
 
-def ident(text: str):
+def ident(text: str) -> int | str:
     """An id-or-name path segment: digits that fit a u32 are an id, anything else a name."""
     raw = text.encode("utf-8")
     if not 1 <= len(raw) <= 255:

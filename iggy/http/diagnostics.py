@@ -22,6 +22,7 @@ import io
 import os
 import time
 import zipfile
+from collections.abc import Callable
 
 import psutil
 
@@ -111,7 +112,7 @@ def _config(data_dir: str) -> str:
 def build(data_dir: str, types: list[str], compression: str) -> tuple[bytes, str]:
     """(ZIP bytes, file name) for the requested types ("All" alone means every type)."""
     wanted = list(TYPES) if "All" in types else [t for t in TYPES if t in types]
-    producers = {
+    producers: dict[str, Callable[[], str]] = {
         "FilesystemOverview": lambda: _filesystem(data_dir),
         "ProcessList": _processes,
         "ResourceUsage": lambda: _resources(data_dir),

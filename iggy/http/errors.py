@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
 
 from iggy.control.throttle import LogLimiter
 from iggy.protocol.errors import ErrorCode, IggyError, error_id
@@ -57,7 +59,7 @@ TRANSIENT_CODES = frozenset({ErrorCode.TRANSIENT_NOT_COMMITTED, ErrorCode.TRANSI
 DISCONNECTED = "client disconnected prematurely"
 
 # the `field` the reference server names for these codes (HTTP.md 1.5)
-FIELDS = {
+FIELDS: dict[int, str] = {
     ErrorCode.STREAM_ID_NOT_FOUND: "stream_id",
     ErrorCode.INVALID_STREAM_ID: "stream_id",
     ErrorCode.TOPIC_ID_NOT_FOUND: "topic_id",
@@ -86,7 +88,7 @@ class ErrorBody(msgspec.Struct):
     field: str | None
 
 
-def _spec(description: str, body=ErrorBody) -> ResponseSpec:
+def _spec(description: str, body: type[ErrorBody] | None = ErrorBody) -> ResponseSpec:
     media = "application/json" if body is not None else "text/plain"
     return ResponseSpec(data_container=body, description=description, media_type=media, generate_examples=False)
 
@@ -123,7 +125,7 @@ def status_of(code: int) -> int:
     return 400
 
 
-def iggy_error_response(exc: IggyError) -> Response:
+def iggy_error_response(exc: IggyError) -> Response[Any]:
     status = status_of(exc.code)
     body = {
         "id": exc.code,
@@ -138,15 +140,15 @@ def iggy_error_response(exc: IggyError) -> Response:
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-def text(status: int, message: str = "") -> Response:
+def text(status: int, message: str = "") -> Response[Any]:
     return Response(message, status_code=status, media_type="text/plain")
 
 
-def _on_iggy_error(request: Request, exc: IggyError) -> Response:
+def _on_iggy_error(request: Request[Any, Any, Any], exc: IggyError) -> Response[Any]:
     return iggy_error_response(exc)
 
 
-def _on_not_found(request: Request, exc: NotFound) -> Response:
+def _on_not_found(request: Request[Any, Any, Any], exc: NotFound) -> Response[Any]:
     return Response(
         {"id": 404, "code": "not_found", "reason": "Resource not found", "field": None},
         status_code=404,
@@ -154,11 +156,11 @@ def _on_not_found(request: Request, exc: NotFound) -> Response:
     )
 
 
-def _on_unprocessable(request: Request, exc: Unprocessable) -> Response:
+def _on_unprocessable(request: Request[Any, Any, Any], exc: Unprocessable) -> Response[Any]:
     return text(422, str(exc))
 
 
-def _on_validation(request: Request, exc: ValidationException) -> Response:
+def _on_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     """Body that does not fit its schema -> 422; bad path or query values -> 400."""
     extra = exc.extra if isinstance(exc.extra, list) else []
     if any(isinstance(e, dict) and e.get("source") == "body" for e in extra):
@@ -168,7 +170,7 @@ def _on_validation(request: Request, exc: ValidationException) -> Response:
     return text(400, f"{exc.detail}{': ' + details if details else ''}")
 
 
-def _on_http_exception(request: Request, exc: HTTPException) -> Response:
+def _on_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if isinstance(exc, NotFoundException):
         return Response(b"", status_code=404)  # no route: empty body, as the reference server
     if exc.status_code == 405:
@@ -190,13 +192,13 @@ def _on_http_exception(request: Request, exc: HTTPException) -> Response:
     return text(exc.status_code, str(exc.detail))
 
 
-def _on_unexpected(request: Request, exc: Exception) -> Response:
+def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     # litestar calls this handler with the exception, outside any `except` block
     log.error("HTTP %s %s failed", request.method, request.url.path, exc_info=exc)
     return text(HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error")
 
 
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     IggyError: _on_iggy_error,
     NotFound: _on_not_found,
     Unprocessable: _on_unprocessable,

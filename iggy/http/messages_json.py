@@ -20,10 +20,15 @@ import base64
 import binascii
 import struct
 import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from iggy.http.errors import Unprocessable
 from iggy.http.views import KIND_NAMES
 from iggy.protocol.errors import ErrorCode, IggyError
+
+if TYPE_CHECKING:
+    from iggy.http.schemas import HeaderEntry, SendMessages
 
 KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 # fixed value sizes per kind (raw and string have any size)
@@ -46,7 +51,7 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def message_id(value) -> int:
+def message_id(value: int | str | None) -> int:
     """A JSON id (number, decimal string or UUID hex) as u128; 0 or none -> random UUID v4."""
     if value is None:
         return uuid.uuid4().int
@@ -73,7 +78,7 @@ def _check_field(kind: int, data: bytes, error: ErrorCode) -> None:
         raise IggyError(error)
 
 
-def encode_headers(entries) -> bytes:
+def encode_headers(entries: Iterable[HeaderEntry]) -> bytes:
     """The TLV block of a list of schemas.HeaderEntry (or b"" for none)."""
     out = bytearray()
     for entry in entries:
@@ -89,7 +94,8 @@ def encode_headers(entries) -> bytes:
 
 def parse_headers(block: bytes) -> list[tuple[int, bytes]]:
     """TLV fields of a header block; ValueError if the block is malformed."""
-    fields, pos = [], 0
+    fields: list[tuple[int, bytes]] = []
+    pos = 0
     while pos < len(block):
         if pos + 5 > len(block):
             raise ValueError("truncated header field")
@@ -104,7 +110,7 @@ def parse_headers(block: bytes) -> list[tuple[int, bytes]]:
     return fields
 
 
-def headers_block(value) -> bytes:
+def headers_block(value: list[HeaderEntry] | str | None) -> bytes:
     """user_headers of a send body (list, base64 string or None) as a validated TLV block."""
     if value is None:
         return b""
@@ -122,7 +128,7 @@ def headers_block(value) -> bytes:
     return encode_headers(value)
 
 
-def headers_json(block: bytes):
+def headers_json(block: bytes) -> list[dict[str, Any]] | str:
     """A stored header block as JSON entries; an unparsable block as a base64 string."""
     if not block:
         return []
@@ -141,7 +147,7 @@ def headers_json(block: bytes):
     return out
 
 
-def batch_input(body) -> list[tuple[int, bytes, bytes]]:
+def batch_input(body: SendMessages) -> list[tuple[int, bytes, bytes]]:
     """(id, payload, user headers block) per message of a schemas.SendMessages body."""
     if not body.messages:
         raise IggyError(ErrorCode.INVALID_MESSAGES_COUNT)
@@ -156,7 +162,7 @@ def batch_input(body) -> list[tuple[int, bytes, bytes]]:
     return out
 
 
-def partitioning(body) -> tuple[int, bytes]:
+def partitioning(body: SendMessages) -> tuple[int, bytes]:
     """(partitioning kind code, value bytes) of a send body; value length checked as upstream."""
     kind = PARTITION_KINDS[body.partitioning.kind]
     value = b64decode(body.partitioning.value, "partitioning.value") if body.partitioning.value else b""
@@ -180,7 +186,7 @@ def poll_caps(limit: int, count: int) -> tuple[int, int]:
     return max(1, min(count, limit // JSON_MESSAGE_SHARE)), max(1, limit * 5 // 8)
 
 
-def polled_json(partition_id: int, current_offset: int, messages) -> dict:
+def polled_json(partition_id: int, current_offset: int, messages: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The PolledMessages object from the dicts `iggy.protocol.batch.iter_messages` yields."""
     out = []
     for m in messages:

@@ -19,7 +19,14 @@ matched.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane
 
 GAUGES = (
     "streams",
@@ -41,18 +48,18 @@ class Metrics:
     # Litestar appends "; charset=utf-8" to text types itself
     content_type = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("http_requests", "HTTP requests received", registry=self.registry)
         self.gauges = {name: Gauge(name, f"Number of {name}", registry=self.registry) for name in GAUGES}
 
-    def render(self, counts: dict) -> bytes:
+    def render(self, counts: dict[str, int]) -> bytes:
         for name, gauge in self.gauges.items():
             gauge.set(counts.get(name, 0))
         return generate_latest(self.registry)
 
 
-def counts(plane) -> dict:
+def counts(plane: ControlPlane) -> dict[str, int]:
     """The gauge values, read on the main loop."""
     st = plane.meta.state
     totals = plane.storage.totals()
@@ -72,11 +79,11 @@ def counts(plane) -> dict:
 class CountingApp:
     """ASGI wrapper counting HTTP requests into `metrics.requests`."""
 
-    def __init__(self, app, metrics: Metrics):
+    def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
         self.metrics = metrics
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP:  # a str enum: equal to the scope's "http"
             self.metrics.requests.inc()
         await self.app(scope, receive, send)

@@ -30,6 +30,7 @@ listener's settings.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -53,8 +54,8 @@ def _response(status: int, reason: str) -> bytes:
 class GuardedHttpProtocol(HttpToolsProtocol):
     settings: HttpSettings = HttpSettings()  # replaced per listener by protocol_class()
 
-    def connection_made(self, transport) -> None:
-        self._timer = None
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn types it
+        self._timer: asyncio.TimerHandle | None = None
         self._in_head = True  # receiving a request line and headers (or waiting for one)
         self._head_bytes = 0
         self._completed = False  # a request was completed during the current read
@@ -76,7 +77,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._arm(self.settings.header_read_timeout, "head")
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         if self._counted:
             super().connection_lost(exc)
@@ -153,7 +154,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             )
             self.transport.close()
 
-    def _refuse(self, status: int, reason: str, key: str, why: str, *args) -> None:
+    def _refuse(self, status: int, reason: str, key: str, why: str, *args: object) -> None:
         _log_limited.log(logging.INFO, key, "closing HTTP connection from %s: " + why, self._peer(), *args)
         if self.cycle is None or self.cycle.response_complete:  # no response under way
             self.transport.write(_response(status, reason))

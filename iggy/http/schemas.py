@@ -10,7 +10,7 @@ binary protocol could not carry either.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -21,7 +21,7 @@ U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
 U64 = Annotated[int, msgspec.Meta(ge=0)]
 
 
-def check_u64(*values) -> None:
+def check_u64(*values: object) -> None:
     for value in values:
         if isinstance(value, int) and value > U64_MAX:
             raise ValueError("number too large to fit in target type u64")
@@ -46,7 +46,7 @@ class CreateToken(msgspec.Struct):
     name: str
     expiry: U64 = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_u64(self.expiry)
 
 
@@ -128,7 +128,7 @@ class CreateTopic(msgspec.Struct):
     options: dict[str, str] | None = None
     replication_factor: int | None = None  # legacy field, ignored
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_u64(self.message_expiry, self.max_topic_size)
 
 
@@ -139,7 +139,7 @@ class UpdateTopic(msgspec.Struct):
     max_topic_size: U64 | None = None
     options: dict[str, str] | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_u64(self.message_expiry, self.max_topic_size)
 
 
@@ -156,7 +156,7 @@ class StoreOffset(msgspec.Struct):
     offset: U64
     partition_id: U32 | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_u64(self.offset)
 
 
@@ -196,7 +196,7 @@ class SendMessage(msgspec.Struct):
     id: U64 | str | None = None  # a number up to u64, or a decimal / UUID string
     user_headers: list[HeaderEntry] | str | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_u64(self.id)
 
 
@@ -212,7 +212,7 @@ class Snapshot(msgspec.Struct):
     ] = msgspec.field(default_factory=lambda: ["All"])
 
 
-def stored_permissions(p: Permissions | None) -> dict | None:
+def stored_permissions(p: Permissions | None) -> dict[str, Any] | None:
     """Permissions of a request body in the stored form of `iggy.control.permissions`."""
     from iggy.control import permissions as perm
 

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import socket
 import threading
+from typing import TYPE_CHECKING
 
 from iggy.http.auth import JwtIssuer
 from iggy.http.bridge import Bridge
@@ -30,6 +31,11 @@ from iggy.http.context import HttpContext
 from iggy.http.metrics import CountingApp, Metrics
 from iggy.http.protocol import protocol_class
 from iggy.http.settings import HttpSettings
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from iggy.control.plane import ControlPlane
 
 log = logging.getLogger("iggy.http")
 
@@ -60,21 +66,21 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 class HttpServer:
-    def __init__(self, plane, settings: HttpSettings):
+    def __init__(self, plane: ControlPlane, settings: HttpSettings):
         self.plane = plane
         self.settings = settings
         self.sock: socket.socket | None = None
         self.thread: threading.Thread | None = None
-        self.uvicorn = None
+        self.uvicorn: uvicorn.Server | None = None
         self.address: tuple[str, int] | None = None
         self._failed: BaseException | None = None
 
-    def build_context(self, main_loop) -> HttpContext:
+    def build_context(self, main_loop: asyncio.AbstractEventLoop, metrics: Metrics) -> HttpContext:
         return HttpContext(
             bridge=Bridge(self.plane, main_loop),
             jwt=JwtIssuer(self.settings.jwt),
             settings=self.settings,
-            metrics=Metrics(),
+            metrics=metrics,
         )
 
     async def start(self) -> tuple[str, int]:
@@ -83,8 +89,9 @@ class HttpServer:
 
         from iggy.http.app import create_app
 
-        ctx = self.build_context(asyncio.get_running_loop())
-        app = CountingApp(create_app(ctx), ctx.metrics)
+        metrics = Metrics()
+        ctx = self.build_context(asyncio.get_running_loop(), metrics)
+        app = CountingApp(create_app(ctx), metrics)
         s = self.settings
         self.sock = bind(s.host, s.port)
         host, port = self.sock.getsockname()[:2]
@@ -103,15 +110,16 @@ class HttpServer:
             loop="none",
             timeout_graceful_shutdown=SHUTDOWN_GRACE,
             http=protocol_class(s),
-            timeout_keep_alive=s.keep_alive_timeout or 86_400,
+            # uvicorn hands it to loop.call_later, fractions of a second included (typed as int)
+            timeout_keep_alive=s.keep_alive_timeout or 86_400,  # type: ignore[arg-type]
             ssl_certfile=s.tls_cert_file or None,
             ssl_keyfile=s.tls_key_file or None,
         )
-        self.uvicorn = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self._run, name="iggy-http", daemon=True)
+        server = self.uvicorn = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, args=(server, self.sock), name="iggy-http", daemon=True)
         self.thread.start()
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
-        while not self.uvicorn.started:
+        while not server.started:
             if self._failed is not None or not self.thread.is_alive():
                 raise RuntimeError(f"HTTP server failed to start: {self._failed!r}")
             if asyncio.get_running_loop().time() > deadline:
@@ -121,11 +129,11 @@ class HttpServer:
         log.info("HTTP API listening on %s://%s:%d", scheme, host, port)
         return self.address
 
-    def _run(self) -> None:
+    def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
         loop = _new_loop()
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(self.uvicorn.serve(sockets=[self.sock]))
+            loop.run_until_complete(server.serve(sockets=[sock]))
         except BaseException as exc:
             self._failed = exc
             log.exception("HTTP server thread failed")
@@ -133,7 +141,7 @@ class HttpServer:
             loop.close()
 
     async def stop(self) -> None:
-        if self.thread is None:
+        if self.thread is None or self.uvicorn is None:
             return
         self.uvicorn.should_exit = True
         await asyncio.to_thread(self.thread.join, SHUTDOWN_GRACE + 5)

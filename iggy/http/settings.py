@@ -31,6 +31,7 @@ import base64
 import secrets
 import string
 from dataclasses import dataclass, field
+from typing import Any
 
 from iggy.units import parse_duration, parse_size
 
@@ -41,10 +42,10 @@ NEVER_SECONDS = 1_000_000_000  # "never" expiring tokens live this long (HTTP.md
 @dataclass(frozen=True)
 class CorsSettings:
     enabled: bool = True
-    allowed_origins: tuple = ("*",)
-    allowed_methods: tuple = ("GET", "POST", "PUT", "DELETE")
-    allowed_headers: tuple = ("content-type", "authorization")
-    exposed_headers: tuple = ("iggy-view",)
+    allowed_origins: tuple[str, ...] = ("*",)
+    allowed_methods: tuple[str, ...] = ("GET", "POST", "PUT", "DELETE")
+    allowed_headers: tuple[str, ...] = ("content-type", "authorization")
+    exposed_headers: tuple[str, ...] = ("iggy-view",)
     allow_credentials: bool = False
     allow_private_network: bool = False
 
@@ -54,8 +55,8 @@ class JwtSettings:
     algorithm: str = "HS256"
     issuer: str = "iggy.apache.org"
     audience: str = "iggy.apache.org"
-    valid_issuers: tuple = ("iggy.apache.org",)
-    valid_audiences: tuple = ("iggy.apache.org",)
+    valid_issuers: tuple[str, ...] = ("iggy.apache.org",)
+    valid_audiences: tuple[str, ...] = ("iggy.apache.org",)
     access_token_expiry: int = 3600  # seconds
     clock_skew: int = 5  # seconds
     not_before: int = 0  # seconds
@@ -93,12 +94,12 @@ def random_secret() -> bytes:
     return "".join(secrets.choice(alphabet) for _ in range(length)).encode("ascii")
 
 
-def _get(section, name: str, default):
+def _get(section: object, name: str, default: Any) -> Any:
     value = getattr(section, name, None) if section is not None else None
     return default if value is None else value
 
 
-def _seconds(value, default: int) -> int:
+def _seconds(value: object, default: int) -> int:
     """A duration from config ("1 h", "5 s", "never", or a number of seconds) in seconds."""
     if value is None or value == "":
         return default
@@ -112,7 +113,7 @@ def _seconds(value, default: int) -> int:
     return parse_duration(text) // 1_000_000  # microseconds -> whole seconds
 
 
-def _fine_seconds(value, default: float) -> float:
+def _fine_seconds(value: object, default: float) -> float:
     """A duration from config in seconds, keeping fractions ("500 ms" -> 0.5)."""
     if value is None or value == "":
         return default
@@ -121,7 +122,7 @@ def _fine_seconds(value, default: float) -> float:
     return parse_duration(str(value)) / 1_000_000
 
 
-def _bytes(value, default: int) -> int:
+def _bytes(value: object, default: int) -> int:
     if value is None or value == "":
         return default
     if isinstance(value, int):
@@ -132,12 +133,12 @@ def _bytes(value, default: int) -> int:
     return parse_size(text)
 
 
-def _secret(jwt) -> bytes:
+def _secret(jwt: object) -> bytes:
     encoding = _get(jwt, "encoding_secret", "")
     decoding = _get(jwt, "decoding_secret", "")
     if encoding and decoding and encoding != decoding:
         raise ValueError("http.jwt.encoding_secret and decoding_secret must be equal for HMAC algorithms")
-    text = encoding or decoding
+    text: str = encoding or decoding
     if not text:
         return b""
     if _get(jwt, "use_base64_secret", False):
@@ -150,8 +151,10 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def from_config(cfg) -> HttpSettings:
-    """Resolve `cfg.http` into HttpSettings (the JWT secret stays empty if not configured)."""
+def from_config(cfg: object) -> HttpSettings:
+    """Resolve `cfg.http` into HttpSettings (the JWT secret stays empty if not configured).
+
+    `cfg` is an iggy.config.Config, or any object with the same attributes (tests)."""
     http = getattr(cfg, "http", None)
     host, port = split_address(_get(http, "address", "127.0.0.1:3000"))
     cors = _get(http, "cors", None)

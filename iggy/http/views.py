@@ -9,9 +9,15 @@ strings; `options` maps are ``{key: {"value": <string>, "explicit": <bool>}}``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from iggy.control import permissions as perm
-from iggy.control.topics import TOPIC_OPTIONS
+from iggy.control.topics import TOPIC_OPTIONS, TopicOption
 from iggy.control.users import STATUS_ACTIVE
+from iggy.metadata.state import GroupMeta, Permissions, StreamMeta, TopicMeta, UserMeta
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane, Session
 
 _UNITS = [
     (name, base**power)
@@ -47,7 +53,7 @@ def size_text(n: int) -> str:
 # ------------------------------------------------------------------- streams and topics
 
 
-def stream(plane, s) -> dict:
+def stream(plane: ControlPlane, s: StreamMeta) -> dict[str, Any]:
     size, messages = plane.storage.stream_stats(s)
     return {
         "id": s.id,
@@ -60,19 +66,19 @@ def stream(plane, s) -> dict:
     }
 
 
-def stream_details(plane, s) -> dict:
+def stream_details(plane: ControlPlane, s: StreamMeta) -> dict[str, Any]:
     out = stream(plane, s)
     out["topics"] = [topic(plane, s.id, t) for t in sorted(s.topics.values(), key=lambda t: t.id)]
     return out
 
 
-def option_text(value) -> str:
+def option_text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
 
 
-def topic(plane, stream_id: int, t) -> dict:
+def topic(plane: ControlPlane, stream_id: int, t: TopicMeta) -> dict[str, Any]:
     size, messages = plane.storage.topic_stats(stream_id, t)
     s = t.settings
     explicit = set(t.explicit)
@@ -92,7 +98,7 @@ def topic(plane, stream_id: int, t) -> dict:
     }
 
 
-def topic_details(plane, stream_id: int, t) -> dict:
+def topic_details(plane: ControlPlane, stream_id: int, t: TopicMeta) -> dict[str, Any]:
     out = topic(plane, stream_id, t)
     out["partitions"] = []
     for p in sorted(t.partitions.values(), key=lambda p: p.id):
@@ -113,7 +119,7 @@ def topic_details(plane, stream_id: int, t) -> dict:
 # ------------------------------------------------------------------- consumer groups
 
 
-def group(plane, s, t, g) -> dict:
+def group(plane: ControlPlane, s: StreamMeta, t: TopicMeta, g: GroupMeta) -> dict[str, Any]:
     m = plane.groups.groups.get((s.id, t.id, g.id))
     return {
         "id": g.id,
@@ -123,7 +129,7 @@ def group(plane, s, t, g) -> dict:
     }
 
 
-def group_details(plane, s, t, g) -> dict:
+def group_details(plane: ControlPlane, s: StreamMeta, t: TopicMeta, g: GroupMeta) -> dict[str, Any]:
     out = group(plane, s, t, g)
     m = plane.groups.groups.get((s.id, t.id, g.id))
     out["members"] = [
@@ -136,7 +142,7 @@ def group_details(plane, s, t, g) -> dict:
 # ------------------------------------------------------------------- users and permissions
 
 
-def permissions_json(stored: dict | None) -> dict | None:
+def permissions_json(stored: Permissions | None) -> dict[str, Any] | None:
     """Stored permissions (see control.permissions) as the reference server's JSON."""
     if stored is None:
         return None
@@ -151,7 +157,7 @@ def permissions_json(stored: dict | None) -> dict | None:
     return {"global": dict(zip(perm.GLOBAL_FLAGS, stored["global"], strict=True)), "streams": streams or None}
 
 
-def user(u) -> dict:
+def user(u: UserMeta) -> dict[str, Any]:
     return {
         "id": u.id,
         "created_at": u.created_at,
@@ -161,7 +167,7 @@ def user(u) -> dict:
     }
 
 
-def user_details(u) -> dict:
+def user_details(u: UserMeta) -> dict[str, Any]:
     out = user(u)
     out["permissions"] = permissions_json(u.permissions)
     return out
@@ -181,7 +187,7 @@ SIZE_STATS = (
 )
 
 
-def stats(raw: dict) -> dict:
+def stats(raw: dict[str, Any]) -> dict[str, Any]:
     """control.system.collect_stats() with byte counts as size strings."""
     out = dict(raw)
     for key in SIZE_STATS:
@@ -190,7 +196,7 @@ def stats(raw: dict) -> dict:
     return out
 
 
-def client(session) -> dict:
+def client(session: Session) -> dict[str, Any]:
     return {
         "client_id": session.client_id,
         "user_id": session.user_id,
@@ -200,13 +206,13 @@ def client(session) -> dict:
     }
 
 
-def client_details(session) -> dict:
+def client_details(session: Session) -> dict[str, Any]:
     out = client(session)
     out["consumer_groups"] = [{"stream_id": s, "topic_id": t, "group_id": g} for s, t, g in sorted(session.groups)]
     return out
 
 
-def cluster(meta: dict, http_host: str | None) -> dict:
+def cluster(meta: dict[str, Any], http_host: str | None) -> dict[str, Any]:
     """control.system.cluster_metadata() in the REST shape (ports grouped under `endpoints`)."""
     nodes = []
     for n in meta["nodes"]:
@@ -246,7 +252,7 @@ KIND_NAMES = {
 }
 
 
-def option_spec(opt, default_bytes: bytes) -> dict:
+def option_spec(opt: TopicOption, default_bytes: bytes) -> dict[str, Any]:
     return {
         "key": opt.key,
         "kind": KIND_NAMES.get(opt.kind, "raw"),

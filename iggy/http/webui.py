@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import mimetypes
 import os
+from typing import Any
 
 from litestar import Response, get
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath
 from litestar.response import File
 
 
-def ui_route(directory: str):
+def ui_route(directory: str) -> HTTPRouteHandler:
     root = os.path.realpath(directory)
     index = os.path.join(root, "index.html")
 
     @get(["/ui", "/ui/{path:path}"], opt={"public": True}, include_in_schema=False)
-    async def ui(path: FromPath[str] = "/") -> Response:
+    async def ui(path: FromPath[str] = "/") -> Response[Any]:
         rel = path.lstrip("/")
         target = os.path.realpath(os.path.join(root, rel))
         inside = target == root or target.startswith(root + os.sep)

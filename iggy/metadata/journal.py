@@ -69,10 +69,12 @@ import os
 import struct
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 
 import msgpack
 
 from iggy._core.checksum import xxh3_64
+from iggy.metadata.state import Record
 from iggy.storage.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -89,11 +91,11 @@ class MetadataCorrupt(RuntimeError):
     """The metadata on disk cannot be trusted: refuse to boot rather than serve wrong metadata."""
 
 
-def _pack(obj) -> bytes:
+def _pack(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def _unpack(raw: bytes):
+def _unpack(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False, strict_map_key=False)
 
 
@@ -109,7 +111,7 @@ def utc_stamp() -> str:
 class Scan:
     """What a pass over journal.log found (offsets are byte offsets in the file)."""
 
-    records: list  # (offset, record dict) of the whole valid records, in order
+    records: list[tuple[int, Record]]  # (offset, record) of the whole valid records, in order
     end: int  # end of the last valid record (where appends continue)
     size: int  # file size
     torn: str | None = None  # the tail from `end` was never completely written: why
@@ -117,7 +119,7 @@ class Scan:
     reason: str = ""  # why it is corrupt
 
 
-def _decode(body: bytes):
+def _decode(body: bytes) -> Record | None:
     """The record dict a checksummed body holds, or None when it is not one."""
     try:
         rec = _unpack(body)
@@ -125,10 +127,10 @@ def _decode(body: bytes):
         return None
     if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int) or not isinstance(rec.get("op"), str):
         return None
-    return rec
+    return cast(Record, rec)
 
 
-def _record_at(raw: bytes, pos: int):
+def _record_at(raw: bytes, pos: int) -> tuple[Record, int] | None:
     """(record dict, end) of the whole, checksummed record starting at `pos`, or None."""
     if pos + _REC_HEAD.size > len(raw):
         return None
@@ -143,11 +145,12 @@ def _record_at(raw: bytes, pos: int):
     return None if rec is None else (rec, end)
 
 
-def records_after(raw: bytes, start: int):
+def records_after(raw: bytes, start: int) -> list[tuple[int, Record]]:
     """Every valid record found at an offset >= `start`, resynchronising byte by byte past
     damage: [(offset, record)]. What --repair-metadata reports as dropped, and the proof that
     a bad record is not the last write."""
-    found, pos = [], start
+    found: list[tuple[int, Record]] = []
+    pos = start
     while pos + _REC_HEAD.size < len(raw):
         hit = _record_at(raw, pos)
         if hit is None:
@@ -234,7 +237,7 @@ def scan(raw: bytes, snap_seq: int) -> Scan:
     return out
 
 
-def describe(rec: dict) -> str:
+def describe(rec: Record) -> str:
     """`seq 12 stream.create id=3 name='orders'`: a dropped record in the repair log."""
     keys = [k for k in ("stream", "topic", "id", "ids", "name", "username", "user_id") if k in rec]
     return " ".join([f"seq {rec.get('seq')} {rec.get('op')}"] + [f"{k}={rec[k]!r}" for k in keys])
@@ -271,7 +274,7 @@ class Journal:
 
     # ---------------------------------------------------------------- loading
 
-    def load(self, repair: bool = False):
+    def load(self, repair: bool = False) -> tuple[dict[str, Any] | None, list[Record]]:
         """Return (snapshot_state or None, [records to replay]).
 
         A torn tail is cut. Corruption raises MetadataCorrupt, or under `repair` keeps the
@@ -343,20 +346,24 @@ class Journal:
             "(the journal is kept as journal.log.corrupt-<time>)"
         )
 
-    def reject_from(self, index: int, reason: str) -> None:
+    def reject_from(self, index: int, reason: str) -> tuple[int, str]:
         """Records[index:] of load() can't be applied: corruption at that record's offset
-        (under repair the rest is dropped; else the caller raises corruption_message)."""
+        (under repair the rest is dropped; else the caller raises corruption_message).
+        Returns the damage: (offset, reason)."""
         offset = self._offsets[index]
         self.damage = (offset, reason)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         del self._offsets[index:]
+        return self.damage
 
-    def repair(self, state: dict, seq: int) -> list:
+    def repair(self, state: dict[str, Any], seq: int) -> list[Record]:
         """Set the damaged journal aside, log what it drops, and make `state` (the snapshot plus
         the records kept, up to `seq`) the new snapshot with an empty journal. Returns the
         dropped records that could be read."""
+        if self.damage is None:
+            raise RuntimeError("repair() without damage found by load()")
         offset, reason = self.damage
         aside = f"{self._log_path}.corrupt-{utc_stamp()}"
         # records the snapshot already holds (left by a crash before a journal reset) are not lost
@@ -399,7 +406,7 @@ class Journal:
 
     # ---------------------------------------------------------------- writing
 
-    def append(self, record: dict) -> dict:
+    def append(self, record: Record) -> Record:
         """Stamp `record` with the next seq, write and fsync it. Returns the record.
 
         Raises OSError when the record can't be written whole and synced (disk full, I/O
@@ -415,10 +422,10 @@ class Journal:
             raise OSError(errno.EFBIG, f"metadata record of {len(body)} bytes (at most {MAX_RECORD})")
         data = _REC_HEAD.pack(len(body), xxh3_64(body)) + body
         try:
-            written = os.write(self._fd, data)
+            written = os.write(self._open_fd(), data)
             if written != len(data):
                 raise OSError(errno.ENOSPC, f"short write of a journal record ({written} of {len(data)} bytes)")
-            os.fdatasync(self._fd)
+            os.fdatasync(self._open_fd())
         except OSError:
             try:
                 self._cut_back()
@@ -432,22 +439,29 @@ class Journal:
 
     def _cut_back(self) -> None:
         self._cut_failed = True
-        os.ftruncate(self._fd, self._end)
-        os.lseek(self._fd, self._end, os.SEEK_SET)
+        os.ftruncate(self._open_fd(), self._end)
+        os.lseek(self._open_fd(), self._end, os.SEEK_SET)
         self._cut_failed = False
+
+    def _open_fd(self) -> int:
+        """journal.log's descriptor: writing before load() or after close() is a bug."""
+        if self._fd is None:
+            raise RuntimeError("the metadata journal is not open for appends")
+        return self._fd
 
     def should_snapshot(self) -> bool:
         return self._records_since_snapshot >= self.snapshot_every
 
-    def write_snapshot(self, state: dict) -> None:
+    def write_snapshot(self, state: dict[str, Any]) -> None:
         self._write_snapshot_file(state)
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        os.fsync(self._fd)
+        fd = self._open_fd()
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.fsync(fd)
         self._end = 0
         self._records_since_snapshot = 0
 
-    def _write_snapshot_file(self, state: dict) -> None:
+    def _write_snapshot_file(self, state: dict[str, Any]) -> None:
         body = _pack(state)
         tmp = self._snap_path + ".tmp"
         with open(tmp, "wb") as f:

@@ -23,7 +23,14 @@ Because ids are reused, nothing that outlives an entity may refer to it by id al
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+# a journal record: {"op": ..., and every value the change needs}
+Record = dict[str, Any]
+# a user's permissions: {"global": [10 bools], "streams": {...}} (see control.permissions)
+Permissions = dict[str, Any]
 
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -45,10 +52,10 @@ class TopicMeta:
     id: int
     name: str
     created_at: int
-    settings: dict  # resolved option values, see control.topics.TOPIC_OPTIONS
-    explicit: list  # option keys the client set
-    partitions: dict = field(default_factory=dict)  # id -> PartitionMeta
-    groups: dict = field(default_factory=dict)  # id -> GroupMeta
+    settings: dict[str, Any]  # resolved option values, see control.topics.TOPIC_OPTIONS
+    explicit: list[str]  # option keys the client set
+    partitions: dict[int, PartitionMeta] = field(default_factory=dict)
+    groups: dict[int, GroupMeta] = field(default_factory=dict)
     next_group_id: int = 0
 
 
@@ -57,7 +64,7 @@ class StreamMeta:
     id: int
     name: str
     created_at: int
-    topics: dict = field(default_factory=dict)  # id -> TopicMeta
+    topics: dict[int, TopicMeta] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,7 +73,7 @@ class UserMeta:
     username: str
     password_hash: str
     status: int  # 1 active, 2 inactive
-    permissions: dict | None  # see control.permissions
+    permissions: Permissions | None  # see control.permissions
     created_at: int
     generation: int = 0  # unique per user ever created here (see the module docstring)
 
@@ -79,7 +86,10 @@ class TokenMeta:
     expiry_at: int  # microseconds, 0 = never
 
 
-def find_by_ident(entities: dict, ident):
+_Named = TypeVar("_Named", StreamMeta, TopicMeta, GroupMeta)
+
+
+def find_by_ident(entities: Mapping[int, _Named], ident: int | str) -> _Named | None:
     """The entity with that numeric id, or the one with that name (streams, topics, groups).
 
     Iterates over a snapshot: shard threads read while the event loop writes."""
@@ -91,7 +101,7 @@ def find_by_ident(entities: dict, ident):
     return None
 
 
-def lowest_free_id(used) -> int:
+def lowest_free_id(used: Container[int]) -> int:
     i = 0
     while i in used:
         i += 1
@@ -99,7 +109,7 @@ def lowest_free_id(used) -> int:
 
 
 class State:
-    def __init__(self):
+    def __init__(self) -> None:
         self.streams: dict[int, StreamMeta] = {}
         self.users: dict[int, UserMeta] = {}
         self.tokens: dict[str, TokenMeta] = {}  # token_hash -> token
@@ -121,33 +131,33 @@ class State:
 
     # ---------------------------------------------------------------- apply
 
-    def apply(self, rec: dict) -> None:
+    def apply(self, rec: Record) -> None:
         getattr(self, "_apply_" + rec["op"].replace(".", "_"))(rec)
 
-    def _apply_stream_create(self, r):
+    def _apply_stream_create(self, r: Record) -> None:
         self.streams[r["id"]] = StreamMeta(r["id"], r["name"], r["created_at"])
 
-    def _apply_stream_update(self, r):
+    def _apply_stream_update(self, r: Record) -> None:
         self.streams[r["id"]].name = r["name"]
 
-    def _apply_stream_delete(self, r):
+    def _apply_stream_delete(self, r: Record) -> None:
         del self.streams[r["id"]]
         self._drop_permissions(r["id"])
 
-    def _apply_topic_create(self, r):
+    def _apply_topic_create(self, r: Record) -> None:
         s = self.streams[r["stream"]]
         t = TopicMeta(r["id"], r["name"], r["created_at"], dict(r["settings"]), list(r["explicit"]))
         for pid in range(r["partitions"]):
             t.partitions[pid] = PartitionMeta(pid, r["created_at"])
         s.topics[t.id] = t
 
-    def _apply_topic_update(self, r):
+    def _apply_topic_update(self, r: Record) -> None:
         t = self.streams[r["stream"]].topics[r["id"]]
         t.name = r["name"]
         t.settings.update(r["settings"])
         t.explicit = sorted(set(t.explicit) | set(r["settings"]))
 
-    def _apply_topic_delete(self, r):
+    def _apply_topic_delete(self, r: Record) -> None:
         del self.streams[r["stream"]].topics[r["id"]]
         self._drop_permissions(r["stream"], r["id"])
 
@@ -169,27 +179,27 @@ class State:
                     "flags": sp["flags"],
                     "topics": {tid: f for tid, f in sp["topics"].items() if tid != topic_id},
                 }
-            u.permissions = {**u.permissions, "streams": streams}
+            u.permissions = {**(u.permissions or {}), "streams": streams}
 
-    def _apply_partitions_create(self, r):
+    def _apply_partitions_create(self, r: Record) -> None:
         t = self.streams[r["stream"]].topics[r["topic"]]
         for pid in r["ids"]:
             t.partitions[pid] = PartitionMeta(pid, r["created_at"])
 
-    def _apply_partitions_delete(self, r):
+    def _apply_partitions_delete(self, r: Record) -> None:
         t = self.streams[r["stream"]].topics[r["topic"]]
         for pid in r["ids"]:
             t.partitions.pop(pid, None)
 
-    def _apply_group_create(self, r):
+    def _apply_group_create(self, r: Record) -> None:
         t = self.streams[r["stream"]].topics[r["topic"]]
         t.groups[r["id"]] = GroupMeta(r["id"], r["name"])
         t.next_group_id = max(t.next_group_id, r["id"] + 1)
 
-    def _apply_group_delete(self, r):
+    def _apply_group_delete(self, r: Record) -> None:
         del self.streams[r["stream"]].topics[r["topic"]].groups[r["id"]]
 
-    def _apply_user_create(self, r):
+    def _apply_user_create(self, r: Record) -> None:
         # records written before generations existed get the next one, in replay order (so
         # every replay assigns the same numbers)
         generation = r.get("generation") or self.next_user_generation
@@ -198,33 +208,33 @@ class State:
             r["id"], r["username"], r["password_hash"], r["status"], r["permissions"], r["created_at"], generation
         )
 
-    def _apply_user_update(self, r):
+    def _apply_user_update(self, r: Record) -> None:
         u = self.users[r["id"]]
         if r.get("username") is not None:
             u.username = r["username"]
         if r.get("status") is not None:
             u.status = r["status"]
 
-    def _apply_user_permissions(self, r):
+    def _apply_user_permissions(self, r: Record) -> None:
         self.users[r["id"]].permissions = r["permissions"]
 
-    def _apply_user_password(self, r):
+    def _apply_user_password(self, r: Record) -> None:
         self.users[r["id"]].password_hash = r["password_hash"]
 
-    def _apply_user_delete(self, r):
+    def _apply_user_delete(self, r: Record) -> None:
         del self.users[r["id"]]
         for h in [h for h, t in self.tokens.items() if t.user_id == r["id"]]:
             del self.tokens[h]
 
-    def _apply_token_create(self, r):
+    def _apply_token_create(self, r: Record) -> None:
         self.tokens[r["token_hash"]] = TokenMeta(r["user_id"], r["name"], r["token_hash"], r["expiry_at"])
 
-    def _apply_token_delete(self, r):
+    def _apply_token_delete(self, r: Record) -> None:
         self.tokens.pop(r["token_hash"], None)
 
     # ---------------------------------------------------------------- snapshot
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "streams": [
                 {
@@ -256,7 +266,7 @@ class State:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> State:
+    def from_dict(cls, d: Mapping[str, Any]) -> State:
         st = cls()
         for sd in d["streams"]:
             s = StreamMeta(sd["id"], sd["name"], sd["created_at"])

@@ -9,12 +9,17 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Callable, Iterable, Iterator
 
 from iggy.metadata.journal import Journal, MetadataCorrupt
-from iggy.metadata.state import State
+from iggy.metadata.state import Record, State
 from iggy.protocol.errors import ErrorCode, IggyError
 
 log = logging.getLogger(__name__)
+
+# a data directory the metadata names: ("stream", id), ("topic", stream, id) or
+# ("partition", stream, topic, id)
+DirectoryKey = tuple[str | int, ...]
 
 
 class MetadataStore:
@@ -22,8 +27,9 @@ class MetadataStore:
         self.journal = Journal(os.path.join(system_path, "metadata"), snapshot_every)
         self.state = State()
         self.version = 0  # bumped by every applied change
-        self.listeners: list = []  # listener(record), after every applied change
-        self.orphan_notes: dict = {}  # why a directory may lack metadata, for Storage.quarantine_orphans
+        self.listeners: list[Callable[[Record], object]] = []  # listener(record), after every applied change
+        # why a directory may lack metadata, for Storage.quarantine_orphans
+        self.orphan_notes: dict[DirectoryKey, str] = {}
 
     def open(self, repair: bool = False) -> None:
         """Load the snapshot and replay the journal. Corrupt metadata raises MetadataCorrupt
@@ -37,13 +43,13 @@ class MetadataStore:
             try:
                 self.state.apply(rec)
             except Exception as exc:
-                self.journal.reject_from(
+                offset, reason = self.journal.reject_from(
                     index,
                     f"record seq {rec.get('seq')} {rec.get('op')} does not apply "
                     f"to the state before it ({type(exc).__name__}: {exc})",
                 )
                 if not repair:
-                    raise MetadataCorrupt(self.journal.corruption_message(*self.journal.damage, index)) from None
+                    raise MetadataCorrupt(self.journal.corruption_message(offset, reason, index)) from None
                 records = records[:index]
                 self.state = State.from_dict(pristine) if pristine is not None else State()
                 for kept in records:  # without whatever the failed apply half did
@@ -64,7 +70,7 @@ class MetadataStore:
             len(records),
         )
 
-    def commit(self, record: dict) -> dict:
+    def commit(self, record: Record) -> Record:
         """Append (fsynced), then apply. A record that can't be written is refused with
         CANNOT_WRITE_TO_FILE and changes nothing; a failed snapshot is retried later (the
         journal still holds every record)."""
@@ -90,7 +96,7 @@ class MetadataStore:
         self.journal.close()
 
 
-def _deletions(records) -> dict:
+def _deletions(records: Iterable[Record]) -> dict[DirectoryKey, str]:
     """Notes for the directories of the delete records replayed: a crash right after such a
     record leaves the directory behind."""
     return _notes(
@@ -101,7 +107,7 @@ def _deletions(records) -> dict:
     )
 
 
-def _creations(dropped) -> dict:
+def _creations(dropped: Iterable[Record]) -> dict[DirectoryKey, str]:
     """Notes for the directories whose create records --repair-metadata dropped."""
     return _notes(
         dropped,
@@ -115,7 +121,7 @@ def _notes(records, ops, text: str) -> dict:
     return {key: text.format(kind=key[0], seq=r["seq"], op=r["op"]) for key, r in _keys(records, ops)}
 
 
-def _keys(records, ops):
+def _keys(records: Iterable[Record], ops: tuple[str, ...]) -> Iterator[tuple[DirectoryKey, Record]]:
     """(directory key, record) for each record of `ops` (see Storage.quarantine_orphans)."""
     for r in records:
         op = r["op"]

@@ -116,7 +116,7 @@ def _creations(dropped: Iterable[Record]) -> dict[DirectoryKey, str]:
     )
 
 
-def _notes(records, ops, text: str) -> dict:
+def _notes(records: Iterable[Record], ops: tuple[str, ...], text: str) -> dict[DirectoryKey, str]:
     """{directory key: text} for the records of `ops`; text takes {kind}, {seq} and {op}."""
     return {key: text.format(kind=key[0], seq=r["seq"], op=r["op"]) for key, r in _keys(records, ops)}
 

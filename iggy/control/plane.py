@@ -115,6 +115,7 @@ class ControlPlane:
         self.started_at = now_us()
         self.max_poll_bytes = max(1, config.message_bus.max_message_size - HEADER_SIZE - 16)  # 16: the poll reply head
         self.bound: dict[str, tuple[str, int]] = {}       # transport -> bound (host, port)
+        self.cluster = None     # iggy.cluster.membership.Cluster in cluster mode (docs/CLUSTER.md)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iggy-hash")
         from iggy.control.throttle import Gate, LoginThrottle
         self.login_throttle = LoginThrottle()     # failed-login backoff (control.throttle)
@@ -232,6 +233,10 @@ class ControlPlane:
             # the user was deleted while logged in (its id may belong to a newer user by
             # now): nothing is allowed any more
             return build_reply(header, ErrorCode.UNAUTHENTICATED)
+        if self.cluster is not None and not self.cluster.serves(code):
+            # a follower (or a leader past its fencing deadline): the SDK re-reads the cluster
+            # metadata and reconnects to the leader (iggy.cluster.membership)
+            return build_reply(header, self.cluster.NOT_LEADER)
         if cmd.is_async:
             return self._finish_async(cmd, session, header, body)
         try:

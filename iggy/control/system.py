@@ -3,7 +3,8 @@
 Wire bodies (TCP.md 9.10, 9.13, 9.14, 9.15)::
 
     ClusterMetadata  u32 len + cluster name, u32 node count, per node: u32 len + name,
-                     u32 len + ip, u16 tcp, u16 quic, u16 http, u16 websocket, u8 role, u8 status
+                     u32 len + ip, u16 tcp, u16 quic, u16 http, u16 websocket, u8 role (0 leader,
+                     1 follower), u8 status (0 healthy, 1 starting, 2 stopping, 3 unreachable)
     DescribeOptions  u32 count, per entry: WireName key, u8 kind, u32 len + default bytes,
                      u32 len + description
     Client           u32 client_id, u32 user_id (u32::MAX = none), u8 transport,
@@ -107,8 +108,17 @@ def get_stats(plane, session, r: Reader):
     return w.getvalue()
 
 
+# u8 codes of ClusterMetadata (TCP.md 5.10); 5 "unknown" is refused by the SDK and never sent
+NODE_ROLES = {"leader": 0, "follower": 1}
+NODE_STATUSES = {"healthy": 0, "starting": 1, "stopping": 2, "unreachable": 3, "maintenance": 4}
+
+
 def cluster_metadata(plane) -> dict:
-    """The single-node roster the SDK reads after login (SEMANTICS 9.5)."""
+    """The roster the SDK reads after login: the cluster's (iggy.cluster.membership) in cluster
+    mode, else this single node (SEMANTICS 9.5)."""
+    if plane.cluster is not None:
+        return plane.cluster.metadata()
+
     def port(name):
         addr = plane.bound.get(name)
         return addr[1] if addr else 0
@@ -130,7 +140,7 @@ def get_cluster_metadata(plane, session, r: Reader):
     for n in meta["nodes"]:
         w.str32(n["name"]).str32(n["ip"])
         w.u16(n["tcp_port"]).u16(n["quic_port"]).u16(n["http_port"]).u16(n["websocket_port"])
-        w.u8(0).u8(0)
+        w.u8(NODE_ROLES[n["role"]]).u8(NODE_STATUSES[n["status"]])
     return w.getvalue()
 
 

@@ -71,6 +71,7 @@ class Server:
         self.tasks: list[asyncio.Future] = []
         self.engine = "none"        # the TCP engine's name: uring or asyncio
         self.http = None
+        self.cluster = None        # iggy.cluster.membership.Cluster with cluster.enabled
         self.certificates = None    # iggy.engine.frontdoors.tls.Certificates, made when a listener needs one
 
     async def start(self) -> None:
@@ -92,6 +93,12 @@ class Server:
             if generated:
                 log.warning("Generated root user password: %s", password)
             log.info("created root user %r", username)
+        if cfg.cluster.enabled:
+            # before any listener: a node starts as a follower until it wins the election
+            from iggy.cluster.membership import Cluster
+            self.cluster = Cluster(cfg, on_leadership=plane.routes.set_serving)
+            plane.cluster = self.cluster
+            plane.routes.set_serving(False)
         if cfg.tcp.enabled:
             tcp = self._tcp_engine()
             await self._serve(tcp)
@@ -105,6 +112,8 @@ class Server:
             self.http = HttpServer(plane, from_config(cfg))   # own thread + loop, bound before returning
             plane.bound["http"] = await self.http.start()
         self._write_runtime_config()
+        if self.cluster is not None:
+            self.cluster.start()
         self.tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
         if cfg.data_maintenance.messages.cleaner_enabled:
             self.tasks.append(asyncio.ensure_future(self._retention_loop()))
@@ -250,6 +259,8 @@ class Server:
                 log.exception("retention pass failed")
 
     async def stop(self) -> None:
+        if self.cluster is not None:     # resign first: a follower takes over without waiting for the lease
+            await self.cluster.stop()
         if self.http is not None:   # first: its requests still need the control plane
             await self.http.stop()
         for task in self.tasks:

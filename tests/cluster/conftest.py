@@ -18,3 +18,13 @@ def etcd(tmp_path):
     server = EtcdServer(tmp_path / "etcd").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_etcd(tmp_path_factory):
+    """One etcd for the tests of a module that do not break it."""
+    if ETCD is None:
+        pytest.skip(MISSING)
+    server = EtcdServer(tmp_path_factory.mktemp("etcd")).start()
+    yield server
+    server.stop()

@@ -37,6 +37,9 @@ class Routes:
         # topic delete changes exactly these users' grants
         self._stream_users: dict[int, set[int]] = {}
         self._user_streams: dict[int, set[int]] = {}
+        # False on a cluster follower: no user has grants, so the shards send every data-plane
+        # request to the control plane, which answers it (iggy.cluster.membership)
+        self.serving = True
         meta.listeners.append(self.meta_changed)
         storage.listeners.append(self.topics_changed)
         groups.listeners.append(self.groups_changed)
@@ -58,6 +61,12 @@ class Routes:
             users.add(uid)
             self.user(uid)
         for uid in self.router.user_ids() - users:
+            self.user(uid)
+
+    def set_serving(self, serving: bool) -> None:
+        """Cluster leadership gained (True) or lost (False): publish or withdraw every user."""
+        self.serving = serving
+        for uid in set(self.meta.state.users) | set(self.router.user_ids()):
             self.user(uid)
 
     # ---------------------------------------------------------------- one entry
@@ -100,7 +109,7 @@ class Routes:
                 users.discard(uid)
                 if not users:
                     del self._stream_users[sid]
-        if u is None:
+        if u is None or not self.serving:
             self.router.remove_user(uid)
             return
         allow_all, grants = perm.data_plane_grants(u)

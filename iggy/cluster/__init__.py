@@ -1,0 +1,10 @@
+"""Cluster mode (docs/CLUSTER.md): several nodes, one leader elected through etcd.
+
+    etcd.py        the etcd client: aetcd over the configured endpoints, every call with a deadline
+    election.py    the lease, the campaign, the epoch and the fencing deadline
+    membership.py  the roster as GET_CLUSTER_METADATA reports it, the commands a follower
+                   serves, and what changes when this node gains or loses the leadership
+
+Everything runs on the server's main event loop. Without `cluster.enabled` none of it is
+imported.
+"""

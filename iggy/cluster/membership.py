@@ -1,0 +1,164 @@
+"""This node's place in the cluster: the roster with roles and statuses, and the follower gate.
+
+`Cluster` is what the rest of the server sees (`plane.cluster`; None on a single node):
+
+- `metadata()` is the GET_CLUSTER_METADATA answer as a dict, as iggy.control.system encodes it:
+  every roster node with its configured name, ip and ports; role "leader" for the node this one
+  believes is leader (iggy.cluster.election.Election.current_leader), "follower" for the rest,
+  so between leaders every node is a follower and the SDK waits; status "healthy" for a node
+  whose `members/` key exists, "unreachable" for one whose key expired or when this node's own
+  view of etcd is stale, "starting" for this node before its first round with etcd. Never the
+  "unknown" status, which the SDK refuses.
+- `serves(code)`: the leader serves everything; a follower only FOLLOWER_COMMANDS (login, logout,
+  ping, who am I, the metadata), the rest is answered 58 TransientNotAccepted, which the SDK
+  treats as "re-read the metadata and go to the leader" (docs/CLUSTER.md, "What the nodes
+  answer").
+- Leadership changes: when this node becomes leader the io_uring shards' routing table gets its
+  users back (iggy.engine.uring.routing.Routes.set_serving), when it stops they lose them, so the
+  C data path sends every request to Python, where the gate answers it. A timer fires at the
+  fencing deadline, so the node steps down on time even when no round completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from iggy.cluster.election import Election
+from iggy.cluster.etcd import Etcd
+from iggy.protocol import codes
+from iggy.protocol.errors import ErrorCode
+
+log = logging.getLogger(__name__)
+
+# what a follower answers itself; everything else waits for the leader
+FOLLOWER_COMMANDS = frozenset(
+    {
+        codes.PING,
+        codes.GET_CLUSTER_METADATA,
+        codes.GET_ME,
+        codes.LOGIN_REGISTER,
+        codes.LOGIN_REGISTER_WITH_PAT,
+        codes.LOGIN_USER_LEGACY,
+        codes.LOGIN_WITH_PAT_LEGACY,
+        codes.LOGOUT_USER,
+    }
+)
+
+
+class Cluster:
+    # the reply status of a command a follower does not serve: upstream's "not admitted here,
+    # safe to re-issue elsewhere"
+    NOT_LEADER = ErrorCode.TRANSIENT_NOT_ACCEPTED
+
+    def __init__(self, config: Any, on_leadership: Callable[[bool], None] = lambda leader: None):
+        c = config.cluster
+        self.name = c.name
+        self.roster = list(c.nodes)
+        self.replica_id = c.replica_id
+        self.node_name = c.node.name
+        self.on_leadership = on_leadership
+        etcd_timeout = max(0.5, c.heartbeat_timeout / 6)
+        self.etcd = Etcd(list(c.etcd.endpoints), etcd_timeout)
+        self.election = Election(
+            self.etcd, c.etcd.prefix, self.replica_id, self.node_name, c.heartbeat_timeout, on_round=self._update
+        )
+        self.leading = False
+        self._task: asyncio.Task[None] | None = None
+        self._fence: asyncio.TimerHandle | None = None
+
+    # ---------------------------------------------------------------- life cycle
+
+    def start(self) -> None:
+        log.info(
+            "cluster %r: node %s (replica %d) of %d, etcd %s, lease %d s",
+            self.name,
+            self.node_name,
+            self.replica_id,
+            len(self.roster),
+            ", ".join(f"{h}:{p}" for h, p in self.etcd.endpoints),
+            self.election.ttl,
+        )
+        self._task = asyncio.ensure_future(self.election.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._fence is not None:
+            self._fence.cancel()
+        self._set_leading(False)
+        await self.election.resign()
+        await self.etcd.close()
+
+    # ---------------------------------------------------------------- leadership
+
+    def is_leader(self) -> bool:
+        return self.election.is_leader()
+
+    def serves(self, code: int) -> bool:
+        return code in FOLLOWER_COMMANDS or self.election.is_leader()
+
+    def _update(self) -> None:
+        """After each round, and at the fencing deadline: follow the election's verdict."""
+        self._set_leading(self.election.is_leader())
+        if self._fence is not None:
+            self._fence.cancel()
+            self._fence = None
+        if self.leading:
+            loop = asyncio.get_running_loop()
+            # a hair after the deadline, so is_leader() is already false when it runs
+            self._fence = loop.call_at(_loop_time(loop, self.election.deadline()) + 0.001, self._update)
+
+    def _set_leading(self, leading: bool) -> None:
+        if leading == self.leading:
+            return
+        self.leading = leading
+        if leading:
+            log.info("cluster: this node (%s) is the leader, epoch %d", self.node_name, self.election.epoch)
+        else:
+            log.warning(
+                "cluster: this node (%s) is no longer the leader (epoch %d)", self.node_name, self.election.epoch
+            )
+        self.on_leadership(leading)
+
+    # ---------------------------------------------------------------- metadata
+
+    def metadata(self) -> dict[str, Any]:
+        election = self.election
+        leader = election.current_leader()
+        fresh = election.view_is_fresh()
+        nodes = []
+        for n in self.roster:
+            rid = n["replica_id"]
+            if rid == self.replica_id:
+                status = "starting" if election.viewed_at is None else "healthy"
+            elif fresh and rid in election.members:
+                status = "healthy"
+            else:
+                status = "unreachable"
+            ports = n["ports"]
+            nodes.append(
+                {
+                    "name": n["name"],
+                    "ip": n["ip"],
+                    "tcp_port": ports["tcp"],
+                    "quic_port": ports["quic"],
+                    "http_port": ports["http"],
+                    "websocket_port": ports["websocket"],
+                    "role": "leader" if rid == leader else "follower",
+                    "status": status,
+                }
+            )
+        return {"name": self.name, "nodes": nodes}
+
+
+def _loop_time(loop: asyncio.AbstractEventLoop, monotonic: float) -> float:
+    """A time.monotonic() instant on the loop's clock (uvloop's clock is not time.monotonic)."""
+    return loop.time() + (monotonic - time.monotonic())

@@ -1,0 +1,150 @@
+"""Three (or n) `iggy` nodes in cluster mode on loopback, for the cluster tests.
+
+Each node is an IggyTestServer child process started with `--replica-id i` and a roster of
+free loopback ports given as IGGY_CLUSTER_NODES_<i>_* variables (the roster's ports replace the
+listeners' ports). `metadata(node)` reads GET_CLUSTER_METADATA over a raw socket.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+from iggy.testing.server import IggyTestServer
+from tests.rawclient import RawClient
+
+HEARTBEAT_TIMEOUT = 2.0  # seconds: the minimum, so failover tests stay short
+ROLES = {0: "leader", 1: "follower"}
+STATUSES = {0: "healthy", 1: "starting", 2: "stopping", 3: "unreachable", 4: "maintenance"}
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def roster_env(ports: list[dict]) -> dict:
+    env = {}
+    for i, p in enumerate(ports):
+        pre = f"IGGY_CLUSTER_NODES_{i}_"
+        env.update({pre + "NAME": f"node-{i}", pre + "IP": "127.0.0.1", pre + "REPLICA_ID": str(i)})
+        for key, value in p.items():
+            env[pre + "PORTS_" + key.upper()] = str(value)
+    return env
+
+
+class TestCluster:
+    __test__ = False  # not a test class
+
+    def __init__(self, workdir: Path, etcd_url: str, size: int = 3, name: str = "test-cluster"):
+        self.ports = [
+            {
+                "tcp": free_port(),
+                "quic": free_port(socket.SOCK_DGRAM),
+                "http": free_port(),
+                "websocket": free_port(),
+                "tcp_replica": free_port(),
+            }
+            for _ in range(size)
+        ]
+        env = {
+            "IGGY_CLUSTER_ENABLED": "true",
+            "IGGY_CLUSTER_NAME": name,
+            "IGGY_CLUSTER_HEARTBEAT_TIMEOUT": f"{HEARTBEAT_TIMEOUT}s",
+            "IGGY_CLUSTER_ETCD_ENDPOINTS": etcd_url,
+            "IGGY_SYSTEM_ENGINE": os.environ.get("IGGY_TEST_ENGINE", "auto"),
+            **roster_env(self.ports),
+        }
+        self.nodes = [
+            IggyTestServer(workdir / f"node-{i}" / "data", env=env, args=("--replica-id", str(i)), startup_timeout=30.0)
+            for i in range(size)
+        ]
+
+    def start(self) -> TestCluster:
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def address(self, i: int) -> str:
+        return f"127.0.0.1:{self.ports[i]['tcp']}"
+
+    def index_of_port(self, port: int) -> int:
+        return next(i for i, p in enumerate(self.ports) if p["tcp"] == port)
+
+    def wait_leader(self, timeout: float, among=None, other_than: int | None = None) -> int:
+        """The replica id every live node (of `among`) reports as leader, once they agree (on a
+        node other than `other_than`: after a SIGKILL the others report the dead leader until its
+        lease expires)."""
+        among = [i for i in (among if among is not None else range(len(self.nodes))) if self.nodes[i].alive()]
+        deadline = time.monotonic() + timeout
+        seen = None
+        while time.monotonic() < deadline:
+            seen = set()
+            for i in among:
+                try:
+                    seen.add(leader_of(metadata(self.address(i))))
+                except OSError:
+                    seen.add(None)
+            if len(seen) == 1 and None not in seen and other_than not in seen:
+                return seen.pop()
+            time.sleep(0.1)
+        raise AssertionError(f"no agreed leader within {timeout} s (reported: {seen})")
+
+
+def metadata(address: str) -> dict:
+    """GET_CLUSTER_METADATA as root over a raw socket: {name, nodes: [{name, ip, tcp, ..., role, status}]}."""
+    raw = RawClient(address, timeout=5)
+    try:
+        assert raw.login().status == 0
+        reply = raw.read(12)
+        assert reply.status == 0, reply
+        return decode_metadata(reply.body)
+    finally:
+        raw.close()
+
+
+def decode_metadata(body: bytes) -> dict:
+    pos = 0
+
+    def string():
+        nonlocal pos
+        (n,) = struct.unpack_from("<I", body, pos)
+        pos += 4 + n
+        return body[pos - n : pos].decode()
+
+    name = string()
+    (count,) = struct.unpack_from("<I", body, pos)
+    pos += 4
+    nodes = []
+    for _ in range(count):
+        node_name, ip = string(), string()
+        tcp, quic, http, ws, role, status = struct.unpack_from("<HHHHBB", body, pos)
+        pos += 10
+        nodes.append(
+            {
+                "name": node_name,
+                "ip": ip,
+                "tcp": tcp,
+                "quic": quic,
+                "http": http,
+                "websocket": ws,
+                "role": ROLES[role],
+                "status": STATUSES[status],
+            }
+        )
+    assert pos == len(body)
+    return {"name": name, "nodes": nodes}
+
+
+def leader_of(meta: dict) -> int | None:
+    leaders = [i for i, n in enumerate(meta["nodes"]) if n["role"] == "leader"]
+    assert len(leaders) <= 1, meta
+    return leaders[0] if leaders else None

@@ -20,12 +20,15 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from iggy._core.checksum import xxh3_64
 from iggy.protocol import codes
 from iggy.protocol.wire import HEADER_SIZE, Reader, RequestHeader, build_eviction, build_reply, build_reply_header
 from iggy.protocol.errors import ErrorCode, IggyError
+
+if TYPE_CHECKING:
+    from iggy.cluster.membership import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,7 @@ class ControlPlane:
         self.started_at = now_us()
         self.max_poll_bytes = max(1, config.message_bus.max_message_size - HEADER_SIZE - 16)  # 16: the poll reply head
         self.bound: dict[str, tuple[str, int]] = {}       # transport -> bound (host, port)
-        self.cluster = None     # iggy.cluster.membership.Cluster in cluster mode (docs/CLUSTER.md)
+        self.cluster: Cluster | None = None     # cluster mode (docs/CLUSTER.md); None on a single node
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iggy-hash")
         from iggy.control.throttle import Gate, LoginThrottle
         self.login_throttle = LoginThrottle()     # failed-login backoff (control.throttle)

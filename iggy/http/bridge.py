@@ -47,13 +47,15 @@ class Bridge:
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         return await asyncio.shield(asyncio.wrap_future(future))
 
-    async def call_as(self, who: Principal, fn: Callable[..., Any], *args: Any) -> Any:
+    async def call_as(self, who: Principal, fn: Callable[..., Any], *args: Any, follower_ok: bool = False) -> Any:
         """Run `fn(plane, user, *args)` on the main loop for the authenticated principal `who`.
 
         A token whose user has been deleted since it was issued authenticates nobody (401),
         as a TCP session of a deleted user does, even when a newer user has taken the id.
+        On a cluster follower only `follower_ok` calls run; the rest are 58 TransientNotAccepted,
+        a 503 with Retry-After (upstream's answer when it cannot redirect; docs/CLUSTER.md).
         """
-        return await self.call(_as_user, who, fn, args)
+        return await self.call(_as_user, who, fn, args, follower_ok)
 
 
 def user_of(plane: ControlPlane, who: Principal) -> UserMeta:
@@ -64,5 +66,10 @@ def user_of(plane: ControlPlane, who: Principal) -> UserMeta:
     return user
 
 
-def _as_user(plane: ControlPlane, who: Principal, fn: Callable[..., Any], args: Sequence[Any]) -> Any:
-    return fn(plane, user_of(plane, who), *args)
+def _as_user(
+    plane: ControlPlane, who: Principal, fn: Callable[..., Any], args: Sequence[Any], follower_ok: bool
+) -> Any:
+    user = user_of(plane, who)
+    if not follower_ok and plane.cluster is not None and not plane.cluster.is_leader():
+        raise IggyError(ErrorCode.TRANSIENT_NOT_ACCEPTED)
+    return fn(plane, user, *args)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import psutil
 import pytest
 from apache_iggy import Consumer, IggyClient, PollingStrategy, SendMessage
@@ -219,3 +220,24 @@ def test_a_graceful_stop_of_the_leader_hands_over_at_once(cluster):
     new_leader = cluster.wait_leader(3 * HEARTBEAT_TIMEOUT, others, leader)
     assert new_leader != leader
     assert "no longer the leader" in cluster.nodes[leader].log()
+
+
+def test_http_on_a_follower_answers_login_and_metadata_and_503_for_the_rest(steady):
+    cluster = steady
+    leader = cluster.wait_leader(START_ELECTION)
+    follower = (leader + 1) % 3
+    for i, expected in ((follower, 503), (leader, 200)):
+        base = f"http://127.0.0.1:{cluster.ports[i]['http']}"
+        with httpx.Client(base_url=base, timeout=10) as http:
+            login = http.post("/users/login", json={"username": "iggy", "password": "iggy"})
+            assert login.status_code == 200, login.text
+            auth = {"Authorization": f"Bearer {login.json()['access_token']['token']}"}
+            meta = http.get("/cluster/metadata", headers=auth)
+            assert meta.status_code == 200
+            roles = [n["role"] for n in meta.json()["nodes"]]
+            assert roles.count("leader") == 1 and roles[leader] == "leader"
+            streams = http.get("/streams", headers=auth)
+            assert streams.status_code == expected, streams.text
+            if expected == 503:
+                assert streams.headers["retry-after"] == "1"
+                assert streams.json()["id"] == ErrorCode.TRANSIENT_NOT_ACCEPTED

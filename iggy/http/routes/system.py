@@ -80,7 +80,7 @@ async def client(ctx: Ctx, caller: Caller, client_id: ClientId) -> dict:
 
 @get("/cluster/metadata", summary="Cluster roster (a single node)")
 async def cluster_metadata(ctx: Ctx, caller: Caller) -> dict:
-    meta = await ctx.bridge.call_as(caller, _cluster)
+    meta = await ctx.bridge.call_as(caller, _cluster, follower_ok=True)
     return views.cluster(meta, ctx.settings.host if ctx.settings.host not in ("0.0.0.0", "::") else None)
 
 

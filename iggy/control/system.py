@@ -205,8 +205,7 @@ def _unavailable(plane, session, r: Reader):
     raise IggyError(ErrorCode.FEATURE_UNAVAILABLE)
 
 
-# Cluster routing (single node never needs it), snapshot archives and explicit flushes are
-# not offered: answer FeatureUnavailable as the reference server does for a single node.
-for _code in (codes.GET_SNAPSHOT_FILE, codes.ATTACH_CONSUMER_SESSION, codes.FLUSH_UNSAVED_BUFFER,
-              codes.GET_POLL_ROUTING, codes.POLL_MESSAGES_ON_PRIMARY, codes.GET_CONSUMER_OFFSET_ROUTING):
+# Snapshot archives and explicit flushes are not offered: answer FeatureUnavailable as the
+# reference server does. Cluster routing (14, 103, 104, 123) is iggy.cluster.routing's.
+for _code in (codes.GET_SNAPSHOT_FILE, codes.FLUSH_UNSAVED_BUFFER):
     command(_code)(_unavailable)

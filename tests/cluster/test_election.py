@@ -241,3 +241,62 @@ def test_http_on_a_follower_answers_login_and_metadata_and_503_for_the_rest(stea
             if expected == 503:
                 assert streams.headers["retry-after"] == "1"
                 assert streams.json()["id"] == ErrorCode.TRANSIENT_NOT_ACCEPTED
+
+
+async def next_batch(client, stream, consumer, auto_commit=True, partition_id=0):
+    return await client.poll_messages(
+        stream,
+        "t",
+        consumer=consumer,
+        polling_strategy=PollingStrategy.Next(),
+        count=100,
+        auto_commit=auto_commit,
+        partition_id=partition_id,
+    )
+
+
+async def test_auto_commit_polls_go_through_poll_routing(steady):
+    """With a roster of 3 the SDK routes auto-commit polls: 103 on the main connection, then a
+    second connection with 14 and 104 (TCP.md 12.6); the offsets it commits are stored."""
+    cluster = steady
+    leader = await asyncio.to_thread(cluster.wait_leader, START_ELECTION)
+    client = await sdk(cluster.address((leader + 1) % 3))
+    await client.create_stream("routed")
+    await client.create_topic("routed", "t", 1)
+    await client.send_messages("routed", "t", 0, [SendMessage(f"a{i}") for i in range(3)])
+    first = await next_batch(client, "routed", Consumer.Single(7))
+    assert [m.payload() for m in first] == [b"a0", b"a1", b"a2"]
+    assert await next_batch(client, "routed", Consumer.Single(7)) == []  # committed
+    await client.send_messages("routed", "t", 0, [SendMessage("a3")])
+    assert [m.payload() for m in await next_batch(client, "routed", Consumer.Single(7))] == [b"a3"]
+    # a group member: the poll on the second connection counts as the member's
+    await client.create_consumer_group("routed", "t", "g")
+    await client.join_consumer_group("routed", "t", "g")
+    got = await next_batch(client, "routed", Consumer.Group("g"))
+    assert [m.payload() for m in got] == [b"a0", b"a1", b"a2", b"a3"]
+    assert await next_batch(client, "routed", Consumer.Group("g")) == []
+
+
+def test_routing_commands_on_a_single_node_are_unavailable(tmp_path):
+    from iggy.testing.server import IggyTestServer
+
+    with IggyTestServer(tmp_path / "data") as server:
+        raw = RawClient(server.tcp_address)
+        try:
+            assert raw.login().status == 0
+            for code in (14, 103, 104, 123):
+                assert raw.read(code, bytes(32)).status == ErrorCode.FEATURE_UNAVAILABLE
+        finally:
+            raw.close()
+
+
+def test_attach_to_a_session_that_does_not_exist_is_refused(steady):
+    cluster = steady
+    leader = cluster.wait_leader(START_ELECTION)
+    raw = RawClient(cluster.address(leader))
+    try:
+        assert raw.login().status == 0
+        assert raw.read(14, bytes(32)).status == ErrorCode.STALE_CLIENT
+        assert raw.read(14, bytes(5)).status == ErrorCode.INVALID_COMMAND
+    finally:
+        raw.close()

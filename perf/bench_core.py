@@ -62,6 +62,7 @@ import pyperf
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from iggy.bench.client import numeric_id, poll_body
 from iggy.protocol.batch import build_batch, validate_batch
 from iggy.protocol.wire import FrameReader, build_request
 from iggy.storage.log import PartitionLog
@@ -86,33 +87,13 @@ def _batch(count: int, size: int) -> bytes:
 
 
 def _send_frame(batch: bytes, count: int) -> bytes:
-    meta = (
-        b"\x01\x04"
-        + struct.pack("<I", 0)
-        + b"\x01\x04"
-        + struct.pack("<I", 0)
-        + b"\x02\x04"
-        + struct.pack("<II", 0, count)
-    )
+    # stream and topic ids, partitioning by partition id (kind 2, 4 bytes) 0, message count
+    meta = numeric_id(0) + numeric_id(0) + b"\x02\x04" + struct.pack("<II", 0, count)
     return build_request(160, 0, struct.pack("<I", len(meta)) + meta + batch, session=1, request=1, client=1)
 
 
 def _poll_frame() -> bytes:
-    body = (
-        b"\x01\x01\x04"
-        + struct.pack("<I", 1)
-        + b"\x01\x04"
-        + struct.pack("<I", 0)
-        + b"\x01\x04"
-        + struct.pack("<I", 0)
-        + b"\x01"
-        + struct.pack("<I", 0)
-        + b"\x01"
-        + struct.pack("<Q", 0)
-        + struct.pack("<I", 1000)
-        + b"\x00"
-    )
-    return build_request(2, 100, body, session=1, request=1, client=1)
+    return build_request(2, 100, poll_body(1, 0, 0, 0, 0, 1000), session=1, request=1, client=1)
 
 
 def time_frame_parse_1mb(loops: int) -> float:

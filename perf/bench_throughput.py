@@ -35,6 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from iggy.bench.client import numeric_id, poll_body, tlv, wire_name
 from iggy.protocol.batch import build_batch, random_id
 from iggy.protocol.codes import OP_CREATE_STREAM, OP_CREATE_TOPIC, OP_READ, OP_REGISTER, POLL_MESSAGES
 from iggy.protocol.codes import OP_SEND_MESSAGES as OP_SEND
@@ -49,19 +50,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wire_name(text: str) -> bytes:
-    raw = text.encode()
-    return bytes([len(raw)]) + raw
-
-
-def numeric_id(value: int) -> bytes:
-    return b"\x01\x04" + struct.pack("<I", value)
-
-
-def tlv(kind: int, value: bytes) -> bytes:
-    return bytes([kind]) + struct.pack("<I", len(value)) + value
 
 
 # --------------------------------------------------------------------------- server process
@@ -259,18 +247,7 @@ async def bench(args, port: int):
     latencies, offset = [], 0
     start = time.perf_counter()
     while offset < total_messages:
-        body = (
-            b"\x01"
-            + numeric_id(1)
-            + numeric_id(0)
-            + numeric_id(0)
-            + b"\x01"
-            + struct.pack("<I", 0)
-            + b"\x01"
-            + struct.pack("<Q", offset)
-            + struct.pack("<I", per_batch)
-            + b"\x00"
-        )
+        body = poll_body(1, 0, 0, 0, offset, per_batch)
         t0 = time.perf_counter()
         status, reply = await client.call(OP_READ, POLL_MESSAGES, body)
         latencies.append(time.perf_counter() - t0)

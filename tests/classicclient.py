@@ -12,6 +12,8 @@ import socket
 import struct
 import time
 
+from tests.rawclient import recv_exact
+
 PING = 1
 GET_ME = 20
 GET_USER = 31
@@ -157,18 +159,9 @@ class ClassicClient:
     def sendall(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def _exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-            buf += chunk
-        return bytes(buf)
-
     def reply(self) -> tuple[int, bytes]:
-        status, length = struct.unpack("<II", self._exact(8))
-        return status, self._exact(length) if length else b""
+        status, length = struct.unpack("<II", recv_exact(self.sock, 8))
+        return status, recv_exact(self.sock, length) if length else b""
 
     def request(self, code: int, body: bytes = b"") -> tuple[int, bytes]:
         self.sendall(frame(code, body))

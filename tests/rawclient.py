@@ -1,17 +1,19 @@
 """A minimal blocking client that speaks frames over a plain socket, for raw-protocol tests.
 
-It builds requests with the same Cython codec the server uses (`build_request`), and hands
+It builds requests with the same Cython codec the server uses (`iggy.protocol.requests.sdk_request`), and hands
 back `(status, operation, body)` of each reply, or the eviction reason.
 """
 from __future__ import annotations
 
 import socket
 import struct
+import time
 
 from iggy._core.checksum import xxh3_64
 from iggy.protocol import codes
 from iggy.protocol.codes import OP_READ, OP_REGISTER
-from iggy.protocol.wire import COMMAND_EVICTION, COMMAND_REPLY, HEADER_SIZE, build_request, parse_reply_header
+from iggy.protocol.requests import sdk_request
+from iggy.protocol.wire import COMMAND_EVICTION, COMMAND_REPLY, HEADER_SIZE, parse_reply_header
 
 
 class Reply:
@@ -58,6 +60,32 @@ def pat_login_body(token: str) -> bytes:
     return struct.pack("<I", 0x2C00) + wname(b"rust-sdk") + wname(b"0.11.0") + wname(token.encode()) + b"\0\0\0\0"
 
 
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly `n` bytes from `sock` (ConnectionError when the server closes it first)."""
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError(f"connection closed by the server after {len(out)} of {n} bytes")
+        out += chunk
+    return bytes(out)
+
+
+def closed_by_server(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """True if the server ends the connection within `timeout` (EOF or reset), reading any reply."""
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+    return False
+
+
 class RawClient:
     def __init__(self, address: str, timeout: float = 10.0, source: str | None = None):
         """`source`: the local IP to connect from (any 127.x.y.z reaches a loopback server)."""
@@ -75,13 +103,7 @@ class RawClient:
         self.sock.sendall(data)
 
     def recv_exact(self, n: int) -> bytes:
-        out = bytearray()
-        while len(out) < n:
-            chunk = self.sock.recv(n - len(out))
-            if not chunk:
-                raise ConnectionError("connection closed by server")
-            out += chunk
-        return bytes(out)
+        return recv_exact(self.sock, n)
 
     def read_reply(self) -> Reply:
         head = self.recv_exact(HEADER_SIZE)
@@ -98,9 +120,7 @@ class RawClient:
         else:
             self.request += 1
             request, session = self.request, self.session
-        checksummed = operation in codes.CHECKSUMMED_OPS
-        frame = build_request(operation, code, body, session=session, request=request, client=self.client,
-                              with_checksum=checksummed)
+        frame = sdk_request(operation, code, body, session, request, self.client)
         self.send_raw(frame)
         return self.read_reply()
 

@@ -14,14 +14,13 @@ Both run on each network engine (IGGY_TEST_ENGINE, marker `engine`).
 from __future__ import annotations
 
 import re
-import socket
 import struct
 import time
 
 from iggy.protocol import codes
 from iggy.protocol.wire import build_request
 from tests.conftest import ServerProcess, uniq
-from tests.rawclient import RawClient, ident, wire_name
+from tests.rawclient import RawClient, closed_by_server, ident, wire_name
 
 FAULT = codes.GET_STATS          # a control-plane command on both engines (never served in C)
 
@@ -34,14 +33,6 @@ def _wait(condition, what: str, timeout: float = 10.0):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def _closed(sock: socket.socket) -> bool:
-    sock.settimeout(10)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
 
 
 def test_a_failing_callback_closes_its_connection_with_one_log_line(tmp_path):
@@ -59,7 +50,7 @@ def test_a_failing_callback_closes_its_connection_with_one_log_line(tmp_path):
         address = f"{host}:{port}"
         victim.send_raw(build_request(codes.OP_READ, FAULT, b"", session=victim.session, request=9,
                                       client=victim.client))
-        assert _closed(victim.sock), "the connection whose request failed stayed open"
+        assert closed_by_server(victim.sock, 10), "the connection whose request failed stayed open"
         victim.close()
         # the others are served as before, the failing command included for nobody
         assert bystander.read(codes.PING).status == 0

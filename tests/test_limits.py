@@ -6,7 +6,7 @@ import time
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.rawclient import RawClient
+from tests.rawclient import RawClient, closed_by_server
 
 
 @pytest.fixture
@@ -16,14 +16,6 @@ def limited(tmp_path):
     srv.stop()
 
 
-def _closed_by_server(sock: socket.socket) -> bool:
-    sock.settimeout(5)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-
-
 def test_connections_above_the_limit_are_closed_and_the_rest_keep_working(limited):
     # the readiness probe of the fixture used one connection and closed it; wait until it is gone
     time.sleep(0.3)
@@ -31,7 +23,7 @@ def test_connections_above_the_limit_are_closed_and_the_rest_keep_working(limite
     for c in clients:
         assert c.read(1).status == 0          # ping answered
     extra = socket.create_connection(("127.0.0.1", limited.tcp_port))
-    assert _closed_by_server(extra)
+    assert closed_by_server(extra)
     assert clients[0].login().status == 0
     clients[2].close()
     time.sleep(0.3)

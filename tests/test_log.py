@@ -516,6 +516,16 @@ def log_path(directory, base: int) -> str:
     return os.path.join(directory, f"{base:020d}.log")
 
 
+def closed_one_segment_log(directory, batches: list[int]):
+    """A log of one 1 MiB segment holding `batches` (message counts), closed: the path of its
+    .log file and the batch_positions in it, for a test that damages it and reopens."""
+    lg = open_log(directory, segment_size=1 << 20)
+    fill(lg, batches)
+    lg.close()
+    path = log_path(directory, 0)
+    return path, batch_positions(path)
+
+
 def test_garbage_index_is_rebuilt(log_dir):
     lg = open_log(log_dir)
     fill(lg, [3, 4, 5, 6, 7, 8] * 3)
@@ -535,11 +545,7 @@ def test_garbage_index_is_rebuilt(log_dir):
 
 
 def test_index_longer_than_the_log_is_trimmed(log_dir):
-    lg = open_log(log_dir, segment_size=1 << 20)
-    fill(lg, [2] * 10)
-    lg.close()
-    path = log_path(log_dir, 0)
-    positions = batch_positions(path)
+    path, positions = closed_one_segment_log(log_dir, [2] * 10)
     with open(path, "r+b") as f:
         f.truncate(positions[6][0])              # 4 whole batches gone, the index still lists them
     lg = open_log(log_dir)
@@ -552,11 +558,7 @@ def test_index_longer_than_the_log_is_trimmed(log_dir):
 
 def test_index_entries_pointing_at_lost_data_fall_back(log_dir):
     # the index reached the disk, the last batches of the log did not (zeros where they were)
-    lg = open_log(log_dir, segment_size=1 << 20)
-    fill(lg, [3] * 8)
-    lg.close()
-    path = log_path(log_dir, 0)
-    positions = batch_positions(path)
+    path, positions = closed_one_segment_log(log_dir, [3] * 8)
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.seek(positions[5][0])

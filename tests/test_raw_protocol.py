@@ -19,7 +19,7 @@ import pytest
 from apache_iggy import IggyClient
 
 from tests.conftest import ServerProcess, connect_root
-from tests.rawclient import RawClient, ident, login_body, wire_name
+from tests.rawclient import RawClient, closed_by_server, ident, login_body, wire_name
 from iggy._core.checksum import xxh3_64
 from iggy.protocol.wire import build_request, parse_reply_header
 
@@ -66,21 +66,6 @@ async def assert_healthy(srv, extra_streams=()) -> None:
 
 def connect(srv, timeout: float = 5.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", srv.tcp_port), timeout=timeout)
-
-
-def closed_by_server(sock: socket.socket, timeout: float = 5.0) -> bool:
-    """True if the server ends the connection within `timeout` (EOF or reset), reading any reply."""
-    sock.settimeout(timeout)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not sock.recv(65536):
-                return True
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-    except socket.timeout:
-        return False
-    return False
 
 
 def header(size: int, operation: int = 2, code: int = PING, command: int = 5, checksum: int = 0,

@@ -1,6 +1,6 @@
 """A blocking TCP client for administration, speaking the Iggy 0.9.0 binary protocol.
 
-Frames are built with the server's own codec (`iggy.protocol.wire.build_request`) and the
+Frames are built with the server's own codec (`iggy.protocol.requests.sdk_request`) and the
 numbering the official SDK uses (TCP.md 3.3): login is operation 1 with request 0, reads
 (operation 2) carry the number the next write will use without consuming it, writes consume
 one. Replies of writes start with a result section `[u32 count]`; a refusal arrives either as
@@ -26,7 +26,8 @@ from iggy.metadata.state import Permissions
 from iggy.protocol import codes
 from iggy.protocol.batch import build_batch, decode_headers, iter_messages, random_id
 from iggy.protocol.errors import ErrorCode, IggyError, error_id
-from iggy.protocol.wire import COMMAND_EVICTION, PROTOCOL_VERSION, Reader, Writer, build_request, parse_reply_header
+from iggy.protocol.requests import sdk_request
+from iggy.protocol.wire import COMMAND_EVICTION, PROTOCOL_VERSION, Reader, Writer, parse_reply_header
 from iggy.protocol.wire import HEADER_SIZE as HEADER
 
 Ident = int | str  # a stream, topic, user, group or consumer: numeric id or name
@@ -380,15 +381,7 @@ class AdminClient:
         else:
             self.request += 1
             request, session = self.request, self.session
-        frame = build_request(
-            operation,
-            code,
-            body,
-            session=session,
-            request=request,
-            client=self.client,
-            with_checksum=operation in codes.CHECKSUMMED_OPS,
-        )
+        frame = sdk_request(operation, code, body, session, request, self.client)
         self.sock.sendall(frame)
         head = self._recv_exact(HEADER)
         size, command, _operation, status, reason = parse_reply_header(head)

@@ -5,7 +5,7 @@ outstanding request per connection. Replies are received straight into a reusabl
 (asyncio BufferedProtocol, `recv_into` under uvloop): the body handed back by `roundtrip` is a
 memoryview into it, valid until the next request on the same connection. Data-plane frames
 come pre-built from `iggy.bench.fastclient`; control-plane requests (login, streams, topics,
-groups) are built here with `build_request`, they are not on the measured path.
+groups) are built here with `sdk_request`, they are not on the measured path.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from iggy.protocol.codes import (
 )
 from iggy.protocol.errors import ErrorCode
 from iggy.protocol.header import EV_REASON, H_COMMAND, H_SIZE, RP_OPERATION, RP_STATUS
-from iggy.protocol.wire import COMMAND_EVICTION, COMMAND_REPLY, PROTOCOL_VERSION, build_request
+from iggy.protocol.requests import sdk_request
+from iggy.protocol.wire import COMMAND_EVICTION, COMMAND_REPLY, PROTOCOL_VERSION
 from iggy.protocol.wire import HEADER_SIZE as HEADER
 
 __all__ = [
@@ -83,6 +84,23 @@ def name_id(text: str) -> bytes:
 
 def tlv(kind: int, value: bytes) -> bytes:
     return bytes([kind]) + _U32.pack(len(value)) + value
+
+
+def poll_body(consumer_id: int, stream_id: int, topic_id: int, partition_id: int, offset: int, count: int) -> bytes:
+    """POLL_MESSAGES as a single consumer by offset, no auto commit (numeric ids): consumer
+    [u8 kind 1][id], stream id, topic id, [u8 1][u32 partition], [u8 strategy 1][u64 offset],
+    [u32 count], [u8 auto_commit 0]."""
+    return (
+        bytes([CONSUMER_SINGLE])
+        + numeric_id(consumer_id)
+        + numeric_id(stream_id)
+        + numeric_id(topic_id)
+        + b"\x01"
+        + _U32.pack(partition_id)
+        + bytes([STRATEGY_OFFSET])
+        + struct.pack("<QI", offset, count)
+        + b"\x00"
+    )
 
 
 class _ReplyProtocol(asyncio.BufferedProtocol):
@@ -197,16 +215,7 @@ class Connection:
             request, session = self.read_request(), self.session
         else:
             request, session = self.write_request(), self.session
-        checksummed = operation in codes.CHECKSUMMED_OPS
-        frame = build_request(
-            operation,
-            code,
-            body,
-            session=session,
-            request=request,
-            client=self.client_id,
-            with_checksum=checksummed,
-        )
+        frame = sdk_request(operation, code, body, session, request, self.client_id)
         command, _, status, view = await self.roundtrip(frame)
         if command == COMMAND_EVICTION:
             reason = self.protocol.buf[EV_REASON]

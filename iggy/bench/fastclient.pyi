@@ -1,5 +1,7 @@
 """Types of iggy/bench/fastclient.pyx (the bench tool's pre-built frames and poll-reply scanner)."""
 
+from typing import Final
+
 from _typeshed import ReadableBuffer
 from typing_extensions import disjoint_base
 
@@ -10,12 +12,10 @@ class SendFrame:
     def __init__(
         self, batch: ReadableBuffer, session: int, client: int, stream_id: int, topic_id: int, partition_id: int = 0
     ) -> None: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def message_count(self) -> int: ...
-    @property
-    def batch_length(self) -> int: ...
+    # fixed when the object is made (Cython `readonly` attributes)
+    size: Final[int]
+    message_count: Final[int]
+    batch_length: Final[int]
     @property
     def data(self) -> bytearray: ...
     def stamp(self, request: int, origin_timestamp: int, partition_id: int) -> bytearray: ...

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -81,6 +82,21 @@ def _ms(value: float) -> str:
     return f"{value:.3f}"
 
 
+def _figures(row: dict[str, Any], throughput: str, emphasis: str = "{}") -> list[str]:
+    """The table cells after the first two of an actor or group row; `throughput` is the prefix
+    of its throughput keys, `emphasis` the markup around the two throughput cells."""
+    return [
+        f"{row['total_messages']:,}",
+        f"{row['total_user_data_bytes'] / 1e6:.1f}",
+        f"{row['total_time_secs']:.2f}",
+        emphasis.format(f"{row[throughput + 'megabytes_per_second']:.1f}"),
+        emphasis.format(f"{row[throughput + 'messages_per_second']:,.0f}"),
+        *(_ms(row[f"{p}_latency_ms"]) for p in ("p50", "p90", "p95", "p99", "p999", "p9999")),
+        _ms(row["avg_latency_ms"]),
+        _ms(row["max_latency_ms"]),
+    ]
+
+
 def print_report(report: BenchReport, console: Console) -> None:
     """One line of parameters, then a table: every actor, then each group's totals."""
     cfg = report.config
@@ -120,32 +136,12 @@ def print_report(report: BenchReport, console: Console) -> None:
     ):
         table.add_column(column, justify="left" if column in ("actor", "stream") else "right")
     for a in actors:
-        table.add_row(
-            f"{a['actor_kind'].replace('_', ' ')} {a['actor_id']}",
-            a["stream"],
-            f"{a['total_messages']:,}",
-            f"{a['total_user_data_bytes'] / 1e6:.1f}",
-            f"{a['total_time_secs']:.2f}",
-            f"{a['throughput_megabytes_per_second']:.1f}",
-            f"{a['throughput_messages_per_second']:,.0f}",
-            *(_ms(a[f"{p}_latency_ms"]) for p in ("p50", "p90", "p95", "p99", "p999", "p9999")),
-            _ms(a["avg_latency_ms"]),
-            _ms(a["max_latency_ms"]),
-        )
+        title = f"{a['actor_kind'].replace('_', ' ')} {a['actor_id']}"
+        table.add_row(title, a["stream"], *_figures(a, "throughput_"))
     table.add_section()
     for g in groups:
-        table.add_row(
-            f"[bold]{_GROUP_TITLES.get(g['kind'], g['kind'])}[/]",
-            f"{g['actors']} actors",
-            f"{g['total_messages']:,}",
-            f"{g['total_user_data_bytes'] / 1e6:.1f}",
-            f"{g['total_time_secs']:.2f}",
-            f"[bold]{g['total_throughput_megabytes_per_second']:.1f}[/]",
-            f"[bold]{g['total_throughput_messages_per_second']:,.0f}[/]",
-            *(_ms(g[f"{p}_latency_ms"]) for p in ("p50", "p90", "p95", "p99", "p999", "p9999")),
-            _ms(g["avg_latency_ms"]),
-            _ms(g["max_latency_ms"]),
-        )
+        title = f"[bold]{_GROUP_TITLES.get(g['kind'], g['kind'])}[/]"
+        table.add_row(title, f"{g['actors']} actors", *_figures(g, "total_throughput_", "[bold]{}[/]"))
     console.print(table)
     console.print(
         "[dim]MB = 10^6 bytes of payload; latency per batch (send or poll round trip; consumers running "

@@ -267,7 +267,82 @@ def _check_reply(command: int, status: int, what: str) -> None:
 # --------------------------------------------------------------------------- actors
 
 
-class Producer:
+class _Actor:
+    """What every actor has: its config, target, metrics, pacing and one connection, which
+    `prepare` opens (the frames it sends are built once, for that connection's session)."""
+
+    def __init__(
+        self, cfg: BenchConfig, kind: str, actor_id: int, target: Target, progress: Progress | None, rate: float | None
+    ):
+        self.cfg, self.target, self.progress, self.rate = cfg, target, progress, rate
+        self.metrics = ActorMetrics(kind, actor_id, target.name)
+        self.conn: Connection | None = None
+
+    async def _connect(self) -> Connection:
+        cfg = self.cfg
+        self.conn = await connect(cfg.server_address, cfg.username, cfg.password, cfg.nodelay)
+        return self.conn
+
+    def _send_frame(self, conn: Connection, partition: int) -> SendFrame:
+        """SEND_MESSAGES of this actor's batch to `partition` of its target."""
+        t = self.target
+        batch = _actor_batch(self.cfg, self.metrics.actor_id)
+        return SendFrame(batch, conn.session, conn.client_id, t.stream_id, t.topic_id, partition)
+
+    def _poll_frame(self, conn: Connection, partition: int) -> PollFrame:
+        """POLL_MESSAGES of `partition` as a single consumer (id: the actor's) by offset."""
+        t = self.target
+        return PollFrame(
+            conn.session,
+            conn.client_id,
+            CONSUMER_SINGLE,
+            self.metrics.actor_id,
+            t.stream_id,
+            t.topic_id,
+            partition,
+            STRATEGY_OFFSET,
+            self.cfg.messages_per_batch,
+        )
+
+    async def _batch_loop(
+        self,
+        frame: SendFrame,
+        limit: int,
+        deadline: float | None,
+        record: bool,
+        step: Callable[[int], Awaitable[float]],
+    ) -> int:
+        """Await `step(n)` (batch n's round trips; returns its latency) `limit` times or until
+        `deadline`, each counted as one batch of `frame` (recorded when `record`), paced;
+        returns the batches done."""
+        m = self.metrics
+        per_batch = frame.message_count
+        user_bytes = self.cfg.message_size * per_batch
+        wire_bytes = frame.batch_length
+        progress = self.progress if record else None
+        pacer = _Pacer(self.rate)
+        perf = time.perf_counter
+        done = 0
+        if record:
+            m.start = perf()
+        while done < limit if deadline is None else perf() < deadline:
+            latency = await step(done)
+            done += 1
+            if record:
+                m.record(latency, per_batch, user_bytes, wire_bytes)
+            if progress is not None:
+                progress.add(per_batch, user_bytes)
+            await pacer.pace(user_bytes)
+        if record:
+            m.end = perf()
+        return done
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+class Producer(_Actor):
     """Sends `batches` pre-built batches, one outstanding at a time, partitions round robin."""
 
     def __init__(
@@ -281,61 +356,32 @@ class Producer:
         rate: float | None,
         kind: str = PRODUCER,
     ):
-        self.cfg, self.target, self.partitions, self.batches = cfg, target, partitions, batches
-        self.progress, self.rate = progress, rate
-        self.metrics = ActorMetrics(kind, actor_id, target.name)
-        self.conn: Connection | None = None
+        super().__init__(cfg, kind, actor_id, target, progress, rate)
+        self.partitions, self.batches = partitions, batches
         self.frame: SendFrame | None = None
 
     async def prepare(self) -> None:
-        cfg = self.cfg
-        self.conn = await connect(cfg.server_address, cfg.username, cfg.password, cfg.nodelay)
-        self.frame = SendFrame(
-            _actor_batch(cfg, self.metrics.actor_id),
-            self.conn.session,
-            self.conn.client_id,
-            self.target.stream_id,
-            self.target.topic_id,
-            self.partitions[0],
-        )
+        self.frame = self._send_frame(await self._connect(), self.partitions[0])
 
     async def run(self, batches: int | None = None, deadline: float | None = None, record: bool = True) -> int:
         """Send `batches` (default: the actor's share) or until `deadline`; returns batches sent."""
-        conn, frame, m = _prepared(self.conn), _prepared(self.frame), self.metrics
+        conn, frame = _prepared(self.conn), _prepared(self.frame)
         parts, nparts = self.partitions, len(self.partitions)
-        per_batch = frame.message_count
-        user_bytes = self.cfg.message_size * per_batch
-        wire_bytes = frame.batch_length
-        progress = self.progress if record else None
-        pacer = _Pacer(self.rate)
-        limit = self.batches if batches is None else batches
         perf = time.perf_counter
-        sent = 0
-        if record:
-            m.start = perf()
-        while sent < limit if deadline is None else perf() < deadline:
-            data = frame.stamp(conn.write_request(), _now_us(), parts[sent % nparts])
+
+        async def send(n: int) -> float:
+            data = frame.stamp(conn.write_request(), _now_us(), parts[n % nparts])
             t0 = perf()
             command, _, status, _ = await conn.roundtrip(data)
             latency = perf() - t0
             if command != COMMAND_REPLY or status:
                 _check_reply(command, status, "send messages")
-            sent += 1
-            if record:
-                m.record(latency, per_batch, user_bytes, wire_bytes)
-            if progress is not None:
-                progress.add(per_batch, user_bytes)
-            await pacer.pace(user_bytes)
-        if record:
-            m.end = perf()
-        return sent
+            return latency
 
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        return await self._batch_loop(frame, self.batches if batches is None else batches, deadline, record, send)
 
 
-class Consumer:
+class Consumer(_Actor):
     """Polls one partition with the offset strategy (`count` = messages per batch).
 
     With `end_to_end`, a poll that finds nothing new is retried after a short sleep and the
@@ -355,28 +401,14 @@ class Consumer:
         end_to_end: bool = False,
         start_offset: int = 0,
     ):
-        self.cfg, self.target, self.partition = cfg, target, partition
-        self.messages, self.progress, self.rate = messages, progress, rate
+        super().__init__(cfg, CONSUMER, actor_id, target, progress, rate)
+        self.partition, self.messages = partition, messages
         self.end_to_end = end_to_end
         self.offset = start_offset
-        self.metrics = ActorMetrics(CONSUMER, actor_id, target.name)
-        self.conn: Connection | None = None
         self.frame: PollFrame | None = None
 
     async def prepare(self) -> None:
-        cfg = self.cfg
-        self.conn = await connect(cfg.server_address, cfg.username, cfg.password, cfg.nodelay)
-        self.frame = PollFrame(
-            self.conn.session,
-            self.conn.client_id,
-            CONSUMER_SINGLE,
-            self.metrics.actor_id,
-            self.target.stream_id,
-            self.target.topic_id,
-            self.partition,
-            STRATEGY_OFFSET,
-            self.cfg.messages_per_batch,
-        )
+        self.frame = self._poll_frame(await self._connect(), self.partition)
 
     async def warmup(self, deadline: float, stop_at: int) -> None:
         """Poll the first `stop_at` messages over and over until `deadline` (nothing recorded)."""
@@ -418,12 +450,8 @@ class Consumer:
         m.end = perf()
         self.offset = offset
 
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
 
-
-class GroupConsumer:
+class GroupConsumer(_Actor):
     """A consumer-group member: next strategy + auto commit over the partitions it owns,
     until the group's `remaining` counter (shared by the members of one group) reaches 0."""
 
@@ -436,19 +464,17 @@ class GroupConsumer:
         progress: Progress | None,
         rate: float | None,
     ):
-        self.cfg, self.target, self.remaining = cfg, target, remaining
-        self.progress, self.rate = progress, rate
-        self.metrics = ActorMetrics(CONSUMER, actor_id, target.name)
-        self.conn: Connection | None = None
+        super().__init__(cfg, CONSUMER, actor_id, target, progress, rate)
+        self.remaining = remaining
         self.frame: PollFrame | None = None
 
     async def prepare(self) -> None:
         cfg, t = self.cfg, self.target
-        self.conn = await connect(cfg.server_address, cfg.username, cfg.password, cfg.nodelay)
-        await self.conn.join_group(t.stream_id, t.topic_id, _prepared(t.group_id))
+        conn = await self._connect()
+        await conn.join_group(t.stream_id, t.topic_id, _prepared(t.group_id))
         self.frame = PollFrame(
-            self.conn.session,
-            self.conn.client_id,
+            conn.session,
+            conn.client_id,
             CONSUMER_GROUP,
             _prepared(t.group_id),
             t.stream_id,
@@ -506,12 +532,8 @@ class GroupConsumer:
         except (BenchError, OSError):
             pass
 
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
 
-
-class ProducingConsumer:
+class ProducingConsumer(_Actor):
     """Sends one batch to its own partition, then polls until it has it back; the latency
     recorded is that whole round trip (send + poll), one sample per batch."""
 
@@ -526,48 +548,21 @@ class ProducingConsumer:
         rate: float | None,
         start_offset: int = 0,
     ):
-        self.cfg, self.target, self.partition, self.batches = cfg, target, partition, batches
-        self.progress, self.rate = progress, rate
+        super().__init__(cfg, PRODUCING_CONSUMER, actor_id, target, progress, rate)
+        self.partition, self.batches = partition, batches
         self.offset = start_offset
-        self.metrics = ActorMetrics(PRODUCING_CONSUMER, actor_id, target.name)
-        self.conn: Connection | None = None
 
     async def prepare(self) -> None:
-        cfg, t = self.cfg, self.target
-        self.conn = await connect(cfg.server_address, cfg.username, cfg.password, cfg.nodelay)
-        self.send = SendFrame(
-            _actor_batch(cfg, self.metrics.actor_id),
-            self.conn.session,
-            self.conn.client_id,
-            t.stream_id,
-            t.topic_id,
-            self.partition,
-        )
-        self.poll = PollFrame(
-            self.conn.session,
-            self.conn.client_id,
-            CONSUMER_SINGLE,
-            self.metrics.actor_id,
-            t.stream_id,
-            t.topic_id,
-            self.partition,
-            STRATEGY_OFFSET,
-            cfg.messages_per_batch,
-        )
+        conn = await self._connect()
+        self.send = self._send_frame(conn, self.partition)
+        self.poll = self._poll_frame(conn, self.partition)
 
     async def run(self, batches: int | None = None, deadline: float | None = None, record: bool = True) -> None:
-        conn, send, poll, m = _prepared(self.conn), _prepared(self.send), _prepared(self.poll), self.metrics
+        conn, send, poll = _prepared(self.conn), _prepared(self.send), _prepared(self.poll)
         per_batch = send.message_count
-        user_bytes = self.cfg.message_size * per_batch
-        wire_bytes = send.batch_length
-        progress = self.progress if record else None
-        pacer = _Pacer(self.rate)
         perf = time.perf_counter
-        limit = self.batches if batches is None else batches
-        done = 0
-        if record:
-            m.start = perf()
-        while done < limit if deadline is None else perf() < deadline:
+
+        async def send_and_poll(_n: int) -> float:
             t0 = perf()
             command, _, status, _ = await conn.roundtrip(send.stamp(conn.write_request(), _now_us(), self.partition))
             if command != COMMAND_REPLY or status:
@@ -583,19 +578,10 @@ class ProducingConsumer:
                 if count:
                     got += count
                     self.offset = nxt
-            latency = perf() - t0
-            done += 1
-            if record:
-                m.record(latency, per_batch, user_bytes, wire_bytes)
-            if progress is not None:
-                progress.add(per_batch, user_bytes)
-            await pacer.pace(user_bytes)
-        if record:
-            m.end = perf()
+            return perf() - t0
 
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        limit = self.batches if batches is None else batches
+        await self._batch_loop(send, limit, deadline, record, send_and_poll)
 
 
 Actor = Producer | Consumer | GroupConsumer | ProducingConsumer

@@ -340,12 +340,8 @@ class AsyncioEngine(Engine):
     kind = "tcp"
 
     def __init__(self, plane, host: str, port: int, max_frame_size: int, ssl_context=None):
-        self.plane = plane
-        self.host = host
-        self.port = port
-        self.max_frame_size = max_frame_size
+        super().__init__(plane, host, port, max_frame_size)
         self.ssl_context = ssl_context
-        self.server = None
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()

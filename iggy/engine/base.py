@@ -62,6 +62,13 @@ class Engine(abc.ABC):
 
     kind: str = "tcp"                 # its config section and key of plane.bound
 
+    def __init__(self, plane, host: str, port: int, max_frame_size: int):
+        self.plane = plane
+        self.host = host
+        self.port = port
+        self.max_frame_size = max_frame_size
+        self.server = None            # the listener once started (the uring engine keeps shards instead)
+
     @abc.abstractmethod
     async def start(self) -> tuple[str, int]:
         """Bind and start serving; the bound (host, port)."""

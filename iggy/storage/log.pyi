@@ -1,7 +1,7 @@
 """Types of iggy/storage/log.pyx (one partition's segments); mypy reads this, the runtime the .so."""
 
 from types import TracebackType
-from typing import Self, final
+from typing import Final, Self, final
 
 from _typeshed import ReadableBuffer
 
@@ -28,22 +28,15 @@ class PartitionLog:
         preallocate: bool = False,
         validate_checksum: bool = True,
     ) -> None: ...
-    @property
-    def directory(self) -> str: ...
-    @property
-    def partition_id(self) -> int: ...
-    @property
-    def segment_size(self) -> int: ...
-    @property
-    def preallocate(self) -> bool: ...
-    @property
-    def validate_checksum(self) -> bool: ...
-    @property
-    def recovered_truncated_bytes(self) -> int: ...
-    @property
-    def uid(self) -> int: ...
-    @property
-    def label(self) -> str: ...
+    # fixed when the object is made (Cython `readonly` attributes)
+    directory: Final[str]
+    partition_id: Final[int]
+    segment_size: Final[int]
+    preallocate: Final[bool]
+    validate_checksum: Final[bool]
+    recovered_truncated_bytes: Final[int]
+    uid: Final[int]
+    label: Final[str]
     @property
     def closed(self) -> bool: ...
     @property

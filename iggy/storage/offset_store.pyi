@@ -1,7 +1,7 @@
 """Types of iggy/storage/offset_store.pyx (consumer offsets of one partition, one file per key)."""
 
 from os import PathLike
-from typing import Self, final
+from typing import Final, Self, final
 
 from iggy.protocol.errors import IggyError
 
@@ -21,10 +21,9 @@ class OffsetStore:
     def __new__(
         cls, partition_dir: str | PathLike[str], fsync: bool = False, max_offsets: int | None = None
     ) -> Self: ...
-    @property
-    def root(self) -> str: ...
-    @property
-    def fsync(self) -> bool: ...
+    # fixed when the object is made (Cython `readonly` attributes)
+    root: Final[str]
+    fsync: Final[bool]
     @property
     def offsets(self) -> dict[tuple[str, int], int]: ...
     def load(self, current_offset: int | None) -> None: ...

@@ -29,7 +29,7 @@ import time
 import psutil
 
 from iggy.protocol.wire import build_request
-from tests.rawclient import ident, login_body
+from tests.rawclient import closed_by_server, ident, login_body
 from tests.reliability.common import Client, Launcher
 
 PING = build_request(2, 1, b"", client=3)
@@ -37,21 +37,6 @@ PING = build_request(2, 1, b"", client=3)
 
 def rss(server) -> int:
     return psutil.Process(server.proc.pid).memory_info().rss
-
-
-def closed_by_server(sock: socket.socket, timeout: float) -> bool:
-    """True when the server closes the connection within `timeout` (replies are read and dropped)."""
-    sock.settimeout(0.2)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if sock.recv(1 << 20) == b"":
-                return True
-        except socket.timeout:
-            continue
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-    return False
 
 
 def raise_fd_limit(n: int) -> None:

@@ -248,13 +248,9 @@ class QuicEngine(Engine):
     kind = "quic"
 
     def __init__(self, plane, host: str, port: int, max_frame_size: int, configuration, keep_alive: float):
-        self.plane = plane
-        self.host = host
-        self.port = port
-        self.max_frame_size = max_frame_size
+        super().__init__(plane, host, port, max_frame_size)
         self.configuration = configuration
         self.keep_alive = keep_alive
-        self.server = None
 
     async def start(self) -> tuple[str, int]:
         self.server, bound = await start_quic(self.plane, self.host, self.port, self.max_frame_size,

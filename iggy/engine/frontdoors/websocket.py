@@ -94,12 +94,8 @@ class WebSocketEngine(Engine):
     kind = "websocket"
 
     def __init__(self, plane, host: str, port: int, max_frame_size: int, ssl_context=None):
-        self.plane = plane
-        self.host = host
-        self.port = port
-        self.max_frame_size = max_frame_size
+        super().__init__(plane, host, port, max_frame_size)
         self.ssl_context = ssl_context
-        self.server = None
 
     async def start(self) -> tuple[str, int]:
         self.server = await start_websocket(self.plane, self.host, self.port, self.max_frame_size, self.ssl_context)

@@ -218,10 +218,7 @@ class UringEngine(Engine):
 
     def __init__(self, plane, host: str, port: int, max_frame_size: int, shards: int | None = None,
                  max_connections: int = 4096):
-        self.plane = plane
-        self.host = host
-        self.port = port
-        self.max_frame_size = max_frame_size
+        super().__init__(plane, host, port, max_frame_size)
         self.count = shards or os.cpu_count() or 1
         self.max_connections = max_connections
         self.sockets = []

@@ -300,3 +300,27 @@ def test_attach_to_a_session_that_does_not_exist_is_refused(steady):
         assert raw.read(14, bytes(5)).status == ErrorCode.INVALID_COMMAND
     finally:
         raw.close()
+
+
+def test_a_paused_leader_is_replaced_and_rejoins_as_a_follower(cluster):
+    """SIGSTOP the leader until another node is leader, then SIGCONT: the old leader refuses
+    what needs a leader from then on and reports the new one."""
+    leader = cluster.wait_leader(START_ELECTION)
+    raw = RawClient(cluster.address(leader))
+    try:
+        assert raw.login().status == 0
+        process = psutil.Process(cluster.nodes[leader].pid)
+        process.suspend()
+        try:
+            others = [i for i in range(3) if i != leader]
+            new_leader = cluster.wait_leader(3 * HEARTBEAT_TIMEOUT, others, leader)
+        finally:
+            process.resume()
+        assert raw.read(201).status == NOT_ACCEPTED
+        assert raw.call(128, body=wire_name("after-pause")).status == NOT_ACCEPTED
+        assert cluster.wait_leader(3 * HEARTBEAT_TIMEOUT) == new_leader  # all three agree
+        meta = metadata(cluster.address(leader))
+        assert meta["nodes"][leader]["role"] == "follower"
+        assert meta["nodes"][leader]["status"] == "healthy"
+    finally:
+        raw.close()

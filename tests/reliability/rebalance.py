@@ -2,17 +2,19 @@
 
 A producer sends batches to every partition of one topic the whole time. Four member slots
 each run a loop: connect, log in, join the group, consume for a random while, then leave
-gracefully (commit what they processed, LEAVE) or now and then just drop the connection,
-pause, and start again. A member consumes the way the official SDK does: SYNC (606) for its
-partitions, a poll with strategy `next` on one of them in turn (no auto-commit), a re-sync on
-5009 and every `--resync` seconds, then "processing" for `--process-ms` and a commit of the last
-offset it processed. At the end the producer stops, every slot rejoins and the group drains.
+gracefully (commit what they processed, LEAVE) or, with `--drop`, now and then drop the
+connection between a poll and its commit (a crash), pause, and start again. A member
+consumes the way the official SDK does: SYNC (606) for its partitions, a poll with strategy
+`next` on one of them in turn (no auto-commit), a re-sync on 5009 and every `--resync`
+seconds, then "processing" for `--process-ms` and a commit of the last offset it processed.
+At the end the producer stops, every slot rejoins and the group drains.
 
 Figures (JSON): messages produced; messages delivered more than once, and those delivered to
 more than one member (each connection is one member); deliveries that were repeats; messages
-never delivered (lost); commits the server refused (5009); joins and leaves. A graceful leave
-commits first and a dropped connection may leave a processed batch uncommitted, so drops are
-counted apart (`--drop` is the share of leaves that drop the connection; 0 by default).
+never delivered (lost); polls and commits the server refused (5009); joins, leaves and drops.
+A graceful leave commits first; a drop (`--drop`: the share of memberships that end so, 0 by
+default) leaves its last batch uncommitted, and the member that takes the partition over
+reads it again, whatever the rebalancing: at-least-once.
 
 Eager rebalancing (every join moves partitions at once) redelivers what the old owner
 polled and had not committed yet; cooperative rebalancing (iggy.control.groups) hands such a
@@ -64,6 +66,8 @@ class Rebalance:
         process_ms: float = 10.0,
         resync: float = 0.5,
         drop: float = 0.0,
+        stay: tuple[float, float] = (1.0, 4.0),
+        pause: tuple[float, float] = (0.2, 1.5),
         seed: int = 1,
     ):
         self.address = address
@@ -71,6 +75,7 @@ class Rebalance:
         self.process = process_ms / 1000
         self.resync = resync
         self.drop = drop
+        self.stay, self.pause = stay, pause  # seconds a membership lasts, and between two of a slot
         self.seed = seed
         self.lock = threading.Lock()
         self.produced = [0] * partitions  # next offset per partition
@@ -128,8 +133,9 @@ class Rebalance:
             with self.lock:
                 self.counts["joins"] += 1
             until = time.monotonic() + stay
+            crash = rng.random() < self.drop  # this membership ends by dropping the connection mid-batch
             partitions, synced, turn = self._sync(c), time.monotonic(), 0
-            while not self.stop_all.is_set() and (not self.churning.is_set() or time.monotonic() < until):
+            while not self.stop_all.is_set() and (not self.churning.is_set() or time.monotonic() < until or crash):
                 if time.monotonic() - synced > self.resync or not partitions:
                     partitions, synced = self._sync(c), time.monotonic()  # the SDK re-syncs on heartbeat
                     if not partitions:
@@ -154,6 +160,10 @@ class Rebalance:
                 with self.lock:
                     for o in offsets:
                         self.deliveries[(p, o)].append(member)
+                if crash and self.churning.is_set() and time.monotonic() >= until:
+                    with self.lock:
+                        self.counts["drops"] += 1
+                    return  # gone before committing this batch: its new owner gets it again
                 time.sleep(self.process)  # processing
                 code = c.call(OP[codes.STORE_CONSUMER_OFFSET], 0, offset_body(p) + _U64.pack(offsets[-1])).code
                 if code == NOT_OWNED:
@@ -161,10 +171,6 @@ class Rebalance:
                         self.counts["commits_refused"] += 1
                 elif code:
                     raise AssertionError(f"commit refused with {code}")
-            if self.churning.is_set() and rng.random() < self.drop:
-                with self.lock:
-                    self.counts["drops"] += 1
-                return  # just gone
             if c.call(OP[codes.LEAVE_CONSUMER_GROUP], 0, group_body()).code != 0:
                 raise AssertionError("leave refused")
             with self.lock:
@@ -177,11 +183,11 @@ class Rebalance:
         try:
             time.sleep(rng.uniform(0, 2))
             while not self.stop_all.is_set():
-                self._member(rng, rng.uniform(1.0, 4.0))
+                self._member(rng, rng.uniform(*self.stay))
                 if self.stop_all.is_set():
                     return
                 if self.churning.is_set():
-                    time.sleep(rng.uniform(0.2, 1.5))
+                    time.sleep(rng.uniform(*self.pause))
         except Exception as exc:  # any failure is a finding
             self._error(f"member slot {i}: {exc!r}")
 

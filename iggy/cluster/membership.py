@@ -130,6 +130,15 @@ class Cluster:
 
     # ---------------------------------------------------------------- metadata
 
+    def leader_http_url(self) -> str | None:
+        """`http://ip:port` of the leader's HTTP listener; None between leaders or without one."""
+        leader = self.election.current_leader()
+        node = next((n for n in self.roster if n["replica_id"] == leader), None)
+        if node is None or not node["ports"]["http"]:
+            return None
+        host = f"[{node['ip']}]" if ":" in node["ip"] else node["ip"]
+        return f"http://{host}:{node['ports']['http']}"
+
     def metadata(self) -> dict[str, Any]:
         election = self.election
         leader = election.current_leader()

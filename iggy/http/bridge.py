@@ -52,8 +52,9 @@ class Bridge:
 
         A token whose user has been deleted since it was issued authenticates nobody (401),
         as a TCP session of a deleted user does, even when a newer user has taken the id.
-        On a cluster follower only `follower_ok` calls run; the rest are 58 TransientNotAccepted,
-        a 503 with Retry-After (upstream's answer when it cannot redirect; docs/CLUSTER.md).
+        On a cluster follower only `follower_ok` calls run; the rest are 58 TransientNotAccepted:
+        a read is redirected (307) to the leader's HTTP address when there is a leader, anything
+        else is a 503 with Retry-After, as upstream answers (docs/CLUSTER.md).
         """
         return await self.call(_as_user, who, fn, args, follower_ok)
 
@@ -71,5 +72,8 @@ def _as_user(
 ) -> Any:
     user = user_of(plane, who)
     if not follower_ok and plane.cluster is not None and not plane.cluster.is_leader():
-        raise IggyError(ErrorCode.TRANSIENT_NOT_ACCEPTED)
+        refused = IggyError(ErrorCode.TRANSIENT_NOT_ACCEPTED)
+        # a read is redirected there (307, iggy.http.errors), as upstream does
+        refused.leader_url = plane.cluster.leader_http_url()  # type: ignore[attr-defined]
+        raise refused
     return fn(plane, user, *args)

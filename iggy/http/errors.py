@@ -145,6 +145,11 @@ def text(status: int, message: str = "") -> Response[Any]:
 
 
 def _on_iggy_error(request: Request[Any, Any, Any], exc: IggyError) -> Response[Any]:
+    leader_url = getattr(exc, "leader_url", None)  # a cluster follower (iggy.http.bridge.call_as)
+    if leader_url and request.method in ("GET", "HEAD"):
+        query = request.url.query
+        location = leader_url + request.url.path + (f"?{query}" if query else "")
+        return Response(b"", status_code=307, headers={"Location": location})
     return iggy_error_response(exc)
 
 

@@ -222,11 +222,14 @@ def test_a_graceful_stop_of_the_leader_hands_over_at_once(cluster):
     assert "no longer the leader" in cluster.nodes[leader].log()
 
 
-def test_http_on_a_follower_answers_login_and_metadata_and_503_for_the_rest(steady):
+def test_http_on_a_follower_redirects_reads_and_refuses_writes(steady):
+    """Login and the metadata are answered; a read is a 307 to the same path on the leader's
+    HTTP listener; a write is a 503 with Retry-After (58), as upstream without forwarding."""
     cluster = steady
     leader = cluster.wait_leader(START_ELECTION)
     follower = (leader + 1) % 3
-    for i, expected in ((follower, 503), (leader, 200)):
+    leader_base = f"http://127.0.0.1:{cluster.ports[leader]['http']}"
+    for i, expected in ((follower, 307), (leader, 200)):
         base = f"http://127.0.0.1:{cluster.ports[i]['http']}"
         with httpx.Client(base_url=base, timeout=10) as http:
             login = http.post("/users/login", json={"username": "iggy", "password": "iggy"})
@@ -236,11 +239,16 @@ def test_http_on_a_follower_answers_login_and_metadata_and_503_for_the_rest(stea
             assert meta.status_code == 200
             roles = [n["role"] for n in meta.json()["nodes"]]
             assert roles.count("leader") == 1 and roles[leader] == "leader"
-            streams = http.get("/streams", headers=auth)
+            streams = http.get("/streams?x=1", headers=auth)
             assert streams.status_code == expected, streams.text
-            if expected == 503:
-                assert streams.headers["retry-after"] == "1"
-                assert streams.json()["id"] == ErrorCode.TRANSIENT_NOT_ACCEPTED
+            created = http.post("/streams", headers=auth, json={"name": f"http-{i}"})
+            if i == follower:
+                assert streams.headers["location"] == leader_base + "/streams?x=1"
+                assert created.status_code == 503
+                assert created.headers["retry-after"] == "1"
+                assert created.json()["id"] == ErrorCode.TRANSIENT_NOT_ACCEPTED
+            else:
+                assert created.status_code in (200, 201), created.text
 
 
 async def next_batch(client, stream, consumer, auto_commit=True, partition_id=0):

@@ -16,6 +16,7 @@ lines of the .pyx files (GIL-free code included: a tracer takes the GIL to repor
 build mode is remembered in build/iggy-build-mode; switching it regenerates every .c file
 (cythonize alone only looks at timestamps, not at the directives).
 """
+
 import glob
 import os
 import subprocess

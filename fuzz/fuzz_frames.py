@@ -13,6 +13,7 @@ the Reader calls every command uses and, when it has a batch's size, through val
 Mode 1: the bytes are a batch. Anything but IggyError / FrameError is a crash; so is a batch
 that validates but whose checksums do not recompute.
 """
+
 import importlib.machinery
 import importlib.util
 import os
@@ -25,6 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 def _load_instrumented(directory: str) -> None:
     import iggy.protocol.errors  # noqa: F401 - the modules import it
+
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     for name in ("wire", "batch"):
         path = os.path.join(directory, "iggy", "protocol", name + suffix)
@@ -36,17 +38,25 @@ def _load_instrumented(directory: str) -> None:
 
 
 if os.environ.get("IGGY_FUZZ_INSTRUMENTED"):
-    _load_instrumented(os.path.join(os.path.dirname(HERE), os.environ["IGGY_FUZZ_INSTRUMENTED"])
-                       if not os.path.isabs(os.environ["IGGY_FUZZ_INSTRUMENTED"])
-                       else os.environ["IGGY_FUZZ_INSTRUMENTED"])
+    _load_instrumented(
+        os.path.join(os.path.dirname(HERE), os.environ["IGGY_FUZZ_INSTRUMENTED"])
+        if not os.path.isabs(os.environ["IGGY_FUZZ_INSTRUMENTED"])
+        else os.environ["IGGY_FUZZ_INSTRUMENTED"]
+    )
 
 import atheris  # noqa: E402
 
 from iggy._core.checksum import xxh3_64  # noqa: E402
-from iggy.protocol.batch import (build_batch, compute_batch_checksum, encode_headers, iter_messages,  # noqa: E402
-                              stamp_batch, validate_batch)
-from iggy.protocol.wire import FrameError, FrameReader, Reader, build_request  # noqa: E402
+from iggy.protocol.batch import (  # noqa: E402
+    build_batch,
+    compute_batch_checksum,
+    encode_headers,
+    iter_messages,
+    stamp_batch,
+    validate_batch,
+)
 from iggy.protocol.errors import IggyError  # noqa: E402
+from iggy.protocol.wire import FrameError, FrameReader, Reader, build_request  # noqa: E402
 
 MAX_FRAME = 1 << 16
 READS = ("u8", "u16", "u32", "u64", "u128", "bool", "name", "string8", "bytes8", "bytes32", "identifier", "tlv")
@@ -60,7 +70,7 @@ def _body(body: bytes, plan: int) -> None:
         except IggyError:
             break
     if len(body) >= 52:
-        _batch(body[(plan % 4) * 4:], struct.unpack_from("<I", body, 48)[0] if plan & 1 else 1)
+        _batch(body[(plan % 4) * 4 :], struct.unpack_from("<I", body, 48)[0] if plan & 1 else 1)
 
 
 def _batch(data: bytes, count: int) -> None:
@@ -75,7 +85,7 @@ def _batch(data: bytes, count: int) -> None:
     pos = 256
     for m in msgs:
         flen = 48 + len(m["payload"]) + len(m["user_headers"])
-        assert xxh3_64(data[pos + 8:pos + flen]) == m["checksum"]
+        assert xxh3_64(data[pos + 8 : pos + flen]) == m["checksum"]
         pos += flen
     stamped = bytearray(data)
     stamp_batch(stamped, 0, 1, 2, 3)
@@ -94,7 +104,7 @@ def test_one_input(data: bytes) -> None:
     buffered = bool(mode & 0x80)
     try:
         for pos in range(0, len(stream), step):
-            chunk = stream[pos:pos + step]
+            chunk = stream[pos : pos + step]
             if buffered:
                 view = fr.get_buffer(len(chunk))
                 k = min(len(view), len(chunk))
@@ -117,10 +127,12 @@ def seeds() -> list[bytes]:
     batch = build_batch([(1, b"hello", b""), (2, b"world", encode_headers([(2, b"k", 2, b"v")]))])
     meta = b"\x02\x02s1\x02\x02t1\x02\x04\x00\x00\x00\x00\x02\x00\x00\x00"
     send = struct.pack("<I", len(meta)) + meta + batch
-    return [b"\x00" + build_request(2, 1, b"", client=1),
-            b"\x00" + build_request(160, 0, send, session=1, request=1, client=1),
-            b"\x80" + build_request(128, 0, b"\x02s1", session=1, request=1, client=1, with_checksum=True) * 2,
-            b"\x01" + batch]
+    return [
+        b"\x00" + build_request(2, 1, b"", client=1),
+        b"\x00" + build_request(160, 0, send, session=1, request=1, client=1),
+        b"\x80" + build_request(128, 0, b"\x02s1", session=1, request=1, client=1, with_checksum=True) * 2,
+        b"\x01" + batch,
+    ]
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ reason. Codes are the stable numbers of Apache Iggy's `IggyError` table (gaps ar
 codes and are never reused). C code reads the same table as the `Error` enum of
 `iggy/protocol/ccodes.pxd` (`E_` + the name), written from this one by scripts/gen_ccodes.py.
 """
+
 from __future__ import annotations
 
 import enum
@@ -38,7 +39,7 @@ class ErrorCode(enum.IntEnum):
     PERSONAL_ACCESS_TOKEN_EXPIRED = 54
     USERS_LIMIT_REACHED = 55
     INVALID_PERSONAL_ACCESS_TOKEN_EXPIRY = 56
-    TRANSIENT_NOT_COMMITTED = 57    # cluster only: retry (TCP.md 4.3)
+    TRANSIENT_NOT_COMMITTED = 57  # cluster only: retry (TCP.md 4.3)
     TRANSIENT_NOT_ACCEPTED = 58
     RESOURCE_NOT_FOUND = 20
     ACCESS_TOKEN_MISSING = 77

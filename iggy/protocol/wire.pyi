@@ -17,7 +17,6 @@ PROTOCOL_CLASSIC: int
 
 class FrameError(ValueError): ...
 
-
 @disjoint_base
 class RequestHeader:
     """The request header fields the server acts on; `raw` is the whole 256-byte header."""

@@ -10,6 +10,7 @@ server then runs normally (later starts need no flag). Corrupt metadata or an or
 that can't be moved to quarantine stops the server with one error line and exit status 3.
 A `.env` file (cwd, or IGGY_ENV_PATH) is read first without overriding the environment.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,21 +53,32 @@ def _fresh(path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="iggy-server", description="Apache Iggy-compatible streaming server")
     parser.add_argument("-f", "--fresh", action="store_true", help="delete the data directory before starting")
-    parser.add_argument("--with-default-root-credentials", action="store_true",
-                        help="root user iggy/iggy unless IGGY_ROOT_USERNAME/PASSWORD are set")
-    parser.add_argument("--repair-metadata", action="store_true",
-                        help="start on a corrupt metadata journal, keeping the records before the damage and "
-                             "dropping the rest (the damaged journal is kept as journal.log.corrupt-<time>)")
+    parser.add_argument(
+        "--with-default-root-credentials",
+        action="store_true",
+        help="root user iggy/iggy unless IGGY_ROOT_USERNAME/PASSWORD are set",
+    )
+    parser.add_argument(
+        "--repair-metadata",
+        action="store_true",
+        help="start on a corrupt metadata journal, keeping the records before the damage and "
+        "dropping the rest (the damaged journal is kept as journal.log.corrupt-<time>)",
+    )
     parser.add_argument("--config", metavar="PATH", help="TOML configuration file (as IGGY_CONFIG_PATH)")
-    parser.add_argument("--replica-id", type=int, metavar="N",
-                        help="with cluster.enabled: this node is the cluster.nodes entry whose replica_id is N "
-                             "(its ports are the listeners' ports; docs/CLUSTER.md)")
+    parser.add_argument(
+        "--replica-id",
+        type=int,
+        metavar="N",
+        help="with cluster.enabled: this node is the cluster.nodes entry whose replica_id is N "
+        "(its ports are the listeners' ports; docs/CLUSTER.md)",
+    )
     parser.add_argument("--version", action="version", version=f"iggy-server {__version__}")
     args = parser.parse_args(argv)
 
     load_dotenv(os.environ.get("IGGY_ENV_PATH", ".env"))
-    if args.with_default_root_credentials and not (os.environ.get("IGGY_ROOT_USERNAME")
-                                                   or os.environ.get("IGGY_ROOT_PASSWORD")):
+    if args.with_default_root_credentials and not (
+        os.environ.get("IGGY_ROOT_USERNAME") or os.environ.get("IGGY_ROOT_PASSWORD")
+    ):
         os.environ["IGGY_ROOT_USERNAME"] = "iggy"
         os.environ["IGGY_ROOT_PASSWORD"] = "iggy"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -84,6 +96,7 @@ def main(argv=None) -> int:
     from iggy.metadata.journal import MetadataCorrupt
     from iggy.server.node import run_server
     from iggy.storage.partitions import QuarantineError
+
     try:
         run_server(cfg, repair_metadata=args.repair_metadata)
     except (MetadataCorrupt, QuarantineError) as exc:

@@ -26,6 +26,7 @@ quarters of what the connections leave.
 at least 4). A file the budget has closed reopens on its next use; an fsync on the reopened
 file flushes what the closed descriptor wrote (fsync is per file, not per descriptor).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -64,21 +65,22 @@ def _bind_error(exc: BaseException) -> str:
 class Server:
     def __init__(self, config, env=None, repair_metadata: bool = False):
         self.config = config
-        self.repair_metadata = repair_metadata   # --repair-metadata: accept dropping corrupt journal records
+        self.repair_metadata = repair_metadata  # --repair-metadata: accept dropping corrupt journal records
         self.env = os.environ if env is None else env
         self.plane: ControlPlane | None = None
-        self.engines: list = []     # iggy.engine.base.Engine, one per listener serving
+        self.engines: list = []  # iggy.engine.base.Engine, one per listener serving
         self.tasks: list[asyncio.Future] = []
-        self.engine = "none"        # the TCP engine's name: uring or asyncio
+        self.engine = "none"  # the TCP engine's name: uring or asyncio
         self.http = None
-        self.cluster = None        # iggy.cluster.membership.Cluster with cluster.enabled
-        self.certificates = None    # iggy.engine.frontdoors.tls.Certificates, made when a listener needs one
+        self.cluster = None  # iggy.cluster.membership.Cluster with cluster.enabled
+        self.certificates = None  # iggy.engine.frontdoors.tls.Certificates, made when a listener needs one
 
     async def start(self) -> None:
         from iggy.config import root_credentials
+
         cfg = self.config
         _raise_open_file_limit()
-        configure_offsets(cfg)      # sized from the raised limit, before the partitions open
+        configure_offsets(cfg)  # sized from the raised limit, before the partitions open
         _set_segment_files_budget(cfg, self.env)
         path = cfg.system.path
         os.makedirs(path, exist_ok=True)
@@ -96,6 +98,7 @@ class Server:
         if cfg.cluster.enabled:
             # before any listener: a node starts as a follower until it wins the election
             from iggy.cluster.membership import Cluster
+
             self.cluster = Cluster(cfg, on_leadership=plane.routes.set_serving)
             plane.cluster = self.cluster
             plane.routes.set_serving(False)
@@ -109,7 +112,8 @@ class Server:
             await self._serve_optional("websocket", "WebSocket", self._websocket_engine)
         if cfg.http.enabled:
             from iggy.http import HttpServer, from_config
-            self.http = HttpServer(plane, from_config(cfg))   # own thread + loop, bound before returning
+
+            self.http = HttpServer(plane, from_config(cfg))  # own thread + loop, bound before returning
             plane.bound["http"] = await self.http.start()
         self._write_runtime_config()
         if self.cluster is not None:
@@ -119,8 +123,7 @@ class Server:
             self.tasks.append(asyncio.ensure_future(self._retention_loop()))
         if cfg.personal_access_token.cleaner.enabled:
             self.tasks.append(asyncio.ensure_future(self._token_cleaner_loop()))
-        log.info("iggy server %s started (engine: %s, data: %s)", SERVER_VERSION, self.engine,
-                 os.path.abspath(path))
+        log.info("iggy server %s started (engine: %s, data: %s)", SERVER_VERSION, self.engine, os.path.abspath(path))
 
     def _choose_engine(self) -> str:
         """`system.engine`: auto takes uring when io_uring works here, with one line saying why not."""
@@ -129,6 +132,7 @@ class Server:
             return "asyncio"
         tls = getattr(getattr(self.config.tcp, "tls", None), "enabled", False)
         from iggy.engine.uring.engine import probe
+
         reason = "TLS on the TCP listener is served by the asyncio engine" if tls else probe()
         if reason is None:
             return "uring"
@@ -144,12 +148,16 @@ class Server:
         self.engine = self._choose_engine()
         if self.engine == "uring":
             from iggy.engine.uring.engine import UringEngine
-            return UringEngine(self.plane, host, port, cfg.message_bus.max_message_size,
-                               shards=cfg.system.shards or None)
+
+            return UringEngine(
+                self.plane, host, port, cfg.message_bus.max_message_size, shards=cfg.system.shards or None
+            )
         from iggy.engine.asyncio_engine import AsyncioEngine
+
         ctx = None
         if cfg.tcp.tls.enabled:
             from iggy.engine.frontdoors.tls import CertificateError
+
             try:
                 ctx = self._tls_context("tcp.tls", cfg.tcp.tls)
             except CertificateError as exc:
@@ -167,6 +175,7 @@ class Server:
     def _tls_context(self, section: str, tls):
         """SSL context for `[tcp.tls]` / `[websocket.tls]` (iggy.engine.frontdoors.tls)."""
         from iggy.engine.frontdoors.tls import Certificates, server_context
+
         if self.certificates is None:
             self.certificates = Certificates(self.config)
         cert, key = self.certificates.for_listener(section, tls.self_signed, tls.cert_file, tls.key_file)
@@ -175,34 +184,54 @@ class Server:
     async def _serve_optional(self, key: str, name: str, make_engine) -> None:
         """Start the QUIC or WebSocket listener; a failure is logged and the server runs without it."""
         from iggy.engine.frontdoors.tls import CertificateError
+
         address = getattr(self.config, key).address
         try:
             await self._serve(make_engine())
-        except CertificateError as exc:     # a configuration mistake, not a busy port: refuse to start
+        except CertificateError as exc:  # a configuration mistake, not a busy port: refuse to start
             log.error("%s", exc)
             raise
-        except Exception as exc:  # noqa: BLE001 - the other transports keep serving
+        except Exception as exc:  # broad on purpose: the other transports keep serving
             reason = _bind_error(exc)
             env = "IGGY_" + key.upper()
-            log.error("%s listener NOT started on %s: %s. The server runs without %s; choose another "
-                      "%s.address (%s_ADDRESS) or set %s.enabled = false (%s_ENABLED=false)", name, address,
-                      reason, name, key, env, key, env, exc_info=not isinstance(exc, OSError))
+            log.error(
+                "%s listener NOT started on %s: %s. The server runs without %s; choose another "
+                "%s.address (%s_ADDRESS) or set %s.enabled = false (%s_ENABLED=false)",
+                name,
+                address,
+                reason,
+                name,
+                key,
+                env,
+                key,
+                env,
+                exc_info=not isinstance(exc, OSError),
+            )
 
     def _quic_engine(self):
         from iggy.engine.frontdoors.quic import QuicEngine, quic_configuration
         from iggy.engine.frontdoors.tls import Certificates
+
         cfg = self.config
         if self.certificates is None:
             self.certificates = Certificates(cfg)
         c = cfg.quic.certificate
-        cert, key = self.certificates.for_listener("quic.certificate", c.self_signed, c.cert_file, c.key_file,
-                                                   files_win=False)
+        cert, key = self.certificates.for_listener(
+            "quic.certificate", c.self_signed, c.cert_file, c.key_file, files_win=False
+        )
         host, port = split_address(cfg.quic.address)
-        return QuicEngine(self.plane, host, port, cfg.message_bus.max_message_size,
-                          quic_configuration(cfg, cert, key), cfg.quic.keep_alive_interval)
+        return QuicEngine(
+            self.plane,
+            host,
+            port,
+            cfg.message_bus.max_message_size,
+            quic_configuration(cfg, cert, key),
+            cfg.quic.keep_alive_interval,
+        )
 
     def _websocket_engine(self):
         from iggy.engine.frontdoors.websocket import WebSocketEngine
+
         cfg = self.config
         ctx = self._tls_context("websocket.tls", cfg.websocket.tls) if cfg.websocket.tls.enabled else None
         host, port = split_address(cfg.websocket.address)
@@ -230,8 +259,12 @@ class Server:
             now = time.monotonic()
             for session in list(self.plane.sessions.values()):
                 if session.groups and now - session.idle_since() > limit:
-                    log.info("evicting client %d (%s): no heartbeat for %.1f s", session.client_id,
-                             session.address, now - session.idle_since())
+                    log.info(
+                        "evicting client %d (%s): no heartbeat for %.1f s",
+                        session.client_id,
+                        session.address,
+                        now - session.idle_since(),
+                    )
                     self.plane.groups.leave_all(session)
                     if session.close is not None:
                         session.close()
@@ -239,6 +272,7 @@ class Server:
     async def _token_cleaner_loop(self) -> None:
         """Remove expired personal access tokens (they are refused at login anyway)."""
         from iggy.control.plane import now_us
+
         interval = self.config.personal_access_token.cleaner.interval
         while True:
             await asyncio.sleep(max(0.1, interval))
@@ -248,24 +282,25 @@ class Server:
                 log.info("removed expired personal access token %r of user %d", token.name, token.user_id)
 
     async def _retention_loop(self) -> None:
-        from iggy.storage import retention
         from iggy.control.plane import now_us
+        from iggy.storage import retention
+
         interval = self.config.data_maintenance.messages.interval
         while True:
             await asyncio.sleep(max(0.1, interval))
             try:
                 retention.run_once(self.plane, now_us())
-            except Exception:  # noqa: BLE001 - a failed pass must not stop later passes
+            except Exception:  # broad on purpose: a failed pass must not stop later passes
                 log.exception("retention pass failed")
 
     async def stop(self) -> None:
-        if self.cluster is not None:     # resign first: a follower takes over without waiting for the lease
+        if self.cluster is not None:  # resign first: a follower takes over without waiting for the lease
             await self.cluster.stop()
-        if self.http is not None:   # first: its requests still need the control plane
+        if self.http is not None:  # first: its requests still need the control plane
             await self.http.stop()
         for task in self.tasks:
             task.cancel()
-        for engine in self.engines:     # no new connections; the uring shards, WebSocket and QUIC end theirs
+        for engine in self.engines:  # no new connections; the uring shards, WebSocket and QUIC end theirs
             await engine.stop()
         for session in list(self.plane.sessions.values()):
             if session.close is not None:
@@ -293,8 +328,9 @@ def _raise_open_file_limit() -> None:
     """Lift the soft RLIMIT_NOFILE to the hard limit: every client is a socket, and the
     segment-file budget and the stored consumer offsets' files are sized from it."""
     import resource
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard      # fs.nr_open's default
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard  # fs.nr_open's default
     if target > soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -314,7 +350,9 @@ def segment_files_budget(limit: int, max_connections: int) -> int:
 
 def _set_segment_files_budget(cfg, env) -> None:
     import resource
+
     from iggy.storage.log import set_open_files_budget
+
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if limit == resource.RLIM_INFINITY:
         limit = 1 << 20
@@ -324,8 +362,12 @@ def _set_segment_files_budget(cfg, env) -> None:
     else:
         budget = segment_files_budget(limit, cfg.limits.max_connections)
     set_open_files_budget(budget)
-    log.info("open files: limit %d, at most %d segment files open at once%s", limit, budget,
-             " (IGGY_PARTITION_FILES_BUDGET)" if override else "")
+    log.info(
+        "open files: limit %d, at most %d segment files open at once%s",
+        limit,
+        budget,
+        " (IGGY_PARTITION_FILES_BUDGET)" if override else "",
+    )
 
 
 def run_server(config, repair_metadata: bool = False) -> None:

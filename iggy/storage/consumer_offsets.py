@@ -19,6 +19,7 @@ Two limits, set once at start-up by `configure_from(config)` before the partitio
   a new key beyond it is refused with 3024 too_many_consumer_offsets. It bounds the files a
   user allowed to poll can create (one per consumer id).
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,17 @@ CONSUMER = "consumers"
 GROUP = "groups"
 MIN_OPEN_FILES = 16
 
-__all__ = ["CONSUMER", "GROUP", "OffsetStore", "OffsetStoreError", "configure", "configure_from",
-           "consumer_key", "fd_cache_stats", "open_files_budget"]
+__all__ = [
+    "CONSUMER",
+    "GROUP",
+    "OffsetStore",
+    "OffsetStoreError",
+    "configure",
+    "configure_from",
+    "consumer_key",
+    "fd_cache_stats",
+    "open_files_budget",
+]
 
 log = logging.getLogger("iggy.storage.consumer_offsets")
 
@@ -60,5 +70,6 @@ def configure_from(config) -> None:
     limits = config.limits
     budget = limits.max_open_offset_files or open_files_budget(limits.max_connections)
     configure(max_open_files=budget, max_offsets=limits.max_consumer_offsets)
-    log.info("consumer offsets: at most %d files open, %d keys per kind and partition",
-             budget, limits.max_consumer_offsets)
+    log.info(
+        "consumer offsets: at most %d files open, %d keys per kind and partition", budget, limits.max_consumer_offsets
+    )

@@ -3,6 +3,7 @@ is fsynced. fsync of the file itself persists its contents, not the entry that n
 (POSIX promises nothing more; ext4 often commits the entry with the file, other file systems
 and other modes do not), so a power cut can leave fsynced data unreachable.
 """
+
 from __future__ import annotations
 
 import os

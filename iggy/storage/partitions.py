@@ -32,19 +32,21 @@ Open files: a partition holds no descriptor of its own; its segment files go thr
 process-wide LRU of iggy.storage.log (budget set by iggy.server.node), so startup opens each
 partition with a bounded number of files open at any moment.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
 import shutil
-from iggy.storage.log import PartitionLog
+
 from iggy._core.mutex import Mutex
 from iggy.engine.uring.router import Counter
-from iggy.protocol.errors import ErrorCode, IggyError
-from iggy.storage.fsutil import fsync_dir, makedirs_durable
 from iggy.metadata.journal import utc_stamp
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.storage.consumer_offsets import OffsetStore
+from iggy.storage.fsutil import fsync_dir, makedirs_durable
+from iggy.storage.log import PartitionLog
 from iggy.storage.served_offsets import ServedOffsets
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,9 @@ class Partition:
     def __init__(self, directory: str, partition_id: int, settings: dict, validate_checksum: bool):
         self.id = partition_id
         self.directory = directory
-        self.log = PartitionLog(directory, partition_id, settings["segment_size"],
-                                settings["preallocate_segments"], validate_checksum)
+        self.log = PartitionLog(
+            directory, partition_id, settings["segment_size"], settings["preallocate_segments"], validate_checksum
+        )
         self.offsets = OffsetStore(directory, fsync=settings["consumer_offset_durability"] == "persisted")
         self.offsets.load(None if self.log.is_empty else self.log.current_offset)
         # what each consumer group was last served here (in memory; cooperative rebalancing
@@ -172,7 +175,7 @@ class Prepared:
         self.sid = sid
         self.tid = tid
         self.partitions: dict[tuple[int, int, int], Partition] = {}
-        self.made: list[str] = []         # directories made, outermost first
+        self.made: list[str] = []  # directories made, outermost first
 
 
 class Storage:
@@ -180,12 +183,12 @@ class Storage:
         self.root = os.path.join(system_path, "streams")
         makedirs_durable(self.root)
         self.partitions: dict[tuple[int, int, int], Partition] = {}
-        self._by_topic: dict[tuple[int, int], set[int]] = {}     # open partition ids per topic
-        self._by_stream: dict[int, set[int]] = {}                # topics with open partitions
+        self._by_topic: dict[tuple[int, int], set[int]] = {}  # open partition ids per topic
+        self._by_stream: dict[int, set[int]] = {}  # topics with open partitions
         self.round_robin: dict[tuple[int, int], Counter] = {}
         self.validate_checksum = validate_checksum
-        self.version = 0                  # bumped when partitions are opened or dropped
-        self.listeners: list = []         # listener({(stream id, topic id)}), after each such change
+        self.version = 0  # bumped when partitions are opened or dropped
+        self.listeners: list = []  # listener({(stream id, topic id)}), after each such change
 
     def _changed(self, topics) -> None:
         self.version += 1
@@ -236,7 +239,7 @@ class Storage:
         metadata knows of it (MetadataStore.orphan_notes), said in the WARNING. Raises
         QuarantineError when a directory can't be moved (the server must not start on top of it).
         """
-        orphans = []        # (path, key)
+        orphans = []  # (path, key)
         for sname in sorted(os.listdir(self.root)):
             sdir = os.path.join(self.root, sname)
             s = state.streams.get(int(sname)) if _is_id(sname) else None
@@ -268,21 +271,34 @@ class Storage:
                 fsync_dir(os.path.dirname(path))
                 fsync_dir(os.path.dirname(target))
             except OSError as exc:
-                raise QuarantineError(f"storage: {path} is not in the metadata and can't be moved to {target} "
-                                      f"({exc.strerror or exc}): refusing to start on top of it; move it away "
-                                      "by hand") from None
+                raise QuarantineError(
+                    f"storage: {path} is not in the metadata and can't be moved to {target} "
+                    f"({exc.strerror or exc}): refusing to start on top of it; move it away "
+                    "by hand"
+                ) from None
             key = tuple(int(k) if isinstance(k, str) and _is_id(k) else k for k in key)
             why = notes.get(key)
             if why is None:
-                why = "it holds no data" if size == 0 else (
-                    "no metadata names it (lost, or dropped by --repair-metadata, or a delete whose record is "
-                    "already in a snapshot): its data is kept there for recovery")
-            log.warning("storage: %s (%d bytes in %d files) is not in the metadata: moved to %s, not deleted; %s",
-                        rel, size, files, target, why)
+                why = (
+                    "it holds no data"
+                    if size == 0
+                    else (
+                        "no metadata names it (lost, or dropped by --repair-metadata, or a delete whose record is "
+                        "already in a snapshot): its data is kept there for recovery"
+                    )
+                )
+            log.warning(
+                "storage: %s (%d bytes in %d files) is not in the metadata: moved to %s, not deleted; %s",
+                rel,
+                size,
+                files,
+                target,
+                why,
+            )
             moved.append(target)
         return moved
 
-    def prepare_partitions(self, sid: int, tid: int, settings: dict, pids, new_topic: bool) -> "Prepared":
+    def prepare_partitions(self, sid: int, tid: int, settings: dict, pids, new_topic: bool) -> Prepared:
         """Make and open partitions that the metadata does not name yet (see the docstring).
 
         new_topic: the topic itself is new, so its whole directory is made here (and removed on
@@ -309,8 +325,9 @@ class Storage:
                     part = Partition(directory, pid, settings, self.validate_checksum)
                 except OSError as exc:
                     log.error("cannot create partition %d of topic %d in stream %d: %s", pid, tid, sid, exc)
-                    raise IggyError(ErrorCode.CANNOT_CREATE_PARTITION,
-                                    f"cannot create partition {pid}: {exc.strerror or exc}") from None
+                    raise IggyError(
+                        ErrorCode.CANNOT_CREATE_PARTITION, f"cannot create partition {pid}: {exc.strerror or exc}"
+                    ) from None
                 prep.partitions[(sid, tid, pid)] = part
         except BaseException:
             self.discard(prep)
@@ -320,15 +337,17 @@ class Storage:
     @staticmethod
     def _mkdir(directory: str, sid: int, tid: int, pid) -> None:
         try:
-            makedirs_durable(directory)     # a power cut must not lose the new chain
+            makedirs_durable(directory)  # a power cut must not lose the new chain
         except OSError as exc:
             what = f"partition {pid}" if pid is not None else "the directory"
-            log.error("cannot create %s of topic %d in stream %d (%s): %s", what, tid, sid, directory,
-                      exc.strerror or exc)
-            raise IggyError(ErrorCode.CANNOT_CREATE_PARTITION_DIRECTORY,
-                            f"cannot create {directory}: {exc.strerror or exc}") from None
+            log.error(
+                "cannot create %s of topic %d in stream %d (%s): %s", what, tid, sid, directory, exc.strerror or exc
+            )
+            raise IggyError(
+                ErrorCode.CANNOT_CREATE_PARTITION_DIRECTORY, f"cannot create {directory}: {exc.strerror or exc}"
+            ) from None
 
-    def install(self, prep: "Prepared") -> None:
+    def install(self, prep: Prepared) -> None:
         """Serve prepared partitions (their create is committed)."""
         for key, p in prep.partitions.items():
             self._add(key, p)
@@ -336,7 +355,7 @@ class Storage:
         prep.made = []
         self._changed({(prep.sid, prep.tid)})
 
-    def discard(self, prep: "Prepared") -> None:
+    def discard(self, prep: Prepared) -> None:
         """Close prepared partitions and remove every directory prepare made (newest first)."""
         for p in prep.partitions.values():
             with p.lock:
@@ -398,7 +417,7 @@ class Storage:
     def delete_stream(self, sid: int) -> None:
         tids = list(self._by_stream.get(sid, ()))
         self._drop([k for tid in tids for k in self._topic_keys(sid, tid)])
-        for tid in tids:        # (a topic without partitions may keep its counter: harmless)
+        for tid in tids:  # (a topic without partitions may keep its counter: harmless)
             self.round_robin.pop((sid, tid), None)
         shutil.rmtree(self.stream_dir(sid), ignore_errors=True)
 
@@ -408,6 +427,7 @@ class Storage:
 
     def forget_group_offsets(self, sid: int, topic, group_id: int) -> None:
         from iggy.storage.consumer_offsets import GROUP
+
         for pid in topic.partitions:
             partition = self.partitions[(sid, topic.id, pid)]
             with partition.lock:
@@ -455,7 +475,7 @@ class Storage:
 
     def totals(self) -> dict:
         segments = size = messages = 0
-        for (sid, tid, pid) in self.partitions:
+        for sid, tid, pid in self.partitions:
             seg, _, sz, n = self.partition_stats(sid, tid, pid)
             segments += seg
             size += sz

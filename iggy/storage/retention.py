@@ -11,6 +11,7 @@ Rules (SEMANTICS 8.6), per partition, oldest sealed segment first, never the act
 The decision is made here in Python from one summary row per segment; deleting is a file
 operation of the partition log, so no message is touched.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,7 @@ def run_once(plane, now_us: int) -> int:
                 if p is None:
                     continue
                 with p.lock:
-                    for base in segments_to_delete(p.log.segments(), st, len(t.partitions), p.offsets.lowest(),
-                                                   now_us):
+                    for base in segments_to_delete(p.log.segments(), st, len(t.partitions), p.offsets.lowest(), now_us):
                         p.log.delete_segment(base)
                         deleted += 1
     if deleted:

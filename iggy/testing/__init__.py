@@ -4,6 +4,7 @@
 the pytest plugin (`iggy.testing.plugin`, registered as the `pytest11` entry point `iggy`)
 turns it into the `iggy_server` and `iggy_server_factory` fixtures.
 """
+
 from iggy.testing.server import IggyServerError, IggyTestServer
 
 __all__ = ["IggyServerError", "IggyTestServer"]

@@ -23,6 +23,7 @@ ini options (pytest.ini / pyproject `[tool.pytest.ini_options]`)
 
 When a test that used `iggy_server` fails, the end of the server log is added to its report.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -34,12 +35,17 @@ LOG_TAIL_LINES = 200
 
 
 def pytest_addoption(parser):
-    parser.addini("iggy_server_scope", "scope of the iggy_server fixture (function, module, session...)",
-                  default="function")
+    parser.addini(
+        "iggy_server_scope", "scope of the iggy_server fixture (function, module, session...)", default="function"
+    )
     parser.addini("iggy_username", "root username of the iggy_server fixture", default="iggy")
     parser.addini("iggy_password", "root password of the iggy_server fixture", default="iggy")
-    parser.addini("iggy_server_env", "extra environment of the iggy_server fixture, KEY=VALUE per line",
-                  type="linelist", default=[])
+    parser.addini(
+        "iggy_server_env",
+        "extra environment of the iggy_server fixture, KEY=VALUE per line",
+        type="linelist",
+        default=[],
+    )
 
 
 def _scope(fixture_name, config) -> str:

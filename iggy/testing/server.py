@@ -10,6 +10,7 @@ listener is up. A restart keeps those ports. The child gets none of the caller's
 variables (only the ones given in `env`), runs in the data directory's parent (so no `.env`
 of the caller's project is read) and logs to `log_path`.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,17 @@ class IggyServerError(RuntimeError):
 
 
 class IggyTestServer:
-    def __init__(self, data_dir, *, username: str = "iggy", password: str = "iggy", env: dict | None = None,
-                 args=(), python: str | None = None, startup_timeout: float = 30.0):
+    def __init__(
+        self,
+        data_dir,
+        *,
+        username: str = "iggy",
+        password: str = "iggy",
+        env: dict | None = None,
+        args=(),
+        python: str | None = None,
+        startup_timeout: float = 30.0,
+    ):
         self.data_dir = Path(data_dir)
         self.username = username
         self.password = password
@@ -89,30 +99,37 @@ class IggyTestServer:
         installed = {str(Path(paths[key]).resolve()) for key in ("purelib", "platlib")}
         if source_root not in installed:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, (source_root, env.get("PYTHONPATH"))))
-        env.update({
-            "IGGY_SYSTEM_PATH": str(self.data_dir),
-            "IGGY_ROOT_USERNAME": self.username,
-            "IGGY_ROOT_PASSWORD": self.password,
-        })
+        env.update(
+            {
+                "IGGY_SYSTEM_PATH": str(self.data_dir),
+                "IGGY_ROOT_USERNAME": self.username,
+                "IGGY_ROOT_PASSWORD": self.password,
+            }
+        )
         for name in LISTENERS:
             env[f"IGGY_{name.upper()}_ADDRESS"] = self.addresses.get(name, "127.0.0.1:0")
-        for key, value in self.extra_env.items():   # None removes a variable
+        for key, value in self.extra_env.items():  # None removes a variable
             if value is None:
                 env.pop(key, None)
             else:
                 env[key] = str(value)
         return env
 
-    def start(self) -> "IggyTestServer":
+    def start(self) -> IggyTestServer:
         if self.alive():
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
         runtime = self.data_dir / "runtime" / "current_config.toml"
         if runtime.exists():
             runtime.unlink()
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.python, "-m", "iggy", *self.args], env=self.env(),
-                                     cwd=str(self.data_dir.parent), stdout=self._log, stderr=subprocess.STDOUT)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - the server writes to it until stop() closes it
+        self.proc = subprocess.Popen(
+            [self.python, "-m", "iggy", *self.args],
+            env=self.env(),
+            cwd=str(self.data_dir.parent),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -149,7 +166,7 @@ class IggyTestServer:
             self.proc.wait()
         self._close()
 
-    def restart(self) -> "IggyTestServer":
+    def restart(self) -> IggyTestServer:
         """Stop and start again on the same data directory and the same ports."""
         self.stop()
         return self.start()
@@ -169,7 +186,7 @@ class IggyTestServer:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "IggyTestServer":
+    def __enter__(self) -> IggyTestServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -185,8 +202,9 @@ def _read_runtime(path: Path) -> dict:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError):
         return {}
-    return {name: section["address"] for name, section in data.items()
-            if isinstance(section, dict) and "address" in section}
+    return {
+        name: section["address"] for name, section in data.items() if isinstance(section, dict) and "address" in section
+    }
 
 
 def _accepts(address: str) -> bool:

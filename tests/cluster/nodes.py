@@ -98,6 +98,17 @@ class TestCluster:
             time.sleep(0.1)
         raise AssertionError(f"no agreed leader within {timeout} s (reported: {seen})")
 
+    def wait_all_healthy(self, timeout: float) -> None:
+        """Until every node reports every node healthy (a node reads the others' members/ keys
+        once per round, so one that started last is seen a round later)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = [[n["status"] for n in metadata(self.address(i))["nodes"]] for i in range(len(self.nodes))]
+            if all(s == ["healthy"] * len(self.nodes) for s in statuses):
+                return
+            assert time.monotonic() < deadline, f"not all healthy within {timeout} s: {statuses}"
+            time.sleep(0.1)
+
 
 def metadata(address: str) -> dict:
     """GET_CLUSTER_METADATA as root over a raw socket: {name, nodes: [{name, ip, tcp, ..., role, status}]}."""

@@ -36,6 +36,7 @@ import string
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from iggy.units import parse_duration, parse_size
 
@@ -116,6 +117,10 @@ class Section:
     def __init__(self, data: dict):
         for key, value in data.items():
             setattr(self, key, Section(value) if isinstance(value, dict) else value)
+
+    if TYPE_CHECKING:
+        # the attributes are the keys of the TOML tree, set in __init__: a dynamic boundary
+        def __getattr__(self, name: str) -> Any: ...
 
     def to_dict(self) -> dict:
         return {k: v.to_dict() if isinstance(v, Section) else v for k, v in vars(self).items()}

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 
 from iggy import __version__
 from iggy.config import ConfigError, load_config, root_credentials
@@ -50,7 +51,7 @@ def _fresh(path: str) -> None:
         shutil.rmtree(target)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iggy-server", description="Apache Iggy-compatible streaming server")
     parser.add_argument("-f", "--fresh", action="store_true", help="delete the data directory before starting")
     parser.add_argument(

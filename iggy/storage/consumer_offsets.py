@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import logging
 import resource
+from typing import TYPE_CHECKING
 
 from iggy._core.checksum import xxh32
 from iggy.storage.offset_store import OffsetStore, OffsetStoreError, configure, fd_cache_stats
+
+if TYPE_CHECKING:
+    from iggy.config import Config
 
 CONSUMER = "consumers"
 GROUP = "groups"
@@ -47,7 +51,7 @@ __all__ = [
 log = logging.getLogger("iggy.storage.consumer_offsets")
 
 
-def consumer_key(ident) -> int:
+def consumer_key(ident: int | str) -> int:
     """Numeric consumer ids are used as they are; names become XXH32(name)."""
     if isinstance(ident, int):
         return ident
@@ -64,7 +68,7 @@ def open_files_budget(max_connections: int, nofile: int | None = None) -> int:
     return max(MIN_OPEN_FILES, (nofile - max_connections) // 4)
 
 
-def configure_from(config) -> None:
+def configure_from(config: Config) -> None:
     """Apply `limits.max_open_offset_files` and `limits.max_consumer_offsets` (call it after
     raising RLIMIT_NOFILE and before opening the partitions)."""
     limits = config.limits

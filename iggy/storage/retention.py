@@ -15,6 +15,11 @@ operation of the partition log, so no message is touched.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +28,13 @@ MAX_SEGMENTS_PER_PASS = 16
 SIZE_SLACK = 64 * 1024 * 1024
 
 
-def segments_to_delete(segments, settings: dict, partitions_count: int, barrier, now_us: int) -> list[int]:
+def segments_to_delete(
+    segments: Sequence[tuple[int, int, int, int, bool]],
+    settings: Mapping[str, int],
+    partitions_count: int,
+    barrier: int | None,
+    now_us: int,
+) -> list[int]:
     """Base offsets of the sealed segments to delete, oldest first.
 
     `segments` rows are (base_offset, last_offset, size_bytes, max_timestamp, is_active) in
@@ -36,7 +47,7 @@ def segments_to_delete(segments, settings: dict, partitions_count: int, barrier,
     budget = None
     if cap not in (0, U64_MAX) and partitions_count:
         budget = max(cap // partitions_count, settings["segment_size"] + SIZE_SLACK)
-    doomed = []
+    doomed: list[int] = []
     for base, last, size, max_ts, _ in sealed:
         if len(doomed) >= MAX_SEGMENTS_PER_PASS:
             break
@@ -51,7 +62,7 @@ def segments_to_delete(segments, settings: dict, partitions_count: int, barrier,
     return doomed
 
 
-def run_once(plane, now_us: int) -> int:
+def run_once(plane: ControlPlane, now_us: int) -> int:
     """One retention pass over every partition; returns the number of segments deleted."""
     deleted = 0
     for s in plane.meta.state.streams.values():

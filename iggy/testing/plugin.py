@@ -26,15 +26,20 @@ When a test that used `iggy_server` fails, the end of the server log is added to
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, Literal, cast
+
+import pluggy
 import pytest
 
 from iggy.testing.server import IggyServerError, IggyTestServer
 
-SCOPES = ("function", "class", "module", "package", "session")
+Scope = Literal["function", "class", "module", "package", "session"]
+SCOPES: tuple[Scope, ...] = ("function", "class", "module", "package", "session")
 LOG_TAIL_LINES = 200
 
 
-def pytest_addoption(parser):
+def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "iggy_server_scope", "scope of the iggy_server fixture (function, module, session...)", default="function"
     )
@@ -48,15 +53,16 @@ def pytest_addoption(parser):
     )
 
 
-def _scope(fixture_name, config) -> str:
+def _scope(fixture_name: str, config: pytest.Config) -> Scope:
     scope = config.getini("iggy_server_scope") or "function"
     if scope not in SCOPES:
         raise pytest.UsageError(f"iggy_server_scope must be one of {', '.join(SCOPES)}, not {scope!r}")
-    return scope
+    return cast(Scope, scope)
 
 
-def _settings(config) -> dict:
-    env = {}
+def _settings(config: pytest.Config) -> dict[str, Any]:
+    """Keyword arguments of IggyTestServer from the ini options (their values differ in type)."""
+    env: dict[str, str] = {}
     for line in config.getini("iggy_server_env"):
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
@@ -73,7 +79,7 @@ def _start(server: IggyTestServer) -> IggyTestServer:
 
 
 @pytest.fixture(scope=_scope)
-def iggy_server(tmp_path_factory, pytestconfig):
+def iggy_server(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[IggyTestServer]:
     """A running Iggy server: `.tcp_address`, `.http_url`, `.username`, `.password`, `.data_dir`."""
     server = IggyTestServer(tmp_path_factory.mktemp("iggy-server") / "data", **_settings(pytestconfig))
     _start(server)
@@ -84,12 +90,14 @@ def iggy_server(tmp_path_factory, pytestconfig):
 
 
 @pytest.fixture
-def iggy_server_factory(tmp_path_factory, pytestconfig):
+def iggy_server_factory(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[Callable[..., IggyTestServer]]:
     """`make(**kwargs) -> IggyTestServer`, started; every server it made is stopped at teardown."""
-    made = []
+    made: list[IggyTestServer] = []
     defaults = _settings(pytestconfig)
 
-    def make(**kwargs) -> IggyTestServer:
+    def make(**kwargs: Any) -> IggyTestServer:  # any keyword argument of IggyTestServer
         settings = {**defaults, **kwargs}
         settings["env"] = {**defaults["env"], **(kwargs.get("env") or {})}
         data_dir = settings.pop("data_dir", None) or tmp_path_factory.mktemp("iggy-server") / "data"
@@ -105,7 +113,9 @@ def iggy_server_factory(tmp_path_factory, pytestconfig):
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     outcome = yield
     report = outcome.get_result()
     if report.failed:

@@ -21,7 +21,9 @@ import sys
 import sysconfig
 import time
 import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote
 
 import iggy
@@ -36,15 +38,15 @@ class IggyServerError(RuntimeError):
 class IggyTestServer:
     def __init__(
         self,
-        data_dir,
+        data_dir: str | os.PathLike[str],
         *,
         username: str = "iggy",
         password: str = "iggy",
-        env: dict | None = None,
-        args=(),
+        env: Mapping[str, object] | None = None,
+        args: Iterable[str] = (),
         python: str | None = None,
         startup_timeout: float = 30.0,
-    ):
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.username = username
         self.password = password
@@ -54,8 +56,8 @@ class IggyTestServer:
         self.startup_timeout = startup_timeout
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
         self.addresses: dict[str, str] = {}
-        self.proc: subprocess.Popen | None = None
-        self._log = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: BinaryIO | None = None
 
     # ----------------------------------------------------------------- addresses
 
@@ -90,7 +92,7 @@ class IggyTestServer:
 
     # ----------------------------------------------------------------- process
 
-    def env(self) -> dict:
+    def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IGGY_")}
         # the child imports the same `iggy` as this process: a checkout that is not installed
         # goes on PYTHONPATH (an installed one is found anyway)
@@ -189,7 +191,7 @@ class IggyTestServer:
     def __enter__(self) -> IggyTestServer:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def __repr__(self) -> str:
@@ -197,7 +199,7 @@ class IggyTestServer:
         return f"<IggyTestServer {state} data_dir={self.data_dir}>"
 
 
-def _read_runtime(path: Path) -> dict:
+def _read_runtime(path: Path) -> dict[str, str]:
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError):

@@ -15,6 +15,9 @@ so gdb steps through the generated C and coverage.py, profilers and `sys.settrac
 lines of the .pyx files (GIL-free code included: a tracer takes the GIL to report them). The
 build mode is remembered in build/iggy-build-mode; switching it regenerates every .c file
 (cythonize alone only looks at timestamps, not at the directives).
+
+iggy/protocol/ccodes.pxd (and its stub) is generated first by scripts/gen_ccodes.py, so a
+build needs scripts/gen_ccodes.py beside this file (the wheel and Docker builds copy it).
 """
 
 import glob
@@ -58,6 +61,12 @@ def _previous_mode():
         return "release"
 
 
+def _generate_protocol_codes():
+    """iggy/protocol/ccodes.pxd/.pyi, the C enums of the protocol numbers, are written from
+    codes.py and errors.py before cythonize reads them (not committed: one home for the numbers)."""
+    subprocess.check_call([sys.executable, os.path.join("scripts", "gen_ccodes.py")])
+
+
 def _extensions():
     exts = []
     sources = sorted(glob.glob("iggy/**/*.pyx", recursive=True))
@@ -87,6 +96,7 @@ def _extensions():
     return exts
 
 
+_generate_protocol_codes()
 setup(
     ext_modules=cythonize(
         _extensions(),

@@ -28,7 +28,9 @@ export PATH="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')"):$PATH"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/src" "$work/raw" "$out"
+mkdir -p "$work/src/scripts"
 cp pyproject.toml setup.py setup.cfg README.md "$work/src/"
+cp scripts/gen_ccodes.py "$work/src/scripts/"   # setup.py writes iggy/protocol/ccodes.pxd with it
 tar -C "$repo" --exclude='__pycache__' --exclude='*.pyc' --exclude='*.so' \
     --exclude='iggy/*.c' --exclude='iggy/*.html' -cf - iggy | tar -C "$work/src" -xf -
 

@@ -29,6 +29,9 @@ step() {  # step NAME COMMAND...: run it, time it, remember a failure
     [ $rc = 0 ] || failed+=("$name")
 }
 
+# mypy reads iggy/protocol/ccodes.pyi, a build product (written with the .pxd by setup.py)
+"$PY" scripts/gen_ccodes.py
+
 mapfile -t extensions < <(find iggy perf -name '*.pyx' | sed 's/\.pyx$//; s#/#.#g' | sort)
 
 # mypy takes most of the time (~40 s from a cold cache, as on CI): it runs beside the others

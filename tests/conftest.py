@@ -96,6 +96,35 @@ def server(tmp_path):
     srv.stop()
 
 
+@pytest.fixture
+def make_server(tmp_path):
+    """`make_server(**env)` starts one more server (a data directory of its own) with these
+    environment variables; every server it started is stopped after the test."""
+    started = []
+
+    def make(**env):
+        srv = ServerProcess(tmp_path / f"data{len(started)}", extra_env=env).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+def server_with_env(**env: str):
+    """A fixture like `server`, started with these environment variables (IGGY_* settings):
+    `small_cache = server_with_env(IGGY_LIMITS_MAX_OPEN_OFFSET_FILES="8")` in a test module."""
+
+    @pytest.fixture
+    def fixture(tmp_path):
+        srv = ServerProcess(tmp_path / "data", extra_env=env).start()
+        yield srv
+        srv.stop()
+
+    return fixture
+
+
 async def connect_root(address: str):
     from apache_iggy import IggyClient
     client = IggyClient(address)
@@ -129,6 +158,14 @@ async def login_as(srv, username: str, password: str):
     await c.connect()
     await c.login_user(username, password)
     return c
+
+
+async def sdk_poll(client, stream, topic, strategy, *, consumer: int = 1, count: int = 10, auto_commit: bool = False,
+                   partition: int = 0):
+    """One poll of a partition through the official SDK, as single consumer `consumer`."""
+    from apache_iggy import Consumer
+    return await client.poll_messages(stream, topic, consumer=Consumer.Single(consumer), polling_strategy=strategy,
+                                      count=count, auto_commit=auto_commit, partition_id=partition)
 
 
 def uniq(prefix: str) -> str:
@@ -170,8 +207,9 @@ def pytest_collection_modifyitems(config, items):
         module = item.module
         if module not in uses_process:
             try:
-                uses_process[module] = "ServerProcess(" in Path(module.__file__).read_text()
+                text = Path(module.__file__).read_text()
+                uses_process[module] = "ServerProcess(" in text or "server_with_env(" in text
             except OSError:
                 uses_process[module] = False
-        if uses_process[module] or {"server", "srv"} & set(getattr(item, "fixturenames", ())):
+        if uses_process[module] or {"server", "srv", "make_server"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.engine)

@@ -14,12 +14,12 @@ import time
 
 import pytest
 import xxhash
-from apache_iggy import Consumer, HeaderKey, HeaderValue, PollingStrategy, SendMessage
+from apache_iggy import HeaderKey, HeaderValue, PollingStrategy, SendMessage
 
 from iggy.protocol.batch import encode_headers
 from tests import classicclient as cc
 from tests.classicclient import ClassicClient
-from tests.conftest import uniq
+from tests.conftest import sdk_poll, uniq
 
 U64_MAX = 2**64 - 1
 
@@ -358,15 +358,7 @@ async def test_classic_send_current_poll_and_back(classic, root):
     headers = encode_headers([(2, b"k", 2, b"v")])
     assert send(classic, s, t, [cc.message(b"from-classic", id_=42, headers=headers, origin=123_456)]) == 0
     await root.send_messages(s, t, 0, [SendMessage("from-current", id=43)])
-    got = await root.poll_messages(
-        s,
-        t,
-        consumer=Consumer.Single(1),
-        polling_strategy=PollingStrategy.First(),
-        count=10,
-        auto_commit=False,
-        partition_id=0,
-    )
+    got = await sdk_poll(root, s, t, PollingStrategy.First())
     assert [(m.offset(), m.payload(), m.id()) for m in got] == [(0, b"from-classic", 42), (1, b"from-current", 43)]
     assert got[0].origin_timestamp() == 123_456
     assert got[0].user_headers() == {HeaderKey.String("k"): HeaderValue.String("v")}
@@ -386,15 +378,7 @@ async def test_consumer_offsets_shared(classic, root):
     assert classic.request(cc.GET_CONSUMER_OFFSET, cc.offset_body(me, s, t, 0)) == (0, struct.pack("<IQQ", 0, 4, 2))
     assert classic.request(cc.STORE_CONSUMER_OFFSET, cc.offset_body(me, s, t, 0, 9))[0] == 4100
     # the 0.9 client reads the same offset and continues after it
-    got = await root.poll_messages(
-        s,
-        t,
-        consumer=Consumer.Single(9),
-        polling_strategy=PollingStrategy.Next(),
-        count=10,
-        auto_commit=True,
-        partition_id=0,
-    )
+    got = await sdk_poll(root, s, t, PollingStrategy.Next(), consumer=9, auto_commit=True)
     assert [m.offset() for m in got] == [3, 4]
     assert classic.request(cc.GET_CONSUMER_OFFSET, cc.offset_body(me, s, t, 0)) == (0, struct.pack("<IQQ", 0, 4, 4))
     # auto-commit from the classic side, seen by the 0.9 side

@@ -15,9 +15,9 @@ import subprocess
 import textwrap
 
 import pytest
-from apache_iggy import Consumer, PollingStrategy, SendMessage
+from apache_iggy import PollingStrategy, SendMessage
 
-from tests.conftest import REPO, uniq
+from tests.conftest import REPO, sdk_poll, uniq
 
 CLASSIC_PYTHON = REPO / ".venv-classic" / "bin" / "python"
 
@@ -113,15 +113,7 @@ async def test_send_and_poll(srv, root):
     assert [(m[0], m[1], m[2]) for m in seen["last"]] == [(1, 1, "b1")]
     assert seen["missing"] == "None"
     # what the 0.8 SDK sent, the 0.9 SDK reads: same offsets, ids and timestamps
-    got = await root.poll_messages(
-        s,
-        t,
-        consumer=Consumer.Single(1),
-        polling_strategy=PollingStrategy.First(),
-        count=10,
-        auto_commit=False,
-        partition_id=0,
-    )
+    got = await sdk_poll(root, s, t, PollingStrategy.First())
     assert [(m.offset(), m.payload(), m.id(), m.timestamp()) for m in got] == [
         (m[1], m[2].encode(), m[3], m[4]) for m in seen["first"]
     ]

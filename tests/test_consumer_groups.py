@@ -17,7 +17,7 @@ import pytest
 from apache_iggy import (AutoCommit, AutoCommitWhen, AutoLogin, Consumer, IggyClient, PollingStrategy,
                          SendMessage, TcpConfig)
 
-from tests.conftest import ROOT_PASSWORD, ROOT_USER, ServerProcess, connect_root
+from tests.conftest import ROOT_PASSWORD, ROOT_USER, connect_root, server_with_env
 from tests.rawclient import RawClient, ident
 
 S, T = "gs", "gt"
@@ -290,11 +290,7 @@ async def test_each_message_delivered_to_one_member(client, server):
 
 # ------------------------------------------------------------------------- heartbeat eviction
 
-@pytest.fixture
-def fast_heartbeat_server(tmp_path):
-    srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_HEARTBEAT_INTERVAL": "1s"}).start()
-    yield srv
-    srv.stop()
+fast_heartbeat_server = server_with_env(IGGY_HEARTBEAT_INTERVAL="1s")
 
 
 async def test_silent_member_is_evicted(fast_heartbeat_server):

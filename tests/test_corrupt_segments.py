@@ -179,12 +179,17 @@ def sessions(damaged, tmp_path_factory):
     return got
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_damaged_batches_answer_4039_at_the_batch(sessions, damaged, engine):
+def _session_on(sessions, engine):
+    """(replies, server log) of the session run on `engine`."""
     if engine not in sessions:
         pytest.skip("io_uring is not available here")
+    return sessions[engine]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_damaged_batches_answer_4039_at_the_batch(sessions, damaged, engine):
     _, where = damaged
-    replies, _log = sessions[engine]
+    replies, _log = _session_on(sessions, engine)
     by = {(r[0], r[1]): r[2] for r in replies if r[0] in where and r[1] != "http"}
     for name, (bad, _path) in where.items():
         assert by[(name, "before")] == (0, 999, list(range(bad.start - 5, bad.start))), name
@@ -202,10 +207,8 @@ def test_damaged_batches_answer_4039_at_the_batch(sessions, damaged, engine):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_logged_once_per_batch_and_reported_at_startup(sessions, damaged, engine):
-    if engine not in sessions:
-        pytest.skip("io_uring is not available here")
     _, where = damaged
-    _replies, text = sessions[engine]
+    _replies, text = _session_on(sessions, engine)
     for name, (bad, path) in where.items():
         lines = [line for line in text.splitlines() if f"batch at offset {bad.start} in segment " in line
                  and line.endswith(f"{os.path.basename(path)} fails its checksum")]

@@ -3,17 +3,10 @@ import socket
 import struct
 import time
 
-import pytest
-
-from tests.conftest import ServerProcess
+from tests.conftest import server_with_env
 from tests.rawclient import RawClient, closed_by_server
 
-
-@pytest.fixture
-def limited(tmp_path):
-    srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_LIMITS_MAX_CONNECTIONS": "3"}).start()
-    yield srv
-    srv.stop()
+limited = server_with_env(IGGY_LIMITS_MAX_CONNECTIONS="3")
 
 
 def test_connections_above_the_limit_are_closed_and_the_rest_keep_working(limited):
@@ -33,45 +26,41 @@ def test_connections_above_the_limit_are_closed_and_the_rest_keep_working(limite
         c.close()
 
 
-def test_expired_personal_access_token_is_removed(tmp_path):
-    srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_PERSONAL_ACCESS_TOKEN_CLEANER_INTERVAL": "200 ms"}).start()
-    try:
-        c = RawClient(srv.tcp_address)
-        assert c.login().status == 0
-        # expiry 1 s (in microseconds)
-        reply = c.call(146, 0, b"\x04tok1" + struct.pack("<Q", 1_000_000))
-        assert reply.code == 0
-        assert b"tok1" in c.read(41).body
-        deadline = time.monotonic() + 10
-        while b"tok1" in c.read(41).body:
-            assert time.monotonic() < deadline, "expired token was never removed"
-            time.sleep(0.2)
-        assert "removed expired personal access token 'tok1'" in srv.log()
-        c.close()
-    finally:
-        srv.stop()
+fast_token_cleaner = server_with_env(IGGY_PERSONAL_ACCESS_TOKEN_CLEANER_INTERVAL="200 ms")
+two_mib_frames = server_with_env(IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE="2 MiB")
 
 
-def test_a_poll_reply_never_exceeds_the_largest_frame(tmp_path):
+def test_expired_personal_access_token_is_removed(fast_token_cleaner):
+    c = RawClient(fast_token_cleaner.tcp_address)
+    assert c.login().status == 0
+    # expiry 1 s (in microseconds)
+    reply = c.call(146, 0, b"\x04tok1" + struct.pack("<Q", 1_000_000))
+    assert reply.code == 0
+    assert b"tok1" in c.read(41).body
+    deadline = time.monotonic() + 10
+    while b"tok1" in c.read(41).body:
+        assert time.monotonic() < deadline, "expired token was never removed"
+        time.sleep(0.2)
+    assert "removed expired personal access token 'tok1'" in fast_token_cleaner.log()
+    c.close()
+
+
+def test_a_poll_reply_never_exceeds_the_largest_frame(two_mib_frames):
     from iggy.protocol.batch import build_batch, iter_messages
     from tests.rawclient import ident, wire_name
-    srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE": "2 MiB"}).start()
-    try:
-        c = RawClient(srv.tcp_address)
-        assert c.login().status == 0
-        assert c.call(128, 0, wire_name("big")).code == 0
-        assert c.call(132, 0, ident("big") + struct.pack("<I", 1) + wire_name("t")).code == 0
-        batch = build_batch([(i + 1, b"m" * 1000, b"") for i in range(900)])
-        meta = ident("big") + ident("t") + b"\x02\x04" + struct.pack("<I", 0) + struct.pack("<I", 900)
-        for _ in range(4):
-            assert c.call(160, 0, struct.pack("<I", len(meta)) + meta + batch).status == 0
-        poll = b"\x01\x01\x04" + struct.pack("<I", 1) + ident("big") + ident("t") + b"\x01" + struct.pack("<I", 0)
-        poll += b"\x01" + struct.pack("<Q", 0) + struct.pack("<I", 1_000_000) + b"\x00"
-        reply = c.read(100, poll)
-        assert reply.status == 0
-        assert 256 + len(reply.body) <= 2 * 1024 * 1024
-        served = [m["offset"] for m in iter_messages(reply.body[16:])]
-        assert served == list(range(len(served))) and 900 <= len(served) < 3600
-        c.close()
-    finally:
-        srv.stop()
+    c = RawClient(two_mib_frames.tcp_address)
+    assert c.login().status == 0
+    assert c.call(128, 0, wire_name("big")).code == 0
+    assert c.call(132, 0, ident("big") + struct.pack("<I", 1) + wire_name("t")).code == 0
+    batch = build_batch([(i + 1, b"m" * 1000, b"") for i in range(900)])
+    meta = ident("big") + ident("t") + b"\x02\x04" + struct.pack("<I", 0) + struct.pack("<I", 900)
+    for _ in range(4):
+        assert c.call(160, 0, struct.pack("<I", len(meta)) + meta + batch).status == 0
+    poll = b"\x01\x01\x04" + struct.pack("<I", 1) + ident("big") + ident("t") + b"\x01" + struct.pack("<I", 0)
+    poll += b"\x01" + struct.pack("<Q", 0) + struct.pack("<I", 1_000_000) + b"\x00"
+    reply = c.read(100, poll)
+    assert reply.status == 0
+    assert 256 + len(reply.body) <= 2 * 1024 * 1024
+    served = [m["offset"] for m in iter_messages(reply.body[16:])]
+    assert served == list(range(len(served))) and 900 <= len(served) < 3600
+    c.close()

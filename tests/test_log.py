@@ -243,6 +243,24 @@ def last_nonempty_log(directory) -> str:
     raise AssertionError("no data")
 
 
+def log_of_segments(directory, batches: list[int], at_least: int):
+    """An open log (default segment size) holding `batches`, and its segments(): `at_least` of them."""
+    lg = open_log(directory)
+    fill(lg, batches)
+    segs = lg.segments()
+    assert len(segs) >= at_least
+    return lg, segs
+
+
+def written_log(directory, batches: list[int], **kw) -> str:
+    """A new log holding `batches` (message counts), closed: the path of its newest non-empty
+    .log file, for a test that damages it and reopens."""
+    lg = open_log(directory, **kw)
+    fill(lg, batches)
+    lg.close()
+    return last_nonempty_log(directory)
+
+
 def batch_positions(path):
     """[(position, base_offset, count, length)] of the batches in a .log file."""
     data = open(path, "rb").read()
@@ -290,10 +308,7 @@ def test_torn_tail_is_cut(log_dir, active_has_data):
 
 
 def test_torn_header_is_cut(log_dir):
-    lg = open_log(log_dir)
-    fill(lg, [2, 2, 2])
-    lg.close()
-    path = last_nonempty_log(log_dir)
+    path = written_log(log_dir, [2, 2, 2])
     size = os.path.getsize(path)
     with open(path, "ab") as f:
         f.write(b"\x07" * 100)                               # half a header of garbage
@@ -304,10 +319,7 @@ def test_torn_header_is_cut(log_dir):
 
 
 def test_flipped_byte_in_last_batch_is_never_served(log_dir):
-    lg = open_log(log_dir)
-    fill(lg, [5, 5, 5])
-    lg.close()
-    path = last_nonempty_log(log_dir)
+    path = written_log(log_dir, [5, 5, 5])
     pos, base, count, length = batch_positions(path)[-1]
     with open(path, "r+b") as f:
         f.seek(pos + length - 3)                             # inside the last message's payload
@@ -327,10 +339,7 @@ def test_flipped_byte_in_last_batch_is_never_served(log_dir):
 def test_corrupt_message_in_a_middle_batch_stops_reads_before_its_batch(log_dir):
     """The batch is the unit of damage: none of its messages is served, reads before it stop
     there, reads in it fail every time with 4039, reads after it are unaffected."""
-    lg = open_log(log_dir, segment_size=1 << 20)
-    fill(lg, [4, 4, 4])
-    lg.close()
-    path = last_nonempty_log(log_dir)
+    path = written_log(log_dir, [4, 4, 4], segment_size=1 << 20)
     pos, base, count, length = batch_positions(path)[1]      # offsets 4..7
     second = pos + HEADER + FRAME + 52                       # frame of offset 5
     with open(path, "r+b") as f:
@@ -436,10 +445,7 @@ def test_purge(log_dir):
 
 
 def test_delete_segments(log_dir):
-    lg = open_log(log_dir)
-    fill(lg, [6] * 20)
-    segs = lg.segments()
-    assert len(segs) >= 4
+    lg, segs = log_of_segments(log_dir, [6] * 20, at_least=4)
     total = lg.messages_count
     active = segs[-1][0]
     assert lg.delete_segment(active) is False                # never the active one
@@ -516,16 +522,6 @@ def log_path(directory, base: int) -> str:
     return os.path.join(directory, f"{base:020d}.log")
 
 
-def closed_one_segment_log(directory, batches: list[int]):
-    """A log of one 1 MiB segment holding `batches` (message counts), closed: the path of its
-    .log file and the batch_positions in it, for a test that damages it and reopens."""
-    lg = open_log(directory, segment_size=1 << 20)
-    fill(lg, batches)
-    lg.close()
-    path = log_path(directory, 0)
-    return path, batch_positions(path)
-
-
 def test_garbage_index_is_rebuilt(log_dir):
     lg = open_log(log_dir)
     fill(lg, [3, 4, 5, 6, 7, 8] * 3)
@@ -545,7 +541,8 @@ def test_garbage_index_is_rebuilt(log_dir):
 
 
 def test_index_longer_than_the_log_is_trimmed(log_dir):
-    path, positions = closed_one_segment_log(log_dir, [2] * 10)
+    path = written_log(log_dir, [2] * 10, segment_size=1 << 20)
+    positions = batch_positions(path)
     with open(path, "r+b") as f:
         f.truncate(positions[6][0])              # 4 whole batches gone, the index still lists them
     lg = open_log(log_dir)
@@ -558,7 +555,8 @@ def test_index_longer_than_the_log_is_trimmed(log_dir):
 
 def test_index_entries_pointing_at_lost_data_fall_back(log_dir):
     # the index reached the disk, the last batches of the log did not (zeros where they were)
-    path, positions = closed_one_segment_log(log_dir, [3] * 8)
+    path = written_log(log_dir, [3] * 8, segment_size=1 << 20)
+    positions = batch_positions(path)
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.seek(positions[5][0])
@@ -585,10 +583,7 @@ def test_index_missing_the_newest_entries_is_completed(log_dir):
 
 
 def test_emptied_sealed_segment_is_dropped(log_dir):
-    lg = open_log(log_dir)
-    fill(lg, [6] * 12)
-    segs = lg.segments()
-    assert len(segs) >= 3
+    lg, segs = log_of_segments(log_dir, [6] * 12, at_least=3)
     lg.close()
     with open(log_path(log_dir, segs[1][0]), "r+b") as f:
         f.truncate(100)                          # nothing whole left in a sealed segment
@@ -609,10 +604,7 @@ def test_emptied_sealed_segment_is_dropped(log_dir):
 
 
 def test_without_checksum_validation_a_corrupt_payload_is_kept(log_dir):
-    lg = open_log(log_dir)
-    fill(lg, [3, 3])
-    lg.close()
-    path = last_nonempty_log(log_dir)
+    path = written_log(log_dir, [3, 3])
     pos, base, count, length = batch_positions(path)[-1]
     with open(path, "r+b") as f:
         f.seek(pos + length - 1)

@@ -24,17 +24,13 @@ import pytest
 import xxhash
 from apache_iggy import SendMessage
 
-from tests.conftest import ServerProcess, connect_root
+from tests.conftest import ServerProcess, connect_root, server_with_env
 
 NO_HTTP = {"IGGY_HTTP_ENABLED": "false"}
 REFUSED = "exited with 3"
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = ServerProcess(tmp_path / "data", extra_env=NO_HTTP).start()
-    yield srv
-    srv.stop()
+server = server_with_env(**NO_HTTP)
 
 
 def record_spans(raw: bytes) -> list[tuple[int, int]]:
@@ -148,73 +144,67 @@ async def test_a_complete_bad_record_at_the_end_refuses(server, kind):
     assert journal.read_bytes() == raw
 
 
-async def test_repair_metadata_keeps_the_good_prefix(tmp_path):
-    srv = ServerProcess(tmp_path / "data", extra_env=NO_HTTP).start()
-    try:
-        await make_streams(srv.tcp_address, 10)
-        srv.stop()
-        journal = tmp_path / "data" / "metadata" / "journal.log"
-        streams = tmp_path / "data" / "streams"
-        spans = record_spans(journal.read_bytes())
-        assert len(spans) == 21                       # user.create, then (stream, topic) x 10
-        bad_start, bad_end = spans[7]                 # the stream.create of s3
-        raw = flip(journal, (bad_start + bad_end) // 2)
-        before = tree(streams)
-        with pytest.raises(RuntimeError, match=REFUSED):
-            srv.start()
-
-        srv.args = ("--repair-metadata",)
+async def test_repair_metadata_keeps_the_good_prefix(server, tmp_path):
+    srv = server
+    await make_streams(srv.tcp_address, 10)
+    srv.stop()
+    journal = tmp_path / "data" / "metadata" / "journal.log"
+    streams = tmp_path / "data" / "streams"
+    spans = record_spans(journal.read_bytes())
+    assert len(spans) == 21                       # user.create, then (stream, topic) x 10
+    bad_start, bad_end = spans[7]                 # the stream.create of s3
+    raw = flip(journal, (bad_start + bad_end) // 2)
+    before = tree(streams)
+    with pytest.raises(RuntimeError, match=REFUSED):
         srv.start()
-        assert await stream_names(srv.tcp_address) == ["s0", "s1", "s2"]
-        log = srv.log()
-        assert f"damaged at byte offset {bad_start} " in log
-        dropped = re.findall(r"dropped record at offset (\d+): seq (\d+) (\S+)", log)
-        # the damaged record can't be read; the 13 after it can, and each is named
-        assert [(int(o), int(s)) for o, s, _ in dropped] == [(spans[i][0], i + 1) for i in range(8, 21)]
-        assert {op for _, _, op in dropped} == {"topic.create", "stream.create"}
-        aside = list(journal.parent.glob("journal.log.corrupt-*"))
-        assert len(aside) == 1 and aside[0].read_bytes() == raw
-        # the dropped streams' data is quarantined, byte for byte; the kept ones stay
-        quarantine = list((tmp_path / "data" / "quarantine").iterdir())
-        assert len(quarantine) == 1
-        moved = tree(quarantine[0] / "streams")
-        assert moved == {k: v for k, v in before.items() if int(k.split("/")[0]) >= 3}
-        assert tree(streams) == {k: v for k, v in before.items() if int(k.split("/")[0]) < 3}
-        notes = [line for line in log.splitlines() if "not in the metadata" in line]
-        assert len(notes) == 7
-        assert "streams/3 " in notes[0] and "its record (seq 8 stream.create) was dropped" not in notes[0]
-        assert "streams/4 " in notes[1] and "its record (seq 10 stream.create) was dropped by --repair" in notes[1]
-        c = await connect_root(srv.tcp_address)
-        assert (await c.get_stream("s2")).messages_count == 5
 
-        # repaired for good: later starts need no flag, and new changes survive a crash
-        srv.args = ()
-        srv.restart()
-        c = await connect_root(srv.tcp_address)
-        await c.create_stream("after-repair")
-        srv.kill()
-        srv.start()
-        assert await stream_names(srv.tcp_address) == ["s0", "s1", "s2", "after-repair"]
-        assert len(list(journal.parent.glob("journal.log.corrupt-*"))) == 1
-    finally:
-        srv.stop()
+    srv.args = ("--repair-metadata",)
+    srv.start()
+    assert await stream_names(srv.tcp_address) == ["s0", "s1", "s2"]
+    log = srv.log()
+    assert f"damaged at byte offset {bad_start} " in log
+    dropped = re.findall(r"dropped record at offset (\d+): seq (\d+) (\S+)", log)
+    # the damaged record can't be read; the 13 after it can, and each is named
+    assert [(int(o), int(s)) for o, s, _ in dropped] == [(spans[i][0], i + 1) for i in range(8, 21)]
+    assert {op for _, _, op in dropped} == {"topic.create", "stream.create"}
+    aside = list(journal.parent.glob("journal.log.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == raw
+    # the dropped streams' data is quarantined, byte for byte; the kept ones stay
+    quarantine = list((tmp_path / "data" / "quarantine").iterdir())
+    assert len(quarantine) == 1
+    moved = tree(quarantine[0] / "streams")
+    assert moved == {k: v for k, v in before.items() if int(k.split("/")[0]) >= 3}
+    assert tree(streams) == {k: v for k, v in before.items() if int(k.split("/")[0]) < 3}
+    notes = [line for line in log.splitlines() if "not in the metadata" in line]
+    assert len(notes) == 7
+    assert "streams/3 " in notes[0] and "its record (seq 8 stream.create) was dropped" not in notes[0]
+    assert "streams/4 " in notes[1] and "its record (seq 10 stream.create) was dropped by --repair" in notes[1]
+    c = await connect_root(srv.tcp_address)
+    assert (await c.get_stream("s2")).messages_count == 5
+
+    # repaired for good: later starts need no flag, and new changes survive a crash
+    srv.args = ()
+    srv.restart()
+    c = await connect_root(srv.tcp_address)
+    await c.create_stream("after-repair")
+    srv.kill()
+    srv.start()
+    assert await stream_names(srv.tcp_address) == ["s0", "s1", "s2", "after-repair"]
+    assert len(list(journal.parent.glob("journal.log.corrupt-*"))) == 1
 
 
-async def test_repair_metadata_on_a_sound_journal_changes_nothing(tmp_path):
-    srv = ServerProcess(tmp_path / "data", extra_env=NO_HTTP).start()
-    try:
-        await make_streams(srv.tcp_address, 2)
-        srv.stop()
-        journal = tmp_path / "data" / "metadata" / "journal.log"
-        raw = journal.read_bytes()
-        srv.args = ("--repair-metadata",)
-        srv.start()
-        assert await stream_names(srv.tcp_address) == ["s0", "s1"]
-        assert "nothing to repair" in srv.log()
-        assert journal.read_bytes() == raw
-        assert not list(journal.parent.glob("journal.log.corrupt-*"))
-    finally:
-        srv.stop()
+async def test_repair_metadata_on_a_sound_journal_changes_nothing(server, tmp_path):
+    srv = server
+    await make_streams(srv.tcp_address, 2)
+    srv.stop()
+    journal = tmp_path / "data" / "metadata" / "journal.log"
+    raw = journal.read_bytes()
+    srv.args = ("--repair-metadata",)
+    srv.start()
+    assert await stream_names(srv.tcp_address) == ["s0", "s1"]
+    assert "nothing to repair" in srv.log()
+    assert journal.read_bytes() == raw
+    assert not list(journal.parent.glob("journal.log.corrupt-*"))
 
 
 async def test_orphan_directories_are_quarantined_not_deleted(server):

@@ -23,7 +23,7 @@ from apache_iggy import GlobalPermissions, Permissions, SendMessage
 
 from iggy.protocol.wire import build_request
 from iggy.protocol.codes import CHECKSUMMED_OPS
-from tests.conftest import ServerProcess, connect_root
+from tests.conftest import ServerProcess, connect_root, server_with_env
 from tests.rawclient import OP_READ, RawClient, ident
 
 STREAM, TOPIC = "offs", "t"
@@ -116,11 +116,7 @@ def assert_no_traceback(srv):
     assert "Traceback" not in srv.log()
 
 
-@pytest.fixture
-def small_cache(tmp_path):
-    srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_LIMITS_MAX_OPEN_OFFSET_FILES": "8"}).start()
-    yield srv
-    srv.stop()
+small_cache = server_with_env(IGGY_LIMITS_MAX_OPEN_OFFSET_FILES="8")
 
 
 async def test_poll_only_user_storing_thousands_of_consumer_ids_keeps_descriptors_bounded(small_cache):

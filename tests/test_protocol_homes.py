@@ -5,12 +5,13 @@ Homes:
   frame check and the header builders; Python sees them as iggy.protocol.header.
 - iggy/protocol/codes.py: operations, command codes, body kinds (identifier, consumer,
   partitioning, polling strategy); iggy/protocol/errors.py: ErrorCode. C code cimports them
-  from iggy/protocol/ccodes.pxd, which scripts/gen_ccodes.py writes from those two files.
+  from iggy/protocol/ccodes.pxd, which scripts/gen_ccodes.py writes from those two files when
+  setup.py builds (a build product, not committed).
 - iggy/protocol/batch.pxd: the batch and message layouts.
 - iggy/engine/uring/router.pxd: the ALLOW_* permission bits of the routing table (`Allow`).
 
 (a) the compiled C enums equal the Python tables, name by name and value by value, and the
-    generated ccodes.pxd is what the generator writes now;
+    ccodes.pxd of this build is what the generator writes now (else: rebuild);
 (b) a scan of the source (iggy/, tests/rawclient.py, perf/) fails when one of those numbers is
     written as a literal outside its home. Comments and string literals are not scanned (they
     document layouts). Tests other than rawclient.py may write bytes by hand: they are the
@@ -44,6 +45,7 @@ def _python_tables() -> dict[str, dict[str, int]]:
 
 
 def test_generated_ccodes_is_current():
+    """codes.py or errors.py changed after the last build: the compiled enums are stale."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_ccodes.py"), "--check"], capture_output=True, text=True
     )

@@ -16,10 +16,9 @@ import asyncio
 import datetime
 import struct
 
-import pytest
 from apache_iggy import AutoCommit, AutoCommitWhen, PollingStrategy, SendMessage
 
-from tests.conftest import ServerProcess, connect_root
+from tests.conftest import connect_root, server_with_env
 from tests.rawclient import RawClient, ident
 from tests.reliability.common import verify_batches
 from tests.test_consumer_groups import eventually, group_body, members, raw_member, raw_poll, raw_sync
@@ -183,11 +182,7 @@ async def test_join_keeps_assignment_balanced(client, server):
         c.close()
 
 
-@pytest.fixture
-def fast_timeout_server(tmp_path):
-    srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_CONSUMER_GROUP_REBALANCING_TIMEOUT": "1s"}).start()
-    yield srv
-    srv.stop()
+fast_timeout_server = server_with_env(IGGY_CONSUMER_GROUP_REBALANCING_TIMEOUT="1s")
 
 
 async def test_rebalancing_timeout_forces_the_move(fast_timeout_server):

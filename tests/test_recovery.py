@@ -24,6 +24,14 @@ S, T = "rs", "rt"
 HEADER, FRAME = 256, 48
 
 
+async def root_with_topic(srv: ServerProcess, partitions: int, **options):
+    """Root's SDK client on `srv`, once it made stream S and its topic T (`options`: of create_topic)."""
+    client = await connect_root(srv.tcp_address)
+    await client.create_stream(S)
+    await client.create_topic(S, T, partitions, **options)
+    return client
+
+
 def partition_dir(srv: ServerProcess, pid: int, sid: int = 0, tid: int = 0) -> str:
     return os.path.join(srv.data_dir, "streams", str(sid), "topics", str(tid), "partitions", str(pid))
 
@@ -86,9 +94,7 @@ async def test_kill9_keeps_every_acknowledged_batch(tmp_path):
     shards fsync before answering, the asyncio engine shares one fsync per loop turn."""
     srv = ServerProcess(tmp_path / "data").start()
     try:
-        client = await connect_root(srv.tcp_address)
-        await client.create_stream(S)
-        await client.create_topic(S, T, 2, durability=Durability.PERSISTED)
+        client = await root_with_topic(srv, 2, durability=Durability.PERSISTED)
         producers = [await connect_root(srv.tcp_address) for _ in range(4)]
         acked: list[tuple[int, int, list[bytes]]] = []       # (partition, base offset, payloads)
         sent_payloads: set[bytes] = set()
@@ -187,9 +193,7 @@ async def poll(client, partition, strategy=None, count=100_000):
 async def test_torn_tail_corrupt_batch_and_missing_index(tmp_path):
     srv = ServerProcess(tmp_path / "data").start()
     try:
-        client = await connect_root(srv.tcp_address)
-        await client.create_stream(S)
-        await client.create_topic(S, T, 3)
+        client = await root_with_topic(srv, 3)
         for partition in range(3):
             for b in range(4):                               # batches of 5: offsets 0..19
                 await client.send_messages(S, T, partition,
@@ -264,9 +268,7 @@ async def test_recovery_across_segments(tmp_path):
     """1 MiB segments: damage the newest segment and lose every index; older segments stay whole."""
     srv = ServerProcess(tmp_path / "data").start()
     try:
-        client = await connect_root(srv.tcp_address)
-        await client.create_stream(S)
-        await client.create_topic(S, T, 1, segment_size=1 << 20)
+        client = await root_with_topic(srv, 1, segment_size=1 << 20)
         for b in range(3):
             await client.send_messages(S, T, 0, [SendMessage(f"{b * 400 + i:08d}".encode() + b"z" * 3000)
                                                  for i in range(400)])
@@ -378,9 +380,7 @@ async def test_replicated_acknowledges_at_once_without_fsync(tmp_path):
 async def test_stored_offsets_survive_restarts_and_bad_offset_files_are_ignored(tmp_path):
     srv = ServerProcess(tmp_path / "data").start()
     try:
-        client = await connect_root(srv.tcp_address)
-        await client.create_stream(S)
-        await client.create_topic(S, T, 2)
+        client = await root_with_topic(srv, 2)
         for partition in (0, 1):
             await client.send_messages(S, T, partition, [SendMessage(f"m{i}") for i in range(10)])
         consumer = await client.consumer_group("g", S, T)

@@ -18,7 +18,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from iggy.control import permissions as perm
@@ -31,6 +31,7 @@ from iggy.protocol.wire import COMMAND_EVICTION, PROTOCOL_VERSION, Reader, Write
 from iggy.protocol.wire import HEADER_SIZE as HEADER
 
 Ident = int | str  # a stream, topic, user, group or consumer: numeric id or name
+_Entry = dict[str, Any]  # one decoded entry of a reply
 
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 SDK_NAME = "iggy-cli-py"
@@ -406,6 +407,19 @@ class AdminClient:
     def write(self, code: int, body: bytes = b"") -> bytes:
         return self._call(codes.CODE_OPERATIONS[code], 0, body)
 
+    def _read_all(self, code: int, decode: Callable[[Reader], _Entry], body: bytes = b"") -> list[_Entry]:
+        """A list reply: entries decoded one after the other until the body is used up."""
+        r = Reader(self.read(code, body))
+        out = []
+        while r.remaining():
+            out.append(decode(r))
+        return out
+
+    def _read_found(self, code: int, body: bytes) -> Reader | None:
+        """The reply of a lookup by id: None when it is empty (nothing found)."""
+        raw = self.read(code, body)
+        return Reader(raw) if raw else None
+
     # ----------------------------------------------------------------- session
 
     def _version_prefix(self) -> bytes:
@@ -456,17 +470,12 @@ class AdminClient:
         return c
 
     def get_clients(self) -> list[dict[str, Any]]:
-        r = Reader(self.read(codes.GET_CLIENTS))
-        out = []
-        while r.remaining():
-            out.append(_client(r))
-        return out
+        return self._read_all(codes.GET_CLIENTS, _client)
 
     def get_client(self, client_id: int) -> dict[str, Any] | None:
-        raw = self.read(codes.GET_CLIENT, struct.pack("<I", client_id))
-        if not raw:
+        r = self._read_found(codes.GET_CLIENT, struct.pack("<I", client_id))
+        if r is None:
             return None
-        r = Reader(raw)
         c = _client(r)
         c["consumer_groups"] = [
             {"stream_id": r.u32(), "topic_id": r.u32(), "group_id": r.u32()} for _ in range(c["consumer_groups_count"])
@@ -537,17 +546,12 @@ class AdminClient:
     # ----------------------------------------------------------------- streams
 
     def get_streams(self) -> list[dict[str, Any]]:
-        r = Reader(self.read(codes.GET_STREAMS))
-        out = []
-        while r.remaining():
-            out.append(_stream(r))
-        return out
+        return self._read_all(codes.GET_STREAMS, _stream)
 
     def get_stream(self, stream: Ident) -> dict[str, Any] | None:
-        raw = self.read(codes.GET_STREAM, identifier(stream))
-        if not raw:
+        r = self._read_found(codes.GET_STREAM, identifier(stream))
+        if r is None:
             return None
-        r = Reader(raw)
         s = _stream(r)
         s["topics"] = [_topic_header(r) for _ in range(s["topics_count"])]
         return s
@@ -576,10 +580,9 @@ class AdminClient:
         return [_topic_header(r) for _ in range(r.u32())]
 
     def get_topic(self, stream: Ident, topic: Ident) -> dict[str, Any] | None:
-        raw = self.read(codes.GET_TOPIC, identifier(stream) + identifier(topic))
-        if not raw:
+        r = self._read_found(codes.GET_TOPIC, identifier(stream) + identifier(topic))
+        if r is None:
             return None
-        r = Reader(raw)
         t = _topic_header(r)
         t["partitions"] = [_partition(r) for _ in range(t["partitions_count"])]
         return t
@@ -621,11 +624,7 @@ class AdminClient:
     # ----------------------------------------------------------------- users
 
     def get_users(self) -> list[dict[str, Any]]:
-        r = Reader(self.read(codes.GET_USERS))
-        out = []
-        while r.remaining():
-            out.append(_user(r))
-        return out
+        return self._read_all(codes.GET_USERS, _user)
 
     def _user_details(self, raw: bytes) -> dict[str, Any]:
         r = Reader(raw)
@@ -688,11 +687,7 @@ class AdminClient:
     # ----------------------------------------------------------------- consumer groups
 
     def get_consumer_groups(self, stream: Ident, topic: Ident) -> list[dict[str, Any]]:
-        r = Reader(self.read(codes.GET_CONSUMER_GROUPS, identifier(stream) + identifier(topic)))
-        out = []
-        while r.remaining():
-            out.append(_group(r))
-        return out
+        return self._read_all(codes.GET_CONSUMER_GROUPS, _group, identifier(stream) + identifier(topic))
 
     def _group_details(self, raw: bytes) -> dict[str, Any]:
         r = Reader(raw)
@@ -731,10 +726,10 @@ class AdminClient:
     def get_consumer_offset(
         self, consumer: Ident, stream: Ident, topic: Ident, partition_id: int | None, kind: str = "consumer"
     ) -> dict[str, Any] | None:
-        raw = self.read(codes.GET_CONSUMER_OFFSET, self._offset_target(kind, consumer, stream, topic, partition_id))
-        if not raw:
+        target = self._offset_target(kind, consumer, stream, topic, partition_id)
+        r = self._read_found(codes.GET_CONSUMER_OFFSET, target)
+        if r is None:
             return None
-        r = Reader(raw)
         return {"partition_id": r.u32(), "current_offset": r.u64(), "stored_offset": r.u64()}
 
     def store_consumer_offset(

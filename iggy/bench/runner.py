@@ -651,6 +651,11 @@ async def _fill(
             p.close()
 
 
+def _round_robin(targets: list[Target], count: int) -> list[tuple[int, Target]]:
+    """(actor index, its stream) for `count` actors spread over the streams in turn."""
+    return [(i, targets[i % len(targets)]) for i in range(count)]
+
+
 async def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport:
     """Set up, run and clean up one scenario; returns the measurements."""
     cfg.validate()
@@ -694,32 +699,16 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> B
             targets = await _ensure_streams(admin, cfg, per_stream_actors, fresh=True)
             batches = cfg.batches_for(cfg.producers)
             actors = [
-                ProducingConsumer(
-                    cfg,
-                    i + 1,
-                    targets[i % cfg.streams],
-                    targets[i % cfg.streams].partitions[i // cfg.streams],
-                    batches[i],
-                    progress,
-                    rate,
-                )
-                for i in range(cfg.producers)
+                ProducingConsumer(cfg, i + 1, t, t.partitions[i // cfg.streams], batches[i], progress, rate)
+                for i, t in _round_robin(targets, cfg.producers)
             ]
         else:
             partitions = cfg.partitions if kind == "balanced_producer" else 1
             targets = await _ensure_streams(admin, cfg, partitions, fresh=True)
             batches = cfg.batches_for(cfg.producers)
             actors = [
-                Producer(
-                    cfg,
-                    i + 1,
-                    targets[i % cfg.streams],
-                    targets[i % cfg.streams].partitions,
-                    batches[i],
-                    progress,
-                    rate,
-                )
-                for i in range(cfg.producers)
+                Producer(cfg, i + 1, t, t.partitions, batches[i], progress, rate)
+                for i, t in _round_robin(targets, cfg.producers)
             ]
             if kind == "pinned_producer_and_consumer":
                 actors += [

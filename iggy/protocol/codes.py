@@ -4,7 +4,7 @@ Reads travel as operation OP_READ with the command code in the header; every wri
 its own operation byte and carries no code, so the server maps the operation back to the code.
 
 C code reads the same numbers from `iggy/protocol/ccodes.pxd`, which scripts/gen_ccodes.py
-writes from this module: `OP_*` -> `Operation`, `CONSUMER_*` -> `ConsumerKind`,
+writes from this module at build time (setup.py): `OP_*` -> `Operation`, `CONSUMER_*` -> `ConsumerKind`,
 `PARTITION_*` -> `Partitioning`, `STRATEGY_*` -> `PollingStrategy`, `IDENTIFIER_*` ->
 `IdentifierKind`, and every other integer constant is a command code (`Command`, `CMD_` +
 its name). tests/test_protocol_homes.py checks that the compiled enums equal these tables

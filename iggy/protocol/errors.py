@@ -3,7 +3,7 @@
 Only the numeric code travels on the binary protocol; HTTP adds a snake_case `id` and a
 reason. Codes are the stable numbers of Apache Iggy's `IggyError` table (gaps are retired
 codes and are never reused). C code reads the same table as the `Error` enum of
-`iggy/protocol/ccodes.pxd` (`E_` + the name), written from this one by scripts/gen_ccodes.py.
+`iggy/protocol/ccodes.pxd` (`E_` + the name), written from this one by scripts/gen_ccodes.py at build time.
 """
 
 from __future__ import annotations

@@ -164,15 +164,10 @@ def check(address: str, history: History) -> None:
             for p in range(PARTITIONS):
                 key = (topic, p)
                 where = f"{topic}/{p}"
-                messages = c.poll_all(STREAM, topic, p)        # raises Corrupt on a bad checksum
-                history.stats["served_verified"] += len(messages)
-                check_contiguous(messages, where)
-                payloads = [m["payload"] for m in messages]
-                if len(set(payloads)) != len(payloads):
-                    raise AssertionError(f"{where}: a message is served twice")
-                if len(messages) < history.served.get(key, 0):
+                payloads = served_payloads(c, history, topic, p)
+                if len(payloads) < history.served.get(key, 0):
                     raise AssertionError(f"{where}: {history.served[key]} messages were served before the crash, "
-                                         f"only {len(messages)} after it")
+                                         f"only {len(payloads)} after it")
                 acked = history.acked.get(key, {})
                 lost = 0
                 for base, batch in sorted(acked.items()):
@@ -186,13 +181,26 @@ def check(address: str, history: History) -> None:
                 if lost and durability != "persisted":
                     # allowed only as a clean cut: nothing acknowledged after the first loss remains
                     first_lost = min(b for b, batch in acked.items() if payloads[b:b + len(batch)] != batch)
-                    if len(messages) > first_lost:
+                    if len(payloads) > first_lost:
                         raise AssertionError(f"{where}: not a prefix: messages after the lost batch at {first_lost}")
                 settle_in_flight(history, key, where, payloads, "kill")
-                history.served[key] = len(messages)
+                history.served[key] = len(payloads)
         check_streams(c, history)
     finally:
         c.close()
+
+
+def served_payloads(c: Client, history: History, topic: str, p: int) -> list[bytes]:
+    """The payloads partition `p` of `topic` serves now, checked: valid checksums (poll_all raises
+    Corrupt), contiguous offsets, no message twice; counted in stats["served_verified"]."""
+    where = f"{topic}/{p}"
+    messages = c.poll_all(STREAM, topic, p)
+    history.stats["served_verified"] += len(messages)
+    check_contiguous(messages, where)
+    payloads = [m["payload"] for m in messages]
+    if len(set(payloads)) != len(payloads):
+        raise AssertionError(f"{where}: a message is served twice")
+    return payloads
 
 
 def settle_in_flight(history: History, key: tuple[str, int], where: str, payloads: list[bytes], moment: str) -> None:

@@ -33,6 +33,15 @@ MIB = 1 << 20
 _U32 = struct.Struct("<I")
 
 
+def _run_all(threads) -> None:
+    """Start every thread, then wait until each has ended."""
+    threads = list(threads)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     """VmRSS (or another /proc/<pid>/status field in kB: RssAnon, RssFile) of a process, in bytes."""
     with open(f"/proc/{pid}/status") as f:
@@ -120,12 +129,8 @@ def check_unauthenticated_frames(server, connections: int = 16, size: int = 48 *
     before = settled_rss(pid, 0.5)
     results: dict = {}
     with PeakRss(pid) as peak:
-        threads = [threading.Thread(target=_send_big_unauthenticated, args=(server.tcp_port, size, results, i))
-                   for i in range(connections)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _run_all(threading.Thread(target=_send_big_unauthenticated, args=(server.tcp_port, size, results, i))
+                 for i in range(connections))
     after = settled_rss(pid)
     _serves(server)
     closed = sum(1 for state, _ in results.values() if state == "closed")
@@ -177,12 +182,8 @@ def check_large_polls(server, connections: int = 12, rounds: int = 2, fill: int 
     sizes: list = []
     start = threading.Barrier(connections)
     with PeakRss(pid) as peak:
-        threads = [threading.Thread(target=_poller, args=(server.tcp_address, body, rounds, sizes, start))
-                   for _ in range(connections)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _run_all(threading.Thread(target=_poller, args=(server.tcp_address, body, rounds, sizes, start))
+                 for _ in range(connections))
     after = settled_rss(pid)
     assert len(sizes) == connections * rounds, "a poller failed"
     _serves(server)

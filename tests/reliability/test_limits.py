@@ -1,24 +1,18 @@
 """Short form of tests/reliability/limits.py: frame size, slow readers, idle and slow clients,
 memory with 1,000 idle connections (tests/test_limits.py covers limits.max_connections)."""
+import functools
+
 import pytest
 
-from tests.conftest import ServerProcess
 from tests.reliability import limits
 
 QUIET = {"IGGY_HTTP_ENABLED": "false", "IGGY_QUIC_ENABLED": "false", "IGGY_WEBSOCKET_ENABLED": "false"}
 
 
 @pytest.fixture
-def make_server(tmp_path):
-    started = []
-
-    def make(**env):
-        srv = ServerProcess(tmp_path / f"data{len(started)}", extra_env={**QUIET, **env}).start()
-        started.append(srv)
-        return srv
-    yield make
-    for srv in started:
-        srv.stop()
+def make_server(make_server):
+    """conftest's, with the listeners these checks do not use turned off."""
+    return functools.partial(make_server, **QUIET)
 
 
 def test_frame_over_the_limit_closes_with_a_log_line(make_server):

@@ -2,9 +2,10 @@
 budget, HTTP polls of everything. RSS bounds have wide margins: they separate "bounded and
 given back" from "grows with the clients and stays" (the figures of both are in
 docs/RELIABILITY.md), not one allocator's exact numbers."""
+import functools
+
 import pytest
 
-from tests.conftest import ServerProcess
 from tests.reliability import memory
 
 MIB = 1 << 20
@@ -12,17 +13,9 @@ QUIET = {"IGGY_QUIC_ENABLED": "false", "IGGY_WEBSOCKET_ENABLED": "false"}
 
 
 @pytest.fixture
-def make_server(tmp_path):
-    started = []
-
-    def make(**env):
-        srv = ServerProcess(tmp_path / f"data{len(started)}", extra_env={**QUIET, "IGGY_HTTP_ENABLED": "false",
-                                                                          **env}).start()
-        started.append(srv)
-        return srv
-    yield make
-    for srv in started:
-        srv.stop()
+def make_server(make_server):
+    """conftest's, with QUIC, WebSocket and (unless a test turns it on) HTTP off."""
+    return functools.partial(make_server, **QUIET, IGGY_HTTP_ENABLED="false")
 
 
 def test_big_frames_before_login_are_refused_at_the_header(make_server):

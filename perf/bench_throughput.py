@@ -42,6 +42,7 @@ from iggy.protocol.codes import OP_SEND_MESSAGES as OP_SEND
 from iggy.protocol.header import EV_REASON, H_SIZE
 from iggy.protocol.wire import COMMAND_REPLY, build_request, parse_reply_header
 from iggy.protocol.wire import HEADER_SIZE as HEADER
+from iggy.testing.server import terminate
 
 CLIENT_ID = int.from_bytes(os.urandom(16), "little") | 1
 
@@ -101,13 +102,7 @@ class Server:
         return "?"
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 20)
 
 
 # --------------------------------------------------------------------------- raw client

@@ -168,6 +168,13 @@ async def sdk_poll(client, stream, topic, strategy, *, consumer: int = 1, count:
                                       count=count, auto_commit=auto_commit, partition_id=partition)
 
 
+def write_config(directory: Path, text: str) -> str:
+    """`text` as `directory`/config.toml; its path, for load_config or --config."""
+    path = directory / "config.toml"
+    path.write_text(text)
+    return str(path)
+
+
 def uniq(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

@@ -15,14 +15,9 @@ import pytest
 
 from iggy.config import ConfigError, load_config, root_credentials
 from iggy.units import parse_duration, parse_size
+from tests.conftest import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "config.toml"
-    path.write_text(text)
-    return str(path)
 
 
 # --------------------------------------------------------------------------- defaults
@@ -95,7 +90,7 @@ def test_env_table_has_no_collisions():
 # --------------------------------------------------------------------------- TOML file
 
 def test_toml_file_overrides_defaults(tmp_path):
-    path = write(tmp_path, """
+    path = write_config(tmp_path, """
 [system]
 path = "/data/iggy"
 engine = "asyncio"
@@ -120,7 +115,7 @@ allowed_origins = ["http://a", "http://b"]
 
 
 def test_config_path_from_env(tmp_path):
-    path = write(tmp_path, '[http]\naddress = "0.0.0.0:3001"\n')
+    path = write_config(tmp_path, '[http]\naddress = "0.0.0.0:3001"\n')
     assert load_config(env={"IGGY_CONFIG_PATH": path}).http.address == "0.0.0.0:3001"
 
 
@@ -130,23 +125,23 @@ def test_missing_config_file_is_an_error(tmp_path):
 
 
 def test_env_wins_over_file(tmp_path):
-    path = write(tmp_path, '[tcp]\naddress = "0.0.0.0:9000"\n')
+    path = write_config(tmp_path, '[tcp]\naddress = "0.0.0.0:9000"\n')
     cfg = load_config(env={"IGGY_TCP_ADDRESS": "10.0.0.1:9001"}, path=path)
     assert cfg.tcp.address == "10.0.0.1:9001"
 
 
 def test_unknown_toml_key(tmp_path):
     with pytest.raises(ConfigError, match=r"tcp\.adress"):
-        load_config(env={}, path=write(tmp_path, '[tcp]\nadress = "x"\n'))
+        load_config(env={}, path=write_config(tmp_path, '[tcp]\nadress = "x"\n'))
     with pytest.raises(ConfigError, match="nosuchsection"):
-        load_config(env={}, path=write(tmp_path, '[nosuchsection]\na = 1\n'))
+        load_config(env={}, path=write_config(tmp_path, '[nosuchsection]\na = 1\n'))
 
 
 def test_toml_wrong_type(tmp_path):
     with pytest.raises(ConfigError, match=r"tcp\.enabled"):
-        load_config(env={}, path=write(tmp_path, '[tcp]\nenabled = "yes"\n'))
+        load_config(env={}, path=write_config(tmp_path, '[tcp]\nenabled = "yes"\n'))
     with pytest.raises(ConfigError, match=r"limits\.max_connections"):
-        load_config(env={}, path=write(tmp_path, '[limits]\nmax_connections = "many"\n'))
+        load_config(env={}, path=write_config(tmp_path, '[limits]\nmax_connections = "many"\n'))
 
 
 @pytest.mark.parametrize("toml, key", [
@@ -163,7 +158,7 @@ def test_toml_wrong_type(tmp_path):
 ])
 def test_removed_keys_in_file(tmp_path, toml, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_config(env={}, path=write(tmp_path, toml))
+        load_config(env={}, path=write_config(tmp_path, toml))
 
 
 def test_removed_keys_in_env():

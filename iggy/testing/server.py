@@ -31,6 +31,19 @@ import iggy
 LISTENERS = ("tcp", "http", "quic", "websocket")
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM (a clean shutdown), SIGKILL when `proc` is still running after `timeout` seconds;
+    its exit code. Also used by perf/bench_throughput.py for the servers it starts."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class IggyServerError(RuntimeError):
     """The server did not start (the message ends with its log)."""
 
@@ -150,14 +163,7 @@ class IggyTestServer:
         """SIGTERM (a clean shutdown), SIGKILL after `timeout`; returns the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
+        code = terminate(self.proc, timeout)
         self._close()
         return code
 

@@ -35,8 +35,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from iggy.protocol.batch cimport (B_COUNT, B_LENGTH, B_BASE_OFFSET, B_CHECKSUM, B_ORIGIN_TIMESTAMP,
-                                   BATCH_HEADER_LEN, F_HEADERS_LEN, F_OFFSET_DELTA, F_PAYLOAD_LEN,
-                                   FRAME_HEADER_LEN, batch_checksum)
+                                  BATCH_HEADER_LEN, F_HEADERS_LEN, F_OFFSET_DELTA, F_PAYLOAD_LEN,
+                                  FRAME_HEADER_LEN, batch_checksum)
 from iggy.protocol.ccodes cimport CMD_POLL_MESSAGES, IDENTIFIER_NUMERIC, OP_READ, OP_SEND_MESSAGES, PARTITION_ID
 from iggy.protocol.cursor cimport Cursor, cur_init, cur_u32, cur_u64
 from iggy.protocol.header cimport HEADER_SIZE, RQ_REQUEST, U128_LEN, put_request_header
@@ -176,7 +176,7 @@ def scan_poll(body):
     cdef const unsigned char *p
     cdef const unsigned char *b
     cdef uint64_t n, pos, blen, fpos, flen, payload = 0, first_origin = 0, next_offset = 0
-    cdef uint32_t count, bcount, i, last_delta = 0
+    cdef uint32_t count, bcount, _frame, last_delta = 0
     cdef uint32_t partition_id
     cdef uint64_t current
     cdef bint bad = False
@@ -203,7 +203,7 @@ def scan_poll(body):
                 if first_origin == 0:
                     first_origin = le_u64(b + B_ORIGIN_TIMESTAMP)
                 fpos = BATCH_HEADER_LEN
-                for i in range(bcount):
+                for _frame in range(bcount):
                     if blen - fpos < FRAME_HEADER_LEN:
                         bad = True
                         break

@@ -77,12 +77,12 @@ cdef int batch_checksum(const unsigned char *head, const unsigned char *frames, 
     """
     cdef XXH3_state_t state
     cdef uint32_t count = le_u32(head + B_COUNT)
-    cdef uint32_t i
+    cdef uint32_t _frame
     cdef uint64_t pos = 0, flen
     XXH3_64bits_reset(&state)
     XXH3_64bits_update(&state, head, B_CHECKSUM)
     XXH3_64bits_update(&state, head + B_COUNT, 4)
-    for i in range(count):
+    for _frame in range(count):
         if frames_len - pos < FRAME_HEADER_LEN:
             return E_INVALID_MESSAGES_SIZE
         flen = (<uint64_t>FRAME_HEADER_LEN + le_u32(frames + pos + F_PAYLOAD_LEN)

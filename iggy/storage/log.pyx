@@ -62,7 +62,8 @@ import logging
 import os
 
 from iggy.protocol.errors import ErrorCode, IggyError
-from iggy.storage.log_files import open_files, reset_open_files_peak, set_open_files_budget  # noqa: F401 (API)
+# re-exported (the API of this module), hence unused here
+from iggy.storage.log_files import open_files, reset_open_files_peak, set_open_files_budget  # no-cython-lint
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ cdef void put_entry(unsigned char *e, uint64_t offset, uint64_t ts, uint64_t pos
 
 
 cdef int entries_push(unsigned char **p, uint64_t *n, uint64_t *cap, uint64_t offset, uint64_t ts,
-                       uint64_t pos) noexcept nogil:
+                      uint64_t pos) noexcept nogil:
     """Append an entry to a malloc'd entry array. 0 or -ENOMEM."""
     cdef unsigned char *grown
     cdef uint64_t new_cap

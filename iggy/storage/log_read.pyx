@@ -41,8 +41,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memmove, memset
 
 from iggy.protocol.batch cimport (B_BASE_OFFSET, B_CHECKSUM, B_COUNT, B_LENGTH, B_RESERVED, BATCH_HEADER_LEN,
-                               F_CHECKSUM, F_HEADERS_LEN, F_OFFSET_DELTA, F_PAYLOAD_LEN, FRAME_HEADER_LEN,
-                               batch_checksum)
+                                  F_CHECKSUM, F_HEADERS_LEN, F_OFFSET_DELTA, F_PAYLOAD_LEN, FRAME_HEADER_LEN,
+                                  batch_checksum)
 from iggy._core.includes.le cimport le_u32, le_u64, put_u32, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits
 from iggy.storage.log_files cimport all_zero, h_pread

@@ -54,7 +54,7 @@ from posix.types cimport off_t
 from posix.uio cimport iovec
 
 from iggy.protocol.batch cimport (B_BASE_OFFSET, B_BASE_TIMESTAMP, B_COUNT, B_LENGTH, B_PARTITION_ID, B_RESERVED,
-                               BATCH_HEADER_LEN, CHECK_ALL, check_batch)
+                                  BATCH_HEADER_LEN, CHECK_ALL, check_batch)
 from iggy._core.includes.le cimport le_u32, le_u64
 from iggy.storage.log_files cimport Handle, all_zero, h_pin, h_seal, h_unpin, pread_full, pwritev_all, segment_path
 from iggy.storage.log_index cimport (INDEX_ENTRY_LEN, IE_OFFSET, IE_POSITION, e_end, e_off, e_pos, e_ts,

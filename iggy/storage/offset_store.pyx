@@ -73,7 +73,7 @@ from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, strrchr
 from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDONLY, O_WRONLY, open as c_open
-from posix.unistd cimport close, fdatasync, fsync, pwrite
+from posix.unistd cimport close, fdatasync, fsync as c_fsync, pwrite
 
 from iggy._core.includes.le cimport le_u64, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits
@@ -375,7 +375,7 @@ cdef int _fsync_parent(char *path) noexcept nogil:
     slash[0] = 47
     if fd < 0:
         return -errno
-    while fsync(fd) != 0:
+    while c_fsync(fd) != 0:
         if errno != EINTR:
             rc = -errno
             break

@@ -17,6 +17,7 @@ import textwrap
 import pytest
 from apache_iggy import PollingStrategy, SendMessage
 
+from iggy.protocol import codes
 from tests.conftest import REPO, sdk_poll, uniq
 
 CLASSIC_PYTHON = REPO / ".venv-classic" / "bin" / "python"
@@ -187,7 +188,13 @@ async def test_group_resumes_after_an_offset_stored_over_09(srv, root):
     await root.send_messages(s, t, 0, [SendMessage(f"m{i}") for i in range(6)])
     await root.create_consumer_group(s, t, g)
     group = await root.get_consumer_group(s, t, g)
+    # group offsets are written by the partition's owner (5009 otherwise): join, store, leave
+    membership = (
+        bytes([2, len(s)]) + s.encode() + bytes([2, len(t)]) + t.encode() + bytes([1, 4]) + struct.pack("<I", group.id)
+    )
+    await root.send_binary_request(codes.JOIN_CONSUMER_GROUP, membership)
     assert await root.send_binary_request(121, group_offset_request(group.id, s, t, 0) + struct.pack("<Q", 2)) == b""
+    await root.send_binary_request(codes.LEAVE_CONSUMER_GROUP, membership)
     seen = run_classic(
         """
         async def main():

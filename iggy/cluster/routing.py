@@ -20,25 +20,24 @@ With a roster of two or more nodes the SDK sends an auto-commit poll in three st
 3. POLL_MESSAGES_ON_PRIMARY (104) with the poll body on the second connection: the poll runs as
    the main session. Offset writes go as plain 121/122 on it.
 
-On a single node every one of them is FeatureUnavailable, as the reference server answers.
+On a single node every one of them is FeatureUnavailable, as the reference server answers,
+to any logged-in user and whatever the body: they read their bodies themselves, after that
+check. The poll of 104 is the PollMessages command run for the main session through
+`registry.invoke`, so its permission is checked as for any poll.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from iggy.control import messages
-from iggy.control.plane import command as _untyped_command
+from iggy.control import permissions as perm
+from iggy.control.registry import COMMANDS, command, invoke
 from iggy.control.system import NODE_ROLES, NODE_STATUSES
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.protocol.wire import Reader, Writer
-
-Handler = Callable[[Any, Any, Reader], Any]
-# iggy.control.plane.command, typed for this module
-command = cast(Callable[[int], Callable[[Handler], Handler]], _untyped_command)
 
 # attached second connection -> the main connection's session (gone with either)
 _ATTACHED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -62,19 +61,25 @@ def _routing_answer(plane: Any, session: Any) -> bytes:
     return w.getvalue()
 
 
-@command(codes.GET_POLL_ROUTING)
-def get_poll_routing(plane: Any, session: Any, r: Reader) -> bytes:
+def raw_body(r: Reader) -> tuple[bytes]:
+    """The whole body, read by the handler after the cluster check."""
+    return (r.take(r.remaining()),)
+
+
+@command(codes.GET_POLL_ROUTING, needs=perm.LOGGED_IN)
+def get_poll_routing(plane: Any, session: Any) -> bytes:
     return _routing_answer(plane, session)
 
 
-@command(codes.GET_CONSUMER_OFFSET_ROUTING)
-def get_consumer_offset_routing(plane: Any, session: Any, r: Reader) -> bytes:
+@command(codes.GET_CONSUMER_OFFSET_ROUTING, needs=perm.LOGGED_IN)
+def get_consumer_offset_routing(plane: Any, session: Any) -> bytes:
     return _routing_answer(plane, session)
 
 
-@command(codes.ATTACH_CONSUMER_SESSION)
-def attach_consumer_session(plane: Any, session: Any, r: Reader) -> None:
+@command(codes.ATTACH_CONSUMER_SESSION, needs=perm.LOGGED_IN, decode=raw_body)
+def attach_consumer_session(plane: Any, session: Any, body: bytes) -> None:
     _require_cluster(plane)
+    r = Reader(body)
     if r.remaining() != ATTACH_BODY:
         raise IggyError(ErrorCode.INVALID_COMMAND)
     client_uuid, number = r.u128(), r.u64()
@@ -88,7 +93,8 @@ def attach_consumer_session(plane: Any, session: Any, r: Reader) -> None:
     _ATTACHED[session] = main
 
 
-@command(codes.POLL_MESSAGES_ON_PRIMARY)
-def poll_messages_on_primary(plane: Any, session: Any, r: Reader) -> Any:
+@command(codes.POLL_MESSAGES_ON_PRIMARY, needs=perm.LOGGED_IN, decode=raw_body, encode=messages.encode_polled)
+def poll_messages_on_primary(plane: Any, session: Any, body: bytes) -> Any:
     _require_cluster(plane)
-    return messages.poll_messages(plane, _ATTACHED.get(session, session), r)
+    poll = COMMANDS[codes.POLL_MESSAGES]
+    return invoke(plane, _ATTACHED.get(session, session), poll, poll.decode(Reader(body)))

@@ -1,7 +1,4 @@
-"""The control plane: one module per area, each registering its commands in `plane.COMMANDS`."""
-
-
-def load_commands() -> None:
-    """Import every command module once, so that their handlers are registered."""
-    from iggy.cluster import routing  # noqa: F401  (14, 103, 104, 123: FeatureUnavailable on one node)
-    from iggy.control import groups, messages, streams, system, tokens, topics, users  # noqa: F401
+"""The control plane: sessions and dispatch (plane), the command registry and the one
+permission check (registry, permissions), entity lookups (lookup), and one module per area
+whose commands register themselves when imported (streams, topics, groups, messages, users,
+tokens, system; and iggy.cluster.routing). `iggy.control.plane` imports them all."""

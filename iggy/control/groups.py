@@ -56,13 +56,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from iggy.protocol import codes
-from iggy.protocol.wire import Reader, Writer
+from iggy.control import lookup
 from iggy.control import permissions as perm
-from iggy.control.plane import command
-from iggy.control.topics import resolve_topic
+from iggy.control.registry import command
+from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
-from iggy.metadata.state import find_by_ident
+from iggy.protocol.wire import Reader, Writer
 from iggy.storage.consumer_offsets import GROUP
 
 # how often pending hand-overs are checked for a drained owner or an expired timeout
@@ -408,27 +407,6 @@ class GroupCoordinator:
         self.forget(lambda k: k[0] == stream_id)
 
 
-def find_group(topic, ident):
-    return find_by_ident(topic.groups, ident)
-
-
-def get_group_or_fail(topic, ident):
-    """The group, else 5000 for an id or a name alike (see streams.get_stream_or_fail)."""
-    g = find_group(topic, ident)
-    if g is None:
-        raise IggyError(ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND)
-    return g
-
-
-def _resolve(plane, session, r: Reader, with_group: bool = True):
-    sid, tid = r.identifier(), r.identifier()
-    gid = r.identifier() if with_group else None
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_read_topic(plane.user_of(session), s.id, t.id))
-    g = get_group_or_fail(t, gid) if with_group else None
-    return s, t, g
-
-
 def encode_group(plane, w: Writer, s, t, g) -> None:
     m = plane.groups.groups.get((s.id, t.id, g.id))
     w.u32(g.id).u32(len(t.partitions)).u32(len(m.members) if m else 0).name(g.name)
@@ -445,82 +423,86 @@ def encode_group_details(plane, s, t, g) -> bytes:
     return w.getvalue()
 
 
-def create_group_by(plane, s, t, name: str):
+def encode_found_group(plane, found) -> bytes:
+    return encode_group_details(plane, *found)
+
+
+def encode_groups(plane, found) -> bytes:
+    s, t, groups = found
+    w = Writer()
+    for g in groups:
+        encode_group(plane, w, s, t, g)
+    return w.getvalue()
+
+
+def read_stream_topic(r: Reader) -> tuple:
+    return r.identifier(), r.identifier()
+
+
+def read_group(r: Reader) -> tuple:
+    return r.identifier(), r.identifier(), r.identifier()
+
+
+def read_create(r: Reader) -> tuple:
+    sid, tid = r.identifier(), r.identifier()
+    return sid, tid, r.name()
+
+
+# the group commands need the read_topic permission; a missing stream or topic is 1009/2010
+# and the group is looked up after the check (upstream core/server/src/responses.rs:
+# ensure_topic_exists)
+
+@command(codes.GET_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_group, encode=encode_found_group)
+def get_consumer_group(plane, session, s, t, gid):
+    g = lookup.find_group(t, gid)
+    if g is None:
+        return None            # an empty body
+    return s, t, g
+
+
+@command(codes.GET_CONSUMER_GROUPS, needs=perm.READ_TOPIC, decode=read_stream_topic, encode=encode_groups)
+def get_consumer_groups(plane, session, s, t):
+    return s, t, sorted(t.groups.values(), key=lambda g: g.id)
+
+
+@command(codes.CREATE_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_create, encode=encode_found_group)
+def create_consumer_group(plane, session, s, t, name: str):
     if any(g.name == name for g in t.groups.values()):
         raise IggyError(ErrorCode.CONSUMER_GROUP_NAME_ALREADY_EXISTS)
     rec = plane.meta.commit({"op": "group.create", "stream": s.id, "topic": t.id, "id": t.next_group_id,
                              "name": name})
-    return t.groups[rec["id"]]
+    return s, t, t.groups[rec["id"]]
 
 
-def delete_group_by(plane, s, t, g) -> None:
+@command(codes.DELETE_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_group)
+def delete_consumer_group(plane, session, s, t, gid) -> None:
+    g = lookup.get_group(t, gid)
     plane.meta.commit({"op": "group.delete", "stream": s.id, "topic": t.id, "id": g.id})
     plane.groups.forget_group(s.id, t.id, g.id)
     plane.storage.forget_group_offsets(s.id, t, g.id)
 
 
-@command(codes.GET_CONSUMER_GROUP)
-def get_consumer_group(plane, session, r: Reader):
-    # a missing stream or topic is 1009/2010, a missing group an empty body, after the
-    # permission check (upstream core/server/src/responses.rs: ensure_topic_exists)
-    sid, tid, gid = r.identifier(), r.identifier(), r.identifier()
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_read_topic(plane.user_of(session), s.id, t.id))
-    g = find_group(t, gid)
-    if g is None:
-        return None
-    return encode_group_details(plane, s, t, g)
-
-
-@command(codes.GET_CONSUMER_GROUPS)
-def get_consumer_groups(plane, session, r: Reader):
-    s, t, _ = _resolve(plane, session, r, with_group=False)
-    w = Writer()
-    for g in sorted(t.groups.values(), key=lambda g: g.id):
-        encode_group(plane, w, s, t, g)
-    return w.getvalue()
-
-
-@command(codes.CREATE_CONSUMER_GROUP)
-def create_consumer_group(plane, session, r: Reader):
-    sid, tid = r.identifier(), r.identifier()
-    name = r.name()
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_read_topic(plane.user_of(session), s.id, t.id))
-    g = create_group_by(plane, s, t, name)
-    return encode_group_details(plane, s, t, g)
-
-
-@command(codes.DELETE_CONSUMER_GROUP)
-def delete_consumer_group(plane, session, r: Reader):
-    s, t, g = _resolve(plane, session, r)
-    delete_group_by(plane, s, t, g)
-
-
-@command(codes.JOIN_CONSUMER_GROUP)
-def join_consumer_group(plane, session, r: Reader):
-    s, t, g = _resolve(plane, session, r)
+@command(codes.JOIN_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_group)
+def join_consumer_group(plane, session, s, t, gid) -> None:
+    g = lookup.get_group(t, gid)
     plane.groups.join((s.id, t.id, g.id), session)
 
 
-@command(codes.LEAVE_CONSUMER_GROUP)
-def leave_consumer_group(plane, session, r: Reader):
-    s, t, g = _resolve(plane, session, r)
+@command(codes.LEAVE_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_group)
+def leave_consumer_group(plane, session, s, t, gid) -> None:
+    g = lookup.get_group(t, gid)
     if not plane.groups.leave((s.id, t.id, g.id), session):
         raise IggyError(ErrorCode.CONSUMER_GROUP_MEMBER_NOT_FOUND)
 
 
-@command(codes.SYNC_CONSUMER_GROUP)
-def sync_consumer_group(plane, session, r: Reader):
+@command(codes.SYNC_CONSUMER_GROUP, needs=perm.LOGGED_IN, decode=read_group)
+def sync_consumer_group(plane, session, sid, tid, gid):
     # only the caller's own membership is read: a missing stream, topic or group, like a group
     # the session is not in, answers an empty body (upstream core/server/src/dispatch.rs,
     # handle_sync_consumer_group)
-    sid, tid, gid = r.identifier(), r.identifier(), r.identifier()
-    from iggy.control.streams import find_stream
-    from iggy.control.topics import find_topic
-    s = find_stream(plane, sid)
-    t = find_topic(s, tid) if s is not None else None
-    g = find_group(t, gid) if t is not None else None
+    s = lookup.find_stream(plane, sid)
+    t = lookup.find_topic(s, tid) if s is not None else None
+    g = lookup.find_group(t, gid) if t is not None else None
     if g is None:
         return None
     assignment = plane.groups.assignment((s.id, t.id, g.id), session)

@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import struct
 
+from iggy._core.checksum import xxh32
+from iggy.control import lookup
+from iggy.control import permissions as perm
+from iggy.control.clock import now_us
+from iggy.control.registry import command
 from iggy.protocol import codes
 from iggy.protocol.batch import BATCH_HEADER_SIZE, validate_batch
-from iggy._core.checksum import xxh32
-from iggy.protocol.wire import Reader, Writer
-from iggy.control import permissions as perm
-from iggy.control.groups import get_group_or_fail
-from iggy.control.plane import command, now_us
-from iggy.control.topics import resolve_topic
 from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.protocol.wire import Reader, Writer
 from iggy.storage.consumer_offsets import CONSUMER, GROUP, consumer_key
 
 # the body kinds (their home is iggy.protocol.codes), named here for the handlers and HTTP
@@ -73,11 +73,10 @@ def choose_partition(plane, s, t, kind: int, value: bytes) -> int:
     raise IggyError(ErrorCode.INVALID_COMMAND)
 
 
-def vanished(plane, s, t, stream_ident=None, topic_ident=None) -> IggyError:
+def vanished(plane, s, t) -> IggyError:
     """The error for a request whose partition went away after `s` and `t` were resolved:
     the not-found code of the stream if it was deleted, else of the topic, else of the
-    partition. As upstream, a missing stream or topic is 1009/2010 whether it was named by id
-    or by name (the identifiers are kept in the signature for the callers' symmetry)."""
+    partition (1009/2010 whether they were named by id or by name, as upstream)."""
     if plane.meta.state.streams.get(s.id) is not s:
         return IggyError(ErrorCode.STREAM_ID_NOT_FOUND)
     if s.topics.get(t.id) is not t:
@@ -85,17 +84,16 @@ def vanished(plane, s, t, stream_ident=None, topic_ident=None) -> IggyError:
     return IggyError(ErrorCode.PARTITION_NOT_FOUND)
 
 
-def open_partition(plane, s, t, pid: int, stream_ident=None, topic_ident=None):
+def open_partition(plane, s, t, pid: int):
     """The Partition (s, t, pid), looked up once; the not-found error when the storage does
     not hold it (dropped, or not opened yet by a create that is still running)."""
     partition = plane.storage.partition(s.id, t.id, pid)
     if partition is None:
-        raise vanished(plane, s, t, stream_ident, topic_ident)
+        raise vanished(plane, s, t)
     return partition
 
 
-def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int, stream_ident=None,
-                 topic_ident=None, inline_fsync: bool = False):
+def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int, inline_fsync: bool = False):
     """Validate and append one batch; returns (base_offset, fsync future or None).
 
     inline_fsync: the caller is a shard thread (no event loop): a persisted topic's append is
@@ -110,49 +108,15 @@ def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int, 
         validate_batch(body, start, start + declared, count)
         raise IggyError(ErrorCode.INVALID_COMMAND, "bytes after the batch")
     validate_batch(body, start, end, count)
-    partition = open_partition(plane, s, t, pid, stream_ident, topic_ident)
+    partition = open_partition(plane, s, t, pid)
     with partition.lock:
         if partition.log.closed:         # dropped after the lookup
-            raise vanished(plane, s, t, stream_ident, topic_ident)
+            raise vanished(plane, s, t)
         base_offset, appended = partition.log.append(body, start, end, now_us())
         return base_offset, partition.after_append(appended, end - start, inline=inline_fsync)
 
 
-def send(plane, session, sid, tid, kind: int, value: bytes, body, start: int, end: int, count: int):
-    """Route and append one batch (shared with HTTP).
-
-    Returns (stream, topic, partition id, base offset, fsync future or None).
-    """
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_send(plane.user_of(session), s.id, t.id))
-    pid = choose_partition(plane, s, t, kind, value)
-    base_offset, synced = append_batch(plane, s, t, pid, body, start, end, count, sid, tid,
-                                       inline_fsync=session.inline_fsync)
-    return s, t, pid, base_offset, synced
-
-
-@command(codes.SEND_MESSAGES)
-def send_messages(plane, session, r: Reader):
-    metadata_length = r.u32()
-    sid, tid = r.identifier(), r.identifier()
-    kind = r.u8()
-    value = r.take(r.u8())
-    count = r.u32()
-    if r.position != 4 + metadata_length:
-        # upstream: a metadata section longer or shorter than its fields is InvalidCommand
-        raise IggyError(ErrorCode.INVALID_COMMAND)
-    s, t, pid, base_offset, synced = send(plane, session, sid, tid, kind, value, r.data, r.position,
-                                          len(r.data), count)
-    reply = _SEND_REPLY.pack(1, s.id, t.id, pid, base_offset)
-    if synced is None:
-        return reply
-    return _after(synced, reply)
-
-
-async def _after(fut, reply: bytes) -> bytes:
-    await fut
-    return reply
-
+# ------------------------------------------------------------------- request bodies
 
 def _read_consumer(r: Reader):
     kind = r.u8()
@@ -161,20 +125,91 @@ def _read_consumer(r: Reader):
     return kind, r.identifier()
 
 
-FENCE_POLL = "poll"          # a group member may poll only a partition it owns and is not handing over
-FENCE_COMMIT = "commit"      # it may store or delete the offset of any partition it owns
+def read_send(r: Reader) -> tuple:
+    """(stream, topic, partitioning kind, value, body, batch start, batch end, count)."""
+    metadata_length = r.u32()
+    sid, tid = r.identifier(), r.identifier()
+    kind = r.u8()
+    value = r.take(r.u8())
+    count = r.u32()
+    if r.position != 4 + metadata_length:
+        # upstream: a metadata section longer or shorter than its fields is InvalidCommand
+        raise IggyError(ErrorCode.INVALID_COMMAND)
+    return sid, tid, kind, value, r.data, r.position, len(r.data), count
 
 
-def resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, fence):
-    """(stream, topic, partition, offsets kind, offsets key) with permission and ownership checks
-    (shared with HTTP, which always acts as a plain consumer). `fence` is FENCE_POLL,
-    FENCE_COMMIT or None (reads); a group partition the caller may not use that way, member or
-    not, is 5009 as upstream answers (the SDK re-syncs its assignment then). The partition may be
-    dropped after this returns: its users check `partition.log.closed` under its lock."""
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_poll(plane.user_of(session), s.id, t.id))
+def read_poll(r: Reader) -> tuple:
+    """(stream, topic, consumer kind, consumer, has_partition, partition, strategy, value,
+    count, auto_commit); a count of 0 is refused here, before anything is looked up."""
+    kind, consumer_id = _read_consumer(r)
+    sid, tid = r.identifier(), r.identifier()
+    has_partition = r.bool()
+    partition_id = r.u32()
+    strategy = r.u8()
+    value = r.u64()
+    count = r.u32()
+    auto_commit = r.bool()
+    if count == 0:
+        raise IggyError(ErrorCode.INVALID_MESSAGES_COUNT)
+    return sid, tid, kind, consumer_id, has_partition, partition_id, strategy, value, count, auto_commit
+
+
+def read_offset_target(r: Reader) -> tuple:
+    """(stream, topic, consumer kind, consumer, has_partition, partition)."""
+    kind, consumer_id = _read_consumer(r)
+    sid, tid = r.identifier(), r.identifier()
+    has_partition = r.bool()
+    partition_id = r.u32()
+    return sid, tid, kind, consumer_id, has_partition, partition_id
+
+
+def read_store_offset(r: Reader) -> tuple:
+    target = read_offset_target(r)
+    offset = r.u64()
+    if r.remaining():
+        r.u8()  # ack level: a single node always acknowledges after the write
+    return (*target, offset)
+
+
+# ------------------------------------------------------------------- send
+
+def encode_sent(plane, sent) -> bytes:
+    return _SEND_REPLY.pack(1, *sent)
+
+
+@command(codes.SEND_MESSAGES, needs=perm.SEND, decode=read_send, encode=encode_sent)
+def send_messages(plane, session, s, t, kind: int, value: bytes, body, start: int, end: int, count: int):
+    """Route and append one batch: (stream id, topic id, partition id, base offset), or an
+    awaitable of it when the topic acknowledges after the fsync."""
+    pid = choose_partition(plane, s, t, kind, value)
+    base_offset, synced = append_batch(plane, s, t, pid, body, start, end, count,
+                                       inline_fsync=session.inline_fsync)
+    sent = (s.id, t.id, pid, base_offset)
+    if synced is None:
+        return sent
+    return _after(synced, sent)
+
+
+async def _after(fut, result):
+    await fut
+    return result
+
+
+# ------------------------------------------------------------------- poll
+
+FENCE_POLL = "poll"  # a group member may poll only a partition it owns and is not handing over
+FENCE_COMMIT = "commit"  # it may store or delete the offset of any partition it owns
+
+
+def target(plane, session, s, t, kind, consumer_id, has_partition, partition_id, fence):
+    """(partition, offsets kind, offsets key) of a poll or an offset command, after its
+    permission check: the consumer group and the caller's right to use the partition, then the
+    partition. `fence` is FENCE_POLL, FENCE_COMMIT or None (reads); a group partition the caller
+    may not use that way, member or not, is 5009 as upstream answers (the SDK re-syncs its
+    assignment then). The partition may be dropped after this returns: its users check
+    `partition.log.closed` under its lock."""
     if kind == CONSUMER_GROUP:
-        g = get_group_or_fail(t, consumer_id)
+        g = lookup.get_group(t, consumer_id)
         if not has_partition:
             raise IggyError(ErrorCode.INVALID_IDENTIFIER)
         if fence and not plane.groups.fence((s.id, t.id, g.id), session, partition_id, fence == FENCE_POLL):
@@ -182,8 +217,8 @@ def resolve_target(plane, session, kind, consumer_id, sid, tid, has_partition, p
         store_kind, key = GROUP, g.id
     else:
         store_kind, key = CONSUMER, consumer_key(consumer_id)
-    partition = open_partition(plane, s, t, partition_id if has_partition else 0, sid, tid)
-    return s, t, partition, store_kind, key
+    partition = open_partition(plane, s, t, partition_id if has_partition else 0)
+    return partition, store_kind, key
 
 
 def start_offset(partition, strategy: int, value: int, count: int, stored: int | None) -> int | None:
@@ -202,19 +237,27 @@ def start_offset(partition, strategy: int, value: int, count: int, stored: int |
     raise IggyError(ErrorCode.INVALID_COMMAND)
 
 
-def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id, strategy, value, count,
-         auto_commit, max_bytes: int | None = None):
-    """(partition id, current offset, message count, batches bytes); shared with HTTP.
+def encode_polled(plane, polled) -> tuple:
+    pid, current, n, data = polled
+    return _POLL_HEAD.pack(pid, current, n), data
 
-    The batches are at most max_bytes (default: what fits in the largest frame), or one batch."""
-    if count == 0:
-        raise IggyError(ErrorCode.INVALID_MESSAGES_COUNT)
-    s, t, partition, store_kind, key = resolve_target(plane, session, kind, consumer_id, sid, tid,
-                                                      has_partition, partition_id, FENCE_POLL)
+
+@command(codes.POLL_MESSAGES, needs=perm.POLL, decode=read_poll, encode=encode_polled)
+def poll_messages(plane, session, s, t, kind, consumer_id, has_partition, partition_id, strategy, value,
+                  count, auto_commit, max_bytes: int | None = None):
+    """(partition id, current offset, message count, batches bytes).
+
+    The batches are at most max_bytes (default: what fits in the largest frame), or one
+    batch. A count of 0 (only over HTTP: the binary decoder refuses it) reads nothing but
+    still needs the partition to exist."""
+    partition, store_kind, key = target(plane, session, s, t, kind, consumer_id, has_partition, partition_id,
+                                        FENCE_POLL if count else None)
     with partition.lock:
         lg = partition.log
         if lg.closed:
-            raise vanished(plane, s, t, sid, tid)
+            raise vanished(plane, s, t)
+        if count == 0:
+            return partition.id, lg.current_offset, 0, b""
         if store_kind == GROUP and not plane.groups.may_use((s.id, t.id, key), session, partition.id, True):
             # handed over since the fence above (see GroupCoordinator.may_use)
             raise IggyError(ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED)
@@ -237,101 +280,78 @@ def poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_i
         return partition.id, lg.current_offset, n, data
 
 
-@command(codes.POLL_MESSAGES)
-def poll_messages(plane, session, r: Reader):
-    kind, consumer_id = _read_consumer(r)
-    sid, tid = r.identifier(), r.identifier()
-    has_partition = r.bool()
-    partition_id = r.u32()
-    strategy = r.u8()
-    value = r.u64()
-    count = r.u32()
-    auto_commit = r.bool()
-    pid, current, n, data = poll(plane, session, kind, consumer_id, sid, tid, has_partition, partition_id,
-                                 strategy, value, count, auto_commit)
-    return _POLL_HEAD.pack(pid, current, n), data
+# ------------------------------------------------------------------- consumer offsets
 
-
-def _offset_request(plane, session, r: Reader, fence=None):
-    """(partition, offsets kind, offsets key, gone, still_owner, committed): gone() is the error
-    for the partition having been dropped since it was resolved; still_owner() repeats a group
-    member's fence under the partition lock; committed() tells the group coordinator that a
-    member stored its group's offset (a partition it hands over may move)."""
-    kind, consumer_id = _read_consumer(r)
-    sid, tid = r.identifier(), r.identifier()
-    has_partition = r.bool()
-    partition_id = r.u32()
-    s, t, partition, store_kind, key = resolve_target(plane, session, kind, consumer_id, sid, tid,
-                                                      has_partition, partition_id, fence)
-
-    def still_owner():
-        # under the partition lock: a partition moved since the fence is no longer the caller's
-        return store_kind != GROUP or plane.groups.may_use((s.id, t.id, key), session, partition.id, False)
-
-    def committed():
-        if store_kind == GROUP:
-            plane.groups.committed((s.id, t.id, key), session, partition.id)
-    return partition, store_kind, key, lambda: vanished(plane, s, t, sid, tid), still_owner, committed
-
-
-def store_offset(partition, store_kind, key, offset: int, gone=None, still_owner=None) -> None:
-    """Store under the partition lock (shared with HTTP). The store raises OffsetStoreError, an
-    IggyError, with the code of what failed: 3024 too_many_consumer_offsets, 3023
-    cannot_open_consumer_offsets_file, 10006 cannot_write_to_file, 10009 cannot_sync_file;
-    `gone()` is the error when the partition was dropped since it was resolved
-    (PARTITION_NOT_FOUND without it); `still_owner()`, for a group member, is False when the
-    partition moved away from it since its fence (5009)."""
+@command(codes.STORE_CONSUMER_OFFSET, needs=perm.POLL, decode=read_store_offset)
+def store_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id,
+                          offset: int) -> None:
+    """Store under the partition lock. The store raises OffsetStoreError, an IggyError, with
+    the code of what failed: 3024 too_many_consumer_offsets, 3023
+    cannot_open_consumer_offsets_file, 10006 cannot_write_to_file, 10009 cannot_sync_file. A
+    group member's store is fenced (5009) and, once done, tells the group coordinator (a
+    partition the member hands over may move then)."""
+    partition, store_kind, key = target(plane, session, s, t, kind, consumer_id, has_partition, partition_id,
+                                        FENCE_COMMIT)
     with partition.lock:
         lg = partition.log
         if lg.closed:
-            raise gone() if gone else IggyError(ErrorCode.PARTITION_NOT_FOUND)
-        if still_owner is not None and not still_owner():
+            raise vanished(plane, s, t)
+        if not _still_owner(plane, session, s, t, partition, store_kind, key):
             raise IggyError(ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED)
         if lg.is_empty or offset > lg.current_offset:
             raise IggyError(ErrorCode.INVALID_OFFSET)
         partition.offsets.store(store_kind, key, offset)
+    if store_kind == GROUP:
+        plane.groups.committed((s.id, t.id, key), session, partition.id)
 
 
-@command(codes.STORE_CONSUMER_OFFSET)
-def store_consumer_offset(plane, session, r: Reader):
-    partition, store_kind, key, gone, still_owner, committed = _offset_request(plane, session, r, FENCE_COMMIT)
-    offset = r.u64()
+def _still_owner(plane, session, s, t, partition, store_kind, key) -> bool:
+    """Under the partition lock: False when a group partition moved away from the caller since
+    its fence."""
+    return store_kind != GROUP or plane.groups.may_use((s.id, t.id, key), session, partition.id, False)
+
+
+def read_delete_offset(r: Reader) -> tuple:
+    target = read_offset_target(r)
     if r.remaining():
-        r.u8()  # ack level: a single node always acknowledges after the write
-    store_offset(partition, store_kind, key, offset, gone, still_owner)
-    committed()
+        r.u8()  # ack level
+    return target
 
 
-@command(codes.DELETE_CONSUMER_OFFSET)
-def delete_consumer_offset(plane, session, r: Reader):
-    partition, store_kind, key, gone, still_owner, _committed = _offset_request(plane, session, r, FENCE_COMMIT)
-    if r.remaining():
-        r.u8()
-    delete_offset(partition, store_kind, key, gone, still_owner)
-
-
-def delete_offset(partition, store_kind, key, gone=None, still_owner=None) -> None:
+@command(codes.DELETE_CONSUMER_OFFSET, needs=perm.POLL, decode=read_delete_offset)
+def delete_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id) -> None:
+    partition, store_kind, key = target(plane, session, s, t, kind, consumer_id, has_partition, partition_id,
+                                        FENCE_COMMIT)
     with partition.lock:
         if partition.log.closed:
-            raise gone() if gone else IggyError(ErrorCode.PARTITION_NOT_FOUND)
-        if still_owner is not None and not still_owner():
+            raise vanished(plane, s, t)
+        if not _still_owner(plane, session, s, t, partition, store_kind, key):
             raise IggyError(ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED)
         if not partition.offsets.delete(store_kind, key):
             raise IggyError(ErrorCode.CONSUMER_OFFSET_NOT_FOUND)
 
 
-@command(codes.GET_CONSUMER_OFFSET)
-def get_consumer_offset(plane, session, r: Reader):
+def encode_offset(plane, found) -> bytes:
+    return Writer().u32(found[0]).u64(found[1]).u64(found[2]).getvalue()
+
+
+# a stream, topic or group that does not resolve has no offset: an empty body, as upstream
+# (core/server/src/dispatch.rs, handle_get_consumer_offset); a missing partition of a topic
+# that exists stays 3007
+@command(codes.GET_CONSUMER_OFFSET, needs=perm.POLL, decode=read_offset_target, encode=encode_offset,
+         missing=None)
+def get_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id):
+    """(partition id, current offset, stored offset), or None when none is stored."""
     try:
-        partition, store_kind, key, _gone, _owner, _committed = _offset_request(plane, session, r)   # on the event loop
+        partition, store_kind, key = target(plane, session, s, t, kind, consumer_id, has_partition,
+                                            partition_id, None)
     except IggyError as exc:
-        # a stream, topic or group that does not resolve has no offset: an empty body, as
-        # upstream (core/server/src/dispatch.rs, handle_get_consumer_offset); a missing
-        # partition of a topic that exists stays 3007
         if exc.code in _NO_OFFSET_TARGET:
             return None
         raise
-    stored = partition.offsets.get(store_kind, key)
+    with partition.lock:
+        stored = partition.offsets.get(store_kind, key)
+        current = partition.log.current_offset
     if stored is None:
         return None
-    return Writer().u32(partition.id).u64(partition.log.current_offset).u64(stored).getvalue()
+    return partition.id, current, stored

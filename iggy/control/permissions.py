@@ -18,12 +18,18 @@ Stored form (msgpack-friendly)::
 
 A user passes a check if ANY of the listed flags is set at the listed level (SEMANTICS 7.1);
 root (user 0) passes every check.
+
+What each command needs is declared once, as one of the `Rule`s at the end of this module,
+where the command is registered (`iggy.control.registry.command(code, needs=...)`); the
+registry checks it before the command runs, for the binary protocol and the HTTP API alike.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from iggy.engine.uring.router import Allow
 from iggy.protocol.wire import Reader, Writer
-from iggy.protocol.errors import ErrorCode, IggyError
 
 ROOT_USER_ID = 0
 
@@ -118,11 +124,6 @@ def allowed(user, global_flags=(), stream_id=None, stream_flags=(), topic_id=Non
     return tp is not None and any(tp[_T[f]] for f in topic_flags)
 
 
-def require(ok: bool) -> None:
-    if not ok:
-        raise IggyError(ErrorCode.UNAUTHORIZED)
-
-
 # The rules of SEMANTICS 7.1, one function per kind of operation.
 
 def can_read_servers(user) -> bool:
@@ -205,3 +206,45 @@ def data_plane_grants(user) -> tuple[int, list]:
             if tbits & ~(allow_all | bits):
                 grants.append((sid, tid, tbits))
     return allow_all, grants
+
+
+# ------------------------------------------------------------------- what a command needs
+
+SCOPE_NONE = "none"        # the rule looks at the user only
+SCOPE_STREAM = "stream"    # the command's first argument names a stream
+SCOPE_TOPIC = "topic"      # its first two name a stream and one of its topics
+SCOPE_USER = "user"        # its first argument names a user
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The permission a command needs, checked by the registry before the command runs.
+
+    `allows(user, *ids)` is called with the ids of the scope's entities (none; the stream
+    id; the stream and topic ids) once they have been looked up; a SCOPE_USER rule passes
+    without a check when the user named is the caller (`allows(user)` otherwise).
+    `allows=None` lets any logged-in user through; `login=False` anybody at all.
+    """
+    name: str
+    scope: str = SCOPE_NONE
+    allows: Callable[..., bool] | None = None
+    login: bool = True
+
+
+PUBLIC = Rule("public", login=False)
+LOGGED_IN = Rule("auth")
+READ_SERVERS = Rule("read_servers", allows=can_read_servers)
+READ_USERS = Rule("read_users", allows=can_read_users)
+MANAGE_USERS = Rule("manage_users", allows=can_manage_users)
+SELF_OR_READ_USERS = Rule("self_or_read_users", SCOPE_USER, can_read_users)
+SELF_OR_MANAGE_USERS = Rule("self_or_manage_users", SCOPE_USER, can_manage_users)
+LIST_STREAMS = Rule("list_streams", allows=can_list_streams)
+CREATE_STREAM = Rule("create_stream", allows=can_create_stream)
+READ_STREAM = Rule("read_stream", SCOPE_STREAM, can_read_stream)
+MANAGE_STREAM = Rule("manage_stream", SCOPE_STREAM, can_manage_stream)
+LIST_TOPICS = Rule("list_topics", SCOPE_STREAM, can_read_topic)
+CREATE_TOPIC = Rule("create_topic", SCOPE_STREAM, can_create_topic)
+READ_TOPIC = Rule("read_topic", SCOPE_TOPIC, can_read_topic)
+MANAGE_TOPIC = Rule("manage_topic", SCOPE_TOPIC, can_manage_topic)
+POLL = Rule("poll", SCOPE_TOPIC, can_poll)
+SEND = Rule("send", SCOPE_TOPIC, can_send)

@@ -1,11 +1,12 @@
-"""The control plane: sessions, the command table and request dispatch.
+"""The control plane: sessions and the dispatch of binary-protocol requests.
 
 Every transport hands a request here as `(session, header, body)` and gets the whole reply
-frame back as bytes. Commands are registered by the modules of `iggy.control` with the
-`command` decorator; a handler takes `(plane, session, reader)` and returns the reply body
-(bytes, or None for an empty body), or raises `IggyError`. Handlers that must wait (password
-hashing) are coroutines; everything else runs synchronously on the event loop, which also
-serialises every metadata change.
+frame back as bytes. The commands are those of `iggy.control.registry`, registered by the
+command modules imported below: `handle` finds the command of the frame, refuses it if the
+session is not logged in, reads the body with the command's decoder and runs it with
+`registry.invoke` (which checks its permission), then writes its result with the command's
+encoder. Handlers that must wait (password hashing, an fsync) return awaitables; everything
+else runs synchronously on the event loop, which also serialises every metadata change.
 
 Error channels (TCP.md 4.2): refusals before a command runs (not logged in, no permission,
 undecodable body) go in the reply status; a write that is refused when applied goes in the
@@ -23,9 +24,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from iggy._core.checksum import xxh3_64
+# the command modules register their commands when imported
+from iggy.cluster import routing  # noqa: F401  (14, 103, 104, 123: FeatureUnavailable on one node)
+from iggy.control import groups, messages, streams, system, tokens, topics, users  # noqa: F401
+from iggy.control.clock import now_us
+from iggy.control.groups import GroupCoordinator
+from iggy.control.registry import COMMANDS, Command, Evict, invoke
+from iggy.control.throttle import Gate, LoginThrottle
+from iggy.engine.uring.routing import Routes
 from iggy.protocol import codes
-from iggy.protocol.wire import HEADER_SIZE, Reader, RequestHeader, build_eviction, build_reply, build_reply_header
 from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.protocol.wire import HEADER_SIZE, Reader, RequestHeader, build_eviction, build_reply, build_reply_header
 
 if TYPE_CHECKING:
     from iggy.cluster.membership import Cluster
@@ -43,36 +52,6 @@ _STATUS_CHANNEL = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.UNAUTHORIZED, 
 
 class ConnectionLimit(Exception):
     """`limits.max_connections` connections are open already: the new one is closed."""
-
-
-class Evict(Exception):
-    """Answer with an Eviction frame (login refused, session dead)."""
-
-    def __init__(self, reason: int, version: int = 0, version_min: int = 0):
-        super().__init__(reason)
-        self.reason = reason
-        self.version = version
-        self.version_min = version_min
-
-
-@dataclass(frozen=True)
-class Command:
-    code: int
-    name: str
-    handler: Callable
-    auth: bool
-    is_async: bool
-
-
-COMMANDS: dict[int, Command] = {}
-
-
-def command(code: int, auth: bool = True):
-    """Register the decorated function as the handler of command `code`."""
-    def deco(fn):
-        COMMANDS[code] = Command(code, fn.__name__, fn, auth, inspect.iscoroutinefunction(fn))
-        return fn
-    return deco
 
 
 @dataclass(eq=False)
@@ -103,10 +82,6 @@ class Session:
         return max(self.last_seen, self.activity())
 
 
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
 class ControlPlane:
     def __init__(self, config, meta, storage):
         self.config = config
@@ -120,13 +95,8 @@ class ControlPlane:
         self.bound: dict[str, tuple[str, int]] = {}       # transport -> bound (host, port)
         self.cluster: Cluster | None = None     # cluster mode (docs/CLUSTER.md); None on a single node
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iggy-hash")
-        from iggy.control.throttle import Gate, LoginThrottle
         self.login_throttle = LoginThrottle()     # failed-login backoff (control.throttle)
         self.login_gate = Gate()                  # one password check at a time per address
-        from iggy.control import load_commands
-        from iggy.control.groups import GroupCoordinator
-        from iggy.engine.uring.routing import Routes
-        load_commands()
         self.groups = GroupCoordinator(self)
         self.routes = Routes(meta, storage, self.groups)
         self.routes.sync()
@@ -230,34 +200,31 @@ class ControlPlane:
         cmd = COMMANDS.get(code)
         if cmd is None:
             return build_reply(header, ErrorCode.INVALID_COMMAND)
-        if cmd.auth and session.user_id is None:
-            return build_reply(header, ErrorCode.UNAUTHENTICATED)
-        if session.user_id is not None and self.user_of(session) is None and cmd.auth:
-            # the user was deleted while logged in (its id may belong to a newer user by
-            # now): nothing is allowed any more
+        if cmd.needs.login and (session.user_id is None or self.user_of(session) is None):
+            # not logged in, or the user was deleted while logged in (its id may belong to a
+            # newer user by now): nothing is allowed any more
             return build_reply(header, ErrorCode.UNAUTHENTICATED)
         if self.cluster is not None and not self.cluster.serves(code):
             # a follower (or a leader past its fencing deadline): the SDK re-reads the cluster
             # metadata and reconnects to the leader (iggy.cluster.membership)
             return build_reply(header, self.cluster.NOT_LEADER)
-        if cmd.is_async:
-            return self._finish_async(cmd, session, header, body)
         try:
-            result = cmd.handler(self, session, Reader(body))
+            result = invoke(self, session, cmd, cmd.decode(Reader(body)))
+            if inspect.isawaitable(result):  # a password hash off the loop, a persisted append's fsync
+                return self._finish_awaitable(cmd, header, result)
+            if result is not None and cmd.encode is not None:
+                result = cmd.encode(self, result)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             return self._error_reply(header, exc, cmd)
-        if inspect.isawaitable(result):  # e.g. a persisted append waiting for its fsync
-            return self._finish_awaitable(cmd, header, result)
         if parts and type(result) is tuple:
             return [build_reply_header(header, 0, sum(len(p) for p in result)), *result]
         return self._ok_reply(header, result)
 
-    async def _finish_async(self, cmd, session, header, body):
-        return await self._finish_awaitable(cmd, header, cmd.handler(self, session, Reader(body)))
-
     async def _finish_awaitable(self, cmd, header, pending):
         try:
             result = await pending
+            if result is not None and cmd.encode is not None:
+                result = cmd.encode(self, result)
         except Exception as exc:  # noqa: BLE001
             return self._error_reply(header, exc, cmd)
         return self._ok_reply(header, result)

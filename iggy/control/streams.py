@@ -11,30 +11,16 @@ Wire bodies (TCP.md 7.1, 9.2, 9.3)::
 """
 from __future__ import annotations
 
-from iggy.protocol import codes
-from iggy.protocol.wire import Reader, Writer
 from iggy.control import permissions as perm
-from iggy.control.plane import command, now_us
-from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.control.clock import now_us
+from iggy.control.registry import command
+from iggy.control.topics import encode_topic_header
 from iggy.metadata.state import lowest_free_id
+from iggy.protocol import codes
+from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.protocol.wire import Reader, Writer
 
 MAX_STREAMS = 1_048_576
-
-
-def find_stream(plane, ident):
-    st = plane.meta.state
-    if isinstance(ident, int):
-        return st.streams.get(ident)
-    return st.stream_by_name(ident)
-
-
-def get_stream_or_fail(plane, ident):
-    """The stream, else 1009 whether `ident` is an id or a name: upstream has no other
-    not-found code for a stream (core/metadata/src/stm/result.rs, core/server/src/responses.rs)."""
-    s = find_stream(plane, ident)
-    if s is None:
-        raise IggyError(ErrorCode.STREAM_ID_NOT_FOUND)
-    return s
 
 
 def refuse_options(r: Reader) -> None:
@@ -48,7 +34,6 @@ def encode_stream(plane, w: Writer, s) -> None:
 
 
 def encode_stream_details(plane, s) -> bytes:
-    from iggy.control.topics import encode_topic_header
     w = Writer()
     encode_stream(plane, w, s)
     for t in sorted(s.topics.values(), key=lambda t: t.id):
@@ -56,26 +41,43 @@ def encode_stream_details(plane, s) -> bytes:
     return w.getvalue()
 
 
-@command(codes.GET_STREAM)
-def get_stream(plane, session, r: Reader):
-    ident = r.identifier()
-    s = find_stream(plane, ident)
-    if s is None:
-        return None
-    perm.require(perm.can_read_stream(plane.user_of(session), s.id))
-    return encode_stream_details(plane, s)
-
-
-@command(codes.GET_STREAMS)
-def get_streams(plane, session, r: Reader):
-    perm.require(perm.can_list_streams(plane.user_of(session)))
+def encode_streams(plane, streams) -> bytes:
     w = Writer()
-    for s in sorted(plane.meta.state.streams.values(), key=lambda s: s.id):
+    for s in streams:
         encode_stream(plane, w, s)
     return w.getvalue()
 
 
-def create_stream_record(plane, name: str):
+def read_stream_ident(r: Reader) -> tuple:
+    return (r.identifier(),)
+
+
+def read_create(r: Reader) -> tuple:
+    name = r.name()
+    refuse_options(r)
+    return (name,)
+
+
+def read_update(r: Reader) -> tuple:
+    ident = r.identifier()
+    name = r.name()
+    refuse_options(r)
+    return ident, name
+
+
+@command(codes.GET_STREAM, needs=perm.READ_STREAM, decode=read_stream_ident, encode=encode_stream_details,
+         missing=None)
+def get_stream(plane, session, s):
+    return s
+
+
+@command(codes.GET_STREAMS, needs=perm.LIST_STREAMS, encode=encode_streams)
+def get_streams(plane, session):
+    return sorted(plane.meta.state.streams.values(), key=lambda s: s.id)
+
+
+@command(codes.CREATE_STREAM, needs=perm.CREATE_STREAM, decode=read_create, encode=encode_stream_details)
+def create_stream(plane, session, name: str):
     st = plane.meta.state
     if st.stream_by_name(name) is not None:
         raise IggyError(ErrorCode.STREAM_NAME_ALREADY_EXISTS)
@@ -86,54 +88,22 @@ def create_stream_record(plane, name: str):
     return st.streams[rec["id"]]
 
 
-@command(codes.CREATE_STREAM)
-def create_stream(plane, session, r: Reader):
-    name = r.name()
-    refuse_options(r)
-    perm.require(perm.can_create_stream(plane.user_of(session)))
-    s = create_stream_record(plane, name)
-    return encode_stream_details(plane, s)
-
-
-@command(codes.UPDATE_STREAM)
-def update_stream(plane, session, r: Reader):
-    ident = r.identifier()
-    name = r.name()
-    refuse_options(r)
-    s = get_stream_or_fail(plane, ident)
-    perm.require(perm.can_manage_stream(plane.user_of(session), s.id))
-    update_stream_by(plane, s, name)
-
-
-def update_stream_by(plane, s, name: str) -> None:
+@command(codes.UPDATE_STREAM, needs=perm.MANAGE_STREAM, decode=read_update)
+def update_stream(plane, session, s, name: str) -> None:
     other = plane.meta.state.stream_by_name(name)
     if other is not None and other.id != s.id:
         raise IggyError(ErrorCode.STREAM_NAME_ALREADY_EXISTS)
     plane.meta.commit({"op": "stream.update", "id": s.id, "name": name})
 
 
-def delete_stream_by(plane, s) -> None:
+@command(codes.DELETE_STREAM, needs=perm.MANAGE_STREAM, decode=read_stream_ident)
+def delete_stream(plane, session, s) -> None:
     plane.meta.commit({"op": "stream.delete", "id": s.id})
     plane.groups.forget_stream(s.id)
     plane.storage.delete_stream(s.id)
 
 
-@command(codes.DELETE_STREAM)
-def delete_stream(plane, session, r: Reader):
-    ident = r.identifier()
-    s = get_stream_or_fail(plane, ident)
-    perm.require(perm.can_manage_stream(plane.user_of(session), s.id))
-    delete_stream_by(plane, s)
-
-
-@command(codes.PURGE_STREAM)
-def purge_stream(plane, session, r: Reader):
-    ident = r.identifier()
-    s = get_stream_or_fail(plane, ident)
-    perm.require(perm.can_manage_stream(plane.user_of(session), s.id))
-    purge_stream_by(plane, s)
-
-
-def purge_stream_by(plane, s) -> None:
+@command(codes.PURGE_STREAM, needs=perm.MANAGE_STREAM, decode=read_stream_ident)
+def purge_stream(plane, session, s) -> None:
     for t in s.topics.values():
         plane.storage.purge_topic(s.id, t)

@@ -23,12 +23,13 @@ import threading
 import psutil
 
 from iggy import SERVER_VERSION
-from iggy.protocol import codes
-from iggy.protocol.wire import Reader, Writer
 from iggy.control import permissions as perm
-from iggy.control.plane import command, now_us
+from iggy.control.clock import now_us
+from iggy.control.registry import command
 from iggy.control.topics import TOPIC_OPTIONS, encode_value
+from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.protocol.wire import Reader, Writer
 
 _PROCESS = psutil.Process()
 _PROCESS.cpu_percent(None)  # the first sample primes the counter
@@ -39,8 +40,8 @@ def server_semver() -> int:
     return major * 1_000_000 + minor * 1_000 + patch
 
 
-@command(codes.PING, auth=False)
-def ping(plane, session, r: Reader):
+@command(codes.PING, needs=perm.PUBLIC)
+def ping(plane, session):
     return None
 
 
@@ -91,10 +92,7 @@ def collect_stats(plane) -> dict:
     }
 
 
-@command(codes.GET_STATS)
-def get_stats(plane, session, r: Reader):
-    perm.require(perm.can_read_servers(plane.user_of(session)))
-    s = collect_stats(plane)
+def encode_stats(plane, s: dict) -> bytes:
     w = Writer()
     w.u32(s["process_id"]).f32(s["cpu_usage"]).f32(s["total_cpu_usage"]).u64(s["memory_usage"])
     w.u64(s["total_memory"]).u64(s["available_memory"]).u64(s["run_time"]).u64(s["start_time"])
@@ -106,6 +104,11 @@ def get_stats(plane, session, r: Reader):
     w.u32(s["iggy_server_semver"]).u32(0)  # no cache metrics
     w.u32(s["threads_count"]).u64(s["free_disk_space"]).u64(s["total_disk_space"])
     return w.getvalue()
+
+
+@command(codes.GET_STATS, needs=perm.READ_SERVERS, encode=encode_stats)
+def get_stats(plane, session) -> dict:
+    return collect_stats(plane)
 
 
 # u8 codes of ClusterMetadata (TCP.md 5.10); 5 "unknown" is refused by the SDK and never sent
@@ -133,15 +136,18 @@ def cluster_metadata(plane) -> dict:
     }
 
 
-@command(codes.GET_CLUSTER_METADATA)
-def get_cluster_metadata(plane, session, r: Reader):
-    meta = cluster_metadata(plane)
+def encode_cluster_metadata(plane, meta: dict) -> bytes:
     w = Writer().str32(meta["name"]).u32(len(meta["nodes"]))
     for n in meta["nodes"]:
         w.str32(n["name"]).str32(n["ip"])
         w.u16(n["tcp_port"]).u16(n["quic_port"]).u16(n["http_port"]).u16(n["websocket_port"])
         w.u8(NODE_ROLES[n["role"]]).u8(NODE_STATUSES[n["status"]])
     return w.getvalue()
+
+
+@command(codes.GET_CLUSTER_METADATA, needs=perm.LOGGED_IN, encode=encode_cluster_metadata)
+def get_cluster_metadata(plane, session) -> dict:
+    return cluster_metadata(plane)
 
 
 OPTION_SCOPES = {1: "topic", 2: "stream", 3: "user"}
@@ -153,12 +159,14 @@ def described_options(scope: str) -> list:
     return [o for o in TOPIC_OPTIONS.values() if o.described]
 
 
-@command(codes.DESCRIBE_OPTIONS)
-def describe_options(plane, session, r: Reader):
+def read_option_scope(r: Reader) -> tuple:
     scope = r.u8()
     if scope not in OPTION_SCOPES:
         raise IggyError(ErrorCode.INVALID_COMMAND)
-    opts = described_options(OPTION_SCOPES[scope])
+    return (OPTION_SCOPES[scope],)
+
+
+def encode_options(plane, opts: list) -> bytes:
     w = Writer().u32(len(opts))
     for o in opts:
         default = encode_value(o.kind, o.default)
@@ -166,12 +174,17 @@ def describe_options(plane, session, r: Reader):
     return w.getvalue()
 
 
+@command(codes.DESCRIBE_OPTIONS, needs=perm.LOGGED_IN, decode=read_option_scope, encode=encode_options)
+def describe_options(plane, session, scope: str) -> list:
+    return described_options(scope)
+
+
 def encode_client(w: Writer, s) -> None:
     w.u32(s.client_id).u32(0xFFFFFFFF if s.user_id is None else s.user_id).u8(s.transport)
     w.str32(s.address).u32(len(s.groups))
 
 
-def encode_client_details(s) -> bytes:
+def encode_client_details(plane, s) -> bytes:
     w = Writer()
     encode_client(w, s)
     for stream_id, topic_id, group_id in sorted(s.groups):
@@ -179,33 +192,37 @@ def encode_client_details(s) -> bytes:
     return w.getvalue()
 
 
-@command(codes.GET_ME)
-def get_me(plane, session, r: Reader):
-    return encode_client_details(session)
-
-
-@command(codes.GET_CLIENT)
-def get_client(plane, session, r: Reader):
-    client_id = r.u32()
-    perm.require(perm.can_read_servers(plane.user_of(session)))
-    s = plane.sessions.get(client_id)
-    return encode_client_details(s) if s is not None else None
-
-
-@command(codes.GET_CLIENTS)
-def get_clients(plane, session, r: Reader):
-    perm.require(perm.can_read_servers(plane.user_of(session)))
+def encode_clients(plane, sessions) -> bytes:
     w = Writer()
-    for s in sorted(plane.sessions.values(), key=lambda s: s.client_id):
+    for s in sessions:
         encode_client(w, s)
     return w.getvalue()
 
 
-def _unavailable(plane, session, r: Reader):
+def read_client_id(r: Reader) -> tuple:
+    return (r.u32(),)
+
+
+@command(codes.GET_ME, needs=perm.LOGGED_IN, encode=encode_client_details)
+def get_me(plane, session):
+    return session
+
+
+@command(codes.GET_CLIENT, needs=perm.READ_SERVERS, decode=read_client_id, encode=encode_client_details)
+def get_client(plane, session, client_id: int):
+    return plane.sessions.get(client_id)        # None: an empty body
+
+
+@command(codes.GET_CLIENTS, needs=perm.READ_SERVERS, encode=encode_clients)
+def get_clients(plane, session) -> list:
+    return sorted(plane.sessions.values(), key=lambda s: s.client_id)
+
+
+def _unavailable(plane, session):
     raise IggyError(ErrorCode.FEATURE_UNAVAILABLE)
 
 
 # Snapshot archives and explicit flushes are not offered: answer FeatureUnavailable as the
 # reference server does. Cluster routing (14, 103, 104, 123) is iggy.cluster.routing's.
 for _code in (codes.GET_SNAPSHOT_FILE, codes.FLUSH_UNSAVED_BUFFER):
-    command(_code)(_unavailable)
+    command(_code, needs=perm.LOGGED_IN)(_unavailable)

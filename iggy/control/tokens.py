@@ -15,11 +15,13 @@ from __future__ import annotations
 import base64
 import secrets
 
-from iggy.protocol import codes
-from iggy.protocol.wire import Reader, Writer
-from iggy.control.plane import command, now_us
+from iggy.control import permissions as perm
+from iggy.control.clock import now_us
+from iggy.control.registry import command
 from iggy.control.users import hash_token
+from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.protocol.wire import Reader, Writer
 
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -29,9 +31,38 @@ def validate_token_name(name: str) -> None:
         raise IggyError(ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN_NAME)
 
 
-def create_token(plane, user_id: int, name: str, expiry: int) -> str:
-    """Validate and commit a new token; returns the raw token (shared with the HTTP API)."""
+def encode_tokens(plane, tokens) -> bytes:
+    w = Writer()
+    for t in tokens:
+        w.name(t.name).u64(t.expiry_at)
+    return w.getvalue()
+
+
+def encode_raw_token(plane, raw: str) -> bytes:
+    return Writer().name(raw).getvalue()
+
+
+def read_create(r: Reader) -> tuple:
+    name = r.name()
+    return name, r.u64()
+
+
+def read_name(r: Reader) -> tuple:
+    return (r.name(),)
+
+
+# a user manages only their own tokens: any logged-in user, acting on itself
+@command(codes.GET_PERSONAL_ACCESS_TOKENS, needs=perm.LOGGED_IN, encode=encode_tokens)
+def get_tokens(plane, session):
+    return sorted(plane.meta.state.tokens_of(session.user_id), key=lambda t: t.name)
+
+
+@command(codes.CREATE_PERSONAL_ACCESS_TOKEN, needs=perm.LOGGED_IN, decode=read_create,
+         encode=encode_raw_token)
+def create_token(plane, session, name: str, expiry: int) -> str:
+    """Validate and commit a new token of the caller; returns the raw token."""
     validate_token_name(name)
+    user_id = session.user_id
     st = plane.meta.state
     own = st.tokens_of(user_id)
     if any(t.name == name for t in own):
@@ -50,30 +81,10 @@ def create_token(plane, user_id: int, name: str, expiry: int) -> str:
     return raw
 
 
-def delete_token(plane, user_id: int, name: str) -> None:
-    for t in plane.meta.state.tokens_of(user_id):
+@command(codes.DELETE_PERSONAL_ACCESS_TOKEN, needs=perm.LOGGED_IN, decode=read_name)
+def delete_token(plane, session, name: str) -> None:
+    for t in plane.meta.state.tokens_of(session.user_id):
         if t.name == name:
             plane.meta.commit({"op": "token.delete", "token_hash": t.token_hash})
             return
     raise IggyError(ErrorCode.RESOURCE_NOT_FOUND)
-
-
-@command(codes.GET_PERSONAL_ACCESS_TOKENS)
-def get_tokens(plane, session, r: Reader):
-    w = Writer()
-    for t in sorted(plane.meta.state.tokens_of(session.user_id), key=lambda t: t.name):
-        w.name(t.name).u64(t.expiry_at)
-    return w.getvalue()
-
-
-@command(codes.CREATE_PERSONAL_ACCESS_TOKEN)
-def create(plane, session, r: Reader):
-    name = r.name()
-    expiry = r.u64()
-    return Writer().name(create_token(plane, session.user_id, name, expiry)).getvalue()
-
-
-@command(codes.DELETE_PERSONAL_ACCESS_TOKEN)
-def delete(plane, session, r: Reader):
-    name = r.name()
-    delete_token(plane, session.user_id, name)

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iggy.units import parse_duration, parse_size
-from iggy.protocol import codes
-from iggy.protocol.wire import Reader, Writer
 from iggy.control import permissions as perm
-from iggy.control.plane import command, now_us
-from iggy.control.streams import get_stream_or_fail
+from iggy.control.clock import now_us
+from iggy.control.registry import command
+from iggy.metadata.state import lowest_free_id
+from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
-from iggy.metadata.state import find_by_ident, lowest_free_id
+from iggy.protocol.wire import Reader, Writer
+from iggy.units import parse_duration, parse_size
 
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 MAX_TOPICS_PER_STREAM = 4096
@@ -214,55 +214,74 @@ def encode_topic_details(plane, stream_id: int, t) -> bytes:
     return w.getvalue()
 
 
-def find_topic(stream, ident):
-    return find_by_ident(stream.topics, ident)
-
-
-def get_topic_or_fail(stream, ident):
-    """The topic, else 2010 for an id or a name alike (see streams.get_stream_or_fail)."""
-    t = find_topic(stream, ident)
-    if t is None:
-        raise IggyError(ErrorCode.TOPIC_ID_NOT_FOUND)
-    return t
-
-
-def resolve_topic(plane, stream_ident, topic_ident):
-    """(stream, topic) or IggyError with the not-found code of whichever is missing."""
-    s = get_stream_or_fail(plane, stream_ident)
-    return s, get_topic_or_fail(s, topic_ident)
-
-
-# ------------------------------------------------------------------- commands
-
-@command(codes.GET_TOPIC)
-def get_topic(plane, session, r: Reader):
-    sid, tid = r.identifier(), r.identifier()
-    from iggy.control.streams import find_stream
-    s = find_stream(plane, sid)
-    t = find_topic(s, tid) if s is not None else None
-    if t is None:
-        return None
-    perm.require(perm.can_read_topic(plane.user_of(session), s.id, t.id))
-    return encode_topic_details(plane, s.id, t)
-
-
-@command(codes.GET_TOPICS)
-def get_topics(plane, session, r: Reader):
-    sid = r.identifier()
-    from iggy.control.streams import find_stream
-    s = find_stream(plane, sid)
-    if s is None:
-        # a missing stream lists as empty, not 1009 (upstream's "legacy parity" in
-        # core/server/src/responses.rs, build_get_topics_response); nothing to permit
+def encode_topics(plane, found) -> bytes:
+    """GetTopics: u32 count + TopicHeader x count; `found` is (stream, topics) or () for a
+    stream that does not exist."""
+    if not found:
         return Writer().u32(0).getvalue()
-    perm.require(perm.can_read_topic(plane.user_of(session), s.id))
-    w = Writer().u32(len(s.topics))
-    for t in sorted(s.topics.values(), key=lambda t: t.id):
+    s, topics = found
+    w = Writer().u32(len(topics))
+    for t in topics:
         encode_topic_header(plane, w, s.id, t)
     return w.getvalue()
 
 
-def create_topic_record(plane, s, name: str, partitions: int, options: dict):
+def encode_found_topic(plane, found) -> bytes:
+    s, t = found
+    return encode_topic_details(plane, s.id, t)
+
+
+# ------------------------------------------------------------------- request bodies
+
+def read_stream_topic(r: Reader) -> tuple:
+    return r.identifier(), r.identifier()
+
+
+def read_stream_ident(r: Reader) -> tuple:
+    return (r.identifier(),)
+
+
+def read_create(r: Reader) -> tuple:
+    sid = r.identifier()
+    partitions = r.u32()
+    name = r.name()
+    return sid, name, partitions, read_options(r)
+
+
+def read_update(r: Reader) -> tuple:
+    sid, tid = r.identifier(), r.identifier()
+    name = r.name()
+    return sid, tid, name, read_options(r)
+
+
+def read_partitions(r: Reader) -> tuple:
+    sid, tid = r.identifier(), r.identifier()
+    return sid, tid, r.u32()
+
+
+def read_delete_segments(r: Reader) -> tuple:
+    sid, tid = r.identifier(), r.identifier()
+    partition_id = r.u32()
+    return sid, tid, partition_id, r.u32()
+
+
+# ------------------------------------------------------------------- commands
+
+@command(codes.GET_TOPIC, needs=perm.READ_TOPIC, decode=read_stream_topic, encode=encode_found_topic,
+         missing=None)
+def get_topic(plane, session, s, t):
+    return s, t
+
+
+# a missing stream lists as empty, not 1009 (upstream's "legacy parity" in
+# core/server/src/responses.rs, build_get_topics_response); nothing to permit
+@command(codes.GET_TOPICS, needs=perm.LIST_TOPICS, decode=read_stream_ident, encode=encode_topics, missing=())
+def get_topics(plane, session, s):
+    return s, sorted(s.topics.values(), key=lambda t: t.id)
+
+
+@command(codes.CREATE_TOPIC, needs=perm.CREATE_TOPIC, decode=read_create, encode=encode_found_topic)
+def create_topic(plane, session, s, name: str, partitions: int, options: dict):
     if partitions > MAX_PARTITIONS_PER_REQUEST:
         raise IggyError(ErrorCode.TOO_MANY_PARTITIONS)
     settings = resolve(options)
@@ -284,32 +303,11 @@ def create_topic_record(plane, s, name: str, partitions: int, options: dict):
         plane.storage.discard(prepared)
         raise
     plane.storage.install(prepared)
-    return s.topics[rec["id"]]
+    return s, s.topics[rec["id"]]
 
 
-@command(codes.CREATE_TOPIC)
-def create_topic(plane, session, r: Reader):
-    sid = r.identifier()
-    partitions = r.u32()
-    name = r.name()
-    options = read_options(r)
-    s = get_stream_or_fail(plane, sid)
-    perm.require(perm.can_create_topic(plane.user_of(session), s.id))
-    t = create_topic_record(plane, s, name, partitions, options)
-    return encode_topic_details(plane, s.id, t)
-
-
-@command(codes.UPDATE_TOPIC)
-def update_topic(plane, session, r: Reader):
-    sid, tid = r.identifier(), r.identifier()
-    name = r.name()
-    options = read_options(r)
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
-    update_topic_by(plane, s, t, name, options)
-
-
-def update_topic_by(plane, s, t, name: str, options: dict) -> None:
+@command(codes.UPDATE_TOPIC, needs=perm.MANAGE_TOPIC, decode=read_update)
+def update_topic(plane, session, s, t, name: str, options: dict) -> None:
     for key in options:
         if not TOPIC_OPTIONS[key].updatable:
             raise IggyError(ErrorCode.UNSUPPORTED_OPTION_KEY, f"option {key} can't be changed", field=key)
@@ -323,33 +321,20 @@ def update_topic_by(plane, s, t, name: str, options: dict) -> None:
     plane.meta.commit({"op": "topic.update", "stream": s.id, "id": t.id, "name": name, "settings": patch})
 
 
-def delete_topic_by(plane, s, t) -> None:
+@command(codes.DELETE_TOPIC, needs=perm.MANAGE_TOPIC, decode=read_stream_topic)
+def delete_topic(plane, session, s, t) -> None:
     plane.meta.commit({"op": "topic.delete", "stream": s.id, "id": t.id})
     plane.groups.forget_topic(s.id, t.id)
     plane.storage.delete_topic(s.id, t.id)
 
 
-@command(codes.DELETE_TOPIC)
-def delete_topic(plane, session, r: Reader):
-    sid, tid = r.identifier(), r.identifier()
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
-    delete_topic_by(plane, s, t)
-
-
-@command(codes.PURGE_TOPIC)
-def purge_topic(plane, session, r: Reader):
-    sid, tid = r.identifier(), r.identifier()
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
-    purge_topic_by(plane, s, t)
-
-
-def purge_topic_by(plane, s, t) -> None:
+@command(codes.PURGE_TOPIC, needs=perm.MANAGE_TOPIC, decode=read_stream_topic)
+def purge_topic(plane, session, s, t) -> None:
     plane.storage.purge_topic(s.id, t)
 
 
-def create_partitions_by(plane, s, t, count: int) -> None:
+@command(codes.CREATE_PARTITIONS, needs=perm.MANAGE_TOPIC, decode=read_partitions)
+def create_partitions(plane, session, s, t, count: int) -> None:
     if not 1 <= count <= MAX_PARTITIONS_PER_REQUEST:
         raise IggyError(ErrorCode.INVALID_PARTITIONS_COUNT)
     first = max(t.partitions) + 1 if t.partitions else 0
@@ -365,7 +350,8 @@ def create_partitions_by(plane, s, t, count: int) -> None:
     plane.groups.partitions_changed(s.id, t)
 
 
-def delete_partitions_by(plane, s, t, count: int) -> None:
+@command(codes.DELETE_PARTITIONS, needs=perm.MANAGE_TOPIC, decode=read_partitions)
+def delete_partitions(plane, session, s, t, count: int) -> None:
     if not 1 <= count <= MAX_PARTITIONS_PER_REQUEST or count > len(t.partitions):
         raise IggyError(ErrorCode.INVALID_PARTITIONS_COUNT)
     ids = sorted(t.partitions)[-count:]
@@ -374,13 +360,18 @@ def delete_partitions_by(plane, s, t, count: int) -> None:
     plane.groups.partitions_changed(s.id, t)
 
 
-def delete_segments_by(plane, s, t, partition_id: int, count: int) -> int:
-    """Delete the oldest `count` sealed segments of one partition; returns how many went.
+@command(codes.DELETE_SEGMENTS, needs=perm.MANAGE_TOPIC, decode=read_delete_segments)
+def delete_segments(plane, session, s, t, partition_id: int, count: int) -> None:
+    """Delete the oldest `count` sealed segments of one partition.
 
     The active segment is never deleted, and deletion stops at the consumer barrier (a
     segment holding offsets above the lowest stored consumer offset stays), as retention
     does (SEMANTICS 3.4, 8.6).
     """
+    if partition_id not in t.partitions:
+        raise IggyError(ErrorCode.PARTITION_NOT_FOUND)
+    if count == 0:
+        raise IggyError(ErrorCode.INVALID_SEGMENTS_COUNT)
     p = plane.storage.partition(s.id, t.id, partition_id)
     if p is None:
         raise IggyError(ErrorCode.PARTITION_NOT_FOUND)
@@ -392,36 +383,3 @@ def delete_segments_by(plane, s, t, partition_id: int, count: int) -> int:
                 break
             p.log.delete_segment(base)
             deleted += 1
-    return deleted
-
-
-@command(codes.CREATE_PARTITIONS)
-def create_partitions(plane, session, r: Reader):
-    sid, tid = r.identifier(), r.identifier()
-    count = r.u32()
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
-    create_partitions_by(plane, s, t, count)
-
-
-@command(codes.DELETE_PARTITIONS)
-def delete_partitions(plane, session, r: Reader):
-    sid, tid = r.identifier(), r.identifier()
-    count = r.u32()
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
-    delete_partitions_by(plane, s, t, count)
-
-
-@command(codes.DELETE_SEGMENTS)
-def delete_segments(plane, session, r: Reader):
-    sid, tid = r.identifier(), r.identifier()
-    partition_id = r.u32()
-    count = r.u32()
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
-    if partition_id not in t.partitions:
-        raise IggyError(ErrorCode.PARTITION_NOT_FOUND)
-    if count == 0:
-        raise IggyError(ErrorCode.INVALID_SEGMENTS_COUNT)
-    delete_segments_by(plane, s, t, partition_id, count)

@@ -21,12 +21,15 @@ import argon2
 import blake3
 
 from iggy import SERVER_VERSION
-from iggy.protocol import codes
-from iggy.protocol.wire import PROTOCOL_VERSION, Reader, Writer
+from iggy.control import lookup
 from iggy.control import permissions as perm
-from iggy.control.plane import Evict, command, now_us
+from iggy.control.clock import now_us
+from iggy.control.registry import Evict, command
 from iggy.control.throttle import LogLimiter, LoginBackoff
+from iggy.metadata.state import lowest_free_id
+from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.protocol.wire import PROTOCOL_VERSION, Reader, Writer
 
 log = logging.getLogger(__name__)
 _log_limited = LogLimiter(log)
@@ -69,18 +72,18 @@ def validate_password(password: str) -> None:
         raise IggyError(ErrorCode.INVALID_PASSWORD)
 
 
-def find_user(plane, ident):
-    st = plane.meta.state
-    if isinstance(ident, int):
-        return st.users.get(ident)
-    return st.user_by_name(ident)
-
-
 def encode_user(w: Writer, u) -> None:
     w.u32(u.id).u64(u.created_at).u8(u.status).name(u.username).u32(0)
 
 
-def encode_user_details(u) -> bytes:
+def encode_users(plane, users) -> bytes:
+    w = Writer()
+    for u in users:
+        encode_user(w, u)
+    return w.getvalue()
+
+
+def encode_user_details(plane, u) -> bytes:
     w = Writer()
     encode_user(w, u)
     if u.permissions is None:
@@ -222,9 +225,12 @@ def user_for_token(plane, raw_token: str):
     return user
 
 
-@command(codes.LOGIN_REGISTER, auth=False)
-async def login(plane, session, r: Reader):
-    shapes = _parse_login(r)
+def read_login(r: Reader) -> tuple:
+    return (_parse_login(r),)
+
+
+@command(codes.LOGIN_REGISTER, needs=perm.PUBLIC, decode=read_login)
+async def login(plane, session, shapes):
     kind, secret, password = shapes[0]
     client_uuid = session.client_uuid
     if kind == "password":
@@ -245,31 +251,53 @@ async def login(plane, session, r: Reader):
     return _login_reply(user.id, number)
 
 
-@command(codes.LOGOUT_USER)
-def logout(plane, session, r: Reader):
+@command(codes.LOGOUT_USER, needs=perm.LOGGED_IN)
+def logout(plane, session):
     plane.logout(session)
+
+
+# ------------------------------------------------------------------- request bodies
+
+def read_user_ident(r: Reader) -> tuple:
+    return (r.identifier(),)
+
+
+def read_create(r: Reader) -> tuple:
+    username = r.name()
+    password = r.string8()
+    status = r.u8()
+    permissions = perm.read_optional(r)
+    _refuse_options(r)
+    return username, password, status, permissions
+
+
+def read_update(r: Reader) -> tuple:
+    ident = r.identifier()
+    username = r.name() if r.bool() else None
+    status = r.u8() if r.bool() else None
+    _refuse_options(r)
+    return ident, username, status
+
+
+def read_update_permissions(r: Reader) -> tuple:
+    return r.identifier(), perm.read_optional(r)
+
+
+def read_change_password(r: Reader) -> tuple:
+    return r.identifier(), r.string8(), r.string8()
 
 
 # ------------------------------------------------------------------- reads
 
-@command(codes.GET_USER)
-def get_user(plane, session, r: Reader):
-    ident = r.identifier()
-    user = find_user(plane, ident)
-    if user is None:
-        return None
-    if user.id != session.user_id:
-        perm.require(perm.can_read_users(plane.user_of(session)))
-    return encode_user_details(user)
+@command(codes.GET_USER, needs=perm.SELF_OR_READ_USERS, decode=read_user_ident, encode=encode_user_details,
+         missing=None)
+def get_user(plane, session, user):
+    return user
 
 
-@command(codes.GET_USERS)
-def get_users(plane, session, r: Reader):
-    perm.require(perm.can_read_users(plane.user_of(session)))
-    w = Writer()
-    for u in sorted(plane.meta.state.users.values(), key=lambda u: u.id):
-        encode_user(w, u)
-    return w.getvalue()
+@command(codes.GET_USERS, needs=perm.READ_USERS, encode=encode_users)
+def get_users(plane, session):
+    return sorted(plane.meta.state.users.values(), key=lambda u: u.id)
 
 
 # ------------------------------------------------------------------- writes
@@ -279,7 +307,6 @@ def create_user_record(plane, username: str, password_hash: str, status: int, pe
     st = plane.meta.state
     if st.user_by_name(username) is not None:
         raise IggyError(ErrorCode.USER_ALREADY_EXISTS)
-    from iggy.metadata.state import lowest_free_id
     return plane.meta.commit({
         "op": "user.create", "id": lowest_free_id(st.users), "username": username,
         "password_hash": password_hash, "status": status, "permissions": permissions,
@@ -287,8 +314,9 @@ def create_user_record(plane, username: str, password_hash: str, status: int, pe
     })
 
 
-async def create_user_by(plane, username: str, password: str, status: int, permissions):
-    """Validate, hash the password off the loop and commit a new user (shared with HTTP)."""
+@command(codes.CREATE_USER, needs=perm.MANAGE_USERS, decode=read_create, encode=encode_user_details)
+async def create_user(plane, session, username: str, password: str, status: int, permissions):
+    """Validate, hash the password off the loop and commit a new user."""
     validate_username(username)
     validate_password(password)
     if status not in (STATUS_ACTIVE, STATUS_INACTIVE):
@@ -300,50 +328,20 @@ async def create_user_by(plane, username: str, password: str, status: int, permi
     return plane.meta.state.users[rec["id"]]
 
 
-@command(codes.CREATE_USER)
-async def create_user(plane, session, r: Reader):
-    perm.require(perm.can_manage_users(plane.user_of(session)))
-    username = r.name()
-    password = r.string8()
-    status = r.u8()
-    permissions = perm.read_optional(r)
-    _refuse_options(r)
-    return encode_user_details(await create_user_by(plane, username, password, status, permissions))
-
-
-def get_user_or_fail(plane, ident):
-    user = find_user(plane, ident)
-    if user is None:
-        raise IggyError(ErrorCode.RESOURCE_NOT_FOUND)
-    return user
-
-
-@command(codes.DELETE_USER)
-def delete_user(plane, session, r: Reader):
-    ident = r.identifier()
-    perm.require(perm.can_manage_users(plane.user_of(session)))
-    delete_user_by(plane, get_user_or_fail(plane, ident))
-
-
-def delete_user_by(plane, user) -> None:
+# the user commands that need manage_users check it before looking the target user up
+@command(codes.DELETE_USER, needs=perm.MANAGE_USERS, decode=read_user_ident)
+def delete_user(plane, session, ident) -> None:
+    user = lookup.get_user(plane, ident)
     if user.id == perm.ROOT_USER_ID:
         raise IggyError(ErrorCode.CANNOT_DELETE_USER)
     plane.meta.commit({"op": "user.delete", "id": user.id})
     plane.logout_user(user)
 
 
-@command(codes.UPDATE_USER)
-def update_user(plane, session, r: Reader):
-    ident = r.identifier()
-    username = r.name() if r.bool() else None
-    status = r.u8() if r.bool() else None
-    _refuse_options(r)
-    perm.require(perm.can_manage_users(plane.user_of(session)))
-    update_user_by(plane, get_user_or_fail(plane, ident), username, status)
-
-
-def update_user_by(plane, user, username: str | None, status: int | None) -> None:
-    """Rename and/or change the status of `user` (None leaves a field as it is)."""
+@command(codes.UPDATE_USER, needs=perm.MANAGE_USERS, decode=read_update)
+def update_user(plane, session, ident, username: str | None, status: int | None) -> None:
+    """Rename and/or change the status of a user (None leaves a field as it is)."""
+    user = lookup.get_user(plane, ident)
     if username is not None:
         validate_username(username)
         other = plane.meta.state.user_by_name(username)
@@ -354,33 +352,17 @@ def update_user_by(plane, user, username: str | None, status: int | None) -> Non
     plane.meta.commit({"op": "user.update", "id": user.id, "username": username, "status": status})
 
 
-@command(codes.UPDATE_PERMISSIONS)
-def update_permissions(plane, session, r: Reader):
-    ident = r.identifier()
-    permissions = perm.read_optional(r)
-    perm.require(perm.can_manage_users(plane.user_of(session)))
-    update_permissions_by(plane, get_user_or_fail(plane, ident), permissions)
-
-
-def update_permissions_by(plane, user, permissions) -> None:
+@command(codes.UPDATE_PERMISSIONS, needs=perm.MANAGE_USERS, decode=read_update_permissions)
+def update_permissions(plane, session, ident, permissions) -> None:
+    user = lookup.get_user(plane, ident)
     if user.id == perm.ROOT_USER_ID:
         raise IggyError(ErrorCode.CANNOT_CHANGE_PERMISSIONS)
     plane.meta.commit({"op": "user.permissions", "id": user.id, "permissions": permissions})
 
 
-@command(codes.CHANGE_PASSWORD)
-async def change_password(plane, session, r: Reader):
-    ident = r.identifier()
-    current = r.string8()
-    new = r.string8()
-    user = get_user_or_fail(plane, ident)
-    if user.id != session.user_id:
-        perm.require(perm.can_manage_users(plane.user_of(session)))
-    await change_password_by(plane, user, current, new)
-
-
-async def change_password_by(plane, user, current: str, new: str) -> None:
-    """Check the current password of `user` (always required) and store the new one."""
+@command(codes.CHANGE_PASSWORD, needs=perm.SELF_OR_MANAGE_USERS, decode=read_change_password)
+async def change_password(plane, session, user, current: str, new: str) -> None:
+    """Check the current password of `user` (always required, also of root) and store the new one."""
     validate_password(new)
     if not await plane.run_blocking(verify_password, user.password_hash, current):
         raise IggyError(ErrorCode.INVALID_CREDENTIALS)

@@ -4,12 +4,21 @@ The control plane's state is owned by the main loop: every write of it happens t
 that commands from every transport are serialised in one place (the one exception is
 read-mostly: the uring shards run the data-plane commands the C path left to Python on their
 own threads; docs/ARCHITECTURE.md, "Threads"). A route handler therefore never touches
-`plane` itself; it hands a function to `Bridge.call`, which runs it on the main loop with
-`asyncio.run_coroutine_threadsafe` and awaits the result from the HTTP loop.
+`plane` itself; it hands the call to the bridge, which runs it on the main loop with
+`asyncio.run_coroutine_threadsafe` and awaits the result from the HTTP loop:
 
-Functions passed in take the plane first and may be plain functions or coroutines (those
-that hash a password off the loop, or wait for an fsync). Whatever they return must be plain
-data (dicts, lists, ints, bytes): built on the main loop, read on the HTTP thread.
+* `call_as(who, code, *args)` runs the registered command `code` (iggy.control.registry) for
+  the authenticated principal `who`, exactly as the binary protocol runs it: the registry
+  looks the command's stream, topic or user up and checks its permission before it runs, so
+  an HTTP route never checks a permission itself. `view(plane, result)`, also run on the
+  main loop, turns a result that is not None into the JSON shape of the route
+  (iggy.http.views); a None result (an entity that does not exist) comes back as None.
+  `code` may also be an HTTP-only operation declared with `registry.operation`;
+* `call(fn, *args)` runs `fn(plane, *args)` for what needs no logged-in user (logins, the
+  lookup of a personal access token).
+
+What comes back must be plain data (dicts, lists, ints, bytes): built on the main loop, read
+on the HTTP thread.
 
 If the HTTP request is cancelled (the client went away) the call on the main loop still
 runs to completion: a command is applied or refused as a whole, never cut in half.
@@ -19,15 +28,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from iggy.control.plane import TRANSPORT_HTTP, Session
+from iggy.control.registry import COMMANDS, Command, invoke
 from iggy.protocol.errors import ErrorCode, IggyError
 
 if TYPE_CHECKING:
     from iggy.control.plane import ControlPlane
     from iggy.http.auth import Principal
     from iggy.metadata.state import UserMeta
+
+View = Callable[[Any, Any], Any]  # (plane, result) -> JSON-ready data
 
 
 class Bridge:
@@ -47,8 +60,18 @@ class Bridge:
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         return await asyncio.shield(asyncio.wrap_future(future))
 
-    async def call_as(self, who: Principal, fn: Callable[..., Any], *args: Any, follower_ok: bool = False) -> Any:
-        """Run `fn(plane, user, *args)` on the main loop for the authenticated principal `who`.
+    async def call_as(
+        self,
+        who: Principal,
+        code: int | Command,
+        *args: Any,
+        view: View | None = None,
+        missing: Callable[[], Exception] | None = None,
+        follower_ok: bool = False,
+    ) -> Any:
+        """Run command `code` with `args` for the authenticated principal `who` (see the
+        module docstring). `missing` (an exception class) is raised instead of the command's
+        own answer when the stream, topic or user it names does not exist.
 
         A token whose user has been deleted since it was issued authenticates nobody (401),
         as a TCP session of a deleted user does, even when a newer user has taken the id.
@@ -56,7 +79,8 @@ class Bridge:
         a read is redirected (307) to the leader's HTTP address when there is a leader, anything
         else is a 503 with Retry-After, as upstream answers (docs/CLUSTER.md).
         """
-        return await self.call(_as_user, who, fn, args, follower_ok)
+        cmd = COMMANDS[code] if isinstance(code, int) else code
+        return await self.call(_run_as, who, cmd, args, view, missing, follower_ok)
 
 
 def user_of(plane: ControlPlane, who: Principal) -> UserMeta:
@@ -67,8 +91,19 @@ def user_of(plane: ControlPlane, who: Principal) -> UserMeta:
     return user
 
 
-def _as_user(
-    plane: ControlPlane, who: Principal, fn: Callable[..., Any], args: Sequence[Any], follower_ok: bool
+def http_session(user: UserMeta) -> Session:
+    """A session standing for one HTTP request; never registered, so never listed as a client."""
+    return Session(client_id=0, address="", transport=TRANSPORT_HTTP, user_id=user.id, user_generation=user.generation)
+
+
+async def _run_as(
+    plane: ControlPlane,
+    who: Principal,
+    cmd: Command,
+    args: tuple[Any, ...],
+    view: View | None,
+    missing: Callable[[], Exception] | None,
+    follower_ok: bool,
 ) -> Any:
     user = user_of(plane, who)
     if not follower_ok and plane.cluster is not None and not plane.cluster.is_leader():
@@ -76,4 +111,9 @@ def _as_user(
         # a read is redirected there (307, iggy.http.errors), as upstream does
         refused.leader_url = plane.cluster.leader_http_url()  # type: ignore[attr-defined]
         raise refused
-    return fn(plane, user, *args)
+    result = invoke(plane, http_session(user), cmd, args, missing)
+    if inspect.isawaitable(result):
+        result = await result
+    if result is not None and view is not None:
+        result = view(plane, result)
+    return result

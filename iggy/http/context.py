@@ -23,6 +23,7 @@ from litestar.exceptions import HTTPException, SerializationException
 from litestar.handlers import BaseRouteHandler
 
 from iggy.control.throttle import LogLimiter
+from iggy.control.users import user_for_token
 from iggy.http.auth import JwtIssuer, Principal, bearer
 from iggy.http.bridge import Bridge
 from iggy.http.settings import HttpSettings
@@ -39,8 +40,16 @@ _log_limited = LogLimiter(logging.getLogger("iggy.http"))
 class HttpContext:
     """Shared by every request of one listener (a plain class: Litestar passes it as is)."""
 
-    def __init__(self, bridge: Bridge, jwt: JwtIssuer, settings: HttpSettings, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        bridge: Bridge,
+        jwt: JwtIssuer,
+        settings: HttpSettings,
+        metrics: Metrics | None = None,
+        max_poll_bytes: int = 1 << 20,
+    ):
         self.bridge = bridge
+        self.max_poll_bytes = max_poll_bytes  # the plane's, fixed at start: the cap of a poll reply
         self.jwt = jwt
         self.settings = settings
         self.metrics = metrics  # iggy.http.metrics.Metrics
@@ -64,8 +73,6 @@ def provide_caller(request: Request[Any, Any, Any]) -> Principal:  # dependency 
 
 
 def _pat_user(plane: ControlPlane, credential: str) -> Principal:
-    from iggy.control.users import user_for_token
-
     try:
         user = user_for_token(plane, credential)
         return Principal(user.id, user.generation)

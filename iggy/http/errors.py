@@ -109,6 +109,13 @@ class NotFound(Exception):
     """A read of an entity that does not exist: the generic 404 body."""
 
 
+def found(result):
+    """A read's result, or the generic 404 when it found nothing (None)."""
+    if result is None:
+        raise NotFound()
+    return result
+
+
 class Unprocessable(Exception):
     """A body that parsed as JSON but does not fit (bad base64, empty payload): 422 text."""
 

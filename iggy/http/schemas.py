@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from iggy.control import permissions as perm
+
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
 # msgspec can't express bounds beyond int64, so the upper bound of u64 fields is checked in
@@ -214,7 +216,6 @@ class Snapshot(msgspec.Struct):
 
 def stored_permissions(p: Permissions | None) -> dict[str, Any] | None:
     """Permissions of a request body in the stored form of `iggy.control.permissions`."""
-    from iggy.control import permissions as perm
 
     if p is None:
         return None

@@ -81,6 +81,7 @@ class HttpServer:
             jwt=JwtIssuer(self.settings.jwt),
             settings=self.settings,
             metrics=metrics,
+            max_poll_bytes=self.plane.max_poll_bytes,
         )
 
     async def start(self) -> tuple[str, int]:

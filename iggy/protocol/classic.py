@@ -41,7 +41,12 @@ The classic message (64-byte header) and its conversion are in
 `iggy.protocol.classic_messages`. Consumer groups: before 0.9 a group member polled without
 naming a partition and the server chose one of the member's partitions in turn; a store or
 get of a group offset without a partition means the partition polled last. The other
-commands have the 0.9 bodies and replies and run the 0.9 handlers unchanged.
+commands have the 0.9 bodies and replies.
+
+Every command runs through the command registry (`iggy.control.registry.invoke`), as over the
+0.9 protocol and HTTP, so its permission is checked there: a classic command is the 0.9
+command with a classic decoder and/or encoder, or (poll and offsets of a group member that
+names no partition, flush) an operation declared here with its rule.
 """
 
 from __future__ import annotations
@@ -51,10 +56,13 @@ import logging
 import struct
 import time
 import weakref
+from collections.abc import Callable
 
-from iggy.control import messages
+from iggy.control import lookup, messages
 from iggy.control import permissions as perm
-from iggy.control.plane import COMMANDS
+from iggy.control.plane import ControlPlane  # noqa: F401 - imports (registers) every 0.9 command
+from iggy.control.registry import COMMANDS, Command, invoke, operation
+from iggy.control.users import password_login, token_login
 from iggy.protocol import codes
 from iggy.protocol.classic_messages import batches_to_classic, classic_to_batch
 from iggy.protocol.errors import ErrorCode, IggyError
@@ -70,12 +78,6 @@ _POLL_HEAD = struct.Struct("<IIIQI")  # status, length, partition_id, current_of
 _EMPTY_OK = _REPLY_HEAD.pack(0, 0)
 _COMPRESSION = {1: "none", 2: "gzip"}
 _REPLICATION_FACTOR = 1  # a single node
-
-# code -> (handler(plane, session, reader), needs login); the 0.9 handlers for the commands
-# whose bodies did not change (added at the first request), the functions below for those
-# that did
-_HANDLERS: dict = {}
-_unchanged_registered = False
 
 # the commands before 0.9 whose request and reply bodies are those of 0.9
 _SAME_AS_CURRENT = (
@@ -110,28 +112,35 @@ _SAME_AS_CURRENT = (
     codes.LEAVE_CONSUMER_GROUP,
 )
 
+
+class Classic:
+    """How one classic code runs: a registered command (or an operation declared here), the
+    decoder of its classic body and the encoder of its classic reply (None: the 0.9 ones)."""
+
+    __slots__ = ("command", "decode", "encode")
+
+    def __init__(self, command: Command, decode: Callable | None = None, encode: Callable | None = None):
+        self.command = command
+        self.decode = decode or command.decode
+        self.encode = encode or command.encode
+
+
+_CLASSIC: dict[int, Classic] = {code: Classic(COMMANDS[code]) for code in _SAME_AS_CURRENT}
+
 # per session, {(stream, topic, group): (polls served, partition polled last)}: which of its
 # partitions a member polls next, and which one an offset request without a partition means
 _group_cursors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def classic(code: int, auth: bool = True):
-    def deco(fn):
-        _HANDLERS[code] = (fn, auth)
-        return fn
+def classic(code: int, command: Command | None = None, encode: Callable | None = None):
+    """Serve classic `code` with `command` (by default the 0.9 command of the same code): the
+    decorated function reads the classic body into that command's arguments."""
+
+    def deco(decode):
+        _CLASSIC[code] = Classic(command or COMMANDS[code], decode, encode)
+        return decode
 
     return deco
-
-
-def _register_unchanged() -> None:
-    global _unchanged_registered
-    from iggy.control import load_commands
-
-    load_commands()
-    for code in _SAME_AS_CURRENT:
-        cmd = COMMANDS[code]
-        _HANDLERS[code] = (cmd.handler, cmd.auth)
-    _unchanged_registered = True
 
 
 # ------------------------------------------------------------------------- dispatch
@@ -150,26 +159,25 @@ def ok_reply(payload=None) -> bytes:
 def handle(plane, session, code: int, body: bytes):
     """The reply to one classic request: bytes, a list of buffers to write in order, or an
     awaitable of bytes (logins hash passwords off the loop; persisted sends wait for fsync)."""
-    if not _unchanged_registered:
-        _register_unchanged()
     session.last_seen = time.monotonic()
-    entry = _HANDLERS.get(code)
+    entry = _CLASSIC.get(code)
     if entry is None:
         return error_reply(ErrorCode.INVALID_COMMAND)
-    fn, auth = entry
-    if auth and (session.user_id is None or plane.user_of(session) is None):
+    if entry.command.needs.login and (session.user_id is None or plane.user_of(session) is None):
         # not logged in, or the user was deleted meanwhile (as ControlPlane.handle)
         return error_reply(ErrorCode.UNAUTHENTICATED)
     try:
-        result = fn(plane, session, Reader(body))
+        result = invoke(plane, session, entry.command, entry.decode(Reader(body)))
+        if inspect.isawaitable(result):
+            return _finish(plane, entry, result, code)
+        return _success(plane, entry, result)
     except Exception as exc:
         return _failure(exc, code)
-    if inspect.isawaitable(result):
-        return _finish(result, code)
-    return _success(result)
 
 
-def _success(result):
+def _success(plane, entry: Classic, result):
+    if result is not None and entry.encode is not None:
+        result = entry.encode(plane, result)
     if type(result) is list:  # already framed parts (poll)
         return result
     if type(result) is tuple:
@@ -184,11 +192,16 @@ def _failure(exc: Exception, code: int) -> bytes:
     return error_reply(ErrorCode.ERROR)
 
 
-async def _finish(pending, code: int):
+async def _finish(plane, entry: Classic, pending, code: int):
     try:
-        return _success(await pending)
+        return _success(plane, entry, await pending)
     except Exception as exc:
         return _failure(exc, code)
+
+
+def _empty(plane, result) -> bytes:
+    """A reply with an empty body, whatever the 0.9 command returns (sends, logins' own)."""
+    return b""
 
 
 # ------------------------------------------------------------------------- users and logins
@@ -198,7 +211,7 @@ def _encode_user(w: Writer, u) -> None:
     w.u32(u.id).u64(u.created_at).u8(u.status).name(u.username)
 
 
-def _encode_user_details(u) -> bytes:
+def _encode_user_details(plane, u) -> bytes:
     w = Writer()
     _encode_user(w, u)
     if u.permissions is None:
@@ -209,59 +222,49 @@ def _encode_user_details(u) -> bytes:
     return w.getvalue()
 
 
-@classic(LOGIN_USER, auth=False)
-async def login_user(plane, session, r: Reader):
-    from iggy.control.users import password_login
+def _encode_users(plane, users) -> bytes:
+    w = Writer()
+    for u in users:
+        _encode_user(w, u)
+    return w.getvalue()
 
-    username = r.name()
-    password = r.string8()
-    # version and context follow (u32-length strings) from newer classic clients: not needed
+
+@operation(perm.PUBLIC)
+async def _login_user(plane, session, username: str, password: str) -> bytes:
     user = await password_login(plane, session.address, username, password)
     plane.bind_login(session, user, 0)
     return Writer().u32(user.id).getvalue()
 
 
-@classic(LOGIN_WITH_PERSONAL_ACCESS_TOKEN, auth=False)
-def login_with_token(plane, session, r: Reader):
-    from iggy.control.users import token_login
+@classic(LOGIN_USER, _login_user)
+def _read_login_user(r: Reader) -> tuple:
+    # version and context follow (u32-length strings) from newer classic clients: not needed
+    username = r.name()
+    return username, r.string8()
 
-    token = r.string8()
+
+@operation(perm.PUBLIC)
+def _login_with_token(plane, session, token: str) -> bytes:
     user = token_login(plane, session.address, token)
     plane.bind_login(session, user, 0)
     return Writer().u32(user.id).getvalue()
 
 
-@classic(codes.GET_USER)
-def get_user(plane, session, r: Reader):
-    from iggy.control.users import find_user
-
-    user = find_user(plane, r.identifier())
-    if user is None:
-        return None
-    if user.id != session.user_id:
-        perm.require(perm.can_read_users(plane.user_of(session)))
-    return _encode_user_details(user)
+@classic(LOGIN_WITH_PERSONAL_ACCESS_TOKEN, _login_with_token)
+def _read_token(r: Reader) -> tuple:
+    return (r.string8(),)
 
 
-@classic(codes.GET_USERS)
-def get_users(plane, session, r: Reader):
-    perm.require(perm.can_read_users(plane.user_of(session)))
-    w = Writer()
-    for u in sorted(plane.meta.state.users.values(), key=lambda u: u.id):
-        _encode_user(w, u)
-    return w.getvalue()
+_CLASSIC[codes.GET_USER] = Classic(COMMANDS[codes.GET_USER], encode=_encode_user_details)
+_CLASSIC[codes.GET_USERS] = Classic(COMMANDS[codes.GET_USERS], encode=_encode_users)
 
 
-@classic(codes.CREATE_USER)
-async def create_user(plane, session, r: Reader):
-    from iggy.control.users import create_user_by
-
-    perm.require(perm.can_manage_users(plane.user_of(session)))
+@classic(codes.CREATE_USER, encode=_encode_user_details)
+def _read_create_user(r: Reader) -> tuple:
     username = r.name()
     password = r.string8()
     status = r.u8()
-    permissions = perm.read_optional(r)
-    return _encode_user_details(await create_user_by(plane, username, password, status, permissions))
+    return username, password, status, perm.read_optional(r)
 
 
 # ------------------------------------------------------------------------- streams and topics
@@ -288,70 +291,43 @@ def _stream_details(plane, s) -> bytes:
     return w.getvalue()
 
 
-def _topic_details(plane, stream_id: int, t) -> bytes:
+def _streams(plane, streams) -> bytes:
     w = Writer()
-    _encode_topic_header(plane, w, stream_id, t)
-    for p in sorted(t.partitions.values(), key=lambda p: p.id):
-        segments, current, size, count = plane.storage.partition_stats(stream_id, t.id, p.id)
-        w.u32(p.id).u64(p.created_at).u32(segments).u64(current).u64(size).u64(count)
-    return w.getvalue()
-
-
-@classic(codes.GET_STREAM)
-def get_stream(plane, session, r: Reader):
-    from iggy.control.streams import find_stream
-
-    s = find_stream(plane, r.identifier())
-    if s is None:
-        return None
-    perm.require(perm.can_read_stream(plane.user_of(session), s.id))
-    return _stream_details(plane, s)
-
-
-@classic(codes.GET_STREAMS)
-def get_streams(plane, session, r: Reader):
-    perm.require(perm.can_list_streams(plane.user_of(session)))
-    w = Writer()
-    for s in sorted(plane.meta.state.streams.values(), key=lambda s: s.id):
+    for s in streams:
         _encode_stream(plane, w, s)
     return w.getvalue()
 
 
-@classic(codes.CREATE_STREAM)
-def create_stream(plane, session, r: Reader):
-    from iggy.control.streams import create_stream_record
-
-    name = r.name()
-    perm.require(perm.can_create_stream(plane.user_of(session)))
-    return _stream_details(plane, create_stream_record(plane, name))
-
-
-@classic(codes.GET_TOPIC)
-def get_topic(plane, session, r: Reader):
-    from iggy.control.streams import find_stream
-    from iggy.control.topics import find_topic
-
-    sid, tid = r.identifier(), r.identifier()
-    s = find_stream(plane, sid)
-    t = find_topic(s, tid) if s is not None else None
-    if t is None:
-        return None
-    perm.require(perm.can_read_topic(plane.user_of(session), s.id, t.id))
-    return _topic_details(plane, s.id, t)
-
-
-@classic(codes.GET_TOPICS)
-def get_topics(plane, session, r: Reader):
-    from iggy.control.streams import find_stream
-
-    s = find_stream(plane, r.identifier())
-    if s is None:
-        return None  # a missing stream lists as empty, as on the 0.9 path
-    perm.require(perm.can_read_topic(plane.user_of(session), s.id))
+def _topic_details(plane, found) -> bytes:
+    s, t = found
     w = Writer()
-    for t in sorted(s.topics.values(), key=lambda t: t.id):
+    _encode_topic_header(plane, w, s.id, t)
+    for p in sorted(t.partitions.values(), key=lambda p: p.id):
+        segments, current, size, count = plane.storage.partition_stats(s.id, t.id, p.id)
+        w.u32(p.id).u64(p.created_at).u32(segments).u64(current).u64(size).u64(count)
+    return w.getvalue()
+
+
+def _topics(plane, found) -> bytes:
+    """TopicHeader x n, no count; a missing stream lists as empty (as on the 0.9 path)."""
+    if not found:
+        return b""
+    s, topics = found
+    w = Writer()
+    for t in topics:
         _encode_topic_header(plane, w, s.id, t)
     return w.getvalue()
+
+
+_CLASSIC[codes.GET_STREAM] = Classic(COMMANDS[codes.GET_STREAM], encode=_stream_details)
+_CLASSIC[codes.GET_STREAMS] = Classic(COMMANDS[codes.GET_STREAMS], encode=_streams)
+_CLASSIC[codes.GET_TOPIC] = Classic(COMMANDS[codes.GET_TOPIC], encode=_topic_details)
+_CLASSIC[codes.GET_TOPICS] = Classic(COMMANDS[codes.GET_TOPICS], encode=_topics)
+
+
+@classic(codes.CREATE_STREAM, encode=_stream_details)
+def _read_create_stream(r: Reader) -> tuple:
+    return (r.name(),)
 
 
 def _topic_settings(r: Reader) -> tuple[dict, str]:
@@ -374,38 +350,28 @@ def _topic_settings(r: Reader) -> tuple[dict, str]:
     }, name
 
 
-@classic(codes.CREATE_TOPIC)
-def create_topic(plane, session, r: Reader):
-    from iggy.control.streams import get_stream_or_fail
-    from iggy.control.topics import create_topic_record
-
+@classic(codes.CREATE_TOPIC, encode=_topic_details)
+def _read_create_topic(r: Reader) -> tuple:
     sid = r.identifier()
     partitions = r.u32()
     options, name = _topic_settings(r)
-    s = get_stream_or_fail(plane, sid)
-    perm.require(perm.can_create_topic(plane.user_of(session), s.id))
     # what the client left at the server default is not an explicit setting of the topic
     explicit = {k: v for k, v in options.items() if v or k == "compression_algorithm"}
-    t = create_topic_record(plane, s, name, partitions, explicit)
-    return _topic_details(plane, s.id, t)
+    return sid, name, partitions, explicit
 
 
 @classic(codes.UPDATE_TOPIC)
-def update_topic(plane, session, r: Reader):
-    from iggy.control.topics import resolve_topic, update_topic_by
-
+def _read_update_topic(r: Reader) -> tuple:
     sid, tid = r.identifier(), r.identifier()
     options, name = _topic_settings(r)
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_manage_topic(plane.user_of(session), s.id, t.id))
-    update_topic_by(plane, s, t, name, options)
+    return sid, tid, name, options
 
 
 # ------------------------------------------------------------------------- messages and offsets
 
 
-@classic(codes.SEND_MESSAGES)
-def send_messages(plane, session, r: Reader):
+@classic(codes.SEND_MESSAGES, encode=_empty)
+def _read_send(r: Reader) -> tuple:
     metadata_length = r.u32()
     sid, tid = r.identifier(), r.identifier()
     kind = r.u8()
@@ -414,21 +380,15 @@ def send_messages(plane, session, r: Reader):
     if r.position != 4 + metadata_length:
         raise IggyError(ErrorCode.INVALID_COMMAND)
     batch = classic_to_batch(r.data, r.position, count)
-    _s, _t, _pid, _base, synced = messages.send(plane, session, sid, tid, kind, value, batch, 0, len(batch), count)
-    return synced  # None, or a future done after fsync; the reply is empty either way
+    return sid, tid, kind, value, batch, 0, len(batch), count
 
 
-def _group_partition(plane, session, consumer_id, sid, tid, advance: bool):
+def _group_partition(plane, session, s, t, consumer_id, advance: bool):
     """The partition a group member means when it names none: the next of the partitions it
     may poll in turn when polling (`advance`), else the one it polled last (a partition it is
     handing over to a member that joined is still its to commit, iggy.control.groups); None
     when it has none."""
-    from iggy.control.groups import get_group_or_fail
-    from iggy.control.topics import resolve_topic
-
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_poll(plane.user_of(session), s.id, t.id))
-    g = get_group_or_fail(t, consumer_id)
+    g = lookup.get_group(t, consumer_id)
     key = (s.id, t.id, g.id)
     assignment = plane.groups.assignment(key, session)
     if assignment is None:
@@ -449,38 +409,16 @@ def _empty_poll() -> list:
     return [_POLL_HEAD.pack(0, 16, 0, 0, 0)]
 
 
-@classic(codes.POLL_MESSAGES)
-def poll_messages(plane, session, r: Reader):
-    kind = r.u8()
-    if kind not in (messages.CONSUMER_SINGLE, messages.CONSUMER_GROUP):
-        raise IggyError(ErrorCode.INVALID_COMMAND)
-    consumer_id = r.identifier()
-    sid, tid = r.identifier(), r.identifier()
-    has_partition = r.bool()
-    partition_id = r.u32()
-    strategy = r.u8()
-    value = r.u64()
-    count = r.u32()
-    auto_commit = r.bool()
+@operation(perm.POLL)
+def _poll(plane, session, s, t, kind, consumer_id, has_partition, partition_id, strategy, value, count, auto_commit):
     if kind == messages.CONSUMER_GROUP and not has_partition:
-        chosen = _group_partition(plane, session, consumer_id, sid, tid, advance=True)
+        chosen = _group_partition(plane, session, s, t, consumer_id, advance=True)
         if chosen is None:
             return _empty_poll()  # a member without partitions gets nothing
         has_partition, partition_id = True, chosen
     try:
-        pid, current, n, data = messages.poll(
-            plane,
-            session,
-            kind,
-            consumer_id,
-            sid,
-            tid,
-            has_partition,
-            partition_id,
-            strategy,
-            value,
-            count,
-            auto_commit,
+        pid, current, n, data = messages.poll_messages(
+            plane, session, s, t, kind, consumer_id, has_partition, partition_id, strategy, value, count, auto_commit
         )
     except IggyError as exc:
         if exc.code == ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED:
@@ -490,56 +428,58 @@ def poll_messages(plane, session, r: Reader):
     return [_POLL_HEAD.pack(0, 16 + len(body), pid, current, served), body]
 
 
-def _with_group_partition(plane, session, r: Reader):
-    """A Reader over the offset request with the partition filled in for a group member that
-    named none (see _group_partition); the request unchanged otherwise."""
-    body = r.data
-    kind = r.u8()
-    consumer_id = r.identifier()
-    sid, tid = r.identifier(), r.identifier()
-    at = r.position
-    has_partition = r.bool()
-    r.u32()
+_CLASSIC[codes.POLL_MESSAGES] = Classic(_poll, messages.read_poll)
+
+
+def _offset_partition(plane, session, s, t, kind, consumer_id, has_partition, partition_id) -> tuple[bool, int]:
+    """(has_partition, partition) of an offset request, filled in for a group member that named
+    none (see _group_partition); IggyError 3 (InvalidIdentifier) when it owns none."""
     if kind != messages.CONSUMER_GROUP or has_partition:
-        return Reader(body)
-    chosen = _group_partition(plane, session, consumer_id, sid, tid, advance=False)
+        return has_partition, partition_id
+    chosen = _group_partition(plane, session, s, t, consumer_id, advance=False)
     if chosen is None:
         raise IggyError(ErrorCode.INVALID_IDENTIFIER)
-    return Reader(body[:at] + b"\x01" + struct.pack("<I", chosen) + body[at + 5 :])
+    return True, chosen
 
 
-@classic(codes.GET_CONSUMER_OFFSET)
-def get_consumer_offset(plane, session, r: Reader):
+@operation(perm.POLL, missing=None)
+def _get_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id):
     try:
-        fixed = _with_group_partition(plane, session, r)
+        has_partition, partition_id = _offset_partition(
+            plane, session, s, t, kind, consumer_id, has_partition, partition_id
+        )
     except IggyError as exc:
         if exc.code == ErrorCode.INVALID_IDENTIFIER:
             return None
         raise
-    return COMMANDS[codes.GET_CONSUMER_OFFSET].handler(plane, session, fixed)
+    return messages.get_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id)
 
 
-@classic(codes.STORE_CONSUMER_OFFSET)
-def store_consumer_offset(plane, session, r: Reader):
-    return COMMANDS[codes.STORE_CONSUMER_OFFSET].handler(plane, session, _with_group_partition(plane, session, r))
+@operation(perm.POLL)
+def _store_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id, offset):
+    has_partition, partition_id = _offset_partition(
+        plane, session, s, t, kind, consumer_id, has_partition, partition_id
+    )
+    messages.store_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id, offset)
 
 
-@classic(codes.DELETE_CONSUMER_OFFSET)
-def delete_consumer_offset(plane, session, r: Reader):
-    return COMMANDS[codes.DELETE_CONSUMER_OFFSET].handler(plane, session, _with_group_partition(plane, session, r))
+@operation(perm.POLL)
+def _delete_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id):
+    has_partition, partition_id = _offset_partition(
+        plane, session, s, t, kind, consumer_id, has_partition, partition_id
+    )
+    messages.delete_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id)
 
 
-@classic(codes.FLUSH_UNSAVED_BUFFER)
-def flush_unsaved_buffer(plane, session, r: Reader):
+_CLASSIC[codes.GET_CONSUMER_OFFSET] = Classic(_get_offset, messages.read_offset_target, messages.encode_offset)
+_CLASSIC[codes.STORE_CONSUMER_OFFSET] = Classic(_store_offset, messages.read_store_offset)
+_CLASSIC[codes.DELETE_CONSUMER_OFFSET] = Classic(_delete_offset, messages.read_delete_offset)
+
+
+@operation(perm.SEND)
+def _flush_unsaved_buffer(plane, session, s, t, partition_id: int, fsync: bool) -> None:
     """Nothing is ever unsaved here (an acknowledged batch is in the segment file); with
     fsync the partition's segment is synced to disk."""
-    from iggy.control.topics import resolve_topic
-
-    sid, tid = r.identifier(), r.identifier()
-    partition_id = r.u32()
-    fsync = r.bool()
-    s, t = resolve_topic(plane, sid, tid)
-    perm.require(perm.can_send(plane.user_of(session), s.id, t.id))
     if partition_id not in t.partitions:
         raise IggyError(ErrorCode.PARTITION_NOT_FOUND)
     if fsync:
@@ -548,3 +488,10 @@ def flush_unsaved_buffer(plane, session, r: Reader):
             if partition.log.closed:
                 raise messages.vanished(plane, s, t)
             partition.log.fsync()
+
+
+@classic(codes.FLUSH_UNSAVED_BUFFER, _flush_unsaved_buffer)
+def _read_flush(r: Reader) -> tuple:
+    sid, tid = r.identifier(), r.identifier()
+    partition_id = r.u32()
+    return sid, tid, partition_id, r.bool()

@@ -37,6 +37,7 @@ import time
 
 from iggy import SERVER_VERSION
 from iggy.control import permissions as perm
+from iggy.control.clock import now_us
 from iggy.control.plane import ControlPlane
 from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
 from iggy.metadata.store import MetadataStore
@@ -271,8 +272,6 @@ class Server:
 
     async def _token_cleaner_loop(self) -> None:
         """Remove expired personal access tokens (they are refused at login anyway)."""
-        from iggy.control.plane import now_us
-
         interval = self.config.personal_access_token.cleaner.interval
         while True:
             await asyncio.sleep(max(0.1, interval))
@@ -282,7 +281,6 @@ class Server:
                 log.info("removed expired personal access token %r of user %d", token.name, token.user_id)
 
     async def _retention_loop(self) -> None:
-        from iggy.control.plane import now_us
         from iggy.storage import retention
 
         interval = self.config.data_maintenance.messages.interval

@@ -2,15 +2,14 @@
 unauthenticated / without the permission / with exactly the needed one; secrets at rest."""
 import os
 
-from iggy.control.plane import COMMANDS
+from iggy.control.plane import ControlPlane  # noqa: F401 - registers every command
+from iggy.control.registry import COMMANDS
 from tests.conftest import ServerProcess
 from tests.reliability import commands, permissions
 
 
 def test_the_table_covers_every_registered_command():
     from iggy.protocol import codes
-    from iggy.control import load_commands
-    load_commands()
     covered = {c.code for c in commands.COMMANDS}
     assert set(COMMANDS) - {codes.LOGIN_REGISTER} == covered
 

@@ -1,6 +1,6 @@
 """Ping, stats, clients, cluster metadata, option catalog, snapshot and metrics (HTTP.md 2, 5.7).
 
-Same layout as routes/users.py: `plane`-first functions run on the main loop.
+Same layout as routes/users.py: commands through `ctx.bridge.call_as`, views on the main loop.
 """
 from __future__ import annotations
 
@@ -12,43 +12,39 @@ from litestar.params import FromPath, JSONBody, PathParameter
 
 from iggy.control import permissions as perm
 from iggy.control import system
+from iggy.control.registry import operation
 from iggy.control.topics import encode_value
-from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.http import diagnostics, metrics, schemas, views
 from iggy.http.context import Caller, Ctx
-from iggy.http.errors import NotFound
+from iggy.http.errors import found
+from iggy.protocol import codes
+from iggy.protocol.errors import ErrorCode, IggyError
 
 ClientId = Annotated[int, PathParameter(ge=0, le=0xFFFFFFFF)]
 
 
-def _stats(plane, user) -> dict:
-    perm.require(perm.can_read_servers(user))
-    return views.stats(system.collect_stats(plane))
+def _stats(plane, raw: dict) -> dict:
+    return views.stats(raw)
 
 
-def _clients(plane, user) -> list:
-    perm.require(perm.can_read_servers(user))
-    return [views.client(s) for s in sorted(plane.sessions.values(), key=lambda s: s.client_id)]
+def _clients(plane, sessions) -> list:
+    return [views.client(s) for s in sessions]
 
 
-def _client(plane, user, client_id: int) -> dict:
-    perm.require(perm.can_read_servers(user))
-    session = plane.sessions.get(client_id)
-    if session is None:
-        raise NotFound()
+def _client_details(plane, session) -> dict:
     return views.client_details(session)
 
 
-def _cluster(plane, user) -> dict:
-    return system.cluster_metadata(plane)
+# the operations of the REST API that have no command of the binary protocol
 
-
-def _snapshot_allowed(plane, user) -> str:
-    perm.require(perm.can_read_servers(user))
+@operation(perm.READ_SERVERS)
+def diagnostics_dir(plane, session) -> str:
+    """The data directory the diagnostics ZIP reads (built on the HTTP thread)."""
     return plane.config.system.path
 
 
-def _metrics(plane, user) -> dict:
+@operation(perm.LOGGED_IN)
+def metrics_counts(plane, session) -> dict:
     return metrics.counts(plane)
 
 
@@ -65,22 +61,22 @@ async def ping() -> str:
 
 @get("/stats", summary="Server statistics")
 async def stats(ctx: Ctx, caller: Caller) -> dict:
-    return await ctx.bridge.call_as(caller, _stats)
+    return await ctx.bridge.call_as(caller, codes.GET_STATS, view=_stats)
 
 
 @get("/clients", summary="Connected clients (binary-protocol connections)")
 async def clients(ctx: Ctx, caller: Caller) -> list:
-    return await ctx.bridge.call_as(caller, _clients)
+    return await ctx.bridge.call_as(caller, codes.GET_CLIENTS, view=_clients)
 
 
 @get("/clients/{client_id:int}", summary="One connected client")
 async def client(ctx: Ctx, caller: Caller, client_id: ClientId) -> dict:
-    return await ctx.bridge.call_as(caller, _client, client_id)
+    return found(await ctx.bridge.call_as(caller, codes.GET_CLIENT, client_id, view=_client_details))
 
 
 @get("/cluster/metadata", summary="Cluster roster (a single node)")
 async def cluster_metadata(ctx: Ctx, caller: Caller) -> dict:
-    meta = await ctx.bridge.call_as(caller, _cluster, follower_ok=True)
+    meta = await ctx.bridge.call_as(caller, codes.GET_CLUSTER_METADATA, follower_ok=True)
     return views.cluster(meta, ctx.settings.host if ctx.settings.host not in ("0.0.0.0", "::") else None)
 
 
@@ -95,7 +91,7 @@ async def options(ctx: Ctx, caller: Caller, options_scope: FromPath[str]) -> lis
 async def take_snapshot(ctx: Ctx, caller: Caller, data: JSONBody[schemas.Snapshot]) -> Response:
     if "All" in data.snapshot_types and len(data.snapshot_types) > 1:
         raise IggyError(ErrorCode.INVALID_COMMAND, "All must be the only snapshot type")
-    data_dir = await ctx.bridge.call_as(caller, _snapshot_allowed)
+    data_dir = await ctx.bridge.call_as(caller, diagnostics_dir)
     if not ctx.diagnostics_lock.acquire(blocking=False):
         raise IggyError(ErrorCode.SNAPSHOT_FILE_COMPLETION_FAILED, "a snapshot is already being taken")
     try:
@@ -110,7 +106,7 @@ def metrics_route(path: str):
     """`GET <path>` (`[http.metrics] endpoint`): Prometheus text, for any authenticated caller."""
     @get(path, summary="Prometheus metrics")
     async def get_metrics(ctx: Ctx, caller: Caller) -> Response:
-        counts = await ctx.bridge.call_as(caller, _metrics)
+        counts = await ctx.bridge.call_as(caller, metrics_counts)
         return Response(ctx.metrics.render(counts), media_type=ctx.metrics.content_type)
     return get_metrics
 

@@ -109,7 +109,7 @@ class NotFound(Exception):
     """A read of an entity that does not exist: the generic 404 body."""
 
 
-def found(result):
+def found(result: Any) -> Any:
     """A read's result, or the generic 404 when it found nothing (None)."""
     if result is None:
         raise NotFound()

@@ -25,13 +25,20 @@ exception in an engine callback closes that connection alone, is logged once nam
 leaves the server serving everyone else (tests/test_engine_faults.py). Write operations are
 matched by the code they stand for (iggy.protocol.codes.OPERATION_CODES).
 """
+
 from __future__ import annotations
 
 import abc
 import asyncio
 import os
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 from iggy.protocol import codes
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane
+    from iggy.protocol.wire import RequestHeader
 
 FAULT_ENV = "IGGY_TEST_FAULT_COMMAND"
 
@@ -41,14 +48,14 @@ def _fault_command() -> int:
     return int(text) if text.isdigit() else 0
 
 
-FAULT_COMMAND = _fault_command()        # 0: off
+FAULT_COMMAND = _fault_command()  # 0: off
 
 
 class InjectedFault(RuntimeError):
     """Raised on purpose for the command named by IGGY_TEST_FAULT_COMMAND."""
 
 
-def inject_fault(header) -> None:
+def inject_fault(header: RequestHeader) -> None:
     """Raise InjectedFault when `header` is a request for the command under test."""
     if FAULT_COMMAND:
         op = header.operation
@@ -60,14 +67,14 @@ def inject_fault(header) -> None:
 class Engine(abc.ABC):
     """One listener of the binary protocol and its connections (see the module docstring)."""
 
-    kind: str = "tcp"                 # its config section and key of plane.bound
+    kind: str = "tcp"  # its config section and key of plane.bound
 
-    def __init__(self, plane, host: str, port: int, max_frame_size: int):
+    def __init__(self, plane: ControlPlane, host: str, port: int, max_frame_size: int) -> None:
         self.plane = plane
         self.host = host
         self.port = port
         self.max_frame_size = max_frame_size
-        self.server = None            # the listener once started (the uring engine keeps shards instead)
+        self.server = None  # the listener once started (the uring engine keeps shards instead)
 
     @abc.abstractmethod
     async def start(self) -> tuple[str, int]:
@@ -84,12 +91,12 @@ class Engine(abc.ABC):
     def listening(self, bound: tuple[str, int]) -> str:
         """The log line saying where it listens."""
 
-    def counters(self) -> dict:
+    def counters(self) -> dict[str, int]:
         """Gauges of GET /metrics (the TCP engine's are published)."""
         return {}
 
 
-async def wait_bounded(waiter, seconds: float = 2.0) -> None:
+async def wait_bounded(waiter: Awaitable[object], seconds: float = 2.0) -> None:
     """Await `waiter` (a server's wait_closed()) for at most `seconds`."""
     try:
         await asyncio.wait_for(waiter, seconds)

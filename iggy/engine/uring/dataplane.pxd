@@ -30,8 +30,9 @@ cdef struct Sink:
 cdef enum:
     DP_FALLBACK = 0             # not served here, nothing written: hand the frame to Python
     DP_DONE = 1                 # the whole reply was committed to the sink
-    DP_SYNC = 2                 # appended to a persisted topic: the reply waits in Sink.held
-                                # for the caller's fdatasync of Sink.sync_fd
+    # DP_SYNC: appended to a persisted topic, the reply waits in Sink.held for the caller's
+    # fdatasync of Sink.sync_fd
+    DP_SYNC = 2
 
 
 cdef int dp_serve(void *router, int64_t user_id, uint64_t client_id, const unsigned char *frame, uint32_t size,

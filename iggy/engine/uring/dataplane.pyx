@@ -34,8 +34,9 @@ intermediate buffer. A read that stops early — a stored batch that fails its c
 checks, offsets no segment holds, an I/O error — is never answered here, not even with the
 messages before that place: the request goes to Python, which reads again and answers the
 same shorter reply or the error (4039 / 4011), and logs the damaged place once (the log
-needs the GIL). So both engines give byte-identical replies over damaged data. A send is validated (every message checksum, the batch layout) and
-appended from the receive buffer without copying it.
+needs the GIL). So both engines give byte-identical replies over damaged data. A send is
+validated (every message checksum, the batch layout) and appended from the receive buffer
+without copying it.
 
 The routing table's read lock is held for the whole request, so the partition objects it
 points at stay alive; the partition's mutex is held for the log and offset work, as the
@@ -46,7 +47,7 @@ from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdlib cimport free, realloc
-from posix.unistd cimport close, dup, fdatasync
+from posix.unistd cimport close, fdatasync
 from libc.errno cimport errno
 
 from iggy.protocol.batch cimport CHECK_ALL, check_batch
@@ -64,8 +65,8 @@ from iggy._core.mutex cimport Mutex
 from iggy.storage.offset_store cimport OFFSET_CONSUMER, OFFSET_GROUP, OffsetStore
 from iggy.storage.served_offsets cimport ServedOffsets
 from iggy.engine.uring.router cimport (ALLOW_POLL, ALLOW_SEND, MAX_ROUTE_KEY, GroupRoute, PartRoute, Router, Table,
-                                TopicRoute, allowed, find_group, find_partition, find_topic, next_balanced,
-                                normalise_identifier)
+                                       TopicRoute, allowed, find_group, find_partition, find_topic, next_balanced,
+                                       normalise_identifier)
 
 
 cdef enum:
@@ -172,7 +173,7 @@ cdef const TopicRoute *_route(const Table *t, Cursor *c) noexcept nogil:
 # --------------------------------------------------------------------------- send
 
 cdef int _send(const Table *t, int64_t user_id, const unsigned char *req, Cursor *c, Sink *out) noexcept nogil:
-    cdef uint32_t metadata_length = cur_u32(c), count, vlen, pid
+    cdef uint32_t metadata_length = cur_u32(c), count, vlen
     cdef const TopicRoute *topic = _route(t, c)
     cdef const PartRoute *part = NULL
     cdef const unsigned char *value

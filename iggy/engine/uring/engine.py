@@ -44,6 +44,7 @@ of each connection and hands one that does not start like a 0.9 frame to the mai
 `probe()` tells whether io_uring can be used here (Docker's default seccomp profile and
 `kernel.io_uring_disabled` forbid it); `system.engine = "auto"` falls back to asyncio.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,11 +55,11 @@ import socket
 import threading
 import time
 
-from iggy.protocol import codes
-from iggy.protocol.wire import RequestHeader, build_reply
-from iggy.engine.uring.router import principal
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
 from iggy.engine.base import Engine, inject_fault
+from iggy.engine.uring.router import principal
+from iggy.protocol import codes
+from iggy.protocol.wire import RequestHeader, build_reply
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,7 @@ log = logging.getLogger(__name__)
 # (the data plane's, when the C path left them to Python). They read the metadata, the
 # storage's partitions and the group membership, taking each object once, and write only
 # under a partition's lock; everything else goes to the main loop (docs/ARCHITECTURE.md).
-SHARD_THREAD_COMMANDS = frozenset({codes.PING, codes.POLL_MESSAGES, codes.SEND_MESSAGES,
-                                   codes.STORE_CONSUMER_OFFSET})
+SHARD_THREAD_COMMANDS = frozenset({codes.PING, codes.POLL_MESSAGES, codes.SEND_MESSAGES, codes.STORE_CONSUMER_OFFSET})
 
 
 def probe() -> str | None:
@@ -98,11 +98,11 @@ def probe() -> str | None:
 # ENOMEM the RLIMIT_MEMLOCK charge that kernels before 5.12 make for the rings.
 _SETUP_HINTS = {
     errno.EPERM: "blocked by a seccomp profile or kernel.io_uring_disabled; in Docker run with "
-                 "--security-opt seccomp=docker/seccomp-iggy.json (the default profile plus io_uring)",
+    "--security-opt seccomp=docker/seccomp-iggy.json (the default profile plus io_uring)",
     errno.ENOSYS: "the kernel or a seccomp filter does not provide io_uring; in Docker use "
-                  "docker/seccomp-iggy.json, otherwise a kernel with CONFIG_IO_URING",
+    "docker/seccomp-iggy.json, otherwise a kernel with CONFIG_IO_URING",
     errno.ENOMEM: "the ring could not be locked in memory (kernels before 5.12 charge RLIMIT_MEMLOCK); "
-                  "raise it, e.g. docker run --ulimit memlock=-1",
+    "raise it, e.g. docker run --ulimit memlock=-1",
 }
 
 
@@ -141,14 +141,14 @@ class ShardHandler:
         self.plane = plane
         self.loop = loop
         self.max_frame_size = max_frame_size
+        self._replies: set[asyncio.Future[None]] = set()  # the loop keeps only weak references
 
     def on_open(self, shard, token: int, fd: int):
-        session = self.plane.new_session(_peer_address(fd), TRANSPORT_TCP,
-                                         close=lambda: shard.close_connection(token))
+        session = self.plane.new_session(_peer_address(fd), TRANSPORT_TCP, close=lambda: shard.close_connection(token))
         session.activity = lambda: shard.last_active(token)
-        session.inline_fsync = True       # its data-plane commands run here, on the shard thread
+        session.inline_fsync = True  # its data-plane commands run here, on the shard thread
         self.loop.call_soon_threadsafe(self._register, shard, token, session)
-        return session                    # the C data plane checks group ownership by its client id
+        return session  # the C data plane checks group ownership by its client id
 
     def _register(self, shard, token: int, session) -> None:
         """On the main loop: count the new connection, or close it over limits.max_connections."""
@@ -164,6 +164,7 @@ class ShardHandler:
         its own; the shard then closes its slot (and `on_close` this session). So the shards'
         hot path only ever parses 0.9 frames."""
         from iggy.engine.asyncio_engine import adopt_classic
+
         sock = socket.socket(fileno=os.dup(fd))
         self.loop.call_soon_threadsafe(adopt_classic, self.plane, sock, received, self.max_frame_size)
 
@@ -186,10 +187,10 @@ class ShardHandler:
     def _control(self, shard, token: int, session, header: RequestHeader, body: bytes) -> None:
         """On the main loop: run a control-plane command and post its reply to the shard."""
         if session.client_id not in self.plane.sessions:
-            return          # refused over limits.max_connections: its close is on the way
+            return  # refused over limits.max_connections: its close is on the way
         try:
             reply = self.plane.handle(session, header, body)
-        except Exception:  # noqa: BLE001 - answered with the generic error, the connection lives on
+        except Exception:  # broad on purpose: answered with the generic error, the connection lives on
             log.exception("control-plane request of %s failed", session.address)
             reply = build_reply(header, 1)
         if isinstance(reply, bytes):
@@ -199,11 +200,14 @@ class ShardHandler:
         async def finish():
             try:
                 done = await reply
-            except Exception:  # noqa: BLE001
+            except Exception:  # broad on purpose, as above
                 log.exception("control-plane request of %s failed", session.address)
                 done = build_reply(header, 1)
             self._post(shard, token, session, done)
-        asyncio.ensure_future(finish())
+
+        pending = asyncio.ensure_future(finish())
+        self._replies.add(pending)
+        pending.add_done_callback(self._replies.discard)
 
     @staticmethod
     def _post(shard, token: int, session, reply: bytes) -> None:
@@ -216,8 +220,9 @@ class UringEngine(Engine):
 
     kind = "tcp"
 
-    def __init__(self, plane, host: str, port: int, max_frame_size: int, shards: int | None = None,
-                 max_connections: int = 4096):
+    def __init__(
+        self, plane, host: str, port: int, max_frame_size: int, shards: int | None = None, max_connections: int = 4096
+    ):
         super().__init__(plane, host, port, max_frame_size)
         self.count = shards or os.cpu_count() or 1
         self.max_connections = max_connections
@@ -228,25 +233,34 @@ class UringEngine(Engine):
 
     async def start(self) -> tuple[str, int]:
         from iggy.engine.uring.shard import Shard
+
         plane, port, max_frame_size = self.plane, self.port, self.max_frame_size
-        limits = plane.config.limits          # bytes and seconds (converted at load)
+        limits = plane.config.limits  # bytes and seconds (converted at load)
         self.idle_timeout = limits.idle_timeout
         self.handler = ShardHandler(plane, asyncio.get_running_loop(), max_frame_size)
-        for i in range(self.count):
+        for _ in range(self.count):
             sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self.host, port))
             sock.listen(1024)
-            port = sock.getsockname()[1]          # port 0: every shard takes the first one's port
+            port = sock.getsockname()[1]  # port 0: every shard takes the first one's port
             self.sockets.append(sock)
-            self.shards.append(Shard(sock, self.handler, max_frame_size, self.max_connections,
-                                     max_write_buffer=limits.max_write_buffer, router=plane.routes.router,
-                                     max_poll_bytes=plane.max_poll_bytes,
-                                     max_unauthenticated_frame=min(max_frame_size, limits.max_unauthenticated_frame),
-                                     max_reply_buffers=limits.max_reply_buffers))
+            self.shards.append(
+                Shard(
+                    sock,
+                    self.handler,
+                    max_frame_size,
+                    self.max_connections,
+                    max_write_buffer=limits.max_write_buffer,
+                    router=plane.routes.router,
+                    max_poll_bytes=plane.max_poll_bytes,
+                    max_unauthenticated_frame=min(max_frame_size, limits.max_unauthenticated_frame),
+                    max_reply_buffers=limits.max_reply_buffers,
+                )
+            )
         for shard in self.shards:
-            shard.set_peers(self.shards)       # new connections go to the shard holding fewest
+            shard.set_peers(self.shards)  # new connections go to the shard holding fewest
         for i, shard in enumerate(self.shards):
             t = threading.Thread(target=shard.run, name=f"iggy-shard-{i}", daemon=True)
             t.start()
@@ -270,22 +284,25 @@ class UringEngine(Engine):
             now = time.monotonic()
             for session in list(self.plane.sessions.values()):
                 if session.activity is None:
-                    continue                         # not a shard's connection (they set it)
+                    continue  # not a shard's connection (they set it)
                 idle = now - session.idle_since()
                 if idle >= self.idle_timeout and session.close is not None:
-                    log.info("closing %s: no complete request for %.1f s (limits.idle_timeout)", session.address,
-                             idle)
-                    session.last_seen = now          # closing: don't report it twice
+                    log.info("closing %s: no complete request for %.1f s (limits.idle_timeout)", session.address, idle)
+                    session.last_seen = now  # closing: don't report it twice
                     session.close()
 
     def counters(self) -> dict:
         """Requests the shards took, how many the C data plane served, the reply budget (GET /metrics)."""
         from iggy.engine.uring.shard import Shard
+
         used, _cap, waiters = Shard.reply_budget()
-        return {"shard_requests": sum(s.frames for s in self.shards),
-                "shard_requests_native": sum(s.fast_frames for s in self.shards),
-                "shard_fsyncs": sum(s.fsyncs for s in self.shards),
-                "reply_buffers_bytes": used, "reply_buffer_waiters": waiters}
+        return {
+            "shard_requests": sum(s.frames for s in self.shards),
+            "shard_requests_native": sum(s.fast_frames for s in self.shards),
+            "shard_fsyncs": sum(s.fsyncs for s in self.shards),
+            "reply_buffers_bytes": used,
+            "reply_buffer_waiters": waiters,
+        }
 
     def close(self) -> None:
         if self._idle_task is not None:

@@ -202,7 +202,6 @@ cdef class Counter:
         return __atomic_fetch_add(&self.value, 1, __ATOMIC_RELAXED)
 
 
-
 cdef void _free_topic(TopicRoute *tr) noexcept nogil:
     if tr == NULL:
         return
@@ -294,7 +293,7 @@ cdef TopicRoute *_build_topic(object entry, list refs) except NULL:
     cdef GroupRoute *gr
     cdef Counter counter
     cdef Py_ssize_t j, name_bytes = 0
-    cdef uint32_t la, lb, k
+    cdef uint32_t k
     cdef unsigned char *kp
     cdef unsigned char sbuf[2][259]
     cdef unsigned char tbuf[2][259]
@@ -379,7 +378,6 @@ cdef class Router:
         self.generation = 0
 
     def __dealloc__(self):
-        cdef uint64_t i
         cdef uint32_t u
         cdef Table *t = self.table
         if t != NULL:

@@ -17,22 +17,32 @@ not all open yet is left out; the storage's call adds it. A request the table ca
 (unknown names, no permission, anything malformed) goes to the Python control plane, which
 answers it with the right error, so the table only ever has to be right, never complete.
 """
+
 from __future__ import annotations
 
-from iggy.engine.uring.router import Router, principal
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from iggy.control import permissions as perm
+from iggy.engine.uring.router import Router, principal
+
+if TYPE_CHECKING:
+    from iggy.control.groups import GroupCoordinator
+    from iggy.metadata.state import Record
+    from iggy.metadata.store import MetadataStore
+    from iggy.storage.partitions import Storage
 
 # metadata records that change nothing the table holds
 _IGNORED = {"stream.create", "user.password", "token.create", "token.delete"}
 
 
 class Routes:
-    def __init__(self, meta, storage, groups):
+    def __init__(self, meta: MetadataStore, storage: Storage, groups: GroupCoordinator) -> None:
         self.meta = meta
         self.storage = storage
         self.groups = groups
         self.router = Router()
-        self._stream_topics: dict[int, set[int]] = {}     # topics in the table, per stream
+        self._stream_topics: dict[int, set[int]] = {}  # topics in the table, per stream
         # users whose permissions name a stream, per stream id (and the reverse): a stream or
         # topic delete changes exactly these users' grants
         self._stream_users: dict[int, set[int]] = {}
@@ -75,21 +85,22 @@ class Routes:
         """Publish topic (sid, tid) as the state and the storage have it, or remove it."""
         s = self.meta.state.streams.get(sid)
         t = s.topics.get(tid) if s is not None else None
-        if t is None:
+        if s is None or t is None:
             self._remove(sid, tid)
             return
         parts = []
         persisted = False
         for pid in list(t.partitions):
             p = self.storage.partition(sid, tid, pid)
-            if p is None:                   # not open yet (or no more): served by Python meanwhile
+            if p is None:  # not open yet (or no more): served by Python meanwhile
                 self._remove(sid, tid)
                 return
             parts.append((pid, p.log, p.lock, p.offsets, p.served))
             persisted = p.persisted
         groups = [(g.id, g.name, self.groups.owners((sid, tid, g.id))) for g in list(t.groups.values())]
-        self.router.set_topic((sid, s.name, tid, t.name, persisted, self.storage.balanced_counter(sid, tid),
-                               parts, groups))
+        self.router.set_topic(
+            (sid, s.name, tid, t.name, persisted, self.storage.balanced_counter(sid, tid), parts, groups)
+        )
         self._stream_topics.setdefault(sid, set()).add(tid)
 
     def _remove(self, sid: int, tid: int) -> None:
@@ -114,7 +125,7 @@ class Routes:
             return
         allow_all, grants = perm.data_plane_grants(u)
         self.router.set_user(principal(u.id, u.generation), allow_all, grants)
-        sids = set(((u.permissions or {}).get("streams") or {}))
+        sids = set((u.permissions or {}).get("streams") or {})
         if sids:
             self._user_streams[uid] = sids
             for sid in sids:
@@ -122,7 +133,7 @@ class Routes:
 
     # ---------------------------------------------------------------- listeners
 
-    def meta_changed(self, record: dict) -> None:
+    def meta_changed(self, record: Record) -> None:
         op = record.get("op", "")
         kind = op.split(".", 1)[0]
         if op in _IGNORED:
@@ -133,7 +144,7 @@ class Routes:
                 self._stream_grants_changed(record["stream"])
         elif kind in ("partitions", "group"):
             self.topic(record["stream"], record["topic"])
-        elif kind == "stream":          # a rename or a delete: every topic of the stream
+        elif kind == "stream":  # a rename or a delete: every topic of the stream
             sid = record["id"]
             s = self.meta.state.streams.get(sid)
             for tid in set(self._stream_topics.get(sid, ())) | set(s.topics if s is not None else ()):
@@ -152,10 +163,10 @@ class Routes:
         for uid in list(self._stream_users.get(sid, ())):
             self.user(uid)
 
-    def topics_changed(self, keys) -> None:
+    def topics_changed(self, keys: Iterable[tuple[int, int]]) -> None:
         for sid, tid in keys:
             self.topic(sid, tid)
 
-    def groups_changed(self, keys) -> None:
+    def groups_changed(self, keys: Iterable[tuple[int, int, int]]) -> None:
         for sid, tid in {(k[0], k[1]) for k in keys}:
             self.topic(sid, tid)

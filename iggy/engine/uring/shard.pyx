@@ -14,8 +14,9 @@ session, header_bytes, body_bytes)` returns the reply frame (bytes, or a list of
 None when the reply will come later from another thread through `post_reply(token, reply,
 user_id)` (control-plane commands run on the main event loop; user_id tells the shard who
 the session is logged in as afterwards, -1 for nobody). While a reply is pending the
-connection parses no further frames, so replies leave in request order. Malformed framing (size outside 256..max, a header that is not a request) closes the
-connection (the handler's `on_bad_frame` logs why).
+connection parses no further frames, so replies leave in request order. Malformed framing
+(size outside 256..max, a header that is not a request) closes the connection (the handler's
+`on_bad_frame` logs why).
 
 The handler's callbacks, all on this shard's thread with the GIL: `on_open(shard, token, fd)`
 returns the connection's session object (its `client_id` is what the data plane needs for
@@ -81,11 +82,11 @@ user_data of every SQE: `kind << 56 | generation << 32 | slot`.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove
 from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, mremap, munmap
-from posix.unistd cimport close, fdatasync, read, write
+from posix.unistd cimport close, fdatasync, write
 
 from libc.stdint cimport int64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
@@ -109,7 +110,6 @@ cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)
     enum:
         EFD_CLOEXEC
-
 
 
 cdef extern from *:

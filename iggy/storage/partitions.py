@@ -39,6 +39,8 @@ import asyncio
 import logging
 import os
 import shutil
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from iggy._core.mutex import Mutex
 from iggy.engine.uring.router import Counter
@@ -49,13 +51,20 @@ from iggy.storage.fsutil import fsync_dir, makedirs_durable
 from iggy.storage.log import PartitionLog
 from iggy.storage.served_offsets import ServedOffsets
 
+if TYPE_CHECKING:
+    from iggy.metadata.state import State, StreamMeta, TopicMeta
+    from iggy.metadata.store import DirectoryKey
+
+# (stream id, topic id, partition id)
+PartitionKey = tuple[int, int, int]
+
 log = logging.getLogger(__name__)
 
 
 class Partition:
     """One partition: its log, its stored offsets and its flush/fsync policy."""
 
-    def __init__(self, directory: str, partition_id: int, settings: dict, validate_checksum: bool):
+    def __init__(self, directory: str, partition_id: int, settings: dict[str, Any], validate_checksum: bool):
         self.id = partition_id
         self.directory = directory
         self.log = PartitionLog(
@@ -67,14 +76,14 @@ class Partition:
         # moves a partition only once its owner committed what it polled, iggy.control.groups)
         self.served = ServedOffsets()
         self.persisted = settings["durability"] == "persisted" or settings["enforce_fsync"]
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list[asyncio.Future[None]] = []
         self._sync_scheduled = False
         # shard threads (also from C without the GIL), the event loop and the HTTP thread all
         # reach a partition: every use of its log and offsets holds this lock (the I/O inside
         # releases the GIL, not the lock)
         self.lock = Mutex()
 
-    def after_append(self, messages: int, size: int, inline: bool = False):
+    def after_append(self, messages: int, size: int, inline: bool = False) -> asyncio.Future[None] | None:
         """None when the append may be acknowledged now, else a future resolved after fsync.
 
         Called with the lock held. `replicated` acknowledges at once: the batch is already in
@@ -91,7 +100,7 @@ class Partition:
         if inline:
             self.log.fsync(index=False)
             return None
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self._schedule_sync()
         return fut
@@ -188,9 +197,10 @@ class Storage:
         self.round_robin: dict[tuple[int, int], Counter] = {}
         self.validate_checksum = validate_checksum
         self.version = 0  # bumped when partitions are opened or dropped
-        self.listeners: list = []  # listener({(stream id, topic id)}), after each such change
+        # listener({(stream id, topic id)}), after each such change
+        self.listeners: list[Callable[[set[tuple[int, int]]], object]] = []
 
-    def _changed(self, topics) -> None:
+    def _changed(self, topics: set[tuple[int, int]]) -> None:
         self.version += 1
         for listener in self.listeners:
             listener(topics)
@@ -215,7 +225,7 @@ class Storage:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def open_all(self, state, notes: dict | None = None) -> list:
+    def open_all(self, state: State, notes: Mapping[DirectoryKey, str] | None = None) -> list[str]:
         """Open every partition the metadata names, after moving what it doesn't name to
         quarantine (see `quarantine_orphans`). Returns the quarantined paths."""
         moved = self.quarantine_orphans(state, notes or {})
@@ -228,7 +238,7 @@ class Storage:
         log.info("storage: %d partitions open", len(wanted))
         return moved
 
-    def quarantine_orphans(self, state, notes: dict) -> list:
+    def quarantine_orphans(self, state: State, notes: Mapping[DirectoryKey, str]) -> list[str]:
         """Move the stream, topic and partition directories the metadata doesn't name to
         `<system.path>/quarantine/<UTC time>/` (same relative path), with one WARNING each.
 
@@ -239,7 +249,7 @@ class Storage:
         metadata knows of it (MetadataStore.orphan_notes), said in the WARNING. Raises
         QuarantineError when a directory can't be moved (the server must not start on top of it).
         """
-        orphans = []  # (path, key)
+        orphans: list[tuple[str, DirectoryKey]] = []  # (path, key)
         for sname in sorted(os.listdir(self.root)):
             sdir = os.path.join(self.root, sname)
             s = state.streams.get(int(sname)) if _is_id(sname) else None
@@ -260,7 +270,7 @@ class Storage:
             return []
         system_path = os.path.dirname(self.root)
         target_root = _unique_dir(os.path.join(system_path, "quarantine", utc_stamp()))
-        moved = []
+        moved: list[str] = []
         for path, key in orphans:
             rel = os.path.relpath(path, system_path)
             target = os.path.join(target_root, rel)
@@ -298,7 +308,9 @@ class Storage:
             moved.append(target)
         return moved
 
-    def prepare_partitions(self, sid: int, tid: int, settings: dict, pids, new_topic: bool) -> Prepared:
+    def prepare_partitions(
+        self, sid: int, tid: int, settings: dict[str, Any], pids: Iterable[int], new_topic: bool
+    ) -> Prepared:
         """Make and open partitions that the metadata does not name yet (see the docstring).
 
         new_topic: the topic itself is new, so its whole directory is made here (and removed on
@@ -335,7 +347,7 @@ class Storage:
         return prep
 
     @staticmethod
-    def _mkdir(directory: str, sid: int, tid: int, pid) -> None:
+    def _mkdir(directory: str, sid: int, tid: int, pid: int | None) -> None:
         try:
             makedirs_durable(directory)  # a power cut must not lose the new chain
         except OSError as exc:
@@ -366,7 +378,7 @@ class Storage:
             shutil.rmtree(d, ignore_errors=True)
         prep.made = []
 
-    def create_partitions(self, sid: int, topic, pids) -> None:
+    def create_partitions(self, sid: int, topic: TopicMeta, pids: Iterable[int]) -> None:
         for pid in pids:
             directory = self.partition_dir(sid, topic.id, pid)
             # the log fsyncs the partition directory for its segments; the chain above it
@@ -375,16 +387,16 @@ class Storage:
             self._add((sid, topic.id, pid), Partition(directory, pid, topic.settings, self.validate_checksum))
         self._changed({(sid, topic.id)})
 
-    def _add(self, key, p: Partition) -> None:
+    def _add(self, key: PartitionKey, p: Partition) -> None:
         self.partitions[key] = p
         self._by_topic.setdefault(key[:2], set()).add(key[2])
         self._by_stream.setdefault(key[0], set()).add(key[1])
 
-    def _topic_keys(self, sid: int, tid: int) -> list:
+    def _topic_keys(self, sid: int, tid: int) -> list[PartitionKey]:
         return [(sid, tid, pid) for pid in self._by_topic.get((sid, tid), ())]
 
-    def _drop(self, keys) -> None:
-        topics = set()
+    def _drop(self, keys: Iterable[PartitionKey]) -> None:
+        topics: set[tuple[int, int]] = set()
         for key in list(keys):
             topics.add(key[:2])
             pids = self._by_topic.get(key[:2])
@@ -404,7 +416,7 @@ class Storage:
                     p.offsets.close()
         self._changed(topics)
 
-    def delete_partitions(self, sid: int, tid: int, pids) -> None:
+    def delete_partitions(self, sid: int, tid: int, pids: Collection[int]) -> None:
         self._drop((sid, tid, pid) for pid in pids)
         for pid in pids:
             shutil.rmtree(self.partition_dir(sid, tid, pid), ignore_errors=True)
@@ -421,11 +433,11 @@ class Storage:
             self.round_robin.pop((sid, tid), None)
         shutil.rmtree(self.stream_dir(sid), ignore_errors=True)
 
-    def purge_topic(self, sid: int, topic) -> None:
+    def purge_topic(self, sid: int, topic: TopicMeta) -> None:
         for pid in topic.partitions:
             self.partitions[(sid, topic.id, pid)].purge()
 
-    def forget_group_offsets(self, sid: int, topic, group_id: int) -> None:
+    def forget_group_offsets(self, sid: int, topic: TopicMeta, group_id: int) -> None:
         from iggy.storage.consumer_offsets import GROUP
 
         for pid in topic.partitions:
@@ -449,7 +461,7 @@ class Storage:
 
     # ---------------------------------------------------------------- stats
 
-    def partition_stats(self, sid: int, tid: int, pid: int):
+    def partition_stats(self, sid: int, tid: int, pid: int) -> tuple[int, int, int, int]:
         """(segments_count, current_offset, size_bytes, messages_count)."""
         p = self.partitions.get((sid, tid, pid))
         if p is None:
@@ -457,7 +469,7 @@ class Storage:
         lg = p.log
         return (max(1, lg.segments_count), lg.current_offset, lg.size_bytes, lg.messages_count)
 
-    def topic_stats(self, sid: int, topic):
+    def topic_stats(self, sid: int, topic: TopicMeta) -> tuple[int, int]:
         size = messages = 0
         for pid in topic.partitions:
             _, _, sz, n = self.partition_stats(sid, topic.id, pid)
@@ -465,7 +477,7 @@ class Storage:
             messages += n
         return size, messages
 
-    def stream_stats(self, stream):
+    def stream_stats(self, stream: StreamMeta) -> tuple[int, int]:
         size = messages = 0
         for t in stream.topics.values():
             sz, n = self.topic_stats(stream.id, t)
@@ -473,7 +485,7 @@ class Storage:
             messages += n
         return size, messages
 
-    def totals(self) -> dict:
+    def totals(self) -> dict[str, int]:
         segments = size = messages = 0
         for sid, tid, pid in self.partitions:
             seg, _, sz, n = self.partition_stats(sid, tid, pid)

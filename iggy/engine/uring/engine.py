@@ -54,12 +54,17 @@ import os
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
 from iggy.engine.base import Engine, inject_fault
 from iggy.engine.uring.router import principal
 from iggy.protocol import codes
 from iggy.protocol.wire import RequestHeader, build_reply
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane, Session
+    from iggy.engine.uring.shard import Shard
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ def probe() -> str | None:
         pass
     sock = socket.socket()
     try:
-        Shard(sock, None, 4096, max_connections=1, ring_entries=4)
+        Shard(sock, None, 4096, max_connections=1, ring_entries=4)  # type: ignore[arg-type]  # a probe: no callback runs
     except OSError as exc:
         return _setup_failure(exc)
     finally:
@@ -110,7 +115,7 @@ def _setup_failure(exc: OSError) -> str:
     """One line: the syscall, its errno by name and number, and what to change."""
     code = exc.errno
     name = errno.errorcode.get(code, "?") if code else "?"
-    hint = _SETUP_HINTS.get(code, "see the io_uring_setup(2) man page")
+    hint = _SETUP_HINTS.get(code or 0, "see the io_uring_setup(2) man page")
     return f"io_uring_setup failed with errno {code} {name} ({os.strerror(code) if code else exc}): {hint}"
 
 
@@ -137,27 +142,27 @@ class ShardHandler:
     of the connection, and the close after them (call_soon_threadsafe keeps their order).
     """
 
-    def __init__(self, plane, loop: asyncio.AbstractEventLoop, max_frame_size: int = 0):
+    def __init__(self, plane: ControlPlane, loop: asyncio.AbstractEventLoop, max_frame_size: int = 0) -> None:
         self.plane = plane
         self.loop = loop
         self.max_frame_size = max_frame_size
         self._replies: set[asyncio.Future[None]] = set()  # the loop keeps only weak references
 
-    def on_open(self, shard, token: int, fd: int):
+    def on_open(self, shard: Shard, token: int, fd: int) -> Session:
         session = self.plane.new_session(_peer_address(fd), TRANSPORT_TCP, close=lambda: shard.close_connection(token))
         session.activity = lambda: shard.last_active(token)
         session.inline_fsync = True  # its data-plane commands run here, on the shard thread
         self.loop.call_soon_threadsafe(self._register, shard, token, session)
         return session  # the C data plane checks group ownership by its client id
 
-    def _register(self, shard, token: int, session) -> None:
+    def _register(self, shard: Shard, token: int, session: Session) -> None:
         """On the main loop: count the new connection, or close it over limits.max_connections."""
         try:
             self.plane.register_session(session)
         except ConnectionLimit:
             shard.close_connection(token)
 
-    def on_foreign(self, shard, token: int, session, fd: int, received: bytes) -> None:
+    def on_foreign(self, shard: Shard, token: int, session: Session | None, fd: int, received: bytes) -> None:
         """The connection's first bytes are not a 0.9 header (the classic protocol of clients
         before 0.9, or garbage): the asyncio engine's Connection serves it on the main loop
         from a dup of its socket, starting with the bytes the shard read, under a session of
@@ -168,23 +173,26 @@ class ShardHandler:
         sock = socket.socket(fileno=os.dup(fd))
         self.loop.call_soon_threadsafe(adopt_classic, self.plane, sock, received, self.max_frame_size)
 
-    def on_bad_frame(self, shard, token: int, session, reason: str) -> None:
+    def on_bad_frame(self, shard: Shard, token: int, session: Session | None, reason: str) -> None:
         log.info("closing %s: %s", session.address if session is not None else "a connection", reason)
 
-    def on_close(self, shard, token: int, session) -> None:
+    def on_close(self, shard: Shard, token: int, session: Session | None) -> None:
         if session is not None:
             self.loop.call_soon_threadsafe(self.plane.close_session, session)
 
-    def on_frame(self, shard, token: int, session, header: bytes, body: bytes):
+    def on_frame(
+        self, shard: Shard, token: int, session: Session, header: bytes, body: bytes
+    ) -> bytes | list[bytes] | None:
         h = RequestHeader(header)
         inject_fault(h)
         code = h.code if h.operation == codes.OP_READ else codes.OPERATION_CODES.get(h.operation)
         if code in SHARD_THREAD_COMMANDS:
-            return self.plane.handle(session, h, body, parts=True)
+            reply: bytes | list[bytes] = self.plane.handle(session, h, body, parts=True)
+            return reply
         self.loop.call_soon_threadsafe(self._control, shard, token, session, h, body)
         return None
 
-    def _control(self, shard, token: int, session, header: RequestHeader, body: bytes) -> None:
+    def _control(self, shard: Shard, token: int, session: Session, header: RequestHeader, body: bytes) -> None:
         """On the main loop: run a control-plane command and post its reply to the shard."""
         if session.client_id not in self.plane.sessions:
             return  # refused over limits.max_connections: its close is on the way
@@ -197,7 +205,7 @@ class ShardHandler:
             self._post(shard, token, session, reply)
             return
 
-        async def finish():
+        async def finish() -> None:
             try:
                 done = await reply
             except Exception:  # broad on purpose, as above
@@ -210,7 +218,7 @@ class ShardHandler:
         pending.add_done_callback(self._replies.discard)
 
     @staticmethod
-    def _post(shard, token: int, session, reply: bytes) -> None:
+    def _post(shard: Shard, token: int, session: Session, reply: bytes) -> None:
         user = session.user_id
         shard.post_reply(token, reply, -1 if user is None else principal(user, session.user_generation))
 
@@ -221,15 +229,21 @@ class UringEngine(Engine):
     kind = "tcp"
 
     def __init__(
-        self, plane, host: str, port: int, max_frame_size: int, shards: int | None = None, max_connections: int = 4096
-    ):
+        self,
+        plane: ControlPlane,
+        host: str,
+        port: int,
+        max_frame_size: int,
+        shards: int | None = None,
+        max_connections: int = 4096,
+    ) -> None:
         super().__init__(plane, host, port, max_frame_size)
         self.count = shards or os.cpu_count() or 1
         self.max_connections = max_connections
-        self.sockets = []
-        self.shards = []
-        self.threads = []
-        self._idle_task = None
+        self.sockets: list[socket.socket] = []
+        self.shards: list[Shard] = []
+        self.threads: list[threading.Thread] = []
+        self._idle_task: asyncio.Task[None] | None = None
 
     async def start(self) -> tuple[str, int]:
         from iggy.engine.uring.shard import Shard
@@ -270,7 +284,7 @@ class UringEngine(Engine):
         bound = self.sockets[0].getsockname()
         return bound[0], bound[1]
 
-    def listening(self, bound) -> str:
+    def listening(self, bound: tuple[str, int]) -> str:
         return f"TCP server listening on {bound[0]}:{bound[1]} (uring engine)"
 
     async def stop(self) -> None:
@@ -291,7 +305,7 @@ class UringEngine(Engine):
                     session.last_seen = now  # closing: don't report it twice
                     session.close()
 
-    def counters(self) -> dict:
+    def counters(self) -> dict[str, int]:
         """Requests the shards took, how many the C data plane served, the reply budget (GET /metrics)."""
         from iggy.engine.uring.shard import Shard
 

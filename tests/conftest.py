@@ -5,6 +5,7 @@ directory (root is iggy/iggy) and stops it after the test; `ServerProcess.restar
 `.kill()` (SIGKILL) and `.stop()` let tests exercise recovery. `client` is the official SDK
 connected and logged in as root. `raw` is a `RawClient` speaking frames over a plain socket.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,7 @@ class ServerProcess(IggyTestServer):
             "IGGY_SYSTEM_ENGINE": os.environ.get("IGGY_TEST_ENGINE", "auto"),
             **(extra_env or {}),
         }
-        super().__init__(data_dir, username=ROOT_USER, password=ROOT_PASSWORD, env=env, args=args,
-                         startup_timeout=20.0)
+        super().__init__(data_dir, username=ROOT_USER, password=ROOT_PASSWORD, env=env, args=args, startup_timeout=20.0)
         self.log_path = self.data_dir.parent / f"server-{self.tcp_port}.log"
 
     @property
@@ -62,7 +62,7 @@ class ServerProcess(IggyTestServer):
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float | None = None) -> "ServerProcess":
+    def start(self, timeout: float | None = None) -> ServerProcess:
         if timeout is not None:
             self.startup_timeout = timeout
         return super().start()
@@ -81,7 +81,7 @@ class ServerProcess(IggyTestServer):
             time.sleep(0.05)
         return False
 
-    def restart(self, graceful: bool = True) -> "ServerProcess":
+    def restart(self, graceful: bool = True) -> ServerProcess:
         if graceful:
             self.stop()
         else:
@@ -127,6 +127,7 @@ def server_with_env(**env: str):
 
 async def connect_root(address: str):
     from apache_iggy import IggyClient
+
     client = IggyClient(address)
     await client.connect()
     await client.login_user(ROOT_USER, ROOT_PASSWORD)
@@ -154,18 +155,36 @@ async def root(srv):
 
 async def login_as(srv, username: str, password: str):
     from apache_iggy import IggyClient
+
     c = IggyClient(srv.tcp_address)
     await c.connect()
     await c.login_user(username, password)
     return c
 
 
-async def sdk_poll(client, stream, topic, strategy, *, consumer: int = 1, count: int = 10, auto_commit: bool = False,
-                   partition: int = 0):
+async def sdk_poll(
+    client,
+    stream,
+    topic,
+    strategy,
+    *,
+    consumer: int = 1,
+    count: int = 10,
+    auto_commit: bool = False,
+    partition: int = 0,
+):
     """One poll of a partition through the official SDK, as single consumer `consumer`."""
     from apache_iggy import Consumer
-    return await client.poll_messages(stream, topic, consumer=Consumer.Single(consumer), polling_strategy=strategy,
-                                      count=count, auto_commit=auto_commit, partition_id=partition)
+
+    return await client.poll_messages(
+        stream,
+        topic,
+        consumer=Consumer.Single(consumer),
+        polling_strategy=strategy,
+        count=count,
+        auto_commit=auto_commit,
+        partition_id=partition,
+    )
 
 
 def write_config(directory: Path, text: str) -> str:
@@ -188,6 +207,7 @@ def sdk_error(message: str):
 def raw_root(srv):
     """A RawClient logged in as root on the module's shared server."""
     from tests.rawclient import RawClient
+
     c = RawClient(srv.tcp_address)
     assert c.login().status == 0
     yield c
@@ -197,6 +217,7 @@ def raw_root(srv):
 @pytest.fixture
 def raw(server):
     from tests.rawclient import RawClient
+
     c = RawClient(server.tcp_address)
     yield c
     c.close()

@@ -3,6 +3,7 @@
 It builds requests with the same Cython codec the server uses (`iggy.protocol.requests.sdk_request`), and hands
 back `(status, operation, body)` of each reply, or the eviction reason.
 """
+
 from __future__ import annotations
 
 import socket
@@ -43,20 +44,30 @@ class Reply:
         return 0
 
     def __repr__(self):
-        return (f"Reply(command={self.command}, op={self.operation}, status={self.status}, "
-                f"body={self.body[:32]!r}, evict={self.eviction_reason})")
+        return (
+            f"Reply(command={self.command}, op={self.operation}, status={self.status}, "
+            f"body={self.body[:32]!r}, evict={self.eviction_reason})"
+        )
 
 
 def login_body(username: str, password: str, version: int = 0x2C00) -> bytes:
     def wname(s: bytes) -> bytes:
         return bytes([len(s)]) + s
-    return (struct.pack("<I", version) + wname(b"rust-sdk") + wname(b"0.11.0") + wname(username.encode())
-            + wname(password.encode()) + struct.pack("<I", 0))
+
+    return (
+        struct.pack("<I", version)
+        + wname(b"rust-sdk")
+        + wname(b"0.11.0")
+        + wname(username.encode())
+        + wname(password.encode())
+        + struct.pack("<I", 0)
+    )
 
 
 def pat_login_body(token: str) -> bytes:
     def wname(s: bytes) -> bytes:
         return bytes([len(s)]) + s
+
     return struct.pack("<I", 0x2C00) + wname(b"rust-sdk") + wname(b"0.11.0") + wname(token.encode()) + b"\0\0\0\0"
 
 
@@ -90,8 +101,9 @@ class RawClient:
     def __init__(self, address: str, timeout: float = 10.0, source: str | None = None):
         """`source`: the local IP to connect from (any 127.x.y.z reaches a loopback server)."""
         host, port = address.rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=timeout,
-                                             source_address=(source, 0) if source else None)
+        self.sock = socket.create_connection(
+            (host, int(port)), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.session = 0
         self.request = 0
         self.client = 0x1234_5678_9ABC_DEF0_1122_3344_5566_7788
@@ -155,4 +167,4 @@ def wire_name(text: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
-__all__ = ["RawClient", "Reply", "ident", "wire_name", "login_body", "pat_login_body", "xxh3_64"]
+__all__ = ["RawClient", "Reply", "ident", "login_body", "pat_login_body", "wire_name", "xxh3_64"]

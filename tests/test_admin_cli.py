@@ -3,6 +3,7 @@
 Every test shares the module's server (`srv`) and uses unique names. The human mode is
 checked for the names and the table frame, the JSON mode (`--json`) for exact values.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,13 @@ def run(srv, *args, creds=True, env=None, stdin=None, check=True):
     full_env.pop("COLUMNS", None)
     full_env["PYTHONPATH"] = str(REPO)
     full_env.update(env or {})
-    proc = subprocess.run(cmd + [str(a) for a in args], env=full_env, input=stdin, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        cmd + [str(a) for a in args], env=full_env, input=stdin, capture_output=True, text=True, timeout=60
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"iggy {' '.join(map(str, args))} exited {proc.returncode}:\n"
-                             f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
+        raise AssertionError(
+            f"iggy {' '.join(map(str, args))} exited {proc.returncode}:\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+        )
     return proc
 
 
@@ -44,12 +47,32 @@ def error_of(proc) -> dict:
 
 # --------------------------------------------------------------------------- basics
 
+
 def test_help_names_every_command():
-    proc = subprocess.run([sys.executable, "-m", "iggy.admin", "--help"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "iggy.admin", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
     assert proc.returncode == 0
-    for command in ("stream", "topic", "partition", "segment", "user", "pat", "client", "consumer-group",
-                    "consumer-offset", "message", "ping", "me", "stats", "options"):
+    for command in (
+        "stream",
+        "topic",
+        "partition",
+        "segment",
+        "user",
+        "pat",
+        "client",
+        "consumer-group",
+        "consumer-offset",
+        "message",
+        "ping",
+        "me",
+        "stats",
+        "options",
+    ):
         assert command in proc.stdout
     for option in ("--tcp-server-address", "--username", "--password", "--token", "--json"):
         assert option in proc.stdout
@@ -82,12 +105,18 @@ def test_credentials_from_options_environment_and_errors(srv):
 
 
 def test_unreachable_server_is_an_error(srv):
-    proc = subprocess.run([sys.executable, "-m", "iggy.admin", "--tcp-server-address", "127.0.0.1:1", "ping"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "iggy.admin", "--tcp-server-address", "127.0.0.1:1", "ping"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
     assert proc.returncode == 1 and "cannot connect" in proc.stderr
 
 
 # --------------------------------------------------------------------------- streams
+
 
 def test_stream_lifecycle(srv):
     name = uniq("cli-stream")
@@ -102,7 +131,7 @@ def test_stream_lifecycle(srv):
     assert any(line.split("|")[0] == str(sid) and line.split("|")[2] == name for line in lines)
 
     by_name = js(srv, "stream", "get", name)
-    by_id = js(srv, "s", "g", sid)               # the upstream aliases
+    by_id = js(srv, "s", "g", sid)  # the upstream aliases
     assert by_name == by_id and by_name["topics"] == []
     human = run(srv, "stream", "get", name).stdout
     assert "Stream name" in human and name in human
@@ -113,16 +142,17 @@ def test_stream_lifecycle(srv):
     assert js(srv, "stream", "purge", renamed) == {"status": "ok", "message": f"Stream with ID: {renamed} purged"}
 
     err = error_of(run(srv, "--json", "stream", "create", renamed, check=False))
-    assert err["code"] == 1012                   # StreamNameAlreadyExists
+    assert err["code"] == 1012  # StreamNameAlreadyExists
 
     assert "deleted" in run(srv, "stream", "delete", renamed).stdout
     err = error_of(run(srv, "--json", "stream", "get", renamed, check=False))
-    assert err["code"] == 1010                   # StreamNameNotFound
+    assert err["code"] == 1010  # StreamNameNotFound
     proc = run(srv, "stream", "get", sid, check=False)
     assert proc.returncode == 1 and "was not found" in proc.stderr
 
 
 # --------------------------------------------------------------------------- topics and partitions
+
 
 def test_topic_and_partition_lifecycle(srv):
     stream = uniq("cli-topics")
@@ -148,7 +178,7 @@ def test_topic_and_partition_lifecycle(srv):
     assert t2["compression_algorithm"] == "none" and t2["message_expiry"] == 2**64 - 1
     assert t2["options"]["segment_size"] == 2 * 1024 * 1024
     err = error_of(run(srv, "--json", "topic", "create", stream, uniq("t3"), 1, "--set", "bogus=1", check=False))
-    assert err["code"] == 4041                   # UnsupportedOptionKey
+    assert err["code"] == 4041  # UnsupportedOptionKey
 
     # update: new name, compression and expiry (a patch: max size stays)
     renamed = topic + "-b"
@@ -165,19 +195,33 @@ def test_topic_and_partition_lifecycle(srv):
     run(srv, "topic", "purge", stream, renamed)
     run(srv, "topic", "delete", stream, renamed)
     err = error_of(run(srv, "--json", "topic", "get", stream, renamed, check=False))
-    assert err["code"] == 2011                   # TopicNameNotFound
+    assert err["code"] == 2011  # TopicNameNotFound
     assert [x["name"] for x in js(srv, "topic", "list", stream)] == [other]
 
 
 # --------------------------------------------------------------------------- messages and offsets
+
 
 def test_send_and_poll_messages(srv):
     stream, topic = uniq("cli-msg"), "events"
     js(srv, "stream", "create", stream)
     js(srv, "topic", "create", stream, topic, 2)
 
-    sent = js(srv, "message", "send", stream, topic, "-p", 1, "hello", "world",
-              "-H", "trace:string:abc,retries:uint8:3", "-H", "ok:bool:true")
+    sent = js(
+        srv,
+        "message",
+        "send",
+        stream,
+        topic,
+        "-p",
+        1,
+        "hello",
+        "world",
+        "-H",
+        "trace:string:abc,retries:uint8:3",
+        "-H",
+        "ok:bool:true",
+    )
     assert sent["messages_count"] == 2
     assert sent["confirmations"][0]["partition_id"] == 1 and sent["confirmations"][0]["base_offset"] == 0
     # messages from stdin, one per line
@@ -188,9 +232,11 @@ def test_send_and_poll_messages(srv):
     assert polled["partition_id"] == 1 and polled["current_offset"] == 3
     assert [m["payload"] for m in polled["messages"]] == ["hello", "world", "third", "fourth"]
     assert [m["offset"] for m in polled["messages"]] == [0, 1, 2, 3]
-    assert polled["messages"][0]["headers"] == {"trace": {"kind": "string", "value": "abc"},
-                                                "retries": {"kind": "uint8", "value": 3},
-                                                "ok": {"kind": "bool", "value": True}}
+    assert polled["messages"][0]["headers"] == {
+        "trace": {"kind": "string", "value": "abc"},
+        "retries": {"kind": "uint8", "value": 3},
+        "ok": {"kind": "bool", "value": True},
+    }
     assert polled["messages"][2]["headers"] == {}
 
     table = run(srv, "message", "poll", stream, topic, 1, "-o", 1, "-m", 2, "--show-headers").stdout
@@ -216,12 +262,13 @@ def test_send_and_poll_messages(srv):
     assert "Stored offset" in run(srv, "consumer-offset", "get", "worker", stream, topic, 1).stdout
 
     err = error_of(run(srv, "--json", "message", "poll", stream, topic, 9, "-f", check=False))
-    assert err["code"] == 3007                   # PartitionNotFound
-    proc = run(srv, "message", "poll", stream, topic, 1, check=False)   # a strategy is required
+    assert err["code"] == 3007  # PartitionNotFound
+    proc = run(srv, "message", "poll", stream, topic, 1, check=False)  # a strategy is required
     assert proc.returncode == 2
 
 
 # --------------------------------------------------------------------------- users and tokens
+
 
 def test_user_lifecycle(srv):
     name = uniq("u")
@@ -245,14 +292,14 @@ def test_user_lifecycle(srv):
     # status, password, name, permissions
     run(srv, "user", "status", name, "inactive")
     err = error_of(run(srv, "--json", "-u", name, "-p", "secret1", "me", creds=False, check=False))
-    assert err["code"] == 42                     # an inactive user's password login is refused as invalid
+    assert err["code"] == 42  # an inactive user's password login is refused as invalid
     run(srv, "user", "status", name, "active")
     run(srv, "user", "password", name, "secret1", "secret2")
     assert js(srv, "-u", name, "-p", "secret2", "me", creds=False)["user_id"] == user["id"]
     renamed = name + "b"
     run(srv, "user", "name", name, renamed)
     assert js(srv, "user", "get", user["id"])["username"] == renamed
-    run(srv, "user", "permissions", renamed)     # no flags: remove them
+    run(srv, "user", "permissions", renamed)  # no flags: remove them
     assert js(srv, "user", "get", renamed)["permissions"] is None
     run(srv, "user", "permissions", renamed, "-g", "read_streams")
     assert js(srv, "user", "get", renamed)["permissions"]["global"]["read_streams"]
@@ -281,11 +328,12 @@ def test_personal_access_tokens(srv):
     run(srv, "pat", "delete", name)
     assert name not in {t["name"] for t in js(srv, "pat", "list")}
     err = error_of(run(srv, "--json", "-t", token, "me", creds=False, check=False))
-    assert err["code"] == 53                     # InvalidPersonalAccessToken
+    assert err["code"] == 53  # InvalidPersonalAccessToken
     run(srv, "pat", "delete", name + "q")
 
 
 # --------------------------------------------------------------------------- consumer groups
+
 
 def test_consumer_groups(srv):
     stream = uniq("cli-groups")
@@ -304,10 +352,11 @@ def test_consumer_groups(srv):
     assert js(srv, "consumer-group", "list", stream, "orders") == []
     assert "No consumer groups found" in run(srv, "consumer-group", "list", stream, "orders").stdout
     err = error_of(run(srv, "--json", "consumer-group", "get", stream, "orders", "billing", check=False))
-    assert err["code"] == 5003                   # ConsumerGroupNameNotFound
+    assert err["code"] == 5003  # ConsumerGroupNameNotFound
 
 
 # --------------------------------------------------------------------------- system
+
 
 def test_stats_me_clients_and_options(srv):
     stream = uniq("cli-stats")
@@ -362,7 +411,7 @@ def test_segment_delete(srv):
     js(srv, "stream", "create", stream)
     js(srv, "topic", "create", stream, "t", 1, "--set", "segment_size=1MiB")
     line = "x" * 400_000 + "\n"
-    for _ in range(3):                           # 7 messages of 400 kB: three 1 MiB segments
+    for _ in range(3):  # 7 messages of 400 kB: three 1 MiB segments
         run(srv, "message", "send", stream, "t", "-p", 0, stdin=line * (3 if _ < 2 else 1))
     before = js(srv, "topic", "get", stream, "t")["partitions"][0]
     assert before["segments_count"] == 3 and before["messages_count"] == 7

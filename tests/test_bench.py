@@ -12,12 +12,12 @@ import subprocess
 import sys
 
 import pytest
-from iggy.protocol.batch import build_batch, compute_batch_checksum, iter_messages, random_id, validate_batch
-from iggy.bench.fastclient import PollFrame, SendFrame, scan_poll
-from perf.resp import RespError, resp_skip, resp_xread
 
 from iggy.bench.cli import build_parser, config_from_args, parse_duration, parse_size
+from iggy.bench.fastclient import PollFrame, SendFrame, scan_poll
 from iggy.bench.metrics import ActorMetrics, group_summary, latency_stats, percentile
+from iggy.protocol.batch import build_batch, compute_batch_checksum, iter_messages, random_id, validate_batch
+from perf.resp import RespError, resp_skip, resp_xread
 from tests.conftest import REPO, ROOT_PASSWORD, ROOT_USER, ServerProcess
 
 PERCENTILE_KEYS = ("p50", "p90", "p95", "p99", "p999", "p9999")
@@ -47,9 +47,7 @@ def test_send_frame_restamps_a_valid_batch():
     meta_len = struct.unpack_from("<I", data, 256)[0]
     assert meta_len == 22
     stream, topic = data[260:266], data[266:272]
-    assert bytes(stream) == b"\x01\x04" + struct.pack("<I", 3) and bytes(topic) == b"\x01\x04" + struct.pack(
-        "<I", 4
-    )
+    assert bytes(stream) == b"\x01\x04" + struct.pack("<I", 3) and bytes(topic) == b"\x01\x04" + struct.pack("<I", 4)
     assert bytes(data[272:278]) == b"\x02\x04" + struct.pack("<I", 2)
     assert struct.unpack_from("<I", data, 278)[0] == 7
     body = bytes(data[282:])
@@ -248,11 +246,7 @@ def test_every_scenario_reports_and_cleans_up(bench_server, tmp_path, kind_args,
     """6 batches of 10 x 100-byte messages per actor (bcg: 6 per consumer, shared)."""
     report = _run_bench(bench_server.tcp_address, tmp_path / "report.json", *kind_args)
     params = report["params"]
-    assert (
-        params["message_size"] == 100
-        and params["messages_per_batch"] == 10
-        and params["message_batches"] == 6
-    )
+    assert params["message_size"] == 100 and params["messages_per_batch"] == 10 and params["message_batches"] == 6
     assert params["transport"] == "tcp" and "password" not in params
     individual = report["individual_metrics"]
     assert len(individual) == actors

@@ -3,6 +3,7 @@
 The env names must match Apache Iggy's (IGGY_ + dotted path upper-cased), so existing deployments'
 variables keep working; these tests pin that and the error messages that name the bad key.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------- defaults
 
+
 def test_defaults():
     cfg = load_config(env={})
     assert cfg.system.path == "local_data"
@@ -31,7 +33,11 @@ def test_defaults():
     assert cfg.system.metadata.snapshot_every == 1000
     assert (cfg.tcp.enabled, cfg.tcp.address) == (True, "127.0.0.1:8090")
     assert (cfg.tcp.tls.enabled, cfg.tcp.tls.cert_file, cfg.tcp.tls.key_file, cfg.tcp.tls.self_signed) == (
-        False, "", "", True)
+        False,
+        "",
+        "",
+        True,
+    )
     assert (cfg.http.enabled, cfg.http.address, cfg.http.max_request_size) == (True, "127.0.0.1:3000", 2_000_000)
     assert cfg.http.cors.enabled is True and cfg.http.cors.allowed_origins == ["*"]
     jwt = cfg.http.jwt
@@ -89,8 +95,11 @@ def test_env_table_has_no_collisions():
 
 # --------------------------------------------------------------------------- TOML file
 
+
 def test_toml_file_overrides_defaults(tmp_path):
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
 [system]
 path = "/data/iggy"
 engine = "asyncio"
@@ -103,7 +112,8 @@ access_token_expiry = "2 h"
 
 [http.cors]
 allowed_origins = ["http://a", "http://b"]
-""")
+""",
+    )
     cfg = load_config(env={}, path=path)
     assert cfg.system.path == "/data/iggy"
     assert cfg.system.engine == "asyncio"
@@ -144,18 +154,23 @@ def test_toml_wrong_type(tmp_path):
         load_config(env={}, path=write_config(tmp_path, '[limits]\nmax_connections = "many"\n'))
 
 
-@pytest.mark.parametrize("toml, key", [
-    ('[system.topic]\nmax_size = "1 GiB"\n', "system.topic.max_size"),
-    ('[system.topic]\nmessage_expiry = "none"\n', "system.topic.message_expiry"),
-    ("[system.partition]\nenforce_fsync = true\n", "system.partition.enforce_fsync"),
-    ("[system.partition]\nmessages_required_to_save = 10\n", "system.partition.messages_required_to_save"),
-    ('[system.partition]\nsize_of_messages_required_to_save = "1 MiB"\n',
-     "system.partition.size_of_messages_required_to_save"),
-    ('[system.segment]\nsize = "1 GiB"\n', "system.segment.size"),
-    ("[system.segment]\npreallocate = false\n", "system.segment.preallocate"),
-    ("[system.message_deduplication]\nenabled = false\n", "system.message_deduplication"),
-    ("[extra]\nfoo = 1\n", "extra"),
-])
+@pytest.mark.parametrize(
+    "toml, key",
+    [
+        ('[system.topic]\nmax_size = "1 GiB"\n', "system.topic.max_size"),
+        ('[system.topic]\nmessage_expiry = "none"\n', "system.topic.message_expiry"),
+        ("[system.partition]\nenforce_fsync = true\n", "system.partition.enforce_fsync"),
+        ("[system.partition]\nmessages_required_to_save = 10\n", "system.partition.messages_required_to_save"),
+        (
+            '[system.partition]\nsize_of_messages_required_to_save = "1 MiB"\n',
+            "system.partition.size_of_messages_required_to_save",
+        ),
+        ('[system.segment]\nsize = "1 GiB"\n', "system.segment.size"),
+        ("[system.segment]\npreallocate = false\n", "system.segment.preallocate"),
+        ("[system.message_deduplication]\nenabled = false\n", "system.message_deduplication"),
+        ("[extra]\nfoo = 1\n", "extra"),
+    ],
+)
 def test_removed_keys_in_file(tmp_path, toml, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(env={}, path=write_config(tmp_path, toml))
@@ -170,14 +185,17 @@ def test_removed_keys_in_env():
 
 # --------------------------------------------------------------------------- environment
 
+
 def test_env_overrides_nested_keys():
-    cfg = load_config(env={
-        "IGGY_TCP_ADDRESS": "0.0.0.0:8090",
-        "IGGY_HTTP_JWT_ACCESS_TOKEN_EXPIRY": "15 m",
-        "IGGY_SYSTEM_PATH": "/var/lib/iggy",
-        "IGGY_SYSTEM_LOGGING_LEVEL": "debug",
-        "IGGY_PERSONAL_ACCESS_TOKEN_CLEANER_INTERVAL": "5 m",
-    })
+    cfg = load_config(
+        env={
+            "IGGY_TCP_ADDRESS": "0.0.0.0:8090",
+            "IGGY_HTTP_JWT_ACCESS_TOKEN_EXPIRY": "15 m",
+            "IGGY_SYSTEM_PATH": "/var/lib/iggy",
+            "IGGY_SYSTEM_LOGGING_LEVEL": "debug",
+            "IGGY_PERSONAL_ACCESS_TOKEN_CLEANER_INTERVAL": "5 m",
+        }
+    )
     assert cfg.tcp.address == "0.0.0.0:8090"
     assert cfg.http.jwt.access_token_expiry == 900.0
     assert cfg.system.path == "/var/lib/iggy"
@@ -186,13 +204,15 @@ def test_env_overrides_nested_keys():
 
 
 def test_env_typed_parsing():
-    cfg = load_config(env={
-        "IGGY_TCP_ENABLED": "FALSE",
-        "IGGY_HTTP_WEB_UI": "True",
-        "IGGY_LIMITS_MAX_CONNECTIONS": "42",
-        "IGGY_SYSTEM_METADATA_SNAPSHOT_EVERY": " 7 ",
-        "IGGY_HTTP_CORS_ALLOWED_ORIGINS": "[http://a, 'http://b']",
-    })
+    cfg = load_config(
+        env={
+            "IGGY_TCP_ENABLED": "FALSE",
+            "IGGY_HTTP_WEB_UI": "True",
+            "IGGY_LIMITS_MAX_CONNECTIONS": "42",
+            "IGGY_SYSTEM_METADATA_SNAPSHOT_EVERY": " 7 ",
+            "IGGY_HTTP_CORS_ALLOWED_ORIGINS": "[http://a, 'http://b']",
+        }
+    )
     assert cfg.tcp.enabled is False
     assert cfg.http.web_ui is True
     assert cfg.limits.max_connections == 42
@@ -228,8 +248,9 @@ def test_rebalancing_timeout_in_seconds_and_above_zero():
             load_config(env={"IGGY_CONSUMER_GROUP_REBALANCING_TIMEOUT": zero})
 
 
-@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1", ":8090", "127.0.0.1:", "127.0.0.1:65536",
-                                     "127.0.0.1:port"])
+@pytest.mark.parametrize(
+    "address", ["nonsense", "127.0.0.1", ":8090", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:port"]
+)
 def test_invalid_address_names_key_and_env_var(address):
     with pytest.raises(ConfigError) as exc:
         load_config(env={"IGGY_TCP_ADDRESS": address})
@@ -270,8 +291,13 @@ def test_engine_must_be_known():
 
 
 def test_unknown_iggy_env_only_warns(caplog):
-    env = {"IGGY_NO_SUCH_THING": "1", "IGGY_ROOT_USERNAME": "admin", "IGGY_ROOT_PASSWORD": "secret",
-           "IGGY_ENV_PATH": "x.env", "OTHER_VAR": "1"}
+    env = {
+        "IGGY_NO_SUCH_THING": "1",
+        "IGGY_ROOT_USERNAME": "admin",
+        "IGGY_ROOT_PASSWORD": "secret",
+        "IGGY_ENV_PATH": "x.env",
+        "OTHER_VAR": "1",
+    }
     with caplog.at_level(logging.WARNING, logger="iggy.config"):
         cfg = load_config(env=env)
     assert cfg.tcp.address == "127.0.0.1:8090"
@@ -287,20 +313,24 @@ def test_max_frame_size_follows_config():
 
 # --------------------------------------------------------------------------- units
 
-@pytest.mark.parametrize("text, micros", [
-    ("1 h", 3_600_000_000),
-    ("5 s", 5_000_000),
-    ("500 ms", 500_000),
-    ("7 days", 7 * 86_400_000_000),
-    ("1m 30s", 90_000_000),
-    ("1 m", 60_000_000),
-    ("0 s", 0),
-    ("250us", 250),
-    ("0.1 s", 100_000),
-    ("1h 1m 1s", 3_661_000_000),
-    ("2 weeks", 14 * 86_400_000_000),
-    ("15", 15_000_000),
-])
+
+@pytest.mark.parametrize(
+    "text, micros",
+    [
+        ("1 h", 3_600_000_000),
+        ("5 s", 5_000_000),
+        ("500 ms", 500_000),
+        ("7 days", 7 * 86_400_000_000),
+        ("1m 30s", 90_000_000),
+        ("1 m", 60_000_000),
+        ("0 s", 0),
+        ("250us", 250),
+        ("0.1 s", 100_000),
+        ("1h 1m 1s", 3_661_000_000),
+        ("2 weeks", 14 * 86_400_000_000),
+        ("15", 15_000_000),
+    ],
+)
 def test_parse_duration(text, micros):
     assert parse_duration(text) == micros
 
@@ -311,16 +341,19 @@ def test_parse_duration_errors(text):
         parse_duration(text)
 
 
-@pytest.mark.parametrize("text, size", [
-    ("16 MiB", 16 * 1024 * 1024),
-    ("2 MB", 2_000_000),
-    ("1 GiB", 1024 ** 3),
-    ("1024", 1024),
-    ("1.5 KB", 1500),
-    ("64MiB", 64 << 20),
-    ("10 B", 10),
-    ("1 kib", 1024),
-])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("16 MiB", 16 * 1024 * 1024),
+        ("2 MB", 2_000_000),
+        ("1 GiB", 1024**3),
+        ("1024", 1024),
+        ("1.5 KB", 1500),
+        ("64MiB", 64 << 20),
+        ("10 B", 10),
+        ("1 kib", 1024),
+    ],
+)
 def test_parse_size(text, size):
     assert parse_size(text) == size
 
@@ -333,9 +366,13 @@ def test_parse_size_errors(text):
 
 # --------------------------------------------------------------------------- root user
 
+
 def test_root_credentials_from_env():
     assert root_credentials({"IGGY_ROOT_USERNAME": "admin", "IGGY_ROOT_PASSWORD": "secret"}) == (
-        "admin", "secret", False)
+        "admin",
+        "secret",
+        False,
+    )
 
 
 def test_root_password_alone_takes_the_username_iggy():
@@ -350,12 +387,15 @@ def test_root_username_alone_gets_a_generated_password():
         root_credentials({"IGGY_ROOT_USERNAME": "ab"})
 
 
-@pytest.mark.parametrize("username, password, bad", [
-    ("ab", "secret", "IGGY_ROOT_USERNAME"),
-    ("a" * 51, "secret", "IGGY_ROOT_USERNAME"),
-    ("admin", "ab", "IGGY_ROOT_PASSWORD"),
-    ("admin", "p" * 101, "IGGY_ROOT_PASSWORD"),
-])
+@pytest.mark.parametrize(
+    "username, password, bad",
+    [
+        ("ab", "secret", "IGGY_ROOT_USERNAME"),
+        ("a" * 51, "secret", "IGGY_ROOT_USERNAME"),
+        ("admin", "ab", "IGGY_ROOT_PASSWORD"),
+        ("admin", "p" * 101, "IGGY_ROOT_PASSWORD"),
+    ],
+)
 def test_root_credentials_lengths(username, password, bad):
     with pytest.raises(ConfigError, match=bad):
         root_credentials({"IGGY_ROOT_USERNAME": username, "IGGY_ROOT_PASSWORD": password})
@@ -378,17 +418,20 @@ def test_root_credentials_generated():
 
 # --------------------------------------------------------------------------- CLI
 
+
 def _run_cli(tmp_path, extra_env, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("IGGY_")}
     env.update(extra_env)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "iggy", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "iggy", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_cli_invalid_address_exits_2_before_server_import(tmp_path):
-    proc = _run_cli(tmp_path, {"IGGY_TCP_ADDRESS": "not-an-address",
-                               "PYTHONVERBOSE": "1"})  # -v import trace shows what was imported
+    proc = _run_cli(
+        tmp_path, {"IGGY_TCP_ADDRESS": "not-an-address", "PYTHONVERBOSE": "1"}
+    )  # -v import trace shows what was imported
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors and "tcp.address" in errors[0] and "IGGY_TCP_ADDRESS" in errors[0]
@@ -434,8 +477,7 @@ def test_server_with_only_root_password_creates_root_iggy(tmp_path):
         await client.login_user("iggy", "only-the-password")
         return await client.get_streams()
 
-    with IggyTestServer(tmp_path / "data", password="only-the-password",
-                        env={"IGGY_ROOT_USERNAME": None}) as server:
+    with IggyTestServer(tmp_path / "data", password="only-the-password", env={"IGGY_ROOT_USERNAME": None}) as server:
         assert asyncio.run(login(server.tcp_address)) == []
 
 

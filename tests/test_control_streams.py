@@ -5,6 +5,7 @@ id tests start their own server because ids depend on everything created before.
 Error messages are the SDK's text for the numeric code (TCP.md 4.2: only the code travels);
 the raw_root client checks the numeric code of the same refusal.
 """
+
 from __future__ import annotations
 
 import struct
@@ -12,8 +13,19 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from apache_iggy import (Consumer, Durability, GlobalPermissions, IggyClient, IggyExpiry, MaxTopicSize,
-                         Permissions, PollingStrategy, SendMessage, StreamPermissions, TopicPermissions)
+from apache_iggy import (
+    Consumer,
+    Durability,
+    GlobalPermissions,
+    IggyClient,
+    IggyExpiry,
+    MaxTopicSize,
+    Permissions,
+    PollingStrategy,
+    SendMessage,
+    StreamPermissions,
+    TopicPermissions,
+)
 
 from tests.conftest import connect_root, login_as, sdk_error, uniq
 from tests.rawclient import RawClient, ident, wire_name
@@ -60,7 +72,7 @@ async def test_stream_create_get_list_update_delete(root):
     assert by_name is not None and by_name.name == name
     assert by_name.topics_count == 0 and by_name.topics == []
     assert by_name.size == 0 and by_name.messages_count == 0
-    assert by_name.created_at > 1_600_000_000_000_000          # microseconds since the epoch
+    assert by_name.created_at > 1_600_000_000_000_000  # microseconds since the epoch
     by_id = await root.get_stream(by_name.id)
     assert (by_id.id, by_id.name, by_id.created_at) == (by_name.id, name, by_name.created_at)
     listed = {s.name: s for s in await root.get_streams()}
@@ -73,7 +85,7 @@ async def test_stream_create_get_list_update_delete(root):
     assert await root.get_stream(name) is None
     after = await root.get_stream(by_name.id)
     assert after.name == renamed and after.created_at == by_name.created_at
-    await root.update_stream(by_name.id, renamed)              # renaming to the current name succeeds
+    await root.update_stream(by_name.id, renamed)  # renaming to the current name succeeds
     assert (await root.get_stream(renamed)).id == by_name.id
 
     await root.delete_stream(renamed)
@@ -86,10 +98,10 @@ async def test_stream_create_reply_carries_the_new_stream(raw_root):
     name = uniq("raw_root")
     reply = raw_root.call(OP_CREATE_STREAM, 0, wire_name(name))
     assert reply.status == 0 and reply.code == 0
-    body = reply.body[4:]                                       # after the result section [u32 0]
+    body = reply.body[4:]  # after the result section [u32 0]
     stream_id, created_at, topics = struct.unpack_from("<IQI", body)
     assert topics == 0 and created_at > 0
-    assert body[32] == len(name) and body[33:33 + len(name)] == name.encode()
+    assert body[32] == len(name) and body[33 : 33 + len(name)] == name.encode()
     got = raw_root.read(GET_STREAM, ident(name))
     assert got.status == 0 and struct.unpack_from("<I", got.body)[0] == stream_id
 
@@ -104,7 +116,7 @@ async def test_stream_errors(root, raw_root):
     other = uniq("other")
     await root.create_stream(other)
     with sdk_error("Stream with name:  already exists."):
-        await root.update_stream(other, name)                   # rename onto an existing name
+        await root.update_stream(other, name)  # rename onto an existing name
     assert raw_root.call(OP_UPDATE_STREAM, 0, ident(other) + wire_name(name)).code == 1012
 
     missing_id, missing_name = 999_999, uniq("missing")
@@ -141,12 +153,12 @@ async def test_stream_errors(root, raw_root):
 async def test_names_are_verbatim_and_case_sensitive(root):
     base = uniq("Case")
     await root.create_stream(base)
-    await root.create_stream(base.lower())                          # another name: no conflict
+    await root.create_stream(base.lower())  # another name: no conflict
     assert (await root.get_stream(base)).id != (await root.get_stream(base.lower())).id
     fancy = "strumień-ü-" + uuid.uuid4().hex[:8] + " with spaces/and:colons"
     await root.create_stream(fancy)
     assert (await root.get_stream(fancy)).name == fancy
-    longest = "n" * 245 + uuid.uuid4().hex[:10]                      # 255 bytes, the WireName limit
+    longest = "n" * 245 + uuid.uuid4().hex[:10]  # 255 bytes, the WireName limit
     await root.create_stream(longest)
     assert (await root.get_stream(longest)).name == longest
     await root.create_topic(longest, longest, 1)
@@ -177,14 +189,28 @@ async def test_purge_stream_drops_messages_keeps_metadata(root):
     after = await root.get_stream(name)
     assert after.messages_count == 0 and after.size == 0
     assert [t.name for t in after.topics] == ["a", "b"] and after.id == before.id
-    polled = await root.poll_messages(name, "a", partition_id=1, consumer=Consumer.Single(1),
-                                      polling_strategy=PollingStrategy.First(), count=10, auto_commit=False)
+    polled = await root.poll_messages(
+        name,
+        "a",
+        partition_id=1,
+        consumer=Consumer.Single(1),
+        polling_strategy=PollingStrategy.First(),
+        count=10,
+        auto_commit=False,
+    )
     assert polled == []
-    await root.send_messages(name, "a", 1, [SendMessage("again")])   # offsets restart at 0
-    polled = await root.poll_messages(name, "a", partition_id=1, consumer=Consumer.Single(1),
-                                      polling_strategy=PollingStrategy.First(), count=10, auto_commit=False)
+    await root.send_messages(name, "a", 1, [SendMessage("again")])  # offsets restart at 0
+    polled = await root.poll_messages(
+        name,
+        "a",
+        partition_id=1,
+        consumer=Consumer.Single(1),
+        polling_strategy=PollingStrategy.First(),
+        count=10,
+        auto_commit=False,
+    )
     assert [(m.offset(), m.payload()) for m in polled] == [(0, b"again")]
-    await root.purge_stream(name)                                  # purging an empty stream succeeds
+    await root.purge_stream(name)  # purging an empty stream succeeds
 
 
 # ------------------------------------------------------------------ topics
@@ -193,25 +219,37 @@ async def test_purge_stream_drops_messages_keeps_metadata(root):
 async def test_topic_create_with_every_option(root):
     s = uniq("opts")
     await root.create_stream(s)
-    await root.create_topic(s, "full", 3, compression_algorithm="gzip",
-                            message_expiry=IggyExpiry.ExpireDuration(timedelta(seconds=60)),
-                            max_topic_size=MaxTopicSize.Custom(100 * MiB), segment_size=2 * MiB,
-                            durability=Durability.PERSISTED, consumer_offset_durability=Durability.REPLICATED,
-                            messages_required_to_save=100, size_of_messages_required_to_save=4096,
-                            preallocate_segments=False)
+    await root.create_topic(
+        s,
+        "full",
+        3,
+        compression_algorithm="gzip",
+        message_expiry=IggyExpiry.ExpireDuration(timedelta(seconds=60)),
+        max_topic_size=MaxTopicSize.Custom(100 * MiB),
+        segment_size=2 * MiB,
+        durability=Durability.PERSISTED,
+        consumer_offset_durability=Durability.REPLICATED,
+        messages_required_to_save=100,
+        size_of_messages_required_to_save=4096,
+        preallocate_segments=False,
+    )
     t = await root.get_topic(s, "full")
     assert t.name == "full" and t.partitions_count == 3
     assert [p.id for p in t.partitions] == [0, 1, 2]
-    assert all(p.current_offset == 0 and p.messages_count == 0 and p.segments_count >= 1
-               for p in t.partitions)
+    assert all(p.current_offset == 0 and p.messages_count == 0 and p.segments_count >= 1 for p in t.partitions)
     assert t.compression_algorithm == "gzip"
     assert isinstance(t.message_expiry, IggyExpiry.ExpireDuration)
     assert t.message_expiry.duration == timedelta(seconds=60)
     assert isinstance(t.max_topic_size, MaxTopicSize.Custom) and t.max_topic_size.bytes == 100 * MiB
     assert t.options.to_scalar_dict() == {
-        "compression_algorithm": "gzip", "message_expiry": 60_000_000, "max_topic_size": 100 * MiB,
-        "segment_size": 2 * MiB, "durability": "persisted", "consumer_offset_durability": "replicated",
-        "messages_required_to_save": 100, "size_of_messages_required_to_save": 4096,
+        "compression_algorithm": "gzip",
+        "message_expiry": 60_000_000,
+        "max_topic_size": 100 * MiB,
+        "segment_size": 2 * MiB,
+        "durability": "persisted",
+        "consumer_offset_durability": "replicated",
+        "messages_required_to_save": 100,
+        "size_of_messages_required_to_save": 4096,
         "preallocate_segments": False,
     }
     assert t.derived_options.to_scalar_dict() == {"enforce_fsync": False}
@@ -222,22 +260,28 @@ async def test_topic_create_with_every_option(root):
     assert p.compression_algorithm == "none"
     assert isinstance(p.message_expiry, IggyExpiry.NeverExpire)
     assert isinstance(p.max_topic_size, MaxTopicSize.Unlimited)
-    assert p.options.to_scalar_dict() == {"durability": "replicated",
-                                          "consumer_offset_durability": "replicated"}
+    assert p.options.to_scalar_dict() == {"durability": "replicated", "consumer_offset_durability": "replicated"}
     assert p.derived_options.to_scalar_dict() == {
-        "compression_algorithm": "none", "message_expiry": U64_MAX, "max_topic_size": U64_MAX,
-        "segment_size": GiB, "enforce_fsync": False, "messages_required_to_save": 1024,
-        "size_of_messages_required_to_save": MiB, "preallocate_segments": False,
+        "compression_algorithm": "none",
+        "message_expiry": U64_MAX,
+        "max_topic_size": U64_MAX,
+        "segment_size": GiB,
+        "enforce_fsync": False,
+        "messages_required_to_save": 1024,
+        "size_of_messages_required_to_save": MiB,
+        "preallocate_segments": False,
     }
     # "server default" sentinels resolve to real values too
-    await root.create_topic(s, "defaults", 1, message_expiry=IggyExpiry.ServerDefault(),
-                            max_topic_size=MaxTopicSize.ServerDefault())
+    await root.create_topic(
+        s, "defaults", 1, message_expiry=IggyExpiry.ServerDefault(), max_topic_size=MaxTopicSize.ServerDefault()
+    )
     d = await root.get_topic(s, "defaults")
     assert isinstance(d.message_expiry, IggyExpiry.NeverExpire)
     assert isinstance(d.max_topic_size, MaxTopicSize.Unlimited)
     # options given as text (the SDK's `options` map) are parsed by the key's type
-    await root.create_topic(s, "text", 1, options={"message_expiry": "1h", "max_topic_size": "2 GiB",
-                                                   "enforce_fsync": "true"})
+    await root.create_topic(
+        s, "text", 1, options={"message_expiry": "1h", "max_topic_size": "2 GiB", "enforce_fsync": "true"}
+    )
     x = await root.get_topic(s, "text")
     assert x.message_expiry.duration == timedelta(hours=1)
     assert x.max_topic_size.bytes == 2 * GiB
@@ -249,7 +293,11 @@ async def test_topic_create_with_every_option(root):
 
     listed = await root.get_topics(s)
     assert [(t.id, t.name, t.partitions_count) for t in listed] == [
-        (0, "full", 3), (1, "plain", 1), (2, "defaults", 1), (3, "empty", 0)]
+        (0, "full", 3),
+        (1, "plain", 1),
+        (2, "defaults", 1),
+        (3, "empty", 0),
+    ]
     assert listed[0].compression_algorithm == "gzip"
     details = await root.get_stream(s)
     assert details.topics_count == 4
@@ -261,22 +309,34 @@ async def test_topic_create_with_every_option(root):
 async def test_topic_update_is_a_patch(root):
     s = uniq("upd")
     await root.create_stream(s)
-    await root.create_topic(s, "t", 1, compression_algorithm="gzip", segment_size=2 * MiB,
-                            message_expiry=IggyExpiry.ExpireDuration(timedelta(seconds=30)))
+    await root.create_topic(
+        s,
+        "t",
+        1,
+        compression_algorithm="gzip",
+        segment_size=2 * MiB,
+        message_expiry=IggyExpiry.ExpireDuration(timedelta(seconds=30)),
+    )
     await root.update_topic(s, "t", "t2", max_topic_size=MaxTopicSize.Custom(50 * MiB))
     t = await root.get_topic(s, "t2")
     assert await root.get_topic(s, "t") is None
-    assert t.compression_algorithm == "gzip"                               # untouched
-    assert t.message_expiry.duration == timedelta(seconds=30)              # untouched
+    assert t.compression_algorithm == "gzip"  # untouched
+    assert t.message_expiry.duration == timedelta(seconds=30)  # untouched
     assert t.max_topic_size.bytes == 50 * MiB
-    await root.update_topic(s, "t2", "t2", compression_algorithm="none",
-                            message_expiry=IggyExpiry.NeverExpire(), max_topic_size=MaxTopicSize.Unlimited())
+    await root.update_topic(
+        s,
+        "t2",
+        "t2",
+        compression_algorithm="none",
+        message_expiry=IggyExpiry.NeverExpire(),
+        max_topic_size=MaxTopicSize.Unlimited(),
+    )
     t = await root.get_topic(s, "t2")
     assert t.compression_algorithm == "none"
     assert isinstance(t.message_expiry, IggyExpiry.NeverExpire)
     assert isinstance(t.max_topic_size, MaxTopicSize.Unlimited)
-    assert t.options.to_scalar_dict()["segment_size"] == 2 * MiB            # create-only value kept
-    await root.update_topic(s, "t2", "t2")                                  # name only, same name
+    assert t.options.to_scalar_dict()["segment_size"] == 2 * MiB  # create-only value kept
+    await root.update_topic(s, "t2", "t2")  # name only, same name
     assert (await root.get_topic(s, "t2")).id == t.id
 
 
@@ -338,30 +398,35 @@ async def test_topic_errors(root, raw_root):
     with sdk_error("Invalid option value for key: "):
         await root.create_topic(s, "v", 1, options={"segment_size": "abc"})
     with sdk_error("Invalid option value for key: "):
-        await root.create_topic(s, "v", 1, segment_size=1000)                  # below 1 MiB
+        await root.create_topic(s, "v", 1, segment_size=1000)  # below 1 MiB
     with sdk_error("Invalid option value for key: "):
         await root.create_topic(s, "v", 1, messages_required_to_save=0)
     assert refused("segment_size", 12, struct.pack("<Q", 1000)) == 4042
-    assert refused("segment_size", 12, struct.pack("<Q", 2 * MiB + 1)) == 4042        # not a multiple of 512
+    assert refused("segment_size", 12, struct.pack("<Q", 2 * MiB + 1)) == 4042  # not a multiple of 512
     assert refused("segment_size", 12, struct.pack("<Q", 2 * GiB)) == 4042
     assert refused("size_of_messages_required_to_save", 12, struct.pack("<Q", 2 * GiB)) == 4042
     assert refused("messages_required_to_save", 11, struct.pack("<I", 16_777_217)) == 4042
     with sdk_error("Invalid option value for key: "):
-        await root.create_topic(s, "v", 65, preallocate_segments=True)        # 65 x 1 GiB > 64 GiB
+        await root.create_topic(s, "v", 65, preallocate_segments=True)  # 65 x 1 GiB > 64 GiB
     assert refused("compression_algorithm", 2, b"zstd") == 4042
     assert refused("durability", 2, b"sometimes") == 4042
-    msg = ("Max topic size cannot be lower than segment size. "
-           "Max topic size: server_default < segment size: 0 B.")
+    msg = "Max topic size cannot be lower than segment size. Max topic size: server_default < segment size: 0 B."
     with sdk_error(msg):
-        await root.create_topic(s, "v", 1, max_topic_size=MaxTopicSize.Custom(MiB))   # default segment 1 GiB
+        await root.create_topic(s, "v", 1, max_topic_size=MaxTopicSize.Custom(MiB))  # default segment 1 GiB
     assert refused("max_topic_size", 12, struct.pack("<Q", MiB)) == 1019
     with sdk_error(msg):
         await root.update_topic(s, "t", "t", max_topic_size=MaxTopicSize.Custom(MiB))
     # create-only keys can't be changed later
     with sdk_error("Unsupported option key: "):
         await root.update_topic(s, "t", "t", options={"segment_size": "4194304"})
-    assert raw_root.call(OP_UPDATE_TOPIC, 0, ident(sid) + ident("t") + wire_name("t")
-                    + option("segment_size", 12, struct.pack("<Q", 4 * MiB))).code == 4041
+    assert (
+        raw_root.call(
+            OP_UPDATE_TOPIC,
+            0,
+            ident(sid) + ident("t") + wire_name("t") + option("segment_size", 12, struct.pack("<Q", 4 * MiB)),
+        ).code
+        == 4041
+    )
 
     # partition counts
     with sdk_error("Too many partitions"):
@@ -371,7 +436,7 @@ async def test_topic_errors(root, raw_root):
         await root.create_partitions(s, "t", 1001)
     assert raw_root.call(OP_CREATE_PARTITIONS, 0, ident(sid) + ident("t") + struct.pack("<I", 0)).code == 2019
     with sdk_error("Invalid partitions count"):
-        await root.delete_partitions(s, "t", 3)                               # only 2 exist
+        await root.delete_partitions(s, "t", 3)  # only 2 exist
     assert raw_root.call(OP_DELETE_PARTITIONS, 0, ident(sid) + ident("t") + struct.pack("<I", 3)).code == 2019
 
     # none of the refused requests left anything behind
@@ -409,10 +474,10 @@ async def test_partitions_create_and_delete(root, raw_root):
     assert t.partitions_count == 5 and [p.id for p in t.partitions] == [0, 1, 2, 3, 4]
     await root.delete_partitions(s, "t", 2)
     t = await root.get_topic(s, "t")
-    assert [p.id for p in t.partitions] == [0, 1, 2]                 # the highest ids go
+    assert [p.id for p in t.partitions] == [0, 1, 2]  # the highest ids go
     await root.send_messages(s, "t", 2, [SendMessage("in p2")])
     await root.delete_partitions(s, "t", 1)
-    await root.create_partitions(s, "t", 1)                          # id 2 comes back, empty
+    await root.create_partitions(s, "t", 1)  # id 2 comes back, empty
     t = await root.get_topic(s, "t")
     assert [p.id for p in t.partitions] == [0, 1, 2]
     assert t.partitions[2].messages_count == 0 and t.messages_count == 0
@@ -433,7 +498,7 @@ async def test_ids_are_zero_based_and_reused(server):
     assert [(s.id, s.name) for s in await root.get_streams()] == [(0, "s0"), (1, "s1"), (2, "s2")]
     await root.delete_stream(1)
     await root.create_stream("s1b")
-    assert (await root.get_stream("s1b")).id == 1                   # the lowest free id
+    assert (await root.get_stream("s1b")).id == 1  # the lowest free id
     await root.delete_stream(0)
     await root.create_stream("s0b")
     assert (await root.get_stream("s0b")).id == 0
@@ -458,8 +523,15 @@ async def test_ids_are_zero_based_and_reused(server):
     await root.create_topic("s2b", "fresh", 3)
     assert [p.id for p in (await root.get_topic(2, 0)).partitions] == [0, 1, 2]
     assert (await root.get_topic(2, 0)).messages_count == 0
-    polled = await root.poll_messages(2, 0, partition_id=0, consumer=Consumer.Single(1),
-                                      polling_strategy=PollingStrategy.First(), count=10, auto_commit=False)
+    polled = await root.poll_messages(
+        2,
+        0,
+        partition_id=0,
+        consumer=Consumer.Single(1),
+        polling_strategy=PollingStrategy.First(),
+        count=10,
+        auto_commit=False,
+    )
     assert polled == []
     # the same for a topic id
     await root.send_messages("s3", "other", 0, [SendMessage("old")])
@@ -505,13 +577,22 @@ UNAUTHORIZED = "Unauthorized"
 
 async def test_user_without_permissions_is_refused_everything(srv, world, raw_root):
     u = await user_with(srv, world.root, None)
-    for call in (lambda: u.create_stream(uniq("x")), lambda: u.get_streams(), lambda: u.get_stream(world.a),
-                 lambda: u.update_stream(world.a, uniq("x")), lambda: u.delete_stream(world.c),
-                 lambda: u.purge_stream(world.a), lambda: u.get_topics(world.a),
-                 lambda: u.get_topic(world.a, "a1"), lambda: u.create_topic(world.a, "x", 1),
-                 lambda: u.update_topic(world.a, "a1", "a1"), lambda: u.delete_topic(world.a, "a2"),
-                 lambda: u.purge_topic(world.a, "a1"), lambda: u.create_partitions(world.a, "a1", 1),
-                 lambda: u.delete_partitions(world.a, "a1", 1)):
+    for call in (
+        lambda: u.create_stream(uniq("x")),
+        lambda: u.get_streams(),
+        lambda: u.get_stream(world.a),
+        lambda: u.update_stream(world.a, uniq("x")),
+        lambda: u.delete_stream(world.c),
+        lambda: u.purge_stream(world.a),
+        lambda: u.get_topics(world.a),
+        lambda: u.get_topic(world.a, "a1"),
+        lambda: u.create_topic(world.a, "x", 1),
+        lambda: u.update_topic(world.a, "a1", "a1"),
+        lambda: u.delete_topic(world.a, "a2"),
+        lambda: u.purge_topic(world.a, "a1"),
+        lambda: u.create_partitions(world.a, "a1", 1),
+        lambda: u.delete_partitions(world.a, "a1", 1),
+    ):
         with sdk_error(UNAUTHORIZED):
             await call()
     # reads of a missing entity say "not found" before any permission check
@@ -538,19 +619,26 @@ async def test_stream_read_permission(srv, world):
     assert (await u.get_stream(world.a)).name == world.a
     assert [t.name for t in await u.get_topics(world.a)] == ["a1", "a2"]
     assert (await u.get_topic(world.a, "a1")).partitions_count == 2
-    for call in (lambda: u.get_stream(world.b), lambda: u.get_topics(world.b),
-                 lambda: u.get_topic(world.b, "b1"), lambda: u.get_streams(),
-                 lambda: u.create_topic(world.a, "x", 1), lambda: u.update_stream(world.a, uniq("x")),
-                 lambda: u.update_topic(world.a, "a1", "a1"), lambda: u.create_stream(uniq("x"))):
+    for call in (
+        lambda: u.get_stream(world.b),
+        lambda: u.get_topics(world.b),
+        lambda: u.get_topic(world.b, "b1"),
+        lambda: u.get_streams(),
+        lambda: u.create_topic(world.a, "x", 1),
+        lambda: u.update_stream(world.a, uniq("x")),
+        lambda: u.update_topic(world.a, "a1", "a1"),
+        lambda: u.create_stream(uniq("x")),
+    ):
         with sdk_error(UNAUTHORIZED):
             await call()
 
 
 async def test_stream_manage_permission(srv, world):
-    perms = Permissions(streams={world.aid: StreamPermissions(manage_stream=True),
-                                 world.cid: StreamPermissions(manage_stream=True)})
+    perms = Permissions(
+        streams={world.aid: StreamPermissions(manage_stream=True), world.cid: StreamPermissions(manage_stream=True)}
+    )
     u = await user_with(srv, world.root, perms)
-    assert (await u.get_stream(world.a)).name == world.a               # manage implies read
+    assert (await u.get_stream(world.a)).name == world.a  # manage implies read
     renamed = uniq("A2")
     await u.update_stream(world.a, renamed)
     await u.update_stream(renamed, world.a)
@@ -563,9 +651,15 @@ async def test_stream_manage_permission(srv, world):
     await u.delete_topic(world.a, "mine2")
     await u.delete_stream(world.c)
     assert await world.root.get_stream(world.c) is None
-    for call in (lambda: u.create_stream(uniq("x")), lambda: u.get_streams(), lambda: u.get_stream(world.b),
-                 lambda: u.update_stream(world.b, uniq("x")), lambda: u.delete_stream(world.b),
-                 lambda: u.create_topic(world.b, "x", 1), lambda: u.delete_topic(world.b, "b1")):
+    for call in (
+        lambda: u.create_stream(uniq("x")),
+        lambda: u.get_streams(),
+        lambda: u.get_stream(world.b),
+        lambda: u.update_stream(world.b, uniq("x")),
+        lambda: u.delete_stream(world.b),
+        lambda: u.create_topic(world.b, "x", 1),
+        lambda: u.delete_topic(world.b, "b1"),
+    ):
         with sdk_error(UNAUTHORIZED):
             await call()
     assert (await world.root.get_stream(world.b)).topics_count == 1
@@ -574,19 +668,22 @@ async def test_stream_manage_permission(srv, world):
 async def test_stream_manage_topics_permission(srv, world):
     u = await user_with(srv, world.root, stream_perms(world.aid, manage_topics=True))
     await u.create_topic(world.a, "mt", 1)
-    assert "mt" in [t.name for t in await u.get_topics(world.a)]     # manage_topics lists topics
+    assert "mt" in [t.name for t in await u.get_topics(world.a)]  # manage_topics lists topics
     await u.update_topic(world.a, "mt", "mt", compression_algorithm="gzip")
     await u.create_partitions(world.a, "mt", 1)
     await u.delete_topic(world.a, "mt")
-    for call in (lambda: u.update_stream(world.a, uniq("x")), lambda: u.purge_stream(world.a),
-                 lambda: u.get_stream(world.a), lambda: u.create_topic(world.b, "x", 1)):
+    for call in (
+        lambda: u.update_stream(world.a, uniq("x")),
+        lambda: u.purge_stream(world.a),
+        lambda: u.get_stream(world.a),
+        lambda: u.create_topic(world.b, "x", 1),
+    ):
         with sdk_error(UNAUTHORIZED):
             await call()
 
 
 async def test_topic_level_permissions(srv, world):
-    manage = Permissions(streams={world.aid: StreamPermissions(
-        topics={world.a1: TopicPermissions(manage_topic=True)})})
+    manage = Permissions(streams={world.aid: StreamPermissions(topics={world.a1: TopicPermissions(manage_topic=True)})})
     u = await user_with(srv, world.root, manage)
     assert (await u.get_topic(world.a, "a1")).name == "a1"
     await u.update_topic(world.a, "a1", "a1", compression_algorithm="gzip")
@@ -594,18 +691,27 @@ async def test_topic_level_permissions(srv, world):
     await u.create_partitions(world.a, "a1", 1)
     await u.delete_partitions(world.a, "a1", 1)
     assert (await world.root.get_topic(world.a, "a1")).compression_algorithm == "gzip"
-    for call in (lambda: u.get_topic(world.a, "a2"), lambda: u.update_topic(world.a, "a2", "a2"),
-                 lambda: u.delete_topic(world.a, "a2"), lambda: u.create_topic(world.a, "x", 1),
-                 lambda: u.get_topics(world.a), lambda: u.get_stream(world.a),
-                 lambda: u.purge_stream(world.a)):
+    for call in (
+        lambda: u.get_topic(world.a, "a2"),
+        lambda: u.update_topic(world.a, "a2", "a2"),
+        lambda: u.delete_topic(world.a, "a2"),
+        lambda: u.create_topic(world.a, "x", 1),
+        lambda: u.get_topics(world.a),
+        lambda: u.get_stream(world.a),
+        lambda: u.purge_stream(world.a),
+    ):
         with sdk_error(UNAUTHORIZED):
             await call()
 
     read = stream_perms(world.aid, topics={world.a1: TopicPermissions(read_topic=True)})
     r = await user_with(srv, world.root, read)
     assert (await r.get_topic(world.a, "a1")).partitions_count == 2
-    for call in (lambda: r.update_topic(world.a, "a1", "a1"), lambda: r.purge_topic(world.a, "a1"),
-                 lambda: r.create_partitions(world.a, "a1", 1), lambda: r.get_topic(world.a, "a2")):
+    for call in (
+        lambda: r.update_topic(world.a, "a1", "a1"),
+        lambda: r.purge_topic(world.a, "a1"),
+        lambda: r.create_partitions(world.a, "a1", 1),
+        lambda: r.get_topic(world.a, "a2"),
+    ):
         with sdk_error(UNAUTHORIZED):
             await call()
 
@@ -615,27 +721,31 @@ async def test_read_topics_permissions(srv, world):
     g = await user_with(srv, world.root, global_perms(read_topics=True))
     assert [t.name for t in await g.get_topics(world.b)] == ["b1"]
     assert (await g.get_topic(world.a, "a2")).name == "a2"
-    for call in (lambda: g.get_streams(), lambda: g.get_stream(world.a),
-                 lambda: g.create_topic(world.a, "x", 1), lambda: g.update_topic(world.a, "a1", "a1")):
+    for call in (
+        lambda: g.get_streams(),
+        lambda: g.get_stream(world.a),
+        lambda: g.create_topic(world.a, "x", 1),
+        lambda: g.update_topic(world.a, "a1", "a1"),
+    ):
         with sdk_error(UNAUTHORIZED):
             await call()
     s = await user_with(srv, world.root, stream_perms(world.aid, read_topics=True))
     assert [t.name for t in await s.get_topics(world.a)] == ["a1", "a2"]
     assert (await s.get_topic(world.a, "a1")).name == "a1"
-    for call in (lambda: s.get_stream(world.a), lambda: s.get_topics(world.b),
-                 lambda: s.purge_topic(world.a, "a1")):
+    for call in (lambda: s.get_stream(world.a), lambda: s.get_topics(world.b), lambda: s.purge_topic(world.a, "a1")):
         with sdk_error(UNAUTHORIZED):
             await call()
     poller = await user_with(srv, world.root, global_perms(poll_messages=True, send_messages=True))
     with sdk_error(UNAUTHORIZED):
-        await poller.get_topic(world.a, "a1")                      # message rights don't read metadata
+        await poller.get_topic(world.a, "a1")  # message rights don't read metadata
 
 
 async def test_topic_permissions_are_scoped_to_their_stream(srv, world, root):
     """Topic ids repeat in every stream: a grant on (B, topic 0) says nothing about (A, topic 0)."""
     b1 = (await root.get_topic(world.b, "b1")).id
-    u = await user_with(srv, root, Permissions(streams={world.bid: StreamPermissions(
-        topics={b1: TopicPermissions(manage_topic=True)})}))
+    u = await user_with(
+        srv, root, Permissions(streams={world.bid: StreamPermissions(topics={b1: TopicPermissions(manage_topic=True)})})
+    )
     await u.update_topic(world.b, b1, "b1")
     assert b1 in (world.a1, world.a2)
     with sdk_error(UNAUTHORIZED):
@@ -650,8 +760,12 @@ async def test_global_permissions(srv, world):
     assert {world.a, world.b} <= names
     assert (await reader.get_stream(world.b)).name == world.b
     assert (await reader.get_topic(world.b, "b1")).name == "b1"
-    for call in (lambda: reader.create_stream(uniq("x")), lambda: reader.create_topic(world.b, "x", 1),
-                 lambda: reader.purge_stream(world.b), lambda: reader.delete_topic(world.b, "b1")):
+    for call in (
+        lambda: reader.create_stream(uniq("x")),
+        lambda: reader.create_topic(world.b, "x", 1),
+        lambda: reader.purge_stream(world.b),
+        lambda: reader.delete_topic(world.b, "b1"),
+    ):
         with sdk_error(UNAUTHORIZED):
             await call()
 
@@ -660,8 +774,12 @@ async def test_global_permissions(srv, world):
     await topics.update_topic(world.b, "gt", "gt2")
     assert [t.name for t in await topics.get_topics(world.b)] == ["b1", "gt2"]
     await topics.delete_topic(world.b, "gt2")
-    for call in (lambda: topics.create_stream(uniq("x")), lambda: topics.update_stream(world.b, uniq("x")),
-                 lambda: topics.get_streams(), lambda: topics.delete_stream(world.c)):
+    for call in (
+        lambda: topics.create_stream(uniq("x")),
+        lambda: topics.update_stream(world.b, uniq("x")),
+        lambda: topics.get_streams(),
+        lambda: topics.delete_stream(world.c),
+    ):
         with sdk_error(UNAUTHORIZED):
             await call()
 
@@ -673,7 +791,7 @@ async def test_global_permissions(srv, world):
     await streams.delete_stream(own)
     assert await world.root.get_stream(own) is None
     with sdk_error(UNAUTHORIZED):
-        await streams.get_stats()                                    # servers are another permission
+        await streams.get_stats()  # servers are another permission
 
 
 async def test_permission_changes_take_effect_on_live_sessions(srv, world):

@@ -1,4 +1,5 @@
 """System commands: ping, stats, option catalog, clients, cluster metadata, unknown codes."""
+
 from __future__ import annotations
 
 import socket
@@ -18,7 +19,7 @@ U64_MAX = 2**64 - 1
 
 def str32(body: bytes, pos: int) -> tuple[str, int]:
     (n,) = struct.unpack_from("<I", body, pos)
-    return body[pos + 4:pos + 4 + n].decode(), pos + 4 + n
+    return body[pos + 4 : pos + 4 + n].decode(), pos + 4 + n
 
 
 def parse_clients(body: bytes) -> dict:
@@ -37,7 +38,7 @@ async def test_ping(srv, root):
     await root.ping()
     anon = IggyClient(srv.tcp_address)
     await anon.connect()
-    await anon.ping()                                    # no login needed
+    await anon.ping()  # no login needed
     c = RawClient(srv.tcp_address)
     try:
         reply = c.read(PING)
@@ -62,7 +63,7 @@ async def test_get_stats_counts_what_exists(srv, root):
     assert after.consumer_groups_count == before.consumer_groups_count + 1
     assert after.process_id == srv.proc.pid
     major, minor, patch = (int(x) for x in after.iggy_server_version.split("-")[0].split("."))
-    assert after.iggy_server_semver == major * 1_000_000 + minor * 1_000 + patch     # 0.9.0 -> 9000
+    assert after.iggy_server_semver == major * 1_000_000 + minor * 1_000 + patch  # 0.9.0 -> 9000
     assert after.run_time.total_seconds() > 0 and after.start_time > 1_600_000_000_000_000
     assert after.memory_usage > 0 and after.total_memory >= after.available_memory > 0
     assert after.threads_count >= 1 and after.total_disk_space >= after.free_disk_space > 0
@@ -71,15 +72,18 @@ async def test_get_stats_counts_what_exists(srv, root):
     assert after.clients_count >= 1
     await root.delete_stream(s)
     gone = await root.get_stats()
-    assert (gone.streams_count, gone.topics_count, gone.partitions_count) == \
-        (before.streams_count, before.topics_count, before.partitions_count)
+    assert (gone.streams_count, gone.topics_count, gone.partitions_count) == (
+        before.streams_count,
+        before.topics_count,
+        before.partitions_count,
+    )
 
 
 async def test_get_stats_counts_clients(srv, root, raw_root):
     extra = [RawClient(srv.tcp_address) for _ in range(3)]
     try:
         for c in extra:
-            assert c.read(PING).status == 0                 # the connection is registered
+            assert c.read(PING).status == 0  # the connection is registered
         ports = {f"127.0.0.1:{c.sock.getsockname()[1]}" for c in extra}
         # clients of earlier tests may still be going away: compare within a quiet moment
         for _ in range(50):
@@ -88,7 +92,7 @@ async def test_get_stats_counts_clients(srv, root, raw_root):
             second = parse_clients(raw_root.read(GET_CLIENTS).body)
             if first.keys() == second.keys():
                 break
-        assert count == len(first) and count >= 5           # root, raw_root and the three extra
+        assert count == len(first) and count >= 5  # root, raw_root and the three extra
         assert ports <= {addr for _, _, addr, _ in first.values()}
     finally:
         for c in extra:
@@ -102,8 +106,9 @@ async def test_stats_needs_a_server_permission(srv, root):
     with sdk_error("Unauthorized"):
         await u.get_stats()
     reader = uniq("stats-reader")
-    await root.create_user(reader, "secret", permissions=Permissions(
-        global_permissions=GlobalPermissions(read_servers=True)))
+    await root.create_user(
+        reader, "secret", permissions=Permissions(global_permissions=GlobalPermissions(read_servers=True))
+    )
     r = await login_as(srv, reader, "secret")
     assert (await r.get_stats()).process_id == srv.proc.pid
     c = RawClient(srv.tcp_address)
@@ -112,7 +117,7 @@ async def test_stats_needs_a_server_permission(srv, root):
         assert c.read(GET_STATS).code == 41
         assert c.read(GET_CLIENTS).code == 41
         assert c.read(GET_CLIENT, struct.pack("<I", 1)).code == 41
-        assert c.read(GET_ME).status == 0                    # your own client needs nothing
+        assert c.read(GET_ME).status == 0  # your own client needs nothing
     finally:
         c.close()
 
@@ -120,9 +125,16 @@ async def test_stats_needs_a_server_permission(srv, root):
 async def test_describe_options(root, raw_root):
     topic = await root.describe_options("topic")
     by_key = {o.key: o for o in topic}
-    assert list(by_key) == ["compression_algorithm", "message_expiry", "max_topic_size", "segment_size",
-                            "enforce_fsync", "messages_required_to_save", "size_of_messages_required_to_save",
-                            "preallocate_segments"]
+    assert list(by_key) == [
+        "compression_algorithm",
+        "message_expiry",
+        "max_topic_size",
+        "segment_size",
+        "enforce_fsync",
+        "messages_required_to_save",
+        "size_of_messages_required_to_save",
+        "preallocate_segments",
+    ]
     assert by_key["compression_algorithm"].kind == "string"
     assert by_key["segment_size"].kind == "uint64"
     assert by_key["messages_required_to_save"].kind == "uint32"
@@ -133,11 +145,11 @@ async def test_describe_options(root, raw_root):
     assert await root.describe_options("stream") == []
     assert await root.describe_options("user") == []
     with pytest.raises(ValueError):
-        root.describe_options("partition")                  # refused by the SDK itself
+        root.describe_options("partition")  # refused by the SDK itself
     empty = raw_root.read(DESCRIBE_OPTIONS, b"\x02")
     assert empty.status == 0 and empty.body == b"\x00\x00\x00\x00"
-    assert raw_root.read(DESCRIBE_OPTIONS, b"\x09").code == 3     # unknown scope
-    assert raw_root.read(DESCRIBE_OPTIONS, b"").code == 3         # no scope at all
+    assert raw_root.read(DESCRIBE_OPTIONS, b"\x09").code == 3  # unknown scope
+    assert raw_root.read(DESCRIBE_OPTIONS, b"").code == 3  # no scope at all
 
 
 async def test_clients(srv, raw_root):
@@ -154,17 +166,16 @@ async def test_clients(srv, raw_root):
         clients = parse_clients(raw_root.read(GET_CLIENTS).body)
         assert clients[my_id] == (0, 1, address, 0)
         anon_port = anon.sock.getsockname()[1]
-        anon_entries = [cid for cid, (user, _, addr, _) in clients.items()
-                        if addr == f"127.0.0.1:{anon_port}"]
+        anon_entries = [cid for cid, (user, _, addr, _) in clients.items() if addr == f"127.0.0.1:{anon_port}"]
         assert len(anon_entries) == 1
         anon_id = anon_entries[0]
-        assert clients[anon_id][0] == 0xFFFFFFFF                # not logged in
+        assert clients[anon_id][0] == 0xFFFFFFFF  # not logged in
         one = raw_root.read(GET_CLIENT, struct.pack("<I", anon_id))
         assert one.status == 0
         assert struct.unpack_from("<IIB", one.body) == (anon_id, 0xFFFFFFFF, 1)
         assert anon.login().status == 0
         one = raw_root.read(GET_CLIENT, struct.pack("<I", anon_id))
-        assert struct.unpack_from("<I", one.body, 4)[0] == 0       # now logged in as root
+        assert struct.unpack_from("<I", one.body, 4)[0] == 0  # now logged in as root
     finally:
         anon.close()
     missing = raw_root.read(GET_CLIENT, struct.pack("<I", 0xFFFFFFF0))
@@ -207,7 +218,7 @@ async def test_unknown_and_unavailable_commands(srv, root, raw_root):
     assert raw_root.read(9999, b"abc").code == 3
     assert raw_root.read(0).code == 3
     with pytest.raises(RuntimeError):
-        await root.send_binary_request(40, b"")              # session codes are refused client-side
+        await root.send_binary_request(40, b"")  # session codes are refused client-side
     # the connection survives an unknown code
     assert raw_root.read(PING).status == 0
     await root.ping()
@@ -220,7 +231,7 @@ async def test_unknown_command_before_login(srv):
     c = RawClient(srv.tcp_address)
     try:
         reply = c.read(9999, b"")
-        assert reply.code in (3, 40)                        # refused either way, and the connection lives
+        assert reply.code in (3, 40)  # refused either way, and the connection lives
         assert c.read(PING).status == 0
     finally:
         c.close()

@@ -1,11 +1,12 @@
 """iggy.control.throttle in-process: the backoff rules, trusted pairs, bounded tables, the gate
 and the log limiter (a fake clock, no server)."""
+
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from iggy.control.throttle import Gate, LogLimiter, LoginThrottle, address_key
+from iggy.control.throttle import Gate, LoginThrottle, LogLimiter, address_key
 
 
 class Clock:
@@ -22,29 +23,29 @@ def test_backoff_starts_after_the_free_failures_and_doubles_up_to_the_cap():
     for _ in range(3):
         assert t.retry_after("10.0.0.1:1", "u") == 0
         t.failed("10.0.0.1:1", "u")
-    assert t.retry_after("10.0.0.1:2", "u") == 0          # 3 free failures, none backed off yet
+    assert t.retry_after("10.0.0.1:2", "u") == 0  # 3 free failures, none backed off yet
     waits = []
     for _ in range(6):
         t.failed("10.0.0.1:1", "u")
         waits.append(t.retry_after("10.0.0.1:1"))
     assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     clock.now += 8.0
-    assert t.retry_after("10.0.0.1:1", "u") == 0           # the backoff ends by itself
+    assert t.retry_after("10.0.0.1:1", "u") == 0  # the backoff ends by itself
 
 
 def test_correct_login_resets_the_address_not_the_user_and_trusts_the_pair():
     clock = Clock()
     t = LoginThrottle(free=2, clock=clock)
-    t.succeeded("10.0.0.9:5", "u")                         # the user's own client, earlier
+    t.succeeded("10.0.0.9:5", "u")  # the user's own client, earlier
     for _ in range(4):
         t.failed("10.0.0.1:1", "u")
-    assert t.retry_after("10.0.0.1:1", "other") > 0        # the guessing address, whoever it names
-    assert t.retry_after("10.0.0.2:1", "u") > 0            # the user, from an address it never used
-    assert t.retry_after("10.0.0.9:6", "u") == 0           # the user's trusted address
-    assert t.retry_after("10.0.0.2:1", "other") == 0       # anyone else
+    assert t.retry_after("10.0.0.1:1", "other") > 0  # the guessing address, whoever it names
+    assert t.retry_after("10.0.0.2:1", "u") > 0  # the user, from an address it never used
+    assert t.retry_after("10.0.0.9:6", "u") == 0  # the user's trusted address
+    assert t.retry_after("10.0.0.2:1", "other") == 0  # anyone else
     t.succeeded("10.0.0.1:1", "other")
-    assert t.retry_after("10.0.0.1:1", "someone") == 0     # the address is cleared ...
-    assert t.retry_after("10.0.0.2:1", "u") > 0            # ... the user's backoff is not
+    assert t.retry_after("10.0.0.1:1", "someone") == 0  # the address is cleared ...
+    assert t.retry_after("10.0.0.2:1", "u") > 0  # ... the user's backoff is not
 
 
 def test_trust_is_lost_after_the_free_failures():
@@ -87,8 +88,9 @@ def test_gate_runs_one_check_per_address_at_a_time():
             running[key] -= 1
 
     async def main():
-        await asyncio.gather(*[check("10.0.0.1:%d" % i, "a") for i in range(20)],
-                             *[check("10.0.0.2:%d" % i, "b") for i in range(20)])
+        await asyncio.gather(
+            *[check("10.0.0.1:%d" % i, "a") for i in range(20)], *[check("10.0.0.2:%d" % i, "b") for i in range(20)]
+        )
 
     asyncio.run(main())
     assert peak == {"a": 1, "b": 1}

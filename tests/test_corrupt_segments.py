@@ -13,6 +13,7 @@ starts before a damaged batch gets the messages up to it (a shorter reply), one 
 in it gets error 4039 every time, a `next` consumer stops there with that error (its stored
 offset does not move past it) and goes on once the offset is stored past the batch.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,13 +82,13 @@ def damaged(tmp_path_factory):
     seg0, seg1 = logs[0], logs[1]
     where, flips = {}, []
     pos, base, count, length = next(b for b in batches_in(seg0) if b[1] == 100)
-    flips.append((seg0, pos + length - 100))                 # a payload byte
+    flips.append((seg0, pos + length - 100))  # a payload byte
     where["payload"] = (range(base, base + count), seg0)
     pos, base, count, length = batches_in(seg1)[0]
-    flips.append((seg1, pos + 33))                           # the length field of a segment's first batch
+    flips.append((seg1, pos + 33))  # the length field of a segment's first batch
     where["header"] = (range(base, base + count), seg1)
     pos, base, count, length = batches_in(seg1)[-1]
-    flips.append((seg1, pos + length - 7))                   # the newest batch of a sealed segment
+    flips.append((seg1, pos + length - 7))  # the newest batch of a sealed segment
     where["newest"] = (range(base, base + count), seg1)
     for path, at in flips:
         _flip(path, at)
@@ -95,8 +96,18 @@ def damaged(tmp_path_factory):
 
 
 def _poll_body(consumer: int, strategy: int, value: int, count: int, auto_commit: bool = False) -> bytes:
-    return (b"\x01" + ident(consumer) + ident(S) + ident(T) + b"\x01" + struct.pack("<I", 0)
-            + bytes([strategy]) + struct.pack("<Q", value) + struct.pack("<I", count) + bytes([auto_commit]))
+    return (
+        b"\x01"
+        + ident(consumer)
+        + ident(S)
+        + ident(T)
+        + b"\x01"
+        + struct.pack("<I", 0)
+        + bytes([strategy])
+        + struct.pack("<Q", value)
+        + struct.pack("<I", count)
+        + bytes([auto_commit])
+    )
 
 
 def _result(reply):
@@ -112,8 +123,10 @@ def _result(reply):
 
 
 def _http_poll(srv, token: str, offset: int, count: int):
-    url = (f"{srv.http_url}/streams/{S}/topics/{T}/messages?consumer_id=1&partition_id=0&kind=offset"
-           f"&value={offset}&count={count}&auto_commit=false")
+    url = (
+        f"{srv.http_url}/streams/{S}/topics/{T}/messages?consumer_id=1&partition_id=0&kind=offset"
+        f"&value={offset}&count={count}&auto_commit=false"
+    )
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req) as resp:
@@ -129,7 +142,8 @@ def _session(srv, where) -> list:
     c = RawClient(srv.tcp_address)
     _ok(c.login())
     poll = lambda consumer, strategy, value, count, auto=False: _result(  # noqa: E731
-        c.read(100, _poll_body(consumer, strategy, value, count, auto)))
+        c.read(100, _poll_body(consumer, strategy, value, count, auto))
+    )
     for name, (bad, _path) in where.items():
         out.append((name, "before", poll(1, 1, bad.start - 5, 20)))
         for start in (bad.start, bad.start + 3, bad.stop - 1, bad.start):
@@ -148,18 +162,19 @@ def _session(srv, where) -> list:
     assert seen == list(range(bad.start))
     for _ in range(3):
         out.append(("next", poll(7, 5, 0, 30, True)))
-    body = (b"\x01" + ident(7) + ident(S) + ident(T) + b"\x01" + struct.pack("<I", 0)
-            + struct.pack("<Q", bad.stop - 1))
+    body = b"\x01" + ident(7) + ident(S) + ident(T) + b"\x01" + struct.pack("<I", 0) + struct.pack("<Q", bad.stop - 1)
     out.append(("store", c.call(161, 0, body).code))
     out.append(("next", poll(7, 5, 0, 30, True)))
     c.close()
-    login = urllib.request.Request(f"{srv.http_url}/users/login", data=json.dumps(
-        {"username": "iggy", "password": "iggy"}).encode(), headers={"Content-Type": "application/json"})
+    login = urllib.request.Request(
+        f"{srv.http_url}/users/login",
+        data=json.dumps({"username": "iggy", "password": "iggy"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(login) as resp:
         token = json.load(resp)["access_token"]["token"]
     for name, (bad, _path) in where.items():
-        out.append((name, "http", _http_poll(srv, token, bad.start - 5, 20),
-                    _http_poll(srv, token, bad.start, 20)))
+        out.append((name, "http", _http_poll(srv, token, bad.start - 5, 20), _http_poll(srv, token, bad.start, 20)))
     return out
 
 
@@ -197,12 +212,11 @@ def test_damaged_batches_answer_4039_at_the_batch(sessions, damaged, engine):
             assert by[(name, start)] == (4039,), (name, start)
         assert by[(name, "after")][2] == list(range(bad.stop, bad.stop + 5)), name
     nxt = [r[1] for r in replies if r[0] == "next"]
-    assert nxt[-5:-1] == [(4039,)] * 4                         # stuck at the batch, visibly
-    assert nxt[-1][2] == list(range(110, 140))                 # after the offset was stored past it
+    assert nxt[-5:-1] == [(4039,)] * 4  # stuck at the batch, visibly
+    assert nxt[-1][2] == list(range(110, 140))  # after the offset was stored past it
     http = {r[0]: r[2:] for r in replies if r[1] == "http"}
     for name, (bad, _path) in where.items():
-        assert http[name] == ((200, list(range(bad.start - 5, bad.start))),
-                              (400, 4039, "invalid_batch_checksum"))
+        assert http[name] == ((200, list(range(bad.start - 5, bad.start))), (400, 4039, "invalid_batch_checksum"))
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -210,18 +224,25 @@ def test_logged_once_per_batch_and_reported_at_startup(sessions, damaged, engine
     _, where = damaged
     _replies, text = _session_on(sessions, engine)
     for name, (bad, path) in where.items():
-        lines = [line for line in text.splitlines() if f"batch at offset {bad.start} in segment " in line
-                 and line.endswith(f"{os.path.basename(path)} fails its checksum")]
+        lines = [
+            line
+            for line in text.splitlines()
+            if f"batch at offset {bad.start} in segment " in line
+            and line.endswith(f"{os.path.basename(path)} fails its checksum")
+        ]
         assert len(lines) == 1, (name, lines)
         assert "partition 0/0/0:" in lines[0]
     # the startup check names the file of the damaged header and recovery the kept batch; the
     # payload damage of the first segment needs the checksums: it shows at the first poll
     warnings = [line for line in text.splitlines() if " WARNING iggy.storage.log: " in line]
-    header_seg = os.path.basename(where["header"][1])          # (each server runs on a copy)
-    assert any(header_seg in line and "do not match" in line and f"offset {where['header'][0].start}" in line
-               for line in warnings)
-    assert any(header_seg in line and f"offset {where['newest'][0].start} in sealed segment" in line
-               for line in warnings)
+    header_seg = os.path.basename(where["header"][1])  # (each server runs on a copy)
+    assert any(
+        header_seg in line and "do not match" in line and f"offset {where['header'][0].start}" in line
+        for line in warnings
+    )
+    assert any(
+        header_seg in line and f"offset {where['newest'][0].start} in sealed segment" in line for line in warnings
+    )
     assert not any(os.path.basename(where["payload"][1]) in line for line in warnings)
     assert "Traceback" not in text
 

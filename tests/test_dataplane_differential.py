@@ -10,6 +10,7 @@ the same partition, current offset, count and (offset, payload) of every message
 parser must never answer where Python refuses, never refuse where Python answers, and no
 request may take a server down.
 """
+
 from __future__ import annotations
 
 import random
@@ -24,7 +25,8 @@ from tests.rawclient import RawClient, ident, wire_name
 
 pytestmark = pytest.mark.skipif(
     __import__("iggy.engine.uring.engine", fromlist=["probe"]).probe() is not None,
-    reason="needs io_uring for the uring side of the comparison")
+    reason="needs io_uring for the uring side of the comparison",
+)
 
 OP = codes.CODE_OPERATIONS
 
@@ -33,8 +35,9 @@ OP = codes.CODE_OPERATIONS
 def pair(tmp_path_factory):
     servers = []
     for engine in ("uring", "asyncio"):
-        srv = ServerProcess(tmp_path_factory.mktemp(f"diff-{engine}") / "data",
-                            extra_env={"IGGY_SYSTEM_ENGINE": engine}).start()
+        srv = ServerProcess(
+            tmp_path_factory.mktemp(f"diff-{engine}") / "data", extra_env={"IGGY_SYSTEM_ENGINE": engine}
+        ).start()
         servers.append(srv)
     clients = [RawClient(s.tcp_address) for s in servers]
     for c in clients:
@@ -61,20 +64,42 @@ def _setup(c: RawClient) -> None:
 
 
 def send_body(stream=None, topic=None, kind=2, value=b"\0\0\0\0", payloads=(b"a", b"bb"), count=None):
-    md = ident("s" if stream is None else stream) + ident("t" if topic is None else topic) + bytes([kind, len(value)]) + value
+    md = (
+        ident("s" if stream is None else stream)
+        + ident("t" if topic is None else topic)
+        + bytes([kind, len(value)])
+        + value
+    )
     batch = build_batch([(7 + i, p, b"") for i, p in enumerate(payloads)], origin_timestamp=1_000_000)
     return struct.pack("<I", len(md) + 4) + md + struct.pack("<I", len(payloads) if count is None else count) + batch
 
 
 def poll_body(consumer_kind=1, consumer=1, partition=(1, 0), strategy=1, value=0, count=10, auto_commit=0):
-    return (bytes([consumer_kind]) + ident(consumer) + ident("s") + ident("t") + bytes([partition[0]])
-            + struct.pack("<I", partition[1]) + bytes([strategy]) + struct.pack("<Q", value)
-            + struct.pack("<I", count) + bytes([auto_commit]))
+    return (
+        bytes([consumer_kind])
+        + ident(consumer)
+        + ident("s")
+        + ident("t")
+        + bytes([partition[0]])
+        + struct.pack("<I", partition[1])
+        + bytes([strategy])
+        + struct.pack("<Q", value)
+        + struct.pack("<I", count)
+        + bytes([auto_commit])
+    )
 
 
 def store_body(consumer_kind=1, consumer=1, partition=(1, 0), offset=0, ack=b"\x01"):
-    return (bytes([consumer_kind]) + ident(consumer) + ident("s") + ident("t") + bytes([partition[0]])
-            + struct.pack("<I", partition[1]) + struct.pack("<Q", offset) + ack)
+    return (
+        bytes([consumer_kind])
+        + ident(consumer)
+        + ident("s")
+        + ident("t")
+        + bytes([partition[0]])
+        + struct.pack("<I", partition[1])
+        + struct.pack("<Q", offset)
+        + ack
+    )
 
 
 def _request(c: RawClient, kind: str, body: bytes):
@@ -123,13 +148,29 @@ def _mutations(body: bytes, rng: random.Random, n: int):
 
 
 CASES = {
-    "send": [send_body(), send_body(kind=1, value=b""), send_body(kind=3, value=b"key-1"),
-             send_body(stream=0, topic=0), send_body(stream="0", topic="t"), send_body(kind=2, value=b"\1\0\0\0")],
-    "poll": [poll_body(), poll_body(strategy=3, count=2), poll_body(strategy=4, count=2),
-             poll_body(strategy=5, auto_commit=1, consumer="named"), poll_body(strategy=2, value=1),
-             poll_body(consumer_kind=2, consumer="g"), poll_body(partition=(0, 0), strategy=3)],
-    "store": [store_body(), store_body(consumer="named", offset=1), store_body(ack=b""),
-              store_body(consumer_kind=2, consumer="g", offset=0)],
+    "send": [
+        send_body(),
+        send_body(kind=1, value=b""),
+        send_body(kind=3, value=b"key-1"),
+        send_body(stream=0, topic=0),
+        send_body(stream="0", topic="t"),
+        send_body(kind=2, value=b"\1\0\0\0"),
+    ],
+    "poll": [
+        poll_body(),
+        poll_body(strategy=3, count=2),
+        poll_body(strategy=4, count=2),
+        poll_body(strategy=5, auto_commit=1, consumer="named"),
+        poll_body(strategy=2, value=1),
+        poll_body(consumer_kind=2, consumer="g"),
+        poll_body(partition=(0, 0), strategy=3),
+    ],
+    "store": [
+        store_body(),
+        store_body(consumer="named", offset=1),
+        store_body(ack=b""),
+        store_body(consumer_kind=2, consumer="g", offset=0),
+    ],
 }
 
 
@@ -152,6 +193,7 @@ def test_the_valid_requests_succeed_on_both(pair):
     """The comparison above is only worth something if the valid cases are served, by C on
     the uring side."""
     from tests.test_dataplane import _metrics
+
     servers, _ = pair
     before = _metrics(servers[0])["shard_requests_native"]
     for kind, bodies in CASES.items():
@@ -159,9 +201,9 @@ def test_the_valid_requests_succeed_on_both(pair):
             uring, asyncio_ = _both(pair, kind, body)
             assert uring == asyncio_
             if kind == "poll" and body == CASES["poll"][5]:
-                assert uring[0] == 5009, uring       # not a member of the group: refused by Python
+                assert uring[0] == 5009, uring  # not a member of the group: refused by Python
             elif kind == "store" and body == CASES["store"][3]:
-                assert uring[1][8:12] == struct.pack("<I", 5009), uring   # the same, in the result section
+                assert uring[1][8:12] == struct.pack("<I", 5009), uring  # the same, in the result section
             else:
                 assert uring[0] == 0, (kind, uring)
     # every valid request but the refused group poll and offset store was served by C

@@ -2,6 +2,7 @@
 served with the exact reply layout, every truncation and random corruption of them handed
 to Python (or served correctly) without ever touching the log wrongly, permissions and
 sessions honoured, consumer offsets and group ownership, persisted appends."""
+
 from __future__ import annotations
 
 import struct
@@ -10,14 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iggy.protocol.batch import build_batch, iter_messages
-from iggy.engine.uring.dataplane import serve
-from iggy.storage.log import PartitionLog
 from iggy._core.mutex import Mutex
+from iggy.engine.uring.dataplane import serve
+from iggy.engine.uring.router import Allow, Counter, Router
+from iggy.protocol.batch import build_batch, iter_messages
+from iggy.protocol.wire import build_request, parse_reply_header
+from iggy.storage.log import PartitionLog
 from iggy.storage.offset_store import OffsetStore
 from iggy.storage.served_offsets import ServedOffsets
-from iggy.engine.uring.router import Allow, Counter, Router
-from iggy.protocol.wire import build_request, parse_reply_header
 from tests.rawclient import ident
 
 ALLOW_SEND, ALLOW_POLL = Allow.ALLOW_SEND, Allow.ALLOW_POLL
@@ -35,9 +36,12 @@ def plane(tmp_path):
     persisted = (0, PartitionLog(str(tmp_path / "q0"), 0), Mutex(), OffsetStore(str(tmp_path / "q0")))
     router = Router()
     router.publish(
-        [(1, "s", 2, "t", False, Counter(), list(parts.values()), [(3, "g", {0: OWNER})]),
-         (1, "s", 4, "durable", True, Counter(), [persisted], [])],
-        [(WRITER, ALLOW_SEND | ALLOW_POLL, []), (READER, 0, [(1, 2, ALLOW_POLL)]), (NOBODY, 0, [])])
+        [
+            (1, "s", 2, "t", False, Counter(), list(parts.values()), [(3, "g", {0: OWNER})]),
+            (1, "s", 4, "durable", True, Counter(), [persisted], []),
+        ],
+        [(WRITER, ALLOW_SEND | ALLOW_POLL, []), (READER, 0, [(1, 2, ALLOW_POLL)]), (NOBODY, 0, [])],
+    )
     yield router, parts, persisted
     for p in [*parts.values(), persisted]:
         p[1].close()
@@ -51,15 +55,32 @@ def send_frame(payloads=(b"one", b"two"), topic="t", kind=2, value=struct.pack("
 
 
 def poll_frame(strategy=1, value=0, count=10, auto_commit=0, consumer=(1, 1), partition=(1, 0)):
-    body = (bytes([consumer[0]]) + ident(consumer[1]) + ident("s") + ident("t") + bytes([partition[0]])
-            + struct.pack("<I", partition[1]) + bytes([strategy]) + struct.pack("<Q", value)
-            + struct.pack("<I", count) + bytes([auto_commit]))
+    body = (
+        bytes([consumer[0]])
+        + ident(consumer[1])
+        + ident("s")
+        + ident("t")
+        + bytes([partition[0]])
+        + struct.pack("<I", partition[1])
+        + bytes([strategy])
+        + struct.pack("<Q", value)
+        + struct.pack("<I", count)
+        + bytes([auto_commit])
+    )
     return build_request(2, 100, body, request=10, client=77)
 
 
 def store_frame(offset, consumer=(1, 1), partition=(1, 0), checksum=True):
-    body = (bytes([consumer[0]]) + ident(consumer[1]) + ident("s") + ident("t") + bytes([partition[0]])
-            + struct.pack("<I", partition[1]) + struct.pack("<Q", offset) + b"\x01")
+    body = (
+        bytes([consumer[0]])
+        + ident(consumer[1])
+        + ident("s")
+        + ident("t")
+        + bytes([partition[0]])
+        + struct.pack("<I", partition[1])
+        + struct.pack("<Q", offset)
+        + b"\x01"
+    )
     return build_request(161, 0, body, request=11, client=77, with_checksum=checksum)
 
 
@@ -85,7 +106,7 @@ def test_reply_header_echoes_the_request(plane):
     router, _, _ = plane
     frame = send_frame()
     out = serve(router, WRITER, 0, frame)[1]
-    assert out[128:144] == frame[144:160] and out[160:176] == frame[128:144]      # checksum, client
+    assert out[128:144] == frame[144:160] and out[160:176] == frame[128:144]  # checksum, client
     assert struct.unpack_from("<Q", out, 200)[0] == 9 and out[208] == 160
 
 
@@ -130,17 +151,17 @@ def test_corrupted_requests_never_misbehave(plane, data):
 
 def test_sessions_and_permissions(plane):
     router, parts, _ = plane
-    assert serve(router, -1, 0, send_frame()) == ("fallback", None)           # not logged in
-    assert serve(router, NOBODY, 0, send_frame()) == ("fallback", None)       # no permission
-    assert serve(router, READER, 0, send_frame()) == ("fallback", None)       # may poll, not send
-    assert serve(router, 99, 0, send_frame()) == ("fallback", None)           # user not in the table
+    assert serve(router, -1, 0, send_frame()) == ("fallback", None)  # not logged in
+    assert serve(router, NOBODY, 0, send_frame()) == ("fallback", None)  # no permission
+    assert serve(router, READER, 0, send_frame()) == ("fallback", None)  # may poll, not send
+    assert serve(router, 99, 0, send_frame()) == ("fallback", None)  # user not in the table
     reply(serve(router, WRITER, 0, send_frame()))
     status, body = reply(serve(router, READER, 0, poll_frame()))
     assert status == 0 and struct.unpack_from("<IQI", body) == (0, 1, 2)
     assert serve(router, NOBODY, 0, poll_frame()) == ("fallback", None)
-    assert serve(Router(), WRITER, 0, send_frame()) == ("fallback", None)     # nothing published
+    assert serve(Router(), WRITER, 0, send_frame()) == ("fallback", None)  # nothing published
     ping = build_request(2, 1, b"", client=77)
-    assert reply(serve(router, -1, 0, ping)) == (0, b"")                       # ping needs no login
+    assert reply(serve(router, -1, 0, ping)) == (0, b"")  # ping needs no login
 
 
 def test_unknown_routes_go_to_python(plane):
@@ -155,10 +176,12 @@ def test_unknown_routes_go_to_python(plane):
 
 def test_partitioning(plane):
     router, parts, _ = plane
-    pids = [struct.unpack("<IIIIQ", reply(serve(router, WRITER, 0, send_frame(kind=1, value=b"")))[1])[3]
-            for _ in range(4)]
+    pids = [
+        struct.unpack("<IIIIQ", reply(serve(router, WRITER, 0, send_frame(kind=1, value=b"")))[1])[3] for _ in range(4)
+    ]
     assert pids == [0, 1, 0, 1]
     import xxhash
+
     key = b"customer-7"
     pid = struct.unpack("<IIIIQ", reply(serve(router, WRITER, 0, send_frame(kind=3, value=key)))[1])[3]
     assert pid == xxhash.xxh32_intdigest(key) % 2
@@ -176,6 +199,7 @@ def test_poll_strategies_and_auto_commit(plane):
         offsets = [m["offset"] for m in iter_messages(body[16:])]
         assert (pid, current, count) == (0, 5, len(offsets))
         return offsets
+
     assert poll(strategy=1, value=2, count=3) == [2, 3, 4]
     assert poll(strategy=3, count=2) == [0, 1]
     assert poll(strategy=4, count=2) == [4, 5]
@@ -190,13 +214,13 @@ def test_poll_strategies_and_auto_commit(plane):
 
 def test_store_offset_and_its_checksum(plane):
     router, parts, _ = plane
-    assert serve(router, WRITER, 0, store_frame(0)) == ("fallback", None)      # empty partition
+    assert serve(router, WRITER, 0, store_frame(0)) == ("fallback", None)  # empty partition
     reply(serve(router, WRITER, 0, send_frame()))
     assert reply(serve(router, WRITER, 0, store_frame(1))) == (0, b"\0\0\0\0")
     assert parts[0][3].get("consumers", 1) == 1
-    assert serve(router, WRITER, 0, store_frame(2)) == ("fallback", None)      # beyond the current offset
+    assert serve(router, WRITER, 0, store_frame(2)) == ("fallback", None)  # beyond the current offset
     frame = bytearray(store_frame(0))
-    frame[144] ^= 1                                                             # wrong request checksum
+    frame[144] ^= 1  # wrong request checksum
     assert serve(router, WRITER, 0, bytes(frame)) == ("fallback", None)
     assert reply(serve(router, WRITER, 0, store_frame(0, checksum=False)))[0] == 0
 
@@ -208,7 +232,7 @@ def test_consumer_group_ownership(plane):
     status, body = reply(serve(router, WRITER, OWNER, poll_frame(strategy=5, consumer=group, auto_commit=1)))
     assert struct.unpack_from("<IQI", body) == (0, 1, 2)
     assert parts[0][3].get("groups", 3) == 1
-    assert serve(router, WRITER, OWNER + 1, poll_frame(consumer=group)) == ("fallback", None)   # not the owner
+    assert serve(router, WRITER, OWNER + 1, poll_frame(consumer=group)) == ("fallback", None)  # not the owner
     assert serve(router, WRITER, OWNER, poll_frame(consumer=group, partition=(0, 0))) == ("fallback", None)
     assert serve(router, WRITER, OWNER, poll_frame(consumer=(2, "nope"))) == ("fallback", None)
     # what the group poll served is recorded, with the client that polled (cooperative rebalancing)

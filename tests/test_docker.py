@@ -10,6 +10,7 @@
   compose file's environment, and serves the official SDK, the healthcheck and a restart
   on the same "volume".
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,11 +39,16 @@ DOCKERFILE = DOCKER / "Dockerfile"
 SECCOMP = DOCKER / "seccomp-iggy.json"
 README = REPO / "README.md"
 IO_URING = ("io_uring_setup", "io_uring_enter", "io_uring_register")
-PORTS = {"8090/tcp": "IGGY_TCP_ADDRESS", "3000/tcp": "IGGY_HTTP_ADDRESS", "8080/udp": "IGGY_QUIC_ADDRESS",
-         "8092/tcp": "IGGY_WEBSOCKET_ADDRESS"}
+PORTS = {
+    "8090/tcp": "IGGY_TCP_ADDRESS",
+    "3000/tcp": "IGGY_HTTP_ADDRESS",
+    "8080/udp": "IGGY_QUIC_ADDRESS",
+    "8092/tcp": "IGGY_WEBSOCKET_ADDRESS",
+}
 
 
 # --------------------------------------------------------------------------- Dockerfile parsing
+
 
 def dockerfile_stages(path: Path = DOCKERFILE) -> list:
     """[{"from": image, "name": alias, "instructions": [(INSTR, args)]}], ARGs before FROM resolved."""
@@ -115,11 +121,14 @@ def compose_env(service: dict, environ: dict) -> dict:
             if m.group(2) == ":-":
                 return got if got else (default or "")
             return got if got is not None else (default or "")
+
         return re.sub(r"\$\{(\w+)(:?-)?([^}]*)\}", one, str(value))
+
     return {k: interpolate(v) for k, v in env.items()}
 
 
 # --------------------------------------------------------------------------- compose file
+
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
@@ -163,8 +172,9 @@ def test_compose_file_works_with_compose_v1():
     """Debian's docker-compose 1.29 refuses a top-level `name:`; the project name comes from docker/.env."""
     compose = yaml.safe_load(COMPOSE.read_text())
     assert set(compose) <= {"version", "services", "volumes"}
-    env = dict(line.split("=", 1) for line in (DOCKER / ".env").read_text().splitlines()
-               if line and not line.startswith("#"))
+    env = dict(
+        line.split("=", 1) for line in (DOCKER / ".env").read_text().splitlines() if line and not line.startswith("#")
+    )
     assert env == {"COMPOSE_PROJECT_NAME": "iggy"}
 
 
@@ -176,23 +186,53 @@ def test_readme_describes_the_compose_setup(compose):
     assert "cd docker && IGGY_ROOT_PASSWORD=change-me docker compose up" in section
     assert "docker build -f docker/Dockerfile" in section
     assert "scripts/docker-check.sh" in section
-    for word in ("iggy-data", "/iggy/data", "IGGY_ROOT_USERNAME", "IGGY_ROOT_PASSWORD", "seccomp-iggy.json",
-                 "io_uring_setup", "8090", "3000", "8080/udp", "8092", "memlock", "IGGY_TCP_PORT",
-                 "docker-compose", "constraints.txt"):
+    for word in (
+        "iggy-data",
+        "/iggy/data",
+        "IGGY_ROOT_USERNAME",
+        "IGGY_ROOT_PASSWORD",
+        "seccomp-iggy.json",
+        "io_uring_setup",
+        "8090",
+        "3000",
+        "8080/udp",
+        "8092",
+        "memlock",
+        "IGGY_TCP_PORT",
+        "docker-compose",
+        "constraints.txt",
+    ):
         assert word in section, word
 
 
 # --------------------------------------------------------------------------- seccomp profile
+
 
 def test_seccomp_profile_is_a_moby_profile_allowing_io_uring():
     profile = json.loads(SECCOMP.read_text())
     assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
     arches = {entry["architecture"] for entry in profile["archMap"]}
     assert {"SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"} <= arches
-    actions = {"SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_TRAP", "SCMP_ACT_TRACE",
-               "SCMP_ACT_LOG", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_NOTIFY"}
-    ops = {"SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT",
-           "SCMP_CMP_MASKED_EQ"}
+    actions = {
+        "SCMP_ACT_ALLOW",
+        "SCMP_ACT_ERRNO",
+        "SCMP_ACT_KILL",
+        "SCMP_ACT_TRAP",
+        "SCMP_ACT_TRACE",
+        "SCMP_ACT_LOG",
+        "SCMP_ACT_KILL_PROCESS",
+        "SCMP_ACT_KILL_THREAD",
+        "SCMP_ACT_NOTIFY",
+    }
+    ops = {
+        "SCMP_CMP_NE",
+        "SCMP_CMP_LT",
+        "SCMP_CMP_LE",
+        "SCMP_CMP_EQ",
+        "SCMP_CMP_GE",
+        "SCMP_CMP_GT",
+        "SCMP_CMP_MASKED_EQ",
+    }
     unconditional = set()
     for rule in profile["syscalls"]:
         assert set(rule) <= {"names", "action", "args", "includes", "excludes", "errnoRet", "comment"}, rule
@@ -203,13 +243,29 @@ def test_seccomp_profile_is_a_moby_profile_allowing_io_uring():
             assert 0 <= arg["index"] <= 5
         for key in ("includes", "excludes"):
             assert set(rule.get(key) or {}) <= {"caps", "arches", "minKernel"}
-        if rule["action"] == "SCMP_ACT_ALLOW" and not (rule.get("args") or rule.get("includes")
-                                                       or rule.get("excludes")):
+        if rule["action"] == "SCMP_ACT_ALLOW" and not (
+            rule.get("args") or rule.get("includes") or rule.get("excludes")
+        ):
             unconditional.update(rule["names"])
     assert set(IO_URING) <= unconditional
     # what a Python server needs is still there (the rest of the default profile is kept)
-    for name in ("read", "write", "openat", "mmap", "futex", "epoll_wait", "epoll_ctl", "accept4", "sendto",
-                 "recvfrom", "fsync", "fdatasync", "pwrite64", "rt_sigaction", "exit_group"):
+    for name in (
+        "read",
+        "write",
+        "openat",
+        "mmap",
+        "futex",
+        "epoll_wait",
+        "epoll_ctl",
+        "accept4",
+        "sendto",
+        "recvfrom",
+        "fsync",
+        "fdatasync",
+        "pwrite64",
+        "rt_sigaction",
+        "exit_group",
+    ):
         assert name in unconditional, name
     # and nothing privileged was opened up
     for name in ("mount", "reboot", "kexec_load", "init_module", "bpf", "unshare"):
@@ -217,12 +273,14 @@ def test_seccomp_profile_is_a_moby_profile_allowing_io_uring():
 
 
 def test_seccomp_profile_is_generated_from_its_description():
-    proc = subprocess.run([sys.executable, str(DOCKER / "gen_seccomp.py"), "--check"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(DOCKER / "gen_seccomp.py"), "--check"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
 
 
 # --------------------------------------------------------------------------- Dockerfile
+
 
 def test_dockerfile_stages():
     stages = dockerfile_stages()
@@ -241,8 +299,8 @@ def test_dockerfile_stages():
     # the runtime dependencies are installed pinned, into a virtualenv that the runtime stage copies
     assert re.search(r"pip install .*-c constraints\.txt", build_runs)
     runtime_runs = " ".join(rest for instr, rest in runtime["instructions"] if instr == "RUN")
-    assert "apt-get" not in runtime_runs and "liburing" not in runtime_runs   # static: nothing to install
-    assert "pip" not in runtime_runs            # the wheel never lands in a runtime layer
+    assert "apt-get" not in runtime_runs and "liburing" not in runtime_runs  # static: nothing to install
+    assert "pip" not in runtime_runs  # the wheel never lands in a runtime layer
     copies = [rest for instr, rest in runtime["instructions"] if instr == "COPY"]
     assert copies == ["--from=builder /opt/iggy /opt/iggy"]
     assert stage_env(runtime)["PATH"].startswith("/opt/iggy/bin:")
@@ -255,7 +313,7 @@ def test_dockerfile_stages():
     assert stage_value(runtime, "VOLUME") == "/iggy/data"
     exposed = set(stage_value(runtime, "EXPOSE").split())
     assert exposed == set(PORTS)
-    for port, name in PORTS.items():           # every listener on 0.0.0.0 at its exposed port
+    for port, name in PORTS.items():  # every listener on 0.0.0.0 at its exposed port
         assert env[name] == f"0.0.0.0:{port.split('/')[0]}"
     assert exec_form(stage_value(runtime, "ENTRYPOINT")) == ["iggy-server"]
     console_script("iggy-server")
@@ -268,7 +326,7 @@ def test_dockerignore_keeps_build_leftovers_out():
     """At the context root, so the classic builder (docker-compose v1) reads it as well as BuildKit."""
     ignore = (REPO / ".dockerignore").read_text().split()
     assert "*" in ignore and "!iggy/" in ignore and "**/*.so" in ignore and "!docker/constraints.txt" in ignore
-    assert not (DOCKER / "Dockerfile.dockerignore").exists()    # BuildKit would prefer it over the root one
+    assert not (DOCKER / "Dockerfile.dockerignore").exists()  # BuildKit would prefer it over the root one
 
 
 def test_constraints_pin_every_runtime_dependency():
@@ -312,7 +370,7 @@ class ImageProcess:
         self.env = env
         entry = exec_form(stage_value(runtime, "ENTRYPOINT")) + exec_form(stage_value(runtime, "CMD") or "[]")
         self.argv = script_argv(entry[0]) + entry[1:]
-        self.workdir = volume.parent / "workdir"      # the image's WORKDIR: no .env there
+        self.workdir = volume.parent / "workdir"  # the image's WORKDIR: no .env there
         self.workdir.mkdir(exist_ok=True)
         self.proc = None
 
@@ -325,8 +383,9 @@ class ImageProcess:
         if runtime_file.exists():
             runtime_file.unlink()
         self.log = open(self.volume.parent / "server.log", "ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.workdir, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, cwd=self.workdir, stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log_text()
@@ -356,6 +415,7 @@ class ImageProcess:
 
 async def _sdk_roundtrip(address: str, username: str, password: str, create: bool) -> list:
     from apache_iggy import Consumer, IggyClient, PollingStrategy, SendMessage
+
     client = IggyClient(address)
     await client.connect()
     await client.login_user(username, password)
@@ -363,8 +423,15 @@ async def _sdk_roundtrip(address: str, username: str, password: str, create: boo
         await client.create_stream("docker")
         await client.create_topic("docker", "events", partitions_count=1)
         await client.send_messages("docker", "events", 0, [SendMessage("from-the-image")])
-    polled = await client.poll_messages("docker", "events", consumer=Consumer.Single(1), partition_id=0,
-                                        polling_strategy=PollingStrategy.First(), count=10, auto_commit=False)
+    polled = await client.poll_messages(
+        "docker",
+        "events",
+        consumer=Consumer.Single(1),
+        partition_id=0,
+        polling_strategy=PollingStrategy.First(),
+        count=10,
+        auto_commit=False,
+    )
     return [m.payload() for m in polled]
 
 
@@ -383,14 +450,20 @@ def test_image_entrypoint_serves_the_sdk_and_keeps_data_on_the_volume(tmp_path, 
 
         # the HEALTHCHECK command (`iggy ping`; in the image it dials the default 127.0.0.1:8090)
         from iggy.admin.cli import DEFAULT_TCP_ADDRESS
+
         assert DEFAULT_TCP_ADDRESS.endswith(":8090")
         health = exec_form(stage_value(dockerfile_stages()[-1], "HEALTHCHECK").split(" CMD ", 1)[1])
-        probe = subprocess.run(script_argv(health[0]) + ["--tcp-server-address", image.tcp] + health[1:],
-                               env=image.env, capture_output=True, text=True, timeout=60)
+        probe = subprocess.run(
+            script_argv(health[0]) + ["--tcp-server-address", image.tcp] + health[1:],
+            env=image.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert probe.returncode == 0, probe.stderr
     finally:
         code = image.stop()
-    assert code == 0, image.log_text()          # docker stop: a clean shutdown within the grace period
+    assert code == 0, image.log_text()  # docker stop: a clean shutdown within the grace period
 
     # a new container on the same volume keeps the data (and ignores changed root credentials)
     image.env["IGGY_ROOT_PASSWORD"] = "changed-later"

@@ -11,6 +11,7 @@
 
 Both run on each network engine (IGGY_TEST_ENGINE, marker `engine`).
 """
+
 from __future__ import annotations
 
 import re
@@ -22,7 +23,7 @@ from iggy.protocol.wire import build_request
 from tests.conftest import ServerProcess, uniq
 from tests.rawclient import RawClient, closed_by_server, ident, wire_name
 
-FAULT = codes.GET_STATS          # a control-plane command on both engines (never served in C)
+FAULT = codes.GET_STATS  # a control-plane command on both engines (never served in C)
 
 
 def _wait(condition, what: str, timeout: float = 10.0):
@@ -36,8 +37,9 @@ def _wait(condition, what: str, timeout: float = 10.0):
 
 
 def test_a_failing_callback_closes_its_connection_with_one_log_line(tmp_path):
-    server = ServerProcess(tmp_path / "data", extra_env={"IGGY_TEST_FAULT_COMMAND": str(FAULT),
-                                                         "IGGY_HTTP_ENABLED": "false"}).start()
+    server = ServerProcess(
+        tmp_path / "data", extra_env={"IGGY_TEST_FAULT_COMMAND": str(FAULT), "IGGY_HTTP_ENABLED": "false"}
+    ).start()
     try:
         bystander = RawClient(server.tcp_address)
         assert bystander.login().status == 0
@@ -48,8 +50,9 @@ def test_a_failing_callback_closes_its_connection_with_one_log_line(tmp_path):
         client_id = struct.unpack_from("<I", me.body, 0)[0]
         host, port = victim.sock.getsockname()[:2]
         address = f"{host}:{port}"
-        victim.send_raw(build_request(codes.OP_READ, FAULT, b"", session=victim.session, request=9,
-                                      client=victim.client))
+        victim.send_raw(
+            build_request(codes.OP_READ, FAULT, b"", session=victim.session, request=9, client=victim.client)
+        )
         assert closed_by_server(victim.sock, 10), "the connection whose request failed stayed open"
         victim.close()
         # the others are served as before, the failing command included for nobody
@@ -59,9 +62,10 @@ def test_a_failing_callback_closes_its_connection_with_one_log_line(tmp_path):
         assert again.login().status == 0 and again.read(codes.GET_ME).status == 0
         again.close()
         pattern = re.compile(rf"{re.escape(address)}\b")
-        lines = _wait(lambda: [ln for ln in server.log().splitlines() if pattern.search(ln)],
-                      "the log line naming the connection")
-        time.sleep(0.2)          # a second line, if there were one, would be written by now
+        lines = _wait(
+            lambda: [ln for ln in server.log().splitlines() if pattern.search(ln)], "the log line naming the connection"
+        )
+        time.sleep(0.2)  # a second line, if there were one, would be written by now
         lines = [ln for ln in server.log().splitlines() if pattern.search(ln)]
         assert len(lines) == 1, lines
         assert f"client {client_id}" in lines[0] and "InjectedFault" in lines[0], lines[0]
@@ -93,33 +97,35 @@ def test_session_churn_leaves_only_live_sessions(tmp_path):
         op = codes.CODE_OPERATIONS
         stream, group = uniq("churn"), "g"
         assert observer.call(op[codes.CREATE_STREAM], 0, wire_name(stream)).status == 0
-        assert observer.call(op[codes.CREATE_TOPIC], 0,
-                             ident(stream) + struct.pack("<I", 2) + wire_name("t")).status == 0
-        assert observer.call(op[codes.CREATE_CONSUMER_GROUP], 0,
-                             ident(stream) + ident("t") + wire_name(group)).status == 0
+        assert (
+            observer.call(op[codes.CREATE_TOPIC], 0, ident(stream) + struct.pack("<I", 2) + wire_name("t")).status == 0
+        )
+        assert (
+            observer.call(op[codes.CREATE_CONSUMER_GROUP], 0, ident(stream) + ident("t") + wire_name(group)).status == 0
+        )
         for i in range(60):
             c = RawClient(server.tcp_address)
             kind = i % 5
-            if kind == 0:                       # never logs in
+            if kind == 0:  # never logs in
                 c.read(codes.PING)
-            elif kind == 1:                     # login, disconnect
+            elif kind == 1:  # login, disconnect
                 assert c.login().status == 0
-            elif kind == 2:                     # login, logout, disconnect
+            elif kind == 2:  # login, logout, disconnect
                 assert c.login().status == 0
                 assert c.call(codes.OP_LOGOUT, 0, b"").status == 0
-            elif kind == 3:                     # disconnect with a control-plane request in flight
+            elif kind == 3:  # disconnect with a control-plane request in flight
                 assert c.login().status == 0
-                c.send_raw(build_request(codes.OP_READ, codes.GET_STREAMS, b"", session=c.session, request=5,
-                                         client=c.client))
-            else:                               # a group member that goes away
+                c.send_raw(
+                    build_request(codes.OP_READ, codes.GET_STREAMS, b"", session=c.session, request=5, client=c.client)
+                )
+            else:  # a group member that goes away
                 assert c.login().status == 0
-                assert c.call(op[codes.JOIN_CONSUMER_GROUP], 0,
-                              ident(stream) + ident("t") + ident(group)).status == 0
+                assert c.call(op[codes.JOIN_CONSUMER_GROUP], 0, ident(stream) + ident("t") + ident(group)).status == 0
             c.close()
         _wait(lambda: _clients(observer) == [me], "the closed sessions to go")
         reply = observer.read(codes.GET_CONSUMER_GROUP, ident(stream) + ident("t") + ident(group))
         assert reply.status == 0
-        assert struct.unpack_from("<I", reply.body, 8)[0] == 0          # members_count
+        assert struct.unpack_from("<I", reply.body, 8)[0] == 0  # members_count
         observer.close()
     finally:
         server.stop()

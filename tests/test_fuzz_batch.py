@@ -10,6 +10,7 @@ the layout and user-header checks behind them. For every mutant, `validate_batch
   frames tile the batch exactly, and a partition log that appends it serves back the same
   messages with valid checksums after stamping.
 """
+
 import os
 import struct
 import tempfile
@@ -19,19 +20,23 @@ from hypothesis import strategies as st
 
 from iggy._core.checksum import xxh3_64
 from iggy.protocol.batch import build_batch, compute_batch_checksum, encode_headers, stamp_batch, validate_batch
-from iggy.storage.log import PartitionLog
 from iggy.protocol.errors import IggyError
+from iggy.storage.log import PartitionLog
 from tests.reliability.common import Corrupt, verify_batches
 
 # IGGY_FUZZ_EXAMPLES raises the example count for a long run (docs/RELIABILITY.md)
 EXAMPLES = int(os.environ.get("IGGY_FUZZ_EXAMPLES", "250"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-header_value = st.sampled_from([(1, None), (2, None), (3, 1), (9, 1), (10, 2), (11, 4), (12, 8), (13, 16),
-                                (14, 4), (15, 8)])
-message = st.tuples(st.binary(min_size=1, max_size=120),
-                    st.lists(st.tuples(st.binary(min_size=1, max_size=12), header_value,
-                                       st.binary(min_size=1, max_size=20)), max_size=3))
+header_value = st.sampled_from(
+    [(1, None), (2, None), (3, 1), (9, 1), (10, 2), (11, 4), (12, 8), (13, 16), (14, 4), (15, 8)]
+)
+message = st.tuples(
+    st.binary(min_size=1, max_size=120),
+    st.lists(
+        st.tuples(st.binary(min_size=1, max_size=12), header_value, st.binary(min_size=1, max_size=20)), max_size=3
+    ),
+)
 
 
 def make_batch(msgs) -> bytes:
@@ -62,19 +67,33 @@ def fix_checksums(b: bytearray) -> None:
     for pos in frame_starts(bytes(b)):
         end = pos + 48 + sum(struct.unpack_from("<II", b, pos + 32))
         if end <= len(b):
-            struct.pack_into("<Q", b, pos, xxh3_64(bytes(b[pos + 8:end])))
+            struct.pack_into("<Q", b, pos, xxh3_64(bytes(b[pos + 8 : end])))
     try:
         struct.pack_into("<Q", b, 40, compute_batch_checksum(bytes(b)))
     except IggyError:
         pass
 
 
-MUTATIONS = ("flip", "set_u32", "truncate", "extend", "splice", "count", "payload_len", "headers_len",
-             "offset_delta", "reserved", "header_kind", "header_len", "drop_frame", "dup_frame")
+MUTATIONS = (
+    "flip",
+    "set_u32",
+    "truncate",
+    "extend",
+    "splice",
+    "count",
+    "payload_len",
+    "headers_len",
+    "offset_delta",
+    "reserved",
+    "header_kind",
+    "header_len",
+    "drop_frame",
+    "dup_frame",
+)
 
 
 def put_u32(m: bytearray, at: int, value: int) -> None:
-    if 0 <= at and at + 4 <= len(m):
+    if at >= 0 and at + 4 <= len(m):
         struct.pack_into("<I", m, at, value)
 
 
@@ -84,15 +103,16 @@ def mutate(b: bytes, kind: str, data) -> bytearray:
         return bytearray(data.draw(st.binary(max_size=300)))
     frames = frame_starts(b)
     f = frames[data.draw(st.integers(0, len(frames) - 1))] if frames else 256
-    u32 = data.draw(st.sampled_from([0, 1, 2, 47, 48, 255, 256, 0xFFFF, 100_000, 100_001, 64_000_000,
-                                     64_000_001, 2**31, 2**32 - 1]))
+    u32 = data.draw(
+        st.sampled_from([0, 1, 2, 47, 48, 255, 256, 0xFFFF, 100_000, 100_001, 64_000_000, 64_000_001, 2**31, 2**32 - 1])
+    )
     if kind == "flip":
         at = data.draw(st.integers(0, len(m) - 1))
         m[at] ^= data.draw(st.integers(1, 255))
     elif kind == "set_u32":
         put_u32(m, data.draw(st.integers(0, len(m))), u32)
     elif kind == "truncate":
-        del m[data.draw(st.integers(0, len(m) - 1)):]
+        del m[data.draw(st.integers(0, len(m) - 1)) :]
     elif kind == "extend":
         m += data.draw(st.binary(min_size=1, max_size=64))
     elif kind == "splice":
@@ -129,15 +149,19 @@ def mutate(b: bytes, kind: str, data) -> bytearray:
 
 
 def assert_intact(b: bytes, count: int) -> None:
-    messages = verify_batches(b)          # raises Corrupt
+    messages = verify_batches(b)  # raises Corrupt
     assert len(messages) == count
-    base = struct.unpack_from("<Q", b, 8)[0]       # the client's value; the server stamps its own
+    base = struct.unpack_from("<Q", b, 8)[0]  # the client's value; the server stamps its own
     assert [m["offset"] for m in messages] == list(range(base, base + count))
 
 
 @SETTINGS
-@given(st.lists(message, min_size=1, max_size=6), st.lists(st.sampled_from(MUTATIONS), min_size=1, max_size=3),
-       st.booleans(), st.data())
+@given(
+    st.lists(message, min_size=1, max_size=6),
+    st.lists(st.sampled_from(MUTATIONS), min_size=1, max_size=3),
+    st.booleans(),
+    st.data(),
+)
 def test_mutated_batches_are_refused_or_intact(msgs, kinds, fix, data):
     b = make_batch(msgs)
     for kind in kinds:
@@ -163,8 +187,11 @@ def test_mutated_batches_are_refused_or_intact(msgs, kinds, fix, data):
 
 
 @settings(max_examples=max(40, EXAMPLES // 6), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.lists(message, min_size=1, max_size=4), min_size=1, max_size=6),
-       st.lists(st.sampled_from(MUTATIONS), max_size=2), st.data())
+@given(
+    st.lists(st.lists(message, min_size=1, max_size=4), min_size=1, max_size=6),
+    st.lists(st.sampled_from(MUTATIONS), max_size=2),
+    st.data(),
+)
 def test_what_validation_accepts_the_log_serves_intact(batches, kinds, data):
     with tempfile.TemporaryDirectory() as d:
         lg = PartitionLog(d, 1, 4096)
@@ -198,10 +225,12 @@ def test_what_validation_accepts_the_log_serves_intact(batches, kinds, data):
 @SETTINGS
 @given(st.binary(max_size=2000), st.integers(0, 300), st.integers(0, 2**32 - 1))
 def test_batch_functions_on_arbitrary_bytes(data, start, count):
-    for call in (lambda: validate_batch(data, start, len(data), count),
-                 lambda: validate_batch(data, 0, start, count),
-                 lambda: compute_batch_checksum(data),
-                 lambda: stamp_batch(bytearray(data), start, 1, 2, 3)):
+    for call in (
+        lambda: validate_batch(data, start, len(data), count),
+        lambda: validate_batch(data, 0, start, count),
+        lambda: compute_batch_checksum(data),
+        lambda: stamp_batch(bytearray(data), start, 1, 2, 3),
+    ):
         try:
             call()
         except IggyError:
@@ -211,10 +240,12 @@ def test_batch_functions_on_arbitrary_bytes(data, start, count):
 def test_mutation_corpus_reaches_deep_checks():
     """The mutator is not a checksum-only fuzzer: fixed-up mutants hit the layout/header checks."""
     import random
+
     rnd = random.Random(5)
     codes = set()
-    base = make_batch([(b"payload-%d" % i, [(b"key", (2, None), b"value"), (b"n", (11, 4), b"abcd")])
-                       for i in range(4)])
+    base = make_batch(
+        [(b"payload-%d" % i, [(b"key", (2, None), b"value"), (b"n", (11, 4), b"abcd")]) for i in range(4)]
+    )
     for _ in range(3000):
         m = bytearray(base)
         at = rnd.randrange(len(m))

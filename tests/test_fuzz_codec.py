@@ -7,14 +7,15 @@
   BufferedProtocol get_buffer/buffer_updated path) come out exactly; arbitrary bytes in random
   chunks give frames whose sizes add up to what was consumed, or FrameError, nothing else.
 """
+
 import os
 import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iggy.protocol.wire import FrameError, FrameReader, Reader, Writer, build_request, parse_reply_header
 from iggy.protocol.errors import IggyError
+from iggy.protocol.wire import FrameError, FrameReader, Reader, Writer, build_request, parse_reply_header
 
 # IGGY_FUZZ_EXAMPLES raises the example count for a long run (docs/RELIABILITY.md)
 EXAMPLES = int(os.environ.get("IGGY_FUZZ_EXAMPLES", "300"))
@@ -69,8 +70,22 @@ def test_writer_reader_round_trip(items):
     r.end_of_block()
 
 
-READS = ("u8", "u16", "u32", "u64", "u128", "bool", "name", "string8", "bytes8", "bytes32", "identifier",
-         "rest", "tlv", "end_of_block")
+READS = (
+    "u8",
+    "u16",
+    "u32",
+    "u64",
+    "u128",
+    "bool",
+    "name",
+    "string8",
+    "bytes8",
+    "bytes32",
+    "identifier",
+    "rest",
+    "tlv",
+    "end_of_block",
+)
 
 
 @SETTINGS
@@ -102,8 +117,13 @@ def test_tlv_is_bounded(data, max_bytes):
     assert sum(5 + len(v) for _, v in entries) == len(data)
 
 
-request = st.tuples(st.sampled_from([1, 2, 3, 128, 160, 161]), st.integers(0, 2**32 - 1),
-                    st.binary(max_size=3000), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+request = st.tuples(
+    st.sampled_from([1, 2, 3, 128, 160, 161]),
+    st.integers(0, 2**32 - 1),
+    st.binary(max_size=3000),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+)
 
 
 def chunked(data: bytes, cuts: list[int]):

@@ -8,6 +8,7 @@ request must come back as a well-formed reply frame (or an Eviction for logins):
 that raises anything but IggyError is logged by the plane as "command ... failed" and
 answered with the generic error 1, which this test counts as a failure.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iggy.protocol import codes
-from iggy.protocol.wire import build_request, parse_header, parse_reply_header
 from iggy.config import load_config
 from iggy.control import permissions as perm
 from iggy.control.plane import ControlPlane
 from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
 from iggy.metadata.store import MetadataStore
+from iggy.protocol import codes
+from iggy.protocol.wire import build_request, parse_header, parse_reply_header
 from iggy.storage.partitions import Storage
 from tests.rawclient import ident, wire_name
 from tests.reliability import commands as C
@@ -50,8 +51,11 @@ class Harness:
         self.request = 0
         self.errors: list[str] = []
         handler = logging.Handler(logging.ERROR)
-        handler.emit = lambda record: self.errors.append(record.getMessage() + "\n" + (
-            logging.Formatter().formatException(record.exc_info) if record.exc_info else ""))
+        handler.emit = lambda record: self.errors.append(
+            record.getMessage()
+            + "\n"
+            + (logging.Formatter().formatException(record.exc_info) if record.exc_info else "")
+        )
         logging.getLogger("iggy").addHandler(handler)
         self.handler = handler
         self.world = self.build_world()
@@ -61,8 +65,15 @@ class Harness:
 
     def call(self, session, op: int, code: int, body: bytes):
         self.request += 1
-        frame = build_request(op, code, body, session=session.session, request=self.request, client=5,
-                              with_checksum=op in codes.CHECKSUMMED_OPS)
+        frame = build_request(
+            op,
+            code,
+            body,
+            session=session.session,
+            request=self.request,
+            client=5,
+            with_checksum=op in codes.CHECKSUMMED_OPS,
+        )
         reply = self.plane.handle(session, parse_header(frame[:256]), body)
         if inspect.isawaitable(reply):
             reply = self.loop.run_until_complete(reply)
@@ -83,10 +94,12 @@ class Harness:
         w.topic = U32.unpack_from(self.ok(132, 0, ident(w.stream) + U32.pack(2) + wire_name("pm-t")), 4)[0]
         self.call(self.root, 160, 0, C.BY_NAME["send_messages"].body(w))
         w.group = U32.unpack_from(self.ok(139, 0, ident(w.stream) + ident(w.topic) + wire_name("pm-g")), 4)[0]
-        w.victim = U32.unpack_from(self.ok(141, 0, wire_name(C.VICTIM) + b"\x0b" + C.VICTIM_PASSWORD.encode()
-                                           + b"\x01\x00"), 4)[0]
-        w.actor = U32.unpack_from(self.ok(141, 0, wire_name(C.ACTOR) + b"\x0a" + C.ACTOR_PASSWORD.encode()
-                                          + b"\x01\x00"), 4)[0]
+        w.victim = U32.unpack_from(
+            self.ok(141, 0, wire_name(C.VICTIM) + b"\x0b" + C.VICTIM_PASSWORD.encode() + b"\x01\x00"), 4
+        )[0]
+        w.actor = U32.unpack_from(
+            self.ok(141, 0, wire_name(C.ACTOR) + b"\x0a" + C.ACTOR_PASSWORD.encode() + b"\x01\x00"), 4
+        )[0]
         return w
 
     def close(self):
@@ -122,7 +135,11 @@ def mutate(body: bytes, data) -> bytes:
         U32.pack_into(b, at, data.draw(st.sampled_from([0, 1, 2, 255, 256, 999, 1000, 1001, 2**31, 2**32 - 1])))
     elif kind == "ident":
         value = data.draw(st.one_of(st.integers(0, 2**32 - 1), st.text(min_size=1, max_size=20)))
-        raw = ident(value) if isinstance(value, int) else b"\x02" + bytes([len(value.encode()[:255])]) + value.encode()[:255]
+        raw = (
+            ident(value)
+            if isinstance(value, int)
+            else b"\x02" + bytes([len(value.encode()[:255])]) + value.encode()[:255]
+        )
         b = bytearray(raw) + b[6:]
     elif kind == "random":
         b = bytearray(data.draw(st.binary(max_size=300)))
@@ -131,16 +148,34 @@ def mutate(body: bytes, data) -> bytes:
 
 FUZZED = [c for c in C.COMMANDS if c.name not in ("create_partitions", "create_topic")] + [
     # creation counts are bounded (1000 partitions per request): fuzz those with small counts only
-    C.Command("create_partitions_small", 136, codes.CREATE_PARTITIONS, lambda w: ident(w.stream) + ident(w.topic)
-              + U32.pack(1), "manage_topic"),
-    C.Command("login", codes.OP_REGISTER, codes.LOGIN_REGISTER,
-              lambda w: b"\x00\x2c\x00\x00\x08rust-sdk\x060.11.0" + wire_name(C.ACTOR) + b"\x0a"
-              + C.ACTOR_PASSWORD.encode() + b"\0\0\0\0", "public"),
+    C.Command(
+        "create_partitions_small",
+        136,
+        codes.CREATE_PARTITIONS,
+        lambda w: ident(w.stream) + ident(w.topic) + U32.pack(1),
+        "manage_topic",
+    ),
+    C.Command(
+        "login",
+        codes.OP_REGISTER,
+        codes.LOGIN_REGISTER,
+        lambda w: (
+            b"\x00\x2c\x00\x00\x08rust-sdk\x060.11.0"
+            + wire_name(C.ACTOR)
+            + b"\x0a"
+            + C.ACTOR_PASSWORD.encode()
+            + b"\0\0\0\0"
+        ),
+        "public",
+    ),
 ]
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                       HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(st.sampled_from(FUZZED), st.booleans(), st.data())
 def test_mutated_requests_never_break_a_handler(harness, cmd, as_root, data):
     body = mutate(cmd.body(harness.world), data)

@@ -1,5 +1,6 @@
 """Short form of the raw-socket fuzz (tests/reliability/socket_fuzz.py) against a live server:
 random and mutated frames on many connections; the server stays up and the SDK still works."""
+
 from tests.conftest import ServerProcess
 from tests.reliability import socket_fuzz
 

@@ -12,6 +12,7 @@
   refusing the correct login of another client. Clients connect from distinct loopback
   addresses (127.0.0.x) so that the tests can tell addresses apart.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,9 +29,18 @@ from tests.rawclient import RawClient, ident, wire_name
 U64_MAX = 2**64 - 1
 OP_CREATE_STREAM, OP_CREATE_PAT, OP_SEND = 128, 146, 160
 GET_STREAMS, GET_USERS = 201, 32
-NO_PERMS = {"manage_servers": False, "read_servers": False, "manage_users": False, "read_users": False,
-            "manage_streams": False, "read_streams": False, "manage_topics": False, "read_topics": False,
-            "poll_messages": False, "send_messages": False}
+NO_PERMS = {
+    "manage_servers": False,
+    "read_servers": False,
+    "manage_users": False,
+    "read_users": False,
+    "manage_streams": False,
+    "read_streams": False,
+    "manage_topics": False,
+    "read_topics": False,
+    "poll_messages": False,
+    "send_messages": False,
+}
 STREAM_FLAGS = ("manage_stream", "read_stream", "manage_topics", "read_topics", "poll_messages", "send_messages")
 
 
@@ -53,11 +63,15 @@ def api(srv):
         yield c
 
 
-def create_user(api, name: str, password: str = "secret", glob: dict | None = None,
-                streams: dict | None = None) -> int:
-    perms = {"global": {**NO_PERMS, **(glob or {})},
-             "streams": {str(sid): {**{f: False for f in STREAM_FLAGS}, **flags, "topics": None}
-                         for sid, flags in (streams or {}).items()} or None}
+def create_user(api, name: str, password: str = "secret", glob: dict | None = None, streams: dict | None = None) -> int:
+    perms = {
+        "global": {**NO_PERMS, **(glob or {})},
+        "streams": {
+            str(sid): {**dict.fromkeys(STREAM_FLAGS, False), **flags, "topics": None}
+            for sid, flags in (streams or {}).items()
+        }
+        or None,
+    }
     r = api.post("/users", json={"username": name, "password": password, "status": "active", "permissions": perms})
     assert r.status_code == 200, r.text
     return r.json()["id"]
@@ -69,9 +83,16 @@ def make_stream(api, partitions: int = 1) -> tuple[int, str]:
     r = api.post("/streams", json={"name": name})
     assert r.status_code == 200, r.text
     stream_id = r.json()["id"]
-    r = api.post(f"/streams/{name}/topics", json={"name": "t", "partitions_count": partitions,
-                                                  "compression_algorithm": "none", "message_expiry": 0,
-                                                  "max_topic_size": 0})
+    r = api.post(
+        f"/streams/{name}/topics",
+        json={
+            "name": "t",
+            "partitions_count": partitions,
+            "compression_algorithm": "none",
+            "message_expiry": 0,
+            "max_topic_size": 0,
+        },
+    )
     assert r.status_code == 200, r.text
     return stream_id, name
 
@@ -91,9 +112,11 @@ def raw_login(srv, username: str, password: str, source: str | None = None) -> R
 
 # ------------------------------------------------------------------- 5: deep JSON
 
+
 def json_routes():
     """(method, path) of every route that takes a JSON body, path values filled in."""
     from iggy.http.routes import messages, streams, system, users
+
     out = []
     for handler in [*system.ROUTES, *users.ROUTES, *streams.ROUTES, *messages.ROUTES]:
         if "data" not in handler.parsed_fn_signature.parameters:
@@ -109,8 +132,9 @@ def json_routes():
 
 def test_deep_json_answers_400_on_every_json_route(srv, api):
     routes = json_routes()
-    assert {("POST", "/users/login"), ("POST", "/users/refresh-token"),
-            ("POST", "/personal-access-tokens/login")} <= {(m, p) for m, p, _ in routes}
+    assert {("POST", "/users/login"), ("POST", "/users/refresh-token"), ("POST", "/personal-access-tokens/login")} <= {
+        (m, p) for m, p, _ in routes
+    }
     assert len(routes) >= 15
     before = srv.log_path.read_text()
     deep = b"[" * 5000 + b"]" * 5000
@@ -122,18 +146,20 @@ def test_deep_json_answers_400_on_every_json_route(srv, api):
             assert r.status_code == 400, (method, path, r.status_code, r.text)
             assert r.headers["content-type"].startswith("text/plain")
             assert "nested too deeply" in r.text
-    log = srv.log_path.read_text()[len(before):]
+    log = srv.log_path.read_text()[len(before) :]
     assert "RecursionError" not in log and "Traceback" not in log
     lines = [line for line in log.splitlines() if "nested too deeply" in line]
     assert len(lines) <= 1 and all(len(line) < 300 for line in lines)
     # a body just deep enough to parse still gets the usual shape error, and the server is fine
-    r = api.post("/streams", content=b'{"name": ' + b"[" * 50 + b"]" * 50 + b"}",
-                 headers={"Content-Type": "application/json"})
+    r = api.post(
+        "/streams", content=b'{"name": ' + b"[" * 50 + b"]" * 50 + b"}", headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 422
     assert api.get("/streams").status_code == 200
 
 
 # ------------------------------------------------------------------- 10: expiry overflow
+
 
 def test_pat_expiry_that_overflows_u64_is_refused_with_56(srv, api):
     for expiry in (U64_MAX - 1, U64_MAX - 1000):
@@ -153,6 +179,7 @@ def test_pat_expiry_that_overflows_u64_is_refused_with_56(srv, api):
 
 # ------------------------------------------------------------------- 8: user id reuse
 
+
 async def test_deleted_users_credentials_do_not_act_as_the_next_user_with_its_id(srv, api):
     root = await connect_root(srv.tcp_address)
     s_id, s_name = make_stream(api)
@@ -163,13 +190,14 @@ async def test_deleted_users_credentials_do_not_act_as_the_next_user_with_its_id
         pat = c.post("/personal-access-tokens", json={"name": "mine", "expiry": 0}).json()["token"]
     session = raw_login(srv, u1, "secret")
     try:
-        assert session.call(OP_SEND, 0, send_body(s_name, "t")).code == 0   # the data plane knows the session
+        assert session.call(OP_SEND, 0, send_body(s_name, "t")).code == 0  # the data plane knows the session
         assert session.read(GET_STREAMS).code == 0
         assert api.delete(f"/users/{u1_id}").status_code == 204
         u2 = uniq("u2")
-        u2_id = create_user(api, u2, glob={"manage_users": True, "read_users": True, "manage_streams": True,
-                                           "send_messages": True})
-        assert u2_id == u1_id                     # the id is reused, as the reference server does
+        u2_id = create_user(
+            api, u2, glob={"manage_users": True, "read_users": True, "manage_streams": True, "send_messages": True}
+        )
+        assert u2_id == u1_id  # the id is reused, as the reference server does
         with http(srv, jwt) as c:
             assert c.get("/users").status_code == 401
             assert c.get("/users/me").status_code == 401
@@ -204,34 +232,58 @@ async def test_deleted_users_credentials_do_not_act_as_the_next_user_with_its_id
 
 # ------------------------------------------------------------------- 9: stream / topic id reuse
 
+
 async def test_grants_on_a_deleted_stream_do_not_apply_to_the_next_stream_with_its_id(srv, api):
     s_id, s_name = make_stream(api)
     name = uniq("reader")
-    uid = create_user(api, name, streams={s_id: {"read_stream": True, "poll_messages": True,
-                                                 "send_messages": True}})
+    uid = create_user(api, name, streams={s_id: {"read_stream": True, "poll_messages": True, "send_messages": True}})
     reader = raw_login(srv, name, "secret")
     try:
         assert reader.call(OP_SEND, 0, send_body(s_id, "t")).code == 0
         assert api.delete(f"/streams/{s_id}").status_code == 204
         assert api.get(f"/users/{uid}").json()["permissions"]["streams"] is None
         private = uniq("private")
-        assert api.post("/streams", json={"name": private}).json()["id"] == s_id      # id reused
-        api.post(f"/streams/{private}/topics", json={"name": "t", "partitions_count": 1, "message_expiry": 0,
-                                                    "compression_algorithm": "none", "max_topic_size": 0})
-        assert api.post(f"/streams/{private}/topics/t/messages",
-                        json={"partitioning": {"kind": "partition_id", "value": "AAAAAA=="},
-                              "messages": [{"payload": "c2VjcmV0"}]}).status_code == 201
-        assert reader.call(OP_SEND, 0, send_body(s_id, "t")).code == 41        # shard data plane
+        assert api.post("/streams", json={"name": private}).json()["id"] == s_id  # id reused
+        api.post(
+            f"/streams/{private}/topics",
+            json={
+                "name": "t",
+                "partitions_count": 1,
+                "message_expiry": 0,
+                "compression_algorithm": "none",
+                "max_topic_size": 0,
+            },
+        )
+        assert (
+            api.post(
+                f"/streams/{private}/topics/t/messages",
+                json={
+                    "partitioning": {"kind": "partition_id", "value": "AAAAAA=="},
+                    "messages": [{"payload": "c2VjcmV0"}],
+                },
+            ).status_code
+            == 201
+        )
+        assert reader.call(OP_SEND, 0, send_body(s_id, "t")).code == 41  # shard data plane
         with http(srv, login(srv, name, "secret")) as c:
             assert c.get(f"/streams/{s_id}").status_code == 403
-            r = c.get(f"/streams/{s_id}/topics/t/messages",
-                      params={"consumer_id": 1, "partition_id": 0, "kind": "first", "count": 10})
+            r = c.get(
+                f"/streams/{s_id}/topics/t/messages",
+                params={"consumer_id": 1, "partition_id": 0, "kind": "first", "count": 10},
+            )
             assert r.status_code == 403
         u = await connect_root(srv.tcp_address)
         await u.login_user(name, "secret")
         with pytest.raises(RuntimeError, match="Unauthorized"):
-            await u.poll_messages(s_id, "t", consumer=Consumer.Single(1), partition_id=0,
-                                  polling_strategy=PollingStrategy.First(), count=10, auto_commit=False)
+            await u.poll_messages(
+                s_id,
+                "t",
+                consumer=Consumer.Single(1),
+                partition_id=0,
+                polling_strategy=PollingStrategy.First(),
+                count=10,
+                auto_commit=False,
+            )
     finally:
         reader.close()
     api.delete(f"/streams/{s_id}")
@@ -241,13 +293,24 @@ async def test_grants_on_a_deleted_stream_do_not_apply_to_the_next_stream_with_i
 async def test_topic_grants_offsets_and_groups_do_not_carry_over_to_a_reused_topic_id(srv, api):
     s_id, s_name = make_stream(api)
     name = uniq("treader")
-    perms = {"global": NO_PERMS, "streams": {str(s_id): {**{f: False for f in STREAM_FLAGS}, "topics": {
-        "0": {"manage_topic": False, "read_topic": True, "poll_messages": True, "send_messages": True}}}}}
+    perms = {
+        "global": NO_PERMS,
+        "streams": {
+            str(s_id): {
+                **dict.fromkeys(STREAM_FLAGS, False),
+                "topics": {
+                    "0": {"manage_topic": False, "read_topic": True, "poll_messages": True, "send_messages": True}
+                },
+            }
+        },
+    }
     r = api.post("/users", json={"username": name, "password": "secret", "status": "active", "permissions": perms})
     uid = r.json()["id"]
     offsets = f"/streams/{s_id}/topics/0/consumer-offsets"
-    r = api.post(f"/streams/{s_id}/topics/0/messages", json={"partitioning": {"kind": "balanced"},
-                                                             "messages": [{"payload": "eA=="}] * 3})
+    r = api.post(
+        f"/streams/{s_id}/topics/0/messages",
+        json={"partitioning": {"kind": "balanced"}, "messages": [{"payload": "eA=="}] * 3},
+    )
     assert r.status_code == 201, r.text
     assert api.put(offsets, json={"consumer_id": 7, "partition_id": 0, "offset": 2}).status_code == 204
     assert api.get(offsets, params={"consumer_id": 7, "partition_id": 0}).json()["stored_offset"] == 2
@@ -258,9 +321,17 @@ async def test_topic_grants_offsets_and_groups_do_not_carry_over_to_a_reused_top
 
     assert api.delete(f"/streams/{s_id}/topics/0").status_code == 204
     assert api.get(f"/users/{uid}").json()["permissions"]["streams"][str(s_id)]["topics"] is None
-    r = api.post(f"/streams/{s_id}/topics", json={"name": "again", "partitions_count": 1, "message_expiry": 0,
-                                                  "compression_algorithm": "none", "max_topic_size": 0})
-    assert r.json()["id"] == 0                                            # id reused
+    r = api.post(
+        f"/streams/{s_id}/topics",
+        json={
+            "name": "again",
+            "partitions_count": 1,
+            "message_expiry": 0,
+            "compression_algorithm": "none",
+            "max_topic_size": 0,
+        },
+    )
+    assert r.json()["id"] == 0  # id reused
     assert api.get(offsets, params={"consumer_id": 7, "partition_id": 0}).status_code == 404
     group2 = api.post(f"/streams/{s_id}/topics/0/consumer-groups", json={"name": "g"}).json()
     assert group2["id"] == group["id"]
@@ -297,7 +368,7 @@ def test_permission_removal_survives_restart(tmp_path):
 
 # ------------------------------------------------------------------- 7: failed-login backoff
 
-FREE = 5        # iggy.control.throttle.LoginThrottle.free
+FREE = 5  # iggy.control.throttle.LoginThrottle.free
 
 
 def evicted(srv, username: str, password: str, source: str) -> int | None:
@@ -312,7 +383,7 @@ def test_tcp_failed_logins_back_off_per_address_and_per_user(srv, api):
     target, other = uniq("target"), uniq("other")
     create_user(api, target)
     create_user(api, other)
-    raw_login(srv, target, "secret", source="127.0.0.4").close()      # the user's own client, before
+    raw_login(srv, target, "secret", source="127.0.0.4").close()  # the user's own client, before
     for _ in range(FREE + 1):
         assert evicted(srv, target, "wrong", source="127.0.0.2") == 9
     # the guesser's address is backed off: even the right password is not checked
@@ -336,7 +407,7 @@ def test_http_and_pat_failed_logins_back_off(srv, api):
         r = c.post("/users/login", json={"username": name, "password": "secret"})
         assert r.status_code == 400 and r.json()["id"] == 42
         assert int(r.headers["retry-after"]) >= 1
-    with http(srv, source="127.0.0.7") as c:          # another client, another user: unaffected
+    with http(srv, source="127.0.0.7") as c:  # another client, another user: unaffected
         assert c.post("/users/login", json={"username": ROOT_USER, "password": ROOT_PASSWORD}).status_code == 200
     # a personal access token guessed from one address: the address backs off, a valid token too
     token = api.post("/personal-access-tokens", json={"name": uniq("t")[:20], "expiry": 0}).json()["token"]

@@ -6,6 +6,7 @@ refusals: 401 (no or bad credential), 403 (no permission), 404 (missing entity),
 validation errors, JSON body `{id, code, reason, field}`), and the framework's plain-text
 400/413/415/422.
 """
+
 from __future__ import annotations
 
 import base64
@@ -86,8 +87,14 @@ def make_topic(api, partitions: int = 2, **options):
     stream = unique("s")
     assert api.post("/streams", json={"name": stream}).status_code == 200
     topic = unique("t")
-    body = {"name": topic, "partitions_count": partitions, "compression_algorithm": "none",
-            "message_expiry": 0, "max_topic_size": 0, "options": {k: str(v) for k, v in options.items()}}
+    body = {
+        "name": topic,
+        "partitions_count": partitions,
+        "compression_algorithm": "none",
+        "message_expiry": 0,
+        "max_topic_size": 0,
+        "options": {k: str(v) for k, v in options.items()},
+    }
     r = api.post(f"/streams/{stream}/topics", json=body)
     assert r.status_code == 200, r.text
     return stream, topic
@@ -95,8 +102,7 @@ def make_topic(api, partitions: int = 2, **options):
 
 def make_user(api, permissions=None, status="active") -> tuple[str, int]:
     name = unique("u")
-    r = api.post("/users", json={"username": name, "password": "secret1", "status": status,
-                                 "permissions": permissions})
+    r = api.post("/users", json={"username": name, "password": "secret1", "status": status, "permissions": permissions})
     assert r.status_code == 200, r.text
     return name, r.json()["id"]
 
@@ -106,6 +112,7 @@ def b64(data: bytes) -> str:
 
 
 # ------------------------------------------------------------------- conventions
+
 
 def test_ping_is_public_even_with_empty_bearer(srv):
     # the SDK's heartbeat sends `Authorization: Bearer ` (empty token); httpx refuses to, so raw bytes
@@ -129,8 +136,9 @@ def test_missing_and_invalid_credentials(anon):
     error(anon.get("/streams", headers={"Authorization": "Bearer not.a.jwt"}), 401, 40)
     error(anon.get("/streams", headers={"Authorization": "Bearer nopat"}), 401, 40)
     # authentication is checked before the body is parsed
-    r = anon.post("/streams", content=b"{broken", headers={"Authorization": "Bearer x.y.z",
-                                                          "Content-Type": "application/json"})
+    r = anon.post(
+        "/streams", content=b"{broken", headers={"Authorization": "Bearer x.y.z", "Content-Type": "application/json"}
+    )
     error(r, 401, 40)
 
 
@@ -148,8 +156,14 @@ def test_framework_refusals_are_plain_text(api):
 
 
 def test_cors_preflight_and_headers(anon):
-    r = anon.options("/streams", headers={"Origin": "http://ui.example", "Access-Control-Request-Method": "POST",
-                                         "Access-Control-Request-Headers": "authorization,content-type"})
+    r = anon.options(
+        "/streams",
+        headers={
+            "Origin": "http://ui.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     assert r.status_code in (200, 204)
     assert r.headers["access-control-allow-origin"] == "*"
     assert "POST" in r.headers["access-control-allow-methods"]
@@ -168,14 +182,16 @@ def test_openapi_document(anon):
 
 # ------------------------------------------------------------------- login, tokens
 
+
 def test_login_returns_nested_access_token(anon):
-    r = anon.post("/users/login", json={"username": ROOT_USER, "password": ROOT_PASSWORD, "version": "0.11.0",
-                                         "context": ""})
+    r = anon.post(
+        "/users/login", json={"username": ROOT_USER, "password": ROOT_PASSWORD, "version": "0.11.0", "context": ""}
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["user_id"] == 0
     assert set(body["access_token"]) == {"token", "expiry"}
-    assert body["access_token"]["expiry"] > time.time() + 3000      # 1 h by default
+    assert body["access_token"]["expiry"] > time.time() + 3000  # 1 h by default
     payload = body["access_token"]["token"].split(".")[1]
     assert b'"sub":"0"' in base64.urlsafe_b64decode(payload + "==")
 
@@ -232,6 +248,7 @@ def test_expiring_pat_reports_expiry(api):
 
 # ------------------------------------------------------------------- users
 
+
 def test_user_lifecycle(srv, api, anon):
     name, uid = make_user(api)
     assert {"id": uid, "username": name, "status": "active"}.items() <= api.get(f"/users/{uid}").json().items()
@@ -248,30 +265,54 @@ def test_user_lifecycle(srv, api, anon):
     assert api.put(f"/users/{uid}", json={"username": new_name, "status": "inactive"}).status_code == 204
     user = api.get(f"/users/{uid}").json()
     assert user["username"] == new_name and user["status"] == "inactive"
-    error(anon.post("/users/login", json={"username": new_name, "password": "secret1"}), 400, 42)   # inactive
+    error(anon.post("/users/login", json={"username": new_name, "password": "secret1"}), 400, 42)  # inactive
     error(api.put(f"/users/{uid}", json={"options": {"x": "y"}}), 400, 4041)
     assert api.put(f"/users/{uid}", json={"status": "active"}).status_code == 204
 
-    perms = {"global": {"manage_servers": False, "read_servers": True, "manage_users": False, "read_users": False,
-                        "manage_streams": False, "read_streams": True, "manage_topics": False, "read_topics": False,
-                        "poll_messages": False, "send_messages": False},
-             "streams": {"3": {"manage_stream": False, "read_stream": True, "manage_topics": False,
-                               "read_topics": False, "poll_messages": True, "send_messages": False,
-                               "topics": {"4": {"manage_topic": False, "read_topic": True, "poll_messages": False,
-                                                "send_messages": True}}}}}
+    perms = {
+        "global": {
+            "manage_servers": False,
+            "read_servers": True,
+            "manage_users": False,
+            "read_users": False,
+            "manage_streams": False,
+            "read_streams": True,
+            "manage_topics": False,
+            "read_topics": False,
+            "poll_messages": False,
+            "send_messages": False,
+        },
+        "streams": {
+            "3": {
+                "manage_stream": False,
+                "read_stream": True,
+                "manage_topics": False,
+                "read_topics": False,
+                "poll_messages": True,
+                "send_messages": False,
+                "topics": {
+                    "4": {"manage_topic": False, "read_topic": True, "poll_messages": False, "send_messages": True}
+                },
+            }
+        },
+    }
     assert api.put(f"/users/{uid}/permissions", json={"permissions": perms}).status_code == 204
     assert api.get(f"/users/{uid}").json()["permissions"] == perms
     error(api.put("/users/0/permissions", json={"permissions": None}), 400, 49)
 
     error(api.put(f"/users/{uid}/password", json={"current_password": "wrong1", "new_password": "other1"}), 400, 42)
-    assert api.put(f"/users/{uid}/password",
-                   json={"current_password": "secret1", "new_password": "other1"}).status_code == 204
+    assert (
+        api.put(f"/users/{uid}/password", json={"current_password": "secret1", "new_password": "other1"}).status_code
+        == 204
+    )
     token = login(srv.http_url, new_name, "other1")
     # self-service: own details and own password need no permission
     mine = httpx.Client(base_url=srv.http_url, headers={"Authorization": f"Bearer {token}"})
     assert mine.get("/users/me").json()["id"] == uid
-    assert mine.put(f"/users/{uid}/password",
-                    json={"current_password": "other1", "new_password": "third1"}).status_code == 204
+    assert (
+        mine.put(f"/users/{uid}/password", json={"current_password": "other1", "new_password": "third1"}).status_code
+        == 204
+    )
 
     assert api.delete(f"/users/{uid}").status_code == 204
     not_found(api.get(f"/users/{uid}"))
@@ -283,7 +324,7 @@ def test_user_lifecycle(srv, api, anon):
 
 def test_permissions_are_enforced(srv, api):
     stream, topic = make_topic(api)
-    name, uid = make_user(api)                       # no permissions at all
+    name, uid = make_user(api)  # no permissions at all
     token = login(srv.http_url, name, "secret1")
     user = httpx.Client(base_url=srv.http_url, headers={"Authorization": f"Bearer {token}"})
     error(user.get("/streams"), 403, 41)
@@ -305,23 +346,51 @@ def test_permissions_are_enforced(srv, api):
     assert user.get("/personal-access-tokens").json() == []
     # stream-level permission lets the user read that stream only
     sid = api.get(f"/streams/{stream}").json()["id"]
-    perms = {"global": {f: False for f in ("manage_servers", "read_servers", "manage_users", "read_users",
-                                           "manage_streams", "read_streams", "manage_topics", "read_topics",
-                                           "poll_messages", "send_messages")},
-             "streams": {str(sid): {"manage_stream": False, "read_stream": True, "manage_topics": False,
-                                    "read_topics": False, "poll_messages": False, "send_messages": False,
-                                    "topics": None}}}
+    perms = {
+        "global": dict.fromkeys(
+            (
+                "manage_servers",
+                "read_servers",
+                "manage_users",
+                "read_users",
+                "manage_streams",
+                "read_streams",
+                "manage_topics",
+                "read_topics",
+                "poll_messages",
+                "send_messages",
+            ),
+            False,
+        ),
+        "streams": {
+            str(sid): {
+                "manage_stream": False,
+                "read_stream": True,
+                "manage_topics": False,
+                "read_topics": False,
+                "poll_messages": False,
+                "send_messages": False,
+                "topics": None,
+            }
+        },
+    }
     assert api.put(f"/users/{uid}/permissions", json={"permissions": perms}).status_code == 204
     assert user.get(f"/streams/{stream}").status_code == 200
-    assert user.get(f"/streams/{stream}/topics/{topic}/messages").status_code == 200   # read implies poll
-    error(user.post(f"/streams/{stream}/topics/{topic}/messages",
-                    json={"partitioning": {"kind": "balanced", "value": ""},
-                          "messages": [{"payload": b64(b"x")}]}), 403, 41)
+    assert user.get(f"/streams/{stream}/topics/{topic}/messages").status_code == 200  # read implies poll
+    error(
+        user.post(
+            f"/streams/{stream}/topics/{topic}/messages",
+            json={"partitioning": {"kind": "balanced", "value": ""}, "messages": [{"payload": b64(b"x")}]},
+        ),
+        403,
+        41,
+    )
     error(user.delete(f"/streams/{stream}"), 403, 41)
     api.delete(f"/users/{uid}")
 
 
 # ------------------------------------------------------------------- streams
+
 
 def test_stream_lifecycle(api):
     name = unique("orders")
@@ -347,43 +416,73 @@ def test_stream_lifecycle(api):
     assert api.delete(f"/streams/{sid}").status_code == 204
     not_found(api.get(f"/streams/{sid}"))
     error(api.delete(f"/streams/{sid}"), 404, 1009)
-    error(api.put(f"/streams/{unique('gone')}", json={"name": "x"}), 404, 1009)     # by name too
+    error(api.put(f"/streams/{unique('gone')}", json={"name": "x"}), 404, 1009)  # by name too
 
 
 # ------------------------------------------------------------------- topics, partitions, segments
 
+
 def test_topic_lifecycle(api):
-    stream, topic = make_topic(api, partitions=3, segment_size=2097152, durability="replicated",
-                               consumer_offset_durability="replicated")
+    stream, topic = make_topic(
+        api, partitions=3, segment_size=2097152, durability="replicated", consumer_offset_durability="replicated"
+    )
     t = api.get(f"/streams/{stream}/topics/{topic}").json()
     assert t["partitions_count"] == 3 and len(t["partitions"]) == 3
-    assert t["message_expiry"] == 2 ** 64 - 1 and t["max_topic_size"] == 2 ** 64 - 1
+    assert t["message_expiry"] == 2**64 - 1 and t["max_topic_size"] == 2**64 - 1
     assert t["options"]["segment_size"] == {"value": "2097152", "explicit": True}
     assert t["options"]["message_expiry"]["explicit"] is False
     assert {"id", "created_at", "segments_count", "current_offset", "size", "messages_count"} == set(t["partitions"][0])
     tid = t["id"]
     assert api.get(f"/streams/{stream}/topics/{tid}").json()["name"] == topic
     assert [x["name"] for x in api.get(f"/streams/{stream}/topics").json()] == [topic]
-    error(api.post(f"/streams/{stream}/topics", json={"name": topic, "partitions_count": 1,
-                                                      "compression_algorithm": "none", "message_expiry": 0,
-                                                      "max_topic_size": 0}), 400, 2013)
+    error(
+        api.post(
+            f"/streams/{stream}/topics",
+            json={
+                "name": topic,
+                "partitions_count": 1,
+                "compression_algorithm": "none",
+                "message_expiry": 0,
+                "max_topic_size": 0,
+            },
+        ),
+        400,
+        2013,
+    )
     base = {"partitions_count": 1, "compression_algorithm": "gzip", "message_expiry": 0, "max_topic_size": 0}
     error(api.post(f"/streams/{stream}/topics", json=dict(base, name=unique("t"), options={"bogus": "1"})), 400, 4041)
-    error(api.post(f"/streams/{stream}/topics", json=dict(base, name=unique("t"), options={"segment_size": "7"})),
-          400, 4042)
+    error(
+        api.post(f"/streams/{stream}/topics", json=dict(base, name=unique("t"), options={"segment_size": "7"})),
+        400,
+        4042,
+    )
     error(api.post(f"/streams/{stream}/topics", json=dict(base, name=unique("t"), partitions_count=1001)), 400, 2015)
-    assert api.post(f"/streams/{stream}/topics", json=dict(base, name=unique("t"), compression_algorithm="zip")
-                    ).status_code == 422
+    assert (
+        api.post(
+            f"/streams/{stream}/topics", json=dict(base, name=unique("t"), compression_algorithm="zip")
+        ).status_code
+        == 422
+    )
 
-    r = api.put(f"/streams/{stream}/topics/{topic}", json={"name": topic + "b", "compression_algorithm": "gzip",
-                                                           "message_expiry": 10_000_000, "max_topic_size": None,
-                                                           "options": {}})
+    r = api.put(
+        f"/streams/{stream}/topics/{topic}",
+        json={
+            "name": topic + "b",
+            "compression_algorithm": "gzip",
+            "message_expiry": 10_000_000,
+            "max_topic_size": None,
+            "options": {},
+        },
+    )
     assert r.status_code == 204
     t = api.get(f"/streams/{stream}/topics/{tid}").json()
     assert (t["name"], t["compression_algorithm"], t["message_expiry"]) == (topic + "b", "gzip", 10_000_000)
-    assert t["options"]["segment_size"]["value"] == "2097152"     # a patch: untouched keys stay
-    error(api.put(f"/streams/{stream}/topics/{tid}", json={"name": "x", "options": {"segment_size": "4194304"}}),
-          400, 4041)
+    assert t["options"]["segment_size"]["value"] == "2097152"  # a patch: untouched keys stay
+    error(
+        api.put(f"/streams/{stream}/topics/{tid}", json={"name": "x", "options": {"segment_size": "4194304"}}),
+        400,
+        4041,
+    )
 
     assert api.post(f"/streams/{stream}/topics/{tid}/partitions", json={"partitions_count": 2}).status_code == 200
     assert [p["id"] for p in api.get(f"/streams/{stream}/topics/{tid}").json()["partitions"]] == [0, 1, 2, 3, 4]
@@ -397,12 +496,13 @@ def test_topic_lifecycle(api):
     assert api.delete(f"/streams/{stream}/topics/{tid}/purge").status_code == 204
     assert api.delete(f"/streams/{stream}/topics/{tid}").status_code == 204
     not_found(api.get(f"/streams/{stream}/topics/{tid}"))
-    assert api.get(f"/streams/{unique('none')}/topics").json() == []     # a missing stream lists as empty
+    assert api.get(f"/streams/{unique('none')}/topics").json() == []  # a missing stream lists as empty
     error(api.delete(f"/streams/{stream}/topics/{tid}"), 404, 2010)
     error(api.post(f"/streams/{unique('none')}/topics", json=dict(base, name="x")), 404, 1009)
 
 
 # ------------------------------------------------------------------- consumer groups
+
 
 def test_consumer_groups(api):
     stream, topic = make_topic(api, partitions=3)
@@ -419,23 +519,36 @@ def test_consumer_groups(api):
     assert api.delete(f"{prefix}/g1").status_code == 204
     not_found(api.get(f"{prefix}/g1"))
     error(api.delete(f"{prefix}/0"), 404, 5000)
-    assert api.post(prefix, json={"name": "g2"}).json()["id"] == 1      # group ids are never reused
+    assert api.post(prefix, json={"name": "g2"}).json()["id"] == 1  # group ids are never reused
 
 
 # ------------------------------------------------------------------- messages and offsets
+
 
 def test_send_and_poll(api):
     stream, topic = make_topic(api, partitions=2)
     url = f"/streams/{stream}/topics/{topic}/messages"
     headers = [{"key": {"kind": "string", "value": b64(b"k")}, "value": {"kind": "uint32", "value": "BwAAAA=="}}]
-    body = {"partitioning": {"kind": "partition_id", "value": b64(struct.pack("<I", 1))},
-            "messages": [{"id": 0, "payload": b64(b"hello")},
-                         {"id": 42, "payload": b64(b"\x00\x01"), "user_headers": headers},
-                         {"id": "340282366920938463463374607431768211455", "payload": b64(b"big id")}]}
+    body = {
+        "partitioning": {"kind": "partition_id", "value": b64(struct.pack("<I", 1))},
+        "messages": [
+            {"id": 0, "payload": b64(b"hello")},
+            {"id": 42, "payload": b64(b"\x00\x01"), "user_headers": headers},
+            {"id": "340282366920938463463374607431768211455", "payload": b64(b"big id")},
+        ],
+    }
     r = api.post(url, json=body)
     assert r.status_code == 201 and r.headers["iggy-durability"] == "replicated-memory"
-    assert r.json() == {"confirmations": [{"stream_id": api.get(f"/streams/{stream}").json()["id"], "topic_id": 0,
-                                           "partition_id": 1, "base_offset": 0}]}
+    assert r.json() == {
+        "confirmations": [
+            {
+                "stream_id": api.get(f"/streams/{stream}").json()["id"],
+                "topic_id": 0,
+                "partition_id": 1,
+                "base_offset": 0,
+            }
+        ]
+    }
     r = api.get(url, params={"partition_id": 1, "kind": "offset", "value": 0, "count": 10})
     assert r.status_code == 200
     polled = r.json()
@@ -445,19 +558,26 @@ def test_send_and_poll(api):
     assert first["user_headers"] == [] and first["header"]["payload_length"] == 5
     assert second["header"]["id"] == 42 and second["user_headers"] == headers
     assert second["header"]["user_headers_length"] == 2 * 5 + 1 + 4
-    assert third["header"]["id"] == 2 ** 128 - 1
+    assert third["header"]["id"] == 2**128 - 1
     assert [m["header"]["offset"] for m in polled["messages"]] == [0, 1, 2]
     ts = first["header"]["timestamp"]
     assert ts > 0 and first["header"]["origin_timestamp"] > 0 and first["header"]["checksum"] > 0
 
     # strategies
-    assert [m["header"]["offset"] for m in api.get(url, params={"partition_id": 1, "kind": "last",
-                                                                "count": 2}).json()["messages"]] == [1, 2]
-    assert api.get(url, params={"partition_id": 1, "kind": "f", "count": 1}).json()["messages"][0]["header"][
-        "offset"] == 0
+    assert [
+        m["header"]["offset"]
+        for m in api.get(url, params={"partition_id": 1, "kind": "last", "count": 2}).json()["messages"]
+    ] == [1, 2]
+    assert (
+        api.get(url, params={"partition_id": 1, "kind": "f", "count": 1}).json()["messages"][0]["header"]["offset"] == 0
+    )
     assert api.get(url, params={"partition_id": 1, "kind": "timestamp", "value": ts}).json()["count"] == 3
     assert api.get(url, params={"partition_id": 1, "value": 99}).json() == {
-        "partition_id": 1, "current_offset": 2, "count": 0, "messages": []}
+        "partition_id": 1,
+        "current_offset": 2,
+        "count": 0,
+        "messages": [],
+    }
     assert api.get(url, params={"partition_id": 1, "count": 0}).json()["messages"] == []
     empty = api.get(url, params={"partition_id": 0}).json()
     assert (empty["count"], empty["current_offset"], empty["messages"]) == (0, 0, [])
@@ -469,18 +589,29 @@ def test_send_and_poll(api):
     assert api.get(url, params=nxt).json()["messages"] == []
     offsets = f"/streams/{stream}/topics/{topic}/consumer-offsets"
     assert api.get(offsets, params={"consumer_id": 7, "partition_id": 1}).json() == {
-        "partition_id": 1, "current_offset": 2, "stored_offset": 2}
+        "partition_id": 1,
+        "current_offset": 2,
+        "stored_offset": 2,
+    }
 
 
 def test_send_partitioning_and_ack(api):
     stream, topic = make_topic(api, partitions=3)
     url = f"/streams/{stream}/topics/{topic}/messages"
     msg = [{"payload": b64(b"x")}]
-    seen = {api.post(url, json={"partitioning": {"kind": "balanced", "value": ""}, "messages": msg}
-                     ).json()["confirmations"][0]["partition_id"] for _ in range(3)}
+    seen = {
+        api.post(url, json={"partitioning": {"kind": "balanced", "value": ""}, "messages": msg}).json()[
+            "confirmations"
+        ][0]["partition_id"]
+        for _ in range(3)
+    }
     assert seen == {0, 1, 2}
-    keyed = {api.post(url, json={"partitioning": {"kind": "messages_key", "value": b64(b"user-1")}, "messages": msg}
-                      ).json()["confirmations"][0]["partition_id"] for _ in range(3)}
+    keyed = {
+        api.post(url, json={"partitioning": {"kind": "messages_key", "value": b64(b"user-1")}, "messages": msg}).json()[
+            "confirmations"
+        ][0]["partition_id"]
+        for _ in range(3)
+    }
     assert len(keyed) == 1
     r = api.post(url, params={"ack": "none"}, json={"partitioning": {"kind": "balanced", "value": ""}, "messages": msg})
     assert r.status_code == 202 and r.content == b"" and r.headers["iggy-durability"] == "none"
@@ -494,28 +625,54 @@ def test_send_refusals(api):
     assert api.post(url, json={"partitioning": balanced, "messages": [{"payload": ""}]}).status_code == 422
     assert api.post(url, json={"partitioning": balanced, "messages": [{"payload": "!!"}]}).status_code == 422
     assert api.post(url, json={"partitioning": balanced, "messages": [{"payload": "eA=="}], "x": 1}).status_code == 422
-    error(api.post(url, json={"partitioning": {"kind": "partition_id", "value": b64(struct.pack("<I", 5))},
-                              "messages": [{"payload": "eA=="}]}), 404, 3007)
-    error(api.post(url, json={"partitioning": {"kind": "messages_key", "value": ""},
-                              "messages": [{"payload": "eA=="}]}), 400, 4028)
+    error(
+        api.post(
+            url,
+            json={
+                "partitioning": {"kind": "partition_id", "value": b64(struct.pack("<I", 5))},
+                "messages": [{"payload": "eA=="}],
+            },
+        ),
+        404,
+        3007,
+    )
+    error(
+        api.post(url, json={"partitioning": {"kind": "messages_key", "value": ""}, "messages": [{"payload": "eA=="}]}),
+        400,
+        4028,
+    )
     bad_header = [{"key": {"kind": "string", "value": ""}, "value": {"kind": "raw", "value": "eA=="}}]
-    error(api.post(url, json={"partitioning": balanced, "messages": [{"payload": "eA==", "user_headers": bad_header}]}),
-          400, 4018)
-    error(api.post(f"/streams/{stream}/topics/nope/messages",
-                   json={"partitioning": balanced, "messages": [{"payload": "eA=="}]}), 404, 2010)
+    error(
+        api.post(url, json={"partitioning": balanced, "messages": [{"payload": "eA==", "user_headers": bad_header}]}),
+        400,
+        4018,
+    )
+    error(
+        api.post(
+            f"/streams/{stream}/topics/nope/messages",
+            json={"partitioning": balanced, "messages": [{"payload": "eA=="}]},
+        ),
+        404,
+        2010,
+    )
     not_found(api.get(f"/streams/{stream}/topics/nope/messages"))
     error(api.get(url, params={"partition_id": 3}), 404, 3007)
 
 
 def test_consumer_offsets(api):
     stream, topic = make_topic(api, partitions=1)
-    api.post(f"/streams/{stream}/topics/{topic}/messages",
-             json={"partitioning": {"kind": "balanced", "value": ""}, "messages": [{"payload": "eA=="}] * 5})
+    api.post(
+        f"/streams/{stream}/topics/{topic}/messages",
+        json={"partitioning": {"kind": "balanced", "value": ""}, "messages": [{"payload": "eA=="}] * 5},
+    )
     url = f"/streams/{stream}/topics/{topic}/consumer-offsets"
     not_found(api.get(url, params={"consumer_id": 1}))
     assert api.put(url, json={"consumer_id": "1", "partition_id": None, "offset": 3}).status_code == 204
-    assert api.get(url, params={"consumer_id": 1}).json() == {"partition_id": 0, "current_offset": 4,
-                                                              "stored_offset": 3}
+    assert api.get(url, params={"consumer_id": 1}).json() == {
+        "partition_id": 0,
+        "current_offset": 4,
+        "stored_offset": 3,
+    }
     assert api.put(url, json={"consumer_id": "reader", "partition_id": 0, "offset": 1}).status_code == 204
     assert api.get(url, params={"consumer_id": "reader", "partition_id": 0}).json()["stored_offset"] == 1
     error(api.put(url, json={"consumer_id": 1, "offset": 10}), 400, 4100)
@@ -530,22 +687,50 @@ def test_consumer_offsets(api):
 
 # ------------------------------------------------------------------- system
 
+
 def test_stats(api):
     stream, topic = make_topic(api)
     stats = api.get("/stats").json()
-    for key in ("process_id", "cpu_usage", "total_cpu_usage", "run_time", "start_time", "streams_count",
-                "topics_count", "partitions_count", "segments_count", "messages_count", "clients_count",
-                "consumer_groups_count", "hostname", "os_name", "os_version", "kernel_version",
-                "iggy_server_version", "iggy_server_semver", "threads_count", "cache_metrics"):
+    for key in (
+        "process_id",
+        "cpu_usage",
+        "total_cpu_usage",
+        "run_time",
+        "start_time",
+        "streams_count",
+        "topics_count",
+        "partitions_count",
+        "segments_count",
+        "messages_count",
+        "clients_count",
+        "consumer_groups_count",
+        "hostname",
+        "os_name",
+        "os_version",
+        "kernel_version",
+        "iggy_server_version",
+        "iggy_server_semver",
+        "threads_count",
+        "cache_metrics",
+    ):
         assert key in stats, key
-    for key in ("memory_usage", "total_memory", "available_memory", "read_bytes", "written_bytes",
-                "messages_size_bytes", "free_disk_space", "total_disk_space"):
+    for key in (
+        "memory_usage",
+        "total_memory",
+        "available_memory",
+        "read_bytes",
+        "written_bytes",
+        "messages_size_bytes",
+        "free_disk_space",
+        "total_disk_space",
+    ):
         assert isinstance(stats[key], str) and stats[key].split(" ")[1].endswith("B"), (key, stats[key])
     assert stats["streams_count"] >= 1 and stats["iggy_server_semver"] == 9000
 
 
 async def test_clients_list_binary_connections(srv, api):
     from tests.conftest import connect_root
+
     assert all(c["transport"] != "HTTP" for c in api.get("/clients").json())
     sdk = await connect_root(srv.tcp_address)
     clients = api.get("/clients").json()

@@ -4,6 +4,7 @@ The shell block is taken from the README itself, so the documented commands can'
 what the server does. Only the base URL is replaced by the test server's. Without curl the
 same three requests are replayed with urllib, parsed from the same block.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,13 +41,22 @@ def readme_commands() -> list[str]:
 
 def prepare(server) -> None:
     """The stream and topic the README's last command reads."""
-    token = httpx.post(server.http_url + "/users/login",
-                       json={"username": ROOT_USER, "password": ROOT_PASSWORD}).json()["access_token"]["token"]
+    token = httpx.post(
+        server.http_url + "/users/login", json={"username": ROOT_USER, "password": ROOT_PASSWORD}
+    ).json()["access_token"]["token"]
     auth = {"Authorization": f"Bearer {token}"}
     assert httpx.post(server.http_url + "/streams", json={"name": "demo-stream"}, headers=auth).status_code == 200
-    r = httpx.post(server.http_url + "/streams/demo-stream/topics", headers=auth,
-                   json={"name": "demo-topic", "partitions_count": 1, "compression_algorithm": "none",
-                         "message_expiry": 0, "max_topic_size": 0})
+    r = httpx.post(
+        server.http_url + "/streams/demo-stream/topics",
+        headers=auth,
+        json={
+            "name": "demo-topic",
+            "partitions_count": 1,
+            "compression_algorithm": "none",
+            "message_expiry": 0,
+            "max_topic_size": 0,
+        },
+    )
     assert r.status_code == 200
 
 
@@ -67,7 +77,7 @@ def test_readme_curl_flow(server):
     login, list_streams, get_topic = [c.replace("http://localhost:3000", server.http_url) for c in readme_commands()]
     if shutil.which("curl"):
         env = dict(os.environ)
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")   # python3 for the one-liner
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # python3 for the one-liner
         env["TOKEN"] = _run(login + '; printf %s "$TOKEN"', env).strip()
         streams = json.loads(_run(list_streams, env))
         topic = json.loads(_run(get_topic, env))
@@ -81,6 +91,7 @@ def test_readme_curl_flow(server):
             target = re.search(r"(http://\S+)$", command).group(1)
             req = urllib.request.Request(target, headers={"Authorization": f"Bearer {token}"})
             return json.load(urllib.request.urlopen(req))
+
         streams, topic = get(list_streams), get(get_topic)
     assert [s["name"] for s in streams] == ["demo-stream"]
     assert topic["name"] == "demo-topic" and topic["partitions_count"] == 1

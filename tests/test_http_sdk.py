@@ -1,4 +1,5 @@
 """The official Python SDK over its HTTP transport (`apache_iggy.HttpConfig`) against a real server."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,7 @@ from tests.conftest import ROOT_PASSWORD, ROOT_USER
 
 async def http_client(server) -> IggyClient:
     client = IggyClient(HttpConfig(api_url=server.http_url))
-    await client.connect()          # starts the /ping heartbeat only; no auto-login over HTTP
+    await client.connect()  # starts the /ping heartbeat only; no auto-login over HTTP
     await client.login_user(ROOT_USER, ROOT_PASSWORD)
     return client
 
@@ -26,26 +27,44 @@ async def test_sdk_over_http_create_send_poll(server):
 
     await client.send_messages("orders", "created", 1, [SendMessage("hello"), SendMessage("world")])
     await client.send_messages("orders", "created", 1, [SendMessage(b"\x00\x01bytes")])
-    messages = await client.poll_messages("orders", "created", consumer=Consumer.Single(1),
-                                          polling_strategy=PollingStrategy.First(), count=10, auto_commit=False,
-                                          partition_id=1)
+    messages = await client.poll_messages(
+        "orders",
+        "created",
+        consumer=Consumer.Single(1),
+        polling_strategy=PollingStrategy.First(),
+        count=10,
+        auto_commit=False,
+        partition_id=1,
+    )
     assert [m.payload() for m in messages] == [b"hello", b"world", b"\x00\x01bytes"]
     assert [m.offset() for m in messages] == [0, 1, 2]
     assert all(m.id() != 0 for m in messages)
 
     # next + auto-commit: the server stores the consumer's offset between polls
-    first = await client.poll_messages("orders", "created", consumer=Consumer.Single(5),
-                                       polling_strategy=PollingStrategy.Next(), count=2, auto_commit=True,
-                                       partition_id=1)
-    rest = await client.poll_messages("orders", "created", consumer=Consumer.Single(5),
-                                      polling_strategy=PollingStrategy.Next(), count=10, auto_commit=True,
-                                      partition_id=1)
+    first = await client.poll_messages(
+        "orders",
+        "created",
+        consumer=Consumer.Single(5),
+        polling_strategy=PollingStrategy.Next(),
+        count=2,
+        auto_commit=True,
+        partition_id=1,
+    )
+    rest = await client.poll_messages(
+        "orders",
+        "created",
+        consumer=Consumer.Single(5),
+        polling_strategy=PollingStrategy.Next(),
+        count=10,
+        auto_commit=True,
+        partition_id=1,
+    )
     assert [m.offset() for m in first] == [0, 1] and [m.offset() for m in rest] == [2]
 
 
 async def test_sdk_over_http_management(server):
     client = await http_client(server)
-    assert await client.get_stream("missing") is None        # a 404 is "not found" to the SDK
+    assert await client.get_stream("missing") is None  # a 404 is "not found" to the SDK
     await client.create_stream("s1")
     await client.create_topic("s1", "t1", partitions_count=1)
     await client.create_partitions("s1", "t1", 2)
@@ -78,10 +97,15 @@ async def test_pat_made_over_http_logs_in_over_tcp(server):
     """One token store for both transports: a PAT created over HTTP auto-logs-in a TCP client."""
     import httpx
     from apache_iggy import AutoLogin, TcpConfig
-    token = httpx.post(server.http_url + "/users/login",
-                       json={"username": ROOT_USER, "password": ROOT_PASSWORD}).json()["access_token"]["token"]
-    r = httpx.post(server.http_url + "/personal-access-tokens", json={"name": "tcp-login", "expiry": 0},
-                   headers={"Authorization": f"Bearer {token}"})
+
+    token = httpx.post(
+        server.http_url + "/users/login", json={"username": ROOT_USER, "password": ROOT_PASSWORD}
+    ).json()["access_token"]["token"]
+    r = httpx.post(
+        server.http_url + "/personal-access-tokens",
+        json={"name": "tcp-login", "expiry": 0},
+        headers={"Authorization": f"Bearer {token}"},
+    )
     raw = r.json()["token"]
     tcp = IggyClient(TcpConfig(server_address=server.tcp_address, auto_login=AutoLogin.personal_access_token(raw)))
     await tcp.connect()

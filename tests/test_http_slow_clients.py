@@ -4,6 +4,7 @@ The server runs with short deadlines (1 s) so the tests are quick; they assert t
 server closes such connections (a 408/431/503 answer or EOF), waiting up to a generous
 socket timeout, never how long it took.
 """
+
 from __future__ import annotations
 
 import socket
@@ -15,15 +16,21 @@ from iggy.config import load_config
 from iggy.http.settings import from_config
 from tests.conftest import ServerProcess
 
-WAIT = 30.0            # seconds a test waits for the server to close a connection
-LIMIT = 300            # http.max_connections of the test server
+WAIT = 30.0  # seconds a test waits for the server to close a connection
+LIMIT = 300  # http.max_connections of the test server
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    server = ServerProcess(tmp_path_factory.mktemp("slow") / "data", extra_env={
-        "IGGY_HTTP_HEADER_READ_TIMEOUT": "1 s", "IGGY_HTTP_BODY_READ_TIMEOUT": "1 s",
-        "IGGY_HTTP_KEEP_ALIVE_TIMEOUT": "1 s", "IGGY_HTTP_MAX_CONNECTIONS": str(LIMIT)}).start()
+    server = ServerProcess(
+        tmp_path_factory.mktemp("slow") / "data",
+        extra_env={
+            "IGGY_HTTP_HEADER_READ_TIMEOUT": "1 s",
+            "IGGY_HTTP_BODY_READ_TIMEOUT": "1 s",
+            "IGGY_HTTP_KEEP_ALIVE_TIMEOUT": "1 s",
+            "IGGY_HTTP_MAX_CONNECTIONS": str(LIMIT),
+        },
+    ).start()
     yield server
     server.stop()
 
@@ -52,7 +59,7 @@ def test_many_connections_with_partial_headers_are_closed(srv):
             s = connect(srv)
             s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             socks.append(s)
-        assert works(srv)                       # others are served meanwhile
+        assert works(srv)  # others are served meanwhile
         for s in socks:
             assert answer(s).startswith(b"HTTP/1.1 408 ")
     finally:
@@ -65,7 +72,7 @@ def test_silent_connection_and_trickled_headers_are_closed(srv):
     silent, trickle = connect(srv), connect(srv)
     try:
         trickle.sendall(b"G")
-        trickle.sendall(b"ET /ping HTTP/1.1\r\n")      # bytes keep coming, the head never completes
+        trickle.sendall(b"ET /ping HTTP/1.1\r\n")  # bytes keep coming, the head never completes
         assert answer(silent).startswith(b"HTTP/1.1 408 ")
         assert answer(trickle).startswith(b"HTTP/1.1 408 ")
     finally:
@@ -76,8 +83,10 @@ def test_silent_connection_and_trickled_headers_are_closed(srv):
 def test_slow_body_is_closed(srv):
     s = connect(srv)
     try:
-        s.sendall(b"POST /users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 1000\r\n\r\n{\"username\": ")
+        s.sendall(
+            b"POST /users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{\"username\": "
+        )
         assert b" 500 " not in answer(s)
     finally:
         s.close()
@@ -92,7 +101,7 @@ def test_oversized_headers_answer_431(srv):
         for _ in range(100):
             try:
                 s.sendall(b"X-Big: " + b"a" * 1000 + b"\r\n")
-            except OSError:          # closed by the server while we were still sending
+            except OSError:  # closed by the server while we were still sending
                 break
         assert answer(s).startswith(b"HTTP/1.1 431 ")
     finally:
@@ -104,8 +113,9 @@ def test_oversized_headers_answer_431(srv):
 def test_connections_over_the_limit_are_refused_503(tmp_path):
     # a server of its own, with a head deadline long enough that no connection of the test
     # is closed for being slow before the limit is reached
-    srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_HTTP_HEADER_READ_TIMEOUT": "120 s",
-                                                      "IGGY_HTTP_MAX_CONNECTIONS": "20"}).start()
+    srv = ServerProcess(
+        tmp_path / "data", extra_env={"IGGY_HTTP_HEADER_READ_TIMEOUT": "120 s", "IGGY_HTTP_MAX_CONNECTIONS": "20"}
+    ).start()
     socks = []
     try:
         for _ in range(20):
@@ -118,7 +128,7 @@ def test_connections_over_the_limit_are_refused_503(tmp_path):
             extra.close()
         for s in socks:
             s.close()
-        assert works(srv)            # the slots come back once those connections are gone
+        assert works(srv)  # the slots come back once those connections are gone
     finally:
         for s in socks:
             s.close()
@@ -129,16 +139,22 @@ def test_idle_keep_alive_connection_is_closed(srv):
     s = connect(srv)
     try:
         s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
-        reply = answer(s)                  # the response, then EOF once idle for keep_alive_timeout
+        reply = answer(s)  # the response, then EOF once idle for keep_alive_timeout
         assert reply.startswith(b"HTTP/1.1 200 ") and reply.count(b"HTTP/1.1") == 1
     finally:
         s.close()
 
 
 def test_settings_from_config():
-    cfg = load_config(env={"IGGY_HTTP_HEADER_READ_TIMEOUT": "500 ms", "IGGY_HTTP_BODY_READ_TIMEOUT": "2 m",
-                           "IGGY_HTTP_KEEP_ALIVE_TIMEOUT": "0 s", "IGGY_HTTP_MAX_HEADER_SIZE": "8 KiB",
-                           "IGGY_HTTP_MAX_CONNECTIONS": "7"})
+    cfg = load_config(
+        env={
+            "IGGY_HTTP_HEADER_READ_TIMEOUT": "500 ms",
+            "IGGY_HTTP_BODY_READ_TIMEOUT": "2 m",
+            "IGGY_HTTP_KEEP_ALIVE_TIMEOUT": "0 s",
+            "IGGY_HTTP_MAX_HEADER_SIZE": "8 KiB",
+            "IGGY_HTTP_MAX_CONNECTIONS": "7",
+        }
+    )
     s = from_config(cfg)
     assert (s.header_read_timeout, s.body_read_timeout, s.keep_alive_timeout) == (0.5, 120.0, 0.0)
     assert (s.max_header_size, s.max_connections) == (8192, 7)

@@ -3,6 +3,7 @@
 These need no server; the routes themselves are tested against a real server process in
 test_http_api.py.
 """
+
 from __future__ import annotations
 
 import base64
@@ -14,26 +15,40 @@ import uuid
 import jwt as pyjwt
 import pytest
 
-from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.http import errors as http_errors
 from iggy.http import messages_json as mj
-from iggy.http import schemas, settings as http_settings
+from iggy.http import schemas
+from iggy.http import settings as http_settings
 from iggy.http.auth import JwtIssuer, Principal, bearer, uuid7
 from iggy.http.context import check_name, ident
 from iggy.http.settings import JwtSettings
 from iggy.http.views import permissions_json, size_text
+from iggy.protocol.errors import ErrorCode, IggyError
 
 
-@pytest.mark.parametrize("n, text", [
-    (0, "0 B"), (999, "999 B"), (1000, "1 KB"), (1024, "1 KiB"), (1536, "1.5 KiB"),
-    (52904123, "52904.123 KB"), (1073741824, "1 GiB"), (2_000_000, "2 MB"), (1001, "1.001 KB"),
-    (1025, "1.025 KB"), (1023, "1.023 KB"), (3 * 1024 ** 6, "3 EiB"),
-])
+@pytest.mark.parametrize(
+    "n, text",
+    [
+        (0, "0 B"),
+        (999, "999 B"),
+        (1000, "1 KB"),
+        (1024, "1 KiB"),
+        (1536, "1.5 KiB"),
+        (52904123, "52904.123 KB"),
+        (1073741824, "1 GiB"),
+        (2_000_000, "2 MB"),
+        (1001, "1.001 KB"),
+        (1025, "1.025 KB"),
+        (1023, "1.023 KB"),
+        (3 * 1024**6, "3 EiB"),
+    ],
+)
 def test_size_text(n, text):
     assert size_text(n) == text
 
 
 # ------------------------------------------------------------------- JWT
+
 
 def who(issuer, token):
     p = issuer.principal(token)
@@ -54,7 +69,7 @@ def test_jwt_claims_and_round_trip():
 def test_jwt_random_secret_per_issuer():
     a, b = JwtIssuer(JwtSettings()), JwtIssuer(JwtSettings())
     assert a.secret != b.secret and 64 <= len(a.secret) <= 95
-    assert b.principal(a.issue(Principal(1, 1))["token"]) is None   # a restart invalidates every token
+    assert b.principal(a.issue(Principal(1, 1))["token"]) is None  # a restart invalidates every token
 
 
 def test_jwt_configured_secret_and_algorithm():
@@ -99,11 +114,16 @@ def test_bearer_header():
 
 # ------------------------------------------------------------------- settings
 
+
 def test_settings_from_config_defaults_and_overrides():
-    jwt_cfg = types.SimpleNamespace(algorithm="hs384", access_token_expiry=120, encoding_secret="abc",
-                                    decoding_secret="", use_base64_secret=False)
-    cfg = types.SimpleNamespace(http=types.SimpleNamespace(address="0.0.0.0:3999", jwt=jwt_cfg,
-                                                           cors=types.SimpleNamespace(allowed_origins=["http://x"])))
+    jwt_cfg = types.SimpleNamespace(
+        algorithm="hs384", access_token_expiry=120, encoding_secret="abc", decoding_secret="", use_base64_secret=False
+    )
+    cfg = types.SimpleNamespace(
+        http=types.SimpleNamespace(
+            address="0.0.0.0:3999", jwt=jwt_cfg, cors=types.SimpleNamespace(allowed_origins=["http://x"])
+        )
+    )
     s = http_settings.from_config(cfg)
     assert (s.host, s.port, s.max_request_size) == ("0.0.0.0", 3999, 2_000_000)
     assert s.jwt.algorithm == "HS384" and s.jwt.access_token_expiry == 120 and s.jwt.secret == b"abc"
@@ -115,39 +135,55 @@ def test_settings_refuse_bad_jwt_configuration():
     bad_alg = types.SimpleNamespace(http=types.SimpleNamespace(jwt=types.SimpleNamespace(algorithm="RS256")))
     with pytest.raises(ValueError):
         http_settings.from_config(bad_alg)
-    mismatch = types.SimpleNamespace(http=types.SimpleNamespace(
-        jwt=types.SimpleNamespace(encoding_secret="a", decoding_secret="b")))
+    mismatch = types.SimpleNamespace(
+        http=types.SimpleNamespace(jwt=types.SimpleNamespace(encoding_secret="a", decoding_secret="b"))
+    )
     with pytest.raises(ValueError):
         http_settings.from_config(mismatch)
-    b64 = types.SimpleNamespace(http=types.SimpleNamespace(
-        jwt=types.SimpleNamespace(encoding_secret=base64.b64encode(b"raw").decode(), use_base64_secret=True)))
+    b64 = types.SimpleNamespace(
+        http=types.SimpleNamespace(
+            jwt=types.SimpleNamespace(encoding_secret=base64.b64encode(b"raw").decode(), use_base64_secret=True)
+        )
+    )
     assert http_settings.from_config(b64).jwt.secret == b"raw"
 
 
 # ------------------------------------------------------------------- messages
 
+
 def _entry(kind_k, key, kind_v, value):
-    return schemas.HeaderEntry(key=schemas.HeaderField(kind=kind_k, value=base64.b64encode(key).decode()),
-                               value=schemas.HeaderField(kind=kind_v, value=base64.b64encode(value).decode()))
+    return schemas.HeaderEntry(
+        key=schemas.HeaderField(kind=kind_k, value=base64.b64encode(key).decode()),
+        value=schemas.HeaderField(kind=kind_v, value=base64.b64encode(value).decode()),
+    )
 
 
 def test_user_headers_round_trip():
-    block = mj.headers_block([_entry("string", b"k", "uint32", struct.pack("<I", 7)),
-                              _entry("raw", b"\x01\x02", "bool", b"\x01")])
-    assert block == b"\x02\x01\x00\x00\x00k" + b"\x0b\x04\x00\x00\x00\x07\x00\x00\x00" \
-        + b"\x01\x02\x00\x00\x00\x01\x02" + b"\x03\x01\x00\x00\x00\x01"
+    block = mj.headers_block(
+        [_entry("string", b"k", "uint32", struct.pack("<I", 7)), _entry("raw", b"\x01\x02", "bool", b"\x01")]
+    )
+    assert (
+        block
+        == b"\x02\x01\x00\x00\x00k"
+        + b"\x0b\x04\x00\x00\x00\x07\x00\x00\x00"
+        + b"\x01\x02\x00\x00\x00\x01\x02"
+        + b"\x03\x01\x00\x00\x00\x01"
+    )
     as_json = mj.headers_json(block)
     assert as_json[0] == {"key": {"kind": "string", "value": "aw=="}, "value": {"kind": "uint32", "value": "BwAAAA=="}}
     assert mj.headers_block(base64.b64encode(block).decode()) == block
     assert mj.headers_json(b"") == []
-    assert mj.headers_json(b"\x02\x09") == base64.b64encode(b"\x02\x09").decode()   # unparsable -> base64
+    assert mj.headers_json(b"\x02\x09") == base64.b64encode(b"\x02\x09").decode()  # unparsable -> base64
 
 
-@pytest.mark.parametrize("entry, code", [
-    (("uint32", b"k", "uint32", b"\x01\x02"), ErrorCode.INVALID_HEADER_KEY),      # key of the wrong size
-    (("string", b"k", "uint64", b"\x01"), ErrorCode.INVALID_HEADER_VALUE),
-    (("string", b"k", "string", b"x" * 256), ErrorCode.INVALID_HEADER_VALUE),
-])
+@pytest.mark.parametrize(
+    "entry, code",
+    [
+        (("uint32", b"k", "uint32", b"\x01\x02"), ErrorCode.INVALID_HEADER_KEY),  # key of the wrong size
+        (("string", b"k", "uint64", b"\x01"), ErrorCode.INVALID_HEADER_VALUE),
+        (("string", b"k", "string", b"x" * 256), ErrorCode.INVALID_HEADER_VALUE),
+    ],
+)
 def test_user_headers_invalid(entry, code):
     with pytest.raises(IggyError) as err:
         mj.headers_block([_entry(*entry)])
@@ -165,8 +201,10 @@ def test_message_ids():
 
 
 def test_batch_input_and_partitioning():
-    body = schemas.SendMessages(partitioning=schemas.Partitioning(kind="partition_id", value="AgAAAA=="),
-                                messages=[schemas.SendMessage(payload="aGVsbG8=", id=5)])
+    body = schemas.SendMessages(
+        partitioning=schemas.Partitioning(kind="partition_id", value="AgAAAA=="),
+        messages=[schemas.SendMessage(payload="aGVsbG8=", id=5)],
+    )
     assert mj.partitioning(body) == (2, b"\x02\x00\x00\x00")
     assert mj.batch_input(body) == [(5, b"hello", b"")]
     empty = schemas.SendMessages(partitioning=schemas.Partitioning(kind="balanced"), messages=[])
@@ -182,24 +220,55 @@ def test_batch_input_and_partitioning():
 
 
 def test_polled_json_shape():
-    out = mj.polled_json(1, 9, [{"offset": 9, "id": 1 << 100, "checksum": 5, "timestamp": 2, "origin_timestamp": 1,
-                                 "payload": b"hi", "user_headers": b""}])
+    out = mj.polled_json(
+        1,
+        9,
+        [
+            {
+                "offset": 9,
+                "id": 1 << 100,
+                "checksum": 5,
+                "timestamp": 2,
+                "origin_timestamp": 1,
+                "payload": b"hi",
+                "user_headers": b"",
+            }
+        ],
+    )
     assert out["count"] == 1 and out["current_offset"] == 9 and out["partition_id"] == 1
     msg = out["messages"][0]
     assert msg["payload"] == "aGk=" and msg["user_headers"] == []
-    assert msg["header"] == {"checksum": 5, "id": 1 << 100, "offset": 9, "timestamp": 2, "origin_timestamp": 1,
-                             "user_headers_length": 0, "payload_length": 2, "reserved": 0}
+    assert msg["header"] == {
+        "checksum": 5,
+        "id": 1 << 100,
+        "offset": 9,
+        "timestamp": 2,
+        "origin_timestamp": 1,
+        "user_headers_length": 0,
+        "payload_length": 2,
+        "reserved": 0,
+    }
 
 
 # ------------------------------------------------------------------- errors, ids, permissions
 
-@pytest.mark.parametrize("code, status", [
-    (ErrorCode.UNAUTHENTICATED, 401), (ErrorCode.ACCESS_TOKEN_MISSING, 401),
-    (ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN, 401), (ErrorCode.UNAUTHORIZED, 403),
-    (ErrorCode.STREAM_ID_NOT_FOUND, 404), (ErrorCode.CONSUMER_OFFSET_NOT_FOUND, 404),
-    (ErrorCode.RESOURCE_NOT_FOUND, 404), (57, 503), (ErrorCode.INVALID_STREAM_NAME, 400),
-    (ErrorCode.INVALID_CREDENTIALS, 400), (ErrorCode.CANNOT_DELETE_USER, 400),
-])
+
+@pytest.mark.parametrize(
+    "code, status",
+    [
+        (ErrorCode.UNAUTHENTICATED, 401),
+        (ErrorCode.ACCESS_TOKEN_MISSING, 401),
+        (ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN, 401),
+        (ErrorCode.UNAUTHORIZED, 403),
+        (ErrorCode.STREAM_ID_NOT_FOUND, 404),
+        (ErrorCode.CONSUMER_OFFSET_NOT_FOUND, 404),
+        (ErrorCode.RESOURCE_NOT_FOUND, 404),
+        (57, 503),
+        (ErrorCode.INVALID_STREAM_NAME, 400),
+        (ErrorCode.INVALID_CREDENTIALS, 400),
+        (ErrorCode.CANNOT_DELETE_USER, 400),
+    ],
+)
 def test_status_mapping(code, status):
     assert http_errors.status_of(code) == status
 
@@ -219,13 +288,34 @@ def test_permissions_json_round_trip():
     import json
 
     import msgspec
-    body = {"global": {"manage_servers": False, "read_servers": True, "manage_users": False, "read_users": False,
-                       "manage_streams": False, "read_streams": True, "manage_topics": False, "read_topics": False,
-                       "poll_messages": False, "send_messages": False},
-            "streams": {"1": {"manage_stream": False, "read_stream": True, "manage_topics": False,
-                              "read_topics": False, "poll_messages": False, "send_messages": False,
-                              "topics": {"2": {"manage_topic": False, "read_topic": False, "poll_messages": True,
-                                               "send_messages": False}}}}}
+
+    body = {
+        "global": {
+            "manage_servers": False,
+            "read_servers": True,
+            "manage_users": False,
+            "read_users": False,
+            "manage_streams": False,
+            "read_streams": True,
+            "manage_topics": False,
+            "read_topics": False,
+            "poll_messages": False,
+            "send_messages": False,
+        },
+        "streams": {
+            "1": {
+                "manage_stream": False,
+                "read_stream": True,
+                "manage_topics": False,
+                "read_topics": False,
+                "poll_messages": False,
+                "send_messages": False,
+                "topics": {
+                    "2": {"manage_topic": False, "read_topic": False, "poll_messages": True, "send_messages": False}
+                },
+            }
+        },
+    }
     parsed = msgspec.json.decode(json.dumps(body), type=schemas.Permissions)
     stored = schemas.stored_permissions(parsed)
     assert stored["streams"][1]["topics"][2] == [False, False, True, False]
@@ -235,11 +325,13 @@ def test_permissions_json_round_trip():
 
 # ------------------------------------------------------------------- /ui
 
+
 def test_web_ui_routing(tmp_path):
     from litestar import Litestar
     from litestar.testing import TestClient
 
     from iggy.http.webui import ui_route
+
     (tmp_path / "index.html").write_text("<html>index</html>")
     (tmp_path / "_app").mkdir()
     (tmp_path / "_app" / "env.js").write_text("export const env = {}")
@@ -260,7 +352,9 @@ def test_poll_caps_keep_the_json_reply_within_the_frame_limit(payload):
     # the most JSON the caps allow: as many messages as the count cap, each as big as the
     # byte cap lets them be, with the largest numbers JSON can hold
     import json
+
     from iggy.protocol.batch import build_batch, iter_messages
+
     limit = 1 << 20
     count, max_bytes = mj.poll_caps(limit, 0xFFFFFFFF)
     assert (count, max_bytes) == (512, 655360)
@@ -268,8 +362,7 @@ def test_poll_caps_keep_the_json_reply_within_the_frame_limit(payload):
     data = build_batch([((1 << 128) - 1 - i, b"\xff" * payload, b"") for i in range(n)])
     messages = list(iter_messages(data))
     for m in messages:
-        m.update(checksum=(1 << 64) - 1, offset=(1 << 64) - 1, timestamp=(1 << 64) - 1,
-                 origin_timestamp=(1 << 64) - 1)
+        m.update(checksum=(1 << 64) - 1, offset=(1 << 64) - 1, timestamp=(1 << 64) - 1, origin_timestamp=(1 << 64) - 1)
     body = json.dumps(mj.polled_json(0xFFFFFFFF, (1 << 64) - 1, messages)).encode()
     assert len(body) <= limit, (n, len(body))
     assert mj.poll_caps(limit, 7) == (7, 655360)

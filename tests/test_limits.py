@@ -1,4 +1,5 @@
 """Connection limit and token expiry cleanup, against a real server on each engine."""
+
 import socket
 import struct
 import time
@@ -14,14 +15,14 @@ def test_connections_above_the_limit_are_closed_and_the_rest_keep_working(limite
     time.sleep(0.3)
     clients = [RawClient(limited.tcp_address) for _ in range(3)]
     for c in clients:
-        assert c.read(1).status == 0          # ping answered
+        assert c.read(1).status == 0  # ping answered
     extra = socket.create_connection(("127.0.0.1", limited.tcp_port))
     assert closed_by_server(extra)
     assert clients[0].login().status == 0
     clients[2].close()
     time.sleep(0.3)
     again = RawClient(limited.tcp_address)
-    assert again.read(1).status == 0          # a slot was freed
+    assert again.read(1).status == 0  # a slot was freed
     for c in clients[:2] + [again]:
         c.close()
 
@@ -48,6 +49,7 @@ def test_expired_personal_access_token_is_removed(fast_token_cleaner):
 def test_a_poll_reply_never_exceeds_the_largest_frame(two_mib_frames):
     from iggy.protocol.batch import build_batch, iter_messages
     from tests.rawclient import ident, wire_name
+
     c = RawClient(two_mib_frames.tcp_address)
     assert c.login().status == 0
     assert c.call(128, 0, wire_name("big")).code == 0

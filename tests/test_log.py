@@ -5,6 +5,7 @@ segment files; reads start and end in the middle of batches and cross segment bo
 recovery must cut torn or corrupt tails, rebuild a missing index, and never serve a message
 whose checksum does not match.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iggy.protocol.batch import build_batch, compute_batch_checksum, iter_messages, validate_batch
-from iggy.storage.log import PartitionLog
 from iggy.protocol.errors import IggyError
+from iggy.storage.log import PartitionLog
 
 SEG = 4096
 HEADER = 256
@@ -32,8 +33,7 @@ def payload(offset: int, size: int = 52) -> bytes:
 
 
 def batch_of(first: int, n: int, size: int = 52) -> bytes:
-    return build_batch([(first + i + 1, payload(first + i, size), b"") for i in range(n)],
-                       origin_timestamp=T0)
+    return build_batch([(first + i + 1, payload(first + i, size), b"") for i in range(n)], origin_timestamp=T0)
 
 
 def fill(lg: PartitionLog, batches: list[int], ts0: int = T0, size: int = 52) -> list[tuple[int, int, int]]:
@@ -65,14 +65,14 @@ def check_batches(data: bytes, partition_id: int | None = None) -> None:
         length = struct.unpack_from("<Q", data, pos + 32)[0]
         count = struct.unpack_from("<I", data, pos + 48)[0]
         assert count > 0 and length >= HEADER and pos + length <= len(data)
-        assert data[pos + 52:pos + HEADER] == bytes(204)
-        batch = data[pos:pos + length]
+        assert data[pos + 52 : pos + HEADER] == bytes(204)
+        batch = data[pos : pos + length]
         f = HEADER
         deltas = []
         for _ in range(count):
             hlen, plen = struct.unpack_from("<II", batch, f + 32)
             flen = FRAME + plen + hlen
-            assert struct.unpack_from("<Q", batch, f)[0] == xxhash.xxh3_64_intdigest(batch[f + 8:f + flen])
+            assert struct.unpack_from("<Q", batch, f)[0] == xxhash.xxh3_64_intdigest(batch[f + 8 : f + flen])
             assert struct.unpack_from("<Q", batch, f + 40)[0] == 0
             deltas.append(struct.unpack_from("<I", batch, f + 24)[0])
             f += flen
@@ -103,6 +103,7 @@ def open_log(directory, **kw) -> PartitionLog:
 
 # ------------------------------------------------------------------------- append / read
 
+
 def test_empty_log(log_dir):
     lg = open_log(log_dir)
     assert lg.is_empty and lg.next_offset == 0 and lg.current_offset == 0 and lg.messages_count == 0
@@ -126,8 +127,8 @@ def test_append_and_read_across_segments(log_dir):
     segs = lg.segments()
     assert [f"{s[0]:020d}.log" for s in segs] == names
     for prev, nxt in zip(segs, segs[1:]):
-        assert nxt[0] == prev[1] + 1                      # contiguous offsets
-        assert prev[2] >= SEG and not prev[4]             # rolled at the segment size, sealed
+        assert nxt[0] == prev[1] + 1  # contiguous offsets
+        assert prev[2] >= SEG and not prev[4]  # rolled at the segment size, sealed
         assert os.path.getsize(os.path.join(log_dir, f"{prev[0]:020d}.log")) == prev[2]
     assert segs[-1][4]
     assert sum(s[2] for s in segs) == lg.size_bytes
@@ -160,7 +161,7 @@ def test_sliced_batch_header(log_dir):
     base, ts, origin, length = struct.unpack_from("<QQQQ", data, 8)
     assert struct.unpack_from("<I", data, 48)[0] == 4
     assert length == len(data)
-    assert base == 0                                         # original base, deltas 3..6 kept
+    assert base == 0  # original base, deltas 3..6 kept
     check_batches(data, partition_id=3)
     assert [m["offset"] for m in iter_messages(data)] == [3, 4, 5, 6]
     lg.close()
@@ -181,9 +182,9 @@ def test_timestamps_strictly_increase(log_dir):
     lg = open_log(log_dir)
     for _ in range(3):
         b = batch_of(lg.next_offset, 2)
-        lg.append(b, 0, len(b), T0)                          # same clock reading three times
+        lg.append(b, 0, len(b), T0)  # same clock reading three times
     b = batch_of(lg.next_offset, 1)
-    lg.append(b, 0, len(b), T0 - 10_000)                     # clock went backwards
+    lg.append(b, 0, len(b), T0 - 10_000)  # clock went backwards
     stamps = [s for s in dict((m["offset"], m["timestamp"]) for m in read_all(lg)[0]).values()]
     assert stamps == [T0, T0, T0 + 1, T0 + 1, T0 + 2, T0 + 2, T0 + 3]
     lg.close()
@@ -196,10 +197,10 @@ def test_offset_for_timestamp(log_dir):
     assert lg.offset_for_timestamp(0) == 0
     for base, _, ts in appended:
         assert lg.offset_for_timestamp(ts) == base
-        assert lg.offset_for_timestamp(ts - 1) == base       # first batch with timestamp >= value
+        assert lg.offset_for_timestamp(ts - 1) == base  # first batch with timestamp >= value
     last_base, _, last_ts = appended[-1]
     assert lg.offset_for_timestamp(last_ts) == last_base
-    assert lg.offset_for_timestamp(last_ts + 1) is None      # after the newest: nothing
+    assert lg.offset_for_timestamp(last_ts + 1) is None  # after the newest: nothing
     lg.close()
 
 
@@ -211,7 +212,7 @@ def test_reopen_keeps_counts_and_continues(log_dir):
     lg = open_log(log_dir)
     assert (lg.messages_count, lg.next_offset, lg.segments_count, lg.size_bytes, lg.segments()) == before
     assert lg.recovered_truncated_bytes == 0
-    appended = fill(lg, [2], ts0=1)                          # an old clock: still after the newest stamp
+    appended = fill(lg, [2], ts0=1)  # an old clock: still after the newest stamp
     assert appended[0][0] == 90
     msgs, data = read_all(lg)
     check_batches(data)
@@ -234,6 +235,7 @@ def test_closed_log_refuses(log_dir):
 
 
 # ------------------------------------------------------------------------- recovery
+
 
 def last_nonempty_log(directory) -> str:
     for name in reversed(seg_files(directory)):
@@ -288,16 +290,16 @@ def test_torn_tail_is_cut(log_dir, active_has_data):
     path = last_nonempty_log(log_dir)
     pos, base, count, length = batch_positions(path)[-1]
     with open(path, "r+b") as f:
-        f.truncate(pos + length // 2)                        # the last batch is torn
+        f.truncate(pos + length // 2)  # the last batch is torn
     lg = open_log(log_dir)
     assert lg.recovered_truncated_bytes == length // 2
-    assert lg.next_offset == base                            # earlier messages intact, nothing after
+    assert lg.next_offset == base  # earlier messages intact, nothing after
     msgs, data = read_all(lg)
     check_batches(data)
     assert [m["offset"] for m in msgs] == list(range(base))
     assert [m["payload"] for m in msgs] == [payload(i) for i in range(base)]
     got = fill(lg, [4])
-    assert got[0][0] == base                                 # the next append reuses the torn offsets
+    assert got[0][0] == base  # the next append reuses the torn offsets
     msgs, data = read_all(lg)
     check_batches(data)
     assert [m["offset"] for m in msgs] == list(range(base + 4))
@@ -311,7 +313,7 @@ def test_torn_header_is_cut(log_dir):
     path = written_log(log_dir, [2, 2, 2])
     size = os.path.getsize(path)
     with open(path, "ab") as f:
-        f.write(b"\x07" * 100)                               # half a header of garbage
+        f.write(b"\x07" * 100)  # half a header of garbage
     lg = open_log(log_dir)
     assert lg.next_offset == 6 and lg.recovered_truncated_bytes == 100
     assert os.path.getsize(path) == size
@@ -322,7 +324,7 @@ def test_flipped_byte_in_last_batch_is_never_served(log_dir):
     path = written_log(log_dir, [5, 5, 5])
     pos, base, count, length = batch_positions(path)[-1]
     with open(path, "r+b") as f:
-        f.seek(pos + length - 3)                             # inside the last message's payload
+        f.seek(pos + length - 3)  # inside the last message's payload
         byte = f.read(1)
         f.seek(pos + length - 3)
         f.write(bytes([byte[0] ^ 0x20]))
@@ -340,8 +342,8 @@ def test_corrupt_message_in_a_middle_batch_stops_reads_before_its_batch(log_dir)
     """The batch is the unit of damage: none of its messages is served, reads before it stop
     there, reads in it fail every time with 4039, reads after it are unaffected."""
     path = written_log(log_dir, [4, 4, 4], segment_size=1 << 20)
-    pos, base, count, length = batch_positions(path)[1]      # offsets 4..7
-    second = pos + HEADER + FRAME + 52                       # frame of offset 5
+    pos, base, count, length = batch_positions(path)[1]  # offsets 4..7
+    second = pos + HEADER + FRAME + 52  # frame of offset 5
     with open(path, "r+b") as f:
         f.seek(second + FRAME + 10)
         b = f.read(1)
@@ -350,8 +352,8 @@ def test_corrupt_message_in_a_middle_batch_stops_reads_before_its_batch(log_dir)
     lg = open_log(log_dir)
     msgs, data = read_all(lg)
     check_batches(data)
-    assert [m["offset"] for m in msgs] == [0, 1, 2, 3]        # up to the damaged batch only
-    for start in (4, 5, 6, 7, 4, 5):                         # in it: the error, every time
+    assert [m["offset"] for m in msgs] == [0, 1, 2, 3]  # up to the damaged batch only
+    for start in (4, 5, 6, 7, 4, 5):  # in it: the error, every time
         with pytest.raises(IggyError) as exc:
             lg.read(start, 3)
         assert exc.value.code == 4039
@@ -371,7 +373,7 @@ def test_deleted_index_is_rebuilt(log_dir):
     sizes = {name: os.path.getsize(os.path.join(log_dir, name)) for name in indexes}
     os.unlink(os.path.join(log_dir, indexes[-1]))
     os.unlink(os.path.join(log_dir, indexes[0]))
-    with open(os.path.join(log_dir, indexes[1]), "r+b") as f:   # a short index as well
+    with open(os.path.join(log_dir, indexes[1]), "r+b") as f:  # a short index as well
         f.truncate(sizes[indexes[1]] - 30)
     lg = open_log(log_dir)
     assert lg.segments() == segs and lg.recovered_truncated_bytes == 0
@@ -404,10 +406,10 @@ def test_preallocated_segments_reopen(log_dir):
     assert len(segs) >= 3
     for base, _, size, _, active in segs:
         path = os.path.join(log_dir, f"{base:020d}.log")
-        assert os.path.getsize(path) == (SEG if active else size)   # sealed: reservation given back
+        assert os.path.getsize(path) == (SEG if active else size)  # sealed: reservation given back
     lg.close()
     lg = open_log(log_dir, preallocate=True)
-    assert lg.segments() == segs and lg.recovered_truncated_bytes == 0   # zero tail is not torn
+    assert lg.segments() == segs and lg.recovered_truncated_bytes == 0  # zero tail is not torn
     fill(lg, [2])
     msgs, data = read_all(lg)
     check_batches(data)
@@ -426,6 +428,7 @@ def test_preallocated_segments_reopen(log_dir):
 
 
 # ------------------------------------------------------------------------- deletion
+
 
 def test_purge(log_dir):
     lg = open_log(log_dir)
@@ -448,9 +451,9 @@ def test_delete_segments(log_dir):
     lg, segs = log_of_segments(log_dir, [6] * 20, at_least=4)
     total = lg.messages_count
     active = segs[-1][0]
-    assert lg.delete_segment(active) is False                # never the active one
+    assert lg.delete_segment(active) is False  # never the active one
     assert lg.delete_segment(999_999) is False
-    assert lg.delete_segment(segs[1][0]) is True             # a sealed one in the middle
+    assert lg.delete_segment(segs[1][0]) is True  # a sealed one in the middle
     assert not os.path.exists(os.path.join(log_dir, f"{segs[1][0]:020d}.log"))
     assert not os.path.exists(os.path.join(log_dir, f"{segs[1][0]:020d}.index"))
     gone = range(segs[1][0], segs[1][1] + 1)
@@ -466,11 +469,11 @@ def test_delete_segments(log_dir):
     assert [m["offset"] for m in msgs] == list(range(gone[-1] + 1, total))
     assert lg.delete_oldest_segments(1) == 1
     assert lg.first_offset == segs[2][0]
-    msgs, _ = read_all(lg, 0, 5)                             # before the oldest kept: starts there
+    msgs, _ = read_all(lg, 0, 5)  # before the oldest kept: starts there
     assert [m["offset"] for m in msgs] == list(range(segs[2][0], segs[2][0] + 5))
     assert lg.delete_oldest_segments(100) == len(segs) - 3
     assert lg.segments_count == 1 and lg.segments()[0][0] == active
-    assert lg.next_offset == total                           # offsets continue after deletions
+    assert lg.next_offset == total  # offsets continue after deletions
     got = fill(lg, [2])
     assert got[0][0] == total
     lg.close()
@@ -481,13 +484,14 @@ def test_delete_segments(log_dir):
 
 # ------------------------------------------------------------------------- property
 
-message = st.tuples(st.integers(0, 2**128 - 1), st.binary(min_size=1, max_size=300),
-                    st.integers(0, 2**32 - 1))
+message = st.tuples(st.integers(0, 2**128 - 1), st.binary(min_size=1, max_size=300), st.integers(0, 2**32 - 1))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batches=st.lists(st.lists(message, min_size=1, max_size=12), min_size=1, max_size=12),
-       segment_size=st.sampled_from([1024, 4096, 1 << 20]))
+@given(
+    batches=st.lists(st.lists(message, min_size=1, max_size=12), min_size=1, max_size=12),
+    segment_size=st.sampled_from([1024, 4096, 1 << 20]),
+)
 def test_random_batches_read_back_equal(tmp_path_factory, batches, segment_size):
     directory = str(tmp_path_factory.mktemp("prop"))
     lg = PartitionLog(directory, 0, segment_size)
@@ -496,8 +500,7 @@ def test_random_batches_read_back_equal(tmp_path_factory, batches, segment_size)
         b = build_batch([(mid, data, b"", delta) for mid, data, delta in msgs], origin_timestamp=T0 + i)
         base, count = lg.append(b, 0, len(b), T0 + i)
         assert (base, count) == (len(expected), len(msgs))
-        expected += [(len(expected) + j, mid, data, T0 + i + delta)
-                     for j, (mid, data, delta) in enumerate(msgs)]
+        expected += [(len(expected) + j, mid, data, T0 + i + delta) for j, (mid, data, delta) in enumerate(msgs)]
     for reopen in (False, True):
         if reopen:
             lg.close()
@@ -508,11 +511,12 @@ def test_random_batches_read_back_equal(tmp_path_factory, batches, segment_size)
         assert n == len(expected) and got == expected
         mid = len(expected) // 2
         data, n = lg.read(mid, 3)
-        assert [m["offset"] for m in iter_messages(data)] == [e[0] for e in expected[mid:mid + 3]]
+        assert [m["offset"] for m in iter_messages(data)] == [e[0] for e in expected[mid : mid + 3]]
     lg.close()
 
 
 # ------------------------------------------------------------------------- more recovery cases
+
 
 def index_path(directory, base: int) -> str:
     return os.path.join(directory, f"{base:020d}.index")
@@ -544,7 +548,7 @@ def test_index_longer_than_the_log_is_trimmed(log_dir):
     path = written_log(log_dir, [2] * 10, segment_size=1 << 20)
     positions = batch_positions(path)
     with open(path, "r+b") as f:
-        f.truncate(positions[6][0])              # 4 whole batches gone, the index still lists them
+        f.truncate(positions[6][0])  # 4 whole batches gone, the index still lists them
     lg = open_log(log_dir)
     assert lg.next_offset == 12 and lg.recovered_truncated_bytes == 0
     assert os.path.getsize(index_path(log_dir, 0)) == 6 * 24
@@ -562,7 +566,7 @@ def test_index_entries_pointing_at_lost_data_fall_back(log_dir):
         f.seek(positions[5][0])
         f.write(bytes(size - positions[5][0]))
     lg = open_log(log_dir)
-    assert lg.next_offset == 15 and lg.recovered_truncated_bytes == 0   # zeros are not torn data
+    assert lg.next_offset == 15 and lg.recovered_truncated_bytes == 0  # zeros are not torn data
     assert os.path.getsize(path) == positions[5][0]
     assert os.path.getsize(index_path(log_dir, 0)) == 5 * 24
     check_batches(read_all(lg)[1])
@@ -574,7 +578,7 @@ def test_index_missing_the_newest_entries_is_completed(log_dir):
     fill(lg, [2] * 6)
     lg.close()
     with open(index_path(log_dir, 0), "r+b") as f:
-        f.truncate(2 * 24 + 5)                   # a crash between the log write and the index write
+        f.truncate(2 * 24 + 5)  # a crash between the log write and the index write
     lg = open_log(log_dir)
     assert lg.next_offset == 12
     assert os.path.getsize(index_path(log_dir, 0)) == 6 * 24
@@ -586,14 +590,14 @@ def test_emptied_sealed_segment_is_dropped(log_dir):
     lg, segs = log_of_segments(log_dir, [6] * 12, at_least=3)
     lg.close()
     with open(log_path(log_dir, segs[1][0]), "r+b") as f:
-        f.truncate(100)                          # nothing whole left in a sealed segment
+        f.truncate(100)  # nothing whole left in a sealed segment
     lg = open_log(log_dir)
     assert [s[0] for s in lg.segments()] == [s[0] for i, s in enumerate(segs) if i != 1]
     assert not os.path.exists(log_path(log_dir, segs[1][0]))
     msgs, data = read_all(lg)
     check_batches(data)
     lost = range(segs[1][0], segs[1][1] + 1)
-    assert [m["offset"] for m in msgs] == list(range(lost[0]))     # up to the gap
+    assert [m["offset"] for m in msgs] == list(range(lost[0]))  # up to the gap
     for start in (lost[0], lost[-1]):
         with pytest.raises(IggyError) as exc:
             lg.read(start, 1)
@@ -609,11 +613,11 @@ def test_without_checksum_validation_a_corrupt_payload_is_kept(log_dir):
     with open(path, "r+b") as f:
         f.seek(pos + length - 1)
         f.write(b"\xff")
-    lg = open_log(log_dir, validate_checksum=False)      # layout is still checked, not checksums
+    lg = open_log(log_dir, validate_checksum=False)  # layout is still checked, not checksums
     assert lg.next_offset == 6
     assert len(read_all(lg)[0]) == 6
     lg.close()
-    lg = open_log(log_dir)                               # with validation the batch is a torn tail
+    lg = open_log(log_dir)  # with validation the batch is a torn tail
     assert lg.next_offset == 3 and lg.recovered_truncated_bytes == length
     lg.close()
 
@@ -623,12 +627,12 @@ def test_corrupt_first_message_raises(log_dir):
     fill(lg, [4, 4, 4])
     path = log_path(log_dir, 0)
     pos, base, count, length = batch_positions(path)[1]
-    with open(path, "r+b") as f:                         # under the open log: no recovery involved
+    with open(path, "r+b") as f:  # under the open log: no recovery involved
         f.seek(pos + HEADER + FRAME)
         b = f.read(1)
         f.seek(pos + HEADER + FRAME)
         f.write(bytes([b[0] ^ 1]))
-    for start in (4, 5):                                 # the whole batch 4..7 is refused
+    for start in (4, 5):  # the whole batch 4..7 is refused
         with pytest.raises(IggyError) as exc:
             lg.read(start, 2)
         assert exc.value.code == 4039
@@ -639,11 +643,12 @@ def test_corrupt_first_message_raises(log_dir):
 
 def test_preallocated_zero_tail_of_an_unclosed_log(log_dir, tmp_path):
     import shutil
+
     lg = open_log(log_dir, preallocate=True, segment_size=1 << 16)
     fill(lg, [5] * 6)
     lg.fsync()
     copy = str(tmp_path / "copy")
-    shutil.copytree(log_dir, copy)               # as a crash leaves it: zero reservation after the data
+    shutil.copytree(log_dir, copy)  # as a crash leaves it: zero reservation after the data
     lg.close()
     assert os.path.getsize(log_path(copy, 0)) == 1 << 16
     lg = open_log(copy, preallocate=True, segment_size=1 << 16)
@@ -653,7 +658,7 @@ def test_preallocated_zero_tail_of_an_unclosed_log(log_dir, tmp_path):
     check_batches(read_all(lg)[1])
     size = lg.size_bytes
     lg.close()
-    assert os.path.getsize(log_path(copy, 0)) == size          # close gives the reservation back
+    assert os.path.getsize(log_path(copy, 0)) == size  # close gives the reservation back
     # garbage after the data inside the reservation is torn data
     with open(log_path(copy, 0), "r+b") as f:
         f.truncate(1 << 16)
@@ -663,7 +668,7 @@ def test_preallocated_zero_tail_of_an_unclosed_log(log_dir, tmp_path):
     assert lg.next_offset == 31 and lg.recovered_truncated_bytes == 1003
     with open(log_path(copy, 0), "rb") as f:
         f.seek(size)
-        assert f.read() == bytes((1 << 16) - size)         # cut and reserved again
+        assert f.read() == bytes((1 << 16) - size)  # cut and reserved again
     lg.close()
 
 
@@ -678,6 +683,7 @@ def test_smaller_segment_size_rolls_at_open(log_dir):
 
 
 # ------------------------------------------------------------------------- more append / read cases
+
 
 def test_append_from_any_buffer_leaves_it_untouched(log_dir):
     lg = open_log(log_dir)
@@ -704,10 +710,10 @@ def test_append_refuses_what_does_not_frame(log_dir):
         lg.append(b, 0, 200, T0)
     assert exc.value.code == 4036
     with pytest.raises(IggyError) as exc:
-        lg.append(b, 0, len(b) - 1, T0)           # batch_length says otherwise
+        lg.append(b, 0, len(b) - 1, T0)  # batch_length says otherwise
     assert exc.value.code == 4036
     lying = bytearray(b)
-    struct.pack_into("<I", lying, 48, 4)          # one frame more than there is
+    struct.pack_into("<I", lying, 48, 4)  # one frame more than there is
     with pytest.raises(IggyError):
         lg.append(lying, 0, len(lying), T0)
     assert lg.is_empty and lg.size_bytes == 0
@@ -732,7 +738,7 @@ def test_read_max_bytes_stops_at_whole_batches(log_dir):
     batch_len = HEADER + 4 * (FRAME + 52)
     data, n = lg.read(0, 1000, max_bytes=3 * batch_len + 10)
     assert n == 12 and len(data) == 3 * batch_len
-    data, n = lg.read(2, 1000, max_bytes=10)      # always at least one batch
+    data, n = lg.read(2, 1000, max_bytes=10)  # always at least one batch
     assert n == 2 and [m["offset"] for m in iter_messages(data)] == [2, 3]
     data, n = lg.read(0, 1000, max_bytes=1 << 30)
     assert n == 48
@@ -756,6 +762,7 @@ def test_append_is_one_pwritev_and_read_one_pread(tmp_path):
     import shutil
     import subprocess
     import sys
+
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed")
     script = tmp_path / "probe.py"
@@ -769,23 +776,28 @@ def test_append_is_one_pwritev_and_read_one_pread(tmp_path):
         "lg.append(b, 0, len(b), 1)\n"
         "data, n = lg.read(0, 1000)\n"
         "sys.stderr.write('=== END\\n'); sys.stderr.flush()\n"
-        "assert n == 1000\n")
+        "assert n == 1000\n"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(["strace", "-f", "-e", "trace=pwritev,pwrite64,pread64,write,read,preadv", sys.executable,
-                           str(script)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": root})
+    proc = subprocess.run(
+        ["strace", "-f", "-e", "trace=pwritev,pwrite64,pread64,write,read,preadv", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
     if proc.returncode != 0 or "=== BEGIN" not in proc.stderr:
         pytest.skip(f"strace does not work here: {proc.stderr[-300:]}")
     window = proc.stderr.split("=== BEGIN", 1)[1].split("=== END", 1)[0]
     calls = [line.split("(", 1)[0].strip() for line in window.splitlines() if "(" in line and "write(2," not in line]
     calls = [c for c in calls if c and not c.startswith("+++")]
-    assert calls == ["pwritev", "pwritev", "pread64"], window     # log batch, index entry, one read
+    assert calls == ["pwritev", "pwritev", "pread64"], window  # log batch, index entry, one read
 
 
 def test_torn_segment_before_an_empty_active_one_becomes_active(log_dir):
     lg = open_log(log_dir)
     fill(lg, [6])
     while lg.segments()[-1][2]:
-        fill(lg, [6])                            # stop right after a roll: the active one is empty
+        fill(lg, [6])  # stop right after a roll: the active one is empty
     segs = lg.segments()
     lg.close()
     sealed = log_path(log_dir, segs[-2][0])
@@ -793,10 +805,10 @@ def test_torn_segment_before_an_empty_active_one_becomes_active(log_dir):
     with open(sealed, "r+b") as f:
         f.truncate(pos + 10)
         f.seek(pos)
-        torn = f.read().rstrip(b"\0")           # trailing zeros count as unwritten space
+        torn = f.read().rstrip(b"\0")  # trailing zeros count as unwritten space
     lg = open_log(log_dir)
     assert lg.recovered_truncated_bytes == len(torn) > 0
-    assert lg.segments()[-1][0] == segs[-2][0] and lg.segments()[-1][4]    # no gap of offsets
+    assert lg.segments()[-1][0] == segs[-2][0] and lg.segments()[-1][4]  # no gap of offsets
     assert not os.path.exists(log_path(log_dir, segs[-1][0]))
     assert lg.next_offset == base and fill(lg, [2])[0][0] == base
     msgs, data = read_all(lg)
@@ -806,8 +818,12 @@ def test_torn_segment_before_an_empty_active_one_becomes_active(log_dir):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(sizes=st.lists(st.integers(1, 6), min_size=1, max_size=25), cut=st.floats(0, 1),
-       damage=st.sampled_from(["truncate", "flip", "garbage", "drop_index"]), data=st.data())
+@given(
+    sizes=st.lists(st.integers(1, 6), min_size=1, max_size=25),
+    cut=st.floats(0, 1),
+    damage=st.sampled_from(["truncate", "flip", "garbage", "drop_index"]),
+    data=st.data(),
+)
 def test_recovery_keeps_an_exact_prefix(tmp_path_factory, sizes, cut, damage, data):
     """Whatever happens to the newest segment, reopening serves a prefix of what was written,
     checksums intact, and the next append continues right after it."""

@@ -11,6 +11,7 @@ stall without a word), never a message of the damaged batch, and a read that sta
 the damage serves everything up to it. Damage the cheap startup check can see (headers and
 index entries) is reported when the log opens, naming the file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,9 +20,9 @@ import shutil
 
 import pytest
 
-from iggy.storage.log import PartitionLog
 from iggy.protocol.errors import IggyError
-from tests.test_log import HEADER, batch_positions, check_batches, fill, iter_messages, payload
+from iggy.storage.log import PartitionLog
+from tests.test_log import batch_positions, check_batches, fill, iter_messages, payload
 
 SEG = 4096
 TOTAL = 100
@@ -64,7 +65,7 @@ def _check_reads(lg: PartitionLog, damaged: range) -> dict[int, int]:
         except IggyError as exc:
             assert exc.code in (4039, 4011), exc
             errors[start] = exc.code
-            with pytest.raises(IggyError) as again:            # the same answer every time
+            with pytest.raises(IggyError) as again:  # the same answer every time
                 lg.read(start, 5)
             assert again.value.code == exc.code
             continue
@@ -76,7 +77,7 @@ def _check_reads(lg: PartitionLog, damaged: range) -> dict[int, int]:
         assert [m["payload"] for m in msgs] == [payload(o) for o in offsets]
         assert not set(offsets) & set(damaged)
         if start < damaged.start < start + 5:
-            assert offsets[-1] == damaged.start - 1              # up to the damage, not short of it
+            assert offsets[-1] == damaged.start - 1  # up to the damage, not short of it
     return errors
 
 
@@ -139,8 +140,7 @@ def test_every_flipped_byte_of_an_index_entry(pristine, tmp_path):
     assert damaged
 
 
-@pytest.mark.parametrize("field", [8, 16, 32, 48, 100],
-                         ids=["offset", "timestamp", "length", "count", "reserved"])
+@pytest.mark.parametrize("field", [8, 16, 32, 48, 100], ids=["offset", "timestamp", "length", "count", "reserved"])
 def test_startup_check_reports_the_first_batch_of_a_segment(pristine, tmp_path, caplog, field):
     name, pos, base, count, length = _batch(pristine, 1, 0)
     directory = _copy(pristine, tmp_path, "first")
@@ -151,8 +151,9 @@ def test_startup_check_reports_the_first_batch_of_a_segment(pristine, tmp_path, 
         assert [r.getMessage() for r in caplog.records] == [
             f"partition {directory}: segment {os.path.join(directory, name)}: 1 of 6 index entries do not match "
             f"the segment (a damaged index or batch header), the first at offset {base}; polls there are "
-            f"answered with error 4039"]
-        assert _check_reads(lg, range(base, base + count)) == {o: 4039 for o in range(base, base + count)}
+            f"answered with error 4039"
+        ]
+        assert _check_reads(lg, range(base, base + count)) == dict.fromkeys(range(base, base + count), 4039)
     finally:
         lg.close()
 
@@ -161,12 +162,11 @@ def test_startup_check_reports_the_first_batch_of_a_segment(pristine, tmp_path, 
 def test_startup_check_reports_an_index_entry_out_of_order(pristine, tmp_path, caplog, field):
     name, pos, base, count, length = _batch(pristine, 1, 2)
     directory = _copy(pristine, tmp_path, "index")
-    _flip(os.path.join(directory, name[:-4] + ".index"), 2 * 24 + field + 7, 0x80)    # the top byte
+    _flip(os.path.join(directory, name[:-4] + ".index"), 2 * 24 + field + 7, 0x80)  # the top byte
     with caplog.at_level(logging.WARNING, logger="iggy.storage.log"):
         lg = PartitionLog(directory, PARTITION, SEG)
     try:
-        assert any(name in r.getMessage() and "index entries do not match" in r.getMessage()
-                   for r in caplog.records)
+        assert any(name in r.getMessage() and "index entries do not match" in r.getMessage() for r in caplog.records)
         _check_reads(lg, range(0))
     finally:
         lg.close()
@@ -175,7 +175,7 @@ def test_startup_check_reports_an_index_entry_out_of_order(pristine, tmp_path, c
 def test_logged_once_per_batch(pristine, tmp_path, caplog):
     name, pos, base, count, length = _batch(pristine, 1, 2)
     directory = _copy(pristine, tmp_path, "once")
-    _flip(os.path.join(directory, name), pos + length - 3)      # a payload byte: no startup warning
+    _flip(os.path.join(directory, name), pos + length - 3)  # a payload byte: no startup warning
     with caplog.at_level(logging.WARNING, logger="iggy.storage.log"):
         lg = PartitionLog(directory, PARTITION, SEG)
         assert not caplog.records
@@ -187,8 +187,9 @@ def test_logged_once_per_batch(pristine, tmp_path, caplog):
                     pass
         lg.close()
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == [f"partition {directory}: batch at offset {base} in segment "
-                     f"{os.path.join(directory, name)} fails its checksum"]
+    assert lines == [
+        f"partition {directory}: batch at offset {base} in segment {os.path.join(directory, name)} fails its checksum"
+    ]
 
 
 def test_a_gap_left_by_a_lost_segment_is_not_stepped_over(pristine, tmp_path):
@@ -201,7 +202,7 @@ def test_a_gap_left_by_a_lost_segment_is_not_stepped_over(pristine, tmp_path):
         errors = _check_reads(lg, range(lost[0], lost[1] + 1))
     finally:
         lg.close()
-    assert errors == {o: 4011 for o in range(lost[0], lost[1] + 1)}
+    assert errors == dict.fromkeys(range(lost[0], lost[1] + 1), 4011)
 
 
 def test_label_names_stream_topic_partition(tmp_path):
@@ -220,7 +221,7 @@ def test_startup_check_reads_one_header_per_batch(tmp_path):
     directory = str(tmp_path / "big")
     lg = PartitionLog(directory, PARTITION, 1 << 20)
     for _ in range(20):
-        fill(lg, [20] * 20, size=2000)            # batches of ~40 KB, ~16 MB in 1 MiB segments
+        fill(lg, [20] * 20, size=2000)  # batches of ~40 KB, ~16 MB in 1 MiB segments
     size = lg.size_bytes
     lg.close()
 

@@ -6,6 +6,7 @@ fsyncs, rolls and recovery at open must still see exactly the right data, and th
 must never hold more segment files than the budget (counted in /proc/self/fd, not only in the
 cache's own counter).
 """
+
 from __future__ import annotations
 
 import os
@@ -60,7 +61,7 @@ def test_budget_below_the_partitions_serves_every_one(tmp_path, budget):
     budget(4)
     rng = random.Random(7)
     logs = [PartitionLog(str(tmp_path / f"p{i}"), i, SEG) for i in range(40)]
-    expected = {i: 0 for i in range(40)}
+    expected = dict.fromkeys(range(40), 0)
     try:
         for step in range(600):
             i = rng.randrange(40)
@@ -124,12 +125,12 @@ def test_lowering_the_budget_closes_files_now(tmp_path, budget):
     try:
         for lg in logs:
             fill(lg, [3])
-        assert segment_fds(tmp_path) == 40                  # every active segment: .log and .index
+        assert segment_fds(tmp_path) == 40  # every active segment: .log and .index
         budget(6)
         assert segment_fds(tmp_path) <= 6
         # the process-wide count may include logs that other tests left open, never fewer
         assert segment_fds(tmp_path) <= logmod.open_files()["open"] <= 6
-        for lg in logs:                             # and everything still reads back
+        for lg in logs:  # and everything still reads back
             assert len(read_all(lg)[0]) == 3
     finally:
         for lg in logs:
@@ -143,7 +144,7 @@ def test_a_deleted_segment_file_is_an_error_not_a_new_empty_file(tmp_path, budge
     others = [PartitionLog(str(tmp_path / f"o{i}"), i, SEG) for i in range(4)]
     try:
         fill(lg, [3])
-        for o in others:                            # pushes lg's files out of the cache
+        for o in others:  # pushes lg's files out of the cache
             fill(o, [1])
         os.unlink(tmp_path / "p" / f"{0:020d}.log")
         with pytest.raises(Exception):
@@ -196,7 +197,7 @@ def test_threads_share_a_tiny_budget(tmp_path, budget):
                 msgs, data = read_all(lg, first, n)
                 assert [m["offset"] for m in msgs] == list(range(first, first + n))
                 check_batches(data)
-        except BaseException as exc:          # reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
         finally:
             for lg in logs:

@@ -5,6 +5,7 @@ kind), every polling strategy and its edges, consumer offsets (store/get/delete,
 the high-level IggyProducer/IggyConsumer, several segments, purge, and partitions created or
 deleted on a topic that holds data.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,18 @@ import struct
 
 import pytest
 import xxhash
-from apache_iggy import (AutoCommit, AutoCommitAfter, AutoCommitWhen, Consumer, HeaderKey, HeaderValue,
-                         IggyClient, Partitioning, PollingStrategy, SendMessage)
+from apache_iggy import (
+    AutoCommit,
+    AutoCommitAfter,
+    AutoCommitWhen,
+    Consumer,
+    HeaderKey,
+    HeaderValue,
+    IggyClient,
+    Partitioning,
+    PollingStrategy,
+    SendMessage,
+)
 
 from iggy.protocol.batch import build_batch
 from tests.conftest import connect_root
@@ -31,11 +42,16 @@ async def make_topic(client: IggyClient, partitions: int = 1, stream: str = S, t
     await client.create_topic(stream, topic, partitions, **kw)
 
 
-async def poll(client, strategy, count=100, consumer=None, partition_id=0, auto_commit=False,
-               stream=S, topic=T):
-    return await client.poll_messages(stream, topic, consumer=consumer or Consumer.Single(1),
-                                      polling_strategy=strategy, count=count, auto_commit=auto_commit,
-                                      partition_id=partition_id)
+async def poll(client, strategy, count=100, consumer=None, partition_id=0, auto_commit=False, stream=S, topic=T):
+    return await client.poll_messages(
+        stream,
+        topic,
+        consumer=consumer or Consumer.Single(1),
+        polling_strategy=strategy,
+        count=count,
+        auto_commit=auto_commit,
+        partition_id=partition_id,
+    )
 
 
 def offsets(messages):
@@ -50,16 +66,20 @@ async def send_batches(client, sizes, partition=0, stream=S, topic=T, prefix="m"
     """Send batches of the given sizes to one partition; payload '<prefix><n>' numbered per call."""
     confirmations, n = [], 0
     for size in sizes:
-        r = await client.send_messages(stream, topic, partition,
-                                       [SendMessage(f"{prefix}{n + i}") for i in range(size)])
+        r = await client.send_messages(stream, topic, partition, [SendMessage(f"{prefix}{n + i}") for i in range(size)])
         confirmations.append(r.confirmations)
         n += size
     return confirmations
 
 
 def offset_request(consumer_kind: int, consumer_id, partition: int | None, stream=S, topic=T) -> bytes:
-    return (bytes([consumer_kind]) + ident(consumer_id) + ident(stream) + ident(topic)
-            + (b"\x01" + struct.pack("<I", partition) if partition is not None else b"\x00" + bytes(4)))
+    return (
+        bytes([consumer_kind])
+        + ident(consumer_id)
+        + ident(stream)
+        + ident(topic)
+        + (b"\x01" + struct.pack("<I", partition) if partition is not None else b"\x00" + bytes(4))
+    )
 
 
 async def get_offset(client, consumer_kind, consumer_id, partition=0, stream=S, topic=T):
@@ -80,25 +100,29 @@ async def store_single_offset(client, consumer_id, offset, partition=0, stream=S
 
 # ------------------------------------------------------------------------- sending
 
+
 async def test_send_confirmations_ids_and_timestamps(client):
-    await client.create_stream("first")              # so the ids under test are not all zero
+    await client.create_stream("first")  # so the ids under test are not all zero
     await make_topic(client, partitions=3)
     await client.create_topic(S, "t2", 1)
-    before = (await client.get_stream(S))
+    before = await client.get_stream(S)
     r1 = await client.send_messages(S, "t2", 0, [SendMessage("x")])
-    assert [(c.stream_id, c.topic_id, c.partition_id, c.base_offset) for c in r1.confirmations] == \
-        [(before.id, 1, 0, 0)]
+    assert [(c.stream_id, c.topic_id, c.partition_id, c.base_offset) for c in r1.confirmations] == [
+        (before.id, 1, 0, 0)
+    ]
     confs = await send_batches(client, [3, 1, 4], partition=2)
-    assert [[(c.stream_id, c.topic_id, c.partition_id, c.base_offset) for c in cs] for cs in confs] == \
-        [[(1, 0, 2, 0)], [(1, 0, 2, 3)], [(1, 0, 2, 4)]]
+    assert [[(c.stream_id, c.topic_id, c.partition_id, c.base_offset) for c in cs] for cs in confs] == [
+        [(1, 0, 2, 0)],
+        [(1, 0, 2, 3)],
+        [(1, 0, 2, 4)],
+    ]
 
-    await client.send_messages(S, T, 2, [SendMessage("with-id", id=42),
-                                         SendMessage(b"\x00\xffbin", id=2**128 - 1)])
+    await client.send_messages(S, T, 2, [SendMessage("with-id", id=42), SendMessage(b"\x00\xffbin", id=2**128 - 1)])
     msgs = await poll(client, PollingStrategy.First(), partition_id=2)
     assert offsets(msgs) == list(range(10))
     assert payloads(msgs) == [f"m{i}".encode() for i in range(8)] + [b"with-id", b"\x00\xffbin"]
     assert msgs[8].id() == 42 and msgs[9].id() == 2**128 - 1
-    assert all(m.id() != 0 for m in msgs) and len({m.id() for m in msgs[:8]}) == 8   # SDK-generated ids
+    assert all(m.id() != 0 for m in msgs) and len({m.id() for m in msgs[:8]}) == 8  # SDK-generated ids
     assert all(m.partition_id() == 2 for m in msgs)
     assert [m.length() for m in msgs[8:]] == [7, 5]
     # one server timestamp per batch, strictly increasing between batches
@@ -107,7 +131,7 @@ async def test_send_confirmations_ids_and_timestamps(client):
     assert all(len(set(g)) == 1 for g in groups)
     assert [g[0] for g in groups] == sorted({g[0] for g in groups})
     for m in msgs:
-        assert abs(m.origin_timestamp() - m.timestamp()) < 60_000_000     # both µs since the epoch
+        assert abs(m.origin_timestamp() - m.timestamp()) < 60_000_000  # both µs since the epoch
     # the producer's message checksums are served verbatim (XXH3 of frame bytes 8..end)
     origin = min(m.origin_timestamp() for m in msgs[8:])
     for delta, m in enumerate(msgs[8:]):
@@ -115,8 +139,7 @@ async def test_send_confirmations_ids_and_timestamps(client):
         frame_tail = m.id().to_bytes(16, "little") + fields + m.payload()
         assert m.checksum() == xxhash.xxh3_64_intdigest(frame_tail)
     topic = await client.get_topic(S, T)
-    assert [(p.id, p.messages_count, p.current_offset) for p in topic.partitions] == [(0, 0, 0), (1, 0, 0),
-                                                                                    (2, 10, 9)]
+    assert [(p.id, p.messages_count, p.current_offset) for p in topic.partitions] == [(0, 0, 0), (1, 0, 0), (2, 10, 9)]
     assert topic.messages_count == 10 and (await client.get_stream(S)).messages_count == 11
 
 
@@ -131,6 +154,7 @@ async def test_send_to_missing_partition_or_topic_fails(client):
 
 # ------------------------------------------------------------------------- partitioning
 
+
 async def test_balanced_partitioning_round_robin(client, server):
     await make_topic(client, partitions=3)
     seen = []
@@ -138,7 +162,7 @@ async def test_balanced_partitioning_round_robin(client, server):
         r = await client.send_messages(S, T, Partitioning.balanced(), [SendMessage(f"b{i}")])
         seen.append(r.confirmations[0].partition_id)
     assert seen == [0, 1, 2, 0, 1, 2, 0]
-    other = await connect_root(server.tcp_address)       # the cursor is per client, from 0
+    other = await connect_root(server.tcp_address)  # the cursor is per client, from 0
     r = await other.send_messages(S, T, Partitioning.balanced(), [SendMessage("o0"), SendMessage("o1")])
     assert r.confirmations[0].partition_id == 0
     contents = [payloads(await poll(client, PollingStrategy.First(), partition_id=p)) for p in range(3)]
@@ -150,7 +174,7 @@ async def test_partition_id_partitioning(client):
     for p in (3, 1, 3):
         r = await client.send_messages(S, T, Partitioning.partition_id(p), [SendMessage(f"p{p}")])
         assert r.confirmations[0].partition_id == p
-    await client.send_messages(S, T, 2, [SendMessage("int")])        # an int is partition_id(n)
+    await client.send_messages(S, T, 2, [SendMessage("int")])  # an int is partition_id(n)
     counts = [len(await poll(client, PollingStrategy.First(), partition_id=p)) for p in range(4)]
     assert counts == [0, 1, 1, 2]
 
@@ -165,7 +189,7 @@ async def test_messages_key_partitioning(client):
         r = await client.send_messages(S, T, Partitioning.messages_key(key), [SendMessage(raw)])
         assert r.confirmations[0].partition_id == want, key
         expected[want].append(raw)
-    assert len({p for p in expected if expected[p]}) == 3                 # all partitions were hit
+    assert len({p for p in expected if expected[p]}) == 3  # all partitions were hit
     for p in range(3):
         assert payloads(await poll(client, PollingStrategy.First(), partition_id=p)) == expected[p]
     # the same key always lands on the same partition
@@ -203,18 +227,33 @@ async def test_server_side_balanced_and_key_partitioning(server, client, raw):
 
 # ------------------------------------------------------------------------- headers
 
+
 async def test_user_headers_of_every_kind_round_trip(client):
     await make_topic(client)
-    plain = {"s": "text", "b": b"\x00\x01raw", "t": True, "f": False, "u8": 7, "u16": 300, "u32": 70_000,
-             "u64": 2**40, "i8": -1, "i16": -300, "i32": -70_000, "i64": -2**40, "f32": 1.5, "f64": 0.1}
+    plain = {
+        "s": "text",
+        "b": b"\x00\x01raw",
+        "t": True,
+        "f": False,
+        "u8": 7,
+        "u16": 300,
+        "u32": 70_000,
+        "u64": 2**40,
+        "i8": -1,
+        "i16": -300,
+        "i32": -70_000,
+        "i64": -(2**40),
+        "f32": 1.5,
+        "f64": 0.1,
+    }
     typed = {
         HeaderKey.Raw(b"\x01key"): HeaderValue.Raw(b"\xff"),
         HeaderKey.Bool(True): HeaderValue.Bool(False),
         HeaderKey.Int8(-5): HeaderValue.Int8(-128),
         HeaderKey.Int16(-500): HeaderValue.Int16(32767),
-        HeaderKey.Int32(5): HeaderValue.Int32(-2**31),
+        HeaderKey.Int32(5): HeaderValue.Int32(-(2**31)),
         HeaderKey.Int64(2**40): HeaderValue.Int64(2**63 - 1),
-        HeaderKey.Int128(-2**100): HeaderValue.Int128(-2**127),
+        HeaderKey.Int128(-(2**100)): HeaderValue.Int128(-(2**127)),
         HeaderKey.UnsignedInt8(1): HeaderValue.UnsignedInt8(255),
         HeaderKey.UnsignedInt16(2): HeaderValue.UnsignedInt16(65535),
         HeaderKey.UnsignedInt32(3): HeaderValue.UnsignedInt32(2**32 - 1),
@@ -225,18 +264,34 @@ async def test_user_headers_of_every_kind_round_trip(client):
         HeaderKey.String("typed-str"): HeaderValue.String("ü" * 100),
         "u8-as-u64": HeaderValue.UnsignedInt64(7),
     }
-    await client.send_messages(S, T, 0, [SendMessage("plain", user_headers=plain),
-                                         SendMessage("none"),
-                                         SendMessage("typed", user_headers=typed)])
+    await client.send_messages(
+        S,
+        T,
+        0,
+        [SendMessage("plain", user_headers=plain), SendMessage("none"), SendMessage("typed", user_headers=typed)],
+    )
     msgs = await poll(client, PollingStrategy.First())
     assert payloads(msgs) == [b"plain", b"none", b"typed"]
     assert msgs[1].user_headers() is None
     got = msgs[0].user_headers()
     assert got.to_scalar_dict() == plain
     kinds = {k.value: type(v).__name__ for k, v in got.items()}
-    assert kinds == {"s": "String", "b": "Raw", "t": "Bool", "f": "Bool", "u8": "UnsignedInt8",
-                     "u16": "UnsignedInt16", "u32": "UnsignedInt32", "u64": "UnsignedInt64", "i8": "Int8",
-                     "i16": "Int16", "i32": "Int32", "i64": "Int64", "f32": "Float32", "f64": "Float64"}
+    assert kinds == {
+        "s": "String",
+        "b": "Raw",
+        "t": "Bool",
+        "f": "Bool",
+        "u8": "UnsignedInt8",
+        "u16": "UnsignedInt16",
+        "u32": "UnsignedInt32",
+        "u64": "UnsignedInt64",
+        "i8": "Int8",
+        "i16": "Int16",
+        "i32": "Int32",
+        "i64": "Int64",
+        "f32": "Float32",
+        "f64": "Float64",
+    }
     typed_back = msgs[2].user_headers()
     expected = {(HeaderKey.String(k) if isinstance(k, str) else k): v for k, v in typed.items()}
     assert dict(typed_back) == expected
@@ -245,6 +300,7 @@ async def test_user_headers_of_every_kind_round_trip(client):
 
 
 # ------------------------------------------------------------------------- polling strategies
+
 
 @pytest.fixture
 async def filled(client):
@@ -257,13 +313,13 @@ async def filled(client):
 async def test_poll_offset(filled):
     c = filled
     assert offsets(await poll(c, PollingStrategy.Offset(0))) == list(range(13))
-    assert offsets(await poll(c, PollingStrategy.Offset(4), count=3)) == [4, 5, 6]     # inside a batch
-    assert offsets(await poll(c, PollingStrategy.Offset(1), count=9)) == list(range(1, 10))   # spans 4
+    assert offsets(await poll(c, PollingStrategy.Offset(4), count=3)) == [4, 5, 6]  # inside a batch
+    assert offsets(await poll(c, PollingStrategy.Offset(1), count=9)) == list(range(1, 10))  # spans 4
     assert payloads(await poll(c, PollingStrategy.Offset(6), count=4)) == [b"m6", b"m7", b"m8", b"m9"]
     assert offsets(await poll(c, PollingStrategy.Offset(12), count=10)) == [12]
-    assert await poll(c, PollingStrategy.Offset(13)) == []                               # one past the end
+    assert await poll(c, PollingStrategy.Offset(13)) == []  # one past the end
     assert await poll(c, PollingStrategy.Offset(10_000)) == []
-    assert await poll(c, PollingStrategy.Offset(0), partition_id=1) == []               # empty partition
+    assert await poll(c, PollingStrategy.Offset(0), partition_id=1) == []  # empty partition
 
 
 async def test_poll_timestamp(filled):
@@ -275,7 +331,7 @@ async def test_poll_timestamp(filled):
     assert offsets(await poll(c, PollingStrategy.Timestamp(stamps[1]))) == list(range(3, 13))
     assert offsets(await poll(c, PollingStrategy.Timestamp(stamps[1] + 1), count=2)) == [8, 9]
     assert offsets(await poll(c, PollingStrategy.Timestamp(stamps[3]))) == [9, 10, 11, 12]
-    assert await poll(c, PollingStrategy.Timestamp(stamps[3] + 1)) == []               # after the newest
+    assert await poll(c, PollingStrategy.Timestamp(stamps[3] + 1)) == []  # after the newest
     assert await poll(c, PollingStrategy.Timestamp(2**63)) == []
 
 
@@ -320,8 +376,7 @@ async def test_poll_next_with_auto_commit_advances(filled):
 async def test_two_consumers_are_independent(filled):
     c = filled
     a, b = Consumer.Single(1), Consumer.Single("worker-b")
-    assert offsets(await poll(c, PollingStrategy.Next(), count=5, consumer=a, auto_commit=True)) == \
-        [0, 1, 2, 3, 4]
+    assert offsets(await poll(c, PollingStrategy.Next(), count=5, consumer=a, auto_commit=True)) == [0, 1, 2, 3, 4]
     assert offsets(await poll(c, PollingStrategy.Next(), count=2, consumer=b, auto_commit=True)) == [0, 1]
     assert offsets(await poll(c, PollingStrategy.Next(), count=2, consumer=a, auto_commit=True)) == [5, 6]
     assert offsets(await poll(c, PollingStrategy.Next(), count=2, consumer=b, auto_commit=True)) == [2, 3]
@@ -338,8 +393,18 @@ async def test_count_zero_rejected(filled, raw):
     with pytest.raises(RuntimeError, match="(?i)messages count"):
         await poll(filled, PollingStrategy.First(), count=0)
     raw.login()
-    body = (b"\x01" + ident(1) + ident(S) + ident(T) + b"\x01" + struct.pack("<I", 0) + b"\x03" + bytes(8)
-            + struct.pack("<I", 0) + b"\x00")
+    body = (
+        b"\x01"
+        + ident(1)
+        + ident(S)
+        + ident(T)
+        + b"\x01"
+        + struct.pack("<I", 0)
+        + b"\x03"
+        + bytes(8)
+        + struct.pack("<I", 0)
+        + b"\x00"
+    )
     assert raw.read(100, body).status == 4009
     body = body[:-5] + struct.pack("<I", 2) + b"\x00"
     reply = raw.read(100, body)
@@ -356,22 +421,23 @@ async def test_poll_missing_partition_or_topic(filled):
 
 # ------------------------------------------------------------------------- consumer offsets
 
+
 async def test_store_get_delete_single_consumer_offset(filled, raw):
     c = filled
     assert await get_offset(c, 1, 7) is None
     assert await store_single_offset(c, 7, 5) == b""
     assert await get_offset(c, 1, 7) == (0, 12, 5)
     assert offsets(await poll(c, PollingStrategy.Next(), count=2, consumer=Consumer.Single(7))) == [6, 7]
-    await store_single_offset(c, 7, 1)                                  # an explicit store may go back
+    await store_single_offset(c, 7, 1)  # an explicit store may go back
     assert (await get_offset(c, 1, 7))[2] == 1
     with pytest.raises(RuntimeError):
-        await store_single_offset(c, 7, 13)                             # beyond the current offset: 4100
+        await store_single_offset(c, 7, 13)  # beyond the current offset: 4100
     with pytest.raises(RuntimeError):
-        await store_single_offset(c, 7, 0, partition=1)                 # empty partition: 4100
+        await store_single_offset(c, 7, 0, partition=1)  # empty partition: 4100
     raw.login()
     base = offset_request(1, 7, 0)
     assert raw.call(161, 0, base + struct.pack("<Q", 13) + b"\x01").code == 4100
-    assert raw.call(162, 0, offset_request(1, 8, 0) + b"\x01").code == 3021      # never stored
+    assert raw.call(162, 0, offset_request(1, 8, 0) + b"\x01").code == 3021  # never stored
     assert raw.call(162, 0, base + b"\x01").code == 0
     assert await get_offset(c, 1, 7) is None
     assert raw.read(120, base).body == b""
@@ -380,15 +446,22 @@ async def test_store_get_delete_single_consumer_offset(filled, raw):
 
 async def test_iggy_consumer_store_and_delete_offset(filled, raw):
     c = filled
-    consumer = await c.consumer_group("g-off", S, T, polling_strategy=PollingStrategy.Next(), batch_length=5,
-                                      auto_commit=AutoCommit.Disabled(), poll_interval=MS * 10)
+    consumer = await c.consumer_group(
+        "g-off",
+        S,
+        T,
+        polling_strategy=PollingStrategy.Next(),
+        batch_length=5,
+        auto_commit=AutoCommit.Disabled(),
+        poll_interval=MS * 10,
+    )
     await consumer.store_offset(6, 0)
     assert await get_offset(c, 2, "g-off", 0) == (0, 12, 6)
     group = await c.get_consumer_group(S, T, "g-off")
-    assert await get_offset(c, 2, group.id, 0) == (0, 12, 6)            # by id and by name alike
+    assert await get_offset(c, 2, group.id, 0) == (0, 12, 6)  # by id and by name alike
     raw.login()
     assert raw.read(120, offset_request(2, "g-off", 0)).body == struct.pack("<IQQ", 0, 12, 6)
-    got = await iterate(consumer, 3)                                    # resumes after the stored offset
+    got = await iterate(consumer, 3)  # resumes after the stored offset
     assert got == [(0, 7, b"m7"), (0, 8, b"m8"), (0, 9, b"m9")]
     await consumer.delete_offset(0)
     assert await get_offset(c, 2, "g-off", 0) is None
@@ -400,8 +473,9 @@ async def test_iggy_consumer_store_and_delete_offset(filled, raw):
 
 # ------------------------------------------------------------------------- high-level API
 
+
 async def test_iggy_producer_end_to_end(client):
-    producer = await client.producer("hs", "ht", topic_partitions_count=2)   # creates stream and topic
+    producer = await client.producer("hs", "ht", topic_partitions_count=2)  # creates stream and topic
     r = await producer.send([SendMessage(f"m{i}") for i in range(10)])
     assert [(c.partition_id, c.base_offset) for c in r.confirmations] == [(0, 0)]
     r = await producer.send_one(SendMessage("one"))
@@ -414,8 +488,10 @@ async def test_iggy_producer_end_to_end(client):
     await producer.shutdown()
     topic = await client.get_topic("hs", "ht")
     assert topic.partitions_count == 2 and [p.messages_count for p in topic.partitions] == [10, 2]
-    assert payloads(await poll(client, PollingStrategy.First(), stream="hs", topic="ht", partition_id=1)) == \
-        [b"one", b"to-1"]
+    assert payloads(await poll(client, PollingStrategy.First(), stream="hs", topic="ht", partition_id=1)) == [
+        b"one",
+        b"to-1",
+    ]
     assert payloads(await poll(client, PollingStrategy.First(), stream="hs", topic="other")) == [b"elsewhere"]
     async with await client.producer("hs", "ht", partitioning=Partitioning.messages_key("k")) as keyed:
         r = await keyed.send([SendMessage("keyed")])
@@ -462,32 +538,50 @@ async def wait_offset(client, group, partition, want, stream="cs", topic="ct", t
 
 async def test_iggy_consumer_iterates_with_commit_on_poll(client, server):
     await fill_two_partitions(client)
-    consumer = await client.consumer_group("g", "cs", "ct", polling_strategy=PollingStrategy.Next(),
-                                           batch_length=4, poll_interval=MS * 10,
-                                           auto_commit=AutoCommit.When(AutoCommitWhen.PollingMessages()))
+    consumer = await client.consumer_group(
+        "g",
+        "cs",
+        "ct",
+        polling_strategy=PollingStrategy.Next(),
+        batch_length=4,
+        poll_interval=MS * 10,
+        auto_commit=AutoCommit.When(AutoCommitWhen.PollingMessages()),
+    )
     assert consumer.name() == "g" and consumer.stream() == "cs" and consumer.topic() == "ct"
     got = await iterate(consumer, 16)
     assert per_partition(got) == {0: list(range(10)), 1: list(range(6))}
-    assert sorted(p for _, _, p in got) == sorted([f"p0-{i}".encode() for i in range(10)]
-                                                  + [f"p1-{i}".encode() for i in range(6)])
+    assert sorted(p for _, _, p in got) == sorted(
+        [f"p0-{i}".encode() for i in range(10)] + [f"p1-{i}".encode() for i in range(6)]
+    )
     await wait_offset(client, "g", 0, 9)
     await wait_offset(client, "g", 1, 5)
     # a second client of the same group continues after the committed offsets
     await client.send_messages("cs", "ct", 1, [SendMessage("new")])
     other = await connect_root(server.tcp_address)
     await client.leave_consumer_group("cs", "ct", "g")
-    successor = await other.consumer_group("g", "cs", "ct", polling_strategy=PollingStrategy.Next(),
-                                           batch_length=4, poll_interval=MS * 10,
-                                           auto_commit=AutoCommit.When(AutoCommitWhen.PollingMessages()))
+    successor = await other.consumer_group(
+        "g",
+        "cs",
+        "ct",
+        polling_strategy=PollingStrategy.Next(),
+        batch_length=4,
+        poll_interval=MS * 10,
+        auto_commit=AutoCommit.When(AutoCommitWhen.PollingMessages()),
+    )
     assert await iterate(successor, 1) == [(1, 6, b"new")]
 
 
 async def test_iggy_consumer_consume_messages_commit_after_each(client):
     await fill_two_partitions(client)
-    consumer = await client.consumer_group("g2", "cs", "ct", polling_strategy=PollingStrategy.Next(),
-                                           batch_length=3, poll_interval=MS * 10,
-                                           auto_commit=AutoCommit.After(
-                                               AutoCommitAfter.ConsumingEachMessage()))
+    consumer = await client.consumer_group(
+        "g2",
+        "cs",
+        "ct",
+        polling_strategy=PollingStrategy.Next(),
+        batch_length=3,
+        poll_interval=MS * 10,
+        auto_commit=AutoCommit.After(AutoCommitAfter.ConsumingEachMessage()),
+    )
     got = []
     done = asyncio.Event()
 
@@ -504,17 +598,29 @@ async def test_iggy_consumer_consume_messages_commit_after_each(client):
 
 async def test_iggy_consumer_interval_commit_and_manual_mode(client):
     await fill_two_partitions(client)
-    consumer = await client.consumer_group("g3", "cs", "ct", polling_strategy=PollingStrategy.Next(),
-                                           batch_length=5, poll_interval=MS * 10,
-                                           auto_commit=AutoCommit.Interval(MS * 100))
+    consumer = await client.consumer_group(
+        "g3",
+        "cs",
+        "ct",
+        polling_strategy=PollingStrategy.Next(),
+        batch_length=5,
+        poll_interval=MS * 10,
+        auto_commit=AutoCommit.Interval(MS * 100),
+    )
     got = await iterate(consumer, 16)
     assert per_partition(got) == {0: list(range(10)), 1: list(range(6))}
     await wait_offset(client, "g3", 0, 9)
     await wait_offset(client, "g3", 1, 5)
     # manual mode: nothing is stored until the consumer stores it
-    manual = await client.consumer_group("g4", "cs", "ct", polling_strategy=PollingStrategy.Next(),
-                                         batch_length=5, poll_interval=MS * 10,
-                                         auto_commit=AutoCommit.Disabled())
+    manual = await client.consumer_group(
+        "g4",
+        "cs",
+        "ct",
+        polling_strategy=PollingStrategy.Next(),
+        batch_length=5,
+        poll_interval=MS * 10,
+        auto_commit=AutoCommit.Disabled(),
+    )
     got = await iterate(manual, 5)
     assert len(got) == 5
     await asyncio.sleep(0.3)
@@ -527,12 +633,13 @@ async def test_iggy_consumer_interval_commit_and_manual_mode(client):
 
 # ------------------------------------------------------------------------- segments
 
+
 def partition_dir(server, sid=0, tid=0, pid=0) -> str:
     return os.path.join(server.data_dir, "streams", str(sid), "topics", str(tid), "partitions", str(pid))
 
 
 async def test_several_segments_and_polls_across_boundaries(client, server):
-    await make_topic(client, segment_size=1 << 20)          # the minimum segment size
+    await make_topic(client, segment_size=1 << 20)  # the minimum segment size
     # 1000 messages of 1100 bytes per batch: every batch passes 1 MiB, so every batch rolls
     for b in range(3):
         msgs = [SendMessage(bytes([65 + b]) * 1090 + f"{b * 1000 + i:010d}".encode()) for i in range(1000)]
@@ -569,6 +676,7 @@ async def test_several_segments_and_polls_across_boundaries(client, server):
 
 # ------------------------------------------------------------------------- purge
 
+
 async def test_purge_topic_restarts_offsets_and_clears_stored(client, server):
     await make_topic(client, partitions=2, segment_size=1 << 20)
     for b in range(2):
@@ -582,8 +690,7 @@ async def test_purge_topic_restarts_offsets_and_clears_stored(client, server):
     await client.purge_topic(S, T)
     topic = await client.get_topic(S, T)
     assert topic.messages_count == 0 and topic.size == 0
-    assert [(p.messages_count, p.current_offset, p.segments_count) for p in topic.partitions] == \
-        [(0, 0, 1)] * 2
+    assert [(p.messages_count, p.current_offset, p.segments_count) for p in topic.partitions] == [(0, 0, 1)] * 2
     assert sorted(f for f in os.listdir(partition_dir(server)) if f.endswith(".log")) == [f"{0:020d}.log"]
     for p in (0, 1):
         assert await poll(client, PollingStrategy.First(), partition_id=p) == []
@@ -593,7 +700,7 @@ async def test_purge_topic_restarts_offsets_and_clears_stored(client, server):
     r = await client.send_messages(S, T, 0, [SendMessage("again")])
     assert r.confirmations[0].base_offset == 0
     assert offsets(await poll(client, PollingStrategy.Next(), auto_commit=True)) == [0]
-    assert (await client.get_consumer_group(S, T, "pg")) is not None      # groups survive a purge
+    assert (await client.get_consumer_group(S, T, "pg")) is not None  # groups survive a purge
 
 
 async def test_purge_stream(client):
@@ -610,10 +717,11 @@ async def test_purge_stream(client):
     assert offsets(await poll(client, PollingStrategy.Next())) == []
     r = await client.send_messages(S, "t2", 1, [SendMessage("fresh")])
     assert r.confirmations[0].base_offset == 0
-    await client.purge_stream(S)                                           # purging an empty stream is fine
+    await client.purge_stream(S)  # purging an empty stream is fine
 
 
 # ------------------------------------------------------------------------- partitions with data
+
 
 async def test_create_and_delete_partitions_on_a_topic_with_data(client):
     await make_topic(client, partitions=2)
@@ -644,8 +752,12 @@ async def test_create_and_delete_partitions_on_a_topic_with_data(client):
     assert payloads(await poll(client, PollingStrategy.First(), partition_id=1))[:2] == [b"b0", b"b1"]
     # a partition created again with a deleted id starts empty: no old messages, no old offsets
     await client.create_partitions(S, T, 2)
-    assert [p.messages_count for p in (await client.get_topic(S, T)).partitions] == \
-        [3 + (keyed == 0), 2 + (keyed == 1), 0, 0]
+    assert [p.messages_count for p in (await client.get_topic(S, T)).partitions] == [
+        3 + (keyed == 0),
+        2 + (keyed == 1),
+        0,
+        0,
+    ]
     assert await poll(client, PollingStrategy.First(), partition_id=3) == []
     assert await get_offset(client, 1, 1, 3) is None
     r = await client.send_messages(S, T, 3, [SendMessage("new")])
@@ -654,11 +766,12 @@ async def test_create_and_delete_partitions_on_a_topic_with_data(client):
 
 # ------------------------------------------------------------------------- retention
 
+
 @pytest.fixture
 def retention_server(tmp_path):
     from tests.conftest import ServerProcess
-    srv = ServerProcess(tmp_path / "data",
-                        extra_env={"IGGY_DATA_MAINTENANCE_MESSAGES_INTERVAL": "200ms"}).start()
+
+    srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_DATA_MAINTENANCE_MESSAGES_INTERVAL": "200ms"}).start()
     yield srv
     srv.stop()
 
@@ -669,13 +782,19 @@ async def segments_of(client, partition=0):
 
 async def test_message_expiry_deletes_sealed_segments(retention_server):
     from apache_iggy import IggyExpiry
+
     client = await connect_root(retention_server.tcp_address)
-    await make_topic(client, partitions=2, segment_size=1 << 20,
-                     message_expiry=IggyExpiry.ExpireDuration(datetime.timedelta(seconds=1)))
+    await make_topic(
+        client,
+        partitions=2,
+        segment_size=1 << 20,
+        message_expiry=IggyExpiry.ExpireDuration(datetime.timedelta(seconds=1)),
+    )
     for p in (0, 1):
-        for b in range(3):                                   # every batch seals a segment
-            await client.send_messages(S, T, p, [SendMessage(f"{b * 1000 + i:06d}".encode() + b"e" * 1094)
-                                                 for i in range(1000)])
+        for b in range(3):  # every batch seals a segment
+            await client.send_messages(
+                S, T, p, [SendMessage(f"{b * 1000 + i:06d}".encode() + b"e" * 1094) for i in range(1000)]
+            )
         await client.send_messages(S, T, p, [SendMessage("active")])
     assert await segments_of(client, 0) == 4 and await segments_of(client, 1) == 4
     # on partition 1 a consumer has only processed up to 1500: segments after that are kept
@@ -683,7 +802,7 @@ async def test_message_expiry_deletes_sealed_segments(retention_server):
     deadline = asyncio.get_running_loop().time() + 8
     while await segments_of(client, 0) > 1 and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.1)
-    assert await segments_of(client, 0) == 1                 # the active segment always stays
+    assert await segments_of(client, 0) == 1  # the active segment always stays
     assert offsets(await poll(client, PollingStrategy.First())) == [3000]
     assert offsets(await poll(client, PollingStrategy.Offset(0), count=5)) == [3000]
     assert offsets(await poll(client, PollingStrategy.Next(), consumer=Consumer.Single(5))) == [3000]
@@ -692,7 +811,7 @@ async def test_message_expiry_deletes_sealed_segments(retention_server):
     r = await client.send_messages(S, T, 0, [SendMessage("next")])
     assert r.confirmations[0].base_offset == 3001
     await asyncio.sleep(0.5)
-    assert await segments_of(client, 1) == 3                 # only 0..999 went (barrier at 1500)
+    assert await segments_of(client, 1) == 3  # only 0..999 went (barrier at 1500)
     msgs = await poll(client, PollingStrategy.First(), count=2, partition_id=1)
     assert offsets(msgs) == [1000, 1001] and msgs[0].payload().startswith(b"001000")
 
@@ -700,9 +819,11 @@ async def test_message_expiry_deletes_sealed_segments(retention_server):
 async def test_max_topic_size_deletes_oldest_sealed_segments(retention_server):
     """The per-partition budget is at least segment_size + 64 MiB: fill ~80 MiB of 1 MiB segments."""
     from apache_iggy import MaxTopicSize
+
     client = await connect_root(retention_server.tcp_address)
     await make_topic(client, segment_size=1 << 20, max_topic_size=MaxTopicSize.Custom(2 << 20))
     from tests.rawclient import RawClient
+
     raw = RawClient(retention_server.tcp_address)
     raw.login()
     batch = build_batch([(i + 1, b"s" * 1100, b"") for i in range(1000)])
@@ -711,13 +832,12 @@ async def test_max_topic_size_deletes_oldest_sealed_segments(retention_server):
         assert raw.call(160, 0, body).status == 0
     budget = (1 << 20) + (64 << 20)
     deadline = asyncio.get_running_loop().time() + 8
-    while ((await client.get_topic(S, T)).size > budget + len(batch)
-           and asyncio.get_running_loop().time() < deadline):
+    while (await client.get_topic(S, T)).size > budget + len(batch) and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.1)
     topic = await client.get_topic(S, T)
     assert budget - len(batch) <= topic.size <= budget + len(batch)
     first = (await poll(client, PollingStrategy.First(), count=1))[0].offset()
-    assert first > 0 and first % 1000 == 0                   # whole segments, oldest first
+    assert first > 0 and first % 1000 == 0  # whole segments, oldest first
     assert topic.partitions[0].current_offset == 79_999
     assert offsets(await poll(client, PollingStrategy.Last(), count=2)) == [79_998, 79_999]
     raw.close()

@@ -5,6 +5,7 @@ and `load(repair=True)` + `repair()` keep the records before it.
 These drive the real `Journal` on a real directory; the server-level behaviour (exit status,
 the error line, data directories untouched, quarantine) is in tests/test_metadata_recovery.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,18 +61,20 @@ def journal(tmp_path):
 
 # ------------------------------------------------------------------ cut: never completely written
 
-@pytest.mark.parametrize("tail", ["short", "partial-header", "zeros", "one-zero", "header-then-zeros",
-                                  "short-then-zeros"])
+
+@pytest.mark.parametrize(
+    "tail", ["short", "partial-header", "zeros", "one-zero", "header-then-zeros", "short-then-zeros"]
+)
 def test_an_unfinished_last_write_is_cut(journal, tail, caplog):
     d, raw, sp = journal
     last_start, last_end = sp[-1]
     damaged = {
-        "short": raw[:-3],                                              # the write cut short
-        "partial-header": raw + b"\x2a\x00\x00",                        # fewer than 12 bytes
-        "zeros": raw + bytes(3 * SECTOR),                               # size grew, data never written
+        "short": raw[:-3],  # the write cut short
+        "partial-header": raw + b"\x2a\x00\x00",  # fewer than 12 bytes
+        "zeros": raw + bytes(3 * SECTOR),  # size grew, data never written
         "one-zero": raw + b"\x00",
         "header-then-zeros": raw + struct.pack("<IQ", 1000, 7) + bytes(1000),
-        "short-then-zeros": raw[:last_start + HEAD + 5] + bytes(10),     # short and zero-extended
+        "short-then-zeros": raw[: last_start + HEAD + 5] + bytes(10),  # short and zero-extended
     }[tail]
     kept = len(sp) - (1 if tail in ("short", "short-then-zeros") else 0)
     j, (_, records) = load(d, damaged)
@@ -98,20 +101,31 @@ def test_zeros_at_the_end_of_a_record_off_a_sector_boundary_refuse(journal):
     start, end = sp[-1]
     assert (end - 3) // SECTOR == (end - 1) // SECTOR and (end - 3) % SECTOR
     with pytest.raises(MetadataCorrupt, match=f"byte offset {start} "):
-        load(d, raw[:end - 3] + bytes(3))
+        load(d, raw[: end - 3] + bytes(3))
 
 
 # ------------------------------------------------------------------ refuse: acknowledged data damaged
 
-@pytest.mark.parametrize("where", ["last-byte", "last-checksum", "last-length-down", "last-length-up",
-                                   "middle-body", "middle-length-up", "first-byte"])
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "last-byte",
+        "last-checksum",
+        "last-length-down",
+        "last-length-up",
+        "middle-body",
+        "middle-length-up",
+        "first-byte",
+    ],
+)
 def test_damage_to_a_complete_record_refuses_at_its_offset(journal, where):
     d, raw, sp = journal
     index, at, bit = {
         "last-byte": (-1, sp[-1][1] - 1, 0x02),
         "last-checksum": (-1, sp[-1][0] + 4, 0x01),
         "last-length-down": (-1, sp[-1][0], 0x01),
-        "last-length-up": (-1, sp[-1][0] + 1, 0x10),      # claims more than the file holds
+        "last-length-up": (-1, sp[-1][0] + 1, 0x10),  # claims more than the file holds
         "middle-body": (4, sp[4][0] + 20, 0x01),
         "middle-length-up": (4, sp[4][0] + 1, 0x10),
         "first-byte": (0, 0, 0x01),
@@ -120,7 +134,7 @@ def test_damage_to_a_complete_record_refuses_at_its_offset(journal, where):
     with pytest.raises(MetadataCorrupt, match=f"journal.log is corrupt at byte offset {sp[index][0]} ") as exc:
         load(d, damaged)
     assert "--repair-metadata" in str(exc.value)
-    assert (d / "journal.log").read_bytes() == damaged           # nothing cut
+    assert (d / "journal.log").read_bytes() == damaged  # nothing cut
 
 
 @pytest.mark.parametrize("tail", ["garbage", "bad-checksum", "zeros-then-data", "empty-record"])
@@ -130,7 +144,7 @@ def test_bytes_after_the_last_record_that_no_crash_leaves_refuse(journal, tail):
     extra = {
         "garbage": b"\xfe\xed" * 333,
         "bad-checksum": struct.pack("<IQ", len(body), 12345) + body,
-        "zeros-then-data": bytes(64) + raw[sp[0][0]:sp[0][1]],
+        "zeros-then-data": bytes(64) + raw[sp[0][0] : sp[0][1]],
         "empty-record": struct.pack("<IQ", 0, 1),
     }[tail]
     with pytest.raises(MetadataCorrupt, match=f"byte offset {len(raw)} "):
@@ -140,9 +154,9 @@ def test_bytes_after_the_last_record_that_no_crash_leaves_refuse(journal, tail):
 def test_missing_records_refuse(journal):
     d, raw, sp = journal
     with pytest.raises(MetadataCorrupt, match=f"byte offset {sp[4][0]} .*seq 6 follows seq 4"):
-        load(d, raw[:sp[4][0]] + raw[sp[5][0]:])
+        load(d, raw[: sp[4][0]] + raw[sp[5][0] :])
     with pytest.raises(MetadataCorrupt, match="byte offset 0 .*snapshot ends at seq 0"):
-        load(d, raw[sp[3][0]:])                    # the snapshot that held 1..3 is gone
+        load(d, raw[sp[3][0] :])  # the snapshot that held 1..3 is gone
 
 
 def test_records_after_resynchronises_past_damage(journal):
@@ -153,6 +167,7 @@ def test_records_after_resynchronises_past_damage(journal):
 
 
 # ------------------------------------------------------------------ repair
+
 
 def test_repair_keeps_the_prefix_and_sets_the_journal_aside(journal):
     d, raw, sp = journal
@@ -169,7 +184,7 @@ def test_repair_keeps_the_prefix_and_sets_the_journal_aside(journal):
     j.close()
     j2 = Journal(str(d))
     snapshot, records = j2.load()
-    assert [r["seq"] for r in records] == [7]           # continues after the snapshot's seq 6
+    assert [r["seq"] for r in records] == [7]  # continues after the snapshot's seq 6
     j2.close()
 
 
@@ -182,12 +197,13 @@ def test_a_failed_cut_after_a_failed_append_blocks_appends_until_it_succeeds(tmp
 
     def failing(*_):
         raise OSError(5, "Input/output error")
+
     monkeypatch.setattr(os, "fdatasync", failing)
     monkeypatch.setattr(os, "ftruncate", failing)
     with pytest.raises(OSError):
         j.append({"op": "stream.create", "id": 1, "name": "b", "created_at": 1})
     monkeypatch.setattr(os, "fdatasync", real_fdatasync)
-    with pytest.raises(OSError):                                 # the cut still fails: refused
+    with pytest.raises(OSError):  # the cut still fails: refused
         j.append({"op": "stream.create", "id": 1, "name": "c", "created_at": 1})
     monkeypatch.setattr(os, "ftruncate", real_ftruncate)
     j.append({"op": "stream.create", "id": 1, "name": "d", "created_at": 1})
@@ -203,4 +219,4 @@ def test_checksums_of_the_layout(journal):
     _, raw, sp = journal
     for start, end in sp:
         length, checksum = struct.unpack_from("<IQ", raw, start)
-        assert end - start - HEAD == length and xxhash.xxh3_64_intdigest(raw[start + HEAD:end]) == checksum
+        assert end - start - HEAD == length and xxhash.xxh3_64_intdigest(raw[start + HEAD : end]) == checksum

@@ -13,6 +13,7 @@ u32 LE length | u64 LE XXH3-64 | msgpack body.
 (Torn tails, which are cut, are in tests/test_restart.py; the byte-level rules in
 tests/test_metadata_journal.py.)
 """
+
 from __future__ import annotations
 
 import re
@@ -39,7 +40,7 @@ def record_spans(raw: bytes) -> list[tuple[int, int]]:
     while pos < len(raw):
         length, checksum = struct.unpack_from("<IQ", raw, pos)
         end = pos + 12 + length
-        assert xxhash.xxh3_64_intdigest(raw[pos + 12:end]) == checksum
+        assert xxhash.xxh3_64_intdigest(raw[pos + 12 : end]) == checksum
         spans.append((pos, end))
         pos = end
     return spans
@@ -47,8 +48,11 @@ def record_spans(raw: bytes) -> list[tuple[int, int]]:
 
 def tree(root: Path) -> dict:
     """{relative path: (size, xxh3)} of every file under root."""
-    return {str(p.relative_to(root)): (p.stat().st_size, xxhash.xxh3_64_intdigest(p.read_bytes()))
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, xxhash.xxh3_64_intdigest(p.read_bytes()))
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def error_lines(srv: ServerProcess) -> list[str]:
@@ -151,8 +155,8 @@ async def test_repair_metadata_keeps_the_good_prefix(server, tmp_path):
     journal = tmp_path / "data" / "metadata" / "journal.log"
     streams = tmp_path / "data" / "streams"
     spans = record_spans(journal.read_bytes())
-    assert len(spans) == 21                       # user.create, then (stream, topic) x 10
-    bad_start, bad_end = spans[7]                 # the stream.create of s3
+    assert len(spans) == 21  # user.create, then (stream, topic) x 10
+    bad_start, bad_end = spans[7]  # the stream.create of s3
     raw = flip(journal, (bad_start + bad_end) // 2)
     before = tree(streams)
     with pytest.raises(RuntimeError, match=REFUSED):
@@ -216,7 +220,7 @@ async def test_orphan_directories_are_quarantined_not_deleted(server):
     server.stop()
     data = server.data_dir
     partitions = data / "streams" / "0" / "topics" / "0" / "partitions"
-    shutil.copytree(partitions / "1", partitions / "5")           # a partition the metadata doesn't know
+    shutil.copytree(partitions / "1", partitions / "5")  # a partition the metadata doesn't know
     stray = data / "streams" / "42" / "topics" / "3" / "partitions" / "0"
     stray.mkdir(parents=True)
     (stray / "00000000000000000000.log").write_bytes(b"x" * 1000)
@@ -255,7 +259,7 @@ async def test_a_delete_cut_short_by_a_crash_is_quarantined_and_explained(server
     c = await connect_root(server.tcp_address)
     await c.delete_stream("s1")
     server.kill()
-    shutil.copytree(saved, data / "streams" / "1")               # as if the rmtree never ran
+    shutil.copytree(saved, data / "streams" / "1")  # as if the rmtree never ran
     server.start()
     line = next(line for line in server.log().splitlines() if "not in the metadata" in line)
     assert "streams/1 " in line and "a client deleted this stream (journal seq 6)" in line

@@ -10,6 +10,7 @@ written answers its I/O error code, over TCP and HTTP.
   can't be written 10006 cannot_write_to_file (before: error 1 and a traceback). On the uring
   engine the store is tried in C first and falls back to Python, which answers the code.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,8 @@ import httpx
 import pytest
 from apache_iggy import GlobalPermissions, Permissions, SendMessage
 
-from iggy.protocol.wire import build_request
 from iggy.protocol.codes import CHECKSUMMED_OPS
+from iggy.protocol.wire import build_request
 from tests.conftest import ServerProcess, connect_root, server_with_env
 from tests.rawclient import OP_READ, RawClient, ident
 
@@ -35,8 +36,7 @@ POLLER, POLLER_PASSWORD = "poller", "secret-poller"
 
 
 def offset_target(consumer_id: int, partition: int, kind: int = 1) -> bytes:
-    return (bytes([kind]) + ident(consumer_id) + ident(STREAM) + ident(TOPIC)
-            + b"\x01" + struct.pack("<I", partition))
+    return bytes([kind]) + ident(consumer_id) + ident(STREAM) + ident(TOPIC) + b"\x01" + struct.pack("<I", partition)
 
 
 def store_body(consumer_id: int, partition: int, offset: int) -> bytes:
@@ -48,14 +48,23 @@ def pipelined(c: RawClient, requests, chunk: int = 250):
     replies = []
     for start in range(0, len(requests), chunk):
         frames = []
-        for op, code, body in requests[start:start + chunk]:
+        for op, code, body in requests[start : start + chunk]:
             if op == OP_READ:
                 request = c.request + 1
             else:
                 c.request += 1
                 request = c.request
-            frames.append(build_request(op, code, body, session=c.session, request=request, client=c.client,
-                                        with_checksum=op in CHECKSUMMED_OPS))
+            frames.append(
+                build_request(
+                    op,
+                    code,
+                    body,
+                    session=c.session,
+                    request=request,
+                    client=c.client,
+                    with_checksum=op in CHECKSUMMED_OPS,
+                )
+            )
         c.send_raw(b"".join(frames))
         replies += [c.read_reply() for _ in frames]
     return replies
@@ -63,8 +72,9 @@ def pipelined(c: RawClient, requests, chunk: int = 250):
 
 def store_all(c: RawClient, items) -> list[int]:
     """Store {(consumer id, partition): offset}; the reply codes."""
-    return [r.code for r in pipelined(c, [(OP_STORE_OFFSET, 0, store_body(cid, p, o))
-                                          for (cid, p), o in items.items()])]
+    return [
+        r.code for r in pipelined(c, [(OP_STORE_OFFSET, 0, store_body(cid, p, o)) for (cid, p), o in items.items()])
+    ]
 
 
 def read_all(c: RawClient, keys) -> dict:
@@ -94,8 +104,9 @@ async def make_world(srv, partitions: int = 2, messages: int = 10):
     await root.create_topic(STREAM, TOPIC, partitions)
     for p in range(partitions):
         await root.send_messages(STREAM, TOPIC, p, [SendMessage(f"m{i}") for i in range(messages)])
-    await root.create_user(POLLER, POLLER_PASSWORD,
-                           permissions=Permissions(global_permissions=GlobalPermissions(poll_messages=True)))
+    await root.create_user(
+        POLLER, POLLER_PASSWORD, permissions=Permissions(global_permissions=GlobalPermissions(poll_messages=True))
+    )
     stream, topic = await root.get_stream(STREAM), await root.get_topic(STREAM, TOPIC)
     return root, Path(srv.data_dir) / "streams" / str(stream.id) / "topics" / str(topic.id) / "partitions"
 
@@ -107,9 +118,11 @@ def http_token(srv) -> str:
 
 
 def http_store(srv, token: str, consumer_id: int, partition: int, offset: int) -> httpx.Response:
-    return httpx.put(f"{srv.http_url}/streams/{STREAM}/topics/{TOPIC}/consumer-offsets",
-                     headers={"Authorization": f"Bearer {token}"},
-                     json={"consumer_id": consumer_id, "partition_id": partition, "offset": offset})
+    return httpx.put(
+        f"{srv.http_url}/streams/{STREAM}/topics/{TOPIC}/consumer-offsets",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"consumer_id": consumer_id, "partition_id": partition, "offset": offset},
+    )
 
 
 def assert_no_traceback(srv):
@@ -130,7 +143,7 @@ async def test_poll_only_user_storing_thousands_of_consumer_ids_keeps_descriptor
     items = list(expected.items())
     peak = base
     for start in range(0, len(items), 300):
-        assert set(store_all(c, dict(items[start:start + 300]))) == {0}
+        assert set(store_all(c, dict(items[start : start + 300]))) == {0}
         peak = max(peak, fd_count(srv))
     # budget + a constant: the excess is at most one pinned descriptor per storing thread
     assert peak <= base + budget + 4, (base, peak)
@@ -143,16 +156,16 @@ async def test_poll_only_user_storing_thousands_of_consumer_ids_keeps_descriptor
     assert http_store(srv, token, 5001, 1, 8).status_code == 204
     expected[(5001, 1)] = 8
     assert httpx.get(srv.http_url + "/ping").status_code == 200
-    assert fd_count(srv) <= base + budget + 4 + 2      # + the two new connections
+    assert fd_count(srv) <= base + budget + 4 + 2  # + the two new connections
     other.close()
     c.close()
 
     srv.restart()
     c = poller(srv)
     base = fd_count(srv)
-    assert read_all(c, list(expected)) == expected     # everything read back after the restart
+    assert read_all(c, list(expected)) == expected  # everything read back after the restart
     updated = {key: (value + 1) % 10 for key, value in list(expected.items())[::7]}
-    assert set(store_all(c, updated)) == {0}           # evicted and reloaded keys reopen their files
+    assert set(store_all(c, updated)) == {0}  # evicted and reloaded keys reopen their files
     expected.update(updated)
     assert read_all(c, list(expected)) == expected
     assert fd_count(srv) <= base + budget + 4
@@ -166,23 +179,41 @@ async def test_stored_consumer_offsets_are_limited_per_partition(tmp_path):
         root, _ = await make_world(srv)
         c = poller(srv)
         assert store_all(c, {(cid, 0): 1 for cid in range(1, 6)}) == [0] * 5
-        assert store_all(c, {(6, 0): 1}) == [3024]                 # a new consumer id: refused
-        assert store_all(c, {(3, 0): 7}) == [0]                    # a known one: updated
-        assert store_all(c, {(6, 1): 1}) == [0]                    # per partition
+        assert store_all(c, {(6, 0): 1}) == [3024]  # a new consumer id: refused
+        assert store_all(c, {(3, 0): 7}) == [0]  # a known one: updated
+        assert store_all(c, {(6, 1): 1}) == [0]  # per partition
         token = http_token(srv)
         r = http_store(srv, token, 7, 0, 1)
         assert r.status_code == 400 and r.json()["id"] == 3024 and r.json()["code"] == "too_many_consumer_offsets"
         assert http_store(srv, token, 4, 0, 2).status_code == 204
         # a poll with auto-commit would create a key too
-        poll = (b"\x01" + ident(8) + ident(STREAM) + ident(TOPIC) + b"\x01" + struct.pack("<I", 0)
-                + b"\x03" + struct.pack("<Q", 0) + struct.pack("<I", 1) + b"\x01")
+        poll = (
+            b"\x01"
+            + ident(8)
+            + ident(STREAM)
+            + ident(TOPIC)
+            + b"\x01"
+            + struct.pack("<I", 0)
+            + b"\x03"
+            + struct.pack("<Q", 0)
+            + struct.pack("<I", 1)
+            + b"\x01"
+        )
         assert c.read(POLL, poll).status == 3024
-        assert c.read(POLL, poll[:-1] + b"\x00").status == 0       # without auto-commit: served
+        assert c.read(POLL, poll[:-1] + b"\x00").status == 0  # without auto-commit: served
         # delete makes room
         assert c.call(OP_DELETE_OFFSET, 0, offset_target(1, 0) + b"\x01").code == 0
         assert store_all(c, {(6, 0): 2}) == [0]
-        assert read_all(c, [(cid, 0) for cid in range(1, 9)]) == \
-            {(1, 0): None, (2, 0): 1, (3, 0): 7, (4, 0): 2, (5, 0): 1, (6, 0): 2, (7, 0): None, (8, 0): None}
+        assert read_all(c, [(cid, 0) for cid in range(1, 9)]) == {
+            (1, 0): None,
+            (2, 0): 1,
+            (3, 0): 7,
+            (4, 0): 2,
+            (5, 0): 1,
+            (6, 0): 2,
+            (7, 0): None,
+            (8, 0): None,
+        }
         c.close()
         assert "a new key is refused (limits.max_consumer_offsets)" in srv.log()
         assert_no_traceback(srv)
@@ -210,27 +241,37 @@ async def test_store_on_a_read_only_directory_answers_the_io_code(tmp_path):
     try:
         _, partitions = await make_world(srv, partitions=1)
         c = poller(srv)
-        assert store_all(c, {(cid, 0): cid for cid in range(1, 5)}) == [0] * 4   # 3 and 4 stay open
+        assert store_all(c, {(cid, 0): cid for cid in range(1, 5)}) == [0] * 4  # 3 and 4 stay open
         consumers = partitions / "0" / "offsets" / "consumers"
         assert sorted(os.listdir(consumers)) == ["1", "2", "3", "4"]
         reason = _mount_read_only(consumers)
         if reason is not None:
             pytest.skip(f"no read-only directory can be made here: {reason}")
         mounted = consumers
-        assert store_all(c, {(10, 0): 1}) == [3023]                # a new consumer: its file can't be created
-        assert store_all(c, {(1, 0): 5}) == [3023]                 # an evicted one: can't be reopened
-        assert store_all(c, {(4, 0): 5}) == [0]                    # one whose file is still open is written
+        assert store_all(c, {(10, 0): 1}) == [3023]  # a new consumer: its file can't be created
+        assert store_all(c, {(1, 0): 5}) == [3023]  # an evicted one: can't be reopened
+        assert store_all(c, {(4, 0): 5}) == [0]  # one whose file is still open is written
         token = http_token(srv)
         r = http_store(srv, token, 11, 0, 1)
         assert r.status_code == 400 and r.json()["id"] == 3023
         assert r.json()["code"] == "cannot_open_consumer_offsets_file"
-        poll = (b"\x01" + ident(12) + ident(STREAM) + ident(TOPIC) + b"\x01" + struct.pack("<I", 0)
-                + b"\x03" + struct.pack("<Q", 0) + struct.pack("<I", 1) + b"\x01")
-        assert c.read(POLL, poll).status == 3023                   # auto-commit can't store either
+        poll = (
+            b"\x01"
+            + ident(12)
+            + ident(STREAM)
+            + ident(TOPIC)
+            + b"\x01"
+            + struct.pack("<I", 0)
+            + b"\x03"
+            + struct.pack("<Q", 0)
+            + struct.pack("<I", 1)
+            + b"\x01"
+        )
+        assert c.read(POLL, poll).status == 3023  # auto-commit can't store either
         assert read_all(c, [(1, 0), (4, 0), (10, 0)]) == {(1, 0): 1, (4, 0): 5, (10, 0): None}
         subprocess.run(["umount", str(consumers)], check=True)
         mounted = None
-        assert store_all(c, {(10, 0): 1, (1, 0): 5}) == [0, 0]     # writable again: the same connection
+        assert store_all(c, {(10, 0): 1, (1, 0): 5}) == [0, 0]  # writable again: the same connection
         c.close()
         assert "Read-only file system" in srv.log()
         assert_no_traceback(srv)

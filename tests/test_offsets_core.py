@@ -5,6 +5,7 @@ store -> c_store), so these tests cover the nogil path. On disk: one 16-byte fil
 consumer/group, u64 LE offset | XXH3-64 of those 8 bytes; torn or corrupt files are ignored
 at load, 8-byte legacy files accepted, recovered offsets clamped to the current offset.
 """
+
 from __future__ import annotations
 
 import errno

@@ -6,6 +6,7 @@ recently used first, never closes a descriptor a store is writing through (pinne
 reopens an evicted key's file on its next store. Which files are open is read from
 /proc/self/fd, so the tests see the real descriptors.
 """
+
 from __future__ import annotations
 
 import errno
@@ -19,8 +20,15 @@ import pytest
 import xxhash
 
 from iggy.protocol.errors import ErrorCode
-from iggy.storage.consumer_offsets import (CONSUMER, GROUP, OffsetStore, OffsetStoreError, configure, fd_cache_stats,
-                          open_files_budget)
+from iggy.storage.consumer_offsets import (
+    CONSUMER,
+    GROUP,
+    OffsetStore,
+    OffsetStoreError,
+    configure,
+    fd_cache_stats,
+    open_files_budget,
+)
 
 
 def record(offset: int) -> bytes:
@@ -42,8 +50,11 @@ def open_offset_files(under) -> dict:
 
 
 def open_keys(under, kind=CONSUMER) -> set:
-    return {int(os.path.basename(p)) for p in open_offset_files(under).values()
-            if os.path.basename(os.path.dirname(p)) == kind and os.path.basename(p).isdigit()}
+    return {
+        int(os.path.basename(p))
+        for p in open_offset_files(under).values()
+        if os.path.basename(os.path.dirname(p)) == kind and os.path.basename(p).isdigit()
+    }
 
 
 @pytest.fixture
@@ -54,6 +65,7 @@ def budget():
     def set_budget(n):
         configure(max_open_files=n)
         return n
+
     yield set_budget
     configure(max_open_files=before["budget"], max_offsets=before["max_offsets"])
 
@@ -70,15 +82,19 @@ def test_least_recently_used_file_is_closed_first(tmp_path, budget):
     for k in range(10):
         s.store(CONSUMER, k, k * 10)
     assert open_keys(tmp_path) == {6, 7, 8, 9} and fd_cache_stats()["open"] == 4
-    s.store(CONSUMER, 6, 61)                      # a hit: no file opened, 6 becomes most recent
+    s.store(CONSUMER, 6, 61)  # a hit: no file opened, 6 becomes most recent
     assert open_keys(tmp_path) == {6, 7, 8, 9}
-    s.store(CONSUMER, 0, 1)                       # reopens 0 and closes the least recent: 7
+    s.store(CONSUMER, 0, 1)  # reopens 0 and closes the least recent: 7
     assert open_keys(tmp_path) == {6, 8, 9, 0}
-    s.store(GROUP, 5, 50)                         # both kinds share the budget
+    s.store(GROUP, 5, 50)  # both kinds share the budget
     assert open_keys(tmp_path) == {6, 9, 0} and open_keys(tmp_path, GROUP) == {5}
-    assert s.offsets == {**{(CONSUMER, k): k * 10 for k in range(1, 10) if k != 6},
-                         (CONSUMER, 0): 1, (CONSUMER, 6): 61, (GROUP, 5): 50}
-    for k in range(10):                           # every record on disk, evicted or not
+    assert s.offsets == {
+        **{(CONSUMER, k): k * 10 for k in range(1, 10) if k != 6},
+        (CONSUMER, 0): 1,
+        (CONSUMER, 6): 61,
+        (GROUP, 5): 50,
+    }
+    for k in range(10):  # every record on disk, evicted or not
         with open(tmp_path / "p" / "offsets" / CONSUMER / str(k), "rb") as f:
             assert f.read() == record(s.get(CONSUMER, k))
     s.close()
@@ -92,15 +108,15 @@ def test_a_cached_descriptor_is_reused(tmp_path, budget):
     (fd,) = open_offset_files(tmp_path)
     path = tmp_path / "p" / "offsets" / CONSUMER / "1"
     moved = tmp_path / "p" / "offsets" / CONSUMER / "moved"
-    os.rename(path, moved)                        # the store writes through its open descriptor
+    os.rename(path, moved)  # the store writes through its open descriptor
     s.store(CONSUMER, 1, 2)
     assert moved.read_bytes() == record(2) and not path.exists()
     assert list(open_offset_files(tmp_path)) == [fd]
     os.rename(moved, path)
-    for k in range(2, 6):                         # evict key 1 ...
+    for k in range(2, 6):  # evict key 1 ...
         s.store(CONSUMER, k, k)
     assert 1 not in open_keys(tmp_path)
-    s.store(CONSUMER, 1, 3)                       # ... and its next store reopens the file
+    s.store(CONSUMER, 1, 3)  # ... and its next store reopens the file
     assert path.read_bytes() == record(3) and 1 in open_keys(tmp_path)
     s.close()
 
@@ -113,11 +129,11 @@ def test_the_budget_is_global_across_partitions(tmp_path, budget):
     for k in range(3):
         b.store(CONSUMER, k, 100 + k)
     assert open_keys(tmp_path / "b") == {0, 1, 2} and open_keys(tmp_path / "a") == set()
-    a.store(CONSUMER, 1, 11)                      # a reopens, b loses its least recent
+    a.store(CONSUMER, 1, 11)  # a reopens, b loses its least recent
     assert open_keys(tmp_path / "a") == {1} and open_keys(tmp_path / "b") == {1, 2}
     assert a.offsets == {(CONSUMER, 0): 0, (CONSUMER, 1): 11, (CONSUMER, 2): 2}
     assert b.offsets == {(CONSUMER, k): 100 + k for k in range(3)}
-    del a                                         # deallocation releases its slots
+    del a  # deallocation releases its slots
     assert open_keys(tmp_path / "a") == set() and fd_cache_stats()["open"] == 2
     b.close()
 
@@ -139,18 +155,18 @@ def test_a_pinned_descriptor_is_never_closed(tmp_path, budget):
     budget(1)
     s = store_at(tmp_path)
     s.store(CONSUMER, 1, 1)
-    fd, handle = s._pin(CONSUMER, 1)              # as a store holds it during its pwrite
+    fd, handle = s._pin(CONSUMER, 1)  # as a store holds it during its pwrite
     assert fd_cache_stats()["pinned"] == 1
     path = str(tmp_path / "p" / "offsets" / CONSUMER / "1")
-    for k in range(2, 6):                         # each new key needs the only slot: 1 is skipped
+    for k in range(2, 6):  # each new key needs the only slot: 1 is skipped
         s.store(CONSUMER, k, k)
         assert os.readlink(f"/proc/self/fd/{fd}") == path
-        assert open_keys(tmp_path) == {1, k}      # over budget by the pinned one, no more
-    os.pwrite(fd, record(7), 0)                   # still the same, writable file
-    s._unpin(handle)                              # unpinned over budget: closed at once
+        assert open_keys(tmp_path) == {1, k}  # over budget by the pinned one, no more
+    os.pwrite(fd, record(7), 0)  # still the same, writable file
+    s._unpin(handle)  # unpinned over budget: closed at once
     assert open_keys(tmp_path) == {5}
     assert fd_cache_stats()["open"] == 1 and fd_cache_stats()["pinned"] == 0
-    s.store(CONSUMER, 1, 8)                       # reopened
+    s.store(CONSUMER, 1, 8)  # reopened
     with open(path, "rb") as f:
         assert f.read() == record(8)
     # its owner deleting a pinned key: the file goes, the descriptor only at the last unpin
@@ -186,7 +202,7 @@ def test_concurrent_stores_from_threads(tmp_path, budget):
                     value = r * 1000 + k
                     stores[i].store(kind, k, value)
                     expected[i][(kind, k)] = value
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     def monitor():
@@ -223,9 +239,9 @@ def test_out_of_descriptors_sheds_the_cache(tmp_path, budget):
     in_use = len(os.listdir("/proc/self/fd"))
     resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 10, hard))
     try:
-        for k in range(50):                       # far more keys than descriptors left
+        for k in range(50):  # far more keys than descriptors left
             s.store(CONSUMER, k, k)
-        assert fd_cache_stats()["open"] < 20          # bounded by the limit, not the budget
+        assert fd_cache_stats()["open"] < 20  # bounded by the limit, not the budget
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert s.offsets == {(CONSUMER, k): k for k in range(50)}
@@ -241,23 +257,29 @@ def test_stored_keys_are_limited_per_kind(tmp_path, budget):
         s.store(CONSUMER, 4, 4)
     assert exc.value.code == ErrorCode.TOO_MANY_CONSUMER_OFFSETS == 3024
     assert s.get(CONSUMER, 4) is None and not (tmp_path / "p" / "offsets" / CONSUMER / "4").exists()
-    s.store(CONSUMER, 2, 20)                      # existing keys are still updated
-    for k in (1, 2, 3):                           # groups count on their own
+    s.store(CONSUMER, 2, 20)  # existing keys are still updated
+    for k in (1, 2, 3):  # groups count on their own
         s.store(GROUP, k, k)
     assert s.count_of(CONSUMER) == 3 and s.count_of(GROUP) == 3
-    assert s.delete(CONSUMER, 1)                  # delete makes room
+    assert s.delete(CONSUMER, 1)  # delete makes room
     s.store(CONSUMER, 4, 4)
     assert s.count_of(CONSUMER) == 3
     s.close()
     # more keys on disk than a lowered limit: all loaded and updatable, no new one
     t = OffsetStore(str(tmp_path / "p"), max_offsets=2)
     t.load(100)
-    assert t.offsets == {(CONSUMER, 2): 20, (CONSUMER, 3): 3, (CONSUMER, 4): 4,
-                         (GROUP, 1): 1, (GROUP, 2): 2, (GROUP, 3): 3}
+    assert t.offsets == {
+        (CONSUMER, 2): 20,
+        (CONSUMER, 3): 3,
+        (CONSUMER, 4): 4,
+        (GROUP, 1): 1,
+        (GROUP, 2): 2,
+        (GROUP, 3): 3,
+    }
     t.store(CONSUMER, 3, 30)
     with pytest.raises(OffsetStoreError):
         t.store(CONSUMER, 5, 5)
-    t.max_offsets = 4                             # a public attribute
+    t.max_offsets = 4  # a public attribute
     t.store(CONSUMER, 5, 5)
     t.close()
 
@@ -278,16 +300,17 @@ def test_default_limit_and_budget_from_configure(tmp_path, budget):
 
 
 def test_open_files_budget():
-    assert open_files_budget(10000, 20000) == 2500      # this machine's hard limit
+    assert open_files_budget(10000, 20000) == 2500  # this machine's hard limit
     assert open_files_budget(10000, 1 << 20) == ((1 << 20) - 10000) // 4
     assert open_files_budget(10000, 10500) == 125
-    assert open_files_budget(10000, 1024) == 16          # never below the minimum
+    assert open_files_budget(10000, 1024) == 16  # never below the minimum
     assert open_files_budget(10000, resource.RLIM_INFINITY) == ((1 << 30) - 10000) // 4
 
 
 def test_configured_from_the_limits_keys(budget):
     from iggy.config import ConfigError, load_config
     from iggy.storage.consumer_offsets import configure_from
+
     cfg = load_config(env={"IGGY_LIMITS_MAX_OPEN_OFFSET_FILES": "5", "IGGY_LIMITS_MAX_CONSUMER_OFFSETS": "7"})
     configure_from(cfg)
     assert fd_cache_stats()["budget"] == 5 and fd_cache_stats()["max_offsets"] == 7

@@ -6,6 +6,7 @@ with its Iggy error and leaves neither metadata nor a directory behind.
 The descriptors are counted in /proc/<pid>/fd of the server process, against the count the
 same server had before any partition existed.
 """
+
 from __future__ import annotations
 
 import os
@@ -115,7 +116,7 @@ def test_hundreds_of_partitions_on_a_budget_of_16_files(small_budget_server):
     assert fd_count(srv.pid) <= baseline + BUDGET + SLACK
     c.close()
 
-    srv.restart(graceful=False)             # SIGKILL: acknowledged sends are in the page cache
+    srv.restart(graceful=False)  # SIGKILL: acknowledged sends are in the page cache
     c = Client(srv.tcp_address)
     check_all(c, "many", parts, expected, rng)
     assert fd_count(srv.pid) <= baseline + BUDGET + SLACK
@@ -129,7 +130,8 @@ def _low_limit_python(tmp_path, limit: int) -> str:
         f"#!{sys.executable}\n"
         "import os, resource, sys\n"
         f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}))\n"
-        f"os.execv({sys.executable!r}, [{sys.executable!r}] + sys.argv[1:])\n")
+        f"os.execv({sys.executable!r}, [{sys.executable!r}] + sys.argv[1:])\n"
+    )
     wrapper.chmod(0o755)
     return str(wrapper)
 
@@ -180,10 +182,10 @@ def test_a_create_that_cannot_be_served_leaves_nothing(tmp_path):
         assert reply.code == ErrorCode.CANNOT_CREATE_PARTITION_DIRECTORY, reply
         assert topics_count(c, "s") == 0
         assert topic_partitions(c, "s", "t") is None
-        assert blocker.is_file()                            # not ours: left as it was
+        assert blocker.is_file()  # not ours: left as it was
 
         blocker.unlink()
-        assert c.create_topic("s", "t", 1).code == 0        # the id the failed create did not keep
+        assert c.create_topic("s", "t", 1).code == 0  # the id the failed create did not keep
         assert topic_partitions(c, "s", 0) == 1
         # partitions 1 and 2: 1 is made and opened, 2 cannot be, so 1 goes again
         blocker = stream_dir / "topics" / "0" / "partitions" / "2"
@@ -199,7 +201,7 @@ def test_a_create_that_cannot_be_served_leaves_nothing(tmp_path):
         c = Client(srv.tcp_address)
         assert topics_count(c, "s") == 1
         assert topic_partitions(c, "s", "t") == 1
-        blocker.unlink(missing_ok=True)         # (a start may also move what no metadata names aside)
+        blocker.unlink(missing_ok=True)  # (a start may also move what no metadata names aside)
         reply = c.call(OP_CREATE_PARTITIONS, 0, ident("s") + ident("t") + struct.pack("<I", 2))
         assert reply.code == 0, reply
         assert topic_partitions(c, "s", "t") == 3

@@ -1,4 +1,5 @@
 """The README's SDK quick start runs as written against a real server."""
+
 import re
 import subprocess
 import sys

@@ -6,6 +6,7 @@
   batch, deleted index files): the restart serves only intact messages and new sends continue
   at the right offset; stored consumer offsets above the recovered end are clamped.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,8 +48,18 @@ def raw_poll_all(address: str, partition: int, stream=S, topic=T, chunk: int = 5
     assert raw.login().status == 0
     out, start, current = [], 0, 0
     while True:
-        body = (b"\x01" + ident(1) + ident(stream) + ident(topic) + b"\x01" + struct.pack("<I", partition)
-                + b"\x01" + struct.pack("<Q", start) + struct.pack("<I", chunk) + b"\x00")
+        body = (
+            b"\x01"
+            + ident(1)
+            + ident(stream)
+            + ident(topic)
+            + b"\x01"
+            + struct.pack("<I", partition)
+            + b"\x01"
+            + struct.pack("<Q", start)
+            + struct.pack("<I", chunk)
+            + b"\x00"
+        )
         reply = raw.read(100, body)
         assert reply.status == 0, reply
         pid, current, count = struct.unpack_from("<IQI", reply.body)
@@ -70,7 +81,7 @@ def check_batches(data: bytes):
     while pos < len(data):
         base, _, _, length = struct.unpack_from("<QQQQ", data, pos + 8)
         count = struct.unpack_from("<I", data, pos + 48)[0]
-        batch = data[pos:pos + length]
+        batch = data[pos : pos + length]
         assert len(batch) == length and count > 0
         assert batch[52:HEADER] == bytes(204)
         assert struct.unpack_from("<Q", batch, 40)[0] == compute_batch_checksum(batch)
@@ -78,9 +89,9 @@ def check_batches(data: bytes):
         for _ in range(count):
             checksum, lo, hi, delta, _, hlen, plen, reserved = struct.unpack_from("<QQQIIIIQ", batch, f)
             flen = FRAME + plen + hlen
-            assert checksum == xxhash.xxh3_64_intdigest(batch[f + 8:f + flen])
+            assert checksum == xxhash.xxh3_64_intdigest(batch[f + 8 : f + flen])
             assert reserved == 0
-            msgs.append((base + delta, lo | hi << 64, batch[f + FRAME:f + FRAME + plen], checksum))
+            msgs.append((base + delta, lo | hi << 64, batch[f + FRAME : f + FRAME + plen], checksum))
             f += flen
         assert f == length
         pos += length
@@ -89,6 +100,7 @@ def check_batches(data: bytes):
 
 # ------------------------------------------------------------------------- kill -9
 
+
 async def test_kill9_keeps_every_acknowledged_batch(tmp_path):
     """On the engine IGGY_TEST_ENGINE selects (scripts/test.sh runs the suite on both): the uring
     shards fsync before answering, the asyncio engine shares one fsync per loop turn."""
@@ -96,13 +108,13 @@ async def test_kill9_keeps_every_acknowledged_batch(tmp_path):
     try:
         client = await root_with_topic(srv, 2, durability=Durability.PERSISTED)
         producers = [await connect_root(srv.tcp_address) for _ in range(4)]
-        acked: list[tuple[int, int, list[bytes]]] = []       # (partition, base offset, payloads)
+        acked: list[tuple[int, int, list[bytes]]] = []  # (partition, base offset, payloads)
         sent_payloads: set[bytes] = set()
         seed = random.randrange(1 << 30)
         rng = random.Random(seed)
 
         async def produce(k: int, producer):
-            partition = k % 2                                # two producers per partition
+            partition = k % 2  # two producers per partition
             n = 0
             while True:
                 size = rng.randint(1, 40)
@@ -116,9 +128,9 @@ async def test_kill9_keeps_every_acknowledged_batch(tmp_path):
 
         tasks = [asyncio.ensure_future(produce(k, p)) for k, p in enumerate(producers)]
         await asyncio.sleep(rng.uniform(0.4, 1.5))
-        for task in tasks:                                   # a task that failed early fails the test
+        for task in tasks:  # a task that failed early fails the test
             assert not task.done(), task.exception()
-        srv.kill()                                           # SIGKILL: no flush, no close
+        srv.kill()  # SIGKILL: no flush, no close
         await asyncio.sleep(0.1)
         for task in tasks:
             task.cancel()
@@ -139,8 +151,9 @@ async def test_kill9_keeps_every_acknowledged_batch(tmp_path):
             by_offset = {o: p for o, _, p, _ in stored}
             mine = [a for a in acked if a[0] == partition]
             for _, base, payloads in mine:
-                assert [by_offset.get(base + i) for i in range(len(payloads))] == payloads, \
+                assert [by_offset.get(base + i) for i in range(len(payloads))] == payloads, (
                     f"acknowledged batch at {base} missing or changed (seed {seed})"
+                )
             all_payloads = [p for _, _, p, _ in stored]
             assert len(set(all_payloads)) == len(all_payloads), f"duplicates (seed {seed})"
             assert set(all_payloads) <= sent_payloads
@@ -159,6 +172,7 @@ async def test_kill9_keeps_every_acknowledged_batch(tmp_path):
 
 # ------------------------------------------------------------------------- damaged segments
 
+
 def batches_in(path: str):
     """[(position, base offset, count, length)] of the batches in a .log file."""
     data = open(path, "rb").read()
@@ -173,21 +187,36 @@ def batches_in(path: str):
 
 
 async def store_offset(client, consumer_id, partition, offset):
-    body = (b"\x01" + ident(consumer_id) + ident(S) + ident(T) + b"\x01" + struct.pack("<I", partition)
-            + struct.pack("<Q", offset) + b"\x01")
+    body = (
+        b"\x01"
+        + ident(consumer_id)
+        + ident(S)
+        + ident(T)
+        + b"\x01"
+        + struct.pack("<I", partition)
+        + struct.pack("<Q", offset)
+        + b"\x01"
+    )
     await client.send_binary_request(121, body)
 
 
 async def get_offset(client, consumer_id, partition):
-    raw = await client.send_binary_request(120, b"\x01" + ident(consumer_id) + ident(S) + ident(T) + b"\x01"
-                                           + struct.pack("<I", partition))
+    raw = await client.send_binary_request(
+        120, b"\x01" + ident(consumer_id) + ident(S) + ident(T) + b"\x01" + struct.pack("<I", partition)
+    )
     return struct.unpack("<IQQ", raw) if raw else None
 
 
 async def poll(client, partition, strategy=None, count=100_000):
-    return await client.poll_messages(S, T, consumer=Consumer.Single(1), polling_strategy=strategy or
-                                      PollingStrategy.First(), count=count, auto_commit=False,
-                                      partition_id=partition)
+    return await client.poll_messages(
+        S,
+        T,
+        consumer=Consumer.Single(1),
+        polling_strategy=strategy or PollingStrategy.First(),
+        count=count,
+        auto_commit=False,
+        partition_id=partition,
+    )
 
 
 async def test_torn_tail_corrupt_batch_and_missing_index(tmp_path):
@@ -195,9 +224,8 @@ async def test_torn_tail_corrupt_batch_and_missing_index(tmp_path):
     try:
         client = await root_with_topic(srv, 3)
         for partition in range(3):
-            for b in range(4):                               # batches of 5: offsets 0..19
-                await client.send_messages(S, T, partition,
-                                           [SendMessage(f"{partition}:{b * 5 + i}") for i in range(5)])
+            for b in range(4):  # batches of 5: offsets 0..19
+                await client.send_messages(S, T, partition, [SendMessage(f"{partition}:{b * 5 + i}") for i in range(5)])
         await store_offset(client, 7, 0, 19)
         await store_offset(client, 7, 1, 12)
         srv.stop()
@@ -233,7 +261,7 @@ async def test_torn_tail_corrupt_batch_and_missing_index(tmp_path):
             assert await poll(client, partition, PollingStrategy.Offset(intact)) == []
             last = await poll(client, partition, PollingStrategy.Last(), count=3)
             assert [m.offset() for m in last] == list(range(intact - 3, intact))
-        assert files(partition_dir(srv, 1), ".index") and files(partition_dir(srv, 2), ".index")   # rebuilt
+        assert files(partition_dir(srv, 1), ".index") and files(partition_dir(srv, 2), ".index")  # rebuilt
         # timestamps still seek after the index was rebuilt
         msgs = await poll(client, 2)
         since = await poll(client, 2, PollingStrategy.Timestamp(msgs[10].timestamp()))
@@ -270,17 +298,18 @@ async def test_recovery_across_segments(tmp_path):
     try:
         client = await root_with_topic(srv, 1, segment_size=1 << 20)
         for b in range(3):
-            await client.send_messages(S, T, 0, [SendMessage(f"{b * 400 + i:08d}".encode() + b"z" * 3000)
-                                                 for i in range(400)])
+            await client.send_messages(
+                S, T, 0, [SendMessage(f"{b * 400 + i:08d}".encode() + b"z" * 3000) for i in range(400)]
+            )
         await client.send_messages(S, T, 0, [SendMessage(f"{1200 + i:08d}".encode()) for i in range(10)])
-        srv.kill()                                           # no graceful close either
+        srv.kill()  # no graceful close either
         logs = files(partition_dir(srv, 0), ".log")
         assert len(logs) >= 3
         newest = [p for p in logs if os.path.getsize(p)][-1]
         pos, base, count, length = batches_in(newest)[-1]
         assert (base, count) == (1200, 10)
         with open(newest, "r+b") as f:
-            f.truncate(pos + HEADER + 10)                    # header and a few bytes survive
+            f.truncate(pos + HEADER + 10)  # header and a few bytes survive
         for index in files(partition_dir(srv, 0), ".index"):
             os.unlink(index)
         srv.start()
@@ -301,6 +330,7 @@ async def test_recovery_across_segments(tmp_path):
 
 # ------------------------------------------------------------------------- durability policy
 
+
 class CountingLog:
     """Wraps a PartitionLog to count fsyncs (the Cython class cannot be patched)."""
 
@@ -318,10 +348,16 @@ class CountingLog:
 
 def partition_with(tmp_path, durability: str, messages_required=1024, bytes_required=1 << 20):
     from iggy.storage.partitions import Partition
-    settings = {"segment_size": 1 << 20, "preallocate_segments": False, "durability": durability,
-                "consumer_offset_durability": "replicated", "enforce_fsync": False,
-                "messages_required_to_save": messages_required,
-                "size_of_messages_required_to_save": bytes_required}
+
+    settings = {
+        "segment_size": 1 << 20,
+        "preallocate_segments": False,
+        "durability": durability,
+        "consumer_offset_durability": "replicated",
+        "enforce_fsync": False,
+        "messages_required_to_save": messages_required,
+        "size_of_messages_required_to_save": bytes_required,
+    }
     p = Partition(str(tmp_path / durability), 0, settings, True)
     p.log = CountingLog(p.log)
     return p
@@ -329,17 +365,18 @@ def partition_with(tmp_path, durability: str, messages_required=1024, bytes_requ
 
 async def test_persisted_acknowledges_after_one_group_fsync(tmp_path):
     from iggy.protocol.batch import build_batch
+
     p = partition_with(tmp_path, "persisted")
     batch = build_batch([(1, b"x" * 10, b"")])
     futures = []
-    for _ in range(5):                                       # five batches in the same loop turn
+    for _ in range(5):  # five batches in the same loop turn
         with p.lock:
             p.log.append(batch, 0, len(batch), 1)
             futures.append(p.after_append(1, len(batch)))
     assert all(f is not None and not f.done() for f in futures)
-    assert p.log.fsyncs == 0                                 # nothing acknowledged before the fsync
+    assert p.log.fsyncs == 0  # nothing acknowledged before the fsync
     await asyncio.gather(*futures)
-    assert p.log.fsyncs == 1                                 # one fsync covered all five
+    assert p.log.fsyncs == 1  # one fsync covered all five
     with p.lock:
         p.log.append(batch, 0, len(batch), 1)
         fut = p.after_append(1, len(batch))
@@ -352,6 +389,7 @@ async def test_persisted_inline_fsyncs_before_it_returns(tmp_path):
     """inline=True (a shard thread: the caller says so, nothing probes for a loop) fsyncs in
     place and acknowledges at once, even while an event loop runs on this thread."""
     from iggy.protocol.batch import build_batch
+
     p = partition_with(tmp_path, "persisted")
     batch = build_batch([(1, b"x" * 10, b"")])
     with p.lock:
@@ -365,6 +403,7 @@ async def test_replicated_acknowledges_at_once_without_fsync(tmp_path):
     """replicated: the batch is in the page cache when acknowledged (no journal to lose on a
     crash of the process); the append path never waits for, nor schedules, an fsync."""
     from iggy.protocol.batch import build_batch
+
     p = partition_with(tmp_path, "replicated", messages_required=10)
     batch = build_batch([(1, b"x", b"")] * 4)
     for _ in range(5):
@@ -373,7 +412,7 @@ async def test_replicated_acknowledges_at_once_without_fsync(tmp_path):
             assert p.after_append(4, len(batch)) is None
     await asyncio.sleep(0.01)
     assert p.log.fsyncs == 0
-    assert p.log.read(0, 100)[1] == 20                       # readable at once
+    assert p.log.read(0, 100)[1] == 20  # readable at once
     p.close()
 
 
@@ -394,28 +433,41 @@ async def test_stored_offsets_survive_restarts_and_bad_offset_files_are_ignored(
         assert (await get_offset(client, 3, 0))[2] == 4
         assert (await get_offset(client, 4, 0))[2] == 8
         group = await client.get_consumer_group(S, T, "g")
-        assert group is not None and group.members_count == 0          # memberships are not durable
-        raw = await client.send_binary_request(120, b"\x02" + ident("g") + ident(S) + ident(T) + b"\x01"
-                                               + struct.pack("<I", 1))
+        assert group is not None and group.members_count == 0  # memberships are not durable
+        raw = await client.send_binary_request(
+            120, b"\x02" + ident("g") + ident(S) + ident(T) + b"\x01" + struct.pack("<I", 1)
+        )
         assert struct.unpack("<IQQ", raw) == (1, 9, 6)
-        msgs = await client.poll_messages(S, T, consumer=Consumer.Single(3),
-                                          polling_strategy=PollingStrategy.Next(), count=2, auto_commit=False,
-                                          partition_id=0)
+        msgs = await client.poll_messages(
+            S,
+            T,
+            consumer=Consumer.Single(3),
+            polling_strategy=PollingStrategy.Next(),
+            count=2,
+            auto_commit=False,
+            partition_id=0,
+        )
         assert [m.offset() for m in msgs] == [5, 6]
         srv.stop()
         offsets_dir = os.path.join(partition_dir(srv, 0), "offsets", "consumers")
-        with open(os.path.join(offsets_dir, "3"), "r+b") as f:      # a torn record
+        with open(os.path.join(offsets_dir, "3"), "r+b") as f:  # a torn record
             f.truncate(5)
-        with open(os.path.join(offsets_dir, "4"), "r+b") as f:      # a flipped bit: checksum mismatch
+        with open(os.path.join(offsets_dir, "4"), "r+b") as f:  # a flipped bit: checksum mismatch
             f.write(b"\x09")
         srv.start()
         client = await connect_root(srv.tcp_address)
         assert await get_offset(client, 3, 0) is None
         assert await get_offset(client, 4, 0) is None
         assert (await get_offset(client, 5, 1))[2] == 2
-        msgs = await client.poll_messages(S, T, consumer=Consumer.Single(3),
-                                          polling_strategy=PollingStrategy.Next(), count=2, auto_commit=True,
-                                          partition_id=0)
+        msgs = await client.poll_messages(
+            S,
+            T,
+            consumer=Consumer.Single(3),
+            polling_strategy=PollingStrategy.Next(),
+            count=2,
+            auto_commit=True,
+            partition_id=0,
+        )
         assert [m.offset() for m in msgs] == [0, 1]
         assert (await get_offset(client, 3, 0))[2] == 1
     finally:

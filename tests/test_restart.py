@@ -3,6 +3,7 @@
 Also the root user of a fresh data directory (SEMANTICS 1.3): generated password, IGGY_ROOT_*,
 `--with-default-root-credentials`, and that an existing root is never overwritten.
 """
+
 from __future__ import annotations
 
 import re
@@ -10,14 +11,23 @@ import struct
 from datetime import timedelta
 
 import pytest
-from apache_iggy import (Durability, GlobalPermissions, IggyClient, IggyExpiry, MaxTopicSize, Permissions,
-                         StreamPermissions, TopicPermissions, UserStatus)
+from apache_iggy import (
+    Durability,
+    GlobalPermissions,
+    IggyClient,
+    IggyExpiry,
+    MaxTopicSize,
+    Permissions,
+    StreamPermissions,
+    TopicPermissions,
+    UserStatus,
+)
 
 from tests.conftest import ServerProcess, connect_root
 from tests.rawclient import RawClient, wire_name
 
 MiB = 1024 * 1024
-NO_HTTP = {"IGGY_HTTP_ENABLED": "false"}           # nothing here needs it, and it halves every start
+NO_HTTP = {"IGGY_HTTP_ENABLED": "false"}  # nothing here needs it, and it halves every start
 
 
 @pytest.fixture
@@ -68,7 +78,7 @@ def list_pats(address: str, username: str, password: str) -> dict:
     out, pos = {}, 0
     while pos < len(body):
         n = body[pos]
-        out[body[pos + 1:pos + 1 + n].decode()] = struct.unpack_from("<Q", body, pos + 1 + n)[0]
+        out[body[pos + 1 : pos + 1 + n].decode()] = struct.unpack_from("<Q", body, pos + 1 + n)[0]
         pos += 1 + n + 8
     return out
 
@@ -88,15 +98,20 @@ async def capture(address: str) -> dict:
         for t in details.topics:
             td = await c.get_topic(s.id, t.id)
             groups = [(g.id, g.name, g.partitions_count) for g in await c.get_consumer_groups(s.id, t.id)]
-            topics.append({
-                "id": td.id, "name": td.name, "created_at": td.created_at,
-                "partitions": [(p.id, p.created_at) for p in td.partitions],
-                "compression": td.compression_algorithm,
-                "expiry": getattr(td.message_expiry, "duration", type(td.message_expiry).__name__),
-                "max_size": getattr(td.max_topic_size, "bytes", type(td.max_topic_size).__name__),
-                "options": td.options.to_scalar_dict(), "derived": td.derived_options.to_scalar_dict(),
-                "groups": groups,
-            })
+            topics.append(
+                {
+                    "id": td.id,
+                    "name": td.name,
+                    "created_at": td.created_at,
+                    "partitions": [(p.id, p.created_at) for p in td.partitions],
+                    "compression": td.compression_algorithm,
+                    "expiry": getattr(td.message_expiry, "duration", type(td.message_expiry).__name__),
+                    "max_size": getattr(td.max_topic_size, "bytes", type(td.max_topic_size).__name__),
+                    "options": td.options.to_scalar_dict(),
+                    "derived": td.derived_options.to_scalar_dict(),
+                    "groups": groups,
+                }
+            )
         out["streams"].append({"id": s.id, "name": s.name, "created_at": s.created_at, "topics": topics})
     for u in await c.get_users():
         d = await c.get_user(u.id)
@@ -106,8 +121,10 @@ async def capture(address: str) -> dict:
 
 ALICE_PERMS = Permissions(
     global_permissions=GlobalPermissions(read_streams=True, read_servers=True),
-    streams={0: StreamPermissions(manage_topics=True, topics={1: TopicPermissions(read_topic=True,
-                                                                                  send_messages=True)})})
+    streams={
+        0: StreamPermissions(manage_topics=True, topics={1: TopicPermissions(read_topic=True, send_messages=True)})
+    },
+)
 
 
 async def populate(address: str) -> dict:
@@ -115,24 +132,32 @@ async def populate(address: str) -> dict:
     c = await connect_root(address)
     for name in ("alpha", "beta", "gamma"):
         await c.create_stream(name)
-    await c.delete_stream("beta")                                  # id 1 becomes free
+    await c.delete_stream("beta")  # id 1 becomes free
     await c.update_stream("gamma", "gamma2")
-    await c.create_topic("alpha", "full", 3, compression_algorithm="gzip",
-                         message_expiry=IggyExpiry.ExpireDuration(timedelta(seconds=90)),
-                         max_topic_size=MaxTopicSize.Custom(200 * MiB), segment_size=4 * MiB,
-                         durability=Durability.PERSISTED, messages_required_to_save=50,
-                         size_of_messages_required_to_save=8192, preallocate_segments=False)
+    await c.create_topic(
+        "alpha",
+        "full",
+        3,
+        compression_algorithm="gzip",
+        message_expiry=IggyExpiry.ExpireDuration(timedelta(seconds=90)),
+        max_topic_size=MaxTopicSize.Custom(200 * MiB),
+        segment_size=4 * MiB,
+        durability=Durability.PERSISTED,
+        messages_required_to_save=50,
+        size_of_messages_required_to_save=8192,
+        preallocate_segments=False,
+    )
     await c.create_topic("alpha", "plain", 1)
     await c.create_topic("alpha", "doomed", 1)
     await c.create_partitions("alpha", "plain", 3)
-    await c.delete_partitions("alpha", "plain", 1)                 # partitions 0..2
+    await c.delete_partitions("alpha", "plain", 1)  # partitions 0..2
     await c.update_topic("alpha", "plain", "plain2", compression_algorithm="gzip")
     await c.delete_topic("alpha", "doomed")
     await c.create_topic("gamma2", "g-topic", 2)
     await c.create_consumer_group("alpha", "full", "workers")
     await c.create_consumer_group("alpha", "full", "gone")
     await c.create_consumer_group("alpha", "full", "readers")
-    await c.delete_consumer_group("alpha", "full", "gone")         # group ids are never reused
+    await c.delete_consumer_group("alpha", "full", "gone")  # group ids are never reused
 
     await c.create_user("alice", "alice-pass", permissions=ALICE_PERMS)
     await c.create_user("bob", "bob-pass", status=UserStatus.Inactive)
@@ -141,7 +166,7 @@ async def populate(address: str) -> dict:
     await c.create_user("dave", "dave-pass")
     await c.create_user("erin", "erin-pass")
     await c.update_user("erin", username="erin2")
-    await c.delete_user("dave")                                    # id 4 becomes free
+    await c.delete_user("dave")  # id 4 becomes free
     await c.update_permissions("carol", Permissions(global_permissions=GlobalPermissions(manage_users=True)))
     await c.update_permissions("carol", None)
 
@@ -157,10 +182,10 @@ async def populate(address: str) -> dict:
 
 async def check_logins(address: str, tokens: dict) -> None:
     alice = await login_as(address, "alice", "alice-pass")
-    assert (await alice.get_stats()).streams_count >= 2            # her permissions came back too
+    assert (await alice.get_stats()).streams_count >= 2  # her permissions came back too
     with sdk_error("Unauthorized"):
         await alice.create_stream("not-allowed")
-    await refused_login(address, "bob", "bob-pass")                # still inactive
+    await refused_login(address, "bob", "bob-pass")  # still inactive
     await login_as(address, "carol", "carol-new")
     await refused_login(address, "carol", "carol-old")
     await login_as(address, "erin2", "erin-pass")
@@ -188,8 +213,12 @@ def expected_shape(state: dict) -> None:
     assert full["groups"] == [(0, "workers", 3), (2, "readers", 3)]
     assert plain["compression"] == "gzip"
     assert [(u[0], u[1], u[2]) for u in state["users"]] == [
-        (0, "iggy", UserStatus.Active), (1, "alice", UserStatus.Active), (2, "bob", UserStatus.Inactive),
-        (3, "carol", UserStatus.Active), (5, "erin2", UserStatus.Active)]
+        (0, "iggy", UserStatus.Active),
+        (1, "alice", UserStatus.Active),
+        (2, "bob", UserStatus.Inactive),
+        (3, "carol", UserStatus.Active),
+        (5, "erin2", UserStatus.Active),
+    ]
     assert state["users"][1][4] == ALICE_PERMS and state["users"][3][4] is None
 
 
@@ -223,7 +252,7 @@ async def test_changes_after_a_restart_survive_the_next_kill(server):
     await c.change_password("alice", "alice-pass", "alice-pass2")
     tokens["delta"] = await create_pat(c, "delta-token")
     before = await capture(server.tcp_address)
-    server.restart(graceful=False)                 # right after the last acknowledged write
+    server.restart(graceful=False)  # right after the last acknowledged write
     assert await capture(server.tcp_address) == before
     names = [s["name"] for s in before["streams"]]
     assert names == ["alpha-renamed", "delta", "gamma2"]
@@ -239,7 +268,7 @@ async def test_restart_across_snapshots(tmp_path):
     env = {**NO_HTTP, "IGGY_SYSTEM_METADATA_SNAPSHOT_EVERY": "5"}
     srv = ServerProcess(tmp_path / "data", extra_env=env).start()
     try:
-        tokens = await populate(srv.tcp_address)                   # ~30 changes: several snapshots
+        tokens = await populate(srv.tcp_address)  # ~30 changes: several snapshots
         meta = tmp_path / "data" / "metadata"
         assert (meta / "snapshot.bin").exists()
         before = await capture(srv.tcp_address)
@@ -253,10 +282,11 @@ async def test_restart_across_snapshots(tmp_path):
             await c.create_stream(f"extra-{i}")
         for i in range(0, 13, 2):
             await c.delete_stream(f"extra-{i}")
-        assert (meta / "journal.log").stat().st_size > 0           # records after the last snapshot
+        assert (meta / "journal.log").stat().st_size > 0  # records after the last snapshot
         before = await capture(srv.tcp_address)
-        assert [s["name"] for s in before["streams"] if s["name"].startswith("extra-")] == \
-            [f"extra-{i}" for i in range(1, 13, 2)]
+        assert [s["name"] for s in before["streams"] if s["name"].startswith("extra-")] == [
+            f"extra-{i}" for i in range(1, 13, 2)
+        ]
         srv.restart(graceful=False)
         assert await capture(srv.tcp_address) == before
         srv.restart(graceful=True)
@@ -269,10 +299,10 @@ async def test_restart_across_snapshots(tmp_path):
 # what a crash can leave after the last record (a complete record with a wrong checksum, or
 # bytes no append wrote, refuse instead: tests/test_metadata_recovery.py)
 TORN_TAILS = {
-    "byte": b"\x00",                                               # a single unwritten byte
+    "byte": b"\x00",  # a single unwritten byte
     "partial-header": b"\x2a\x00\x00\x00\x07",
-    "short-record": struct.pack("<IQ", 1000, 0) + b"\x81\xa2op",   # a header promising more than is there
-    "zero-filled": bytes(4096),                                     # size grown, data never written
+    "short-record": struct.pack("<IQ", 1000, 0) + b"\x81\xa2op",  # a header promising more than is there
+    "zero-filled": bytes(4096),  # size grown, data never written
     "header-then-zeros": struct.pack("<IQ", 900, 77) + bytes(900),  # only the header reached the disk
 }
 
@@ -295,7 +325,7 @@ async def test_torn_journal_tail_is_cut(server):
         c = await connect_root(server.tcp_address)
         assert (await c.get_stream(f"after-tear-{kind}")) is not None, kind
         assert len(await c.get_streams()) == 3 + i, kind
-    assert (await c.get_stream("after-tear-byte")).id == 1          # the free id, as before the tears
+    assert (await c.get_stream("after-tear-byte")).id == 1  # the free id, as before the tears
     await check_logins(server.tcp_address, tokens)
 
 
@@ -309,7 +339,7 @@ async def test_a_cut_last_record_loses_only_that_record(server):
     journal = server.data_dir / "metadata" / "journal.log"
     size = journal.stat().st_size
     with open(journal, "r+b") as f:
-        f.truncate(size - 3)                                       # the write the crash cut short
+        f.truncate(size - 3)  # the write the crash cut short
     server.start()
     assert await capture(server.tcp_address) == before
     c = await connect_root(server.tcp_address)
@@ -332,7 +362,7 @@ async def test_corrupt_snapshot_refuses_to_boot(tmp_path):
     snapshot.write_bytes(bytes(raw))
     streams = sorted(p.name for p in (tmp_path / "data" / "streams").iterdir())
     assert streams == ["0"]
-    for args in ((), ("--repair-metadata",)):       # the base state itself: nothing to repair from
+    for args in ((), ("--repair-metadata",)):  # the base state itself: nothing to repair from
         srv.args = args
         with pytest.raises(RuntimeError, match="server exited with 3"):
             srv.start()
@@ -404,11 +434,15 @@ async def test_with_default_root_credentials_flag(tmp_path):
         srv.stop()
 
 
-@pytest.mark.parametrize("env", [
-    {"IGGY_ROOT_USERNAME": "ab", "IGGY_ROOT_PASSWORD": None},
-    {"IGGY_ROOT_USERNAME": "ab", "IGGY_ROOT_PASSWORD": "long-enough"},
-    {"IGGY_ROOT_USERNAME": "admin", "IGGY_ROOT_PASSWORD": "pw"},
-], ids=["short-username-alone", "short-username", "short-password"])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"IGGY_ROOT_USERNAME": "ab", "IGGY_ROOT_PASSWORD": None},
+        {"IGGY_ROOT_USERNAME": "ab", "IGGY_ROOT_PASSWORD": "long-enough"},
+        {"IGGY_ROOT_USERNAME": "admin", "IGGY_ROOT_PASSWORD": "pw"},
+    ],
+    ids=["short-username-alone", "short-username", "short-password"],
+)
 def test_bad_root_credentials_refuse_to_boot(tmp_path, env):
     srv = ServerProcess(tmp_path / "data", extra_env={**NO_HTTP, **env})
     with pytest.raises(RuntimeError, match="server exited"):

@@ -5,20 +5,21 @@ other threads serving real requests through the C data plane (without the GIL) w
 table changes under them. Its publisher (iggy.engine.uring.routing) changes one entry per
 topic or user a metadata change touches, and never the whole table.
 """
+
 from __future__ import annotations
 
 import random
 import struct
 import threading
 
+from iggy._core.mutex import Mutex
+from iggy.engine.uring.dataplane import serve
+from iggy.engine.uring.router import Counter, Router
 from iggy.protocol import codes
 from iggy.protocol.batch import build_batch
-from iggy.engine.uring.dataplane import serve
-from iggy.storage.log import PartitionLog
-from iggy._core.mutex import Mutex
-from iggy.storage.offset_store import OffsetStore
-from iggy.engine.uring.router import Counter, Router
 from iggy.protocol.wire import build_request
+from iggy.storage.log import PartitionLog
+from iggy.storage.offset_store import OffsetStore
 from tests.rawclient import ident, wire_name
 
 
@@ -50,18 +51,38 @@ def test_random_changes_match_a_model(tmp_path):
             assert r.remove_topic(sid, tid) == ((sid, tid) in model)
             model.pop((sid, tid), None)
         else:
-            if rng.random() < 0.05:                     # a stream rename: every topic of it again
+            if rng.random() < 0.05:  # a stream rename: every topic of it again
                 stream_names[sid] = f"s{sid}-{step}"
                 for (s2, t2), (_, tname, pids) in list(model.items()):
                     if s2 == sid:
                         model[(s2, t2)] = (stream_names[sid], tname, pids)
-                        r.set_topic((s2, stream_names[sid], t2, tname, False, Counter(),
-                                     [(p, lg, lock, offsets) for p in pids], []))
+                        r.set_topic(
+                            (
+                                s2,
+                                stream_names[sid],
+                                t2,
+                                tname,
+                                False,
+                                Counter(),
+                                [(p, lg, lock, offsets) for p in pids],
+                                [],
+                            )
+                        )
             pids = sorted(rng.sample(range(6), rng.randint(0, 4)))
             tname = f"t{tid}-{rng.randrange(3)}"
             model[(sid, tid)] = (stream_names[sid], tname, pids)
-            r.set_topic((sid, stream_names[sid], tid, tname, rng.random() < 0.5, Counter(),
-                         [(p, lg, lock, offsets) for p in reversed(pids)], []))
+            r.set_topic(
+                (
+                    sid,
+                    stream_names[sid],
+                    tid,
+                    tname,
+                    rng.random() < 0.5,
+                    Counter(),
+                    [(p, lg, lock, offsets) for p in reversed(pids)],
+                    [],
+                )
+            )
         if step % 100 == 99 or step == 2999:
             assert r.stats()["topics"] == len(model)
             assert r.topic_keys() == set(model)
@@ -86,7 +107,7 @@ def test_users_are_set_and_removed_one_by_one():
     assert r.allows(0, 9, 9, 1) and r.allows(0, 9, 9, 2)
     assert r.allows(40, 1, 7, 2) and not r.allows(40, 1, 7, 1)
     assert r.allows(40, 2, 5, 1) and not r.allows(40, 2, 6, 1)
-    r.set_user(40, 0, [(2, 6, 1)])                     # replaced, not added to
+    r.set_user(40, 0, [(2, 6, 1)])  # replaced, not added to
     assert not r.allows(40, 1, 7, 2) and r.allows(40, 2, 6, 1)
     r.remove_user(40)
     assert not r.allows(40, 2, 6, 1) and r.allows(0, 1, 1, 1)
@@ -126,7 +147,7 @@ def test_readers_serve_while_the_table_changes(tmp_path):
                 assert outcome == "done", outcome
                 assert struct.unpack_from("<I", reply, 216)[0] == SEND_OK
                 sent[i] += 1
-        except BaseException as exc:              # reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(2)]
@@ -155,6 +176,7 @@ def test_readers_serve_while_the_table_changes(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 
+
 def test_stream_rename_and_partition_changes_reach_the_table(srv):
     """Each change updates only its topics: after a stream rename the old name is refused (a
     stale route would have served it from C), added partitions are served, removed ones are
@@ -162,6 +184,7 @@ def test_stream_rename_and_partition_changes_reach_the_table(srv):
     from iggy.protocol.errors import ErrorCode
     from tests.conftest import uniq
     from tests.reliability.common import Client
+
     op = codes.CODE_OPERATIONS
     # (a missing stream named by name: 1010 here, 1009 as upstream answers it)
     missing_stream = (ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.STREAM_NAME_NOT_FOUND)
@@ -219,7 +242,7 @@ class SpyRouter:
         self.calls.append(("everything",))
         return self.real.publish(topics, users)
 
-    def __getattr__(self, name):            # readers (topic_keys, user_ids, lookup...)
+    def __getattr__(self, name):  # readers (topic_keys, user_ids, lookup...)
         return getattr(self.real, name)
 
     def take(self) -> set:
@@ -239,6 +262,7 @@ class InProcessPlane:
         from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
         from iggy.metadata.store import MetadataStore
         from iggy.storage.partitions import Storage
+
         cfg = load_config(env={"IGGY_SYSTEM_PATH": path})
         self.meta = MetadataStore(path, 1000)
         self.meta.open()
@@ -250,6 +274,7 @@ class InProcessPlane:
         def make_user(name: str, perms):
             create_user_record(self.plane, name, self.hash, STATUS_ACTIVE, perms)
             return self.meta.state.user_by_name(name)
+
         self.make_user = make_user
         root = self.make_user("iggy", perm.all_permissions())
         self.root = self.plane.open_session("test", 1)
@@ -264,10 +289,18 @@ class InProcessPlane:
         import inspect
 
         from iggy.protocol.wire import parse_header, parse_reply_header
+
         self.request += 1
         session = session or self.root
-        frame = build_request(op, 0, body, session=session.session, request=self.request, client=5,
-                              with_checksum=op in codes.CHECKSUMMED_OPS)
+        frame = build_request(
+            op,
+            0,
+            body,
+            session=session.session,
+            request=self.request,
+            client=5,
+            with_checksum=op in codes.CHECKSUMMED_OPS,
+        )
         reply = self.plane.handle(session, parse_header(frame[:256]), body)
         if inspect.isawaitable(reply):
             reply = self.loop.run_until_complete(reply)
@@ -291,6 +324,7 @@ def test_each_change_republishes_only_what_it_touches(tmp_path):
     change that user's entry; a delete also republishes exactly the users that had grants in
     the stream. Nothing ever rebuilds the whole table."""
     from iggy.control import permissions as perm
+
     h = InProcessPlane(str(tmp_path))
     try:
         u32 = struct.Struct("<I")
@@ -336,7 +370,7 @@ def test_each_change_republishes_only_what_it_touches(tmp_path):
         assert h.spy.take() == {("user", bob)}
 
         h.write(OP[codes.DELETE_TOPIC], _num(a) + _num(t2))
-        assert h.spy.take() == {("topic", a, t2), ("user", alice)}     # alice's grants in `a` went with it
+        assert h.spy.take() == {("topic", a, t2), ("user", alice)}  # alice's grants in `a` went with it
         assert (a, t2) not in h.spy.topic_keys()
 
         h.write(OP[codes.DELETE_USER], _num(carol))

@@ -1,5 +1,6 @@
 """The io_uring shard on its own: framing over partial sends, many connections, pending
 replies, disconnects mid-request, garbage, and the engine choice when io_uring is missing."""
+
 import logging
 import socket
 import threading
@@ -8,11 +9,12 @@ import types
 
 import pytest
 
-from iggy.protocol.wire import RequestHeader, build_reply, build_request, parse_reply_header
 from iggy.engine.uring import engine as uring_engine
+from iggy.protocol.wire import RequestHeader, build_reply, build_request, parse_reply_header
 
-pytestmark = pytest.mark.skipif(uring_engine.probe() is not None,
-                                reason=f"io_uring unavailable here: {uring_engine.probe()}")
+pytestmark = pytest.mark.skipif(
+    uring_engine.probe() is not None, reason=f"io_uring unavailable here: {uring_engine.probe()}"
+)
 
 
 class EchoHandler:
@@ -58,6 +60,7 @@ class EchoHandler:
 @pytest.fixture
 def shard():
     from iggy.engine.uring.shard import Shard
+
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.bind(("127.0.0.1", 0))
@@ -96,7 +99,7 @@ def test_frames_split_byte_by_byte(shard):
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     frame = build_request(2, 1, b"hello shard", client=1)
     for i in range(len(frame)):
-        c.sendall(frame[i:i + 1])
+        c.sendall(frame[i : i + 1])
         time.sleep(0.0005)
     assert _read_reply(c) == b"hello shard"
     c.close()
@@ -106,11 +109,12 @@ def test_large_frame_and_pipelined_frames_answer_in_order(shard):
     sh, handler, addr = shard
     c = socket.create_connection(addr)
     big = bytes(range(256)) * 3000
-    c.sendall(build_request(2, 1, big, client=1) + build_request(2, 99, b"a", client=1)
-              + build_request(2, 1, b"b", client=1))
+    c.sendall(
+        build_request(2, 1, big, client=1) + build_request(2, 99, b"a", client=1) + build_request(2, 1, b"b", client=1)
+    )
     assert _read_reply(c) == big
-    assert _read_reply(c) == b"late:a"       # answered later from another thread...
-    assert _read_reply(c) == b"b"            # ...and the next reply still comes after it
+    assert _read_reply(c) == b"late:a"  # answered later from another thread...
+    assert _read_reply(c) == b"b"  # ...and the next reply still comes after it
     c.close()
 
 
@@ -122,8 +126,9 @@ def test_slow_reader_gets_every_reply_whole_and_in_order(shard):
     c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     bodies = [bytes([i]) * (300_000 + i) for i in range(8)]
     c.sendall(b"".join(build_request(2, 1, body, client=1) for body in bodies))
-    expected = b"".join(build_reply(RequestHeader(build_request(2, 1, body, client=1)[:256]), 0, body)
-                        for body in bodies)
+    expected = b"".join(
+        build_reply(RequestHeader(build_request(2, 1, body, client=1)[:256]), 0, body) for body in bodies
+    )
     got = bytearray()
     while len(got) < len(expected):
         chunk = c.recv(7919)
@@ -131,7 +136,7 @@ def test_slow_reader_gets_every_reply_whole_and_in_order(shard):
             raise ConnectionError("closed")
         got += chunk
         if len(got) < 200_000:
-            time.sleep(0.001)          # slow at first: sends complete partially, output piles up
+            time.sleep(0.001)  # slow at first: sends complete partially, output piles up
     assert bytes(got) == expected
     c.close()
 
@@ -174,11 +179,11 @@ def test_disconnect_mid_request_and_garbage_leave_others_working(shard):
     junk = socket.create_connection(addr)
     junk.sendall(b"\xff" * 300)
     junk.settimeout(5)
-    assert junk.recv(1) == b""               # malformed framing closes that connection
+    assert junk.recv(1) == b""  # malformed framing closes that connection
     failing = socket.create_connection(addr)
     failing.sendall(build_request(2, 98, b"", client=1))
     failing.settimeout(5)
-    assert failing.recv(1) == b""            # a handler exception closes only that one
+    assert failing.recv(1) == b""  # a handler exception closes only that one
     good.sendall(build_request(2, 1, b"still here", client=1))
     assert _read_reply(good) == b"still here"
     good.close()
@@ -200,8 +205,8 @@ def test_a_failing_callback_is_logged_once_with_its_connection(shard, caplog):
         lines = [r for r in caplog.records if name in r.getMessage()]
         assert len(lines) == 1, [r.getMessage() for r in caplog.records]
         assert "on_frame raised RuntimeError" in lines[0].getMessage()
-        assert "handler failure closes only this connection" in caplog.text      # the traceback
-        assert handler.closed_sessions[-1].address == name      # on_close got the session on_open made
+        assert "handler failure closes only this connection" in caplog.text  # the traceback
+        assert handler.closed_sessions[-1].address == name  # on_close got the session on_open made
         assert handler.closed_sessions[-1].frames == 2
         handler.fail_open = True
         refused = socket.create_connection(addr)
@@ -224,8 +229,8 @@ def test_reply_for_a_closed_connection_is_dropped(shard):
     c.sendall(build_request(2, 99, b"gone", client=1))
     time.sleep(0.01)
     c.close()
-    time.sleep(0.2)                           # the late reply arrives for a closed slot
-    d = socket.create_connection(addr)       # the slot may be reused: it must not get it
+    time.sleep(0.2)  # the late reply arrives for a closed slot
+    d = socket.create_connection(addr)  # the slot may be reused: it must not get it
     d.sendall(build_request(2, 1, b"fresh", client=1))
     assert _read_reply(d) == b"fresh"
     d.close()
@@ -233,8 +238,10 @@ def test_reply_for_a_closed_connection_is_dropped(shard):
 
 def _server_with(engine, reason):
     from iggy.server.node import Server
-    cfg = types.SimpleNamespace(system=types.SimpleNamespace(engine=engine),
-                                tcp=types.SimpleNamespace(tls=types.SimpleNamespace(enabled=False)))
+
+    cfg = types.SimpleNamespace(
+        system=types.SimpleNamespace(engine=engine), tcp=types.SimpleNamespace(tls=types.SimpleNamespace(enabled=False))
+    )
     server = Server(cfg)
     return server
 
@@ -257,6 +264,7 @@ def test_auto_picks_uring_when_available():
 def test_connections_are_spread_over_the_shards():
     """Two shards on one port: whichever listener the kernel picks, each ends up with half."""
     from iggy.engine.uring.shard import Shard
+
     listeners, shards, threads = [], [], []
     handler = EchoHandler()
     port = 0
@@ -278,7 +286,7 @@ def test_connections_are_spread_over_the_shards():
         for i in range(10):
             c = socket.create_connection(("127.0.0.1", port))
             c.sendall(build_request(2, 1, b"c%d" % i, client=1))
-            assert _read_reply(c) == b"c%d" % i       # served wherever it landed
+            assert _read_reply(c) == b"c%d" % i  # served wherever it landed
             clients.append(c)
         assert sorted(sh.connections for sh in shards) == [5, 5]
         for c in clients[:4]:
@@ -287,7 +295,7 @@ def test_connections_are_spread_over_the_shards():
         while sum(sh.connections for sh in shards) != 6 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert sum(sh.connections for sh in shards) == 6
-        c = socket.create_connection(("127.0.0.1", port))   # goes to whichever holds fewer now
+        c = socket.create_connection(("127.0.0.1", port))  # goes to whichever holds fewer now
         c.sendall(build_request(2, 1, b"late", client=1))
         assert _read_reply(c) == b"late"
         clients.append(c)

@@ -3,6 +3,7 @@
 Each run is a `python -m pytest` subprocess in a temporary project with sample tests that talk
 to the fixture's server through the official SDK (one of them is the README's example).
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,14 @@ def run_pytest(project: Path, *args, ini: str = "", env: dict | None = None) -> 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("IGGY_") and k != "PYTEST_ADDOPTS"}
     full_env["PYTHONPATH"] = str(REPO)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *_plugin_args(), "-v",
-                           "-rA", *args], cwd=project, env=full_env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *_plugin_args(), "-v", "-rA", *args],
+        cwd=project,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def passed(proc, count: int) -> None:
@@ -144,10 +151,14 @@ def test_factory_and_restart(iggy_server_factory):
 '''
 
 
-@pytest.mark.parametrize("ini, streams, shared", [
-    ("", "[]", "0"),                                     # default: a new server for every test
-    ("iggy_server_scope = module\n", '["app"]', "1"),    # one server for the module
-], ids=["function-scope", "module-scope"])
+@pytest.mark.parametrize(
+    "ini, streams, shared",
+    [
+        ("", "[]", "0"),  # default: a new server for every test
+        ("iggy_server_scope = module\n", '["app"]', "1"),  # one server for the module
+    ],
+    ids=["function-scope", "module-scope"],
+)
 def test_fixtures_with_the_official_sdk(tmp_path, ini, streams, shared):
     (tmp_path / "test_user_app.py").write_text(USER_TESTS)
     proc = run_pytest(tmp_path, ini=ini, env={"EXPECT_STREAMS": streams, "EXPECT_SHARED": shared})
@@ -155,20 +166,25 @@ def test_fixtures_with_the_official_sdk(tmp_path, ini, streams, shared):
 
 
 def test_server_env_from_ini_and_log_on_failure(tmp_path):
-    (tmp_path / "test_fails.py").write_text(textwrap.dedent('''
+    (tmp_path / "test_fails.py").write_text(
+        textwrap.dedent('''
         def test_engine_from_ini(iggy_server):
             assert "asyncio engine" in iggy_server.log()
             assert iggy_server.username == "root" and iggy_server.password == "hunter22"
 
         def test_fails(iggy_server):
             assert False, "on purpose"
-    '''))
-    proc = run_pytest(tmp_path, ini='''
+    ''')
+    )
+    proc = run_pytest(
+        tmp_path,
+        ini='''
         iggy_username = root
         iggy_password = hunter22
         iggy_server_env =
             IGGY_SYSTEM_ENGINE=asyncio
-    ''')
+    ''',
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert re.search(r"\b1 failed, 1 passed\b", proc.stdout), proc.stdout
     assert "iggy server log (last lines)" in proc.stdout

@@ -12,6 +12,7 @@ The module's server runs on the engine of IGGY_TEST_ENGINE (uring by default, re
 asyncio); the uring-only test checks that the C data plane serves the same requests itself.
 The helpers (`World`, the body builders) are shared with test_upstream_answers.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,11 +20,11 @@ import struct
 
 import pytest
 
+from iggy.control import permissions as perm
 from iggy.protocol import codes
 from iggy.protocol.batch import build_batch
-from iggy.control import permissions as perm
 from tests.conftest import ROOT_PASSWORD, ROOT_USER, uniq
-from tests.rawclient import RawClient, ident, pat_login_body, login_body, wire_name
+from tests.rawclient import RawClient, ident, login_body, pat_login_body, wire_name
 
 OP = codes.CODE_OPERATIONS
 READ = 2
@@ -50,8 +51,17 @@ def consumer(kind=1, cid=1) -> bytes:
 
 
 def poll_body(stream, topic="t", partition=0, count=10, kind=1, cid=1) -> bytes:
-    return (consumer(kind, cid) + ident(stream) + ident(topic) + b"\x01" + struct.pack("<I", partition)
-            + b"\x01" + struct.pack("<Q", 0) + struct.pack("<I", count) + b"\x00")
+    return (
+        consumer(kind, cid)
+        + ident(stream)
+        + ident(topic)
+        + b"\x01"
+        + struct.pack("<I", partition)
+        + b"\x01"
+        + struct.pack("<Q", 0)
+        + struct.pack("<I", count)
+        + b"\x00"
+    )
 
 
 def offset_body(stream, topic="t", partition=0, kind=1, cid=1) -> bytes:
@@ -86,7 +96,7 @@ class World:
         ok(c.call(160, 0, send_body(self.s)))
         ok(c.call(OP[codes.CREATE_USER], 0, wire_name(self.user) + string8("secret1") + b"\x01\x00"))
         reply = ok(c.call(OP[codes.CREATE_PERSONAL_ACCESS_TOKEN], 0, wire_name(self.token_name) + bytes(8)))
-        self.token = reply.body[5:5 + reply.body[4]].decode()
+        self.token = reply.body[5 : 5 + reply.body[4]].decode()
 
 
 def _login(w, body: bytes) -> None:
@@ -148,56 +158,109 @@ CASES = {
     "get_clients": (READ, codes.GET_CLIENTS, lambda w: b"", lambda w, r: _assert(r.body)),
     "get_user": (READ, codes.GET_USER, lambda w: ident(w.user), lambda w, r: _assert(r.body)),
     "get_users": (READ, codes.GET_USERS, lambda w: b"", lambda w, r: _assert(r.body)),
-    "get_personal_access_tokens": (READ, codes.GET_PERSONAL_ACCESS_TOKENS, lambda w: b"",
-                                   lambda w, r: _assert(w.token_name.encode() in r.body)),
-    "poll_messages": (READ, codes.POLL_MESSAGES, lambda w: poll_body(w.s),
-                      lambda w, r: _assert(polled_count(r) == 2, r)),
+    "get_personal_access_tokens": (
+        READ,
+        codes.GET_PERSONAL_ACCESS_TOKENS,
+        lambda w: b"",
+        lambda w, r: _assert(w.token_name.encode() in r.body),
+    ),
+    "poll_messages": (
+        READ,
+        codes.POLL_MESSAGES,
+        lambda w: poll_body(w.s),
+        lambda w, r: _assert(polled_count(r) == 2, r),
+    ),
     "get_consumer_offset": (READ, codes.GET_CONSUMER_OFFSET, lambda w: offset_body(w.s), None),
     "get_stream": (READ, codes.GET_STREAM, lambda w: ident(w.s), lambda w, r: _assert(r.body)),
     "get_streams": (READ, codes.GET_STREAMS, lambda w: b"", lambda w, r: _assert(w.s.encode() in r.body)),
     "get_topic": (READ, codes.GET_TOPIC, _st, lambda w, r: _assert(r.body)),
-    "get_topics": (READ, codes.GET_TOPICS, lambda w: ident(w.s),
-                   lambda w, r: _assert(struct.unpack_from("<I", r.body)[0] == 1, r)),
+    "get_topics": (
+        READ,
+        codes.GET_TOPICS,
+        lambda w: ident(w.s),
+        lambda w, r: _assert(struct.unpack_from("<I", r.body)[0] == 1, r),
+    ),
     "get_consumer_group": (READ, codes.GET_CONSUMER_GROUP, _stg, lambda w, r: _assert(r.body)),
     "get_consumer_groups": (READ, codes.GET_CONSUMER_GROUPS, _st, lambda w, r: _assert(r.body)),
     "sync_consumer_group": (READ, codes.SYNC_CONSUMER_GROUP, _join, lambda w, r: _assert(r.body)),
-    "store_consumer_offset": (161, 0, lambda w: offset_body(w.s) + struct.pack("<Q", 1) + b"\x01",
-                              lambda w, r: _assert(_offset(w) == 1)),
+    "store_consumer_offset": (
+        161,
+        0,
+        lambda w: offset_body(w.s) + struct.pack("<Q", 1) + b"\x01",
+        lambda w, r: _assert(_offset(w) == 1),
+    ),
     "delete_consumer_offset": (162, 0, _store, lambda w, r: _assert(_offset(w) is None)),
-    "delete_stream": (OP[codes.DELETE_STREAM], 0, lambda w: ident(w.s),
-                      lambda w, r: _assert(_read(w, codes.GET_STREAM, ident(w.s)) == b"")),
-    "purge_stream": (OP[codes.PURGE_STREAM], 0, lambda w: ident(w.s),
-                     lambda w, r: _assert(_polled(w) == 0)),
-    "delete_topic": (OP[codes.DELETE_TOPIC], 0, _st,
-                     lambda w, r: _assert(_read(w, codes.GET_TOPIC, _st(w)) == b"")),
-    "purge_topic": (OP[codes.PURGE_TOPIC], 0, _st,
-                    lambda w, r: _assert(_polled(w) == 0)),
-    "create_partitions": (OP[codes.CREATE_PARTITIONS], 0, lambda w: _st(w) + struct.pack("<I", 1),
-                          lambda w, r: _assert(topic_partitions(w.c, w.s) == 3)),
-    "delete_partitions": (OP[codes.DELETE_PARTITIONS], 0, lambda w: _st(w) + struct.pack("<I", 1),
-                          lambda w, r: _assert(topic_partitions(w.c, w.s) == 1)),
+    "delete_stream": (
+        OP[codes.DELETE_STREAM],
+        0,
+        lambda w: ident(w.s),
+        lambda w, r: _assert(_read(w, codes.GET_STREAM, ident(w.s)) == b""),
+    ),
+    "purge_stream": (OP[codes.PURGE_STREAM], 0, lambda w: ident(w.s), lambda w, r: _assert(_polled(w) == 0)),
+    "delete_topic": (OP[codes.DELETE_TOPIC], 0, _st, lambda w, r: _assert(_read(w, codes.GET_TOPIC, _st(w)) == b"")),
+    "purge_topic": (OP[codes.PURGE_TOPIC], 0, _st, lambda w, r: _assert(_polled(w) == 0)),
+    "create_partitions": (
+        OP[codes.CREATE_PARTITIONS],
+        0,
+        lambda w: _st(w) + struct.pack("<I", 1),
+        lambda w, r: _assert(topic_partitions(w.c, w.s) == 3),
+    ),
+    "delete_partitions": (
+        OP[codes.DELETE_PARTITIONS],
+        0,
+        lambda w: _st(w) + struct.pack("<I", 1),
+        lambda w, r: _assert(topic_partitions(w.c, w.s) == 1),
+    ),
     "delete_segments": (OP[codes.DELETE_SEGMENTS], 0, lambda w: _st(w) + struct.pack("<II", 0, 1), None),
-    "create_consumer_group": (OP[codes.CREATE_CONSUMER_GROUP], 0, lambda w: _st(w) + wire_name("g2"),
-                              lambda w, r: _assert(_read(w, codes.GET_CONSUMER_GROUP, _st(w) + ident("g2")))),
-    "delete_consumer_group": (OP[codes.DELETE_CONSUMER_GROUP], 0, _stg,
-                              lambda w, r: _assert(_read(w, codes.GET_CONSUMER_GROUP, _stg(w)) == b"")),
-    "join_consumer_group": (OP[codes.JOIN_CONSUMER_GROUP], 0, _stg,
-                            lambda w, r: _assert(_read(w, codes.SYNC_CONSUMER_GROUP, _stg(w)))),
-    "leave_consumer_group": (OP[codes.LEAVE_CONSUMER_GROUP], 0, _join,
-                             lambda w, r: _assert(_read(w, codes.SYNC_CONSUMER_GROUP, _stg(w)) == b"")),
-    "delete_user": (OP[codes.DELETE_USER], 0, lambda w: ident(w.user),
-                    lambda w, r: _assert(_read(w, codes.GET_USER, ident(w.user)) == b"")),
+    "create_consumer_group": (
+        OP[codes.CREATE_CONSUMER_GROUP],
+        0,
+        lambda w: _st(w) + wire_name("g2"),
+        lambda w, r: _assert(_read(w, codes.GET_CONSUMER_GROUP, _st(w) + ident("g2"))),
+    ),
+    "delete_consumer_group": (
+        OP[codes.DELETE_CONSUMER_GROUP],
+        0,
+        _stg,
+        lambda w, r: _assert(_read(w, codes.GET_CONSUMER_GROUP, _stg(w)) == b""),
+    ),
+    "join_consumer_group": (
+        OP[codes.JOIN_CONSUMER_GROUP],
+        0,
+        _stg,
+        lambda w, r: _assert(_read(w, codes.SYNC_CONSUMER_GROUP, _stg(w))),
+    ),
+    "leave_consumer_group": (
+        OP[codes.LEAVE_CONSUMER_GROUP],
+        0,
+        _join,
+        lambda w, r: _assert(_read(w, codes.SYNC_CONSUMER_GROUP, _stg(w)) == b""),
+    ),
+    "delete_user": (
+        OP[codes.DELETE_USER],
+        0,
+        lambda w: ident(w.user),
+        lambda w, r: _assert(_read(w, codes.GET_USER, ident(w.user)) == b""),
+    ),
     "update_permissions": (OP[codes.UPDATE_PERMISSIONS], 0, lambda w: ident(w.user) + b"\x00", None),
-    "change_password": (OP[codes.CHANGE_PASSWORD], 0,
-                        lambda w: ident(w.user) + string8("secret1") + string8("secret2"),
-                        lambda w, r: _login(w, login_body(w.user, "secret2"))),
-    "create_personal_access_token": (OP[codes.CREATE_PERSONAL_ACCESS_TOKEN], 0,
-                                     lambda w: wire_name(uniq("pat2")) + bytes(8),
-                                     lambda w, r: _assert(r.body[4] > 0, r)),
-    "delete_personal_access_token": (OP[codes.DELETE_PERSONAL_ACCESS_TOKEN], 0,
-                                     lambda w: wire_name(w.token_name),
-                                     lambda w, r: _assert(w.token_name.encode() not in
-                                                          _read(w, codes.GET_PERSONAL_ACCESS_TOKENS))),
+    "change_password": (
+        OP[codes.CHANGE_PASSWORD],
+        0,
+        lambda w: ident(w.user) + string8("secret1") + string8("secret2"),
+        lambda w, r: _login(w, login_body(w.user, "secret2")),
+    ),
+    "create_personal_access_token": (
+        OP[codes.CREATE_PERSONAL_ACCESS_TOKEN],
+        0,
+        lambda w: wire_name(uniq("pat2")) + bytes(8),
+        lambda w, r: _assert(r.body[4] > 0, r),
+    ),
+    "delete_personal_access_token": (
+        OP[codes.DELETE_PERSONAL_ACCESS_TOKEN],
+        0,
+        lambda w: wire_name(w.token_name),
+        lambda w, r: _assert(w.token_name.encode() not in _read(w, codes.GET_PERSONAL_ACCESS_TOKENS)),
+    ),
 }
 
 
@@ -220,7 +283,7 @@ def test_login_and_logout_ignore_trailing_bytes(srv, raw_root, shape):
         assert reply.command == 8 and reply.status == 0, reply
         c.session = struct.unpack_from("<Q", reply.body, 8)[0]
         ok(c.read(codes.GET_ME))
-        assert c.call(3, 0, TRAIL).status == 0                 # logout
+        assert c.call(3, 0, TRAIL).status == 0  # logout
     finally:
         c.close()
 
@@ -249,7 +312,7 @@ def test_send_refuses_bytes_after_the_batch_and_in_its_metadata(raw_root):
     w = World(raw_root)
     assert raw_root.call(160, 0, send_body(w.s) + TRAIL).status == INVALID_COMMAND
     body = bytearray(send_body(w.s))
-    body[0] += 1                                            # metadata_length one too long
+    body[0] += 1  # metadata_length one too long
     assert raw_root.call(160, 0, bytes(body)).status == INVALID_COMMAND
     assert _polled(w) == 2
 
@@ -267,9 +330,11 @@ def test_an_options_tail_is_read_as_options(raw_root):
 def test_a_length_prefixed_permissions_block_must_be_exact(raw_root):
     raw = perm.encode(perm.all_permissions())
     name = uniq("pu")[:20]
-    head = wire_name(name) + string8("secret1") + b"\x01\x01"          # status active, has permissions
-    assert raw_root.call(OP[codes.CREATE_USER], 0, head + struct.pack("<I", len(raw) + 1) + raw + b"\x00"
-                         ).code == INVALID_COMMAND
+    head = wire_name(name) + string8("secret1") + b"\x01\x01"  # status active, has permissions
+    assert (
+        raw_root.call(OP[codes.CREATE_USER], 0, head + struct.pack("<I", len(raw) + 1) + raw + b"\x00").code
+        == INVALID_COMMAND
+    )
     ok(raw_root.call(OP[codes.CREATE_USER], 0, head + struct.pack("<I", len(raw)) + raw))
 
 
@@ -278,9 +343,11 @@ def test_c_data_plane_serves_requests_with_trailing_bytes(srv, raw_root):
     must not send those requests to Python (the answer is the same either way, see
     test_dataplane_differential.py)."""
     from tests.test_dataplane import _metrics
+
     if os.environ.get("IGGY_TEST_ENGINE", "auto") == "asyncio":
         pytest.skip("the C data plane serves requests only on the uring engine")
     from iggy.engine.uring.engine import probe
+
     if probe() is not None:
         pytest.skip(f"io_uring engine unavailable: {probe()}")
     w = World(raw_root)

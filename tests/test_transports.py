@@ -1,5 +1,6 @@
 """TCP+TLS, WebSocket and QUIC: the official SDK over each, raw clients for the framing edge
 cases, certificate sources, and listeners that can't start."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,11 +9,12 @@ import socket
 import ssl
 import struct
 import tempfile
+
 import pytest
 
-from iggy.protocol.wire import build_request, parse_reply_header
 from iggy.control.plane import TRANSPORT_QUIC, TRANSPORT_TCP, TRANSPORT_WEBSOCKET
 from iggy.engine.frontdoors import tls
+from iggy.protocol.wire import build_request, parse_reply_header
 from tests.conftest import ROOT_PASSWORD, ROOT_USER, ServerProcess
 from tests.rawclient import RawClient, login_body
 
@@ -21,8 +23,10 @@ CLIENT_ID = 0x0102_0304_0506_0708_090A_0B0C_0D0E_0F10
 
 # ------------------------------------------------------------------------------------- helpers
 
+
 def sdk():
     import apache_iggy
+
     return apache_iggy
 
 
@@ -40,9 +44,15 @@ async def round_trip(client, stream: str) -> None:
     await client.create_topic(stream, "events", partitions_count=2)
     payloads = [f"{stream}-{i}".encode() for i in range(3)]
     await client.send_messages(stream, "events", 1, [m.SendMessage(p) for p in payloads])
-    polled = await client.poll_messages(stream, "events", consumer=m.Consumer.Single(7), partition_id=1,
-                                        polling_strategy=m.PollingStrategy.First(), count=10,
-                                        auto_commit=False)
+    polled = await client.poll_messages(
+        stream,
+        "events",
+        consumer=m.Consumer.Single(7),
+        partition_id=1,
+        polling_strategy=m.PollingStrategy.First(),
+        count=10,
+        auto_commit=False,
+    )
     assert [p.payload() for p in polled] == payloads
     assert [p.offset() for p in polled] == [0, 1, 2]
     await client.ping()
@@ -51,7 +61,7 @@ async def round_trip(client, stream: str) -> None:
 def parse_me(raw: bytes) -> tuple[int, int, str]:
     """GET_ME reply body -> (client id, transport kind, address)."""
     client_id, _user, kind, n = struct.unpack_from("<IIBI", raw)
-    return client_id, kind, raw[13:13 + n].decode()
+    return client_id, kind, raw[13 : 13 + n].decode()
 
 
 def parse_clients(raw: bytes) -> list[tuple[int, int]]:
@@ -94,13 +104,17 @@ def runtime_config(srv: ServerProcess) -> str:
 
 # ------------------------------------------------------------------------------------- servers
 
+
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory):
     """TCP behind TLS with the generated certificate; WebSocket and QUIC on their defaults."""
-    srv = ServerProcess(tmp_path_factory.mktemp("tls") / "data", extra_env={
-        "IGGY_TCP_TLS_ENABLED": "true",
-        "IGGY_SYSTEM_ENGINE": "auto",          # uring can't do TLS: auto falls back to asyncio
-    }).start()
+    srv = ServerProcess(
+        tmp_path_factory.mktemp("tls") / "data",
+        extra_env={
+            "IGGY_TCP_TLS_ENABLED": "true",
+            "IGGY_SYSTEM_ENGINE": "auto",  # uring can't do TLS: auto falls back to asyncio
+        },
+    ).start()
     yield srv
     assert srv.stop() == 0, srv.log()
     assert "Traceback" not in srv.log(), srv.log()
@@ -113,9 +127,14 @@ def cert_path(tls_server) -> str:
 
 def tls_config(srv, ca_file=None, validate=True, domain=None):
     m = sdk()
-    return m.TcpConfig(server_address=srv.tcp_address, tls_enabled=True, tls_ca_file=ca_file,
-                       tls_validate_certificate=validate, tls_domain=domain,
-                       reconnection=m.TcpReconnectionConfig(enabled=False))
+    return m.TcpConfig(
+        server_address=srv.tcp_address,
+        tls_enabled=True,
+        tls_ca_file=ca_file,
+        tls_validate_certificate=validate,
+        tls_domain=domain,
+        reconnection=m.TcpReconnectionConfig(enabled=False),
+    )
 
 
 def quic_config(srv):
@@ -127,6 +146,7 @@ def ws_config(srv, **kw):
 
 
 # ------------------------------------------------------------------------------------- TLS
+
 
 async def test_tls_sdk_round_trip_trusting_the_generated_certificate(tls_server, cert_path):
     pem = open(cert_path, "rb").read()
@@ -147,7 +167,7 @@ async def test_tls_sdk_with_domain_name_and_without_validation(tls_server, cert_
 
 async def test_tls_sdk_refuses_an_untrusted_certificate(tls_server):
     with pytest.raises(Exception):
-        await sdk_session(tls_config(tls_server))            # system roots don't know our certificate
+        await sdk_session(tls_config(tls_server))  # system roots don't know our certificate
 
 
 def test_plain_tcp_client_against_the_tls_port_is_refused_cleanly(tls_server):
@@ -175,6 +195,7 @@ def test_plain_tcp_client_against_the_tls_port_is_refused_cleanly(tls_server):
 
 # ------------------------------------------------------------------------------------- WebSocket
 
+
 async def test_websocket_sdk_round_trip(tls_server):
     client = await sdk_session(ws_config(tls_server))
     await round_trip(client, "over-ws")
@@ -184,10 +205,11 @@ async def test_websocket_sdk_round_trip(tls_server):
 
 async def test_websocket_messages_holding_parts_of_frames_and_several_frames(tls_server):
     from websockets.asyncio.client import connect
+
     async with connect(f"ws://127.0.0.1:{tls_server.ws_port}/", compression=None) as ws:
         login = login_frame()
         for a, b in ((0, 100), (100, 256), (256, 300), (300, len(login))):
-            await ws.send(login[a:b])                       # one frame over four messages
+            await ws.send(login[a:b])  # one frame over four messages
         reply = await asyncio.wait_for(ws.recv(), 10)
         session = session_of(reply)
         await ws.send(ping_frame(session, 1) + ping_frame(session, 2) + ping_frame(session, 3)[:10])
@@ -203,9 +225,10 @@ async def test_websocket_messages_holding_parts_of_frames_and_several_frames(tls
 
 async def test_websocket_invalid_frame_closes_the_connection(tls_server):
     from websockets.asyncio.client import connect
+
     async with connect(f"ws://127.0.0.1:{tls_server.ws_port}/") as ws:
         bad = bytearray(login_frame())
-        bad[48:52] = (10).to_bytes(4, "little")             # size below the header
+        bad[48:52] = (10).to_bytes(4, "little")  # size below the header
         await ws.send(bytes(bad))
         with pytest.raises(Exception):
             await asyncio.wait_for(ws.recv(), 10)
@@ -213,6 +236,7 @@ async def test_websocket_invalid_frame_closes_the_connection(tls_server):
 
 
 # ------------------------------------------------------------------------------------- QUIC
+
 
 async def test_quic_sdk_round_trip(tls_server):
     client = await sdk_session(quic_config(tls_server))
@@ -226,6 +250,7 @@ async def test_quic_raw_streams_serve_the_generated_certificate(tls_server, cert
     certificate verifies against the generated CA file for localhost."""
     from aioquic.asyncio import connect
     from aioquic.quic.configuration import QuicConfiguration
+
     conf = QuicConfiguration(is_client=True, server_name="localhost")
     conf.load_verify_locations(cafile=cert_path)
     async with connect("127.0.0.1", tls_server.quic_port, configuration=conf) as conn:
@@ -239,7 +264,7 @@ async def test_quic_raw_streams_serve_the_generated_certificate(tls_server, cert
         session = session_of(first + await reader.readexactly(size - 256))
         writer.write(ping_frame(session, 1))
         writer.write_eof()
-        rest = await asyncio.wait_for(reader.read(), 10)        # the server finishes the stream
+        rest = await asyncio.wait_for(reader.read(), 10)  # the server finishes the stream
         assert split_replies(rest) == [(8, 0, 256)]
         for request in (2, 3):
             reader, writer = await conn.create_stream()
@@ -249,6 +274,7 @@ async def test_quic_raw_streams_serve_the_generated_certificate(tls_server, cert
 
 
 # ------------------------------------------------------------------------------------- all three
+
 
 async def test_get_clients_reports_each_transport(tls_server, cert_path):
     clients = {
@@ -265,19 +291,22 @@ async def test_get_clients_reports_each_transport(tls_server, cert_path):
 
 def test_runtime_config_records_every_bound_listener(tls_server):
     text = runtime_config(tls_server)
-    for section, port in (("tcp", tls_server.tcp_port), ("quic", tls_server.quic_port),
-                          ("websocket", tls_server.ws_port)):
+    for section, port in (
+        ("tcp", tls_server.tcp_port),
+        ("quic", tls_server.quic_port),
+        ("websocket", tls_server.ws_port),
+    ):
         assert f'[{section}]\naddress = "127.0.0.1:{port}"' in text
 
 
 # ------------------------------------------------------------------------------------- WSS, files
 
+
 async def test_websocket_over_tls(tmp_path):
     srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_WEBSOCKET_TLS_ENABLED": "true"}).start()
     try:
         cert = str(srv.data_dir / "certs" / tls.CERT_NAME)
-        client = await sdk_session(ws_config(srv, tls_enabled=True, tls_ca_file=cert,
-                                             tls_validate_certificate=True))
+        client = await sdk_session(ws_config(srv, tls_enabled=True, tls_ca_file=cert, tls_validate_certificate=True))
         await round_trip(client, "over-wss")
         assert parse_me(await client.send_binary_request(20, b""))[1] == TRANSPORT_WEBSOCKET
         assert "WebSocket server listening" in srv.log() and "(TLS)" in srv.log()
@@ -290,19 +319,26 @@ async def test_certificate_files_from_config(tmp_path):
     cert, key = tmp_path / "server.pem", tmp_path / "server.key"
     cert.write_bytes(cert_pem)
     key.write_bytes(key_pem)
-    srv = ServerProcess(tmp_path / "data", extra_env={
-        "IGGY_SYSTEM_ENGINE": "asyncio",
-        "IGGY_TCP_TLS_ENABLED": "true", "IGGY_TCP_TLS_SELF_SIGNED": "false",
-        "IGGY_TCP_TLS_CERT_FILE": str(cert), "IGGY_TCP_TLS_KEY_FILE": str(key),
-        "IGGY_QUIC_CERTIFICATE_SELF_SIGNED": "false",
-        "IGGY_QUIC_CERTIFICATE_CERT_FILE": str(cert), "IGGY_QUIC_CERTIFICATE_KEY_FILE": str(key),
-    }).start()
+    srv = ServerProcess(
+        tmp_path / "data",
+        extra_env={
+            "IGGY_SYSTEM_ENGINE": "asyncio",
+            "IGGY_TCP_TLS_ENABLED": "true",
+            "IGGY_TCP_TLS_SELF_SIGNED": "false",
+            "IGGY_TCP_TLS_CERT_FILE": str(cert),
+            "IGGY_TCP_TLS_KEY_FILE": str(key),
+            "IGGY_QUIC_CERTIFICATE_SELF_SIGNED": "false",
+            "IGGY_QUIC_CERTIFICATE_CERT_FILE": str(cert),
+            "IGGY_QUIC_CERTIFICATE_KEY_FILE": str(key),
+        },
+    ).start()
     try:
-        assert not (srv.data_dir / "certs").exists()          # nothing generated
+        assert not (srv.data_dir / "certs").exists()  # nothing generated
         client = await sdk_session(tls_config(srv, ca_file=str(cert)))
         await round_trip(client, "file-cert")
         from aioquic.asyncio import connect
         from aioquic.quic.configuration import QuicConfiguration
+
         conf = QuicConfiguration(is_client=True, server_name="localhost")
         conf.load_verify_locations(cafile=str(cert))
         async with connect("127.0.0.1", srv.quic_port, configuration=conf) as conn:
@@ -315,16 +351,22 @@ async def test_certificate_files_from_config(tmp_path):
 
 
 def test_missing_certificate_files_refuse_to_start(tmp_path):
-    srv = ServerProcess(tmp_path / "data", extra_env={
-        "IGGY_SYSTEM_ENGINE": "asyncio", "IGGY_TCP_TLS_ENABLED": "true", "IGGY_TCP_TLS_SELF_SIGNED": "false",
-        "IGGY_TCP_TLS_CERT_FILE": str(tmp_path / "nope.pem"),
-    })
+    srv = ServerProcess(
+        tmp_path / "data",
+        extra_env={
+            "IGGY_SYSTEM_ENGINE": "asyncio",
+            "IGGY_TCP_TLS_ENABLED": "true",
+            "IGGY_TCP_TLS_SELF_SIGNED": "false",
+            "IGGY_TCP_TLS_CERT_FILE": str(tmp_path / "nope.pem"),
+        },
+    )
     with pytest.raises(RuntimeError) as err:
         srv.start(timeout=15)
     assert "tcp.tls: certificate files not found" in str(err.value)
 
 
 # ------------------------------------------------------------------------------------- failures
+
 
 def test_quic_and_websocket_ports_in_use_are_logged_and_tcp_still_serves(tmp_path):
     srv = ServerProcess(tmp_path / "data")
@@ -352,8 +394,9 @@ def test_quic_and_websocket_ports_in_use_are_logged_and_tcp_still_serves(tmp_pat
 
 
 def test_disabled_transports_bind_nothing(tmp_path):
-    srv = ServerProcess(tmp_path / "data", extra_env={"IGGY_QUIC_ENABLED": "false",
-                                                      "IGGY_WEBSOCKET_ENABLED": "false"}).start()
+    srv = ServerProcess(
+        tmp_path / "data", extra_env={"IGGY_QUIC_ENABLED": "false", "IGGY_WEBSOCKET_ENABLED": "false"}
+    ).start()
     try:
         text = runtime_config(srv)
         assert "[quic]" not in text and "[websocket]" not in text
@@ -375,8 +418,10 @@ async def test_stop_with_open_quic_and_websocket_clients(tmp_path):
 
 # ------------------------------------------------------------------------------------- units
 
+
 def test_generated_certificate_names_and_key_usage():
     from cryptography import x509
+
     hosts = ["localhost", "127.0.0.1", "::1", "iggy.example", "localhost"]
     cert_pem, key_pem = tls.generate_self_signed(hosts)
     cert = x509.load_pem_x509_certificate(cert_pem)
@@ -389,6 +434,7 @@ def test_generated_certificate_names_and_key_usage():
 
 def test_certificate_precedence(tmp_path, caplog):
     from iggy.config import load_config
+
     certs = tls.Certificates(load_config(env={"IGGY_SYSTEM_PATH": str(tmp_path / "data")}))
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     cert.write_bytes(b"x")
@@ -411,12 +457,14 @@ def test_certificate_precedence(tmp_path, caplog):
 
 def test_transport_config_keys():
     from iggy.config import ConfigError, load_config
+
     cfg = load_config(env={})
     assert (cfg.quic.receive_window, cfg.quic.stream_receive_window) == (64 << 20, 64 << 20)
     assert cfg.websocket.tls.self_signed is True
     with pytest.raises(ConfigError, match="quic.receive_window"):
         load_config(env={"IGGY_QUIC_RECEIVE_WINDOW": "lots"})
     from iggy.engine.frontdoors.quic import quic_configuration
+
     conf_env = {"IGGY_QUIC_MAX_IDLE_TIMEOUT": "0 s", "IGGY_QUIC_STREAM_RECEIVE_WINDOW": "1 MiB"}
     cfg = load_config(env=conf_env)
     pem, key = tls.generate_self_signed()
@@ -434,13 +482,16 @@ def test_readme_transport_snippet_connects(tls_server, cert_path):
     import subprocess
     import sys
     from pathlib import Path
+
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = text.split("## Transports", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    for old, new in (("127.0.0.1:8090", tls_server.tcp_address),
-                     ("127.0.0.1:8092", f"127.0.0.1:{tls_server.ws_port}"),
-                     ("127.0.0.1:8080", f"127.0.0.1:{tls_server.quic_port}"),
-                     ("local_data/certs/iggy_cert.pem", cert_path)):
+    for old, new in (
+        ("127.0.0.1:8090", tls_server.tcp_address),
+        ("127.0.0.1:8092", f"127.0.0.1:{tls_server.ws_port}"),
+        ("127.0.0.1:8080", f"127.0.0.1:{tls_server.quic_port}"),
+        ("local_data/certs/iggy_cert.pem", cert_path),
+    ):
         assert old in block
         block = block.replace(old, new)
     script = block + (
@@ -451,9 +502,10 @@ def test_readme_transport_snippet_connects(tls_server, cert_path):
         f"        await c.login_user({ROOT_USER!r}, {ROOT_PASSWORD!r})\n"
         "        await c.ping()\n"
         "    print('ok')\n"
-        "asyncio.run(main())\n")
+        "asyncio.run(main())\n"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert "ok" in out.stdout, out.stderr      # not the exit code: the SDK sometimes aborts at exit
+    assert "ok" in out.stdout, out.stderr  # not the exit code: the SDK sometimes aborts at exit
 
 
 def test_bad_quic_certificate_files_refuse_to_start(tmp_path):

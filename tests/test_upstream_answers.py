@@ -8,6 +8,7 @@ dispatch.rs do. HTTP: the same answers, `POST .../partitions` is 200 with an emp
 successful answers carry `iggy-view: 0` (not /ping, not errors), and `http.web_ui = true` is
 accepted (one log line without `http.web_ui_dir`; the folder is served under /ui with it).
 """
+
 from __future__ import annotations
 
 import struct
@@ -17,11 +18,23 @@ import pytest
 
 from iggy.protocol import codes
 from tests.conftest import ROOT_PASSWORD, ROOT_USER, ServerProcess, connect_root, uniq
-from tests.test_trailing_bytes import (GROUP_ID_NOT_FOUND, OP, READ, STREAM_ID_NOT_FOUND, TOPIC_ID_NOT_FOUND,
-                                       World, offset_body, ok, poll_body, send_body, topic_partitions)
 from tests.rawclient import ident, wire_name
+from tests.test_trailing_bytes import (
+    GROUP_ID_NOT_FOUND,
+    OP,
+    READ,
+    STREAM_ID_NOT_FOUND,
+    TOPIC_ID_NOT_FOUND,
+    World,
+    offset_body,
+    ok,
+    poll_body,
+    send_body,
+    topic_partitions,
+)
 
 # ------------------------------------------------------------------ not-found codes over TCP
+
 
 def test_missing_names_get_the_id_codes(raw_root):
     w = World(raw_root)
@@ -124,10 +137,12 @@ def test_http_missing_things(srv, raw_root):
         _typed_404(api.put(f"/streams/{w.s}/topics/{gone}", json={"name": "x"}), TOPIC_ID_NOT_FOUND)
         _typed_404(api.delete(f"/streams/{w.s}/topics/{gone}"), TOPIC_ID_NOT_FOUND)
         _typed_404(api.delete(f"/streams/{w.s}/topics/{gone}/purge"), TOPIC_ID_NOT_FOUND)
-        _typed_404(api.post(f"/streams/{w.s}/topics/{gone}/partitions", json={"partitions_count": 1}),
-                   TOPIC_ID_NOT_FOUND)
-        _typed_404(api.delete(f"/streams/{w.s}/topics/{gone}/partitions", params={"partitions_count": 1}),
-                   TOPIC_ID_NOT_FOUND)
+        _typed_404(
+            api.post(f"/streams/{w.s}/topics/{gone}/partitions", json={"partitions_count": 1}), TOPIC_ID_NOT_FOUND
+        )
+        _typed_404(
+            api.delete(f"/streams/{w.s}/topics/{gone}/partitions", params={"partitions_count": 1}), TOPIC_ID_NOT_FOUND
+        )
         _typed_404(api.delete(f"/streams/{w.s}/topics/t/consumer-groups/{gone}"), GROUP_ID_NOT_FOUND)
         _typed_404(api.get(f"/streams/{gone}/topics/t/consumer-groups"), STREAM_ID_NOT_FOUND)
         _typed_404(api.get(f"/streams/{w.s}/topics/{gone}/consumer-groups"), TOPIC_ID_NOT_FOUND)
@@ -149,14 +164,18 @@ def test_http_create_partitions_answers_an_empty_body(srv, raw_root):
 def test_http_view_header(srv, raw_root):
     w = World(raw_root)
     with _http(srv) as api:
-        for r in (api.get("/streams"), api.get(f"/streams/{w.s}"), api.get("/stats"),
-                  api.post(f"/streams/{w.s}/topics/t/partitions", json={"partitions_count": 1}),
-                  api.delete(f"/streams/{w.s}/purge"),
-                  httpx.post(srv.http_url + "/users/login", json=ROOT)):
+        for r in (
+            api.get("/streams"),
+            api.get(f"/streams/{w.s}"),
+            api.get("/stats"),
+            api.post(f"/streams/{w.s}/topics/t/partitions", json={"partitions_count": 1}),
+            api.delete(f"/streams/{w.s}/purge"),
+            httpx.post(srv.http_url + "/users/login", json=ROOT),
+        ):
             assert r.status_code < 300 and r.headers.get("iggy-view") == "0", (r.request.url, r.headers)
         assert "iggy-view" not in api.get("/ping").headers
         assert "iggy-view" not in api.get(f"/streams/{uniq('gone')}").headers
-        assert "iggy-view" not in httpx.get(srv.http_url + "/streams").headers        # 401
+        assert "iggy-view" not in httpx.get(srv.http_url + "/streams").headers  # 401
         r = api.get("/streams", headers={"Origin": "http://ui.example"})
         assert "iggy-view" in r.headers.get("access-control-expose-headers", "")
 
@@ -176,8 +195,9 @@ def test_http_web_ui_key(tmp_path):
     (ui / "_app").mkdir(parents=True)
     (ui / "index.html").write_text("<html>iggy web ui</html>")
     (ui / "_app" / "env.js").write_text("export const env = {}")
-    server = ServerProcess(tmp_path / "b" / "data",
-                           extra_env={"IGGY_HTTP_WEB_UI": "true", "IGGY_HTTP_WEB_UI_DIR": str(ui)}).start()
+    server = ServerProcess(
+        tmp_path / "b" / "data", extra_env={"IGGY_HTTP_WEB_UI": "true", "IGGY_HTTP_WEB_UI_DIR": str(ui)}
+    ).start()
     try:
         url = server.http_url
         for path in ("/ui", "/ui/", "/ui/streams/1/topics"):

@@ -5,6 +5,7 @@ This builds the Cython core from scratch (about a minute) and installs the runti
 dependencies from the package index into the fresh virtualenv. It is skipped only when a
 build tool is genuinely missing (no C compiler, no liburing.a), with the reason.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,6 +43,7 @@ def _missing_tool() -> str | None:
 def _ping(address: str) -> tuple:
     """One raw PING frame (operation 2, code 1) -> (command, operation, status) of the reply."""
     from iggy.protocol.wire import build_request, parse_reply_header
+
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(build_request(2, 1, b"", session=0, request=1, client=0x1234))
@@ -57,6 +59,7 @@ def _ping(address: str) -> tuple:
 
 async def _sdk(address: str) -> list:
     from apache_iggy import IggyClient
+
     client = IggyClient(address)
     await client.connect()
     await client.login_user("iggy", "iggy")
@@ -70,8 +73,13 @@ def wheel(tmp_path_factory) -> Path:
         pytest.skip(f"cannot build the wheel here: {reason}")
     out = tmp_path_factory.mktemp("dist")
     started = time.monotonic()
-    proc = subprocess.run([str(REPO / "scripts" / "build_wheel.sh"), str(out)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": sys.executable}, timeout=480)
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "build_wheel.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=480,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     path = Path(proc.stdout.strip().splitlines()[-1])
     assert path.exists() and path.parent == out
@@ -83,49 +91,73 @@ def wheel(tmp_path_factory) -> Path:
 def venv(wheel, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("venv") / "v"
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=120)
-    proc = subprocess.run([str(root / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                           str(wheel)], capture_output=True, text=True, timeout=420)
+    proc = subprocess.run(
+        [str(root / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return root
 
 
 def test_wheel_is_manylinux_with_static_liburing(wheel, venv):
     assert "manylinux" in wheel.name and wheel.name.startswith("iggy-")
-    site = Path(subprocess.check_output([str(venv / "bin" / "python"), "-c",
-                                         "import iggy, os; print(os.path.dirname(iggy.__file__))"], text=True,
-                                        cwd=str(venv)).strip())
-    assert site.is_relative_to(venv), site          # the installed copy, not this checkout
+    site = Path(
+        subprocess.check_output(
+            [str(venv / "bin" / "python"), "-c", "import iggy, os; print(os.path.dirname(iggy.__file__))"],
+            text=True,
+            cwd=str(venv),
+        ).strip()
+    )
+    assert site.is_relative_to(venv), site  # the installed copy, not this checkout
     shards = list((site / "engine" / "uring").glob("shard*.so"))
     assert shards, "the uring engine's extension is missing"
     ldd = subprocess.run(["ldd", str(shards[0])], capture_output=True, text=True).stdout
     assert "liburing" not in ldd, ldd
-    assert not (site.parent / "iggy.libs").exists() or not any("uring" in p.name
-                                                              for p in (site.parent / "iggy.libs").iterdir())
+    assert not (site.parent / "iggy.libs").exists() or not any(
+        "uring" in p.name for p in (site.parent / "iggy.libs").iterdir()
+    )
 
 
 def test_wheel_installs_the_commands_and_the_pytest_plugin(venv):
     bin_dir = venv / "bin"
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     for command in ("iggy-server", "iggy"):
-        proc = subprocess.run([str(bin_dir / command), "--version"], capture_output=True, text=True, timeout=60,
-                              cwd=str(venv))
+        proc = subprocess.run(
+            [str(bin_dir / command), "--version"], capture_output=True, text=True, timeout=60, cwd=str(venv)
+        )
         assert proc.returncode == 0 and version in proc.stdout, proc.stdout + proc.stderr
-    plugins = subprocess.check_output([str(bin_dir / "python"), "-c",
-                                       "from importlib.metadata import entry_points; "
-                                       "print([e.value for e in entry_points(group='pytest11')])"], text=True)
+    plugins = subprocess.check_output(
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "from importlib.metadata import entry_points; print([e.value for e in entry_points(group='pytest11')])",
+        ],
+        text=True,
+    )
     assert "iggy.testing.plugin" in plugins
 
 
 def test_server_from_the_wheel_serves_clients(venv, tmp_path):
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("IGGY_") and k not in ("PYTHONPATH",)}
-    env.update({"IGGY_SYSTEM_PATH": str(data), "IGGY_ROOT_USERNAME": "iggy", "IGGY_ROOT_PASSWORD": "iggy",
-                "IGGY_TCP_ADDRESS": "127.0.0.1:0", "IGGY_HTTP_ADDRESS": "127.0.0.1:0",
-                "IGGY_QUIC_ADDRESS": "127.0.0.1:0", "IGGY_WEBSOCKET_ADDRESS": "127.0.0.1:0"})
+    env.update(
+        {
+            "IGGY_SYSTEM_PATH": str(data),
+            "IGGY_ROOT_USERNAME": "iggy",
+            "IGGY_ROOT_PASSWORD": "iggy",
+            "IGGY_TCP_ADDRESS": "127.0.0.1:0",
+            "IGGY_HTTP_ADDRESS": "127.0.0.1:0",
+            "IGGY_QUIC_ADDRESS": "127.0.0.1:0",
+            "IGGY_WEBSOCKET_ADDRESS": "127.0.0.1:0",
+        }
+    )
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(venv / "bin" / "iggy-server")], env=env, cwd=str(tmp_path), stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(venv / "bin" / "iggy-server")], env=env, cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         runtime = data / "runtime" / "current_config.toml"
         deadline = time.monotonic() + 60
@@ -135,7 +167,7 @@ def test_server_from_the_wheel_serves_clients(venv, tmp_path):
             time.sleep(0.05)
         tcp = tomllib.loads(runtime.read_text())["tcp"]["address"]
 
-        assert _ping(tcp) == (8, 2, 0)                  # Reply, operation echoed, status ok
+        assert _ping(tcp) == (8, 2, 0)  # Reply, operation echoed, status ok
         cli = [str(venv / "bin" / "iggy"), "--tcp-server-address", tcp, "-u", "iggy", "-p", "iggy"]
         subprocess.run(cli + ["stream", "create", "from-wheel"], check=True, capture_output=True, timeout=60)
         listed = json.loads(subprocess.check_output(cli + ["--json", "stream", "list"], text=True, timeout=60))
@@ -143,7 +175,8 @@ def test_server_from_the_wheel_serves_clients(venv, tmp_path):
         assert asyncio.run(_sdk(tcp)) == ["from-wheel"]
 
         from iggy.engine.uring.engine import probe
-        if probe() is None:                             # io_uring usable here: the static liburing works
+
+        if probe() is None:  # io_uring usable here: the static liburing works
             assert "(uring engine" in log_path.read_text(), log_path.read_text()
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -1,4 +1,5 @@
 """Unit tests of the Cython wire codec: checksums, headers, framing, body reader and writer."""
+
 import struct
 
 import pytest
@@ -6,21 +7,41 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iggy.protocol.wire import (
-    FrameError, FrameReader, Reader, Writer, build_eviction, build_reply, build_request, parse_header,
-    parse_reply_header,
-)
 from iggy._core.checksum import xxh3_64, xxh32
 from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.protocol.wire import (
+    FrameError,
+    FrameReader,
+    Reader,
+    Writer,
+    build_eviction,
+    build_reply,
+    build_request,
+    parse_header,
+    parse_reply_header,
+)
 
 # A.1 of TCP.md: PING before login, full header
 PING_HEADER = bytes.fromhex(
-    "00" * 48 + "00010000" + "00000000" + "00000000" + "05" + "00" * 67
-    + "c05b229bc1cb4acf8025cf7108ad8b76" + "00" * 16 + "0000000000000000" + "0100000000000000"
-    + "02" + "00" * 7 + "0000000000000000" + "00000000" + "01000000" + "00" * 56
+    "00" * 48
+    + "00010000"
+    + "00000000"
+    + "00000000"
+    + "05"
+    + "00" * 67
+    + "c05b229bc1cb4acf8025cf7108ad8b76"
+    + "00" * 16
+    + "0000000000000000"
+    + "0100000000000000"
+    + "02"
+    + "00" * 7
+    + "0000000000000000"
+    + "00000000"
+    + "01000000"
+    + "00" * 56
 )
 # A.2: the login body of login_user("iggy", "iggy")
-LOGIN_BODY = bytes.fromhex("002c0000" "08727573742d73646b" "06302e31312e30" "0469676779" "0469676779" "00000000")
+LOGIN_BODY = bytes.fromhex("002c000008727573742d73646b06302e31312e300469676779046967677900000000")
 
 
 def test_xxhash_vectors_match_reference():
@@ -54,9 +75,9 @@ def test_reply_echoes_request_fields():
     reply = build_reply(req, 0, b"\x00\x00\x00\x00", session=7, commit=3)
     size, command, operation, status, _ = parse_reply_header(reply)
     assert (size, command, operation, status) == (260, 8, 128, 0)
-    assert reply[160:176] == (42).to_bytes(16, "little")            # client echoed
-    assert reply[128:144] == req.raw[144:160]                        # request checksum echoed
-    assert struct.unpack_from("<Q", reply, 200)[0] == 9              # request number echoed
+    assert reply[160:176] == (42).to_bytes(16, "little")  # client echoed
+    assert reply[128:144] == req.raw[144:160]  # request checksum echoed
+    assert struct.unpack_from("<Q", reply, 200)[0] == 9  # request number echoed
     assert reply[256:] == b"\x00\x00\x00\x00"
 
 
@@ -67,9 +88,11 @@ def test_eviction_frame_layout():
 
 
 def _frames():
-    return [build_request(2, 1, b"", request=1, client=9),
-            build_request(1, 0, LOGIN_BODY, client=9, with_checksum=True),
-            build_request(2, 300, b"\x01\x04\x00\x00\x00\x00" * 2, session=3, request=2, client=9)]
+    return [
+        build_request(2, 1, b"", request=1, client=9),
+        build_request(1, 0, LOGIN_BODY, client=9, with_checksum=True),
+        build_request(2, 300, b"\x01\x04\x00\x00\x00\x00" * 2, session=3, request=2, client=9),
+    ]
 
 
 def _drain(reader):
@@ -96,7 +119,7 @@ def test_frame_reader_byte_by_byte():
     r = FrameReader()
     got = []
     for i in range(len(stream)):
-        r.feed(stream[i:i + 1])
+        r.feed(stream[i : i + 1])
         got += _drain(r)
     assert [b for _, b in got] == [b"", LOGIN_BODY, b"\x01\x04\x00\x00\x00\x00" * 2]
 
@@ -166,12 +189,18 @@ def test_frame_reader_never_crashes_on_garbage(data):
 
 
 def test_reader_fields_and_errors():
-    body = (b"\x01\x04\x07\x00\x00\x00" + b"\x02\x02s1" + b"\x02\x03123" + b"\x03abc"
-            + struct.pack("<QI", 2**64 - 1, 5) + b"\x01\x00\x00\x00x")
+    body = (
+        b"\x01\x04\x07\x00\x00\x00"
+        + b"\x02\x02s1"
+        + b"\x02\x03123"
+        + b"\x03abc"
+        + struct.pack("<QI", 2**64 - 1, 5)
+        + b"\x01\x00\x00\x00x"
+    )
     r = Reader(body)
     assert r.identifier() == 7
     assert r.identifier() == "s1"
-    assert r.identifier() == 123           # a name of digits is a numeric id
+    assert r.identifier() == 123  # a name of digits is a numeric id
     assert r.name() == "abc"
     assert r.u64() == 2**64 - 1
     assert r.u32() == 5
@@ -182,13 +211,16 @@ def test_reader_fields_and_errors():
     assert e.value.code == ErrorCode.INVALID_COMMAND
 
 
-@pytest.mark.parametrize("body,code", [
-    (b"\x01\x02\x00\x00", ErrorCode.INVALID_IDENTIFIER),      # numeric id must be 4 bytes
-    (b"\x03\x01x", ErrorCode.INVALID_IDENTIFIER),              # unknown kind
-    (b"\x02\x00", ErrorCode.INVALID_IDENTIFIER),               # empty name
-    (b"\x02\x05ab", ErrorCode.INVALID_COMMAND),                # lying length
-    (b"\x02\x02\xff\xfe", ErrorCode.INVALID_IDENTIFIER),       # not UTF-8
-])
+@pytest.mark.parametrize(
+    "body,code",
+    [
+        (b"\x01\x02\x00\x00", ErrorCode.INVALID_IDENTIFIER),  # numeric id must be 4 bytes
+        (b"\x03\x01x", ErrorCode.INVALID_IDENTIFIER),  # unknown kind
+        (b"\x02\x00", ErrorCode.INVALID_IDENTIFIER),  # empty name
+        (b"\x02\x05ab", ErrorCode.INVALID_COMMAND),  # lying length
+        (b"\x02\x02\xff\xfe", ErrorCode.INVALID_IDENTIFIER),  # not UTF-8
+    ],
+)
 def test_reader_rejects_bad_identifiers(body, code):
     with pytest.raises(IggyError) as e:
         Reader(body).identifier()
@@ -202,7 +234,7 @@ def test_reader_leftover_block_bytes_and_empty_name():
     r = Reader(b"\x01\x02")
     r.u8()
     with pytest.raises(IggyError) as e:
-        r.end_of_block()                 # only for length-prefixed blocks; bodies ignore the rest
+        r.end_of_block()  # only for length-prefixed blocks; bodies ignore the rest
     assert e.value.code == ErrorCode.INVALID_COMMAND
 
 
@@ -210,7 +242,7 @@ def test_reader_tlv_options():
     block = b"\x02\x01\x00\x00\x00k" + b"\x0c\x08\x00\x00\x00" + (5).to_bytes(8, "little")
     assert Reader(block).tlv() == [(2, b"k"), (12, (5).to_bytes(8, "little"))]
     with pytest.raises(IggyError):
-        Reader(b"\x02\x09\x00\x00\x00k").tlv()   # value runs past the end
+        Reader(b"\x02\x09\x00\x00\x00k").tlv()  # value runs past the end
 
 
 def test_writer_round_trips_through_reader():
@@ -263,14 +295,14 @@ def test_frame_reader_gives_a_big_buffer_back_after_the_frame():
     big = build_request(2, 1, b"\0" * (8 << 20), client=9)
     ping = build_request(2, 1, b"", client=9)
     pos = 0
-    while pos < len(big):                      # as asyncio's BufferedProtocol fills it
+    while pos < len(big):  # as asyncio's BufferedProtocol fills it
         view = r.get_buffer()
         n = min(len(view), len(big) - pos)
-        view[:n] = big[pos:pos + n]
+        view[:n] = big[pos : pos + n]
         r.buffer_updated(n)
         pos += n
     assert r.capacity >= 8 << 20
-    r.feed(ping[:100])                         # a little of the next frame is in too
+    r.feed(ping[:100])  # a little of the next frame is in too
     assert len(r.next_frame()[1]) == 8 << 20
     assert r.capacity == 65536 and r.buffered == 100
     r.feed(ping[100:])

@@ -48,6 +48,7 @@ Wire bodies (TCP.md 7.3, 9.8)::
     sync           u64 generation, u32 count, count x u32 partition   (empty: not a member)
                    (the partitions the caller may poll)
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -72,21 +73,22 @@ CHECK_INTERVAL = 1.0
 class Member:
     id: int
     session: object
-    partitions: list = field(default_factory=list)   # owned (hand-overs included), sorted
+    partitions: list = field(default_factory=list)  # owned (hand-overs included), sorted
 
 
 @dataclass(eq=False)
 class Handover:
     """A partition on its way from `source` (still its owner) to `target`."""
+
     source: Member
     target: Member
-    deadline: float             # time.monotonic() after which the move is forced
+    deadline: float  # time.monotonic() after which the move is forced
 
 
 @dataclass
 class Membership:
     generation: int = 0
-    members: list = field(default_factory=list)   # in join order
+    members: list = field(default_factory=list)  # in join order
     handovers: dict = field(default_factory=dict)  # partition id -> Handover
 
     def pollable(self, member: Member) -> list:
@@ -99,7 +101,7 @@ class GroupCoordinator:
     def __init__(self, plane):
         self.plane = plane
         self.groups: dict[tuple[int, int, int], Membership] = {}
-        self.version = 0          # bumped by every assignment change
+        self.version = 0  # bumped by every assignment change
         self.listeners: list = []  # listener(group keys), after each (the shards' routing table follows)
         config = getattr(plane, "config", None)
         # seconds (the configuration converts durations when it is loaded)
@@ -111,7 +113,7 @@ class GroupCoordinator:
         self._published: dict[tuple[int, int, int], tuple[dict, dict]] = {}
         try:
             self._loop = asyncio.get_running_loop()
-        except RuntimeError:      # built outside a server (unit tests): everything runs inline
+        except RuntimeError:  # built outside a server (unit tests): everything runs inline
             self._loop = None
         self._loop_thread = threading.get_ident()
         self._timer = None
@@ -130,8 +132,7 @@ class GroupCoordinator:
         before the coordinator looks at the partition under that lock, so no poll is served to
         a member after it was found to have nothing in flight."""
         published = self._published.get(key)
-        return published is not None and \
-            published[0 if poll else 1].get(partition_id) == session.client_id
+        return published is not None and published[0 if poll else 1].get(partition_id) == session.client_id
 
     def membership(self, key) -> Membership:
         m = self.groups.get(key)
@@ -224,7 +225,7 @@ class GroupCoordinator:
         else:
             try:
                 self._loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:      # the loop closed: the server is stopping
+            except RuntimeError:  # the loop closed: the server is stopping
                 pass
 
     def _topic_partitions(self, key) -> list:
@@ -251,8 +252,7 @@ class GroupCoordinator:
         for member in members:
             member.partitions = [pid for pid in member.partitions if pid in valid]
         for pid, h in list(m.handovers.items()):
-            if pid not in valid or h.source not in members or h.target not in members \
-                    or pid not in h.source.partitions:
+            if pid not in valid or h.source not in members or h.target not in members or pid not in h.source.partitions:
                 del m.handovers[pid]
         m.generation += 1
         if not members:
@@ -277,14 +277,19 @@ class GroupCoordinator:
             # cheapest to give up first: a partition still on its way to this member (its owner
             # keeps it), then one it holds with nothing in flight (moves at once); highest ids first
             mine = [pid for pid in pids if target[pid] is member]
-            mine.sort(key=lambda pid: (owner.get(pid) is member,
-                                       owner.get(pid) is member and self._in_flight(key, member, pid), -pid))
+            mine.sort(
+                key=lambda pid: (
+                    owner.get(pid) is member,
+                    owner.get(pid) is member and self._in_flight(key, member, pid),
+                    -pid,
+                )
+            )
             for pid in mine[:surplus]:
                 target[pid] = None
                 pool.append(pid)
                 count[member] -= 1
         rest = []
-        for pid in sorted(pool):          # back to its owner if that one has room: nothing moves
+        for pid in sorted(pool):  # back to its owner if that one has room: nothing moves
             o = owner.get(pid)
             if o is not None and count[o] < quota[o]:
                 target[pid] = o
@@ -313,7 +318,7 @@ class GroupCoordinator:
         now = time.monotonic()
         changed = []
         with self._lock:
-            for k in ([key] if key is not None else list(self.groups)):
+            for k in [key] if key is not None else list(self.groups):
                 m = self.groups.get(k)
                 if m is None:
                     continue
@@ -416,7 +421,7 @@ def encode_group_details(plane, s, t, g) -> bytes:
     w = Writer()
     encode_group(plane, w, s, t, g)
     m = plane.groups.groups.get((s.id, t.id, g.id))
-    for member in (m.members if m else []):
+    for member in m.members if m else []:
         w.u32(member.id).u32(len(member.partitions))
         for pid in member.partitions:
             w.u32(pid)
@@ -452,11 +457,12 @@ def read_create(r: Reader) -> tuple:
 # and the group is looked up after the check (upstream core/server/src/responses.rs:
 # ensure_topic_exists)
 
+
 @command(codes.GET_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_group, encode=encode_found_group)
 def get_consumer_group(plane, session, s, t, gid):
     g = lookup.find_group(t, gid)
     if g is None:
-        return None            # an empty body
+        return None  # an empty body
     return s, t, g
 
 
@@ -469,8 +475,7 @@ def get_consumer_groups(plane, session, s, t):
 def create_consumer_group(plane, session, s, t, name: str):
     if any(g.name == name for g in t.groups.values()):
         raise IggyError(ErrorCode.CONSUMER_GROUP_NAME_ALREADY_EXISTS)
-    rec = plane.meta.commit({"op": "group.create", "stream": s.id, "topic": t.id, "id": t.next_group_id,
-                             "name": name})
+    rec = plane.meta.commit({"op": "group.create", "stream": s.id, "topic": t.id, "id": t.next_group_id, "name": name})
     return s, t, t.groups[rec["id"]]
 
 

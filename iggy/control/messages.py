@@ -24,6 +24,7 @@ Wire bodies (TCP.md 7.4, 8.1, 8.5, 8.6, 9.9, 9.12)::
              [u64 offset (store)], [u8 ack (store, delete)]
              get -> u32 partition, u64 current_offset, u64 stored_offset (empty: none stored)
 """
+
 from __future__ import annotations
 
 import struct
@@ -46,8 +47,7 @@ STRATEGY_OFFSET, STRATEGY_TIMESTAMP = codes.STRATEGY_OFFSET, codes.STRATEGY_TIME
 STRATEGY_FIRST, STRATEGY_LAST, STRATEGY_NEXT = codes.STRATEGY_FIRST, codes.STRATEGY_LAST, codes.STRATEGY_NEXT
 
 _SEND_REPLY = struct.Struct("<IIIIQ")
-_NO_OFFSET_TARGET = (ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.TOPIC_ID_NOT_FOUND,
-                     ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND)
+_NO_OFFSET_TARGET = (ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.TOPIC_ID_NOT_FOUND, ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND)
 _POLL_HEAD = struct.Struct("<IQI")
 _BATCH_LENGTH = struct.Struct("<Q")
 
@@ -110,13 +110,14 @@ def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int, 
     validate_batch(body, start, end, count)
     partition = open_partition(plane, s, t, pid)
     with partition.lock:
-        if partition.log.closed:         # dropped after the lookup
+        if partition.log.closed:  # dropped after the lookup
             raise vanished(plane, s, t)
         base_offset, appended = partition.log.append(body, start, end, now_us())
         return base_offset, partition.after_append(appended, end - start, inline=inline_fsync)
 
 
 # ------------------------------------------------------------------- request bodies
+
 
 def _read_consumer(r: Reader):
     kind = r.u8()
@@ -173,6 +174,7 @@ def read_store_offset(r: Reader) -> tuple:
 
 # ------------------------------------------------------------------- send
 
+
 def encode_sent(plane, sent) -> bytes:
     return _SEND_REPLY.pack(1, *sent)
 
@@ -182,8 +184,7 @@ def send_messages(plane, session, s, t, kind: int, value: bytes, body, start: in
     """Route and append one batch: (stream id, topic id, partition id, base offset), or an
     awaitable of it when the topic acknowledges after the fsync."""
     pid = choose_partition(plane, s, t, kind, value)
-    base_offset, synced = append_batch(plane, s, t, pid, body, start, end, count,
-                                       inline_fsync=session.inline_fsync)
+    base_offset, synced = append_batch(plane, s, t, pid, body, start, end, count, inline_fsync=session.inline_fsync)
     sent = (s.id, t.id, pid, base_offset)
     if synced is None:
         return sent
@@ -243,15 +244,29 @@ def encode_polled(plane, polled) -> tuple:
 
 
 @command(codes.POLL_MESSAGES, needs=perm.POLL, decode=read_poll, encode=encode_polled)
-def poll_messages(plane, session, s, t, kind, consumer_id, has_partition, partition_id, strategy, value,
-                  count, auto_commit, max_bytes: int | None = None):
+def poll_messages(
+    plane,
+    session,
+    s,
+    t,
+    kind,
+    consumer_id,
+    has_partition,
+    partition_id,
+    strategy,
+    value,
+    count,
+    auto_commit,
+    max_bytes: int | None = None,
+):
     """(partition id, current offset, message count, batches bytes).
 
     The batches are at most max_bytes (default: what fits in the largest frame), or one
     batch. A count of 0 (only over HTTP: the binary decoder refuses it) reads nothing but
     still needs the partition to exist."""
-    partition, store_kind, key = target(plane, session, s, t, kind, consumer_id, has_partition, partition_id,
-                                        FENCE_POLL if count else None)
+    partition, store_kind, key = target(
+        plane, session, s, t, kind, consumer_id, has_partition, partition_id, FENCE_POLL if count else None
+    )
     with partition.lock:
         lg = partition.log
         if lg.closed:
@@ -282,16 +297,17 @@ def poll_messages(plane, session, s, t, kind, consumer_id, has_partition, partit
 
 # ------------------------------------------------------------------- consumer offsets
 
+
 @command(codes.STORE_CONSUMER_OFFSET, needs=perm.POLL, decode=read_store_offset)
-def store_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id,
-                          offset: int) -> None:
+def store_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id, offset: int) -> None:
     """Store under the partition lock. The store raises OffsetStoreError, an IggyError, with
     the code of what failed: 3024 too_many_consumer_offsets, 3023
     cannot_open_consumer_offsets_file, 10006 cannot_write_to_file, 10009 cannot_sync_file. A
     group member's store is fenced (5009) and, once done, tells the group coordinator (a
     partition the member hands over may move then)."""
-    partition, store_kind, key = target(plane, session, s, t, kind, consumer_id, has_partition, partition_id,
-                                        FENCE_COMMIT)
+    partition, store_kind, key = target(
+        plane, session, s, t, kind, consumer_id, has_partition, partition_id, FENCE_COMMIT
+    )
     with partition.lock:
         lg = partition.log
         if lg.closed:
@@ -320,8 +336,9 @@ def read_delete_offset(r: Reader) -> tuple:
 
 @command(codes.DELETE_CONSUMER_OFFSET, needs=perm.POLL, decode=read_delete_offset)
 def delete_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id) -> None:
-    partition, store_kind, key = target(plane, session, s, t, kind, consumer_id, has_partition, partition_id,
-                                        FENCE_COMMIT)
+    partition, store_kind, key = target(
+        plane, session, s, t, kind, consumer_id, has_partition, partition_id, FENCE_COMMIT
+    )
     with partition.lock:
         if partition.log.closed:
             raise vanished(plane, s, t)
@@ -338,13 +355,11 @@ def encode_offset(plane, found) -> bytes:
 # a stream, topic or group that does not resolve has no offset: an empty body, as upstream
 # (core/server/src/dispatch.rs, handle_get_consumer_offset); a missing partition of a topic
 # that exists stays 3007
-@command(codes.GET_CONSUMER_OFFSET, needs=perm.POLL, decode=read_offset_target, encode=encode_offset,
-         missing=None)
+@command(codes.GET_CONSUMER_OFFSET, needs=perm.POLL, decode=read_offset_target, encode=encode_offset, missing=None)
 def get_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id):
     """(partition id, current offset, stored offset), or None when none is stored."""
     try:
-        partition, store_kind, key = target(plane, session, s, t, kind, consumer_id, has_partition,
-                                            partition_id, None)
+        partition, store_kind, key = target(plane, session, s, t, kind, consumer_id, has_partition, partition_id, None)
     except IggyError as exc:
         if exc.code in _NO_OFFSET_TARGET:
             return None

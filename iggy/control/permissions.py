@@ -23,6 +23,7 @@ What each command needs is declared once, as one of the `Rule`s at the end of th
 where the command is registered (`iggy.control.registry.command(code, needs=...)`); the
 registry checks it before the command runs, for the binary protocol and the HTTP API alike.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,10 +34,19 @@ from iggy.protocol.wire import Reader, Writer
 
 ROOT_USER_ID = 0
 
-GLOBAL_FLAGS = ("manage_servers", "read_servers", "manage_users", "read_users", "manage_streams",
-                "read_streams", "manage_topics", "read_topics", "poll_messages", "send_messages")
-STREAM_FLAGS = ("manage_stream", "read_stream", "manage_topics", "read_topics", "poll_messages",
-                "send_messages")
+GLOBAL_FLAGS = (
+    "manage_servers",
+    "read_servers",
+    "manage_users",
+    "read_users",
+    "manage_streams",
+    "read_streams",
+    "manage_topics",
+    "read_topics",
+    "poll_messages",
+    "send_messages",
+)
+STREAM_FLAGS = ("manage_stream", "read_stream", "manage_topics", "read_topics", "poll_messages", "send_messages")
 TOPIC_FLAGS = ("manage_topic", "read_topic", "poll_messages", "send_messages")
 
 _G = {name: i for i, name in enumerate(GLOBAL_FLAGS)}
@@ -126,6 +136,7 @@ def allowed(user, global_flags=(), stream_id=None, stream_flags=(), topic_id=Non
 
 # The rules of SEMANTICS 7.1, one function per kind of operation.
 
+
 def can_read_servers(user) -> bool:
     return allowed(user, ("manage_servers", "read_servers"))
 
@@ -155,9 +166,14 @@ def can_manage_stream(user, stream_id) -> bool:
 
 
 def can_read_topic(user, stream_id, topic_id=None) -> bool:
-    return allowed(user, ("read_streams", "manage_streams", "manage_topics", "read_topics"),
-                   stream_id, ("manage_stream", "read_stream", "manage_topics", "read_topics"),
-                   topic_id, ("manage_topic", "read_topic"))
+    return allowed(
+        user,
+        ("read_streams", "manage_streams", "manage_topics", "read_topics"),
+        stream_id,
+        ("manage_stream", "read_stream", "manage_topics", "read_topics"),
+        topic_id,
+        ("manage_topic", "read_topic"),
+    )
 
 
 def can_create_topic(user, stream_id) -> bool:
@@ -165,18 +181,28 @@ def can_create_topic(user, stream_id) -> bool:
 
 
 def can_manage_topic(user, stream_id, topic_id) -> bool:
-    return allowed(user, ("manage_streams", "manage_topics"), stream_id, ("manage_stream", "manage_topics"),
-                   topic_id, ("manage_topic",))
+    return allowed(
+        user,
+        ("manage_streams", "manage_topics"),
+        stream_id,
+        ("manage_stream", "manage_topics"),
+        topic_id,
+        ("manage_topic",),
+    )
 
 
 # The data-plane rules as (global flags, stream flags, topic flags): used by the checks below
 # and by `data_plane_grants`, which hands them to the shards' C routing table.
-POLL_RULE = (("poll_messages", "read_topics", "manage_topics", "read_streams", "manage_streams"),
-             ("poll_messages", "manage_stream", "read_stream", "manage_topics", "read_topics"),
-             ("manage_topic", "read_topic", "poll_messages"))
-SEND_RULE = (("send_messages", "manage_streams", "manage_topics"),
-             ("send_messages", "manage_stream", "manage_topics"),
-             ("manage_topic", "send_messages"))
+POLL_RULE = (
+    ("poll_messages", "read_topics", "manage_topics", "read_streams", "manage_streams"),
+    ("poll_messages", "manage_stream", "read_stream", "manage_topics", "read_topics"),
+    ("manage_topic", "read_topic", "poll_messages"),
+)
+SEND_RULE = (
+    ("send_messages", "manage_streams", "manage_topics"),
+    ("send_messages", "manage_stream", "manage_topics"),
+    ("manage_topic", "send_messages"),
+)
 
 
 def can_poll(user, stream_id, topic_id) -> bool:
@@ -210,10 +236,10 @@ def data_plane_grants(user) -> tuple[int, list]:
 
 # ------------------------------------------------------------------- what a command needs
 
-SCOPE_NONE = "none"        # the rule looks at the user only
-SCOPE_STREAM = "stream"    # the command's first argument names a stream
-SCOPE_TOPIC = "topic"      # its first two name a stream and one of its topics
-SCOPE_USER = "user"        # its first argument names a user
+SCOPE_NONE = "none"  # the rule looks at the user only
+SCOPE_STREAM = "stream"  # the command's first argument names a stream
+SCOPE_TOPIC = "topic"  # its first two name a stream and one of its topics
+SCOPE_USER = "user"  # its first argument names a user
 
 
 @dataclass(frozen=True)
@@ -225,6 +251,7 @@ class Rule:
     without a check when the user named is the caller (`allows(user)` otherwise).
     `allows=None` lets any logged-in user through; `login=False` anybody at all.
     """
+
     name: str
     scope: str = SCOPE_NONE
     allows: Callable[..., bool] | None = None

@@ -12,6 +12,7 @@ Error channels (TCP.md 4.2): refusals before a command runs (not logged in, no p
 undecodable body) go in the reply status; a write that is refused when applied goes in the
 result section `[u32 1][u32 0][u32 code]`; a refused login is an Eviction frame.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,11 +20,13 @@ import inspect
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from iggy._core.checksum import xxh3_64
+
 # the command modules register their commands when imported
 from iggy.cluster import routing  # noqa: F401  (14, 103, 104, 123: FeatureUnavailable on one node)
 from iggy.control import groups, messages, streams, system, tokens, topics, users  # noqa: F401
@@ -46,8 +49,9 @@ TRANSPORT_QUIC = 2
 TRANSPORT_HTTP = 3
 TRANSPORT_WEBSOCKET = 4
 
-_STATUS_CHANNEL = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_COMMAND,
-                             ErrorCode.INVALID_FORMAT})
+_STATUS_CHANNEL = frozenset(
+    {ErrorCode.UNAUTHENTICATED, ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_COMMAND, ErrorCode.INVALID_FORMAT}
+)
 
 
 class ConnectionLimit(Exception):
@@ -57,16 +61,17 @@ class ConnectionLimit(Exception):
 @dataclass(eq=False)
 class Session:
     """One client connection (TCP, QUIC or WebSocket), or one HTTP caller."""
+
     client_id: int
     address: str
     transport: int
     user_id: int | None = None
-    user_generation: int = 0                      # of the user logged in (metadata.state)
+    user_generation: int = 0  # of the user logged in (metadata.state)
     session: int = 0
     client_uuid: int = 0
-    groups: set = field(default_factory=set)      # {(stream_id, topic_id, group_id)}
+    groups: set = field(default_factory=set)  # {(stream_id, topic_id, group_id)}
     last_seen: float = field(default_factory=time.monotonic)
-    close: Callable | None = None                 # ends the connection (heartbeat eviction)
+    close: Callable | None = None  # ends the connection (heartbeat eviction)
     # the engine's own clock of the connection's last complete request (time.monotonic()
     # seconds), for requests it served without this module (the shards' C data plane)
     activity: Callable | None = None
@@ -92,11 +97,11 @@ class ControlPlane:
         self._session_numbers = itertools.count(1)
         self.started_at = now_us()
         self.max_poll_bytes = max(1, config.message_bus.max_message_size - HEADER_SIZE - 16)  # 16: the poll reply head
-        self.bound: dict[str, tuple[str, int]] = {}       # transport -> bound (host, port)
-        self.cluster: Cluster | None = None     # cluster mode (docs/CLUSTER.md); None on a single node
+        self.bound: dict[str, tuple[str, int]] = {}  # transport -> bound (host, port)
+        self.cluster: Cluster | None = None  # cluster mode (docs/CLUSTER.md); None on a single node
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iggy-hash")
-        self.login_throttle = LoginThrottle()     # failed-login backoff (control.throttle)
-        self.login_gate = Gate()                  # one password check at a time per address
+        self.login_throttle = LoginThrottle()  # failed-login backoff (control.throttle)
+        self.login_gate = Gate()  # one password check at a time per address
         self.groups = GroupCoordinator(self)
         self.routes = Routes(meta, storage, self.groups)
         self.routes.sync()
@@ -121,8 +126,11 @@ class ControlPlane:
         `limits.max_connections` are open already (the engine then closes the connection)."""
         limit = self.config.limits.max_connections
         if limit and len(self.sessions) >= limit:
-            log.warning("refusing connection from %s: %d connections open (limits.max_connections)",
-                        session.address, len(self.sessions))
+            log.warning(
+                "refusing connection from %s: %d connections open (limits.max_connections)",
+                session.address,
+                len(self.sessions),
+            )
             raise ConnectionLimit(session.address)
         self.sessions[session.client_id] = session
 
@@ -214,7 +222,7 @@ class ControlPlane:
                 return self._finish_awaitable(cmd, header, result)
             if result is not None and cmd.encode is not None:
                 result = cmd.encode(self, result)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
+        except Exception as exc:
             return self._error_reply(header, exc, cmd)
         if parts and type(result) is tuple:
             return [build_reply_header(header, 0, sum(len(p) for p in result)), *result]
@@ -225,7 +233,7 @@ class ControlPlane:
             result = await pending
             if result is not None and cmd.encode is not None:
                 result = cmd.encode(self, result)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return self._error_reply(header, exc, cmd)
         return self._ok_reply(header, result)
 

@@ -9,6 +9,7 @@ Wire bodies (TCP.md 7.1, 9.2, 9.3)::
     GetStream  Stream + topics_count x TopicHeader
     list     Stream x n (no count)
 """
+
 from __future__ import annotations
 
 from iggy.control import permissions as perm
@@ -65,8 +66,7 @@ def read_update(r: Reader) -> tuple:
     return ident, name
 
 
-@command(codes.GET_STREAM, needs=perm.READ_STREAM, decode=read_stream_ident, encode=encode_stream_details,
-         missing=None)
+@command(codes.GET_STREAM, needs=perm.READ_STREAM, decode=read_stream_ident, encode=encode_stream_details, missing=None)
 def get_stream(plane, session, s):
     return s
 
@@ -83,8 +83,9 @@ def create_stream(plane, session, name: str):
         raise IggyError(ErrorCode.STREAM_NAME_ALREADY_EXISTS)
     if len(st.streams) >= MAX_STREAMS:
         raise IggyError(ErrorCode.TOO_MANY_STREAMS)
-    rec = plane.meta.commit({"op": "stream.create", "id": lowest_free_id(st.streams), "name": name,
-                             "created_at": now_us()})
+    rec = plane.meta.commit(
+        {"op": "stream.create", "id": lowest_free_id(st.streams), "name": name, "created_at": now_us()}
+    )
     return st.streams[rec["id"]]
 
 

@@ -12,6 +12,7 @@ Wire bodies (TCP.md 9.10, 9.13, 9.14, 9.15)::
     ClientDetails    Client + consumer_groups_count x (u32 stream, u32 topic, u32 group)
     Stats            see encode_stats
 """
+
 from __future__ import annotations
 
 import os
@@ -125,14 +126,22 @@ def cluster_metadata(plane) -> dict:
     def port(name):
         addr = plane.bound.get(name)
         return addr[1] if addr else 0
+
     tcp = plane.bound.get("tcp")
     return {
         "name": "single-node",
-        "nodes": [{
-            "name": "iggy-node", "ip": tcp[0] if tcp else "127.0.0.1",
-            "tcp_port": port("tcp"), "quic_port": port("quic"), "http_port": port("http"),
-            "websocket_port": port("websocket"), "role": "leader", "status": "healthy",
-        }],
+        "nodes": [
+            {
+                "name": "iggy-node",
+                "ip": tcp[0] if tcp else "127.0.0.1",
+                "tcp_port": port("tcp"),
+                "quic_port": port("quic"),
+                "http_port": port("http"),
+                "websocket_port": port("websocket"),
+                "role": "leader",
+                "status": "healthy",
+            }
+        ],
     }
 
 
@@ -210,7 +219,7 @@ def get_me(plane, session):
 
 @command(codes.GET_CLIENT, needs=perm.READ_SERVERS, decode=read_client_id, encode=encode_client_details)
 def get_client(plane, session, client_id: int):
-    return plane.sessions.get(client_id)        # None: an empty body
+    return plane.sessions.get(client_id)  # None: an empty body
 
 
 @command(codes.GET_CLIENTS, needs=perm.READ_SERVERS, encode=encode_clients)

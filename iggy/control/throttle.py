@@ -34,6 +34,7 @@ a bounded amount of memory and only pushes out the oldest records. The trusted p
 written only by correct logins, at most `max_trusted` addresses per username, so failures
 never push them out. Everything runs on the control plane's event loop: no locking.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -64,7 +65,7 @@ class LogLimiter:
         self.logger = logger
         self.interval = interval
         self.clock = clock
-        self._last: dict[str, list] = {}      # key -> [monotonic of the last line, lines held back]
+        self._last: dict[str, list] = {}  # key -> [monotonic of the last line, lines held back]
 
     def log(self, level: int, key: str, message: str, *args) -> None:
         now = self.clock()
@@ -104,13 +105,21 @@ def address_key(address: str) -> str:
 @dataclass
 class _Entry:
     failures: int = 0
-    until: float = 0.0          # monotonic end of the backoff (0: none)
-    last: float = 0.0           # monotonic of the last failure
+    until: float = 0.0  # monotonic end of the backoff (0: none)
+    last: float = 0.0  # monotonic of the last failure
 
 
 class LoginThrottle:
-    def __init__(self, free: int = 5, base: float = 1.0, cap: float = 300.0, forget: float = 900.0,
-                 max_entries: int = 10_000, max_trusted: int = 8, clock=time.monotonic):
+    def __init__(
+        self,
+        free: int = 5,
+        base: float = 1.0,
+        cap: float = 300.0,
+        forget: float = 900.0,
+        max_entries: int = 10_000,
+        max_trusted: int = 8,
+        clock=time.monotonic,
+    ):
         self.free = free
         self.base = base
         self.cap = cap
@@ -174,7 +183,7 @@ class LoginThrottle:
         over = entry.failures - self.free
         if over > 0:
             entry.until = now + min(self.cap, self.base * 2 ** min(over - 1, 32))
-        table[key] = entry            # most recent failure last
+        table[key] = entry  # most recent failure last
         while len(table) > self.max_entries:
             table.popitem(last=False)
 
@@ -185,7 +194,7 @@ class Gate:
     usual speed. Entries live only while someone holds or waits on them."""
 
     def __init__(self):
-        self._locks: dict[str, list] = {}    # key -> [asyncio.Lock, holders + waiters]
+        self._locks: dict[str, list] = {}  # key -> [asyncio.Lock, holders + waiters]
 
     @contextlib.asynccontextmanager
     async def __call__(self, address: str):

@@ -10,6 +10,7 @@ Wire bodies (TCP.md 6, 9.11)::
     list     -> (WireName name, u64 expiry_at (0 = never)) x n
     delete   WireName name
 """
+
 from __future__ import annotations
 
 import base64
@@ -57,8 +58,7 @@ def get_tokens(plane, session):
     return sorted(plane.meta.state.tokens_of(session.user_id), key=lambda t: t.name)
 
 
-@command(codes.CREATE_PERSONAL_ACCESS_TOKEN, needs=perm.LOGGED_IN, decode=read_create,
-         encode=encode_raw_token)
+@command(codes.CREATE_PERSONAL_ACCESS_TOKEN, needs=perm.LOGGED_IN, decode=read_create, encode=encode_raw_token)
 def create_token(plane, session, name: str, expiry: int) -> str:
     """Validate and commit a new token of the caller; returns the raw token."""
     validate_token_name(name)
@@ -76,8 +76,9 @@ def create_token(plane, session, name: str, expiry: int) -> str:
     if expiry_at and not now < expiry_at <= U64_MAX:
         raise IggyError(ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN_EXPIRY)
     raw = base64.b64encode(secrets.token_bytes(50)).decode("ascii")
-    plane.meta.commit({"op": "token.create", "user_id": user_id, "name": name,
-                       "token_hash": hash_token(raw), "expiry_at": expiry_at})
+    plane.meta.commit(
+        {"op": "token.create", "user_id": user_id, "name": name, "token_hash": hash_token(raw), "expiry_at": expiry_at}
+    )
     return raw
 
 

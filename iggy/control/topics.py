@@ -18,6 +18,7 @@ Wire bodies (TCP.md 7.1, 9.4, 9.5)::
     list         u32 count + TopicHeader x count
     partitions   Identifier stream, Identifier topic, u32 count (1..1000)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,36 +47,86 @@ KIND_U64 = 12
 @dataclass(frozen=True)
 class TopicOption:
     key: str
-    kind: int              # header kind used when the value is written back
+    kind: int  # header kind used when the value is written back
     default: object
     updatable: bool
     description: str
     described: bool = True  # listed by DescribeOptions (the SDK-only durability keys are not)
 
 
-TOPIC_OPTIONS = {o.key: o for o in (
-    TopicOption("compression_algorithm", KIND_STRING, "none", True,
-                "Compression algorithm of the topic (metadata only): none or gzip."),
-    TopicOption("message_expiry", KIND_U64, U64_MAX, True,
-                "Age in microseconds after which sealed segments are deleted; u64::MAX = never."),
-    TopicOption("max_topic_size", KIND_U64, U64_MAX, True,
-                "Size in bytes above which the oldest sealed segments are deleted; u64::MAX = unlimited."),
-    TopicOption("segment_size", KIND_U64, GiB, False,
-                "Size in bytes at which a partition's active segment is sealed and a new one opened."),
-    TopicOption("enforce_fsync", KIND_BOOL, False, False,
-                "Fsync segment and consumer offset writes before acknowledging."),
-    TopicOption("messages_required_to_save", KIND_U32, 1024, False,
-                "Unsaved messages after which a partition is flushed to disk."),
-    TopicOption("size_of_messages_required_to_save", KIND_U64, MiB, False,
-                "Unsaved bytes after which a partition is flushed to disk."),
-    TopicOption("preallocate_segments", KIND_BOOL, False, False,
-                "Reserve segment_size bytes on disk when a segment is opened."),
-    TopicOption("durability", KIND_STRING, "replicated", False,
-                "replicated: acknowledge once in the page cache; persisted: acknowledge after fsync.",
-                described=False),
-    TopicOption("consumer_offset_durability", KIND_STRING, "replicated", False,
-                "replicated or persisted, for consumer offset writes.", described=False),
-)}
+TOPIC_OPTIONS = {
+    o.key: o
+    for o in (
+        TopicOption(
+            "compression_algorithm",
+            KIND_STRING,
+            "none",
+            True,
+            "Compression algorithm of the topic (metadata only): none or gzip.",
+        ),
+        TopicOption(
+            "message_expiry",
+            KIND_U64,
+            U64_MAX,
+            True,
+            "Age in microseconds after which sealed segments are deleted; u64::MAX = never.",
+        ),
+        TopicOption(
+            "max_topic_size",
+            KIND_U64,
+            U64_MAX,
+            True,
+            "Size in bytes above which the oldest sealed segments are deleted; u64::MAX = unlimited.",
+        ),
+        TopicOption(
+            "segment_size",
+            KIND_U64,
+            GiB,
+            False,
+            "Size in bytes at which a partition's active segment is sealed and a new one opened.",
+        ),
+        TopicOption(
+            "enforce_fsync", KIND_BOOL, False, False, "Fsync segment and consumer offset writes before acknowledging."
+        ),
+        TopicOption(
+            "messages_required_to_save",
+            KIND_U32,
+            1024,
+            False,
+            "Unsaved messages after which a partition is flushed to disk.",
+        ),
+        TopicOption(
+            "size_of_messages_required_to_save",
+            KIND_U64,
+            MiB,
+            False,
+            "Unsaved bytes after which a partition is flushed to disk.",
+        ),
+        TopicOption(
+            "preallocate_segments",
+            KIND_BOOL,
+            False,
+            False,
+            "Reserve segment_size bytes on disk when a segment is opened.",
+        ),
+        TopicOption(
+            "durability",
+            KIND_STRING,
+            "replicated",
+            False,
+            "replicated: acknowledge once in the page cache; persisted: acknowledge after fsync.",
+            described=False,
+        ),
+        TopicOption(
+            "consumer_offset_durability",
+            KIND_STRING,
+            "replicated",
+            False,
+            "replicated or persisted, for consumer offset writes.",
+            described=False,
+        ),
+    )
+}
 
 
 def _bad(key: str) -> IggyError:
@@ -233,6 +284,7 @@ def encode_found_topic(plane, found) -> bytes:
 
 # ------------------------------------------------------------------- request bodies
 
+
 def read_stream_topic(r: Reader) -> tuple:
     return r.identifier(), r.identifier()
 
@@ -267,8 +319,8 @@ def read_delete_segments(r: Reader) -> tuple:
 
 # ------------------------------------------------------------------- commands
 
-@command(codes.GET_TOPIC, needs=perm.READ_TOPIC, decode=read_stream_topic, encode=encode_found_topic,
-         missing=None)
+
+@command(codes.GET_TOPIC, needs=perm.READ_TOPIC, decode=read_stream_topic, encode=encode_found_topic, missing=None)
 def get_topic(plane, session, s, t):
     return s, t
 
@@ -294,11 +346,18 @@ def create_topic(plane, session, s, name: str, partitions: int, options: dict):
     # the files first: a create the storage cannot serve is refused before it is committed
     prepared = plane.storage.prepare_partitions(s.id, tid, settings, range(partitions), new_topic=True)
     try:
-        rec = plane.meta.commit({
-            "op": "topic.create", "stream": s.id, "id": tid, "name": name,
-            "created_at": now_us(), "partitions": partitions, "settings": settings,
-            "explicit": sorted(options),
-        })
+        rec = plane.meta.commit(
+            {
+                "op": "topic.create",
+                "stream": s.id,
+                "id": tid,
+                "name": name,
+                "created_at": now_us(),
+                "partitions": partitions,
+                "settings": settings,
+                "explicit": sorted(options),
+            }
+        )
     except BaseException:
         plane.storage.discard(prepared)
         raise
@@ -341,8 +400,9 @@ def create_partitions(plane, session, s, t, count: int) -> None:
     ids = list(range(first, first + count))
     prepared = plane.storage.prepare_partitions(s.id, t.id, t.settings, ids, new_topic=False)
     try:
-        plane.meta.commit({"op": "partitions.create", "stream": s.id, "topic": t.id, "ids": ids,
-                           "created_at": now_us()})
+        plane.meta.commit(
+            {"op": "partitions.create", "stream": s.id, "topic": t.id, "ids": ids, "created_at": now_us()}
+        )
     except BaseException:
         plane.storage.discard(prepared)
         raise

@@ -13,6 +13,7 @@ Wire bodies (TCP.md 5.3, 7.2, 9.6, 9.7)::
     User       u32 id, u64 created_at, u8 status, WireName username, u32 options length (0)
     UserDetails  User, then u32 0 (no permissions) or u8 1 + u32 length + Permissions
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,7 +26,7 @@ from iggy.control import lookup
 from iggy.control import permissions as perm
 from iggy.control.clock import now_us
 from iggy.control.registry import Evict, command
-from iggy.control.throttle import LogLimiter, LoginBackoff
+from iggy.control.throttle import LoginBackoff, LogLimiter
 from iggy.metadata.state import lowest_free_id
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
@@ -43,8 +44,9 @@ EVICT_USER_INACTIVE = 11
 EVICT_INCOMPATIBLE_PROTOCOL = 14
 EVICT_MALFORMED_LOGIN = 15
 
-_hasher = argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1, hash_len=32, salt_len=16,
-                                type=argon2.Type.ID)
+_hasher = argon2.PasswordHasher(
+    time_cost=2, memory_cost=19456, parallelism=1, hash_len=32, salt_len=16, type=argon2.Type.ID
+)
 
 
 def hash_password(password: str) -> str:
@@ -103,6 +105,7 @@ def _refuse_options(r: Reader) -> None:
 
 
 # ------------------------------------------------------------------- login / logout
+
 
 def _parse_login(r: Reader):
     """The shapes the body parses as, in the order upstream tries them: ('password', username,
@@ -181,8 +184,13 @@ async def password_login(plane, address: str, username: str, password: str):
     async with plane.login_gate(address):
         wait = throttle.retry_after(address, key)
         if wait:
-            _log_limited.log(logging.WARNING, "backoff", "login refused without a check: %s is backed off "
-                             "after failed logins (%.0f s left)", address, wait)
+            _log_limited.log(
+                logging.WARNING,
+                "backoff",
+                "login refused without a check: %s is backed off after failed logins (%.0f s left)",
+                address,
+                wait,
+            )
             raise LoginBackoff(ErrorCode.INVALID_CREDENTIALS, wait)
         try:
             user = await authenticate(plane, username, password)
@@ -198,8 +206,13 @@ def token_login(plane, address: str, raw_token: str):
     throttle = plane.login_throttle
     wait = throttle.retry_after(address)
     if wait:
-        _log_limited.log(logging.WARNING, "backoff", "login refused without a check: %s is backed off "
-                         "after failed logins (%.0f s left)", address, wait)
+        _log_limited.log(
+            logging.WARNING,
+            "backoff",
+            "login refused without a check: %s is backed off after failed logins (%.0f s left)",
+            address,
+            wait,
+        )
         raise LoginBackoff(ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN, wait)
     try:
         user = user_for_token(plane, raw_token)
@@ -258,6 +271,7 @@ def logout(plane, session):
 
 # ------------------------------------------------------------------- request bodies
 
+
 def read_user_ident(r: Reader) -> tuple:
     return (r.identifier(),)
 
@@ -289,8 +303,10 @@ def read_change_password(r: Reader) -> tuple:
 
 # ------------------------------------------------------------------- reads
 
-@command(codes.GET_USER, needs=perm.SELF_OR_READ_USERS, decode=read_user_ident, encode=encode_user_details,
-         missing=None)
+
+@command(
+    codes.GET_USER, needs=perm.SELF_OR_READ_USERS, decode=read_user_ident, encode=encode_user_details, missing=None
+)
 def get_user(plane, session, user):
     return user
 
@@ -302,16 +318,24 @@ def get_users(plane, session):
 
 # ------------------------------------------------------------------- writes
 
+
 def create_user_record(plane, username: str, password_hash: str, status: int, permissions) -> dict:
     """Validate uniqueness and commit a new user (also used for the root user at first start)."""
     st = plane.meta.state
     if st.user_by_name(username) is not None:
         raise IggyError(ErrorCode.USER_ALREADY_EXISTS)
-    return plane.meta.commit({
-        "op": "user.create", "id": lowest_free_id(st.users), "username": username,
-        "password_hash": password_hash, "status": status, "permissions": permissions,
-        "created_at": now_us(), "generation": st.next_user_generation,
-    })
+    return plane.meta.commit(
+        {
+            "op": "user.create",
+            "id": lowest_free_id(st.users),
+            "username": username,
+            "password_hash": password_hash,
+            "status": status,
+            "permissions": permissions,
+            "created_at": now_us(),
+            "generation": st.next_user_generation,
+        }
+    )
 
 
 @command(codes.CREATE_USER, needs=perm.MANAGE_USERS, decode=read_create, encode=encode_user_details)

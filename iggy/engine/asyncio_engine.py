@@ -26,6 +26,7 @@ out; other commands go on. The budget is checked before a poll runs, so it is ex
 most one reply. When the budget empties after big replies, glibc's free heap pages are
 handed back (`release_free_memory`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,11 +34,17 @@ import logging
 import time
 import weakref
 
-from iggy.protocol import codes
-from iggy.protocol.wire import (HEADER_SIZE, PROTOCOL_CLASSIC, PROTOCOL_UNKNOWN, FrameError, FrameReader,
-                                release_free_memory)
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
 from iggy.engine.base import Engine, inject_fault, wait_bounded
+from iggy.protocol import codes
+from iggy.protocol.wire import (
+    HEADER_SIZE,
+    PROTOCOL_CLASSIC,
+    PROTOCOL_UNKNOWN,
+    FrameError,
+    FrameReader,
+    release_free_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +95,7 @@ class ReplyBudget:
             release_free_memory()
 
 
-_budgets: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_budgets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def reply_budget(plane) -> ReplyBudget:
@@ -110,7 +117,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def __init__(self, plane, max_frame_size: int, transport_kind: int = TRANSPORT_TCP, received: bytes = b""):
         self.plane = plane
-        self._received = received   # bytes another engine read before handing the socket over
+        self._received = received  # bytes another engine read before handing the socket over
         self.max_frame_size = max_frame_size
         self.transport_kind = transport_kind
         self.transport = None
@@ -124,8 +131,8 @@ class Connection(asyncio.BufferedProtocol):
         self.max_write_buffer = limits.max_write_buffer
         self.idle_timeout = limits.idle_timeout
         self.budget = reply_budget(plane)
-        self._held = 0              # bytes of this connection's large replies not yet sent
-        self._deferred = None       # a poll frame waiting for the reply budget
+        self._held = 0  # bytes of this connection's large replies not yet sent
+        self._deferred = None  # a poll frame waiting for the reply budget
         self._sent_check = None
 
     # ---------------------------------------------------------------- asyncio callbacks
@@ -199,7 +206,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         loop = asyncio.get_running_loop()
         idle = time.monotonic() - self.session.last_seen
-        if self._busy:       # a request still running (login hashing): look again later
+        if self._busy:  # a request still running (login hashing): look again later
             self._idle_timer = loop.call_later(self.idle_timeout, self._check_idle)
         elif idle < self.idle_timeout:
             self._idle_timer = loop.call_later(self.idle_timeout - idle, self._check_idle)
@@ -226,12 +233,13 @@ class Connection(asyncio.BufferedProtocol):
             else:
                 is_poll = frame[0].operation == codes.OP_READ and frame[0].code == codes.POLL_MESSAGES
             if is_poll and self.budget.full():
-                self._deferred = frame          # the reply could be large: wait for room
+                self._deferred = frame  # the reply could be large: wait for room
                 self.budget.wait(self)
                 break
             try:
                 if classic:
                     from iggy.protocol import classic as classic_protocol
+
                     reply = classic_protocol.handle(self.plane, self.session, frame[0], frame[1])
                 else:
                     inject_fault(frame[0])
@@ -244,7 +252,7 @@ class Connection(asyncio.BufferedProtocol):
                 else:
                     self._busy = True
                     asyncio.ensure_future(self._finish(reply))
-            except Exception as exc:  # noqa: BLE001 - a bug closes this connection only, with one log line
+            except Exception as exc:
                 self._failed(exc)
                 return
         # never more than one frame of unread input (the limit in force: before login it is
@@ -265,8 +273,13 @@ class Connection(asyncio.BufferedProtocol):
         return self.frames.next_frame()
 
     def _failed(self, exc: Exception) -> None:
-        log.error("closing %s (client %d): the request raised %s", self.session.address, self.session.client_id,
-                  type(exc).__name__, exc_info=exc)
+        log.error(
+            "closing %s (client %d): the request raised %s",
+            self.session.address,
+            self.session.client_id,
+            type(exc).__name__,
+            exc_info=exc,
+        )
         self._closed = True
         self.transport.abort()
 
@@ -305,7 +318,7 @@ class Connection(asyncio.BufferedProtocol):
             self.frames.authenticated = self.session.user_id is not None
             if not self._closed:
                 self._write([reply], len(reply))
-        except Exception:  # noqa: BLE001 - a failed request must not kill the connection silently
+        except Exception:
             log.exception("request failed on %s", self.session.address)
             self.close()
         finally:
@@ -320,13 +333,16 @@ def adopt_classic(plane, sock, received: bytes, max_frame_size: int) -> None:
     engine: its shards parse only 0.9 frames). `sock` is a connected socket of its own (a
     dup of the shard's descriptor); `received` the bytes the shard read already. Runs on the
     event loop."""
+
     async def start():
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: Connection(plane, max_frame_size, received=received), sock)
+                lambda: Connection(plane, max_frame_size, received=received), sock
+            )
         except OSError as exc:
             log.info("classic connection handed over, then lost: %s", exc)
             sock.close()
+
     asyncio.ensure_future(start())
 
 
@@ -346,8 +362,14 @@ class AsyncioEngine(Engine):
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         tls = {"ssl": self.ssl_context, "ssl_handshake_timeout": 10.0} if self.ssl_context is not None else {}
-        self.server = await loop.create_server(lambda: Connection(self.plane, self.max_frame_size),
-                                               self.host, self.port, reuse_address=True, backlog=1024, **tls)
+        self.server = await loop.create_server(
+            lambda: Connection(self.plane, self.max_frame_size),
+            self.host,
+            self.port,
+            reuse_address=True,
+            backlog=1024,
+            **tls,
+        )
         bound = self.server.sockets[0].getsockname()
         return bound[0], bound[1]
 
@@ -356,7 +378,7 @@ class AsyncioEngine(Engine):
         return f"TCP server listening on {bound[0]}:{bound[1]} (asyncio engine{tls})"
 
     async def stop(self) -> None:
-        self.server.close()         # the open connections end with their sessions (iggy.server.node)
+        self.server.close()  # the open connections end with their sessions (iggy.server.node)
 
     async def wait_closed(self) -> None:
         await wait_bounded(self.server.wait_closed())

@@ -17,6 +17,7 @@ thread's own commands all succeed; the server log holds no traceback and the pro
 
 Long form: `python -m tests.reliability.churn --workers 6 --seconds 30` (and `--engine asyncio`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,20 @@ TOPICS = ("t0", "t1")
 GROUP = "g"
 
 # codes that mean "what the request names is not there (now)"
-ALLOWED = frozenset({
-    ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.STREAM_NAME_NOT_FOUND,
-    ErrorCode.TOPIC_ID_NOT_FOUND, ErrorCode.TOPIC_NAME_NOT_FOUND,
-    ErrorCode.PARTITION_NOT_FOUND, ErrorCode.NO_PARTITIONS,
-    ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND, ErrorCode.CONSUMER_GROUP_NAME_NOT_FOUND,
-    ErrorCode.CONSUMER_GROUP_MEMBER_NOT_FOUND, ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED,
-})
+ALLOWED = frozenset(
+    {
+        ErrorCode.STREAM_ID_NOT_FOUND,
+        ErrorCode.STREAM_NAME_NOT_FOUND,
+        ErrorCode.TOPIC_ID_NOT_FOUND,
+        ErrorCode.TOPIC_NAME_NOT_FOUND,
+        ErrorCode.PARTITION_NOT_FOUND,
+        ErrorCode.NO_PARTITIONS,
+        ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND,
+        ErrorCode.CONSUMER_GROUP_NAME_NOT_FOUND,
+        ErrorCode.CONSUMER_GROUP_MEMBER_NOT_FOUND,
+        ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED,
+    }
+)
 # a stored offset past the end: the partition was recreated empty since the worker polled it
 ALLOWED_STORE = ALLOWED | {ErrorCode.INVALID_OFFSET}
 
@@ -60,16 +68,33 @@ def _target(rng: random.Random):
     return rng.randrange(0, 3), rng.randrange(0, 3)
 
 
-def poll_body(consumer_kind: int, consumer, stream, topic, partition: int, strategy: int, value: int,
-              count: int, auto_commit: bool) -> bytes:
-    return (bytes([consumer_kind]) + ident(consumer) + ident(stream) + ident(topic) + b"\x01"
-            + _U32.pack(partition) + bytes([strategy]) + _U64.pack(value) + _U32.pack(count)
-            + bytes([auto_commit]))
+def poll_body(
+    consumer_kind: int,
+    consumer,
+    stream,
+    topic,
+    partition: int,
+    strategy: int,
+    value: int,
+    count: int,
+    auto_commit: bool,
+) -> bytes:
+    return (
+        bytes([consumer_kind])
+        + ident(consumer)
+        + ident(stream)
+        + ident(topic)
+        + b"\x01"
+        + _U32.pack(partition)
+        + bytes([strategy])
+        + _U64.pack(value)
+        + _U32.pack(count)
+        + bytes([auto_commit])
+    )
 
 
 def offset_body(consumer_kind: int, consumer, stream, topic, partition: int) -> bytes:
-    return (bytes([consumer_kind]) + ident(consumer) + ident(stream) + ident(topic) + b"\x01"
-            + _U32.pack(partition))
+    return bytes([consumer_kind]) + ident(consumer) + ident(stream) + ident(topic) + b"\x01" + _U32.pack(partition)
 
 
 class Churn:
@@ -79,7 +104,7 @@ class Churn:
         self.seed = seed
         self.stop = threading.Event()
         self.errors: list[str] = []
-        self.replies: Counter = Counter()           # (command, code) -> replies
+        self.replies: Counter = Counter()  # (command, code) -> replies
         self.lock = threading.Lock()
         self.churn_ops = 0
 
@@ -110,31 +135,41 @@ class Churn:
                 partition = rng.randrange(0, 4)
                 op = rng.random()
                 if op < 0.35:
-                    payloads = [b"%d:%d" % (i, k) + b"x" * rng.randrange(0, 200)
-                                for k in range(rng.randint(1, 20))]
+                    payloads = [b"%d:%d" % (i, k) + b"x" * rng.randrange(0, 200) for k in range(rng.randint(1, 20))]
                     reply, _base = c.send(stream, topic, partition, payloads)
                     self._check("send", reply)
                 elif op < 0.75:
                     kind = 2 if rng.random() < 0.2 else 1
                     consumer = GROUP if kind == 2 else 100 + i
                     if kind == 2:
-                        self._check("join", c.call(OP[codes.JOIN_CONSUMER_GROUP], 0,
-                                                   ident(stream) + ident(topic) + ident(GROUP)))
+                        self._check(
+                            "join",
+                            c.call(OP[codes.JOIN_CONSUMER_GROUP], 0, ident(stream) + ident(topic) + ident(GROUP)),
+                        )
                     strategy = rng.choice((1, 3, 5))
-                    body = poll_body(kind, consumer, stream, topic, partition, strategy, rng.randrange(0, 50),
-                                     rng.randint(1, 100), strategy == 5)
+                    body = poll_body(
+                        kind,
+                        consumer,
+                        stream,
+                        topic,
+                        partition,
+                        strategy,
+                        rng.randrange(0, 50),
+                        rng.randint(1, 100),
+                        strategy == 5,
+                    )
                     reply = c.read(codes.POLL_MESSAGES, body)
                     if self._check("poll", reply) and len(reply.body) > 16:
                         verify_batches(reply.body[16:])
                 elif op < 0.9:
-                    body = (offset_body(1, 100 + i, stream, topic, partition) + _U64.pack(rng.randrange(0, 20))
-                            + b"\x01")
-                    self._check("store_offset", c.call(OP[codes.STORE_CONSUMER_OFFSET], 0, body),
-                                ALLOWED_STORE)
+                    body = offset_body(1, 100 + i, stream, topic, partition) + _U64.pack(rng.randrange(0, 20)) + b"\x01"
+                    self._check("store_offset", c.call(OP[codes.STORE_CONSUMER_OFFSET], 0, body), ALLOWED_STORE)
                 else:
-                    self._check("get_offset", c.read(codes.GET_CONSUMER_OFFSET,
-                                                     offset_body(1, 100 + i, stream, topic, partition)))
-        except Exception as exc:  # noqa: BLE001 - any failure is a finding
+                    self._check(
+                        "get_offset",
+                        c.read(codes.GET_CONSUMER_OFFSET, offset_body(1, 100 + i, stream, topic, partition)),
+                    )
+        except Exception as exc:
             self._fail(f"worker {i}: {exc!r}")
         finally:
             c.close()
@@ -149,8 +184,10 @@ class Churn:
         self._must("create stream", c.create_stream(stream))
         for topic in TOPICS:
             self._must("create topic", c.create_topic(stream, topic, 2))
-            self._must("create group", c.call(OP[codes.CREATE_CONSUMER_GROUP], 0,
-                                              ident(stream) + ident(topic) + wire_name(GROUP)))
+            self._must(
+                "create group",
+                c.call(OP[codes.CREATE_CONSUMER_GROUP], 0, ident(stream) + ident(topic) + wire_name(GROUP)),
+            )
 
     def churn(self) -> None:
         rng = random.Random(self.seed)
@@ -166,22 +203,27 @@ class Churn:
                     for t in TOPICS:
                         partitions[(stream, t)] = 2
                 elif op < 0.5:
-                    self._must("delete topic", c.call(OP[codes.DELETE_TOPIC], 0,
-                                                      ident(stream) + ident(topic)))
+                    self._must("delete topic", c.call(OP[codes.DELETE_TOPIC], 0, ident(stream) + ident(topic)))
                     self._must("create topic", c.create_topic(stream, topic, 2))
-                    self._must("create group", c.call(OP[codes.CREATE_CONSUMER_GROUP], 0,
-                                                      ident(stream) + ident(topic) + wire_name(GROUP)))
+                    self._must(
+                        "create group",
+                        c.call(OP[codes.CREATE_CONSUMER_GROUP], 0, ident(stream) + ident(topic) + wire_name(GROUP)),
+                    )
                     partitions[(stream, topic)] = 2
                 elif op < 0.75 and partitions[(stream, topic)] < 4:
-                    self._must("create partitions", c.call(OP[codes.CREATE_PARTITIONS], 0,
-                                                           ident(stream) + ident(topic) + _U32.pack(1)))
+                    self._must(
+                        "create partitions",
+                        c.call(OP[codes.CREATE_PARTITIONS], 0, ident(stream) + ident(topic) + _U32.pack(1)),
+                    )
                     partitions[(stream, topic)] += 1
                 elif partitions[(stream, topic)] > 1:
-                    self._must("delete partitions", c.call(OP[codes.DELETE_PARTITIONS], 0,
-                                                           ident(stream) + ident(topic) + _U32.pack(1)))
+                    self._must(
+                        "delete partitions",
+                        c.call(OP[codes.DELETE_PARTITIONS], 0, ident(stream) + ident(topic) + _U32.pack(1)),
+                    )
                     partitions[(stream, topic)] -= 1
                 self.churn_ops += 1
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._fail(f"churn: {exc!r}")
         finally:
             c.close()
@@ -202,15 +244,23 @@ class Churn:
         by_code = Counter()
         for (_what, code), n in self.replies.items():
             by_code[code] += n
-        return {"workers": self.workers, "seconds": seconds, "churn_operations": self.churn_ops,
-                "replies": sum(by_code.values()), "replies_by_code": dict(sorted(by_code.items())),
-                "errors": self.errors[:10]}
+        return {
+            "workers": self.workers,
+            "seconds": seconds,
+            "churn_operations": self.churn_ops,
+            "replies": sum(by_code.values()),
+            "replies_by_code": dict(sorted(by_code.items())),
+            "errors": self.errors[:10],
+        }
 
 
 def check_log(text: str) -> list[str]:
     """Lines of the server log that show a failure the churn must never cause."""
-    return [line for line in text.splitlines()
-            if "Traceback" in line or " failed" in line and "command" in line or "AttributeError" in line]
+    return [
+        line
+        for line in text.splitlines()
+        if "Traceback" in line or (" failed" in line and "command" in line) or "AttributeError" in line
+    ]
 
 
 def main(argv=None) -> None:

@@ -10,15 +10,16 @@ A rule is (global flags, stream flags, topic flags): a user passes if it holds A
 at the listed level; "auth" = any logged-in user; "public" = no login needed;
 "unavailable" = any logged-in user, answered FeatureUnavailable (5).
 """
+
 from __future__ import annotations
 
 import base64
 import struct
 from dataclasses import dataclass, field
 
+from iggy.control import permissions as perm
 from iggy.protocol import codes
 from iggy.protocol.batch import build_batch
-from iggy.control import permissions as perm
 from tests.rawclient import ident, wire_name
 
 ACTOR, ACTOR_PASSWORD = "actor", "actor-pass"
@@ -43,11 +44,16 @@ RULES = {
     "read_topic": (_G_READ_TOPIC, _S_READ_TOPIC, ("manage_topic", "read_topic")),
     "create_topic": (("manage_streams", "manage_topics"), ("manage_stream", "manage_topics"), ()),
     "manage_topic": (("manage_streams", "manage_topics"), ("manage_stream", "manage_topics"), ("manage_topic",)),
-    "poll": (("poll_messages", "read_topics", "manage_topics", "read_streams", "manage_streams"),
-             ("poll_messages", "manage_stream", "read_stream", "manage_topics", "read_topics"),
-             ("manage_topic", "read_topic", "poll_messages")),
-    "send": (("send_messages", "manage_streams", "manage_topics"),
-             ("send_messages", "manage_stream", "manage_topics"), ("manage_topic", "send_messages")),
+    "poll": (
+        ("poll_messages", "read_topics", "manage_topics", "read_streams", "manage_streams"),
+        ("poll_messages", "manage_stream", "read_stream", "manage_topics", "read_topics"),
+        ("manage_topic", "read_topic", "poll_messages"),
+    ),
+    "send": (
+        ("send_messages", "manage_streams", "manage_topics"),
+        ("send_messages", "manage_stream", "manage_topics"),
+        ("manage_topic", "send_messages"),
+    ),
 }
 
 
@@ -64,13 +70,13 @@ class World:
 @dataclass
 class Command:
     name: str
-    op: int                     # header operation (2 = read with `code`)
-    code: int                   # command code (for writes: the code the op maps to)
-    body: object                # World -> bytes
+    op: int  # header operation (2 = read with `code`)
+    code: int  # command code (for writes: the code the op maps to)
+    body: object  # World -> bytes
     rule: str
-    destructive: bool = False   # success changes the world: rebuild it afterwards
+    destructive: bool = False  # success changes the world: rebuild it afterwards
     prepare: str | None = None  # run as the actor before a call that should succeed
-    after: str | None = None    # "relogin": the success logged the actor out
+    after: str | None = None  # "relogin": the success logged the actor out
 
 
 def _u32(v: int) -> bytes:
@@ -117,9 +123,13 @@ COMMANDS = [
     Command("get_user", 2, codes.GET_USER, lambda w: ident(w.victim), "read_users"),
     Command("get_users", 2, codes.GET_USERS, lambda w: b"", "read_users"),
     Command("get_personal_access_tokens", 2, codes.GET_PERSONAL_ACCESS_TOKENS, lambda w: b"", "auth"),
-    Command("poll_messages", 2, codes.POLL_MESSAGES,
-            lambda w: b"\x01" + ident(CONSUMER) + _st(w) + b"\x01" + _u32(0) + b"\x01" + _u64(0) + _u32(10) + b"\x00",
-            "poll"),
+    Command(
+        "poll_messages",
+        2,
+        codes.POLL_MESSAGES,
+        lambda w: b"\x01" + ident(CONSUMER) + _st(w) + b"\x01" + _u32(0) + b"\x01" + _u64(0) + _u32(10) + b"\x00",
+        "poll",
+    ),
     Command("get_consumer_offset", 2, codes.GET_CONSUMER_OFFSET, _consumer_target, "poll"),
     Command("get_stream", 2, codes.GET_STREAM, lambda w: ident(w.stream), "read_stream"),
     Command("get_streams", 2, codes.GET_STREAMS, lambda w: b"", "list_streams"),
@@ -132,60 +142,109 @@ COMMANDS = [
     Command("sync_consumer_group", 2, codes.SYNC_CONSUMER_GROUP, lambda w: _st(w) + ident(w.group), "auth"),
     Command("logout_user", codes.OP_LOGOUT, codes.LOGOUT_USER, lambda w: b"", "auth", after="relogin"),
     Command("create_stream", *_w(128), lambda w: wire_name("pm-new"), "create_stream", destructive=True),
-    Command("update_stream", *_w(129), lambda w: ident(w.stream) + wire_name("pm-s-renamed"), "manage_stream",
-            destructive=True),
+    Command(
+        "update_stream",
+        *_w(129),
+        lambda w: ident(w.stream) + wire_name("pm-s-renamed"),
+        "manage_stream",
+        destructive=True,
+    ),
     Command("delete_stream", *_w(130), lambda w: ident(w.stream), "manage_stream", destructive=True),
     Command("purge_stream", *_w(131), lambda w: ident(w.stream), "manage_stream", destructive=True),
-    Command("create_topic", *_w(132), lambda w: ident(w.stream) + _u32(1) + wire_name("pm-t-new"), "create_topic",
-            destructive=True),
-    Command("update_topic", *_w(133), lambda w: _st(w) + wire_name("pm-t-renamed"), "manage_topic",
-            destructive=True),
+    Command(
+        "create_topic",
+        *_w(132),
+        lambda w: ident(w.stream) + _u32(1) + wire_name("pm-t-new"),
+        "create_topic",
+        destructive=True,
+    ),
+    Command("update_topic", *_w(133), lambda w: _st(w) + wire_name("pm-t-renamed"), "manage_topic", destructive=True),
     Command("delete_topic", *_w(134), _st, "manage_topic", destructive=True),
     Command("purge_topic", *_w(135), _st, "manage_topic", destructive=True),
     Command("create_partitions", *_w(136), lambda w: _st(w) + _u32(1), "manage_topic", destructive=True),
     Command("delete_partitions", *_w(137), lambda w: _st(w) + _u32(1), "manage_topic", destructive=True),
     Command("delete_segments", *_w(138), lambda w: _st(w) + _u32(0) + _u32(1), "manage_topic", destructive=True),
-    Command("create_consumer_group", *_w(139), lambda w: _st(w) + wire_name("pm-g-new"), "read_topic",
-            destructive=True),
+    Command(
+        "create_consumer_group", *_w(139), lambda w: _st(w) + wire_name("pm-g-new"), "read_topic", destructive=True
+    ),
     Command("delete_consumer_group", *_w(140), lambda w: _st(w) + ident(w.group), "read_topic", destructive=True),
-    Command("create_user", *_w(141), lambda w: wire_name("pm-created") + b"\x07secret1" + b"\x01\x00",
-            "manage_users", destructive=True),
-    Command("update_user", *_w(142), lambda w: ident(w.victim) + b"\x01" + wire_name("victim-renamed") + b"\x01\x02",
-            "manage_users", destructive=True),
+    Command(
+        "create_user",
+        *_w(141),
+        lambda w: wire_name("pm-created") + b"\x07secret1" + b"\x01\x00",
+        "manage_users",
+        destructive=True,
+    ),
+    Command(
+        "update_user",
+        *_w(142),
+        lambda w: ident(w.victim) + b"\x01" + wire_name("victim-renamed") + b"\x01\x02",
+        "manage_users",
+        destructive=True,
+    ),
     Command("delete_user", *_w(143), lambda w: ident(w.victim), "manage_users", destructive=True),
-    Command("change_password", *_w(144),
-            lambda w: ident(w.victim) + b"\x0b" + VICTIM_PASSWORD.encode() + b"\x0avictim-new", "manage_users",
-            destructive=True),
-    Command("update_permissions", *_w(145), lambda w: ident(w.victim) + permissions_body(None), "manage_users",
-            destructive=True),
-    Command("create_personal_access_token", *_w(146), lambda w: wire_name("pm-tok") + _u64(0), "auth",
-            destructive=True),
-    Command("delete_personal_access_token", *_w(147), lambda w: wire_name("pm-tok"), "auth", destructive=True,
-            prepare="create_token"),
+    Command(
+        "change_password",
+        *_w(144),
+        lambda w: ident(w.victim) + b"\x0b" + VICTIM_PASSWORD.encode() + b"\x0avictim-new",
+        "manage_users",
+        destructive=True,
+    ),
+    Command(
+        "update_permissions",
+        *_w(145),
+        lambda w: ident(w.victim) + permissions_body(None),
+        "manage_users",
+        destructive=True,
+    ),
+    Command(
+        "create_personal_access_token", *_w(146), lambda w: wire_name("pm-tok") + _u64(0), "auth", destructive=True
+    ),
+    Command(
+        "delete_personal_access_token",
+        *_w(147),
+        lambda w: wire_name("pm-tok"),
+        "auth",
+        destructive=True,
+        prepare="create_token",
+    ),
     Command("join_consumer_group", *_w(148), lambda w: _st(w) + ident(w.group), "read_topic", destructive=True),
-    Command("leave_consumer_group", *_w(149), lambda w: _st(w) + ident(w.group), "read_topic", destructive=True,
-            prepare="join_group"),
+    Command(
+        "leave_consumer_group",
+        *_w(149),
+        lambda w: _st(w) + ident(w.group),
+        "read_topic",
+        destructive=True,
+        prepare="join_group",
+    ),
     Command("send_messages", *_w(160), _send_body, "send", destructive=True),
     Command("store_consumer_offset", *_w(161), lambda w: _consumer_target(w) + _u64(0), "poll", destructive=True),
     Command("delete_consumer_offset", *_w(162), _consumer_target, "poll", destructive=True),
 ] + [
     Command(f"unavailable_{code}", 2, code, lambda w: b"", "unavailable")
-    for code in (codes.GET_SNAPSHOT_FILE, codes.ATTACH_CONSUMER_SESSION, codes.FLUSH_UNSAVED_BUFFER,
-                 codes.GET_POLL_ROUTING, codes.POLL_MESSAGES_ON_PRIMARY, codes.GET_CONSUMER_OFFSET_ROUTING)
+    for code in (
+        codes.GET_SNAPSHOT_FILE,
+        codes.ATTACH_CONSUMER_SESSION,
+        codes.FLUSH_UNSAVED_BUFFER,
+        codes.GET_POLL_ROUTING,
+        codes.POLL_MESSAGES_ON_PRIMARY,
+        codes.GET_CONSUMER_OFFSET_ROUTING,
+    )
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
 
 
 # --------------------------------------------------------------------------- HTTP
 
+
 @dataclass
 class Route:
     name: str
     method: str
-    path: object                 # World -> str
+    path: object  # World -> str
     rule: str
-    ok: int                      # status of a success
-    json: object = None          # World -> dict | None
+    ok: int  # status of a success
+    json: object = None  # World -> dict | None
     params: dict = field(default_factory=dict)
     destructive: bool = False
     prepare: str | None = None
@@ -204,69 +263,207 @@ ROUTES = [
     Route("cluster_metadata", "GET", lambda w: "/cluster/metadata", "auth", 200),
     Route("options", "GET", lambda w: "/options/topic", "auth", 200),
     Route("metrics", "GET", lambda w: "/metrics", "auth", 200),
-    Route("snapshot", "POST", lambda w: "/snapshot", "read_servers", 200,
-          json=lambda w: {"compression": "Stored", "snapshot_types": ["Test"]}),
+    Route(
+        "snapshot",
+        "POST",
+        lambda w: "/snapshot",
+        "read_servers",
+        200,
+        json=lambda w: {"compression": "Stored", "snapshot_types": ["Test"]},
+    ),
     Route("users", "GET", lambda w: "/users", "read_users", 200),
     Route("user", "GET", lambda w: f"/users/{w.victim}", "read_users", 200),
-    Route("create_user", "POST", lambda w: "/users", "manage_users", 200,
-          json=lambda w: {"username": "pm-created", "password": "secret1", "status": "active"}, destructive=True),
-    Route("update_user", "PUT", lambda w: f"/users/{w.victim}", "manage_users", 204,
-          json=lambda w: {"username": "victim-renamed"}, destructive=True),
+    Route(
+        "create_user",
+        "POST",
+        lambda w: "/users",
+        "manage_users",
+        200,
+        json=lambda w: {"username": "pm-created", "password": "secret1", "status": "active"},
+        destructive=True,
+    ),
+    Route(
+        "update_user",
+        "PUT",
+        lambda w: f"/users/{w.victim}",
+        "manage_users",
+        204,
+        json=lambda w: {"username": "victim-renamed"},
+        destructive=True,
+    ),
     Route("delete_user", "DELETE", lambda w: f"/users/{w.victim}", "manage_users", 204, destructive=True),
-    Route("change_password", "PUT", lambda w: f"/users/{w.victim}/password", "manage_users", 204,
-          json=lambda w: {"current_password": VICTIM_PASSWORD, "new_password": "victim-new"}, destructive=True),
-    Route("update_permissions", "PUT", lambda w: f"/users/{w.victim}/permissions", "manage_users", 204,
-          json=lambda w: {"permissions": None}, destructive=True),
+    Route(
+        "change_password",
+        "PUT",
+        lambda w: f"/users/{w.victim}/password",
+        "manage_users",
+        204,
+        json=lambda w: {"current_password": VICTIM_PASSWORD, "new_password": "victim-new"},
+        destructive=True,
+    ),
+    Route(
+        "update_permissions",
+        "PUT",
+        lambda w: f"/users/{w.victim}/permissions",
+        "manage_users",
+        204,
+        json=lambda w: {"permissions": None},
+        destructive=True,
+    ),
     Route("tokens", "GET", lambda w: "/personal-access-tokens", "auth", 200),
-    Route("create_token", "POST", lambda w: "/personal-access-tokens", "auth", 200,
-          json=lambda w: {"name": "pm-tok", "expiry": 0}, destructive=True),
-    Route("delete_token", "DELETE", lambda w: "/personal-access-tokens/pm-tok", "auth", 204, destructive=True,
-          prepare="create_token"),
+    Route(
+        "create_token",
+        "POST",
+        lambda w: "/personal-access-tokens",
+        "auth",
+        200,
+        json=lambda w: {"name": "pm-tok", "expiry": 0},
+        destructive=True,
+    ),
+    Route(
+        "delete_token",
+        "DELETE",
+        lambda w: "/personal-access-tokens/pm-tok",
+        "auth",
+        204,
+        destructive=True,
+        prepare="create_token",
+    ),
     Route("streams", "GET", lambda w: "/streams", "list_streams", 200),
-    Route("create_stream", "POST", lambda w: "/streams", "create_stream", 200, json=lambda w: {"name": "pm-new"},
-          destructive=True),
+    Route(
+        "create_stream",
+        "POST",
+        lambda w: "/streams",
+        "create_stream",
+        200,
+        json=lambda w: {"name": "pm-new"},
+        destructive=True,
+    ),
     Route("stream", "GET", lambda w: f"/streams/{w.stream}", "read_stream", 200),
-    Route("update_stream", "PUT", lambda w: f"/streams/{w.stream}", "manage_stream", 204,
-          json=lambda w: {"name": "pm-s-renamed"}, destructive=True),
+    Route(
+        "update_stream",
+        "PUT",
+        lambda w: f"/streams/{w.stream}",
+        "manage_stream",
+        204,
+        json=lambda w: {"name": "pm-s-renamed"},
+        destructive=True,
+    ),
     Route("delete_stream", "DELETE", lambda w: f"/streams/{w.stream}", "manage_stream", 204, destructive=True),
     Route("purge_stream", "DELETE", lambda w: f"/streams/{w.stream}/purge", "manage_stream", 204, destructive=True),
     Route("topics", "GET", lambda w: f"/streams/{w.stream}/topics", "list_topics", 200),
-    Route("create_topic", "POST", lambda w: f"/streams/{w.stream}/topics", "create_topic", 200,
-          json=lambda w: {"name": "pm-t-new", "partitions_count": 1, "compression_algorithm": "none",
-                          "message_expiry": 0, "max_topic_size": 0}, destructive=True),
+    Route(
+        "create_topic",
+        "POST",
+        lambda w: f"/streams/{w.stream}/topics",
+        "create_topic",
+        200,
+        json=lambda w: {
+            "name": "pm-t-new",
+            "partitions_count": 1,
+            "compression_algorithm": "none",
+            "message_expiry": 0,
+            "max_topic_size": 0,
+        },
+        destructive=True,
+    ),
     Route("topic", "GET", _t, "read_topic", 200),
-    Route("update_topic", "PUT", _t, "manage_topic", 204, json=lambda w: {"name": "pm-t-renamed"},
-          destructive=True),
+    Route("update_topic", "PUT", _t, "manage_topic", 204, json=lambda w: {"name": "pm-t-renamed"}, destructive=True),
     Route("delete_topic", "DELETE", _t, "manage_topic", 204, destructive=True),
     Route("purge_topic", "DELETE", lambda w: _t(w) + "/purge", "manage_topic", 204, destructive=True),
-    Route("create_partitions", "POST", lambda w: _t(w) + "/partitions", "manage_topic", 200,
-          json=lambda w: {"partitions_count": 1}, destructive=True),
-    Route("delete_partitions", "DELETE", lambda w: _t(w) + "/partitions", "manage_topic", 204,
-          params={"partitions_count": 1}, destructive=True),
-    Route("delete_segments", "DELETE", lambda w: _t(w) + "/partitions/0", "manage_topic", 204,
-          params={"segments_count": 1}, destructive=True),
+    Route(
+        "create_partitions",
+        "POST",
+        lambda w: _t(w) + "/partitions",
+        "manage_topic",
+        200,
+        json=lambda w: {"partitions_count": 1},
+        destructive=True,
+    ),
+    Route(
+        "delete_partitions",
+        "DELETE",
+        lambda w: _t(w) + "/partitions",
+        "manage_topic",
+        204,
+        params={"partitions_count": 1},
+        destructive=True,
+    ),
+    Route(
+        "delete_segments",
+        "DELETE",
+        lambda w: _t(w) + "/partitions/0",
+        "manage_topic",
+        204,
+        params={"segments_count": 1},
+        destructive=True,
+    ),
     Route("groups", "GET", lambda w: _t(w) + "/consumer-groups", "read_topic", 200),
-    Route("create_group", "POST", lambda w: _t(w) + "/consumer-groups", "read_topic", 200,
-          json=lambda w: {"name": "pm-g-new"}, destructive=True),
+    Route(
+        "create_group",
+        "POST",
+        lambda w: _t(w) + "/consumer-groups",
+        "read_topic",
+        200,
+        json=lambda w: {"name": "pm-g-new"},
+        destructive=True,
+    ),
     Route("group", "GET", lambda w: _t(w) + f"/consumer-groups/{w.group}", "read_topic", 200),
-    Route("delete_group", "DELETE", lambda w: _t(w) + f"/consumer-groups/{w.group}", "read_topic", 204,
-          destructive=True),
-    Route("get_offset", "GET", lambda w: _t(w) + "/consumer-offsets", "poll", 200,
-          params={"consumer_id": CONSUMER, "partition_id": 0}),
-    Route("store_offset", "PUT", lambda w: _t(w) + "/consumer-offsets", "poll", 204,
-          json=lambda w: {"consumer_id": str(CONSUMER), "partition_id": 0, "offset": 0}, destructive=True),
-    Route("delete_offset", "DELETE", lambda w: _t(w) + f"/consumer-offsets/{CONSUMER}", "poll", 204,
-          params={"partition_id": 0}, destructive=True),
-    Route("poll", "GET", lambda w: _t(w) + "/messages", "poll", 200,
-          params={"consumer_id": CONSUMER, "partition_id": 0, "kind": "offset", "value": 0, "count": 10}),
-    Route("send", "POST", lambda w: _t(w) + "/messages", "send", 201,
-          json=lambda w: {"partitioning": {"kind": "partition_id", "value": base64.b64encode(_u32(0)).decode()},
-                          "messages": [{"payload": base64.b64encode(b"matrix").decode()}]}, destructive=True),
+    Route(
+        "delete_group", "DELETE", lambda w: _t(w) + f"/consumer-groups/{w.group}", "read_topic", 204, destructive=True
+    ),
+    Route(
+        "get_offset",
+        "GET",
+        lambda w: _t(w) + "/consumer-offsets",
+        "poll",
+        200,
+        params={"consumer_id": CONSUMER, "partition_id": 0},
+    ),
+    Route(
+        "store_offset",
+        "PUT",
+        lambda w: _t(w) + "/consumer-offsets",
+        "poll",
+        204,
+        json=lambda w: {"consumer_id": str(CONSUMER), "partition_id": 0, "offset": 0},
+        destructive=True,
+    ),
+    Route(
+        "delete_offset",
+        "DELETE",
+        lambda w: _t(w) + f"/consumer-offsets/{CONSUMER}",
+        "poll",
+        204,
+        params={"partition_id": 0},
+        destructive=True,
+    ),
+    Route(
+        "poll",
+        "GET",
+        lambda w: _t(w) + "/messages",
+        "poll",
+        200,
+        params={"consumer_id": CONSUMER, "partition_id": 0, "kind": "offset", "value": 0, "count": 10},
+    ),
+    Route(
+        "send",
+        "POST",
+        lambda w: _t(w) + "/messages",
+        "send",
+        201,
+        json=lambda w: {
+            "partitioning": {"kind": "partition_id", "value": base64.b64encode(_u32(0)).decode()},
+            "messages": [{"payload": base64.b64encode(b"matrix").decode()}],
+        },
+        destructive=True,
+    ),
     Route("logout", "DELETE", lambda w: "/users/logout", "auth", 204, after="relogin"),
 ]
 
 
 # --------------------------------------------------------------------------- permission sets
+
 
 def flags_dict(global_flags=(), stream=None, stream_flags=(), topic=None, topic_flags=()) -> dict | None:
     """A stored-form permissions dict with exactly these flags set."""
@@ -306,8 +503,11 @@ def http_permissions(perms: dict | None):
         return None
     return {
         "global": dict(zip(perm.GLOBAL_FLAGS, perms["global"])),
-        "streams": {str(sid): {**dict(zip(perm.STREAM_FLAGS, sp["flags"])),
-                               "topics": {str(tid): dict(zip(perm.TOPIC_FLAGS, tf))
-                                          for tid, tf in sp["topics"].items()}}
-                    for sid, sp in perms["streams"].items()},
+        "streams": {
+            str(sid): {
+                **dict(zip(perm.STREAM_FLAGS, sp["flags"])),
+                "topics": {str(tid): dict(zip(perm.TOPIC_FLAGS, tf)) for tid, tf in sp["topics"].items()},
+            }
+            for sid, sp in perms["streams"].items()
+        },
     }

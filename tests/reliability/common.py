@@ -5,6 +5,7 @@ a strict verifier of served batches, and a server launcher usable outside pytest
 checksum (the batch checksum with `compute_batch_checksum`, each message's XXH3-64 over its
 frame bytes 8..end): a served message that does not verify raises `Corrupt`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,8 @@ import time
 from pathlib import Path
 
 from iggy._core.checksum import xxh3_64
-from iggy.protocol.batch import build_batch, compute_batch_checksum
 from iggy.protocol import codes
+from iggy.protocol.batch import build_batch, compute_batch_checksum
 from tests.conftest import ServerProcess
 from tests.rawclient import RawClient, ident, wire_name
 
@@ -78,8 +79,18 @@ class Client(RawClient):
         return reply, base
 
     def poll(self, stream, topic, partition: int, offset: int, count: int, consumer: int = 1):
-        body = (b"\x01" + ident(consumer) + ident(stream) + ident(topic) + b"\x01" + _U32.pack(partition)
-                + b"\x01" + _U64.pack(offset) + _U32.pack(count) + b"\x00")
+        body = (
+            b"\x01"
+            + ident(consumer)
+            + ident(stream)
+            + ident(topic)
+            + b"\x01"
+            + _U32.pack(partition)
+            + b"\x01"
+            + _U64.pack(offset)
+            + _U32.pack(count)
+            + b"\x00"
+        )
         return self.read(CODE_POLL, body)
 
     def poll_all(self, stream, topic, partition: int, chunk: int = 10000) -> list[dict]:
@@ -109,7 +120,7 @@ class Client(RawClient):
         while pos < len(body):
             pos += 4 + 8 + 4 + 8 + 8
             n = body[pos]
-            names.add(body[pos + 1:pos + 1 + n].decode())
+            names.add(body[pos + 1 : pos + 1 + n].decode())
             pos += 1 + n
             pos += 4 + _U32.unpack_from(body, pos)[0]
         return names
@@ -131,7 +142,7 @@ def verify_batches(data) -> list[dict]:
         count = _U32.unpack_from(data, pos + 48)[0]
         if length < 256 or pos + length > n:
             raise Corrupt(f"batch at {pos} has length {length}, {n - pos} bytes left")
-        batch = data[pos:pos + length]
+        batch = data[pos : pos + length]
         if compute_batch_checksum(batch) != _U64.unpack_from(batch, 40)[0]:
             raise Corrupt(f"batch at offset {base_offset}: batch checksum mismatch")
         f = 256
@@ -142,10 +153,16 @@ def verify_batches(data) -> list[dict]:
             flen = 48 + hlen + plen
             if f + flen > length:
                 raise Corrupt(f"batch at offset {base_offset}: frame {i} runs past the batch")
-            if xxh3_64(batch[f + 8:f + flen]) != msum:
+            if xxh3_64(batch[f + 8 : f + flen]) != msum:
                 raise Corrupt(f"message at offset {base_offset + odelta}: checksum mismatch")
-            out.append({"offset": base_offset + odelta, "id": int.from_bytes(mid, "little"),
-                        "payload": bytes(batch[f + 48:f + 48 + plen]), "timestamp": base_ts})
+            out.append(
+                {
+                    "offset": base_offset + odelta,
+                    "id": int.from_bytes(mid, "little"),
+                    "payload": bytes(batch[f + 48 : f + 48 + plen]),
+                    "timestamp": base_ts,
+                }
+            )
             f += flen
         if f != length:
             raise Corrupt(f"batch at offset {base_offset}: {length - f} bytes after its last frame")
@@ -157,8 +174,9 @@ def check_contiguous(messages: list[dict], where: str) -> None:
     offsets = [m["offset"] for m in messages]
     if offsets != list(range(len(offsets))):
         first_bad = next(i for i, o in enumerate(offsets) if o != i)
-        raise AssertionError(f"{where}: offsets not contiguous from 0 (index {first_bad} has offset "
-                             f"{offsets[first_bad]})")
+        raise AssertionError(
+            f"{where}: offsets not contiguous from 0 (index {first_bad} has offset {offsets[first_bad]})"
+        )
 
 
 class Launcher:

@@ -21,6 +21,7 @@ over the whole history of all rounds:
 
 Long form: `python -m tests.reliability.crash --rounds 200` (see --help).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ from tests.reliability.common import (
 )
 
 STREAM = "crash"
-TOPICS = {"persisted": "persisted", "replicated": None}   # topic name -> durability option
+TOPICS = {"persisted": "persisted", "replicated": None}  # topic name -> durability option
 PARTITIONS = 2
 
 
@@ -50,7 +51,7 @@ class History:
 
     def __init__(self, topics=TOPICS):
         self.lock = threading.Lock()
-        self.topics = list(topics)      # the topic names producers send to and the reader polls
+        self.topics = list(topics)  # the topic names producers send to and the reader polls
         # (topic, partition) -> {base_offset: [payloads]} for acknowledged batches
         self.acked: dict[tuple[str, int], dict[int, list[bytes]]] = {}
         # (topic, partition) -> {payload} of batches in flight at a kill (may or may not exist)
@@ -60,13 +61,22 @@ class History:
         self.streams_present: set[str] = set()
         self.streams_gone: set[str] = set()
         self.streams_maybe: set[str] = set()
-        self.stats = {"rounds": 0, "acked_batches": 0, "acked_messages": 0, "inflight_present": 0,
-                      "inflight_absent": 0, "replicated_acked_lost": 0, "metadata_ops": 0,
-                      "served_verified": 0, "corrupt_served": 0}
+        self.stats = {
+            "rounds": 0,
+            "acked_batches": 0,
+            "acked_messages": 0,
+            "inflight_present": 0,
+            "inflight_absent": 0,
+            "replicated_acked_lost": 0,
+            "metadata_ops": 0,
+            "served_verified": 0,
+            "corrupt_served": 0,
+        }
 
 
-def produce(address: str, topic: str, partition: int, producer: str, history: History, stop: threading.Event,
-            rng: random.Random) -> None:
+def produce(
+    address: str, topic: str, partition: int, producer: str, history: History, stop: threading.Event, rng: random.Random
+) -> None:
     key = (topic, partition)
     c = connect_or_none(address)
     if c is None:
@@ -75,8 +85,9 @@ def produce(address: str, topic: str, partition: int, producer: str, history: Hi
     with until_killed(c):
         while not stop.is_set():
             n = rng.randint(1, 20)
-            payloads = [f"{producer}:{seq + i}:".encode() + os.urandom(rng.randint(0, 200)).hex().encode()
-                        for i in range(n)]
+            payloads = [
+                f"{producer}:{seq + i}:".encode() + os.urandom(rng.randint(0, 200)).hex().encode() for i in range(n)
+            ]
             with history.lock:
                 history.maybe.setdefault(key, set()).update(payloads)
             reply, base = c.send(STREAM, topic, partition, payloads)
@@ -90,8 +101,7 @@ def produce(address: str, topic: str, partition: int, producer: str, history: Hi
             seq += n
 
 
-def metadata_changes(address: str, round_no: int, history: History, stop: threading.Event,
-                     rng: random.Random) -> None:
+def metadata_changes(address: str, round_no: int, history: History, stop: threading.Event, rng: random.Random) -> None:
     c = connect_or_none(address)
     if c is None:
         return
@@ -112,8 +122,11 @@ def metadata_changes(address: str, round_no: int, history: History, stop: thread
             if reply.code:
                 raise AssertionError(f"{'delete' if deleting else 'create'} stream {name} refused: {reply.code}")
             # acknowledged: the stream moves from one set to the other
-            leaves, joins = ((history.streams_present, history.streams_gone) if deleting
-                             else (history.streams_gone, history.streams_present))
+            leaves, joins = (
+                (history.streams_present, history.streams_gone)
+                if deleting
+                else (history.streams_gone, history.streams_present)
+            )
             with history.lock:
                 history.streams_maybe.discard(name)
                 leaves.discard(name)
@@ -122,8 +135,9 @@ def metadata_changes(address: str, round_no: int, history: History, stop: thread
             time.sleep(rng.uniform(0, 0.01))
 
 
-def read_while_running(address: str, history: History, stop: threading.Event, errors: list,
-                       remember_served: bool = False) -> None:
+def read_while_running(
+    address: str, history: History, stop: threading.Event, errors: list, remember_served: bool = False
+) -> None:
     """Poll every partition from the start, over and over, verifying what is served.
 
     remember_served: also raise history.served to what was seen (the power-cut harness counts
@@ -166,21 +180,25 @@ def check(address: str, history: History) -> None:
                 where = f"{topic}/{p}"
                 payloads = served_payloads(c, history, topic, p)
                 if len(payloads) < history.served.get(key, 0):
-                    raise AssertionError(f"{where}: {history.served[key]} messages were served before the crash, "
-                                         f"only {len(payloads)} after it")
+                    raise AssertionError(
+                        f"{where}: {history.served[key]} messages were served before the crash, "
+                        f"only {len(payloads)} after it"
+                    )
                 acked = history.acked.get(key, {})
                 lost = 0
                 for base, batch in sorted(acked.items()):
-                    got = payloads[base:base + len(batch)]
+                    got = payloads[base : base + len(batch)]
                     if got != batch:
                         if durability == "persisted" or got:
-                            raise AssertionError(f"{where}: acknowledged batch at offset {base} "
-                                                 f"({len(batch)} messages) is missing or changed")
+                            raise AssertionError(
+                                f"{where}: acknowledged batch at offset {base} "
+                                f"({len(batch)} messages) is missing or changed"
+                            )
                         lost += 1
                 history.stats["replicated_acked_lost"] += lost
                 if lost and durability != "persisted":
                     # allowed only as a clean cut: nothing acknowledged after the first loss remains
-                    first_lost = min(b for b, batch in acked.items() if payloads[b:b + len(batch)] != batch)
+                    first_lost = min(b for b, batch in acked.items() if payloads[b : b + len(batch)] != batch)
                     if len(payloads) > first_lost:
                         raise AssertionError(f"{where}: not a prefix: messages after the lost batch at {first_lost}")
                 settle_in_flight(history, key, where, payloads, "kill")
@@ -215,8 +233,10 @@ def settle_in_flight(history: History, key: tuple[str, int], where: str, payload
         raise AssertionError(f"{where}: {len(unknown)} messages were never sent or acknowledged ({unknown[0][:30]!r})")
     present = set(extra)
     if present and present != maybe:
-        raise AssertionError(f"{where}: {len(present)} of the {len(maybe)} messages of the batch in flight "
-                             f"at the {moment} were recovered: a partial batch")
+        raise AssertionError(
+            f"{where}: {len(present)} of the {len(maybe)} messages of the batch in flight "
+            f"at the {moment} were recovered: a partial batch"
+        )
     history.stats["inflight_present"] += len(present)
     history.stats["inflight_absent"] += len(maybe - present)
     if present:
@@ -264,8 +284,19 @@ def setup(address: str) -> None:
         c.close()
 
 
-def run_rounds(server, history: History, rng: random.Random, rounds: int, kill_after, time_limit: float | None,
-               check_after, extra_workers=(), after_kill=None, remember_served: bool = False, log=print) -> None:
+def run_rounds(
+    server,
+    history: History,
+    rng: random.Random,
+    rounds: int,
+    kill_after,
+    time_limit: float | None,
+    check_after,
+    extra_workers=(),
+    after_kill=None,
+    remember_served: bool = False,
+    log=print,
+) -> None:
     """The round loop both harnesses share: start producers (one per partition), the metadata
     thread, extra_workers(stop) and a reader; SIGKILL the server at a random moment; call
     after_kill() (the power cut: returns a note for the log line); restart; check_after()."""
@@ -276,8 +307,11 @@ def run_rounds(server, history: History, rng: random.Random, rounds: int, kill_a
         if time_limit is not None and time.monotonic() - started > time_limit:
             break
         stop = threading.Event()
-        targets = [(produce, (address, topic, p, f"r{r}t{ti}p{p}", history, stop, random.Random(rng.random())))
-                   for ti, topic in enumerate(history.topics) for p in range(PARTITIONS)]
+        targets = [
+            (produce, (address, topic, p, f"r{r}t{ti}p{p}", history, stop, random.Random(rng.random())))
+            for ti, topic in enumerate(history.topics)
+            for p in range(PARTITIONS)
+        ]
         targets.append((metadata_changes, (address, r, history, stop, random.Random(rng.random()))))
         targets += [(worker, (address, history, stop, random.Random(rng.random()))) for worker in extra_workers]
         targets.append((read_while_running, (address, history, stop, errors, remember_served)))
@@ -290,14 +324,16 @@ def run_rounds(server, history: History, rng: random.Random, rounds: int, kill_a
         for t in threads:
             t.join(30)
         note = after_kill() if after_kill else "all present"
-        server.start()      # raises IggyServerError (with the log) if the state is refused
+        server.start()  # raises IggyServerError (with the log) if the state is refused
         check_after(address, history)
         if errors:
             raise AssertionError(errors[0])
         history.stats["rounds"] += 1
         if log:
-            log(f"round {r + 1}: {history.stats['acked_messages']} messages acknowledged so far, "
-                f"{history.stats['metadata_ops']} metadata ops, {note}")
+            log(
+                f"round {r + 1}: {history.stats['acked_messages']} messages acknowledged so far, "
+                f"{history.stats['metadata_ops']} metadata ops, {note}"
+            )
     if "Traceback" in server.log():
         raise AssertionError("the server log has a traceback:\n" + server.log()[-3000:])
 

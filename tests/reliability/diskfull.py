@@ -14,6 +14,7 @@ filesystem is full. Checks:
 Run alone: `python -m tests.reliability.diskfull` (needs root for mount; the mount is removed
 at the end whatever happens).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,9 @@ class MountUnavailable(RuntimeError):
 def small_filesystem(parent: Path, size: str = "16m"):
     mnt = Path(parent) / "small-fs"
     mnt.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if r.returncode:
         raise MountUnavailable(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
     try:
@@ -91,7 +93,7 @@ def verify_all(c: Client, acked: dict) -> int:
         check_contiguous(messages, topic)
         payloads = [m["payload"] for m in messages]
         want = acked[topic]
-        if payloads[:len(want)] != want:
+        if payloads[: len(want)] != want:
             raise AssertionError(f"{topic}: acknowledged messages missing or changed")
         if len(payloads) != len(want):
             raise AssertionError(f"{topic}: {len(payloads) - len(want)} messages that were never acknowledged")
@@ -117,9 +119,11 @@ def produce_until_full(c: Client, acked: dict, label: str, limit_batches: int = 
 def run(parent: Path, log=print) -> dict:
     stats = {}
     with small_filesystem(parent) as mnt:
-        server = ServerProcess(mnt / "data", extra_env={"IGGY_HTTP_ENABLED": "false", "IGGY_QUIC_ENABLED": "false",
-                                                        "IGGY_WEBSOCKET_ENABLED": "false"})
-        server.log_path = Path(parent) / f"server-{server.tcp_port}.log"   # the log must not share the full disk
+        server = ServerProcess(
+            mnt / "data",
+            extra_env={"IGGY_HTTP_ENABLED": "false", "IGGY_QUIC_ENABLED": "false", "IGGY_WEBSOCKET_ENABLED": "false"},
+        )
+        server.log_path = Path(parent) / f"server-{server.tcp_port}.log"  # the log must not share the full disk
         server.start()
         try:
             c = Client(server.tcp_address)
@@ -147,8 +151,10 @@ def run(parent: Path, log=print) -> dict:
                 codes.append(reply.code)
                 if reply.code == 0:
                     metadata_acked.append(f"while-full-{i}")
-            stats["metadata_writes_while_full"] = {"acknowledged": len(metadata_acked),
-                                                   "refused_codes": sorted(set(codes) - {0})}
+            stats["metadata_writes_while_full"] = {
+                "acknowledged": len(metadata_acked),
+                "refused_codes": sorted(set(codes) - {0}),
+            }
             if not set(codes) - {0}:
                 raise AssertionError("no metadata write was refused on a full disk")
             assert c.read(1).status == 0, "ping after a failed write"

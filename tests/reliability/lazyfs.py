@@ -56,6 +56,7 @@ model needs no lock. Writes are not cached by the kernel (no writeback cache): e
 reaches this process before the write call returns. Pages are immutable bytes objects, so a
 cut or a sync shares them between the views instead of copying file contents.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,13 +73,29 @@ import trio
 
 PAGE = 4096
 ZERO = bytes(PAGE)
-TIMEOUT = 60.0          # kernel entry/attribute cache; every change goes through this mount
+TIMEOUT = 60.0  # kernel entry/attribute cache; every change goes through this mount
 
 
 class Node:
-    __slots__ = ("ino", "mode", "uid", "gid", "atime", "mtime", "ctime", "nlink",
-                 "pages", "size", "dirty", "size_dirty", "dpages", "dsize",
-                 "entries", "dentries", "dir_dirty")
+    __slots__ = (
+        "atime",
+        "ctime",
+        "dentries",
+        "dir_dirty",
+        "dirty",
+        "dpages",
+        "dsize",
+        "entries",
+        "gid",
+        "ino",
+        "mode",
+        "mtime",
+        "nlink",
+        "pages",
+        "size",
+        "size_dirty",
+        "uid",
+    )
 
     def __init__(self, ino: int, mode: int, uid: int, gid: int):
         now = time.time_ns()
@@ -86,7 +103,7 @@ class Node:
         self.mode = mode
         self.uid, self.gid = uid, gid
         self.atime = self.mtime = self.ctime = now
-        self.nlink = 0                       # volatile names of the inode (files)
+        self.nlink = 0  # volatile names of the inode (files)
         if stat.S_ISDIR(mode):
             self.entries: dict[bytes, int] = {}
             self.dentries: dict[bytes, int] = {}
@@ -96,7 +113,7 @@ class Node:
             self.pages: dict[int, bytes] = {}
             self.dpages: dict[int, bytes] = {}
             self.size = self.dsize = 0
-            self.dirty: set[int] = set()     # pages changed since the last fsync
+            self.dirty: set[int] = set()  # pages changed since the last fsync
             self.size_dirty = False
             self.entries = self.dentries = None
 
@@ -124,10 +141,10 @@ class Node:
         while i < n:
             p, a = divmod(pos, PAGE)
             b = min(PAGE, a + n - i)
-            chunk = data[i:i + b - a]
+            chunk = data[i : i + b - a]
             old = self.pages.get(p)
             if old is None and not any(chunk):
-                pass                              # zeros over a hole stay a hole
+                pass  # zeros over a hole stay a hole
             elif a == 0 and b == PAGE:
                 self.pages[p] = bytes(chunk)
             else:
@@ -185,12 +202,24 @@ class LazyFS(pyfuse3.Operations):
         root = Node(pyfuse3.ROOT_INODE, stat.S_IFDIR | 0o755, os.getuid(), os.getgid())
         self.nodes: dict[int, Node] = {root.ino: root}
         self.next_ino = root.ino + 1
-        self.handles: dict[int, int] = {}               # file handle -> inode
-        self.dir_handles: dict[int, tuple] = {}         # dir handle -> (inode, [(name, inode)] at opendir)
+        self.handles: dict[int, int] = {}  # file handle -> inode
+        self.dir_handles: dict[int, tuple] = {}  # dir handle -> (inode, [(name, inode)] at opendir)
         self.next_fh = 1
-        self.counters = {"writes": 0, "bytes_written": 0, "reads": 0, "fsync": 0, "fdatasync": 0,
-                         "fsyncdir": 0, "creates": 0, "mkdirs": 0, "unlinks": 0, "rmdirs": 0,
-                         "renames": 0, "truncates": 0, "cuts": 0}
+        self.counters = {
+            "writes": 0,
+            "bytes_written": 0,
+            "reads": 0,
+            "fsync": 0,
+            "fdatasync": 0,
+            "fsyncdir": 0,
+            "creates": 0,
+            "mkdirs": 0,
+            "unlinks": 0,
+            "rmdirs": 0,
+            "renames": 0,
+            "truncates": 0,
+            "cuts": 0,
+        }
 
     # ---------------------------------------------------------------- helpers
 
@@ -267,7 +296,7 @@ class LazyFS(pyfuse3.Operations):
         return self._attr(self.nodes[ino])
 
     async def forget(self, inode_list):
-        pass            # inodes live until a cut drops the unreachable ones
+        pass  # inodes live until a cut drops the unreachable ones
 
     async def getattr(self, inode, ctx):
         return self._attr(self._node(inode))
@@ -297,7 +326,7 @@ class LazyFS(pyfuse3.Operations):
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = PAGE
-        s.f_blocks = s.f_bfree = s.f_bavail = 1 << 24          # 64 GiB, never full
+        s.f_blocks = s.f_bfree = s.f_bavail = 1 << 24  # 64 GiB, never full
         s.f_files = s.f_ffree = s.f_favail = 1 << 20
         s.f_namemax = 255
         return s
@@ -443,8 +472,14 @@ class LazyFS(pyfuse3.Operations):
 
     def power_cut(self) -> dict:
         """Replace the volatile view by the durable one; returns what was dropped."""
-        dropped = {"unsynced_pages": 0, "unsynced_files": 0, "unsynced_dirs": 0, "torn_pages_kept": 0,
-                   "torn_dirs_kept": 0, "inodes_dropped": 0}
+        dropped = {
+            "unsynced_pages": 0,
+            "unsynced_files": 0,
+            "unsynced_dirs": 0,
+            "torn_pages_kept": 0,
+            "torn_dirs_kept": 0,
+            "inodes_dropped": 0,
+        }
         for node in self.nodes.values():
             if node.is_dir:
                 if node.dir_dirty and node.entries != node.dentries:
@@ -503,6 +538,7 @@ class LazyFS(pyfuse3.Operations):
 
 # -------------------------------------------------------------------- daemon
 
+
 def _emit(event: dict) -> None:
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
@@ -529,7 +565,7 @@ async def _run(fs: LazyFS, mountpoint: str, options: set) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pyfuse3.main)
             cmd = await _commands(fs)
-            pyfuse3.terminate()             # pyfuse3.main returns, the nursery closes
+            pyfuse3.terminate()  # pyfuse3.main returns, the nursery closes
         # unmount (lazily, as root: a process killed a moment ago may still hold the mount
         # for an instant); the kernel's page, attribute and entry caches go with the mount
         pyfuse3.close(unmount=True)

@@ -16,6 +16,7 @@ error reply, or a close plus a log line.
 
 Long form: `python -m tests.reliability.limits --connections 5000`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,6 +49,7 @@ def raise_fd_limit(n: int) -> None:
 
 # --------------------------------------------------------------------------- frame size
 
+
 def check_frame_size(server, limit: int) -> dict:
     """Server started with IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE = limit bytes."""
     ok = Client(server.tcp_address)
@@ -62,7 +64,7 @@ def check_frame_size(server, limit: int) -> dict:
     exact = Client(server.tcp_address)
     reply = exact.call(2, 1, b"\0" * (limit - 256))
     assert reply.command == 8, reply
-    assert ok.read(1).status == 0        # the other connection is untouched
+    assert ok.read(1).status == 0  # the other connection is untouched
     exact.close()
     ok.close()
     return {"max_frame": limit, "over_limit": "closed + logged", "at_limit": "served"}
@@ -70,8 +72,9 @@ def check_frame_size(server, limit: int) -> dict:
 
 # --------------------------------------------------------------------------- connections
 
+
 def check_max_connections(server, limit: int) -> dict:
-    time.sleep(0.3)   # the start-up probe connection is gone
+    time.sleep(0.3)  # the start-up probe connection is gone
     clients = [Client(server.tcp_address, login=False) for _ in range(limit)]
     for c in clients:
         assert c.read(1).status == 0
@@ -85,9 +88,20 @@ def check_max_connections(server, limit: int) -> dict:
 
 # --------------------------------------------------------------------------- slow reader
 
+
 def _poll_frame(session: int, count: int) -> bytes:
-    body = (b"\x01" + ident(1) + ident("lim") + ident("t") + b"\x01" + struct.pack("<I", 0) + b"\x01"
-            + struct.pack("<Q", 0) + struct.pack("<I", count) + b"\x00")
+    body = (
+        b"\x01"
+        + ident(1)
+        + ident("lim")
+        + ident("t")
+        + b"\x01"
+        + struct.pack("<I", 0)
+        + b"\x01"
+        + struct.pack("<Q", 0)
+        + struct.pack("<I", count)
+        + b"\x00"
+    )
     return build_request(2, 100, body, session=session, request=1, client=9)
 
 
@@ -156,6 +170,7 @@ def check_slow_reader(server, seconds: float = 3.0, max_growth: int = 200 << 20)
 
 # --------------------------------------------------------------------------- idle / slow clients
 
+
 def check_idle_timeout(server, timeout: float) -> dict:
     """Server started with IGGY_LIMITS_IDLE_TIMEOUT = timeout seconds."""
     fill_topic(server)
@@ -164,7 +179,7 @@ def check_idle_timeout(server, timeout: float) -> dict:
     reader = socket.create_connection(("127.0.0.1", server.tcp_port))
     reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     session = _login_raw(reader)
-    reader.sendall(_poll_frame(session, 1000) * 40)      # ~40 MB of replies it will not read
+    reader.sendall(_poll_frame(session, 1000) * 40)  # ~40 MB of replies it will not read
     active = Client(server.tcp_address)
     clients = {"idle": idle, "trickle": trickle, "reader": reader}
     marks = {name: f"closing 127.0.0.1:{s.getsockname()[1]}: no complete request for" for name, s in clients.items()}
@@ -175,7 +190,7 @@ def check_idle_timeout(server, timeout: float) -> dict:
         time.sleep(0.1)
         assert active.read(1).status == 0, "an active client was disconnected"
         try:
-            trickle.send(frame[pos % len(frame):pos % len(frame) + 1])      # one byte per 0.1 s
+            trickle.send(frame[pos % len(frame) : pos % len(frame) + 1])  # one byte per 0.1 s
             pos += 1
         except OSError:
             pass
@@ -185,16 +200,20 @@ def check_idle_timeout(server, timeout: float) -> dict:
                 closed[name] = time.monotonic() - started
     for name in clients:
         assert name in closed, f"the {name} client was not closed within {timeout * 4 + 2:.0f} s"
-    for name in ("idle", "trickle"):       # and the client sees it
+    for name in ("idle", "trickle"):  # and the client sees it
         assert closed_by_server(clients[name], 2), f"the {name} client's socket is still open"
     active.close()
     for s in clients.values():
         s.close()
-    return {"idle_timeout_s": timeout, **{f"{k}_closed_after_s": round(v, 1) for k, v in closed.items()},
-            "active_client": "kept"}
+    return {
+        "idle_timeout_s": timeout,
+        **{f"{k}_closed_after_s": round(v, 1) for k, v in closed.items()},
+        "active_client": "kept",
+    }
 
 
 # --------------------------------------------------------------------------- many idle connections
+
 
 def check_idle_connections(server, n: int) -> dict:
     raise_fd_limit(n + 64)
@@ -224,9 +243,12 @@ def check_idle_connections(server, n: int) -> dict:
         assert len(s.recv(256)) > 0
     for s in socks:
         s.close()
-    return {"idle_connections": n, "rss_before_mib": round(before / 2**20, 1),
-            "rss_after_mib": round(after / 2**20, 1),
-            "rss_per_connection_kib": round((after - before) / n / 1024, 1)}
+    return {
+        "idle_connections": n,
+        "rss_before_mib": round(before / 2**20, 1),
+        "rss_after_mib": round(after / 2**20, 1),
+        "rss_per_connection_kib": round((after - before) / n / 1024, 1),
+    }
 
 
 def main(argv=None) -> None:

@@ -11,6 +11,7 @@ each producer's messages keep their order within a partition.
 
 Long form: `python -m tests.reliability.load --producers 16 --consumers 8 --seconds 60`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,18 @@ STREAM, TOPIC = "load", "t"
 
 
 def poll_next(c: Client, partition: int, count: int):
-    body = (b"\x01" + ident(1000 + partition) + ident(STREAM) + ident(TOPIC) + b"\x01" + struct.pack("<I", partition)
-            + b"\x05" + struct.pack("<Q", 0) + struct.pack("<I", count) + b"\x01")
+    body = (
+        b"\x01"
+        + ident(1000 + partition)
+        + ident(STREAM)
+        + ident(TOPIC)
+        + b"\x01"
+        + struct.pack("<I", partition)
+        + b"\x05"
+        + struct.pack("<Q", 0)
+        + struct.pack("<I", count)
+        + b"\x01"
+    )
     return c.read(100, body)
 
 
@@ -38,9 +49,9 @@ class Load:
         self.address = address
         self.producers, self.consumers, self.partitions, self.batch = producers, consumers, partitions, batch
         self.lock = threading.Lock()
-        self.acked = {p: {} for p in range(partitions)}      # partition -> {payload: base offset}
+        self.acked = {p: {} for p in range(partitions)}  # partition -> {payload: base offset}
         self.acked_count = 0
-        self.consumed = {p: [] for p in range(partitions)}   # partition -> [(offset, payload)]
+        self.consumed = {p: [] for p in range(partitions)}  # partition -> [(offset, payload)]
         self.errors: list[str] = []
         self.stop_producing = threading.Event()
         self.producers_done = threading.Event()
@@ -64,7 +75,7 @@ class Load:
                         self.acked[p][pl] = base + k
                     self.acked_count += n
                 seq += n
-        except Exception as exc:  # noqa: BLE001 - any failure is a finding
+        except Exception as exc:
             self.errors.append(f"producer {i}: {exc!r}")
         finally:
             c.close()
@@ -72,7 +83,7 @@ class Load:
     def consume(self, j: int) -> None:
         mine = [p for p in range(self.partitions) if p % self.consumers == j]
         c = Client(self.address)
-        expected = {p: 0 for p in mine}
+        expected = dict.fromkeys(mine, 0)
         try:
             while True:
                 idle = True
@@ -84,8 +95,9 @@ class Load:
                     messages = verify_batches(reply.body[16:])
                     for m in messages:
                         if m["offset"] != expected[p]:
-                            self.errors.append(f"consumer {j}: partition {p} offset {m['offset']}, "
-                                               f"expected {expected[p]}")
+                            self.errors.append(
+                                f"consumer {j}: partition {p} offset {m['offset']}, expected {expected[p]}"
+                            )
                             return
                         expected[p] += 1
                     if messages:
@@ -95,7 +107,7 @@ class Load:
                     if self.producers_done.is_set() and all(expected[p] >= self.final_offsets[p] for p in mine):
                         return
                     time.sleep(0.001)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.errors.append(f"consumer {j}: {exc!r}")
         finally:
             c.close()
@@ -134,8 +146,9 @@ class Load:
                 raise AssertionError(f"partition {p}: {len(self.acked[p])} acknowledged, {len(got)} consumed")
             for offset, payload in got:
                 if self.acked[p].get(payload) != offset:
-                    raise AssertionError(f"partition {p}: offset {offset} holds {payload[:20]!r}, not what was "
-                                         f"acknowledged there")
+                    raise AssertionError(
+                        f"partition {p}: offset {offset} holds {payload[:20]!r}, not what was acknowledged there"
+                    )
             last: dict[bytes, int] = {}
             for _, payload in got:
                 producer, seq, _ = payload.split(b":", 2)
@@ -144,11 +157,18 @@ class Load:
                 last[producer] = int(seq)
         if consumed != self.acked_count:
             raise AssertionError(f"{self.acked_count} acknowledged, {consumed} consumed")
-        return {"producers": self.producers, "consumers": self.consumers, "partitions": self.partitions,
-                "seconds_producing": round(produced_for, 1), "seconds_until_drained": round(drained_after, 1),
-                "messages_acknowledged": self.acked_count, "messages_consumed": consumed,
-                "duplicates": 0, "errors": 0,
-                "messages_per_second": round(self.acked_count / produced_for)}
+        return {
+            "producers": self.producers,
+            "consumers": self.consumers,
+            "partitions": self.partitions,
+            "seconds_producing": round(produced_for, 1),
+            "seconds_until_drained": round(drained_after, 1),
+            "messages_acknowledged": self.acked_count,
+            "messages_consumed": consumed,
+            "duplicates": 0,
+            "errors": 0,
+            "messages_per_second": round(self.acked_count / produced_for),
+        }
 
 
 def main(argv=None) -> None:

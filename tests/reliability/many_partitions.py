@@ -14,6 +14,7 @@ checked for the message just sent; the same after a SIGKILL restart with `--kill
 
 Prints one JSON document. The scratch directory is removed at the end unless --dir is given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,6 @@ import json
 import os
 import random
 import shutil
-import struct
 import time
 
 import psutil
@@ -57,10 +57,16 @@ def create(server, n: int, window: int) -> list[dict]:
             raise AssertionError(f"create of topic {i} ({stream}/{topic}) failed: {reply}")
         if i + 1 in marks:
             last = sorted(times[-window:])
-            rows.append({"topics": i + 1, "create_ms_per_topic": round(1000 * sum(last) / len(last), 3),
-                         "create_ms_p50": round(1000 * last[len(last) // 2], 3),
-                         "create_ms_p90": round(1000 * last[len(last) * 9 // 10], 3),
-                         "create_ms_max": round(1000 * last[-1], 3), **server_stats(server)})
+            rows.append(
+                {
+                    "topics": i + 1,
+                    "create_ms_per_topic": round(1000 * sum(last) / len(last), 3),
+                    "create_ms_p50": round(1000 * last[len(last) // 2], 3),
+                    "create_ms_p90": round(1000 * last[len(last) * 9 // 10], 3),
+                    "create_ms_max": round(1000 * last[-1], 3),
+                    **server_stats(server),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     c.close()
     return rows
@@ -93,8 +99,11 @@ def restart(server, graceful: bool) -> dict:
         server.kill()
     stopped = time.perf_counter()
     server.start(timeout=1800)
-    return {"stop_s": round(stopped - t0, 2), "start_s": round(time.perf_counter() - stopped, 2),
-            **server_stats(server)}
+    return {
+        "stop_s": round(stopped - t0, 2),
+        "start_s": round(time.perf_counter() - stopped, 2),
+        **server_stats(server),
+    }
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ during (sampled every 10 ms), and after the clients are gone.
 Long form: `python -m tests.reliability.memory [--engine asyncio]`; the short form is
 tests/reliability/test_memory.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,6 +97,7 @@ def _serves(server) -> None:
 
 # --------------------------------------------------------------------------- unauthenticated frames
 
+
 def _send_big_unauthenticated(port: int, size: int, result: dict, key: int) -> None:
     frame_head = build_request(2, 1, b"", client=7 + key)
     head = bytearray(frame_head)
@@ -114,7 +116,7 @@ def _send_big_unauthenticated(port: int, size: int, result: dict, key: int) -> N
         sock.settimeout(10)
         try:
             result[key] = ("answered" if sock.recv(256) else "closed", sent)
-        except socket.timeout:
+        except TimeoutError:
             result[key] = ("no answer", sent)
     except (BrokenPipeError, ConnectionResetError):
         result[key] = ("closed", sent)
@@ -129,18 +131,27 @@ def check_unauthenticated_frames(server, connections: int = 16, size: int = 48 *
     before = settled_rss(pid, 0.5)
     results: dict = {}
     with PeakRss(pid) as peak:
-        _run_all(threading.Thread(target=_send_big_unauthenticated, args=(server.tcp_port, size, results, i))
-                 for i in range(connections))
+        _run_all(
+            threading.Thread(target=_send_big_unauthenticated, args=(server.tcp_port, size, results, i))
+            for i in range(connections)
+        )
     after = settled_rss(pid)
     _serves(server)
     closed = sum(1 for state, _ in results.values() if state == "closed")
     sent = sum(n for _, n in results.values())
-    return {"connections": connections, "frame_mib": _mib(size), "closed_by_server": closed,
-            "client_bytes_sent_mib": _mib(sent), "rss_before_mib": _mib(before),
-            "rss_peak_mib": _mib(peak.peak), "rss_after_mib": _mib(after)}
+    return {
+        "connections": connections,
+        "frame_mib": _mib(size),
+        "closed_by_server": closed,
+        "client_bytes_sent_mib": _mib(sent),
+        "rss_before_mib": _mib(before),
+        "rss_peak_mib": _mib(peak.peak),
+        "rss_after_mib": _mib(after),
+    }
 
 
 # --------------------------------------------------------------------------- large TCP polls
+
 
 def fill_partition(server, stream: str, topic: str, total: int, payload: int, per_batch: int) -> int:
     """Create stream/topic (1 partition) and append about `total` bytes of messages."""
@@ -158,8 +169,19 @@ def fill_partition(server, stream: str, topic: str, total: int, payload: int, pe
 
 def _poll_body(stream: str, topic: str, count: int) -> bytes:
     from tests.rawclient import ident
-    return (b"\x01" + ident(1) + ident(stream) + ident(topic) + b"\x01" + _U32.pack(0) + b"\x01"
-            + struct.pack("<Q", 0) + _U32.pack(count) + b"\x00")
+
+    return (
+        b"\x01"
+        + ident(1)
+        + ident(stream)
+        + ident(topic)
+        + b"\x01"
+        + _U32.pack(0)
+        + b"\x01"
+        + struct.pack("<Q", 0)
+        + _U32.pack(count)
+        + b"\x00"
+    )
 
 
 def _poller(address: str, body: bytes, rounds: int, out: list, start: threading.Barrier) -> None:
@@ -182,19 +204,29 @@ def check_large_polls(server, connections: int = 12, rounds: int = 2, fill: int 
     sizes: list = []
     start = threading.Barrier(connections)
     with PeakRss(pid) as peak:
-        _run_all(threading.Thread(target=_poller, args=(server.tcp_address, body, rounds, sizes, start))
-                 for _ in range(connections))
+        _run_all(
+            threading.Thread(target=_poller, args=(server.tcp_address, body, rounds, sizes, start))
+            for _ in range(connections)
+        )
     after = settled_rss(pid)
     assert len(sizes) == connections * rounds, "a poller failed"
     _serves(server)
-    return {"connections": connections, "polls": len(sizes), "reply_mib": _mib(max(sizes)),
-            "rss_before_mib": _mib(before), "rss_peak_mib": _mib(peak.peak), "rss_after_mib": _mib(after)}
+    return {
+        "connections": connections,
+        "polls": len(sizes),
+        "reply_mib": _mib(max(sizes)),
+        "rss_before_mib": _mib(before),
+        "rss_peak_mib": _mib(peak.peak),
+        "rss_after_mib": _mib(after),
+    }
 
 
 # --------------------------------------------------------------------------- the reply budget
 
+
 def _readable(sock: socket.socket, timeout: float) -> bool:
     import select
+
     return bool(select.select([sock], [], [], timeout)[0])
 
 
@@ -204,7 +236,7 @@ def check_reply_budget_waits(server, stream: str = "memb", topic: str = "t") -> 
     metadata reads are answered) and is answered, complete, once the first client is gone."""
     c = Client(server.tcp_address)
     body = _poll_body(stream, topic, 1_000_000)
-    holder = Client(server.tcp_address)       # polls and never reads its reply
+    holder = Client(server.tcp_address)  # polls and never reads its reply
     holder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     holder.send_raw(build_request(2, 100, body, session=holder.session, request=1, client=holder.client))
     waiter = Client(server.tcp_address, timeout=60)
@@ -214,22 +246,27 @@ def check_reply_budget_waits(server, stream: str = "memb", topic: str = "t") -> 
     assert c.read(1).status == 0
     assert stream in c.stream_names()
     waited = not _readable(waiter.sock, 0.5)
-    holder.close()                      # its reply is dropped and its buffer given back
+    holder.close()  # its reply is dropped and its buffer given back
     reply = waiter.read_reply()
     assert reply.status == 0, reply
     served = _U32.unpack_from(reply.body, 12)[0]
     from tests.reliability.common import verify_batches
+
     assert len(verify_batches(reply.body[16:])) == served > 0
     c.close()
     waiter.close()
-    return {"big_poll_waited_for_budget": waited, "served_after_release": served,
-            "reply_mib": _mib(256 + len(reply.body))}
+    return {
+        "big_poll_waited_for_budget": waited,
+        "served_after_release": served,
+        "reply_mib": _mib(256 + len(reply.body)),
+    }
 
 
 def budget_gauges(server, settle: float = 10.0) -> dict:
     """reply_buffers_bytes and reply_buffer_waiters of GET /metrics, once they are back to 0 (or
     what they are after `settle` seconds): replies are given back as the transport sends them."""
     import httpx
+
     token = httpx.post(server.http_url + "/users/login", json={"username": "iggy", "password": "iggy"}).json()
     headers = {"Authorization": f"Bearer {token['access_token']['token']}"}
     deadline = time.monotonic() + settle
@@ -251,7 +288,7 @@ def check_budget_given_back_by_vanishing_clients(server, stream: str = "memb", t
     body = _poll_body(stream, topic, 1_000_000)
     sender = Client(server.tcp_address)
     big = build_request(160, 0, b"\0" * (6 * MIB), session=sender.session, request=1, client=sender.client)
-    sender.send_raw(big[:3 * MIB])             # half a big frame (its receive buffer is big)
+    sender.send_raw(big[: 3 * MIB])  # half a big frame (its receive buffer is big)
     asker = Client(server.tcp_address)
     asker.send_raw(build_request(2, 100, body, session=asker.session, request=1, client=asker.client))
     reader = Client(server.tcp_address)
@@ -261,7 +298,7 @@ def check_budget_given_back_by_vanishing_clients(server, stream: str = "memb", t
     for c in (sender, asker, reader):
         c.close()
     gauges = budget_gauges(server)
-    after = Client(server.tcp_address)       # and a big poll is still served in full
+    after = Client(server.tcp_address)  # and a big poll is still served in full
     reply = after.read(100, body)
     assert reply.status == 0 and len(reply.body) > MIB, reply
     after.close()
@@ -270,11 +307,13 @@ def check_budget_given_back_by_vanishing_clients(server, stream: str = "memb", t
 
 # --------------------------------------------------------------------------- HTTP poll of everything
 
+
 def check_http_poll_all(server, messages: int = 1_000_000, payload: int = 10, per_batch: int = 10_000) -> dict:
     """count=4294967295 over HTTP on a partition of `messages` small messages."""
     import httpx
+
     pid = server.proc.pid
-    fill_partition(server, "memh", "small", 1, payload, per_batch)   # creates the topic + one batch
+    fill_partition(server, "memh", "small", 1, payload, per_batch)  # creates the topic + one batch
     c = Client(server.tcp_address)
     batch = build_batch([(i + 1, b"s" * payload, b"") for i in range(per_batch)])
     for _ in range(messages // per_batch - 1):
@@ -285,14 +324,30 @@ def check_http_poll_all(server, messages: int = 1_000_000, payload: int = 10, pe
     headers = {"Authorization": f"Bearer {token['access_token']['token']}"}
     before = settled_rss(pid, 0.5)
     with PeakRss(pid) as peak:
-        r = httpx.get(url + "/streams/memh/topics/small/messages", headers=headers, timeout=300,
-                      params={"consumer_id": "1", "partition_id": "0", "kind": "offset", "value": "0",
-                              "count": str(0xFFFFFFFF), "auto_commit": "false"})
+        r = httpx.get(
+            url + "/streams/memh/topics/small/messages",
+            headers=headers,
+            timeout=300,
+            params={
+                "consumer_id": "1",
+                "partition_id": "0",
+                "kind": "offset",
+                "value": "0",
+                "count": str(0xFFFFFFFF),
+                "auto_commit": "false",
+            },
+        )
     assert r.status_code == 200, r.text[:300]
     served = r.json()["count"]
     after = settled_rss(pid)
-    return {"messages": messages, "served": served, "json_mib": _mib(len(r.content)),
-            "rss_before_mib": _mib(before), "rss_peak_mib": _mib(peak.peak), "rss_after_mib": _mib(after)}
+    return {
+        "messages": messages,
+        "served": served,
+        "json_mib": _mib(len(r.content)),
+        "rss_before_mib": _mib(before),
+        "rss_peak_mib": _mib(peak.peak),
+        "rss_after_mib": _mib(after),
+    }
 
 
 def main(argv=None) -> None:
@@ -308,8 +363,7 @@ def main(argv=None) -> None:
     quiet = {"IGGY_QUIC_ENABLED": "false", "IGGY_WEBSOCKET_ENABLED": "false"}
     if args.only in (None, "unauthenticated"):
         with Launcher(args.engine, {**quiet, "IGGY_HTTP_ENABLED": "false"}) as server:
-            out["unauthenticated_frames"] = check_unauthenticated_frames(server, args.connections,
-                                                                         args.frame_mib * MIB)
+            out["unauthenticated_frames"] = check_unauthenticated_frames(server, args.connections, args.frame_mib * MIB)
     if args.only in (None, "polls"):
         with Launcher(args.engine, {**quiet, "IGGY_HTTP_ENABLED": "false"}) as server:
             out["large_polls"] = check_large_polls(server, args.pollers)

@@ -10,6 +10,7 @@ tests/test_offset_files.py.
 
 Long form: `python -m tests.reliability.offset_files --ids 20000 --engine uring`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ async def run(server, ids: int) -> dict:
     codes = Counter()
     keys = list(items)
     for start in range(0, len(keys), 500):
-        codes.update(store_all(c, {k: items[k] for k in keys[start:start + 500]}))
+        codes.update(store_all(c, {k: items[k] for k in keys[start : start + 500]}))
     after = fd_count(server)
     stored = read_all(c, keys)
     c.close()
@@ -45,9 +46,15 @@ async def run(server, ids: int) -> dict:
         http = httpx.get(server.http_url + "/ping", timeout=5).status_code
     except httpx.HTTPError as exc:
         http = f"failed: {type(exc).__name__}"
-    return {"ids": ids, "reply_codes": dict(codes), "fds_before": before, "fds_after": after,
-            "stored_ids_read_back": sum(1 for k in keys if stored[k] == items[k]),
-            "new_tcp_connection": tcp, "http_ping": http}
+    return {
+        "ids": ids,
+        "reply_codes": dict(codes),
+        "fds_before": before,
+        "fds_after": after,
+        "stored_ids_read_back": sum(1 for k in keys if stored[k] == items[k]),
+        "new_tcp_connection": tcp,
+        "http_ping": http,
+    }
 
 
 def main(argv=None) -> None:

@@ -20,6 +20,7 @@ tokens only as their BLAKE3 hex digest.
 Long form: `python -m tests.reliability.permissions [--engine asyncio]` (the whole matrix is
 already the short form; the long form prints the counts).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,9 @@ import blake3
 import httpx
 import msgpack
 
+from tests.rawclient import ident, wire_name
 from tests.reliability import commands as C
 from tests.reliability.common import Client, Launcher
-from tests.rawclient import ident, wire_name
 
 U32 = struct.Struct("<I")
 PASSWORDS = (C.ACTOR_PASSWORD, C.VICTIM_PASSWORD, "victim-new", "secret1")
@@ -56,7 +57,7 @@ class Matrix:
         self.server = server
         self.root = Client(server.tcp_address)
         self.world = C.World()
-        self.tokens: list[str] = []          # raw tokens handed out
+        self.tokens: list[str] = []  # raw tokens handed out
         self.counts = {"tcp_calls": 0, "http_calls": 0, "refused_unchanged": 0, "granted": 0}
         self._ensure_actor()
         self.actor = Client(server.tcp_address, login=False)
@@ -72,7 +73,7 @@ class Matrix:
             uid = U32.unpack_from(body, pos)[0]
             pos += 4 + 8 + 1
             n = body[pos]
-            out[body[pos + 1:pos + 1 + n].decode()] = uid
+            out[body[pos + 1 : pos + 1 + n].decode()] = uid
             pos += 1 + n
             pos += 4 + U32.unpack_from(body, pos)[0]
         return out
@@ -100,8 +101,20 @@ class Matrix:
         w.topic = U32.unpack_from(_ok(root.create_topic(w.stream, "pm-t", 2), "create topic"), 4)[0]
         reply, _ = root.send(w.stream, w.topic, 0, [b"one", b"two", b"three"])
         _ok(reply, "send")
-        _ok(root.call(161, 0, b"\x01" + ident(C.CONSUMER) + ident(w.stream) + ident(w.topic) + b"\x01"
-                      + U32.pack(0) + struct.pack("<Q", 1)), "store offset")
+        _ok(
+            root.call(
+                161,
+                0,
+                b"\x01"
+                + ident(C.CONSUMER)
+                + ident(w.stream)
+                + ident(w.topic)
+                + b"\x01"
+                + U32.pack(0)
+                + struct.pack("<Q", 1),
+            ),
+            "store offset",
+        )
         body = ident(w.stream) + ident(w.topic) + wire_name("pm-g")
         w.group = U32.unpack_from(_ok(root.call(139, 0, body), "create group"), 4)[0]
         w.root_client = U32.unpack_from(_ok(root.read(20), "get me"), 0)[0]
@@ -207,8 +220,8 @@ class Matrix:
 
                 def call(headers):
                     body = route.json(w) if route.json else None
-                    return http.request(route.method, route.path(w), json=body, params=route.params,
-                                        headers=headers)
+                    return http.request(route.method, route.path(w), json=body, params=route.params, headers=headers)
+
                 before = self.state()
                 r = call({})
                 self.counts["http_calls"] += 1
@@ -260,6 +273,7 @@ def _ok_login(client: Client) -> None:
 
 # --------------------------------------------------------------------------- secrets at rest
 
+
 def stored_secrets(data_dir) -> tuple[list, list, int]:
     """(password hashes, token hashes, records read) from snapshot.bin and journal.log.
 
@@ -279,7 +293,7 @@ def stored_secrets(data_dir) -> tuple[list, list, int]:
         raw, pos = journal.read_bytes(), 0
         while pos + 12 <= len(raw):
             n = U32.unpack_from(raw, pos)[0]
-            rec = msgpack.unpackb(raw[pos + 12:pos + 12 + n], raw=False, strict_map_key=False)
+            rec = msgpack.unpackb(raw[pos + 12 : pos + 12 + n], raw=False, strict_map_key=False)
             records += 1
             if "password_hash" in rec:
                 passwords.append(rec["password_hash"])
@@ -315,8 +329,13 @@ def check_secrets_at_rest(data_dir, log_text: str, tokens: list[str], passwords=
     for s in secrets:
         if s.decode() in log_text:
             raise Failure(f"the server log holds a secret in clear ({s[:6]!r}...)")
-    return {"metadata_records": records, "password_hashes": len(hashes), "token_hashes": len(token_hashes),
-            "files_scanned": files, "tokens_checked": len(tokens)}
+    return {
+        "metadata_records": records,
+        "password_hashes": len(hashes),
+        "token_hashes": len(token_hashes),
+        "files_scanned": files,
+        "tokens_checked": len(tokens),
+    }
 
 
 def run(server, log=None) -> dict:

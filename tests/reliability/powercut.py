@@ -29,6 +29,7 @@ may read a batch that is written but not yet fsynced (and so not acknowledged).
 Long form: `python -m tests.reliability.powercut --rounds 300` (see --help; needs root and
 /dev/fuse). `--torn` also persists unsynced pages and directories at random at each cut.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,19 +48,20 @@ from pathlib import Path
 
 from iggy.protocol import codes
 from tests.conftest import ServerProcess
+from tests.rawclient import ident, wire_name
 from tests.reliability import crash
 from tests.reliability.common import OP_CREATE_TOPIC, Client, connect_or_none, option, until_killed
-from tests.rawclient import ident, wire_name
 
 LAZYFS = Path(__file__).with_name("lazyfs.py")
-STREAM = crash.STREAM          # crash.produce sends to it
+STREAM = crash.STREAM  # crash.produce sends to it
 MiB = 1 << 20
 # topic -> (durability, create options); both persisted topics roll a segment every 1 MiB
 TOPICS = {
-    "persisted": ("persisted", {"durability": "persisted", "segment_size": str(MiB),
-                                "consumer_offset_durability": "persisted"}),
-    "prealloc": ("persisted", {"durability": "persisted", "segment_size": str(MiB),
-                               "preallocate_segments": "true"}),
+    "persisted": (
+        "persisted",
+        {"durability": "persisted", "segment_size": str(MiB), "consumer_offset_durability": "persisted"},
+    ),
+    "prealloc": ("persisted", {"durability": "persisted", "segment_size": str(MiB), "preallocate_segments": "true"}),
     "replicated": ("replicated", {"segment_size": str(MiB)}),
 }
 PARTITIONS = 2
@@ -82,7 +84,7 @@ class LazyMount:
         self.log_path = log_path or self.mountpoint.with_name(self.mountpoint.name + "-lazyfs.log")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "LazyMount":
+    def start(self) -> LazyMount:
         try:
             import pyfuse3  # noqa: F401
         except ImportError as exc:
@@ -94,8 +96,9 @@ class LazyMount:
         if self.torn:
             cmd.append("--torn")
         with open(self.log_path, "ab") as err:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                         text=True, bufsize=1)
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1
+            )
         event = self._event()
         if event.get("event") != "mounted":
             self.close()
@@ -141,7 +144,7 @@ class LazyMount:
         if os.path.ismount(self.mountpoint):
             subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
 
-    def __enter__(self) -> "LazyMount":
+    def __enter__(self) -> LazyMount:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -155,8 +158,16 @@ class PowerClient(Client):
         return self.call(OP_CREATE_TOPIC, 0, body)
 
     def store_offset(self, topic, partition: int, offset: int):
-        body = (b"\x01" + ident(CONSUMER) + ident(STREAM) + ident(topic) + b"\x01" + struct.pack("<I", partition)
-                + struct.pack("<Q", offset) + b"\x01")
+        body = (
+            b"\x01"
+            + ident(CONSUMER)
+            + ident(STREAM)
+            + ident(topic)
+            + b"\x01"
+            + struct.pack("<I", partition)
+            + struct.pack("<Q", offset)
+            + b"\x01"
+        )
         return self.call(codes.CODE_OPERATIONS[codes.STORE_CONSUMER_OFFSET], 0, body)
 
     def get_offset(self, topic, partition: int) -> int | None:
@@ -176,10 +187,18 @@ class History(crash.History):
         self.offset_acked: dict[tuple[str, int], int] = {}
         self.offset_maybe: dict[tuple[str, int], int] = {}
         del self.stats["replicated_acked_lost"]
-        self.stats.update({"cuts": 0, "persisted_acked_messages": 0, "replicated_acked_lost_batches": 0,
-                           "replicated_acked_lost_messages": 0, "served_then_lost_persisted": 0,
-                           "served_then_lost_replicated": 0, "offset_stores": 0,
-                           "dropped_at_cuts": {}})
+        self.stats.update(
+            {
+                "cuts": 0,
+                "persisted_acked_messages": 0,
+                "replicated_acked_lost_batches": 0,
+                "replicated_acked_lost_messages": 0,
+                "served_then_lost_persisted": 0,
+                "served_then_lost_replicated": 0,
+                "offset_stores": 0,
+                "dropped_at_cuts": {},
+            }
+        )
 
 
 def store_offsets(address: str, history: History, stop: threading.Event, rng: random.Random) -> None:
@@ -217,13 +236,15 @@ def check(address: str, history: History) -> None:
         for topic, (durability, _opts) in TOPICS.items():
             for p in range(PARTITIONS):
                 _check_partition(c, history, topic, durability, p)
-        for (topic, p) in {*history.offset_acked, *history.offset_maybe}:
+        for topic, p in {*history.offset_acked, *history.offset_maybe}:
             got = c.get_offset(topic, p)
             acked = history.offset_acked.get((topic, p))
             maybe = history.offset_maybe.pop((topic, p), None)
             if got != acked and (maybe is None or got != maybe):
-                raise AssertionError(f"consumer offset of {topic}/{p}: {got} after the cut, the last acknowledged "
-                                     f"store was {acked} (in flight: {maybe})")
+                raise AssertionError(
+                    f"consumer offset of {topic}/{p}: {got} after the cut, the last acknowledged "
+                    f"store was {acked} (in flight: {maybe})"
+                )
             if got is not None:
                 history.offset_acked[(topic, p)] = got
         crash.check_streams(c, history)
@@ -240,12 +261,14 @@ def _check_partition(c: Client, history: History, topic: str, durability: str, p
     lost_batches = lost_messages = 0
     for base, batch in sorted(acked.items()):
         if base >= n and durability != "persisted":
-            lost_batches += 1               # past the end: cut off with the unsynced tail
+            lost_batches += 1  # past the end: cut off with the unsynced tail
             lost_messages += len(batch)
             continue
-        if payloads[base:base + len(batch)] != batch:
-            raise AssertionError(f"{where}: acknowledged batch at offset {base} ({len(batch)} messages) is "
-                                 f"{'missing or changed' if base < n else 'lost'}; the partition has {n} messages")
+        if payloads[base : base + len(batch)] != batch:
+            raise AssertionError(
+                f"{where}: acknowledged batch at offset {base} ({len(batch)} messages) is "
+                f"{'missing or changed' if base < n else 'lost'}; the partition has {n} messages"
+            )
     if lost_batches:
         # gone for good: the offsets will be given to new batches
         history.acked[key] = {b: batch for b, batch in acked.items() if b < n}
@@ -268,8 +291,15 @@ def setup(address: str) -> None:
         c.close()
 
 
-def run(fs: LazyMount, server: ServerProcess, rounds: int, seed: int, kill_after=(0.5, 2.0), log=print,
-        time_limit: float | None = None) -> dict:
+def run(
+    fs: LazyMount,
+    server: ServerProcess,
+    rounds: int,
+    seed: int,
+    kill_after=(0.5, 2.0),
+    log=print,
+    time_limit: float | None = None,
+) -> dict:
     """`rounds` rounds of produce + SIGKILL + power cut + restart + check on a started server."""
     rng = random.Random(seed)
     history = History()
@@ -282,12 +312,26 @@ def run(fs: LazyMount, server: ServerProcess, rounds: int, seed: int, kill_after
             history.stats["dropped_at_cuts"][k] = history.stats["dropped_at_cuts"].get(k, 0) + v
         return f"{history.stats['offset_stores']} offset stores; dropped at the cut: {dropped}"
 
-    crash.run_rounds(server, history, rng, rounds, kill_after, time_limit, check, extra_workers=(store_offsets,),
-                     after_kill=cut, remember_served=True, log=log)
+    crash.run_rounds(
+        server,
+        history,
+        rng,
+        rounds,
+        kill_after,
+        time_limit,
+        check,
+        extra_workers=(store_offsets,),
+        after_kill=cut,
+        remember_served=True,
+        log=log,
+    )
     # acknowledged (or recovered in flight) and present after the last cut
     history.stats["persisted_acked_messages"] = sum(
-        len(batch) for (topic, _p), batches in history.acked.items() if TOPICS[topic][0] == "persisted"
-        for batch in batches.values())
+        len(batch)
+        for (topic, _p), batches in history.acked.items()
+        if TOPICS[topic][0] == "persisted"
+        for batch in batches.values()
+    )
     return history.stats
 
 

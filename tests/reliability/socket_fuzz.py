@@ -14,6 +14,7 @@ official SDK connects, logs in, creates a stream and topic, sends and polls mess
 server log holds no traceback. Long form: `python -m tests.reliability.socket_fuzz --inputs
 200000 --connections 64`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,7 @@ async def _read_some(reader: asyncio.StreamReader, stats: Stats, timeout: float)
                 stats.closed_by_server += 1
                 return False
             stats.replies += 1
-    except (asyncio.TimeoutError, ConnectionError, OSError):
+    except (TimeoutError, ConnectionError, OSError):
         return True
 
 
@@ -68,35 +69,60 @@ async def _login(reader, writer) -> int:
 def _valid_frame(rng: random.Random, world: C.World, session: int, request: int) -> bytes:
     cmd = rng.choice(C.COMMANDS)
     body = cmd.body(world)
-    return build_request(cmd.op, cmd.code if cmd.op == 2 else 0, body, session=session, request=request,
-                         client=rng.randrange(1, 2**64), with_checksum=cmd.op in codes.CHECKSUMMED_OPS)
+    return build_request(
+        cmd.op,
+        cmd.code if cmd.op == 2 else 0,
+        body,
+        session=session,
+        request=request,
+        client=rng.randrange(1, 2**64),
+        with_checksum=cmd.op in codes.CHECKSUMMED_OPS,
+    )
 
 
 def _mutate(rng: random.Random, frame: bytes, max_frame: int) -> bytes:
     f = bytearray(frame)
     choice = rng.randrange(9)
-    if choice == 0:          # size field
-        U32.pack_into(f, 48, rng.choice([0, 1, 255, 256, len(f) - 1, len(f) + 1, len(f) + 1000, max_frame,
-                                         max_frame + 1, 2**31, 2**32 - 1, rng.randrange(2**32)]))
-    elif choice == 1:        # command byte
+    if choice == 0:  # size field
+        U32.pack_into(
+            f,
+            48,
+            rng.choice(
+                [
+                    0,
+                    1,
+                    255,
+                    256,
+                    len(f) - 1,
+                    len(f) + 1,
+                    len(f) + 1000,
+                    max_frame,
+                    max_frame + 1,
+                    2**31,
+                    2**32 - 1,
+                    rng.randrange(2**32),
+                ]
+            ),
+        )
+    elif choice == 1:  # command byte
         f[60] = rng.randrange(256)
-    elif choice == 2:        # operation
+    elif choice == 2:  # operation
         f[176] = rng.randrange(256)
-    elif choice == 3:        # session / request numbers
+    elif choice == 3:  # session / request numbers
         struct.pack_into("<Q", f, rng.choice([168, 184]), rng.randrange(2**64))
-    elif choice == 4:        # request checksum
+    elif choice == 4:  # request checksum
         struct.pack_into("<Q", f, 144, rng.randrange(2**64))
-    elif choice == 5:        # code
+    elif choice == 5:  # code
         U32.pack_into(f, 196, rng.choice([0, 2, 9999, rng.randrange(2**32)] + [c.code for c in C.COMMANDS]))
-    elif choice == 6 and len(f) > 256:   # body bytes
+    elif choice == 6 and len(f) > 256:  # body bytes
         for _ in range(rng.randint(1, 8)):
             i = rng.randrange(256, len(f))
             f[i] = rng.randrange(256)
-    elif choice == 7 and len(f) > 256:   # body cut, size fixed up
+    elif choice == 7 and len(f) > 256:  # body cut, size fixed up
         cut = rng.randrange(256, len(f))
         del f[cut:]
         U32.pack_into(f, 48, len(f))
-    else:                    # body extended, size fixed up
+    else:  # body extended, size fixed up
         f += os.urandom(rng.randrange(1, 64))
         U32.pack_into(f, 48, len(f))
     return bytes(f)
@@ -106,7 +132,7 @@ async def one_connection(address, rng: random.Random, world: C.World, stats: Sta
     host, port = address
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         await asyncio.sleep(0.05)
         return
     stats.connections += 1
@@ -134,17 +160,17 @@ async def one_connection(address, rng: random.Random, world: C.World, stats: Sta
         data = b"".join(frames)
         stats.inputs += len(frames)
         stats.bytes += len(data)
-        if mode == 4:            # cut into chunks with pauses
+        if mode == 4:  # cut into chunks with pauses
             pos = 0
             while pos < len(data):
                 n = rng.randint(1, 300)
-                writer.write(data[pos:pos + n])
+                writer.write(data[pos : pos + n])
                 await writer.drain()
                 pos += n
                 if rng.random() < 0.1:
                     await asyncio.sleep(0.001)
-        elif mode == 5:          # half a frame, then an abrupt close (RST)
-            writer.write(data[:rng.randrange(1, len(data) + 1)])
+        elif mode == 5:  # half a frame, then an abrupt close (RST)
+            writer.write(data[: rng.randrange(1, len(data) + 1)])
             await writer.drain()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return
@@ -153,18 +179,19 @@ async def one_connection(address, rng: random.Random, world: C.World, stats: Sta
             await writer.drain()
         if rng.random() < 0.8:
             await _read_some(reader, stats, 0.02)
-    except (ConnectionError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+    except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError):
         pass
     finally:
         writer.close()
         try:
             await asyncio.wait_for(writer.wait_closed(), 1)
-        except (ConnectionError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError, OSError):
             pass
 
 
-async def fuzz(address, inputs: int, connections: int, seed: int, world: C.World, max_frame: int,
-               time_limit: float | None = None) -> Stats:
+async def fuzz(
+    address, inputs: int, connections: int, seed: int, world: C.World, max_frame: int, time_limit: float | None = None
+) -> Stats:
     stats = Stats()
     started = time.monotonic()
 
@@ -180,6 +207,7 @@ async def fuzz(address, inputs: int, connections: int, seed: int, world: C.World
 async def sdk_check(address: str) -> None:
     """The server still serves: the official SDK does a full round trip."""
     from apache_iggy import Consumer, IggyClient, PollingStrategy, SendMessage
+
     client = IggyClient(address)
     await client.connect()
     await client.login_user("iggy", "iggy")
@@ -188,29 +216,43 @@ async def sdk_check(address: str) -> None:
     await client.create_stream(name)
     await client.create_topic(name, "t", 1)
     await client.send_messages(name, "t", 0, [SendMessage(f"m{i}") for i in range(10)])
-    got = await client.poll_messages(name, "t", consumer=Consumer.Single(1), partition_id=0,
-                                     polling_strategy=PollingStrategy.First(), count=10, auto_commit=False)
+    got = await client.poll_messages(
+        name,
+        "t",
+        consumer=Consumer.Single(1),
+        partition_id=0,
+        polling_strategy=PollingStrategy.First(),
+        count=10,
+        auto_commit=False,
+    )
     assert [m.payload() for m in got] == [f"m{i}".encode() for i in range(10)]
 
 
 def run(server, inputs: int, connections: int, seed: int, time_limit: float | None = None) -> dict:
     from tests.reliability.permissions import Matrix
-    m = Matrix(server)          # builds the world the valid frames refer to
+
+    m = Matrix(server)  # builds the world the valid frames refer to
     world = m.world
     m.close()
     max_frame = 64 * 1024 * 1024
     started = time.monotonic()
-    stats = asyncio.run(fuzz(("127.0.0.1", server.tcp_port), inputs, connections, seed, world, max_frame,
-                             time_limit))
+    stats = asyncio.run(fuzz(("127.0.0.1", server.tcp_port), inputs, connections, seed, world, max_frame, time_limit))
     elapsed = time.monotonic() - started
     if not server.alive():
         raise AssertionError("the server died:\n" + server.log()[-3000:])
     asyncio.run(sdk_check(server.tcp_address))
     if "Traceback" in server.log():
         raise AssertionError("the server log has a traceback:\n" + server.log()[-3000:])
-    return {"inputs": stats.inputs, "connections": stats.connections, "bytes": stats.bytes,
-            "reads_with_data": stats.replies, "closed_by_server": stats.closed_by_server,
-            "seconds": round(elapsed, 1), "server_alive": True, "sdk_round_trip": True}
+    return {
+        "inputs": stats.inputs,
+        "connections": stats.connections,
+        "bytes": stats.bytes,
+        "reads_with_data": stats.replies,
+        "closed_by_server": stats.closed_by_server,
+        "seconds": round(elapsed, 1),
+        "server_alive": True,
+        "sdk_round_trip": True,
+    }
 
 
 def main(argv=None) -> None:

@@ -10,6 +10,7 @@ without the check.
 
 `python -m tests.reliability.startup_cost --gib 1 [--baseline /path/to/other/checkout]`
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def write(directory: str, gib: float) -> dict:
     from iggy.protocol.batch import build_batch
     from iggy.storage.log import PartitionLog
+
     lg = PartitionLog(directory, 0, 128 << 20)
     batch = build_batch([(i + 1, bytes([65 + i]) * 1000, b"") for i in range(10)])
     ts = 1_700_000_000_000_000
     while lg.size_bytes < gib * (1 << 30):
         ts += 1
         lg.append(batch, 0, len(batch), ts)
-    out = {"bytes": lg.size_bytes, "messages": lg.next_offset, "batches": lg.next_offset // 10,
-           "segments": lg.segments_count}
+    out = {
+        "bytes": lg.size_bytes,
+        "messages": lg.next_offset,
+        "batches": lg.next_offset // 10,
+        "segments": lg.segments_count,
+    }
     lg.close()
     return out
 
@@ -58,8 +64,13 @@ def evict(directory: str) -> None:
 def open_seconds(root: str, directory: str, cold: bool) -> float:
     if cold:
         evict(directory)
-    out = subprocess.run([sys.executable, "-c", OPEN, root, directory], capture_output=True, text=True,
-                         check=True, cwd=tempfile.gettempdir())
+    out = subprocess.run(
+        [sys.executable, "-c", OPEN, root, directory],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tempfile.gettempdir(),
+    )
     return float(out.stdout.strip())
 
 

@@ -1,6 +1,7 @@
 """Short form of tests/reliability/churn.py: sends, polls and offset stores on raw TCP while
 another client deletes and recreates streams and topics and adds and removes partitions.
 Every reply is a success or a not-found code, and the server logs no traceback."""
+
 from tests.conftest import ServerProcess
 from tests.reliability.churn import Churn, check_log
 

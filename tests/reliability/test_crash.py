@@ -1,4 +1,5 @@
 """Short form of the crash-consistency harness (tests/reliability/crash.py): a few SIGKILL rounds."""
+
 from tests.conftest import ServerProcess
 from tests.reliability import crash
 

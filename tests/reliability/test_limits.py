@@ -1,5 +1,6 @@
 """Short form of tests/reliability/limits.py: frame size, slow readers, idle and slow clients,
 memory with 1,000 idle connections (tests/test_limits.py covers limits.max_connections)."""
+
 import functools
 
 import pytest

@@ -1,4 +1,5 @@
 """Short form of tests/reliability/load.py: concurrent producers and consumers on one topic."""
+
 from tests.conftest import ServerProcess
 from tests.reliability.load import Load
 

@@ -2,6 +2,7 @@
 budget, HTTP polls of everything. RSS bounds have wide margins: they separate "bounded and
 given back" from "grows with the clients and stays" (the figures of both are in
 docs/RELIABILITY.md), not one allocator's exact numbers."""
+
 import functools
 
 import pytest
@@ -34,9 +35,9 @@ def test_big_frames_before_login_are_refused_at_the_header(make_server):
 def test_a_login_and_ordinary_requests_fit_under_the_unauthenticated_limit(make_server):
     # the smallest limit allowed: the SDK-shaped login and pings pass, a bigger frame does not
     server = make_server(IGGY_LIMITS_MAX_UNAUTHENTICATED_FRAME="4 KiB")
-    c = memory.Client(server.tcp_address)          # logs in (raises when refused)
+    c = memory.Client(server.tcp_address)  # logs in (raises when refused)
     assert c.read(1).status == 0
-    assert c.read(1, b"\0" * (64 * 1024)).status == 0      # logged in: the frame limit is back
+    assert c.read(1, b"\0" * (64 * 1024)).status == 0  # logged in: the frame limit is back
     c.close()
     stats = memory.check_unauthenticated_frames(server, connections=1, size=4 * 1024 + 1)
     assert stats["closed_by_server"] == 1, stats
@@ -55,8 +56,9 @@ def test_big_polls_are_bounded_by_the_reply_budget_and_given_back(make_server):
 
 
 def test_a_big_poll_waits_while_the_budget_is_held_and_runs_once_it_is_given_back(make_server):
-    server = make_server(IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE="8 MiB", IGGY_LIMITS_MAX_REPLY_BUFFERS="1 MiB",
-                         IGGY_HTTP_ENABLED="true")
+    server = make_server(
+        IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE="8 MiB", IGGY_LIMITS_MAX_REPLY_BUFFERS="1 MiB", IGGY_HTTP_ENABLED="true"
+    )
     memory.fill_partition(server, "memb", "t", 12 * MIB, 1000, 1000)
     stats = memory.check_reply_budget_waits(server)
     assert stats["big_poll_waited_for_budget"], stats
@@ -65,8 +67,9 @@ def test_a_big_poll_waits_while_the_budget_is_held_and_runs_once_it_is_given_bac
 
 
 def test_clients_vanishing_mid_transfer_leave_nothing_counted(make_server):
-    server = make_server(IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE="8 MiB", IGGY_LIMITS_MAX_REPLY_BUFFERS="32 MiB",
-                         IGGY_HTTP_ENABLED="true")
+    server = make_server(
+        IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE="8 MiB", IGGY_LIMITS_MAX_REPLY_BUFFERS="32 MiB", IGGY_HTTP_ENABLED="true"
+    )
     memory.fill_partition(server, "memb", "t", 12 * MIB, 1000, 1000)
     stats = memory.check_budget_given_back_by_vanishing_clients(server)
     assert (stats["reply_buffers_bytes"], stats["reply_buffer_waiters"]) == (0, 0), stats

@@ -6,6 +6,7 @@ of each kind through a power cut of a real server whose data directory is the mo
 mode produces, in-process; then a few rounds of the harness, strict and torn. Skipped, with
 the reason, where FUSE cannot be mounted (no /dev/fuse, not root, pyfuse3 missing).
 """
+
 import mmap
 import os
 
@@ -15,6 +16,7 @@ from tests.reliability import powercut
 from tests.reliability.common import Client
 
 # (the harness starts its own ServerProcess( with the data directory on the mount)
+
 
 @pytest.fixture
 def lazy(tmp_path):
@@ -56,18 +58,18 @@ def write_file(path, data: bytes, sync: bool, datasync: bool = False):
 
 def test_layer_keeps_only_what_was_fsynced(lazy):
     m = lazy.mountpoint
-    write_file(m / "synced", b"a" * 5000, sync=True)           # file synced, directory not yet
+    write_file(m / "synced", b"a" * 5000, sync=True)  # file synced, directory not yet
     write_file(m / "data-only", b"b" * 100, sync=False)
     os.mkdir(m / "d")
-    fsync_path(m, directory=True)                               # entries above are durable now
-    write_file(m / "synced", b"c" * 100, sync=False)            # overwrite, not synced
+    fsync_path(m, directory=True)  # entries above are durable now
+    write_file(m / "synced", b"c" * 100, sync=False)  # overwrite, not synced
     with open(m / "data-only", "ab") as f:
         f.write(b"tail")
         f.flush()
-        os.fdatasync(f.fileno())                                # fdatasync persists size too
-    write_file(m / "d" / "inner", b"x", sync=True)              # d never fsynced: inner goes
-    write_file(m / "late", b"y", sync=True)                     # root not fsynced again: late goes
-    os.rename(m / "synced", m / "renamed")                      # not durable: old name stays
+        os.fdatasync(f.fileno())  # fdatasync persists size too
+    write_file(m / "d" / "inner", b"x", sync=True)  # d never fsynced: inner goes
+    write_file(m / "late", b"y", sync=True)  # root not fsynced again: late goes
+    os.rename(m / "synced", m / "renamed")  # not durable: old name stays
     assert sorted(os.listdir(m)) == ["d", "data-only", "late", "renamed"]
     dropped = lazy.cut()
     assert sorted(os.listdir(m)) == ["d", "data-only", "synced"]
@@ -79,21 +81,21 @@ def test_layer_keeps_only_what_was_fsynced(lazy):
 
 def test_layer_truncate_rename_unlink_mmap_fallocate(lazy):
     m = lazy.mountpoint
-    write_file(m / "f", bytes(range(256)) * 64, sync=True)     # 16 KiB
+    write_file(m / "f", bytes(range(256)) * 64, sync=True)  # 16 KiB
     write_file(m / "old", b"old", sync=True)
     fsync_path(m, directory=True)
     fd = os.open(m / "f", os.O_RDWR)
     os.ftruncate(fd, 5000)
-    os.ftruncate(fd, 9000)                                      # the regrown part reads as zeros
+    os.ftruncate(fd, 9000)  # the regrown part reads as zeros
     os.fsync(fd)
-    os.posix_fallocate(fd, 0, 64 * 1024)                        # no fallocate in FUSE: glibc writes zeros
+    os.posix_fallocate(fd, 0, 64 * 1024)  # no fallocate in FUSE: glibc writes zeros
     assert os.fstat(fd).st_size == 64 * 1024
     with mmap.mmap(fd, 9000, prot=mmap.PROT_READ) as mm:
         assert mm[:5000] == (bytes(range(256)) * 64)[:5000] and mm[5000:9000] == bytes(4000)
     os.close(fd)
     os.rename(m / "old", m / "new")
     os.unlink(m / "f")
-    fsync_path(m, directory=True)                               # rename and unlink durable
+    fsync_path(m, directory=True)  # rename and unlink durable
     write_file(m / "new", b"NEW", sync=False)
     lazy.cut()
     assert sorted(os.listdir(m)) == ["new"]
@@ -112,9 +114,9 @@ def test_torn_mode_persists_some_unsynced_pages(tmp_path):
         fsync_path(m, directory=True)
         write_file(m / "f", b"\x02" * 4096 * 64, sync=False)
         fs.cut()
-        pages = [(m / "f").read_bytes()[i * 4096:(i + 1) * 4096] for i in range(64)]
-        assert {p[:1] for p in pages} == {b"\x01", b"\x02"}           # some persisted, some not
-        assert all(p in (b"\x01" * 4096, b"\x02" * 4096) for p in pages)   # each page whole
+        pages = [(m / "f").read_bytes()[i * 4096 : (i + 1) * 4096] for i in range(64)]
+        assert {p[:1] for p in pages} == {b"\x01", b"\x02"}  # some persisted, some not
+        assert all(p in (b"\x01" * 4096, b"\x02" * 4096) for p in pages)  # each page whole
     finally:
         fs.close()
 
@@ -200,10 +202,10 @@ def test_recovery_cuts_the_active_segment_at_a_batch_the_cut_left_unwritten(tmp_
     lg.close()
     with open(os.path.join(directory, f"{0:020d}.log"), "r+b") as f:
         f.seek(positions[1])
-        f.write(bytes(positions[2] - positions[1]))           # batch 1 never reached the disk
+        f.write(bytes(positions[2] - positions[1]))  # batch 1 never reached the disk
     lg = PartitionLog(directory, 1, 1 << 20)
     try:
-        assert lg.next_offset == 4                            # batches 1 and 2 cut off
+        assert lg.next_offset == 4  # batches 1 and 2 cut off
         assert lg.read(0, 100)[1] == 4
         assert lg.read(4, 100)[1] == 0
         b = build_batch([(99, b"after the cut", b"")])

@@ -18,30 +18,31 @@ applies), `keep_alive_interval` (the server PINGs each connection that often; 0 
 `receive_window` / `stream_receive_window` (flow-control budget per connection / stream).
 `[quic.certificate]`: see `iggy.engine.frontdoors.tls`.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import deque
 
-from iggy.protocol.wire import FrameError, FrameReader
 from iggy.control.plane import TRANSPORT_QUIC, ConnectionLimit
 from iggy.engine.base import Engine
+from iggy.protocol.wire import FrameError, FrameReader
 
 log = logging.getLogger(__name__)
 
-_NO_IDLE_LIMIT = 10 * 365 * 86400.0       # seconds; "0 s" turns our idle limit off
+_NO_IDLE_LIMIT = 10 * 365 * 86400.0  # seconds; "0 s" turns our idle limit off
 _APP_ERROR_INVALID_FRAME = 1
 _APP_ERROR_STREAM_TRUNCATED = 2
 
 
 class _Stream:
-    __slots__ = ("frames", "outstanding", "finished")
+    __slots__ = ("finished", "frames", "outstanding")
 
     def __init__(self, max_frame_size: int):
         self.frames = FrameReader(max_frame_size)
-        self.outstanding = 0          # frames received and not answered yet
-        self.finished = False         # the client finished its sending side
+        self.outstanding = 0  # frames received and not answered yet
+        self.finished = False  # the client finished its sending side
 
 
 def make_protocol_class():
@@ -59,7 +60,7 @@ def make_protocol_class():
             self.session = None
             self.peer = None
             self._streams: dict[int, _Stream] = {}
-            self._queue: deque = deque()            # (stream_id, header, body)
+            self._queue: deque = deque()  # (stream_id, header, body)
             self._busy = False
             self._ended = False
             self._ping_timer = None
@@ -127,7 +128,7 @@ def make_protocol_class():
                 self._terminated()
 
         def _on_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-            if stream_id & 0x2:         # unidirectional: the protocol has no use for them
+            if stream_id & 0x2:  # unidirectional: the protocol has no use for them
                 return
             if not self._open_session():
                 return
@@ -151,8 +152,7 @@ def make_protocol_class():
             if end_stream:
                 stream.finished = True
                 if stream.frames.buffered:
-                    log.info("QUIC client %s finished stream %d inside a frame", self.session.address,
-                             stream_id)
+                    log.info("QUIC client %s finished stream %d inside a frame", self.session.address, stream_id)
                     self._send(stream_id, b"", reset=True)
                 elif stream.outstanding == 0:
                     self._send(stream_id, b"", end=True)
@@ -174,9 +174,10 @@ def make_protocol_class():
         async def _finish(self, stream_id: int, pending) -> None:
             try:
                 reply = await pending
-            except Exception:  # noqa: BLE001 - a failed request must not kill the connection silently
-                log.exception("request failed on QUIC connection %s",
-                              self.session.address if self.session else self.peer)
+            except Exception:
+                log.exception(
+                    "request failed on QUIC connection %s", self.session.address if self.session else self.peer
+                )
                 self._busy = False
                 self.close(error_code=0, reason_phrase="internal error")
                 self._terminated()
@@ -188,7 +189,7 @@ def make_protocol_class():
 
         def _reply(self, stream_id: int, reply) -> None:
             stream = self._streams.get(stream_id)
-            if stream is None:                  # reset by the client meanwhile
+            if stream is None:  # reset by the client meanwhile
                 return
             stream.outstanding -= 1
             last = stream.finished and stream.outstanding == 0
@@ -202,7 +203,7 @@ def make_protocol_class():
                     self._quic.reset_stream(stream_id, _APP_ERROR_STREAM_TRUNCATED)
                 else:
                     self._quic.send_stream_data(stream_id, data, end_stream=end)
-            except Exception as exc:  # noqa: BLE001 - the stream is gone (reset or connection closing)
+            except Exception as exc:
                 log.debug("QUIC stream %d: reply dropped: %s", stream_id, exc)
             if end or reset:
                 self._streams.pop(stream_id, None)
@@ -213,6 +214,7 @@ def make_protocol_class():
 def quic_configuration(cfg, cert_file: str, key_file: str):
     """aioquic server configuration from `[quic]` (no ALPN, as upstream's client listener)."""
     from aioquic.quic.configuration import QuicConfiguration
+
     idle = cfg.quic.max_idle_timeout
     conf = QuicConfiguration(
         is_client=False,
@@ -228,14 +230,14 @@ def quic_configuration(cfg, cert_file: str, key_file: str):
 async def start_quic(plane, host: str, port: int, max_frame_size: int, configuration, keep_alive: float):
     """Bind the UDP listener; returns (QuicServer, bound (host, port))."""
     from aioquic.asyncio import serve
+
     protocol_class = make_protocol_class()
-    quiet = logging.getLogger("quic")       # aioquic logs 3 INFO lines per connection
+    quiet = logging.getLogger("quic")  # aioquic logs 3 INFO lines per connection
     if quiet.level == logging.NOTSET and logging.getLogger().getEffectiveLevel() >= logging.INFO:
         quiet.setLevel(logging.WARNING)
 
     def create_protocol(quic, stream_handler=None):
-        return protocol_class(quic, stream_handler, plane=plane, max_frame_size=max_frame_size,
-                              keep_alive=keep_alive)
+        return protocol_class(quic, stream_handler, plane=plane, max_frame_size=max_frame_size, keep_alive=keep_alive)
 
     server = await serve(host, port, configuration=configuration, create_protocol=create_protocol)
     bound = server._transport.get_extra_info("sockname")
@@ -253,12 +255,13 @@ class QuicEngine(Engine):
         self.keep_alive = keep_alive
 
     async def start(self) -> tuple[str, int]:
-        self.server, bound = await start_quic(self.plane, self.host, self.port, self.max_frame_size,
-                                              self.configuration, self.keep_alive)
+        self.server, bound = await start_quic(
+            self.plane, self.host, self.port, self.max_frame_size, self.configuration, self.keep_alive
+        )
         return bound
 
     def listening(self, bound) -> str:
         return f"QUIC server listening on {bound[0]}:{bound[1]} (UDP)"
 
     async def stop(self) -> None:
-        self.server.close()         # CONNECTION_CLOSE to every client, then the UDP socket
+        self.server.close()  # CONNECTION_CLOSE to every client, then the UDP socket

@@ -12,30 +12,32 @@ that floods requests is held back by TCP.
 Server pings are off: the SDK reads only while it waits for a reply, and the binary
 protocol has its own heartbeat (PING every 5 s, eviction by `[heartbeat]`).
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from iggy.protocol.wire import FrameError, FrameReader
 from iggy.control.plane import TRANSPORT_WEBSOCKET, ConnectionLimit
 from iggy.engine.base import Engine, wait_bounded
+from iggy.protocol.wire import FrameError, FrameReader
 
 log = logging.getLogger(__name__)
 
 _CLOSE_PROTOCOL_ERROR = 1002
 _CLOSE_UNSUPPORTED_DATA = 1003
 _CLOSE_TRY_AGAIN_LATER = 1013
-_closing: set = set()                 # close tasks in flight (the loop keeps only weak references)
+_closing: set = set()  # close tasks in flight (the loop keeps only weak references)
 
 
 async def serve_connection(plane, ws, max_frame_size: int) -> None:
     """Run one WebSocket connection until it closes."""
     from websockets.exceptions import ConnectionClosed
+
     peer = ws.remote_address
     address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
-    def close() -> None:              # Session.close: heartbeat eviction, shutdown
+    def close() -> None:  # Session.close: heartbeat eviction, shutdown
         task = asyncio.get_running_loop().create_task(ws.close(1001, "closed by the server"))
         _closing.add(task)
         task.add_done_callback(_closing.discard)
@@ -66,7 +68,7 @@ async def serve_connection(plane, ws, max_frame_size: int) -> None:
                 reply = plane.handle(session, header, body, parts=True)
                 if not isinstance(reply, (bytes, list)):
                     reply = await reply
-                await ws.send(reply)        # a list is sent as the fragments of one message
+                await ws.send(reply)  # a list is sent as the fragments of one message
     except ConnectionClosed:
         pass
     finally:
@@ -76,12 +78,15 @@ async def serve_connection(plane, ws, max_frame_size: int) -> None:
 async def start_websocket(plane, host: str, port: int, max_frame_size: int, ssl_context=None):
     """Bind the listener; returns the `websockets` Server (`.close()`, `.wait_closed()`)."""
     from websockets.asyncio.server import serve
+
     return await serve(
-        lambda ws: serve_connection(plane, ws, max_frame_size), host, port,
+        lambda ws: serve_connection(plane, ws, max_frame_size),
+        host,
+        port,
         ssl=ssl_context,
-        compression=None,             # the SDK offers none; frames are mostly binary payloads
-        ping_interval=None,           # see the module docstring
-        max_size=max_frame_size,      # upstream: websocket.max_message_size <= message_bus.max_message_size
+        compression=None,  # the SDK offers none; frames are mostly binary payloads
+        ping_interval=None,  # see the module docstring
+        max_size=max_frame_size,  # upstream: websocket.max_message_size <= message_bus.max_message_size
         max_queue=16,
         reuse_address=True,
         backlog=1024,
@@ -107,7 +112,7 @@ class WebSocketEngine(Engine):
         return f"WebSocket server listening on {bound[0]}:{bound[1]}{tls}"
 
     async def stop(self) -> None:
-        self.server.close()         # also closes its connections (1001 going away)
+        self.server.close()  # also closes its connections (1001 going away)
 
     async def wait_closed(self) -> None:
         await wait_bounded(self.server.wait_closed())

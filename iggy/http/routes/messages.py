@@ -9,6 +9,7 @@ routes, appends and reads.
 Over HTTP the consumer kind is never carried: every poll and offset operation acts as a plain
 consumer (`consumer_id`, default 1), and an omitted partition means partition 0.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -26,9 +27,14 @@ from iggy.protocol import codes
 from iggy.protocol.batch import build_batch, iter_messages
 
 U32 = Annotated[int, QueryParameter(ge=0, le=0xFFFFFFFF)]
-U64 = Annotated[int, QueryParameter(ge=0)]   # upper bound checked in the handler (msgspec stops at int64)
-STRATEGIES = {"offset": messages.STRATEGY_OFFSET, "timestamp": messages.STRATEGY_TIMESTAMP,
-              "first": messages.STRATEGY_FIRST, "last": messages.STRATEGY_LAST, "next": messages.STRATEGY_NEXT}
+U64 = Annotated[int, QueryParameter(ge=0)]  # upper bound checked in the handler (msgspec stops at int64)
+STRATEGIES = {
+    "offset": messages.STRATEGY_OFFSET,
+    "timestamp": messages.STRATEGY_TIMESTAMP,
+    "first": messages.STRATEGY_FIRST,
+    "last": messages.STRATEGY_LAST,
+    "next": messages.STRATEGY_NEXT,
+}
 STRATEGIES.update({name[0]: code for name, code in list(STRATEGIES.items())})
 PollKind = Literal["offset", "timestamp", "first", "last", "next", "o", "t", "f", "l", "n"]
 SINGLE = messages.CONSUMER_SINGLE
@@ -46,25 +52,43 @@ def _offset(plane, result) -> dict:
 
 # ------------------------------------------------------------------- send / poll
 
+
 @post("/streams/{stream_id:str}/topics/{topic_id:str}/messages", status_code=201, summary="Send messages")
-async def send_messages(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                        data: JSONBody[schemas.SendMessages], ack: FromQuery[str | None] = None) -> Response:
+async def send_messages(
+    ctx: Ctx,
+    caller: Caller,
+    stream_id: FromPath[str],
+    topic_id: FromPath[str],
+    data: JSONBody[schemas.SendMessages],
+    ack: FromQuery[str | None] = None,
+) -> Response:
     kind, value = partitioning(data)
     entries = batch_input(data)
     batch = build_batch(entries)
     sid, tid = ident(stream_id), ident(topic_id)
-    confirmation = await ctx.bridge.call_as(caller, codes.SEND_MESSAGES, sid, tid, kind, value, batch, 0, len(batch),
-                                            len(entries), view=_confirmation)
+    confirmation = await ctx.bridge.call_as(
+        caller, codes.SEND_MESSAGES, sid, tid, kind, value, batch, 0, len(batch), len(entries), view=_confirmation
+    )
     if ack == "none":
         return Response(b"", status_code=202, headers={"iggy-durability": "none"})
-    return Response({"confirmations": [confirmation]}, status_code=201,
-                    headers={"iggy-durability": "replicated-memory"})
+    return Response(
+        {"confirmations": [confirmation]}, status_code=201, headers={"iggy-durability": "replicated-memory"}
+    )
 
 
 @get("/streams/{stream_id:str}/topics/{topic_id:str}/messages", summary="Poll messages")
-async def poll_messages(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                        consumer_id: FromQuery[str] = "1", partition_id: U32 = 0, kind: FromQuery[PollKind] = "offset",
-                        value: U64 = 0, count: U32 = 10, auto_commit: FromQuery[bool] = False) -> dict:
+async def poll_messages(
+    ctx: Ctx,
+    caller: Caller,
+    stream_id: FromPath[str],
+    topic_id: FromPath[str],
+    consumer_id: FromQuery[str] = "1",
+    partition_id: U32 = 0,
+    kind: FromQuery[PollKind] = "offset",
+    value: U64 = 0,
+    count: U32 = 10,
+    auto_commit: FromQuery[bool] = False,
+) -> dict:
     if value > schemas.U64_MAX:
         raise HTTPException(status_code=400, detail="Failed to deserialize query string: value: number too large")
     sid, tid, consumer = ident(stream_id), ident(topic_id), ident(consumer_id)
@@ -75,12 +99,26 @@ async def poll_messages(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topi
         count, max_bytes = poll_caps(ctx.max_poll_bytes, count)
     # a missing stream or topic is the generic 404 of a read here, not 1009/2010
     pid, current, _n, data = await ctx.bridge.call_as(
-        caller, codes.POLL_MESSAGES, sid, tid, SINGLE, consumer, True, partition_id, STRATEGIES[kind], value, count,
-        auto_commit, max_bytes, missing=NotFound)
+        caller,
+        codes.POLL_MESSAGES,
+        sid,
+        tid,
+        SINGLE,
+        consumer,
+        True,
+        partition_id,
+        STRATEGIES[kind],
+        value,
+        count,
+        auto_commit,
+        max_bytes,
+        missing=NotFound,
+    )
     return polled_json(pid, current, iter_messages(data) if data else [])
 
 
 # ------------------------------------------------------------------- consumer offsets
+
 
 def consumer_ident(value):
     """consumer_id from a body or query: a number, or a name (digits count as a number)."""
@@ -88,26 +126,73 @@ def consumer_ident(value):
 
 
 @get("/streams/{stream_id:str}/topics/{topic_id:str}/consumer-offsets", summary="Get a stored consumer offset")
-async def get_offset(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                     consumer_id: FromQuery[str], partition_id: U32 = 0) -> dict:
-    return found(await ctx.bridge.call_as(caller, codes.GET_CONSUMER_OFFSET, ident(stream_id), ident(topic_id), SINGLE,
-                                          ident(consumer_id), True, partition_id, view=_offset))
+async def get_offset(
+    ctx: Ctx,
+    caller: Caller,
+    stream_id: FromPath[str],
+    topic_id: FromPath[str],
+    consumer_id: FromQuery[str],
+    partition_id: U32 = 0,
+) -> dict:
+    return found(
+        await ctx.bridge.call_as(
+            caller,
+            codes.GET_CONSUMER_OFFSET,
+            ident(stream_id),
+            ident(topic_id),
+            SINGLE,
+            ident(consumer_id),
+            True,
+            partition_id,
+            view=_offset,
+        )
+    )
 
 
-@put("/streams/{stream_id:str}/topics/{topic_id:str}/consumer-offsets", status_code=204,
-     summary="Store a consumer offset")
-async def store_offset(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                       data: JSONBody[schemas.StoreOffset]) -> None:
-    await ctx.bridge.call_as(caller, codes.STORE_CONSUMER_OFFSET, ident(stream_id), ident(topic_id), SINGLE,
-                             consumer_ident(data.consumer_id), True, data.partition_id or 0, data.offset)
+@put(
+    "/streams/{stream_id:str}/topics/{topic_id:str}/consumer-offsets",
+    status_code=204,
+    summary="Store a consumer offset",
+)
+async def store_offset(
+    ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str], data: JSONBody[schemas.StoreOffset]
+) -> None:
+    await ctx.bridge.call_as(
+        caller,
+        codes.STORE_CONSUMER_OFFSET,
+        ident(stream_id),
+        ident(topic_id),
+        SINGLE,
+        consumer_ident(data.consumer_id),
+        True,
+        data.partition_id or 0,
+        data.offset,
+    )
 
 
-@delete("/streams/{stream_id:str}/topics/{topic_id:str}/consumer-offsets/{consumer_id:str}", status_code=204,
-        summary="Delete a stored consumer offset")
-async def delete_offset(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                        consumer_id: FromPath[str], partition_id: U32 = 0) -> None:
-    await ctx.bridge.call_as(caller, codes.DELETE_CONSUMER_OFFSET, ident(stream_id), ident(topic_id), SINGLE,
-                             ident(consumer_id), True, partition_id)
+@delete(
+    "/streams/{stream_id:str}/topics/{topic_id:str}/consumer-offsets/{consumer_id:str}",
+    status_code=204,
+    summary="Delete a stored consumer offset",
+)
+async def delete_offset(
+    ctx: Ctx,
+    caller: Caller,
+    stream_id: FromPath[str],
+    topic_id: FromPath[str],
+    consumer_id: FromPath[str],
+    partition_id: U32 = 0,
+) -> None:
+    await ctx.bridge.call_as(
+        caller,
+        codes.DELETE_CONSUMER_OFFSET,
+        ident(stream_id),
+        ident(topic_id),
+        SINGLE,
+        ident(consumer_id),
+        True,
+        partition_id,
+    )
 
 
 ROUTES = [send_messages, poll_messages, get_offset, store_offset, delete_offset]

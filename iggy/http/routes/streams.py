@@ -7,6 +7,7 @@ shapes the result with a view on the main loop. Path segments `{stream_id}`, `{t
 404; a missing stream or topic under a consumer-group read is the typed 404 (1009/2010), as
 upstream checks the parent first (core/server/src/responses.rs, ensure_topic_exists).
 """
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -33,13 +34,14 @@ def _refuse_options(options: dict | None) -> None:
 
 # ------------------------------------------------------------------- views (run on the main loop)
 
+
 def _streams(plane, streams) -> list:
     return [views.stream(plane, s) for s in streams]
 
 
 def _topics(plane, result) -> list:
     if not result:
-        return []       # a missing stream lists as empty, as over TCP (control.topics.get_topics)
+        return []  # a missing stream lists as empty, as over TCP (control.topics.get_topics)
     s, ts = result
     return [views.topic(plane, s.id, t) for t in ts]
 
@@ -60,6 +62,7 @@ def _group_details(plane, result) -> dict:
 
 # ------------------------------------------------------------------- streams
 
+
 @get("/streams", summary="List streams")
 async def get_streams(ctx: Ctx, caller: Caller) -> list:
     return await ctx.bridge.call_as(caller, codes.GET_STREAMS, view=_streams)
@@ -77,8 +80,9 @@ async def get_stream(ctx: Ctx, caller: Caller, stream_id: FromPath[str]) -> dict
 
 
 @put("/streams/{stream_id:str}", status_code=204, summary="Rename a stream")
-async def update_stream(ctx: Ctx, caller: Caller, stream_id: FromPath[str],
-                        data: JSONBody[schemas.UpdateStream]) -> None:
+async def update_stream(
+    ctx: Ctx, caller: Caller, stream_id: FromPath[str], data: JSONBody[schemas.UpdateStream]
+) -> None:
     name = check_name(data.name, ErrorCode.INVALID_STREAM_NAME)
     _refuse_options(data.options)
     await ctx.bridge.call_as(caller, codes.UPDATE_STREAM, ident(stream_id), name)
@@ -95,6 +99,7 @@ async def purge_stream(ctx: Ctx, caller: Caller, stream_id: FromPath[str]) -> No
 
 
 # ------------------------------------------------------------------- topics
+
 
 def topic_options(compression, message_expiry, max_topic_size, options: dict | None) -> dict:
     """The option values of a create/update body: the `options` map plus the fixed fields.
@@ -118,26 +123,28 @@ async def get_topics(ctx: Ctx, caller: Caller, stream_id: FromPath[str]) -> list
 
 
 @post("/streams/{stream_id:str}/topics", status_code=200, summary="Create a topic")
-async def create_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str],
-                       data: JSONBody[schemas.CreateTopic]) -> dict:
+async def create_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str], data: JSONBody[schemas.CreateTopic]) -> dict:
     name = check_name(data.name, ErrorCode.INVALID_TOPIC_NAME)
     options = topic_options(data.compression_algorithm, data.message_expiry, data.max_topic_size, data.options)
-    return await ctx.bridge.call_as(caller, codes.CREATE_TOPIC, ident(stream_id), name, data.partitions_count, options,
-                                    view=_topic_details)
+    return await ctx.bridge.call_as(
+        caller, codes.CREATE_TOPIC, ident(stream_id), name, data.partitions_count, options, view=_topic_details
+    )
 
 
 @get("/streams/{stream_id:str}/topics/{topic_id:str}", summary="Get a topic with its partitions")
 async def get_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str]) -> dict:
-    return found(await ctx.bridge.call_as(caller, codes.GET_TOPIC, ident(stream_id), ident(topic_id),
-                                          view=_topic_details))
+    return found(
+        await ctx.bridge.call_as(caller, codes.GET_TOPIC, ident(stream_id), ident(topic_id), view=_topic_details)
+    )
 
 
 @put("/streams/{stream_id:str}/topics/{topic_id:str}", status_code=204, summary="Update a topic (a patch)")
-async def update_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                       data: JSONBody[schemas.UpdateTopic]) -> None:
+async def update_topic(
+    ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str], data: JSONBody[schemas.UpdateTopic]
+) -> None:
     name = check_name(data.name, ErrorCode.INVALID_TOPIC_NAME)
     options = topic_options(data.compression_algorithm, data.message_expiry, data.max_topic_size, data.options)
-    if data.message_expiry == 0:      # an update to 0 stores the "server default" sentinel
+    if data.message_expiry == 0:  # an update to 0 stores the "server default" sentinel
         options["message_expiry"] = 0
     if data.max_topic_size == 0:
         options["max_topic_size"] = 0
@@ -149,68 +156,114 @@ async def delete_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic
     await ctx.bridge.call_as(caller, codes.DELETE_TOPIC, ident(stream_id), ident(topic_id))
 
 
-@delete("/streams/{stream_id:str}/topics/{topic_id:str}/purge", status_code=204,
-        summary="Delete every message of a topic")
+@delete(
+    "/streams/{stream_id:str}/topics/{topic_id:str}/purge", status_code=204, summary="Delete every message of a topic"
+)
 async def purge_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str]) -> None:
     await ctx.bridge.call_as(caller, codes.PURGE_TOPIC, ident(stream_id), ident(topic_id))
 
 
-@post("/streams/{stream_id:str}/topics/{topic_id:str}/partitions", status_code=200,
-      summary="Add partitions to a topic")
-async def create_partitions(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                            data: JSONBody[schemas.PartitionsCount]) -> Response:
-    await ctx.bridge.call_as(caller, codes.CREATE_PARTITIONS, ident(stream_id), ident(topic_id),
-                             data.partitions_count)
+@post("/streams/{stream_id:str}/topics/{topic_id:str}/partitions", status_code=200, summary="Add partitions to a topic")
+async def create_partitions(
+    ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str], data: JSONBody[schemas.PartitionsCount]
+) -> Response:
+    await ctx.bridge.call_as(caller, codes.CREATE_PARTITIONS, ident(stream_id), ident(topic_id), data.partitions_count)
     # 200 with an empty body (upstream's handler returns a bare StatusCode::OK), not JSON `null`
     return Response(b"", status_code=200)
 
 
-@delete("/streams/{stream_id:str}/topics/{topic_id:str}/partitions", status_code=204,
-        summary="Delete the last partitions of a topic")
-async def delete_partitions(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                            partitions_count: Count) -> None:
+@delete(
+    "/streams/{stream_id:str}/topics/{topic_id:str}/partitions",
+    status_code=204,
+    summary="Delete the last partitions of a topic",
+)
+async def delete_partitions(
+    ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str], partitions_count: Count
+) -> None:
     await ctx.bridge.call_as(caller, codes.DELETE_PARTITIONS, ident(stream_id), ident(topic_id), partitions_count)
 
 
-@delete("/streams/{stream_id:str}/topics/{topic_id:str}/partitions/{partition_id:int}", status_code=204,
-        summary="Delete the oldest sealed segments of a partition")
-async def delete_segments(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                          partition_id: PartitionId, segments_count: Count) -> None:
-    await ctx.bridge.call_as(caller, codes.DELETE_SEGMENTS, ident(stream_id), ident(topic_id), partition_id,
-                             segments_count)
+@delete(
+    "/streams/{stream_id:str}/topics/{topic_id:str}/partitions/{partition_id:int}",
+    status_code=204,
+    summary="Delete the oldest sealed segments of a partition",
+)
+async def delete_segments(
+    ctx: Ctx,
+    caller: Caller,
+    stream_id: FromPath[str],
+    topic_id: FromPath[str],
+    partition_id: PartitionId,
+    segments_count: Count,
+) -> None:
+    await ctx.bridge.call_as(
+        caller, codes.DELETE_SEGMENTS, ident(stream_id), ident(topic_id), partition_id, segments_count
+    )
 
 
 # ------------------------------------------------------------------- consumer groups
+
 
 @get("/streams/{stream_id:str}/topics/{topic_id:str}/consumer-groups", summary="List consumer groups")
 async def get_groups(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str]) -> list:
     return await ctx.bridge.call_as(caller, codes.GET_CONSUMER_GROUPS, ident(stream_id), ident(topic_id), view=_groups)
 
 
-@post("/streams/{stream_id:str}/topics/{topic_id:str}/consumer-groups", status_code=200,
-      summary="Create a consumer group")
-async def create_group(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                       data: JSONBody[schemas.CreateGroup]) -> dict:
+@post(
+    "/streams/{stream_id:str}/topics/{topic_id:str}/consumer-groups", status_code=200, summary="Create a consumer group"
+)
+async def create_group(
+    ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str], data: JSONBody[schemas.CreateGroup]
+) -> dict:
     name = check_name(data.name, ErrorCode.INVALID_CONSUMER_GROUP_NAME)
-    return await ctx.bridge.call_as(caller, codes.CREATE_CONSUMER_GROUP, ident(stream_id), ident(topic_id), name,
-                                    view=_group_details)
+    return await ctx.bridge.call_as(
+        caller, codes.CREATE_CONSUMER_GROUP, ident(stream_id), ident(topic_id), name, view=_group_details
+    )
 
 
-@get("/streams/{stream_id:str}/topics/{topic_id:str}/consumer-groups/{group_id:str}",
-     summary="Get a consumer group with its members")
-async def get_group(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                    group_id: FromPath[str]) -> dict:
-    return found(await ctx.bridge.call_as(caller, codes.GET_CONSUMER_GROUP, ident(stream_id), ident(topic_id),
-                                          ident(group_id), view=_group_details))
+@get(
+    "/streams/{stream_id:str}/topics/{topic_id:str}/consumer-groups/{group_id:str}",
+    summary="Get a consumer group with its members",
+)
+async def get_group(
+    ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str], group_id: FromPath[str]
+) -> dict:
+    return found(
+        await ctx.bridge.call_as(
+            caller, codes.GET_CONSUMER_GROUP, ident(stream_id), ident(topic_id), ident(group_id), view=_group_details
+        )
+    )
 
 
-@delete("/streams/{stream_id:str}/topics/{topic_id:str}/consumer-groups/{group_id:str}", status_code=204,
-        summary="Delete a consumer group")
-async def delete_group(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str],
-                       group_id: FromPath[str]) -> None:
+@delete(
+    "/streams/{stream_id:str}/topics/{topic_id:str}/consumer-groups/{group_id:str}",
+    status_code=204,
+    summary="Delete a consumer group",
+)
+async def delete_group(
+    ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str], group_id: FromPath[str]
+) -> None:
     await ctx.bridge.call_as(caller, codes.DELETE_CONSUMER_GROUP, ident(stream_id), ident(topic_id), ident(group_id))
 
 
-ROUTES = [get_streams, create_stream, get_stream, update_stream, delete_stream, purge_stream, get_topics,
-          create_topic, get_topic, update_topic, delete_topic, purge_topic, create_partitions, delete_partitions,
-          delete_segments, get_groups, create_group, get_group, delete_group]
+ROUTES = [
+    get_streams,
+    create_stream,
+    get_stream,
+    update_stream,
+    delete_stream,
+    purge_stream,
+    get_topics,
+    create_topic,
+    get_topic,
+    update_topic,
+    delete_topic,
+    purge_topic,
+    create_partitions,
+    delete_partitions,
+    delete_segments,
+    get_groups,
+    create_group,
+    get_group,
+    delete_group,
+]

@@ -2,6 +2,7 @@
 
 Same layout as routes/users.py: commands through `ctx.bridge.call_as`, views on the main loop.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,6 +37,7 @@ def _client_details(plane, session) -> dict:
 
 
 # the operations of the REST API that have no command of the binary protocol
+
 
 @operation(perm.READ_SERVERS)
 def diagnostics_dir(plane, session) -> str:
@@ -98,16 +100,19 @@ async def take_snapshot(ctx: Ctx, caller: Caller, data: JSONBody[schemas.Snapsho
         body, name = await asyncio.to_thread(diagnostics.build, data_dir, data.snapshot_types, data.compression)
     finally:
         ctx.diagnostics_lock.release()
-    return Response(body, media_type="application/zip",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(
+        body, media_type="application/zip", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
 
 
 def metrics_route(path: str):
     """`GET <path>` (`[http.metrics] endpoint`): Prometheus text, for any authenticated caller."""
+
     @get(path, summary="Prometheus metrics")
     async def get_metrics(ctx: Ctx, caller: Caller) -> Response:
         counts = await ctx.bridge.call_as(caller, metrics_counts)
         return Response(ctx.metrics.render(counts), media_type=ctx.metrics.content_type)
+
     return get_metrics
 
 

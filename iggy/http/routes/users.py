@@ -8,6 +8,7 @@ a path is `me` (the caller), an id or a username. Reads of a user that does not 
 the generic 404, after the permission check only where the permission does not depend on
 the user (as over TCP).
 """
+
 from __future__ import annotations
 
 from litestar import Request, delete, get, post, put
@@ -32,6 +33,7 @@ def identity(ctx: HttpContext, who: Principal) -> dict:
 
 
 # ------------------------------------------------------------------- login / logout / refresh
+
 
 def client_address(request: Request) -> str:
     """The peer's host, the key of the failed-login backoff (iggy.control.throttle)."""
@@ -80,6 +82,7 @@ async def pat_login(ctx: Ctx, request: Request, data: JSONBody[schemas.Token]) -
 
 # ------------------------------------------------------------------- personal access tokens
 
+
 def _tokens(plane, tokens) -> list:
     return [{"name": t.name, "expiry_at": t.expiry_at or None} for t in tokens]
 
@@ -95,8 +98,7 @@ async def list_tokens(ctx: Ctx, caller: Caller) -> list:
 
 @post("/personal-access-tokens", status_code=200, summary="Create a personal access token")
 async def create_token(ctx: Ctx, caller: Caller, data: JSONBody[schemas.CreateToken]) -> dict:
-    return await ctx.bridge.call_as(caller, codes.CREATE_PERSONAL_ACCESS_TOKEN, data.name, data.expiry,
-                                    view=_raw_token)
+    return await ctx.bridge.call_as(caller, codes.CREATE_PERSONAL_ACCESS_TOKEN, data.name, data.expiry, view=_raw_token)
 
 
 @delete("/personal-access-tokens/{name:str}", status_code=204, summary="Delete one of your personal access tokens")
@@ -105,6 +107,7 @@ async def delete_token(ctx: Ctx, caller: Caller, name: FromPath[str]) -> None:
 
 
 # ------------------------------------------------------------------- users
+
 
 def user_ident(caller: Principal, user_id: str):
     """The user a path names: "me" is the caller; a number is an id, else a username."""
@@ -126,8 +129,15 @@ async def get_users(ctx: Ctx, caller: Caller) -> list:
 
 @post("/users", status_code=200, summary="Create a user")
 async def create_user(ctx: Ctx, caller: Caller, data: JSONBody[schemas.CreateUser]) -> dict:
-    return await ctx.bridge.call_as(caller, codes.CREATE_USER, data.username, data.password, STATUS[data.status],
-                                    schemas.stored_permissions(data.permissions), view=_user_details)
+    return await ctx.bridge.call_as(
+        caller,
+        codes.CREATE_USER,
+        data.username,
+        data.password,
+        STATUS[data.status],
+        schemas.stored_permissions(data.permissions),
+        view=_user_details,
+    )
 
 
 @get("/users/{user_id:str}", summary="Get a user by id or username (`me` for yourself)")
@@ -136,12 +146,16 @@ async def get_user(ctx: Ctx, caller: Caller, user_id: FromPath[str]) -> dict:
 
 
 @put("/users/{user_id:str}", status_code=204, summary="Rename a user or change its status")
-async def update_user(ctx: Ctx, caller: Caller, user_id: FromPath[str],
-                      data: JSONBody[schemas.UpdateUser]) -> None:
+async def update_user(ctx: Ctx, caller: Caller, user_id: FromPath[str], data: JSONBody[schemas.UpdateUser]) -> None:
     if data.options:
         raise IggyError(ErrorCode.UNSUPPORTED_OPTION_KEY, field=next(iter(data.options)))
-    await ctx.bridge.call_as(caller, codes.UPDATE_USER, user_ident(caller, user_id), data.username,
-                             STATUS[data.status] if data.status else None)
+    await ctx.bridge.call_as(
+        caller,
+        codes.UPDATE_USER,
+        user_ident(caller, user_id),
+        data.username,
+        STATUS[data.status] if data.status else None,
+    )
 
 
 @delete("/users/{user_id:str}", status_code=204, summary="Delete a user")
@@ -150,18 +164,36 @@ async def delete_user(ctx: Ctx, caller: Caller, user_id: FromPath[str]) -> None:
 
 
 @put("/users/{user_id:str}/password", status_code=204, summary="Change a user's password")
-async def change_password(ctx: Ctx, caller: Caller, user_id: FromPath[str],
-                          data: JSONBody[schemas.ChangePassword]) -> None:
-    await ctx.bridge.call_as(caller, codes.CHANGE_PASSWORD, user_ident(caller, user_id), data.current_password,
-                             data.new_password)
+async def change_password(
+    ctx: Ctx, caller: Caller, user_id: FromPath[str], data: JSONBody[schemas.ChangePassword]
+) -> None:
+    await ctx.bridge.call_as(
+        caller, codes.CHANGE_PASSWORD, user_ident(caller, user_id), data.current_password, data.new_password
+    )
 
 
 @put("/users/{user_id:str}/permissions", status_code=204, summary="Replace a user's permissions")
-async def update_permissions(ctx: Ctx, caller: Caller, user_id: FromPath[str],
-                             data: JSONBody[schemas.UpdatePermissions]) -> None:
-    await ctx.bridge.call_as(caller, codes.UPDATE_PERMISSIONS, user_ident(caller, user_id),
-                             schemas.stored_permissions(data.permissions))
+async def update_permissions(
+    ctx: Ctx, caller: Caller, user_id: FromPath[str], data: JSONBody[schemas.UpdatePermissions]
+) -> None:
+    await ctx.bridge.call_as(
+        caller, codes.UPDATE_PERMISSIONS, user_ident(caller, user_id), schemas.stored_permissions(data.permissions)
+    )
 
 
-ROUTES = [login, logout, refresh_token, pat_login, list_tokens, create_token, delete_token, get_users, create_user,
-          get_user, update_user, delete_user, change_password, update_permissions]
+ROUTES = [
+    login,
+    logout,
+    refresh_token,
+    pat_login,
+    list_tokens,
+    create_token,
+    delete_token,
+    get_users,
+    create_user,
+    get_user,
+    update_user,
+    delete_user,
+    change_password,
+    update_permissions,
+]

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from iggy.control import permissions as perm
 from iggy.engine.uring.router import Counter, Router
-from tests.conftest import ROOT_PASSWORD, ROOT_USER, login_as, sdk_error, uniq
+from tests.conftest import ROOT_PASSWORD, ROOT_USER, login_as, sdk_error, sdk_poll, uniq
 from tests.rawclient import ident
 
 uring_only = pytest.mark.skipif(
@@ -187,15 +187,7 @@ async def test_producer_and_consumer_are_served_by_the_c_path(root, srv):
         await root.send_messages(s, t, 0, [SendMessage(f"m{i}-{j}") for j in range(10)])
     got = []
     for _ in range(20):
-        got += await root.poll_messages(
-            s,
-            t,
-            consumer=Consumer.Single(5),
-            polling_strategy=PollingStrategy.Next(),
-            count=10,
-            auto_commit=True,
-            partition_id=0,
-        )
+        got += await sdk_poll(root, s, t, PollingStrategy.Next(), consumer=5, auto_commit=True)
     await root.ping()
     after = _metrics(srv)
     assert [m.payload() for m in got] == [f"m{i}-{j}".encode() for i in range(20) for j in range(10)]
@@ -216,15 +208,7 @@ async def test_errors_go_to_python(root, srv):
     with pytest.raises(RuntimeError, match="was not found"):
         await root.send_messages(s, "missing", 0, [SendMessage("x")])
     with pytest.raises(RuntimeError, match="not found"):
-        await root.poll_messages(
-            s,
-            t,
-            consumer=Consumer.Single(1),
-            polling_strategy=PollingStrategy.First(),
-            count=1,
-            auto_commit=False,
-            partition_id=9,
-        )
+        await sdk_poll(root, s, t, PollingStrategy.First(), count=1, partition=9)
     after = _metrics(srv)
     assert _python_requests(after) - _python_requests(before) >= 2
     assert after["shard_requests_native"] == before["shard_requests_native"]
@@ -304,29 +288,13 @@ async def test_balanced_and_keyed_partitioning(root):
         await root.send_messages(s, t, Partitioning.balanced(), [SendMessage(f"b{i}")])
     counts = []
     for pid in range(3):
-        msgs = await root.poll_messages(
-            s,
-            t,
-            consumer=Consumer.Single(1),
-            polling_strategy=PollingStrategy.First(),
-            count=100,
-            auto_commit=False,
-            partition_id=pid,
-        )
+        msgs = await sdk_poll(root, s, t, PollingStrategy.First(), count=100, partition=pid)
         counts.append(len(msgs))
     assert counts == [2, 2, 2]
     key = b"customer-42"
     await root.send_messages(s, t, Partitioning.messages_key(key), [SendMessage("k")])
     want = xxhash.xxh32_intdigest(key) % 3
-    msgs = await root.poll_messages(
-        s,
-        t,
-        consumer=Consumer.Single(1),
-        polling_strategy=PollingStrategy.Last(),
-        count=1,
-        auto_commit=False,
-        partition_id=want,
-    )
+    msgs = await sdk_poll(root, s, t, PollingStrategy.Last(), count=1, partition=want)
     assert [m.payload() for m in msgs] == [b"k"]
 
 
@@ -343,40 +311,16 @@ async def test_permission_changes_reach_the_shards_at_once(root, srv):
     )
     await u.send_messages(s, t, 0, [SendMessage("yes")])  # granted on the topic
     with sdk_error("Unauthorized"):  # sending does not grant polling
-        await u.poll_messages(
-            s,
-            t,
-            consumer=Consumer.Single(1),
-            polling_strategy=PollingStrategy.First(),
-            count=1,
-            auto_commit=False,
-            partition_id=0,
-        )
+        await sdk_poll(u, s, t, PollingStrategy.First(), count=1)
     await root.update_permissions(created.id, Permissions(global_permissions=GlobalPermissions(poll_messages=True)))
-    polled = await u.poll_messages(
-        s,
-        t,
-        consumer=Consumer.Single(1),
-        polling_strategy=PollingStrategy.First(),
-        count=1,
-        auto_commit=False,
-        partition_id=0,
-    )
+    polled = await sdk_poll(u, s, t, PollingStrategy.First(), count=1)
     assert [m.payload() for m in polled] == [b"yes"]
     with sdk_error("Unauthorized"):  # revoked by the replacement
         await u.send_messages(s, t, 0, [SendMessage("no")])
     await root.delete_user(created.id)
     # refused as Unauthenticated (the SDK then tries to log in again: Invalid credentials)
     with pytest.raises(RuntimeError, match="^(Unauthenticated|Invalid credentials)$"):
-        await u.poll_messages(
-            s,
-            t,
-            consumer=Consumer.Single(1),
-            polling_strategy=PollingStrategy.First(),
-            count=1,
-            auto_commit=False,
-            partition_id=0,
-        )
+        await sdk_poll(u, s, t, PollingStrategy.First(), count=1)
 
 
 async def test_topic_deleted_and_recreated(root):
@@ -387,28 +331,9 @@ async def test_topic_deleted_and_recreated(root):
         await root.send_messages(s, t, 0, [SendMessage("lost")])
     await root.create_topic(s, t, 2)
     await root.send_messages(s, t, 1, [SendMessage("new")])
-    msgs = await root.poll_messages(
-        s,
-        t,
-        consumer=Consumer.Single(1),
-        polling_strategy=PollingStrategy.First(),
-        count=10,
-        auto_commit=False,
-        partition_id=1,
-    )
+    msgs = await sdk_poll(root, s, t, PollingStrategy.First(), partition=1)
     assert [(m.offset(), m.payload()) for m in msgs] == [(0, b"new")]
-    assert (
-        await root.poll_messages(
-            s,
-            t,
-            consumer=Consumer.Single(1),
-            polling_strategy=PollingStrategy.First(),
-            count=10,
-            auto_commit=False,
-            partition_id=0,
-        )
-        == []
-    )
+    assert await sdk_poll(root, s, t, PollingStrategy.First()) == []
 
 
 @uring_only

@@ -536,17 +536,22 @@ async def wait_offset(client, group, partition, want, stream="cs", topic="ct", t
         await asyncio.sleep(0.05)
 
 
-async def test_iggy_consumer_iterates_with_commit_on_poll(client, server):
-    await fill_two_partitions(client)
-    consumer = await client.consumer_group(
-        "g",
+def cs_ct_consumer(client, group: str, batch_length: int, auto_commit):
+    """The SDK's consumer of `group` on cs/ct: polls `next`, every 10 ms, committing as told."""
+    return client.consumer_group(
+        group,
         "cs",
         "ct",
         polling_strategy=PollingStrategy.Next(),
-        batch_length=4,
+        batch_length=batch_length,
         poll_interval=MS * 10,
-        auto_commit=AutoCommit.When(AutoCommitWhen.PollingMessages()),
+        auto_commit=auto_commit,
     )
+
+
+async def test_iggy_consumer_iterates_with_commit_on_poll(client, server):
+    await fill_two_partitions(client)
+    consumer = await cs_ct_consumer(client, "g", 4, AutoCommit.When(AutoCommitWhen.PollingMessages()))
     assert consumer.name() == "g" and consumer.stream() == "cs" and consumer.topic() == "ct"
     got = await iterate(consumer, 16)
     assert per_partition(got) == {0: list(range(10)), 1: list(range(6))}
@@ -559,29 +564,13 @@ async def test_iggy_consumer_iterates_with_commit_on_poll(client, server):
     await client.send_messages("cs", "ct", 1, [SendMessage("new")])
     other = await connect_root(server.tcp_address)
     await client.leave_consumer_group("cs", "ct", "g")
-    successor = await other.consumer_group(
-        "g",
-        "cs",
-        "ct",
-        polling_strategy=PollingStrategy.Next(),
-        batch_length=4,
-        poll_interval=MS * 10,
-        auto_commit=AutoCommit.When(AutoCommitWhen.PollingMessages()),
-    )
+    successor = await cs_ct_consumer(other, "g", 4, AutoCommit.When(AutoCommitWhen.PollingMessages()))
     assert await iterate(successor, 1) == [(1, 6, b"new")]
 
 
 async def test_iggy_consumer_consume_messages_commit_after_each(client):
     await fill_two_partitions(client)
-    consumer = await client.consumer_group(
-        "g2",
-        "cs",
-        "ct",
-        polling_strategy=PollingStrategy.Next(),
-        batch_length=3,
-        poll_interval=MS * 10,
-        auto_commit=AutoCommit.After(AutoCommitAfter.ConsumingEachMessage()),
-    )
+    consumer = await cs_ct_consumer(client, "g2", 3, AutoCommit.After(AutoCommitAfter.ConsumingEachMessage()))
     got = []
     done = asyncio.Event()
 
@@ -598,29 +587,13 @@ async def test_iggy_consumer_consume_messages_commit_after_each(client):
 
 async def test_iggy_consumer_interval_commit_and_manual_mode(client):
     await fill_two_partitions(client)
-    consumer = await client.consumer_group(
-        "g3",
-        "cs",
-        "ct",
-        polling_strategy=PollingStrategy.Next(),
-        batch_length=5,
-        poll_interval=MS * 10,
-        auto_commit=AutoCommit.Interval(MS * 100),
-    )
+    consumer = await cs_ct_consumer(client, "g3", 5, AutoCommit.Interval(MS * 100))
     got = await iterate(consumer, 16)
     assert per_partition(got) == {0: list(range(10)), 1: list(range(6))}
     await wait_offset(client, "g3", 0, 9)
     await wait_offset(client, "g3", 1, 5)
     # manual mode: nothing is stored until the consumer stores it
-    manual = await client.consumer_group(
-        "g4",
-        "cs",
-        "ct",
-        polling_strategy=PollingStrategy.Next(),
-        batch_length=5,
-        poll_interval=MS * 10,
-        auto_commit=AutoCommit.Disabled(),
-    )
+    manual = await cs_ct_consumer(client, "g4", 5, AutoCommit.Disabled())
     got = await iterate(manual, 5)
     assert len(got) == 5
     await asyncio.sleep(0.3)

@@ -18,7 +18,7 @@ import xxhash
 from apache_iggy import Consumer, Durability, PollingStrategy, SendMessage
 
 from iggy.protocol.batch import compute_batch_checksum
-from tests.conftest import ServerProcess, connect_root
+from tests.conftest import ServerProcess, connect_root, sdk_poll
 from tests.rawclient import RawClient, ident
 
 S, T = "rs", "rt"
@@ -438,15 +438,7 @@ async def test_stored_offsets_survive_restarts_and_bad_offset_files_are_ignored(
             120, b"\x02" + ident("g") + ident(S) + ident(T) + b"\x01" + struct.pack("<I", 1)
         )
         assert struct.unpack("<IQQ", raw) == (1, 9, 6)
-        msgs = await client.poll_messages(
-            S,
-            T,
-            consumer=Consumer.Single(3),
-            polling_strategy=PollingStrategy.Next(),
-            count=2,
-            auto_commit=False,
-            partition_id=0,
-        )
+        msgs = await sdk_poll(client, S, T, PollingStrategy.Next(), consumer=3, count=2)
         assert [m.offset() for m in msgs] == [5, 6]
         srv.stop()
         offsets_dir = os.path.join(partition_dir(srv, 0), "offsets", "consumers")
@@ -459,15 +451,7 @@ async def test_stored_offsets_survive_restarts_and_bad_offset_files_are_ignored(
         assert await get_offset(client, 3, 0) is None
         assert await get_offset(client, 4, 0) is None
         assert (await get_offset(client, 5, 1))[2] == 2
-        msgs = await client.poll_messages(
-            S,
-            T,
-            consumer=Consumer.Single(3),
-            polling_strategy=PollingStrategy.Next(),
-            count=2,
-            auto_commit=True,
-            partition_id=0,
-        )
+        msgs = await sdk_poll(client, S, T, PollingStrategy.Next(), consumer=3, count=2, auto_commit=True)
         assert [m.offset() for m in msgs] == [0, 1]
         assert (await get_offset(client, 3, 0))[2] == 1
     finally:

@@ -14,7 +14,6 @@ from datetime import timedelta
 
 import pytest
 from apache_iggy import (
-    Consumer,
     Durability,
     GlobalPermissions,
     IggyClient,
@@ -27,7 +26,7 @@ from apache_iggy import (
     TopicPermissions,
 )
 
-from tests.conftest import connect_root, login_as, sdk_error, uniq
+from tests.conftest import connect_root, login_as, sdk_error, sdk_poll, uniq
 from tests.rawclient import RawClient, ident, wire_name
 
 MiB = 1024 * 1024
@@ -189,26 +188,10 @@ async def test_purge_stream_drops_messages_keeps_metadata(root):
     after = await root.get_stream(name)
     assert after.messages_count == 0 and after.size == 0
     assert [t.name for t in after.topics] == ["a", "b"] and after.id == before.id
-    polled = await root.poll_messages(
-        name,
-        "a",
-        partition_id=1,
-        consumer=Consumer.Single(1),
-        polling_strategy=PollingStrategy.First(),
-        count=10,
-        auto_commit=False,
-    )
+    polled = await sdk_poll(root, name, "a", PollingStrategy.First(), partition=1)
     assert polled == []
     await root.send_messages(name, "a", 1, [SendMessage("again")])  # offsets restart at 0
-    polled = await root.poll_messages(
-        name,
-        "a",
-        partition_id=1,
-        consumer=Consumer.Single(1),
-        polling_strategy=PollingStrategy.First(),
-        count=10,
-        auto_commit=False,
-    )
+    polled = await sdk_poll(root, name, "a", PollingStrategy.First(), partition=1)
     assert [(m.offset(), m.payload()) for m in polled] == [(0, b"again")]
     await root.purge_stream(name)  # purging an empty stream succeeds
 
@@ -523,15 +506,7 @@ async def test_ids_are_zero_based_and_reused(server):
     await root.create_topic("s2b", "fresh", 3)
     assert [p.id for p in (await root.get_topic(2, 0)).partitions] == [0, 1, 2]
     assert (await root.get_topic(2, 0)).messages_count == 0
-    polled = await root.poll_messages(
-        2,
-        0,
-        partition_id=0,
-        consumer=Consumer.Single(1),
-        polling_strategy=PollingStrategy.First(),
-        count=10,
-        auto_commit=False,
-    )
+    polled = await sdk_poll(root, 2, 0, PollingStrategy.First())
     assert polled == []
     # the same for a topic id
     await root.send_messages("s3", "other", 0, [SendMessage("old")])

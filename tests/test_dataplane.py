@@ -364,15 +364,7 @@ async def test_persisted_topic_acknowledges_after_fsyncs_on_the_ring(root, srv):
     for i in range(10):
         await root.send_messages(s, "r", 0, [SendMessage(f"r-{i}")])
     assert _metrics(srv)["shard_fsyncs"] == after["shard_fsyncs"]  # replicated: none
-    got = await root.poll_messages(
-        s,
-        "p",
-        consumer=Consumer.Single(1),
-        polling_strategy=PollingStrategy.First(),
-        count=1000,
-        auto_commit=False,
-        partition_id=0,
-    )
+    got = await sdk_poll(root, s, "p", PollingStrategy.First(), count=1000)
     payloads = [m.payload().decode() for m in got]
     assert payloads[:10] == [f"one-{i}" for i in range(10)]
     assert sorted(payloads[10:]) == sorted(f"c{k}-{i}" for k in range(4) for i in range(25))

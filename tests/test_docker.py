@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, sdk_poll
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the compose file")
 
@@ -414,7 +414,7 @@ class ImageProcess:
 
 
 async def _sdk_roundtrip(address: str, username: str, password: str, create: bool) -> list:
-    from apache_iggy import Consumer, IggyClient, PollingStrategy, SendMessage
+    from apache_iggy import IggyClient, PollingStrategy, SendMessage
 
     client = IggyClient(address)
     await client.connect()
@@ -423,15 +423,7 @@ async def _sdk_roundtrip(address: str, username: str, password: str, create: boo
         await client.create_stream("docker")
         await client.create_topic("docker", "events", partitions_count=1)
         await client.send_messages("docker", "events", 0, [SendMessage("from-the-image")])
-    polled = await client.poll_messages(
-        "docker",
-        "events",
-        consumer=Consumer.Single(1),
-        partition_id=0,
-        polling_strategy=PollingStrategy.First(),
-        count=10,
-        auto_commit=False,
-    )
+    polled = await sdk_poll(client, "docker", "events", PollingStrategy.First())
     return [m.payload() for m in polled]
 
 

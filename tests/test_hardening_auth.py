@@ -20,10 +20,10 @@ import struct
 
 import httpx
 import pytest
-from apache_iggy import Consumer, PollingStrategy
+from apache_iggy import PollingStrategy
 
 from iggy.protocol.batch import build_batch
-from tests.conftest import ROOT_PASSWORD, ROOT_USER, ServerProcess, connect_root, uniq
+from tests.conftest import ROOT_PASSWORD, ROOT_USER, ServerProcess, connect_root, sdk_poll, uniq
 from tests.rawclient import RawClient, ident, wire_name
 
 U64_MAX = 2**64 - 1
@@ -275,15 +275,7 @@ async def test_grants_on_a_deleted_stream_do_not_apply_to_the_next_stream_with_i
         u = await connect_root(srv.tcp_address)
         await u.login_user(name, "secret")
         with pytest.raises(RuntimeError, match="Unauthorized"):
-            await u.poll_messages(
-                s_id,
-                "t",
-                consumer=Consumer.Single(1),
-                partition_id=0,
-                polling_strategy=PollingStrategy.First(),
-                count=10,
-                auto_commit=False,
-            )
+            await sdk_poll(u, s_id, "t", PollingStrategy.First())
     finally:
         reader.close()
     api.delete(f"/streams/{s_id}")

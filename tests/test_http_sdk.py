@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from apache_iggy import Consumer, HttpConfig, IggyClient, PollingStrategy, SendMessage
+from apache_iggy import HttpConfig, IggyClient, PollingStrategy, SendMessage
 
-from tests.conftest import ROOT_PASSWORD, ROOT_USER
+from tests.conftest import ROOT_PASSWORD, ROOT_USER, sdk_poll
 
 
 async def http_client(server) -> IggyClient:
@@ -27,37 +27,17 @@ async def test_sdk_over_http_create_send_poll(server):
 
     await client.send_messages("orders", "created", 1, [SendMessage("hello"), SendMessage("world")])
     await client.send_messages("orders", "created", 1, [SendMessage(b"\x00\x01bytes")])
-    messages = await client.poll_messages(
-        "orders",
-        "created",
-        consumer=Consumer.Single(1),
-        polling_strategy=PollingStrategy.First(),
-        count=10,
-        auto_commit=False,
-        partition_id=1,
-    )
+    messages = await sdk_poll(client, "orders", "created", PollingStrategy.First(), partition=1)
     assert [m.payload() for m in messages] == [b"hello", b"world", b"\x00\x01bytes"]
     assert [m.offset() for m in messages] == [0, 1, 2]
     assert all(m.id() != 0 for m in messages)
 
     # next + auto-commit: the server stores the consumer's offset between polls
-    first = await client.poll_messages(
-        "orders",
-        "created",
-        consumer=Consumer.Single(5),
-        polling_strategy=PollingStrategy.Next(),
-        count=2,
-        auto_commit=True,
-        partition_id=1,
+    first = await sdk_poll(
+        client, "orders", "created", PollingStrategy.Next(), consumer=5, count=2, auto_commit=True, partition=1
     )
-    rest = await client.poll_messages(
-        "orders",
-        "created",
-        consumer=Consumer.Single(5),
-        polling_strategy=PollingStrategy.Next(),
-        count=10,
-        auto_commit=True,
-        partition_id=1,
+    rest = await sdk_poll(
+        client, "orders", "created", PollingStrategy.Next(), consumer=5, auto_commit=True, partition=1
     )
     assert [m.offset() for m in first] == [0, 1] and [m.offset() for m in rest] == [2]
 

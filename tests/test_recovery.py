@@ -15,7 +15,7 @@ import random
 import struct
 
 import xxhash
-from apache_iggy import Consumer, Durability, PollingStrategy, SendMessage
+from apache_iggy import Durability, PollingStrategy, SendMessage
 
 from iggy.protocol.batch import compute_batch_checksum
 from tests.conftest import ServerProcess, connect_root, sdk_poll
@@ -208,15 +208,7 @@ async def get_offset(client, consumer_id, partition):
 
 
 async def poll(client, partition, strategy=None, count=100_000):
-    return await client.poll_messages(
-        S,
-        T,
-        consumer=Consumer.Single(1),
-        polling_strategy=strategy or PollingStrategy.First(),
-        count=count,
-        auto_commit=False,
-        partition_id=partition,
-    )
+    return await sdk_poll(client, S, T, strategy or PollingStrategy.First(), count=count, partition=partition)
 
 
 async def test_torn_tail_corrupt_batch_and_missing_index(tmp_path):

@@ -26,6 +26,7 @@ from apache_iggy import Consumer, IggyClient, PollingStrategy, SendMessage
 
 from iggy.protocol.errors import ErrorCode
 from tests.cluster.nodes import HEARTBEAT_TIMEOUT, TestCluster, leader_of, metadata
+from tests.conftest import sdk_poll
 from tests.rawclient import RawClient, wire_name
 
 pytestmark = pytest.mark.engine
@@ -127,15 +128,7 @@ async def test_sdk_on_any_node_ends_on_the_leader_and_sends_and_polls(steady, st
     await client.create_stream(stream)
     await client.create_topic(stream, "t", 1)
     await client.send_messages(stream, "t", 0, [SendMessage(f"m{i}") for i in range(10)])
-    polled = await client.poll_messages(
-        stream,
-        "t",
-        consumer=Consumer.Single(1),
-        polling_strategy=PollingStrategy.First(),
-        count=100,
-        auto_commit=False,
-        partition_id=0,
-    )
+    polled = await sdk_poll(client, stream, "t", PollingStrategy.First(), count=100)
     assert [m.payload() for m in polled] == [f"m{i}".encode() for i in range(10)]
     # the stream is on the leader (and, without replication yet, only there)
     raw = RawClient(cluster.address(leader))

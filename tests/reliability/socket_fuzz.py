@@ -28,6 +28,7 @@ import time
 
 from iggy.protocol import codes
 from iggy.protocol.wire import build_request
+from tests.conftest import sdk_poll
 from tests.rawclient import login_body
 from tests.reliability import commands as C
 from tests.reliability.common import Launcher
@@ -206,7 +207,7 @@ async def fuzz(
 
 async def sdk_check(address: str) -> None:
     """The server still serves: the official SDK does a full round trip."""
-    from apache_iggy import Consumer, IggyClient, PollingStrategy, SendMessage
+    from apache_iggy import IggyClient, PollingStrategy, SendMessage
 
     client = IggyClient(address)
     await client.connect()
@@ -216,15 +217,7 @@ async def sdk_check(address: str) -> None:
     await client.create_stream(name)
     await client.create_topic(name, "t", 1)
     await client.send_messages(name, "t", 0, [SendMessage(f"m{i}") for i in range(10)])
-    got = await client.poll_messages(
-        name,
-        "t",
-        consumer=Consumer.Single(1),
-        partition_id=0,
-        polling_strategy=PollingStrategy.First(),
-        count=10,
-        auto_commit=False,
-    )
+    got = await sdk_poll(client, name, "t", PollingStrategy.First())
     assert [m.payload() for m in got] == [f"m{i}".encode() for i in range(10)]
 
 

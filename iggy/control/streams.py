@@ -34,18 +34,21 @@ def encode_stream(plane, w: Writer, s) -> None:
     w.u32(s.id).u64(s.created_at).u32(len(s.topics)).u64(size).u64(messages).name(s.name).u32(0)
 
 
-def encode_stream_details(plane, s) -> bytes:
+def encode_stream_details(plane, s, stream_layout=encode_stream, topic_layout=encode_topic_header) -> bytes:
+    """A stream and its topics in id order; the layouts write one stream / one topic (the
+    classic protocol passes its own)."""
     w = Writer()
-    encode_stream(plane, w, s)
+    stream_layout(plane, w, s)
     for t in sorted(s.topics.values(), key=lambda t: t.id):
-        encode_topic_header(plane, w, s.id, t)
+        topic_layout(plane, w, s.id, t)
     return w.getvalue()
 
 
-def encode_streams(plane, streams) -> bytes:
+def encode_streams(plane, streams, stream_layout=encode_stream) -> bytes:
+    """The stream list; `stream_layout` writes one stream (as in encode_stream_details)."""
     w = Writer()
     for s in streams:
-        encode_stream(plane, w, s)
+        stream_layout(plane, w, s)
     return w.getvalue()
 
 

@@ -78,16 +78,18 @@ def encode_user(w: Writer, u) -> None:
     w.u32(u.id).u64(u.created_at).u8(u.status).name(u.username).u32(0)
 
 
-def encode_users(plane, users) -> bytes:
+def encode_users(plane, users, encode=encode_user) -> bytes:
+    """The user list; `encode` writes one user (the classic protocol passes its own layout)."""
     w = Writer()
     for u in users:
-        encode_user(w, u)
+        encode(w, u)
     return w.getvalue()
 
 
-def encode_user_details(plane, u) -> bytes:
+def encode_user_details(plane, u, encode=encode_user) -> bytes:
+    """One user and its permissions; `encode` writes the user (as in encode_users)."""
     w = Writer()
-    encode_user(w, u)
+    encode(w, u)
     if u.permissions is None:
         w.u32(0)
     else:

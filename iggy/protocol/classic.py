@@ -58,7 +58,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-from iggy.control import lookup, messages
+from iggy.control import lookup, messages, streams, users
 from iggy.control import permissions as perm
 from iggy.control.plane import ControlPlane  # noqa: F401 - imports (registers) every 0.9 command
 from iggy.control.registry import COMMANDS, Command, invoke, operation
@@ -212,21 +212,11 @@ def _encode_user(w: Writer, u) -> None:
 
 
 def _encode_user_details(plane, u) -> bytes:
-    w = Writer()
-    _encode_user(w, u)
-    if u.permissions is None:
-        w.u32(0)
-    else:
-        raw = perm.encode(u.permissions)
-        w.u8(1).u32(len(raw)).raw(raw)
-    return w.getvalue()
+    return users.encode_user_details(plane, u, _encode_user)
 
 
-def _encode_users(plane, users) -> bytes:
-    w = Writer()
-    for u in users:
-        _encode_user(w, u)
-    return w.getvalue()
+def _encode_users(plane, items) -> bytes:
+    return users.encode_users(plane, items, _encode_user)
 
 
 @operation(perm.PUBLIC)
@@ -284,18 +274,11 @@ def _encode_topic_header(plane, w: Writer, stream_id: int, t) -> None:
 
 
 def _stream_details(plane, s) -> bytes:
-    w = Writer()
-    _encode_stream(plane, w, s)
-    for t in sorted(s.topics.values(), key=lambda t: t.id):
-        _encode_topic_header(plane, w, s.id, t)
-    return w.getvalue()
+    return streams.encode_stream_details(plane, s, _encode_stream, _encode_topic_header)
 
 
-def _streams(plane, streams) -> bytes:
-    w = Writer()
-    for s in streams:
-        _encode_stream(plane, w, s)
-    return w.getvalue()
+def _streams(plane, items) -> bytes:
+    return streams.encode_streams(plane, items, _encode_stream)
 
 
 def _topic_details(plane, found) -> bytes:

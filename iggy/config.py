@@ -34,9 +34,9 @@ import re
 import secrets
 import string
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from iggy.units import parse_duration, parse_size
 
@@ -108,13 +108,28 @@ class ConfigError(ValueError):
     """A configuration value that can't be used; the message names the key."""
 
 
+# A table of the TOML tree (defaults.toml merged with the file and the environment): its values
+# are TOML values of any kind (str, int, float, bool, list, nested tables) reached by a dotted key
+# path that is only known at run time, so the values stay dynamic.
+Tree = dict[str, Any]
+
+
+class RosterNode(TypedDict):
+    """One checked entry of cluster.nodes."""
+
+    name: str
+    ip: str
+    replica_id: int
+    ports: dict[str, int]  # every name of PORT_NAMES, 0 = none
+
+
 # --------------------------------------------------------------------------- the tree
 
 
 class Section:
     """Attribute access over one table of the validated tree."""
 
-    def __init__(self, data: dict):
+    def __init__(self, data: Tree):
         for key, value in data.items():
             setattr(self, key, Section(value) if isinstance(value, dict) else value)
 
@@ -122,22 +137,22 @@ class Section:
         # the attributes are the keys of the TOML tree, set in __init__: a dynamic boundary
         def __getattr__(self, name: str) -> Any: ...
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> Tree:
         return {k: v.to_dict() if isinstance(v, Section) else v for k, v in vars(self).items()}
 
 
 class Config(Section):
     """The whole validated configuration: `cfg.tcp.address`, `cfg.http.jwt.algorithm`, ..."""
 
-    def env_names(self) -> dict:
+    def env_names(self) -> dict[str, str]:
         return env_table(self.to_dict())
 
 
-def _defaults() -> dict:
+def _defaults() -> Tree:
     return tomllib.loads(resources.files("iggy").joinpath("defaults.toml").read_text())
 
 
-def _leaves(tree: dict, prefix: str = ""):
+def _leaves(tree: Tree, prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in tree.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -146,19 +161,19 @@ def _leaves(tree: dict, prefix: str = ""):
             yield path, value
 
 
-def env_table(tree: dict) -> dict:
+def env_table(tree: Tree) -> dict[str, str]:
     """IGGY_* name -> dotted key, for every leaf of the tree."""
     return {"IGGY_" + path.replace(".", "_").upper(): path for path, _ in _leaves(tree)}
 
 
-def _get(tree: dict, path: str):
+def _get(tree: Tree, path: str) -> Any:
     node = tree
     for part in path.split("."):
         node = node[part]
     return node
 
 
-def _set(tree: dict, path: str, value) -> None:
+def _set(tree: Tree, path: str, value: object) -> None:
     parts = path.split(".")
     node = tree
     for part in parts[:-1]:
@@ -166,8 +181,8 @@ def _set(tree: dict, path: str, value) -> None:
     node[parts[-1]] = value
 
 
-def _has(tree: dict, path: str) -> bool:
-    node = tree
+def _has(tree: Tree, path: str) -> bool:
+    node: Any = tree
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
             return False
@@ -175,7 +190,7 @@ def _has(tree: dict, path: str) -> bool:
     return True
 
 
-def _merge_file(tree: dict, data: dict, prefix: str = "") -> None:
+def _merge_file(tree: Tree, data: Tree, prefix: str = "") -> None:
     if not prefix:
         # checked first: their parent tables ([system.topic], [system.segment]) are unknown too
         for path in REMOVED_KEYS:
@@ -196,7 +211,7 @@ def _merge_file(tree: dict, data: dict, prefix: str = "") -> None:
             tree[key] = _coerce(path, tree[key], value, path)
 
 
-def _coerce(path: str, default, value, source: str):
+def _coerce(path: str, default: object, value: object, source: str) -> object:
     """Type `value` (from TOML or an env string) by the type of `default`."""
     text = value if isinstance(value, str) else None
     if isinstance(default, bool):
@@ -212,10 +227,12 @@ def _coerce(path: str, default, value, source: str):
             return int(text)
         raise ConfigError(f"{source}: expected an integer, got {value!r}")
     if isinstance(default, float):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{source}: expected a number, got {value!r}") from None
+        if isinstance(value, (str, int, float)):  # a table or a list is no number either
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{source}: expected a number, got {value!r}")
     if isinstance(default, list):
         if isinstance(value, list):
             return value
@@ -230,10 +247,10 @@ def _coerce(path: str, default, value, source: str):
     return value
 
 
-def _validate(tree: dict, names: dict) -> None:
+def _validate(tree: Tree, names: dict[str, str]) -> None:
     """Check every value; durations and sizes are converted in place (seconds, bytes)."""
 
-    def where(path):
+    def where(path: str) -> str:
         return f"{path} ({names[path]})"
 
     for path in DURATION_KEYS:
@@ -280,7 +297,7 @@ def _validate(tree: dict, names: dict) -> None:
 # --------------------------------------------------------------------------- the cluster roster
 
 
-def _node_env(tree: dict, name: str, value: str) -> bool:
+def _node_env(tree: Tree, name: str, value: str) -> bool:
     """Apply one IGGY_CLUSTER_NODES_<i>_<FIELD> variable; False if the name is not one."""
     m = _NODE_ENV.fullmatch(name)
     if m is None:
@@ -306,7 +323,7 @@ def _node_env(tree: dict, name: str, value: str) -> bool:
     return True
 
 
-def _port(where: str, value) -> int:
+def _port(where: str, value: object) -> int:
     if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
@@ -314,7 +331,7 @@ def _port(where: str, value) -> int:
     return value
 
 
-def _roster(nodes) -> list[dict]:
+def _roster(nodes: object) -> list[RosterNode]:
     """cluster.nodes checked and normalised: {name, ip, replica_id, ports{all five, 0 = none}}."""
     if not isinstance(nodes, list) or not nodes:
         raise ConfigError(
@@ -323,7 +340,10 @@ def _roster(nodes) -> list[dict]:
         )
     if len(nodes) > 255:
         raise ConfigError("cluster.nodes: at most 255 nodes")
-    out, names, ids, endpoints = [], set(), set(), set()
+    out: list[RosterNode] = []
+    names: set[str] = set()
+    ids: set[int] = set()
+    endpoints: set[tuple[str, bool, int]] = set()
     for i, node in enumerate(nodes):
         where = f"cluster.nodes[{i}]"
         if not isinstance(node, dict):
@@ -354,7 +374,7 @@ def _roster(nodes) -> list[dict]:
         unknown = set(ports) - set(PORT_NAMES)
         if unknown:
             raise ConfigError(f"{where}.ports.{sorted(unknown)[0]}: unknown configuration key")
-        clean = {}
+        clean: dict[str, int] = {}
         for key in PORT_NAMES:
             clean[key] = _port(f"{where}.ports.{key}", ports[key]) if key in ports else 0
             if clean[key]:
@@ -371,7 +391,7 @@ def _roster(nodes) -> list[dict]:
     return out
 
 
-def _validate_cluster(tree: dict, where, replica_id: int | None) -> None:
+def _validate_cluster(tree: Tree, where: Callable[[str], str], replica_id: int | None) -> None:
     cluster = tree["cluster"]
     if not cluster["name"].strip():
         raise ConfigError(f"{where('cluster.name')}: must not be empty")

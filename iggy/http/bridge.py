@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from iggy.control.plane import TRANSPORT_HTTP, Session
 from iggy.control.registry import COMMANDS, Command, invoke
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from iggy.metadata.state import UserMeta
 
 View = Callable[[Any, Any], Any]  # (plane, result) -> JSON-ready data
+Shaped = TypeVar("Shaped")  # what a route's view makes of a command's result
 
 
 class Bridge:
@@ -59,6 +60,30 @@ class Bridge:
 
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         return await asyncio.shield(asyncio.wrap_future(future))
+
+    # With a view: what the view returns, or None when the command answered None (an entity
+    # that does not exist). Without one: the command's own result, whose type depends on `code`.
+    @overload
+    async def call_as(
+        self,
+        who: Principal,
+        code: int | Command,
+        *args: Any,
+        view: Callable[[ControlPlane, Any], Shaped],
+        missing: Callable[[], Exception] | None = None,
+        follower_ok: bool = False,
+    ) -> Shaped | None: ...
+
+    @overload
+    async def call_as(
+        self,
+        who: Principal,
+        code: int | Command,
+        *args: Any,
+        view: None = None,
+        missing: Callable[[], Exception] | None = None,
+        follower_ok: bool = False,
+    ) -> Any: ...
 
     async def call_as(
         self,

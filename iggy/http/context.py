@@ -16,7 +16,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, cast
 
-from litestar import Request
+from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, SerializationException
@@ -45,19 +45,23 @@ class HttpContext:
         bridge: Bridge,
         jwt: JwtIssuer,
         settings: HttpSettings,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
         max_poll_bytes: int = 1 << 20,
     ):
         self.bridge = bridge
         self.max_poll_bytes = max_poll_bytes  # the plane's, fixed at start: the cap of a poll reply
         self.jwt = jwt
         self.settings = settings
-        self.metrics = metrics  # iggy.http.metrics.Metrics
+        self.metrics = metrics  # read by the metrics route (routes/system.py)
         self.diagnostics_lock = threading.Lock()  # one diagnostics archive at a time (error 9000)
 
 
 Ctx = NamedDependency[HttpContext]  # handler parameter `ctx`
 Caller = NamedDependency[Principal]  # handler parameter `caller`: the authenticated user
+# What a route that builds its own Response returns. The body type stays Any: Litestar documents
+# the T of Response[T] as the JSON schema of the body, and these bodies are empty, a ZIP or
+# Prometheus text (bytes would be documented as a JSON string).
+Reply = Response[Any]
 
 
 def ctx_of(connection: ASGIConnection[Any, Any, Any, Any]) -> HttpContext:

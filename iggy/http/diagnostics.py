@@ -22,7 +22,7 @@ import io
 import os
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import psutil
 
@@ -109,7 +109,7 @@ def _config(data_dir: str) -> str:
         return "no runtime configuration written\n"
 
 
-def build(data_dir: str, types: list[str], compression: str) -> tuple[bytes, str]:
+def build(data_dir: str, types: Collection[str], compression: str) -> tuple[bytes, str]:
     """(ZIP bytes, file name) for the requested types ("All" alone means every type)."""
     wanted = list(TYPES) if "All" in types else [t for t in TYPES if t in types]
     producers: dict[str, Callable[[], str]] = {

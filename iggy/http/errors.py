@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response
@@ -29,6 +29,7 @@ from iggy.control.throttle import LogLimiter
 from iggy.protocol.errors import ErrorCode, IggyError, error_id
 
 log = logging.getLogger("iggy.http")
+T = TypeVar("T")
 _log_limited = LogLimiter(log)
 
 UNAUTHENTICATED_CODES = frozenset(
@@ -109,10 +110,18 @@ class NotFound(Exception):
     """A read of an entity that does not exist: the generic 404 body."""
 
 
-def found(result: Any) -> Any:
+def found(result: T | None) -> T:
     """A read's result, or the generic 404 when it found nothing (None)."""
     if result is None:
         raise NotFound()
+    return result
+
+
+def answered(result: T | None) -> T:
+    """The result of a command that always answers (a list, the entity a create made): None
+    would be a broken command, so it is a 500 (the generic handler), never a `null` body."""
+    if result is None:
+        raise RuntimeError("the command answered nothing")
     return result
 
 

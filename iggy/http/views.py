@@ -19,6 +19,10 @@ from iggy.metadata.state import GroupMeta, Permissions, StreamMeta, TopicMeta, U
 if TYPE_CHECKING:
     from iggy.control.plane import ControlPlane, Session
 
+# A JSON object of a response: its values are of every JSON type (numbers, text, nested
+# objects and lists), as the reference server's structs serialise, so they are typed Any.
+Json = dict[str, Any]
+
 _UNITS = [
     (name, base**power)
     for power, names in (

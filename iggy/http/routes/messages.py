@@ -12,7 +12,7 @@ consumer (`consumer_id`, default 1), and an omitted partition means partition 0.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from litestar import Response, delete, get, post, put
 from litestar.exceptions import HTTPException
@@ -20,11 +20,15 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from iggy.control import messages
 from iggy.http import schemas
-from iggy.http.context import Caller, Ctx, ident
+from iggy.http.context import Caller, Ctx, Reply, ident
 from iggy.http.errors import NotFound, found
 from iggy.http.messages_json import batch_input, partitioning, poll_caps, polled_json
+from iggy.http.views import Json
 from iggy.protocol import codes
 from iggy.protocol.batch import build_batch, iter_messages
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane
 
 U32 = Annotated[int, QueryParameter(ge=0, le=0xFFFFFFFF)]
 U64 = Annotated[int, QueryParameter(ge=0)]  # upper bound checked in the handler (msgspec stops at int64)
@@ -40,12 +44,12 @@ PollKind = Literal["offset", "timestamp", "first", "last", "next", "o", "t", "f"
 SINGLE = messages.CONSUMER_SINGLE
 
 
-def _confirmation(plane, sent) -> dict:
+def _confirmation(plane: ControlPlane, sent: tuple[int, int, int, int]) -> Json:
     stream_id, topic_id, partition_id, base_offset = sent
     return {"stream_id": stream_id, "topic_id": topic_id, "partition_id": partition_id, "base_offset": base_offset}
 
 
-def _offset(plane, result) -> dict:
+def _offset(plane: ControlPlane, result: tuple[int, int, int]) -> Json:
     partition_id, current, stored = result
     return {"partition_id": partition_id, "current_offset": current, "stored_offset": stored}
 
@@ -61,7 +65,7 @@ async def send_messages(
     topic_id: FromPath[str],
     data: JSONBody[schemas.SendMessages],
     ack: FromQuery[str | None] = None,
-) -> Response:
+) -> Reply:
     kind, value = partitioning(data)
     entries = batch_input(data)
     batch = build_batch(entries)
@@ -88,7 +92,7 @@ async def poll_messages(
     value: U64 = 0,
     count: U32 = 10,
     auto_commit: FromQuery[bool] = False,
-) -> dict:
+) -> Json:
     if value > schemas.U64_MAX:
         raise HTTPException(status_code=400, detail="Failed to deserialize query string: value: number too large")
     sid, tid, consumer = ident(stream_id), ident(topic_id), ident(consumer_id)
@@ -120,7 +124,7 @@ async def poll_messages(
 # ------------------------------------------------------------------- consumer offsets
 
 
-def consumer_ident(value):
+def consumer_ident(value: int | str) -> int | str:
     """consumer_id from a body or query: a number, or a name (digits count as a number)."""
     return value if isinstance(value, int) else ident(value)
 
@@ -133,7 +137,7 @@ async def get_offset(
     topic_id: FromPath[str],
     consumer_id: FromQuery[str],
     partition_id: U32 = 0,
-) -> dict:
+) -> Json:
     return found(
         await ctx.bridge.call_as(
             caller,

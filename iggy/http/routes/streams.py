@@ -10,23 +10,29 @@ upstream checks the parent first (core/server/src/responses.rs, ensure_topic_exi
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated
 
 from litestar import Response, delete, get, post, put
 from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 
 from iggy.control import topics
 from iggy.http import schemas, views
-from iggy.http.context import Caller, Ctx, check_name, ident
-from iggy.http.errors import found
+from iggy.http.context import Caller, Ctx, Reply, check_name, ident
+from iggy.http.errors import answered, found
+from iggy.http.views import Json
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane
+    from iggy.metadata.state import GroupMeta, StreamMeta, TopicMeta
 
 Count = Annotated[int, QueryParameter(ge=0, le=0xFFFFFFFF)]
 PartitionId = Annotated[int, PathParameter(ge=0, le=0xFFFFFFFF)]
 
 
-def _refuse_options(options: dict | None) -> None:
+def _refuse_options(options: dict[str, str] | None) -> None:
     """Streams have no option keys: any key is unsupported (4041)."""
     if options:
         raise IggyError(ErrorCode.UNSUPPORTED_OPTION_KEY, field=next(iter(options)))
@@ -35,28 +41,28 @@ def _refuse_options(options: dict | None) -> None:
 # ------------------------------------------------------------------- views (run on the main loop)
 
 
-def _streams(plane, streams) -> list:
+def _streams(plane: ControlPlane, streams: Iterable[StreamMeta]) -> list[Json]:
     return [views.stream(plane, s) for s in streams]
 
 
-def _topics(plane, result) -> list:
+def _topics(plane: ControlPlane, result: tuple[StreamMeta, list[TopicMeta]] | tuple[()]) -> list[Json]:
     if not result:
         return []  # a missing stream lists as empty, as over TCP (control.topics.get_topics)
     s, ts = result
     return [views.topic(plane, s.id, t) for t in ts]
 
 
-def _topic_details(plane, result) -> dict:
+def _topic_details(plane: ControlPlane, result: tuple[StreamMeta, TopicMeta]) -> Json:
     s, t = result
     return views.topic_details(plane, s.id, t)
 
 
-def _groups(plane, result) -> list:
+def _groups(plane: ControlPlane, result: tuple[StreamMeta, TopicMeta, list[GroupMeta]]) -> list[Json]:
     s, t, gs = result
     return [views.group(plane, s, t, g) for g in gs]
 
 
-def _group_details(plane, result) -> dict:
+def _group_details(plane: ControlPlane, result: tuple[StreamMeta, TopicMeta, GroupMeta]) -> Json:
     return views.group_details(plane, *result)
 
 
@@ -64,18 +70,18 @@ def _group_details(plane, result) -> dict:
 
 
 @get("/streams", summary="List streams")
-async def get_streams(ctx: Ctx, caller: Caller) -> list:
-    return await ctx.bridge.call_as(caller, codes.GET_STREAMS, view=_streams)
+async def get_streams(ctx: Ctx, caller: Caller) -> list[Json]:
+    return answered(await ctx.bridge.call_as(caller, codes.GET_STREAMS, view=_streams))
 
 
 @post("/streams", status_code=200, summary="Create a stream")
-async def create_stream(ctx: Ctx, caller: Caller, data: JSONBody[schemas.CreateStream]) -> dict:
+async def create_stream(ctx: Ctx, caller: Caller, data: JSONBody[schemas.CreateStream]) -> Json:
     name = check_name(data.name, ErrorCode.INVALID_STREAM_NAME)
-    return await ctx.bridge.call_as(caller, codes.CREATE_STREAM, name, view=views.stream_details)
+    return answered(await ctx.bridge.call_as(caller, codes.CREATE_STREAM, name, view=views.stream_details))
 
 
 @get("/streams/{stream_id:str}", summary="Get a stream with its topics")
-async def get_stream(ctx: Ctx, caller: Caller, stream_id: FromPath[str]) -> dict:
+async def get_stream(ctx: Ctx, caller: Caller, stream_id: FromPath[str]) -> Json:
     return found(await ctx.bridge.call_as(caller, codes.GET_STREAM, ident(stream_id), view=views.stream_details))
 
 
@@ -101,7 +107,9 @@ async def purge_stream(ctx: Ctx, caller: Caller, stream_id: FromPath[str]) -> No
 # ------------------------------------------------------------------- topics
 
 
-def topic_options(compression, message_expiry, max_topic_size, options: dict | None) -> dict:
+def topic_options(
+    compression: str | None, message_expiry: int | None, max_topic_size: int | None, options: dict[str, str] | None
+) -> dict[str, object]:
     """The option values of a create/update body: the `options` map plus the fixed fields.
 
     `message_expiry` / `max_topic_size` of 0 mean "server default" and are left out, so the
@@ -118,21 +126,23 @@ def topic_options(compression, message_expiry, max_topic_size, options: dict | N
 
 
 @get("/streams/{stream_id:str}/topics", summary="List the topics of a stream")
-async def get_topics(ctx: Ctx, caller: Caller, stream_id: FromPath[str]) -> list:
-    return await ctx.bridge.call_as(caller, codes.GET_TOPICS, ident(stream_id), view=_topics)
+async def get_topics(ctx: Ctx, caller: Caller, stream_id: FromPath[str]) -> list[Json]:
+    return answered(await ctx.bridge.call_as(caller, codes.GET_TOPICS, ident(stream_id), view=_topics))
 
 
 @post("/streams/{stream_id:str}/topics", status_code=200, summary="Create a topic")
-async def create_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str], data: JSONBody[schemas.CreateTopic]) -> dict:
+async def create_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str], data: JSONBody[schemas.CreateTopic]) -> Json:
     name = check_name(data.name, ErrorCode.INVALID_TOPIC_NAME)
     options = topic_options(data.compression_algorithm, data.message_expiry, data.max_topic_size, data.options)
-    return await ctx.bridge.call_as(
-        caller, codes.CREATE_TOPIC, ident(stream_id), name, data.partitions_count, options, view=_topic_details
+    return answered(
+        await ctx.bridge.call_as(
+            caller, codes.CREATE_TOPIC, ident(stream_id), name, data.partitions_count, options, view=_topic_details
+        )
     )
 
 
 @get("/streams/{stream_id:str}/topics/{topic_id:str}", summary="Get a topic with its partitions")
-async def get_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str]) -> dict:
+async def get_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str]) -> Json:
     return found(
         await ctx.bridge.call_as(caller, codes.GET_TOPIC, ident(stream_id), ident(topic_id), view=_topic_details)
     )
@@ -166,7 +176,7 @@ async def purge_topic(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_
 @post("/streams/{stream_id:str}/topics/{topic_id:str}/partitions", status_code=200, summary="Add partitions to a topic")
 async def create_partitions(
     ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str], data: JSONBody[schemas.PartitionsCount]
-) -> Response:
+) -> Reply:
     await ctx.bridge.call_as(caller, codes.CREATE_PARTITIONS, ident(stream_id), ident(topic_id), data.partitions_count)
     # 200 with an empty body (upstream's handler returns a bare StatusCode::OK), not JSON `null`
     return Response(b"", status_code=200)
@@ -205,8 +215,10 @@ async def delete_segments(
 
 
 @get("/streams/{stream_id:str}/topics/{topic_id:str}/consumer-groups", summary="List consumer groups")
-async def get_groups(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str]) -> list:
-    return await ctx.bridge.call_as(caller, codes.GET_CONSUMER_GROUPS, ident(stream_id), ident(topic_id), view=_groups)
+async def get_groups(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str]) -> list[Json]:
+    return answered(
+        await ctx.bridge.call_as(caller, codes.GET_CONSUMER_GROUPS, ident(stream_id), ident(topic_id), view=_groups)
+    )
 
 
 @post(
@@ -214,10 +226,12 @@ async def get_groups(ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_i
 )
 async def create_group(
     ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str], data: JSONBody[schemas.CreateGroup]
-) -> dict:
+) -> Json:
     name = check_name(data.name, ErrorCode.INVALID_CONSUMER_GROUP_NAME)
-    return await ctx.bridge.call_as(
-        caller, codes.CREATE_CONSUMER_GROUP, ident(stream_id), ident(topic_id), name, view=_group_details
+    return answered(
+        await ctx.bridge.call_as(
+            caller, codes.CREATE_CONSUMER_GROUP, ident(stream_id), ident(topic_id), name, view=_group_details
+        )
     )
 
 
@@ -227,7 +241,7 @@ async def create_group(
 )
 async def get_group(
     ctx: Ctx, caller: Caller, stream_id: FromPath[str], topic_id: FromPath[str], group_id: FromPath[str]
-) -> dict:
+) -> Json:
     return found(
         await ctx.bridge.call_as(
             caller, codes.GET_CONSUMER_GROUP, ident(stream_id), ident(topic_id), ident(group_id), view=_group_details

@@ -6,9 +6,11 @@ Same layout as routes/users.py: commands through `ctx.bridge.call_as`, views on 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated, Any
 
 from litestar import Response, get, post
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody, PathParameter
 
 from iggy.control import permissions as perm
@@ -16,23 +18,28 @@ from iggy.control import system
 from iggy.control.registry import operation
 from iggy.control.topics import encode_value
 from iggy.http import diagnostics, metrics, schemas, views
-from iggy.http.context import Caller, Ctx
-from iggy.http.errors import found
+from iggy.http.context import Caller, Ctx, Reply
+from iggy.http.errors import answered, found
+from iggy.http.views import Json
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane, Session
 
 ClientId = Annotated[int, PathParameter(ge=0, le=0xFFFFFFFF)]
 
 
-def _stats(plane, raw: dict) -> dict:
+# control.system.collect_stats(): counters, byte counts and host text, by name
+def _stats(plane: ControlPlane, raw: dict[str, Any]) -> Json:
     return views.stats(raw)
 
 
-def _clients(plane, sessions) -> list:
+def _clients(plane: ControlPlane, sessions: Iterable[Session]) -> list[Json]:
     return [views.client(s) for s in sessions]
 
 
-def _client_details(plane, session) -> dict:
+def _client_details(plane: ControlPlane, session: Session) -> Json:
     return views.client_details(session)
 
 
@@ -40,17 +47,18 @@ def _client_details(plane, session) -> dict:
 
 
 @operation(perm.READ_SERVERS)
-def diagnostics_dir(plane, session) -> str:
+def diagnostics_dir(plane: ControlPlane, session: Session) -> str:
     """The data directory the diagnostics ZIP reads (built on the HTTP thread)."""
-    return plane.config.system.path
+    path: str = plane.config.system.path  # a text key of the configuration tree
+    return path
 
 
 @operation(perm.LOGGED_IN)
-def metrics_counts(plane, session) -> dict:
+def metrics_counts(plane: ControlPlane, session: Session) -> dict[str, int]:
     return metrics.counts(plane)
 
 
-def _as_is(response):
+def _as_is(response: Reply) -> Reply:
     return response
 
 
@@ -62,35 +70,35 @@ async def ping() -> str:
 
 
 @get("/stats", summary="Server statistics")
-async def stats(ctx: Ctx, caller: Caller) -> dict:
-    return await ctx.bridge.call_as(caller, codes.GET_STATS, view=_stats)
+async def stats(ctx: Ctx, caller: Caller) -> Json:
+    return answered(await ctx.bridge.call_as(caller, codes.GET_STATS, view=_stats))
 
 
 @get("/clients", summary="Connected clients (binary-protocol connections)")
-async def clients(ctx: Ctx, caller: Caller) -> list:
-    return await ctx.bridge.call_as(caller, codes.GET_CLIENTS, view=_clients)
+async def clients(ctx: Ctx, caller: Caller) -> list[Json]:
+    return answered(await ctx.bridge.call_as(caller, codes.GET_CLIENTS, view=_clients))
 
 
 @get("/clients/{client_id:int}", summary="One connected client")
-async def client(ctx: Ctx, caller: Caller, client_id: ClientId) -> dict:
+async def client(ctx: Ctx, caller: Caller, client_id: ClientId) -> Json:
     return found(await ctx.bridge.call_as(caller, codes.GET_CLIENT, client_id, view=_client_details))
 
 
 @get("/cluster/metadata", summary="Cluster roster (a single node)")
-async def cluster_metadata(ctx: Ctx, caller: Caller) -> dict:
+async def cluster_metadata(ctx: Ctx, caller: Caller) -> Json:
     meta = await ctx.bridge.call_as(caller, codes.GET_CLUSTER_METADATA, follower_ok=True)
     return views.cluster(meta, ctx.settings.host if ctx.settings.host not in ("0.0.0.0", "::") else None)
 
 
 @get("/options/{options_scope:str}", summary="Option keys of a scope (topic, stream, user)")
-async def options(ctx: Ctx, caller: Caller, options_scope: FromPath[str]) -> list:
+async def options(ctx: Ctx, caller: Caller, options_scope: FromPath[str]) -> list[Json]:
     if options_scope not in ("topic", "stream", "user"):
         raise IggyError(ErrorCode.INVALID_COMMAND, "unknown options scope")
     return [views.option_spec(o, encode_value(o.kind, o.default)) for o in system.described_options(options_scope)]
 
 
 @post("/snapshot", status_code=200, summary="Diagnostics snapshot (ZIP)", media_type="application/zip")
-async def take_snapshot(ctx: Ctx, caller: Caller, data: JSONBody[schemas.Snapshot]) -> Response:
+async def take_snapshot(ctx: Ctx, caller: Caller, data: JSONBody[schemas.Snapshot]) -> Reply:
     if "All" in data.snapshot_types and len(data.snapshot_types) > 1:
         raise IggyError(ErrorCode.INVALID_COMMAND, "All must be the only snapshot type")
     data_dir = await ctx.bridge.call_as(caller, diagnostics_dir)
@@ -105,11 +113,11 @@ async def take_snapshot(ctx: Ctx, caller: Caller, data: JSONBody[schemas.Snapsho
     )
 
 
-def metrics_route(path: str):
+def metrics_route(path: str) -> HTTPRouteHandler:
     """`GET <path>` (`[http.metrics] endpoint`): Prometheus text, for any authenticated caller."""
 
     @get(path, summary="Prometheus metrics")
-    async def get_metrics(ctx: Ctx, caller: Caller) -> Response:
+    async def get_metrics(ctx: Ctx, caller: Caller) -> Reply:
         counts = await ctx.bridge.call_as(caller, metrics_counts)
         return Response(ctx.metrics.render(counts), media_type=ctx.metrics.content_type)
 

@@ -11,6 +11,9 @@ the user (as over TCP).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
 from litestar import Request, delete, get, post, put
 from litestar.params import FromPath, JSONBody
 
@@ -19,15 +22,20 @@ from iggy.http import schemas, views
 from iggy.http.auth import Principal
 from iggy.http.bridge import user_of
 from iggy.http.context import Caller, Ctx, HttpContext, ident
-from iggy.http.errors import found
+from iggy.http.errors import answered, found
+from iggy.http.views import Json
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane
+    from iggy.metadata.state import TokenMeta, UserMeta
 
 PUBLIC = {"public": True}
 STATUS = {"active": users.STATUS_ACTIVE, "inactive": users.STATUS_INACTIVE}
 
 
-def identity(ctx: HttpContext, who: Principal) -> dict:
+def identity(ctx: HttpContext, who: Principal) -> Json:
     """IdentityInfo: the user id and a fresh access token (nested object, as every Iggy release)."""
     return {"user_id": who.user_id, "access_token": ctx.jwt.issue(who)}
 
@@ -35,40 +43,40 @@ def identity(ctx: HttpContext, who: Principal) -> dict:
 # ------------------------------------------------------------------- login / logout / refresh
 
 
-def client_address(request: Request) -> str:
+def client_address(request: Request[Any, Any, Any]) -> str:
     """The peer's host, the key of the failed-login backoff (iggy.control.throttle)."""
     client = request.client
     return client.host if client is not None and client.host else "unknown"
 
 
-async def _login(plane, address: str, username: str, password: str) -> Principal:
+async def _login(plane: ControlPlane, address: str, username: str, password: str) -> Principal:
     user = await users.password_login(plane, address, username, password)
     return Principal(user.id, user.generation)
 
 
-def _existing(plane, who: Principal) -> Principal:
+def _existing(plane: ControlPlane, who: Principal) -> Principal:
     user_of(plane, who)
     return who
 
 
-def _pat_login(plane, address: str, token: str) -> Principal:
+def _pat_login(plane: ControlPlane, address: str, token: str) -> Principal:
     user = users.token_login(plane, address, token)
     return Principal(user.id, user.generation)
 
 
 @post("/users/login", opt=PUBLIC, status_code=200, summary="Log in with username and password")
-async def login(ctx: Ctx, request: Request, data: JSONBody[schemas.Login]) -> dict:
+async def login(ctx: Ctx, request: Request[Any, Any, Any], data: JSONBody[schemas.Login]) -> Json:
     who = await ctx.bridge.call(_login, client_address(request), data.username, data.password)
     return identity(ctx, who)
 
 
 @delete("/users/logout", status_code=204, summary="Log out (revokes the access token)")
-async def logout(ctx: Ctx, request: Request) -> None:
+async def logout(ctx: Ctx, request: Request[Any, Any, Any]) -> None:
     ctx.jwt.revoke(request.scope["auth"])
 
 
 @post("/users/refresh-token", opt=PUBLIC, status_code=200, summary="Exchange a valid access token for a new one")
-async def refresh_token(ctx: Ctx, data: JSONBody[schemas.Token]) -> dict:
+async def refresh_token(ctx: Ctx, data: JSONBody[schemas.Token]) -> Json:
     who = ctx.jwt.principal(data.token)
     if who is None:
         raise IggyError(ErrorCode.UNAUTHENTICATED)
@@ -76,29 +84,31 @@ async def refresh_token(ctx: Ctx, data: JSONBody[schemas.Token]) -> dict:
 
 
 @post("/personal-access-tokens/login", opt=PUBLIC, status_code=200, summary="Log in with a personal access token")
-async def pat_login(ctx: Ctx, request: Request, data: JSONBody[schemas.Token]) -> dict:
+async def pat_login(ctx: Ctx, request: Request[Any, Any, Any], data: JSONBody[schemas.Token]) -> Json:
     return identity(ctx, await ctx.bridge.call(_pat_login, client_address(request), data.token))
 
 
 # ------------------------------------------------------------------- personal access tokens
 
 
-def _tokens(plane, tokens) -> list:
+def _tokens(plane: ControlPlane, tokens: Iterable[TokenMeta]) -> list[Json]:
     return [{"name": t.name, "expiry_at": t.expiry_at or None} for t in tokens]
 
 
-def _raw_token(plane, raw: str) -> dict:
+def _raw_token(plane: ControlPlane, raw: str) -> Json:
     return {"token": raw}
 
 
 @get("/personal-access-tokens", summary="List your personal access tokens")
-async def list_tokens(ctx: Ctx, caller: Caller) -> list:
-    return await ctx.bridge.call_as(caller, codes.GET_PERSONAL_ACCESS_TOKENS, view=_tokens)
+async def list_tokens(ctx: Ctx, caller: Caller) -> list[Json]:
+    return answered(await ctx.bridge.call_as(caller, codes.GET_PERSONAL_ACCESS_TOKENS, view=_tokens))
 
 
 @post("/personal-access-tokens", status_code=200, summary="Create a personal access token")
-async def create_token(ctx: Ctx, caller: Caller, data: JSONBody[schemas.CreateToken]) -> dict:
-    return await ctx.bridge.call_as(caller, codes.CREATE_PERSONAL_ACCESS_TOKEN, data.name, data.expiry, view=_raw_token)
+async def create_token(ctx: Ctx, caller: Caller, data: JSONBody[schemas.CreateToken]) -> Json:
+    return answered(
+        await ctx.bridge.call_as(caller, codes.CREATE_PERSONAL_ACCESS_TOKEN, data.name, data.expiry, view=_raw_token)
+    )
 
 
 @delete("/personal-access-tokens/{name:str}", status_code=204, summary="Delete one of your personal access tokens")
@@ -109,39 +119,41 @@ async def delete_token(ctx: Ctx, caller: Caller, name: FromPath[str]) -> None:
 # ------------------------------------------------------------------- users
 
 
-def user_ident(caller: Principal, user_id: str):
+def user_ident(caller: Principal, user_id: str) -> int | str:
     """The user a path names: "me" is the caller; a number is an id, else a username."""
     return caller.user_id if user_id == "me" else ident(user_id)
 
 
-def _users(plane, found_users) -> list:
+def _users(plane: ControlPlane, found_users: Iterable[UserMeta]) -> list[Json]:
     return [views.user(u) for u in found_users]
 
 
-def _user_details(plane, u) -> dict:
+def _user_details(plane: ControlPlane, u: UserMeta) -> Json:
     return views.user_details(u)
 
 
 @get("/users", summary="List users")
-async def get_users(ctx: Ctx, caller: Caller) -> list:
-    return await ctx.bridge.call_as(caller, codes.GET_USERS, view=_users)
+async def get_users(ctx: Ctx, caller: Caller) -> list[Json]:
+    return answered(await ctx.bridge.call_as(caller, codes.GET_USERS, view=_users))
 
 
 @post("/users", status_code=200, summary="Create a user")
-async def create_user(ctx: Ctx, caller: Caller, data: JSONBody[schemas.CreateUser]) -> dict:
-    return await ctx.bridge.call_as(
-        caller,
-        codes.CREATE_USER,
-        data.username,
-        data.password,
-        STATUS[data.status],
-        schemas.stored_permissions(data.permissions),
-        view=_user_details,
+async def create_user(ctx: Ctx, caller: Caller, data: JSONBody[schemas.CreateUser]) -> Json:
+    return answered(
+        await ctx.bridge.call_as(
+            caller,
+            codes.CREATE_USER,
+            data.username,
+            data.password,
+            STATUS[data.status],
+            schemas.stored_permissions(data.permissions),
+            view=_user_details,
+        )
     )
 
 
 @get("/users/{user_id:str}", summary="Get a user by id or username (`me` for yourself)")
-async def get_user(ctx: Ctx, caller: Caller, user_id: FromPath[str]) -> dict:
+async def get_user(ctx: Ctx, caller: Caller, user_id: FromPath[str]) -> Json:
     return found(await ctx.bridge.call_as(caller, codes.GET_USER, user_ident(caller, user_id), view=_user_details))
 
 

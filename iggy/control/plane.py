@@ -88,7 +88,7 @@ class Session:
 
 
 class ControlPlane:
-    def __init__(self, config, meta, storage):
+    def __init__(self, config, meta, storage) -> None:
         self.config = config
         self.meta = meta
         self.storage = storage

@@ -34,6 +34,8 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from iggy import SERVER_VERSION
 from iggy.control import permissions as perm
@@ -43,6 +45,15 @@ from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
 from iggy.metadata.store import MetadataStore
 from iggy.storage.consumer_offsets import configure_from as configure_offsets
 from iggy.storage.partitions import Storage
+
+if TYPE_CHECKING:
+    import ssl
+
+    from iggy.cluster.membership import Cluster
+    from iggy.config import Config, Section
+    from iggy.engine.base import Engine
+    from iggy.engine.frontdoors.tls import Certificates
+    from iggy.http import HttpServer
 
 log = logging.getLogger("iggy.server")
 
@@ -64,17 +75,24 @@ def _bind_error(exc: BaseException) -> str:
 
 
 class Server:
-    def __init__(self, config, env=None, repair_metadata: bool = False):
+    def __init__(self, config: Config, env: Mapping[str, str] | None = None, repair_metadata: bool = False):
         self.config = config
         self.repair_metadata = repair_metadata  # --repair-metadata: accept dropping corrupt journal records
         self.env = os.environ if env is None else env
-        self.plane: ControlPlane | None = None
-        self.engines: list = []  # iggy.engine.base.Engine, one per listener serving
-        self.tasks: list[asyncio.Future] = []
+        self._plane: ControlPlane | None = None  # made by start()
+        self.engines: list[Engine] = []  # one per listener serving
+        self.tasks: list[asyncio.Future[None]] = []
         self.engine = "none"  # the TCP engine's name: uring or asyncio
-        self.http = None
-        self.cluster = None  # iggy.cluster.membership.Cluster with cluster.enabled
-        self.certificates = None  # iggy.engine.frontdoors.tls.Certificates, made when a listener needs one
+        self.http: HttpServer | None = None
+        self.cluster: Cluster | None = None  # with cluster.enabled
+        self.certificates: Certificates | None = None  # made when a listener needs one
+
+    @property
+    def plane(self) -> ControlPlane:
+        """The control plane; everything but start() runs after start() made it."""
+        if self._plane is None:
+            raise RuntimeError("the server has not been started")
+        return self._plane
 
     async def start(self) -> None:
         from iggy.config import root_credentials
@@ -89,7 +107,7 @@ class Server:
         meta.open(repair=self.repair_metadata)
         storage = Storage(path, cfg.system.partition.validate_checksum)
         storage.open_all(meta.state, meta.orphan_notes)
-        self.plane = plane = ControlPlane(cfg, meta, storage)
+        self._plane = plane = ControlPlane(cfg, meta, storage)
         if not meta.state.users:
             username, password, generated = root_credentials(self.env)
             create_user_record(plane, username, hash_password(password), STATUS_ACTIVE, perm.all_permissions())
@@ -142,7 +160,7 @@ class Server:
         log.warning("io_uring engine unavailable (%s): falling back to the asyncio engine", reason)
         return "asyncio"
 
-    def _tcp_engine(self):
+    def _tcp_engine(self) -> Engine:
         """The TCP listener's engine: uring, or asyncio (plain, or TLS with `[tcp.tls]`)."""
         cfg = self.config
         host, port = split_address(cfg.tcp.address)
@@ -166,14 +184,14 @@ class Server:
                 raise
         return AsyncioEngine(self.plane, host, port, cfg.message_bus.max_message_size, ssl_context=ctx)
 
-    async def _serve(self, engine) -> None:
+    async def _serve(self, engine: Engine) -> None:
         """Start an engine; its bound address goes to plane.bound and the log."""
         bound = await engine.start()
         self.engines.append(engine)
         self.plane.bound[engine.kind] = (bound[0], bound[1])
         log.info("%s", engine.listening(bound))
 
-    def _tls_context(self, section: str, tls):
+    def _tls_context(self, section: str, tls: Section) -> ssl.SSLContext:
         """SSL context for `[tcp.tls]` / `[websocket.tls]` (iggy.engine.frontdoors.tls)."""
         from iggy.engine.frontdoors.tls import Certificates, server_context
 
@@ -182,7 +200,7 @@ class Server:
         cert, key = self.certificates.for_listener(section, tls.self_signed, tls.cert_file, tls.key_file)
         return server_context(cert, key, section)
 
-    async def _serve_optional(self, key: str, name: str, make_engine) -> None:
+    async def _serve_optional(self, key: str, name: str, make_engine: Callable[[], Engine]) -> None:
         """Start the QUIC or WebSocket listener; a failure is logged and the server runs without it."""
         from iggy.engine.frontdoors.tls import CertificateError
 
@@ -209,7 +227,7 @@ class Server:
                 exc_info=not isinstance(exc, OSError),
             )
 
-    def _quic_engine(self):
+    def _quic_engine(self) -> Engine:
         from iggy.engine.frontdoors.quic import QuicEngine, quic_configuration
         from iggy.engine.frontdoors.tls import Certificates
 
@@ -230,7 +248,7 @@ class Server:
             cfg.quic.keep_alive_interval,
         )
 
-    def _websocket_engine(self):
+    def _websocket_engine(self) -> Engine:
         from iggy.engine.frontdoors.websocket import WebSocketEngine
 
         cfg = self.config
@@ -311,7 +329,7 @@ class Server:
         log.info("iggy server stopped")
 
 
-async def serve(config, repair_metadata: bool = False) -> None:
+async def serve(config: Config, repair_metadata: bool = False) -> None:
     server = Server(config, repair_metadata=repair_metadata)
     await server.start()
     stop = asyncio.Event()
@@ -346,7 +364,7 @@ def segment_files_budget(limit: int, max_connections: int) -> int:
     return max(MIN_SEGMENT_FILES, (limit - connections - FD_RESERVE) // 2)
 
 
-def _set_segment_files_budget(cfg, env) -> None:
+def _set_segment_files_budget(cfg: Config, env: Mapping[str, str]) -> None:
     import resource
 
     from iggy.storage.log import set_open_files_budget
@@ -368,12 +386,10 @@ def _set_segment_files_budget(cfg, env) -> None:
     )
 
 
-def run_server(config, repair_metadata: bool = False) -> None:
+def run_server(config: Config, repair_metadata: bool = False) -> None:
     try:
         import uvloop
-    except ImportError:
-        uvloop = None
-    if uvloop is not None:
-        uvloop.run(serve(config, repair_metadata))
-    else:
+    except ImportError:  # optional: the standard loop serves as well
         asyncio.run(serve(config, repair_metadata))
+    else:
+        uvloop.run(serve(config, repair_metadata))

@@ -13,10 +13,12 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
+from iggy.control.permissions import GLOBAL_FLAGS, STREAM_FLAGS, TOPIC_FLAGS
 from iggy.testing.server import IggyTestServer
 
 ROOT_USER = "iggy"
@@ -192,6 +194,32 @@ def write_config(directory: Path, text: str) -> str:
     path = directory / "config.toml"
     path.write_text(text)
     return str(path)
+
+
+def permissions_body(
+    global_on: Iterable[str] = (),
+    streams: dict[int, tuple[Iterable[str], dict[int, Iterable[str]] | None]] | None = None,
+) -> dict:
+    """A permissions object of the REST API (as GET /users/{id} answers it): the flags named
+    are true, every other flag false. `streams` maps a stream id to (its flags that are on,
+    {topic id: that topic's flags that are on} or None for no topic entries)."""
+
+    def flags(names: tuple[str, ...], on: Iterable[str]) -> dict[str, bool]:
+        wanted = set(on)
+        return {name: name in wanted for name in names}
+
+    return {
+        "global": flags(GLOBAL_FLAGS, global_on),
+        "streams": {
+            str(sid): {
+                **flags(STREAM_FLAGS, on),
+                "topics": None if topics is None else {str(tid): flags(TOPIC_FLAGS, t) for tid, t in topics.items()},
+            }
+            for sid, (on, topics) in streams.items()
+        }
+        if streams
+        else None,
+    }
 
 
 def uniq(prefix: str) -> str:

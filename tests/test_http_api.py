@@ -20,7 +20,8 @@ import zipfile
 import httpx
 import pytest
 
-from tests.conftest import ROOT_PASSWORD, ROOT_USER, ServerProcess
+from iggy.http.views import SIZE_STATS
+from tests.conftest import ROOT_PASSWORD, ROOT_USER, ServerProcess, permissions_body
 
 _names = itertools.count()
 
@@ -269,33 +270,9 @@ def test_user_lifecycle(srv, api, anon):
     error(api.put(f"/users/{uid}", json={"options": {"x": "y"}}), 400, 4041)
     assert api.put(f"/users/{uid}", json={"status": "active"}).status_code == 204
 
-    perms = {
-        "global": {
-            "manage_servers": False,
-            "read_servers": True,
-            "manage_users": False,
-            "read_users": False,
-            "manage_streams": False,
-            "read_streams": True,
-            "manage_topics": False,
-            "read_topics": False,
-            "poll_messages": False,
-            "send_messages": False,
-        },
-        "streams": {
-            "3": {
-                "manage_stream": False,
-                "read_stream": True,
-                "manage_topics": False,
-                "read_topics": False,
-                "poll_messages": True,
-                "send_messages": False,
-                "topics": {
-                    "4": {"manage_topic": False, "read_topic": True, "poll_messages": False, "send_messages": True}
-                },
-            }
-        },
-    }
+    perms = permissions_body(
+        {"read_servers", "read_streams"}, {3: ({"read_stream", "poll_messages"}, {4: {"read_topic", "send_messages"}})}
+    )
     assert api.put(f"/users/{uid}/permissions", json={"permissions": perms}).status_code == 204
     assert api.get(f"/users/{uid}").json()["permissions"] == perms
     error(api.put("/users/0/permissions", json={"permissions": None}), 400, 49)
@@ -346,34 +323,7 @@ def test_permissions_are_enforced(srv, api):
     assert user.get("/personal-access-tokens").json() == []
     # stream-level permission lets the user read that stream only
     sid = api.get(f"/streams/{stream}").json()["id"]
-    perms = {
-        "global": dict.fromkeys(
-            (
-                "manage_servers",
-                "read_servers",
-                "manage_users",
-                "read_users",
-                "manage_streams",
-                "read_streams",
-                "manage_topics",
-                "read_topics",
-                "poll_messages",
-                "send_messages",
-            ),
-            False,
-        ),
-        "streams": {
-            str(sid): {
-                "manage_stream": False,
-                "read_stream": True,
-                "manage_topics": False,
-                "read_topics": False,
-                "poll_messages": False,
-                "send_messages": False,
-                "topics": None,
-            }
-        },
-    }
+    perms = permissions_body(streams={sid: ({"read_stream"}, None)})
     assert api.put(f"/users/{uid}/permissions", json={"permissions": perms}).status_code == 204
     assert user.get(f"/streams/{stream}").status_code == 200
     assert user.get(f"/streams/{stream}/topics/{topic}/messages").status_code == 200  # read implies poll
@@ -714,16 +664,7 @@ def test_stats(api):
         "cache_metrics",
     ):
         assert key in stats, key
-    for key in (
-        "memory_usage",
-        "total_memory",
-        "available_memory",
-        "read_bytes",
-        "written_bytes",
-        "messages_size_bytes",
-        "free_disk_space",
-        "total_disk_space",
-    ):
+    for key in SIZE_STATS:  # byte counts are size strings ("1.5 KiB")
         assert isinstance(stats[key], str) and stats[key].split(" ")[1].endswith("B"), (key, stats[key])
     assert stats["streams_count"] >= 1 and stats["iggy_server_semver"] == 9000
 

@@ -24,6 +24,7 @@ from iggy.http.context import check_name, ident
 from iggy.http.settings import JwtSettings
 from iggy.http.views import permissions_json, size_text
 from iggy.protocol.errors import ErrorCode, IggyError
+from tests.conftest import permissions_body
 
 
 @pytest.mark.parametrize(
@@ -289,33 +290,7 @@ def test_permissions_json_round_trip():
 
     import msgspec
 
-    body = {
-        "global": {
-            "manage_servers": False,
-            "read_servers": True,
-            "manage_users": False,
-            "read_users": False,
-            "manage_streams": False,
-            "read_streams": True,
-            "manage_topics": False,
-            "read_topics": False,
-            "poll_messages": False,
-            "send_messages": False,
-        },
-        "streams": {
-            "1": {
-                "manage_stream": False,
-                "read_stream": True,
-                "manage_topics": False,
-                "read_topics": False,
-                "poll_messages": False,
-                "send_messages": False,
-                "topics": {
-                    "2": {"manage_topic": False, "read_topic": False, "poll_messages": True, "send_messages": False}
-                },
-            }
-        },
-    }
+    body = permissions_body({"read_servers", "read_streams"}, {1: ({"read_stream"}, {2: {"poll_messages"}})})
     parsed = msgspec.json.decode(json.dumps(body), type=schemas.Permissions)
     stored = schemas.stored_permissions(parsed)
     assert stored["streams"][1]["topics"][2] == [False, False, True, False]

@@ -42,6 +42,15 @@ STRATEGIES = {
 STRATEGIES.update({name[0]: code for name, code in list(STRATEGIES.items())})
 PollKind = Literal["offset", "timestamp", "first", "last", "next", "o", "t", "f", "l", "n"]
 SINGLE = messages.CONSUMER_SINGLE
+# (stream, topic, consumer kind, consumer, has_partition, partition): the arguments a poll and
+# every consumer-offset command start with
+ConsumerTarget = tuple[int | str, int | str, int, int | str, bool, int]
+
+
+def consumer_target(stream_id: str, topic_id: str, consumer: int | str, partition_id: int) -> ConsumerTarget:
+    """What a poll or offset route acts on: over HTTP always a plain consumer (the kind is never
+    carried) and always a partition (an omitted one is 0)."""
+    return ident(stream_id), ident(topic_id), SINGLE, consumer, True, partition_id
 
 
 def _confirmation(plane: ControlPlane, sent: tuple[int, int, int, int]) -> Json:
@@ -95,7 +104,7 @@ async def poll_messages(
 ) -> Json:
     if value > schemas.U64_MAX:
         raise HTTPException(status_code=400, detail="Failed to deserialize query string: value: number too large")
-    sid, tid, consumer = ident(stream_id), ident(topic_id), ident(consumer_id)
+    target = consumer_target(stream_id, topic_id, ident(consumer_id), partition_id)
     max_bytes = None
     if count:
         # the JSON reply is capped as a TCP reply is, at about the largest frame (messages_json);
@@ -105,12 +114,7 @@ async def poll_messages(
     pid, current, _n, data = await ctx.bridge.call_as(
         caller,
         codes.POLL_MESSAGES,
-        sid,
-        tid,
-        SINGLE,
-        consumer,
-        True,
-        partition_id,
+        *target,
         STRATEGIES[kind],
         value,
         count,
@@ -142,12 +146,7 @@ async def get_offset(
         await ctx.bridge.call_as(
             caller,
             codes.GET_CONSUMER_OFFSET,
-            ident(stream_id),
-            ident(topic_id),
-            SINGLE,
-            ident(consumer_id),
-            True,
-            partition_id,
+            *consumer_target(stream_id, topic_id, ident(consumer_id), partition_id),
             view=_offset,
         )
     )
@@ -164,12 +163,7 @@ async def store_offset(
     await ctx.bridge.call_as(
         caller,
         codes.STORE_CONSUMER_OFFSET,
-        ident(stream_id),
-        ident(topic_id),
-        SINGLE,
-        consumer_ident(data.consumer_id),
-        True,
-        data.partition_id or 0,
+        *consumer_target(stream_id, topic_id, consumer_ident(data.consumer_id), data.partition_id or 0),
         data.offset,
     )
 
@@ -188,14 +182,7 @@ async def delete_offset(
     partition_id: U32 = 0,
 ) -> None:
     await ctx.bridge.call_as(
-        caller,
-        codes.DELETE_CONSUMER_OFFSET,
-        ident(stream_id),
-        ident(topic_id),
-        SINGLE,
-        ident(consumer_id),
-        True,
-        partition_id,
+        caller, codes.DELETE_CONSUMER_OFFSET, *consumer_target(stream_id, topic_id, ident(consumer_id), partition_id)
     )
 
 

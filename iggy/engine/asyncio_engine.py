@@ -31,11 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 import time
 import weakref
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
-from iggy.engine.base import Engine, inject_fault, wait_bounded
+from iggy.engine.base import Engine, Reply, inject_fault, spawn, wait_bounded
 from iggy.protocol import codes
 from iggy.protocol.wire import (
     HEADER_SIZE,
@@ -43,10 +48,17 @@ from iggy.protocol.wire import (
     PROTOCOL_UNKNOWN,
     FrameError,
     FrameReader,
+    RequestHeader,
     release_free_memory,
 )
 
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane, Session
+
 log = logging.getLogger(__name__)
+
+# a frame: (header, body) of the 0.9 protocol, or (command code, body) of the classic one
+Frame: TypeAlias = tuple[RequestHeader, bytes] | tuple[int, bytes]
 
 # a reply above this many bytes is a large reply: counted in the ReplyBudget until sent
 LARGE_REPLY = 1 << 20
@@ -59,12 +71,12 @@ class ReplyBudget:
     (its `_wake()`) in arrival order as `release()` brings the total back under the cap.
     """
 
-    def __init__(self, cap: int):
+    def __init__(self, cap: int) -> None:
         self.cap = max(1, cap)
         self.used = 0
         self.peak = 0
-        self._waiting: list = []
-        self._trim = None
+        self._waiting: list[Connection] = []
+        self._trim: asyncio.TimerHandle | None = None
 
     def full(self) -> bool:
         return self.used >= self.cap
@@ -73,10 +85,10 @@ class ReplyBudget:
         self.used += n
         self.peak = max(self.peak, self.used)
 
-    def wait(self, conn) -> None:
+    def wait(self, conn: Connection) -> None:
         self._waiting.append(conn)
 
-    def forget(self, conn) -> None:
+    def forget(self, conn: Connection) -> None:
         if conn in self._waiting:
             self._waiting.remove(conn)
 
@@ -95,10 +107,10 @@ class ReplyBudget:
             release_free_memory()
 
 
-_budgets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_budgets: weakref.WeakKeyDictionary[ControlPlane, ReplyBudget] = weakref.WeakKeyDictionary()
 
 
-def reply_budget(plane) -> ReplyBudget:
+def reply_budget(plane: ControlPlane) -> ReplyBudget:
     """The budget of a control plane's connections (TCP and TLS alike), made on first use."""
     budget = _budgets.get(plane)
     if budget is None:
@@ -106,7 +118,7 @@ def reply_budget(plane) -> ReplyBudget:
     return budget
 
 
-def budget_counters(plane) -> dict:
+def budget_counters(plane: ControlPlane) -> dict[str, int]:
     """The reply budget's gauges of GET /metrics."""
     budget = reply_budget(plane)
     return {"reply_buffers_bytes": budget.used, "reply_buffer_waiters": len(budget._waiting)}
@@ -115,30 +127,35 @@ def budget_counters(plane) -> dict:
 class Connection(asyncio.BufferedProtocol):
     """A binary-protocol connection; `transport_kind` is what GET_CLIENTS reports."""
 
-    def __init__(self, plane, max_frame_size: int, transport_kind: int = TRANSPORT_TCP, received: bytes = b""):
+    def __init__(
+        self, plane: ControlPlane, max_frame_size: int, transport_kind: int = TRANSPORT_TCP, received: bytes = b""
+    ) -> None:
         self.plane = plane
         self._received = received  # bytes another engine read before handing the socket over
         self.max_frame_size = max_frame_size
         self.transport_kind = transport_kind
-        self.transport = None
-        self.session = None
+        # set by connection_made, which asyncio calls before any other callback
+        self.transport: asyncio.Transport
+        self.session: Session | None = None  # stays None for a connection refused by the limit
         limits = plane.config.limits
         self.frames = FrameReader(max_frame_size, min(max_frame_size, limits.max_unauthenticated_frame))
         self._busy = False
         self._closed = False
         self._write_paused = False
-        self._idle_timer = None
+        self._idle_timer: asyncio.TimerHandle | None = None
         self.max_write_buffer = limits.max_write_buffer
         self.idle_timeout = limits.idle_timeout
         self.budget = reply_budget(plane)
         self._held = 0  # bytes of this connection's large replies not yet sent
-        self._deferred = None  # a poll frame waiting for the reply budget
-        self._sent_check = None
+        self._deferred: Frame | None = None  # a poll frame waiting for the reply budget
+        self._sent_check: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------- asyncio callbacks
 
-    def connection_made(self, transport):
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a stream transport: asyncio's own, its TLS one or uvloop's TCPTransport, which has
+        # every method of asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         try:
@@ -155,22 +172,22 @@ class Connection(asyncio.BufferedProtocol):
             received, self._received = self._received, b""
             self.data_received(received)
 
-    def get_buffer(self, sizehint):
+    def get_buffer(self, sizehint: int) -> memoryview:
         return self.frames.get_buffer(sizehint)
 
-    def buffer_updated(self, nbytes):
+    def buffer_updated(self, nbytes: int) -> None:
         self.frames.buffer_updated(nbytes)
         if not self._closed:
             self._drain()
 
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         """For transports that deliver bytes objects (TLS, WebSocket, QUIC adapters)."""
         if self._closed:
             return
         self.frames.feed(data)
         self._drain()
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -184,11 +201,11 @@ class Connection(asyncio.BufferedProtocol):
         if self.session is not None:
             self.plane.close_session(self.session)
 
-    def pause_writing(self):
+    def pause_writing(self) -> None:
         self._write_paused = True
         self.transport.pause_reading()
 
-    def resume_writing(self):
+    def resume_writing(self) -> None:
         self._write_paused = False
         self._check_sent()
         self.transport.resume_reading()
@@ -196,71 +213,78 @@ class Connection(asyncio.BufferedProtocol):
 
     # ---------------------------------------------------------------- frames
 
-    def close(self):
-        if not self._closed and self.transport is not None:
+    def close(self) -> None:
+        """Session.close (heartbeat eviction, shutdown), set once connected."""
+        if not self._closed:
             self.transport.close()
 
-    def _check_idle(self):
+    def _check_idle(self) -> None:
         """limits.idle_timeout: abort (unsent replies dropped) a connection with no recent request."""
-        if self._closed:
+        session = self.session
+        if self._closed or session is None:
             return
         loop = asyncio.get_running_loop()
-        idle = time.monotonic() - self.session.last_seen
+        idle = time.monotonic() - session.last_seen
         if self._busy:  # a request still running (login hashing): look again later
             self._idle_timer = loop.call_later(self.idle_timeout, self._check_idle)
         elif idle < self.idle_timeout:
             self._idle_timer = loop.call_later(self.idle_timeout - idle, self._check_idle)
         else:
-            log.info("closing %s: no complete request for %.1f s (limits.idle_timeout)", self.session.address, idle)
+            log.info("closing %s: no complete request for %.1f s (limits.idle_timeout)", session.address, idle)
             self.transport.abort()
 
-    def _drain(self):
+    def _drain(self) -> None:
+        session = self.session
+        if session is None:  # refused by limits.max_connections: closed, nothing to serve
+            return
         while not self._busy and not self._closed and not self._write_paused:
+            frame: Frame | None
             if self._deferred is not None:
                 frame, self._deferred = self._deferred, None
             else:
                 try:
                     frame = self._next_frame()
                 except FrameError as exc:
-                    log.info("closing %s: %s", self.session.address, exc)
+                    log.info("closing %s: %s", session.address, exc)
                     self.transport.close()
                     return
                 if frame is None:
                     break
-            classic = self.frames.protocol == PROTOCOL_CLASSIC
-            if classic:
-                is_poll = frame[0] == codes.POLL_MESSAGES
+            head, body = frame
+            if isinstance(head, int):  # the classic protocol's frames are (code, body)
+                is_poll = head == codes.POLL_MESSAGES
             else:
-                is_poll = frame[0].operation == codes.OP_READ and frame[0].code == codes.POLL_MESSAGES
+                is_poll = head.operation == codes.OP_READ and head.code == codes.POLL_MESSAGES
             if is_poll and self.budget.full():
                 self._deferred = frame  # the reply could be large: wait for room
                 self.budget.wait(self)
                 break
             try:
-                if classic:
+                reply: Reply
+                if isinstance(head, int):
                     from iggy.protocol import classic as classic_protocol
 
-                    reply = classic_protocol.handle(self.plane, self.session, frame[0], frame[1])
+                    reply = classic_protocol.handle(self.plane, session, head, body)
                 else:
-                    inject_fault(frame[0])
-                    reply = self.plane.handle(self.session, frame[0], frame[1], parts=True)
-                self.frames.authenticated = self.session.user_id is not None
+                    inject_fault(head)
+                    reply = self.plane.handle(session, head, body, parts=True)
+                self.frames.authenticated = session.user_id is not None
                 if isinstance(reply, bytes):
                     self._write([reply], len(reply))
                 elif isinstance(reply, list):
                     self._write(reply, sum(len(part) for part in reply))
                 else:
                     self._busy = True
-                    asyncio.ensure_future(self._finish(reply))
+                    spawn(self._finish(session, reply), f"request on {session.address}")
             except Exception as exc:
-                self._failed(exc)
+                self._failed(session, exc)
                 return
         # never more than one frame of unread input (the limit in force: before login it is
         # limits.max_unauthenticated_frame); reading resumes when the frames can be taken
         if self.frames.buffered > self.frames.frame_limit + HEADER_SIZE or self._deferred is not None:
             self.transport.pause_reading()
 
-    def _next_frame(self):
+    def _next_frame(self) -> Frame | None:
         """The next complete frame of whichever protocol the connection speaks: (header,
         body) for 0.9, (code, body) for classic; None when more bytes are needed."""
         protocol = self.frames.protocol
@@ -272,18 +296,18 @@ class Connection(asyncio.BufferedProtocol):
             return self.frames.next_classic_frame()
         return self.frames.next_frame()
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, session: Session, exc: Exception) -> None:
         log.error(
             "closing %s (client %d): the request raised %s",
-            self.session.address,
-            self.session.client_id,
+            session.address,
+            session.client_id,
             type(exc).__name__,
             exc_info=exc,
         )
         self._closed = True
         self.transport.abort()
 
-    def _write(self, parts, size: int) -> None:
+    def _write(self, parts: list[bytes], size: int) -> None:
         if size > LARGE_REPLY:
             self.budget.take(size)
             self._held += size
@@ -312,14 +336,14 @@ class Connection(asyncio.BufferedProtocol):
             self.transport.resume_reading()
             self._drain()
 
-    async def _finish(self, pending):
+    async def _finish(self, session: Session, pending: Awaitable[bytes]) -> None:
         try:
             reply = await pending
-            self.frames.authenticated = self.session.user_id is not None
+            self.frames.authenticated = session.user_id is not None
             if not self._closed:
                 self._write([reply], len(reply))
         except Exception:
-            log.exception("request failed on %s", self.session.address)
+            log.exception("request failed on %s", session.address)
             self.close()
         finally:
             self._busy = False
@@ -328,13 +352,13 @@ class Connection(asyncio.BufferedProtocol):
             self._drain()
 
 
-def adopt_classic(plane, sock, received: bytes, max_frame_size: int) -> None:
+def adopt_classic(plane: ControlPlane, sock: socket.socket, received: bytes, max_frame_size: int) -> None:
     """Serve a connection another engine accepted and found not to speak 0.9 (the uring
     engine: its shards parse only 0.9 frames). `sock` is a connected socket of its own (a
     dup of the shard's descriptor); `received` the bytes the shard read already. Runs on the
     event loop."""
 
-    async def start():
+    async def start() -> None:
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: Connection(plane, max_frame_size, received=received), sock
@@ -343,9 +367,10 @@ def adopt_classic(plane, sock, received: bytes, max_frame_size: int) -> None:
             log.info("classic connection handed over, then lost: %s", exc)
             sock.close()
 
-    asyncio.ensure_future(start())
+    spawn(start(), "serving a classic connection handed over")
 
 
+@dataclass(eq=False)
 class AsyncioEngine(Engine):
     """The TCP listener of the asyncio engine, plain or behind TLS (`ssl_context`).
 
@@ -355,33 +380,34 @@ class AsyncioEngine(Engine):
 
     kind = "tcp"
 
-    def __init__(self, plane, host: str, port: int, max_frame_size: int, ssl_context=None):
-        super().__init__(plane, host, port, max_frame_size)
-        self.ssl_context = ssl_context
+    ssl_context: ssl.SSLContext | None = None
+    server: asyncio.Server | None = field(default=None, init=False)  # the listener once started
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        tls = {"ssl": self.ssl_context, "ssl_handshake_timeout": 10.0} if self.ssl_context is not None else {}
         self.server = await loop.create_server(
             lambda: Connection(self.plane, self.max_frame_size),
             self.host,
             self.port,
             reuse_address=True,
             backlog=1024,
-            **tls,
+            ssl=self.ssl_context,  # None: plain TCP
+            ssl_handshake_timeout=10.0 if self.ssl_context is not None else None,
         )
         bound = self.server.sockets[0].getsockname()
         return bound[0], bound[1]
 
-    def listening(self, bound) -> str:
+    def listening(self, bound: tuple[str, int]) -> str:
         tls = ", TLS" if self.ssl_context else ""
         return f"TCP server listening on {bound[0]}:{bound[1]} (asyncio engine{tls})"
 
     async def stop(self) -> None:
-        self.server.close()  # the open connections end with their sessions (iggy.server.node)
+        if self.server is not None:
+            self.server.close()  # the open connections end with their sessions (iggy.server.node)
 
     async def wait_closed(self) -> None:
-        await wait_bounded(self.server.wait_closed())
+        if self.server is not None:
+            await wait_bounded(self.server.wait_closed())
 
-    def counters(self) -> dict:
+    def counters(self) -> dict[str, int]:
         return budget_counters(self.plane)

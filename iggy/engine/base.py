@@ -30,15 +30,25 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import os
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from iggy.protocol import codes
 
 if TYPE_CHECKING:
     from iggy.control.plane import ControlPlane
     from iggy.protocol.wire import RequestHeader
+
+# What the control plane answers a request with (ControlPlane.handle, classic.handle): the
+# reply frame as bytes, a list of buffers to write in order (a poll: the head, then the
+# batches as read from disk), or an awaitable of the bytes (a login's password hash, a
+# persisted send's fsync).
+Reply: TypeAlias = bytes | list[bytes] | Awaitable[bytes]
+
+log = logging.getLogger(__name__)
 
 FAULT_ENV = "IGGY_TEST_FAULT_COMMAND"
 
@@ -64,17 +74,20 @@ def inject_fault(header: RequestHeader) -> None:
             raise InjectedFault(f"{FAULT_ENV}={FAULT_COMMAND}: command {code} fails on purpose")
 
 
+@dataclass(eq=False)
 class Engine(abc.ABC):
-    """One listener of the binary protocol and its connections (see the module docstring)."""
+    """One listener of the binary protocol and its connections (see the module docstring).
 
-    kind: str = "tcp"  # its config section and key of plane.bound
+    Its fields are the constructor's arguments: these four, then the engine's own (a
+    subclass is a dataclass too, unless it needs an `__init__` of its own).
+    """
 
-    def __init__(self, plane: ControlPlane, host: str, port: int, max_frame_size: int) -> None:
-        self.plane = plane
-        self.host = host
-        self.port = port
-        self.max_frame_size = max_frame_size
-        self.server = None  # the listener once started (the uring engine keeps shards instead)
+    kind: ClassVar[str] = "tcp"  # its config section and key of plane.bound
+
+    plane: ControlPlane
+    host: str
+    port: int
+    max_frame_size: int
 
     @abc.abstractmethod
     async def start(self) -> tuple[str, int]:
@@ -102,3 +115,22 @@ async def wait_bounded(waiter: Awaitable[object], seconds: float = 2.0) -> None:
         await asyncio.wait_for(waiter, seconds)
     except TimeoutError:
         pass
+
+
+# tasks started by `spawn` and not done yet: the event loop keeps only weak references to tasks
+_spawned: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, object], name: str) -> asyncio.Task[Any]:
+    """Run `coro` as a task of the running loop, referenced until it is done (so it is not
+    garbage-collected half-way); an exception it ends with is logged once, with `name`."""
+    task = asyncio.get_running_loop().create_task(coro, name=name)
+    _spawned.add(task)
+    task.add_done_callback(_spawned_done)
+    return task
+
+
+def _spawned_done(task: asyncio.Task[Any]) -> None:
+    _spawned.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed", task.get_name(), exc_info=exc)

@@ -24,10 +24,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
+from aioquic.asyncio.server import QuicServer, serve
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
 
 from iggy.control.plane import TRANSPORT_QUIC, ConnectionLimit
-from iggy.engine.base import Engine
-from iggy.protocol.wire import FrameError, FrameReader
+from iggy.engine.base import Engine, Reply, spawn
+from iggy.protocol.wire import FrameError, FrameReader, RequestHeader
+
+if TYPE_CHECKING:
+    from iggy.config import Config
+    from iggy.control.plane import ControlPlane, Session
 
 log = logging.getLogger(__name__)
 
@@ -45,176 +58,178 @@ class _Stream:
         self.finished = False  # the client finished its sending side
 
 
-def make_protocol_class():
-    from aioquic.asyncio import QuicConnectionProtocol
-    from aioquic.quic import events
+class IggyQuicProtocol(QuicConnectionProtocol):
+    """One QUIC connection: a Session plus the per-connection request queue."""
 
-    class IggyQuicProtocol(QuicConnectionProtocol):
-        """One QUIC connection: a Session plus the per-connection request queue."""
+    def __init__(
+        self,
+        quic: QuicConnection,
+        stream_handler: QuicStreamHandler | None = None,
+        *,
+        plane: ControlPlane,
+        max_frame_size: int,
+        keep_alive: float,
+    ) -> None:
+        super().__init__(quic, stream_handler)
+        self.plane = plane
+        self.max_frame_size = max_frame_size
+        self.keep_alive = keep_alive
+        self.session: Session | None = None
+        self.peer: object = None  # the client's address, (host, port, ...) for UDP
+        self._streams: dict[int, _Stream] = {}
+        self._queue: deque[tuple[int, RequestHeader, bytes]] = deque()  # (stream_id, header, body)
+        self._busy = False
+        self._ended = False
+        self._ping_timer: asyncio.TimerHandle | None = None
 
-        def __init__(self, quic, stream_handler=None, *, plane, max_frame_size: int, keep_alive: float):
-            super().__init__(quic, stream_handler)
-            self.plane = plane
-            self.max_frame_size = max_frame_size
-            self.keep_alive = keep_alive
-            self.session = None
-            self.peer = None
-            self._streams: dict[int, _Stream] = {}
-            self._queue: deque = deque()  # (stream_id, header, body)
-            self._busy = False
-            self._ended = False
+    # ------------------------------------------------------------ connection
+
+    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        if self.peer is None:
+            self.peer = addr
+        super().datagram_received(data, addr)
+
+    def _open_session(self) -> Session | None:
+        """The connection's session, opened on first use; None once the connection ended."""
+        if self.session is not None:
+            return self.session
+        if self._ended:
+            return None
+        peer = self.peer
+        address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        try:
+            self.session = self.plane.open_session(address, TRANSPORT_QUIC, close=self._close_by_server)
+        except ConnectionLimit:
+            self._ended = True
+            self.close(error_code=0, reason_phrase="too many connections")
+            return None
+        if self.keep_alive > 0:
+            self._ping_timer = self._loop.call_later(self.keep_alive, self._ping)
+        return self.session
+
+    def _close_by_server(self) -> None:
+        """Session.close (heartbeat eviction, shutdown): CONNECTION_CLOSE, session gone at once."""
+        self.close(error_code=0, reason_phrase="closed by the server")
+        self._terminated()
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        if self._ended:
+            return
+        self._quic.send_ping(0)
+        self.transmit()
+        self._ping_timer = self._loop.call_later(self.keep_alive, self._ping)
+
+    def _terminated(self) -> None:
+        if self._ended and self.session is None:
+            return
+        self._ended = True
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
             self._ping_timer = None
+        self._queue.clear()
+        self._streams.clear()
+        if self.session is not None:
+            self.plane.close_session(self.session)
+            self.session = None
 
-        # ------------------------------------------------------------ connection
+    # ------------------------------------------------------------ events
 
-        def datagram_received(self, data, addr):
-            if self.peer is None:
-                self.peer = addr
-            super().datagram_received(data, addr)
-
-        def _open_session(self) -> bool:
-            if self.session is not None:
-                return True
-            if self._ended:
-                return False
-            peer = self.peer
-            address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-            try:
-                self.session = self.plane.open_session(address, TRANSPORT_QUIC, close=self._close_by_server)
-            except ConnectionLimit:
-                self._ended = True
-                self.close(error_code=0, reason_phrase="too many connections")
-                return False
-            if self.keep_alive > 0:
-                self._ping_timer = self._loop.call_later(self.keep_alive, self._ping)
-            return True
-
-        def _close_by_server(self) -> None:
-            """Session.close (heartbeat eviction, shutdown): CONNECTION_CLOSE, session gone at once."""
-            self.close(error_code=0, reason_phrase="closed by the server")
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            self._on_stream_data(event.stream_id, event.data, event.end_stream)
+        elif isinstance(event, events.HandshakeCompleted):
+            self._open_session()
+        elif isinstance(event, events.StreamReset):
+            self._streams.pop(event.stream_id, None)
+        elif isinstance(event, events.ConnectionTerminated):
             self._terminated()
 
-        def _ping(self) -> None:
-            self._ping_timer = None
-            if self._ended:
-                return
-            self._quic.send_ping(0)
-            self.transmit()
-            self._ping_timer = self._loop.call_later(self.keep_alive, self._ping)
+    def _on_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        if stream_id & 0x2:  # unidirectional: the protocol has no use for them
+            return
+        session = self._open_session()
+        if session is None:
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            stream = self._streams[stream_id] = _Stream(self.max_frame_size)
+        if data:
+            stream.frames.feed(data)
+            while True:
+                try:
+                    frame = stream.frames.next_frame()
+                except FrameError as exc:
+                    log.info("closing QUIC connection %s: %s", session.address, exc)
+                    self.close(error_code=_APP_ERROR_INVALID_FRAME, reason_phrase="invalid frame")
+                    self._terminated()
+                    return
+                if frame is None:
+                    break
+                stream.outstanding += 1
+                self._queue.append((stream_id, frame[0], frame[1]))
+        if end_stream:
+            stream.finished = True
+            if stream.frames.buffered:
+                log.info("QUIC client %s finished stream %d inside a frame", session.address, stream_id)
+                self._send(stream_id, b"", reset=True)
+            elif stream.outstanding == 0:
+                self._send(stream_id, b"", end=True)
+        self._drain()
 
-        def _terminated(self) -> None:
-            if self._ended and self.session is None:
-                return
-            self._ended = True
-            if self._ping_timer is not None:
-                self._ping_timer.cancel()
-                self._ping_timer = None
-            self._queue.clear()
-            self._streams.clear()
-            if self.session is not None:
-                self.plane.close_session(self.session)
-                self.session = None
+    # ------------------------------------------------------------ requests
 
-        # ------------------------------------------------------------ events
+    def _drain(self) -> None:
+        # frames are queued only once the session is open, and it is None again once the
+        # connection ended (_terminated, which also empties the queue)
+        while not self._busy and self._queue and (session := self.session) is not None:
+            stream_id, header, body = self._queue.popleft()
+            reply: Reply = self.plane.handle(session, header, body, parts=True)
+            if isinstance(reply, (bytes, list)):
+                self._reply(stream_id, reply)
+            else:
+                self._busy = True
+                spawn(self._finish(stream_id, reply), f"QUIC request on {session.address}")
+        self.transmit()
 
-        def quic_event_received(self, event) -> None:
-            if isinstance(event, events.StreamDataReceived):
-                self._on_stream_data(event.stream_id, event.data, event.end_stream)
-            elif isinstance(event, events.HandshakeCompleted):
-                self._open_session()
-            elif isinstance(event, events.StreamReset):
-                self._streams.pop(event.stream_id, None)
-            elif isinstance(event, events.ConnectionTerminated):
-                self._terminated()
-
-        def _on_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-            if stream_id & 0x2:  # unidirectional: the protocol has no use for them
-                return
-            if not self._open_session():
-                return
-            stream = self._streams.get(stream_id)
-            if stream is None:
-                stream = self._streams[stream_id] = _Stream(self.max_frame_size)
-            if data:
-                stream.frames.feed(data)
-                while True:
-                    try:
-                        frame = stream.frames.next_frame()
-                    except FrameError as exc:
-                        log.info("closing QUIC connection %s: %s", self.session.address, exc)
-                        self.close(error_code=_APP_ERROR_INVALID_FRAME, reason_phrase="invalid frame")
-                        self._terminated()
-                        return
-                    if frame is None:
-                        break
-                    stream.outstanding += 1
-                    self._queue.append((stream_id, frame[0], frame[1]))
-            if end_stream:
-                stream.finished = True
-                if stream.frames.buffered:
-                    log.info("QUIC client %s finished stream %d inside a frame", self.session.address, stream_id)
-                    self._send(stream_id, b"", reset=True)
-                elif stream.outstanding == 0:
-                    self._send(stream_id, b"", end=True)
+    async def _finish(self, stream_id: int, pending: Awaitable[bytes]) -> None:
+        try:
+            reply = await pending
+        except Exception:
+            log.exception("request failed on QUIC connection %s", self.session.address if self.session else self.peer)
+            self._busy = False
+            self.close(error_code=0, reason_phrase="internal error")
+            self._terminated()
+            return
+        self._busy = False
+        if not self._ended:
+            self._reply(stream_id, reply)
             self._drain()
 
-        # ------------------------------------------------------------ requests
+    def _reply(self, stream_id: int, reply: bytes | list[bytes]) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:  # reset by the client meanwhile
+            return
+        stream.outstanding -= 1
+        last = stream.finished and stream.outstanding == 0
+        parts = reply if isinstance(reply, list) else (reply,)
+        for i, part in enumerate(parts):
+            self._send(stream_id, part, end=last and i == len(parts) - 1)
 
-        def _drain(self) -> None:
-            while not self._busy and self._queue and not self._ended:
-                stream_id, header, body = self._queue.popleft()
-                reply = self.plane.handle(self.session, header, body, parts=True)
-                if isinstance(reply, (bytes, list)):
-                    self._reply(stream_id, reply)
-                else:
-                    self._busy = True
-                    asyncio.ensure_future(self._finish(stream_id, reply))
-            self.transmit()
-
-        async def _finish(self, stream_id: int, pending) -> None:
-            try:
-                reply = await pending
-            except Exception:
-                log.exception(
-                    "request failed on QUIC connection %s", self.session.address if self.session else self.peer
-                )
-                self._busy = False
-                self.close(error_code=0, reason_phrase="internal error")
-                self._terminated()
-                return
-            self._busy = False
-            if not self._ended:
-                self._reply(stream_id, reply)
-                self._drain()
-
-        def _reply(self, stream_id: int, reply) -> None:
-            stream = self._streams.get(stream_id)
-            if stream is None:  # reset by the client meanwhile
-                return
-            stream.outstanding -= 1
-            last = stream.finished and stream.outstanding == 0
-            parts = reply if isinstance(reply, list) else (reply,)
-            for i, part in enumerate(parts):
-                self._send(stream_id, part, end=last and i == len(parts) - 1)
-
-        def _send(self, stream_id: int, data, end: bool = False, reset: bool = False) -> None:
-            try:
-                if reset:
-                    self._quic.reset_stream(stream_id, _APP_ERROR_STREAM_TRUNCATED)
-                else:
-                    self._quic.send_stream_data(stream_id, data, end_stream=end)
-            except Exception as exc:
-                log.debug("QUIC stream %d: reply dropped: %s", stream_id, exc)
-            if end or reset:
-                self._streams.pop(stream_id, None)
-
-    return IggyQuicProtocol
+    def _send(self, stream_id: int, data: bytes, end: bool = False, reset: bool = False) -> None:
+        try:
+            if reset:
+                self._quic.reset_stream(stream_id, _APP_ERROR_STREAM_TRUNCATED)
+            else:
+                self._quic.send_stream_data(stream_id, data, end_stream=end)
+        except Exception as exc:
+            log.debug("QUIC stream %d: reply dropped: %s", stream_id, exc)
+        if end or reset:
+            self._streams.pop(stream_id, None)
 
 
-def quic_configuration(cfg, cert_file: str, key_file: str):
+def quic_configuration(cfg: Config, cert_file: str, key_file: str) -> QuicConfiguration:
     """aioquic server configuration from `[quic]` (no ALPN, as upstream's client listener)."""
-    from aioquic.quic.configuration import QuicConfiguration
-
     idle = cfg.quic.max_idle_timeout
     conf = QuicConfiguration(
         is_client=False,
@@ -227,32 +242,39 @@ def quic_configuration(cfg, cert_file: str, key_file: str):
     return conf
 
 
-async def start_quic(plane, host: str, port: int, max_frame_size: int, configuration, keep_alive: float):
+async def start_quic(
+    plane: ControlPlane,
+    host: str,
+    port: int,
+    max_frame_size: int,
+    configuration: QuicConfiguration,
+    keep_alive: float,
+) -> tuple[QuicServer, tuple[str, int]]:
     """Bind the UDP listener; returns (QuicServer, bound (host, port))."""
-    from aioquic.asyncio import serve
-
-    protocol_class = make_protocol_class()
     quiet = logging.getLogger("quic")  # aioquic logs 3 INFO lines per connection
     if quiet.level == logging.NOTSET and logging.getLogger().getEffectiveLevel() >= logging.INFO:
         quiet.setLevel(logging.WARNING)
 
-    def create_protocol(quic, stream_handler=None):
-        return protocol_class(quic, stream_handler, plane=plane, max_frame_size=max_frame_size, keep_alive=keep_alive)
+    def create_protocol(quic: QuicConnection, stream_handler: QuicStreamHandler | None = None) -> IggyQuicProtocol:
+        return IggyQuicProtocol(quic, stream_handler, plane=plane, max_frame_size=max_frame_size, keep_alive=keep_alive)
 
     server = await serve(host, port, configuration=configuration, create_protocol=create_protocol)
-    bound = server._transport.get_extra_info("sockname")
+    transport = server._transport  # set by serve(); aioquic has no public accessor for the socket
+    if transport is None:
+        raise RuntimeError("aioquic's serve() returned a server without its UDP transport")
+    bound = transport.get_extra_info("sockname")
     return server, (bound[0], bound[1])
 
 
+@dataclass(eq=False)
 class QuicEngine(Engine):
     """`[quic]`: the UDP listener and its connections."""
 
     kind = "quic"
 
-    def __init__(self, plane, host: str, port: int, max_frame_size: int, configuration, keep_alive: float):
-        super().__init__(plane, host, port, max_frame_size)
-        self.configuration = configuration
-        self.keep_alive = keep_alive
+    configuration: QuicConfiguration
+    keep_alive: float  # seconds between the server's PINGs; 0: none
+    server: QuicServer | None = field(default=None, init=False)  # the listener once started
 
     async def start(self) -> tuple[str, int]:
         self.server, bound = await start_quic(
@@ -260,8 +282,9 @@ class QuicEngine(Engine):
         )
         return bound
 
-    def listening(self, bound) -> str:
+    def listening(self, bound: tuple[str, int]) -> str:
         return f"QUIC server listening on {bound[0]}:{bound[1]} (UDP)"
 
     async def stop(self) -> None:
-        self.server.close()  # CONNECTION_CLOSE to every client, then the UDP socket
+        if self.server is not None:
+            self.server.close()  # CONNECTION_CLOSE to every client, then the UDP socket

@@ -15,22 +15,28 @@ protocol has its own heartbeat (PING every 5 s, eviction by `[heartbeat]`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from iggy.control.plane import TRANSPORT_WEBSOCKET, ConnectionLimit
-from iggy.engine.base import Engine, wait_bounded
+from iggy.engine.base import Engine, Reply, spawn, wait_bounded
 from iggy.protocol.wire import FrameError, FrameReader
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import Server, ServerConnection
+
+    from iggy.control.plane import ControlPlane
 
 log = logging.getLogger(__name__)
 
 _CLOSE_PROTOCOL_ERROR = 1002
 _CLOSE_UNSUPPORTED_DATA = 1003
 _CLOSE_TRY_AGAIN_LATER = 1013
-_closing: set = set()  # close tasks in flight (the loop keeps only weak references)
 
 
-async def serve_connection(plane, ws, max_frame_size: int) -> None:
+async def serve_connection(plane: ControlPlane, ws: ServerConnection, max_frame_size: int) -> None:
     """Run one WebSocket connection until it closes."""
     from websockets.exceptions import ConnectionClosed
 
@@ -38,9 +44,7 @@ async def serve_connection(plane, ws, max_frame_size: int) -> None:
     address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
     def close() -> None:  # Session.close: heartbeat eviction, shutdown
-        task = asyncio.get_running_loop().create_task(ws.close(1001, "closed by the server"))
-        _closing.add(task)
-        task.add_done_callback(_closing.discard)
+        spawn(ws.close(1001, "closed by the server"), f"closing websocket {address}")
 
     try:
         session = plane.open_session(address, TRANSPORT_WEBSOCKET, close=close)
@@ -65,7 +69,7 @@ async def serve_connection(plane, ws, max_frame_size: int) -> None:
                 if frame is None:
                     break
                 header, body = frame
-                reply = plane.handle(session, header, body, parts=True)
+                reply: Reply = plane.handle(session, header, body, parts=True)
                 if not isinstance(reply, (bytes, list)):
                     reply = await reply
                 await ws.send(reply)  # a list is sent as the fragments of one message
@@ -75,7 +79,9 @@ async def serve_connection(plane, ws, max_frame_size: int) -> None:
         plane.close_session(session)
 
 
-async def start_websocket(plane, host: str, port: int, max_frame_size: int, ssl_context=None):
+async def start_websocket(
+    plane: ControlPlane, host: str, port: int, max_frame_size: int, ssl_context: ssl.SSLContext | None = None
+) -> Server:
     """Bind the listener; returns the `websockets` Server (`.close()`, `.wait_closed()`)."""
     from websockets.asyncio.server import serve
 
@@ -93,26 +99,28 @@ async def start_websocket(plane, host: str, port: int, max_frame_size: int, ssl_
     )
 
 
+@dataclass(eq=False)
 class WebSocketEngine(Engine):
     """`[websocket]`: the listener (WSS when given an SSL context) and its connections."""
 
     kind = "websocket"
 
-    def __init__(self, plane, host: str, port: int, max_frame_size: int, ssl_context=None):
-        super().__init__(plane, host, port, max_frame_size)
-        self.ssl_context = ssl_context
+    ssl_context: ssl.SSLContext | None = None
+    server: Server | None = field(default=None, init=False)  # the listener once started
 
     async def start(self) -> tuple[str, int]:
         self.server = await start_websocket(self.plane, self.host, self.port, self.max_frame_size, self.ssl_context)
         bound = next(iter(self.server.sockets)).getsockname()
         return bound[0], bound[1]
 
-    def listening(self, bound) -> str:
+    def listening(self, bound: tuple[str, int]) -> str:
         tls = " (TLS)" if self.ssl_context else ""
         return f"WebSocket server listening on {bound[0]}:{bound[1]}{tls}"
 
     async def stop(self) -> None:
-        self.server.close()  # also closes its connections (1001 going away)
+        if self.server is not None:
+            self.server.close()  # also closes its connections (1001 going away)
 
     async def wait_closed(self) -> None:
-        await wait_bounded(self.server.wait_closed())
+        if self.server is not None:
+            await wait_bounded(self.server.wait_closed())

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, overload
 
 from iggy.control.plane import TRANSPORT_HTTP, Session
 from iggy.control.registry import COMMANDS, Command, invoke
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 View = Callable[[Any, Any], Any]  # (plane, result) -> JSON-ready data
 Shaped = TypeVar("Shaped")  # what a route's view makes of a command's result
+Result = TypeVar("Result")
+Args = TypeVarTuple("Args")
 
 
 class Bridge:
@@ -49,8 +51,15 @@ class Bridge:
         self.plane = plane
         self.loop = loop
 
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn(plane, *args)` on the main loop and return its result here."""
+    @overload
+    async def call(self, fn: Callable[[ControlPlane, *Args], Awaitable[Result]], *args: *Args) -> Result: ...
+
+    @overload
+    async def call(self, fn: Callable[[ControlPlane, *Args], Result], *args: *Args) -> Result: ...
+
+    async def call(self, fn: Callable[[ControlPlane, *Args], Any], *args: *Args) -> Any:
+        """Run `fn(plane, *args)` (a function or a coroutine function) on the main loop and
+        return its result here."""
 
         async def run() -> Any:
             result = fn(self.plane, *args)

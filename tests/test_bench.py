@@ -494,7 +494,7 @@ def test_bench_core_quick_runs_passes_appended(monkeypatch, tmp_path):
         assert cmd[2 : 2 + len(bench.QUICK_ARGS)] == bench.QUICK_ARGS and "-q" in cmd
     # 2 passes x 2 worker processes x 6 values: 24 values per benchmark and run; fixed loops, so
     # pyperf spawns no loop-calibration process
-    args = dict(zip(bench.QUICK_ARGS[::2], bench.QUICK_ARGS[1::2]))
+    args = dict(zip(bench.QUICK_ARGS[::2], bench.QUICK_ARGS[1::2], strict=True))
     assert bench.QUICK_PASSES * int(args["--processes"]) * int(args["--values"]) == 24
     assert args["--loops"] == "1"
     calls.clear()

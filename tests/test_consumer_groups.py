@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import struct
 import time
 
@@ -410,8 +411,7 @@ async def test_no_message_lost_or_duplicated_across_rebalances(client, server):
         if n == 20:
             # a member leaves mid-stream; first let it hand out what it polled (its polls
             # committed on the server, so what it still buffered would be nobody's)
-            count = len(sent)
-            await eventually(lambda: _at_least(got, count), timeout=20)
+            await eventually(functools.partial(_at_least, got, len(sent)), timeout=20)
             tasks.pop("a").cancel()
             await clients["a"].leave_consumer_group(S, T, "g")
         await asyncio.sleep(0.03)

@@ -89,7 +89,7 @@ def test_gate_runs_one_check_per_address_at_a_time():
 
     async def main():
         await asyncio.gather(
-            *[check("10.0.0.1:%d" % i, "a") for i in range(20)], *[check("10.0.0.2:%d" % i, "b") for i in range(20)]
+            *[check(f"10.0.0.1:{i}", "a") for i in range(20)], *[check(f"10.0.0.2:{i}", "b") for i in range(20)]
         )
 
     asyncio.run(main())

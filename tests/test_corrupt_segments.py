@@ -6,12 +6,13 @@ segments) and damaged: a payload byte of a batch in the middle of the first segm
 the checksums can tell: the first poll of it reports it), the length field of the header of
 the second segment's first batch (the startup check sees it), and a payload byte of the
 newest batch of the second (recovery keeps it instead of cutting a sealed segment). A uring
-server and an asyncio server each start on a copy of it and get the same requests: polls before, at, inside and after each damaged batch,
-a `next` consumer with auto-commit walking into one, and HTTP polls. The replies must be
-identical between the engines and follow the contract of docs/RELIABILITY.md: a poll that
-starts before a damaged batch gets the messages up to it (a shorter reply), one that starts
-in it gets error 4039 every time, a `next` consumer stops there with that error (its stored
-offset does not move past it) and goes on once the offset is stored past the batch.
+server and an asyncio server each start on a copy of it and get the same requests: polls
+before, at, inside and after each damaged batch, a `next` consumer with auto-commit walking
+into one, and HTTP polls. The replies must be identical between the engines and follow the
+contract of docs/RELIABILITY.md: a poll that starts before a damaged batch gets the messages
+up to it (a shorter reply), one that starts in it gets error 4039 every time, a `next`
+consumer stops there with that error (its stored offset does not move past it) and goes on
+once the offset is stored past the batch.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from iggy.protocol.batch import build_batch, iter_messages
 from tests.conftest import ServerProcess
 from tests.rawclient import RawClient, ident, wire_name
 from tests.reliability.common import option, verify_batches
-from tests.test_recovery import batches_in
+from tests.test_log import batch_positions
 
 S, T = "cs", "ct"
 URING = __import__("iggy.engine.uring.engine", fromlist=["probe"]).probe() is None
@@ -81,13 +82,13 @@ def damaged(tmp_path_factory):
     assert len(logs) == 3, logs
     seg0, seg1 = logs[0], logs[1]
     where, flips = {}, []
-    pos, base, count, length = next(b for b in batches_in(seg0) if b[1] == 100)
+    pos, base, count, length = next(b for b in batch_positions(seg0) if b[1] == 100)
     flips.append((seg0, pos + length - 100))  # a payload byte
     where["payload"] = (range(base, base + count), seg0)
-    pos, base, count, length = batches_in(seg1)[0]
+    pos, base, count, length = batch_positions(seg1)[0]
     flips.append((seg1, pos + 33))  # the length field of a segment's first batch
     where["header"] = (range(base, base + count), seg1)
-    pos, base, count, length = batches_in(seg1)[-1]
+    pos, base, count, length = batch_positions(seg1)[-1]
     flips.append((seg1, pos + length - 7))  # the newest batch of a sealed segment
     where["newest"] = (range(base, base + count), seg1)
     for path, at in flips:

@@ -319,7 +319,7 @@ async def test_permission_changes_reach_the_shards_at_once(root, srv):
         await u.send_messages(s, t, 0, [SendMessage("no")])
     await root.delete_user(created.id)
     # refused as Unauthenticated (the SDK then tries to log in again: Invalid credentials)
-    with pytest.raises(RuntimeError, match="^(Unauthenticated|Invalid credentials)$"):
+    with pytest.raises(RuntimeError, match=r"^(Unauthenticated|Invalid credentials)$"):
         await sdk_poll(u, s, t, PollingStrategy.First(), count=1)
 
 

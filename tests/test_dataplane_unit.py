@@ -25,6 +25,7 @@ ALLOW_SEND, ALLOW_POLL = Allow.ALLOW_SEND, Allow.ALLOW_POLL
 
 WRITER, READER, NOBODY = 5, 6, 7
 OWNER = 42
+PARTITION_0 = struct.pack("<I", 0)  # the partitioning value of kind 2 (partition id)
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def plane(tmp_path):
         p[1].close()
 
 
-def send_frame(payloads=(b"one", b"two"), topic="t", kind=2, value=struct.pack("<I", 0), count=None):
+def send_frame(payloads=(b"one", b"two"), topic="t", kind=2, value=PARTITION_0, count=None):
     md = ident("s") + ident(topic) + bytes([kind, len(value)]) + value
     batch = build_batch([(i + 1, p, b"") for i, p in enumerate(payloads)])
     body = struct.pack("<I", len(md) + 4) + md + struct.pack("<I", len(payloads) if count is None else count) + batch

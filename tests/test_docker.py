@@ -382,10 +382,10 @@ class ImageProcess:
         runtime_file = self.volume / "runtime" / "current_config.toml"
         if runtime_file.exists():
             runtime_file.unlink()
-        self.log = open(self.volume.parent / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.workdir, stdout=self.log, stderr=subprocess.STDOUT
-        )
+        with open(self.volume.parent / "server.log", "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log_text()
@@ -406,7 +406,6 @@ class ImageProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
-        self.log.close()
         return code
 
     def log_text(self) -> str:
@@ -446,7 +445,7 @@ def test_image_entrypoint_serves_the_sdk_and_keeps_data_on_the_volume(tmp_path, 
         assert DEFAULT_TCP_ADDRESS.endswith(":8090")
         health = exec_form(stage_value(dockerfile_stages()[-1], "HEALTHCHECK").split(" CMD ", 1)[1])
         probe = subprocess.run(
-            script_argv(health[0]) + ["--tcp-server-address", image.tcp] + health[1:],
+            [*script_argv(health[0]), "--tcp-server-address", image.tcp, *health[1:]],
             env=image.env,
             capture_output=True,
             text=True,

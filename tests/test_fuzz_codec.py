@@ -129,7 +129,7 @@ request = st.tuples(
 def chunked(data: bytes, cuts: list[int]):
     points = sorted({c % (len(data) + 1) for c in cuts})
     pos = 0
-    for p in points + [len(data)]:
+    for p in [*points, len(data)]:
         if p > pos:
             yield data[pos:p]
             pos = p
@@ -158,7 +158,7 @@ def test_frames_in_any_chunking_come_out_exactly(reqs, cuts, buffered):
             got.append(frame)
     assert fr.buffered == 0
     assert [h.raw + b for h, b in got] == frames
-    for (h, body), (op, code, b, s, q) in zip(got, reqs):
+    for (h, body), (op, code, b, s, q) in zip(got, reqs, strict=True):
         assert (h.operation, h.session, h.request, h.size, body) == (op, s, q, 256 + len(b), b)
         assert h.code == (code if op == 2 else 0)
 

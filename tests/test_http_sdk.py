@@ -58,7 +58,7 @@ async def test_sdk_over_http_management(server):
     await client.delete_stream("s1")
     assert await client.get_stream("s1") is None
     await client.logout_user()
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match=r"^Unauthenticated$"):
         await client.get_streams()
 
 

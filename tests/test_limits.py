@@ -23,7 +23,7 @@ def test_connections_above_the_limit_are_closed_and_the_rest_keep_working(limite
     time.sleep(0.3)
     again = RawClient(limited.tcp_address)
     assert again.read(1).status == 0  # a slot was freed
-    for c in clients[:2] + [again]:
+    for c in [*clients[:2], again]:
         c.close()
 
 

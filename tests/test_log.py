@@ -8,8 +8,10 @@ whose checksum does not match.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
+from pathlib import Path
 
 import pytest
 import xxhash
@@ -17,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iggy.protocol.batch import build_batch, compute_batch_checksum, iter_messages, validate_batch
-from iggy.protocol.errors import IggyError
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.storage.log import PartitionLog
 
 SEG = 4096
@@ -126,7 +128,7 @@ def test_append_and_read_across_segments(log_dir):
     assert len(names) == lg.segments_count
     segs = lg.segments()
     assert [f"{s[0]:020d}.log" for s in segs] == names
-    for prev, nxt in zip(segs, segs[1:]):
+    for prev, nxt in itertools.pairwise(segs):
         assert nxt[0] == prev[1] + 1  # contiguous offsets
         assert prev[2] >= SEG and not prev[4]  # rolled at the segment size, sealed
         assert os.path.getsize(os.path.join(log_dir, f"{prev[0]:020d}.log")) == prev[2]
@@ -185,7 +187,7 @@ def test_timestamps_strictly_increase(log_dir):
         lg.append(b, 0, len(b), T0)  # same clock reading three times
     b = batch_of(lg.next_offset, 1)
     lg.append(b, 0, len(b), T0 - 10_000)  # clock went backwards
-    stamps = [s for s in dict((m["offset"], m["timestamp"]) for m in read_all(lg)[0]).values()]
+    stamps = list({m["offset"]: m["timestamp"] for m in read_all(lg)[0]}.values())
     assert stamps == [T0, T0, T0 + 1, T0 + 1, T0 + 2, T0 + 2, T0 + 3]
     lg.close()
 
@@ -227,11 +229,13 @@ def test_closed_log_refuses(log_dir):
     lg.close()
     lg.close()
     assert lg.closed
-    with pytest.raises(Exception):
+    with pytest.raises(IggyError, match="the partition log is closed") as refused:
         lg.read(0, 1)
-    with pytest.raises(Exception):
-        b = batch_of(0, 1)
+    assert refused.value.code == ErrorCode.PARTITION_NOT_FOUND
+    b = batch_of(0, 1)
+    with pytest.raises(IggyError, match="the partition log is closed") as refused:
         lg.append(b, 0, len(b), T0)
+    assert refused.value.code == ErrorCode.PARTITION_NOT_FOUND
 
 
 # ------------------------------------------------------------------------- recovery
@@ -265,7 +269,7 @@ def written_log(directory, batches: list[int], **kw) -> str:
 
 def batch_positions(path):
     """[(position, base_offset, count, length)] of the batches in a .log file."""
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     out, pos = [], 0
     while pos + HEADER <= len(data):
         base, length = struct.unpack_from("<Q", data, pos + 8)[0], struct.unpack_from("<Q", data, pos + 32)[0]
@@ -392,7 +396,7 @@ def test_orphan_index_removed(log_dir):
     fill(lg, [1])
     lg.close()
     orphan = os.path.join(log_dir, f"{12345:020d}.index")
-    open(orphan, "wb").write(b"\1" * 24)
+    Path(orphan).write_bytes(b"\1" * 24)
     lg = open_log(log_dir)
     assert not os.path.exists(orphan) and lg.next_offset == 1
     lg.close()

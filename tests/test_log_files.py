@@ -16,6 +16,7 @@ import threading
 
 import pytest
 
+from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.storage import log as logmod
 from iggy.storage.log import PartitionLog
 from tests.test_log import batch_of, check_batches, fill, payload, read_all
@@ -33,7 +34,7 @@ def segment_fds(root) -> int:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if target.startswith(root) and (target.endswith(".log") or target.endswith(".index")):
+        if target.startswith(root) and target.endswith((".log", ".index")):
             n += 1
     return n
 
@@ -108,7 +109,7 @@ def test_reopen_of_many_logs_stays_in_budget(tmp_path, budget):
     try:
         assert logmod.open_files()["peak"] <= 4
         assert segment_fds(tmp_path) <= 4
-        for lg, n in zip(logs, counts):
+        for lg, n in zip(logs, counts, strict=True):
             assert lg.next_offset == n
             msgs, data = read_all(lg)
             assert [m["offset"] for m in msgs] == list(range(n))
@@ -147,8 +148,9 @@ def test_a_deleted_segment_file_is_an_error_not_a_new_empty_file(tmp_path, budge
         for o in others:  # pushes lg's files out of the cache
             fill(o, [1])
         os.unlink(tmp_path / "p" / f"{0:020d}.log")
-        with pytest.raises(Exception):
+        with pytest.raises(IggyError, match="cannot read offset 0: No such file or directory") as refused:
             read_all(lg)
+        assert refused.value.code == ErrorCode.CANNOT_READ_MESSAGE
         assert not (tmp_path / "p" / f"{0:020d}.log").exists()
     finally:
         lg.close()

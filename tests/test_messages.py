@@ -183,7 +183,7 @@ async def test_messages_key_partitioning(client):
     await make_topic(client, partitions=3)
     keys = ["user-1", "user-2", "order-17", "a", "zz", "ключ"] + [f"k{i}" for i in range(12)]
     expected = {p: [] for p in range(3)}
-    for key in keys + [b"\x00bytes-key", b"\xff" * 255]:
+    for key in [*keys, b"\x00bytes-key", b"\xff" * 255]:
         raw = key.encode() if isinstance(key, str) else key
         want = xxhash.xxh32_intdigest(raw) % 3
         r = await client.send_messages(S, T, Partitioning.messages_key(key), [SendMessage(raw)])
@@ -390,7 +390,7 @@ async def test_two_consumers_are_independent(filled):
 
 
 async def test_count_zero_rejected(filled, raw):
-    with pytest.raises(RuntimeError, match="(?i)messages count"):
+    with pytest.raises(RuntimeError, match=r"(?i)messages count"):
         await poll(filled, PollingStrategy.First(), count=0)
     raw.login()
     body = (
@@ -652,7 +652,7 @@ async def test_several_segments_and_polls_across_boundaries(client, server):
 
 async def test_purge_topic_restarts_offsets_and_clears_stored(client, server):
     await make_topic(client, partitions=2, segment_size=1 << 20)
-    for b in range(2):
+    for _ in range(2):
         await client.send_messages(S, T, 0, [SendMessage(b"x" * 1100) for _ in range(1000)])
     await send_batches(client, [5], partition=1)
     await poll(client, PollingStrategy.Next(), count=10, auto_commit=True)

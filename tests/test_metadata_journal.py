@@ -153,9 +153,9 @@ def test_bytes_after_the_last_record_that_no_crash_leaves_refuse(journal, tail):
 
 def test_missing_records_refuse(journal):
     d, raw, sp = journal
-    with pytest.raises(MetadataCorrupt, match=f"byte offset {sp[4][0]} .*seq 6 follows seq 4"):
+    with pytest.raises(MetadataCorrupt, match=rf"byte offset {sp[4][0]} .*seq 6 follows seq 4"):
         load(d, raw[: sp[4][0]] + raw[sp[5][0] :])
-    with pytest.raises(MetadataCorrupt, match="byte offset 0 .*snapshot ends at seq 0"):
+    with pytest.raises(MetadataCorrupt, match=r"byte offset 0 .*snapshot ends at seq 0"):
         load(d, raw[sp[3][0] :])  # the snapshot that held 1..3 is gone
 
 

@@ -81,7 +81,7 @@ def read_all(c: RawClient, keys) -> dict:
     """{(consumer id, partition): stored offset or None}."""
     replies = pipelined(c, [(OP_READ, GET_OFFSET, offset_target(cid, p)) for cid, p in keys])
     out = {}
-    for key, r in zip(keys, replies):
+    for key, r in zip(keys, replies, strict=True):
         assert r.status == 0, r
         out[key] = struct.unpack("<IQQ", r.body)[2] if r.body else None
     return out

@@ -319,5 +319,5 @@ def test_configured_from_the_limits_keys(budget):
     configure_from(auto)
     assert fd_cache_stats()["budget"] == open_files_budget(100)
     for env in ({"IGGY_LIMITS_MAX_CONSUMER_OFFSETS": "0"}, {"IGGY_LIMITS_MAX_OPEN_OFFSET_FILES": "-1"}):
-        with pytest.raises(ConfigError, match=list(env)[0]):
+        with pytest.raises(ConfigError, match=next(iter(env))):
             load_config(env=env)

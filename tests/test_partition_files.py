@@ -13,6 +13,7 @@ import os
 import random
 import struct
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -150,7 +151,8 @@ def test_starts_with_more_partitions_than_its_file_limit(tmp_path):
         srv.stop()
         srv.python = _low_limit_python(tmp_path, 256)
         srv.start()
-        limit = [line for line in open(f"/proc/{srv.pid}/limits") if line.startswith("Max open files")][0]
+        limits = Path(f"/proc/{srv.pid}/limits").read_text().splitlines()
+        limit = next(line for line in limits if line.startswith("Max open files"))
         assert limit.split()[3:5] == ["256", "256"], limit
         c = Client(srv.tcp_address)
         rng = random.Random(6)

@@ -20,6 +20,7 @@ from apache_iggy import Durability, PollingStrategy, SendMessage
 from iggy.protocol.batch import compute_batch_checksum
 from tests.conftest import ServerProcess, connect_root, sdk_poll
 from tests.rawclient import RawClient, ident
+from tests.test_log import batch_positions
 
 S, T = "rs", "rt"
 HEADER, FRAME = 256, 48
@@ -173,19 +174,6 @@ async def test_kill9_keeps_every_acknowledged_batch(tmp_path):
 # ------------------------------------------------------------------------- damaged segments
 
 
-def batches_in(path: str):
-    """[(position, base offset, count, length)] of the batches in a .log file."""
-    data = open(path, "rb").read()
-    out, pos = [], 0
-    while pos + HEADER <= len(data):
-        base, length = struct.unpack_from("<Q", data, pos + 8)[0], struct.unpack_from("<Q", data, pos + 32)[0]
-        if length == 0:
-            break
-        out.append((pos, base, struct.unpack_from("<I", data, pos + 48)[0], length))
-        pos += length
-    return out
-
-
 async def store_offset(client, consumer_id, partition, offset):
     body = (
         b"\x01"
@@ -224,13 +212,13 @@ async def test_torn_tail_corrupt_batch_and_missing_index(tmp_path):
 
         # partition 0: the tail of the last batch is torn (offsets 15..19 gone)
         log0 = files(partition_dir(srv, 0), ".log")[-1]
-        pos, base, count, length = batches_in(log0)[-1]
+        pos, base, count, length = batch_positions(log0)[-1]
         assert (base, count) == (15, 5)
         with open(log0, "r+b") as f:
             f.truncate(pos + length - 7)
         # partition 1: a flipped byte inside the last batch's payload, and no index
         log1 = files(partition_dir(srv, 1), ".log")[-1]
-        pos1, base1, _, length1 = batches_in(log1)[-1]
+        pos1, base1, _, length1 = batch_positions(log1)[-1]
         with open(log1, "r+b") as f:
             f.seek(pos1 + length1 - 2)
             byte = f.read(1)
@@ -298,7 +286,7 @@ async def test_recovery_across_segments(tmp_path):
         logs = files(partition_dir(srv, 0), ".log")
         assert len(logs) >= 3
         newest = [p for p in logs if os.path.getsize(p)][-1]
-        pos, base, count, length = batches_in(newest)[-1]
+        pos, base, count, length = batch_positions(newest)[-1]
         assert (base, count) == (1200, 10)
         with open(newest, "r+b") as f:
             f.truncate(pos + HEADER + 10)  # header and a few bytes survive

@@ -101,7 +101,8 @@ class World:
 
 def _login(w, body: bytes) -> None:
     """A second connection logs in with `body` and makes one request."""
-    other = RawClient("%s:%d" % w.c.sock.getpeername()[:2])
+    host, port = w.c.sock.getpeername()[:2]
+    other = RawClient(f"{host}:{port}")
     try:
         reply = other.call(1, 0, body)
         assert reply.command == 8 and reply.status == 0, reply

@@ -9,6 +9,7 @@ import socket
 import ssl
 import struct
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -149,7 +150,7 @@ def ws_config(srv, **kw):
 
 
 async def test_tls_sdk_round_trip_trusting_the_generated_certificate(tls_server, cert_path):
-    pem = open(cert_path, "rb").read()
+    pem = Path(cert_path).read_bytes()
     assert pem.startswith(b"-----BEGIN CERTIFICATE-----")
     client = await sdk_session(tls_config(tls_server, ca_file=cert_path))
     await round_trip(client, "over-tls")
@@ -166,7 +167,7 @@ async def test_tls_sdk_with_domain_name_and_without_validation(tls_server, cert_
 
 
 async def test_tls_sdk_refuses_an_untrusted_certificate(tls_server):
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match=r"^Cannot establish connection$"):
         await sdk_session(tls_config(tls_server))  # system roots don't know our certificate
 
 
@@ -184,13 +185,15 @@ def test_plain_tcp_client_against_the_tls_port_is_refused_cleanly(tls_server):
     assert len(received) < 256 or received[:1] == b"\x15", received[:64]
     assert tls_server.alive()
     ctx = ssl.create_default_context(cafile=str(tls_server.data_dir / "certs" / tls.CERT_NAME))
-    with socket.create_connection(("127.0.0.1", tls_server.tcp_port), timeout=10) as sock:
-        with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as s:
-            s.sendall(login_frame())
-            head = b""
-            while len(head) < 256 and (chunk := s.recv(256 - len(head))):
-                head += chunk
-            assert parse_reply_header(head)[1:4:2] == (8, 0)
+    with (
+        socket.create_connection(("127.0.0.1", tls_server.tcp_port), timeout=10) as sock,
+        ctx.wrap_socket(sock, server_hostname="127.0.0.1") as s,
+    ):
+        s.sendall(login_frame())
+        head = b""
+        while len(head) < 256 and (chunk := s.recv(256 - len(head))):
+            head += chunk
+        assert parse_reply_header(head)[1:4:2] == (8, 0)
 
 
 # ------------------------------------------------------------------------------------- WebSocket
@@ -205,6 +208,7 @@ async def test_websocket_sdk_round_trip(tls_server):
 
 async def test_websocket_messages_holding_parts_of_frames_and_several_frames(tls_server):
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosedError
 
     async with connect(f"ws://127.0.0.1:{tls_server.ws_port}/", compression=None) as ws:
         login = login_frame()
@@ -218,19 +222,20 @@ async def test_websocket_messages_holding_parts_of_frames_and_several_frames(tls
         replies.append(await asyncio.wait_for(ws.recv(), 10))
         assert [split_replies(r) for r in replies] == [[(8, 0, 256)]] * 3
         await ws.send("text is not the protocol")
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosedError, match="binary messages only"):
             await asyncio.wait_for(ws.recv(), 10)
         assert ws.close_code == 1003
 
 
 async def test_websocket_invalid_frame_closes_the_connection(tls_server):
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosedError
 
     async with connect(f"ws://127.0.0.1:{tls_server.ws_port}/") as ws:
         bad = bytearray(login_frame())
         bad[48:52] = (10).to_bytes(4, "little")  # size below the header
         await ws.send(bytes(bad))
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosedError, match="invalid frame"):
             await asyncio.wait_for(ws.recv(), 10)
         assert ws.close_code == 1002
 
@@ -449,7 +454,7 @@ def test_certificate_precedence(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert certs.for_listener("quic.certificate", True, str(cert), str(key), files_win=False) == generated
     assert "quic.certificate.self_signed = true, ignoring certificate files" in caplog.text
-    with pytest.raises(tls.CertificateError, match="websocket.tls: certificate files not found"):
+    with pytest.raises(tls.CertificateError, match=r"websocket\.tls: certificate files not found"):
         certs.for_listener("websocket.tls", False, str(cert), "")
     with pytest.raises(tls.CertificateError, match="can't load certificate"):
         tls.server_context(str(cert), str(key), "tcp.tls")
@@ -461,7 +466,7 @@ def test_transport_config_keys():
     cfg = load_config(env={})
     assert (cfg.quic.receive_window, cfg.quic.stream_receive_window) == (64 << 20, 64 << 20)
     assert cfg.websocket.tls.self_signed is True
-    with pytest.raises(ConfigError, match="quic.receive_window"):
+    with pytest.raises(ConfigError, match=r"quic\.receive_window"):
         load_config(env={"IGGY_QUIC_RECEIVE_WINDOW": "lots"})
     from iggy.engine.frontdoors.quic import quic_configuration
 
@@ -469,8 +474,8 @@ def test_transport_config_keys():
     cfg = load_config(env=conf_env)
     pem, key = tls.generate_self_signed()
     with tempfile.TemporaryDirectory() as d:
-        open(f"{d}/c", "wb").write(pem)
-        open(f"{d}/k", "wb").write(key)
+        Path(f"{d}/c").write_bytes(pem)
+        Path(f"{d}/k").write_bytes(key)
         q = quic_configuration(cfg, f"{d}/c", f"{d}/k")
     assert q.idle_timeout > 86400 and q.max_stream_data == 1 << 20 and q.alpn_protocols is None
     assert q.max_data == 64 << 20

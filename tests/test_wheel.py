@@ -169,8 +169,8 @@ def test_server_from_the_wheel_serves_clients(venv, tmp_path):
 
         assert _ping(tcp) == (8, 2, 0)  # Reply, operation echoed, status ok
         cli = [str(venv / "bin" / "iggy"), "--tcp-server-address", tcp, "-u", "iggy", "-p", "iggy"]
-        subprocess.run(cli + ["stream", "create", "from-wheel"], check=True, capture_output=True, timeout=60)
-        listed = json.loads(subprocess.check_output(cli + ["--json", "stream", "list"], text=True, timeout=60))
+        subprocess.run([*cli, "stream", "create", "from-wheel"], check=True, capture_output=True, timeout=60)
+        listed = json.loads(subprocess.check_output([*cli, "--json", "stream", "list"], text=True, timeout=60))
         assert [s["name"] for s in listed] == ["from-wheel"]
         assert asyncio.run(_sdk(tcp)) == ["from-wheel"]
 

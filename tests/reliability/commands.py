@@ -502,11 +502,11 @@ def http_permissions(perms: dict | None):
     if perms is None:
         return None
     return {
-        "global": dict(zip(perm.GLOBAL_FLAGS, perms["global"])),
+        "global": dict(zip(perm.GLOBAL_FLAGS, perms["global"], strict=True)),
         "streams": {
             str(sid): {
-                **dict(zip(perm.STREAM_FLAGS, sp["flags"])),
-                "topics": {str(tid): dict(zip(perm.TOPIC_FLAGS, tf)) for tid, tf in sp["topics"].items()},
+                **dict(zip(perm.STREAM_FLAGS, sp["flags"], strict=True)),
+                "topics": {str(tid): dict(zip(perm.TOPIC_FLAGS, tf, strict=True)) for tid, tf in sp["topics"].items()},
             }
             for sid, sp in perms["streams"].items()
         },

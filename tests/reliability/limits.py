@@ -220,7 +220,7 @@ def check_idle_connections(server, n: int) -> dict:
     time.sleep(0.3)
     before = rss(server)
     socks = []
-    for i in range(n):
+    for _ in range(n):
         s = socket.create_connection(("127.0.0.1", server.tcp_port), timeout=10)
         socks.append(s)
     # every one answers a ping (so the server has really set it up), then sits idle

@@ -24,6 +24,7 @@ already the short form; the long form prints the counts).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import struct
@@ -200,7 +201,7 @@ class Matrix:
     def _unchanged(self, before, where: str) -> None:
         after = self.state()
         if after != before:
-            diff = [b for b, a in zip(before, after) if a != b]
+            diff = [b for b, a in itertools.zip_longest(before, after) if a != b]
             raise Failure(f"{where}: refused, but the state changed: {diff[:2]}")
         self.counts["refused_unchanged"] += 1
 
@@ -217,13 +218,8 @@ class Matrix:
             auth = self._http_login(http)
             for route in C.ROUTES:
                 w = self.world
-
-                def call(headers):
-                    body = route.json(w) if route.json else None
-                    return http.request(route.method, route.path(w), json=body, params=route.params, headers=headers)
-
                 before = self.state()
-                r = call({})
+                r = _http_call(http, route, w, {})
                 self.counts["http_calls"] += 1
                 if route.rule == "public":
                     if r.status_code != route.ok:
@@ -238,7 +234,7 @@ class Matrix:
                         t = http.post("/personal-access-tokens", json={"name": "pm-tok", "expiry": 0}, headers=auth)
                         self.tokens.append(t.json()["token"])
                     before = self.state()
-                    r = call(auth)
+                    r = _http_call(http, route, w, auth)
                     self.counts["http_calls"] += 1
                     where = f"HTTP {route.method} {route.name} as actor with {label}"
                     if not should_pass:
@@ -263,6 +259,11 @@ class Matrix:
     def close(self) -> None:
         self.actor.close()
         self.root.close()
+
+
+def _http_call(http: httpx.Client, route, w, headers: dict) -> httpx.Response:
+    body = route.json(w) if route.json else None
+    return http.request(route.method, route.path(w), json=body, params=route.params, headers=headers)
 
 
 def _ok_login(client: Client) -> None:

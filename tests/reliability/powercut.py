@@ -88,7 +88,7 @@ class LazyMount:
         try:
             import pyfuse3  # noqa: F401
         except ImportError as exc:
-            raise FuseUnavailable(f"pyfuse3 is not installed ({exc}); scripts/setup.sh --test installs it")
+            raise FuseUnavailable(f"pyfuse3 is not installed ({exc}); scripts/setup.sh --test installs it") from exc
         if not os.path.exists("/dev/fuse"):
             raise FuseUnavailable("no /dev/fuse on this machine")
         self.mountpoint.mkdir(parents=True, exist_ok=True)

@@ -174,14 +174,35 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _type_checking_block(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _executed_nodes(tree: ast.AST):
+    """Every node but those under `if TYPE_CHECKING:`, whose imports only mypy reads (a command
+    module names the ControlPlane that imports it in its annotations): they never run, so they
+    make no import cycle."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if _type_checking_block(node):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def import_graph() -> dict[str, set[str]]:
-    """module -> the package's modules it imports, wherever the import statement is."""
+    """module -> the package's modules it imports when it runs, wherever the import statement is."""
     files = {_module_name(p): p for p in _python_files(PACKAGE)}
     graph = {}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         edges = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _executed_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 edges |= {a.name for a in node.names if a.name in files}
             elif isinstance(node, ast.ImportFrom):
@@ -228,6 +249,15 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return found
+
+
+def test_the_import_graph_skips_only_type_checking_blocks():
+    tree = ast.parse(
+        "import a\nif TYPE_CHECKING:\n    import b\nelse:\n    import c\nif typing.TYPE_CHECKING:\n    import d\n"
+        "def f():\n    import e\n"
+    )
+    imported = {a.name for n in _executed_nodes(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert imported == {"a", "c", "e"}
 
 
 def test_the_cycle_finder_sees_a_cycle():

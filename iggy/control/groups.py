@@ -55,15 +55,28 @@ import asyncio
 import bisect
 import threading
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVarTuple
 
 from iggy.control import lookup
 from iggy.control import permissions as perm
+from iggy.control.lookup import Ident
 from iggy.control.registry import command
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.protocol.wire import Reader, Writer
 from iggy.storage.consumer_offsets import GROUP
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane, Session
+    from iggy.metadata.state import GroupMeta, StreamMeta, TopicMeta
+
+_Ts = TypeVarTuple("_Ts")
+
+GroupKey = tuple[int, int, int]  # (stream id, topic id, group id)
+# the partitions of a group each member may poll, and those it owns: {partition id: client id}
+Fences = tuple[dict[int, int], dict[int, int]]
 
 # how often pending hand-overs are checked for a drained owner or an expired timeout
 CHECK_INTERVAL = 1.0
@@ -72,8 +85,8 @@ CHECK_INTERVAL = 1.0
 @dataclass(eq=False)
 class Member:
     id: int
-    session: object
-    partitions: list = field(default_factory=list)  # owned (hand-overs included), sorted
+    session: Session
+    partitions: list[int] = field(default_factory=list)  # owned (hand-overs included), sorted
 
 
 @dataclass(eq=False)
@@ -88,21 +101,22 @@ class Handover:
 @dataclass
 class Membership:
     generation: int = 0
-    members: list = field(default_factory=list)  # in join order
-    handovers: dict = field(default_factory=dict)  # partition id -> Handover
+    members: list[Member] = field(default_factory=list)  # in join order
+    handovers: dict[int, Handover] = field(default_factory=dict)  # partition id -> Handover
 
-    def pollable(self, member: Member) -> list:
+    def pollable(self, member: Member) -> list[int]:
         return [pid for pid in member.partitions if pid not in self.handovers]
 
 
 class GroupCoordinator:
     """Live membership of every group, keyed by (stream id, topic id, group id)."""
 
-    def __init__(self, plane):
+    def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
-        self.groups: dict[tuple[int, int, int], Membership] = {}
+        self.groups: dict[GroupKey, Membership] = {}
         self.version = 0  # bumped by every assignment change
-        self.listeners: list = []  # listener(group keys), after each (the shards' routing table follows)
+        # listener(group keys), after each (the shards' routing table follows)
+        self.listeners: list[Callable[[Collection[GroupKey]], None]] = []
         config = getattr(plane, "config", None)
         # seconds (the configuration converts durations when it is loaded)
         self.rebalancing_timeout = config.consumer_group.rebalancing_timeout if config is not None else 30.0
@@ -110,23 +124,24 @@ class GroupCoordinator:
         # per group, published after each change and only ever replaced, so that the data
         # path can read it under a partition's lock without taking ours:
         # ({partition: client id that may poll it}, {partition: client id that owns it})
-        self._published: dict[tuple[int, int, int], tuple[dict, dict]] = {}
+        self._published: dict[GroupKey, Fences] = {}
+        self._loop: asyncio.AbstractEventLoop | None
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # built outside a server (unit tests): everything runs inline
             self._loop = None
         self._loop_thread = threading.get_ident()
-        self._timer = None
+        self._timer: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------- reading
 
-    def owners(self, key) -> dict:
+    def owners(self, key: GroupKey) -> dict[int, int]:
         """{partition id: client id of the member that may poll it} of one group (a partition
         being handed over has none): what the routing table holds for the C data plane."""
         published = self._published.get(key)
         return dict(published[0]) if published is not None else {}
 
-    def may_use(self, key, session, partition_id: int, poll: bool) -> bool:
+    def may_use(self, key: GroupKey, session: Session, partition_id: int, poll: bool) -> bool:
         """The fence as last published, for the data path to check again under the partition's
         lock: a change made meanwhile (a hand-over starts, a partition moves) is published
         before the coordinator looks at the partition under that lock, so no poll is served to
@@ -134,13 +149,13 @@ class GroupCoordinator:
         published = self._published.get(key)
         return published is not None and published[0 if poll else 1].get(partition_id) == session.client_id
 
-    def membership(self, key) -> Membership:
+    def membership(self, key: GroupKey) -> Membership:
         m = self.groups.get(key)
         if m is None:
             m = self.groups[key] = Membership()
         return m
 
-    def member_of(self, key, session) -> Member | None:
+    def member_of(self, key: GroupKey, session: Session) -> Member | None:
         with self._lock:
             m = self.groups.get(key)
             if m is None:
@@ -150,7 +165,7 @@ class GroupCoordinator:
                     return member
             return None
 
-    def assignment(self, key, session):
+    def assignment(self, key: GroupKey, session: Session) -> tuple[int, list[int]] | None:
         """(generation, partitions the session may poll) or None if it is no member (SYNC)."""
         with self._lock:
             member = self.member_of(key, session)
@@ -159,7 +174,7 @@ class GroupCoordinator:
             m = self.groups[key]
             return m.generation, m.pollable(member)
 
-    def fence(self, key, session, partition_id: int, poll: bool) -> bool:
+    def fence(self, key: GroupKey, session: Session, partition_id: int, poll: bool) -> bool:
         """May `session` poll (poll=True) or commit/delete the offset of (poll=False) this
         partition of the group? A poll of a partition it is handing over is refused, and checks
         whether the partition can move now."""
@@ -172,7 +187,7 @@ class GroupCoordinator:
         self._on_loop(self._settle, key, partition_id)
         return False
 
-    def committed(self, key, session, partition_id: int) -> None:
+    def committed(self, key: GroupKey, session: Session, partition_id: int) -> None:
         """The session stored the group's offset of the partition: if it is handing it over,
         the partition may be free to move now."""
         with self._lock:
@@ -182,7 +197,7 @@ class GroupCoordinator:
                 return
         self._on_loop(self._settle, key, partition_id)
 
-    def _in_flight(self, key, member: Member, partition_id: int) -> bool:
+    def _in_flight(self, key: GroupKey, member: Member, partition_id: int) -> bool:
         """Has `member` been served messages of the partition that the group has not committed?"""
         sid, tid, gid = key
         partition = self.plane.storage.partition(sid, tid, partition_id)
@@ -199,7 +214,7 @@ class GroupCoordinator:
 
     # ---------------------------------------------------------------- changing
 
-    def _changed(self, keys) -> None:
+    def _changed(self, keys: Collection[GroupKey]) -> None:
         """Publish the groups' fences, then tell the listeners (the routing table)."""
         with self._lock:
             for key in keys:
@@ -207,7 +222,8 @@ class GroupCoordinator:
                 if m is None:
                     self._published.pop(key, None)
                     continue
-                pollable, owned = {}, {}
+                pollable: dict[int, int] = {}
+                owned: dict[int, int] = {}
                 for member in m.members:
                     for pid in member.partitions:
                         owned[pid] = member.session.client_id
@@ -218,7 +234,7 @@ class GroupCoordinator:
         for listener in self.listeners:
             listener(keys)
 
-    def _on_loop(self, fn, *args) -> None:
+    def _on_loop(self, fn: Callable[[*_Ts], object], *args: *_Ts) -> None:
         """Run fn on the event loop: now if this is its thread, else posted."""
         if self._loop is None or threading.get_ident() == self._loop_thread:
             fn(*args)
@@ -228,13 +244,13 @@ class GroupCoordinator:
             except RuntimeError:  # the loop closed: the server is stopping
                 pass
 
-    def _topic_partitions(self, key) -> list:
+    def _topic_partitions(self, key: GroupKey) -> list[int]:
         sid, tid, _ = key
         s = self.plane.meta.state.streams.get(sid)
         t = s.topics.get(tid) if s is not None else None
         return sorted(t.partitions) if t is not None else []
 
-    def rebalance(self, key) -> None:
+    def rebalance(self, key: GroupKey) -> None:
         """Bring the group's assignment to its target (see the module docstring): every
         partition that must change hands starts as a hand-over, published (its owner can no
         longer poll it) before `_settle` moves at once those the owner has nothing in flight on."""
@@ -246,7 +262,7 @@ class GroupCoordinator:
         self._changed((key,))
         self._settle(key)
 
-    def _rebalance(self, key, m: Membership, pids: list) -> None:
+    def _rebalance(self, key: GroupKey, m: Membership, pids: list[int]) -> None:
         members = m.members
         valid = set(pids)
         for member in members:
@@ -302,17 +318,18 @@ class GroupCoordinator:
             count[t] += 1
         now = time.monotonic()
         for pid in pids:
-            t, o, h = target[pid], owner.get(pid), m.handovers.get(pid)
+            t, o, moving = target[pid], owner.get(pid), m.handovers.get(pid)
+            assert t is not None  # the pool was dealt out whole above
             if o is t:
                 m.handovers.pop(pid, None)
             elif o is None:
                 bisect.insort(t.partitions, pid)
             else:
                 # a hand-over that only changes its target keeps its deadline
-                deadline = h.deadline if h is not None else now + self.rebalancing_timeout
+                deadline = moving.deadline if moving is not None else now + self.rebalancing_timeout
                 m.handovers[pid] = Handover(o, t, deadline)
 
-    def _settle(self, key=None, partition_id=None) -> None:
+    def _settle(self, key: GroupKey | None = None, partition_id: int | None = None) -> None:
         """On the loop: move every hand-over (of one group / one partition, or all) whose owner
         has nothing in flight any more or whose timeout passed."""
         now = time.monotonic()
@@ -360,7 +377,7 @@ class GroupCoordinator:
         self._timer = None
         self._settle()
 
-    def join(self, key, session) -> None:
+    def join(self, key: GroupKey, session: Session) -> None:
         with self._lock:
             if self.member_of(key, session) is not None:
                 return
@@ -373,26 +390,26 @@ class GroupCoordinator:
             session.groups.add(key)
         self.rebalance(key)
 
-    def leave(self, key, session) -> bool:
+    def leave(self, key: GroupKey, session: Session) -> bool:
         with self._lock:
             m = self.groups.get(key)
             member = self.member_of(key, session)
-            if member is None:
+            if m is None or member is None:
                 return False
             m.members = [mb for mb in m.members if mb is not member]
             session.groups.discard(key)
         self.rebalance(key)
         return True
 
-    def leave_all(self, session) -> None:
+    def leave_all(self, session: Session) -> None:
         for key in list(session.groups):
             self.leave(key, session)
 
-    def partitions_changed(self, stream_id: int, topic) -> None:
+    def partitions_changed(self, stream_id: int, topic: TopicMeta) -> None:
         for key in [k for k in self.groups if k[0] == stream_id and k[1] == topic.id]:
             self.rebalance(key)
 
-    def forget(self, predicate) -> None:
+    def forget(self, predicate: Callable[[GroupKey], bool]) -> None:
         with self._lock:
             keys = [k for k in self.groups if predicate(k)]
             for key in keys:
@@ -402,22 +419,27 @@ class GroupCoordinator:
         self._changed(keys)
         self._arm()
 
-    def forget_group(self, stream_id, topic_id, group_id) -> None:
+    def forget_group(self, stream_id: int, topic_id: int, group_id: int) -> None:
         self.forget(lambda k: k == (stream_id, topic_id, group_id))
 
-    def forget_topic(self, stream_id, topic_id) -> None:
+    def forget_topic(self, stream_id: int, topic_id: int) -> None:
         self.forget(lambda k: k[0] == stream_id and k[1] == topic_id)
 
-    def forget_stream(self, stream_id) -> None:
+    def forget_stream(self, stream_id: int) -> None:
         self.forget(lambda k: k[0] == stream_id)
 
 
-def encode_group(plane, w: Writer, s, t, g) -> None:
+# a group and where it is: (stream, topic, group), and the list of a topic's groups
+FoundGroup = tuple["StreamMeta", "TopicMeta", "GroupMeta"]
+FoundGroups = tuple["StreamMeta", "TopicMeta", list["GroupMeta"]]
+
+
+def encode_group(plane: ControlPlane, w: Writer, s: StreamMeta, t: TopicMeta, g: GroupMeta) -> None:
     m = plane.groups.groups.get((s.id, t.id, g.id))
     w.u32(g.id).u32(len(t.partitions)).u32(len(m.members) if m else 0).name(g.name)
 
 
-def encode_group_details(plane, s, t, g) -> bytes:
+def encode_group_details(plane: ControlPlane, s: StreamMeta, t: TopicMeta, g: GroupMeta) -> bytes:
     w = Writer()
     encode_group(plane, w, s, t, g)
     m = plane.groups.groups.get((s.id, t.id, g.id))
@@ -428,11 +450,11 @@ def encode_group_details(plane, s, t, g) -> bytes:
     return w.getvalue()
 
 
-def encode_found_group(plane, found) -> bytes:
+def encode_found_group(plane: ControlPlane, found: FoundGroup) -> bytes:
     return encode_group_details(plane, *found)
 
 
-def encode_groups(plane, found) -> bytes:
+def encode_groups(plane: ControlPlane, found: FoundGroups) -> bytes:
     s, t, groups = found
     w = Writer()
     for g in groups:
@@ -440,15 +462,15 @@ def encode_groups(plane, found) -> bytes:
     return w.getvalue()
 
 
-def read_stream_topic(r: Reader) -> tuple:
+def read_stream_topic(r: Reader) -> tuple[Ident, Ident]:
     return r.identifier(), r.identifier()
 
 
-def read_group(r: Reader) -> tuple:
+def read_group(r: Reader) -> tuple[Ident, Ident, Ident]:
     return r.identifier(), r.identifier(), r.identifier()
 
 
-def read_create(r: Reader) -> tuple:
+def read_create(r: Reader) -> tuple[Ident, Ident, str]:
     sid, tid = r.identifier(), r.identifier()
     return sid, tid, r.name()
 
@@ -459,7 +481,9 @@ def read_create(r: Reader) -> tuple:
 
 
 @command(codes.GET_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_group, encode=encode_found_group)
-def get_consumer_group(plane, session, s, t, gid):
+def get_consumer_group(
+    plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, gid: Ident
+) -> FoundGroup | None:
     g = lookup.find_group(t, gid)
     if g is None:
         return None  # an empty body
@@ -467,12 +491,12 @@ def get_consumer_group(plane, session, s, t, gid):
 
 
 @command(codes.GET_CONSUMER_GROUPS, needs=perm.READ_TOPIC, decode=read_stream_topic, encode=encode_groups)
-def get_consumer_groups(plane, session, s, t):
+def get_consumer_groups(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta) -> FoundGroups:
     return s, t, sorted(t.groups.values(), key=lambda g: g.id)
 
 
 @command(codes.CREATE_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_create, encode=encode_found_group)
-def create_consumer_group(plane, session, s, t, name: str):
+def create_consumer_group(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, name: str) -> FoundGroup:
     if any(g.name == name for g in t.groups.values()):
         raise IggyError(ErrorCode.CONSUMER_GROUP_NAME_ALREADY_EXISTS)
     rec = plane.meta.commit({"op": "group.create", "stream": s.id, "topic": t.id, "id": t.next_group_id, "name": name})
@@ -480,7 +504,7 @@ def create_consumer_group(plane, session, s, t, name: str):
 
 
 @command(codes.DELETE_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_group)
-def delete_consumer_group(plane, session, s, t, gid) -> None:
+def delete_consumer_group(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, gid: Ident) -> None:
     g = lookup.get_group(t, gid)
     plane.meta.commit({"op": "group.delete", "stream": s.id, "topic": t.id, "id": g.id})
     plane.groups.forget_group(s.id, t.id, g.id)
@@ -488,27 +512,27 @@ def delete_consumer_group(plane, session, s, t, gid) -> None:
 
 
 @command(codes.JOIN_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_group)
-def join_consumer_group(plane, session, s, t, gid) -> None:
+def join_consumer_group(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, gid: Ident) -> None:
     g = lookup.get_group(t, gid)
     plane.groups.join((s.id, t.id, g.id), session)
 
 
 @command(codes.LEAVE_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_group)
-def leave_consumer_group(plane, session, s, t, gid) -> None:
+def leave_consumer_group(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, gid: Ident) -> None:
     g = lookup.get_group(t, gid)
     if not plane.groups.leave((s.id, t.id, g.id), session):
         raise IggyError(ErrorCode.CONSUMER_GROUP_MEMBER_NOT_FOUND)
 
 
 @command(codes.SYNC_CONSUMER_GROUP, needs=perm.LOGGED_IN, decode=read_group)
-def sync_consumer_group(plane, session, sid, tid, gid):
+def sync_consumer_group(plane: ControlPlane, session: Session, sid: Ident, tid: Ident, gid: Ident) -> bytes | None:
     # only the caller's own membership is read: a missing stream, topic or group, like a group
     # the session is not in, answers an empty body (upstream core/server/src/dispatch.rs,
     # handle_sync_consumer_group)
     s = lookup.find_stream(plane, sid)
     t = lookup.find_topic(s, tid) if s is not None else None
     g = lookup.find_group(t, gid) if t is not None else None
-    if g is None:
+    if s is None or t is None or g is None:
         return None
     assignment = plane.groups.assignment((s.id, t.id, g.id), session)
     if assignment is None:

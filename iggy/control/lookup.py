@@ -12,65 +12,56 @@ shard threads read while the event loop writes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
-from iggy.metadata.state import GroupMeta, State, StreamMeta, TopicMeta, UserMeta, find_by_ident
+from iggy.metadata.state import GroupMeta, StreamMeta, TopicMeta, UserMeta, find_by_ident
 from iggy.protocol.errors import ErrorCode, IggyError
 
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane
 
-def find_stream(plane: Any, ident: int | str) -> StreamMeta | None:
-    st: State = plane.meta.state
-    if isinstance(ident, int):
-        return st.streams.get(ident)
-    return st.stream_by_name(ident)
+Ident = int | str  # an Identifier as read from a request: numeric id or name
 
-
-def get_stream(plane: Any, ident: int | str) -> StreamMeta:
-    s = find_stream(plane, ident)
-    if s is None:
-        raise IggyError(ErrorCode.STREAM_ID_NOT_FOUND)
-    return s
+_Entity = TypeVar("_Entity", StreamMeta, TopicMeta, GroupMeta, UserMeta)
 
 
-def find_topic(stream: StreamMeta, ident: int | str) -> TopicMeta | None:
-    topic: TopicMeta | None = find_by_ident(stream.topics, ident)
-    return topic
+def required(entity: _Entity | None, missing: ErrorCode) -> _Entity:
+    """`entity`, or IggyError(`missing`) when the lookup found nothing: every get_* below."""
+    if entity is None:
+        raise IggyError(missing)
+    return entity
 
 
-def get_topic(stream: StreamMeta, ident: int | str) -> TopicMeta:
-    t = find_topic(stream, ident)
-    if t is None:
-        raise IggyError(ErrorCode.TOPIC_ID_NOT_FOUND)
-    return t
+def find_stream(plane: ControlPlane, ident: Ident) -> StreamMeta | None:
+    return find_by_ident(plane.meta.state.streams, ident)
 
 
-def get_stream_topic(plane: Any, stream_ident: int | str, topic_ident: int | str) -> tuple[StreamMeta, TopicMeta]:
-    """(stream, topic), or IggyError with the not-found code of whichever is missing."""
-    s = get_stream(plane, stream_ident)
-    return s, get_topic(s, topic_ident)
+def get_stream(plane: ControlPlane, ident: Ident) -> StreamMeta:
+    return required(find_stream(plane, ident), ErrorCode.STREAM_ID_NOT_FOUND)
 
 
-def find_group(topic: TopicMeta, ident: int | str) -> GroupMeta | None:
-    group: GroupMeta | None = find_by_ident(topic.groups, ident)
-    return group
+def find_topic(stream: StreamMeta, ident: Ident) -> TopicMeta | None:
+    return find_by_ident(stream.topics, ident)
 
 
-def get_group(topic: TopicMeta, ident: int | str) -> GroupMeta:
-    g = find_group(topic, ident)
-    if g is None:
-        raise IggyError(ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND)
-    return g
+def get_topic(stream: StreamMeta, ident: Ident) -> TopicMeta:
+    return required(find_topic(stream, ident), ErrorCode.TOPIC_ID_NOT_FOUND)
 
 
-def find_user(plane: Any, ident: int | str) -> UserMeta | None:
-    st: State = plane.meta.state
+def find_group(topic: TopicMeta, ident: Ident) -> GroupMeta | None:
+    return find_by_ident(topic.groups, ident)
+
+
+def get_group(topic: TopicMeta, ident: Ident) -> GroupMeta:
+    return required(find_group(topic, ident), ErrorCode.CONSUMER_GROUP_ID_NOT_FOUND)
+
+
+def find_user(plane: ControlPlane, ident: Ident) -> UserMeta | None:
+    st = plane.meta.state
     if isinstance(ident, int):
         return st.users.get(ident)
     return st.user_by_name(ident)
 
 
-def get_user(plane: Any, ident: int | str) -> UserMeta:
-    user = find_user(plane, ident)
-    if user is None:
-        raise IggyError(ErrorCode.RESOURCE_NOT_FOUND)
-    return user
+def get_user(plane: ControlPlane, ident: Ident) -> UserMeta:
+    return required(find_user(plane, ident), ErrorCode.RESOURCE_NOT_FOUND)

@@ -26,10 +26,12 @@ registry checks it before the command runs, for the binary protocol and the HTTP
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from iggy.engine.uring.router import Allow
+from iggy.metadata.state import Permissions, UserMeta
 from iggy.protocol.wire import Reader, Writer
 
 ROOT_USER_ID = 0
@@ -54,51 +56,76 @@ _S = {name: i for i, name in enumerate(STREAM_FLAGS)}
 _T = {name: i for i, name in enumerate(TOPIC_FLAGS)}
 
 
-def all_permissions() -> dict:
+_Entry = TypeVar("_Entry")
+
+# one stream's entry of the stored form: {"flags": [6 bools], "topics": {topic_id: [4 bools]}}
+# (Any: Permissions is the msgpack-friendly dict of iggy.metadata.state)
+StreamPermissions = dict[str, Any]
+
+
+def all_permissions() -> Permissions:
     return {"global": [True] * 10, "streams": {}}
 
 
-def decode(r: Reader) -> dict:
+def decode(r: Reader) -> Permissions:
     """Read a Permissions structure."""
-    glob = [r.bool() for _ in range(10)]
-    streams = {}
+    glob = _read_flags(r, 10)
+    return {"global": glob, "streams": _read_entries(r, _read_stream)}
+
+
+def _read_stream(r: Reader) -> StreamPermissions:
+    flags = _read_flags(r, 6)
+    return {"flags": flags, "topics": _read_entries(r, _read_topic)}
+
+
+def _read_topic(r: Reader) -> list[bool]:
+    return _read_flags(r, 4)
+
+
+def _read_flags(r: Reader, count: int) -> list[bool]:
+    return [r.bool() for _ in range(count)]
+
+
+def _read_entries(r: Reader, read_entry: Callable[[Reader], _Entry]) -> dict[int, _Entry]:
+    """The streams of a Permissions structure, or the topics of one stream: `u8 has_entries`,
+    then each entry as `u32 id`, its fields and `u8 has_next`."""
+    entries = {}
     more = r.bool()
     while more:
-        sid = r.u32()
-        flags = [r.bool() for _ in range(6)]
-        topics = {}
-        more_topics = r.bool()
-        while more_topics:
-            tid = r.u32()
-            topics[tid] = [r.bool() for _ in range(4)]
-            more_topics = r.bool()
-        streams[sid] = {"flags": flags, "topics": topics}
+        entry_id = r.u32()
+        entries[entry_id] = read_entry(r)
         more = r.bool()
-    return {"global": glob, "streams": streams}
+    return entries
 
 
-def encode(perms: dict) -> bytes:
+def encode(perms: Permissions) -> bytes:
     w = Writer()
-    for v in perms["global"]:
-        w.bool(v)
-    streams = list(perms["streams"].items())
-    w.bool(bool(streams))
-    for i, (sid, sp) in enumerate(streams):
-        w.u32(sid)
-        for v in sp["flags"]:
-            w.bool(v)
-        topics = list(sp["topics"].items())
-        w.bool(bool(topics))
-        for j, (tid, flags) in enumerate(topics):
-            w.u32(tid)
-            for v in flags:
-                w.bool(v)
-            w.bool(j + 1 < len(topics))
-        w.bool(i + 1 < len(streams))
+    _write_flags(w, perms["global"])
+    _write_entries(w, perms["streams"], _write_stream)
     return w.getvalue()
 
 
-def read_optional(r: Reader) -> dict | None:
+def _write_stream(w: Writer, sp: StreamPermissions) -> None:
+    _write_flags(w, sp["flags"])
+    _write_entries(w, sp["topics"], _write_flags)
+
+
+def _write_flags(w: Writer, flags: Iterable[bool]) -> None:
+    for v in flags:
+        w.bool(v)
+
+
+def _write_entries(w: Writer, entries: Mapping[int, _Entry], write_entry: Callable[[Writer, _Entry], None]) -> None:
+    """What _read_entries reads."""
+    items = list(entries.items())
+    w.bool(bool(items))
+    for i, (entry_id, entry) in enumerate(items):
+        w.u32(entry_id)
+        write_entry(w, entry)
+        w.bool(i + 1 < len(items))
+
+
+def read_optional(r: Reader) -> Permissions | None:
     """`[u8 has_permissions][u32 length][Permissions]` as in create_user / update_permissions."""
     if not r.bool():
         return None
@@ -109,7 +136,14 @@ def read_optional(r: Reader) -> dict | None:
     return perms
 
 
-def allowed(user, global_flags=(), stream_id=None, stream_flags=(), topic_id=None, topic_flags=()) -> bool:
+def allowed(
+    user: UserMeta | None,
+    global_flags: Iterable[str] = (),
+    stream_id: int | None = None,
+    stream_flags: Iterable[str] = (),
+    topic_id: int | None = None,
+    topic_flags: Iterable[str] = (),
+) -> bool:
     """True if `user` holds any of the flags at the given levels (root always)."""
     if user is None:
         return False
@@ -137,35 +171,35 @@ def allowed(user, global_flags=(), stream_id=None, stream_flags=(), topic_id=Non
 # The rules of SEMANTICS 7.1, one function per kind of operation.
 
 
-def can_read_servers(user) -> bool:
+def can_read_servers(user: UserMeta | None) -> bool:
     return allowed(user, ("manage_servers", "read_servers"))
 
 
-def can_read_users(user) -> bool:
+def can_read_users(user: UserMeta | None) -> bool:
     return allowed(user, ("manage_users", "read_users"))
 
 
-def can_manage_users(user) -> bool:
+def can_manage_users(user: UserMeta | None) -> bool:
     return allowed(user, ("manage_users",))
 
 
-def can_list_streams(user) -> bool:
+def can_list_streams(user: UserMeta | None) -> bool:
     return allowed(user, ("manage_streams", "read_streams"))
 
 
-def can_read_stream(user, stream_id) -> bool:
+def can_read_stream(user: UserMeta | None, stream_id: int) -> bool:
     return allowed(user, ("manage_streams", "read_streams"), stream_id, ("manage_stream", "read_stream"))
 
 
-def can_create_stream(user) -> bool:
+def can_create_stream(user: UserMeta | None) -> bool:
     return allowed(user, ("manage_streams",))
 
 
-def can_manage_stream(user, stream_id) -> bool:
+def can_manage_stream(user: UserMeta | None, stream_id: int) -> bool:
     return allowed(user, ("manage_streams",), stream_id, ("manage_stream",))
 
 
-def can_read_topic(user, stream_id, topic_id=None) -> bool:
+def can_read_topic(user: UserMeta | None, stream_id: int, topic_id: int | None = None) -> bool:
     return allowed(
         user,
         ("read_streams", "manage_streams", "manage_topics", "read_topics"),
@@ -176,11 +210,11 @@ def can_read_topic(user, stream_id, topic_id=None) -> bool:
     )
 
 
-def can_create_topic(user, stream_id) -> bool:
+def can_create_topic(user: UserMeta | None, stream_id: int) -> bool:
     return allowed(user, ("manage_streams", "manage_topics"), stream_id, ("manage_stream", "manage_topics"))
 
 
-def can_manage_topic(user, stream_id, topic_id) -> bool:
+def can_manage_topic(user: UserMeta | None, stream_id: int, topic_id: int) -> bool:
     return allowed(
         user,
         ("manage_streams", "manage_topics"),
@@ -205,15 +239,15 @@ SEND_RULE = (
 )
 
 
-def can_poll(user, stream_id, topic_id) -> bool:
+def can_poll(user: UserMeta | None, stream_id: int, topic_id: int) -> bool:
     return allowed(user, POLL_RULE[0], stream_id, POLL_RULE[1], topic_id, POLL_RULE[2])
 
 
-def can_send(user, stream_id, topic_id) -> bool:
+def can_send(user: UserMeta | None, stream_id: int, topic_id: int) -> bool:
     return allowed(user, SEND_RULE[0], stream_id, SEND_RULE[1], topic_id, SEND_RULE[2])
 
 
-def data_plane_grants(user) -> tuple[int, list]:
+def data_plane_grants(user: UserMeta) -> tuple[int, list[tuple[int, int | None, int]]]:
     """The send/poll grants of `user` for the C routing table (iggy.engine.uring.router).
 
     Returns (allow_all, grants): ALLOW_* bits granted on every topic (root, global flags) and
@@ -222,7 +256,7 @@ def data_plane_grants(user) -> tuple[int, list]:
     """
     rules = ((Allow.ALLOW_SEND, SEND_RULE), (Allow.ALLOW_POLL, POLL_RULE))
     allow_all = sum(bit for bit, rule in rules if allowed(user, rule[0]))
-    grants = []
+    grants: list[tuple[int, int | None, int]] = []
     for sid, sp in ((user.permissions or {}).get("streams") or {}).items():
         bits = sum(bit for bit, rule in rules if allowed(user, (), sid, rule[1]))
         if bits & ~allow_all:

@@ -20,10 +20,10 @@ import inspect
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, TypeVar, TypeVarTuple, cast, overload
 
 from iggy._core.checksum import xxh3_64
 
@@ -32,7 +32,7 @@ from iggy.cluster import routing  # noqa: F401  (14, 103, 104, 123: FeatureUnava
 from iggy.control import groups, messages, streams, system, tokens, topics, users  # noqa: F401
 from iggy.control.clock import now_us
 from iggy.control.groups import GroupCoordinator
-from iggy.control.registry import COMMANDS, Command, Evict, invoke
+from iggy.control.registry import COMMANDS, Body, Command, Evict, invoke
 from iggy.control.throttle import Gate, LoginThrottle
 from iggy.engine.uring.routing import Routes
 from iggy.protocol import codes
@@ -41,8 +41,18 @@ from iggy.protocol.wire import HEADER_SIZE, Reader, RequestHeader, build_evictio
 
 if TYPE_CHECKING:
     from iggy.cluster.membership import Cluster
+    from iggy.config import Config
+    from iggy.metadata.state import UserMeta
+    from iggy.metadata.store import MetadataStore
+    from iggy.storage.partitions import Storage
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+
+# a reply frame: bytes, or [header, *buffers] to write as they are (handle(parts=True))
+Reply = bytes | list[bytes]
 
 TRANSPORT_TCP = 1
 TRANSPORT_QUIC = 2
@@ -69,12 +79,12 @@ class Session:
     user_generation: int = 0  # of the user logged in (metadata.state)
     session: int = 0
     client_uuid: int = 0
-    groups: set = field(default_factory=set)  # {(stream_id, topic_id, group_id)}
+    groups: set[tuple[int, int, int]] = field(default_factory=set)  # {(stream_id, topic_id, group_id)}
     last_seen: float = field(default_factory=time.monotonic)
-    close: Callable | None = None  # ends the connection (heartbeat eviction)
+    close: Callable[[], object] | None = None  # ends the connection (heartbeat eviction)
     # the engine's own clock of the connection's last complete request (time.monotonic()
     # seconds), for requests it served without this module (the shards' C data plane)
-    activity: Callable | None = None
+    activity: Callable[[], float] | None = None
     # its data-plane commands run on a shard thread, where there is no event loop: a
     # persisted append fsyncs before the command returns instead of joining the loop's group
     # commit (iggy.storage.partitions.Partition.after_append)
@@ -88,7 +98,7 @@ class Session:
 
 
 class ControlPlane:
-    def __init__(self, config, meta, storage) -> None:
+    def __init__(self, config: Config, meta: MetadataStore, storage: Storage) -> None:
         self.config = config
         self.meta = meta
         self.storage = storage
@@ -106,7 +116,7 @@ class ControlPlane:
         self.routes = Routes(meta, storage, self.groups)
         self.routes.sync()
         # {"shard_requests": n, "shard_requests_native": n} from the uring engine (metrics)
-        self.engine_counters: Callable[[], dict] = dict
+        self.engine_counters: Callable[[], dict[str, int]] = dict
 
     # ---------------------------------------------------------------- sessions
     #
@@ -116,7 +126,7 @@ class ControlPlane:
     # thread: it only takes the next client id) and posts `register_session` and
     # `close_session` to the loop, in that order (docs/ARCHITECTURE.md, "Threads").
 
-    def new_session(self, address: str, transport: int, close: Callable | None = None) -> Session:
+    def new_session(self, address: str, transport: int, close: Callable[[], object] | None = None) -> Session:
         """A Session with a fresh client id, not registered yet. Any thread: `next()` on an
         itertools.count is one step under the GIL."""
         return Session(next(self._client_ids), address, transport, close=close)
@@ -134,7 +144,7 @@ class ControlPlane:
             raise ConnectionLimit(session.address)
         self.sessions[session.client_id] = session
 
-    def open_session(self, address: str, transport: int, close: Callable | None = None) -> Session:
+    def open_session(self, address: str, transport: int, close: Callable[[], object] | None = None) -> Session:
         """new_session + register_session, for engines that run on the main loop."""
         session = self.new_session(address, transport, close)
         self.register_session(session)
@@ -150,7 +160,7 @@ class ControlPlane:
         session.user_id = None
         session.session = 0
 
-    def logout_user(self, user) -> None:
+    def logout_user(self, user: UserMeta) -> None:
         """Log out every session of `user` (deleted): they answer 40 from now on. A shard
         connection keeps the old (id, generation) in C until its next control-plane reply,
         which the routing table no longer grants anything."""
@@ -158,14 +168,14 @@ class ControlPlane:
             if session.user_id == user.id and session.user_generation == user.generation:
                 self.logout(session)
 
-    def bind_login(self, session: Session, user, client_uuid: int) -> int:
+    def bind_login(self, session: Session, user: UserMeta, client_uuid: int) -> int:
         session.user_id = user.id
         session.user_generation = user.generation
         session.session = next(self._session_numbers)
         session.client_uuid = client_uuid
         return session.session
 
-    def user_of(self, session: Session):
+    def user_of(self, session: Session) -> UserMeta | None:
         """The user the session is logged in as; None if nobody, or if that user was deleted
         (even when a newer user has its id now)."""
         if session.user_id is None:
@@ -175,13 +185,22 @@ class ControlPlane:
             return None
         return user
 
-    async def run_blocking(self, fn, *args):
+    async def run_blocking(self, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
         """Run CPU-heavy work (Argon2) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     # ---------------------------------------------------------------- dispatch
 
-    def handle(self, session: Session, header: RequestHeader, body: bytes, parts: bool = False):
+    @overload
+    def handle(
+        self, session: Session, header: RequestHeader, body: bytes, parts: Literal[False] = False
+    ) -> bytes | Awaitable[bytes]: ...
+    @overload
+    def handle(self, session: Session, header: RequestHeader, body: bytes, parts: bool) -> Reply | Awaitable[bytes]: ...
+
+    def handle(
+        self, session: Session, header: RequestHeader, body: bytes, parts: bool = False
+    ) -> Reply | Awaitable[bytes]:
         """Reply frame for one request: bytes, or an awaitable of bytes for async commands.
 
         A handler may return its body as a tuple of buffers (a poll: 16-byte head + the
@@ -190,6 +209,7 @@ class ControlPlane:
         """
         session.last_seen = time.monotonic()
         op = header.operation
+        code: int | None
         if op == codes.OP_READ:
             code = header.code
         elif op == codes.OP_REGISTER:
@@ -228,7 +248,17 @@ class ControlPlane:
             return [build_reply_header(header, 0, sum(len(p) for p in result)), *result]
         return self._ok_reply(header, result)
 
-    async def _finish_awaitable(self, cmd, header, pending):
+    def handle_on_shard(self, session: Session, header: RequestHeader, body: bytes) -> Reply:
+        """`handle(parts=True)` on a uring shard thread, for the commands a shard runs itself
+        (ping, send, poll, store offset: iggy.engine.uring.engine.SHARD_THREAD_COMMANDS). None
+        of them waits: a shard's session appends with `inline_fsync`, so a persisted append
+        fsyncs before it answers, and there is no event loop on the thread to wait with."""
+        reply = self.handle(session, header, body, parts=True)
+        if isinstance(reply, (bytes, list)):
+            return reply
+        raise AssertionError(f"command {header.code} returned an awaitable on a shard thread")
+
+    async def _finish_awaitable(self, cmd: Command, header: RequestHeader, pending: Awaitable[object]) -> bytes:
         try:
             result = await pending
             if result is not None and cmd.encode is not None:
@@ -237,8 +267,11 @@ class ControlPlane:
             return self._error_reply(header, exc, cmd)
         return self._ok_reply(header, result)
 
-    def _ok_reply(self, header: RequestHeader, result) -> bytes:
-        body = b"".join(result) if type(result) is tuple else (result or b"")
+    def _ok_reply(self, header: RequestHeader, result: object) -> bytes:
+        # what the command's encoder made, or what a command without one answered itself
+        # (its body, or None for an empty one)
+        reply = cast("Body | None", result)
+        body = b"".join(reply) if isinstance(reply, tuple) else (reply or b"")
         if header.operation in codes.RESULT_FRAMED_OPS or (header.operation == codes.OP_REGISTER):
             body = b"\x00\x00\x00\x00" + body
         return build_reply(header, 0, body, session=0)
@@ -247,7 +280,7 @@ class ControlPlane:
         if isinstance(exc, Evict):
             return build_eviction(header.client_bytes, exc.reason, exc.version, exc.version_min)
         if not isinstance(exc, IggyError):
-            log.exception("command %s failed", cmd.name)
+            log.error("command %s failed", cmd.name, exc_info=exc)
             exc = IggyError(ErrorCode.ERROR)
         if header.operation in codes.RESULT_FRAMED_OPS and exc.code not in _STATUS_CHANNEL:
             return build_reply(header, 0, b"\x01\x00\x00\x00\x00\x00\x00\x00" + exc.code.to_bytes(4, "little"))

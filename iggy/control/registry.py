@@ -35,33 +35,55 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Concatenate, TypeAlias, TypeVar
 
 from iggy.control import lookup
 from iggy.control import permissions as perm
+from iggy.control.lookup import Ident
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.protocol.wire import Reader
 
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane, Session
+
 FAIL = object()  # `missing`: a missing stream, topic or user fails with its not-found code
 
-Handler = Callable[..., Any]  # (plane, session, *arguments) -> result, or an awaitable of it
-Decoder = Callable[[Reader], tuple[Any, ...]]  # wire body -> arguments
-Encoder = Callable[[Any, Any], Any]  # (plane, result) -> binary reply body
+# (plane, session, *arguments) -> result, or an awaitable of it. The arguments and the result
+# differ from command to command; the decorators below hand each handler back with its own
+# signature, so its callers and its body are checked against that.
+Handler: TypeAlias = "Callable[Concatenate[ControlPlane, Session, ...], object]"
+H = TypeVar("H", bound=Handler)
+Decoder = Callable[[Reader], tuple[object, ...]]  # wire body -> arguments
+# the binary reply body: bytes, or a tuple of buffers written as they are (a poll's head + batches)
+Body: TypeAlias = bytes | tuple[bytes, ...]
+# (plane, result) -> binary reply body. Any: the result is its own handler's, of a type that
+# differs from command to command (the table holds them all)
+Encoder: TypeAlias = "Callable[[ControlPlane, Any], Body]"
 
 
 class Evict(Exception):
     """Answer with an Eviction frame (login refused, session dead)."""
 
-    def __init__(self, reason: int, version: int = 0, version_min: int = 0):
+    def __init__(self, reason: int, version: int = 0, version_min: int = 0) -> None:
         super().__init__(reason)
         self.reason = reason
         self.version = version
         self.version_min = version_min
 
 
-def no_body(r: Reader) -> tuple[Any, ...]:
+def no_body(r: Reader) -> tuple[()]:
     """The decoder of a command without arguments (bytes after them are ignored)."""
     return ()
+
+
+def read_ident(r: Reader) -> tuple[Ident]:
+    """The decoder of a command whose body is one Identifier (a stream, a user)."""
+    return (r.identifier(),)
+
+
+def read_stream_topic(r: Reader) -> tuple[Ident, Ident]:
+    """The decoder of a command whose body is `Identifier stream, Identifier topic`."""
+    return r.identifier(), r.identifier()
 
 
 @dataclass(frozen=True)
@@ -84,10 +106,10 @@ def command(
     decode: Decoder = no_body,
     encode: Encoder | None = None,
     missing: object = FAIL,
-) -> Callable[[Handler], Handler]:
+) -> Callable[[H], H]:
     """Register the decorated function as the handler of command `code` (once per code)."""
 
-    def deco(fn: Handler) -> Handler:
+    def deco(fn: H) -> H:
         if code in COMMANDS:
             raise RuntimeError(f"command {code} registered twice ({COMMANDS[code].name}, {fn.__name__})")
         COMMANDS[code] = Command(code, fn.__name__, needs, fn, decode, encode, missing)
@@ -112,17 +134,18 @@ def _refuse() -> IggyError:
 
 
 def invoke(
-    plane: Any,
-    session: Any,
+    plane: ControlPlane,
+    session: Session,
     cmd: Command,
     args: tuple[Any, ...],
     missing: Callable[[], Exception] | None = None,
-) -> Any:
+) -> object:
     """Look up the scope of `cmd`, check its rule for `session`'s user, run it.
 
     Returns the handler's result (possibly an awaitable). `missing`, when given, is raised
     instead of the command's own answer when the scope's entity does not exist (the REST
-    API's generic 404 of a read).
+    API's generic 404 of a read). `args` are the command's own (Any: their types are those of
+    its handler's parameters, which differ per command); the first ones name the scope.
     """
     needs = cmd.needs
     scope = needs.scope
@@ -157,7 +180,7 @@ def invoke(
     raise AssertionError(f"unknown scope {scope!r} of command {cmd.name}")
 
 
-def _missing(cmd: Command, missing: Callable[[], Exception] | None, code: ErrorCode) -> Any:
+def _missing(cmd: Command, missing: Callable[[], Exception] | None, code: ErrorCode) -> object:
     if missing is not None:
         raise missing()
     if cmd.missing is FAIL:

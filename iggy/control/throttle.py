@@ -43,7 +43,8 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 from iggy.protocol.errors import ErrorCode, IggyError
 
@@ -52,29 +53,37 @@ class LoginBackoff(IggyError):
     """A login refused unchecked while its address or username is backed off: error 42, as
     a wrong password, plus the seconds to wait (HTTP sends them as Retry-After)."""
 
-    def __init__(self, code: ErrorCode, retry_after: float):
+    def __init__(self, code: ErrorCode, retry_after: float) -> None:
         super().__init__(code)
         self.retry_after = retry_after
+
+
+@dataclass
+class _Logged:
+    at: float  # monotonic of the last line
+    held: int = 0  # lines held back since
 
 
 class LogLimiter:
     """At most one log line per key every `interval` seconds; the next line says how many
     were held back. Keys are fixed strings of the caller, so the table stays small."""
 
-    def __init__(self, logger: logging.Logger, interval: float = 60.0, clock=time.monotonic):
+    def __init__(
+        self, logger: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.logger = logger
         self.interval = interval
         self.clock = clock
-        self._last: dict[str, list] = {}  # key -> [monotonic of the last line, lines held back]
+        self._last: dict[str, _Logged] = {}
 
-    def log(self, level: int, key: str, message: str, *args) -> None:
+    def log(self, level: int, key: str, message: str, *args: object) -> None:
         now = self.clock()
         entry = self._last.get(key)
-        if entry is not None and now - entry[0] < self.interval:
-            entry[1] += 1
+        if entry is not None and now - entry.at < self.interval:
+            entry.held += 1
             return
-        held = entry[1] if entry is not None else 0
-        self._last[key] = [now, 0]
+        held = entry.held if entry is not None else 0
+        self._last[key] = _Logged(now)
         if held:
             message += " (%d more like it in the last %.0f s)"
             args = (*args, held, self.interval)
@@ -118,8 +127,8 @@ class LoginThrottle:
         forget: float = 900.0,
         max_entries: int = 10_000,
         max_trusted: int = 8,
-        clock=time.monotonic,
-    ):
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.free = free
         self.base = base
         self.cap = cap
@@ -130,7 +139,7 @@ class LoginThrottle:
         self.addresses: OrderedDict[str, _Entry] = OrderedDict()
         self.users: OrderedDict[str, _Entry] = OrderedDict()
         # username -> {address key: failures since its last correct login}, newest last
-        self.trusted: OrderedDict[str, dict] = OrderedDict()
+        self.trusted: OrderedDict[str, dict[str, int]] = OrderedDict()
 
     def retry_after(self, address: str, username: str | None = None) -> float:
         """Seconds until a login from `address` naming `username` is checked; 0 = now."""
@@ -174,7 +183,7 @@ class LoginThrottle:
         while len(self.trusted) > self.max_entries:
             self.trusted.popitem(last=False)
 
-    def _bump(self, table: OrderedDict, key: str, now: float) -> None:
+    def _bump(self, table: OrderedDict[str, _Entry], key: str, now: float) -> None:
         entry = table.pop(key, None)
         if entry is None or now - entry.last > self.forget:
             entry = _Entry()
@@ -193,20 +202,28 @@ class Gate:
     behind itself and never holds both hashing threads, so other hosts' logins keep their
     usual speed. Entries live only while someone holds or waits on them."""
 
-    def __init__(self):
-        self._locks: dict[str, list] = {}  # key -> [asyncio.Lock, holders + waiters]
+    def __init__(self) -> None:
+        self._locks: dict[str, _Queue] = {}
 
     @contextlib.asynccontextmanager
-    async def __call__(self, address: str):
+    async def __call__(self, address: str) -> AsyncIterator[None]:
         key = address_key(address)
         entry = self._locks.get(key)
         if entry is None:
-            entry = self._locks[key] = [asyncio.Lock(), 0]
-        entry[1] += 1
+            entry = self._locks[key] = _Queue()
+        entry.users += 1
         try:
-            async with entry[0]:
+            async with entry.lock:
                 yield
         finally:
-            entry[1] -= 1
-            if entry[1] == 0:
+            entry.users -= 1
+            if entry.users == 0:
                 del self._locks[key]
+
+
+@dataclass(eq=False)
+class _Queue:
+    """The lock of one address, and how many hold it or wait on it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0

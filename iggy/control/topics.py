@@ -21,16 +21,22 @@ Wire bodies (TCP.md 7.1, 9.4, 9.5)::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from iggy.control import permissions as perm
 from iggy.control.clock import now_us
-from iggy.control.registry import command
-from iggy.metadata.state import lowest_free_id
+from iggy.control.lookup import Ident
+from iggy.control.registry import command, read_ident, read_stream_topic
+from iggy.metadata.state import StreamMeta, TopicMeta, lowest_free_id
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.protocol.wire import Reader, Writer
 from iggy.units import parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane, Session
 
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 MAX_TOPICS_PER_STREAM = 4096
@@ -43,12 +49,19 @@ KIND_STRING = 2
 KIND_U32 = 11
 KIND_U64 = 12
 
+OptionValue = bool | int | str  # by the option's kind: KIND_BOOL, KIND_U32/U64, KIND_STRING
+# every option of a topic resolved, {key: value}: Any, as the type of a value is its key's
+# (TopicMeta.settings)
+Settings = dict[str, Any]
+# writes one topic header of a reply: (plane, writer, stream id, topic)
+TopicLayout = Callable[["ControlPlane", Writer, int, TopicMeta], None]
+
 
 @dataclass(frozen=True)
 class TopicOption:
     key: str
     kind: int  # header kind used when the value is written back
-    default: object
+    default: OptionValue
     updatable: bool
     description: str
     described: bool = True  # listed by DescribeOptions (the SDK-only durability keys are not)
@@ -133,7 +146,7 @@ def _bad(key: str) -> IggyError:
     return IggyError(ErrorCode.INVALID_OPTION_VALUE, f"invalid value for option {key}", field=key)
 
 
-def _as_int(key: str, kind: int, raw: bytes, text_parser) -> int:
+def _as_int(key: str, kind: int, raw: bytes, text_parser: Callable[[str], int]) -> int:
     if 9 <= kind <= 13 and len(raw) in (1, 2, 4, 8, 16):
         return int.from_bytes(raw, "little")
     if kind == KIND_STRING:
@@ -150,7 +163,7 @@ def _as_int(key: str, kind: int, raw: bytes, text_parser) -> int:
     raise _bad(key)
 
 
-def parse_option(key: str, kind: int, raw: bytes):
+def parse_option(key: str, kind: int, raw: bytes) -> OptionValue:
     """Decode one option value from its TLV kind and bytes, by the key's type."""
     opt = TOPIC_OPTIONS[key]
     if opt.kind == KIND_BOOL:
@@ -167,12 +180,12 @@ def parse_option(key: str, kind: int, raw: bytes):
     return _as_int(key, kind, raw, parser)
 
 
-def read_options(r: Reader) -> dict:
+def read_options(r: Reader) -> dict[str, OptionValue]:
     """The request options block as {key: value}; unknown keys -> 4041, bad values -> 4042."""
     entries = r.tlv() if r.remaining() else []
     if len(entries) % 2:
         raise IggyError(ErrorCode.INVALID_FORMAT)
-    out = {}
+    out: dict[str, OptionValue] = {}
     for i in range(0, len(entries), 2):
         (kkind, kraw), (vkind, vraw) = entries[i], entries[i + 1]
         if kkind != KIND_STRING or not 1 <= len(kraw) <= 255 or not 1 <= len(vraw) <= 255:
@@ -186,9 +199,9 @@ def read_options(r: Reader) -> dict:
     return out
 
 
-def options_from_text(pairs: dict) -> dict:
+def options_from_text(pairs: Mapping[str, object]) -> dict[str, OptionValue]:
     """{key: value} from string pairs (the REST API's `options` map), parsed as read_options does."""
-    out = {}
+    out: dict[str, OptionValue] = {}
     for key, text in pairs.items():
         if key not in TOPIC_OPTIONS:
             raise IggyError(ErrorCode.UNSUPPORTED_OPTION_KEY, f"unsupported option key {key}", field=key)
@@ -196,7 +209,7 @@ def options_from_text(pairs: dict) -> dict:
     return out
 
 
-def validate_settings(settings: dict, partitions_count: int) -> None:
+def validate_settings(settings: Mapping[str, Any], partitions_count: int) -> None:
     """The range rules of SEMANTICS 3.2 on a fully resolved settings dict."""
     if settings["compression_algorithm"] not in ("none", "gzip"):
         raise _bad("compression_algorithm")
@@ -216,9 +229,9 @@ def validate_settings(settings: dict, partitions_count: int) -> None:
         raise _bad("preallocate_segments")
 
 
-def resolve(options: dict) -> dict:
+def resolve(options: Mapping[str, OptionValue]) -> Settings:
     """Fill defaults; 0 for message_expiry / max_topic_size means "server default"."""
-    settings = {k: o.default for k, o in TOPIC_OPTIONS.items()}
+    settings: Settings = {k: o.default for k, o in TOPIC_OPTIONS.items()}
     for k, v in options.items():
         if k in ("message_expiry", "max_topic_size") and v == 0:
             v = TOPIC_OPTIONS[k].default
@@ -226,7 +239,7 @@ def resolve(options: dict) -> dict:
     return settings
 
 
-def encode_value(kind: int, value) -> bytes:
+def encode_value(kind: int, value: OptionValue) -> bytes:
     if kind == KIND_BOOL:
         return b"\x01" if value else b"\x00"
     if kind == KIND_STRING:
@@ -236,7 +249,7 @@ def encode_value(kind: int, value) -> bytes:
     return int(value).to_bytes(8, "little")
 
 
-def _options_entries(topic, keys) -> list:
+def _options_entries(topic: TopicMeta, keys: Iterable[str]) -> list[tuple[int, bytes]]:
     entries = []
     for key in sorted(keys):
         opt = TOPIC_OPTIONS[key]
@@ -245,7 +258,7 @@ def _options_entries(topic, keys) -> list:
     return entries
 
 
-def encode_topic_header(plane, w: Writer, stream_id: int, t) -> None:
+def encode_topic_header(plane: ControlPlane, w: Writer, stream_id: int, t: TopicMeta) -> None:
     size, messages = plane.storage.topic_stats(stream_id, t)
     s = t.settings
     explicit = set(t.explicit)
@@ -256,7 +269,7 @@ def encode_topic_header(plane, w: Writer, stream_id: int, t) -> None:
     w.options(_options_entries(t, set(TOPIC_OPTIONS) - explicit))
 
 
-def encode_topic_details(plane, stream_id: int, t) -> bytes:
+def encode_topic_details(plane: ControlPlane, stream_id: int, t: TopicMeta) -> bytes:
     w = Writer()
     encode_topic_header(plane, w, stream_id, t)
     for p in sorted(t.partitions.values(), key=lambda p: p.id):
@@ -265,7 +278,12 @@ def encode_topic_details(plane, stream_id: int, t) -> bytes:
     return w.getvalue()
 
 
-def encode_topics(plane, found) -> bytes:
+# a topic and its stream; a stream and its topics (or () when the stream does not exist)
+FoundTopic = tuple[StreamMeta, TopicMeta]
+FoundTopics = tuple[StreamMeta, list[TopicMeta]] | tuple[()]
+
+
+def encode_topics(plane: ControlPlane, found: FoundTopics) -> bytes:
     """GetTopics: u32 count + TopicHeader x count; `found` is (stream, topics) or () for a
     stream that does not exist."""
     if not found:
@@ -277,7 +295,7 @@ def encode_topics(plane, found) -> bytes:
     return w.getvalue()
 
 
-def encode_found_topic(plane, found) -> bytes:
+def encode_found_topic(plane: ControlPlane, found: FoundTopic) -> bytes:
     s, t = found
     return encode_topic_details(plane, s.id, t)
 
@@ -285,33 +303,25 @@ def encode_found_topic(plane, found) -> bytes:
 # ------------------------------------------------------------------- request bodies
 
 
-def read_stream_topic(r: Reader) -> tuple:
-    return r.identifier(), r.identifier()
-
-
-def read_stream_ident(r: Reader) -> tuple:
-    return (r.identifier(),)
-
-
-def read_create(r: Reader) -> tuple:
+def read_create(r: Reader) -> tuple[Ident, str, int, dict[str, OptionValue]]:
     sid = r.identifier()
     partitions = r.u32()
     name = r.name()
     return sid, name, partitions, read_options(r)
 
 
-def read_update(r: Reader) -> tuple:
+def read_update(r: Reader) -> tuple[Ident, Ident, str, dict[str, OptionValue]]:
     sid, tid = r.identifier(), r.identifier()
     name = r.name()
     return sid, tid, name, read_options(r)
 
 
-def read_partitions(r: Reader) -> tuple:
+def read_partitions(r: Reader) -> tuple[Ident, Ident, int]:
     sid, tid = r.identifier(), r.identifier()
     return sid, tid, r.u32()
 
 
-def read_delete_segments(r: Reader) -> tuple:
+def read_delete_segments(r: Reader) -> tuple[Ident, Ident, int, int]:
     sid, tid = r.identifier(), r.identifier()
     partition_id = r.u32()
     return sid, tid, partition_id, r.u32()
@@ -321,19 +331,21 @@ def read_delete_segments(r: Reader) -> tuple:
 
 
 @command(codes.GET_TOPIC, needs=perm.READ_TOPIC, decode=read_stream_topic, encode=encode_found_topic, missing=None)
-def get_topic(plane, session, s, t):
+def get_topic(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta) -> FoundTopic:
     return s, t
 
 
 # a missing stream lists as empty, not 1009 (upstream's "legacy parity" in
 # core/server/src/responses.rs, build_get_topics_response); nothing to permit
-@command(codes.GET_TOPICS, needs=perm.LIST_TOPICS, decode=read_stream_ident, encode=encode_topics, missing=())
-def get_topics(plane, session, s):
+@command(codes.GET_TOPICS, needs=perm.LIST_TOPICS, decode=read_ident, encode=encode_topics, missing=())
+def get_topics(plane: ControlPlane, session: Session, s: StreamMeta) -> FoundTopics:
     return s, sorted(s.topics.values(), key=lambda t: t.id)
 
 
 @command(codes.CREATE_TOPIC, needs=perm.CREATE_TOPIC, decode=read_create, encode=encode_found_topic)
-def create_topic(plane, session, s, name: str, partitions: int, options: dict):
+def create_topic(
+    plane: ControlPlane, session: Session, s: StreamMeta, name: str, partitions: int, options: Mapping[str, OptionValue]
+) -> FoundTopic:
     if partitions > MAX_PARTITIONS_PER_REQUEST:
         raise IggyError(ErrorCode.TOO_MANY_PARTITIONS)
     settings = resolve(options)
@@ -366,13 +378,15 @@ def create_topic(plane, session, s, name: str, partitions: int, options: dict):
 
 
 @command(codes.UPDATE_TOPIC, needs=perm.MANAGE_TOPIC, decode=read_update)
-def update_topic(plane, session, s, t, name: str, options: dict) -> None:
+def update_topic(
+    plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, name: str, options: Mapping[str, OptionValue]
+) -> None:
     for key in options:
         if not TOPIC_OPTIONS[key].updatable:
             raise IggyError(ErrorCode.UNSUPPORTED_OPTION_KEY, f"option {key} can't be changed", field=key)
     if any(o.name == name and o.id != t.id for o in s.topics.values()):
         raise IggyError(ErrorCode.TOPIC_NAME_ALREADY_EXISTS)
-    patch = {}
+    patch: dict[str, OptionValue] = {}
     for k, v in options.items():
         patch[k] = TOPIC_OPTIONS[k].default if k in ("message_expiry", "max_topic_size") and v == 0 else v
     merged = dict(t.settings, **patch)
@@ -381,19 +395,19 @@ def update_topic(plane, session, s, t, name: str, options: dict) -> None:
 
 
 @command(codes.DELETE_TOPIC, needs=perm.MANAGE_TOPIC, decode=read_stream_topic)
-def delete_topic(plane, session, s, t) -> None:
+def delete_topic(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta) -> None:
     plane.meta.commit({"op": "topic.delete", "stream": s.id, "id": t.id})
     plane.groups.forget_topic(s.id, t.id)
     plane.storage.delete_topic(s.id, t.id)
 
 
 @command(codes.PURGE_TOPIC, needs=perm.MANAGE_TOPIC, decode=read_stream_topic)
-def purge_topic(plane, session, s, t) -> None:
+def purge_topic(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta) -> None:
     plane.storage.purge_topic(s.id, t)
 
 
 @command(codes.CREATE_PARTITIONS, needs=perm.MANAGE_TOPIC, decode=read_partitions)
-def create_partitions(plane, session, s, t, count: int) -> None:
+def create_partitions(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, count: int) -> None:
     if not 1 <= count <= MAX_PARTITIONS_PER_REQUEST:
         raise IggyError(ErrorCode.INVALID_PARTITIONS_COUNT)
     first = max(t.partitions) + 1 if t.partitions else 0
@@ -411,7 +425,7 @@ def create_partitions(plane, session, s, t, count: int) -> None:
 
 
 @command(codes.DELETE_PARTITIONS, needs=perm.MANAGE_TOPIC, decode=read_partitions)
-def delete_partitions(plane, session, s, t, count: int) -> None:
+def delete_partitions(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, count: int) -> None:
     if not 1 <= count <= MAX_PARTITIONS_PER_REQUEST or count > len(t.partitions):
         raise IggyError(ErrorCode.INVALID_PARTITIONS_COUNT)
     ids = sorted(t.partitions)[-count:]
@@ -421,7 +435,9 @@ def delete_partitions(plane, session, s, t, count: int) -> None:
 
 
 @command(codes.DELETE_SEGMENTS, needs=perm.MANAGE_TOPIC, decode=read_delete_segments)
-def delete_segments(plane, session, s, t, partition_id: int, count: int) -> None:
+def delete_segments(
+    plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, partition_id: int, count: int
+) -> None:
     """Delete the oldest `count` sealed segments of one partition.
 
     The active segment is never deleted, and deletion stops at the consumer barrier (a

@@ -187,7 +187,7 @@ class ShardHandler:
         inject_fault(h)
         code = h.code if h.operation == codes.OP_READ else codes.OPERATION_CODES.get(h.operation)
         if code in SHARD_THREAD_COMMANDS:
-            reply: bytes | list[bytes] = self.plane.handle(session, h, body, parts=True)
+            reply: bytes | list[bytes] = self.plane.handle_on_shard(session, h, body)
             return reply
         self.loop.call_soon_threadsafe(self._control, shard, token, session, h, body)
         return None

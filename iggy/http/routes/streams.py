@@ -109,7 +109,7 @@ async def purge_stream(ctx: Ctx, caller: Caller, stream_id: FromPath[str]) -> No
 
 def topic_options(
     compression: str | None, message_expiry: int | None, max_topic_size: int | None, options: dict[str, str] | None
-) -> dict[str, object]:
+) -> dict[str, topics.OptionValue]:
     """The option values of a create/update body: the `options` map plus the fixed fields.
 
     `message_expiry` / `max_topic_size` of 0 mean "server default" and are left out, so the

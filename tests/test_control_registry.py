@@ -352,9 +352,7 @@ def tcp_outcome(matrix: Matrix, name: str, w: C.World):
 
 
 def http_outcome(http: httpx.Client, auth: dict, name: str, w: C.World):
-    route = ROUTES[name]
-    body = route.json(w) if route.json else None
-    r = http.request(route.method, route.path(w), json=body, params=route.params, headers=auth)
+    r = ROUTES[name].request(http, w, auth)
     if r.status_code < 300:
         return "ok"
     body = r.json()

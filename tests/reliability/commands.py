@@ -17,6 +17,8 @@ import base64
 import struct
 from dataclasses import dataclass, field
 
+import httpx
+
 from iggy.control import permissions as perm
 from iggy.protocol import codes
 from iggy.protocol.batch import build_batch
@@ -241,224 +243,93 @@ BY_NAME = {c.name: c for c in COMMANDS}
 class Route:
     name: str
     method: str
-    path: object  # World -> str
+    template: str  # the path, formatted with the World as `w`
     rule: str
     ok: int  # status of a success
-    json: object = None  # World -> dict | None
+    json: dict | None = None
     params: dict = field(default_factory=dict)
-    destructive: bool = False
+    destructive: bool | None = None  # success changes the world; by default every write does
     prepare: str | None = None
     after: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.destructive is None:
+            self.destructive = self.method != "GET"
 
-def _t(w: World) -> str:
-    return f"/streams/{w.stream}/topics/{w.topic}"
+    def path(self, w: World) -> str:
+        return self.template.format(w=w)
 
+    def request(self, http: httpx.Client, w: World, headers: dict) -> httpx.Response:
+        return http.request(self.method, self.path(w), json=self.json, params=self.params, headers=headers)
+
+
+# path templates (the world fills in the ids), then the request bodies and query parameters
+_U = "/users/{w.victim}"
+_S = "/streams/{w.stream}"
+_T = _S + "/topics/{w.topic}"
+_SNAPSHOT = {"compression": "Stored", "snapshot_types": ["Test"]}
+_NEW_USER = {"username": "pm-created", "password": "secret1", "status": "active"}
+_NEW_PASSWORD = {"current_password": VICTIM_PASSWORD, "new_password": "victim-new"}
+_NEW_TOKEN = {"name": "pm-tok", "expiry": 0}
+_NEW_TOPIC = {
+    "name": "pm-t-new",
+    "partitions_count": 1,
+    "compression_algorithm": "none",
+    "message_expiry": 0,
+    "max_topic_size": 0,
+}
+_OFFSET_OF = {"consumer_id": CONSUMER, "partition_id": 0}
+_STORE_OFFSET = {"consumer_id": str(CONSUMER), "partition_id": 0, "offset": 0}
+_POLL = {**_OFFSET_OF, "kind": "offset", "value": 0, "count": 10}
+_SEND = {
+    "partitioning": {"kind": "partition_id", "value": base64.b64encode(_u32(0)).decode()},
+    "messages": [{"payload": base64.b64encode(b"matrix").decode()}],
+}
 
 ROUTES = [
-    Route("ping", "GET", lambda w: "/ping", "public", 200),
-    Route("stats", "GET", lambda w: "/stats", "read_servers", 200),
-    Route("clients", "GET", lambda w: "/clients", "read_servers", 200),
-    Route("client", "GET", lambda w: f"/clients/{w.root_client}", "read_servers", 200),
-    Route("cluster_metadata", "GET", lambda w: "/cluster/metadata", "auth", 200),
-    Route("options", "GET", lambda w: "/options/topic", "auth", 200),
-    Route("metrics", "GET", lambda w: "/metrics", "auth", 200),
-    Route(
-        "snapshot",
-        "POST",
-        lambda w: "/snapshot",
-        "read_servers",
-        200,
-        json=lambda w: {"compression": "Stored", "snapshot_types": ["Test"]},
-    ),
-    Route("users", "GET", lambda w: "/users", "read_users", 200),
-    Route("user", "GET", lambda w: f"/users/{w.victim}", "read_users", 200),
-    Route(
-        "create_user",
-        "POST",
-        lambda w: "/users",
-        "manage_users",
-        200,
-        json=lambda w: {"username": "pm-created", "password": "secret1", "status": "active"},
-        destructive=True,
-    ),
-    Route(
-        "update_user",
-        "PUT",
-        lambda w: f"/users/{w.victim}",
-        "manage_users",
-        204,
-        json=lambda w: {"username": "victim-renamed"},
-        destructive=True,
-    ),
-    Route("delete_user", "DELETE", lambda w: f"/users/{w.victim}", "manage_users", 204, destructive=True),
-    Route(
-        "change_password",
-        "PUT",
-        lambda w: f"/users/{w.victim}/password",
-        "manage_users",
-        204,
-        json=lambda w: {"current_password": VICTIM_PASSWORD, "new_password": "victim-new"},
-        destructive=True,
-    ),
-    Route(
-        "update_permissions",
-        "PUT",
-        lambda w: f"/users/{w.victim}/permissions",
-        "manage_users",
-        204,
-        json=lambda w: {"permissions": None},
-        destructive=True,
-    ),
-    Route("tokens", "GET", lambda w: "/personal-access-tokens", "auth", 200),
-    Route(
-        "create_token",
-        "POST",
-        lambda w: "/personal-access-tokens",
-        "auth",
-        200,
-        json=lambda w: {"name": "pm-tok", "expiry": 0},
-        destructive=True,
-    ),
-    Route(
-        "delete_token",
-        "DELETE",
-        lambda w: "/personal-access-tokens/pm-tok",
-        "auth",
-        204,
-        destructive=True,
-        prepare="create_token",
-    ),
-    Route("streams", "GET", lambda w: "/streams", "list_streams", 200),
-    Route(
-        "create_stream",
-        "POST",
-        lambda w: "/streams",
-        "create_stream",
-        200,
-        json=lambda w: {"name": "pm-new"},
-        destructive=True,
-    ),
-    Route("stream", "GET", lambda w: f"/streams/{w.stream}", "read_stream", 200),
-    Route(
-        "update_stream",
-        "PUT",
-        lambda w: f"/streams/{w.stream}",
-        "manage_stream",
-        204,
-        json=lambda w: {"name": "pm-s-renamed"},
-        destructive=True,
-    ),
-    Route("delete_stream", "DELETE", lambda w: f"/streams/{w.stream}", "manage_stream", 204, destructive=True),
-    Route("purge_stream", "DELETE", lambda w: f"/streams/{w.stream}/purge", "manage_stream", 204, destructive=True),
-    Route("topics", "GET", lambda w: f"/streams/{w.stream}/topics", "list_topics", 200),
-    Route(
-        "create_topic",
-        "POST",
-        lambda w: f"/streams/{w.stream}/topics",
-        "create_topic",
-        200,
-        json=lambda w: {
-            "name": "pm-t-new",
-            "partitions_count": 1,
-            "compression_algorithm": "none",
-            "message_expiry": 0,
-            "max_topic_size": 0,
-        },
-        destructive=True,
-    ),
-    Route("topic", "GET", _t, "read_topic", 200),
-    Route("update_topic", "PUT", _t, "manage_topic", 204, json=lambda w: {"name": "pm-t-renamed"}, destructive=True),
-    Route("delete_topic", "DELETE", _t, "manage_topic", 204, destructive=True),
-    Route("purge_topic", "DELETE", lambda w: _t(w) + "/purge", "manage_topic", 204, destructive=True),
-    Route(
-        "create_partitions",
-        "POST",
-        lambda w: _t(w) + "/partitions",
-        "manage_topic",
-        200,
-        json=lambda w: {"partitions_count": 1},
-        destructive=True,
-    ),
-    Route(
-        "delete_partitions",
-        "DELETE",
-        lambda w: _t(w) + "/partitions",
-        "manage_topic",
-        204,
-        params={"partitions_count": 1},
-        destructive=True,
-    ),
-    Route(
-        "delete_segments",
-        "DELETE",
-        lambda w: _t(w) + "/partitions/0",
-        "manage_topic",
-        204,
-        params={"segments_count": 1},
-        destructive=True,
-    ),
-    Route("groups", "GET", lambda w: _t(w) + "/consumer-groups", "read_topic", 200),
-    Route(
-        "create_group",
-        "POST",
-        lambda w: _t(w) + "/consumer-groups",
-        "read_topic",
-        200,
-        json=lambda w: {"name": "pm-g-new"},
-        destructive=True,
-    ),
-    Route("group", "GET", lambda w: _t(w) + f"/consumer-groups/{w.group}", "read_topic", 200),
-    Route(
-        "delete_group", "DELETE", lambda w: _t(w) + f"/consumer-groups/{w.group}", "read_topic", 204, destructive=True
-    ),
-    Route(
-        "get_offset",
-        "GET",
-        lambda w: _t(w) + "/consumer-offsets",
-        "poll",
-        200,
-        params={"consumer_id": CONSUMER, "partition_id": 0},
-    ),
-    Route(
-        "store_offset",
-        "PUT",
-        lambda w: _t(w) + "/consumer-offsets",
-        "poll",
-        204,
-        json=lambda w: {"consumer_id": str(CONSUMER), "partition_id": 0, "offset": 0},
-        destructive=True,
-    ),
-    Route(
-        "delete_offset",
-        "DELETE",
-        lambda w: _t(w) + f"/consumer-offsets/{CONSUMER}",
-        "poll",
-        204,
-        params={"partition_id": 0},
-        destructive=True,
-    ),
-    Route(
-        "poll",
-        "GET",
-        lambda w: _t(w) + "/messages",
-        "poll",
-        200,
-        params={"consumer_id": CONSUMER, "partition_id": 0, "kind": "offset", "value": 0, "count": 10},
-    ),
-    Route(
-        "send",
-        "POST",
-        lambda w: _t(w) + "/messages",
-        "send",
-        201,
-        json=lambda w: {
-            "partitioning": {"kind": "partition_id", "value": base64.b64encode(_u32(0)).decode()},
-            "messages": [{"payload": base64.b64encode(b"matrix").decode()}],
-        },
-        destructive=True,
-    ),
-    Route("logout", "DELETE", lambda w: "/users/logout", "auth", 204, after="relogin"),
+    Route("ping", "GET", "/ping", "public", 200),
+    Route("stats", "GET", "/stats", "read_servers", 200),
+    Route("clients", "GET", "/clients", "read_servers", 200),
+    Route("client", "GET", "/clients/{w.root_client}", "read_servers", 200),
+    Route("cluster_metadata", "GET", "/cluster/metadata", "auth", 200),
+    Route("options", "GET", "/options/topic", "auth", 200),
+    Route("metrics", "GET", "/metrics", "auth", 200),
+    Route("snapshot", "POST", "/snapshot", "read_servers", 200, json=_SNAPSHOT, destructive=False),
+    Route("users", "GET", "/users", "read_users", 200),
+    Route("user", "GET", _U, "read_users", 200),
+    Route("create_user", "POST", "/users", "manage_users", 200, json=_NEW_USER),
+    Route("update_user", "PUT", _U, "manage_users", 204, json={"username": "victim-renamed"}),
+    Route("delete_user", "DELETE", _U, "manage_users", 204),
+    Route("change_password", "PUT", _U + "/password", "manage_users", 204, json=_NEW_PASSWORD),
+    Route("update_permissions", "PUT", _U + "/permissions", "manage_users", 204, json={"permissions": None}),
+    Route("tokens", "GET", "/personal-access-tokens", "auth", 200),
+    Route("create_token", "POST", "/personal-access-tokens", "auth", 200, json=_NEW_TOKEN),
+    Route("delete_token", "DELETE", "/personal-access-tokens/pm-tok", "auth", 204, prepare="create_token"),
+    Route("streams", "GET", "/streams", "list_streams", 200),
+    Route("create_stream", "POST", "/streams", "create_stream", 200, json={"name": "pm-new"}),
+    Route("stream", "GET", _S, "read_stream", 200),
+    Route("update_stream", "PUT", _S, "manage_stream", 204, json={"name": "pm-s-renamed"}),
+    Route("delete_stream", "DELETE", _S, "manage_stream", 204),
+    Route("purge_stream", "DELETE", _S + "/purge", "manage_stream", 204),
+    Route("topics", "GET", _S + "/topics", "list_topics", 200),
+    Route("create_topic", "POST", _S + "/topics", "create_topic", 200, json=_NEW_TOPIC),
+    Route("topic", "GET", _T, "read_topic", 200),
+    Route("update_topic", "PUT", _T, "manage_topic", 204, json={"name": "pm-t-renamed"}),
+    Route("delete_topic", "DELETE", _T, "manage_topic", 204),
+    Route("purge_topic", "DELETE", _T + "/purge", "manage_topic", 204),
+    Route("create_partitions", "POST", _T + "/partitions", "manage_topic", 200, json={"partitions_count": 1}),
+    Route("delete_partitions", "DELETE", _T + "/partitions", "manage_topic", 204, params={"partitions_count": 1}),
+    Route("delete_segments", "DELETE", _T + "/partitions/0", "manage_topic", 204, params={"segments_count": 1}),
+    Route("groups", "GET", _T + "/consumer-groups", "read_topic", 200),
+    Route("create_group", "POST", _T + "/consumer-groups", "read_topic", 200, json={"name": "pm-g-new"}),
+    Route("group", "GET", _T + "/consumer-groups/{w.group}", "read_topic", 200),
+    Route("delete_group", "DELETE", _T + "/consumer-groups/{w.group}", "read_topic", 204),
+    Route("get_offset", "GET", _T + "/consumer-offsets", "poll", 200, params=_OFFSET_OF),
+    Route("store_offset", "PUT", _T + "/consumer-offsets", "poll", 204, json=_STORE_OFFSET),
+    Route("delete_offset", "DELETE", _T + f"/consumer-offsets/{CONSUMER}", "poll", 204, params={"partition_id": 0}),
+    Route("poll", "GET", _T + "/messages", "poll", 200, params=_POLL),
+    Route("send", "POST", _T + "/messages", "send", 201, json=_SEND),
+    Route("logout", "DELETE", "/users/logout", "auth", 204, destructive=False, after="relogin"),
 ]
 
 

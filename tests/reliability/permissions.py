@@ -155,48 +155,51 @@ class Matrix:
             _ok(self.actor.call(148, 0, ident(w.stream) + ident(w.topic) + ident(w.group)), "join")
 
     def run_tcp(self, log=None) -> None:
-        for cmd in C.COMMANDS:
+        self._walk(_Tcp(self), C.COMMANDS, log)
+
+    def run_http(self, log=None) -> None:
+        with httpx.Client(base_url=self.server.http_url, timeout=30) as http:
+            self._walk(_Http(self, http), C.ROUTES, log)
+
+    def _walk(self, via, entries, log) -> None:
+        """Each command or route unauthenticated, then as the actor with each permission set of
+        its rule (tests/reliability/commands.py, permission_cases)."""
+        for e in entries:
             w = self.world
-            # unauthenticated, on a fresh connection
-            anon = Client(self.server.tcp_address, login=False)
+            where = f"{via.name} {e.name}"
             before = self.state()
-            reply = anon.call(cmd.op, cmd.code, cmd.body(w))
-            anon.close()
-            self.counts["tcp_calls"] += 1
-            if cmd.rule == "public":
-                if reply.code:
-                    raise Failure(f"TCP {cmd.name} unauthenticated: {reply}")
-            else:
-                if reply.status != 40:
-                    raise Failure(f"TCP {cmd.name} unauthenticated: expected status 40, got {reply}")
-                self._unchanged(before, f"TCP {cmd.name} unauthenticated")
-            for label, perms, should_pass in C.permission_cases(cmd.rule, w):
+            got = via.verdict(e, via.anonymous(e, w))
+            self.counts[f"{via.name.lower()}_calls"] += 1
+            want = GRANTED if e.rule == "public" else UNAUTHENTICATED
+            if got != want:
+                raise Failure(f"{where} unauthenticated: {want} expected, got {got}")
+            if e.rule != "public":
+                self._unchanged(before, f"{where} unauthenticated")
+            for label, perms, should_pass in C.permission_cases(e.rule, w):
                 self.set_actor(perms)
-                if should_pass and cmd.prepare:
-                    self.prepare_tcp(cmd.prepare)
+                if should_pass and e.prepare:
+                    via.prepare(e.prepare)
                 before = self.state()
-                reply = self.actor.call(cmd.op, cmd.code, cmd.body(w))
-                self.counts["tcp_calls"] += 1
-                where = f"TCP {cmd.name} as actor with {label}"
+                r = via.call(e, w)
+                self.counts[f"{via.name.lower()}_calls"] += 1
+                got, want = via.verdict(e, r), GRANTED if should_pass else FORBIDDEN
+                actor = f"{where} as actor with {label}"
+                if got != want:
+                    raise Failure(f"{actor}: {want} expected, got {got}")
                 if not should_pass:
-                    if reply.code != 41:
-                        raise Failure(f"{where}: expected 41, got {reply}")
-                    self._unchanged(before, where)
+                    self._unchanged(before, actor)
                     continue
-                expected = 5 if cmd.rule == "unavailable" else 0
-                if reply.command != 8 or reply.code != expected:
-                    raise Failure(f"{where}: expected {expected}, got {reply}")
                 self.counts["granted"] += 1
-                if cmd.name == "create_personal_access_token":
-                    self.tokens.append(reply.body[5:].decode())
-                if cmd.after == "relogin":
-                    _ok_login(self.actor)
-                if cmd.destructive:
-                    if cmd.name != "delete_segments" and self.state() == before:
-                        raise Failure(f"{where}: succeeded but the state comparison saw no change")
+                if e.name in ("create_personal_access_token", "create_token"):
+                    self.tokens.append(via.token(r))
+                if e.after == "relogin":
+                    via.relogin()
+                if e.destructive:
+                    if e.name != "delete_segments" and self.state() == before:
+                        raise Failure(f"{actor}: succeeded but the state comparison saw no change")
                     self.build_world()
             if log:
-                log(f"TCP {cmd.name}: ok")
+                log(f"{where}: ok")
 
     def _unchanged(self, before, where: str) -> None:
         after = self.state()
@@ -213,57 +216,82 @@ class Matrix:
             raise Failure(f"HTTP login: {r.status_code} {r.text}")
         return {"Authorization": f"Bearer {r.json()['access_token']['token']}"}
 
-    def run_http(self, log=None) -> None:
-        with httpx.Client(base_url=self.server.http_url, timeout=30) as http:
-            auth = self._http_login(http)
-            for route in C.ROUTES:
-                w = self.world
-                before = self.state()
-                r = _http_call(http, route, w, {})
-                self.counts["http_calls"] += 1
-                if route.rule == "public":
-                    if r.status_code != route.ok:
-                        raise Failure(f"HTTP {route.name} unauthenticated: {r.status_code} {r.text}")
-                else:
-                    if r.status_code != 401:
-                        raise Failure(f"HTTP {route.name} unauthenticated: expected 401, got {r.status_code}")
-                    self._unchanged(before, f"HTTP {route.name} unauthenticated")
-                for label, perms, should_pass in C.permission_cases(route.rule, w):
-                    self.set_actor(perms)
-                    if should_pass and route.prepare == "create_token":
-                        t = http.post("/personal-access-tokens", json={"name": "pm-tok", "expiry": 0}, headers=auth)
-                        self.tokens.append(t.json()["token"])
-                    before = self.state()
-                    r = _http_call(http, route, w, auth)
-                    self.counts["http_calls"] += 1
-                    where = f"HTTP {route.method} {route.name} as actor with {label}"
-                    if not should_pass:
-                        if r.status_code != 403:
-                            raise Failure(f"{where}: expected 403, got {r.status_code} {r.text[:200]}")
-                        self._unchanged(before, where)
-                        continue
-                    if r.status_code != route.ok:
-                        raise Failure(f"{where}: expected {route.ok}, got {r.status_code} {r.text[:300]}")
-                    self.counts["granted"] += 1
-                    if route.name == "create_token":
-                        self.tokens.append(r.json()["token"])
-                    if route.after == "relogin":
-                        auth = self._http_login(http)
-                    if route.destructive:
-                        if route.name != "delete_segments" and self.state() == before:
-                            raise Failure(f"{where}: succeeded but the state comparison saw no change")
-                        self.build_world()
-                if log:
-                    log(f"HTTP {route.name}: ok")
-
     def close(self) -> None:
         self.actor.close()
         self.root.close()
 
 
-def _http_call(http: httpx.Client, route, w, headers: dict) -> httpx.Response:
-    body = route.json(w) if route.json else None
-    return http.request(route.method, route.path(w), json=body, params=route.params, headers=headers)
+GRANTED, UNAUTHENTICATED, FORBIDDEN = "granted", "unauthenticated", "forbidden"
+
+
+class _Tcp:
+    """The matrix over TCP: raw frames of a C.Command, the actor on its own connection."""
+
+    name = "TCP"
+
+    def __init__(self, matrix: Matrix):
+        self.matrix = matrix
+
+    def anonymous(self, cmd, w):
+        anon = Client(self.matrix.server.tcp_address, login=False)  # a fresh connection
+        try:
+            return anon.call(cmd.op, cmd.code, cmd.body(w))
+        finally:
+            anon.close()
+
+    def call(self, cmd, w):
+        return self.matrix.actor.call(cmd.op, cmd.code, cmd.body(w))
+
+    def verdict(self, cmd, reply) -> str:
+        """GRANTED (a reply, FeatureUnavailable for the unavailable ones), UNAUTHENTICATED
+        (status 40), FORBIDDEN (41), else the reply."""
+        if reply.command == 8 and reply.code == (5 if cmd.rule == "unavailable" else 0):
+            return GRANTED
+        if reply.status == 40:
+            return UNAUTHENTICATED
+        return FORBIDDEN if reply.code == 41 else repr(reply)
+
+    def token(self, reply) -> str:
+        return reply.body[5:].decode()
+
+    def prepare(self, what: str) -> None:
+        self.matrix.prepare_tcp(what)
+
+    def relogin(self) -> None:
+        _ok_login(self.matrix.actor)
+
+
+class _Http:
+    """The matrix over HTTP: a C.Route with the actor's JWT, or no Authorization header."""
+
+    name = "HTTP"
+
+    def __init__(self, matrix: Matrix, http: httpx.Client):
+        self.matrix, self.http = matrix, http
+        self.auth = matrix._http_login(http)
+
+    def anonymous(self, route, w):
+        return route.request(self.http, w, {})
+
+    def call(self, route, w):
+        return route.request(self.http, w, self.auth)
+
+    def verdict(self, route, r) -> str:
+        """GRANTED (the route's success status), UNAUTHENTICATED (401), FORBIDDEN (403), else
+        the status and the start of the body."""
+        known = {route.ok: GRANTED, 401: UNAUTHENTICATED, 403: FORBIDDEN}
+        return known.get(r.status_code, f"{r.status_code} {r.text[:300]}")
+
+    def token(self, r) -> str:
+        return r.json()["token"]
+
+    def prepare(self, what: str) -> None:
+        if what == "create_token":
+            t = self.http.post("/personal-access-tokens", json={"name": "pm-tok", "expiry": 0}, headers=self.auth)
+            self.matrix.tokens.append(t.json()["token"])
+
+    def relogin(self) -> None:
+        self.auth = self.matrix._http_login(self.http)
 
 
 def _ok_login(client: Client) -> None:

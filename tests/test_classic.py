@@ -434,6 +434,30 @@ def test_group_members_poll_their_partitions_in_turn(srv, classic):
         other.close()
 
 
+def test_a_group_member_without_partitions(srv, classic):
+    """Two members of a one-partition topic's group: the one that got none polls nothing, has
+    no offset to get, and a store or delete without a partition is 6 (InvalidIdentifier)."""
+    s, t = make_topic(classic, partitions=1)
+    assert send(classic, s, t, [cc.message(b"only")]) == 0
+    g = uniq("g")
+    assert classic.request(cc.CREATE_CONSUMER_GROUP, cc.ident(s) + cc.ident(t) + cc.name(g))[0] == 0
+    group = cc.consumer(cc.GROUP, g)
+    other = ClassicClient(srv.tcp_address)
+    try:
+        assert other.login()[0] == 0
+        for c in (classic, other):
+            assert c.request(cc.JOIN_CONSUMER_GROUP, cc.ident(s) + cc.ident(t) + cc.ident(g)) == (0, b"")
+        polled = {c: poll(c, s, t, partition=None, cons=group)[2] for c in (classic, other)}
+        assert sorted(polled.values()) == [0, 1]  # one member owns the partition
+        idle = classic if polled[classic] == 0 else other
+        assert poll(idle, s, t, partition=None, cons=group)[:3] == (0, 0, 0)
+        assert idle.request(cc.GET_CONSUMER_OFFSET, cc.offset_body(group, s, t, None)) == (0, b"")
+        assert idle.request(cc.STORE_CONSUMER_OFFSET, cc.offset_body(group, s, t, None, 0)) == (6, b"")
+        assert idle.request(cc.DELETE_CONSUMER_OFFSET, cc.offset_body(group, s, t, None)) == (6, b"")
+    finally:
+        other.close()
+
+
 def test_flush_unsaved_buffer(classic):
     s, t = make_topic(classic)
     assert send(classic, s, t, [cc.message(b"x")]) == 0

@@ -126,8 +126,9 @@ def _read_consumer(r: Reader):
     return kind, r.identifier()
 
 
-def read_send(r: Reader) -> tuple:
-    """(stream, topic, partitioning kind, value, body, batch start, batch end, count)."""
+def read_send_metadata(r: Reader) -> tuple[int | str, int | str, int, bytes, int]:
+    """(stream, topic, partitioning kind, value, count): the metadata section of a send, the
+    same before 0.9 (iggy.protocol.classic); the messages follow at `r.position`."""
     metadata_length = r.u32()
     sid, tid = r.identifier(), r.identifier()
     kind = r.u8()
@@ -136,6 +137,12 @@ def read_send(r: Reader) -> tuple:
     if r.position != 4 + metadata_length:
         # upstream: a metadata section longer or shorter than its fields is InvalidCommand
         raise IggyError(ErrorCode.INVALID_COMMAND)
+    return sid, tid, kind, value, count
+
+
+def read_send(r: Reader) -> tuple:
+    """(stream, topic, partitioning kind, value, body, batch start, batch end, count)."""
+    sid, tid, kind, value, count = read_send_metadata(r)
     return sid, tid, kind, value, r.data, r.position, len(r.data), count
 
 

@@ -45,28 +45,35 @@ commands have the 0.9 bodies and replies.
 
 Every command runs through the command registry (`iggy.control.registry.invoke`), as over the
 0.9 protocol and HTTP, so its permission is checked there: a classic command is the 0.9
-command with a classic decoder and/or encoder, or (poll and offsets of a group member that
-names no partition, flush) an operation declared here with its rule.
+command with a classic decoder and/or encoder; for the poll and the offset commands, the 0.9
+command with a handler that first fills in the partition of a group member that names none
+(`_for_member`); the logins and the flush are operations declared here with their rules.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import struct
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Concatenate, NoReturn, ParamSpec, TypeAlias, TypeVar, cast
 
 from iggy.control import lookup, messages, streams, users
 from iggy.control import permissions as perm
-from iggy.control.plane import ControlPlane  # noqa: F401 - imports (registers) every 0.9 command
-from iggy.control.registry import COMMANDS, Command, invoke, operation
+from iggy.control.plane import ControlPlane, Session  # imports (registers) every 0.9 command
+from iggy.control.registry import COMMANDS, Command, Decoder, Encoder, invoke, operation
 from iggy.control.users import password_login, token_login
 from iggy.protocol import codes
 from iggy.protocol.classic_messages import batches_to_classic, classic_to_batch
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.protocol.wire import Reader, Writer
+
+if TYPE_CHECKING:
+    from iggy.engine.base import Reply
+    from iggy.metadata.state import StreamMeta, TopicMeta, UserMeta
 
 log = logging.getLogger(__name__)
 
@@ -119,24 +126,32 @@ class Classic:
 
     __slots__ = ("command", "decode", "encode")
 
-    def __init__(self, command: Command, decode: Callable | None = None, encode: Callable | None = None):
+    def __init__(self, command: Command, decode: Decoder | None = None, encode: Encoder | None = None) -> None:
         self.command = command
-        self.decode = decode or command.decode
-        self.encode = encode or command.encode
+        self.decode: Decoder = decode or command.decode
+        self.encode: Encoder | None = encode or command.encode
 
 
 _CLASSIC: dict[int, Classic] = {code: Classic(COMMANDS[code]) for code in _SAME_AS_CURRENT}
 
 # per session, {(stream, topic, group): (polls served, partition polled last)}: which of its
 # partitions a member polls next, and which one an offset request without a partition means
-_group_cursors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+Ident = int | str  # an Identifier as read from a request: numeric id or name
+_GroupKey = tuple[int, int, int]  # (stream id, topic id, group id)
+_group_cursors: weakref.WeakKeyDictionary[Session, dict[_GroupKey, tuple[int, int | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+_D = TypeVar("_D", bound=Decoder)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-def classic(code: int, command: Command | None = None, encode: Callable | None = None):
+def classic(code: int, command: Command | None = None, encode: Encoder | None = None) -> Callable[[_D], _D]:
     """Serve classic `code` with `command` (by default the 0.9 command of the same code): the
     decorated function reads the classic body into that command's arguments."""
 
-    def deco(decode):
+    def deco(decode: _D) -> _D:
         _CLASSIC[code] = Classic(command or COMMANDS[code], decode, encode)
         return decode
 
@@ -150,13 +165,13 @@ def error_reply(code: int) -> bytes:
     return _REPLY_HEAD.pack(int(code), 0)
 
 
-def ok_reply(payload=None) -> bytes:
+def ok_reply(payload: bytes | None = None) -> bytes:
     if not payload:
         return _EMPTY_OK
     return _REPLY_HEAD.pack(0, len(payload)) + payload
 
 
-def handle(plane, session, code: int, body: bytes):
+def handle(plane: ControlPlane, session: Session, code: int, body: bytes) -> Reply:
     """The reply to one classic request: bytes, a list of buffers to write in order, or an
     awaitable of bytes (logins hash passwords off the loop; persisted sends wait for fsync)."""
     session.last_seen = time.monotonic()
@@ -175,14 +190,15 @@ def handle(plane, session, code: int, body: bytes):
         return _failure(exc, code)
 
 
-def _success(plane, entry: Classic, result):
+def _success(plane: ControlPlane, entry: Classic, result: object) -> bytes | list[bytes]:
     if result is not None and entry.encode is not None:
         result = entry.encode(plane, result)
     if type(result) is list:  # already framed parts (poll)
         return result
     if type(result) is tuple:
         result = b"".join(result)
-    return ok_reply(result)
+    # what the encoder made, or what an operation without one answered: the body, or None
+    return ok_reply(cast("bytes | None", result))
 
 
 def _failure(exc: Exception, code: int) -> bytes:
@@ -192,14 +208,17 @@ def _failure(exc: Exception, code: int) -> bytes:
     return error_reply(ErrorCode.ERROR)
 
 
-async def _finish(plane, entry: Classic, pending, code: int):
+async def _finish(plane: ControlPlane, entry: Classic, pending: Awaitable[object], code: int) -> bytes:
     try:
-        return _success(plane, entry, await pending)
+        reply = _success(plane, entry, await pending)
+        if isinstance(reply, list):  # framed parts come from the poll alone, which never waits
+            raise TypeError(f"classic command {code} answered framed parts after waiting")
+        return reply
     except Exception as exc:
         return _failure(exc, code)
 
 
-def _empty(plane, result) -> bytes:
+def _empty(plane: ControlPlane, result: object) -> bytes:
     """A reply with an empty body, whatever the 0.9 command returns (sends, logins' own)."""
     return b""
 
@@ -207,41 +226,41 @@ def _empty(plane, result) -> bytes:
 # ------------------------------------------------------------------------- users and logins
 
 
-def _encode_user(w: Writer, u) -> None:
+def _encode_user(w: Writer, u: UserMeta) -> None:
     w.u32(u.id).u64(u.created_at).u8(u.status).name(u.username)
 
 
-def _encode_user_details(plane, u) -> bytes:
+def _encode_user_details(plane: ControlPlane, u: UserMeta) -> bytes:
     return users.encode_user_details(plane, u, _encode_user)
 
 
-def _encode_users(plane, items) -> bytes:
+def _encode_users(plane: ControlPlane, items: list[UserMeta]) -> bytes:
     return users.encode_users(plane, items, _encode_user)
 
 
 @operation(perm.PUBLIC)
-async def _login_user(plane, session, username: str, password: str) -> bytes:
+async def _login_user(plane: ControlPlane, session: Session, username: str, password: str) -> bytes:
     user = await password_login(plane, session.address, username, password)
     plane.bind_login(session, user, 0)
     return Writer().u32(user.id).getvalue()
 
 
 @classic(LOGIN_USER, _login_user)
-def _read_login_user(r: Reader) -> tuple:
+def _read_login_user(r: Reader) -> tuple[str, str]:
     # version and context follow (u32-length strings) from newer classic clients: not needed
     username = r.name()
     return username, r.string8()
 
 
 @operation(perm.PUBLIC)
-def _login_with_token(plane, session, token: str) -> bytes:
+def _login_with_token(plane: ControlPlane, session: Session, token: str) -> bytes:
     user = token_login(plane, session.address, token)
     plane.bind_login(session, user, 0)
     return Writer().u32(user.id).getvalue()
 
 
 @classic(LOGIN_WITH_PERSONAL_ACCESS_TOKEN, _login_with_token)
-def _read_token(r: Reader) -> tuple:
+def _read_token(r: Reader) -> tuple[str]:
     return (r.string8(),)
 
 
@@ -250,7 +269,7 @@ _CLASSIC[codes.GET_USERS] = Classic(COMMANDS[codes.GET_USERS], encode=_encode_us
 
 
 @classic(codes.CREATE_USER, encode=_encode_user_details)
-def _read_create_user(r: Reader) -> tuple:
+def _read_create_user(r: Reader) -> tuple[str, str, int, dict[str, object] | None]:
     username = r.name()
     password = r.string8()
     status = r.u8()
@@ -260,12 +279,12 @@ def _read_create_user(r: Reader) -> tuple:
 # ------------------------------------------------------------------------- streams and topics
 
 
-def _encode_stream(plane, w: Writer, s) -> None:
+def _encode_stream(plane: ControlPlane, w: Writer, s: StreamMeta) -> None:
     size, count = plane.storage.stream_stats(s)
     w.u32(s.id).u64(s.created_at).u32(len(s.topics)).u64(size).u64(count).name(s.name)
 
 
-def _encode_topic_header(plane, w: Writer, stream_id: int, t) -> None:
+def _encode_topic_header(plane: ControlPlane, w: Writer, stream_id: int, t: TopicMeta) -> None:
     size, count = plane.storage.topic_stats(stream_id, t)
     settings = t.settings
     w.u32(t.id).u64(t.created_at).u32(len(t.partitions)).u64(settings["message_expiry"])
@@ -273,15 +292,15 @@ def _encode_topic_header(plane, w: Writer, stream_id: int, t) -> None:
     w.u8(_REPLICATION_FACTOR).u64(size).u64(count).name(t.name)
 
 
-def _stream_details(plane, s) -> bytes:
+def _stream_details(plane: ControlPlane, s: StreamMeta) -> bytes:
     return streams.encode_stream_details(plane, s, _encode_stream, _encode_topic_header)
 
 
-def _streams(plane, items) -> bytes:
+def _streams(plane: ControlPlane, items: list[StreamMeta]) -> bytes:
     return streams.encode_streams(plane, items, _encode_stream)
 
 
-def _topic_details(plane, found) -> bytes:
+def _topic_details(plane: ControlPlane, found: tuple[StreamMeta, TopicMeta]) -> bytes:
     s, t = found
     w = Writer()
     _encode_topic_header(plane, w, s.id, t)
@@ -291,7 +310,7 @@ def _topic_details(plane, found) -> bytes:
     return w.getvalue()
 
 
-def _topics(plane, found) -> bytes:
+def _topics(plane: ControlPlane, found: tuple[StreamMeta, list[TopicMeta]] | tuple[()]) -> bytes:
     """TopicHeader x n, no count; a missing stream lists as empty (as on the 0.9 path)."""
     if not found:
         return b""
@@ -309,11 +328,11 @@ _CLASSIC[codes.GET_TOPICS] = Classic(COMMANDS[codes.GET_TOPICS], encode=_topics)
 
 
 @classic(codes.CREATE_STREAM, encode=_stream_details)
-def _read_create_stream(r: Reader) -> tuple:
+def _read_create_stream(r: Reader) -> tuple[str]:
     return (r.name(),)
 
 
-def _topic_settings(r: Reader) -> tuple[dict, str]:
+def _topic_settings(r: Reader) -> tuple[dict[str, str | int], str]:
     """The classic topic fields after the identifiers, as 0.9 topic options, and the name.
 
     0 for message_expiry or max_topic_size means the server default, as in 0.9; a
@@ -334,7 +353,7 @@ def _topic_settings(r: Reader) -> tuple[dict, str]:
 
 
 @classic(codes.CREATE_TOPIC, encode=_topic_details)
-def _read_create_topic(r: Reader) -> tuple:
+def _read_create_topic(r: Reader) -> tuple[Ident, str, int, dict[str, str | int]]:
     sid = r.identifier()
     partitions = r.u32()
     options, name = _topic_settings(r)
@@ -344,7 +363,7 @@ def _read_create_topic(r: Reader) -> tuple:
 
 
 @classic(codes.UPDATE_TOPIC)
-def _read_update_topic(r: Reader) -> tuple:
+def _read_update_topic(r: Reader) -> tuple[Ident, Ident, str, dict[str, str | int]]:
     sid, tid = r.identifier(), r.identifier()
     options, name = _topic_settings(r)
     return sid, tid, name, options
@@ -354,19 +373,15 @@ def _read_update_topic(r: Reader) -> tuple:
 
 
 @classic(codes.SEND_MESSAGES, encode=_empty)
-def _read_send(r: Reader) -> tuple:
-    metadata_length = r.u32()
-    sid, tid = r.identifier(), r.identifier()
-    kind = r.u8()
-    value = r.take(r.u8())
-    count = r.u32()
-    if r.position != 4 + metadata_length:
-        raise IggyError(ErrorCode.INVALID_COMMAND)
+def _read_send(r: Reader) -> tuple[Ident, Ident, int, bytes, bytes, int, int, int]:
+    sid, tid, kind, value, count = messages.read_send_metadata(r)
     batch = classic_to_batch(r.data, r.position, count)
     return sid, tid, kind, value, batch, 0, len(batch), count
 
 
-def _group_partition(plane, session, s, t, consumer_id, advance: bool):
+def _group_partition(
+    plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, consumer_id: Ident, advance: bool
+) -> int | None:
     """The partition a group member means when it names none: the next of the partitions it
     may poll in turn when polling (`advance`), else the one it polled last (a partition it is
     handing over to a member that joined is still its to commit, iggy.control.groups); None
@@ -388,79 +403,92 @@ def _group_partition(plane, session, s, t, consumer_id, advance: bool):
     return chosen
 
 
-def _empty_poll() -> list:
+def _empty_poll() -> list[bytes]:
     return [_POLL_HEAD.pack(0, 16, 0, 0, 0)]
 
 
-@operation(perm.POLL)
-def _poll(plane, session, s, t, kind, consumer_id, has_partition, partition_id, strategy, value, count, auto_commit):
-    if kind == messages.CONSUMER_GROUP and not has_partition:
-        chosen = _group_partition(plane, session, s, t, consumer_id, advance=True)
-        if chosen is None:
-            return _empty_poll()  # a member without partitions gets nothing
-        has_partition, partition_id = True, chosen
-    try:
-        pid, current, n, data = messages.poll_messages(
-            plane, session, s, t, kind, consumer_id, has_partition, partition_id, strategy, value, count, auto_commit
-        )
-    except IggyError as exc:
-        if exc.code == ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED:
-            return _empty_poll()  # before 0.9: nothing to read there, not an error
-        raise
-    body, served = batches_to_classic(data) if n else (b"", 0)
-    return [_POLL_HEAD.pack(0, 16 + len(body), pid, current, served), body]
+def _classic_polled(
+    run: Callable[_P, tuple[int, int, int, bytes]],
+) -> Callable[_P, list[bytes]]:
+    """The 0.9 poll `run`, answering with the classic reply as framed parts (partition id,
+    current offset, count, classic messages)."""
+
+    def polled(*args: _P.args, **kwargs: _P.kwargs) -> list[bytes]:
+        try:
+            pid, current, n, data = run(*args, **kwargs)
+        except IggyError as exc:
+            if exc.code == ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED:
+                return _empty_poll()  # before 0.9: nothing to read there, not an error
+            raise
+        body, served = batches_to_classic(data) if n else (b"", 0)
+        return [_POLL_HEAD.pack(0, 16 + len(body), pid, current, served), body]
+
+    return polled
 
 
-_CLASSIC[codes.POLL_MESSAGES] = Classic(_poll, messages.read_poll)
+# the function of a 0.9 command that acts for a consumer: (plane, session, stream, topic,
+# consumer kind, consumer, has_partition, partition, *its own arguments) -> its result
+_ConsumerCommand: TypeAlias = (
+    "Callable[Concatenate[ControlPlane, Session, StreamMeta, TopicMeta, int, Ident, bool, int, _P], _R]"
+)
 
 
-def _offset_partition(plane, session, s, t, kind, consumer_id, has_partition, partition_id) -> tuple[bool, int]:
-    """(has_partition, partition) of an offset request, filled in for a group member that named
-    none (see _group_partition); IggyError 3 (InvalidIdentifier) when it owns none."""
-    if kind != messages.CONSUMER_GROUP or has_partition:
-        return has_partition, partition_id
-    chosen = _group_partition(plane, session, s, t, consumer_id, advance=False)
-    if chosen is None:
-        raise IggyError(ErrorCode.INVALID_IDENTIFIER)
-    return True, chosen
+def _no_partition_owned() -> NoReturn:
+    raise IggyError(ErrorCode.INVALID_IDENTIFIER)
 
 
-@operation(perm.POLL, missing=None)
-def _get_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id):
-    try:
-        has_partition, partition_id = _offset_partition(
-            plane, session, s, t, kind, consumer_id, has_partition, partition_id
-        )
-    except IggyError as exc:
-        if exc.code == ErrorCode.INVALID_IDENTIFIER:
-            return None
-        raise
-    return messages.get_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id)
+def _for_member(
+    code: int,
+    run: _ConsumerCommand[_P, _R],
+    owns_none: Callable[[], _R] = _no_partition_owned,
+    polling: bool = False,
+) -> Classic:
+    """The 0.9 command `code` (its rule and request body) running `run`, with the partition
+    filled in for a consumer-group member that named none (see _group_partition): when
+    `polling`, the next of its partitions in turn, else the one it polled last. When it has
+    none, `owns_none()` answers (by default IggyError 6, InvalidIdentifier). A poll's `run`
+    frames its reply itself; the others' replies are written by the 0.9 encoder."""
+
+    def handler(
+        plane: ControlPlane,
+        session: Session,
+        s: StreamMeta,
+        t: TopicMeta,
+        kind: int,
+        consumer_id: Ident,
+        has_partition: bool,
+        partition_id: int,
+        /,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _R:
+        if kind == messages.CONSUMER_GROUP and not has_partition:
+            chosen = _group_partition(plane, session, s, t, consumer_id, advance=polling)
+            if chosen is None:
+                return owns_none()
+            has_partition, partition_id = True, chosen
+        return run(plane, session, s, t, kind, consumer_id, has_partition, partition_id, *args, **kwargs)
+
+    current = COMMANDS[code]
+    encode = None if polling else current.encode
+    return Classic(dataclasses.replace(current, code=0, name=f"classic {current.name}", handler=handler, encode=encode))
 
 
-@operation(perm.POLL)
-def _store_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id, offset):
-    has_partition, partition_id = _offset_partition(
-        plane, session, s, t, kind, consumer_id, has_partition, partition_id
-    )
-    messages.store_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id, offset)
-
-
-@operation(perm.POLL)
-def _delete_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id):
-    has_partition, partition_id = _offset_partition(
-        plane, session, s, t, kind, consumer_id, has_partition, partition_id
-    )
-    messages.delete_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id)
-
-
-_CLASSIC[codes.GET_CONSUMER_OFFSET] = Classic(_get_offset, messages.read_offset_target, messages.encode_offset)
-_CLASSIC[codes.STORE_CONSUMER_OFFSET] = Classic(_store_offset, messages.read_store_offset)
-_CLASSIC[codes.DELETE_CONSUMER_OFFSET] = Classic(_delete_offset, messages.read_delete_offset)
+# a member without partitions polls nothing; one without an offset has none to get
+_CLASSIC[codes.POLL_MESSAGES] = _for_member(
+    codes.POLL_MESSAGES, _classic_polled(messages.poll_messages), owns_none=_empty_poll, polling=True
+)
+_CLASSIC[codes.GET_CONSUMER_OFFSET] = _for_member(
+    codes.GET_CONSUMER_OFFSET, messages.get_consumer_offset, owns_none=lambda: None
+)
+_CLASSIC[codes.STORE_CONSUMER_OFFSET] = _for_member(codes.STORE_CONSUMER_OFFSET, messages.store_consumer_offset)
+_CLASSIC[codes.DELETE_CONSUMER_OFFSET] = _for_member(codes.DELETE_CONSUMER_OFFSET, messages.delete_consumer_offset)
 
 
 @operation(perm.SEND)
-def _flush_unsaved_buffer(plane, session, s, t, partition_id: int, fsync: bool) -> None:
+def _flush_unsaved_buffer(
+    plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, partition_id: int, fsync: bool
+) -> None:
     """Nothing is ever unsaved here (an acknowledged batch is in the segment file); with
     fsync the partition's segment is synced to disk."""
     if partition_id not in t.partitions:
@@ -474,7 +502,7 @@ def _flush_unsaved_buffer(plane, session, s, t, partition_id: int, fsync: bool) 
 
 
 @classic(codes.FLUSH_UNSAVED_BUFFER, _flush_unsaved_buffer)
-def _read_flush(r: Reader) -> tuple:
+def _read_flush(r: Reader) -> tuple[Ident, Ident, int, bool]:
     sid, tid = r.identifier(), r.identifier()
     partition_id = r.u32()
     return sid, tid, partition_id, r.bool()

@@ -126,7 +126,7 @@ def _read_consumer(r: Reader):
     return kind, r.identifier()
 
 
-def read_send_metadata(r: Reader) -> tuple[int | str, int | str, int, bytes, int]:
+def read_send_metadata(r: Reader) -> tuple[lookup.Ident, lookup.Ident, int, bytes, int]:
     """(stream, topic, partitioning kind, value, count): the metadata section of a send, the
     same before 0.9 (iggy.protocol.classic); the messages follow at `r.position`."""
     metadata_length = r.u32()

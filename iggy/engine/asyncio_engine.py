@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias, cast
 
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
-from iggy.engine.base import Engine, Reply, inject_fault, spawn, wait_bounded
+from iggy.engine.base import Engine, inject_fault, spawn, wait_bounded
 from iggy.protocol import codes
 from iggy.protocol.wire import (
     HEADER_SIZE,
@@ -53,7 +53,7 @@ from iggy.protocol.wire import (
 )
 
 if TYPE_CHECKING:
-    from iggy.control.plane import ControlPlane, Session
+    from iggy.control.plane import ControlPlane, Reply, Session
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class Connection(asyncio.BufferedProtocol):
                 self.budget.wait(self)
                 break
             try:
-                reply: Reply
+                reply: Reply | Awaitable[bytes]
                 if isinstance(head, int):
                     from iggy.protocol import classic as classic_protocol
 

@@ -34,19 +34,13 @@ import logging
 import os
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from iggy.protocol import codes
 
 if TYPE_CHECKING:
     from iggy.control.plane import ControlPlane
     from iggy.protocol.wire import RequestHeader
-
-# What the control plane answers a request with (ControlPlane.handle, classic.handle): the
-# reply frame as bytes, a list of buffers to write in order (a poll: the head, then the
-# batches as read from disk), or an awaitable of the bytes (a login's password hash, a
-# persisted send's fsync).
-Reply: TypeAlias = bytes | list[bytes] | Awaitable[bytes]
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Concatenate, NoReturn, ParamSpec, TypeAlias, T
 
 from iggy.control import lookup, messages, streams, users
 from iggy.control import permissions as perm
-from iggy.control.plane import ControlPlane, Session  # imports (registers) every 0.9 command
+from iggy.control.plane import ControlPlane, Reply, Session  # imports (registers) every 0.9 command
 from iggy.control.registry import COMMANDS, Command, Decoder, Encoder, invoke, operation
 from iggy.control.users import password_login, token_login
 from iggy.protocol import codes
@@ -72,7 +72,8 @@ from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.protocol.wire import Reader, Writer
 
 if TYPE_CHECKING:
-    from iggy.engine.base import Reply
+    from iggy.control.groups import GroupKey
+    from iggy.control.lookup import Ident
     from iggy.metadata.state import StreamMeta, TopicMeta, UserMeta
 
 log = logging.getLogger(__name__)
@@ -136,11 +137,7 @@ _CLASSIC: dict[int, Classic] = {code: Classic(COMMANDS[code]) for code in _SAME_
 
 # per session, {(stream, topic, group): (polls served, partition polled last)}: which of its
 # partitions a member polls next, and which one an offset request without a partition means
-Ident = int | str  # an Identifier as read from a request: numeric id or name
-_GroupKey = tuple[int, int, int]  # (stream id, topic id, group id)
-_group_cursors: weakref.WeakKeyDictionary[Session, dict[_GroupKey, tuple[int, int | None]]] = (
-    weakref.WeakKeyDictionary()
-)
+_group_cursors: weakref.WeakKeyDictionary[Session, dict[GroupKey, tuple[int, int | None]]] = weakref.WeakKeyDictionary()
 
 _D = TypeVar("_D", bound=Decoder)
 _P = ParamSpec("_P")
@@ -171,7 +168,7 @@ def ok_reply(payload: bytes | None = None) -> bytes:
     return _REPLY_HEAD.pack(0, len(payload)) + payload
 
 
-def handle(plane: ControlPlane, session: Session, code: int, body: bytes) -> Reply:
+def handle(plane: ControlPlane, session: Session, code: int, body: bytes) -> Reply | Awaitable[bytes]:
     """The reply to one classic request: bytes, a list of buffers to write in order, or an
     awaitable of bytes (logins hash passwords off the loop; persisted sends wait for fsync)."""
     session.last_seen = time.monotonic()

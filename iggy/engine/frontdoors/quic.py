@@ -35,7 +35,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 
 from iggy.control.plane import TRANSPORT_QUIC, ConnectionLimit
-from iggy.engine.base import Engine, Reply, spawn
+from iggy.engine.base import Engine, spawn
 from iggy.protocol.wire import FrameError, FrameReader, RequestHeader
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ class IggyQuicProtocol(QuicConnectionProtocol):
         # connection ended (_terminated, which also empties the queue)
         while not self._busy and self._queue and (session := self.session) is not None:
             stream_id, header, body = self._queue.popleft()
-            reply: Reply = self.plane.handle(session, header, body, parts=True)
+            reply = self.plane.handle(session, header, body, parts=True)
             if isinstance(reply, (bytes, list)):
                 self._reply(stream_id, reply)
             else:

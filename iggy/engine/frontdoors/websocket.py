@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from iggy.control.plane import TRANSPORT_WEBSOCKET, ConnectionLimit
-from iggy.engine.base import Engine, Reply, spawn, wait_bounded
+from iggy.engine.base import Engine, spawn, wait_bounded
 from iggy.protocol.wire import FrameError, FrameReader
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ async def serve_connection(plane: ControlPlane, ws: ServerConnection, max_frame_
                 if frame is None:
                     break
                 header, body = frame
-                reply: Reply = plane.handle(session, header, body, parts=True)
+                reply = plane.handle(session, header, body, parts=True)
                 if not isinstance(reply, (bytes, list)):
                     reply = await reply
                 await ws.send(reply)  # a list is sent as the fragments of one message

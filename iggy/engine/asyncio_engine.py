@@ -32,15 +32,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 import time
 import weakref
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias, cast
 
 from iggy.control.plane import TRANSPORT_TCP, ConnectionLimit
-from iggy.engine.base import Engine, inject_fault, spawn, wait_bounded
+from iggy.engine.base import ListenerEngine, inject_fault, spawn
 from iggy.protocol import codes
 from iggy.protocol.wire import (
     HEADER_SIZE,
@@ -370,22 +368,20 @@ def adopt_classic(plane: ControlPlane, sock: socket.socket, received: bytes, max
     spawn(start(), "serving a classic connection handed over")
 
 
-@dataclass(eq=False)
-class AsyncioEngine(Engine):
+class AsyncioEngine(ListenerEngine):
     """The TCP listener of the asyncio engine, plain or behind TLS (`ssl_context`).
 
     With TLS, a client that does not speak it fails the handshake, and asyncio closes that
     socket before a session exists (connection_made runs only after a completed handshake).
+    stop() closes the listener only: the open connections end with their sessions
+    (iggy.server.node).
     """
 
     kind = "tcp"
 
-    ssl_context: ssl.SSLContext | None = None
-    server: asyncio.Server | None = field(default=None, init=False)  # the listener once started
-
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
+        self.server = server = await loop.create_server(
             lambda: Connection(self.plane, self.max_frame_size),
             self.host,
             self.port,
@@ -394,20 +390,12 @@ class AsyncioEngine(Engine):
             ssl=self.ssl_context,  # None: plain TCP
             ssl_handshake_timeout=10.0 if self.ssl_context is not None else None,
         )
-        bound = self.server.sockets[0].getsockname()
+        bound = server.sockets[0].getsockname()
         return bound[0], bound[1]
 
     def listening(self, bound: tuple[str, int]) -> str:
         tls = ", TLS" if self.ssl_context else ""
         return f"TCP server listening on {bound[0]}:{bound[1]} (asyncio engine{tls})"
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()  # the open connections end with their sessions (iggy.server.node)
-
-    async def wait_closed(self) -> None:
-        if self.server is not None:
-            await wait_bounded(self.server.wait_closed())
 
     def counters(self) -> dict[str, int]:
         return budget_counters(self.plane)

@@ -32,9 +32,10 @@ import abc
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from iggy.protocol import codes
 
@@ -101,6 +102,32 @@ class Engine(abc.ABC):
     def counters(self) -> dict[str, int]:
         """Gauges of GET /metrics (the TCP engine's are published)."""
         return {}
+
+
+class Listener(Protocol):
+    """A listening server as asyncio (`loop.create_server`) and websockets make them."""
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+@dataclass(eq=False)
+class ListenerEngine(Engine):
+    """An engine whose connections are served by one `Listener`, over TLS when given an SSL
+    context: stop() closes the listener (and whatever connections it closes itself),
+    wait_closed() waits for it."""
+
+    ssl_context: ssl.SSLContext | None = None
+    server: Listener | None = field(default=None, init=False)  # the listener once started
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def wait_closed(self) -> None:
+        if self.server is not None:
+            await wait_bounded(self.server.wait_closed())
 
 
 async def wait_bounded(waiter: Awaitable[object], seconds: float = 2.0) -> None:

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from iggy.control.plane import TRANSPORT_WEBSOCKET, ConnectionLimit
-from iggy.engine.base import Engine, spawn, wait_bounded
+from iggy.engine.base import ListenerEngine, spawn
 from iggy.protocol.wire import FrameError, FrameReader
 
 if TYPE_CHECKING:
@@ -99,28 +98,19 @@ async def start_websocket(
     )
 
 
-@dataclass(eq=False)
-class WebSocketEngine(Engine):
-    """`[websocket]`: the listener (WSS when given an SSL context) and its connections."""
+class WebSocketEngine(ListenerEngine):
+    """`[websocket]`: the listener (WSS when given an SSL context) and its connections; stop()
+    closes them too (1001 going away)."""
 
     kind = "websocket"
 
-    ssl_context: ssl.SSLContext | None = None
-    server: Server | None = field(default=None, init=False)  # the listener once started
-
     async def start(self) -> tuple[str, int]:
-        self.server = await start_websocket(self.plane, self.host, self.port, self.max_frame_size, self.ssl_context)
-        bound = next(iter(self.server.sockets)).getsockname()
+        self.server = server = await start_websocket(
+            self.plane, self.host, self.port, self.max_frame_size, self.ssl_context
+        )
+        bound = next(iter(server.sockets)).getsockname()
         return bound[0], bound[1]
 
     def listening(self, bound: tuple[str, int]) -> str:
         tls = " (TLS)" if self.ssl_context else ""
         return f"WebSocket server listening on {bound[0]}:{bound[1]}{tls}"
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()  # also closes its connections (1001 going away)
-
-    async def wait_closed(self) -> None:
-        if self.server is not None:
-            await wait_bounded(self.server.wait_closed())

@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from iggy.control import permissions as perm
 from iggy.control.clock import now_us
 from iggy.control.registry import command
 from iggy.control.users import hash_token
+from iggy.metadata.state import TokenMeta
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.protocol.wire import Reader, Writer
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane, Session
 
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -32,37 +38,44 @@ def validate_token_name(name: str) -> None:
         raise IggyError(ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN_NAME)
 
 
-def encode_tokens(plane, tokens) -> bytes:
+def encode_tokens(plane: ControlPlane, tokens: Iterable[TokenMeta]) -> bytes:
     w = Writer()
     for t in tokens:
         w.name(t.name).u64(t.expiry_at)
     return w.getvalue()
 
 
-def encode_raw_token(plane, raw: str) -> bytes:
+def encode_raw_token(plane: ControlPlane, raw: str) -> bytes:
     return Writer().name(raw).getvalue()
 
 
-def read_create(r: Reader) -> tuple:
+def read_create(r: Reader) -> tuple[str, int]:
     name = r.name()
     return name, r.u64()
 
 
-def read_name(r: Reader) -> tuple:
+def read_name(r: Reader) -> tuple[str]:
     return (r.name(),)
+
+
+def _caller(session: Session) -> int:
+    """The id of the user logged in: the registry runs these commands for logged-in sessions only."""
+    if session.user_id is None:
+        raise IggyError(ErrorCode.UNAUTHENTICATED)
+    return session.user_id
 
 
 # a user manages only their own tokens: any logged-in user, acting on itself
 @command(codes.GET_PERSONAL_ACCESS_TOKENS, needs=perm.LOGGED_IN, encode=encode_tokens)
-def get_tokens(plane, session):
-    return sorted(plane.meta.state.tokens_of(session.user_id), key=lambda t: t.name)
+def get_tokens(plane: ControlPlane, session: Session) -> list[TokenMeta]:
+    return sorted(plane.meta.state.tokens_of(_caller(session)), key=lambda t: t.name)
 
 
 @command(codes.CREATE_PERSONAL_ACCESS_TOKEN, needs=perm.LOGGED_IN, decode=read_create, encode=encode_raw_token)
-def create_token(plane, session, name: str, expiry: int) -> str:
+def create_token(plane: ControlPlane, session: Session, name: str, expiry: int) -> str:
     """Validate and commit a new token of the caller; returns the raw token."""
     validate_token_name(name)
-    user_id = session.user_id
+    user_id = _caller(session)
     st = plane.meta.state
     own = st.tokens_of(user_id)
     if any(t.name == name for t in own):
@@ -83,8 +96,8 @@ def create_token(plane, session, name: str, expiry: int) -> str:
 
 
 @command(codes.DELETE_PERSONAL_ACCESS_TOKEN, needs=perm.LOGGED_IN, decode=read_name)
-def delete_token(plane, session, name: str) -> None:
-    for t in plane.meta.state.tokens_of(session.user_id):
+def delete_token(plane: ControlPlane, session: Session, name: str) -> None:
+    for t in plane.meta.state.tokens_of(_caller(session)):
         if t.name == name:
             plane.meta.commit({"op": "token.delete", "token_hash": t.token_hash})
             return

@@ -17,6 +17,8 @@ Wire bodies (TCP.md 5.3, 7.2, 9.6, 9.7)::
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import argon2
 import blake3
@@ -25,12 +27,16 @@ from iggy import SERVER_VERSION
 from iggy.control import lookup
 from iggy.control import permissions as perm
 from iggy.control.clock import now_us
-from iggy.control.registry import Evict, command
+from iggy.control.lookup import Ident
+from iggy.control.registry import Evict, command, read_ident
 from iggy.control.throttle import LoginBackoff, LogLimiter
-from iggy.metadata.state import lowest_free_id
+from iggy.metadata.state import Permissions, Record, UserMeta, lowest_free_id
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.protocol.wire import PROTOCOL_VERSION, Reader, Writer
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane, Session
 
 log = logging.getLogger(__name__)
 _log_limited = LogLimiter(log)
@@ -74,11 +80,17 @@ def validate_password(password: str) -> None:
         raise IggyError(ErrorCode.INVALID_PASSWORD)
 
 
-def encode_user(w: Writer, u) -> None:
+# writes one user of a reply (the classic protocol has its own layout)
+UserLayout = Callable[[Writer, UserMeta], None]
+# what a login body parses as: (username, password) and/or a token, at least one of them
+Credentials = tuple[tuple[str, str] | None, str | None]
+
+
+def encode_user(w: Writer, u: UserMeta) -> None:
     w.u32(u.id).u64(u.created_at).u8(u.status).name(u.username).u32(0)
 
 
-def encode_users(plane, users, encode=encode_user) -> bytes:
+def encode_users(plane: ControlPlane, users: Iterable[UserMeta], encode: UserLayout = encode_user) -> bytes:
     """The user list; `encode` writes one user (the classic protocol passes its own layout)."""
     w = Writer()
     for u in users:
@@ -86,7 +98,7 @@ def encode_users(plane, users, encode=encode_user) -> bytes:
     return w.getvalue()
 
 
-def encode_user_details(plane, u, encode=encode_user) -> bytes:
+def encode_user_details(plane: ControlPlane, u: UserMeta, encode: UserLayout = encode_user) -> bytes:
     """One user and its permissions; `encode` writes the user (as in encode_users)."""
     w = Writer()
     encode(w, u)
@@ -109,11 +121,10 @@ def _refuse_options(r: Reader) -> None:
 # ------------------------------------------------------------------- login / logout
 
 
-def _parse_login(r: Reader):
-    """The shapes the body parses as, in the order upstream tries them: ('password', username,
-    password) and/or ('token', token, None); Evict(15) if neither fits. Bytes after a shape's
-    fields are ignored, so a body may parse as both (core/server/src/dispatch.rs,
-    handle_login_register_request)."""
+def _parse_login(r: Reader) -> Credentials:
+    """The shapes the body parses as, in the order upstream tries them: (username, password)
+    and/or a token; Evict(15) if neither fits. Bytes after a shape's fields are ignored, so a
+    body may parse as both (core/server/src/dispatch.rs, handle_login_register_request)."""
     try:
         version = r.u32()
         r.name()
@@ -123,24 +134,24 @@ def _parse_login(r: Reader):
     if version >> 10 != PROTOCOL_VERSION >> 10:
         raise Evict(EVICT_INCOMPATIBLE_PROTOCOL, PROTOCOL_VERSION, PROTOCOL_VERSION)
     start = r.position
-    shapes = []
+    username_password = token = None
     try:
         username = r.name()
         password = r.string8()
         r.bytes32()
-        shapes.append(("password", username, password))
+        username_password = (username, password)
     except IggyError:
         pass
     r2 = Reader(r.data, start)
     try:
-        token = r2.string8()
+        raw_token = r2.string8()
         r2.bytes32()
-        shapes.append(("token", token, None))
+        token = raw_token
     except IggyError:
         pass
-    if not shapes:
+    if username_password is None and token is None:
         raise Evict(EVICT_MALFORMED_LOGIN)
-    return shapes
+    return username_password, token
 
 
 def _login_reply(user_id: int, session: int) -> bytes:
@@ -158,7 +169,7 @@ def _verify_dummy(password: str) -> bool:
     return verify_password(_dummy_hash, password)
 
 
-async def authenticate(plane, username: str, password: str):
+async def authenticate(plane: ControlPlane, username: str, password: str) -> UserMeta:
     """The active user with these credentials, else IggyError 42 (shared with the HTTP API).
 
     An unknown username is checked against a dummy hash of the same cost, so the answer
@@ -176,7 +187,7 @@ async def authenticate(plane, username: str, password: str):
     return user
 
 
-async def password_login(plane, address: str, username: str, password: str):
+async def password_login(plane: ControlPlane, address: str, username: str, password: str) -> UserMeta:
     """`authenticate` behind the failed-login backoff (iggy.control.throttle): the login of
     every transport. `address` is the client's, as "host:port"."""
     throttle = plane.login_throttle
@@ -186,14 +197,7 @@ async def password_login(plane, address: str, username: str, password: str):
     async with plane.login_gate(address):
         wait = throttle.retry_after(address, key)
         if wait:
-            _log_limited.log(
-                logging.WARNING,
-                "backoff",
-                "login refused without a check: %s is backed off after failed logins (%.0f s left)",
-                address,
-                wait,
-            )
-            raise LoginBackoff(ErrorCode.INVALID_CREDENTIALS, wait)
+            raise _backed_off(address, wait, ErrorCode.INVALID_CREDENTIALS)
         try:
             user = await authenticate(plane, username, password)
         except IggyError:
@@ -203,19 +207,12 @@ async def password_login(plane, address: str, username: str, password: str):
     return user
 
 
-def token_login(plane, address: str, raw_token: str):
+def token_login(plane: ControlPlane, address: str, raw_token: str) -> UserMeta:
     """`user_for_token` behind the failed-login backoff of `address` (see password_login)."""
     throttle = plane.login_throttle
     wait = throttle.retry_after(address)
     if wait:
-        _log_limited.log(
-            logging.WARNING,
-            "backoff",
-            "login refused without a check: %s is backed off after failed logins (%.0f s left)",
-            address,
-            wait,
-        )
-        raise LoginBackoff(ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN, wait)
+        raise _backed_off(address, wait, ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN)
     try:
         user = user_for_token(plane, raw_token)
     except IggyError as exc:
@@ -226,7 +223,20 @@ def token_login(plane, address: str, raw_token: str):
     return user
 
 
-def user_for_token(plane, raw_token: str):
+def _backed_off(address: str, wait: float, code: ErrorCode) -> LoginBackoff:
+    """The refusal of a login from a backed-off address or username, logged (at most once a
+    minute)."""
+    _log_limited.log(
+        logging.WARNING,
+        "backoff",
+        "login refused without a check: %s is backed off after failed logins (%.0f s left)",
+        address,
+        wait,
+    )
+    return LoginBackoff(code, wait)
+
+
+def user_for_token(plane: ControlPlane, raw_token: str) -> UserMeta:
     """The user a personal access token belongs to (shared with the HTTP API).
 
     Unknown or expired token -> IggyError 53; the owner is gone or inactive -> IggyError 47.
@@ -240,25 +250,27 @@ def user_for_token(plane, raw_token: str):
     return user
 
 
-def read_login(r: Reader) -> tuple:
+def read_login(r: Reader) -> tuple[Credentials]:
     return (_parse_login(r),)
 
 
 @command(codes.LOGIN_REGISTER, needs=perm.PUBLIC, decode=read_login)
-async def login(plane, session, shapes):
-    kind, secret, password = shapes[0]
+async def login(plane: ControlPlane, session: Session, credentials: Credentials) -> bytes:
+    username_password, token = credentials
     client_uuid = session.client_uuid
-    if kind == "password":
+    user = None
+    if username_password is not None:
         try:
-            user = await password_login(plane, session.address, secret, password)
+            user = await password_login(plane, session.address, *username_password)
         except IggyError:
             # wrong credentials: a body that also parses as a token login gets that chance
-            if len(shapes) == 1:
+            if token is None:
                 raise Evict(EVICT_INVALID_CREDENTIALS) from None
-            kind, secret, password = shapes[1]
-    if kind == "token":
+    if user is None:
+        if token is None:  # _parse_login answers one shape at least
+            raise Evict(EVICT_MALFORMED_LOGIN)
         try:
-            user = token_login(plane, session.address, secret)
+            user = token_login(plane, session.address, token)
         except IggyError as exc:
             reason = EVICT_USER_INACTIVE if exc.code == ErrorCode.USER_INACTIVE else EVICT_INVALID_TOKEN
             raise Evict(reason) from None
@@ -267,18 +279,14 @@ async def login(plane, session, shapes):
 
 
 @command(codes.LOGOUT_USER, needs=perm.LOGGED_IN)
-def logout(plane, session):
+def logout(plane: ControlPlane, session: Session) -> None:
     plane.logout(session)
 
 
 # ------------------------------------------------------------------- request bodies
 
 
-def read_user_ident(r: Reader) -> tuple:
-    return (r.identifier(),)
-
-
-def read_create(r: Reader) -> tuple:
+def read_create(r: Reader) -> tuple[str, str, int, Permissions | None]:
     username = r.name()
     password = r.string8()
     status = r.u8()
@@ -287,7 +295,7 @@ def read_create(r: Reader) -> tuple:
     return username, password, status, permissions
 
 
-def read_update(r: Reader) -> tuple:
+def read_update(r: Reader) -> tuple[Ident, str | None, int | None]:
     ident = r.identifier()
     username = r.name() if r.bool() else None
     status = r.u8() if r.bool() else None
@@ -295,33 +303,33 @@ def read_update(r: Reader) -> tuple:
     return ident, username, status
 
 
-def read_update_permissions(r: Reader) -> tuple:
+def read_update_permissions(r: Reader) -> tuple[Ident, Permissions | None]:
     return r.identifier(), perm.read_optional(r)
 
 
-def read_change_password(r: Reader) -> tuple:
+def read_change_password(r: Reader) -> tuple[Ident, str, str]:
     return r.identifier(), r.string8(), r.string8()
 
 
 # ------------------------------------------------------------------- reads
 
 
-@command(
-    codes.GET_USER, needs=perm.SELF_OR_READ_USERS, decode=read_user_ident, encode=encode_user_details, missing=None
-)
-def get_user(plane, session, user):
+@command(codes.GET_USER, needs=perm.SELF_OR_READ_USERS, decode=read_ident, encode=encode_user_details, missing=None)
+def get_user(plane: ControlPlane, session: Session, user: UserMeta) -> UserMeta:
     return user
 
 
 @command(codes.GET_USERS, needs=perm.READ_USERS, encode=encode_users)
-def get_users(plane, session):
+def get_users(plane: ControlPlane, session: Session) -> list[UserMeta]:
     return sorted(plane.meta.state.users.values(), key=lambda u: u.id)
 
 
 # ------------------------------------------------------------------- writes
 
 
-def create_user_record(plane, username: str, password_hash: str, status: int, permissions) -> dict:
+def create_user_record(
+    plane: ControlPlane, username: str, password_hash: str, status: int, permissions: Permissions | None
+) -> Record:
     """Validate uniqueness and commit a new user (also used for the root user at first start)."""
     st = plane.meta.state
     if st.user_by_name(username) is not None:
@@ -341,7 +349,9 @@ def create_user_record(plane, username: str, password_hash: str, status: int, pe
 
 
 @command(codes.CREATE_USER, needs=perm.MANAGE_USERS, decode=read_create, encode=encode_user_details)
-async def create_user(plane, session, username: str, password: str, status: int, permissions):
+async def create_user(
+    plane: ControlPlane, session: Session, username: str, password: str, status: int, permissions: Permissions | None
+) -> UserMeta:
     """Validate, hash the password off the loop and commit a new user."""
     validate_username(username)
     validate_password(password)
@@ -355,8 +365,8 @@ async def create_user(plane, session, username: str, password: str, status: int,
 
 
 # the user commands that need manage_users check it before looking the target user up
-@command(codes.DELETE_USER, needs=perm.MANAGE_USERS, decode=read_user_ident)
-def delete_user(plane, session, ident) -> None:
+@command(codes.DELETE_USER, needs=perm.MANAGE_USERS, decode=read_ident)
+def delete_user(plane: ControlPlane, session: Session, ident: Ident) -> None:
     user = lookup.get_user(plane, ident)
     if user.id == perm.ROOT_USER_ID:
         raise IggyError(ErrorCode.CANNOT_DELETE_USER)
@@ -365,7 +375,7 @@ def delete_user(plane, session, ident) -> None:
 
 
 @command(codes.UPDATE_USER, needs=perm.MANAGE_USERS, decode=read_update)
-def update_user(plane, session, ident, username: str | None, status: int | None) -> None:
+def update_user(plane: ControlPlane, session: Session, ident: Ident, username: str | None, status: int | None) -> None:
     """Rename and/or change the status of a user (None leaves a field as it is)."""
     user = lookup.get_user(plane, ident)
     if username is not None:
@@ -379,7 +389,7 @@ def update_user(plane, session, ident, username: str | None, status: int | None)
 
 
 @command(codes.UPDATE_PERMISSIONS, needs=perm.MANAGE_USERS, decode=read_update_permissions)
-def update_permissions(plane, session, ident, permissions) -> None:
+def update_permissions(plane: ControlPlane, session: Session, ident: Ident, permissions: Permissions | None) -> None:
     user = lookup.get_user(plane, ident)
     if user.id == perm.ROOT_USER_ID:
         raise IggyError(ErrorCode.CANNOT_CHANGE_PERMISSIONS)
@@ -387,7 +397,7 @@ def update_permissions(plane, session, ident, permissions) -> None:
 
 
 @command(codes.CHANGE_PASSWORD, needs=perm.SELF_OR_MANAGE_USERS, decode=read_change_password)
-async def change_password(plane, session, user, current: str, new: str) -> None:
+async def change_password(plane: ControlPlane, session: Session, user: UserMeta, current: str, new: str) -> None:
     """Check the current password of `user` (always required, also of root) and store the new one."""
     validate_password(new)
     if not await plane.run_blocking(verify_password, user.password_hash, current):

@@ -89,8 +89,36 @@ cdef int64_t _resp_skip(const unsigned char *p, int64_t pos, int64_t end, int de
     return RESP_PROTOCOL
 
 
+cdef int64_t _resp_pair(const unsigned char *p, int64_t pos, int64_t end, int64_t *count,
+                        int64_t *bulk_pos, int64_t *bulk_len) noexcept nogil:
+    """`*2 [<first>, *<count> ...]` at p[pos]: a stream of an XREAD reply (name, entries) or
+    one of its entries (id, fields). Returns the position of the inner array's first element
+    with *count set, or a negative RESP_* status. With `bulk_pos`, the first value must be a
+    bulk string, its bytes p[*bulk_pos:*bulk_pos + *bulk_len]."""
+    cdef int64_t two = 0
+    pos = _resp_header(p, pos, end, 42, &two)
+    if pos < 0:
+        return pos
+    if bulk_pos != NULL:
+        bulk_pos[0] = _resp_header(p, pos, end, 36, bulk_len)
+        if bulk_pos[0] < 0:
+            return bulk_pos[0]
+    pos = _resp_skip(p, pos, end, 0)
+    if pos < 0:
+        return pos
+    return _resp_header(p, pos, end, 42, count)
+
+
 class RespError(Exception):
     """An error reply (`-ERR ...`) or bytes that are not RESP2."""
+
+
+cdef const unsigned char *_view_of(object buf, Py_buffer *view, Py_ssize_t *end) except? NULL:
+    """The bytes of `buf` (a read-only buffer the caller releases), with *end shortened to them."""
+    PyObject_GetBuffer(buf, view, PyBUF_SIMPLE)
+    if end[0] > view.len:
+        end[0] = view.len
+    return <const unsigned char *>view.buf
 
 
 cdef _resp_raise(const unsigned char *p, int64_t end, int64_t status):
@@ -105,11 +133,8 @@ def resp_skip(buf, Py_ssize_t end, Py_ssize_t values):
     cdef Py_buffer view
     cdef int64_t pos = 0, _i
     cdef const unsigned char *p
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    p = _view_of(buf, &view, &end)
     try:
-        if end > view.len:
-            end = view.len
-        p = <const unsigned char *>view.buf
         with nogil:
             for _i in range(values):
                 pos = _resp_skip(p, pos, end, 0)
@@ -136,11 +161,8 @@ def resp_xread(buf, Py_ssize_t end):
     cdef int64_t pos = 0, n_streams = 0, n_entries = 0, n_fields = 0, blen = 0
     cdef int64_t _s, _e, f, entries = 0, values = 0, id_pos = -1, id_len = 0
     cdef int64_t status = 0
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    p = _view_of(buf, &view, &end)
     try:
-        if end > view.len:
-            end = view.len
-        p = <const unsigned char *>view.buf
         with nogil:
             while True:
                 if pos >= end:
@@ -156,24 +178,12 @@ def resp_xread(buf, Py_ssize_t end):
                     status = pos
                     break
                 for _s in range(n_streams if n_streams > 0 else 0):
-                    # *2 [$name, *N entries]
-                    pos = _resp_header(p, pos, end, 42, &n_entries)
-                    if pos >= 0:
-                        pos = _resp_skip(p, pos, end, 0)          # stream name
-                    if pos >= 0:
-                        pos = _resp_header(p, pos, end, 42, &n_entries)
+                    pos = _resp_pair(p, pos, end, &n_entries, NULL, NULL)  # *2 [$name, *N entries]
                     if pos < 0:
                         status = pos
                         break
                     for _e in range(n_entries if n_entries > 0 else 0):
-                        # *2 [$id, *2k fields]
-                        pos = _resp_header(p, pos, end, 42, &n_fields)
-                        if pos >= 0:
-                            id_pos = _resp_header(p, pos, end, 36, &blen)
-                            id_len = blen
-                            pos = id_pos if id_pos < 0 else _resp_skip(p, pos, end, 0)
-                        if pos >= 0:
-                            pos = _resp_header(p, pos, end, 42, &n_fields)
+                        pos = _resp_pair(p, pos, end, &n_fields, &id_pos, &id_len)  # *2 [$id, *2k fields]
                         if pos < 0:
                             status = pos
                             break

@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from iggy.bench.client import (
     COMMAND_REPLY,
@@ -267,15 +267,22 @@ def _check_reply(command: int, status: int, what: str) -> None:
 # --------------------------------------------------------------------------- actors
 
 
+@dataclass(eq=False)
 class _Actor:
     """What every actor has: its config, target, metrics, pacing and one connection, which
-    `prepare` opens (the frames it sends are built once, for that connection's session)."""
+    `prepare` opens (the frames it sends are built once, for that connection's session).
+    Actors are dataclasses: their constructor takes these fields, then the actor's own."""
 
-    def __init__(
-        self, cfg: BenchConfig, kind: str, actor_id: int, target: Target, progress: Progress | None, rate: float | None
-    ):
-        self.cfg, self.target, self.progress, self.rate = cfg, target, progress, rate
-        self.metrics = ActorMetrics(kind, actor_id, target.name)
+    kind: ClassVar[str]  # of its metrics
+
+    cfg: BenchConfig
+    actor_id: int
+    target: Target
+    progress: Progress | None
+    rate: float | None  # payload bytes per second; None: as fast as it can
+
+    def __post_init__(self) -> None:
+        self.metrics = ActorMetrics(self.kind, self.actor_id, self.target.name)
         self.conn: Connection | None = None
 
     async def _connect(self) -> Connection:
@@ -342,23 +349,15 @@ class _Actor:
             self.conn.close()
 
 
+@dataclass(eq=False)
 class Producer(_Actor):
     """Sends `batches` pre-built batches, one outstanding at a time, partitions round robin."""
 
-    def __init__(
-        self,
-        cfg: BenchConfig,
-        actor_id: int,
-        target: Target,
-        partitions: list[int],
-        batches: int,
-        progress: Progress | None,
-        rate: float | None,
-        kind: str = PRODUCER,
-    ):
-        super().__init__(cfg, kind, actor_id, target, progress, rate)
-        self.partitions, self.batches = partitions, batches
-        self.frame: SendFrame | None = None
+    kind = PRODUCER
+
+    partitions: list[int]
+    batches: int
+    frame: SendFrame | None = field(default=None, init=False)
 
     async def prepare(self) -> None:
         self.frame = self._send_frame(await self._connect(), self.partitions[0])
@@ -381,6 +380,7 @@ class Producer(_Actor):
         return await self._batch_loop(frame, self.batches if batches is None else batches, deadline, record, send)
 
 
+@dataclass(eq=False)
 class Consumer(_Actor):
     """Polls one partition with the offset strategy (`count` = messages per batch).
 
@@ -389,23 +389,13 @@ class Consumer(_Actor):
     poll is an error (the data must be there) and the latency is the poll round trip.
     """
 
-    def __init__(
-        self,
-        cfg: BenchConfig,
-        actor_id: int,
-        target: Target,
-        partition: int,
-        messages: int,
-        progress: Progress | None,
-        rate: float | None,
-        end_to_end: bool = False,
-        start_offset: int = 0,
-    ):
-        super().__init__(cfg, CONSUMER, actor_id, target, progress, rate)
-        self.partition, self.messages = partition, messages
-        self.end_to_end = end_to_end
-        self.offset = start_offset
-        self.frame: PollFrame | None = None
+    kind = CONSUMER
+
+    partition: int
+    messages: int
+    end_to_end: bool = False
+    offset: int = 0  # the next to poll
+    frame: PollFrame | None = field(default=None, init=False)
 
     async def prepare(self) -> None:
         self.frame = self._poll_frame(await self._connect(), self.partition)
@@ -451,22 +441,15 @@ class Consumer(_Actor):
         self.offset = offset
 
 
+@dataclass(eq=False)
 class GroupConsumer(_Actor):
     """A consumer-group member: next strategy + auto commit over the partitions it owns,
     until the group's `remaining` counter (shared by the members of one group) reaches 0."""
 
-    def __init__(
-        self,
-        cfg: BenchConfig,
-        actor_id: int,
-        target: Target,
-        remaining: dict[str, int],
-        progress: Progress | None,
-        rate: float | None,
-    ):
-        super().__init__(cfg, CONSUMER, actor_id, target, progress, rate)
-        self.remaining = remaining
-        self.frame: PollFrame | None = None
+    kind = CONSUMER
+
+    remaining: dict[str, int]  # {"messages": n} shared by the members of one group
+    frame: PollFrame | None = field(default=None, init=False)
 
     async def prepare(self) -> None:
         cfg, t = self.cfg, self.target
@@ -533,24 +516,16 @@ class GroupConsumer(_Actor):
             pass
 
 
+@dataclass(eq=False)
 class ProducingConsumer(_Actor):
     """Sends one batch to its own partition, then polls until it has it back; the latency
     recorded is that whole round trip (send + poll), one sample per batch."""
 
-    def __init__(
-        self,
-        cfg: BenchConfig,
-        actor_id: int,
-        target: Target,
-        partition: int,
-        batches: int,
-        progress: Progress | None,
-        rate: float | None,
-        start_offset: int = 0,
-    ):
-        super().__init__(cfg, PRODUCING_CONSUMER, actor_id, target, progress, rate)
-        self.partition, self.batches = partition, batches
-        self.offset = start_offset
+    kind = PRODUCING_CONSUMER
+
+    partition: int
+    batches: int
+    offset: int = 0  # the next to poll
 
     async def prepare(self) -> None:
         conn = await self._connect()
@@ -637,7 +612,7 @@ async def _fill(
     """Write the data consumers will read (not measured): one producer per stream, batches
     spread round robin over the stream's partitions."""
     producers = [
-        Producer(cfg, 10000 + i, t, t.partitions, n, progress, None)
+        Producer(cfg, 10000 + i, t, progress, None, partitions=t.partitions, batches=n)
         for i, (t, n) in enumerate(zip(targets, per_stream_batches, strict=False))
         if n
     ]
@@ -670,16 +645,29 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> B
         n_actors = cfg.producers + cfg.consumers if kind != "end_to_end_producing_consumer" else cfg.producers
         rate = cfg.rate_limit / n_actors if cfg.rate_limit else None
 
+        def pinned_consumers(batches: list[int], end_to_end: bool = False) -> list[Actor]:
+            """Consumer i polls the first partition of stream i, `batches[i]` batches."""
+            return [
+                Consumer(
+                    cfg,
+                    i + 1,
+                    targets[i],
+                    progress,
+                    rate,
+                    partition=targets[i].partitions[0],
+                    messages=batches[i] * per_batch,
+                    end_to_end=end_to_end,
+                )
+                for i in range(cfg.consumers)
+            ]
+
         if kind == "pinned_consumer":
             batches = cfg.batches_for(cfg.consumers)
             targets = await _ensure_streams(admin, cfg, 1, fresh=False, need_messages=max(batches) * per_batch)
             to_fill = [n if t.created else 0 for t, n in zip(targets, batches, strict=False)]
             if any(to_fill):
                 await _fill(cfg, targets, to_fill, progress)
-            actors = [
-                Consumer(cfg, i + 1, targets[i], targets[i].partitions[0], batches[i] * per_batch, progress, rate)
-                for i in range(cfg.consumers)
-            ]
+            actors = pinned_consumers(batches)
         elif kind == "balanced_consumer_group":
             batches = cfg.batches_for(cfg.consumers)
             total = sum(batches)
@@ -691,7 +679,9 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> B
                 t.group_id = await _ensure_group(admin, t, f"cg-{i + 1}")
                 remaining.append({"messages": per_stream[i] * per_batch})
             actors = [
-                GroupConsumer(cfg, i + 1, targets[i % cfg.streams], remaining[i % cfg.streams], progress, rate)
+                GroupConsumer(
+                    cfg, i + 1, targets[i % cfg.streams], progress, rate, remaining=remaining[i % cfg.streams]
+                )
                 for i in range(cfg.consumers)
             ]
         elif kind == "end_to_end_producing_consumer":
@@ -699,7 +689,9 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> B
             targets = await _ensure_streams(admin, cfg, per_stream_actors, fresh=True)
             batches = cfg.batches_for(cfg.producers)
             actors = [
-                ProducingConsumer(cfg, i + 1, t, t.partitions[i // cfg.streams], batches[i], progress, rate)
+                ProducingConsumer(
+                    cfg, i + 1, t, progress, rate, partition=t.partitions[i // cfg.streams], batches=batches[i]
+                )
                 for i, t in _round_robin(targets, cfg.producers)
             ]
         else:
@@ -707,14 +699,11 @@ async def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> B
             targets = await _ensure_streams(admin, cfg, partitions, fresh=True)
             batches = cfg.batches_for(cfg.producers)
             actors = [
-                Producer(cfg, i + 1, t, t.partitions, batches[i], progress, rate)
+                Producer(cfg, i + 1, t, progress, rate, partitions=t.partitions, batches=batches[i])
                 for i, t in _round_robin(targets, cfg.producers)
             ]
             if kind == "pinned_producer_and_consumer":
-                actors += [
-                    Consumer(cfg, i + 1, targets[i], 0, batches[i] * per_batch, progress, rate, end_to_end=True)
-                    for i in range(cfg.consumers)
-                ]
+                actors += pinned_consumers(batches, end_to_end=True)
 
         await _gather(a.prepare() for a in actors)
 

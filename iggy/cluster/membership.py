@@ -13,6 +13,11 @@
   ping, who am I, the metadata), the rest is answered 58 TransientNotAccepted, which the SDK
   treats as "re-read the metadata and go to the leader" (docs/CLUSTER.md, "What the nodes
   answer").
+- Metadata (iggy.cluster.metalog): every metadata change goes through `replicate`, the leader's
+  fenced write of `meta/<index>` to etcd; a node that is not the leader refuses it. A node that
+  is not leader applies `meta/` as it grows (a watch, and a catch-up at every round); a node that
+  wins an election applies `meta/` to its end before it serves (`ready_epoch`), so the new leader
+  holds every change the old one acknowledged.
 - Leadership changes: when this node becomes leader the io_uring shards' routing table gets its
   users back (iggy.engine.uring.routing.Routes.set_serving), when it stops they lose them, so the
   C data path sends every request to Python, where the gate answers it. A timer fires at the
@@ -28,7 +33,10 @@ from collections.abc import Callable
 from typing import Any
 
 from iggy.cluster.election import Election
-from iggy.cluster.etcd import Etcd
+from iggy.cluster.etcd import Etcd, EtcdUnavailable
+from iggy.cluster.metalog import Behind, EtcdThread, MetaLog, NotAccepted
+from iggy.control import changes
+from iggy.metadata.state import Record
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode
 
@@ -54,20 +62,37 @@ class Cluster:
     # safe to re-issue elsewhere"
     NOT_LEADER = ErrorCode.TRANSIENT_NOT_ACCEPTED
 
-    def __init__(self, config: Any, on_leadership: Callable[[bool], None] = lambda leader: None):
+    def __init__(self, config: Any, plane: Any):
         c = config.cluster
         self.name = c.name
         self.roster = list(c.nodes)
         self.replica_id = c.replica_id
         self.node_name = c.node.name
-        self.on_leadership = on_leadership
+        self.plane = plane
+        self.on_leadership: Callable[[bool], None] = plane.routes.set_serving
         etcd_timeout = max(0.5, c.heartbeat_timeout / 6)
         self.etcd = Etcd(list(c.etcd.endpoints), etcd_timeout)
         self.election = Election(
             self.etcd, c.etcd.prefix, self.replica_id, self.node_name, c.heartbeat_timeout, on_round=self._update
         )
+        self.etcd_timeout = etcd_timeout
+        self.config_endpoints = list(c.etcd.endpoints)
+        # meta/ reads and the watch on a connection of their own: a call of theirs that times
+        # out drops that connection, not the one the election renews the lease on
+        self.metalog = MetaLog(
+            Etcd(list(c.etcd.endpoints), etcd_timeout),
+            c.etcd.prefix,
+            applied=lambda: plane.meta.state.cluster_index,
+            apply=lambda record: changes.apply_replicated(plane, record),
+        )
         self.leading = False
+        # the epoch in which this node, holding the leader key, applied meta/ to its end: it
+        # serves only while that is the current epoch (0: not caught up as leader)
+        self.ready_epoch = 0
         self._task: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._sync: asyncio.Task[None] | None = None
+        self._sync_again = False
         self._fence: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------- life cycle
@@ -82,39 +107,97 @@ class Cluster:
             ", ".join(f"{h}:{p}" for h, p in self.etcd.endpoints),
             self.election.ttl,
         )
+        self.metalog.writer = EtcdThread(list(self.config_endpoints), self.etcd_timeout)
+        self.plane.meta.replicator = self.replicate
         self._task = asyncio.ensure_future(self.election.run())
+        self._watch = asyncio.ensure_future(self.metalog.watch(self._kick))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._task, self._watch, self._sync):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # broad on purpose: stopping anyway
+                    log.exception("cluster task failed at stop")
         if self._fence is not None:
             self._fence.cancel()
+        self.ready_epoch = 0
         self._set_leading(False)
         await self.election.resign()
         await self.etcd.close()
+        await self.metalog.etcd.close()
+        if self.metalog.writer is not None:
+            self.metalog.writer.close()
 
     # ---------------------------------------------------------------- leadership
 
     def is_leader(self) -> bool:
-        return self.election.is_leader()
+        """Elected, within the fencing deadline, and caught up with meta/ in this epoch."""
+        return self.election.is_leader() and self.ready_epoch == self.election.epoch
 
     def serves(self, code: int) -> bool:
-        return code in FOLLOWER_COMMANDS or self.election.is_leader()
+        return code in FOLLOWER_COMMANDS or self.is_leader()
+
+    def replicate(self, record: Record) -> None:
+        """MetadataStore.replicator: the leader's fenced write of `record` to meta/ (blocking).
+        Refused (NotAccepted, 58) on a node that is not the leader; after a failed write the
+        node stops serving until it has caught up with meta/ again (the write may have landed)."""
+        if not self.is_leader():
+            raise NotAccepted("this node is not the leader")
+        try:
+            self.metalog.write(record, self.ready_epoch)
+        except NotAccepted:
+            self.ready_epoch = 0
+            self._follow_verdict()
+            self._kick()
+            raise
 
     def _update(self) -> None:
-        """After each round, and at the fencing deadline: follow the election's verdict."""
-        self._set_leading(self.election.is_leader())
+        """After each round, and at the fencing deadline: follow the election's verdict, and
+        apply what meta/ has beyond this node (a follower; a node elected but not caught up)."""
+        self._follow_verdict()
+        if not self.is_leader():
+            self._kick()
+
+    def _kick(self) -> None:
+        """Run a catch-up with meta/ now, or once more after the one running."""
+        if self._sync is None or self._sync.done():
+            self._sync = asyncio.ensure_future(self._catch_up())
+        else:
+            self._sync_again = True
+
+    async def _catch_up(self) -> None:
+        while True:
+            self._sync_again = False
+            # the leader key is this node's in this epoch before the read: meta/ cannot grow
+            # behind the read except by this node's own writes
+            epoch = self.election.epoch if self.election.is_leader() else 0
+            try:
+                await self.metalog.catch_up()
+            except (EtcdUnavailable, Behind) as exc:
+                log.debug("cluster: catch-up with meta/ stopped: %s", exc)
+                break
+            if epoch and self.election.is_leader() and self.election.epoch == epoch and self.ready_epoch != epoch:
+                log.info(
+                    "cluster: applied meta/ up to index %d; serving as leader", self.plane.meta.state.cluster_index
+                )
+                self.ready_epoch = epoch
+            if not self._sync_again:
+                break
+        self._follow_verdict()
+
+    def _follow_verdict(self) -> None:
+        self._set_leading(self.is_leader())
         if self._fence is not None:
             self._fence.cancel()
             self._fence = None
         if self.leading:
             loop = asyncio.get_running_loop()
             # a hair after the deadline, so is_leader() is already false when it runs
-            self._fence = loop.call_at(_loop_time(loop, self.election.deadline()) + 0.001, self._update)
+            self._fence = loop.call_at(_loop_time(loop, self.election.deadline()) + 0.001, self._follow_verdict)
 
     def _set_leading(self, leading: bool) -> None:
         if leading == self.leading:

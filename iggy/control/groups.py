@@ -59,7 +59,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVarTuple
 
-from iggy.control import lookup
+from iggy.control import changes, lookup
 from iggy.control import permissions as perm
 from iggy.control.lookup import Ident
 from iggy.control.registry import command
@@ -499,16 +499,16 @@ def get_consumer_groups(plane: ControlPlane, session: Session, s: StreamMeta, t:
 def create_consumer_group(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, name: str) -> FoundGroup:
     if any(g.name == name for g in t.groups.values()):
         raise IggyError(ErrorCode.CONSUMER_GROUP_NAME_ALREADY_EXISTS)
-    rec = plane.meta.commit({"op": "group.create", "stream": s.id, "topic": t.id, "id": t.next_group_id, "name": name})
+    rec = changes.apply(
+        plane, {"op": "group.create", "stream": s.id, "topic": t.id, "id": t.next_group_id, "name": name}
+    )
     return s, t, t.groups[rec["id"]]
 
 
 @command(codes.DELETE_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_group)
 def delete_consumer_group(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, gid: Ident) -> None:
     g = lookup.get_group(t, gid)
-    plane.meta.commit({"op": "group.delete", "stream": s.id, "topic": t.id, "id": g.id})
-    plane.groups.forget_group(s.id, t.id, g.id)
-    plane.storage.forget_group_offsets(s.id, t, g.id)
+    changes.apply(plane, {"op": "group.delete", "stream": s.id, "topic": t.id, "id": g.id})
 
 
 @command(codes.JOIN_CONSUMER_GROUP, needs=perm.READ_TOPIC, decode=read_group)

@@ -59,8 +59,16 @@ TRANSPORT_QUIC = 2
 TRANSPORT_HTTP = 3
 TRANSPORT_WEBSOCKET = 4
 
+# 58 TransientNotAccepted is a cluster node's "not admitted here" (iggy.cluster.metalog): in the
+# status, as the follower gate answers it, so the SDK goes to the leader whichever refused it
 _STATUS_CHANNEL = frozenset(
-    {ErrorCode.UNAUTHENTICATED, ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_COMMAND, ErrorCode.INVALID_FORMAT}
+    {
+        ErrorCode.UNAUTHENTICATED,
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.INVALID_COMMAND,
+        ErrorCode.INVALID_FORMAT,
+        ErrorCode.TRANSIENT_NOT_ACCEPTED,
+    }
 )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from iggy.control import changes
 from iggy.control import permissions as perm
 from iggy.control.clock import now_us
 from iggy.control.lookup import Ident
@@ -99,8 +100,8 @@ def create_stream(plane: ControlPlane, session: Session, name: str) -> StreamMet
         raise IggyError(ErrorCode.STREAM_NAME_ALREADY_EXISTS)
     if len(st.streams) >= MAX_STREAMS:
         raise IggyError(ErrorCode.TOO_MANY_STREAMS)
-    rec = plane.meta.commit(
-        {"op": "stream.create", "id": lowest_free_id(st.streams), "name": name, "created_at": now_us()}
+    rec = changes.apply(
+        plane, {"op": "stream.create", "id": lowest_free_id(st.streams), "name": name, "created_at": now_us()}
     )
     return st.streams[rec["id"]]
 
@@ -110,17 +111,14 @@ def update_stream(plane: ControlPlane, session: Session, s: StreamMeta, name: st
     other = plane.meta.state.stream_by_name(name)
     if other is not None and other.id != s.id:
         raise IggyError(ErrorCode.STREAM_NAME_ALREADY_EXISTS)
-    plane.meta.commit({"op": "stream.update", "id": s.id, "name": name})
+    changes.apply(plane, {"op": "stream.update", "id": s.id, "name": name})
 
 
 @command(codes.DELETE_STREAM, needs=perm.MANAGE_STREAM, decode=read_ident)
 def delete_stream(plane: ControlPlane, session: Session, s: StreamMeta) -> None:
-    plane.meta.commit({"op": "stream.delete", "id": s.id})
-    plane.groups.forget_stream(s.id)
-    plane.storage.delete_stream(s.id)
+    changes.apply(plane, {"op": "stream.delete", "id": s.id})
 
 
 @command(codes.PURGE_STREAM, needs=perm.MANAGE_STREAM, decode=read_ident)
 def purge_stream(plane: ControlPlane, session: Session, s: StreamMeta) -> None:
-    for t in s.topics.values():
-        plane.storage.purge_topic(s.id, t)
+    changes.purge(plane, "stream.purge", s.id)

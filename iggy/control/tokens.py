@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from iggy.control import changes
 from iggy.control import permissions as perm
 from iggy.control.clock import now_us
 from iggy.control.registry import command
@@ -89,8 +90,9 @@ def create_token(plane: ControlPlane, session: Session, name: str, expiry: int) 
     if expiry_at and not now < expiry_at <= U64_MAX:
         raise IggyError(ErrorCode.INVALID_PERSONAL_ACCESS_TOKEN_EXPIRY)
     raw = base64.b64encode(secrets.token_bytes(50)).decode("ascii")
-    plane.meta.commit(
-        {"op": "token.create", "user_id": user_id, "name": name, "token_hash": hash_token(raw), "expiry_at": expiry_at}
+    changes.apply(
+        plane,
+        {"op": "token.create", "user_id": user_id, "name": name, "token_hash": hash_token(raw), "expiry_at": expiry_at},
     )
     return raw
 
@@ -99,6 +101,6 @@ def create_token(plane: ControlPlane, session: Session, name: str, expiry: int) 
 def delete_token(plane: ControlPlane, session: Session, name: str) -> None:
     for t in plane.meta.state.tokens_of(_caller(session)):
         if t.name == name:
-            plane.meta.commit({"op": "token.delete", "token_hash": t.token_hash})
+            changes.apply(plane, {"op": "token.delete", "token_hash": t.token_hash})
             return
     raise IggyError(ErrorCode.RESOURCE_NOT_FOUND)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from iggy.control import changes
 from iggy.control import permissions as perm
 from iggy.control.clock import now_us
 from iggy.control.lookup import Ident
@@ -354,26 +355,20 @@ def create_topic(
         raise IggyError(ErrorCode.TOPIC_NAME_ALREADY_EXISTS)
     if len(s.topics) >= MAX_TOPICS_PER_STREAM:
         raise IggyError(ErrorCode.TOO_MANY_TOPICS)
-    tid = lowest_free_id(s.topics)
-    # the files first: a create the storage cannot serve is refused before it is committed
-    prepared = plane.storage.prepare_partitions(s.id, tid, settings, range(partitions), new_topic=True)
-    try:
-        rec = plane.meta.commit(
-            {
-                "op": "topic.create",
-                "stream": s.id,
-                "id": tid,
-                "name": name,
-                "created_at": now_us(),
-                "partitions": partitions,
-                "settings": settings,
-                "explicit": sorted(options),
-            }
-        )
-    except BaseException:
-        plane.storage.discard(prepared)
-        raise
-    plane.storage.install(prepared)
+    # the partitions' files are prepared before the commit (iggy.control.changes)
+    rec = changes.apply(
+        plane,
+        {
+            "op": "topic.create",
+            "stream": s.id,
+            "id": lowest_free_id(s.topics),
+            "name": name,
+            "created_at": now_us(),
+            "partitions": partitions,
+            "settings": settings,
+            "explicit": sorted(options),
+        },
+    )
     return s, s.topics[rec["id"]]
 
 
@@ -391,19 +386,17 @@ def update_topic(
         patch[k] = TOPIC_OPTIONS[k].default if k in ("message_expiry", "max_topic_size") and v == 0 else v
     merged = dict(t.settings, **patch)
     validate_settings(merged, len(t.partitions))
-    plane.meta.commit({"op": "topic.update", "stream": s.id, "id": t.id, "name": name, "settings": patch})
+    changes.apply(plane, {"op": "topic.update", "stream": s.id, "id": t.id, "name": name, "settings": patch})
 
 
 @command(codes.DELETE_TOPIC, needs=perm.MANAGE_TOPIC, decode=read_stream_topic)
 def delete_topic(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta) -> None:
-    plane.meta.commit({"op": "topic.delete", "stream": s.id, "id": t.id})
-    plane.groups.forget_topic(s.id, t.id)
-    plane.storage.delete_topic(s.id, t.id)
+    changes.apply(plane, {"op": "topic.delete", "stream": s.id, "id": t.id})
 
 
 @command(codes.PURGE_TOPIC, needs=perm.MANAGE_TOPIC, decode=read_stream_topic)
 def purge_topic(plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta) -> None:
-    plane.storage.purge_topic(s.id, t)
+    changes.purge(plane, "topic.purge", s.id, t.id)
 
 
 @command(codes.CREATE_PARTITIONS, needs=perm.MANAGE_TOPIC, decode=read_partitions)
@@ -412,16 +405,7 @@ def create_partitions(plane: ControlPlane, session: Session, s: StreamMeta, t: T
         raise IggyError(ErrorCode.INVALID_PARTITIONS_COUNT)
     first = max(t.partitions) + 1 if t.partitions else 0
     ids = list(range(first, first + count))
-    prepared = plane.storage.prepare_partitions(s.id, t.id, t.settings, ids, new_topic=False)
-    try:
-        plane.meta.commit(
-            {"op": "partitions.create", "stream": s.id, "topic": t.id, "ids": ids, "created_at": now_us()}
-        )
-    except BaseException:
-        plane.storage.discard(prepared)
-        raise
-    plane.storage.install(prepared)
-    plane.groups.partitions_changed(s.id, t)
+    changes.apply(plane, {"op": "partitions.create", "stream": s.id, "topic": t.id, "ids": ids, "created_at": now_us()})
 
 
 @command(codes.DELETE_PARTITIONS, needs=perm.MANAGE_TOPIC, decode=read_partitions)
@@ -429,9 +413,7 @@ def delete_partitions(plane: ControlPlane, session: Session, s: StreamMeta, t: T
     if not 1 <= count <= MAX_PARTITIONS_PER_REQUEST or count > len(t.partitions):
         raise IggyError(ErrorCode.INVALID_PARTITIONS_COUNT)
     ids = sorted(t.partitions)[-count:]
-    plane.meta.commit({"op": "partitions.delete", "stream": s.id, "topic": t.id, "ids": ids})
-    plane.storage.delete_partitions(s.id, t.id, ids)
-    plane.groups.partitions_changed(s.id, t)
+    changes.apply(plane, {"op": "partitions.delete", "stream": s.id, "topic": t.id, "ids": ids})
 
 
 @command(codes.DELETE_SEGMENTS, needs=perm.MANAGE_TOPIC, decode=read_delete_segments)

@@ -24,7 +24,7 @@ import argon2
 import blake3
 
 from iggy import SERVER_VERSION
-from iggy.control import lookup
+from iggy.control import changes, lookup
 from iggy.control import permissions as perm
 from iggy.control.clock import now_us
 from iggy.control.lookup import Ident
@@ -334,7 +334,8 @@ def create_user_record(
     st = plane.meta.state
     if st.user_by_name(username) is not None:
         raise IggyError(ErrorCode.USER_ALREADY_EXISTS)
-    return plane.meta.commit(
+    return changes.apply(
+        plane,
         {
             "op": "user.create",
             "id": lowest_free_id(st.users),
@@ -344,7 +345,7 @@ def create_user_record(
             "permissions": permissions,
             "created_at": now_us(),
             "generation": st.next_user_generation,
-        }
+        },
     )
 
 
@@ -370,8 +371,7 @@ def delete_user(plane: ControlPlane, session: Session, ident: Ident) -> None:
     user = lookup.get_user(plane, ident)
     if user.id == perm.ROOT_USER_ID:
         raise IggyError(ErrorCode.CANNOT_DELETE_USER)
-    plane.meta.commit({"op": "user.delete", "id": user.id})
-    plane.logout_user(user)
+    changes.apply(plane, {"op": "user.delete", "id": user.id})
 
 
 @command(codes.UPDATE_USER, needs=perm.MANAGE_USERS, decode=read_update)
@@ -385,7 +385,7 @@ def update_user(plane: ControlPlane, session: Session, ident: Ident, username: s
             raise IggyError(ErrorCode.USER_ALREADY_EXISTS)
     if status is not None and status not in (STATUS_ACTIVE, STATUS_INACTIVE):
         raise IggyError(ErrorCode.INVALID_USER_STATUS)
-    plane.meta.commit({"op": "user.update", "id": user.id, "username": username, "status": status})
+    changes.apply(plane, {"op": "user.update", "id": user.id, "username": username, "status": status})
 
 
 @command(codes.UPDATE_PERMISSIONS, needs=perm.MANAGE_USERS, decode=read_update_permissions)
@@ -393,7 +393,7 @@ def update_permissions(plane: ControlPlane, session: Session, ident: Ident, perm
     user = lookup.get_user(plane, ident)
     if user.id == perm.ROOT_USER_ID:
         raise IggyError(ErrorCode.CANNOT_CHANGE_PERMISSIONS)
-    plane.meta.commit({"op": "user.permissions", "id": user.id, "permissions": permissions})
+    changes.apply(plane, {"op": "user.permissions", "id": user.id, "permissions": permissions})
 
 
 @command(codes.CHANGE_PASSWORD, needs=perm.SELF_OR_MANAGE_USERS, decode=read_change_password)
@@ -405,4 +405,4 @@ async def change_password(plane: ControlPlane, session: Session, user: UserMeta,
     new_hash = await plane.run_blocking(hash_password, new)
     if plane.meta.state.users.get(user.id) is None:
         raise IggyError(ErrorCode.RESOURCE_NOT_FOUND)
-    plane.meta.commit({"op": "user.password", "id": user.id, "password_hash": new_hash})
+    changes.apply(plane, {"op": "user.password", "id": user.id, "password_hash": new_hash})

@@ -114,6 +114,9 @@ class State:
         self.users: dict[int, UserMeta] = {}
         self.tokens: dict[str, TokenMeta] = {}  # token_hash -> token
         self.next_user_generation = 1  # generation of the next user created
+        # cluster mode: index of the last `meta/<index>` record of the cluster applied here
+        # (records carry it; 0 on a single node and before the first)
+        self.cluster_index = 0
 
     # ---------------------------------------------------------------- lookups
 
@@ -133,6 +136,9 @@ class State:
 
     def apply(self, rec: Record) -> None:
         getattr(self, "_apply_" + rec["op"].replace(".", "_"))(rec)
+        index = rec.get("index")
+        if index is not None:
+            self.cluster_index = index
 
     def _apply_stream_create(self, r: Record) -> None:
         self.streams[r["id"]] = StreamMeta(r["id"], r["name"], r["created_at"])
@@ -156,6 +162,12 @@ class State:
         t.name = r["name"]
         t.settings.update(r["settings"])
         t.explicit = sorted(set(t.explicit) | set(r["settings"]))
+
+    def _apply_stream_purge(self, r: Record) -> None:
+        """Cluster mode only: a purge travels as a record so every node purges (no metadata changes)."""
+
+    def _apply_topic_purge(self, r: Record) -> None:
+        """As stream.purge."""
 
     def _apply_topic_delete(self, r: Record) -> None:
         del self.streams[r["stream"]].topics[r["id"]]
@@ -235,7 +247,7 @@ class State:
     # ---------------------------------------------------------------- snapshot
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "streams": [
                 {
                     "id": s.id,
@@ -264,6 +276,9 @@ class State:
             "next_user_generation": self.next_user_generation,
             "tokens": [[t.user_id, t.name, t.token_hash, t.expiry_at] for t in self.tokens.values()],
         }
+        if self.cluster_index:  # only in cluster mode: a single node's snapshot stays as it was
+            d["cluster_index"] = self.cluster_index
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> State:
@@ -292,4 +307,5 @@ class State:
         st.next_user_generation = max(st.next_user_generation, d.get("next_user_generation", 1))
         for uid, name, th, exp in d["tokens"]:
             st.tokens[th] = TokenMeta(uid, name, th, exp)
+        st.cluster_index = d.get("cluster_index", 0)
         return st

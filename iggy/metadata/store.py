@@ -2,6 +2,12 @@
 
 `commit(record)` is the only way metadata changes: the record is appended and fsynced first,
 then applied, so what a client was told has happened is on disk.
+
+In cluster mode (docs/CLUSTER.md, "Metadata through etcd") `replicator` is set: `commit` first
+hands the record to it (the leader's fenced write of `meta/<index>` to etcd, which stamps the
+record with its `index` or raises IggyError), and only then journals it. A follower applies the
+leader's records with `commit_replicated`, which journals them as they are, index included, so
+the applied index survives a restart (`state.cluster_index`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class MetadataStore:
         self.state = State()
         self.version = 0  # bumped by every applied change
         self.listeners: list[Callable[[Record], object]] = []  # listener(record), after every applied change
+        # cluster mode: the write to etcd that must succeed before a change is committed here
+        self.replicator: Callable[[Record], object] | None = None
         # why a directory may lack metadata, for Storage.quarantine_orphans
         self.orphan_notes: dict[DirectoryKey, str] = {}
 
@@ -73,7 +81,14 @@ class MetadataStore:
     def commit(self, record: Record) -> Record:
         """Append (fsynced), then apply. A record that can't be written is refused with
         CANNOT_WRITE_TO_FILE and changes nothing; a failed snapshot is retried later (the
-        journal still holds every record)."""
+        journal still holds every record). In cluster mode the replicator goes first: a
+        change etcd refused (a deposed leader) is not committed here either."""
+        if self.replicator is not None:
+            self.replicator(record)
+        return self.commit_replicated(record)
+
+    def commit_replicated(self, record: Record) -> Record:
+        """Commit a record that is already in the cluster's log (it carries its `index`)."""
         try:
             self.journal.append(record)
         except OSError as exc:

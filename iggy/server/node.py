@@ -38,11 +38,13 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from iggy import SERVER_VERSION
+from iggy.control import changes
 from iggy.control import permissions as perm
 from iggy.control.clock import now_us
 from iggy.control.plane import ControlPlane
 from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
 from iggy.metadata.store import MetadataStore
+from iggy.protocol.errors import IggyError
 from iggy.storage.consumer_offsets import configure_from as configure_offsets
 from iggy.storage.partitions import Storage
 
@@ -118,7 +120,7 @@ class Server:
             # before any listener: a node starts as a follower until it wins the election
             from iggy.cluster.membership import Cluster
 
-            self.cluster = Cluster(cfg, on_leadership=plane.routes.set_serving)
+            self.cluster = Cluster(cfg, plane)
             plane.cluster = self.cluster
             plane.routes.set_serving(False)
         if cfg.tcp.enabled:
@@ -288,14 +290,25 @@ class Server:
                     if session.close is not None:
                         session.close()
 
+    def _changes_metadata(self) -> bool:
+        """Whether the background loops that change metadata or the log run here: on a single
+        node, and on the cluster's leader only (its changes reach the others through meta/)."""
+        return self.cluster is None or self.cluster.is_leader()
+
     async def _token_cleaner_loop(self) -> None:
         """Remove expired personal access tokens (they are refused at login anyway)."""
         interval = self.config.personal_access_token.cleaner.interval
         while True:
             await asyncio.sleep(max(0.1, interval))
+            if not self._changes_metadata():
+                continue
             now = now_us()
             for token in [t for t in self.plane.meta.state.tokens.values() if t.expiry_at and t.expiry_at <= now]:
-                self.plane.meta.commit({"op": "token.delete", "token_hash": token.token_hash})
+                try:
+                    changes.apply(self.plane, {"op": "token.delete", "token_hash": token.token_hash})
+                except IggyError as exc:  # the leadership ended, or the journal can't be written: next pass
+                    log.warning("expired personal access token %r not removed yet: %s", token.name, exc)
+                    break
                 log.info("removed expired personal access token %r of user %d", token.name, token.user_id)
 
     async def _retention_loop(self) -> None:
@@ -304,6 +317,8 @@ class Server:
         interval = self.config.data_maintenance.messages.interval
         while True:
             await asyncio.sleep(max(0.1, interval))
+            if not self._changes_metadata():
+                continue
             try:
                 retention.run_once(self.plane, now_us())
             except Exception:  # broad on purpose: a failed pass must not stop later passes

@@ -2,17 +2,23 @@
 
 Each node is an IggyTestServer child process started with `--replica-id i` and a roster of
 free loopback ports given as IGGY_CLUSTER_NODES_<i>_* variables (the roster's ports replace the
-listeners' ports). `metadata(node)` reads GET_CLUSTER_METADATA over a raw socket.
+listeners' ports). `metadata(node)` reads GET_CLUSTER_METADATA over a raw socket;
+`local_metadata(node)` reads what a node has committed to its own metadata journal.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
+import tempfile
 import time
 from pathlib import Path
 
+from iggy.metadata.journal import Journal
+from iggy.metadata.state import Record, State
+from iggy.metadata.store import MetadataStore
 from iggy.testing.server import IggyTestServer
 from tests.rawclient import RawClient
 
@@ -159,3 +165,46 @@ def leader_of(meta: dict) -> int | None:
     leaders = [i for i, n in enumerate(meta["nodes"]) if n["role"] == "leader"]
     assert len(leaders) <= 1, meta
     return leaders[0] if leaders else None
+
+
+def _metadata_copy(node: IggyTestServer) -> Path:
+    """A copy of the node's metadata directory (the node may be appending: a torn last record in
+    the copy is cut off when it is opened, as at a restart)."""
+    copy = Path(tempfile.mkdtemp(prefix="iggy-meta-copy-"))
+    shutil.copytree(node.data_dir / "metadata", copy / "metadata")
+    return copy
+
+
+def local_metadata(node: IggyTestServer) -> State:
+    """The metadata a node has committed to its own journal (running or not), read from a copy."""
+    copy = _metadata_copy(node)
+    try:
+        store = MetadataStore(str(copy))
+        store.open()
+        store.close()
+        return store.state
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def local_journal(node: IggyTestServer) -> tuple[dict | None, list[Record]]:
+    """(snapshot dict, journal records) of a node's metadata directory, read from a copy."""
+    copy = _metadata_copy(node)
+    try:
+        journal = Journal(str(copy / "metadata"))
+        loaded = journal.load()
+        journal.close()
+        return loaded
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def wait_for(check, timeout: float, what: str):
+    """Poll `check()` until it returns something true; AssertionError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.1)

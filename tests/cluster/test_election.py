@@ -10,7 +10,7 @@
 - etcd unavailable: the leader stops acting as leader within its lease, and a leader is back
   once etcd returns.
 
-Replication is not built yet: what the old leader stored is not on the new one, so the tests
+Messages are not replicated yet (metadata is: tests/cluster/test_metadata.py), so the tests
 after a failover use new names.
 """
 
@@ -130,7 +130,7 @@ async def test_sdk_on_any_node_ends_on_the_leader_and_sends_and_polls(steady, st
     await client.send_messages(stream, "t", 0, [SendMessage(f"m{i}") for i in range(10)])
     polled = await sdk_poll(client, stream, "t", PollingStrategy.First(), count=100)
     assert [m.payload() for m in polled] == [f"m{i}".encode() for i in range(10)]
-    # the stream is on the leader (and, without replication yet, only there)
+    # the stream is on the leader
     raw = RawClient(cluster.address(leader))
     try:
         raw.login()
@@ -168,13 +168,15 @@ async def test_sigkill_of_the_leader_elects_another_and_the_sdk_follows(cluster)
     assert meta["nodes"][leader]["role"] == "follower"
     # The request that meets the dead connection fails with Disconnected; the SDK reconnects by
     # itself (to the address it was given, logs in again, reads the metadata, goes to the
-    # leader) and the retried request succeeds there. New names: nothing is replicated yet.
+    # leader) and the retried request succeeds there.
     await retry_disconnected(lambda: client.create_stream("after"))
     assert cluster.ports[new_leader]["tcp"] in connected_ports()
     raw = RawClient(cluster.address(new_leader))
     try:
         raw.login()
         assert raw.read(200, b"\x02\x05after").status == 0
+        before = raw.read(200, b"\x02\x06before")  # created on the old leader: in etcd's meta/
+        assert before.status == 0 and before.body
     finally:
         raw.close()
 

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iggy.cluster.election import Election
 from iggy.cluster.etcd import Etcd, EtcdUnavailable
@@ -39,6 +39,9 @@ from iggy.control import changes
 from iggy.metadata.state import Record
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ class Cluster:
     # safe to re-issue elsewhere"
     NOT_LEADER = ErrorCode.TRANSIENT_NOT_ACCEPTED
 
-    def __init__(self, config: Any, plane: Any):
+    def __init__(self, config: Any, plane: ControlPlane):
         c = config.cluster
         self.name = c.name
         self.roster = list(c.nodes)

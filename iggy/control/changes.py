@@ -22,13 +22,12 @@ the leader's handler and a follower's applier cannot drift apart.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from iggy.metadata.state import Record
 
-# the control plane (iggy.control.plane.ControlPlane; not imported: it imports the command
-# modules, which import this one)
-ControlPlane = Any
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane
 
 Commit = Callable[[Record], Record]
 

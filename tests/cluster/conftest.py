@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.cluster.etcd import ETCD, MISSING, EtcdServer
+from tests.cluster.nodes import TestCluster
 
 
 @pytest.fixture
@@ -28,3 +29,11 @@ def shared_etcd(tmp_path_factory):
     server = EtcdServer(tmp_path_factory.mktemp("etcd")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path, etcd):
+    """Three nodes of their own, for the tests that kill or stop a node or etcd."""
+    c = TestCluster(tmp_path, etcd.url).start()
+    yield c
+    c.stop()

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from apache_iggy import IggyClient
+
 from iggy.metadata.journal import Journal
 from iggy.metadata.state import Record, State
 from iggy.metadata.store import MetadataStore
@@ -23,6 +25,7 @@ from iggy.testing.server import IggyTestServer
 from tests.rawclient import RawClient
 
 HEARTBEAT_TIMEOUT = 2.0  # seconds: the minimum, so failover tests stay short
+START_ELECTION = 10.0  # seconds for the first leader after the nodes are up
 ROLES = {0: "leader", 1: "follower"}
 STATUSES = {0: "healthy", 1: "starting", 2: "stopping", 3: "unreachable", 4: "maintenance"}
 
@@ -114,6 +117,14 @@ class TestCluster:
                 return
             assert time.monotonic() < deadline, f"not all healthy within {timeout} s: {statuses}"
             time.sleep(0.1)
+
+
+async def sdk(address: str, username: str = "iggy", password: str = "iggy") -> IggyClient:
+    """The official SDK connected to `address` and logged in (it then moves to the leader)."""
+    client = IggyClient(address)
+    await client.connect()
+    await client.login_user(username, password)
+    return client
 
 
 def metadata(address: str) -> dict:

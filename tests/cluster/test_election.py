@@ -22,25 +22,16 @@ import time
 import httpx
 import psutil
 import pytest
-from apache_iggy import Consumer, IggyClient, PollingStrategy, SendMessage
+from apache_iggy import Consumer, PollingStrategy, SendMessage
 
 from iggy.protocol.errors import ErrorCode
-from tests.cluster.nodes import HEARTBEAT_TIMEOUT, TestCluster, leader_of, metadata
+from tests.cluster.nodes import HEARTBEAT_TIMEOUT, START_ELECTION, TestCluster, leader_of, metadata, sdk
 from tests.conftest import sdk_poll
 from tests.rawclient import RawClient, wire_name
 
 pytestmark = pytest.mark.engine
 
 NOT_ACCEPTED = ErrorCode.TRANSIENT_NOT_ACCEPTED
-START_ELECTION = 10.0  # seconds for the first leader after the nodes are up
-
-
-@pytest.fixture
-def cluster(tmp_path, etcd):
-    """A cluster of its own, for the tests that kill or stop a node or etcd."""
-    c = TestCluster(tmp_path, etcd.url).start()
-    yield c
-    c.stop()
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +47,6 @@ def connected_ports() -> set[int]:
     return {
         c.raddr.port for c in psutil.Process().net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED and c.raddr
     }
-
-
-async def sdk(address: str) -> IggyClient:
-    client = IggyClient(address)
-    await client.connect()
-    await client.login_user("iggy", "iggy")
-    return client
 
 
 async def retry_disconnected(call, attempts: int = 5):

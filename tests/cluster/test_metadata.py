@@ -23,37 +23,22 @@ import aetcd
 import httpx
 import psutil
 import pytest
-from apache_iggy import IggyClient
 
 from iggy.protocol.errors import ErrorCode
 from tests.cluster.nodes import (
     HEARTBEAT_TIMEOUT,
-    TestCluster,
+    START_ELECTION,
     local_journal,
     local_metadata,
     metadata,
+    sdk,
     wait_for,
 )
 from tests.rawclient import COMMAND_REPLY, RawClient, ident, sdk_request, wire_name
 
 pytestmark = pytest.mark.engine
 
-START_ELECTION = 10.0
 APPLIED = 15.0  # seconds for a follower to apply what the leader committed
-
-
-@pytest.fixture
-def cluster(tmp_path, etcd):
-    c = TestCluster(tmp_path, etcd.url).start()
-    yield c
-    c.stop()
-
-
-async def sdk(address: str, username: str = "iggy", password: str = "iggy") -> IggyClient:
-    client = IggyClient(address)
-    await client.connect()
-    await client.login_user(username, password)
-    return client
 
 
 def shared_part(state) -> dict:

@@ -140,6 +140,40 @@ cdef inline bint _offsets_key(const TopicRoute *topic, const PartRoute *part, Co
     return True
 
 
+cdef struct OffsetTarget:
+    # what opens a poll and a store-offset body: Consumer, stream and topic Identifiers,
+    # u8 has_partition, u32 partition_id
+    ConsumerRef consumer
+    const TopicRoute *topic     # NULL: not in the routing table
+    uint8_t has_partition
+    uint32_t partition_id
+
+
+cdef inline bint _target(const Table *t, Cursor *c, OffsetTarget *tg) noexcept nogil:
+    """Read the Consumer, stream, topic and partition that open a poll or store-offset body;
+    False for a consumer Python must look at (see _consumer)."""
+    if not _consumer(c, &tg.consumer):
+        return False
+    tg.topic = _route(t, c)
+    tg.has_partition = cur_bool(c)
+    tg.partition_id = cur_u32(c)
+    return True
+
+
+cdef inline const PartRoute *_target_partition(const Table *t, int64_t user_id, uint64_t client_id,
+                                               OffsetTarget *tg, int *kind, uint64_t *key) noexcept nogil:
+    """The partition of `tg` (its topic found) that a poll or store offset may use here, with
+    the (kind, key) of the consumer's offsets there; NULL when Python must answer: no
+    permission to poll, no such partition, or as _offsets_key says."""
+    cdef const PartRoute *part
+    if not allowed(t, user_id, tg.topic, ALLOW_POLL):
+        return NULL
+    part = find_partition(tg.topic, tg.partition_id if tg.has_partition else 0)
+    if part == NULL or not _offsets_key(tg.topic, part, &tg.consumer, tg.has_partition, client_id, True, kind, key):
+        return NULL
+    return part
+
+
 cdef inline uint64_t _now_us() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
@@ -253,31 +287,25 @@ cdef unsigned char *_poll_reserve(void *ctx, uint64_t n) noexcept nogil:
 cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsigned char *req, Cursor *c,
                uint64_t max_poll_bytes, Sink *out) noexcept nogil:
     cdef uint64_t key = 0, value, first = 0, nxt = 0, stored = 0, start = 0, last, current
-    cdef uint32_t partition_id, count
-    cdef uint8_t has_partition, strategy, auto_commit
-    cdef const TopicRoute *topic
+    cdef uint32_t count
+    cdef uint8_t strategy, auto_commit
+    cdef OffsetTarget tg
     cdef const PartRoute *part
     cdef bint has_stored, has_start = True, ok = True
     cdef ReadResult res
     cdef PollOut po
-    cdef ConsumerRef ref
     cdef int kind = 0
-    if not _consumer(c, &ref):
+    if not _target(t, c, &tg):
         return DP_FALLBACK
-    topic = _route(t, c)
-    has_partition = cur_bool(c)
-    partition_id = cur_u32(c)
     strategy = cur_u8(c)
     value = cur_u64(c)
     count = cur_u32(c)
     auto_commit = cur_bool(c)
     # bytes after auto_commit are ignored, as by the Python handler (iggy.protocol.wire.Reader)
-    if c.bad or topic == NULL or count == 0 or strategy < STRATEGY_OFFSET or strategy > STRATEGY_NEXT:
+    if c.bad or tg.topic == NULL or count == 0 or strategy < STRATEGY_OFFSET or strategy > STRATEGY_NEXT:
         return DP_FALLBACK
-    if not allowed(t, user_id, topic, ALLOW_POLL):
-        return DP_FALLBACK
-    part = find_partition(topic, partition_id if has_partition else 0)
-    if part == NULL or not _offsets_key(topic, part, &ref, has_partition, client_id, True, &kind, &key):
+    part = _target_partition(t, user_id, client_id, &tg, &kind, &key)
+    if part == NULL:
         return DP_FALLBACK
     memset(&res, 0, sizeof(ReadResult))
     po.sink = out
@@ -338,29 +366,23 @@ cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsign
 cdef int _store_offset(const Table *t, int64_t user_id, uint64_t client_id, const unsigned char *req, Cursor *c,
                        Sink *out) noexcept nogil:
     cdef uint64_t key = 0, offset, first = 0, nxt = 0
-    cdef ConsumerRef ref
+    cdef OffsetTarget tg
     cdef int kind = 0
-    cdef uint32_t partition_id
-    cdef uint8_t has_partition
-    cdef const TopicRoute *topic
     cdef const PartRoute *part
     cdef int rc
     cdef unsigned char result[4]
-    if not _consumer(c, &ref):
+    if not _target(t, c, &tg):
         return DP_FALLBACK
-    topic = _route(t, c)
-    has_partition = cur_bool(c)
-    partition_id = cur_u32(c)
     offset = cur_u64(c)
     if c.pos < c.n:
         cur_u8(c)                   # ack level: a single node acknowledges after the write
     # bytes after the ack level are ignored, as by the Python handler (iggy.protocol.wire.Reader)
-    if c.bad or topic == NULL or not allowed(t, user_id, topic, ALLOW_POLL):
+    if c.bad or tg.topic == NULL:
         return DP_FALLBACK
-    part = find_partition(topic, partition_id if has_partition else 0)
     # a group member stores offsets only for a partition it owns and polls; one being handed
     # over (no owner in the table), like every refusal, goes to Python (iggy.control.messages)
-    if part == NULL or not _offsets_key(topic, part, &ref, has_partition, client_id, True, &kind, &key):
+    part = _target_partition(t, user_id, client_id, &tg, &kind, &key)
+    if part == NULL:
         return DP_FALLBACK
     (<Mutex>part.lock).lock()
     rc = (<PartitionLog>part.log).c_state(&first, &nxt)

@@ -27,18 +27,29 @@ Wire bodies (TCP.md 7.4, 8.1, 8.5, 8.6, 9.9, 9.12)::
 
 from __future__ import annotations
 
+import asyncio
 import struct
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from iggy._core.checksum import xxh32
 from iggy.control import lookup
 from iggy.control import permissions as perm
 from iggy.control.clock import now_us
+from iggy.control.lookup import Ident
 from iggy.control.registry import command
+from iggy.metadata.state import StreamMeta, TopicMeta
 from iggy.protocol import codes
 from iggy.protocol.batch import BATCH_HEADER_SIZE, validate_batch
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.protocol.wire import Reader, Writer
 from iggy.storage.consumer_offsets import CONSUMER, GROUP, consumer_key
+
+if TYPE_CHECKING:
+    from iggy.control.plane import ControlPlane, Session
+    from iggy.storage.partitions import Partition
+
+_T = TypeVar("_T")
 
 # the body kinds (their home is iggy.protocol.codes), named here for the handlers and HTTP
 CONSUMER_SINGLE, CONSUMER_GROUP = codes.CONSUMER_SINGLE, codes.CONSUMER_GROUP
@@ -51,15 +62,35 @@ _NO_OFFSET_TARGET = (ErrorCode.STREAM_ID_NOT_FOUND, ErrorCode.TOPIC_ID_NOT_FOUND
 _POLL_HEAD = struct.Struct("<IQI")
 _BATCH_LENGTH = struct.Struct("<Q")
 
+# (stream id, topic id, partition id, base offset): where a batch was appended
+Sent = tuple[int, int, int, int]
+# (partition id, current offset, message count, batches): what a poll read
+Polled = tuple[int, int, int, bytes]
 
-def choose_partition(plane, s, t, kind: int, value: bytes) -> int:
+
+class Consumer(NamedTuple):
+    """Who polls or keeps an offset, and where: the consumer's kind (CONSUMER_SINGLE or
+    CONSUMER_GROUP) and Identifier, and the partition it named (`partition_id` counts only
+    when `has_partition`; a single consumer that names none uses partition 0)."""
+
+    kind: int
+    id: Ident
+    has_partition: bool
+    partition_id: int
+
+
+# (stream, topic, consumer): what an offset command acts on
+OffsetTarget = tuple[Ident, Ident, Consumer]
+
+
+def choose_partition(plane: ControlPlane, s: StreamMeta, t: TopicMeta, kind: int, value: bytes) -> int:
     """The partition a batch goes to, by the SDK's partitioning kinds (SEMANTICS 4.3)."""
     if not t.partitions:
         raise IggyError(ErrorCode.NO_PARTITIONS)
     if kind == PARTITION_ID:
         if len(value) != 4:
             raise IggyError(ErrorCode.INVALID_KEY_VALUE_LENGTH)
-        pid = struct.unpack("<I", value)[0]
+        pid: int = struct.unpack("<I", value)[0]
         if pid not in t.partitions:
             raise IggyError(ErrorCode.PARTITION_NOT_FOUND)
         return pid
@@ -73,7 +104,7 @@ def choose_partition(plane, s, t, kind: int, value: bytes) -> int:
     raise IggyError(ErrorCode.INVALID_COMMAND)
 
 
-def vanished(plane, s, t) -> IggyError:
+def vanished(plane: ControlPlane, s: StreamMeta, t: TopicMeta) -> IggyError:
     """The error for a request whose partition went away after `s` and `t` were resolved:
     the not-found code of the stream if it was deleted, else of the topic, else of the
     partition (1009/2010 whether they were named by id or by name, as upstream)."""
@@ -84,7 +115,7 @@ def vanished(plane, s, t) -> IggyError:
     return IggyError(ErrorCode.PARTITION_NOT_FOUND)
 
 
-def open_partition(plane, s, t, pid: int):
+def open_partition(plane: ControlPlane, s: StreamMeta, t: TopicMeta, pid: int) -> Partition:
     """The Partition (s, t, pid), looked up once; the not-found error when the storage does
     not hold it (dropped, or not opened yet by a create that is still running)."""
     partition = plane.storage.partition(s.id, t.id, pid)
@@ -93,7 +124,17 @@ def open_partition(plane, s, t, pid: int):
     return partition
 
 
-def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int, inline_fsync: bool = False):
+def append_batch(
+    plane: ControlPlane,
+    s: StreamMeta,
+    t: TopicMeta,
+    pid: int,
+    body: bytes,
+    start: int,
+    end: int,
+    count: int,
+    inline_fsync: bool = False,
+) -> tuple[int, asyncio.Future[None] | None]:
     """Validate and append one batch; returns (base_offset, fsync future or None).
 
     inline_fsync: the caller is a shard thread (no event loop): a persisted topic's append is
@@ -119,11 +160,16 @@ def append_batch(plane, s, t, pid: int, body, start: int, end: int, count: int, 
 # ------------------------------------------------------------------- request bodies
 
 
-def _read_consumer(r: Reader):
+def read_offset_target(r: Reader) -> OffsetTarget:
+    """`Consumer (u8 kind, Identifier), Identifier stream, Identifier topic, u8 has_partition,
+    u32 partition`: the head of a poll and of every offset command."""
     kind = r.u8()
     if kind not in (CONSUMER_SINGLE, CONSUMER_GROUP):
         raise IggyError(ErrorCode.INVALID_COMMAND)
-    return kind, r.identifier()
+    consumer_id = r.identifier()
+    sid, tid = r.identifier(), r.identifier()
+    has_partition = r.bool()
+    return sid, tid, Consumer(kind, consumer_id, has_partition, r.u32())
 
 
 def read_send_metadata(r: Reader) -> tuple[lookup.Ident, lookup.Ident, int, bytes, int]:
@@ -140,38 +186,26 @@ def read_send_metadata(r: Reader) -> tuple[lookup.Ident, lookup.Ident, int, byte
     return sid, tid, kind, value, count
 
 
-def read_send(r: Reader) -> tuple:
+def read_send(r: Reader) -> tuple[Ident, Ident, int, bytes, bytes, int, int, int]:
     """(stream, topic, partitioning kind, value, body, batch start, batch end, count)."""
     sid, tid, kind, value, count = read_send_metadata(r)
     return sid, tid, kind, value, r.data, r.position, len(r.data), count
 
 
-def read_poll(r: Reader) -> tuple:
-    """(stream, topic, consumer kind, consumer, has_partition, partition, strategy, value,
-    count, auto_commit); a count of 0 is refused here, before anything is looked up."""
-    kind, consumer_id = _read_consumer(r)
-    sid, tid = r.identifier(), r.identifier()
-    has_partition = r.bool()
-    partition_id = r.u32()
+def read_poll(r: Reader) -> tuple[Ident, Ident, Consumer, int, int, int, bool]:
+    """(stream, topic, consumer, strategy, value, count, auto_commit); a count of 0 is refused
+    here, before anything is looked up."""
+    sid, tid, consumer = read_offset_target(r)
     strategy = r.u8()
     value = r.u64()
     count = r.u32()
     auto_commit = r.bool()
     if count == 0:
         raise IggyError(ErrorCode.INVALID_MESSAGES_COUNT)
-    return sid, tid, kind, consumer_id, has_partition, partition_id, strategy, value, count, auto_commit
+    return sid, tid, consumer, strategy, value, count, auto_commit
 
 
-def read_offset_target(r: Reader) -> tuple:
-    """(stream, topic, consumer kind, consumer, has_partition, partition)."""
-    kind, consumer_id = _read_consumer(r)
-    sid, tid = r.identifier(), r.identifier()
-    has_partition = r.bool()
-    partition_id = r.u32()
-    return sid, tid, kind, consumer_id, has_partition, partition_id
-
-
-def read_store_offset(r: Reader) -> tuple:
+def read_store_offset(r: Reader) -> tuple[Ident, Ident, Consumer, int]:
     target = read_offset_target(r)
     offset = r.u64()
     if r.remaining():
@@ -182,12 +216,23 @@ def read_store_offset(r: Reader) -> tuple:
 # ------------------------------------------------------------------- send
 
 
-def encode_sent(plane, sent) -> bytes:
+def encode_sent(plane: ControlPlane, sent: Sent) -> bytes:
     return _SEND_REPLY.pack(1, *sent)
 
 
 @command(codes.SEND_MESSAGES, needs=perm.SEND, decode=read_send, encode=encode_sent)
-def send_messages(plane, session, s, t, kind: int, value: bytes, body, start: int, end: int, count: int):
+def send_messages(
+    plane: ControlPlane,
+    session: Session,
+    s: StreamMeta,
+    t: TopicMeta,
+    kind: int,
+    value: bytes,
+    body: bytes,
+    start: int,
+    end: int,
+    count: int,
+) -> Sent | Awaitable[Sent]:
     """Route and append one batch: (stream id, topic id, partition id, base offset), or an
     awaitable of it when the topic acknowledges after the fsync."""
     pid = choose_partition(plane, s, t, kind, value)
@@ -198,7 +243,7 @@ def send_messages(plane, session, s, t, kind: int, value: bytes, body, start: in
     return _after(synced, sent)
 
 
-async def _after(fut, result):
+async def _after(fut: Awaitable[None], result: _T) -> _T:
     await fut
     return result
 
@@ -209,13 +254,16 @@ FENCE_POLL = "poll"  # a group member may poll only a partition it owns and is n
 FENCE_COMMIT = "commit"  # it may store or delete the offset of any partition it owns
 
 
-def target(plane, session, s, t, kind, consumer_id, has_partition, partition_id, fence):
+def target(
+    plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, consumer: Consumer, fence: str | None
+) -> tuple[Partition, str, int]:
     """(partition, offsets kind, offsets key) of a poll or an offset command, after its
     permission check: the consumer group and the caller's right to use the partition, then the
     partition. `fence` is FENCE_POLL, FENCE_COMMIT or None (reads); a group partition the caller
     may not use that way, member or not, is 5009 as upstream answers (the SDK re-syncs its
     assignment then). The partition may be dropped after this returns: its users check
     `partition.log.closed` under its lock."""
+    kind, consumer_id, has_partition, partition_id = consumer
     if kind == CONSUMER_GROUP:
         g = lookup.get_group(t, consumer_id)
         if not has_partition:
@@ -229,7 +277,7 @@ def target(plane, session, s, t, kind, consumer_id, has_partition, partition_id,
     return partition, store_kind, key
 
 
-def start_offset(partition, strategy: int, value: int, count: int, stored: int | None) -> int | None:
+def start_offset(partition: Partition, strategy: int, value: int, count: int, stored: int | None) -> int | None:
     """Where a poll starts (SEMANTICS 5.1); None when nothing can match."""
     lg = partition.log
     if strategy == STRATEGY_OFFSET:
@@ -245,35 +293,30 @@ def start_offset(partition, strategy: int, value: int, count: int, stored: int |
     raise IggyError(ErrorCode.INVALID_COMMAND)
 
 
-def encode_polled(plane, polled) -> tuple:
+def encode_polled(plane: ControlPlane, polled: Polled) -> tuple[bytes, bytes]:
     pid, current, n, data = polled
     return _POLL_HEAD.pack(pid, current, n), data
 
 
 @command(codes.POLL_MESSAGES, needs=perm.POLL, decode=read_poll, encode=encode_polled)
 def poll_messages(
-    plane,
-    session,
-    s,
-    t,
-    kind,
-    consumer_id,
-    has_partition,
-    partition_id,
-    strategy,
-    value,
-    count,
-    auto_commit,
+    plane: ControlPlane,
+    session: Session,
+    s: StreamMeta,
+    t: TopicMeta,
+    consumer: Consumer,
+    strategy: int,
+    value: int,
+    count: int,
+    auto_commit: bool,
     max_bytes: int | None = None,
-):
+) -> Polled:
     """(partition id, current offset, message count, batches bytes).
 
     The batches are at most max_bytes (default: what fits in the largest frame), or one
     batch. A count of 0 (only over HTTP: the binary decoder refuses it) reads nothing but
     still needs the partition to exist."""
-    partition, store_kind, key = target(
-        plane, session, s, t, kind, consumer_id, has_partition, partition_id, FENCE_POLL if count else None
-    )
+    partition, store_kind, key = target(plane, session, s, t, consumer, FENCE_POLL if count else None)
     with partition.lock:
         lg = partition.log
         if lg.closed:
@@ -306,15 +349,15 @@ def poll_messages(
 
 
 @command(codes.STORE_CONSUMER_OFFSET, needs=perm.POLL, decode=read_store_offset)
-def store_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id, offset: int) -> None:
+def store_consumer_offset(
+    plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, consumer: Consumer, offset: int
+) -> None:
     """Store under the partition lock. The store raises OffsetStoreError, an IggyError, with
     the code of what failed: 3024 too_many_consumer_offsets, 3023
     cannot_open_consumer_offsets_file, 10006 cannot_write_to_file, 10009 cannot_sync_file. A
     group member's store is fenced (5009) and, once done, tells the group coordinator (a
     partition the member hands over may move then)."""
-    partition, store_kind, key = target(
-        plane, session, s, t, kind, consumer_id, has_partition, partition_id, FENCE_COMMIT
-    )
+    partition, store_kind, key = target(plane, session, s, t, consumer, FENCE_COMMIT)
     with partition.lock:
         lg = partition.log
         if lg.closed:
@@ -328,13 +371,15 @@ def store_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition
         plane.groups.committed((s.id, t.id, key), session, partition.id)
 
 
-def _still_owner(plane, session, s, t, partition, store_kind, key) -> bool:
+def _still_owner(
+    plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, partition: Partition, store_kind: str, key: int
+) -> bool:
     """Under the partition lock: False when a group partition moved away from the caller since
     its fence."""
     return store_kind != GROUP or plane.groups.may_use((s.id, t.id, key), session, partition.id, False)
 
 
-def read_delete_offset(r: Reader) -> tuple:
+def read_delete_offset(r: Reader) -> OffsetTarget:
     target = read_offset_target(r)
     if r.remaining():
         r.u8()  # ack level
@@ -342,10 +387,10 @@ def read_delete_offset(r: Reader) -> tuple:
 
 
 @command(codes.DELETE_CONSUMER_OFFSET, needs=perm.POLL, decode=read_delete_offset)
-def delete_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id) -> None:
-    partition, store_kind, key = target(
-        plane, session, s, t, kind, consumer_id, has_partition, partition_id, FENCE_COMMIT
-    )
+def delete_consumer_offset(
+    plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, consumer: Consumer
+) -> None:
+    partition, store_kind, key = target(plane, session, s, t, consumer, FENCE_COMMIT)
     with partition.lock:
         if partition.log.closed:
             raise vanished(plane, s, t)
@@ -355,7 +400,7 @@ def delete_consumer_offset(plane, session, s, t, kind, consumer_id, has_partitio
             raise IggyError(ErrorCode.CONSUMER_OFFSET_NOT_FOUND)
 
 
-def encode_offset(plane, found) -> bytes:
+def encode_offset(plane: ControlPlane, found: tuple[int, int, int]) -> bytes:
     return Writer().u32(found[0]).u64(found[1]).u64(found[2]).getvalue()
 
 
@@ -363,10 +408,12 @@ def encode_offset(plane, found) -> bytes:
 # (core/server/src/dispatch.rs, handle_get_consumer_offset); a missing partition of a topic
 # that exists stays 3007
 @command(codes.GET_CONSUMER_OFFSET, needs=perm.POLL, decode=read_offset_target, encode=encode_offset, missing=None)
-def get_consumer_offset(plane, session, s, t, kind, consumer_id, has_partition, partition_id):
+def get_consumer_offset(
+    plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, consumer: Consumer
+) -> tuple[int, int, int] | None:
     """(partition id, current offset, stored offset), or None when none is stored."""
     try:
-        partition, store_kind, key = target(plane, session, s, t, kind, consumer_id, has_partition, partition_id, None)
+        partition, store_kind, key = target(plane, session, s, t, consumer, None)
     except IggyError as exc:
         if exc.code in _NO_OFFSET_TARGET:
             return None

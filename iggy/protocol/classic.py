@@ -424,9 +424,9 @@ def _classic_polled(
 
 
 # the function of a 0.9 command that acts for a consumer: (plane, session, stream, topic,
-# consumer kind, consumer, has_partition, partition, *its own arguments) -> its result
+# consumer, *its own arguments) -> its result
 _ConsumerCommand: TypeAlias = (
-    "Callable[Concatenate[ControlPlane, Session, StreamMeta, TopicMeta, int, Ident, bool, int, _P], _R]"
+    "Callable[Concatenate[ControlPlane, Session, StreamMeta, TopicMeta, messages.Consumer, _P], _R]"
 )
 
 
@@ -451,20 +451,17 @@ def _for_member(
         session: Session,
         s: StreamMeta,
         t: TopicMeta,
-        kind: int,
-        consumer_id: Ident,
-        has_partition: bool,
-        partition_id: int,
+        consumer: messages.Consumer,
         /,
         *args: _P.args,
         **kwargs: _P.kwargs,
     ) -> _R:
-        if kind == messages.CONSUMER_GROUP and not has_partition:
-            chosen = _group_partition(plane, session, s, t, consumer_id, advance=polling)
+        if consumer.kind == messages.CONSUMER_GROUP and not consumer.has_partition:
+            chosen = _group_partition(plane, session, s, t, consumer.id, advance=polling)
             if chosen is None:
                 return owns_none()
-            has_partition, partition_id = True, chosen
-        return run(plane, session, s, t, kind, consumer_id, has_partition, partition_id, *args, **kwargs)
+            consumer = consumer._replace(has_partition=True, partition_id=chosen)
+        return run(plane, session, s, t, consumer, *args, **kwargs)
 
     current = COMMANDS[code]
     encode = None if polling else current.encode

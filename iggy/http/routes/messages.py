@@ -44,13 +44,13 @@ PollKind = Literal["offset", "timestamp", "first", "last", "next", "o", "t", "f"
 SINGLE = messages.CONSUMER_SINGLE
 # (stream, topic, consumer kind, consumer, has_partition, partition): the arguments a poll and
 # every consumer-offset command start with
-ConsumerTarget = tuple[int | str, int | str, int, int | str, bool, int]
+ConsumerTarget = tuple[int | str, int | str, messages.Consumer]
 
 
 def consumer_target(stream_id: str, topic_id: str, consumer: int | str, partition_id: int) -> ConsumerTarget:
     """What a poll or offset route acts on: over HTTP always a plain consumer (the kind is never
     carried) and always a partition (an omitted one is 0)."""
-    return ident(stream_id), ident(topic_id), SINGLE, consumer, True, partition_id
+    return ident(stream_id), ident(topic_id), messages.Consumer(SINGLE, consumer, True, partition_id)
 
 
 def _confirmation(plane: ControlPlane, sent: tuple[int, int, int, int]) -> Json:

@@ -222,6 +222,71 @@ def permissions_body(
     }
 
 
+class InProcessPlane:
+    """A ControlPlane on a scratch data directory, no server process: requests go in as frames
+    through `ControlPlane.handle`; `root` is a session logged in as the root user."""
+
+    def __init__(self, path: str, **env: str):
+        import asyncio
+
+        from iggy.config import load_config
+        from iggy.control import permissions as perm
+        from iggy.control.plane import ControlPlane
+        from iggy.metadata.store import MetadataStore
+        from iggy.storage.partitions import Storage
+
+        cfg = load_config(env={"IGGY_SYSTEM_PATH": path, **env})
+        self.meta = MetadataStore(path, 1000)
+        self.meta.open()
+        self.storage = Storage(path)
+        self.storage.open_all(self.meta.state)
+        self.plane = ControlPlane(cfg, self.meta, self.storage)
+        self.loop = asyncio.new_event_loop()
+        self.request = 0
+        self.password_hash = None
+        self.root = self.plane.open_session("test-root", 1)
+        self.plane.bind_login(self.root, self.make_user(ROOT_USER, perm.all_permissions()), 1)
+
+    def make_user(self, name: str, perms):
+        """A user with this name and permissions (all with one password, hashed once)."""
+        from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
+
+        if self.password_hash is None:
+            self.password_hash = hash_password(ROOT_PASSWORD)
+        create_user_record(self.plane, name, self.password_hash, STATUS_ACTIVE, perms)
+        return self.meta.state.user_by_name(name)
+
+    def handle(self, session, op: int, code: int, body: bytes) -> bytes:
+        """One request frame in; the whole reply frame."""
+        import inspect
+
+        from iggy.protocol import codes
+        from iggy.protocol.wire import build_request, parse_header
+
+        self.request += 1
+        frame = build_request(
+            op,
+            code,
+            body,
+            session=session.session,
+            request=self.request,
+            client=5,
+            with_checksum=op in codes.CHECKSUMMED_OPS,
+        )
+        reply = self.plane.handle(session, parse_header(frame[:256]), body)
+        if inspect.isawaitable(reply):
+            reply = self.loop.run_until_complete(reply)
+        if isinstance(reply, list):
+            reply = b"".join(bytes(p) for p in reply)
+        return reply
+
+    def close(self) -> None:
+        self.storage.close()
+        self.meta.close()
+        self.plane.close()
+        self.loop.close()
+
+
 def uniq(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

@@ -11,8 +11,6 @@ answered with the generic error 1, which this test counts as a failure.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 import os
 import struct
@@ -21,14 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iggy.config import load_config
-from iggy.control import permissions as perm
-from iggy.control.plane import ControlPlane
-from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
-from iggy.metadata.store import MetadataStore
 from iggy.protocol import codes
-from iggy.protocol.wire import build_request, parse_header, parse_reply_header
-from iggy.storage.partitions import Storage
+from iggy.protocol.wire import parse_reply_header
+from tests.conftest import InProcessPlane
 from tests.rawclient import ident, wire_name
 from tests.reliability import commands as C
 
@@ -36,19 +29,9 @@ EXAMPLES = int(os.environ.get("IGGY_FUZZ_EXAMPLES", "400"))
 U32 = struct.Struct("<I")
 
 
-class Harness:
+class Harness(InProcessPlane):
     def __init__(self, path: str):
-        cfg = load_config(env={"IGGY_SYSTEM_PATH": path, "IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE": "1 MiB"})
-        self.meta = MetadataStore(path, 1000)
-        self.meta.open()
-        self.storage = Storage(path)
-        self.storage.open_all(self.meta.state)
-        self.plane = ControlPlane(cfg, self.meta, self.storage)
-        create_user_record(self.plane, "iggy", hash_password("iggy"), STATUS_ACTIVE, perm.all_permissions())
-        self.loop = asyncio.new_event_loop()
-        self.root = self.plane.open_session("fuzz-root", 1)
-        self.plane.bind_login(self.root, self.meta.state.users[0], 1)
-        self.request = 0
+        super().__init__(path, IGGY_MESSAGE_BUS_MAX_MESSAGE_SIZE="1 MiB")
         self.errors: list[str] = []
         handler = logging.Handler(logging.ERROR)
         handler.emit = lambda record: self.errors.append(
@@ -64,21 +47,7 @@ class Harness:
         self.plane.bind_login(self.nobody, nobody, 2)
 
     def call(self, session, op: int, code: int, body: bytes):
-        self.request += 1
-        frame = build_request(
-            op,
-            code,
-            body,
-            session=session.session,
-            request=self.request,
-            client=5,
-            with_checksum=op in codes.CHECKSUMMED_OPS,
-        )
-        reply = self.plane.handle(session, parse_header(frame[:256]), body)
-        if inspect.isawaitable(reply):
-            reply = self.loop.run_until_complete(reply)
-        if isinstance(reply, list):
-            reply = b"".join(bytes(p) for p in reply)
+        reply = self.handle(session, op, code, body)
         size, command, operation, status, _ = parse_reply_header(reply)
         assert size == len(reply) and command in (8, 13)
         return command, status, reply[256:]
@@ -104,10 +73,7 @@ class Harness:
 
     def close(self):
         logging.getLogger("iggy").removeHandler(self.handler)
-        self.storage.close()
-        self.meta.close()
-        self.plane.close()
-        self.loop.close()
+        super().close()
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from iggy.protocol.batch import build_batch
 from iggy.protocol.wire import build_request
 from iggy.storage.log import PartitionLog
 from iggy.storage.offset_store import OffsetStore
+from tests.conftest import InProcessPlane
 from tests.rawclient import ident, wire_name
 
 
@@ -250,69 +251,23 @@ class SpyRouter:
         return set(calls)
 
 
-class InProcessPlane:
-    """A ControlPlane on a scratch directory, driven with request frames as root."""
+class SpiedPlane(InProcessPlane):
+    """An in-process plane whose router records what each change republishes."""
 
     def __init__(self, path: str):
-        import asyncio
-
-        from iggy.config import load_config
-        from iggy.control import permissions as perm
-        from iggy.control.plane import ControlPlane
-        from iggy.control.users import STATUS_ACTIVE, create_user_record, hash_password
-        from iggy.metadata.store import MetadataStore
-        from iggy.storage.partitions import Storage
-
-        cfg = load_config(env={"IGGY_SYSTEM_PATH": path})
-        self.meta = MetadataStore(path, 1000)
-        self.meta.open()
-        self.storage = Storage(path)
-        self.storage.open_all(self.meta.state)
-        self.plane = ControlPlane(cfg, self.meta, self.storage)
-        self.hash = hash_password("pw")
-
-        def make_user(name: str, perms):
-            create_user_record(self.plane, name, self.hash, STATUS_ACTIVE, perms)
-            return self.meta.state.user_by_name(name)
-
-        self.make_user = make_user
-        root = self.make_user("iggy", perm.all_permissions())
-        self.root = self.plane.open_session("test", 1)
-        self.plane.bind_login(self.root, root, 1)
-        self.loop = asyncio.new_event_loop()
-        self.request = 0
+        super().__init__(path)
         self.spy = SpyRouter(self.plane.routes.router)
         self.plane.routes.router = self.spy
 
     def write(self, op: int, body: bytes, session=None) -> bytes:
-        """A write command; the reply body after its result section (fails the test on an error)."""
-        import inspect
+        """A write command as root; the reply body after its result section (fails the test
+        on an error)."""
+        from iggy.protocol.wire import parse_reply_header
 
-        from iggy.protocol.wire import parse_header, parse_reply_header
-
-        self.request += 1
-        session = session or self.root
-        frame = build_request(
-            op,
-            0,
-            body,
-            session=session.session,
-            request=self.request,
-            client=5,
-            with_checksum=op in codes.CHECKSUMMED_OPS,
-        )
-        reply = self.plane.handle(session, parse_header(frame[:256]), body)
-        if inspect.isawaitable(reply):
-            reply = self.loop.run_until_complete(reply)
+        reply = self.handle(session or self.root, op, 0, body)
         status = parse_reply_header(reply)[3]
         assert status == 0 and reply[256:260] == b"\0\0\0\0", (op, status, reply[256:272])
         return reply[260:]
-
-    def close(self):
-        self.storage.close()
-        self.meta.close()
-        self.plane.close()
-        self.loop.close()
 
 
 OP = codes.CODE_OPERATIONS
@@ -325,7 +280,7 @@ def test_each_change_republishes_only_what_it_touches(tmp_path):
     the stream. Nothing ever rebuilds the whole table."""
     from iggy.control import permissions as perm
 
-    h = InProcessPlane(str(tmp_path))
+    h = SpiedPlane(str(tmp_path))
     try:
         u32 = struct.Struct("<I")
         a = u32.unpack_from(h.write(OP[codes.CREATE_STREAM], wire_name("a")))[0]

@@ -167,4 +167,47 @@ def wire_name(text: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
-__all__ = ["RawClient", "Reply", "ident", "login_body", "pat_login_body", "wire_name", "xxh3_64"]
+def consumer_target(stream, topic, partition: int | None = 0, consumer=1, kind: int = 1) -> bytes:
+    """The start of the poll and consumer-offset bodies (TCP.md 8.5): consumer (kind u8, 1 a
+    consumer, 2 a group; identifier), stream and topic identifiers, u8 has_partition and u32
+    partition id (0 when there is none)."""
+    has = partition is not None
+    return bytes([kind]) + ident(consumer) + ident(stream) + ident(topic) + struct.pack("<?I", has, partition or 0)
+
+
+def poll_body(
+    stream,
+    topic,
+    partition: int | None = 0,
+    *,
+    strategy: int = 1,
+    value: int = 0,
+    count: int = 10,
+    auto_commit: bool = False,
+    consumer=1,
+    kind: int = 1,
+) -> bytes:
+    """POLL_MESSAGES (100): the consumer target, the strategy (kind u8, 1 offset ... 5 next;
+    value u64), u32 count, u8 auto_commit."""
+    return consumer_target(stream, topic, partition, consumer, kind) + struct.pack(
+        "<BQI?", strategy, value, count, auto_commit
+    )
+
+
+def store_offset_body(stream, topic, partition: int | None, offset: int, consumer=1, kind: int = 1) -> bytes:
+    """STORE_CONSUMER_OFFSET (121): the consumer target, u64 offset, u8 ack (1)."""
+    return consumer_target(stream, topic, partition, consumer, kind) + struct.pack("<QB", offset, 1)
+
+
+__all__ = [
+    "RawClient",
+    "Reply",
+    "consumer_target",
+    "ident",
+    "login_body",
+    "pat_login_body",
+    "poll_body",
+    "store_offset_body",
+    "wire_name",
+    "xxh3_64",
+]

@@ -28,7 +28,7 @@ import pytest
 
 from iggy.protocol.batch import build_batch, iter_messages
 from tests.conftest import ServerProcess
-from tests.rawclient import RawClient, ident, wire_name
+from tests.rawclient import RawClient, ident, poll_body, wire_name
 from tests.reliability.common import option, verify_batches
 from tests.test_log import batch_positions
 
@@ -96,21 +96,6 @@ def damaged(tmp_path_factory):
     return srv.data_dir, where
 
 
-def _poll_body(consumer: int, strategy: int, value: int, count: int, auto_commit: bool = False) -> bytes:
-    return (
-        b"\x01"
-        + ident(consumer)
-        + ident(S)
-        + ident(T)
-        + b"\x01"
-        + struct.pack("<I", 0)
-        + bytes([strategy])
-        + struct.pack("<Q", value)
-        + struct.pack("<I", count)
-        + bytes([auto_commit])
-    )
-
-
 def _result(reply):
     """(status,) or (0, current offset, [offsets]) with every served batch verified."""
     if reply.status:
@@ -142,9 +127,11 @@ def _session(srv, where) -> list:
     out = []
     c = RawClient(srv.tcp_address)
     _ok(c.login())
-    poll = lambda consumer, strategy, value, count, auto=False: _result(  # noqa: E731
-        c.read(100, _poll_body(consumer, strategy, value, count, auto))
-    )
+
+    def poll(consumer, strategy, value, count, auto=False):
+        body = poll_body(S, T, 0, strategy=strategy, value=value, count=count, auto_commit=auto, consumer=consumer)
+        return _result(c.read(100, body))
+
     for name, (bad, _path) in where.items():
         out.append((name, "before", poll(1, 1, bad.start - 5, 20)))
         for start in (bad.start, bad.start + 3, bad.stop - 1, bad.start):
@@ -263,7 +250,7 @@ def test_startup_check_finds_nothing_on_intact_data(tmp_path):
         srv.restart()
         c = RawClient(srv.tcp_address)
         _ok(c.login())
-        r = c.read(100, _poll_body(1, 1, 0, 1000))
+        r = c.read(100, poll_body(S, T, 0, count=1000))
         assert len(list(iter_messages(r.body[16:]))) == 400
         c.close()
     finally:

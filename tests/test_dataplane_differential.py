@@ -13,6 +13,7 @@ request may take a server down.
 
 from __future__ import annotations
 
+import functools
 import random
 import struct
 
@@ -21,7 +22,7 @@ import pytest
 from iggy.protocol import codes
 from iggy.protocol.batch import build_batch, iter_messages
 from tests.conftest import ServerProcess
-from tests.rawclient import RawClient, ident, wire_name
+from tests.rawclient import RawClient, ident, poll_body, store_offset_body, wire_name
 
 pytestmark = pytest.mark.skipif(
     __import__("iggy.engine.uring.engine", fromlist=["probe"]).probe() is not None,
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 OP = codes.CODE_OPERATIONS
+poll_st = functools.partial(poll_body, "s", "t")  # partition 0 unless given
+store_st = functools.partial(store_offset_body, "s", "t")  # (partition, offset)
 
 
 @pytest.fixture(scope="module")
@@ -72,34 +75,6 @@ def send_body(stream=None, topic=None, kind=2, value=b"\0\0\0\0", payloads=(b"a"
     )
     batch = build_batch([(7 + i, p, b"") for i, p in enumerate(payloads)], origin_timestamp=1_000_000)
     return struct.pack("<I", len(md) + 4) + md + struct.pack("<I", len(payloads) if count is None else count) + batch
-
-
-def poll_body(consumer_kind=1, consumer=1, partition=(1, 0), strategy=1, value=0, count=10, auto_commit=0):
-    return (
-        bytes([consumer_kind])
-        + ident(consumer)
-        + ident("s")
-        + ident("t")
-        + bytes([partition[0]])
-        + struct.pack("<I", partition[1])
-        + bytes([strategy])
-        + struct.pack("<Q", value)
-        + struct.pack("<I", count)
-        + bytes([auto_commit])
-    )
-
-
-def store_body(consumer_kind=1, consumer=1, partition=(1, 0), offset=0, ack=b"\x01"):
-    return (
-        bytes([consumer_kind])
-        + ident(consumer)
-        + ident("s")
-        + ident("t")
-        + bytes([partition[0]])
-        + struct.pack("<I", partition[1])
-        + struct.pack("<Q", offset)
-        + ack
-    )
 
 
 def _request(c: RawClient, kind: str, body: bytes):
@@ -157,19 +132,19 @@ CASES = {
         send_body(kind=2, value=b"\1\0\0\0"),
     ],
     "poll": [
-        poll_body(),
-        poll_body(strategy=3, count=2),
-        poll_body(strategy=4, count=2),
-        poll_body(strategy=5, auto_commit=1, consumer="named"),
-        poll_body(strategy=2, value=1),
-        poll_body(consumer_kind=2, consumer="g"),
-        poll_body(partition=(0, 0), strategy=3),
+        poll_st(),
+        poll_st(strategy=3, count=2),
+        poll_st(strategy=4, count=2),
+        poll_st(strategy=5, auto_commit=True, consumer="named"),
+        poll_st(strategy=2, value=1),
+        poll_st(kind=2, consumer="g"),
+        poll_st(None, strategy=3),
     ],
     "store": [
-        store_body(),
-        store_body(consumer="named", offset=1),
-        store_body(ack=b""),
-        store_body(consumer_kind=2, consumer="g", offset=0),
+        store_st(0, 0),
+        store_st(0, 1, consumer="named"),
+        store_st(0, 0)[:-1],  # no ack byte,
+        store_st(0, 0, consumer="g", kind=2),
     ],
 }
 

@@ -19,7 +19,7 @@ from iggy.protocol.wire import build_request, parse_reply_header
 from iggy.storage.log import PartitionLog
 from iggy.storage.offset_store import OffsetStore
 from iggy.storage.served_offsets import ServedOffsets
-from tests.rawclient import ident
+from tests.rawclient import ident, poll_body, store_offset_body
 
 ALLOW_SEND, ALLOW_POLL = Allow.ALLOW_SEND, Allow.ALLOW_POLL
 
@@ -55,33 +55,14 @@ def send_frame(payloads=(b"one", b"two"), topic="t", kind=2, value=PARTITION_0, 
     return build_request(160, 0, body, request=9, client=77)
 
 
-def poll_frame(strategy=1, value=0, count=10, auto_commit=0, consumer=(1, 1), partition=(1, 0)):
-    body = (
-        bytes([consumer[0]])
-        + ident(consumer[1])
-        + ident("s")
-        + ident("t")
-        + bytes([partition[0]])
-        + struct.pack("<I", partition[1])
-        + bytes([strategy])
-        + struct.pack("<Q", value)
-        + struct.pack("<I", count)
-        + bytes([auto_commit])
-    )
+def poll_frame(consumer=(1, 1), partition: int | None = 0, **kw):
+    """A poll of s/t by consumer (kind, id); the strategy, count and auto_commit as keywords."""
+    body = poll_body("s", "t", partition, kind=consumer[0], consumer=consumer[1], **kw)
     return build_request(2, 100, body, request=10, client=77)
 
 
-def store_frame(offset, consumer=(1, 1), partition=(1, 0), checksum=True):
-    body = (
-        bytes([consumer[0]])
-        + ident(consumer[1])
-        + ident("s")
-        + ident("t")
-        + bytes([partition[0]])
-        + struct.pack("<I", partition[1])
-        + struct.pack("<Q", offset)
-        + b"\x01"
-    )
+def store_frame(offset, consumer=(1, 1), partition: int | None = 0, checksum=True):
+    body = store_offset_body("s", "t", partition, offset, kind=consumer[0], consumer=consumer[1])
     return build_request(161, 0, body, request=11, client=77, with_checksum=checksum)
 
 
@@ -172,7 +153,7 @@ def test_unknown_routes_go_to_python(plane):
     assert serve(router, WRITER, 0, send_frame(kind=9, value=b"")) == ("fallback", None)
     assert serve(router, WRITER, 0, poll_frame(count=0)) == ("fallback", None)
     assert serve(router, WRITER, 0, poll_frame(strategy=6)) == ("fallback", None)
-    assert serve(router, WRITER, 0, poll_frame(partition=(1, 5))) == ("fallback", None)
+    assert serve(router, WRITER, 0, poll_frame(partition=5)) == ("fallback", None)
 
 
 def test_partitioning(plane):
@@ -234,7 +215,7 @@ def test_consumer_group_ownership(plane):
     assert struct.unpack_from("<IQI", body) == (0, 1, 2)
     assert parts[0][3].get("groups", 3) == 1
     assert serve(router, WRITER, OWNER + 1, poll_frame(consumer=group)) == ("fallback", None)  # not the owner
-    assert serve(router, WRITER, OWNER, poll_frame(consumer=group, partition=(0, 0))) == ("fallback", None)
+    assert serve(router, WRITER, OWNER, poll_frame(consumer=group, partition=None)) == ("fallback", None)
     assert serve(router, WRITER, OWNER, poll_frame(consumer=(2, "nope"))) == ("fallback", None)
     # what the group poll served is recorded, with the client that polled (cooperative rebalancing)
     assert parts[0][4].get(3) == (1, OWNER)
@@ -258,4 +239,4 @@ def test_a_closed_log_goes_to_python(plane):
     router, parts, _ = plane
     parts[1][1].close()
     assert serve(router, WRITER, 0, send_frame(kind=2, value=struct.pack("<I", 1))) == ("fallback", None)
-    assert serve(router, WRITER, 0, poll_frame(partition=(1, 1))) == ("fallback", None)
+    assert serve(router, WRITER, 0, poll_frame(partition=1)) == ("fallback", None)

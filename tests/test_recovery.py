@@ -19,7 +19,7 @@ from apache_iggy import Durability, PollingStrategy, SendMessage
 
 from iggy.protocol.batch import compute_batch_checksum
 from tests.conftest import ServerProcess, connect_root, sdk_poll
-from tests.rawclient import RawClient, ident
+from tests.rawclient import RawClient, ident, store_offset_body
 from tests.test_log import batch_positions
 
 S, T = "rs", "rt"
@@ -175,16 +175,7 @@ async def test_kill9_keeps_every_acknowledged_batch(tmp_path):
 
 
 async def store_offset(client, consumer_id, partition, offset):
-    body = (
-        b"\x01"
-        + ident(consumer_id)
-        + ident(S)
-        + ident(T)
-        + b"\x01"
-        + struct.pack("<I", partition)
-        + struct.pack("<Q", offset)
-        + b"\x01"
-    )
+    body = store_offset_body(S, T, partition, offset, consumer=consumer_id)
     await client.send_binary_request(121, body)
 
 

@@ -24,7 +24,16 @@ from iggy.control import permissions as perm
 from iggy.protocol import codes
 from iggy.protocol.batch import build_batch
 from tests.conftest import ROOT_PASSWORD, ROOT_USER, uniq
-from tests.rawclient import RawClient, ident, login_body, pat_login_body, wire_name
+from tests.rawclient import (
+    RawClient,
+    consumer_target,
+    ident,
+    login_body,
+    pat_login_body,
+    poll_body,
+    store_offset_body,
+    wire_name,
+)
 
 OP = codes.CODE_OPERATIONS
 READ = 2
@@ -44,28 +53,6 @@ def send_body(stream, topic="t", partition=0, payloads=(b"a", b"bb")) -> bytes:
     md = ident(stream) + ident(topic) + bytes([2, 4]) + struct.pack("<I", partition)
     batch = build_batch([(0, p, b"") for p in payloads], origin_timestamp=1_000_000)
     return struct.pack("<I", len(md) + 4) + md + struct.pack("<I", len(payloads)) + batch
-
-
-def consumer(kind=1, cid=1) -> bytes:
-    return bytes([kind]) + ident(cid)
-
-
-def poll_body(stream, topic="t", partition=0, count=10, kind=1, cid=1) -> bytes:
-    return (
-        consumer(kind, cid)
-        + ident(stream)
-        + ident(topic)
-        + b"\x01"
-        + struct.pack("<I", partition)
-        + b"\x01"
-        + struct.pack("<Q", 0)
-        + struct.pack("<I", count)
-        + b"\x00"
-    )
-
-
-def offset_body(stream, topic="t", partition=0, kind=1, cid=1) -> bytes:
-    return consumer(kind, cid) + ident(stream) + ident(topic) + b"\x01" + struct.pack("<I", partition)
 
 
 def string8(text: str) -> bytes:
@@ -125,7 +112,7 @@ def _read(w, code: int, body: bytes = b"") -> bytes:
 
 
 def _offset(w):
-    body = _read(w, codes.GET_CONSUMER_OFFSET, offset_body(w.s))
+    body = _read(w, codes.GET_CONSUMER_OFFSET, consumer_target(w.s, "t"))
     return struct.unpack_from("<Q", body, 12)[0] if body else None
 
 
@@ -135,8 +122,8 @@ def _join(w) -> bytes:
 
 
 def _store(w) -> bytes:
-    ok(w.c.call(161, 0, offset_body(w.s) + struct.pack("<Q", 1) + b"\x01"))
-    return offset_body(w.s) + b"\x01"
+    ok(w.c.call(161, 0, store_offset_body(w.s, "t", 0, 1)))
+    return consumer_target(w.s, "t") + b"\x01"
 
 
 def _assert(condition, message="") -> None:
@@ -144,7 +131,7 @@ def _assert(condition, message="") -> None:
 
 
 def _polled(w) -> int:
-    return polled_count(ok(w.c.read(codes.POLL_MESSAGES, poll_body(w.s))))
+    return polled_count(ok(w.c.read(codes.POLL_MESSAGES, poll_body(w.s, "t"))))
 
 
 # name: (operation, command code, body builder, check of (world, reply) after the call).
@@ -168,10 +155,10 @@ CASES = {
     "poll_messages": (
         READ,
         codes.POLL_MESSAGES,
-        lambda w: poll_body(w.s),
+        lambda w: poll_body(w.s, "t"),
         lambda w, r: _assert(polled_count(r) == 2, r),
     ),
-    "get_consumer_offset": (READ, codes.GET_CONSUMER_OFFSET, lambda w: offset_body(w.s), None),
+    "get_consumer_offset": (READ, codes.GET_CONSUMER_OFFSET, lambda w: consumer_target(w.s, "t"), None),
     "get_stream": (READ, codes.GET_STREAM, lambda w: ident(w.s), lambda w, r: _assert(r.body)),
     "get_streams": (READ, codes.GET_STREAMS, lambda w: b"", lambda w, r: _assert(w.s.encode() in r.body)),
     "get_topic": (READ, codes.GET_TOPIC, _st, lambda w, r: _assert(r.body)),
@@ -187,7 +174,7 @@ CASES = {
     "store_consumer_offset": (
         161,
         0,
-        lambda w: offset_body(w.s) + struct.pack("<Q", 1) + b"\x01",
+        lambda w: store_offset_body(w.s, "t", 0, 1),
         lambda w, r: _assert(_offset(w) == 1),
     ),
     "delete_consumer_offset": (162, 0, _store, lambda w, r: _assert(_offset(w) is None)),
@@ -354,6 +341,6 @@ def test_c_data_plane_serves_requests_with_trailing_bytes(srv, raw_root):
     w = World(raw_root)
     before = _metrics(srv)["shard_requests_native"]
     for _ in range(3):
-        assert polled_count(ok(raw_root.read(codes.POLL_MESSAGES, poll_body(w.s) + TRAIL))) == 2
-        ok(raw_root.call(161, 0, offset_body(w.s) + struct.pack("<Q", 1) + b"\x01" + TRAIL))
+        assert polled_count(ok(raw_root.read(codes.POLL_MESSAGES, poll_body(w.s, "t") + TRAIL))) == 2
+        ok(raw_root.call(161, 0, store_offset_body(w.s, "t", 0, 1) + TRAIL))
     assert _metrics(srv)["shard_requests_native"] - before >= 6

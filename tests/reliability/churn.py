@@ -31,7 +31,7 @@ from collections import Counter
 
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode
-from tests.rawclient import ident, wire_name
+from tests.rawclient import consumer_target, ident, poll_body, store_offset_body, wire_name
 from tests.reliability.common import Client, Launcher, verify_batches
 
 OP = codes.CODE_OPERATIONS
@@ -58,7 +58,6 @@ ALLOWED = frozenset(
 ALLOWED_STORE = ALLOWED | {ErrorCode.INVALID_OFFSET}
 
 _U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 
 
 def _target(rng: random.Random):
@@ -66,35 +65,6 @@ def _target(rng: random.Random):
     if rng.random() < 0.7:
         return rng.choice(STREAMS), rng.choice(TOPICS)
     return rng.randrange(0, 3), rng.randrange(0, 3)
-
-
-def poll_body(
-    consumer_kind: int,
-    consumer,
-    stream,
-    topic,
-    partition: int,
-    strategy: int,
-    value: int,
-    count: int,
-    auto_commit: bool,
-) -> bytes:
-    return (
-        bytes([consumer_kind])
-        + ident(consumer)
-        + ident(stream)
-        + ident(topic)
-        + b"\x01"
-        + _U32.pack(partition)
-        + bytes([strategy])
-        + _U64.pack(value)
-        + _U32.pack(count)
-        + bytes([auto_commit])
-    )
-
-
-def offset_body(consumer_kind: int, consumer, stream, topic, partition: int) -> bytes:
-    return bytes([consumer_kind]) + ident(consumer) + ident(stream) + ident(topic) + b"\x01" + _U32.pack(partition)
 
 
 class Churn:
@@ -148,26 +118,26 @@ class Churn:
                         )
                     strategy = rng.choice((1, 3, 5))
                     body = poll_body(
-                        kind,
-                        consumer,
                         stream,
                         topic,
                         partition,
-                        strategy,
-                        rng.randrange(0, 50),
-                        rng.randint(1, 100),
-                        strategy == 5,
+                        strategy=strategy,
+                        value=rng.randrange(0, 50),
+                        count=rng.randint(1, 100),
+                        auto_commit=strategy == 5,
+                        consumer=consumer,
+                        kind=kind,
                     )
                     reply = c.read(codes.POLL_MESSAGES, body)
                     if self._check("poll", reply) and len(reply.body) > 16:
                         verify_batches(reply.body[16:])
                 elif op < 0.9:
-                    body = offset_body(1, 100 + i, stream, topic, partition) + _U64.pack(rng.randrange(0, 20)) + b"\x01"
+                    body = store_offset_body(stream, topic, partition, rng.randrange(0, 20), consumer=100 + i)
                     self._check("store_offset", c.call(OP[codes.STORE_CONSUMER_OFFSET], 0, body), ALLOWED_STORE)
                 else:
                     self._check(
                         "get_offset",
-                        c.read(codes.GET_CONSUMER_OFFSET, offset_body(1, 100 + i, stream, topic, partition)),
+                        c.read(codes.GET_CONSUMER_OFFSET, consumer_target(stream, topic, partition, consumer=100 + i)),
                     )
         except Exception as exc:
             self._fail(f"worker {i}: {exc!r}")

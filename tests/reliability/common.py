@@ -20,7 +20,7 @@ from iggy._core.checksum import xxh3_64
 from iggy.protocol import codes
 from iggy.protocol.batch import build_batch, compute_batch_checksum
 from tests.conftest import ServerProcess
-from tests.rawclient import RawClient, ident, wire_name
+from tests.rawclient import RawClient, ident, poll_body, wire_name
 
 OP_CREATE_STREAM = codes.CODE_OPERATIONS[codes.CREATE_STREAM]
 OP_DELETE_STREAM = codes.CODE_OPERATIONS[codes.DELETE_STREAM]
@@ -79,19 +79,7 @@ class Client(RawClient):
         return reply, base
 
     def poll(self, stream, topic, partition: int, offset: int, count: int, consumer: int = 1):
-        body = (
-            b"\x01"
-            + ident(consumer)
-            + ident(stream)
-            + ident(topic)
-            + b"\x01"
-            + _U32.pack(partition)
-            + b"\x01"
-            + _U64.pack(offset)
-            + _U32.pack(count)
-            + b"\x00"
-        )
-        return self.read(CODE_POLL, body)
+        return self.read(CODE_POLL, poll_body(stream, topic, partition, value=offset, count=count, consumer=consumer))
 
     def poll_all(self, stream, topic, partition: int, chunk: int = 10000) -> list[dict]:
         """Every message of a partition, verified; raises Corrupt or AssertionError."""

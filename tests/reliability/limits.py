@@ -30,7 +30,7 @@ import time
 import psutil
 
 from iggy.protocol.wire import build_request
-from tests.rawclient import closed_by_server, ident, login_body
+from tests.rawclient import closed_by_server, login_body, poll_body
 from tests.reliability.common import Client, Launcher
 
 PING = build_request(2, 1, b"", client=3)
@@ -90,18 +90,7 @@ def check_max_connections(server, limit: int) -> dict:
 
 
 def _poll_frame(session: int, count: int) -> bytes:
-    body = (
-        b"\x01"
-        + ident(1)
-        + ident("lim")
-        + ident("t")
-        + b"\x01"
-        + struct.pack("<I", 0)
-        + b"\x01"
-        + struct.pack("<Q", 0)
-        + struct.pack("<I", count)
-        + b"\x00"
-    )
+    body = poll_body("lim", "t", count=count)
     return build_request(2, 100, body, session=session, request=1, client=9)
 
 

@@ -18,29 +18,17 @@ import argparse
 import json
 import os
 import random
-import struct
 import threading
 import time
 
-from tests.rawclient import ident
+from tests.rawclient import poll_body
 from tests.reliability.common import Client, Launcher, verify_batches
 
 STREAM, TOPIC = "load", "t"
 
 
 def poll_next(c: Client, partition: int, count: int):
-    body = (
-        b"\x01"
-        + ident(1000 + partition)
-        + ident(STREAM)
-        + ident(TOPIC)
-        + b"\x01"
-        + struct.pack("<I", partition)
-        + b"\x05"
-        + struct.pack("<Q", 0)
-        + struct.pack("<I", count)
-        + b"\x01"
-    )
+    body = poll_body(STREAM, TOPIC, partition, strategy=5, count=count, auto_commit=True, consumer=1000 + partition)
     return c.read(100, body)
 
 

@@ -28,6 +28,7 @@ import time
 
 from iggy.protocol.batch import build_batch
 from iggy.protocol.wire import build_request
+from tests.rawclient import poll_body
 from tests.reliability.common import Client, Launcher
 
 MIB = 1 << 20
@@ -167,23 +168,6 @@ def fill_partition(server, stream: str, topic: str, total: int, payload: int, pe
     return sent
 
 
-def _poll_body(stream: str, topic: str, count: int) -> bytes:
-    from tests.rawclient import ident
-
-    return (
-        b"\x01"
-        + ident(1)
-        + ident(stream)
-        + ident(topic)
-        + b"\x01"
-        + _U32.pack(0)
-        + b"\x01"
-        + struct.pack("<Q", 0)
-        + _U32.pack(count)
-        + b"\x00"
-    )
-
-
 def _poller(address: str, body: bytes, rounds: int, out: list, start: threading.Barrier) -> None:
     c = Client(address, timeout=120)
     start.wait()
@@ -198,7 +182,7 @@ def check_large_polls(server, connections: int = 12, rounds: int = 2, fill: int 
     """`connections` logged-in clients at once each poll the whole partition `rounds` times."""
     pid = server.proc.pid
     fill_partition(server, "mem", "big", fill, 1000, 1000)
-    body = _poll_body("mem", "big", 1_000_000)
+    body = poll_body("mem", "big", count=1_000_000)
     _serves(server)
     before = settled_rss(pid, 0.5)
     sizes: list = []
@@ -235,7 +219,7 @@ def check_reply_budget_waits(server, stream: str = "memb", topic: str = "t") -> 
     does not read holds the budget; another client's big poll then waits (while pings and
     metadata reads are answered) and is answered, complete, once the first client is gone."""
     c = Client(server.tcp_address)
-    body = _poll_body(stream, topic, 1_000_000)
+    body = poll_body(stream, topic, count=1_000_000)
     holder = Client(server.tcp_address)  # polls and never reads its reply
     holder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     holder.send_raw(build_request(2, 100, body, session=holder.session, request=1, client=holder.client))
@@ -285,7 +269,7 @@ def budget_gauges(server, settle: float = 10.0) -> dict:
 def check_budget_given_back_by_vanishing_clients(server, stream: str = "memb", topic: str = "t") -> dict:
     """Clients that go away mid-transfer: one in the middle of sending a big frame, one right
     after asking for a big poll, one in the middle of reading it. Nothing stays counted."""
-    body = _poll_body(stream, topic, 1_000_000)
+    body = poll_body(stream, topic, count=1_000_000)
     sender = Client(server.tcp_address)
     big = build_request(160, 0, b"\0" * (6 * MIB), session=sender.session, request=1, client=sender.client)
     sender.send_raw(big[: 3 * MIB])  # half a big frame (its receive buffer is big)

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from iggy.protocol import codes
 from tests.conftest import ServerProcess
-from tests.rawclient import ident, wire_name
+from tests.rawclient import consumer_target, ident, store_offset_body, wire_name
 from tests.reliability import crash
 from tests.reliability.common import OP_CREATE_TOPIC, Client, connect_or_none, option, until_killed
 
@@ -158,21 +158,11 @@ class PowerClient(Client):
         return self.call(OP_CREATE_TOPIC, 0, body)
 
     def store_offset(self, topic, partition: int, offset: int):
-        body = (
-            b"\x01"
-            + ident(CONSUMER)
-            + ident(STREAM)
-            + ident(topic)
-            + b"\x01"
-            + struct.pack("<I", partition)
-            + struct.pack("<Q", offset)
-            + b"\x01"
-        )
+        body = store_offset_body(STREAM, topic, partition, offset, consumer=CONSUMER)
         return self.call(codes.CODE_OPERATIONS[codes.STORE_CONSUMER_OFFSET], 0, body)
 
     def get_offset(self, topic, partition: int) -> int | None:
-        body = b"\x01" + ident(CONSUMER) + ident(STREAM) + ident(topic) + b"\x01" + struct.pack("<I", partition)
-        reply = self.read(codes.GET_CONSUMER_OFFSET, body)
+        reply = self.read(codes.GET_CONSUMER_OFFSET, consumer_target(STREAM, topic, partition, consumer=CONSUMER))
         if reply.status:
             raise AssertionError(f"get consumer offset of {topic}/{partition} failed: {reply.status}")
         if not reply.body:

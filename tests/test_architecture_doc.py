@@ -20,7 +20,7 @@ DEFINED = {
     "iggy/engine/uring/router.pyx": "find_topic allowed set_topic remove_topic set_user remove_user",
     "iggy/engine/uring/routing.py": "Routes meta_changed",
     "iggy/engine/asyncio_engine.py": "AsyncioEngine Connection ReplyBudget _failed _drain _finish",
-    "iggy/control/plane.py": "new_session register_session close_session inline_fsync handle _ok_reply",
+    "iggy/control/plane.py": "new_session register_session close_session inline_fsync handle handle_on_shard _ok_reply",
     "iggy/control/messages.py": "read_send send_messages append_batch poll_messages target start_offset",
     "iggy/control/registry.py": "invoke",
     "iggy/control/lookup.py": "find_stream find_topic",

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The one control-plane call a shard thread makes: `ControlPlane.handle` for these commands
+# The one control-plane call a shard thread makes: `ControlPlane.handle_on_shard` for these commands
 # (the data plane's, when the C path left them to Python). They read the metadata, the
 # storage's partitions and the group membership, taking each object once, and write only
 # under a partition's lock; everything else goes to the main loop (docs/ARCHITECTURE.md).

@@ -49,7 +49,9 @@ def roster_env(ports: list[dict]) -> dict:
 class TestCluster:
     __test__ = False  # not a test class
 
-    def __init__(self, workdir: Path, etcd_url: str, size: int = 3, name: str = "test-cluster"):
+    def __init__(
+        self, workdir: Path, etcd_url: str, size: int = 3, name: str = "test-cluster", env: dict | None = None
+    ):
         self.ports = [
             {
                 "tcp": free_port(),
@@ -67,6 +69,7 @@ class TestCluster:
             "IGGY_CLUSTER_ETCD_ENDPOINTS": etcd_url,
             "IGGY_SYSTEM_ENGINE": os.environ.get("IGGY_TEST_ENGINE", "auto"),
             **roster_env(self.ports),
+            **(env or {}),
         }
         self.nodes = [
             IggyTestServer(workdir / f"node-{i}" / "data", env=env, args=("--replica-id", str(i)), startup_timeout=30.0)

@@ -9,7 +9,8 @@ nodes on loopback:
 - a leader paused (SIGSTOP) until another was elected refuses a metadata change after it resumes,
   and the change is on no node;
 - a follower restarted applies what it missed from the index after its last applied one: every
-  index once, in order, in its journal.
+  index once, in order, in its journal;
+- only the leader runs the expired-token cleaner; the followers apply its deletion.
 
 A follower answers no metadata reads (it refuses them, docs/CLUSTER.md), so what a follower
 holds is read from its metadata directory (tests.cluster.nodes.local_metadata).
@@ -18,6 +19,7 @@ holds is read from its metadata directory (tests.cluster.nodes.local_metadata).
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aetcd
 import httpx
@@ -28,6 +30,7 @@ from iggy.protocol.errors import ErrorCode
 from tests.cluster.nodes import (
     HEARTBEAT_TIMEOUT,
     START_ELECTION,
+    TestCluster,
     local_journal,
     local_metadata,
     metadata,
@@ -245,3 +248,46 @@ async def test_a_restarted_follower_resumes_after_its_last_applied_index(cluster
     assert snapshot is None
     assert [r["index"] for r in records if "index" in r] == [1, 2, 3, 4, 5]
     assert await asyncio.to_thread(raw_login, cluster.address(follower), "carol", "carol-password")
+
+
+def test_only_the_leader_removes_expired_tokens(tmp_path, etcd):
+    cluster = TestCluster(tmp_path, etcd.url, env={"IGGY_PERSONAL_ACCESS_TOKEN_CLEANER_INTERVAL": "200 ms"})
+    try:
+        cluster.start()
+        leader = cluster.wait_leader(START_ELECTION)
+        raw = RawClient(cluster.address(leader))
+        try:
+            assert raw.login().status == 0
+            for name, expiry_us in (("short", 1_000_000), ("kept", 0)):
+                assert raw.call(146, body=wire_name(name) + expiry_us.to_bytes(8, "little")).status == 0
+        finally:
+            raw.close()
+        # the leader paused across the expiry (shorter than its fencing margin, so it stays
+        # leader): the followers' cleaners, had they run, would have met the expired token
+        time.sleep(0.7)
+        leader_process = psutil.Process(cluster.nodes[leader].pid)
+        leader_process.suspend()
+        time.sleep(0.9)
+        leader_process.resume()
+        for i in range(3):
+            state = wait_for(
+                lambda i=i: (s := local_metadata(cluster.nodes[i])).cluster_index == 3 and s,
+                APPLIED,
+                f"node {i} applies the cleaner's deletion (meta/ index 3)",
+            )
+            assert [t.name for t in state.tokens.values()] == ["kept"]
+            _snapshot, records = local_journal(cluster.nodes[i])
+            # the root user is each node's own; everything else came through meta/
+            assert [(r["op"], r.get("index")) for r in records] == [
+                ("user.create", None),
+                ("token.create", 1),
+                ("token.create", 2),
+                ("token.delete", 3),
+            ]
+            log = cluster.nodes[i].log()
+            if i == leader:
+                assert "removed expired personal access token 'short'" in log
+            else:  # the followers' cleaners did not even try
+                assert "personal access token 'short'" not in log
+    finally:
+        cluster.stop()

@@ -49,8 +49,8 @@ if TYPE_CHECKING:
 FAIL = object()  # `missing`: a missing stream, topic or user fails with its not-found code
 
 # (plane, session, *arguments) -> result, or an awaitable of it. The arguments and the result
-# differ from command to command; the decorators below hand each handler back with its own
-# signature, so its callers and its body are checked against that.
+# differ from command to command; `command` hands each handler back with its own signature,
+# so its callers and its body are checked against that.
 Handler: TypeAlias = "Callable[Concatenate[ControlPlane, Session, ...], object]"
 H = TypeVar("H", bound=Handler)
 Decoder = Callable[[Reader], tuple[object, ...]]  # wire body -> arguments

@@ -143,8 +143,11 @@ async def client(server):
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, request):
-    """One server shared by the tests of a module (they use unique names: see `uniq`)."""
-    server = ServerProcess(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]) / "data").start()
+    """One server shared by the tests of a module (they use unique names: see `uniq`), started
+    with the module's `SERVER_ENV` (IGGY_* settings) if it has one."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    env = getattr(request.module, "SERVER_ENV", {})
+    server = ServerProcess(tmp_path_factory.mktemp(name) / "data", extra_env=env).start()
     yield server
     server.stop()
 

@@ -7,6 +7,7 @@ variables keep working; these tests pin that and the error messages that name th
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import re
 import subprocess
@@ -187,38 +188,27 @@ def test_removed_keys_in_env():
 # --------------------------------------------------------------------------- environment
 
 
-def test_env_overrides_nested_keys():
-    cfg = load_config(
-        env={
-            "IGGY_TCP_ADDRESS": "0.0.0.0:8090",
-            "IGGY_HTTP_JWT_ACCESS_TOKEN_EXPIRY": "15 m",
-            "IGGY_SYSTEM_PATH": "/var/lib/iggy",
-            "IGGY_SYSTEM_LOGGING_LEVEL": "debug",
-            "IGGY_PERSONAL_ACCESS_TOKEN_CLEANER_INTERVAL": "5 m",
-        }
-    )
-    assert cfg.tcp.address == "0.0.0.0:8090"
-    assert cfg.http.jwt.access_token_expiry == 900.0
-    assert cfg.system.path == "/var/lib/iggy"
-    assert cfg.system.logging.level == "debug"
-    assert cfg.personal_access_token.cleaner.interval == 300.0
+# (variable, value, key, what the key reads): names map onto nested keys, values parse to the
+# key's type (bool, int, duration in seconds, list)
+ENV_OVERRIDES = [
+    ("IGGY_TCP_ADDRESS", "0.0.0.0:8090", "tcp.address", "0.0.0.0:8090"),
+    ("IGGY_HTTP_JWT_ACCESS_TOKEN_EXPIRY", "15 m", "http.jwt.access_token_expiry", 900.0),
+    ("IGGY_SYSTEM_PATH", "/var/lib/iggy", "system.path", "/var/lib/iggy"),
+    ("IGGY_SYSTEM_LOGGING_LEVEL", "debug", "system.logging.level", "debug"),
+    ("IGGY_PERSONAL_ACCESS_TOKEN_CLEANER_INTERVAL", "5 m", "personal_access_token.cleaner.interval", 300.0),
+    ("IGGY_TCP_ENABLED", "FALSE", "tcp.enabled", False),
+    ("IGGY_HTTP_WEB_UI", "True", "http.web_ui", True),
+    ("IGGY_LIMITS_MAX_CONNECTIONS", "42", "limits.max_connections", 42),
+    ("IGGY_SYSTEM_METADATA_SNAPSHOT_EVERY", " 7 ", "system.metadata.snapshot_every", 7),
+    ("IGGY_HTTP_CORS_ALLOWED_ORIGINS", "[http://a, 'http://b']", "http.cors.allowed_origins", ["http://a", "http://b"]),
+]
 
 
-def test_env_typed_parsing():
-    cfg = load_config(
-        env={
-            "IGGY_TCP_ENABLED": "FALSE",
-            "IGGY_HTTP_WEB_UI": "True",
-            "IGGY_LIMITS_MAX_CONNECTIONS": "42",
-            "IGGY_SYSTEM_METADATA_SNAPSHOT_EVERY": " 7 ",
-            "IGGY_HTTP_CORS_ALLOWED_ORIGINS": "[http://a, 'http://b']",
-        }
-    )
-    assert cfg.tcp.enabled is False
-    assert cfg.http.web_ui is True
-    assert cfg.limits.max_connections == 42
-    assert cfg.system.metadata.snapshot_every == 7
-    assert cfg.http.cors.allowed_origins == ["http://a", "http://b"]
+def test_env_overrides_nested_keys_with_their_types():
+    cfg = load_config(env={name: value for name, value, _, _ in ENV_OVERRIDES})
+    for name, _, key, expected in ENV_OVERRIDES:
+        got = operator.attrgetter(key)(cfg)
+        assert got == expected and type(got) is type(expected), (name, got)
     single = load_config(env={"IGGY_HTTP_CORS_ALLOWED_ORIGINS": "http://only"})
     assert single.http.cors.allowed_origins == ["http://only"]
 

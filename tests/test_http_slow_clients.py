@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 
 import httpx
-import pytest
 
 from iggy.config import load_config
 from iggy.http.settings import from_config
@@ -18,21 +17,12 @@ from tests.conftest import ServerProcess
 
 WAIT = 30.0  # seconds a test waits for the server to close a connection
 LIMIT = 300  # http.max_connections of the test server
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = ServerProcess(
-        tmp_path_factory.mktemp("slow") / "data",
-        extra_env={
-            "IGGY_HTTP_HEADER_READ_TIMEOUT": "1 s",
-            "IGGY_HTTP_BODY_READ_TIMEOUT": "1 s",
-            "IGGY_HTTP_KEEP_ALIVE_TIMEOUT": "1 s",
-            "IGGY_HTTP_MAX_CONNECTIONS": str(LIMIT),
-        },
-    ).start()
-    yield server
-    server.stop()
+SERVER_ENV = {  # the module's server (conftest.srv)
+    "IGGY_HTTP_HEADER_READ_TIMEOUT": "1 s",
+    "IGGY_HTTP_BODY_READ_TIMEOUT": "1 s",
+    "IGGY_HTTP_KEEP_ALIVE_TIMEOUT": "1 s",
+    "IGGY_HTTP_MAX_CONNECTIONS": str(LIMIT),
+}
 
 
 def connect(srv) -> socket.socket:

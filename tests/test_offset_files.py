@@ -25,7 +25,7 @@ from apache_iggy import GlobalPermissions, Permissions, SendMessage
 from iggy.protocol.codes import CHECKSUMMED_OPS
 from iggy.protocol.wire import build_request
 from tests.conftest import ServerProcess, connect_root, server_with_env
-from tests.rawclient import OP_READ, RawClient, ident
+from tests.rawclient import OP_READ, RawClient, consumer_target, poll_body, store_offset_body
 
 STREAM, TOPIC = "offs", "t"
 GET_OFFSET = 120
@@ -36,11 +36,11 @@ POLLER, POLLER_PASSWORD = "poller", "secret-poller"
 
 
 def offset_target(consumer_id: int, partition: int, kind: int = 1) -> bytes:
-    return bytes([kind]) + ident(consumer_id) + ident(STREAM) + ident(TOPIC) + b"\x01" + struct.pack("<I", partition)
+    return consumer_target(STREAM, TOPIC, partition, consumer_id, kind)
 
 
 def store_body(consumer_id: int, partition: int, offset: int) -> bytes:
-    return offset_target(consumer_id, partition) + struct.pack("<Q", offset) + b"\x01"
+    return store_offset_body(STREAM, TOPIC, partition, offset, consumer_id)
 
 
 def pipelined(c: RawClient, requests, chunk: int = 250):
@@ -187,20 +187,10 @@ async def test_stored_consumer_offsets_are_limited_per_partition(tmp_path):
         assert r.status_code == 400 and r.json()["id"] == 3024 and r.json()["code"] == "too_many_consumer_offsets"
         assert http_store(srv, token, 4, 0, 2).status_code == 204
         # a poll with auto-commit would create a key too
-        poll = (
-            b"\x01"
-            + ident(8)
-            + ident(STREAM)
-            + ident(TOPIC)
-            + b"\x01"
-            + struct.pack("<I", 0)
-            + b"\x03"
-            + struct.pack("<Q", 0)
-            + struct.pack("<I", 1)
-            + b"\x01"
-        )
+        poll = poll_body(STREAM, TOPIC, 0, strategy=3, count=1, auto_commit=True, consumer=8)  # strategy 3: first
         assert c.read(POLL, poll).status == 3024
-        assert c.read(POLL, poll[:-1] + b"\x00").status == 0  # without auto-commit: served
+        no_commit = poll_body(STREAM, TOPIC, 0, strategy=3, count=1, consumer=8)
+        assert c.read(POLL, no_commit).status == 0  # without auto-commit: served
         # delete makes room
         assert c.call(OP_DELETE_OFFSET, 0, offset_target(1, 0) + b"\x01").code == 0
         assert store_all(c, {(6, 0): 2}) == [0]
@@ -255,18 +245,7 @@ async def test_store_on_a_read_only_directory_answers_the_io_code(tmp_path):
         r = http_store(srv, token, 11, 0, 1)
         assert r.status_code == 400 and r.json()["id"] == 3023
         assert r.json()["code"] == "cannot_open_consumer_offsets_file"
-        poll = (
-            b"\x01"
-            + ident(12)
-            + ident(STREAM)
-            + ident(TOPIC)
-            + b"\x01"
-            + struct.pack("<I", 0)
-            + b"\x03"
-            + struct.pack("<Q", 0)
-            + struct.pack("<I", 1)
-            + b"\x01"
-        )
+        poll = poll_body(STREAM, TOPIC, 0, strategy=3, count=1, auto_commit=True, consumer=12)  # strategy 3: first
         assert c.read(POLL, poll).status == 3023  # auto-commit can't store either
         assert read_all(c, [(1, 0), (4, 0), (10, 0)]) == {(1, 0): 1, (4, 0): 5, (10, 0): None}
         subprocess.run(["umount", str(consumers)], check=True)

@@ -8,6 +8,7 @@ connected and logged in as root. `raw` is a `RawClient` speaking frames over a p
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import socket
@@ -189,6 +190,29 @@ async def sdk_poll(
         count=count,
         auto_commit=auto_commit,
         partition_id=partition,
+    )
+
+
+async def make_topic(client, partitions: int = 1, *, stream: str, topic: str, **options):
+    """The topic through the SDK, and its stream first unless it exists."""
+    if await client.get_stream(stream) is None:
+        await client.create_stream(stream)
+    await client.create_topic(stream, topic, partitions, **options)
+
+
+def next_consumer(client, group: str, stream, topic, *, batch_length: int, poll_ms: int, auto_commit):
+    """The SDK's consumer of `group` polling `next`: `batch_length` messages every `poll_ms`
+    milliseconds, committing as `auto_commit` says (awaitable, as `consumer_group`)."""
+    from apache_iggy import PollingStrategy
+
+    return client.consumer_group(
+        group,
+        stream,
+        topic,
+        polling_strategy=PollingStrategy.Next(),
+        batch_length=batch_length,
+        poll_interval=datetime.timedelta(milliseconds=poll_ms),
+        auto_commit=auto_commit,
     )
 
 

@@ -27,16 +27,15 @@ from apache_iggy import (
     TcpConfig,
 )
 
-from tests.conftest import ROOT_PASSWORD, ROOT_USER, connect_root, server_with_env
+from tests import conftest
+from tests.conftest import ROOT_PASSWORD, ROOT_USER, connect_root, next_consumer, server_with_env
 from tests.rawclient import RawClient, ident
 
 S, T = "gs", "gt"
 MS = datetime.timedelta(milliseconds=1)
 
 
-async def make_topic(client, partitions: int):
-    await client.create_stream(S)
-    await client.create_topic(S, T, partitions)
+make_topic = functools.partial(conftest.make_topic, stream=S, topic=T)
 
 
 def group_body(group, stream=S, topic=T) -> bytes:
@@ -283,14 +282,9 @@ async def test_each_message_delivered_to_one_member(client, server):
     await make_topic(client, partitions)
     c1 = await connect_root(server.tcp_address)
     c2 = await connect_root(server.tcp_address)
-    kw = dict(
-        polling_strategy=PollingStrategy.Next(),
-        batch_length=7,
-        poll_interval=MS * 10,
-        auto_commit=AutoCommit.When(AutoCommitWhen.PollingMessages()),
-    )
-    consumer1 = await c1.consumer_group("g", S, T, **kw)
-    consumer2 = await c2.consumer_group("g", S, T, **kw)
+    commit = AutoCommit.When(AutoCommitWhen.PollingMessages())
+    consumer1 = await next_consumer(c1, "g", S, T, batch_length=7, poll_ms=10, auto_commit=commit)
+    consumer2 = await next_consumer(c2, "g", S, T, batch_length=7, poll_ms=10, auto_commit=commit)
     assert len(await members(client, "g")) == 2
     for p in range(partitions):
         for b in range(5):
@@ -380,12 +374,7 @@ async def test_no_message_lost_or_duplicated_across_rebalances(client, server):
     fencing makes a member that lost a partition re-sync: every message arrives exactly once."""
     partitions, batches, per_batch = 6, 30, 10
     await make_topic(client, partitions)
-    kw = dict(
-        polling_strategy=PollingStrategy.Next(),
-        batch_length=5,
-        poll_interval=MS * 5,
-        auto_commit=AutoCommit.When(AutoCommitWhen.PollingMessages()),
-    )
+    commit = AutoCommit.When(AutoCommitWhen.PollingMessages())
     got: list[tuple[str, int, int, bytes]] = []
     tasks = {}
 
@@ -395,7 +384,7 @@ async def test_no_message_lost_or_duplicated_across_rebalances(client, server):
 
     async def start(name):
         c = await connect_root(server.tcp_address)
-        consumer = await c.consumer_group("g", S, T, **kw)
+        consumer = await next_consumer(c, "g", S, T, batch_length=5, poll_ms=5, auto_commit=commit)
         tasks[name] = asyncio.ensure_future(run(name, consumer))
         return c
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import os
 import struct
 
@@ -22,24 +23,21 @@ from apache_iggy import (
     Consumer,
     HeaderKey,
     HeaderValue,
-    IggyClient,
     Partitioning,
     PollingStrategy,
     SendMessage,
 )
 
 from iggy.protocol.batch import build_batch
-from tests.conftest import connect_root
+from tests import conftest
+from tests.conftest import connect_root, next_consumer
 from tests.rawclient import ident
 
 S, T = "s", "t"
 MS = datetime.timedelta(milliseconds=1)
 
 
-async def make_topic(client: IggyClient, partitions: int = 1, stream: str = S, topic: str = T, **kw):
-    if await client.get_stream(stream) is None:
-        await client.create_stream(stream)
-    await client.create_topic(stream, topic, partitions, **kw)
+make_topic = functools.partial(conftest.make_topic, stream=S, topic=T)
 
 
 async def poll(client, strategy, count=100, consumer=None, partition_id=0, auto_commit=False, stream=S, topic=T):
@@ -446,15 +444,7 @@ async def test_store_get_delete_single_consumer_offset(filled, raw):
 
 async def test_iggy_consumer_store_and_delete_offset(filled, raw):
     c = filled
-    consumer = await c.consumer_group(
-        "g-off",
-        S,
-        T,
-        polling_strategy=PollingStrategy.Next(),
-        batch_length=5,
-        auto_commit=AutoCommit.Disabled(),
-        poll_interval=MS * 10,
-    )
+    consumer = await next_consumer(c, "g-off", S, T, batch_length=5, poll_ms=10, auto_commit=AutoCommit.Disabled())
     await consumer.store_offset(6, 0)
     assert await get_offset(c, 2, "g-off", 0) == (0, 12, 6)
     group = await c.get_consumer_group(S, T, "g-off")
@@ -538,15 +528,7 @@ async def wait_offset(client, group, partition, want, stream="cs", topic="ct", t
 
 def cs_ct_consumer(client, group: str, batch_length: int, auto_commit):
     """The SDK's consumer of `group` on cs/ct: polls `next`, every 10 ms, committing as told."""
-    return client.consumer_group(
-        group,
-        "cs",
-        "ct",
-        polling_strategy=PollingStrategy.Next(),
-        batch_length=batch_length,
-        poll_interval=MS * 10,
-        auto_commit=auto_commit,
-    )
+    return next_consumer(client, group, "cs", "ct", batch_length=batch_length, poll_ms=10, auto_commit=auto_commit)
 
 
 async def test_iggy_consumer_iterates_with_commit_on_poll(client, server):

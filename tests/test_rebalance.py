@@ -16,9 +16,9 @@ import asyncio
 import datetime
 import struct
 
-from apache_iggy import AutoCommit, AutoCommitWhen, PollingStrategy, SendMessage
+from apache_iggy import AutoCommit, AutoCommitWhen, SendMessage
 
-from tests.conftest import connect_root, server_with_env
+from tests.conftest import connect_root, next_consumer, server_with_env
 from tests.rawclient import RawClient, ident
 from tests.reliability.common import verify_batches
 from tests.test_consumer_groups import eventually, group_body, members, raw_member, raw_poll, raw_sync
@@ -240,12 +240,7 @@ async def test_sdk_consumers_joining_under_load_get_each_message_once(client, se
     partitions, total = 4, 400
     await client.create_stream(S)
     await client.create_topic(S, T, partitions)
-    kw = dict(
-        polling_strategy=PollingStrategy.Next(),
-        batch_length=5,
-        poll_interval=MS * 5,
-        auto_commit=AutoCommit.When(AutoCommitWhen.ConsumingAllMessages()),
-    )
+    commit = AutoCommit.When(AutoCommitWhen.ConsumingAllMessages())
     got: dict[str, list] = {"1": [], "2": []}
     done = asyncio.Event()
 
@@ -265,7 +260,7 @@ async def test_sdk_consumers_joining_under_load_get_each_message_once(client, se
 
     c1 = await connect_root(server.tcp_address)
     c2 = await connect_root(server.tcp_address)
-    consumer1 = await c1.consumer_group("g", S, T, **kw)
+    consumer1 = await next_consumer(c1, "g", S, T, batch_length=5, poll_ms=5, auto_commit=commit)
     tasks = [asyncio.ensure_future(run("1", consumer1)), asyncio.ensure_future(produce())]
     try:
 
@@ -273,7 +268,7 @@ async def test_sdk_consumers_joining_under_load_get_each_message_once(client, se
             return len(got["1"]) > 40
 
         await eventually(first_is_consuming, timeout=20)
-        consumer2 = await c2.consumer_group("g", S, T, **kw)
+        consumer2 = await next_consumer(c2, "g", S, T, batch_length=5, poll_ms=5, auto_commit=commit)
         tasks.append(asyncio.ensure_future(run("2", consumer2)))
         await asyncio.wait_for(done.wait(), 60)
         await asyncio.sleep(0.3)  # would a duplicate still arrive?

@@ -83,10 +83,12 @@ async def test_changes_on_the_leader_reach_every_follower_and_users_log_in_there
     await client.delete_stream("scratch")
     await client.create_user("alice", "secret-1")
     await client.update_stream("orders", "orders-v2")
+    await client.purge_topic("orders-v2", "eu")  # a purge is a record too in cluster mode
+    await client.purge_stream("orders-v2")
 
     leader_state = await asyncio.to_thread(local_metadata, cluster.nodes[leader])
     assert stream_names(leader_state) == {"orders-v2"}
-    assert leader_state.cluster_index == 9  # one meta/ record per change
+    assert leader_state.cluster_index == 11  # one meta/ record per change
     expected = shared_part(leader_state)
     for f in followers:
         state = await asyncio.to_thread(
@@ -96,6 +98,8 @@ async def test_changes_on_the_leader_reach_every_follower_and_users_log_in_there
             f"node {f} applies meta/ up to index {expected['cluster_index']}",
         )
         assert shared_part(state) == expected  # the leader's ids, timestamps and password hash
+        _snapshot, records = local_journal(cluster.nodes[f])
+        assert [r["op"] for r in records[-2:]] == ["topic.purge", "stream.purge"]
         # the storage side: the partitions' directories exist, the deleted stream's do not
         streams = cluster.nodes[f].data_dir / "streams"
         stream = leader_state.stream_by_name("orders-v2")

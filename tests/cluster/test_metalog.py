@@ -6,7 +6,9 @@
   it leads (no fencing deadline involved: this is the fence of the write itself);
 - catch_up applies in index order from the index after the last applied one, and stops at a
   record that does not apply;
-- a node that wins an election serves only once it has applied meta/ to its end.
+- a node that wins an election serves only once it has applied meta/ to its end;
+- the applied index survives a snapshot of the local metadata (and a single node's snapshot
+  does not mention it).
 """
 
 from __future__ import annotations
@@ -174,3 +176,21 @@ async def test_an_elected_node_serves_only_after_applying_meta_to_its_end(etcd, 
         await cluster.etcd.close()
         await cluster.metalog.etcd.close()
         plane.meta.close()
+
+
+def test_the_applied_index_survives_a_snapshot_and_a_single_node_has_none(tmp_path):
+    replicated = MetadataStore(str(tmp_path / "cluster"), snapshot_every=2)
+    replicated.open()
+    for i in range(2):  # a snapshot after the second, and an empty journal
+        replicated.commit_replicated({"op": "stream.create", "id": i, "name": f"s{i}", "created_at": i, "index": i + 1})
+    replicated.close()
+    again = MetadataStore(str(tmp_path / "cluster"))
+    again.open()
+    assert again.journal.snapshot_seq == 2 and again.state.cluster_index == 2
+    again.close()
+    single = MetadataStore(str(tmp_path / "single"), snapshot_every=1)
+    single.open()
+    single.commit({"op": "stream.create", "id": 0, "name": "s", "created_at": 0})
+    assert single.state.cluster_index == 0
+    assert "cluster_index" not in single.state.to_dict()
+    single.close()

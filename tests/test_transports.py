@@ -319,24 +319,32 @@ async def test_websocket_over_tls(tmp_path):
         assert srv.stop() == 0
 
 
+def tcp_tls_from_files(cert, key=None) -> dict:
+    """Server environment: TCP behind TLS with these certificate files, none generated (on the
+    asyncio engine: uring can't do TLS)."""
+    env = {
+        "IGGY_SYSTEM_ENGINE": "asyncio",
+        "IGGY_TCP_TLS_ENABLED": "true",
+        "IGGY_TCP_TLS_SELF_SIGNED": "false",
+        "IGGY_TCP_TLS_CERT_FILE": str(cert),
+    }
+    if key is not None:
+        env["IGGY_TCP_TLS_KEY_FILE"] = str(key)
+    return env
+
+
 async def test_certificate_files_from_config(tmp_path):
     cert_pem, key_pem = tls.generate_self_signed(["localhost", "127.0.0.1"])
     cert, key = tmp_path / "server.pem", tmp_path / "server.key"
     cert.write_bytes(cert_pem)
     key.write_bytes(key_pem)
-    srv = ServerProcess(
-        tmp_path / "data",
-        extra_env={
-            "IGGY_SYSTEM_ENGINE": "asyncio",
-            "IGGY_TCP_TLS_ENABLED": "true",
-            "IGGY_TCP_TLS_SELF_SIGNED": "false",
-            "IGGY_TCP_TLS_CERT_FILE": str(cert),
-            "IGGY_TCP_TLS_KEY_FILE": str(key),
-            "IGGY_QUIC_CERTIFICATE_SELF_SIGNED": "false",
-            "IGGY_QUIC_CERTIFICATE_CERT_FILE": str(cert),
-            "IGGY_QUIC_CERTIFICATE_KEY_FILE": str(key),
-        },
-    ).start()
+    env = {
+        **tcp_tls_from_files(cert, key),
+        "IGGY_QUIC_CERTIFICATE_SELF_SIGNED": "false",
+        "IGGY_QUIC_CERTIFICATE_CERT_FILE": str(cert),
+        "IGGY_QUIC_CERTIFICATE_KEY_FILE": str(key),
+    }
+    srv = ServerProcess(tmp_path / "data", extra_env=env).start()
     try:
         assert not (srv.data_dir / "certs").exists()  # nothing generated
         client = await sdk_session(tls_config(srv, ca_file=str(cert)))
@@ -356,15 +364,7 @@ async def test_certificate_files_from_config(tmp_path):
 
 
 def test_missing_certificate_files_refuse_to_start(tmp_path):
-    srv = ServerProcess(
-        tmp_path / "data",
-        extra_env={
-            "IGGY_SYSTEM_ENGINE": "asyncio",
-            "IGGY_TCP_TLS_ENABLED": "true",
-            "IGGY_TCP_TLS_SELF_SIGNED": "false",
-            "IGGY_TCP_TLS_CERT_FILE": str(tmp_path / "nope.pem"),
-        },
-    )
+    srv = ServerProcess(tmp_path / "data", extra_env=tcp_tls_from_files(tmp_path / "nope.pem"))
     with pytest.raises(RuntimeError) as err:
         srv.start(timeout=15)
     assert "tcp.tls: certificate files not found" in str(err.value)

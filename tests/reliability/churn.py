@@ -20,7 +20,6 @@ Long form: `python -m tests.reliability.churn --workers 6 --seconds 30` (and `--
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -32,7 +31,7 @@ from collections import Counter
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode
 from tests.rawclient import consumer_target, ident, poll_body, store_offset_body, wire_name
-from tests.reliability.common import Client, Launcher, verify_batches
+from tests.reliability.common import Client, Launcher, harness_arguments, verify_batches
 
 OP = codes.CODE_OPERATIONS
 STREAMS = ("churn-a", "churn-b")
@@ -234,11 +233,10 @@ def check_log(text: str) -> list[str]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness_arguments(__doc__)
     ap.add_argument("--workers", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
     args = ap.parse_args(argv)
     with Launcher(args.engine, {"IGGY_HTTP_ENABLED": "false"}) as server:
         stats = Churn(server.tcp_address, args.workers, args.seed).run(args.seconds)

@@ -8,6 +8,7 @@ frame bytes 8..end): a served message that does not verify raises `Corrupt`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import socket
@@ -191,6 +192,15 @@ def wait_port_closed(port: int, timeout: float = 5.0) -> None:
         except OSError:
             return
         time.sleep(0.05)
+
+
+def harness_arguments(doc: str) -> argparse.ArgumentParser:
+    """The command line of a harness's long form: its docstring's first paragraph as the
+    description, and --engine (the network engine of the server it starts; default: as
+    IGGY_TEST_ENGINE says, else auto)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
+    return ap
 
 
 def connect_or_none(address: str, client_cls=None):

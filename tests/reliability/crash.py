@@ -24,7 +24,6 @@ Long form: `python -m tests.reliability.crash --rounds 200` (see --help).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -37,6 +36,7 @@ from tests.reliability.common import (
     Launcher,
     check_contiguous,
     connect_or_none,
+    harness_arguments,
     until_killed,
     verify_batches,
 )
@@ -348,10 +348,9 @@ def run(server, rounds: int, seed: int, kill_after=(0.05, 0.8), log=print, time_
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness_arguments(__doc__)
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
     ap.add_argument("--max-kill-delay", type=float, default=0.8, help="kill within this many seconds of a start")
     ap.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
     args = ap.parse_args(argv)

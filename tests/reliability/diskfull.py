@@ -17,7 +17,6 @@ at the end whatever happens).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import ServerProcess
-from tests.reliability.common import Client, check_contiguous
+from tests.reliability.common import Client, check_contiguous, harness_arguments
 
 STREAM = "full"
 TOPICS = {"replicated": None, "persisted": "persisted"}
@@ -187,8 +186,7 @@ def run(parent: Path, log=print) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
+    ap = harness_arguments(__doc__)
     args = ap.parse_args(argv)
     if args.engine:
         os.environ["IGGY_TEST_ENGINE"] = args.engine

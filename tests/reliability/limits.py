@@ -19,7 +19,6 @@ Long form: `python -m tests.reliability.limits --connections 5000`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -31,7 +30,7 @@ import psutil
 
 from iggy.protocol.wire import build_request
 from tests.rawclient import closed_by_server, login_body, poll_body
-from tests.reliability.common import Client, Launcher
+from tests.reliability.common import Client, Launcher, harness_arguments
 
 PING = build_request(2, 1, b"", client=3)
 
@@ -241,9 +240,8 @@ def check_idle_connections(server, n: int) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness_arguments(__doc__)
     ap.add_argument("--connections", type=int, default=5000)
-    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
     args = ap.parse_args(argv)
     out = {"engine": args.engine or os.environ.get("IGGY_TEST_ENGINE", "auto")}
     no_http = {"IGGY_HTTP_ENABLED": "false", "IGGY_QUIC_ENABLED": "false", "IGGY_WEBSOCKET_ENABLED": "false"}

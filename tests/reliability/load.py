@@ -14,7 +14,6 @@ Long form: `python -m tests.reliability.load --producers 16 --consumers 8 --seco
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -22,7 +21,7 @@ import threading
 import time
 
 from tests.rawclient import poll_body
-from tests.reliability.common import Client, Launcher, verify_batches
+from tests.reliability.common import Client, Launcher, harness_arguments, verify_batches
 
 STREAM, TOPIC = "load", "t"
 
@@ -160,13 +159,12 @@ class Load:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness_arguments(__doc__)
     ap.add_argument("--producers", type=int, default=16)
     ap.add_argument("--consumers", type=int, default=8)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--batch", type=int, default=50, help="messages per batch, at most")
     ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
     args = ap.parse_args(argv)
     with Launcher(args.engine, {"IGGY_HTTP_ENABLED": "false"}) as server:
         stats = Load(server.tcp_address, args.producers, args.consumers, args.partitions, args.batch).run(args.seconds)

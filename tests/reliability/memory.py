@@ -18,7 +18,6 @@ tests/reliability/test_memory.py.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -29,7 +28,7 @@ import time
 from iggy.protocol.batch import build_batch
 from iggy.protocol.wire import build_request
 from tests.rawclient import poll_body
-from tests.reliability.common import Client, Launcher
+from tests.reliability.common import Client, Launcher, harness_arguments
 
 MIB = 1 << 20
 _U32 = struct.Struct("<I")
@@ -335,8 +334,7 @@ def check_http_poll_all(server, messages: int = 1_000_000, payload: int = 10, pe
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
+    ap = harness_arguments(__doc__)
     ap.add_argument("--connections", type=int, default=16, help="unauthenticated big-frame clients")
     ap.add_argument("--frame-mib", type=int, default=48)
     ap.add_argument("--pollers", type=int, default=12)

@@ -13,7 +13,6 @@ Long form: `python -m tests.reliability.offset_files --ids 20000 --engine uring`
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -21,7 +20,7 @@ from collections import Counter
 
 import httpx
 
-from tests.reliability.common import Launcher
+from tests.reliability.common import Launcher, harness_arguments
 from tests.test_offset_files import fd_count, make_world, poller, read_all, store_all
 
 
@@ -58,9 +57,8 @@ async def run(server, ids: int) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness_arguments(__doc__)
     ap.add_argument("--ids", type=int, default=20000)
-    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     env = dict(kv.split("=", 1) for kv in args.env)

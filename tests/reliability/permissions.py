@@ -23,7 +23,6 @@ already the short form; the long form prints the counts).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -37,7 +36,7 @@ import msgpack
 
 from tests.rawclient import ident, wire_name
 from tests.reliability import commands as C
-from tests.reliability.common import Client, Launcher
+from tests.reliability.common import Client, Launcher, harness_arguments
 
 U32 = struct.Struct("<I")
 PASSWORDS = (C.ACTOR_PASSWORD, C.VICTIM_PASSWORD, "victim-new", "secret1")
@@ -398,8 +397,7 @@ def run(server, log=None) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
+    ap = harness_arguments(__doc__)
     args = ap.parse_args(argv)
     started = time.monotonic()
     with Launcher(args.engine, {"IGGY_SYSTEM_METADATA_SNAPSHOT_EVERY": "1000000"}) as server:

@@ -32,7 +32,6 @@ Long form: `python -m tests.reliability.powercut --rounds 300` (see --help; need
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -50,7 +49,7 @@ from iggy.protocol import codes
 from tests.conftest import ServerProcess
 from tests.rawclient import consumer_target, ident, store_offset_body, wire_name
 from tests.reliability import crash
-from tests.reliability.common import OP_CREATE_TOPIC, Client, connect_or_none, option, until_killed
+from tests.reliability.common import OP_CREATE_TOPIC, Client, connect_or_none, harness_arguments, option, until_killed
 
 LAZYFS = Path(__file__).with_name("lazyfs.py")
 STREAM = crash.STREAM  # crash.produce sends to it
@@ -344,10 +343,9 @@ def powercut_server(root: Path, torn: bool = False, seed: int = 0, engine: str |
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness_arguments(__doc__)
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
     ap.add_argument("--torn", action="store_true", help="persist unsynced pages and directories at random at a cut")
     ap.add_argument("--max-kill-delay", type=float, default=2.0, help="kill within this many seconds of a start")
     ap.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")

@@ -25,7 +25,6 @@ Long form: `python -m tests.reliability.rebalance --seconds 60` (and `--engine a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -35,8 +34,8 @@ import time
 from collections import defaultdict
 
 from iggy.protocol import codes
-from tests.rawclient import ident, wire_name
-from tests.reliability.common import Client, Launcher, verify_batches
+from tests.rawclient import consumer_target, ident, poll_body, wire_name
+from tests.reliability.common import Client, Launcher, harness_arguments, verify_batches
 
 STREAM, TOPIC, GROUP = "rebalance", "t", "g"
 NOT_OWNED = 5009
@@ -52,7 +51,7 @@ def group_body() -> bytes:
 
 
 def offset_body(partition: int) -> bytes:
-    return b"\x02" + ident(GROUP) + ident(STREAM) + ident(TOPIC) + b"\x01" + _U32.pack(partition)
+    return consumer_target(STREAM, TOPIC, partition, GROUP, kind=2)
 
 
 class Rebalance:
@@ -143,7 +142,7 @@ class Rebalance:
                         continue
                 p = partitions[turn % len(partitions)]
                 turn += 1
-                body = offset_body(p) + b"\x05" + _U64.pack(0) + _U32.pack(self.poll_count) + b"\x00"
+                body = poll_body(STREAM, TOPIC, p, strategy=5, count=self.poll_count, consumer=GROUP, kind=2)
                 reply = c.read(codes.POLL_MESSAGES, body)
                 if reply.status == NOT_OWNED:
                     with self.lock:
@@ -246,7 +245,7 @@ class Rebalance:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness_arguments(__doc__)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--partitions", type=int, default=8)
@@ -254,7 +253,6 @@ def main(argv=None) -> None:
     ap.add_argument("--resync", type=float, default=0.5)
     ap.add_argument("--drop", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
     args = ap.parse_args(argv)
     with Launcher(args.engine, {"IGGY_HTTP_ENABLED": "false"}) as server:
         stats = Rebalance(

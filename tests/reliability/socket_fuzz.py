@@ -17,7 +17,6 @@ server log holds no traceback. Long form: `python -m tests.reliability.socket_fu
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -31,7 +30,7 @@ from iggy.protocol.wire import build_request
 from tests.conftest import sdk_poll
 from tests.rawclient import login_body
 from tests.reliability import commands as C
-from tests.reliability.common import Launcher
+from tests.reliability.common import Launcher, harness_arguments
 
 U32 = struct.Struct("<I")
 
@@ -249,11 +248,10 @@ def run(server, inputs: int, connections: int, seed: int, time_limit: float | No
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness_arguments(__doc__)
     ap.add_argument("--inputs", type=int, default=100_000)
     ap.add_argument("--connections", type=int, default=64, help="concurrent connections")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--engine", choices=("auto", "uring", "asyncio"), default=None)
     ap.add_argument("--time-limit", type=float, default=None)
     args = ap.parse_args(argv)
     with Launcher(args.engine) as server:

@@ -8,6 +8,7 @@ connected and logged in as root. `raw` is a `RawClient` speaking frames over a p
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import re
@@ -214,6 +215,43 @@ def next_consumer(client, group: str, stream, topic, *, batch_length: int, poll_
         poll_interval=datetime.timedelta(milliseconds=poll_ms),
         auto_commit=auto_commit,
     )
+
+
+class GroupDelivery:
+    """What each member of a consumer group receives through its SDK consumer, as
+    (partition, offset, payload), until the members together have `total` messages."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.got: dict[str, list[tuple[int, int, bytes]]] = {}
+        self.done = asyncio.Event()
+        self.tasks: list[asyncio.Future] = []
+
+    def start(self, name: str, consumer) -> None:
+        self.got[name] = []
+        self.tasks.append(asyncio.ensure_future(self._run(name, consumer)))
+
+    async def _run(self, name: str, consumer) -> None:
+        async for m in consumer.iter_messages():
+            self.got[name].append((m.partition_id(), m.offset(), m.payload()))
+            if sum(len(v) for v in self.got.values()) >= self.total:
+                self.done.set()
+            if self.done.is_set():
+                return
+
+    async def wait(self, timeout: float) -> dict[str, list[tuple[int, int, bytes]]]:
+        """Until all have arrived and a moment more (would a duplicate still arrive?); then every
+        member stops. What each member received."""
+        try:
+            await asyncio.wait_for(self.done.wait(), timeout)
+            await asyncio.sleep(0.3)
+        finally:
+            self.stop()
+        return self.got
+
+    def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
 
 
 def write_config(directory: Path, text: str) -> str:

@@ -28,7 +28,7 @@ from apache_iggy import (
 )
 
 from tests import conftest
-from tests.conftest import ROOT_PASSWORD, ROOT_USER, connect_root, next_consumer, server_with_env
+from tests.conftest import ROOT_PASSWORD, ROOT_USER, GroupDelivery, connect_root, next_consumer, server_with_env
 from tests.rawclient import RawClient, ident
 
 S, T = "gs", "gt"
@@ -290,24 +290,10 @@ async def test_each_message_delivered_to_one_member(client, server):
         for b in range(5):
             await client.send_messages(S, T, p, [SendMessage(f"{p}:{b * 5 + i}") for i in range(5)])
     total = partitions * per_partition
-    got: dict[str, list] = {"1": [], "2": []}
-    done = asyncio.Event()
-
-    async def run(name, consumer):
-        async for m in consumer.iter_messages():
-            got[name].append((m.partition_id(), m.offset(), m.payload()))
-            if len(got["1"]) + len(got["2"]) >= total:
-                done.set()
-            if done.is_set():
-                return
-
-    tasks = [asyncio.ensure_future(run("1", consumer1)), asyncio.ensure_future(run("2", consumer2))]
-    try:
-        await asyncio.wait_for(done.wait(), 30)
-        await asyncio.sleep(0.3)  # would a duplicate still arrive?
-    finally:
-        for task in tasks:
-            task.cancel()
+    delivery = GroupDelivery(total)
+    delivery.start("1", consumer1)
+    delivery.start("2", consumer2)
+    got = await delivery.wait(30)
     everything = got["1"] + got["2"]
     assert len(everything) == total and len(set(everything)) == total  # no duplicates
     assert sorted((p, o) for p, o, _ in everything) == [(p, o) for p in range(partitions) for o in range(per_partition)]

@@ -18,7 +18,7 @@ import struct
 
 from apache_iggy import AutoCommit, AutoCommitWhen, SendMessage
 
-from tests.conftest import connect_root, next_consumer, server_with_env
+from tests.conftest import GroupDelivery, connect_root, next_consumer, server_with_env
 from tests.rawclient import RawClient, ident
 from tests.reliability.common import verify_batches
 from tests.test_consumer_groups import eventually, group_body, members, raw_member, raw_poll, raw_sync
@@ -241,16 +241,7 @@ async def test_sdk_consumers_joining_under_load_get_each_message_once(client, se
     await client.create_stream(S)
     await client.create_topic(S, T, partitions)
     commit = AutoCommit.When(AutoCommitWhen.ConsumingAllMessages())
-    got: dict[str, list] = {"1": [], "2": []}
-    done = asyncio.Event()
-
-    async def run(name, consumer):
-        async for m in consumer.iter_messages():
-            got[name].append((m.partition_id(), m.offset()))
-            if len(got["1"]) + len(got["2"]) >= total:
-                done.set()
-            if done.is_set():
-                return
+    delivery = GroupDelivery(total)
 
     async def produce():
         for i in range(total // partitions):
@@ -260,21 +251,20 @@ async def test_sdk_consumers_joining_under_load_get_each_message_once(client, se
 
     c1 = await connect_root(server.tcp_address)
     c2 = await connect_root(server.tcp_address)
-    consumer1 = await next_consumer(c1, "g", S, T, batch_length=5, poll_ms=5, auto_commit=commit)
-    tasks = [asyncio.ensure_future(run("1", consumer1)), asyncio.ensure_future(produce())]
+    delivery.start("1", await next_consumer(c1, "g", S, T, batch_length=5, poll_ms=5, auto_commit=commit))
+    producing = asyncio.ensure_future(produce())
     try:
 
         async def first_is_consuming():
-            return len(got["1"]) > 40
+            return len(delivery.got["1"]) > 40
 
         await eventually(first_is_consuming, timeout=20)
-        consumer2 = await next_consumer(c2, "g", S, T, batch_length=5, poll_ms=5, auto_commit=commit)
-        tasks.append(asyncio.ensure_future(run("2", consumer2)))
-        await asyncio.wait_for(done.wait(), 60)
-        await asyncio.sleep(0.3)  # would a duplicate still arrive?
+        delivery.start("2", await next_consumer(c2, "g", S, T, batch_length=5, poll_ms=5, auto_commit=commit))
+        received = await delivery.wait(60)
     finally:
-        for task in tasks:
-            task.cancel()
+        producing.cancel()
+        delivery.stop()
+    got = {name: [(p, o) for p, o, _ in messages] for name, messages in received.items()}
     everything = got["1"] + got["2"]
     assert sorted(everything) == [(p, o) for p in range(partitions) for o in range(total // partitions)]
     assert got["2"], "the member that joined got nothing"

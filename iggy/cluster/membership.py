@@ -152,7 +152,8 @@ class Cluster:
             raise NotAccepted("this node is not the leader")
         try:
             self.metalog.write(record, self.ready_epoch)
-        except NotAccepted:
+        except NotAccepted as exc:
+            log.warning("cluster: %s; serving again once caught up with meta/", exc)
             self.ready_epoch = 0
             self._follow_verdict()
             self._kick()

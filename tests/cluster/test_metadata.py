@@ -10,7 +10,10 @@ nodes on loopback:
   and the change is on no node;
 - a follower restarted applies what it missed from the index after its last applied one: every
   index once, in order, in its journal;
-- only the leader runs the expired-token cleaner; the followers apply its deletion.
+- only the leader runs the expired-token cleaner; the followers apply its deletion;
+- a change made while etcd is unavailable is refused, and ends the same on every node once etcd
+  is back (its write may still land in etcd after the leader gave up waiting: then every node,
+  the one that refused it included, applies it).
 
 A follower answers no metadata reads (it refuses them, docs/CLUSTER.md), so what a follower
 holds is read from its metadata directory (tests.cluster.nodes.local_metadata).
@@ -295,3 +298,35 @@ def test_only_the_leader_removes_expired_tokens(tmp_path, etcd):
                 assert "personal access token 'short'" not in log
     finally:
         cluster.stop()
+
+
+def test_a_change_while_etcd_is_unavailable_ends_the_same_on_every_node(cluster, etcd):
+    leader = cluster.wait_leader(START_ELECTION)
+    raw = RawClient(cluster.address(leader), timeout=30)
+    try:
+        assert raw.login().status == 0
+        assert raw.call(128, body=wire_name("before")).status == 0
+        etcd.pause()
+        try:
+            assert raw.call(128, body=wire_name("during")).status == ErrorCode.TRANSIENT_NOT_ACCEPTED
+        finally:
+            etcd.resume()
+    finally:
+        raw.close()
+    new_leader = cluster.wait_leader(START_ELECTION + 3 * HEARTBEAT_TIMEOUT)
+    creator = RawClient(cluster.address(new_leader))
+    try:
+        assert creator.login().status == 0
+        assert creator.call(128, body=wire_name("after")).status == 0
+    finally:
+        creator.close()
+    states = [
+        wait_for(
+            lambda i=i: (s := local_metadata(cluster.nodes[i])).stream_by_name("after") is not None and s,
+            APPLIED,
+            f"node {i} applies the change made after etcd returned",
+        )
+        for i in range(3)
+    ]
+    assert {"before", "after"} <= stream_names(states[0])
+    assert [shared_part(s) for s in states[1:]] == [shared_part(states[0])] * 2

@@ -73,6 +73,27 @@ def raw_login(address: str, username: str, password: str) -> bool:
         raw.close()
 
 
+def create_stream(address: str, name: str) -> None:
+    raw = RawClient(address)
+    try:
+        assert raw.login().status == 0
+        assert raw.call(128, body=wire_name(name)).status == 0
+    finally:
+        raw.close()
+
+
+def states_with_stream(cluster: TestCluster, name: str) -> list:
+    """Each node's own metadata, once it has applied the stream `name`."""
+    return [
+        wait_for(
+            lambda i=i: (s := local_metadata(cluster.nodes[i])).stream_by_name(name) is not None and s,
+            APPLIED,
+            f"node {i} applies the stream {name!r}",
+        )
+        for i in range(3)
+    ]
+
+
 async def test_changes_on_the_leader_reach_every_follower_and_users_log_in_there(cluster):
     leader = await asyncio.to_thread(cluster.wait_leader, START_ELECTION)
     followers = [i for i in range(3) if i != leader]
@@ -213,18 +234,8 @@ def test_a_deposed_leader_refuses_a_metadata_change_and_it_lands_nowhere(cluster
         raw.close()
     assert cluster.wait_leader(4 * HEARTBEAT_TIMEOUT) == new_leader
     # the new leader commits; the old one applies that as a follower, and nothing of its own
-    creator = RawClient(cluster.address(new_leader))
-    try:
-        assert creator.login().status == 0
-        assert creator.call(128, body=wire_name("real")).status == 0
-    finally:
-        creator.close()
-    for i in range(3):
-        state = wait_for(
-            lambda i=i: (s := local_metadata(cluster.nodes[i])).stream_by_name("real") is not None and s,
-            APPLIED,
-            f"node {i} applies the new leader's change",
-        )
+    create_stream(cluster.address(new_leader), "real")
+    for i, state in enumerate(states_with_stream(cluster, "real")):
         assert stream_names(state) == {"real"}, i
         assert metadata(cluster.address(i))["nodes"][new_leader]["role"] == "leader"
 
@@ -313,20 +324,7 @@ def test_a_change_while_etcd_is_unavailable_ends_the_same_on_every_node(cluster,
             etcd.resume()
     finally:
         raw.close()
-    new_leader = cluster.wait_leader(START_ELECTION + 3 * HEARTBEAT_TIMEOUT)
-    creator = RawClient(cluster.address(new_leader))
-    try:
-        assert creator.login().status == 0
-        assert creator.call(128, body=wire_name("after")).status == 0
-    finally:
-        creator.close()
-    states = [
-        wait_for(
-            lambda i=i: (s := local_metadata(cluster.nodes[i])).stream_by_name("after") is not None and s,
-            APPLIED,
-            f"node {i} applies the change made after etcd returned",
-        )
-        for i in range(3)
-    ]
+    create_stream(cluster.address(cluster.wait_leader(START_ELECTION + 3 * HEARTBEAT_TIMEOUT)), "after")
+    states = states_with_stream(cluster, "after")
     assert {"before", "after"} <= stream_names(states[0])
     assert [shared_part(s) for s in states[1:]] == [shared_part(states[0])] * 2

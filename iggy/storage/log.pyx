@@ -37,7 +37,7 @@ active one again), empty sealed segments are removed, gaps in the offsets are re
 Not thread-safe: the caller serialises all calls on one partition (iggy.storage.partitions.Partition.lock);
 the GIL is released inside the calls, not the partition.
 """
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport ENOMEM, errno
 from libc.stdint cimport uint32_t, uint64_t
@@ -49,7 +49,8 @@ from posix.types cimport off_t
 from posix.uio cimport iovec
 from posix.unistd cimport dup, fdatasync, ftruncate
 
-from iggy.protocol.batch cimport B_COUNT, B_LENGTH, BATCH_HEADER_LEN, stamp_header
+from iggy.protocol.batch cimport (B_BASE_OFFSET, B_BASE_TIMESTAMP, B_COUNT, B_LENGTH, B_PARTITION_ID, BATCH_HEADER_LEN,
+                                  CHECK_ALL, check_batch, stamp_header)
 from iggy.protocol.ccodes cimport E_INVALID_MESSAGES_COUNT, E_INVALID_MESSAGES_SIZE
 from iggy._core.includes.le cimport le_u32, le_u64
 from iggy.storage.log_files cimport h_free, h_new, h_pin, h_seal, h_unpin, pwritev_all, segment_path
@@ -75,19 +76,20 @@ cdef uint64_t _next_uid = 0
 # --------------------------------------------------------------------------- append (nogil)
 
 cdef int _append(Segment *s, uint32_t partition_id, const unsigned char *p, uint64_t n, uint64_t base,
-                 uint64_t ts, uint32_t *count) noexcept nogil:
+                 uint64_t ts, uint32_t *count, bint stamp=True) noexcept nogil:
     """_append_to with the segment's files pinned (opened first when the cache had closed them)."""
     cdef int rc = h_pin(s.h, 0)
     if rc:
         return rc
-    rc = _append_to(s, s.h.log_fd, s.h.idx_fd, partition_id, p, n, base, ts, count)
+    rc = _append_to(s, s.h.log_fd, s.h.idx_fd, partition_id, p, n, base, ts, count, stamp)
     h_unpin(s.h)
     return rc
 
 
 cdef int _append_to(Segment *s, int log_fd, int idx_fd, uint32_t partition_id, const unsigned char *p,
-                    uint64_t n, uint64_t base, uint64_t ts, uint32_t *count) noexcept nogil:
-    """Stamp and write one batch at the segment's logical end, then its index entry.
+                    uint64_t n, uint64_t base, uint64_t ts, uint32_t *count, bint stamp) noexcept nogil:
+    """Stamp (unless `stamp` is false: the header is written as given, a follower's copy of the
+    leader's stamped batch) and write one batch at the segment's logical end, then its index entry.
 
     Returns 0, an Iggy error code (> 0) for a batch that does not even frame, or -errno.
     Nothing in `s` changes unless everything succeeded; bytes written past the logical end
@@ -103,9 +105,10 @@ cdef int _append_to(Segment *s, int log_fd, int idx_fd, uint32_t partition_id, c
     if count[0] == 0:
         return E_INVALID_MESSAGES_COUNT
     memcpy(head, p, BATCH_HEADER_LEN)
-    rc = stamp_header(head, p + BATCH_HEADER_LEN, n - BATCH_HEADER_LEN, partition_id, base, ts)
-    if rc:
-        return rc
+    if stamp:
+        rc = stamp_header(head, p + BATCH_HEADER_LEN, n - BATCH_HEADER_LEN, partition_id, base, ts)
+        if rc:
+            return rc
     iov[0].iov_base = head
     iov[0].iov_len = BATCH_HEADER_LEN
     iov[1].iov_base = <void *>(p + BATCH_HEADER_LEN)
@@ -126,6 +129,29 @@ cdef int _append_to(Segment *s, int log_fd, int idx_fd, uint32_t partition_id, c
     s.next = base + count[0]
     s.max_ts = ts
     return 0
+
+
+cdef _stamped_copy(buf, Py_ssize_t start, Py_ssize_t end, head_out, uint32_t partition_id, uint64_t base,
+                   uint64_t ts):
+    """head_out[:256] = the header of buf[start:end] stamped as _append_to stamped its copy."""
+    cdef Py_buffer src, dst
+    cdef int rc = 0
+    PyObject_GetBuffer(buf, &src, PyBUF_SIMPLE)
+    try:
+        PyObject_GetBuffer(head_out, &dst, PyBUF_SIMPLE | PyBUF_WRITABLE)
+        try:
+            if dst.len < BATCH_HEADER_LEN:
+                raise ValueError("head_out must hold 256 bytes")
+            memcpy(dst.buf, <const unsigned char *>src.buf + start, BATCH_HEADER_LEN)
+            with nogil:
+                rc = stamp_header(<unsigned char *>dst.buf, <const unsigned char *>src.buf + start + BATCH_HEADER_LEN,
+                                  <uint64_t>(end - start - BATCH_HEADER_LEN), partition_id, base, ts)
+        finally:
+            PyBuffer_Release(&dst)
+    finally:
+        PyBuffer_Release(&src)
+    if rc:
+        raise IggyError(rc)
 
 
 # --------------------------------------------------------------------------- the log
@@ -522,8 +548,11 @@ cdef class PartitionLog:
             log.error("partition %s: cannot roll segment %d: %s", self.directory, seg_base, exc)
         return 0
 
-    def append(self, buf, Py_ssize_t start, Py_ssize_t end, uint64_t now_us):
+    def append(self, buf, Py_ssize_t start, Py_ssize_t end, uint64_t now_us, head_out=None):
         """Append the batch buf[start:end]; returns (base_offset, message_count).
+
+        `head_out` (a writable 256-byte buffer, cluster mode): receives the header exactly as
+        stored, so the leader can send followers the stored batch (head_out + buf[start+256:end]).
 
         The batch must have passed batch.validate_batch (only its framing is re-checked
         here). It gets base_offset = next_offset, base_timestamp = max(now_us, previous + 1),
@@ -555,6 +584,57 @@ cdef class PartitionLog:
             raise IggyError(ErrorCode.CANNOT_SAVE_MESSAGES_TO_SEGMENT,
                             f"writing segment {s.base} of {self.directory}: {os.strerror(-rc)}")
         self.last_ts = ts
+        self._dirty = True
+        if head_out is not None:
+            _stamped_copy(buf, start, end, head_out, self.partition_id, base, ts)
+        if s.size >= self.segment_size:
+            self._roll_or_log()
+        return base, count
+
+    def append_stored(self, buf, Py_ssize_t start, Py_ssize_t end):
+        """Append buf[start:end], a batch another node's log stored (a follower's copy of the
+        leader's batch), byte for byte: its header is already stamped and is not rewritten.
+
+        It must start exactly at next_offset: a base offset above it (a gap) or below it (an
+        overlap: those offsets are already here) raises IggyError(INVALID_OFFSET) and appends
+        nothing. Its partition id must be this log's, its layout, batch checksum and every
+        message checksum must check out (the checks run without the GIL), else the batch's
+        error code. Returns (base_offset, message_count).
+        """
+        cdef Py_buffer view
+        cdef Segment *s = self._active()
+        cdef const unsigned char *p
+        cdef uint64_t n, base, ts, payload = 0
+        cdef uint32_t count = 0
+        cdef int rc
+        PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+        try:
+            if start < 0 or end > view.len or start > end or end - start < BATCH_HEADER_LEN:
+                raise IggyError(ErrorCode.INVALID_MESSAGES_SIZE)
+            p = <const unsigned char *>view.buf + start
+            n = <uint64_t>(end - start)
+            base = le_u64(p + B_BASE_OFFSET)
+            ts = le_u64(p + B_BASE_TIMESTAMP)
+            if base != s.next:
+                raise IggyError(ErrorCode.INVALID_OFFSET,
+                                f"partition {self.label}: a stored batch at offset {base} does not follow the log, "
+                                f"which ends at {s.next} ({'gap' if base > s.next else 'overlap'})")
+            if le_u64(p + B_PARTITION_ID) != self.partition_id:
+                raise IggyError(ErrorCode.INVALID_COMMAND,
+                                f"a batch of partition {le_u64(p + B_PARTITION_ID)} for partition {self.partition_id}")
+            with nogil:
+                rc = check_batch(p, n, le_u32(p + B_COUNT), CHECK_ALL, &payload)
+                if rc == 0:
+                    rc = _append(s, self.partition_id, p, n, base, ts, &count, False)
+        finally:
+            PyBuffer_Release(&view)
+        if rc > 0:
+            raise IggyError(rc)
+        if rc < 0:
+            raise IggyError(ErrorCode.CANNOT_SAVE_MESSAGES_TO_SEGMENT,
+                            f"writing segment {s.base} of {self.directory}: {os.strerror(-rc)}")
+        if ts > self.last_ts:
+            self.last_ts = ts
         self._dirty = True
         if s.size >= self.segment_size:
             self._roll_or_log()

@@ -1,0 +1,277 @@
+"""The frames of the replica link (iggy.cluster.replica_link), their checks and the handshake MACs.
+
+Every frame, both directions, little-endian::
+
+    0  u32 length     bytes after this field: 9 + body length
+    4  u8  kind       one of the kinds below
+    5  u64 epoch      the sender's epoch (the etcd create_revision of the leader key it follows or holds)
+   13  body
+
+Kinds and bodies::
+
+    1 CHALLENGE  leader -> follower, the leader's first frame
+                 16 nonce
+    2 HELLO      follower -> leader, the answer
+                 u32 replica_id, 16 nonce, u8 name length, cluster name (UTF-8), 32 mac
+    3 WELCOME    leader -> follower: the follower is accepted
+                 u32 leader replica_id, 32 mac
+    4 BATCH      leader -> follower: consecutive stored batches of a partition
+                 u32 stream, u32 topic, u32 partition, u64 commit, then one or more batches
+                 back to back exactly as the leader's log holds them (each a 256-byte header
+                 with its base offset, timestamp and checksum stamped, then the message frames:
+                 iggy.protocol.batch); a live append sends one, a catch-up what one read gives
+    5 COMMIT     leader -> follower: the partition's high-watermark moved (no batch to carry it)
+                 u32 stream, u32 topic, u32 partition, u64 commit
+    6 ACK        follower -> leader: what the follower's log of a partition holds
+                 u32 stream, u32 topic, u32 partition, u64 end, u64 synced end, u16 status
+
+`commit` is the high-watermark: every offset below it is held by a majority, and nothing at or
+above it may be served to a consumer. `end` is the follower's next offset (its log holds every
+offset below it) and `synced end` the same for what it has fdatasync'ed. `status` is 0 when the
+batch was appended, else the Iggy error code that refused it (a gap or an overlap at its base
+offset: `end` then says where the follower's log really ends).
+
+The handshake: the leader sends a fresh nonce; the follower answers with its own nonce and
+    mac = HMAC-SHA256(secret, "iggy-replica-hello" | cluster name | u64 epoch | u32 replica_id
+                              | leader nonce | follower nonce)
+and the leader proves the same secret back with
+    mac = HMAC-SHA256(secret, "iggy-replica-welcome" | cluster name | u64 epoch | u32 leader id
+                              | follower nonce | leader nonce)
+Without `cluster.auth` the macs are 32 zero bytes and only the cluster name is checked. Each
+side's nonce makes a recorded handshake useless for a later connection. Frames after the
+handshake carry no mac of their own (integrity is TCP's; encryption is a next step, as for
+the client listeners without TLS).
+
+Bounds: before the handshake completes a frame body is at most HANDSHAKE_MAX_BODY bytes, after
+it at most the largest client frame plus the BATCH prefix. A length outside them, an unknown
+kind, or a body whose fields do not add up to its length is a LinkError and the connection is
+closed: a peer can never make the receive buffer grow beyond one frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from iggy.protocol.wire import DEFAULT_MAX_FRAME_SIZE
+
+CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK = 1, 2, 3, 4, 5, 6
+KINDS = frozenset({CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK})
+
+PREFIX = struct.Struct("<IBQ")  # length, kind, epoch
+PREFIX_LEN = PREFIX.size  # 13
+NONCE_LEN = 16
+MAC_LEN = 32
+NO_MAC = bytes(MAC_LEN)
+
+PARTITION = struct.Struct("<III")  # stream, topic, partition
+BATCH_HEAD = struct.Struct("<IIIQ")  # stream, topic, partition, commit
+COMMIT_BODY = BATCH_HEAD
+ACK_BODY = struct.Struct("<IIIQQH")  # stream, topic, partition, end, synced end, status
+HELLO_HEAD = struct.Struct("<I16sB")  # replica_id, nonce, name length
+WELCOME_BODY = struct.Struct("<I32s")  # leader replica_id, mac
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+
+HANDSHAKE_MAX_BODY = HELLO_HEAD.size + 255 + MAC_LEN
+MAX_BODY = DEFAULT_MAX_FRAME_SIZE + BATCH_HEAD.size
+BATCH_HEADER_LEN = 256
+
+
+class LinkError(Exception):
+    """The peer broke the link's rules: the connection is closed and the reason logged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    kind: int
+    epoch: int
+    body: bytes
+
+
+def encode(kind: int, epoch: int, *body: bytes | bytearray | memoryview) -> list[bytes | bytearray | memoryview]:
+    """The frame as buffers for writelines(): the 13-byte prefix, then the body parts as given
+    (a batch is sent without being joined to its prefix)."""
+    size = sum(len(part) for part in body)
+    return [PREFIX.pack(9 + size, kind, epoch), *body]
+
+
+def frame_bytes(kind: int, epoch: int, *body: bytes | bytearray | memoryview) -> bytes:
+    return b"".join(encode(kind, epoch, *body))
+
+
+class FrameDecoder:
+    """Cuts frames out of a byte stream, holding at most one frame's bytes (plus what one read
+    brings). `limit` is the largest body accepted: HANDSHAKE_MAX_BODY until `authenticated()`."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.limit = HANDSHAKE_MAX_BODY
+
+    def authenticated(self) -> None:
+        self.limit = MAX_BODY
+
+    @property
+    def pending(self) -> int:
+        """Bytes received and not yet cut into a frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        self._buf += data
+        frames = []
+        pos, buf = 0, self._buf
+        while len(buf) - pos >= PREFIX_LEN:
+            length, kind, epoch = PREFIX.unpack_from(buf, pos)
+            if length < 9 or length - 9 > self.limit:
+                raise LinkError(f"frame length {length} outside 9..{9 + self.limit}")
+            if kind not in KINDS:
+                raise LinkError(f"unknown frame kind {kind}")
+            end = pos + 4 + length
+            if len(buf) < end:
+                break
+            frames.append(Frame(kind, epoch, bytes(buf[pos + PREFIX_LEN : end])))
+            pos = end
+        if pos:
+            del buf[:pos]
+        return frames
+
+
+# ------------------------------------------------------------------------ bodies
+
+
+def hello_body(replica_id: int, nonce: bytes, cluster: str, mac: bytes) -> bytes:
+    name = cluster.encode()
+    if len(name) > 255:
+        raise ValueError("cluster name longer than 255 bytes")
+    return HELLO_HEAD.pack(replica_id, nonce, len(name)) + name + mac
+
+
+def read_hello(body: bytes) -> tuple[int, bytes, str, bytes]:
+    """(replica_id, nonce, cluster name, mac)."""
+    if len(body) < HELLO_HEAD.size + MAC_LEN:
+        raise LinkError(f"hello of {len(body)} bytes")
+    replica_id, nonce, n = HELLO_HEAD.unpack_from(body)
+    if len(body) != HELLO_HEAD.size + n + MAC_LEN:
+        raise LinkError(f"hello of {len(body)} bytes with a name of {n}")
+    try:
+        name = body[HELLO_HEAD.size : HELLO_HEAD.size + n].decode()
+    except UnicodeDecodeError as exc:
+        raise LinkError("hello with a cluster name that is not UTF-8") from exc
+    return replica_id, nonce, name, body[-MAC_LEN:]
+
+
+def read_challenge(body: bytes) -> bytes:
+    if len(body) != NONCE_LEN:
+        raise LinkError(f"challenge of {len(body)} bytes")
+    return body
+
+
+def read_welcome(body: bytes) -> tuple[int, bytes]:
+    if len(body) != WELCOME_BODY.size:
+        raise LinkError(f"welcome of {len(body)} bytes")
+    leader_id, mac = WELCOME_BODY.unpack(body)
+    return leader_id, mac
+
+
+def read_batch(body: bytes) -> tuple[tuple[int, int, int], int, list[memoryview]]:
+    """((stream, topic, partition), commit, the batches): their own lengths must fill the rest exactly."""
+    if len(body) < BATCH_HEAD.size + BATCH_HEADER_LEN:
+        raise LinkError(f"batch frame of {len(body)} bytes")
+    s, t, p, commit = BATCH_HEAD.unpack_from(body)
+    rest = memoryview(body)[BATCH_HEAD.size :]
+    batches = []
+    pos = 0
+    while pos < len(rest):
+        if len(rest) - pos < BATCH_HEADER_LEN:
+            raise LinkError(f"{len(rest) - pos} bytes after the batches of a batch frame")
+        (declared,) = _U64.unpack_from(rest, pos + 32)
+        if declared < BATCH_HEADER_LEN or declared > len(rest) - pos:
+            raise LinkError(f"batch declares {declared} bytes, the frame carries {len(rest) - pos}")
+        batches.append(rest[pos : pos + declared])
+        pos += declared
+    return (s, t, p), commit, batches
+
+
+def batch_base_offset(batch: bytes | memoryview) -> int:
+    return int(_U64.unpack_from(batch, 8)[0])
+
+
+def batch_count(batch: bytes | memoryview) -> int:
+    return int(_U32.unpack_from(batch, 48)[0])
+
+
+def read_commit(body: bytes) -> tuple[tuple[int, int, int], int]:
+    if len(body) != COMMIT_BODY.size:
+        raise LinkError(f"commit frame of {len(body)} bytes")
+    s, t, p, commit = COMMIT_BODY.unpack(body)
+    return (s, t, p), commit
+
+
+def read_ack(body: bytes) -> tuple[tuple[int, int, int], int, int, int]:
+    """((stream, topic, partition), end, synced end, status)."""
+    if len(body) != ACK_BODY.size:
+        raise LinkError(f"ack of {len(body)} bytes")
+    s, t, p, end, synced, status = ACK_BODY.unpack(body)
+    if synced > end:
+        raise LinkError(f"ack with synced end {synced} above its end {end}")
+    return (s, t, p), end, synced, status
+
+
+# ------------------------------------------------------------------------ handshake macs
+
+
+def hello_mac(
+    secret: bytes | None, cluster: str, epoch: int, replica_id: int, leader_nonce: bytes, nonce: bytes
+) -> bytes:
+    if secret is None:
+        return NO_MAC
+    msg = b"iggy-replica-hello" + cluster.encode() + _U64.pack(epoch) + _U32.pack(replica_id) + leader_nonce + nonce
+    return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+def welcome_mac(
+    secret: bytes | None, cluster: str, epoch: int, leader_id: int, follower_nonce: bytes, leader_nonce: bytes
+) -> bytes:
+    if secret is None:
+        return NO_MAC
+    msg = (
+        b"iggy-replica-welcome"
+        + cluster.encode()
+        + _U64.pack(epoch)
+        + _U32.pack(leader_id)
+        + follower_nonce
+        + leader_nonce
+    )
+    return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+def macs_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+class Epochs:
+    """The highest epoch this node has seen (from etcd or from a peer's frame).
+
+    `check(epoch)` refuses a frame from an older epoch (LinkError); a newer one raises the
+    highest seen and calls `on_newer(epoch)` (the leader steps down: someone won a later election).
+    """
+
+    def __init__(self, on_newer: Callable[[int], None] | None = None) -> None:
+        self.highest = 0
+        self._on_newer = on_newer
+
+    def saw(self, epoch: int) -> bool:
+        """Record an epoch learnt elsewhere (the election); True when it is newer."""
+        if epoch > self.highest:
+            self.highest = epoch
+            return True
+        return False
+
+    def check(self, epoch: int) -> None:
+        if epoch < self.highest:
+            raise LinkError(f"frame of epoch {epoch}, below the highest seen ({self.highest})")
+        if self.saw(epoch) and self._on_newer is not None:
+            self._on_newer(epoch)

@@ -1,0 +1,337 @@
+"""The replica link: one TCP connection from each follower to the leader's `tcp_replica` port.
+
+Frames, the handshake and their bounds are in iggy.cluster.replica_frames. This module runs the
+connections on the main event loop:
+
+- `LeaderEndpoint` listens on this node's `tcp_replica` port on every node (any node may become
+  leader). A connection is served only while this node leads: it sends CHALLENGE with its epoch,
+  checks the HELLO (cluster name, replica id of the roster, MAC under cluster.auth.shared_secret
+  when auth is on, epoch), answers WELCOME and from then on hands ACK frames to the leader's
+  replication (`on_ack`) and lets it send frames through `Peer.send`. Anything wrong closes the
+  connection and logs why once.
+- `FollowerLink` keeps one connection to the leader that etcd names (`follow(leader)`), redials
+  every RETRY seconds while it cannot, checks CHALLENGE and WELCOME the same way, and hands each
+  BATCH / COMMIT to its `FollowerSink`, sending back the ACKs the sink returns after each read.
+
+Epochs (replica_frames.Epochs): every received frame's epoch is checked against the highest
+this node has seen; an older one closes the connection, a newer one is recorded, and on the
+leader it means another node won a later election: `Epochs.on_newer` makes it step down.
+
+Memory: the decoder holds at most one frame; a peer whose queued output to it passes
+MAX_QUEUED (a follower that stopped reading) is disconnected instead of being buffered for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from iggy.cluster import replica_frames as rf
+from iggy.cluster.replica_frames import Epochs, Frame, FrameDecoder, LinkError
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 20
+MAX_QUEUED = 128 << 20  # bytes queued to one follower before it counts as stuck and is dropped
+HANDSHAKE_TIMEOUT = 5.0
+RETRY = 0.2  # seconds between dials of an unreachable leader
+
+Key = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class LinkIdentity:
+    """What both ends of a link must agree on."""
+
+    cluster: str
+    replica_id: int
+    secret: bytes | None  # cluster.auth.shared_secret when cluster.auth.enabled
+    epochs: Epochs
+
+
+async def _read_frames(reader: asyncio.StreamReader, decoder: FrameDecoder) -> list[Frame]:
+    """The next frames; [] at EOF."""
+    while True:
+        data = await reader.read(READ_SIZE)
+        if not data:
+            if decoder.pending:
+                raise LinkError(f"connection closed inside a frame ({decoder.pending} bytes)")
+            return []
+        frames = decoder.feed(data)
+        if frames:
+            return frames
+
+
+async def _one_frame(reader: asyncio.StreamReader, decoder: FrameDecoder, kind: int) -> Frame:
+    frames = await asyncio.wait_for(_read_frames(reader, decoder), HANDSHAKE_TIMEOUT)
+    if not frames:
+        raise LinkError("connection closed during the handshake")
+    if len(frames) != 1 or frames[0].kind != kind:
+        raise LinkError(f"expected one frame of kind {kind} in the handshake, got {[f.kind for f in frames]}")
+    return frames[0]
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.close()
+    except RuntimeError:  # loop already closed
+        pass
+
+
+# ---------------------------------------------------------------------------- leader side
+
+
+class Peer:
+    """A follower connected to this leader, after its handshake."""
+
+    def __init__(self, replica_id: int, writer: asyncio.StreamWriter, epoch: int):
+        self.replica_id = replica_id
+        self.epoch = epoch  # the leader's epoch this link was accepted in
+        self._writer = writer
+        self.closed = False
+
+    def send(self, kind: int, *body: bytes | bytearray | memoryview) -> bool:
+        """Queue one frame; False (and the link closed) when it is closed or stuck."""
+        if self.closed:
+            return False
+        transport = self._writer.transport
+        if transport.is_closing():
+            self.close("connection closed")
+            return False
+        if transport.get_write_buffer_size() > MAX_QUEUED:
+            self.close(f"more than {MAX_QUEUED} bytes queued: the follower does not read")
+            return False
+        self._writer.writelines(rf.encode(kind, self.epoch, *body))
+        return True
+
+    def close(self, why: str = "") -> None:
+        if not self.closed:
+            self.closed = True
+            if why:
+                log.warning("replica link: dropping follower %d: %s", self.replica_id, why)
+            _close(self._writer)
+
+
+class LeaderSide(Protocol):
+    """What the leader's replication does with its followers (iggy.cluster.replication)."""
+
+    def leader_epoch(self) -> int | None:
+        """This node's epoch while it leads, None otherwise."""
+
+    def joined(self, peer: Peer) -> None: ...
+
+    def acked(self, peer: Peer, key: Key, end: int, synced: int, status: int) -> None: ...
+
+    def left(self, peer: Peer) -> None: ...
+
+
+class LeaderEndpoint:
+    def __init__(self, me: LinkIdentity, roster_ids: set[int], side: LeaderSide):
+        self.me = me
+        self.roster_ids = roster_ids - {me.replica_id}
+        self.side = side
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.refused = 0  # handshakes refused (tests, logs)
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._accept, host, port, limit=READ_SIZE)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._tasks.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer_addr = writer.get_extra_info("peername")
+        epoch = self.side.leader_epoch()
+        if epoch is None:  # not the leader: nothing to serve
+            _close(writer)
+            return
+        decoder = FrameDecoder()
+        peer: Peer | None = None
+        try:
+            nonce = os.urandom(rf.NONCE_LEN)
+            writer.writelines(rf.encode(rf.CHALLENGE, epoch, nonce))
+            hello = await _one_frame(reader, decoder, rf.HELLO)
+            replica_id, follower_nonce, cluster, mac = rf.read_hello(hello.body)
+            if cluster != self.me.cluster:
+                raise LinkError(f"hello from cluster {cluster!r}, this is {self.me.cluster!r}")
+            if replica_id not in self.roster_ids:
+                raise LinkError(f"hello from replica {replica_id}, not a follower of the roster")
+            expected = rf.hello_mac(self.me.secret, cluster, hello.epoch, replica_id, nonce, follower_nonce)
+            if not rf.macs_equal(mac, expected):
+                raise LinkError(f"hello from replica {replica_id} with a bad MAC")
+            self.me.epochs.check(hello.epoch)
+            if hello.epoch != epoch or self.side.leader_epoch() != epoch:
+                raise LinkError(f"hello of epoch {hello.epoch} to a leader of epoch {epoch}")
+            decoder.authenticated()
+            welcome = rf.welcome_mac(self.me.secret, cluster, epoch, self.me.replica_id, follower_nonce, nonce)
+            writer.writelines(rf.encode(rf.WELCOME, epoch, rf.WELCOME_BODY.pack(self.me.replica_id, welcome)))
+            peer = Peer(replica_id, writer, epoch)
+            log.info("replica link: follower %d joined (epoch %d, %s)", replica_id, epoch, peer_addr)
+            self.side.joined(peer)
+            while True:
+                frames = await _read_frames(reader, decoder)
+                if not frames:
+                    return
+                for frame in frames:
+                    self.me.epochs.check(frame.epoch)
+                    if frame.epoch != epoch:
+                        raise LinkError(f"frame of epoch {frame.epoch} on a link of epoch {epoch}")
+                    if frame.kind != rf.ACK:
+                        raise LinkError(f"frame kind {frame.kind} from a follower")
+                    key, end, synced, status = rf.read_ack(frame.body)
+                    self.side.acked(peer, key, end, synced, status)
+        except (LinkError, TimeoutError) as exc:
+            if peer is None:
+                self.refused += 1
+            log.warning("replica link: closing %s: %s", peer_addr, exc or "handshake timed out")
+        except (ConnectionError, OSError) as exc:
+            log.info("replica link: follower at %s gone: %s", peer_addr, exc)
+        finally:
+            if peer is not None:
+                peer.closed = True
+                self.side.left(peer)
+            _close(writer)
+
+
+# ---------------------------------------------------------------------------- follower side
+
+
+class FollowerSink(Protocol):
+    """What a follower does with the leader's frames (iggy.cluster.replication.Follower)."""
+
+    def batches(self, key: Key, commit: int, batches: list[memoryview]) -> None: ...
+
+    def commit(self, key: Key, commit: int) -> None: ...
+
+    def acks(self) -> list[tuple[Key, int, int, int]]:
+        """After each read: (key, end, synced end, status) of every partition touched since the last call."""
+
+
+@dataclass(frozen=True)
+class LeaderAddress:
+    replica_id: int
+    host: str
+    port: int
+
+
+class FollowerLink:
+    def __init__(self, me: LinkIdentity, sink: FollowerSink, on_state: Callable[[bool], None] = lambda up: None):
+        self.me = me
+        self.sink = sink
+        self.on_state = on_state
+        self.target: LeaderAddress | None = None
+        self.connected = False
+        self._task: asyncio.Task[None] | None = None
+
+    def follow(self, leader: LeaderAddress | None) -> None:
+        """Keep a link to `leader` (None: to nobody). A new target drops the old link."""
+        if leader == self.target:
+            return
+        self.target = leader
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if leader is not None:
+            self._task = asyncio.ensure_future(self._run(leader))
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        self.target = None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self, leader: LeaderAddress) -> None:
+        quiet = False
+        while True:
+            try:
+                await self._session(leader)
+                quiet = False
+            except (LinkError, TimeoutError) as exc:
+                log.warning("replica link to leader %d: %s", leader.replica_id, exc or "handshake timed out")
+            except (ConnectionError, OSError) as exc:
+                if not quiet:
+                    log.info("replica link to leader %d (%s:%d): %s", leader.replica_id, leader.host, leader.port, exc)
+                quiet = True
+            finally:
+                if self.connected:
+                    self.connected = False
+                    self.on_state(False)
+            await asyncio.sleep(RETRY)
+
+    async def _session(self, leader: LeaderAddress) -> None:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(leader.host, leader.port, limit=READ_SIZE), HANDSHAKE_TIMEOUT
+        )
+        try:
+            decoder = FrameDecoder()
+            challenge = await _one_frame(reader, decoder, rf.CHALLENGE)
+            leader_nonce = rf.read_challenge(challenge.body)
+            epoch = challenge.epoch
+            if epoch < self.me.epochs.highest:  # recorded only once the leader proved the secret
+                raise LinkError(f"challenge of epoch {epoch}, below the highest seen ({self.me.epochs.highest})")
+            nonce = os.urandom(rf.NONCE_LEN)
+            mac = rf.hello_mac(self.me.secret, self.me.cluster, epoch, self.me.replica_id, leader_nonce, nonce)
+            body = rf.hello_body(self.me.replica_id, nonce, self.me.cluster, mac)
+            writer.writelines(rf.encode(rf.HELLO, epoch, body))
+            welcome = await _one_frame(reader, decoder, rf.WELCOME)
+            leader_id, mac = rf.read_welcome(welcome.body)
+            expected = rf.welcome_mac(self.me.secret, self.me.cluster, epoch, leader_id, nonce, leader_nonce)
+            if welcome.epoch != epoch or leader_id != leader.replica_id or not rf.macs_equal(mac, expected):
+                raise LinkError(f"welcome from replica {leader_id} (epoch {welcome.epoch}) does not check out")
+            self.me.epochs.check(epoch)
+            decoder.authenticated()
+            self.connected = True
+            self.on_state(True)
+            log.info("replica link: following leader %d (epoch %d)", leader_id, epoch)
+            while True:
+                frames = await _read_frames(reader, decoder)
+                if not frames:
+                    raise ConnectionResetError("the leader closed the link")
+                for frame in frames:
+                    self.me.epochs.check(frame.epoch)
+                    if frame.epoch != epoch:
+                        raise LinkError(f"frame of epoch {frame.epoch} on a link of epoch {epoch}")
+                    if frame.kind == rf.BATCH:
+                        key, commit, batches = rf.read_batch(frame.body)
+                        self.sink.batches(key, commit, batches)
+                    elif frame.kind == rf.COMMIT:
+                        key, commit = rf.read_commit(frame.body)
+                        self.sink.commit(key, commit)
+                    else:
+                        raise LinkError(f"frame kind {frame.kind} from the leader")
+                acks = self.sink.acks()
+                if acks:
+                    writer.writelines(
+                        [
+                            part
+                            for key, end, synced, status in acks
+                            for part in rf.encode(rf.ACK, epoch, rf.ACK_BODY.pack(*key, end, synced, status))
+                        ]
+                    )
+                    await writer.drain()
+        finally:
+            _close(writer)

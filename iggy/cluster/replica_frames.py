@@ -105,14 +105,18 @@ def frame_bytes(kind: int, epoch: int, *body: bytes | bytearray | memoryview) ->
 
 class FrameDecoder:
     """Cuts frames out of a byte stream, holding at most one frame's bytes (plus what one read
-    brings). `limit` is the largest body accepted: HANDSHAKE_MAX_BODY until `authenticated()`."""
+    brings). `limit` is the largest body accepted: HANDSHAKE_MAX_BODY until `authenticated()`;
+    until then `feed` cuts one frame at a time and leaves what follows buffered (a peer may send
+    right after its last handshake frame; those frames are read under the larger limit)."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self.limit = HANDSHAKE_MAX_BODY
+        self._handshake = True
 
     def authenticated(self) -> None:
         self.limit = MAX_BODY
+        self._handshake = False
 
     @property
     def pending(self) -> int:
@@ -134,6 +138,8 @@ class FrameDecoder:
                 break
             frames.append(Frame(kind, epoch, bytes(buf[pos + PREFIX_LEN : end])))
             pos = end
+            if self._handshake:
+                break
         if pos:
             del buf[:pos]
         return frames

@@ -53,26 +53,38 @@ class LinkIdentity:
     epochs: Epochs
 
 
-async def _read_frames(reader: asyncio.StreamReader, decoder: FrameDecoder) -> list[Frame]:
-    """The next frames; [] at EOF."""
-    while True:
-        data = await reader.read(READ_SIZE)
-        if not data:
-            if decoder.pending:
-                raise LinkError(f"connection closed inside a frame ({decoder.pending} bytes)")
-            return []
-        frames = decoder.feed(data)
-        if frames:
-            return frames
+class Framed:
+    """A connection's reader cut into frames (bytes that arrived with the last handshake frame
+    stay in the decoder and come out with the first `frames()` after it)."""
 
+    def __init__(self, reader: asyncio.StreamReader):
+        self.reader = reader
+        self.decoder = FrameDecoder()
 
-async def _one_frame(reader: asyncio.StreamReader, decoder: FrameDecoder, kind: int) -> Frame:
-    frames = await asyncio.wait_for(_read_frames(reader, decoder), HANDSHAKE_TIMEOUT)
-    if not frames:
-        raise LinkError("connection closed during the handshake")
-    if len(frames) != 1 or frames[0].kind != kind:
-        raise LinkError(f"expected one frame of kind {kind} in the handshake, got {[f.kind for f in frames]}")
-    return frames[0]
+    async def frames(self) -> list[Frame]:
+        """The next frames; [] at EOF."""
+        if self.decoder.pending:
+            frames = self.decoder.feed(b"")
+            if frames:
+                return frames
+        while True:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                if self.decoder.pending:
+                    raise LinkError(f"connection closed inside a frame ({self.decoder.pending} bytes)")
+                return []
+            frames = self.decoder.feed(data)
+            if frames:
+                return frames
+
+    async def one(self, kind: int) -> Frame:
+        """The next frame of the handshake, which must be of `kind`, within HANDSHAKE_TIMEOUT."""
+        frames = await asyncio.wait_for(self.frames(), HANDSHAKE_TIMEOUT)
+        if not frames:
+            raise LinkError("connection closed during the handshake")
+        if frames[0].kind != kind:
+            raise LinkError(f"expected a frame of kind {kind} in the handshake, got {frames[0].kind}")
+        return frames[0]
 
 
 def _close(writer: asyncio.StreamWriter) -> None:
@@ -168,12 +180,12 @@ class LeaderEndpoint:
         if epoch is None:  # not the leader: nothing to serve
             _close(writer)
             return
-        decoder = FrameDecoder()
+        framed = Framed(reader)
         peer: Peer | None = None
         try:
             nonce = os.urandom(rf.NONCE_LEN)
             writer.writelines(rf.encode(rf.CHALLENGE, epoch, nonce))
-            hello = await _one_frame(reader, decoder, rf.HELLO)
+            hello = await framed.one(rf.HELLO)
             replica_id, follower_nonce, cluster, mac = rf.read_hello(hello.body)
             if cluster != self.me.cluster:
                 raise LinkError(f"hello from cluster {cluster!r}, this is {self.me.cluster!r}")
@@ -185,14 +197,14 @@ class LeaderEndpoint:
             self.me.epochs.check(hello.epoch)
             if hello.epoch != epoch or self.side.leader_epoch() != epoch:
                 raise LinkError(f"hello of epoch {hello.epoch} to a leader of epoch {epoch}")
-            decoder.authenticated()
+            framed.decoder.authenticated()
             welcome = rf.welcome_mac(self.me.secret, cluster, epoch, self.me.replica_id, follower_nonce, nonce)
             writer.writelines(rf.encode(rf.WELCOME, epoch, rf.WELCOME_BODY.pack(self.me.replica_id, welcome)))
             peer = Peer(replica_id, writer, epoch)
             log.info("replica link: follower %d joined (epoch %d, %s)", replica_id, epoch, peer_addr)
             self.side.joined(peer)
             while True:
-                frames = await _read_frames(reader, decoder)
+                frames = await framed.frames()
                 if not frames:
                     return
                 for frame in frames:
@@ -287,8 +299,8 @@ class FollowerLink:
             asyncio.open_connection(leader.host, leader.port, limit=READ_SIZE), HANDSHAKE_TIMEOUT
         )
         try:
-            decoder = FrameDecoder()
-            challenge = await _one_frame(reader, decoder, rf.CHALLENGE)
+            framed = Framed(reader)
+            challenge = await framed.one(rf.CHALLENGE)
             leader_nonce = rf.read_challenge(challenge.body)
             epoch = challenge.epoch
             if epoch < self.me.epochs.highest:  # recorded only once the leader proved the secret
@@ -297,18 +309,18 @@ class FollowerLink:
             mac = rf.hello_mac(self.me.secret, self.me.cluster, epoch, self.me.replica_id, leader_nonce, nonce)
             body = rf.hello_body(self.me.replica_id, nonce, self.me.cluster, mac)
             writer.writelines(rf.encode(rf.HELLO, epoch, body))
-            welcome = await _one_frame(reader, decoder, rf.WELCOME)
+            welcome = await framed.one(rf.WELCOME)
             leader_id, mac = rf.read_welcome(welcome.body)
             expected = rf.welcome_mac(self.me.secret, self.me.cluster, epoch, leader_id, nonce, leader_nonce)
             if welcome.epoch != epoch or leader_id != leader.replica_id or not rf.macs_equal(mac, expected):
                 raise LinkError(f"welcome from replica {leader_id} (epoch {welcome.epoch}) does not check out")
             self.me.epochs.check(epoch)
-            decoder.authenticated()
+            framed.decoder.authenticated()
             self.connected = True
             self.on_state(True)
             log.info("replica link: following leader %d (epoch %d)", leader_id, epoch)
             while True:
-                frames = await _read_frames(reader, decoder)
+                frames = await framed.frames()
                 if not frames:
                     raise ConnectionResetError("the leader closed the link")
                 for frame in frames:

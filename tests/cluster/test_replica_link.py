@@ -20,7 +20,7 @@ import pytest
 from iggy.cluster import replica_frames as rf
 from iggy.cluster import replica_link
 from iggy.cluster.replica_frames import Epochs, FrameDecoder, LinkError
-from iggy.cluster.replica_link import FollowerLink, LeaderAddress, LeaderEndpoint, LinkIdentity, Peer
+from iggy.cluster.replica_link import FollowerLink, Framed, LeaderAddress, LeaderEndpoint, LinkIdentity, Peer
 from iggy.protocol.batch import build_batch
 
 SECRET = b"s" * 32
@@ -71,7 +71,20 @@ async def test_connection_closed_inside_a_frame_is_an_error():
     reader.feed_data(rf.frame_bytes(rf.COMMIT, 1, rf.COMMIT_BODY.pack(1, 1, 1, 5))[:10])
     reader.feed_eof()
     with pytest.raises(LinkError, match="inside a frame"):
-        await replica_link._read_frames(reader, FrameDecoder())
+        await Framed(reader).frames()
+
+
+async def test_frames_that_come_with_the_last_handshake_frame_are_kept():
+    """A big batch right behind WELCOME, in the same read: read under the post-handshake limit."""
+    reader = asyncio.StreamReader()
+    reader.feed_data(
+        rf.frame_bytes(rf.WELCOME, 1, rf.WELCOME_BODY.pack(0, bytes(32)))
+        + rf.frame_bytes(rf.BATCH, 1, rf.BATCH_HEAD.pack(1, 1, 1, 0), a_batch(0, 20))
+    )
+    framed = Framed(reader)
+    assert (await framed.one(rf.WELCOME)).kind == rf.WELCOME
+    framed.decoder.authenticated()
+    assert [f.kind for f in await framed.frames()] == [rf.BATCH]
 
 
 @pytest.mark.parametrize(
@@ -244,7 +257,7 @@ async def test_a_leader_without_the_secret_is_not_followed():
 
     async def fake_leader(reader, writer):
         writer.write(rf.frame_bytes(rf.CHALLENGE, 5, os.urandom(16)))
-        await replica_link._one_frame(reader, FrameDecoder(), rf.HELLO)
+        await Framed(reader).one(rf.HELLO)
         writer.write(rf.frame_bytes(rf.WELCOME, 5, rf.WELCOME_BODY.pack(0, bytes(32))))
         writer.write(rf.frame_bytes(rf.BATCH, 5, rf.BATCH_HEAD.pack(1, 1, 1, 0), a_batch()))
         welcomed.set()
@@ -264,15 +277,15 @@ async def test_a_leader_without_the_secret_is_not_followed():
 
 
 async def raw_handshake(port: int, replica_id: int, epoch: int | None = None, secret=SECRET):
-    """Dial the leader as a follower by hand: (reader, writer, decoder, the leader's epoch)."""
+    """Dial the leader as a follower by hand: (reader, writer, Framed, the leader's epoch)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    decoder = FrameDecoder()
-    challenge = await replica_link._one_frame(reader, decoder, rf.CHALLENGE)
+    framed = Framed(reader)
+    challenge = await framed.one(rf.CHALLENGE)
     epoch = challenge.epoch if epoch is None else epoch
     nonce = os.urandom(16)
     mac = rf.hello_mac(secret, "c", epoch, replica_id, challenge.body, nonce)
     writer.write(rf.frame_bytes(rf.HELLO, epoch, rf.hello_body(replica_id, nonce, "c", mac)))
-    return reader, writer, decoder, challenge.epoch
+    return reader, writer, framed, challenge.epoch
 
 
 async def closed(reader: asyncio.StreamReader) -> bool:
@@ -330,8 +343,8 @@ async def test_a_follower_that_knows_a_newer_epoch_refuses_the_leader():
 async def test_an_ack_of_an_older_epoch_after_the_handshake_closes_the_link():
     async with Pair(leader_epoch=5) as pair:
         await pair.link.stop()
-        reader, writer, decoder, epoch = await raw_handshake(pair.endpoint.port, 2)
-        await replica_link._one_frame(reader, decoder, rf.WELCOME)
+        reader, writer, framed, epoch = await raw_handshake(pair.endpoint.port, 2)
+        await framed.one(rf.WELCOME)
         await until(lambda: pair.side.peers)
         writer.write(rf.frame_bytes(rf.ACK, epoch - 1, rf.ACK_BODY.pack(1, 1, 1, 0, 0, 0)))
         assert await closed(reader)
@@ -343,8 +356,8 @@ async def test_a_follower_that_does_not_read_is_dropped(monkeypatch):
     monkeypatch.setattr(replica_link, "MAX_QUEUED", 1 << 20)
     async with Pair() as pair:
         await pair.link.stop()
-        reader, writer, decoder, _ = await raw_handshake(pair.endpoint.port, 2)
-        await replica_link._one_frame(reader, decoder, rf.WELCOME)
+        reader, writer, framed, _ = await raw_handshake(pair.endpoint.port, 2)
+        await framed.one(rf.WELCOME)
         await until(lambda: pair.side.peers)
         peer = pair.side.peers[0]
         chunk = bytes(1 << 20)

@@ -1,0 +1,295 @@
+"""Log replication of one node: the leader streams every appended batch to the followers and
+answers the producer once a majority holds (or fsynced) it; a follower appends what it is sent.
+
+`LogReplication` owns both ends of the replica link for this node (iggy.cluster.replica_link):
+the `tcp_replica` listener, which serves followers while this node leads (`lead(epoch)`), and
+the link to the current leader while it follows (`follow(address)`), whose frames go to a
+FollowerLog (iggy.cluster.follower_log). Everything runs on the main event loop; in cluster
+mode every send is appended there (docs/CLUSTER.md says why), so "in offset order per
+partition" is the order of the appends.
+
+Leader, per partition (`Tracked`): its log end, the high-watermark `commit` (the largest end
+that a majority of the roster holds, the leader counting itself), and per follower what it
+acknowledged (`end`, `synced end`) and where the next frame to it starts (`next`). `replicate`
+sends the stored batch (the header as stored + the frames, no Python object per message) to
+every follower whose `next` is the batch's base offset and returns a future that resolves once
+a majority holds it (`replicated` topics) or once the leader and enough followers to make a
+majority fsynced it (`persisted`: the caller also awaits the leader's own fsync). A follower
+that is behind (it refused a batch with INVALID_OFFSET, it just (re)connected, or it lacked the
+partition) gets the missing batches read back from the leader's log, one bounded read at a time,
+each sent when the previous one is acknowledged; live batches reach it again once it has caught
+up. The high-watermark travels in every BATCH frame, and in a COMMIT frame (at most one per
+partition per loop turn) when it moves without a batch to carry it.
+
+A majority is counted over the roster, not over the connected followers: with two of three
+nodes down nothing is acknowledged. When this node stops leading every waiting producer gets
+TRANSIENT_NOT_ACCEPTED (its batch may or may not survive: the new leader decides) and the
+per-partition state is dropped; the next leader rebuilds it from its followers' ACKs.
+
+Not here yet (docs/CLUSTER.md, step E): truncating a follower's uncommitted suffix from an older
+epoch (a follower ahead of the leader is reported and left alone), leader-epoch files, in-sync
+sets in etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from iggy.cluster import replica_frames as rf
+from iggy.cluster.follower_log import FollowerLog
+from iggy.cluster.replica_frames import Epochs
+from iggy.cluster.replica_link import FollowerLink, LeaderAddress, LeaderEndpoint, LinkIdentity, Peer
+from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.storage.partitions import Partition
+
+log = logging.getLogger(__name__)
+
+Key = tuple[int, int, int]
+CATCH_UP_BYTES = 1 << 20  # one catch-up read of the leader's log (at least one batch)
+
+
+@dataclass
+class Position:
+    """One follower's place in one partition, as the leader knows it."""
+
+    end: int = 0  # acknowledged: the follower's log holds every offset below it
+    synced: int = 0  # acknowledged as fsynced
+    next: int | None = None  # where the next frame to it starts; None: unknown (ask with a COMMIT)
+    catching_up: int | None = None  # end of the catch-up frame in flight
+    ahead: bool = False  # its log went past the leader's (a suffix of an older epoch: step E)
+
+
+@dataclass
+class Tracked:
+    partition: Partition
+    end: int
+    commit: int = 0
+    commit_sent: int = 0
+    followers: dict[int, Position] = field(default_factory=dict)
+    # (end offset of the batch, fsync needed, producer's future), in offset order
+    waiters: deque[tuple[int, bool, asyncio.Future[None]]] = field(default_factory=deque)
+
+
+class LogReplication:
+    def __init__(
+        self,
+        cluster: str,
+        replica_id: int,
+        roster: list[dict],
+        secret: bytes | None,
+        find: Callable[[int, int, int], Partition | None],
+        on_newer_epoch: Callable[[int], None] = lambda epoch: None,
+    ):
+        self.replica_id = replica_id
+        self.roster = {n["replica_id"]: n for n in roster}
+        self.majority = len(roster) // 2 + 1
+        self.epochs = Epochs(on_newer=self._newer_epoch)
+        self._on_newer_epoch = on_newer_epoch
+        self.find = find
+        me = LinkIdentity(cluster, replica_id, secret, self.epochs)
+        self.endpoint = LeaderEndpoint(me, set(self.roster), self)
+        self.follower_log = FollowerLog(find)
+        self.link = FollowerLink(me, self.follower_log)
+        self.epoch: int | None = None  # set while this node leads
+        self.peers: dict[int, Peer] = {}
+        self.tracked: dict[Key, Tracked] = {}
+        self._commits_due: set[Key] = set()
+        self._flush_scheduled = False
+
+    # ---------------------------------------------------------------- life cycle and role
+
+    async def start(self, host: str) -> None:
+        await self.endpoint.start(host, self.roster[self.replica_id]["ports"]["tcp_replica"])
+
+    async def stop(self) -> None:
+        self.lead(None)
+        await self.link.stop()
+        await self.endpoint.stop()
+
+    def lead(self, epoch: int | None) -> None:
+        """This node leads in `epoch` (None: it does not lead)."""
+        if epoch is not None:
+            self.epochs.saw(epoch)
+            self.link.follow(None)
+        if epoch == self.epoch:
+            return
+        if self.epoch is not None:
+            self._stop_leading()
+        self.epoch = epoch
+
+    def follow(self, leader_id: int | None, epoch: int) -> None:
+        """Keep the link to `leader_id` (another node, elected in `epoch`), or to nobody."""
+        self.epochs.saw(epoch)
+        if leader_id is None or leader_id == self.replica_id:
+            self.link.follow(None)
+            return
+        node = self.roster[leader_id]
+        self.link.follow(LeaderAddress(leader_id, node["ip"], node["ports"]["tcp_replica"]))
+
+    def _newer_epoch(self, epoch: int) -> None:
+        if self.epoch is not None:
+            log.warning("replication: a peer knows epoch %d, this leader is of %d: stepping down", epoch, self.epoch)
+            self._stop_leading()
+            self.epoch = None
+        self._on_newer_epoch(epoch)
+
+    def _stop_leading(self) -> None:
+        for tracked in self.tracked.values():
+            for _, _, fut in tracked.waiters:
+                if not fut.done():
+                    fut.set_exception(IggyError(ErrorCode.TRANSIENT_NOT_ACCEPTED, "no longer the leader"))
+        self.tracked.clear()
+        for peer in list(self.peers.values()):
+            peer.close()
+        self.peers.clear()
+
+    # ---------------------------------------------------------------- what may be served
+
+    def visible_end(self, key: Key) -> int | None:
+        """Offsets at or above this are not served to consumers (None: no bound known here)."""
+        if self.epoch is None:
+            return self.follower_log.visible_end(key)
+        tracked = self.tracked.get(key)
+        return None if tracked is None else tracked.commit
+
+    # ---------------------------------------------------------------- leader: the send path
+
+    def replicate(
+        self, key: Key, partition: Partition, head: bytes | bytearray, frames: bytes, base: int, count: int
+    ) -> asyncio.Future[None]:
+        """After the leader appended [base, base + count) to `partition` (head: the header as
+        stored, frames: the rest of the batch): send it, and a future for the producer."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if self.epoch is None:
+            fut.set_exception(IggyError(ErrorCode.TRANSIENT_NOT_ACCEPTED, "no longer the leader"))
+            return fut
+        tracked = self.tracked.get(key)
+        if tracked is None or tracked.partition is not partition:
+            tracked = self.tracked[key] = Tracked(partition, base)
+        tracked.end = base + count
+        tracked.waiters.append((tracked.end, partition.persisted, fut))
+        for rid, peer in self.peers.items():
+            pos = tracked.followers.setdefault(rid, Position())
+            if pos.next is None or pos.next == base:  # in step, or unknown: it answers where it is
+                if peer.send(rf.BATCH, rf.BATCH_HEAD.pack(*key, tracked.commit), head, frames):
+                    pos.next = tracked.end
+        tracked.commit_sent = tracked.commit
+        self._advance(key, tracked)
+        return fut
+
+    # ---------------------------------------------------------------- leader: the link's callbacks
+
+    def leader_epoch(self) -> int | None:
+        return self.epoch
+
+    def joined(self, peer: Peer) -> None:
+        old = self.peers.pop(peer.replica_id, None)
+        if old is not None:
+            old.close("replaced by a new connection")
+        self.peers[peer.replica_id] = peer
+        for key, tracked in self.tracked.items():  # where is it? its ACKs say, then it catches up
+            tracked.followers[peer.replica_id] = Position()
+            peer.send(rf.COMMIT, rf.COMMIT_BODY.pack(*key, tracked.commit))
+
+    def left(self, peer: Peer) -> None:
+        if self.peers.get(peer.replica_id) is peer:
+            del self.peers[peer.replica_id]
+        for tracked in self.tracked.values():
+            pos = tracked.followers.get(peer.replica_id)
+            if pos is not None:
+                pos.next = pos.catching_up = None
+
+    def acked(self, peer: Peer, key: Key, end: int, synced: int, status: int) -> None:
+        tracked = self.tracked.get(key)
+        if tracked is None or self.peers.get(peer.replica_id) is not peer:
+            return
+        pos = tracked.followers.setdefault(peer.replica_id, Position())
+        pos.end, pos.synced = end, synced
+        if end > tracked.end:
+            if not pos.ahead:
+                log.warning(
+                    "replication: follower %d holds partition %s up to %d, past this leader's %d "
+                    "(a suffix of an older epoch; not truncated yet)",
+                    peer.replica_id,
+                    key,
+                    end,
+                    tracked.end,
+                )
+            pos.ahead = True
+            pos.next = None
+            return
+        pos.ahead = False
+        if status == ErrorCode.PARTITION_NOT_FOUND:
+            pos.next = pos.catching_up = None  # its metadata is behind: the next batch asks again
+        elif status or pos.next is None:
+            pos.next, pos.catching_up = end, None
+        elif pos.catching_up is not None and end >= pos.catching_up:
+            pos.catching_up = None
+        if pos.next is not None and pos.catching_up is None and pos.next < tracked.end:
+            self._catch_up(peer, key, tracked, pos)
+        self._advance(key, tracked)
+
+    def _catch_up(self, peer: Peer, key: Key, tracked: Tracked, pos: Position) -> None:
+        """Send the follower the next stored batches from `pos.next`, read from this log."""
+        start = pos.next
+        assert start is not None
+        partition = tracked.partition
+        try:
+            with partition.lock:
+                if partition.log.closed:
+                    return
+                data, n = partition.log.read(start, tracked.end - start, CATCH_UP_BYTES)
+        except IggyError as exc:
+            log.error(
+                "replication: cannot read partition %s at %d for follower %d: %s", key, start, peer.replica_id, exc
+            )
+            return
+        if n == 0 or rf.batch_base_offset(data) != start:
+            # retention removed what it lacks (or a batch starts below it): step E's snapshot copy
+            log.error(
+                "replication: follower %d needs partition %s from %d, not in this log", peer.replica_id, key, start
+            )
+            return
+        if peer.send(rf.BATCH, rf.BATCH_HEAD.pack(*key, tracked.commit), data):
+            pos.next = pos.catching_up = start + n
+
+    # ---------------------------------------------------------------- leader: the high-watermark
+
+    def _advance(self, key: Key, tracked: Tracked) -> None:
+        """Raise the high-watermark to what a majority holds; answer the producers it covers."""
+        need = self.majority - 1  # followers besides the leader
+        ends = sorted((p.end for p in tracked.followers.values() if not p.ahead), reverse=True)
+        held = tracked.end if need == 0 else (min(ends[need - 1], tracked.end) if len(ends) >= need else 0)
+        if held > tracked.commit:
+            tracked.commit = held
+            self._commits_due.add(key)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._send_commits)
+        synced = sorted((p.synced for p in tracked.followers.values() if not p.ahead), reverse=True)
+        synced_held = tracked.end if need == 0 else (synced[need - 1] if len(synced) >= need else 0)
+        waiters = tracked.waiters
+        while waiters:
+            end, persisted, fut = waiters[0]
+            if end > (synced_held if persisted else tracked.commit):
+                break
+            waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def _send_commits(self) -> None:
+        self._flush_scheduled = False
+        due, self._commits_due = self._commits_due, set()
+        for key in due:
+            tracked = self.tracked.get(key)
+            if tracked is None or tracked.commit <= tracked.commit_sent:
+                continue
+            tracked.commit_sent = tracked.commit
+            body = rf.COMMIT_BODY.pack(*key, tracked.commit)
+            for peer in self.peers.values():
+                peer.send(rf.COMMIT, body)

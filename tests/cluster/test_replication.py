@@ -1,0 +1,166 @@
+"""Log replication (iggy.cluster.replication) between three LogReplication objects in one process:
+real partitions in temp dirs, real replica links on loopback, no etcd and no server.
+
+- every batch the leader appends reaches both followers, whose segment files end up byte for
+  byte the leader's; the producer's future resolves once a majority holds the batch, the
+  high-watermark follows and reaches the followers;
+- with both followers away nothing is acknowledged; one follower back (it catches up from the
+  leader's log first) makes a majority again;
+- a follower that missed many batches catches up by itself once it reconnects;
+- `persisted`: acknowledged once a follower fsynced too;
+- a leader that stops leading fails every waiting producer with 58 TransientNotAccepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from iggy.cluster.replication import LogReplication
+from iggy.protocol.batch import build_batch
+from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.storage.partitions import Partition
+from tests.cluster.test_follower_log import segment_bytes, settings
+from tests.cluster.test_replica_link import until
+
+KEY = (1, 1, 1)
+SECRET = b"k" * 32
+EPOCH = 7
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    def __init__(self, root, replica_id: int, roster: list[dict], durability: str):
+        self.dir = str(root / f"node-{replica_id}")
+        self.partition = Partition(self.dir, 1, settings(durability), True)
+        self.repl = LogReplication("c", replica_id, roster, SECRET, self.find)
+
+    def find(self, s, t, p):
+        return self.partition if (s, t, p) == KEY else None
+
+    async def start(self):
+        await self.repl.start("127.0.0.1")
+
+    async def stop(self):
+        await self.repl.stop()
+
+
+class Cluster3:
+    def __init__(self, root, durability: str = "replicated"):
+        roster = [
+            {"replica_id": i, "name": f"n{i}", "ip": "127.0.0.1", "ports": {"tcp_replica": free_port()}}
+            for i in range(3)
+        ]
+        self.nodes = [Node(root, i, roster, durability) for i in range(3)]
+        self.leader = self.nodes[0]
+
+    async def __aenter__(self):
+        for node in self.nodes:
+            await node.start()
+        self.leader.repl.lead(EPOCH)
+        for node in self.nodes[1:]:
+            node.repl.follow(0, EPOCH)
+        return self
+
+    async def __aexit__(self, *exc):
+        for node in self.nodes:
+            await node.stop()
+            node.partition.close()
+
+    def send(self, n: int) -> asyncio.Future:
+        """Append a batch of n messages on the leader, as the send path does, and replicate it."""
+        batch = build_batch([(i + 1, os.urandom(20), b"") for i in range(n)])
+        head = bytearray(256)
+        partition = self.leader.partition
+        with partition.lock:
+            base, count = partition.log.append(batch, 0, len(batch), 1, head_out=head)
+            return self.leader.repl.replicate(KEY, partition, head, batch[256:], base, count)
+
+    def same_files(self, *indexes: int) -> bool:
+        for node in self.nodes:
+            node.partition.log.fsync()
+        leader = segment_bytes(self.leader.dir)
+        return all(segment_bytes(self.nodes[i].dir) == leader for i in indexes)
+
+
+async def test_every_batch_reaches_the_followers_byte_for_byte(tmp_path):
+    async with Cluster3(tmp_path) as c:
+        await until(lambda: len(c.leader.repl.peers) == 2)
+        futures = [c.send(n) for n in (1, 5, 3, 10)]
+        await asyncio.wait_for(asyncio.gather(*futures), 10)
+        await until(lambda: all(n.partition.log.next_offset == 19 for n in c.nodes))
+        assert c.same_files(1, 2)
+        assert c.leader.repl.visible_end(KEY) == 19
+        await until(lambda: all(n.repl.visible_end(KEY) == 19 for n in c.nodes[1:]))  # the COMMIT frame
+
+
+async def test_no_majority_no_acknowledgement_then_catch_up(tmp_path):
+    async with Cluster3(tmp_path) as c:
+        for node in c.nodes[1:]:
+            node.repl.follow(None, EPOCH)
+        await until(lambda: not c.leader.repl.peers)
+        futures = [c.send(2) for _ in range(20)]
+        await asyncio.sleep(0.3)
+        assert not any(f.done() for f in futures)
+        assert c.leader.repl.visible_end(KEY) == 0
+        c.nodes[2].repl.follow(0, EPOCH)  # back: it catches up from the leader's log, then a majority holds it all
+        await asyncio.wait_for(asyncio.gather(*futures), 10)
+        assert c.nodes[2].partition.log.next_offset == 40
+        assert c.nodes[1].partition.log.next_offset == 0
+        assert c.same_files(2)
+
+
+async def test_a_follower_away_for_many_batches_catches_up(tmp_path):
+    async with Cluster3(tmp_path) as c:
+        c.nodes[2].repl.follow(None, EPOCH)
+        await until(lambda: len(c.leader.repl.peers) == 1)
+        futures = [c.send(50) for _ in range(100)]  # 5,000 messages, well past one catch-up read
+        await asyncio.wait_for(asyncio.gather(*futures), 20)
+        assert c.nodes[2].partition.log.next_offset == 0
+        c.nodes[2].repl.follow(0, EPOCH)
+        await until(lambda: c.nodes[2].partition.log.next_offset == 5000, timeout=20)
+        await asyncio.wait_for(c.send(1), 10)  # and live batches flow to it again
+        await until(lambda: c.nodes[2].partition.log.next_offset == 5001)
+        assert c.same_files(1, 2)
+
+
+async def test_persisted_waits_for_a_follower_fsync(tmp_path):
+    async with Cluster3(tmp_path, durability="persisted") as c:
+        await until(lambda: len(c.leader.repl.peers) == 2)
+        await asyncio.wait_for(c.send(3), 10)
+        tracked = c.leader.repl.tracked[KEY]
+        assert max(p.synced for p in tracked.followers.values()) >= 3
+
+
+async def test_a_leader_that_steps_down_fails_its_waiting_producers(tmp_path):
+    async with Cluster3(tmp_path) as c:
+        for node in c.nodes[1:]:
+            node.repl.follow(None, EPOCH)
+        await until(lambda: not c.leader.repl.peers)
+        fut = c.send(1)
+        c.leader.repl.lead(None)
+        with pytest.raises(IggyError) as err:
+            await fut
+        assert err.value.code == ErrorCode.TRANSIENT_NOT_ACCEPTED
+        with pytest.raises(IggyError):
+            await c.send(1)
+
+
+async def test_a_leader_that_meets_a_newer_epoch_steps_down(tmp_path):
+    async with Cluster3(tmp_path) as c:
+        await until(lambda: len(c.leader.repl.peers) == 2)
+        c.nodes[1].repl.follow(None, EPOCH)
+        await until(lambda: len(c.leader.repl.peers) == 1)
+        c.nodes[1].repl.epochs.saw(EPOCH + 1)  # it heard of a later election the leader missed
+        c.nodes[1].repl.lead(EPOCH + 1)
+        c.leader.repl.follow(1, EPOCH)  # the old leader, told of node 1 in an old epoch, dials it
+        await until(lambda: c.leader.repl.epoch is None)
+        assert c.leader.repl.epochs.highest == EPOCH + 1

@@ -7,6 +7,7 @@
     replica_frames.py  the replica link's frames, their bounds, the handshake MACs, epochs
     replica_link.py    the replica link: the leader's tcp_replica listener, a follower's connection
     follower_log.py    a follower appending the leader's stored batches, its ACKs and high-watermark
+    replication.py     log replication of one node: streaming, majority acks, high-watermark, catch-up
 
 Everything runs on the server's main event loop. Without `cluster.enabled` none of it is
 imported.

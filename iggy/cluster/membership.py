@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from iggy.cluster.election import Election
 from iggy.cluster.etcd import Etcd, EtcdUnavailable
 from iggy.cluster.metalog import Behind, EtcdThread, MetaLog, NotAccepted
+from iggy.cluster.replication import LogReplication
 from iggy.control import changes
 from iggy.metadata.state import Record
 from iggy.protocol import codes
@@ -72,7 +73,13 @@ class Cluster:
         self.replica_id = c.replica_id
         self.node_name = c.node.name
         self.plane = plane
-        self.on_leadership: Callable[[bool], None] = plane.routes.set_serving
+        # the shards' C data path stays withdrawn in cluster mode (plane.routes never serves):
+        # every send is appended on the main loop, where it is replicated (docs/CLUSTER.md)
+        self.on_leadership: Callable[[bool], None] = self._lead
+        secret = c.auth.shared_secret.encode() if c.auth.enabled else None
+        self.replication = LogReplication(
+            c.name, self.replica_id, self.roster, secret, plane.storage.partition, on_newer_epoch=self._newer_epoch
+        )
         etcd_timeout = max(0.5, c.heartbeat_timeout / 6)
         self.etcd = Etcd(list(c.etcd.endpoints), etcd_timeout)
         self.election = Election(
@@ -129,6 +136,7 @@ class Cluster:
             self._fence.cancel()
         self.ready_epoch = 0
         self._set_leading(False)
+        await self.replication.stop()
         await self.election.resign()
         await self.etcd.close()
         await self.metalog.etcd.close()
@@ -165,6 +173,8 @@ class Cluster:
         self._follow_verdict()
         if not self.is_leader():
             self._kick()
+            # the replica link goes to the leader etcd names (none between leaders)
+            self.replication.follow(self.election.current_leader(), self.election.epoch)
 
     def _kick(self) -> None:
         """Run a catch-up with meta/ now, or once more after the one running."""
@@ -202,6 +212,21 @@ class Cluster:
             loop = asyncio.get_running_loop()
             # a hair after the deadline, so is_leader() is already false when it runs
             self._fence = loop.call_at(_loop_time(loop, self.election.deadline()) + 0.001, self._follow_verdict)
+
+    def _lead(self, leading: bool) -> None:
+        """Leadership gained or lost: the log replication leads in this epoch, or stops leading."""
+        self.replication.lead(self.election.epoch if leading else None)
+
+    def _newer_epoch(self, epoch: int) -> None:
+        """A peer on the replica link proved a later election than this node's: it is no longer
+        the leader, whatever its last round said (the next round reads etcd again)."""
+        if self.election.holds_leader_key and epoch > self.election.epoch:
+            log.warning(
+                "cluster: a peer knows epoch %d, later than this node's %d: stepping down", epoch, self.election.epoch
+            )
+            self.election.holds_leader_key = False
+            self.ready_epoch = 0
+            self._follow_verdict()
 
     def _set_leading(self, leading: bool) -> None:
         if leading == self.leading:

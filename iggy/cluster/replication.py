@@ -38,6 +38,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from iggy.cluster import replica_frames as rf
 from iggy.cluster.follower_log import FollowerLog
@@ -46,10 +47,14 @@ from iggy.cluster.replica_link import FollowerLink, LeaderAddress, LeaderEndpoin
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.storage.partitions import Partition
 
+if TYPE_CHECKING:
+    from iggy.config import RosterNode
+
 log = logging.getLogger(__name__)
 
 Key = tuple[int, int, int]
 CATCH_UP_BYTES = 1 << 20  # one catch-up read of the leader's log (at least one batch)
+MISSING_RETRY = 0.1  # seconds before asking again a follower that lacked the partition
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Position:
     next: int | None = None  # where the next frame to it starts; None: unknown (ask with a COMMIT)
     catching_up: int | None = None  # end of the catch-up frame in flight
     ahead: bool = False  # its log went past the leader's (a suffix of an older epoch: step E)
+    probing: bool = False  # a retry is scheduled for a follower that lacked the partition
 
 
 @dataclass
@@ -79,7 +85,7 @@ class LogReplication:
         self,
         cluster: str,
         replica_id: int,
-        roster: list[dict],
+        roster: list[RosterNode],
         secret: bytes | None,
         find: Callable[[int, int, int], Partition | None],
         on_newer_epoch: Callable[[int], None] = lambda epoch: None,
@@ -175,9 +181,11 @@ class LogReplication:
         tracked.waiters.append((tracked.end, partition.persisted, fut))
         for rid, peer in self.peers.items():
             pos = tracked.followers.setdefault(rid, Position())
-            if pos.next is None or pos.next == base:  # in step, or unknown: it answers where it is
-                if peer.send(rf.BATCH, rf.BATCH_HEAD.pack(*key, tracked.commit), head, frames):
-                    pos.next = tracked.end
+            # in step, or unknown (it answers where it is)
+            if (pos.next is None or pos.next == base) and peer.send(
+                rf.BATCH, rf.BATCH_HEAD.pack(*key, tracked.commit), head, frames
+            ):
+                pos.next = tracked.end
         tracked.commit_sent = tracked.commit
         self._advance(key, tracked)
         return fut
@@ -225,7 +233,11 @@ class LogReplication:
             return
         pos.ahead = False
         if status == ErrorCode.PARTITION_NOT_FOUND:
-            pos.next = pos.catching_up = None  # its metadata is behind: the next batch asks again
+            # its metadata (through etcd) is behind: ask again shortly, it catches up once it has it
+            pos.next = pos.catching_up = None
+            if not pos.probing:
+                pos.probing = True
+                asyncio.get_running_loop().call_later(MISSING_RETRY, self._probe, peer, key, pos)
         elif status or pos.next is None:
             pos.next, pos.catching_up = end, None
         elif pos.catching_up is not None and end >= pos.catching_up:
@@ -233,6 +245,12 @@ class LogReplication:
         if pos.next is not None and pos.catching_up is None and pos.next < tracked.end:
             self._catch_up(peer, key, tracked, pos)
         self._advance(key, tracked)
+
+    def _probe(self, peer: Peer, key: Key, pos: Position) -> None:
+        pos.probing = False
+        tracked = self.tracked.get(key)
+        if tracked is not None and self.peers.get(peer.replica_id) is peer:
+            peer.send(rf.COMMIT, rf.COMMIT_BODY.pack(*key, tracked.commit))
 
     def _catch_up(self, peer: Peer, key: Key, tracked: Tracked, pos: Position) -> None:
         """Send the follower the next stored batches from `pos.next`, read from this log."""

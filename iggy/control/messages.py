@@ -150,11 +150,21 @@ def append_batch(
         raise IggyError(ErrorCode.INVALID_COMMAND, "bytes after the batch")
     validate_batch(body, start, end, count)
     partition = open_partition(plane, s, t, pid)
+    replication = plane.cluster.replication if plane.cluster is not None else None
     with partition.lock:
         if partition.log.closed:  # dropped after the lookup
             raise vanished(plane, s, t)
-        base_offset, appended = partition.log.append(body, start, end, now_us())
-        return base_offset, partition.after_append(appended, end - start, inline=inline_fsync)
+        if replication is None:
+            base_offset, appended = partition.log.append(body, start, end, now_us())
+            return base_offset, partition.after_append(appended, end - start, inline=inline_fsync)
+        # cluster mode: the stored batch (header as stored + the frames, one copy of the batch)
+        # goes to the followers; the producer waits for a majority (iggy.cluster.replication)
+        head = bytearray(BATCH_HEADER_SIZE)
+        base_offset, appended = partition.log.append(body, start, end, now_us(), head)
+        synced = partition.after_append(appended, end - start)
+        frames = bytes(memoryview(body)[start + BATCH_HEADER_SIZE : end])
+        held = replication.replicate((s.id, t.id, pid), partition, head, frames, base_offset, appended)
+        return base_offset, held if synced is None else asyncio.gather(synced, held)
 
 
 # ------------------------------------------------------------------- request bodies
@@ -329,7 +339,14 @@ def poll_messages(
         stored = partition.offsets.get(store_kind, key)
         start = start_offset(partition, strategy, value, count, stored)
         data, n = b"", 0
-        if start is not None and not lg.is_empty and start <= lg.current_offset:
+        current = lg.current_offset
+        visible = plane.cluster.replication.visible_end((s.id, t.id, partition.id)) if plane.cluster else None
+        if visible is not None and current >= visible:
+            # cluster mode: nothing above the high-watermark (not yet held by a majority)
+            current = visible - 1 if visible else 0
+            if start is not None:
+                count = min(count, max(0, visible - max(start, lg.first_offset)))
+        if start is not None and count and not lg.is_empty and start <= current:
             first = max(start, lg.first_offset)
             # a reply never exceeds the largest frame: the rest comes with the next poll
             data, n = lg.read(first, count, max_bytes or plane.max_poll_bytes)
@@ -342,7 +359,7 @@ def poll_messages(
                 # what this member now has in flight (iggy.control.groups hands a partition
                 # over only once its owner committed this far)
                 partition.served.mark(key, last, session.client_id)
-        return partition.id, lg.current_offset, n, data
+        return partition.id, current, n, data
 
 
 # ------------------------------------------------------------------- consumer offsets

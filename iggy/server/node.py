@@ -138,6 +138,7 @@ class Server:
             plane.bound["http"] = await self.http.start()
         self._write_runtime_config()
         if self.cluster is not None:
+            await self.cluster.replication.start(split_address(cfg.tcp.address)[0])
             self.cluster.start()
         self.tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
         if cfg.data_maintenance.messages.cleaner_enabled:

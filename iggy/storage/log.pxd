@@ -41,6 +41,7 @@ cdef class PartitionLog:
     cdef uint64_t _first_offset(self) noexcept nogil
     cdef uint64_t _total(self, bint size) noexcept
     cdef int _roll_or_log(self) except -1
+    cdef int _appended(self, Segment *s, int rc, uint64_t ts) except -1
 
     # for the shard, without the GIL; the caller holds the partition lock
     cdef int c_state(self, uint64_t *first, uint64_t *next_offset) noexcept nogil

@@ -154,6 +154,13 @@ cdef _stamped_copy(buf, Py_ssize_t start, Py_ssize_t end, head_out, uint32_t par
         raise IggyError(rc)
 
 
+cdef const unsigned char *_batch_in(Py_buffer *view, Py_ssize_t start, Py_ssize_t end) except NULL:
+    """The start of the batch view[start:end]; INVALID_MESSAGES_SIZE when the range cannot hold one."""
+    if start < 0 or end > view.len or start > end or end - start < BATCH_HEADER_LEN:
+        raise IggyError(ErrorCode.INVALID_MESSAGES_SIZE)
+    return <const unsigned char *>view.buf + start
+
+
 # --------------------------------------------------------------------------- the log
 
 def _label(str directory):
@@ -548,6 +555,19 @@ cdef class PartitionLog:
             log.error("partition %s: cannot roll segment %d: %s", self.directory, seg_base, exc)
         return 0
 
+    cdef int _appended(self, Segment *s, int rc, uint64_t ts) except -1:
+        """After _append on segment s: raise its error (nothing was appended), else note the
+        batch's timestamp (timestamps only grow) and that an fsync is due."""
+        if rc > 0:
+            raise IggyError(rc)
+        if rc < 0:
+            raise IggyError(ErrorCode.CANNOT_SAVE_MESSAGES_TO_SEGMENT,
+                            f"writing segment {s.base} of {self.directory}: {os.strerror(-rc)}")
+        if ts > self.last_ts:
+            self.last_ts = ts
+        self._dirty = True
+        return 0
+
     def append(self, buf, Py_ssize_t start, Py_ssize_t end, uint64_t now_us, head_out=None):
         """Append the batch buf[start:end]; returns (base_offset, message_count).
 
@@ -569,22 +589,15 @@ cdef class PartitionLog:
         cdef uint64_t ts = now_us if now_us > self.last_ts else self.last_ts + 1
         cdef uint32_t count = 0
         cdef int rc
+        cdef const unsigned char *p
         PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
         try:
-            if start < 0 or end > view.len or start > end or end - start < BATCH_HEADER_LEN:
-                raise IggyError(ErrorCode.INVALID_MESSAGES_SIZE)
+            p = _batch_in(&view, start, end)
             with nogil:
-                rc = _append(s, self.partition_id, <const unsigned char *>view.buf + start, <uint64_t>(end - start),
-                             base, ts, &count)
+                rc = _append(s, self.partition_id, p, <uint64_t>(end - start), base, ts, &count)
         finally:
             PyBuffer_Release(&view)
-        if rc > 0:
-            raise IggyError(rc)
-        if rc < 0:
-            raise IggyError(ErrorCode.CANNOT_SAVE_MESSAGES_TO_SEGMENT,
-                            f"writing segment {s.base} of {self.directory}: {os.strerror(-rc)}")
-        self.last_ts = ts
-        self._dirty = True
+        self._appended(s, rc, ts)
         if head_out is not None:
             _stamped_copy(buf, start, end, head_out, self.partition_id, base, ts)
         if s.size >= self.segment_size:
@@ -601,18 +614,16 @@ cdef class PartitionLog:
         message checksum must check out (the checks run without the GIL), else the batch's
         error code. Returns (base_offset, message_count).
         """
-        cdef Py_buffer view
         cdef Segment *s = self._active()
-        cdef const unsigned char *p
-        cdef uint64_t n, base, ts, payload = 0
+        cdef uint64_t n = <uint64_t>(end - start) if end > start else 0
+        cdef uint64_t base, ts, payload = 0
         cdef uint32_t count = 0
         cdef int rc
+        cdef const unsigned char *p
+        cdef Py_buffer view
         PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
         try:
-            if start < 0 or end > view.len or start > end or end - start < BATCH_HEADER_LEN:
-                raise IggyError(ErrorCode.INVALID_MESSAGES_SIZE)
-            p = <const unsigned char *>view.buf + start
-            n = <uint64_t>(end - start)
+            p = _batch_in(&view, start, end)
             base = le_u64(p + B_BASE_OFFSET)
             ts = le_u64(p + B_BASE_TIMESTAMP)
             if base != s.next:
@@ -628,14 +639,7 @@ cdef class PartitionLog:
                     rc = _append(s, self.partition_id, p, n, base, ts, &count, False)
         finally:
             PyBuffer_Release(&view)
-        if rc > 0:
-            raise IggyError(rc)
-        if rc < 0:
-            raise IggyError(ErrorCode.CANNOT_SAVE_MESSAGES_TO_SEGMENT,
-                            f"writing segment {s.base} of {self.directory}: {os.strerror(-rc)}")
-        if ts > self.last_ts:
-            self.last_ts = ts
-        self._dirty = True
+        self._appended(s, rc, ts)
         if s.size >= self.segment_size:
             self._roll_or_log()
         return base, count

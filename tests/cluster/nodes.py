@@ -52,13 +52,23 @@ class TestCluster:
     def __init__(
         self, workdir: Path, etcd_url: str, size: int = 3, name: str = "test-cluster", env: dict | None = None
     ):
+        taken: set[int] = set()
+
+        def unused(kind=socket.SOCK_STREAM) -> int:
+            # the roster must not name a port twice (the config refuses it), and a UDP port
+            # the kernel hands out may equal a TCP one already picked
+            while (port := free_port(kind)) in taken:
+                pass
+            taken.add(port)
+            return port
+
         self.ports = [
             {
-                "tcp": free_port(),
-                "quic": free_port(socket.SOCK_DGRAM),
-                "http": free_port(),
-                "websocket": free_port(),
-                "tcp_replica": free_port(),
+                "tcp": unused(),
+                "quic": unused(socket.SOCK_DGRAM),
+                "http": unused(),
+                "websocket": unused(),
+                "tcp_replica": unused(),
             }
             for _ in range(size)
         ]

@@ -297,40 +297,23 @@ async def closed(reader: asyncio.StreamReader) -> bool:
     return True
 
 
-async def test_a_replica_outside_the_roster_is_refused():
-    async with Pair() as pair:
-        await pair.link.stop()
-        reader, writer, _, _ = await raw_handshake(pair.endpoint.port, 7)
-        assert await closed(reader)
-        writer.close()
-        assert pair.endpoint.refused == 1
-
-
-async def test_a_hello_of_an_older_epoch_is_refused():
+@pytest.mark.parametrize(
+    ("replica_id", "epoch", "secret", "stepped_down", "highest"),
+    [
+        (7, None, SECRET, [], 5),  # a replica outside the roster
+        (2, 4, SECRET, [], 5),  # a hello of an older epoch
+        (2, 9, SECRET, [9], 9),  # a higher epoch, authenticated: the leader steps down
+        (2, 9, b"t" * 32, [], 5),  # a higher epoch without the secret changes nothing
+    ],
+)
+async def test_a_hello_that_does_not_check_out_closes_the_link(replica_id, epoch, secret, stepped_down, highest):
     async with Pair(leader_epoch=5) as pair:
         await pair.link.stop()
-        reader, writer, _, _ = await raw_handshake(pair.endpoint.port, 2, epoch=4)
+        reader, writer, _, _ = await raw_handshake(pair.endpoint.port, replica_id, epoch=epoch, secret=secret)
         assert await closed(reader)
         writer.close()
-        assert pair.endpoint.refused == 1 and pair.stepped_down == []
-
-
-async def test_a_leader_that_sees_a_higher_epoch_steps_down():
-    async with Pair(leader_epoch=5) as pair:
-        await pair.link.stop()
-        reader, writer, _, _ = await raw_handshake(pair.endpoint.port, 2, epoch=9)
-        assert await closed(reader)
-        writer.close()
-        assert pair.stepped_down == [9] and pair.leader_epochs.highest == 9
-
-
-async def test_an_unauthenticated_higher_epoch_changes_nothing():
-    async with Pair(leader_epoch=5) as pair:
-        await pair.link.stop()
-        reader, writer, _, _ = await raw_handshake(pair.endpoint.port, 2, epoch=9, secret=b"t" * 32)
-        assert await closed(reader)
-        writer.close()
-        assert pair.stepped_down == [] and pair.leader_epochs.highest == 5
+        assert pair.endpoint.refused == 1 and pair.side.peers == []
+        assert (pair.stepped_down, pair.leader_epochs.highest) == (stepped_down, highest)
 
 
 async def test_a_follower_that_knows_a_newer_epoch_refuses_the_leader():

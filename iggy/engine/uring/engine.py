@@ -186,7 +186,8 @@ class ShardHandler:
         h = RequestHeader(header)
         inject_fault(h)
         code = h.code if h.operation == codes.OP_READ else codes.OPERATION_CODES.get(h.operation)
-        if code in SHARD_THREAD_COMMANDS:
+        if code in SHARD_THREAD_COMMANDS and self.plane.cluster is None:
+            # (in cluster mode sends and polls run on the main loop, with the log replication)
             reply: bytes | list[bytes] = self.plane.handle_on_shard(session, h, body)
             return reply
         self.loop.call_soon_threadsafe(self._control, shard, token, session, h, body)

@@ -164,7 +164,7 @@ def append_batch(
         synced = partition.after_append(appended, end - start)
         frames = bytes(memoryview(body)[start + BATCH_HEADER_SIZE : end])
         held = replication.replicate((s.id, t.id, pid), partition, head, frames, base_offset, appended)
-        return base_offset, held if synced is None else asyncio.gather(synced, held)
+        return base_offset, held if synced is None else asyncio.ensure_future(_both(synced, held))
 
 
 # ------------------------------------------------------------------- request bodies
@@ -251,6 +251,12 @@ def send_messages(
     if synced is None:
         return sent
     return _after(synced, sent)
+
+
+async def _both(first: Awaitable[None], second: Awaitable[None]) -> None:
+    """A persisted send in cluster mode: this node's fsync and the majority's."""
+    await first
+    await second
 
 
 async def _after(fut: Awaitable[None], result: _T) -> _T:

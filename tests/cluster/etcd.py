@@ -25,6 +25,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTaken(RuntimeError):
+    """etcd could not bind a port picked as free: another process took it meanwhile."""
+
+
 class EtcdServer:
     def __init__(self, workdir: Path):
         self.workdir = Path(workdir)
@@ -33,12 +37,26 @@ class EtcdServer:
         self.peer_port = free_port()
         self.log_path = self.workdir / "etcd.log"
         self.proc: subprocess.Popen | None = None
+        self.ever_started = False
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
 
     def start(self, timeout: float = 30.0) -> EtcdServer:
+        """Start etcd; at its first start, again on new ports when another process took one of
+        the free ports picked (a restart keeps its ports: the nodes know the URL)."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if self.ever_started or attempt == 2:
+                    raise
+                self.client_port, self.peer_port = free_port(), free_port()
+                self.log_path.unlink(missing_ok=True)
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> EtcdServer:
         assert ETCD is not None, MISSING
         self.workdir.mkdir(parents=True, exist_ok=True)
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -68,8 +86,11 @@ class EtcdServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.proc.returncode}:\n{self.log()}")
+                text = self.log()
+                error = PortTaken if "address already in use" in text else RuntimeError
+                raise error(f"etcd exited with {self.proc.returncode}:\n{text}")
             if self.healthy():
+                self.ever_started = True
                 return self
             time.sleep(0.05)
         self.kill()

@@ -18,7 +18,7 @@ import pytest
 
 from iggy.protocol import codes
 from tests.conftest import ROOT_PASSWORD, ROOT_USER, ServerProcess, connect_root, uniq
-from tests.rawclient import ident, wire_name
+from tests.rawclient import consumer_target, ident, poll_body, wire_name
 from tests.test_trailing_bytes import (
     GROUP_ID_NOT_FOUND,
     OP,
@@ -26,9 +26,7 @@ from tests.test_trailing_bytes import (
     STREAM_ID_NOT_FOUND,
     TOPIC_ID_NOT_FOUND,
     World,
-    offset_body,
     ok,
-    poll_body,
     send_body,
     topic_partitions,
 )
@@ -56,8 +54,8 @@ def test_missing_names_get_the_id_codes(raw_root):
         (OP[codes.JOIN_CONSUMER_GROUP], s + t + ident(gone), GROUP_ID_NOT_FOUND),
         (OP[codes.LEAVE_CONSUMER_GROUP], s + t + ident(gone), GROUP_ID_NOT_FOUND),
         (OP[codes.JOIN_CONSUMER_GROUP], ident(gone) + t + g, STREAM_ID_NOT_FOUND),
-        (READ, (codes.POLL_MESSAGES, poll_body(gone)), STREAM_ID_NOT_FOUND),
-        (READ, (codes.POLL_MESSAGES, poll_body(w.s, topic=gone)), TOPIC_ID_NOT_FOUND),
+        (READ, (codes.POLL_MESSAGES, poll_body(gone, "t")), STREAM_ID_NOT_FOUND),
+        (READ, (codes.POLL_MESSAGES, poll_body(w.s, gone)), TOPIC_ID_NOT_FOUND),
         (READ, (codes.GET_CONSUMER_GROUPS, ident(gone) + t), STREAM_ID_NOT_FOUND),
         (READ, (codes.GET_CONSUMER_GROUPS, s + ident(gone)), TOPIC_ID_NOT_FOUND),
         (READ, (codes.GET_CONSUMER_GROUP, ident(gone) + t + g), STREAM_ID_NOT_FOUND),
@@ -69,9 +67,9 @@ def test_missing_names_get_the_id_codes(raw_root):
     ours = [
         (160, send_body(gone), STREAM_ID_NOT_FOUND),
         (160, send_body(w.s, topic=gone), TOPIC_ID_NOT_FOUND),
-        (161, offset_body(w.s, topic=gone) + struct.pack("<Q", 0) + b"\x01", TOPIC_ID_NOT_FOUND),
-        (161, offset_body(w.s, kind=2, cid=gone) + struct.pack("<Q", 0) + b"\x01", GROUP_ID_NOT_FOUND),
-        (READ, (codes.POLL_MESSAGES, poll_body(w.s, kind=2, cid=gone)), GROUP_ID_NOT_FOUND),
+        (161, consumer_target(w.s, gone) + struct.pack("<Q", 0) + b"\x01", TOPIC_ID_NOT_FOUND),
+        (161, consumer_target(w.s, "t", kind=2, consumer=gone) + struct.pack("<Q", 0) + b"\x01", GROUP_ID_NOT_FOUND),
+        (READ, (codes.POLL_MESSAGES, poll_body(w.s, "t", kind=2, consumer=gone)), GROUP_ID_NOT_FOUND),
     ]
     wrong = []
     for operation, body, expected in cases + ours:
@@ -92,12 +90,13 @@ def test_reads_of_missing_things_answer_as_upstream(raw_root):
     assert (raw_root.read(codes.GET_CONSUMER_GROUP, s + t + ident(gone)).status,) == (0,)
     assert ok(raw_root.read(codes.GET_CONSUMER_GROUP, s + t + ident(gone))).body == b""
     # offsets and assignments of anything missing: empty bodies
-    for body in (offset_body(gone), offset_body(w.s, topic=gone), offset_body(w.s, kind=2, cid=gone)):
+    missing = (consumer_target(gone, "t"), consumer_target(w.s, gone), consumer_target(w.s, "t", kind=2, consumer=gone))
+    for body in missing:
         assert ok(raw_root.read(codes.GET_CONSUMER_OFFSET, body)).body == b""
     for body in (ident(gone) + t + ident("g"), s + ident(gone) + ident("g"), s + t + ident(gone)):
         assert ok(raw_root.read(codes.SYNC_CONSUMER_GROUP, body)).body == b""
     # a missing partition of a topic that exists stays 3007
-    assert raw_root.read(codes.GET_CONSUMER_OFFSET, offset_body(w.s, partition=9)).status == 3007
+    assert raw_root.read(codes.GET_CONSUMER_OFFSET, consumer_target(w.s, "t", 9)).status == 3007
 
 
 async def test_sdk_sees_missing_names_as_id_codes(srv):

@@ -142,9 +142,11 @@ class Server:
             self.cluster.start()
         self.tasks.append(asyncio.ensure_future(self._heartbeat_loop()))
         if cfg.data_maintenance.messages.cleaner_enabled:
-            self.tasks.append(asyncio.ensure_future(self._retention_loop()))
+            interval = cfg.data_maintenance.messages.interval
+            self.tasks.append(asyncio.ensure_future(self._leader_loop(interval, self._retention_pass)))
         if cfg.personal_access_token.cleaner.enabled:
-            self.tasks.append(asyncio.ensure_future(self._token_cleaner_loop()))
+            interval = cfg.personal_access_token.cleaner.interval
+            self.tasks.append(asyncio.ensure_future(self._leader_loop(interval, self._remove_expired_tokens)))
         log.info("iggy server %s started (engine: %s, data: %s)", SERVER_VERSION, self.engine, os.path.abspath(path))
 
     def _choose_engine(self) -> str:
@@ -296,34 +298,33 @@ class Server:
         node, and on the cluster's leader only (its changes reach the others through meta/)."""
         return self.cluster is None or self.cluster.is_leader()
 
-    async def _token_cleaner_loop(self) -> None:
-        """Remove expired personal access tokens (they are refused at login anyway)."""
-        interval = self.config.personal_access_token.cleaner.interval
+    async def _leader_loop(self, interval: float, one_pass: Callable[[], None]) -> None:
+        """Run `one_pass` every `interval` seconds while this node changes metadata (see
+        `_changes_metadata`); on a follower the pass is skipped, not the loop, so a node that
+        becomes leader starts passing at its next tick."""
         while True:
             await asyncio.sleep(max(0.1, interval))
-            if not self._changes_metadata():
-                continue
-            now = now_us()
-            for token in [t for t in self.plane.meta.state.tokens.values() if t.expiry_at and t.expiry_at <= now]:
-                try:
-                    changes.apply(self.plane, {"op": "token.delete", "token_hash": token.token_hash})
-                except IggyError as exc:  # the leadership ended, or the journal can't be written: next pass
-                    log.warning("expired personal access token %r not removed yet: %s", token.name, exc)
-                    break
-                log.info("removed expired personal access token %r of user %d", token.name, token.user_id)
+            if self._changes_metadata():
+                one_pass()
 
-    async def _retention_loop(self) -> None:
+    def _remove_expired_tokens(self) -> None:
+        """Remove expired personal access tokens (they are refused at login anyway)."""
+        now = now_us()
+        for token in [t for t in self.plane.meta.state.tokens.values() if t.expiry_at and t.expiry_at <= now]:
+            try:
+                changes.apply(self.plane, {"op": "token.delete", "token_hash": token.token_hash})
+            except IggyError as exc:  # the leadership ended, or the journal can't be written: next pass
+                log.warning("expired personal access token %r not removed yet: %s", token.name, exc)
+                return
+            log.info("removed expired personal access token %r of user %d", token.name, token.user_id)
+
+    def _retention_pass(self) -> None:
         from iggy.storage import retention
 
-        interval = self.config.data_maintenance.messages.interval
-        while True:
-            await asyncio.sleep(max(0.1, interval))
-            if not self._changes_metadata():
-                continue
-            try:
-                retention.run_once(self.plane, now_us())
-            except Exception:  # broad on purpose: a failed pass must not stop later passes
-                log.exception("retention pass failed")
+        try:
+            retention.run_once(self.plane, now_us())
+        except Exception:  # broad on purpose: a failed pass must not stop later passes
+            log.exception("retention pass failed")
 
     async def stop(self) -> None:
         if self.cluster is not None:  # resign first: a follower takes over without waiting for the lease

@@ -284,6 +284,18 @@ def setup(address: str) -> None:
         c.close()
 
 
+def _await_first_acknowledgements(history: History, limit: float = 10.0) -> None:
+    """Wait (at most `limit` s) until a batch and a metadata change were acknowledged, so that a
+    short run on a loaded machine still checks both kinds (the later rounds' kills stay random
+    from the start of the round, connecting included)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with history.lock:
+            if history.stats["acked_batches"] and history.stats["metadata_ops"]:
+                return
+        time.sleep(0.01)
+
+
 def run_rounds(
     server,
     history: History,
@@ -318,6 +330,8 @@ def run_rounds(
         threads = [threading.Thread(target=target, args=args) for target, args in targets]
         for t in threads:
             t.start()
+        if r == 0:
+            _await_first_acknowledgements(history)
         time.sleep(rng.uniform(*kill_after))
         server.kill()
         stop.set()

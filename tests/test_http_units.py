@@ -149,6 +149,36 @@ def test_settings_refuse_bad_jwt_configuration():
     assert http_settings.from_config(b64).jwt.secret == b"raw"
 
 
+def _cluster_cfg(enabled=True, auth=True, secret="s" * 32, name="c", jwt_secret=""):
+    return types.SimpleNamespace(
+        http=types.SimpleNamespace(jwt=types.SimpleNamespace(encoding_secret=jwt_secret)),
+        cluster=types.SimpleNamespace(
+            enabled=enabled,
+            name=name,
+            heartbeat_timeout=2.0,
+            auth=types.SimpleNamespace(enabled=auth, shared_secret=secret),
+        ),
+    )
+
+
+def test_a_cluster_with_auth_derives_its_jwt_key_from_the_shared_secret():
+    s = http_settings.from_config(_cluster_cfg())
+    # the same on every node (the same config), and a key of its own: not the secret itself
+    assert s.jwt.secret == http_settings.from_config(_cluster_cfg()).jwt.secret
+    assert len(s.jwt.secret) == 64 and b"s" * 32 not in s.jwt.secret
+    assert s.forward_to_leader and s.forward_budget == 6.0
+    # another secret or another cluster: another key
+    assert http_settings.from_config(_cluster_cfg(secret="t" * 32)).jwt.secret != s.jwt.secret
+    assert http_settings.from_config(_cluster_cfg(name="d")).jwt.secret != s.jwt.secret
+    # an explicit http.jwt secret wins, and also lets the nodes forward
+    explicit = http_settings.from_config(_cluster_cfg(jwt_secret="mine"))
+    assert explicit.jwt.secret == b"mine" and explicit.forward_to_leader
+    # without cluster.auth (or a cluster) each node generates its own key and never forwards
+    for cfg in (_cluster_cfg(auth=False), _cluster_cfg(enabled=False)):
+        s = http_settings.from_config(cfg)
+        assert s.jwt.secret == b"" and not s.forward_to_leader
+
+
 # ------------------------------------------------------------------- messages
 
 

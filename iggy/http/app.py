@@ -2,7 +2,8 @@
 
 Layers, outermost first: `CountingApp` (request counter) -> Litestar's CORS middleware
 (answers preflight `OPTIONS` before anything else, HTTP.md 1.7) -> routing (unknown path 404
-with an empty body) -> the auth guard and the Content-Type check of the API router ->
+with an empty body) -> on a cluster node with forwarding on, `ForwardToLeader`
+(iggy.http.forward) -> the auth guard and the Content-Type check of the API router ->
 body/path/query parsing -> handler. Everything under the API router requires a bearer unless
 the handler is marked public; the OpenAPI document (`/schema`, `/schema/openapi.json`) and
 `/ui` are outside it.
@@ -23,6 +24,7 @@ from litestar import Litestar, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler, Method
@@ -30,6 +32,7 @@ from litestar.types import ControllerRouterHandler, Method
 from iggy import SERVER_VERSION
 from iggy.http.context import HttpContext, JsonRequest, auth_guard, provide_caller, provide_ctx, require_json
 from iggy.http.errors import ERROR_RESPONSES, EXCEPTION_HANDLERS
+from iggy.http.forward import ForwardToLeader
 from iggy.http.routes import messages, streams, system, users
 from iggy.http.settings import HttpSettings
 from iggy.http.webui import ui_route
@@ -73,6 +76,11 @@ def create_app(ctx: HttpContext) -> Litestar:
         before_request=require_json,
         after_request=stamp_view,
         security=[{"bearer": []}],
+        middleware=(
+            [DefineMiddleware(ForwardToLeader, forwarder=ctx.forwarder, max_body=settings.max_request_size)]
+            if ctx.forwarder is not None
+            else []
+        ),
     )
     route_handlers: list[ControllerRouterHandler] = [api]
     _web_ui_notice(settings)

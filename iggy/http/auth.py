@@ -17,6 +17,12 @@ revocation table until the token would have expired anyway (clients cannot tell 
 difference, and a leaked token stops working at logout). The table lives only in memory;
 a restart forgets it, which is harmless when the secret is generated per start.
 
+In a cluster with `cluster.auth` every node signs with the key derived from the shared secret
+(iggy.http.settings.cluster_jwt_key), so a token issued by one node is valid on every node:
+`sub` and `gen` name the same user everywhere, since every node applies the same users from
+etcd's `meta/` (the root user is each node's own, made at its first start, with the same id
+and generation on every node).
+
 `JwtIssuer` is used only from the HTTP thread, so it needs no locking.
 """
 

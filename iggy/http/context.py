@@ -31,6 +31,7 @@ from iggy.protocol.errors import ErrorCode, IggyError
 
 if TYPE_CHECKING:
     from iggy.control.plane import ControlPlane
+    from iggy.http.forward import Forwarder
     from iggy.http.metrics import Metrics
 
 U32_MAX = 0xFFFFFFFF
@@ -47,8 +48,10 @@ class HttpContext:
         settings: HttpSettings,
         metrics: Metrics,
         max_poll_bytes: int = 1 << 20,
+        forwarder: Forwarder | None = None,
     ):
         self.bridge = bridge
+        self.forwarder = forwarder  # a cluster node with forwarding on (iggy.http.forward)
         self.max_poll_bytes = max_poll_bytes  # the plane's, fixed at start: the cap of a poll reply
         self.jwt = jwt
         self.settings = settings

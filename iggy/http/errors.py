@@ -4,7 +4,9 @@ Iggy errors answer with a JSON body ``{"id": <code>, "code": "<snake_case>", "re
 "field": <name or null>}`` and a status chosen by code: 401 for authentication, 403 for
 permission, 404 for the not-found family, 503 (+ ``Retry-After: 1``) for transient errors,
 400 for every other refusal. A read of a missing entity answers the generic
-``{"id": 404, "code": "not_found", "reason": "Resource not found", "field": null}``.
+``{"id": 404, "code": "not_found", "reason": "Resource not found", "field": null}``. On a
+cluster follower a command it does not serve is a 307 to the leader (a read) or a 503, or,
+with forwarding on, the leader's answer (iggy.http.forward).
 
 Refusals of the framework itself are plain text, as in the reference server (axum): invalid
 JSON 400, JSON of the wrong shape 422, missing ``Content-Type: application/json`` 415, body
@@ -26,6 +28,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
 from iggy.control.throttle import LogLimiter
+from iggy.http.forward import FORWARD, FORWARDED_HEADER
 from iggy.protocol.errors import ErrorCode, IggyError, error_id
 
 log = logging.getLogger("iggy.http")
@@ -161,11 +164,17 @@ def text(status: int, message: str = "") -> Response[Any]:
 
 
 def _on_iggy_error(request: Request[Any, Any, Any], exc: IggyError) -> Response[Any]:
-    leader_url = getattr(exc, "leader_url", None)  # a cluster follower (iggy.http.bridge.call_as)
-    if leader_url and request.method in ("GET", "HEAD"):
-        query = request.url.query
-        location = leader_url + request.url.path + (f"?{query}" if query else "")
-        return Response(b"", status_code=307, headers={"Location": location})
+    if hasattr(exc, "leader_url"):  # refused by a cluster follower (iggy.http.bridge.call_as)
+        if FORWARDED_HEADER in request.headers:
+            return iggy_error_response(exc)  # forwarded here by a node with a stale view: one hop only
+        if FORWARD in request.scope:  # forwarding is on: the leader's answer replaces this one
+            request.scope[FORWARD] = True  # type: ignore[literal-required]
+            return iggy_error_response(exc)
+        leader_url = exc.leader_url
+        if leader_url and request.method in ("GET", "HEAD"):
+            query = request.url.query
+            location = leader_url + request.url.path + (f"?{query}" if query else "")
+            return Response(b"", status_code=307, headers={"Location": location})
     return iggy_error_response(exc)
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from iggy.http.auth import JwtIssuer
 from iggy.http.bridge import Bridge
 from iggy.http.context import HttpContext
+from iggy.http.forward import Forwarder
 from iggy.http.metrics import CountingApp, Metrics
 from iggy.http.protocol import protocol_class
 from iggy.http.settings import HttpSettings
@@ -74,14 +75,19 @@ class HttpServer:
         self.uvicorn: uvicorn.Server | None = None
         self.address: tuple[str, int] | None = None
         self._failed: BaseException | None = None
+        self.forwarder: Forwarder | None = None
 
     def build_context(self, main_loop: asyncio.AbstractEventLoop, metrics: Metrics) -> HttpContext:
+        bridge = Bridge(self.plane, main_loop)
+        forward = self.settings.forward_to_leader and self.plane.cluster is not None
+        self.forwarder = Forwarder(bridge, self.settings) if forward else None
         return HttpContext(
-            bridge=Bridge(self.plane, main_loop),
+            bridge=bridge,
             jwt=JwtIssuer(self.settings.jwt),
             settings=self.settings,
             metrics=metrics,
             max_poll_bytes=self.plane.max_poll_bytes,
+            forwarder=self.forwarder,
         )
 
     async def start(self) -> tuple[str, int]:
@@ -139,6 +145,8 @@ class HttpServer:
             self._failed = exc
             log.exception("HTTP server thread failed")
         finally:
+            if self.forwarder is not None:
+                loop.run_until_complete(self.forwarder.aclose())
             loop.close()
 
     async def stop(self) -> None:

@@ -23,6 +23,10 @@ Keys read (all optional; defaults are the reference server's)::
              decoding_secret / use_base64_secret
     http.metrics.enabled / endpoint  true, "/metrics"
     http.tls.enabled / cert_file / key_file
+    cluster.enabled / auth.enabled / auth.shared_secret / name / heartbeat_timeout
+                                     (cluster mode: the JWT key every node shares, and whether
+                                     a follower forwards requests to the leader; see
+                                     `cluster_jwt_key` and iggy.http.forward)
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ import secrets
 import string
 from dataclasses import dataclass, field
 from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from iggy.units import parse_duration, parse_size
 
@@ -60,7 +67,7 @@ class JwtSettings:
     access_token_expiry: int = 3600  # seconds
     clock_skew: int = 5  # seconds
     not_before: int = 0  # seconds
-    secret: bytes = b""  # empty: generate one per start (see resolve_secret)
+    secret: bytes = b""  # empty: generate one per start (JwtIssuer), or cluster_jwt_key
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,38 @@ class HttpSettings:
     tls_key_file: str = ""
     cors: CorsSettings = field(default_factory=CorsSettings)
     jwt: JwtSettings = field(default_factory=JwtSettings)
+    # cluster mode with a JWT key every node shares: a follower forwards what it does not
+    # serve to the leader and relays the answer (iggy.http.forward); off: 307 / 503
+    forward_to_leader: bool = False
+    # how long a follower keeps trying to reach a leader for one forwarded request
+    forward_budget: float = 15.0
+
+
+# HKDF's `info`: what the derived key is for. Changing it changes the key, so every token
+# issued before the change stops being valid.
+JWT_KEY_LABEL = b"iggy http.jwt HMAC key from cluster.auth.shared_secret, v1"
+JWT_KEY_BYTES = 64  # enough for HS512 (RFC 7518 3.2), and more than HS256/HS384 need
+
+
+def cluster_jwt_key(shared_secret: str, cluster_name: str) -> bytes:
+    """The JWT signing key of a cluster whose `http.jwt` has no secret of its own: derived
+    from `cluster.auth.shared_secret`, so every node signs and checks tokens with the same
+    key and a token issued by one node is valid on every node (and a forwarded request's
+    bearer on the leader).
+
+    HKDF-SHA256 (RFC 5869) with a fixed label as `info` and the cluster name as the salt,
+    rather than the shared secret itself or an HMAC keyed with it: the replica link's
+    handshake already computes HMAC-SHA256 keyed with the shared secret over bytes a peer
+    partly chooses (iggy.cluster.replica_frames), and a JWT key must never be a value that
+    handshake could be made to produce. HKDF feeds the secret in as the *message* of its
+    extract step (keyed with the salt), a different function of the secret, and its `info`
+    separates this key from any other one derived later. The salt ties the key to the
+    cluster, so two clusters that share a secret do not accept each other's tokens.
+    Rotating the shared secret changes the key: every token issued before is refused.
+    An explicit `http.jwt.encoding_secret` always wins over this key.
+    """
+    kdf = HKDF(algorithm=hashes.SHA256(), length=JWT_KEY_BYTES, salt=cluster_name.encode("utf-8"), info=JWT_KEY_LABEL)
+    return kdf.derive(shared_secret.encode("utf-8"))
 
 
 def random_secret() -> bytes:
@@ -152,7 +191,13 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def from_config(cfg: object) -> HttpSettings:
-    """Resolve `cfg.http` into HttpSettings (the JWT secret stays empty if not configured).
+    """Resolve `cfg.http` into HttpSettings (the JWT secret stays empty if not configured,
+    except in a cluster with `cluster.auth`: `cluster_jwt_key`).
+
+    Requests a follower does not serve are forwarded to the leader (`forward_to_leader`)
+    when every node can check every node's tokens: `cluster.auth` is on or `http.jwt` has a
+    secret of its own (the same on every node), as upstream decides; without either each
+    node's tokens are its own and a follower answers 307 / 503 instead.
 
     `cfg` is an iggy.config.Config, or any object with the same attributes (tests)."""
     http = getattr(cfg, "http", None)
@@ -167,6 +212,14 @@ def from_config(cfg: object) -> HttpSettings:
     issuer = _get(jwt, "issuer", "iggy.apache.org")
     audience = _get(jwt, "audience", "iggy.apache.org")
     tls_on = bool(_get(tls, "enabled", False))
+    secret = _secret(jwt)
+    cluster = _get(cfg, "cluster", None)
+    clustered = bool(_get(cluster, "enabled", False))
+    auth = _get(cluster, "auth", None)
+    cluster_auth = clustered and bool(_get(auth, "enabled", False)) and bool(_get(auth, "shared_secret", ""))
+    forward = clustered and (cluster_auth or bool(secret))
+    if not secret and cluster_auth:
+        secret = cluster_jwt_key(str(_get(auth, "shared_secret", "")), str(_get(cluster, "name", "")))
     return HttpSettings(
         host=host,
         port=port,
@@ -200,6 +253,9 @@ def from_config(cfg: object) -> HttpSettings:
             access_token_expiry=_seconds(_get(jwt, "access_token_expiry", None), 3600),
             clock_skew=_seconds(_get(jwt, "clock_skew", None), 5),
             not_before=_seconds(_get(jwt, "not_before", None), 0),
-            secret=_secret(jwt),
+            secret=secret,
         ),
+        forward_to_leader=forward,
+        # a failover takes about 1.2 x heartbeat_timeout (docs/CLUSTER.md): three of them
+        forward_budget=3 * float(_get(cluster, "heartbeat_timeout", 5.0)),
     )

@@ -114,11 +114,12 @@ async def take_snapshot(ctx: Ctx, caller: Caller, data: JSONBody[schemas.Snapsho
 
 
 def metrics_route(path: str) -> HTTPRouteHandler:
-    """`GET <path>` (`[http.metrics] endpoint`): Prometheus text, for any authenticated caller."""
+    """`GET <path>` (`[http.metrics] endpoint`): Prometheus text, for any authenticated caller.
+    A cluster follower answers it too: a scrape describes the node scraped (as upstream)."""
 
     @get(path, summary="Prometheus metrics")
     async def get_metrics(ctx: Ctx, caller: Caller) -> Reply:
-        counts = await ctx.bridge.call_as(caller, metrics_counts)
+        counts = await ctx.bridge.call_as(caller, metrics_counts, follower_ok=True)
         return Response(ctx.metrics.render(counts), media_type=ctx.metrics.content_type)
 
     return get_metrics

@@ -1,0 +1,176 @@
+"""The REST API on a cluster (docs/CLUSTER.md, "What the nodes answer"), with a real etcd and
+three nodes on loopback:
+
+- with `cluster.auth` every node signs tokens with the key derived from the shared secret, so a
+  token issued by one node is valid on every node; without it each node's tokens are its own;
+- with `cluster.auth` a follower forwards what it does not serve to the leader and relays the
+  answer: a stream created through a follower is the leader's, messages sent through one
+  follower are polled through the other, an error of the leader comes back as it is; a user
+  created through a follower logs in on another and its token is valid on every node;
+- a forwarded request (`iggy-forwarded`) reaching a node that is not the leader is refused at
+  once (503, 58) and never forwarded again;
+- with no leader (etcd paused) a follower gives up after its budget with a 503 `no_leader`.
+
+Without `cluster.auth` a follower still answers 307 / 503 (tests/cluster/test_election.py).
+"""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+
+from iggy.protocol.errors import ErrorCode
+from tests.cluster.nodes import HEARTBEAT_TIMEOUT, START_ELECTION, TestCluster, leader_of, metadata, wait_for
+
+pytestmark = pytest.mark.engine
+
+SECRET = "a shared secret of at least 32 bytes, for the tests"
+AUTH = {"IGGY_CLUSTER_AUTH_ENABLED": "true", "IGGY_CLUSTER_AUTH_SHARED_SECRET": SECRET}
+
+
+@pytest.fixture(scope="module")
+def authed(tmp_path_factory, shared_etcd):
+    c = TestCluster(tmp_path_factory.mktemp("authed"), shared_etcd.url, name="http-authed", env=AUTH).start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, shared_etcd):
+    c = TestCluster(tmp_path_factory.mktemp("plain"), shared_etcd.url, name="http-plain").start()
+    yield c
+    c.stop()
+
+
+def http(cluster: TestCluster, i: int) -> httpx.Client:
+    return httpx.Client(base_url=f"http://127.0.0.1:{cluster.ports[i]['http']}", timeout=60)
+
+
+def login(cluster: TestCluster, i: int) -> dict[str, str]:
+    with http(cluster, i) as client:
+        r = client.post("/users/login", json={"username": "iggy", "password": "iggy"})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']['token']}"}
+
+
+def test_with_cluster_auth_a_token_of_one_node_is_valid_on_every_node(authed):
+    authed.wait_leader(START_ELECTION)
+    for issuer in range(3):
+        auth = login(authed, issuer)
+        for i in range(3):
+            with http(authed, i) as client:
+                # answered by each node itself, follower or leader
+                r = client.get("/cluster/metadata", headers=auth)
+                assert r.status_code == 200, (issuer, i, r.text)
+
+
+def test_without_cluster_auth_a_token_is_valid_only_on_its_node(plain):
+    plain.wait_leader(START_ELECTION)
+    auth = login(plain, 0)
+    with http(plain, 0) as client:
+        assert client.get("/cluster/metadata", headers=auth).status_code == 200
+    for i in (1, 2):
+        with http(plain, i) as client:
+            r = client.get("/cluster/metadata", headers=auth)
+            assert r.status_code == 401, r.text
+
+
+def test_a_follower_forwards_to_the_leader_and_relays_its_answer(authed):
+    leader = authed.wait_leader(START_ELECTION)
+    f1, f2 = [i for i in range(3) if i != leader]
+    auth = login(authed, f1)  # issued by a follower, used on the leader by the forward
+    with http(authed, f1) as client:
+        created = client.post("/streams", headers=auth, json={"name": "fwd"})
+        assert created.status_code == 200, created.text
+        assert created.json()["name"] == "fwd"
+        assert created.headers["iggy-view"] == "0"
+        topic = {
+            "name": "t",
+            "partitions_count": 1,
+            "compression_algorithm": "none",
+            "message_expiry": 0,
+            "max_topic_size": 0,
+        }
+        assert client.post("/streams/fwd/topics", headers=auth, json=topic).status_code == 200
+        # the leader's refusal comes back as it is (not retried, not a 503)
+        again = client.post("/streams", headers=auth, json={"name": "fwd"})
+        assert again.status_code == 400
+        assert again.json()["id"] == ErrorCode.STREAM_NAME_ALREADY_EXISTS
+        sent = client.post(
+            "/streams/fwd/topics/t/messages",
+            headers=auth,
+            json={
+                "partitioning": {"kind": "balanced", "value": ""},
+                "messages": [{"payload": base64.b64encode(b"hello").decode()}],
+            },
+        )
+        assert sent.status_code == 201, sent.text
+    with http(authed, leader) as client:  # the leader applied it
+        assert client.get("/streams/fwd", headers=login(authed, leader)).status_code == 200
+    with http(authed, f2) as client:  # a read through the other follower: the leader's answer
+        polled = client.get("/streams/fwd/topics/t/messages?partition_id=0&kind=offset&value=0&count=10", headers=auth)
+        assert polled.status_code == 200, polled.text
+        assert [base64.b64decode(m["payload"]) for m in polled.json()["messages"]] == [b"hello"]
+        # with forwarding a follower never answers 307
+        assert client.get("/streams/fwd", headers=auth).status_code == 200
+
+
+def test_a_user_created_through_a_follower_has_one_token_for_every_node(authed):
+    leader = authed.wait_leader(START_ELECTION)
+    f1, f2 = [i for i in range(3) if i != leader]
+    user = {"username": "http-user", "password": "secret1", "status": "active", "permissions": None}
+    with http(authed, f1) as client:
+        created = client.post("/users", headers=login(authed, f1), json=user)
+        assert created.status_code == 200, created.text
+
+    def f2_login():
+        with http(authed, f2) as client:
+            r = client.post("/users/login", json={"username": "http-user", "password": "secret1"})
+            return r.status_code == 200 and {"Authorization": f"Bearer {r.json()['access_token']['token']}"}
+
+    auth = wait_for(f2_login, 15.0, "the user applied on the other follower")
+    for i in range(3):
+        with http(authed, i) as client:
+            assert client.get("/cluster/metadata", headers=auth).status_code == 200
+    with http(authed, f1) as client:
+        # the leader's own answer for this user (no permission to list streams), relayed
+        denied = client.get("/streams", headers=auth)
+        assert denied.status_code == 403, denied.text
+        assert denied.json()["id"] == ErrorCode.UNAUTHORIZED
+
+
+def test_a_forwarded_request_on_a_node_that_is_not_leader_is_not_forwarded_again(authed):
+    leader = authed.wait_leader(START_ELECTION)
+    follower = (leader + 1) % 3
+    auth = {**login(authed, follower), "iggy-forwarded": "1"}
+    with http(authed, follower) as client:
+        for r in (client.get("/streams", headers=auth), client.post("/streams", headers=auth, json={"name": "hop"})):
+            assert r.status_code == 503, r.text
+            assert r.json()["id"] == ErrorCode.TRANSIENT_NOT_ACCEPTED
+            assert r.headers["retry-after"] == "1"
+    with http(authed, leader) as client:
+        assert client.get("/streams/hop", headers=login(authed, leader)).status_code == 404
+
+
+def test_with_no_leader_a_follower_answers_503_after_its_budget(authed, shared_etcd):
+    """Last in the module: etcd is paused (both clusters lose their leader) and resumed."""
+    leader = authed.wait_leader(START_ELECTION)
+    follower = (leader + 1) % 3
+    auth = login(authed, follower)
+    shared_etcd.pause()
+    try:
+        wait_for(
+            lambda: leader_of(metadata(authed.address(follower))) is None, 3 * HEARTBEAT_TIMEOUT, "no leader reported"
+        )
+        with http(authed, follower) as client:
+            r = client.post("/streams", headers=auth, json={"name": "leaderless"})
+        assert r.status_code == 503, r.text
+        assert r.json()["code"] == "no_leader"
+        assert r.headers["retry-after"] == "1"
+    finally:
+        shared_etcd.resume()
+    leader = authed.wait_leader(START_ELECTION + 3 * HEARTBEAT_TIMEOUT)
+    with http(authed, leader) as client:
+        assert client.get("/streams/leaderless", headers=login(authed, leader)).status_code == 404

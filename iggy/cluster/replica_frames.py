@@ -56,6 +56,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from iggy.protocol.batch import BATCH_BASE_OFFSET_AT, BATCH_COUNT_AT, BATCH_HEADER_SIZE, BATCH_LENGTH_AT
 from iggy.protocol.wire import DEFAULT_MAX_FRAME_SIZE
 
 CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK = 1, 2, 3, 4, 5, 6
@@ -78,7 +79,6 @@ _U32 = struct.Struct("<I")
 
 HANDSHAKE_MAX_BODY = HELLO_HEAD.size + 255 + MAC_LEN
 MAX_BODY = DEFAULT_MAX_FRAME_SIZE + BATCH_HEAD.size
-BATCH_HEADER_LEN = 256
 
 
 class LinkError(Exception):
@@ -184,17 +184,17 @@ def read_welcome(body: bytes) -> tuple[int, bytes]:
 
 def read_batch(body: bytes) -> tuple[tuple[int, int, int], int, list[memoryview]]:
     """((stream, topic, partition), commit, the batches): their own lengths must fill the rest exactly."""
-    if len(body) < BATCH_HEAD.size + BATCH_HEADER_LEN:
+    if len(body) < BATCH_HEAD.size + BATCH_HEADER_SIZE:
         raise LinkError(f"batch frame of {len(body)} bytes")
     s, t, p, commit = BATCH_HEAD.unpack_from(body)
     rest = memoryview(body)[BATCH_HEAD.size :]
     batches = []
     pos = 0
     while pos < len(rest):
-        if len(rest) - pos < BATCH_HEADER_LEN:
+        if len(rest) - pos < BATCH_HEADER_SIZE:
             raise LinkError(f"{len(rest) - pos} bytes after the batches of a batch frame")
-        (declared,) = _U64.unpack_from(rest, pos + 32)
-        if declared < BATCH_HEADER_LEN or declared > len(rest) - pos:
+        (declared,) = _U64.unpack_from(rest, pos + BATCH_LENGTH_AT)
+        if declared < BATCH_HEADER_SIZE or declared > len(rest) - pos:
             raise LinkError(f"batch declares {declared} bytes, the frame carries {len(rest) - pos}")
         batches.append(rest[pos : pos + declared])
         pos += declared
@@ -202,11 +202,11 @@ def read_batch(body: bytes) -> tuple[tuple[int, int, int], int, list[memoryview]
 
 
 def batch_base_offset(batch: bytes | memoryview) -> int:
-    return int(_U64.unpack_from(batch, 8)[0])
+    return int(_U64.unpack_from(batch, BATCH_BASE_OFFSET_AT)[0])
 
 
 def batch_count(batch: bytes | memoryview) -> int:
-    return int(_U32.unpack_from(batch, 48)[0])
+    return int(_U32.unpack_from(batch, BATCH_COUNT_AT)[0])
 
 
 def read_commit(body: bytes) -> tuple[tuple[int, int, int], int]:

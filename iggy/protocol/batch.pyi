@@ -7,6 +7,9 @@ from _typeshed import ReadableBuffer, WriteableBuffer
 
 BATCH_HEADER_SIZE: int
 FRAME_HEADER_SIZE: int
+BATCH_BASE_OFFSET_AT: int
+BATCH_COUNT_AT: int
+BATCH_LENGTH_AT: int
 MAX_PAYLOAD_SIZE: int
 MAX_USER_HEADERS_SIZE: int
 

@@ -59,6 +59,10 @@ from iggy.protocol.errors import ErrorCode, IggyError
 
 BATCH_HEADER_SIZE = BATCH_HEADER_LEN
 FRAME_HEADER_SIZE = FRAME_HEADER_LEN
+# where Python code that only reads a stored batch's header (the replica link) finds its fields
+BATCH_BASE_OFFSET_AT = B_BASE_OFFSET
+BATCH_COUNT_AT = B_COUNT
+BATCH_LENGTH_AT = B_LENGTH
 MAX_PAYLOAD_SIZE = MAX_PAYLOAD_LEN
 MAX_USER_HEADERS_SIZE = MAX_USER_HEADERS_LEN
 

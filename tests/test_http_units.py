@@ -20,9 +20,11 @@ from iggy.http import messages_json as mj
 from iggy.http import schemas
 from iggy.http import settings as http_settings
 from iggy.http.auth import JwtIssuer, Principal, bearer, uuid7
+from iggy.http.bridge import user_of
 from iggy.http.context import check_name, ident
 from iggy.http.settings import JwtSettings
 from iggy.http.views import permissions_json, size_text
+from iggy.metadata.state import State
 from iggy.protocol.errors import ErrorCode, IggyError
 from tests.conftest import permissions_body
 
@@ -147,6 +149,37 @@ def test_settings_refuse_bad_jwt_configuration():
         )
     )
     assert http_settings.from_config(b64).jwt.secret == b"raw"
+
+
+def test_a_jwt_revoked_in_the_metadata_authenticates_nobody_until_it_expires():
+    st = State()
+    st.apply(
+        {
+            "op": "user.create",
+            "id": 1,
+            "username": "u",
+            "password_hash": "h",
+            "status": 1,
+            "permissions": None,
+            "created_at": 0,
+            "generation": 1,
+        }
+    )
+    plane = types.SimpleNamespace(meta=types.SimpleNamespace(state=st))
+    assert user_of(plane, Principal(1, 1, "a")).id == 1
+    st.apply({"op": "jwt.revoke", "jti": "a", "expiry": 200, "at": 100})
+    with pytest.raises(IggyError) as err:
+        user_of(plane, Principal(1, 1, "a"))
+    assert err.value.code == ErrorCode.UNAUTHENTICATED
+    assert user_of(plane, Principal(1, 1, "b")).id == 1  # another token of the same user
+    assert user_of(plane, Principal(1, 1)).id == 1  # a personal access token has no jti
+    # kept through a snapshot; forgotten by the first revocation after it expired, on every
+    # node alike (the leader's `at`, not each node's clock)
+    st = State.from_dict(st.to_dict())
+    assert st.revoked_jwts == {"a": 200}
+    st.apply({"op": "jwt.revoke", "jti": "b", "expiry": 400, "at": 300})
+    assert st.revoked_jwts == {"b": 400}
+    assert "revoked_jwts" not in State().to_dict()  # a single node's snapshot is unchanged
 
 
 def _cluster_cfg(enabled=True, auth=True, secret="s" * 32, name="c", jwt_secret=""):

@@ -21,7 +21,9 @@ In a cluster with `cluster.auth` every node signs with the key derived from the 
 (iggy.http.settings.cluster_jwt_key), so a token issued by one node is valid on every node:
 `sub` and `gen` name the same user everywhere, since every node applies the same users from
 etcd's `meta/` (the root user is each node's own, made at its first start, with the same id
-and generation on every node).
+and generation on every node). A logout there revokes the token on every node through the
+metadata (`jwt.revoke`, iggy.http.routes.users.revoke_jwt), checked with the user on the main
+loop (iggy.http.bridge.user_of) rather than in this node's table.
 
 `JwtIssuer` is used only from the HTTP thread, so it needs no locking.
 """
@@ -52,11 +54,12 @@ def uuid7() -> str:
 class Principal:
     """Who a request is authenticated as: a user id and that user's generation."""
 
-    __slots__ = ("generation", "user_id")
+    __slots__ = ("generation", "jti", "user_id")
 
-    def __init__(self, user_id: int, generation: int):
+    def __init__(self, user_id: int, generation: int, jti: str | None = None):
         self.user_id = user_id
         self.generation = generation
+        self.jti = jti  # the JWT's id (None: a personal access token), checked by bridge.user_of
 
     def __repr__(self) -> str:
         return f"Principal({self.user_id}, {self.generation})"
@@ -116,14 +119,18 @@ class JwtIssuer:
         generation = claims["gen"]
         if not 0 <= user_id <= 0xFFFFFFFF or type(generation) is not int or generation < 0:
             return None
-        return Principal(user_id, generation)
+        return Principal(user_id, generation, claims["jti"])
 
     def revoke(self, token: str) -> None:
         claims = self.decode(token)
         if claims is None:
             return
-        self.revoked[claims["jti"]] = int(claims["exp"]) + self.settings.clock_skew
+        self.revoked[claims["jti"]] = self.revoked_until(claims)
         self._prune()
+
+    def revoked_until(self, claims: dict[str, Any]) -> int:
+        """Until when a revocation of the token with `claims` must be kept (Unix seconds)."""
+        return int(claims["exp"]) + self.settings.clock_skew
 
     def _prune(self) -> None:
         now = int(time.time())

@@ -118,9 +118,11 @@ class Bridge:
 
 
 def user_of(plane: ControlPlane, who: Principal) -> UserMeta:
-    """The user `who` (an auth.Principal) names, if it still exists; else IggyError 40."""
-    user: UserMeta | None = plane.meta.state.users.get(who.user_id)
-    if user is None or user.generation != who.generation:
+    """The user `who` (an auth.Principal) names, if it still exists and its JWT was not logged
+    out on any node of the cluster (`State.revoked_jwts`); else IggyError 40."""
+    state = plane.meta.state
+    user: UserMeta | None = state.users.get(who.user_id)
+    if user is None or user.generation != who.generation or who.jti in state.revoked_jwts:
         raise IggyError(ErrorCode.UNAUTHENTICATED)
     return user
 

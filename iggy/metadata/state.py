@@ -113,6 +113,9 @@ class State:
         self.streams: dict[int, StreamMeta] = {}
         self.users: dict[int, UserMeta] = {}
         self.tokens: dict[str, TokenMeta] = {}  # token_hash -> token
+        # JWTs logged out in a cluster whose nodes share the JWT key: jti -> exp (Unix seconds),
+        # kept until the token would have expired anyway (iggy.http.routes.users.revoke_jwt)
+        self.revoked_jwts: dict[str, int] = {}
         self.next_user_generation = 1  # generation of the next user created
         # cluster mode: index of the last `meta/<index>` record of the cluster applied here
         # (records carry it; 0 on a single node and before the first)
@@ -244,6 +247,14 @@ class State:
     def _apply_token_delete(self, r: Record) -> None:
         self.tokens.pop(r["token_hash"], None)
 
+    def _apply_jwt_revoke(self, r: Record) -> None:
+        # `at` is the leader's clock when it revoked: every node forgets the same tokens
+        at = r["at"]
+        for jti in [j for j, exp in self.revoked_jwts.items() if exp < at]:
+            del self.revoked_jwts[jti]
+        if r["expiry"] >= at:
+            self.revoked_jwts[r["jti"]] = r["expiry"]
+
     # ---------------------------------------------------------------- snapshot
 
     def to_dict(self) -> dict[str, Any]:
@@ -278,6 +289,8 @@ class State:
         }
         if self.cluster_index:  # only in cluster mode: a single node's snapshot stays as it was
             d["cluster_index"] = self.cluster_index
+        if self.revoked_jwts:  # only in cluster mode, as above
+            d["revoked_jwts"] = [[jti, exp] for jti, exp in self.revoked_jwts.items()]
         return d
 
     @classmethod
@@ -308,4 +321,5 @@ class State:
         for uid, name, th, exp in d["tokens"]:
             st.tokens[th] = TokenMeta(uid, name, th, exp)
         st.cluster_index = d.get("cluster_index", 0)
+        st.revoked_jwts = dict(d.get("revoked_jwts", []))
         return st

@@ -6,7 +6,8 @@ three nodes on loopback:
 - with `cluster.auth` a follower forwards what it does not serve to the leader and relays the
   answer: a stream created through a follower is the leader's, messages sent through one
   follower are polled through the other, an error of the leader comes back as it is; a user
-  created through a follower logs in on another and its token is valid on every node;
+  created through a follower logs in on another and its token is valid on every node; a logout
+  on one node revokes the token on every node (a metadata change), restarts included;
 - a forwarded request (`iggy-forwarded`) reaching a node that is not the leader is refused at
   once (503, 58) and never forwarded again;
 - with no leader (etcd paused) a follower gives up after its budget with a 503 `no_leader`.
@@ -139,6 +140,29 @@ def test_a_user_created_through_a_follower_has_one_token_for_every_node(authed):
         denied = client.get("/streams", headers=auth)
         assert denied.status_code == 403, denied.text
         assert denied.json()["id"] == ErrorCode.UNAUTHORIZED
+
+
+def test_with_cluster_auth_a_logout_on_one_node_revokes_the_token_on_every_node(authed):
+    leader = authed.wait_leader(START_ELECTION)
+    f1, f2 = [i for i in range(3) if i != leader]
+    auth = login(authed, f1)
+    other = login(authed, f1)  # another token of the same user stays valid
+    with http(authed, f2) as client:
+        out = client.delete("/users/logout", headers=auth)  # forwarded: the leader revokes it
+        assert out.status_code == 204, out.text
+    for i in (leader, f1, f2):
+        with http(authed, i) as client:
+
+            def refused(client=client):
+                return client.get("/cluster/metadata", headers=auth).status_code == 401
+
+            wait_for(refused, 15.0, f"node {i} refuses the logged-out token")
+            assert client.get("/cluster/metadata", headers=other).status_code == 200
+    # a restarted node still refuses it (the revocation is in its metadata)
+    authed.nodes[f1].restart()
+    with http(authed, f1) as client:
+        assert client.get("/cluster/metadata", headers=auth).status_code == 401
+        assert client.get("/cluster/metadata", headers=other).status_code == 200
 
 
 def test_a_forwarded_request_on_a_node_that_is_not_leader_is_not_forwarded_again(authed):

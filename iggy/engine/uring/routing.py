@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from iggy.storage.partitions import Storage
 
 # metadata records that change nothing the table holds
-_IGNORED = {"stream.create", "user.password", "token.create", "token.delete"}
+_IGNORED = {"stream.create", "user.password", "token.create", "token.delete", "jwt.revoke"}
 
 
 class Routes:

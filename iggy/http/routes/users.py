@@ -11,13 +11,16 @@ the user (as over TCP).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request, delete, get, post, put
 from litestar.params import FromPath, JSONBody
 
-from iggy.control import users
+from iggy.control import changes, users
+from iggy.control import permissions as perm
+from iggy.control.registry import operation
 from iggy.http import schemas, views
 from iggy.http.auth import Principal
 from iggy.http.bridge import user_of
@@ -28,7 +31,7 @@ from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
 
 if TYPE_CHECKING:
-    from iggy.control.plane import ControlPlane
+    from iggy.control.plane import ControlPlane, Session
     from iggy.metadata.state import TokenMeta, UserMeta
 
 PUBLIC = {"public": True}
@@ -70,9 +73,26 @@ async def login(ctx: Ctx, request: Request[Any, Any, Any], data: JSONBody[schema
     return identity(ctx, who)
 
 
+@operation(perm.LOGGED_IN)
+def revoke_jwt(plane: ControlPlane, session: Session, jti: str, expiry: int) -> None:
+    """Logout on a cluster whose nodes share the JWT key: the revocation is a metadata change
+    (`jwt.revoke`), committed by the leader through etcd and applied by every node, so the
+    token stops working on every node, restarts included (State.revoked_jwts)."""
+    changes.apply(plane, {"op": "jwt.revoke", "jti": jti, "expiry": expiry, "at": int(time.time())})
+
+
 @delete("/users/logout", status_code=204, summary="Log out (revokes the access token)")
-async def logout(ctx: Ctx, request: Request[Any, Any, Any]) -> None:
-    ctx.jwt.revoke(request.scope["auth"])
+async def logout(ctx: Ctx, caller: Caller, request: Request[Any, Any, Any]) -> None:
+    token = request.scope["auth"]
+    if ctx.forwarder is None:
+        # a single node, or a cluster whose nodes each have their own key: only this node
+        # accepts the token, so only this node needs to forget it
+        ctx.jwt.revoke(token)
+        return
+    claims = ctx.jwt.decode(token)
+    if claims is not None:  # a personal access token is not revoked by a logout
+        # not a follower's call: forwarded to the leader (iggy.http.forward)
+        await ctx.bridge.call_as(caller, revoke_jwt, claims["jti"], ctx.jwt.revoked_until(claims))
 
 
 @post("/users/refresh-token", opt=PUBLIC, status_code=200, summary="Exchange a valid access token for a new one")

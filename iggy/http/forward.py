@@ -135,7 +135,8 @@ class Forwarder:
                 follow_redirects=False,
                 trust_env=False,  # no proxy from the environment between nodes
                 verify=verify,
-                timeout=httpx.Timeout(ATTEMPT_TIMEOUT, connect=CONNECT_TIMEOUT),
+                # the whole attempt is bounded by ATTEMPT_TIMEOUT (`_attempt`), a 504
+                timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
                 # idle connections are dropped before the leader's keep-alive timeout can
                 # close them under a request
                 limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, keepalive_expiry=1.0),

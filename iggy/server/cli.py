@@ -96,11 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from iggy.metadata.journal import MetadataCorrupt
     from iggy.server.node import run_server
+    from iggy.storage.leader_epochs import LeaderEpochsCorrupt
     from iggy.storage.partitions import QuarantineError
 
     try:
         run_server(cfg, repair_metadata=args.repair_metadata)
-    except (MetadataCorrupt, QuarantineError) as exc:
+    except (MetadataCorrupt, QuarantineError, LeaderEpochsCorrupt) as exc:
         logging.getLogger("iggy.server").error("%s", exc)
         return 3
     return 0

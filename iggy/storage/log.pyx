@@ -54,8 +54,8 @@ from iggy.protocol.batch cimport (B_BASE_OFFSET, B_BASE_TIMESTAMP, B_COUNT, B_LE
 from iggy.protocol.ccodes cimport E_INVALID_MESSAGES_COUNT, E_INVALID_MESSAGES_SIZE
 from iggy._core.includes.le cimport le_u32, le_u64
 from iggy.storage.log_files cimport h_free, h_new, h_pin, h_seal, h_unpin, pwritev_all, segment_path
-from iggy.storage.log_index cimport (INDEX_ENTRY_LEN, close_segment, e_off, entries_push, first_entry_at_or_after_ts,
-                                     put_entry, first_offset as segs_first_offset)
+from iggy.storage.log_index cimport (INDEX_ENTRY_LEN, close_segment, e_off, e_pos, entries_push,
+                                     first_entry_at_or_after_ts, put_entry, first_offset as segs_first_offset)
 from iggy.storage.log_read cimport READ_BUFFER_KEEP, read_buffer, read_buffer_trim, read_segments, thread_buffer
 from iggy.storage.log_recovery cimport check_segments, recover_segment
 
@@ -802,6 +802,66 @@ cdef class PartitionLog:
             self._drop_segment(0, True)
             deleted += 1
         return deleted
+
+    def truncate(self, uint64_t offset):
+        """Cut the log at `offset`, a batch boundary (a stored batch's base offset, or
+        next_offset): every batch at or after it is removed and the next append gets `offset`
+        (a follower dropping a suffix the leader does not hold, iggy.cluster.replication).
+
+        Durable when it returns: the segments after the one holding `offset` are unlinked
+        (newest first) and the directory fsynced, then that segment's .log and .index are cut
+        and fdatasync'ed, so a crash in between leaves a shorter log, never a gap. That segment
+        becomes the active one again (reopened and recovered as at startup). Raises
+        IggyError(INVALID_OFFSET) for an offset past the end, below the oldest retained batch,
+        or inside a batch; nothing changes then.
+        """
+        cdef Segment *s = self._active()
+        cdef Py_ssize_t k = self.n_segs - 1
+        cdef uint64_t i = 0, pos, n_keep
+        if offset == s.next:
+            return
+        if offset > s.next or offset < self._first_offset():
+            raise IggyError(ErrorCode.INVALID_OFFSET,
+                            f"partition {self.label}: cannot cut at {offset}, outside "
+                            f"{self._first_offset()}..{s.next}")
+        while k > 0 and self.segs[k].base > offset:
+            k -= 1
+        s = &self.segs[k]
+        if offset == s.next:
+            n_keep = s.n_entries
+            pos = s.size
+        else:
+            while i < s.n_entries and e_off(s, i) < offset:
+                i += 1
+            if i == s.n_entries or e_off(s, i) != offset:
+                raise IggyError(ErrorCode.INVALID_OFFSET,
+                                f"partition {self.label}: offset {offset} is inside a batch, not at its start")
+            n_keep = i
+            pos = e_pos(s, i)
+        while self.n_segs - 1 > k:
+            self._drop_segment(self.n_segs - 1, True)
+        self._fsync_directory()
+        base = self.segs[k].base
+        try:
+            # through the paths: a sealed segment keeps no .index descriptor
+            for ext, size in (("log", pos), ("index", n_keep * INDEX_ENTRY_LEN)):
+                fd = os.open(self._path(base, ext), os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, size)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            raise IggyError(ErrorCode.CANNOT_SAVE_MESSAGES_TO_SEGMENT,
+                            f"cutting segment {base} of {self.directory} at {offset}: {exc.strerror}") from None
+        self._drop_segment(k, False)
+        try:
+            self._recover(self._open_segment(base, False))
+        except BaseException:
+            self._closed = True
+            raise
+        self._dirty = False
+        self._reported = set()
 
     def purge(self):
         """Delete every segment; the log starts again with one empty segment at offset 0."""

@@ -4,6 +4,8 @@ Layout under `<system.path>`::
 
     streams/<stream id>/topics/<topic id>/partitions/<partition id>/
         <20-digit base offset>.log / .index     segments (iggy.storage.log.PartitionLog)
+        leader-epochs                           cluster mode: (epoch, first offset) records
+                                                (iggy.storage.leader_epochs)
         offsets/consumers/<key>, offsets/groups/<id>   stored offsets (iggy.storage.consumer_offsets)
 
 Durability per topic: `replicated` acknowledges once the batch is written to the page cache
@@ -48,6 +50,7 @@ from iggy.metadata.journal import utc_stamp
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.storage.consumer_offsets import OffsetStore
 from iggy.storage.fsutil import fsync_dir, makedirs_durable
+from iggy.storage.leader_epochs import LeaderEpochs
 from iggy.storage.log import PartitionLog
 from iggy.storage.served_offsets import ServedOffsets
 
@@ -70,6 +73,9 @@ class Partition:
         self.log = PartitionLog(
             directory, partition_id, settings["segment_size"], settings["preallocate_segments"], validate_checksum
         )
+        # cluster mode: which leader's log each range of offsets came from (a damaged file
+        # raises LeaderEpochsCorrupt: the server refuses to start)
+        self.epochs = LeaderEpochs(directory)
         self.offsets = OffsetStore(directory, fsync=settings["consumer_offset_durability"] == "persisted")
         self.offsets.load(None if self.log.is_empty else self.log.current_offset)
         # what each consumer group was last served here (in memory; cooperative rebalancing
@@ -129,6 +135,7 @@ class Partition:
     def purge(self) -> None:
         with self.lock:
             self.log.purge()
+            self.epochs.clear()
             self.offsets.clear()
             self.served.clear()
 

@@ -30,8 +30,10 @@ class PortTaken(RuntimeError):
 
 
 class EtcdServer:
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, host: str = "127.0.0.1"):
+        """`host`: the address etcd listens on (the fault harness puts it on a bridge)."""
         self.workdir = Path(workdir)
+        self.host = host
         self.data_dir = self.workdir / "etcd-data"
         self.client_port = free_port()
         self.peer_port = free_port()
@@ -41,7 +43,7 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     def start(self, timeout: float = 30.0) -> EtcdServer:
         """Start etcd; at its first start, again on new ports when another process took one of
@@ -59,7 +61,7 @@ class EtcdServer:
     def _start(self, timeout: float) -> EtcdServer:
         assert ETCD is not None, MISSING
         self.workdir.mkdir(parents=True, exist_ok=True)
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = f"http://{self.host}:{self.peer_port}"
         args = [
             ETCD,
             "--name",

@@ -21,7 +21,7 @@ from apache_iggy import IggyClient
 from iggy.metadata.journal import Journal
 from iggy.metadata.state import Record, State
 from iggy.metadata.store import MetadataStore
-from iggy.testing.server import IggyTestServer
+from iggy.testing.server import LISTENERS, IggyTestServer
 from tests.rawclient import RawClient
 
 HEARTBEAT_TIMEOUT = 2.0  # seconds: the minimum, so failover tests stay short
@@ -36,11 +36,12 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def roster_env(ports: list[dict]) -> dict:
+def roster_env(ports: list[dict], ips: list[str] | None = None) -> dict:
     env = {}
     for i, p in enumerate(ports):
         pre = f"IGGY_CLUSTER_NODES_{i}_"
-        env.update({pre + "NAME": f"node-{i}", pre + "IP": "127.0.0.1", pre + "REPLICA_ID": str(i)})
+        ip = ips[i] if ips else "127.0.0.1"
+        env.update({pre + "NAME": f"node-{i}", pre + "IP": ip, pre + "REPLICA_ID": str(i)})
         for key, value in p.items():
             env[pre + "PORTS_" + key.upper()] = str(value)
     return env
@@ -50,8 +51,18 @@ class TestCluster:
     __test__ = False  # not a test class
 
     def __init__(
-        self, workdir: Path, etcd_url: str, size: int = 3, name: str = "test-cluster", env: dict | None = None
+        self,
+        workdir: Path,
+        etcd_url: str,
+        size: int = 3,
+        name: str = "test-cluster",
+        env: dict | None = None,
+        ips: list[str] | None = None,
+        pythons: list[str] | None = None,
     ):
+        """`ips`: each node's address (its listeners bind it and the roster names it; default
+        127.0.0.1 for all); `pythons`: the interpreter (or a wrapper script that runs it, e.g.
+        in a network namespace) each node is started with."""
         taken: set[int] = set()
 
         def unused(kind=socket.SOCK_STREAM) -> int:
@@ -78,11 +89,18 @@ class TestCluster:
             "IGGY_CLUSTER_HEARTBEAT_TIMEOUT": f"{HEARTBEAT_TIMEOUT}s",
             "IGGY_CLUSTER_ETCD_ENDPOINTS": etcd_url,
             "IGGY_SYSTEM_ENGINE": os.environ.get("IGGY_TEST_ENGINE", "auto"),
-            **roster_env(self.ports),
+            **roster_env(self.ports, ips),
             **(env or {}),
         }
+        self.ips = ips or ["127.0.0.1"] * size
         self.nodes = [
-            IggyTestServer(workdir / f"node-{i}" / "data", env=env, args=("--replica-id", str(i)), startup_timeout=30.0)
+            IggyTestServer(
+                workdir / f"node-{i}" / "data",
+                env={**env, **({f"IGGY_{k.upper()}_ADDRESS": f"{ips[i]}:0" for k in LISTENERS} if ips else {})},
+                args=("--replica-id", str(i)),
+                python=pythons[i] if pythons else None,
+                startup_timeout=30.0,
+            )
             for i in range(size)
         ]
 
@@ -96,7 +114,7 @@ class TestCluster:
             node.stop()
 
     def address(self, i: int) -> str:
-        return f"127.0.0.1:{self.ports[i]['tcp']}"
+        return f"{self.ips[i]}:{self.ports[i]['tcp']}"
 
     def index_of_port(self, port: int) -> int:
         return next(i for i, p in enumerate(self.ports) if p["tcp"] == port)
@@ -140,9 +158,9 @@ async def sdk(address: str, username: str = "iggy", password: str = "iggy") -> I
     return client
 
 
-def metadata(address: str) -> dict:
+def metadata(address: str, timeout: float = 5.0) -> dict:
     """GET_CLUSTER_METADATA as root over a raw socket: {name, nodes: [{name, ip, tcp, ..., role, status}]}."""
-    raw = RawClient(address, timeout=5)
+    raw = RawClient(address, timeout=timeout)
     try:
         assert raw.login().status == 0
         reply = raw.read(12)

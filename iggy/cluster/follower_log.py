@@ -12,12 +12,20 @@ as far as this node knows.
 
 A batch for a partition this node does not have (its metadata has not arrived yet) is answered
 PARTITION_NOT_FOUND with end 0; the leader sends it again from the follower's end later.
+
+Leader epochs (iggy.storage.leader_epochs): when the link is up, `offers()` gives the leader
+every partition's end and epoch records (EPOCHS frames); the leader answers TRUNCATE with the
+offset below which this copy equals its log, and `truncate` cuts the log there
+(PartitionLog.truncate: an uncommitted suffix from an older epoch goes), records the link's
+epoch from that offset and ACKs; only then does the leader send it batches. A batch appended in
+an epoch newer than the partition's last record adds a record at its base offset. `fetch`
+serves a new leader that reconciles a partition (FETCH, answered with SUFFIX) from this log.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.storage.partitions import Partition
@@ -28,8 +36,11 @@ Key = tuple[int, int, int]
 
 
 class FollowerLog:
-    def __init__(self, find: Callable[[int, int, int], Partition | None]):
+    def __init__(
+        self, find: Callable[[int, int, int], Partition | None], keys: Callable[[], Iterable[Key]] = lambda: ()
+    ):
         self._find = find
+        self._keys = keys
         self.commits: dict[Key, int] = {}  # the leader's high-watermark per partition
         self.synced: dict[Key, int] = {}  # end offset covered by this node's last fsync
         self._touched: dict[Key, int] = {}  # partition -> status of its first refusal (0: none)
@@ -39,13 +50,78 @@ class FollowerLog:
         """Offsets below this may be served from this node's copy (the high-watermark)."""
         return self.commits.get(key, 0)
 
-    def batches(self, key: Key, commit: int, batches: list[memoryview]) -> None:
+    def start(self) -> list[tuple[Key, int, list[tuple[int, int]]]]:
+        """A new link to a leader: forget the last one's pending ACKs; (key, end, epoch records)
+        of every partition this node has, for the EPOCHS frames."""
+        self._touched.clear()
+        offers = []
+        for key in list(self._keys()):
+            partition = self._find(*key)
+            if partition is None:
+                continue
+            with partition.lock:
+                if not partition.log.closed:
+                    offers.append((key, partition.log.next_offset, list(partition.epochs.records)))
+        return offers
+
+    def truncate(self, key: Key, offset: int, epoch: int) -> None:
+        """The leader's TRUNCATE: this copy equals its log below `offset`; what is past it goes."""
+        partition = self._find(*key)
+        if partition is None:
+            self._touched[key] = ErrorCode.PARTITION_NOT_FOUND
+            return
+        status = 0
+        with partition.lock:
+            if partition.log.closed:
+                status = ErrorCode.PARTITION_NOT_FOUND
+            else:
+                end = partition.log.next_offset
+                cut = min(offset, end)
+                try:
+                    if cut < end:
+                        partition.log.truncate(cut)
+                        log.warning(
+                            "replica of partition %s: dropped offsets %d..%d, not in the leader's log (epoch %d)",
+                            "/".join(map(str, key)),
+                            cut,
+                            end - 1,
+                            epoch,
+                        )
+                        self.synced[key] = min(self.synced.get(key, 0), cut)
+                        if self.commits.get(key, 0) > cut:
+                            self.commits[key] = cut
+                    partition.epochs.truncate(cut)
+                    partition.epochs.record(epoch, cut)
+                except (IggyError, OSError, ValueError) as exc:
+                    log.error("replica of partition %s: cannot cut at %d: %s", "/".join(map(str, key)), cut, exc)
+                    status = ErrorCode.CANNOT_SAVE_MESSAGES_TO_SEGMENT
+        self._touched[key] = status
+
+    def fetch(self, key: Key, start: int, end: int, max_bytes: int) -> bytes:
+        """Stored batches of this log from `start` (a batch boundary) up to `end`, at most one
+        bounded read; b"" when it cannot serve them."""
+        partition = self._find(*key)
+        if partition is None or end <= start:
+            return b""
+        try:
+            with partition.lock:
+                if partition.log.closed:
+                    return b""
+                data, n = partition.log.read(start, end - start, max_bytes)
+        except IggyError as exc:
+            log.error("replica of partition %s: cannot read %d for the leader: %s", key, start, exc)
+            return b""
+        return data if n else b""
+
+    def batches(self, key: Key, commit: int, batches: list[memoryview], epoch: int = 0) -> None:
         status = self._touched.get(key, 0)
         partition = self._find(*key)
         if partition is None:
             status = status or ErrorCode.PARTITION_NOT_FOUND
         elif status == 0:  # after a refusal the rest of the frame cannot fit either
             with partition.lock:
+                if epoch > partition.epochs.last_epoch and not partition.log.closed:
+                    partition.epochs.record(epoch, partition.log.next_offset)
                 for batch in batches:
                     try:
                         partition.log.append_stored(batch, 0, len(batch))

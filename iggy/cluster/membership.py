@@ -78,7 +78,13 @@ class Cluster:
         self.on_leadership: Callable[[bool], None] = self._lead
         secret = c.auth.shared_secret.encode() if c.auth.enabled else None
         self.replication = LogReplication(
-            c.name, self.replica_id, self.roster, secret, plane.storage.partition, on_newer_epoch=self._newer_epoch
+            c.name,
+            self.replica_id,
+            self.roster,
+            secret,
+            plane.storage.partition,
+            on_newer_epoch=self._newer_epoch,
+            keys=lambda: list(plane.storage.partitions),
         )
         etcd_timeout = max(0.5, c.heartbeat_timeout / 6)
         self.etcd = Etcd(list(c.etcd.endpoints), etcd_timeout)

@@ -24,6 +24,19 @@ Kinds and bodies::
                  u32 stream, u32 topic, u32 partition, u64 commit
     6 ACK        follower -> leader: what the follower's log of a partition holds
                  u32 stream, u32 topic, u32 partition, u64 end, u64 synced end, u16 status
+    7 EPOCHS     follower -> leader, right after WELCOME, one per partition the follower has:
+                 u32 stream, u32 topic, u32 partition, u64 end, u32 n, n x (u64 epoch, u64
+                 start): its log end and its leader-epoch records (iggy.storage.leader_epochs)
+    8 EPOCHS_END follower -> leader: every EPOCHS frame was sent (a partition without one is
+                 empty on that follower); empty body
+    9 TRUNCATE   leader -> follower, before any BATCH or COMMIT of the partition on this link:
+                 u32 stream, u32 topic, u32 partition, u64 offset: cut the log there (its
+                 copy below it equals the leader's), record the link's epoch from there, ACK
+   10 FETCH      leader -> follower, while a new leader reconciles a partition: u32 stream,
+                 u32 topic, u32 partition, u64 from, u64 to: send back the stored batches from
+                 `from` (at most one bounded read, never past `to`)
+   11 SUFFIX     follower -> leader, the answer to FETCH: u32 stream, u32 topic, u32 partition,
+                 u64 0, then zero or more batches as in BATCH (none: it cannot serve `from`)
 
 `commit` is the high-watermark: every offset below it is held by a majority, and nothing at or
 above it may be served to a consumer. `end` is the follower's next offset (its log holds every
@@ -60,7 +73,8 @@ from iggy.protocol.batch import BATCH_BASE_OFFSET_AT, BATCH_COUNT_AT, BATCH_HEAD
 from iggy.protocol.wire import DEFAULT_MAX_FRAME_SIZE
 
 CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK = 1, 2, 3, 4, 5, 6
-KINDS = frozenset({CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK})
+EPOCHS, EPOCHS_END, TRUNCATE, FETCH, SUFFIX = 7, 8, 9, 10, 11
+KINDS = frozenset({CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK, EPOCHS, EPOCHS_END, TRUNCATE, FETCH, SUFFIX})
 
 PREFIX = struct.Struct("<IBQ")  # length, kind, epoch
 PREFIX_LEN = PREFIX.size  # 13
@@ -72,6 +86,10 @@ PARTITION = struct.Struct("<III")  # stream, topic, partition
 BATCH_HEAD = struct.Struct("<IIIQ")  # stream, topic, partition, commit
 COMMIT_BODY = BATCH_HEAD
 ACK_BODY = struct.Struct("<IIIQQH")  # stream, topic, partition, end, synced end, status
+EPOCHS_HEAD = struct.Struct("<IIIQI")  # stream, topic, partition, end, record count
+EPOCH_RECORD = struct.Struct("<QQ")  # epoch, start offset
+TRUNCATE_BODY = COMMIT_BODY  # stream, topic, partition, offset
+FETCH_BODY = struct.Struct("<IIIQQ")  # stream, topic, partition, from, to
 HELLO_HEAD = struct.Struct("<I16sB")  # replica_id, nonce, name length
 WELCOME_BODY = struct.Struct("<I32s")  # leader replica_id, mac
 _U64 = struct.Struct("<Q")
@@ -182,9 +200,10 @@ def read_welcome(body: bytes) -> tuple[int, bytes]:
     return leader_id, mac
 
 
-def read_batch(body: bytes) -> tuple[tuple[int, int, int], int, list[memoryview]]:
-    """((stream, topic, partition), commit, the batches): their own lengths must fill the rest exactly."""
-    if len(body) < BATCH_HEAD.size + BATCH_HEADER_SIZE:
+def read_batch(body: bytes, empty: bool = False) -> tuple[tuple[int, int, int], int, list[memoryview]]:
+    """((stream, topic, partition), commit, the batches): their own lengths must fill the rest
+    exactly. `empty`: no batch at all is allowed (a SUFFIX)."""
+    if len(body) < BATCH_HEAD.size + (0 if empty else BATCH_HEADER_SIZE):
         raise LinkError(f"batch frame of {len(body)} bytes")
     s, t, p, commit = BATCH_HEAD.unpack_from(body)
     rest = memoryview(body)[BATCH_HEAD.size :]
@@ -224,6 +243,28 @@ def read_ack(body: bytes) -> tuple[tuple[int, int, int], int, int, int]:
     if synced > end:
         raise LinkError(f"ack with synced end {synced} above its end {end}")
     return (s, t, p), end, synced, status
+
+
+def epochs_body(key: tuple[int, int, int], end: int, records: list[tuple[int, int]]) -> bytes:
+    return EPOCHS_HEAD.pack(*key, end, len(records)) + b"".join(EPOCH_RECORD.pack(e, s) for e, s in records)
+
+
+def read_epochs(body: bytes) -> tuple[tuple[int, int, int], int, list[tuple[int, int]]]:
+    """((stream, topic, partition), end, [(epoch, start)])."""
+    if len(body) < EPOCHS_HEAD.size:
+        raise LinkError(f"epochs frame of {len(body)} bytes")
+    s, t, p, end, n = EPOCHS_HEAD.unpack_from(body)
+    if len(body) != EPOCHS_HEAD.size + n * EPOCH_RECORD.size:
+        raise LinkError(f"epochs frame of {len(body)} bytes with {n} records")
+    records = [EPOCH_RECORD.unpack_from(body, EPOCHS_HEAD.size + i * EPOCH_RECORD.size) for i in range(n)]
+    return (s, t, p), end, records
+
+
+def read_fetch(body: bytes) -> tuple[tuple[int, int, int], int, int]:
+    if len(body) != FETCH_BODY.size:
+        raise LinkError(f"fetch frame of {len(body)} bytes")
+    s, t, p, start, end = FETCH_BODY.unpack(body)
+    return (s, t, p), start, end
 
 
 # ------------------------------------------------------------------------ handshake macs

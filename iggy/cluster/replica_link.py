@@ -6,12 +6,15 @@ connections on the main event loop:
 - `LeaderEndpoint` listens on this node's `tcp_replica` port on every node (any node may become
   leader). A connection is served only while this node leads: it sends CHALLENGE with its epoch,
   checks the HELLO (cluster name, replica id of the roster, MAC under cluster.auth.shared_secret
-  when auth is on, epoch), answers WELCOME and from then on hands ACK frames to the leader's
-  replication (`on_ack`) and lets it send frames through `Peer.send`. Anything wrong closes the
+  when auth is on, epoch), answers WELCOME and from then on hands ACK, EPOCHS, EPOCHS_END and
+  SUFFIX frames to the leader's replication (`LeaderSide`) and lets it send frames through
+  `Peer.send`. Anything wrong closes the
   connection and logs why once.
 - `FollowerLink` keeps one connection to the leader that etcd names (`follow(leader)`), redials
   every RETRY seconds while it cannot, checks CHALLENGE and WELCOME the same way, and hands each
-  BATCH / COMMIT to its `FollowerSink`, sending back the ACKs the sink returns after each read.
+  BATCH / COMMIT / TRUNCATE to its `FollowerSink`, sending back the ACKs the sink returns after
+  each read; right after WELCOME it sends the sink's EPOCHS (every partition's end and leader
+  epochs) and EPOCHS_END, and it answers a FETCH with a SUFFIX read from this node's log.
 
 Epochs (replica_frames.Epochs): every received frame's epoch is checked against the highest
 this node has seen; an older one closes the connection, a newer one is recorded, and on the
@@ -39,6 +42,7 @@ READ_SIZE = 1 << 20
 MAX_QUEUED = 128 << 20  # bytes queued to one follower before it counts as stuck and is dropped
 HANDSHAKE_TIMEOUT = 5.0
 RETRY = 0.2  # seconds between dials of an unreachable leader
+FETCH_BYTES = 1 << 20  # one SUFFIX frame's read of this log (at least one batch)
 
 Key = tuple[int, int, int]
 
@@ -138,6 +142,15 @@ class LeaderSide(Protocol):
 
     def acked(self, peer: Peer, key: Key, end: int, synced: int, status: int) -> None: ...
 
+    def offered(self, peer: Peer, key: Key, end: int, records: list[tuple[int, int]]) -> None:
+        """An EPOCHS frame: the follower's end and leader-epoch records of a partition."""
+
+    def offers_done(self, peer: Peer) -> None:
+        """EPOCHS_END: the follower sent the state of every partition it has."""
+
+    def fetched(self, peer: Peer, key: Key, batches: list[memoryview]) -> None:
+        """A SUFFIX frame: the batches a FETCH asked the follower for (none: it has not them)."""
+
     def left(self, peer: Peer) -> None: ...
 
 
@@ -211,10 +224,19 @@ class LeaderEndpoint:
                     self.me.epochs.check(frame.epoch)
                     if frame.epoch != epoch:
                         raise LinkError(f"frame of epoch {frame.epoch} on a link of epoch {epoch}")
-                    if frame.kind != rf.ACK:
+                    if frame.kind == rf.ACK:
+                        key, end, synced, status = rf.read_ack(frame.body)
+                        self.side.acked(peer, key, end, synced, status)
+                    elif frame.kind == rf.EPOCHS:
+                        key, end, records = rf.read_epochs(frame.body)
+                        self.side.offered(peer, key, end, records)
+                    elif frame.kind == rf.EPOCHS_END:
+                        self.side.offers_done(peer)
+                    elif frame.kind == rf.SUFFIX:
+                        key, _, batches = rf.read_batch(frame.body, empty=True)
+                        self.side.fetched(peer, key, batches)
+                    else:
                         raise LinkError(f"frame kind {frame.kind} from a follower")
-                    key, end, synced, status = rf.read_ack(frame.body)
-                    self.side.acked(peer, key, end, synced, status)
         except (LinkError, TimeoutError) as exc:
             if peer is None:
                 self.refused += 1
@@ -234,7 +256,14 @@ class LeaderEndpoint:
 class FollowerSink(Protocol):
     """What a follower does with the leader's frames (iggy.cluster.replication.Follower)."""
 
-    def batches(self, key: Key, commit: int, batches: list[memoryview]) -> None: ...
+    def start(self) -> list[tuple[Key, int, list[tuple[int, int]]]]:
+        """A new link: (key, end, leader-epoch records) of every partition, for EPOCHS frames."""
+
+    def truncate(self, key: Key, offset: int, epoch: int) -> None: ...
+
+    def fetch(self, key: Key, start: int, end: int, max_bytes: int) -> bytes: ...
+
+    def batches(self, key: Key, commit: int, batches: list[memoryview], epoch: int) -> None: ...
 
     def commit(self, key: Key, commit: int) -> None: ...
 
@@ -319,6 +348,15 @@ class FollowerLink:
             self.connected = True
             self.on_state(True)
             log.info("replica link: following leader %d (epoch %d)", leader_id, epoch)
+            # where this node's copies stand, so the leader can cut what diverges (TRUNCATE)
+            writer.writelines(
+                [
+                    part
+                    for key, end, records in self.sink.start()
+                    for part in rf.encode(rf.EPOCHS, epoch, rf.epochs_body(key, end, records))
+                ]
+                + rf.encode(rf.EPOCHS_END, epoch)
+            )
             while True:
                 frames = await framed.frames()
                 if not frames:
@@ -329,10 +367,17 @@ class FollowerLink:
                         raise LinkError(f"frame of epoch {frame.epoch} on a link of epoch {epoch}")
                     if frame.kind == rf.BATCH:
                         key, commit, batches = rf.read_batch(frame.body)
-                        self.sink.batches(key, commit, batches)
+                        self.sink.batches(key, commit, batches, epoch)
                     elif frame.kind == rf.COMMIT:
                         key, commit = rf.read_commit(frame.body)
                         self.sink.commit(key, commit)
+                    elif frame.kind == rf.TRUNCATE:
+                        key, offset = rf.read_commit(frame.body)
+                        self.sink.truncate(key, offset, epoch)
+                    elif frame.kind == rf.FETCH:
+                        key, start, end = rf.read_fetch(frame.body)
+                        data = self.sink.fetch(key, start, end, FETCH_BYTES)
+                        writer.writelines(rf.encode(rf.SUFFIX, epoch, rf.BATCH_HEAD.pack(*key, 0), data))
                     else:
                         raise LinkError(f"frame kind {frame.kind} from the leader")
                 acks = self.sink.acks()

@@ -26,9 +26,21 @@ nodes down nothing is acknowledged. When this node stops leading every waiting p
 TRANSIENT_NOT_ACCEPTED (its batch may or may not survive: the new leader decides) and the
 per-partition state is dropped; the next leader rebuilds it from its followers' ACKs.
 
-Not here yet (docs/CLUSTER.md, step E): truncating a follower's uncommitted suffix from an older
-epoch (a follower ahead of the leader is reported and left alone), leader-epoch files, in-sync
-sets in etcd.
+A new leader reconciles each partition before it appends to it or serves it (docs/CLUSTER.md,
+"A new leader holds every committed batch"). Each follower, when its link comes up, sends every
+partition's end and leader-epoch records (EPOCHS, then EPOCHS_END; a partition it does not
+mention is empty there). Once followers that make a majority with the leader have done so, the
+leader picks, per partition, the copy with the highest (last epoch, end) among them, itself
+first on a tie; when that is a follower's, it cuts its own log where the two diverge and
+fetches the rest from that follower (FETCH / SUFFIX, one bounded read at a time), taking over
+that follower's epoch records for what it fetched. Then it records (its epoch, its end), and
+the partition is `ready`: sends to it are appended, polls served up to the high-watermark.
+Until then a send or poll of that partition is answered TRANSIENT_NOT_ACCEPTED (the SDK
+retries); nothing else waits for it (metadata commands do not). Every follower (a returning old
+leader too) is then told where its copy stops being equal to the leader's log (TRUNCATE: the
+end, in the older of the two, of the newest epoch both have records of); it cuts its log there,
+ACKs, and catches up from there as before. No batch or COMMIT of a partition goes to a follower
+before its TRUNCATE.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -45,6 +57,7 @@ from iggy.cluster.follower_log import FollowerLog
 from iggy.cluster.replica_frames import Epochs
 from iggy.cluster.replica_link import FollowerLink, LeaderAddress, LeaderEndpoint, LinkIdentity, Peer
 from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.storage.leader_epochs import divergence
 from iggy.storage.partitions import Partition
 
 if TYPE_CHECKING:
@@ -53,6 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Key = tuple[int, int, int]
+Offer = tuple[int, list[tuple[int, int]]]  # a copy's end and leader-epoch records
 CATCH_UP_BYTES = 1 << 20  # one catch-up read of the leader's log (at least one batch)
 MISSING_RETRY = 0.1  # seconds before asking again a follower that lacked the partition
 
@@ -65,7 +79,7 @@ class Position:
     synced: int = 0  # acknowledged as fsynced
     next: int | None = None  # where the next frame to it starts; None: unknown (ask with a COMMIT)
     catching_up: int | None = None  # end of the catch-up frame in flight
-    ahead: bool = False  # its log went past the leader's (a suffix of an older epoch: step E)
+    ahead: bool = False  # its log went past the leader's (cannot happen after its TRUNCATE)
     probing: bool = False  # a retry is scheduled for a follower that lacked the partition
 
 
@@ -89,6 +103,7 @@ class LogReplication:
         secret: bytes | None,
         find: Callable[[int, int, int], Partition | None],
         on_newer_epoch: Callable[[int], None] = lambda epoch: None,
+        keys: Callable[[], Iterable[Key]] = lambda: (),
     ):
         self.replica_id = replica_id
         self.roster = {n["replica_id"]: n for n in roster}
@@ -98,11 +113,18 @@ class LogReplication:
         self.find = find
         me = LinkIdentity(cluster, replica_id, secret, self.epochs)
         self.endpoint = LeaderEndpoint(me, set(self.roster), self)
-        self.follower_log = FollowerLog(find)
+        self.keys = keys
+        self.follower_log = FollowerLog(find, keys)
         self.link = FollowerLink(me, self.follower_log)
         self.epoch: int | None = None  # set while this node leads
         self.peers: dict[int, Peer] = {}
         self.tracked: dict[Key, Tracked] = {}
+        # reconciliation in this epoch: what each follower said of its copies (once complete),
+        # the partitions reconciled, the ones being fetched from a follower (its id, up to where)
+        self._offering: dict[int, dict[Key, Offer]] = {}
+        self.offers: dict[int, dict[Key, Offer]] = {}
+        self.ready: dict[Key, Partition] = {}
+        self.fetching: dict[Key, tuple[int, int, list[tuple[int, int]]]] = {}
         self._commits_due: set[Key] = set()
         self._flush_scheduled = False
 
@@ -149,6 +171,10 @@ class LogReplication:
                 if not fut.done():
                     fut.set_exception(IggyError(ErrorCode.TRANSIENT_NOT_ACCEPTED, "no longer the leader"))
         self.tracked.clear()
+        self._offering.clear()
+        self.offers.clear()
+        self.ready.clear()
+        self.fetching.clear()
         for peer in list(self.peers.values()):
             peer.close()
         self.peers.clear()
@@ -159,8 +185,16 @@ class LogReplication:
         """Offsets at or above this are not served to consumers (None: no bound known here)."""
         if self.epoch is None:
             return self.follower_log.visible_end(key)
+        if key not in self.ready:
+            return 0  # not reconciled in this epoch yet: nothing is known to be committed
         tracked = self.tracked.get(key)
         return None if tracked is None else tracked.commit
+
+    def writable(self, key: Key, partition: Partition) -> bool:
+        """May this leader append to (and serve) `partition`: reconciled in this epoch (tried
+        now when it is not). True on a node that does not lead (its gate answers for it).
+        Called without the partition's lock."""
+        return self.epoch is None or self.ready.get(key) is partition or self._reconcile(key, partition)
 
     # ---------------------------------------------------------------- leader: the send path
 
@@ -180,10 +214,12 @@ class LogReplication:
         tracked.end = base + count
         tracked.waiters.append((tracked.end, partition.persisted, fut))
         for rid, peer in self.peers.items():
-            pos = tracked.followers.setdefault(rid, Position())
-            # in step, or unknown (it answers where it is)
-            if (pos.next is None or pos.next == base) and peer.send(
-                rf.BATCH, rf.BATCH_HEAD.pack(*key, tracked.commit), head, frames
+            pos = tracked.followers.get(rid)
+            # in step (a follower is sent nothing before its TRUNCATE was answered)
+            if (
+                pos is not None
+                and pos.next == base
+                and peer.send(rf.BATCH, rf.BATCH_HEAD.pack(*key, tracked.commit), head, frames)
             ):
                 pos.next = tracked.end
         tracked.commit_sent = tracked.commit
@@ -200,29 +236,148 @@ class LogReplication:
         if old is not None:
             old.close("replaced by a new connection")
         self.peers[peer.replica_id] = peer
-        for key, tracked in self.tracked.items():  # where is it? its ACKs say, then it catches up
-            tracked.followers[peer.replica_id] = Position()
-            peer.send(rf.COMMIT, rf.COMMIT_BODY.pack(*key, tracked.commit))
+        self._forget(peer.replica_id)
+        self._offering[peer.replica_id] = {}  # its EPOCHS frames come next
+
+    def _forget(self, rid: int) -> None:
+        """What a follower said of its copies and where it stood, once its link is gone."""
+        self._offering.pop(rid, None)
+        self.offers.pop(rid, None)
+        for key in [k for k, (source, _, _) in self.fetching.items() if source == rid]:
+            del self.fetching[key]  # reconciled again at the next send or poll
+        for tracked in self.tracked.values():
+            tracked.followers.pop(rid, None)
+
+    def offered(self, peer: Peer, key: Key, end: int, records: list[tuple[int, int]]) -> None:
+        offering = self._offering.get(peer.replica_id)
+        if offering is not None and self.peers.get(peer.replica_id) is peer:
+            offering[key] = (end, records)
+
+    def offers_done(self, peer: Peer) -> None:
+        if self.peers.get(peer.replica_id) is not peer or peer.replica_id not in self._offering:
+            return
+        self.offers[peer.replica_id] = self._offering.pop(peer.replica_id)
+        for key in list(self.ready):
+            self._send_truncate(peer, key)
+        for key in list(self.keys()):
+            partition = self.find(*key)
+            if partition is not None and self.ready.get(key) is not partition:
+                self._reconcile(key, partition)
+
+    # ---------------------------------------------------------------- leader: reconciliation
+
+    def _reconcile(self, key: Key, partition: Partition) -> bool:
+        """Make `partition` ready in this epoch when followers that make a majority with this
+        node have said where their copies stand; True when it is ready now."""
+        if self.epoch is None or key in self.fetching or len(self.offers) + 1 < self.majority:
+            return False
+        with partition.lock:
+            if partition.log.closed:
+                return False
+            mine: Offer = (partition.log.next_offset, list(partition.epochs.records))
+        best, best_rid = mine, None
+        for rid, offers in self.offers.items():
+            theirs = offers.get(key, (0, []))
+            if _rank(theirs) > _rank(best):
+                best, best_rid = theirs, rid
+        if best_rid is None:
+            self._make_ready(key, partition)
+            return True
+        cut = divergence(mine[1], mine[0], best[1], best[0])
+        with partition.lock:
+            if cut < partition.log.next_offset:
+                log.warning(
+                    "replication: partition %s: dropping this node's offsets %d..%d, not in replica %d's copy",
+                    key,
+                    cut,
+                    partition.log.next_offset - 1,
+                    best_rid,
+                )
+                partition.log.truncate(cut)
+            partition.epochs.truncate(cut)
+        log.info(
+            "replication: partition %s: fetching offsets %d..%d from replica %d before serving it",
+            key,
+            cut,
+            best[0] - 1,
+            best_rid,
+        )
+        self.fetching[key] = (best_rid, best[0], best[1])
+        self.peers[best_rid].send(rf.FETCH, rf.FETCH_BODY.pack(*key, cut, best[0]))
+        return False
+
+    def fetched(self, peer: Peer, key: Key, batches: list[memoryview]) -> None:
+        source = self.fetching.get(key)
+        if source is None or source[0] != peer.replica_id or self.peers.get(peer.replica_id) is not peer:
+            return
+        _, target, records = source
+        partition = self.find(*key)
+        if partition is None or not batches:
+            log.error("replication: partition %s: replica %d did not send what it holds", key, peer.replica_id)
+            del self.fetching[key]
+            return
+        try:
+            with partition.lock:
+                for batch in batches:
+                    base = rf.batch_base_offset(batch)
+                    epoch = _epoch_at(records, base)
+                    if epoch > partition.epochs.last_epoch:
+                        partition.epochs.record(epoch, base)
+                    partition.log.append_stored(batch, 0, len(batch))
+                end = partition.log.next_offset
+        except (IggyError, ValueError, OSError) as exc:
+            log.error("replication: partition %s: cannot take replica %d's batches: %s", key, peer.replica_id, exc)
+            del self.fetching[key]
+            return
+        if end < target:
+            peer.send(rf.FETCH, rf.FETCH_BODY.pack(*key, end, target))
+            return
+        del self.fetching[key]
+        self._make_ready(key, partition)
+
+    def _make_ready(self, key: Key, partition: Partition) -> None:
+        assert self.epoch is not None
+        with partition.lock:
+            end = partition.log.next_offset
+            partition.epochs.record(self.epoch, end)
+        self.ready[key] = partition
+        # what this node knew as a follower is committed; the followers' ACKs raise it
+        self.tracked[key] = Tracked(partition, end, commit=min(end, self.follower_log.commits.get(key, 0)))
+        for peer in self.peers.values():
+            if peer.replica_id in self.offers:
+                self._send_truncate(peer, key)
+
+    def _send_truncate(self, peer: Peer, key: Key) -> None:
+        """Tell a follower where its copy of `key` stops being equal to this log; its ACK then
+        says where it is, and it catches up from there."""
+        tracked = self.tracked.get(key)
+        offers = self.offers.get(peer.replica_id)
+        if tracked is None or offers is None:
+            return
+        end, records = offers.get(key, (0, []))
+        with tracked.partition.lock:
+            cut = divergence(list(tracked.partition.epochs.records), tracked.partition.log.next_offset, records, end)
+        tracked.followers[peer.replica_id] = Position()
+        peer.send(rf.TRUNCATE, rf.TRUNCATE_BODY.pack(*key, cut))
 
     def left(self, peer: Peer) -> None:
         if self.peers.get(peer.replica_id) is peer:
             del self.peers[peer.replica_id]
-        for tracked in self.tracked.values():
-            pos = tracked.followers.get(peer.replica_id)
-            if pos is not None:
-                pos.next = pos.catching_up = None
+            self._forget(peer.replica_id)
 
     def acked(self, peer: Peer, key: Key, end: int, synced: int, status: int) -> None:
         tracked = self.tracked.get(key)
         if tracked is None or self.peers.get(peer.replica_id) is not peer:
             return
-        pos = tracked.followers.setdefault(peer.replica_id, Position())
+        pos = tracked.followers.get(peer.replica_id)
+        if pos is None:  # before its TRUNCATE: where it stands is not known yet
+            return
         pos.end, pos.synced = end, synced
         if end > tracked.end:
             if not pos.ahead:
                 log.warning(
                     "replication: follower %d holds partition %s up to %d, past this leader's %d "
-                    "(a suffix of an older epoch; not truncated yet)",
+                    "(after its TRUNCATE: not counted)",
                     peer.replica_id,
                     key,
                     end,
@@ -309,5 +464,22 @@ class LogReplication:
                 continue
             tracked.commit_sent = tracked.commit
             body = rf.COMMIT_BODY.pack(*key, tracked.commit)
-            for peer in self.peers.values():
-                peer.send(rf.COMMIT, body)
+            for rid, peer in self.peers.items():
+                if rid in tracked.followers:  # its TRUNCATE went first
+                    peer.send(rf.COMMIT, body)
+
+
+def _rank(offer: Offer) -> tuple[int, int]:
+    """Which copy holds every committed batch: the highest (last epoch, end)."""
+    end, records = offer
+    return (records[-1][0] if records else 0, end)
+
+
+def _epoch_at(records: list[tuple[int, int]], offset: int) -> int:
+    """The epoch of the record whose range holds `offset` (0: none)."""
+    epoch = 0
+    for e, start in records:
+        if start > offset:
+            break
+        epoch = e
+    return epoch

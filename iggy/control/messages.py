@@ -151,6 +151,9 @@ def append_batch(
     validate_batch(body, start, end, count)
     partition = open_partition(plane, s, t, pid)
     replication = plane.cluster.replication if plane.cluster is not None else None
+    if replication is not None and not replication.writable((s.id, t.id, pid), partition):
+        # a new leader that has not reconciled this partition yet (iggy.cluster.replication)
+        raise IggyError(ErrorCode.TRANSIENT_NOT_ACCEPTED, "the partition is being reconciled")
     with partition.lock:
         if partition.log.closed:  # dropped after the lookup
             raise vanished(plane, s, t)
@@ -333,6 +336,9 @@ def poll_messages(
     batch. A count of 0 (only over HTTP: the binary decoder refuses it) reads nothing but
     still needs the partition to exist."""
     partition, store_kind, key = target(plane, session, s, t, consumer, FENCE_POLL if count else None)
+    if plane.cluster is not None and not plane.cluster.replication.writable((s.id, t.id, partition.id), partition):
+        # a new leader that has not reconciled this partition yet (iggy.cluster.replication)
+        raise IggyError(ErrorCode.TRANSIENT_NOT_ACCEPTED, "the partition is being reconciled")
     with partition.lock:
         lg = partition.log
         if lg.closed:

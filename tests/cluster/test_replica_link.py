@@ -152,6 +152,8 @@ class FakeLeader:
         self.peers: list[Peer] = []
         self.acks: list[tuple] = []
         self.gone: list[int] = []
+        self.offers: list[tuple] = []
+        self.suffixes: list[tuple] = []
 
     def leader_epoch(self):
         return self.epoch
@@ -165,14 +167,34 @@ class FakeLeader:
     def left(self, peer):
         self.gone.append(peer.replica_id)
 
+    def offered(self, peer, key, end, records):
+        self.offers.append((peer.replica_id, key, end, records))
+
+    def offers_done(self, peer):
+        self.offers.append((peer.replica_id, "end"))
+
+    def fetched(self, peer, key, batches):
+        self.suffixes.append((key, [bytes(b) for b in batches]))
+
 
 class FakeSink:
     def __init__(self):
         self.got: list[tuple] = []
         self.commits: list[tuple] = []
+        self.truncated: list[tuple] = []
+        self.stored = b""
         self._touched: dict = {}
 
-    def batches(self, key, commit, batches):
+    def start(self):
+        return [((1, 2, 3), 10, [(4, 0), (5, 6)])]
+
+    def truncate(self, key, offset, epoch):
+        self.truncated.append((key, offset, epoch))
+
+    def fetch(self, key, start, end, max_bytes):
+        return self.stored
+
+    def batches(self, key, commit, batches, epoch):
         for batch in batches:
             self.got.append((key, commit, bytes(batch)))
             self._touched[key] = rf.batch_base_offset(batch) + rf.batch_count(batch)
@@ -229,6 +251,27 @@ async def test_a_follower_with_the_secret_joins_and_frames_flow_both_ways():
         assert pair.sink.got == [((1, 2, 1), 0, batch)]
         assert pair.sink.commits == [((1, 2, 1), 3)]
         assert pair.side.acks == [(1, (1, 2, 1), 3, 0, 0)]
+        assert pair.endpoint.refused == 0
+
+
+async def test_epochs_truncate_and_fetch_travel_on_the_link():
+    async with Pair() as pair:
+        await until(lambda: len(pair.side.offers) == 2)
+        # right after WELCOME: the follower's copies, then the end marker
+        assert pair.side.offers == [(1, (1, 2, 3), 10, [(4, 0), (5, 6)]), (1, "end")]
+        peer = pair.side.peers[0]
+        assert peer.send(rf.TRUNCATE, rf.TRUNCATE_BODY.pack(1, 2, 3, 6))
+        await until(lambda: pair.sink.truncated)
+        assert pair.sink.truncated == [((1, 2, 3), 6, 5)]  # with the link's epoch
+        stored = [a_batch(6, 2), a_batch(8, 1)]
+        pair.sink.stored = b"".join(stored)
+        assert peer.send(rf.FETCH, rf.FETCH_BODY.pack(1, 2, 3, 6, 9))
+        await until(lambda: pair.side.suffixes)
+        assert pair.side.suffixes == [((1, 2, 3), stored)]
+        pair.sink.stored = b""
+        assert peer.send(rf.FETCH, rf.FETCH_BODY.pack(1, 2, 3, 9, 12))
+        await until(lambda: len(pair.side.suffixes) == 2)
+        assert pair.side.suffixes[1] == ((1, 2, 3), [])  # it could not serve them
         assert pair.endpoint.refused == 0
 
 

@@ -8,7 +8,10 @@ real partitions in temp dirs, real replica links on loopback, no etcd and no ser
   leader's log first) makes a majority again;
 - a follower that missed many batches catches up by itself once it reconnects;
 - `persisted`: acknowledged once a follower fsynced too;
-- a leader that stops leading fails every waiting producer with 58 TransientNotAccepted.
+- a leader that stops leading fails every waiting producer with 58 TransientNotAccepted;
+- leader epochs: a new leader that lacks batches a follower holds fetches them before it
+  serves; a returning old leader drops its unacknowledged suffix and ends up with the new
+  leader's files; a leader without a majority of answers serves nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class Node:
     def __init__(self, root, replica_id: int, roster: list[dict], durability: str):
         self.dir = str(root / f"node-{replica_id}")
         self.partition = Partition(self.dir, 1, settings(durability), True)
-        self.repl = LogReplication("c", replica_id, roster, SECRET, self.find)
+        self.repl = LogReplication("c", replica_id, roster, SECRET, self.find, keys=lambda: [KEY])
 
     def find(self, s, t, p):
         return self.partition if (s, t, p) == KEY else None
@@ -75,14 +78,21 @@ class Cluster3:
             await node.stop()
             node.partition.close()
 
-    def send(self, n: int) -> asyncio.Future:
+    def send(self, n: int, leader: Node | None = None) -> asyncio.Future:
         """Append a batch of n messages on the leader, as the send path does, and replicate it."""
+        leader = leader or self.leader
         batch = build_batch([(i + 1, os.urandom(20), b"") for i in range(n)])
         head = bytearray(256)
-        partition = self.leader.partition
+        partition = leader.partition
+        assert leader.repl.writable(KEY, partition)  # the send path's gate
         with partition.lock:
             base, count = partition.log.append(batch, 0, len(batch), 1, head_out=head)
-            return self.leader.repl.replicate(KEY, partition, head, batch[256:], base, count)
+            return leader.repl.replicate(KEY, partition, head, batch[256:], base, count)
+
+    async def reconciled(self, leader: Node | None = None) -> None:
+        """Until the leader may append: followers that make a majority said where they stand."""
+        leader = leader or self.leader
+        await until(lambda: leader.repl.writable(KEY, leader.partition))
 
     def same_files(self, *indexes: int) -> bool:
         for node in self.nodes:
@@ -94,6 +104,7 @@ class Cluster3:
 async def test_every_batch_reaches_the_followers_byte_for_byte(tmp_path):
     async with Cluster3(tmp_path) as c:
         await until(lambda: len(c.leader.repl.peers) == 2)
+        await c.reconciled()
         futures = [c.send(n) for n in (1, 5, 3, 10)]
         await asyncio.wait_for(asyncio.gather(*futures), 10)
         await until(lambda: all(n.partition.log.next_offset == 19 for n in c.nodes))
@@ -104,6 +115,7 @@ async def test_every_batch_reaches_the_followers_byte_for_byte(tmp_path):
 
 async def test_no_majority_no_acknowledgement_then_catch_up(tmp_path):
     async with Cluster3(tmp_path) as c:
+        await c.reconciled()
         for node in c.nodes[1:]:
             node.repl.follow(None, EPOCH)
         await until(lambda: not c.leader.repl.peers)
@@ -122,6 +134,7 @@ async def test_a_follower_away_for_many_batches_catches_up(tmp_path):
     async with Cluster3(tmp_path) as c:
         c.nodes[2].repl.follow(None, EPOCH)
         await until(lambda: len(c.leader.repl.peers) == 1)
+        await c.reconciled()
         futures = [c.send(50) for _ in range(100)]  # 5,000 messages, well past one catch-up read
         await asyncio.wait_for(asyncio.gather(*futures), 20)
         assert c.nodes[2].partition.log.next_offset == 0
@@ -135,6 +148,7 @@ async def test_a_follower_away_for_many_batches_catches_up(tmp_path):
 async def test_persisted_waits_for_a_follower_fsync(tmp_path):
     async with Cluster3(tmp_path, durability="persisted") as c:
         await until(lambda: len(c.leader.repl.peers) == 2)
+        await c.reconciled()
         await asyncio.wait_for(c.send(3), 10)
         tracked = c.leader.repl.tracked[KEY]
         assert max(p.synced for p in tracked.followers.values()) >= 3
@@ -142,6 +156,7 @@ async def test_persisted_waits_for_a_follower_fsync(tmp_path):
 
 async def test_a_leader_that_steps_down_fails_its_waiting_producers(tmp_path):
     async with Cluster3(tmp_path) as c:
+        await c.reconciled()
         for node in c.nodes[1:]:
             node.repl.follow(None, EPOCH)
         await until(lambda: not c.leader.repl.peers)
@@ -150,6 +165,7 @@ async def test_a_leader_that_steps_down_fails_its_waiting_producers(tmp_path):
         with pytest.raises(IggyError) as err:
             await fut
         assert err.value.code == ErrorCode.TRANSIENT_NOT_ACCEPTED
+        assert c.leader.repl.writable(KEY, c.leader.partition)  # not leading: the gate is the cluster's
         with pytest.raises(IggyError):
             await c.send(1)
 
@@ -164,3 +180,65 @@ async def test_a_leader_that_meets_a_newer_epoch_steps_down(tmp_path):
         c.leader.repl.follow(1, EPOCH)  # the old leader, told of node 1 in an old epoch, dials it
         await until(lambda: c.leader.repl.epoch is None)
         assert c.leader.repl.epochs.highest == EPOCH + 1
+
+
+def same_files(nodes: list[Node]) -> bool:
+    for node in nodes:
+        node.partition.log.fsync()
+    return all(segment_bytes(n.dir) == segment_bytes(nodes[0].dir) for n in nodes[1:])
+
+
+async def test_a_new_leader_fetches_the_batches_a_follower_has_beyond_its_own(tmp_path):
+    async with Cluster3(tmp_path) as c:
+        old, behind, ahead = c.nodes
+        await c.reconciled()
+        await asyncio.wait_for(asyncio.gather(*(c.send(3) for _ in range(4))), 10)
+        behind.repl.follow(None, EPOCH)
+        await until(lambda: len(old.repl.peers) == 1)
+        await asyncio.wait_for(asyncio.gather(*(c.send(2) for _ in range(5))), 10)  # old + ahead: acknowledged
+        assert behind.partition.log.next_offset == 12 and ahead.partition.log.next_offset == 22
+        old.repl.lead(None)
+        await old.stop()  # gone for good
+        behind.repl.lead(EPOCH + 1)
+        ahead.repl.follow(1, EPOCH + 1)
+        await c.reconciled(behind)  # only once it holds what `ahead` holds
+        assert behind.partition.log.next_offset == 22
+        assert behind.partition.epochs.records == [(EPOCH, 0), (EPOCH + 1, 22)]
+        await asyncio.wait_for(c.send(1, behind), 10)
+        await until(lambda: ahead.partition.log.next_offset == 23)
+        assert same_files([behind, ahead])
+
+
+async def test_a_returning_old_leader_drops_its_unacknowledged_suffix(tmp_path):
+    async with Cluster3(tmp_path) as c:
+        old, new, other = c.nodes
+        await c.reconciled()
+        await asyncio.wait_for(asyncio.gather(*(c.send(3) for _ in range(3))), 10)
+        await until(lambda: all(n.partition.log.next_offset == 9 for n in c.nodes))
+        for node in (new, other):
+            node.repl.follow(None, EPOCH)
+        await until(lambda: not old.repl.peers)
+        lost = [c.send(4) for _ in range(2)]  # appended on the old leader only
+        assert old.partition.log.next_offset == 17
+        new.repl.lead(EPOCH + 1)
+        other.repl.follow(1, EPOCH + 1)
+        await c.reconciled(new)
+        await asyncio.wait_for(asyncio.gather(*(c.send(1, new) for _ in range(3))), 10)
+        old.repl.lead(None)  # it learns of the election (the Cluster does this from etcd)
+        old.repl.follow(1, EPOCH + 1)
+        for fut in lost:
+            with pytest.raises(IggyError):
+                await fut
+        await until(lambda: old.partition.log.next_offset == 12 and same_files([new, old, other]))
+        assert old.partition.epochs.records == [(EPOCH, 0), (EPOCH + 1, 9)]
+
+
+async def test_without_a_majority_of_answers_a_new_leader_serves_nothing(tmp_path):
+    async with Cluster3(tmp_path) as c:
+        for node in c.nodes[1:]:
+            node.repl.follow(None, EPOCH)
+        await asyncio.sleep(0.3)
+        assert not c.leader.repl.writable(KEY, c.leader.partition)
+        assert c.leader.repl.visible_end(KEY) == 0
+        c.nodes[1].repl.follow(0, EPOCH)
+        await c.reconciled()

@@ -123,6 +123,9 @@ class LogReplication:
         # the partitions reconciled, the ones being fetched from a follower (its id, up to where)
         self._offering: dict[int, dict[Key, Offer]] = {}
         self.offers: dict[int, dict[Key, Offer]] = {}
+        # the uid of this node's log of each offered partition when the offer came: a partition
+        # deleted and created again since is empty on every node, whatever the offer said
+        self._offer_uids: dict[int, dict[Key, int]] = {}
         self.ready: dict[Key, Partition] = {}
         self.fetching: dict[Key, tuple[int, int, list[tuple[int, int]]]] = {}
         self._commits_due: set[Key] = set()
@@ -173,6 +176,7 @@ class LogReplication:
         self.tracked.clear()
         self._offering.clear()
         self.offers.clear()
+        self._offer_uids.clear()
         self.ready.clear()
         self.fetching.clear()
         for peer in list(self.peers.values()):
@@ -211,6 +215,8 @@ class LogReplication:
         tracked = self.tracked.get(key)
         if tracked is None or tracked.partition is not partition:
             tracked = self.tracked[key] = Tracked(partition, base)
+        if partition.epochs.last_epoch < self.epoch:  # records cleared by a purge (the caller holds the lock)
+            partition.epochs.record(self.epoch, base)
         tracked.end = base + count
         tracked.waiters.append((tracked.end, partition.persisted, fut))
         for rid, peer in self.peers.items():
@@ -243,6 +249,7 @@ class LogReplication:
         """What a follower said of its copies and where it stood, once its link is gone."""
         self._offering.pop(rid, None)
         self.offers.pop(rid, None)
+        self._offer_uids.pop(rid, None)
         for key in [k for k, (source, _, _) in self.fetching.items() if source == rid]:
             del self.fetching[key]  # reconciled again at the next send or poll
         for tracked in self.tracked.values():
@@ -257,6 +264,11 @@ class LogReplication:
         if self.peers.get(peer.replica_id) is not peer or peer.replica_id not in self._offering:
             return
         self.offers[peer.replica_id] = self._offering.pop(peer.replica_id)
+        uids = self._offer_uids[peer.replica_id] = {}
+        for key in self.offers[peer.replica_id]:
+            partition = self.find(*key)
+            if partition is not None:
+                uids[key] = partition.log.uid
         for key in list(self.ready):
             self._send_truncate(peer, key)
         for key in list(self.keys()):
@@ -276,8 +288,8 @@ class LogReplication:
                 return False
             mine: Offer = (partition.log.next_offset, list(partition.epochs.records))
         best, best_rid = mine, None
-        for rid, offers in self.offers.items():
-            theirs = offers.get(key, (0, []))
+        for rid in self.offers:
+            theirs = self._offer(rid, key, partition)
             if _rank(theirs) > _rank(best):
                 best, best_rid = theirs, rid
         if best_rid is None:
@@ -347,6 +359,14 @@ class LogReplication:
             if peer.replica_id in self.offers:
                 self._send_truncate(peer, key)
 
+    def _offer(self, rid: int, key: Key, partition: Partition) -> Offer:
+        """What follower `rid` said of its copy of `partition` (empty: it has none, or it spoke
+        of an earlier partition with the same ids)."""
+        offer = self.offers[rid].get(key)
+        if offer is None or self._offer_uids[rid].get(key) != partition.log.uid:
+            return (0, [])
+        return offer
+
     def _send_truncate(self, peer: Peer, key: Key) -> None:
         """Tell a follower where its copy of `key` stops being equal to this log; its ACK then
         says where it is, and it catches up from there."""
@@ -354,7 +374,7 @@ class LogReplication:
         offers = self.offers.get(peer.replica_id)
         if tracked is None or offers is None:
             return
-        end, records = offers.get(key, (0, []))
+        end, records = self._offer(peer.replica_id, key, tracked.partition)
         with tracked.partition.lock:
             cut = divergence(list(tracked.partition.epochs.records), tracked.partition.log.next_offset, records, end)
         tracked.followers[peer.replica_id] = Position()

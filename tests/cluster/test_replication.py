@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 
 import pytest
@@ -242,3 +243,25 @@ async def test_without_a_majority_of_answers_a_new_leader_serves_nothing(tmp_pat
         assert c.leader.repl.visible_end(KEY) == 0
         c.nodes[1].repl.follow(0, EPOCH)
         await c.reconciled()
+
+
+async def test_a_partition_created_again_is_not_reconciled_with_what_followers_said_of_the_old_one(tmp_path):
+    async with Cluster3(tmp_path) as c:
+        await c.reconciled()
+        await asyncio.wait_for(asyncio.gather(*(c.send(2) for _ in range(3))), 10)
+        await until(lambda: all(n.partition.log.next_offset == 6 for n in c.nodes))
+        for node in c.nodes[1:]:  # they reconnect: their offers now speak of 6 messages
+            node.repl.follow(None, EPOCH)
+        await until(lambda: not c.leader.repl.peers)
+        for node in c.nodes[1:]:
+            node.repl.follow(0, EPOCH)
+        await until(lambda: len(c.leader.repl.offers) == 2)
+        for node in c.nodes:  # the topic deleted and created again on every node
+            node.partition.close()
+            shutil.rmtree(node.dir)
+            node.partition = Partition(node.dir, 1, settings("replicated"), True)
+        # empty everywhere: ready at once, not fetched from a follower's (old) copy
+        assert c.leader.repl.writable(KEY, c.leader.partition)
+        await asyncio.wait_for(c.send(1), 10)
+        await until(lambda: all(n.partition.log.next_offset == 1 for n in c.nodes))
+        assert same_files(c.nodes)

@@ -10,6 +10,7 @@ import zlib
 import pytest
 
 from iggy.storage.leader_epochs import FILE_NAME, LeaderEpochs, LeaderEpochsCorrupt, divergence, end_of
+from iggy.testing import IggyServerError
 
 
 def test_records_survive_a_reopen_in_the_documented_layout(tmp_path):
@@ -105,3 +106,16 @@ def test_where_an_epoch_ends_and_where_two_copies_diverge():
     assert divergence([(3, 0), (9, 50)], 60, [(3, 0), (8, 50)], 60) == 50
     assert divergence([(4, 0)], 10, [(5, 0)], 10) == 0
     assert divergence([], 0, [(5, 0)], 10) == 0
+
+
+async def test_a_server_with_a_damaged_leader_epoch_file_refuses_to_start(server, client):
+    await client.create_stream("s")
+    await client.create_topic("s", "t", 1)
+    server.stop()
+    (directory,) = server.data_dir.glob("streams/*/topics/*/partitions/*")
+    LeaderEpochs(str(directory)).record(5, 0)
+    path = directory / FILE_NAME
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(IggyServerError, match="exited with 3"):
+        server.start()
+    assert f"the leader-epoch file {path} is damaged" in server.log()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
+from iggy.cluster.replica_frames import LinkError
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.storage.partitions import Partition
 
@@ -93,8 +94,11 @@ class FollowerLog:
                     partition.epochs.truncate(cut)
                     partition.epochs.record(epoch, cut)
                 except (IggyError, OSError, ValueError) as exc:
-                    log.error("replica of partition %s: cannot cut at %d: %s", "/".join(map(str, key)), cut, exc)
-                    status = ErrorCode.CANNOT_SAVE_MESSAGES_TO_SEGMENT
+                    # never ACK a copy that may still diverge: the link is dropped and the next
+                    # one starts over (EPOCHS, TRUNCATE)
+                    raise LinkError(
+                        f"replica of partition {'/'.join(map(str, key))}: cannot cut at {cut}: {exc}"
+                    ) from None
         self._touched[key] = status
 
     def fetch(self, key: Key, start: int, end: int, max_bytes: int) -> bytes:

@@ -14,6 +14,7 @@ import os
 import pytest
 
 from iggy.cluster.follower_log import FollowerLog
+from iggy.cluster.replica_frames import LinkError
 from iggy.protocol.batch import build_batch
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.storage.log import PartitionLog
@@ -155,3 +156,25 @@ def test_persisted_acks_are_fsynced_and_commits_only_grow(tmp_path):
     assert sink.acks() == [(KEY, 3, 3, 0)]  # a commit alone is acknowledged too (the leader's probe)
     leader.log.close()
     follower.close()
+
+
+def test_epochs_offered_a_truncate_and_a_fetch(pair):
+    leader, follower, sink = pair
+    sink = FollowerLog(lambda s, t, p: follower if (s, t, p) == KEY else None, lambda: [KEY, (9, 9, 9)])
+    stored = [leader.send(n) for n in (3, 2, 4)]
+    sink.batches(KEY, 0, [memoryview(b) for b in stored], 7)  # appended in epoch 7: recorded
+    assert sink.acks() == [(KEY, 9, 0, 0)]
+    assert sink.start() == [(KEY, 9, [(7, 0)])]  # (9, 9, 9): no such partition here
+    assert sink.fetch(KEY, 3, 9, 1 << 20) == b"".join(stored[1:])
+    assert sink.fetch(KEY, 9, 12, 1 << 20) == b""
+    sink.truncate(KEY, 3, 8)  # the leader of epoch 8: equal below 3
+    assert sink.acks() == [(KEY, 3, 0, 0)]
+    assert follower.log.next_offset == 3 and follower.epochs.records == [(7, 0), (8, 3)]
+    sink.truncate(KEY, 50, 8)  # past its end: nothing to cut
+    assert follower.log.next_offset == 3
+    sink.truncate((9, 9, 9), 0, 8)
+    assert sink.acks() == [(KEY, 3, 0, 0), ((9, 9, 9), 0, 0, ErrorCode.PARTITION_NOT_FOUND)]
+    os.mkdir(follower.epochs.path + ".tmp")  # the epoch file cannot be written: no ACK, the link drops
+    with pytest.raises(LinkError):
+        sink.truncate(KEY, 0, 9)
+    assert sink.acks() == []

@@ -6,7 +6,7 @@ send after it, the SDK's reconnect included (the definition of issue 15).
 Each round starts etcd and three nodes (heartbeat_timeout 2 s, tests/cluster/nodes.py), sends one
 message through the SDK, kills the leader and retries the send to the same topic until it is
 acknowledged (the stream and topic are on the new leader: metadata commits through etcd; the
-messages are not replicated yet).
+new leader appends to the partition once it has reconciled it with the surviving follower).
 """
 
 from __future__ import annotations

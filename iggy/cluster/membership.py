@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from iggy.cluster.election import Election
 from iggy.cluster.etcd import Etcd, EtcdUnavailable
 from iggy.cluster.metalog import Behind, EtcdThread, MetaLog, NotAccepted
+from iggy.cluster.offsets import OffsetLog
 from iggy.cluster.replication import LogReplication
 from iggy.control import changes
 from iggy.metadata.state import Record
@@ -101,6 +102,15 @@ class Cluster:
             applied=lambda: plane.meta.state.cluster_index,
             apply=lambda record: changes.apply_replicated(plane, record),
         )
+        # stored consumer offsets in etcd (offsets/), on a connection of their own too
+        self.offsets = OffsetLog(
+            Etcd(list(c.etcd.endpoints), etcd_timeout),
+            c.etcd.prefix,
+            plane,
+            epoch=lambda: self.ready_epoch if self.is_leader() else 0,
+            writer=lambda: self.metalog.writer,
+            lost=self._write_failed,
+        )
         self.leading = False
         # the epoch in which this node, holding the leader key, applied meta/ to its end: it
         # serves only while that is the current epoch (0: not caught up as leader)
@@ -146,6 +156,7 @@ class Cluster:
         await self.election.resign()
         await self.etcd.close()
         await self.metalog.etcd.close()
+        await self.offsets.close()
         if self.metalog.writer is not None:
             self.metalog.writer.close()
 
@@ -168,10 +179,14 @@ class Cluster:
             self.metalog.write(record, self.ready_epoch)
         except NotAccepted as exc:
             log.warning("cluster: %s; serving again once caught up with meta/", exc)
-            self.ready_epoch = 0
-            self._follow_verdict()
-            self._kick()
+            self._write_failed()
             raise
+
+    def _write_failed(self) -> None:
+        """A fenced write to etcd failed: serve again only once caught up (meta/, offsets/)."""
+        self.ready_epoch = 0
+        self._follow_verdict()
+        self._kick()
 
     def _update(self) -> None:
         """After each round, and at the fencing deadline: follow the election's verdict, and
@@ -197,6 +212,8 @@ class Cluster:
             epoch = self.election.epoch if self.election.is_leader() else 0
             try:
                 await self.metalog.catch_up()
+                if epoch and self.ready_epoch != epoch:
+                    await self.offsets.load(epoch)  # the stored consumer offsets, before serving
             except (EtcdUnavailable, Behind) as exc:
                 log.debug("cluster: catch-up with meta/ stopped: %s", exc)
                 break

@@ -33,8 +33,12 @@ Commit = Callable[[Record], Record]
 
 
 def apply(plane: ControlPlane, record: Record) -> Record:
-    """Commit `record` (through etcd first in cluster mode) with its storage side."""
-    return _effect(plane, record, plane.meta.commit)
+    """Commit `record` (through etcd first in cluster mode) with its storage side; in cluster
+    mode the leader then deletes the stored offsets of what it deleted or purged from etcd."""
+    done = _effect(plane, record, plane.meta.commit)
+    if plane.cluster is not None:
+        plane.cluster.offsets.forget(record)
+    return done
 
 
 def apply_replicated(plane: ControlPlane, record: Record) -> Record:

@@ -367,6 +367,9 @@ def poll_messages(
                 # a failed auto-commit fails the poll with its code (3024 a new key beyond
                 # limits.max_consumer_offsets, 3023/10006/10009 I/O), as upstream does
                 partition.offsets.store(store_kind, key, last)
+                if plane.cluster is not None:
+                    # to etcd behind the reply, coalesced per key (iggy.cluster.offsets)
+                    plane.cluster.offsets.stored((s.id, t.id, partition.id, store_kind, key), last, wait=False)
             if n and store_kind == GROUP:
                 # what this member now has in flight (iggy.control.groups hands a partition
                 # over only once its owner committed this far)
@@ -380,7 +383,7 @@ def poll_messages(
 @command(codes.STORE_CONSUMER_OFFSET, needs=perm.POLL, decode=read_store_offset)
 def store_consumer_offset(
     plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, consumer: Consumer, offset: int
-) -> None:
+) -> Awaitable[None] | None:
     """Store under the partition lock. The store raises OffsetStoreError, an IggyError, with
     the code of what failed: 3024 too_many_consumer_offsets, 3023
     cannot_open_consumer_offsets_file, 10006 cannot_write_to_file, 10009 cannot_sync_file. A
@@ -398,6 +401,10 @@ def store_consumer_offset(
         partition.offsets.store(store_kind, key, offset)
     if store_kind == GROUP:
         plane.groups.committed((s.id, t.id, key), session, partition.id)
+    if plane.cluster is not None:
+        # cluster mode: answered once etcd holds it too (iggy.cluster.offsets)
+        return plane.cluster.offsets.stored((s.id, t.id, partition.id, store_kind, key), offset, wait=True)
+    return None
 
 
 def _still_owner(
@@ -418,7 +425,7 @@ def read_delete_offset(r: Reader) -> OffsetTarget:
 @command(codes.DELETE_CONSUMER_OFFSET, needs=perm.POLL, decode=read_delete_offset)
 def delete_consumer_offset(
     plane: ControlPlane, session: Session, s: StreamMeta, t: TopicMeta, consumer: Consumer
-) -> None:
+) -> Awaitable[None] | None:
     partition, store_kind, key = target(plane, session, s, t, consumer, FENCE_COMMIT)
     with partition.lock:
         if partition.log.closed:
@@ -427,6 +434,9 @@ def delete_consumer_offset(
             raise IggyError(ErrorCode.CONSUMER_GROUP_PARTITION_NOT_OWNED)
         if not partition.offsets.delete(store_kind, key):
             raise IggyError(ErrorCode.CONSUMER_OFFSET_NOT_FOUND)
+    if plane.cluster is not None:
+        return plane.cluster.offsets.deleted((s.id, t.id, partition.id, store_kind, key))
+    return None
 
 
 def encode_offset(plane: ControlPlane, found: tuple[int, int, int]) -> bytes:

@@ -105,6 +105,19 @@ def raw_client(cluster: TestCluster, node: int) -> RawClient:
     return raw
 
 
+def serving(cluster: TestCluster, node: int, stream, topic) -> RawClient:
+    """A client of a new leader once it serves (it reports itself leader as soon as it holds the
+    leader key, and answers 58 until it has applied meta/ and loaded the offsets)."""
+    raw = raw_client(cluster, node)
+    target = consumer_target(stream, topic, 0, 1)
+    wait_for(
+        lambda: raw.read(codes.GET_CONSUMER_OFFSET, target).status != ErrorCode.TRANSIENT_NOT_ACCEPTED,
+        START_ELECTION,
+        f"node {node} serves",
+    )
+    return raw
+
+
 def join(raw: RawClient, stream, topic, group) -> None:
     assert raw.call(codes.OP_JOIN_CONSUMER_GROUP, body=ident(stream) + ident(topic) + ident(group)).code == 0
 
@@ -139,7 +152,7 @@ async def test_stored_offsets_survive_a_sigkill_of_the_leader(cluster, etcd):
     cluster.nodes[leader].kill()
     others = [i for i in range(3) if i != leader]
     new_leader = await asyncio.to_thread(cluster.wait_leader, 4 * HEARTBEAT_TIMEOUT, others, leader)
-    raw = raw_client(cluster, new_leader)
+    raw = await asyncio.to_thread(serving, cluster, new_leader, "o", "t")
     try:
         assert stored(raw, "o", "t", 0, 1) == 4
         assert stored(raw, "o", "t", 1, 2) == 5
@@ -168,7 +181,7 @@ async def test_a_deposed_leader_refuses_an_offset_store(cluster, etcd):
     new_leader, reply = await asyncio.to_thread(store_while_deposed, cluster, leader)
     assert reply.code == ErrorCode.TRANSIENT_NOT_ACCEPTED, reply
     assert await etcd_offsets(etcd.url) == {"0/0/0/consumers/1": 1}
-    raw = raw_client(cluster, new_leader)
+    raw = await asyncio.to_thread(serving, cluster, new_leader, "f", "t")
     try:
         assert stored(raw, "f", "t", 0, 1) == 1
     finally:

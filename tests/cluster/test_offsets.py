@@ -9,13 +9,16 @@ real etcd and three nodes on loopback:
 - deleting an offset, a consumer group, a partition or a stream deletes its keys in etcd;
 - without a server process (iggy.cluster.offsets.OffsetLog against etcd): a deposed leader's
   write is refused by etcd's transaction although it still believes it leads, and so is a write
-  of a leader that has not applied a `meta/` record that exists.
+  of a leader that has not applied a `meta/` record that exists; a new leader's load leaves each
+  partition's store holding exactly what etcd holds and deletes the keys of a stream or group
+  that no longer exists.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+import threading
 from types import SimpleNamespace
 
 import aetcd
@@ -29,6 +32,7 @@ from iggy.cluster.metalog import NotAccepted, meta_key
 from iggy.cluster.offsets import OffsetLog
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode
+from iggy.storage.consumer_offsets import OffsetStore
 from tests.cluster.nodes import HEARTBEAT_TIMEOUT, START_ELECTION, TestCluster, sdk, wait_for
 from tests.rawclient import RawClient, consumer_target, ident, poll_body, sdk_request, store_offset_body
 
@@ -244,15 +248,27 @@ async def test_deletes_remove_the_keys_in_etcd(cluster, etcd):
 
 
 class Leader:
-    """An election and an OffsetLog of a node without partitions (nothing to load)."""
+    """An election and an OffsetLog of a node with the partitions `partitions` of stream 0,
+    topic 0 ({id: its OffsetStore}) and no groups."""
 
-    def __init__(self, url: str, replica_id: int):
+    def __init__(self, url: str, replica_id: int, partitions: dict | None = None):
         self.etcd = Etcd([url], 2.0)
         self.election = Election(self.etcd, "/iggy/test-cluster/", replica_id, f"n{replica_id}", 2.0)
         self.lost = 0
+        partitions = partitions or {}
+        topic = SimpleNamespace(partitions=dict.fromkeys(partitions), groups={})
         plane = SimpleNamespace(
-            meta=SimpleNamespace(state=SimpleNamespace(cluster_index=0, streams={})),
-            storage=SimpleNamespace(partitions={}),
+            meta=SimpleNamespace(
+                state=SimpleNamespace(cluster_index=0, streams={0: SimpleNamespace(topics={0: topic})})
+            ),
+            storage=SimpleNamespace(
+                partitions={
+                    (0, 0, pid): SimpleNamespace(
+                        lock=threading.Lock(), log=SimpleNamespace(closed=False), offsets=store
+                    )
+                    for pid, store in partitions.items()
+                }
+            ),
         )
         self.offsets = OffsetLog(
             Etcd([url], 2.0),
@@ -307,3 +323,22 @@ async def test_a_deposed_leaders_write_is_refused_by_etcd(etcd):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_new_leaders_load_makes_its_stores_equal_to_etcd(etcd, tmp_path):
+    store = OffsetStore(str(tmp_path))
+    store.store("consumers", 7, 2)  # older than etcd's
+    store.store("consumers", 9, 1)  # from an earlier term of this node: etcd has none
+    node = Leader(etcd.url, 0, {0: store})
+    try:
+        await node.election.round()
+        assert node.election.is_leader()
+        stale = ("0/0/0/groups/3", "4/0/0/consumers/1", "0/0/5/consumers/1")  # no such group, stream, partition
+        for key, value in (("0/0/0/consumers/7", 5), ("0/0/0/consumers/8", 0), *((k, 1) for k in stale)):
+            await node.etcd.call(lambda c, k=key, v=value: c.put(PREFIX + k.encode(), str(v).encode()))
+        await node.offsets.load(node.election.epoch)
+        assert store.offsets == {("consumers", 7): 5, ("consumers", 8): 0}
+        assert await etcd_offsets(etcd.url) == {"0/0/0/consumers/7": 5, "0/0/0/consumers/8": 0}
+    finally:
+        await node.close()
+        store.close()

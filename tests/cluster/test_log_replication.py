@@ -28,7 +28,7 @@ import pytest
 from apache_iggy import PollingStrategy, SendMessage
 
 from iggy.protocol.codes import OP_CREATE_TOPIC
-from tests.cluster.nodes import HEARTBEAT_TIMEOUT, START_ELECTION, TestCluster, sdk, wait_for
+from tests.cluster.nodes import HEARTBEAT_TIMEOUT, START_ELECTION, TestCluster, local_metadata, sdk, wait_for
 from tests.conftest import sdk_poll
 from tests.rawclient import RawClient, ident, wire_name
 
@@ -66,6 +66,14 @@ async def topic_on_the_leader(
             assert reply.code == 0, reply
         finally:
             raw.close()
+
+        def topic_settings():
+            meta = local_metadata(cluster.nodes[leader]).stream_by_name(stream)
+            topics = [t for t in meta.topics.values() if t.name == "t"] if meta else []
+            return topics and topics[0].settings
+
+        settings = await asyncio.to_thread(wait_for, topic_settings, REPLICATED, "the topic in the leader's journal")
+        assert settings["durability"] == durability
     return leader, client
 
 

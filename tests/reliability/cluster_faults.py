@@ -22,7 +22,9 @@ acknowledged message is in it (lost: must be 0), counted apart: messages present
 (duplicates), acknowledged messages of one producer out of order (reorders), unacknowledged
 messages present, messages a consumer was served that are gone or changed; ids never sent must
 not be there. Each node's partition files are read byte for byte up to the committed offset and
-compared with the leader's. From the nodes' logs ("this node ... is the leader, epoch E" and
+compared with the leader's, and counted: acknowledged messages absent from each node's files and
+from every node's (no copy left anywhere; "lost" also counts what the leader holds but no longer
+serves). From the nodes' logs ("this node ... is the leader, epoch E" and
 "no longer the leader"): no epoch has two leaders, and every acknowledgement of a raw producer
 came from a node that was leader at the time (so no two nodes acknowledged in one epoch).
 Failover time: SIGKILL of the leader to the first acknowledged batch sent after it, per producer
@@ -41,7 +43,6 @@ import os
 import random
 import re
 import signal
-import statistics
 import struct
 import tempfile
 import threading
@@ -144,6 +145,7 @@ class Harness:
         self.workers: list[threading.Thread] = []
         self.faults: list[dict] = []
         self.paused: set[int] = set()
+        self.sdk_seeds: dict[str, list[tuple[float, int]]] = {}  # SDK producer -> (when, node it was created with)
         self.stats: dict = {"seed": seed, "rounds": 0, "faults": {}, "stalls": []}
 
     # ---------------------------------------------------------------- cluster
@@ -253,6 +255,7 @@ class Harness:
             if client is None:
                 try:
                     client = await asyncio.wait_for(sdk(self.addresses[seed % 3]), SEND_TIMEOUT)
+                    self.sdk_seeds.setdefault(name, []).append((time.time(), seed % 3))
                 except (RuntimeError, TimeoutError, OSError):
                     seed += 1
                     await asyncio.sleep(0.1)
@@ -456,6 +459,7 @@ class Harness:
             check_contiguous(log, f"{topic} on the leader")
             self.check_topic(topic, log)
             self.check_files(topic, leader, len(log))
+            self.check_disks(topic)
         stats["acked_messages"] = sum(a[2] for t in TOPICS for a in rec.acked[t])
         stats["acked_batches"] = sum(len(rec.acked[t]) for t in TOPICS)
         stats["failed_sends"] = rec.failed_sends
@@ -532,6 +536,15 @@ class Harness:
             "served_then_lost": len(served_lost),
             "served_then_lost_examples": served_lost[:5],
         }
+
+    def check_disks(self, topic: str) -> None:
+        """Acknowledged messages absent from each node's files (whatever the leader serves), and
+        from every node's: what no copy holds any more."""
+        assert self.cluster is not None
+        acked = {(p, s + i) for p, s, n, *_ in self.record.acked[topic] for i in range(n)}
+        on_disk = [ids_on_disk(partition_bytes(node, topic)) for node in self.cluster.nodes]
+        self.stats[topic]["acked_absent_from_files"] = {i: len(acked - ids) for i, ids in enumerate(on_disk)}
+        self.stats[topic]["acked_absent_everywhere"] = len(acked - set().union(*on_disk))
 
     def check_files(self, topic: str, leader: int, committed: int) -> None:
         """Each node's partition files, up to the committed offset, byte for byte the leader's
@@ -620,16 +633,22 @@ class Harness:
         }
 
     def failover_times(self) -> None:
-        samples: dict[str, list[float]] = {"sdk": [], "raw": []}
+        """Per kill of the leader and producer: the kill to the first acknowledged batch sent after
+        it. The SDK's samples are split by the node its client was created with: a client made with
+        the killed node's address reconnects there in vain until the producer replaces it (after
+        3 s of failures, with the next address)."""
+        samples: dict[str, list[float]] = {"sdk": [], "sdk-seeded-on-killed-node": [], "raw": []}
         missing = 0
-        kills = [f for f in self.faults if f["kind"] == "kill-leader"]
-        for f in kills:
+        for f in (f for f in self.faults if f["kind"] == "kill-leader"):
             later = [g["at"] for g in self.faults if g["at"] > f["at"]]
             until = min(later) if later else float("inf")
             for topic in TOPICS:
-                for kind in samples:
+                for kind in ("sdk", "raw"):
                     name = f"{kind}-{topic}"
                     acks = [a[4] for a in self.record.acked[topic] if a[0] == name and f["at"] <= a[3] < until]
+                    seeded = [node for t, node in self.sdk_seeds.get(name, []) if t < f["at"]]
+                    if seeded and seeded[-1] == f["target"]:
+                        kind = "sdk-seeded-on-killed-node"
                     if acks:
                         samples[kind].append(min(acks) - f["at"])
                     else:
@@ -640,7 +659,6 @@ class Harness:
                 "p50": round(percentile(v, 0.5) or 0, 2),
                 "p99": round(percentile(v, 0.99) or 0, 2),
                 "max": round(max(v, default=0), 2),
-                "median": round(statistics.median(v), 2) if v else 0,
             }
             for kind, v in samples.items()
         }
@@ -684,19 +702,30 @@ def partition_bytes(node, topic: str) -> bytes:
 _HEADER = struct.Struct("<QQQQQ")
 
 
-def committed_bytes(data: bytes, committed: int) -> bytes | None:
-    """The batches of `data` holding offsets 0..committed-1 (None when it holds fewer)."""
-    pos, end = 0, 0
-    while end < committed:
-        if len(data) - pos < 256:
-            return None
+def batch_spans(data: bytes) -> list[tuple[int, int]]:
+    """(end offset, end byte) of each whole batch from the start of `data` (a torn tail left out)."""
+    out, pos = [], 0
+    while len(data) - pos >= 256:
         base, _ts, _origin, length, _sum = _HEADER.unpack_from(data, pos + 8)
         count = struct.unpack_from("<I", data, pos + 48)[0]
         if length < 256 or pos + length > len(data):
-            return None
+            break
         pos += length
-        end = base + count
-    return data[:pos]
+        out.append((base + count, pos))
+    return out
+
+
+def committed_bytes(data: bytes, committed: int) -> bytes | None:
+    """The batches of `data` holding offsets 0..committed-1 (None when it holds fewer)."""
+    if committed == 0:
+        return b""
+    return next((data[:pos] for end, pos in batch_spans(data) if end >= committed), None)
+
+
+def ids_on_disk(data: bytes) -> set[tuple[str, int]]:
+    """The message ids of every whole batch of a node's partition files (verified)."""
+    spans = batch_spans(data)
+    return {message_id(m["payload"]) for m in verify_batches(data[: spans[-1][1]])} if spans else set()
 
 
 def describe_difference(mine: bytes | None, reference: bytes) -> str:

@@ -1,19 +1,23 @@
 """Network namespaces for partition tests: each node of a cluster in a namespace of its own,
-all attached to one bridge; etcd and the test process stay in the root namespace, on the bridge.
+all attached to one bridge in a "switch" namespace; etcd and the test process stay in the root
+namespace, which reaches the bridge through one veth of its own.
 
     net = Netns(workdir, 3).create()       # NetnsUnavailable when namespaces cannot be made
     net.node_ips, net.etcd_ip              # the addresses to give the roster and etcd
     net.python(i)                          # a script that runs this interpreter in node i's namespace
     net.cut(a, b); net.cut_etcd(a)         # a partition (symmetric, silent)
     net.heal()                             # every cut undone
-    net.destroy()                          # namespaces, veths and bridge removed (also at exit)
+    net.destroy()                          # namespaces and veths removed (also at exit)
 
 A cut is a /32 route through a "sink": an address on the bridge whose own namespace does not
 forward, so what is routed to it is dropped without a reset or an ICMP error, as when a cable is
 pulled. Each side routes the other through the sink, so both directions are cut, and existing
 connections hang instead of failing. The test process (the clients) keeps reaching every node.
-The host's own interfaces, routes and sysctls are not touched: only the bridge and the veths made
-here, which destroy() removes (deleting a namespace deletes the veths in it).
+The bridge is not in the root namespace because the host's firewall must not see the traffic
+between the nodes: with br_netfilter loaded (Docker loads it and sets the FORWARD policy to DROP)
+frames bridged in the root namespace go through its iptables FORWARD chain and are dropped. The
+host's own interfaces, routes and sysctls are not touched: only the namespaces and the one root
+veth made here, which destroy() removes (deleting a namespace deletes the veths in it).
 """
 
 from __future__ import annotations
@@ -46,10 +50,11 @@ class Netns:
         self.workdir = Path(workdir)
         self.size = size
         tag = f"{os.getpid()}"
-        self.bridge = f"igf{tag}"
+        self.switch_ns = f"iggyf{tag}-b"  # holds the bridge
+        self.uplink = f"igf{tag}r"  # the root namespace's veth to the bridge
         self.namespaces = [f"iggyf{tag}-{i}" for i in range(size)]
         self.sink_ns = f"iggyf{tag}-s"
-        self.veths = [f"igf{tag}v{i}" for i in range(size)] + [f"igf{tag}vs"]
+        self.veths = [f"v{i}" for i in range(size)] + ["vs"]  # their ends in the switch namespace
         self.prefix = ""
         self.cuts: set[tuple[int, str]] = set()  # (node, address routed to the sink)
         self.created = False
@@ -84,20 +89,29 @@ class Netns:
         atexit.register(self.destroy)
         self.created = True
         try:
-            ip("link", "add", self.bridge, "type", "bridge")
-            ip("link", "set", self.bridge, "up")
-            ip("addr", "add", f"{self.prefix}.254/24", "dev", self.bridge)
-            ip("addr", "add", f"{self.etcd_ip}/24", "dev", self.bridge)
+            sw = self.switch_ns
+            ip("netns", "add", sw)
+            ip("-n", sw, "link", "add", "br0", "type", "bridge")
+            ip("-n", sw, "link", "set", "br0", "up")
+            ip("link", "add", self.uplink, "type", "veth", "peer", "name", "up0", "netns", sw)
+            ip("-n", sw, "link", "set", "up0", "master", "br0")
+            ip("-n", sw, "link", "set", "up0", "up")
+            ip("addr", "add", f"{self.prefix}.254/24", "dev", self.uplink)
+            ip("addr", "add", f"{self.etcd_ip}/24", "dev", self.uplink)
+            ip("link", "set", self.uplink, "up")
             for ns, veth, address in zip(
                 [*self.namespaces, self.sink_ns], self.veths, [*self.node_ips, self.sink_ip], strict=True
             ):
                 ip("netns", "add", ns)
-                ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-                ip("link", "set", veth, "master", self.bridge)
-                ip("link", "set", veth, "up")
+                ip("-n", sw, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                ip("-n", sw, "link", "set", veth, "master", "br0")
+                ip("-n", sw, "link", "set", veth, "up")
                 ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
                 ip("-n", ns, "link", "set", "eth0", "up")
                 ip("-n", ns, "link", "set", "lo", "up")
+            # a new namespace copies the root namespace's IPv4 settings: the sink must not forward
+            # even where the host does (Docker turns ip_forward on)
+            ip("netns", "exec", self.sink_ns, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")
         except (RuntimeError, OSError) as exc:
             self.destroy()
             raise NetnsUnavailable(str(exc)) from exc
@@ -107,9 +121,9 @@ class Netns:
         if not self.created:
             return
         self.created = False
-        for ns in [*self.namespaces, self.sink_ns]:
+        subprocess.run(["ip", "link", "del", self.uplink], capture_output=True)
+        for ns in [*self.namespaces, self.sink_ns, self.switch_ns]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
 
     def python(self, i: int) -> str:
         """A script that runs this interpreter in node i's namespace (same pid: `ip netns exec`

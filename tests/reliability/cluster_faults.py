@@ -44,6 +44,7 @@ import random
 import re
 import signal
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -445,17 +446,12 @@ class Harness:
         leader = cluster.wait_leader(self.recovery)
         cluster.wait_all_healthy(self.recovery)
         rec, stats = self.record, self.stats
-        stats["marker_refused"] = []
+        stats["marker_refused"], stats["poll_refused"] = [], []
         for topic in TOPICS:
             # a marker acknowledged in this leader's term: everything before it is committed
             if not self.send_marker(topic):
                 stats["marker_refused"].append(topic)
-            leader = cluster.wait_leader(self.recovery)
-            c = Client(cluster.address(leader), timeout=30)
-            try:
-                log = c.poll_all(STREAM, topic, 0)
-            finally:
-                c.close()
+            leader, log = self.read_log(topic)
             check_contiguous(log, f"{topic} on the leader")
             self.check_topic(topic, log)
             self.check_files(topic, leader, len(log))
@@ -468,6 +464,27 @@ class Harness:
         stats["errors"] = rec.errors[:20]
         self.check_epochs()
         self.failover_times()
+
+    def read_log(self, topic: str) -> tuple[int, list[dict]]:
+        """(leader, every message it serves), polled from offset 0; a leader that refuses the poll
+        for the whole progress bound (58: the partition not reconciled) is a finding, and then
+        the log counts as empty."""
+        assert self.cluster is not None
+        deadline = time.time() + self.progress
+        while True:
+            leader = self.cluster.wait_leader(self.recovery)
+            c = Client(self.cluster.address(leader), timeout=30)
+            try:
+                return leader, c.poll_all(STREAM, topic, 0)
+            except Corrupt:
+                raise
+            except (AssertionError, OSError, ConnectionError) as exc:
+                if time.time() > deadline:
+                    self.stats["poll_refused"].append(f"{topic}: {exc}")
+                    return leader, []
+                time.sleep(0.5)
+            finally:
+                c.close()
 
     def send_marker(self, topic: str) -> bool:
         """One batch acknowledged after the heal (retried for the progress bound, with new ids)."""
@@ -757,6 +774,7 @@ def failures(stats: dict) -> list[str]:
         (e.get("acks_outside_leadership"), f"acknowledgements outside a leadership: {e.get('acks_outside_examples')}"),
         (stats.get("marker_refused"), f"no batch acknowledged after the last heal on {stats.get('marker_refused')}"),
         (stats.get("stalls"), f"producers stalled after a heal: {stats.get('stalls')}"),
+        (stats.get("poll_refused"), f"the leader refused to serve the log at the check: {stats.get('poll_refused')}"),
         (stats.get("served_changed"), f"{stats.get('served_changed')} offsets served with two different messages"),
     ]
     return [text for present, text in found if present]
@@ -772,6 +790,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.engine:
         os.environ["IGGY_TEST_ENGINE"] = args.engine
+    # SIGTERM (timeout, kill) ends the run through the finally below: nodes, etcd and the
+    # namespaces are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     print(f"seed {seed}", flush=True)
     h = Harness(Path(tempfile.mkdtemp(prefix="iggy-cluster-faults-")), seed, partitions=not args.no_partitions)

@@ -517,12 +517,15 @@ class Harness:
         rec, stats = self.record, self.stats
         ids = [message_id(m["payload"]) for m in log]
         position: dict[tuple[str, int], int] = {}
-        duplicates = 0
+        duplicates: list[tuple[int, int, tuple[str, int]]] = []  # (first offset, again at, id)
         for pos, mid in enumerate(ids):
             if mid in position:
-                duplicates += 1
+                duplicates.append((position[mid], pos, mid))
             else:
                 position[mid] = pos
+        by_producer: dict[str, int] = {}
+        for _a, _b, (producer, _seq) in duplicates:
+            by_producer[producer] = by_producer.get(producer, 0) + 1
         unknown = [mid for mid in position if mid not in rec.sent[topic]]
         if unknown:
             rec.errors.append(f"{topic}: {len(unknown)} messages never sent, e.g. {unknown[0]}")
@@ -547,7 +550,9 @@ class Harness:
             "acked": len(acked),
             "lost": len(lost),
             "lost_examples": lost[:5],
-            "duplicates": duplicates,
+            "duplicates": len(duplicates),
+            "duplicates_by_producer": by_producer,  # a raw producer never sends an id twice
+            "duplicate_examples": duplicates[:5],
             "reorders": reorders,
             "unacked_present": len([mid for mid in position if mid not in acked_set]),
             "served_then_lost": len(served_lost),

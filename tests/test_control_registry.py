@@ -162,8 +162,9 @@ def test_every_route_and_command_declares_the_rule_of_the_permission_matrix():
             continue
         for cmd in called:
             assert matrix_rule(cmd.needs) == route.rule, (route.name, cmd.name, cmd.needs.name)
-    # authenticated by the guard alone: the JWT revocation and the static option catalog
-    assert without_command == {"logout", "options"}
+    # authenticated by the guard alone: the static option catalog (logout runs `revoke_jwt`,
+    # declared LOGGED_IN, when the cluster's nodes share the JWT key)
+    assert without_command == {"options"}
 
 
 # ------------------------------------------------------------------- imports

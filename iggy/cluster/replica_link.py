@@ -312,7 +312,8 @@ class FollowerLink:
                 await self._session(leader)
                 quiet = False
             except (LinkError, TimeoutError) as exc:
-                log.warning("replica link to leader %d: %s", leader.replica_id, exc or "handshake timed out")
+                # a TimeoutError's text is empty: an exception object is always true, so test its text
+                log.warning("replica link to leader %d: %s", leader.replica_id, str(exc) or "handshake timed out")
             except (ConnectionError, OSError) as exc:
                 if not quiet:
                     log.info("replica link to leader %d (%s:%d): %s", leader.replica_id, leader.host, leader.port, exc)

@@ -43,6 +43,7 @@ def free_port() -> int:
 
 class Node:
     def __init__(self, root, replica_id: int, roster: list[dict], durability: str):
+        self.replica_id = replica_id
         self.dir = str(root / f"node-{replica_id}")
         self.partition = Partition(self.dir, 1, settings(durability), True)
         self.repl = LogReplication("c", replica_id, roster, SECRET, self.find, keys=lambda: [KEY])
@@ -90,6 +91,14 @@ class Cluster3:
             base, count = partition.log.append(batch, 0, len(batch), 1, head_out=head)
             return leader.repl.replicate(KEY, partition, head, batch[256:], base, count)
 
+    async def cut(self, *followers: Node) -> None:
+        """The followers leave the leader (as when they lose it), until the leader is linked to
+        exactly the others."""
+        for node in followers:
+            node.repl.follow(None, EPOCH)
+        staying = {n.replica_id for n in self.nodes if n is not self.leader and n not in followers}
+        await until(lambda: set(self.leader.repl.peers) == staying)
+
     async def reconciled(self, leader: Node | None = None) -> None:
         """Until the leader may append: followers that make a majority said where they stand."""
         leader = leader or self.leader
@@ -117,9 +126,7 @@ async def test_every_batch_reaches_the_followers_byte_for_byte(tmp_path):
 async def test_no_majority_no_acknowledgement_then_catch_up(tmp_path):
     async with Cluster3(tmp_path) as c:
         await c.reconciled()
-        for node in c.nodes[1:]:
-            node.repl.follow(None, EPOCH)
-        await until(lambda: not c.leader.repl.peers)
+        await c.cut(*c.nodes[1:])
         futures = [c.send(2) for _ in range(20)]
         await asyncio.sleep(0.3)
         assert not any(f.done() for f in futures)
@@ -133,8 +140,7 @@ async def test_no_majority_no_acknowledgement_then_catch_up(tmp_path):
 
 async def test_a_follower_away_for_many_batches_catches_up(tmp_path):
     async with Cluster3(tmp_path) as c:
-        c.nodes[2].repl.follow(None, EPOCH)
-        await until(lambda: len(c.leader.repl.peers) == 1)
+        await c.cut(c.nodes[2])
         await c.reconciled()
         futures = [c.send(50) for _ in range(100)]  # 5,000 messages, well past one catch-up read
         await asyncio.wait_for(asyncio.gather(*futures), 20)
@@ -158,9 +164,7 @@ async def test_persisted_waits_for_a_follower_fsync(tmp_path):
 async def test_a_leader_that_steps_down_fails_its_waiting_producers(tmp_path):
     async with Cluster3(tmp_path) as c:
         await c.reconciled()
-        for node in c.nodes[1:]:
-            node.repl.follow(None, EPOCH)
-        await until(lambda: not c.leader.repl.peers)
+        await c.cut(*c.nodes[1:])
         fut = c.send(1)
         c.leader.repl.lead(None)
         with pytest.raises(IggyError) as err:
@@ -174,8 +178,7 @@ async def test_a_leader_that_steps_down_fails_its_waiting_producers(tmp_path):
 async def test_a_leader_that_meets_a_newer_epoch_steps_down(tmp_path):
     async with Cluster3(tmp_path) as c:
         await until(lambda: len(c.leader.repl.peers) == 2)
-        c.nodes[1].repl.follow(None, EPOCH)
-        await until(lambda: len(c.leader.repl.peers) == 1)
+        await c.cut(c.nodes[1])
         c.nodes[1].repl.epochs.saw(EPOCH + 1)  # it heard of a later election the leader missed
         c.nodes[1].repl.lead(EPOCH + 1)
         c.leader.repl.follow(1, EPOCH)  # the old leader, told of node 1 in an old epoch, dials it
@@ -194,8 +197,7 @@ async def test_a_new_leader_fetches_the_batches_a_follower_has_beyond_its_own(tm
         old, behind, ahead = c.nodes
         await c.reconciled()
         await asyncio.wait_for(asyncio.gather(*(c.send(3) for _ in range(4))), 10)
-        behind.repl.follow(None, EPOCH)
-        await until(lambda: len(old.repl.peers) == 1)
+        await c.cut(behind)
         await asyncio.wait_for(asyncio.gather(*(c.send(2) for _ in range(5))), 10)  # old + ahead: acknowledged
         assert behind.partition.log.next_offset == 12 and ahead.partition.log.next_offset == 22
         old.repl.lead(None)
@@ -216,9 +218,7 @@ async def test_a_returning_old_leader_drops_its_unacknowledged_suffix(tmp_path):
         await c.reconciled()
         await asyncio.wait_for(asyncio.gather(*(c.send(3) for _ in range(3))), 10)
         await until(lambda: all(n.partition.log.next_offset == 9 for n in c.nodes))
-        for node in (new, other):
-            node.repl.follow(None, EPOCH)
-        await until(lambda: not old.repl.peers)
+        await c.cut(new, other)
         lost = [c.send(4) for _ in range(2)]  # appended on the old leader only
         assert old.partition.log.next_offset == 17
         new.repl.lead(EPOCH + 1)

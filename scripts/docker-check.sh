@@ -12,8 +12,13 @@
 #      container; the container must run as the unprivileged `iggy` user;
 #   5. `docker-compose up` / `down` with the named volume (Compose v1, and v2 when installed):
 #      only IGGY_ROOT_PASSWORD set, host ports from variables, a message survives down + up;
-#   6. the installed runtime dependencies equal docker/constraints.txt.
-# Prints a summary (build time, image size, time to healthy per setting). When no engine can be
+#   6. the installed runtime dependencies equal docker/constraints.txt;
+#   7. docker/docker-compose.cluster.yml (etcd built from docker/etcd.Dockerfile on the same base,
+#      three nodes on the host's network, ports from variables): refused without
+#      IGGY_CLUSTER_SECRET; every service healthy; the SDK dials a follower and ends on the leader,
+#      sends to a (replicated) topic; `docker stop` of the leader's container; a new leader is
+#      elected; the message sent before is polled after, with one sent to the new leader; `down -v`.
+# Prints a summary (build time, image size, time to healthy per setting, the failover). When no engine can be
 # started here it prints "docker-check: SKIPPED: <reason>" and exits 0, so CI can always call it.
 #
 #   scripts/docker-check.sh                      the whole check
@@ -41,6 +46,7 @@ fail() { say "FAILED: $*"; exit 1; }
 cleanup() {
     for c in "${CONTAINERS[@]}"; do docker rm -f "$c" >/dev/null 2>&1 || true; done
     if [ -n "${COMPOSE_UP:-}" ]; then compose_cmd down -v >/dev/null 2>&1 || true; fi
+    if [ -n "${CLUSTER_UP:-}" ]; then cluster_cmd down -v >/dev/null 2>&1 || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -226,6 +232,150 @@ sed '/^#/d; /^$/d' docker/constraints.txt | sort >"$WORK/constraints.txt"
 diff -u "$WORK/constraints.txt" "$WORK/freeze.txt" >"$WORK/freeze.diff" \
     || { cat "$WORK/freeze.diff"; fail "installed runtime dependencies differ from docker/constraints.txt (scripts/docker-constraints.sh regenerates it)"; }
 echo "runtime dependencies: $(wc -l <"$WORK/freeze.txt") packages, equal to docker/constraints.txt" | tee -a "$SUMMARY"
+
+# ------------------------------------------------------------------ 7. the cluster compose
+# One Compose (v2 when installed, else v1), the cluster's own project name, every host port free.
+ETCD_TAG=iggy-etcd:check
+t0=$(date +%s)
+DOCKER_BUILDKIT=$([ $builder = BuildKit ] && echo 1 || echo 0) \
+    docker build -q --build-arg "BASE_IMAGE=$base" -f docker/etcd.Dockerfile -t "$ETCD_TAG" . >"$WORK/etcd-build.log" 2>&1 \
+    || { tail -n 40 "$WORK/etcd-build.log"; fail "docker build docker/etcd.Dockerfile"; }
+etcd_build_s=$(( $(date +%s) - t0 ))
+cluster_version=${compose_versions[-1]}
+cluster_cmd() {
+    if [ "$cluster_version" = v1 ]; then
+        (cd docker && docker-compose -p "iggy-cluster-check-$$" -f docker-compose.cluster.yml "$@")
+    else
+        docker compose -p "iggy-cluster-check-$$" -f docker/docker-compose.cluster.yml "$@"
+    fi
+}
+# 17 distinct free ports (etcd's two, then tcp quic http websocket tcp_replica per node; QUIC's
+# are UDP), held open together so that none is handed out twice
+read -r -a ports <<<"$("$PY" -c '
+import socket
+held = []
+for kind in ["tcp"] * 2 + ["tcp", "udp", "tcp", "tcp", "tcp"] * 3:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    held.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in held))
+')"
+export IGGY_ETCD_PORT=${ports[0]} IGGY_ETCD_PEER_PORT=${ports[1]}
+for i in 0 1 2; do
+    j=$((2 + 5 * i))
+    export "IGGY_NODE${i}_TCP_PORT=${ports[j]}" "IGGY_NODE${i}_QUIC_PORT=${ports[j + 1]}" \
+        "IGGY_NODE${i}_HTTP_PORT=${ports[j + 2]}" "IGGY_NODE${i}_WEBSOCKET_PORT=${ports[j + 3]}" \
+        "IGGY_NODE${i}_REPLICA_PORT=${ports[j + 4]}"
+done
+export IGGY_IMAGE=$TAG IGGY_ETCD_IMAGE=$ETCD_TAG IGGY_ROOT_PASSWORD=cluster-root
+unset IGGY_ROOT_USERNAME IGGY_CLUSTER_SECRET IGGY_CLUSTER_IP
+# without the shared secret the compose refuses to start
+if cluster_cmd up -d --no-build >"$WORK/cluster.log" 2>&1; then
+    CLUSTER_UP=1
+    fail "cluster compose: started without IGGY_CLUSTER_SECRET"
+fi
+grep -q IGGY_CLUSTER_SECRET "$WORK/cluster.log" \
+    || { cat "$WORK/cluster.log"; fail "cluster compose: the refusal does not name IGGY_CLUSTER_SECRET"; }
+IGGY_CLUSTER_SECRET=$("$PY" -c 'import secrets; print(secrets.token_hex(32))')
+export IGGY_CLUSTER_SECRET
+CLUSTER_UP=1
+start=$(date +%s)
+cluster_cmd up -d --no-build >"$WORK/cluster.log" 2>&1 || { cat "$WORK/cluster.log"; fail "cluster compose $cluster_version up"; }
+cids=()
+for service in etcd iggy-0 iggy-1 iggy-2; do
+    cid=$(cluster_cmd ps -q "$service")
+    wait_healthy "$cid" "$start" >/dev/null || fail "cluster compose: $service never healthy"
+    [ "$service" = etcd ] || cids+=("$cid")
+done
+healthy=$(( $(date +%s) - start ))
+cluster_failover() {  # root password, the three nodes' container ids -> one line on stdout
+    # The client runs on the host and dials what the metadata advertises; the leader is stopped
+    # with `docker stop` (SIGTERM) between a send before and a send after.
+    "$PY" - "$@" <<'EOF'
+import asyncio, json, os, socket, subprocess, sys, time, urllib.request
+import psutil
+from apache_iggy import Consumer, IggyClient, PollingStrategy, SendMessage
+password, cids = sys.argv[1], sys.argv[2:]
+tcp = [int(os.environ[f"IGGY_NODE{i}_TCP_PORT"]) for i in range(3)]
+http = [int(os.environ[f"IGGY_NODE{i}_HTTP_PORT"]) for i in range(3)]
+
+
+def call(port, path, body=None, token=None):
+    headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {token}"} if token else {})
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if body else "GET",
+                                 data=json.dumps(body).encode() if body else None, headers=headers)
+    return json.load(urllib.request.urlopen(req, timeout=5))
+
+
+def leader(via, other_than=None, timeout=60.0):
+    """The leader's index as node `via` reports it, once one (not `other_than`) is healthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            token = call(http[via], "/users/login", {"username": "iggy", "password": password})["access_token"]["token"]
+            meta = call(http[via], "/cluster/metadata", token=token)
+            leaders = [i for i, n in enumerate(meta["nodes"]) if n["role"] == "leader" and n["status"] == "healthy"]
+            if leaders and leaders[0] != other_than:
+                return leaders[0], meta
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no leader reported by node {via} within {timeout} s")
+        time.sleep(0.5)
+
+
+def connected():
+    established = psutil.Process().net_connections("tcp")
+    return {c.raddr.port for c in established if c.status == psutil.CONN_ESTABLISHED and c.raddr}
+
+
+async def main():
+    old, meta = leader(0)
+    # what the metadata advertises is what a client on the host dials
+    for i, node in enumerate(meta["nodes"]):
+        assert node["endpoints"]["tcp"] == tcp[i], meta
+        socket.create_connection((node["ip"], node["endpoints"]["tcp"]), timeout=5).close()
+    follower = (old + 1) % 3
+    client = IggyClient(f"127.0.0.1:{tcp[follower]}")
+    await client.connect()
+    await client.login_user("iggy", password)
+    assert tcp[old] in connected(), f"dialled iggy-{follower}, not connected to the leader iggy-{old}"
+    await client.create_stream("cluster")
+    await client.create_topic("cluster", "t", partitions_count=1)  # durability: replicated
+    await client.send_messages("cluster", "t", 0, [SendMessage("before the failover")])
+    subprocess.run(["docker", "stop", cids[old]], check=True, capture_output=True)
+    stopped = time.monotonic()
+    new, _ = leader(follower, other_than=old)
+    elected = time.monotonic() - stopped
+    for attempt in range(120):  # the request that meets the closed connection fails; the SDK reconnects
+        try:
+            await client.send_messages("cluster", "t", 0, [SendMessage("after the failover")])
+            break
+        except RuntimeError:
+            if attempt == 119:
+                raise
+            await asyncio.sleep(0.5)
+    sent = time.monotonic() - stopped
+    got = await client.poll_messages("cluster", "t", consumer=Consumer.Single(1), partition_id=0,
+                                     polling_strategy=PollingStrategy.First(), count=10, auto_commit=False)
+    payloads = [m.payload() for m in got]
+    assert payloads == [b"before the failover", b"after the failover"], payloads
+    assert tcp[new] in connected(), f"not connected to the new leader iggy-{new}"
+    print(f"SDK dialled follower iggy-{follower}, ended on leader iggy-{old}; after docker stop of it "
+          f"iggy-{new} leads in {elected:.1f} s, first send there after {sent:.1f} s")
+
+
+asyncio.run(main())
+EOF
+}
+cluster_failover "$IGGY_ROOT_PASSWORD" "${cids[@]}" >"$WORK/failover.txt" 2>&1 || {
+    cat "$WORK/failover.txt"
+    for c in "${cids[@]}"; do docker logs "$c" 2>&1 | tail -n 20; done
+    fail "cluster compose: failover round trip"
+}
+cluster_cmd down -v >/dev/null 2>&1
+CLUSTER_UP=
+echo "cluster compose $cluster_version: etcd image built in ${etcd_build_s} s; refused to start without IGGY_CLUSTER_SECRET; etcd + 3 nodes (host network, ports from variables) healthy after ${healthy} s; $(cat "$WORK/failover.txt"); the message sent before is polled after; down -v" | tee -a "$SUMMARY"
 
 echo "---- docker-check summary"
 cat "$SUMMARY"

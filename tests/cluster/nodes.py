@@ -241,6 +241,14 @@ def local_journal(node: IggyTestServer) -> tuple[dict | None, list[Record]]:
         shutil.rmtree(copy, ignore_errors=True)
 
 
+async def first_one_leads(a, b) -> None:
+    """Two in-process election holders (anything with `.election`) campaign in turn: the first
+    wins, the second sees the key taken and follows."""
+    await a.election.round()
+    await b.election.round()
+    assert a.election.is_leader() and not b.election.is_leader()
+
+
 def wait_for(check, timeout: float, what: str):
     """Poll `check()` until it returns something true; AssertionError naming `what` after `timeout`."""
     deadline = time.monotonic() + timeout

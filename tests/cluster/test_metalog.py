@@ -23,6 +23,7 @@ from iggy.cluster.etcd import Etcd
 from iggy.cluster.membership import Cluster
 from iggy.cluster.metalog import Behind, EtcdThread, MetaLog, NotAccepted, decode, meta_key
 from iggy.metadata.store import MetadataStore
+from tests.cluster.nodes import first_one_leads
 
 PREFIX = "/metalog/"
 
@@ -58,9 +59,7 @@ async def stored(url: str) -> list[dict]:
 async def test_the_leader_writes_and_a_deposed_leader_is_refused(etcd):
     a, b = Node(etcd.url, 0), Node(etcd.url, 1)
     try:
-        await a.election.round()
-        await b.election.round()
-        assert a.election.is_leader() and not b.election.is_leader()
+        await first_one_leads(a, b)
         a.write({"op": "stream.create", "id": 0, "name": "first", "created_at": 1})
         assert await stored(etcd.url) == [
             {"op": "stream.create", "id": 0, "name": "first", "created_at": 1, "index": 1}

@@ -33,7 +33,7 @@ from iggy.cluster.offsets import OffsetLog
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode
 from iggy.storage.consumer_offsets import OffsetStore
-from tests.cluster.nodes import HEARTBEAT_TIMEOUT, START_ELECTION, TestCluster, sdk, wait_for
+from tests.cluster.nodes import HEARTBEAT_TIMEOUT, START_ELECTION, TestCluster, first_one_leads, sdk, wait_for
 from tests.rawclient import RawClient, consumer_target, ident, poll_body, sdk_request, store_offset_body
 
 pytestmark = pytest.mark.engine
@@ -296,9 +296,7 @@ class Leader:
 async def test_a_deposed_leaders_write_is_refused_by_etcd(etcd):
     a, b = Leader(etcd.url, 0), Leader(etcd.url, 1)
     try:
-        await a.election.round()
-        await b.election.round()
-        assert a.election.is_leader() and not b.election.is_leader()
+        await first_one_leads(a, b)
         await a.store(5)
         assert await etcd_offsets(etcd.url) == {"0/0/0/consumers/7": 5}
         # a loses its lease (as when paused past its TTL) and b wins; a is not told

@@ -13,13 +13,14 @@ import pytest
 from iggy.protocol import codes
 from tests.cluster.nodes import HEARTBEAT_TIMEOUT, START_ELECTION, sdk
 from tests.cluster.test_log_replication import REPLICATED, Producer, topic_on_the_leader
+from tests.cluster.test_metadata import wait_leader_key_gone
 from tests.cluster.test_offsets import join, poll_offsets, raw_client, serving, stored
 from tests.rawclient import store_offset_body
 
 pytestmark = pytest.mark.engine
 
 
-async def test_a_full_restart_keeps_metadata_acknowledged_messages_and_stored_offsets(cluster):
+async def test_a_full_restart_keeps_metadata_acknowledged_messages_and_stored_offsets(cluster, etcd):
     leader, client = await topic_on_the_leader(cluster, "full")
     await client.create_consumer_group("full", "t", "g")
     await client.create_user("alice", "alice-secret")
@@ -36,6 +37,9 @@ async def test_a_full_restart_keeps_metadata_acknowledged_messages_and_stored_of
 
     for node in cluster.nodes:
         node.kill()
+    # until the killed leader's lease is gone: before that, the restarted nodes read its key and
+    # report it as leader (it may be the same replica id as the next leader, or not)
+    await wait_leader_key_gone(etcd.url)
     for node in cluster.nodes:
         node.start()
 

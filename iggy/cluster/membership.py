@@ -41,6 +41,7 @@ from iggy.control import changes
 from iggy.metadata.state import Record
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode
+from iggy.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from iggy.control.plane import ControlPlane
@@ -139,15 +140,7 @@ class Cluster:
         self._watch = asyncio.ensure_future(self.metalog.watch(self._kick))
 
     async def stop(self) -> None:
-        for task in (self._task, self._watch, self._sync):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-                except Exception:  # broad on purpose: stopping anyway
-                    log.exception("cluster task failed at stop")
+        await cancel_and_wait((self._task, self._watch, self._sync))
         if self._fence is not None:
             self._fence.cancel()
         self.ready_epoch = 0

@@ -41,6 +41,7 @@ from iggy.cluster.etcd import Etcd, EtcdUnavailable
 from iggy.cluster.metalog import EtcdThread, NotAccepted, meta_key
 from iggy.metadata.state import Record
 from iggy.storage.consumer_offsets import CONSUMER, GROUP
+from iggy.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from iggy.control.plane import ControlPlane
@@ -328,10 +329,5 @@ class OffsetLog:
 
     async def close(self) -> None:
         self._reset(0, "the node stops")
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # broad on purpose: stopping anyway
-                pass
+        await cancel_and_wait((self._task,))
         await self.etcd.close()

@@ -35,6 +35,7 @@ from typing import Protocol
 
 from iggy.cluster import replica_frames as rf
 from iggy.cluster.replica_frames import Epochs, Frame, FrameDecoder, LinkError
+from iggy.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,7 @@ class LeaderEndpoint:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -301,9 +300,7 @@ class FollowerLink:
     async def stop(self) -> None:
         task, self._task = self._task, None
         self.target = None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait((task,))
 
     async def _run(self, leader: LeaderAddress) -> None:
         quiet = False

@@ -47,6 +47,7 @@ from iggy.metadata.store import MetadataStore
 from iggy.protocol.errors import IggyError
 from iggy.storage.consumer_offsets import configure_from as configure_offsets
 from iggy.storage.partitions import Storage
+from iggy.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     import ssl
@@ -331,8 +332,7 @@ class Server:
             await self.cluster.stop()
         if self.http is not None:  # first: its requests still need the control plane
             await self.http.stop()
-        for task in self.tasks:
-            task.cancel()
+        await cancel_and_wait(self.tasks)
         for engine in self.engines:  # no new connections; the uring shards, WebSocket and QUIC end theirs
             await engine.stop()
         for session in list(self.plane.sessions.values()):

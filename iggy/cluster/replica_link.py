@@ -304,7 +304,10 @@ class FollowerLink:
 
     async def _run(self, leader: LeaderAddress) -> None:
         quiet = False
-        while True:
+        # the loops test the target as well as relying on cancellation: on Python 3.11 a
+        # cancellation can be lost inside asyncio.wait_for (see iggy/tasks.py), and a link to
+        # a former leader must not run on beside the new one
+        while self.target == leader:
             try:
                 await self._session(leader)
                 quiet = False
@@ -343,6 +346,8 @@ class FollowerLink:
                 raise LinkError(f"welcome from replica {leader_id} (epoch {welcome.epoch}) does not check out")
             self.me.epochs.check(epoch)
             framed.decoder.authenticated()
+            if self.target != leader:
+                return
             self.connected = True
             self.on_state(True)
             log.info("replica link: following leader %d (epoch %d)", leader_id, epoch)
@@ -359,6 +364,8 @@ class FollowerLink:
                 frames = await framed.frames()
                 if not frames:
                     raise ConnectionResetError("the leader closed the link")
+                if self.target != leader:
+                    return
                 for frame in frames:
                     self.me.epochs.check(frame.epoch)
                     if frame.epoch != epoch:

@@ -17,7 +17,10 @@
   fenced write of `meta/<index>` to etcd; a node that is not the leader refuses it. A node that
   is not leader applies `meta/` as it grows (a watch, and a catch-up at every round); a node that
   wins an election applies `meta/` to its end before it serves (`ready_epoch`), so the new leader
-  holds every change the old one acknowledged.
+  holds every change the old one acknowledged. Every node puts the index it has applied as
+  `applied/<replica_id>`, and the leader compacts meta/ below the lowest of them
+  (iggy.cluster.compaction, `_applied_loop`); an empty node loads the snapshot instead of the
+  records compacted away (`changes.install_snapshot`).
 - Leadership changes: when this node becomes leader the io_uring shards' routing table gets its
   users back (iggy.engine.uring.routing.Routes.set_serving), when it stops they lose them, so the
   C data path sends every request to Python, where the gate answers it. A timer fires at the
@@ -32,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from iggy.cluster.compaction import COMPACT_AFTER, PUBLISH_EVERY, Compaction
 from iggy.cluster.election import Election
 from iggy.cluster.etcd import Etcd, EtcdUnavailable
 from iggy.cluster.metalog import Behind, EtcdThread, MetaLog, NotAccepted
@@ -68,7 +72,7 @@ class Cluster:
     # safe to re-issue elsewhere"
     NOT_LEADER = ErrorCode.TRANSIENT_NOT_ACCEPTED
 
-    def __init__(self, config: Any, plane: ControlPlane):
+    def __init__(self, config: Any, plane: ControlPlane, compact_after: int = COMPACT_AFTER):
         c = config.cluster
         self.name = c.name
         self.roster = list(c.nodes)
@@ -102,6 +106,15 @@ class Cluster:
             c.etcd.prefix,
             applied=lambda: plane.meta.state.cluster_index,
             apply=lambda record: changes.apply_replicated(plane, record),
+            restore=lambda snapshot: changes.install_snapshot(plane, snapshot),
+        )
+        # applied/<replica_id> and the leader's compaction of meta/, on a connection of their own
+        self.compaction = Compaction(
+            Etcd(list(c.etcd.endpoints), etcd_timeout),
+            c.etcd.prefix,
+            self.replica_id,
+            [n["replica_id"] for n in self.roster],
+            compact_after,
         )
         # stored consumer offsets in etcd (offsets/), on a connection of their own too
         self.offsets = OffsetLog(
@@ -119,6 +132,7 @@ class Cluster:
         self._task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._sync: asyncio.Task[None] | None = None
+        self._applied: asyncio.Task[None] | None = None
         self._sync_again = False
         self._fence: asyncio.TimerHandle | None = None
 
@@ -138,9 +152,10 @@ class Cluster:
         self.plane.meta.replicator = self.replicate
         self._task = asyncio.ensure_future(self.election.run())
         self._watch = asyncio.ensure_future(self.metalog.watch(self._kick))
+        self._applied = asyncio.ensure_future(self._applied_loop())
 
     async def stop(self) -> None:
-        await cancel_and_wait((self._task, self._watch, self._sync))
+        await cancel_and_wait((self._task, self._watch, self._sync, self._applied))
         if self._fence is not None:
             self._fence.cancel()
         self.ready_epoch = 0
@@ -150,6 +165,7 @@ class Cluster:
         await self.etcd.close()
         await self.metalog.etcd.close()
         await self.offsets.close()
+        await self.compaction.etcd.close()
         if self.metalog.writer is not None:
             self.metalog.writer.close()
 
@@ -218,6 +234,22 @@ class Cluster:
             if not self._sync_again:
                 break
         self._follow_verdict()
+
+    async def _applied_loop(self) -> None:
+        """Every PUBLISH_EVERY seconds: put this node's applied index (applied/<replica_id>) when
+        it changed; on the leader, then compact meta/ when every node is far enough past the
+        last snapshot (iggy.cluster.compaction)."""
+        meta = self.plane.meta
+        while True:
+            await asyncio.sleep(PUBLISH_EVERY)
+            try:
+                await self.compaction.publish(meta.state.cluster_index)
+                if self.is_leader():
+                    await self.compaction.compact(
+                        self.ready_epoch, lambda: (meta.state.cluster_index, meta.state.to_dict())
+                    )
+            except EtcdUnavailable as exc:
+                log.debug("cluster: applied/ or the compaction of meta/ not written: %s", exc)
 
     def _follow_verdict(self) -> None:
         self._set_leading(self.is_leader())

@@ -6,6 +6,9 @@ Keys under `cluster.etcd.prefix` (docs/CLUSTER.md, "Metadata through etcd")::
                    `op` and every value the leader decided: ids, timestamps, password hashes)
                    plus `index`, without the journal's local `seq`. <index> is 1, 2, 3, ...
                    written as 20 decimal digits, so the keys sort in index order.
+    snapshot       msgpack {index, below, state}: the metadata as of `index`; the keys below
+                   meta/<below> are deleted (iggy.cluster.compaction, which also keeps the
+                   nodes' `applied/<replica_id>` keys).
 
 Leader. `MetadataStore.commit` calls `replicate(record)` before it journals anything: it takes
 the next index (the one after the last applied here, `state.cluster_index`) and writes the key
@@ -24,7 +27,10 @@ and applies each record in index order through iggy.control.changes.apply_replic
 storage effects as the leader's handler), journaling it with its index, so a restart resumes
 where it stopped. A follower runs it when a watch on `meta/` reports a write and at every
 election round (the safety net when the watch is down); a node that wins an election runs it to
-the end before it serves (iggy.cluster.membership).
+the end before it serves (iggy.cluster.membership). When the record after its index was
+compacted away (the first key left is past it), a node whose metadata is empty loads the
+snapshot (`restore`, iggy.control.changes.install_snapshot) and goes on after its index; any
+other node stops there with one error line, as for a record that does not apply.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import aetcd.utils
 import msgpack
@@ -54,6 +60,26 @@ def meta_key(prefix: bytes, index: int) -> bytes:
 
 def encode(record: Record) -> bytes:
     return msgpack.packb({k: v for k, v in record.items() if k != "seq"}, use_bin_type=True)
+
+
+def snapshot_key(prefix: bytes) -> bytes:
+    return prefix + b"snapshot"
+
+
+def encode_snapshot(index: int, below: int, state: dict[str, Any]) -> bytes:
+    return msgpack.packb({"index": index, "below": below, "state": state}, use_bin_type=True)
+
+
+def decode_snapshot(value: bytes) -> dict[str, Any]:
+    snap = msgpack.unpackb(value, raw=False, strict_map_key=False)
+    if (
+        not isinstance(snap, dict)
+        or not isinstance(snap.get("index"), int)
+        or not isinstance(snap.get("below"), int)
+        or not isinstance(snap.get("state"), dict)
+    ):
+        raise ValueError("not a metadata snapshot")
+    return snap
 
 
 def decode(value: bytes) -> Record:
@@ -112,12 +138,15 @@ class MetaLog:
         prefix: str,
         applied: Callable[[], int],
         apply: Callable[[Record], object],
+        restore: Callable[[dict[str, Any]], object] | None = None,
     ):
         self.etcd = etcd  # the main loop's client (catch-up reads, the watch)
         self.writer: EtcdThread | None = None  # the leader's writes (set when the node starts)
         self.prefix = prefix.encode()
         self.applied = applied  # index of the last record applied here
         self.apply = apply  # a follower's commit of one record, with its storage effects
+        # loads the snapshot {index, below, state} into an empty node (raises when it may not)
+        self.restore = restore
         self._refused_at: int | None = None  # the index whose apply failed (logged once)
 
     # ---------------------------------------------------------------- the leader
@@ -167,10 +196,15 @@ class MetaLog:
     async def catch_up(self) -> int:
         """Apply every record after the last applied one, in index order; the last index applied.
         EtcdUnavailable when etcd does not answer; Behind when a record is missing or does not
-        apply here (this node then stays at the index before it and says why once)."""
-        start = meta_key(self.prefix, self.applied() + 1)
+        apply here (this node then stays at the index before it and says why once). When the
+        next record was compacted away, an empty node loads the snapshot first."""
         end = aetcd.utils.prefix_range_end(self.prefix + b"meta/")
-        kvs = await self.etcd.call(lambda c: c.get_range(start, end))
+        while True:
+            start = meta_key(self.prefix, self.applied() + 1)
+            kvs = await self._range(start, end)
+            if kvs and kvs[0].key > start and await self._load_snapshot():
+                continue  # now at the snapshot's index: read again after it
+            break
         for kv in kvs or ():
             index = self.applied() + 1
             if kv.key != meta_key(self.prefix, index):
@@ -186,7 +220,38 @@ class MetaLog:
                 self._refuse(index, f"{type(exc).__name__}: {exc}")
         return self.applied()
 
-    def _refuse(self, index: int, why: str) -> None:
+    async def _range(self, start: bytes, end: bytes) -> Any:
+        return await self.etcd.call(lambda c: c.get_range(start, end))
+
+    async def _load_snapshot(self) -> bool:
+        """The record after this node's index is not in meta/: load the snapshot if that is
+        because it was compacted (True), False when there is no snapshot past it (a gap, which
+        the caller refuses); Behind when the node may not load it (its metadata is not empty)."""
+        index = self.applied() + 1
+        got = await self.etcd.call(lambda c: c.get(snapshot_key(self.prefix)))
+        if got is None:
+            return False
+        try:
+            snap = decode_snapshot(got.value)
+        except Exception as exc:  # broad on purpose: a damaged snapshot stops this node, not the others
+            self._refuse(index, f"the snapshot in etcd does not decode: {exc}")
+        if snap["below"] <= index:
+            return False
+        if self.restore is None:
+            self._refuse(index, "it was compacted away and this node cannot load the snapshot")
+        try:
+            self.restore(snap)
+        except Exception as exc:  # broad on purpose: as a record that does not apply
+            self._refuse(
+                index,
+                f"meta/ was compacted up to index {snap['below'] - 1}; the snapshot (index {snap['index']}) "
+                f"is not loaded: {exc}",
+            )
+        log.info("cluster: loaded the metadata snapshot of meta/ at index %d", snap["index"])
+        self._refused_at = None
+        return True
+
+    def _refuse(self, index: int, why: str) -> NoReturn:
         if self._refused_at != index:
             log.error(
                 "cluster: meta/%d cannot be applied here (%s); this node stays at index %d", index, why, index - 1

@@ -16,13 +16,16 @@ a crash harmless:
 
 In cluster mode a follower applies the leader's records through `apply_replicated`, the same
 effects with a local commit only (iggy.cluster.metalog), so every node ends in the same state:
-the leader's handler and a follower's applier cannot drift apart.
+the leader's handler and a follower's applier cannot drift apart. A node with empty metadata
+that finds the records before its next one compacted away installs the cluster's snapshot
+instead (`install_snapshot`): the partitions of every topic in it are made as their creates
+would have made them, then the snapshot is committed, then they are served.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from iggy.metadata.state import Record
 
@@ -44,6 +47,34 @@ def apply(plane: ControlPlane, record: Record) -> Record:
 def apply_replicated(plane: ControlPlane, record: Record) -> Record:
     """A follower: the leader's record (it carries its `index`), committed here only."""
     return _effect(plane, record, plane.meta.commit_replicated)
+
+
+def install_snapshot(plane: ControlPlane, snapshot: dict[str, Any]) -> None:
+    """Cluster mode: load the snapshot of meta/ ({index, state}: State.to_dict as of index) into
+    a node whose metadata is empty (no record of meta/ applied, no stream, no partition); any
+    other node refuses it (ValueError), since records it applied would be overwritten."""
+    meta, storage = plane.meta, plane.storage
+    if meta.state.cluster_index or meta.state.streams or storage.partitions:
+        raise ValueError(
+            f"this node's metadata is not empty (applied index {meta.state.cluster_index}, "
+            f"{len(meta.state.streams)} streams): it cannot replace it with the snapshot"
+        )
+    state = snapshot["state"]
+    if state.get("cluster_index") != snapshot["index"]:
+        raise ValueError(f"the snapshot's state is at index {state.get('cluster_index')}, not {snapshot['index']}")
+    prepared = []
+    try:
+        for s in state["streams"]:
+            for t in s["topics"]:
+                pids = [pid for pid, _created in t["partitions"]]
+                prepared.append(storage.prepare_partitions(s["id"], t["id"], t["settings"], pids, new_topic=True))
+        meta.install(state)
+    except BaseException:
+        for prep in prepared:
+            storage.discard(prep)
+        raise
+    for prep in prepared:
+        storage.install(prep)
 
 
 def purge(plane: ControlPlane, op: str, stream_id: int, topic_id: int | None = None) -> None:

@@ -16,6 +16,7 @@ import copy
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from iggy.metadata.journal import Journal, MetadataCorrupt
 from iggy.metadata.state import Record, State
@@ -106,6 +107,18 @@ class MetadataStore:
             except OSError as exc:
                 log.error("metadata snapshot failed (retried after the next change): %s", exc.strerror or exc)
         return record
+
+    def install(self, state: dict[str, Any]) -> None:
+        """Replace the whole state with `state` (a State.to_dict: the cluster's snapshot of meta/,
+        iggy.control.changes.install_snapshot), made durable first as this store's own snapshot
+        (written, fsynced and renamed, the journal emptied). The listeners get one record
+        `{"op": "metadata.install"}`: everything may have changed."""
+        installed = State.from_dict(copy.deepcopy(state))
+        self.journal.write_snapshot(installed.to_dict())
+        self.state = installed
+        self.version += 1
+        for listener in self.listeners:
+            listener({"op": "metadata.install"})
 
     def close(self) -> None:
         self.journal.close()

@@ -121,7 +121,9 @@ class Server:
             # before any listener: a node starts as a follower until it wins the election
             from iggy.cluster.membership import Cluster
 
-            self.cluster = Cluster(cfg, plane)
+            # IGGY_CLUSTER_COMPACT_AFTER: tests compact meta/ after fewer records (not a setting)
+            after = self.env.get("IGGY_CLUSTER_COMPACT_AFTER")
+            self.cluster = Cluster(cfg, plane, **({"compact_after": int(after)} if after else {}))
             plane.cluster = self.cluster
             plane.routes.set_serving(False)
         if cfg.tcp.enabled:

@@ -7,7 +7,8 @@ Keys under `cluster.etcd.prefix` (docs/CLUSTER.md, "Who is leader")::
 
 Each round (every TTL / 6): renew this node's lease (grant one, and put its `members/` key, when
 it has none or it expired), then one transaction "if `leader` does not exist, put it with my
-lease; read `leader`", then read `members/`. The node that created `leader` is the leader; the
+lease; read `leader`" (only the read on a node that is not a `candidate`: one catching up after
+losing its data, iggy.cluster.standing), then read `members/`. The node that created `leader` is the leader; the
 key's create_revision is the **epoch**, larger at every election because etcd revisions only
 grow.
 
@@ -63,6 +64,9 @@ class Election:
         self.members: set[int] = set()  # replica ids whose members/ key exists
         self.viewed_at: float | None = None  # monotonic time of the last complete round
         self.started_at = time.time()
+        # campaigns for the leader key; False on a node that is catching up after losing its
+        # data directory (iggy.cluster.standing): it must not lead before it counts
+        self.candidate = True
         self._failing = False
 
     # ---------------------------------------------------------------- what the node knows
@@ -138,9 +142,12 @@ class Election:
         await self.etcd.call(lambda c: c.put(key, value, lease=lease))
 
     async def _campaign(self, client: Any) -> Any:
-        """One transaction: create `leader` on this node's lease if nobody holds it; read it."""
+        """One transaction: create `leader` on this node's lease if nobody holds it; read it.
+        A node that is not a candidate only reads it."""
         key = self.prefix + b"leader"
         txn = client.transactions
+        if not self.candidate:
+            return await client.transaction(compare=[], success=[txn.get(key)], failure=[])
         value = json.dumps({"replica_id": self.replica_id, "name": self.name}).encode()
         return await client.transaction(
             compare=[txn.create(key) == 0],

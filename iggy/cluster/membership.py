@@ -41,6 +41,7 @@ from iggy.cluster.etcd import Etcd, EtcdUnavailable
 from iggy.cluster.metalog import Behind, EtcdThread, MetaLog, NotAccepted
 from iggy.cluster.offsets import OffsetLog
 from iggy.cluster.replication import LogReplication
+from iggy.cluster.standing import Standing
 from iggy.control import changes
 from iggy.metadata.state import Record
 from iggy.protocol import codes
@@ -83,6 +84,8 @@ class Cluster:
         # every send is appended on the main loop, where it is replicated (docs/CLUSTER.md)
         self.on_leadership: Callable[[bool], None] = self._lead
         secret = c.auth.shared_secret.encode() if c.auth.enabled else None
+        # raises StandingError (the server refuses to start) for another node's data directory
+        self.standing = Standing(config.system.path, c.name, self.replica_id, c.etcd.prefix)
         self.replication = LogReplication(
             c.name,
             self.replica_id,
@@ -91,6 +94,7 @@ class Cluster:
             plane.storage.partition,
             on_newer_epoch=self._newer_epoch,
             keys=lambda: list(plane.storage.partitions),
+            on_in_sync=self._in_sync,
         )
         etcd_timeout = max(0.5, c.heartbeat_timeout / 6)
         self.etcd = Etcd(list(c.etcd.endpoints), etcd_timeout)
@@ -135,6 +139,8 @@ class Cluster:
         self._applied: asyncio.Task[None] | None = None
         self._sync_again = False
         self._fence: asyncio.TimerHandle | None = None
+        self._settling: asyncio.Task[None] | None = None
+        self._apply_standing()
 
     # ---------------------------------------------------------------- life cycle
 
@@ -153,9 +159,11 @@ class Cluster:
         self._task = asyncio.ensure_future(self.election.run())
         self._watch = asyncio.ensure_future(self.metalog.watch(self._kick))
         self._applied = asyncio.ensure_future(self._applied_loop())
+        if not self.standing.known:
+            self._settling = asyncio.ensure_future(self._settle())
 
     async def stop(self) -> None:
-        await cancel_and_wait((self._task, self._watch, self._sync, self._applied))
+        await cancel_and_wait((self._task, self._watch, self._sync, self._applied, self._settling))
         if self._fence is not None:
             self._fence.cancel()
         self.ready_epoch = 0
@@ -168,6 +176,32 @@ class Cluster:
         await self.compaction.etcd.close()
         if self.metalog.writer is not None:
             self.metalog.writer.close()
+
+    # ---------------------------------------------------------------- standing (iggy.cluster.standing)
+
+    async def _settle(self) -> None:
+        """A node without the cluster-member file: ask etcd until it answers whether this
+        replica id was a member before (then the node catches up before it counts)."""
+        while not self.standing.known:
+            try:
+                await self.standing.settle(self.etcd)
+            except EtcdUnavailable as exc:
+                log.debug("cluster: standing not known yet: %s", exc)
+                await asyncio.sleep(self.election.interval)
+        self._apply_standing()
+
+    def _in_sync(self) -> bool:
+        """The leader's IN_SYNC: record that this node counts again; True once it does."""
+        counts = self.standing.caught_up()
+        self._apply_standing()
+        return counts
+
+    def _apply_standing(self) -> None:
+        """A node counts toward majorities, campaigns and says so on the replica link only
+        while its data directory holds what it acknowledged."""
+        counts = self.standing.counts
+        self.election.candidate = counts
+        self.replication.link.catching_up = not counts
 
     # ---------------------------------------------------------------- leadership
 

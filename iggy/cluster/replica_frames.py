@@ -28,7 +28,8 @@ Kinds and bodies::
                  u32 stream, u32 topic, u32 partition, u64 end, u32 n, n x (u64 epoch, u64
                  start): its log end and its leader-epoch records (iggy.storage.leader_epochs)
     8 EPOCHS_END follower -> leader: every EPOCHS frame was sent (a partition without one is
-                 empty on that follower); empty body
+                 empty on that follower); u8 flags: bit 0 (CATCHING_UP) the follower lost its
+                 data directory and counts toward no majority yet (iggy.cluster.standing)
     9 TRUNCATE   leader -> follower, before any BATCH or COMMIT of the partition on this link:
                  u32 stream, u32 topic, u32 partition, u64 offset: cut the log there (its
                  copy below it equals the leader's), record the link's epoch from there, ACK
@@ -37,6 +38,8 @@ Kinds and bodies::
                  `from` (at most one bounded read, never past `to`)
    11 SUFFIX     follower -> leader, the answer to FETCH: u32 stream, u32 topic, u32 partition,
                  u64 0, then zero or more batches as in BATCH (none: it cannot serve `from`)
+   12 IN_SYNC    leader -> follower that said CATCHING_UP: it holds every partition up to the
+                 leader's end; it counts from now on (and records so); empty body
 
 `commit` is the high-watermark: every offset below it is held by a majority, and nothing at or
 above it may be served to a consumer. `end` is the follower's next offset (its log holds every
@@ -73,8 +76,9 @@ from iggy.protocol.batch import BATCH_BASE_OFFSET_AT, BATCH_COUNT_AT, BATCH_HEAD
 from iggy.protocol.wire import DEFAULT_MAX_FRAME_SIZE
 
 CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK = 1, 2, 3, 4, 5, 6
-EPOCHS, EPOCHS_END, TRUNCATE, FETCH, SUFFIX = 7, 8, 9, 10, 11
-KINDS = frozenset({CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK, EPOCHS, EPOCHS_END, TRUNCATE, FETCH, SUFFIX})
+EPOCHS, EPOCHS_END, TRUNCATE, FETCH, SUFFIX, IN_SYNC = 7, 8, 9, 10, 11, 12
+KINDS = frozenset({CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK, EPOCHS, EPOCHS_END, TRUNCATE, FETCH, SUFFIX, IN_SYNC})
+CATCHING_UP = 0x01  # EPOCHS_END flag
 
 PREFIX = struct.Struct("<IBQ")  # length, kind, epoch
 PREFIX_LEN = PREFIX.size  # 13
@@ -258,6 +262,22 @@ def read_epochs(body: bytes) -> tuple[tuple[int, int, int], int, list[tuple[int,
         raise LinkError(f"epochs frame of {len(body)} bytes with {n} records")
     records = [EPOCH_RECORD.unpack_from(body, EPOCHS_HEAD.size + i * EPOCH_RECORD.size) for i in range(n)]
     return (s, t, p), end, records
+
+
+def epochs_end_body(catching_up: bool) -> bytes:
+    return bytes([CATCHING_UP if catching_up else 0])
+
+
+def read_epochs_end(body: bytes) -> bool:
+    """True when the follower is catching up (counts toward no majority yet)."""
+    if len(body) != 1 or body[0] & ~CATCHING_UP:
+        raise LinkError(f"epochs-end frame of {len(body)} bytes, flags {body[:1].hex()}")
+    return bool(body[0] & CATCHING_UP)
+
+
+def read_in_sync(body: bytes) -> None:
+    if body:
+        raise LinkError(f"in-sync frame of {len(body)} bytes")
 
 
 def read_fetch(body: bytes) -> tuple[tuple[int, int, int], int, int]:

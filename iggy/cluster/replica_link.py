@@ -14,7 +14,9 @@ connections on the main event loop:
   every RETRY seconds while it cannot, checks CHALLENGE and WELCOME the same way, and hands each
   BATCH / COMMIT / TRUNCATE to its `FollowerSink`, sending back the ACKs the sink returns after
   each read; right after WELCOME it sends the sink's EPOCHS (every partition's end and leader
-  epochs) and EPOCHS_END, and it answers a FETCH with a SUFFIX read from this node's log.
+  epochs) and EPOCHS_END (with the CATCHING_UP flag while this node does not count toward
+  majorities: iggy.cluster.standing), it answers a FETCH with a SUFFIX read from this node's
+  log, and hands the leader's IN_SYNC to `on_in_sync`.
 
 Epochs (replica_frames.Epochs): every received frame's epoch is checked against the highest
 this node has seen; an older one closes the connection, a newer one is recorded, and on the
@@ -146,8 +148,9 @@ class LeaderSide(Protocol):
     def offered(self, peer: Peer, key: Key, end: int, records: list[tuple[int, int]]) -> None:
         """An EPOCHS frame: the follower's end and leader-epoch records of a partition."""
 
-    def offers_done(self, peer: Peer) -> None:
-        """EPOCHS_END: the follower sent the state of every partition it has."""
+    def offers_done(self, peer: Peer, catching_up: bool) -> None:
+        """EPOCHS_END: the follower sent the state of every partition it has (catching_up: it
+        lost its data directory and counts toward no majority yet)."""
 
     def fetched(self, peer: Peer, key: Key, batches: list[memoryview]) -> None:
         """A SUFFIX frame: the batches a FETCH asked the follower for (none: it has not them)."""
@@ -230,7 +233,7 @@ class LeaderEndpoint:
                         key, end, records = rf.read_epochs(frame.body)
                         self.side.offered(peer, key, end, records)
                     elif frame.kind == rf.EPOCHS_END:
-                        self.side.offers_done(peer)
+                        self.side.offers_done(peer, rf.read_epochs_end(frame.body))
                     elif frame.kind == rf.SUFFIX:
                         key, _, batches = rf.read_batch(frame.body, empty=True)
                         self.side.fetched(peer, key, batches)
@@ -278,10 +281,20 @@ class LeaderAddress:
 
 
 class FollowerLink:
-    def __init__(self, me: LinkIdentity, sink: FollowerSink, on_state: Callable[[bool], None] = lambda up: None):
+    def __init__(
+        self,
+        me: LinkIdentity,
+        sink: FollowerSink,
+        on_state: Callable[[bool], None] = lambda up: None,
+        on_in_sync: Callable[[], bool] = lambda: True,
+    ):
         self.me = me
         self.sink = sink
         self.on_state = on_state
+        # this node lost its data directory and counts toward no majority yet (said in
+        # EPOCHS_END); the leader's IN_SYNC calls on_in_sync, True once it counts
+        self.catching_up = False
+        self.on_in_sync = on_in_sync
         self.target: LeaderAddress | None = None
         self.connected = False
         self._task: asyncio.Task[None] | None = None
@@ -358,7 +371,7 @@ class FollowerLink:
                     for key, end, records in self.sink.start()
                     for part in rf.encode(rf.EPOCHS, epoch, rf.epochs_body(key, end, records))
                 ]
-                + rf.encode(rf.EPOCHS_END, epoch)
+                + rf.encode(rf.EPOCHS_END, epoch, rf.epochs_end_body(self.catching_up))
             )
             while True:
                 frames = await framed.frames()
@@ -379,6 +392,10 @@ class FollowerLink:
                     elif frame.kind == rf.TRUNCATE:
                         key, offset = rf.read_commit(frame.body)
                         self.sink.truncate(key, offset, epoch)
+                    elif frame.kind == rf.IN_SYNC:
+                        rf.read_in_sync(frame.body)
+                        if self.on_in_sync():
+                            self.catching_up = False
                     elif frame.kind == rf.FETCH:
                         key, start, end = rf.read_fetch(frame.body)
                         data = self.sink.fetch(key, start, end, FETCH_BYTES)

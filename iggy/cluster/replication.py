@@ -41,6 +41,11 @@ leader too) is then told where its copy stops being equal to the leader's log (T
 end, in the older of the two, of the newest epoch both have records of); it cuts its log there,
 ACKs, and catches up from there as before. No batch or COMMIT of a partition goes to a follower
 before its TRUNCATE.
+
+A follower whose EPOCHS_END says CATCHING_UP lost its data directory (iggy.cluster.standing):
+it is sent everything like any follower, but counts toward no majority (neither in
+reconciliation nor in the high-watermark) until it holds every reconciled partition up to the
+leader's end at reconciliation and up to the high-watermark (`_check_in_sync`); then IN_SYNC.
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ class Tracked:
     partition: Partition
     end: int
     commit: int = 0
+    ready_end: int = 0  # the leader's end when it reconciled the partition in this epoch
     commit_sent: int = 0
     followers: dict[int, Position] = field(default_factory=dict)
     # (end offset of the batch, fsync needed, producer's future), in offset order
@@ -104,6 +110,7 @@ class LogReplication:
         find: Callable[[int, int, int], Partition | None],
         on_newer_epoch: Callable[[int], None] = lambda epoch: None,
         keys: Callable[[], Iterable[Key]] = lambda: (),
+        on_in_sync: Callable[[], bool] = lambda: True,
     ):
         self.replica_id = replica_id
         self.roster = {n["replica_id"]: n for n in roster}
@@ -115,7 +122,7 @@ class LogReplication:
         self.endpoint = LeaderEndpoint(me, set(self.roster), self)
         self.keys = keys
         self.follower_log = FollowerLog(find, keys)
-        self.link = FollowerLink(me, self.follower_log)
+        self.link = FollowerLink(me, self.follower_log, on_in_sync=on_in_sync)
         self.epoch: int | None = None  # set while this node leads
         self.peers: dict[int, Peer] = {}
         self.tracked: dict[Key, Tracked] = {}
@@ -126,6 +133,8 @@ class LogReplication:
         # the uid of this node's log of each offered partition when the offer came: a partition
         # deleted and created again since is empty on every node, whatever the offer said
         self._offer_uids: dict[int, dict[Key, int]] = {}
+        # followers that lost their data directory and count toward no majority until IN_SYNC
+        self.catching_up: set[int] = set()
         self.ready: dict[Key, Partition] = {}
         self.fetching: dict[Key, tuple[int, int, list[tuple[int, int]]]] = {}
         self._commits_due: set[Key] = set()
@@ -177,6 +186,7 @@ class LogReplication:
         self._offering.clear()
         self.offers.clear()
         self._offer_uids.clear()
+        self.catching_up.clear()
         self.ready.clear()
         self.fetching.clear()
         for peer in list(self.peers.values()):
@@ -250,6 +260,7 @@ class LogReplication:
         self._offering.pop(rid, None)
         self.offers.pop(rid, None)
         self._offer_uids.pop(rid, None)
+        self.catching_up.discard(rid)
         for key in [k for k, (source, _, _) in self.fetching.items() if source == rid]:
             del self.fetching[key]  # reconciled again at the next send or poll
         for tracked in self.tracked.values():
@@ -260,9 +271,12 @@ class LogReplication:
         if offering is not None and self.peers.get(peer.replica_id) is peer:
             offering[key] = (end, records)
 
-    def offers_done(self, peer: Peer) -> None:
+    def offers_done(self, peer: Peer, catching_up: bool = False) -> None:
         if self.peers.get(peer.replica_id) is not peer or peer.replica_id not in self._offering:
             return
+        if catching_up:
+            log.info("replication: follower %d lost its data: it counts once it holds this log", peer.replica_id)
+            self.catching_up.add(peer.replica_id)
         self.offers[peer.replica_id] = self._offering.pop(peer.replica_id)
         uids = self._offer_uids[peer.replica_id] = {}
         for key in self.offers[peer.replica_id]:
@@ -275,20 +289,22 @@ class LogReplication:
             partition = self.find(*key)
             if partition is not None and self.ready.get(key) is not partition:
                 self._reconcile(key, partition)
+        self._check_in_sync(peer)
 
     # ---------------------------------------------------------------- leader: reconciliation
 
     def _reconcile(self, key: Key, partition: Partition) -> bool:
         """Make `partition` ready in this epoch when followers that make a majority with this
         node have said where their copies stand; True when it is ready now."""
-        if self.epoch is None or key in self.fetching or len(self.offers) + 1 < self.majority:
+        counted = [rid for rid in self.offers if rid not in self.catching_up]
+        if self.epoch is None or key in self.fetching or len(counted) + 1 < self.majority:
             return False
         with partition.lock:
             if partition.log.closed:
                 return False
             mine: Offer = (partition.log.next_offset, list(partition.epochs.records))
         best, best_rid = mine, None
-        for rid in self.offers:
+        for rid in counted:
             theirs = self._offer(rid, key, partition)
             if _rank(theirs) > _rank(best):
                 best, best_rid = theirs, rid
@@ -354,10 +370,14 @@ class LogReplication:
             partition.epochs.record(self.epoch, end)
         self.ready[key] = partition
         # what this node knew as a follower is committed; the followers' ACKs raise it
-        self.tracked[key] = Tracked(partition, end, commit=min(end, self.follower_log.commits.get(key, 0)))
+        self.tracked[key] = Tracked(
+            partition, end, commit=min(end, self.follower_log.commits.get(key, 0)), ready_end=end
+        )
         for peer in self.peers.values():
             if peer.replica_id in self.offers:
                 self._send_truncate(peer, key)
+        for rid in list(self.catching_up):
+            self._check_in_sync(self.peers[rid])
 
     def _offer(self, rid: int, key: Key, partition: Partition) -> Offer:
         """What follower `rid` said of its copy of `partition` (empty: it has none, or it spoke
@@ -420,6 +440,8 @@ class LogReplication:
         if pos.next is not None and pos.catching_up is None and pos.next < tracked.end:
             self._catch_up(peer, key, tracked, pos)
         self._advance(key, tracked)
+        if peer.replica_id in self.catching_up:
+            self._check_in_sync(peer)
 
     def _probe(self, peer: Peer, key: Key, pos: Position) -> None:
         pos.probing = False
@@ -456,7 +478,8 @@ class LogReplication:
     def _advance(self, key: Key, tracked: Tracked) -> None:
         """Raise the high-watermark to what a majority holds; answer the producers it covers."""
         need = self.majority - 1  # followers besides the leader
-        ends = sorted((p.end for p in tracked.followers.values() if not p.ahead), reverse=True)
+        counted = [p for rid, p in tracked.followers.items() if not p.ahead and rid not in self.catching_up]
+        ends = sorted((p.end for p in counted), reverse=True)
         held = tracked.end if need == 0 else (min(ends[need - 1], tracked.end) if len(ends) >= need else 0)
         if held > tracked.commit:
             tracked.commit = held
@@ -464,7 +487,7 @@ class LogReplication:
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._send_commits)
-        synced = sorted((p.synced for p in tracked.followers.values() if not p.ahead), reverse=True)
+        synced = sorted((p.synced for p in counted), reverse=True)
         synced_held = tracked.end if need == 0 else (synced[need - 1] if len(synced) >= need else 0)
         waiters = tracked.waiters
         while waiters:
@@ -474,6 +497,29 @@ class LogReplication:
             waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
+
+    def _check_in_sync(self, peer: Peer) -> None:
+        """A follower that was catching up counts from now on when it holds every partition of
+        this node reconciled in this epoch, up to the end it had then and up to the
+        high-watermark: every batch acknowledged before or since (IN_SYNC tells it so)."""
+        rid = peer.replica_id
+        if rid not in self.catching_up or rid not in self.offers:
+            return
+        for key in self.keys():
+            partition = self.find(*key)
+            if partition is None:
+                continue
+            tracked = self.tracked.get(key)
+            if self.ready.get(key) is not partition or tracked is None or tracked.partition is not partition:
+                return
+            pos = tracked.followers.get(rid)
+            if pos is None or pos.ahead or pos.end < max(tracked.ready_end, tracked.commit):
+                return
+        if peer.send(rf.IN_SYNC):
+            self.catching_up.discard(rid)
+            log.info("replication: follower %d holds this log: it counts toward majorities again", rid)
+            for key, tracked in self.tracked.items():
+                self._advance(key, tracked)
 
     def _send_commits(self) -> None:
         self._flush_scheduled = False

@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = cfg.system.logging.level.upper()
     logging.getLogger().setLevel({"TRACE": "DEBUG", "WARN": "WARNING"}.get(level, level))
 
+    from iggy.cluster.standing import StandingError
     from iggy.metadata.journal import MetadataCorrupt
     from iggy.server.node import run_server
     from iggy.storage.leader_epochs import LeaderEpochsCorrupt
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         run_server(cfg, repair_metadata=args.repair_metadata)
-    except (MetadataCorrupt, QuarantineError, LeaderEpochsCorrupt) as exc:
+    except (MetadataCorrupt, QuarantineError, LeaderEpochsCorrupt, StandingError) as exc:
         logging.getLogger("iggy.server").error("%s", exc)
         return 3
     return 0

@@ -140,9 +140,10 @@ def stub_plane(tmp_path):
     )
 
 
-def cluster_config(url: str) -> SimpleNamespace:
+def cluster_config(url: str, data_dir: str) -> SimpleNamespace:
     node = {"name": "n0", "ip": "127.0.0.1", "replica_id": 0, "ports": {}}
     return SimpleNamespace(
+        system=SimpleNamespace(path=data_dir),
         cluster=SimpleNamespace(
             name="c",
             nodes=[node],
@@ -151,7 +152,7 @@ def cluster_config(url: str) -> SimpleNamespace:
             heartbeat_timeout=2.0,
             etcd=SimpleNamespace(endpoints=[url], prefix=PREFIX),
             auth=SimpleNamespace(enabled=False, shared_secret=""),
-        )
+        ),
     )
 
 
@@ -162,8 +163,10 @@ async def test_an_elected_node_serves_only_after_applying_meta_to_its_end(etcd, 
         writer.write({"op": "stream.create", "id": i, "name": f"s{i}", "created_at": i})
     await writer.close()  # resigns: the next campaign wins
     plane = stub_plane(tmp_path)
-    cluster = Cluster(cluster_config(etcd.url), plane)
+    cluster = Cluster(cluster_config(etcd.url, str(tmp_path)), plane)
     try:
+        await cluster._settle()  # the first start of replica 0: it counts, so it campaigns
+        assert cluster.election.candidate
         await cluster.election.round()
         assert cluster.election.is_leader()
         cluster._update()

@@ -130,6 +130,12 @@ def test_lying_bodies_are_refused():
         rf.read_hello(hello[:20] + bytes([200]) + hello[21:])  # name length beyond the body
     with pytest.raises(LinkError, match="challenge"):
         rf.read_challenge(bytes(15))
+    assert rf.read_epochs_end(rf.epochs_end_body(True)) and not rf.read_epochs_end(rf.epochs_end_body(False))
+    for body in (b"", b"\x01\x00", b"\x02"):  # empty, too long, an unknown flag
+        with pytest.raises(LinkError, match="epochs-end"):
+            rf.read_epochs_end(body)
+    with pytest.raises(LinkError, match="in-sync"):
+        rf.read_in_sync(b"\x00")
 
 
 def test_epochs_refuse_older_and_report_newer():
@@ -170,8 +176,8 @@ class FakeLeader:
     def offered(self, peer, key, end, records):
         self.offers.append((peer.replica_id, key, end, records))
 
-    def offers_done(self, peer):
-        self.offers.append((peer.replica_id, "end"))
+    def offers_done(self, peer, catching_up):
+        self.offers.append((peer.replica_id, "catching up" if catching_up else "end"))
 
     def fetched(self, peer, key, batches):
         self.suffixes.append((key, [bytes(b) for b in batches]))
@@ -273,6 +279,23 @@ async def test_epochs_truncate_and_fetch_travel_on_the_link():
         await until(lambda: len(pair.side.suffixes) == 2)
         assert pair.side.suffixes[1] == ((1, 2, 3), [])  # it could not serve them
         assert pair.endpoint.refused == 0
+
+
+async def test_a_catching_up_follower_says_so_and_in_sync_ends_it():
+    async with Pair() as pair:
+        pair.link.catching_up = True
+        calls: list[int] = []
+        pair.link.on_in_sync = lambda: calls.append(1) is None
+        await until(lambda: len(pair.side.offers) == 2)
+        assert pair.side.offers[-1] == (1, "catching up")
+        assert pair.side.peers[0].send(rf.IN_SYNC)
+        await until(lambda: calls)
+        assert not pair.link.catching_up
+        pair.link.follow(None)  # a new link now says it counts
+        await until(lambda: not pair.link.connected)
+        pair.link.follow(LeaderAddress(0, "127.0.0.1", pair.endpoint.port))
+        await until(lambda: len(pair.side.offers) == 4)
+        assert pair.side.offers[-1] == (1, "end")
 
 
 async def test_without_auth_both_sides_use_no_mac():

@@ -11,7 +11,9 @@ real partitions in temp dirs, real replica links on loopback, no etcd and no ser
 - a leader that stops leading fails every waiting producer with 58 TransientNotAccepted;
 - leader epochs: a new leader that lacks batches a follower holds fetches them before it
   serves; a returning old leader drops its unacknowledged suffix and ends up with the new
-  leader's files; a leader without a majority of answers serves nothing.
+  leader's files; a leader without a majority of answers serves nothing;
+- a follower that lost its data directory counts toward no majority (a new leader does not
+  reconcile with its empty copy) until it holds the leader's log; then IN_SYNC.
 """
 
 from __future__ import annotations
@@ -50,6 +52,17 @@ class Node:
 
     def find(self, s, t, p):
         return self.partition if (s, t, p) == KEY else None
+
+    def lose_data(self, durability: str = "replicated") -> list[int]:
+        """Its data directory is wiped: an empty partition, a link that says it is catching up;
+        returns the list that records each IN_SYNC the leader sends it."""
+        self.partition.close()
+        shutil.rmtree(self.dir)
+        self.partition = Partition(self.dir, 1, settings(durability), True)
+        self.repl.link.catching_up = True
+        in_sync: list[int] = []
+        self.repl.link.on_in_sync = lambda: in_sync.append(1) is None
+        return in_sync
 
     async def start(self):
         await self.repl.start("127.0.0.1")
@@ -264,4 +277,33 @@ async def test_a_partition_created_again_is_not_reconciled_with_what_followers_s
         assert c.leader.repl.writable(KEY, c.leader.partition)
         await asyncio.wait_for(c.send(1), 10)
         await until(lambda: all(n.partition.log.next_offset == 1 for n in c.nodes))
+        assert same_files(c.nodes)
+
+
+async def test_a_follower_that_lost_its_data_counts_toward_no_majority_until_it_caught_up(tmp_path):
+    async with Cluster3(tmp_path) as c:
+        old, behind, wiped = c.nodes
+        await c.reconciled()
+        await asyncio.wait_for(asyncio.gather(*(c.send(3) for _ in range(4))), 10)
+        await c.cut(behind)
+        await asyncio.wait_for(asyncio.gather(*(c.send(2) for _ in range(5))), 10)  # old + wiped: acknowledged
+        assert behind.partition.log.next_offset == 12 and wiped.partition.log.next_offset == 22
+        old.repl.lead(None)  # the leader is away
+        wiped.repl.follow(None, EPOCH)
+        in_sync = wiped.lose_data()  # and the only other holder of offsets 12..21 loses them
+        behind.repl.lead(EPOCH + 1)
+        wiped.repl.follow(1, EPOCH + 1)
+        await until(lambda: 2 in behind.repl.offers and 2 in behind.repl.catching_up)
+        await asyncio.sleep(0.3)
+        # counted, the empty copy would have made a majority with `behind`, which would have
+        # served its 12 messages and given offsets 12..21 to new batches: 10 acknowledged lost
+        assert not behind.repl.writable(KEY, behind.partition)
+        assert behind.partition.log.next_offset == 12 and not in_sync
+        old.repl.follow(1, EPOCH + 1)  # the old leader returns as a follower: a majority that counts
+        await c.reconciled(behind)
+        assert behind.partition.log.next_offset == 22  # fetched from the old leader's copy
+        await until(lambda: in_sync and wiped.partition.log.next_offset == 22)
+        assert 2 not in behind.repl.catching_up
+        await asyncio.wait_for(c.send(1, behind), 10)
+        await until(lambda: all(n.partition.log.next_offset == 23 for n in c.nodes))
         assert same_files(c.nodes)

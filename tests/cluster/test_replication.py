@@ -112,6 +112,15 @@ class Cluster3:
         staying = {n.replica_id for n in self.nodes if n is not self.leader and n not in followers}
         await until(lambda: set(self.leader.repl.peers) == staying)
 
+    async def split_at_12_and_22(self) -> None:
+        """12 messages on every node, then node 1 away and 10 more, acknowledged by the leader
+        and node 2 (a majority): node 1 ends at 12, the others at 22."""
+        await self.reconciled()
+        await asyncio.wait_for(asyncio.gather(*(self.send(3) for _ in range(4))), 10)
+        await self.cut(self.nodes[1])
+        await asyncio.wait_for(asyncio.gather(*(self.send(2) for _ in range(5))), 10)
+        assert [n.partition.log.next_offset for n in self.nodes] == [22, 12, 22]
+
     async def reconciled(self, leader: Node | None = None) -> None:
         """Until the leader may append: followers that make a majority said where they stand."""
         leader = leader or self.leader
@@ -208,11 +217,7 @@ def same_files(nodes: list[Node]) -> bool:
 async def test_a_new_leader_fetches_the_batches_a_follower_has_beyond_its_own(tmp_path):
     async with Cluster3(tmp_path) as c:
         old, behind, ahead = c.nodes
-        await c.reconciled()
-        await asyncio.wait_for(asyncio.gather(*(c.send(3) for _ in range(4))), 10)
-        await c.cut(behind)
-        await asyncio.wait_for(asyncio.gather(*(c.send(2) for _ in range(5))), 10)  # old + ahead: acknowledged
-        assert behind.partition.log.next_offset == 12 and ahead.partition.log.next_offset == 22
+        await c.split_at_12_and_22()
         old.repl.lead(None)
         await old.stop()  # gone for good
         behind.repl.lead(EPOCH + 1)
@@ -283,11 +288,7 @@ async def test_a_partition_created_again_is_not_reconciled_with_what_followers_s
 async def test_a_follower_that_lost_its_data_counts_toward_no_majority_until_it_caught_up(tmp_path):
     async with Cluster3(tmp_path) as c:
         old, behind, wiped = c.nodes
-        await c.reconciled()
-        await asyncio.wait_for(asyncio.gather(*(c.send(3) for _ in range(4))), 10)
-        await c.cut(behind)
-        await asyncio.wait_for(asyncio.gather(*(c.send(2) for _ in range(5))), 10)  # old + wiped: acknowledged
-        assert behind.partition.log.next_offset == 12 and wiped.partition.log.next_offset == 22
+        await c.split_at_12_and_22()
         old.repl.lead(None)  # the leader is away
         wiped.repl.follow(None, EPOCH)
         in_sync = wiped.lose_data()  # and the only other holder of offsets 12..21 loses them

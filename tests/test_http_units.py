@@ -151,7 +151,8 @@ def test_settings_refuse_bad_jwt_configuration():
     assert http_settings.from_config(b64).jwt.secret == b"raw"
 
 
-def test_a_jwt_revoked_in_the_metadata_authenticates_nobody_until_it_expires():
+def _one_user() -> tuple[State, types.SimpleNamespace]:
+    """A State with user 1 (generation 1), and a plane holding it."""
     st = State()
     st.apply(
         {
@@ -165,7 +166,11 @@ def test_a_jwt_revoked_in_the_metadata_authenticates_nobody_until_it_expires():
             "generation": 1,
         }
     )
-    plane = types.SimpleNamespace(meta=types.SimpleNamespace(state=st))
+    return st, types.SimpleNamespace(meta=types.SimpleNamespace(state=st))
+
+
+def test_a_jwt_revoked_in_the_metadata_authenticates_nobody_until_it_expires():
+    st, plane = _one_user()
     assert user_of(plane, Principal(1, 1, "a")).id == 1
     st.apply({"op": "jwt.revoke", "jti": "a", "expiry": 200, "at": 100})
     with pytest.raises(IggyError) as err:
@@ -180,6 +185,26 @@ def test_a_jwt_revoked_in_the_metadata_authenticates_nobody_until_it_expires():
     st.apply({"op": "jwt.revoke", "jti": "b", "expiry": 400, "at": 300})
     assert st.revoked_jwts == {"b": 400}
     assert "revoked_jwts" not in State().to_dict()  # a single node's snapshot is unchanged
+
+
+def test_a_users_revocations_are_counted_and_a_new_generation_ends_all_of_them():
+    st, plane = _one_user()
+    st.apply({"op": "jwt.revoke", "jti": "a", "expiry": 200, "at": 100, "user": 1})
+    st.apply({"op": "jwt.revoke", "jti": "b", "expiry": 400, "at": 150, "user": 1})
+    assert st.revocations_of(1, 150) == 2 and st.revocations_of(1, 300) == 1
+    st = State.from_dict(st.to_dict())  # the owners are kept through a snapshot
+    plane.meta.state = st
+    assert st.revocations_of(1, 150) == 2 and st.jwts_of == {1: {"a", "b"}}
+    st.apply({"op": "jwt.revoke", "jti": "c", "expiry": 500, "at": 300, "user": 1})  # "a" expired
+    assert st.revoked_jwts == {"b": 400, "c": 500} and st.jwts_of == {1: {"b", "c"}}
+    # a new generation: every token of the old one authenticates nobody, the entries go
+    st.apply({"op": "user.generation", "id": 1, "generation": st.next_user_generation})
+    assert st.users[1].generation == 2 and st.next_user_generation == 3
+    assert st.revoked_jwts == {} and st.jwt_owner == {} and st.jwts_of == {}
+    for jti in ("b", "c", "d"):
+        with pytest.raises(IggyError):
+            user_of(plane, Principal(1, 1, jti))
+    assert user_of(plane, Principal(1, 2, "d")).id == 1
 
 
 def _cluster_cfg(enabled=True, auth=True, secret="s" * 32, name="c", jwt_secret=""):

@@ -43,7 +43,7 @@ from iggy.cluster.offsets import OffsetLog
 from iggy.cluster.replication import LogReplication
 from iggy.cluster.standing import Standing
 from iggy.control import changes
-from iggy.metadata.state import Record
+from iggy.metadata.state import REVOCATIONS_PER_USER, Record
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode
 from iggy.tasks import cancel_and_wait
@@ -73,12 +73,20 @@ class Cluster:
     # safe to re-issue elsewhere"
     NOT_LEADER = ErrorCode.TRANSIENT_NOT_ACCEPTED
 
-    def __init__(self, config: Any, plane: ControlPlane, compact_after: int = COMPACT_AFTER):
+    def __init__(
+        self,
+        config: Any,
+        plane: ControlPlane,
+        compact_after: int = COMPACT_AFTER,
+        revocations_per_user: int = REVOCATIONS_PER_USER,
+    ):
         c = config.cluster
         self.name = c.name
         self.roster = list(c.nodes)
         self.replica_id = c.replica_id
         self.node_name = c.node.name
+        # the leader's cap on a user's logged-out JWTs kept as records (http.routes.users.revoke_jwt)
+        self.revocations_per_user = revocations_per_user
         self.plane = plane
         # the shards' C data path stays withdrawn in cluster mode (plane.routes never serves):
         # every send is appended on the main loop, where it is replicated (docs/CLUSTER.md)

@@ -10,7 +10,7 @@ a crash harmless:
     stream.delete, topic.delete       commit, drop the consumer groups' state, delete the files
     partitions.delete                 commit, delete the files, rebalance the groups
     group.delete                      commit, drop its members and stored offsets
-    user.delete                       commit, log out its sessions
+    user.delete, user.generation      commit, log out its sessions
     stream.purge, topic.purge         commit (cluster mode only, see `purge`), purge the messages
     everything else                   commit
 
@@ -24,6 +24,7 @@ would have made them, then the snapshot is committed, then they are served.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -109,8 +110,8 @@ def _effect(plane: ControlPlane, r: Record, commit: Commit) -> Record:
         if not new_topic:
             plane.groups.partitions_changed(r["stream"], state.streams[r["stream"]].topics[tid])
         return r
-    if op == "user.delete":
-        user = state.users[r["id"]]
+    if op in ("user.delete", "user.generation"):
+        user = copy.copy(state.users[r["id"]])  # as it was: the sessions carry its generation
         commit(r)
         plane.logout_user(user)
         return r

@@ -22,7 +22,8 @@ In a cluster with `cluster.auth` every node signs with the key derived from the 
 `sub` and `gen` name the same user everywhere, since every node applies the same users from
 etcd's `meta/` (the root user is each node's own, made at its first start, with the same id
 and generation on every node). A logout there revokes the token on every node through the
-metadata (`jwt.revoke`, iggy.http.routes.users.revoke_jwt), checked with the user on the main
+metadata (`jwt.revoke`, iggy.http.routes.users.revoke_jwt; past a cap per user, a new
+generation for the user, which ends all of their tokens), checked with the user on the main
 loop (iggy.http.bridge.user_of) rather than in this node's table.
 
 `JwtIssuer` is used only from the HTTP thread, so it needs no locking.

@@ -15,7 +15,9 @@ Because ids are reused, nothing that outlives an entity may refer to it by id al
 * every user also has a `generation`, a number no other user of this data directory ever had
   (`next_user_generation` counts up, journaled with each `user.create`). Sessions, JWTs and
   the shards' permission table carry (id, generation), so a token or a connection of a
-  deleted user never acts as the next user that gets the same id;
+  deleted user never acts as the next user that gets the same id. In cluster mode a
+  `user.generation` record gives a user a new one (the next of the counter), which ends
+  every token and session of theirs at once;
 * deleting a stream or a topic removes every user's permissions scoped to it (in `apply`,
   so replaying the journal does the same), so grants on a deleted stream never apply to the
   next stream that gets its id.
@@ -33,6 +35,10 @@ Record = dict[str, Any]
 Permissions = dict[str, Any]
 
 U64_MAX = 0xFFFFFFFFFFFFFFFF
+# cluster mode: logged-out JWTs of one user (not expired yet) kept as `jwt.revoke` entries; the
+# leader ends all of that user's tokens with one `user.generation` record beyond that
+# (iggy.http.routes.users.revoke_jwt)
+REVOCATIONS_PER_USER = 100
 
 
 @dataclass
@@ -116,6 +122,10 @@ class State:
         # JWTs logged out in a cluster whose nodes share the JWT key: jti -> exp (Unix seconds),
         # kept until the token would have expired anyway (iggy.http.routes.users.revoke_jwt)
         self.revoked_jwts: dict[str, int] = {}
+        # who logged each of them out (records that name the user): jti -> user id, and per
+        # user the jtis, so the leader caps them per user and `user.generation` drops them
+        self.jwt_owner: dict[str, int] = {}
+        self.jwts_of: dict[int, set[str]] = {}
         self.next_user_generation = 1  # generation of the next user created
         # cluster mode: index of the last `meta/<index>` record of the cluster applied here
         # (records carry it; 0 on a single node and before the first)
@@ -134,6 +144,10 @@ class State:
 
     def tokens_of(self, user_id: int) -> list[TokenMeta]:
         return [t for t in self.tokens.values() if t.user_id == user_id]
+
+    def revocations_of(self, user_id: int, now: int) -> int:
+        """How many JWTs the user logged out that have not expired by `now` (Unix seconds)."""
+        return sum(1 for jti in self.jwts_of.get(user_id, ()) if self.revoked_jwts[jti] >= now)
 
     # ---------------------------------------------------------------- apply
 
@@ -240,6 +254,20 @@ class State:
         del self.users[r["id"]]
         for h in [h for h, t in self.tokens.items() if t.user_id == r["id"]]:
             del self.tokens[h]
+        self._forget_revocations_of(r["id"])
+
+    def _apply_user_generation(self, r: Record) -> None:
+        """Cluster mode: every session and JWT of the user ends (they carry the old generation);
+        its logged-out JWTs need no entry any more (iggy.http.routes.users.revoke_jwt)."""
+        generation = r["generation"]
+        self.users[r["id"]].generation = generation
+        self.next_user_generation = max(self.next_user_generation, generation + 1)
+        self._forget_revocations_of(r["id"])
+
+    def _forget_revocations_of(self, user_id: int) -> None:
+        for jti in self.jwts_of.pop(user_id, ()):
+            self.revoked_jwts.pop(jti, None)
+            self.jwt_owner.pop(jti, None)
 
     def _apply_token_create(self, r: Record) -> None:
         self.tokens[r["token_hash"]] = TokenMeta(r["user_id"], r["name"], r["token_hash"], r["expiry_at"])
@@ -252,8 +280,23 @@ class State:
         at = r["at"]
         for jti in [j for j, exp in self.revoked_jwts.items() if exp < at]:
             del self.revoked_jwts[jti]
+            owner = self.jwt_owner.pop(jti, None)
+            if owner is not None:
+                self._unown(owner, jti)
         if r["expiry"] >= at:
-            self.revoked_jwts[r["jti"]] = r["expiry"]
+            self._revoke(r["jti"], r["expiry"], r.get("user"))
+
+    def _revoke(self, jti: str, expiry: int, owner: int | None) -> None:
+        self.revoked_jwts[jti] = expiry
+        if owner is not None:
+            self.jwt_owner[jti] = owner
+            self.jwts_of.setdefault(owner, set()).add(jti)
+
+    def _unown(self, owner: int, jti: str) -> None:
+        jtis = self.jwts_of[owner]
+        jtis.discard(jti)
+        if not jtis:
+            del self.jwts_of[owner]
 
     # ---------------------------------------------------------------- snapshot
 
@@ -290,7 +333,10 @@ class State:
         if self.cluster_index:  # only in cluster mode: a single node's snapshot stays as it was
             d["cluster_index"] = self.cluster_index
         if self.revoked_jwts:  # only in cluster mode, as above
-            d["revoked_jwts"] = [[jti, exp] for jti, exp in self.revoked_jwts.items()]
+            d["revoked_jwts"] = [
+                [jti, exp] if jti not in self.jwt_owner else [jti, exp, self.jwt_owner[jti]]
+                for jti, exp in self.revoked_jwts.items()
+            ]
         return d
 
     @classmethod
@@ -321,5 +367,6 @@ class State:
         for uid, name, th, exp in d["tokens"]:
             st.tokens[th] = TokenMeta(uid, name, th, exp)
         st.cluster_index = d.get("cluster_index", 0)
-        st.revoked_jwts = dict(d.get("revoked_jwts", []))
+        for row in d.get("revoked_jwts", []):
+            st._revoke(row[0], row[1], row[2] if len(row) > 2 else None)
         return st

@@ -121,9 +121,16 @@ class Server:
             # before any listener: a node starts as a follower until it wins the election
             from iggy.cluster.membership import Cluster
 
-            # IGGY_CLUSTER_COMPACT_AFTER: tests compact meta/ after fewer records (not a setting)
-            after = self.env.get("IGGY_CLUSTER_COMPACT_AFTER")
-            self.cluster = Cluster(cfg, plane, **({"compact_after": int(after)} if after else {}))
+            # test knobs, not settings: compact meta/ after fewer records, cap logouts lower
+            knobs = {
+                arg: int(self.env[var])
+                for arg, var in (
+                    ("compact_after", "IGGY_CLUSTER_COMPACT_AFTER"),
+                    ("revocations_per_user", "IGGY_CLUSTER_REVOCATIONS_PER_USER"),
+                )
+                if self.env.get(var)
+            }
+            self.cluster = Cluster(cfg, plane, **knobs)
             plane.cluster = self.cluster
             plane.routes.set_serving(False)
         if cfg.tcp.enabled:

@@ -7,7 +7,9 @@ three nodes on loopback:
   answer: a stream created through a follower is the leader's, messages sent through one
   follower are polled through the other, an error of the leader comes back as it is; a user
   created through a follower logs in on another and its token is valid on every node; a logout
-  on one node revokes the token on every node (a metadata change), restarts included;
+  on one node revokes the token on every node (a metadata change), restarts included; a user
+  logging out 10 x the cap keeps at most the cap of revocations on each node, every token of
+  theirs refused, and meta/ in etcd compacted;
 - a forwarded request (`iggy-forwarded`) reaching a node that is not the leader is refused at
   once (503, 58) and never forwarded again;
 - with no leader (etcd paused) a follower gives up after its budget with a 503 `no_leader`.
@@ -17,13 +19,24 @@ Without `cluster.auth` a follower still answers 307 / 503 (tests/cluster/test_el
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
+import aetcd
 import httpx
 import pytest
 
 from iggy.protocol.errors import ErrorCode
-from tests.cluster.nodes import HEARTBEAT_TIMEOUT, START_ELECTION, TestCluster, leader_of, metadata, wait_for
+from tests.cluster.nodes import (
+    HEARTBEAT_TIMEOUT,
+    START_ELECTION,
+    TestCluster,
+    leader_of,
+    local_journal,
+    local_metadata,
+    metadata,
+    wait_for,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -163,6 +176,71 @@ def test_with_cluster_auth_a_logout_on_one_node_revokes_the_token_on_every_node(
     with http(authed, f1) as client:
         assert client.get("/cluster/metadata", headers=auth).status_code == 401
         assert client.get("/cluster/metadata", headers=other).status_code == 200
+
+
+CAP = 3  # IGGY_CLUSTER_REVOCATIONS_PER_USER of the next test
+
+
+def test_a_user_logging_out_over_and_over_keeps_at_most_the_cap_of_revocations(tmp_path, shared_etcd):
+    """10 x the cap of logouts: every logged-out token is refused on every node, each node keeps
+    at most CAP of the user's revocations (the leader ends all of their tokens with a new
+    generation instead), and meta/ in etcd is compacted down to a few keys."""
+    env = {**AUTH, "IGGY_CLUSTER_REVOCATIONS_PER_USER": str(CAP), "IGGY_CLUSTER_COMPACT_AFTER": "5"}
+    cluster = TestCluster(tmp_path, shared_etcd.url, name="http-capped", env=env).start()
+    try:
+        leader = cluster.wait_leader(START_ELECTION)
+        f1, f2 = [i for i in range(3) if i != leader]
+        user = {"username": "leaver", "password": "secret1", "status": "active", "permissions": None}
+        with http(cluster, leader) as client:
+            assert client.post("/users", headers=login(cluster, leader), json=user).status_code == 200
+        first = cluster_index(cluster, leader)
+        tokens = []
+        with http(cluster, f1) as on_f1, http(cluster, f2) as on_f2:
+            for _ in range(10 * CAP):
+                r = on_f1.post("/users/login", json={"username": "leaver", "password": "secret1"})
+                assert r.status_code == 200, r.text
+                tokens.append({"Authorization": f"Bearer {r.json()['access_token']['token']}"})
+                out = on_f2.delete("/users/logout", headers=tokens[-1])  # forwarded to the leader
+                assert out.status_code == 204, out.text
+        last = first + 10 * CAP  # one record per logout: a revocation or a new generation
+        for i in range(3):
+            state = wait_for(
+                lambda i=i: (s := local_metadata(cluster.nodes[i])).cluster_index >= last and s,
+                15.0,
+                f"node {i} applies every logout",
+            )
+            uid = state.user_by_name("leaver").id
+            assert len(state.revoked_jwts) <= CAP and len(state.jwts_of.get(uid, ())) <= CAP
+            with http(cluster, i) as client:
+                for auth in tokens:
+                    assert client.get("/cluster/metadata", headers=auth).status_code == 401
+        # the leader wrote a revocation for CAP logouts, then one new generation, and again
+        _snapshot, records = local_journal(cluster.nodes[leader])
+        ops = [r["op"] for r in records if r.get("index", 0) > first]
+        assert ops == (["jwt.revoke"] * CAP + ["user.generation"]) * (10 * CAP // (CAP + 1)) + ["jwt.revoke"] * (
+            10 * CAP % (CAP + 1)
+        )
+        # a new login works; etcd keeps at most COMPACT_AFTER keys of meta/ once compacted
+        with http(cluster, f2) as client:
+            r = client.post("/users/login", json={"username": "leaver", "password": "secret1"})
+            fresh = {"Authorization": f"Bearer {r.json()['access_token']['token']}"}
+            assert client.get("/cluster/metadata", headers=fresh).status_code == 200
+        wait_for(lambda: len(meta_keys(shared_etcd.url, b"/iggy/http-capped/")) <= 5, 15.0, "meta/ compacted")
+    finally:
+        cluster.stop()
+
+
+def cluster_index(cluster: TestCluster, i: int) -> int:
+    return local_metadata(cluster.nodes[i]).cluster_index
+
+
+def meta_keys(url: str, prefix: bytes) -> list[bytes]:
+    async def read() -> list[bytes]:
+        host, port = url.removeprefix("http://").split(":")
+        async with aetcd.Client(host=host, port=int(port), timeout=5) as client:
+            return [kv.key for kv in await client.get_prefix(prefix + b"meta/")]
+
+    return asyncio.run(read())
 
 
 def test_a_forwarded_request_on_a_node_that_is_not_leader_is_not_forwarded_again(authed):

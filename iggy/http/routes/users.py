@@ -27,6 +27,7 @@ from iggy.http.bridge import user_of
 from iggy.http.context import Caller, Ctx, HttpContext, ident
 from iggy.http.errors import answered, found
 from iggy.http.views import Json
+from iggy.metadata.state import REVOCATIONS_PER_USER
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode, IggyError
 
@@ -77,8 +78,17 @@ async def login(ctx: Ctx, request: Request[Any, Any, Any], data: JSONBody[schema
 def revoke_jwt(plane: ControlPlane, session: Session, jti: str, expiry: int) -> None:
     """Logout on a cluster whose nodes share the JWT key: the revocation is a metadata change
     (`jwt.revoke`), committed by the leader through etcd and applied by every node, so the
-    token stops working on every node, restarts included (State.revoked_jwts)."""
-    changes.apply(plane, {"op": "jwt.revoke", "jti": jti, "expiry": expiry, "at": int(time.time())})
+    token stops working on every node, restarts included (State.revoked_jwts). A user who has
+    `revocations_per_user` logged-out tokens not expired yet gets a new generation instead
+    (`user.generation`): every token and session of theirs ends, and their entries go."""
+    now = int(time.time())
+    state = plane.meta.state
+    uid = session.user_id
+    cap = plane.cluster.revocations_per_user if plane.cluster is not None else REVOCATIONS_PER_USER
+    if uid is not None and state.revocations_of(uid, now) >= cap:
+        changes.apply(plane, {"op": "user.generation", "id": uid, "generation": state.next_user_generation})
+        return
+    changes.apply(plane, {"op": "jwt.revoke", "jti": jti, "expiry": expiry, "at": now, "user": uid})
 
 
 @delete("/users/logout", status_code=204, summary="Log out (revokes the access token)")

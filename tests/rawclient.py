@@ -167,6 +167,13 @@ def wire_name(text: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
+def topic_option(key: str, kind: int, value: bytes) -> bytes:
+    """One entry of CREATE_TOPIC's options block: the key (TLV kind 2, a string), then the
+    value as a TLV of `kind` (e.g. 12 for a u64)."""
+    k = key.encode()
+    return b"\x02" + struct.pack("<I", len(k)) + k + bytes([kind]) + struct.pack("<I", len(value)) + value
+
+
 def consumer_target(stream, topic, partition: int | None = 0, consumer=1, kind: int = 1) -> bytes:
     """The start of the poll and consumer-offset bodies (TCP.md 8.5): consumer (kind u8, 1 a
     consumer, 2 a group; identifier), stream and topic identifiers, u8 has_partition and u32

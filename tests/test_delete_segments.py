@@ -4,14 +4,9 @@ active one stays, and polls then start at the oldest retained message."""
 import struct
 
 from iggy.protocol.batch import build_batch, iter_messages
-from tests.rawclient import ident, wire_name
+from tests.rawclient import ident, topic_option, wire_name
 
 MiB = 1024 * 1024
-
-
-def _option(key: str, kind: int, value: bytes) -> bytes:
-    k = key.encode()
-    return b"\x02" + struct.pack("<I", len(k)) + k + bytes([kind]) + struct.pack("<I", len(value)) + value
 
 
 def _partition_segments(raw, stream, topic):
@@ -27,7 +22,9 @@ def _partition_segments(raw, stream, topic):
 def test_delete_segments_removes_the_oldest_sealed_ones(raw):
     assert raw.login().status == 0
     assert raw.call(128, 0, wire_name("seg")).code == 0
-    topic = ident("seg") + struct.pack("<I", 1) + wire_name("t") + _option("segment_size", 12, struct.pack("<Q", MiB))
+    topic = (
+        ident("seg") + struct.pack("<I", 1) + wire_name("t") + topic_option("segment_size", 12, struct.pack("<Q", MiB))
+    )
     assert raw.call(132, 0, topic).code == 0
     batch = build_batch([(i + 1, b"p" * 1000, b"") for i in range(1100)])  # > 1 MiB: seals a segment each
     meta = ident("seg") + ident("t") + b"\x02\x04" + struct.pack("<I", 0) + struct.pack("<I", 1100)

@@ -451,6 +451,23 @@ def test_purge(log_dir):
     lg.close()
 
 
+def test_purge_to_an_offset_starts_the_log_there(log_dir):
+    """A follower whose copy ends below the leader's oldest retained offset starts there."""
+    lg = open_log(log_dir)
+    fill(lg, [6] * 4)
+    lg.purge(100)
+    assert lg.messages_count == 0 and lg.next_offset == 100 and lg.first_offset == 100 and lg.segments_count == 1
+    assert seg_files(log_dir) == ["00000000000000000100.log"]
+    assert lg.read(0, 100) == (b"", 0)
+    got = fill(lg, [3], ts0=5)
+    assert got[0][0] == 100
+    lg.close()
+    lg = open_log(log_dir)
+    assert lg.next_offset == 103 and lg.first_offset == 100
+    assert [m["offset"] for m in read_all(lg)[0]] == [100, 101, 102]
+    lg.close()
+
+
 def test_delete_segments(log_dir):
     lg, segs = log_of_segments(log_dir, [6] * 20, at_least=4)
     total = lg.messages_count

@@ -20,6 +20,10 @@ offset below which this copy equals its log, and `truncate` cuts the log there
 epoch from that offset and ACKs; only then does the leader send it batches. A batch appended in
 an epoch newer than the partition's last record adds a record at its base offset. `fetch`
 serves a new leader that reconciles a partition (FETCH, answered with SUFFIX) from this log.
+
+Retention: the leader alone decides what retention (and DELETE_SEGMENTS) removes; its RETAIN
+says where its log starts now, and `retain` removes the same segments here, so every copy is
+the leader's byte for byte over the same range.
 """
 
 from __future__ import annotations
@@ -100,6 +104,43 @@ class FollowerLog:
                         f"replica of partition {'/'.join(map(str, key))}: cannot cut at {cut}: {exc}"
                     ) from None
         self._touched[key] = status
+
+    def retain(self, key: Key, start: int) -> None:
+        """The leader's RETAIN: its log keeps nothing below `start`. This copy's sealed segments
+        wholly below it go (their boundaries are the leader's: the same batches, the same
+        segment size); a copy that ends below it (it missed what retention removed meanwhile:
+        down for long, or a lost data directory) starts again, empty, at `start` and catches up
+        from there."""
+        partition = self._find(*key)
+        if partition is None:
+            self._touched.setdefault(key, ErrorCode.PARTITION_NOT_FOUND)
+            return
+        name = "/".join(map(str, key))
+        with partition.lock:
+            if partition.log.closed:
+                return
+            try:
+                end = partition.log.next_offset
+                if end < start:
+                    partition.log.purge(start)
+                    partition.epochs.clear()
+                    self.synced[key] = start
+                    log.warning(
+                        "replica of partition %s: the leader keeps nothing below %d, this copy ended at %d: "
+                        "it starts again at %d",
+                        name,
+                        start,
+                        end,
+                        start,
+                    )
+                else:
+                    for base, last, _size, _ts, active in partition.log.segments():
+                        if active or last >= start:
+                            break
+                        partition.log.delete_segment(base)
+            except (IggyError, OSError, ValueError) as exc:
+                raise LinkError(f"replica of partition {name}: cannot drop what is below {start}: {exc}") from None
+        self._touched.setdefault(key, 0)
 
     def fetch(self, key: Key, start: int, end: int, max_bytes: int) -> bytes:
         """Stored batches of this log from `start` (a batch boundary) up to `end`, at most one

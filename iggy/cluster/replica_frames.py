@@ -40,6 +40,11 @@ Kinds and bodies::
                  u64 0, then zero or more batches as in BATCH (none: it cannot serve `from`)
    12 IN_SYNC    leader -> follower that said CATCHING_UP: it holds every partition up to the
                  leader's end; it counts from now on (and records so); empty body
+   13 RETAIN     leader -> follower, after the partition's TRUNCATE on this link: u32 stream,
+                 u32 topic, u32 partition, u64 start: the leader's log keeps nothing below
+                 `start` (retention or DELETE_SEGMENTS removed it); the follower removes its
+                 sealed segments wholly below it, and a copy that ends below it starts again,
+                 empty, at `start`
 
 `commit` is the high-watermark: every offset below it is held by a majority, and nothing at or
 above it may be served to a consumer. `end` is the follower's next offset (its log holds every
@@ -76,8 +81,10 @@ from iggy.protocol.batch import BATCH_BASE_OFFSET_AT, BATCH_COUNT_AT, BATCH_HEAD
 from iggy.protocol.wire import DEFAULT_MAX_FRAME_SIZE
 
 CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK = 1, 2, 3, 4, 5, 6
-EPOCHS, EPOCHS_END, TRUNCATE, FETCH, SUFFIX, IN_SYNC = 7, 8, 9, 10, 11, 12
-KINDS = frozenset({CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK, EPOCHS, EPOCHS_END, TRUNCATE, FETCH, SUFFIX, IN_SYNC})
+EPOCHS, EPOCHS_END, TRUNCATE, FETCH, SUFFIX, IN_SYNC, RETAIN = 7, 8, 9, 10, 11, 12, 13
+KINDS = frozenset(
+    {CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK, EPOCHS, EPOCHS_END, TRUNCATE, FETCH, SUFFIX, IN_SYNC, RETAIN}
+)
 CATCHING_UP = 0x01  # EPOCHS_END flag
 
 PREFIX = struct.Struct("<IBQ")  # length, kind, epoch
@@ -93,6 +100,7 @@ ACK_BODY = struct.Struct("<IIIQQH")  # stream, topic, partition, end, synced end
 EPOCHS_HEAD = struct.Struct("<IIIQI")  # stream, topic, partition, end, record count
 EPOCH_RECORD = struct.Struct("<QQ")  # epoch, start offset
 TRUNCATE_BODY = COMMIT_BODY  # stream, topic, partition, offset
+RETAIN_BODY = COMMIT_BODY  # stream, topic, partition, start
 FETCH_BODY = struct.Struct("<IIIQQ")  # stream, topic, partition, from, to
 HELLO_HEAD = struct.Struct("<I16sB")  # replica_id, nonce, name length
 WELCOME_BODY = struct.Struct("<I32s")  # leader replica_id, mac

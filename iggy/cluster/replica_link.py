@@ -12,7 +12,7 @@ connections on the main event loop:
   connection and logs why once.
 - `FollowerLink` keeps one connection to the leader that etcd names (`follow(leader)`), redials
   every RETRY seconds while it cannot, checks CHALLENGE and WELCOME the same way, and hands each
-  BATCH / COMMIT / TRUNCATE to its `FollowerSink`, sending back the ACKs the sink returns after
+  BATCH / COMMIT / TRUNCATE / RETAIN to its `FollowerSink`, sending back the ACKs the sink returns after
   each read; right after WELCOME it sends the sink's EPOCHS (every partition's end and leader
   epochs) and EPOCHS_END (with the CATCHING_UP flag while this node does not count toward
   majorities: iggy.cluster.standing), it answers a FETCH with a SUFFIX read from this node's
@@ -265,6 +265,9 @@ class FollowerSink(Protocol):
 
     def fetch(self, key: Key, start: int, end: int, max_bytes: int) -> bytes: ...
 
+    def retain(self, key: Key, start: int) -> None:
+        """RETAIN: the leader's log keeps nothing below `start`."""
+
     def batches(self, key: Key, commit: int, batches: list[memoryview], epoch: int) -> None: ...
 
     def commit(self, key: Key, commit: int) -> None: ...
@@ -392,6 +395,9 @@ class FollowerLink:
                     elif frame.kind == rf.TRUNCATE:
                         key, offset = rf.read_commit(frame.body)
                         self.sink.truncate(key, offset, epoch)
+                    elif frame.kind == rf.RETAIN:
+                        key, start = rf.read_commit(frame.body)
+                        self.sink.retain(key, start)
                     elif frame.kind == rf.IN_SYNC:
                         rf.read_in_sync(frame.body)
                         if self.on_in_sync():

@@ -397,8 +397,26 @@ class LogReplication:
         end, records = self._offer(peer.replica_id, key, tracked.partition)
         with tracked.partition.lock:
             cut = divergence(list(tracked.partition.epochs.records), tracked.partition.log.next_offset, records, end)
+            start = tracked.partition.log.first_offset
         tracked.followers[peer.replica_id] = Position()
         peer.send(rf.TRUNCATE, rf.TRUNCATE_BODY.pack(*key, cut))
+        if start:  # what retention removed here goes there too
+            peer.send(rf.RETAIN, rf.RETAIN_BODY.pack(*key, start))
+
+    def retained(self, key: Key, partition: Partition) -> None:
+        """This leader removed the oldest segments of `partition` (retention, DELETE_SEGMENTS):
+        every follower that had its TRUNCATE removes the same (RETAIN). Called without the lock."""
+        tracked = self.tracked.get(key)
+        if self.epoch is None or tracked is None or tracked.partition is not partition:
+            return  # a follower linked later gets RETAIN after its TRUNCATE
+        with partition.lock:
+            if partition.log.closed:
+                return
+            body = rf.RETAIN_BODY.pack(*key, partition.log.first_offset)
+        for rid in tracked.followers:
+            peer = self.peers.get(rid)
+            if peer is not None:
+                peer.send(rf.RETAIN, body)
 
     def left(self, peer: Peer) -> None:
         if self.peers.get(peer.replica_id) is peer:
@@ -458,14 +476,20 @@ class LogReplication:
             with partition.lock:
                 if partition.log.closed:
                     return
+                first = partition.log.first_offset
+                if start < first:
+                    # retention removed what it lacks: it starts again where this log starts,
+                    # and its ACK says where the catch-up goes on from
+                    peer.send(rf.RETAIN, rf.RETAIN_BODY.pack(*key, first))
+                    pos.next = pos.catching_up = None
+                    return
                 data, n = partition.log.read(start, tracked.end - start, CATCH_UP_BYTES)
         except IggyError as exc:
             log.error(
                 "replication: cannot read partition %s at %d for follower %d: %s", key, start, peer.replica_id, exc
             )
             return
-        if n == 0 or rf.batch_base_offset(data) != start:
-            # retention removed what it lacks (or a batch starts below it): step E's snapshot copy
+        if n == 0 or rf.batch_base_offset(data) != start:  # not a batch boundary of this log
             log.error(
                 "replication: follower %d needs partition %s from %d, not in this log", peer.replica_id, key, start
             )

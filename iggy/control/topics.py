@@ -441,3 +441,5 @@ def delete_segments(
                 break
             p.log.delete_segment(base)
             deleted += 1
+    if deleted and plane.cluster is not None:  # the followers remove the same (RETAIN)
+        plane.cluster.replication.retained((s.id, t.id, partition_id), p)

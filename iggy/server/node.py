@@ -332,7 +332,8 @@ class Server:
         from iggy.storage import retention
 
         try:
-            retention.run_once(self.plane, now_us())
+            on_cut = self.cluster.replication.retained if self.cluster is not None else None
+            retention.run_once(self.plane, now_us(), on_cut)
         except Exception:  # broad on purpose: a failed pass must not stop later passes
             log.exception("retention pass failed")
 

@@ -863,14 +863,15 @@ cdef class PartitionLog:
         self._dirty = False
         self._reported = set()
 
-    def purge(self):
-        """Delete every segment; the log starts again with one empty segment at offset 0."""
+    def purge(self, uint64_t start=0):
+        """Delete every segment; the log starts again with one empty segment at `start` (0; a
+        follower whose copy ends below the leader's oldest retained offset starts there)."""
         self._active()
         while self.n_segs:
             self._drop_segment(self.n_segs - 1, True)
         self.last_ts = 0
         try:
-            self._open_segment(0, True)
+            self._open_segment(start, True)
         except BaseException:
             self._closed = True
             raise

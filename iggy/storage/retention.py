@@ -15,11 +15,12 @@ operation of the partition log, so no message is touched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from iggy.control.plane import ControlPlane
+    from iggy.storage.partitions import Partition
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,12 @@ def segments_to_delete(
     return doomed
 
 
-def run_once(plane: ControlPlane, now_us: int) -> int:
-    """One retention pass over every partition; returns the number of segments deleted."""
+def run_once(
+    plane: ControlPlane, now_us: int, on_cut: Callable[[tuple[int, int, int], Partition], None] | None = None
+) -> int:
+    """One retention pass over every partition; returns the number of segments deleted.
+    `on_cut(key, partition)`, after the partition's lock is released, for each partition that
+    lost segments (a cluster's leader tells its followers: LogReplication.retained)."""
     deleted = 0
     for s in plane.meta.state.streams.values():
         for t in s.topics.values():
@@ -74,10 +79,14 @@ def run_once(plane: ControlPlane, now_us: int) -> int:
                 p = plane.storage.partition(s.id, t.id, pid)
                 if p is None:
                     continue
+                cut = 0
                 with p.lock:
                     for base in segments_to_delete(p.log.segments(), st, len(t.partitions), p.offsets.lowest(), now_us):
                         p.log.delete_segment(base)
-                        deleted += 1
+                        cut += 1
+                deleted += cut
+                if cut and on_cut is not None:
+                    on_cut((s.id, t.id, pid), p)
     if deleted:
         log.info("retention deleted %d segments", deleted)
     return deleted

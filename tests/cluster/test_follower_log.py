@@ -23,9 +23,9 @@ from iggy.storage.partitions import Partition
 KEY = (1, 1, 1)
 
 
-def settings(durability: str = "replicated") -> dict:
+def settings(durability: str = "replicated", segment_size: int = 1 << 20) -> dict:
     return {
-        "segment_size": 1 << 20,
+        "segment_size": segment_size,
         "preallocate_segments": False,
         "consumer_offset_durability": "replicated",
         "durability": durability,
@@ -36,8 +36,8 @@ def settings(durability: str = "replicated") -> dict:
 class Leader:
     """A leader's log: append client batches, keep what it stored (header as stored + frames)."""
 
-    def __init__(self, directory: str):
-        self.log = PartitionLog(directory, 1, 1 << 20)
+    def __init__(self, directory: str, segment_size: int = 1 << 20):
+        self.log = PartitionLog(directory, 1, segment_size)
         self.stored: list[bytes] = []
 
     def send(self, n: int, now_us: int = 1_000_000) -> bytes:
@@ -178,3 +178,45 @@ def test_epochs_offered_a_truncate_and_a_fetch(pair):
     with pytest.raises(LinkError):
         sink.truncate(KEY, 0, 9)
     assert sink.acks() == []
+
+
+def test_retain_drops_the_leaders_segments_and_a_copy_that_ends_below_starts_there(tmp_path):
+    size = 4096
+    leader = Leader(str(tmp_path / "leader"), size)
+    copies = {name: Partition(str(tmp_path / name), 1, settings(segment_size=size), True) for name in ("f", "late")}
+    sinks = {name: FollowerLog(lambda s, t, p, c=c: c if (s, t, p) == KEY else None) for name, c in copies.items()}
+    try:
+        for _ in range(40):
+            sinks["f"].batches(KEY, 0, [memoryview(leader.send(5))])
+        sinks["f"].acks()
+        assert leader.log.segments_count > 4
+        assert segment_bytes(str(tmp_path / "f")) == segment_bytes(str(tmp_path / "leader"))
+        assert leader.log.delete_oldest_segments(3) == 3  # the leader's retention
+        start = leader.log.first_offset
+        assert start > 0
+        sinks["f"].retain(KEY, start)
+        assert sinks["f"].acks() == [(KEY, 200, 0, 0)]
+        assert copies["f"].log.first_offset == start
+        assert segment_bytes(str(tmp_path / "f")) == segment_bytes(str(tmp_path / "leader"))
+
+        # an empty copy (a lost data directory, or one down while these were removed)
+        late = sinks["late"]
+        late.retain(KEY, start)
+        assert late.acks() == [(KEY, start, start, 0)]  # it goes on from the leader's start
+        assert copies["late"].epochs.records == []
+        with pytest.raises(IggyError):  # nothing below it fits any more
+            copies["late"].log.append_stored(leader.stored[0], 0, len(leader.stored[0]))
+        late.batches(KEY, 0, [memoryview(b) for b in leader.stored[start // 5 :]], epoch=3)
+        assert late.acks() == [(KEY, 200, start, 0)]  # synced: the empty start, durable
+        assert copies["late"].epochs.records == [(3, start)]
+        assert segment_bytes(str(tmp_path / "late")) == segment_bytes(str(tmp_path / "leader"))
+
+        # a RETAIN below what it holds, or of a partition it lacks, changes nothing
+        late.retain(KEY, 0)
+        late.retain((9, 9, 9), 5)
+        assert late.acks() == [(KEY, 200, start, 0), ((9, 9, 9), 0, 0, ErrorCode.PARTITION_NOT_FOUND)]
+        assert segment_bytes(str(tmp_path / "late")) == segment_bytes(str(tmp_path / "leader"))
+    finally:
+        leader.log.close()
+        for c in copies.values():
+            c.close()

@@ -12,6 +12,8 @@ real partitions in temp dirs, real replica links on loopback, no etcd and no ser
 - leader epochs: a new leader that lacks batches a follower holds fetches them before it
   serves; a returning old leader drops its unacknowledged suffix and ends up with the new
   leader's files; a leader without a majority of answers serves nothing;
+- retention on the leader (RETAIN): every follower removes the same segments, and one whose
+  copy ends below the leader's start starts again there and catches up;
 - a follower that lost its data directory counts toward no majority (a new leader does not
   reconcile with its empty copy) until it holds the leader's log; then IN_SYNC.
 """
@@ -44,10 +46,10 @@ def free_port() -> int:
 
 
 class Node:
-    def __init__(self, root, replica_id: int, roster: list[dict], durability: str):
+    def __init__(self, root, replica_id: int, roster: list[dict], durability: str, segment_size: int = 1 << 20):
         self.replica_id = replica_id
         self.dir = str(root / f"node-{replica_id}")
-        self.partition = Partition(self.dir, 1, settings(durability), True)
+        self.partition = Partition(self.dir, 1, settings(durability, segment_size), True)
         self.repl = LogReplication("c", replica_id, roster, SECRET, self.find, keys=lambda: [KEY])
 
     def find(self, s, t, p):
@@ -72,12 +74,12 @@ class Node:
 
 
 class Cluster3:
-    def __init__(self, root, durability: str = "replicated"):
+    def __init__(self, root, durability: str = "replicated", segment_size: int = 1 << 20):
         roster = [
             {"replica_id": i, "name": f"n{i}", "ip": "127.0.0.1", "ports": {"tcp_replica": free_port()}}
             for i in range(3)
         ]
-        self.nodes = [Node(root, i, roster, durability) for i in range(3)]
+        self.nodes = [Node(root, i, roster, durability, segment_size) for i in range(3)]
         self.leader = self.nodes[0]
 
     async def __aenter__(self):
@@ -308,3 +310,25 @@ async def test_a_follower_that_lost_its_data_counts_toward_no_majority_until_it_
         await asyncio.wait_for(c.send(1, behind), 10)
         await until(lambda: all(n.partition.log.next_offset == 23 for n in c.nodes))
         assert same_files(c.nodes)
+
+
+async def test_what_retention_removes_on_the_leader_goes_on_every_follower(tmp_path):
+    async with Cluster3(tmp_path, segment_size=4096) as c:
+        leader, near, far = c.nodes
+        await c.reconciled()
+        await asyncio.wait_for(asyncio.gather(*(c.send(5) for _ in range(30))), 10)
+        await until(lambda: all(n.partition.log.next_offset == 150 for n in c.nodes))
+        await c.cut(far)
+        await asyncio.wait_for(asyncio.gather(*(c.send(5) for _ in range(30))), 10)
+        log = leader.partition.log
+        with leader.partition.lock:  # what a retention pass does, down to past `far`'s end
+            log.delete_oldest_segments(log.segments_count - 2)
+        start = log.first_offset
+        assert start > 150
+        leader.repl.retained(KEY, leader.partition)
+        await until(lambda: near.partition.log.first_offset == start)
+        assert c.same_files(1)
+        far.repl.follow(0, EPOCH)  # back: its copy ends below the leader's start
+        await until(lambda: far.partition.log.next_offset == 300)
+        assert far.partition.log.first_offset == start
+        assert c.same_files(1, 2)

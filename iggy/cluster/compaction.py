@@ -5,7 +5,7 @@ Keys under `cluster.etcd.prefix`, beside `meta/<index>` (iggy.cluster.metalog)::
     applied/<replica_id>   the last meta/ index this node has applied, in decimal. A record is
                            applied only after it was fsynced to the node's own metadata journal
                            (iggy.metadata.journal), so the index is durable on that node.
-    snapshot               msgpack {"index": A, "below": L, "state": the metadata State as of A}
+    snapshot               zlib(msgpack {"index": A, "below": L, "state": the State as of A})
                            (State.to_dict, cluster_index = A). The keys meta/<i> with i < L are
                            gone; meta/<L> and everything after it are still there.
 
@@ -29,18 +29,20 @@ index knows it is at the end, and a node whose next key is not there sees a firs
 
 The snapshot is bounded by the metadata itself (streams, topics, partitions, users, tokens, and
 the JWT revocations not expired yet), not by the number of changes. etcd takes at most
-1.5 MiB per request by default (`--max-request-bytes`): a snapshot over `SNAPSHOT_MAX` is not
-written (logged once) and meta/ is then not compacted.
+1.5 MiB per request by default (`--max-request-bytes`): a snapshot over `SNAPSHOT_MAX`
+(compressed) is not written (logged once) and meta/ is then not compacted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 from iggy.cluster.etcd import Etcd
-from iggy.cluster.metalog import decode_snapshot, encode_snapshot, meta_key, snapshot_key
+from iggy.cluster.metalog import decode_snapshot, meta_key, pack_snapshot, snapshot_key
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,8 @@ class Compaction:
             return None
         index, state = snapshot()
         low = min(low, index)  # no node is past the leader in its epoch: a stale key at most
-        value = encode_snapshot(index, low, state)
+        # packed here (the state's dicts change under the main loop), compressed on a thread
+        value = await asyncio.to_thread(zlib.compress, pack_snapshot(index, low, state))
         if len(value) > SNAPSHOT_MAX:
             self._note(f"the metadata snapshot has {len(value)} bytes, more than {SNAPSHOT_MAX}", logging.WARNING)
             return None

@@ -30,6 +30,7 @@ from iggy.control import changes, topics
 from iggy.metadata.state import State
 from iggy.metadata.store import MetadataStore
 from iggy.storage.partitions import Storage
+from tests.cluster import snapshot_size
 from tests.cluster.nodes import START_ELECTION, TestCluster, local_metadata, sdk, wait_for
 from tests.cluster.test_metadata import shared_part
 
@@ -302,6 +303,9 @@ async def test_a_wiped_node_loads_the_snapshot(compacting, etcd):
     await asyncio.to_thread(published, etcd.url, [wiped], 14)
 
 
-def test_the_applied_key_layout():
+def test_the_key_layout_and_the_snapshot_size_tool(capsys):
     assert applied_key(b"/p/", 2) == b"/p/applied/2"
     assert snapshot_key(b"/p/") == b"/p/snapshot"
+    snapshot_size.main([10])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("10 topics: ") and "(fits)" in lines[0] and len(lines) == 3

@@ -2,7 +2,7 @@
 
 Keys under `cluster.etcd.prefix` (docs/CLUSTER.md, "Who is leader")::
 
-    leader                JSON {"replica_id", "name"}, on the leader's lease
+    leader                JSON {"replica_id", "name", "started_at"}, on the leader's lease
     members/<replica_id>  JSON {"name", "started_at"}, on each node's own lease
 
 Each round (every TTL / 6): renew this node's lease (grant one, and put its `members/` key, when
@@ -17,6 +17,11 @@ confirmed; etcd cannot expire the lease before renewed_at + TTL (it restarts the
 renewal arrives, which is later). `is_leader()` is true only until renewed_at + 2/3 TTL, so a
 node that can no longer renew stops acting as leader at least TTL / 3 before another node can
 win. `deadline()` is that instant, for the timer that steps down on time (iggy.cluster.membership).
+
+A leader killed and started again within its lease finds the leader key still naming its
+replica id, on the dead process's lease, until that lease expires. Nobody reports it as leader
+meanwhile: the key carries the winner's `started_at`, and a node whose `members/` key shows
+another `started_at` (or the node itself, whose lease it is not) is a later incarnation of it.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class Election:
         self.lease: Any = None  # aetcd Lease of this node
         self.renewed_at: float | None = None  # monotonic send time of the last confirmed renewal
         self.leader_id: int | None = None  # replica_id in `leader` at the last read
+        self.leader_started_at: float | None = None  # the winner's started_at in `leader`
+        self.member_started: dict[int, float] = {}  # replica id -> started_at in its members/ key
         self.epoch = 0  # create_revision of `leader` at the last read
         self.holds_leader_key = False  # `leader` is on this node's lease
         self.members: set[int] = set()  # replica ids whose members/ key exists
@@ -90,6 +97,11 @@ class Election:
             return self.replica_id if self.is_leader() else None
         if self.leader_id is None or not self.view_is_fresh():
             return None
+        if self.leader_id == self.replica_id:
+            return None  # the key names this node on a lease not its own: a dead earlier process
+        started = self.member_started.get(self.leader_id)
+        if started is not None and self.leader_started_at is not None and started != self.leader_started_at:
+            return None  # the node named was started again since it won: that process is gone
         return self.leader_id
 
     # ---------------------------------------------------------------- the loop
@@ -115,11 +127,16 @@ class Election:
         members = await self.etcd.call(lambda c: c.get_prefix(self.prefix + b"members/"))
         self._read_leader(txn_result)
         self.members = set()
+        self.member_started = {}
         for kv in members:
             try:
-                self.members.add(int(kv.key.rsplit(b"/", 1)[1]))
+                rid = int(kv.key.rsplit(b"/", 1)[1])
             except ValueError:
                 continue
+            self.members.add(rid)
+            started = _started_at(kv.value)
+            if started is not None:
+                self.member_started[rid] = started
         self.viewed_at = time.monotonic()
 
     async def _renew(self) -> None:
@@ -148,7 +165,7 @@ class Election:
         txn = client.transactions
         if not self.candidate:
             return await client.transaction(compare=[], success=[txn.get(key)], failure=[])
-        value = json.dumps({"replica_id": self.replica_id, "name": self.name}).encode()
+        value = json.dumps({"replica_id": self.replica_id, "name": self.name, "started_at": self.started_at}).encode()
         return await client.transaction(
             compare=[txn.create(key) == 0],
             success=[txn.put(key, value, lease=self.lease), txn.get(key)],
@@ -168,6 +185,7 @@ class Election:
         except (ValueError, KeyError, TypeError):
             log.error("cluster: unreadable leader key %r", value)
             self.leader_id = None
+        self.leader_started_at = _started_at(value)
         self.epoch = kv.create_revision
         self.holds_leader_key = self.lease is not None and kv.lease == self.lease.id
         if self.holds_leader_key and not was_leader:
@@ -182,3 +200,12 @@ class Election:
                 await self.etcd.call(lambda c: lease.revoke())
             except EtcdUnavailable as exc:
                 log.warning("cluster: lease not revoked at stop (%s); it expires within %d s", exc, self.ttl)
+
+
+def _started_at(value: bytes) -> float | None:
+    """The `started_at` of a `leader` or `members/` value (None: absent or unreadable)."""
+    try:
+        started = json.loads(value)["started_at"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return float(started) if isinstance(started, (int, float)) else None

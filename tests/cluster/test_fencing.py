@@ -4,7 +4,9 @@
 - a failed renewal extends nothing: the node acts as leader until exactly renewed_at + 2/3 TTL,
   which is before etcd can expire the lease (renewed_at + TTL);
 - another node wins only after the lease expired or was revoked, with a larger epoch, and the
-  old leader, back in contact, finds its lease gone and follows.
+  old leader, back in contact, finds its lease gone and follows;
+- a leader killed and started again within its lease is reported as leader by nobody (itself
+  included) until an election is won again.
 """
 
 from __future__ import annotations
@@ -96,3 +98,29 @@ async def test_after_the_lease_expires_another_node_wins_and_the_old_leader_foll
     assert a.current_leader() == 1
     await a.resign()
     await b.resign()
+
+
+async def test_a_leader_started_again_within_its_lease_is_reported_by_nobody(etcd):
+    dead, other = node(etcd.url, 0), node(etcd.url, 1)
+    await dead.round()
+    await other.round()
+    assert other.current_leader() == 0
+    # replica 0 is killed (its lease lives on until it expires) and started again at once
+    again = node(etcd.url, 0)
+    await again.round()
+    await other.round()
+    assert again.leader_id == other.leader_id == 0  # the key still names replica 0
+    assert again.current_leader() is None and not again.is_leader()
+    assert other.current_leader() is None
+    deadline = time.monotonic() + 3 * 2.0
+    while not (again.is_leader() or other.is_leader()):  # the old lease expires: a new election
+        assert time.monotonic() < deadline, "nobody won after the dead process's lease expired"
+        await asyncio.sleep(0.2)
+        await again.round()
+        await other.round()
+    await again.round()
+    assert again.current_leader() == other.current_leader() is not None
+    assert again.epoch == other.epoch > dead.epoch
+    for e in (again, other):
+        await e.resign()
+    await dead.etcd.close()

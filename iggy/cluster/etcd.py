@@ -4,6 +4,12 @@ Every call has a deadline (`timeout`): fencing depends on knowing, by a given ti
 lease renewal went through, so no call may hang. A call that fails or times out drops the
 connection and the next call tries the next endpoint (aetcd itself talks to one endpoint).
 docs/CLUSTER.md says why aetcd and not a grpc-gateway JSON client or python-etcd3.
+
+Ranges are read in pages (`get_all`): a gRPC client takes at most 4 MiB per reply (its
+default limit), so one read of a large prefix (`meta/` behind a node that was down for long, the
+`offsets/` of many partitions) would fail every time. aetcd's `get_range` has no `limit`, so
+the pages are built from its RangeRequest; every page after the first is read at the first
+page's revision, which makes the pages one consistent snapshot.
 """
 
 from __future__ import annotations
@@ -15,8 +21,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aetcd
+import aetcd.rtypes
+from aetcd import rpc
 
 log = logging.getLogger(__name__)
+
+PAGE_KEYS = 500  # keys per page of a range read: far below 4 MiB for keys of a few KiB
 
 
 class EtcdUnavailable(Exception):
@@ -45,6 +55,31 @@ class Etcd:
         except Exception as exc:
             await self._drop()
             raise EtcdUnavailable(f"etcd {self.endpoint}: {type(exc).__name__} {exc}".strip()) from exc
+
+    async def get_all(self, start: bytes, end: bytes, page: int = PAGE_KEYS) -> list[aetcd.rtypes.KeyValue]:
+        """Every key in [start, end) in key order, read in pages of `page` keys at one
+        revision; each page is one call with its own deadline (EtcdUnavailable as `call`). A
+        compaction of etcd's history between two pages fails the read (the caller retries)."""
+        found: list[aetcd.rtypes.KeyValue] = []
+        revision = 0
+        key = start
+        while True:
+            request = rpc.RangeRequest(key=key, range_end=end, limit=page, revision=revision)
+
+            async def one(client: aetcd.Client, request: rpc.RangeRequest = request) -> Any:
+                await client.connect()
+                try:
+                    return await client.kvstub.Range(request, timeout=self.timeout, metadata=client.metadata)
+                except rpc.AioRpcError as exc:
+                    raise EtcdUnavailable(f"{exc.code().name}: {exc.details()}") from exc
+
+            reply = await self.call(one)
+            result = aetcd.rtypes.GetRange(reply.header, reply.kvs, reply.more, reply.count)
+            found.extend(result)
+            if not reply.more or not reply.kvs:
+                return found
+            revision = reply.header.revision
+            key = reply.kvs[-1].key + b"\0"
 
     async def _drop(self) -> None:
         client, self._client = self._client, None

@@ -228,7 +228,7 @@ class MetaLog:
         return self.applied()
 
     async def _range(self, start: bytes, end: bytes) -> Any:
-        return await self.etcd.call(lambda c: c.get_range(start, end))
+        return await self.etcd.get_all(start, end)
 
     async def _load_snapshot(self) -> bool:
         """The record after this node's index is not in meta/: load the snapshot if that is

@@ -285,7 +285,7 @@ class OffsetLog:
         `epoch`). EtcdUnavailable when etcd does not answer or refuses the deletion."""
         self._reset(0, "a new election")
         start = self.prefix + b"offsets/"
-        kvs = await self.etcd.call(lambda c: c.get_range(start, aetcd.utils.prefix_range_end(start)))
+        kvs = await self.etcd.get_all(start, aetcd.utils.prefix_range_end(start))
         wanted: dict[tuple[int, int, int], dict[tuple[str, int], int]] = {}
         stale: list[Scope] = []
         streams = self.plane.meta.state.streams

@@ -103,6 +103,7 @@ class Cluster:
             on_newer_epoch=self._newer_epoch,
             keys=lambda: list(plane.storage.partitions),
             on_in_sync=self._in_sync,
+            may_acknowledge=lambda: self.election.is_leader(),
         )
         etcd_timeout = max(0.5, c.heartbeat_timeout / 6)
         self.etcd = Etcd(list(c.etcd.endpoints), etcd_timeout)
@@ -243,6 +244,7 @@ class Cluster:
         """After each round, and at the fencing deadline: follow the election's verdict, and
         apply what meta/ has beyond this node (a follower; a node elected but not caught up)."""
         self._follow_verdict()
+        self.replication.release_held()
         if not self.is_leader():
             self._kick()
             # the replica link goes to the leader etcd names (none between leaders)

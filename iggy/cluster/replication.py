@@ -111,6 +111,7 @@ class LogReplication:
         on_newer_epoch: Callable[[int], None] = lambda epoch: None,
         keys: Callable[[], Iterable[Key]] = lambda: (),
         on_in_sync: Callable[[], bool] = lambda: True,
+        may_acknowledge: Callable[[], bool] = lambda: True,
     ):
         self.replica_id = replica_id
         self.roster = {n["replica_id"]: n for n in roster}
@@ -138,6 +139,11 @@ class LogReplication:
         self.ready: dict[Key, Partition] = {}
         self.fetching: dict[Key, tuple[int, int, list[tuple[int, int]]]] = {}
         self._commits_due: set[Key] = set()
+        # the fencing deadline (Election.is_leader): no producer is answered past it, even when
+        # the ACKs that complete its batch are read before the step-down timer runs (a leader
+        # resumed after a pause runs ready I/O before expired timers)
+        self.may_acknowledge = may_acknowledge
+        self._held = False  # producers whose batches a majority holds wait for the next round
         self._flush_scheduled = False
 
     # ---------------------------------------------------------------- life cycle and role
@@ -183,6 +189,7 @@ class LogReplication:
                 if not fut.done():
                     fut.set_exception(IggyError(ErrorCode.TRANSIENT_NOT_ACCEPTED, "no longer the leader"))
         self.tracked.clear()
+        self._held = False
         self._offering.clear()
         self.offers.clear()
         self._offer_uids.clear()
@@ -511,6 +518,9 @@ class LogReplication:
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._send_commits)
+        if not self.may_acknowledge():
+            self._held = True
+            return
         synced = sorted((p.synced for p in counted), reverse=True)
         synced_held = tracked.end if need == 0 else (synced[need - 1] if len(synced) >= need else 0)
         waiters = tracked.waiters
@@ -521,6 +531,14 @@ class LogReplication:
             waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
+
+    def release_held(self) -> None:
+        """After a round that renewed the lease: answer the producers held back at the fencing
+        deadline (if the node stepped down instead, they were failed with 58)."""
+        if self._held and self.may_acknowledge():
+            self._held = False
+            for key, tracked in list(self.tracked.items()):
+                self._advance(key, tracked)
 
     def _check_in_sync(self, peer: Peer) -> None:
         """A follower that was catching up counts from now on when it holds every partition of

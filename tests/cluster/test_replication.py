@@ -14,6 +14,8 @@ real partitions in temp dirs, real replica links on loopback, no etcd and no ser
   leader's files; a leader without a majority of answers serves nothing;
 - retention on the leader (RETAIN): every follower removes the same segments, and one whose
   copy ends below the leader's start starts again there and catches up;
+- past the fencing deadline no producer is answered, even when a majority holds its batch;
+  back within it (a renewed lease), the held ones are;
 - a follower that lost its data directory counts toward no majority (a new leader does not
   reconcile with its empty copy) until it holds the leader's log; then IN_SYNC.
 """
@@ -332,3 +334,26 @@ async def test_what_retention_removes_on_the_leader_goes_on_every_follower(tmp_p
         await until(lambda: far.partition.log.next_offset == 300)
         assert far.partition.log.first_offset == start
         assert c.same_files(1, 2)
+
+
+async def test_past_the_fencing_deadline_no_producer_is_answered(tmp_path):
+    async with Cluster3(tmp_path) as c:
+        await c.reconciled()
+        fenced = [False]
+        c.leader.repl.may_acknowledge = lambda: not fenced[0]
+        await asyncio.wait_for(c.send(2), 10)
+        fenced[0] = True  # the leader's deadline passed (a pause), its step-down timer not run yet
+        held = [c.send(3) for _ in range(3)]
+        await until(lambda: all(n.partition.log.next_offset == 11 for n in c.nodes))  # a majority holds them
+        await asyncio.sleep(0.2)
+        assert not any(f.done() for f in held)
+        fenced[0] = False  # a round renewed the lease in time
+        c.leader.repl.release_held()
+        await asyncio.wait_for(asyncio.gather(*held), 10)
+        fenced[0] = True
+        more = c.send(1)
+        await until(lambda: all(n.partition.log.next_offset == 12 for n in c.nodes))
+        c.leader.repl.lead(None)  # the step-down instead: 58, as for every waiting producer
+        with pytest.raises(IggyError) as refused:
+            await more
+        assert refused.value.code == ErrorCode.TRANSIENT_NOT_ACCEPTED

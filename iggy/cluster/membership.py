@@ -92,8 +92,10 @@ class Cluster:
         # every send is appended on the main loop, where it is replicated (docs/CLUSTER.md)
         self.on_leadership: Callable[[bool], None] = self._lead
         secret = c.auth.shared_secret.encode() if c.auth.enabled else None
-        # raises StandingError (the server refuses to start) for another node's data directory
+        # raises StandingError (the server refuses to start) for another node's data directory,
+        # or for a single node's (metadata of its own that the cluster's records do not hold)
         self.standing = Standing(config.system.path, c.name, self.replica_id, c.etcd.prefix)
+        self.standing.check_metadata(plane.meta.state)
         self.replication = LogReplication(
             c.name,
             self.replica_id,

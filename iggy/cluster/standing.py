@@ -25,6 +25,11 @@ At start:
   acknowledgements) until it holds every partition up to the leader's end as reconciled and
   up to the high-watermark; then the leader sends IN_SYNC and the node writes the file.
 
+A data directory without the file whose metadata holds anything but the root user each node
+makes at its first start, and no `meta/` record of a cluster, is a single node's: its streams,
+users or tokens are in no record of the cluster, so the node would diverge from the others. It
+is refused at start too (`check_metadata`); a cluster node starts from an empty data directory.
+
 Until etcd has answered, a node without the file does not count either (`known` is False).
 If every node of the roster lost its data directory, none may lead: the messages are gone, and
 an operator who accepts that deletes `<prefix>joined/` in etcd (docs/CLUSTER.md).
@@ -38,6 +43,7 @@ import os
 from typing import Any
 
 from iggy.cluster.etcd import Etcd
+from iggy.metadata.state import State
 from iggy.storage.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,21 @@ class Standing:
                 f"of cluster {self.cluster!r}"
             )
         return True
+
+    def check_metadata(self, state: State) -> None:
+        """StandingError for a data directory that holds a single node's metadata (above)."""
+        if self.counts or state.cluster_index:
+            return
+        own = [f"{len(state.streams)} stream(s)"] if state.streams else []
+        if len(state.users) > 1:
+            own.append(f"{len(state.users)} users")
+        if state.tokens:
+            own.append(f"{len(state.tokens)} personal access token(s)")
+        if own:
+            raise StandingError(
+                f"{os.path.dirname(self.path)} holds a single node's metadata ({', '.join(own)}) that no record "
+                "of the cluster has: a cluster node starts from an empty data directory"
+            )
 
     async def settle(self, etcd: Etcd) -> None:
         """A node without the file: record this replica id in etcd, or learn it was a member

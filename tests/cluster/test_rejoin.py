@@ -7,7 +7,8 @@ no majority before it has (iggy.cluster.standing): etcd + 3 server nodes on loop
   follower down; the leader dies and the follower that held them loses its disk. The node that
   lacks them is elected but serves nothing (its only companion's copy does not count), and once
   the old leader returns the batches are all there, on every node.
-- a data directory of another replica id is refused at start (exit status 3).
+- a data directory of another replica id is refused at start (exit status 3), as is one that
+  holds a single node's streams.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import pytest
 from apache_iggy import PollingStrategy, SendMessage
 
 from iggy.cluster.standing import MARKER
-from iggy.protocol.codes import POLL_MESSAGES
+from iggy.protocol.codes import OP_CREATE_STREAM, POLL_MESSAGES
 from iggy.protocol.errors import ErrorCode
-from iggy.testing.server import IggyServerError
+from iggy.testing.server import IggyServerError, IggyTestServer
 from tests.cluster.nodes import START_ELECTION, TestCluster, local_metadata, sdk, wait_for
 from tests.cluster.test_log_replication import REPLICATED, log_bytes, partition_files, topic_on_the_leader
 from tests.conftest import sdk_poll
-from tests.rawclient import RawClient, poll_body
+from tests.rawclient import RawClient, poll_body, wire_name
 
 
 def wipe(cluster: TestCluster, node: int) -> None:
@@ -134,3 +135,21 @@ def test_a_data_directory_of_another_replica_is_refused(cluster):
     with pytest.raises(IggyServerError, match="exited with 3"):
         node.start()
     assert "this data directory belongs to" in node.log()
+
+
+def test_a_data_directory_of_a_single_node_is_refused(cluster, tmp_path):
+    cluster.wait_leader(START_ELECTION)
+    node = cluster.nodes[2]
+    node.kill()
+    shutil.rmtree(node.data_dir)
+    single = IggyTestServer(node.data_dir).start()  # the same directory, a single node
+    raw = RawClient(single.tcp_address)
+    try:
+        assert raw.login().status == 0
+        assert raw.call(OP_CREATE_STREAM, 0, wire_name("mine")).status == 0
+    finally:
+        raw.close()
+        single.stop()
+    with pytest.raises(IggyServerError, match="exited with 3"):
+        node.start()
+    assert "holds a single node's metadata (1 stream(s))" in node.log()

@@ -1,6 +1,6 @@
 """iggy.cluster.standing against a real etcd: the first start of a replica id counts at once,
 the same id with a lost data directory does not until IN_SYNC, and a file of another node or a
-damaged one is refused."""
+damaged one is refused, as is a data directory holding a single node's metadata."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from iggy.cluster.etcd import Etcd
 from iggy.cluster.standing import MARKER, Standing, StandingError
+from iggy.metadata.state import State
 
 PREFIX = "/iggy/standing-test/"
 
@@ -54,3 +55,27 @@ def test_a_file_of_another_node_or_a_damaged_one_is_refused(tmp_path, content, r
     (tmp_path / MARKER).write_text(content)
     with pytest.raises(StandingError, match=reason):
         Standing(str(tmp_path), "c", 1, PREFIX)
+
+
+def test_a_single_nodes_metadata_is_refused_a_first_start_or_a_members_is_not(tmp_path):
+    fresh = Standing(str(tmp_path), "c", 1, PREFIX)
+    state = State()
+    state.users = {0: object()}  # the root user every node makes at its first start
+    fresh.check_metadata(state)
+    for grow in (
+        lambda st: st.streams.update({1: object()}),
+        lambda st: st.users.update({1: object()}),
+        lambda st: st.tokens.update({"h": object()}),
+    ):
+        single = State()
+        single.users = {0: object()}
+        grow(single)
+        with pytest.raises(StandingError, match="single node's metadata"):
+            fresh.check_metadata(single)
+        single.cluster_index = 7  # the same held by a node of a cluster (records applied)
+        fresh.check_metadata(single)
+    (tmp_path / MARKER).write_text(json.dumps({"cluster": "c", "replica_id": 1}))
+    member = Standing(str(tmp_path), "c", 1, PREFIX)
+    crowded = State()
+    crowded.streams = {1: object()}
+    member.check_metadata(crowded)  # a member's own data directory

@@ -111,11 +111,21 @@ def raw_client(cluster: TestCluster, node: int) -> RawClient:
 
 def serving(cluster: TestCluster, node: int, stream, topic) -> RawClient:
     """A client of a new leader once it serves (it reports itself leader as soon as it holds the
-    leader key, and answers 58 until it has applied meta/ and loaded the offsets)."""
+    leader key, and answers 58 until it has applied meta/ and loaded the offsets, and a poll of
+    a partition until it has reconciled that partition with a follower's offer)."""
     raw = raw_client(cluster, node)
     target = consumer_target(stream, topic, 0, 1)
+
+    def polls(partition: int) -> bool:  # by offset, no auto-commit: no stored offset changes
+        body = poll_body(stream, topic, partition, strategy=1, value=0, count=1, consumer=99)
+        return raw.read(codes.POLL_MESSAGES, body).status != ErrorCode.TRANSIENT_NOT_ACCEPTED
+
     wait_for(
-        lambda: raw.read(codes.GET_CONSUMER_OFFSET, target).status != ErrorCode.TRANSIENT_NOT_ACCEPTED,
+        lambda: (
+            raw.read(codes.GET_CONSUMER_OFFSET, target).status != ErrorCode.TRANSIENT_NOT_ACCEPTED
+            and polls(0)
+            and polls(1)
+        ),
         START_ELECTION,
         f"node {node} serves",
     )

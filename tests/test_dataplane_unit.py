@@ -6,6 +6,7 @@ sessions honoured, consumer offsets and group ownership, persisted appends."""
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,7 @@ from iggy.engine.uring.dataplane import serve
 from iggy.engine.uring.router import Allow, Counter, Router
 from iggy.protocol.batch import build_batch, iter_messages
 from iggy.protocol.wire import build_request, parse_reply_header
-from iggy.storage.log import PartitionLog
+from iggy.storage.log import VISIBLE_UNKNOWN, PartitionLog
 from iggy.storage.offset_store import OffsetStore
 from iggy.storage.served_offsets import ServedOffsets
 from tests.rawclient import ident, poll_body, store_offset_body
@@ -192,6 +193,54 @@ def test_poll_strategies_and_auto_commit(plane):
     assert poll(strategy=5, count=4, auto_commit=1) == []
     ts = [m["timestamp"] for m in iter_messages(parts[0][1].read(0, 10)[0])]
     assert poll(strategy=2, value=ts[2]) == [2, 3, 4, 5]
+
+
+def test_cluster_polls_are_bounded_by_the_visible_end(plane):
+    """Cluster mode: only the leader within its fencing deadline serves polls, none with
+    auto-commit, none of a partition whose high-watermark is not published, and never an offset
+    at or above it (the reply as iggy.control.messages.poll_messages makes it); sends and
+    stored offsets always go to Python."""
+    router, parts, _ = plane
+    for i in range(3):
+        reply(serve(router, WRITER, 0, send_frame((b"a%d" % i, b"b%d" % i))))  # offsets 0..5
+    log = parts[0][1]
+    router.set_cluster()
+    fallback = ("fallback", None)
+    assert serve(router, WRITER, 0, poll_frame(strategy=1, value=0)) == fallback  # not leading
+    router.set_poll_until(time.monotonic_ns() + 600 * 10**9)
+    assert serve(router, WRITER, 0, poll_frame(strategy=1, value=0)) == fallback  # not reconciled
+
+    def poll(**kw):
+        status, body = reply(serve(router, WRITER, 0, poll_frame(**kw)))
+        assert status == 0
+        pid, current, count = struct.unpack_from("<IQI", body)
+        offsets = [m["offset"] for m in iter_messages(body[16:])]
+        assert count == len(offsets)
+        return current, offsets
+
+    log.set_visible_end(6)  # the whole log
+    assert poll(strategy=1, value=0) == (5, [0, 1, 2, 3, 4, 5])
+    log.set_visible_end(4)
+    assert poll(strategy=1, value=0) == (3, [0, 1, 2, 3])
+    assert poll(strategy=1, value=2, count=1) == (3, [2])
+    assert poll(strategy=1, value=4) == (3, [])  # at the bound
+    assert poll(strategy=1, value=5) == (3, [])  # above it
+    assert poll(strategy=4, count=2) == (3, [])  # the last two are not committed
+    assert poll(strategy=3, count=10) == (3, [0, 1, 2, 3])
+    log.set_visible_end(0)
+    assert poll(strategy=3) == (0, [])
+    log.set_visible_end(6)
+    assert serve(router, WRITER, 0, poll_frame(strategy=1, value=0, auto_commit=True)) == fallback
+    assert serve(router, WRITER, 0, send_frame()) == fallback
+    assert serve(router, WRITER, 0, store_frame(0)) == fallback
+    assert log.next_offset == 6 and parts[0][3].get("consumers", 1) is None
+    log.set_visible_end(VISIBLE_UNKNOWN)  # no longer reconciled in this epoch
+    assert serve(router, WRITER, 0, poll_frame(strategy=1, value=0)) == fallback
+    log.set_visible_end(6)
+    router.set_poll_until(time.monotonic_ns() - 1)  # past the fencing deadline
+    assert serve(router, WRITER, 0, poll_frame(strategy=1, value=0)) == fallback
+    router.set_poll_until(0)  # no longer leading
+    assert serve(router, WRITER, 0, poll_frame(strategy=1, value=0)) == fallback
 
 
 def test_store_offset_and_its_checksum(plane):

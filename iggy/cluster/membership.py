@@ -21,10 +21,12 @@
   `applied/<replica_id>`, and the leader compacts meta/ below the lowest of them
   (iggy.cluster.compaction, `_applied_loop`); an empty node loads the snapshot instead of the
   records compacted away (`changes.install_snapshot`).
-- Leadership changes: when this node becomes leader the io_uring shards' routing table gets its
-  users back (iggy.engine.uring.routing.Routes.set_serving), when it stops they lose them, so the
-  C data path sends every request to Python, where the gate answers it. A timer fires at the
-  fencing deadline, so the node steps down on time even when no round completes.
+- Leadership changes: the io_uring shards serve polls (without auto-commit) only while this
+  node leads, up to its fencing deadline, which every verdict publishes to the routing table
+  (iggy.engine.uring.routing.Routes.set_poll_until; the shards compare it with the clock, as
+  `is_leader` does); otherwise the C data path sends every request to Python, where the gate
+  answers it. A timer fires at the fencing deadline, so the node steps down on time even when
+  no round completes.
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ class Cluster:
         # the leader's cap on a user's logged-out JWTs kept as records (http.routes.users.revoke_jwt)
         self.revocations_per_user = revocations_per_user
         self.plane = plane
-        # the shards' C data path stays withdrawn in cluster mode (plane.routes never serves):
-        # every send is appended on the main loop, where it is replicated (docs/CLUSTER.md)
+        # the shards' C data path serves only polls in cluster mode (Routes.set_cluster): every
+        # send is appended on the main loop, where it is replicated (docs/CLUSTER.md)
         self.on_leadership: Callable[[bool], None] = self._lead
         secret = c.auth.shared_secret.encode() if c.auth.enabled else None
         # raises StandingError (the server refuses to start) for another node's data directory,
@@ -299,6 +301,7 @@ class Cluster:
 
     def _follow_verdict(self) -> None:
         self._set_leading(self.is_leader())
+        self.plane.routes.set_poll_until(self.election.deadline() if self.leading else None)
         if self._fence is not None:
             self._fence.cancel()
             self._fence = None

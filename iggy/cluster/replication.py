@@ -63,6 +63,7 @@ from iggy.cluster.replica_frames import Epochs
 from iggy.cluster.replica_link import FollowerLink, LeaderAddress, LeaderEndpoint, LinkIdentity, Peer
 from iggy.protocol.errors import ErrorCode, IggyError
 from iggy.storage.leader_epochs import divergence
+from iggy.storage.log import VISIBLE_UNKNOWN
 from iggy.storage.partitions import Partition
 
 if TYPE_CHECKING:
@@ -188,6 +189,8 @@ class LogReplication:
             for _, _, fut in tracked.waiters:
                 if not fut.done():
                     fut.set_exception(IggyError(ErrorCode.TRANSIENT_NOT_ACCEPTED, "no longer the leader"))
+        for partition in self.ready.values():
+            partition.log.set_visible_end(VISIBLE_UNKNOWN)  # the shards hand its polls to Python
         self.tracked.clear()
         self._held = False
         self._offering.clear()
@@ -217,6 +220,14 @@ class LogReplication:
         Called without the partition's lock."""
         return self.epoch is None or self.ready.get(key) is partition or self._reconcile(key, partition)
 
+    def _publish(self, key: Key) -> None:
+        """The leader's high-watermark of a ready partition, for the shards' polls (the C data
+        path bounds them by it, iggy.engine.uring.dataplane; None here: they hand them to Python)."""
+        partition = self.ready.get(key)
+        if partition is not None:
+            end = self.visible_end(key)
+            partition.log.set_visible_end(VISIBLE_UNKNOWN if end is None else end)
+
     # ---------------------------------------------------------------- leader: the send path
 
     def replicate(
@@ -232,6 +243,7 @@ class LogReplication:
         tracked = self.tracked.get(key)
         if tracked is None or tracked.partition is not partition:
             tracked = self.tracked[key] = Tracked(partition, base)
+            self._publish(key)
         if partition.epochs.last_epoch < self.epoch:  # records cleared by a purge (the caller holds the lock)
             partition.epochs.record(self.epoch, base)
         tracked.end = base + count
@@ -380,6 +392,7 @@ class LogReplication:
         self.tracked[key] = Tracked(
             partition, end, commit=min(end, self.follower_log.commits.get(key, 0)), ready_end=end
         )
+        self._publish(key)
         for peer in self.peers.values():
             if peer.replica_id in self.offers:
                 self._send_truncate(peer, key)
@@ -514,6 +527,7 @@ class LogReplication:
         held = tracked.end if need == 0 else (min(ends[need - 1], tracked.end) if len(ends) >= need else 0)
         if held > tracked.commit:
             tracked.commit = held
+            self._publish(key)
             self._commits_due.add(key)
             if not self._flush_scheduled:
                 self._flush_scheduled = True

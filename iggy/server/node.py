@@ -132,7 +132,7 @@ class Server:
             }
             self.cluster = Cluster(cfg, plane, **knobs)
             plane.cluster = self.cluster
-            plane.routes.set_serving(False)
+            plane.routes.set_cluster()
         if cfg.tcp.enabled:
             tcp = self._tcp_engine()
             await self._serve(tcp)

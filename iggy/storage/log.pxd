@@ -31,6 +31,10 @@ cdef class PartitionLog:
     cdef readonly uint64_t uid  # unique in the process: tells logs apart after one is freed
     cdef readonly str label     # "stream/topic/partition" ids for log lines (the directory otherwise)
     cdef object _reported       # {(read status, offset)} already logged: each damaged place once
+    # cluster mode: offsets at or above this are not served by the shards (the leader's
+    # high-watermark); UINT64_MAX (the default, not published) = the shards hand the poll to Python.
+    # Written by the main loop, read by the shards under the partition lock: atomic both ways
+    cdef uint64_t visible_end
 
     cdef Segment *_active(self) except NULL
     cdef Py_ssize_t _open_segment(self, uint64_t base, bint create) except -1
@@ -44,6 +48,7 @@ cdef class PartitionLog:
     cdef int _appended(self, Segment *s, int rc, uint64_t ts) except -1
 
     # for the shard, without the GIL; the caller holds the partition lock
+    cdef uint64_t c_visible_end(self) noexcept nogil
     cdef int c_state(self, uint64_t *first, uint64_t *next_offset) noexcept nogil
     cdef int c_append(self, const unsigned char *p, uint64_t n, uint64_t now_us, uint64_t *base_offset,
                       uint32_t *count) noexcept nogil

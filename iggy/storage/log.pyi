@@ -17,6 +17,7 @@ from iggy.storage.log_files import (
 
 INDEX_ENTRY_SIZE: int
 DEFAULT_SEGMENT_SIZE: int
+VISIBLE_UNKNOWN: int
 
 @final
 class PartitionLog:
@@ -37,6 +38,7 @@ class PartitionLog:
     recovered_truncated_bytes: Final[int]
     uid: Final[int]
     label: Final[str]
+    def set_visible_end(self, end: int) -> None: ...
     @property
     def closed(self) -> bool: ...
     @property

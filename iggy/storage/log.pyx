@@ -40,7 +40,7 @@ the GIL is released inside the calls, not the partition.
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport ENOMEM, errno
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport UINT64_MAX, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memmove, memset
 from posix.fcntl cimport O_CREAT, O_TRUNC, posix_fallocate
@@ -70,6 +70,15 @@ log = logging.getLogger(__name__)
 
 INDEX_ENTRY_SIZE = INDEX_ENTRY_LEN
 DEFAULT_SEGMENT_SIZE = 1 << 30
+VISIBLE_UNKNOWN = UINT64_MAX  # for Python: PartitionLog.set_visible_end(VISIBLE_UNKNOWN_END)
+
+
+cdef extern from *:
+    # GCC builtins: PartitionLog.visible_end is written by the main loop, read by the shards
+    void __atomic_store_n(uint64_t *p, uint64_t v, int order) nogil
+    uint64_t __atomic_load_n(uint64_t *p, int order) nogil
+    int __ATOMIC_RELEASE
+    int __ATOMIC_ACQUIRE
 cdef uint64_t _next_uid = 0
 
 
@@ -189,6 +198,7 @@ cdef class PartitionLog:
     """
 
     def __cinit__(self):
+        self.visible_end = UINT64_MAX
         self.segs = NULL
         self.n_segs = 0
         self.cap_segs = 0
@@ -414,6 +424,14 @@ cdef class PartitionLog:
     @property
     def closed(self):
         return self._closed
+
+    def set_visible_end(self, uint64_t end):
+        """Cluster mode: the shards serve no offset at or above `end` from this log
+        (VISIBLE_UNKNOWN, the default: they hand every poll of it to the control plane)."""
+        __atomic_store_n(&self.visible_end, end, __ATOMIC_RELEASE)
+
+    cdef uint64_t c_visible_end(self) noexcept nogil:
+        return __atomic_load_n(&self.visible_end, __ATOMIC_ACQUIRE)
 
     @property
     def next_offset(self):

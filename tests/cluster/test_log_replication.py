@@ -4,7 +4,8 @@ server processes on loopback.
 - batches sent through the official SDK to the leader end up in every node's partition files,
   byte for byte the leader's;
 - the leader's polls serve nothing above the high-watermark: with both followers paused a batch
-  is appended on the leader but neither acknowledged nor served; once they resume it is both;
+  is appended on the leader but neither acknowledged nor served (polls without auto-commit are
+  served by the io_uring shards in C, bounded alike); once they resume it is both;
 - SIGKILL of the leader while a producer runs, on a `replicated` and on a `persisted` topic: every
   batch the leader acknowledged is on the new leader exactly once and in order (the producer
   never retries a batch, so a message that appears twice would be the server's doing), and the
@@ -19,18 +20,20 @@ server processes on loopback.
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from apache_iggy import PollingStrategy, SendMessage
 
-from iggy.protocol.codes import OP_CREATE_TOPIC
+from iggy.protocol.codes import OP_CREATE_TOPIC, POLL_MESSAGES
 from tests.cluster.nodes import HEARTBEAT_TIMEOUT, START_ELECTION, TestCluster, local_metadata, sdk, wait_for
 from tests.conftest import sdk_poll
-from tests.rawclient import RawClient, ident, wire_name
+from tests.rawclient import RawClient, ident, poll_body, wire_name
 
 pytestmark = pytest.mark.engine
 
@@ -77,6 +80,34 @@ async def topic_on_the_leader(
     return leader, client
 
 
+def native_requests(cluster: TestCluster, node: int) -> float:
+    """Requests `node`'s io_uring shards served in C so far (GET /metrics)."""
+    with httpx.Client(base_url=cluster.nodes[node].http_url, timeout=10) as http:
+        token = http.post("/users/login", json={"username": "iggy", "password": "iggy"}).json()
+        text = http.get("/metrics", headers={"Authorization": f"Bearer {token['access_token']['token']}"}).text
+    for line in text.splitlines():
+        if line.startswith("shard_requests_native "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no shard_requests_native in /metrics")
+
+
+def raw_polls(cluster: TestCluster, node: int, stream: str, times: int) -> list[tuple[int, int]]:
+    """(current offset, message count) of `times` polls of stream/t from offset 0 on `node`,
+    without auto-commit, over one raw connection."""
+    raw = RawClient(cluster.address(node))
+    try:
+        assert raw.login().status == 0
+        out = []
+        for _ in range(times):
+            reply = raw.read(POLL_MESSAGES, poll_body(stream, "t", 0, strategy=1, value=0, count=100))
+            assert reply.status == 0, reply
+            _, current, count = struct.unpack_from("<IQI", reply.body)
+            out.append((current, count))
+        return out
+    finally:
+        raw.close()
+
+
 def log_bytes(files: dict) -> bytes:
     return b"".join(v for k, v in sorted(files.items()) if k.endswith(".log"))
 
@@ -115,6 +146,13 @@ async def test_a_batch_no_majority_holds_is_neither_acknowledged_nor_served(clus
         reader = await sdk(cluster.address(leader))
         polled = await sdk_poll(reader, "hw", "t", PollingStrategy.First(), count=100)
         assert [m.payload() for m in polled] == [b"before"]
+        # polls without auto-commit, served by the leader's shards in C on the uring engine
+        # (its native-request counter moves by at least one per poll), are bounded alike
+        before = await asyncio.to_thread(native_requests, cluster, leader)
+        assert await asyncio.to_thread(raw_polls, cluster, leader, "hw", 20) == [(0, 1)] * 20
+        after = await asyncio.to_thread(native_requests, cluster, leader)
+        if os.environ.get("IGGY_TEST_ENGINE", "uring") != "asyncio":  # no shards on asyncio
+            assert after - before >= 20
     finally:
         for p in followers:
             p.resume()

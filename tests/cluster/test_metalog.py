@@ -129,14 +129,14 @@ async def test_catch_up_stops_at_a_record_that_does_not_apply(etcd):
 
 def stub_plane(tmp_path):
     """What iggy.cluster.membership.Cluster uses of a control plane: the metadata store (real,
-    in tmp_path), the routing table's serving switch, and a storage that a stream.create does
-    not touch."""
+    in tmp_path), the routing table's poll deadline (what it was given, in order), and a storage
+    that a stream.create does not touch."""
     meta = MetadataStore(str(tmp_path))
     meta.open()
-    serving: list[bool] = []
+    poll_until: list[float | None] = []
     storage = SimpleNamespace(partition=lambda s, t, p: None, partitions={})
     return SimpleNamespace(
-        meta=meta, routes=SimpleNamespace(set_serving=serving.append), serving=serving, storage=storage
+        meta=meta, routes=SimpleNamespace(set_poll_until=poll_until.append), poll_until=poll_until, storage=storage
     )
 
 
@@ -172,9 +172,11 @@ async def test_an_elected_node_serves_only_after_applying_meta_to_its_end(etcd, 
         cluster._update()
         # elected, but meta/ holds changes it has not applied: it does not serve yet
         assert not cluster.is_leader() and not cluster.serves(201)
+        assert set(plane.poll_until) == {None}  # the shards serve no poll yet
         await cluster._sync
         assert cluster.is_leader() and cluster.serves(201)
-        assert plane.serving == []  # in cluster mode the shards' C data path is never given users
+        # the shards serve polls up to the fencing deadline
+        assert plane.poll_until[-1] == cluster.election.deadline()
         assert plane.meta.state.cluster_index == 3
         assert sorted(s.name for s in plane.meta.state.streams.values()) == ["s0", "s1", "s2"]
     finally:

@@ -42,9 +42,9 @@ The routing table's read lock is held for the whole request, so the partition ob
 points at stay alive; the partition's mutex is held for the log and offset work, as the
 Python path holds it.
 """
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport UINT64_MAX, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
-from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdlib cimport free, realloc
 from posix.unistd cimport close, fdatasync
@@ -67,6 +67,12 @@ from iggy.storage.served_offsets cimport ServedOffsets
 from iggy.engine.uring.router cimport (ALLOW_POLL, ALLOW_SEND, MAX_ROUTE_KEY, GroupRoute, PartRoute, Router, Table,
                                        TopicRoute, allowed, find_group, find_partition, find_topic, next_balanced,
                                        normalise_identifier)
+
+
+cdef extern from *:
+    # GCC builtin: Table.poll_until is written by the main loop (iggy.cluster.membership)
+    uint64_t __atomic_load_n(const uint64_t *p, int order) nogil
+    int __ATOMIC_ACQUIRE
 
 
 cdef enum:
@@ -216,6 +222,8 @@ cdef int _send(const Table *t, int64_t user_id, const unsigned char *req, Cursor
     cdef uint32_t appended = 0
     cdef int rc, sync_fd = -1
     cdef unsigned char body[24]
+    if t.cluster:                   # cluster mode: appended on the main loop, which replicates it
+        return DP_FALLBACK
     kind = cur_u8(c)
     vlen = cur_u8(c)
     value = cur_take(c, vlen)
@@ -284,9 +292,16 @@ cdef unsigned char *_poll_reserve(void *ctx, uint64_t n) noexcept nogil:
     return po.frame + HEADER_SIZE + POLL_HEAD
 
 
+cdef inline bint _may_poll_in_cluster(const Table *t) noexcept nogil:
+    """Cluster mode: is this node the leader within its fencing deadline (Table.poll_until)?"""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec < __atomic_load_n(&t.poll_until, __ATOMIC_ACQUIRE)
+
+
 cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsigned char *req, Cursor *c,
                uint64_t max_poll_bytes, Sink *out) noexcept nogil:
-    cdef uint64_t key = 0, value, first = 0, nxt = 0, stored = 0, start = 0, last, current
+    cdef uint64_t key = 0, value, first = 0, nxt = 0, stored = 0, start = 0, last, current, visible = 0
     cdef uint32_t count
     cdef uint8_t strategy, auto_commit
     cdef OffsetTarget tg
@@ -303,6 +318,10 @@ cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsign
     auto_commit = cur_bool(c)
     # bytes after auto_commit are ignored, as by the Python handler (iggy.protocol.wire.Reader)
     if c.bad or tg.topic == NULL or count == 0 or strategy < STRATEGY_OFFSET or strategy > STRATEGY_NEXT:
+        return DP_FALLBACK
+    # cluster mode: an auto-commit goes through etcd, and only the leader within its fencing
+    # deadline serves (the gate of iggy.cluster.membership.Cluster.is_leader): Python otherwise
+    if t.cluster and (auto_commit or not _may_poll_in_cluster(t)):
         return DP_FALLBACK
     part = _target_partition(t, user_id, client_id, &tg, &kind, &key)
     if part == NULL:
@@ -329,7 +348,22 @@ cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsign
     else:
         start = first if not has_stored else (stored + 1 if stored + 1 > first else first)
     current = nxt - 1 if nxt else 0
-    if has_start and nxt != 0 and start <= current:
+    if t.cluster:
+        # nothing at or above the high-watermark, as iggy.control.messages.poll_messages;
+        # not published (a partition not reconciled in this epoch): Python
+        visible = (<PartitionLog>part.log).c_visible_end()
+        if visible == UINT64_MAX:
+            (<Mutex>part.lock).unlock()
+            return DP_FALLBACK
+        if nxt > visible:
+            current = visible - 1 if visible else 0
+            if start < first:
+                start = first
+            if start >= visible:
+                count = 0
+            elif visible - start < count:
+                count = <uint32_t>(visible - start)
+    if has_start and nxt != 0 and count != 0 and start <= current:
         if start < first:
             start = first
         if (<PartitionLog>part.log).c_read(start, count, max_poll_bytes, _poll_reserve, &po, &res) != 0 \
@@ -371,8 +405,8 @@ cdef int _store_offset(const Table *t, int64_t user_id, uint64_t client_id, cons
     cdef const PartRoute *part
     cdef int rc
     cdef unsigned char result[4]
-    if not _target(t, c, &tg):
-        return DP_FALLBACK
+    if t.cluster or not _target(t, c, &tg):
+        return DP_FALLBACK          # cluster mode: stored offsets go through etcd (iggy.cluster.offsets)
     offset = cur_u64(c)
     if c.pos < c.n:
         cur_u8(c)                   # ack level: a single node acknowledges after the write

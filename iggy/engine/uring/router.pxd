@@ -80,6 +80,13 @@ cdef struct Table:
     uint64_t n_topics
     UserPerms *users            # indexed by user id, n_users of them
     uint32_t n_users
+    # cluster mode (iggy.cluster): 0 on a single node. In cluster mode the shards serve only
+    # polls without auto-commit, and only while CLOCK_MONOTONIC (ns) is below poll_until
+    # (the leader's fencing deadline; 0 = not leading), each bounded by its log's visible
+    # end (iggy.storage.log.PartitionLog.set_visible_end); poll_until is written with
+    # atomic stores by the main loop, read with atomic loads by the shards
+    uint8_t cluster
+    uint64_t poll_until
 
 
 cdef class Counter:

@@ -76,7 +76,9 @@ cdef extern from "<pthread.h>" nogil:
 cdef extern from *:
     # GCC builtins (atomic read-modify-write of the round-robin counters)
     uint64_t __atomic_fetch_add(uint64_t *p, uint64_t v, int order) nogil
+    void __atomic_store_n(uint64_t *p, uint64_t v, int order) nogil
     int __ATOMIC_RELAXED
+    int __ATOMIC_RELEASE
 
 
 cdef int normalise_identifier(const unsigned char *p, uint64_t avail, unsigned char *out,
@@ -545,6 +547,14 @@ cdef class Router:
             self.generation += 1
             pthread_rwlock_unlock(&self.rwlock)
             free(old)
+
+    def set_cluster(self):
+        """Cluster mode, before the shards start (see Table.cluster): no poll until set_poll_until."""
+        self.table.cluster = 1
+
+    def set_poll_until(self, uint64_t deadline_ns):
+        """Cluster mode: the shards serve polls while CLOCK_MONOTONIC is below this (0: never)."""
+        __atomic_store_n(&self.table.poll_until, deadline_ns, __ATOMIC_RELEASE)
 
     def topic_keys(self):
         """The (stream_id, topic_id) of every topic in the table."""

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from iggy.control import permissions as perm
-from iggy.engine.uring.router import Router, principal
+from iggy.engine.uring.router import Allow, Router, principal
 
 if TYPE_CHECKING:
     from iggy.control.groups import GroupCoordinator
@@ -47,9 +47,10 @@ class Routes:
         # topic delete changes exactly these users' grants
         self._stream_users: dict[int, set[int]] = {}
         self._user_streams: dict[int, set[int]] = {}
-        # False on a cluster follower: no user has grants, so the shards send every data-plane
-        # request to the control plane, which answers it (iggy.cluster.membership)
-        self.serving = True
+        # cluster mode: users are granted polls only (sends are replicated by the control
+        # plane), and the shards serve them only on the leader within its fencing deadline,
+        # up to each partition's high-watermark (Router.set_cluster; iggy.cluster.replication)
+        self.cluster = False
         meta.listeners.append(self.meta_changed)
         storage.listeners.append(self.topics_changed)
         groups.listeners.append(self.groups_changed)
@@ -73,11 +74,18 @@ class Routes:
         for uid in self.router.user_ids() - users:
             self.user(uid)
 
-    def set_serving(self, serving: bool) -> None:
-        """Cluster leadership gained (True) or lost (False): publish or withdraw every user."""
-        self.serving = serving
+    def set_cluster(self) -> None:
+        """Cluster mode (before any listener): every user is republished with poll grants only,
+        and no poll is served by the shards until the node leads (Router.set_poll_until)."""
+        self.cluster = True
+        self.router.set_cluster()
         for uid in set(self.meta.state.users) | set(self.router.user_ids()):
             self.user(uid)
+
+    def set_poll_until(self, deadline: float | None) -> None:
+        """Cluster mode: the shards serve polls until `deadline` (a time.monotonic() instant, the
+        leader's fencing deadline), or none (None: not leading)."""
+        self.router.set_poll_until(0 if deadline is None else max(1, int(deadline * 1e9)))
 
     # ---------------------------------------------------------------- one entry
 
@@ -120,10 +128,13 @@ class Routes:
                 users.discard(uid)
                 if not users:
                     del self._stream_users[sid]
-        if u is None or not self.serving:
+        if u is None:
             self.router.remove_user(uid)
             return
         allow_all, grants = perm.data_plane_grants(u)
+        if self.cluster:
+            allow_all &= Allow.ALLOW_POLL
+            grants = [(sid, tid, bits & Allow.ALLOW_POLL) for sid, tid, bits in grants]
         self.router.set_user(principal(u.id, u.generation), allow_all, grants)
         sids = set((u.permissions or {}).get("streams") or {})
         if sids:

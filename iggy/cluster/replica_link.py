@@ -59,6 +59,13 @@ class LinkIdentity:
     secret: bytes | None  # cluster.auth.shared_secret when cluster.auth.enabled
     epochs: Epochs
 
+    def check_frame(self, frame: Frame, epoch: int) -> None:
+        """A frame received on a link of `epoch`: its epoch is checked against the highest seen
+        (Epochs.check) and must be the link's; LinkError otherwise."""
+        self.epochs.check(frame.epoch)
+        if frame.epoch != epoch:
+            raise LinkError(f"frame of epoch {frame.epoch} on a link of epoch {epoch}")
+
 
 class Framed:
     """A connection's reader cut into frames (bytes that arrived with the last handshake frame
@@ -223,9 +230,7 @@ class LeaderEndpoint:
                 if not frames:
                     return
                 for frame in frames:
-                    self.me.epochs.check(frame.epoch)
-                    if frame.epoch != epoch:
-                        raise LinkError(f"frame of epoch {frame.epoch} on a link of epoch {epoch}")
+                    self.me.check_frame(frame, epoch)
                     if frame.kind == rf.ACK:
                         key, end, synced, status = rf.read_ack(frame.body)
                         self.side.acked(peer, key, end, synced, status)
@@ -383,9 +388,7 @@ class FollowerLink:
                 if self.target != leader:
                     return
                 for frame in frames:
-                    self.me.epochs.check(frame.epoch)
-                    if frame.epoch != epoch:
-                        raise LinkError(f"frame of epoch {frame.epoch} on a link of epoch {epoch}")
+                    self.me.check_frame(frame, epoch)
                     if frame.kind == rf.BATCH:
                         key, commit, batches = rf.read_batch(frame.body)
                         self.sink.batches(key, commit, batches, epoch)

@@ -222,3 +222,15 @@ def until_killed(c, also=()):
         pass
     finally:
         c.close()
+
+
+def work_until_killed(address: str, stop, step, client_cls=None, also=()) -> None:
+    """A harness worker thread: connects (connect_or_none; nothing to do when the server is
+    already down), then calls `step(client)` over and over until `stop` is set or the kill
+    ends the connection (until_killed, with `also`)."""
+    c = connect_or_none(address, client_cls)
+    if c is None:
+        return
+    with until_killed(c, also):
+        while not stop.is_set():
+            step(c)

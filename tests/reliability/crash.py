@@ -35,10 +35,9 @@ from tests.reliability.common import (
     Corrupt,
     Launcher,
     check_contiguous,
-    connect_or_none,
     harness_arguments,
-    until_killed,
     verify_batches,
+    work_until_killed,
 )
 
 STREAM = "crash"
@@ -78,61 +77,61 @@ def produce(
     address: str, topic: str, partition: int, producer: str, history: History, stop: threading.Event, rng: random.Random
 ) -> None:
     key = (topic, partition)
-    c = connect_or_none(address)
-    if c is None:
-        return
     seq = 0
-    with until_killed(c):
-        while not stop.is_set():
-            n = rng.randint(1, 20)
-            payloads = [
-                f"{producer}:{seq + i}:".encode() + os.urandom(rng.randint(0, 200)).hex().encode() for i in range(n)
-            ]
-            with history.lock:
-                history.maybe.setdefault(key, set()).update(payloads)
-            reply, base = c.send(STREAM, topic, partition, payloads)
-            if reply.status:
-                raise AssertionError(f"send refused with {reply.status}")
-            with history.lock:
-                history.maybe[key].difference_update(payloads)
-                history.acked.setdefault(key, {})[base] = payloads
-                history.stats["acked_batches"] += 1
-                history.stats["acked_messages"] += n
-            seq += n
+
+    def send(c) -> None:
+        nonlocal seq
+        n = rng.randint(1, 20)
+        payloads = [
+            f"{producer}:{seq + i}:".encode() + os.urandom(rng.randint(0, 200)).hex().encode() for i in range(n)
+        ]
+        with history.lock:
+            history.maybe.setdefault(key, set()).update(payloads)
+        reply, base = c.send(STREAM, topic, partition, payloads)
+        if reply.status:
+            raise AssertionError(f"send refused with {reply.status}")
+        with history.lock:
+            history.maybe[key].difference_update(payloads)
+            history.acked.setdefault(key, {})[base] = payloads
+            history.stats["acked_batches"] += 1
+            history.stats["acked_messages"] += n
+        seq += n
+
+    work_until_killed(address, stop, send)
 
 
 def metadata_changes(address: str, round_no: int, history: History, stop: threading.Event, rng: random.Random) -> None:
-    c = connect_or_none(address)
-    if c is None:
-        return
     i = 0
-    with until_killed(c):
-        while not stop.is_set():
-            with history.lock:
-                present = sorted(history.streams_present)
-            deleting = bool(present) and rng.random() < 0.4
-            if deleting:
-                name = rng.choice(present)
-            else:
-                name = f"meta-{round_no}-{i}"
-                i += 1
-            with history.lock:
-                history.streams_maybe.add(name)
-            reply = c.delete_stream(name) if deleting else c.create_stream(name)
-            if reply.code:
-                raise AssertionError(f"{'delete' if deleting else 'create'} stream {name} refused: {reply.code}")
-            # acknowledged: the stream moves from one set to the other
-            leaves, joins = (
-                (history.streams_present, history.streams_gone)
-                if deleting
-                else (history.streams_gone, history.streams_present)
-            )
-            with history.lock:
-                history.streams_maybe.discard(name)
-                leaves.discard(name)
-                joins.add(name)
-                history.stats["metadata_ops"] += 1
-            time.sleep(rng.uniform(0, 0.01))
+
+    def change(c) -> None:
+        nonlocal i
+        with history.lock:
+            present = sorted(history.streams_present)
+        deleting = bool(present) and rng.random() < 0.4
+        if deleting:
+            name = rng.choice(present)
+        else:
+            name = f"meta-{round_no}-{i}"
+            i += 1
+        with history.lock:
+            history.streams_maybe.add(name)
+        reply = c.delete_stream(name) if deleting else c.create_stream(name)
+        if reply.code:
+            raise AssertionError(f"{'delete' if deleting else 'create'} stream {name} refused: {reply.code}")
+        # acknowledged: the stream moves from one set to the other
+        leaves, joins = (
+            (history.streams_present, history.streams_gone)
+            if deleting
+            else (history.streams_gone, history.streams_present)
+        )
+        with history.lock:
+            history.streams_maybe.discard(name)
+            leaves.discard(name)
+            joins.add(name)
+            history.stats["metadata_ops"] += 1
+        time.sleep(rng.uniform(0, 0.01))
+
+    work_until_killed(address, stop, change)
 
 
 def read_while_running(
@@ -142,32 +141,31 @@ def read_while_running(
 
     remember_served: also raise history.served to what was seen (the power-cut harness counts
     messages served before a cut and gone after it)."""
-    c = connect_or_none(address)
-    if c is None:
-        return
     next_offset: dict[tuple[str, int], int] = {}
-    with until_killed(c, also=(ValueError,)):
-        while not stop.is_set():
-            for topic in history.topics:
-                for p in range(PARTITIONS):
-                    key = (topic, p)
-                    reply = c.poll(STREAM, topic, p, next_offset.get(key, 0), 500)
-                    if reply.status:
-                        continue
-                    try:
-                        messages = verify_batches(reply.body[16:])
-                    except Corrupt as exc:
-                        errors.append(f"served while running: {exc}")
-                        with history.lock:
-                            history.stats["corrupt_served"] += 1
-                        continue
-                    if messages:
-                        next_offset[key] = messages[-1]["offset"] + 1
-                        with history.lock:
-                            history.stats["served_verified"] += len(messages)
-                            if remember_served:
-                                history.served[key] = max(history.served.get(key, 0), next_offset[key])
-            time.sleep(0.005)
+
+    def read(c) -> None:
+        for topic in history.topics:
+            for p in range(PARTITIONS):
+                key = (topic, p)
+                reply = c.poll(STREAM, topic, p, next_offset.get(key, 0), 500)
+                if reply.status:
+                    continue
+                try:
+                    messages = verify_batches(reply.body[16:])
+                except Corrupt as exc:
+                    errors.append(f"served while running: {exc}")
+                    with history.lock:
+                        history.stats["corrupt_served"] += 1
+                    continue
+                if messages:
+                    next_offset[key] = messages[-1]["offset"] + 1
+                    with history.lock:
+                        history.stats["served_verified"] += len(messages)
+                        if remember_served:
+                            history.served[key] = max(history.served.get(key, 0), next_offset[key])
+        time.sleep(0.005)
+
+    work_until_killed(address, stop, read, also=(ValueError,))
 
 
 def check(address: str, history: History) -> None:

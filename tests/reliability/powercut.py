@@ -49,7 +49,7 @@ from iggy.protocol import codes
 from tests.conftest import ServerProcess
 from tests.rawclient import consumer_target, ident, store_offset_body, wire_name
 from tests.reliability import crash
-from tests.reliability.common import OP_CREATE_TOPIC, Client, connect_or_none, harness_arguments, option, until_killed
+from tests.reliability.common import OP_CREATE_TOPIC, Client, harness_arguments, option, work_until_killed
 
 LAZYFS = Path(__file__).with_name("lazyfs.py")
 STREAM = crash.STREAM  # crash.produce sends to it
@@ -192,30 +192,29 @@ class History(crash.History):
 
 def store_offsets(address: str, history: History, stop: threading.Event, rng: random.Random) -> None:
     """Store CONSUMER's offset on the persisted topic: the newest acknowledged offset, growing."""
-    c = connect_or_none(address, PowerClient)
-    if c is None:
-        return
-    with until_killed(c):
-        while not stop.is_set():
-            p = rng.randrange(PARTITIONS)
-            key = (OFFSETS_TOPIC, p)
-            with history.lock:
-                acked = history.acked.get(key)
-                top = max((b + len(batch) - 1 for b, batch in acked.items()), default=None) if acked else None
-                last = history.offset_acked.get(key, -1)
-            if top is None or top <= last:
-                time.sleep(0.01)
-                continue
-            with history.lock:
-                history.offset_maybe[key] = top
-            reply = c.store_offset(OFFSETS_TOPIC, p, top)
-            if reply.code:
-                raise AssertionError(f"store offset {top} on {key} refused: {reply.code}")
-            with history.lock:
-                history.offset_maybe.pop(key, None)
-                history.offset_acked[key] = top
-                history.stats["offset_stores"] += 1
-            time.sleep(rng.uniform(0, 0.02))
+
+    def store(c) -> None:
+        p = rng.randrange(PARTITIONS)
+        key = (OFFSETS_TOPIC, p)
+        with history.lock:
+            acked = history.acked.get(key)
+            top = max((b + len(batch) - 1 for b, batch in acked.items()), default=None) if acked else None
+            last = history.offset_acked.get(key, -1)
+        if top is None or top <= last:
+            time.sleep(0.01)
+            return
+        with history.lock:
+            history.offset_maybe[key] = top
+        reply = c.store_offset(OFFSETS_TOPIC, p, top)
+        if reply.code:
+            raise AssertionError(f"store offset {top} on {key} refused: {reply.code}")
+        with history.lock:
+            history.offset_maybe.pop(key, None)
+            history.offset_acked[key] = top
+            history.stats["offset_stores"] += 1
+        time.sleep(rng.uniform(0, 0.02))
+
+    work_until_killed(address, stop, store, client_cls=PowerClient)
 
 
 def check(address: str, history: History) -> None:

@@ -26,6 +26,7 @@ from iggy.testing.server import IggyTestServer
 ROOT_USER = "iggy"
 ROOT_PASSWORD = "iggy"
 REPO = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
 
 
 def free_port(kind=socket.SOCK_STREAM) -> int:
@@ -199,6 +200,25 @@ async def make_topic(client, partitions: int = 1, *, stream: str, topic: str, **
     if await client.get_stream(stream) is None:
         await client.create_stream(stream)
     await client.create_topic(stream, topic, partitions, **options)
+
+
+def every_topic_option() -> dict:
+    """`create_topic` keywords that set every topic option, none to the server's default: gzip,
+    expiry 60 s, at most 100 MiB, segments of 2 MiB, persisted messages and replicated offsets,
+    saved every 100 messages or 4096 bytes, no preallocated segments."""
+    from apache_iggy import Durability, IggyExpiry, MaxTopicSize
+
+    return {
+        "compression_algorithm": "gzip",
+        "message_expiry": IggyExpiry.ExpireDuration(datetime.timedelta(seconds=60)),
+        "max_topic_size": MaxTopicSize.Custom(100 * MiB),
+        "segment_size": 2 * MiB,
+        "durability": Durability.PERSISTED,
+        "consumer_offset_durability": Durability.REPLICATED,
+        "messages_required_to_save": 100,
+        "size_of_messages_required_to_save": 4096,
+        "preallocate_segments": False,
+    }
 
 
 def next_consumer(client, group: str, stream, topic, *, batch_length: int, poll_ms: int, auto_commit):

@@ -14,7 +14,6 @@ from datetime import timedelta
 
 import pytest
 from apache_iggy import (
-    Durability,
     GlobalPermissions,
     IggyClient,
     IggyExpiry,
@@ -26,10 +25,9 @@ from apache_iggy import (
     TopicPermissions,
 )
 
-from tests.conftest import connect_root, login_as, sdk_error, sdk_poll, uniq
+from tests.conftest import MiB, connect_root, every_topic_option, login_as, sdk_error, sdk_poll, uniq
 from tests.rawclient import RawClient, ident, wire_name
 
-MiB = 1024 * 1024
 GiB = 1024 * MiB
 U64_MAX = 2**64 - 1
 
@@ -202,20 +200,7 @@ async def test_purge_stream_drops_messages_keeps_metadata(root):
 async def test_topic_create_with_every_option(root):
     s = uniq("opts")
     await root.create_stream(s)
-    await root.create_topic(
-        s,
-        "full",
-        3,
-        compression_algorithm="gzip",
-        message_expiry=IggyExpiry.ExpireDuration(timedelta(seconds=60)),
-        max_topic_size=MaxTopicSize.Custom(100 * MiB),
-        segment_size=2 * MiB,
-        durability=Durability.PERSISTED,
-        consumer_offset_durability=Durability.REPLICATED,
-        messages_required_to_save=100,
-        size_of_messages_required_to_save=4096,
-        preallocate_segments=False,
-    )
+    await root.create_topic(s, "full", 3, **every_topic_option())
     t = await root.get_topic(s, "full")
     assert t.name == "full" and t.partitions_count == 3
     assert [p.id for p in t.partitions] == [0, 1, 2]

@@ -12,21 +12,17 @@ from datetime import timedelta
 
 import pytest
 from apache_iggy import (
-    Durability,
     GlobalPermissions,
     IggyClient,
-    IggyExpiry,
-    MaxTopicSize,
     Permissions,
     StreamPermissions,
     TopicPermissions,
     UserStatus,
 )
 
-from tests.conftest import ServerProcess, connect_root
+from tests.conftest import MiB, ServerProcess, connect_root, every_topic_option
 from tests.rawclient import RawClient, wire_name
 
-MiB = 1024 * 1024
 NO_HTTP = {"IGGY_HTTP_ENABLED": "false"}  # nothing here needs it, and it halves every start
 
 
@@ -134,19 +130,7 @@ async def populate(address: str) -> dict:
         await c.create_stream(name)
     await c.delete_stream("beta")  # id 1 becomes free
     await c.update_stream("gamma", "gamma2")
-    await c.create_topic(
-        "alpha",
-        "full",
-        3,
-        compression_algorithm="gzip",
-        message_expiry=IggyExpiry.ExpireDuration(timedelta(seconds=90)),
-        max_topic_size=MaxTopicSize.Custom(200 * MiB),
-        segment_size=4 * MiB,
-        durability=Durability.PERSISTED,
-        messages_required_to_save=50,
-        size_of_messages_required_to_save=8192,
-        preallocate_segments=False,
-    )
+    await c.create_topic("alpha", "full", 3, **every_topic_option())
     await c.create_topic("alpha", "plain", 1)
     await c.create_topic("alpha", "doomed", 1)
     await c.create_partitions("alpha", "plain", 3)
@@ -207,9 +191,9 @@ def expected_shape(state: dict) -> None:
     full, plain = alpha["topics"]
     assert [p for p, _ in full["partitions"]] == [0, 1, 2]
     assert [p for p, _ in plain["partitions"]] == [0, 1, 2]
-    assert full["compression"] == "gzip" and full["expiry"] == timedelta(seconds=90)
-    assert full["max_size"] == 200 * MiB
-    assert full["options"]["segment_size"] == 4 * MiB and full["options"]["durability"] == "persisted"
+    assert full["compression"] == "gzip" and full["expiry"] == timedelta(seconds=60)
+    assert full["max_size"] == 100 * MiB
+    assert full["options"]["segment_size"] == 2 * MiB and full["options"]["durability"] == "persisted"
     assert full["groups"] == [(0, "workers", 3), (2, "readers", 3)]
     assert plain["compression"] == "gzip"
     assert [(u[0], u[1], u[2]) for u in state["users"]] == [

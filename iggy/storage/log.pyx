@@ -52,6 +52,7 @@ from posix.unistd cimport dup, fdatasync, ftruncate
 from iggy.protocol.batch cimport (B_BASE_OFFSET, B_BASE_TIMESTAMP, B_COUNT, B_LENGTH, B_PARTITION_ID, BATCH_HEADER_LEN,
                                   CHECK_ALL, check_batch, stamp_header)
 from iggy.protocol.ccodes cimport E_INVALID_MESSAGES_COUNT, E_INVALID_MESSAGES_SIZE
+from iggy._core.includes.atomic cimport ATOMIC_ACQUIRE, ATOMIC_RELEASE, atomic_load_u64, atomic_store_u64
 from iggy._core.includes.le cimport le_u32, le_u64
 from iggy.storage.log_files cimport h_free, h_new, h_pin, h_seal, h_unpin, pwritev_all, segment_path
 from iggy.storage.log_index cimport (INDEX_ENTRY_LEN, close_segment, e_off, e_pos, entries_push,
@@ -73,12 +74,6 @@ DEFAULT_SEGMENT_SIZE = 1 << 30
 VISIBLE_UNKNOWN = UINT64_MAX  # for Python: PartitionLog.set_visible_end(VISIBLE_UNKNOWN_END)
 
 
-cdef extern from *:
-    # GCC builtins: PartitionLog.visible_end is written by the main loop, read by the shards
-    void __atomic_store_n(uint64_t *p, uint64_t v, int order) nogil
-    uint64_t __atomic_load_n(uint64_t *p, int order) nogil
-    int __ATOMIC_RELEASE
-    int __ATOMIC_ACQUIRE
 cdef uint64_t _next_uid = 0
 
 
@@ -428,10 +423,10 @@ cdef class PartitionLog:
     def set_visible_end(self, uint64_t end):
         """Cluster mode: the shards serve no offset at or above `end` from this log
         (VISIBLE_UNKNOWN, the default: they hand every poll of it to the control plane)."""
-        __atomic_store_n(&self.visible_end, end, __ATOMIC_RELEASE)
+        atomic_store_u64(&self.visible_end, end, ATOMIC_RELEASE)
 
     cdef uint64_t c_visible_end(self) noexcept nogil:
-        return __atomic_load_n(&self.visible_end, __ATOMIC_ACQUIRE)
+        return atomic_load_u64(&self.visible_end, ATOMIC_ACQUIRE)
 
     @property
     def next_offset(self):

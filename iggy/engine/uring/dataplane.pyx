@@ -58,6 +58,7 @@ from iggy.protocol.ccodes cimport (CMD_PING, CMD_POLL_MESSAGES, CONSUMER_GROUP, 
 from iggy.protocol.cursor cimport Cursor, cur_bool, cur_init, cur_take, cur_u8, cur_u32, cur_u64
 from iggy.protocol.header cimport (HEADER_SIZE, RQ_CHECKSUM, frame_size, put_reply_header, request_code,
                                    request_operation)
+from iggy._core.includes.atomic cimport ATOMIC_ACQUIRE, atomic_load_u64
 from iggy._core.includes.le cimport le_u32, le_u64, put_u32, put_u64
 from iggy._core.includes.xxh cimport XXH3_64bits, XXH32
 from iggy.storage.log cimport PartitionLog, READ_OK, ReadResult
@@ -67,12 +68,6 @@ from iggy.storage.served_offsets cimport ServedOffsets
 from iggy.engine.uring.router cimport (ALLOW_POLL, ALLOW_SEND, MAX_ROUTE_KEY, GroupRoute, PartRoute, Router, Table,
                                        TopicRoute, allowed, find_group, find_partition, find_topic, next_balanced,
                                        normalise_identifier)
-
-
-cdef extern from *:
-    # GCC builtin: Table.poll_until is written by the main loop (iggy.cluster.membership)
-    uint64_t __atomic_load_n(const uint64_t *p, int order) nogil
-    int __ATOMIC_ACQUIRE
 
 
 cdef enum:
@@ -296,7 +291,7 @@ cdef inline bint _may_poll_in_cluster(const Table *t) noexcept nogil:
     """Cluster mode: is this node the leader within its fencing deadline (Table.poll_until)?"""
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec < __atomic_load_n(&t.poll_until, __ATOMIC_ACQUIRE)
+    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec < atomic_load_u64(&t.poll_until, ATOMIC_ACQUIRE)
 
 
 cdef int _poll(const Table *t, int64_t user_id, uint64_t client_id, const unsigned char *req, Cursor *c,

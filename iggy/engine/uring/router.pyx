@@ -51,6 +51,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy
 
+from iggy._core.includes.atomic cimport ATOMIC_RELAXED, ATOMIC_RELEASE, atomic_fetch_add_u64, atomic_store_u64
 from iggy._core.includes.le cimport le_u32, put_u32
 from iggy._core.includes.xxh cimport XXH3_64bits
 from iggy.storage.log cimport PartitionLog
@@ -71,14 +72,6 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_rwlock_unlock(pthread_rwlock_t *lock)
     enum:
         PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP
-
-
-cdef extern from *:
-    # GCC builtins (atomic read-modify-write of the round-robin counters)
-    uint64_t __atomic_fetch_add(uint64_t *p, uint64_t v, int order) nogil
-    void __atomic_store_n(uint64_t *p, uint64_t v, int order) nogil
-    int __ATOMIC_RELAXED
-    int __ATOMIC_RELEASE
 
 
 cdef int normalise_identifier(const unsigned char *p, uint64_t avail, unsigned char *out,
@@ -194,14 +187,14 @@ cdef bint allowed(const Table *t, int64_t user_id, const TopicRoute *topic, int 
 
 
 cdef uint64_t next_balanced(const TopicRoute *t) noexcept nogil:
-    return __atomic_fetch_add(t.balanced, 1, __ATOMIC_RELAXED)
+    return atomic_fetch_add_u64(t.balanced, 1, ATOMIC_RELAXED)
 
 
 cdef class Counter:
     """A topic's round-robin position for balanced partitioning, shared by every path."""
 
     def next(self):
-        return __atomic_fetch_add(&self.value, 1, __ATOMIC_RELAXED)
+        return atomic_fetch_add_u64(&self.value, 1, ATOMIC_RELAXED)
 
 
 cdef void _free_topic(TopicRoute *tr) noexcept nogil:
@@ -554,7 +547,7 @@ cdef class Router:
 
     def set_poll_until(self, uint64_t deadline_ns):
         """Cluster mode: the shards serve polls while CLOCK_MONOTONIC is below this (0: never)."""
-        __atomic_store_n(&self.table.poll_until, deadline_ns, __ATOMIC_RELEASE)
+        atomic_store_u64(&self.table.poll_until, deadline_ns, ATOMIC_RELEASE)
 
     def topic_keys(self):
         """The (stream_id, topic_id) of every topic in the table."""

@@ -92,6 +92,9 @@ from libc.stdint cimport int64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from iggy.engine.uring.dataplane cimport DP_DONE, DP_FALLBACK, DP_SYNC, HELD_MAX, Sink, dp_serve
+from iggy._core.includes.atomic cimport (ATOMIC_RELAXED, ATOMIC_SEQ_CST, atomic_add_fetch_size, atomic_cas_size,
+                                         atomic_fetch_add_u32, atomic_fetch_sub_u32, atomic_load_size,
+                                         atomic_sub_fetch_size)
 from iggy._core.includes.le cimport le_u32
 from iggy._core.includes.uring cimport *
 from iggy._core.mutex cimport (pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t,
@@ -110,20 +113,6 @@ cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)
     enum:
         EFD_CLOEXEC
-
-
-cdef extern from *:
-    # GCC builtins: the connection counts are read by the other shards
-    uint32_t __atomic_fetch_add(uint32_t *p, uint32_t v, int order) nogil
-    uint32_t __atomic_fetch_sub(uint32_t *p, uint32_t v, int order) nogil
-    int __ATOMIC_RELAXED
-    int __ATOMIC_SEQ_CST
-    # the same builtins on size_t (the reply budget, shared by all shards)
-    size_t _size_add "__atomic_add_fetch"(size_t *p, size_t v, int order) nogil
-    size_t _size_sub "__atomic_sub_fetch"(size_t *p, size_t v, int order) nogil
-    size_t _size_load "__atomic_load_n"(size_t *p, int order) nogil
-    bint _size_cas "__atomic_compare_exchange_n"(size_t *p, size_t *expected, size_t desired, bint weak,
-                                                 int success, int failure) nogil
 
 
 cdef extern from "<sys/mman.h>" nogil:
@@ -296,18 +285,18 @@ cdef bint _budget_take(size_t n, bint may_wait) noexcept nogil:
     over the budget, unless nothing is counted now; else always counted."""
     cdef size_t cur
     if not may_wait or g_reply_cap == 0:
-        _size_add(&g_reply_used, n, __ATOMIC_SEQ_CST)
+        atomic_add_fetch_size(&g_reply_used, n, ATOMIC_SEQ_CST)
         return True
-    cur = _size_load(&g_reply_used, __ATOMIC_SEQ_CST)
+    cur = atomic_load_size(&g_reply_used, ATOMIC_SEQ_CST)
     while True:
         if cur != 0 and cur + n > g_reply_cap:
             return False
-        if _size_cas(&g_reply_used, &cur, cur + n, False, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST):
+        if atomic_cas_size(&g_reply_used, &cur, cur + n, False, ATOMIC_SEQ_CST, ATOMIC_SEQ_CST):
             return True
 
 
 cdef inline bint _budget_room(size_t n) noexcept nogil:
-    cdef size_t cur = _size_load(&g_reply_used, __ATOMIC_SEQ_CST)
+    cdef size_t cur = atomic_load_size(&g_reply_used, ATOMIC_SEQ_CST)
     return g_reply_cap == 0 or cur == 0 or cur + n <= g_reply_cap
 
 
@@ -330,7 +319,7 @@ cdef unsigned char *_out_reserve(Conn *c, size_t n, bint may_wait) noexcept nogi
     grown = _resize(c.wbuf, c.wcap, new_cap, c.wend)
     if grown == NULL:
         if extra:
-            _size_sub(&g_reply_used, extra, __ATOMIC_SEQ_CST)
+            atomic_sub_fetch_size(&g_reply_used, extra, ATOMIC_SEQ_CST)
         return NULL
     c.wbuf = grown
     c.wcap = new_cap
@@ -438,7 +427,8 @@ cdef class Shard:
                 if self.conns[i].session != NULL:
                     Py_DECREF(<object>self.conns[i].session)
                 # (no waking here: the other shards may be gone already)
-                _size_sub(&g_reply_used, _big(self.conns[i].wcap) + _big(self.conns[i].scap), __ATOMIC_SEQ_CST)
+                atomic_sub_fetch_size(&g_reply_used, _big(self.conns[i].wcap) + _big(self.conns[i].scap),
+                                      ATOMIC_SEQ_CST)
                 _free_buf(self.conns[i].rbuf, self.conns[i].rcap)
                 _free_buf(self.conns[i].wbuf, self.conns[i].wcap)
                 _free_buf(self.conns[i].sbuf, self.conns[i].scap)
@@ -595,11 +585,11 @@ cdef class Shard:
                 target = self.peer_ptrs[i]
         if target != NULL:
             # counted there at once, so a burst of accepts spreads instead of piling on it
-            __atomic_fetch_add(&(<Shard>target).connections, 1, __ATOMIC_RELAXED)
+            atomic_fetch_add_u32(&(<Shard>target).connections, 1, ATOMIC_RELAXED)
             if (<Shard>target)._post(0, NULL, -1, fd):
                 return
-            __atomic_fetch_sub(&(<Shard>target).connections, 1, __ATOMIC_RELAXED)
-        __atomic_fetch_add(&self.connections, 1, __ATOMIC_RELAXED)
+            atomic_fetch_sub_u32(&(<Shard>target).connections, 1, ATOMIC_RELAXED)
+        atomic_fetch_add_u32(&self.connections, 1, ATOMIC_RELAXED)
         self._adopt(fd)
 
     cdef void _adopt(self, int fd) noexcept nogil:
@@ -611,7 +601,7 @@ cdef class Shard:
                 break
         else:
             close(fd)   # connection limit reached
-            __atomic_fetch_sub(&self.connections, 1, __ATOMIC_RELAXED)
+            atomic_fetch_sub_u32(&self.connections, 1, ATOMIC_RELAXED)
             return
         c = &self.conns[slot]
         c.fd = fd
@@ -988,7 +978,7 @@ cdef class Shard:
             if items[i].adopt_fd >= 0:
                 if self.stopping:
                     close(items[i].adopt_fd)
-                    __atomic_fetch_sub(&self.connections, 1, __ATOMIC_RELAXED)
+                    atomic_fetch_sub_u32(&self.connections, 1, ATOMIC_RELAXED)
                 else:
                     self._adopt(items[i].adopt_fd)     # handed over by another shard
                 continue
@@ -1021,7 +1011,7 @@ cdef class Shard:
         c.waiting = False
         if c.budget_wait:
             self._unwait(c)
-        __atomic_fetch_sub(&self.connections, 1, __ATOMIC_RELAXED)
+        atomic_fetch_sub_u32(&self.connections, 1, ATOMIC_RELAXED)
         # wake pending recv/send on this socket; their completions then find the slot closed
         # (not for a socket handed over: the shutdown would end it for its new owner too)
         if shut:
@@ -1060,8 +1050,8 @@ cdef class Shard:
         buf[0] = NULL
         cap[0] = 0
         if big:
-            _size_sub(&g_reply_used, big, __ATOMIC_SEQ_CST)
-            if _size_load(&g_reply_waiters, __ATOMIC_SEQ_CST):
+            atomic_sub_fetch_size(&g_reply_used, big, ATOMIC_SEQ_CST)
+            if atomic_load_size(&g_reply_waiters, ATOMIC_SEQ_CST):
                 self._wake_budget_waiters()
 
     cdef void _free_buffers(self, Conn *c) noexcept nogil:
@@ -1083,7 +1073,7 @@ cdef class Shard:
         cdef Conn *c = &self.conns[slot]
         c.budget_wait = True
         self.n_waiting += 1
-        _size_add(&g_reply_waiters, 1, __ATOMIC_SEQ_CST)
+        atomic_add_fetch_size(&g_reply_waiters, 1, ATOMIC_SEQ_CST)
         # big buffers given back between the refusal and this registration woke nobody
         if _budget_room(c.budget_need):
             self.retry_budget = True
@@ -1091,7 +1081,7 @@ cdef class Shard:
     cdef void _unwait(self, Conn *c) noexcept nogil:
         c.budget_wait = False
         self.n_waiting -= 1
-        _size_sub(&g_reply_waiters, 1, __ATOMIC_SEQ_CST)
+        atomic_sub_fetch_size(&g_reply_waiters, 1, ATOMIC_SEQ_CST)
 
     cdef void _wake_budget_waiters(self) noexcept nogil:
         """Big buffers were given back: every shard with waiting connections serves them again."""
@@ -1136,8 +1126,8 @@ cdef class Shard:
     @staticmethod
     def reply_budget():
         """(bytes of big output buffers counted now, the budget, connections waiting), all shards."""
-        return (_size_load(&g_reply_used, __ATOMIC_SEQ_CST), g_reply_cap,
-                _size_load(&g_reply_waiters, __ATOMIC_SEQ_CST))
+        return (atomic_load_size(&g_reply_used, ATOMIC_SEQ_CST), g_reply_cap,
+                atomic_load_size(&g_reply_waiters, ATOMIC_SEQ_CST))
 
     def close_connection(self, uint64_t token):
         """Close a connection from another thread (heartbeat eviction, shutdown)."""

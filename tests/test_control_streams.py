@@ -535,11 +535,23 @@ async def user_with(srv, root, permissions) -> IggyClient:
 UNAUTHORIZED = "Unauthorized"
 
 
+async def all_refused(*calls) -> None:
+    """Each call (a coroutine function) is refused with Unauthorized."""
+    for call in calls:
+        with sdk_error(UNAUTHORIZED):
+            await call()
+
+
+def server_wide_calls(u) -> tuple:
+    """The calls refused to a user without global permissions whatever its stream grants:
+    creating a stream (manage_streams) and listing them (read_streams)."""
+    return (lambda: u.create_stream(uniq("x")), lambda: u.get_streams())
+
+
 async def test_user_without_permissions_is_refused_everything(srv, world, raw_root):
     u = await user_with(srv, world.root, None)
-    for call in (
-        lambda: u.create_stream(uniq("x")),
-        lambda: u.get_streams(),
+    await all_refused(
+        *server_wide_calls(u),
         lambda: u.get_stream(world.a),
         lambda: u.update_stream(world.a, uniq("x")),
         lambda: u.delete_stream(world.c),
@@ -552,9 +564,7 @@ async def test_user_without_permissions_is_refused_everything(srv, world, raw_ro
         lambda: u.purge_topic(world.a, "a1"),
         lambda: u.create_partitions(world.a, "a1", 1),
         lambda: u.delete_partitions(world.a, "a1", 1),
-    ):
-        with sdk_error(UNAUTHORIZED):
-            await call()
+    )
     # reads of a missing entity say "not found" before any permission check
     assert await u.get_stream(uniq("missing")) is None
     # the raw_root code is 41 on both channels (reads and writes)
@@ -579,18 +589,15 @@ async def test_stream_read_permission(srv, world):
     assert (await u.get_stream(world.a)).name == world.a
     assert [t.name for t in await u.get_topics(world.a)] == ["a1", "a2"]
     assert (await u.get_topic(world.a, "a1")).partitions_count == 2
-    for call in (
+    await all_refused(
+        *server_wide_calls(u),
         lambda: u.get_stream(world.b),
         lambda: u.get_topics(world.b),
         lambda: u.get_topic(world.b, "b1"),
-        lambda: u.get_streams(),
         lambda: u.create_topic(world.a, "x", 1),
         lambda: u.update_stream(world.a, uniq("x")),
         lambda: u.update_topic(world.a, "a1", "a1"),
-        lambda: u.create_stream(uniq("x")),
-    ):
-        with sdk_error(UNAUTHORIZED):
-            await call()
+    )
 
 
 async def test_stream_manage_permission(srv, world):
@@ -611,17 +618,14 @@ async def test_stream_manage_permission(srv, world):
     await u.delete_topic(world.a, "mine2")
     await u.delete_stream(world.c)
     assert await world.root.get_stream(world.c) is None
-    for call in (
-        lambda: u.create_stream(uniq("x")),
-        lambda: u.get_streams(),
+    await all_refused(
+        *server_wide_calls(u),
         lambda: u.get_stream(world.b),
         lambda: u.update_stream(world.b, uniq("x")),
         lambda: u.delete_stream(world.b),
         lambda: u.create_topic(world.b, "x", 1),
         lambda: u.delete_topic(world.b, "b1"),
-    ):
-        with sdk_error(UNAUTHORIZED):
-            await call()
+    )
     assert (await world.root.get_stream(world.b)).topics_count == 1
 
 
@@ -632,14 +636,12 @@ async def test_stream_manage_topics_permission(srv, world):
     await u.update_topic(world.a, "mt", "mt", compression_algorithm="gzip")
     await u.create_partitions(world.a, "mt", 1)
     await u.delete_topic(world.a, "mt")
-    for call in (
+    await all_refused(
         lambda: u.update_stream(world.a, uniq("x")),
         lambda: u.purge_stream(world.a),
         lambda: u.get_stream(world.a),
         lambda: u.create_topic(world.b, "x", 1),
-    ):
-        with sdk_error(UNAUTHORIZED):
-            await call()
+    )
 
 
 async def test_topic_level_permissions(srv, world):
@@ -651,7 +653,7 @@ async def test_topic_level_permissions(srv, world):
     await u.create_partitions(world.a, "a1", 1)
     await u.delete_partitions(world.a, "a1", 1)
     assert (await world.root.get_topic(world.a, "a1")).compression_algorithm == "gzip"
-    for call in (
+    await all_refused(
         lambda: u.get_topic(world.a, "a2"),
         lambda: u.update_topic(world.a, "a2", "a2"),
         lambda: u.delete_topic(world.a, "a2"),
@@ -659,21 +661,17 @@ async def test_topic_level_permissions(srv, world):
         lambda: u.get_topics(world.a),
         lambda: u.get_stream(world.a),
         lambda: u.purge_stream(world.a),
-    ):
-        with sdk_error(UNAUTHORIZED):
-            await call()
+    )
 
     read = stream_perms(world.aid, topics={world.a1: TopicPermissions(read_topic=True)})
     r = await user_with(srv, world.root, read)
     assert (await r.get_topic(world.a, "a1")).partitions_count == 2
-    for call in (
+    await all_refused(
         lambda: r.update_topic(world.a, "a1", "a1"),
         lambda: r.purge_topic(world.a, "a1"),
         lambda: r.create_partitions(world.a, "a1", 1),
         lambda: r.get_topic(world.a, "a2"),
-    ):
-        with sdk_error(UNAUTHORIZED):
-            await call()
+    )
 
 
 async def test_read_topics_permissions(srv, world):
@@ -681,20 +679,18 @@ async def test_read_topics_permissions(srv, world):
     g = await user_with(srv, world.root, global_perms(read_topics=True))
     assert [t.name for t in await g.get_topics(world.b)] == ["b1"]
     assert (await g.get_topic(world.a, "a2")).name == "a2"
-    for call in (
+    await all_refused(
         lambda: g.get_streams(),
         lambda: g.get_stream(world.a),
         lambda: g.create_topic(world.a, "x", 1),
         lambda: g.update_topic(world.a, "a1", "a1"),
-    ):
-        with sdk_error(UNAUTHORIZED):
-            await call()
+    )
     s = await user_with(srv, world.root, stream_perms(world.aid, read_topics=True))
     assert [t.name for t in await s.get_topics(world.a)] == ["a1", "a2"]
     assert (await s.get_topic(world.a, "a1")).name == "a1"
-    for call in (lambda: s.get_stream(world.a), lambda: s.get_topics(world.b), lambda: s.purge_topic(world.a, "a1")):
-        with sdk_error(UNAUTHORIZED):
-            await call()
+    await all_refused(
+        lambda: s.get_stream(world.a), lambda: s.get_topics(world.b), lambda: s.purge_topic(world.a, "a1")
+    )
     poller = await user_with(srv, world.root, global_perms(poll_messages=True, send_messages=True))
     with sdk_error(UNAUTHORIZED):
         await poller.get_topic(world.a, "a1")  # message rights don't read metadata
@@ -720,28 +716,24 @@ async def test_global_permissions(srv, world):
     assert {world.a, world.b} <= names
     assert (await reader.get_stream(world.b)).name == world.b
     assert (await reader.get_topic(world.b, "b1")).name == "b1"
-    for call in (
+    await all_refused(
         lambda: reader.create_stream(uniq("x")),
         lambda: reader.create_topic(world.b, "x", 1),
         lambda: reader.purge_stream(world.b),
         lambda: reader.delete_topic(world.b, "b1"),
-    ):
-        with sdk_error(UNAUTHORIZED):
-            await call()
+    )
 
     topics = await user_with(srv, world.root, global_perms(manage_topics=True))
     await topics.create_topic(world.b, "gt", 1)
     await topics.update_topic(world.b, "gt", "gt2")
     assert [t.name for t in await topics.get_topics(world.b)] == ["b1", "gt2"]
     await topics.delete_topic(world.b, "gt2")
-    for call in (
+    await all_refused(
         lambda: topics.create_stream(uniq("x")),
         lambda: topics.update_stream(world.b, uniq("x")),
         lambda: topics.get_streams(),
         lambda: topics.delete_stream(world.c),
-    ):
-        with sdk_error(UNAUTHORIZED):
-            await call()
+    )
 
     streams = await user_with(srv, world.root, global_perms(manage_streams=True))
     own = uniq("gs")

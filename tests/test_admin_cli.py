@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -363,7 +364,10 @@ def test_stats_me_clients_and_options(srv):
     js(srv, "stream", "create", stream)
     stats = js(srv, "stats")
     assert stats["streams_count"] >= 1 and stats["process_id"] == srv.proc.pid
-    assert stats["iggy_server_version"]
+    assert stats["iggy_server_version"] and stats["hostname"] == socket.gethostname()
+    # the fields after the strings and the cache metrics are read in their place
+    assert stats["threads_count"] >= 1 and 0 < stats["free_disk_space"] <= stats["total_disk_space"]
+    assert stats["cache_metrics"] == [] and stats["start_time"] > 0 and stats["clients_count"] >= 1
     table = run(srv, "stats").stdout
     assert "Iggy Server PID" in table and str(srv.proc.pid) in table
     assert f"Iggy Server PID|{srv.proc.pid}" in run(srv, "stats", "-o", "list").stdout
@@ -371,6 +375,7 @@ def test_stats_me_clients_and_options(srv):
 
     me = js(srv, "me")
     assert me["user_id"] == 0 and me["address"].startswith("127.0.0.1:")
+    assert me["consumer_groups"] == [] and me["consumer_groups_count"] == 0
     assert "Client ID" in run(srv, "me").stdout
 
     clients = js(srv, "client", "list")

@@ -212,49 +212,6 @@ def _options(r: Reader) -> dict[str, Any]:
     return out
 
 
-def _stream(r: Reader) -> dict[str, Any]:
-    return {
-        "id": r.u32(),
-        "created_at": r.u64(),
-        "topics_count": r.u32(),
-        "size_bytes": r.u64(),
-        "messages_count": r.u64(),
-        "name": r.name(),
-        "options": _options(r),
-    }
-
-
-def _topic_header(r: Reader) -> dict[str, Any]:
-    t: dict[str, Any] = {"id": r.u32(), "created_at": r.u64(), "partitions_count": r.u32(), "message_expiry": r.u64()}
-    t["compression_algorithm"] = COMPRESSION.get(r.u8(), "unknown")
-    t["max_topic_size"] = r.u64()
-    t["size_bytes"] = r.u64()
-    t["messages_count"] = r.u64()
-    t["name"] = r.name()
-    t["options"] = _options(r)
-    t["derived_options"] = _options(r)
-    return t
-
-
-def _partition(r: Reader) -> dict[str, Any]:
-    return {
-        "id": r.u32(),
-        "created_at": r.u64(),
-        "segments_count": r.u32(),
-        "current_offset": r.u64(),
-        "size_bytes": r.u64(),
-        "messages_count": r.u64(),
-    }
-
-
-def _user(r: Reader) -> dict[str, Any]:
-    u: dict[str, Any] = {"id": r.u32(), "created_at": r.u64()}
-    u["status"] = USER_STATUSES.get(r.u8(), "unknown")
-    u["username"] = r.name()
-    u["options"] = _options(r)
-    return u
-
-
 def permissions_to_json(perms: Permissions | None) -> dict[str, Any] | None:
     """The stored permission form -> named flags."""
     if perms is None:
@@ -274,17 +231,72 @@ def permissions_to_json(perms: Permissions | None) -> dict[str, Any] | None:
     }
 
 
-def _group(r: Reader) -> dict[str, Any]:
-    return {"id": r.u32(), "partitions_count": r.u32(), "members_count": r.u32(), "name": r.name()}
+def _f32(r: Reader) -> float:
+    value: float = struct.unpack("<f", r.take(4))[0]
+    return value
 
 
-def _client(r: Reader) -> dict[str, Any]:
-    c: dict[str, Any] = {"client_id": r.u32()}
+def _user_id(r: Reader) -> int | None:
     user_id = r.u32()
-    c["user_id"] = None if user_id == 0xFFFFFFFF else user_id
-    c["transport"] = TRANSPORTS.get(r.u8(), "unknown")
-    c["address"] = _str32(r)
-    c["consumer_groups_count"] = r.u32()
+    return None if user_id == 0xFFFFFFFF else user_id  # u32::MAX: not logged in
+
+
+# How each field kind of a reply record is read.
+_FIELD_READERS: dict[str, Callable[[Reader], Any]] = {
+    "u8": Reader.u8,
+    "u32": Reader.u32,
+    "u64": Reader.u64,
+    "f32": _f32,
+    "name": Reader.name,  # u8 length + UTF-8
+    "str32": _str32,  # u32 length + UTF-8
+    "options": _options,  # u32 length + TLV pairs
+    "user_id": _user_id,
+    "compression": lambda r: COMPRESSION.get(r.u8(), "unknown"),
+    "user_status": lambda r: USER_STATUSES.get(r.u8(), "unknown"),
+    "transport": lambda r: TRANSPORTS.get(r.u8(), "unknown"),
+}
+
+
+def record(layout: str) -> Callable[[Reader], _Entry]:
+    """A reader of one reply record laid out as `layout`: "name:kind ..." in wire order.
+
+    Writing each layout as one line of data keeps it next to its byte order in docs/PROTOCOL.md
+    and leaves a single loop to read every record of every reply.
+    """
+    fields = [(name, _FIELD_READERS[kind]) for name, kind in (f.split(":") for f in layout.split())]
+
+    def read(r: Reader) -> _Entry:
+        return {name: read_field(r) for name, read_field in fields}
+
+    return read
+
+
+_stream = record("id:u32 created_at:u64 topics_count:u32 size_bytes:u64 messages_count:u64 name:name options:options")
+_topic_header = record(
+    "id:u32 created_at:u64 partitions_count:u32 message_expiry:u64 compression_algorithm:compression"
+    " max_topic_size:u64 size_bytes:u64 messages_count:u64 name:name options:options derived_options:options"
+)
+_partition = record("id:u32 created_at:u64 segments_count:u32 current_offset:u64 size_bytes:u64 messages_count:u64")
+_user = record("id:u32 created_at:u64 status:user_status username:name options:options")
+_group = record("id:u32 partitions_count:u32 members_count:u32 name:name")
+_client = record("client_id:u32 user_id:user_id transport:transport address:str32 consumer_groups_count:u32")
+_group_membership = record("stream_id:u32 topic_id:u32 group_id:u32")
+_cache_metrics = record("stream_id:u32 topic_id:u32 partition_id:u32 hits:u64 misses:u64 hit_ratio:f32")
+_consumer_offset = record("partition_id:u32 current_offset:u64 stored_offset:u64")
+_sent_batch = record("stream_id:u32 topic_id:u32 partition_id:u32 base_offset:u64")
+_stats_head = record(
+    "process_id:u32 cpu_usage:f32 total_cpu_usage:f32 memory_usage:u64 total_memory:u64 available_memory:u64"
+    " run_time:u64 start_time:u64 read_bytes:u64 written_bytes:u64 messages_size_bytes:u64 streams_count:u32"
+    " topics_count:u32 partitions_count:u32 segments_count:u32 messages_count:u64 clients_count:u32"
+    " consumer_groups_count:u32 hostname:str32 os_name:str32 os_version:str32 kernel_version:str32"
+    " iggy_server_version:str32"
+)
+_stats_tail = record("threads_count:u32 free_disk_space:u64 total_disk_space:u64")
+
+
+def _client_details(r: Reader) -> _Entry:
+    c = _client(r)
+    c["consumer_groups"] = [_group_membership(r) for _ in range(c["consumer_groups_count"])]
     return c
 
 
@@ -462,67 +474,21 @@ class AdminClient:
         return (time.perf_counter() - start) * 1000.0
 
     def me(self) -> dict[str, Any]:
-        r = Reader(self.read(codes.GET_ME))
-        c = _client(r)
-        c["consumer_groups"] = [
-            {"stream_id": r.u32(), "topic_id": r.u32(), "group_id": r.u32()} for _ in range(c["consumer_groups_count"])
-        ]
-        return c
+        return _client_details(Reader(self.read(codes.GET_ME)))
 
     def get_clients(self) -> list[dict[str, Any]]:
         return self._read_all(codes.GET_CLIENTS, _client)
 
     def get_client(self, client_id: int) -> dict[str, Any] | None:
         r = self._read_found(codes.GET_CLIENT, struct.pack("<I", client_id))
-        if r is None:
-            return None
-        c = _client(r)
-        c["consumer_groups"] = [
-            {"stream_id": r.u32(), "topic_id": r.u32(), "group_id": r.u32()} for _ in range(c["consumer_groups_count"])
-        ]
-        return c
+        return None if r is None else _client_details(r)
 
     def stats(self) -> dict[str, Any]:
         r = Reader(self.read(codes.GET_STATS))
-        s: dict[str, Any] = {"process_id": r.u32()}
-        s["cpu_usage"], s["total_cpu_usage"] = struct.unpack("<ff", r.take(8))
-        for key in (
-            "memory_usage",
-            "total_memory",
-            "available_memory",
-            "run_time",
-            "start_time",
-            "read_bytes",
-            "written_bytes",
-            "messages_size_bytes",
-        ):
-            s[key] = r.u64()
-        for key in ("streams_count", "topics_count", "partitions_count", "segments_count"):
-            s[key] = r.u32()
-        s["messages_count"] = r.u64()
-        s["clients_count"] = r.u32()
-        s["consumer_groups_count"] = r.u32()
-        for key in ("hostname", "os_name", "os_version", "kernel_version", "iggy_server_version"):
-            s[key] = _str32(r)
-        semver = r.u32()
-        s["iggy_server_semver"] = semver or None
-        s["cache_metrics"] = []
-        for _ in range(r.u32()):
-            stream_id, topic_id, partition_id, hits, misses = r.u32(), r.u32(), r.u32(), r.u64(), r.u64()
-            ratio = struct.unpack("<f", r.take(4))[0]
-            s["cache_metrics"].append(
-                {
-                    "stream_id": stream_id,
-                    "topic_id": topic_id,
-                    "partition_id": partition_id,
-                    "hits": hits,
-                    "misses": misses,
-                    "hit_ratio": ratio,
-                }
-            )
-        s["threads_count"] = r.u32()
-        s["free_disk_space"] = r.u64()
-        s["total_disk_space"] = r.u64()
+        s = _stats_head(r)
+        s["iggy_server_semver"] = r.u32() or None
+        s["cache_metrics"] = [_cache_metrics(r) for _ in range(r.u32())]
+        s.update(_stats_tail(r))
         return s
 
     def describe_options(self, scope: str) -> list[dict[str, Any]]:
@@ -730,7 +696,7 @@ class AdminClient:
         r = self._read_found(codes.GET_CONSUMER_OFFSET, target)
         if r is None:
             return None
-        return {"partition_id": r.u32(), "current_offset": r.u64(), "stored_offset": r.u64()}
+        return _consumer_offset(r)
 
     def store_consumer_offset(
         self,
@@ -770,10 +736,7 @@ class AdminClient:
         if len(raw) < 4:
             return []
         r = Reader(raw)
-        return [
-            {"stream_id": r.u32(), "topic_id": r.u32(), "partition_id": r.u32(), "base_offset": r.u64()}
-            for _ in range(r.u32())
-        ]
+        return [_sent_batch(r) for _ in range(r.u32())]
 
     def poll_messages(
         self,

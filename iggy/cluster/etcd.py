@@ -81,6 +81,35 @@ class Etcd:
             revision = reply.header.revision
             key = reply.kvs[-1].key + b"\0"
 
+    async def revision(self) -> int:
+        """etcd's current revision (the header of a count-only range read of one key)."""
+        request = rpc.RangeRequest(key=b"\0", count_only=True)
+
+        async def one(client: aetcd.Client) -> int:
+            await client.connect()
+            reply = await client.kvstub.Range(request, timeout=self.timeout, metadata=client.metadata)
+            return int(reply.header.revision)
+
+        revision: int = await self.call(one)
+        return revision
+
+    async def compact(self, revision: int) -> None:
+        """Drop the history of every key older than `revision` (etcd's Compact). A history that
+        was already compacted at least that far (by another caller, or etcd's own
+        --auto-compaction) is no error."""
+
+        async def one(client: aetcd.Client) -> None:
+            await client.connect()
+            try:
+                await client.kvstub.Compact(
+                    rpc.CompactionRequest(revision=revision), timeout=self.timeout, metadata=client.metadata
+                )
+            except rpc.AioRpcError as exc:
+                if exc.code() != rpc.StatusCode.OUT_OF_RANGE:  # "required revision has been compacted"
+                    raise
+
+        await self.call(one)
+
     async def _drop(self) -> None:
         client, self._client = self._client, None
         self._index = (self._index + 1) % len(self.endpoints)

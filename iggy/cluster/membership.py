@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from iggy.cluster.compaction import COMPACT_AFTER, PUBLISH_EVERY, Compaction
 from iggy.cluster.election import Election
 from iggy.cluster.etcd import Etcd, EtcdUnavailable
+from iggy.cluster.history import HISTORY_EVERY, History
 from iggy.cluster.metalog import Behind, EtcdThread, MetaLog, NotAccepted
 from iggy.cluster.offsets import OffsetLog
 from iggy.cluster.replication import LogReplication
@@ -81,6 +82,7 @@ class Cluster:
         plane: ControlPlane,
         compact_after: int = COMPACT_AFTER,
         revocations_per_user: int = REVOCATIONS_PER_USER,
+        history_every: float = HISTORY_EVERY,
     ):
         c = config.cluster
         self.name = c.name
@@ -133,6 +135,8 @@ class Cluster:
             [n["replica_id"] for n in self.roster],
             compact_after,
         )
+        # the leader's compaction of etcd's history, on the compaction's connection
+        self.history = History(self.compaction.etcd, history_every)
         # stored consumer offsets in etcd (offsets/), on a connection of their own too
         self.offsets = OffsetLog(
             Etcd(list(c.etcd.endpoints), etcd_timeout),
@@ -286,7 +290,8 @@ class Cluster:
     async def _applied_loop(self) -> None:
         """Every PUBLISH_EVERY seconds: put this node's applied index (applied/<replica_id>) when
         it changed; on the leader, then compact meta/ when every node is far enough past the
-        last snapshot (iggy.cluster.compaction)."""
+        last snapshot (iggy.cluster.compaction), and etcd's history once every HISTORY_EVERY
+        seconds (iggy.cluster.history)."""
         meta = self.plane.meta
         while True:
             await asyncio.sleep(PUBLISH_EVERY)
@@ -296,8 +301,9 @@ class Cluster:
                     await self.compaction.compact(
                         self.ready_epoch, lambda: (meta.state.cluster_index, meta.state.to_dict())
                     )
+                    await self.history.step()
             except EtcdUnavailable as exc:
-                log.debug("cluster: applied/ or the compaction of meta/ not written: %s", exc)
+                log.debug("cluster: applied/, the compaction of meta/ or of etcd's history not done: %s", exc)
 
     def _follow_verdict(self) -> None:
         self._set_leading(self.is_leader())

@@ -35,7 +35,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from iggy import SERVER_VERSION
 from iggy.control import changes
@@ -121,12 +121,14 @@ class Server:
             # before any listener: a node starts as a follower until it wins the election
             from iggy.cluster.membership import Cluster
 
-            # test knobs, not settings: compact meta/ after fewer records, cap logouts lower
-            knobs = {
-                arg: int(self.env[var])
-                for arg, var in (
-                    ("compact_after", "IGGY_CLUSTER_COMPACT_AFTER"),
-                    ("revocations_per_user", "IGGY_CLUSTER_REVOCATIONS_PER_USER"),
+            # test knobs, not settings: compact meta/ after fewer records, cap logouts lower,
+            # compact etcd's history sooner
+            knobs: dict[str, Any] = {
+                arg: kind(self.env[var])
+                for arg, var, kind in (
+                    ("compact_after", "IGGY_CLUSTER_COMPACT_AFTER", int),
+                    ("revocations_per_user", "IGGY_CLUSTER_REVOCATIONS_PER_USER", int),
+                    ("history_every", "IGGY_CLUSTER_HISTORY_EVERY", float),
                 )
                 if self.env.get(var)
             }

@@ -8,12 +8,14 @@ listeners' ports). `metadata(node)` reads GET_CLUSTER_METADATA over a raw socket
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import struct
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from apache_iggy import IggyClient
@@ -112,6 +114,15 @@ class TestCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[tuple[TestCluster, int]]:
+        """Started, with the leader the nodes agree on; stopped on the way out."""
+        self.start()
+        try:
+            yield self, self.wait_leader(START_ELECTION)
+        finally:
+            self.stop()
 
     def address(self, i: int) -> str:
         return f"{self.ips[i]}:{self.ports[i]['tcp']}"

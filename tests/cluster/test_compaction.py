@@ -31,7 +31,7 @@ from iggy.metadata.state import State
 from iggy.metadata.store import MetadataStore
 from iggy.storage.partitions import Storage
 from tests.cluster import snapshot_size
-from tests.cluster.nodes import START_ELECTION, TestCluster, local_metadata, sdk, wait_for
+from tests.cluster.nodes import TestCluster, local_metadata, sdk, wait_for
 from tests.cluster.test_metadata import shared_part
 
 pytestmark = pytest.mark.engine
@@ -92,11 +92,8 @@ def same_metadata(cluster: TestCluster, index: int, nodes=range(3)) -> list[Stat
 @pytest.fixture
 def compacting(tmp_path, etcd):
     """Three nodes that compact meta/ after 5 records, and the leader they agree on."""
-    cluster = TestCluster(tmp_path, etcd.url, env={"IGGY_CLUSTER_COMPACT_AFTER": "5"}).start()
-    try:
-        yield cluster, cluster.wait_leader(START_ELECTION)
-    finally:
-        cluster.stop()
+    with TestCluster(tmp_path, etcd.url, env={"IGGY_CLUSTER_COMPACT_AFTER": "5"}).running() as started:
+        yield started
 
 
 async def changes_on(cluster: TestCluster, leader: int, names: list[str]) -> None:

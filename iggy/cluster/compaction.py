@@ -5,9 +5,11 @@ Keys under `cluster.etcd.prefix`, beside `meta/<index>` (iggy.cluster.metalog)::
     applied/<replica_id>   the last meta/ index this node has applied, in decimal. A record is
                            applied only after it was fsynced to the node's own metadata journal
                            (iggy.metadata.journal), so the index is durable on that node.
-    snapshot               zlib(msgpack {"index": A, "below": L, "state": the State as of A})
-                           (State.to_dict, cluster_index = A). The keys meta/<i> with i < L are
-                           gone; meta/<L> and everything after it are still there.
+    snapshot, snapshot-parts/...
+                           the State as of index A (State.to_dict, cluster_index = A), its header
+                           saying A and `below` = L, in parts (iggy.cluster.meta_snapshot). The
+                           keys meta/<i> with i < L are gone; meta/<L> and everything after it
+                           are still there.
 
 Every node puts its `applied/` key (a plain put, no lease) when its index changed, at most once
 per `PUBLISH_EVERY` seconds; never on the data path.
@@ -15,11 +17,13 @@ per `PUBLISH_EVERY` seconds; never on the data path.
 The leader (only while it serves as leader) reads `applied/` every `PUBLISH_EVERY` seconds and
 takes `low`, the smallest index over every roster node. A roster node without a key blocks
 compaction: it may be a new node that has to replay everything. When `low` is at least
-`after` records past the last snapshot's `below`, it writes, in ONE transaction fenced on its
+`after` records past the last snapshot's `below`, it puts the snapshot's parts (one put each,
+unfenced: a part no header names is never read), then writes, in ONE transaction fenced on its
 epoch exactly as MetaLog.write is (`leader` still has create_revision = epoch):
 
-    put snapshot = {index: A = the leader's own applied index, below: low, state as of A}
+    put snapshot = the header {index: A = the leader's own applied index, below: low, ...}
     delete meta/<i> for every i < low   (one range delete: the keys are 20 zero-padded digits)
+    delete every other snapshot's parts  (two range deletes)
 
 `low <= A` (no node is ahead of the leader in its own epoch), so every node (they are all at
 `low` or after it) still finds the record after its own index; a node with an empty data
@@ -28,27 +32,27 @@ kept on purpose: meta/ is never empty once written, so a node that finds no key 
 index knows it is at the end, and a node whose next key is not there sees a first key past it.
 
 The snapshot is bounded by the metadata itself (streams, topics, partitions, users, tokens, and
-the JWT revocations not expired yet), not by the number of changes. etcd takes at most
-1.5 MiB per request by default (`--max-request-bytes`): a snapshot over `SNAPSHOT_MAX`
-(compressed) is not written (logged once) and meta/ is then not compacted.
+the JWT revocations not expired yet), not by the number of changes. A snapshot over
+`SNAPSHOT_MAX` compressed (64 MiB, several hundred thousand topics) is not written (logged once)
+and meta/ is then not compacted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections.abc import Callable
 from typing import Any
 
+from iggy.cluster import meta_snapshot
 from iggy.cluster.etcd import Etcd
-from iggy.cluster.metalog import decode_snapshot, meta_key, pack_snapshot, snapshot_key
+from iggy.cluster.meta_snapshot import PART_SIZE, SNAPSHOT_MAX
+from iggy.cluster.metalog import meta_key
 
 log = logging.getLogger(__name__)
 
 COMPACT_AFTER = 1000  # records: compact once every node is this far past the last snapshot
 PUBLISH_EVERY = 1.0  # seconds between two puts of applied/<id>, and between two compaction checks
-SNAPSHOT_MAX = 1024 * 1024  # bytes: etcd refuses requests over 1.5 MiB by default
 
 
 def applied_key(prefix: bytes, replica_id: int) -> bytes:
@@ -58,8 +62,17 @@ def applied_key(prefix: bytes, replica_id: int) -> bytes:
 class Compaction:
     """This node's `applied/` key, and the leader's compaction of meta/."""
 
-    def __init__(self, etcd: Etcd, prefix: str, replica_id: int, roster: list[int], after: int = COMPACT_AFTER):
+    def __init__(
+        self,
+        etcd: Etcd,
+        prefix: str,
+        replica_id: int,
+        roster: list[int],
+        after: int = COMPACT_AFTER,
+        part_size: int = PART_SIZE,
+    ):
         self.etcd = etcd
+        self.part_size = part_size
         self.prefix = prefix.encode()
         self.replica_id = replica_id
         self.roster = sorted(roster)
@@ -97,8 +110,8 @@ class Compaction:
         only this leader writes it."""
         if self._below is not None and self._below[0] == epoch:
             return self._below[1]
-        got = await self.etcd.call(lambda c: c.get(snapshot_key(self.prefix)))
-        below = decode_snapshot(got.value)["below"] if got is not None else 1
+        got = await self.etcd.call(lambda c: c.get(meta_snapshot.header_key(self.prefix)))
+        below = meta_snapshot.decode_header(got.value)["below"] if got is not None else 1
         self._below = (epoch, below)
         return below
 
@@ -117,19 +130,32 @@ class Compaction:
         index, state = snapshot()
         low = min(low, index)  # no node is past the leader in its epoch: a stale key at most
         # packed here (the state's dicts change under the main loop), compressed on a thread
-        value = await asyncio.to_thread(zlib.compress, pack_snapshot(index, low, state))
-        if len(value) > SNAPSHOT_MAX:
-            self._note(f"the metadata snapshot has {len(value)} bytes, more than {SNAPSHOT_MAX}", logging.WARNING)
+        packed = meta_snapshot.pack_state(state)
+        snap = await asyncio.to_thread(meta_snapshot.encode, index, low, epoch, packed, self.part_size)
+        size = sum(len(part) for part in snap.parts)
+        if size > SNAPSHOT_MAX:
+            self._note(f"the metadata snapshot has {size} bytes, more than {SNAPSHOT_MAX}", logging.WARNING)
             return None
+        for i, value in enumerate(snap.parts):
+            key = meta_snapshot.part_key(self.prefix, snap.name, i)
+
+            async def put(client: Any, key: bytes = key, value: bytes = value) -> None:
+                await client.put(key, value)
+
+            await self.etcd.call(put)
         leader = self.prefix + b"leader"
-        snap = snapshot_key(self.prefix)
         first, end = meta_key(self.prefix, 0), meta_key(self.prefix, low)
+        others = meta_snapshot.other_parts(self.prefix, snap.name)
 
         async def fenced(client: Any) -> Any:
             txn = client.transactions
             return await client.transaction(
                 compare=[txn.create(leader) == epoch],
-                success=[txn.put(snap, value), txn.delete(first, end)],
+                success=[
+                    txn.put(meta_snapshot.header_key(self.prefix), snap.header),
+                    txn.delete(first, end),
+                    *(txn.delete(start, stop) for start, stop in others),
+                ],
                 failure=[],
             )
 
@@ -137,13 +163,14 @@ class Compaction:
         if not done:
             self._below = None
             log.warning("cluster: compaction of meta/ refused by etcd: epoch %d is over", epoch)
-            return None
+            return None  # its parts go with the next published snapshot's
         self._below = (epoch, low)
         self._warned = ""
         log.info(
-            "cluster: compacted meta/: snapshot at index %d (%d bytes), records below %d deleted",
+            "cluster: compacted meta/: snapshot at index %d (%d bytes in %d parts), records below %d deleted",
             index,
-            len(value),
+            size,
+            len(snap.parts),
             low,
         )
         return low

@@ -6,9 +6,10 @@ Keys under `cluster.etcd.prefix` (docs/CLUSTER.md, "Metadata through etcd")::
                    `op` and every value the leader decided: ids, timestamps, password hashes)
                    plus `index`, without the journal's local `seq`. <index> is 1, 2, 3, ...
                    written as 20 decimal digits, so the keys sort in index order.
-    snapshot       zlib(msgpack {index, below, state}): the metadata as of `index`; the keys below
-                   meta/<below> are deleted (iggy.cluster.compaction, which also keeps the
-                   nodes' `applied/<replica_id>` keys).
+    snapshot       the header of the metadata as of an index, in parts under snapshot-parts/
+                   (iggy.cluster.meta_snapshot); the keys below its meta/<below> are deleted
+                   (iggy.cluster.compaction, which also keeps the nodes' `applied/<replica_id>`
+                   keys).
 
 Leader. `MetadataStore.commit` calls `replicate(record)` before it journals anything: it takes
 the next index (the one after the last applied here, `state.cluster_index`) and writes the key
@@ -38,13 +39,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import zlib
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import aetcd.utils
 import msgpack
 
+from iggy.cluster import meta_snapshot
 from iggy.cluster.etcd import Etcd, EtcdUnavailable
 from iggy.metadata.state import Record
 from iggy.protocol.errors import ErrorCode, IggyError
@@ -61,32 +62,6 @@ def meta_key(prefix: bytes, index: int) -> bytes:
 
 def encode(record: Record) -> bytes:
     return msgpack.packb({k: v for k, v in record.items() if k != "seq"}, use_bin_type=True)
-
-
-def snapshot_key(prefix: bytes) -> bytes:
-    return prefix + b"snapshot"
-
-
-def pack_snapshot(index: int, below: int, state: dict[str, Any]) -> bytes:
-    """The msgpack of a snapshot; `encode_snapshot` compresses it."""
-    return msgpack.packb({"index": index, "below": below, "state": state}, use_bin_type=True)
-
-
-def encode_snapshot(index: int, below: int, state: dict[str, Any]) -> bytes:
-    """zlib of msgpack: the metadata repeats itself (every topic's settings), about 18 x smaller."""
-    return zlib.compress(pack_snapshot(index, below, state))
-
-
-def decode_snapshot(value: bytes) -> dict[str, Any]:
-    snap = msgpack.unpackb(zlib.decompress(value), raw=False, strict_map_key=False)
-    if (
-        not isinstance(snap, dict)
-        or not isinstance(snap.get("index"), int)
-        or not isinstance(snap.get("below"), int)
-        or not isinstance(snap.get("state"), dict)
-    ):
-        raise ValueError("not a metadata snapshot")
-    return snap
 
 
 def decode(value: bytes) -> Record:
@@ -235,17 +210,28 @@ class MetaLog:
         because it was compacted (True), False when there is no snapshot past it (a gap, which
         the caller refuses); Behind when the node may not load it (its metadata is not empty)."""
         index = self.applied() + 1
-        got = await self.etcd.call(lambda c: c.get(snapshot_key(self.prefix)))
+        key = meta_snapshot.header_key(self.prefix)
+        got = await self.etcd.call(lambda c: c.get(key))
         if got is None:
             return False
         try:
-            snap = decode_snapshot(got.value)
+            header = meta_snapshot.decode_header(got.value)
         except Exception as exc:  # broad on purpose: a damaged snapshot stops this node, not the others
             self._refuse(index, f"the snapshot in etcd does not decode: {exc}")
-        if snap["below"] <= index:
+        if header["below"] <= index:
             return False
         if self.restore is None:
             self._refuse(index, "it was compacted away and this node cannot load the snapshot")
+        parts = await meta_snapshot.read_parts(self.etcd, self.prefix, header)
+        try:
+            snap = meta_snapshot.assemble(header, parts, self.prefix)
+        except meta_snapshot.SnapshotMismatch as exc:
+            again = await self.etcd.call(lambda c: c.get(key))
+            if again is None or again.value != got.value:  # a newer snapshot: read that one next round
+                raise EtcdUnavailable(f"the snapshot was replaced while it was read ({exc})") from exc
+            self._refuse(index, f"the snapshot in etcd is damaged: {exc}")
+        except Exception as exc:  # broad on purpose: a damaged snapshot stops this node, not the others
+            self._refuse(index, f"the snapshot in etcd does not decode: {exc}")
         try:
             self.restore(snap)
         except Exception as exc:  # broad on purpose: as a record that does not apply

@@ -4,8 +4,9 @@ default settings, then 1,000 users and 10,000 live JWT revocations:
 
     python -m tests.cluster.snapshot_size [N ...]
 
-prints msgpack and compressed bytes (what `snapshot` holds, at most SNAPSHOT_MAX) and the time
-to encode it (on the leader's main loop, once per compaction).
+prints msgpack and compressed bytes (what the snapshot's parts hold, at most SNAPSHOT_MAX), the
+number of parts and the time to encode it (msgpack on the leader's main loop, zlib on a thread,
+once per compaction).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import time
 
 import msgpack
 
-from iggy.cluster.compaction import SNAPSHOT_MAX
-from iggy.cluster.metalog import encode_snapshot
+from iggy.cluster import meta_snapshot
+from iggy.cluster.meta_snapshot import SNAPSHOT_MAX
 from iggy.control import topics
 from iggy.metadata.state import State
 
@@ -45,10 +46,14 @@ def with_topics(n: int) -> State:
 def report(what: str, st: State) -> None:
     raw = len(msgpack.packb(st.to_dict(), use_bin_type=True))
     started = time.perf_counter()
-    value = encode_snapshot(1, 1, st.to_dict())
+    snap = meta_snapshot.encode(1, 1, 1, meta_snapshot.pack_state(st.to_dict()))
     took = time.perf_counter() - started
-    fits = "fits" if len(value) <= SNAPSHOT_MAX else "too big"
-    print(f"{what}: {raw} bytes msgpack, {len(value)} compressed ({fits}), {took * 1000:.1f} ms to encode")
+    size = sum(len(part) for part in snap.parts)
+    fits = "fits" if size <= SNAPSHOT_MAX else "too big"
+    print(
+        f"{what}: {raw} bytes msgpack, {size} compressed in {len(snap.parts)} parts ({fits}), "
+        f"{took * 1000:.1f} ms to encode"
+    )
 
 
 def main(counts: list[int]) -> None:

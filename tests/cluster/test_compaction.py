@@ -20,12 +20,12 @@ import asyncio
 import shutil
 from types import SimpleNamespace
 
-import aetcd
 import pytest
 
+from iggy.cluster import meta_snapshot
 from iggy.cluster.compaction import Compaction, applied_key
 from iggy.cluster.etcd import Etcd
-from iggy.cluster.metalog import Behind, MetaLog, decode_snapshot, meta_key, snapshot_key
+from iggy.cluster.metalog import Behind, MetaLog, meta_key
 from iggy.control import changes, topics
 from iggy.metadata.state import State
 from iggy.metadata.store import MetadataStore
@@ -41,17 +41,43 @@ APPLIED = 15.0  # seconds for every node to apply, publish and the leader to com
 
 
 async def etcd_meta(url: str, prefix: bytes = CLUSTER_PREFIX) -> tuple[list[int], dict | None, dict[int, int]]:
-    """(indexes of the meta/ keys, the snapshot or None, {replica id: applied/ value})."""
-    host, port = url.removeprefix("http://").split(":")
-    async with aetcd.Client(host=host, port=int(port), timeout=5) as client:
-        metas = await client.get_prefix(prefix + b"meta/")
-        snap = await client.get(snapshot_key(prefix))
-        applied = await client.get_prefix(prefix + b"applied/")
+    """(indexes of the meta/ keys, the snapshot {index, below, state} or None, {replica id: applied/ value})."""
+    client = Etcd([url], 5.0)
+    try:
+        for _attempt in range(3):  # a snapshot replaced while its parts were read: read again
+            metas = await client.get_all(prefix + b"meta/", prefix + b"meta0")
+            applied = await client.get_all(prefix + b"applied/", prefix + b"applied0")
+            got = await client.call(lambda c: c.get(meta_snapshot.header_key(prefix)))
+            if got is None:
+                snap = None
+                break
+            header = meta_snapshot.decode_header(got.value)
+            try:
+                snap = meta_snapshot.assemble(header, await meta_snapshot.read_parts(client, prefix, header), prefix)
+                break
+            except meta_snapshot.SnapshotMismatch:
+                continue
+    finally:
+        await client.close()
     return (
         [int(kv.key.rsplit(b"/", 1)[1]) for kv in metas],
-        decode_snapshot(snap.value) if snap is not None else None,
+        snap,
         {int(kv.key.rsplit(b"/", 1)[1]): int(kv.value) for kv in applied},
     )
+
+
+async def part_names(url: str, prefix: bytes) -> dict[str, int]:
+    """{snapshot name: number of its part keys} of every snapshot's parts in etcd."""
+    client = Etcd([url], 5.0)
+    try:
+        kvs = await client.get_all(prefix + b"snapshot-parts/", prefix + b"snapshot-parts0")
+    finally:
+        await client.close()
+    names: dict[str, int] = {}
+    for kv in kvs:
+        name = kv.key[len(prefix + b"snapshot-parts/") :].split(b"/")[0].decode()
+        names[name] = names.get(name, 0) + 1
+    return names
 
 
 def in_etcd(url: str):
@@ -127,7 +153,8 @@ class Node:
             lambda r: changes.apply_replicated(self.plane, r),
             lambda snap: changes.install_snapshot(self.plane, snap),
         )
-        self.compaction = Compaction(self.etcd, PREFIX, replica_id, [0, 1], after=3)
+        # parts of 64 bytes: every snapshot of these tests is written in several parts
+        self.compaction = Compaction(self.etcd, PREFIX, replica_id, [0, 1], after=3, part_size=64)
 
     async def put(self, index: int, record: dict) -> None:
         """The leader's write of meta/<index> (unfenced: the fence under test is the compaction's)."""
@@ -189,11 +216,15 @@ async def test_a_deposed_leaders_compaction_is_refused_and_an_empty_node_loads_t
         assert await a.compact() is None  # refused by the fence
         metas, snap, _applied = await etcd_meta(etcd.url, PREFIX.encode())
         assert metas == list(range(1, 9)) and snap is None
+        refused = await part_names(etcd.url, PREFIX.encode())  # its parts, which no header names
+        assert list(refused) == [f"{8:020d}-{old_epoch:020d}"] and refused[f"{8:020d}-{old_epoch:020d}"] > 1
         # the leader of the current epoch compacts: below 8, snapshot at 8
         assert await b.compact() == 8
         metas, snap, _applied = await etcd_meta(etcd.url, PREFIX.encode())
         assert metas == [8]
         assert snap["index"] == 8 and snap["below"] == 8 and snap["state"]["cluster_index"] == 8
+        published_parts = await part_names(etcd.url, PREFIX.encode())  # the refused parts are gone
+        assert list(published_parts) == [f"{8:020d}-{b.election.epoch:020d}"]
         await b.put(9, stream(4))
         # a node with an empty data directory loads the snapshot, then replays meta/9
         c = Node(etcd.url, 2, tmp_path / "c")
@@ -219,6 +250,7 @@ async def test_a_deposed_leaders_compaction_is_refused_and_an_empty_node_loads_t
         await b.compaction.publish(12)
         await a.compaction.publish(12)
         assert await b.compact() == 12
+        assert list(await part_names(etcd.url, PREFIX.encode())) == [f"{12:020d}-{b.election.epoch:020d}"]
         d = Node(etcd.url, 3, tmp_path / "d")
         try:
             d.meta.commit_replicated({**stream(0), "index": 1})
@@ -227,6 +259,16 @@ async def test_a_deposed_leaders_compaction_is_refused_and_an_empty_node_loads_t
             assert d.meta.state.cluster_index == 1
         finally:
             await d.close()
+        # a damaged part: an empty node refuses the snapshot and stays empty
+        name = f"{12:020d}-{b.election.epoch:020d}"
+        await b.etcd.call(lambda c: c.put(meta_snapshot.part_key(PREFIX.encode(), name, 1), b"x" * 64))
+        e = Node(etcd.url, 4, tmp_path / "e")
+        try:
+            with pytest.raises(Behind, match="damaged"):
+                await e.log.catch_up()
+            assert e.meta.state.cluster_index == 0 and not e.meta.state.streams
+        finally:
+            await e.close()
     finally:
         await a.close()
         await b.close()
@@ -302,7 +344,13 @@ async def test_a_wiped_node_loads_the_snapshot(compacting, etcd):
 
 def test_the_key_layout_and_the_snapshot_size_tool(capsys):
     assert applied_key(b"/p/", 2) == b"/p/applied/2"
-    assert snapshot_key(b"/p/") == b"/p/snapshot"
+    assert meta_snapshot.header_key(b"/p/") == b"/p/snapshot"
+    assert meta_snapshot.part_key(b"/p/", "n", 3) == b"/p/snapshot-parts/n/000003"
+    # every snapshot's parts but one name's, and nothing outside snapshot-parts/
+    assert meta_snapshot.other_parts(b"/p/", "n") == [
+        (b"/p/snapshot-parts/", b"/p/snapshot-parts/n/"),
+        (b"/p/snapshot-parts/n0", b"/p/snapshot-parts0"),
+    ]
     snapshot_size.main([10])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("10 topics: ") and "(fits)" in lines[0] and len(lines) == 3

@@ -231,7 +231,7 @@ class LogReplication:
     # ---------------------------------------------------------------- leader: the send path
 
     def replicate(
-        self, key: Key, partition: Partition, head: bytes | bytearray, frames: bytes, base: int, count: int
+        self, key: Key, partition: Partition, head: bytes | bytearray, frames: bytes | memoryview, base: int, count: int
     ) -> asyncio.Future[None]:
         """After the leader appended [base, base + count) to `partition` (head: the header as
         stored, frames: the rest of the batch): send it, and a future for the producer."""

@@ -160,12 +160,13 @@ def append_batch(
         if replication is None:
             base_offset, appended = partition.log.append(body, start, end, now_us())
             return base_offset, partition.after_append(appended, end - start, inline=inline_fsync)
-        # cluster mode: the stored batch (header as stored + the frames, one copy of the batch)
-        # goes to the followers; the producer waits for a majority (iggy.cluster.replication)
+        # cluster mode: the stored batch (header as stored + the frames) goes to the followers;
+        # the producer waits for a majority (iggy.cluster.replication). The frames are a view of
+        # the request's body (a bytes object of its own, never reused): no copy of the batch
         head = bytearray(BATCH_HEADER_SIZE)
         base_offset, appended = partition.log.append(body, start, end, now_us(), head)
         synced = partition.after_append(appended, end - start)
-        frames = bytes(memoryview(body)[start + BATCH_HEADER_SIZE : end])
+        frames = memoryview(body)[start + BATCH_HEADER_SIZE : end]
         held = replication.replicate((s.id, t.id, pid), partition, head, frames, base_offset, appended)
         return base_offset, held if synced is None else asyncio.ensure_future(_both(synced, held))
 

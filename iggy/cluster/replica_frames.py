@@ -111,6 +111,9 @@ HANDSHAKE_MAX_BODY = HELLO_HEAD.size + 255 + MAC_LEN
 MAX_BODY = DEFAULT_MAX_FRAME_SIZE + BATCH_HEAD.size
 
 
+Body = bytes | bytearray  # a frame's body
+
+
 class LinkError(Exception):
     """The peer broke the link's rules: the connection is closed and the reason logged."""
 
@@ -119,7 +122,7 @@ class LinkError(Exception):
 class Frame:
     kind: int
     epoch: int
-    body: bytes
+    body: Body  # a large body (a batch) is the bytearray it was received into
 
 
 def encode(kind: int, epoch: int, *body: bytes | bytearray | memoryview) -> list[bytes | bytearray | memoryview]:
@@ -133,45 +136,120 @@ def frame_bytes(kind: int, epoch: int, *body: bytes | bytearray | memoryview) ->
     return b"".join(encode(kind, epoch, *body))
 
 
+SMALL_BODY = 1 << 16  # a body up to this is cut out of the decoder's scratch buffer (one copy)
+SCRATCH = 1 << 18  # the scratch buffer: what one read brings while no large body is under way
+
+
 class FrameDecoder:
     """Cuts frames out of a byte stream, holding at most one frame's bytes (plus what one read
     brings). `limit` is the largest body accepted: HANDSHAKE_MAX_BODY until `authenticated()`;
-    until then `feed` cuts one frame at a time and leaves what follows buffered (a peer may send
-    right after its last handshake frame; those frames are read under the larger limit)."""
+    until then `cut` cuts one frame at a time and leaves what follows buffered (a peer may send
+    right after its last handshake frame; those frames are cut under the larger limit).
+
+    Bytes come in through `buffer()` / `filled(n)`: a protocol reads into the buffer the decoder
+    hands out (iggy.cluster.replica_link.Connection). Small frames are read into a scratch
+    buffer and copied out when cut; a larger body (a batch) is received into a bytearray of its
+    own, allocated once its prefix is read, which becomes the frame's body: the bytes of a batch
+    are never copied between the socket and the log. `feed(data)` copies bytes read elsewhere in
+    the same way (tests)."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray(SCRATCH)
+        self._start = 0  # the first byte not cut into a frame yet
+        self._end = 0  # the end of what was read into the scratch buffer
+        self._body: bytearray | None = None  # a large body being received
+        self._filled = 0  # bytes of it received
+        self._kind = 0
+        self._epoch = 0
         self.limit = HANDSHAKE_MAX_BODY
-        self._handshake = True
+        self.handshake = True
 
     def authenticated(self) -> None:
         self.limit = MAX_BODY
-        self._handshake = False
+        self.handshake = False
 
     @property
     def pending(self) -> int:
         """Bytes received and not yet cut into a frame."""
-        return len(self._buf)
+        large = PREFIX_LEN + self._filled if self._body is not None else 0
+        return self._end - self._start + large
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        self._buf += data
-        frames = []
-        pos, buf = 0, self._buf
-        while len(buf) - pos >= PREFIX_LEN:
+    def buffer(self) -> memoryview:
+        """Where the next read goes (never empty): the rest of a large body under way, else the
+        free end of the scratch buffer."""
+        if self._body is not None:
+            return memoryview(self._body)[self._filled :]
+        if self._end == len(self._buf):
+            # what is not cut yet moves to the front (cut frames are copies: nothing refers to it)
+            n = self._end - self._start
+            if n == len(self._buf):
+                raise LinkError(f"{n} bytes received and not cut into frames")
+            self._buf[:n] = self._buf[self._start : self._end]
+            self._start, self._end = 0, n
+        return memoryview(self._buf)[self._end :]
+
+    def filled(self, n: int) -> None:
+        """`n` bytes were read into the last `buffer()`."""
+        if self._body is not None:
+            self._filled += n
+        else:
+            self._end += n
+
+    def cut(self) -> list[Frame]:
+        """The frames complete in what was received (at most one during the handshake)."""
+        frames: list[Frame] = []
+        body = self._body
+        if body is not None:
+            if self._filled < len(body):
+                return frames
+            frames.append(Frame(self._kind, self._epoch, body))
+            self._body = None
+            if self.handshake:
+                return frames
+        buf, pos, end = self._buf, self._start, self._end
+        while end - pos >= PREFIX_LEN:
             length, kind, epoch = PREFIX.unpack_from(buf, pos)
             if length < 9 or length - 9 > self.limit:
                 raise LinkError(f"frame length {length} outside 9..{9 + self.limit}")
             if kind not in KINDS:
                 raise LinkError(f"unknown frame kind {kind}")
-            end = pos + 4 + length
-            if len(buf) < end:
+            size = length - 9
+            if size > SMALL_BODY:
+                # received into a buffer of its own: what came with the prefix goes there first
+                body = bytearray(size)
+                have = min(size, end - pos - PREFIX_LEN)
+                body[:have] = buf[pos + PREFIX_LEN : pos + PREFIX_LEN + have]
+                pos += PREFIX_LEN + have
+                if have < size:
+                    self._body, self._filled, self._kind, self._epoch = body, have, kind, epoch
+                    break
+                frames.append(Frame(kind, epoch, body))
+            else:
+                stop = pos + PREFIX_LEN + size
+                if end < stop:
+                    break
+                frames.append(Frame(kind, epoch, bytes(buf[pos + PREFIX_LEN : stop])))
+                pos = stop
+            if self.handshake:
                 break
-            frames.append(Frame(kind, epoch, bytes(buf[pos + PREFIX_LEN : end])))
-            pos = end
-            if self._handshake:
-                break
-        if pos:
-            del buf[:pos]
+        if pos == end:
+            pos = end = 0
+        self._start, self._end = pos, end
+        return frames
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Bytes read elsewhere, copied in; the frames they complete (at most one during the
+        handshake, as `cut`)."""
+        frames = self.cut()
+        view = memoryview(data)
+        while view:
+            target = self.buffer()
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            self.filled(n)
+            view = view[n:]
+            if not (self.handshake and frames):
+                frames += self.cut()
         return frames
 
 
@@ -185,7 +263,7 @@ def hello_body(replica_id: int, nonce: bytes, cluster: str, mac: bytes) -> bytes
     return HELLO_HEAD.pack(replica_id, nonce, len(name)) + name + mac
 
 
-def read_hello(body: bytes) -> tuple[int, bytes, str, bytes]:
+def read_hello(body: Body) -> tuple[int, bytes, str, bytes]:
     """(replica_id, nonce, cluster name, mac)."""
     if len(body) < HELLO_HEAD.size + MAC_LEN:
         raise LinkError(f"hello of {len(body)} bytes")
@@ -196,23 +274,23 @@ def read_hello(body: bytes) -> tuple[int, bytes, str, bytes]:
         name = body[HELLO_HEAD.size : HELLO_HEAD.size + n].decode()
     except UnicodeDecodeError as exc:
         raise LinkError("hello with a cluster name that is not UTF-8") from exc
-    return replica_id, nonce, name, body[-MAC_LEN:]
+    return replica_id, nonce, name, bytes(body[-MAC_LEN:])
 
 
-def read_challenge(body: bytes) -> bytes:
+def read_challenge(body: Body) -> bytes:
     if len(body) != NONCE_LEN:
         raise LinkError(f"challenge of {len(body)} bytes")
-    return body
+    return bytes(body)
 
 
-def read_welcome(body: bytes) -> tuple[int, bytes]:
+def read_welcome(body: Body) -> tuple[int, bytes]:
     if len(body) != WELCOME_BODY.size:
         raise LinkError(f"welcome of {len(body)} bytes")
     leader_id, mac = WELCOME_BODY.unpack(body)
     return leader_id, mac
 
 
-def read_batch(body: bytes, empty: bool = False) -> tuple[tuple[int, int, int], int, list[memoryview]]:
+def read_batch(body: Body, empty: bool = False) -> tuple[tuple[int, int, int], int, list[memoryview]]:
     """((stream, topic, partition), commit, the batches): their own lengths must fill the rest
     exactly. `empty`: no batch at all is allowed (a SUFFIX)."""
     if len(body) < BATCH_HEAD.size + (0 if empty else BATCH_HEADER_SIZE):
@@ -240,14 +318,14 @@ def batch_count(batch: bytes | memoryview) -> int:
     return int(_U32.unpack_from(batch, BATCH_COUNT_AT)[0])
 
 
-def read_commit(body: bytes) -> tuple[tuple[int, int, int], int]:
+def read_commit(body: Body) -> tuple[tuple[int, int, int], int]:
     if len(body) != COMMIT_BODY.size:
         raise LinkError(f"commit frame of {len(body)} bytes")
     s, t, p, commit = COMMIT_BODY.unpack(body)
     return (s, t, p), commit
 
 
-def read_ack(body: bytes) -> tuple[tuple[int, int, int], int, int, int]:
+def read_ack(body: Body) -> tuple[tuple[int, int, int], int, int, int]:
     """((stream, topic, partition), end, synced end, status)."""
     if len(body) != ACK_BODY.size:
         raise LinkError(f"ack of {len(body)} bytes")
@@ -261,7 +339,7 @@ def epochs_body(key: tuple[int, int, int], end: int, records: list[tuple[int, in
     return EPOCHS_HEAD.pack(*key, end, len(records)) + b"".join(EPOCH_RECORD.pack(e, s) for e, s in records)
 
 
-def read_epochs(body: bytes) -> tuple[tuple[int, int, int], int, list[tuple[int, int]]]:
+def read_epochs(body: Body) -> tuple[tuple[int, int, int], int, list[tuple[int, int]]]:
     """((stream, topic, partition), end, [(epoch, start)])."""
     if len(body) < EPOCHS_HEAD.size:
         raise LinkError(f"epochs frame of {len(body)} bytes")
@@ -276,19 +354,19 @@ def epochs_end_body(catching_up: bool) -> bytes:
     return bytes([CATCHING_UP if catching_up else 0])
 
 
-def read_epochs_end(body: bytes) -> bool:
+def read_epochs_end(body: Body) -> bool:
     """True when the follower is catching up (counts toward no majority yet)."""
     if len(body) != 1 or body[0] & ~CATCHING_UP:
         raise LinkError(f"epochs-end frame of {len(body)} bytes, flags {body[:1].hex()}")
     return bool(body[0] & CATCHING_UP)
 
 
-def read_in_sync(body: bytes) -> None:
+def read_in_sync(body: Body) -> None:
     if body:
         raise LinkError(f"in-sync frame of {len(body)} bytes")
 
 
-def read_fetch(body: bytes) -> tuple[tuple[int, int, int], int, int]:
+def read_fetch(body: Body) -> tuple[tuple[int, int, int], int, int]:
     if len(body) != FETCH_BODY.size:
         raise LinkError(f"fetch frame of {len(body)} bytes")
     s, t, p, start, end = FETCH_BODY.unpack(body)

@@ -22,8 +22,13 @@ Epochs (replica_frames.Epochs): every received frame's epoch is checked against 
 this node has seen; an older one closes the connection, a newer one is recorded, and on the
 leader it means another node won a later election: `Epochs.on_newer` makes it step down.
 
-Memory: the decoder holds at most one frame; a peer whose queued output to it passes
-MAX_QUEUED (a follower that stopped reading) is disconnected instead of being buffered for.
+Both ends run on `Connection`, a buffered protocol: the event loop reads a batch straight into
+the bytearray that becomes its frame's body and then goes to the log (no copy of the batch
+between the socket and the log).
+
+Memory: the decoder holds at most one frame under way and one read; reading pauses while more
+than MAX_UNREAD bytes of received frames wait to be handled; a peer whose queued output to it
+passes MAX_QUEUED (a follower that stopped reading) is disconnected instead of being buffered for.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from iggy.cluster import replica_frames as rf
 from iggy.cluster.replica_frames import Epochs, Frame, FrameDecoder, LinkError
@@ -41,7 +46,7 @@ from iggy.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 1 << 20
+MAX_UNREAD = 1 << 20  # bytes of received frames not yet taken before reading pauses
 MAX_QUEUED = 128 << 20  # bytes queued to one follower before it counts as stuck and is dropped
 HANDSHAKE_TIMEOUT = 5.0
 RETRY = 0.2  # seconds between dials of an unreachable leader
@@ -67,29 +72,118 @@ class LinkIdentity:
             raise LinkError(f"frame of epoch {frame.epoch} on a link of epoch {epoch}")
 
 
-class Framed:
-    """A connection's reader cut into frames (bytes that arrived with the last handshake frame
-    stay in the decoder and come out with the first `frames()` after it)."""
+class Connection(asyncio.BufferedProtocol):
+    """One connection of the replica link, either end. The event loop reads straight into the
+    decoder's buffers (`FrameDecoder.buffer`: a batch lands in the bytearray that becomes its
+    frame's body, which goes on to the log without a copy); `frames()` hands the frames over in
+    the order they came, `writelines` queues a frame's buffers on the transport as they are.
 
-    def __init__(self, reader: asyncio.StreamReader):
-        self.reader = reader
+    Bytes that arrive with the last handshake frame stay in the decoder and are cut by the first
+    `frames()` after `decoder.authenticated()`. Reading pauses while frames of more than
+    MAX_UNREAD bytes wait to be taken (and during the handshake while one frame does), so what
+    is held is bounded by that, one frame under way and one read."""
+
+    def __init__(self, on_made: Callable[[Connection], None] | None = None):
         self.decoder = FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+        self._on_made = on_made
+        self._frames: list[Frame] = []
+        self._unread = 0  # body bytes of the frames in _frames
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: LinkError | None = None
+        self._eof = False
+        self._lost = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    # the protocol's callbacks, from the event loop
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        if self._on_made is not None:
+            self._on_made(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.decoder.filled(nbytes)
+        self._cut()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = self._lost = True
+        self._wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # reading
+
+    def _cut(self) -> None:
+        if self._error is not None or (self.decoder.handshake and self._frames):
+            return
+        try:
+            frames = self.decoder.cut()
+        except LinkError as exc:
+            self._error = exc
+            self._pause_reading()
+            self._wake()
+            return
+        if frames:
+            self._frames += frames
+            self._unread += sum(len(f.body) for f in frames)
+            self._wake()
+        if self._frames and (self.decoder.handshake or self._unread > MAX_UNREAD):
+            self._pause_reading()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self._lost:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self._lost:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     async def frames(self) -> list[Frame]:
-        """The next frames; [] at EOF."""
-        if self.decoder.pending:
-            frames = self.decoder.feed(b"")
-            if frames:
-                return frames
+        """The next frames; [] at EOF. A frame's body is its own (a bytearray for a batch)."""
         while True:
-            data = await self.reader.read(READ_SIZE)
-            if not data:
+            if not self._frames:
+                self._cut()  # what arrived behind the last handshake frame
+            if self._frames:
+                frames, self._frames, self._unread = self._frames, [], 0
+                self._resume_reading()
+                return frames
+            if self._error is not None:
+                raise self._error
+            if self._eof:
                 if self.decoder.pending:
                     raise LinkError(f"connection closed inside a frame ({self.decoder.pending} bytes)")
                 return []
-            frames = self.decoder.feed(data)
-            if frames:
-                return frames
+            self._resume_reading()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     async def one(self, kind: int) -> Frame:
         """The next frame of the handshake, which must be of `kind`, within HANDSHAKE_TIMEOUT."""
@@ -100,12 +194,29 @@ class Framed:
             raise LinkError(f"expected a frame of kind {kind} in the handshake, got {frames[0].kind}")
         return frames[0]
 
+    # writing
 
-def _close(writer: asyncio.StreamWriter) -> None:
-    try:
-        writer.close()
-    except RuntimeError:  # loop already closed
-        pass
+    def writelines(self, parts: list[bytes | bytearray | memoryview]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(parts)
+
+    async def drain(self) -> None:
+        """Wait while the transport's buffer is above its high mark; ConnectionResetError once lost."""
+        if self._writing_paused and not self._lost:
+            self._drained = asyncio.get_running_loop().create_future()
+            try:
+                await self._drained
+            finally:
+                self._drained = None
+        if self._lost:
+            raise ConnectionResetError("connection lost")
+
+    def close(self) -> None:
+        if self.transport is not None:
+            try:
+                self.transport.close()
+            except RuntimeError:  # loop already closed
+                pass
 
 
 # ---------------------------------------------------------------------------- leader side
@@ -114,24 +225,25 @@ def _close(writer: asyncio.StreamWriter) -> None:
 class Peer:
     """A follower connected to this leader, after its handshake."""
 
-    def __init__(self, replica_id: int, writer: asyncio.StreamWriter, epoch: int):
+    def __init__(self, replica_id: int, conn: Connection, epoch: int):
         self.replica_id = replica_id
         self.epoch = epoch  # the leader's epoch this link was accepted in
-        self._writer = writer
+        self._conn = conn
         self.closed = False
 
     def send(self, kind: int, *body: bytes | bytearray | memoryview) -> bool:
         """Queue one frame; False (and the link closed) when it is closed or stuck."""
         if self.closed:
             return False
-        transport = self._writer.transport
+        transport = self._conn.transport
+        assert transport is not None
         if transport.is_closing():
             self.close("connection closed")
             return False
         if transport.get_write_buffer_size() > MAX_QUEUED:
             self.close(f"more than {MAX_QUEUED} bytes queued: the follower does not read")
             return False
-        self._writer.writelines(rf.encode(kind, self.epoch, *body))
+        self._conn.writelines(rf.encode(kind, self.epoch, *body))
         return True
 
     def close(self, why: str = "") -> None:
@@ -139,7 +251,7 @@ class Peer:
             self.closed = True
             if why:
                 log.warning("replica link: dropping follower %d: %s", self.replica_id, why)
-            _close(self._writer)
+            self._conn.close()
 
 
 class LeaderSide(Protocol):
@@ -175,7 +287,7 @@ class LeaderEndpoint:
         self.refused = 0  # handshakes refused (tests, logs)
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._accept, host, port, limit=READ_SIZE)
+        self._server = await asyncio.get_running_loop().create_server(lambda: Connection(self._accept), host, port)
 
     @property
     def port(self) -> int:
@@ -187,27 +299,23 @@ class LeaderEndpoint:
             self._server.close()
         await cancel_and_wait(list(self._tasks))
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _accept(self, conn: Connection) -> None:
+        task = asyncio.ensure_future(self._serve(conn))
         self._tasks.add(task)
-        try:
-            await self._serve(reader, writer)
-        finally:
-            self._tasks.discard(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer_addr = writer.get_extra_info("peername")
+    async def _serve(self, conn: Connection) -> None:
+        assert conn.transport is not None
+        peer_addr = conn.transport.get_extra_info("peername")
         epoch = self.side.leader_epoch()
         if epoch is None:  # not the leader: nothing to serve
-            _close(writer)
+            conn.close()
             return
-        framed = Framed(reader)
         peer: Peer | None = None
         try:
             nonce = os.urandom(rf.NONCE_LEN)
-            writer.writelines(rf.encode(rf.CHALLENGE, epoch, nonce))
-            hello = await framed.one(rf.HELLO)
+            conn.writelines(rf.encode(rf.CHALLENGE, epoch, nonce))
+            hello = await conn.one(rf.HELLO)
             replica_id, follower_nonce, cluster, mac = rf.read_hello(hello.body)
             if cluster != self.me.cluster:
                 raise LinkError(f"hello from cluster {cluster!r}, this is {self.me.cluster!r}")
@@ -219,14 +327,14 @@ class LeaderEndpoint:
             self.me.epochs.check(hello.epoch)
             if hello.epoch != epoch or self.side.leader_epoch() != epoch:
                 raise LinkError(f"hello of epoch {hello.epoch} to a leader of epoch {epoch}")
-            framed.decoder.authenticated()
+            conn.decoder.authenticated()
             welcome = rf.welcome_mac(self.me.secret, cluster, epoch, self.me.replica_id, follower_nonce, nonce)
-            writer.writelines(rf.encode(rf.WELCOME, epoch, rf.WELCOME_BODY.pack(self.me.replica_id, welcome)))
-            peer = Peer(replica_id, writer, epoch)
+            conn.writelines(rf.encode(rf.WELCOME, epoch, rf.WELCOME_BODY.pack(self.me.replica_id, welcome)))
+            peer = Peer(replica_id, conn, epoch)
             log.info("replica link: follower %d joined (epoch %d, %s)", replica_id, epoch, peer_addr)
             self.side.joined(peer)
             while True:
-                frames = await framed.frames()
+                frames = await conn.frames()
                 if not frames:
                     return
                 for frame in frames:
@@ -254,7 +362,7 @@ class LeaderEndpoint:
             if peer is not None:
                 peer.closed = True
                 self.side.left(peer)
-            _close(writer)
+            conn.close()
 
 
 # ---------------------------------------------------------------------------- follower side
@@ -346,12 +454,11 @@ class FollowerLink:
             await asyncio.sleep(RETRY)
 
     async def _session(self, leader: LeaderAddress) -> None:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(leader.host, leader.port, limit=READ_SIZE), HANDSHAKE_TIMEOUT
+        _, conn = await asyncio.wait_for(
+            asyncio.get_running_loop().create_connection(Connection, leader.host, leader.port), HANDSHAKE_TIMEOUT
         )
         try:
-            framed = Framed(reader)
-            challenge = await framed.one(rf.CHALLENGE)
+            challenge = await conn.one(rf.CHALLENGE)
             leader_nonce = rf.read_challenge(challenge.body)
             epoch = challenge.epoch
             if epoch < self.me.epochs.highest:  # recorded only once the leader proved the secret
@@ -359,21 +466,21 @@ class FollowerLink:
             nonce = os.urandom(rf.NONCE_LEN)
             mac = rf.hello_mac(self.me.secret, self.me.cluster, epoch, self.me.replica_id, leader_nonce, nonce)
             body = rf.hello_body(self.me.replica_id, nonce, self.me.cluster, mac)
-            writer.writelines(rf.encode(rf.HELLO, epoch, body))
-            welcome = await framed.one(rf.WELCOME)
+            conn.writelines(rf.encode(rf.HELLO, epoch, body))
+            welcome = await conn.one(rf.WELCOME)
             leader_id, mac = rf.read_welcome(welcome.body)
             expected = rf.welcome_mac(self.me.secret, self.me.cluster, epoch, leader_id, nonce, leader_nonce)
             if welcome.epoch != epoch or leader_id != leader.replica_id or not rf.macs_equal(mac, expected):
                 raise LinkError(f"welcome from replica {leader_id} (epoch {welcome.epoch}) does not check out")
             self.me.epochs.check(epoch)
-            framed.decoder.authenticated()
+            conn.decoder.authenticated()
             if self.target != leader:
                 return
             self.connected = True
             self.on_state(True)
             log.info("replica link: following leader %d (epoch %d)", leader_id, epoch)
             # where this node's copies stand, so the leader can cut what diverges (TRUNCATE)
-            writer.writelines(
+            conn.writelines(
                 [
                     part
                     for key, end, records in self.sink.start()
@@ -382,7 +489,7 @@ class FollowerLink:
                 + rf.encode(rf.EPOCHS_END, epoch, rf.epochs_end_body(self.catching_up))
             )
             while True:
-                frames = await framed.frames()
+                frames = await conn.frames()
                 if not frames:
                     raise ConnectionResetError("the leader closed the link")
                 if self.target != leader:
@@ -408,18 +515,18 @@ class FollowerLink:
                     elif frame.kind == rf.FETCH:
                         key, start, end = rf.read_fetch(frame.body)
                         data = self.sink.fetch(key, start, end, FETCH_BYTES)
-                        writer.writelines(rf.encode(rf.SUFFIX, epoch, rf.BATCH_HEAD.pack(*key, 0), data))
+                        conn.writelines(rf.encode(rf.SUFFIX, epoch, rf.BATCH_HEAD.pack(*key, 0), data))
                     else:
                         raise LinkError(f"frame kind {frame.kind} from the leader")
                 acks = self.sink.acks()
                 if acks:
-                    writer.writelines(
+                    conn.writelines(
                         [
                             part
                             for key, end, synced, status in acks
                             for part in rf.encode(rf.ACK, epoch, rf.ACK_BODY.pack(*key, end, synced, status))
                         ]
                     )
-                    await writer.drain()
+                    await conn.drain()
         finally:
-            _close(writer)
+            conn.close()

@@ -20,16 +20,29 @@ import pytest
 from iggy.cluster import replica_frames as rf
 from iggy.cluster import replica_link
 from iggy.cluster.replica_frames import Epochs, FrameDecoder, LinkError
-from iggy.cluster.replica_link import FollowerLink, Framed, LeaderAddress, LeaderEndpoint, LinkIdentity, Peer
+from iggy.cluster.replica_link import Connection, FollowerLink, LeaderAddress, LeaderEndpoint, LinkIdentity, Peer
 from iggy.protocol.batch import build_batch
 
 SECRET = b"s" * 32
 
 
-def a_batch(base_offset: int = 0, count: int = 3) -> bytes:
-    batch = bytearray(build_batch([(i + 1, b"payload-%d" % i, b"") for i in range(count)]))
+def a_batch(base_offset: int = 0, count: int = 3, size: int = 0) -> bytes:
+    """`count` messages, each `size` bytes long or a short payload."""
+    payloads = [bytes([i % 251]) * size if size else b"payload-%d" % i for i in range(count)]
+    batch = bytearray(build_batch([(i + 1, payload, b"") for i, payload in enumerate(payloads)]))
     struct.pack_into("<Q", batch, 8, base_offset)
     return bytes(batch)
+
+
+def received(conn: Connection, data: bytes, step: int) -> None:
+    """`data` arriving on `conn` in reads of at most `step` bytes, as the event loop hands them in."""
+    view = memoryview(data)
+    while view:
+        target = conn.get_buffer(-1)
+        n = min(len(target), len(view), step)
+        target[:n] = view[:n]
+        conn.buffer_updated(n)
+        view = view[n:]
 
 
 # ------------------------------------------------------------------------ frames
@@ -66,25 +79,43 @@ def test_truncated_frame_is_held_not_served():
     assert len(decoder.feed(frame[-1:])) == 1
 
 
+@pytest.mark.parametrize("size", [10, 1000, 20_000])  # the batch frame is small, or received into its own buffer
+def test_large_bodies_are_received_whole_however_the_reads_cut_them(size):
+    batches = [a_batch(0, 5, size), a_batch(5, 1, size), a_batch(6, 2)]
+    frames = [rf.frame_bytes(rf.BATCH, 3, rf.BATCH_HEAD.pack(1, 2, 3, 0), b) for b in batches]
+    stream = b"".join(frames)
+    for step in (1, 13, 4096, 65_557, len(stream)):
+        decoder = FrameDecoder()
+        decoder.authenticated()
+        got = decoder.feed(stream[:7])
+        for i in range(7, len(stream), step):
+            got += decoder.feed(stream[i : i + step])
+            assert decoder.pending <= max(map(len, frames)) + step  # one frame and one read
+        assert decoder.pending == 0
+        assert [bytes(rf.read_batch(f.body)[2][0]) for f in got] == batches
+
+
 async def test_connection_closed_inside_a_frame_is_an_error():
-    reader = asyncio.StreamReader()
-    reader.feed_data(rf.frame_bytes(rf.COMMIT, 1, rf.COMMIT_BODY.pack(1, 1, 1, 5))[:10])
-    reader.feed_eof()
+    conn = Connection()
+    received(conn, rf.frame_bytes(rf.COMMIT, 1, rf.COMMIT_BODY.pack(1, 1, 1, 5))[:10], 100)
+    conn.eof_received()
     with pytest.raises(LinkError, match="inside a frame"):
-        await Framed(reader).frames()
+        await conn.frames()
 
 
 async def test_frames_that_come_with_the_last_handshake_frame_are_kept():
     """A big batch right behind WELCOME, in the same read: read under the post-handshake limit."""
-    reader = asyncio.StreamReader()
-    reader.feed_data(
-        rf.frame_bytes(rf.WELCOME, 1, rf.WELCOME_BODY.pack(0, bytes(32)))
-        + rf.frame_bytes(rf.BATCH, 1, rf.BATCH_HEAD.pack(1, 1, 1, 0), a_batch(0, 20))
-    )
-    framed = Framed(reader)
-    assert (await framed.one(rf.WELCOME)).kind == rf.WELCOME
-    framed.decoder.authenticated()
-    assert [f.kind for f in await framed.frames()] == [rf.BATCH]
+    batch = a_batch(0, 20, 5000)
+    conn = Connection()
+    data = rf.frame_bytes(rf.WELCOME, 1, rf.WELCOME_BODY.pack(0, bytes(32)))
+    data += rf.frame_bytes(rf.BATCH, 1, rf.BATCH_HEAD.pack(1, 1, 1, 0), batch)
+    received(conn, data[: rf.SCRATCH], rf.SCRATCH)
+    assert (await conn.one(rf.WELCOME)).kind == rf.WELCOME
+    conn.decoder.authenticated()
+    received(conn, data[rf.SCRATCH :], 1 << 20)
+    frames = await conn.frames()
+    assert [f.kind for f in frames] == [rf.BATCH]
+    assert bytes(rf.read_batch(frames[0].body)[2][0]) == batch
 
 
 @pytest.mark.parametrize(
@@ -321,16 +352,20 @@ async def test_a_leader_without_the_secret_is_not_followed():
     """A fake leader that answers any hello with a welcome it cannot sign, then a batch."""
     welcomed = asyncio.Event()
 
-    async def fake_leader(reader, writer):
-        writer.write(rf.frame_bytes(rf.CHALLENGE, 5, os.urandom(16)))
-        await Framed(reader).one(rf.HELLO)
-        writer.write(rf.frame_bytes(rf.WELCOME, 5, rf.WELCOME_BODY.pack(0, bytes(32))))
-        writer.write(rf.frame_bytes(rf.BATCH, 5, rf.BATCH_HEAD.pack(1, 1, 1, 0), a_batch()))
+    async def fake_leader(conn):
+        conn.writelines([rf.frame_bytes(rf.CHALLENGE, 5, os.urandom(16))])
+        await conn.one(rf.HELLO)
+        conn.writelines([rf.frame_bytes(rf.WELCOME, 5, rf.WELCOME_BODY.pack(0, bytes(32)))])
+        conn.writelines([rf.frame_bytes(rf.BATCH, 5, rf.BATCH_HEAD.pack(1, 1, 1, 0), a_batch())])
         welcomed.set()
-        await closed(reader)
-        writer.close()
+        await closed(conn)
+        conn.close()
 
-    server = await asyncio.start_server(fake_leader, "127.0.0.1", 0)
+    tasks = set()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: Connection(lambda c: tasks.add(loop.create_task(fake_leader(c)))), "127.0.0.1", 0
+    )
     sink = FakeSink()
     link = FollowerLink(LinkIdentity("c", 1, SECRET, Epochs()), sink)
     link.follow(LeaderAddress(0, "127.0.0.1", server.sockets[0].getsockname()[1]))
@@ -343,20 +378,21 @@ async def test_a_leader_without_the_secret_is_not_followed():
 
 
 async def raw_handshake(port: int, replica_id: int, epoch: int | None = None, secret=SECRET):
-    """Dial the leader as a follower by hand: (reader, writer, Framed, the leader's epoch)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    framed = Framed(reader)
-    challenge = await framed.one(rf.CHALLENGE)
+    """Dial the leader as a follower by hand: (the connection, the leader's epoch)."""
+    _, conn = await asyncio.get_running_loop().create_connection(Connection, "127.0.0.1", port)
+    challenge = await conn.one(rf.CHALLENGE)
     epoch = challenge.epoch if epoch is None else epoch
     nonce = os.urandom(16)
     mac = rf.hello_mac(secret, "c", epoch, replica_id, challenge.body, nonce)
-    writer.write(rf.frame_bytes(rf.HELLO, epoch, rf.hello_body(replica_id, nonce, "c", mac)))
-    return reader, writer, framed, challenge.epoch
+    conn.writelines([rf.frame_bytes(rf.HELLO, epoch, rf.hello_body(replica_id, nonce, "c", mac))])
+    return conn, challenge.epoch
 
 
-async def closed(reader: asyncio.StreamReader) -> bool:
+async def closed(conn: Connection) -> bool:
+    """Read (and drop) what comes until the other end closes."""
+    conn.decoder.authenticated()
     try:
-        while await asyncio.wait_for(reader.read(1 << 16), 5):
+        while await asyncio.wait_for(conn.frames(), 5):
             pass
     except ConnectionError:
         pass
@@ -375,9 +411,9 @@ async def closed(reader: asyncio.StreamReader) -> bool:
 async def test_a_hello_that_does_not_check_out_closes_the_link(replica_id, epoch, secret, stepped_down, highest):
     async with Pair(leader_epoch=5) as pair:
         await pair.link.stop()
-        reader, writer, _, _ = await raw_handshake(pair.endpoint.port, replica_id, epoch=epoch, secret=secret)
-        assert await closed(reader)
-        writer.close()
+        conn, _ = await raw_handshake(pair.endpoint.port, replica_id, epoch=epoch, secret=secret)
+        assert await closed(conn)
+        conn.close()
         assert pair.endpoint.refused == 1 and pair.side.peers == []
         assert (pair.stepped_down, pair.leader_epochs.highest) == (stepped_down, highest)
 
@@ -392,12 +428,12 @@ async def test_a_follower_that_knows_a_newer_epoch_refuses_the_leader():
 async def test_an_ack_of_an_older_epoch_after_the_handshake_closes_the_link():
     async with Pair(leader_epoch=5) as pair:
         await pair.link.stop()
-        reader, writer, framed, epoch = await raw_handshake(pair.endpoint.port, 2)
-        await framed.one(rf.WELCOME)
+        conn, epoch = await raw_handshake(pair.endpoint.port, 2)
+        await conn.one(rf.WELCOME)
         await until(lambda: pair.side.peers)
-        writer.write(rf.frame_bytes(rf.ACK, epoch - 1, rf.ACK_BODY.pack(1, 1, 1, 0, 0, 0)))
-        assert await closed(reader)
-        writer.close()
+        conn.writelines([rf.frame_bytes(rf.ACK, epoch - 1, rf.ACK_BODY.pack(1, 1, 1, 0, 0, 0))])
+        assert await closed(conn)
+        conn.close()
         assert pair.side.acks == [] and pair.side.gone == [2]
 
 
@@ -405,8 +441,8 @@ async def test_a_follower_that_does_not_read_is_dropped(monkeypatch):
     monkeypatch.setattr(replica_link, "MAX_QUEUED", 1 << 20)
     async with Pair() as pair:
         await pair.link.stop()
-        reader, writer, framed, _ = await raw_handshake(pair.endpoint.port, 2)
-        await framed.one(rf.WELCOME)
+        conn, _ = await raw_handshake(pair.endpoint.port, 2)
+        await conn.one(rf.WELCOME)  # then it never takes a frame: reading pauses, the kernel buffers fill
         await until(lambda: pair.side.peers)
         peer = pair.side.peers[0]
         chunk = bytes(1 << 20)
@@ -416,7 +452,7 @@ async def test_a_follower_that_does_not_read_is_dropped(monkeypatch):
             await asyncio.sleep(0)
             assert sent < 1000, "a follower that never reads was never dropped"
         assert peer.closed
-        writer.close()
+        conn.close()
 
 
 async def test_a_node_that_is_not_leader_closes_at_once():

@@ -18,8 +18,11 @@ majority fsynced it (`persisted`: the caller also awaits the leader's own fsync)
 that is behind (it refused a batch with INVALID_OFFSET, it just (re)connected, or it lacked the
 partition) gets the missing batches read back from the leader's log, one bounded read at a time,
 each sent when the previous one is acknowledged; live batches reach it again once it has caught
-up. The high-watermark travels in every BATCH frame, and in a COMMIT frame (at most one per
-partition per loop turn) when it moves without a batch to carry it.
+up. The high-watermark travels in every BATCH frame, and in a COMMIT frame when it moved and no
+batch carried it within COMMIT_DELAY (under a steady producer the next batch does: a COMMIT per
+batch cost each follower a frame and an ACK more per batch). What a follower knows of it only
+bounds it from below (a new leader starts from it and raises it from its followers' ACKs), so
+telling it later is safe.
 
 A majority is counted over the roster, not over the connected followers: with two of three
 nodes down nothing is acknowledged. When this node stops leading every waiting producer gets
@@ -75,6 +78,7 @@ Key = tuple[int, int, int]
 Offer = tuple[int, list[tuple[int, int]]]  # a copy's end and leader-epoch records
 CATCH_UP_BYTES = 1 << 20  # one catch-up read of the leader's log (at least one batch)
 MISSING_RETRY = 0.1  # seconds before asking again a follower that lacked the partition
+COMMIT_DELAY = 0.05  # seconds a moved high-watermark waits for a batch to carry it before a COMMIT does
 
 
 @dataclass
@@ -531,7 +535,7 @@ class LogReplication:
             self._commits_due.add(key)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._send_commits)
+                asyncio.get_running_loop().call_later(COMMIT_DELAY, self._send_commits)
         if not self.may_acknowledge():
             self._held = True
             return

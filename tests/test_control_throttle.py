@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from iggy.control.throttle import Gate, LoginThrottle, LogLimiter, address_key
+from iggy.control.throttle import Gate, LoginThrottle, LogLimiter, RateLimit, address_key
 
 
 class Clock:
@@ -106,3 +106,18 @@ def test_log_limiter_logs_once_per_interval(caplog):
         clock.now += 61
         limiter.log(logging.INFO, "k", "refused %s", "y")
     assert [r.getMessage() for r in caplog.records] == ["refused x", "refused y (999 more like it in the last 60 s)"]
+
+
+def test_rate_limit_lets_a_burst_through_then_one_event_per_period():
+    clock = Clock()
+    limit = RateLimit(rate=2.0, burst=3, max_entries=2, clock=clock)
+    assert [limit.take("u") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limit.take("u") == 0.5  # one token back after half a second
+    assert limit.take("u") == 0.5  # a refusal takes nothing
+    assert limit.take("v") == 0.0  # each key has its own bucket
+    clock.now += 0.5
+    assert limit.take("u") == 0.0 and limit.take("u") == 0.5
+    clock.now += 10.0  # refilled to the burst, not beyond
+    assert [limit.take("u") for _ in range(4)] == [0.0, 0.0, 0.0, 0.5]
+    limit.take("w")
+    assert len(limit.buckets) == 2 and "v" not in limit.buckets  # the least recently used went

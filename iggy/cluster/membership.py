@@ -46,6 +46,7 @@ from iggy.cluster.offsets import OffsetLog
 from iggy.cluster.replication import LogReplication
 from iggy.cluster.standing import Standing
 from iggy.control import changes
+from iggy.control.throttle import RateLimit
 from iggy.metadata.state import REVOCATIONS_PER_USER, Record
 from iggy.protocol import codes
 from iggy.protocol.errors import ErrorCode
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from iggy.control.plane import ControlPlane
 
 log = logging.getLogger(__name__)
+
+LOGOUTS_PER_SECOND = 10.0  # a user's HTTP logouts the leader writes to etcd, 30 at once
 
 # what a follower answers itself; everything else waits for the leader
 FOLLOWER_COMMANDS = frozenset(
@@ -83,6 +86,7 @@ class Cluster:
         compact_after: int = COMPACT_AFTER,
         revocations_per_user: int = REVOCATIONS_PER_USER,
         history_every: float = HISTORY_EVERY,
+        logouts_per_second: float = LOGOUTS_PER_SECOND,
     ):
         c = config.cluster
         self.name = c.name
@@ -91,6 +95,8 @@ class Cluster:
         self.node_name = c.node.name
         # the leader's cap on a user's logged-out JWTs kept as records (http.routes.users.revoke_jwt)
         self.revocations_per_user = revocations_per_user
+        # and on the rate of a user's logouts, each an etcd write (http.routes.users.revoke_jwt)
+        self.logout_rate = RateLimit(logouts_per_second, burst=max(1, round(3 * logouts_per_second)))
         self.plane = plane
         # the shards' C data path serves only polls in cluster mode (Routes.set_cluster): every
         # send is appended on the main loop, where it is replicated (docs/CLUSTER.md)

@@ -49,13 +49,47 @@ from dataclasses import dataclass, field
 from iggy.protocol.errors import ErrorCode, IggyError
 
 
-class LoginBackoff(IggyError):
-    """A login refused unchecked while its address or username is backed off: error 42, as
-    a wrong password, plus the seconds to wait (HTTP sends them as Retry-After)."""
+class RetryLater(IggyError):
+    """A request refused for now, with the seconds to wait (HTTP sends them as Retry-After)."""
 
     def __init__(self, code: ErrorCode, retry_after: float) -> None:
         super().__init__(code)
         self.retry_after = retry_after
+
+
+class LoginBackoff(RetryLater):
+    """A login refused unchecked while its address or username is backed off: error 42, as
+    a wrong password, plus the seconds to wait."""
+
+
+class RateLimit:
+    """A token bucket per key: `rate` events a second, `burst` at once. The table holds at most
+    `max_entries` keys, the least recently used going first; a key that comes back starts with
+    a full bucket, which costs at most `burst` more events."""
+
+    def __init__(
+        self, rate: float, burst: int, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_entries = max_entries
+        self.clock = clock
+        self.buckets: OrderedDict[object, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+
+    def take(self, key: object) -> float:
+        """0 when `key` may act now (one token taken), else the seconds until it may."""
+        now = self.clock()
+        tokens, at = self.buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self.buckets[key] = (tokens, now)
+        if len(self.buckets) > self.max_entries:
+            self.buckets.popitem(last=False)
+        return wait
 
 
 @dataclass

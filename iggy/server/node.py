@@ -122,13 +122,14 @@ class Server:
             from iggy.cluster.membership import Cluster
 
             # test knobs, not settings: compact meta/ after fewer records, cap logouts lower,
-            # compact etcd's history sooner
+            # compact etcd's history sooner, hold a user to fewer logouts a second
             knobs: dict[str, Any] = {
                 arg: kind(self.env[var])
                 for arg, var, kind in (
                     ("compact_after", "IGGY_CLUSTER_COMPACT_AFTER", int),
                     ("revocations_per_user", "IGGY_CLUSTER_REVOCATIONS_PER_USER", int),
                     ("history_every", "IGGY_CLUSTER_HISTORY_EVERY", float),
+                    ("logouts_per_second", "IGGY_CLUSTER_LOGOUTS_PER_SECOND", float),
                 )
                 if self.env.get(var)
             }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 
 import aetcd
 import httpx
@@ -226,6 +227,45 @@ def test_a_user_logging_out_over_and_over_keeps_at_most_the_cap_of_revocations(t
             fresh = {"Authorization": f"Bearer {r.json()['access_token']['token']}"}
             assert client.get("/cluster/metadata", headers=fresh).status_code == 200
         wait_for(lambda: len(meta_keys(shared_etcd.url, b"/iggy/http-capped/")) <= 5, 15.0, "meta/ compacted")
+    finally:
+        cluster.stop()
+
+
+def test_a_user_logging_out_faster_than_the_rate_is_told_to_retry_and_keeps_the_token(tmp_path, shared_etcd):
+    """Each logout is an etcd write the leader's main loop waits for: past a user's rate
+    (IGGY_CLUSTER_LOGOUTS_PER_SECOND = 0.5, so 2 at once) the leader answers a logout 503 +
+    Retry-After with error 58 and revokes nothing; after Retry-After it goes through. A follower
+    that forwards a logout retries a 58 (iggy.http.forward), so there the logout just waits."""
+    env = {**AUTH, "IGGY_CLUSTER_LOGOUTS_PER_SECOND": "0.5"}
+    cluster = TestCluster(tmp_path, shared_etcd.url, name="http-logout-rate", env=env).start()
+    try:
+        leader = cluster.wait_leader(START_ELECTION)
+        follower = (leader + 1) % 3
+        user = {"username": "hasty", "password": "secret1", "status": "active", "permissions": None}
+        with http(cluster, leader) as client:
+            assert client.post("/users", headers=login(cluster, leader), json=user).status_code == 200
+            r = client.post("/users/login", json={"username": "hasty", "password": "secret1"})
+            first = r.json()["access_token"]["token"]
+            more = [client.post("/users/refresh-token", json={"token": first}) for _ in range(4)]
+            tokens = [first, *(m.json()["access_token"]["token"] for m in more)]
+            bearer = [{"Authorization": f"Bearer {t}"} for t in tokens]
+            answers = [client.delete("/users/logout", headers=auth) for auth in bearer[:4]]
+            statuses = [a.status_code for a in answers]
+            assert statuses[:2] == [204, 204] and 503 in statuses, statuses
+            held = statuses.index(503)
+            refused = answers[held]
+            assert refused.json()["id"] == ErrorCode.TRANSIENT_NOT_ACCEPTED
+            wait = int(refused.headers["Retry-After"])
+            assert 1 <= wait <= 2
+            assert client.get("/cluster/metadata", headers=bearer[held]).status_code == 200  # not revoked
+            assert client.get("/cluster/metadata", headers=bearer[0]).status_code == 401
+            time.sleep(wait)
+            assert client.delete("/users/logout", headers=bearer[held]).status_code == 204
+            assert client.get("/cluster/metadata", headers=bearer[held]).status_code == 401
+        with http(cluster, follower) as on_follower:  # held back by the rate, then done
+            assert on_follower.delete("/users/logout", headers=bearer[4]).status_code == 204
+        with http(cluster, leader) as client:
+            assert client.get("/cluster/metadata", headers=bearer[4]).status_code == 401
     finally:
         cluster.stop()
 

@@ -21,6 +21,7 @@ from litestar.params import FromPath, JSONBody
 from iggy.control import changes, users
 from iggy.control import permissions as perm
 from iggy.control.registry import operation
+from iggy.control.throttle import RetryLater
 from iggy.http import schemas, views
 from iggy.http.auth import Principal
 from iggy.http.bridge import user_of
@@ -84,6 +85,12 @@ def revoke_jwt(plane: ControlPlane, session: Session, jti: str, expiry: int) -> 
     now = int(time.time())
     state = plane.meta.state
     uid = session.user_id
+    if plane.cluster is not None and uid is not None:
+        # each logout is an etcd write during which the leader's main loop waits: a client
+        # that refreshes and logs out in a loop is held to a rate (503 + Retry-After past it)
+        wait = plane.cluster.logout_rate.take(uid)
+        if wait:
+            raise RetryLater(ErrorCode.TRANSIENT_NOT_ACCEPTED, wait)
     cap = plane.cluster.revocations_per_user if plane.cluster is not None else REVOCATIONS_PER_USER
     if uid is not None and state.revocations_of(uid, now) >= cap:
         changes.apply(plane, {"op": "user.generation", "id": uid, "generation": state.next_user_generation})

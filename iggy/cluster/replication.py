@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -308,10 +309,17 @@ class LogReplication:
                 uids[key] = partition.log.uid
         for key in list(self.ready):
             self._send_truncate(peer, key)
+        started, before = time.monotonic(), len(self.ready)
         for key in list(self.keys()):
             partition = self.find(*key)
             if partition is not None and self.ready.get(key) is not partition:
                 self._reconcile(key, partition)
+        if len(self.ready) > before:
+            log.info(
+                "replication: %d partitions reconciled and ready in %.3f s",
+                len(self.ready) - before,
+                time.monotonic() - started,
+            )
         self._check_in_sync(peer)
 
     # ---------------------------------------------------------------- leader: reconciliation

@@ -1,5 +1,6 @@
 """The leader-epoch file of a partition (iggy.storage.leader_epochs): its byte layout, durability
-by rename, refusal of a damaged file, and where two copies' records say the logs diverge."""
+by rename, many files in one pass (write_all), refusal of a damaged file, and where two copies'
+records say the logs diverge."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import zlib
 
 import pytest
 
-from iggy.storage.leader_epochs import FILE_NAME, LeaderEpochs, LeaderEpochsCorrupt, divergence, end_of
+from iggy.storage.leader_epochs import FILE_NAME, LeaderEpochs, LeaderEpochsCorrupt, divergence, end_of, write_all
 from iggy.testing import IggyServerError
 
 
@@ -119,3 +120,79 @@ async def test_a_server_with_a_damaged_leader_epoch_file_refuses_to_start(server
     with pytest.raises(IggyServerError, match="exited with 3"):
         server.start()
     assert f"the leader-epoch file {path} is damaged" in server.log()
+
+
+# ---------------------------------------------------------------- many files in one pass (write_all)
+
+
+def many(tmp_path, n: int) -> list[LeaderEpochs]:
+    dirs = [tmp_path / f"p{i}" for i in range(n)]
+    for d in dirs:
+        d.mkdir()
+    return [LeaderEpochs(str(d)) for d in dirs]
+
+
+def test_deferred_records_are_written_in_one_pass_each_file_once(tmp_path, monkeypatch):
+    files = many(tmp_path, 40)
+    for i, f in enumerate(files):
+        if i % 2:
+            f.record(3, 0)  # an older file, written at once
+        f.record(8, i, defer=True)
+        f.record(8, i, defer=True)  # the same epoch again: no change
+        f.truncate(i + 1, defer=True)  # keeps every record
+    assert all(f.pending for f in files)
+    assert [LeaderEpochs(f.path[: -len(FILE_NAME)]).records for f in files[:2]] == [[], [(3, 0)]]  # not yet
+    renames: list[str] = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renames.append(b), replace(a, b))[1])
+    write_all([*files, *files[:10]])  # a file named twice is written once
+    assert sorted(renames) == sorted(f.path for f in files)
+    assert not any(f.pending for f in files)
+    for i, f in enumerate(files):
+        expected = [(3, 0), (8, i)] if i % 2 else [(8, i)]
+        assert f.records == expected and LeaderEpochs(os.path.dirname(f.path)).records == expected
+        assert not os.path.exists(f.path + ".tmp")
+    renames.clear()
+    write_all(files)  # nothing pending: nothing written
+    files[0].flush()
+    assert renames == []
+
+
+def test_a_write_at_once_also_writes_what_was_deferred(tmp_path):
+    (f,) = many(tmp_path, 1)
+    f.record(4, 0, defer=True)
+    f.record(6, 10)
+    assert not f.pending and LeaderEpochs(os.path.dirname(f.path)).records == [(4, 0), (6, 10)]
+
+
+def test_a_tmp_file_left_by_a_crash_is_not_read_and_is_written_over(tmp_path):
+    files = many(tmp_path, 4)
+    files[1].record(2, 0)
+    files[3].record(2, 0)
+    for f, junk in zip(files, [b"", b"IGGYLEP1\x05", b"\xff" * 100, b"IGGYLEP1"], strict=True):
+        with open(f.path + ".tmp", "wb") as out:  # a pass cut short by a crash, torn or empty
+            out.write(junk)
+    loaded = [LeaderEpochs(os.path.dirname(f.path)) for f in files]
+    assert [f.records for f in loaded] == [[], [(2, 0)], [], [(2, 0)]]
+    for f in loaded:
+        f.record(5, 7, defer=True)
+    write_all(loaded)
+    assert [LeaderEpochs(os.path.dirname(f.path)).records for f in files] == [
+        [(5, 7)],
+        [(2, 0), (5, 7)],
+        [(5, 7)],
+        [(2, 0), (5, 7)],
+    ]
+
+
+def test_a_pass_that_cannot_write_a_file_renames_none_and_keeps_what_is_on_disk(tmp_path):
+    files = many(tmp_path, 6)
+    for f in files:
+        f.record(2, 0)
+        f.record(5, 9, defer=True)
+    os.mkdir(files[4].path + ".tmp")  # this tmp file cannot be opened for writing
+    with pytest.raises(OSError):
+        write_all(files)
+    for f in files:
+        assert f.records == [(2, 0)] and not f.pending  # as on disk: the deferred change is dropped
+        assert LeaderEpochs(os.path.dirname(f.path)).records == [(2, 0)]

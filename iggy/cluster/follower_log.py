@@ -17,7 +17,10 @@ Leader epochs (iggy.storage.leader_epochs): when the link is up, `offers()` give
 every partition's end and epoch records (EPOCHS frames); the leader answers TRUNCATE with the
 offset below which this copy equals its log, and `truncate` cuts the log there
 (PartitionLog.truncate: an uncommitted suffix from an older epoch goes), records the link's
-epoch from that offset and ACKs; only then does the leader send it batches. A batch appended in
+epoch from that offset and ACKs; only then does the leader send it batches. The records the
+TRUNCATEs of one read of the link change are written together, in one pass
+(iggy.storage.leader_epochs.write_all), before the ACKs of that read are sent (a batch appended
+to a partition whose record is not written yet writes it first). A batch appended in
 an epoch newer than the partition's last record adds a record at its base offset. `fetch`
 serves a new leader that reconciles a partition (FETCH, answered with SUFFIX) from this log.
 
@@ -33,6 +36,7 @@ from collections.abc import Callable, Iterable
 
 from iggy.cluster.replica_frames import LinkError
 from iggy.protocol.errors import ErrorCode, IggyError
+from iggy.storage.leader_epochs import write_all
 from iggy.storage.partitions import Partition
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,9 @@ class FollowerLog:
         self.synced: dict[Key, int] = {}  # end offset covered by this node's last fsync
         self._touched: dict[Key, int] = {}  # partition -> status of its first refusal (0: none)
         self._reported: set[tuple[Key, int]] = set()
+        # partitions whose epoch records a TRUNCATE changed in memory only: written together,
+        # in one pass, before the ACKs that follow them (`_write_epochs`)
+        self._unwritten: dict[Key, Partition] = {}
 
     def visible_end(self, key: Key) -> int:
         """Offsets below this may be served from this node's copy (the high-watermark)."""
@@ -59,6 +66,7 @@ class FollowerLog:
         """A new link to a leader: forget the last one's pending ACKs; (key, end, epoch records)
         of every partition this node has, for the EPOCHS frames."""
         self._touched.clear()
+        self._write_epochs()
         offers = []
         for key in list(self._keys()):
             partition = self._find(*key)
@@ -95,8 +103,9 @@ class FollowerLog:
                         self.synced[key] = min(self.synced.get(key, 0), cut)
                         if self.commits.get(key, 0) > cut:
                             self.commits[key] = cut
-                    partition.epochs.truncate(cut)
-                    partition.epochs.record(epoch, cut)
+                    partition.epochs.truncate(cut, defer=True)
+                    partition.epochs.record(epoch, cut, defer=True)
+                    self._unwritten[key] = partition
                 except (IggyError, OSError, ValueError) as exc:
                     # never ACK a copy that may still diverge: the link is dropped and the next
                     # one starts over (EPOCHS, TRUNCATE)
@@ -165,6 +174,11 @@ class FollowerLog:
             status = status or ErrorCode.PARTITION_NOT_FOUND
         elif status == 0:  # after a refusal the rest of the frame cannot fit either
             with partition.lock:
+                if not partition.log.closed:
+                    try:
+                        partition.epochs.flush()  # a TRUNCATE's records are on disk before what follows
+                    except OSError as exc:
+                        raise LinkError(f"replica of partition {'/'.join(map(str, key))}: {exc}") from None
                 if epoch > partition.epochs.last_epoch and not partition.log.closed:
                     partition.epochs.record(epoch, partition.log.next_offset)
                 for batch in batches:
@@ -182,7 +196,18 @@ class FollowerLog:
             self.commits[key] = commit
         self._touched.setdefault(key, 0)
 
+    def _write_epochs(self) -> None:
+        """The epoch records the TRUNCATEs of this read changed, all in one pass of writes
+        (iggy.storage.leader_epochs.write_all), before any of them is acknowledged; on an error
+        the link is dropped (the next one starts over: EPOCHS, TRUNCATE)."""
+        unwritten, self._unwritten = self._unwritten, {}
+        try:
+            write_all(p.epochs for p in unwritten.values())
+        except OSError as exc:
+            raise LinkError(f"replica: cannot write the leader-epoch records: {exc}") from None
+
     def acks(self) -> list[tuple[Key, int, int, int]]:
+        self._write_epochs()
         acks = []
         touched, self._touched = self._touched, {}
         for key, status in touched.items():

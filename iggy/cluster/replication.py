@@ -37,7 +37,9 @@ leader picks, per partition, the copy with the highest (last epoch, end) among t
 first on a tie; when that is a follower's, it cuts its own log where the two diverge and
 fetches the rest from that follower (FETCH / SUFFIX, one bounded read at a time), taking over
 that follower's epoch records for what it fetched. Then it records (its epoch, its end), and
-the partition is `ready`: sends to it are appended, polls served up to the high-watermark.
+the partition is `ready`: sends to it are appended, polls served up to the high-watermark (the
+partitions made ready when the offers are in get their records written together, in one pass:
+iggy.storage.leader_epochs.write_all).
 Until then a send or poll of that partition is answered TRANSIENT_NOT_ACCEPTED (the SDK
 retries); nothing else waits for it (metadata commands do not). Every follower (a returning old
 leader too) is then told where its copy stops being equal to the leader's log (TRUNCATE: the
@@ -66,7 +68,7 @@ from iggy.cluster.follower_log import FollowerLog
 from iggy.cluster.replica_frames import Epochs
 from iggy.cluster.replica_link import FollowerLink, LeaderAddress, LeaderEndpoint, LinkIdentity, Peer
 from iggy.protocol.errors import ErrorCode, IggyError
-from iggy.storage.leader_epochs import divergence
+from iggy.storage.leader_epochs import divergence, write_all
 from iggy.storage.log import VISIBLE_UNKNOWN
 from iggy.storage.partitions import Partition
 
@@ -310,10 +312,12 @@ class LogReplication:
         for key in list(self.ready):
             self._send_truncate(peer, key)
         started, before = time.monotonic(), len(self.ready)
+        agreed: list[tuple[Key, Partition]] = []
         for key in list(self.keys()):
             partition = self.find(*key)
             if partition is not None and self.ready.get(key) is not partition:
-                self._reconcile(key, partition)
+                self._reconcile(key, partition, agreed)
+        self._make_ready(agreed)
         if len(self.ready) > before:
             log.info(
                 "replication: %d partitions reconciled and ready in %.3f s",
@@ -324,9 +328,11 @@ class LogReplication:
 
     # ---------------------------------------------------------------- leader: reconciliation
 
-    def _reconcile(self, key: Key, partition: Partition) -> bool:
+    def _reconcile(self, key: Key, partition: Partition, agreed: list[tuple[Key, Partition]] | None = None) -> bool:
         """Make `partition` ready in this epoch when followers that make a majority with this
-        node have said where their copies stand; True when it is ready now."""
+        node have said where their copies stand; True when it is ready now. With `agreed`, a
+        partition this node's copy is the best of is added to it instead, for the caller to
+        make ready with the others (one pass of epoch-file writes, `_make_ready`)."""
         counted = [rid for rid in self.offers if rid not in self.catching_up]
         if self.epoch is None or key in self.fetching or len(counted) + 1 < self.majority:
             return False
@@ -340,7 +346,10 @@ class LogReplication:
             if _rank(theirs) > _rank(best):
                 best, best_rid = theirs, rid
         if best_rid is None:
-            self._make_ready(key, partition)
+            if agreed is not None:
+                agreed.append((key, partition))
+                return False
+            self._make_ready([(key, partition)])
             return True
         cut = divergence(mine[1], mine[0], best[1], best[0])
         with partition.lock:
@@ -392,13 +401,29 @@ class LogReplication:
             peer.send(rf.FETCH, rf.FETCH_BODY.pack(*key, end, target))
             return
         del self.fetching[key]
-        self._make_ready(key, partition)
+        self._make_ready([(key, partition)])
 
-    def _make_ready(self, key: Key, partition: Partition) -> None:
-        assert self.epoch is not None
-        with partition.lock:
-            end = partition.log.next_offset
-            partition.epochs.record(self.epoch, end)
+    def _make_ready(self, partitions: list[tuple[Key, Partition]]) -> None:
+        """Record (this epoch, its end) for each partition, all in one pass of epoch-file writes
+        (iggy.storage.leader_epochs.write_all: every record is on disk when it returns), then
+        serve them. The pass runs on the main loop, as every change of these partitions' records
+        does in cluster mode, so none changes in between."""
+        if not partitions:
+            return
+        epoch = self.epoch
+        assert epoch is not None
+        ends = []
+        for key, partition in partitions:
+            with partition.lock:
+                end = partition.log.next_offset
+                partition.epochs.record(epoch, end, defer=True)
+            ends.append((key, partition, end))
+        write_all(partition.epochs for _, partition, _ in ends)
+        for key, partition, end in ends:
+            self._serve(key, partition, end)
+
+    def _serve(self, key: Key, partition: Partition, end: int) -> None:
+        """`partition`, its record of this epoch on disk, is ready: sends and polls are served."""
         self.ready[key] = partition
         # what this node knew as a follower is committed; the followers' ACKs raise it
         self.tracked[key] = Tracked(

@@ -24,10 +24,33 @@ The file `leader-epochs` in the partition directory, little-endian::
 
 It is rewritten whole at each change: written to `leader-epochs.tmp`, fdatasync'ed, renamed
 over the file, then the directory is fsynced, so a crash leaves the old or the new file, never a
-torn one. A missing file is no records (a single node never writes one). A file that does not
-check out (size, magic, CRC, order) raises LeaderEpochsCorrupt: the server refuses to start
-with a message that names the file, like a damaged metadata journal, rather than guess which
-log a range came from.
+torn one (a `leader-epochs.tmp` left by a crash is never read, and the next write truncates it).
+A missing file is no records (a single node never writes one). A file that does not check out
+(size, magic, CRC, order) raises LeaderEpochsCorrupt: the server refuses to start with a message
+that names the file, like a damaged metadata journal, rather than guess which log a range came
+from.
+
+Many files in one pass (`write_all`). An election changes one record in every partition, on the
+new leader (`_make_ready` of each partition once the followers' offers are in) and on each
+follower (one TRUNCATE per partition), so a node with thousands of partitions wrote thousands
+of files one after the other, each waiting for its own two journal commits on the main loop.
+A change made with `defer=True` only updates `records` in memory and leaves the file `pending`;
+`write_all` then writes every pending file of a pass the same way as above, in four steps: each
+tmp file written and fdatasync'ed, then every rename, then every directory fsynced, the syncs
+of each step issued together from a pool of threads. The promise per file is unchanged (the old
+or the new records after a crash; each file written once per pass, its newest records), and
+the caller keeps the order that matters: a leader serves a partition only after the pass that
+holds its record returned, a follower ACKs a TRUNCATE only after it (`FollowerLog.acks`) and
+appends a batch to a partition only once its records are on disk (`flush`). What makes it
+cheaper: on ext4 (jbd2) and xfs (its log) concurrent fsyncs join the same journal commit, so
+thousands issued together cost a few commits and device flushes instead of two each.
+
+Why not `syncfs(2)` of the data directory's file system: it writes back every dirty page of
+that file system, not only these files: the segments of `replicated` topics, which are left to
+the page cache on purpose (docs/CLUSTER.md), and any other process's files on the same mount,
+so an election would pay for all of them; and before Linux 5.8 it did not report writeback
+errors, so a failed write of a record could go unseen. fdatasync of each file reports its own
+errors and flushes only what the pass wrote.
 """
 
 from __future__ import annotations
@@ -36,6 +59,9 @@ import itertools
 import os
 import struct
 import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from iggy.storage.fsutil import fsync_dir
 
@@ -44,6 +70,8 @@ MAGIC = b"IGGYLEP1"
 _HEAD = struct.Struct("<8sI")
 _RECORD = struct.Struct("<QQ")
 _CRC = struct.Struct("<I")
+_J = TypeVar("_J")
+SYNC_THREADS = 16  # fsyncs of one pass of write_all in flight at once
 
 
 class LeaderEpochsCorrupt(RuntimeError):
@@ -54,46 +82,96 @@ class LeaderEpochs:
     def __init__(self, directory: str):
         self.path = os.path.join(directory, FILE_NAME)
         self.records: list[tuple[int, int]] = _load(self.path)
+        self._on_disk = self.records  # what the file holds (the same list when nothing is pending)
 
     @property
     def last_epoch(self) -> int:
         """The newest epoch recorded (0: none)."""
         return self.records[-1][0] if self.records else 0
 
-    def record(self, epoch: int, start: int) -> None:
-        """Offsets from `start` on come from `epoch` (no change when it is already the newest)."""
+    @property
+    def pending(self) -> bool:
+        """`records` changed with `defer=True` and is not written yet (`flush`, `write_all`)."""
+        return self.records is not self._on_disk
+
+    def record(self, epoch: int, start: int, defer: bool = False) -> None:
+        """Offsets from `start` on come from `epoch` (no change when it is already the newest).
+        `defer`: in memory only, until `flush` or `write_all`."""
         if self.records and epoch <= self.records[-1][0]:
             if epoch < self.records[-1][0]:
                 raise ValueError(f"epoch {epoch} below the newest recorded ({self.records[-1][0]})")
             return
         if self.records and start < self.records[-1][1]:
             raise ValueError(f"epoch {epoch} from offset {start}, below the newest record's start")
-        self._write([*self.records, (epoch, start)])
+        self._change([*self.records, (epoch, start)], defer)
 
-    def truncate(self, end: int) -> None:
+    def truncate(self, end: int, defer: bool = False) -> None:
         """The log was cut at `end`: records whose range starts at or past it go."""
         kept = [r for r in self.records if r[1] < end]
         if kept != self.records:
-            self._write(kept)
+            self._change(kept, defer)
 
     def clear(self) -> None:
         """The log was purged (it starts again at offset 0)."""
         if self.records:
-            self._write([])
+            self._change([], False)
 
-    def _write(self, records: list[tuple[int, int]]) -> None:
-        data = _HEAD.pack(MAGIC, len(records)) + b"".join(_RECORD.pack(e, s) for e, s in records)
-        data += _CRC.pack(zlib.crc32(data))
-        tmp = self.path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        fsync_dir(os.path.dirname(self.path))
+    def flush(self) -> None:
+        """Write `records` if a deferred change is pending."""
+        if self.pending:
+            write_all([self])
+
+    def _change(self, records: list[tuple[int, int]], defer: bool) -> None:
         self.records = records
+        if not defer:
+            write_all([self])
+
+
+def write_all(files: Iterable[LeaderEpochs]) -> None:
+    """Write every pending file of `files` (each once, its newest records), durably (module
+    docstring). On an OSError the files not renamed yet are back to the records they hold on
+    disk (their deferred changes are dropped) and the error is raised."""
+    todo = list({id(f): f for f in files if f.pending}.values())
+    if not todo:
+        return
+    data = [(f, f.records, _encode(f.records)) for f in todo]
+    renamed: list[tuple[LeaderEpochs, list[tuple[int, int]]]] = []
+    pool = ThreadPoolExecutor(min(SYNC_THREADS, len(todo))) if len(todo) > 1 else None
+
+    def each(fn: Callable[[_J], None], jobs: list[_J]) -> None:
+        for _ in pool.map(fn, jobs) if pool is not None else map(fn, jobs):
+            pass
+
+    try:
+        each(_write_tmp, [(f.path, b) for f, _, b in data])
+        for f, records, _ in data:
+            os.replace(f.path + ".tmp", f.path)
+            renamed.append((f, records))
+        each(fsync_dir, sorted({os.path.dirname(f.path) for f in todo}))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        done = {id(f) for f, _ in renamed}
+        for f, records in renamed:
+            f._on_disk = f.records = records
+        for f in todo:
+            if id(f) not in done:
+                f.records = f._on_disk
+
+
+def _encode(records: list[tuple[int, int]]) -> bytes:
+    data = _HEAD.pack(MAGIC, len(records)) + b"".join(_RECORD.pack(e, s) for e, s in records)
+    return data + _CRC.pack(zlib.crc32(data))
+
+
+def _write_tmp(job: tuple[str, bytes]) -> None:
+    path, data = job
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def end_of(records: list[tuple[int, int]], epoch: int, log_end: int) -> int:

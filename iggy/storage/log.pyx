@@ -37,7 +37,7 @@ active one again), empty sealed segments are removed, gaps in the offsets are re
 Not thread-safe: the caller serialises all calls on one partition (iggy.storage.partitions.Partition.lock);
 the GIL is released inside the calls, not the partition.
 """
-from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport ENOMEM, errno
 from libc.stdint cimport UINT64_MAX, uint32_t, uint64_t
@@ -80,20 +80,22 @@ cdef uint64_t _next_uid = 0
 # --------------------------------------------------------------------------- append (nogil)
 
 cdef int _append(Segment *s, uint32_t partition_id, const unsigned char *p, uint64_t n, uint64_t base,
-                 uint64_t ts, uint32_t *count, bint stamp=True) noexcept nogil:
+                 uint64_t ts, uint32_t *count, bint stamp=True, unsigned char *stamped=NULL) noexcept nogil:
     """_append_to with the segment's files pinned (opened first when the cache had closed them)."""
     cdef int rc = h_pin(s.h, 0)
     if rc:
         return rc
-    rc = _append_to(s, s.h.log_fd, s.h.idx_fd, partition_id, p, n, base, ts, count, stamp)
+    rc = _append_to(s, s.h.log_fd, s.h.idx_fd, partition_id, p, n, base, ts, count, stamp, stamped)
     h_unpin(s.h)
     return rc
 
 
 cdef int _append_to(Segment *s, int log_fd, int idx_fd, uint32_t partition_id, const unsigned char *p,
-                    uint64_t n, uint64_t base, uint64_t ts, uint32_t *count, bint stamp) noexcept nogil:
+                    uint64_t n, uint64_t base, uint64_t ts, uint32_t *count, bint stamp,
+                    unsigned char *stamped=NULL) noexcept nogil:
     """Stamp (unless `stamp` is false: the header is written as given, a follower's copy of the
     leader's stamped batch) and write one batch at the segment's logical end, then its index entry.
+    `stamped` (256 bytes, or NULL) receives the header as written.
 
     Returns 0, an Iggy error code (> 0) for a batch that does not even frame, or -errno.
     Nothing in `s` changes unless everything succeeded; bytes written past the logical end
@@ -113,6 +115,8 @@ cdef int _append_to(Segment *s, int log_fd, int idx_fd, uint32_t partition_id, c
         rc = stamp_header(head, p + BATCH_HEADER_LEN, n - BATCH_HEADER_LEN, partition_id, base, ts)
         if rc:
             return rc
+    if stamped != NULL:
+        memcpy(stamped, head, BATCH_HEADER_LEN)
     iov[0].iov_base = head
     iov[0].iov_len = BATCH_HEADER_LEN
     iov[1].iov_base = <void *>(p + BATCH_HEADER_LEN)
@@ -133,29 +137,6 @@ cdef int _append_to(Segment *s, int log_fd, int idx_fd, uint32_t partition_id, c
     s.next = base + count[0]
     s.max_ts = ts
     return 0
-
-
-cdef _stamped_copy(buf, Py_ssize_t start, Py_ssize_t end, head_out, uint32_t partition_id, uint64_t base,
-                   uint64_t ts):
-    """head_out[:256] = the header of buf[start:end] stamped as _append_to stamped its copy."""
-    cdef Py_buffer src, dst
-    cdef int rc = 0
-    PyObject_GetBuffer(buf, &src, PyBUF_SIMPLE)
-    try:
-        PyObject_GetBuffer(head_out, &dst, PyBUF_SIMPLE | PyBUF_WRITABLE)
-        try:
-            if dst.len < BATCH_HEADER_LEN:
-                raise ValueError("head_out must hold 256 bytes")
-            memcpy(dst.buf, <const unsigned char *>src.buf + start, BATCH_HEADER_LEN)
-            with nogil:
-                rc = stamp_header(<unsigned char *>dst.buf, <const unsigned char *>src.buf + start + BATCH_HEADER_LEN,
-                                  <uint64_t>(end - start - BATCH_HEADER_LEN), partition_id, base, ts)
-        finally:
-            PyBuffer_Release(&dst)
-    finally:
-        PyBuffer_Release(&src)
-    if rc:
-        raise IggyError(rc)
 
 
 cdef const unsigned char *_batch_in(Py_buffer *view, Py_ssize_t start, Py_ssize_t end) except NULL:
@@ -603,16 +584,22 @@ cdef class PartitionLog:
         cdef uint32_t count = 0
         cdef int rc
         cdef const unsigned char *p
+        cdef unsigned char stamped[BATCH_HEADER_LEN]
+        cdef unsigned char *want = NULL
+        if head_out is not None:
+            if len(head_out) < BATCH_HEADER_LEN:
+                raise ValueError("head_out must hold 256 bytes")
+            want = stamped  # the header as written: its checksum is computed once
         PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
         try:
             p = _batch_in(&view, start, end)
             with nogil:
-                rc = _append(s, self.partition_id, p, <uint64_t>(end - start), base, ts, &count)
+                rc = _append(s, self.partition_id, p, <uint64_t>(end - start), base, ts, &count, True, want)
         finally:
             PyBuffer_Release(&view)
         self._appended(s, rc, ts)
         if head_out is not None:
-            _stamped_copy(buf, start, end, head_out, self.partition_id, base, ts)
+            head_out[:BATCH_HEADER_LEN] = <bytes>stamped[:BATCH_HEADER_LEN]
         if s.size >= self.segment_size:
             self._roll_or_log()
         return base, count

@@ -137,7 +137,8 @@ def frame_bytes(kind: int, epoch: int, *body: bytes | bytearray | memoryview) ->
 
 
 SMALL_BODY = 1 << 16  # a body up to this is cut out of the decoder's scratch buffer (one copy)
-SCRATCH = 1 << 18  # the scratch buffer: what one read brings while no large body is under way
+SCRATCH = 1 << 18  # the scratch buffer for small frames
+READ_AHEAD = 1 << 14  # at most this is read into it at once: a large body's first bytes are copied
 
 
 class FrameDecoder:
@@ -176,7 +177,8 @@ class FrameDecoder:
 
     def buffer(self) -> memoryview:
         """Where the next read goes (never empty): the rest of a large body under way, else the
-        free end of the scratch buffer."""
+        free end of the scratch buffer, at most READ_AHEAD bytes of it (a batch behind the prefix
+        of its frame is mostly read into its own buffer, not copied there from the scratch)."""
         if self._body is not None:
             return memoryview(self._body)[self._filled :]
         if self._end == len(self._buf):
@@ -186,7 +188,7 @@ class FrameDecoder:
                 raise LinkError(f"{n} bytes received and not cut into frames")
             self._buf[:n] = self._buf[self._start : self._end]
             self._start, self._end = 0, n
-        return memoryview(self._buf)[self._end :]
+        return memoryview(self._buf)[self._end : self._end + READ_AHEAD]
 
     def filled(self, n: int) -> None:
         """`n` bytes were read into the last `buffer()`."""
@@ -218,7 +220,7 @@ class FrameDecoder:
                 # received into a buffer of its own: what came with the prefix goes there first
                 body = bytearray(size)
                 have = min(size, end - pos - PREFIX_LEN)
-                body[:have] = buf[pos + PREFIX_LEN : pos + PREFIX_LEN + have]
+                body[:have] = memoryview(buf)[pos + PREFIX_LEN : pos + PREFIX_LEN + have]  # one copy
                 pos += PREFIX_LEN + have
                 if have < size:
                     self._body, self._filled, self._kind, self._epoch = body, have, kind, epoch

@@ -19,6 +19,7 @@ from iggy.protocol.wire import (
     build_request,
     parse_header,
     parse_reply_header,
+    receive_buffer,
 )
 
 # A.1 of TCP.md: PING before login, full header
@@ -307,3 +308,12 @@ def test_frame_reader_gives_a_big_buffer_back_after_the_frame():
     assert r.capacity == 65536 and r.buffered == 100
     r.feed(ping[100:])
     assert r.next_frame()[1] == b""
+
+
+def test_receive_buffer_is_a_bytearray_of_that_size():
+    buf = receive_buffer(1 << 20)
+    assert type(buf) is bytearray and len(buf) == 1 << 20
+    buf[-3:] = b"end"  # writable to its last byte
+    assert buf[-3:] == b"end" and receive_buffer(0) == bytearray()
+    with pytest.raises(ValueError):
+        receive_buffer(-1)

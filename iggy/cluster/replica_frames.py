@@ -78,7 +78,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from iggy.protocol.batch import BATCH_BASE_OFFSET_AT, BATCH_COUNT_AT, BATCH_HEADER_SIZE, BATCH_LENGTH_AT
-from iggy.protocol.wire import DEFAULT_MAX_FRAME_SIZE
+from iggy.protocol.wire import DEFAULT_MAX_FRAME_SIZE, receive_buffer
 
 CHALLENGE, HELLO, WELCOME, BATCH, COMMIT, ACK = 1, 2, 3, 4, 5, 6
 EPOCHS, EPOCHS_END, TRUNCATE, FETCH, SUFFIX, IN_SYNC, RETAIN = 7, 8, 9, 10, 11, 12, 13
@@ -218,7 +218,7 @@ class FrameDecoder:
             size = length - 9
             if size > SMALL_BODY:
                 # received into a buffer of its own: what came with the prefix goes there first
-                body = bytearray(size)
+                body = receive_buffer(size)  # not zeroed: it is handed on only once filled
                 have = min(size, end - pos - PREFIX_LEN)
                 body[:have] = memoryview(buf)[pos + PREFIX_LEN : pos + PREFIX_LEN + have]  # one copy
                 pos += PREFIX_LEN + have

@@ -9,7 +9,8 @@ frames with them.
 Body fields: Identifier = u8 kind (1 numeric, 2 string) + u8 length + value; WireName = u8
 length 1..255 + UTF-8; options and user headers = TLV entries `[u8 kind][u32 len][bytes]`.
 """
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytearray cimport (PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE,
+                                PyByteArray_Resize)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from cpython.buffer cimport PyBUF_WRITE
@@ -411,6 +412,15 @@ def release_free_memory():
     it after a burst of big buffers was released, not per request (it walks the heap).
     """
     malloc_trim(0)
+
+
+def receive_buffer(Py_ssize_t size):
+    """A bytearray of `size` bytes as malloc left them: bytearray(size) zeroes them first, a
+    pass over the whole buffer wasted when it is filled whole before anything reads it (a
+    replica-link frame's body, received into it: iggy.cluster.replica_frames)."""
+    if size < 0:
+        raise ValueError("negative size")
+    return PyByteArray_FromStringAndSize(NULL, size)
 
 
 # --------------------------------------------------------------------------- body reader
